@@ -1,0 +1,60 @@
+"""Structured configs: one dataclass per concern, each in its own module of this package.
+
+The YAML files under `conf/` hold values; the dataclasses here are their schemas. Hydra checks
+names and types while composing (an unknown key or a string where an int belongs fails there);
+`build` then turns a config node into its dataclass and runs the dataclass's `validate`, which
+checks meaning (heads x head_dim == d_model, an odd conv kernel...). Validation never rewrites a
+value: a config is either accepted as written or rejected with the key and the value named.
+
+Each module here may define `SCHEMAS = {group: dataclass}`; `register_schemas` stores every one
+in hydra's ConfigStore as `<group>/schema`, which the YAML files of that group extend.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import is_dataclass
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the value."""
+
+
+def check(ok: bool, key: str, value: Any, reason: str) -> None:
+    """Raise ConfigError for `key=value` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {reason}")
+
+
+def build(cls: type[T], node: DictConfig | dict | None, where: str) -> T:
+    """Merge `node` over the dataclass defaults, convert to the dataclass and validate it.
+
+    `where` is the node's dotted path in the full config (e.g. "model"), used in error messages.
+    """
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), node or {})
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{where}: {err}") from None
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(where)
+    return obj
+
+
+def register_schemas() -> None:
+    """Store every module's SCHEMAS in hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for group, schema in getattr(module, "SCHEMAS", {}).items():
+            assert is_dataclass(schema), f"{module.__name__}.SCHEMAS[{group!r}] is not a dataclass"
+            store.store(group=group, name="schema", node=schema)

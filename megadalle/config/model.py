@@ -1,0 +1,82 @@
+"""The Transformer's configuration (conf/model/*.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from megadalle.attention.masks import MASK_KINDS, PAPER_PATTERN
+from megadalle.config import check
+
+ATTENTION_BACKENDS = ("auto", "reference", "triton")
+
+
+@dataclass
+class TransformerConfig:
+    text_len: int = 256
+    """Text positions; captions are truncated to this and padded with `text_pad_id`."""
+    text_vocab: int = 16384
+    """BPE vocabulary size (the tokenizer's); the paper's is 16384."""
+    text_pad_id: int = 0
+    """Token id of padding; a pad at position i is embedded by the learned pad embedding i."""
+    grid_size: int = 32
+    """Side of the square image-token grid (the dVAE's output: 256 px / 8 = 32)."""
+    image_vocab: int = 8192
+    """dVAE codebook size."""
+    n_layers: int = 64
+    n_heads: int = 62
+    head_dim: int = 64
+    d_model: int = 3968
+    """Residual width; must equal n_heads * head_dim."""
+    mlp_ratio: int = 4
+    """Hidden width of each MLP as a multiple of d_model."""
+    dropout: float = 0.0
+    attention_pattern: list[str] = field(default_factory=lambda: list(PAPER_PATTERN))
+    """Mask kinds repeated over the layers; the paper's puts column attention at 1-based layers 2, 6, 10..."""
+    last_layer_attention: str | None = "conv"
+    """Mask kind of the final layer (the paper's convolutional mask), or null to keep the pattern."""
+    conv_kernel: int = 11
+    """Side of the causal convolutional window (odd)."""
+    conv_wrap: bool = True
+    """Whether the conv window wraps at the image edge as the paper's does."""
+    text_loss_weight: float = 0.125
+    image_loss_weight: float = 0.875
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward instead of storing them."""
+    attention_backend: str = "auto"
+    """`auto` takes the Triton kernel on CUDA and the reference path elsewhere; the others force one."""
+
+    @property
+    def grid_len(self) -> int:
+        return self.grid_size * self.grid_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.text_len + self.grid_len
+
+    def validate(self, where: str = "model") -> None:
+        for name in ("text_len", "text_vocab", "grid_size", "image_vocab", "n_layers", "n_heads",
+                     "head_dim", "d_model", "mlp_ratio", "conv_kernel"):
+            value = getattr(self, name)
+            check(value > 0, f"{where}.{name}", value, "must be positive")
+        check(self.n_heads * self.head_dim == self.d_model, f"{where}.d_model", self.d_model,
+              f"must equal n_heads * head_dim = {self.n_heads} * {self.head_dim} = {self.n_heads * self.head_dim}")
+        check(0 <= self.text_pad_id < self.text_vocab, f"{where}.text_pad_id", self.text_pad_id,
+              f"must be a token id below text_vocab={self.text_vocab}")
+        check(self.conv_kernel % 2 == 1, f"{where}.conv_kernel", self.conv_kernel, "must be odd")
+        check(0.0 <= self.dropout < 1.0, f"{where}.dropout", self.dropout, "must be in [0, 1)")
+        check(len(self.attention_pattern) > 0, f"{where}.attention_pattern", self.attention_pattern,
+              "must name at least one mask kind")
+        check(len(self.attention_pattern) <= self.n_layers, f"{where}.attention_pattern", self.attention_pattern,
+              f"is longer than n_layers={self.n_layers}")
+        for i, kind in enumerate(self.attention_pattern):
+            check(kind in MASK_KINDS, f"{where}.attention_pattern[{i}]", kind, f"unknown mask kind; expected one of {MASK_KINDS}")
+        check(self.last_layer_attention in (None, *MASK_KINDS), f"{where}.last_layer_attention",
+              self.last_layer_attention, f"unknown mask kind; expected one of {MASK_KINDS} or null")
+        for name in ("text_loss_weight", "image_loss_weight"):
+            check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
+        check(self.text_loss_weight + self.image_loss_weight > 0, f"{where}.image_loss_weight",
+              self.image_loss_weight, "text and image loss weights cannot both be zero")
+        check(self.attention_backend in ATTENTION_BACKENDS, f"{where}.attention_backend",
+              self.attention_backend, f"expected one of {ATTENTION_BACKENDS}")
+
+
+SCHEMAS = {"model": TransformerConfig}

@@ -1,0 +1,34 @@
+"""megadalle: DALL-E-style text-to-image training at scale.
+
+The Triton kernels live in the top-level `kernels/` folder and install as `megadalle.kernels`;
+the hydra configs in `conf/` install inside the package so an installed `megadalle` finds them.
+apex is optional (used when importable, e.g. in NVIDIA containers) and is deliberately not a
+dependency: the PyPI package named `apex` is an unrelated project.
+"""
+from setuptools import setup
+
+setup(
+    name="megadalle",
+    version="0.1.0",
+    description="Train DALL-E-style text-to-image models: dVAE, sparse-attention Transformer, CLIP rerank",
+    python_requires=">=3.10",
+    packages=["megadalle", "megadalle.config", "megadalle.attention", "megadalle.models", "megadalle.data",
+              "megadalle.train", "megadalle.kernels", "megadalle.conf"],
+    package_dir={"megadalle": "megadalle", "megadalle.kernels": "kernels", "megadalle.conf": "conf"},
+    package_data={"megadalle.conf": ["*.yaml", "*/*.yaml"]},
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.15",
+        "triton>=3.0; platform_system == 'Linux'",
+        "sentencepiece>=0.2",
+        "webdataset>=0.2.90",
+        "wandb>=0.17",
+        "hydra-core>=1.3",
+        "safetensors>=0.4",
+        "pillow>=10",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+    ],
+    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3"]},
+    entry_points={"console_scripts": ["megadalle = megadalle.cli:main"]},
+)
