@@ -1,11 +1,15 @@
 """Shared test set-up: CPU-only, deterministic, GPU tests skipped where no GPU is present."""
 import os
 
-import pytest
-import torch
-
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    # Triton reads this when a kernel is decorated, so it must be set before any test imports kernels.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
