@@ -1,0 +1,52 @@
+"""CLIP's configuration (conf/clip/*.yaml): the text and image towers of the reranker."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megadalle.config import check
+
+
+@dataclass
+class ClipConfig:
+    text_len: int = 64
+    """Text positions; longer captions are truncated, shorter ones padded with `text_pad_id`."""
+    text_vocab: int = 16384
+    """BPE vocabulary size; must match the tokenizer the captions are encoded with."""
+    text_pad_id: int = 0
+    """Padding id (the tokenizer's pad); the caption's feature is read at its last non-pad token."""
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    image_size: int = 224
+    """Side of the square input image; other sizes are resized to it before encoding."""
+    patch_size: int = 16
+    """ViT patch side; image_size must be a multiple of it."""
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    embed_dim: int = 512
+    """Width of the joint embedding space both towers project into."""
+    init_temperature: float = 0.07
+    """Softmax temperature at initialisation (CLIP's); learned as a log-scale afterwards."""
+    max_logit_scale: float = 100.0
+    """Cap on 1/temperature, as in CLIP, so the learned scale cannot blow up training."""
+
+    def validate(self, where: str = "clip") -> None:
+        for name in ("text_len", "text_vocab", "text_width", "text_layers", "text_heads", "image_size",
+                     "patch_size", "vision_width", "vision_layers", "vision_heads", "embed_dim"):
+            value = getattr(self, name)
+            check(value > 0, f"{where}.{name}", value, "must be positive")
+        check(0 <= self.text_pad_id < self.text_vocab, f"{where}.text_pad_id", self.text_pad_id,
+              f"must be a token id below text_vocab={self.text_vocab}")
+        check(self.text_width % self.text_heads == 0, f"{where}.text_width", self.text_width,
+              f"must be a multiple of text_heads={self.text_heads}")
+        check(self.vision_width % self.vision_heads == 0, f"{where}.vision_width", self.vision_width,
+              f"must be a multiple of vision_heads={self.vision_heads}")
+        check(self.image_size % self.patch_size == 0, f"{where}.image_size", self.image_size,
+              f"must be a multiple of patch_size={self.patch_size}")
+        check(0 < self.init_temperature, f"{where}.init_temperature", self.init_temperature, "must be positive")
+        check(self.max_logit_scale >= 1 / self.init_temperature, f"{where}.max_logit_scale", self.max_logit_scale,
+              f"must be at least 1/init_temperature = {1 / self.init_temperature:g}")
+
+
+SCHEMAS = {"clip": ClipConfig}

@@ -1,0 +1,143 @@
+"""CLIP, the reranker: a causal text Transformer and a ViT image encoder trained contrastively.
+
+DALL-E draws many samples per caption and keeps those CLIP scores highest, so CLIP only has to
+judge image-caption agreement; a small ViT suffices for the image tower. The contrastive loss
+compares every image with every caption of the *global* batch: `gather` concatenates the
+features of all ranks with gradients flowing back to their owners, so training on W ranks is the
+same optimisation problem as training on one with a W times larger batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from megadalle.config.clip import ClipConfig
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block; `causal` selects the text tower's mask."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class TextEncoder(nn.Module):
+    """Causal Transformer over BPE ids; the caption's feature is the state at its last non-pad token."""
+
+    def __init__(self, cfg: ClipConfig):
+        super().__init__()
+        self.pad_id = cfg.text_pad_id
+        self.tok = nn.Embedding(cfg.text_vocab, cfg.text_width)
+        self.pos = nn.Parameter(torch.randn(cfg.text_len, cfg.text_width) * 0.01)
+        self.blocks = nn.ModuleList(Block(cfg.text_width, cfg.text_heads) for _ in range(cfg.text_layers))
+        self.ln = nn.LayerNorm(cfg.text_width)
+        self.proj = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        x = self.tok(text) + self.pos[: text.shape[1]]
+        for block in self.blocks:
+            x = block(x, causal=True)
+        # Causal attention: the last real token has read the whole caption (CLIP reads its EOT token).
+        last = ((text != self.pad_id).long().cumsum(1).argmax(1))
+        return self.proj(self.ln(x[torch.arange(text.shape[0], device=text.device), last]))
+
+
+class ImageEncoder(nn.Module):
+    """ViT: patches -> Transformer -> class token -> projection. Input in [0, 1], any size."""
+
+    def __init__(self, cfg: ClipConfig):
+        super().__init__()
+        self.size = cfg.image_size
+        n_patches = (cfg.image_size // cfg.patch_size) ** 2
+        self.patch = nn.Conv2d(3, cfg.vision_width, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.cls = nn.Parameter(torch.randn(cfg.vision_width) * 0.02)
+        self.pos = nn.Parameter(torch.randn(n_patches + 1, cfg.vision_width) * 0.01)
+        self.ln_pre, self.ln_post = nn.LayerNorm(cfg.vision_width), nn.LayerNorm(cfg.vision_width)
+        self.blocks = nn.ModuleList(Block(cfg.vision_width, cfg.vision_heads) for _ in range(cfg.vision_layers))
+        self.proj = nn.Linear(cfg.vision_width, cfg.embed_dim, bias=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[-1] != self.size or image.shape[-2] != self.size:
+            image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                  align_corners=False)
+        x = self.patch(image * 2 - 1).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1) + self.pos
+        x = self.ln_pre(x)
+        for block in self.blocks:
+            x = block(x, causal=False)
+        return self.proj(self.ln_post(x[:, 0]))
+
+
+class CLIP(nn.Module):
+    """Both towers and the learned temperature (stored as log(1/T), CLIP's parametrisation)."""
+
+    def __init__(self, cfg: ClipConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.text = TextEncoder(cfg)
+        self.image = ImageEncoder(cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text(text), dim=-1)
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image(image), dim=-1)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_image(image), self.encode_text(text)
+
+    def loss(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        img, txt = self(image, text)
+        return contrastive_loss(img, txt, self.scale())
+
+    @torch.no_grad()
+    def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each image with its caption (one row of `text` each, or one for all)."""
+        img, txt = self(image, text)
+        return (img * txt).sum(-1)
+
+
+def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' rows concatenated in rank order (gradients flow back to each owner), and this rank's offset."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0), dist.get_rank() * x.shape[0]
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Symmetric InfoNCE of this rank's pairs against the global batch.
+
+    Each rank scores its own images against all captions and its own captions against all
+    images; the mean of the ranks' losses is the single-process loss on the global batch, so the
+    usual data-parallel gradient average gives the single-process gradient. Assumes equal
+    per-rank batch sizes.
+    """
+    all_img, offset = gather(img)
+    all_txt, _ = gather(txt)
+    labels = torch.arange(img.shape[0], device=img.device) + offset
+    logits_i = scale * img @ all_txt.t()
+    logits_t = scale * txt @ all_img.t()
+    loss = (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
+    accuracy = (logits_i.argmax(-1) == labels).float().mean()
+    return loss, {"clip_loss": loss.item(), "clip_acc": accuracy.item(), "temperature": 1 / scale.item()}

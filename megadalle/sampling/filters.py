@@ -1,0 +1,47 @@
+"""Temperature, top-k and top-p (nucleus) filtering of next-token logits, then a seeded draw.
+
+Filters set the logits of excluded tokens to -inf instead of renormalising, so they compose in
+any order and the draw (softmax + multinomial) stays one operation.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row (all of them when k <= 0 or k >= vocab)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability sums to at least p (p >= 1 keeps all).
+
+    A token is kept when the probability mass strictly before it (in descending order) is below
+    p, so the most likely token always survives.
+    """
+    if p >= 1.0:
+        return logits
+    if p <= 0.0:
+        raise ValueError(f"top_p={p} must be in (0, 1]")
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    before = probs.cumsum(-1) - probs
+    drop_sorted = before >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature first (it changes which tokens make up the top-p mass), then top-k, then top-p."""
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be positive")
+    logits = logits.float() / temperature
+    return top_p_filter(top_k_filter(logits, top_k), top_p)
+
+
+def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from softmax(logits) [B, V] -> [B]."""
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

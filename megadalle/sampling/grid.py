@@ -1,0 +1,33 @@
+"""Write samples as one PNG grid (and single images), the form people look at results in."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, 3, S, S] in [0, 1] -> [N, S, S, 3] uint8."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_grid(images: torch.Tensor, columns: int | None = None, pad: int = 2) -> Image.Image:
+    """Tile images row by row, `columns` per row (about square by default), with white gutters."""
+    n, _, h, w = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    canvas = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(to_uint8(images)):
+        r, c = divmod(i, columns)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
+    return Image.fromarray(canvas)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, columns).save(path)
+    return path

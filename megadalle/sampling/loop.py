@@ -1,0 +1,61 @@
+"""The KV-cached sampling loop: the caption once (prefill), then one image token per step.
+
+Without a cache every new token costs a forward pass over the whole sequence; with it, a step
+runs the model on one position against stored keys and values. Each batch of samples draws from
+its own generator seeded by (seed, batch index): a rerun with the same seed and batch size
+reproduces every sample, and batch b does not depend on how the batches before it went.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from megadalle.sampling.filters import draw, filter_logits
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 1.0
+    top_k: int = 0
+    """0 keeps every token."""
+    top_p: float = 1.0
+    """1.0 keeps every token."""
+
+
+@torch.no_grad()
+def sample_codes(model, text: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None = None,
+                 on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Text ids [B, text_len] -> sampled image codes [B, grid_len] (model: a Transformer in eval mode)."""
+    grid_len = model.cfg.grid_len
+    dtype = next(model.parameters()).dtype
+    cache = model.init_cache(text.shape[0], text.device, dtype)
+    logits = model.prefill(text, cache)
+    codes = torch.empty(text.shape[0], grid_len, dtype=torch.long, device=text.device)
+    for i in range(grid_len):
+        codes[:, i] = draw(filter_logits(logits, settings.temperature, settings.top_k, settings.top_p), generator)
+        if i + 1 < grid_len:
+            logits = model.decode_step(codes[:, i], cache)
+        if on_token is not None:
+            on_token(text.shape[0])
+    return codes
+
+
+def batch_generator(seed: int, batch_index: int, device: torch.device | str) -> torch.Generator:
+    """The generator of one batch of samples: independent of the batches before it."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + batch_index)
+
+
+@torch.no_grad()
+def sample_many(model, text: torch.Tensor, n: int, batch_size: int, settings: SamplingSettings, seed: int,
+                on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+    """n samples of one caption (text ids [text_len]) in seeded batches -> codes [n, grid_len]."""
+    if n <= 0 or batch_size <= 0:
+        raise ValueError(f"n={n} and batch_size={batch_size} must be positive")
+    out = []
+    for b, start in enumerate(range(0, n, batch_size)):
+        size = min(batch_size, n - start)
+        generator = batch_generator(seed, b, text.device)
+        out.append(sample_codes(model, text.expand(size, -1), settings, generator, on_token))
+    return torch.cat(out)

@@ -1,0 +1,86 @@
+"""CLIP: shapes, the learned temperature, config errors, and the 2-rank loss equal to the 1-process loss."""
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from megadalle.config import ConfigError, build
+from megadalle.config.clip import ClipConfig
+from megadalle.config.compose import compose
+from megadalle.models.clip import CLIP
+
+TINY = ClipConfig(text_len=8, text_vocab=50, text_width=32, text_layers=1, text_heads=2, image_size=16,
+                  patch_size=4, vision_width=32, vision_layers=1, vision_heads=2, embed_dim=16)
+
+
+def batch(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(4, 50, (n, 8), generator=g)
+    text[:, 5:] = 0  # pads after the caption
+    return torch.rand(n, 3, 16, 16, generator=g), text
+
+
+def test_features_are_unit_vectors_and_loss_trains_temperature():
+    model = CLIP(TINY)
+    image, text = batch(6)
+    img, txt = model(image, text)
+    assert img.shape == txt.shape == (6, 16)
+    torch.testing.assert_close(img.norm(dim=-1), torch.ones(6))
+    loss, metrics = model.loss(image, text)
+    loss.backward()
+    assert model.logit_scale.grad is not None and model.logit_scale.grad != 0
+    assert metrics["temperature"] == pytest.approx(0.07, rel=1e-4)
+
+
+def test_text_feature_ignores_pads_and_resizes_images():
+    model = CLIP(TINY).eval()
+    image, text = batch(2)
+    longer = torch.cat([text, torch.zeros(2, 0, dtype=torch.long)], 1)
+    torch.testing.assert_close(model.encode_text(text), model.encode_text(longer))
+    big = torch.nn.functional.interpolate(image, size=32, mode="nearest")
+    assert model.encode_image(big).shape == (2, 16)
+
+
+@pytest.mark.parametrize("name", ["tiny", "base"])
+def test_config_group_composes_and_validates(name):
+    cfg = build(ClipConfig, compose("train-clip", [f"clip={name}"]).clip, "clip")
+    assert cfg.image_size % cfg.patch_size == 0
+    with pytest.raises(ConfigError, match="clip.image_size=30"):
+        build(ClipConfig, {"image_size": 30, "patch_size": 4}, "clip")
+
+
+def _rank(rank: int, world: int, port: int, out: str):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = CLIP(TINY)
+    image, text = batch(8)
+    per = 8 // world
+    loss, _ = model.loss(image[rank * per:(rank + 1) * per], text[rank * per:(rank + 1) * per])
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    total = loss.detach().clone()
+    dist.all_reduce(grads)
+    dist.all_reduce(total)
+    if rank == 0:
+        torch.save({"loss": total / world, "grads": grads / world}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_two_rank_loss_and_gradients_equal_one_process(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_rank, args=(2, port, out), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    torch.manual_seed(0)
+    model = CLIP(TINY)
+    loss, _ = model.loss(*batch(8))
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got["grads"], grads, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,34 @@
+"""top-k and top-p keep exactly what they should; temperature sharpens."""
+import pytest
+import torch
+
+from megadalle.sampling.filters import draw, filter_logits, top_k_filter, top_p_filter
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
+    kept = top_k_filter(logits, 2).isfinite()
+    assert kept.tolist() == [[False, True, False, True, False]]
+    assert top_k_filter(logits, 0).isfinite().all() and top_k_filter(logits, 9).isfinite().all()
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.1, 0.5, 0.15, 0.25]])
+    logits = probs.log()
+    assert top_p_filter(logits, 0.5).isfinite().tolist() == [[False, True, False, False]]
+    assert top_p_filter(logits, 0.6).isfinite().tolist() == [[False, True, False, True]]
+    assert top_p_filter(logits, 0.76).isfinite().tolist() == [[False, True, True, True]]
+    assert top_p_filter(logits, 0.01).isfinite().sum() == 1
+    with pytest.raises(ValueError, match="top_p=0"):
+        top_p_filter(logits, 0.0)
+
+
+def test_filtered_draws_only_hit_kept_tokens_and_temperature_sharpens():
+    logits = torch.randn(64, 50)
+    filtered = filter_logits(logits, temperature=0.7, top_k=5, top_p=0.9)
+    tokens = draw(filtered.repeat(8, 1), torch.Generator().manual_seed(0))
+    assert filtered.repeat(8, 1).gather(1, tokens[:, None]).isfinite().all()
+    cold = filter_logits(logits, temperature=0.1).softmax(-1).max(-1).values
+    assert (cold >= logits.softmax(-1).max(-1).values).all()
+    with pytest.raises(ValueError, match="temperature=0"):
+        filter_logits(logits, temperature=0)
