@@ -1,0 +1,110 @@
+"""Data configs: `prepare` and `tokenizer` verb keys, and the `data` group the training verbs compose."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+from megadalle.config import check, join
+
+IMAGE_FORMATS = ("jpg", "png")
+NORMALIZATIONS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
+
+
+@dataclass
+class PrepareConfig:
+    """Verb-level keys of `megadalle prepare` (conf/prepare.yaml)."""
+
+    input: str = MISSING
+    """A folder (searched recursively; image + same-stem .txt caption) or a .jsonl / .csv manifest."""
+    output: str = MISSING
+    """Shard directory; rewritten if it exists (index.json is removed first and written last)."""
+    image_size: int = 256
+    """Side of the square images written (resize the short side, then centre-crop)."""
+    format: str = "jpg"
+    """Re-encoding of the images: jpg (smaller) or png (lossless)."""
+    quality: int = 95
+    """JPEG quality (ignored for png)."""
+    min_side: int = 64
+    """Images whose short side is below this are skipped as too_small (upscaling them adds no detail)."""
+    max_pixels: int = 89_478_485
+    """Images with more pixels are skipped as decompression_bomb (PIL's default limit)."""
+    shard_max_samples: int = 10_000
+    shard_max_bytes: int = 1_000_000_000
+    """A new shard starts before one would exceed either limit."""
+    num_workers: int | None = None
+    """Decoding processes; null = one per CPU, 0 = in this process."""
+    image_column: str = "image"
+    """Manifest field (JSONL key or CSV column) holding the image path, relative to the manifest's folder."""
+    caption_column: str = "caption"
+    """Manifest field holding the caption (JSONL: a string or a list of strings)."""
+    report: str | None = None
+    """Where the JSON report of skipped inputs goes; null = <output>/report.json."""
+
+    def validate(self, where: str = "") -> None:
+        for name in ("image_size", "min_side", "max_pixels", "shard_max_samples", "shard_max_bytes"):
+            check(getattr(self, name) > 0, join(where, name), getattr(self, name), "must be positive")
+        check(self.format in IMAGE_FORMATS, join(where, "format"), self.format, f"expected one of {IMAGE_FORMATS}")
+        check(1 <= self.quality <= 100, join(where, "quality"), self.quality, "must be in [1, 100]")
+        check(self.num_workers is None or self.num_workers >= 0, join(where, "num_workers"), self.num_workers,
+              "must be >= 0 or null")
+        check(self.input != self.output, join(where, "output"), self.output, "must differ from input")
+
+
+@dataclass
+class TokenizerConfig:
+    """Verb-level keys of `megadalle tokenizer` (conf/tokenizer.yaml)."""
+
+    input: str = MISSING
+    """Shard directory whose `txt` captions (every line) are the training text."""
+    output: str = MISSING
+    """The sentencepiece model file to write (e.g. tokenizer.model)."""
+    vocab_size: int = 16384
+    """Upper bound on the vocabulary (the paper's 16384); a small corpus may give fewer pieces."""
+    normalization: str = "nmt_nfkc_cf"
+    """sentencepiece normalisation rule; the *_cf rules also case-fold."""
+    character_coverage: float = 0.9995
+    """Fraction of characters kept as pieces; the rarest others become unk."""
+    max_sentences: int = 10_000_000
+    """At most this many caption lines (a random sample) are used for training."""
+    byte_fallback: bool = False
+    """Spell unknown characters as UTF-8 bytes instead of unk (needs vocab_size > 260)."""
+    seed: int = 0
+
+    def validate(self, where: str = "") -> None:
+        check(self.vocab_size > 4, join(where, "vocab_size"), self.vocab_size, "must exceed the 4 special ids")
+        check(self.normalization in NORMALIZATIONS, join(where, "normalization"), self.normalization,
+              f"expected one of {NORMALIZATIONS}")
+        check(0 < self.character_coverage <= 1, join(where, "character_coverage"), self.character_coverage,
+              "must be in (0, 1]")
+        check(self.max_sentences > 0, join(where, "max_sentences"), self.max_sentences, "must be positive")
+
+
+@dataclass
+class DataConfig:
+    """The `data` group (conf/data/*.yaml): which shards a training verb reads and how."""
+
+    shards: str = MISSING
+    """Shard directory with index.json (image shards for dVAE/CLIP, token shards for the Transformer)."""
+    tokenizer: str | None = None
+    """sentencepiece model; needed for token shards (captions are tokenized while loading)."""
+    image_size: int | None = None
+    """Side of the images a loader yields; null = as stored (prepare's image_size)."""
+    bpe_dropout: float = 0.0
+    """BPE dropout while tokenizing captions for training (the paper's 0.1)."""
+    shuffle: bool = True
+    """Seeded permutation of all samples per epoch; false = shard order (e.g. for evaluation)."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 = load in the training process)."""
+    prefetch_factor: int = 2
+    """Batches each worker prepares ahead."""
+
+    def validate(self, where: str = "data") -> None:
+        check(self.image_size is None or self.image_size > 0, join(where, "image_size"), self.image_size,
+              "must be positive or null")
+        check(0.0 <= self.bpe_dropout < 1.0, join(where, "bpe_dropout"), self.bpe_dropout, "must be in [0, 1)")
+        check(self.num_workers >= 0, join(where, "num_workers"), self.num_workers, "must be >= 0")
+        check(self.prefetch_factor >= 1, join(where, "prefetch_factor"), self.prefetch_factor, "must be >= 1")
+
+
+SCHEMAS = {"data": DataConfig}

@@ -1,0 +1,38 @@
+"""Write files so that a reader sees either the old file or the complete new one, never half of it.
+
+Everything a stage publishes (shards, index.json, reports, tokenizer models) goes through here:
+the bytes are written to a hidden temporary name in the same directory, flushed to disk, and
+renamed over the final name; a rename within one file system is atomic on POSIX.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def temp_path(path: str | Path) -> Path:
+    """Hidden sibling `.name.tmp`: same directory (so the rename is atomic) and skipped by `*.tar` globs."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def publish(tmp: str | Path, path: str | Path) -> Path:
+    """Flush `tmp` to disk and rename it to `path`."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    tmp.write_bytes(data)
+    return publish(tmp, path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -1,0 +1,226 @@
+"""Step-indexed, rank-aware, resumable loaders over shard directories (levanter / OLMo-core style).
+
+    loader = image_loader("shards/", global_batch=64, image_size=256, seed=0)      # dVAE, CLIP
+    loader = token_loader("tokens/", global_batch=64, tokenizer=tok, text_len=256)  # Transformer
+    for batch in loader:             # step loader.step, this rank's part; loader.step advances
+        ...
+    ckpt["data"] = loader.state_dict()      # {"step", "epoch", "samples_seen", "global_batch", "seed", "fingerprint", ...}
+    loader.load_state_dict(ckpt["data"])     # next iteration starts at the saved step
+    loader.iter_from_step(n)                 # or start anywhere directly
+
+What a rank gets (see `order.py`): step s's global batch is stream positions [s*B, (s+1)*B);
+position p reads sample permute(p % N) of epoch p // N, a seeded permutation of all N samples;
+rank r of w takes positions r, r+w, ... of the batch (B must divide by w, each rank gets B/w).
+None of it depends on w, so resuming at step s on another number of ranks with the same global
+batch gives every later global batch the same samples (elastic), and every epoch sees each sample
+exactly once. A full permutation replaces webdataset's shuffle buffer: it is strictly better mixed.
+
+Shards are not assigned to ranks or workers: every rank reads the samples its positions name, from
+whichever shard holds them (random access by offset, `shards.SampleReader`). So the number of
+shards never needs to divide ranks x workers: with 1 shard and 8 ranks x 4 workers, every rank
+still gets B/w samples at every step and no rank waits or gets an empty stream.
+
+DataLoader workers split steps, not samples: worker k of K builds steps start+k, start+k+K, ...
+and the DataLoader returns them in step order, so the worker count changes speed only.
+
+By default the stream is infinite (the trainer decides when to stop). With `epochs=E` it ends
+after E*N samples; the last global batch is then partial and a rank whose part of it is empty
+stops one step earlier than the others: use it for one pass such as `encode`, not for training
+with collectives.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from megadalle.config.data import DataConfig
+from megadalle.data.batches import BatchMaker, ImageBatches, TokenBatches
+from megadalle.data.fields import IMAGE_FIELDS
+from megadalle.data.order import rank_positions, sample_ids
+from megadalle.data.shards import SampleReader, ShardIndex
+
+
+class LoaderStateError(ValueError):
+    """A saved loader position that does not fit this loader (other data, seed or global batch)."""
+
+
+@dataclass
+class LoaderState:
+    """What a checkpoint stores to resume the data stream exactly."""
+
+    step: int
+    """Next step to produce (the number of steps consumed so far)."""
+    epoch: int
+    """Epoch of the next sample (informational: derived from step)."""
+    samples_seen: int
+    """Global samples consumed: step * global_batch."""
+    global_batch: int
+    seed: int
+    shuffle: bool
+    fingerprint: str
+    """ShardIndex.fingerprint of the data set; resuming on other data is an error."""
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from torchrun / deepspeed (RANK, WORLD_SIZE) or srun (SLURM_*), else (0, 1)."""
+    for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank_key in os.environ and world_key in os.environ:
+            return int(os.environ[rank_key]), int(os.environ[world_key])
+    return 0, 1
+
+
+class _Steps(IterableDataset):
+    """Runs in each DataLoader worker: builds (step, batch) for the steps this worker owns."""
+
+    def __init__(self, plan: "StepLoader", start: int):
+        self.plan, self.start = plan, start
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        plan = self.plan
+        reader = SampleReader(plan.index)
+        try:
+            stop = plan.stop_step
+            steps = itertools.count(self.start + worker, workers) if stop is None else range(self.start + worker, stop, workers)
+            for step in steps:
+                positions = plan.positions(step)
+                if positions.size == 0:
+                    return
+                ids = sample_ids(positions, plan.index.total, plan.seed, plan.shuffle)
+                samples = [reader.read(int(i), plan.maker.fields) for i in ids]
+                yield step, plan.maker(samples, positions, plan.seed)
+        finally:
+            reader.close()
+
+
+class StepLoader:
+    """This rank's batches by step over one shard directory; see the module docstring for the order."""
+
+    def __init__(self, root: str | Path, global_batch: int, maker: BatchMaker, *, seed: int = 0,
+                 shuffle: bool = True, rank: int | None = None, world_size: int | None = None,
+                 num_workers: int = 0, prefetch_factor: int = 2, epochs: int | None = None,
+                 pin_memory: bool = False):
+        env_rank, env_world = rank_and_world()
+        self.rank = env_rank if rank is None else rank
+        self.world_size = env_world if world_size is None else world_size
+        if global_batch < 1 or global_batch % self.world_size:
+            raise ValueError(f"global_batch={global_batch} must be a positive multiple of world_size={self.world_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank={self.rank} must be in [0, world_size={self.world_size})")
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"epochs={epochs} must be a positive integer or None (infinite)")
+        self.index = ShardIndex.load(root)
+        self.global_batch, self.maker, self.seed, self.shuffle = global_batch, maker, seed, shuffle
+        self.num_workers, self.prefetch_factor, self.epochs, self.pin_memory = num_workers, prefetch_factor, epochs, pin_memory
+        self.step = 0
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps to cover one epoch (the last may straddle into the next)."""
+        return math.ceil(self.index.total / self.global_batch)
+
+    @property
+    def stop_step(self) -> int | None:
+        """First step not produced, or None for an infinite stream."""
+        return None if self.epochs is None else math.ceil(self.epochs * self.index.total / self.global_batch)
+
+    def positions(self, step: int) -> np.ndarray:
+        """Stream positions this rank reads at `step` (cut at the end of the last epoch, if any)."""
+        pos = rank_positions(step, self.global_batch, self.rank, self.world_size)
+        return pos if self.epochs is None else pos[pos < self.epochs * self.index.total]
+
+    def sample_ids(self, step: int) -> np.ndarray:
+        """Global sample ids this rank reads at `step`, without reading them (for tests and checks)."""
+        return sample_ids(self.positions(step), self.index.total, self.seed, self.shuffle)
+
+    def iter_from_step(self, step: int) -> Iterator[dict[str, Any]]:
+        """Batches from `step` on; `self.step` is the next step after each batch handed out."""
+        if step < 0:
+            raise ValueError(f"step={step} must be >= 0")
+        self.step = step
+        stream = _Steps(self, step)
+        if self.num_workers == 0:
+            batches = iter(stream)
+        else:
+            batches = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                      prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory))
+        for got, batch in batches:
+            if got != self.step:
+                raise RuntimeError(f"data loader produced step {got} where step {self.step} was due")
+            self.step = got + 1
+            yield batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.iter_from_step(self.step)
+
+    def state_dict(self) -> dict[str, Any]:
+        samples = self.step * self.global_batch
+        if self.epochs is not None:
+            samples = min(samples, self.epochs * self.index.total)
+        return asdict(LoaderState(self.step, samples // self.index.total, samples, self.global_batch,
+                                  self.seed, self.shuffle, self.index.fingerprint))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at the saved step; the data, seed, shuffle and global batch must match (ranks may differ)."""
+        saved = LoaderState(**state)
+        for name, mine in (("fingerprint", self.index.fingerprint), ("seed", self.seed),
+                           ("shuffle", self.shuffle), ("global_batch", self.global_batch)):
+            if getattr(saved, name) != mine:
+                raise LoaderStateError(
+                    f"cannot resume the data stream: checkpoint has {name}={getattr(saved, name)!r}, this loader "
+                    f"has {name}={mine!r} (data {self.index.root}); an exact resume needs the same data set, "
+                    f"seed, shuffle and global batch (the number of ranks may change)")
+        self.step = saved.step
+
+
+def image_field(index: ShardIndex) -> str:
+    """The image field of an image shard directory (jpg, png, ...)."""
+    found = [f for f in IMAGE_FIELDS if f in index.fields]
+    if not found:
+        raise ValueError(f"{index.root}: no image field among {index.fields} (expected one of {IMAGE_FIELDS})")
+    return found[0]
+
+
+def image_loader(root: str | Path, global_batch: int, image_size: int, **kwargs) -> StepLoader:
+    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption=list[str], key=list[str]), b = B / world."""
+    index = ShardIndex.load(root)
+    return StepLoader(root, global_batch, ImageBatches(image_size, image_field(index)), **kwargs)
+
+
+def token_loader(root: str | Path, global_batch: int, tokenizer, text_len: int, bpe_dropout: float = 0.0,
+                 **kwargs) -> StepLoader:
+    """Token batches dict(text=LongTensor[b, text_len], image=LongTensor[b, H*W]); `tokenizer` is a data.tokenizer.Tokenizer."""
+    return StepLoader(root, global_batch, TokenBatches(tokenizer, text_len, bpe_dropout), **kwargs)
+
+
+def loader_from_config(cfg: DataConfig, global_batch: int, seed: int, *, text_len: int | None = None,
+                       image_size: int | None = None, **kwargs) -> StepLoader:
+    """A loader for the `data` group: token batches when `cfg.tokenizer` is set (needs text_len), else images.
+
+    `image_size` (e.g. the dVAE's) applies when cfg.image_size is null; with both null the stored size is kept.
+    """
+    common = dict(seed=seed, shuffle=cfg.shuffle, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor)
+    common.update(kwargs)
+    if cfg.tokenizer:
+        if text_len is None:
+            raise ValueError("loader_from_config: token shards need text_len (the model's)")
+        from megadalle.data.tokenizer import Tokenizer
+
+        return token_loader(cfg.shards, global_batch, Tokenizer(cfg.tokenizer), text_len, cfg.bpe_dropout, **common)
+    size = cfg.image_size or image_size or ShardIndex.load(cfg.shards).meta.get("image_size")
+    if not size:
+        raise ValueError(f"{cfg.shards}: index.json has no meta.image_size; set data.image_size")
+    return image_loader(cfg.shards, global_batch, int(size), **common)

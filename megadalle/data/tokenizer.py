@@ -1,0 +1,128 @@
+"""The text tokenizer: sentencepiece BPE trained on the shards' captions, and the `Tokenizer` that uses it.
+
+Ids 0-3 are fixed (pad, unk, bos, eos) so that pad = 0 matches TransformerConfig.text_pad_id.
+Training uses `hard_vocab_limit=False`: on a small corpus (the demo's few thousand captions) the
+requested size is an upper bound and the model may come out smaller (`Tokenizer.vocab_size` is the
+real one; the Transformer's text_vocab must be at least that). A size below the number of distinct
+characters plus the 4 specials cannot work and raises an error naming the minimum.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import sentencepiece as spm
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from megadalle.data import atomic
+from megadalle.data.shards import ShardIndex, iter_samples
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from megadalle.config.data import NORMALIZATIONS  # noqa: E402  (one list for config and code)
+
+
+class Tokenizer:
+    """Caption <-> ids with truncation to `text_len` and padding with PAD_ID.
+
+    BPE dropout (`dropout` > 0) uses sentencepiece's sampling; its generator is process-global, so
+    each call with a `seed` reseeds it first: the same (text, seed) always gives the same ids. That
+    is what makes dropout reproducible across resumes (the loader seeds by stream position). Picklable
+    (carries the model bytes), so DataLoader workers get their own copy.
+    """
+
+    def __init__(self, model: str | Path | bytes, add_bos: bool = False, add_eos: bool = False):
+        self.proto = model if isinstance(model, bytes) else Path(model).read_bytes()
+        self.add_bos, self.add_eos = add_bos, add_eos
+        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        if (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise ValueError(f"tokenizer model has special ids pad/unk/bos/eos = {self.sp.pad_id()}/{self.sp.unk_id()}/"
+                             f"{self.sp.bos_id()}/{self.sp.eos_id()}; megadalle needs 0/1/2/3")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.vocab_size()
+
+    def encode(self, text: str, text_len: int | None = None, dropout: float = 0.0, seed: int | None = None) -> list[int]:
+        """Ids of `text`; with `text_len`, truncated (keeping eos last if added) and padded to exactly text_len."""
+        if dropout > 0.0:
+            if seed is not None:
+                spm.set_random_generator_seed(seed)
+            ids = self.sp.encode(text, enable_sampling=True, alpha=dropout, nbest_size=-1)
+        else:
+            ids = self.sp.encode(text)
+        ids = ([BOS_ID] if self.add_bos else []) + list(ids)
+        if text_len is None:
+            return ids + ([EOS_ID] if self.add_eos else [])
+        if self.add_eos:
+            ids = ids[: text_len - 1] + [EOS_ID]
+        ids = ids[:text_len]
+        return ids + [PAD_ID] * (text_len - len(ids))
+
+    def encode_batch(self, texts: list[str], text_len: int, dropout: float = 0.0, seed: int | None = None) -> torch.Tensor:
+        """LongTensor [len(texts), text_len]; with a seed, text i uses seed + i."""
+        return torch.tensor([self.encode(t, text_len, dropout, None if seed is None else seed + i)
+                             for i, t in enumerate(texts)], dtype=torch.long)
+
+    def decode(self, ids) -> str:
+        """Text of ids, ignoring pad, bos and eos."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return self.sp.decode([int(i) for i in ids if i not in (PAD_ID, BOS_ID, EOS_ID)])
+
+    def __getstate__(self):
+        return {"proto": self.proto, "add_bos": self.add_bos, "add_eos": self.add_eos}
+
+    def __setstate__(self, state):
+        self.__init__(state["proto"], state["add_bos"], state["add_eos"])
+
+
+def iter_captions(shards: str | Path) -> Iterator[str]:
+    """Every caption line of every sample (a sample's `txt` may hold several, one per line)."""
+    for sample in iter_samples(shards, ["txt"]):
+        for line in sample["txt"].splitlines():
+            if line.strip():
+                yield line.strip()
+
+
+def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16384,
+                    normalization: str = "nmt_nfkc_cf", character_coverage: float = 0.9995,
+                    max_sentences: int = 10_000_000, byte_fallback: bool = False, seed: int = 0) -> Tokenizer:
+    """Train BPE on the captions of a shard directory and write the model to `output` atomically."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
+    total = ShardIndex.load(shards).total
+    captions = tqdm(iter_captions(shards), desc="captions", unit=" lines", total=None, leave=False)
+    buf = io.BytesIO()
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(captions), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, hard_vocab_limit=False,
+            normalization_rule_name=normalization, character_coverage=character_coverage,
+            input_sentence_size=max_sentences, shuffle_input_sentence=True, byte_fallback=byte_fallback,
+            num_threads=os.cpu_count() or 1, minloglevel=2)
+    except RuntimeError as err:
+        need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(err))
+        if need:
+            raise ValueError(f"vocab_size={vocab_size}: the captions need at least {need.group(1)} pieces "
+                             f"(distinct characters + 4 specials)") from None
+        raise ValueError(f"sentencepiece training on {total} samples of {shards} failed: {err}") from None
+    atomic.write_bytes(output, buf.getvalue())
+    return Tokenizer(buf.getvalue())
+
+
+def run(cfg: DictConfig) -> int:
+    """`megadalle tokenizer input=SHARDS output=FILE vocab_size=16384`."""
+    from megadalle.config import build, top_level
+    from megadalle.config.data import TokenizerConfig
+
+    tc = build(TokenizerConfig, top_level(cfg, TokenizerConfig), "")
+    tok = train_tokenizer(tc.input, tc.output, tc.vocab_size, tc.normalization, tc.character_coverage,
+                          tc.max_sentences, tc.byte_fallback, tc.seed)
+    note = "" if tok.vocab_size == tc.vocab_size else f" (asked for {tc.vocab_size}: the corpus supports no more)"
+    print(f"tokenizer: wrote {tc.output}, vocabulary {tok.vocab_size}{note}")
+    return 0
