@@ -1,0 +1,11 @@
+"""Block-sparse flash attention in Triton, driven by per-mask block tables (imports nothing from megadalle).
+
+`build_layout` turns a mask into tables once; `sparse_attention(q, k, v, layout, scale)` runs it.
+Importing this package decorates Triton kernels, so set TRITON_INTERPRET=1 before importing it
+to run them on a CPU.
+"""
+from .attention import DTYPES, HEAD_DIMS, sparse_attention
+from .layout import Layout, build_layout, dense_from_layout, grid_column_major_order
+
+__all__ = ["DTYPES", "HEAD_DIMS", "Layout", "build_layout", "dense_from_layout", "grid_column_major_order",
+           "sparse_attention"]

@@ -1,0 +1,70 @@
+"""The public call: `sparse_attention(q, k, v, layout, scale)`, differentiable, with checked inputs.
+
+Inputs are [B, H, L, D] with any batch/head/sequence strides but a contiguous head dimension
+(the kernels read rows of D contiguous elements). Anything the kernels cannot serve is refused
+with a ValueError that names the offending value, before any kernel is launched.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .backward import backward
+from .forward import forward
+from .layout import Layout
+
+HEAD_DIMS = (16, 32, 64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> None:
+    """Raise ValueError naming the first property of q, k, v or layout the kernels cannot serve."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor [batch, heads, seq, head_dim], got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.shape != q.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but q has {tuple(q.shape)}")
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last (head) dimension, got stride {t.stride(-1)}")
+    if q.dtype not in DTYPES:
+        raise ValueError(f"dtype {q.dtype} is not supported; expected one of {DTYPES}")
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"head_dim {q.shape[-1]} is not supported; expected one of {HEAD_DIMS}")
+    if q.shape[2] != layout.seq_len:
+        raise ValueError(f"sequence length {q.shape[2]} does not match the layout's {layout.seq_len}")
+    if layout.device != q.device:
+        raise ValueError(f"layout is on {layout.device} but q is on {q.device}")
+
+
+class _SparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, layout, scale):
+        o, lse = forward(q, k, v, layout, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.layout, ctx.scale = layout, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        if do.stride(-1) != 1:
+            do = do.contiguous()
+        dq, dk, dv = backward(do, q, k, v, o, lse, ctx.layout, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout,
+                     scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v over the layout's allowed pairs; scale defaults to 1/sqrt(head_dim)."""
+    check_inputs(q, k, v, layout)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return _SparseAttention.apply(q, k, v, layout, float(scale))

@@ -1,0 +1,37 @@
+"""Triton helpers shared by the forward and backward kernels: row addresses and tile bitmasks."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def visit_rows(order_ptr, offs, seq_len, PERMUTED: tl.constexpr):
+    """Sequence rows of visiting indices `offs` (the layout's order; identity when not PERMUTED).
+
+    Indices past the sequence map to themselves; every load or store of them is masked anyway.
+    """
+    if PERMUTED:
+        rows = tl.load(order_ptr + offs, mask=offs < seq_len, other=0)
+    else:
+        rows = offs
+    return rows.to(tl.int64)
+
+
+@triton.jit
+def tile_bits(bits_ptr, tile, q_local, k_local, BLOCK_M: tl.constexpr, WORDS: tl.constexpr):
+    """Whether query `q_local` may see key `k_local` inside partial tile number `tile`.
+
+    `q_local` and `k_local` are block-local indices that broadcast against each other, so the
+    forward asks for a [BLOCK_M, BLOCK_N] tile and the dK/dV pass for its transpose.
+    """
+    word = tl.load(bits_ptr + (tile * BLOCK_M + q_local) * WORDS + k_local // 32)
+    return ((word >> (k_local % 32)) & 1) != 0
+
+
+@triton.jit
+def dot(a, b, PRECISION: tl.constexpr):
+    """tl.dot with fp32 accumulation; PRECISION "upcast" multiplies in fp32 (see `precision`)."""
+    if PRECISION == "upcast":
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a, b, input_precision=PRECISION)
+    return out
