@@ -71,13 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in rest or "--help" in rest:
         print_verb_help(verb)
         return 0
+    from hydra.errors import HydraException
+
     from megadalle.config import ConfigError
 
     try:
         cfg = compose(verb, rest)
-        result = resolve(verb)(cfg)
-    except ConfigError as err:
-        print(f"megadalle {verb}: bad config: {err}", file=sys.stderr)
+        stage = resolve(verb)
+        result = stage(cfg)
+    except (ConfigError, HydraException) as err:
+        cause = f" ({err.__cause__})" if err.__cause__ else ""
+        print(f"megadalle {verb}: bad config: {err}{cause}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
 

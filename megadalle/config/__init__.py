@@ -32,16 +32,29 @@ def check(ok: bool, key: str, value: Any, reason: str) -> None:
         raise ConfigError(f"{key}={value!r}: {reason}")
 
 
+def join(where: str, name: str) -> str:
+    """Dotted key of field `name` under the node at `where` ("" for the config's top level)."""
+    return f"{where}.{name}" if where else name
+
+
+def top_level(cfg: DictConfig, cls: type) -> dict:
+    """The verb-level keys of `cfg` that `cls` declares (the groups beside them are left out)."""
+    from dataclasses import fields
+
+    return {f.name: cfg[f.name] for f in fields(cls) if f.name in cfg}
+
+
 def build(cls: type[T], node: DictConfig | dict | None, where: str) -> T:
     """Merge `node` over the dataclass defaults, convert to the dataclass and validate it.
 
-    `where` is the node's dotted path in the full config (e.g. "model"), used in error messages.
+    `where` is the node's dotted path in the full config (e.g. "model"; "" for verb-level keys),
+    used in error messages.
     """
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), node or {})
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{where}: {err}") from None
+        raise ConfigError(f"{where or 'config'}: {err}") from None
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(where)

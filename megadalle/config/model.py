@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from megadalle.attention.masks import MASK_KINDS, PAPER_PATTERN
-from megadalle.config import check
+from megadalle.config import check, join
 
 ATTENTION_BACKENDS = ("auto", "reference", "triton")
 
@@ -56,7 +56,7 @@ class TransformerConfig:
         for name in ("text_len", "text_vocab", "grid_size", "image_vocab", "n_layers", "n_heads",
                      "head_dim", "d_model", "mlp_ratio", "conv_kernel"):
             value = getattr(self, name)
-            check(value > 0, f"{where}.{name}", value, "must be positive")
+            check(value > 0, join(where, name), value, "must be positive")
         check(self.n_heads * self.head_dim == self.d_model, f"{where}.d_model", self.d_model,
               f"must equal n_heads * head_dim = {self.n_heads} * {self.head_dim} = {self.n_heads * self.head_dim}")
         check(0 <= self.text_pad_id < self.text_vocab, f"{where}.text_pad_id", self.text_pad_id,

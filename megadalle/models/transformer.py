@@ -216,8 +216,8 @@ class Transformer(nn.Module):
     def decode_step(self, image_token: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed the next image token [B]; returns logits [B, image_vocab] for the token after it."""
         index = cache.length - self.cfg.text_len
-        if not 0 <= index < self.cfg.grid_len:
-            raise ValueError(f"cache holds {cache.length} positions: no image position left to decode")
+        if not 0 <= index < self.cfg.grid_len - 1:
+            raise ValueError(f"cache holds {cache.length} positions: no image token left to predict")
         return self._extend(self.embed.image(image_token[:, None], start=index), cache)
 
     def _check_shapes(self, text: torch.Tensor, image: torch.Tensor | None) -> None:

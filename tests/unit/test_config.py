@@ -1,0 +1,53 @@
+"""Config composition and validation: bad values are refused with their key and value named."""
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from megadalle.config import ConfigError, build
+from megadalle.config.compose import compose
+from megadalle.config.model import TransformerConfig
+
+
+def model_config(*overrides):
+    return build(TransformerConfig, compose("plan", ["model=tiny", *overrides]).model, "model")
+
+
+def test_12b_is_the_papers_model():
+    cfg = build(TransformerConfig, compose("plan", ["model=12b"]).model, "model")
+    assert (cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.d_model) == (64, 62, 64, 3968)
+    assert (cfg.text_len, cfg.text_vocab, cfg.grid_size, cfg.image_vocab) == (256, 16384, 32, 8192)
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "1b", "12b"])
+def test_every_model_size_validates(size):
+    build(TransformerConfig, compose("plan", [f"model={size}"]).model, "model")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.d_model=100", "model.d_model=100: must equal n_heads * head_dim = 4 * 32 = 128"),
+    ("model.conv_kernel=4", "model.conv_kernel=4: must be odd"),
+    ("model.attention_pattern=[row,spiral]", "model.attention_pattern[1]='spiral': unknown mask kind"),
+    ("model.last_layer_attention=diagonal", "model.last_layer_attention='diagonal': unknown mask kind"),
+    ("model.text_len=0", "model.text_len=0: must be positive"),
+    ("model.grid_size=-2", "model.grid_size=-2: must be positive"),
+    ("model.attention_pattern=[row,row,row,row,column]", "is longer than n_layers=4"),
+    ("model.attention_backend=cuda", "model.attention_backend='cuda': expected one of"),
+    ("model.text_pad_id=512", "model.text_pad_id=512: must be a token id below text_vocab=512"),
+])
+def test_bad_values_name_key_and_value(override, message):
+    with pytest.raises(ConfigError) as err:
+        model_config(override)
+    assert message in str(err.value)
+
+
+def test_wrong_types_and_unknown_keys_fail_at_composition():
+    with pytest.raises(ConfigCompositionException):
+        compose("plan", ["model.n_heads=four"])
+    with pytest.raises(ConfigCompositionException):
+        compose("plan", ["model.n_haeds=4"])
+
+
+def test_validation_does_not_rewrite_values():
+    cfg = model_config("model.dropout=0.25")
+    assert cfg.dropout == 0.25
+    cfg.validate()
+    assert cfg.dropout == 0.25
