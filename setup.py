@@ -5,15 +5,20 @@ the hydra configs in `conf/` install inside the package so an installed `megadal
 apex is optional (used when importable, e.g. in NVIDIA containers) and is deliberately not a
 dependency: the PyPI package named `apex` is an unrelated project.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
+
+PACKAGES = (
+    find_packages(include=["megadalle", "megadalle.*"])
+    + ["megadalle.kernels"] + [f"megadalle.kernels.{name}" for name in find_packages("kernels")]
+    + ["megadalle.conf"]
+)
 
 setup(
     name="megadalle",
     version="0.1.0",
     description="Train DALL-E-style text-to-image models: dVAE, sparse-attention Transformer, CLIP rerank",
     python_requires=">=3.10",
-    packages=["megadalle", "megadalle.config", "megadalle.attention", "megadalle.models", "megadalle.data",
-              "megadalle.train", "megadalle.kernels", "megadalle.conf"],
+    packages=PACKAGES,
     package_dir={"megadalle": "megadalle", "megadalle.kernels": "kernels", "megadalle.conf": "conf"},
     package_data={"megadalle.conf": ["*.yaml", "*/*.yaml"]},
     install_requires=[
