@@ -141,7 +141,7 @@ class ShardWriter:
             raise ValueError(f"sample {key!r} has no fields")
         size = sum(512 + -(-len(b) // 512) * 512 for b in members.values())
         if self._tar is not None and (self._count >= self.max_count or self._tar.fileobj.tell() + size > self.max_bytes):
-            self._finish_shard()
+            self.finish_shard()
         if self._tar is None:
             self._tar = tarfile.open(atomic.temp_path(self._shard_path(len(self.shards))), "w", format=tarfile.PAX_FORMAT)
         if key in self._keys:
@@ -154,8 +154,7 @@ class ShardWriter:
 
     def close(self) -> ShardIndex:
         """Finish the last shard, delete stale shards and leftovers, publish index.json."""
-        if self._tar is not None:
-            self._finish_shard()
+        self.finish_shard()
         keep = {s.name for s in self.shards}
         for path in self.root.glob("shard-*.tar"):
             if path.name not in keep:
@@ -186,7 +185,10 @@ class ShardWriter:
     def _shard_path(self, number: int) -> Path:
         return self.root / (SHARD_PATTERN % number)
 
-    def _finish_shard(self) -> None:
+    def finish_shard(self) -> None:
+        """Publish the shard being written now (e.g. to mirror the shard boundaries of an input); no-op if empty."""
+        if self._tar is None:
+            return
         path = self._shard_path(len(self.shards))
         self._tar.close()
         atomic.publish(atomic.temp_path(path), path)

@@ -1,0 +1,132 @@
+"""One input pair -> one shard sample, or a skip with a reason. Runs in `prepare`'s worker processes.
+
+Every failure a real scrape contains maps to one reason (the report counts them), and no exception
+escapes `convert`: one bad file must never stop the good ones. Checks go cheapest first (file size,
+caption, image header) so a bad input costs no pixel decoding.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from megadalle.data.images import draft_for, resize_center_crop, to_rgb
+from megadalle.data.sources import Item
+
+REASONS = ("missing_file", "empty_file", "unreadable", "missing_caption", "empty_caption", "not_an_image",
+           "decompression_bomb", "too_small", "truncated", "bad_manifest_row")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    image_size: int
+    format: str = "jpg"
+    quality: int = 95
+    min_side: int = 64
+    max_pixels: int = 89_478_485
+
+
+@dataclass
+class Result:
+    key: str
+    source: str
+    sample: dict[str, Any] | None = None
+    reason: str | None = None
+    detail: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Skip(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in REASONS, reason
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+def read_captions(item: Item) -> tuple[str, ...]:
+    if item.captions is not None:
+        lines = item.captions
+    else:
+        if item.caption_file is None or not item.caption_file.is_file():
+            raise Skip("missing_caption", f"no {item.caption_file.name if item.caption_file else 'caption'} beside the image")
+        try:
+            lines = tuple(item.caption_file.read_text(encoding="utf-8").splitlines())
+        except (OSError, UnicodeDecodeError) as err:
+            raise Skip("unreadable", f"caption file: {err}") from None
+    captions = tuple(line.strip() for line in lines if line.strip())
+    if not captions:
+        raise Skip("empty_caption", "the caption is blank")
+    return captions
+
+
+def read_bytes(item: Item) -> bytes:
+    try:
+        if not item.image.is_file():
+            raise Skip("missing_file", f"{item.image} does not exist")
+        if os.path.getsize(item.image) == 0:
+            raise Skip("empty_file", "zero bytes")
+        return item.image.read_bytes()
+    except OSError as err:
+        raise Skip("unreadable", str(err)) from None
+
+
+def open_image(data: bytes, opts: ConvertOptions) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode header then pixels, mapping PIL's failures to reasons; also the original size (draft shrinks it)."""
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = opts.max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise Skip("decompression_bomb", str(err)) from None
+    except UnidentifiedImageError:
+        raise Skip("not_an_image", "no image decoder recognises the bytes") from None
+    except Exception as err:  # a decoder that accepts the signature but fails on the header
+        raise Skip("unreadable", f"{type(err).__name__}: {err}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    w, h = img.size
+    if w * h > opts.max_pixels:
+        raise Skip("decompression_bomb", f"{w}x{h} = {w * h} pixels > max_pixels={opts.max_pixels}")
+    if min(w, h) < opts.min_side:
+        raise Skip("too_small", f"{w}x{h}: short side < min_side={opts.min_side}")
+    try:
+        draft_for(img, opts.image_size)
+        img.load()
+    except Exception as err:  # OSError "image file is truncated", SyntaxError "broken PNG file", zlib errors
+        raise Skip("truncated", f"pixel data incomplete or corrupt: {type(err).__name__}: {err}") from None
+    return img, (w, h)
+
+
+def encode_image(img: Image.Image, opts: ConvertOptions) -> bytes:
+    buf = io.BytesIO()
+    if opts.format == "png":
+        img.save(buf, "PNG", optimize=False)
+    else:
+        img.save(buf, "JPEG", quality=opts.quality, subsampling=0 if opts.quality >= 90 else 2)
+    return buf.getvalue()
+
+
+def convert(item: Item, opts: ConvertOptions) -> Result:
+    """The sample for `item` (image, txt, json), or a Result whose `reason` says why it was skipped."""
+    try:
+        if item.problem is not None:
+            raise Skip(*item.problem)
+        data = read_bytes(item)
+        captions = read_captions(item)
+        img, (width, height) = open_image(data, opts)
+        source_format = img.format
+        out = resize_center_crop(to_rgb(img), opts.image_size)
+        meta = {"source": item.source, "width": width, "height": height, "format": source_format,
+                "captions": len(captions)}
+        sample = {"__key__": item.key, opts.format: encode_image(out, opts), "txt": "\n".join(captions), "json": meta}
+        return Result(item.key, item.source, sample=sample)
+    except Skip as skip:
+        return Result(item.key, item.source, reason=skip.reason, detail=skip.detail)
+    except Exception as err:  # anything unforeseen still only skips this one input
+        return Result(item.key, item.source, reason="unreadable", detail=f"{type(err).__name__}: {err}")

@@ -1,0 +1,102 @@
+"""`megadalle prepare`: images + captions -> webdataset shards, bad inputs skipped and reported.
+
+Inputs are listed in a fixed order (`sources.py`), converted in worker processes (`convert.py`)
+and written by the main process in input order, so the shards are identical for any number of
+workers. Rerunning into the same output rebuilds it: the writer removes index.json first (the
+directory reads as unfinished meanwhile), replaces shards by atomic renames, deletes shards left
+over from a larger earlier run and writes index.json last. Skipped inputs are listed with their
+reason in report.json; a summary is printed at the end.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from megadalle.config.data import PrepareConfig
+from megadalle.data import atomic
+from megadalle.data.convert import ConvertOptions, Result, convert
+from megadalle.data.shards import ShardWriter
+from megadalle.data.sources import Item, find_items
+
+
+@dataclass
+class PrepareSummary:
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Skipped inputs per reason."""
+    shards: int = 0
+    seconds: float = 0.0
+    report: str = ""
+    bad: list[dict[str, str]] = field(default_factory=list)
+    """One entry per skipped input: source, reason, detail."""
+
+    def text(self) -> str:
+        lines = [f"prepare: kept {self.kept} samples in {self.shards} shards, skipped {sum(self.skipped.values())} "
+                 f"in {self.seconds:.1f}s ({(self.kept + sum(self.skipped.values())) / max(self.seconds, 1e-9):.1f} inputs/s)"]
+        lines += [f"  skipped {count:>6}  {reason}" for reason, count in sorted(self.skipped.items())]
+        lines.append(f"  report: {self.report}")
+        return "\n".join(lines)
+
+
+def convert_all(items: list[Item], opts: ConvertOptions, num_workers: int) -> Iterator[Result]:
+    """Results in input order; `num_workers` processes (0: in this process)."""
+    work = partial(convert, opts=opts)
+    if num_workers == 0:
+        yield from map(work, items)
+        return
+    with mp.get_context().Pool(num_workers) as pool:
+        yield from pool.imap(work, items, chunksize=max(1, min(64, len(items) // (num_workers * 8) or 1)))
+
+
+def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
+    """Convert `cfg.input` into shards at `cfg.output`; returns the summary (also written to the report)."""
+    start = time.perf_counter()
+    items = find_items(cfg.input, cfg.image_column, cfg.caption_column)
+    opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels)
+    workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
+    meta = {"image_size": cfg.image_size, "format": cfg.format, "source": str(cfg.input)}
+    summary = PrepareSummary(report=str(cfg.report or Path(cfg.output) / "report.json"))
+    writer = ShardWriter(cfg.output, cfg.shard_max_samples, cfg.shard_max_bytes, meta)
+    reasons: Counter[str] = Counter()
+    try:
+        results = convert_all(items, opts, workers)
+        for result in tqdm(results, total=len(items), desc="prepare", unit=" images", disable=not progress):
+            if result.sample is not None:
+                writer.write(result.sample)
+                summary.kept += 1
+            else:
+                reasons[result.reason] += 1
+                summary.bad.append({"source": result.source, "reason": result.reason, "detail": result.detail})
+    except BaseException:
+        writer.abort()
+        raise
+    if summary.kept:
+        summary.shards = len(writer.close().shards)
+    else:
+        writer.abort()
+    summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
+    atomic.write_json(summary.report, {"input": str(cfg.input), "output": str(cfg.output), "config": asdict(cfg),
+                                       **asdict(summary)})
+    return summary
+
+
+def run(cfg: DictConfig) -> int:
+    """`megadalle prepare input=DIR output=DIR image_size=256 ...`; exit code 1 if nothing was usable."""
+    from megadalle.config import build, top_level
+
+    pc = build(PrepareConfig, top_level(cfg, PrepareConfig), "")
+    summary = prepare(pc)
+    print(summary.text())
+    if not summary.kept:
+        print(f"prepare: no usable input in {pc.input}; no index.json written", flush=True)
+        return 1
+    return 0

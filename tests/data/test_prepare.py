@@ -1,0 +1,147 @@
+"""`prepare`: good inputs kept exactly, each kind of bad input skipped with its reason, manifests, reruns."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from megadalle.cli import main
+from megadalle.config.data import PrepareConfig
+from megadalle.data.prepare import prepare
+from megadalle.data.shards import ShardIndex, iter_samples
+from tests.data.conftest import jpeg_bytes
+
+
+def put(folder, name, data: bytes | None = None, caption: str | bytes | None = "a picture"):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        path.write_bytes(data)
+    if caption is not None:
+        txt = path.with_suffix(".txt")
+        txt.write_bytes(caption if isinstance(caption, bytes) else caption.encode())
+    return path
+
+
+def solid_png(size) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """Five good images and one bad input of each kind; returns (folder, {source: reason or None})."""
+    root = tmp_path / "in"
+    put(root, "a/cat.jpg", jpeg_bytes((80, 60), 1), "a cat\n\n a small cat \n")
+    put(root, "b/dog.png", jpeg_bytes((70, 70), 2, "PNG", "RGBA"), "a dog")
+    put(root, "bird.webp", jpeg_bytes((64, 100), 3, "WEBP"), "a bird")
+    put(root, "gray.JPG", jpeg_bytes((50, 40), 4, "JPEG", "L"), "grey")
+    put(root, "sub/deeper/pal.png", jpeg_bytes((40, 40), 5, "PNG", "P"), "palette")
+    good = jpeg_bytes((64, 64), 6)
+    put(root, "empty.jpg", b"")
+    put(root, "trunc.jpg", good[: len(good) // 2])
+    put(root, "fake.png", b"this is plain text, not a PNG")
+    put(root, "tiny.jpg", jpeg_bytes((16, 16), 7))
+    put(root, "bomb.png", solid_png((600, 500)))          # over max_pixels: PIL's warning level
+    put(root, "bomb_big.png", solid_png((1000, 1000)))    # over 2 x max_pixels: PIL's error level
+    put(root, "nocap.jpg", good, caption=None)
+    put(root, "blank.jpg", good, caption="  \n\n")
+    put(root, "badenc.jpg", good, caption=b"\xff\xfe\xfa caption")
+    (root / "orphan.txt").write_text("a caption without an image")
+    expected = {"a/cat.jpg": None, "b/dog.png": None, "bird.webp": None, "gray.JPG": None, "sub/deeper/pal.png": None,
+                "empty.jpg": "empty_file", "trunc.jpg": "truncated", "fake.png": "not_an_image",
+                "tiny.jpg": "too_small", "bomb.png": "decompression_bomb", "bomb_big.png": "decompression_bomb",
+                "nocap.jpg": "missing_caption", "blank.jpg": "empty_caption", "badenc.jpg": "unreadable"}
+    return root, expected
+
+
+def config(input, output, **kw) -> PrepareConfig:
+    base = dict(image_size=32, min_side=32, max_pixels=200_000, num_workers=0)
+    return PrepareConfig(input=str(input), output=str(output), **{**base, **kw})
+
+
+def test_keeps_exactly_the_good_and_reports_each_bad(mixed_folder, tmp_path):
+    root, expected = mixed_folder
+    summary = prepare(config(root, tmp_path / "out"), progress=False)
+    kept = {s["json"]["source"]: s for s in iter_samples(tmp_path / "out", ["jpg", "txt", "json"])}
+    assert set(kept) == {src for src, reason in expected.items() if reason is None}
+    for s in kept.values():
+        assert s["jpg"].size == (32, 32) and s["jpg"].mode == "RGB"
+    assert kept["a/cat.jpg"]["txt"] == "a cat\na small cat"
+    assert kept["a/cat.jpg"]["json"]["width"] == 80 and kept["a/cat.jpg"]["json"]["captions"] == 2
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert {b["source"]: b["reason"] for b in report["bad"]} == {s: r for s, r in expected.items() if r}
+    assert report["kept"] == summary.kept == 5
+    assert report["skipped"] == {"decompression_bomb": 2, "empty_caption": 1, "empty_file": 1, "missing_caption": 1,
+                                 "not_an_image": 1, "too_small": 1, "truncated": 1, "unreadable": 1}
+    assert "kept 5 samples" in summary.text()
+
+
+def test_white_background_for_transparency(tmp_path):
+    img = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    put(tmp_path / "in", "clear.png", buf.getvalue())
+    prepare(config(tmp_path / "in", tmp_path / "out", format="png"), progress=False)
+    (sample,) = iter_samples(tmp_path / "out", ["png"])
+    assert np.asarray(sample["png"]).min() == 255
+
+
+def test_worker_count_does_not_change_output_and_rerun_is_safe(mixed_folder, tmp_path):
+    root, _ = mixed_folder
+    prepare(config(root, tmp_path / "w0", shard_max_samples=2), progress=False)
+    prepare(config(root, tmp_path / "w2", shard_max_samples=2, num_workers=2), progress=False)
+    names = sorted(p.name for p in (tmp_path / "w0").glob("*.tar"))
+    assert names == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    for name in names:
+        assert (tmp_path / "w0" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
+    prepare(config(root, tmp_path / "w0", shard_max_samples=10), progress=False)  # rerun, fewer shards
+    assert sorted(p.name for p in (tmp_path / "w0").glob("*")) == ["index.json", "report.json", "shard-000000.tar"]
+    assert ShardIndex.load(tmp_path / "w0").total == 5
+
+
+def test_jsonl_manifest(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img/one.jpg").write_bytes(jpeg_bytes((40, 40), 1))
+    (tmp_path / "img/two.png").write_bytes(jpeg_bytes((40, 50), 2, "PNG"))
+    rows = [json.dumps({"image": "img/one.jpg", "caption": "first"}),
+            json.dumps({"image": "img/two.png", "caption": ["second", "another"]}),
+            json.dumps({"image": "img/missing.jpg", "caption": "gone"}),
+            "{not json",
+            json.dumps({"image": "img/one.jpg", "caption": ""})]
+    (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
+    summary = prepare(config(tmp_path / "m.jsonl", tmp_path / "out"), progress=False)
+    assert [s["txt"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["first", "second\nanother"]
+    assert summary.skipped == {"bad_manifest_row": 1, "empty_caption": 1, "missing_file": 1}
+
+
+def test_csv_manifest_with_custom_columns(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes((40, 40), 1))
+    (tmp_path / "m.csv").write_text('path,text\na.jpg,"line one\nline two"\nnone.jpg,lost\n')
+    summary = prepare(config(tmp_path / "m.csv", tmp_path / "out", image_column="path", caption_column="text"),
+                      progress=False)
+    assert [s["txt"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["line one\nline two"]
+    assert summary.skipped == {"missing_file": 1}
+    with pytest.raises(ValueError, match="no column 'image'"):
+        prepare(config(tmp_path / "m.csv", tmp_path / "out2"), progress=False)
+
+
+def test_cli_verb(mixed_folder, tmp_path, capsys):
+    root, _ = mixed_folder
+    out = tmp_path / "cli"
+    assert main(["prepare", f"input={root}", f"output={out}", "image_size=24", "min_side=32",
+                 "max_pixels=200000", "num_workers=0", "format=png"]) == 0
+    assert ShardIndex.load(out).meta["image_size"] == 24
+    assert "kept 5 samples" in capsys.readouterr().out
+    assert main(["prepare", f"input={root}", f"output={out}", "format=gif"]) == 2
+
+
+def test_nothing_usable_writes_no_index(tmp_path):
+    put(tmp_path / "in", "x.jpg", b"")
+    assert main(["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "num_workers=0"]) == 1
+    assert not (tmp_path / "out/index.json").exists()
+    assert json.loads((tmp_path / "out/report.json").read_text())["skipped"] == {"empty_file": 1}
