@@ -21,6 +21,7 @@ import json
 import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -52,7 +53,7 @@ class ShardIndex:
     fields: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def total(self) -> int:
         return sum(s.count for s in self.shards)
 
@@ -65,15 +66,18 @@ class ShardIndex:
     def paths(self) -> list[Path]:
         return [self.root / s.name for s in self.shards]
 
+    @cached_property
+    def starts(self) -> np.ndarray:
+        """Global id of each shard's first sample, plus the total at the end."""
+        return np.concatenate([[0], np.cumsum([s.count for s in self.shards])]).astype(np.int64)
+
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Global sample ids -> (shard number, position inside the shard)."""
         ids = np.asarray(ids, dtype=np.int64)
-        ends = np.cumsum([s.count for s in self.shards])
         if ids.size and (ids.min() < 0 or ids.max() >= self.total):
             raise IndexError(f"sample ids must be in [0, {self.total}); got {ids.min()}..{ids.max()}")
-        shard = np.searchsorted(ends, ids, side="right")
-        starts = ends - np.array([s.count for s in self.shards])
-        return shard, ids - starts[shard]
+        shard = np.searchsorted(self.starts, ids, side="right") - 1
+        return shard, ids - self.starts[shard]
 
     def to_json(self) -> dict[str, Any]:
         return {"format": INDEX_FORMAT, "total": self.total, "fingerprint": self.fingerprint,
@@ -261,8 +265,16 @@ class SampleReader:
         self._tables: dict[int, list] = {}
         self._files: OrderedDict[int, io.BufferedReader] = OrderedDict()
 
+    def read_many(self, ids: Iterable[int], fields: Iterable[str], decode: bool = True) -> list[dict[str, Any]]:
+        """Samples by global id, in the order given."""
+        fields = list(fields)
+        shards, positions = self.index.locate(np.fromiter(ids, dtype=np.int64))
+        return [self._read(int(s), int(p), fields, decode) for s, p in zip(shards, positions)]
+
     def read(self, sample_id: int, fields: Iterable[str], decode: bool = True) -> dict[str, Any]:
-        shard, pos = (int(x[0]) for x in self.index.locate(np.array([sample_id])))
+        return self.read_many([sample_id], fields, decode)[0]
+
+    def _read(self, shard: int, pos: int, fields: list[str], decode: bool) -> dict[str, Any]:
         key, members = self._table(shard)[pos]
         f = self._file(shard)
         sample: dict[str, Any] = {"__key__": key}

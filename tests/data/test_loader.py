@@ -1,0 +1,181 @@
+"""Step-indexed loaders: determinism, rank splits, exact and elastic resume, uneven shards, batch contents."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from megadalle.config.data import DataConfig
+from megadalle.data.loader import LoaderStateError, image_loader, loader_from_config, rank_and_world, token_loader
+
+TEXT_LEN = 12
+
+
+def tokens(root, tokenizer, batch=6, **kw):
+    return token_loader(root, batch, tokenizer, TEXT_LEN, bpe_dropout=0.3, **kw)
+
+
+def take(loader, n):
+    return list(itertools.islice(iter(loader), n))
+
+
+def ids_of(batch) -> list[int]:
+    """Token shards store codes filled with the sample's number, so row r of `image` names its sample."""
+    return batch["image"][:, 0].tolist()
+
+
+def global_batches(root, tokenizer, world, steps, start=0, batch=6, **kw) -> list[set[int]]:
+    """The samples of each global batch when `world` ranks each read their part from `start` on."""
+    per_rank = []
+    for rank in range(world):
+        loader = tokens(root, tokenizer, batch, rank=rank, world_size=world, **kw)
+        per_rank.append([ids_of(b) for b in itertools.islice(loader.iter_from_step(start), steps)])
+    return [set().union(*(per_rank[r][s] for r in range(world))) for s in range(steps)]
+
+
+def test_same_seed_same_batches_any_worker_count(token_shards, tokenizer):
+    a = take(tokens(token_shards, tokenizer, seed=7, num_workers=0), 8)
+    b = take(tokens(token_shards, tokenizer, seed=7, num_workers=2), 8)
+    for x, y in zip(a, b):
+        assert torch.equal(x["text"], y["text"]) and torch.equal(x["image"], y["image"])
+    c = take(tokens(token_shards, tokenizer, seed=8), 8)
+    assert [ids_of(x) for x in a] != [ids_of(x) for x in c]
+
+
+def test_every_epoch_sees_each_sample_once(token_shards, tokenizer):
+    loader = tokens(token_shards, tokenizer, batch=5)  # 30 samples: 6 steps per epoch
+    seen = [i for b in take(loader, 12) for i in ids_of(b)]
+    assert sorted(seen[:30]) == list(range(30)) and sorted(seen[30:]) == list(range(30))
+    assert seen[:30] != seen[30:]  # reshuffled per epoch
+    assert loader.state_dict()["epoch"] == 2 and loader.state_dict()["samples_seen"] == 60
+
+
+def test_rank_splits_are_disjoint_and_complete(token_shards, tokenizer):
+    world, batch = 3, 6
+    loaders = [tokens(token_shards, tokenizer, batch, rank=r, world_size=world) for r in range(world)]
+    parts = [[ids_of(b) for b in take(loader, 5)] for loader in loaders]  # 30 samples = 5 steps = one epoch
+    for step in range(5):
+        step_ids = [i for r in range(world) for i in parts[r][step]]
+        assert len(step_ids) == len(set(step_ids)) == batch
+        assert sorted(step_ids) == sorted(loaders[0].sample_ids(step).tolist() + loaders[1].sample_ids(step).tolist()
+                                          + loaders[2].sample_ids(step).tolist())
+    everything = [i for r in range(world) for step in parts[r] for i in step]
+    assert sorted(everything) == list(range(30))
+
+
+def test_resume_mid_epoch_equals_never_stopping(token_shards, tokenizer):
+    straight = take(tokens(token_shards, tokenizer, num_workers=2), 9)
+    first = tokens(token_shards, tokenizer, num_workers=2)
+    before = take(first, 4)
+    state = first.state_dict()
+    assert state["step"] == 4
+    resumed = tokens(token_shards, tokenizer, num_workers=2)
+    resumed.load_state_dict(state)
+    after = take(resumed, 5)
+    for x, y in zip(straight, before + after):  # text too: BPE dropout is seeded by position
+        assert torch.equal(x["text"], y["text"]) and torch.equal(x["image"], y["image"])
+
+
+@pytest.mark.parametrize("before_world, after_world", [(2, 1), (1, 2), (2, 3)])
+def test_elastic_resume_keeps_global_batches(token_shards, tokenizer, before_world, after_world):
+    reference = global_batches(token_shards, tokenizer, before_world, steps=8)
+    stopped = tokens(token_shards, tokenizer, rank=0, world_size=before_world)
+    take(stopped, 3)
+    state = stopped.state_dict()
+    resumed = []
+    for rank in range(after_world):
+        loader = tokens(token_shards, tokenizer, rank=rank, world_size=after_world)
+        loader.load_state_dict(state)
+        resumed.append([ids_of(b) for b in take(loader, 5)])
+    after = [set().union(*(resumed[r][s] for r in range(after_world))) for s in range(5)]
+    assert after == reference[3:]
+    assert all(len(s) == 6 for s in after)
+
+
+def test_uneven_shards_more_ranks_times_workers_than_shards(image_shards):
+    """4 shards of 7, 3, 9, 4 samples; 3 ranks x 2 workers: every rank gets a full part every step."""
+    world = 3
+    got = []
+    for rank in range(world):
+        loader = image_loader(image_shards, 6, 16, rank=rank, world_size=world, num_workers=2)
+        got.append([b["key"] for b in take(loader, 8)])
+        assert all(len(keys) == 2 for keys in got[-1])
+    first_epoch = [k for step in range(4) for r in range(world) for k in got[r][step]][:23]
+    assert sorted(first_epoch) == [f"{i:06d}" for i in range(23)]
+
+
+def test_single_shard_many_ranks(tmp_path):
+    from tests.data.conftest import jpeg_bytes, write_counts
+
+    root = write_counts(tmp_path, [5], lambda i: {"__key__": f"{i:03d}", "jpg": jpeg_bytes((8, 8), i), "txt": "x"})
+    for rank in range(4):
+        batches = take(image_loader(root, 8, 8, rank=rank, world_size=4, num_workers=2), 3)
+        assert [len(b["key"]) for b in batches] == [2, 2, 2]
+
+
+def test_finite_epochs_with_partial_last_batch(image_shards):
+    """23 samples, global batch 10 on 5 ranks, one epoch: the last step has 3 samples, so ranks 3 and 4
+    have nothing left and stop one step early; together the ranks read each sample exactly once."""
+    counts, keys = [], []
+    for rank in range(5):
+        batches = list(image_loader(image_shards, 10, 16, rank=rank, world_size=5, epochs=1, shuffle=False))
+        counts.append(len(batches))
+        keys += [k for b in batches for k in b["key"]]
+    assert counts == [3, 3, 3, 2, 2]
+    assert sorted(keys) == [f"{i:06d}" for i in range(23)]
+
+
+def test_image_batches(image_shards):
+    batch = take(image_loader(image_shards, 4, 8, seed=1), 1)[0]
+    assert batch["image"].shape == (4, 3, 8, 8) and batch["image"].dtype == torch.float32
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert all(isinstance(c, str) and "\n" not in c and c for c in batch["caption"])
+
+
+def test_token_batches_match_the_planned_ids(token_shards, tokenizer):
+    loader = tokens(token_shards, tokenizer, batch=4, rank=1, world_size=2)
+    batch = next(iter(loader.iter_from_step(5)))
+    assert batch["text"].shape == (2, TEXT_LEN) and batch["text"].dtype == torch.long
+    assert batch["image"].shape == (2, 16) and batch["image"].dtype == torch.long
+    assert ids_of(batch) == loader.sample_ids(5).tolist()
+    assert loader.step == 6
+
+
+def test_state_must_match_the_data(token_shards, image_shards, tokenizer):
+    state = tokens(token_shards, tokenizer).state_dict()
+    with pytest.raises(LoaderStateError, match="fingerprint"):
+        image_loader(image_shards, 6, 16).load_state_dict(state)
+    with pytest.raises(LoaderStateError, match="global_batch"):
+        tokens(token_shards, tokenizer, batch=12).load_state_dict(state)
+    with pytest.raises(LoaderStateError, match="seed"):
+        tokens(token_shards, tokenizer, seed=3).load_state_dict(state)
+
+
+def test_bad_arguments(token_shards, tokenizer):
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        tokens(token_shards, tokenizer, batch=5, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="rank=2"):
+        tokens(token_shards, tokenizer, rank=2, world_size=2)
+
+
+def test_rank_from_environment(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert rank_and_world() == (3, 4)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert rank_and_world() == (1, 2)
+
+
+def test_loader_from_config(token_shards, image_shards, tokenizer, tmp_path):
+    path = tmp_path / "tok.model"
+    path.write_bytes(tokenizer.proto)
+    tok = loader_from_config(DataConfig(shards=str(token_shards), tokenizer=str(path), num_workers=0), 4, seed=0,
+                             text_len=TEXT_LEN, rank=0, world_size=1)
+    assert take(tok, 1)[0]["text"].shape == (4, TEXT_LEN)
+    img = loader_from_config(DataConfig(shards=str(image_shards), num_workers=0), 4, seed=0, image_size=8,
+                             rank=0, world_size=1)
+    assert take(img, 1)[0]["image"].shape == (4, 3, 8, 8)

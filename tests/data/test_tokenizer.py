@@ -1,0 +1,66 @@
+"""The sentencepiece tokenizer: special ids, round trip, truncation, padding, reproducible BPE dropout."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from megadalle.cli import main
+from megadalle.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
+
+TEXT = "a small red cat sits on the mat near the big house"
+
+
+def test_special_ids_and_small_vocab(tokenizer):
+    sp = tokenizer.sp
+    assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (PAD_ID, UNK_ID, BOS_ID, EOS_ID) == (0, 1, 2, 3)
+    assert tokenizer.vocab_size == 64
+
+
+def test_round_trip_and_case_folding(tokenizer):
+    ids = tokenizer.encode(TEXT)
+    assert PAD_ID not in ids and UNK_ID not in ids
+    assert tokenizer.decode(ids) == TEXT
+    assert tokenizer.encode(TEXT.upper()) == ids  # nmt_nfkc_cf folds case
+
+
+def test_truncation_and_padding(tokenizer):
+    full = tokenizer.encode(TEXT)
+    assert len(full) > 8
+    assert tokenizer.encode(TEXT, 8) == full[:8]
+    padded = tokenizer.encode("a cat", 12)
+    assert len(padded) == 12 and padded[len(tokenizer.encode("a cat")):] == [PAD_ID] * (12 - len(tokenizer.encode("a cat")))
+    assert tokenizer.decode(padded) == "a cat"
+    batch = tokenizer.encode_batch([TEXT, "a cat"], 10)
+    assert batch.shape == (2, 10) and batch.dtype.is_floating_point is False and batch[1, -1] == PAD_ID
+
+
+def test_eos_survives_truncation(tokenizer):
+    tok = Tokenizer(tokenizer.proto, add_bos=True, add_eos=True)
+    ids = tok.encode(TEXT, 6)
+    assert ids[0] == BOS_ID and ids[-1] == EOS_ID and len(ids) == 6
+    assert tok.decode(tok.encode("a cat", 10)) == "a cat"
+
+
+def test_bpe_dropout_is_seeded(tokenizer):
+    plain = tokenizer.encode(TEXT, 64)
+    draws = [tokenizer.encode(TEXT, 64, dropout=0.5, seed=s) for s in range(6)]
+    assert any(d != plain for d in draws)                                      # segmentations change
+    assert all(tokenizer.decode(d) == TEXT for d in draws)                     # text does not
+    assert draws[3] == tokenizer.encode(TEXT, 64, dropout=0.5, seed=3)         # same seed, same ids
+    assert pickle.loads(pickle.dumps(tokenizer)).encode(TEXT, 64, dropout=0.5, seed=3) == draws[3]
+
+
+def test_vocab_too_small_is_a_clear_error(caption_shards, tmp_path):
+    with pytest.raises(ValueError, match=r"vocab_size=8: the captions need at least \d+ pieces"):
+        train_tokenizer(caption_shards, tmp_path / "t.model", vocab_size=8)
+    assert not (tmp_path / "t.model").exists()
+
+
+def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
+    out = tmp_path / "tok.model"
+    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=16384"]) == 0
+    tok = Tokenizer(out)
+    assert 64 < tok.vocab_size < 16384  # the corpus caps it; hard_vocab_limit=False makes that work
+    assert f"vocabulary {tok.vocab_size} (asked for 16384" in capsys.readouterr().out
+    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "normalization=lower"]) == 2
