@@ -5,7 +5,7 @@ Importing this package decorates Triton kernels, so set TRITON_INTERPRET=1 befor
 to run them on a CPU.
 """
 from .attention import DTYPES, HEAD_DIMS, sparse_attention
-from .layout import Layout, build_layout, dense_from_layout, grid_column_major_order
+from .layout import Layout, build_layout, dense_from_layout, grid_column_major_order, tile_mask
 
 __all__ = ["DTYPES", "HEAD_DIMS", "Layout", "build_layout", "dense_from_layout", "grid_column_major_order",
-           "sparse_attention"]
+           "sparse_attention", "tile_mask"]

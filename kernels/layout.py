@@ -183,18 +183,25 @@ def build_layout(mask: MaskFn | torch.Tensor, seq_len: int, block_m: int, block_
     return layout.to(device)
 
 
+def tile_mask(layout: Layout, tile: int) -> torch.Tensor:
+    """Partial tile number `tile` unpacked to a [block_m, block_n] bool matrix (padding bits included)."""
+    words = layout.bits[tile].cpu().to(torch.int64)
+    return ((words[..., None] >> torch.arange(32)) & 1).bool().reshape(layout.block_m, -1)[:, :layout.block_n]
+
+
 def dense_from_layout(layout: Layout) -> torch.Tensor:
-    """The [seq, seq] mask a layout encodes, in visiting order: the inverse of `build_layout`, for tests."""
+    """The mask a layout encodes, in visiting order, padded to whole blocks: `build_layout` inverted, for tests.
+
+    Past `seq_len` it must be all False: the kernel relies on the bits to mask padded keys.
+    """
     bm, bn = layout.block_m, layout.block_n
     out = torch.zeros(layout.n_query_blocks * bm, layout.n_key_blocks * bn, dtype=torch.bool)
     cpu = layout.to("cpu")
-    shifts = torch.arange(32)
     for m in range(layout.n_query_blocks):
         for i in range(int(cpu.full_ptr[m]), int(cpu.full_ptr[m + 1])):
             n = int(cpu.full_idx[i])
             out[m * bm:(m + 1) * bm, n * bn:(n + 1) * bn] = True
         for i in range(int(cpu.part_ptr[m]), int(cpu.part_ptr[m + 1])):
-            n, words = int(cpu.part_idx[i]), cpu.bits[int(cpu.part_tile[i])].to(torch.int64)
-            bits = ((words[..., None] >> shifts) & 1).bool().reshape(bm, -1)[:, :bn]
-            out[m * bm:(m + 1) * bm, n * bn:(n + 1) * bn] = bits
-    return out[:layout.seq_len, :layout.seq_len]
+            n = int(cpu.part_idx[i])
+            out[m * bm:(m + 1) * bm, n * bn:(n + 1) * bn] = tile_mask(cpu, int(cpu.part_tile[i]))
+    return out

@@ -1,16 +1,29 @@
 """One call for every layer's attention: the Triton block-sparse kernel on CUDA, the dense reference elsewhere.
 
-Both paths serve the same `MaskSpec`, so the model never knows which one ran. `query_offset`
-lets a KV-cached decoder ask for the mask rows of its new positions only.
+Both paths serve the same `MaskSpec` (the kernel's block tables are built from `masks.allowed`),
+so the model never knows which one ran. `query_offset` lets a KV-cached decoder ask for the mask
+rows of its new positions only; those few-query steps always take the reference path, on every
+device and backend: a handful of query rows fill a fraction of one query block, the dense mask
+slice costs little there, and the kernel stays specialised to square self-attention.
+
+`megadalle.kernels` is imported lazily, at the first kernel call: importing it decorates the Triton
+kernels, which must happen after TRITON_INTERPRET is set when the kernel runs on a CPU (tests).
 """
 from __future__ import annotations
+
+import os
+from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
 
-from megadalle.attention.masks import MaskSpec, dense_mask
+from megadalle.attention.masks import MaskSpec, allowed, dense_mask
 
 BACKENDS = ("auto", "reference", "triton")
+
+KERNEL_BLOCK = {"cuda": 64, "cpu": 16}
+"""Tile side per device type: 64 x 64 suits head_dim <= 128 on current GPUs; the CPU interpreter
+runs tiny test models, where 16 keeps the tables sparse enough to exercise every code path."""
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec,
@@ -23,11 +36,53 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+@lru_cache(maxsize=256)
+def kernel_layout(spec: MaskSpec, seq_len: int, block: int, device: str):
+    """The kernel's tables for `spec` over its first `seq_len` positions; built once per argument set.
+
+    Column layers are visited text first, then the image column by column: in that order the
+    column mask is as local as the row mask, so it touches about as few tiles.
+    """
+    from megadalle.kernels import build_layout, grid_column_major_order
+
+    order = None
+    if spec.kind == "column":
+        order = grid_column_major_order(spec.text_len, spec.grid_h, spec.grid_w, seq_len)
+    return build_layout(partial(allowed, spec), seq_len, block, block, order, device)
+
+
+def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
+    """Self-attention of q, k, v [B, H, L, D] (positions 0..L-1) through the Triton kernel."""
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"the Triton backend on device {q.device} needs TRITON_INTERPRET=1, set before "
+                         "megadalle.kernels is first imported")
+    from megadalle.kernels import sparse_attention
+
+    seq_len = q.shape[-2]
+    if seq_len > spec.seq_len:
+        raise ValueError(f"sequence length {seq_len} exceeds the mask's sequence length {spec.seq_len}")
+    layout = kernel_layout(spec, seq_len, KERNEL_BLOCK["cuda" if q.is_cuda else "cpu"], str(q.device))
+    return sparse_attention(q, k, v, layout)
+
+
+def _kernel_serves(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `auto` may take the kernel: square self-attention on CUDA in a dtype, head size and layout it serves."""
+    if not q.is_cuda or q.shape[-2] != k.shape[-2] or any(t.stride(-1) != 1 for t in (q, k, v)):
+        return False
+    from megadalle.kernels import DTYPES, HEAD_DIMS
+
+    return q.dtype in DTYPES and q.shape[-1] in HEAD_DIMS
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, backend: str = "auto",
            query_offset: int = 0) -> torch.Tensor:
-    """Masked attention of q [B, H, Lq, D] over k, v [B, H, Lk, D] under `spec`."""
+    """Masked attention of q [B, H, Lq, D] over k, v [B, H, Lk, D] under `spec`.
+
+    `auto` takes the kernel where it serves the input (CUDA; fp16, bf16, fp32; its head sizes) and the
+    reference otherwise; `triton` forces the kernel (and its errors); `reference` forces the dense path.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
-    if backend == "triton":
-        raise NotImplementedError("the Triton attention kernel is not built yet (issue: Triton block-sparse attention)")
-    return reference_attention(q, k, v, spec, query_offset)
+    if backend == "reference" or query_offset != 0 or (backend == "auto" and not _kernel_serves(q, k, v)):
+        return reference_attention(q, k, v, spec, query_offset)
+    return kernel_attention(q, k, v, spec)

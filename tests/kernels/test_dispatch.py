@@ -1,0 +1,40 @@
+"""`attend` routes to the kernel or the reference and both give the same answer for every mask."""
+import pytest
+import torch
+
+from .helpers import KINDS, spec_of
+from megadalle.attention import dispatch
+from megadalle.attention.dispatch import attend, reference_attention
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_triton_backend_matches_reference(kind):
+    spec = spec_of(kind, 8, 4, 5)
+    q, k, v = (torch.randn(2, 2, spec.seq_len, 16) for _ in range(3))
+    torch.testing.assert_close(attend(q, k, v, spec, backend="triton"), reference_attention(q, k, v, spec),
+                               atol=2e-5, rtol=2e-5)
+
+
+def test_auto_takes_the_reference_off_cuda(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("auto must not take the kernel on a CPU")
+
+    monkeypatch.setattr(dispatch, "kernel_attention", refuse)
+    spec = spec_of("column", 4, 3, 3)
+    q, k, v = (torch.randn(1, 1, spec.seq_len, 16) for _ in range(3))
+    assert torch.equal(attend(q, k, v, spec), reference_attention(q, k, v, spec))
+
+
+def test_decoding_steps_take_the_reference_path_with_any_backend():
+    spec = spec_of("row", 4, 3, 3)
+    q, k, v = (torch.randn(1, 2, spec.seq_len, 16) for _ in range(3))
+    full = reference_attention(q, k, v, spec)
+    step = attend(q[:, :, 7:9], k[:, :, :9], v[:, :, :9], spec, backend="triton", query_offset=7)
+    torch.testing.assert_close(step, full[:, :, 7:9])
+
+
+def test_layouts_are_cached_per_spec_length_and_device():
+    spec = spec_of("conv", 4, 3, 3)
+    first = dispatch.kernel_layout(spec, spec.seq_len, 16, "cpu")
+    assert dispatch.kernel_layout(spec, spec.seq_len, 16, "cpu") is first
+    assert dispatch.kernel_layout(spec, spec.seq_len - 1, 16, "cpu").seq_len == spec.seq_len - 1

@@ -1,0 +1,61 @@
+"""Input the kernel cannot serve is refused before launch, with an error that names the value."""
+import pytest
+import torch
+
+from .helpers import layout_of, spec_of
+from megadalle.attention import attend
+from megadalle.kernels import sparse_attention
+
+SPEC = spec_of("row", 8, 4, 4)
+LAYOUT = layout_of(SPEC, SPEC.seq_len)
+
+
+def _qkv(seq_len=SPEC.seq_len, head_dim=16, dtype=torch.float32):
+    return [torch.randn(1, 2, seq_len, head_dim, dtype=dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("head_dim", [24, 8, 256])
+def test_head_dim(head_dim):
+    with pytest.raises(ValueError, match=f"head_dim {head_dim}"):
+        sparse_attention(*_qkv(head_dim=head_dim), LAYOUT)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32])
+def test_dtype(dtype):
+    with pytest.raises(ValueError, match=str(dtype)):
+        sparse_attention(*[t.to(dtype) for t in _qkv()], LAYOUT)
+
+
+def test_mismatched_shapes_and_dtypes():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=r"k has shape \(1, 2, 23, 16\)"):
+        sparse_attention(q, k[:, :, :-1], v, LAYOUT)
+    with pytest.raises(ValueError, match="v has dtype torch.bfloat16"):
+        sparse_attention(q, k, v.bfloat16(), LAYOUT)
+    with pytest.raises(ValueError, match=r"got \(2, 24, 16\)"):
+        sparse_attention(q[0], k[0], v[0], LAYOUT)
+
+
+def test_non_contiguous_head_dimension():
+    q, k, v = _qkv()
+    q = q.transpose(-1, -2).contiguous().transpose(-1, -2)
+    with pytest.raises(ValueError, match=f"stride {SPEC.seq_len}"):
+        sparse_attention(q, k, v, LAYOUT)
+
+
+def test_layout_for_another_sequence_length():
+    with pytest.raises(ValueError, match="sequence length 23 does not match the layout's 24"):
+        sparse_attention(*_qkv(seq_len=23), LAYOUT)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan")])
+def test_scale(scale):
+    with pytest.raises(ValueError, match="scale"):
+        sparse_attention(*_qkv(), LAYOUT, scale)
+
+
+def test_attend_refuses_unknown_backend_and_overlong_sequences():
+    with pytest.raises(ValueError, match="'cuda'"):
+        attend(*_qkv(), SPEC, backend="cuda")
+    with pytest.raises(ValueError, match="sequence length 25 exceeds"):
+        attend(*_qkv(seq_len=25), SPEC, backend="triton")

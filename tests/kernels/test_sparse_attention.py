@@ -1,0 +1,64 @@
+"""The kernel against dense masked attention: every mask kind, forward and backward, fp32 and bf16.
+
+Runs under TRITON_INTERPRET=1 on the CPU (set by tests/conftest.py), so shapes stay tiny; they
+still cover lengths that are not a multiple of the block, several heads, batch > 1, a permuted
+(column-major) visiting order, unequal query/key blocks and strided (non-contiguous) q, k, v.
+"""
+import pytest
+import torch
+
+from .helpers import KINDS, dense_attention, layout_of, spec_of
+from megadalle.attention.dispatch import kernel_layout
+from megadalle.attention.masks import allowed
+from megadalle.kernels import build_layout, sparse_attention
+
+# (batch, heads, text_len, grid_h, grid_w, head_dim, drop_last): drop_last feeds seq_len - 1 positions.
+SHAPES = [
+    (1, 2, 8, 4, 4, 16, False),
+    (2, 3, 12, 5, 6, 16, True),
+    (2, 2, 16, 6, 6, 32, False),
+]
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 4e-2}
+"""Max error relative to the largest reference magnitude; bf16 rounds p to 8 bits before p @ v."""
+
+
+def _close(actual, expected, dtype, what):
+    err = (actual.float() - expected).abs().max().item()
+    bound = TOLERANCE[dtype] * max(expected.abs().max().item(), 1.0)
+    assert err <= bound, f"{what}: max error {err:.3g} > {bound:.3g}"
+
+
+def _check(q, k, v, spec, layout, dtype):
+    out = sparse_attention(q, k, v, layout)
+    assert out.dtype == dtype and out.shape == q.shape
+    grad = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    ref = dense_attention(*leaves, spec)
+    rq, rk, rv = torch.autograd.grad(ref, leaves, grad.float())
+    for name, a, e in (("out", out, ref), ("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
+        _close(a, e, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}h{}t{}g{}x{}d{}{}".format(*s[:6], "-1" if s[6] else ""))
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_and_backward_match_dense_attention(kind, shape, dtype):
+    batch, heads, text_len, grid_h, grid_w, head_dim, drop_last = shape
+    spec = spec_of(kind, text_len, grid_h, grid_w)
+    seq_len = spec.seq_len - drop_last
+    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, dtype=dtype, requires_grad=True) for _ in range(3))
+    _check(q, k, v, spec, layout_of(spec, seq_len), dtype)
+
+
+@pytest.mark.parametrize("kind", ["row", "column"])
+def test_strided_inputs_and_unequal_blocks(kind):
+    """q, k, v as the model makes them (views of one qkv tensor), tiles of 16 queries x 32 keys."""
+    spec = spec_of(kind, 9, 5, 5)
+    base = kernel_layout(spec, spec.seq_len, 16, "cpu")
+    layout = build_layout(lambda a, b: allowed(spec, a, b), spec.seq_len, 16, 32, base.order)
+    qkv = torch.randn(2, spec.seq_len, 3, 2, 16, requires_grad=True)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    assert not q.is_contiguous()
+    _check(q, k, v, spec, layout, torch.float32)
+
