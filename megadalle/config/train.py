@@ -1,0 +1,122 @@
+"""Training configuration: the trainer (conf/trainer/), DeepSpeed (conf/deepspeed/), the logger (conf/logger/).
+
+These three groups are shared by every training verb (`train`, `train-dvae`, `train-clip`): each task
+brings its own model and data config, the trainer reads only these.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from megadalle.config import check
+
+DECAYS = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 1000
+    """Optimizer updates to train for (the run ends at this step, resumed or not)."""
+    micro_batch: int = 8
+    """Samples per data-parallel rank per forward/backward."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per update; global batch = micro_batch * grad_accum * data-parallel ranks."""
+    lr: float = 4.5e-4
+    """Peak learning rate, reached at the end of the warm-up (the paper's 4.5e-4)."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the decay."""
+    warmup_steps: int = 5000
+    """Linear warm-up from 0 to `lr` over this many updates."""
+    decay: str = "cosine"
+    """Shape of the decay from `lr` to `min_lr` after the warm-up: cosine, linear or constant (no decay)."""
+    decay_steps: int | None = None
+    """Updates over which the decay runs after the warm-up; null means until `steps`."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.96])
+    """AdamW betas (the paper's Transformer uses 0.9, 0.96)."""
+    eps: float = 1e-8
+    weight_decay: float = 4.5e-2
+    """Decoupled weight decay, applied to matrices only (not to biases, norms or embeddings' gains)."""
+    grad_clip: float = 4.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    ema: float | None = None
+    """Decay of an exponential moving average of the weights (the paper's 0.99), or null for none."""
+    precision: str = "auto"
+    """auto = bf16 with fp32 master weights on GPU, fp32 on CPU; or force fp32 / bf16."""
+    skip_nonfinite: bool = True
+    """Skip an update whose loss is NaN/inf on any rank instead of applying it (counted and logged)."""
+    checkpoint_every: int = 1000
+    """Save a checkpoint every this many updates (and always at the end and on SIGUSR1/SIGTERM); 0 = only those."""
+    keep_checkpoints: int = 3
+    """Complete checkpoints kept on disk (older ones are deleted once a newer one is complete); 0 keeps all."""
+    log_every: int = 10
+    """Print and log metrics every this many updates."""
+    media_every: int = 0
+    """Ask the task for media (e.g. sample images) every this many updates; 0 = never."""
+    fused_optimizer: bool = True
+    """Use apex's FusedAdam when it is importable and training runs on CUDA (falls back to torch AdamW)."""
+
+    def validate(self, where: str = "trainer") -> None:
+        for name in ("steps", "micro_batch", "grad_accum", "log_every"):
+            check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "media_every", "min_lr", "grad_clip",
+                     "weight_decay"):
+            check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
+        check(self.lr > 0, f"{where}.lr", self.lr, "must be positive")
+        check(self.min_lr <= self.lr, f"{where}.min_lr", self.min_lr, f"must not exceed lr={self.lr}")
+        check(self.decay in DECAYS, f"{where}.decay", self.decay, f"expected one of {DECAYS}")
+        check(self.decay_steps is None or self.decay_steps > 0, f"{where}.decay_steps", self.decay_steps,
+              "must be positive or null")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{where}.betas", self.betas,
+              "must be two numbers in [0, 1)")
+        check(self.eps > 0, f"{where}.eps", self.eps, "must be positive")
+        check(self.ema is None or 0 < self.ema < 1, f"{where}.ema", self.ema, "must be in (0, 1) or null")
+        check(self.precision in PRECISIONS, f"{where}.precision", self.precision, f"expected one of {PRECISIONS}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 1
+    """ZeRO stage: 0 (plain data parallel), 1 (optimizer state sharded), 2 (+ gradients), 3 (+ parameters)."""
+    pipeline_stages: int = 1
+    """Pipeline stages; >1 builds a DeepSpeed PipelineModule (data-parallel degree = world size / stages)."""
+    partition_method: str = "type:Block"
+    """How the pipeline splits its layers: `type:<regex>` balances layers whose class name matches, or
+    `parameters` / `uniform` (DeepSpeed's methods)."""
+    pipe_activation_checkpoint_interval: int = 0
+    """Pipeline only: recompute every this many layers in the backward (0 = off)."""
+    overlap_comm: bool = False
+    """Overlap gradient reduction with the backward (ZeRO 2/3)."""
+    reduce_bucket_size: int = 50_000_000
+    """Elements per gradient-reduction bucket."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Raw DeepSpeed config keys merged last, for anything this schema does not name."""
+
+    def validate(self, where: str = "deepspeed") -> None:
+        check(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", self.zero_stage, "must be 0, 1, 2 or 3")
+        check(self.pipeline_stages >= 1, f"{where}.pipeline_stages", self.pipeline_stages, "must be >= 1")
+        check(self.pipeline_stages == 1 or self.zero_stage <= 1, f"{where}.zero_stage", self.zero_stage,
+              "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1 only")
+        check(self.pipe_activation_checkpoint_interval >= 0, f"{where}.pipe_activation_checkpoint_interval",
+              self.pipe_activation_checkpoint_interval, "must be non-negative")
+        check(self.reduce_bucket_size > 0, f"{where}.reduce_bucket_size", self.reduce_bucket_size, "must be positive")
+
+
+@dataclass
+class LoggerConfig:
+    mode: str = "offline"
+    """wandb mode: offline (default; `wandb sync` later), online, or disabled."""
+    project: str = "megadalle"
+    entity: str | None = None
+    name: str | None = None
+    """Run name shown in wandb; null lets wandb choose."""
+    peak_tflops: float = 989.0
+    """Dense peak TFLOP/s of one device in the training precision, the MFU denominator (H100 SXM bf16 = 989)."""
+
+    def validate(self, where: str = "logger") -> None:
+        check(self.mode in WANDB_MODES, f"{where}.mode", self.mode, f"expected one of {WANDB_MODES}")
+        check(self.peak_tflops > 0, f"{where}.peak_tflops", self.peak_tflops, "must be positive")
+
+
+SCHEMAS = {"trainer": TrainerConfig, "deepspeed": DeepSpeedConfig, "logger": LoggerConfig}

@@ -1,0 +1,138 @@
+"""Checkpoints: DeepSpeed's save on every rank, plus our client state, a manifest and `latest`.
+
+Layout under `<run>/checkpoints/`:
+    step_00000100/            DeepSpeed's files (model, optimizer shards) for update 100
+        rng_rank00000.pt      each rank's generator states (rng.py)
+        ema_rank00000.safetensors   each rank's EMA weights, when EMA is on
+        manifest.json         written by rank 0 after every rank finished: file names and sizes
+    latest                    the tag of the newest complete checkpoint, written last (atomically)
+
+A checkpoint counts only when its manifest exists and every listed file has its recorded size,
+so a run killed mid-save leaves an incomplete directory that resume skips. `resume=auto` takes
+the checkpoint `latest` names, or, when that one is missing or damaged, the newest complete one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from megadalle.train import rng
+from megadalle.train.distributed import barrier
+
+MANIFEST = "manifest.json"
+LATEST = "latest"
+TAG = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message names the path and the reason."""
+
+
+def tag_of(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def damage(path: Path) -> str | None:
+    """Why the checkpoint directory `path` cannot be used, or None when it is complete."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return f"{path} has no {MANIFEST} (the save did not finish)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as err:
+        return f"{manifest} is unreadable ({err})"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != size:
+            return f"{file} has {file.stat().st_size} bytes, the manifest says {size}"
+    return None
+
+
+def complete_tags(root: Path) -> list[str]:
+    """Complete checkpoint tags under `root`, oldest first."""
+    tags = sorted(p.name for p in root.glob("step_*") if TAG.match(p.name)) if root.is_dir() else []
+    return [t for t in tags if damage(root / t) is None]
+
+
+def find_resumable(root: Path) -> str | None:
+    """The tag `latest` names if complete, else the newest complete one (with a warning), else None."""
+    latest = root / LATEST
+    named = latest.read_text().strip() if latest.is_file() else None
+    if named is not None:
+        why = damage(root / named)
+        if why is None:
+            return named
+        print(f"[checkpoint] {LATEST} names {named}, which is damaged: {why}; falling back", file=sys.stderr)
+    tags = complete_tags(root)
+    return tags[-1] if tags else None
+
+
+def resolve(resume: str, root: Path) -> Path | None:
+    """The checkpoint directory to resume from for `resume` = auto | never | <path of a step_* dir>."""
+    if resume == "never":
+        if complete_tags(root):
+            raise CheckpointError(f"resume=never but {root} already holds checkpoints; use resume=auto or a new run_dir")
+        return None
+    if resume == "auto":
+        tag = find_resumable(root)
+        return root / tag if tag else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"resume={resume}: no such checkpoint directory")
+    why = damage(path)
+    if why is not None:
+        raise CheckpointError(f"resume={resume}: {why}")
+    return path
+
+
+def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None, keep: int = 0) -> Path:
+    """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints."""
+    tag = tag_of(step)
+    path = root / tag
+    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+    torch.save(rng.capture(), path / f"rng_rank{rank:05d}.pt")
+    if ema is not None:
+        ema.save(path / f"ema_rank{rank:05d}.safetensors")
+    barrier()
+    if rank == 0:
+        files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
+                 if f.is_file() and f.name != MANIFEST}
+        atomic_write(path / MANIFEST, json.dumps({"step": step, "files": files}, indent=1))
+        atomic_write(root / LATEST, tag)
+        if keep:
+            for old in complete_tags(root)[:-keep]:
+                shutil.rmtree(root / old, ignore_errors=True)
+    barrier()
+    return path
+
+
+def load(engine, path: Path, rank: int, ema=None) -> dict:
+    """Load DeepSpeed state, this rank's generators and EMA from `path`; return the client state."""
+    loaded, client_state = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
+                                                  load_optimizer_states=True, load_lr_scheduler_states=True)
+    if loaded is None:
+        raise CheckpointError(f"DeepSpeed could not load the checkpoint {path}")
+    rng_file = path / f"rng_rank{rank:05d}.pt"
+    if not rng_file.is_file():
+        raise CheckpointError(f"{rng_file} is missing: was the run saved with a different number of ranks?")
+    rng.restore(torch.load(rng_file, weights_only=True))
+    if ema is not None:
+        ema_file = path / f"ema_rank{rank:05d}.safetensors"
+        if not ema_file.is_file():
+            raise CheckpointError(f"{ema_file} is missing (the run was saved without EMA?)")
+        ema.load(ema_file)
+    return client_state

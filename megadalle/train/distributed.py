@@ -1,0 +1,101 @@
+"""Who am I in the job: rank, local rank and world size from the launcher's environment.
+
+Three launchers, one reading of the environment:
+- `deepspeed --no_local_rank ...` and `torchrun` export RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT;
+- `srun` exports SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS and the node list, from which the
+  first node becomes MASTER_ADDR and the port derives from the job id (the same on every task);
+- nothing at all means one process (a laptop, a test): rank 0 of 1 on localhost.
+Ranks never come from the command line, so hydra never sees `--local_rank`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    launcher: str
+    """"env" (deepspeed/torchrun), "slurm" or "single"."""
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Slurm's compressed host list ("gpu[01-03,07],login1") as host names, in order."""
+    hosts: list[str] = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", nodelist):
+        if plain:
+            hosts.append(plain)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{i:0{len(lo)}d}")
+    return hosts
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def detect(environ: dict[str, str] | None = None) -> DistEnv:
+    """Read the launcher's variables (see the module docstring); never mutates the environment."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]),
+                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "env")
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost")
+        port = int(env.get("MASTER_PORT", 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        return DistEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]),
+                       env.get("MASTER_ADDR", expand_nodelist(nodelist)[0]), port, "slurm")
+    return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
+
+
+def init(dist_env: DistEnv) -> None:
+    """Start torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); idempotent."""
+    import deepspeed
+
+    os.environ.update(RANK=str(dist_env.rank), LOCAL_RANK=str(dist_env.local_rank),
+                      WORLD_SIZE=str(dist_env.world_size), MASTER_ADDR=dist_env.master_addr,
+                      MASTER_PORT=str(dist_env.master_port))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist_env.local_rank)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(auto_mpi_discovery=False)
+
+
+def broadcast_object(obj, src: int = 0):
+    """`obj` from rank `src` on every rank (e.g. the run directory rank 0 chose)."""
+    box = [obj]
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one (e.g. a signal reached one rank)."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=_device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

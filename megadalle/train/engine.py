@@ -1,0 +1,119 @@
+"""deepspeed.initialize in one place: precision, optimizer, schedule, ZeRO stage or pipeline.
+
+The model stays a plain nn.Module; parallelism is applied here, from outside. Without a pipeline
+the task's loss runs inside `LossModule.forward`, so DeepSpeed's forward bookkeeping (gradient
+accumulation scaling, ZeRO-3 parameter gathering) sees every micro-batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+from megadalle.train import schedule
+from megadalle.train.task import Batch, PipelineSpec, Task
+
+
+class LossModule(nn.Module):
+    """The module DeepSpeed wraps: the task's model (as `.model`) plus the task's loss as forward."""
+
+    def __init__(self, task: Task, model: nn.Module):
+        super().__init__()
+        self.task = task
+        self.model = model
+
+    def forward(self, batch: Batch, step: int):
+        return self.task.loss(self.model, batch, step)
+
+
+@dataclass
+class Built:
+    engine: Any
+    """The DeepSpeedEngine (a PipelineEngine when pipelined)."""
+    model: nn.Module
+    """The task's plain model (its parameters are the engine's)."""
+    pipeline: PipelineSpec | None
+    dtype: torch.dtype
+    device: torch.device
+    dp_rank: int
+    dp_world: int
+
+
+def training_dtype(precision: str) -> torch.dtype:
+    """bf16 with fp32 master weights on GPU, fp32 on CPU (`auto`), or as forced."""
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def ds_config(trainer: TrainerConfig, ds: DeepSpeedConfig, dp_world: int, dtype: torch.dtype) -> dict:
+    """The DeepSpeed JSON config equivalent to our typed configs (plus `ds.extra` merged last)."""
+    config = {
+        "train_micro_batch_size_per_gpu": trainer.micro_batch,
+        "gradient_accumulation_steps": trainer.grad_accum,
+        "train_batch_size": trainer.micro_batch * trainer.grad_accum * dp_world,
+        "gradient_clipping": trainer.grad_clip,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "zero_optimization": {"stage": ds.zero_stage, "overlap_comm": ds.overlap_comm,
+                              "reduce_bucket_size": ds.reduce_bucket_size, "contiguous_gradients": True},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "dump_state": False,
+        "checkpoint": {"tag_validation": "FAIL"},
+    }
+    if ds.pipeline_stages > 1:
+        config["pipeline"] = {"activation_checkpoint_interval": ds.pipe_activation_checkpoint_interval}
+    config.update(ds.extra)
+    return config
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: biases, norm gains and 1-d parameters are not shrunk (standard AdamW practice)."""
+    decay, plain = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else plain).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    """apex FusedAdam (AdamW mode) on CUDA when importable, else torch's AdamW (fused kernel on CUDA)."""
+    groups = param_groups(model, cfg.weight_decay)
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if torch.cuda.is_available() and cfg.fused_optimizer:
+        try:
+            from apex.optimizers import FusedAdam
+            return FusedAdam(groups, adam_w_mode=True, **kwargs)
+        except ImportError:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: int) -> Built:
+    """Build the task's model and wrap it in DeepSpeed (a PipelineModule when pipeline_stages > 1)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    dtype = training_dtype(trainer.precision)
+    if world_size % ds.pipeline_stages:
+        raise ValueError(f"deepspeed.pipeline_stages={ds.pipeline_stages} does not divide the world size {world_size}")
+    dp_world = world_size // ds.pipeline_stages
+    model = task.build_model()
+    spec = task.pipeline(model) if ds.pipeline_stages > 1 else None
+    if ds.pipeline_stages > 1 and spec is None:
+        raise ValueError(f"deepspeed.pipeline_stages={ds.pipeline_stages}: task {task.name!r} cannot run pipelined")
+    if spec is not None:
+        from megadalle.train.pipeline import pipeline_module
+        module = pipeline_module(spec, ds)
+    else:
+        module = LossModule(task, model)
+    opt = optimizer(module, trainer)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule.scheduler(opt, trainer),
+                                           config=ds_config(trainer, ds, dp_world, dtype))
+    device = torch.device(get_accelerator().device_name(), engine.local_rank) if torch.cuda.is_available() \
+        else torch.device("cpu")
+    dp_rank = engine.grid.data_parallel_id if spec is not None else engine.global_rank
+    return Built(engine, model, spec, dtype, device, dp_rank, dp_world)

@@ -1,0 +1,29 @@
+"""Learning rate: linear warm-up to the peak, then cosine/linear decay to a floor (the paper's shape).
+
+A pure function of the update index, wrapped in a LambdaLR that DeepSpeed steps once per update
+and saves in its checkpoint, so a resumed run continues on the same curve.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from megadalle.config.train import TrainerConfig
+
+
+def lr_at(step: int, cfg: TrainerConfig) -> float:
+    """Learning rate of update `step` (0-based)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.decay == "constant":
+        return cfg.lr
+    span = cfg.decay_steps if cfg.decay_steps is not None else max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.decay == "cosine" else 1 - progress
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
+
+
+def scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR following `lr_at`; the optimizer's base lr must be cfg.lr."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg) / cfg.lr)

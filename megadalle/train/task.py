@@ -1,0 +1,131 @@
+"""The task protocol: what a model brings to the generic trainer (OLMo-core's train-module split).
+
+The trainer (megadalle.train.loop) owns everything that is the same for every model: DeepSpeed
+(ZeRO 0-3 or pipeline), optimizer and schedule, clipping, accumulation, EMA, checkpoints and
+resume, signals, wandb, throughput and MFU. A task owns only what differs: which model, what
+loss, which data. The Transformer (megadalle.train.transformer), the dVAE (megadalle.train.dvae)
+and CLIP (megadalle.train.clip) are tasks; `megadalle.train.loop.train(task, ...)` runs any of them.
+
+Contract, in the order the trainer uses it:
+
+1. `build_model()` is called once on every rank, after the trainer has seeded python, numpy and
+   torch identically on all ranks, so every rank builds the same initial weights.
+2. `batches(start_step, part)` yields this rank's micro-batches from update `start_step` on;
+   the trainer takes `part.grad_accum` of them per update. It must be a pure function of
+   (data seed, start_step, part): resuming at step N calls it again with start_step=N and must
+   see exactly the batches an uninterrupted run would have seen (levanter-style, no seeking).
+   Batches are dicts of tensors (other values pass through untouched); the trainer moves tensors
+   to the device and casts floating tensors to the training dtype (bf16 on GPU).
+3. `loss(model, batch, step)` returns (scalar loss tensor, {name: float} metrics) for one
+   micro-batch. `model` is the plain nn.Module from build_model (under ZeRO-3 its parameters are
+   gathered by DeepSpeed's hooks while it runs). Normalise the loss per micro-batch (a mean):
+   DeepSpeed averages over accumulation steps and data-parallel ranks. `step` is the update
+   index, for step-dependent terms (the dVAE's KL weight and temperature).
+4. Optional: `tokens_per_sample()` and `flops_per_sample()` feed the tokens/s and MFU logs;
+   `media(model, step)` returns wandb-loggable values (e.g. {"samples": [wandb.Image]}); it runs
+   on every rank under torch.no_grad (ZeRO-3 gathers parameters collectively), rank 0's are logged;
+   `pipeline()` returns a PipelineSpec when the model can run as a DeepSpeed PipelineModule.
+5. `export_spec()` names the weights' kind and config for megadalle.weights.save_weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+Batch = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DataPart:
+    """Which micro-batches of each global batch this rank reads.
+
+    A global batch holds `micro_batch * grad_accum * dp_world` samples. It is cut into
+    `grad_accum * dp_world` micro-batches; accumulation step a of data-parallel rank r reads
+    micro-batch `a * dp_world + r` (see `reader`). So one process accumulating 2 micro-batches
+    reads exactly what two processes read without accumulation: the losses of the two layouts match.
+    """
+
+    micro_batch: int
+    grad_accum: int
+    dp_rank: int
+    dp_world: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.grad_accum * self.dp_world
+
+    @property
+    def readers(self) -> int:
+        """Number of micro-batches a global batch is cut into."""
+        return self.grad_accum * self.dp_world
+
+    def reader(self, accum_index: int) -> int:
+        """The micro-batch index (0 <= i < readers) read at accumulation step `accum_index`."""
+        return accum_index * self.dp_world + self.dp_rank
+
+
+@dataclass
+class PipelineSpec:
+    """A model laid out for DeepSpeed's PipelineModule (built from the model's own sub-modules).
+
+    `layers`: the model's own sub-modules in execution order (each takes the previous one's
+    output; wrap a module whose inputs differ, as megadalle.train.pipeline.Unpack does). Because
+    they are the plain model's modules, loading a pipeline checkpoint layer by layer fills the plain
+    model, which is how `megadalle export` consolidates pipeline runs.
+    `loss_fn(outputs, labels)`: the loss of the last layer's output, equal to the task's `loss`.
+    `split(batch)`: a batch as (inputs, labels); inputs feed the first layer, labels reach
+    `loss_fn`; each a tensor or a tuple of tensors.
+    """
+
+    layers: list[nn.Module]
+    loss_fn: Callable[[Any, Any], torch.Tensor]
+    split: Callable[[Batch], tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What `megadalle export` writes beside the weights: the model kind and its config (dataclass or dict)."""
+
+    kind: str
+    config: Any
+
+
+class Task:
+    """Base class of training tasks; subclasses implement the first four methods."""
+
+    name: str = "task"
+    """Short name, used for the run directory and wandb."""
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def export_spec(self) -> ExportSpec:
+        raise NotImplementedError
+
+    def tokens_per_sample(self) -> int | None:
+        """Tokens (or other units of work) per sample, for the throughput log; None = not logged."""
+        return None
+
+    def flops_per_sample(self, model: nn.Module) -> float | None:
+        """Training FLOPs (forward + backward) per sample, for MFU; None = MFU not logged."""
+        return None
+
+    def media(self, model: nn.Module, step: int) -> dict[str, Any]:
+        """wandb-loggable values (images, tables) at `step`, every `trainer.media_every` updates.
+
+        Called on every rank under torch.no_grad (not with pipeline parallelism); rank 0's are logged.
+        """
+        return {}
+
+    def pipeline(self, model: nn.Module) -> PipelineSpec | None:
+        """The model as pipeline layers, or None when the task cannot run pipelined."""
+        return None

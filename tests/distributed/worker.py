@@ -1,0 +1,31 @@
+"""One rank of a toy training run: `python worker.py '<json options>'` (ranks come from the env).
+
+Used by the distributed tests to train the toy task under any layout; the losses land in
+`<run_dir>/metrics.jsonl` (rank 0).
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from toy import ToyTask  # noqa: E402
+
+from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig  # noqa: E402
+from megadalle.train.loop import RunOptions, train  # noqa: E402
+
+
+def main(opts: dict) -> None:
+    trainer = TrainerConfig(steps=opts.get("steps", 6), micro_batch=opts.get("micro_batch", 2),
+                            grad_accum=opts.get("grad_accum", 1), lr=1e-2, warmup_steps=2, weight_decay=0.01,
+                            checkpoint_every=opts.get("checkpoint_every", 0), log_every=100, ema=opts.get("ema"),
+                            grad_clip=opts.get("grad_clip", 1.0))
+    ds = DeepSpeedConfig(zero_stage=opts.get("zero_stage", 1), pipeline_stages=opts.get("pipeline_stages", 1))
+    run = RunOptions(run_dir=opts["run_dir"], resume=opts.get("resume", "auto"), seed=0,
+                     config={"data_seed": 0, "dropout": opts.get("dropout", True)},
+                     task_factory="toy:build_toy_task")
+    train(ToyTask(dropout=opts.get("dropout", True)), trainer, ds, LoggerConfig(mode=opts.get("wandb", "disabled")), run)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
