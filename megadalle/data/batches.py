@@ -1,23 +1,27 @@
-"""Turn decoded shard samples into training batches: images for the dVAE/CLIP, tokens for the Transformer.
+"""Turn shard samples into training batches: images for the dVAE/CLIP, tokens for the Transformer.
 
-A batch maker runs inside the DataLoader worker. It gets the samples of one rank's part of a
-step together with their stream positions; any randomness (which caption of several, BPE
-dropout) is seeded by (seed, position), so a batch is the same whichever worker, rank count or
-resume point produced it.
+A batch maker runs inside the DataLoader worker. It gets the raw bytes of the named fields of one
+rank's part of a step, with their stream positions. Decoding is its job, by the safe decoders of
+`fields.py` (so an image can be decoded straight at a reduced JPEG scale). Any randomness (which
+caption of several, BPE dropout) is seeded by (seed, position), so a batch is the same whichever
+worker, rank count or resume point produced it.
 """
 from __future__ import annotations
 
+import io
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 
-from megadalle.data.images import resize_center_crop, to_tensor
+from megadalle.data.fields import decode_field
+from megadalle.data.images import draft_for, resize_center_crop, to_float_chw, to_rgb
 
 
 class BatchMaker(Protocol):
     fields: tuple[str, ...]
-    """Shard fields to read and decode; nothing else in a sample is touched."""
+    """Shard fields to read (raw bytes); nothing else in a sample is touched."""
 
     def __call__(self, samples: list[dict[str, Any]], positions: np.ndarray, seed: int) -> dict[str, Any]: ...
 
@@ -40,12 +44,20 @@ class ImageBatches:
     def __init__(self, image_size: int, image_field: str = "jpg"):
         self.image_size, self.fields = image_size, (image_field, "txt")
 
+    def decode(self, data: bytes) -> Image.Image:
+        """Decode (a JPEG at 1/2..1/8 scale when that still covers image_size), RGB, resize, crop."""
+        img = Image.open(io.BytesIO(data))
+        draft_for(img, self.image_size)
+        img.load()
+        return resize_center_crop(to_rgb(img), self.image_size)
+
     def __call__(self, samples, positions, seed):
-        images, captions = [], []
-        for sample, pos in zip(samples, positions):
-            images.append(to_tensor(resize_center_crop(sample[self.fields[0]], self.image_size)))
-            captions.append(pick_caption(sample["txt"], sample_rng(seed, pos)))
-        return {"image": torch.stack(images), "caption": captions, "key": [s["__key__"] for s in samples]}
+        images = np.empty((len(samples), 3, self.image_size, self.image_size), np.float32)
+        captions = []
+        for i, (sample, pos) in enumerate(zip(samples, positions)):
+            to_float_chw(self.decode(sample[self.fields[0]]), out=images[i])
+            captions.append(pick_caption(decode_field("txt", sample["txt"]), sample_rng(seed, pos)))
+        return {"image": torch.from_numpy(images), "caption": captions, "key": [s["__key__"] for s in samples]}
 
 
 class TokenBatches:
@@ -64,10 +76,10 @@ class TokenBatches:
         texts, codes = [], []
         for sample, pos in zip(samples, positions):
             rng = sample_rng(seed, pos)
-            caption = pick_caption(sample["txt"], rng)
+            caption = pick_caption(decode_field("txt", sample["txt"]), rng)
             texts.append(self.tokenizer.encode(caption, self.text_len, dropout=self.dropout,
                                                seed=int(rng.integers(1 << 31))))
-            grid = sample["codes.npy"]
+            grid = decode_field("codes.npy", sample["codes.npy"])
             if grid.ndim != 2 or (codes and grid.size != codes[0].size):
                 raise ValueError(f"sample {sample['__key__']!r}: codes.npy has shape {grid.shape}; "
                                  f"expected one [H, W] grid size for every sample")

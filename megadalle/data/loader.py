@@ -96,7 +96,7 @@ class _Steps(IterableDataset):
                 if positions.size == 0:
                     return
                 ids = sample_ids(positions, plan.index.total, plan.seed, plan.shuffle)
-                samples = reader.read_many(ids, plan.maker.fields)
+                samples = reader.read_many(ids, plan.maker.fields, decode=False)
                 yield step, plan.maker(samples, positions, plan.seed)
         finally:
             reader.close()

@@ -1,0 +1,118 @@
+"""Data throughput per CPU core: `prepare` (decode + resize + re-encode) and the training loaders.
+
+    python benchmarks/loader.py [--images 256] [--source-size 640x480] [--image-size 256] [--out benchmarks/loader.json]
+
+Generates JPEGs (smooth colour fields plus noise, so the JPEG sizes are realistic), then times, each
+on one process so the numbers are per core:
+  prepare         decode + RGB + resize + centre-crop + JPEG re-encode of the source images
+  image loader    shard read + JPEG decode + tensor ([3, S, S] float), as the dVAE and CLIP see it
+  image loader ↓2 the same with a resize to S/2 (the cost of a size mismatch)
+  token loader    codes.npy read + caption BPE (with dropout), as the Transformer sees it
+and `prepare` once more with one worker per core, for the parallel speed-up. Prints a table and
+writes the numbers, the machine and the date as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import itertools
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from megadalle.config.data import PrepareConfig
+from megadalle.data.loader import image_loader, token_loader
+from megadalle.data.prepare import prepare
+from megadalle.data.shards import ShardWriter
+from megadalle.data.tokenizer import train_tokenizer
+
+WORDS = "a an the red green blue small large cat dog bird car house tree sits runs on under near with".split()
+
+
+def make_jpeg(rng: np.random.Generator, w: int, h: int) -> bytes:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([np.sin(xx / rng.uniform(20, 80) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(20, 80))
+                     for _ in range(3)], -1)
+    arr = np.clip(127 + 100 * base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_inputs(root: Path, n: int, w: int, h: int) -> None:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for i in range(n):
+        (root / f"{i:05d}.jpg").write_bytes(make_jpeg(rng, w, h))
+        (root / f"{i:05d}.txt").write_text(" ".join(rng.choice(WORDS, 10)))
+
+
+def make_tokens(root: Path, n: int, grid: int) -> None:
+    rng = np.random.default_rng(1)
+    with ShardWriter(root, max_count=max(1, n // 4)) as w:
+        for i in range(n):
+            w.write({"__key__": f"{i:06d}", "codes.npy": rng.integers(0, 8192, (grid, grid), dtype=np.uint16),
+                     "txt": " ".join(rng.choice(WORDS, 12))})
+
+
+def rate(fn, samples: int) -> float:
+    start = time.perf_counter()
+    fn()
+    return samples / (time.perf_counter() - start)
+
+
+def drain(loader, samples: int) -> None:
+    for _ in itertools.islice(iter(loader), samples // loader.global_batch):
+        pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--source-size", default="640x480")
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--out", default="benchmarks/loader.json")
+    args = ap.parse_args()
+    w, h = (int(x) for x in args.source_size.split("x"))
+    n, size, cores = args.images - args.images % args.batch, args.image_size, os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_inputs(tmp / "in", n, w, h)
+        make_tokens(tmp / "tokens", n, size // 8)
+        cfg = PrepareConfig(input=str(tmp / "in"), output=str(tmp / "shards"), image_size=size, num_workers=0)
+        results = {"prepare (1 process)": rate(lambda: prepare(cfg, progress=False), n)}
+        par = PrepareConfig(input=str(tmp / "in"), output=str(tmp / "shards2"), image_size=size, num_workers=cores)
+        parallel = rate(lambda: prepare(par, progress=False), n)
+        tok = train_tokenizer(tmp / "tokens", tmp / "tok.model", vocab_size=256)
+        loaders = {
+            "image loader": image_loader(tmp / "shards", args.batch, size, num_workers=0, rank=0, world_size=1),
+            "image loader, resize to S/2": image_loader(tmp / "shards", args.batch, size // 2, num_workers=0,
+                                                        rank=0, world_size=1),
+            "token loader (BPE dropout 0.1)": token_loader(tmp / "tokens", args.batch, tok, 256, 0.1,
+                                                           num_workers=0, rank=0, world_size=1),
+        }
+        for name, loader in loaders.items():
+            results[name] = rate(lambda: drain(loader, n), n)
+    print(f"{'stage':<34}{'samples/s/core':>16}")
+    for name, value in results.items():
+        print(f"{name:<34}{value:>16.1f}")
+    print(f"{f'prepare ({cores} processes, total)':<34}{parallel:>16.1f}   (speed-up {parallel / results['prepare (1 process)']:.2f}x)")
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.processor() or platform.machine()}, {cores} cores, {platform.python_version()}",
+              "images": n, "source_size": [w, h], "image_size": size, "batch": args.batch,
+              "samples_per_s_per_core": results, "prepare_parallel": {"processes": cores, "samples_per_s": parallel}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
