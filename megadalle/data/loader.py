@@ -2,30 +2,36 @@
 
     loader = image_loader("shards/", global_batch=64, image_size=256, seed=0)      # dVAE, CLIP
     loader = token_loader("tokens/", global_batch=64, tokenizer=tok, text_len=256)  # Transformer
-    for batch in loader:             # step loader.step, this rank's part; loader.step advances
+    for batch in loader:             # this rank's micro-batches, step by step; loader.step advances
         ...
+    task.batches(start, part) = loader_from_config(cfg.data, part.global_batch, seed, rank=part.dp_rank,
+        world_size=part.dp_world, grad_accum=part.grad_accum, ...).iter_from_step(start)
     ckpt["data"] = loader.state_dict()      # {"step", "epoch", "samples_seen", "global_batch", "seed", "fingerprint", ...}
     loader.load_state_dict(ckpt["data"])     # next iteration starts at the saved step
     loader.iter_from_step(n)                 # or start anywhere directly
 
 What a rank gets (see `order.py`): step s's global batch is stream positions [s*B, (s+1)*B);
-position p reads sample permute(p % N) of epoch p // N, a seeded permutation of all N samples;
-rank r of w takes positions r, r+w, ... of the batch (B must divide by w, each rank gets B/w).
-None of it depends on w, so resuming at step s on another number of ranks with the same global
+position p reads sample permute(p % N) of epoch p // N, a seeded permutation of all N samples.
+The batch is cut into R = w x A strided micro-batches (w ranks, A gradient-accumulation steps):
+micro-batch i takes positions i, i+R, ... and rank r reads micro-batches r, w+r, 2w+r, ... in
+turn (megadalle.train.task.DataPart.reader), each of B/R samples (B must divide by R). So one
+rank accumulating 2 micro-batches reads what 2 ranks read without accumulation. The set of
+samples of a global batch depends on nothing but (seed, step, B), so resuming at step s on another number of ranks with the same global
 batch gives every later global batch the same samples (elastic), and every epoch sees each sample
 exactly once. A full permutation replaces webdataset's shuffle buffer: it is strictly better mixed.
 
 Shards are not assigned to ranks or workers: every rank reads the samples its positions name, from
 whichever shard holds them (random access by offset, `shards.SampleReader`). So the number of
 shards never needs to divide ranks x workers: with 1 shard and 8 ranks x 4 workers, every rank
-still gets B/w samples at every step and no rank waits or gets an empty stream.
+still gets B/R samples per micro-batch at every step and no rank waits or gets an empty stream.
 
-DataLoader workers split steps, not samples: worker k of K builds steps start+k, start+k+K, ...
-and the DataLoader returns them in step order, so the worker count changes speed only.
+DataLoader workers split steps, not samples: worker k of K builds (all micro-batches of) steps
+start+k, start+k+K, ... and the DataLoader returns them in step order, so the worker count
+changes speed only.
 
 By default the stream is infinite (the trainer decides when to stop). With `epochs=E` it ends
-after E*N samples; the last global batch is then partial and a rank whose part of it is empty
-stops one step earlier than the others: use it for one pass such as `encode`, not for training
+after E*N samples; the last global batch is then partial and a rank whose micro-batches in it
+are empty stops one step earlier than the others: use it for one pass such as `encode`, not for training
 with collectives.
 """
 from __future__ import annotations
@@ -44,7 +50,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from megadalle.config.data import DataConfig
 from megadalle.data.batches import BatchMaker, ImageBatches, TokenBatches
 from megadalle.data.fields import IMAGE_FIELDS
-from megadalle.data.order import rank_positions, sample_ids
+from megadalle.data.order import reader_positions, sample_ids
 from megadalle.data.shards import SampleReader, ShardIndex
 
 
@@ -78,7 +84,7 @@ def rank_and_world() -> tuple[int, int]:
 
 
 class _Steps(IterableDataset):
-    """Runs in each DataLoader worker: builds (step, batch) for the steps this worker owns."""
+    """Runs in each DataLoader worker: builds (step, [micro-batches]) for the steps this worker owns."""
 
     def __init__(self, plan: "StepLoader", start: int):
         self.plan, self.start = plan, start
@@ -92,28 +98,40 @@ class _Steps(IterableDataset):
             stop = plan.stop_step
             steps = itertools.count(self.start + worker, workers) if stop is None else range(self.start + worker, stop, workers)
             for step in steps:
-                positions = plan.positions(step)
-                if positions.size == 0:
+                micro = []
+                for accum in range(plan.grad_accum):
+                    positions = plan.positions(step, accum)
+                    if positions.size == 0:
+                        break
+                    ids = sample_ids(positions, plan.index.total, plan.seed, plan.shuffle)
+                    micro.append(plan.maker(reader.read_many(ids, plan.maker.fields, decode=False), positions, plan.seed))
+                if micro:
+                    yield step, micro
+                if len(micro) < plan.grad_accum:
                     return
-                ids = sample_ids(positions, plan.index.total, plan.seed, plan.shuffle)
-                samples = reader.read_many(ids, plan.maker.fields, decode=False)
-                yield step, plan.maker(samples, positions, plan.seed)
         finally:
             reader.close()
 
 
 class StepLoader:
-    """This rank's batches by step over one shard directory; see the module docstring for the order."""
+    """This rank's micro-batches by step over one shard directory; see the module docstring for the order.
+
+    `rank`/`world_size` default to the environment's (`rank_and_world`); under pipeline or tensor
+    parallelism pass the data-parallel rank and size. Each step yields `grad_accum` micro-batches.
+    """
 
     def __init__(self, root: str | Path, global_batch: int, maker: BatchMaker, *, seed: int = 0,
                  shuffle: bool = True, rank: int | None = None, world_size: int | None = None,
-                 num_workers: int = 0, prefetch_factor: int = 2, epochs: int | None = None,
-                 pin_memory: bool = False):
+                 grad_accum: int = 1, num_workers: int = 0, prefetch_factor: int = 2,
+                 epochs: int | None = None, pin_memory: bool = False):
         env_rank, env_world = rank_and_world()
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
-        if global_batch < 1 or global_batch % self.world_size:
-            raise ValueError(f"global_batch={global_batch} must be a positive multiple of world_size={self.world_size}")
+        self.grad_accum = grad_accum
+        readers = self.world_size * grad_accum
+        if grad_accum < 1 or global_batch < 1 or global_batch % readers:
+            raise ValueError(f"global_batch={global_batch} must be a positive multiple of world_size x grad_accum = "
+                             f"{self.world_size} x {grad_accum}")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank={self.rank} must be in [0, world_size={self.world_size})")
         if epochs is not None and epochs < 1:
@@ -124,8 +142,9 @@ class StepLoader:
         self.step = 0
 
     @property
-    def local_batch(self) -> int:
-        return self.global_batch // self.world_size
+    def micro_batch(self) -> int:
+        """Samples per micro-batch: global_batch / (world_size x grad_accum)."""
+        return self.global_batch // (self.world_size * self.grad_accum)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -137,17 +156,18 @@ class StepLoader:
         """First step not produced, or None for an infinite stream."""
         return None if self.epochs is None else math.ceil(self.epochs * self.index.total / self.global_batch)
 
-    def positions(self, step: int) -> np.ndarray:
-        """Stream positions this rank reads at `step` (cut at the end of the last epoch, if any)."""
-        pos = rank_positions(step, self.global_batch, self.rank, self.world_size)
+    def positions(self, step: int, accum: int = 0) -> np.ndarray:
+        """Stream positions of this rank's micro-batch `accum` of `step` (cut at the end of the last epoch, if any)."""
+        reader = accum * self.world_size + self.rank
+        pos = reader_positions(step, self.global_batch, reader, self.world_size * self.grad_accum)
         return pos if self.epochs is None else pos[pos < self.epochs * self.index.total]
 
-    def sample_ids(self, step: int) -> np.ndarray:
-        """Global sample ids this rank reads at `step`, without reading them (for tests and checks)."""
-        return sample_ids(self.positions(step), self.index.total, self.seed, self.shuffle)
+    def sample_ids(self, step: int, accum: int = 0) -> np.ndarray:
+        """Global sample ids of this rank's micro-batch `accum` of `step`, without reading them."""
+        return sample_ids(self.positions(step, accum), self.index.total, self.seed, self.shuffle)
 
     def iter_from_step(self, step: int) -> Iterator[dict[str, Any]]:
-        """Batches from `step` on; `self.step` is the next step after each batch handed out."""
+        """Micro-batches from `step` on; `self.step` becomes s + 1 once step s's last one is handed out."""
         if step < 0:
             raise ValueError(f"step={step} must be >= 0")
         self.step = step
@@ -157,11 +177,13 @@ class StepLoader:
         else:
             batches = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                       prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory))
-        for got, batch in batches:
+        for got, micro in batches:
             if got != self.step:
                 raise RuntimeError(f"data loader produced step {got} where step {self.step} was due")
-            self.step = got + 1
-            yield batch
+            for i, batch in enumerate(micro):
+                if i == len(micro) - 1:
+                    self.step = got + 1
+                yield batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iter_from_step(self.step)
@@ -195,7 +217,7 @@ def image_field(index: ShardIndex) -> str:
 
 
 def image_loader(root: str | Path, global_batch: int, image_size: int, **kwargs) -> StepLoader:
-    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption=list[str], key=list[str]), b = B / world."""
+    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption=list[str], key=list[str]), b = micro_batch."""
     index = ShardIndex.load(root)
     return StepLoader(root, global_batch, ImageBatches(image_size, image_field(index)), **kwargs)
 

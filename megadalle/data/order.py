@@ -2,8 +2,8 @@
 
 The training stream is the infinite sequence of positions 0, 1, 2, ...; position p belongs to
 epoch p // N (N samples in the data set) and reads sample `permute(p % N, N, key(seed, epoch))`.
-Step s's global batch is positions [s*B, (s+1)*B), and rank r of w takes positions r, r+w, ...
-of it. Nothing here depends on the world size or on the number of DataLoader workers, so a run
+Step s's global batch is positions [s*B, (s+1)*B), cut into R strided parts: reader i of R
+takes positions i, i+R, ... of it (R = ranks x gradient-accumulation micro-batches). Nothing here depends on the world size or on the number of DataLoader workers, so a run
 resumed at step s on any number of ranks (same B) sees the same global batches, and every
 epoch visits each sample exactly once. Batches may straddle an epoch boundary (no sample dropped).
 
@@ -72,7 +72,7 @@ def sample_ids(positions: np.ndarray, total: int, seed: int, shuffle: bool = Tru
     return out
 
 
-def rank_positions(step: int, global_batch: int, rank: int, world_size: int) -> np.ndarray:
-    """Stream positions of rank `rank`'s part of step `step`'s global batch (strided)."""
+def reader_positions(step: int, global_batch: int, reader: int, readers: int) -> np.ndarray:
+    """Stream positions of part `reader` of `readers` of step `step`'s global batch (strided)."""
     start = step * global_batch
-    return np.arange(start + rank, start + global_batch, world_size, dtype=np.int64)
+    return np.arange(start + reader, start + global_batch, readers, dtype=np.int64)

@@ -179,3 +179,31 @@ def test_loader_from_config(token_shards, image_shards, tokenizer, tmp_path):
     img = loader_from_config(DataConfig(shards=str(image_shards), num_workers=0), 4, seed=0, image_size=8,
                              rank=0, world_size=1)
     assert take(img, 1)[0]["image"].shape == (4, 3, 8, 8)
+
+
+def test_accumulation_reads_what_more_ranks_would(token_shards, tokenizer):
+    """Reader a * world + rank: 1 rank x 2 micro-batches == 2 ranks x 1 (megadalle.train.task.DataPart)."""
+    one = [ids_of(b) for b in take(tokens(token_shards, tokenizer, 6, rank=0, world_size=1, grad_accum=2), 8)]
+    two = [[ids_of(b) for b in take(tokens(token_shards, tokenizer, 6, rank=r, world_size=2), 4)] for r in range(2)]
+    assert one == [two[r][s] for s in range(4) for r in range(2)]
+    assert all(len(m) == 3 for m in one)
+
+
+def test_step_advances_after_the_last_micro_batch(token_shards, tokenizer):
+    loader = tokens(token_shards, tokenizer, 6, rank=0, world_size=1, grad_accum=3, num_workers=2)
+    stream = loader.iter_from_step(2)
+    next(stream)
+    assert loader.step == 2
+    next(stream), next(stream)
+    assert loader.step == 3 and loader.state_dict()["samples_seen"] == 18
+
+
+def test_elastic_resume_with_accumulation(token_shards, tokenizer):
+    """2 ranks x 2 micro-batches, then 1 rank x 4 (same global batch 8): same samples per global batch."""
+    def sets(world, accum, start, steps):
+        per = [[ids_of(b) for b in take(tokens(token_shards, tokenizer, 8, rank=r, world_size=world,
+                                               grad_accum=accum).iter_from_step(start), steps * accum)]
+               for r in range(world)]
+        return [set().union(*(per[r][s * accum + a] for r in range(world) for a in range(accum))) for s in range(steps)]
+
+    assert sets(2, 2, 0, 6) == sets(2, 2, 0, 2) + sets(1, 4, 2, 4)

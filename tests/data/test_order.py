@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megadalle.data.order import permute, rank_positions, round_keys, sample_ids
+from megadalle.data.order import permute, reader_positions, round_keys, sample_ids
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
@@ -31,7 +31,7 @@ def test_order_is_pointwise():
     assert np.array_equal(sample_ids(pick, n, seed=3), whole[pick])
 
 
-def test_rank_positions_partition_the_global_batch():
-    parts = [rank_positions(4, 12, r, 3) for r in range(3)]
+def test_reader_positions_partition_the_global_batch():
+    parts = [reader_positions(4, 12, r, 3) for r in range(3)]
     assert sorted(np.concatenate(parts).tolist()) == list(range(48, 60))
     assert all(len(p) == 4 for p in parts)
