@@ -44,8 +44,6 @@ class TrainerConfig:
     """Decay of an exponential moving average of the weights (the paper's 0.99), or null for none."""
     precision: str = "auto"
     """auto = bf16 with fp32 master weights on GPU, fp32 on CPU; or force fp32 / bf16."""
-    skip_nonfinite: bool = True
-    """Skip an update whose loss is NaN/inf on any rank instead of applying it (counted and logged)."""
     checkpoint_every: int = 1000
     """Save a checkpoint every this many updates (and always at the end and on SIGUSR1/SIGTERM); 0 = only those."""
     keep_checkpoints: int = 3
@@ -120,3 +118,22 @@ class LoggerConfig:
 
 
 SCHEMAS = {"trainer": TrainerConfig, "deepspeed": DeepSpeedConfig, "logger": LoggerConfig}
+
+
+@dataclass
+class RunConfig:
+    """Verb-level keys shared by the training verbs (top of conf/train.yaml)."""
+
+    run_dir: str | None = None
+    """The run's directory; null = <out_dir>/<task>/<slurm-JOBID or timestamp>, chosen by rank 0.
+    Give it explicitly to resume a run from another job."""
+    resume: str = "auto"
+    """auto: the newest complete checkpoint of run_dir (else start fresh); never: start fresh (refused
+    when run_dir already holds checkpoints); or the path of a checkpoints/step_* directory."""
+
+    def validate(self, where: str = "") -> None:
+        from pathlib import Path
+
+        key = f"{where}.resume" if where else "resume"
+        check(self.resume in ("auto", "never") or Path(self.resume).is_dir(), key, self.resume,
+              "expected auto, never or an existing checkpoint directory")

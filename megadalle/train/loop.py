@@ -59,7 +59,8 @@ def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: Logge
     env = distributed.detect()
     distributed.init(env)
     if trainer.ema is not None and ds.zero_stage == 3:
-        raise ValueError("trainer.ema is not supported with deepspeed.zero_stage=3 (parameters are sharded)")
+        raise ValueError("trainer.ema is not supported with deepspeed.zero_stage=3 (parameters are sharded); "
+                         "set trainer.ema=null or use zero1/zero2")
     run_dir = rundir.choose(run.run_dir, run.out_dir, task.name, env.rank)
     rng.seed_all(run.seed)
     built = engine_lib.build(task, trainer, ds, env.world_size)

@@ -1,0 +1,88 @@
+"""`megadalle train`: the DALL-E Transformer on token shards, through the generic trainer.
+
+The task reads DATA's step-indexed token loader: for this rank's accumulation step a it opens
+the loader as reader `part.reader(a)` of `part.readers`, so every layout (one process
+accumulating, ZeRO ranks, pipeline data-parallel groups) sees the same global batches. The
+pipeline form is the model's own `embed`, `blocks` and `head` with the model's own loss
+(`segment_loss`), so pipelined and plain training optimise the same function.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from megadalle.config import build
+from megadalle.config.data import DataConfig
+from megadalle.config.model import TransformerConfig
+from megadalle.models.transformer import Transformer, segment_loss
+from megadalle.train.pipeline import Unpack
+from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task
+
+FACTORY = "megadalle.train.transformer:task_from_config"
+
+
+class TransformerTask(Task):
+    name = "transformer"
+
+    def __init__(self, model: TransformerConfig, data: DataConfig | None, seed: int = 0):
+        self.cfg, self.data, self.seed = model, data, seed
+
+    def build_model(self) -> Transformer:
+        return Transformer(self.cfg)
+
+    def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
+        from megadalle.data.loader import loader_from_config
+
+        if self.data is None:
+            raise ValueError("TransformerTask built without a data config cannot produce batches")
+        streams = [loader_from_config(self.data, part.global_batch, self.seed, text_len=self.cfg.text_len,
+                                      rank=part.reader(a), world_size=part.readers).iter_from_step(start_step)
+                   for a in range(part.grad_accum)]
+        while True:
+            for stream in streams:
+                yield next(stream)
+
+    def loss(self, model: Transformer, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, parts = model.loss(batch["text"], batch["image"])
+        return loss, {name: float(value) for name, value in parts.items()}
+
+    def tokens_per_sample(self) -> int:
+        return self.cfg.seq_len
+
+    def flops_per_sample(self, model: Transformer) -> float:
+        return model.flops_per_token() * self.cfg.seq_len
+
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec("transformer", self.cfg)
+
+    def pipeline(self, model: Transformer) -> PipelineSpec:
+        cfg = self.cfg
+
+        def loss_fn(outputs, labels):
+            return segment_loss(cfg, *outputs, *labels)[0]
+
+        def split(batch: Batch):
+            pair = (batch["text"], batch["image"])
+            return pair, pair
+
+        return PipelineSpec(layers=[Unpack(model.embed), *model.blocks, model.head], loss_fn=loss_fn, split=split)
+
+
+def task_from_config(cfg: dict | DictConfig) -> TransformerTask:
+    """The task of a composed `train` config (also how `megadalle export` rebuilds a run's model)."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    data = build(DataConfig, cfg.data, "data") if cfg.get("data") is not None else None
+    return TransformerTask(build(TransformerConfig, cfg.model, "model"), data, int(cfg.get("seed", 0)))
+
+
+def run(cfg: DictConfig) -> int:
+    from megadalle.config.train import RunConfig
+    from megadalle.train.loop import train_from_config
+
+    build(RunConfig, {"run_dir": cfg.get("run_dir"), "resume": cfg.get("resume", "auto")}, "")
+    result = train_from_config(task_from_config(cfg), cfg, FACTORY)
+    print(f"[train] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
+          f"run directory {result.run_dir}")
+    return 0
