@@ -1,0 +1,9 @@
+"""Data: shards in, batches out. Imports nothing above the config layer.
+
+    prepare.py    `megadalle prepare`: sources.py lists inputs, convert.py turns one into a sample or a skip reason
+    shards.py     ShardWriter (atomic shards + offset files, index.json last); index.py the index; reader.py readers
+    fields.py     encode/decode of fields by name; pickles are never decoded
+    tokenizer.py  `megadalle tokenizer` and the Tokenizer (sentencepiece BPE, pad 0 unk 1 bos 2 eos 3)
+    order.py      sample order = f(seed, epoch, position): the basis of exact and elastic resume
+    loader.py     step-indexed, rank-aware loaders and their checkpoint state; batches.py builds the batches
+"""

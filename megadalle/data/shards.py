@@ -1,107 +1,31 @@
-"""Webdataset tar shards: an atomic writer, the index of samples per shard, and field-wise readers.
+"""Webdataset tar shards: the atomic writer (readers in `reader.py`, the index in `index.py`).
 
 Layout of a shard directory (image shards from `prepare`, token shards from `encode`):
 
     shard-000000.tar, shard-000001.tar, ...   members `<key>.<field>`, a sample's members adjacent
+    shard-000000.tar.idx, ...                 byte offset of each sample (npy int64 [count + 1])
     index.json                                {"shards": [{"name", "count", "bytes"}...], "total", "fields", "meta"}
 
-Why the index: loaders pick samples by global index (order = f(seed, epoch, index)), which needs
-the number of samples in each shard before reading any; it also gives the data set a fingerprint
-that a resumed run checks. index.json is written last, so it marks a finished directory: a crashed
-or running writer leaves none, and every shard it lists was complete when it was renamed into place.
-
-Readers never unpickle: they return raw bytes of the fields asked for, and `fields.decode_field`
-decodes only known, safe extensions.
+Each shard and its offsets are written under temporary names and renamed when complete, and
+index.json is written last: a crashed or running writer leaves no index, and every shard an
+index lists was complete when it appeared.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import tarfile
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-import numpy as np
+from typing import Any
 
 from megadalle.data import atomic
-from megadalle.data.fields import decode_field, encode_field, split_member
+from megadalle.data.fields import encode_field
+from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, save_offsets, write_index
+from megadalle.data.reader import SampleReader, iter_samples, iter_shard
 
-INDEX_NAME = "index.json"
+__all__ = ["ShardWriter", "ShardIndex", "ShardInfo", "SampleReader", "iter_samples", "iter_shard", "write_index",
+           "SHARD_PATTERN"]
+
 SHARD_PATTERN = "shard-%06d.tar"
-INDEX_FORMAT = "megadalle-shards/1"
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    name: str
-    """File name relative to the shard directory."""
-    count: int
-    """Samples in the shard."""
-    bytes: int
-
-
-@dataclass
-class ShardIndex:
-    """The shard list of one directory, with counts; loaded from and saved to index.json."""
-
-    root: Path
-    shards: list[ShardInfo]
-    fields: list[str] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @cached_property
-    def total(self) -> int:
-        return sum(s.count for s in self.shards)
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of shard names, counts and sizes: a resumed run must see the same data set."""
-        listing = json.dumps([[s.name, s.count, s.bytes] for s in self.shards])
-        return hashlib.sha256(listing.encode()).hexdigest()[:16]
-
-    def paths(self) -> list[Path]:
-        return [self.root / s.name for s in self.shards]
-
-    @cached_property
-    def starts(self) -> np.ndarray:
-        """Global id of each shard's first sample, plus the total at the end."""
-        return np.concatenate([[0], np.cumsum([s.count for s in self.shards])]).astype(np.int64)
-
-    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global sample ids -> (shard number, position inside the shard)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.total):
-            raise IndexError(f"sample ids must be in [0, {self.total}); got {ids.min()}..{ids.max()}")
-        shard = np.searchsorted(self.starts, ids, side="right") - 1
-        return shard, ids - self.starts[shard]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": INDEX_FORMAT, "total": self.total, "fingerprint": self.fingerprint,
-                "fields": self.fields, "meta": self.meta,
-                "shards": [{"name": s.name, "count": s.count, "bytes": s.bytes} for s in self.shards]}
-
-    def save(self) -> Path:
-        return atomic.write_json(self.root / INDEX_NAME, self.to_json())
-
-    @classmethod
-    def load(cls, root: str | Path) -> "ShardIndex":
-        root = Path(root)
-        path = root / INDEX_NAME
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: {root} is not a finished megadalle shard directory (the writer writes "
-                f"index.json last); for shards made elsewhere run megadalle.data.shards.write_index({str(root)!r})")
-        data = json.loads(path.read_text())
-        if data.get("format") != INDEX_FORMAT:
-            raise ValueError(f"{path}: format {data.get('format')!r}, expected {INDEX_FORMAT!r}")
-        shards = [ShardInfo(s["name"], int(s["count"]), int(s["bytes"])) for s in data["shards"]]
-        if not shards or sum(s.count for s in shards) == 0:
-            raise ValueError(f"{path}: the index lists no samples")
-        return cls(root, shards, list(data.get("fields", [])), dict(data.get("meta", {})))
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -133,6 +57,7 @@ class ShardWriter:
         self.shards: list[ShardInfo] = []
         self.fields: set[str] = set()
         self._tar: tarfile.TarFile | None = None
+        self._starts: list[int] = []
         self._count = 0
         self._keys: set[str] = set()
 
@@ -151,6 +76,7 @@ class ShardWriter:
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in shard {self._shard_path(len(self.shards)).name}")
         self._keys.add(key)
+        self._starts.append(self._tar.offset)
         for name in sorted(members):
             self._tar.addfile(_tarinfo(f"{key}.{name}", len(members[name])), io.BytesIO(members[name]))
         self.fields.update(members)
@@ -160,10 +86,10 @@ class ShardWriter:
         """Finish the last shard, delete stale shards and leftovers, publish index.json."""
         self.finish_shard()
         keep = {s.name for s in self.shards}
-        for path in self.root.glob("shard-*.tar"):
-            if path.name not in keep:
+        for path in [*self.root.glob("shard-*.tar"), *self.root.glob("shard-*.tar.idx")]:
+            if path.name.removesuffix(".idx") not in keep:
                 path.unlink()
-        for path in self.root.glob(".shard-*.tar.tmp"):
+        for path in self.root.glob(".shard-*.tmp"):
             path.unlink()
         index = ShardIndex(self.root, list(self.shards), sorted(self.fields), self.meta)
         index.save()
@@ -194,120 +120,9 @@ class ShardWriter:
         if self._tar is None:
             return
         path = self._shard_path(len(self.shards))
+        end = self._tar.offset
         self._tar.close()
+        save_offsets(path, self._starts + [end])
         atomic.publish(atomic.temp_path(path), path)
         self.shards.append(ShardInfo(path.name, self._count, path.stat().st_size))
-        self._tar, self._count, self._keys = None, 0, set()
-
-
-def scan_shard(path: str | Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """Per sample in tar order: (key, {field: (data offset, size)}). Reads headers only."""
-    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
-    with tarfile.open(path, "r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, name = split_member(info.name)
-            if not name:
-                continue
-            if not samples or samples[-1][0] != key:
-                samples.append((key, {}))
-            samples[-1][1][name] = (info.offset_data, info.size)
-    return samples
-
-
-def iter_shard(path: str | Path, fields: Iterable[str] | None = None, decode: bool = True) -> Iterator[dict[str, Any]]:
-    """Samples of one shard in order, with `__key__` and only the named fields (all if None)."""
-    wanted = None if fields is None else set(fields)
-    with open(path, "rb") as f:
-        for key, members in scan_shard(path):
-            sample: dict[str, Any] = {"__key__": key}
-            for name, (offset, size) in members.items():
-                if wanted is None or name in wanted:
-                    f.seek(offset)
-                    data = f.read(size)
-                    sample[name] = decode_field(name, data) if decode else data
-            yield sample
-
-
-def iter_samples(root: str | Path, fields: Iterable[str] | None = None, decode: bool = True) -> Iterator[dict[str, Any]]:
-    """Every sample of a shard directory, in index order (for encode, tokenizer training, checks)."""
-    fields = None if fields is None else list(fields)
-    for path in ShardIndex.load(root).paths():
-        yield from iter_shard(path, fields, decode)
-
-
-def write_index(root: str | Path, meta: dict[str, Any] | None = None) -> ShardIndex:
-    """Build index.json for a directory of `*.tar` shards written by another tool (sorted by name)."""
-    root = Path(root)
-    shards, fields = [], set()
-    for path in sorted(root.glob("*.tar")):
-        samples = scan_shard(path)
-        shards.append(ShardInfo(path.name, len(samples), path.stat().st_size))
-        for _, members in samples:
-            fields.update(members)
-    index = ShardIndex(root, shards, sorted(fields), dict(meta or {}))
-    index.save()
-    return index
-
-
-class SampleReader:
-    """Random access to samples by global id: seeks straight to the fields' bytes.
-
-    Per shard, the member table (`scan_shard`) is built on first use and kept, and up to
-    `max_open` files stay open (least recently used closed first); one reader per process or
-    DataLoader worker. A shard whose sample count differs from index.json raises: it was
-    changed after the index was written.
-    """
-
-    def __init__(self, index: ShardIndex, max_open: int = 16):
-        self.index, self.max_open = index, max_open
-        self._tables: dict[int, list] = {}
-        self._files: OrderedDict[int, io.BufferedReader] = OrderedDict()
-
-    def read_many(self, ids: Iterable[int], fields: Iterable[str], decode: bool = True) -> list[dict[str, Any]]:
-        """Samples by global id, in the order given."""
-        fields = list(fields)
-        shards, positions = self.index.locate(np.fromiter(ids, dtype=np.int64))
-        return [self._read(int(s), int(p), fields, decode) for s, p in zip(shards, positions)]
-
-    def read(self, sample_id: int, fields: Iterable[str], decode: bool = True) -> dict[str, Any]:
-        return self.read_many([sample_id], fields, decode)[0]
-
-    def _read(self, shard: int, pos: int, fields: list[str], decode: bool) -> dict[str, Any]:
-        key, members = self._table(shard)[pos]
-        f = self._file(shard)
-        sample: dict[str, Any] = {"__key__": key}
-        for name in fields:
-            if name not in members:
-                raise KeyError(f"sample {key!r} in {self.index.shards[shard].name} has no field {name!r} "
-                               f"(it has {sorted(members)})")
-            offset, size = members[name]
-            f.seek(offset)
-            data = f.read(size)
-            sample[name] = decode_field(name, data) if decode else data
-        return sample
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
-
-    def _table(self, shard: int) -> list:
-        if shard not in self._tables:
-            info = self.index.shards[shard]
-            table = scan_shard(self.index.root / info.name)
-            if len(table) != info.count:
-                raise ValueError(f"{info.name} holds {len(table)} samples but index.json says {info.count}: "
-                                 f"the shard changed after the index was written")
-            self._tables[shard] = table
-        return self._tables[shard]
-
-    def _file(self, shard: int) -> io.BufferedReader:
-        if shard in self._files:
-            self._files.move_to_end(shard)
-        else:
-            if len(self._files) >= self.max_open:
-                self._files.popitem(last=False)[1].close()
-            self._files[shard] = open(self.index.root / self.index.shards[shard].name, "rb")
-        return self._files[shard]
+        self._tar, self._count, self._keys, self._starts = None, 0, set(), []

@@ -11,6 +11,7 @@ import pytest
 import webdataset as wds
 
 from megadalle.data.fields import UnsafeFieldError
+from megadalle.data.index import load_offsets, offsets_path, scan_offsets
 from megadalle.data.shards import SampleReader, ShardIndex, ShardWriter, iter_samples, iter_shard, write_index
 
 
@@ -25,7 +26,8 @@ def test_count_limit_and_index(tmp_path):
     index = ShardIndex.load(tmp_path)
     assert [s.count for s in index.shards] == [4, 4, 2]
     assert index.total == 10 and index.fields == ["codes.npy", "json", "txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"] + [
+        f"shard-00000{i}.tar{idx}" for i in range(3) for idx in ("", ".idx")]
     got = list(iter_samples(tmp_path))
     assert [s["txt"] for s in got] == [f"caption {i}" for i in range(10)]
     assert got[7]["json"] == {"i": 7} and got[7]["codes.npy"].dtype == np.uint16 and got[7]["codes.npy"].shape == (2, 3)
@@ -86,7 +88,8 @@ def test_rewrite_removes_stale_shards(tmp_path):
     with ShardWriter(tmp_path, max_count=2) as w:
         for i in range(3):
             w.write(sample(i))
-    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == [
+        "shard-000000.tar", "shard-000000.tar.idx", "shard-000001.tar", "shard-000001.tar.idx"]
     assert ShardIndex.load(tmp_path).total == 3
 
 
@@ -110,6 +113,17 @@ def test_random_access_reader(tmp_path):
     with pytest.raises(KeyError, match="no field 'jpg'"):
         reader.read(0, ["jpg"])
     reader.close()
+
+
+def test_offset_files_match_a_scan_and_are_optional(tmp_path):
+    with ShardWriter(tmp_path, max_count=5) as w:
+        for i in range(8):
+            w.write(sample(i))
+    for path in ShardIndex.load(tmp_path).paths():
+        assert np.array_equal(load_offsets(path), scan_offsets(path)[0])
+        offsets_path(path).unlink()
+    reader = SampleReader(ShardIndex.load(tmp_path))  # falls back to scanning the headers
+    assert [reader.read(i, ["txt"])["txt"] for i in (6, 2)] == ["caption 6", "caption 2"]
 
 
 def test_changed_shard_is_detected(tmp_path):

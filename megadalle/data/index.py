@@ -1,0 +1,149 @@
+"""index.json and the per-shard offset files: what makes samples addressable by global index.
+
+Why an index: loaders pick samples by global index (order = f(seed, epoch, index)), which needs
+the number of samples in each shard before reading any; it also gives the data set a fingerprint
+that a resumed run checks. index.json is written last, so it marks a finished directory.
+
+Why offset files (`<shard>.idx`, one per shard, npy int64 [count + 1]): the byte offset where each
+sample's first tar header starts, plus the end of the last sample. A reader then fetches any
+sample with one seek and one read, holding 8 bytes per sample of the shards it has touched
+instead of scanning whole tars. Shards written elsewhere get them from `write_index`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megadalle.data import atomic
+from megadalle.data.fields import split_member
+
+INDEX_NAME = "index.json"
+SHARD_PATTERN = "shard-%06d.tar"
+INDEX_FORMAT = "megadalle-shards/1"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    """File name relative to the shard directory."""
+    count: int
+    """Samples in the shard."""
+    bytes: int
+
+
+@dataclass
+class ShardIndex:
+    """The shard list of one directory, with counts; loaded from and saved to index.json."""
+
+    root: Path
+    shards: list[ShardInfo]
+    fields: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def total(self) -> int:
+        return sum(s.count for s in self.shards)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of shard names, counts and sizes: a resumed run must see the same data set."""
+        listing = json.dumps([[s.name, s.count, s.bytes] for s in self.shards])
+        return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+    def paths(self) -> list[Path]:
+        return [self.root / s.name for s in self.shards]
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        """Global id of each shard's first sample, plus the total at the end."""
+        return np.concatenate([[0], np.cumsum([s.count for s in self.shards])]).astype(np.int64)
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global sample ids -> (shard number, position inside the shard)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.total):
+            raise IndexError(f"sample ids must be in [0, {self.total}); got {ids.min()}..{ids.max()}")
+        shard = np.searchsorted(self.starts, ids, side="right") - 1
+        return shard, ids - self.starts[shard]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": INDEX_FORMAT, "total": self.total, "fingerprint": self.fingerprint,
+                "fields": self.fields, "meta": self.meta,
+                "shards": [{"name": s.name, "count": s.count, "bytes": s.bytes} for s in self.shards]}
+
+    def save(self) -> Path:
+        return atomic.write_json(self.root / INDEX_NAME, self.to_json())
+
+    @classmethod
+    def load(cls, root: str | Path) -> "ShardIndex":
+        root = Path(root)
+        path = root / INDEX_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: {root} is not a finished megadalle shard directory (the writer writes "
+                f"index.json last); for shards made elsewhere run megadalle.data.shards.write_index({str(root)!r})")
+        data = json.loads(path.read_text())
+        if data.get("format") != INDEX_FORMAT:
+            raise ValueError(f"{path}: format {data.get('format')!r}, expected {INDEX_FORMAT!r}")
+        shards = [ShardInfo(s["name"], int(s["count"]), int(s["bytes"])) for s in data["shards"]]
+        if not shards or sum(s.count for s in shards) == 0:
+            raise ValueError(f"{path}: the index lists no samples")
+        return cls(root, shards, list(data.get("fields", [])), dict(data.get("meta", {})))
+
+
+def offsets_path(shard: str | Path) -> Path:
+    """`shard-000000.tar` -> `shard-000000.tar.idx`."""
+    shard = Path(shard)
+    return shard.with_name(shard.name + ".idx")
+
+
+def scan_offsets(path: str | Path) -> tuple[np.ndarray, set[str]]:
+    """Sample start offsets (+ end) of a tar by reading its headers, and the fields seen."""
+    starts, fields, last_key = [], set(), None
+    with tarfile.open(path, "r:") as tar:
+        for info in tar:
+            key, name = split_member(info.name)
+            if not info.isfile() or not name:
+                continue
+            if key != last_key:
+                starts.append(info.offset)
+                last_key = key
+            fields.add(name)
+            end = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return np.array(starts + ([end] if starts else [0]), dtype=np.int64), fields
+
+
+def save_offsets(shard: str | Path, offsets: np.ndarray) -> Path:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(offsets, dtype=np.int64), allow_pickle=False)
+    return atomic.write_bytes(offsets_path(shard), buf.getvalue())
+
+
+def load_offsets(shard: str | Path) -> np.ndarray:
+    """The shard's offset file, or a header scan when there is none."""
+    path = offsets_path(shard)
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    return scan_offsets(shard)[0]
+
+
+def write_index(root: str | Path, meta: dict[str, Any] | None = None) -> ShardIndex:
+    """index.json and offset files for a directory of `*.tar` shards written by another tool (sorted by name)."""
+    root = Path(root)
+    shards, fields = [], set()
+    for path in sorted(root.glob("*.tar")):
+        offsets, seen = scan_offsets(path)
+        save_offsets(path, offsets)
+        shards.append(ShardInfo(path.name, len(offsets) - 1, path.stat().st_size))
+        fields |= seen
+    index = ShardIndex(root, shards, sorted(fields), dict(meta or {}))
+    index.save()
+    return index
