@@ -39,7 +39,11 @@ def pick_caption(text: str, rng: np.random.Generator) -> str:
 
 
 class ImageBatches:
-    """dict(image=FloatTensor[B, 3, S, S] in [0, 1], caption=list[str], key=list[str])."""
+    """dict(image=FloatTensor[B, 3, S, S] in [0, 1], caption=list[str], txt=list[str], key=list[str]).
+
+    `caption` is one line of the sample's captions (seeded choice, for CLIP); `txt` is the whole
+    field (all lines, what `encode` copies into token shards); `key` the sample's shard key.
+    """
 
     def __init__(self, image_size: int, image_field: str = "jpg"):
         self.image_size, self.fields = image_size, (image_field, "txt")
@@ -53,11 +57,11 @@ class ImageBatches:
 
     def __call__(self, samples, positions, seed):
         images = np.empty((len(samples), 3, self.image_size, self.image_size), np.float32)
-        captions = []
-        for i, (sample, pos) in enumerate(zip(samples, positions)):
+        texts = [decode_field("txt", s["txt"]) for s in samples]
+        for i, sample in enumerate(samples):
             to_float_chw(self.decode(sample[self.fields[0]]), out=images[i])
-            captions.append(pick_caption(decode_field("txt", sample["txt"]), sample_rng(seed, pos)))
-        return {"image": torch.from_numpy(images), "caption": captions, "key": [s["__key__"] for s in samples]}
+        captions = [pick_caption(text, sample_rng(seed, pos)) for text, pos in zip(texts, positions)]
+        return {"image": torch.from_numpy(images), "caption": captions, "txt": texts, "key": [s["__key__"] for s in samples]}
 
 
 class TokenBatches:

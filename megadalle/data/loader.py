@@ -217,7 +217,10 @@ def image_field(index: ShardIndex) -> str:
 
 
 def image_loader(root: str | Path, global_batch: int, image_size: int, **kwargs) -> StepLoader:
-    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption=list[str], key=list[str]), b = micro_batch."""
+    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption, txt, key: list[str]), b = micro_batch.
+
+    For one pass in shard order (e.g. `encode`): shuffle=False, epochs=1 (the last batch may be short).
+    """
     index = ShardIndex.load(root)
     return StepLoader(root, global_batch, ImageBatches(image_size, image_field(index)), **kwargs)
 

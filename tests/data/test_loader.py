@@ -132,6 +132,7 @@ def test_image_batches(image_shards):
     assert batch["image"].shape == (4, 3, 8, 8) and batch["image"].dtype == torch.float32
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     assert all(isinstance(c, str) and "\n" not in c and c for c in batch["caption"])
+    assert all(c in t.splitlines() and t.count("\n") == 1 for c, t in zip(batch["caption"], batch["txt"]))
 
 
 def test_token_batches_match_the_planned_ids(token_shards, tokenizer):
