@@ -104,7 +104,8 @@ def main() -> None:
     print(f"{'stage':<34}{'samples/s/core':>16}")
     for name, value in results.items():
         print(f"{name:<34}{value:>16.1f}")
-    print(f"{f'prepare ({cores} processes, total)':<34}{parallel:>16.1f}   (speed-up {parallel / results['prepare (1 process)']:.2f}x)")
+    speedup = parallel / results["prepare (1 process)"]
+    print(f"{f'prepare ({cores} processes, total)':<34}{parallel:>16.1f}   (speed-up {speedup:.2f}x)")
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.processor() or platform.machine()}, {cores} cores, {platform.python_version()}",
               "images": n, "source_size": [w, h], "image_size": size, "batch": args.batch,

@@ -61,7 +61,8 @@ class ImageBatches:
         for i, sample in enumerate(samples):
             to_float_chw(self.decode(sample[self.fields[0]]), out=images[i])
         captions = [pick_caption(text, sample_rng(seed, pos)) for text, pos in zip(texts, positions)]
-        return {"image": torch.from_numpy(images), "caption": captions, "txt": texts, "key": [s["__key__"] for s in samples]}
+        keys = [s["__key__"] for s in samples]
+        return {"image": torch.from_numpy(images), "caption": captions, "txt": texts, "key": keys}
 
 
 class TokenBatches:

@@ -52,7 +52,8 @@ def read_captions(item: Item) -> tuple[str, ...]:
         lines = item.captions
     else:
         if item.caption_file is None or not item.caption_file.is_file():
-            raise Skip("missing_caption", f"no {item.caption_file.name if item.caption_file else 'caption'} beside the image")
+            name = item.caption_file.name if item.caption_file else "caption"
+            raise Skip("missing_caption", f"no {name} beside the image")
         try:
             lines = tuple(item.caption_file.read_text(encoding="utf-8").splitlines())
         except (OSError, UnicodeDecodeError) as err:

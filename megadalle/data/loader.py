@@ -2,36 +2,38 @@
 
     loader = image_loader("shards/", global_batch=64, image_size=256, seed=0)      # dVAE, CLIP
     loader = token_loader("tokens/", global_batch=64, tokenizer=tok, text_len=256)  # Transformer
-    for batch in loader:             # this rank's micro-batches, step by step; loader.step advances
+    for batch in loader:                 # this rank's micro-batches, step by step; loader.step advances
         ...
-    task.batches(start, part) = loader_from_config(cfg.data, part.global_batch, seed, rank=part.dp_rank,
-        world_size=part.dp_world, grad_accum=part.grad_accum, ...).iter_from_step(start)
-    ckpt["data"] = loader.state_dict()      # {"step", "epoch", "samples_seen", "global_batch", "seed", "fingerprint", ...}
-    loader.load_state_dict(ckpt["data"])     # next iteration starts at the saved step
-    loader.iter_from_step(n)                 # or start anywhere directly
+    ckpt["data"] = loader.state_dict()   # step, epoch, samples_seen, global_batch, seed, shuffle, fingerprint
+    loader.load_state_dict(ckpt["data"]) # checks the data and seed, then the next iteration starts there
+    loader.iter_from_step(n)             # or start at any step directly
+    # a training task: Task.batches(start, part) ->
+    loader_from_config(cfg.data, part.global_batch, seed, rank=part.dp_rank, world_size=part.dp_world,
+                       grad_accum=part.grad_accum, text_len=...).iter_from_step(start)
 
 What a rank gets (see `order.py`): step s's global batch is stream positions [s*B, (s+1)*B);
 position p reads sample permute(p % N) of epoch p // N, a seeded permutation of all N samples.
 The batch is cut into R = w x A strided micro-batches (w ranks, A gradient-accumulation steps):
-micro-batch i takes positions i, i+R, ... and rank r reads micro-batches r, w+r, 2w+r, ... in
-turn (megadalle.train.task.DataPart.reader), each of B/R samples (B must divide by R). So one
-rank accumulating 2 micro-batches reads what 2 ranks read without accumulation. The set of
-samples of a global batch depends on nothing but (seed, step, B), so resuming at step s on another number of ranks with the same global
-batch gives every later global batch the same samples (elastic), and every epoch sees each sample
-exactly once. A full permutation replaces webdataset's shuffle buffer: it is strictly better mixed.
+micro-batch i takes positions i, i+R, ...; rank r reads micro-batches r, w+r, 2w+r, ... in turn
+(as megadalle.train.task.DataPart.reader), each of B/R samples (B must divide by R). So one rank
+accumulating 2 micro-batches reads what 2 ranks read without accumulation, and the samples of a
+global batch depend on nothing but (seed, step, B): resuming at step s on another number of ranks
+with the same global batch gives every later global batch the same samples (elastic), and every
+epoch sees each sample exactly once. A full permutation replaces webdataset's shuffle buffer: it
+mixes strictly better, and it is what makes a position addressable.
 
 Shards are not assigned to ranks or workers: every rank reads the samples its positions name, from
-whichever shard holds them (random access by offset, `shards.SampleReader`). So the number of
-shards never needs to divide ranks x workers: with 1 shard and 8 ranks x 4 workers, every rank
-still gets B/R samples per micro-batch at every step and no rank waits or gets an empty stream.
+whichever shard holds them (random access through the offset files, `reader.SampleReader`). So the
+number of shards never needs to divide ranks x workers: with 1 shard and 8 ranks x 4 workers, every
+rank still gets B/R samples per micro-batch at every step; no rank waits or gets an empty stream.
 
 DataLoader workers split steps, not samples: worker k of K builds (all micro-batches of) steps
 start+k, start+k+K, ... and the DataLoader returns them in step order, so the worker count
 changes speed only.
 
 By default the stream is infinite (the trainer decides when to stop). With `epochs=E` it ends
-after E*N samples; the last global batch is then partial and a rank whose micro-batches in it
-are empty stops one step earlier than the others: use it for one pass such as `encode`, not for training
+after E*N samples; the last global batch is then partial, and a rank whose micro-batches in it are
+empty stops one step before the others: use it for one pass such as `encode`, not for training
 with collectives.
 """
 from __future__ import annotations
@@ -44,7 +46,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from megadalle.config.data import DataConfig
@@ -95,16 +96,16 @@ class _Steps(IterableDataset):
         plan = self.plan
         reader = SampleReader(plan.index)
         try:
-            stop = plan.stop_step
-            steps = itertools.count(self.start + worker, workers) if stop is None else range(self.start + worker, stop, workers)
-            for step in steps:
+            first, stop = self.start + worker, plan.stop_step
+            for step in itertools.count(first, workers) if stop is None else range(first, stop, workers):
                 micro = []
                 for accum in range(plan.grad_accum):
                     positions = plan.positions(step, accum)
                     if positions.size == 0:
                         break
                     ids = sample_ids(positions, plan.index.total, plan.seed, plan.shuffle)
-                    micro.append(plan.maker(reader.read_many(ids, plan.maker.fields, decode=False), positions, plan.seed))
+                    samples = reader.read_many(ids, plan.maker.fields, decode=False)
+                    micro.append(plan.maker(samples, positions, plan.seed))
                 if micro:
                     yield step, micro
                 if len(micro) < plan.grad_accum:
@@ -138,7 +139,8 @@ class StepLoader:
             raise ValueError(f"epochs={epochs} must be a positive integer or None (infinite)")
         self.index = ShardIndex.load(root)
         self.global_batch, self.maker, self.seed, self.shuffle = global_batch, maker, seed, shuffle
-        self.num_workers, self.prefetch_factor, self.epochs, self.pin_memory = num_workers, prefetch_factor, epochs, pin_memory
+        self.num_workers, self.prefetch_factor, self.pin_memory = num_workers, prefetch_factor, pin_memory
+        self.epochs = epochs
         self.step = 0
 
     @property
@@ -157,7 +159,7 @@ class StepLoader:
         return None if self.epochs is None else math.ceil(self.epochs * self.index.total / self.global_batch)
 
     def positions(self, step: int, accum: int = 0) -> np.ndarray:
-        """Stream positions of this rank's micro-batch `accum` of `step` (cut at the end of the last epoch, if any)."""
+        """Stream positions of this rank's micro-batch `accum` of `step` (cut after the last epoch, if any)."""
         reader = accum * self.world_size + self.rank
         pos = reader_positions(step, self.global_batch, reader, self.world_size * self.grad_accum)
         return pos if self.epochs is None else pos[pos < self.epochs * self.index.total]
@@ -227,7 +229,7 @@ def image_loader(root: str | Path, global_batch: int, image_size: int, **kwargs)
 
 def token_loader(root: str | Path, global_batch: int, tokenizer, text_len: int, bpe_dropout: float = 0.0,
                  **kwargs) -> StepLoader:
-    """Token batches dict(text=LongTensor[b, text_len], image=LongTensor[b, H*W]); `tokenizer` is a data.tokenizer.Tokenizer."""
+    """Token batches dict(text=LongTensor[b, text_len], image=LongTensor[b, H*W]), with a data.tokenizer.Tokenizer."""
     return StepLoader(root, global_batch, TokenBatches(tokenizer, text_len, bpe_dropout), **kwargs)
 
 

@@ -3,7 +3,8 @@
 The training stream is the infinite sequence of positions 0, 1, 2, ...; position p belongs to
 epoch p // N (N samples in the data set) and reads sample `permute(p % N, N, key(seed, epoch))`.
 Step s's global batch is positions [s*B, (s+1)*B), cut into R strided parts: reader i of R
-takes positions i, i+R, ... of it (R = ranks x gradient-accumulation micro-batches). Nothing here depends on the world size or on the number of DataLoader workers, so a run
+takes positions i, i+R, ... of it (R = ranks x gradient-accumulation micro-batches). The order of
+samples depends on neither the world size nor the number of DataLoader workers, so a run
 resumed at step s on any number of ranks (same B) sees the same global batches, and every
 epoch visits each sample exactly once. Batches may straddle an epoch boundary (no sample dropped).
 

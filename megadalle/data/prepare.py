@@ -40,8 +40,10 @@ class PrepareSummary:
     """One entry per skipped input: source, reason, detail."""
 
     def text(self) -> str:
-        lines = [f"prepare: kept {self.kept} samples in {self.shards} shards, skipped {sum(self.skipped.values())} "
-                 f"in {self.seconds:.1f}s ({(self.kept + sum(self.skipped.values())) / max(self.seconds, 1e-9):.1f} inputs/s)"]
+        skipped = sum(self.skipped.values())
+        rate = (self.kept + skipped) / max(self.seconds, 1e-9)
+        lines = [f"prepare: kept {self.kept} samples in {self.shards} shards, skipped {skipped} "
+                 f"in {self.seconds:.1f}s ({rate:.1f} inputs/s)"]
         lines += [f"  skipped {count:>6}  {reason}" for reason, count in sorted(self.skipped.items())]
         lines.append(f"  report: {self.report}")
         return "\n".join(lines)
