@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,6 +53,10 @@ class Result:
     stopped_by_signal: bool
     losses: list[float]
     """This process's losses of the updates it ran (global means)."""
+    engine: Any = None
+    """The DeepSpeed engine, still live (e.g. to evaluate the trained model; ZeRO-3 needs it for gathering)."""
+    model: Any = None
+    """The task's plain model (its parameters are the engine's; under pipelines only this stage's are trained)."""
 
 
 def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig, run: RunOptions,
@@ -141,7 +146,7 @@ def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: Logge
         stop.uninstall()
         for cb in callbacks:
             cb.end()
-    return Result(run_dir, step, stopped, losses)
+    return Result(run_dir, step, stopped, losses, built.engine, built.model)
 
 
 def train_from_config(task: Task, cfg, task_factory: str | None = None) -> Result:

@@ -21,8 +21,8 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def spawn(world: int, opts: dict, log_dir: Path) -> list[subprocess.Popen]:
-    """Start `world` toy workers with `opts`; their output goes to log_dir/rank<N>.log."""
+def spawn(world: int, opts: dict, log_dir: Path, script: str = "worker.py") -> list[subprocess.Popen]:
+    """Start `world` ranks of `script` (toy worker by default) with `opts`; output to log_dir/rank<N>.log."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -30,7 +30,7 @@ def spawn(world: int, opts: dict, log_dir: Path) -> list[subprocess.Popen]:
         env = dict(base_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         log = open(log_dir / f"rank{rank}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, str(HERE / "worker.py"), json.dumps(opts)],
+        procs.append(subprocess.Popen([sys.executable, str(HERE / script), json.dumps(opts)],
                                       env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
@@ -44,8 +44,8 @@ def wait(procs: list[subprocess.Popen], log_dir: Path, timeout: float = 240) -> 
         raise AssertionError(f"ranks failed: {codes}\n{tails}")
 
 
-def run(world: int, opts: dict, log_dir: Path, timeout: float = 240) -> None:
-    wait(spawn(world, opts, log_dir), log_dir, timeout)
+def run(world: int, opts: dict, log_dir: Path, timeout: float = 240, script: str = "worker.py") -> None:
+    wait(spawn(world, opts, log_dir, script), log_dir, timeout)
 
 
 def losses(run_dir: Path) -> dict[int, float]:

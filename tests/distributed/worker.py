@@ -6,12 +6,14 @@ Used by the distributed tests to train the toy task under any layout; the losses
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from toy import ToyTask  # noqa: E402
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig  # noqa: E402
+from megadalle.train.callbacks import Callback  # noqa: E402
 from megadalle.train.loop import RunOptions, train  # noqa: E402
 
 
@@ -24,7 +26,18 @@ def main(opts: dict) -> None:
     run = RunOptions(run_dir=opts["run_dir"], resume=opts.get("resume", "auto"), seed=0,
                      config={"data_seed": 0, "dropout": opts.get("dropout", True)},
                      task_factory="toy:build_toy_task")
-    train(ToyTask(dropout=opts.get("dropout", True)), trainer, ds, LoggerConfig(mode=opts.get("wandb", "disabled")), run)
+    train(ToyTask(dropout=opts.get("dropout", True)), trainer, ds, LoggerConfig(mode=opts.get("wandb", "disabled")), run,
+          extra_callbacks=[Sleep(opts.get("step_sleep", 0.0))])
+
+
+class Sleep(Callback):
+    """Slows every update down so a test can kill the run at a chosen point."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def step(self, step, metrics):
+        time.sleep(self.seconds)
 
 
 if __name__ == "__main__":
