@@ -9,9 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .forward import LOG2E, launch_config, precision
+from .forward import LOG2E, precision
 from .layout import Layout
-from .tiles import dot, tile_bits, visit_rows
+from .tiles import TUNING_KEY, dot, tile_bits, tuning_configs, visit_rows
 
 
 @triton.jit
@@ -41,6 +41,7 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, order_ptr, bits_ptr, kb, til
     return dq + dot(ds.to(k.dtype), k, PRECISION)
 
 
+@triton.autotune(configs=tuning_configs(), key=TUNING_KEY)
 @triton.jit
 def _dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, order_ptr,
                full_ptr, full_idx, part_ptr, part_idx, part_tile, bits_ptr,
@@ -109,6 +110,7 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, order_ptr, bit
     return dk, dv
 
 
+@triton.autotune(configs=tuning_configs(), key=TUNING_KEY)
 @triton.jit
 def _dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, order_ptr,
                  t_full_ptr, t_full_idx, t_part_ptr, t_part_idx, t_part_tile, bits_ptr,
@@ -158,7 +160,7 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     delta = torch.empty_like(lse)
     order = layout.order if layout.order is not None else layout.full_ptr
     common = dict(HEAD_DIM=head_dim, BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, WORDS=layout.words,
-                  PERMUTED=layout.order is not None, PRECISION=precision(q.dtype), **launch_config(head_dim))
+                  PERMUTED=layout.order is not None, PRECISION=precision(q.dtype))
     _dq_kernel[(layout.n_query_blocks, batch * heads)](
         q, k, v, o, do, dq, lse, delta, order,
         layout.full_ptr, layout.full_idx, layout.part_ptr, layout.part_idx, layout.part_tile, layout.bits,

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .layout import Layout
-from .tiles import dot, tile_bits, visit_rows
+from .tiles import TUNING_KEY, dot, tile_bits, tuning_configs, visit_rows
 
 LOG2E = 1.4426950408889634
 
@@ -45,6 +45,7 @@ def _fwd_tile(acc, m_i, l_i, q, k_base, v_base, order_ptr, bits_ptr, kb, tile, o
     return acc, m_new, l_i
 
 
+@triton.autotune(configs=tuning_configs(), key=TUNING_KEY)
 @triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, order_ptr,
                 full_ptr, full_idx, part_ptr, part_idx, part_tile, bits_ptr,
@@ -98,11 +99,6 @@ def precision(dtype: torch.dtype) -> str:
     return "upcast" if os.environ.get("TRITON_INTERPRET") == "1" else "tf32"
 
 
-def launch_config(head_dim: int) -> dict:
-    """Warps and pipeline stages per head size: a wider head holds more registers per tile."""
-    return {"num_warps": 8 if head_dim >= 128 else 4, "num_stages": 2}
-
-
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout,
             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Output [B, H, L, D] (q's dtype) and base-2 log-sum-exp [B*H, L] fp32 in visiting order."""
@@ -117,7 +113,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         heads, seq_len, scale * LOG2E,
         HEAD_DIM=head_dim, BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, WORDS=layout.words,
-        PERMUTED=layout.order is not None, PRECISION=precision(q.dtype), **launch_config(head_dim),
+        PERMUTED=layout.order is not None, PRECISION=precision(q.dtype),
     )
     return o, lse
 

@@ -1,4 +1,6 @@
-"""Triton helpers shared by the forward and backward kernels: row addresses and tile bitmasks."""
+"""Triton helpers shared by the forward and backward kernels: row addresses, tile bitmasks, tuning."""
+import os
+
 import triton
 import triton.language as tl
 
@@ -35,3 +37,17 @@ def dot(a, b, PRECISION: tl.constexpr):
     else:
         out = tl.dot(a, b, input_precision=PRECISION)
     return out
+
+
+def tuning_configs() -> list:
+    """Warps x pipeline stages the autotuner tries once per head size, block shape and dtype.
+
+    Every kernel is idempotent (each output written by one program, no atomics), so timing a
+    config by running it is harmless. The interpreter gets a single config: nothing to time there.
+    """
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return [triton.Config({}, num_warps=4, num_stages=1)]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)]
+
+
+TUNING_KEY = ["HEAD_DIM", "BLOCK_M", "BLOCK_N", "PERMUTED", "PRECISION"]
