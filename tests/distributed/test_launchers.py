@@ -1,0 +1,42 @@
+"""`megadalle train` under the deepspeed launcher (--no_local_rank) and torchrun: 2 ranks, a few steps.
+
+Ranks come from the environment only, so hydra never sees a --local_rank argument, and both
+ranks write into the one run directory rank 0 chose.
+"""
+import json
+import shutil
+import subprocess
+
+import pytest
+
+import launch
+from megadalle.train.checkpoint import damage
+from megadalle.train.distributed import free_port
+
+
+def check_run(run_dir):
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000003"
+    assert damage(run_dir / "checkpoints" / "step_00000003") is None
+    assert {p.name for p in (run_dir / "checkpoints" / "step_00000003").glob("rng_rank*")} == \
+        {"rng_rank00000.pt", "rng_rank00001.pt"}
+
+
+LAUNCHERS = {
+    "deepspeed": lambda port: ["deepspeed", "--no_local_rank", "--num_gpus", "2", "--master_port", str(port),
+                               "--module", "megadalle", "train"],
+    "torchrun": lambda port: ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), "-m", "megadalle",
+                              "train"],
+}
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_launcher_trains(launcher, train_overrides, tmp_path):
+    assert shutil.which(launcher), f"{launcher} is not installed"
+    run_dir = tmp_path / "run"
+    cmd = LAUNCHERS[launcher](free_port()) + [*train_overrides, "trainer.grad_accum=1", f"run_dir={run_dir}"]
+    done = subprocess.run(cmd, env=launch.base_env(), cwd=launch.ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    check_run(run_dir)
