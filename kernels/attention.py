@@ -16,6 +16,8 @@ from .layout import Layout
 
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_BATCH_HEADS = 65535
+"""CUDA's limit on a launch grid's second axis, where the kernels put batch x heads."""
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> None:
@@ -36,6 +38,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layo
         raise ValueError(f"dtype {q.dtype} is not supported; expected one of {DTYPES}")
     if q.shape[-1] not in HEAD_DIMS:
         raise ValueError(f"head_dim {q.shape[-1]} is not supported; expected one of {HEAD_DIMS}")
+    if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
+        raise ValueError(f"batch x heads = {q.shape[0] * q.shape[1]} exceeds {MAX_BATCH_HEADS} (the grid's second axis)")
     if q.shape[2] != layout.seq_len:
         raise ValueError(f"sequence length {q.shape[2]} does not match the layout's {layout.seq_len}")
     if layout.device != q.device:

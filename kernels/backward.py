@@ -51,7 +51,8 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, o
                n_heads, seq_len, qk_scale, scale,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WORDS: tl.constexpr,
                PERMUTED: tl.constexpr, PRECISION: tl.constexpr):
-    qb = tl.program_id(0)
+    # Later query blocks see more keys under causal masks: start them first so the tail is short.
+    qb = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
@@ -120,7 +121,7 @@ def _dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr
                  n_heads, seq_len, qk_scale, scale,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WORDS: tl.constexpr,
                  PERMUTED: tl.constexpr, PRECISION: tl.constexpr):
-    kb = tl.program_id(0)
+    kb = tl.program_id(0)  # earlier key blocks (the text) serve the most queries and start first
     bh = tl.program_id(1)
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)

@@ -59,3 +59,9 @@ def test_attend_refuses_unknown_backend_and_overlong_sequences():
         attend(*_qkv(), SPEC, backend="cuda")
     with pytest.raises(ValueError, match="sequence length 25 exceeds"):
         attend(*_qkv(seq_len=25), SPEC, backend="triton")
+
+
+def test_batch_times_heads_beyond_the_grid_limit():
+    q = torch.zeros(1, 1, SPEC.seq_len, 16).expand(65536, 1, SPEC.seq_len, 16)  # no memory behind it
+    with pytest.raises(ValueError, match="65536"):
+        sparse_attention(q, q, q, LAYOUT)

@@ -18,7 +18,7 @@ SHAPES = [
     (2, 3, 12, 5, 6, 16, True),
     (2, 2, 16, 6, 6, 32, False),
 ]
-TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 4e-2}
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 4e-2, torch.float16: 1e-2}
 """Max error relative to the largest reference magnitude; bf16 rounds p to 8 bits before p @ v."""
 
 
@@ -62,3 +62,10 @@ def test_strided_inputs_and_unequal_blocks(kind):
     assert not q.is_contiguous()
     _check(q, k, v, spec, layout, torch.float32)
 
+
+
+@pytest.mark.parametrize("kind", ["row", "conv"])
+def test_fp16(kind):
+    spec = spec_of(kind, 8, 4, 4)
+    q, k, v = (torch.randn(1, 2, spec.seq_len, 16, dtype=torch.float16, requires_grad=True) for _ in range(3))
+    _check(q, k, v, spec, layout_of(spec, spec.seq_len), torch.float16)
