@@ -9,6 +9,7 @@ same optimisation problem as training on one with a W times larger batch.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -122,7 +123,11 @@ def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0), dist.get_rank() * x.shape[0]
+    # Its suggested successor (functional collectives) reduce-scatters in the backward, which gloo lacks.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        gathered = all_gather(x)
+    return torch.cat(gathered, dim=0), dist.get_rank() * x.shape[0]
 
 
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -66,6 +66,7 @@ def _rank(rank: int, world: int, port: int, out: str):
     dist.all_reduce(total)
     if rank == 0:
         torch.save({"loss": total / world, "grads": grads / world}, out)
+    dist.barrier()
     dist.destroy_process_group()
 
 
