@@ -6,6 +6,7 @@ with a ValueError that names the offending value, before any kernel is launched.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -46,10 +47,16 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layo
         raise ValueError(f"layout is on {layout.device} but q is on {q.device}")
 
 
+def _on(t: torch.Tensor):
+    """Triton launches on the current CUDA device, which need not be the one holding the tensors."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 class _SparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, layout, scale):
-        o, lse = forward(q, k, v, layout, scale)
+        with _on(q):
+            o, lse = forward(q, k, v, layout, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.layout, ctx.scale = layout, scale
         return o
@@ -59,7 +66,8 @@ class _SparseAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         if do.stride(-1) != 1:
             do = do.contiguous()
-        dq, dk, dv = backward(do, q, k, v, o, lse, ctx.layout, ctx.scale)
+        with _on(q):
+            dq, dk, dv = backward(do, q, k, v, o, lse, ctx.layout, ctx.scale)
         return dq, dk, dv, None, None
 
 
