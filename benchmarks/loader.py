@@ -106,7 +106,9 @@ def main() -> None:
         print(f"{name:<34}{value:>16.1f}")
     speedup = parallel / results["prepare (1 process)"]
     print(f"{f'prepare ({cores} processes, total)':<34}{parallel:>16.1f}   (speed-up {speedup:.2f}x)")
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    load = os.getloadavg()[0]
+    print(f"1-minute load average {load:.1f} on {cores} cores (other processes share the cores: numbers are lower bounds)")
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "load_average_1m": load,
               "machine": f"{platform.processor() or platform.machine()}, {cores} cores, {platform.python_version()}",
               "images": n, "source_size": [w, h], "image_size": size, "batch": args.batch,
               "samples_per_s_per_core": results, "prepare_parallel": {"processes": cores, "samples_per_s": parallel}}

@@ -95,7 +95,7 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
     total = ShardIndex.load(shards).total
-    captions = tqdm(iter_captions(shards), desc="captions", unit=" lines", total=None, leave=False)
+    captions = tqdm(iter_captions(shards), desc="tokenizer: reading captions", unit=" lines", mininterval=1.0)
     buf = io.BytesIO()
     spm.set_random_generator_seed(seed)
     try:
