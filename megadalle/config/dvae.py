@@ -1,0 +1,77 @@
+"""The dVAE's configuration (conf/dvae/*.yaml): its architecture and its training objective.
+
+The objective's schedules live beside the architecture because their lengths are tied to the
+model size one trains (the paper's 5,000 and 150,000 updates make no sense for the tiny CPU
+model); the optimizer itself (AdamW, lr, EMA) belongs to the trainer's config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from megadalle.config import check
+
+
+@dataclass
+class DVAEObjective:
+    """The ELB's terms and their schedules (paper, section 2.1 and appendix A.2)."""
+
+    kl_weight: float = 6.6
+    """β: final weight of the KL term to the uniform prior (the paper's 6.6 improves codebook use)."""
+    kl_warmup_steps: int = 5000
+    """Updates over which β rises from 0 on a cosine schedule."""
+    tau_start: float = 1.0
+    """Gumbel-softmax temperature at step 0."""
+    tau_end: float = 0.0625
+    """Temperature reached after `tau_anneal_steps` (the paper's 1/16)."""
+    tau_anneal_steps: int = 150000
+    """Updates over which τ falls on a cosine schedule (a linear one tended to diverge in the paper)."""
+
+    def validate(self, where: str) -> None:
+        check(self.kl_weight >= 0, f"{where}.kl_weight", self.kl_weight, "must be non-negative")
+        for name in ("kl_warmup_steps", "tau_anneal_steps"):
+            check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
+        for name in ("tau_start", "tau_end"):
+            check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")
+
+
+@dataclass
+class DVAEConfig:
+    image_size: int = 256
+    """Side of the square RGB input in pixels."""
+    n_hid: int = 256
+    """Channels of the first group; group i (0-based) has n_hid * 2**i in the encoder."""
+    n_blk_per_group: int = 2
+    """Bottleneck residual blocks per group."""
+    n_groups: int = 4
+    """Groups of blocks; a 2x2 max-pool sits between consecutive groups, so the grid is image_size / 2**(n_groups-1)."""
+    vocab_size: int = 8192
+    """Codebook size: the encoder's logits per grid cell, the Transformer's image vocabulary."""
+    n_init: int = 128
+    """Channels of the decoder's first 1x1 conv, which acts as the code embedding."""
+    eps: float = 0.1
+    """Pixels are mapped into (eps, 1 - eps) so the logit-Laplace's logit stays finite."""
+    objective: DVAEObjective = field(default_factory=DVAEObjective)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (self.n_groups - 1)
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the code grid (32 for the paper's 256 px and 4 groups)."""
+        return self.image_size // self.downsample
+
+    def validate(self, where: str = "dvae") -> None:
+        for name in ("image_size", "n_hid", "n_blk_per_group", "n_groups", "n_init"):
+            check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")
+        check(self.vocab_size >= 2, f"{where}.vocab_size", self.vocab_size, "needs at least 2 codes")
+        check(self.vocab_size <= 65536, f"{where}.vocab_size", self.vocab_size,
+              "codes are stored as uint16, so at most 65536")
+        check(self.image_size % self.downsample == 0, f"{where}.image_size", self.image_size,
+              f"must be divisible by 2**(n_groups-1) = {self.downsample}")
+        check(self.n_hid % 4 == 0, f"{where}.n_hid", self.n_hid, "must be divisible by 4 (bottleneck width n/4)")
+        check(0.0 < self.eps < 0.5, f"{where}.eps", self.eps, "must be in (0, 0.5)")
+        self.objective.validate(f"{where}.objective")
+
+
+SCHEMAS = {"dvae": DVAEConfig}

@@ -1,0 +1,165 @@
+"""The discrete VAE of DALL-E (arXiv 2102.12092, section 2.1 and appendix A).
+
+The encoder turns a 256x256 image into a 32x32 grid of logits over 8192 codes; the decoder turns a
+grid of (one-hot or Gumbel-relaxed) codes into the parameters of a logit-Laplace distribution per
+pixel channel. Both are stacks of bottleneck residual blocks whose residual branch is scaled by
+1 / (number of blocks)^2, so the network starts close to the identity and trains stably without
+normalisation layers. A plain nn.Module: the objective lives in `dvae_loss.py`, training outside.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megadalle.config.dvae import DVAEConfig
+from megadalle.models.dvae_loss import map_pixels, unmap_pixels
+
+
+def conv(n_in: int, n_out: int, k: int) -> nn.Conv2d:
+    """A 'same' convolution (odd kernel)."""
+    return nn.Conv2d(n_in, n_out, k, padding=k // 2)
+
+
+class Bottleneck(nn.Module):
+    """x + post_gain * residual(x), the residual narrowing to n_out/4 channels in its middle.
+
+    The encoder's residual starts with a 3x3 and ends with a 1x1; the decoder's mirrors it
+    (`decoder=True`: 1x1 first, 3x3 last), as in OpenAI's released dVAE.
+    """
+
+    def __init__(self, n_in: int, n_out: int, post_gain: float, decoder: bool = False):
+        super().__init__()
+        hid = n_out // 4
+        kernels = (1, 3, 3, 3) if decoder else (3, 3, 3, 1)
+        widths = (n_in, hid, hid, hid, n_out)
+        layers: list[nn.Module] = []
+        for i, k in enumerate(kernels):
+            layers += [nn.ReLU(), conv(widths[i], widths[i + 1], k)]
+        self.res = nn.Sequential(*layers)
+        self.id = nn.Identity() if n_in == n_out else conv(n_in, n_out, 1)
+        self.post_gain = post_gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.id(x) + self.post_gain * self.res(x)
+
+
+def _groups(cfg: DVAEConfig, widths: list[int], n_in: int, resample: Callable[[], nn.Module], decoder: bool) -> nn.Sequential:
+    """`n_groups` groups of blocks with a `resample()` layer (pool or upsample) between consecutive groups."""
+    post_gain = 1.0 / (cfg.n_groups * cfg.n_blk_per_group) ** 2
+    layers: list[nn.Module] = []
+    for g, width in enumerate(widths):
+        for _ in range(cfg.n_blk_per_group):
+            layers.append(Bottleneck(n_in, width, post_gain, decoder))
+            n_in = width
+        if g < len(widths) - 1:
+            layers.append(resample())
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """Pixels mapped into (eps, 1-eps), [B, 3, S, S] -> code logits [B, vocab, S/d, S/d] (fp32)."""
+
+    def __init__(self, cfg: DVAEConfig):
+        super().__init__()
+        widths = [cfg.n_hid * 2**g for g in range(cfg.n_groups)]
+        self.net = nn.Sequential(
+            conv(3, cfg.n_hid, 7),
+            _groups(cfg, widths, cfg.n_hid, lambda: nn.MaxPool2d(2), decoder=False),
+            nn.ReLU(),
+            conv(widths[-1], cfg.vocab_size, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).float()
+
+
+class Decoder(nn.Module):
+    """Codes [B, vocab, h, w] (one-hot or relaxed) -> logit-Laplace (mu, ln b) as [B, 6, S, S].
+
+    The first 1x1 conv from the one-hot codes is a learned code embedding; `embed` uses it as
+    a lookup table for integer codes, without building the one-hot tensor.
+    """
+
+    def __init__(self, cfg: DVAEConfig):
+        super().__init__()
+        widths = [cfg.n_hid * 2 ** (cfg.n_groups - 1 - g) for g in range(cfg.n_groups)]
+        self.embedding = nn.Conv2d(cfg.vocab_size, cfg.n_init, 1)
+        self.net = nn.Sequential(
+            _groups(cfg, widths, cfg.n_init, lambda: nn.Upsample(scale_factor=2, mode="nearest"), decoder=True),
+            nn.ReLU(),
+            conv(widths[-1], 6, 1),
+        )
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """Integer codes [B, h, w] -> the embedding conv's output [B, n_init, h, w]."""
+        table = self.embedding.weight[:, :, 0, 0].t()
+        return (F.embedding(codes, table) + self.embedding.bias).permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.embedding(z))
+
+
+class DVAE(nn.Module):
+    def __init__(self, cfg: DVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, S, S] in [0, 1] -> code logits [B, vocab, h, w]."""
+        return self.encoder(map_pixels(images, self.cfg.eps))
+
+    def forward(self, images: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: (code logits, decoder stats [B, 6, S, S]) with Gumbel-softmax codes at temperature tau."""
+        logits = self.logits(images)
+        z = F.gumbel_softmax(logits, tau=tau, hard=False, dim=1)
+        return logits, self.decoder(z.to(self.decoder.embedding.weight.dtype))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, S, S] in [0, 1] -> codes [B, h, w] (int64): the argmax, no Gumbel noise (as the paper)."""
+        return self.logits(images).argmax(dim=1)
+
+    def stats_to_images(self, stats: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> images in [0, 1]: sigmoid(mu) is the logit-Laplace's median, mapped back."""
+        return unmap_pixels(torch.sigmoid(stats[:, :3].float()), self.cfg.eps)
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, h, w] (any integer dtype) -> images [B, 3, S, S] in [0, 1] (used by sampling)."""
+        codes = codes.long()
+        if codes.min() < 0 or codes.max() >= self.cfg.vocab_size:
+            raise ValueError(f"codes outside [0, {self.cfg.vocab_size}): min {int(codes.min())}, max {int(codes.max())}")
+        stats = self.decoder.net(self.decoder.embed(codes))
+        return self.stats_to_images(stats)
+
+
+def flops_per_image(cfg: DVAEConfig, part: str = "both") -> int:
+    """Forward FLOPs of one image through the encoder, the decoder or both (2 x multiply-adds of the convs).
+
+    Counted by running the model on the meta device with hooks, so it follows the code, not a formula.
+    """
+    with torch.device("meta"):
+        model = DVAE(cfg)
+        images = torch.empty(1, 3, cfg.image_size, cfg.image_size)
+    total = 0
+
+    def count(module: nn.Conv2d, inputs, output) -> None:
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1]
+        total += 2 * k * module.in_channels * output[0].numel()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        if part in ("encoder", "both"):
+            model.encoder(images)
+        if part in ("decoder", "both"):
+            g = cfg.grid_size
+            model.decoder(torch.empty(1, cfg.vocab_size, g, g, device="meta"))
+    for h in handles:
+        h.remove()
+    return total

@@ -1,0 +1,66 @@
+"""The dVAE objective against its formulas: pixel map, logit-Laplace NLL, KL to uniform, schedules."""
+import math
+
+import pytest
+import torch
+
+from megadalle.config.dvae import DVAEObjective
+from megadalle.models.dvae_loss import (cosine, kl_to_uniform, kl_weight, learning_rate, logit_laplace_nll,
+                                        map_pixels, temperature, unmap_pixels)
+
+
+def test_pixel_map_round_trip_and_range():
+    x = torch.rand(4, 3, 8, 8)
+    y = map_pixels(x, 0.1)
+    assert y.min() >= 0.1 and y.max() <= 0.9
+    assert map_pixels(torch.zeros(1), 0.1).item() == pytest.approx(0.1)
+    assert map_pixels(torch.ones(1), 0.1).item() == pytest.approx(0.9)
+    torch.testing.assert_close(unmap_pixels(y, 0.1), x)
+    assert unmap_pixels(torch.tensor([0.0, 1.0]), 0.1).tolist() == [0.0, 1.0]  # clamped
+
+
+def test_logit_laplace_nll_matches_the_density_formula():
+    x = torch.tensor([0.3])
+    mu, ln_b = torch.tensor([0.5]), torch.tensor([-0.7])
+    b = math.exp(-0.7)
+    density = math.exp(-abs(math.log(0.3 / 0.7) - 0.5) / b) / (2 * b * 0.3 * 0.7)
+    assert logit_laplace_nll(x, mu, ln_b).item() == pytest.approx(-math.log(density), rel=1e-5)
+
+
+def test_logit_laplace_nll_is_a_laplace_on_logits_plus_the_jacobian():
+    x = map_pixels(torch.rand(2, 3, 5, 5), 0.1)
+    mu, ln_b = torch.randn(2, 3, 5, 5), torch.randn(2, 3, 5, 5) * 0.5
+    logit = torch.log(x) - torch.log1p(-x)
+    expected = -(torch.distributions.Laplace(mu, ln_b.exp()).log_prob(logit) - torch.log(x * (1 - x))).mean()
+    torch.testing.assert_close(logit_laplace_nll(x, mu, ln_b), expected)
+
+
+def test_logit_laplace_density_integrates_to_one():
+    x = torch.linspace(1e-7, 1 - 1e-7, 200001, dtype=torch.float64)
+    nll = torch.vmap(lambda v: logit_laplace_nll(v, torch.tensor(0.4), torch.tensor(-1.0)))(x)
+    assert torch.trapezoid(torch.exp(-nll.double()), x).item() == pytest.approx(1.0, abs=2e-3)
+
+
+def test_kl_to_uniform():
+    assert kl_to_uniform(torch.zeros(2, 16, 3, 3)).item() == pytest.approx(0.0, abs=1e-6)
+    one_hot = torch.full((1, 16, 1, 1), -1e4)
+    one_hot[0, 3] = 0
+    assert kl_to_uniform(one_hot).item() == pytest.approx(math.log(16), rel=1e-5)
+    logits = torch.randn(2, 16, 3, 3)
+    q = logits.softmax(1)
+    expected = (q * (q.log() - math.log(1 / 16))).sum(1).mean()
+    torch.testing.assert_close(kl_to_uniform(logits), expected)
+
+
+def test_schedules_at_their_ends():
+    obj = DVAEObjective(kl_weight=6.6, kl_warmup_steps=5000, tau_start=1.0, tau_end=1 / 16, tau_anneal_steps=150000)
+    assert kl_weight(0, obj) == 0.0
+    assert kl_weight(2500, obj) == pytest.approx(3.3)
+    assert kl_weight(5000, obj) == kl_weight(10**7, obj) == 6.6
+    assert temperature(0, obj) == 1.0
+    assert temperature(75000, obj) == pytest.approx((1 + 1 / 16) / 2)
+    assert temperature(150000, obj) == temperature(10**7, obj) == 1 / 16
+    assert learning_rate(0, 1e-4, 1.25e-6, 1000) == 1e-4
+    assert learning_rate(1000, 1e-4, 1.25e-6, 1000) == 1.25e-6
+    assert all(cosine(s, 1.0, 0.0, 10) >= cosine(s + 1, 1.0, 0.0, 10) for s in range(12))
+    assert cosine(0, 1.0, 0.5, 0) == 0.5

@@ -1,0 +1,59 @@
+"""The dVAE's shapes and structure: the paper's 256 px -> 32x32 codes, encode/decode, the code embedding."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megadalle.config.dvae import DVAEConfig
+from megadalle.models.dvae import DVAE, Bottleneck, flops_per_image
+
+TINY = DVAEConfig(image_size=32, n_hid=16, n_blk_per_group=1, n_groups=3, vocab_size=64, n_init=16)
+
+
+def test_paper_config_gives_32x32_codes_over_8192_on_meta():
+    cfg = DVAEConfig()
+    with torch.device("meta"):
+        model = DVAE(cfg)
+        logits = model.logits(torch.empty(2, 3, 256, 256))
+        stats = model.decoder(torch.empty(2, 8192, 32, 32))
+    assert cfg.grid_size == 32
+    assert logits.shape == (2, 8192, 32, 32) and logits.dtype == torch.float32
+    assert stats.shape == (2, 6, 256, 256)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 90e6 < n_params < 110e6  # OpenAI's released dVAE has ~98M
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 16 and all(b.post_gain == 1 / 64 for b in blocks)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.encoder.modules()) == 3
+    assert sum(isinstance(m, torch.nn.Upsample) for m in model.decoder.modules()) == 3
+    assert 4e11 < flops_per_image(cfg) < 8e11
+
+
+def test_encode_then_decode_shapes_and_range():
+    model = DVAE(TINY).eval()
+    images = torch.rand(3, 3, 32, 32)
+    codes = model.encode(images)
+    assert codes.shape == (3, 8, 8) and codes.dtype == torch.int64
+    assert 0 <= codes.min() and codes.max() < 64
+    out = model.decode_codes(codes.to(torch.int32))
+    assert out.shape == (3, 3, 32, 32)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_decode_codes_is_the_decoder_on_one_hot_codes():
+    model = DVAE(TINY).eval()
+    codes = torch.randint(0, 64, (2, 8, 8))
+    one_hot = F.one_hot(codes, 64).permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(model.decode_codes(codes), model.stats_to_images(model.decoder(one_hot)))
+
+
+def test_forward_gives_logits_and_six_channel_stats_with_gradients():
+    model = DVAE(TINY)
+    logits, stats = model(torch.rand(2, 3, 32, 32), tau=0.5)
+    assert logits.shape == (2, 64, 8, 8) and stats.shape == (2, 6, 32, 32)
+    stats.sum().backward()
+    assert model.encoder.net[0].weight.grad.abs().sum() > 0  # gradients reach the encoder through the relaxation
+
+
+def test_decode_codes_rejects_out_of_range_codes():
+    model = DVAE(TINY)
+    with pytest.raises(ValueError, match="max 64"):
+        model.decode_codes(torch.full((1, 8, 8), 64))
