@@ -1,0 +1,85 @@
+"""Slurm for real: a one-node cluster on localhost runs launch/slurm/train.sbatch with 2 tasks;
+USR1 (what `--signal=B:USR1@120` sends before the time limit) makes it checkpoint and requeue
+itself, and the requeued job resumes and finishes the run.
+
+The cluster comes from tests/slurm/cluster.sh (installs slurm-wlm + munge with apt when missing).
+The CPU job overrides only the sbatch script's resource lines (1 node, 2 tasks, no GPUs).
+"""
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from megadalle.train.distributed import free_port
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+SCRIPT = ROOT / "launch" / "slurm" / "train.sbatch"
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """Environment for Slurm commands against a fresh local cluster (stopped afterwards)."""
+    cluster = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, SLURMCTLD_PORT=str(free_port()), SLURMD_PORT=str(free_port()))
+    subprocess.run([str(HERE / "cluster.sh"), "start", str(cluster)], env=env, check=True, timeout=600)
+    env["SLURM_CONF"] = str(cluster / "slurm.conf")
+    yield env
+    subprocess.run([str(HERE / "cluster.sh"), "stop", str(cluster)], env=env, timeout=60)
+
+
+def job_field(env, job, field):
+    out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+    for token in out.split():
+        if token.startswith(field + "="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def logged_steps(run_dir):
+    metrics = run_dir / "metrics.jsonl"
+    return {json.loads(line)["step"] for line in metrics.read_text().splitlines()} if metrics.is_file() else set()
+
+
+@pytest.mark.slurm
+def test_usr1_checkpoints_requeues_and_finishes(slurm, train_overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    env = dict(slurm, DS_ACCELERATOR="cpu", WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    submit = ["sbatch", "--parsable", "--nodes=1", "--ntasks=2", "--ntasks-per-node=2", "--gpus-per-node=0",
+              "--cpus-per-task=1", "--time=10", f"--output={tmp_path}/job-%j.out", str(SCRIPT),
+              *train_overrides, "trainer.grad_accum=1", f"trainer.steps={STEPS}", "trainer.checkpoint_every=100",
+              f"run_dir={run_dir}"]
+    job = subprocess.run(submit, env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+    log = tmp_path / f"job-{job}.out"
+
+    wait_until(lambda: len(logged_steps(run_dir)) >= 3, 180, "the first training steps")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
+    wait_until(lambda: job_field(env, job, "Restarts") == "1", 120, "the requeue")
+    assert (run_dir / "checkpoints" / "latest").is_file()
+    stopped_at = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step_"))
+    assert 3 <= stopped_at < STEPS, stopped_at
+    # Slurm holds a requeued batch job back ~2 minutes (its BeginTime); release it now.
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+    wait_until(lambda: job_field(env, job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 240,
+               "the requeued job to end")
+
+    text = log.read_text(errors="replace")
+    assert job_field(env, job, "JobState") == "COMPLETED", text[-4000:]
+    assert "USR1" in text and f"checkpoint saved at step {stopped_at}" in text
+    assert f"requeueing job {job}" in text and "restart 1" in text
+    assert f"resumed from {run_dir}/checkpoints/step_{stopped_at:08d} at step {stopped_at}" in text
+    assert logged_steps(run_dir) == set(range(STEPS))
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{STEPS:08d}"
