@@ -147,3 +147,30 @@ def write_index(root: str | Path, meta: dict[str, Any] | None = None) -> ShardIn
     index = ShardIndex(root, shards, sorted(fields), dict(meta or {}))
     index.save()
     return index
+
+
+def verify(root: str | Path, decode_fields: list[str] | None = None) -> list[str]:
+    """Problems of a shard directory (empty list: healthy): files missing or resized since the index,
+    offset files that disagree with the counts, and, for `decode_fields`, samples that fail to decode."""
+    from megadalle.data.reader import iter_shard
+
+    index, problems = ShardIndex.load(root), []
+    for info, path in zip(index.shards, index.paths()):
+        if not path.is_file():
+            problems.append(f"{info.name}: missing")
+            continue
+        if path.stat().st_size != info.bytes:
+            problems.append(f"{info.name}: {path.stat().st_size} bytes, index.json says {info.bytes}")
+            continue
+        offsets = load_offsets(path)
+        if len(offsets) - 1 != info.count:
+            problems.append(f"{info.name}: {len(offsets) - 1} samples in its offsets, index.json says {info.count}")
+        if decode_fields:
+            try:
+                for sample in iter_shard(path, decode_fields):
+                    missing = [f for f in decode_fields if f not in sample]
+                    if missing:
+                        problems.append(f"{info.name}: sample {sample['__key__']!r} lacks {missing}")
+            except Exception as err:
+                problems.append(f"{info.name}: {type(err).__name__}: {err}")
+    return problems

@@ -105,7 +105,12 @@ class _Steps(IterableDataset):
                         break
                     ids = sample_ids(positions, plan.index.total, plan.seed, plan.shuffle)
                     samples = reader.read_many(ids, plan.maker.fields, decode=False)
-                    micro.append(plan.maker(samples, positions, plan.seed))
+                    try:
+                        micro.append(plan.maker(samples, positions, plan.seed))
+                    except Exception as err:
+                        keys = [s["__key__"] for s in samples]
+                        raise RuntimeError(f"{plan.index.root}: step {step}, micro-batch {accum} (samples {keys}): "
+                                           f"{type(err).__name__}: {err}") from err
                 if micro:
                     yield step, micro
                 if len(micro) < plan.grad_accum:

@@ -19,11 +19,11 @@ from typing import Any
 
 from megadalle.data import atomic
 from megadalle.data.fields import encode_field
-from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, save_offsets, write_index
+from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, save_offsets, verify, write_index
 from megadalle.data.reader import SampleReader, iter_samples, iter_shard
 
 __all__ = ["ShardWriter", "ShardIndex", "ShardInfo", "SampleReader", "iter_samples", "iter_shard", "write_index",
-           "SHARD_PATTERN"]
+           "verify", "SHARD_PATTERN"]
 
 SHARD_PATTERN = "shard-%06d.tar"
 

@@ -207,3 +207,12 @@ def test_elastic_resume_with_accumulation(token_shards, tokenizer):
         return [set().union(*(per[r][s * accum + a] for r in range(world) for a in range(accum))) for s in range(steps)]
 
     assert sets(2, 2, 0, 6) == sets(2, 2, 0, 2) + sets(1, 4, 2, 4)
+
+
+def test_a_corrupt_sample_names_itself(tmp_path):
+    from tests.data.conftest import jpeg_bytes, write_counts
+
+    root = write_counts(tmp_path, [4], lambda i: {"__key__": f"{i:03d}", "txt": "x",
+                                                  "jpg": b"broken" if i == 2 else jpeg_bytes((8, 8), i)})
+    with pytest.raises(RuntimeError, match=r"step 0, micro-batch 0 \(samples .*'002'"):
+        take(image_loader(root, 4, 8, shuffle=False), 1)

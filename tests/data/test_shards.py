@@ -12,7 +12,7 @@ import webdataset as wds
 
 from megadalle.data.fields import UnsafeFieldError
 from megadalle.data.index import load_offsets, offsets_path, scan_offsets
-from megadalle.data.shards import SampleReader, ShardIndex, ShardWriter, iter_samples, iter_shard, write_index
+from megadalle.data.shards import SampleReader, ShardIndex, ShardWriter, iter_samples, iter_shard, verify, write_index
 
 
 def sample(i: int) -> dict:
@@ -195,3 +195,14 @@ def test_object_arrays_refused(tmp_path):
         w.write({"__key__": "k", "evil.npy": buf.getvalue()})
     with pytest.raises(ValueError, match="allow_pickle"):
         list(iter_samples(tmp_path, ["evil.npy"]))
+
+
+def test_verify_finds_damage(tmp_path):
+    with ShardWriter(tmp_path, max_count=3) as w:
+        for i in range(7):
+            w.write(sample(i))
+    assert verify(tmp_path, ["txt", "json", "codes.npy"]) == []
+    (tmp_path / "shard-000002.tar").unlink()
+    data = (tmp_path / "shard-000001.tar").read_bytes()
+    (tmp_path / "shard-000001.tar").write_bytes(data[:1500])
+    assert verify(tmp_path) == ["shard-000001.tar: 1500 bytes, index.json says 10240", "shard-000002.tar: missing"]
