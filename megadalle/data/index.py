@@ -26,7 +26,6 @@ from megadalle.data import atomic
 from megadalle.data.fields import split_member
 
 INDEX_NAME = "index.json"
-SHARD_PATTERN = "shard-%06d.tar"
 INDEX_FORMAT = "megadalle-shards/1"
 
 

@@ -79,7 +79,8 @@ class SampleReader:
 
     def _read(self, shard: int, pos: int, fields: list[str], decode: bool) -> dict[str, Any]:
         offsets = self._table(shard)
-        f = self._lru(self._files, shard, self.max_open, lambda: open(self.index.paths()[shard], "rb"))
+        path = self.index.root / self.index.shards[shard].name
+        f = self._lru(self._files, shard, self.max_open, lambda: open(path, "rb"))
         f.seek(int(offsets[pos]))
         samples = list(parse_samples(f.read(int(offsets[pos + 1] - offsets[pos])), set(fields), decode))
         name = self.index.shards[shard].name

@@ -43,7 +43,8 @@ class ShardWriter:
     removes the directory's index.json (the directory is incomplete until `close`), and `close`
     deletes shards left by an earlier, larger run before publishing the new index, so rewriting a
     directory is safe. On an exception inside `with`, the partial shard is deleted and no index is
-    written. A sample is a dict with `__key__` (no dots) and fields: bytes, str, dict (json) or ndarray (npy).
+    written. One writer per directory (ranks that encode in parallel write separate directories).
+    A sample is a dict with `__key__` (no dots) and fields: bytes, str, dict (json) or ndarray (npy).
     """
 
     def __init__(self, root: str | Path, max_count: int = 10_000, max_bytes: int = 1 << 30,
