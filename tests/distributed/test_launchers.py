@@ -1,4 +1,4 @@
-"""`megadalle train` under the deepspeed launcher (--no_local_rank) and torchrun: 2 ranks, a few steps.
+"""`megadalle train` under the deepspeed launcher (launch/train.sh, --no_local_rank) and torchrun: 2 ranks.
 
 Ranks come from the environment only, so hydra never sees a --local_rank argument, and both
 ranks write into the one run directory rank 0 chose.
@@ -24,10 +24,9 @@ def check_run(run_dir):
 
 
 LAUNCHERS = {
-    "deepspeed": lambda port: ["deepspeed", "--no_local_rank", "--num_gpus", "2", "--master_port", str(port),
-                               "--module", "megadalle", "train"],
-    "torchrun": lambda port: ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), "-m", "megadalle",
-                              "train"],
+    "deepspeed": lambda port: ([str(launch.ROOT / "launch" / "train.sh")], {"NUM_GPUS": "2", "MASTER_PORT": str(port)}),
+    "torchrun": lambda port: (["torchrun", "--nproc_per_node", "2", "--master_port", str(port), "-m", "megadalle",
+                               "train"], {}),
 }
 
 
@@ -36,7 +35,9 @@ LAUNCHERS = {
 def test_launcher_trains(launcher, train_overrides, tmp_path):
     assert shutil.which(launcher), f"{launcher} is not installed"
     run_dir = tmp_path / "run"
-    cmd = LAUNCHERS[launcher](free_port()) + [*train_overrides, "trainer.grad_accum=1", f"run_dir={run_dir}"]
-    done = subprocess.run(cmd, env=launch.base_env(), cwd=launch.ROOT, capture_output=True, text=True, timeout=240)
+    cmd, extra_env = LAUNCHERS[launcher](free_port())
+    cmd = cmd + [*train_overrides, "trainer.grad_accum=1", f"run_dir={run_dir}"]
+    done = subprocess.run(cmd, env={**launch.base_env(), **extra_env}, cwd=launch.ROOT, capture_output=True,
+                          text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     check_run(run_dir)
