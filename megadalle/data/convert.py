@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -37,7 +37,6 @@ class Result:
     sample: dict[str, Any] | None = None
     reason: str | None = None
     detail: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Skip(Exception):

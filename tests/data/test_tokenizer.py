@@ -64,3 +64,8 @@ def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
     assert 64 < tok.vocab_size < 16384  # the corpus caps it; hard_vocab_limit=False makes that work
     assert f"vocabulary {tok.vocab_size} (asked for 16384" in capsys.readouterr().out
     assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "normalization=lower"]) == 2
+
+
+def test_training_is_reproducible(caption_shards, tokenizer, tmp_path):
+    again = train_tokenizer(caption_shards, tmp_path / "again.model", vocab_size=64)
+    assert again.proto == tokenizer.proto == (tmp_path / "again.model").read_bytes()
