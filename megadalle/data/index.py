@@ -173,3 +173,20 @@ def verify(root: str | Path, decode_fields: list[str] | None = None) -> list[str
             except Exception as err:
                 problems.append(f"{info.name}: {type(err).__name__}: {err}")
     return problems
+
+
+def combine(root: str | Path, parts: list[str | Path], meta: dict[str, Any] | None = None) -> ShardIndex:
+    """One index.json at `root` over the finished shard directories `parts` (subdirectories of root),
+    in the order given: how ranks that each wrote their own directory (e.g. a parallel `encode`)
+    publish one data set. Raises if a part is unfinished or outside root."""
+    root = Path(root).resolve()
+    shards, fields, merged_meta = [], set(), {}
+    for part in parts:
+        index = ShardIndex.load(part)
+        prefix = index.root.resolve().relative_to(root)  # ValueError if the part is not under root
+        shards += [ShardInfo((prefix / s.name).as_posix(), s.count, s.bytes) for s in index.shards]
+        fields.update(index.fields)
+        merged_meta.update(index.meta)
+    combined = ShardIndex(root, shards, sorted(fields), {**merged_meta, **(meta or {})})
+    combined.save()
+    return combined

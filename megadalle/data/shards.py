@@ -19,11 +19,11 @@ from typing import Any
 
 from megadalle.data import atomic
 from megadalle.data.fields import encode_field
-from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, save_offsets, verify, write_index
+from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, combine, save_offsets, verify, write_index
 from megadalle.data.reader import SampleReader, iter_samples, iter_shard
 
 __all__ = ["ShardWriter", "ShardIndex", "ShardInfo", "SampleReader", "iter_samples", "iter_shard", "write_index",
-           "verify", "SHARD_PATTERN"]
+           "verify", "combine", "SHARD_PATTERN"]
 
 SHARD_PATTERN = "shard-%06d.tar"
 
@@ -43,7 +43,8 @@ class ShardWriter:
     removes the directory's index.json (the directory is incomplete until `close`), and `close`
     deletes shards left by an earlier, larger run before publishing the new index, so rewriting a
     directory is safe. On an exception inside `with`, the partial shard is deleted and no index is
-    written. One writer per directory (ranks that encode in parallel write separate directories).
+    written. One writer per directory: ranks writing in parallel each write a subdirectory, then
+    one of them publishes a single index over all with `combine`.
     A sample is a dict with `__key__` (no dots) and fields: bytes, str, dict (json) or ndarray (npy).
     """
 

@@ -12,7 +12,8 @@ import webdataset as wds
 
 from megadalle.data.fields import UnsafeFieldError
 from megadalle.data.index import load_offsets, offsets_path, scan_offsets
-from megadalle.data.shards import SampleReader, ShardIndex, ShardWriter, iter_samples, iter_shard, verify, write_index
+from megadalle.data.shards import (SampleReader, ShardIndex, ShardWriter, combine, iter_samples, iter_shard, verify,
+                                   write_index)
 
 
 def sample(i: int) -> dict:
@@ -206,3 +207,18 @@ def test_verify_finds_damage(tmp_path):
     data = (tmp_path / "shard-000001.tar").read_bytes()
     (tmp_path / "shard-000001.tar").write_bytes(data[:1500])
     assert verify(tmp_path) == ["shard-000001.tar: 1500 bytes, index.json says 10240", "shard-000002.tar: missing"]
+
+
+def test_combine_rank_directories(tmp_path):
+    for rank in range(2):
+        with ShardWriter(tmp_path / f"part-{rank}", max_count=2, meta={"grid": 4}) as w:
+            for i in range(3):
+                w.write(sample(10 * rank + i))
+    index = combine(tmp_path, [tmp_path / "part-0", tmp_path / "part-1"])
+    assert [s.name for s in index.shards] == ["part-0/shard-000000.tar", "part-0/shard-000001.tar",
+                                              "part-1/shard-000000.tar", "part-1/shard-000001.tar"]
+    assert [s["txt"] for s in iter_samples(tmp_path, ["txt"])] == [f"caption {i}" for i in (0, 1, 2, 10, 11, 12)]
+    assert SampleReader(ShardIndex.load(tmp_path)).read(4, ["txt"])["txt"] == "caption 11"
+    assert ShardIndex.load(tmp_path).meta == {"grid": 4} and verify(tmp_path) == []
+    with pytest.raises(ValueError):
+        combine(tmp_path / "part-0", [tmp_path / "part-1"])
