@@ -11,16 +11,7 @@ import triton.language as tl
 
 from .forward import LOG2E, precision
 from .layout import Layout
-from .tiles import TUNING_KEY, dot, tile_bits, tuning_configs, visit_rows
-
-
-@triton.jit
-def _load_rows(base, rows, stride, offs_d, in_seq, MASKED: tl.constexpr):
-    if MASKED:
-        x = tl.load(base + rows[:, None] * stride + offs_d[None, :], mask=in_seq[:, None], other=0.0)
-    else:
-        x = tl.load(base + rows[:, None] * stride + offs_d[None, :])
-    return x
+from .tiles import TUNING_KEY, dot, load_rows, tile_bits, tuning_configs, visit_rows
 
 
 @triton.jit
@@ -31,11 +22,12 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, order_ptr, bits_ptr, kb, til
     k_local = tl.arange(0, BLOCK_N)
     offs_n = kb * BLOCK_N + k_local
     rows = visit_rows(order_ptr, offs_n, seq_len, PERMUTED)
-    k = _load_rows(k_base, rows, stride_kl, offs_d, offs_n < seq_len, MASKED)
-    v = _load_rows(v_base, rows, stride_vl, offs_d, offs_n < seq_len, MASKED)
-    p = tl.math.exp2(dot(q, tl.trans(k), PRECISION) * qk_scale - lse[:, None])
+    k = load_rows(k_base, rows, stride_kl, offs_d, offs_n < seq_len, MASKED)
+    v = load_rows(v_base, rows, stride_vl, offs_d, offs_n < seq_len, MASKED)
+    s = dot(q, tl.trans(k), PRECISION) * qk_scale
     if MASKED:
-        p = tl.where(tile_bits(bits_ptr, tile, q_local[:, None], k_local[None, :], BLOCK_M, WORDS), p, 0.0)
+        s = tl.where(tile_bits(bits_ptr, tile, q_local[:, None], k_local[None, :], BLOCK_M, WORDS), s, float("-inf"))
+    p = tl.math.exp2(s - lse[:, None])
     dp = dot(do, tl.trans(v), PRECISION)
     ds = p * (dp - delta[:, None])
     return dq + dot(ds.to(k.dtype), k, PRECISION)
@@ -61,9 +53,9 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, o
     offs_d = tl.arange(0, HEAD_DIM)
     rows = visit_rows(order_ptr, offs_m, seq_len, PERMUTED)
     in_seq = offs_m < seq_len
-    q = _load_rows(q_ptr + b * stride_qb + h * stride_qh, rows, stride_ql, offs_d, in_seq, True)
-    o = _load_rows(o_ptr + b * stride_ob + h * stride_oh, rows, stride_ol, offs_d, in_seq, True)
-    do = _load_rows(do_ptr + b * stride_dob + h * stride_doh, rows, stride_dol, offs_d, in_seq, True)
+    q = load_rows(q_ptr + b * stride_qb + h * stride_qh, rows, stride_ql, offs_d, in_seq, True)
+    o = load_rows(o_ptr + b * stride_ob + h * stride_oh, rows, stride_ol, offs_d, in_seq, True)
+    do = load_rows(do_ptr + b * stride_dob + h * stride_doh, rows, stride_dol, offs_d, in_seq, True)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(delta_ptr + bh * seq_len + offs_m, delta, mask=in_seq)
     lse = tl.load(lse_ptr + bh * seq_len + offs_m, mask=in_seq, other=0.0)
@@ -92,8 +84,8 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, order_ptr, bit
     offs_m = qb * BLOCK_M + q_local
     rows = visit_rows(order_ptr, offs_m, seq_len, PERMUTED)
     in_seq = offs_m < seq_len
-    q = _load_rows(q_base, rows, stride_ql, offs_d, in_seq, MASKED)
-    do = _load_rows(do_base, rows, stride_dol, offs_d, in_seq, MASKED)
+    q = load_rows(q_base, rows, stride_ql, offs_d, in_seq, MASKED)
+    do = load_rows(do_base, rows, stride_dol, offs_d, in_seq, MASKED)
     if MASKED:
         lse = tl.load(lse_ptr + offs_m, mask=in_seq, other=0.0)
         delta = tl.load(delta_ptr + offs_m, mask=in_seq, other=0.0)
@@ -101,9 +93,10 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, order_ptr, bit
         lse = tl.load(lse_ptr + offs_m)
         delta = tl.load(delta_ptr + offs_m)
     # Transposed tile [BLOCK_N keys, BLOCK_M queries], so dK and dV come out of plain products.
-    p_t = tl.math.exp2(dot(k, tl.trans(q), PRECISION) * qk_scale - lse[None, :])
+    s_t = dot(k, tl.trans(q), PRECISION) * qk_scale
     if MASKED:
-        p_t = tl.where(tile_bits(bits_ptr, tile, q_local[None, :], k_local[:, None], BLOCK_M, WORDS), p_t, 0.0)
+        s_t = tl.where(tile_bits(bits_ptr, tile, q_local[None, :], k_local[:, None], BLOCK_M, WORDS), s_t, float("-inf"))
+    p_t = tl.math.exp2(s_t - lse[None, :])
     dv = dv + dot(p_t.to(do.dtype), do, PRECISION)
     dp_t = dot(v, tl.trans(do), PRECISION)
     ds_t = p_t * (dp_t - delta[None, :])
@@ -130,8 +123,8 @@ def _dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr
     offs_d = tl.arange(0, HEAD_DIM)
     rows = visit_rows(order_ptr, offs_n, seq_len, PERMUTED)
     in_seq = offs_n < seq_len
-    k = _load_rows(k_ptr + b * stride_kb + h * stride_kh, rows, stride_kl, offs_d, in_seq, True)
-    v = _load_rows(v_ptr + b * stride_vb + h * stride_vh, rows, stride_vl, offs_d, in_seq, True)
+    k = load_rows(k_ptr + b * stride_kb + h * stride_kh, rows, stride_kl, offs_d, in_seq, True)
+    v = load_rows(v_ptr + b * stride_vb + h * stride_vh, rows, stride_vl, offs_d, in_seq, True)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     do_base = do_ptr + b * stride_dob + h * stride_doh
     lse_base = lse_ptr + bh * seq_len

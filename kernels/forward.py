@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .layout import Layout
-from .tiles import TUNING_KEY, dot, tile_bits, tuning_configs, visit_rows
+from .tiles import TUNING_KEY, dot, load_rows, tile_bits, tuning_configs, visit_rows
 
 LOG2E = 1.4426950408889634
 
@@ -25,13 +25,8 @@ def _fwd_tile(acc, m_i, l_i, q, k_base, v_base, order_ptr, bits_ptr, kb, tile, o
     k_local = tl.arange(0, BLOCK_N)
     offs_n = kb * BLOCK_N + k_local
     rows = visit_rows(order_ptr, offs_n, seq_len, PERMUTED)
-    if MASKED:
-        in_seq = offs_n[:, None] < seq_len
-        k = tl.load(k_base + rows[:, None] * stride_kl + offs_d[None, :], mask=in_seq, other=0.0)
-        v = tl.load(v_base + rows[:, None] * stride_vl + offs_d[None, :], mask=in_seq, other=0.0)
-    else:
-        k = tl.load(k_base + rows[:, None] * stride_kl + offs_d[None, :])
-        v = tl.load(v_base + rows[:, None] * stride_vl + offs_d[None, :])
+    k = load_rows(k_base, rows, stride_kl, offs_d, offs_n < seq_len, MASKED)
+    v = load_rows(v_base, rows, stride_vl, offs_d, offs_n < seq_len, MASKED)
     s = dot(q, tl.trans(k), PRECISION) * qk_scale
     if MASKED:
         s = tl.where(tile_bits(bits_ptr, tile, q_local[:, None], k_local[None, :], BLOCK_M, WORDS), s, float("-inf"))
@@ -64,8 +59,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, order_ptr,
     offs_d = tl.arange(0, HEAD_DIM)
     rows = visit_rows(order_ptr, offs_m, seq_len, PERMUTED)
     in_seq = offs_m < seq_len
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_ql + offs_d[None, :],
-                mask=in_seq[:, None], other=0.0)
+    q = load_rows(q_ptr + b * stride_qb + h * stride_qh, rows, stride_ql, offs_d, in_seq, True)
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
 

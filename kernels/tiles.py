@@ -19,6 +19,16 @@ def visit_rows(order_ptr, offs, seq_len, PERMUTED: tl.constexpr):
 
 
 @triton.jit
+def load_rows(base, rows, stride, offs_d, in_seq, MASKED: tl.constexpr):
+    """A [rows, HEAD_DIM] tile; MASKED guards rows past the sequence (full tiles never have any)."""
+    if MASKED:
+        x = tl.load(base + rows[:, None] * stride + offs_d[None, :], mask=in_seq[:, None], other=0.0)
+    else:
+        x = tl.load(base + rows[:, None] * stride + offs_d[None, :])
+    return x
+
+
+@triton.jit
 def tile_bits(bits_ptr, tile, q_local, k_local, BLOCK_M: tl.constexpr, WORDS: tl.constexpr):
     """Whether query `q_local` may see key `k_local` inside partial tile number `tile`.
 
