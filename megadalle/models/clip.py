@@ -92,7 +92,8 @@ class CLIP(nn.Module):
         self.cfg = cfg
         self.text = TextEncoder(cfg)
         self.image = ImageEncoder(cfg)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
+        # Shape [1], not a 0-dim scalar: DeepSpeed's initial broadcast cannot view a 0-dim tensor as bytes.
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / cfg.init_temperature)))
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(text), dim=-1)
@@ -101,7 +102,7 @@ class CLIP(nn.Module):
         return F.normalize(self.image(image), dim=-1)
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
+        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)[0]
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(image), self.encode_text(text)

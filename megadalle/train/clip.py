@@ -1,0 +1,84 @@
+"""`megadalle train-clip`: the CLIP reranker on image shards, through the generic trainer.
+
+The task reads DATA's step-indexed image loader (images + one caption line per sample) and
+tokenizes the captions with the BPE model the Transformer uses, so CLIP and the Transformer see
+the same ids. The contrastive loss gathers features over data-parallel ranks (models/clip.py):
+each micro-batch is contrasted against the same micro-batch index of every rank.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from megadalle.config import build, check
+from megadalle.config.clip import ClipConfig
+from megadalle.config.data import DataConfig
+from megadalle.models.clip import CLIP
+from megadalle.train.task import Batch, DataPart, ExportSpec, Task
+
+FACTORY = "megadalle.train.clip:task_from_config"
+
+
+class ClipTask(Task):
+    name = "clip"
+
+    def __init__(self, clip: ClipConfig, data: DataConfig | None, tokenizer: str | None, seed: int = 0):
+        self.cfg, self.data, self.tokenizer_path, self.seed = clip, data, tokenizer, seed
+
+    def build_model(self) -> CLIP:
+        return CLIP(self.cfg)
+
+    def tokenizer(self):
+        from megadalle.data.tokenizer import Tokenizer
+
+        tok = Tokenizer(self.tokenizer_path)
+        check(tok.vocab_size <= self.cfg.text_vocab, "clip.text_vocab", self.cfg.text_vocab,
+              f"is smaller than the tokenizer's vocabulary ({tok.vocab_size}, {self.tokenizer_path})")
+        return tok
+
+    def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
+        from megadalle.data.loader import loader_from_config
+
+        if self.data is None or not self.tokenizer_path:
+            raise ValueError("ClipTask needs image shards (data.shards) and a tokenizer to produce batches")
+        tok = self.tokenizer()
+        streams = [loader_from_config(self.data, part.global_batch, self.seed, image_size=self.cfg.image_size,
+                                      rank=part.reader(a), world_size=part.readers).iter_from_step(start_step)
+                   for a in range(part.grad_accum)]
+        while True:
+            for stream in streams:
+                batch = next(stream)
+                yield {"image": batch["image"], "text": tok.encode_batch(batch["caption"], self.cfg.text_len)}
+
+    def loss(self, model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return model.loss(batch["image"], batch["text"])
+
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec("clip", self.cfg)
+
+
+def task_from_config(cfg: dict | DictConfig) -> ClipTask:
+    """The task of a composed `train-clip` config (also how `megadalle export` rebuilds a run's CLIP)."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    data = build(DataConfig, cfg.data, "data") if cfg.get("data") is not None else None
+    check(data is None or not data.tokenizer, "data.tokenizer", data and data.tokenizer,
+          "CLIP reads image shards: set the top-level `tokenizer` key instead")
+    return ClipTask(build(ClipConfig, cfg.clip, "clip"), data, cfg.get("tokenizer"), int(cfg.get("seed", 0)))
+
+
+def train_clip(cfg: DictConfig):
+    """Train CLIP from a composed `train-clip` config; returns the trainer's Result (the demo calls this)."""
+    from megadalle.config.train import RunConfig
+    from megadalle.train.loop import train_from_config
+
+    build(RunConfig, {"run_dir": cfg.get("run_dir"), "resume": cfg.get("resume", "auto")}, "")
+    return train_from_config(task_from_config(cfg), cfg, FACTORY)
+
+
+def run(cfg: DictConfig) -> int:
+    result = train_clip(cfg)
+    print(f"[train-clip] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
+          f"run directory {result.run_dir}")
+    return 0
