@@ -94,6 +94,9 @@ class DataConfig:
     """BPE dropout while tokenizing captions for training (the paper's 0.1)."""
     shuffle: bool = True
     """Seeded permutation of all samples per epoch; false = shard order (e.g. for evaluation)."""
+    shuffle_window: int | None = None
+    """null = one permutation of all samples per epoch (best mixing, reads from every shard); N = shards
+    in seeded order and samples permuted within runs of N (reads stay in a few shards: network file systems)."""
     num_workers: int = 2
     """DataLoader worker processes per rank (0 = load in the training process)."""
     prefetch_factor: int = 2
@@ -103,6 +106,8 @@ class DataConfig:
         check(self.image_size is None or self.image_size > 0, join(where, "image_size"), self.image_size,
               "must be positive or null")
         check(0.0 <= self.bpe_dropout < 1.0, join(where, "bpe_dropout"), self.bpe_dropout, "must be in [0, 1)")
+        check(self.shuffle_window is None or self.shuffle_window > 0, join(where, "shuffle_window"),
+              self.shuffle_window, "must be positive or null")
         check(self.num_workers >= 0, join(where, "num_workers"), self.num_workers, "must be >= 0")
         check(self.prefetch_factor >= 1, join(where, "prefetch_factor"), self.prefetch_factor, "must be >= 1")
 

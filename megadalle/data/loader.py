@@ -20,7 +20,8 @@ accumulating 2 micro-batches reads what 2 ranks read without accumulation, and t
 global batch depend on nothing but (seed, step, B): resuming at step s on another number of ranks
 with the same global batch gives every later global batch the same samples (elastic), and every
 epoch sees each sample exactly once. A full permutation replaces webdataset's shuffle buffer: it
-mixes strictly better, and it is what makes a position addressable.
+mixes strictly better, and it is what makes a position addressable. `shuffle_window=W` trades
+mixing for locality (shards in seeded order, samples permuted within runs of W; see order.py).
 
 Shards are not assigned to ranks or workers: every rank reads the samples its positions name, from
 whichever shard holds them (random access through the offset files, `reader.SampleReader`). So the
@@ -51,7 +52,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from megadalle.config.data import DataConfig
 from megadalle.data.batches import BatchMaker, ImageBatches, TokenBatches
 from megadalle.data.fields import IMAGE_FIELDS
-from megadalle.data.order import reader_positions, sample_ids
+from megadalle.data.order import Order, reader_positions
 from megadalle.data.shards import SampleReader, ShardIndex
 
 
@@ -74,6 +75,7 @@ class LoaderState:
     shuffle: bool
     fingerprint: str
     """ShardIndex.fingerprint of the data set; resuming on other data is an error."""
+    shuffle_window: int | None = None
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -103,7 +105,7 @@ class _Steps(IterableDataset):
                     positions = plan.positions(step, accum)
                     if positions.size == 0:
                         break
-                    ids = sample_ids(positions, plan.index.total, plan.seed, plan.shuffle)
+                    ids = plan.order.ids(positions)
                     samples = reader.read_many(ids, plan.maker.fields, decode=False)
                     try:
                         micro.append(plan.maker(samples, positions, plan.seed))
@@ -128,8 +130,8 @@ class StepLoader:
 
     def __init__(self, root: str | Path, global_batch: int, maker: BatchMaker, *, seed: int = 0,
                  shuffle: bool = True, rank: int | None = None, world_size: int | None = None,
-                 grad_accum: int = 1, num_workers: int = 0, prefetch_factor: int = 2,
-                 epochs: int | None = None, pin_memory: bool = False):
+                 grad_accum: int = 1, shuffle_window: int | None = None, num_workers: int = 0,
+                 prefetch_factor: int = 2, epochs: int | None = None, pin_memory: bool = False):
         env_rank, env_world = rank_and_world()
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
@@ -144,6 +146,8 @@ class StepLoader:
             raise ValueError(f"epochs={epochs} must be a positive integer or None (infinite)")
         self.index = ShardIndex.load(root)
         self.global_batch, self.maker, self.seed, self.shuffle = global_batch, maker, seed, shuffle
+        self.shuffle_window = shuffle_window
+        self.order = Order([s.count for s in self.index.shards], seed, shuffle, shuffle_window)
         self.num_workers, self.prefetch_factor, self.pin_memory = num_workers, prefetch_factor, pin_memory
         self.epochs = epochs
         self.step = 0
@@ -171,7 +175,7 @@ class StepLoader:
 
     def sample_ids(self, step: int, accum: int = 0) -> np.ndarray:
         """Global sample ids of this rank's micro-batch `accum` of `step`, without reading them."""
-        return sample_ids(self.positions(step, accum), self.index.total, self.seed, self.shuffle)
+        return self.order.ids(self.positions(step, accum))
 
     def iter_from_step(self, step: int) -> Iterator[dict[str, Any]]:
         """Micro-batches from `step` on; `self.step` becomes s + 1 once step s's last one is handed out."""
@@ -200,18 +204,18 @@ class StepLoader:
         if self.epochs is not None:
             samples = min(samples, self.epochs * self.index.total)
         return asdict(LoaderState(self.step, samples // self.index.total, samples, self.global_batch,
-                                  self.seed, self.shuffle, self.index.fingerprint))
+                                  self.seed, self.shuffle, self.index.fingerprint, self.shuffle_window))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at the saved step; the data, seed, shuffle and global batch must match (ranks may differ)."""
         saved = LoaderState(**state)
-        for name, mine in (("fingerprint", self.index.fingerprint), ("seed", self.seed),
-                           ("shuffle", self.shuffle), ("global_batch", self.global_batch)):
+        for name, mine in (("fingerprint", self.index.fingerprint), ("seed", self.seed), ("shuffle", self.shuffle),
+                           ("shuffle_window", self.shuffle_window), ("global_batch", self.global_batch)):
             if getattr(saved, name) != mine:
                 raise LoaderStateError(
                     f"cannot resume the data stream: checkpoint has {name}={getattr(saved, name)!r}, this loader "
                     f"has {name}={mine!r} (data {self.index.root}); an exact resume needs the same data set, "
-                    f"seed, shuffle and global batch (the number of ranks may change)")
+                    f"seed, shuffle, shuffle window and global batch (the number of ranks may change)")
         self.step = saved.step
 
 
@@ -244,7 +248,8 @@ def loader_from_config(cfg: DataConfig, global_batch: int, seed: int, *, text_le
 
     `image_size` (e.g. the dVAE's) applies when cfg.image_size is null; with both null the stored size is kept.
     """
-    common = dict(seed=seed, shuffle=cfg.shuffle, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor)
+    common = dict(seed=seed, shuffle=cfg.shuffle, shuffle_window=cfg.shuffle_window, num_workers=cfg.num_workers,
+                  prefetch_factor=cfg.prefetch_factor)
     common.update(kwargs)
     if cfg.tokenizer:
         if text_len is None:

@@ -10,6 +10,12 @@ epoch visits each sample exactly once. Batches may straddle an epoch boundary (n
 
 The permutation is a keyed Feistel network with cycle walking (as in levanter): O(1) memory,
 evaluated for just the positions a rank needs, for data sets of any size.
+
+With a shuffle window W (`Order.window`) an epoch is instead: the shards in a seeded order, their
+samples concatenated, and each run of W consecutive samples permuted within itself. A batch then
+reads from the few shards of one window instead of from all of them (friendlier to network file
+systems), at the price of mixing like a shuffle buffer of W. It is still a pure function of
+(seed, epoch, position), so resume and elasticity hold the same way.
 """
 from __future__ import annotations
 
@@ -31,9 +37,10 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def round_keys(seed: int, epoch: int) -> np.ndarray:
-    """ROUNDS 64-bit keys derived from (seed, epoch) by SHA-256 (stable across platforms and versions)."""
-    digest = hashlib.sha256(f"megadalle-order:{seed}:{epoch}".encode()).digest()
+def round_keys(seed: int, epoch: int, window: int | None = None) -> np.ndarray:
+    """ROUNDS 64-bit keys derived from (seed, epoch[, window]) by SHA-256 (stable across platforms and versions)."""
+    tag = f"megadalle-order:{seed}:{epoch}" + ("" if window is None else f":w{window}")
+    digest = hashlib.sha256(tag.encode()).digest()
     digest += hashlib.sha256(digest).digest()
     return np.frombuffer(digest[: 8 * ROUNDS], dtype="<u8").astype(np.uint64)
 
@@ -71,6 +78,48 @@ def sample_ids(positions: np.ndarray, total: int, seed: int, shuffle: bool = Tru
         sel = epochs == epoch
         out[sel] = permute(within[sel], total, round_keys(seed, int(epoch)))
     return out
+
+
+class Order:
+    """Sample ids of stream positions for a data set with these shard sizes (see the module docstring)."""
+
+    def __init__(self, counts: list[int], seed: int, shuffle: bool = True, window: int | None = None):
+        if window is not None and window < 1:
+            raise ValueError(f"shuffle window={window} must be positive or None (one permutation per epoch)")
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+        self.total, self.seed, self.shuffle, self.window = int(self.counts.sum()), seed, shuffle, window
+        self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def ids(self, positions: np.ndarray) -> np.ndarray:
+        if not self.shuffle or self.window is None:
+            return sample_ids(positions, self.total, self.seed, self.shuffle)
+        positions = np.asarray(positions, dtype=np.int64)
+        epochs, within = positions // self.total, positions % self.total
+        out = np.empty_like(within)
+        for epoch in np.unique(epochs):
+            sel = epochs == epoch
+            out[sel] = self._windowed(within[sel], int(epoch))
+        return out
+
+    def _windowed(self, i: np.ndarray, epoch: int) -> np.ndarray:
+        shard_order, ends = self._shards(epoch)
+        w, j = i // self.window, i % self.window
+        k = np.empty_like(i)
+        for win in np.unique(w):
+            sel = w == win
+            size = min(self.window, self.total - int(win) * self.window)
+            k[sel] = win * self.window + permute(j[sel], size, round_keys(self.seed, epoch, int(win)))
+        slot = np.searchsorted(ends, k, side="right")
+        return self.starts[shard_order[slot]] + k - (ends[slot] - self.counts[shard_order[slot]])
+
+    def _shards(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """This epoch's shard order and the running sample count along it (cached: one epoch at a time)."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            keys = round_keys(self.seed, epoch, -1)
+            order = permute(np.arange(len(self.counts)), len(self.counts), keys)
+            self._epoch = (epoch, order, np.cumsum(self.counts[order]))
+        return self._epoch[1], self._epoch[2]
 
 
 def reader_positions(step: int, global_batch: int, reader: int, readers: int) -> np.ndarray:

@@ -77,15 +77,15 @@ def test_resume_mid_epoch_equals_never_stopping(token_shards, tokenizer):
         assert torch.equal(x["text"], y["text"]) and torch.equal(x["image"], y["image"])
 
 
-@pytest.mark.parametrize("before_world, after_world", [(2, 1), (1, 2), (2, 3)])
-def test_elastic_resume_keeps_global_batches(token_shards, tokenizer, before_world, after_world):
-    reference = global_batches(token_shards, tokenizer, before_world, steps=8)
-    stopped = tokens(token_shards, tokenizer, rank=0, world_size=before_world)
+@pytest.mark.parametrize("before_world, after_world, window", [(2, 1, None), (1, 2, None), (2, 3, None), (2, 1, 8)])
+def test_elastic_resume_keeps_global_batches(token_shards, tokenizer, before_world, after_world, window):
+    reference = global_batches(token_shards, tokenizer, before_world, steps=8, shuffle_window=window)
+    stopped = tokens(token_shards, tokenizer, rank=0, world_size=before_world, shuffle_window=window)
     take(stopped, 3)
     state = stopped.state_dict()
     resumed = []
     for rank in range(after_world):
-        loader = tokens(token_shards, tokenizer, rank=rank, world_size=after_world)
+        loader = tokens(token_shards, tokenizer, rank=rank, world_size=after_world, shuffle_window=window)
         loader.load_state_dict(state)
         resumed.append([ids_of(b) for b in take(loader, 5)])
     after = [set().union(*(resumed[r][s] for r in range(after_world))) for s in range(5)]
@@ -151,6 +151,8 @@ def test_state_must_match_the_data(token_shards, image_shards, tokenizer):
         tokens(token_shards, tokenizer, batch=12).load_state_dict(state)
     with pytest.raises(LoaderStateError, match="seed"):
         tokens(token_shards, tokenizer, seed=3).load_state_dict(state)
+    with pytest.raises(LoaderStateError, match="shuffle_window"):
+        tokens(token_shards, tokenizer, shuffle_window=10).load_state_dict(state)
 
 
 def test_bad_arguments(token_shards, tokenizer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megadalle.data.order import permute, reader_positions, round_keys, sample_ids
+from megadalle.data.order import Order, permute, reader_positions, round_keys, sample_ids
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
@@ -35,3 +35,17 @@ def test_reader_positions_partition_the_global_batch():
     parts = [reader_positions(4, 12, r, 3) for r in range(3)]
     assert sorted(np.concatenate(parts).tolist()) == list(range(48, 60))
     assert all(len(p) == 4 for p in parts)
+
+
+def test_windowed_order_is_a_bijection_per_epoch_and_local():
+    counts = [7, 3, 9, 4, 1, 12, 5]
+    order = Order(counts, seed=3, window=6)
+    total, shard_of = sum(counts), np.repeat(np.arange(len(counts)), counts)
+    epochs = [order.ids(np.arange(e * total, (e + 1) * total)) for e in range(3)]
+    assert all(sorted(ids.tolist()) == list(range(total)) for ids in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])
+    for start in range(0, total, 6):  # a window's samples come from consecutive shards of the epoch's order
+        assert len(set(shard_of[epochs[0][start:start + 6]])) <= 3
+    pick = np.array([40, 3, 77, 12])
+    assert np.array_equal(order.ids(pick), np.concatenate(epochs)[pick])
+    assert np.array_equal(Order(counts, seed=3).ids(np.arange(total)), sample_ids(np.arange(total), total, seed=3))
