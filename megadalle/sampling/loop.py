@@ -8,7 +8,7 @@ reproduces every sample, and batch b does not depend on how the batches before i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -47,15 +47,17 @@ def batch_generator(seed: int, batch_index: int, device: torch.device | str) -> 
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + batch_index)
 
 
-@torch.no_grad()
-def sample_many(model, text: torch.Tensor, n: int, batch_size: int, settings: SamplingSettings, seed: int,
-                on_token: Callable[[int], None] | None = None) -> torch.Tensor:
-    """n samples of one caption (text ids [text_len]) in seeded batches -> codes [n, grid_len]."""
+def sample_batches(model, text: torch.Tensor, n: int, batch_size: int, settings: SamplingSettings, seed: int,
+                   on_token: Callable[[int], None] | None = None) -> Iterator[torch.Tensor]:
+    """n samples of one caption (text ids [text_len]) as seeded batches of codes [<=batch_size, grid_len]."""
     if n <= 0 or batch_size <= 0:
         raise ValueError(f"n={n} and batch_size={batch_size} must be positive")
-    out = []
     for b, start in enumerate(range(0, n, batch_size)):
         size = min(batch_size, n - start)
-        generator = batch_generator(seed, b, text.device)
-        out.append(sample_codes(model, text.expand(size, -1), settings, generator, on_token))
-    return torch.cat(out)
+        yield sample_codes(model, text.expand(size, -1), settings, batch_generator(seed, b, text.device), on_token)
+
+
+def sample_many(model, text: torch.Tensor, n: int, batch_size: int, settings: SamplingSettings, seed: int,
+                on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+    """All of `sample_batches` as one tensor [n, grid_len]."""
+    return torch.cat(list(sample_batches(model, text, n, batch_size, settings, seed, on_token)))

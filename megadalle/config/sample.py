@@ -1,0 +1,52 @@
+"""`megadalle generate`'s verb-level keys (conf/generate.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+from megadalle.config import check
+
+
+@dataclass
+class GenerateConfig:
+    weights: str = MISSING
+    """The Transformer: exported weights (.safetensors + .json) or a training run directory (newest checkpoint)."""
+    prompt: str = MISSING
+    """The caption to draw."""
+    n: int = 512
+    """Samples drawn (the paper's 512)."""
+    keep: int = 8
+    """Best samples by CLIP score written to the grid."""
+    batch_size: int = 32
+    """Samples decoded together; each batch has its own seed, derived from `seed` and the batch index."""
+    temperature: float = 1.0
+    top_k: int = 0
+    """Keep the k most likely image tokens at each step; 0 keeps all."""
+    top_p: float = 1.0
+    """Keep the smallest set of tokens with this much probability; 1.0 keeps all."""
+    dvae_weights: str | None = None
+    """The dVAE (weights or run directory); null = `dvae.safetensors` beside `weights`."""
+    clip_weights: str | None = None
+    """CLIP (weights or run directory); null = `clip.safetensors` beside `weights`."""
+    tokenizer: str | None = None
+    """The BPE model; null = `tokenizer.model` beside `weights`."""
+    rerank: bool = True
+    """Sort by CLIP score; false keeps sample order and needs no CLIP."""
+    ema: bool = False
+    """When loading run directories: use the EMA weights."""
+    output: str = "generate"
+    """Directory for grid.png, the kept samples and scores.json."""
+    device: str = "auto"
+    """auto = cuda when available, else cpu."""
+    seed: int = 0
+
+    def validate(self, where: str = "") -> None:
+        for name in ("n", "keep", "batch_size"):
+            check(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
+        check(self.temperature > 0, "temperature", self.temperature, "must be positive")
+        check(self.top_k >= 0, "top_k", self.top_k, "must be >= 0 (0 keeps every token)")
+        check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
+        check(bool(self.prompt.strip()), "prompt", self.prompt, "must not be empty")
+        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
+              "expected auto, cpu, cuda or cuda:N")

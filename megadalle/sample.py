@@ -1,0 +1,95 @@
+"""`megadalle generate`: draw n samples of a prompt, decode them, rerank with CLIP, keep the best.
+
+Samples are drawn in seeded batches; each batch is decoded and scored at once, so only codes
+and scores are held for all n (512 images of 256 px would be 400 MB), and the kept ones are
+decoded again at the end. Outputs: grid.png (best first, row by row), sample_XX.png for each
+kept sample, and scores.json with every sample's CLIP score.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from megadalle.config import build, top_level
+from megadalle.config.sample import GenerateConfig
+from megadalle.sampling.grid import save_grid
+from megadalle.sampling.loop import SamplingSettings, sample_batches
+from megadalle.sampling.rerank import clip_scores, rank
+
+
+@dataclass
+class Generated:
+    images: torch.Tensor
+    """The kept samples [keep, 3, S, S] in [0, 1], best first."""
+    indices: list[int]
+    """Their sample numbers (0..n-1)."""
+    scores: list[float] | None
+    """CLIP scores of all n samples in sample order (None without rerank)."""
+
+
+@torch.no_grad()
+def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch_size: int,
+             settings: SamplingSettings, seed: int, progress: bool = True) -> Generated:
+    """Sample `prompt` n times; with `clip` (may be None) keep the `keep` best by CLIP score, else the first."""
+    device = next(model.parameters()).device
+    text = torch.tensor(tokenizer.encode(prompt, model.cfg.text_len), device=device)
+    clip_text = torch.tensor(tokenizer.encode(prompt, clip.cfg.text_len), device=device) if clip is not None else None
+    codes, scores = [], []
+    bar = tqdm(total=n * model.cfg.grid_len, desc="generate", unit=" tok", unit_scale=True, disable=not progress)
+    for batch in sample_batches(model, text, n, batch_size, settings, seed, on_token=bar.update):
+        codes.append(batch.cpu())
+        if clip is not None:
+            scores.append(clip_scores(clip, decode(dvae, batch, model.cfg.grid_size), clip_text).cpu())
+    bar.close()
+    codes_all = torch.cat(codes)
+    score_all = torch.cat(scores) if clip is not None else None
+    best = rank(score_all, keep) if score_all is not None else torch.arange(min(keep, n))
+    images = decode(dvae, codes_all[best].to(device), model.cfg.grid_size).cpu()
+    return Generated(images, best.tolist(), None if score_all is None else score_all.tolist())
+
+
+def decode(dvae, codes: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Raster codes [B, H*W] -> images [B, 3, S, S] in [0, 1]."""
+    return dvae.decode_codes(codes.view(-1, grid_size, grid_size))
+
+
+def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict) -> Path:
+    """grid.png, sample_XX.png and scores.json in `output`; returns the grid's path."""
+    output = Path(output)
+    grid = save_grid(result.images, output / "grid.png")
+    for rank_, (index, image) in enumerate(zip(result.indices, result.images)):
+        save_grid(image[None], output / f"sample_{rank_:02d}.png", columns=1)
+    kept = [{"rank": r, "sample": i, "file": f"sample_{r:02d}.png",
+             "score": None if result.scores is None else result.scores[i]} for r, i in enumerate(result.indices)]
+    (output / "scores.json").write_text(json.dumps({"prompt": prompt, **meta, "kept": kept,
+                                                    "all_scores": result.scores}, indent=1))
+    return grid
+
+
+def pick_device(name: str) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+
+
+def run(cfg: DictConfig) -> int:
+    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sampling.load import beside, load_model
+
+    gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
+    device = pick_device(gc.device)
+    model = load_model(gc.weights, "transformer", gc.ema).to(device)
+    dvae = load_model(beside(gc.weights, gc.dvae_weights, "dvae.safetensors"), "dvae", gc.ema).to(device)
+    clip = load_model(beside(gc.weights, gc.clip_weights, "clip.safetensors"), "clip", gc.ema).to(device) \
+        if gc.rerank else None
+    tokenizer = Tokenizer(beside(gc.weights, gc.tokenizer, "tokenizer.model"))
+    settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
+    result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.keep, gc.batch_size, settings, gc.seed)
+    meta = {"n": gc.n, "keep": gc.keep, "seed": gc.seed, "sampling": asdict(settings)}
+    grid = write_outputs(result, gc.output, gc.prompt, meta)
+    best = f"; best CLIP score {result.scores[result.indices[0]]:.3f}" if result.scores else ""
+    print(f"[generate] wrote {grid} ({len(result.indices)} of {gc.n} samples){best}")
+    return 0

@@ -1,0 +1,53 @@
+"""Load a model for sampling from exported weights or straight from a training run.
+
+Exported weights (megadalle.weights) carry their kind and config, so the model is rebuilt without
+any other input; a run directory is rebuilt by megadalle.export from the run's own record. Either
+way the caller gets a float32 module in eval mode.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from megadalle.config import build
+from megadalle.weights import load_weights
+
+
+def _builders() -> dict[str, tuple[type, type]]:
+    from megadalle.config.clip import ClipConfig
+    from megadalle.config.dvae import DVAEConfig
+    from megadalle.config.model import TransformerConfig
+    from megadalle.models.clip import CLIP
+    from megadalle.models.dvae import DVAE
+    from megadalle.models.transformer import Transformer
+
+    return {"transformer": (TransformerConfig, Transformer), "dvae": (DVAEConfig, DVAE), "clip": (ClipConfig, CLIP)}
+
+
+def load_model(path: str | Path, kind: str, ema: bool = False) -> nn.Module:
+    """A `kind` model ("transformer", "dvae", "clip") from a .safetensors file or a run directory."""
+    path = Path(path)
+    builders = _builders()
+    if kind not in builders:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(builders)}")
+    config_cls, model_cls = builders[kind]
+    if path.is_dir():
+        from megadalle.export import load_run
+
+        model, task = load_run(path, ema=ema)
+        if task.export_spec().kind != kind:
+            raise ValueError(f"{path} is a {task.export_spec().kind!r} training run, not a {kind!r} one")
+        return model
+    state, config = load_weights(path, kind)
+    model = model_cls(build(config_cls, config, kind))
+    model.load_state_dict(state, strict=True)
+    return model.float().eval()
+
+
+def beside(weights: str | Path, given: str | None, name: str) -> Path:
+    """`given`, or the file `name` in the folder of `weights` (a run directory counts as the folder)."""
+    if given:
+        return Path(given)
+    weights = Path(weights)
+    return (weights if weights.is_dir() else weights.parent) / name

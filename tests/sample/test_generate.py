@@ -1,0 +1,53 @@
+"""`megadalle generate` end to end on tiny random models: files written, kept samples sorted by CLIP score."""
+import io
+import json
+
+import sentencepiece as spm
+import torch
+
+from megadalle.config import build
+from megadalle.config.clip import ClipConfig
+from megadalle.config.compose import compose
+from megadalle.config.dvae import DVAEConfig
+from megadalle.config.model import TransformerConfig
+from megadalle.models.clip import CLIP
+from megadalle.models.dvae import DVAE
+from megadalle.models.transformer import Transformer
+from megadalle.sample import run
+from megadalle.weights import save_weights
+
+
+def tokenizer_model(path):
+    buf = io.BytesIO()
+    captions = ["a red circle at the top left", "a blue square at the bottom right"] * 20
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(captions), model_writer=buf, model_type="bpe",
+                                   vocab_size=40, pad_id=0, unk_id=1, bos_id=2, eos_id=3, hard_vocab_limit=False,
+                                   minloglevel=2)
+    path.write_bytes(buf.getvalue())
+
+
+def test_generate_writes_a_grid_and_sorted_scores(tmp_path):
+    model_cfg = TransformerConfig(text_len=8, text_vocab=64, grid_size=4, image_vocab=16, n_layers=2, n_heads=2,
+                                  head_dim=8, d_model=16, conv_kernel=3,
+                                  attention_pattern=["row", "column"])
+    dvae_cfg = build(DVAEConfig, {"image_size": 16, "n_hid": 8, "n_blk_per_group": 1, "n_groups": 3,
+                                  "vocab_size": 16, "n_init": 8}, "dvae")
+    clip_cfg = ClipConfig(text_len=8, text_vocab=64, text_width=16, text_layers=1, text_heads=2, image_size=16,
+                          patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, embed_dim=8)
+    for name, module, kind, cfg in (("model", Transformer(model_cfg), "transformer", model_cfg),
+                                    ("dvae", DVAE(dvae_cfg), "dvae", dvae_cfg), ("clip", CLIP(clip_cfg), "clip", clip_cfg)):
+        save_weights(tmp_path / f"{name}.safetensors", module.state_dict(), kind, cfg)
+    tokenizer_model(tmp_path / "tokenizer.model")
+    out = tmp_path / "out"
+    cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle at the top left",
+                               "n=7", "keep=3", "batch_size=3", "top_k=5", f"output={out}"])
+    assert run(cfg) == 0
+    assert (out / "grid.png").is_file() and len(list(out.glob("sample_*.png"))) == 3
+    report = json.loads((out / "scores.json").read_text())
+    kept = [k["score"] for k in report["kept"]]
+    assert len(report["all_scores"]) == 7 and kept == sorted(report["all_scores"], reverse=True)[:3]
+    again = tmp_path / "again"
+    cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle at the top left",
+                               "n=7", "keep=3", "batch_size=3", "top_k=5", f"output={again}"])
+    run(cfg)
+    assert json.loads((again / "scores.json").read_text())["all_scores"] == report["all_scores"]
