@@ -83,6 +83,7 @@ def run(cfg: DictConfig) -> int:
 
     build(RunConfig, {"run_dir": cfg.get("run_dir"), "resume": cfg.get("resume", "auto")}, "")
     result = train_from_config(task_from_config(cfg), cfg, FACTORY)
-    print(f"[train] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
-          f"run directory {result.run_dir}")
+    if result.engine.global_rank == 0:
+        print(f"[train] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
+              f"run directory {result.run_dir}")
     return 0
