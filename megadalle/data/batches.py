@@ -27,15 +27,14 @@ class BatchMaker(Protocol):
 
 
 def sample_rng(seed: int, position: int) -> np.random.Generator:
+    """The generator of one stream position: the same draws whoever builds the batch, whenever."""
     return np.random.default_rng([seed & 0xFFFFFFFF, int(position)])
 
 
 def pick_caption(text: str, rng: np.random.Generator) -> str:
     """One caption of a `txt` field holding several, one per line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return ""
-    return lines[int(rng.integers(len(lines)))] if len(lines) > 1 else lines[0]
+    return lines[int(rng.integers(len(lines)))] if lines else ""
 
 
 class ImageBatches:

@@ -1,7 +1,8 @@
 """Field-wise readers of shard directories: sequential (`iter_samples`) and by global id (`SampleReader`).
 
-They never unpickle: they return the raw bytes of the fields asked for, or decode them with
-`fields.decode_field`, which knows only safe extensions. Members of other fields are skipped.
+They never unpickle and never extract to disk: they return the raw bytes of the fields asked for,
+or decode them with `fields.decode_field`, which knows only safe extensions. Members of other
+fields, links and directories are skipped.
 """
 from __future__ import annotations
 
