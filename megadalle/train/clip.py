@@ -7,6 +7,7 @@ each micro-batch is contrasted against the same micro-batch index of every rank.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -68,17 +69,24 @@ def task_from_config(cfg: dict | DictConfig) -> ClipTask:
     return ClipTask(build(ClipConfig, cfg.clip, "clip"), data, cfg.get("tokenizer"), int(cfg.get("seed", 0)))
 
 
-def train_clip(cfg: DictConfig):
-    """Train CLIP from a composed `train-clip` config; returns the trainer's Result (the demo calls this)."""
+def train_clip(cfg: DictConfig) -> Path | None:
+    """Train from a composed `train-clip` config and export the weights; returns their path on rank 0 (the demo
+    calls this)."""
     from megadalle.config.train import RunConfig
+    from megadalle.export import export
     from megadalle.train.loop import train_from_config
 
     build(RunConfig, {"run_dir": cfg.get("run_dir"), "resume": cfg.get("resume", "auto")}, "")
-    return train_from_config(task_from_config(cfg), cfg, FACTORY)
+    result = train_from_config(task_from_config(cfg), cfg, FACTORY)
+    print(f"[train-clip] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
+          f"run directory {result.run_dir}")
+    if result.stopped_by_signal or int(getattr(result.engine, "global_rank", 0)) != 0:
+        return None
+    path = export(result.run_dir, cfg.get("weights") or result.run_dir / "clip.safetensors")
+    print(f"[train-clip] weights: {path} + {path.with_suffix('.json').name}")
+    return path
 
 
 def run(cfg: DictConfig) -> int:
-    result = train_clip(cfg)
-    print(f"[train-clip] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
-          f"run directory {result.run_dir}")
+    train_clip(cfg)
     return 0
