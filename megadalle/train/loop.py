@@ -3,7 +3,9 @@
 `train(task, ...)` starts distributed (from the launcher's environment), picks the run directory
 (rank 0), builds the engine, resumes from the newest complete checkpoint, then runs updates until
 `trainer.steps`, saving every `checkpoint_every` updates, at the end, and when SIGUSR1/SIGTERM
-arrives (then it stops after the save). The data position is the update index: batches come from
+arrives (then it stops after the save). An update whose gradients are not finite is skipped by
+DeepSpeed's ZeRO optimizer (stages 1-3: no weight or schedule change) and counted in the logged
+`skipped_steps`; stage 0 has no such check, so a non-finite loss there stops the run instead. The data position is the update index: batches come from
 `task.batches(start_step, part)`, so resuming needs no seeking.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
-from megadalle.train import checkpoint, distributed, engine as engine_lib, rng, rundir, schedule
+from megadalle.train import checkpoint, distributed, engine as engine_lib, rng, rundir
 from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
@@ -112,14 +114,19 @@ def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: Logge
 
     try:
         while step < trainer.steps:
+            lr = built.engine.get_lr()[0]
             began = time.perf_counter()
             metrics = runner.update(step)
             if ema is not None:
                 ema.update()
             metrics["step_seconds"] = time.perf_counter() - began
             samples_seen += part.global_batch
-            nonfinite += 0 if math.isfinite(metrics["loss"]) else 1
-            metrics.update(lr=schedule.lr_at(step, trainer), samples_seen=samples_seen,
+            if not math.isfinite(metrics["loss"]):
+                nonfinite += 1
+                if ds.zero_stage == 0:
+                    raise FloatingPointError(f"non-finite loss at step {step} with deepspeed.zero_stage=0, which "
+                                             "cannot skip the update; resume from the last checkpoint (ZeRO 1-3 skip it)")
+            metrics.update(lr=lr, samples_seen=samples_seen,
                            skipped_steps=float(getattr(built.engine, "skipped_steps", 0)),
                            nonfinite_losses=nonfinite)
             losses.append(metrics["loss"])

@@ -56,9 +56,10 @@ def next_token_loss(logits, tokens):
 class ToyTask(Task):
     name = "toy"
 
-    def __init__(self, data_seed: int = 0, dropout: bool = True):
+    def __init__(self, data_seed: int = 0, dropout: bool = True, nan_step: int | None = None):
         self.data_seed = data_seed
         self.dropout = dropout
+        self.nan_step = nan_step
 
     def build_model(self):
         model = Toy()
@@ -80,6 +81,8 @@ class ToyTask(Task):
 
     def loss(self, model, batch, step):
         loss = next_token_loss(model(batch["tokens"]), batch["tokens"])
+        if step == self.nan_step:
+            loss = loss * float("nan")  # a poisoned update, which the trainer must skip
         return loss, {"ppl": float(loss.detach().exp())}
 
     def tokens_per_sample(self):

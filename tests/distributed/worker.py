@@ -26,7 +26,7 @@ def main(opts: dict) -> None:
     run = RunOptions(run_dir=opts["run_dir"], resume=opts.get("resume", "auto"), seed=0,
                      config={"data_seed": 0, "dropout": opts.get("dropout", True)},
                      task_factory="toy:build_toy_task")
-    train(ToyTask(dropout=opts.get("dropout", True)), trainer, ds, LoggerConfig(mode=opts.get("wandb", "disabled")), run,
+    train(ToyTask(dropout=opts.get("dropout", True), nan_step=opts.get("nan_step")), trainer, ds, LoggerConfig(mode=opts.get("wandb", "disabled")), run,
           extra_callbacks=[Sleep(opts.get("step_sleep", 0.0))])
 
 
