@@ -69,3 +69,25 @@ def test_fp16(kind):
     spec = spec_of(kind, 8, 4, 4)
     q, k, v = (torch.randn(1, 2, spec.seq_len, 16, dtype=torch.float16, requires_grad=True) for _ in range(3))
     _check(q, k, v, spec, layout_of(spec, spec.seq_len), torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype,head_dim", [(torch.bfloat16, 64), (torch.float16, 32), (torch.float32, 128)],
+                         ids=["bf16-d64", "fp16-d32", "fp32-d128"])
+def test_compiled_kernel_on_cuda_at_the_12b_sequence(kind, dtype, head_dim):
+    """The compiled path (autotuned, block 64) at text 256 + 32x32, through `attend` as the model calls it."""
+    from megadalle.attention import attend
+    from megadalle.attention.masks import MaskSpec
+
+    spec = MaskSpec(kind, 256, 32, 32)
+    q, k, v = (torch.randn(2, 4, spec.seq_len, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    out = attend(q, k, v, spec, backend="triton")
+    grad = torch.randn_like(out)
+    got = (out, *torch.autograd.grad(out, (q, k, v), grad))
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    ref = attend(*leaves, spec, backend="reference")
+    expected = (ref, *torch.autograd.grad(ref, leaves, grad.float()))
+    for name, a, e in zip(("out", "dq", "dk", "dv"), got, expected):
+        _close(a, e, dtype, name)
