@@ -25,6 +25,7 @@ import warnings
 from functools import partial
 
 import torch
+import triton
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before megadalle.kernels decorates its kernels
@@ -169,7 +170,7 @@ def summary(rows: list[dict]) -> list[str]:
 def main() -> None:
     args = parse_args()
     result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  torch=torch.__version__, host=platform.node())
+                  torch=torch.__version__, triton=triton.__version__, host=platform.node())
     print(f"Tiles visited at the 12b shape (text {TWELVE_B['text_len']}, {TWELVE_B['grid']}x{TWELVE_B['grid']} grid)")
     result["blocks"] = block_fractions(TWELVE_B["text_len"], TWELVE_B["grid"])
     print_table(result["blocks"], ["mask", "block", "order", "full", "partial", "visited"])
