@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from megadalle.config import check
+from omegaconf import MISSING
+
+from megadalle.config import check, join
 
 
 @dataclass
@@ -72,6 +74,55 @@ class DVAEConfig:
         check(self.n_hid % 4 == 0, f"{where}.n_hid", self.n_hid, "must be divisible by 4 (bottleneck width n/4)")
         check(0.0 < self.eps < 0.5, f"{where}.eps", self.eps, "must be in (0, 0.5)")
         self.objective.validate(f"{where}.objective")
+
+
+@dataclass
+class TrainDVAEConfig:
+    """Verb-level keys of `megadalle train-dvae` (conf/train-dvae.yaml); the groups are checked by their own schemas."""
+
+    weights: str | None = None
+    """Where the weights for users go (.safetensors + .json); null = <run_dir>/dvae.safetensors."""
+    run_dir: str | None = None
+    """The run's directory; null = <out_dir>/dvae/<slurm-JOBID or timestamp>, chosen by rank 0."""
+    resume: str = "auto"
+    """auto, never, or the path of a checkpoints/step_* directory (see megadalle.config.train.RunConfig)."""
+    usage_window: int = 100
+    """A code unused by this rank's argmax over this many updates counts as dead."""
+    preview: int = 8
+    """Images shown in the logged reconstruction grid."""
+    seed: int = 0
+    out_dir: str = "outputs"
+
+    def validate(self, where: str = "") -> None:
+        check(self.usage_window > 0, join(where, "usage_window"), self.usage_window, "must be positive")
+        check(self.preview > 0, join(where, "preview"), self.preview, "must be positive")
+        check(self.weights is None or str(self.weights).endswith(".safetensors"), join(where, "weights"), self.weights,
+              "must end in .safetensors (the config JSON goes beside it)")
+
+
+@dataclass
+class EncodeConfig:
+    """Verb-level keys of `megadalle encode` (conf/encode.yaml)."""
+
+    dvae_weights: str = MISSING
+    """Trained dVAE weights (.safetensors with its .json beside it, from train-dvae or export). Not `dvae=`:
+    hydra reads that as a choice in the `dvae` config group."""
+    input: str = MISSING
+    """Image shard directory (from `prepare`)."""
+    output: str = MISSING
+    """Token shard directory: one output shard per input shard, complete ones skipped on a rerun."""
+    batch_size: int = 64
+    """Images encoded per forward pass."""
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+
+    def validate(self, where: str = "") -> None:
+        check(self.batch_size > 0, join(where, "batch_size"), self.batch_size, "must be positive")
+        check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), join(where, "device"),
+              self.device, "expected auto, cpu, cuda or cuda:N")
+        check(str(self.dvae_weights).endswith(".safetensors"), join(where, "dvae_weights"), self.dvae_weights,
+              "must be a .safetensors file (weights are never unpickled)")
+        check(self.input != self.output, join(where, "output"), self.output, "must differ from input")
 
 
 SCHEMAS = {"dvae": DVAEConfig}

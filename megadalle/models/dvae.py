@@ -8,6 +8,7 @@ normalisation layers. A plain nn.Module: the objective lives in `dvae_loss.py`, 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -19,8 +20,16 @@ from megadalle.models.dvae_loss import map_pixels, unmap_pixels
 
 
 def conv(n_in: int, n_out: int, k: int) -> nn.Conv2d:
-    """A 'same' convolution (odd kernel)."""
-    return nn.Conv2d(n_in, n_out, k, padding=k // 2)
+    """A 'same' convolution (odd kernel) with the released dVAE's init: N(0, 1/fan_in) weights, zero bias.
+
+    This keeps activations at unit scale through the stack (PyTorch's default shrinks them ~sqrt(3)x per
+    layer), so the encoder's logits vary with the input from the start instead of being drowned by the
+    Gumbel noise, and the codes carry information early in training.
+    """
+    layer = nn.Conv2d(n_in, n_out, k, padding=k // 2)
+    nn.init.normal_(layer.weight, std=(n_in * k * k) ** -0.5)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 class Bottleneck(nn.Module):
@@ -86,7 +95,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
         widths = [cfg.n_hid * 2 ** (cfg.n_groups - 1 - g) for g in range(cfg.n_groups)]
-        self.embedding = nn.Conv2d(cfg.vocab_size, cfg.n_init, 1)
+        self.embedding = conv(cfg.vocab_size, cfg.n_init, 1)
         self.net = nn.Sequential(
             _groups(cfg, widths, cfg.n_init, lambda: nn.Upsample(scale_factor=2, mode="nearest"), decoder=True),
             nn.ReLU(),
@@ -163,3 +172,14 @@ def flops_per_image(cfg: DVAEConfig, part: str = "both") -> int:
     for h in handles:
         h.remove()
     return total
+
+
+def load_dvae(path: str | Path, device: str | torch.device = "cpu") -> DVAE:
+    """A trained dVAE from `save_weights` output (safetensors + config JSON; never unpickles), in eval mode."""
+    from megadalle.config import build
+    from megadalle.weights import load_weights
+
+    state, config = load_weights(path, kind="dvae")
+    model = DVAE(build(DVAEConfig, config, "dvae"))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()

@@ -86,3 +86,10 @@ def elbo_loss(images: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, b
     with torch.no_grad():
         mse = F.mse_loss(unmap_pixels(torch.sigmoid(stats[:, :3].float()), eps), images.float())
     return loss, {"nll": float(nll.detach()), "kl": float(kl.detach()), "mse": float(mse), "beta": beta}
+
+
+def codebook_perplexity(codes: torch.Tensor, vocab_size: int) -> float:
+    """exp(entropy) of the codes' histogram: the number of equally used codes it is worth (1 = collapse)."""
+    p = torch.bincount(codes.reshape(-1), minlength=vocab_size).double() / codes.numel()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))

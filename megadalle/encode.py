@@ -1,0 +1,100 @@
+"""`megadalle encode`: image shards -> token shards, each image's dVAE codes beside its caption.
+
+Output sample: `codes.npy` (uint16 [H, W], the encoder's argmax as in the paper: no Gumbel noise),
+`txt` (every caption line, tokenized later by the token loader so BPE dropout can apply) and
+`json` (the input's metadata). One output shard per input shard, with the same name, written by
+DATA's ShardWriter in a hidden staging folder and renamed into place when complete: a rerun after
+a crash skips every shard already there with the input's sample count and redoes only the rest.
+index.json goes last, once every shard is complete. Several processes (RANK/WORLD_SIZE or srun)
+split the shards round-robin; whichever finishes last writes the index.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from megadalle.config import build, top_level
+from megadalle.config.dvae import EncodeConfig
+from megadalle.data.batches import ImageBatches
+from megadalle.data.fields import decode_field
+from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets, offsets_path
+from megadalle.data.loader import image_field, rank_and_world
+from megadalle.data.shards import ShardWriter, iter_shard
+from megadalle.models.dvae import DVAE, load_dvae
+
+
+def shard_done(out_path: Path, count: int) -> bool:
+    """An output shard is complete when it and its offsets exist and hold the input's sample count."""
+    return out_path.is_file() and offsets_path(out_path).is_file() and len(load_offsets(out_path)) - 1 == count
+
+
+def encode_shard(model: DVAE, in_path: Path, out_path: Path, field: str, batch_size: int,
+                 bar: tqdm | None = None) -> None:
+    """Encode one input shard into `out_path` (published atomically, offsets first)."""
+    device = next(model.parameters()).device
+    maker = ImageBatches(model.cfg.image_size, field)
+    staging = out_path.parent / f".encode-{out_path.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    samples = iter_shard(in_path, [field, "txt", "json"], decode=False)
+    with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
+        while chunk := [s for _, s in zip(range(batch_size), samples)]:
+            batch = maker(chunk, np.arange(len(chunk)), 0)
+            codes = model.encode(batch["image"].to(device)).to("cpu", torch.int32).numpy().astype(np.uint16)
+            for sample, text, grid in zip(chunk, batch["txt"], codes):
+                meta = decode_field("json", sample["json"]) if "json" in sample else {}
+                writer.write({"__key__": sample["__key__"], "codes.npy": grid, "txt": text, "json": meta})
+            if bar is not None:
+                bar.update(len(chunk))
+    written = staging / "shard-000000.tar"
+    if written.is_file():
+        os.replace(offsets_path(written), offsets_path(out_path))
+        os.replace(written, out_path)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size: int = 64,
+                  rank: int = 0, world_size: int = 1) -> ShardIndex | None:
+    """Encode this process's share of `input`'s shards; returns the token index once every shard is done."""
+    source = ShardIndex.load(input)
+    field = image_field(source)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX_NAME).unlink(missing_ok=True)
+    mine = [(info, path) for i, (info, path) in enumerate(zip(source.shards, source.paths())) if i % world_size == rank]
+    todo = [(info, path) for info, path in mine if not shard_done(out / info.name, info.count)]
+    total, done = sum(i.count for i, _ in mine), sum(i.count for i, _ in mine) - sum(i.count for i, _ in todo)
+    with tqdm(total=total, initial=done, unit="img", desc=f"encode {source.root.name}", disable=rank != 0) as bar:
+        for info, path in todo:
+            encode_shard(model, path, out / info.name, field, batch_size, bar)
+    if not all(shard_done(out / info.name, info.count) for info in source.shards):
+        return None
+    shards = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info in source.shards]
+    meta = {"grid_size": model.cfg.grid_size, "vocab_size": model.cfg.vocab_size,
+            "image_size": model.cfg.image_size, "source": str(source.root)}
+    index = ShardIndex(out, shards, ["codes.npy", "json", "txt"], meta)
+    index.save()
+    return index
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run(cfg: DictConfig) -> int:
+    opts = build(EncodeConfig, top_level(cfg, EncodeConfig), "")
+    model = load_dvae(opts.dvae_weights, pick_device(opts.device))
+    rank, world = rank_and_world()
+    index = encode_shards(model, opts.input, opts.output, opts.batch_size, rank, world)
+    if index is not None:
+        print(f"[encode] {index.total} samples in {len(index.shards)} shards -> {index.root} "
+              f"({model.cfg.grid_size}x{model.cfg.grid_size} codes)", file=sys.stderr)
+    return 0

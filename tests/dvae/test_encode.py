@@ -1,0 +1,82 @@
+"""`megadalle encode`: token shards DATA's token loader reads, restartable per shard, codes = the encoder's argmax."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from megadalle.cli import main
+from megadalle.data.index import ShardIndex
+from megadalle.data.loader import token_loader
+from megadalle.data.shards import iter_samples
+from megadalle.encode import encode_shards
+from megadalle.models.dvae import DVAE, load_dvae
+from megadalle.weights import save_weights
+
+
+class WordIds:
+    """A stand-in tokenizer (the loader only calls `encode`): one id per word, padded with 0."""
+
+    def encode(self, text, text_len=None, dropout=0.0, seed=None):
+        ids = [1 + len(word) for word in text.split()][:text_len]
+        return ids + [0] * (text_len - len(ids))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, small_dvae_config):
+    path = tmp_path_factory.mktemp("dvae") / "dvae.safetensors"
+    model = DVAE(small_dvae_config)
+    save_weights(path, model.state_dict(), kind="dvae", config=small_dvae_config)
+    return path
+
+
+def test_encode_writes_token_shards_the_token_loader_reads(tmp_path, image_shards, weights):
+    model = load_dvae(weights)
+    index = encode_shards(model, image_shards, tmp_path / "tokens", batch_size=7)
+    source = ShardIndex.load(image_shards)
+    assert [s.name for s in index.shards] == [s.name for s in source.shards]
+    assert index.total == 40 and index.meta["grid_size"] == 8
+    sample = next(iter_samples(tmp_path / "tokens", ["codes.npy", "txt", "json"]))
+    assert sample["codes.npy"].dtype == np.uint16 and sample["codes.npy"].shape == (8, 8)
+    assert sample["txt"] == "picture number 0\nsecond line" and sample["json"] == {"i": 0}
+    image = next(iter_samples(image_shards, ["png"]))["png"]
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    assert torch.equal(model.encode(pixels)[0], torch.from_numpy(sample["codes.npy"].astype(np.int64)))
+
+    loader = token_loader(tmp_path / "tokens", global_batch=8, tokenizer=WordIds(), text_len=6, shuffle=False)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (8, 64) and batch["image"].dtype == torch.long
+    assert batch["text"].shape == (8, 6)
+    assert int(batch["image"].max()) < 64
+
+    decoded = load_dvae(weights).decode_codes(batch["image"].view(8, 8, 8))
+    assert decoded.shape == (8, 3, 32, 32)
+
+
+def test_encode_restarts_where_it_stopped(tmp_path, image_shards, weights, monkeypatch):
+    out = tmp_path / "tokens"
+    model = load_dvae(weights)
+    encode_shards(model, image_shards, out)
+    before = {p.name: p.read_bytes() for p in out.glob("shard-*.tar")}
+    (out / "shard-000001.tar").unlink()  # as if the run died while writing shard 1
+    (out / "index.json").unlink()
+    seen = []
+    original = model.encode
+    monkeypatch.setattr(model, "encode", lambda images: seen.append(len(images)) or original(images))
+    index = encode_shards(model, image_shards, out)
+    assert sum(seen) == 16  # only shard 1 was encoded again
+    assert {p.name: p.read_bytes() for p in out.glob("shard-*.tar")} == before
+    assert index.total == 40 and not list(out.glob(".encode-*"))
+    seen.clear()
+    encode_shards(model, image_shards, out)
+    assert seen == []
+
+
+def test_encode_verb_runs_and_rejects_bad_values(tmp_path, image_shards, weights, capsys):
+    args = [f"dvae_weights={weights}", f"input={image_shards}", f"output={tmp_path / 'tok'}", "device=cpu"]
+    assert main(["encode", *args]) == 0
+    assert json.loads((tmp_path / "tok" / "index.json").read_text())["total"] == 40
+    assert main(["encode", *args, "batch_size=0"]) == 2
+    assert "batch_size=0" in capsys.readouterr().err
+    assert main(["encode", *args[1:], "dvae_weights=model.pt"]) == 2
+    assert "dvae_weights='model.pt'" in capsys.readouterr().err

@@ -1,0 +1,68 @@
+"""dVAE training: the objective learns (a large drop of the reconstruction NLL), and `train-dvae` runs
+through the generic trainer with checkpoints, resume, media and exported weights."""
+import pytest
+import torch
+
+from megadalle.cli import main
+from megadalle.config.compose import compose
+from megadalle.config.dvae import DVAEObjective
+from megadalle.models.dvae import DVAE, load_dvae
+from megadalle.models.dvae_loss import elbo_loss, kl_weight, learning_rate, temperature
+from megadalle.train.dvae import reconstruction_grid, task_from_config, train_dvae
+
+from .conftest import rectangles
+
+
+def test_short_training_lowers_the_reconstruction_loss_far_below_its_start(small_dvae_config):
+    steps = 150
+    cfg = small_dvae_config
+    objective = DVAEObjective(kl_weight=1.0, kl_warmup_steps=50, tau_anneal_steps=steps)
+    model = DVAE(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.999), weight_decay=1e-4)
+    data = rectangles(512, 32, seed=1)
+    nlls = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, 2e-3, 2e-4, steps)
+        images = data[torch.randint(0, len(data), (16,))]
+        logits, stats = model(images, temperature(step, objective))
+        loss, metrics = elbo_loss(images, logits, stats, kl_weight(step, objective), cfg.eps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        nlls.append(metrics["nll"])
+    start, end = sum(nlls[:5]) / 5, sum(nlls[-10:]) / 10
+    print(f"reconstruction NLL (nats per pixel channel): start {start:.3f}, end {end:.3f}")
+    assert end < start - 1.0
+
+
+def test_train_dvae_runs_through_the_trainer_resumes_and_exports(tmp_path, image_shards):
+    overrides = [f"data.shards={image_shards}", "data.num_workers=0", "dvae=tiny", "dvae.n_hid=16",
+                 "dvae.vocab_size=64", "trainer.steps=4", "trainer.micro_batch=4", "trainer.lr=1e-3",
+                 "trainer.checkpoint_every=2", "trainer.log_every=1", "logger=none", f"run_dir={tmp_path / 'run'}",
+                 "trainer.ema=0.9"]
+    weights = train_dvae(compose("train-dvae", overrides))
+    assert weights == tmp_path / "run" / "dvae.safetensors" and weights.with_suffix(".json").is_file()
+    model = load_dvae(weights)
+    assert model.cfg.vocab_size == 64 and model.encode(torch.rand(2, 3, 32, 32)).shape == (2, 8, 8)
+    assert main(["train-dvae", *overrides[:-1], "trainer.steps=6", "trainer.ema=0.9"]) == 0  # resumes at 4
+    assert (tmp_path / "run" / "checkpoints" / "step_6").is_dir() or any((tmp_path / "run" / "checkpoints").glob("*6*"))
+
+
+def test_task_reports_codebook_use_and_logs_a_reconstruction_grid(image_shards):
+    task = task_from_config(compose("train-dvae", [f"data.shards={image_shards}", "dvae=tiny"]))
+    model = task.build_model()
+    loss, metrics = task.loss(model, {"image": rectangles(4, 32)}, step=0)
+    assert loss.isfinite() and {"nll", "kl", "mse", "tau", "beta", "perplexity", "dead_codes"} <= set(metrics)
+    assert 1 <= metrics["perplexity"] <= 128 and metrics["dead_codes"] == 0 and metrics["tau"] == 1.0
+    grid = reconstruction_grid(model, rectangles(3, 32))
+    assert grid.shape == (64, 96, 3) and grid.dtype.name == "uint8"
+    assert "reconstructions" in task.media(model, step=0)
+
+
+@pytest.mark.parametrize("override, key", [("dvae.eps=0.7", "dvae.eps=0.7"), ("dvae.image_size=30", "dvae.image_size=30"),
+                                           ("usage_window=0", "usage_window=0"),
+                                           ("data.image_size=64", "data.image_size=64")])
+def test_train_dvae_verb_rejects_bad_values_naming_them(override, key, capsys, image_shards):
+    assert main(["train-dvae", f"data.shards={image_shards}", "dvae=tiny", override]) == 2
+    assert key in capsys.readouterr().err
