@@ -25,11 +25,11 @@ import warnings
 from functools import partial
 
 import torch
-import triton
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before megadalle.kernels decorates its kernels
 
+import triton  # noqa: E402
 from megadalle.attention.dispatch import kernel_attention  # noqa: E402
 from megadalle.attention.masks import MaskSpec, allowed, dense_mask  # noqa: E402
 from megadalle.kernels import build_layout, grid_column_major_order  # noqa: E402

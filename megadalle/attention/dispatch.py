@@ -6,8 +6,9 @@ rows of its new positions only; those few-query steps always take the reference 
 device and backend: a handful of query rows fill a fraction of one query block, the dense mask
 slice costs little there, and the kernel stays specialised to square self-attention.
 
-`megadalle.kernels` is imported lazily, at the first kernel call: importing it decorates the Triton
-kernels, which must happen after TRITON_INTERPRET is set when the kernel runs on a CPU (tests).
+`megadalle.kernels` is imported lazily, at the first kernel call: importing it imports triton and
+decorates the kernels, which must happen after TRITON_INTERPRET is set when the kernel runs on a
+CPU (tests/conftest.py sets it first thing).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Ma
     """Self-attention of q, k, v [B, H, L, D] (positions 0..L-1) through the Triton kernel."""
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"the Triton backend on device {q.device} needs TRITON_INTERPRET=1, set before "
-                         "megadalle.kernels is first imported")
+                         "triton is first imported")
     from megadalle.kernels import sparse_attention
 
     seq_len = q.shape[-2]
