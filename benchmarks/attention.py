@@ -20,14 +20,15 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 from functools import partial
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before megadalle.kernels decorates its kernels
+if "--cpu-check" in sys.argv or not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported and the kernels decorated
 
 import triton  # noqa: E402
 from megadalle.attention.dispatch import kernel_attention  # noqa: E402
