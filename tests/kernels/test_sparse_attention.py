@@ -52,16 +52,16 @@ def test_forward_and_backward_match_dense_attention(kind, shape, dtype):
 
 
 @pytest.mark.parametrize("kind", ["row", "column"])
-def test_strided_inputs_and_unequal_blocks(kind):
-    """q, k, v as the model makes them (views of one qkv tensor), tiles of 16 queries x 32 keys."""
+@pytest.mark.parametrize("blocks", [(16, 32), (32, 16)])
+def test_strided_inputs_and_unequal_blocks(kind, blocks):
+    """q, k, v as the model makes them (views of one qkv tensor), query and key blocks of different sizes."""
     spec = spec_of(kind, 9, 5, 5)
     base = kernel_layout(spec, spec.seq_len, 16, "cpu")
-    layout = build_layout(lambda a, b: allowed(spec, a, b), spec.seq_len, 16, 32, base.order)
+    layout = build_layout(lambda a, b: allowed(spec, a, b), spec.seq_len, *blocks, base.order)
     qkv = torch.randn(2, spec.seq_len, 3, 2, 16, requires_grad=True)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     assert not q.is_contiguous()
     _check(q, k, v, spec, layout, torch.float32)
-
 
 
 @pytest.mark.parametrize("kind", ["row", "conv"])
