@@ -14,12 +14,14 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import sentencepiece as spm
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from megadalle.data import atomic
+from megadalle.data.bpe_dropout import BpeDropout
 from megadalle.data.shards import ShardIndex, iter_samples
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -29,16 +31,17 @@ from megadalle.config.data import NORMALIZATIONS  # noqa: E402  (one list for co
 class Tokenizer:
     """Caption <-> ids with truncation to `text_len` and padding with PAD_ID.
 
-    BPE dropout (`dropout` > 0) uses sentencepiece's sampling; its generator is process-global, so
-    each call with a `seed` reseeds it first: the same (text, seed) always gives the same ids. That
-    is what makes dropout reproducible across resumes (the loader seeds by stream position). Picklable
-    (carries the model bytes), so DataLoader workers get their own copy.
+    BPE dropout (`dropout` > 0, `bpe_dropout.py`) draws from a numpy generator seeded by `seed`: the
+    same (text, seed) gives the same ids in any process, which is what makes dropout reproducible
+    across resumes and workers (the loader seeds by stream position). Picklable (carries the model
+    bytes), so DataLoader workers get their own copy.
     """
 
     def __init__(self, model: str | Path | bytes, add_bos: bool = False, add_eos: bool = False):
         self.proto = model if isinstance(model, bytes) else Path(model).read_bytes()
         self.add_bos, self.add_eos = add_bos, add_eos
         self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        self.bpe = BpeDropout(self.sp)
         if (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise ValueError(f"tokenizer model has special ids pad/unk/bos/eos = {self.sp.pad_id()}/{self.sp.unk_id()}/"
                              f"{self.sp.bos_id()}/{self.sp.eos_id()}; megadalle needs 0/1/2/3")
@@ -50,9 +53,7 @@ class Tokenizer:
     def encode(self, text: str, text_len: int | None = None, dropout: float = 0.0, seed: int | None = None) -> list[int]:
         """Ids of `text`; with `text_len`, truncated (keeping eos last if added) and padded to exactly text_len."""
         if dropout > 0.0:
-            if seed is not None:
-                spm.set_random_generator_seed(seed)
-            ids = self.sp.encode(text, enable_sampling=True, alpha=dropout, nbest_size=-1)
+            ids = self.bpe.encode(text, dropout, np.random.default_rng(seed))
         else:
             ids = self.sp.encode(text)
         ids = ([BOS_ID] if self.add_bos else []) + list(ids)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from megadalle.cli import main
 from megadalle.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
+from tests.data.conftest import WORDS
 
 TEXT = "a small red cat sits on the mat near the big house"
 
@@ -49,6 +53,21 @@ def test_bpe_dropout_is_seeded(tokenizer):
     assert all(tokenizer.decode(d) == TEXT for d in draws)                     # text does not
     assert draws[3] == tokenizer.encode(TEXT, 64, dropout=0.5, seed=3)         # same seed, same ids
     assert pickle.loads(pickle.dumps(tokenizer)).encode(TEXT, 64, dropout=0.5, seed=3) == draws[3]
+
+
+def test_bpe_dropout_is_the_same_in_another_process(tokenizer, tmp_path):
+    """What a resumed run or another DataLoader worker computes (sentencepiece's own sampling fails this)."""
+    (tmp_path / "t.model").write_bytes(tokenizer.proto)
+    code = ("from megadalle.data.tokenizer import Tokenizer; "
+            f"print(Tokenizer({str(tmp_path / 't.model')!r}).encode({TEXT!r}, 64, dropout=0.5, seed=11))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(tokenizer.encode(TEXT, 64, dropout=0.5, seed=11))
+
+
+def test_dropout_zero_is_sentencepiece(tokenizer):
+    rng = np.random.default_rng(0)
+    for text in [" ".join(rng.choice(WORDS, 10)) for _ in range(50)] + ["Unknown Ünïcode 42!", "  spaced   out  "]:
+        assert tokenizer.bpe.encode(text, 0.0, rng) == tokenizer.sp.encode(text)
 
 
 def test_vocab_too_small_is_a_clear_error(caption_shards, tmp_path):
