@@ -1,0 +1,52 @@
+"""`megadalle demo`'s sizes (conf/demo/{full,fast}.yaml): data set, step counts and sampling of every stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megadalle.config import check
+
+
+@dataclass
+class DemoConfig:
+    image_size: int = 32
+    """Side of the generated images; the dVAE's (conf/dvae/tiny.yaml: 32 px -> 8x8 codes)."""
+    per_scene: int = 60
+    """Training images of each (colour, shape, position) scene, jittered in size and place."""
+    holdout: int = 3
+    """Whole scenes left out of training (at most 3): the demo's held-out captions."""
+    vocab_size: int = 64
+    """BPE vocabulary asked of the tokenizer (the captions use a few dozen words)."""
+    text_len: int = 12
+    """Caption tokens of the Transformer and CLIP."""
+    dvae_steps: int = 600
+    dvae_batch: int = 32
+    dvae_lr: float = 2.0e-3
+    clip_steps: int = 300
+    clip_batch: int = 64
+    clip_lr: float = 2.0e-3
+    steps: int = 600
+    """Transformer updates."""
+    batch: int = 32
+    """Transformer micro-batch."""
+    lr: float = 1.0e-3
+    samples: int = 32
+    """Samples drawn per caption; CLIP keeps the best `keep`."""
+    keep: int = 8
+    seen: int = 3
+    """Training captions evaluated beside the held-out ones."""
+    temperature: float = 1.0
+    top_k: int = 0
+    threads: int = 0
+    """torch threads; 0 keeps torch's default (one per core)."""
+
+    def validate(self, where: str = "demo") -> None:
+        for name in ("image_size", "per_scene", "vocab_size", "text_len", "dvae_steps", "dvae_batch", "clip_steps",
+                     "clip_batch", "steps", "batch", "samples", "keep"):
+            check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")
+        check(0 <= self.holdout <= 3, f"{where}.holdout", self.holdout, "must be in [0, 3] (one per shape)")
+        check(self.keep <= self.samples, f"{where}.keep", self.keep, f"must be at most samples={self.samples}")
+        check(self.holdout + self.seen > 0, f"{where}.seen", self.seen, "no captions to evaluate (holdout is 0 too)")
+        check(self.image_size % 4 == 0, f"{where}.image_size", self.image_size, "must be a multiple of 4 (dVAE)")
+
+
+SCHEMAS = {"demo": DemoConfig}
