@@ -83,14 +83,17 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, order_ptr,
 
 
 def precision(dtype: torch.dtype) -> str:
-    """How tiles are multiplied: fp32 inputs exactly (no silent TF32), half types natively on tensor cores.
+    """How tiles are multiplied: half types natively, fp32 exactly unless torch allows TF32.
+
+    fp32 follows torch's own setting, as torch's matmuls do: exact ("ieee") by default, TF32 after
+    `torch.set_float32_matmul_precision("high")`.
 
     Triton's CPU interpreter multiplies bf16 tiles as their raw uint16 bits (triton 3.x
     `create_dot` only converts fp8), so under TRITON_INTERPRET=1 half tiles are widened to fp32
     first: bf16/fp16 products are exact in fp32, so this computes what the GPU computes.
     """
     if dtype == torch.float32:
-        return "ieee"
+        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     return "upcast" if os.environ.get("TRITON_INTERPRET") == "1" else "tf32"
 
 
