@@ -200,10 +200,15 @@ class StepLoader:
         return self.iter_from_step(self.step)
 
     def state_dict(self) -> dict[str, Any]:
-        samples = self.step * self.global_batch
+        """The position to checkpoint: the next step, with what a resume must match."""
+        return self.state_at(self.step)
+
+    def state_at(self, step: int) -> dict[str, Any]:
+        """The state this loader would have before producing `step` (for a trainer that counts steps itself)."""
+        samples = step * self.global_batch
         if self.epochs is not None:
             samples = min(samples, self.epochs * self.index.total)
-        return asdict(LoaderState(self.step, samples // self.index.total, samples, self.global_batch,
+        return asdict(LoaderState(step, samples // self.index.total, samples, self.global_batch,
                                   self.seed, self.shuffle, self.index.fingerprint, self.shuffle_window))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
