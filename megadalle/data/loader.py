@@ -5,6 +5,7 @@
     for batch in loader:                 # this rank's micro-batches, step by step; loader.step advances
         ...
     ckpt["data"] = loader.state_dict()   # step, epoch, samples_seen, global_batch, seed, shuffle, fingerprint
+                                         # (or loader.state_at(step) where the trainer counts the steps)
     loader.load_state_dict(ckpt["data"]) # checks the data and seed, then the next iteration starts there
     loader.iter_from_step(n)             # or start at any step directly
     # a training task: Task.batches(start, part) ->
