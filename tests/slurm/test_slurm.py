@@ -40,6 +40,11 @@ def job_field(env, job, field):
     return None
 
 
+def node_idle(env):
+    out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout.split()
+    return out == ["idle"]
+
+
 def wait_until(predicate, timeout, what):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -71,7 +76,11 @@ def test_usr1_checkpoints_requeues_and_finishes(slurm, train_overrides, tmp_path
     assert (run_dir / "checkpoints" / "latest").is_file()
     stopped_at = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step_"))
     assert 3 <= stopped_at < STEPS, stopped_at
-    # Slurm holds a requeued batch job back ~2 minutes (its BeginTime); release it now.
+    # Slurm holds a requeued batch job back ~2 minutes (its BeginTime) so the old launch credential,
+    # revoked at one-second resolution, cannot match the new one. Release it once the node is idle
+    # and a few seconds have passed, instead of waiting the two minutes.
+    wait_until(lambda: job_field(env, job, "JobState") == "PENDING" and node_idle(env), 60, "the node to be idle")
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
     wait_until(lambda: job_field(env, job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 240,
                "the requeued job to end")
