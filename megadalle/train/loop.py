@@ -90,6 +90,8 @@ def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: Logge
     samples_seen = int(state.get("samples_seen", 0))
 
     part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
+    data_identity = task.data_identity(part)
+    check_data_identity(state.get("data_identity"), data_identity, chosen)
     if env.rank == 0 and chosen is None:
         (run_dir / "run.json").write_text(json.dumps({"task_factory": run.task_factory, "config": run.config},
                                                      indent=1, default=str))
@@ -109,7 +111,8 @@ def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: Logge
     nonfinite = int(state.get("nonfinite_losses", 0))
 
     def client_state() -> dict:
-        return {"step": step, "samples_seen": samples_seen, "data_step": step, "wandb_id": wandb_cb.run_id,
+        return {"step": step, "samples_seen": samples_seen, "data_step": step, "data_identity": data_identity,
+                "wandb_id": wandb_cb.run_id,
                 "world_size": env.world_size, "nonfinite_losses": nonfinite}
 
     try:
@@ -154,6 +157,17 @@ def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: Logge
         for cb in callbacks:
             cb.end()
     return Result(run_dir, step, stopped, losses, built.engine, built.model)
+
+
+def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str | None) -> None:
+    """Refuse to resume on data whose order differs from the checkpoint's (see Task.data_identity)."""
+    if not saved:
+        return
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            raise checkpoint.CheckpointError(
+                f"cannot resume {checkpoint_path}: it was trained with data {key}={saved.get(key)!r}, this run has "
+                f"{key}={current.get(key)!r}; an exact resume needs the same data, seed and global batch")
 
 
 def train_from_config(task: Task, cfg, task_factory: str | None = None) -> Result:

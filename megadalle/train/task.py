@@ -25,6 +25,7 @@ Contract, in the order the trainer uses it:
    `media(model, step)` returns wandb-loggable values (e.g. {"samples": [wandb.Image]}); it runs
    on every rank under torch.no_grad (ZeRO-3 gathers parameters collectively), rank 0's are logged;
    `pipeline()` returns a PipelineSpec when the model can run as a DeepSpeed PipelineModule.
+   `data_identity(part)` names what the data order depends on; a resume on other data is refused.
 5. `export_spec()` names the weights' kind and config for megadalle.weights.save_weights.
 """
 from __future__ import annotations
@@ -118,6 +119,14 @@ class Task:
     def flops_per_sample(self, model: nn.Module) -> float | None:
         """Training FLOPs (forward + backward) per sample, for MFU; None = MFU not logged."""
         return None
+
+    def data_identity(self, part: DataPart) -> dict[str, Any]:
+        """What the data order depends on (e.g. the shard set's fingerprint, seed, global batch).
+
+        Stored in every checkpoint; a resume whose identity differs is refused, because step N of
+        other data (or another order) is not where the run stopped. Empty = not checked.
+        """
+        return {}
 
     def media(self, model: nn.Module, step: int) -> dict[str, Any]:
         """wandb-loggable values (images, tables) at `step`, every `trainer.media_every` updates.

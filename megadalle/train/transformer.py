@@ -44,6 +44,14 @@ class TransformerTask(Task):
             for stream in streams:
                 yield next(stream)
 
+    def data_identity(self, part: DataPart) -> dict:
+        from megadalle.data.shards import ShardIndex
+
+        if self.data is None:
+            return {}
+        return {"fingerprint": ShardIndex.load(self.data.shards).fingerprint, "seed": self.seed,
+                "shuffle": self.data.shuffle, "global_batch": part.global_batch}
+
     def loss(self, model: Transformer, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = model.loss(batch["text"], batch["image"])
         return loss, {name: float(value) for name, value in parts.items()}
