@@ -21,7 +21,9 @@ class Console(Callback):
         if info.rank != 0:
             return
         self.file = open(info.run_dir / "metrics.jsonl", "a")
-        self.bar = tqdm(total=info.total_steps, initial=info.start_step, desc="train", dynamic_ncols=True)
+        # disable=None: a bar on a terminal, none in batch logs (Slurm output files), where the lines suffice.
+        self.bar = tqdm(total=info.total_steps, initial=info.start_step, desc="train", dynamic_ncols=True,
+                        disable=None)
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
         if self.file is None:
@@ -33,7 +35,7 @@ class Console(Callback):
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is None:
             return
-        self.bar.write(f"step {step}: " + " ".join(f"{k}={metrics[k]:.4g}" for k in SHOWN if k in metrics))
+        tqdm.write(f"step {step}: " + " ".join(f"{k}={metrics[k]:.4g}" for k in SHOWN if k in metrics))
 
     def end(self) -> None:
         if self.file is not None:

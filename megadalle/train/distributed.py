@@ -70,7 +70,8 @@ def init(dist_env: DistEnv) -> None:
                       WORLD_SIZE=str(dist_env.world_size), MASTER_ADDR=dist_env.master_addr,
                       MASTER_PORT=str(dist_env.master_port))
     if torch.cuda.is_available():
-        torch.cuda.set_device(dist_env.local_rank)
+        # One device visible per task (srun --gpus-per-task, CUDA_VISIBLE_DEVICES per rank) or all of the node's.
+        torch.cuda.set_device(dist_env.local_rank % torch.cuda.device_count())
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(auto_mpi_discovery=False)
 

@@ -95,7 +95,6 @@ def optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
 def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: int) -> Built:
     """Build the task's model and wrap it in DeepSpeed (a PipelineModule when pipeline_stages > 1)."""
     import deepspeed
-    from deepspeed.accelerator import get_accelerator
 
     dtype = training_dtype(trainer.precision)
     if world_size % ds.pipeline_stages:
@@ -113,7 +112,6 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
     opt = optimizer(module, trainer)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule.scheduler(opt, trainer),
                                            config=ds_config(trainer, ds, dp_world, dtype))
-    device = torch.device(get_accelerator().device_name(), engine.local_rank) if torch.cuda.is_available() \
-        else torch.device("cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dp_rank = engine.grid.data_parallel_id if spec is not None else engine.global_rank
     return Built(engine, model, spec, dtype, device, dp_rank, dp_world)
