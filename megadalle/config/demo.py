@@ -36,8 +36,10 @@ class DemoConfig:
     """Training captions evaluated beside the held-out ones."""
     temperature: float = 1.0
     top_k: int = 0
-    threads: int = 0
-    """torch threads; 0 keeps torch's default (one per core)."""
+    threads: int = 1
+    """torch threads of the training process; 0 keeps torch's default (one per core). One leaves the other core
+    to the data loader and, on a shared machine, avoids OpenMP threads waiting on each other (measured 4x
+    slower with 2 threads under load on 2 cores)."""
 
     def validate(self, where: str = "demo") -> None:
         for name in ("image_size", "per_scene", "vocab_size", "text_len", "dvae_steps", "dvae_batch", "clip_steps",

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from megadalle.sampling.filters import draw, filter_logits
+from megadalle.sampling.filters import sample_next
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class SamplingSettings:
     """1.0 keeps every token."""
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_codes(model, text: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None = None,
                  on_token: Callable[[int], None] | None = None) -> torch.Tensor:
     """Text ids [B, text_len] -> sampled image codes [B, grid_len] (model: a Transformer in eval mode)."""
@@ -34,7 +34,7 @@ def sample_codes(model, text: torch.Tensor, settings: SamplingSettings, generato
     logits = model.prefill(text, cache)
     codes = torch.empty(text.shape[0], grid_len, dtype=torch.long, device=text.device)
     for i in range(grid_len):
-        codes[:, i] = draw(filter_logits(logits, settings.temperature, settings.top_k, settings.top_p), generator)
+        codes[:, i] = sample_next(logits, settings.temperature, settings.top_k, settings.top_p, generator)
         if i + 1 < grid_len:
             logits = model.decode_step(codes[:, i], cache)
         if on_token is not None:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from megadalle.sampling.filters import draw, filter_logits, top_k_filter, top_p_filter
+from megadalle.sampling.filters import draw, filter_logits, sample_next, top_k_filter, top_p_filter
 
 
 def test_top_k_keeps_the_k_largest():
@@ -32,3 +32,14 @@ def test_filtered_draws_only_hit_kept_tokens_and_temperature_sharpens():
     assert (cold >= logits.softmax(-1).max(-1).values).all()
     with pytest.raises(ValueError, match="temperature=0"):
         filter_logits(logits, temperature=0)
+
+
+def test_draw_follows_the_distribution_and_sample_next_stays_in_the_filtered_set():
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    tokens = draw(probs.log().expand(20000, 3), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.bincount(tokens, minlength=3) / 20000., probs, atol=0.015, rtol=0)
+    logits = torch.randn(4000, 30)
+    kept = filter_logits(logits, 0.8, top_k=6, top_p=0.7).isfinite()
+    tokens = sample_next(logits, 0.8, top_k=6, top_p=0.7, generator=torch.Generator().manual_seed(1))
+    assert kept.gather(1, tokens[:, None]).all()
+    assert len(set(tokens[:50].tolist())) > 1
