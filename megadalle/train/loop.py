@@ -3,10 +3,12 @@
 `train(task, ...)` starts distributed (from the launcher's environment), picks the run directory
 (rank 0), builds the engine, resumes from the newest complete checkpoint, then runs updates until
 `trainer.steps`, saving every `checkpoint_every` updates, at the end, and when SIGUSR1/SIGTERM
-arrives (then it stops after the save). An update whose gradients are not finite is skipped by
-DeepSpeed's ZeRO optimizer (stages 1-3: no weight or schedule change) and counted in the logged
-`skipped_steps`; stage 0 has no such check, so a non-finite loss there stops the run instead. The data position is the update index: batches come from
-`task.batches(start_step, part)`, so resuming needs no seeking.
+arrives (then it stops after the save). The data position is the update index: batches come
+from `task.batches(start_step, part)`, so resuming needs no seeking.
+
+An update whose gradients are not finite is skipped by DeepSpeed's ZeRO optimizer (stages 1-3:
+no weight or schedule change) and counted in the logged `skipped_steps`; stage 0 has no such
+check, so a non-finite loss there stops the run instead of training on NaN weights.
 """
 from __future__ import annotations
 
@@ -61,104 +63,6 @@ class Result:
     """The task's plain model (its parameters are the engine's; under pipelines only this stage's are trained)."""
 
 
-def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig, run: RunOptions,
-          extra_callbacks: list[Callback] | None = None) -> Result:
-    env = distributed.detect()
-    distributed.init(env)
-    if trainer.ema is not None and ds.zero_stage == 3:
-        raise ValueError("trainer.ema is not supported with deepspeed.zero_stage=3 (parameters are sharded); "
-                         "set trainer.ema=null or use zero1/zero2")
-    run_dir = rundir.choose(run.run_dir, run.out_dir, task.name, env.rank)
-    rng.seed_all(run.seed)
-    built = engine_lib.build(task, trainer, ds, env.world_size)
-    trained = {id(p) for p in built.engine.module.parameters()}
-    ema = EMA(built.model, trained, trainer.ema) if trainer.ema is not None else None
-
-    ckpt_root = run_dir / "checkpoints"
-    chosen = None
-    if env.rank == 0:
-        found = checkpoint.resolve(run.resume, ckpt_root)
-        chosen = str(found) if found else None
-    chosen = distributed.broadcast_object(chosen)
-    state = {}
-    if chosen is not None:
-        state = checkpoint.load(built.engine, Path(chosen), env.rank, ema)
-        print(f"[train] rank {env.rank} resumed from {chosen} at step {state['step']}", flush=True)
-    else:
-        rng.seed_all(run.seed + 1 + env.rank)
-    start = int(state.get("step", 0))
-    samples_seen = int(state.get("samples_seen", 0))
-
-    part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
-    data_identity = task.data_identity(part)
-    check_data_identity(state.get("data_identity"), data_identity, chosen)
-    if env.rank == 0 and chosen is None:
-        (run_dir / "run.json").write_text(json.dumps({"task_factory": run.task_factory, "config": run.config},
-                                                     indent=1, default=str))
-    wandb_cb = Wandb(logger)
-    devices = env.world_size
-    speed = Speed(part.global_batch, task.tokens_per_sample(), task.flops_per_sample(built.model),
-                  logger.peak_tflops, devices)
-    callbacks: list[Callback] = [speed, Console(), wandb_cb, *(extra_callbacks or [])]
-    info = RunInfo(run_dir, env.rank, env.world_size, start, trainer.steps, run.config, state.get("wandb_id"))
-    for cb in callbacks:
-        cb.start(info)
-
-    stop = StopFlag().install()
-    runner = StepRunner(task, built, part, start)
-    losses: list[float] = []
-    step, stopped = start, False
-    nonfinite = int(state.get("nonfinite_losses", 0))
-
-    def client_state() -> dict:
-        return {"step": step, "samples_seen": samples_seen, "data_step": step, "data_identity": data_identity,
-                "wandb_id": wandb_cb.run_id,
-                "world_size": env.world_size, "nonfinite_losses": nonfinite}
-
-    try:
-        while step < trainer.steps:
-            lr = built.engine.get_lr()[0]
-            began = time.perf_counter()
-            metrics = runner.update(step)
-            if ema is not None:
-                ema.update()
-            metrics["step_seconds"] = time.perf_counter() - began
-            samples_seen += part.global_batch
-            if not math.isfinite(metrics["loss"]):
-                nonfinite += 1
-                if ds.zero_stage == 0:
-                    raise FloatingPointError(f"non-finite loss at step {step} with deepspeed.zero_stage=0, which "
-                                             "cannot skip the update; resume from the last checkpoint (ZeRO 1-3 skip it)")
-            metrics.update(lr=lr, samples_seen=samples_seen,
-                           skipped_steps=float(getattr(built.engine, "skipped_steps", 0)),
-                           nonfinite_losses=nonfinite)
-            losses.append(metrics["loss"])
-            for cb in callbacks:
-                cb.step(step, metrics)
-            if (step + 1) % trainer.log_every == 0 or step + 1 == trainer.steps:
-                for cb in callbacks:
-                    cb.log(step, metrics)
-            if trainer.media_every and (step + 1) % trainer.media_every == 0 and built.pipeline is None:
-                with torch.no_grad():
-                    values = task.media(built.model, step)
-                for cb in callbacks:
-                    cb.media(step, values)
-            step += 1
-            stopped = distributed.any_rank(stop.set)
-            periodic = trainer.checkpoint_every and step % trainer.checkpoint_every == 0
-            if stopped or periodic or step == trainer.steps:
-                checkpoint.save(built.engine, ckpt_root, step, client_state(), env.rank, ema,
-                                trainer.keep_checkpoints)
-            if stopped:
-                print(f"[train] rank {env.rank}: stop signal, checkpoint saved at step {step}", flush=True)
-                break
-    finally:
-        stop.uninstall()
-        for cb in callbacks:
-            cb.end()
-    return Result(run_dir, step, stopped, losses, built.engine, built.model)
-
-
 def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str | None) -> None:
     """Refuse to resume on data whose order differs from the checkpoint's (see Task.data_identity)."""
     if not saved:
@@ -168,6 +72,124 @@ def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str 
             raise checkpoint.CheckpointError(
                 f"cannot resume {checkpoint_path}: it was trained with data {key}={saved.get(key)!r}, this run has "
                 f"{key}={current.get(key)!r}; an exact resume needs the same data, seed and global batch")
+
+
+class Trainer:
+    """One run: set up (engine, resume, callbacks) in __init__, then `fit()`."""
+
+    def __init__(self, task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig,
+                 run: RunOptions, extra_callbacks: list[Callback] | None = None):
+        if trainer.ema is not None and ds.zero_stage == 3:
+            raise ValueError("trainer.ema is not supported with deepspeed.zero_stage=3 (parameters are sharded); "
+                             "set trainer.ema=null or use zero1/zero2")
+        self.task, self.cfg, self.ds = task, trainer, ds
+        self.env = distributed.detect()
+        distributed.init(self.env)
+        self.run_dir = rundir.choose(run.run_dir, run.out_dir, task.name, self.env.rank)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        rng.seed_all(run.seed)  # identical initial weights on every rank
+        self.built = engine_lib.build(task, trainer, ds, self.env.world_size)
+        trained = {id(p) for p in self.built.engine.module.parameters()}
+        self.ema = EMA(self.built.model, trained, trainer.ema) if trainer.ema is not None else None
+        self.part = DataPart(trainer.micro_batch, trainer.grad_accum, self.built.dp_rank, self.built.dp_world)
+        state = self._resume(run)
+        self.step = int(state.get("step", 0))
+        self.samples_seen = int(state.get("samples_seen", 0))
+        self.nonfinite = int(state.get("nonfinite_losses", 0))
+        if self.env.rank == 0 and not (self.run_dir / "run.json").is_file():
+            (self.run_dir / "run.json").write_text(json.dumps({"task_factory": run.task_factory,
+                                                               "config": run.config}, indent=1, default=str))
+        self.wandb = Wandb(logger)
+        speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
+                      logger.peak_tflops, self.env.world_size)
+        self.callbacks: list[Callback] = [speed, Console(), self.wandb, *(extra_callbacks or [])]
+        self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps, run.config,
+                            state.get("wandb_id"))
+
+    def _resume(self, run: RunOptions) -> dict:
+        """Load the checkpoint rank 0 picked (all ranks), check the data; fresh runs seed per-rank RNGs."""
+        chosen = None
+        if self.env.rank == 0:
+            found = checkpoint.resolve(run.resume, self.ckpt_root)
+            chosen = str(found) if found else None
+        chosen = distributed.broadcast_object(chosen)
+        self.data_identity = self.task.data_identity(self.part)
+        if chosen is None:
+            rng.seed_all(run.seed + 1 + self.env.rank)  # dropout differs per rank
+            return {}
+        state = checkpoint.load(self.built.engine, Path(chosen), self.env.rank, self.ema)
+        check_data_identity(state.get("data_identity"), self.data_identity, chosen)
+        print(f"[train] rank {self.env.rank} resumed from {chosen} at step {state['step']}", flush=True)
+        return state
+
+    def client_state(self) -> dict:
+        """What a checkpoint records beside DeepSpeed's own state."""
+        return {"step": self.step, "samples_seen": self.samples_seen, "data_step": self.step,
+                "data_identity": self.data_identity, "wandb_id": self.wandb.run_id,
+                "world_size": self.env.world_size, "nonfinite_losses": self.nonfinite}
+
+    def fit(self) -> Result:
+        losses: list[float] = []
+        stop = StopFlag().install()
+        stopped = False
+        runner = StepRunner(self.task, self.built, self.part, self.step)
+        for cb in self.callbacks:
+            cb.start(self.info)
+        try:
+            while self.step < self.cfg.steps and not stopped:
+                metrics = self._update(runner)
+                losses.append(metrics["loss"])
+                self._report(metrics)
+                self.step += 1
+                stopped = distributed.any_rank(stop.set)
+                periodic = self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0
+                if stopped or periodic or self.step == self.cfg.steps:
+                    checkpoint.save(self.built.engine, self.ckpt_root, self.step, self.client_state(), self.env.rank,
+                                    self.ema, self.cfg.keep_checkpoints)
+            if stopped:
+                print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}", flush=True)
+        finally:
+            stop.uninstall()
+            for cb in self.callbacks:
+                cb.end()
+        return Result(self.run_dir, self.step, stopped, losses, self.built.engine, self.built.model)
+
+    def _update(self, runner: StepRunner) -> dict[str, float]:
+        """One optimizer update plus its bookkeeping metrics."""
+        lr = self.built.engine.get_lr()[0]
+        began = time.perf_counter()
+        metrics = runner.update(self.step)
+        if self.ema is not None:
+            self.ema.update()
+        metrics["step_seconds"] = time.perf_counter() - began
+        self.samples_seen += self.part.global_batch
+        if not math.isfinite(metrics["loss"]):
+            self.nonfinite += 1
+            if self.ds.zero_stage == 0:
+                raise FloatingPointError(f"non-finite loss at step {self.step} with deepspeed.zero_stage=0, which "
+                                         "cannot skip the update; resume from the last checkpoint (ZeRO 1-3 skip it)")
+        metrics.update(lr=lr, samples_seen=self.samples_seen, nonfinite_losses=self.nonfinite,
+                       skipped_steps=float(getattr(self.built.engine, "skipped_steps", 0)))
+        return metrics
+
+    def _report(self, metrics: dict[str, float]) -> None:
+        step = self.step
+        for cb in self.callbacks:
+            cb.step(step, metrics)
+        if (step + 1) % self.cfg.log_every == 0 or step + 1 == self.cfg.steps:
+            for cb in self.callbacks:
+                cb.log(step, metrics)
+        if self.cfg.media_every and (step + 1) % self.cfg.media_every == 0 and self.built.pipeline is None:
+            with torch.no_grad():
+                values = self.task.media(self.built.model, step)
+            for cb in self.callbacks:
+                cb.media(step, values)
+
+
+def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig, run: RunOptions,
+          extra_callbacks: list[Callback] | None = None) -> Result:
+    """Train `task` to `trainer.steps` updates (resuming if the run has checkpoints); see the module docstring."""
+    return Trainer(task, trainer, ds, logger, run, extra_callbacks).fit()
 
 
 def train_from_config(task: Task, cfg, task_factory: str | None = None) -> Result:
