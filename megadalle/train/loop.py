@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from megadalle.config import check
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
 from megadalle.train import checkpoint, distributed, engine as engine_lib, rng, rundir
 from megadalle.train.callbacks import Callback, RunInfo
@@ -79,9 +80,9 @@ class Trainer:
 
     def __init__(self, task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig,
                  run: RunOptions, extra_callbacks: list[Callback] | None = None):
-        if trainer.ema is not None and ds.zero_stage == 3:
-            raise ValueError("trainer.ema is not supported with deepspeed.zero_stage=3 (parameters are sharded); "
-                             "set trainer.ema=null or use zero1/zero2")
+        check(trainer.ema is None or ds.zero_stage < 3, "trainer.ema", trainer.ema,
+              "EMA is not supported with deepspeed.zero_stage=3 (parameters are sharded); set trainer.ema=null "
+              "or use zero1/zero2")
         self.task, self.cfg, self.ds = task, trainer, ds
         self.env = distributed.detect()
         distributed.init(self.env)
