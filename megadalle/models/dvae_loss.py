@@ -79,7 +79,7 @@ def elbo_loss(images: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, b
     over the image's grid cells. Metrics: the per-pixel-channel NLL, the KL per grid cell, and
     the mean squared error of the decoded median in [0, 1] (a scale everyone reads).
     """
-    nll = logit_laplace_nll(map_pixels(images, eps), stats[:, :3], stats[:, 3:])
+    nll = logit_laplace_nll(map_pixels(images.float(), eps), stats[:, :3], stats[:, 3:])
     kl = kl_to_uniform(logits)
     cells, pixel_channels = logits.shape[2] * logits.shape[3], images.shape[1] * images.shape[2] * images.shape[3]
     loss = nll + beta * kl * cells / pixel_channels

@@ -10,10 +10,12 @@ from megadalle.data.shards import ShardWriter
 PALETTE = torch.tensor([[0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1.0]])
 
 
-def rectangles(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """[n, 3, size, size] in [0, 1]: a palette background with one palette rectangle a quarter to half the side."""
+def rectangles(n: int, size: int, seed: int = 0, white: bool = False) -> torch.Tensor:
+    """[n, 3, size, size] in [0, 1]: a palette (or white) background with one palette rectangle a quarter to
+    half the side."""
     g = torch.Generator().manual_seed(seed)
-    images = PALETTE[torch.randint(0, 8, (n,), generator=g)].view(n, 3, 1, 1).repeat(1, 1, size, size)
+    backgrounds = torch.ones(n, dtype=torch.long) if white else torch.randint(0, 8, (n,), generator=g)
+    images = PALETTE[backgrounds].view(n, 3, 1, 1).repeat(1, 1, size, size)
     lo = torch.randint(0, size // 2, (n, 2), generator=g)
     hi = lo + torch.randint(size // 4, size // 2 + 1, (n, 2), generator=g)
     colour = PALETTE[torch.randint(0, 8, (n,), generator=g)]
@@ -51,3 +53,12 @@ def small_dvae_config():
     return DVAEConfig(image_size=32, n_hid=16, n_blk_per_group=1, n_groups=3, vocab_size=64, n_init=16)
 
 
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 threads made a small model's step ~20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
