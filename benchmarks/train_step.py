@@ -111,8 +111,8 @@ def main() -> None:
     row = measure(args.model, args.micro_batch, args.steps, args.warmup, args.activation_checkpointing, args.peak_tflops)
     row["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     row["load_average"] = os.getloadavg()
-    print(f"| model | device | dtype | micro batch | seq | params | step s | tokens/s | TFLOP/s | peak | MFU |")
-    print(f"|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | device | dtype | micro batch | seq | params | step s | tokens/s | TFLOP/s | peak | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {row['model']} | {row['device']} | {row['dtype']} | {row['micro_batch']} | {row['seq_len']} | "
           f"{row['params'] / 1e6:.2f}M | {row['step_seconds']:.3f} | {row['tokens_per_s']:.0f} | "
           f"{row['achieved_tflops']:.4f} | {row['peak_tflops']:.3f} | {100 * row['mfu']:.1f}% |")

@@ -1,7 +1,7 @@
-"""The distributed tests import their helpers (toy task, launch, tokens) from this folder."""
+"""The distributed tests import their helpers (dist_*.py: toy task, launcher, token data) from this folder."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fixtures import token_data, train_overrides  # noqa: E402,F401
+from dist_fixtures import token_data, train_overrides  # noqa: E402,F401

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-import launch
+import dist_launch as launch
 
 
 @pytest.mark.distributed

@@ -3,11 +3,12 @@ EMA = 0.5 * initial + 0.5 * trained, checked against an independent rebuild of t
 import pytest
 import torch
 
-import launch
 from megadalle.export import export
 from megadalle.train import rng
 from megadalle.weights import load_weights
-from toy import ToyTask
+
+import dist_launch as launch
+from dist_toy import ToyTask
 
 
 @pytest.mark.distributed

@@ -1,18 +1,19 @@
 """`megadalle export` of a ZeRO-3 run and of a 2-stage pipeline run gives the trained model's logits.
 
 The training ranks record the logits of a probe batch from the model still inside DeepSpeed
-(train_worker.py); the exported safetensors, loaded into a fresh plain Transformer, must agree.
+(dist_train_worker.py); the exported safetensors, loaded into a fresh plain Transformer, must agree.
 """
 import pytest
 import torch
 
-import launch
 from megadalle.cli import main as cli
 from megadalle.config.compose import compose
 from megadalle.config.model import TransformerConfig
 from megadalle.models.transformer import Transformer
 from megadalle.weights import load_weights
-from train_worker import probe_batch
+
+import dist_launch as launch
+from dist_train_worker import probe_batch
 
 
 @pytest.mark.distributed
@@ -20,7 +21,7 @@ from train_worker import probe_batch
 def test_export_matches_trained_logits(layout, train_overrides, tmp_path):
     overrides = [*train_overrides, f"deepspeed={layout}", f"run_dir={tmp_path / 'run'}"]
     launch.run(2, {"overrides": overrides, "probe": str(tmp_path / "probe.pt")}, tmp_path / "logs",
-               script="train_worker.py")
+               script="dist_train_worker.py")
     assert cli(["export", f"run={tmp_path / 'run'}", f"output={tmp_path / 'model.safetensors'}"]) == 0
 
     state, config = load_weights(tmp_path / "model.safetensors", kind="transformer")

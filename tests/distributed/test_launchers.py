@@ -9,9 +9,10 @@ import subprocess
 
 import pytest
 
-import launch
 from megadalle.train.checkpoint import damage
 from megadalle.train.distributed import free_port
+
+import dist_launch as launch
 
 
 def check_run(run_dir):

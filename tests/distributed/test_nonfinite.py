@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import launch
+import dist_launch as launch
 
 
 @pytest.mark.distributed

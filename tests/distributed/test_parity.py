@@ -6,7 +6,7 @@ through 2 stages (see DataPart: accumulation step a of rank r reads micro-batch 
 """
 import pytest
 
-import launch
+import dist_launch as launch
 
 LAYOUTS = {
     "zero1": (2, {"zero_stage": 1}),

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-import launch
+import dist_launch as launch
 
 OPTS = {"zero_stage": 1, "steps": 9, "checkpoint_every": 3, "dropout": True}
 

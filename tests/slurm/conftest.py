@@ -4,4 +4,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "distributed"))
 
-from fixtures import token_data, train_overrides  # noqa: E402,F401
+from dist_fixtures import token_data, train_overrides  # noqa: E402,F401

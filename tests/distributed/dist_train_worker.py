@@ -1,6 +1,6 @@
 """One rank of `megadalle train` (the tiny Transformer) that also records the trained model's logits.
 
-`python train_worker.py '{"overrides": [...], "probe": "<path>"}'`: trains through the same
+`python dist_train_worker.py '{"overrides": [...], "probe": "<path>"}'`: trains through the same
 `train_from_config` as the CLI, then runs a fixed probe batch through the trained model still
 inside DeepSpeed and saves the logits (rank 0 under ZeRO, the last stage under a pipeline), for
 comparison with the exported weights.

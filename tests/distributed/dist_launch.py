@@ -21,7 +21,7 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def spawn(world: int, opts: dict, log_dir: Path, script: str = "worker.py") -> list[subprocess.Popen]:
+def spawn(world: int, opts: dict, log_dir: Path, script: str = "dist_worker.py") -> list[subprocess.Popen]:
     """Start `world` ranks of `script` (toy worker by default) with `opts`; output to log_dir/rank<N>.log."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,7 @@ def wait(procs: list[subprocess.Popen], log_dir: Path, timeout: float = 240) -> 
         raise AssertionError(f"ranks failed: {codes}\n{tails}")
 
 
-def run(world: int, opts: dict, log_dir: Path, timeout: float = 240, script: str = "worker.py") -> None:
+def run(world: int, opts: dict, log_dir: Path, timeout: float = 240, script: str = "dist_worker.py") -> None:
     wait(spawn(world, opts, log_dir, script), log_dir, timeout)
 
 

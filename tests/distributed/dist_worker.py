@@ -1,4 +1,4 @@
-"""One rank of a toy training run: `python worker.py '<json options>'` (ranks come from the env).
+"""One rank of a toy training run: `python dist_worker.py '<json options>'` (ranks come from the env).
 
 Used by the distributed tests to train the toy task under any layout; the losses land in
 `<run_dir>/metrics.jsonl` (rank 0).
@@ -10,7 +10,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from toy import ToyTask  # noqa: E402
+from dist_toy import ToyTask  # noqa: E402
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig  # noqa: E402
 from megadalle.train.callbacks import Callback  # noqa: E402
@@ -25,7 +25,7 @@ def main(opts: dict) -> None:
     ds = DeepSpeedConfig(zero_stage=opts.get("zero_stage", 1), pipeline_stages=opts.get("pipeline_stages", 1))
     run = RunOptions(run_dir=opts["run_dir"], resume=opts.get("resume", "auto"), seed=0,
                      config={"data_seed": 0, "dropout": opts.get("dropout", True)},
-                     task_factory="toy:build_toy_task")
+                     task_factory="dist_toy:build_toy_task")
     train(ToyTask(dropout=opts.get("dropout", True), nan_step=opts.get("nan_step")), trainer, ds, LoggerConfig(mode=opts.get("wandb", "disabled")), run,
           extra_callbacks=[Sleep(opts.get("step_sleep", 0.0))])
 

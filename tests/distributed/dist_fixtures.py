@@ -1,7 +1,7 @@
 """Fixtures shared by tests/distributed and tests/slurm: the tiny token data set and train overrides."""
 import pytest
 
-from tokens import make_token_data
+from dist_tokens import make_token_data
 
 
 @pytest.fixture(scope="session")
