@@ -121,7 +121,10 @@ def train_dvae(cfg: DictConfig) -> Path | None:
 
     verb = build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "")
     build(RunConfig, {"run_dir": verb.run_dir, "resume": verb.resume}, "")
-    result = train_from_config(task_from_config(cfg), cfg, FACTORY)
+    task = task_from_config(cfg)
+    check(task.data is not None and (Path(task.data.shards) / "index.json").is_file(), "data.shards",
+          cfg.data.get("shards"), "is not a finished image shard directory (no index.json); run `megadalle prepare`")
+    result = train_from_config(task, cfg, FACTORY)
     print(f"[train-dvae] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
           f"run directory {result.run_dir}")
     if result.stopped_by_signal or int(getattr(result.engine, "global_rank", 0)) != 0:

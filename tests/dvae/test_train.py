@@ -68,3 +68,9 @@ def test_task_reports_codebook_use_and_logs_a_reconstruction_grid(image_shards):
 def test_train_dvae_verb_rejects_bad_values_naming_them(override, key, capsys, image_shards):
     assert main(["train-dvae", f"data.shards={image_shards}", "dvae=tiny", override]) == 2
     assert key in capsys.readouterr().err
+
+
+def test_train_dvae_refuses_a_folder_without_shards_before_training(tmp_path, capsys):
+    assert main(["train-dvae", f"data.shards={tmp_path}", "dvae=tiny", f"run_dir={tmp_path / 'run'}"]) == 2
+    assert f"data.shards='{tmp_path}'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
