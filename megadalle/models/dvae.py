@@ -146,6 +146,10 @@ class DVAE(nn.Module):
         stats = self.decoder.net(self.decoder.embed(codes))
         return self.stats_to_images(stats)
 
+    def flops_per_image(self) -> int:
+        """Forward FLOPs of one image through encoder and decoder (see `flops_per_image` below)."""
+        return flops_per_image(self.cfg)
+
 
 def flops_per_image(cfg: DVAEConfig, part: str = "both") -> int:
     """Forward FLOPs of one image through the encoder, the decoder or both (2 x multiply-adds of the convs).

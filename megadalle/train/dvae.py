@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from megadalle.config import build, check, top_level
 from megadalle.config.data import DataConfig
 from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
-from megadalle.models.dvae import DVAE, flops_per_image
+from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
 from megadalle.train.task import Batch, DataPart, ExportSpec, Task
 
@@ -78,7 +78,7 @@ class DVAETask(Task):
         return loss, metrics
 
     def flops_per_sample(self, model: DVAE) -> float:
-        return 3.0 * flops_per_image(self.cfg)
+        return 3.0 * model.flops_per_image()  # forward + backward (twice the forward)
 
     def media(self, model: DVAE, step: int) -> dict[str, Any]:
         if self._last_images is None:

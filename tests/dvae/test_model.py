@@ -25,6 +25,7 @@ def test_paper_config_gives_32x32_codes_over_8192_on_meta():
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.encoder.modules()) == 3
     assert sum(isinstance(m, torch.nn.Upsample) for m in model.decoder.modules()) == 3
     assert 4e11 < flops_per_image(cfg) < 8e11
+    assert DVAE(TINY).flops_per_image() == flops_per_image(TINY) > 0
 
 
 def test_encode_then_decode_shapes_and_range():
