@@ -9,6 +9,7 @@ grids, and judges the samples with a pixel check that no model took part in (dem
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -135,7 +136,8 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0) -> dict:
 
     train_models(d, out, shards, tokenizer, Tokenizer(tokenizer).vocab_size, timer)
     began = time.perf_counter()
-    scenes = [("heldout", s) for s in held] + [("seen", s) for s in train[:: max(1, len(train) // d.seen)][: d.seen]]
+    seen = random.Random(seed).sample(train, min(d.seen, len(train)))
+    scenes = [("heldout", s) for s in held] + [("seen", s) for s in seen]
     accuracy = evaluate(d, out, scenes, seed)
     timer("generate + judge", began)
     main = accuracy.get("heldout", accuracy.get("seen"))["reranked"]

@@ -24,7 +24,7 @@ class SamplingSettings:
     """1.0 keeps every token."""
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def sample_codes(model, text: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None = None,
                  on_token: Callable[[int], None] | None = None) -> torch.Tensor:
     """Text ids [B, text_len] -> sampled image codes [B, grid_len] (model: a Transformer in eval mode)."""
