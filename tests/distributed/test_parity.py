@@ -1,25 +1,27 @@
-"""One process vs ZeRO-1/2/3 and a 2-stage pipeline on 2 gloo processes: the same losses step by step.
+"""One process vs ZeRO-1/2/3 and a 2-stage pipeline on gloo processes: the same losses step by step.
 
-All layouts read the same global batch of 4 per update: one process accumulates 2 micro-batches
-of 2, ZeRO runs 2 data-parallel ranks of 2, the pipeline 1 data-parallel rank of 2 micro-batches
-through 2 stages (see DataPart: accumulation step a of rank r reads micro-batch a * ranks + r).
+Every layout reads the same global batch of 8 per update, as 4 micro-batches of 2: one process
+accumulates all 4; ZeRO runs 2 data-parallel ranks accumulating 2 each; the 2-stage pipeline
+runs its 4 micro-batches through 2 processes, and with 4 processes as 2 stages x 2 data-parallel
+ranks (see DataPart: accumulation step a of rank r reads micro-batch a * ranks + r).
 """
 import pytest
 
 import dist_launch as launch
 
 LAYOUTS = {
-    "zero1": (2, {"zero_stage": 1}),
-    "zero2": (2, {"zero_stage": 2}),
-    "zero3": (2, {"zero_stage": 3}),
-    "pipe2": (2, {"zero_stage": 1, "pipeline_stages": 2, "grad_accum": 2}),
+    "zero1": (2, {"zero_stage": 1, "grad_accum": 2}),
+    "zero2": (2, {"zero_stage": 2, "grad_accum": 2}),
+    "zero3": (2, {"zero_stage": 3, "grad_accum": 2}),
+    "pipe2": (2, {"zero_stage": 1, "pipeline_stages": 2, "grad_accum": 4}),
+    "pipe2x2dp": (4, {"zero_stage": 1, "pipeline_stages": 2, "grad_accum": 2}),
 }
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("single")
-    launch.run(1, {"run_dir": str(root / "run"), "grad_accum": 2, "dropout": False}, root / "logs")
+    launch.run(1, {"run_dir": str(root / "run"), "grad_accum": 4, "dropout": False}, root / "logs")
     return launch.losses(root / "run")
 
 
