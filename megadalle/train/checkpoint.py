@@ -103,6 +103,9 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None,
     """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints."""
     tag = tag_of(step)
     path = root / tag
+    if rank == 0 and path.exists():  # an unfinished save of this step by a killed job: start clean
+        shutil.rmtree(path)
+    barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
     torch.save(rng.capture(), path / f"rng_rank{rank:05d}.pt")
     if ema is not None:
