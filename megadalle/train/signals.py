@@ -7,6 +7,7 @@ updates on all ranks together (one rank may get the signal before the others).
 from __future__ import annotations
 
 import signal
+import threading
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -17,6 +18,9 @@ class StopFlag:
         self._previous = {}
 
     def install(self) -> "StopFlag":
+        """Take over the stop signals (only possible from the main thread; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            return self
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
