@@ -72,7 +72,8 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     from megadalle.train.transformer import FACTORY, task_from_config
 
     began = time.perf_counter()
-    train_dvae(compose("train-dvae", ["dvae=tiny", f"dvae.image_size={d.image_size}", f"data.shards={shards}",
+    train_dvae(compose("train-dvae", ["dvae=tiny", f"dvae.image_size={d.image_size}", f"dvae.n_groups={d.dvae_groups}",
+                                      f"dvae.objective.tau_anneal_steps={d.dvae_steps}", f"data.shards={shards}",
                                       f"weights={out / 'dvae.safetensors'}", f"run_dir={out / 'runs/dvae'}",
                                       *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr)]))
     timer("train-dvae", began)

@@ -1,31 +1,35 @@
 """A pixel check of the demo's images, independent of every learned model.
 
 The demo's accuracy must not be judged by its own CLIP (a model grading itself), so this reads
-the pixels: each pixel is labelled with its nearest reference colour (the white background or a
-palette colour); the shape's colour is the most frequent palette label; its shape follows from
-how much of its bounding box that colour fills (square ~1, circle ~pi/4, triangle ~1/2); its
-position from its centroid.
+the pixels. A pixel's "ink" is its distance from the white background: the shape is the pixels
+with at least half the image's strongest ink, its colour the palette colour whose ink points the
+same way (a hue test, so a decoder that washes colours out is not punished for paleness); its
+shape follows from how much of its bounding box that colour fills (square ~1, circle ~pi/4,
+triangle ~1/2); its position from its centroid.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from megadalle.demo_data import COLOURS, POSITIONS, Scene
 
 PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255
 
 
-def judge(image: torch.Tensor, min_pixels: int = 6) -> Scene | None:
+def judge(image: torch.Tensor, min_pixels: int = 6, min_ink: float = 0.15) -> Scene | None:
     """The scene an image [3, S, S] in [0, 1] shows, or None when no shape stands out."""
-    pixels = image.permute(1, 2, 0).reshape(-1, 3).float()
-    # Each pixel goes to its nearest reference colour (white or a palette colour): on a blurred
-    # edge that is the 50% contour, so outlines survive a soft decoder.
-    nearest = torch.cdist(pixels, torch.cat([torch.ones(1, 3), PALETTE])).argmin(-1)
-    if (nearest > 0).sum() < min_pixels:
+    ink = 1 - image.permute(1, 2, 0).reshape(-1, 3).float()  # distance from the white background, per channel
+    strength = ink.norm(dim=-1)
+    # Half the strongest ink is the shape's outline even when a soft decoder washes colours out.
+    foreground = strength > max(min_ink, 0.5 * float(strength.max()))
+    if foreground.sum() < min_pixels:
         return None
-    colour_index = int(torch.bincount(nearest[nearest > 0] - 1, minlength=len(PALETTE)).argmax())
+    hue = F.normalize(ink, dim=-1) @ F.normalize(1 - PALETTE, dim=-1).t()
+    label = hue.argmax(-1)
+    colour_index = int(torch.bincount(label[foreground], minlength=len(PALETTE)).argmax())
     size = image.shape[-1]
-    mask = (nearest == colour_index + 1).view(size, size)
+    mask = (foreground & (label == colour_index)).view(size, size)
     rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
     height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
     fill = float(mask.sum()) / (height * width)

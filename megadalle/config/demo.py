@@ -18,7 +18,10 @@ class DemoConfig:
     """BPE vocabulary asked of the tokenizer (the captions use a few dozen words)."""
     text_len: int = 12
     """Caption tokens of the Transformer and CLIP."""
+    dvae_groups: int = 3
+    """The dVAE's block groups; the code grid is image_size / 2**(dvae_groups - 1) on a side."""
     dvae_steps: int = 600
+    """dVAE updates; its temperature anneal is fitted to them."""
     dvae_batch: int = 32
     dvae_lr: float = 2.0e-3
     clip_steps: int = 300
@@ -48,7 +51,10 @@ class DemoConfig:
         check(0 <= self.holdout <= 3, f"{where}.holdout", self.holdout, "must be in [0, 3] (one per shape)")
         check(self.keep <= self.samples, f"{where}.keep", self.keep, f"must be at most samples={self.samples}")
         check(self.holdout + self.seen > 0, f"{where}.seen", self.seen, "no captions to evaluate (holdout is 0 too)")
-        check(self.image_size % 4 == 0, f"{where}.image_size", self.image_size, "must be a multiple of 4 (dVAE)")
+        check(self.dvae_groups >= 1, f"{where}.dvae_groups", self.dvae_groups, "must be positive")
+        down = 2 ** (self.dvae_groups - 1)
+        check(self.image_size % down == 0, f"{where}.image_size", self.image_size,
+              f"must be a multiple of the dVAE's downsampling 2**(dvae_groups-1) = {down}")
 
 
 SCHEMAS = {"demo": DemoConfig}
