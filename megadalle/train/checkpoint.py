@@ -117,10 +117,18 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None,
         atomic_write(path / MANIFEST, json.dumps({"step": step, "files": files}, indent=1))
         atomic_write(root / LATEST, tag)
         if keep:
-            for old in complete_tags(root)[:-keep]:
-                shutil.rmtree(root / old, ignore_errors=True)
+            prune(root, keep)
     barrier()
     return path
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; delete every step directory older than them
+    (complete or not: an unfinished save older than a complete one will never be resumed)."""
+    kept = complete_tags(root)[-keep:]
+    for path in root.glob("step_*"):
+        if TAG.match(path.name) and kept and path.name < kept[0]:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load(engine, path: Path, rank: int, ema=None) -> dict:

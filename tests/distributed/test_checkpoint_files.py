@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from megadalle.train.checkpoint import CheckpointError, damage, find_resumable, resolve
+from megadalle.train.checkpoint import CheckpointError, damage, find_resumable, prune, resolve
 
 
 def fake_checkpoint(root, step, complete=True):
@@ -51,3 +51,12 @@ def test_fresh_and_explicit_resumes(tmp_path):
         resolve("never", tmp_path)
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
         resolve(str(tmp_path / "nope"), tmp_path)
+
+
+def test_prune_keeps_newest_complete_and_drops_older_leftovers(tmp_path):
+    fake_checkpoint(tmp_path, 1, complete=False)
+    for step in (2, 4, 6):
+        fake_checkpoint(tmp_path, step)
+    fake_checkpoint(tmp_path, 8, complete=False)  # a save in progress is never touched
+    prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006", "step_00000008"]
