@@ -7,10 +7,15 @@ the stages never read the command line themselves, so `demo` and the tests call 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from dataclasses import dataclass
 
 from megadalle.config.compose import compose
+
+LOCAL_RANK_FLAG = re.compile(r"^--local[_-]rank(=\d+)?$")
+"""Added by `deepspeed` without `--no_local_rank`; ranks come from the environment, so it is dropped
+before hydra (which would reject it) sees the overrides."""
 
 USAGE = "usage: megadalle <verb> [key=value ...]   (megadalle <verb> --help shows the verb's config)"
 
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print_help()
         return 0 if argv else 2
-    verb, rest = argv[0], argv[1:]
+    verb, rest = argv[0], [a for a in argv[1:] if not LOCAL_RANK_FLAG.match(a)]
     if verb not in VERBS:
         print(f"megadalle: unknown verb {verb!r}.\n", file=sys.stderr)
         print_help()
@@ -73,15 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from hydra.errors import HydraException
 
-    from megadalle.config import ConfigError
+    from megadalle.errors import UserError
 
     try:
         cfg = compose(verb, rest)
         stage = resolve(verb)
         result = stage(cfg)
-    except (ConfigError, HydraException) as err:
+    except HydraException as err:
         cause = f" ({err.__cause__})" if err.__cause__ else ""
         print(f"megadalle {verb}: bad config: {err}{cause}", file=sys.stderr)
+        return 2
+    except UserError as err:
+        print(f"megadalle {verb}: {err}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
 

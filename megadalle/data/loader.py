@@ -55,9 +55,10 @@ from megadalle.data.batches import BatchMaker, ImageBatches, TokenBatches
 from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.order import Order, reader_positions
 from megadalle.data.shards import SampleReader, ShardIndex
+from megadalle.errors import UserError
 
 
-class LoaderStateError(ValueError):
+class LoaderStateError(UserError, ValueError):
     """A saved loader position that does not fit this loader (other data, seed or global batch)."""
 
 

@@ -24,13 +24,14 @@ import torch
 
 from megadalle.train import rng
 from megadalle.train.distributed import barrier
+from megadalle.errors import UserError
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
 TAG = re.compile(r"^step_(\d{8})$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the path and the reason."""
 
 

@@ -40,3 +40,21 @@ def test_unknown_verb_and_bad_override_exit_non_zero(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "megadalle", "--help"], capture_output=True, text=True, check=True).stdout
     assert "train-dvae" in out
+
+
+def test_local_rank_from_the_deepspeed_launcher_never_reaches_hydra(capsys):
+    assert main(["plan", "model=tiny", "gpus=1", "gpu_mem_gb=8", "--local_rank=3"]) == 0
+    assert "suggested layout" in capsys.readouterr().out
+
+
+def test_user_errors_print_one_line(monkeypatch, capsys):
+    from megadalle import cli
+    from megadalle.train.checkpoint import CheckpointError
+
+    def refuse(cfg):
+        raise CheckpointError("outputs/run/checkpoints/step_00000004: manifest missing")
+
+    monkeypatch.setattr(cli, "resolve", lambda verb: refuse)
+    assert main(["plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "megadalle plan: outputs/run/checkpoints/step_00000004: manifest missing"
