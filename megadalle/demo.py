@@ -90,7 +90,8 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     began = time.perf_counter()
     cfg = compose("train", ["model=tiny", f"model.text_len={d.text_len}", f"model.text_vocab={vocab}",
                             f"model.grid_size={dvae.cfg.grid_size}", f"model.image_vocab={dvae.cfg.vocab_size}",
-                            f"data.shards={out / 'tokens'}", f"data.tokenizer={tokenizer}", f"run_dir={out / 'runs/dalle'}",
+                            f"data.shards={out / 'tokens'}", f"data.tokenizer={tokenizer}", "data.bpe_dropout=0.0",
+                            f"run_dir={out / 'runs/dalle'}",
                             *trainer_overrides(d.steps, d.batch, d.lr)])
     result = train_from_config(task_from_config(cfg), cfg, FACTORY)
     export(result.run_dir, out / "model.safetensors")
