@@ -8,7 +8,8 @@ the gradients too, ZeRO-3 the weights too. Pipeline stages split the layers (Dee
 pipeline only with ZeRO-1). Activations follow Korthikanti et al. (2022) with flash-style
 attention (no seq^2 term): about 34 * seq * micro_batch * d_model bytes per layer, or only the
 layer input (2 * seq * micro_batch * d_model bytes) per layer with activation checkpointing plus
-one layer recomputed at a time.
+one layer recomputed at a time. Step time counts compute, recompute and the pipeline bubble, not
+communication, so between layouts that fit equally fast the one with less sharding wins.
 """
 from __future__ import annotations
 
@@ -118,6 +119,17 @@ def suggest(cfg: TransformerConfig, plan: PlanConfig, params: int, edges: int) -
     return min(fits, key=lambda lay: (round(step_seconds(fpt, cfg, plan, lay), 6), lay.zero, lay.pipeline, -lay.micro_batch))
 
 
+def launch_overrides(layout: Layout, accumulation: int) -> str:
+    """The `megadalle train` overrides that realise `layout` (conf/deepspeed, conf/trainer)."""
+    parts = [f"deepspeed=pipe deepspeed.pipeline_stages={layout.pipeline}" if layout.pipeline > 1
+             else f"deepspeed=zero{layout.zero}"]
+    if layout.zero == 3:
+        parts.append("trainer.ema=null")  # EMA needs whole parameters on every rank
+    parts += [f"model.activation_checkpointing={str(layout.checkpointing).lower()}",
+              f"trainer.micro_batch={layout.micro_batch}", f"trainer.grad_accum={accumulation}"]
+    return " ".join(parts)
+
+
 def report(cfg: TransformerConfig, plan: PlanConfig) -> str:
     params, edges = count_parameters(cfg)
     fpt = transformer_flops_per_token(cfg)
@@ -153,8 +165,7 @@ def report(cfg: TransformerConfig, plan: PlanConfig) -> str:
         f"MFU {plan.assumed_mfu:.0%}){' x 4/3 recompute' if best.checkpointing else ''}"
         f"{f' x (1 + {best.pipeline - 1}/{accumulation} pipeline bubble)' if best.pipeline > 1 else ''}; "
         f"{tokens_per_step / seconds:,.0f} tokens/s",
-        f"launch with: deepspeed={'pipe' if best.pipeline > 1 else f'zero{best.zero}'} "
-        f"model.activation_checkpointing={str(best.checkpointing).lower()} trainer.micro_batch={best.micro_batch}",
+        f"launch with: megadalle train {launch_overrides(best, accumulation)}",
     ]
     return "\n".join(lines)
 

@@ -70,3 +70,19 @@ def test_impossible_request_is_refused_with_a_reason(capsys):
 def test_bad_plan_value_is_named(capsys):
     assert main(["plan", "gpus=0"]) == 2
     assert "gpus=0: must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gpus,mem", [(64, 80), (16, 40), (32, 16), (8, 80)])
+def test_suggested_launch_overrides_compose_into_a_valid_train_config(gpus, mem):
+    from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+    from megadalle.plan import launch_overrides
+
+    model, plan = plan_for("model=12b", f"gpus={gpus}", f"gpu_mem_gb={mem}")
+    params, edges = count_parameters(model)
+    best = suggest(model, plan, params, edges)
+    overrides = launch_overrides(best, plan.global_batch // (best.data_parallel * best.micro_batch)).split()
+    cfg = compose("train", ["model=12b", *overrides])
+    trainer = build(TrainerConfig, cfg.trainer, "trainer")
+    ds = build(DeepSpeedConfig, cfg.deepspeed, "deepspeed")
+    assert trainer.micro_batch * trainer.grad_accum * best.data_parallel == plan.global_batch
+    assert (ds.pipeline_stages, ds.zero_stage) == (best.pipeline, best.zero)
