@@ -6,7 +6,7 @@ Output sample: `codes.npy` (uint16 [H, W], the encoder's argmax as in the paper:
 DATA's ShardWriter in a hidden staging folder and renamed into place when complete: a rerun after
 a crash skips every shard already there with the input's sample count and redoes only the rest.
 index.json goes last, once every shard is complete. Several processes (RANK/WORLD_SIZE or srun)
-split the shards round-robin; whichever finishes last writes the index.
+split the (non-empty) shards round-robin; whichever finishes last writes the index.
 """
 from __future__ import annotations
 
@@ -67,18 +67,19 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX_NAME).unlink(missing_ok=True)
-    mine = [(info, path) for i, (info, path) in enumerate(zip(source.shards, source.paths())) if i % world_size == rank]
+    shards = [(info, path) for info, path in zip(source.shards, source.paths()) if info.count > 0]
+    mine = shards[rank::world_size]
     todo = [(info, path) for info, path in mine if not shard_done(out / info.name, info.count)]
     total, done = sum(i.count for i, _ in mine), sum(i.count for i, _ in mine) - sum(i.count for i, _ in todo)
     with tqdm(total=total, initial=done, unit="img", desc=f"encode {source.root.name}", disable=rank != 0) as bar:
         for info, path in todo:
             encode_shard(model, path, out / info.name, field, batch_size, bar)
-    if not all(shard_done(out / info.name, info.count) for info in source.shards):
+    if not all(shard_done(out / info.name, info.count) for info, _ in shards):
         return None
-    shards = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info in source.shards]
+    infos = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info, _ in shards]
     meta = {"grid_size": model.cfg.grid_size, "vocab_size": model.cfg.vocab_size,
             "image_size": model.cfg.image_size, "source": str(source.root)}
-    index = ShardIndex(out, shards, ["codes.npy", "json", "txt"], meta)
+    index = ShardIndex(out, infos, ["codes.npy", "json", "txt"], meta)
     index.save()
     return index
 

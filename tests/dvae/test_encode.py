@@ -80,3 +80,11 @@ def test_encode_verb_runs_and_rejects_bad_values(tmp_path, image_shards, weights
     assert "batch_size=0" in capsys.readouterr().err
     assert main(["encode", *args[1:], "dvae_weights=model.pt"]) == 2
     assert "dvae_weights='model.pt'" in capsys.readouterr().err
+
+
+def test_two_processes_split_the_shards_and_the_last_one_writes_the_index(tmp_path, image_shards, weights):
+    model = load_dvae(weights)
+    assert encode_shards(model, image_shards, tmp_path, rank=0, world_size=2) is None  # shards 0 and 2
+    assert sorted(p.name for p in tmp_path.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000002.tar"]
+    index = encode_shards(model, image_shards, tmp_path, rank=1, world_size=2)
+    assert index.total == 40 and (tmp_path / "index.json").is_file()
