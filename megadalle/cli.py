@@ -31,7 +31,7 @@ VERBS: dict[str, Verb] = {
     "prepare": Verb("megadalle.data.prepare:run", "images + captions -> webdataset shards (bad files skipped and reported)"),
     "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions"),
     "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards"),
-    "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + text ids)"),
+    "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)"),
     "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards"),
     "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline"),
     "export": Verb("megadalle.export:run", "consolidate a training run's checkpoint into safetensors + config JSON"),
