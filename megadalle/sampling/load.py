@@ -11,7 +11,12 @@ from pathlib import Path
 from torch import nn
 
 from megadalle.config import build
+from megadalle.errors import UserError
 from megadalle.weights import load_weights
+
+
+class ModelNotFound(UserError, FileNotFoundError):
+    """A weights file or run directory that is not there (the CLI prints it as one line)."""
 
 
 def _builders() -> dict[str, tuple[type, type]]:
@@ -28,6 +33,8 @@ def _builders() -> dict[str, tuple[type, type]]:
 def load_model(path: str | Path, kind: str, ema: bool = False) -> nn.Module:
     """A `kind` model ("transformer", "dvae", "clip") from a .safetensors file or a run directory."""
     path = Path(path)
+    if not path.exists():
+        raise ModelNotFound(f"no {kind} weights file or run directory at {path}")
     builders = _builders()
     if kind not in builders:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(builders)}")
@@ -50,4 +57,7 @@ def beside(weights: str | Path, given: str | None, name: str) -> Path:
     if given:
         return Path(given)
     weights = Path(weights)
-    return (weights if weights.is_dir() else weights.parent) / name
+    found = (weights if weights.is_dir() else weights.parent) / name
+    if not found.exists():
+        raise ModelNotFound(f"no {name} beside {weights} (expected {found}); give its path explicitly")
+    return found
