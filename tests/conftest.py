@@ -24,3 +24,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """In-process training exports RANK, WORLD_SIZE and MASTER_* for torch.distributed; without this a
+    later test that launches processes (srun, torchrun) would hand them a stale single-rank world."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
