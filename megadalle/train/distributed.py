@@ -9,6 +9,7 @@ Ranks never come from the command line, so hydra never sees `--local_rank`.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import socket
@@ -74,6 +75,18 @@ def init(dist_env: DistEnv) -> None:
         torch.cuda.set_device(dist_env.local_rank % torch.cuda.device_count())
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(auto_mpi_discovery=False)
+        atexit.register(shutdown)
+
+
+def shutdown() -> None:
+    """Meet the other ranks, then close the process group (registered to run at exit).
+
+    Without it the first rank to exit closes its gloo connections while a peer's background
+    thread still reads them, and the peer dies with std::terminate (SIGABRT) after finishing.
+    """
+    if torch.distributed.is_initialized():
+        barrier()
+        torch.distributed.destroy_process_group()
 
 
 def broadcast_object(obj, src: int = 0):
