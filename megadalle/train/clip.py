@@ -17,7 +17,7 @@ from megadalle.config import build, check
 from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP
-from megadalle.train.task import Batch, DataPart, ExportSpec, Task
+from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches
 
 FACTORY = "megadalle.train.clip:task_from_config"
 
@@ -40,18 +40,11 @@ class ClipTask(Task):
         return tok
 
     def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
-        from megadalle.data.loader import loader_from_config
-
         if self.data is None or not self.tokenizer_path:
             raise ValueError("ClipTask needs image shards (data.shards) and a tokenizer to produce batches")
         tok = self.tokenizer()
-        streams = [loader_from_config(self.data, part.global_batch, self.seed, image_size=self.cfg.image_size,
-                                      rank=part.reader(a), world_size=part.readers).iter_from_step(start_step)
-                   for a in range(part.grad_accum)]
-        while True:
-            for stream in streams:
-                batch = next(stream)
-                yield {"image": batch["image"], "text": tok.encode_batch(batch["caption"], self.cfg.text_len)}
+        for batch in rank_batches(self.data, part, self.seed, start_step, image_size=self.cfg.image_size):
+            yield {"image": batch["image"], "text": tok.encode_batch(batch["caption"], self.cfg.text_len)}
 
     def loss(self, model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         return model.loss(batch["image"], batch["text"])

@@ -20,7 +20,7 @@ from megadalle.config.data import DataConfig
 from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
-from megadalle.train.task import Batch, DataPart, ExportSpec, Task
+from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches
 
 FACTORY = "megadalle.train.dvae:task_from_config"
 
@@ -54,16 +54,10 @@ class DVAETask(Task):
         return DVAE(self.cfg)
 
     def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
-        from megadalle.data.loader import loader_from_config
-
         if self.data is None:
             raise ValueError("DVAETask built without a data config cannot produce batches")
-        streams = [loader_from_config(self.data, part.global_batch, self.seed, image_size=self.cfg.image_size,
-                                      rank=part.reader(a), world_size=part.readers).iter_from_step(start_step)
-                   for a in range(part.grad_accum)]
-        while True:
-            for stream in streams:
-                yield {"image": next(stream)["image"]}
+        for batch in rank_batches(self.data, part, self.seed, start_step, image_size=self.cfg.image_size):
+            yield {"image": batch["image"]}
 
     def loss(self, model: DVAE, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch["image"]

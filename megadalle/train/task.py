@@ -138,3 +138,17 @@ class Task:
     def pipeline(self, model: nn.Module) -> PipelineSpec | None:
         """The model as pipeline layers, or None when the task cannot run pipelined."""
         return None
+
+
+def rank_batches(data, part: DataPart, seed: int, start_step: int, **shape) -> Iterator[Batch]:
+    """This rank's micro-batches of the `data` group from update `start_step`, in accumulation order.
+
+    One loader serves all of the rank's accumulation steps (it reads micro-batch a * dp_world +
+    dp_rank, as `DataPart.reader`), so its worker processes start once, not once per step.
+    `shape` is the loader's text_len= or image_size=.
+    """
+    from megadalle.data.loader import loader_from_config
+
+    return loader_from_config(data, part.global_batch, seed, rank=part.dp_rank, world_size=part.dp_world,
+                              grad_accum=part.grad_accum, **shape).iter_from_step(start_step)
+

@@ -1,7 +1,7 @@
 """`megadalle train`: the DALL-E Transformer on token shards, through the generic trainer.
 
-The task reads DATA's step-indexed token loader: for this rank's accumulation step a it opens
-the loader as reader `part.reader(a)` of `part.readers`, so every layout (one process
+The task reads the step-indexed token loader through `rank_batches`: accumulation step a of
+data-parallel rank r reads micro-batch a * dp_world + r, so every layout (one process
 accumulating, ZeRO ranks, pipeline data-parallel groups) sees the same global batches. The
 pipeline form is the model's own `embed`, `blocks` and `head` with the model's own loss
 (`segment_loss`), so pipelined and plain training optimise the same function.
@@ -18,7 +18,7 @@ from megadalle.config.data import DataConfig
 from megadalle.config.model import TransformerConfig
 from megadalle.models.transformer import Transformer, segment_loss
 from megadalle.train.pipeline import Unpack
-from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task
+from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task, rank_batches
 
 FACTORY = "megadalle.train.transformer:task_from_config"
 
@@ -33,16 +33,9 @@ class TransformerTask(Task):
         return Transformer(self.cfg)
 
     def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
-        from megadalle.data.loader import loader_from_config
-
         if self.data is None:
             raise ValueError("TransformerTask built without a data config cannot produce batches")
-        streams = [loader_from_config(self.data, part.global_batch, self.seed, text_len=self.cfg.text_len,
-                                      rank=part.reader(a), world_size=part.readers).iter_from_step(start_step)
-                   for a in range(part.grad_accum)]
-        while True:
-            for stream in streams:
-                yield next(stream)
+        yield from rank_batches(self.data, part, self.seed, start_step, text_len=self.cfg.text_len)
 
     def data_identity(self, part: DataPart) -> dict:
         from megadalle.data.shards import ShardIndex
