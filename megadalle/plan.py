@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from megadalle.config import ConfigError, build, top_level
+from megadalle.config import build, top_level
 from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.flops import transformer_flops_per_token
@@ -180,5 +180,3 @@ def run(cfg: DictConfig) -> int:
         return 1
     return 0
 
-
-__all__ = ["run", "report", "suggest", "count_parameters", "memory_per_gpu", "Layout", "PlanError", "ConfigError"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from megadalle.attention.masks import MASK_KINDS, MaskSpec, dense_mask
-from megadalle.models.transformer import Transformer
+from megadalle.models.transformer import Transformer, segment_loss
 
 from .helpers import random_batch, tiny_config
 
@@ -89,7 +89,6 @@ def test_pad_targets_are_not_scored():
     text_logits, image_logits = model(text, image)
     scrambled = text_logits.clone()
     scrambled[:, 4:] = torch.randn_like(scrambled[:, 4:]) * 10
-    from megadalle.models.transformer import segment_loss
     assert torch.allclose(segment_loss(cfg, text_logits, image_logits, text, image)[0],
                           segment_loss(cfg, scrambled, image_logits, text, image)[0])
 
