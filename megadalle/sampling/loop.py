@@ -1,7 +1,8 @@
 """The KV-cached sampling loop: the caption once (prefill), then one image token per step.
 
 Without a cache every new token costs a forward pass over the whole sequence; with it, a step
-runs the model on one position against stored keys and values. Each batch of samples draws from
+runs the model on one position against stored keys and values, and only the keys its layer's
+mask allows (megadalle.sampling.decoder). Each batch of samples draws from
 its own generator seeded by (seed, batch index): a rerun with the same seed and batch size
 reproduces every sample, and batch b does not depend on how the batches before it went.
 """
@@ -12,6 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from megadalle.sampling.decoder import SparseDecoder
 from megadalle.sampling.filters import sample_next
 
 
@@ -24,19 +26,36 @@ class SamplingSettings:
     """1.0 keeps every token."""
 
 
+class ModelCacheDecoder:
+    """The model's own cached path (dense mask slices, every cached key): the reference the sparse
+    decoder is tested and benchmarked against."""
+
+    def __init__(self, model, batch: int, device: torch.device | str, dtype: torch.dtype):
+        self.model, self.cache = model, model.init_cache(batch, device, dtype)
+
+    def prefill(self, text: torch.Tensor) -> torch.Tensor:
+        return self.model.prefill(text, self.cache)
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        return self.model.decode_step(token, self.cache)
+
+
 @torch.no_grad()
 def sample_codes(model, text: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None = None,
-                 on_token: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Text ids [B, text_len] -> sampled image codes [B, grid_len] (model: a Transformer in eval mode)."""
+                 on_token: Callable[[int], None] | None = None, sparse: bool = True) -> torch.Tensor:
+    """Text ids [B, text_len] -> sampled image codes [B, grid_len] (model: a Transformer in eval mode).
+
+    `sparse=False` decodes through the model's own cache instead (same samples, slower).
+    """
     grid_len = model.cfg.grid_len
     dtype = next(model.parameters()).dtype
-    cache = model.init_cache(text.shape[0], text.device, dtype)
-    logits = model.prefill(text, cache)
+    decoder = (SparseDecoder if sparse else ModelCacheDecoder)(model, text.shape[0], text.device, dtype)
+    logits = decoder.prefill(text)
     codes = torch.empty(text.shape[0], grid_len, dtype=torch.long, device=text.device)
     for i in range(grid_len):
         codes[:, i] = sample_next(logits, settings.temperature, settings.top_k, settings.top_p, generator)
         if i + 1 < grid_len:
-            logits = model.decode_step(codes[:, i], cache)
+            logits = decoder.step(codes[:, i])
         if on_token is not None:
             on_token(text.shape[0])
     return codes
