@@ -29,6 +29,7 @@ class Verb:
 
 VERBS: dict[str, Verb] = {
     "prepare": Verb("megadalle.data.prepare:run", "images + captions -> webdataset shards (bad files skipped and reported)"),
+    "index": Verb("megadalle.data.ingest:run", "index webdataset tars written elsewhere (img2dataset...), checking every sample"),
     "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions"),
     "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards"),
     "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)"),
