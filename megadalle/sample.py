@@ -76,14 +76,17 @@ def pick_device(name: str) -> torch.device:
 
 
 def run(cfg: DictConfig) -> int:
+    from megadalle.bundle import TRANSFORMER, is_bundle, read_model
     from megadalle.data.tokenizer import Tokenizer
-    from megadalle.sampling.load import beside, load_model
+    from megadalle.sampling.load import beside
 
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
-    model = load_model(gc.weights, "transformer", gc.ema).to(device)
-    dvae = load_model(beside(gc.weights, gc.dvae_weights, "dvae.safetensors"), "dvae", gc.ema).to(device)
-    clip = load_model(beside(gc.weights, gc.clip_weights, "clip.safetensors"), "clip", gc.ema).to(device) \
+    # a model folder (export output=FOLDER) holds the Transformer under its own name, the rest as beside() expects
+    transformer = Path(gc.weights) / TRANSFORMER if is_bundle(gc.weights) else gc.weights
+    model = read_model(transformer, "transformer", gc.ema).to(device)
+    dvae = read_model(beside(gc.weights, gc.dvae_weights, "dvae.safetensors"), "dvae", gc.ema).to(device)
+    clip = read_model(beside(gc.weights, gc.clip_weights, "clip.safetensors"), "clip", gc.ema).to(device) \
         if gc.rerank else None
     tokenizer = Tokenizer(beside(gc.weights, gc.tokenizer, "tokenizer.model"))
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
