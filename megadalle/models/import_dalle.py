@@ -6,7 +6,8 @@ pickle is read by our own restricted unpickler: it admits only the globals that 
 `dall_e` module classes, the torch containers and layers they hold, tensor rebuilding, storage
 types, OrderedDict, set, torch.device) and refuses anything else, naming it. No class from the file
 is ever instantiated: every module becomes a `Record` holding its attribute dict, the tensors are
-rebuilt from the archive's raw storages, and the parameters are then mapped by name onto
+rebuilt from the raw storages (torch.save's zip archive, or its pre-1.6 stream format, whose
+storages follow the pickle), and the parameters are then mapped by name onto
 `models/dvae.py`, whose layout follows OpenAI's (checked block by block below, config derived from
 the tensors' shapes, strict loading: nothing left over, nothing missing).
 
@@ -23,6 +24,7 @@ import re
 import sys
 import zipfile
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -66,8 +68,26 @@ def _record_class(module: str, name: str) -> type:
     return type(name, (Record,), {"qualname": f"{module}.{name}"})
 
 
-def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    return torch.as_strided(storage, size, stride, offset).clone()
+@dataclass(frozen=True)
+class _Storage:
+    """A storage the pickle refers to; its bytes are read once unpickling is over (legacy files put them after)."""
+
+    key: str
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class _View:
+    """A tensor the pickle rebuilds: a strided view of a storage, materialised by `_materialise`."""
+
+    storage: _Storage
+    offset: int
+    size: tuple
+    stride: tuple
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None) -> _View:
+    return _View(storage, int(offset), tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
@@ -82,14 +102,17 @@ SAFE_FUNCTIONS = {
     ("builtins", "set"): set,
     ("torch", "device"): torch.device,
 }
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+"""First pickle of torch.save's pre-1.6 format (`_use_new_zipfile_serialization=False`)."""
 
 
 class DalleUnpickler(pickle.Unpickler):
-    """Unpickles a torch zip archive's data.pkl admitting only the dall_e format's globals."""
+    """Unpickles torch.save's object pickle admitting only the dall_e format's globals; storages stay references."""
 
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, source: str):
+    def __init__(self, file, source: str):
         super().__init__(file)
-        self.archive, self.prefix, self.source = archive, prefix, source
+        self.source = source
+        self.storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         module = "builtins" if module == "__builtin__" else module  # torch.save's pickle protocol 2 spelling
@@ -102,30 +125,81 @@ class DalleUnpickler(pickle.Unpickler):
         raise RefusedPickle(f"{self.source}: refused to load {module}.{name}: not a class the dall_e dVAE "
                             f"format needs (only its modules, torch layers, tensors and storages are admitted)")
 
-    def persistent_load(self, pid: Any) -> torch.Tensor:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+    def persistent_load(self, pid: Any) -> _Storage | type:
+        # legacy files also name each module class with its source, for change warnings: the class is already vetted
+        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module" and isinstance(pid[1], type) \
+                and issubclass(pid[1], Record):
+            return pid[1]
+        # zip: ("storage", type, key, location, numel); legacy: the same + view_metadata (None for whole storages)
+        ok = (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage" and isinstance(pid[1], torch.dtype)
+              and (len(pid) == 5 or pid[5] is None))
+        if not ok:
             raise RefusedPickle(f"{self.source}: refused persistent id {str(pid)[:80]!r}: not a tensor storage")
-        _, dtype, key, _location, _numel = pid
-        raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
-        return torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return self.storages.setdefault(str(pid[2]), _Storage(str(pid[2]), pid[1]))
 
 
-def read_dalle_file(path: str | Path) -> Record:
-    """The module tree of a `torch.save`d dall_e module, read without running anything from the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise NotADalleFile(f"no file at {path}")
-    if not zipfile.is_zipfile(path):
-        raise NotADalleFile(f"{path}: not a torch zip archive (torch.save's format since torch 1.6)")
+def _flat(raw: bytes | bytearray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+
+
+def _read_zip(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pickles) != 1:
             raise NotADalleFile(f"{path}: expected one */data.pkl in the archive, found {pickles}")
         prefix = pickles[0][: -len("data.pkl")]
         with archive.open(pickles[0]) as f:
-            root = DalleUnpickler(f, archive, prefix, str(path)).load()
+            unpickler = DalleUnpickler(f, str(path))
+            root = unpickler.load()
+        storages = {key: _flat(archive.read(f"{prefix}data/{key}"), s.dtype) for key, s in unpickler.storages.items()}
+    return root, storages
+
+
+def _read_legacy(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Magic number, protocol, sys_info, the objects, the storage keys; then each storage: int64 count, bytes."""
+    with open(path, "rb") as f:
+        if DalleUnpickler(f, str(path)).load() != LEGACY_MAGIC:
+            raise NotADalleFile(f"{path}: neither a torch zip archive nor a legacy torch.save file")
+        protocol, sys_info = DalleUnpickler(f, str(path)).load(), DalleUnpickler(f, str(path)).load()
+        if protocol != 1001 or not (isinstance(sys_info, dict) and sys_info.get("little_endian", True)):
+            raise NotADalleFile(f"{path}: legacy torch format {protocol!r} / {sys_info!r} not understood")
+        unpickler = DalleUnpickler(f, str(path))
+        root = unpickler.load()
+        storages = {}
+        for key in DalleUnpickler(f, str(path)).load():
+            dtype = unpickler.storages[str(key)].dtype
+            count = int.from_bytes(f.read(8), "little")
+            storages[str(key)] = _flat(f.read(count * torch.empty(0, dtype=dtype).element_size()), dtype)
+    return root, storages
+
+
+def _materialise(record: Record, storages: dict[str, torch.Tensor]) -> None:
+    """Replace the record tree's tensor views by tensors (copies, so no storage is shared)."""
+    for store in ("_parameters", "_buffers"):
+        table = record.__dict__.get(store, {})
+        for name, view in table.items():
+            if isinstance(view, _View):
+                table[name] = torch.as_strided(storages[view.storage.key], view.size, view.stride, view.offset).clone()
+    for child in record.__dict__.get("_modules", {}).values():
+        if isinstance(child, Record):
+            _materialise(child, storages)
+
+
+def read_dalle_file(path: str | Path) -> Record:
+    """The module tree of a `torch.save`d dall_e module (zip or legacy format), read without running anything
+    from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotADalleFile(f"no file at {path}")
+    try:
+        root, storages = (_read_zip if zipfile.is_zipfile(path) else _read_legacy)(path)
+    except (RefusedPickle, NotADalleFile):
+        raise
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
+        raise NotADalleFile(f"{path}: not a torch.save file ({type(err).__name__}: {err})") from None
     if not isinstance(root, Record):
         raise NotADalleFile(f"{path}: holds a {type(root).__name__}, not a dall_e module")
+    _materialise(root, storages)
     return root
 
 

@@ -29,11 +29,15 @@ def dalle_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("dall_e")
     torch.save(enc, root / "encoder.pkl")
     torch.save(dec, root / "decoder.pkl")
+    for name, module in (("encoder", enc), ("decoder", dec)):  # torch.save's format before torch 1.6
+        torch.save(module, root / f"{name}-legacy.pkl", _use_new_zipfile_serialization=False)
     return root / "encoder.pkl", root / "decoder.pkl", enc, dec
 
 
-def test_converted_model_gives_dall_e_codes_and_reconstructions(dalle_files):
+@pytest.mark.parametrize("suffix", ["", "-legacy"])
+def test_converted_model_gives_dall_e_codes_and_reconstructions(dalle_files, suffix):
     enc_path, dec_path, enc, dec = dalle_files
+    enc_path, dec_path = (p.with_name(p.stem + suffix + ".pkl") for p in (enc_path, dec_path))
     model, cfg = convert(enc_path, dec_path, image_size=IMAGE)
     assert (cfg.n_hid, cfg.n_blk_per_group, cfg.n_groups, cfg.vocab_size, cfg.n_init) == (64, 1, 4, VOCAB, 32)
     images = torch.rand(3, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
@@ -80,3 +84,12 @@ def test_anything_else_in_the_pickle_is_refused_by_name(dalle_files, tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "dict.pt")
     with pytest.raises(NotADalleFile, match="not a dall_e module"):
         convert(tmp_path / "dict.pt", dec_path)
+    (tmp_path / "text.pkl").write_text("hello")
+    with pytest.raises(NotADalleFile, match="not a torch.save file"):
+        convert(tmp_path / "text.pkl", dec_path)
+    enc.payload = _CreatesFile(marker)
+    torch.save(enc, tmp_path / "evil-legacy.pkl", _use_new_zipfile_serialization=False)
+    del enc.payload
+    with pytest.raises(RefusedPickle, match="refused to load io.open"):
+        convert(tmp_path / "evil-legacy.pkl", dec_path)
+    assert not marker.exists()
