@@ -148,3 +148,24 @@ def test_tokenizer_prepare_and_encode_read_img2dataset_shards(img2dataset_dir, t
     model = DVAE(DVAEConfig(image_size=16, n_hid=8, n_blk_per_group=1, n_groups=2, vocab_size=16, n_init=8)).eval()
     tokens = encode_shards(model, img2dataset_dir, tmp_path / "tokens", batch_size=5)
     assert tokens.total == 12 and [s["codes.npy"].shape for s in iter_samples(tokens.root, ["codes.npy"])] == [(8, 8)] * 12
+
+
+def _open_logging_to(root, log):
+    import sys
+
+    with open(log, "w") as sys.stderr:
+        open_index(root)
+
+
+def test_processes_starting_together_index_once(tarwriter_shards, tmp_path):
+    import multiprocessing as mp
+
+    logs = [tmp_path / f"rank{r}.log" for r in range(3)]
+    procs = [mp.get_context("fork").Process(target=_open_logging_to, args=(tarwriter_shards, log)) for log in logs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert sum("indexing them now" in log.read_text() for log in logs) == 1
+    assert ShardIndex.load(tarwriter_shards).total == 11
