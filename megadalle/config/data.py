@@ -90,6 +90,9 @@ class IndexConfig:
     """Fields every sample must carry; a sample lacking one is skipped as missing_field."""
     require_media: bool = True
     """A sample must also carry an image (jpg, png, webp...) or codes.npy, else it is skipped as no_media."""
+    decode: bool = True
+    """Decode every field (images fully) to find corrupt samples; false checks only which fields are there
+    (much faster, for sources one trusts: a corrupt image then fails later, in the loader)."""
     num_workers: int | None = None
     """Checking processes; null = one per CPU, 0 = in this process."""
     report: str | None = None

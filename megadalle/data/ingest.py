@@ -86,15 +86,17 @@ def check_image(data: bytes) -> tuple[int, int]:
     return size
 
 
-def check_sample(sample: TarSample, require: Iterable[str], require_media: bool) -> tuple[str, str, tuple | None]:
-    """(reason, detail, image size): reason "" when the sample is usable. Decodes every field it safely can."""
+def check_sample(sample: TarSample, require: Iterable[str], require_media: bool,
+                 decode: bool = True) -> tuple[str, str, tuple | None]:
+    """(reason, detail, image size): reason "" when the sample is usable. Decodes every field it safely can
+    (with `decode=False` only the fields' presence is checked: fast, for sources one trusts)."""
     missing = [name for name in require if name not in sample.data]
     if missing:
         return "missing_field", f"no {missing[0]!r} field", None
     if require_media and not any(name in sample.data for name in MEDIA_FIELDS):
         return "no_media", f"none of {list(MEDIA_FIELDS)} among {sample.names}", None
     size = None
-    for name, raw in sample.data.items():
+    for name, raw in sample.data.items() if decode else ():
         ext = extension(name)
         try:
             if ext in IMAGE_FIELDS:
@@ -110,7 +112,7 @@ def check_sample(sample: TarSample, require: Iterable[str], require_media: bool)
     return "", "", size
 
 
-def index_shard(path: Path, require: tuple[str, ...], require_media: bool) -> ShardResult:
+def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decode: bool = True) -> ShardResult:
     """Walk one tar, checking every sample (runs in a worker process)."""
     spans, fields, skipped, sizes, seen = [], set(), [], set(), set()
 
@@ -126,7 +128,7 @@ def index_shard(path: Path, require: tuple[str, ...], require_media: bool) -> Sh
                     skip(sample.key, "duplicate_key", "the key appears twice in this shard (members not adjacent?)")
                     continue
                 seen.add(sample.key)
-                reason, detail, size = check_sample(sample, require, require_media)
+                reason, detail, size = check_sample(sample, require, require_media, decode)
                 if reason:
                     skip(sample.key, reason, detail)
                     continue
@@ -147,9 +149,9 @@ def index_shard(path: Path, require: tuple[str, ...], require_media: bool) -> Sh
     return ShardResult(path.name, np.array(spans, dtype=np.int64).reshape(-1, 2), fields, skipped, sizes)
 
 
-def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: bool, num_workers: int,
+def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: bool, decode: bool, num_workers: int,
                    progress: bool) -> Iterator[ShardResult]:
-    work = partial(index_shard, require=require, require_media=require_media)
+    work = partial(index_shard, require=require, require_media=require_media, decode=decode)
     bar = tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress)
     if num_workers == 0:
         results = map(work, paths)
@@ -169,7 +171,7 @@ def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: b
 
 def index_directory(root: str | Path, require: Iterable[str] = (), require_media: bool = False,
                     num_workers: int | None = 0, progress: bool = False, report: str | Path | None = None,
-                    meta: dict[str, Any] | None = None) -> IndexSummary:
+                    meta: dict[str, Any] | None = None, decode: bool = True) -> IndexSummary:
     """Index the `*.tar` files of `root` (sorted by name), checking every sample; writes offset files, the
     report (default <root>/index-report.json) and index.json last. Shards with no usable sample are left out.
 
@@ -183,7 +185,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     summary = IndexSummary(report=str(report or root / REPORT_NAME))
     shards, fields, sizes = [], set(), set()
-    for result in _shard_results(paths, tuple(require), require_media, workers, progress):
+    for result in _shard_results(paths, tuple(require), require_media, decode, workers, progress):
         summary.bad += result.skipped
         if len(result.spans):
             save_offsets(root / result.name, compact(result.spans))
@@ -215,9 +217,18 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def open_index(root: str | Path) -> ShardIndex:
-    """The directory's index; tars written elsewhere with no index.json are indexed first, with a message."""
-    root = Path(root)
+def open_index(root: str | Path, key: str | None = None) -> ShardIndex:
+    """The directory's index; tars written elsewhere with no index.json are indexed first, with a message.
+    `key` (e.g. "data.shards") names the setting in the error when there is nothing to read."""
+    try:
+        return _open_index(Path(root))
+    except ShardsNotFound as err:
+        if key is None:
+            raise
+        raise ShardsNotFound(f"{key}={str(root)!r}: {err}") from None
+
+
+def _open_index(root: Path) -> ShardIndex:
     if (root / INDEX_NAME).is_file() or not root.is_dir():
         return ShardIndex.load(root)
     tars = sorted(root.glob("*.tar"))
@@ -277,7 +288,8 @@ def run(cfg) -> int:
     from megadalle.config.data import IndexConfig
 
     ic = build(IndexConfig, top_level(cfg, IndexConfig), "")
-    summary = index_directory(ic.dir, ic.require, ic.require_media, ic.num_workers, progress=True, report=ic.report)
+    summary = index_directory(ic.dir, ic.require, ic.require_media, ic.num_workers, progress=True, report=ic.report,
+                              decode=ic.decode)
     print(summary.text())
     if not summary.kept:
         print(f"index: no usable sample in {ic.dir}; no index.json written", flush=True)

@@ -261,13 +261,14 @@ def loader_from_config(cfg: DataConfig, global_batch: int, seed: int, *, text_le
     common = dict(seed=seed, shuffle=cfg.shuffle, shuffle_window=cfg.shuffle_window, num_workers=cfg.num_workers,
                   prefetch_factor=cfg.prefetch_factor)
     common.update(kwargs)
+    index = open_index(cfg.shards, "data.shards")  # a one-line error naming the key; tars from elsewhere indexed
     if cfg.tokenizer:
         if text_len is None:
             raise ValueError("loader_from_config: token shards need text_len (the model's)")
         from megadalle.data.tokenizer import Tokenizer
 
         return token_loader(cfg.shards, global_batch, Tokenizer(cfg.tokenizer), text_len, cfg.bpe_dropout, **common)
-    size = cfg.image_size or image_size or open_index(cfg.shards).meta.get("image_size")
+    size = cfg.image_size or image_size or index.meta.get("image_size")
     if not size:
         raise ValueError(f"{cfg.shards}: index.json has no meta.image_size; set data.image_size")
     return image_loader(cfg.shards, global_batch, int(size), **common)

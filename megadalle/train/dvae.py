@@ -118,7 +118,7 @@ def train_dvae(cfg: DictConfig) -> Path | None:
     build(RunConfig, {"run_dir": verb.run_dir, "resume": verb.resume}, "")
     task = task_from_config(cfg)
     check(task.data is not None, "data", None, "train-dvae needs image shards: set data.shards")
-    open_index(task.data.shards)  # tars written elsewhere are indexed here, once; an unusable path raises
+    open_index(task.data.shards, "data.shards")  # tars written elsewhere are indexed here, once; else one-line error
     result = train_from_config(task, cfg, FACTORY)
     print(f"[train-dvae] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
           f"run directory {result.run_dir}")

@@ -127,6 +127,12 @@ def test_index_verb_on_an_img2dataset_directory(img2dataset_dir, capsys):
     assert main(["index", f"dir={img2dataset_dir / 'missing'}"]) == 2
 
 
+def test_without_decoding_only_the_fields_are_checked(tarwriter_shards):
+    summary = index_directory(tarwriter_shards, ["txt"], require_media=True, decode=False)
+    assert summary.skipped == {"empty_caption": 1, "missing_field": 1, "no_media": 1}
+    assert summary.kept == 12  # the cut jpeg passes: it is never decoded
+
+
 def test_tokenizer_prepare_and_encode_read_img2dataset_shards(img2dataset_dir, tmp_path):
     tok = train_tokenizer(img2dataset_dir, tmp_path / "tok.model", vocab_size=40)
     first = next(iter_samples(img2dataset_dir, ["txt"]))["txt"]
