@@ -5,7 +5,8 @@
       transformer.safetensors  the Transformer (+ transformer.json: its model config)
       tokenizer.model          sentencepiece BPE model
       dvae.safetensors         dVAE (+ dvae.json)
-      clip.safetensors         CLIP reranker (+ clip.json); absent when none was given (no rerank)
+      clip.safetensors         CLIP reranker (+ clip.json); for `clip_model=open_clip:<arch>` the open_clip state
+                               dict (the arch is in bundle.json); absent when none was given (no rerank)
 
 Tokenizer, dVAE and CLIP default to what the run's own config records (`data.tokenizer`, and
 `dvae_weights` / `clip_weights` where the run has them); a key given to `export` wins. The names
@@ -43,6 +44,9 @@ class Pipeline:
     transformer: nn.Module
     dvae: nn.Module
     clip: nn.Module | None
+    """megadalle's CLIP or the open_clip model; None when the folder has none."""
+    reranker: Any
+    """`clip` behind `scores(images, prompt)` (sampling.rerank.Reranker), with its tokenizer; or None."""
     tokenizer: Any
     manifest: dict
 
@@ -92,9 +96,23 @@ def _copy_weights(source: Path, target: Path, kind: str) -> None:
     shutil.copyfile(source, target)
 
 
+def _copy_open_clip(arch: str, source: Path, target: Path) -> None:
+    """An open_clip state dict as safetensors, checked to fit the architecture first."""
+    from safetensors.torch import save_file
+
+    from megadalle.sampling.rerank import load_open_clip, read_state_dict
+
+    load_open_clip(arch, source)
+    save_file({k: v.contiguous() for k, v in read_state_dict(source).items()}, str(target))
+
+
 def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,
-                 clip_weights: str | None = None, checkpoint: str | None = None, ema: bool = False) -> Path:
-    """Export a Transformer run with its tokenizer, dVAE and (optional) CLIP into the folder `output`."""
+                 clip_weights: str | None = None, checkpoint: str | None = None, ema: bool = False,
+                 clip_model: str = "megadalle") -> Path:
+    """Export a Transformer run with its tokenizer, dVAE and (optional) CLIP into the folder `output`;
+    `clip_model=open_clip:<arch>` takes an open_clip state dict as the CLIP."""
+    from megadalle.sampling.rerank import OPEN_CLIP
+
     run, output = Path(run), Path(output)
     config = _run_config(run)
     files = {"tokenizer": _pick(tokenizer, config.get("data", {}).get("tokenizer"), "tokenizer", True),
@@ -105,10 +123,12 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     export_transformer(run, output / TRANSFORMER, checkpoint, ema)
     shutil.copyfile(files["tokenizer"], output / TOKENIZER)
     _copy_weights(files["dvae"], output / DVAE, "dvae")
-    if files["clip"] is not None:
+    if files["clip"] is not None and clip_model.startswith(OPEN_CLIP):
+        _copy_open_clip(clip_model[len(OPEN_CLIP):], files["clip"], output / CLIP)
+    elif files["clip"] is not None:
         _copy_weights(files["clip"], output / CLIP, "clip")
     manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
-                "clip": CLIP if files["clip"] is not None else None, "ema": ema,
+                "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
                 "sources": {"run": str(run), **{k: None if v is None else str(v) for k, v in files.items()}},
                 "run_config": config}
     atomic.write_json(output / MANIFEST, manifest)
@@ -118,6 +138,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
 def load_pipeline(folder: str | Path, device: str = "cpu") -> Pipeline:
     """The models and tokenizer of a model folder written by `export output=FOLDER`."""
     from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sampling.rerank import MegadalleClip, load_reranker
 
     folder = Path(folder)
     if not is_bundle(folder):
@@ -126,10 +147,21 @@ def load_pipeline(folder: str | Path, device: str = "cpu") -> Pipeline:
     manifest = json.loads((folder / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    clip = read_model(folder / manifest["clip"], "clip").to(device) if manifest.get("clip") else None
+    tokenizer = Tokenizer(folder / manifest["tokenizer"])
+    reranker, clip = None, None
+    if manifest.get("clip"):
+        reranker = load_reranker(manifest.get("clip_model", "megadalle"), folder / manifest["clip"], tokenizer,
+                                 device, read_model)
+        clip = reranker.clip if isinstance(reranker, MegadalleClip) else reranker.model
     return Pipeline(read_model(folder / manifest["transformer"], "transformer").to(device),
-                    read_model(folder / manifest["dvae"], "dvae").to(device), clip,
-                    Tokenizer(folder / manifest["tokenizer"]), manifest)
+                    read_model(folder / manifest["dvae"], "dvae").to(device), clip, reranker, tokenizer, manifest)
+
+
+def clip_model_of(folder: str | Path, given: str) -> str:
+    """The reranker kind `generate` uses for a model folder: the one it was exported with, unless one is given."""
+    if given != "megadalle" or not is_bundle(folder):
+        return given
+    return json.loads((Path(folder) / MANIFEST).read_text()).get("clip_model", "megadalle")
 
 
 def run(cfg) -> int:
@@ -140,6 +172,6 @@ def run(cfg) -> int:
 
         return export_file(cfg)
     folder = write_bundle(cfg.run, output, cfg.get("tokenizer"), cfg.get("dvae_weights"), cfg.get("clip_weights"),
-                          cfg.get("checkpoint"), bool(cfg.get("ema", False)))
+                          cfg.get("checkpoint"), bool(cfg.get("ema", False)), cfg.get("clip_model") or "megadalle")
     print(f"[export] model folder {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir())), file=sys.stderr)
     return 0

@@ -77,7 +77,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def run(cfg: DictConfig) -> int:
-    from megadalle.bundle import TRANSFORMER, is_bundle, read_model
+    from megadalle.bundle import TRANSFORMER, clip_model_of, is_bundle, read_model
     from megadalle.data.tokenizer import Tokenizer
     from megadalle.sampling.load import beside
 
@@ -88,9 +88,10 @@ def run(cfg: DictConfig) -> int:
     model = read_model(transformer, "transformer", gc.ema).to(device)
     dvae = read_model(beside(gc.weights, gc.dvae_weights, "dvae.safetensors"), "dvae", gc.ema).to(device)
     tokenizer = Tokenizer(beside(gc.weights, gc.tokenizer, "tokenizer.model"))
-    own_clip = gc.clip_model == "megadalle"
-    clip_weights = beside(gc.weights, gc.clip_weights, "clip.safetensors") if own_clip else gc.clip_weights
-    clip = load_reranker(gc.clip_model, clip_weights, tokenizer, device,
+    clip_model = clip_model_of(gc.weights, gc.clip_model)
+    own_file = clip_model == "megadalle" or is_bundle(gc.weights)  # else open_clip needs clip_weights given
+    clip_weights = gc.clip_weights or (beside(gc.weights, None, "clip.safetensors") if own_file else None)
+    clip = load_reranker(clip_model, clip_weights, tokenizer, device,
                          lambda path, kind: read_model(path, kind, gc.ema)) if gc.rerank else None
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
     result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.keep, gc.batch_size, settings, gc.seed)

@@ -71,7 +71,9 @@ class ShardWriter:
         if not members:
             raise ValueError(f"sample {key!r} has no fields")
         size = sum(512 + -(-len(b) // 512) * 512 for b in members.values())
-        if self._tar is not None and (self._count >= self.max_count or self._tar.tarstream.offset + size > self.max_bytes):
+        full = self._tar is not None and (self._count >= self.max_count
+                                          or self._tar.tarstream.offset + size > self.max_bytes)
+        if full:
             self.finish_shard()
         if self._tar is None:
             self._tar = _tar_writer(atomic.temp_path(self._shard_path(len(self.shards))))

@@ -77,7 +77,8 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
     if path.is_file() and path.suffix.lower() in (".jsonl", ".csv"):
         reader = jsonl_rows if path.suffix.lower() == ".jsonl" else csv_rows
         return manifest_items(path, reader(path, image_column, caption_column))
-    raise FileNotFoundError(f"input={str(input)!r}: expected a folder of images or of .tar shards, or a .jsonl / .csv manifest")
+    raise FileNotFoundError(f"input={str(input)!r}: expected a folder of images or of .tar shards, "
+                            f"or a .jsonl / .csv manifest")
 
 
 def folder_items(root: Path) -> list[Item]:

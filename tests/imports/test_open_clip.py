@@ -75,3 +75,22 @@ def test_generate_reranks_with_open_clip(weights, tmp_path):
                  f"output={out}"]) == 0
     report = json.loads((out / "scores.json").read_text())
     assert [k["score"] for k in report["kept"]] == sorted(report["all_scores"], reverse=True)[:2]
+
+
+def test_a_model_folder_with_an_open_clip_reranker(weights, trained, tmp_path):
+    import megadalle
+    from megadalle.cli import main
+    from megadalle.sampling.rerank import OpenClip
+
+    root, _ = weights
+    run, _, dvae, _ = trained
+    folder = tmp_path / "model"
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}", f"clip_model=open_clip:{ARCH}",
+                 f"clip_weights={root / 'tiny.pt'}"]) == 0
+    pipe = megadalle.load_pipeline(folder)
+    assert isinstance(pipe.reranker, OpenClip) and pipe.clip is pipe.reranker.model
+    assert json.loads((folder / "bundle.json").read_text())["clip_model"] == f"open_clip:{ARCH}"
+    out = tmp_path / "out"
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", "keep=1", "batch_size=2",
+                 f"output={out}"]) == 0
+    assert len(json.loads((out / "scores.json").read_text())["all_scores"]) == 2
