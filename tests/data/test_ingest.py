@@ -175,3 +175,15 @@ def test_processes_starting_together_index_once(tarwriter_shards, tmp_path):
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert sum("indexing them now" in log.read_text() for log in logs) == 1
     assert ShardIndex.load(tarwriter_shards).total == 11
+
+
+def test_encode_skips_what_indexing_skipped(tarwriter_shards, tmp_path):
+    from megadalle.config.dvae import DVAEConfig
+    from megadalle.encode import encode_shards
+    from megadalle.models.dvae import DVAE
+
+    index_directory(tarwriter_shards, ["txt"], require_media=True)
+    model = DVAE(DVAEConfig(image_size=16, n_hid=8, n_blk_per_group=1, n_groups=2, vocab_size=16, n_init=8)).eval()
+    tokens = encode_shards(model, tarwriter_shards, tmp_path / "tokens", batch_size=4)
+    keys = [s["__key__"] for s in iter_samples(tokens.root, ["txt"])]
+    assert tokens.total == 11 and keys == [s["__key__"] for s in iter_samples(tarwriter_shards, ["txt"])]
