@@ -34,6 +34,13 @@ setup(
         "numpy>=1.24",
         "tqdm>=4.60",
     ],
-    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3"]},
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        # tests of `import-dvae` build files with OpenAI's own package; it imports only torch, attrs and
+        # requests, so install it with `pip install --no-deps DALL-E` (its declared deps pull torchvision)
+        "imports": ["DALL-E==0.1", "attrs", "requests"],
+        # an open_clip architecture as the reranker (generate clip_model=open_clip:<arch> clip_weights=FILE)
+        "open_clip": ["open_clip_torch>=2.24"],
+    },
     entry_points={"console_scripts": ["megadalle = megadalle.cli:main"]},
 )

@@ -29,12 +29,14 @@ class Verb:
 
 VERBS: dict[str, Verb] = {
     "prepare": Verb("megadalle.data.prepare:run", "images + captions -> webdataset shards (bad files skipped and reported)"),
+    "index": Verb("megadalle.data.ingest:run", "index webdataset tars written elsewhere (img2dataset...), checking every sample"),
     "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions"),
     "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards"),
+    "import-dvae": Verb("megadalle.models.import_dalle:run", "OpenAI's released dVAE (dall_e encoder.pkl/decoder.pkl) -> dVAE weights"),
     "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)"),
     "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards"),
     "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline"),
-    "export": Verb("megadalle.export:run", "consolidate a training run's checkpoint into safetensors + config JSON"),
+    "export": Verb("megadalle.bundle:run", "a training run -> safetensors + config JSON, or a model folder for generate"),
     "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid"),
     "plan": Verb("megadalle.plan:run", "parameters, FLOPs, memory per GPU and a parallel layout for a model size"),
     "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU"),

@@ -26,7 +26,7 @@ from megadalle.data.batches import ImageBatches
 from megadalle.data.fields import decode_field
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets, offsets_path
 from megadalle.data.loader import image_field, rank_and_world
-from megadalle.data.shards import ShardWriter, iter_shard
+from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.models.dvae import DVAE, load_dvae
 
 
@@ -62,7 +62,7 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, field: str, batch_s
 def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size: int = 64,
                   rank: int = 0, world_size: int = 1) -> ShardIndex | None:
     """Encode this process's share of `input`'s shards; returns the token index once every shard is done."""
-    source = ShardIndex.load(input)
+    source = open_index(input)
     field = image_field(source)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

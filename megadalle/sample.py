@@ -19,7 +19,7 @@ from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig
 from megadalle.sampling.grid import save_grid
 from megadalle.sampling.loop import SamplingSettings, sample_batches
-from megadalle.sampling.rerank import clip_scores, rank
+from megadalle.sampling.rerank import as_reranker, load_reranker, rank
 
 
 @dataclass
@@ -35,16 +35,17 @@ class Generated:
 @torch.no_grad()
 def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch_size: int,
              settings: SamplingSettings, seed: int, progress: bool = True) -> Generated:
-    """Sample `prompt` n times; with `clip` (may be None) keep the `keep` best by CLIP score, else the first."""
+    """Sample `prompt` n times; with `clip` (may be None: megadalle's CLIP or any `rerank.Reranker`, e.g. an
+    open_clip model) keep the `keep` best by CLIP score, else the first."""
     device = next(model.parameters()).device
     text = torch.tensor(tokenizer.encode(prompt, model.cfg.text_len), device=device)
-    clip_text = torch.tensor(tokenizer.encode(prompt, clip.cfg.text_len), device=device) if clip is not None else None
+    reranker = as_reranker(clip, tokenizer) if clip is not None else None
     codes, scores = [], []
     bar = tqdm(total=n * model.cfg.grid_len, desc="generate", unit=" tok", unit_scale=True, disable=not progress)
     for batch in sample_batches(model, text, n, batch_size, settings, seed, on_token=bar.update):
         codes.append(batch.cpu())
-        if clip is not None:
-            scores.append(clip_scores(clip, decode(dvae, batch, model.cfg.grid_size), clip_text).cpu())
+        if reranker is not None:
+            scores.append(reranker.scores(decode(dvae, batch, model.cfg.grid_size), prompt).cpu())
     bar.close()
     codes_all = torch.cat(codes)
     score_all = torch.cat(scores) if clip is not None else None
@@ -76,16 +77,22 @@ def pick_device(name: str) -> torch.device:
 
 
 def run(cfg: DictConfig) -> int:
+    from megadalle.bundle import TRANSFORMER, clip_model_of, is_bundle, read_model
     from megadalle.data.tokenizer import Tokenizer
-    from megadalle.sampling.load import beside, load_model
+    from megadalle.sampling.load import beside
 
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
-    model = load_model(gc.weights, "transformer", gc.ema).to(device)
-    dvae = load_model(beside(gc.weights, gc.dvae_weights, "dvae.safetensors"), "dvae", gc.ema).to(device)
-    clip = load_model(beside(gc.weights, gc.clip_weights, "clip.safetensors"), "clip", gc.ema).to(device) \
-        if gc.rerank else None
+    # a model folder (export output=FOLDER) holds the Transformer under its own name, the rest as beside() expects
+    transformer = Path(gc.weights) / TRANSFORMER if is_bundle(gc.weights) else gc.weights
+    model = read_model(transformer, "transformer", gc.ema).to(device)
+    dvae = read_model(beside(gc.weights, gc.dvae_weights, "dvae.safetensors"), "dvae", gc.ema).to(device)
     tokenizer = Tokenizer(beside(gc.weights, gc.tokenizer, "tokenizer.model"))
+    clip_model = clip_model_of(gc.weights, gc.clip_model)
+    own_file = clip_model == "megadalle" or is_bundle(gc.weights)  # else open_clip needs clip_weights given
+    clip_weights = gc.clip_weights or (beside(gc.weights, None, "clip.safetensors") if own_file else None)
+    clip = load_reranker(clip_model, clip_weights, tokenizer, device,
+                         lambda path, kind: read_model(path, kind, gc.ema)) if gc.rerank else None
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
     result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.keep, gc.batch_size, settings, gc.seed)
     meta = {"n": gc.n, "keep": gc.keep, "seed": gc.seed, "sampling": asdict(settings)}

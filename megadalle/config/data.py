@@ -1,7 +1,7 @@
 """Data configs: `prepare` and `tokenizer` verb keys, and the `data` group the training verbs compose."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
@@ -78,6 +78,29 @@ class TokenizerConfig:
         check(0 < self.character_coverage <= 1, join(where, "character_coverage"), self.character_coverage,
               "must be in (0, 1]")
         check(self.max_sentences > 0, join(where, "max_sentences"), self.max_sentences, "must be positive")
+
+
+@dataclass
+class IndexConfig:
+    """Verb-level keys of `megadalle index` (conf/index.yaml): index tars written elsewhere (img2dataset...)."""
+
+    dir: str = MISSING
+    """Directory of `*.tar` shards without index.json; index.json, offset files and index-report.json go into it."""
+    require: list[str] = field(default_factory=lambda: ["txt"])
+    """Fields every sample must carry; a sample lacking one is skipped as missing_field."""
+    require_media: bool = True
+    """A sample must also carry an image (jpg, png, webp...) or codes.npy, else it is skipped as no_media."""
+    decode: bool = True
+    """Decode every field (images fully) to find corrupt samples; false checks only which fields are there
+    (much faster, for sources one trusts: a corrupt image then fails later, in the loader)."""
+    num_workers: int | None = None
+    """Checking processes; null = one per CPU, 0 = in this process."""
+    report: str | None = None
+    """Where the JSON list of skipped samples goes; null = <dir>/index-report.json."""
+
+    def validate(self, where: str = "") -> None:
+        check(self.num_workers is None or self.num_workers >= 0, join(where, "num_workers"), self.num_workers,
+              "must be >= 0 or null")
 
 
 @dataclass

@@ -125,4 +125,23 @@ class EncodeConfig:
         check(self.input != self.output, join(where, "output"), self.output, "must differ from input")
 
 
+@dataclass
+class ImportDVAEConfig:
+    """Verb-level keys of `megadalle import-dvae` (conf/import-dvae.yaml)."""
+
+    encoder: str = MISSING
+    """OpenAI's encoder.pkl (the `dall-e` package's torch.save'd module); read by a restricted unpickler."""
+    decoder: str = MISSING
+    """OpenAI's decoder.pkl."""
+    output: str = MISSING
+    """The megadalle dVAE weights to write (.safetensors; the config JSON goes beside it)."""
+    image_size: int = 256
+    """Image side the dVAE is used at (the convolutions do not record it; OpenAI's is 256)."""
+
+    def validate(self, where: str = "") -> None:
+        check(str(self.output).endswith(".safetensors"), join(where, "output"), self.output,
+              "must end in .safetensors (the config JSON goes beside it)")
+        check(self.image_size > 0, join(where, "image_size"), self.image_size, "must be positive")
+
+
 SCHEMAS = {"dvae": DVAEConfig}

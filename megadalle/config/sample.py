@@ -27,8 +27,12 @@ class GenerateConfig:
     """Keep the smallest set of tokens with this much probability; 1.0 keeps all."""
     dvae_weights: str | None = None
     """The dVAE (weights or run directory); null = `dvae.safetensors` beside `weights`."""
+    clip_model: str = "megadalle"
+    """The reranker: megadalle (its CLIP, from `clip_weights`) or open_clip:<arch> (e.g. open_clip:ViT-B-32, weights
+    from the local file `clip_weights`; never downloaded). Not `clip=`: hydra reads that as the `clip` config group."""
     clip_weights: str | None = None
-    """CLIP (weights or run directory); null = `clip.safetensors` beside `weights`."""
+    """CLIP (weights or run directory); null = `clip.safetensors` beside `weights`. For open_clip: its state dict
+    (.safetensors, or .pt/.bin read with weights_only)."""
     tokenizer: str | None = None
     """The BPE model; null = `tokenizer.model` beside `weights`."""
     rerank: bool = True
@@ -48,5 +52,7 @@ class GenerateConfig:
         check(self.top_k >= 0, "top_k", self.top_k, "must be >= 0 (0 keeps every token)")
         check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
         check(bool(self.prompt.strip()), "prompt", self.prompt, "must not be empty")
+        check(self.clip_model == "megadalle" or self.clip_model.startswith("open_clip:"), "clip_model",
+              self.clip_model, "expected megadalle or open_clip:<arch>")
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
               "expected auto, cpu, cuda or cuda:N")

@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from megadalle.data.images import draft_for, resize_center_crop, to_rgb
-from megadalle.data.sources import Item
+from megadalle.data.sources import Item, read_shard_sample
 
 REASONS = ("missing_file", "empty_file", "unreadable", "missing_caption", "empty_caption", "not_an_image",
            "decompression_bomb", "too_small", "truncated", "bad_manifest_row")
@@ -61,6 +61,20 @@ def read_captions(item: Item) -> tuple[str, ...]:
     if not captions:
         raise Skip("empty_caption", "the caption is blank")
     return captions
+
+
+def read_shard_item(item: Item) -> tuple[bytes, tuple[str, ...]]:
+    """Image bytes and caption lines of a sample of an input shard."""
+    try:
+        image, txt = read_shard_sample(item)
+    except Exception as err:  # the tar changed or is cut since it was indexed
+        raise Skip("unreadable", f"{type(err).__name__}: {err}") from None
+    if image is None:
+        raise Skip("missing_file", "the sample has no image field")
+    captions = tuple(line.strip() for line in (txt or "").splitlines() if line.strip())
+    if not captions:
+        raise Skip("missing_caption" if txt is None else "empty_caption", "no usable txt field")
+    return image, captions
 
 
 def read_bytes(item: Item) -> bytes:
@@ -117,8 +131,7 @@ def convert(item: Item, opts: ConvertOptions) -> Result:
     try:
         if item.problem is not None:
             raise Skip(*item.problem)
-        data = read_bytes(item)
-        captions = read_captions(item)
+        data, captions = read_shard_item(item) if item.span is not None else (read_bytes(item), read_captions(item))
         img, (width, height) = open_image(data, opts)
         source_format = img.format
         out = resize_center_crop(to_rgb(img), opts.image_size)

@@ -4,17 +4,18 @@ Why an index: loaders pick samples by global index (order = f(seed, epoch, index
 the number of samples in each shard before reading any; it also gives the data set a fingerprint
 that a resumed run checks. index.json is written last, so it marks a finished directory.
 
-Why offset files (`<shard>.idx`, one per shard, npy int64 [count + 1]): the byte offset where each
-sample's first tar header starts, plus the end of the last sample. A reader then fetches any
-sample with one seek and one read, holding 8 bytes per sample of the shards it has touched
-instead of scanning whole tars. Shards written elsewhere get them from `write_index`.
+Why offset files (`<shard>.idx`, one per shard, npy int64): the byte offset where each sample's
+first tar header starts, plus the end of the last sample (`[count + 1]`); or, for a shard written
+elsewhere whose bad samples indexing skipped, each kept sample's (start, end) (`[count, 2]`). A
+reader then fetches any sample with one seek and one read, holding 8-16 bytes per sample of the
+shards it has touched instead of scanning whole tars. Shards written elsewhere get them from
+`megadalle index` (ingest.py), which imports this module; this module imports no reader.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import tarfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,10 +24,15 @@ from typing import Any
 import numpy as np
 
 from megadalle.data import atomic
-from megadalle.data.fields import split_member
+from megadalle.data.tar import walk
+from megadalle.errors import UserError
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "megadalle-shards/1"
+
+
+class ShardsNotFound(UserError, FileNotFoundError):
+    """A shard directory without a finished index (the CLI prints it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +92,9 @@ class ShardIndex:
         root = Path(root)
         path = root / INDEX_NAME
         if not path.is_file():
-            raise FileNotFoundError(
+            raise ShardsNotFound(
                 f"{path} not found: {root} is not a finished megadalle shard directory (the writer writes "
-                f"index.json last); for shards made elsewhere run megadalle.data.shards.write_index({str(root)!r})")
+                f"index.json last); for shards made elsewhere run `megadalle index {root}`")
         data = json.loads(path.read_text())
         if data.get("format") != INDEX_FORMAT:
             raise ValueError(f"{path}: format {data.get('format')!r}, expected {INDEX_FORMAT!r}")
@@ -106,21 +112,17 @@ def offsets_path(shard: str | Path) -> Path:
 
 def scan_offsets(path: str | Path) -> tuple[np.ndarray, set[str]]:
     """Sample start offsets (+ end) of a tar by reading its headers, and the fields seen."""
-    starts, fields, last_key = [], set(), None
-    with tarfile.open(path, "r:") as tar:
-        for info in tar:
-            key, name = split_member(info.name)
-            if not info.isfile() or not name:
-                continue
-            if key != last_key:
-                starts.append(info.offset)
-                last_key = key
-            fields.add(name)
-            end = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-    return np.array(starts + ([end] if starts else [0]), dtype=np.int64), fields
+    starts, fields, end = [], set(), 0
+    with open(path, "rb") as f:
+        for sample in walk(f, read=False):
+            starts.append(sample.start)
+            fields.update(sample.names)
+            end = sample.end
+    return np.array(starts + [end], dtype=np.int64), fields
 
 
 def save_offsets(shard: str | Path, offsets: np.ndarray) -> Path:
+    """Offsets as `[count + 1]` starts (contiguous samples) or `[count, 2]` spans (samples skipped between)."""
     buf = io.BytesIO()
     np.save(buf, np.asarray(offsets, dtype=np.int64), allow_pickle=False)
     return atomic.write_bytes(offsets_path(shard), buf.getvalue())
@@ -134,45 +136,25 @@ def load_offsets(shard: str | Path) -> np.ndarray:
     return scan_offsets(shard)[0]
 
 
-def write_index(root: str | Path, meta: dict[str, Any] | None = None) -> ShardIndex:
-    """index.json and offset files for a directory of `*.tar` shards written by another tool (sorted by name)."""
-    root = Path(root)
-    shards, fields = [], set()
-    for path in sorted(root.glob("*.tar")):
-        offsets, seen = scan_offsets(path)
-        save_offsets(path, offsets)
-        shards.append(ShardInfo(path.name, len(offsets) - 1, path.stat().st_size))
-        fields |= seen
-    index = ShardIndex(root, shards, sorted(fields), dict(meta or {}))
-    index.save()
-    return index
+def to_spans(offsets: np.ndarray) -> np.ndarray:
+    """Either offset layout -> `[count, 2]` (start, end) byte spans, one row per sample."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.ndim == 2:
+        return offsets
+    return np.stack([offsets[:-1], offsets[1:]], axis=1)
 
 
-def verify(root: str | Path, decode_fields: list[str] | None = None) -> list[str]:
-    """Problems of a shard directory (empty list: healthy): files missing or resized since the index,
-    offset files that disagree with the counts, and, for `decode_fields`, samples that fail to decode."""
-    from megadalle.data.reader import iter_shard
+def compact(spans: np.ndarray) -> np.ndarray:
+    """`[count, 2]` spans -> the `[count + 1]` layout when the samples are back to back, else unchanged."""
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    if len(spans) and np.array_equal(spans[1:, 0], spans[:-1, 1]):
+        return np.concatenate([spans[:, 0], spans[-1:, 1]])
+    return spans
 
-    index, problems = ShardIndex.load(root), []
-    for info, path in zip(index.shards, index.paths()):
-        if not path.is_file():
-            problems.append(f"{info.name}: missing")
-            continue
-        if path.stat().st_size != info.bytes:
-            problems.append(f"{info.name}: {path.stat().st_size} bytes, index.json says {info.bytes}")
-            continue
-        offsets = load_offsets(path)
-        if len(offsets) - 1 != info.count:
-            problems.append(f"{info.name}: {len(offsets) - 1} samples in its offsets, index.json says {info.count}")
-        if decode_fields:
-            try:
-                for sample in iter_shard(path, decode_fields):
-                    missing = [f for f in decode_fields if f not in sample]
-                    if missing:
-                        problems.append(f"{info.name}: sample {sample['__key__']!r} lacks {missing}")
-            except Exception as err:
-                problems.append(f"{info.name}: {type(err).__name__}: {err}")
-    return problems
+
+def offsets_count(offsets: np.ndarray) -> int:
+    """Samples an offset array describes, in either layout."""
+    return len(offsets) if np.ndim(offsets) == 2 else len(offsets) - 1
 
 
 def combine(root: str | Path, parts: list[str | Path], meta: dict[str, Any] | None = None) -> ShardIndex:

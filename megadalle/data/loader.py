@@ -24,6 +24,9 @@ epoch sees each sample exactly once. A full permutation replaces webdataset's sh
 mixes strictly better, and it is what makes a position addressable. `shuffle_window=W` trades
 mixing for locality (shards in seeded order, samples permuted within runs of W; see order.py).
 
+A directory of tars written elsewhere (img2dataset, webdataset's TarWriter) with no index.json is
+indexed on first use, every sample checked (`ingest.open_index`; `megadalle index` does it ahead).
+
 Shards are not assigned to ranks or workers: every rank reads the samples its positions name, from
 whichever shard holds them (random access through the offset files, `reader.SampleReader`). So the
 number of shards never needs to divide ranks x workers: with 1 shard and 8 ranks x 4 workers, every
@@ -54,7 +57,7 @@ from megadalle.config.data import DataConfig
 from megadalle.data.batches import BatchMaker, ImageBatches, TokenBatches
 from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.order import Order, reader_positions
-from megadalle.data.shards import SampleReader, ShardIndex
+from megadalle.data.shards import SampleReader, ShardIndex, open_index
 from megadalle.errors import UserError
 
 
@@ -146,7 +149,7 @@ class StepLoader:
             raise ValueError(f"rank={self.rank} must be in [0, world_size={self.world_size})")
         if epochs is not None and epochs < 1:
             raise ValueError(f"epochs={epochs} must be a positive integer or None (infinite)")
-        self.index = ShardIndex.load(root)
+        self.index = open_index(root)
         self.global_batch, self.maker, self.seed, self.shuffle = global_batch, maker, seed, shuffle
         self.shuffle_window = shuffle_window
         self.order = Order([s.count for s in self.index.shards], seed, shuffle, shuffle_window)
@@ -239,7 +242,7 @@ def image_loader(root: str | Path, global_batch: int, image_size: int, **kwargs)
 
     For one pass in shard order (e.g. `encode`): shuffle=False, epochs=1 (the last batch may be short).
     """
-    index = ShardIndex.load(root)
+    index = open_index(root)
     return StepLoader(root, global_batch, ImageBatches(image_size, image_field(index)), **kwargs)
 
 
@@ -258,13 +261,14 @@ def loader_from_config(cfg: DataConfig, global_batch: int, seed: int, *, text_le
     common = dict(seed=seed, shuffle=cfg.shuffle, shuffle_window=cfg.shuffle_window, num_workers=cfg.num_workers,
                   prefetch_factor=cfg.prefetch_factor)
     common.update(kwargs)
+    index = open_index(cfg.shards, "data.shards")  # a one-line error naming the key; tars from elsewhere indexed
     if cfg.tokenizer:
         if text_len is None:
             raise ValueError("loader_from_config: token shards need text_len (the model's)")
         from megadalle.data.tokenizer import Tokenizer
 
         return token_loader(cfg.shards, global_batch, Tokenizer(cfg.tokenizer), text_len, cfg.bpe_dropout, **common)
-    size = cfg.image_size or image_size or ShardIndex.load(cfg.shards).meta.get("image_size")
+    size = cfg.image_size or image_size or index.meta.get("image_size")
     if not size:
         raise ValueError(f"{cfg.shards}: index.json has no meta.image_size; set data.image_size")
     return image_loader(cfg.shards, global_batch, int(size), **common)

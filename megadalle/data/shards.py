@@ -1,4 +1,5 @@
-"""Webdataset tar shards: the atomic writer (readers in `reader.py`, the index in `index.py`).
+"""Webdataset tar shards: the atomic writer (readers in `reader.py`, the index in `index.py`, shards written
+elsewhere indexed by `ingest.py`). The tar members are written by webdataset's own `TarWriter`.
 
 Layout of a shard directory (image shards from `prepare`, token shards from `encode`):
 
@@ -12,28 +13,27 @@ index lists was complete when it appeared.
 """
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 from typing import Any
 
+from webdataset import TarWriter
+
 from megadalle.data import atomic
 from megadalle.data.fields import encode_field
-from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, combine, save_offsets, verify, write_index
+from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, combine, save_offsets
+from megadalle.data.ingest import index_directory, open_index, verify
 from megadalle.data.reader import SampleReader, iter_samples, iter_shard
 
-__all__ = ["ShardWriter", "ShardIndex", "ShardInfo", "SampleReader", "iter_samples", "iter_shard", "write_index",
-           "verify", "combine", "SHARD_PATTERN"]
+__all__ = ["ShardWriter", "ShardIndex", "ShardInfo", "SampleReader", "iter_samples", "iter_shard",
+           "index_directory", "open_index", "verify", "combine", "SHARD_PATTERN"]
 
 SHARD_PATTERN = "shard-%06d.tar"
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    """A member header with fixed time and owner, so equal inputs give byte-identical shards."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o444
-    info.uname = info.gname = ""
-    return info
+def _tar_writer(path: Path) -> TarWriter:
+    """webdataset's writer, made reproducible (fixed time, no owner) and given only bytes: our `encode_field`
+    encodes, as its default encoder would pickle some types. The file is ours, so a crash leaves a temp file."""
+    return TarWriter(open(path, "wb"), encoder=False, user="", group="", mtime=0, format="PAX_FORMAT")
 
 
 class ShardWriter:
@@ -58,7 +58,7 @@ class ShardWriter:
         self.max_count, self.max_bytes, self.meta = max_count, max_bytes, dict(meta or {})
         self.shards: list[ShardInfo] = []
         self.fields: set[str] = set()
-        self._tar: tarfile.TarFile | None = None
+        self._tar: TarWriter | None = None
         self._starts: list[int] = []
         self._count = 0
         self._keys: set[str] = set()
@@ -71,16 +71,17 @@ class ShardWriter:
         if not members:
             raise ValueError(f"sample {key!r} has no fields")
         size = sum(512 + -(-len(b) // 512) * 512 for b in members.values())
-        if self._tar is not None and (self._count >= self.max_count or self._tar.fileobj.tell() + size > self.max_bytes):
+        full = self._tar is not None and (self._count >= self.max_count
+                                          or self._tar.tarstream.offset + size > self.max_bytes)
+        if full:
             self.finish_shard()
         if self._tar is None:
-            self._tar = tarfile.open(atomic.temp_path(self._shard_path(len(self.shards))), "w", format=tarfile.PAX_FORMAT)
+            self._tar = _tar_writer(atomic.temp_path(self._shard_path(len(self.shards))))
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in shard {self._shard_path(len(self.shards)).name}")
         self._keys.add(key)
-        self._starts.append(self._tar.offset)
-        for name in sorted(members):
-            self._tar.addfile(_tarinfo(f"{key}.{name}", len(members[name])), io.BytesIO(members[name]))
+        self._starts.append(self._tar.tarstream.offset)
+        self._tar.write({"__key__": key, **members})
         self.fields.update(members)
         self._count += 1
 
@@ -100,8 +101,9 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the shard being written; the directory stays without an index (unfinished)."""
         if self._tar is not None:
-            tmp = Path(self._tar.name)
+            tmp = Path(self._tar.stream.name)
             self._tar.close()
+            self._tar.stream.close()
             self._tar = None
             tmp.unlink(missing_ok=True)
 
@@ -122,8 +124,9 @@ class ShardWriter:
         if self._tar is None:
             return
         path = self._shard_path(len(self.shards))
-        end = self._tar.offset
+        end = self._tar.tarstream.offset
         self._tar.close()
+        self._tar.stream.close()
         save_offsets(path, self._starts + [end])
         atomic.publish(atomic.temp_path(path), path)
         self.shards.append(ShardInfo(path.name, self._count, path.stat().st_size))

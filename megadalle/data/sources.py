@@ -1,4 +1,8 @@
-"""What `prepare` reads: image-caption pairs from a folder or from a JSONL / CSV manifest.
+"""What `prepare` reads: image-caption pairs from a folder, a JSONL / CSV manifest, or webdataset shards.
+
+A folder holding `*.tar` shards (another `prepare`'s output, img2dataset's, any webdataset tars) is read
+as shards: each indexed sample becomes an item (indexing tars written elsewhere first, see ingest.py),
+its image and `txt` read by the worker from the sample's byte span, then resized like any input.
 
 Listing is cheap and happens up front in the main process, in a fixed order (sorted paths for a
 folder, file order for a manifest), so the shards come out the same whatever the number of worker
@@ -11,6 +15,11 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from megadalle.data.fields import IMAGE_FIELDS
+from megadalle.data.index import load_offsets, to_spans
+from megadalle.data.ingest import open_index
+from megadalle.data.tar import walk
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -29,17 +38,47 @@ class Item:
     caption_file: Path | None = None
     problem: tuple[str, str] | None = None
     """(reason, detail) for a row already known to be bad."""
+    span: tuple[int, int] | None = None
+    """For a shard sample: its byte span in the tar `image` (then image and caption are read from there)."""
+
+
+def is_shard_dir(path: Path) -> bool:
+    """A folder of webdataset shards rather than of images."""
+    return path.is_dir() and any(path.glob("*.tar"))
+
+
+def shard_items(root: Path) -> list[Item]:
+    """One item per indexed sample, in index order."""
+    items = []
+    for path in open_index(root).paths():
+        for start, end in to_spans(load_offsets(path)):
+            items.append(Item(f"{len(items):09d}", path, f"{path.name}@{start}", span=(int(start), int(end))))
+    return items
+
+
+def read_shard_sample(item: Item) -> tuple[bytes | None, str | None]:
+    """(image bytes, txt) of a shard item, None for a field the sample lacks (runs in the worker)."""
+    with open(item.image, "rb") as f:
+        f.seek(item.span[0])
+        data = f.read(item.span[1] - item.span[0])
+    sample = next(walk(data, {*IMAGE_FIELDS, "txt"}))
+    image = next((sample.data[name] for name in IMAGE_FIELDS if name in sample.data), None)
+    txt = sample.data.get("txt")
+    return image, None if txt is None else txt.decode("utf-8", errors="replace")
 
 
 def find_items(input: str | Path, image_column: str = "image", caption_column: str = "caption") -> list[Item]:
-    """Items of a folder (recursive) or a .jsonl / .csv manifest; raises if `input` is neither."""
+    """Items of a shard folder, an image folder (recursive) or a .jsonl / .csv manifest; raises if `input` is none."""
     path = Path(input)
+    if is_shard_dir(path):
+        return shard_items(path)
     if path.is_dir():
         return folder_items(path)
     if path.is_file() and path.suffix.lower() in (".jsonl", ".csv"):
         reader = jsonl_rows if path.suffix.lower() == ".jsonl" else csv_rows
         return manifest_items(path, reader(path, image_column, caption_column))
-    raise FileNotFoundError(f"input={str(input)!r}: expected a folder of images or a .jsonl / .csv manifest")
+    raise FileNotFoundError(f"input={str(input)!r}: expected a folder of images or of .tar shards, "
+                            f"or a .jsonl / .csv manifest")
 
 
 def folder_items(root: Path) -> list[Item]:

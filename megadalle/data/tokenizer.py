@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from megadalle.data import atomic
 from megadalle.data.bpe_dropout import BpeDropout
-from megadalle.data.shards import ShardIndex, iter_samples
+from megadalle.data.shards import iter_samples, open_index
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 from megadalle.config.data import NORMALIZATIONS  # noqa: E402  (one list for config and code)
@@ -95,7 +95,7 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
     """Train BPE on the captions of a shard directory and write the model to `output` atomically."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
-    total = ShardIndex.load(shards).total
+    total = open_index(shards).total
     captions = tqdm(iter_captions(shards), desc="tokenizer: reading captions", unit=" lines", mininterval=1.0)
     buf = io.BytesIO()
     spm.set_random_generator_seed(seed)

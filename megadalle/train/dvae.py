@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from megadalle.config import build, check, top_level
 from megadalle.config.data import DataConfig
 from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
+from megadalle.data.ingest import open_index
 from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
 from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches
@@ -116,8 +117,8 @@ def train_dvae(cfg: DictConfig) -> Path | None:
     verb = build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "")
     build(RunConfig, {"run_dir": verb.run_dir, "resume": verb.resume}, "")
     task = task_from_config(cfg)
-    check(task.data is not None and (Path(task.data.shards) / "index.json").is_file(), "data.shards",
-          cfg.data.get("shards"), "is not a finished image shard directory (no index.json); run `megadalle prepare`")
+    check(task.data is not None, "data", None, "train-dvae needs image shards: set data.shards")
+    open_index(task.data.shards, "data.shards")  # tars written elsewhere are indexed here, once; else one-line error
     result = train_from_config(task, cfg, FACTORY)
     print(f"[train-dvae] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
           f"run directory {result.run_dir}")

@@ -12,8 +12,8 @@ import webdataset as wds
 
 from megadalle.data.fields import UnsafeFieldError
 from megadalle.data.index import load_offsets, offsets_path, scan_offsets
-from megadalle.data.shards import (SampleReader, ShardIndex, ShardWriter, combine, iter_samples, iter_shard, verify,
-                                   write_index)
+from megadalle.data.shards import (SampleReader, ShardIndex, ShardWriter, combine, index_directory, iter_samples, iter_shard,
+                                   verify)
 
 
 def sample(i: int) -> dict:
@@ -149,7 +149,7 @@ def test_write_index_for_foreign_shards(tmp_path):
                     info = tarfile.TarInfo(f"{key}.{field}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-    index = write_index(tmp_path)
+    index = index_directory(tmp_path).index
     assert [s.count for s in ShardIndex.load(tmp_path).shards] == [2, 1] and index.fields == ["cls", "txt"]
 
 
@@ -176,7 +176,7 @@ def test_pickle_member_is_never_unpickled(tmp_path, field):
                 info = tarfile.TarInfo(f"{i:03d}.{name}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    write_index(root)
+    index_directory(root)
     assert [s["txt"] for s in iter_samples(root, ["txt"])] == ["cap 0", "cap 1", "cap 2"]
     index = ShardIndex.load(root)
     assert SampleReader(index).read(1, ["txt"])["txt"] == "cap 1"

@@ -26,7 +26,8 @@ def tokenizer_model(path):
     path.write_bytes(buf.getvalue())
 
 
-def test_generate_writes_a_grid_and_sorted_scores(tmp_path):
+def write_tiny_models(folder):
+    """Random Transformer, dVAE and CLIP weights with a tokenizer, named as `generate` finds them in `folder`."""
     model_cfg = TransformerConfig(text_len=8, text_vocab=64, grid_size=4, image_vocab=16, n_layers=2, n_heads=2,
                                   head_dim=8, d_model=16, conv_kernel=3,
                                   attention_pattern=["row", "column"])
@@ -36,8 +37,12 @@ def test_generate_writes_a_grid_and_sorted_scores(tmp_path):
                           patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, embed_dim=8)
     for name, module, kind, cfg in (("model", Transformer(model_cfg), "transformer", model_cfg),
                                     ("dvae", DVAE(dvae_cfg), "dvae", dvae_cfg), ("clip", CLIP(clip_cfg), "clip", clip_cfg)):
-        save_weights(tmp_path / f"{name}.safetensors", module.state_dict(), kind, cfg)
-    tokenizer_model(tmp_path / "tokenizer.model")
+        save_weights(folder / f"{name}.safetensors", module.state_dict(), kind, cfg)
+    tokenizer_model(folder / "tokenizer.model")
+
+
+def test_generate_writes_a_grid_and_sorted_scores(tmp_path):
+    write_tiny_models(tmp_path)
     out = tmp_path / "out"
     cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle at the top left",
                                "n=7", "keep=3", "batch_size=3", "top_k=5", f"output={out}"])

@@ -1,0 +1,177 @@
+"""One model folder: everything `generate` needs, written by `export output=FOLDER`, read by `load_pipeline`.
+
+    FOLDER/
+      bundle.json              what is where, and the Transformer run's config (the record of how it was trained)
+      transformer.safetensors  the Transformer (+ transformer.json: its model config)
+      tokenizer.model          sentencepiece BPE model
+      dvae.safetensors         dVAE (+ dvae.json)
+      clip.safetensors         CLIP reranker (+ clip.json); for `clip_model=open_clip:<arch>` the open_clip state
+                               dict (the arch is in bundle.json); absent when none was given (no rerank)
+
+Tokenizer, dVAE and CLIP default to what the run's own config records (`data.tokenizer`, and
+`dvae_weights` / `clip_weights` where the run has them); a key given to `export` wins. The names
+are the ones `generate` looks for beside its `weights`, so `generate weights=FOLDER` loads it.
+The Transformer is written by `export_transformer` and read by `read_model` alone, so a change of its
+on-disk format (e.g. sharded bf16 safetensors with an index) touches those two functions only.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from megadalle.data import atomic
+from megadalle.errors import UserError
+
+MANIFEST = "bundle.json"
+FORMAT = "megadalle-bundle/1"
+TRANSFORMER, DVAE, CLIP, TOKENIZER = "transformer.safetensors", "dvae.safetensors", "clip.safetensors", "tokenizer.model"
+
+
+class BundleError(UserError, ValueError):
+    """A model folder that cannot be written or read as asked; the message names the key or file."""
+
+
+@dataclass
+class Pipeline:
+    """What `load_pipeline` returns: the models in eval mode (float32, on `device`) and the tokenizer."""
+
+    transformer: nn.Module
+    dvae: nn.Module
+    clip: nn.Module | None
+    """megadalle's CLIP or the open_clip model; None when the folder has none."""
+    reranker: Any
+    """`clip` behind `scores(images, prompt)` (sampling.rerank.Reranker), with its tokenizer; or None."""
+    tokenizer: Any
+    manifest: dict
+
+
+def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None = None, ema: bool = False) -> Path:
+    """The run's Transformer weights at `path` (the one call of the Transformer export)."""
+    from megadalle.export import export
+
+    return export(run_dir, path, checkpoint, ema)
+
+
+def read_model(path: str | Path, kind: str, ema: bool = False) -> nn.Module:
+    """A model from its weights (the one reading of weights for bundles and `generate`)."""
+    from megadalle.sampling.load import load_model
+
+    return load_model(path, kind, ema)
+
+
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def _run_config(run_dir: Path) -> dict:
+    record = run_dir / "run.json"
+    if not record.is_file():
+        raise BundleError(f"run={run_dir}: not a training run directory (no run.json)")
+    return json.loads(record.read_text()).get("config", {})
+
+
+def _pick(given: str | None, recorded: Any, key: str, required: bool) -> Path | None:
+    path = given or recorded
+    if not path:
+        if required:
+            raise BundleError(f"{key}: not given and not recorded in the run's config; pass {key}=PATH")
+        return None
+    if not Path(path).is_file():
+        raise BundleError(f"{key}={path}: no such file")
+    return Path(path)
+
+
+def _copy_weights(source: Path, target: Path, kind: str) -> None:
+    """A weights file and its config JSON; the kind is checked on the way, so a swapped file is caught now."""
+    from megadalle.weights import config_path, load_weights
+
+    load_weights(source, kind)
+    shutil.copyfile(config_path(source), config_path(target))
+    shutil.copyfile(source, target)
+
+
+def _copy_open_clip(arch: str, source: Path, target: Path) -> None:
+    """An open_clip state dict as safetensors, checked to fit the architecture first."""
+    from safetensors.torch import save_file
+
+    from megadalle.sampling.rerank import load_open_clip, read_state_dict
+
+    load_open_clip(arch, source)
+    save_file({k: v.contiguous() for k, v in read_state_dict(source).items()}, str(target))
+
+
+def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,
+                 clip_weights: str | None = None, checkpoint: str | None = None, ema: bool = False,
+                 clip_model: str = "megadalle") -> Path:
+    """Export a Transformer run with its tokenizer, dVAE and (optional) CLIP into the folder `output`;
+    `clip_model=open_clip:<arch>` takes an open_clip state dict as the CLIP."""
+    from megadalle.sampling.rerank import OPEN_CLIP
+
+    run, output = Path(run), Path(output)
+    config = _run_config(run)
+    files = {"tokenizer": _pick(tokenizer, config.get("data", {}).get("tokenizer"), "tokenizer", True),
+             "dvae": _pick(dvae_weights, config.get("dvae_weights"), "dvae_weights", True),
+             "clip": _pick(clip_weights, config.get("clip_weights"), "clip_weights", False)}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
+    export_transformer(run, output / TRANSFORMER, checkpoint, ema)
+    shutil.copyfile(files["tokenizer"], output / TOKENIZER)
+    _copy_weights(files["dvae"], output / DVAE, "dvae")
+    if files["clip"] is not None and clip_model.startswith(OPEN_CLIP):
+        _copy_open_clip(clip_model[len(OPEN_CLIP):], files["clip"], output / CLIP)
+    elif files["clip"] is not None:
+        _copy_weights(files["clip"], output / CLIP, "clip")
+    manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
+                "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
+                "sources": {"run": str(run), **{k: None if v is None else str(v) for k, v in files.items()}},
+                "run_config": config}
+    atomic.write_json(output / MANIFEST, manifest)
+    return output
+
+
+def load_pipeline(folder: str | Path, device: str = "cpu") -> Pipeline:
+    """The models and tokenizer of a model folder written by `export output=FOLDER`."""
+    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sampling.rerank import MegadalleClip, load_reranker
+
+    folder = Path(folder)
+    if not is_bundle(folder):
+        raise BundleError(f"{folder}: not a model folder (no {MANIFEST}); write one with "
+                          f"`megadalle export run=RUN output={folder}`")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    tokenizer = Tokenizer(folder / manifest["tokenizer"])
+    reranker, clip = None, None
+    if manifest.get("clip"):
+        reranker = load_reranker(manifest.get("clip_model", "megadalle"), folder / manifest["clip"], tokenizer,
+                                 device, read_model)
+        clip = reranker.clip if isinstance(reranker, MegadalleClip) else reranker.model
+    return Pipeline(read_model(folder / manifest["transformer"], "transformer").to(device),
+                    read_model(folder / manifest["dvae"], "dvae").to(device), clip, reranker, tokenizer, manifest)
+
+
+def clip_model_of(folder: str | Path, given: str) -> str:
+    """The reranker kind `generate` uses for a model folder: the one it was exported with, unless one is given."""
+    if given != "megadalle" or not is_bundle(folder):
+        return given
+    return json.loads((Path(folder) / MANIFEST).read_text()).get("clip_model", "megadalle")
+
+
+def run(cfg) -> int:
+    """`megadalle export run=DIR output=...`: a folder (no .safetensors suffix) gets the whole bundle."""
+    output = str(cfg.output)
+    if output.endswith(".safetensors"):
+        from megadalle.export import run as export_file
+
+        return export_file(cfg)
+    folder = write_bundle(cfg.run, output, cfg.get("tokenizer"), cfg.get("dvae_weights"), cfg.get("clip_weights"),
+                          cfg.get("checkpoint"), bool(cfg.get("ema", False)), cfg.get("clip_model") or "megadalle")
+    print(f"[export] model folder {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir())), file=sys.stderr)
+    return 0

@@ -1,0 +1,297 @@
+"""`megadalle index DIR`: make a directory of webdataset tars written elsewhere readable by megadalle.
+
+img2dataset's output (`00000.tar` with `<key>.jpg/.txt/.json`, a `.parquet` and `_stats.json`
+beside) or a colleague's `TarWriter` shards carry no `index.json` or offset files. Indexing reads
+every sample once and decodes each field it has a safe decoder for (images fully, json, txt, npy;
+pickles and unknown fields are never decoded): a sample that fails, or lacks a required field, is
+skipped and counted by reason, like `prepare` skips bad inputs, and the offset files simply leave
+it out, so no reader ever sees it. The tars are never rewritten. A tar cut short keeps the samples
+before the cut. Shards are indexed in worker processes; index.json is written last.
+
+`open_index` is what the readers call: it indexes such a directory on first use (with a message),
+under a file lock so that ranks starting together index it once. A directory that holds megadalle
+offset files but no index.json is an unfinished `prepare`/`encode` output, and is refused instead.
+"""
+from __future__ import annotations
+
+import fcntl
+import io
+import multiprocessing as mp
+import os
+import sys
+import tarfile
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from megadalle.data import atomic
+from megadalle.data.fields import IMAGE_FIELDS, UnsafeFieldError, decode_field, extension
+from megadalle.data.index import (INDEX_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, load_offsets,
+                                  offsets_count, offsets_path, save_offsets, to_spans)
+from megadalle.data.tar import TarSample, walk
+
+REPORT_NAME = "index-report.json"
+MEDIA_FIELDS = (*IMAGE_FIELDS, "codes.npy")
+"""What a sample must carry one of, with `require_media`: something to train on."""
+DEFAULT_REQUIRE = ("txt",)
+
+
+@dataclass
+class ShardResult:
+    """What a worker found in one tar: the kept samples' spans, the fields seen, the skipped ones."""
+
+    name: str
+    spans: np.ndarray
+    fields: set[str]
+    skipped: list[dict[str, str]]
+    image_sizes: set[tuple[int, int]]
+
+
+@dataclass
+class IndexSummary:
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Skipped samples per reason."""
+    shards: int = 0
+    seconds: float = 0.0
+    report: str = ""
+    bad: list[dict[str, str]] = field(default_factory=list)
+    """One entry per skipped sample: shard, key, reason, detail."""
+    index: ShardIndex | None = None
+
+    def text(self) -> str:
+        skipped = sum(self.skipped.values())
+        lines = [f"index: kept {self.kept} samples in {self.shards} shards, skipped {skipped} "
+                 f"in {self.seconds:.1f}s ({(self.kept + skipped) / max(self.seconds, 1e-9):.1f} samples/s)"]
+        lines += [f"  skipped {count:>6}  {reason}" for reason, count in sorted(self.skipped.items())]
+        lines.append(f"  report: {self.report}")
+        return "\n".join(lines)
+
+
+def check_image(data: bytes) -> tuple[int, int]:
+    """Decode an image completely (a JPEG at 1/8 scale: every coefficient is still read); its original size."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    size = img.size
+    img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+    img.load()
+    return size
+
+
+def check_sample(sample: TarSample, require: Iterable[str], require_media: bool,
+                 decode: bool = True) -> tuple[str, str, tuple | None]:
+    """(reason, detail, image size): reason "" when the sample is usable. Decodes every field it safely can
+    (with `decode=False` only the fields' presence is checked: fast, for sources one trusts)."""
+    missing = [name for name in require if name not in sample.data]
+    if missing:
+        return "missing_field", f"no {missing[0]!r} field", None
+    if require_media and not any(name in sample.data for name in MEDIA_FIELDS):
+        return "no_media", f"none of {list(MEDIA_FIELDS)} among {sample.names}", None
+    size = None
+    for name, raw in sample.data.items() if decode else ():
+        ext = extension(name)
+        try:
+            if ext in IMAGE_FIELDS:
+                size = check_image(raw)
+            else:
+                decode_field(name, raw)
+        except UnsafeFieldError:
+            continue  # a pickle (never decoded) or a field nobody reads: not ours to judge
+        except Exception as err:  # PIL, zlib, json and unicode errors alike: the sample is unusable
+            return f"bad_{ext}", f"{name}: {type(err).__name__}: {err}", None
+    if "txt" in sample.data and not sample.data["txt"].strip():
+        return "empty_caption", "the txt field is blank", None
+    return "", "", size
+
+
+def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decode: bool = True) -> ShardResult:
+    """Walk one tar, checking every sample (runs in a worker process)."""
+    spans, fields, skipped, sizes, seen = [], set(), [], set(), set()
+
+    def skip(key: str, reason: str, detail: str) -> None:
+        skipped.append({"shard": path.name, "key": key, "reason": reason, "detail": detail})
+
+    end, last = 0, None
+    try:
+        with open(path, "rb") as f:
+            for sample in walk(f):
+                end, last = sample.end, sample.key
+                if sample.key in seen:
+                    skip(sample.key, "duplicate_key", "the key appears twice in this shard (members not adjacent?)")
+                    continue
+                seen.add(sample.key)
+                reason, detail, size = check_sample(sample, require, require_media, decode)
+                if reason:
+                    skip(sample.key, reason, detail)
+                    continue
+                spans.append((sample.start, sample.end))
+                fields.update(sample.names)
+                if size is not None:
+                    sizes.add(size)
+            f.seek(end)
+            trailer = f.read(2 * tarfile.BLOCKSIZE)
+        if trailer.strip(b"\0") or len(trailer) < 2 * tarfile.BLOCKSIZE:
+            # cut at a header boundary: tarfile reads that as a normal end, but the end-of-archive blocks are
+            # missing, so the last sample may have lost members after the cut
+            if spans and spans[-1][1] == end:
+                spans.pop()
+            skip(last or "", "truncated_shard", "no end-of-archive marker: the tar was cut; its last sample dropped")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        skip("", "truncated_shard", f"{type(err).__name__}: {err} (samples after this point are lost)")
+    return ShardResult(path.name, np.array(spans, dtype=np.int64).reshape(-1, 2), fields, skipped, sizes)
+
+
+def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: bool, decode: bool, num_workers: int,
+                   progress: bool) -> Iterator[ShardResult]:
+    work = partial(index_shard, require=require, require_media=require_media, decode=decode)
+    bar = tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress)
+    if num_workers == 0:
+        results = map(work, paths)
+    else:
+        pool = mp.get_context().Pool(min(num_workers, len(paths)))
+        results = pool.imap(work, paths)
+    try:
+        for result in results:
+            bar.update(1)
+            yield result
+    finally:
+        bar.close()
+        if num_workers:
+            pool.close()
+            pool.join()
+
+
+def index_directory(root: str | Path, require: Iterable[str] = (), require_media: bool = False,
+                    num_workers: int | None = 0, progress: bool = False, report: str | Path | None = None,
+                    meta: dict[str, Any] | None = None, decode: bool = True) -> IndexSummary:
+    """Index the `*.tar` files of `root` (sorted by name), checking every sample; writes offset files, the
+    report (default <root>/index-report.json) and index.json last. Shards with no usable sample are left out.
+
+    `meta.image_size` is recorded when every image is a square of one size (what a loader then defaults to).
+    """
+    start, root = time.perf_counter(), Path(root)
+    paths = sorted(root.glob("*.tar"))
+    if not paths:
+        raise ShardsNotFound(f"{root}: no *.tar shards to index")
+    (root / INDEX_NAME).unlink(missing_ok=True)
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    summary = IndexSummary(report=str(report or root / REPORT_NAME))
+    shards, fields, sizes = [], set(), set()
+    for result in _shard_results(paths, tuple(require), require_media, decode, workers, progress):
+        summary.bad += result.skipped
+        if len(result.spans):
+            save_offsets(root / result.name, compact(result.spans))
+            shards.append(ShardInfo(result.name, len(result.spans), (root / result.name).stat().st_size))
+            fields |= result.fields
+            sizes |= result.image_sizes
+    summary.kept, summary.shards = sum(s.count for s in shards), len(shards)
+    summary.skipped = dict(sorted(Counter(b["reason"] for b in summary.bad).items()))
+    summary.seconds = time.perf_counter() - start
+    atomic.write_json(summary.report, {"root": str(root), "kept": summary.kept, "shards": summary.shards,
+                                       "skipped": summary.skipped, "bad": summary.bad})
+    if summary.kept:
+        square = {w for w, h in sizes if w == h}
+        auto_meta = {"image_size": square.pop()} if len(sizes) == 1 and square else {}
+        summary.index = ShardIndex(root, shards, sorted(fields), {"indexed_by": "megadalle index", **auto_meta,
+                                                                   **(meta or {})})
+        summary.index.save()
+    return summary
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """An exclusive lock on <root>/.index.lock: processes indexing the same directory take turns."""
+    with open(root / ".index.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_index(root: str | Path, key: str | None = None) -> ShardIndex:
+    """The directory's index; tars written elsewhere with no index.json are indexed first, with a message.
+    `key` (e.g. "data.shards") names the setting in the error when there is nothing to read."""
+    try:
+        return _open_index(Path(root))
+    except ShardsNotFound as err:
+        if key is None:
+            raise
+        raise ShardsNotFound(f"{key}={str(root)!r}: {err}") from None
+
+
+def _open_index(root: Path) -> ShardIndex:
+    if (root / INDEX_NAME).is_file() or not root.is_dir():
+        return ShardIndex.load(root)
+    tars = sorted(root.glob("*.tar"))
+    if not tars or any(offsets_path(p).is_file() for p in tars):
+        return ShardIndex.load(root)  # nothing to index, or an unfinished megadalle output: the usual error
+    with _locked(root):
+        if not (root / INDEX_NAME).is_file():
+            print(f"[index] {root}: {len(tars)} tar shards without index.json; indexing them now, checking every "
+                  f"sample (once; `megadalle index {root}` does the same ahead of time)", file=sys.stderr, flush=True)
+            summary = index_directory(root, DEFAULT_REQUIRE, True, num_workers=None, progress=True)
+            print(summary.text(), file=sys.stderr, flush=True)
+    return ShardIndex.load(root)
+
+
+def verify(root: str | Path, decode_fields: list[str] | None = None) -> list[str]:
+    """Problems of an indexed shard directory (empty list: healthy): files missing or resized since the index,
+    offset files that disagree with the counts, and, for `decode_fields`, samples that fail to decode."""
+    index, problems = ShardIndex.load(root), []
+    for info, path in zip(index.shards, index.paths()):
+        if not path.is_file():
+            problems.append(f"{info.name}: missing")
+            continue
+        if path.stat().st_size != info.bytes:
+            problems.append(f"{info.name}: {path.stat().st_size} bytes, index.json says {info.bytes}")
+            continue
+        offsets = load_offsets(path)
+        if offsets_count(offsets) != info.count:
+            problems.append(f"{info.name}: {offsets_count(offsets)} samples in its offsets, index.json says "
+                            f"{info.count}")
+            continue
+        if decode_fields:
+            problems += _decode_problems(path, to_spans(offsets), decode_fields)
+    return problems
+
+
+def _decode_problems(path: Path, spans: np.ndarray, fields: list[str]) -> list[str]:
+    problems = []
+    with open(path, "rb") as f:
+        for start, end in spans:
+            f.seek(int(start))
+            try:
+                for sample in walk(f.read(int(end - start)), set(fields)):
+                    missing = [name for name in fields if name not in sample.data]
+                    if missing:
+                        problems.append(f"{path.name}: sample {sample.key!r} lacks {missing}")
+                    for name in fields:
+                        if name in sample.data:
+                            decode_field(name, sample.data[name])
+            except Exception as err:
+                problems.append(f"{path.name}: {type(err).__name__}: {err}")
+    return problems
+
+
+def run(cfg) -> int:
+    """`megadalle index DIR` (or `dir=DIR`); exit code 1 when no sample is usable."""
+    from megadalle.config import build, top_level
+    from megadalle.config.data import IndexConfig
+
+    ic = build(IndexConfig, top_level(cfg, IndexConfig), "")
+    summary = index_directory(ic.dir, ic.require, ic.require_media, ic.num_workers, progress=True, report=ic.report,
+                              decode=ic.decode)
+    print(summary.text())
+    if not summary.kept:
+        print(f"index: no usable sample in {ic.dir}; no index.json written", flush=True)
+        return 1
+    return 0

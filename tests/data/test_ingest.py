@@ -1,0 +1,189 @@
+"""Shards written elsewhere: `megadalle index`, indexing on first use, and every reader on top of it."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from megadalle.cli import main
+from megadalle.config.data import PrepareConfig
+from megadalle.data.index import INDEX_NAME, ShardsNotFound, load_offsets, scan_offsets
+from megadalle.data.loader import image_loader
+from megadalle.data.prepare import prepare
+from megadalle.data.shards import SampleReader, ShardIndex, ShardWriter, index_directory, iter_samples, open_index
+from megadalle.data.tokenizer import train_tokenizer
+from tests.data.conftest import caption, jpeg_bytes
+
+
+class _CreatesFile:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def tarwriter_shards(tmp_path):
+    """Two shards from webdataset's own TarWriter: 9 good samples and 4 bad ones (one of each reason)."""
+    root = tmp_path / "wds"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    good = iter(range(100))
+    for shard in range(2):
+        with wds.TarWriter(str(root / f"part-{shard}.tar")) as sink:
+            for i in range(5):
+                n = next(good)
+                sink.write({"__key__": f"s{shard}_{i}", "jpg": jpeg_bytes((24, 24), n), "txt": f"good {n} " + caption(rng)})
+            if shard == 0:
+                sink.write({"__key__": "cut", "jpg": jpeg_bytes((24, 24), 7)[:200], "txt": "a truncated jpeg"})
+                sink.write({"__key__": "mute", "jpg": jpeg_bytes((24, 24), 8)})
+                sink.write({"__key__": "evil", "jpg": jpeg_bytes((24, 24), 9), "txt": "good pickled",
+                            "pyd": pickle.dumps(_CreatesFile(tmp_path / "pwned"))})
+            else:
+                sink.write({"__key__": "blank", "jpg": jpeg_bytes((24, 24), 10), "txt": "  \n"})
+                sink.write({"__key__": "noimage", "txt": "only words"})
+    return root
+
+
+def test_index_skips_and_counts_bad_samples_and_readers_never_see_them(tarwriter_shards, tmp_path):
+    summary = index_directory(tarwriter_shards, ["txt"], require_media=True)
+    assert summary.kept == 11 and summary.shards == 2
+    assert summary.skipped == {"bad_jpg": 1, "empty_caption": 1, "missing_field": 1, "no_media": 1}
+    report = json.loads((tarwriter_shards / "index-report.json").read_text())
+    assert {b["key"]: b["reason"] for b in report["bad"]} == {"cut": "bad_jpg", "mute": "missing_field",
+                                                               "blank": "empty_caption", "noimage": "no_media"}
+    index = ShardIndex.load(tarwriter_shards)
+    assert index.meta["image_size"] == 24 and "pyd" in index.fields
+    assert load_offsets(tarwriter_shards / "part-0.tar").shape == (6, 2)  # a gap where "cut" and "mute" were
+    keys = [s["__key__"] for s in iter_samples(tarwriter_shards, ["txt"])]
+    assert keys == [f"s0_{i}" for i in range(5)] + ["evil"] + [f"s1_{i}" for i in range(5)]
+    reader = SampleReader(index)
+    assert [reader.read(i, ["txt"])["__key__"] for i in (5, 6, 0)] == ["evil", "s1_0", "s0_0"]
+    assert not (tmp_path / "pwned").exists()  # the pickle member was never decoded
+
+
+def test_a_loader_indexes_such_a_directory_on_first_use(tarwriter_shards, capsys):
+    loader = image_loader(tarwriter_shards, global_batch=11, image_size=16, shuffle=False, epochs=1)
+    assert "indexing them now" in capsys.readouterr().err
+    batch = next(iter(loader))
+    assert batch["image"].shape == (11, 3, 16, 16) and all(t.startswith("good") for t in batch["txt"])
+    assert image_loader(tarwriter_shards, global_batch=11, image_size=16).index.total == 11
+    assert "indexing" not in capsys.readouterr().err  # once
+
+
+@pytest.mark.parametrize("cut", [0.35, 0.6, 1.0])
+def test_a_shard_cut_short_keeps_the_complete_samples_before_the_cut(tmp_path, cut):
+    with wds.TarWriter(str(tmp_path / "a.tar")) as sink:
+        for i in range(4):
+            sink.write({"__key__": f"k{i}", "png": jpeg_bytes((20, 20), i, "PNG"), "txt": f"caption {i}"})
+    content_end = int(scan_offsets(tmp_path / "a.tar")[0][-1])  # 1.0: every member there, the end marker lost
+    data = (tmp_path / "a.tar").read_bytes()
+    (tmp_path / "a.tar").write_bytes(data[:int(content_end * cut)])  # inside a member or at a header
+    summary = index_directory(tmp_path, ["txt"], True)
+    assert summary.skipped.get("truncated_shard") == 1 and 0 < summary.kept < 4
+    assert [s["txt"] for s in iter_samples(tmp_path, ["txt", "png"])] == [f"caption {i}" for i in range(summary.kept)]
+
+
+def test_an_unfinished_megadalle_output_is_refused_not_indexed(tmp_path):
+    writer = ShardWriter(tmp_path, max_count=1)
+    for i in range(2):
+        writer.write({"__key__": f"k{i}", "txt": "x", "png": jpeg_bytes((8, 8), i, "PNG")})
+    writer.finish_shard()  # shards and offset files, but the writer never published index.json
+    with pytest.raises(ShardsNotFound, match="not a finished megadalle shard directory"):
+        open_index(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardsNotFound, match="no \\*.tar"):
+        index_directory(tmp_path / "empty")
+
+
+@pytest.fixture
+def img2dataset_dir(tmp_path):
+    """What img2dataset writes: 00000.tar (jpg/txt/json per key, images not square), parquet and stats beside."""
+    root = tmp_path / "laion"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for shard in range(2):
+        with wds.TarWriter(str(root / f"{shard:05d}.tar")) as sink:
+            for i in range(6):
+                key = f"{shard:05d}{i:04d}"
+                sink.write({"__key__": key, "jpg": jpeg_bytes((40 + 4 * i, 32), 10 * shard + i), "txt": caption(rng),
+                            "json": {"url": f"http://x/{key}.jpg", "key": key, "status": "success"}})
+        (root / f"{shard:05d}.parquet").write_bytes(b"PAR1 not read by megadalle PAR1")
+        (root / f"{shard:05d}_stats.json").write_text(json.dumps({"count": 6, "successes": 6}))
+    return root
+
+
+def test_index_verb_on_an_img2dataset_directory(img2dataset_dir, capsys):
+    assert main(["index", f"dir={img2dataset_dir}", "num_workers=2"]) == 0
+    assert "kept 12 samples in 2 shards, skipped 0" in capsys.readouterr().out
+    index = ShardIndex.load(img2dataset_dir)
+    assert [s.name for s in index.shards] == ["00000.tar", "00001.tar"] and index.fields == ["jpg", "json", "txt"]
+    assert "image_size" not in index.meta  # sizes differ: loaders resize to the size they are given
+    assert main(["index", f"dir={img2dataset_dir / 'missing'}"]) == 2
+
+
+def test_without_decoding_only_the_fields_are_checked(tarwriter_shards):
+    summary = index_directory(tarwriter_shards, ["txt"], require_media=True, decode=False)
+    assert summary.skipped == {"empty_caption": 1, "missing_field": 1, "no_media": 1}
+    assert summary.kept == 12  # the cut jpeg passes: it is never decoded
+
+
+def test_tokenizer_prepare_and_encode_read_img2dataset_shards(img2dataset_dir, tmp_path):
+    tok = train_tokenizer(img2dataset_dir, tmp_path / "tok.model", vocab_size=40)
+    first = next(iter_samples(img2dataset_dir, ["txt"]))["txt"]
+    assert (img2dataset_dir / INDEX_NAME).is_file() and tok.encode(first, 8) != tok.encode("", 8)
+
+    summary = prepare(PrepareConfig(input=str(img2dataset_dir), output=str(tmp_path / "out"), image_size=16,
+                                    min_side=8, num_workers=0), progress=False)
+    assert summary.kept == 12 and not summary.skipped
+    resized = list(iter_samples(tmp_path / "out", ["jpg", "txt"]))
+    originals = list(iter_samples(img2dataset_dir, ["txt"]))
+    assert all(s["jpg"].size == (16, 16) for s in resized)
+    assert [s["txt"] for s in resized] == [s["txt"] for s in originals]
+
+    from megadalle.config.dvae import DVAEConfig
+    from megadalle.encode import encode_shards
+    from megadalle.models.dvae import DVAE
+
+    torch.manual_seed(0)
+    model = DVAE(DVAEConfig(image_size=16, n_hid=8, n_blk_per_group=1, n_groups=2, vocab_size=16, n_init=8)).eval()
+    tokens = encode_shards(model, img2dataset_dir, tmp_path / "tokens", batch_size=5)
+    assert tokens.total == 12 and [s["codes.npy"].shape for s in iter_samples(tokens.root, ["codes.npy"])] == [(8, 8)] * 12
+
+
+def _open_logging_to(root, log):
+    import sys
+
+    with open(log, "w") as sys.stderr:
+        open_index(root)
+
+
+def test_processes_starting_together_index_once(tarwriter_shards, tmp_path):
+    import multiprocessing as mp
+
+    logs = [tmp_path / f"rank{r}.log" for r in range(3)]
+    procs = [mp.get_context("fork").Process(target=_open_logging_to, args=(tarwriter_shards, log)) for log in logs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert sum("indexing them now" in log.read_text() for log in logs) == 1
+    assert ShardIndex.load(tarwriter_shards).total == 11
+
+
+def test_encode_skips_what_indexing_skipped(tarwriter_shards, tmp_path):
+    from megadalle.config.dvae import DVAEConfig
+    from megadalle.encode import encode_shards
+    from megadalle.models.dvae import DVAE
+
+    index_directory(tarwriter_shards, ["txt"], require_media=True)
+    model = DVAE(DVAEConfig(image_size=16, n_hid=8, n_blk_per_group=1, n_groups=2, vocab_size=16, n_init=8)).eval()
+    tokens = encode_shards(model, tarwriter_shards, tmp_path / "tokens", batch_size=4)
+    keys = [s["__key__"] for s in iter_samples(tokens.root, ["txt"])]
+    assert tokens.total == 11 and keys == [s["__key__"] for s in iter_samples(tarwriter_shards, ["txt"])]
