@@ -6,12 +6,14 @@ accumulation scaling, ZeRO-3 parameter gathering) sees every micro-batch.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from megadalle.config import ConfigError
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import schedule
 from megadalle.train.task import Batch, PipelineSpec, Task
@@ -49,25 +51,56 @@ def training_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
+def deep_merge(base: dict, extra: dict) -> dict:
+    """`base` updated by `extra`: mappings met on both sides merge key by key, other values replace.
+
+    A shallow update would let `{"zero_optimization": {"overlap_comm": false}}` drop the stage,
+    and DeepSpeed would then silently train at stage 0.
+    """
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def precision_config(ds: DeepSpeedConfig, dtype: torch.dtype) -> dict:
+    """bf16 with fp32 master weights, gradients accumulated and reduced in `ds`'s dtypes.
+
+    With fp32 accumulation DeepSpeed 0.19.8 picks (engine._do_optimizer_sanity_check): its
+    BF16_Optimizer under ZeRO-1 and pipelines, the ZeRO-2/3 optimizer's own fp32 accumulation
+    buffers otherwise; zero_stage=0 has no optimizer for that mix and is refused here.
+    """
+    if dtype != torch.bfloat16:
+        return {"bf16": {"enabled": False}}
+    if ds.zero_stage == 0 and ds.grad_accum_dtype == "fp32":
+        raise ConfigError("deepspeed.grad_accum_dtype='fp32': DeepSpeed cannot accumulate bf16 gradients in fp32 "
+                          "at deepspeed.zero_stage=0; use zero_stage>=1 or deepspeed.grad_accum_dtype=bf16")
+    return {"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": ds.grad_accum_dtype},
+            "communication_data_type": ds.communication_dtype}
+
+
 def ds_config(trainer: TrainerConfig, ds: DeepSpeedConfig, dp_world: int, dtype: torch.dtype) -> dict:
-    """The DeepSpeed JSON config equivalent to our typed configs (plus `ds.extra` merged last)."""
+    """The DeepSpeed JSON config equivalent to our typed configs (plus `ds.extra` deep-merged last)."""
+    pipelined = ds.pipeline_stages > 1
     config = {
         "train_micro_batch_size_per_gpu": trainer.micro_batch,
         "gradient_accumulation_steps": trainer.grad_accum,
         "train_batch_size": trainer.micro_batch * trainer.grad_accum * dp_world,
         "gradient_clipping": trainer.grad_clip,
-        "bf16": {"enabled": dtype == torch.bfloat16},
-        "zero_optimization": {"stage": ds.zero_stage, "overlap_comm": ds.overlap_comm,
+        **precision_config(ds, dtype),
+        "zero_optimization": {"stage": ds.zero_stage, "overlap_comm": ds.overlap_comm and not pipelined,
                               "reduce_bucket_size": ds.reduce_bucket_size, "contiguous_gradients": True},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
         "dump_state": False,
         "checkpoint": {"tag_validation": "FAIL"},
     }
-    if ds.pipeline_stages > 1:
+    if pipelined:
         config["pipeline"] = {"activation_checkpoint_interval": ds.pipe_activation_checkpoint_interval}
-    config.update(ds.extra)
-    return config
+    return deep_merge(config, ds.extra)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
