@@ -147,8 +147,12 @@ def rank_batches(data, part: DataPart, seed: int, start_step: int, **shape) -> I
     dp_rank, as `DataPart.reader`), so its worker processes start once, not once per step.
     `shape` is the loader's text_len= or image_size=.
     """
+    from megadalle.config import ConfigError
     from megadalle.data.loader import loader_from_config
 
+    if data.source != "shards":
+        raise ConfigError(f"data.source={data.source!r}: this task reads shards only (data=synthetic serves "
+                          "`megadalle train`)")
     return loader_from_config(data, part.global_batch, seed, rank=part.dp_rank, world_size=part.dp_world,
                               grad_accum=part.grad_accum, **shape).iter_from_step(start_step)
 

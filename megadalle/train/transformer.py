@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from megadalle.config import build
 from megadalle.config.data import DataConfig
 from megadalle.config.model import TransformerConfig
+from megadalle.data import synthetic
 from megadalle.models.transformer import Transformer, segment_loss
 from megadalle.train.pipeline import Unpack
 from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task, rank_batches
@@ -35,13 +36,23 @@ class TransformerTask(Task):
     def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
         if self.data is None:
             raise ValueError("TransformerTask built without a data config cannot produce batches")
-        yield from rank_batches(self.data, part, self.seed, start_step, text_len=self.cfg.text_len)
+        if self.data.source == "synthetic":
+            readers = [part.reader(a) for a in range(part.grad_accum)]
+            yield from synthetic.token_batches(self.token_shape(), self.seed, start_step, part.micro_batch, readers)
+        else:
+            yield from rank_batches(self.data, part, self.seed, start_step, text_len=self.cfg.text_len)
+
+    def token_shape(self) -> synthetic.TokenShape:
+        cfg = self.cfg
+        return synthetic.TokenShape(cfg.text_len, cfg.text_vocab, cfg.text_pad_id, cfg.grid_len, cfg.image_vocab)
 
     def data_identity(self, part: DataPart) -> dict:
         from megadalle.data.shards import ShardIndex
 
         if self.data is None:
             return {}
+        if self.data.source == "synthetic":
+            return {"source": "synthetic", "seed": self.seed, "global_batch": part.global_batch}
         return {"fingerprint": ShardIndex.load(self.data.shards).fingerprint, "seed": self.seed,
                 "shuffle": self.data.shuffle, "global_batch": part.global_batch}
 
