@@ -108,7 +108,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, plain = [], []
     for param in model.parameters():
         if param.requires_grad:
-            (decay if param.dim() >= 2 else plain).append(param)
+            shape = getattr(param, "ds_shape", param.shape)  # a ZeRO-3 partitioned parameter's own is [0]
+            (decay if len(shape) >= 2 else plain).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
@@ -125,6 +126,18 @@ def optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, **kwargs)
 
 
+def build_model(task: Task, ds: DeepSpeedConfig, config: dict) -> nn.Module:
+    """The task's model; under ZeRO-3 built inside `deepspeed.zero.Init` with the run's config when the task
+    initialises per module (Task.zero3_init): each module is partitioned over the data-parallel ranks as
+    soon as it is constructed (in the training dtype), so no rank ever holds the whole model."""
+    if ds.zero_stage != 3 or not task.zero3_init:
+        return task.build_model()
+    import deepspeed
+
+    with deepspeed.zero.Init(config_dict_or_path=config):
+        return task.build_model()
+
+
 def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: int) -> Built:
     """Build the task's model and wrap it in DeepSpeed (a PipelineModule when pipeline_stages > 1)."""
     import deepspeed
@@ -133,7 +146,8 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
     if world_size % ds.pipeline_stages:
         raise ValueError(f"deepspeed.pipeline_stages={ds.pipeline_stages} does not divide the world size {world_size}")
     dp_world = world_size // ds.pipeline_stages
-    model = task.build_model()
+    config = ds_config(trainer, ds, dp_world, dtype)
+    model = build_model(task, ds, config)
     spec = task.pipeline(model) if ds.pipeline_stages > 1 else None
     if ds.pipeline_stages > 1 and spec is None:
         raise ValueError(f"deepspeed.pipeline_stages={ds.pipeline_stages}: task {task.name!r} cannot run pipelined")
@@ -144,7 +158,7 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
         module = LossModule(task, model)
     opt = optimizer(module, trainer)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule.scheduler(opt, trainer),
-                                           config=ds_config(trainer, ds, dp_world, dtype))
+                                           config=config)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dp_rank = engine.grid.data_parallel_id if spec is not None else engine.global_rank
     return Built(engine, model, spec, dtype, device, dp_rank, dp_world)

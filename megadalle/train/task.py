@@ -9,7 +9,8 @@ and CLIP (megadalle.train.clip) are tasks; `megadalle.train.loop.train(task, ...
 Contract, in the order the trainer uses it:
 
 1. `build_model()` is called once on every rank, after the trainer has seeded python, numpy and
-   torch identically on all ranks, so every rank builds the same initial weights.
+   torch identically on all ranks, so every rank builds the same initial weights. Under ZeRO-3 a
+   task with `zero3_init` is built inside `deepspeed.zero.Init` (parameters partitioned as built).
 2. `batches(start_step, part)` yields this rank's micro-batches from update `start_step` on;
    the trainer takes `part.grad_accum` of them per update. It must be a pure function of
    (data seed, start_step, part): resuming at step N calls it again with start_step=N and must
@@ -99,6 +100,11 @@ class Task:
 
     name: str = "task"
     """Short name, used for the run directory and wandb."""
+    zero3_init: bool = False
+    """True when `build_model` initialises every parameter inside the __init__ of the module that owns
+    it: then ZeRO-3 builds the model inside `deepspeed.zero.Init`, which partitions each module as soon
+    as it is constructed, so no rank ever holds the whole model. An init applied after construction
+    would meet empty shards there, so such tasks keep the plain construction (whole model per rank)."""
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError

@@ -26,6 +26,7 @@ FACTORY = "megadalle.train.transformer:task_from_config"
 
 class TransformerTask(Task):
     name = "transformer"
+    zero3_init = True  # models/transformer.py initialises per module
 
     def __init__(self, model: TransformerConfig, data: DataConfig | None, seed: int = 0):
         self.cfg, self.data, self.seed = model, data, seed
