@@ -83,8 +83,6 @@ class DeepSpeedConfig:
     partition_method: str = "type:Block"
     """How the pipeline splits its layers: `type:<regex>` balances layers whose class name matches, or
     `parameters` / `uniform` (DeepSpeed's methods)."""
-    pipe_activation_checkpoint_interval: int = 0
-    """Pipeline only: recompute every this many layers in the backward (0 = off)."""
     overlap_comm: bool = True
     """Overlap gradient reduction with the backward (DeepSpeed's ZeRO 1, 2 and 3 optimizers; its pipeline
     engine cannot, so pipelines leave it off; under bf16 with fp32 accumulation ZeRO-1 runs DeepSpeed's
@@ -111,8 +109,6 @@ class DeepSpeedConfig:
         check(self.pipeline_stages >= 1, f"{where}.pipeline_stages", self.pipeline_stages, "must be >= 1")
         check(self.pipeline_stages == 1 or self.zero_stage <= 1, f"{where}.zero_stage", self.zero_stage,
               "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1 only")
-        check(self.pipe_activation_checkpoint_interval >= 0, f"{where}.pipe_activation_checkpoint_interval",
-              self.pipe_activation_checkpoint_interval, "must be non-negative")
         check(self.reduce_bucket_size > 0, f"{where}.reduce_bucket_size", self.reduce_bucket_size, "must be positive")
         for name in ("grad_accum_dtype", "communication_dtype"):
             check(getattr(self, name) in REDUCE_DTYPES, f"{where}.{name}", getattr(self, name),

@@ -14,7 +14,9 @@ Initialisation (GPT-2's: N(0, 0.02), residual output projections N(0, 0.02 / sqr
 norms at identity, biases zero) happens inside the __init__ of the module that owns each parameter.
 DeepSpeed's ZeRO-3 construction (`deepspeed.zero.Init`) partitions a module's parameters as soon as
 its __init__ returns, so an init applied afterwards from the top would touch empty shards and
-silently leave the defaults; per-module init gives the partitioned model the same weights.
+silently leave the defaults; per-module init gives the partitioned model the same weights. Each
+top-level layer (embed, blocks, head) is built under its own seed (megadalle.models.seeding), so a
+pipeline stage that builds only its layers gets the same weights as the whole model.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from megadalle.attention import MaskSpec, attend, layer_kinds
 from megadalle.config.model import TransformerConfig
 from megadalle.flops import transformer_flops_per_token
 from megadalle.models.norm import layer_norm
+from megadalle.models.seeding import draw_base_seed, layer_seed
 
 
 def mask_specs(cfg: TransformerConfig) -> list[MaskSpec]:
@@ -212,9 +215,16 @@ class Transformer(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.embed = Embed(cfg)
-        self.blocks = nn.ModuleList(Block(cfg, spec) for spec in mask_specs(cfg))
-        self.head = Head(cfg)
+        base = draw_base_seed()  # layer i is built under seed base + i, as a pipeline stage builds it
+        with layer_seed(base, 0):
+            self.embed = Embed(cfg)
+        blocks = []
+        for i, spec in enumerate(mask_specs(cfg)):
+            with layer_seed(base, 1 + i):
+                blocks.append(Block(cfg, spec))
+        self.blocks = nn.ModuleList(blocks)
+        with layer_seed(base, 1 + cfg.n_layers):
+            self.head = Head(cfg)
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_shapes(text, image)
         h = self.embed(text, image)

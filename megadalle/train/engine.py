@@ -36,7 +36,8 @@ class Built:
     engine: Any
     """The DeepSpeedEngine (a PipelineEngine when pipelined)."""
     model: nn.Module
-    """The task's plain model (its parameters are the engine's)."""
+    """The task's plain model (its parameters are the engine's); under a pipeline, this stage's layers at
+    their plain-model paths (megadalle.train.pipeline.stage_view)."""
     pipeline: PipelineSpec | None
     dtype: torch.dtype
     device: torch.device
@@ -98,8 +99,6 @@ def ds_config(trainer: TrainerConfig, ds: DeepSpeedConfig, dp_world: int, dtype:
         "dump_state": False,
         "checkpoint": {"tag_validation": "FAIL"},
     }
-    if pipelined:
-        config["pipeline"] = {"activation_checkpoint_interval": ds.pipe_activation_checkpoint_interval}
     return deep_merge(config, ds.extra)
 
 
@@ -147,14 +146,16 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
         raise ValueError(f"deepspeed.pipeline_stages={ds.pipeline_stages} does not divide the world size {world_size}")
     dp_world = world_size // ds.pipeline_stages
     config = ds_config(trainer, ds, dp_world, dtype)
-    model = build_model(task, ds, config)
-    spec = task.pipeline(model) if ds.pipeline_stages > 1 else None
+    spec = task.pipeline() if ds.pipeline_stages > 1 else None
     if ds.pipeline_stages > 1 and spec is None:
         raise ValueError(f"deepspeed.pipeline_stages={ds.pipeline_stages}: task {task.name!r} cannot run pipelined")
     if spec is not None:
-        from megadalle.train.pipeline import pipeline_module
-        module = pipeline_module(spec, ds)
+        from megadalle.train.pipeline import pipeline_module, stage_view
+
+        module = pipeline_module(spec, ds)  # builds this stage's layers only
+        model = stage_view(module, spec.layer_names)
     else:
+        model = build_model(task, ds, config)
         module = LossModule(task, model)
     opt = optimizer(module, trainer)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule.scheduler(opt, trainer),

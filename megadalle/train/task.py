@@ -25,13 +25,15 @@ Contract, in the order the trainer uses it:
 4. Optional: `tokens_per_sample()` and `flops_per_sample()` feed the tokens/s and MFU logs;
    `media(model, step)` returns wandb-loggable values (e.g. {"samples": [wandb.Image]}); it runs
    on every rank under torch.no_grad (ZeRO-3 gathers parameters collectively), rank 0's are logged;
-   `pipeline()` returns a PipelineSpec when the model can run as a DeepSpeed PipelineModule.
+   `pipeline()` returns a PipelineSpec when the model can run as a DeepSpeed PipelineModule; then
+   `build_model` is never called, and "the model" handed to the task and the trainer is the stage's
+   view (megadalle.train.pipeline.stage_view): its layers at their plain-model paths.
    `data_identity(part)` names what the data order depends on; a resume on other data is refused.
 5. `export_spec()` names the weights' kind and config for megadalle.weights.save_weights.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
@@ -71,20 +73,32 @@ class DataPart:
 
 @dataclass
 class PipelineSpec:
-    """A model laid out for DeepSpeed's PipelineModule (built from the model's own sub-modules).
+    """A model laid out for DeepSpeed's PipelineModule, as layer recipes: no rank builds a layer it does not run.
 
-    `layers`: the model's own sub-modules in execution order (each takes the previous one's
-    output; wrap a module whose inputs differ, as megadalle.train.pipeline.Unpack does). Because
-    they are the plain model's modules, loading a pipeline checkpoint layer by layer fills the plain
-    model, which is how `megadalle export` consolidates pipeline runs.
+    `layers`: DeepSpeed `LayerSpec`s in execution order (each layer takes the previous one's output, a
+    tensor or a tuple). A stage builds only its own, layer i under seed base + i as the plain model
+    builds its top-level layers (megadalle.models.seeding), so both start from the same weights.
+    `layer_names`: layer i's path in the plain model ("embed", "blocks.0", ..., "head"): its
+    state_dict keys prefixed with that path and "." are the plain model's parameter names. Export
+    and the per-stage EMA rely on it.
     `loss_fn(outputs, labels)`: the loss of the last layer's output, equal to the task's `loss`.
     `split(batch)`: a batch as (inputs, labels); inputs feed the first layer, labels reach
     `loss_fn`; each a tensor or a tuple of tensors.
+    `checkpointable`: class names of the layers activation checkpointing may recompute (e.g. the
+    Transformer blocks, never an embedding fed integer tokens); `activation_checkpointing` turns
+    it on (one layer per recomputed span, torch's non-reentrant checkpoint).
     """
 
-    layers: list[nn.Module]
+    layers: list[Any]
+    layer_names: list[str]
     loss_fn: Callable[[Any, Any], torch.Tensor]
     split: Callable[[Batch], tuple[Any, Any]]
+    checkpointable: list[str] = field(default_factory=list)
+    activation_checkpointing: bool = False
+
+    def __post_init__(self):
+        if len(self.layers) != len(self.layer_names):
+            raise ValueError(f"PipelineSpec: {len(self.layers)} layers but {len(self.layer_names)} layer_names")
 
 
 @dataclass(frozen=True)
@@ -141,8 +155,8 @@ class Task:
         """
         return {}
 
-    def pipeline(self, model: nn.Module) -> PipelineSpec | None:
-        """The model as pipeline layers, or None when the task cannot run pipelined."""
+    def pipeline(self) -> PipelineSpec | None:
+        """The model as pipeline layer recipes, or None when the task cannot run pipelined."""
         return None
 
 

@@ -1,10 +1,11 @@
 """`megadalle train`: the DALL-E Transformer on token shards, through the generic trainer.
 
-The task reads the step-indexed token loader through `rank_batches`: accumulation step a of
-data-parallel rank r reads micro-batch a * dp_world + r, so every layout (one process
-accumulating, ZeRO ranks, pipeline data-parallel groups) sees the same global batches. The
-pipeline form is the model's own `embed`, `blocks` and `head` with the model's own loss
-(`segment_loss`), so pipelined and plain training optimise the same function.
+The task reads the step-indexed token loader through `rank_batches` (or, with data=synthetic,
+random tokens seeded by step): accumulation step a of data-parallel rank r reads micro-batch
+a * dp_world + r, so every layout (one process accumulating, ZeRO ranks, pipeline data-parallel
+groups) sees the same global batches. The pipeline form is LayerSpecs of the model's own Embed,
+Block and Head classes with the model's own loss (`segment_loss`), so pipelined and plain training
+optimise the same function.
 """
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from megadalle.config import build
 from megadalle.config.data import DataConfig
 from megadalle.config.model import TransformerConfig
 from megadalle.data import synthetic
-from megadalle.models.transformer import Transformer, segment_loss
-from megadalle.train.pipeline import Unpack
+from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss
 from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task, rank_batches
 
 FACTORY = "megadalle.train.transformer:task_from_config"
@@ -70,7 +70,9 @@ class TransformerTask(Task):
     def export_spec(self) -> ExportSpec:
         return ExportSpec("transformer", self.cfg)
 
-    def pipeline(self, model: Transformer) -> PipelineSpec:
+    def pipeline(self) -> PipelineSpec:
+        from deepspeed.pipe import LayerSpec
+
         cfg = self.cfg
 
         def loss_fn(outputs, labels):
@@ -80,7 +82,18 @@ class TransformerTask(Task):
             pair = (batch["text"], batch["image"])
             return pair, pair
 
-        return PipelineSpec(layers=[Unpack(model.embed), *model.blocks, model.head], loss_fn=loss_fn, split=split)
+        layers = [LayerSpec(PipeEmbed, cfg), *(LayerSpec(Block, cfg, spec) for spec in mask_specs(cfg)),
+                  LayerSpec(Head, cfg)]
+        names = ["embed", *(f"blocks.{i}" for i in range(cfg.n_layers)), "head"]
+        return PipelineSpec(layers, names, loss_fn, split, checkpointable=[Block.__name__],
+                            activation_checkpointing=cfg.activation_checkpointing)
+
+
+class PipeEmbed(Embed):
+    """The embedding as a pipeline's first layer: one input, the (text, image) pair (same parameters as Embed)."""
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return super().forward(*inputs)
 
 
 def task_from_config(cfg: dict | DictConfig) -> TransformerTask:

@@ -32,8 +32,10 @@ def main(opts: dict) -> None:
     trainer = build(TrainerConfig, cfg.trainer, "trainer")
     ds = build(DeepSpeedConfig, cfg.deepspeed, "deepspeed")
     config = engine.ds_config(trainer, ds, env.world_size, engine.training_dtype(trainer.precision))
-    constructed = sum(p.numel() for p in engine.build_model(task, ds, config).parameters())
-    rng.seed_all(int(cfg.seed))
+    constructed = None
+    if ds.pipeline_stages == 1:
+        constructed = sum(p.numel() for p in engine.build_model(task, ds, config).parameters())
+        rng.seed_all(int(cfg.seed))
     built = engine.build(task, trainer, ds, env.world_size)
     params = dict(built.model.named_parameters())
     partitioned = all(hasattr(p, "ds_tensor") for p in params.values())
@@ -43,7 +45,8 @@ def main(opts: dict) -> None:
         stats = {name: [p.float().mean().item(), p.float().std().item(), p.numel()] for name, p in params.items()}
     part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
     loss = StepRunner(task, built, part, 0).update(0)["loss"]
-    record = {"shares": shares, "stats": stats, "loss": loss, "constructed": constructed}
+    record = {"shares": shares, "stats": stats, "loss": loss, "constructed": constructed,
+              "engine_params": sum(p.numel() for p in built.engine.module.parameters())}
     (Path(opts["out"]) / f"rank{env.rank}.json").write_text(json.dumps(record))
 
 
