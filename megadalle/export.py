@@ -7,7 +7,7 @@ and the full config), then filled from the checkpoint:
   (names of the LossModule wrapper, `model.` stripped); stage 0 has none, its module state is read;
 - pipeline: each `layer_NN-model_states.pt` is loaded into layer NN of the task's PipelineSpec,
   whose layers are the plain model's own modules, so the plain model ends up complete;
-- `ema=true`: the EMA weights every rank saved (merged: stages hold disjoint parameters).
+- `ema=true`: the EMA pieces every rank saved, consolidated parameter by parameter (train/ema.py).
 Our own reads use torch.load(weights_only=True); the result is written by megadalle.weights.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from safetensors.torch import load_file
 from torch import nn
 
 from megadalle.train.checkpoint import CheckpointError, damage, find_resumable
+from megadalle.train.ema import EmaPieces
 from megadalle.train.task import Task
 from megadalle.weights import save_weights
 
@@ -58,9 +58,10 @@ def _strip(state: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, 
     return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
-def fill_model(task: Task, model: nn.Module, path: Path, pipeline_stages: int, ema: bool) -> None:
-    """Load the checkpoint at `path` into the plain `model` (see the module docstring)."""
-    if pipeline_stages > 1:
+def fill_model(task: Task, model: nn.Module, path: Path, ema: bool) -> None:
+    """Load the checkpoint at `path` into the plain `model` (see the module docstring); a pipeline
+    checkpoint is told by its per-layer files."""
+    if any(path.glob("layer_*-model_states.pt")):
         layers = task.pipeline(model).layers
         for i, layer in enumerate(layers):
             layer.load_state_dict(torch.load(path / f"layer_{i:02d}-model_states.pt", weights_only=True,
@@ -74,27 +75,24 @@ def fill_model(task: Task, model: nn.Module, path: Path, pipeline_stages: int, e
         state = torch.load(path / "mp_rank_00_model_states.pt", weights_only=True, map_location="cpu")["module"]
         model.load_state_dict(_strip(state), strict=True)
     if ema:
-        files = sorted(path.glob("ema_rank*.safetensors"))
-        if not files:
-            raise CheckpointError(f"ema=true but {path} holds no EMA weights (trained with trainer.ema=null?)")
-        shadow = {}
-        for file in files:
-            shadow.update(load_file(str(file)))
+        try:
+            pieces = EmaPieces(path)
+        except (FileNotFoundError, ValueError) as err:
+            raise CheckpointError(f"ema=true: {err}") from err
         params = dict(model.named_parameters())
-        missing = set(params) - set(shadow)
+        missing = set(params) - set(pieces.shapes)
         if missing:
             raise CheckpointError(f"{path}: EMA files lack {sorted(missing)[:5]}")
         with torch.no_grad():
-            for name, value in shadow.items():
+            for name, value in pieces:
                 params[name].copy_(value)
 
 
 def load_run(run_dir: str | Path, checkpoint: str | None = None, ema: bool = False) -> tuple[nn.Module, Task]:
     """The run's model (fp32, CPU, eval mode) with the newest complete checkpoint's weights."""
-    task, config = run_task(run_dir)
+    task, _ = run_task(run_dir)
     model = task.build_model().float()
-    stages = int(config.get("deepspeed", {}).get("pipeline_stages", 1))
-    fill_model(task, model, checkpoint_dir(run_dir, checkpoint), stages, ema)
+    fill_model(task, model, checkpoint_dir(run_dir, checkpoint), ema)
     return model.eval(), task
 
 

@@ -5,6 +5,9 @@ Transformer (embed -> blocks -> head) so the pipeline path is exercised the same
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -56,10 +59,12 @@ def next_token_loss(logits, tokens):
 class ToyTask(Task):
     name = "toy"
 
-    def __init__(self, data_seed: int = 0, dropout: bool = True, nan_step: int | None = None):
+    def __init__(self, data_seed: int = 0, dropout: bool = True, nan_step: int | None = None,
+                 record: str | None = None):
         self.data_seed = data_seed
         self.dropout = dropout
         self.nan_step = nan_step
+        self.record = record  # a folder where each data-parallel rank appends the samples it reads (dp<rank>.jsonl)
 
     def build_model(self):
         model = Toy()
@@ -76,7 +81,11 @@ class ToyTask(Task):
                 tokens = torch.randint(0, VOCAB, (part.global_batch, SEQ), generator=g)
                 tokens[:, 1::2] = (tokens[:, 0::2] * 7 + 3) % VOCAB  # learnable structure
                 i = part.reader(a)
-                yield {"tokens": tokens[i * part.micro_batch:(i + 1) * part.micro_batch]}
+                micro = tokens[i * part.micro_batch:(i + 1) * part.micro_batch]
+                if self.record:
+                    with open(Path(self.record) / f"dp{part.dp_rank}.jsonl", "a") as f:
+                        f.write(json.dumps({"step": step, "rows": micro.tolist()}) + "\n")
+                yield {"tokens": micro}
             step += 1
 
     def loss(self, model, batch, step):
