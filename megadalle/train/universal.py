@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megadalle.config.train import DeepSpeedConfig
-from megadalle.train.checkpoint import MANIFEST, CheckpointError
+from megadalle.train.checkpoint import MANIFEST, CheckpointError, atomic_write
 
 FOLDER = "universal"
 ELASTIC_ZERO_STAGES = (1, 2)
@@ -92,6 +92,7 @@ def convert(path: Path) -> Path:
         raise CheckpointError(f"DeepSpeed's ds_to_universal failed on {path}:\n"
                               f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
     os.replace(tmp, target)
+    atomic_write(path / "latest_universal", FOLDER)  # the converter's pointer named the temporary folder
     return target
 
 

@@ -60,7 +60,8 @@ def test_resume_on_another_data_parallel_size(world, grad_accum, uninterrupted, 
                tmp_path / "logs", timeout=600)  # rank 0 converts the checkpoint first
     log = (tmp_path / "logs" / "rank0.log").read_text()
     assert f"at step {N}" in log and "converting" in log
-    assert (run_dir / "checkpoints" / f"step_{N:08d}" / "universal" / "zero").is_dir()
+    converted = run_dir / "checkpoints" / f"step_{N:08d}"
+    assert (converted / "universal" / "zero").is_dir() and (converted / "latest_universal").read_text() == "universal"
     if world > 2:
         assert "rng_rank00003.pt is missing" in (tmp_path / "logs" / "rank3.log").read_text()
 
