@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from megadalle.export import load_run
+from megadalle.train.consolidate import load_run
 from megadalle.train import rng
 
 import dist_launch as launch

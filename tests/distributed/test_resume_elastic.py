@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megadalle.export import load_run
+from megadalle.train.consolidate import load_run
 from megadalle.train.checkpoint import CheckpointError
 from megadalle.train.universal import Layout, needs_conversion
 
