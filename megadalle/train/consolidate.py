@@ -3,9 +3,9 @@
 The model is rebuilt from the run's own record (`run.json`: the task factory and the full config)
 on the meta device, which costs no memory and gives the names and shapes to expect; the tensors
 come lazily from whatever layout trained it:
-- ZeRO 0-2: the module weights rank 0 saved (`mp_rank_00_model_states.pt`, memory-mapped), which are
-  the training weights; only an fp32 export of a run that trained in lower precision reads the
-  fp32 master weights instead (DeepSpeed's `zero_to_fp32`);
+- ZeRO 0-2: the module weights rank 0 saved (`mp_rank_00_model_states.pt`, memory-mapped, each
+  tensor's pages handed back once consumed), which are the training weights; only an fp32 export
+  of a run that trained in lower precision reads the fp32 master weights (DeepSpeed's `zero_to_fp32`);
 - ZeRO-3: DeepSpeed's `zero_to_fp32` in `lazy_mode` (the rank files memory-mapped, each parameter
   gathered from its partitions when asked for);
 - pipeline: each `layer_NN-model_states.pt` in turn, named through `layer_names` (see `pipeline_names`);
@@ -16,8 +16,12 @@ verb and the training verbs that export at their end (train-dvae, train-clip) bo
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 import json
+import mmap
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +34,7 @@ from megadalle.train.task import Task
 from megadalle.weights import DTYPES, ShardedWriter, cast, save_weights
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
 
 
 def run_task(run_dir: str | Path) -> tuple[Task, dict]:
@@ -84,14 +89,39 @@ def _layer_keys(model: nn.Module, prefix: str) -> list[str]:
     return list(model.get_submodule(prefix).state_dict().keys())
 
 
+def _mapped(file: Path) -> dict:
+    """torch.load of our checkpoints' files, memory-mapped (MAP_PRIVATE, read only: nothing is read yet)."""
+    return torch.load(file, weights_only=True, map_location="cpu", mmap=True)
+
+
+def _drop_pages(tensor: torch.Tensor) -> None:
+    """Let the kernel take back the file pages of a memory-mapped tensor once it has been consumed.
+
+    Read pages of a file mapping stay in the process's resident set until the whole mapping goes,
+    so streaming a 24 GB file would end up "using" 24 GB. MADV_DONTNEED drops them; a private,
+    unwritten file mapping re-reads them from the file if they are touched again, so it is safe for
+    these tensors, and only for them (on anonymous memory it would zero the data). Linux only.
+    """
+    if _LIBC is None or tensor.numel() == 0:
+        return
+    start = tensor.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
+    end = tensor.data_ptr() + tensor.numel() * tensor.element_size()
+    _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
+
+
+def _streamed(state: dict) -> Tensors:
+    """Each (key, tensor) of a memory-mapped state dict, its pages dropped once the consumer moved on."""
+    for key, value in state.items():
+        yield key, value
+        _drop_pages(value)
+
+
 def _pipeline_tensors(task: Task, model: nn.Module, path: Path) -> Tensors:
     for i, names in enumerate(pipeline_names(task, model)):
-        state = torch.load(path / f"layer_{i:02d}-model_states.pt", weights_only=True, map_location="cpu", mmap=True)
-        for key, value in state.items():
+        for key, value in _streamed(_mapped(path / f"layer_{i:02d}-model_states.pt")):
             if key not in names:
                 raise CheckpointError(f"{path}: layer {i} holds {key}, which the model's layer {i} does not have")
             yield names[key], value
-        del state
 
 
 def _zero_tensors(path: Path, dtype: torch.dtype) -> Tensors:
@@ -99,13 +129,13 @@ def _zero_tensors(path: Path, dtype: torch.dtype) -> Tensors:
     optim = any(path.glob("*_optim_states.pt"))
     module = None
     if module_file.is_file():
-        module = torch.load(module_file, weights_only=True, map_location="cpu", mmap=True).get("module")
+        module = _mapped(module_file).get("module")
     # ZeRO-3 saves no module weights; an fp32 export of a bf16 run needs the fp32 masters.
     need_masters = not module or (dtype == torch.float32 and any(t.dtype != torch.float32 for t in module.values()))
     if not (need_masters and optim):
         if not module:
             raise CheckpointError(f"{path} holds neither module weights nor ZeRO optimizer shards")
-        yield from ((name.removeprefix("model."), t) for name, t in module.items())
+        yield from ((name.removeprefix("model."), t) for name, t in _streamed(module))
         return
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
