@@ -11,9 +11,10 @@ already (DataPart), provided the global batch stays the same; the EMA re-slices 
 
 What is supported is checked up front, with the fix in the message: ZeRO stages 1 and 2 change their
 data-parallel size; a pipeline, ZeRO-0 or ZeRO-3 run resumes on the layout that saved it. (ZeRO-3
-through DeepSpeed 0.19.8's universal load was tried: the first loss after the resume is exact, but two
-updates later the loss is 3e-3 off the uninterrupted run's, so the optimizer state does not come back
-whole; it stays refused until that is understood.)
+through DeepSpeed 0.19.8's universal load was tried, 2 ranks -> 1: the first loss after the resume is
+exact, the next 2e-6 off and the one after 3e-3 off the uninterrupted run's, so the optimizer state
+does not come back whole; restoring each param group's hyperparameters, which that load overwrites
+with the first group's, did not change it. It stays refused until that is understood.)
 """
 from __future__ import annotations
 
