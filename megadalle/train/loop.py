@@ -113,9 +113,22 @@ class Trainer:
         """This rank's share of the EMA: its stage's parameters (plain-model names), its data-parallel piece."""
         if decay is None:
             return None
-        trained = {id(p) for p in self.built.engine.module.parameters()}
-        params = [(name, p) for name, p in self.built.model.named_parameters() if id(p) in trained]
-        return EMA(params, decay, self.built.dp_rank, self.built.dp_world)
+        return EMA(self._trained_params(), decay, self.built.dp_rank, self.built.dp_world)
+
+    def _trained_params(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The parameters this rank trains, under their plain-model names.
+
+        A PipelineModule registers layer i as sub-module `str(i)`; with `PipelineSpec.layer_names` (the
+        plain sub-module path of each layer) its parameter `i.key` is `layer_names[i].key`, with no plain
+        model needed. Otherwise the engine's parameters are the plain model's own, matched by identity.
+        """
+        engine_params = list(self.built.engine.module.named_parameters())
+        layer_names = getattr(self.built.pipeline, "layer_names", None)
+        if layer_names is not None:
+            return [(f"{layer_names[int(name.split('.', 1)[0])]}.{name.split('.', 1)[1]}", p)
+                    for name, p in engine_params]
+        trained = {id(p) for _, p in engine_params}
+        return [(name, p) for name, p in self.built.model.named_parameters() if id(p) in trained]
 
     def _choose_checkpoint(self, run: RunOptions) -> tuple[Path | None, Path | None]:
         """The checkpoint to resume from (rank 0 picks it) and, when it was saved by another data-parallel

@@ -60,11 +60,12 @@ class ToyTask(Task):
     name = "toy"
 
     def __init__(self, data_seed: int = 0, dropout: bool = True, nan_step: int | None = None,
-                 record: str | None = None):
+                 record: str | None = None, layer_names: bool = False):
         self.data_seed = data_seed
         self.dropout = dropout
         self.nan_step = nan_step
         self.record = record  # a folder where each data-parallel rank appends the samples it reads (dp<rank>.jsonl)
+        self.layer_names = layer_names  # give the pipeline spec `layer_names` (the plain path of each layer)
 
     def build_model(self):
         model = Toy()
@@ -104,8 +105,11 @@ class ToyTask(Task):
         return ExportSpec("toy", {"n_blocks": 4})
 
     def pipeline(self, model):
-        return PipelineSpec(layers=[model.embed, *model.blocks, model.head],
+        spec = PipelineSpec(layers=[model.embed, *model.blocks, model.head],
                             loss_fn=next_token_loss, split=lambda b: (b["tokens"], b["tokens"]))
+        if self.layer_names:
+            spec.layer_names = ["embed", *(f"blocks.{i}" for i in range(len(model.blocks))), "head"]
+        return spec
 
 
 def build_toy_task(config: dict) -> ToyTask:

@@ -27,7 +27,8 @@ def main(opts: dict) -> None:
     run = RunOptions(run_dir=opts["run_dir"], resume=opts.get("resume", "auto"), seed=0,
                      config={"data_seed": 0, "dropout": opts.get("dropout", True)},
                      task_factory="dist_toy:build_toy_task")
-    task = ToyTask(dropout=opts.get("dropout", True), nan_step=opts.get("nan_step"), record=opts.get("record"))
+    task = ToyTask(dropout=opts.get("dropout", True), nan_step=opts.get("nan_step"), record=opts.get("record"),
+                   layer_names=opts.get("layer_names", False))
     train(task, trainer, ds, LoggerConfig(mode=opts.get("wandb", "disabled")), run,
           extra_callbacks=[Sleep(opts.get("step_sleep", 0.0))])
 

@@ -3,7 +3,8 @@
 Decay 0.5 over two updates gives EMA = 0.25 * initial + 0.25 * w1 + 0.5 * w2, checked exactly against
 the weights of the same run's checkpoints 1 and 2 (the consolidation is right, for every layout), and
 against the EMA of a single process training the same global batches (the layouts agree). Each
-data-parallel rank's EMA file holds half of the elements; each pipeline stage only its own parameters.
+data-parallel rank's EMA file holds half of the elements; each pipeline stage only its own parameters
+(named through `PipelineSpec.layer_names`, as a pipeline built from LayerSpecs must).
 """
 import shutil
 
@@ -23,7 +24,7 @@ LAYOUTS = {
     "zero1": {"zero_stage": 1, "grad_accum": 2},
     "zero2": {"zero_stage": 2, "grad_accum": 2},
     "zero3": {"zero_stage": 3, "grad_accum": 2, "ds_extra": ZERO3_PARTITION_ALL},
-    "pipe": {"zero_stage": 1, "pipeline_stages": 2, "grad_accum": 4},
+    "pipe": {"zero_stage": 1, "pipeline_stages": 2, "grad_accum": 4, "layer_names": True},
 }
 
 

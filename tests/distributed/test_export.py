@@ -86,11 +86,5 @@ def test_pipeline_layer_names_and_fallback_agree():
     model = task.build_model()
     fallback = pipeline_names(task, model)
 
-    class Named(ToyTask):
-        def pipeline(self, model):
-            spec = super().pipeline(model)
-            spec.layer_names = ["embed", *(f"blocks.{i}" for i in range(len(model.blocks))), "head"]
-            return spec
-
-    assert pipeline_names(Named(), model) == fallback
+    assert pipeline_names(ToyTask(layer_names=True), model) == fallback
     assert fallback[1]["fc1.weight"] == "blocks.0.fc1.weight" and fallback[0]["tok.weight"] == "embed.tok.weight"
