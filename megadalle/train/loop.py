@@ -125,8 +125,11 @@ class Trainer:
         engine_params = list(self.built.engine.module.named_parameters())
         layer_names = getattr(self.built.pipeline, "layer_names", None)
         if layer_names is not None:
-            return [(f"{layer_names[int(name.split('.', 1)[0])]}.{name.split('.', 1)[1]}", p)
-                    for name, p in engine_params]
+            renamed = []
+            for name, param in engine_params:
+                index, key = name.split(".", 1)
+                renamed.append((f"{layer_names[int(index)]}.{key}", param))
+            return renamed
         trained = {id(p) for _, p in engine_params}
         return [(name, p) for name, p in self.built.model.named_parameters() if id(p) in trained]
 
