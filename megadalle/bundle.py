@@ -2,7 +2,7 @@
 
     FOLDER/
       bundle.json              what is where, and the Transformer run's config (the record of how it was trained)
-      transformer.safetensors  the Transformer (+ transformer.json: its model config)
+      transformer/             the Transformer: safetensors shards + model.safetensors.index.json + config.json
       tokenizer.model          sentencepiece BPE model
       dvae.safetensors         dVAE (+ dvae.json)
       clip.safetensors         CLIP reranker (+ clip.json); for `clip_model=open_clip:<arch>` the open_clip state
@@ -11,14 +11,13 @@
 Tokenizer, dVAE and CLIP default to what the run's own config records (`data.tokenizer`, and
 `dvae_weights` / `clip_weights` where the run has them); a key given to `export` wins. The names
 are the ones `generate` looks for beside its `weights`, so `generate weights=FOLDER` loads it.
-The Transformer is written by `export_transformer` and read by `read_model` alone, so a change of its
-on-disk format (e.g. sharded bf16 safetensors with an index) touches those two functions only.
+The Transformer is written by `export_transformer` (streamed, bf16 by default) and read by `read_model`
+alone, so a change of its on-disk format touches those two functions only.
 """
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from megadalle.errors import UserError
 
 MANIFEST = "bundle.json"
 FORMAT = "megadalle-bundle/1"
-TRANSFORMER, DVAE, CLIP, TOKENIZER = "transformer.safetensors", "dvae.safetensors", "clip.safetensors", "tokenizer.model"
+TRANSFORMER, DVAE, CLIP, TOKENIZER = "transformer", "dvae.safetensors", "clip.safetensors", "tokenizer.model"
 
 
 class BundleError(UserError, ValueError):
@@ -51,11 +50,12 @@ class Pipeline:
     manifest: dict
 
 
-def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None = None, ema: bool = False) -> Path:
-    """The run's Transformer weights at `path` (the one call of the Transformer export)."""
+def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None = None, ema: bool = False,
+                       dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9) -> Path:
+    """The run's Transformer weights in the folder `path` (the one call of the Transformer export)."""
     from megadalle.export import export
 
-    return export(run_dir, path, checkpoint, ema)
+    return export(run_dir, path, checkpoint, ema, dtype, max_shard_bytes)
 
 
 def read_model(path: str | Path, kind: str, ema: bool = False) -> nn.Module:
@@ -108,7 +108,7 @@ def _copy_open_clip(arch: str, source: Path, target: Path) -> None:
 
 def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,
                  clip_weights: str | None = None, checkpoint: str | None = None, ema: bool = False,
-                 clip_model: str = "megadalle") -> Path:
+                 clip_model: str = "megadalle", dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9) -> Path:
     """Export a Transformer run with its tokenizer, dVAE and (optional) CLIP into the folder `output`;
     `clip_model=open_clip:<arch>` takes an open_clip state dict as the CLIP."""
     from megadalle.sampling.rerank import OPEN_CLIP
@@ -120,7 +120,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
              "clip": _pick(clip_weights, config.get("clip_weights"), "clip_weights", False)}
     output.mkdir(parents=True, exist_ok=True)
     (output / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
-    export_transformer(run, output / TRANSFORMER, checkpoint, ema)
+    export_transformer(run, output / TRANSFORMER, checkpoint, ema, dtype, max_shard_bytes)
     shutil.copyfile(files["tokenizer"], output / TOKENIZER)
     _copy_weights(files["dvae"], output / DVAE, "dvae")
     if files["clip"] is not None and clip_model.startswith(OPEN_CLIP):
@@ -162,16 +162,3 @@ def clip_model_of(folder: str | Path, given: str) -> str:
     if given != "megadalle" or not is_bundle(folder):
         return given
     return json.loads((Path(folder) / MANIFEST).read_text()).get("clip_model", "megadalle")
-
-
-def run(cfg) -> int:
-    """`megadalle export run=DIR output=...`: a folder (no .safetensors suffix) gets the whole bundle."""
-    output = str(cfg.output)
-    if output.endswith(".safetensors"):
-        from megadalle.export import run as export_file
-
-        return export_file(cfg)
-    folder = write_bundle(cfg.run, output, cfg.get("tokenizer"), cfg.get("dvae_weights"), cfg.get("clip_weights"),
-                          cfg.get("checkpoint"), bool(cfg.get("ema", False)), cfg.get("clip_model") or "megadalle")
-    print(f"[export] model folder {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir())), file=sys.stderr)
-    return 0

@@ -36,7 +36,7 @@ VERBS: dict[str, Verb] = {
     "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)"),
     "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards"),
     "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline"),
-    "export": Verb("megadalle.bundle:run", "a training run -> safetensors + config JSON, or a model folder for generate"),
+    "export": Verb("megadalle.export:run", "a training run -> a model folder for generate (or its weights alone)"),
     "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid"),
     "plan": Verb("megadalle.plan:run", "parameters, FLOPs, memory per GPU and a parallel layout for a model size"),
     "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU"),

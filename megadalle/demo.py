@@ -96,7 +96,7 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
                             f"run_dir={out / 'runs/dalle'}",
                             *trainer_overrides(d.steps, d.batch, d.lr)])
     result = train_from_config(task_from_config(cfg), cfg, FACTORY)
-    export(result.run_dir, out / "model.safetensors")
+    export(result.run_dir, out / "model.safetensors", dtype="fp32")
     timer("train", began)
 
 

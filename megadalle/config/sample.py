@@ -11,7 +11,8 @@ from megadalle.config import check
 @dataclass
 class GenerateConfig:
     weights: str = MISSING
-    """The Transformer: exported weights (.safetensors + .json) or a training run directory (newest checkpoint)."""
+    """The Transformer: exported weights (a folder of shards, its index JSON, or one .safetensors + .json) or a
+    training run directory (newest checkpoint)."""
     prompt: str = MISSING
     """The caption to draw."""
     n: int = 512

@@ -1,13 +1,16 @@
 """Load a model for sampling from exported weights or straight from a training run.
 
-Exported weights (megadalle.weights) carry their kind and config, so the model is rebuilt without
-any other input; a run directory is rebuilt by megadalle.export from the run's own record. Either
-way the caller gets a float32 module in eval mode.
+Exported weights (megadalle.weights: one .safetensors file, an index JSON, or a folder of shards)
+carry their kind and config, so the model is rebuilt without any other input, on the meta device
+and then given the loaded tensors (no second, randomly initialised copy); a run directory (it holds
+run.json) is rebuilt by megadalle.train.consolidate from the run's own record. Either way the caller
+gets a float32 module in eval mode.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from megadalle.config import build
@@ -39,25 +42,29 @@ def load_model(path: str | Path, kind: str, ema: bool = False) -> nn.Module:
     if kind not in builders:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(builders)}")
     config_cls, model_cls = builders[kind]
-    if path.is_dir():
-        from megadalle.export import load_run
+    if (path / "run.json").is_file():
+        from megadalle.train.consolidate import load_run
 
         model, task = load_run(path, ema=ema)
         if task.export_spec().kind != kind:
             raise ValueError(f"{path} is a {task.export_spec().kind!r} training run, not a {kind!r} one")
         return model
     state, config = load_weights(path, kind)
-    model = model_cls(build(config_cls, config, kind))
-    model.load_state_dict(state, strict=True)
-    return model.float().eval()
+    with torch.device("meta"):
+        model = model_cls(build(config_cls, config, kind))
+    model.load_state_dict({name: t.float() for name, t in state.items()}, strict=True, assign=True)
+    return model.eval()
 
 
 def beside(weights: str | Path, given: str | None, name: str) -> Path:
-    """`given`, or the file `name` in the folder of `weights` (a run directory counts as the folder)."""
+    """`given`, or the file `name` beside `weights`: in its folder, or, when `weights` is a folder (a run
+    directory or exported shards), inside it or beside it."""
     if given:
         return Path(given)
     weights = Path(weights)
-    found = (weights if weights.is_dir() else weights.parent) / name
-    if not found.exists():
-        raise ModelNotFound(f"no {name} beside {weights} (expected {found}); give its path explicitly")
-    return found
+    places = [weights / name, weights.parent / name] if weights.is_dir() else [weights.parent / name]
+    for found in places:
+        if found.exists():
+            return found
+    raise ModelNotFound(f"no {name} beside {weights} (expected {' or '.join(map(str, places))}); "
+                        "give its path explicitly")

@@ -3,8 +3,10 @@
 Layout under `<run>/checkpoints/`:
     step_00000100/            DeepSpeed's files (model, optimizer shards) for update 100
         rng_rank00000.pt      each rank's generator states (rng.py)
-        ema_rank00000.safetensors   each rank's EMA weights, when EMA is on
-        manifest.json         written by rank 0 after every rank finished: file names and sizes
+        ema_rank00000.safetensors   each rank's piece of the EMA weights, when EMA is on (ema.py)
+        manifest.json         written by rank 0 after every rank finished: file names and sizes, and
+                              the layout (data-parallel size, pipeline stages, ZeRO stage, global batch)
+        universal/            DeepSpeed's universal form, made on a resume with another data-parallel size
     latest                    the tag of the newest complete checkpoint, written last (atomically)
 
 A checkpoint counts only when its manifest exists and every listed file has its recorded size,
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from megadalle.train import rng
+from megadalle.train import ema as ema_lib, rng
 from megadalle.train.distributed import barrier
 from megadalle.errors import UserError
 
@@ -101,7 +103,8 @@ def resolve(resume: str, root: Path) -> Path | None:
 
 
 def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None, keep: int = 0) -> Path:
-    """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints."""
+    """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints.
+    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too."""
     tag = tag_of(step)
     path = root / tag
     if rank == 0 and path.exists():  # an unfinished save of this step by a killed job: start clean
@@ -110,12 +113,13 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None,
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
     torch.save(rng.capture(), path / f"rng_rank{rank:05d}.pt")
     if ema is not None:
-        ema.save(path / f"ema_rank{rank:05d}.safetensors")
+        ema.save(path / ema_lib.file_name(rank))
     barrier()
     if rank == 0:
         files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
                  if f.is_file() and f.name != MANIFEST}
-        atomic_write(path / MANIFEST, json.dumps({"step": step, "files": files}, indent=1))
+        record = {"step": step, "layout": client_state.get("layout"), "files": files}
+        atomic_write(path / MANIFEST, json.dumps(record, indent=1))
         atomic_write(root / LATEST, tag)
         if keep:
             prune(root, keep)
@@ -132,19 +136,29 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def load(engine, path: Path, rank: int, ema=None) -> dict:
-    """Load DeepSpeed state, this rank's generators and EMA from `path`; return the client state."""
-    loaded, client_state = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
+def load(engine, path: Path, rank: int, ema=None, universal: Path | None = None) -> dict:
+    """Load DeepSpeed state, this rank's generators and EMA from `path`; return the client state.
+
+    `universal`: the checkpoint's universal form (the data-parallel size changed; see universal.py).
+    Then DeepSpeed's state comes from there, and a rank the saving run did not have keeps the
+    generators it was seeded with (a warning says so): its dropout masks cannot be the old ones anyway.
+    """
+    source = universal or path
+    loaded, client_state = engine.load_checkpoint(str(source.parent), tag=source.name, load_module_strict=True,
                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
     if loaded is None:
-        raise CheckpointError(f"DeepSpeed could not load the checkpoint {path}")
+        raise CheckpointError(f"DeepSpeed could not load the checkpoint {source}")
     rng_file = path / f"rng_rank{rank:05d}.pt"
-    if not rng_file.is_file():
+    if rng_file.is_file():
+        rng.restore(torch.load(rng_file, weights_only=True))
+    elif universal is not None:
+        print(f"[checkpoint] warning: {rng_file} is missing (the run was saved by fewer ranks); rank {rank} keeps "
+              "freshly seeded generators", file=sys.stderr, flush=True)
+    else:
         raise CheckpointError(f"{rng_file} is missing: was the run saved with a different number of ranks?")
-    rng.restore(torch.load(rng_file, weights_only=True))
     if ema is not None:
-        ema_file = path / f"ema_rank{rank:05d}.safetensors"
-        if not ema_file.is_file():
-            raise CheckpointError(f"{ema_file} is missing (the run was saved without EMA?)")
-        ema.load(ema_file)
+        try:
+            ema.load(path)
+        except (FileNotFoundError, ValueError) as err:
+            raise CheckpointError(f"cannot restore the EMA: {err}") from err
     return client_state

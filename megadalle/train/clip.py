@@ -66,7 +66,7 @@ def train_clip(cfg: DictConfig) -> Path | None:
     """Train from a composed `train-clip` config and export the weights; returns their path on rank 0 (the demo
     calls this)."""
     from megadalle.config.train import RunConfig
-    from megadalle.export import export
+    from megadalle.train.consolidate import export
     from megadalle.train.loop import train_from_config
 
     build(RunConfig, {"run_dir": cfg.get("run_dir"), "resume": cfg.get("resume", "auto")}, "")
@@ -75,7 +75,8 @@ def train_clip(cfg: DictConfig) -> Path | None:
           f"run directory {result.run_dir}")
     if result.stopped_by_signal or int(getattr(result.engine, "global_rank", 0)) != 0:
         return None
-    path = export(result.run_dir, cfg.get("weights") or result.run_dir / "clip.safetensors")
+    # generate reranks with these weights: keep the precision CLIP trained in
+    path = export(result.run_dir, cfg.get("weights") or result.run_dir / "clip.safetensors", dtype="fp32")
     print(f"[train-clip] weights: {path} + {path.with_suffix('.json').name}")
     return path
 

@@ -111,7 +111,7 @@ def task_from_config(cfg: dict | DictConfig) -> DVAETask:
 def train_dvae(cfg: DictConfig) -> Path | None:
     """Train from a composed `train-dvae` config and export the weights; returns their path on rank 0."""
     from megadalle.config.train import RunConfig
-    from megadalle.export import export
+    from megadalle.train.consolidate import export
     from megadalle.train.loop import train_from_config
 
     verb = build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "")
@@ -125,7 +125,8 @@ def train_dvae(cfg: DictConfig) -> Path | None:
     if result.stopped_by_signal or int(getattr(result.engine, "global_rank", 0)) != 0:
         return None
     ema = cfg.trainer.get("ema") is not None
-    path = export(result.run_dir, verb.weights or result.run_dir / "dvae.safetensors", ema=ema)
+    # encode reads these weights: keep the precision the dVAE trained in
+    path = export(result.run_dir, verb.weights or result.run_dir / "dvae.safetensors", ema=ema, dtype="fp32")
     print(f"[train-dvae] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
     return path
 

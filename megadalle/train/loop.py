@@ -12,6 +12,7 @@ check, so a non-finite loss there stops the run instead of training on NaN weigh
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -21,9 +22,8 @@ from typing import Any
 
 import torch
 
-from megadalle.config import check
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
-from megadalle.train import checkpoint, distributed, engine as engine_lib, rng, rundir
+from megadalle.train import checkpoint, distributed, engine as engine_lib, rng, rundir, universal
 from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
@@ -31,6 +31,7 @@ from megadalle.train.signals import StopFlag
 from megadalle.train.speed import Speed
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import DataPart, Task
+from megadalle.train.universal import Layout
 from megadalle.train.wandb_log import Wandb
 
 
@@ -80,20 +81,21 @@ class Trainer:
 
     def __init__(self, task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig,
                  run: RunOptions, extra_callbacks: list[Callback] | None = None):
-        check(trainer.ema is None or ds.zero_stage < 3, "trainer.ema", trainer.ema,
-              "EMA is not supported with deepspeed.zero_stage=3 (parameters are sharded); set trainer.ema=null "
-              "or use zero1/zero2")
         self.task, self.cfg, self.ds = task, trainer, ds
         self.env = distributed.detect()
         distributed.init(self.env, ds.timeout_minutes)
         self.run_dir = rundir.choose(run.run_dir, run.out_dir, task.name, self.env.rank)
         self.ckpt_root = self.run_dir / "checkpoints"
+        dp_world = max(1, self.env.world_size // ds.pipeline_stages)
+        self.layout = Layout(dp_world, ds.pipeline_stages, ds.zero_stage,
+                             global_batch=trainer.micro_batch * trainer.grad_accum * dp_world)
+        chosen, universal_dir = self._choose_checkpoint(run)
         rng.seed_all(run.seed)  # identical initial weights on every rank
-        self.built = engine_lib.build(task, trainer, ds, self.env.world_size)
-        trained = {id(p) for p in self.built.engine.module.parameters()}
-        self.ema = EMA(self.built.model, trained, trainer.ema) if trainer.ema is not None else None
+        self.built = engine_lib.build(task, trainer, universal.loading_config(ds) if universal_dir else ds,
+                                      self.env.world_size)
+        self.ema = self._ema(trainer.ema)
         self.part = DataPart(trainer.micro_batch, trainer.grad_accum, self.built.dp_rank, self.built.dp_world)
-        state = self._resume(run)
+        state = self._resume(run, chosen, universal_dir)
         self.step = int(state.get("step", 0))
         self.samples_seen = int(state.get("samples_seen", 0))
         self.nonfinite = int(state.get("nonfinite_losses", 0))
@@ -107,18 +109,55 @@ class Trainer:
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps, run.config,
                             state.get("wandb_id"))
 
-    def _resume(self, run: RunOptions) -> dict:
-        """Load the checkpoint rank 0 picked (all ranks), check the data; fresh runs seed per-rank RNGs."""
-        chosen = None
+    def _ema(self, decay: float | None) -> EMA | None:
+        """This rank's share of the EMA: its stage's parameters (plain-model names), its data-parallel piece."""
+        if decay is None:
+            return None
+        return EMA(self._trained_params(), decay, self.built.dp_rank, self.built.dp_world)
+
+    def _trained_params(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The parameters this rank trains, under their plain-model names.
+
+        A PipelineModule registers layer i as sub-module `str(i)`; its parameter `i.key` is
+        `layer_names[i].key` (`PipelineSpec.layer_names`, the plain sub-module path of each layer).
+        Otherwise the engine's parameters are the plain model's own, matched by identity.
+        """
+        engine_params = list(self.built.engine.module.named_parameters())
+        if self.built.pipeline is not None:
+            layer_names = self.built.pipeline.layer_names
+            return [(f"{layer_names[int(name.split('.', 1)[0])]}.{name.split('.', 1)[1]}", param)
+                    for name, param in engine_params]
+        trained = {id(p) for _, p in engine_params}
+        return [(name, p) for name, p in self.built.model.named_parameters() if id(p) in trained]
+
+    def _choose_checkpoint(self, run: RunOptions) -> tuple[Path | None, Path | None]:
+        """The checkpoint to resume from (rank 0 picks it) and, when it was saved by another data-parallel
+        size, its universal form (rank 0 converts it once, the others wait); see universal.py."""
+        chosen, error = None, None
         if self.env.rank == 0:
-            found = checkpoint.resolve(run.resume, self.ckpt_root)
-            chosen = str(found) if found else None
-        chosen = distributed.broadcast_object(chosen)
-        self.data_identity = self.task.data_identity(self.part)
+            try:
+                found = checkpoint.resolve(run.resume, self.ckpt_root)
+                if found is not None and universal.needs_conversion(Layout.saved(found), self.layout, found):
+                    chosen = (str(found), str(universal.convert(found)))
+                else:
+                    chosen = (str(found), None) if found else None
+            except checkpoint.CheckpointError as err:
+                error = str(err)
+        chosen, error = distributed.broadcast_object((chosen, error))
+        if error is not None:  # every rank stops with the same one-line reason, none waits forever
+            raise checkpoint.CheckpointError(error)
         if chosen is None:
-            rng.seed_all(run.seed + 1 + self.env.rank)  # dropout differs per rank
+            return None, None
+        return Path(chosen[0]), Path(chosen[1]) if chosen[1] else None
+
+    def _resume(self, run: RunOptions, chosen: Path | None, universal_dir: Path | None) -> dict:
+        """Load the chosen checkpoint (all ranks), check the data. Each rank's generators are seeded
+        apart first (dropout differs per rank); a checkpoint's saved states then replace them."""
+        self.data_identity = self.task.data_identity(self.part)
+        rng.seed_all(run.seed + 1 + self.env.rank)
+        if chosen is None:
             return {}
-        state = checkpoint.load(self.built.engine, Path(chosen), self.env.rank, self.ema)
+        state = checkpoint.load(self.built.engine, chosen, self.env.rank, self.ema, universal_dir)
         check_data_identity(state.get("data_identity"), self.data_identity, chosen)
         print(f"[train] rank {self.env.rank} resumed from {chosen} at step {state['step']}", flush=True)
         return state
@@ -127,7 +166,8 @@ class Trainer:
         """What a checkpoint records beside DeepSpeed's own state."""
         return {"step": self.step, "samples_seen": self.samples_seen, "data_step": self.step,
                 "data_identity": self.data_identity, "wandb_id": self.wandb.run_id,
-                "world_size": self.env.world_size, "nonfinite_losses": self.nonfinite}
+                "world_size": self.env.world_size, "nonfinite_losses": self.nonfinite,
+                "layout": dataclasses.asdict(self.layout)}
 
     def fit(self) -> Result:
         losses: list[float] = []

@@ -5,6 +5,9 @@ Transformer (embed -> blocks -> head) so the pipeline path is exercised the same
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -66,10 +69,12 @@ def next_token_loss(logits, tokens):
 class ToyTask(Task):
     name = "toy"
 
-    def __init__(self, data_seed: int = 0, dropout: bool = True, nan_step: int | None = None):
+    def __init__(self, data_seed: int = 0, dropout: bool = True, nan_step: int | None = None,
+                 record: str | None = None):
         self.data_seed = data_seed
         self.nan_step = nan_step
         self.p_drop = 0.1 if dropout else 0.0
+        self.record = record  # a folder where each data-parallel rank appends the samples it reads (dp<rank>.jsonl)
 
     def build_model(self):
         return Toy(dropout=self.p_drop)
@@ -82,7 +87,11 @@ class ToyTask(Task):
                 tokens = torch.randint(0, VOCAB, (part.global_batch, SEQ), generator=g)
                 tokens[:, 1::2] = (tokens[:, 0::2] * 7 + 3) % VOCAB  # learnable structure
                 i = part.reader(a)
-                yield {"tokens": tokens[i * part.micro_batch:(i + 1) * part.micro_batch]}
+                micro = tokens[i * part.micro_batch:(i + 1) * part.micro_batch]
+                if self.record:
+                    with open(Path(self.record) / f"dp{part.dp_rank}.jsonl", "a") as f:
+                        f.write(json.dumps({"step": step, "rows": micro.tolist()}) + "\n")
+                yield {"tokens": micro}
             step += 1
 
     def loss(self, model, batch, step):
@@ -107,6 +116,7 @@ class ToyTask(Task):
                   LayerSpec(nn.Linear, WIDTH, VOCAB)]
         names = ["embed", *(f"blocks.{i}" for i in range(4)), "head"]
         return PipelineSpec(layers, names, loss_fn=next_token_loss, split=lambda b: (b["tokens"], b["tokens"]))
+        self.record = record  # a folder where each data-parallel rank appends the samples it reads (dp<rank>.jsonl)
 
 
 def build_toy_task(config: dict) -> ToyTask:

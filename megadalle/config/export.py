@@ -1,0 +1,42 @@
+"""The verb-level keys of `megadalle export` (conf/export.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megadalle.config import check, join
+
+DTYPES = ("bf16", "fp32", "fp16")
+
+
+@dataclass
+class ExportConfig:
+    run: str = ""
+    """The training run directory (holds run.json and checkpoints/)."""
+    output: str = ""
+    """A folder: the model folder (megadalle.bundle: Transformer shards, tokenizer, dVAE, CLIP), or only the
+    Transformer's shards + model.safetensors.index.json + config.json with `weights_only`; or a path ending in
+    .safetensors for one file with its .json beside it (small models only: the whole model is held to write it)."""
+    checkpoint: str | None = None
+    """A specific <run>/checkpoints/step_* directory; null = the newest complete one."""
+    ema: bool = False
+    """Export the EMA of the weights instead (runs trained with trainer.ema set)."""
+    dtype: str = "bf16"
+    """Precision of the floating-point tensors written: bf16 (half the bytes of the fp32 masters), fp32, fp16."""
+    max_shard_mb: int = 5000
+    """Largest shard in MB (10^6 bytes); a tensor larger than this gets a shard of its own."""
+    weights_only: bool = False
+    """Write the Transformer's weights alone (no tokenizer, dVAE or CLIP beside them)."""
+    tokenizer: str | None = None
+    """Model folder: the sentencepiece model; None = the run's `data.tokenizer`."""
+    dvae_weights: str | None = None
+    """Model folder: the dVAE's .safetensors; None = the run's `dvae_weights` if it records one."""
+    clip_weights: str | None = None
+    """Model folder: the CLIP's .safetensors; None = the run's `clip_weights`, else no CLIP (no rerank)."""
+    clip_model: str = "megadalle"
+    """Model folder: `megadalle`, or `open_clip:<arch>` (clip_weights is then its local state dict)."""
+
+    def validate(self, where: str = "") -> None:
+        for name in ("run", "output"):
+            check(bool(getattr(self, name)), join(where, name), getattr(self, name), "is required")
+        check(self.dtype in DTYPES, join(where, "dtype"), self.dtype, f"expected one of {DTYPES}")
+        check(self.max_shard_mb > 0, join(where, "max_shard_mb"), self.max_shard_mb, "must be positive")

@@ -1,0 +1,105 @@
+"""Resume on another data-parallel size, through DeepSpeed's universal checkpoints.
+
+ZeRO's optimizer shards are cut for the data-parallel size that saved them; DeepSpeed loads them only
+on the same size. Its converter (`deepspeed.checkpoint.ds_to_universal`) rewrites them as one file per
+parameter and state (fp32 weights, Adam moments), which any data-parallel size loads with the
+`checkpoint.load_universal` config key. So when `resume` finds a checkpoint saved by another
+data-parallel size, rank 0 converts it once, into `<step dir>/universal` (written beside under a
+temporary name, then renamed, so a crash never leaves a half-converted folder that looks done), and
+every rank builds its engine with `load_universal` and loads from there. The data loader is elastic
+already (DataPart), provided the global batch stays the same; the EMA re-slices itself (ema.py).
+
+What is supported is checked up front, with the fix in the message: ZeRO stages 1 and 2 change their
+data-parallel size; a pipeline, ZeRO-0 or ZeRO-3 run resumes on the layout that saved it. (ZeRO-3
+through DeepSpeed 0.19.8's universal load was tried, 2 ranks -> 1: the first loss after the resume is
+exact, the next 2e-6 off and the one after 3e-3 off the uninterrupted run's, so the optimizer state
+does not come back whole; restoring each param group's hyperparameters, which that load overwrites
+with the first group's, did not change it. It stays refused until that is understood.)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from megadalle.config.train import DeepSpeedConfig
+from megadalle.train.checkpoint import MANIFEST, CheckpointError, atomic_write
+
+FOLDER = "universal"
+ELASTIC_ZERO_STAGES = (1, 2)
+SUPPORTED = "a changed data-parallel size is supported for ZeRO stages 1 and 2 without pipeline"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run is laid out over its ranks; recorded in every checkpoint's manifest."""
+
+    dp_world: int
+    pipeline_stages: int
+    zero_stage: int
+    global_batch: int
+
+    @classmethod
+    def saved(cls, path: Path) -> Layout | None:
+        """The layout recorded in the checkpoint at `path` (None for checkpoints from before it was recorded)."""
+        layout = json.loads((path / MANIFEST).read_text()).get("layout")
+        return cls(**layout) if layout else None
+
+
+def needs_conversion(saved: Layout | None, current: Layout, path: Path) -> bool:
+    """True when the checkpoint must go through a universal checkpoint; raise when the change is unsupported."""
+    if saved is None or saved == current:
+        return False
+    if saved.global_batch != current.global_batch:
+        raise CheckpointError(
+            f"cannot resume {path}: it trained with a global batch of {saved.global_batch} samples, this run has "
+            f"{current.global_batch} (micro_batch * grad_accum * {current.dp_world} data-parallel ranks); keep the "
+            f"global batch: trainer.micro_batch * trainer.grad_accum = {saved.global_batch / current.dp_world:g}")
+    if (saved.pipeline_stages, saved.zero_stage) != (current.pipeline_stages, current.zero_stage):
+        raise CheckpointError(
+            f"cannot resume {path}: it was saved with pipeline_stages={saved.pipeline_stages}, "
+            f"zero_stage={saved.zero_stage}, this run has pipeline_stages={current.pipeline_stages}, "
+            f"zero_stage={current.zero_stage}; resume with the same deepspeed config")
+    if saved.pipeline_stages > 1:
+        raise CheckpointError(
+            f"cannot resume {path} on {current.dp_world} data-parallel ranks: it was saved by a pipeline with "
+            f"{saved.dp_world}; a pipeline run resumes only on the same number of ranks "
+            f"({saved.dp_world * saved.pipeline_stages}); {SUPPORTED}")
+    if saved.zero_stage not in ELASTIC_ZERO_STAGES:
+        raise CheckpointError(
+            f"cannot resume {path} on {current.dp_world} data-parallel ranks: it was saved by ZeRO stage "
+            f"{saved.zero_stage} on {saved.dp_world}; {SUPPORTED}; resume on {saved.dp_world} ranks")
+    return True
+
+
+def convert(path: Path) -> Path:
+    """The universal form of the checkpoint at `path`, converted once by DeepSpeed's own converter (rank 0 only)."""
+    target = path / FOLDER
+    if target.is_dir():
+        return target
+    tmp = path / f"{FOLDER}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[checkpoint] converting {path} to a universal checkpoint (data-parallel size changed)", flush=True)
+    # The converter is a script (argparse, worker pools); run it as one, in its own process.
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(path),
+               "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
+               "--num_merge_workers", "1"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"DeepSpeed's ds_to_universal failed on {path}:\n"
+                              f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    os.replace(tmp, target)
+    atomic_write(path / "latest_universal", FOLDER)  # the converter's pointer named the temporary folder
+    return target
+
+
+def loading_config(ds: DeepSpeedConfig) -> DeepSpeedConfig:
+    """`ds` with DeepSpeed's `checkpoint.load_universal` on (the engine must be built with it)."""
+    checkpoint = {**ds.extra.get("checkpoint", {"tag_validation": "FAIL"}), "load_universal": True}
+    return dataclasses.replace(ds, extra={**ds.extra, "checkpoint": checkpoint})

@@ -1,0 +1,98 @@
+"""Resume on another data-parallel size (train/universal.py): ZeRO-2 on 2 ranks, resumed on 1 and on 4.
+
+The uninterrupted run (2 ranks, global batch 8 = 2 x 2 x 2) saves at step 3 and goes on to step 6.
+Its step-3 checkpoint is copied into two new runs, resumed on 1 rank (2 x 4 x 1) and on 4 ranks
+(2 x 1 x 4): each continues from step 3, reads exactly the samples of the uninterrupted run's global
+batches (as a multiset per step: none missing, none repeated), its first loss equals the
+uninterrupted one within 1e-5, and its re-sliced EMA ends where the uninterrupted EMA ends.
+What is not supported (a pipeline on another data-parallel size, another global batch) is refused
+before anything is built, with the reason.
+"""
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from megadalle.train.consolidate import load_run
+from megadalle.train.checkpoint import CheckpointError
+from megadalle.train.universal import Layout, needs_conversion
+
+import dist_launch as launch
+
+OPTS = {"zero_stage": 2, "steps": 6, "micro_batch": 2, "checkpoint_every": 3, "keep_checkpoints": 0,
+        "dropout": False, "ema": 0.5}
+N = 3
+
+
+def samples(record_dir: Path) -> dict[int, Counter]:
+    """step -> multiset of the samples (token rows) all data-parallel ranks read at that step."""
+    seen: dict[int, Counter] = {}
+    for file in record_dir.glob("dp*.jsonl"):
+        for line in file.read_text().splitlines():
+            entry = json.loads(line)
+            seen.setdefault(entry["step"], Counter()).update(tuple(row) for row in entry["rows"])
+    return seen
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    (root / "record").mkdir()
+    launch.run(2, {**OPTS, "grad_accum": 2, "run_dir": str(root / "run"), "record": str(root / "record")},
+               root / "logs")
+    return root
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("world,grad_accum", [(1, 4), (4, 1)])
+def test_resume_on_another_data_parallel_size(world, grad_accum, uninterrupted, tmp_path):
+    run_dir, record = tmp_path / "run", tmp_path / "record"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    record.mkdir()
+    shutil.copy(uninterrupted / "run" / "run.json", run_dir)
+    shutil.copytree(uninterrupted / "run" / "checkpoints" / f"step_{N:08d}", run_dir / "checkpoints" / f"step_{N:08d}")
+    (run_dir / "checkpoints" / "latest").write_text(f"step_{N:08d}")
+
+    launch.run(world, {**OPTS, "grad_accum": grad_accum, "run_dir": str(run_dir), "record": str(record)},
+               tmp_path / "logs", timeout=600)  # rank 0 converts the checkpoint first
+    log = (tmp_path / "logs" / "rank0.log").read_text()
+    assert f"at step {N}" in log and "converting" in log
+    converted = run_dir / "checkpoints" / f"step_{N:08d}"
+    assert (converted / "universal" / "zero").is_dir() and (converted / "latest_universal").read_text() == "universal"
+    if world > 2:
+        assert "rng_rank00003.pt is missing" in (tmp_path / "logs" / "rank3.log").read_text()
+
+    reference, resumed = launch.losses(uninterrupted / "run"), launch.losses(run_dir)
+    assert sorted(resumed) == list(range(N, OPTS["steps"]))
+    assert resumed[N] == pytest.approx(reference[N], abs=1e-5)
+    for step in resumed:
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-4), (step, resumed, reference)
+
+    expected, got = samples(uninterrupted / "record"), samples(record)
+    assert sorted(got) == list(range(N, OPTS["steps"]))
+    for step in got:
+        assert got[step] == expected[step] and sum(got[step].values()) == 8, step
+
+    ema_after = load_run(run_dir, ema=True)[0].state_dict()
+    ema_reference = load_run(uninterrupted / "run", ema=True)[0].state_dict()
+    for name, value in ema_reference.items():
+        torch.testing.assert_close(ema_after[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_refusals_name_what_is_supported(tmp_path):
+    zero2 = Layout(dp_world=2, pipeline_stages=1, zero_stage=2, global_batch=8)
+    assert not needs_conversion(zero2, zero2, tmp_path)
+    assert not needs_conversion(None, zero2, tmp_path)  # saved before layouts were recorded: load as is
+    assert needs_conversion(zero2, Layout(4, 1, 2, 8), tmp_path)
+    with pytest.raises(CheckpointError, match="global batch of 8 samples, this run has 16.*= 4"):
+        needs_conversion(zero2, Layout(2, 1, 2, 16), tmp_path)
+    with pytest.raises(CheckpointError, match="pipeline run resumes only on the same number of ranks \\(4\\)"):
+        needs_conversion(Layout(2, 2, 1, 8), Layout(1, 2, 1, 8), tmp_path)
+    for stage in (0, 3):
+        with pytest.raises(CheckpointError, match=f"ZeRO stage {stage} on 2; .* supported for ZeRO stages 1 and 2"):
+            needs_conversion(Layout(2, 1, stage, 8), Layout(4, 1, stage, 8), tmp_path)
+    with pytest.raises(CheckpointError, match="zero_stage=1, this run has .* zero_stage=2"):
+        needs_conversion(Layout(2, 1, 1, 8), Layout(4, 1, 2, 8), tmp_path)

@@ -1,0 +1,62 @@
+"""megadalle.weights: the sharded folder and the single file both read back by `load_weights` and
+`load_model` (what `generate` uses), from the folder, its index JSON or the file; clear refusals."""
+import json
+
+import pytest
+import torch
+
+from megadalle.config.model import TransformerConfig
+from megadalle.models.transformer import Transformer
+from megadalle.sampling.load import beside, load_model
+from megadalle.weights import INDEX, ShardedWriter, load_weights, save_weights
+
+CFG = TransformerConfig(text_len=8, text_vocab=64, grid_size=4, image_vocab=16, n_layers=2, n_heads=2, head_dim=8,
+                        d_model=16, conv_kernel=3, attention_pattern=["row", "column"])
+
+
+def write_folder(path, state, dtype=torch.float32, max_shard_bytes=4096):
+    writer = ShardedWriter(path, dtype, max_shard_bytes)
+    for name, tensor in state.items():
+        writer.add(name, tensor)
+    return writer.close("transformer", CFG)
+
+
+def test_every_form_loads_the_same_model(tmp_path):
+    model = Transformer(CFG)
+    state = model.state_dict()
+    folder = write_folder(tmp_path / "model", state)
+    save_weights(tmp_path / "one.safetensors", state, "transformer", CFG)
+    assert len(json.loads((folder / INDEX).read_text())["weight_map"]) == len(state)
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
+    for source in (folder, folder / INDEX, tmp_path / "one.safetensors"):
+        loaded, config = load_weights(source, kind="transformer")
+        assert config["d_model"] == 16 and all(torch.equal(loaded[k], v) for k, v in state.items())
+        rebuilt = load_model(source, "transformer")
+        assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in state.items())
+        assert not any(t.is_meta for t in rebuilt.state_dict().values())
+
+
+def test_bf16_folder_and_neighbours(tmp_path):
+    state = Transformer(CFG).state_dict()
+    folder = write_folder(tmp_path / "model", state, torch.bfloat16)
+    loaded, _ = load_weights(folder)
+    assert all(loaded[k].dtype == torch.bfloat16 and torch.equal(loaded[k], v.bfloat16()) for k, v in state.items())
+    assert all(t.dtype == torch.float32 for t in load_model(folder, "transformer").state_dict().values())
+    (tmp_path / "dvae.safetensors").write_bytes(b"")  # generate finds dvae/clip beside a weights folder
+    assert beside(folder, None, "dvae.safetensors") == tmp_path / "dvae.safetensors"
+
+
+def test_refusals(tmp_path):
+    state = Transformer(CFG).state_dict()
+    folder = write_folder(tmp_path / "model", state)
+    with pytest.raises(ValueError, match="holds a 'transformer' model, not a 'dvae' model"):
+        load_weights(folder, kind="dvae")
+    with pytest.raises(FileNotFoundError, match="holds neither"):
+        load_weights(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an exported weights folder"):
+        write_folder(tmp_path / "other", state)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine" and not list(tmp_path.glob("other.tmp-*"))
+    write_folder(folder, {"only": torch.zeros(3)})  # a previous export is replaced whole
+    assert set(load_weights(folder)[0]) == {"only"}
