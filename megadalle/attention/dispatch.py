@@ -23,8 +23,10 @@ from megadalle.attention.masks import MaskSpec, allowed, dense_mask
 BACKENDS = ("auto", "reference", "triton")
 
 KERNEL_BLOCK = {"cuda": 64, "cpu": 16}
-"""Tile side per device type: 64 x 64 suits head_dim <= 128 on current GPUs; the CPU interpreter
-runs tiny test models, where 16 keeps the tables sparse enough to exercise every code path."""
+"""Tile side per device type. On GPUs 64 x 64 sub-tiles, which the forward and dQ programs read in
+pairs (128 query rows): full text-key tiles cost as at 128 rows, partial ones only where the mask
+needs them. The CPU interpreter runs tiny test models, where 16 keeps the tables sparse enough to
+exercise every code path."""
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec,
