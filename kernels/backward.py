@@ -47,7 +47,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, o
                stride_dob, stride_doh, stride_dol, stride_dqb, stride_dqh, stride_dql,
                n_heads, seq_len, qk_scale, scale,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WORDS: tl.constexpr,
-               PERMUTED: tl.constexpr, PRECISION: tl.constexpr):
+               PERMUTED: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr):
     bh, b, h = batch_head(n_heads)
     pair = tl.num_programs(1) - 1 - tl.program_id(1)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -69,7 +69,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, o
 
     dq_a = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     dq_b = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for i in range(tl.load(pair_ptr + pair), tl.load(pair_ptr + pair + 1)):
+    for i in tl.range(tl.load(pair_ptr + pair), tl.load(pair_ptr + pair + 1), num_stages=STAGES):
         k_offs, k_clamped, k_rows, k_in = block_rows(order_ptr, tl.load(pair_kb + i), seq_len, BLOCK_N, PERMUTED)
         k = load_tile(k_base, k_rows, stride_kl, offs_d)
         v = load_tile(v_base, k_rows, stride_vl, offs_d)
@@ -95,7 +95,7 @@ def _dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr
                  stride_dkb, stride_dkh, stride_dkl, stride_dvb, stride_dvh, stride_dvl,
                  n_heads, seq_len, qk_scale, scale,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WORDS: tl.constexpr,
-                 PERMUTED: tl.constexpr, PRECISION: tl.constexpr):
+                 PERMUTED: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr):
     bh, b, h = batch_head(n_heads)
     kb = tl.program_id(1)  # earlier key blocks (the text) serve the most queries and start first
     offs_d = tl.arange(0, HEAD_DIM)
@@ -111,7 +111,7 @@ def _dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    for i in range(tl.load(key_ptr + kb), tl.load(key_ptr + kb + 1)):
+    for i in tl.range(tl.load(key_ptr + kb), tl.load(key_ptr + kb + 1), num_stages=STAGES):
         q_offs, q_clamped, q_rows, q_in = block_rows(order_ptr, tl.load(key_qb + i), seq_len, BLOCK_M, PERMUTED)
         q = load_tile(q_base, q_rows, stride_ql, offs_d)
         do = load_tile(do_base, q_rows, stride_dol, offs_d)

@@ -50,7 +50,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, order_ptr, pair_ptr, pair_k
                 stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
                 n_heads, seq_len, qk_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WORDS: tl.constexpr,
-                PERMUTED: tl.constexpr, PRECISION: tl.constexpr):
+                PERMUTED: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr):
     bh, b, h = batch_head(n_heads)
     # Later query blocks see more keys under causal masks: start them first so the tail is short.
     pair = tl.num_programs(1) - 1 - tl.program_id(1)
@@ -71,7 +71,9 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, order_ptr, pair_ptr, pair_k
     m_b = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_a = tl.zeros([BLOCK_M], dtype=tl.float32)
     l_b = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for i in range(tl.load(pair_ptr + pair), tl.load(pair_ptr + pair + 1)):
+    for i in tl.range(tl.load(pair_ptr + pair), tl.load(pair_ptr + pair + 1), num_stages=STAGES):
+        # Every unpacked value named: Triton treats one name (`_`) bound outside and inside a loop
+        # as a loop-carried variable and refuses its change of type.
         k_offs, k_clamped, k_rows, k_in = block_rows(order_ptr, tl.load(pair_kb + i), seq_len, BLOCK_N, PERMUTED)
         k = load_tile(k_base, k_rows, stride_kl, offs_d)
         v = load_tile(v_base, k_rows, stride_vl, offs_d)

@@ -92,12 +92,14 @@ def tuning_configs() -> list:
 
     Every kernel is idempotent (each output written by one program, no atomics), so timing a
     config by running it is harmless. The interpreter gets a single config: nothing to time there.
-    Stages 2-4 as FlexAttention's and the fused-attention tutorial's Hopper configs use; each
-    program runs one loop over its tiles, so `num_stages` sets how far ahead K/V are fetched.
+    Stages 2-4 as FlexAttention's and the fused-attention tutorial's Hopper configs use. Each
+    program runs one loop over its tiles, and STAGES hands the stage count to that loop's
+    `tl.range`: without it Triton 3.9 leaves a loop whose products sit under `if` unpipelined
+    (no async copies in its TTGIR), whatever the kernel's num_stages.
     """
     if os.environ.get("TRITON_INTERPRET") == "1":
-        return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
+        return [triton.Config({"STAGES": 1}, num_warps=4, num_stages=1)]
+    return [triton.Config({"STAGES": s}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
 
 
 TUNING_KEY = ["HEAD_DIM", "BLOCK_M", "BLOCK_N", "PERMUTED", "PRECISION"]
