@@ -38,12 +38,19 @@ def model_for(args) -> Transformer:
     return Transformer(cfg).eval()
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def cached_tokens_per_s(model: Transformer, text: torch.Tensor, repeats: int) -> float:
     settings = SamplingSettings(top_k=64)
     best = float("inf")
     for _ in range(repeats):
+        _sync(text.device)
         began = time.perf_counter()
-        sample_codes(model, text, settings, torch.Generator().manual_seed(0))
+        sample_codes(model, text, settings, torch.Generator(text.device).manual_seed(0))
+        _sync(text.device)
         best = min(best, time.perf_counter() - began)
     return text.shape[0] * model.cfg.grid_len / best
 
@@ -52,13 +59,15 @@ def cached_tokens_per_s(model: Transformer, text: torch.Tensor, repeats: int) ->
 def naive_tokens_per_s(model: Transformer, text: torch.Tensor, tokens: int) -> float:
     """The loop without a cache: token i comes from a full forward over the (zero-padded) sequence."""
     cfg = model.cfg
-    image = torch.zeros(text.shape[0], cfg.grid_len, dtype=torch.long)
+    image = torch.zeros(text.shape[0], cfg.grid_len, dtype=torch.long, device=text.device)
     positions = torch.linspace(0, cfg.grid_len - 1, tokens).long().tolist()
     model(text, image)  # warm-up
+    _sync(text.device)
     began = time.perf_counter()
     for i in positions:
         logits = model(text, image)[1][:, i]
         image[:, i] = draw(filter_logits(logits, top_k=64))
+    _sync(text.device)
     return text.shape[0] * tokens / (time.perf_counter() - began)
 
 
@@ -72,15 +81,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--naive-tokens", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (on cuda --threads only sets the host threads)")
     ap.add_argument("--out", default="benchmarks/sampling.json")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = model_for(args)
+    model = model_for(args).to(args.device)
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         for batch in args.batch:
-            text = torch.randint(4, 16384, (batch, args.text_len))
+            text = torch.randint(4, 16384, (batch, args.text_len)).to(args.device)
             cached = cached_tokens_per_s(model, text, args.repeats)
             naive = naive_tokens_per_s(model, text, args.naive_tokens)
             rows.append({"threads": threads, "batch": batch, "cached_tok_s": cached, "naive_tok_s": naive,
@@ -88,7 +98,7 @@ def main() -> None:
             print(f"threads {threads} batch {batch:3d}: cached {cached:8.1f} tok/s  naive {naive:7.2f} tok/s  "
                   f"speedup {cached / naive:6.1f}x", flush=True)
     report = {"benchmark": "sampling", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.processor()
-              or platform.machine(), "cpus": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
+              or platform.machine(), "cpus": os.cpu_count(), "device": args.device, "load_average": os.getloadavg(), "torch": torch.__version__,
               "model": {"layers": args.layers, "width": args.width, "text_len": args.text_len, "grid": args.grid,
                         "positions": args.text_len + args.grid ** 2, "pattern": model.cfg.attention_pattern,
                         "last_layer": model.cfg.last_layer_attention},

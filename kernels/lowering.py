@@ -90,6 +90,21 @@ def resources(compiled, arch: int) -> dict:
                 shared=compiled.metadata.shared)
 
 
+def markdown(rows: list[dict]) -> str:
+    """One line per kernel, head_dim and mask; a column per config: registers / shared KiB, spills flagged."""
+    configs = sorted({(r["num_warps"], r["num_stages"]) for r in rows})
+    head = "| kernel | head_dim | mask | " + " | ".join(f"{w} warps, {s} stages" for w, s in configs) + " |"
+    lines = [head, "|" + "---|" * (3 + len(configs))]
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        spill = f", SPILLS {r['spill_stores']}/{r['spill_loads']} B" if r["spill_stores"] or r["spill_loads"] else ""
+        cells.setdefault((r["kernel"], r["head_dim"], r["mask"]), {})[(r["num_warps"], r["num_stages"])] = \
+            f"{r['registers']} / {r['shared'] / 1024:.0f}{spill}"
+    for (kernel, head_dim, mask), by_config in cells.items():
+        lines.append(f"| {kernel} | {head_dim} | {mask} | " + " | ".join(by_config.get(c, "-") for c in configs) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--head-dims", default="64,128")
@@ -98,6 +113,7 @@ def main() -> None:
     p.add_argument("--configs", choices=("all", "first"), default="all", help="autotuning configs to compile")
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--markdown", action="store_true", help="also print the rows as a Markdown table")
     args = p.parse_args()
     rows = []
     print("kernel  head_dim  mask    warps  stages  registers  spill bytes (st/ld)  shared bytes")
@@ -115,6 +131,8 @@ def main() -> None:
                           f"{res['registers']:9d}  {res['spill_stores']:>9d}/{res['spill_loads']:<9d}  "
                           f"{res['shared']:12d}", flush=True)
     print(f"sm_{args.arch} ok: {len(rows)} variants, bf16, 12b shape")
+    if args.markdown:
+        print("\nregisters per thread / shared memory KiB\n" + markdown(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
