@@ -38,7 +38,20 @@ def _dq_half(pair, half, q_base, o_base, do_base, lse_base, delta_base, order_pt
     return q, do, tl.load(lse_base + clamped), delta, rows, in_seq
 
 
-@triton.autotune(configs=tuning_configs(), key=TUNING_KEY)
+def dq_configs(configs: list, named_args: dict, **kwargs) -> list:
+    """The dQ kernel's tuning configs without those that spill registers at sm_90.
+
+    At head_dim 128 a dQ program holds q, dO and the dQ accumulator for 128 rows: its 4-warp
+    variants spill 144-168 bytes per thread and 8 warps x 3 stages 4 bytes (`python -m
+    megadalle.kernels.lowering --head-dims 128 --kernels dq`). The interpreter's single config
+    is kept whatever the head size: it has no registers to spill.
+    """
+    if kwargs.get("HEAD_DIM", 0) < 128:
+        return configs
+    return [c for c in configs if c.num_warps == 8 and c.num_stages != 3] or configs
+
+
+@triton.autotune(configs=tuning_configs(), key=TUNING_KEY, prune_configs_by={"early_config_prune": dq_configs})
 @triton.jit
 def _dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, order_ptr,
                pair_ptr, pair_kb, pair_tile, bits_ptr,

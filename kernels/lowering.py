@@ -62,6 +62,13 @@ def launches(head_dim: int, kind: str, dtype: torch.dtype) -> dict:
     }
 
 
+def tuned_configs(kernel, consts: dict) -> list:
+    """The configs the autotuner would time for these constexprs (after its early pruning, if any)."""
+    if kernel.early_config_prune is None:
+        return list(kernel.configs)
+    return kernel.early_config_prune(kernel.configs, {}, **consts)
+
+
 def compile_variant(kernel, args: tuple, consts: dict, config: triton.Config, arch: int):
     """Compile one autotuning config of `kernel` for sm_`arch` exactly as JITFunction.run would."""
     fn = getattr(kernel, "fn", kernel)  # the JITFunction under the autotuner
@@ -122,7 +129,8 @@ def main() -> None:
             for name, (kernel, kargs, consts) in launches(head_dim, kind, torch.bfloat16).items():
                 if name not in args.kernels.split(","):
                     continue
-                configs = kernel.configs if args.configs == "all" else kernel.configs[:1]
+                configs = tuned_configs(kernel, consts)
+                configs = configs if args.configs == "all" else configs[:1]
                 for config in configs:
                     res = resources(compile_variant(kernel, kargs, consts, config, args.arch), args.arch)
                     rows.append(dict(kernel=name, head_dim=head_dim, mask=kind, num_warps=config.num_warps,
