@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_report.py DIR
 
-Reads DIR/status.tsv (stage, exit status, seconds; a stage run twice keeps its last line) and each
+Reads DIR/status.tsv (stage, exit status, seconds) and each
 stage's DIR/<stage>.json where it exists; exits non-zero when a stage failed, after writing both files.
 """
 from __future__ import annotations
