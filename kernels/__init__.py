@@ -1,6 +1,7 @@
 """Block-sparse flash attention in Triton, driven by per-mask block tables (imports nothing from megadalle).
 
-`build_layout` turns a mask into tables once; `sparse_attention(q, k, v, layout, scale)` runs it.
+`build_layout` turns a mask into tables once; `sparse_attention(q, k, v, layout, scale)` runs it,
+through the `megadalle::sparse_attention` custom op (op.py), so torch.compile can trace callers.
 To run the kernels on a CPU, set TRITON_INTERPRET=1 before triton is first imported (by this
 package or anything else): triton reads it at import and when the kernels are decorated.
 """

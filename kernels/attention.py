@@ -1,4 +1,4 @@
-"""The public call: `sparse_attention(q, k, v, layout, scale)`, differentiable, with checked inputs.
+"""The public call: `sparse_attention(q, k, v, layout, scale)`, differentiable (kernels/op.py), with checked inputs.
 
 Inputs are [B, H, L, D] with any batch/head/sequence strides but a contiguous head dimension
 (the kernels read rows of D contiguous elements). Anything the kernels cannot serve is refused
@@ -6,19 +6,19 @@ with a ValueError that names the offending value, before any kernel is launched.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
-from .backward import backward
-from .forward import forward
 from .layout import Layout
+from .op import attend_layout
 
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_BATCH_HEADS = 65535
-"""CUDA's limit on a launch grid's second axis, where the kernels put batch x heads."""
+MAX_BATCH_HEADS = 2 ** 31 - 1
+"""CUDA's limit on a launch grid's first axis, where the kernels put batch x heads."""
+MAX_BLOCKS = 65535
+"""CUDA's limit on a launch grid's second axis, where the kernels put query-block pairs or key blocks."""
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> None:
@@ -40,35 +40,13 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layo
     if q.shape[-1] not in HEAD_DIMS:
         raise ValueError(f"head_dim {q.shape[-1]} is not supported; expected one of {HEAD_DIMS}")
     if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
-        raise ValueError(f"batch x heads = {q.shape[0] * q.shape[1]} exceeds {MAX_BATCH_HEADS} (the grid's second axis)")
+        raise ValueError(f"batch x heads = {q.shape[0] * q.shape[1]} exceeds {MAX_BATCH_HEADS} (the grid's first axis)")
+    if layout.n_key_blocks > MAX_BLOCKS:
+        raise ValueError(f"{layout.n_key_blocks} key blocks exceed {MAX_BLOCKS} (the grid's second axis)")
     if q.shape[2] != layout.seq_len:
         raise ValueError(f"sequence length {q.shape[2]} does not match the layout's {layout.seq_len}")
     if layout.device != q.device:
         raise ValueError(f"layout is on {layout.device} but q is on {q.device}")
-
-
-def _on(t: torch.Tensor):
-    """Triton launches on the current CUDA device, which need not be the one holding the tensors."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-class _SparseAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, layout, scale):
-        with _on(q):
-            o, lse = forward(q, k, v, layout, scale)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.layout, ctx.scale = layout, scale
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        if do.stride(-1) != 1:
-            do = do.contiguous()
-        with _on(q):
-            dq, dk, dv = backward(do, q, k, v, o, lse, ctx.layout, ctx.scale)
-        return dq, dk, dv, None, None
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout,
@@ -79,4 +57,4 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
         scale = 1.0 / math.sqrt(q.shape[-1])
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return _SparseAttention.apply(q, k, v, layout, float(scale))
+    return attend_layout(q, k, v, layout, float(scale))

@@ -1,9 +1,15 @@
 """Block lookup tables that let one attention kernel serve any mask.
 
-The kernel never sees a mask's name or a dense matrix. It sees, for each query block, the key
-blocks worth visiting, split into *full* tiles (every pair allowed: no masking work at all) and
-*partial* tiles (an element mask read from a packed per-tile bitmask, BLOCK_M x BLOCK_N bits).
-The dK/dV pass walks the same tiles from the key side, so the tables are also stored transposed.
+The kernel never sees a mask's name or a dense matrix. It sees the mask cut into block_m x block_n
+tiles, each *full* (every pair allowed: no masking work at all), *partial* (an element mask read
+from a packed bitmask: one 64-bit word per query row, shifted in registers) or skipped.
+
+Two streams list the visited tiles. Forward and dQ programs own a *pair* of query blocks (128
+rows at block 64): each K/V tile is loaded once for both halves, and a half that has nothing to
+do in that tile skips its products, so the work done equals the visited sub-tiles (the text keys,
+full for every image query, are read once per 128 rows, not per 64). The dK/dV programs own one
+key block and walk its query blocks. Each stream mixes full and partial tiles in one list, so a
+program runs one loop, pipelined once.
 
 An optional visiting `order` (a permutation of the sequence) lets the kernel walk positions in
 another order than raster: DALL-E's column mask is block-dense in raster order but as local as
@@ -26,40 +32,49 @@ MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _QUERY_CHUNK = 4096
 """Query rows evaluated per call of a mask callable, to bound the memory of building a layout."""
 
+FULL = -1
+"""Tile code of a full tile; a partial tile's code is its bitmask number (>= 0)."""
+SKIP = -2
+"""Tile code of a half (of a query-block pair) that has nothing to do in that key block."""
+WORD_BITS = 64
+
 
 @dataclass(frozen=True)
 class Layout:
     """Per-block tables of one mask at one sequence length and block size (see module docstring).
 
-    CSR-style: the tiles of query block m are `full_idx[full_ptr[m]:full_ptr[m+1]]` (key blocks) and
-    `part_idx[part_ptr[m]:part_ptr[m+1]]` with their bitmask numbers in `part_tile`. The `t_*`
-    tables are the same tiles listed per key block (their `*_idx` are query blocks).
+    CSR-style. Query side: the items of query-block pair g (blocks 2g, 2g+1) are
+    `pair_ptr[g]:pair_ptr[g+1]`, each a key block `pair_kb[i]` and the two halves' tile codes
+    `pair_tile[i]` (FULL, SKIP or a partial tile number). Key side: the items of key block n are
+    `key_ptr[n]:key_ptr[n+1]`, each a query block `key_qb[i]` and its code `key_tile[i]` (FULL or
+    a partial tile number).
     """
 
     seq_len: int
     block_m: int
     block_n: int
     order: torch.Tensor | None
-    full_ptr: torch.Tensor
-    full_idx: torch.Tensor
-    part_ptr: torch.Tensor
-    part_idx: torch.Tensor
-    part_tile: torch.Tensor
-    t_full_ptr: torch.Tensor
-    t_full_idx: torch.Tensor
-    t_part_ptr: torch.Tensor
-    t_part_idx: torch.Tensor
-    t_part_tile: torch.Tensor
+    pair_ptr: torch.Tensor
+    pair_kb: torch.Tensor
+    pair_tile: torch.Tensor
+    """int32 [items, 2]."""
+    key_ptr: torch.Tensor
+    key_qb: torch.Tensor
+    key_tile: torch.Tensor
     bits: torch.Tensor
-    """int32 [n_partial, block_m, words]: bit j of word w in row i allows key w*32+j of the tile."""
+    """int64 [n_partial, block_m, words]: bit j of word w in row i allows key w*64+j of the tile."""
 
     @property
     def n_query_blocks(self) -> int:
-        return self.full_ptr.numel() - 1
+        return -(-self.seq_len // self.block_m)
+
+    @property
+    def n_pairs(self) -> int:
+        return self.pair_ptr.numel() - 1
 
     @property
     def n_key_blocks(self) -> int:
-        return self.t_full_ptr.numel() - 1
+        return self.key_ptr.numel() - 1
 
     @property
     def words(self) -> int:
@@ -67,12 +82,16 @@ class Layout:
 
     @property
     def device(self) -> torch.device:
-        return self.full_ptr.device
+        return self.key_ptr.device
 
     def fractions(self) -> tuple[float, float]:
-        """(full, partial) tiles as fractions of all query-block x key-block tiles."""
+        """(full, partial) block_m x block_n tiles as fractions of all tiles: the products the kernels do."""
         total = self.n_query_blocks * self.n_key_blocks
-        return self.full_idx.numel() / total, self.part_idx.numel() / total
+        return int((self.key_tile == FULL).sum()) / total, self.bits.shape[0] / total
+
+    def kv_loads(self) -> float:
+        """K/V tiles the forward loads (one per pair item) as a fraction of all tiles."""
+        return self.pair_kb.numel() / (self.n_query_blocks * self.n_key_blocks)
 
     def to(self, device: torch.device | str) -> "Layout":
         """The same layout with its tensors on `device`."""
@@ -84,7 +103,7 @@ class Layout:
 
 
 def _words(block_n: int) -> int:
-    return (block_n + 31) // 32
+    return -(-block_n // WORD_BITS)
 
 
 def grid_column_major_order(prefix: int, grid_h: int, grid_w: int, seq_len: int) -> torch.Tensor:
@@ -121,14 +140,13 @@ def _visited_mask(mask: MaskFn | torch.Tensor, seq_len: int, order: torch.Tensor
 
 
 def _pack_bits(tiles: torch.Tensor, block_n: int) -> torch.Tensor:
-    """[n, block_m, block_n] bools -> int32 [n, block_m, words], little-endian bits per word."""
+    """[n, block_m, block_n] bools -> int64 [n, block_m, words], little-endian bits per word."""
     n, block_m, _ = tiles.shape
     words = _words(block_n)
-    padded = torch.zeros(n, block_m, words * 32, dtype=torch.int64)
+    padded = torch.zeros(n, block_m, words * WORD_BITS, dtype=torch.int64)
     padded[..., :block_n] = tiles.to(torch.int64)
-    packed = (padded.view(n, block_m, words, 32) << torch.arange(32)).sum(-1)
-    packed = torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed)  # two's complement for int32
-    return packed.to(torch.int32)
+    # Bit 63 is int64's sign bit: the shifted one wraps to -2**63, so the sum is the word's two's complement.
+    return (padded.view(n, block_m, words, WORD_BITS) << torch.arange(WORD_BITS)).sum(-1)
 
 
 def _csr(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,20 +182,19 @@ def build_layout(mask: MaskFn | torch.Tensor, seq_len: int, block_m: int, block_
     full = tiles.all(-1).all(-1)
     partial = tiles.any(-1).any(-1) & ~full
 
-    tile_id = torch.full((nqb, nkb), -1, dtype=torch.int64)
-    tile_id[partial] = torch.arange(int(partial.sum()))
-    full_ptr, full_idx = _csr(full)
-    part_ptr, part_idx = _csr(partial)
-    t_full_ptr, t_full_idx = _csr(full.t())
-    t_part_ptr, t_part_idx = _csr(partial.t())
-    t_part_tile = tile_id.t()[partial.t()]
+    code = torch.full((nqb + nqb % 2, nkb), SKIP, dtype=torch.int64)  # a whole number of pairs
+    code[:nqb][full] = FULL
+    code[:nqb][partial] = torch.arange(int(partial.sum()))
+    pairs = code.view(-1, 2, nkb).transpose(1, 2)  # [pair, key block, half]
+    pair_visit = (pairs != SKIP).any(-1)
+    pair_ptr, pair_kb = _csr(pair_visit)
+    key_visit = (code[:nqb] != SKIP).t()
+    key_ptr, key_qb = _csr(key_visit)
     layout = Layout(
         seq_len=seq_len, block_m=block_m, block_n=block_n,
         order=perm.to(torch.int32) if order is not None else None,
-        full_ptr=full_ptr, full_idx=full_idx, part_ptr=part_ptr, part_idx=part_idx,
-        part_tile=tile_id[partial].to(torch.int32),
-        t_full_ptr=t_full_ptr, t_full_idx=t_full_idx, t_part_ptr=t_part_ptr, t_part_idx=t_part_idx,
-        t_part_tile=t_part_tile.to(torch.int32),
+        pair_ptr=pair_ptr, pair_kb=pair_kb, pair_tile=pairs[pair_visit].to(torch.int32).contiguous(),
+        key_ptr=key_ptr, key_qb=key_qb, key_tile=code[:nqb].t()[key_visit].to(torch.int32),
         bits=_pack_bits(tiles[partial], block_n),
     )
     return layout.to(device)
@@ -185,23 +202,34 @@ def build_layout(mask: MaskFn | torch.Tensor, seq_len: int, block_m: int, block_
 
 def tile_mask(layout: Layout, tile: int) -> torch.Tensor:
     """Partial tile number `tile` unpacked to a [block_m, block_n] bool matrix (padding bits included)."""
-    words = layout.bits[tile].cpu().to(torch.int64)
-    return ((words[..., None] >> torch.arange(32)) & 1).bool().reshape(layout.block_m, -1)[:, :layout.block_n]
+    words = layout.bits[tile].cpu()
+    bits = (words[..., None] >> torch.arange(WORD_BITS)) & 1
+    return bits.bool().reshape(layout.block_m, -1)[:, :layout.block_n]
 
 
-def dense_from_layout(layout: Layout) -> torch.Tensor:
-    """The mask a layout encodes, in visiting order, padded to whole blocks: `build_layout` inverted, for tests.
+def _decode(layout: Layout, code: int) -> torch.Tensor:
+    if code == FULL:
+        return torch.ones(layout.block_m, layout.block_n, dtype=torch.bool)
+    return tile_mask(layout, code)
 
-    Past `seq_len` it must be all False: the kernel relies on the bits to mask padded keys.
+
+def dense_from_layout(layout: Layout, side: str = "query") -> torch.Tensor:
+    """The mask one side's tables encode, in visiting order, padded to whole blocks: for tests.
+
+    `side` "query" reads the pair stream (forward, dQ), "key" the key stream (dK/dV). Past
+    `seq_len` it must be all False: the kernels rely on the bits to mask padded keys and queries.
     """
     bm, bn = layout.block_m, layout.block_n
     out = torch.zeros(layout.n_query_blocks * bm, layout.n_key_blocks * bn, dtype=torch.bool)
     cpu = layout.to("cpu")
-    for m in range(layout.n_query_blocks):
-        for i in range(int(cpu.full_ptr[m]), int(cpu.full_ptr[m + 1])):
-            n = int(cpu.full_idx[i])
-            out[m * bm:(m + 1) * bm, n * bn:(n + 1) * bn] = True
-        for i in range(int(cpu.part_ptr[m]), int(cpu.part_ptr[m + 1])):
-            n = int(cpu.part_idx[i])
-            out[m * bm:(m + 1) * bm, n * bn:(n + 1) * bn] = tile_mask(cpu, int(cpu.part_tile[i]))
+    ptr = cpu.pair_ptr if side == "query" else cpu.key_ptr
+    for a in range(ptr.numel() - 1):
+        for i in range(int(ptr[a]), int(ptr[a + 1])):
+            if side == "query":
+                tiles = [(2 * a + half, int(cpu.pair_kb[i]), int(cpu.pair_tile[i, half])) for half in (0, 1)]
+            else:
+                tiles = [(int(cpu.key_qb[i]), a, int(cpu.key_tile[i]))]
+            for m, n, code in tiles:
+                if code != SKIP:
+                    out[m * bm:(m + 1) * bm, n * bn:(n + 1) * bn] = _decode(cpu, code)
     return out

@@ -1,42 +1,63 @@
-"""Triton helpers shared by the forward and backward kernels: row addresses, tile bitmasks, tuning."""
+"""Triton helpers shared by the forward and backward kernels: the prologue, tile masks, products, tuning."""
 import os
 
 import triton
 import triton.language as tl
 
+SKIP = tl.constexpr(-2)
+"""Tile code of a half that skips a key block (layout.SKIP); FULL is -1, a partial tile's number >= 0."""
+
 
 @triton.jit
-def visit_rows(order_ptr, offs, seq_len, PERMUTED: tl.constexpr):
-    """Sequence rows of visiting indices `offs` (the layout's order; identity when not PERMUTED).
+def batch_head(n_heads):
+    """(batch x head index, batch, head) of this program: grid axis 0, so that programs of the
+    same block index in every head launch together and heavy-first ordering holds across heads."""
+    bh = tl.program_id(0)
+    return bh, (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
 
-    Indices past the sequence map to themselves; every load or store of them is masked anyway.
+
+@triton.jit
+def block_rows(order_ptr, block, seq_len, BLOCK: tl.constexpr, PERMUTED: tl.constexpr):
+    """Visiting indices of a block, their sequence rows, and which are inside the sequence.
+
+    Rows past the sequence are clamped to its last row, so every load is unpredicated and in
+    bounds; their products are masked by the tile bits (all zero there) and their stores by `in_seq`.
     """
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    in_seq = offs < seq_len
+    clamped = tl.minimum(offs, seq_len - 1)
     if PERMUTED:
-        rows = tl.load(order_ptr + offs, mask=offs < seq_len, other=0)
+        rows = tl.load(order_ptr + clamped)
     else:
-        rows = offs
-    return rows.to(tl.int64)
+        rows = clamped
+    return offs, clamped, rows.to(tl.int64), in_seq
 
 
 @triton.jit
-def load_rows(base, rows, stride, offs_d, in_seq, MASKED: tl.constexpr):
-    """A [rows, HEAD_DIM] tile; MASKED guards rows past the sequence (full tiles never have any)."""
-    if MASKED:
-        x = tl.load(base + rows[:, None] * stride + offs_d[None, :], mask=in_seq[:, None], other=0.0)
-    else:
-        x = tl.load(base + rows[:, None] * stride + offs_d[None, :])
-    return x
+def load_tile(base, rows, stride, offs_d):
+    """A [rows, HEAD_DIM] tile of one head's [L, D] slab (rows in bounds: see `block_rows`)."""
+    return tl.load(base + rows[:, None] * stride + offs_d[None, :])
 
 
 @triton.jit
-def tile_bits(bits_ptr, tile, q_local, k_local, BLOCK_M: tl.constexpr, WORDS: tl.constexpr):
+def store_tile(base, rows, stride, offs_d, x, in_seq):
+    tl.store(base + rows[:, None] * stride + offs_d[None, :], x.to(base.dtype.element_ty), mask=in_seq[:, None])
+
+
+@triton.jit
+def tile_allowed(bits_ptr, tile, q_local, k_local, BLOCK_M: tl.constexpr, WORDS: tl.constexpr):
     """Whether query `q_local` may see key `k_local` inside partial tile number `tile`.
 
-    `q_local` and `k_local` are block-local indices that broadcast against each other, so the
-    forward asks for a [BLOCK_M, BLOCK_N] tile and the dK/dV pass for its transpose.
+    One 64-bit word per query row and word of keys (one word at block_n <= 64), shifted in
+    registers. `q_local` and `k_local` broadcast against each other, so the forward asks for a
+    [BLOCK_M, BLOCK_N] tile and the dK/dV pass for its transpose.
     """
-    word = tl.load(bits_ptr + (tile * BLOCK_M + q_local) * WORDS + k_local // 32)
-    return ((word >> (k_local % 32)) & 1) != 0
+    row = bits_ptr + (tile * BLOCK_M + q_local) * WORDS
+    shift = (k_local % 64).to(tl.int64)
+    bit = (tl.load(row) >> shift) & 1
+    for w in tl.static_range(1, WORDS):
+        bit = tl.where(k_local // 64 == w, (tl.load(row + w) >> shift) & 1, bit)
+    return bit != 0
 
 
 @triton.jit
@@ -49,15 +70,36 @@ def dot(a, b, PRECISION: tl.constexpr):
     return out
 
 
+def precision(dtype) -> str:
+    """How tiles are multiplied: half types natively, fp32 exactly unless torch allows TF32.
+
+    fp32 follows torch's own setting, as torch's matmuls do: exact ("ieee") by default, TF32 after
+    `torch.set_float32_matmul_precision("high")`.
+
+    Triton's CPU interpreter multiplies bf16 tiles as their raw uint16 bits (triton 3.x
+    `create_dot` only converts fp8), so under TRITON_INTERPRET=1 half tiles are widened to fp32
+    first: bf16/fp16 products are exact in fp32, so this computes what the GPU computes.
+    """
+    import torch
+
+    if dtype == torch.float32:
+        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return "upcast" if os.environ.get("TRITON_INTERPRET") == "1" else "tf32"
+
+
 def tuning_configs() -> list:
     """Warps x pipeline stages the autotuner tries once per head size, block shape and dtype.
 
     Every kernel is idempotent (each output written by one program, no atomics), so timing a
     config by running it is harmless. The interpreter gets a single config: nothing to time there.
+    Stages 2-4 as FlexAttention's and the fused-attention tutorial's Hopper configs use. Each
+    program runs one loop over its tiles, and STAGES hands the stage count to that loop's
+    `tl.range`: without it Triton 3.9 leaves a loop whose products sit under `if` unpipelined
+    (no async copies in its TTGIR), whatever the kernel's num_stages.
     """
     if os.environ.get("TRITON_INTERPRET") == "1":
-        return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)]
+        return [triton.Config({"STAGES": 1}, num_warps=4, num_stages=1)]
+    return [triton.Config({"STAGES": s}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
 
 
 TUNING_KEY = ["HEAD_DIM", "BLOCK_M", "BLOCK_N", "PERMUTED", "PRECISION"]

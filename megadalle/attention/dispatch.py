@@ -13,7 +13,7 @@ CPU (tests/conftest.py sets it first thing).
 from __future__ import annotations
 
 import os
-from functools import lru_cache, partial
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,10 @@ from megadalle.attention.masks import MaskSpec, allowed, dense_mask
 BACKENDS = ("auto", "reference", "triton")
 
 KERNEL_BLOCK = {"cuda": 64, "cpu": 16}
-"""Tile side per device type: 64 x 64 suits head_dim <= 128 on current GPUs; the CPU interpreter
-runs tiny test models, where 16 keeps the tables sparse enough to exercise every code path."""
+"""Tile side per device type. On GPUs 64 x 64 sub-tiles, which the forward and dQ programs read in
+pairs (128 query rows): full text-key tiles cost as at 128 rows, partial ones only where the mask
+needs them. The CPU interpreter runs tiny test models, where 16 keeps the tables sparse enough to
+exercise every code path."""
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec,
@@ -37,19 +39,39 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-@lru_cache(maxsize=256)
+_LAYOUTS: dict[tuple, object] = {}
+"""Kernel tables by (mask spec fields, sequence length, block, device): one per layer kind and length."""
+
+
+def _key(spec: MaskSpec, seq_len: int, block: int, device: str) -> tuple:
+    """Plain values only, so that torch.compile can look the tables up in `_LAYOUTS` while tracing."""
+    return (spec.kind, spec.text_len, spec.grid_h, spec.grid_w, spec.kernel, spec.wrap, seq_len, block, device)
+
+
+@torch.compiler.assume_constant_result
+def _ensure_layout(spec: MaskSpec, seq_len: int, block: int, device: str) -> bool:
+    """Build the tables into `_LAYOUTS` if missing. A constant for torch.compile: Dynamo runs it while
+    tracing instead of tracing `build_layout`'s data-dependent code, then reads the tables from the
+    dict, as it reads a module's buffers."""
+    key = _key(spec, seq_len, block, device)
+    if key not in _LAYOUTS:
+        from megadalle.kernels import build_layout, grid_column_major_order
+
+        order = None
+        if spec.kind == "column":
+            order = grid_column_major_order(spec.text_len, spec.grid_h, spec.grid_w, seq_len)
+        _LAYOUTS[key] = build_layout(partial(allowed, spec), seq_len, block, block, order, device)
+    return True
+
+
 def kernel_layout(spec: MaskSpec, seq_len: int, block: int, device: str):
     """The kernel's tables for `spec` over its first `seq_len` positions; built once per argument set.
 
     Column layers are visited text first, then the image column by column: in that order the
     column mask is as local as the row mask, so it touches about as few tiles.
     """
-    from megadalle.kernels import build_layout, grid_column_major_order
-
-    order = None
-    if spec.kind == "column":
-        order = grid_column_major_order(spec.text_len, spec.grid_h, spec.grid_w, seq_len)
-    return build_layout(partial(allowed, spec), seq_len, block, block, order, device)
+    _ensure_layout(spec, seq_len, block, device)
+    return _LAYOUTS[_key(spec, seq_len, block, device)]
 
 
 def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec) -> torch.Tensor:

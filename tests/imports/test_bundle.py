@@ -18,13 +18,14 @@ def test_export_a_folder_load_it_and_generate_from_it(trained, tmp_path):
     assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}", f"clip_weights={clip}"]) == 0
     assert sorted(p.name for p in folder.iterdir()) == [
         "bundle.json", "clip.json", "clip.safetensors", "dvae.json", "dvae.safetensors", "tokenizer.model",
-        "transformer.json", "transformer.safetensors"]
+        "transformer"]
+    assert (folder / "transformer" / "model.safetensors.index.json").is_file()  # bf16 shards + index
     manifest = json.loads((folder / "bundle.json").read_text())
     assert manifest["sources"]["tokenizer"] == str(tok)  # taken from the run's own data.tokenizer
 
     pipe = megadalle.load_pipeline(folder)
-    state, _ = load_weights(folder / "transformer.safetensors", "transformer")
-    assert all(torch.equal(pipe.transformer.state_dict()[k], v) for k, v in state.items())
+    state, _ = load_weights(folder / "transformer", "transformer")
+    assert all(torch.equal(pipe.transformer.state_dict()[k], v.float()) for k, v in state.items())
     assert pipe.dvae.cfg.vocab_size == pipe.transformer.cfg.image_vocab and pipe.clip is not None
     assert len(pipe.tokenizer.encode("red cat", pipe.transformer.cfg.text_len)) == pipe.transformer.cfg.text_len
 

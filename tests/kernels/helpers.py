@@ -26,3 +26,28 @@ def dense_attention(q, k, v, spec: MaskSpec):
     mask = dense_mask(spec)[:seq_len, :seq_len]
     scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v.float()
+
+
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 4e-2, torch.float16: 1e-2}
+"""Max error relative to the largest reference magnitude; bf16 rounds p to 8 bits before p @ v."""
+
+
+def close(actual, expected, dtype, what):
+    err = (actual.float() - expected).abs().max().item()
+    bound = TOLERANCE[dtype] * max(expected.abs().max().item(), 1.0)
+    assert err <= bound, f"{what}: max error {err:.3g} > {bound:.3g}"
+
+
+def check_against_dense(q, k, v, spec: MaskSpec, layout, dtype):
+    """The kernel's output and q, k, v gradients against `dense_attention` in fp32."""
+    from megadalle.kernels import sparse_attention
+
+    out = sparse_attention(q, k, v, layout)
+    assert out.dtype == dtype and out.shape == q.shape
+    grad = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    ref = dense_attention(*leaves, spec)
+    rq, rk, rv = torch.autograd.grad(ref, leaves, grad.float())
+    for name, a, e in (("out", out, ref), ("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
+        close(a, e, dtype, name)

@@ -4,7 +4,7 @@ import torch
 
 from .helpers import layout_of, spec_of
 from megadalle.attention import attend
-from megadalle.kernels import sparse_attention
+from megadalle.kernels import Layout, sparse_attention
 
 SPEC = spec_of("row", 8, 4, 4)
 LAYOUT = layout_of(SPEC, SPEC.seq_len)
@@ -62,6 +62,16 @@ def test_attend_refuses_unknown_backend_and_overlong_sequences():
 
 
 def test_batch_times_heads_beyond_the_grid_limit():
-    q = torch.zeros(1, 1, SPEC.seq_len, 16).expand(65536, 1, SPEC.seq_len, 16)  # no memory behind it
-    with pytest.raises(ValueError, match="65536"):
+    q = torch.zeros(1, 1, SPEC.seq_len, 16).expand(2 ** 31, 1, SPEC.seq_len, 16)  # no memory behind it
+    with pytest.raises(ValueError, match="2147483648"):
         sparse_attention(q, q, q, LAYOUT)
+
+
+def test_more_key_blocks_than_the_grid_allows():
+    seq_len = 65536 * 16
+    empty = torch.zeros(0, dtype=torch.int32)
+    layout = Layout(seq_len, 16, 16, None, empty, empty, empty, torch.zeros(65537, dtype=torch.int32), empty, empty,
+                    torch.zeros(0, 16, 1, dtype=torch.int64))
+    q = torch.zeros(1, 1, 1, 16).expand(1, 1, seq_len, 16)
+    with pytest.raises(ValueError, match="65536 key blocks exceed 65535"):
+        sparse_attention(q, q, q, layout)

@@ -5,6 +5,7 @@ import torch
 from .helpers import KINDS, spec_of
 from megadalle.attention.masks import MaskSpec, allowed, dense_mask
 from megadalle.kernels import build_layout, dense_from_layout, grid_column_major_order, tile_mask
+from megadalle.kernels.layout import FULL, SKIP
 
 
 def _layout(spec, seq_len, block_m, block_n, column_major):
@@ -13,42 +14,34 @@ def _layout(spec, seq_len, block_m, block_n, column_major):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("blocks", [(16, 16), (16, 32), (32, 16)])
+@pytest.mark.parametrize("blocks", [(16, 16), (16, 32), (32, 16), (16, 128)])
 @pytest.mark.parametrize("column_major", [False, True])
-def test_tables_match_dense_mask(kind, blocks, column_major):
+def test_both_streams_match_dense_mask(kind, blocks, column_major):
     spec = spec_of(kind, 13, 7, 9)
     seq_len = spec.seq_len - 1
     layout, order = _layout(spec, seq_len, *blocks, column_major)
     mask = dense_mask(spec)[:seq_len, :seq_len]
     if order is not None:
         mask = mask[order.long()][:, order.long()]
-    encoded = dense_from_layout(layout)
-    # Exact equality means every allowed pair is covered and every full tile is truly full.
-    assert torch.equal(encoded[:seq_len, :seq_len], mask)
-    assert not encoded[seq_len:].any() and not encoded[:, seq_len:].any()
+    for side in ("query", "key"):
+        encoded = dense_from_layout(layout, side)
+        # Exact equality means every allowed pair is covered and every full tile is truly full.
+        assert torch.equal(encoded[:seq_len, :seq_len], mask), side
+        assert not encoded[seq_len:].any() and not encoded[:, seq_len:].any(), side
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_tiles_are_classified_and_transposed_tables_list_the_same_tiles(kind):
+def test_tiles_are_classified_and_pairs_skip_only_empty_halves(kind):
     spec = spec_of(kind, 16, 6, 6)  # a whole text block: image queries see it as full tiles
     layout, _ = _layout(spec, spec.seq_len, 16, 16, kind == "column")
-
-    def tiles(ptr, idx, tile=None, transposed=False):
-        out = set()
-        for a in range(ptr.numel() - 1):
-            for i in range(int(ptr[a]), int(ptr[a + 1])):
-                pair = (int(idx[i]), a) if transposed else (a, int(idx[i]))
-                out.add(pair + ((int(tile[i]),) if tile is not None else ()))
-        return out
-
-    full = tiles(layout.full_ptr, layout.full_idx)
-    partial = tiles(layout.part_ptr, layout.part_idx, layout.part_tile)
-    assert full == tiles(layout.t_full_ptr, layout.t_full_idx, transposed=True)
-    assert partial == tiles(layout.t_part_ptr, layout.t_part_idx, layout.t_part_tile, transposed=True)
-    assert full and partial and not full & {(m, n) for m, n, _ in partial}
-    for _, _, t in partial:
+    codes = layout.pair_tile
+    assert ((codes != SKIP).any(1)).all(), "a pair item where neither half works loads K/V for nothing"
+    assert (codes == FULL).any() and (codes >= 0).any()
+    assert sorted(codes[codes >= 0].tolist()) == list(range(layout.bits.shape[0]))  # each partial tile once
+    for t in range(layout.bits.shape[0]):
         bits = tile_mask(layout, t)
         assert bits.any() and not bits.all()
+    assert layout.kv_loads() < sum(layout.fractions())  # pairs share K/V loads
 
 
 @pytest.mark.parametrize("block", [64, 128])

@@ -7,10 +7,10 @@ still cover lengths that are not a multiple of the block, several heads, batch >
 import pytest
 import torch
 
-from .helpers import KINDS, dense_attention, layout_of, spec_of
+from .helpers import KINDS, check_against_dense, close, layout_of, spec_of
 from megadalle.attention.dispatch import kernel_layout
 from megadalle.attention.masks import allowed
-from megadalle.kernels import build_layout, sparse_attention
+from megadalle.kernels import build_layout
 
 # (batch, heads, text_len, grid_h, grid_w, head_dim, drop_last): drop_last feeds seq_len - 1 positions.
 SHAPES = [
@@ -18,26 +18,6 @@ SHAPES = [
     (2, 3, 12, 5, 6, 16, True),
     (2, 2, 16, 6, 6, 32, False),
 ]
-TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 4e-2, torch.float16: 1e-2}
-"""Max error relative to the largest reference magnitude; bf16 rounds p to 8 bits before p @ v."""
-
-
-def _close(actual, expected, dtype, what):
-    err = (actual.float() - expected).abs().max().item()
-    bound = TOLERANCE[dtype] * max(expected.abs().max().item(), 1.0)
-    assert err <= bound, f"{what}: max error {err:.3g} > {bound:.3g}"
-
-
-def _check(q, k, v, spec, layout, dtype):
-    out = sparse_attention(q, k, v, layout)
-    assert out.dtype == dtype and out.shape == q.shape
-    grad = torch.randn_like(out)
-    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
-    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
-    ref = dense_attention(*leaves, spec)
-    rq, rk, rv = torch.autograd.grad(ref, leaves, grad.float())
-    for name, a, e in (("out", out, ref), ("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
-        _close(a, e, dtype, name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -48,7 +28,7 @@ def test_forward_and_backward_match_dense_attention(kind, shape, dtype):
     spec = spec_of(kind, text_len, grid_h, grid_w)
     seq_len = spec.seq_len - drop_last
     q, k, v = (torch.randn(batch, heads, seq_len, head_dim, dtype=dtype, requires_grad=True) for _ in range(3))
-    _check(q, k, v, spec, layout_of(spec, seq_len), dtype)
+    check_against_dense(q, k, v, spec, layout_of(spec, seq_len), dtype)
 
 
 @pytest.mark.parametrize("kind", ["row", "column"])
@@ -61,14 +41,14 @@ def test_strided_inputs_and_unequal_blocks(kind, blocks):
     qkv = torch.randn(2, spec.seq_len, 3, 2, 16, requires_grad=True)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     assert not q.is_contiguous()
-    _check(q, k, v, spec, layout, torch.float32)
+    check_against_dense(q, k, v, spec, layout, torch.float32)
 
 
 @pytest.mark.parametrize("kind", ["row", "conv"])
 def test_fp16(kind):
     spec = spec_of(kind, 8, 4, 4)
     q, k, v = (torch.randn(1, 2, spec.seq_len, 16, dtype=torch.float16, requires_grad=True) for _ in range(3))
-    _check(q, k, v, spec, layout_of(spec, spec.seq_len), torch.float16)
+    check_against_dense(q, k, v, spec, layout_of(spec, spec.seq_len), torch.float16)
 
 
 @pytest.mark.gpu
@@ -90,4 +70,4 @@ def test_compiled_kernel_on_cuda_at_the_12b_sequence(kind, dtype, head_dim):
     ref = attend(*leaves, spec, backend="reference")
     expected = (ref, *torch.autograd.grad(ref, leaves, grad.float()))
     for name, a, e in zip(("out", "dq", "dk", "dv"), got, expected):
-        _close(a, e, dtype, name)
+        close(a, e, dtype, name)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every GPU benchmark in one unattended run (under 6 minutes on one H100/H200; about 3 with warm
+# Triton and Inductor caches), then one JSON and one Markdown table:
+#   1. benchmarks/attention.py  at the 12b shape: ours, Flex (compiled), SDPA causal flash, masked SDPA;
+#      the masks of the 12b pattern (row, column, conv) and totals over 47 row + 16 column + 1 conv layers
+#   2. benchmarks/train_step.py --model 1b  (tokens/s, MFU; micro batch 8 without activation checkpointing:
+#      ~21 GB of weights and AdamW state plus activations fits an 80 GB H100)
+#   3. benchmarks/sampling.py on the GPU     (cached image tokens/s at batch 1 and 8)
+# Each stage has a time limit and its own log; a failed stage is recorded and the next one runs.
+# If 1b does not fit, rerun train_step.py alone with --activation-checkpointing (command in RESULTS.md).
+#
+#   benchmarks/gpu.sh [--out DIR]     # on a machine with one NVIDIA GPU
+#   benchmarks/gpu.sh --cpu-check     # the same script at toy sizes on a CPU, so it cannot rot (a test runs it)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+mode=gpu
+out=benchmarks/gpu-$(date -u +%Y%m%dT%H%M%SZ)
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --cpu-check) mode=cpu ;;
+        --out) out="$2"; shift ;;
+        *) echo "gpu.sh: unknown argument '$1' (expected --cpu-check or --out DIR)" >&2; exit 2 ;;
+    esac
+    shift
+done
+mkdir -p "$out"
+: > "$out/status.tsv"
+
+if [ "$mode" = cpu ]; then
+    export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
+    attention=(--cpu-check --masks row,column,conv)
+    train=(--model tiny --micro-batch 2 --steps 1 --warmup 1)
+    sampling=(--device cpu --layers 4 --width 64 --text-len 8 --grid 4 --batch 1 --threads 1 --naive-tokens 2 --repeats 1)
+    limits=(600 300 120)
+else
+    if ! nvidia-smi -L >/dev/null 2>&1; then
+        echo "gpu.sh: no NVIDIA GPU visible (nvidia-smi failed); use --cpu-check on a CPU" >&2; exit 2
+    fi
+    attention=(--masks row,column,conv)
+    train=(--model 1b --micro-batch 8 --steps 10 --warmup 3)
+    sampling=(--device cuda --batch 1 8 --threads 1 --repeats 2)
+    limits=(200 110 45)  # 355 s in all
+fi
+
+stage() {  # stage NAME LIMIT_S SCRIPT ARGS...: run one benchmark, record its exit status and seconds
+    local name=$1 limit=$2 began=$SECONDS rc
+    shift 2
+    echo "== $name (limit ${limit}s): python $*"
+    timeout --kill-after=10 "$limit" python "$@" --out "$out/$name.json" > "$out/$name.log" 2>&1
+    rc=$?
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - began))" >> "$out/status.tsv"
+    tail -n 25 "$out/$name.log"
+    return $rc
+}
+
+stage attention "${limits[0]}" benchmarks/attention.py "${attention[@]}"
+stage train_step "${limits[1]}" benchmarks/train_step.py "${train[@]}"
+stage sampling "${limits[2]}" benchmarks/sampling.py "${sampling[@]}"
+python benchmarks/gpu_report.py "$out"

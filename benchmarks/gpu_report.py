@@ -1,0 +1,82 @@
+"""Merge the JSON files of one `benchmarks/gpu.sh` run into gpu.json and a Markdown table gpu.md.
+
+    python benchmarks/gpu_report.py DIR
+
+Reads DIR/status.tsv (stage, exit status, seconds) and each
+stage's DIR/<stage>.json where it exists; exits non-zero when a stage failed, after writing both files.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+STAGES = ("attention", "train_step", "sampling")
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _table(rows: list[dict], columns: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# GPU benchmarks, {report['date']}", "", f"device: {report['device']}; commit {report['commit']}", "",
+             "| stage | exit status | seconds |", "|---|---|---|"]
+    lines += [f"| {s} | {st['rc']} | {st['seconds']} |" for s, st in report["status"].items()]
+    att = report.get("attention") or {}
+    if att.get("timings"):
+        lines += ["", f"## Attention ({att.get('shape')})", ""]
+        lines += _table(att["timings"], ["mask", "method", "fwd_ms", "fwd_bwd_ms", "fwd_tflops", "fwd_bwd_tflops",
+                                         "peak_mib", "max_err"])
+    if att.get("pattern_12b"):
+        lines += ["", "Totals over the 12b layer pattern (47 row + 16 column + 1 conv), milliseconds:", ""]
+        lines += _table(att["pattern_12b"], ["method", "fwd_ms", "fwd_bwd_ms"])
+        lines += [""] + [f"- {line}" for line in att.get("summary", [])]
+    train = report.get("train_step")
+    if train:
+        lines += ["", "## Training step", ""]
+        lines += _table([train], ["model", "device", "dtype", "micro_batch", "seq_len", "activation_checkpointing",
+                                  "step_seconds", "tokens_per_s", "achieved_tflops", "mfu"])
+    sampling = report.get("sampling")
+    if sampling:
+        lines += ["", "## Sampling (cached image tokens/s)", ""]
+        lines += _table(sampling["rows"], ["threads", "batch", "sparse_tok_s", "model_cache_tok_s", "naive_tok_s",
+                                           "sparse_over_model_cache"])
+    return "\n".join(lines) + "\n"
+
+
+def main(folder: Path) -> int:
+    status = {}
+    for line in (folder / "status.tsv").read_text().splitlines():
+        name, rc, seconds = line.split("\t")
+        status[name] = {"rc": int(rc), "seconds": int(seconds)}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "commit": commit or "unknown", "status": status}
+    for name in STAGES:
+        path = folder / f"{name}.json"
+        report[name] = json.loads(path.read_text()) if path.exists() else None
+    report["device"] = (report["attention"] or {}).get("device") or (report["train_step"] or {}).get("device")
+    (folder / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "gpu.md").write_text(markdown(report))
+    print(f"wrote {folder / 'gpu.json'} and {folder / 'gpu.md'}")
+    failed = [name for name in STAGES if status.get(name, {"rc": 1})["rc"] != 0]
+    if failed:
+        print(f"failed or missing stages: {', '.join(failed)} (see their .log files)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python benchmarks/gpu_report.py DIR")
+    sys.exit(main(Path(sys.argv[1])))
