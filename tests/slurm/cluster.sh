@@ -1,5 +1,9 @@
 #!/bin/bash
-# A one-node Slurm cluster on localhost, for tests: `cluster.sh start DIR` / `cluster.sh stop DIR`.
+# A one-node Slurm cluster on localhost, for tests: `cluster.sh start DIR` / `cluster.sh stop DIR`,
+# or `cluster.sh install` for the commands alone.
+#
+# Exit status 77 (with one line on stderr saying why) means this machine cannot run Slurm: not
+# root, no apt-get, the install failed, or the daemons would not start. The tests skip on it.
 #
 # Installs Debian's slurm-wlm and munge when missing (root, apt), writes DIR/slurm.conf for this
 # host (all its CPUs, requeue allowed, no cgroups/accounting so it runs in a container or VM),
@@ -7,23 +11,31 @@
 # the node is idle. Commands then need SLURM_CONF=DIR/slurm.conf. `stop` ends only the daemons
 # whose pid files are under DIR.
 set -euo pipefail
-action=${1:?usage: cluster.sh start|stop DIR}
-dir=$(realpath -m "${2:?usage: cluster.sh start|stop DIR}")
+usage="usage: cluster.sh install | cluster.sh start|stop DIR"
+action=${1:?$usage}
+[ "$action" = install ] || dir=$(realpath -m "${2:?$usage}")
+
+cannot() {
+    echo "cannot run Slurm here: $*" >&2
+    exit 77
+}
 
 install_if_missing() {
     if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
         return
     fi
+    [ "$(id -u)" = 0 ] || cannot "slurm-wlm and munge are not installed and installing them needs root"
+    command -v apt-get >/dev/null || cannot "slurm-wlm and munge are not installed and there is no apt-get"
     echo "[cluster] installing slurm-wlm and munge" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >&2
-    apt-get install -y -q --no-install-recommends slurm-wlm munge >&2
+    { apt-get update -q && apt-get install -y -q --no-install-recommends slurm-wlm munge; } >&2 \
+        || cannot "apt-get install slurm-wlm munge failed (no package mirror reachable?)"
 }
 
 write_conf() {
     local host cpus
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it obeys OMP_NUM_THREADS, which the tests set to 1
     mkdir -p "$dir"/{state,spool,log,run}
     cat > "$dir/slurm.conf" <<CONF
 ClusterName=megadalle-test
@@ -59,15 +71,16 @@ CONF
 }
 
 start() {
+    [ "$(id -u)" = 0 ] || cannot "the test cluster runs slurmd as root (SlurmdUser=root)"
     install_if_missing
     write_conf
     export SLURM_CONF=$dir/slurm.conf
     if ! pgrep -x munged >/dev/null; then
         mkdir -p /run/munge && chown munge:munge /run/munge
-        runuser -u munge -- /usr/sbin/munged
+        runuser -u munge -- /usr/sbin/munged || cannot "munged did not start"
     fi
-    /usr/sbin/slurmctld -f "$SLURM_CONF" -i
-    /usr/sbin/slurmd -f "$SLURM_CONF"
+    /usr/sbin/slurmctld -f "$SLURM_CONF" -i || cannot "slurmctld did not start; logs in $dir/log"
+    /usr/sbin/slurmd -f "$SLURM_CONF" || cannot "slurmd did not start; logs in $dir/log"
     for _ in $(seq 60); do
         if sinfo -h -o %t 2>/dev/null | grep -qx idle; then
             echo "[cluster] up: SLURM_CONF=$SLURM_CONF" >&2
@@ -75,9 +88,8 @@ start() {
         fi
         sleep 1
     done
-    echo "[cluster] the node never became idle; logs in $dir/log" >&2
     sinfo -N -l >&2 || true
-    exit 1
+    cannot "the node never became idle; logs in $dir/log"
 }
 
 stop() {
@@ -90,7 +102,8 @@ stop() {
 }
 
 case $action in
+    install) install_if_missing ;;
     start) start ;;
     stop) stop ;;
-    *) echo "usage: cluster.sh start|stop DIR" >&2; exit 2 ;;
+    *) echo "$usage" >&2; exit 2 ;;
 esac
