@@ -1,0 +1,3 @@
+# Sourced by NVIDIA's /opt/nvidia/nvidia_entrypoint.sh before the container's command: each container
+# gets its own ssh host keys (the image holds none), so worker nodes can run `/usr/sbin/sshd -D -e`.
+ssh-keygen -A >/dev/null
