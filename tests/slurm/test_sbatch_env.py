@@ -15,16 +15,17 @@ FAKE_SRUN = """#!/bin/bash
 """
 
 
-def run_script(slurm_commands, tmp_path, **slurm_vars):
+def run_script(slurm_commands, tmp_path, **variables):
     srun = tmp_path / "bin" / "srun"
     srun.parent.mkdir()
     srun.write_text(FAKE_SRUN)
     srun.chmod(0o755)
     record = tmp_path / "srun.txt"
     env = dict(slurm_commands, PATH=f"{srun.parent}:{slurm_commands['PATH']}", SRUN_RECORD=str(record),
-               SLURM_JOB_ID="1234", **slurm_vars)
-    for name in ("SRUN_CPUS_PER_TASK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "NCCL_DEBUG"):
+               SLURM_JOB_ID="1234")
+    for name in ("SRUN_CPUS_PER_TASK", "SLURM_CPUS_PER_TASK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "NCCL_DEBUG"):
         env.pop(name, None)
+    env.update(variables)
     proc = subprocess.run(["bash", str(SCRIPT), "model=tiny"], env=env, capture_output=True, text=True, timeout=60)
     lines = record.read_text().splitlines() if record.exists() else []
     seen = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("ARGS "))
@@ -42,6 +43,13 @@ def test_srun_gets_the_allocations_cpus_and_the_first_host_as_rendezvous(slurm_c
     assert seen["NCCL_DEBUG"] == "WARN" and seen["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
     assert args.endswith("train resume=auto model=tiny")
     assert "rendezvous rack1-node01:21234, 6 CPUs per task" in proc.stdout
+
+
+@pytest.mark.slurm
+def test_a_given_master_addr_is_kept(slurm_commands, tmp_path):
+    proc, seen, _ = run_script(slurm_commands, tmp_path, SLURM_JOB_NODELIST="node[1-2]", MASTER_ADDR="10.0.0.7")
+    assert proc.returncode == 0, proc.stderr
+    assert seen["MASTER_ADDR"] == "10.0.0.7" and seen["SRUN_CPUS_PER_TASK"] == "1"
 
 
 @pytest.mark.slurm

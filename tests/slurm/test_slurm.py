@@ -6,44 +6,17 @@ The cluster comes from tests/slurm/cluster.sh (installs slurm-wlm + munge with a
 the test skips with the reason where it cannot).
 The CPU job overrides only the sbatch script's resource lines (1 node, 2 tasks, no GPUs).
 """
-import json
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from slurm_jobs import FINISHED, job_field, logged_steps, node_idle, wait_until
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 SCRIPT = ROOT / "launch" / "slurm" / "train.sbatch"
 STEPS = 40
-
-
-def job_field(env, job, field):
-    out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
-    for token in out.split():
-        if token.startswith(field + "="):
-            return token.split("=", 1)[1]
-    return None
-
-
-def node_idle(env):
-    out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout.split()
-    return out == ["idle"]
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def logged_steps(run_dir):
-    metrics = run_dir / "metrics.jsonl"
-    return {json.loads(line)["step"] for line in metrics.read_text().splitlines()} if metrics.is_file() else set()
 
 
 @pytest.mark.slurm
@@ -69,7 +42,7 @@ def test_usr1_checkpoints_requeues_and_finishes(slurm, train_overrides, tmp_path
     wait_until(lambda: job_field(env, job, "JobState") == "PENDING" and node_idle(env), 60, "the node to be idle")
     time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
-    wait_until(lambda: job_field(env, job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 240,
+    wait_until(lambda: job_field(env, job, "JobState") in FINISHED, 240,
                "the requeued job to end")
 
     text = log.read_text(errors="replace")
