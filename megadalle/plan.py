@@ -39,7 +39,8 @@ GB = 1e9
 ACT_BYTES_PER_ELEMENT_LAYER_16BIT = 34
 """Korthikanti et al. (2022), Table 2 without the seq^2 attention term (flash attention keeps none)."""
 PREFETCH_DEFAULT, MAX_LIVE_DEFAULT, PERSISTENCE_DEFAULT = int(5e7), int(1e9), int(1e5)
-"""DeepSpeed 0.19's ZeRO-3 defaults (stage3_prefetch_bucket_size, _max_live_parameters, _param_persistence_threshold)."""
+"""DeepSpeed 0.19's ZeRO-3 defaults: stage3_prefetch_bucket_size, stage3_max_live_parameters,
+stage3_param_persistence_threshold."""
 
 
 class PlanError(ValueError):
@@ -160,7 +161,8 @@ def logits_bytes(cfg: TransformerConfig, micro_batch: int, precision: Precision)
 
 def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings, stage: int,
                  device: str) -> Memory:
-    p, dp, zero, prec = stage_parameters(counts, cfg, layout.pipeline, stage), layout.data_parallel, layout.zero, settings.precision
+    p, prec = stage_parameters(counts, cfg, layout.pipeline, stage), settings.precision
+    dp, zero = layout.data_parallel, layout.zero
     weights = prec.weight * p / (dp if zero >= 3 else 1)
     buffers = (2 if settings.overlap_comm else 1) * settings.reduce_bucket * prec.grad if zero >= 1 else 0.0
     if zero >= 3:
@@ -181,7 +183,8 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
 
 def memory_per_rank(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings = Settings(),
                     device: str = "gpu") -> Memory:
-    """Peak bytes on the busiest rank: the first pipeline stage (embeddings, most micro-batches) or the last (head, logits)."""
+    """Peak bytes on the busiest rank: the first pipeline stage (embeddings, most micro-batches in
+    flight) or the last (head, logits)."""
     stages = {0, layout.pipeline - 1}
     return max((stage_memory(cfg, counts, layout, settings, s, device) for s in stages), key=lambda m: m.total)
 
@@ -241,7 +244,8 @@ def step_time(cfg: TransformerConfig, counts: Counts, plan: PlanConfig, layout: 
     """Seconds per optimizer step: compute at the assumed MFU plus the communication overlap leaves exposed."""
     prec, dp, pp = settings.precision, layout.data_parallel, layout.pipeline
     batch = layout.micro_batch * layout.grad_accum * dp
-    compute = transformer_flops_per_token(cfg) * batch * cfg.seq_len / (plan.gpus * plan.peak_tflops * 1e12 * plan.assumed_mfu)
+    flops = transformer_flops_per_token(cfg) * batch * cfg.seq_len
+    compute = flops / (plan.gpus * plan.peak_tflops * 1e12 * plan.assumed_mfu)
     if layout.checkpointing:
         compute *= 4 / 3  # one extra forward
     compute *= 1 + (pp - 1) / layout.grad_accum
@@ -286,14 +290,17 @@ def candidate_layouts(cfg: TransformerConfig, plan: PlanConfig):
 
 def suggest(cfg: TransformerConfig, plan: PlanConfig, counts: Counts, settings: Settings) -> Layout:
     """The fastest layout that fits with the headroom kept; ties go to less sharding (less communication)."""
-    fits = [lay for lay in candidate_layouts(cfg, plan) if memory_per_rank(cfg, counts, lay, settings).total <= budget(plan)]
+    fits = [lay for lay in candidate_layouts(cfg, plan)
+            if memory_per_rank(cfg, counts, lay, settings).total <= budget(plan)]
     if not fits:
         floor = 16 * counts.total / plan.gpus / GB
         raise PlanError(
-            f"{counts.total / 1e9:.2f}B parameters do not fit on {plan.gpus} x {plan.gpu_mem_gb:g} GB: even fully sharded "
+            f"{counts.total / 1e9:.2f}B parameters do not fit on {plan.gpus} x {plan.gpu_mem_gb:g} GB: "
+            f"even fully sharded "
             f"(ZeRO-3, micro-batch 1, activation checkpointing) weights, gradients and Adam states alone take "
             f"{floor:.1f} GB per GPU (16 B/param / {plan.gpus} GPUs) of {budget(plan) / GB:.1f} GB usable "
-            f"({plan.headroom:.0%} headroom), before activations; use more GPUs, GPUs with more memory, or a smaller model")
+            f"({plan.headroom:.0%} headroom), before activations; use more GPUs, GPUs with more memory, "
+            f"or a smaller model")
     return min(fits, key=lambda lay: (round(step_time(cfg, counts, plan, lay, settings).total, 6), lay.zero,
                                       lay.pipeline, -lay.micro_batch))
 
@@ -331,23 +338,27 @@ def layout_for(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSpeedCo
 def describe(layout: Layout) -> str:
     mode = f"pipeline {layout.pipeline} x dp {layout.data_parallel} (ZeRO-{layout.zero})" if layout.pipeline > 1 \
         else f"ZeRO-{layout.zero} (dp {layout.data_parallel})"
-    return f"{mode}, micro-batch {layout.micro_batch} x {layout.grad_accum}, checkpointing {'on' if layout.checkpointing else 'off'}"
+    checkpointing = "on" if layout.checkpointing else "off"
+    return f"{mode}, micro-batch {layout.micro_batch} x {layout.grad_accum}, checkpointing {checkpointing}"
 
 
 MEMORY_COLUMNS = ("weights", "grads", "optimizer", "ema", "buffers", "activations", "runtime")
 
 
 def memory_row(name: str, mem: Memory, fits: str) -> str:
-    return f"  {name:<58}" + "".join(f"{getattr(mem, c) / GB:>8.2f}" for c in MEMORY_COLUMNS) + f"{mem.total / GB:>8.2f}  {fits}"
+    columns = "".join(f"{getattr(mem, c) / GB:>8.2f}" for c in MEMORY_COLUMNS)
+    return f"  {name:<58}{columns}{mem.total / GB:>8.2f}  {fits}"
 
 
 def memory_header(plan: PlanConfig) -> str:
     where = "host memory per rank above the baseline" if plan.device == "cpu" else \
-        f"memory per GPU, fits = total <= {budget(plan) / GB:.1f} GB ({plan.gpu_mem_gb:g} GB less {plan.headroom:.0%} headroom)"
+        f"memory per GPU, fits = total <= {budget(plan) / GB:.1f} GB ({plan.gpu_mem_gb:g} GB less " \
+        f"{plan.headroom:.0%} headroom)"
     return f"{where}, GB:\n  {'layout':<58}" + "".join(f"{c[:7]:>8}" for c in MEMORY_COLUMNS) + f"{'total':>8}"
 
 
-def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, layout: Layout, settings: Settings) -> list[str]:
+def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, layout: Layout,
+                 settings: Settings) -> list[str]:
     """The prediction for the config as given: memory, step time, checkpoint and USR1 lead time."""
     mem = memory_per_rank(model, counts, layout, settings, plan.device)
     fits = "" if plan.device == "cpu" else ("fits" if mem.total <= budget(plan) else "DOES NOT FIT")
@@ -355,9 +366,11 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
     busiest, total = checkpoint_bytes(model, counts, layout, settings)
     lead = usr1_lead_seconds(t.total, total, plan)
     return [
-        f"this config ({plan.gpus} ranks, {settings.precision.name}, EMA {'on' if settings.ema else 'off'}): {describe(layout)}",
+        f"this config ({plan.gpus} ranks, {settings.precision.name}, EMA {'on' if settings.ema else 'off'}): "
+        f"{describe(layout)}",
         memory_header(plan), memory_row("as configured", mem, fits),
-        f"  construction peak (before the first step): {construction_bytes(model, counts, layout, settings) / GB:.2f} GB",
+        f"  construction peak (before the first step): "
+        f"{construction_bytes(model, counts, layout, settings) / GB:.2f} GB",
         f"  step: {t.total:.2f} s = compute {t.compute:.2f} s + exposed communication {t.exposed:.2f} s "
         f"(of {t.comm:.2f} s; NVLink {plan.nvlink_gbps:g} GB/s within {plan.gpus_per_node} ranks, InfiniBand "
         f"{plan.ib_gbps:g} GB/s across)",
@@ -385,7 +398,8 @@ def report(model: TransformerConfig, plan: PlanConfig, trainer: TrainerConfig, d
     rows = [(f"ZeRO-{z} (dp {plan.gpus})", Layout(1, plan.gpus, z, 1, True, accum)) for z in (1, 2, 3)]
     rows += [(f"pipeline {pp} x dp {plan.gpus // pp} (ZeRO-1)", Layout(pp, plan.gpus // pp, 1, 1, True, accum * pp))
              for pp in (2, 4, 8, 16, 32) if plan.gpus % pp == 0 and pp <= model.n_layers]
-    lines += ["", f"other layouts at micro-batch 1 with activation checkpointing, {plan.global_batch} sequences per step:",
+    lines += ["", f"other layouts at micro-batch 1 with activation checkpointing, {plan.global_batch} sequences "
+              f"per step:",
               memory_header(plan)]
     for name, lay in rows:
         mem = memory_per_rank(model, counts, lay, settings)
@@ -393,6 +407,7 @@ def report(model: TransformerConfig, plan: PlanConfig, trainer: TrainerConfig, d
     best = suggest(model, plan, counts, settings)
     mem = memory_per_rank(model, counts, best, settings)
     t = step_time(model, counts, plan, best, settings)
+    lead = usr1_lead_seconds(t.total, checkpoint_bytes(model, counts, best, settings)[1], plan)
     lines += [
         "",
         f"suggested layout: {describe(best)}: {mem.total / GB:.1f} GB per GPU of {budget(plan) / GB:.1f} usable",
@@ -401,8 +416,7 @@ def report(model: TransformerConfig, plan: PlanConfig, trainer: TrainerConfig, d
         f"{f', x (1 + {best.pipeline - 1}/{best.grad_accum}) pipeline bubble' if best.pipeline > 1 else ''}"
         f"; exposed communication {t.exposed:.2f} s); {plan.global_batch * model.seq_len / t.total:,.0f} tokens/s",
         f"launch with: megadalle train {launch_overrides(best)}",
-        f"  (Slurm: sbatch --signal=B:USR1@{usr1_lead_seconds(t.total, checkpoint_bytes(model, counts, best, settings)[1], plan)} "
-        f"launch/slurm/train.sbatch ...)",
+        f"  (Slurm: sbatch --signal=B:USR1@{lead} launch/slurm/train.sbatch ...)",
     ]
     return "\n".join(lines)
 
