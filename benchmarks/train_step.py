@@ -4,8 +4,9 @@
     python benchmarks/train_step.py --model 1b --micro-batch 8 --activation-checkpointing   # one GPU (bf16)
 
 Builds the model with megadalle.train.engine (deepspeed.initialize, ZeRO-1, AdamW, clipping,
-the LR schedule) and times full updates (forward, backward, optimizer step) on synthetic token
-batches, so data loading is not part of the number. Reports tokens/s and
+the LR schedule) and times full updates (forward, backward, optimizer step) of the same Task as
+`megadalle train data=synthetic` (random tokens seeded by step, megadalle.data.synthetic), so no
+data set is needed and shard reading is not part of the number. Reports tokens/s and
 
     MFU = model.flops_per_token() x tokens/s / peak FLOP/s
 
@@ -30,6 +31,7 @@ import torch
 
 from megadalle.config import build
 from megadalle.config.compose import compose
+from megadalle.config.data import DataConfig
 from megadalle.config.model import TransformerConfig
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import distributed, engine
@@ -38,16 +40,6 @@ from megadalle.train.task import DataPart
 from megadalle.train.transformer import TransformerTask
 
 H100_BF16_TFLOPS = 989.0
-
-
-class SyntheticTask(TransformerTask):
-    """The Transformer task on random tokens (fixed per step), so the benchmark needs no data set."""
-
-    def batches(self, start_step: int, part: DataPart):
-        g = torch.Generator().manual_seed(start_step)
-        while True:
-            yield {"text": torch.randint(1, self.cfg.text_vocab, (part.micro_batch, self.cfg.text_len), generator=g),
-                   "image": torch.randint(0, self.cfg.image_vocab, (part.micro_batch, self.cfg.grid_len), generator=g)}
 
 
 def matmul_tflops(dtype: torch.dtype, device: str, n: int = 2048, repeat: int = 5) -> float:
@@ -72,7 +64,8 @@ def measure(model_name: str, micro_batch: int, steps: int, warmup: int, checkpoi
     cfg.activation_checkpointing = checkpointing
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trainer = TrainerConfig(steps=warmup + steps, micro_batch=micro_batch, warmup_steps=10, checkpoint_every=0)
-    built = engine.build(SyntheticTask(cfg, None), trainer, DeepSpeedConfig(zero_stage=1), world_size=1)
+    task = TransformerTask(cfg, DataConfig(source="synthetic", shards=None))
+    built = engine.build(task, trainer, DeepSpeedConfig(zero_stage=1), world_size=1)
     runner = StepRunner(built.engine.module.task, built, DataPart(micro_batch, 1, 0, 1), 0)
     for step in range(warmup):
         runner.update(step)

@@ -5,8 +5,8 @@ want plain weights. The model is rebuilt from the run's own record (`run.json`: 
 and the full config), then filled from the checkpoint:
 - ZeRO 0-3: DeepSpeed's `zero_to_fp32` gathers the fp32 master weights from every rank's shard
   (names of the LossModule wrapper, `model.` stripped); stage 0 has none, its module state is read;
-- pipeline: each `layer_NN-model_states.pt` is loaded into layer NN of the task's PipelineSpec,
-  whose layers are the plain model's own modules, so the plain model ends up complete;
+- pipeline: each `layer_NN-model_states.pt` is loaded into the plain model's sub-module that the
+  task's PipelineSpec names for layer NN (`layer_names`), so the plain model ends up complete;
 - `ema=true`: the EMA weights every rank saved (merged: stages hold disjoint parameters).
 Our own reads use torch.load(weights_only=True); the result is written by megadalle.weights.
 """
@@ -61,10 +61,9 @@ def _strip(state: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, 
 def fill_model(task: Task, model: nn.Module, path: Path, pipeline_stages: int, ema: bool) -> None:
     """Load the checkpoint at `path` into the plain `model` (see the module docstring)."""
     if pipeline_stages > 1:
-        layers = task.pipeline(model).layers
-        for i, layer in enumerate(layers):
-            layer.load_state_dict(torch.load(path / f"layer_{i:02d}-model_states.pt", weights_only=True,
-                                             map_location="cpu"))
+        for i, name in enumerate(task.pipeline().layer_names):
+            model.get_submodule(name).load_state_dict(torch.load(path / f"layer_{i:02d}-model_states.pt",
+                                                                 weights_only=True, map_location="cpu"))
     elif any(path.glob("zero_pp_rank_*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

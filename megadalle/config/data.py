@@ -8,6 +8,7 @@ from omegaconf import MISSING
 from megadalle.config import check, join
 
 IMAGE_FORMATS = ("jpg", "png")
+SOURCES = ("shards", "synthetic")
 NORMALIZATIONS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
 
 
@@ -84,7 +85,10 @@ class TokenizerConfig:
 class DataConfig:
     """The `data` group (conf/data/*.yaml): which shards a training verb reads and how."""
 
-    shards: str = MISSING
+    source: str = "shards"
+    """shards: read `shards`; synthetic: random caption and image tokens at the model's shapes, seeded by
+    step (megadalle.data.synthetic; `megadalle train` only, no files or tokenizer needed)."""
+    shards: str | None = MISSING
     """Shard directory with index.json (image shards for dVAE/CLIP, token shards for the Transformer)."""
     tokenizer: str | None = None
     """sentencepiece model; needed for token shards (captions are tokenized while loading)."""
@@ -103,6 +107,9 @@ class DataConfig:
     """Batches each worker prepares ahead."""
 
     def validate(self, where: str = "data") -> None:
+        check(self.source in SOURCES, join(where, "source"), self.source, f"expected one of {SOURCES}")
+        check(self.source == "synthetic" or self.shards, join(where, "shards"), self.shards,
+              "needs a shard directory (or data=synthetic)")
         check(self.image_size is None or self.image_size > 0, join(where, "image_size"), self.image_size,
               "must be positive or null")
         check(0.0 <= self.bpe_dropout < 1.0, join(where, "bpe_dropout"), self.bpe_dropout, "must be in [0, 1)")

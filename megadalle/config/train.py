@@ -13,6 +13,7 @@ from megadalle.config import check
 DECAYS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("offline", "online", "disabled")
+REDUCE_DTYPES = ("fp32", "bf16")
 
 
 @dataclass
@@ -82,23 +83,37 @@ class DeepSpeedConfig:
     partition_method: str = "type:Block"
     """How the pipeline splits its layers: `type:<regex>` balances layers whose class name matches, or
     `parameters` / `uniform` (DeepSpeed's methods)."""
-    pipe_activation_checkpoint_interval: int = 0
-    """Pipeline only: recompute every this many layers in the backward (0 = off)."""
-    overlap_comm: bool = False
-    """Overlap gradient reduction with the backward (ZeRO 2/3)."""
+    overlap_comm: bool = True
+    """Overlap gradient reduction with the backward (DeepSpeed's ZeRO 1, 2 and 3 optimizers; its pipeline
+    engine cannot, so pipelines leave it off; under bf16 with fp32 accumulation ZeRO-1 runs DeepSpeed's
+    BF16_Optimizer, which reduces once per update and has no overlap)."""
     reduce_bucket_size: int = 50_000_000
     """Elements per gradient-reduction bucket."""
+    grad_accum_dtype: str = "fp32"
+    """bf16 runs only: dtype gradients are accumulated in over micro-batches (DeepSpeed's
+    `data_types.grad_accum_dtype`). fp32 keeps small per-micro-batch gradients from vanishing in bf16
+    sums; DeepSpeed 0.19.8 supports it with ZeRO 1-3 and pipelines, not with zero_stage=0."""
+    communication_dtype: str = "fp32"
+    """bf16 runs only: dtype of the gradient reduction across data-parallel ranks (DeepSpeed's
+    `communication_data_type`); fp32 sums many ranks' gradients without bf16 rounding, at twice the bytes."""
+    timeout_minutes: float = 30.0
+    """Timeout of the process group's collectives: a rank waiting longer for its peers fails instead of
+    hanging (raise it when a step, a checkpoint save or a data-loader start can take longer)."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Raw DeepSpeed config keys merged last, for anything this schema does not name."""
+    """Raw DeepSpeed config keys deep-merged last, for anything this schema does not name: a nested
+    mapping updates the mapping it meets key by key (`{zero_optimization: {stage3_max_live_parameters: N}}`
+    keeps the stage), any other value replaces."""
 
     def validate(self, where: str = "deepspeed") -> None:
         check(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", self.zero_stage, "must be 0, 1, 2 or 3")
         check(self.pipeline_stages >= 1, f"{where}.pipeline_stages", self.pipeline_stages, "must be >= 1")
         check(self.pipeline_stages == 1 or self.zero_stage <= 1, f"{where}.zero_stage", self.zero_stage,
               "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1 only")
-        check(self.pipe_activation_checkpoint_interval >= 0, f"{where}.pipe_activation_checkpoint_interval",
-              self.pipe_activation_checkpoint_interval, "must be non-negative")
         check(self.reduce_bucket_size > 0, f"{where}.reduce_bucket_size", self.reduce_bucket_size, "must be positive")
+        for name in ("grad_accum_dtype", "communication_dtype"):
+            check(getattr(self, name) in REDUCE_DTYPES, f"{where}.{name}", getattr(self, name),
+                  f"expected one of {REDUCE_DTYPES}")
+        check(self.timeout_minutes > 0, f"{where}.timeout_minutes", self.timeout_minutes, "must be positive")
 
 
 @dataclass

@@ -9,6 +9,14 @@ order. Position j predicts token j + 1, so text positions 0..T-2 predict text, p
 predicts the first image token, and image positions predict the next image token; the last
 image position predicts nothing. Pads are embedded by a learned vector per text position (the
 paper's trick: the model can tell how long the caption was) and are never loss targets.
+
+Initialisation (GPT-2's: N(0, 0.02), residual output projections N(0, 0.02 / sqrt(2 * n_layers)),
+norms at identity, biases zero) happens inside the __init__ of the module that owns each parameter.
+DeepSpeed's ZeRO-3 construction (`deepspeed.zero.Init`) partitions a module's parameters as soon as
+its __init__ returns, so an init applied afterwards from the top would touch empty shards and
+silently leave the defaults; per-module init gives the partitioned model the same weights. Each
+top-level layer (embed, blocks, head) is built under its own seed (megadalle.models.seeding), so a
+pipeline stage that builds only its layers gets the same weights as the whole model.
 """
 from __future__ import annotations
 
@@ -24,12 +32,61 @@ from megadalle.attention import MaskSpec, attend, layer_kinds
 from megadalle.config.model import TransformerConfig
 from megadalle.flops import transformer_flops_per_token
 from megadalle.models.norm import layer_norm
+from megadalle.models.seeding import draw_base_seed, layer_seed
 
 
 def mask_specs(cfg: TransformerConfig) -> list[MaskSpec]:
     """Each layer's mask, from the configured pattern."""
     kinds = layer_kinds(cfg.n_layers, cfg.attention_pattern, cfg.last_layer_attention)
     return [MaskSpec(kind, cfg.text_len, cfg.grid_size, cfg.grid_size, cfg.conv_kernel, cfg.conv_wrap) for kind in kinds]
+
+
+INIT_STD = 0.02
+"""GPT-2's standard deviation of every weight matrix and embedding."""
+
+
+def residual_std(cfg: TransformerConfig) -> float:
+    """GPT-2's smaller init of the projections that write into the residual stream (2 per block)."""
+    return INIT_STD / math.sqrt(2 * cfg.n_layers)
+
+
+class Linear(nn.Linear):
+    """nn.Linear initialised N(0, std) with a zero bias (its own reset_parameters, see the module docstring)."""
+
+    def __init__(self, n_in: int, n_out: int, std: float = INIT_STD, bias: bool = True):
+        self.std = std
+        super().__init__(n_in, n_out, bias=bias)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=self.std)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding initialised N(0, 0.02) instead of N(0, 1)."""
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=INIT_STD)
+
+
+class RowLinear(nn.Module):
+    """A bias-free output matrix whose forward may use a slice of its rows (one segment's vocabulary).
+
+    Calling the module (not reading its `.weight` from outside) is what lets ZeRO-3's hooks gather the
+    weight before use.
+    """
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_out, n_in).normal_(std=INIT_STD))
+
+    def forward(self, x: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        return F.linear(x, self.weight[rows])
+
+
+def position_table(rows: int, d: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(rows, d).normal_(std=INIT_STD))
 
 
 class Embed(nn.Module):
@@ -39,12 +96,12 @@ class Embed(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.text_tokens = nn.Embedding(cfg.text_vocab, d)
-        self.text_pos = nn.Parameter(torch.zeros(cfg.text_len, d))
-        self.pad = nn.Parameter(torch.zeros(cfg.text_len, d))
-        self.image_tokens = nn.Embedding(cfg.image_vocab, d)
-        self.image_row = nn.Parameter(torch.zeros(cfg.grid_size, d))
-        self.image_col = nn.Parameter(torch.zeros(cfg.grid_size, d))
+        self.text_tokens = Embedding(cfg.text_vocab, d)
+        self.text_pos = position_table(cfg.text_len, d)
+        self.pad = position_table(cfg.text_len, d)
+        self.image_tokens = Embedding(cfg.image_vocab, d)
+        self.image_row = position_table(cfg.grid_size, d)
+        self.image_col = position_table(cfg.grid_size, d)
 
     def text(self, text: torch.Tensor) -> torch.Tensor:
         """[B, T] ids -> [B, T, d]; a pad at position i becomes pad[i]."""
@@ -66,8 +123,8 @@ class Attention(nn.Module):
         super().__init__()
         self.spec, self.n_heads, self.head_dim = spec, cfg.n_heads, cfg.head_dim
         self.backend = cfg.attention_backend
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = Linear(cfg.d_model, cfg.d_model, std=residual_std(cfg))
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0) -> torch.Tensor:
         b, n, d = x.shape
@@ -87,7 +144,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg, spec)
         self.ln_mlp = layer_norm(cfg.d_model)
         hidden = cfg.mlp_ratio * cfg.d_model
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, cfg.d_model))
+        self.mlp = nn.Sequential(Linear(cfg.d_model, hidden), nn.GELU(approximate="tanh"),
+                                 Linear(hidden, cfg.d_model, std=residual_std(cfg)))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0) -> torch.Tensor:
@@ -102,13 +160,13 @@ class Head(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.ln = layer_norm(cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.text_vocab + cfg.image_vocab, bias=False)
+        self.out = RowLinear(cfg.d_model, cfg.text_vocab + cfg.image_vocab)
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.ln(h), self.out.weight[: self.cfg.text_vocab])
+        return self.out(self.ln(h), slice(None, self.cfg.text_vocab))
 
     def image_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.ln(h), self.out.weight[self.cfg.text_vocab:])
+        return self.out(self.ln(h), slice(self.cfg.text_vocab, None))
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h [B, S, d] -> (text logits [B, T-1, text_vocab], image logits [B, H*W, image_vocab])."""
@@ -157,23 +215,16 @@ class Transformer(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.embed = Embed(cfg)
-        self.blocks = nn.ModuleList(Block(cfg, spec) for spec in mask_specs(cfg))
-        self.head = Head(cfg)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """GPT-2's init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers)."""
-        for name, p in self.named_parameters():
-            if p.dim() < 2 and not name.startswith("embed."):
-                if name.endswith("weight"):
-                    nn.init.ones_(p)
-                else:
-                    nn.init.zeros_(p)
-                continue
-            std = 0.02 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("attn.proj.weight", "mlp.2.weight")) else 0.02
-            nn.init.normal_(p, std=std)
-
+        base = draw_base_seed()  # layer i is built under seed base + i, as a pipeline stage builds it
+        with layer_seed(base, 0):
+            self.embed = Embed(cfg)
+        blocks = []
+        for i, spec in enumerate(mask_specs(cfg)):
+            with layer_seed(base, 1 + i):
+                blocks.append(Block(cfg, spec))
+        self.blocks = nn.ModuleList(blocks)
+        with layer_seed(base, 1 + cfg.n_layers):
+            self.head = Head(cfg)
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_shapes(text, image)
         h = self.embed(text, image)

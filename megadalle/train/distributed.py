@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -69,8 +70,12 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
     return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
 
 
-def init(dist_env: DistEnv) -> None:
-    """Start torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); idempotent."""
+def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
+    """Start torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); idempotent.
+
+    `timeout_minutes` bounds every collective: a rank whose peer died fails with a timeout
+    instead of waiting forever (`deepspeed.timeout_minutes`).
+    """
     import deepspeed
 
     os.environ.update(RANK=str(dist_env.rank), LOCAL_RANK=str(dist_env.local_rank),
@@ -80,7 +85,7 @@ def init(dist_env: DistEnv) -> None:
         # One device visible per task (srun --gpus-per-task, CUDA_VISIBLE_DEVICES per rank) or all of the node's.
         torch.cuda.set_device(dist_env.local_rank % torch.cuda.device_count())
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(auto_mpi_discovery=False)
+        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes))
         atexit.register(shutdown)
 
 

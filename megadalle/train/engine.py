@@ -6,12 +6,14 @@ accumulation scaling, ZeRO-3 parameter gathering) sees every micro-batch.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from megadalle.config import ConfigError
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import schedule
 from megadalle.train.task import Batch, PipelineSpec, Task
@@ -34,7 +36,8 @@ class Built:
     engine: Any
     """The DeepSpeedEngine (a PipelineEngine when pipelined)."""
     model: nn.Module
-    """The task's plain model (its parameters are the engine's)."""
+    """The task's plain model (its parameters are the engine's); under a pipeline, this stage's layers at
+    their plain-model paths (megadalle.train.pipeline.stage_view)."""
     pipeline: PipelineSpec | None
     dtype: torch.dtype
     device: torch.device
@@ -49,25 +52,54 @@ def training_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
+def deep_merge(base: dict, extra: dict) -> dict:
+    """`base` updated by `extra`: mappings met on both sides merge key by key, other values replace.
+
+    A shallow update would let `{"zero_optimization": {"overlap_comm": false}}` drop the stage,
+    and DeepSpeed would then silently train at stage 0.
+    """
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def precision_config(ds: DeepSpeedConfig, dtype: torch.dtype) -> dict:
+    """bf16 with fp32 master weights, gradients accumulated and reduced in `ds`'s dtypes.
+
+    With fp32 accumulation DeepSpeed 0.19.8 picks (engine._do_optimizer_sanity_check): its
+    BF16_Optimizer under ZeRO-1 and pipelines, the ZeRO-2/3 optimizer's own fp32 accumulation
+    buffers otherwise; zero_stage=0 has no optimizer for that mix and is refused here.
+    """
+    if dtype != torch.bfloat16:
+        return {"bf16": {"enabled": False}}
+    if ds.zero_stage == 0 and ds.grad_accum_dtype == "fp32":
+        raise ConfigError("deepspeed.grad_accum_dtype='fp32': DeepSpeed cannot accumulate bf16 gradients in fp32 "
+                          "at deepspeed.zero_stage=0; use zero_stage>=1 or deepspeed.grad_accum_dtype=bf16")
+    return {"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": ds.grad_accum_dtype},
+            "communication_data_type": ds.communication_dtype}
+
+
 def ds_config(trainer: TrainerConfig, ds: DeepSpeedConfig, dp_world: int, dtype: torch.dtype) -> dict:
-    """The DeepSpeed JSON config equivalent to our typed configs (plus `ds.extra` merged last)."""
+    """The DeepSpeed JSON config equivalent to our typed configs (plus `ds.extra` deep-merged last)."""
+    pipelined = ds.pipeline_stages > 1
     config = {
         "train_micro_batch_size_per_gpu": trainer.micro_batch,
         "gradient_accumulation_steps": trainer.grad_accum,
         "train_batch_size": trainer.micro_batch * trainer.grad_accum * dp_world,
         "gradient_clipping": trainer.grad_clip,
-        "bf16": {"enabled": dtype == torch.bfloat16},
-        "zero_optimization": {"stage": ds.zero_stage, "overlap_comm": ds.overlap_comm,
+        **precision_config(ds, dtype),
+        "zero_optimization": {"stage": ds.zero_stage, "overlap_comm": ds.overlap_comm and not pipelined,
                               "reduce_bucket_size": ds.reduce_bucket_size, "contiguous_gradients": True},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
         "dump_state": False,
         "checkpoint": {"tag_validation": "FAIL"},
     }
-    if ds.pipeline_stages > 1:
-        config["pipeline"] = {"activation_checkpoint_interval": ds.pipe_activation_checkpoint_interval}
-    config.update(ds.extra)
-    return config
+    return deep_merge(config, ds.extra)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -75,7 +107,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, plain = [], []
     for param in model.parameters():
         if param.requires_grad:
-            (decay if param.dim() >= 2 else plain).append(param)
+            shape = getattr(param, "ds_shape", param.shape)  # a ZeRO-3 partitioned parameter's own is [0]
+            (decay if len(shape) >= 2 else plain).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
@@ -92,6 +125,18 @@ def optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, **kwargs)
 
 
+def build_model(task: Task, ds: DeepSpeedConfig, config: dict) -> nn.Module:
+    """The task's model; under ZeRO-3 built inside `deepspeed.zero.Init` with the run's config when the task
+    initialises per module (Task.zero3_init): each module is partitioned over the data-parallel ranks as
+    soon as it is constructed (in the training dtype), so no rank ever holds the whole model."""
+    if ds.zero_stage != 3 or not task.zero3_init:
+        return task.build_model()
+    import deepspeed
+
+    with deepspeed.zero.Init(config_dict_or_path=config):
+        return task.build_model()
+
+
 def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: int) -> Built:
     """Build the task's model and wrap it in DeepSpeed (a PipelineModule when pipeline_stages > 1)."""
     import deepspeed
@@ -100,18 +145,21 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
     if world_size % ds.pipeline_stages:
         raise ValueError(f"deepspeed.pipeline_stages={ds.pipeline_stages} does not divide the world size {world_size}")
     dp_world = world_size // ds.pipeline_stages
-    model = task.build_model()
-    spec = task.pipeline(model) if ds.pipeline_stages > 1 else None
+    config = ds_config(trainer, ds, dp_world, dtype)
+    spec = task.pipeline() if ds.pipeline_stages > 1 else None
     if ds.pipeline_stages > 1 and spec is None:
         raise ValueError(f"deepspeed.pipeline_stages={ds.pipeline_stages}: task {task.name!r} cannot run pipelined")
     if spec is not None:
-        from megadalle.train.pipeline import pipeline_module
-        module = pipeline_module(spec, ds)
+        from megadalle.train.pipeline import pipeline_module, stage_view
+
+        module = pipeline_module(spec, ds)  # builds this stage's layers only
+        model = stage_view(module, spec.layer_names)
     else:
+        model = build_model(task, ds, config)
         module = LossModule(task, model)
     opt = optimizer(module, trainer)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule.scheduler(opt, trainer),
-                                           config=ds_config(trainer, ds, dp_world, dtype))
+                                           config=config)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dp_rank = engine.grid.data_parallel_id if spec is not None else engine.global_rank
     return Built(engine, model, spec, dtype, device, dp_rank, dp_world)

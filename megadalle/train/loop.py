@@ -85,7 +85,7 @@ class Trainer:
               "or use zero1/zero2")
         self.task, self.cfg, self.ds = task, trainer, ds
         self.env = distributed.detect()
-        distributed.init(self.env)
+        distributed.init(self.env, ds.timeout_minutes)
         self.run_dir = rundir.choose(run.run_dir, run.out_dir, task.name, self.env.rank)
         self.ckpt_root = self.run_dir / "checkpoints"
         rng.seed_all(run.seed)  # identical initial weights on every rank

@@ -1,36 +1,69 @@
-"""Pipeline parallelism: the task's own layers as a DeepSpeed PipelineModule.
+"""Pipeline parallelism: the task's layers as a DeepSpeed PipelineModule built from LayerSpecs.
 
-No second definition of the model: the PipelineModule holds the very modules of the plain
-model (embedding, blocks, head) in execution order, and DeepSpeed keeps on each rank only the
-layers of its stage. `partition_method="type:Block"` balances the stages by counting layers whose
-class name matches (the Transformer blocks), so the embedding and head ride along with the first
-and last stage instead of counting as a block.
+No second definition of the model: the task's PipelineSpec lists recipes (`LayerSpec`s) of the plain
+model's own layer classes, and DeepSpeed builds on each rank only the layers of its stage, so no
+rank constructs, or keeps, a layer it does not train. Layer i is built under seed base + i, as the
+plain model builds its top-level layers (megadalle.models.seeding): every layout starts from the
+same weights. `partition_method="type:Block"` balances the stages by counting layers whose class
+name matches (the Transformer blocks), so the embedding and head ride along with the first and last
+stage instead of counting as a block.
+
+Activation checkpointing recomputes one layer at a time in the backward, only layers the spec names
+`checkpointable` (the blocks) and with torch's non-reentrant checkpoint: DeepSpeed's default
+(reentrant) checkpoint over the first stage's integer token inputs leaves the embedding without
+gradients and crashes stage 0's backward.
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
 
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from megadalle.config.train import DeepSpeedConfig
+from megadalle.models.seeding import draw_base_seed, layer_seed
 from megadalle.train.task import PipelineSpec
 
 
-class Unpack(nn.Module):
-    """Calls `module(*inputs)`: a pipeline passes one value (here a tuple) from layer to layer."""
+def seeded_spec(spec, seed_base: int, index: int):
+    """A LayerSpec that builds `spec`'s layer under seed `seed_base + index`."""
+    from deepspeed.pipe import LayerSpec
 
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
+    class SeededLayerSpec(LayerSpec):
+        def build(self, log=False):
+            with layer_seed(seed_base, index):
+                return super().build(log)
 
-    def forward(self, inputs: Any):
-        return self.module(*inputs)
+    return SeededLayerSpec(spec.typename, *spec.module_args, **spec.module_kwargs)
 
 
 def pipeline_module(spec: PipelineSpec, ds: DeepSpeedConfig):
     """A PipelineModule over `spec.layers` with `ds.pipeline_stages` stages (call after distributed init)."""
     from deepspeed.pipe import PipelineModule
 
-    return PipelineModule(layers=spec.layers, loss_fn=spec.loss_fn, num_stages=ds.pipeline_stages,
+    base = draw_base_seed()  # the plain model's first draw: same base, same per-layer weights
+    layers = [seeded_spec(layer, base, i) for i, layer in enumerate(spec.layers)]
+    return PipelineModule(layers=layers, loss_fn=spec.loss_fn, num_stages=ds.pipeline_stages,
                           partition_method=ds.partition_method,
-                          activation_checkpoint_interval=ds.pipe_activation_checkpoint_interval)
+                          activation_checkpoint_interval=1 if spec.activation_checkpointing else 0,
+                          activation_checkpoint_func=functools.partial(checkpoint, use_reentrant=False),
+                          checkpointable_layers=list(spec.checkpointable))
+
+
+def stage_view(module: nn.Module, layer_names: list[str]) -> nn.Module:
+    """This stage's layers (the very modules DeepSpeed trains) at their plain-model paths.
+
+    Its named_parameters() are the plain model's names of the parameters this stage owns, so what is
+    keyed by name (the EMA, export) is the same for pipelined and plain runs.
+    """
+    view = nn.Module()
+    for key, layer in module.named_children():
+        if key.isdigit():  # DeepSpeed registers built layer i as str(i)
+            *parents, leaf = layer_names[int(key)].split(".")
+            node = view
+            for name in parents:
+                if not hasattr(node, name):
+                    node.add_module(name, nn.Module())
+                node = getattr(node, name)
+            node.add_module(leaf, layer)
+    return view

@@ -9,7 +9,8 @@ and CLIP (megadalle.train.clip) are tasks; `megadalle.train.loop.train(task, ...
 Contract, in the order the trainer uses it:
 
 1. `build_model()` is called once on every rank, after the trainer has seeded python, numpy and
-   torch identically on all ranks, so every rank builds the same initial weights.
+   torch identically on all ranks, so every rank builds the same initial weights. Under ZeRO-3 a
+   task with `zero3_init` is built inside `deepspeed.zero.Init` (parameters partitioned as built).
 2. `batches(start_step, part)` yields this rank's micro-batches from update `start_step` on;
    the trainer takes `part.grad_accum` of them per update. It must be a pure function of
    (data seed, start_step, part): resuming at step N calls it again with start_step=N and must
@@ -24,13 +25,15 @@ Contract, in the order the trainer uses it:
 4. Optional: `tokens_per_sample()` and `flops_per_sample()` feed the tokens/s and MFU logs;
    `media(model, step)` returns wandb-loggable values (e.g. {"samples": [wandb.Image]}); it runs
    on every rank under torch.no_grad (ZeRO-3 gathers parameters collectively), rank 0's are logged;
-   `pipeline()` returns a PipelineSpec when the model can run as a DeepSpeed PipelineModule.
+   `pipeline()` returns a PipelineSpec when the model can run as a DeepSpeed PipelineModule; then
+   `build_model` is never called, and "the model" handed to the task and the trainer is the stage's
+   view (megadalle.train.pipeline.stage_view): its layers at their plain-model paths.
    `data_identity(part)` names what the data order depends on; a resume on other data is refused.
 5. `export_spec()` names the weights' kind and config for megadalle.weights.save_weights.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
@@ -70,20 +73,32 @@ class DataPart:
 
 @dataclass
 class PipelineSpec:
-    """A model laid out for DeepSpeed's PipelineModule (built from the model's own sub-modules).
+    """A model laid out for DeepSpeed's PipelineModule, as layer recipes: no rank builds a layer it does not run.
 
-    `layers`: the model's own sub-modules in execution order (each takes the previous one's
-    output; wrap a module whose inputs differ, as megadalle.train.pipeline.Unpack does). Because
-    they are the plain model's modules, loading a pipeline checkpoint layer by layer fills the plain
-    model, which is how `megadalle export` consolidates pipeline runs.
+    `layers`: DeepSpeed `LayerSpec`s in execution order (each layer takes the previous one's output, a
+    tensor or a tuple). A stage builds only its own, layer i under seed base + i as the plain model
+    builds its top-level layers (megadalle.models.seeding), so both start from the same weights.
+    `layer_names`: layer i's path in the plain model ("embed", "blocks.0", ..., "head"): its
+    state_dict keys prefixed with that path and "." are the plain model's parameter names. Export
+    and the per-stage EMA rely on it.
     `loss_fn(outputs, labels)`: the loss of the last layer's output, equal to the task's `loss`.
     `split(batch)`: a batch as (inputs, labels); inputs feed the first layer, labels reach
     `loss_fn`; each a tensor or a tuple of tensors.
+    `checkpointable`: class names of the layers activation checkpointing may recompute (e.g. the
+    Transformer blocks, never an embedding fed integer tokens); `activation_checkpointing` turns
+    it on (one layer per recomputed span, torch's non-reentrant checkpoint).
     """
 
-    layers: list[nn.Module]
+    layers: list[Any]
+    layer_names: list[str]
     loss_fn: Callable[[Any, Any], torch.Tensor]
     split: Callable[[Batch], tuple[Any, Any]]
+    checkpointable: list[str] = field(default_factory=list)
+    activation_checkpointing: bool = False
+
+    def __post_init__(self):
+        if len(self.layers) != len(self.layer_names):
+            raise ValueError(f"PipelineSpec: {len(self.layers)} layers but {len(self.layer_names)} layer_names")
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,11 @@ class Task:
 
     name: str = "task"
     """Short name, used for the run directory and wandb."""
+    zero3_init: bool = False
+    """True when `build_model` initialises every parameter inside the __init__ of the module that owns
+    it: then ZeRO-3 builds the model inside `deepspeed.zero.Init`, which partitions each module as soon
+    as it is constructed, so no rank ever holds the whole model. An init applied after construction
+    would meet empty shards there, so such tasks keep the plain construction (whole model per rank)."""
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
@@ -135,8 +155,8 @@ class Task:
         """
         return {}
 
-    def pipeline(self, model: nn.Module) -> PipelineSpec | None:
-        """The model as pipeline layers, or None when the task cannot run pipelined."""
+    def pipeline(self) -> PipelineSpec | None:
+        """The model as pipeline layer recipes, or None when the task cannot run pipelined."""
         return None
 
 
@@ -147,8 +167,12 @@ def rank_batches(data, part: DataPart, seed: int, start_step: int, **shape) -> I
     dp_rank, as `DataPart.reader`), so its worker processes start once, not once per step.
     `shape` is the loader's text_len= or image_size=.
     """
+    from megadalle.config import ConfigError
     from megadalle.data.loader import loader_from_config
 
+    if data.source != "shards":
+        raise ConfigError(f"data.source={data.source!r}: this task reads shards only (data=synthetic serves "
+                          "`megadalle train`)")
     return loader_from_config(data, part.global_batch, seed, rank=part.dp_rank, world_size=part.dp_world,
                               grad_accum=part.grad_accum, **shape).iter_from_step(start_step)
 

@@ -1,10 +1,11 @@
 """`megadalle train`: the DALL-E Transformer on token shards, through the generic trainer.
 
-The task reads the step-indexed token loader through `rank_batches`: accumulation step a of
-data-parallel rank r reads micro-batch a * dp_world + r, so every layout (one process
-accumulating, ZeRO ranks, pipeline data-parallel groups) sees the same global batches. The
-pipeline form is the model's own `embed`, `blocks` and `head` with the model's own loss
-(`segment_loss`), so pipelined and plain training optimise the same function.
+The task reads the step-indexed token loader through `rank_batches` (or, with data=synthetic,
+random tokens seeded by step): accumulation step a of data-parallel rank r reads micro-batch
+a * dp_world + r, so every layout (one process accumulating, ZeRO ranks, pipeline data-parallel
+groups) sees the same global batches. The pipeline form is LayerSpecs of the model's own Embed,
+Block and Head classes with the model's own loss (`segment_loss`), so pipelined and plain training
+optimise the same function.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from megadalle.config import build
 from megadalle.config.data import DataConfig
 from megadalle.config.model import TransformerConfig
-from megadalle.models.transformer import Transformer, segment_loss
-from megadalle.train.pipeline import Unpack
+from megadalle.data import synthetic
+from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss
 from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task, rank_batches
 
 FACTORY = "megadalle.train.transformer:task_from_config"
@@ -25,6 +26,7 @@ FACTORY = "megadalle.train.transformer:task_from_config"
 
 class TransformerTask(Task):
     name = "transformer"
+    zero3_init = True  # models/transformer.py initialises per module
 
     def __init__(self, model: TransformerConfig, data: DataConfig | None, seed: int = 0):
         self.cfg, self.data, self.seed = model, data, seed
@@ -35,13 +37,23 @@ class TransformerTask(Task):
     def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
         if self.data is None:
             raise ValueError("TransformerTask built without a data config cannot produce batches")
-        yield from rank_batches(self.data, part, self.seed, start_step, text_len=self.cfg.text_len)
+        if self.data.source == "synthetic":
+            readers = [part.reader(a) for a in range(part.grad_accum)]
+            yield from synthetic.token_batches(self.token_shape(), self.seed, start_step, part.micro_batch, readers)
+        else:
+            yield from rank_batches(self.data, part, self.seed, start_step, text_len=self.cfg.text_len)
+
+    def token_shape(self) -> synthetic.TokenShape:
+        cfg = self.cfg
+        return synthetic.TokenShape(cfg.text_len, cfg.text_vocab, cfg.text_pad_id, cfg.grid_len, cfg.image_vocab)
 
     def data_identity(self, part: DataPart) -> dict:
         from megadalle.data.shards import ShardIndex
 
         if self.data is None:
             return {}
+        if self.data.source == "synthetic":
+            return {"source": "synthetic", "seed": self.seed, "global_batch": part.global_batch}
         return {"fingerprint": ShardIndex.load(self.data.shards).fingerprint, "seed": self.seed,
                 "shuffle": self.data.shuffle, "global_batch": part.global_batch}
 
@@ -58,7 +70,9 @@ class TransformerTask(Task):
     def export_spec(self) -> ExportSpec:
         return ExportSpec("transformer", self.cfg)
 
-    def pipeline(self, model: Transformer) -> PipelineSpec:
+    def pipeline(self) -> PipelineSpec:
+        from deepspeed.pipe import LayerSpec
+
         cfg = self.cfg
 
         def loss_fn(outputs, labels):
@@ -68,7 +82,18 @@ class TransformerTask(Task):
             pair = (batch["text"], batch["image"])
             return pair, pair
 
-        return PipelineSpec(layers=[Unpack(model.embed), *model.blocks, model.head], loss_fn=loss_fn, split=split)
+        layers = [LayerSpec(PipeEmbed, cfg), *(LayerSpec(Block, cfg, spec) for spec in mask_specs(cfg)),
+                  LayerSpec(Head, cfg)]
+        names = ["embed", *(f"blocks.{i}" for i in range(cfg.n_layers)), "head"]
+        return PipelineSpec(layers, names, loss_fn, split, checkpointable=[Block.__name__],
+                            activation_checkpointing=cfg.activation_checkpointing)
+
+
+class PipeEmbed(Embed):
+    """The embedding as a pipeline's first layer: one input, the (text, image) pair (same parameters as Embed)."""
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return super().forward(*inputs)
 
 
 def task_from_config(cfg: dict | DictConfig) -> TransformerTask:

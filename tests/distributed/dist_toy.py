@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from megadalle.models.seeding import draw_base_seed, layer_seed
 from megadalle.train.task import DataPart, ExportSpec, PipelineSpec, Task
 
 VOCAB, WIDTH, SEQ = 64, 32, 12
@@ -25,22 +26,31 @@ class Embed(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self):
+    def __init__(self, dropout: float = 0.1):
         super().__init__()
         self.norm = nn.LayerNorm(WIDTH)
         self.fc1, self.fc2 = nn.Linear(WIDTH, 4 * WIDTH), nn.Linear(4 * WIDTH, WIDTH)
-        self.drop = nn.Dropout(0.1)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, h):
         return h + self.drop(self.fc2(F.gelu(self.fc1(self.norm(h)))))
 
 
 class Toy(nn.Module):
-    def __init__(self, n_blocks: int = 4):
+    """Layer i built under seed base + i, as a pipeline stage builds it (megadalle.models.seeding)."""
+
+    def __init__(self, n_blocks: int = 4, dropout: float = 0.1):
         super().__init__()
-        self.embed = Embed()
-        self.blocks = nn.ModuleList(Block() for _ in range(n_blocks))
-        self.head = nn.Linear(WIDTH, VOCAB)
+        base = draw_base_seed()
+        with layer_seed(base, 0):
+            self.embed = Embed()
+        blocks = []
+        for i in range(n_blocks):
+            with layer_seed(base, 1 + i):
+                blocks.append(Block(dropout))
+        self.blocks = nn.ModuleList(blocks)
+        with layer_seed(base, 1 + n_blocks):
+            self.head = nn.Linear(WIDTH, VOCAB)
 
     def forward(self, tokens):
         h = self.embed(tokens)
@@ -58,15 +68,11 @@ class ToyTask(Task):
 
     def __init__(self, data_seed: int = 0, dropout: bool = True, nan_step: int | None = None):
         self.data_seed = data_seed
-        self.dropout = dropout
         self.nan_step = nan_step
+        self.p_drop = 0.1 if dropout else 0.0
 
     def build_model(self):
-        model = Toy()
-        if not self.dropout:
-            for block in model.blocks:
-                block.drop.p = 0.0
-        return model
+        return Toy(dropout=self.p_drop)
 
     def batches(self, start_step: int, part: DataPart):
         step = start_step
@@ -94,9 +100,13 @@ class ToyTask(Task):
     def export_spec(self):
         return ExportSpec("toy", {"n_blocks": 4})
 
-    def pipeline(self, model):
-        return PipelineSpec(layers=[model.embed, *model.blocks, model.head],
-                            loss_fn=next_token_loss, split=lambda b: (b["tokens"], b["tokens"]))
+    def pipeline(self):
+        from deepspeed.pipe import LayerSpec
+
+        layers = [LayerSpec(Embed), *(LayerSpec(Block, self.p_drop) for _ in range(4)),
+                  LayerSpec(nn.Linear, WIDTH, VOCAB)]
+        names = ["embed", *(f"blocks.{i}" for i in range(4)), "head"]
+        return PipelineSpec(layers, names, loss_fn=next_token_loss, split=lambda b: (b["tokens"], b["tokens"]))
 
 
 def build_toy_task(config: dict) -> ToyTask:

@@ -29,6 +29,12 @@ def main(opts: dict) -> None:
     text, image = probe_batch(cfg)
     engine = result.engine
     if cfg.deepspeed.pipeline_stages > 1:
+        if opts.get("record_checkpointing"):  # which of this stage's layers the backward recomputes
+            module = engine.module
+            spans = [bool(c) for c in module.is_checkpointable_results] if module.activation_checkpoint_interval else []
+            layers = [type(layer).__name__ for layer in module.forward_funcs]
+            with open(f"{opts['probe']}.rank{engine.global_rank}.json", "w") as f:
+                json.dump({"layers": layers, "recomputed": spans}, f)
         engine.eval()
         batch = ((text, image), (text, image))
         _, logits = engine.eval_batch(iter([batch] * engine.micro_batches), return_logits=True)

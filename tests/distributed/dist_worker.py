@@ -21,13 +21,16 @@ def main(opts: dict) -> None:
     trainer = TrainerConfig(steps=opts.get("steps", 6), micro_batch=opts.get("micro_batch", 2),
                             grad_accum=opts.get("grad_accum", 1), lr=1e-2, warmup_steps=2, weight_decay=0.01,
                             checkpoint_every=opts.get("checkpoint_every", 0), log_every=100, ema=opts.get("ema"),
-                            grad_clip=opts.get("grad_clip", 1.0))
+                            grad_clip=opts.get("grad_clip", 1.0), precision=opts.get("precision", "auto"))
     ds = DeepSpeedConfig(zero_stage=opts.get("zero_stage", 1), pipeline_stages=opts.get("pipeline_stages", 1))
     run = RunOptions(run_dir=opts["run_dir"], resume=opts.get("resume", "auto"), seed=0,
                      config={"data_seed": 0, "dropout": opts.get("dropout", True)},
                      task_factory="dist_toy:build_toy_task")
-    train(ToyTask(dropout=opts.get("dropout", True), nan_step=opts.get("nan_step")), trainer, ds, LoggerConfig(mode=opts.get("wandb", "disabled")), run,
-          extra_callbacks=[Sleep(opts.get("step_sleep", 0.0))])
+    result = train(ToyTask(dropout=opts.get("dropout", True), nan_step=opts.get("nan_step")), trainer, ds,
+                   LoggerConfig(mode=opts.get("wandb", "disabled")), run, extra_callbacks=[Sleep(opts.get("step_sleep", 0.0))])
+    if opts.get("record_optimizer"):
+        with open(os.path.join(opts["run_dir"], f"optimizer_rank{result.engine.global_rank}.txt"), "w") as f:
+            f.write(type(result.engine.optimizer).__name__)
 
 
 class Sleep(Callback):

@@ -1,0 +1,54 @@
+"""One rank that builds the tiny Transformer through engine.build under a layout and records it.
+
+`python dist_build_worker.py '{"overrides": [...], "out": "<dir>"}'` writes `<dir>/rank<N>.json`:
+each parameter's partition (ZeRO-3: the elements this rank's `ds_tensor` holds, of how many, and
+what the parameter itself holds outside a forward), the elements a freshly constructed model
+(engine.build_model, before deepspeed.initialize) holds on this rank, per-tensor statistics of the whole (gathered)
+model, and the loss of update 0 (the global mean, the same on every rank).
+"""
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import deepspeed
+import torch
+
+from megadalle.config import build
+from megadalle.config.compose import compose
+from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+from megadalle.train import distributed, engine, rng
+from megadalle.train.steps import StepRunner
+from megadalle.train.task import DataPart
+from megadalle.train.transformer import task_from_config
+
+
+def main(opts: dict) -> None:
+    cfg = compose("train", opts["overrides"])
+    env = distributed.detect()
+    distributed.init(env)
+    rng.seed_all(int(cfg.seed))
+    task = task_from_config(cfg)
+    trainer = build(TrainerConfig, cfg.trainer, "trainer")
+    ds = build(DeepSpeedConfig, cfg.deepspeed, "deepspeed")
+    config = engine.ds_config(trainer, ds, env.world_size, engine.training_dtype(trainer.precision))
+    constructed = None
+    if ds.pipeline_stages == 1:
+        constructed = sum(p.numel() for p in engine.build_model(task, ds, config).parameters())
+        rng.seed_all(int(cfg.seed))
+    built = engine.build(task, trainer, ds, env.world_size)
+    params = dict(built.model.named_parameters())
+    partitioned = all(hasattr(p, "ds_tensor") for p in params.values())
+    shares = {name: [p.ds_tensor.numel(), p.ds_numel, p.numel()] for name, p in params.items()} if partitioned else {}
+    gather = deepspeed.zero.GatheredParameters(list(params.values())) if partitioned else contextlib.nullcontext()
+    with gather, torch.no_grad():
+        stats = {name: [p.float().mean().item(), p.float().std().item(), p.numel()] for name, p in params.items()}
+    part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
+    loss = StepRunner(task, built, part, 0).update(0)["loss"]
+    record = {"shares": shares, "stats": stats, "loss": loss, "constructed": constructed,
+              "engine_params": sum(p.numel() for p in built.engine.module.parameters())}
+    (Path(opts["out"]) / f"rank{env.rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

@@ -1,0 +1,61 @@
+"""ZeRO-3 builds the Transformer inside deepspeed.zero.Init: partitioned as built, initialised as plainly built.
+
+DeepSpeed keeps parameters below `stage3_param_persistence_threshold` whole on every rank; the
+threshold is set to 0 here so the tiny model REALLY partitions (the default would keep all of it).
+"""
+import json
+import math
+
+import pytest
+
+import dist_launch as launch
+
+PARTITION = ["+deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0",
+             "+deepspeed.extra.zero_optimization.stage3_max_live_parameters=1000",
+             "+deepspeed.extra.zero_optimization.stage3_prefetch_bucket_size=1000"]
+COMMON = ["model=tiny", "model.dropout=0", "data=synthetic", "trainer=tiny", "trainer.micro_batch=2",
+          "trainer.grad_accum=2", "logger=none"]
+
+
+def build_run(tmp_path_factory, layout: str) -> list[dict]:
+    out = tmp_path_factory.mktemp(layout)
+    launch.run(2, {"overrides": [*COMMON, f"deepspeed={layout}", *PARTITION], "out": str(out)}, out / "logs",
+               script="dist_build_worker.py")
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return {layout: build_run(tmp_path_factory, layout) for layout in ("zero1", "zero3")}
+
+
+@pytest.mark.distributed
+def test_each_rank_holds_only_its_share(runs):
+    zero3 = runs["zero3"]
+    assert zero3[0]["shares"].keys() == zero3[0]["stats"].keys()
+    for rank in zero3:
+        for name, (held, total, materialised) in rank["shares"].items():
+            assert held == math.ceil(total / 2), (name, held, total)
+            assert materialised == 0, f"{name} is whole on a rank outside a forward"
+    whole = sum(n for _, _, n in runs["zero1"][0]["stats"].values())
+    assert sum(total for _, total, _ in zero3[0]["shares"].values()) == whole
+    assert [rank["constructed"] for rank in zero3] == [0, 0], "zero.Init partitions while constructing"
+    assert runs["zero1"][0]["constructed"] == whole
+
+
+@pytest.mark.distributed
+def test_zero3_built_model_has_the_plain_statistics(runs):
+    plain, zero3 = runs["zero1"][0]["stats"], runs["zero3"][0]["stats"]
+    assert plain.keys() == zero3.keys()
+    for name, (mean, std, numel) in plain.items():
+        z_mean, z_std, z_numel = zero3[name]
+        assert z_numel == numel
+        assert z_mean == pytest.approx(mean, abs=2e-3), name
+        assert z_std == pytest.approx(std, rel=1e-2, abs=1e-6), name
+    assert zero3["blocks.0.attn.qkv.weight"][1] == pytest.approx(0.02, rel=0.05), "GPT-2's init, not a default"
+
+
+@pytest.mark.distributed
+def test_same_step0_loss(runs):
+    losses = {layout: [rank["loss"] for rank in ranks] for layout, ranks in runs.items()}
+    assert losses["zero3"][0] == pytest.approx(losses["zero1"][0], rel=1e-5), losses

@@ -1,0 +1,91 @@
+"""The DeepSpeed JSON our typed configs produce (megadalle.train.engine.ds_config) and the group timeout."""
+from datetime import timedelta
+
+import pytest
+import torch
+
+from megadalle.config import ConfigError, build
+from megadalle.config.compose import compose
+from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+from megadalle.train import distributed
+from megadalle.train.engine import deep_merge, ds_config
+
+
+def layout(name: str, *overrides: str) -> DeepSpeedConfig:
+    return build(DeepSpeedConfig, compose("train", [f"deepspeed={name}", *overrides]).deepspeed, "deepspeed")
+
+
+def produced(ds: DeepSpeedConfig, dtype=torch.float32, **trainer) -> dict:
+    return ds_config(TrainerConfig(**trainer), ds, dp_world=2, dtype=dtype)
+
+
+def test_nested_extra_keeps_the_stage():
+    ds = layout("zero3", "+deepspeed.extra.zero_optimization.stage3_max_live_parameters=1000",
+                "+deepspeed.extra.bf16.immediate_grad_update=false")
+    config = produced(ds, torch.bfloat16)
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_max_live_parameters"] == 1000
+    assert zero["overlap_comm"] is True and zero["contiguous_gradients"] is True
+    assert config["bf16"] == {"enabled": True, "immediate_grad_update": False}
+
+
+def test_extra_replaces_leaves_and_adds_keys():
+    merged = deep_merge({"a": {"b": 1, "c": [1]}, "d": 2}, {"a": {"c": [2]}, "d": {"e": 3}, "f": 4})
+    assert merged == {"a": {"b": 1, "c": [2]}, "d": {"e": 3}, "f": 4}
+
+
+@pytest.mark.parametrize("name,stage", [("zero1", 1), ("zero2", 2), ("zero3", 3), ("pipe", 1)])
+def test_bf16_accumulates_and_reduces_in_fp32(name, stage):
+    config = produced(layout(name), torch.bfloat16, micro_batch=4, grad_accum=3)
+    assert config["bf16"] == {"enabled": True}
+    assert config["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert config["communication_data_type"] == "fp32"
+    assert config["zero_optimization"]["stage"] == stage
+    assert config["train_batch_size"] == 4 * 3 * 2
+
+
+def test_bf16_dtypes_are_configurable():
+    config = produced(layout("zero2", "deepspeed.grad_accum_dtype=bf16", "deepspeed.communication_dtype=bf16"),
+                      torch.bfloat16)
+    assert config["data_types"] == {"grad_accum_dtype": "bf16"} and config["communication_data_type"] == "bf16"
+
+
+def test_fp32_runs_name_no_reduced_dtypes():
+    config = produced(layout("zero2"))
+    assert config["bf16"] == {"enabled": False}
+    assert "data_types" not in config and "communication_data_type" not in config
+
+
+def test_zero0_bf16_with_fp32_accumulation_is_refused():
+    with pytest.raises(ConfigError, match="deepspeed.grad_accum_dtype='fp32'.*zero_stage=0"):
+        produced(layout("zero1", "deepspeed.zero_stage=0"), torch.bfloat16)
+    assert produced(layout("zero1", "deepspeed.zero_stage=0", "deepspeed.grad_accum_dtype=bf16"),
+                    torch.bfloat16)["data_types"] == {"grad_accum_dtype": "bf16"}
+
+
+@pytest.mark.parametrize("name,overlap", [("zero1", True), ("zero2", True), ("zero3", True), ("pipe", False)])
+def test_overlap_comm_wherever_deepspeed_supports_it(name, overlap):
+    """DeepSpeed's ZeRO-1/2 and ZeRO-3 optimizers overlap; its PipelineEngine turns overlap off (warning)."""
+    assert produced(layout(name))["zero_optimization"]["overlap_comm"] is overlap
+
+
+@pytest.mark.parametrize("override,message", [
+    ("deepspeed.grad_accum_dtype=fp16", "deepspeed.grad_accum_dtype='fp16'"),
+    ("deepspeed.communication_dtype=int8", "deepspeed.communication_dtype='int8'"),
+    ("deepspeed.timeout_minutes=0", "deepspeed.timeout_minutes=0"),
+])
+def test_bad_values_name_key_and_value(override, message):
+    with pytest.raises(ConfigError, match=message):
+        layout("zero1", override)
+
+
+def test_process_group_timeout_reaches_deepspeed(monkeypatch):
+    import deepspeed
+
+    seen = {}
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(deepspeed, "init_distributed", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(distributed.atexit, "register", lambda fn: None)
+    monkeypatch.setattr(distributed.os, "environ", dict(distributed.os.environ))  # init exports RANK etc.
+    distributed.init(distributed.DistEnv(0, 0, 1, "127.0.0.1", 12345, "single"), timeout_minutes=90)
+    assert seen["timeout"] == timedelta(minutes=90)
