@@ -3,10 +3,9 @@
     python benchmarks/scale_rehearsal.py                       # d_model 3968, 62 heads, real vocabularies
     python benchmarks/scale_rehearsal.py --toy --modes zero1,pipe --out /tmp/toy.json   # what CI runs
 
-Each mode (zero1, zero2, zero3 with persistence threshold 0 so every tensor is partitioned, and a
-2-stage x 2 data-parallel pipeline) trains two updates through the real trainer (megadalle.train.loop:
-engine, EMA, checkpoint) on DS_ACCELERATOR=cpu, gloo, fp32, with random tokens seeded by the step
-(no data set needed). Every rank records, from its own /proc/self/status and /proc/self/io:
+Each mode (conf/deepspeed's zero1, zero2, zero3 with persistence threshold 0 so every tensor is
+partitioned, and pipe: 2 stages x 2 data-parallel) trains two updates through the real trainer
+(megadalle.train.loop: engine, EMA, checkpoint) on DS_ACCELERATOR=cpu, gloo, fp32, on data=synthetic. Every rank records, from its own /proc/self/status and /proc/self/io:
 - baseline: the same mode's peaks with the tiny model (interpreter, torch, DeepSpeed, gloo), as
   issue 10 measured; with --toy, resident memory after the imports and the process group;
 - construction: the high-water mark (VmHWM) when the first update starts (model built, deepspeed.initialize done);
@@ -22,7 +21,6 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -34,11 +32,16 @@ from pathlib import Path
 
 MIB = 2 ** 20
 MODES = {
-    "zero1": {"zero_stage": 1},
-    "zero2": {"zero_stage": 2, "overlap_comm": True},
-    "zero3": {"zero_stage": 3, "overlap_comm": True, "extra": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}},
-    "pipe": {"zero_stage": 1, "pipeline_stages": 2},
+    "zero1": ["deepspeed=zero1"],
+    "zero2": ["deepspeed=zero2"],
+    "zero3": ["deepspeed=zero3", "+deepspeed.extra={zero_optimization: {stage3_param_persistence_threshold: 0}}"],
+    "pipe": ["deepspeed=pipe"],
 }
+"""conf/deepspeed groups as users run them; ZeRO-3 partitions every tensor (the real model's are all
+above DeepSpeed's default threshold of 1e5 elements except biases and norms)."""
+RUN = ["data=synthetic", "logger=none", "trainer.steps=2", "trainer.micro_batch=1", "trainer.grad_accum=2",
+       "trainer.warmup_steps=1", "trainer.checkpoint_every=0", "trainer.keep_checkpoints=0", "trainer.log_every=1",
+       "trainer.precision=fp32", "resume=never"]
 REAL = ["model=12b", "model.n_layers=1", "model.attention_pattern=[row]", "model.text_len=64", "model.grid_size=8"]
 """The 12B's width and vocabularies (d_model 3968, 62 heads x 64, text 16384, image 8192), one block,
 64 text + 8x8 image positions: ~385M parameters, so 4 fp32 ranks fit in a 24 GB machine."""
@@ -46,6 +49,9 @@ TOY = ["model=tiny"]
 WORLD = 4
 STEPS = 2
 FLOOR = 1 << 30
+"""Bytes of available memory below which the ranks are stopped (see `launch`)."""
+RUNTIME = 500 * MIB
+"""Resident memory of a rank before its model (interpreter, torch, DeepSpeed, gloo; ~510 MiB measured)."""
 """Bytes of available memory below which the ranks are stopped (see `launch`)."""
 
 
@@ -59,48 +65,36 @@ def proc_field(path: str, name: str) -> int:
     raise KeyError(f"{name} not in {path}")
 
 
-def model_config(overrides: list[str]):
-    from megadalle.config import build
+def run_config(mode: str, model_overrides: list[str], ema: float | None, run_dir: str | None = None):
+    """The composed `megadalle train` config of one mode (random tokens from data=synthetic)."""
     from megadalle.config.compose import compose
+
+    ema_override = f"trainer.ema={ema if ema is not None else 'null'}"
+    return compose("train", [*model_overrides, *MODES[mode], *RUN, ema_override, f"run_dir={run_dir}" if run_dir
+                             else "run_dir=null"])
+
+
+def typed(cfg):
+    """(model, trainer, deepspeed) dataclasses of a composed config, as the ranks and the plan see them."""
+    from megadalle.config import build
     from megadalle.config.model import TransformerConfig
-
-    return build(TransformerConfig, compose("plan", overrides).model, "model")
-
-
-def run_configs(mode: str, model_overrides: list[str], ema: float | None):
-    """(model, trainer, deepspeed) configs of one mode, as the ranks and the plan both see them."""
     from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 
-    trainer = TrainerConfig(steps=STEPS, micro_batch=1, grad_accum=2, warmup_steps=1, checkpoint_every=0,
-                            keep_checkpoints=0, log_every=1, ema=ema, precision="fp32")
-    return model_config(model_overrides), trainer, DeepSpeedConfig(**MODES[mode])
+    return (build(TransformerConfig, cfg.model, "model"), build(TrainerConfig, cfg.trainer, "trainer"),
+            build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"))
 
 
 # ---- one rank ---------------------------------------------------------------------------------------
 
 def worker(opts: dict) -> None:
-    import torch
+    from omegaconf import OmegaConf
 
+    from megadalle.config import build
     from megadalle.config.train import LoggerConfig
     from megadalle.train import distributed
     from megadalle.train.callbacks import Callback
     from megadalle.train.loop import RunOptions, train
-    from megadalle.train.transformer import FACTORY, TransformerTask
-
-    class RandomTokens(TransformerTask):
-        """The Transformer task on random tokens, seeded by step and micro-batch (no data set)."""
-
-        def batches(self, start_step, part):
-            step = start_step
-            while True:
-                for accum in range(part.grad_accum):
-                    g = torch.Generator().manual_seed((step * part.grad_accum + accum) * part.dp_world + part.dp_rank)
-                    yield {"text": torch.randint(1, self.cfg.text_vocab, (part.micro_batch, self.cfg.text_len), generator=g),
-                           "image": torch.randint(0, self.cfg.image_vocab, (part.micro_batch, self.cfg.grid_len), generator=g)}
-                step += 1
-
-        def data_identity(self, part):
-            return {}
+    from megadalle.train.transformer import FACTORY, task_from_config
 
     class Probe(Callback):
         """Reads this process's high-water mark when the first update starts and after the last."""
@@ -116,14 +110,14 @@ def worker(opts: dict) -> None:
                 self.record["two_steps"] = proc_field("/proc/self/status", "VmHWM")
                 self.record["wchar_before_save"] = proc_field("/proc/self/io", "wchar")
 
-    env = distributed.detect()
-    distributed.init(env)
+    distributed.init(distributed.detect())
     baseline = proc_field("/proc/self/status", "VmRSS")
-    model, trainer, ds = run_configs(opts["mode"], opts["model"], opts["ema"])
-    config = {"model": dataclasses.asdict(model), "deepspeed": dataclasses.asdict(ds), "seed": 0}
+    cfg = run_config(opts["mode"], opts["model"], opts["ema"], opts["run_dir"])
+    _, trainer, ds = typed(cfg)
     probe = Probe()
-    train(RandomTokens(model, None), trainer, ds, LoggerConfig(mode="disabled"),
-          RunOptions(run_dir=opts["run_dir"], resume="never", config=config, task_factory=FACTORY), [probe])
+    run = RunOptions(run_dir=cfg.run_dir, resume="never", config=OmegaConf.to_container(cfg, resolve=True),
+                     task_factory=FACTORY)
+    train(task_from_config(cfg), trainer, ds, build(LoggerConfig, cfg.logger, "logger"), run, [probe])
     rec = probe.record
     rec.update(baseline=baseline, checkpoint=proc_field("/proc/self/io", "wchar") - rec.pop("wchar_before_save"),
                final=proc_field("/proc/self/status", "VmHWM"))
@@ -157,8 +151,9 @@ def launch(opts: dict, work: Path) -> list[dict] | str:
         time.sleep(0.5)
     codes = [p.returncode for p in procs]
     if any(codes):
-        tails = "\n".join(f"--- rank {r} (exit {c})\n{(work / f'rank{r}.log').read_text()[-3000:]}" for r, c in enumerate(codes))
-        raise SystemExit(f"scale rehearsal: {opts['mode']} failed: {codes}\n{tails}")
+        rank = next(r for r, c in enumerate(codes) if c)
+        lines = (work / f"rank{rank}.log").read_text(errors="replace").strip().splitlines()
+        return f"failed: rank {rank} exit {codes[rank]}: {lines[-1] if lines else 'no output'}"
     return [json.loads((work / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
@@ -183,7 +178,7 @@ def predict(mode: str, model_overrides: list[str], ema: float | None) -> dict:
     from megadalle import plan as planner
     from megadalle.config.plan import PlanConfig
 
-    model, trainer, ds = run_configs(mode, model_overrides, ema)
+    model, trainer, ds = typed(run_config(mode, model_overrides, ema))
     cfg = PlanConfig(gpus=WORLD, device="cpu")
     counts = planner.count_parameters(model)
     settings = planner.settings_for(trainer, ds, cfg)
@@ -206,9 +201,9 @@ def measure(mode: str, model_overrides: list[str], ema: float | None, root: Path
     work.mkdir(parents=True)
     predicted = predict(mode, model_overrides, ema)
     available = proc_field("/proc/meminfo", "MemAvailable")
-    needed = WORLD * (predicted["two_steps"] + 600 * MIB)
+    needed = WORLD * (max(predicted["two_steps"], predicted["construction"]) + RUNTIME)
     if needed > available:
-        return skipped(mode, predicted, f"not run: needs ~{needed / 2**30:.1f} GiB for {WORLD} ranks (plan + 600 MiB "
+        return skipped(mode, predicted, f"not run: needs ~{needed / 2**30:.1f} GiB for {WORLD} ranks (plan + {RUNTIME // MIB} MiB "
                                         f"of runtime each), {available / 2**30:.1f} GiB was available")
     ranks = launch({"mode": mode, "model": model_overrides, "ema": ema, "run_dir": str(work / "run")}, work)
     if isinstance(ranks, str):
@@ -294,12 +289,13 @@ def main() -> None:
         for mode in modes:
             print(f"[rehearsal] {mode}: {WORLD} ranks, {STEPS} updates, then export", flush=True)
             rows[mode] = measure(mode, overrides, args.ema, Path(tmp))
-    result = {"model": overrides, "world": WORLD, "steps": STEPS, "ema": args.ema, "rows": rows, "targets": targets(rows),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "load_average": os.getloadavg(), "mem_total_gib": proc_field("/proc/meminfo", "MemTotal") / 2**30, "cpus": os.cpu_count()}
+            result = {"model": overrides, "world": WORLD, "steps": STEPS, "ema": args.ema, "rows": rows,
+                      "targets": targets(rows), "date": datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
+                      "load_average": os.getloadavg(), "mem_total_gib": proc_field("/proc/meminfo", "MemTotal") / 2**30,
+                      "cpus": os.cpu_count()}
+            Path(args.out).write_text(json.dumps(result, indent=1))  # after every mode: a long run keeps what it measured
     print(table(rows))
     print(json.dumps(result["targets"], indent=1))
-    Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 
 

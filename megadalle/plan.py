@@ -23,6 +23,7 @@ nodes, with overlap_comm hiding at most the backward's compute.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 
@@ -159,14 +160,20 @@ def logits_bytes(cfg: TransformerConfig, micro_batch: int, precision: Precision)
     return elements * (precision.act + 4 + 4)
 
 
+def overlaps(layout: Layout, settings: Settings) -> bool:
+    """Whether gradient reduction overlaps the backward: DeepSpeed's pipeline engine cannot (engine.ds_config)."""
+    return settings.overlap_comm and layout.pipeline == 1
+
+
 def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings, stage: int,
                  device: str) -> Memory:
     p, prec = stage_parameters(counts, cfg, layout.pipeline, stage), settings.precision
     dp, zero = layout.data_parallel, layout.zero
     weights = prec.weight * p / (dp if zero >= 3 else 1)
-    buffers = (2 if settings.overlap_comm else 1) * settings.reduce_bucket * prec.grad if zero >= 1 else 0.0
+    bucket = min(settings.reduce_bucket, p)  # a model smaller than a bucket never fills it
+    buffers = (2 if overlaps(layout, settings) else 1) * bucket * prec.grad if zero >= 1 else 0.0
     if zero >= 3:
-        live = min(counts.block + settings.prefetch_bucket, settings.max_live)
+        live = min(counts.block + settings.prefetch_bucket, settings.max_live, p)
         persistent = sum(n for n in counts.numels if n <= settings.persistence)
         buffers += prec.weight * (live + persistent)
     grads = prec.grad * p / (dp if zero >= 2 else 1)
@@ -262,7 +269,7 @@ def step_time(cfg: TransformerConfig, counts: Counts, plan: PlanConfig, layout: 
         boundary = cfg.seq_len * layout.micro_batch * cfg.d_model * prec.act
         cross = plan.ib_gbps if dp >= plan.gpus_per_node else plan.nvlink_gbps
         comm += 2 * layout.grad_accum * boundary / (cross * GB)
-    hidden = compute * 2 / 3 if settings.overlap_comm or layout.zero >= 3 else 0.0
+    hidden = compute * 2 / 3 if overlaps(layout, settings) or layout.zero >= 3 else 0.0
     return StepTime(compute, comm, max(comm - hidden, 0.0))
 
 
@@ -318,6 +325,8 @@ def settings_for(trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig) 
     """The Settings `train` would run with: its precision rule, EMA, and DeepSpeed's buckets (extra included)."""
     zero = ds.extra.get("zero_optimization", {})
     precision = {"fp32": FP32, "bf16": BF16}.get(trainer.precision, BF16 if plan.device == "gpu" else FP32)
+    if precision is BF16 and ds.grad_accum_dtype != "fp32":
+        precision = dataclasses.replace(BF16, grad=2)
     return Settings(
         precision=precision, ema=trainer.ema is not None,
         overlap_comm=bool(zero.get("overlap_comm", ds.overlap_comm)),

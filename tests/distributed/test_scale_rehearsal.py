@@ -18,6 +18,7 @@ def test_toy_rehearsal_measures_and_predicts_every_figure(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     result = json.loads(out.read_text())
     row = result["rows"]["zero3"]
+    assert "skipped" not in row, row.get("skipped")
     measured, predicted = row["measured"], row["predicted"]
     assert len(measured["two_steps"]) == len(measured["construction"]) == len(measured["checkpoint"]) == 4
     assert all(x > 0 for x in measured["two_steps"] + measured["checkpoint"]) and measured["checkpoint_total"] > 0

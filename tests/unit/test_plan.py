@@ -63,6 +63,12 @@ def test_zero2_shards_gradients_and_zero3_weights_with_live_and_persistent_param
     assert capped.buffers == 10 * 4 + 2 * (100 + 8)
 
 
+def test_buffers_never_exceed_the_parameters_they_hold():
+    settings = Settings(precision=BF16, reduce_bucket=10_000, prefetch_bucket=10_000, persistence=0)
+    zero3 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
+    assert zero3.buffers == 950 * 4 + 950 * 2  # one bucket of all 950 gradients, all 950 weights gathered
+
+
 def test_checkpointing_keeps_layer_inputs_and_one_recomputed_layer():
     mem = memory_per_rank(CFG, COUNTS, Layout(1, 1, 0, 1, True), Settings(precision=BF16))
     assert mem.activations == 4 * 8 * 8 * 2 + 34 * 8 * 8 + 54 * 10
@@ -139,6 +145,17 @@ def test_settings_follow_the_train_config_and_deepspeed_extra():
         (BF16, True, True, 7, 0)
     cpu = settings_for(trainer, ds, dataclasses.replace(plan, device="cpu"))
     assert cpu.precision == FP32 and cpu.runtime == 0
+    _, plan, trainer, ds = plan_for("deepspeed=pipe", "deepspeed.grad_accum_dtype=bf16")
+    assert settings_for(trainer, ds, plan).precision.grad == 2  # bf16 accumulation
+
+
+def test_pipelines_never_overlap_so_one_reduce_bucket_and_all_communication_exposed():
+    model, plan, _, _ = plan_for("model=1b", "gpus=16")
+    counts, settings = count_parameters(model), Settings(precision=BF16, overlap_comm=True, reduce_bucket=10)
+    pipe = Layout(2, 8, 1, 1, False, 4)
+    assert memory_per_rank(model, counts, pipe, settings).buffers == 10 * 4
+    t = step_time(model, counts, plan, pipe, settings)
+    assert t.exposed == t.comm > 0
 
 
 def test_headroom_below_ten_percent_is_refused():
