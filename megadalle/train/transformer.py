@@ -18,6 +18,7 @@ from megadalle.config import build
 from megadalle.config.data import DataConfig
 from megadalle.config.model import TransformerConfig
 from megadalle.data import synthetic
+from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss
 from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task, rank_batches
 
@@ -64,8 +65,9 @@ class TransformerTask(Task):
     def tokens_per_sample(self) -> int:
         return self.cfg.seq_len
 
-    def flops_per_sample(self, model: Transformer) -> float:
-        return model.flops_per_token() * self.cfg.seq_len
+    def flops_per_sample(self, model) -> float:
+        """From the config: under a pipeline `model` is only this stage's view."""
+        return transformer_flops_per_token(self.cfg) * self.cfg.seq_len
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec("transformer", self.cfg)
