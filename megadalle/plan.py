@@ -199,13 +199,14 @@ def memory_per_rank(cfg: TransformerConfig, counts: Counts, layout: Layout, sett
 def construction_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings) -> float:
     """Peak while building the model and deepspeed.initialize, before the first step.
 
-    ZeRO-3 builds inside deepspeed.zero.Init (one block whole at a time, then partitioned); pipeline
+    ZeRO-3 builds inside deepspeed.zero.Init (each module whole, then partitioned as its constructor
+    returns, so the largest tensor is the transient: the head's output matrix at the 12B); pipeline
     stages build only their own layers (LayerSpec); ZeRO-1/2 flatten the built weights into one
     buffer, briefly holding them twice. DeepSpeed then creates master weights and Adam's moments.
     """
     m = memory_per_rank(cfg, counts, layout, settings, "cpu")
     p = stage_parameters(counts, cfg, layout.pipeline, 0)
-    transient = settings.precision.weight * (counts.block if layout.zero >= 3 else p)
+    transient = settings.precision.weight * (counts.largest if layout.zero >= 3 else p)
     return m.weights + m.optimizer + m.ema + transient + m.runtime
 
 
