@@ -269,12 +269,22 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def earlier_rows(out: Path, overrides: list[str]) -> dict:
+    """Rows an earlier run of the same size wrote to `out`: measuring some modes again keeps the others,
+    so a long rehearsal can be run a few modes at a time."""
+    if not out.is_file():
+        return {}
+    earlier = json.loads(out.read_text())
+    return earlier["rows"] if earlier.get("model") == overrides else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--toy", action="store_true", help="the tiny model (seconds; what the test runs)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--ema", type=float, default=None, help="trainer.ema (e.g. 0.99; needs an EMA that shards for zero3)")
-    parser.add_argument("--out", default="benchmarks/scale_rehearsal.json")
+    parser.add_argument("--out", default="benchmarks/scale_rehearsal.json",
+                        help="JSON written after every mode; rows of other modes already in it are kept")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -284,7 +294,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--modes: unknown {unknown}; expected a subset of {list(MODES)}")
     overrides = TOY if args.toy else REAL
-    rows = {}
+    rows = earlier_rows(Path(args.out), overrides)
     with tempfile.TemporaryDirectory(prefix="scale-rehearsal-") as tmp:
         for mode in modes:
             print(f"[rehearsal] {mode}: {WORLD} ranks, {STEPS} updates, then export", flush=True)
