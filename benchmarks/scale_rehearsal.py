@@ -298,7 +298,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scale-rehearsal-") as tmp:
         for mode in modes:
             print(f"[rehearsal] {mode}: {WORLD} ranks, {STEPS} updates, then export", flush=True)
-            rows[mode] = measure(mode, overrides, args.ema, Path(tmp))
+            rows[mode] = dict(measure(mode, overrides, args.ema, Path(tmp)), load_average=os.getloadavg(),
+                              date=datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"))
             result = {"model": overrides, "world": WORLD, "steps": STEPS, "ema": args.ema, "rows": rows,
                       "targets": targets(rows), "date": datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
                       "load_average": os.getloadavg(), "mem_total_gib": proc_field("/proc/meminfo", "MemTotal") / 2**30,
