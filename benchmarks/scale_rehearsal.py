@@ -97,31 +97,36 @@ def worker(opts: dict) -> None:
     from megadalle.train.transformer import FACTORY, task_from_config
 
     class Probe(Callback):
-        """Reads this process's high-water mark when the first update starts and after the last."""
+        """Reads this process's high-water mark when the first update starts and after the last, and
+        writes what it has each time (a run stopped half-way still tells its construction peak)."""
 
-        def __init__(self):
-            self.record = {}
+        def __init__(self, baseline: int):
+            self.record = {"baseline": baseline}
 
         def start(self, info):
             self.record["construction"] = proc_field("/proc/self/status", "VmHWM")
+            self.save()
 
         def step(self, step, metrics):
             if step == STEPS - 1:
                 self.record["two_steps"] = proc_field("/proc/self/status", "VmHWM")
                 self.record["wchar_before_save"] = proc_field("/proc/self/io", "wchar")
+                self.save()
+
+        def save(self):
+            Path(opts["out"]).write_text(json.dumps(self.record))
 
     distributed.init(distributed.detect())
-    baseline = proc_field("/proc/self/status", "VmRSS")
+    probe = Probe(proc_field("/proc/self/status", "VmRSS"))
     cfg = run_config(opts["mode"], opts["model"], opts["ema"], opts["run_dir"])
     _, trainer, ds = typed(cfg)
-    probe = Probe()
     run = RunOptions(run_dir=cfg.run_dir, resume="never", config=OmegaConf.to_container(cfg, resolve=True),
                      task_factory=FACTORY)
     train(task_from_config(cfg), trainer, ds, build(LoggerConfig, cfg.logger, "logger"), run, [probe])
     rec = probe.record
-    rec.update(baseline=baseline, checkpoint=proc_field("/proc/self/io", "wchar") - rec.pop("wchar_before_save"),
+    rec.update(checkpoint=proc_field("/proc/self/io", "wchar") - rec.pop("wchar_before_save"),
                final=proc_field("/proc/self/status", "VmHWM"))
-    Path(opts["out"]).write_text(json.dumps(rec))
+    probe.save()
 
 
 # ---- the driver -------------------------------------------------------------------------------------
@@ -207,7 +212,7 @@ def measure(mode: str, model_overrides: list[str], ema: float | None, root: Path
                                         f"of runtime each), {available / 2**30:.1f} GiB was available")
     ranks = launch({"mode": mode, "model": model_overrides, "ema": ema, "run_dir": str(work / "run")}, work)
     if isinstance(ranks, str):
-        return skipped(mode, predicted, ranks)
+        return skipped(mode, predicted, ranks, work)
     if model_overrides == TOY:
         base = [{"construction": r["baseline"], "two_steps": r["baseline"]} for r in ranks]
     else:
@@ -227,9 +232,12 @@ def measure(mode: str, model_overrides: list[str], ema: float | None, root: Path
     return {"mode": mode, "measured": measured, "predicted": predicted}
 
 
-def skipped(mode: str, predicted: dict, reason: str) -> dict:
+def skipped(mode: str, predicted: dict, reason: str, work: Path | None = None) -> dict:
+    """A row for a mode that did not finish, with what its ranks recorded before it stopped (bytes,
+    absolute: `baseline` is each rank's resident memory after the imports and the process group)."""
     print(f"[rehearsal] {mode}: {reason}", flush=True)
-    return {"mode": mode, "skipped": reason, "predicted": predicted}
+    files = sorted(work.glob("rank*.json")) if work is not None else []
+    return {"mode": mode, "skipped": reason, "predicted": predicted, "partial": [json.loads(f.read_text()) for f in files]}
 
 
 def targets(rows: dict) -> dict:
