@@ -293,6 +293,7 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=None, help="trainer.ema (e.g. 0.99; needs an EMA that shards for zero3)")
     parser.add_argument("--out", default="benchmarks/scale_rehearsal.json",
                         help="JSON written after every mode; rows of other modes already in it are kept")
+    parser.add_argument("--replan", action="store_true", help="measure nothing: predict again for the rows in --out")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -303,6 +304,11 @@ def main() -> None:
         parser.error(f"--modes: unknown {unknown}; expected a subset of {list(MODES)}")
     overrides = TOY if args.toy else REAL
     rows = earlier_rows(Path(args.out), overrides)
+    if args.replan:  # plan changed, the measurements did not: predict again beside them
+        for mode in rows:
+            rows[mode]["predicted"] = predict(mode, overrides, args.ema)
+        modes = []
+    result = {}
     with tempfile.TemporaryDirectory(prefix="scale-rehearsal-") as tmp:
         for mode in modes:
             print(f"[rehearsal] {mode}: {WORLD} ranks, {STEPS} updates, then export", flush=True)
@@ -313,6 +319,9 @@ def main() -> None:
                       "load_average": os.getloadavg(), "mem_total_gib": proc_field("/proc/meminfo", "MemTotal") / 2**30,
                       "cpus": os.cpu_count()}
             Path(args.out).write_text(json.dumps(result, indent=1))  # after every mode: a long run keeps what it measured
+    if args.replan:
+        result = dict(json.loads(Path(args.out).read_text()), rows=rows, targets=targets(rows))
+        Path(args.out).write_text(json.dumps(result, indent=1))
     print(table(rows))
     print(json.dumps(result["targets"], indent=1))
     print(f"wrote {args.out}")

@@ -21,7 +21,8 @@ from .helpers import tiny_config
 # embeddings 100 and head 50 (950 in all). Logit elements per sample: 3 x 10 text + 4 x 6 image = 54.
 CFG = TransformerConfig(text_len=4, text_vocab=10, grid_size=2, image_vocab=6, n_layers=4, n_heads=2, head_dim=4,
                         d_model=8)
-COUNTS = Counts(total=950, embed=100, head=50, block=200, numels=(3, 5, 92, 50) + (150, 50) * 4, largest=150)
+COUNTS = Counts(total=950, embed=100, head=50, block=200, numels=(3, 5, 92, 50) + (150, 50) * 4, largest=150,
+                block_largest=150)
 
 
 def plan_for(*overrides):
@@ -46,8 +47,9 @@ def test_12b_has_about_12_billion_parameters():
 def test_zero1_bf16_with_ema_and_overlap_by_hand():
     settings = Settings(precision=BF16, ema=True, overlap_comm=True, reduce_bucket=10)
     mem = memory_per_rank(CFG, COUNTS, Layout(1, 4, 1, 2, False, 1), settings)
-    assert (mem.weights, mem.grads, mem.optimizer, mem.ema, mem.buffers) == (2 * 950, 4 * 950, 12 * 950 / 4, 4 * 950 / 4,
-                                                                           2 * 10 * 4)
+    assert (mem.weights, mem.optimizer, mem.ema, mem.buffers) == (2 * 950, 12 * 950 / 4, 4 * 950 / 4, 2 * 10 * 4)
+    # fp32 gradients, the reduced partition copied to fp32 for the step, one gradient computed before it is added
+    assert mem.grads == 4 * 950 + 4 * 950 / 4 + 4 * 150
     per_layer = 34 * 16 * 8  # 34 B per element-layer at 2 B, 16 tokens (8 x micro-batch 2), d_model 8
     assert mem.activations == 4 * per_layer + 2 * 54 * (2 + 4 + 4)
 
@@ -56,7 +58,7 @@ def test_zero2_shards_gradients_and_zero3_weights_with_live_and_persistent_param
     settings = Settings(precision=BF16, reduce_bucket=10, prefetch_bucket=30, max_live=1000, persistence=5)
     zero2 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 2, 1, False), settings)
     zero3 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
-    assert zero2.grads == 4 * 950 / 4 and zero2.weights == 2 * 950 and zero2.buffers == 10 * 4
+    assert zero2.grads == 4 * 950 / 4 + 4 * 150 and zero2.weights == 2 * 950 and zero2.buffers == 10 * 4
     assert zero3.weights == 2 * 950 / 4
     assert zero3.buffers == 10 * 4 + 2 * ((200 + 30) + (3 + 5))  # reduce bucket + one block and prefetch + small params
     capped = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), dataclasses.replace(settings, max_live=100))
@@ -78,7 +80,7 @@ def test_pipeline_first_stage_holds_micro_batches_in_flight():
     layout = Layout(2, 2, 1, 1, True, 4)
     mem = memory_per_rank(CFG, COUNTS, layout, Settings(precision=BF16))
     stage0 = 2 * 200 + 100  # two blocks and the embeddings; the last stage has 2 blocks + head = 450
-    assert (mem.weights, mem.grads, mem.optimizer) == (2 * stage0, 4 * stage0, 12 * stage0 / 2)
+    assert (mem.weights, mem.grads, mem.optimizer) == (2 * stage0, 4 * stage0 + 4 * stage0 / 2 + 4 * 150, 12 * stage0 / 2)
     assert mem.activations == 2 * (2 * 8 * 8 * 2 + 34 * 8 * 8)  # 2 micro-batches in flight, no logits on stage 0
 
 
@@ -95,8 +97,8 @@ def test_construction_is_the_share_plus_the_largest_tensor_under_zero3():
     settings = Settings(precision=FP32)
     zero3 = construction_bytes(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
     zero1 = construction_bytes(CFG, COUNTS, Layout(1, 4, 1, 1, False), settings)
-    assert zero3 == 4 * 950 / 4 + 12 * 950 / 4 + 4 * 150
-    assert zero1 == 4 * 950 + 12 * 950 / 4 + 4 * 950  # the built weights and their flattened copy
+    assert zero3 == 4 * 950 / 4 + 4 * 950 / 4 + 4 * 950 / 4 + 4 * 150  # weights, master, gradient partition, largest
+    assert zero1 == 4 * 950 + 4 * 950 / 4 + 4 * 950 / 4  # Adam's moments come at the first step
 
 
 def test_checkpoint_bytes_per_rank_and_in_all():
