@@ -1,11 +1,30 @@
-# GPU image for clusters. NVIDIA's PyTorch container brings CUDA, NCCL, a CUDA build of torch,
-# Triton and apex (megadalle uses apex's fused LayerNorm and Adam when it can import them).
-# We install megadalle on top without touching that torch: never `pip install apex` (the PyPI
-# package of that name is an unrelated project).
+# GPU image for clusters. NVIDIA's PyTorch container brings CUDA, NCCL, a CUDA build of torch
+# (25.10: PyTorch 2.9.0a0, CUDA 13.0, Python 3.12; see NVIDIA's PyTorch release notes), Triton and
+# apex (megadalle uses apex's fused LayerNorm and Adam when it can import them). We install
+# megadalle on top without touching that torch: the container's pip constraints
+# (/etc/pip/constraint.txt) pin it, and `torch>=2.4` is satisfied. Never `pip install apex`
+# (the PyPI package of that name is an unrelated project).
+#
+#   docker build -t megadalle .
+#   docker run --gpus all --ipc=host --network=host -v /shared:/shared megadalle megadalle train ...
+#
+# --ipc=host: the data loaders' worker processes share tensors through /dev/shm, which Docker caps
+# at 64 MB; NCCL uses it too. --network=host: NCCL and the rendezvous need the node's interfaces.
+# Multi-node with the DeepSpeed launcher (`launch/train.sh` with a hostfile, pdsh over ssh): start
+# every worker node's container with sshd as its command (port 2222, so it never collides with
+# the host's sshd under --network=host), and mount a key pair the launching node can use:
+#   docker run -d --gpus all --ipc=host --network=host -v /shared:/shared \
+#       -v ~/.ssh/megadalle.pub:/root/.ssh/authorized_keys:ro megadalle /usr/sbin/sshd -D -e
+#   SSH_PORT=2222 HOSTFILE=/shared/hostfile launch/train.sh model=12b ...    (in the launching container)
 FROM nvcr.io/nvidia/pytorch:25.10-py3
 
-RUN apt-get update && apt-get install -y --no-install-recommends openssh-client pdsh \
-    && rm -rf /var/lib/apt/lists/*
+# sshd and pdsh for DeepSpeed's multi-node launcher; host keys are made per container at start
+# (launch/docker/50-ssh-host-keys.sh), never baked into the image where every container would share them.
+RUN apt-get update && apt-get install -y --no-install-recommends openssh-server openssh-client pdsh \
+    && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_*key* \
+    && mkdir -p /run/sshd /root/.ssh && chmod 700 /root/.ssh
+COPY launch/docker/sshd_config /etc/ssh/sshd_config.d/megadalle.conf
+COPY launch/docker/50-ssh-host-keys.sh /opt/nvidia/entrypoint.d/50-ssh-host-keys.sh
 
 WORKDIR /opt/megadalle
 COPY setup.py README.md ./
@@ -13,9 +32,10 @@ COPY megadalle ./megadalle
 COPY kernels ./kernels
 COPY conf ./conf
 COPY launch ./launch
-# The container's torch satisfies `torch>=...`; pip keeps it rather than pulling another build.
 RUN pip install --no-cache-dir . && python -c "import megadalle.kernels, megadalle.cli"
 
 ENV WANDB_MODE=offline
-ENTRYPOINT ["megadalle"]
-CMD ["--help"]
+# NVIDIA's entrypoint stays first: it prints the banner and the driver checks, runs the parts under
+# /opt/nvidia/entrypoint.d (ours makes the ssh host keys), then runs the command.
+ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh"]
+CMD ["megadalle", "--help"]

@@ -2,8 +2,9 @@
 
 Three launchers, one reading of the environment:
 - `deepspeed --no_local_rank ...` and `torchrun` export RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT;
-- `srun` exports SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS and the node list, from which the
-  first node becomes MASTER_ADDR and the port derives from the job id (the same on every task);
+- `srun` exports SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS and the node list; launch/slurm/train.sbatch
+  exports MASTER_ADDR (the first node), else the first node of `scontrol show hostnames` is used,
+  and the port derives from the job id (the same on every task);
 - nothing at all means one process (a laptop, a test): rank 0 of 1 on localhost.
 Ranks never come from the command line, so hydra never sees `--local_rank`.
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import atexit
 import os
-import re
 import socket
+import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
+
+from megadalle.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -30,18 +33,21 @@ class DistEnv:
     """"env" (deepspeed/torchrun), "slurm" or "single"."""
 
 
-def expand_nodelist(nodelist: str) -> list[str]:
-    """Slurm's compressed host list ("gpu[01-03,07],login1") as host names, in order."""
-    hosts: list[str] = []
-    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", nodelist):
-        if plain:
-            hosts.append(plain)
-            continue
-        for part in ranges.split(","):
-            lo, _, hi = part.partition("-")
-            for i in range(int(lo), int(hi or lo) + 1):
-                hosts.append(f"{prefix}{i:0{len(lo)}d}")
-    return hosts
+def slurm_hostnames(nodelist: str) -> list[str]:
+    """Slurm's compressed host list ("rack[1-2]-node[01-02],login1") as host names, in order.
+
+    Slurm's own `scontrol show hostnames` expands it: the forms it accepts (several bracketed
+    ranges in one name, zero padding, suffixes) are Slurm's to define, not a regex's.
+    """
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    except FileNotFoundError:
+        raise UserError(f"SLURM_JOB_NODELIST={nodelist}: `scontrol` is not on PATH to expand it; "
+                        f"set MASTER_ADDR to the first node") from None
+    except subprocess.CalledProcessError as err:
+        reason = err.stderr.strip().splitlines()[-1] if err.stderr.strip() else f"exit {err.returncode}"
+        raise UserError(f"SLURM_JOB_NODELIST={nodelist}: `scontrol show hostnames` failed: {reason}") from None
+    return out.stdout.split()
 
 
 def free_port() -> int:
@@ -60,7 +66,7 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost")
         port = int(env.get("MASTER_PORT", 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
         return DistEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]),
-                       env.get("MASTER_ADDR", expand_nodelist(nodelist)[0]), port, "slurm")
+                       env.get("MASTER_ADDR") or slurm_hostnames(nodelist)[0], port, "slurm")
     return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
 
 

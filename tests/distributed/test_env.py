@@ -1,5 +1,22 @@
-"""Rank detection from each launcher's environment, and Slurm node lists (no processes started)."""
-from megadalle.train.distributed import detect, expand_nodelist
+"""Rank detection from each launcher's environment, and Slurm node lists (no processes started).
+
+Node lists are expanded by Slurm's `scontrol show hostnames`; here a stand-in on PATH answers (the
+real one is tested in tests/slurm/test_sbatch_env.py).
+"""
+import pytest
+
+from megadalle.errors import UserError
+from megadalle.train.distributed import detect, slurm_hostnames
+
+
+@pytest.fixture
+def fake_scontrol(tmp_path, monkeypatch):
+    """A stand-in `scontrol` that prints two hosts and records its arguments."""
+    script = tmp_path / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\nprintf "gpu03\\ngpu04\\n"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    return tmp_path / "args"
 
 
 def test_torchrun_and_deepspeed_variables():
@@ -9,11 +26,17 @@ def test_torchrun_and_deepspeed_variables():
         (3, 1, 8, "node7", 1234, "env")
 
 
-def test_srun_variables_pick_first_node_and_job_port():
+def test_srun_variables_pick_first_node_and_job_port(fake_scontrol):
     env = detect({"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "4242",
                   "SLURM_STEP_NODELIST": "gpu[03-04,10],login1"})
     assert (env.rank, env.local_rank, env.world_size, env.master_addr, env.master_port, env.launcher) == \
         (5, 1, 8, "gpu03", 20000 + 4242, "slurm")
+    assert fake_scontrol.read_text().split() == ["show", "hostnames", "gpu[03-04,10],login1"]
+
+
+def test_srun_under_the_sbatch_script_takes_its_master_addr(fake_scontrol):
+    env = detect({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "gpu[03-04]", "MASTER_ADDR": "gpu04"})
+    assert env.master_addr == "gpu04" and not fake_scontrol.exists()
 
 
 def test_no_launcher_is_one_process():
@@ -21,6 +44,7 @@ def test_no_launcher_is_one_process():
     assert (env.rank, env.world_size, env.launcher) == (0, 1, "single") and env.master_port > 0
 
 
-def test_nodelist_expansion_keeps_zero_padding():
-    assert expand_nodelist("a[08-11],b,c[1,3]") == ["a08", "a09", "a10", "a11", "b", "c1", "c3"]
-    assert expand_nodelist("localhost") == ["localhost"]
+def test_without_scontrol_the_error_names_the_nodelist(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match=r"SLURM_JOB_NODELIST=gpu\[01-02\]: `scontrol` is not on PATH"):
+        slurm_hostnames("gpu[01-02]")

@@ -37,8 +37,8 @@ def test_export_matches_trained_logits(layout, train_overrides, tmp_path):
     launch.run(2, {"overrides": overrides, "probe": str(tmp_path / "probe.pt")}, tmp_path / "logs",
                script="dist_train_worker.py", timeout=600)
     trained = torch.load(tmp_path / "probe.pt", weights_only=True)
-    assert cli(["export", f"run={run}", f"output={tmp_path / 'fp32'}", "dtype=fp32"]) == 0
-    assert cli(["export", f"run={run}", f"output={tmp_path / 'bf16'}"]) == 0
+    assert cli(["export", f"run={run}", f"output={tmp_path / 'fp32'}", "dtype=fp32", "weights_only=true"]) == 0
+    assert cli(["export", f"run={run}", f"output={tmp_path / 'bf16'}", "weights_only=true"]) == 0
     export(run, tmp_path / "one.safetensors", dtype="fp32")
 
     for source in (tmp_path / "fp32", tmp_path / "fp32" / INDEX, tmp_path / "one.safetensors", run):

@@ -2,61 +2,21 @@
 USR1 (what `--signal=B:USR1@120` sends before the time limit) makes it checkpoint and requeue
 itself, and the requeued job resumes and finishes the run.
 
-The cluster comes from tests/slurm/cluster.sh (installs slurm-wlm + munge with apt when missing).
+The cluster comes from tests/slurm/cluster.sh (installs slurm-wlm + munge with apt when missing;
+the test skips with the reason where it cannot).
 The CPU job overrides only the sbatch script's resource lines (1 node, 2 tasks, no GPUs).
 """
-import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-
-from megadalle.train.distributed import free_port
+from slurm_jobs import FINISHED, job_field, logged_steps, node_idle, wait_until
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 SCRIPT = ROOT / "launch" / "slurm" / "train.sbatch"
 STEPS = 40
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    """Environment for Slurm commands against a fresh local cluster (stopped afterwards)."""
-    cluster = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, SLURMCTLD_PORT=str(free_port()), SLURMD_PORT=str(free_port()))
-    subprocess.run([str(HERE / "cluster.sh"), "start", str(cluster)], env=env, check=True, timeout=600)
-    env["SLURM_CONF"] = str(cluster / "slurm.conf")
-    yield env
-    subprocess.run([str(HERE / "cluster.sh"), "stop", str(cluster)], env=env, timeout=60)
-
-
-def job_field(env, job, field):
-    out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
-    for token in out.split():
-        if token.startswith(field + "="):
-            return token.split("=", 1)[1]
-    return None
-
-
-def node_idle(env):
-    out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout.split()
-    return out == ["idle"]
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def logged_steps(run_dir):
-    metrics = run_dir / "metrics.jsonl"
-    return {json.loads(line)["step"] for line in metrics.read_text().splitlines()} if metrics.is_file() else set()
 
 
 @pytest.mark.slurm
@@ -82,11 +42,13 @@ def test_usr1_checkpoints_requeues_and_finishes(slurm, train_overrides, tmp_path
     wait_until(lambda: job_field(env, job, "JobState") == "PENDING" and node_idle(env), 60, "the node to be idle")
     time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
-    wait_until(lambda: job_field(env, job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 240,
+    wait_until(lambda: job_field(env, job, "JobState") in FINISHED, 240,
                "the requeued job to end")
 
     text = log.read_text(errors="replace")
     assert job_field(env, job, "JobState") == "COMPLETED", text[-4000:]
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+    assert f"rendezvous {host}:" in text and "1 CPUs per task" in text
     assert "USR1" in text and f"checkpoint saved at step {stopped_at}" in text
     assert f"requeueing job {job}" in text and "restart 1" in text
     assert f"resumed from {run_dir}/checkpoints/step_{stopped_at:08d} at step {stopped_at}" in text

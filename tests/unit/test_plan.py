@@ -1,64 +1,203 @@
-"""`megadalle plan`: exact parameter counts, memory accounting, layouts that fit, refusals with reasons."""
+"""`megadalle plan`: exact parameter counts, every memory term on hand-computed cases, communication
+time, checkpoint size and USR1 lead time, the layout it suggests, and the CLI for any config."""
+import dataclasses
+
 import pytest
 
 from megadalle.cli import main
-from megadalle.config import build, top_level
+from megadalle.config import ConfigError, build, top_level
 from megadalle.config.compose import compose
 from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
+from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.models.transformer import Transformer
-from megadalle.plan import GB, RESERVED_GB, Layout, count_parameters, memory_per_gpu, suggest
+from megadalle.plan import (BF16, FP32, GB, Counts, Layout, Settings, budget, checkpoint_bytes, construction_bytes,
+                            count_parameters, launch_overrides, memory_per_rank, ring_seconds, settings_for, step_time,
+                            suggest, usr1_lead_seconds)
 
 from .helpers import tiny_config
+
+# A hand-sized model: sequence 4 text + 2x2 image = 8 tokens, d_model 8, 4 blocks of 200 parameters,
+# embeddings 100 and head 50 (950 in all). Logit elements per sample: 3 x 10 text + 4 x 6 image = 54.
+CFG = TransformerConfig(text_len=4, text_vocab=10, grid_size=2, image_vocab=6, n_layers=4, n_heads=2, head_dim=4,
+                        d_model=8)
+COUNTS = Counts(total=950, embed=100, head=50, block=200, numels=(3, 5, 92, 50) + (150, 50) * 4, largest=150,
+                block_largest=150)
 
 
 def plan_for(*overrides):
     cfg = compose("plan", list(overrides))
-    return build(TransformerConfig, cfg.model, "model"), build(PlanConfig, top_level(cfg, PlanConfig), "")
+    return (build(TransformerConfig, cfg.model, "model"), build(PlanConfig, top_level(cfg, PlanConfig), ""),
+            build(TrainerConfig, cfg.trainer, "trainer"), build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"))
 
 
 def test_count_equals_the_real_tiny_model():
     cfg = tiny_config()
-    assert count_parameters(cfg)[0] == sum(p.numel() for p in Transformer(cfg).parameters())
+    model = Transformer(cfg)
+    counts = count_parameters(cfg)
+    assert counts.total == sum(p.numel() for p in model.parameters()) == sum(counts.numels)
+    assert counts.block == sum(p.numel() for p in model.blocks[0].parameters())
+    assert counts.embed + counts.head + cfg.n_layers * counts.block == counts.total
 
 
 def test_12b_has_about_12_billion_parameters():
-    total, _ = count_parameters(plan_for("model=12b")[0])
-    assert 11.5e9 < total < 12.5e9
+    assert 11.5e9 < count_parameters(plan_for("model=12b")[0]).total < 12.5e9
 
 
-def test_zero_stages_shard_what_they_should():
-    model, _ = plan_for("model=1b")
-    params, edges = count_parameters(model)
-    mems = {z: memory_per_gpu(model, params, edges, Layout(1, 8, z, 1, True)) for z in (1, 2, 3)}
-    assert mems[1].optimizer == pytest.approx(12 * params / 8)
-    assert mems[1].grads == pytest.approx(2 * params) and mems[2].grads == pytest.approx(2 * params / 8)
-    assert mems[2].weights == pytest.approx(2 * params) and mems[3].weights == pytest.approx(2 * params / 8)
-    assert mems[1].total > mems[2].total > mems[3].total
+def test_zero1_bf16_with_ema_and_overlap_by_hand():
+    settings = Settings(precision=BF16, ema=True, overlap_comm=True, reduce_bucket=10)
+    mem = memory_per_rank(CFG, COUNTS, Layout(1, 4, 1, 2, False, 1), settings)
+    assert (mem.weights, mem.optimizer, mem.ema, mem.buffers) == (2 * 950, 12 * 950 / 4, 4 * 950 / 4, 2 * 10 * 4)
+    # fp32 gradients, the reduced partition copied to fp32 for the step, one gradient computed before it is added
+    assert mem.grads == 4 * 950 + 4 * 950 / 4 + 4 * 150
+    per_layer = 34 * 16 * 8  # 34 B per element-layer at 2 B, 16 tokens (8 x micro-batch 2), d_model 8
+    assert mem.activations == 4 * per_layer + 2 * 54 * (2 + 4 + 4)
 
 
-def test_checkpointing_and_pipelines_cut_activation_memory_per_layer():
-    model, _ = plan_for("model=12b")
-    params, edges = count_parameters(model)
-    assert (memory_per_gpu(model, params, edges, Layout(1, 64, 1, 1, True)).activations
-            < memory_per_gpu(model, params, edges, Layout(1, 64, 1, 1, False)).activations)
-    assert (memory_per_gpu(model, params, edges, Layout(4, 16, 1, 1, True)).weights
-            == pytest.approx(2 * ((params - edges) / 4 + edges / 2)))
+def test_zero2_shards_gradients_and_zero3_weights_with_live_and_persistent_parameters():
+    settings = Settings(precision=BF16, reduce_bucket=10, prefetch_bucket=30, max_live=1000, persistence=5)
+    zero2 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 2, 1, False), settings)
+    zero3 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
+    assert zero2.grads == 4 * 950 / 4 + 4 * 150 and zero2.weights == 2 * 950 and zero2.buffers == 10 * 4
+    assert zero3.weights == 2 * 950 / 4
+    assert zero3.buffers == 10 * 4 + 2 * ((200 + 30) + (3 + 5))  # reduce bucket + one block and prefetch + small params
+    capped = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), dataclasses.replace(settings, max_live=100))
+    assert capped.buffers == 10 * 4 + 2 * (100 + 8)
 
 
-def test_suggested_layout_fits_and_divides_the_batch():
-    model, plan = plan_for("model=12b", "gpus=64", "gpu_mem_gb=80")
-    params, edges = count_parameters(model)
-    best = suggest(model, plan, params, edges)
+def test_buffers_never_exceed_the_parameters_they_hold():
+    settings = Settings(precision=BF16, reduce_bucket=10_000, prefetch_bucket=10_000, persistence=0)
+    zero3 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
+    assert zero3.buffers == 950 * 4 + 950 * 2  # one bucket of all 950 gradients, all 950 weights gathered
+
+
+def test_checkpointing_keeps_layer_inputs_and_one_recomputed_layer():
+    mem = memory_per_rank(CFG, COUNTS, Layout(1, 1, 0, 1, True), Settings(precision=BF16))
+    assert mem.activations == 4 * 8 * 8 * 2 + 34 * 8 * 8 + 54 * 10
+
+
+def test_pipeline_first_stage_holds_micro_batches_in_flight():
+    layout = Layout(2, 2, 1, 1, True, 4)
+    mem = memory_per_rank(CFG, COUNTS, layout, Settings(precision=BF16))
+    stage0 = 2 * 200 + 100  # two blocks and the embeddings; the last stage has 2 blocks + head = 450
+    assert (mem.weights, mem.grads, mem.optimizer) == (2 * stage0, 4 * stage0 + 4 * stage0 / 2 + 4 * 150, 12 * stage0 / 2)
+    assert mem.activations == 2 * (2 * 8 * 8 * 2 + 34 * 8 * 8)  # 2 micro-batches in flight, no logits on stage 0
+
+
+def test_cpu_fp32_counts_fp32_activations_and_eager_attention_scores():
+    fp32 = Settings(precision=FP32)
+    mem = memory_per_rank(CFG, COUNTS, Layout(1, 1, 0, 1, False), fp32, device="cpu")
+    assert mem.optimizer == 8 * 950  # no fp32 master copy beside fp32 weights without ZeRO
+    per_layer = 68 * 8 * 8 + 2 * 2 * 8 * 8 * 4  # 2x Korthikanti's 16-bit bytes + scores and probabilities, 2 heads
+    assert mem.activations == 4 * per_layer + 54 * (4 + 4 + 4)
+    assert memory_per_rank(CFG, COUNTS, Layout(1, 4, 1, 1, False), fp32, "cpu").optimizer == 12 * 950 / 4
+
+
+def test_construction_is_the_share_plus_the_largest_tensor_under_zero3():
+    settings = Settings(precision=FP32)
+    zero3 = construction_bytes(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
+    zero1 = construction_bytes(CFG, COUNTS, Layout(1, 4, 1, 1, False), settings)
+    assert zero3 == 4 * 950 / 4 + 4 * 950 / 4 + 4 * 950 / 4 + 4 * 150  # weights, master, gradient partition, largest
+    assert zero1 == 4 * 950 + 4 * 950 / 4 + 4 * 950 / 4  # Adam's moments come at the first step
+
+
+def test_checkpoint_bytes_per_rank_and_in_all():
+    settings = Settings(precision=BF16, ema=True)
+    busiest, total = checkpoint_bytes(CFG, COUNTS, Layout(1, 4, 1, 1, False), settings)
+    assert busiest == 16 * 950 / 4 + 2 * 950 and total == 16 * 950 + 2 * 950
+    busiest, total = checkpoint_bytes(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
+    assert busiest == 16 * 950 / 4 and total == 16 * 950
+    busiest, _ = checkpoint_bytes(CFG, COUNTS, Layout(2, 2, 1, 1, False), settings)
+    assert busiest == 16 * 500 / 2 + 2 * 500
+
+
+def test_usr1_lead_covers_a_step_and_the_write_with_margin():
+    plan = PlanConfig(checkpoint_write_gbps=5.0)
+    assert usr1_lead_seconds(10.0, 100 * GB, plan) == 80  # 1.5 x (10 + 20) + 30 = 75, rounded up to 10 s
+    assert usr1_lead_seconds(0.0, 0.0, plan) == 30
+
+
+def test_ring_collectives_use_nvlink_inside_a_node_and_infiniband_across():
+    plan = PlanConfig(gpus_per_node=8, nvlink_gbps=400.0, ib_gbps=50.0)
+    assert ring_seconds(8 * GB, 8, plan) == pytest.approx(7 / 400)
+    assert ring_seconds(8 * GB, 16, plan) == pytest.approx(8 * 15 / 16 / 50)
+    assert ring_seconds(8 * GB, 1, plan) == 0
+
+
+def test_step_time_communication_per_zero_stage_and_overlap():
+    model, plan, _, _ = plan_for("model=1b", "gpus=16")
+    counts = count_parameters(model)
+    plain, overlapped = Settings(precision=BF16), Settings(precision=BF16, overlap_comm=True)
+    reduce, gather = ring_seconds(4 * counts.total, 16, plan), ring_seconds(2 * counts.total, 16, plan)
+    one = step_time(model, counts, plan, Layout(1, 16, 1, 1, False, 4), plain)
+    assert one.comm == pytest.approx(reduce + gather) and one.exposed == one.comm
+    two = step_time(model, counts, plan, Layout(1, 16, 2, 1, False, 4), overlapped)
+    assert two.comm == pytest.approx(4 * reduce + gather)
+    assert two.exposed == pytest.approx(max(two.comm - two.compute * 2 / 3, 0))
+    three = step_time(model, counts, plan, Layout(1, 16, 3, 1, True, 4), overlapped)
+    assert three.comm == pytest.approx(4 * (3 * gather + reduce)) and three.compute == pytest.approx(one.compute * 4 / 3)
+
+
+def test_settings_follow_the_train_config_and_deepspeed_extra():
+    _, plan, trainer, ds = plan_for("deepspeed=zero3", "trainer.ema=0.99",
+                                    "+deepspeed.extra={zero_optimization: {reduce_bucket_size: 7, "
+                                    "stage3_param_persistence_threshold: 0}}")
+    settings = settings_for(trainer, ds, plan)
+    assert (settings.precision, settings.ema, settings.overlap_comm, settings.reduce_bucket, settings.persistence) == \
+        (BF16, True, True, 7, 0)
+    cpu = settings_for(trainer, ds, dataclasses.replace(plan, device="cpu"))
+    assert cpu.precision == FP32 and cpu.runtime == 0
+    _, plan, trainer, ds = plan_for("deepspeed=pipe", "deepspeed.grad_accum_dtype=bf16")
+    assert settings_for(trainer, ds, plan).precision.grad == 2  # bf16 accumulation
+
+
+def test_pipelines_never_overlap_so_one_reduce_bucket_and_all_communication_exposed():
+    model, plan, _, _ = plan_for("model=1b", "gpus=16")
+    counts, settings = count_parameters(model), Settings(precision=BF16, overlap_comm=True, reduce_bucket=10)
+    pipe = Layout(2, 8, 1, 1, False, 4)
+    assert memory_per_rank(model, counts, pipe, settings).buffers == 10 * 4
+    t = step_time(model, counts, plan, pipe, settings)
+    assert t.exposed == t.comm > 0
+
+
+def test_headroom_below_ten_percent_is_refused():
+    with pytest.raises(ConfigError, match="headroom=0.05"):
+        plan_for("headroom=0.05")
+
+
+def test_12b_suggestion_for_64_x_80gb_fits_with_headroom_and_ema():
+    model, plan, trainer, ds = plan_for("model=12b", "gpus=64", "gpu_mem_gb=80")
+    counts, settings = count_parameters(model), settings_for(trainer, ds, plan)
+    assert settings.ema
+    best = suggest(model, plan, counts, settings)
     assert best.pipeline * best.data_parallel == 64
-    assert plan.global_batch % (best.data_parallel * best.micro_batch) == 0
-    assert memory_per_gpu(model, params, edges, best).total <= (80 - RESERVED_GB) * GB
+    assert best.micro_batch * best.grad_accum * best.data_parallel == plan.global_batch
+    assert memory_per_rank(model, counts, best, settings).total <= 0.9 * 80 * GB == budget(plan)
 
 
-def test_cli_prints_parameters_and_layout(capsys):
-    assert main(["plan", "model=12b", "gpus=64", "gpu_mem_gb=80"]) == 0
+@pytest.mark.parametrize("gpus,mem", [(64, 80), (16, 40), (32, 16), (8, 80)])
+def test_suggested_launch_overrides_compose_into_a_valid_train_config(gpus, mem):
+    model, plan, trainer, ds = plan_for("model=12b", f"gpus={gpus}", f"gpu_mem_gb={mem}")
+    best = suggest(model, plan, count_parameters(model), settings_for(trainer, ds, plan))
+    cfg = compose("train", ["model=12b", *launch_overrides(best).split()])
+    trainer = build(TrainerConfig, cfg.trainer, "trainer")
+    ds = build(DeepSpeedConfig, cfg.deepspeed, "deepspeed")
+    assert trainer.micro_batch * trainer.grad_accum * best.data_parallel == plan.global_batch
+    assert (ds.pipeline_stages, ds.zero_stage) == (best.pipeline, best.zero)
+
+
+def test_cli_prints_the_given_config_and_a_suggestion(capsys):
+    assert main(["plan", "model=12b", "gpus=64", "gpu_mem_gb=80", "deepspeed=zero3", "trainer.micro_batch=2"]) == 0
     out = capsys.readouterr().out
-    assert "12.29B" in out and "suggested layout:" in out and "ZeRO-3" in out and "pipeline 8 x dp 8" in out
+    assert "12.29B" in out and "this config (64 ranks, bf16, EMA on): ZeRO-3 (dp 64), micro-batch 2 x 1" in out
+    assert "sbatch --signal=B:USR1@" in out and "suggested layout:" in out and "pipeline 8 x dp 8" in out
+
+
+def test_cli_cpu_mode_predicts_host_memory_without_a_suggestion(capsys):
+    assert main(["plan", "model=tiny", "gpus=4", "device=cpu", "deepspeed=pipe", "trainer.ema=null"]) == 0
+    out = capsys.readouterr().out
+    assert "this config (4 ranks, fp32, EMA off): pipeline 2 x dp 2 (ZeRO-1)" in out
+    assert "host memory per rank above the baseline" in out and "suggested layout" not in out
 
 
 def test_impossible_request_is_refused_with_a_reason(capsys):
@@ -70,19 +209,3 @@ def test_impossible_request_is_refused_with_a_reason(capsys):
 def test_bad_plan_value_is_named(capsys):
     assert main(["plan", "gpus=0"]) == 2
     assert "gpus=0: must be positive" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("gpus,mem", [(64, 80), (16, 40), (32, 16), (8, 80)])
-def test_suggested_launch_overrides_compose_into_a_valid_train_config(gpus, mem):
-    from megadalle.config.train import DeepSpeedConfig, TrainerConfig
-    from megadalle.plan import launch_overrides
-
-    model, plan = plan_for("model=12b", f"gpus={gpus}", f"gpu_mem_gb={mem}")
-    params, edges = count_parameters(model)
-    best = suggest(model, plan, params, edges)
-    overrides = launch_overrides(best, plan.global_batch // (best.data_parallel * best.micro_batch)).split()
-    cfg = compose("train", ["model=12b", *overrides])
-    trainer = build(TrainerConfig, cfg.trainer, "trainer")
-    ds = build(DeepSpeedConfig, cfg.deepspeed, "deepspeed")
-    assert trainer.micro_batch * trainer.grad_accum * best.data_parallel == plan.global_batch
-    assert (ds.pipeline_stages, ds.zero_stage) == (best.pipeline, best.zero)

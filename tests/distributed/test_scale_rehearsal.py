@@ -1,0 +1,28 @@
+"""benchmarks/scale_rehearsal.py at its --toy size, so the rehearsal cannot rot: 4 gloo ranks train
+and checkpoint, export runs, and every measured figure lands in the JSON beside plan's prediction."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+@pytest.mark.distributed
+def test_toy_rehearsal_measures_and_predicts_every_figure(tmp_path):
+    out = tmp_path / "rehearsal.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_rehearsal.py"), "--toy", "--modes", "zero3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    result = json.loads(out.read_text())
+    row = result["rows"]["zero3"]
+    assert "skipped" not in row, row.get("skipped")
+    measured, predicted = row["measured"], row["predicted"]
+    assert len(measured["two_steps"]) == len(measured["construction"]) == len(measured["checkpoint"]) == 4
+    assert all(x > 0 for x in measured["two_steps"] + measured["checkpoint"]) and measured["checkpoint_total"] > 0
+    assert set(predicted) >= {"two_steps", "construction", "checkpoint_busiest", "checkpoint_total", "export", "bf16_copy"}
+    assert set(result["targets"]["zero3"]) == {"construction_over_share_plus_layer", "two_steps_vs_plan",
+                                               "export_over_bf16_copy"}
+    assert "| zero3 |" in proc.stdout and result["load_average"]

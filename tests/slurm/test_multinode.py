@@ -1,0 +1,66 @@
+"""Multi-node launch on one machine, 2 nodes x 2 ranks of the tiny Transformer on CPU, to the end:
+- launch/train.sh with a hostfile naming two "nodes" (node-a and node-b, both this machine through a
+  localhost sshd): DeepSpeed's pdsh launcher starts 2 ranks on each over ssh;
+- launch/slurm/train.sbatch on a local Slurm cluster running two node daemons (slurmd -N node1,
+  node2 on this host): srun starts 2 tasks on each node.
+"""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import CLUSTER, start_cluster
+from slurm_jobs import FINISHED, job_field, logged_steps, wait_until
+
+from megadalle.train.distributed import free_port
+
+ROOT = Path(__file__).parent.parent.parent
+STEPS = 3
+
+
+@pytest.mark.distributed
+def test_train_sh_runs_two_nodes_of_two_ranks_through_pdsh(sshd, train_overrides, tmp_path):
+    (tmp_path / "hostfile").write_text("node-a slots=2\nnode-b slots=2\n")
+    # pdsh's ssh starts each rank in a fresh environment: what it needs comes through DeepSpeed's env file.
+    (tmp_path / "ds_env").write_text("DS_ACCELERATOR=cpu\nOMP_NUM_THREADS=1\nWANDB_MODE=offline\n")
+    env = dict(os.environ, HOSTFILE=str(tmp_path / "hostfile"), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               DS_LAUNCHER_ARGS="--no_ssh_check", PDSH_SSH_ARGS_APPEND=f"-F {sshd / 'ssh_config'}",
+               DS_ENV_FILE=str(tmp_path / "ds_env"), DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        env.pop(name, None)
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([str(ROOT / "launch" / "train.sh"), *train_overrides, f"trainer.steps={STEPS}",
+                           f"run_dir={run_dir}"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "node-a: " in out and "node-b: " in out  # pdsh prefixes each node's output with its name
+    assert {json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()} == set(range(STEPS))
+    assert json.loads((run_dir / "run.json").read_text())  # one run directory, chosen by rank 0
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{STEPS:08d}"
+    assert len(list((run_dir / "checkpoints" / f"step_{STEPS:08d}").glob("rng_rank*.pt"))) == 4
+
+
+@pytest.fixture(scope="module")
+def two_node_slurm(tmp_path_factory):
+    env, cluster = start_cluster(tmp_path_factory, nodes=2)
+    yield env
+    subprocess.run([str(CLUSTER), "stop", str(cluster)], env=env, timeout=60)
+
+
+@pytest.mark.slurm
+@pytest.mark.distributed
+def test_sbatch_runs_two_nodes_of_two_tasks_through_srun(two_node_slurm, train_overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    # node1 and node2 are names Slurm knows, not hosts DNS knows: the rendezvous is given as an address.
+    env = dict(two_node_slurm, DS_ACCELERATOR="cpu", WANDB_MODE="offline", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    submit = ["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
+              "--time=10", f"--output={tmp_path}/job-%j.out", str(ROOT / "launch" / "slurm" / "train.sbatch"),
+              *train_overrides, f"trainer.steps={STEPS}", f"run_dir={run_dir}"]
+    job = subprocess.run(submit, env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+    wait_until(lambda: job_field(env, job, "JobState") in FINISHED, 600, "the job to end")
+    text = (tmp_path / f"job-{job}.out").read_text(errors="replace")
+    assert job_field(env, job, "JobState") == "COMPLETED", text[-4000:]
+    assert "nodes node[1-2]" in text and "rendezvous 127.0.0.1:" in text
+    assert logged_steps(run_dir) == set(range(STEPS))
+    assert len(list((run_dir / "checkpoints" / f"step_{STEPS:08d}").glob("rng_rank*.pt"))) == 4
