@@ -80,18 +80,29 @@ def main(argv: list[str] | None = None) -> int:
 
     from megadalle.errors import UserError
 
+    from megadalle.preflight import preflight
+
     try:
         cfg = compose(verb, rest)
+        preflight(verb, cfg)
         stage = resolve(verb)
         result = stage(cfg)
     except HydraException as err:
         cause = f" ({err.__cause__})" if err.__cause__ else ""
-        print(f"megadalle {verb}: bad config: {err}{cause}", file=sys.stderr)
-        return 2
+        return fail(verb, f"bad config: {err}{cause}")
     except UserError as err:
-        print(f"megadalle {verb}: {err}", file=sys.stderr)
-        return 2
+        return fail(verb, str(err))
     return result if isinstance(result, int) else 0
+
+
+def fail(verb: str, message: str) -> int:
+    """Print a user error once (rank 0 of a multi-process launch; every rank meets the same one) and
+    return the exit code 2."""
+    from megadalle.train.distributed import detect
+
+    if detect().rank == 0:
+        print(f"megadalle {verb}: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

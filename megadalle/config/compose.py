@@ -1,13 +1,14 @@
 """Compose a verb's config from `conf/`: the one place that knows where the YAML files live.
 
 The CLI, the demo and the tests all build configs through `compose`, so a stage called from
-Python gets exactly the config the same overrides would give on the command line.
+Python gets exactly the config the same overrides would give on the command line. Keys written
+`???` in the YAML stay required (megadalle.config.required) even where the schema has a default.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 
 def conf_dir() -> Path:
@@ -25,8 +26,15 @@ def compose(verb: str, overrides: list[str] | None = None) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     from megadalle.config import register_schemas
+    from megadalle.config.required import restore
 
     register_schemas()
     GlobalHydra.instance().clear()
+    overrides = list(overrides or [])
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
-        return hydra_compose(config_name=verb, overrides=list(overrides or []))
+        cfg = hydra_compose(config_name=verb, overrides=overrides, return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    restore(cfg, conf_dir(), verb, choices, overrides)
+    return cfg
