@@ -25,26 +25,41 @@ class Verb:
     target: str
     """`module:function` taking the composed DictConfig."""
     summary: str
+    schemas: tuple[str, ...] = ()
+    """`module:Class` dataclasses documenting the verb's own (top-level) keys, for `--help`."""
 
+
+_C = "megadalle.config"
 
 VERBS: dict[str, Verb] = {
-    "prepare": Verb("megadalle.data.prepare:run", "images + captions -> webdataset shards (bad files skipped and reported)"),
-    "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions"),
-    "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards"),
-    "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)"),
-    "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards"),
-    "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline"),
+    "prepare": Verb("megadalle.data.prepare:run", "images + captions -> webdataset shards (bad files skipped and reported)",
+                    (f"{_C}.data:PrepareConfig",)),
+    "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions",
+                      (f"{_C}.data:TokenizerConfig",)),
+    "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards",
+                       (f"{_C}.dvae:TrainDVAEConfig", f"{_C}.train:RunConfig")),
+    "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)", (f"{_C}.dvae:EncodeConfig",)),
+    "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards", (f"{_C}.train:RunConfig",)),
+    "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline",
+                  (f"{_C}.train:RunConfig",)),
     "export": Verb("megadalle.export:run", "consolidate a training run's checkpoint into safetensors + config JSON"),
-    "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid"),
-    "plan": Verb("megadalle.plan:run", "parameters, FLOPs, memory per GPU and a parallel layout for a model size"),
+    "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid",
+                     (f"{_C}.sample:GenerateConfig",)),
+    "plan": Verb("megadalle.plan:run", "parameters, FLOPs, memory per GPU and a parallel layout for a model size",
+                 (f"{_C}.plan:PlanConfig",)),
     "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU"),
 }
 
 
+def load(target: str):
+    """The object a `module:name` string names."""
+    module_name, name = target.split(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
 def resolve(verb: str):
     """The stage function behind a verb."""
-    module_name, function = VERBS[verb].target.split(":")
-    return getattr(importlib.import_module(module_name), function)
+    return load(VERBS[verb].target)
 
 
 def print_help() -> None:
@@ -55,12 +70,23 @@ def print_help() -> None:
     print("\nEvery verb takes hydra overrides, e.g. `megadalle plan model=12b gpus=64 gpu_mem_gb=80`.")
 
 
-def print_verb_help(verb: str) -> None:
-    from omegaconf import OmegaConf
+def print_verb_help(verb: str, overrides: list[str]) -> None:
+    """The verb's config with `overrides` applied, a docstring beside each key, and each group's options."""
+    from megadalle.config.compose import compose_with_choices, conf_dir, group_options
+    from megadalle.config.help import all_docs, render
 
+    cfg, choices = compose_with_choices(verb, overrides)
     print(f"megadalle {verb}: {VERBS[verb].summary}\n")
-    print(f"config (conf/{verb}.yaml); change any value with key=value, a group with group=name:\n")
-    print(OmegaConf.to_yaml(compose(verb)))
+    if choices:
+        print("groups (group=option; [chosen]):")
+        for group, chosen in sorted(choices.items(), key=lambda item: list(cfg).index(item[0]) if item[0] in cfg else 0):
+            options = " ".join(f"[{o}]" if o == chosen else o for o in group_options(group))
+            print(f"  {group:<10} {options}")
+        print()
+    print(f"config (conf/{verb}.yaml{' + ' + ' '.join(overrides) if overrides else ''}); key=value changes a value, "
+          "??? must be given:\n")
+    docs = all_docs(conf_dir(), verb, [load(s) for s in VERBS[verb].schemas], list(choices))
+    print("\n".join(render(cfg, docs)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,12 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megadalle: unknown verb {verb!r}.\n", file=sys.stderr)
         print_help()
         return 2
-    if "-h" in rest or "--help" in rest:
-        print_verb_help(verb)
-        return 0
     from hydra.errors import HydraException
 
     from megadalle.errors import UserError
+
+    if "-h" in rest or "--help" in rest:
+        try:
+            print_verb_help(verb, [a for a in rest if a not in ("-h", "--help")])
+        except (HydraException, UserError) as err:
+            return fail(verb, str(err).splitlines()[0])
+        return 0
 
     from megadalle.preflight import preflight
 

@@ -15,32 +15,27 @@ from omegaconf import DictConfig, OmegaConf
 from megadalle.config import ConfigError
 
 
-def _yaml_missing(path: Path) -> set[str]:
-    if not path.is_file():
-        return set()
-    node = OmegaConf.load(path)
-    node.pop("defaults", None)
-    return set(OmegaConf.missing_keys(node))
+def _yaml_keys(path: Path) -> tuple[set[str], set[str]]:
+    """(dotted keys written `???`, dotted keys given a value) in the YAML file at `path`."""
+    import yaml
 
+    missing_keys, set_keys = set(), set()
 
-def _yaml_set(path: Path) -> set[str]:
-    """Dotted keys the YAML file at `path` gives a value (not `???`)."""
-    node = OmegaConf.load(path)
-    node.pop("defaults", None)
-    keys: set[str] = set()
-
-    def walk(n, prefix):
-        for key in n:
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
             full = f"{prefix}{key}"
-            if OmegaConf.is_missing(n, key):
+            if value == "???":
+                missing_keys.add(full)
                 continue
-            keys.add(full)
-            child = n._get_node(key)
-            if isinstance(child, DictConfig):
-                walk(child, full + ".")
+            set_keys.add(full)
+            if isinstance(value, dict):
+                walk(value, full + ".")
 
-    walk(node, "")
-    return keys
+    if path.is_file():
+        data = yaml.safe_load(path.read_text()) or {}
+        data.pop("defaults", None)
+        walk(data, "")
+    return missing_keys, set_keys
 
 
 def override_keys(overrides: list[str]) -> set[str]:
@@ -56,13 +51,11 @@ def override_keys(overrides: list[str]) -> set[str]:
 def required_keys(conf: Path, verb: str, choices: dict[str, str | None]) -> set[str]:
     """Keys written `???` in the verb's YAML or in the group options it composed, less the group
     keys the verb's YAML sets (it is merged after its groups)."""
-    primary = conf / f"{verb}.yaml"
-    required = _yaml_missing(primary)
-    set_by_primary = _yaml_set(primary)
+    required, set_by_primary = _yaml_keys(conf / f"{verb}.yaml")
     for group, option in choices.items():
         if option is None or group.startswith("hydra"):
             continue
-        required |= {f"{group}.{key}" for key in _yaml_missing(conf / group / f"{option}.yaml")
+        required |= {f"{group}.{key}" for key in _yaml_keys(conf / group / f"{option}.yaml")[0]
                      if f"{group}.{key}" not in set_by_primary}
     return required
 
