@@ -130,6 +130,20 @@ def check_train_clip(cfg: DictConfig) -> None:
                                    f"{vocab} pieces (set clip.text_vocab={vocab} or more)")
 
 
+RUN_TASKS = {"train": "transformer", "train-dvae": "dvae", "train-clip": "clip"}
+"""Training verbs and their task's name (the default run directory is <out_dir>/<task>/<name>)."""
+
+
+def check_run_dir(verb: str, cfg: DictConfig) -> None:
+    """A rerun into an existing run directory must have its config (megadalle.train.rundir.RESUMABLE aside)."""
+    from omegaconf import OmegaConf
+
+    from megadalle.train import rundir
+
+    path = rundir.path_for(cfg.get("run_dir"), str(cfg.get("out_dir", "outputs")), RUN_TASKS[verb], cfg.get("name"))
+    rundir.check_config(path, OmegaConf.to_container(cfg, resolve=True))
+
+
 def check_encode(cfg: DictConfig) -> None:
     _exists("dvae_weights", cfg.dvae_weights, "file")
     image_shards("input", cfg.input)
@@ -170,3 +184,5 @@ def preflight(verb: str, cfg: DictConfig) -> None:
     check = CHECKS.get(verb)
     if check is not None:
         check(cfg)
+    if verb in RUN_TASKS:
+        check_run_dir(verb, cfg)
