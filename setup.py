@@ -34,6 +34,11 @@ setup(
         "numpy>=1.24",
         "tqdm>=4.60",
     ],
-    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3"]},
+    extras_require={
+        # hydra's submitit launcher: `megadalle <verb> -m hydra/launcher=submitit_slurm ...` submits each job to Slurm
+        "slurm": ["hydra-submitit-launcher>=1.2"],
+        # the tests, the submitit one included
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hydra-submitit-launcher>=1.2"],
+    },
     entry_points={"console_scripts": ["megadalle = megadalle.cli:main"]},
 )

@@ -110,19 +110,40 @@ def main(argv: list[str] | None = None) -> int:
             return fail(verb, str(err).splitlines()[0])
         return 0
 
+    if any(a.startswith("-") for a in rest):
+        from megadalle.hydra_app import run_with_hydra
+
+        return run_with_hydra(verb, rest)
+    try:
+        cfg = compose(verb, rest)
+    except (HydraException, UserError) as err:
+        return fail(verb, bad_config(err))
+    return execute(verb, cfg)
+
+
+def execute(verb: str, cfg) -> int:
+    """Check the composed config (megadalle.preflight), then run the verb's stage; user errors are one
+    line and exit code 2. Shared by plain runs and hydra's sweeps and launchers (megadalle.hydra_app)."""
+    from hydra.errors import HydraException
+
+    from megadalle.errors import UserError
     from megadalle.preflight import preflight
 
     try:
-        cfg = compose(verb, rest)
         preflight(verb, cfg)
-        stage = resolve(verb)
-        result = stage(cfg)
-    except HydraException as err:
-        cause = f" ({err.__cause__})" if err.__cause__ else ""
-        return fail(verb, f"bad config: {err}{cause}")
-    except UserError as err:
-        return fail(verb, str(err))
+        result = resolve(verb)(cfg)
+    except (HydraException, UserError) as err:
+        return fail(verb, bad_config(err))
     return result if isinstance(result, int) else 0
+
+
+def bad_config(err: Exception) -> str:
+    from hydra.errors import HydraException
+
+    if not isinstance(err, HydraException):
+        return str(err)
+    cause = f" ({err.__cause__})" if err.__cause__ else ""
+    return f"bad config: {err}{cause}"
 
 
 def fail(verb: str, message: str) -> int:
