@@ -1,8 +1,10 @@
 """`megadalle <verb> key=value ...`: one entry point, one verb per pipeline stage.
 
 Each verb is a hydra app: its primary config is `conf/<verb>.yaml`, composed with the command
-line's overrides. The CLI only parses and hands the composed config to the stage's function;
-the stages never read the command line themselves, so `demo` and the tests call them directly.
+line's overrides. The CLI only parses, checks (megadalle.preflight) and hands the composed config to
+the stage's function; the stages never read the command line themselves, so `demo` and the tests
+call them directly. A command line with hydra flags (`-m` sweeps, launchers, `--cfg`) goes through
+hydra's own runner instead (megadalle.hydra_app), whose jobs run the same checks and stage.
 """
 from __future__ import annotations
 
@@ -25,30 +27,34 @@ class Verb:
     target: str
     """`module:function` taking the composed DictConfig."""
     summary: str
-    schemas: tuple[str, ...] = ()
-    """`module:Class` dataclasses documenting the verb's own (top-level) keys, for `--help`."""
 
-
-_C = "megadalle.config"
 
 VERBS: dict[str, Verb] = {
-    "prepare": Verb("megadalle.data.prepare:run", "images + captions -> webdataset shards (bad files skipped and reported)",
-                    (f"{_C}.data:PrepareConfig",)),
-    "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions",
-                      (f"{_C}.data:TokenizerConfig",)),
-    "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards",
-                       (f"{_C}.dvae:TrainDVAEConfig", f"{_C}.train:RunConfig")),
-    "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)", (f"{_C}.dvae:EncodeConfig",)),
-    "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards", (f"{_C}.train:RunConfig",)),
-    "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline",
-                  (f"{_C}.train:RunConfig",)),
+    "prepare": Verb("megadalle.data.prepare:run", "images + captions -> webdataset shards (bad files skipped and reported)"),
+    "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions"),
+    "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards"),
+    "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)"),
+    "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards"),
+    "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline"),
     "export": Verb("megadalle.export:run", "consolidate a training run's checkpoint into safetensors + config JSON"),
-    "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid",
-                     (f"{_C}.sample:GenerateConfig",)),
-    "plan": Verb("megadalle.plan:run", "parameters, FLOPs, memory per GPU and a parallel layout for a model size",
-                 (f"{_C}.plan:PlanConfig",)),
+    "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid"),
+    "plan": Verb("megadalle.plan:run", "parameters, FLOPs, memory per GPU and a parallel layout for a model size"),
     "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU"),
 }
+
+_C = "megadalle.config"
+HELP_SCHEMAS: dict[str, tuple[str, ...]] = {
+    "prepare": (f"{_C}.data:PrepareConfig",),
+    "tokenizer": (f"{_C}.data:TokenizerConfig",),
+    "train-dvae": (f"{_C}.dvae:TrainDVAEConfig", f"{_C}.train:RunConfig"),
+    "encode": (f"{_C}.dvae:EncodeConfig",),
+    "train-clip": (f"{_C}.train:RunConfig",),
+    "train": (f"{_C}.train:RunConfig",),
+    "generate": (f"{_C}.sample:GenerateConfig",),
+    "plan": (f"{_C}.plan:PlanConfig",),
+}
+"""`module:Class` dataclasses whose field docstrings document a verb's own (top-level) keys in `--help`;
+keys they do not cover are documented by the comment beside them in the verb's YAML."""
 
 
 def load(target: str):
@@ -79,13 +85,14 @@ def print_verb_help(verb: str, overrides: list[str]) -> None:
     print(f"megadalle {verb}: {VERBS[verb].summary}\n")
     if choices:
         print("groups (group=option; [chosen]):")
-        for group, chosen in sorted(choices.items(), key=lambda item: list(cfg).index(item[0]) if item[0] in cfg else 0):
+        keys = list(cfg)
+        for group, chosen in sorted(choices.items(), key=lambda item: keys.index(item[0]) if item[0] in keys else 0):
             options = " ".join(f"[{o}]" if o == chosen else o for o in group_options(group))
             print(f"  {group:<10} {options}")
         print()
     print(f"config (conf/{verb}.yaml{' + ' + ' '.join(overrides) if overrides else ''}); key=value changes a value, "
           "??? must be given:\n")
-    docs = all_docs(conf_dir(), verb, [load(s) for s in VERBS[verb].schemas], list(choices))
+    docs = all_docs(conf_dir(), verb, [load(s) for s in HELP_SCHEMAS.get(verb, ())], list(choices))
     print("\n".join(render(cfg, docs)))
 
 

@@ -65,7 +65,8 @@ def test_unknown_verb_and_bad_override_exit_non_zero(capsys):
     assert main(["paint"]) == 2
     assert "unknown verb 'paint'" in capsys.readouterr().err
     assert main(["plan", "model=huge"]) == 2
-    assert capsys.readouterr().err == "megadalle plan: model=huge: no such model config; choose one of 12b, 1b, small, tiny\n"
+    assert capsys.readouterr().err == \
+        "megadalle plan: model=huge: no such model config; choose one of 12b, 1b, small, tiny\n"
     assert main(["plan", "model=huge", "--help"]) == 2
     assert "choose one of 12b, 1b, small, tiny" in capsys.readouterr().err
     assert main(["plan", "model.n_layerz=3"]) == 2
