@@ -145,12 +145,14 @@ def execute(verb: str, cfg) -> int:
 
 
 def bad_config(err: Exception) -> str:
+    """One line for a config error: hydra's first line and its cause's (OmegaConf adds full_key lines)."""
     from hydra.errors import HydraException
 
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if not isinstance(err, HydraException):
-        return str(err)
-    cause = f" ({err.__cause__})" if err.__cause__ else ""
-    return f"bad config: {err}{cause}"
+        return first
+    cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ and str(err.__cause__).strip() else ""
+    return f"bad config: {first}" + (f" ({cause})" if cause else "")
 
 
 def fail(verb: str, message: str) -> int:

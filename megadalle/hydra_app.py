@@ -49,6 +49,17 @@ class VerbJob:
         return code
 
 
+def flags_first(args: list[str]) -> list[str]:
+    """`args` with hydra's flags (and their values) before the overrides: hydra's parser reads its
+    overrides as one run of positional arguments, so `a=1 -m b=2` would leave `b=2` unrecognised.
+    An override has a `=` (or starts with `~`, a deletion); a flag's value (`--cfg job`) has neither."""
+    flags, overrides = [], []
+    for arg in args:
+        is_override = "=" in arg or arg.startswith("~")
+        (overrides if is_override and not arg.startswith("-") else flags).append(arg)
+    return [*flags, *overrides]
+
+
 def run_with_hydra(verb: str, args: list[str]) -> int:
     """Run `megadalle <verb> ARGS` through hydra's runner (as `@hydra.main` would); returns the exit code."""
     import hydra
@@ -65,7 +76,7 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
     register_schemas()
     app = hydra.main(config_path=str(conf_dir()), config_name=verb, version_base="1.3")(VerbJob(verb))
     saved = sys.argv
-    sys.argv = [f"megadalle {verb}", *args, f"hydra.job.name={verb}"]
+    sys.argv = [f"megadalle {verb}", *flags_first(args), f"hydra.job.name={verb}"]
     try:
         app()
     except SystemExit as exit_:

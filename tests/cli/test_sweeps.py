@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from megadalle.cli import main
+from megadalle.hydra_app import flags_first
 from megadalle.train.distributed import free_port
 
 CLUSTER = Path(__file__).resolve().parents[1] / "slurm" / "cluster.sh"
@@ -37,6 +38,14 @@ def test_sweep_jobs_get_the_plain_runs_checks(train_overrides, tmp_path, capsys)
     assert "megadalle train: required key not set: data.tokenizer" in capsys.readouterr().err
     assert main(["plan", "-m", "model=tiny,huge"]) == 2
     assert "model=huge: no such model config; choose one of 12b, 1b, small, tiny" in capsys.readouterr().err
+
+
+def test_overrides_may_come_before_and_after_hydras_flags(tmp_path, capsys):
+    assert flags_first(["a=1", "-m", "b=2", "--cfg", "job", "~c"]) == ["-m", "--cfg", "job", "a=1", "b=2", "~c"]
+    assert main(["plan", "gpus=1", "-m", "model=tiny", "gpu_mem_gb=8", f"out_dir={tmp_path}"]) == 0
+    assert "fits 8 GB?" in capsys.readouterr().out
+    overrides = (tmp_path / "multirun" / "plan" / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert "gpus=1" in overrides and "gpu_mem_gb=8" in overrides
 
 
 @pytest.fixture(scope="module")
