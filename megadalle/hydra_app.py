@@ -3,7 +3,7 @@
 `megadalle train -m trainer.lr=1e-3,3e-4 ...` (or any hydra flag: `--cfg job`, `--info`) hands the
 command line to hydra's runner with the verb's YAML as the primary config, exactly what `@hydra.main`
 does, so sweeps, sweeper plugins and launcher plugins work as hydra users expect, among them the
-submitit launcher that submits each job to Slurm (`pip install -e '.[slurm]'`, then
+submitit launcher that submits each job to Slurm (`scripts/setup.sh slurm`, then
 `hydra/launcher=submitit_slurm hydra.launcher.partition=...`). Each job runs the same checks and
 stage as a plain run (megadalle.cli.execute). A plain run keeps the compose path: no output folder of
 hydra's, no logging set-up, callable in-process by the demo and the tests.

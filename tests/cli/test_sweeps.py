@@ -68,7 +68,7 @@ def slurm(tmp_path_factory):
 @pytest.mark.slurm
 def test_submitit_launcher_submits_each_job_to_slurm(slurm, tmp_path):
     if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
-        pytest.skip("hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
+        pytest.skip("hydra-submitit-launcher is not installed (scripts/setup.sh slurm)")
     command = [sys.executable, "-m", "megadalle", "plan", "-m", "model=tiny,small", "gpus=1", "gpu_mem_gb=8",
                f"out_dir={tmp_path}", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=test",
                "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1"]
