@@ -97,7 +97,18 @@ def print_verb_help(verb: str, overrides: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """`megadalle ARGV`; returns the exit code. A reader that closes the pipe early (`--help | head`)
+    ends the command quietly, as it ends other command-line tools."""
+    try:
+        return run_command(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
+
+
+def run_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print_help()
         return 0 if argv else 2

@@ -79,6 +79,14 @@ def test_console_script_runs():
     assert "train-dvae" in out
 
 
+def test_help_into_a_pipe_closed_early_ends_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "megadalle", "train", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command (still importing) writes anything: every write meets a closed pipe
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in proc.stderr.read()
+
+
 def test_local_rank_from_the_deepspeed_launcher_never_reaches_hydra(capsys):
     assert main(["plan", "model=tiny", "gpus=1", "gpu_mem_gb=8", "--local_rank=3"]) == 0
     assert "suggested layout" in capsys.readouterr().out
