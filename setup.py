@@ -35,10 +35,11 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
-        # tests of `import-dvae` build files with OpenAI's own package; it imports only torch, attrs and
-        # requests, so install it with `pip install --no-deps DALL-E` (its declared deps pull torchvision)
-        "imports": ["DALL-E==0.1", "attrs", "requests"],
+        # the tests, the submitit one included (scripts/setup.sh dev also adds OpenAI's DALL-E package, without
+        # its declared dependencies, which pull torchvision: import-dvae's tests build files with it)
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hydra-submitit-launcher>=1.2", "attrs", "requests"],
+        # hydra's submitit launcher: `megadalle <verb> -m hydra/launcher=submitit_slurm ...` submits each job to Slurm
+        "slurm": ["hydra-submitit-launcher>=1.2"],
         # an open_clip architecture as the reranker (generate clip_model=open_clip:<arch> clip_weights=FILE)
         "open_clip": ["open_clip_torch>=2.24"],
     },

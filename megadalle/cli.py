@@ -1,8 +1,10 @@
 """`megadalle <verb> key=value ...`: one entry point, one verb per pipeline stage.
 
 Each verb is a hydra app: its primary config is `conf/<verb>.yaml`, composed with the command
-line's overrides. The CLI only parses and hands the composed config to the stage's function;
-the stages never read the command line themselves, so `demo` and the tests call them directly.
+line's overrides. The CLI only parses, checks (megadalle.preflight) and hands the composed config to
+the stage's function; the stages never read the command line themselves, so `demo` and the tests
+call them directly. A command line with hydra flags (`-m` sweeps, launchers, `--cfg`) goes through
+hydra's own runner instead (megadalle.hydra_app), whose jobs run the same checks and stage.
 """
 from __future__ import annotations
 
@@ -42,11 +44,30 @@ VERBS: dict[str, Verb] = {
     "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU"),
 }
 
+_C = "megadalle.config"
+HELP_SCHEMAS: dict[str, tuple[str, ...]] = {
+    "prepare": (f"{_C}.data:PrepareConfig",),
+    "tokenizer": (f"{_C}.data:TokenizerConfig",),
+    "train-dvae": (f"{_C}.dvae:TrainDVAEConfig", f"{_C}.train:RunConfig"),
+    "encode": (f"{_C}.dvae:EncodeConfig",),
+    "train-clip": (f"{_C}.train:RunConfig",),
+    "train": (f"{_C}.train:RunConfig",),
+    "generate": (f"{_C}.sample:GenerateConfig",),
+    "plan": (f"{_C}.plan:PlanConfig",),
+}
+"""`module:Class` dataclasses whose field docstrings document a verb's own (top-level) keys in `--help`;
+keys they do not cover are documented by the comment beside them in the verb's YAML."""
+
+
+def load(target: str):
+    """The object a `module:name` string names."""
+    module_name, name = target.split(":")
+    return getattr(importlib.import_module(module_name), name)
+
 
 def resolve(verb: str):
     """The stage function behind a verb."""
-    module_name, function = VERBS[verb].target.split(":")
-    return getattr(importlib.import_module(module_name), function)
+    return load(VERBS[verb].target)
 
 
 def print_help() -> None:
@@ -57,16 +78,39 @@ def print_help() -> None:
     print("\nEvery verb takes hydra overrides, e.g. `megadalle plan model=12b gpus=64 gpu_mem_gb=80`.")
 
 
-def print_verb_help(verb: str) -> None:
-    from omegaconf import OmegaConf
+def print_verb_help(verb: str, overrides: list[str]) -> None:
+    """The verb's config with `overrides` applied, a docstring beside each key, and each group's options."""
+    from megadalle.config.compose import compose_with_choices, conf_dir, group_options
+    from megadalle.config.help import all_docs, render
 
+    cfg, choices = compose_with_choices(verb, overrides)
     print(f"megadalle {verb}: {VERBS[verb].summary}\n")
-    print(f"config (conf/{verb}.yaml); change any value with key=value, a group with group=name:\n")
-    print(OmegaConf.to_yaml(compose(verb)))
+    if choices:
+        print("groups (group=option; [chosen]):")
+        keys = list(cfg)
+        for group, chosen in sorted(choices.items(), key=lambda item: keys.index(item[0]) if item[0] in keys else 0):
+            options = " ".join(f"[{o}]" if o == chosen else o for o in group_options(group))
+            print(f"  {group:<10} {options}")
+        print()
+    print(f"config (conf/{verb}.yaml{' + ' + ' '.join(overrides) if overrides else ''}); key=value changes a value, "
+          "??? must be given:\n")
+    docs = all_docs(conf_dir(), verb, [load(s) for s in HELP_SCHEMAS.get(verb, ())], list(choices))
+    print("\n".join(render(cfg, docs)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """`megadalle ARGV`; returns the exit code. A reader that closes the pipe early (`--help | head`)
+    ends the command quietly, as it ends other command-line tools."""
+    try:
+        return run_command(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
+
+
+def run_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print_help()
         return 0 if argv else 2
@@ -75,25 +119,63 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megadalle: unknown verb {verb!r}.\n", file=sys.stderr)
         print_help()
         return 2
-    if "-h" in rest or "--help" in rest:
-        print_verb_help(verb)
-        return 0
     from hydra.errors import HydraException
 
     from megadalle.errors import UserError
 
+    if "-h" in rest or "--help" in rest:
+        try:
+            print_verb_help(verb, [a for a in rest if a not in ("-h", "--help")])
+        except (HydraException, UserError) as err:
+            return fail(verb, str(err).splitlines()[0])
+        return 0
+
+    if any(a.startswith("-") for a in rest):
+        from megadalle.hydra_app import run_with_hydra
+
+        return run_with_hydra(verb, rest)
     try:
         cfg = compose(verb, rest)
-        stage = resolve(verb)
-        result = stage(cfg)
-    except HydraException as err:
-        cause = f" ({err.__cause__})" if err.__cause__ else ""
-        print(f"megadalle {verb}: bad config: {err}{cause}", file=sys.stderr)
-        return 2
-    except UserError as err:
-        print(f"megadalle {verb}: {err}", file=sys.stderr)
-        return 2
+    except (HydraException, UserError) as err:
+        return fail(verb, bad_config(err))
+    return execute(verb, cfg)
+
+
+def execute(verb: str, cfg) -> int:
+    """Check the composed config (megadalle.preflight), then run the verb's stage; user errors are one
+    line and exit code 2. Shared by plain runs and hydra's sweeps and launchers (megadalle.hydra_app)."""
+    from hydra.errors import HydraException
+
+    from megadalle.errors import UserError
+    from megadalle.preflight import preflight
+
+    try:
+        preflight(verb, cfg)
+        result = resolve(verb)(cfg)
+    except (HydraException, UserError) as err:
+        return fail(verb, bad_config(err))
     return result if isinstance(result, int) else 0
+
+
+def bad_config(err: Exception) -> str:
+    """One line for a config error: hydra's first line and its cause's (OmegaConf adds full_key lines)."""
+    from hydra.errors import HydraException
+
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not isinstance(err, HydraException):
+        return first
+    cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ and str(err.__cause__).strip() else ""
+    return f"bad config: {first}" + (f" ({cause})" if cause else "")
+
+
+def fail(verb: str, message: str) -> int:
+    """Print a user error once (rank 0 of a multi-process launch; every rank meets the same one) and
+    return the exit code 2."""
+    from megadalle.train.distributed import detect
+
+    if detect().rank == 0:
+        print(f"megadalle {verb}: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import is_dataclass
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from megadalle.errors import UserError
 
 T = TypeVar("T")
@@ -54,8 +54,11 @@ def build(cls: type[T], node: DictConfig | dict | None, where: str) -> T:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), node or {})
         obj = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{join(where, err.full_key)}: required, not set (give {join(where, err.full_key)}=...)") from None
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{where or 'config'}: {err}") from None
+        key = join(where, err.full_key) if getattr(err, "full_key", None) else where or "config"
+        raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(where)

@@ -1,13 +1,14 @@
 """Compose a verb's config from `conf/`: the one place that knows where the YAML files live.
 
 The CLI, the demo and the tests all build configs through `compose`, so a stage called from
-Python gets exactly the config the same overrides would give on the command line.
+Python gets exactly the config the same overrides would give on the command line. Keys written
+`???` in the YAML stay required (megadalle.config.required) even where the schema has a default.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 
 def conf_dir() -> Path:
@@ -21,12 +22,46 @@ def conf_dir() -> Path:
 
 def compose(verb: str, overrides: list[str] | None = None) -> DictConfig:
     """The verb's config with `overrides` applied, as a DictConfig (also used by tests and demo)."""
+    return compose_with_choices(verb, overrides)[0]
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files (the `schema` hydra stores is no option)."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """A `group=option` naming no YAML file of the group is refused with the real options listed
+    (hydra's own message would list the ConfigStore's `schema` entry as an option). Sweeps
+    (`model=tiny,small`) are checked option by option; hydra's sweep functions are left to hydra."""
+    from megadalle.config import ConfigError
+
+    for item in overrides:
+        key, sep, value = item.lstrip("+~").partition("=")
+        if not sep or "." in key or "/" in key or "(" in value or not (conf_dir() / key).is_dir():
+            continue
+        options = group_options(key)
+        for option in value.split(","):
+            if option not in (*options, "null"):
+                raise ConfigError(f"{key}={option}: no such {key} config; choose one of {', '.join(options)}")
+
+
+def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, str]]:
+    """(config, {group: chosen option}) for the verb and `overrides`."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from megadalle.config import register_schemas
+    from megadalle.config.required import restore
 
     register_schemas()
     GlobalHydra.instance().clear()
+    overrides = list(overrides or [])
+    check_group_choices(overrides)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
-        return hydra_compose(config_name=verb, overrides=list(overrides or []))
+        cfg = hydra_compose(config_name=verb, overrides=overrides, return_hydra_config=True)
+    choices = {group: option for group, option in cfg.hydra.runtime.choices.items() if not group.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    restore(cfg, conf_dir(), verb, choices, overrides)
+    return cfg, choices

@@ -82,8 +82,10 @@ class TrainDVAEConfig:
 
     weights: str | None = None
     """Where the weights for users go (.safetensors + .json); null = <run_dir>/dvae.safetensors."""
+    name: str | None = None
+    """The run's name: its directory is <out_dir>/dvae/<name>; null = `default` (`slurm-<job id>` under Slurm)."""
     run_dir: str | None = None
-    """The run's directory; null = <out_dir>/dvae/<slurm-JOBID or timestamp>, chosen by rank 0."""
+    """The run's directory; null = <out_dir>/dvae/<name>, so rerunning the same command resumes it."""
     resume: str = "auto"
     """auto, never, or the path of a checkpoints/step_* directory (see megadalle.config.train.RunConfig)."""
     usage_window: int = 100

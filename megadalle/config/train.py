@@ -139,9 +139,13 @@ SCHEMAS = {"trainer": TrainerConfig, "deepspeed": DeepSpeedConfig, "logger": Log
 class RunConfig:
     """Verb-level keys shared by the training verbs (top of conf/train.yaml)."""
 
+    name: str | None = None
+    """The run's name: its directory is <out_dir>/<task>/<name>, so rerunning the same command resumes it;
+    null = `default`, or `slurm-<job id>` inside a Slurm job (a requeued job keeps its id)."""
     run_dir: str | None = None
-    """The run's directory; null = <out_dir>/<task>/<slurm-JOBID or timestamp>, chosen by rank 0.
-    Give it explicitly to resume a run from another job."""
+    """The run's directory, overriding <out_dir>/<task>/<name>. A rerun whose config differs from the
+    directory's run.json is refused, except in the keys megadalle.train.rundir.RESUMABLE lists
+    (trainer.steps, logging, checkpoint cadence, loader workers...)."""
     resume: str = "auto"
     """auto: the newest complete checkpoint of run_dir (else start fresh); never: start fresh (refused
     when run_dir already holds checkpoints); or the path of a checkpoints/step_* directory."""

@@ -41,7 +41,9 @@ class RunOptions:
 
     out_dir: str = "outputs"
     run_dir: str | None = None
-    """Explicit run directory; None = `<out_dir>/<task>/<slurm-JOBID or timestamp>` chosen by rank 0."""
+    """Explicit run directory; None = `<out_dir>/<task>/<name>` chosen by rank 0 (megadalle.train.rundir)."""
+    name: str | None = None
+    """The run's name in the default directory; None = `default` (`slurm-<job id>` inside a Slurm job)."""
     resume: str = "auto"
     """auto (newest complete checkpoint, else fresh), never, or the path of a step_* directory."""
     seed: int = 0
@@ -84,7 +86,7 @@ class Trainer:
         self.task, self.cfg, self.ds = task, trainer, ds
         self.env = distributed.detect()
         distributed.init(self.env, ds.timeout_minutes)
-        self.run_dir = rundir.choose(run.run_dir, run.out_dir, task.name, self.env.rank)
+        self.run_dir = rundir.choose(run.run_dir, run.out_dir, task.name, self.env.rank, run.name)
         self.ckpt_root = self.run_dir / "checkpoints"
         dp_world = max(1, self.env.world_size // ds.pipeline_stages)
         self.layout = Layout(dp_world, ds.pipeline_stages, ds.zero_stage,
@@ -235,13 +237,13 @@ def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: Logge
 
 def train_from_config(task: Task, cfg, task_factory: str | None = None) -> Result:
     """`train` with the shared keys of a training verb's composed config: the `trainer`, `deepspeed`
-    and `logger` groups plus top-level `seed`, `out_dir`, `run_dir` (optional) and `resume` (optional).
+    and `logger` groups plus top-level `seed`, `out_dir`, `run_dir`, `name` and `resume` (the last three optional).
     This is what `train`, `train-dvae` and `train-clip` call from their `run(cfg)`."""
     from omegaconf import OmegaConf
 
     from megadalle.config import build
 
-    run = RunOptions(out_dir=str(cfg.get("out_dir", "outputs")), run_dir=cfg.get("run_dir"),
+    run = RunOptions(out_dir=str(cfg.get("out_dir", "outputs")), run_dir=cfg.get("run_dir"), name=cfg.get("name"),
                      resume=str(cfg.get("resume", "auto")), seed=int(cfg.get("seed", 0)),
                      config=OmegaConf.to_container(cfg, resolve=True), task_factory=task_factory)
     return train(task, build(TrainerConfig, cfg.trainer, "trainer"), build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"),

@@ -1,27 +1,100 @@
-"""One directory per run, chosen once by rank 0 and shared with every rank.
+"""One directory per run, stable across reruns, chosen once by rank 0 and shared with every rank.
 
-Per-rank timestamps would give each rank its own directory; instead rank 0 picks the path and
-broadcasts it. Without an explicit `run_dir`, a Slurm job uses its job id (stable across
-requeues, so a requeued job finds and resumes its own checkpoints) and anything else a timestamp.
+Rerunning a command resumes it: without an explicit `run_dir` the directory is
+`<out_dir>/<task>/<name>` (name `default` unless given), so the same command finds the same
+checkpoints. Inside a Slurm job without a `name`, the job id stands in for it (`slurm-<id>`): a
+requeued job keeps its id and resumes, while two jobs never share a directory by accident.
+
+A run directory belongs to one config: `run.json` records it, and a rerun whose config differs in a
+key that changes what is trained is refused before anything starts, naming the keys. The keys in
+RESUMABLE may differ: they extend the run (trainer.steps), change how it is recorded (logging,
+checkpoint cadence, wandb), where things live (run_dir, out_dir), or memory and speed without
+changing the maths (micro_batch/grad_accum at the same global batch, which the checkpoint's data
+identity check guards; loader workers; activation checkpointing; the attention backend).
 """
 from __future__ import annotations
 
+import json
 import os
-import time
 from pathlib import Path
+from typing import Any, Mapping
 
-from megadalle.train.distributed import broadcast_object
+from megadalle.errors import UserError
+
+RUN_JSON = "run.json"
+RESUMABLE = (
+    "run_dir", "out_dir", "name", "resume",
+    "trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.log_every",
+    "trainer.media_every", "trainer.micro_batch", "trainer.grad_accum",
+    "logger.*", "data.num_workers", "data.prefetch_factor",
+    "model.activation_checkpointing", "model.attention_backend", "deepspeed.overlap_comm",
+    "deepspeed.reduce_bucket_size",
+)
+"""Keys (or `group.*`) a rerun may change and still resume the run directory."""
 
 
-def choose(run_dir: str | None, out_dir: str, name: str, rank: int) -> Path:
-    """The run directory every rank agrees on (created by rank 0)."""
+class RunDirError(UserError):
+    """A rerun whose config does not match the run directory's."""
+
+
+def default_path(out_dir: str, task: str, name: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """`<out_dir>/<task>/<name>`; without a name `default`, or `slurm-<job id>` inside a Slurm job."""
+    env = os.environ if environ is None else environ
+    if not name:
+        job = env.get("SLURM_JOB_ID")
+        name = f"slurm-{job}" if job else "default"
+    return Path(out_dir) / task / name
+
+
+def path_for(run_dir: str | None, out_dir: str, task: str, name: str | None,
+             environ: Mapping[str, str] | None = None) -> Path:
+    """The run directory: the explicit `run_dir`, else the default one."""
+    return Path(run_dir) if run_dir else default_path(out_dir, task, name, environ)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: leaf value} of nested dicts (lists are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resumable(key: str) -> bool:
+    return any(key == allowed or (allowed.endswith(".*") and key.startswith(allowed[:-1])) for allowed in RESUMABLE)
+
+
+def config_diff(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for every key that differs and may not change on resume."""
+    a, b = flatten(saved), flatten(current)
+    return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b))
+            if a.get(key) != b.get(key) and not resumable(key)]
+
+
+def check_config(path: Path, config: dict) -> None:
+    """Refuse to reuse `path` when its run.json records a config that differs where it matters."""
+    record = path / RUN_JSON
+    if not record.is_file():
+        return
+    saved = json.loads(record.read_text()).get("config", {})
+    diff = config_diff(saved, config)
+    if diff:
+        shown = ", ".join(f"{key} ({old!r} there, {new!r} now)" for key, old, new in diff[:5])
+        more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+        raise RunDirError(f"{path} holds a run with another config: {shown}{more}; rerun with the same values to "
+                          f"resume it, or start a new run with name=<new name> (or run_dir=)")
+
+
+def choose(run_dir: str | None, out_dir: str, name: str, rank: int, run_name: str | None = None) -> Path:
+    """The run directory every rank agrees on (created by rank 0); `name` is the task's."""
+    from megadalle.train.distributed import broadcast_object
+
     path = None
     if rank == 0:
-        if run_dir:
-            path = Path(run_dir)
-        else:
-            job = os.environ.get("SLURM_JOB_ID")
-            path = Path(out_dir) / name / (f"slurm-{job}" if job else time.strftime("%Y%m%d-%H%M%S"))
+        path = path_for(run_dir, out_dir, name, run_name)
         path.mkdir(parents=True, exist_ok=True)
         path = str(path.resolve())
     return Path(broadcast_object(path))

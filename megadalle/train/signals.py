@@ -1,21 +1,26 @@
-"""SIGUSR1 / SIGTERM ask for a checkpoint and a clean stop instead of killing the run.
+"""SIGUSR1 / SIGTERM / SIGINT ask for a checkpoint and a clean stop instead of killing the run.
 
 Slurm sends USR1 ahead of the time limit (`--signal=B:USR1@120`, forwarded to the tasks by the
-batch script) and TERM on preemption. The handler only sets a flag; the loop checks it between
-updates on all ranks together (one rank may get the signal before the others).
+batch script) and TERM on preemption; Ctrl-C sends INT. The handler only sets a flag; the loop
+checks it between updates on all ranks together (one rank may get the signal before the others),
+saves a checkpoint and returns, so rerunning the same command resumes. A second Ctrl-C while the
+run finishes its update and saves is the user insisting: it raises KeyboardInterrupt as usual.
 """
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 class StopFlag:
     def __init__(self):
         self.received: int | None = None
         self._previous = {}
+        self._pid = os.getpid()
 
     def install(self) -> "StopFlag":
         """Take over the stop signals (only possible from the main thread; elsewhere a no-op)."""
@@ -31,6 +36,13 @@ class StopFlag:
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker: Ctrl-C reaches the whole process group, the trainer decides
+        if signum == signal.SIGINT:
+            if self.received == signal.SIGINT:
+                raise KeyboardInterrupt
+            print("[train] Ctrl-C: saving a checkpoint after this update, then stopping (Ctrl-C again to abort "
+                  "without saving)", file=sys.stderr, flush=True)
         self.received = signum
 
     @property

@@ -9,7 +9,7 @@ from megadalle.cli import main
 from megadalle.models.dvae import load_dvae
 from megadalle.models.import_dalle import NotADalleFile, RefusedPickle, convert
 
-dall_e = pytest.importorskip("dall_e", reason="the `dall-e` package: pip install --no-deps DALL-E (extra [imports])")
+dall_e = pytest.importorskip("dall_e", reason="the `dall-e` package: pip install --no-deps DALL-E==0.1 (scripts/setup.sh dev installs it)")
 
 VOCAB, IMAGE = 512, 32
 

@@ -1,0 +1,86 @@
+"""Verbs as hydra applications, for what only hydra's own runner does: `-m` sweeps and launchers.
+
+`megadalle train -m trainer.lr=1e-3,3e-4 ...` (or any hydra flag: `--cfg job`, `--info`) hands the
+command line to hydra's runner with the verb's YAML as the primary config, exactly what `@hydra.main`
+does, so sweeps, sweeper plugins and launcher plugins work as hydra users expect, among them the
+submitit launcher that submits each job to Slurm (`scripts/setup.sh slurm`, then
+`hydra/launcher=submitit_slurm hydra.launcher.partition=...`). Each job runs the same checks and
+stage as a plain run (megadalle.cli.execute). A plain run keeps the compose path: no output folder of
+hydra's, no logging set-up, callable in-process by the demo and the tests.
+
+Where jobs land: conf/config.yaml sets hydra.sweep.dir to `<out_dir>/multirun/<verb>` with one
+sub-directory per job number; a training job without an explicit run_dir uses its job's directory
+as its run directory, so rerunning the same sweep resumes every job (and a changed job is refused,
+see megadalle.train.rundir).
+"""
+from __future__ import annotations
+
+import sys
+
+from omegaconf import DictConfig, open_dict
+
+
+class VerbJob:
+    """The task function of one verb. A class (not a closure) so that launchers that pickle the task
+    function, like submitit's, find it by reference on the node that runs the job."""
+
+    def __init__(self, verb: str):
+        self.verb = verb
+        self.__name__ = self.__qualname__ = f"megadalle {verb}"  # what hydra names the job after, unless told
+
+    def __call__(self, cfg: DictConfig) -> int:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from megadalle.cli import execute
+        from megadalle.config.compose import conf_dir
+        from megadalle.config.required import restore
+        from megadalle.preflight import RUN_TASKS
+
+        hydra = HydraConfig.get()
+        choices = {g: o for g, o in hydra.runtime.choices.items() if not g.startswith("hydra")}
+        with open_dict(cfg):
+            restore(cfg, conf_dir(), self.verb, choices, list(hydra.overrides.task))
+            if self.verb in RUN_TASKS and hydra.mode == RunMode.MULTIRUN and not cfg.get("run_dir"):
+                cfg.run_dir = hydra.runtime.output_dir
+        code = execute(self.verb, cfg)
+        if code == 2:
+            raise SystemExit(2)  # a user error stops the sweep (hydra would report an exception with a traceback)
+        return code
+
+
+def flags_first(args: list[str]) -> list[str]:
+    """`args` with hydra's flags (and their values) before the overrides: hydra's parser reads its
+    overrides as one run of positional arguments, so `a=1 -m b=2` would leave `b=2` unrecognised.
+    An override has a `=` (or starts with `~`, a deletion); a flag's value (`--cfg job`) has neither."""
+    flags, overrides = [], []
+    for arg in args:
+        is_override = "=" in arg or arg.startswith("~")
+        (overrides if is_override and not arg.startswith("-") else flags).append(arg)
+    return [*flags, *overrides]
+
+
+def run_with_hydra(verb: str, args: list[str]) -> int:
+    """Run `megadalle <verb> ARGS` through hydra's runner (as `@hydra.main` would); returns the exit code."""
+    import hydra
+
+    from megadalle.cli import fail
+    from megadalle.config import register_schemas
+    from megadalle.config.compose import check_group_choices, conf_dir
+    from megadalle.errors import UserError
+
+    try:
+        check_group_choices([a for a in args if not a.startswith("-")])
+    except UserError as err:
+        return fail(verb, str(err))
+    register_schemas()
+    app = hydra.main(config_path=str(conf_dir()), config_name=verb, version_base="1.3")(VerbJob(verb))
+    saved = sys.argv
+    sys.argv = [f"megadalle {verb}", *flags_first(args), f"hydra.job.name={verb}"]
+    try:
+        app()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0

@@ -1,0 +1,188 @@
+"""Checks a verb's config before anything starts (no process group, no DeepSpeed, no worker).
+
+A wrong path or shards that do not fit the model used to surface after DeepSpeed had started, as a
+traceback on every rank (or worse, as an index error deep in an embedding). Here every such mistake
+is a PreflightError naming the key, the value and what was expected; the CLI prints it once (rank 0)
+and exits with code 2. The checks read only small files: index.json and the tokenizer model.
+
+Shard directories record what wrote them in index.json's `meta`: `prepare` the image size, `encode`
+the code grid side (`grid_size`), the codebook size (`vocab_size`) and the image size it encoded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig
+
+from megadalle.config.required import check_required
+from megadalle.errors import UserError
+
+IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
+CODES_FIELD = "codes.npy"
+
+
+class PreflightError(UserError):
+    """A path or a data set that cannot work with the config; the message names the key and the value."""
+
+
+def _exists(key: str, value, kind: str = "path") -> Path:
+    path = Path(str(value))
+    ok = path.is_dir() if kind == "directory" else path.is_file() if kind == "file" else path.exists()
+    if not ok:
+        raise PreflightError(f"{key}={value}: no such {kind}")
+    return path
+
+
+def shard_index(key: str, value):
+    """The ShardIndex of the directory `value`, or a PreflightError naming `key`."""
+    from megadalle.data.index import ShardIndex
+
+    _exists(key, value, "directory")
+    try:
+        return ShardIndex.load(value)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise PreflightError(f"{key}={value}: {str(err).splitlines()[0]}") from None
+
+
+def image_shards(key: str, value):
+    index = shard_index(key, value)
+    if not any(f in index.fields for f in IMAGE_FIELDS):
+        hint = " (token shards from `encode`; this verb reads image shards from `prepare`)" \
+            if CODES_FIELD in index.fields else ""
+        raise PreflightError(f"{key}={value}: no image field among {index.fields}{hint}")
+    return index
+
+
+def token_shards(key: str, value):
+    index = shard_index(key, value)
+    if CODES_FIELD not in index.fields:
+        raise PreflightError(f"{key}={value}: no {CODES_FIELD} field among {index.fields}: `train` reads token "
+                             "shards written by `megadalle encode`, not image shards")
+    return index
+
+
+def tokenizer_vocab(key: str, value) -> int:
+    """Vocabulary size of the sentencepiece model at `value`."""
+    from megadalle.data.tokenizer import Tokenizer
+
+    _exists(key, value, "file")
+    try:
+        return Tokenizer(value).vocab_size
+    except (OSError, RuntimeError) as err:
+        raise PreflightError(f"{key}={value}: not a sentencepiece model ({str(err).splitlines()[0]})") from None
+
+
+def fits(ok: bool, message: str) -> None:
+    if not ok:
+        raise PreflightError(message)
+
+
+def check_train(cfg: DictConfig) -> None:
+    """Token shards against the Transformer: grid side, image vocabulary; the tokenizer against text_vocab."""
+    from megadalle.config import build
+    from megadalle.config.model import TransformerConfig
+
+    model = build(TransformerConfig, cfg.model, "model")
+    fits(bool(cfg.data.tokenizer), "data.tokenizer=null: `train` needs the sentencepiece model of its captions")
+    index = token_shards("data.shards", cfg.data.shards)
+    meta = index.meta
+    if "grid_size" in meta:
+        fits(int(meta["grid_size"]) == model.grid_size,
+             f"model.grid_size={model.grid_size}: the token shards {cfg.data.shards} hold {meta['grid_size']}x"
+             f"{meta['grid_size']} code grids (set model.grid_size={meta['grid_size']})")
+    if "vocab_size" in meta:
+        fits(int(meta["vocab_size"]) <= model.image_vocab,
+             f"model.image_vocab={model.image_vocab}: the token shards {cfg.data.shards} hold codes of a "
+             f"{meta['vocab_size']}-entry codebook (set model.image_vocab={meta['vocab_size']})")
+    vocab = tokenizer_vocab("data.tokenizer", cfg.data.tokenizer)
+    fits(vocab <= model.text_vocab, f"model.text_vocab={model.text_vocab}: the tokenizer {cfg.data.tokenizer} has "
+                                    f"{vocab} pieces (set model.text_vocab={vocab} or more)")
+
+
+def _image_size(index, cfg: DictConfig, key: str, wanted: int) -> None:
+    """The loaders resize every image to the model's side: data.image_size may only repeat it, and
+    shards stored smaller than the model's input would be upscaled (a wrong directory, or a wrong model)."""
+    fits(cfg.data.get("image_size") in (None, wanted), f"data.image_size={cfg.data.image_size}: must be null or "
+                                                       f"{key}={wanted} (the model's input)")
+    stored = index.meta.get("image_size")
+    fits(stored is None or int(stored) >= wanted,
+         f"{key}={wanted}: the images of data.shards={cfg.data.shards} are {stored} px, smaller than the model's "
+         f"input (set {key}={stored} or smaller, or prepare the shards at {wanted} px)")
+
+
+def check_train_dvae(cfg: DictConfig) -> None:
+    from megadalle.config import build
+    from megadalle.config.dvae import DVAEConfig
+
+    dvae = build(DVAEConfig, cfg.dvae, "dvae")
+    _image_size(image_shards("data.shards", cfg.data.shards), cfg, "dvae.image_size", dvae.image_size)
+
+
+def check_train_clip(cfg: DictConfig) -> None:
+    from megadalle.config import build
+    from megadalle.config.clip import ClipConfig
+
+    clip = build(ClipConfig, cfg.clip, "clip")
+    _image_size(image_shards("data.shards", cfg.data.shards), cfg, "clip.image_size", clip.image_size)
+    vocab = tokenizer_vocab("tokenizer", cfg.tokenizer)
+    fits(vocab <= clip.text_vocab, f"clip.text_vocab={clip.text_vocab}: the tokenizer {cfg.tokenizer} has "
+                                   f"{vocab} pieces (set clip.text_vocab={vocab} or more)")
+
+
+RUN_TASKS = {"train": "transformer", "train-dvae": "dvae", "train-clip": "clip"}
+"""Training verbs and their task's name (the default run directory is <out_dir>/<task>/<name>)."""
+
+
+def check_run_dir(verb: str, cfg: DictConfig) -> None:
+    """A rerun into an existing run directory must have its config (megadalle.train.rundir.RESUMABLE aside)."""
+    from omegaconf import OmegaConf
+
+    from megadalle.train import rundir
+
+    path = rundir.path_for(cfg.get("run_dir"), str(cfg.get("out_dir", "outputs")), RUN_TASKS[verb], cfg.get("name"))
+    rundir.check_config(path, OmegaConf.to_container(cfg, resolve=True))
+
+
+def check_encode(cfg: DictConfig) -> None:
+    _exists("dvae_weights", cfg.dvae_weights, "file")
+    image_shards("input", cfg.input)
+
+
+def check_tokenizer(cfg: DictConfig) -> None:
+    shard_index("input", cfg.input)
+
+
+def check_prepare(cfg: DictConfig) -> None:
+    _exists("input", cfg.input)
+
+
+def check_export(cfg: DictConfig) -> None:
+    _exists("run", cfg.run, "directory")
+
+
+def check_generate(cfg: DictConfig) -> None:
+    _exists("weights", cfg.weights)
+
+
+CHECKS: dict[str, Callable[[DictConfig], None]] = {
+    "prepare": check_prepare,
+    "tokenizer": check_tokenizer,
+    "train-dvae": check_train_dvae,
+    "encode": check_encode,
+    "train-clip": check_train_clip,
+    "train": check_train,
+    "export": check_export,
+    "generate": check_generate,
+}
+"""Per-verb checks; a verb without an entry is checked for required keys only."""
+
+
+def preflight(verb: str, cfg: DictConfig) -> None:
+    """Required keys first (a check below may read them), then the verb's own checks."""
+    check_required(cfg)
+    check = CHECKS.get(verb)
+    if check is not None:
+        check(cfg)
+    if verb in RUN_TASKS:
+        check_run_dir(verb, cfg)

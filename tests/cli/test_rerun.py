@@ -1,0 +1,77 @@
+"""Runs that resume by rerunning: a stable run directory per task and name, a refused config change,
+and Ctrl-C (SIGINT) that checkpoints and stops like SIGUSR1."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from megadalle.cli import main
+from megadalle.train import rundir
+
+
+def test_default_run_directory_is_stable_per_task_and_name():
+    assert rundir.path_for(None, "out", "transformer", None, {}) == Path("out/transformer/default")
+    assert rundir.path_for(None, "out", "dvae", "big", {}) == Path("out/dvae/big")
+    assert rundir.path_for(None, "out", "clip", None, {"SLURM_JOB_ID": "42"}) == Path("out/clip/slurm-42")
+    assert rundir.path_for(None, "out", "clip", "x", {"SLURM_JOB_ID": "42"}) == Path("out/clip/x")
+    assert rundir.path_for("/runs/a", "out", "clip", "x", {"SLURM_JOB_ID": "42"}) == Path("/runs/a")
+
+
+def test_config_diff_names_what_matters_and_allows_what_may_change():
+    saved = {"seed": 0, "trainer": {"steps": 10, "lr": 1e-3, "log_every": 5}, "logger": {"mode": "offline"},
+             "model": {"n_layers": 4, "attention_pattern": ["row"]}, "run_dir": None}
+    same_run = {"seed": 0, "trainer": {"steps": 50, "lr": 1e-3, "log_every": 1}, "logger": {"mode": "disabled"},
+                "model": {"n_layers": 4, "attention_pattern": ["row"]}, "run_dir": "/x"}
+    assert rundir.config_diff(saved, same_run) == []
+    other = {**same_run, "trainer": {"steps": 10, "lr": 3e-4, "log_every": 5},
+             "model": {"n_layers": 4, "attention_pattern": ["column"]}}
+    assert rundir.config_diff(saved, other) == [("model.attention_pattern", ["row"], ["column"]),
+                                                ("trainer.lr", 1e-3, 3e-4)]
+
+
+@pytest.mark.distributed
+def test_rerunning_the_same_command_resumes_and_another_config_is_refused(train_overrides, tmp_path, capsys):
+    command = ["train", *train_overrides, f"out_dir={tmp_path}", "name=exp"]
+    run = tmp_path / "transformer" / "exp"
+    assert main([*command, "trainer.steps=2"]) == 0
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000002"
+    capsys.readouterr()
+    assert main([*command, "trainer.steps=3"]) == 0  # trainer.steps may grow: the run goes on
+    assert f"resumed from {run.resolve()}/checkpoints/step_00000002 at step 2" in capsys.readouterr().out
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000003"
+    assert main([*command, "trainer.steps=3", "trainer.lr=0.002", "model.n_layers=8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{run} holds a run with another config: model.n_layers (4 there, 8 now), trainer.lr (0.001 there, " \
+           "0.002 now); rerun with the same values to resume it, or start a new run with name=" in err
+    assert main([*command, "trainer.steps=3", "trainer.lr=0.002", "name=exp2"]) == 0
+    assert (tmp_path / "transformer" / "exp2" / "checkpoints" / "latest").is_file()
+
+
+@pytest.mark.distributed
+def test_ctrl_c_saves_a_checkpoint_and_stops(train_overrides, tmp_path):
+    run = tmp_path / "transformer" / "default"
+    command = [sys.executable, "-m", "megadalle", "train", *train_overrides, f"out_dir={tmp_path}",
+               "trainer.steps=100000", "trainer.checkpoint_every=0", "data.num_workers=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "Ctrl-C: saving a checkpoint after this update" in err and "Traceback" not in err
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    latest = (run / "checkpoints" / "latest").read_text()
+    assert latest == f"step_{len(steps):08d}" and 2 <= len(steps) < 100000
+    assert f"stop signal, checkpoint saved at step {len(steps)}" in out + err
