@@ -18,7 +18,7 @@ from megadalle.config.data import DataConfig
 from megadalle.config.model import TransformerConfig
 from megadalle.models.transformer import Transformer, segment_loss
 from megadalle.train.pipeline import Unpack
-from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task, rank_batches
+from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task, rank_batches, validation_data
 
 FACTORY = "megadalle.train.transformer:task_from_config"
 
@@ -36,6 +36,10 @@ class TransformerTask(Task):
         if self.data is None:
             raise ValueError("TransformerTask built without a data config cannot produce batches")
         yield from rank_batches(self.data, part, self.seed, start_step, text_len=self.cfg.text_len)
+
+    def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
+        val = validation_data(self.data)
+        return None if val is None else rank_batches(val, part, self.seed, 0, text_len=self.cfg.text_len)
 
     def data_identity(self, part: DataPart) -> dict:
         from megadalle.data.shards import ShardIndex
