@@ -20,6 +20,7 @@ from megadalle.config.data import DataConfig
 from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
+from megadalle.train.media import Picture
 from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches, validation_data
 
 FACTORY = "megadalle.train.dvae:task_from_config"
@@ -92,10 +93,8 @@ class DVAETask(Task):
     def media(self, model: DVAE, step: int) -> dict[str, Any]:
         if self._last_images is None:
             return {}
-        import wandb
-
         grid = reconstruction_grid(model, self._last_images)
-        return {"reconstructions": wandb.Image(grid, caption="top: input; bottom: decode(encode(input))")}
+        return {"reconstructions": Picture(grid, caption="top: input; bottom: decode(encode(input))")}
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec("dvae", self.cfg)
