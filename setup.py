@@ -34,7 +34,8 @@ setup(
         "numpy>=1.24",
         "tqdm>=4.60",
     ],
-    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3",
+                            "scikit-learn"],  # the learning check's real data (digits) and its independent judge
                     # `megadalle evaluate feature_extractor=inception`: torch-fidelity's InceptionV3 (it needs a
                     # torchvision built for the installed torch)
                     "eval": ["torch-fidelity>=0.4", "torchvision"]},

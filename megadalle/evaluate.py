@@ -77,6 +77,19 @@ def real_features(shards: str, image_size: int, limit: int, extract: Extractor, 
     return torch.cat(feats)
 
 
+def save_images(images: torch.Tensor, folder: Path, caption_index: int) -> list[str]:
+    """Each image [3, S, S] in [0, 1] as `<caption>_<sample>.png` (the pixels only); returns the file names."""
+    from PIL import Image
+
+    from megadalle.sampling.grid import to_uint8
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{caption_index:04d}_{k:03d}.png" for k in range(len(images))]
+    for name, array in zip(names, to_uint8(images)):
+        Image.fromarray(array).save(folder / name)
+    return names
+
+
 def evaluate(model, dvae, clip, tokenizer, cfg: EvaluateConfig, extract: Extractor | None,
              progress: bool = True) -> Scores:
     """Sample every caption `cfg.n` times and score the samples (see the module docstring)."""
@@ -85,7 +98,7 @@ def evaluate(model, dvae, clip, tokenizer, cfg: EvaluateConfig, extract: Extract
     if not captions:
         raise ValueError(f"no captions found in {cfg.captions or cfg.shards}")
     settings = SamplingSettings(cfg.temperature, cfg.top_k, cfg.top_p)
-    scores, best, fake = [], [], []
+    scores, best, fake, saved = [], [], [], []
     for i, caption in enumerate(tqdm(captions, desc="evaluate", unit=" caption", disable=not progress)):
         result = generate(model, dvae, clip, tokenizer, caption, cfg.n, cfg.n, cfg.batch_size, settings,
                           cfg.seed + i, progress=False)
@@ -94,6 +107,10 @@ def evaluate(model, dvae, clip, tokenizer, cfg: EvaluateConfig, extract: Extract
             best.append(max(result.scores))
         if extract is not None:
             fake.append(extract(result.images).float().cpu())
+        if cfg.save_samples:
+            saved.append({"caption": caption, "files": save_images(result.images, Path(cfg.output) / "samples", i)})
+    if cfg.save_samples:
+        (Path(cfg.output) / "samples" / "index.json").write_text(json.dumps(saved, indent=1))
     out = Scores(len(captions), cfg.n)
     if scores:
         out.clip_score, out.clip_score_best = sum(scores) / len(scores), sum(best) / len(best)

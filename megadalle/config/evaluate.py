@@ -46,6 +46,9 @@ class EvaluateConfig:
     """Local weights file of the extractor (the Inception one for `inception`); never downloaded."""
     kid_subsets: int = 100
     kid_subset_size: int = 1000
+    save_samples: bool = False
+    """Also write every sample as `<output>/samples/<caption>_<sample>.png` (the image itself, no frame) with
+    `samples/index.json` (caption -> files), for judges outside megadalle."""
     ema: bool = False
     output: str = "evaluate"
     """Directory for metrics.json and metrics.md."""

@@ -128,9 +128,14 @@ def test_evaluate_from_a_captions_file_without_real_images(models, tmp_path):
     captions.write_text("a red circle\n\nsomething blue\n")
     out = tmp_path / "eval"
     assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"captions={captions}", "n=2",
-                 f"output={out}", "device=cpu"]) == 0
+                 f"output={out}", "device=cpu", "save_samples=true"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["captions"] == 2 and report["fid"] is None and report["clip_score"] is not None
+    index = json.loads((out / "samples" / "index.json").read_text())
+    assert [e["caption"] for e in index] == ["a red circle", "something blue"]
+    assert index[1]["files"] == ["0001_000.png", "0001_001.png"]
+    from PIL import Image
+    assert Image.open(out / "samples" / "0001_001.png").size == (32, 32), "the image itself, no frame"
 
 
 def test_evaluate_refuses_both_or_neither_caption_source(models, tmp_path, capsys):
