@@ -45,7 +45,7 @@ class Preset:
 
 
 PRESETS = {"fast": Preset(dvae_steps=20, dvae_batch=32, steps=30, batch=16, samples=2, images=400),
-           "full": Preset(dvae_steps=300, dvae_batch=32, steps=600, batch=32, samples=10)}
+           "full": Preset(dvae_steps=120, dvae_batch=32, steps=300, batch=32, samples=10)}
 
 
 def caption(digit: int) -> str:

@@ -44,6 +44,16 @@ def test_frechet_distance_matches_closed_forms():
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
 
 
+def test_frechet_distance_matches_the_sqrtm_formula():
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(60, 5)), rng.normal(0.3, 1.5, size=(40, 5)) @ rng.normal(size=(5, 5))
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    diff = a.mean(0) - b.mean(0)
+    expected = diff @ diff + np.trace(ca) + np.trace(cb) - 2 * np.trace(np.real(linalg.sqrtm(ca @ cb)))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
+
+
 def test_kernel_distance_is_the_unbiased_mmd_with_the_cubic_kernel():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(7, 3)), rng.normal(0.5, 1.0, size=(7, 3))
