@@ -22,8 +22,8 @@ Contract, in the order the trainer uses it:
    DeepSpeed averages over accumulation steps and data-parallel ranks. `step` is the update
    index, for step-dependent terms (the dVAE's KL weight and temperature).
 4. Optional: `tokens_per_sample()` and `flops_per_sample()` feed the tokens/s and MFU logs;
-   `media(model, step)` returns wandb-loggable values (e.g. {"samples": [wandb.Image]}); it runs
-   on every rank under torch.no_grad (ZeRO-3 gathers parameters collectively), rank 0's are logged;
+   `media(model, step)` returns wandb-loggable values (e.g. {"samples": Picture}); it runs in eval
+   mode under torch.no_grad on every rank (ZeRO-3 gathers parameters collectively), rank 0's are logged;
    `pipeline()` returns a PipelineSpec when the model can run as a DeepSpeed PipelineModule.
    `validation_batches(part)` yields this rank's micro-batches of held-out data in a fixed order (or
    returns None: no validation); every `trainer.eval_every` updates the trainer evaluates the first
@@ -135,7 +135,9 @@ class Task:
     def media(self, model: nn.Module, step: int) -> dict[str, Any]:
         """wandb-loggable values (images, tables) at `step`, every `trainer.media_every` updates.
 
-        Called on every rank under torch.no_grad (not with pipeline parallelism); rank 0's are logged.
+        Called in eval mode under torch.no_grad on every rank (ZeRO-3 gathers parameters collectively), or with
+        a pipeline on rank 0 alone after every stage's layers were copied into its model (train/media.py);
+        rank 0's are logged. A `train.media.Picture` value is also written to `<run>/<name>/step_N.png`.
         """
         return {}
 

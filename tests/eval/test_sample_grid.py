@@ -30,8 +30,8 @@ def setup(tmp_path_factory):
     """(token shards with a val/ split, tokenizer, dVAE weights for the tiny model's 8x8 grid of 128 codes)."""
     root = tmp_path_factory.mktemp("grid")
     shards, tok = make_token_data(root / "train")
-    make_token_data(root / "train" / "tokens" / "val_src", samples=8)
-    (root / "train" / "tokens" / "val_src" / "tokens").rename(shards / "val")
+    make_token_data(root / "val", samples=8)
+    (root / "val" / "tokens").rename(shards / "val")  # the held-out split, where the data config looks
     cfg = DVAEConfig(image_size=SIDE, n_hid=8, n_blk_per_group=1, n_groups=3, vocab_size=128, n_init=8)
     weights = root / "dvae.safetensors"
     save_weights(weights, DVAE(cfg).state_dict(), kind="dvae", config=cfg)
