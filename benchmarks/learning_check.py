@@ -2,6 +2,7 @@
 
     python benchmarks/learning_check.py                 # full size (minutes on 2 CPU cores)
     python benchmarks/learning_check.py --preset fast   # what tests/eval/test_learning_check.py runs
+    python benchmarks/learning_check.py --preset medium # a shorter run for a busy machine
 
 The data set is the 1,797 8x8 scans of handwritten digits (UCI) that scikit-learn ships with
 its wheel (no download): each digit is upsampled to 16 px, white ink on black, captioned "the digit
@@ -45,7 +46,9 @@ class Preset:
 
 
 PRESETS = {"fast": Preset(dvae_steps=20, dvae_batch=32, steps=30, batch=16, samples=2, images=400),
-           "full": Preset(dvae_steps=120, dvae_batch=32, steps=300, batch=32, samples=10)}
+           "medium": Preset(dvae_steps=50, dvae_batch=32, steps=150, batch=32, samples=10),
+           "full": Preset(dvae_steps=300, dvae_batch=32, steps=600, batch=32, samples=10)}
+"""fast: CI (seconds on an idle machine); medium: a loaded shared machine; full: the figure to quote."""
 
 
 def caption(digit: int) -> str:
