@@ -37,11 +37,15 @@ setup(
     extras_require={
         # the tests, the submitit one included (scripts/setup.sh dev also adds OpenAI's DALL-E package, without
         # its declared dependencies, which pull torchvision: import-dvae's tests build files with it)
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hydra-submitit-launcher>=1.2", "attrs", "requests"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hydra-submitit-launcher>=1.2", "attrs", "requests",
+                "scikit-learn"],  # the learning check's real data (digits) and its independent judge
         # hydra's submitit launcher: `megadalle <verb> -m hydra/launcher=submitit_slurm ...` submits each job to Slurm
         "slurm": ["hydra-submitit-launcher>=1.2"],
         # an open_clip architecture as the reranker (generate clip_model=open_clip:<arch> clip_weights=FILE)
         "open_clip": ["open_clip_torch>=2.24"],
+        # `megadalle evaluate feature_extractor=inception`: torch-fidelity's InceptionV3 (it needs a torchvision
+        # built for the installed torch)
+        "eval": ["torch-fidelity>=0.4", "torchvision"],
     },
     entry_points={"console_scripts": ["megadalle = megadalle.cli:main"]},
 )

@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                        # tiny on CPU (fp32)
     python benchmarks/train_step.py --model 1b --micro-batch 8 --activation-checkpointing   # one GPU (bf16)
+    python benchmarks/train_step.py --compare-plain        # trainer vs a plain PyTorch loop, 3 tasks (compare_plain.py)
 
 Builds the model with megadalle.train.engine (deepspeed.initialize, ZeRO-1, AdamW, clipping,
 the LR schedule) and times full updates (forward, backward, optimizer step) of the same Task as
@@ -98,9 +99,16 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="MFU denominator; default 989 on CUDA, the measured matmul rate on CPU")
     parser.add_argument("--out", default="benchmarks/train_step.json")
+    parser.add_argument("--compare-plain", action="store_true",
+                        help="time the trainer's step beside a plain PyTorch loop for the Transformer, dVAE and CLIP "
+                             "(tiny configs, same model, optimizer, batch and threads) and report the ratio")
+    parser.add_argument("--compare-out", default="benchmarks/train_step_compare.json")
     args = parser.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     distributed.init(distributed.detect())
+    if args.compare_plain:
+        compare_plain(args)
+        return
     row = measure(args.model, args.micro_batch, args.steps, args.warmup, args.activation_checkpointing, args.peak_tflops)
     row["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     row["load_average"] = os.getloadavg()
@@ -111,6 +119,21 @@ def main() -> None:
           f"{row['achieved_tflops']:.4f} | {row['peak_tflops']:.3f} | {100 * row['mfu']:.1f}% |")
     Path(args.out).write_text(json.dumps(row, indent=1))
     print(f"wrote {args.out}")
+
+
+def compare_plain(args) -> None:
+    """`--compare-plain`: the table and JSON of benchmarks/compare_plain.py for the three tasks."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from compare_plain import TASKS, compare, table
+
+    rows = [compare(name, args.micro_batch, args.steps, args.warmup) for name in TASKS]
+    print(table(rows))
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average": os.getloadavg(), "cpu": platform.processor()}
+    Path(args.compare_out).write_text(json.dumps({"rows": rows, **meta}, indent=1))
+    print(f"wrote {args.compare_out}")
 
 
 if __name__ == "__main__":

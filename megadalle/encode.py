@@ -7,6 +7,8 @@ DATA's ShardWriter in a hidden staging folder and renamed into place when comple
 a crash skips every shard already there with the input's sample count and redoes only the rest.
 index.json goes last, once every shard is complete. Several processes (RANK/WORLD_SIZE or srun)
 split the (non-empty) shards round-robin; whichever finishes last writes the index.
+A validation split beside the input (`<input>/val/`, from `prepare val_fraction=`) is encoded the
+same way into `<output>/val/`, so the Transformer holds out the samples the dVAE and CLIP held out.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from megadalle.config import build, top_level
+from megadalle.config.data import VAL_DIR
 from megadalle.config.dvae import EncodeConfig
 from megadalle.data.batches import ImageBatches
 from megadalle.data.fields import decode_field
@@ -94,8 +97,12 @@ def run(cfg: DictConfig) -> int:
     opts = build(EncodeConfig, top_level(cfg, EncodeConfig), "")
     model = load_dvae(opts.dvae_weights, pick_device(opts.device))
     rank, world = rank_and_world()
-    index = encode_shards(model, opts.input, opts.output, opts.batch_size, rank, world)
-    if index is not None:
-        print(f"[encode] {index.total} samples in {len(index.shards)} shards -> {index.root} "
-              f"({model.cfg.grid_size}x{model.cfg.grid_size} codes)", file=sys.stderr)
+    pairs = [(Path(opts.input), Path(opts.output))]
+    if (Path(opts.input) / VAL_DIR / INDEX_NAME).is_file():
+        pairs.append((Path(opts.input) / VAL_DIR, Path(opts.output) / VAL_DIR))
+    for source, target in pairs:
+        index = encode_shards(model, source, target, opts.batch_size, rank, world)
+        if index is not None:
+            print(f"[encode] {index.total} samples in {len(index.shards)} shards -> {index.root} "
+                  f"({model.cfg.grid_size}x{model.cfg.grid_size} codes)", file=sys.stderr)
     return 0

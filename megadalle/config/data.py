@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import MISSING
 
@@ -10,6 +11,8 @@ from megadalle.config import check, join
 IMAGE_FORMATS = ("jpg", "png")
 SOURCES = ("shards", "synthetic")
 NORMALIZATIONS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
+VAL_DIR = "val"
+"""Folder of the held-out validation split inside a shard directory (`prepare val_fraction=`, `encode`)."""
 
 
 @dataclass
@@ -41,6 +44,9 @@ class PrepareConfig:
     """Manifest field holding the caption (JSONL: a string or a list of strings)."""
     report: str | None = None
     """Where the JSON report of skipped inputs goes; null = <output>/report.json."""
+    val_fraction: float = 0.0
+    """Share of the samples held out as a validation split in <output>/val/ (chosen by a hash of the sample
+    key, so reruns give the same split); 0 = none."""
 
     def validate(self, where: str = "") -> None:
         for name in ("image_size", "min_side", "max_pixels", "shard_max_samples", "shard_max_bytes"):
@@ -50,6 +56,7 @@ class PrepareConfig:
         check(self.num_workers is None or self.num_workers >= 0, join(where, "num_workers"), self.num_workers,
               "must be >= 0 or null")
         check(self.input != self.output, join(where, "output"), self.output, "must differ from input")
+        check(0.0 <= self.val_fraction < 1.0, join(where, "val_fraction"), self.val_fraction, "must be in [0, 1)")
 
 
 @dataclass
@@ -128,6 +135,16 @@ class DataConfig:
     """DataLoader worker processes per rank (0 = load in the training process)."""
     prefetch_factor: int = 2
     """Batches each worker prepares ahead."""
+    val_shards: str | None = None
+    """Validation shard directory (same kind as `shards`); null = `<shards>/val` when `prepare val_fraction=`
+    (carried over by `encode`) wrote one, else no validation."""
+
+    def validation_shards(self) -> str | None:
+        """The validation shard directory in use: `val_shards`, else the held-out split beside `shards`."""
+        if self.val_shards is not None:
+            return self.val_shards
+        held_out = Path(self.shards, VAL_DIR)
+        return str(held_out) if (held_out / "index.json").is_file() else None
 
     def validate(self, where: str = "data") -> None:
         check(self.source in SOURCES, join(where, "source"), self.source, f"expected one of {SOURCES}")
@@ -140,6 +157,8 @@ class DataConfig:
               self.shuffle_window, "must be positive or null")
         check(self.num_workers >= 0, join(where, "num_workers"), self.num_workers, "must be >= 0")
         check(self.prefetch_factor >= 1, join(where, "prefetch_factor"), self.prefetch_factor, "must be >= 1")
+        check(self.val_shards is None or Path(self.val_shards, "index.json").is_file(), join(where, "val_shards"),
+              self.val_shards, "is not a finished shard directory (no index.json)")
 
 
 SCHEMAS = {"data": DataConfig}

@@ -53,13 +53,17 @@ class TrainerConfig:
     """Print and log metrics every this many updates."""
     media_every: int = 0
     """Ask the task for media (e.g. sample images) every this many updates; 0 = never."""
+    eval_every: int = 0
+    """Validation loss on the held-out data (data.val_shards) every this many updates, logged as val/...; 0 = never."""
+    eval_batches: int = 4
+    """Global batches of validation data evaluated each time (the same ones every time)."""
     fused_optimizer: bool = True
     """Use apex's FusedAdam when it is importable and training runs on CUDA (falls back to torch AdamW)."""
 
     def validate(self, where: str = "trainer") -> None:
-        for name in ("steps", "micro_batch", "grad_accum", "log_every"):
+        for name in ("steps", "micro_batch", "grad_accum", "log_every", "eval_batches"):
             check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")
-        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "media_every", "min_lr", "grad_clip",
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "media_every", "eval_every", "min_lr", "grad_clip",
                      "weight_decay"):
             check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
         check(self.lr > 0, f"{where}.lr", self.lr, "must be positive")

@@ -6,11 +6,16 @@ workers. Rerunning into the same output rebuilds it: the writer removes index.js
 directory reads as unfinished meanwhile), replaces shards by atomic renames, deletes shards left
 over from a larger earlier run and writes index.json last. Skipped inputs are listed with their
 reason in report.json; a summary is printed at the end.
+
+With `val_fraction > 0` a deterministic share of the samples (by a hash of the sample key, see
+`split.py`) goes to a validation split in `<output>/val/`, its own shards and index; the training
+shards in `<output>/` then exclude them. A rerun without it removes a stale `<output>/val/`.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -25,12 +30,16 @@ from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert
 from megadalle.data.shards import ShardWriter
+from megadalle.data.split import VAL_DIR, is_validation
 from megadalle.data.sources import Item, find_items
 
 
 @dataclass
 class PrepareSummary:
     kept: int = 0
+    """Samples written, both splits."""
+    val_kept: int = 0
+    """Of those, samples held out in `<output>/val/`."""
     skipped: dict[str, int] = field(default_factory=dict)
     """Skipped inputs per reason."""
     shards: int = 0
@@ -42,7 +51,8 @@ class PrepareSummary:
     def text(self) -> str:
         skipped = sum(self.skipped.values())
         rate = (self.kept + skipped) / max(self.seconds, 1e-9)
-        lines = [f"prepare: kept {self.kept} samples in {self.shards} shards, skipped {skipped} "
+        held = f" ({self.val_kept} held out for validation)" if self.val_kept else ""
+        lines = [f"prepare: kept {self.kept} samples{held} in {self.shards} shards, skipped {skipped} "
                  f"in {self.seconds:.1f}s ({rate:.1f} inputs/s)"]
         lines += [f"  skipped {count:>6}  {reason}" for reason, count in sorted(self.skipped.items())]
         lines.append(f"  report: {self.report}")
@@ -59,6 +69,14 @@ def convert_all(items: list[Item], opts: ConvertOptions, num_workers: int) -> It
         yield from pool.imap(work, items, chunksize=max(1, min(64, len(items) // (num_workers * 8) or 1)))
 
 
+def finish(writer: ShardWriter, count: int) -> int:
+    """Publish a writer's index when it holds samples (else leave its directory unfinished); its shard count."""
+    if count:
+        return len(writer.close().shards)
+    writer.abort()
+    return 0
+
+
 def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     """Convert `cfg.input` into shards at `cfg.output`; returns the summary (also written to the report)."""
     start = time.perf_counter()
@@ -68,23 +86,32 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     meta = {"image_size": cfg.image_size, "format": cfg.format, "source": str(cfg.input)}
     summary = PrepareSummary(report=str(cfg.report or Path(cfg.output) / "report.json"))
     writer = ShardWriter(cfg.output, cfg.shard_max_samples, cfg.shard_max_bytes, meta)
+    val_dir = Path(cfg.output) / VAL_DIR
+    shutil.rmtree(val_dir, ignore_errors=True)  # a stale split must not be read as this run's
+    val_writer = ShardWriter(val_dir, cfg.shard_max_samples, cfg.shard_max_bytes, {**meta, "split": "val"}) \
+        if cfg.val_fraction > 0 else None
     reasons: Counter[str] = Counter()
     try:
         results = convert_all(items, opts, workers)
         for result in tqdm(results, total=len(items), desc="prepare", unit=" images", disable=not progress):
             if result.sample is not None:
-                writer.write(result.sample)
+                held = val_writer is not None and is_validation(result.key, cfg.val_fraction)
+                (val_writer if held else writer).write(result.sample)
                 summary.kept += 1
+                summary.val_kept += held
             else:
                 reasons[result.reason] += 1
                 summary.bad.append({"source": result.source, "reason": result.reason, "detail": result.detail})
     except BaseException:
-        writer.abort()
+        for w in (writer, val_writer):
+            if w is not None:
+                w.abort()
         raise
-    if summary.kept:
-        summary.shards = len(writer.close().shards)
-    else:
-        writer.abort()
+    summary.shards = finish(writer, summary.kept - summary.val_kept)
+    if val_writer is not None:
+        summary.shards += finish(val_writer, summary.val_kept)
+        if not summary.val_kept:
+            shutil.rmtree(val_dir, ignore_errors=True)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
     atomic.write_json(summary.report, {"input": str(cfg.input), "output": str(cfg.output), "config": asdict(cfg),
                                        **asdict(summary)})

@@ -17,7 +17,7 @@ from megadalle.config import build, check
 from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP
-from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches
+from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches, validation_data
 
 FACTORY = "megadalle.train.clip:task_from_config"
 
@@ -42,8 +42,18 @@ class ClipTask(Task):
     def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
         if self.data is None or not self.tokenizer_path:
             raise ValueError("ClipTask needs image shards (data.shards) and a tokenizer to produce batches")
+        yield from self._with_text(rank_batches(self.data, part, self.seed, start_step, image_size=self.cfg.image_size))
+
+    def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
+        val = validation_data(self.data)
+        if val is None or not self.tokenizer_path:
+            return None
+        return self._with_text(rank_batches(val, part, self.seed, 0, image_size=self.cfg.image_size))
+
+    def _with_text(self, stream: Iterator[Batch]) -> Iterator[Batch]:
+        """Loader batches as the model's inputs: images and BPE ids of the captions."""
         tok = self.tokenizer()
-        for batch in rank_batches(self.data, part, self.seed, start_step, image_size=self.cfg.image_size):
+        for batch in stream:
             yield {"image": batch["image"], "text": tok.encode_batch(batch["caption"], self.cfg.text_len)}
 
     def loss(self, model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:

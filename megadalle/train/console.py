@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from megadalle.train.callbacks import Callback, RunInfo
 
-SHOWN = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "mfu", "mem_gib", "skipped_steps")
+SHOWN = ("loss", "val/loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "mfu", "mem_gib", "skipped_steps")
 
 
 class Console(Callback):

@@ -21,7 +21,8 @@ from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 from megadalle.data.ingest import open_index
 from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
-from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches
+from megadalle.train.media import Picture
+from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches, validation_data
 
 FACTORY = "megadalle.train.dvae:task_from_config"
 
@@ -60,17 +61,32 @@ class DVAETask(Task):
         for batch in rank_batches(self.data, part, self.seed, start_step, image_size=self.cfg.image_size):
             yield {"image": batch["image"]}
 
+    def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
+        val = validation_data(self.data)
+        if val is None:
+            return None
+        return ({"image": b["image"]} for b in rank_batches(val, part, self.seed, 0, image_size=self.cfg.image_size))
+
     def loss(self, model: DVAE, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        images = batch["image"]
+        loss, metrics, codes = self._elbo(model, batch["image"], step)
+        metrics["dead_codes"] = float(self.usage.update(codes, step))
+        self._last_images = batch["image"][: self.preview].detach()
+        return loss, metrics
+
+    def validation_loss(self, model: DVAE, batch: Batch, step: int) -> dict[str, float]:
+        """The ELBO at the step's β and τ, without touching the training code-usage record or the preview."""
+        loss, metrics, _ = self._elbo(model, batch["image"], step)
+        return {"loss": float(loss), **metrics}
+
+    def _elbo(self, model: DVAE, images: torch.Tensor, step: int):
+        """(loss, metrics, argmax codes) of a micro-batch at the step's KL weight and temperature."""
         objective = self.cfg.objective
         tau = temperature(step, objective)
         logits, stats = model(images, tau)
         loss, metrics = elbo_loss(images, logits, stats, kl_weight(step, objective), self.cfg.eps)
         codes = logits.detach().argmax(dim=1)
-        metrics.update(tau=tau, perplexity=codebook_perplexity(codes, self.cfg.vocab_size),
-                       dead_codes=float(self.usage.update(codes, step)))
-        self._last_images = images[: self.preview].detach()
-        return loss, metrics
+        metrics.update(tau=tau, perplexity=codebook_perplexity(codes, self.cfg.vocab_size))
+        return loss, metrics, codes
 
     def flops_per_sample(self, model: DVAE) -> float:
         return 3.0 * model.flops_per_image()  # forward + backward (twice the forward)
@@ -78,10 +94,8 @@ class DVAETask(Task):
     def media(self, model: DVAE, step: int) -> dict[str, Any]:
         if self._last_images is None:
             return {}
-        import wandb
-
         grid = reconstruction_grid(model, self._last_images)
-        return {"reconstructions": wandb.Image(grid, caption="top: input; bottom: decode(encode(input))")}
+        return {"reconstructions": Picture(grid, caption="top: input; bottom: decode(encode(input))")}
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec("dvae", self.cfg)

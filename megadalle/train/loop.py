@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
-from megadalle.train import checkpoint, distributed, engine as engine_lib, rng, rundir, universal
+from megadalle.train import checkpoint, distributed, engine as engine_lib, media, rng, rundir, universal
 from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
@@ -32,6 +32,7 @@ from megadalle.train.speed import Speed
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import DataPart, Task
 from megadalle.train.universal import Layout
+from megadalle.train.validate import Validator
 from megadalle.train.wandb_log import Wandb
 
 
@@ -107,7 +108,8 @@ class Trainer:
         self.wandb = Wandb(logger)
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)
-        self.callbacks: list[Callback] = [speed, Console(), self.wandb, *(extra_callbacks or [])]
+        self.callbacks: list[Callback] = [speed, Console(), self.wandb, media.MediaFiles(), *(extra_callbacks or [])]
+        self.validator = Validator(task, self.built, self.part, trainer.eval_every, trainer.eval_batches, run.seed)
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps, run.config,
                             state.get("wandb_id"))
 
@@ -217,14 +219,16 @@ class Trainer:
 
     def _report(self, metrics: dict[str, float]) -> None:
         step = self.step
+        validated = self.validator.due(step) and bool(self.validator.batches())
+        if validated:
+            metrics.update(self.validator.run(step))
         for cb in self.callbacks:
             cb.step(step, metrics)
-        if (step + 1) % self.cfg.log_every == 0 or step + 1 == self.cfg.steps:
+        if validated or (step + 1) % self.cfg.log_every == 0 or step + 1 == self.cfg.steps:
             for cb in self.callbacks:
                 cb.log(step, metrics)
-        if self.cfg.media_every and (step + 1) % self.cfg.media_every == 0 and self.built.pipeline is None:
-            with torch.no_grad():
-                values = self.task.media(self.built.model, step)
+        if self.cfg.media_every and (step + 1) % self.cfg.media_every == 0:
+            values = media.collect(self.task, self.built, step, self.env.rank)
             for cb in self.callbacks:
                 cb.media(step, values)
 

@@ -25,6 +25,16 @@ def to_device(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
     return value
 
 
+def mean_over_ranks(values: dict[str, float], dp_world: int, device: torch.device) -> dict[str, float]:
+    """Mean over data-parallel ranks (each rank's values are already its own mean; every rank has the same keys)."""
+    if dp_world == 1:
+        return values
+    names = sorted(values)
+    t = torch.tensor([values[n] for n in names], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return {n: float(v) / dp_world for n, v in zip(names, t.tolist())}
+
+
 class StepRunner:
     def __init__(self, task: Task, built: Built, part: DataPart, start_step: int):
         self.task, self.built, self.part = task, built, part
@@ -48,13 +58,7 @@ class StepRunner:
         return {**self._all_mean(totals), **self._grad_norm()}
 
     def _all_mean(self, values: dict[str, float]) -> dict[str, float]:
-        """Mean over data-parallel ranks (each rank's values are already its accumulation mean)."""
-        if self.part.dp_world == 1:
-            return values
-        names = sorted(values)
-        t = torch.tensor([values[n] for n in names], dtype=torch.float64, device=self.built.device)
-        torch.distributed.all_reduce(t)
-        return {n: float(v) / self.part.dp_world for n, v in zip(names, t.tolist())}
+        return mean_over_ranks(values, self.part.dp_world, self.built.device)
 
     def _grad_norm(self) -> dict[str, float]:
         norm = self.built.engine.get_global_grad_norm()

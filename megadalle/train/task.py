@@ -28,12 +28,16 @@ Contract, in the order the trainer uses it:
    `pipeline()` returns a PipelineSpec when the model can run as a DeepSpeed PipelineModule; then
    `build_model` is never called, and "the model" handed to the task and the trainer is the stage's
    view (megadalle.train.pipeline.stage_view): its layers at their plain-model paths.
+   `validation_batches(part)` yields this rank's micro-batches of held-out data in a fixed order (or
+   returns None: no validation); every `trainer.eval_every` updates the trainer evaluates the first
+   `trainer.eval_batches` global batches of it with `validation_loss(model, batch, step)` (eval mode,
+   no_grad, the same seeded RNG every time) and logs the means over ranks as `val/...`.
    `data_identity(part)` names what the data order depends on; a resume on other data is refused.
 5. `export_spec()` names the weights' kind and config for megadalle.weights.save_weights.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -151,13 +155,39 @@ class Task:
     def media(self, model: nn.Module, step: int) -> dict[str, Any]:
         """wandb-loggable values (images, tables) at `step`, every `trainer.media_every` updates.
 
-        Called on every rank under torch.no_grad (not with pipeline parallelism); rank 0's are logged.
+        Called in eval mode under torch.no_grad on every rank (ZeRO-3 gathers parameters collectively), or with
+        a pipeline on rank 0 alone after every stage's layers were copied into its model (train/media.py);
+        rank 0's are logged. A `train.media.Picture` value is also written to `<run>/<name>/step_N.png`.
         """
         return {}
 
     def pipeline(self) -> PipelineSpec | None:
         """The model as pipeline layer recipes, or None when the task cannot run pipelined."""
         return None
+
+    def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
+        """This rank's validation micro-batches in a fixed order (accumulation order, as `batches`), or None
+        when the task has no validation data. The trainer reads the first `trainer.eval_batches` global batches
+        once and evaluates the same ones every time, so the curve measures the model, not the sample."""
+        return None
+
+    def validation_loss(self, model: nn.Module, batch: Batch, step: int) -> dict[str, float]:
+        """Metrics of one validation micro-batch, `loss` among them (model in eval mode, under no_grad).
+
+        Default: the training loss and its metrics. Override when `loss` has side effects (running statistics).
+        """
+        loss, metrics = self.loss(model, batch, step)
+        return {"loss": float(loss), **metrics}
+
+
+def validation_data(data):
+    """The validation split of a `data` group (a DataConfig) as a loader config, or None when it has none.
+
+    Its shards in stored order, without BPE dropout (the loss of the captions as written) and without
+    worker processes (a few batches, read once).
+    """
+    shards = data.validation_shards() if data is not None else None
+    return None if shards is None else replace(data, shards=shards, shuffle=False, bpe_dropout=0.0, num_workers=0)
 
 
 def rank_batches(data, part: DataPart, seed: int, start_step: int, **shape) -> Iterator[Batch]:

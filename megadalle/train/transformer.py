@@ -6,21 +6,25 @@ a * dp_world + r, so every layout (one process accumulating, ZeRO ranks, pipelin
 groups) sees the same global batches. The pipeline form is LayerSpecs of the model's own Embed,
 Block and Head classes with the model's own loss (`segment_loss`), so pipelined and plain training
 optimise the same function.
+With `dvae_weights=`, every `trainer.media_every` updates the task draws a grid of samples of a few
+fixed validation captions (train/sample_grid.py), written to `<run>/samples/` and logged to wandb.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from megadalle.config import build
+from megadalle.config import build, check
 from megadalle.config.data import DataConfig
 from megadalle.config.model import TransformerConfig
 from megadalle.data import synthetic
 from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss
-from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task, rank_batches
+from megadalle.train.sample_grid import SampleGrid
+from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task, rank_batches, validation_data
 
 FACTORY = "megadalle.train.transformer:task_from_config"
 
@@ -29,8 +33,9 @@ class TransformerTask(Task):
     name = "transformer"
     zero3_init = True  # models/transformer.py initialises per module
 
-    def __init__(self, model: TransformerConfig, data: DataConfig | None, seed: int = 0):
-        self.cfg, self.data, self.seed = model, data, seed
+    def __init__(self, model: TransformerConfig, data: DataConfig | None, seed: int = 0,
+                 grid: SampleGrid | None = None):
+        self.cfg, self.data, self.seed, self.grid = model, data, seed, grid
 
     def build_model(self) -> Transformer:
         return Transformer(self.cfg)
@@ -48,6 +53,10 @@ class TransformerTask(Task):
         cfg = self.cfg
         return synthetic.TokenShape(cfg.text_len, cfg.text_vocab, cfg.text_pad_id, cfg.grid_len, cfg.image_vocab)
 
+    def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
+        val = validation_data(self.data)
+        return None if val is None else rank_batches(val, part, self.seed, 0, text_len=self.cfg.text_len)
+
     def data_identity(self, part: DataPart) -> dict:
         from megadalle.data.shards import ShardIndex
 
@@ -61,6 +70,9 @@ class TransformerTask(Task):
     def loss(self, model: Transformer, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = model.loss(batch["text"], batch["image"])
         return loss, {name: float(value) for name, value in parts.items()}
+
+    def media(self, model: Transformer, step: int) -> dict[str, Any]:
+        return {} if self.grid is None else {"samples": self.grid(model)}
 
     def tokens_per_sample(self) -> int:
         return self.cfg.seq_len
@@ -102,7 +114,19 @@ def task_from_config(cfg: dict | DictConfig) -> TransformerTask:
     """The task of a composed `train` config (also how `megadalle export` rebuilds a run's model)."""
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     data = build(DataConfig, cfg.data, "data") if cfg.get("data") is not None else None
-    return TransformerTask(build(TransformerConfig, cfg.model, "model"), data, int(cfg.get("seed", 0)))
+    return TransformerTask(build(TransformerConfig, cfg.model, "model"), data, int(cfg.get("seed", 0)),
+                           sample_grid(cfg, data))
+
+
+def sample_grid(cfg: DictConfig, data: DataConfig | None) -> SampleGrid | None:
+    """The sample grid of the verb's `dvae_weights`, `media_captions` and `media_samples` keys (None without a dVAE)."""
+    if not cfg.get("dvae_weights") or data is None:
+        return None
+    for key in ("media_captions", "media_samples"):
+        check(int(cfg.get(key, 1)) > 0, key, cfg.get(key), "must be positive")
+    shards = data.validation_shards() or data.shards
+    return SampleGrid(cfg.dvae_weights, data.tokenizer, shards, int(cfg.get("media_captions", 4)),
+                      int(cfg.get("media_samples", 4)), int(cfg.get("seed", 0)))
 
 
 def run(cfg: DictConfig) -> int:
@@ -110,6 +134,8 @@ def run(cfg: DictConfig) -> int:
     from megadalle.train.loop import train_from_config
 
     build(RunConfig, {"run_dir": cfg.get("run_dir"), "resume": cfg.get("resume", "auto")}, "")
+    check(not cfg.get("dvae_weights") or Path(cfg.dvae_weights).exists(), "dvae_weights", cfg.get("dvae_weights"),
+          "does not exist (the dVAE that decodes the sample grids: a .safetensors file or a train-dvae run)")
     result = train_from_config(task_from_config(cfg), cfg, FACTORY)
     if result.engine.global_rank == 0:
         print(f"[train] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "

@@ -34,7 +34,9 @@ class Wandb(Callback):
 
     def media(self, step: int, values: dict[str, Any]) -> None:
         if self.run is not None and values:
-            self.run.log(values, step=step)
+            from megadalle.train.media import Picture
+
+            self.run.log({k: v.to_wandb() if isinstance(v, Picture) else v for k, v in values.items()}, step=step)
 
     def end(self) -> None:
         if self.run is not None:

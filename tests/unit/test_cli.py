@@ -4,7 +4,8 @@ import sys
 
 from megadalle.cli import VERBS, main
 
-EXPECTED_VERBS = ["prepare", "index", "tokenizer", "train-dvae", "import-dvae", "encode", "train-clip", "train", "export", "generate", "plan", "demo"]
+EXPECTED_VERBS = ["prepare", "index", "tokenizer", "train-dvae", "import-dvae", "encode", "train-clip", "train", "export",
+                  "generate", "evaluate", "plan", "demo"]
 
 
 def test_help_lists_every_verb(capsys):

@@ -1,0 +1,68 @@
+"""`megadalle evaluate`'s verb-level keys (conf/evaluate.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import MISSING
+
+from megadalle.config import check
+from megadalle.config.sample import GenerateConfig
+
+
+@dataclass
+class EvaluateConfig:
+    weights: str = MISSING
+    """The Transformer: exported weights (.safetensors + .json) or a training run directory."""
+    captions: str | None = None
+    """A text file of captions, one per line (give this or `shards`)."""
+    shards: str | None = None
+    """Image shards (from `prepare`): the first caption line of each sample is a caption, its image a real image."""
+    real: str | None = None
+    """Image shards whose images FID/KID compare against; null = `shards` (no FID/KID with `captions` alone)."""
+    max_captions: int = 64
+    """At most this many captions are sampled (the first ones)."""
+    max_real: int = 10_000
+    """At most this many real images (the first ones)."""
+    n: int = 8
+    """Samples per caption."""
+    batch_size: int = 32
+    temperature: float = GenerateConfig.temperature
+    top_k: int = GenerateConfig.top_k
+    top_p: float = GenerateConfig.top_p
+    dvae_weights: str | None = None
+    """null = dvae.safetensors beside `weights`."""
+    clip_weights: str | None = None
+    """The CLIP that scores the samples; null = clip.safetensors beside `weights`."""
+    tokenizer: str | None = None
+    """null = tokenizer.model beside `weights`."""
+    clip_score: bool = True
+    """Score every sample with CLIP (mean cosine similarity with its caption)."""
+    fid: bool = True
+    """FID and KID against the real images (needs `real` or `shards`)."""
+    feature_extractor: str = "inception"
+    """Registered extractor name (megadalle.fidelity); `inception` is torch-fidelity's InceptionV3."""
+    feature_weights: str | None = None
+    """Local weights file of the extractor (the Inception one for `inception`); never downloaded."""
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    save_samples: bool = False
+    """Also write every sample as `<output>/samples/<caption>_<sample>.png` (the image itself, no frame) with
+    `samples/index.json` (caption -> files), for judges outside megadalle."""
+    ema: bool = False
+    output: str = "evaluate"
+    """Directory for metrics.json and metrics.md."""
+    device: str = "auto"
+    seed: int = 0
+
+    def validate(self, where: str = "") -> None:
+        check((self.captions is None) != (self.shards is None), "captions", self.captions,
+              "give exactly one of captions=FILE and shards=DIR")
+        for name in ("captions", "shards", "real"):
+            value = getattr(self, name)
+            check(value is None or Path(value).exists(), name, value, "does not exist")
+        for name in ("max_captions", "max_real", "n", "batch_size", "kid_subsets", "kid_subset_size"):
+            check(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
+        check(self.temperature > 0, "temperature", self.temperature, "must be positive")
+        check(self.top_k >= 0, "top_k", self.top_k, "must be >= 0 (0 keeps every token)")
+        check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")

@@ -1,0 +1,154 @@
+"""`megadalle evaluate`: how good are a trained model's samples? CLIP score, FID and KID, as JSON and Markdown.
+
+For each caption (a text file, or the first caption line of each sample of image shards) the
+Transformer draws `n` samples (`generate`'s sampling, seeded by caption), the dVAE decodes them,
+CLIP scores every one against its caption (the mean over all samples, and the mean of each
+caption's best: what reranking buys), and a feature extractor (megadalle.fidelity: torch-fidelity's
+InceptionV3 from a local weights file by default) turns them into features for FID and KID against
+the real images of the shards. Samples are featurised caption by caption and dropped, so memory
+holds features, not images.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from megadalle.config import build, top_level
+from megadalle.config.evaluate import EvaluateConfig
+from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
+from megadalle.sample import generate, pick_device
+from megadalle.sampling.loop import SamplingSettings
+
+
+@dataclass
+class Scores:
+    captions: int
+    samples_per_caption: int
+    clip_score: float | None = None
+    """Mean cosine similarity (CLIP) of every sample with its caption."""
+    clip_score_best: float | None = None
+    """Mean over captions of the best sample's CLIP score (the top of a reranked grid)."""
+    fid: float | None = None
+    kid: float | None = None
+    kid_std: float | None = None
+    real_images: int = 0
+    feature_extractor: str | None = None
+    seconds: float = 0.0
+
+    def markdown(self) -> str:
+        rows = [("captions", self.captions), ("samples per caption", self.samples_per_caption),
+                ("CLIP score (all samples)", self.clip_score), ("CLIP score (best per caption)", self.clip_score_best),
+                ("FID", self.fid), ("KID", None if self.kid is None else f"{self.kid:.5f} ± {self.kid_std:.5f}"),
+                ("real images", self.real_images), ("feature extractor", self.feature_extractor),
+                ("seconds", f"{self.seconds:.1f}")]
+        cell = lambda v: "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+        return "| metric | value |\n|---|---|\n" + "".join(f"| {name} | {cell(v)} |\n" for name, v in rows)
+
+
+def captions_of(cfg: EvaluateConfig) -> list[str]:
+    """The captions to sample: lines of the captions file, or each shard sample's first caption line."""
+    if cfg.captions is not None:
+        lines = (line.strip() for line in Path(cfg.captions).read_text(encoding="utf-8").splitlines())
+        return list(islice((line for line in lines if line), cfg.max_captions))
+    from megadalle.data.shards import iter_samples
+
+    return [s["txt"].splitlines()[0] for s in islice(iter_samples(cfg.shards, ["txt"]), cfg.max_captions)]
+
+
+def real_features(shards: str, image_size: int, limit: int, extract: Extractor, batch_size: int) -> torch.Tensor:
+    """Features of the first `limit` images of image shards, resized as the dVAE's images are."""
+    from megadalle.data.loader import image_loader
+
+    loader = image_loader(shards, batch_size, image_size, shuffle=False, epochs=1, rank=0, world_size=1)
+    feats, count = [], 0
+    for batch in tqdm(loader, desc="real images", unit=" batch", leave=False):
+        images = batch["image"][: limit - count]
+        feats.append(extract(images).float().cpu())
+        count += len(images)
+        if count >= limit:
+            break
+    return torch.cat(feats)
+
+
+def save_images(images: torch.Tensor, folder: Path, caption_index: int) -> list[str]:
+    """Each image [3, S, S] in [0, 1] as `<caption>_<sample>.png` (the pixels only); returns the file names."""
+    from PIL import Image
+
+    from megadalle.sampling.grid import to_uint8
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{caption_index:04d}_{k:03d}.png" for k in range(len(images))]
+    for name, array in zip(names, to_uint8(images)):
+        Image.fromarray(array).save(folder / name)
+    return names
+
+
+def evaluate(model, dvae, clip, tokenizer, cfg: EvaluateConfig, extract: Extractor | None,
+             progress: bool = True) -> Scores:
+    """Sample every caption `cfg.n` times and score the samples (see the module docstring)."""
+    start = time.perf_counter()
+    captions = captions_of(cfg)
+    if not captions:
+        raise ValueError(f"no captions found in {cfg.captions or cfg.shards}")
+    settings = SamplingSettings(cfg.temperature, cfg.top_k, cfg.top_p)
+    scores, best, fake, saved = [], [], [], []
+    for i, caption in enumerate(tqdm(captions, desc="evaluate", unit=" caption", disable=not progress)):
+        result = generate(model, dvae, clip, tokenizer, caption, cfg.n, cfg.n, cfg.batch_size, settings,
+                          cfg.seed + i, progress=False)
+        if result.scores is not None:
+            scores += result.scores
+            best.append(max(result.scores))
+        if extract is not None:
+            fake.append(extract(result.images).float().cpu())
+        if cfg.save_samples:
+            saved.append({"caption": caption, "files": save_images(result.images, Path(cfg.output) / "samples", i)})
+    if cfg.save_samples:
+        (Path(cfg.output) / "samples" / "index.json").write_text(json.dumps(saved, indent=1))
+    out = Scores(len(captions), cfg.n)
+    if scores:
+        out.clip_score, out.clip_score_best = sum(scores) / len(scores), sum(best) / len(best)
+    real = cfg.real or cfg.shards
+    if extract is not None and real is not None:
+        reals = real_features(real, dvae.cfg.image_size, cfg.max_real, extract, cfg.batch_size).numpy()
+        fakes = torch.cat(fake).numpy()
+        out.fid = frechet_distance(reals, fakes)
+        out.kid, out.kid_std = kernel_distance(reals, fakes, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
+        out.real_images, out.feature_extractor = len(reals), cfg.feature_extractor
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
+    """metrics.json (scores + the settings that produced them) and metrics.md in `cfg.output`; returns the JSON."""
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "metrics.md").write_text(scores.markdown())
+    path = output / "metrics.json"
+    path.write_text(json.dumps({**asdict(scores), "config": asdict(cfg)}, indent=1))
+    return path
+
+
+def run(cfg: DictConfig) -> int:
+    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sampling.load import beside, load_model
+
+    ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
+    device = pick_device(ec.device)
+    extract = feature_extractor(ec.feature_extractor, ec.feature_weights) \
+        if ec.fid and (ec.real or ec.shards) else None  # fail on a missing extractor before sampling
+    model = load_model(ec.weights, "transformer", ec.ema).to(device)
+    dvae = load_model(beside(ec.weights, ec.dvae_weights, "dvae.safetensors"), "dvae", ec.ema).to(device)
+    clip = load_model(beside(ec.weights, ec.clip_weights, "clip.safetensors"), "clip", ec.ema).to(device) \
+        if ec.clip_score else None
+    tokenizer = Tokenizer(beside(ec.weights, ec.tokenizer, "tokenizer.model"))
+    scores = evaluate(model, dvae, clip, tokenizer, ec, extract)
+    path = write_report(scores, ec)
+    print(scores.markdown() + f"\n[evaluate] wrote {path} and {path.with_suffix('.md').name}")
+    return 0

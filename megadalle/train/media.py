@@ -1,0 +1,106 @@
+"""Media while training: the task's pictures as PNG files in the run directory and as wandb images.
+
+A task's `media(model, step)` returns values to log; a `Picture` (a uint8 HWC array and a caption)
+is written by `MediaFiles` as `<run>/<name>/step_<updates done, 8 digits>.png` (as the checkpoints
+count) and logged to wandb as `wandb.Image`. `collect` calls the task: in eval mode under no_grad
+on every rank (ZeRO-3's hooks gather parameters collectively), or, with a pipeline, on rank 0 alone,
+after each stage has sent its layers to a whole plain model that rank 0 builds for this (sampling
+needs the whole model and no stage holds it: media on pipeline runs costs rank 0 one more model,
+fine for the sizes one samples while training, and off unless `trainer.media_every` is set).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from PIL import Image
+
+from megadalle.train.callbacks import Callback, RunInfo
+from megadalle.train.engine import Built
+from megadalle.train.task import Task
+
+
+@dataclass
+class Picture:
+    """An image to log: `array` uint8 [H, W, 3], with a caption for wandb."""
+
+    array: np.ndarray
+    caption: str = ""
+
+    def to_wandb(self):
+        import wandb
+
+        return wandb.Image(self.array, caption=self.caption)
+
+
+def picture_path(run_dir: Path, name: str, step: int) -> Path:
+    """Where the picture `name` of update index `step` (0-based) goes."""
+    return Path(run_dir) / name / f"step_{step + 1:08d}.png"
+
+
+class MediaFiles(Callback):
+    """Rank 0 writes every Picture the task returns as a PNG in the run directory."""
+
+    def __init__(self):
+        self.run_dir: Path | None = None
+
+    def start(self, info: RunInfo) -> None:
+        self.run_dir = info.run_dir if info.rank == 0 else None
+
+    def media(self, step: int, values: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        for name, value in values.items():
+            if isinstance(value, Picture):
+                path = picture_path(self.run_dir, name, step)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(value.array).save(path)
+
+
+def gather_pipeline_weights(task: Task, built: Built, rank: int) -> nn.Module | None:
+    """Rank 0's whole plain model holding every pipeline layer's current weights; None on other ranks.
+
+    No rank holds the whole model under a pipeline, so rank 0 builds one (once, kept in
+    `built.media_model`) and each layer comes from its stage's data-parallel rank 0, point to point
+    (collective: every rank calls it).
+    """
+    module, grid = built.engine.module, built.engine.grid
+    if rank == 0 and built.media_model is None:
+        built.media_model = task.build_model().to(built.device)
+    for index, name in enumerate(built.pipeline.layer_names):
+        source = grid.stage_to_global(stage_id=module.stage_owner(index), data=0)
+        if rank not in (0, source):
+            continue
+        local = list(built.model.get_submodule(name).state_dict().values()) if rank == source else None
+        if rank == 0:
+            for k, target in enumerate(built.media_model.get_submodule(name).state_dict().values()):
+                if local is not None:
+                    value = local[k]
+                else:
+                    value = torch.empty(target.shape, dtype=built.dtype if target.is_floating_point() else target.dtype,
+                                        device=target.device)
+                    torch.distributed.recv(value, src=source)
+                target.copy_(value)
+        else:
+            for value in local:
+                torch.distributed.send(value.detach().contiguous(), dst=0)
+    return built.media_model
+
+
+def collect(task: Task, built: Built, step: int, rank: int) -> dict[str, Any]:
+    """The task's media at `step` (this rank's; empty on ranks other than 0 under a pipeline)."""
+    model = built.model
+    if built.pipeline is not None:
+        model = gather_pipeline_weights(task, built, rank)
+        if model is None:
+            return {}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return task.media(model, step)
+    finally:
+        model.train()

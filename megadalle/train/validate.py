@@ -1,0 +1,81 @@
+"""Validation during training: the task's loss on a fixed held-out subset every `trainer.eval_every` updates.
+
+The subset is read once (the first `trainer.eval_batches` global batches of `task.validation_batches`,
+this rank's micro-batches of them) and kept on the device, so every evaluation scores the same samples
+and the curve moves only when the model does. Each evaluation runs in eval mode under no_grad with the
+RNG forked and seeded the same way (the dVAE's Gumbel noise, any sampling in a loss): it is a
+deterministic function of the weights and it leaves the training RNG stream, hence resume, untouched.
+
+Layouts: ZeRO 0-3 call the task's `validation_loss` on the engine's plain model (ZeRO-3's hooks gather
+the parameters) and average over data-parallel ranks; a pipeline runs DeepSpeed's `eval_batch` over all
+the cached micro-batches at once, which averages over micro-batches and data-parallel groups and
+broadcasts to every stage, and reports the loss only (the other metrics stay inside the last stage).
+"""
+from __future__ import annotations
+
+import itertools
+from contextlib import contextmanager
+
+import torch
+
+from megadalle.train.engine import Built
+from megadalle.train.steps import mean_over_ranks, to_device
+from megadalle.train.task import Batch, DataPart, Task
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """Run the block on a forked RNG seeded with `seed` (CPU, and the current CUDA device when used)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+class Validator:
+    """Evaluates `task` on its fixed validation subset; `run(step)` returns {"val/<metric>": mean}."""
+
+    def __init__(self, task: Task, built: Built, part: DataPart, every: int, batches: int, seed: int):
+        self.task, self.built, self.part = task, built, part
+        self.every, self.global_batches, self.seed = every, batches, seed
+        self._cache: list[Batch] | None = None
+
+    def due(self, step: int) -> bool:
+        """After update index `step` (0-based), as `trainer.media_every` counts."""
+        return bool(self.every) and (step + 1) % self.every == 0
+
+    def batches(self) -> list[Batch]:
+        """This rank's cached validation micro-batches on the device (empty: the task has no validation data)."""
+        if self._cache is None:
+            stream = self.task.validation_batches(self.part)
+            count = self.global_batches * self.part.grad_accum
+            raw = [] if stream is None else list(itertools.islice(stream, count))
+            self._cache = [to_device(b, self.built.device, self.built.dtype) for b in raw]
+            if not raw and self.built.engine.global_rank == 0:
+                print(f"[train] no validation data for the {self.task.name} task (set data.val_shards or run "
+                      "`prepare val_fraction=`); val/ metrics are not logged", flush=True)
+        return self._cache
+
+    def run(self, step: int) -> dict[str, float]:
+        batches = self.batches()
+        if not batches:
+            return {}
+        with torch.no_grad(), seeded(self.seed, self.built.device):
+            values = self._pipeline(batches) if self.built.pipeline is not None else self._plain(batches, step)
+        return {f"val/{name}": value for name, value in values.items()}
+
+    def _plain(self, batches: list[Batch], step: int) -> dict[str, float]:
+        module = self.built.engine.module
+        module.eval()
+        try:
+            totals: dict[str, float] = {}
+            for batch in batches:
+                for name, value in self.task.validation_loss(self.built.model, batch, step).items():
+                    totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
+        finally:
+            module.train()
+        return mean_over_ranks(totals, self.part.dp_world, self.built.device)
+
+    def _pipeline(self, batches: list[Batch]) -> dict[str, float]:
+        split = self.built.pipeline.split
+        loss = self.built.engine.eval_batch(iter([split(b) for b in batches]), num_micro_batches=len(batches))
+        return {"loss": float(loss)}

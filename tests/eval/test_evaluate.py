@@ -1,0 +1,153 @@
+"""`megadalle evaluate`: FID and KID as their definitions, CLIP score as generate's scores, JSON + Markdown,
+a local feature extractor (a small random network registered by the test: nothing is downloaded)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from megadalle.cli import main
+from megadalle.config import build
+from megadalle.config.clip import ClipConfig
+from megadalle.config.compose import compose
+from megadalle.config.data import PrepareConfig
+from megadalle.config.dvae import DVAEConfig
+from megadalle.config.model import TransformerConfig
+from megadalle.data.prepare import prepare
+from megadalle.data.tokenizer import Tokenizer, train_tokenizer
+from megadalle.data.shards import iter_samples
+from megadalle.demo_data import all_scenes, write_dataset
+from megadalle.evaluate import real_features
+from megadalle.fidelity import (FeatureExtractorError, REGISTRY, feature_extractor, frechet_distance,
+                                kernel_distance, register_feature_extractor)
+from megadalle.models.clip import CLIP
+from megadalle.models.dvae import DVAE
+from megadalle.models.transformer import Transformer
+from megadalle.sample import generate
+from megadalle.sampling.load import load_model
+from megadalle.sampling.loop import SamplingSettings
+from megadalle.weights import save_weights
+
+
+def test_frechet_distance_matches_closed_forms():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    shift = np.array([1.0, -2.0, 0.5, 0.0])
+    assert frechet_distance(x, x + shift) == pytest.approx(float(shift @ shift), rel=1e-6)
+    a, b = rng.normal(1.0, 2.0, (400, 1)), rng.normal(-1.0, 0.5, (300, 1))
+    va, vb = a.var(ddof=1), b.var(ddof=1)
+    expected = (a.mean() - b.mean()) ** 2 + va + vb - 2 * np.sqrt(va * vb)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_matches_the_sqrtm_formula():
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(60, 5)), rng.normal(0.3, 1.5, size=(40, 5)) @ rng.normal(size=(5, 5))
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    diff = a.mean(0) - b.mean(0)
+    expected = diff @ diff + np.trace(ca) + np.trace(cb) - 2 * np.trace(np.real(linalg.sqrtm(ca @ cb)))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
+
+
+def test_kernel_distance_is_the_unbiased_mmd_with_the_cubic_kernel():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(7, 3)), rng.normal(0.5, 1.0, size=(7, 3))
+    k = lambda u, v: (u @ v / 3 + 1) ** 3  # noqa: E731
+    m = len(x)
+    within = sum(k(x[i], x[j]) + k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    across = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m ** 2
+    mean, std = kernel_distance(x, y, subsets=3, subset_size=m)  # a full subset is a permutation: same value
+    assert mean == pytest.approx(within - 2 * across, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+    assert kernel_distance(x, x, subsets=1, subset_size=m)[0] < mean
+
+
+def test_the_inception_extractor_needs_a_local_weights_file(tmp_path):
+    with pytest.raises(FeatureExtractorError, match="feature_weights=None"):
+        feature_extractor("inception", None)
+    with pytest.raises(FeatureExtractorError, match="unknown"):
+        feature_extractor("nope", None)
+
+
+class RandomFeatures(nn.Module):
+    """A stand-in for Inception: a fixed random conv net, 8 features per image."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    @torch.no_grad()
+    def forward(self, images):
+        return self.net(images.float())
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Image shards of demo scenes (32 px), a tokenizer and random tiny Transformer, dVAE and CLIP beside it."""
+    root = tmp_path_factory.mktemp("evaluate")
+    write_dataset(root / "raw", all_scenes()[:6], per_scene=2, size=32, seed=0)
+    prepare(PrepareConfig(input=str(root / "raw"), output=str(root / "shards"), image_size=32, format="png",
+                          min_side=8, num_workers=0), progress=False)
+    train_tokenizer(root / "shards", root / "tokenizer.model", vocab_size=40)
+    model_cfg = build(TransformerConfig, compose("train", ["model=tiny"]).model, "model")
+    save_weights(root / "model.safetensors", Transformer(model_cfg).state_dict(), kind="transformer", config=model_cfg)
+    dvae_cfg = DVAEConfig(image_size=32, n_hid=8, n_blk_per_group=1, n_groups=3, vocab_size=128, n_init=8)
+    save_weights(root / "dvae.safetensors", DVAE(dvae_cfg).state_dict(), kind="dvae", config=dvae_cfg)
+    clip_cfg = build(ClipConfig, {**compose("train-clip", ["clip=tiny"]).clip, "text_vocab": 40, "text_len": 10,
+                                  "image_size": 32}, "clip")
+    save_weights(root / "clip.safetensors", CLIP(clip_cfg).state_dict(), kind="clip", config=clip_cfg)
+    if "random-test" not in REGISTRY:
+        register_feature_extractor("random-test", lambda weights: RandomFeatures())
+    return root
+
+
+def test_evaluate_writes_clip_score_fid_and_kid(models, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", f"weights={models / 'model.safetensors'}", f"shards={models / 'shards'}", "n=3",
+            "max_captions=4", "batch_size=3", "feature_extractor=random-test", "kid_subsets=5", f"output={out}",
+            "device=cpu"]
+    assert main(args) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["captions"] == 4 and report["samples_per_caption"] == 3 and report["real_images"] == 12
+    assert report["fid"] > 0 and np.isfinite(report["kid"]) and report["feature_extractor"] == "random-test"
+    table = (out / "metrics.md").read_text()
+    assert "| FID |" in table and "| CLIP score (all samples) |" in table and "| FID |" in capsys.readouterr().out
+
+    # the CLIP scores are generate's, caption by caption with the caption's seed
+    model = load_model(models / "model.safetensors", "transformer")
+    dvae, clip = load_model(models / "dvae.safetensors", "dvae"), load_model(models / "clip.safetensors", "clip")
+    tok = Tokenizer(models / "tokenizer.model")
+    captions = [s["txt"].splitlines()[0] for s in iter_samples(models / "shards", ["txt"])][:4]
+    runs = [generate(model, dvae, clip, tok, c, 3, 3, 3, SamplingSettings(), i, progress=False)
+            for i, c in enumerate(captions)]
+    scores = [s for r in runs for s in r.scores]
+    assert report["clip_score"] == pytest.approx(sum(scores) / len(scores), rel=1e-5)
+    assert report["clip_score_best"] == pytest.approx(sum(max(r.scores) for r in runs) / 4, rel=1e-5)
+    fakes = torch.cat([RandomFeatures()(r.images) for r in runs]).numpy()
+    reals = real_features(str(models / "shards"), 32, 100, RandomFeatures(), 5).numpy()
+    assert report["fid"] == pytest.approx(frechet_distance(reals, fakes), rel=1e-6)
+
+
+def test_evaluate_from_a_captions_file_without_real_images(models, tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\n\nsomething blue\n")
+    out = tmp_path / "eval"
+    assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"captions={captions}", "n=2",
+                 f"output={out}", "device=cpu", "save_samples=true"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["captions"] == 2 and report["fid"] is None and report["clip_score"] is not None
+    index = json.loads((out / "samples" / "index.json").read_text())
+    assert [e["caption"] for e in index] == ["a red circle", "something blue"]
+    assert index[1]["files"] == ["0001_000.png", "0001_001.png"]
+    from PIL import Image
+    assert Image.open(out / "samples" / "0001_001.png").size == (32, 32), "the image itself, no frame"
+
+
+def test_evaluate_refuses_both_or_neither_caption_source(models, tmp_path, capsys):
+    assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"output={tmp_path}"]) == 2
+    assert "captions=None" in capsys.readouterr().err

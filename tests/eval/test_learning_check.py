@@ -1,0 +1,33 @@
+"""The learning check on real data (scikit-learn's digits) runs through every CLI verb at its fast size, and its
+judge can judge: it reads held-out real digits far above chance. The full-size figure is in benchmarks/RESULTS.md."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn", reason="the learning check's data and judge come from scikit-learn: "
+                                      "pip install -e '.[dev]'")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "learning_check.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("learning_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fast_learning_check_runs_every_verb_and_judges_every_sample(tmp_path):
+    check = load_script()
+    preset = check.PRESETS["fast"]
+    result = check.run_check(tmp_path, preset)
+    assert set(result["seconds"]) == {"prepare", "tokenizer", "train-dvae", "encode", "train", "evaluate"}
+    assert result["judge_accuracy_on_real"] > 0.9, "a judge that cannot read real digits proves nothing"
+    assert sorted(result["per_caption"]) == sorted(check.caption(d) for d in range(10))
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["chance"] == 0.1
+    assert result["val_loss_last"] < result["val_loss_first"], "the Transformer's held-out loss must fall"
+    assert len(list((tmp_path / "evaluate" / "samples").glob("*.png"))) == 10 * preset.samples
+    assert (tmp_path / "shards" / "val" / "index.json").is_file() and (tmp_path / "tokens" / "val").is_dir()

@@ -1,0 +1,100 @@
+"""Sample grids while the Transformer trains: <run>/samples/step_N.png every trainer.media_every updates,
+the same fixed validation captions each time, equal to sampling the saved weights; logged to wandb; pipelines too."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from megadalle.config.compose import compose
+from megadalle.config.dvae import DVAEConfig
+from megadalle.models.dvae import DVAE
+from megadalle.sampling.load import load_model
+from megadalle.train.loop import train_from_config
+from megadalle.train.media import Picture
+from megadalle.train.transformer import FACTORY, task_from_config
+from megadalle.weights import save_weights
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "distributed"))
+import dist_launch as launch  # noqa: E402
+from dist_tokens import make_token_data  # noqa: E402
+
+CAPTIONS, PER_CAPTION, SIDE = 2, 3, 32
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(token shards with a val/ split, tokenizer, dVAE weights for the tiny model's 8x8 grid of 128 codes)."""
+    root = tmp_path_factory.mktemp("grid")
+    shards, tok = make_token_data(root / "train")
+    make_token_data(root / "val", samples=8)
+    (root / "val" / "tokens").rename(shards / "val")  # the held-out split, where the data config looks
+    cfg = DVAEConfig(image_size=SIDE, n_hid=8, n_blk_per_group=1, n_groups=3, vocab_size=128, n_init=8)
+    weights = root / "dvae.safetensors"
+    save_weights(weights, DVAE(cfg).state_dict(), kind="dvae", config=cfg)
+    return shards, tok, weights
+
+
+def overrides(setup, run_dir: Path, *extra: str) -> list[str]:
+    shards, tok, weights = setup
+    return [f"data.shards={shards}", f"data.tokenizer={tok}", "data.num_workers=0", "model=tiny", "trainer=tiny",
+            "trainer.steps=4", "trainer.micro_batch=2", "trainer.grad_accum=2", "trainer.media_every=2",
+            "trainer.checkpoint_every=4", f"dvae_weights={weights}", f"media_captions={CAPTIONS}",
+            f"media_samples={PER_CAPTION}", f"run_dir={run_dir}", *extra]
+
+
+def grid_of_saved_weights(setup, run_dir: Path) -> np.ndarray:
+    """The grid the task draws for the run's final weights, rebuilt from the checkpoint (not the live model)."""
+    cfg = compose("train", overrides(setup, run_dir))
+    model = load_model(run_dir, "transformer")
+    return task_from_config(cfg).media(model.eval(), step=3)["samples"].array
+
+
+def test_grids_are_written_every_media_every_and_show_the_weights(setup, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose("train", overrides(setup, run_dir, "logger.mode=offline"))
+    task = task_from_config(cfg)
+    train_from_config(task, cfg, FACTORY)
+    files = sorted(p.name for p in (run_dir / "samples").glob("*.png"))
+    assert files == ["step_00000002.png", "step_00000004.png"]
+    final = np.asarray(Image.open(run_dir / "samples" / "step_00000004.png"))
+    assert final.shape == (CAPTIONS * (SIDE + 2) + 2, PER_CAPTION * (SIDE + 2) + 2, 3)
+    first = np.asarray(Image.open(run_dir / "samples" / "step_00000002.png"))
+    assert not np.array_equal(first, final), "the weights changed between the two grids"
+    np.testing.assert_array_equal(final, grid_of_saved_weights(setup, run_dir))
+    val_captions = [s.splitlines()[0] for s in _texts(Path(cfg.data.shards) / "val")][:CAPTIONS]
+    assert task.grid.captions == val_captions
+    logged = list((run_dir / "wandb").glob("offline-run-*/files/media/images/samples_*.png"))
+    assert len(logged) == 2, "each grid is logged to wandb as an image"
+
+
+def test_picture_converts_to_a_wandb_image():
+    import wandb
+
+    image = Picture(np.zeros((4, 6, 3), np.uint8), "a caption").to_wandb()
+    assert isinstance(image, wandb.Image) and image._caption == "a caption"
+
+
+def test_train_refuses_a_missing_dvae_before_training(setup, tmp_path, capsys):
+    from megadalle.cli import main
+
+    assert main(["train", *overrides(setup, tmp_path / "run", f"dvae_weights={tmp_path / 'nope'}")]) == 2
+    assert "dvae_weights=" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.distributed
+def test_a_pipeline_run_writes_the_grid_of_its_whole_model(setup, tmp_path):
+    run_dir = tmp_path / "pipe"
+    opts = {"overrides": overrides(setup, run_dir, "deepspeed=pipe", "logger=none"), "probe": str(tmp_path / "p.pt")}
+    launch.run(2, opts, tmp_path / "logs", script="dist_train_worker.py")
+    final = np.asarray(Image.open(run_dir / "samples" / "step_00000004.png"))
+    np.testing.assert_array_equal(final, grid_of_saved_weights(setup, run_dir))
+
+
+def _texts(shards: Path) -> list[str]:
+    from megadalle.data.shards import iter_samples
+
+    return [s["txt"] for s in iter_samples(shards, ["txt"])]

@@ -1,0 +1,89 @@
+"""`prepare val_fraction=`: a deterministic held-out split in <output>/val/, found by the data config, kept by `encode`."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from megadalle.cli import main
+from megadalle.config.data import DataConfig, PrepareConfig
+from megadalle.data.prepare import prepare
+from megadalle.data.shards import ShardIndex, iter_samples
+from megadalle.data.split import is_validation
+from megadalle.errors import UserError
+
+
+def image_folder(root, n: int = 40):
+    """n solid-colour 64 px PNGs with a caption each."""
+    root.mkdir(parents=True)
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (i * 6, 255 - i * 6, 90)).save(buf, "PNG")
+        (root / f"im{i:03d}.png").write_bytes(buf.getvalue())
+        (root / f"im{i:03d}.txt").write_text(f"picture {i}")
+    return root
+
+
+def keys(root) -> list[str]:
+    return [s["__key__"] for s in iter_samples(root, ["txt"])]
+
+
+def test_is_validation_is_a_stable_fraction():
+    held = [is_validation(f"{i:09d}", 0.2) for i in range(5000)]
+    assert abs(sum(held) / 5000 - 0.2) < 0.02
+    assert held == [is_validation(f"{i:09d}", 0.2) for i in range(5000)]
+    assert not any(is_validation(f"{i:09d}", 0.0) for i in range(100))
+
+
+def test_prepare_holds_out_a_disjoint_deterministic_split(tmp_path):
+    folder = image_folder(tmp_path / "in")
+    out = tmp_path / "shards"
+    summary = prepare(PrepareConfig(input=str(folder), output=str(out), image_size=32, num_workers=0,
+                                    val_fraction=0.25), progress=False)
+    train, val = keys(out), keys(out / "val")
+    assert summary.kept == 40 and summary.val_kept == len(val) > 0
+    assert sorted(train + val) == [f"{i:09d}" for i in range(40)] and not set(train) & set(val)
+    assert val == [k for k in sorted(train + val) if is_validation(k, 0.25)]
+    assert ShardIndex.load(out / "val").meta["split"] == "val"
+
+    prepare(PrepareConfig(input=str(folder), output=str(out), image_size=32, num_workers=2, val_fraction=0.25),
+            progress=False)
+    assert (keys(out), keys(out / "val")) == (train, val)
+
+    data = DataConfig(shards=str(out))
+    assert data.validation_shards() == str(out / "val")
+    prepare(PrepareConfig(input=str(folder), output=str(out), image_size=32, num_workers=0), progress=False)
+    assert not (out / "val").exists() and len(keys(out)) == 40
+    assert data.validation_shards() is None
+
+
+def test_explicit_val_shards_must_be_finished(tmp_path):
+    with pytest.raises(UserError, match="data.val_shards"):
+        DataConfig(shards=str(tmp_path), val_shards=str(tmp_path / "missing")).validate()
+    assert DataConfig(shards="x", val_shards=str(tmp_path)).validation_shards() == str(tmp_path)
+
+
+def test_prepare_refuses_a_bad_fraction(tmp_path):
+    with pytest.raises(UserError, match="val_fraction"):
+        PrepareConfig(input="a", output="b", val_fraction=1.0).validate()
+
+
+def test_encode_carries_the_split_over(tmp_path):
+    from megadalle.config.dvae import DVAEConfig
+    from megadalle.models.dvae import DVAE
+    from megadalle.weights import save_weights
+
+    out = tmp_path / "shards"
+    prepare(PrepareConfig(input=str(image_folder(tmp_path / "in", 12)), output=str(out), image_size=32,
+                          num_workers=0, val_fraction=0.3), progress=False)
+    cfg = DVAEConfig(image_size=32, n_hid=8, n_blk_per_group=1, n_groups=3, vocab_size=16, n_init=8)
+    weights = tmp_path / "dvae.safetensors"
+    save_weights(weights, DVAE(cfg).state_dict(), kind="dvae", config=cfg)
+    assert main(["encode", f"dvae_weights={weights}", f"input={out}", f"output={tmp_path / 'tokens'}",
+                 "device=cpu"]) == 0
+    assert keys(tmp_path / "tokens" / "val") == keys(out / "val")
+    assert keys(tmp_path / "tokens") == keys(out)
+    sample = next(iter_samples(tmp_path / "tokens" / "val", ["codes.npy"]))
+    assert sample["codes.npy"].shape == (8, 8) and sample["codes.npy"].dtype == np.uint16

@@ -1,0 +1,104 @@
+"""Validation during training: every task logs val/... at every `trainer.eval_every` updates, equal to a plain
+evaluation of the same weights on the same held-out batches."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from megadalle.config.compose import compose
+from megadalle.train.loop import train_from_config
+from megadalle.train.task import DataPart
+from megadalle.train.validate import seeded
+from tests.dvae.conftest import write_image_shards
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "distributed"))
+from dist_tokens import make_token_data  # noqa: E402
+
+STEPS, EVERY, EVAL_BATCHES, MICRO = 4, 2, 2, 4  # the last evaluation sees the final weights
+
+
+def records(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def plain_validation(task, model, step: int, seed: int = 0) -> dict[str, float]:
+    """The mean validation metrics of `model` over the first EVAL_BATCHES batches, without the trainer."""
+    batches = task.validation_batches(DataPart(MICRO, 1, 0, 1))
+    totals: dict[str, float] = {}
+    model.eval()
+    with torch.no_grad(), seeded(seed, torch.device("cpu")):
+        for _, batch in zip(range(EVAL_BATCHES), batches):
+            for name, value in task.validation_loss(model, batch, step).items():
+                totals[name] = totals.get(name, 0.0) + value / EVAL_BATCHES
+    return totals
+
+
+@pytest.fixture(scope="module")
+def image_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    write_image_shards(root / "shards", 24, 32, 16, seed=0)
+    write_image_shards(root / "shards" / "val", 12, 32, 16, seed=1)  # the held-out split, found by default
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def token_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tokens")
+    shards, tok = make_token_data(root / "train")
+    val, _ = make_token_data(root / "val", samples=16)
+    return shards, tok, val
+
+
+def common(run_dir: Path) -> list[str]:
+    return ["trainer=tiny", f"trainer.steps={STEPS}", f"trainer.micro_batch={MICRO}", f"trainer.eval_every={EVERY}",
+            f"trainer.eval_batches={EVAL_BATCHES}", "trainer.log_every=100", "logger=none", f"run_dir={run_dir}",
+            "data.num_workers=0"]
+
+
+def configs(name: str, image_data, token_data, run_dir: Path):
+    shards, tok, val = token_data
+    if name == "transformer":
+        from megadalle.train.transformer import FACTORY, task_from_config
+        overrides = [f"data.shards={shards}", f"data.tokenizer={tok}", f"data.val_shards={val}", "model=tiny",
+                     "model.dropout=0.2"]
+        return "train", overrides, task_from_config, FACTORY
+    if name == "dvae":
+        from megadalle.train.dvae import FACTORY, task_from_config
+        return "train-dvae", [f"data.shards={image_data}", "dvae=tiny", "dvae.n_hid=16", "dvae.vocab_size=64"], \
+            task_from_config, FACTORY
+    from megadalle.train.clip import FACTORY, task_from_config
+    return "train-clip", [f"data.shards={image_data}", f"tokenizer={tok}", "clip=tiny", "clip.text_vocab=40",
+                          "clip.text_len=10", "clip.image_size=32"], task_from_config, FACTORY
+
+
+@pytest.mark.parametrize("name", ["transformer", "dvae", "clip"])
+def test_val_loss_is_logged_every_eval_every_and_equals_a_plain_evaluation(name, image_data, token_data, tmp_path,
+                                                                            capsys):
+    verb, overrides, factory, factory_name = configs(name, image_data, token_data, tmp_path / "run")
+    cfg = compose(verb, [*overrides, *common(tmp_path / "run")])
+    task = factory(cfg)
+    result = train_from_config(task, cfg, factory_name)
+    logged = records(tmp_path / "run")
+    assert [s for s, r in sorted(logged.items()) if "val/loss" in r] == [1, 3]
+    assert "val/loss=" in capsys.readouterr().out  # the console line of a validation step
+    assert result.model.training, "the trainer must put the model back in training mode"
+    expected = plain_validation(task, result.model, step=3)
+    for key, value in expected.items():
+        assert logged[3][f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert logged[3]["val/loss"] != pytest.approx(logged[1]["val/loss"], rel=1e-6), "weights changed in between"
+
+
+def test_a_task_without_validation_data_trains_and_says_so_once(image_data, tmp_path, capsys):
+    from megadalle.train.dvae import FACTORY, task_from_config
+
+    shards = tmp_path / "only"
+    write_image_shards(shards, 8, 32, 8)
+    cfg = compose("train-dvae", [f"data.shards={shards}", "dvae=tiny", "dvae.n_hid=16", "dvae.vocab_size=64",
+                                 *common(tmp_path / "run")])
+    train_from_config(task_from_config(cfg), cfg, FACTORY)
+    assert capsys.readouterr().out.count("no validation data for the dvae task") == 1
+    assert not any("val/loss" in r for r in records(tmp_path / "run").values())
