@@ -1,11 +1,7 @@
 """One intra-op thread for the evaluation tests (the shared machine has 2 cores)."""
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test here on one intra-op thread (tests/conftest.py says why)."""
