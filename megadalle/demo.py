@@ -12,6 +12,7 @@ dVAE's own check (demo_recon.py), which bounds what the Transformer can draw.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -47,13 +48,13 @@ def trainer_overrides(steps: int, batch: int, lr: float) -> list[str]:
             "logger=none", "deepspeed=zero1", "resume=never", "data.num_workers=1"]
 
 
-def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path, list[Scene], list[Scene]]:
-    """Draw the images, shard them (prepare) and train the BPE tokenizer; returns shards, tokenizer, scenes."""
+def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
+    """Draw the training scenes' images, shard them (prepare) and train the BPE tokenizer; returns both paths."""
     from megadalle.config.data import PrepareConfig, TokenizerConfig
     from megadalle.data.prepare import prepare
     from megadalle.data.tokenizer import train_tokenizer
 
-    train, held = split_scenes(d.holdout, seed)
+    train, _ = split_scenes(d.holdout, seed)
     write_dataset(out / "raw", train, d.per_scene, d.image_size, seed)
     cfg = compose("prepare", [f"input={out / 'raw'}", f"output={out / 'shards'}", f"image_size={d.image_size}",
                               "format=png", f"min_side={d.image_size}"])
@@ -63,7 +64,7 @@ def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path, list[Sce
     tc = build(TokenizerConfig, top_level(cfg, TokenizerConfig), "")
     train_tokenizer(tc.input, tc.output, tc.vocab_size, tc.normalization, tc.character_coverage, tc.max_sentences,
                     tc.byte_fallback, tc.seed)
-    return out / "shards", out / "tokenizer.model", train, held
+    return out / "shards", out / "tokenizer.model"
 
 
 def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, extra: tuple[str, ...] = ()) -> Path:
@@ -120,16 +121,29 @@ def generate_and_judge(model, dvae, clip, tokenizer, scene: Scene, samples: int,
     return result.images, [judge(image) for image in result.images]
 
 
-def evaluate(d: DemoConfig, out: Path, scenes: list[tuple[str, Scene]], seed: int) -> dict[str, dict]:
-    """Generate each caption, write its grid, judge the pixels; accuracy per group (held-out / seen) and criterion."""
+def load_demo_models(out: Path):
+    """(Transformer, dVAE, CLIP, tokenizer) of a demo output folder."""
     from megadalle.data.tokenizer import Tokenizer
-    from megadalle.sampling.grid import save_grid
     from megadalle.sampling.load import load_model
-    from megadalle.sampling.loop import SamplingSettings
 
     model, dvae, clip = (load_model(out / f"{name}.safetensors", kind) for name, kind in
                          (("model", "transformer"), ("dvae", "dvae"), ("clip", "clip")))
-    tokenizer = Tokenizer(out / "tokenizer.model")
+    return model, dvae, clip, Tokenizer(out / "tokenizer.model")
+
+
+def eval_scenes(d: DemoConfig, seed: int) -> list[tuple[str, Scene]]:
+    """The captions the demo judges: every held-out scene, then `d.seen` training scenes, as (group, scene)."""
+    train, held = split_scenes(d.holdout, seed)
+    seen = random.Random(seed).sample(train, min(d.seen, len(train)))
+    return [("heldout", s) for s in held] + [("seen", s) for s in seen]
+
+
+def evaluate(d: DemoConfig, out: Path, scenes: list[tuple[str, Scene]], seed: int) -> dict[str, dict]:
+    """Generate each caption, write its grid, judge the pixels; accuracy per group (held-out / seen) and criterion."""
+    from megadalle.sampling.grid import save_grid
+    from megadalle.sampling.loop import SamplingSettings
+
+    model, dvae, clip, tokenizer = load_demo_models(out)
     settings = SamplingSettings(d.temperature, d.top_k, d.top_p)
     scores: dict[str, list] = {}
     for group, scene in scenes:
@@ -176,19 +190,19 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timer, start = Timer(), time.perf_counter()
     began = time.perf_counter()
-    shards, tokenizer, train, held = make_data(d, out, seed)
+    shards, tokenizer = make_data(d, out, seed)
     timer("data + prepare + tokenizer", began)
     train_models(d, out, shards, tokenizer, Tokenizer(tokenizer).vocab_size, timer)
     began = time.perf_counter()
     dvae_check = check_dvae(load_dvae(out / "dvae.safetensors"), d.image_size, d.check_per_scene, seed + 1)
-    seen = random.Random(seed).sample(train, min(d.seen, len(train)))
-    accuracy = evaluate(d, out, [("heldout", s) for s in held] + [("seen", s) for s in seen], seed)
+    accuracy = evaluate(d, out, eval_scenes(d, seed), seed)
     timer("generate + judge", began)
     group = "heldout" if "heldout" in accuracy else "seen"
     main = accuracy[group]["colour+shape+position"]
     summary = {"headline": {"group": group, "accuracy": main["reranked"], "se": main["reranked_se"]},
                "accuracy": accuracy, "chance": {c: chance(a) for c, a in CRITERIA.items()}, "dvae": dvae_check,
-               "seconds": timer.times, "total_seconds": time.perf_counter() - start, "grids": str(out / "grids")}
+               "seconds": timer.times, "total_seconds": time.perf_counter() - start, "grids": str(out / "grids"),
+               "config": dataclasses.asdict(d), "seed": seed}
     (out / "demo.json").write_text(json.dumps(summary, indent=1))
     print(report(d, summary), flush=True)
     return summary
