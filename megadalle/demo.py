@@ -195,6 +195,8 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0) -> dict:
     train_models(d, out, shards, tokenizer, Tokenizer(tokenizer).vocab_size, timer)
     began = time.perf_counter()
     dvae_check = check_dvae(load_dvae(out / "dvae.safetensors"), d.image_size, d.check_per_scene, seed + 1)
+    timer("dvae check", began)
+    began = time.perf_counter()
     accuracy = evaluate(d, out, eval_scenes(d, seed), seed)
     timer("generate + judge", began)
     group = "heldout" if "heldout" in accuracy else "seen"
