@@ -88,3 +88,17 @@ def test_schedules_at_their_ends():
     assert learning_rate(1000, 1e-4, 1.25e-6, 1000) == 1.25e-6
     assert all(cosine(s, 1.0, 0.0, 10) >= cosine(s + 1, 1.0, 0.0, 10) for s in range(12))
     assert cosine(0, 1.0, 0.5, 0) == 0.5
+
+
+def test_usage_term_is_off_for_the_paper_and_on_for_the_tiny_dvae():
+    from megadalle.config import build
+    from megadalle.config.compose import compose
+    from megadalle.config.dvae import DVAEConfig
+    from megadalle.errors import UserError
+
+    paper = build(DVAEConfig, compose("train-dvae", ["dvae=paper"]).dvae, "dvae")
+    tiny = build(DVAEConfig, compose("train-dvae", ["dvae=tiny"]).dvae, "dvae")
+    assert paper.objective.usage_weight == 0.0 and paper.objective.kl_weight == 6.6
+    assert tiny.objective.usage_weight > 0
+    with pytest.raises(UserError, match="dvae.objective.usage_weight"):
+        build(DVAEConfig, {"objective": {"usage_weight": -1.0}}, "dvae")

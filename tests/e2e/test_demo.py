@@ -25,4 +25,7 @@ def test_fast_demo_produces_grids_the_dvae_check_and_the_accuracy_line(tmp_path,
     assert held["captions"] == 3 and held["reranked_se"] is not None and 0 <= held["reranked"] <= 1
     assert summary["accuracy"]["seen"]["colour+shape"]["reranked_se"] is None  # one seen caption: no spread
     assert summary["chance"] == {"colour+shape+position": 1 / 48, "colour+shape": 1 / 12}
-    assert summary["dvae"]["images"] == 48 and 0 < summary["dvae"]["codes_in_use"] <= 1
+    check = summary["dvae"]
+    # 60 updates at the fast size come before the dVAE learns colours (reconstructions kept: 7-8% measured),
+    # so the loose bound is on its codebook: the usage term keeps it from collapsing (39-49% measured).
+    assert check["images"] == 48 and check["codes_in_use"] >= 0.25 and 0 <= check["reconstructions_kept"] <= 1
