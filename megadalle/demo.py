@@ -174,7 +174,8 @@ def report(d: DemoConfig, summary: dict) -> str:
     lines.append(f"[demo] caption accuracy = {headline['group']} captions judged on colour, shape and position, "
                  f"CLIP's best {d.keep} of {d.samples}: {percent(headline['accuracy'], headline['se'])} "
                  "(± standard error over captions)")
-    lines.append(f"caption accuracy: {headline['accuracy']:.0%} (chance {summary['chance']['colour+shape+position']:.0%})")
+    chance_all = summary["chance"]["colour+shape+position"]
+    lines.append(f"caption accuracy: {headline['accuracy']:.0%} (chance {chance_all:.0%})")
     return "\n".join(lines)
 
 

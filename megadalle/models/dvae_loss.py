@@ -92,8 +92,9 @@ def elbo_loss(images: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, b
     them as in the ELB itself: loss = NLL_pixel + β * KL_image / (3 S^2), with KL_image summed
     over the image's grid cells. Metrics: the per-pixel-channel NLL, the KL per grid cell, and
     the mean squared error of the decoded median in [0, 1] (a scale everyone reads).
-    `usage_weight` > 0 adds usage_weight * `usage_gap` (at temperature `tau`) per grid cell on the same scale as the KL (not
-    part of the ELB: a codebook-use regulariser for small dVAEs; the paper has none).
+    `usage_weight` > 0 adds usage_weight * `usage_gap` (at temperature `tau`) per grid cell, on the
+    same scale as the KL (not part of the ELB: a codebook-use regulariser for small dVAEs; the paper
+    has none).
     """
     nll = logit_laplace_nll(map_pixels(images.float(), eps), stats[:, :3], stats[:, 3:])
     kl = kl_to_uniform(logits)
