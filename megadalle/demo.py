@@ -3,13 +3,16 @@
 Every stage runs through the same function its verb runs (compose the verb's config, call the
 stage), so the demo exercises exactly what users run: prepare -> tokenizer -> train-dvae ->
 encode -> train-clip -> train -> export -> generate with CLIP rerank. At the end it draws the
-held-out captions (scenes never shown in training) and a few training captions, writes their
-grids, and judges the samples with a pixel check that no model took part in (demo_judge.py).
-The headline accuracy is that of the training captions (does the pipeline learn colour and
-shape?); held-out scenes, which need composition, are reported beside it.
+held-out captions (colour, shape and position combinations never shown in training, the
+generalisation DALL-E is about) and a few training captions, writes their grids, and judges the
+samples with a pixel check that no model took part in (demo_judge.py). The headline is the
+held-out captions judged on all three attributes, with its standard error over captions
+(demo_score.py); seen captions and the colour + shape figure are printed beside it, and so is the
+dVAE's own check (demo_recon.py), which bounds what the Transformer can draw.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -22,7 +25,8 @@ from megadalle.config import build, top_level
 from megadalle.config.compose import compose
 from megadalle.config.demo import DemoConfig
 from megadalle.demo_data import Scene, split_scenes, write_dataset
-from megadalle.demo_judge import chance, matches
+from megadalle.demo_judge import chance, judge
+from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
 
 
 class Timer:
@@ -44,13 +48,13 @@ def trainer_overrides(steps: int, batch: int, lr: float) -> list[str]:
             "logger=none", "deepspeed=zero1", "resume=never", "data.num_workers=1"]
 
 
-def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path, list[Scene], list[Scene]]:
-    """Draw the images, shard them (prepare) and train the BPE tokenizer; returns shards, tokenizer, scenes."""
+def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
+    """Draw the training scenes' images, shard them (prepare) and train the BPE tokenizer; returns both paths."""
     from megadalle.config.data import PrepareConfig, TokenizerConfig
     from megadalle.data.prepare import prepare
     from megadalle.data.tokenizer import train_tokenizer
 
-    train, held = split_scenes(d.holdout, seed)
+    train, _ = split_scenes(d.holdout, seed)
     write_dataset(out / "raw", train, d.per_scene, d.image_size, seed)
     cfg = compose("prepare", [f"input={out / 'raw'}", f"output={out / 'shards'}", f"image_size={d.image_size}",
                               "format=png", f"min_side={d.image_size}"])
@@ -60,7 +64,18 @@ def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path, list[Sce
     tc = build(TokenizerConfig, top_level(cfg, TokenizerConfig), "")
     train_tokenizer(tc.input, tc.output, tc.vocab_size, tc.normalization, tc.character_coverage, tc.max_sentences,
                     tc.byte_fallback, tc.seed)
-    return out / "shards", out / "tokenizer.model", train, held
+    return out / "shards", out / "tokenizer.model"
+
+
+def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, extra: tuple[str, ...] = ()) -> Path:
+    """The demo's dVAE stage (train-dvae with dvae=tiny); `extra` overrides are for experiments."""
+    from megadalle.train.dvae import train_dvae
+
+    return train_dvae(compose("train-dvae", [
+        "dvae=tiny", f"dvae.image_size={d.image_size}", f"dvae.n_groups={d.dvae_groups}",
+        f"dvae.objective.tau_anneal_steps={d.dvae_steps}", f"data.shards={shards}",
+        f"weights={out / 'dvae.safetensors'}", f"run_dir={out / 'runs/dvae'}",
+        *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr), *extra]))
 
 
 def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab: int, timer: Timer) -> None:
@@ -69,15 +84,11 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     from megadalle.export import export
     from megadalle.models.dvae import load_dvae
     from megadalle.train.clip import train_clip
-    from megadalle.train.dvae import train_dvae
     from megadalle.train.loop import train_from_config
     from megadalle.train.transformer import FACTORY, task_from_config
 
     began = time.perf_counter()
-    train_dvae(compose("train-dvae", ["dvae=tiny", f"dvae.image_size={d.image_size}", f"dvae.n_groups={d.dvae_groups}",
-                                      f"dvae.objective.tau_anneal_steps={d.dvae_steps}", f"data.shards={shards}",
-                                      f"weights={out / 'dvae.safetensors'}", f"run_dir={out / 'runs/dvae'}",
-                                      *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr)]))
+    train_demo_dvae(d, out, shards)
     timer("train-dvae", began)
     began = time.perf_counter()
     dvae = load_dvae(out / "dvae.safetensors")
@@ -100,61 +111,103 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     timer("train", began)
 
 
-def evaluate(d: DemoConfig, out: Path, scenes: list[tuple[str, Scene]], seed: int) -> dict[str, dict[str, float]]:
-    """Generate each caption, write its grid, judge the pixels; accuracy per group (held-out / seen)."""
-    from megadalle.data.tokenizer import Tokenizer
+def generate_and_judge(model, dvae, clip, tokenizer, scene: Scene, samples: int, settings, seed: int):
+    """`samples` images of the scene's caption, best first by CLIP (sample order without `clip`), and their
+    judged scenes."""
     from megadalle.sample import generate
-    from megadalle.sampling.grid import save_grid
+
+    result = generate(model, dvae, clip, tokenizer, scene.caption, samples, samples, samples, settings, seed,
+                      progress=False)
+    return result.images, [judge(image) for image in result.images]
+
+
+def load_demo_models(out: Path):
+    """(Transformer, dVAE, CLIP, tokenizer) of a demo output folder."""
+    from megadalle.data.tokenizer import Tokenizer
     from megadalle.sampling.load import load_model
-    from megadalle.sampling.loop import SamplingSettings
 
     model, dvae, clip = (load_model(out / f"{name}.safetensors", kind) for name, kind in
                          (("model", "transformer"), ("dvae", "dvae"), ("clip", "clip")))
-    tokenizer = Tokenizer(out / "tokenizer.model")
-    settings = SamplingSettings(d.temperature, d.top_k)
-    hits: dict[str, dict[str, list[bool]]] = {}
+    return model, dvae, clip, Tokenizer(out / "tokenizer.model")
+
+
+def eval_scenes(d: DemoConfig, seed: int) -> list[tuple[str, Scene]]:
+    """The captions the demo judges: every held-out scene, then `d.seen` training scenes, as (group, scene)."""
+    train, held = split_scenes(d.holdout, seed)
+    seen = random.Random(seed).sample(train, min(d.seen, len(train)))
+    return [("heldout", s) for s in held] + [("seen", s) for s in seen]
+
+
+def evaluate(d: DemoConfig, out: Path, scenes: list[tuple[str, Scene]], seed: int) -> dict[str, dict]:
+    """Generate each caption, write its grid, judge the pixels; accuracy per group (held-out / seen) and criterion."""
+    from megadalle.sampling.grid import save_grid
+    from megadalle.sampling.loop import SamplingSettings
+
+    model, dvae, clip, tokenizer = load_demo_models(out)
+    settings = SamplingSettings(d.temperature, d.top_k, d.top_p)
+    scores: dict[str, list] = {}
     for group, scene in scenes:
-        result = generate(model, dvae, clip, tokenizer, scene.caption, d.samples, d.samples, d.samples, settings,
-                          seed, progress=False)
-        save_grid(result.images[:d.keep], out / "grids" / group / f"{scene.caption.replace(' ', '_')}.png")
-        judged = [matches(image, scene) for image in result.images]
-        per = hits.setdefault(group, {"reranked": [], "raw": []})
-        per["reranked"] += judged[:d.keep]
-        per["raw"] += judged
-        print(f"[demo] {group:8s} {scene.caption!r}: {sum(judged[:d.keep])}/{d.keep} of CLIP's best, "
-              f"{sum(judged)}/{len(judged)} of all samples match")
-    return {g: {k: sum(v) / len(v) for k, v in per.items()} for g, per in hits.items()}
+        images, judged = generate_and_judge(model, dvae, clip, tokenizer, scene, d.samples, settings, seed)
+        save_grid(images[:d.keep], out / "grids" / group / f"{scene.caption.replace(' ', '_')}.png")
+        score = caption_score(judged, scene, d.keep)
+        scores.setdefault(group, []).append(score)
+        full = score["colour+shape+position"]
+        print(f"[demo] {group:8s} {scene.caption!r}: {full['reranked'] * d.keep:.0f}/{d.keep} of CLIP's best, "
+              f"{full['raw'] * d.samples:.0f}/{d.samples} of all samples match (colour, shape, position)")
+    return {group: summarise(per) for group, per in scores.items()}
+
+
+def report(d: DemoConfig, summary: dict) -> str:
+    """The closing lines: every group and criterion, then the headline (held-out captions, all attributes)."""
+    lines = []
+    for group, per in summary["accuracy"].items():
+        for criterion, acc in per.items():
+            lines.append(f"[demo] {group} ({acc['captions']} captions), {criterion}: "
+                         f"{percent(acc['reranked'], acc['reranked_se'])} of CLIP's best {d.keep}, "
+                         f"{percent(acc['raw'], acc['raw_se'])} of all {d.samples} samples "
+                         f"(chance {summary['chance'][criterion]:.0%})")
+    recon = summary["dvae"]
+    lines.append(f"[demo] dVAE: {recon['reconstructions_kept']:.1%} of reconstructions keep colour, shape and "
+                 f"position; {recon['codes_in_use']:.0%} of codes in use, perplexity {recon['perplexity']:.0f}")
+    headline = summary["headline"]
+    lines.append(f"[demo] grids in {summary['grids']}; total {summary['total_seconds'] / 60:.1f} min")
+    lines.append(f"[demo] caption accuracy = {headline['group']} captions judged on colour, shape and position, "
+                 f"CLIP's best {d.keep} of {d.samples}: {percent(headline['accuracy'], headline['se'])} "
+                 "(± standard error over captions)")
+    chance_all = summary["chance"]["colour+shape+position"]
+    lines.append(f"caption accuracy: {headline['accuracy']:.0%} (chance {chance_all:.0%})")
+    return "\n".join(lines)
 
 
 def run_demo(d: DemoConfig, output: str | Path, seed: int = 0) -> dict:
-    """The whole demo; returns the accuracies, chance and stage times (also written to <output>/demo.json)."""
+    """The whole demo; returns the accuracies, chance, the dVAE check and stage times (also in <output>/demo.json)."""
+    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.demo_recon import check_dvae
+    from megadalle.models.dvae import load_dvae
+
     if d.threads:
         torch.set_num_threads(d.threads)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     timer, start = Timer(), time.perf_counter()
     began = time.perf_counter()
-    shards, tokenizer, train, held = make_data(d, out, seed)
+    shards, tokenizer = make_data(d, out, seed)
     timer("data + prepare + tokenizer", began)
-    from megadalle.data.tokenizer import Tokenizer
-
     train_models(d, out, shards, tokenizer, Tokenizer(tokenizer).vocab_size, timer)
     began = time.perf_counter()
-    seen = random.Random(seed).sample(train, min(d.seen, len(train)))
-    scenes = [("heldout", s) for s in held] + [("seen", s) for s in seen]
-    accuracy = evaluate(d, out, scenes, seed)
+    dvae_check = check_dvae(load_dvae(out / "dvae.safetensors"), d.image_size, d.check_per_scene, seed + 1)
+    timer("dvae check", began)
+    began = time.perf_counter()
+    accuracy = evaluate(d, out, eval_scenes(d, seed), seed)
     timer("generate + judge", began)
-    main = accuracy.get("seen", accuracy.get("heldout"))["reranked"]
-    summary = {"accuracy": accuracy, "chance": chance(), "seconds": timer.times, "total_seconds":
-               time.perf_counter() - start}
+    group = "heldout" if "heldout" in accuracy else "seen"
+    main = accuracy[group]["colour+shape+position"]
+    summary = {"headline": {"group": group, "accuracy": main["reranked"], "se": main["reranked_se"]},
+               "accuracy": accuracy, "chance": {c: chance(a) for c, a in CRITERIA.items()}, "dvae": dvae_check,
+               "seconds": timer.times, "total_seconds": time.perf_counter() - start, "grids": str(out / "grids"),
+               "config": dataclasses.asdict(d), "seed": seed}
     (out / "demo.json").write_text(json.dumps(summary, indent=1))
-    for group, acc in accuracy.items():
-        print(f"[demo] {group}: {acc['reranked']:.0%} of CLIP's best {d.keep}, {acc['raw']:.0%} of all "
-              f"{d.samples} samples (chance {chance():.0%})")
-    print(f"[demo] grids in {out / 'grids'}; total {summary['total_seconds'] / 60:.1f} min")
-    print("[demo] caption accuracy = captions seen in training, CLIP's best; held-out scenes (a colour, shape "
-          "and position combination never shown) are the harder test above")
-    print(f"caption accuracy: {main:.0%} (chance {chance():.0%})", flush=True)
+    print(report(d, summary), flush=True)
     return summary
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 70, 230), "yellow": (235, 205, 20)}
@@ -19,6 +21,8 @@ SHAPES = ("circle", "square", "triangle")
 POSITIONS = {"top left": (0.25, 0.25), "top right": (0.75, 0.25), "bottom left": (0.25, 0.75),
              "bottom right": (0.75, 0.75)}
 BACKGROUND = (255, 255, 255)
+MAX_HOLDOUT = len(COLOURS) * len(SHAPES)
+"""Held-out scenes that can share no two attributes (one per colour and shape pair; 4 positions >= 4 colours)."""
 
 
 @dataclass(frozen=True)
@@ -37,17 +41,20 @@ def all_scenes() -> list[Scene]:
 
 
 def split_scenes(n_holdout: int, seed: int) -> tuple[list[Scene], list[Scene]]:
-    """(training scenes, held-out scenes): held-out scenes differ in colour, shape and position from each other
-    (so at most len(SHAPES) of them), leaving every colour, shape and position in training."""
-    scenes = all_scenes()
+    """(training scenes, held-out scenes): no two held-out scenes share two attributes, so every pair of a
+    held-out caption's attributes (its colour and shape, colour and position, shape and position) is still
+    shown in training, in other scenes; only the combination of all three is new.
+
+    The held-out scenes come from a Latin design, position = (colour + shape) mod 4 over shuffled lists,
+    which has that property for all its 12 scenes; the seed picks the lists' order and which ones are kept.
+    """
+    if not 0 <= n_holdout <= MAX_HOLDOUT:
+        raise ValueError(f"n_holdout={n_holdout} must be in [0, {MAX_HOLDOUT}]")
     rng = random.Random(seed)
-    rng.shuffle(scenes)
-    held: list[Scene] = []
-    for scene in scenes:
-        if len(held) == n_holdout:
-            break
-        if all(scene.colour != h.colour and scene.shape != h.shape and scene.position != h.position for h in held):
-            held.append(scene)
+    colours, shapes, positions = (rng.sample(list(names), len(names)) for names in (COLOURS, SHAPES, POSITIONS))
+    design = [Scene(c, s, positions[(i + j) % len(positions)]) for i, c in enumerate(colours)
+              for j, s in enumerate(shapes)]
+    held = rng.sample(design, n_holdout)
     return [s for s in all_scenes() if s not in held], held
 
 
@@ -69,6 +76,11 @@ def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:
     else:
         draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=colour)
     return image
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as [3, S, S] float in [0, 1], the models' and the judge's layout."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
 
 
 def write_dataset(folder: str | Path, scenes: list[Scene], per_scene: int, size: int, seed: int) -> Path:

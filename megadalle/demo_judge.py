@@ -9,10 +9,12 @@ triangle ~1/2); its position from its centroid.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from megadalle.demo_data import COLOURS, POSITIONS, Scene
+from megadalle.demo_data import COLOURS, POSITIONS, SHAPES, Scene
 
 PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255
 
@@ -40,14 +42,21 @@ def judge(image: torch.Tensor, min_pixels: int = 6, min_ink: float = 0.15) -> Sc
     return Scene(list(COLOURS)[colour_index], shape, position)
 
 
-def matches(image: torch.Tensor, scene: Scene) -> bool:
-    """Whether the image shows the caption's colour and shape (the demo's accuracy criterion)."""
-    seen = judge(image)
-    return seen is not None and seen.colour == scene.colour and seen.shape == scene.shape
+ATTRIBUTES = ("colour", "shape", "position")
+"""What a caption asks for; the demo's headline judges all three, its side figure colour and shape only."""
+CHOICES = {"colour": len(COLOURS), "shape": len(SHAPES), "position": len(POSITIONS)}
 
 
-def chance() -> float:
-    """Accuracy of guessing colour and shape uniformly at random."""
-    from megadalle.demo_data import SHAPES
+def agrees(seen: Scene | None, scene: Scene, attributes: tuple[str, ...] = ATTRIBUTES) -> bool:
+    """Whether a judged scene (None: nothing drawn) has the caption's `attributes`."""
+    return seen is not None and all(getattr(seen, a) == getattr(scene, a) for a in attributes)
 
-    return 1 / (len(COLOURS) * len(SHAPES))
+
+def matches(image: torch.Tensor, scene: Scene, attributes: tuple[str, ...] = ATTRIBUTES) -> bool:
+    """Whether the image shows the caption's `attributes` (all of colour, shape and position by default)."""
+    return agrees(judge(image), scene, attributes)
+
+
+def chance(attributes: tuple[str, ...] = ATTRIBUTES) -> float:
+    """Accuracy of guessing the judged attributes uniformly at random (1/48 for all three)."""
+    return 1 / math.prod(CHOICES[a] for a in attributes)

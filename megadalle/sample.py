@@ -3,7 +3,7 @@
 Samples are drawn in seeded batches; each batch is decoded and scored at once, so only codes
 and scores are held for all n (512 images of 256 px would be 400 MB), and the kept ones are
 decoded again at the end. Outputs: grid.png (best first, row by row), sample_XX.png for each
-kept sample, and scores.json with every sample's CLIP score.
+kept sample (its pixels alone, no frame), and scores.json with every sample's CLIP score.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig
-from megadalle.sampling.grid import save_grid
+from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.rerank import as_reranker, load_reranker, rank
 
@@ -63,8 +63,8 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
     """grid.png, sample_XX.png and scores.json in `output`; returns the grid's path."""
     output = Path(output)
     grid = save_grid(result.images, output / "grid.png")
-    for rank_, (index, image) in enumerate(zip(result.indices, result.images)):
-        save_grid(image[None], output / f"sample_{rank_:02d}.png", columns=1)
+    for rank_, image in enumerate(result.images):
+        save_image(image, output / f"sample_{rank_:02d}.png")
     kept = [{"rank": r, "sample": i, "file": f"sample_{r:02d}.png",
              "score": None if result.scores is None else result.scores[i]} for r, i in enumerate(result.indices)]
     (output / "scores.json").write_text(json.dumps({"prompt": prompt, **meta, "kept": kept,

@@ -27,9 +27,14 @@ class DVAEObjective:
     """Temperature reached after `tau_anneal_steps` (the paper's 1/16)."""
     tau_anneal_steps: int = 150000
     """Updates over which τ falls on a cosine schedule (a linear one tended to diverge in the paper)."""
+    usage_weight: float = 0.0
+    """Weight of the codebook-use term ln K - H(mean code distribution of the batch), scaled like the KL
+    (megadalle.models.dvae_loss.usage_gap). 0 = the paper's objective; small dVAEs that leave codes dead
+    (conf/dvae/tiny.yaml) switch it on."""
 
     def validate(self, where: str) -> None:
         check(self.kl_weight >= 0, f"{where}.kl_weight", self.kl_weight, "must be non-negative")
+        check(self.usage_weight >= 0, f"{where}.usage_weight", self.usage_weight, "must be non-negative")
         for name in ("kl_warmup_steps", "tau_anneal_steps"):
             check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
         for name in ("tau_start", "tau_end"):

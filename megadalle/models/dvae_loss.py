@@ -48,6 +48,20 @@ def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     return ((log_q.exp() * log_q).sum(dim=1) + math.log(logits.shape[1])).mean()
 
 
+def usage_gap(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """ln K - H(q_bar) in nats: how far the batch's mean code distribution q_bar is from using all K codes.
+
+    q_bar averages softmax(logits / tau) over the batch and the grid cells. The per-cell KL above pulls
+    each cell's distribution towards uniform but says nothing about which codes the cells pick, so a
+    small dVAE can spread every cell over the same few codes and leave the rest dead; this term is zero
+    only when the batch as a whole uses every code equally (wav2vec 2.0's codebook diversity loss, in
+    nats). At the Gumbel temperature tau, q_bar follows the codes the decoder is actually fed: as tau
+    falls it tends to the histogram of the argmax codes, the ones the Transformer will see.
+    """
+    q_bar = F.softmax(logits.float() / tau, dim=1).mean(dim=(0, 2, 3))
+    return math.log(logits.shape[1]) + (q_bar * torch.log(q_bar.clamp_min(1e-12))).sum()
+
+
 def cosine(step: int, start: float, end: float, steps: int) -> float:
     """Half a cosine from `start` (step 0) to `end` (step >= `steps`); `end` throughout when steps is 0."""
     if steps <= 0 or step >= steps:
@@ -71,21 +85,29 @@ def learning_rate(step: int, lr: float, lr_min: float, total_steps: int) -> floa
 
 
 def elbo_loss(images: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, beta: float,
-              eps: float) -> tuple[torch.Tensor, dict[str, float]]:
+              eps: float, usage_weight: float = 0.0, tau: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """The negative ELB of one batch, in nats per pixel channel.
 
     Both terms are normalised by the same count (the image's pixel channels) so that β weighs
     them as in the ELB itself: loss = NLL_pixel + β * KL_image / (3 S^2), with KL_image summed
     over the image's grid cells. Metrics: the per-pixel-channel NLL, the KL per grid cell, and
     the mean squared error of the decoded median in [0, 1] (a scale everyone reads).
+    `usage_weight` > 0 adds usage_weight * `usage_gap` (at temperature `tau`) per grid cell, on the
+    same scale as the KL (not part of the ELB: a codebook-use regulariser for small dVAEs; the paper
+    has none).
     """
     nll = logit_laplace_nll(map_pixels(images.float(), eps), stats[:, :3], stats[:, 3:])
     kl = kl_to_uniform(logits)
     cells, pixel_channels = logits.shape[2] * logits.shape[3], images.shape[1] * images.shape[2] * images.shape[3]
     loss = nll + beta * kl * cells / pixel_channels
+    metrics = {"nll": float(nll.detach()), "kl": float(kl.detach()), "beta": beta}
+    if usage_weight > 0:
+        gap = usage_gap(logits, tau)
+        loss = loss + usage_weight * gap * cells / pixel_channels
+        metrics["usage_gap"] = float(gap.detach())
     with torch.no_grad():
-        mse = F.mse_loss(unmap_pixels(torch.sigmoid(stats[:, :3].float()), eps), images.float())
-    return loss, {"nll": float(nll.detach()), "kl": float(kl.detach()), "mse": float(mse), "beta": beta}
+        metrics["mse"] = float(F.mse_loss(unmap_pixels(torch.sigmoid(stats[:, :3].float()), eps), images.float()))
+    return loss, metrics
 
 
 def codebook_perplexity(codes: torch.Tensor, vocab_size: int) -> float:

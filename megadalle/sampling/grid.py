@@ -1,4 +1,8 @@
-"""Write samples as one PNG grid (and single images), the form people look at results in."""
+"""Write samples as one PNG grid and as single images, the forms people and tools look at results in.
+
+A grid has white gutters between its tiles so people can tell samples apart; a single image is written
+bare, pixel for pixel, because tools that read samples (a classifier, FID) would otherwise measure a
+frame that the model never drew."""
 from __future__ import annotations
 
 import math
@@ -30,4 +34,12 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images, columns).save(path)
+    return path
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> Path:
+    """One image [3, S, S] in [0, 1] as an S x S PNG, exactly its pixels (no frame)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(image[None])[0]).save(path)
     return path

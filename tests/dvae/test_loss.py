@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from megadalle.config.dvae import DVAEObjective
-from megadalle.models.dvae_loss import (cosine, kl_to_uniform, kl_weight, learning_rate, logit_laplace_nll,
-                                        map_pixels, temperature, unmap_pixels)
+from megadalle.models.dvae_loss import (cosine, elbo_loss, kl_to_uniform, kl_weight, learning_rate,
+                                        logit_laplace_nll, map_pixels, temperature, unmap_pixels, usage_gap)
 
 
 def test_pixel_map_round_trip_and_range():
@@ -52,6 +52,30 @@ def test_kl_to_uniform():
     torch.testing.assert_close(kl_to_uniform(logits), expected)
 
 
+def test_usage_gap_is_zero_when_the_batch_uses_every_code_and_ln_k_minus_h_otherwise():
+    every = torch.full((4, 16, 2, 2), -1e4)  # 16 cells, each a different code
+    for i in range(16):
+        every[i // 4, i, (i % 4) // 2, i % 2] = 0
+    assert usage_gap(every).item() == pytest.approx(0.0, abs=1e-5)
+    assert usage_gap(torch.zeros(2, 16, 3, 3)).item() == pytest.approx(0.0, abs=1e-6)  # flat cells: no gap either
+    same = torch.zeros(2, 16, 3, 3)
+    same[:, 5] = 50.0  # every cell picks code 5
+    assert usage_gap(same).item() == pytest.approx(math.log(16), rel=1e-4)
+    logits = torch.randn(3, 16, 2, 2)
+    q_bar = (logits / 0.5).softmax(1).mean((0, 2, 3))
+    torch.testing.assert_close(usage_gap(logits, tau=0.5), math.log(16) + (q_bar * q_bar.log()).sum())
+
+
+def test_elbo_adds_the_usage_term_only_when_weighted():
+    images, logits, stats = torch.rand(2, 3, 8, 8), torch.randn(2, 16, 2, 2), torch.randn(2, 6, 8, 8)
+    plain, metrics = elbo_loss(images, logits, stats, 1.0, 0.1)
+    assert "usage_gap" not in metrics
+    weighted, metrics = elbo_loss(images, logits, stats, 1.0, 0.1, usage_weight=3.0, tau=0.5)
+    expected = plain + 3.0 * usage_gap(logits, 0.5) * 4 / (3 * 64)  # per grid cell, scaled like the KL
+    torch.testing.assert_close(weighted, expected)
+    assert metrics["usage_gap"] == pytest.approx(usage_gap(logits, 0.5).item())
+
+
 def test_schedules_at_their_ends():
     obj = DVAEObjective(kl_weight=6.6, kl_warmup_steps=5000, tau_start=1.0, tau_end=1 / 16, tau_anneal_steps=150000)
     assert kl_weight(0, obj) == 0.0
@@ -64,3 +88,17 @@ def test_schedules_at_their_ends():
     assert learning_rate(1000, 1e-4, 1.25e-6, 1000) == 1.25e-6
     assert all(cosine(s, 1.0, 0.0, 10) >= cosine(s + 1, 1.0, 0.0, 10) for s in range(12))
     assert cosine(0, 1.0, 0.5, 0) == 0.5
+
+
+def test_usage_term_is_off_for_the_paper_and_on_for_the_tiny_dvae():
+    from megadalle.config import build
+    from megadalle.config.compose import compose
+    from megadalle.config.dvae import DVAEConfig
+    from megadalle.errors import UserError
+
+    paper = build(DVAEConfig, compose("train-dvae", ["dvae=paper"]).dvae, "dvae")
+    tiny = build(DVAEConfig, compose("train-dvae", ["dvae=tiny"]).dvae, "dvae")
+    assert paper.objective.usage_weight == 0.0 and paper.objective.kl_weight == 6.6
+    assert tiny.objective.usage_weight > 0
+    with pytest.raises(UserError, match="dvae.objective.usage_weight"):
+        build(DVAEConfig, {"objective": {"usage_weight": -1.0}}, "dvae")

@@ -1,15 +1,14 @@
 """The demo's data set and its pixel judge: the judge must read ground-truth images right."""
 import random
+from itertools import combinations
 
-import numpy as np
+import pytest
 import torch
 
-from megadalle.demo_data import SHAPES, all_scenes, render, split_scenes, write_dataset
+from megadalle.demo_data import MAX_HOLDOUT, Scene, all_scenes, render, split_scenes, write_dataset
+from megadalle.demo_data import to_tensor as as_tensor
 from megadalle.demo_judge import chance, judge, matches
-
-
-def as_tensor(image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+from megadalle.demo_score import caption_score, mean_se, summarise
 
 
 def test_judge_reads_ground_truth_scenes():
@@ -27,13 +26,44 @@ def test_judge_tolerates_noise_and_rejects_blank_or_wrong_images():
     assert judge(torch.ones(3, 32, 32)) is None
     other = next(s for s in all_scenes() if s.shape != scene.shape)
     assert not matches(as_tensor(render(other, 32, rng)), scene)
-    assert chance() == 1 / 12
+    moved = next(s for s in all_scenes() if (s.colour, s.shape) == (scene.colour, scene.shape) and s != scene)
+    elsewhere = as_tensor(render(moved, 32, rng))
+    assert not matches(elsewhere, scene) and matches(elsewhere, scene, ("colour", "shape"))
+    assert chance() == 1 / 48 and chance(("colour", "shape")) == 1 / 12
 
 
-def test_split_holds_out_whole_scenes_and_writer_pairs_files(tmp_path):
-    train, held = split_scenes(len(SHAPES), seed=0)
-    assert len(held) == len(SHAPES) and not set(train) & set(held)
-    assert {s.colour for s in train} == {s.colour for s in all_scenes()}
+@pytest.mark.parametrize("n", [3, 8, MAX_HOLDOUT])
+def test_split_holds_out_new_combinations_of_seen_pairs(n):
+    train, held = split_scenes(n, seed=n)
+    assert len(held) == n and not set(train) & set(held) and len(train) + n == len(all_scenes())
+    pairs = (("colour", "shape"), ("colour", "position"), ("shape", "position"))
+    for a, b in combinations(held, 2):  # no two held-out scenes share two attributes
+        assert all((getattr(a, x), getattr(a, y)) != (getattr(b, x), getattr(b, y)) for x, y in pairs)
+    for scene in held:  # so each pair of a held-out caption's attributes is still shown in training
+        for x, y in pairs:
+            assert any((getattr(t, x), getattr(t, y)) == (getattr(scene, x), getattr(scene, y)) for t in train)
+    assert split_scenes(n, seed=n) == (train, held)
+    with pytest.raises(ValueError, match="n_holdout=13"):
+        split_scenes(MAX_HOLDOUT + 1, seed=0)
+
+
+def test_scores_are_per_caption_with_standard_error_over_captions():
+    scene = Scene("red", "circle", "top left")
+    judged = [scene, Scene("red", "circle", "top right"), None, scene]
+    score = caption_score(judged, scene, keep=2)
+    assert score["colour+shape+position"] == {"reranked": 0.5, "raw": 0.5}
+    assert score["colour+shape"] == {"reranked": 1.0, "raw": 0.75}
+    assert mean_se([0.5]) == (0.5, None)
+    mean, se = mean_se([0.0, 1.0, 0.5])
+    assert mean == 0.5 and se == pytest.approx(torch.tensor([0.0, 1.0, 0.5]).std().item() / 3 ** 0.5)
+    summary = summarise([score, caption_score([None] * 4, scene, keep=2)])
+    assert summary["colour+shape+position"]["captions"] == 2
+    assert summary["colour+shape+position"]["reranked"] == 0.25 and summary["colour+shape"]["raw"] == 0.375
+    assert summary["colour+shape"]["raw_se"] == pytest.approx(0.375)
+
+
+def test_writer_pairs_files(tmp_path):
+    train, held = split_scenes(3, seed=0)
     write_dataset(tmp_path, held, per_scene=2, size=16, seed=0)
     assert len(list(tmp_path.glob("*.png"))) == len(list(tmp_path.glob("*.txt"))) == 2 * len(held)
     assert (tmp_path / "000000.txt").read_text().strip() == held[0].caption

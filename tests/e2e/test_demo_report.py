@@ -1,0 +1,68 @@
+"""The demo's closing part on untrained models, in seconds: the dVAE check, the judged held-out and seen
+captions (mean and standard error over captions), demo.json and the headline line. Training is replaced by
+random tiny models of the demo's shapes; test_demo.py runs the real thing."""
+import json
+import re
+
+import pytest
+
+import megadalle.demo as demo
+from megadalle.config import build
+from megadalle.config.clip import ClipConfig
+from megadalle.config.compose import compose
+from megadalle.config.dvae import DVAEConfig
+from megadalle.config.model import TransformerConfig
+from megadalle.models.clip import CLIP
+from megadalle.models.dvae import DVAE
+from megadalle.models.transformer import Transformer
+from megadalle.weights import save_weights
+
+
+def random_models(d, out, shards, tokenizer, vocab, timer):
+    """Stands in for train_models: untrained models of the demo's shapes, saved where the demo reads them."""
+    dvae_cfg = build(DVAEConfig, {"image_size": d.image_size, "n_hid": 8, "n_blk_per_group": 1,
+                                  "n_groups": d.dvae_groups, "vocab_size": 16, "n_init": 8}, "dvae")
+    model_cfg = TransformerConfig(text_len=d.text_len, text_vocab=vocab, grid_size=dvae_cfg.grid_size, image_vocab=16,
+                                  n_layers=2, n_heads=2, head_dim=8, d_model=16, conv_kernel=3,
+                                  attention_pattern=["row", "column"])
+    clip_cfg = ClipConfig(text_len=d.text_len, text_vocab=vocab, text_width=16, text_layers=1, text_heads=2,
+                          image_size=d.image_size, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
+                          embed_dim=8)
+    for name, module, kind, cfg in (("model", Transformer(model_cfg), "transformer", model_cfg),
+                                    ("dvae", DVAE(dvae_cfg), "dvae", dvae_cfg), ("clip", CLIP(clip_cfg), "clip", clip_cfg)):
+        save_weights(out / f"{name}.safetensors", module.state_dict(), kind, cfg)
+
+
+def test_demo_reports_held_out_headline_with_standard_error_and_the_dvae_check(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "train_models", random_models)
+    out = tmp_path / "demo"
+    cfg = compose("demo", ["demo=fast", "demo.per_scene=2", "demo.holdout=4", "demo.seen=2", "demo.samples=3",
+                           "demo.keep=2", f"output={out}"])
+    assert demo.run(cfg) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "demo.json").read_text())
+    held = summary["accuracy"]["heldout"]
+    assert held["colour+shape+position"]["captions"] == 4 and summary["accuracy"]["seen"]["colour+shape"]["captions"] == 2
+    for group in ("heldout", "seen"):
+        for criterion in ("colour+shape+position", "colour+shape"):
+            row = summary["accuracy"][group][criterion]
+            assert 0 <= row["reranked"] <= 1 and 0 <= row["raw"] <= 1 and row["reranked_se"] is not None
+            assert re.search(rf"^\[demo\] {group} \(\d captions\), {re.escape(criterion)}: \d+%( ± \d+%)? of CLIP's best 2, "
+                             rf"\d+%( ± \d+%)? of all 3 samples \(chance \d+%\)$", printed, re.M), printed
+        assert held["colour+shape"]["raw"] >= held["colour+shape+position"]["raw"]
+    assert summary["headline"] == {"group": "heldout", "accuracy": held["colour+shape+position"]["reranked"],
+                                   "se": held["colour+shape+position"]["reranked_se"]}
+    assert printed.rstrip().endswith(f"caption accuracy: {summary['headline']['accuracy']:.0%} (chance 2%)")
+    check = summary["dvae"]
+    assert check["images"] == 48 and 0 < check["codes_in_use"] <= 1 and 1 <= check["perplexity"] <= 16
+    assert 0 <= check["reconstructions_kept"] <= 1
+    assert len(list((out / "grids" / "heldout").glob("*.png"))) == 4
+
+
+def test_demo_config_rejects_bad_holdout_and_sampling_values():
+    from megadalle.config.demo import DemoConfig
+    from megadalle.errors import UserError
+
+    for field, value in (("holdout", 13), ("top_p", 0.0), ("temperature", 0.0), ("check_per_scene", 0)):
+        with pytest.raises(UserError, match=f"demo.{field}"):
+            build(DemoConfig, {field: value}, "demo")
