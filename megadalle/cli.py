@@ -27,11 +27,14 @@ class Verb:
     target: str
     """`module:function` taking the composed DictConfig."""
     summary: str
+    positional: str | None = None
+    """The key a bare first argument sets (`megadalle index DIR` is `megadalle index dir=DIR`)."""
 
 
 VERBS: dict[str, Verb] = {
     "prepare": Verb("megadalle.data.prepare:run", "images + captions -> webdataset shards (bad files skipped and reported)"),
-    "index": Verb("megadalle.data.ingest:run", "index webdataset tars written elsewhere (img2dataset...), checking every sample"),
+    "index": Verb("megadalle.data.ingest:run", "index webdataset tars written elsewhere (img2dataset...), checking every sample",
+                   positional="dir"),
     "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions"),
     "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards"),
     "import-dvae": Verb("megadalle.models.import_dalle:run", "OpenAI's released dVAE (dall_e encoder.pkl/decoder.pkl) -> dVAE weights"),
@@ -120,6 +123,9 @@ def run_command(argv: list[str]) -> int:
         print(f"megadalle: unknown verb {verb!r}.\n", file=sys.stderr)
         print_help()
         return 2
+    key = VERBS[verb].positional
+    if key and rest and "=" not in rest[0] and not rest[0].startswith("-"):
+        rest = [f"{key}={rest[0]}", *rest[1:]]
     from hydra.errors import HydraException
 
     from megadalle.errors import UserError

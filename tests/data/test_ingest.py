@@ -119,7 +119,7 @@ def img2dataset_dir(tmp_path):
 
 
 def test_index_verb_on_an_img2dataset_directory(img2dataset_dir, capsys):
-    assert main(["index", f"dir={img2dataset_dir}", "num_workers=2"]) == 0
+    assert main(["index", str(img2dataset_dir), "num_workers=2"]) == 0  # the bare DIR is dir=DIR
     assert "kept 12 samples in 2 shards, skipped 0" in capsys.readouterr().out
     index = ShardIndex.load(img2dataset_dir)
     assert [s.name for s in index.shards] == ["00000.tar", "00001.tar"] and index.fields == ["jpg", "json", "txt"]
