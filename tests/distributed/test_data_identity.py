@@ -15,4 +15,5 @@ def test_resume_on_other_data_order_is_refused(train_overrides, tmp_path):
     again = subprocess.run([*base, "trainer.steps=5", "trainer.grad_accum=1"], env=launch.base_env(),
                            capture_output=True, text=True, timeout=240)
     assert again.returncode != 0
-    assert "trained with data global_batch=4, this run has global_batch=2" in again.stderr
+    assert "cannot resume" in again.stderr  # the layout check names what to keep
+    assert "keep the global batch: trainer.micro_batch * trainer.grad_accum = 4" in again.stderr
