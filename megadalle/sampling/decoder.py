@@ -18,6 +18,8 @@ the model's cached path.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +32,14 @@ def image_key_table(spec: MaskSpec, device: torch.device | str) -> tuple[torch.T
     Returns (index [grid_len, m] long, bias [grid_len, m] float with 0 where allowed, -inf on padding);
     m is the largest number of image keys any position reads under `spec`. Padding points at the
     query's own position, never at a slot not yet written (whose garbage could be NaN: 0 * NaN = NaN).
+    Built once per mask (a decoder is made per batch of samples), then copied to `device`.
     """
+    index, bias = _cpu_key_table(spec)
+    return index.to(device), bias.to(device)
+
+
+@lru_cache(maxsize=64)
+def _cpu_key_table(spec: MaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
     grid_len = spec.grid_h * spec.grid_w
     t = spec.text_len
     idx = torch.arange(grid_len)
@@ -42,7 +51,7 @@ def image_key_table(spec: MaskSpec, device: torch.device | str) -> tuple[torch.T
     keep = visible.gather(1, index)
     index = torch.where(keep, index, idx[:, None])  # padding reads the query's own, freshly written key
     bias = torch.zeros(grid_len, width).masked_fill(~keep, float("-inf"))
-    return index.to(device), bias.to(device)
+    return index, bias
 
 
 class SparseDecoder:
