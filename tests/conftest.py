@@ -26,10 +26,22 @@ def _seed():
     torch.manual_seed(0)
 
 
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+PRISTINE = {name: os.environ.get(name) for name in LAUNCHER_VARIABLES}
+"""The launcher variables as the test run started, before any in-process training exported its own."""
+
+
 @pytest.fixture(autouse=True)
 def _restore_environment():
-    """In-process training exports RANK, WORLD_SIZE and MASTER_* for torch.distributed; without this a
-    later test that launches processes (srun, torchrun) would hand them a stale single-rank world."""
+    """In-process training exports RANK, WORLD_SIZE and MASTER_* for torch.distributed; a later test that
+    launches processes (srun, torchrun) would hand them a stale single-rank world. Module- and
+    session-scoped fixtures train before this fixture runs, so the launcher variables are reset to their
+    values at start-up, and everything else a test changes is undone after it."""
+    for name, value in PRISTINE.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     saved = dict(os.environ)
     yield
     os.environ.clear()

@@ -53,7 +53,9 @@ def two_node_slurm(tmp_path_factory):
 def test_sbatch_runs_two_nodes_of_two_tasks_through_srun(two_node_slurm, train_overrides, tmp_path):
     run_dir = tmp_path / "run"
     # node1 and node2 are names Slurm knows, not hosts DNS knows: the rendezvous is given as an address.
-    env = dict(two_node_slurm, DS_ACCELERATOR="cpu", WANDB_MODE="offline", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    # RANK and WORLD_SIZE are a stale single-rank world in the submitting shell: the script must not pass them on.
+    env = dict(two_node_slurm, DS_ACCELERATOR="cpu", WANDB_MODE="offline", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+               RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     submit = ["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
               "--time=10", f"--output={tmp_path}/job-%j.out", str(ROOT / "launch" / "slurm" / "train.sbatch"),
               *train_overrides, f"trainer.steps={STEPS}", f"run_dir={run_dir}"]
