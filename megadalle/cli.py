@@ -44,7 +44,7 @@ VERBS: dict[str, Verb] = {
     "export": Verb("megadalle.export:run", "a training run -> a model folder for generate (or its weights alone)"),
     "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid"),
     "evaluate": Verb("megadalle.evaluate:run", "CLIP score, FID and KID of a model's samples; JSON + Markdown"),
-    "plan": Verb("megadalle.plan:run", "parameters, FLOPs, memory per GPU and a parallel layout for a model size"),
+    "plan": Verb("megadalle.plan.report:run", "parameters, FLOPs, memory per GPU and a parallel layout for a model size"),
     "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU"),
 }
 

@@ -1,0 +1,52 @@
+"""Parameters of the model (exact, from a build on the meta device) and of each pipeline stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megadalle.config.model import TransformerConfig
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Parameters of the model, from a build on the meta device (exact, no memory used)."""
+
+    total: int
+    embed: int
+    head: int
+    block: int
+    """Parameters of one Transformer block (the unit ZeRO-3 gathers and zero.Init builds at a time)."""
+    numels: tuple[int, ...]
+    """Every parameter's element count (ZeRO-3 keeps those under its persistence threshold whole)."""
+    largest: int
+    """Elements of the largest tensor (export converts one tensor at a time)."""
+    block_largest: int
+    """Elements of a block's largest tensor."""
+
+
+def count_parameters(cfg: TransformerConfig) -> Counts:
+    from megadalle.models.transformer import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    numels = tuple(p.numel() for p in model.parameters())
+    size = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    return Counts(sum(numels), size(model.embed), size(model.head), size(model.blocks[0]), numels, max(numels),
+                  max(p.numel() for p in model.blocks[0].parameters()))
+
+
+def stage_layers(cfg: TransformerConfig, pipeline: int, stage: int) -> int:
+    """Blocks of pipeline stage `stage` when blocks are balanced (the first stages take the remainder)."""
+    return cfg.n_layers // pipeline + (1 if stage < cfg.n_layers % pipeline else 0)
+
+
+def stage_parameters(counts: Counts, cfg: TransformerConfig, pipeline: int, stage: int) -> int:
+    """Parameters of pipeline stage `stage` (embeddings on the first, head on the last)."""
+    return (stage_layers(cfg, pipeline, stage) * counts.block + (counts.embed if stage == 0 else 0)
+            + (counts.head if stage == pipeline - 1 else 0))
+
+
+def stage_largest(counts: Counts, pipeline: int, stage: int) -> int:
+    """Elements of the stage's largest tensor (the embeddings and head are on the first and last stages)."""
+    return counts.largest if stage in (0, pipeline - 1) else counts.block_largest

@@ -1,0 +1,46 @@
+"""The parallel layout of a run: read from `train`'s config, turned into `train` overrides, put in words."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megadalle.config.model import TransformerConfig
+from megadalle.config.plan import PlanConfig
+from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+
+
+class PlanError(ValueError):
+    """The request cannot fit; the message says why."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    pipeline: int
+    data_parallel: int
+    zero: int
+    micro_batch: int
+    checkpointing: bool
+    grad_accum: int = 1
+    """Micro-batches per optimizer step on each data-parallel rank."""
+
+
+def launch_overrides(layout: Layout) -> str:
+    """The `megadalle train` overrides that realise `layout` (conf/deepspeed, conf/trainer)."""
+    parts = [f"deepspeed=pipe deepspeed.pipeline_stages={layout.pipeline}" if layout.pipeline > 1
+             else f"deepspeed=zero{layout.zero}"]
+    parts += [f"model.activation_checkpointing={str(layout.checkpointing).lower()}",
+              f"trainer.micro_batch={layout.micro_batch}", f"trainer.grad_accum={layout.grad_accum}"]
+    return " ".join(parts)
+
+
+def layout_for(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig) -> Layout:
+    if plan.gpus % ds.pipeline_stages:
+        raise PlanError(f"deepspeed.pipeline_stages={ds.pipeline_stages} does not divide gpus={plan.gpus}")
+    return Layout(ds.pipeline_stages, plan.gpus // ds.pipeline_stages, ds.zero_stage, trainer.micro_batch,
+                  model.activation_checkpointing, trainer.grad_accum)
+
+
+def describe(layout: Layout) -> str:
+    mode = f"pipeline {layout.pipeline} x dp {layout.data_parallel} (ZeRO-{layout.zero})" if layout.pipeline > 1 \
+        else f"ZeRO-{layout.zero} (dp {layout.data_parallel})"
+    checkpointing = "on" if layout.checkpointing else "off"
+    return f"{mode}, micro-batch {layout.micro_batch} x {layout.grad_accum}, checkpointing {checkpointing}"

@@ -1,0 +1,122 @@
+"""Peak bytes one rank holds, by owner: in a training step, while building the model, and the budget.
+
+Every byte a rank holds is counted from what the code and DeepSpeed 0.19 allocate, so that the CPU
+scale rehearsal (benchmarks/scale_rehearsal.py, which measures the same quantities) can check it:
+- model states, per parameter of the rank's pipeline stage: weights (2 B bf16 / 4 B fp32), gradients
+  (4 B: bf16 runs accumulate and reduce in fp32), DeepSpeed's fp32 master partition (4 B, cloned
+  even when training in fp32) and Adam's two moments (8 B). ZeRO-1 divides master and moments by the
+  data-parallel degree dp, ZeRO-2 the gradients too, ZeRO-3 the weights too;
+- the EMA: fp32, sharded like the optimizer state (each rank averages what it owns: 4 B / dp);
+- DeepSpeed's buffers: the gradient-reduction buckets (reduce_bucket_size elements, two of them with
+  overlap_comm), and under ZeRO-3 the parameters gathered at once (the largest layer plus the
+  prefetch bucket, capped by max_live_parameters) and the small parameters it never partitions
+  (numel <= stage3_param_persistence_threshold);
+- activations per micro-batch after Korthikanti et al. (2022): 34 * seq * batch * d_model bytes per
+  layer at 2-byte precision with flash attention (twice that in fp32, plus the seq^2 scores and
+  probabilities of the eager attention on CPU); with activation checkpointing only each layer's input
+  plus one layer being recomputed. The first pipeline stage holds up to `stages` micro-batches (1F1B),
+  the last one the logits and their fp32 cross-entropy;
+- on GPU, the CUDA/NCCL runtime; and at least 10% of the memory is kept free (headroom).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from megadalle.config.model import TransformerConfig
+from megadalle.config.plan import PlanConfig
+from megadalle.plan.counts import Counts, stage_largest, stage_layers, stage_parameters
+from megadalle.plan.layout import Layout
+from megadalle.plan.precision import GB, Precision
+from megadalle.plan.settings import Settings, overlaps
+
+ACT_BYTES_PER_ELEMENT_LAYER_16BIT = 34
+"""Korthikanti et al. (2022), Table 2 without the seq^2 attention term (flash attention keeps none)."""
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes one rank holds at its peak (a training step), by owner."""
+
+    weights: float
+    grads: float
+    optimizer: float
+    ema: float
+    buffers: float
+    activations: float
+    runtime: float
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+
+def activation_bytes(cfg: TransformerConfig, layout: Layout, precision: Precision, layers: int, device: str) -> float:
+    """Activations of one micro-batch through `layers` blocks, kept for the backward."""
+    tokens = cfg.seq_len * layout.micro_batch
+    per_layer = ACT_BYTES_PER_ELEMENT_LAYER_16BIT * precision.act / 2 * tokens * cfg.d_model
+    if device == "cpu":  # eager attention materialises scores and probabilities for every head
+        per_layer += 2 * cfg.n_heads * cfg.seq_len * tokens * precision.act
+    if layout.checkpointing:
+        return layers * tokens * cfg.d_model * precision.act + (per_layer if layers else 0)
+    return layers * per_layer
+
+
+def logits_bytes(cfg: TransformerConfig, micro_batch: int, precision: Precision) -> float:
+    """Logits (training dtype), their fp32 copy for the cross-entropy, and its saved log-probabilities."""
+    elements = micro_batch * ((cfg.text_len - 1) * cfg.text_vocab + cfg.grid_len * cfg.image_vocab)
+    return elements * (precision.act + 4 + 4)
+
+
+def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings, stage: int,
+                 device: str) -> Memory:
+    p, prec = stage_parameters(counts, cfg, layout.pipeline, stage), settings.precision
+    dp, zero = layout.data_parallel, layout.zero
+    weights = prec.weight * p / (dp if zero >= 3 else 1)
+    bucket = min(settings.reduce_bucket, p)  # a model smaller than a bucket never fills it
+    buffers = (2 if overlaps(layout, settings) else 1) * bucket * prec.grad if zero >= 1 else 0.0
+    if zero >= 3:
+        live = min(counts.block + settings.prefetch_bucket, settings.max_live, p)
+        persistent = sum(n for n in counts.numels if n <= settings.persistence)
+        buffers += prec.weight * (live + persistent)
+    grads = prec.grad * p / (dp if zero >= 2 else 1)
+    if zero == 1:  # the reduced partition, copied to fp32 for the master weights' step
+        grads += 4 * p / dp
+    grads += prec.grad * stage_largest(counts, layout.pipeline, stage)  # a gradient computed before it is added
+    master = 0 if zero == 0 and prec.name == "fp32" else prec.master  # stage 0 in fp32: torch's optimizer alone
+    optimizer = (master + prec.adam) * p / (dp if zero >= 1 else 1)
+    ema = 4 * p / dp if settings.ema else 0.0
+    layers = stage_layers(cfg, layout.pipeline, stage)
+    in_flight = min(layout.pipeline - stage, layout.grad_accum) if layout.pipeline > 1 else 1
+    activations = in_flight * activation_bytes(cfg, layout, prec, layers, device)
+    if stage == layout.pipeline - 1:
+        activations += logits_bytes(cfg, layout.micro_batch, prec)
+    return Memory(weights, grads, optimizer, ema, buffers, activations, settings.runtime)
+
+
+def memory_per_rank(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings = Settings(),
+                    device: str = "gpu") -> Memory:
+    """Peak bytes on the busiest rank: the first pipeline stage (embeddings, most micro-batches in
+    flight) or the last (head, logits)."""
+    stages = {0, layout.pipeline - 1}
+    return max((stage_memory(cfg, counts, layout, settings, s, device) for s in stages), key=lambda m: m.total)
+
+
+def construction_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings) -> float:
+    """Peak while building the model and deepspeed.initialize, before the first step.
+
+    What DeepSpeed allocates in its constructor: the (partitioned) weights, the fp32 master partition
+    and, below ZeRO-3's own buffers, the fp32 gradient partition; Adam's moments appear at the first
+    step. ZeRO-3 builds inside deepspeed.zero.Init (each module whole, then partitioned as its
+    constructor returns, so the largest tensor is the transient: the head's output matrix at the 12B);
+    pipeline stages build only their own layers (LayerSpec). The CPU rehearsal measured this within
+    1% for a 2-stage pipeline at the 12B's width.
+    """
+    m = stage_memory(cfg, counts, layout, settings, 0, "cpu")
+    p, dp = stage_parameters(counts, cfg, layout.pipeline, 0), layout.data_parallel
+    transient = settings.precision.weight * counts.largest if layout.zero >= 3 else 0.0
+    master = settings.precision.master * p / (dp if layout.zero >= 1 else 1) if layout.zero >= 1 else 0.0
+    return m.weights + master + 4 * p / dp + m.ema + transient + m.runtime
+
+
+def budget(plan: PlanConfig) -> float:
+    return plan.gpu_mem_gb * GB * (1 - plan.headroom)

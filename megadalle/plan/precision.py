@@ -1,0 +1,23 @@
+"""Bytes per parameter and per activation element of each training precision, and the GB every figure
+is given in (10^9 bytes, as vendors quote memory)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per parameter or activation element of one training precision."""
+
+    name: str
+    weight: int
+    grad: int
+    master: int
+    adam: int
+    act: int
+
+
+BF16 = Precision("bf16", weight=2, grad=4, master=4, adam=8, act=2)
+FP32 = Precision("fp32", weight=4, grad=4, master=4, adam=8, act=4)
