@@ -43,13 +43,15 @@ class DemoConfig:
     """Training captions evaluated beside the held-out ones (the headline is the held-out captions')."""
     temperature: float = 1.0
     top_k: int = 0
-    top_p: float = 1.0
+    top_p: float = 0.9
+    """As `generate`'s default (megadalle/config/sample.py)."""
     check_per_scene: int = 4
     """Fresh images per scene (all 48) through the dVAE's encode -> decode for its check (demo_recon.py)."""
-    threads: int = 1
-    """torch threads of the training process; 0 keeps torch's default (one per core). One leaves the other core
-    to the data loader and, on a shared machine, avoids OpenMP threads waiting on each other (measured 4x
-    slower with 2 threads under load on 2 cores)."""
+    threads: int = 0
+    """torch threads of the training process; 0 keeps torch's default (one per core). On an idle 2-core AMD EPYC
+    two threads trained the demo's dVAE and Transformer 1.5x faster than one (benchmarks/RESULTS.md, Demo); on a
+    machine shared with other work, `demo.threads=1` avoids OpenMP threads waiting on each other (4x slower
+    with 2 threads under a load average of ~20)."""
 
     def validate(self, where: str = "demo") -> None:
         for name in ("image_size", "per_scene", "vocab_size", "text_len", "dvae_steps", "dvae_batch", "clip_steps",

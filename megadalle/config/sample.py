@@ -24,8 +24,10 @@ class GenerateConfig:
     temperature: float = 1.0
     top_k: int = 0
     """Keep the k most likely image tokens at each step; 0 keeps all."""
-    top_p: float = 1.0
-    """Keep the smallest set of tokens with this much probability; 1.0 keeps all."""
+    top_p: float = 0.9
+    """Keep the smallest set of tokens with this much probability; 1.0 keeps all. 0.9: on the demo it kept
+    CLIP's reranking from lowering accuracy, which the full distribution did (benchmarks/RESULTS.md, Sampling
+    defaults); unlike top_k it means the same at any image vocabulary."""
     dvae_weights: str | None = None
     """The dVAE (weights or run directory); null = `dvae.safetensors` beside `weights`."""
     clip_model: str = "megadalle"
