@@ -23,6 +23,9 @@ class Counts:
     """Elements of the largest tensor (export converts one tensor at a time)."""
     block_largest: int
     """Elements of a block's largest tensor."""
+    matrices: int
+    """Elements of the parameters with two or more dimensions: AdamW's decay group (train/engine.param_groups),
+    one of the two groups ZeRO-1/2 flatten, each into one buffer."""
 
 
 def count_parameters(cfg: TransformerConfig) -> Counts:
@@ -33,7 +36,8 @@ def count_parameters(cfg: TransformerConfig) -> Counts:
     numels = tuple(p.numel() for p in model.parameters())
     size = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     return Counts(sum(numels), size(model.embed), size(model.head), size(model.blocks[0]), numels, max(numels),
-                  max(p.numel() for p in model.blocks[0].parameters()))
+                  max(p.numel() for p in model.blocks[0].parameters()),
+                  sum(p.numel() for p in model.parameters() if p.dim() >= 2))
 
 
 def stage_layers(cfg: TransformerConfig, pipeline: int, stage: int) -> int:

@@ -110,12 +110,23 @@ def construction_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, s
     constructor returns, so the largest tensor is the transient: the head's output matrix at the 12B);
     pipeline stages build only their own layers (LayerSpec). The CPU rehearsal measured this within
     1% for a 2-stage pipeline at the 12B's width.
+
+    ZeRO-1/2 (and pipeline stages, which run on ZeRO-1) flatten each parameter group into one buffer
+    with a copy while the group's tensors still exist (DeepSpeed 0.19, stage_1_and_2.py: the tensors
+    become views of the buffer only afterwards), so the weights are held twice over the larger group,
+    AdamW's decay group of matrices. That transient is the peak when the partitions are small: the
+    rehearsal measured ZeRO-2 on 4 ranks at 2,921 MiB, two copies of the weights 2,934 MiB, where the
+    partitions alone gave 2,201.
     """
     m = stage_memory(cfg, counts, layout, settings, 0, "cpu")
     p, dp = stage_parameters(counts, cfg, layout.pipeline, 0), layout.data_parallel
     transient = settings.precision.weight * counts.largest if layout.zero >= 3 else 0.0
     master = settings.precision.master * p / (dp if layout.zero >= 1 else 1) if layout.zero >= 1 else 0.0
-    return m.weights + master + 4 * p / dp + m.ema + transient + m.runtime
+    built = m.weights + master + 4 * p / dp + m.ema + transient + m.runtime
+    if layout.zero not in (1, 2):
+        return built
+    larger_group = max(counts.matrices, counts.total - counts.matrices)
+    return max(built, m.weights + m.weights * larger_group / counts.total + m.runtime)
 
 
 def budget(plan: PlanConfig) -> float:

@@ -22,7 +22,7 @@ from .helpers import tiny_config
 CFG = TransformerConfig(text_len=4, text_vocab=10, grid_size=2, image_vocab=6, n_layers=4, n_heads=2, head_dim=4,
                         d_model=8)
 COUNTS = Counts(total=950, embed=100, head=50, block=200, numels=(3, 5, 92, 50) + (150, 50) * 4, largest=150,
-                block_largest=150)
+                block_largest=150, matrices=742)  # the 92, the 50 and the blocks' 150s; 208 in 1-d parameters
 
 
 def plan_for(*overrides):
@@ -98,7 +98,17 @@ def test_construction_is_the_share_plus_the_largest_tensor_under_zero3():
     zero3 = construction_bytes(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
     zero1 = construction_bytes(CFG, COUNTS, Layout(1, 4, 1, 1, False), settings)
     assert zero3 == 4 * 950 / 4 + 4 * 950 / 4 + 4 * 950 / 4 + 4 * 150  # weights, master, gradient partition, largest
-    assert zero1 == 4 * 950 + 4 * 950 / 4 + 4 * 950 / 4  # Adam's moments come at the first step
+    # ZeRO-1 flattens the decay group (742 elements) with a copy while its tensors still exist: that
+    # transient is above the weights plus master and gradient partitions (Adam's moments come at the first step).
+    assert zero1 == 4 * 950 + 4 * 742 > 4 * 950 + 4 * 950 / 4 + 4 * 950 / 4
+    zero1_dp1 = construction_bytes(CFG, COUNTS, Layout(1, 1, 1, 1, False), settings)
+    assert zero1_dp1 == 4 * 950 + 4 * 950 + 4 * 950  # one rank: the whole master and gradient copies are larger
+
+
+def test_counts_split_matrices_from_one_dimensional_parameters():
+    cfg = tiny_config()
+    model = Transformer(cfg)
+    assert count_parameters(cfg).matrices == sum(p.numel() for p in model.parameters() if p.dim() >= 2)
 
 
 def test_checkpoint_bytes_per_rank_and_in_all():
