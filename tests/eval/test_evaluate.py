@@ -15,6 +15,7 @@ from megadalle.config.clip import ClipConfig
 from megadalle.config.compose import compose
 from megadalle.config.data import PrepareConfig
 from megadalle.config.dvae import DVAEConfig
+from megadalle.config.evaluate import EvaluateConfig
 from megadalle.config.model import TransformerConfig
 from megadalle.data.prepare import prepare
 from megadalle.data.tokenizer import Tokenizer, train_tokenizer
@@ -118,12 +119,13 @@ def test_evaluate_writes_clip_score_fid_and_kid(models, tmp_path, capsys):
     table = (out / "metrics.md").read_text()
     assert "| FID |" in table and "| CLIP score (all samples) |" in table and "| FID |" in capsys.readouterr().out
 
-    # the CLIP scores are generate's, caption by caption with the caption's seed
+    # the CLIP scores are generate's, caption by caption with the caption's seed, at evaluate's default sampling
     model = load_model(models / "model.safetensors", "transformer")
     dvae, clip = load_model(models / "dvae.safetensors", "dvae"), load_model(models / "clip.safetensors", "clip")
     tok = Tokenizer(models / "tokenizer.model")
     captions = [s["txt"].splitlines()[0] for s in iter_samples(models / "shards", ["txt"])][:4]
-    runs = [generate(model, dvae, clip, tok, c, 3, 3, 3, SamplingSettings(), i, progress=False)
+    settings = SamplingSettings(EvaluateConfig.temperature, EvaluateConfig.top_k, EvaluateConfig.top_p)
+    runs = [generate(model, dvae, clip, tok, c, 3, 3, 3, settings, i, progress=False)
             for i, c in enumerate(captions)]
     scores = [s for r in runs for s in r.scores]
     assert report["clip_score"] == pytest.approx(sum(scores) / len(scores), rel=1e-5)
