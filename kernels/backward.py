@@ -13,7 +13,8 @@ import triton.language as tl
 
 from .forward import LOG2E, constexprs, empty_output
 from .layout import Layout
-from .tiles import SKIP, TUNING_KEY, batch_head, block_rows, dot, load_tile, store_tile, tile_allowed, tuning_configs
+from .tiles import (SKIP, TUNING_KEY, batch_head, block_rows, dot, load_tile, pair_step, store_tile, tile_allowed,
+                    tuning_configs)
 
 
 @triton.jit
@@ -83,11 +84,8 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, o
     dq_a = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     dq_b = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for i in tl.range(tl.load(pair_ptr + pair), tl.load(pair_ptr + pair + 1), num_stages=STAGES):
-        k_offs, k_clamped, k_rows, k_in = block_rows(order_ptr, tl.load(pair_kb + i), seq_len, BLOCK_N, PERMUTED)
-        k = load_tile(k_base, k_rows, stride_kl, offs_d)
-        v = load_tile(v_base, k_rows, stride_vl, offs_d)
-        tile_a = tl.load(pair_tile + 2 * i)
-        tile_b = tl.load(pair_tile + 2 * i + 1)
+        k, v, tile_a, tile_b = pair_step(i, pair_kb, pair_tile, order_ptr, k_base, v_base, stride_kl, stride_vl,
+                                         offs_d, seq_len, BLOCK_N, PERMUTED)
         if tile_a != SKIP:
             dq_a = _dq_step(dq_a, q_a, do_a, lse_a, delta_a, k, v, bits_ptr, tile_a, q_local, k_local, qk_scale,
                             BLOCK_M, WORDS, PRECISION)
@@ -125,6 +123,8 @@ def _dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     for i in tl.range(tl.load(key_ptr + kb), tl.load(key_ptr + kb + 1), num_stages=STAGES):
+        # Every unpacked value named: Triton treats one name (`_`) bound outside and inside a loop
+        # as a loop-carried variable and refuses its change of type.
         q_offs, q_clamped, q_rows, q_in = block_rows(order_ptr, tl.load(key_qb + i), seq_len, BLOCK_M, PERMUTED)
         q = load_tile(q_base, q_rows, stride_ql, offs_d)
         do = load_tile(do_base, q_rows, stride_dol, offs_d)

@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 
 from .layout import Layout
-from .tiles import (SKIP, TUNING_KEY, batch_head, block_rows, dot, load_tile, precision, store_tile, tile_allowed,
-                    tuning_configs)
+from .tiles import (SKIP, TUNING_KEY, batch_head, block_rows, dot, load_tile, pair_step, precision, store_tile,
+                    tile_allowed, tuning_configs)
 
 LOG2E = 1.4426950408889634
 
@@ -72,13 +72,8 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, order_ptr, pair_ptr, pair_k
     l_a = tl.zeros([BLOCK_M], dtype=tl.float32)
     l_b = tl.zeros([BLOCK_M], dtype=tl.float32)
     for i in tl.range(tl.load(pair_ptr + pair), tl.load(pair_ptr + pair + 1), num_stages=STAGES):
-        # Every unpacked value named: Triton treats one name (`_`) bound outside and inside a loop
-        # as a loop-carried variable and refuses its change of type.
-        k_offs, k_clamped, k_rows, k_in = block_rows(order_ptr, tl.load(pair_kb + i), seq_len, BLOCK_N, PERMUTED)
-        k = load_tile(k_base, k_rows, stride_kl, offs_d)
-        v = load_tile(v_base, k_rows, stride_vl, offs_d)
-        tile_a = tl.load(pair_tile + 2 * i)
-        tile_b = tl.load(pair_tile + 2 * i + 1)
+        k, v, tile_a, tile_b = pair_step(i, pair_kb, pair_tile, order_ptr, k_base, v_base, stride_kl, stride_vl,
+                                         offs_d, seq_len, BLOCK_N, PERMUTED)
         if tile_a != SKIP:
             acc_a, m_a, l_a = _attend(acc_a, m_a, l_a, q_a, k, v, bits_ptr, tile_a, q_local, k_local, qk_scale,
                                       BLOCK_M, WORDS, PRECISION)

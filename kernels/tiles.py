@@ -45,6 +45,17 @@ def store_tile(base, rows, stride, offs_d, x, in_seq):
 
 
 @triton.jit
+def pair_step(i, pair_kb, pair_tile, order_ptr, k_base, v_base, stride_kl, stride_vl, offs_d, seq_len,
+              BLOCK_N: tl.constexpr, PERMUTED: tl.constexpr):
+    """Step `i` of a query-block pair's stream (the forward's and the dQ kernel's loop): the key block's
+    K and V tiles, loaded once for both halves, and each half's tile number (SKIP: it sees none of it)."""
+    k_offs, k_clamped, k_rows, k_in = block_rows(order_ptr, tl.load(pair_kb + i), seq_len, BLOCK_N, PERMUTED)
+    k = load_tile(k_base, k_rows, stride_kl, offs_d)
+    v = load_tile(v_base, k_rows, stride_vl, offs_d)
+    return k, v, tl.load(pair_tile + 2 * i), tl.load(pair_tile + 2 * i + 1)
+
+
+@triton.jit
 def tile_allowed(bits_ptr, tile, q_local, k_local, BLOCK_M: tl.constexpr, WORDS: tl.constexpr):
     """Whether query `q_local` may see key `k_local` inside partial tile number `tile`.
 
