@@ -23,7 +23,7 @@ import tarfile
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -35,6 +35,7 @@ from megadalle.data import atomic
 from megadalle.data.fields import IMAGE_FIELDS, UnsafeFieldError, decode_field, extension
 from megadalle.data.index import (INDEX_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, load_offsets,
                                   offsets_count, offsets_path, save_offsets, to_spans)
+from megadalle.data.summary import PassSummary
 from megadalle.data.tar import TarSample, walk
 
 REPORT_NAME = "index-report.json"
@@ -55,24 +56,12 @@ class ShardResult:
 
 
 @dataclass
-class IndexSummary:
-    kept: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    """Skipped samples per reason."""
-    shards: int = 0
-    seconds: float = 0.0
-    report: str = ""
-    bad: list[dict[str, str]] = field(default_factory=list)
-    """One entry per skipped sample: shard, key, reason, detail."""
+class IndexSummary(PassSummary):
+    """`bad` entries: shard, key, reason, detail."""
+
     index: ShardIndex | None = None
 
-    def text(self) -> str:
-        skipped = sum(self.skipped.values())
-        lines = [f"index: kept {self.kept} samples in {self.shards} shards, skipped {skipped} "
-                 f"in {self.seconds:.1f}s ({(self.kept + skipped) / max(self.seconds, 1e-9):.1f} samples/s)"]
-        lines += [f"  skipped {count:>6}  {reason}" for reason, count in sorted(self.skipped.items())]
-        lines.append(f"  report: {self.report}")
-        return "\n".join(lines)
+    VERB = "index"
 
 
 def check_image(data: bytes) -> tuple[int, int]:

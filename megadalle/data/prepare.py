@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -32,31 +32,21 @@ from megadalle.data.convert import ConvertOptions, Result, convert
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, is_validation
 from megadalle.data.sources import Item, find_items
+from megadalle.data.summary import PassSummary
 
 
 @dataclass
-class PrepareSummary:
-    kept: int = 0
-    """Samples written, both splits."""
-    val_kept: int = 0
-    """Of those, samples held out in `<output>/val/`."""
-    skipped: dict[str, int] = field(default_factory=dict)
-    """Skipped inputs per reason."""
-    shards: int = 0
-    seconds: float = 0.0
-    report: str = ""
-    bad: list[dict[str, str]] = field(default_factory=list)
-    """One entry per skipped input: source, reason, detail."""
+class PrepareSummary(PassSummary):
+    """`kept` counts both splits; `bad` entries: source, reason, detail."""
 
-    def text(self) -> str:
-        skipped = sum(self.skipped.values())
-        rate = (self.kept + skipped) / max(self.seconds, 1e-9)
-        held = f" ({self.val_kept} held out for validation)" if self.val_kept else ""
-        lines = [f"prepare: kept {self.kept} samples{held} in {self.shards} shards, skipped {skipped} "
-                 f"in {self.seconds:.1f}s ({rate:.1f} inputs/s)"]
-        lines += [f"  skipped {count:>6}  {reason}" for reason, count in sorted(self.skipped.items())]
-        lines.append(f"  report: {self.report}")
-        return "\n".join(lines)
+    val_kept: int = 0
+    """Of the kept samples, those held out in `<output>/val/`."""
+
+    VERB = "prepare"
+    UNIT = "inputs"
+
+    def kept_note(self) -> str:
+        return f" ({self.val_kept} held out for validation)" if self.val_kept else ""
 
 
 def convert_all(items: list[Item], opts: ConvertOptions, num_workers: int) -> Iterator[Result]:

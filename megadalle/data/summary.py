@@ -1,0 +1,38 @@
+"""What a pass over input samples reports: kept, skipped by reason, and where the full report lies.
+
+`prepare` and `index` both keep what they can, skip what they cannot and count it by reason (a bad
+input never stops a run); one summary and one printed form serve both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass
+class PassSummary:
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Skipped samples (inputs) per reason."""
+    shards: int = 0
+    seconds: float = 0.0
+    report: str = ""
+    bad: list[dict[str, str]] = field(default_factory=list)
+    """One entry per skipped sample (input): where it was, reason, detail."""
+
+    VERB: ClassVar[str] = ""
+    UNIT: ClassVar[str] = "samples"
+    """What the rate counts: kept plus skipped, per second."""
+
+    def kept_note(self) -> str:
+        """Said right after the kept count (e.g. how many of them went to validation)."""
+        return ""
+
+    def text(self) -> str:
+        skipped = sum(self.skipped.values())
+        rate = (self.kept + skipped) / max(self.seconds, 1e-9)
+        lines = [f"{self.VERB}: kept {self.kept} samples{self.kept_note()} in {self.shards} shards, skipped {skipped} "
+                 f"in {self.seconds:.1f}s ({rate:.1f} {self.UNIT}/s)"]
+        lines += [f"  skipped {count:>6}  {reason}" for reason, count in sorted(self.skipped.items())]
+        lines.append(f"  report: {self.report}")
+        return "\n".join(lines)
