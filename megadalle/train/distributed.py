@@ -85,8 +85,28 @@ def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
         # One device visible per task (srun --gpus-per-task, CUDA_VISIBLE_DEVICES per rank) or all of the node's.
         torch.cuda.set_device(dist_env.local_rank % torch.cuda.device_count())
     if not torch.distributed.is_initialized():
+        _skip_shm_inference_op()
         deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes))
         atexit.register(shutdown)
+
+
+def _skip_shm_inference_op() -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce when a CPU process group starts.
+
+    DeepSpeed 0.19.8 builds that C++ op (about 80 s on 2 cores, again whenever its build flags
+    change) the first time any process group starts on the CPU accelerator, one process included,
+    but only `inference_all_reduce` uses it: training never does. So a first CPU run (the demo, the
+    tests, a laptop smoke test) would pay it for nothing. It is marked unavailable in DeepSpeed's
+    table of compatible ops, which DeepSpeed reads before building.
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        builder = accelerator.create_op_builder("ShareMemCommBuilder")
+        if builder is not None:
+            deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def shutdown() -> None:
