@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from megadalle.planned_safetensors import Layout, PlannedFile, nbytes
+
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -62,62 +64,98 @@ def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
 
 
-class ShardedWriter:
-    """Writes tensors as they come into size-limited shards of a folder; `close` adds the index and config.
+def export_layout(state: dict[str, torch.Tensor], dtype: torch.dtype) -> Layout:
+    """Each tensor's shape and its dtype once `cast` (the tensors may be on the meta device)."""
+    return {name: (t.shape, dtype if t.is_floating_point() else t.dtype) for name, t in state.items()}
 
-    Only the shard being filled is held (at most `max_shard_bytes` plus one tensor). The folder is
-    written under a temporary name and renamed at the end, so an interrupted export leaves no
-    folder that looks finished.
+
+class _StreamedWriter:
+    """Tensors, as they come and in any order, into safetensors files planned from a `Layout`, under a
+    temporary name renamed at `close`: an interrupted export leaves nothing that looks finished.
+
+    Only the tensor being written is held (planned_safetensors.py), whatever the size of the files.
     """
 
-    def __init__(self, folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = 5 << 30):
-        self.folder = Path(folder)
-        self.tmp = self.folder.with_name(f"{self.folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        self.dtype, self.max_shard_bytes = dtype, max_shard_bytes
-        self.shard: dict[str, torch.Tensor] = {}
-        self.shard_bytes = 0
-        self.shards: list[list[str]] = []
-        self.total_bytes = 0
+    def __init__(self, target: Path, layout: Layout, dtype: torch.dtype):
+        self.target, self.layout, self.dtype = target, layout, dtype
+        self.tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        self.files: dict[str, PlannedFile] = {}
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        tensor = cast(tensor, self.dtype)
-        size = tensor.numel() * tensor.element_size()
-        if self.shard and self.shard_bytes + size > self.max_shard_bytes:
-            self._flush()
-        self.shard[name] = tensor
-        self.shard_bytes += size
-        self.total_bytes += size
+        if name not in self.files:
+            raise ValueError(f"{name} is not among the {len(self.layout)} tensors planned for {self.target}")
+        self.files[name].write(name, cast(tensor, self.dtype))
 
-    def _flush(self) -> None:
-        save_file(self.shard, str(self.tmp / f"shard-{len(self.shards):05d}.safetensors"), metadata={"format": "pt"})
-        self.shards.append(list(self.shard))
-        self.shard, self.shard_bytes = {}, 0
-
-    def close(self, kind: str, config: Any) -> Path:
-        """Name the shards `model-0000k-of-0000N.safetensors`, write the index and config.json; return the folder."""
-        if self.shard or not self.shards:
-            self._flush()
-        count, weight_map = len(self.shards), {}
-        for i, names in enumerate(self.shards):
-            final = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
-            os.replace(self.tmp / f"shard-{i:05d}.safetensors", self.tmp / final)
-            weight_map.update(dict.fromkeys(names, final))
-        index = {"metadata": {"total_size": self.total_bytes, "kind": kind}, "weight_map": weight_map}
-        (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
-        (self.tmp / CONFIG).write_text(config_record(kind, config))
-        if self.folder.exists():
-            if not (self.folder / INDEX).is_file():
-                shutil.rmtree(self.tmp)
-                raise FileExistsError(f"{self.folder} exists and is not an exported weights folder; not replacing it")
-            shutil.rmtree(self.folder)
-        os.replace(self.tmp, self.folder)
-        return self.folder
+    def _close_files(self) -> None:
+        for file in dict.fromkeys(self.files.values()):
+            file.close()
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        """Remove what was written (the files are closed first; a missing tensor is what aborts)."""
+        for file in dict.fromkeys(self.files.values()):
+            file.file.close()
+        if self.tmp.is_dir():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            self.tmp.unlink(missing_ok=True)
 
+
+class SingleFileWriter(_StreamedWriter):
+    """One `.safetensors` file with its config JSON beside (`model.json` for `model.safetensors`)."""
+
+    def __init__(self, path: str | Path, layout: Layout, dtype: torch.dtype, kind: str):
+        super().__init__(Path(path), layout, dtype)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        file = PlannedFile(self.tmp, layout, {"kind": kind})
+        self.files = dict.fromkeys(layout, file)
+
+    def close(self, kind: str, config: Any) -> Path:
+        self._close_files()
+        tmp_json = self.target.with_name(self.target.name + ".json.tmp")
+        tmp_json.write_text(config_record(kind, config))
+        os.replace(tmp_json, config_path(self.target))
+        os.replace(self.tmp, self.target)
+        return self.target
+
+class ShardedWriter(_StreamedWriter):
+    """A folder of shards cut by size in the layout's order (`model-0000k-of-0000N.safetensors`); `close`
+    adds the index and config.json."""
+
+    def __init__(self, folder: str | Path, layout: Layout, dtype: torch.dtype = torch.bfloat16,
+                 max_shard_bytes: int = 5 << 30):
+        super().__init__(Path(folder), layout, dtype)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        shards: list[Layout] = [{}]
+        size = 0
+        for name, (shape, tensor_dtype) in layout.items():
+            tensor_bytes = nbytes(shape, tensor_dtype)
+            if shards[-1] and size + tensor_bytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = (shape, tensor_dtype)
+            size += tensor_bytes
+        self.weight_map = {}
+        for i, shard in enumerate(shards):
+            filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            file = PlannedFile(self.tmp / filename, shard, {"format": "pt"})
+            self.files.update(dict.fromkeys(shard, file))
+            self.weight_map.update(dict.fromkeys(shard, filename))
+        self.total_bytes = sum(nbytes(shape, d) for shape, d in layout.values())
+
+    def close(self, kind: str, config: Any) -> Path:
+        """Write the index and config.json, then put the folder in place; return it."""
+        self._close_files()
+        index = {"metadata": {"total_size": self.total_bytes, "kind": kind}, "weight_map": self.weight_map}
+        (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
+        (self.tmp / CONFIG).write_text(config_record(kind, config))
+        if self.target.exists():
+            if not (self.target / INDEX).is_file():
+                shutil.rmtree(self.tmp)
+                raise FileExistsError(f"{self.target} exists and is not an exported weights folder; not replacing it")
+            shutil.rmtree(self.target)
+        os.replace(self.tmp, self.target)
+        return self.target
 
 def weight_files(path: str | Path) -> list[Path]:
     """The safetensors files behind `path`: a .safetensors file, an index JSON, or a folder holding either."""

@@ -26,8 +26,10 @@ def checkpoint_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, set
 
 
 def export_bytes(counts: Counts) -> float:
-    """Streaming export: the bf16 model being assembled plus one tensor converted from fp32."""
-    return 2 * counts.total + 4 * counts.largest
+    """Streaming export (bf16) holds one tensor, whatever the model's size (its files are laid out
+    first, planned_safetensors.py): at worst the largest parameter in bf16 (2 bytes per element) and
+    the fp32 file pages of one piece of it (4 more when one rank's partition holds it whole)."""
+    return 6 * counts.largest
 
 
 def usr1_lead_seconds(step: float, checkpoint_total: float, plan: PlanConfig) -> int:

@@ -4,11 +4,11 @@ The model is rebuilt from the run's own record (`run.json`: the task factory and
 on the meta device, which costs no memory and gives the names and shapes to expect; the tensors
 come lazily from whatever layout trained it:
 - ZeRO 0-2: the module weights rank 0 saved (`mp_rank_00_model_states.pt`, memory-mapped, each
-  tensor's pages handed back once consumed), which are the training weights; only an fp32 export
-  of a run that trained in lower precision reads the fp32 master weights (DeepSpeed's `zero_to_fp32`);
-- ZeRO-3: DeepSpeed's `zero_to_fp32` in `lazy_mode` (the rank files memory-mapped, each parameter
-  gathered from its partitions when asked for);
-- pipeline: each `layer_NN-model_states.pt` in turn, named through `layer_names` (see `pipeline_names`);
+  tensor's pages handed back once consumed: mapped.py), which are the training weights; only an fp32
+  export of a run that trained in lower precision reads the fp32 masters (zero_masters.py);
+- ZeRO-3: the fp32 masters, each parameter gathered from the ranks' partitions (zero_masters.py);
+- pipeline: each `layer_NN-model_states.pt` in turn, named through `layer_names` (see `pipeline_names`),
+  or for an fp32 export of a bf16 run the stages' fp32 masters (zero_masters.py), named the same way;
 - `ema=True`: the EMA pieces every rank saved, consolidated parameter by parameter (ema.py).
 So neither export nor `load_run` ever holds the checkpoint whole. Our own reads use
 torch.load(weights_only=True). This lives under train/ (it reads train's checkpoints); the `export`
@@ -16,12 +16,8 @@ verb and the training verbs that export at their end (train-dvae, train-clip) bo
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib
 import json
-import mmap
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -30,11 +26,12 @@ from torch import nn
 
 from megadalle.train.checkpoint import CheckpointError, damage, find_resumable
 from megadalle.train.ema import EmaPieces
+from megadalle.train.mapped import mapped, streamed
 from megadalle.train.task import Task
-from megadalle.weights import DTYPES, ShardedWriter, cast, save_weights
+from megadalle.train.zero_masters import has_masters, zero_masters
+from megadalle.weights import DTYPES, ShardedWriter, SingleFileWriter, export_layout
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
 
 
 def run_task(run_dir: str | Path) -> tuple[Task, dict]:
@@ -80,59 +77,41 @@ def _layer_keys(model: nn.Module, prefix: str) -> list[str]:
     return list(model.get_submodule(prefix).state_dict().keys())
 
 
-def _mapped(file: Path) -> dict:
-    """torch.load of our checkpoints' files, memory-mapped (MAP_PRIVATE, read only: nothing is read yet)."""
-    return torch.load(file, weights_only=True, map_location="cpu", mmap=True)
-
-
-def _drop_pages(tensor: torch.Tensor) -> None:
-    """Let the kernel take back the file pages of a memory-mapped tensor once it has been consumed.
-
-    Read pages of a file mapping stay in the process's resident set until the whole mapping goes,
-    so streaming a 24 GB file would end up "using" 24 GB. MADV_DONTNEED drops them; a private,
-    unwritten file mapping re-reads them from the file if they are touched again, so it is safe for
-    these tensors, and only for them (on anonymous memory it would zero the data). Linux only.
-    """
-    if _LIBC is None or tensor.numel() == 0:
+def _pipeline_tensors(task: Task, model: nn.Module, path: Path, dtype: torch.dtype) -> Tensors:
+    names = pipeline_names(task, model)
+    if dtype == torch.float32 and has_masters(path) and not _all_fp32(mapped(path / "layer_00-model_states.pt")):
+        for name, tensor in zero_masters(path):
+            index, _, key = name.partition(".")
+            if not index.isdigit():
+                raise CheckpointError(f"{path}: the optimizer holds {name}, which is no pipeline layer's parameter")
+            yield _plain_name(names, int(index), key, path), tensor
         return
-    start = tensor.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
-    end = tensor.data_ptr() + tensor.numel() * tensor.element_size()
-    _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
+    for i in range(len(names)):
+        for key, value in streamed(mapped(path / f"layer_{i:02d}-model_states.pt")):
+            yield _plain_name(names, i, key, path), value
 
 
-def _streamed(state: dict) -> Tensors:
-    """Each (key, tensor) of a memory-mapped state dict, its pages dropped once the consumer moved on."""
-    for key, value in state.items():
-        yield key, value
-        _drop_pages(value)
+def _plain_name(names: list[dict[str, str]], layer: int, key: str, path: Path) -> str:
+    if layer >= len(names) or key not in names[layer]:
+        raise CheckpointError(f"{path}: layer {layer} holds {key}, which the model's layer {layer} does not have")
+    return names[layer][key]
 
 
-def _pipeline_tensors(task: Task, model: nn.Module, path: Path) -> Tensors:
-    for i, names in enumerate(pipeline_names(task, model)):
-        for key, value in _streamed(_mapped(path / f"layer_{i:02d}-model_states.pt")):
-            if key not in names:
-                raise CheckpointError(f"{path}: layer {i} holds {key}, which the model's layer {i} does not have")
-            yield names[key], value
+def _all_fp32(state: dict) -> bool:
+    return all(t.dtype == torch.float32 for t in state.values())
 
 
 def _zero_tensors(path: Path, dtype: torch.dtype) -> Tensors:
     module_file = path / "mp_rank_00_model_states.pt"
-    optim = any(path.glob("*_optim_states.pt"))
-    module = None
-    if module_file.is_file():
-        module = _mapped(module_file).get("module")
+    module = mapped(module_file).get("module") if module_file.is_file() else None
     # ZeRO-3 saves no module weights; an fp32 export of a bf16 run needs the fp32 masters.
-    need_masters = not module or (dtype == torch.float32 and any(t.dtype != torch.float32 for t in module.values()))
-    if not (need_masters and optim):
-        if not module:
-            raise CheckpointError(f"{path} holds neither module weights nor ZeRO optimizer shards")
-        yield from ((name.removeprefix("model."), t) for name, t in _streamed(module))
-        return
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    lazy = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name, lazy_mode=True)
-    for name in list(lazy):
-        yield name.removeprefix("model."), lazy.pop(name).contiguous()
+    need_masters = not module or (dtype == torch.float32 and not _all_fp32(module))
+    if need_masters and has_masters(path):
+        yield from ((name.removeprefix("model."), t) for name, t in zero_masters(path, dtype))
+    elif module:
+        yield from ((name.removeprefix("model."), t) for name, t in streamed(module))
+    else:
+        raise CheckpointError(f"{path} holds neither module weights nor ZeRO optimizer shards")
 
 
 def checkpoint_tensors(task: Task, model: nn.Module, path: Path, ema: bool = False, dtype=torch.float32) -> Tensors:
@@ -143,7 +122,7 @@ def checkpoint_tensors(task: Task, model: nn.Module, path: Path, ema: bool = Fal
         except (FileNotFoundError, ValueError) as err:
             raise CheckpointError(f"ema=true: {err}") from err
     elif any(path.glob("layer_*-model_states.pt")):
-        yield from _pipeline_tensors(task, model, path)
+        yield from _pipeline_tensors(task, model, path, dtype)
     else:
         yield from _zero_tensors(path, dtype)
 
@@ -177,19 +156,20 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: boo
 def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | None = None, ema: bool = False,
            dtype: str = "bf16", max_shard_bytes: int = 5 << 30) -> Path:
     """Write the run's weights in `dtype`: a folder of shards + index + config.json, or, when `output`
-    ends in .safetensors, that one file with its config JSON beside (small models)."""
+    ends in .safetensors, that one file with its config JSON beside. Either way only the tensor being
+    written is held (weights.py, planned_safetensors.py)."""
     task, _ = run_task(run_dir)
     path = checkpoint_dir(run_dir, checkpoint)
     spec, model, torch_dtype = task.export_spec(), meta_model(task), DTYPES[dtype]
     tensors = checked(model, checkpoint_tensors(task, model, path, ema, torch_dtype), path)
     output = Path(output)
-    if output.suffix == ".safetensors":
-        return save_weights(output, {name: cast(t, torch_dtype) for name, t in tensors}, spec.kind, spec.config)
-    writer = ShardedWriter(output, torch_dtype, max_shard_bytes)
+    layout = export_layout(model.state_dict(), torch_dtype)
+    writer = (SingleFileWriter(output, layout, torch_dtype, spec.kind) if output.suffix == ".safetensors"
+              else ShardedWriter(output, layout, torch_dtype, max_shard_bytes))
     try:
         for name, tensor in tensors:
             writer.add(name, tensor)
+        return writer.close(spec.kind, spec.config)
     except BaseException:
         writer.abort()
         raise
-    return writer.close(spec.kind, spec.config)
