@@ -6,12 +6,14 @@
 Trains one update of the Transformer (one process, CPU, fp32, the given ZeRO stage) on the tiny token
 data of the tests, then exports it to bf16 shards in a fresh process per shard size, sampling that
 process's memory every 10 ms from just before the export (its imports done) to the end:
-- anon: private memory the export allocated (the shard being filled, the tensor being converted);
-- rss: anon plus the checkpoint's memory-mapped pages it has read (page cache: the kernel drops them
-  under pressure, so they are not memory the export needs, but they show in `top`).
+- anon: private memory the export allocated (the tensor being converted and written);
+- rss: anon plus the checkpoint's memory-mapped pages it has read and not yet handed back (page cache:
+  the kernel drops them under pressure, but they show in `top`).
 Both are reported above the pre-export baseline, as multiples of the weights' bf16 bytes. The target
-(issue 10) is anon peak <= 1.2x; with 5 GB shards a 12B export holds at most a fifth of its 24 GB of
-bf16 weights, which the `--shard-fraction` rows imitate at this size. Prints a table and writes JSON.
+(issue 10) is <= 1.2x. The shards are laid out before anything is read and each tensor is written at
+its place (megadalle/planned_safetensors.py), so the peak follows the largest tensor, not the shard
+size: the two rows (one shard; shards of a fifth of the weights) should agree. Prints a table and
+writes JSON.
 """
 from __future__ import annotations
 

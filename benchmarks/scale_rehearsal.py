@@ -308,12 +308,17 @@ def main() -> None:
         for mode in rows:
             rows[mode]["predicted"] = predict(mode, overrides, args.ema)
         modes = []
-    result = {}
+    result = {"targets": targets(rows)}  # what is printed when no mode is measured again
     with tempfile.TemporaryDirectory(prefix="scale-rehearsal-") as tmp:
         for mode in modes:
             print(f"[rehearsal] {mode}: {WORLD} ranks, {STEPS} updates, then export", flush=True)
-            rows[mode] = dict(measure(mode, overrides, args.ema, Path(tmp)), load_average=os.getloadavg(),
-                              date=datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"))
+            row = dict(measure(mode, overrides, args.ema, Path(tmp)), load_average=os.getloadavg(),
+                       date=datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"))
+            if "measured" in rows.get(mode, {}) and "measured" not in row:
+                print(f"[rehearsal] {mode}: {row.get('skipped', 'not measured')}; the earlier measurement of "
+                      f"{rows[mode]['date']} is kept", flush=True)
+                continue
+            rows[mode] = row
             result = {"model": overrides, "world": WORLD, "steps": STEPS, "ema": args.ema, "rows": rows,
                       "targets": targets(rows), "date": datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
                       "load_average": os.getloadavg(), "mem_total_gib": proc_field("/proc/meminfo", "MemTotal") / 2**30,
