@@ -8,14 +8,14 @@ import torch
 from megadalle.config.model import TransformerConfig
 from megadalle.models.transformer import Transformer
 from megadalle.sampling.load import beside, load_model
-from megadalle.weights import INDEX, ShardedWriter, load_weights, save_weights
+from megadalle.weights import INDEX, ShardedWriter, export_layout, load_weights, save_weights
 
 CFG = TransformerConfig(text_len=8, text_vocab=64, grid_size=4, image_vocab=16, n_layers=2, n_heads=2, head_dim=8,
                         d_model=16, conv_kernel=3, attention_pattern=["row", "column"])
 
 
 def write_folder(path, state, dtype=torch.float32, max_shard_bytes=4096):
-    writer = ShardedWriter(path, dtype, max_shard_bytes)
+    writer = ShardedWriter(path, export_layout(state, dtype), dtype, max_shard_bytes)
     for name, tensor in state.items():
         writer.add(name, tensor)
     return writer.close("transformer", CFG)
