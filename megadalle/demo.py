@@ -73,7 +73,8 @@ def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, extra: tuple[str, ..
 
     return train_dvae(compose("train-dvae", [
         "dvae=tiny", f"dvae.image_size={d.image_size}", f"dvae.n_groups={d.dvae_groups}",
-        f"dvae.objective.tau_anneal_steps={d.dvae_steps}", f"data.shards={shards}",
+        f"dvae.objective.tau_anneal_steps={d.dvae_steps}", f"dvae.objective.kl_warmup_steps={max(1, d.dvae_steps // 15)}",
+        f"data.shards={shards}",
         f"weights={out / 'dvae.safetensors'}", f"run_dir={out / 'runs/dvae'}",
         *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr), *extra]))
 

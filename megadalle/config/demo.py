@@ -22,11 +22,11 @@ class DemoConfig:
     """Caption tokens of the Transformer and CLIP."""
     dvae_groups: int = 3
     """The dVAE's block groups; the code grid is image_size / 2**(dvae_groups - 1) on a side."""
-    dvae_steps: int = 300
-    """dVAE updates; its temperature anneal is fitted to them. 300 (was 600, half the stage's time): with β 1
-    and the usage term (conf/dvae/tiny.yaml) they keep 50% of the scenes in reconstruction, against 24% for 300
-    at β 6.6 (benchmarks/RESULTS.md, Demo); 600 at β 6.6 could not be measured beside them."""
-    dvae_batch: int = 32
+    dvae_steps: int = 1200
+    """dVAE updates; its temperature anneal and KL warm-up (1/15) are fitted to them. 1200 updates of 8 images
+    cost what 300 of 32 did and kept 64% of reconstructions against 26% (5 seeds against 2, a plain loop on the
+    demo's images; benchmarks/RESULTS.md, Demo): at this size the dVAE learns per update, not per image."""
+    dvae_batch: int = 8
     dvae_lr: float = 2.0e-3
     clip_steps: int = 300
     clip_batch: int = 64
