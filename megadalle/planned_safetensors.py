@@ -63,7 +63,11 @@ class PlannedFile:
         self.file.write(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
         self.missing.discard(name)
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Close the file, complete or not (an aborted export removes it)."""
         self.file.close()
+
+    def close(self) -> None:
+        self.release()
         if self.missing:
             raise ValueError(f"{self.path}: {len(self.missing)} tensors were never written, e.g. {sorted(self.missing)[:3]}")

@@ -74,26 +74,27 @@ class _StreamedWriter:
     temporary name renamed at `close`: an interrupted export leaves nothing that looks finished.
 
     Only the tensor being written is held (planned_safetensors.py), whatever the size of the files.
+    Each tensor is cast to the dtype its layout planned (`export_layout`).
     """
 
-    def __init__(self, target: Path, layout: Layout, dtype: torch.dtype):
-        self.target, self.layout, self.dtype = target, layout, dtype
+    def __init__(self, target: Path, layout: Layout, kind: str):
+        self.target, self.layout, self.kind = target, layout, kind
         self.tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         self.files: dict[str, PlannedFile] = {}
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if name not in self.files:
             raise ValueError(f"{name} is not among the {len(self.layout)} tensors planned for {self.target}")
-        self.files[name].write(name, cast(tensor, self.dtype))
+        self.files[name].write(name, cast(tensor, self.layout[name][1]))
 
     def _close_files(self) -> None:
         for file in dict.fromkeys(self.files.values()):
             file.close()
 
     def abort(self) -> None:
-        """Remove what was written (the files are closed first; a missing tensor is what aborts)."""
+        """Remove what was written."""
         for file in dict.fromkeys(self.files.values()):
-            file.file.close()
+            file.release()
         if self.tmp.is_dir():
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
@@ -103,27 +104,27 @@ class _StreamedWriter:
 class SingleFileWriter(_StreamedWriter):
     """One `.safetensors` file with its config JSON beside (`model.json` for `model.safetensors`)."""
 
-    def __init__(self, path: str | Path, layout: Layout, dtype: torch.dtype, kind: str):
-        super().__init__(Path(path), layout, dtype)
+    def __init__(self, path: str | Path, layout: Layout, kind: str):
+        super().__init__(Path(path), layout, kind)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         file = PlannedFile(self.tmp, layout, {"kind": kind})
         self.files = dict.fromkeys(layout, file)
 
-    def close(self, kind: str, config: Any) -> Path:
+    def close(self, config: Any) -> Path:
         self._close_files()
         tmp_json = self.target.with_name(self.target.name + ".json.tmp")
-        tmp_json.write_text(config_record(kind, config))
+        tmp_json.write_text(config_record(self.kind, config))
         os.replace(tmp_json, config_path(self.target))
         os.replace(self.tmp, self.target)
         return self.target
+
 
 class ShardedWriter(_StreamedWriter):
     """A folder of shards cut by size in the layout's order (`model-0000k-of-0000N.safetensors`); `close`
     adds the index and config.json."""
 
-    def __init__(self, folder: str | Path, layout: Layout, dtype: torch.dtype = torch.bfloat16,
-                 max_shard_bytes: int = 5 << 30):
-        super().__init__(Path(folder), layout, dtype)
+    def __init__(self, folder: str | Path, layout: Layout, kind: str, max_shard_bytes: int = 5 << 30):
+        super().__init__(Path(folder), layout, kind)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         shards: list[Layout] = [{}]
@@ -143,12 +144,12 @@ class ShardedWriter(_StreamedWriter):
             self.weight_map.update(dict.fromkeys(shard, filename))
         self.total_bytes = sum(nbytes(shape, d) for shape, d in layout.values())
 
-    def close(self, kind: str, config: Any) -> Path:
+    def close(self, config: Any) -> Path:
         """Write the index and config.json, then put the folder in place; return it."""
         self._close_files()
-        index = {"metadata": {"total_size": self.total_bytes, "kind": kind}, "weight_map": self.weight_map}
+        index = {"metadata": {"total_size": self.total_bytes, "kind": self.kind}, "weight_map": self.weight_map}
         (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
-        (self.tmp / CONFIG).write_text(config_record(kind, config))
+        (self.tmp / CONFIG).write_text(config_record(self.kind, config))
         if self.target.exists():
             if not (self.target / INDEX).is_file():
                 shutil.rmtree(self.tmp)
@@ -156,6 +157,7 @@ class ShardedWriter(_StreamedWriter):
             shutil.rmtree(self.target)
         os.replace(self.tmp, self.target)
         return self.target
+
 
 def weight_files(path: str | Path) -> list[Path]:
     """The safetensors files behind `path`: a .safetensors file, an index JSON, or a folder holding either."""

@@ -164,12 +164,12 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
     tensors = checked(model, checkpoint_tensors(task, model, path, ema, torch_dtype), path)
     output = Path(output)
     layout = export_layout(model.state_dict(), torch_dtype)
-    writer = (SingleFileWriter(output, layout, torch_dtype, spec.kind) if output.suffix == ".safetensors"
-              else ShardedWriter(output, layout, torch_dtype, max_shard_bytes))
+    writer = (SingleFileWriter(output, layout, spec.kind) if output.suffix == ".safetensors"
+              else ShardedWriter(output, layout, spec.kind, max_shard_bytes))
     try:
         for name, tensor in tensors:
             writer.add(name, tensor)
-        return writer.close(spec.kind, spec.config)
+        return writer.close(spec.config)
     except BaseException:
         writer.abort()
         raise

@@ -15,10 +15,10 @@ CFG = TransformerConfig(text_len=8, text_vocab=64, grid_size=4, image_vocab=16, 
 
 
 def write_folder(path, state, dtype=torch.float32, max_shard_bytes=4096):
-    writer = ShardedWriter(path, export_layout(state, dtype), dtype, max_shard_bytes)
+    writer = ShardedWriter(path, export_layout(state, dtype), "transformer", max_shard_bytes)
     for name, tensor in state.items():
         writer.add(name, tensor)
-    return writer.close("transformer", CFG)
+    return writer.close(CFG)
 
 
 def test_every_form_loads_the_same_model(tmp_path):

@@ -44,7 +44,7 @@ def test_a_tensor_never_written_or_not_as_planned_is_refused(tmp_path):
 
 def test_an_aborted_folder_leaves_nothing(tmp_path):
     state = tensors()
-    writer = ShardedWriter(tmp_path / "out", export_layout(state, torch.bfloat16), torch.bfloat16, max_shard_bytes=16)
+    writer = ShardedWriter(tmp_path / "out", export_layout(state, torch.bfloat16), "toy", max_shard_bytes=16)
     writer.add("b", state["b"])
     writer.abort()
     assert list(tmp_path.iterdir()) == []
