@@ -18,6 +18,25 @@ def test_judge_reads_ground_truth_scenes():
     assert right / len(scenes) >= 0.98
 
 
+def stepped(image: torch.Tensor, cell: int) -> torch.Tensor:
+    """The image drawn in solid cell x cell blocks, each its cell's mean colour: what a coarse decoder paints."""
+    return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(image[None], cell), scale_factor=cell)[0]
+
+
+def test_judge_reads_shapes_drawn_in_steps():
+    """A triangle drawn in steps fills as much of its box as a circle: the judge must still call it a triangle
+    and lose no circle or square. (The fill-only judge of before missed 6 of these 64 triangles, and called
+    most of the triangles the demo's dVAE draws in 4-pixel steps circles.)"""
+    rng = random.Random(2)
+    scenes = all_scenes() * 4
+    right = {shape: [] for shape in ("circle", "square", "triangle")}
+    for s in scenes:
+        right[s.shape].append(judge(stepped(as_tensor(render(s, 32, rng)), 2)) == s)
+    assert sum(right["triangle"]) / len(right["triangle"]) >= 0.98
+    assert sum(right["square"]) / len(right["square"]) >= 0.98
+    assert sum(right["circle"]) / len(right["circle"]) >= 0.8
+
+
 def test_judge_tolerates_noise_and_rejects_blank_or_wrong_images():
     rng = random.Random(1)
     scene = all_scenes()[5]
