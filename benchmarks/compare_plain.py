@@ -4,8 +4,8 @@ For each task (Transformer, dVAE, CLIP at their `tiny` configs) both sides start
 seed, so the same initial weights, and run the same work per update on the same fixed batch with
 the same threads: the task's loss, backward, gradient clipping at `grad_clip`, AdamW with the
 trainer's parameter groups, the trainer's LR schedule, and reading the loss (as any loop that logs
-does). The trainer side is megadalle's real path: engine.build (deepspeed.initialize, ZeRO-1) and
-StepRunner.update. Equal losses step by step (checked in tests/eval/test_compare_plain.py) show the
+does). The trainer side is megadalle's real path: engine.build (deepspeed.initialize, ZeRO-1 by default,
+or stage 0 as the single-process demo runs) and StepRunner.update. Equal losses step by step (checked in tests/eval/test_compare_plain.py) show the
 two do the same work, so the ratio of their samples/s is the framework's overhead (target >= 0.9x).
 Rounds alternate trainer and plain and the best round of each counts, which damps a shared
 machine's noise; state the load average beside any figure.
@@ -77,12 +77,12 @@ def trainer_config(micro_batch: int, steps: int) -> TrainerConfig:
                          checkpoint_every=0, grad_clip=4.0, ema=None)
 
 
-def trainer_losses(name: str, micro_batch: int, steps: int) -> tuple[list[float], list[float]]:
-    """(losses, seconds) of `steps` updates through megadalle's trainer path."""
+def trainer_losses(name: str, micro_batch: int, steps: int, zero_stage: int = 1) -> tuple[list[float], list[float]]:
+    """(losses, seconds) of `steps` updates through megadalle's trainer path at `zero_stage`."""
     task, batch = task_and_batch(name, micro_batch)
     distributed.init(distributed.detect())  # idempotent: a one-process group, as the trainer has
     torch.manual_seed(0)
-    built = engine.build(FixedBatch(task, batch), trainer_config(micro_batch, steps), DeepSpeedConfig(zero_stage=1),
+    built = engine.build(FixedBatch(task, batch), trainer_config(micro_batch, steps), DeepSpeedConfig(zero_stage=zero_stage),
                          world_size=1)
     runner = StepRunner(built.engine.module.task, built, DataPart(micro_batch, 1, 0, 1), 0)
     losses, seconds = [], []
@@ -116,21 +116,24 @@ def plain_losses(name: str, micro_batch: int, steps: int) -> tuple[list[float], 
     return losses, seconds
 
 
-def compare(name: str, micro_batch: int, steps: int, warmup: int, rounds: int = 2) -> dict[str, Any]:
+def compare(name: str, micro_batch: int, steps: int, warmup: int, rounds: int = 2, zero_stage: int = 1) -> dict[str, Any]:
     """Samples/s of both sides (best round, after `warmup` untimed updates each) and their ratio."""
     best = {"trainer": float("inf"), "plain": float("inf")}
+    sides = (("trainer", lambda *a: trainer_losses(*a, zero_stage=zero_stage)), ("plain", plain_losses))
     for _ in range(rounds):
-        for side, run in (("trainer", trainer_losses), ("plain", plain_losses)):
+        for side, run in sides:
             _, seconds = run(name, micro_batch, warmup + steps)
             best[side] = min(best[side], sum(seconds[warmup:]) / steps)
     trainer_rate, plain_rate = micro_batch / best["trainer"], micro_batch / best["plain"]
-    return {"task": name, "micro_batch": micro_batch, "steps": steps, "threads": torch.get_num_threads(),
+    return {"task": name, "micro_batch": micro_batch, "zero_stage": zero_stage, "steps": steps,
+            "threads": torch.get_num_threads(),
             "trainer_samples_per_s": trainer_rate, "plain_samples_per_s": plain_rate,
             "ratio": trainer_rate / plain_rate}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| task | micro batch | threads | trainer samples/s | plain samples/s | ratio |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['micro_batch']} | {r['threads']} | {r['trainer_samples_per_s']:.1f} | "
+    lines = ["| task | micro batch | ZeRO stage | threads | trainer samples/s | plain samples/s | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['micro_batch']} | {r['zero_stage']} | {r['threads']} | {r['trainer_samples_per_s']:.1f} | "
               f"{r['plain_samples_per_s']:.1f} | {r['ratio']:.2f}x |" for r in rows]
     return "\n".join(lines)

@@ -103,6 +103,9 @@ def main() -> None:
                         help="time the trainer's step beside a plain PyTorch loop for the Transformer, dVAE and CLIP "
                              "(tiny configs, same model, optimizer, batch and threads) and report the ratio")
     parser.add_argument("--compare-out", default="benchmarks/train_step_compare.json")
+    parser.add_argument("--zero-stage", type=int, nargs="+", default=[1], choices=[0, 1],
+                        help="--compare-plain: the trainer's ZeRO stage(s); one process gains nothing from ZeRO-1's "
+                             "partitions, and the demo runs stage 0")
     args = parser.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     distributed.init(distributed.detect())
@@ -128,7 +131,8 @@ def compare_plain(args) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from compare_plain import TASKS, compare, table
 
-    rows = [compare(name, args.micro_batch, args.steps, args.warmup) for name in TASKS]
+    rows = [compare(name, args.micro_batch, args.steps, args.warmup, zero_stage=stage)
+            for stage in args.zero_stage for name in TASKS]
     print(table(rows))
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "load_average": os.getloadavg(), "cpu": platform.processor()}

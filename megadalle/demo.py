@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from megadalle.config import build, top_level
 from megadalle.config.compose import compose
 from megadalle.config.demo import DemoConfig
-from megadalle.demo_data import Scene, split_scenes, write_dataset
+from megadalle.demo_data import Scene, all_scenes, split_scenes, write_dataset
 from megadalle.demo_judge import chance, judge
 from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
 
@@ -41,11 +41,14 @@ class Timer:
 
 
 def trainer_overrides(steps: int, batch: int, lr: float) -> list[str]:
-    """The shared trainer settings of the demo's three training stages (CPU, no wandb, one checkpoint)."""
+    """The shared trainer settings of the demo's three training stages (CPU, no wandb, one checkpoint).
+
+    ZeRO stage 0: the demo is one process, where ZeRO-1's partitions shard nothing and its gradient buckets
+    and master copies only cost time (benchmarks/RESULTS.md, "Trainer vs a plain PyTorch loop")."""
     return ["trainer=tiny", f"trainer.steps={steps}", f"trainer.micro_batch={batch}", f"trainer.lr={lr}",
             f"trainer.min_lr={lr / 10}", f"trainer.warmup_steps={max(1, steps // 20)}", "trainer.ema=null",
             f"trainer.log_every={max(1, steps // 5)}", "trainer.checkpoint_every=0", "trainer.keep_checkpoints=1",
-            "logger=none", "deepspeed=zero1", "resume=never", "data.num_workers=1"]
+            "logger=none", "deepspeed=zero1", "deepspeed.zero_stage=0", "resume=never", "data.num_workers=1"]
 
 
 def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
@@ -64,7 +67,21 @@ def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
     tc = build(TokenizerConfig, top_level(cfg, TokenizerConfig), "")
     train_tokenizer(tc.input, tc.output, tc.vocab_size, tc.normalization, tc.character_coverage, tc.max_sentences,
                     tc.byte_fallback, tc.seed)
+    check_captions_fit(out / "tokenizer.model", d.text_len)
     return out / "shards", out / "tokenizer.model"
+
+
+def check_captions_fit(tokenizer: Path, text_len: int) -> None:
+    """Refuse a text_len that would cut the end off a caption: the last words name the position, and a cut one
+    makes two scenes' captions the same for the Transformer and CLIP."""
+    from megadalle.data.tokenizer import Tokenizer
+
+    tok = Tokenizer(tokenizer)
+    longest = max((scene.caption for scene in all_scenes()), key=lambda caption: len(tok.encode(caption)))
+    need = len(tok.encode(longest))
+    if need > text_len:
+        raise ValueError(f"demo.text_len={text_len} cuts captions: {longest!r} is {need} tokens under this "
+                         f"tokenizer; set demo.text_len={need} or more")
 
 
 def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, extra: tuple[str, ...] = ()) -> Path:

@@ -8,6 +8,7 @@ kept sample (its pixels alone, no frame), and scores.json with every sample's CL
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     """Sample `prompt` n times; with `clip` (may be None: megadalle's CLIP or any `rerank.Reranker`, e.g. an
     open_clip model) keep the `keep` best by CLIP score, else the first."""
     device = next(model.parameters()).device
+    warn_if_cut(tokenizer, prompt, model.cfg.text_len)
     text = torch.tensor(tokenizer.encode(prompt, model.cfg.text_len), device=device)
     reranker = as_reranker(clip, tokenizer) if clip is not None else None
     codes, scores = [], []
@@ -52,6 +54,15 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     best = rank(score_all, keep) if score_all is not None else torch.arange(min(keep, n))
     images = decode(dvae, codes_all[best].to(device), model.cfg.grid_size).cpu()
     return Generated(images, best.tolist(), None if score_all is None else score_all.tolist())
+
+
+def warn_if_cut(tokenizer, prompt: str, text_len: int) -> None:
+    """Say so when the model cannot read the whole prompt: its end is dropped silently otherwise, and the image
+    then ignores the words there."""
+    ids = tokenizer.encode(prompt)
+    if len(ids) > text_len:
+        print(f"[generate] the prompt is {len(ids)} tokens and the model reads {text_len}: "
+              f"{tokenizer.decode(ids[text_len:])!r} is cut", file=sys.stderr)
 
 
 def decode(dvae, codes: torch.Tensor, grid_size: int) -> torch.Tensor:

@@ -18,8 +18,10 @@ class DemoConfig:
     the demo's headline. 8 of the 48 scenes: enough captions for a stable figure, 40 left to learn from."""
     vocab_size: int = 64
     """BPE vocabulary asked of the tokenizer (the captions use a few dozen words)."""
-    text_len: int = 12
-    """Caption tokens of the Transformer and CLIP."""
+    text_len: int = 16
+    """Caption tokens of the Transformer and CLIP. Every caption must fit (the demo checks once its tokenizer is
+    trained): at 12, "yellow" took 4 of the 64-token BPE's pieces, and the position's last word was cut from
+    every yellow caption, so left and right read the same."""
     dvae_groups: int = 3
     """The dVAE's block groups; the code grid is image_size / 2**(dvae_groups - 1) on a side."""
     dvae_steps: int = 1200

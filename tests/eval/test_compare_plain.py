@@ -9,9 +9,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import compare_plain  # noqa: E402
 
 
+@pytest.mark.parametrize("zero_stage", [1, 0])
 @pytest.mark.parametrize("name", compare_plain.TASKS)
-def test_trainer_and_plain_loop_compute_the_same_updates(name):
-    trainer, _ = compare_plain.trainer_losses(name, micro_batch=4, steps=4)
+def test_trainer_and_plain_loop_compute_the_same_updates(name, zero_stage):
+    trainer, _ = compare_plain.trainer_losses(name, micro_batch=4, steps=4, zero_stage=zero_stage)
     plain, _ = compare_plain.plain_losses(name, micro_batch=4, steps=4)
     assert trainer == pytest.approx(plain, rel=1e-5, abs=1e-6)
     assert trainer[-1] != pytest.approx(trainer[0], rel=1e-4), "the updates must change the weights"
@@ -20,4 +21,4 @@ def test_trainer_and_plain_loop_compute_the_same_updates(name):
 def test_compare_reports_both_rates_and_their_ratio():
     row = compare_plain.compare("transformer", micro_batch=2, steps=1, warmup=1, rounds=1)
     assert row["ratio"] == pytest.approx(row["trainer_samples_per_s"] / row["plain_samples_per_s"])
-    assert "| transformer | 2 |" in compare_plain.table([row])
+    assert "| transformer | 2 | 1 |" in compare_plain.table([row])

@@ -86,3 +86,14 @@ def test_writer_pairs_files(tmp_path):
     write_dataset(tmp_path, held, per_scene=2, size=16, seed=0)
     assert len(list(tmp_path.glob("*.png"))) == len(list(tmp_path.glob("*.txt"))) == 2 * len(held)
     assert (tmp_path / "000000.txt").read_text().strip() == held[0].caption
+
+
+def test_demo_refuses_a_text_len_that_cuts_captions(tmp_path):
+    """The position is the caption's last words: a text_len that cuts them makes left and right read the same."""
+    from megadalle.demo import check_captions_fit
+    from tests.sample.test_generate import tokenizer_model
+
+    tokenizer_model(tmp_path / "tok.model")
+    check_captions_fit(tmp_path / "tok.model", 64)
+    with pytest.raises(ValueError, match=r"demo.text_len=4 cuts captions: .* tokens"):
+        check_captions_fit(tmp_path / "tok.model", 4)

@@ -56,3 +56,17 @@ def test_generate_writes_a_grid_and_sorted_scores(tmp_path):
                                "n=7", "keep=3", "batch_size=3", "top_k=5", f"output={again}"])
     run(cfg)
     assert json.loads((again / "scores.json").read_text())["all_scores"] == report["all_scores"]
+
+
+def test_generate_says_when_the_prompt_is_cut(tmp_path, capsys):
+    """text_len is 8 here: a prompt longer than that loses its end, which must not go unsaid."""
+    write_tiny_models(tmp_path)
+    prompt = "a red circle at the top left and a blue square at the bottom right"
+    cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", f"prompt={prompt}", "n=1", "keep=1",
+                               f"output={tmp_path / 'out'}"])
+    assert run(cfg) == 0
+    err = capsys.readouterr().err
+    assert "the model reads 8" in err and "bottom right" in err
+    run(compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1", "keep=1",
+                             f"output={tmp_path / 'short'}"]))
+    assert "is cut" not in capsys.readouterr().err
