@@ -9,6 +9,7 @@ characters plus the 4 specials cannot work and raises an error naming the minimu
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 from pathlib import Path
@@ -116,6 +117,19 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
     return Tokenizer(buf.getvalue())
 
 
+def caption_lengths(tok: Tokenizer, shards: str | Path, limit: int = 100_000) -> dict[str, int]:
+    """Token counts of the first `limit` captions: their median, 99th percentile and maximum.
+
+    The Transformer and CLIP read `text_len` tokens and drop the rest silently, and a caption's last words
+    often carry what the image depends on (where, how many); so `tokenizer` prints these for choosing
+    text_len before any training."""
+    lengths = np.array([len(tok.encode(c)) for c in itertools.islice(iter_captions(shards), limit)])
+    if lengths.size == 0:
+        raise ValueError(f"{shards} holds no captions")
+    return {"captions": int(lengths.size), "median": int(np.median(lengths)),
+            "p99": int(np.percentile(lengths, 99, method="higher")), "max": int(lengths.max())}
+
+
 def run(cfg: DictConfig) -> int:
     """`megadalle tokenizer input=SHARDS output=FILE vocab_size=16384`."""
     from megadalle.config import build, top_level
@@ -126,4 +140,7 @@ def run(cfg: DictConfig) -> int:
                           tc.max_sentences, tc.byte_fallback, tc.seed)
     note = "" if tok.vocab_size == tc.vocab_size else f" (asked for {tc.vocab_size}: the corpus supports no more)"
     print(f"tokenizer: wrote {tc.output}, vocabulary {tok.vocab_size}{note}")
+    n = caption_lengths(tok, tc.input)
+    print(f"tokenizer: captions are {n['median']} tokens (median), {n['p99']} (99th percentile), {n['max']} at "
+          f"most over the first {n['captions']}; a model's text_len below that cuts their ends")
     return 0

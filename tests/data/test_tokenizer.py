@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from megadalle.cli import main
-from megadalle.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
+from megadalle.data.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, caption_lengths,
+                                      iter_captions, train_tokenizer)
 from tests.data.conftest import WORDS
 
 TEXT = "a small red cat sits on the mat near the big house"
@@ -81,10 +82,20 @@ def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
     assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=16384"]) == 0
     tok = Tokenizer(out)
     assert 64 < tok.vocab_size < 16384  # the corpus caps it; hard_vocab_limit=False makes that work
-    assert f"vocabulary {tok.vocab_size} (asked for 16384" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert f"vocabulary {tok.vocab_size} (asked for 16384" in out_text
+    n = caption_lengths(tok, caption_shards)
+    assert f"{n['median']} tokens (median), {n['p99']} (99th percentile), {n['max']} at most" in out_text
     assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "normalization=lower"]) == 2
 
 
 def test_training_is_reproducible(caption_shards, tokenizer, tmp_path):
     again = train_tokenizer(caption_shards, tmp_path / "again.model", vocab_size=64)
     assert again.proto == tokenizer.proto == (tmp_path / "again.model").read_bytes()
+
+
+def test_caption_lengths_count_tokens(caption_shards, tokenizer):
+    lengths = sorted(len(tokenizer.encode(c)) for c in iter_captions(caption_shards))
+    n = caption_lengths(tokenizer, caption_shards)
+    assert n["captions"] == len(lengths) and n["max"] == lengths[-1] and n["median"] <= n["p99"] <= n["max"]
+    assert caption_lengths(tokenizer, caption_shards, limit=10)["captions"] == 10
