@@ -5,13 +5,14 @@ seed, so the same initial weights, and run the same work per update on the same 
 the same threads: the task's loss, backward, gradient clipping at `grad_clip`, AdamW with the
 trainer's parameter groups, the trainer's LR schedule, and reading the loss (as any loop that logs
 does). The trainer side is megadalle's real path: engine.build (deepspeed.initialize, ZeRO-1 by default,
-or stage 0 as the single-process demo runs) and StepRunner.update. Equal losses step by step (checked in tests/eval/test_compare_plain.py) show the
-two do the same work, so the ratio of their samples/s is the framework's overhead (target >= 0.9x).
+or stage 0 as the single-process demo runs) and StepRunner.update. Equal losses step by step (checked in
+tests/eval/test_compare_plain.py) show the two do the same work, so the ratio of their samples/s is the framework's overhead (target >= 0.9x).
 Rounds alternate trainer and plain and the best round of each counts, which damps a shared
 machine's noise; state the load average beside any figure.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from typing import Any
@@ -82,8 +83,8 @@ def trainer_losses(name: str, micro_batch: int, steps: int, zero_stage: int = 1)
     task, batch = task_and_batch(name, micro_batch)
     distributed.init(distributed.detect())  # idempotent: a one-process group, as the trainer has
     torch.manual_seed(0)
-    built = engine.build(FixedBatch(task, batch), trainer_config(micro_batch, steps), DeepSpeedConfig(zero_stage=zero_stage),
-                         world_size=1)
+    built = engine.build(FixedBatch(task, batch), trainer_config(micro_batch, steps),
+                         DeepSpeedConfig(zero_stage=zero_stage), world_size=1)
     runner = StepRunner(built.engine.module.task, built, DataPart(micro_batch, 1, 0, 1), 0)
     losses, seconds = [], []
     for step in range(steps):
@@ -116,10 +117,11 @@ def plain_losses(name: str, micro_batch: int, steps: int) -> tuple[list[float], 
     return losses, seconds
 
 
-def compare(name: str, micro_batch: int, steps: int, warmup: int, rounds: int = 2, zero_stage: int = 1) -> dict[str, Any]:
+def compare(name: str, micro_batch: int, steps: int, warmup: int, rounds: int = 2,
+            zero_stage: int = 1) -> dict[str, Any]:
     """Samples/s of both sides (best round, after `warmup` untimed updates each) and their ratio."""
     best = {"trainer": float("inf"), "plain": float("inf")}
-    sides = (("trainer", lambda *a: trainer_losses(*a, zero_stage=zero_stage)), ("plain", plain_losses))
+    sides = (("trainer", functools.partial(trainer_losses, zero_stage=zero_stage)), ("plain", plain_losses))
     for _ in range(rounds):
         for side, run in sides:
             _, seconds = run(name, micro_batch, warmup + steps)
@@ -134,6 +136,6 @@ def compare(name: str, micro_batch: int, steps: int, warmup: int, rounds: int = 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| task | micro batch | ZeRO stage | threads | trainer samples/s | plain samples/s | ratio |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['micro_batch']} | {r['zero_stage']} | {r['threads']} | {r['trainer_samples_per_s']:.1f} | "
-              f"{r['plain_samples_per_s']:.1f} | {r['ratio']:.2f}x |" for r in rows]
+    lines += [f"| {r['task']} | {r['micro_batch']} | {r['zero_stage']} | {r['threads']} | "
+              f"{r['trainer_samples_per_s']:.1f} | {r['plain_samples_per_s']:.1f} | {r['ratio']:.2f}x |" for r in rows]
     return "\n".join(lines)

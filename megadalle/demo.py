@@ -77,8 +77,7 @@ def check_captions_fit(tokenizer: Path, text_len: int) -> None:
     from megadalle.data.tokenizer import Tokenizer
 
     tok = Tokenizer(tokenizer)
-    longest = max((scene.caption for scene in all_scenes()), key=lambda caption: len(tok.encode(caption)))
-    need = len(tok.encode(longest))
+    need, longest = max((len(tok.encode(scene.caption)), scene.caption) for scene in all_scenes())
     if need > text_len:
         raise ValueError(f"demo.text_len={text_len} cuts captions: {longest!r} is {need} tokens under this "
                          f"tokenizer; set demo.text_len={need} or more")
@@ -90,8 +89,8 @@ def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, extra: tuple[str, ..
 
     return train_dvae(compose("train-dvae", [
         "dvae=tiny", f"dvae.image_size={d.image_size}", f"dvae.n_groups={d.dvae_groups}",
-        f"dvae.objective.tau_anneal_steps={d.dvae_steps}", f"dvae.objective.kl_warmup_steps={max(1, d.dvae_steps // 15)}",
-        f"data.shards={shards}",
+        f"dvae.objective.tau_anneal_steps={d.dvae_steps}",
+        f"dvae.objective.kl_warmup_steps={max(1, d.dvae_steps // 15)}", f"data.shards={shards}",
         f"weights={out / 'dvae.safetensors'}", f"run_dir={out / 'runs/dvae'}",
         *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr), *extra]))
 
