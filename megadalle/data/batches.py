@@ -65,10 +65,11 @@ class ImageBatches:
 
 
 class TokenBatches:
-    """dict(text=LongTensor[B, text_len], image=LongTensor[B, H*W]) from `codes.npy` + `txt`.
+    """dict(text=LongTensor[B, text_len], text_cut=BoolTensor[B], image=LongTensor[B, H*W]) from `codes.npy` + `txt`.
 
     The caption is tokenized here, not at encode time, so BPE dropout draws fresh segmentations
     every epoch (the paper's 10%), reproducibly: the draw is seeded by (seed, position).
+    `text_cut` marks the captions longer than text_len, whose tail the model never reads.
     """
 
     fields = ("codes.npy", "txt")
@@ -77,15 +78,18 @@ class TokenBatches:
         self.tokenizer, self.text_len, self.dropout = tokenizer, text_len, dropout
 
     def __call__(self, samples, positions, seed):
-        texts, codes = [], []
+        texts, cut, codes = [], [], []
         for sample, pos in zip(samples, positions):
             rng = sample_rng(seed, pos)
             caption = pick_caption(decode_field("txt", sample["txt"]), rng)
-            texts.append(self.tokenizer.encode(caption, self.text_len, dropout=self.dropout,
-                                               seed=int(rng.integers(1 << 31))))
+            ids, was_cut = self.tokenizer.encode_cut(caption, self.text_len, dropout=self.dropout,
+                                                     seed=int(rng.integers(1 << 31)))
+            texts.append(ids)
+            cut.append(was_cut)
             grid = decode_field("codes.npy", sample["codes.npy"])
             if grid.ndim != 2 or (codes and grid.size != codes[0].size):
                 raise ValueError(f"sample {sample['__key__']!r}: codes.npy has shape {grid.shape}; "
                                  f"expected one [H, W] grid size for every sample")
             codes.append(grid.reshape(-1).astype(np.int64))
-        return {"text": torch.tensor(texts, dtype=torch.long), "image": torch.from_numpy(np.stack(codes))}
+        return {"text": torch.tensor(texts, dtype=torch.long), "text_cut": torch.tensor(cut, dtype=torch.bool),
+                "image": torch.from_numpy(np.stack(codes))}

@@ -53,22 +53,39 @@ class Tokenizer:
 
     def encode(self, text: str, text_len: int | None = None, dropout: float = 0.0, seed: int | None = None) -> list[int]:
         """Ids of `text`; with `text_len`, truncated (keeping eos last if added) and padded to exactly text_len."""
+        if text_len is None:
+            return self._pieces(text, dropout, seed)
+        return self.encode_cut(text, text_len, dropout, seed)[0]
+
+    def encode_cut(self, text: str, text_len: int, dropout: float = 0.0,
+                   seed: int | None = None) -> tuple[list[int], bool]:
+        """`encode`'s ids fitted to text_len, and whether the caption lost tokens to fit: the loaders count
+        these, since a caption's last words often carry what the image depends on."""
+        ids = self._pieces(text, dropout, seed)
+        cut = len(ids) > text_len
+        if self.add_eos:
+            ids = ids[: min(len(ids), text_len) - 1] + [EOS_ID]
+        ids = ids[:text_len]
+        return ids + [PAD_ID] * (text_len - len(ids)), cut
+
+    def _pieces(self, text: str, dropout: float, seed: int | None) -> list[int]:
         if dropout > 0.0:
             ids = self.bpe.encode(text, dropout, np.random.default_rng(seed))
         else:
             ids = self.sp.encode(text)
-        ids = ([BOS_ID] if self.add_bos else []) + list(ids)
-        if text_len is None:
-            return ids + ([EOS_ID] if self.add_eos else [])
-        if self.add_eos:
-            ids = ids[: text_len - 1] + [EOS_ID]
-        ids = ids[:text_len]
-        return ids + [PAD_ID] * (text_len - len(ids))
+        return ([BOS_ID] if self.add_bos else []) + list(ids) + ([EOS_ID] if self.add_eos else [])
 
     def encode_batch(self, texts: list[str], text_len: int, dropout: float = 0.0, seed: int | None = None) -> torch.Tensor:
         """LongTensor [len(texts), text_len]; with a seed, text i uses seed + i."""
-        return torch.tensor([self.encode(t, text_len, dropout, None if seed is None else seed + i)
-                             for i, t in enumerate(texts)], dtype=torch.long)
+        return self.encode_batch_cut(texts, text_len, dropout, seed)[0]
+
+    def encode_batch_cut(self, texts: list[str], text_len: int, dropout: float = 0.0,
+                         seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode_batch`'s ids and a BoolTensor [len(texts)]: which captions were cut to fit."""
+        pairs = [self.encode_cut(t, text_len, dropout, None if seed is None else seed + i)
+                 for i, t in enumerate(texts)]
+        return (torch.tensor([ids for ids, _ in pairs], dtype=torch.long),
+                torch.tensor([cut for _, cut in pairs], dtype=torch.bool))
 
     def decode(self, ids) -> str:
         """Text of ids, ignoring pad, bos and eos."""

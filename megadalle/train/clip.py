@@ -17,7 +17,7 @@ from megadalle.config import build, check
 from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP
-from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches, validation_data
+from megadalle.train.task import Batch, DataPart, ExportSpec, Task, caption_metrics, rank_batches, validation_data
 
 FACTORY = "megadalle.train.clip:task_from_config"
 
@@ -54,10 +54,12 @@ class ClipTask(Task):
         """Loader batches as the model's inputs: images and BPE ids of the captions."""
         tok = self.tokenizer()
         for batch in stream:
-            yield {"image": batch["image"], "text": tok.encode_batch(batch["caption"], self.cfg.text_len)}
+            text, cut = tok.encode_batch_cut(batch["caption"], self.cfg.text_len)
+            yield {"image": batch["image"], "text": text, "text_cut": cut}
 
     def loss(self, model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return model.loss(batch["image"], batch["text"])
+        loss, metrics = model.loss(batch["image"], batch["text"])
+        return loss, {**metrics, **caption_metrics(batch)}
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec("clip", self.cfg)

@@ -1,13 +1,21 @@
 """Rank 0's plain-text record: a progress line every `log_every` updates and every update's
 metrics appended to `<run>/metrics.jsonl` (what tests and people compare between runs; a resumed
-run appends, so the last line for a step wins)."""
+run appends, so the last line for a step wins). Data problems that raise no error (captions cut
+to text_len) are said once, at the first update that shows them."""
 from __future__ import annotations
 
 import json
+import sys
 
 from tqdm import tqdm
 
 from megadalle.train.callbacks import Callback, RunInfo
+
+WARNINGS = {
+    "captions_cut": "{value:.1%} of this update's captions are longer than text_len and lose their last tokens "
+                    "(metric captions_cut; `megadalle tokenizer` prints the captions' lengths in tokens)",
+}
+"""Metrics that should stay 0: a warning at the first update where one is not."""
 
 SHOWN = ("loss", "val/loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "mfu", "mem_gib", "skipped_steps")
 
@@ -16,6 +24,7 @@ class Console(Callback):
     def __init__(self):
         self.file = None
         self.bar = None
+        self.warned: set[str] = set()
 
     def start(self, info: RunInfo) -> None:
         if info.rank != 0:
@@ -31,6 +40,10 @@ class Console(Callback):
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.file.flush()
         self.bar.update(1)
+        for name, message in WARNINGS.items():
+            if metrics.get(name, 0) > 0 and name not in self.warned:
+                self.warned.add(name)
+                tqdm.write(f"warning: step {step}: " + message.format(value=metrics[name]), file=sys.stderr)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is None:

@@ -206,3 +206,12 @@ def rank_batches(data, part: DataPart, seed: int, start_step: int, **shape) -> I
     return loader_from_config(data, part.global_batch, seed, rank=part.dp_rank, world_size=part.dp_world,
                               grad_accum=part.grad_accum, **shape).iter_from_step(start_step)
 
+
+
+def caption_metrics(batch: Batch) -> dict[str, float]:
+    """`captions_cut`: the share of a micro-batch's captions longer than text_len (loaders cut them to fit).
+
+    Averaged like the loss, it is the share of each update's captions; the console warns at its first
+    non-zero value, since a cut drops a caption's last words without any error."""
+    cut = batch.get("text_cut")
+    return {} if cut is None else {"captions_cut": float(cut.float().mean())}

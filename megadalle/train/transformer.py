@@ -24,7 +24,8 @@ from megadalle.data import synthetic
 from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss
 from megadalle.train.sample_grid import SampleGrid
-from megadalle.train.task import Batch, DataPart, ExportSpec, PipelineSpec, Task, rank_batches, validation_data
+from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, Task, caption_metrics, rank_batches,
+                                  validation_data)
 
 FACTORY = "megadalle.train.transformer:task_from_config"
 
@@ -69,7 +70,7 @@ class TransformerTask(Task):
 
     def loss(self, model: Transformer, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = model.loss(batch["text"], batch["image"])
-        return loss, {name: float(value) for name, value in parts.items()}
+        return loss, {**{name: float(value) for name, value in parts.items()}, **caption_metrics(batch)}
 
     def media(self, model: Transformer, step: int) -> dict[str, Any]:
         return {} if self.grid is None else {"samples": self.grid(model)}

@@ -47,6 +47,18 @@ def test_eos_survives_truncation(tokenizer):
     assert tok.decode(tok.encode("a cat", 10)) == "a cat"
 
 
+@pytest.mark.parametrize("specials", [False, True])
+def test_encode_cut_says_which_captions_lose_tokens(tokenizer, specials):
+    """The flag the loaders count (metric captions_cut): set exactly when a piece of the caption is dropped."""
+    tok = Tokenizer(tokenizer.proto, add_bos=specials, add_eos=specials)
+    whole = len(tok.encode(TEXT))
+    for text_len in (whole - 1, whole, whole + 3):
+        ids, cut = tok.encode_cut(TEXT, text_len)
+        assert ids == tok.encode(TEXT, text_len) and cut == (text_len < whole)
+    ids, cut = tok.encode_batch_cut([TEXT, "a cat"], whole - 1)
+    assert ids.tolist() == tok.encode_batch([TEXT, "a cat"], whole - 1).tolist() and cut.tolist() == [True, False]
+
+
 def test_bpe_dropout_is_seeded(tokenizer):
     plain = tokenizer.encode(TEXT, 64)
     draws = [tokenizer.encode(TEXT, 64, dropout=0.5, seed=s) for s in range(6)]

@@ -15,11 +15,11 @@ from megadalle.weights import save_weights
 
 
 class WordIds:
-    """A stand-in tokenizer (the loader only calls `encode`): one id per word, padded with 0."""
+    """A stand-in tokenizer (the loader only calls `encode_cut`): one id per word, padded with 0."""
 
-    def encode(self, text, text_len=None, dropout=0.0, seed=None):
-        ids = [1 + len(word) for word in text.split()][:text_len]
-        return ids + [0] * (text_len - len(ids))
+    def encode_cut(self, text, text_len, dropout=0.0, seed=None):
+        ids = [1 + len(word) for word in text.split()]
+        return ids[:text_len] + [0] * (text_len - len(ids[:text_len])), len(ids) > text_len
 
 
 @pytest.fixture(scope="module")
