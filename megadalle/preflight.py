@@ -118,6 +118,10 @@ def check_train_dvae(cfg: DictConfig) -> None:
     from megadalle.config.dvae import DVAEConfig
 
     dvae = build(DVAEConfig, cfg.dvae, "dvae")
+    revive = dvae.objective.revive_every
+    fits(not (revive and int(cfg.deepspeed.zero_stage) >= 3),
+         f"dvae.objective.revive_every={revive}: reviving codes rewrites parameters between updates, which needs "
+         f"deepspeed.zero_stage <= 2 (it is {cfg.deepspeed.zero_stage}); or set dvae.objective.revive_every=0")
     _image_size(image_shards("data.shards", cfg.data.shards), cfg, "dvae.image_size", dvae.image_size)
 
 

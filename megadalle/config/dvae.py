@@ -31,11 +31,18 @@ class DVAEObjective:
     """Weight of the codebook-use term ln K - H(mean code distribution of the batch), scaled like the KL
     (megadalle.models.dvae_loss.usage_gap). 0 = the paper's objective; small dVAEs that leave codes dead
     (conf/dvae/tiny.yaml) switch it on."""
+    revive_every: int = 0
+    """Every this many updates, the codes that were no grid cell's argmax during them (on any rank) are
+    re-initialised as copies of live codes drawn by use, which then split those codes' cells
+    (megadalle.train.dvae.CodeRevival; the codebook restarts of VQ-VAE training). 0 = never, the paper."""
+    revive_until: int = 0
+    """The last update at which codes may be revived: a copy revived at the end of training would still be
+    its donor's duplicate; leave it time to become a code of its own."""
 
     def validate(self, where: str) -> None:
         check(self.kl_weight >= 0, f"{where}.kl_weight", self.kl_weight, "must be non-negative")
         check(self.usage_weight >= 0, f"{where}.usage_weight", self.usage_weight, "must be non-negative")
-        for name in ("kl_warmup_steps", "tau_anneal_steps"):
+        for name in ("kl_warmup_steps", "tau_anneal_steps", "revive_every", "revive_until"):
             check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
         for name in ("tau_start", "tau_end"):
             check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")

@@ -4,7 +4,8 @@ The task reads DATA's step-indexed image loader and optimises the negative ELB a
 KL weight β and Gumbel temperature τ (pure functions of the update index, so a resumed run
 continues on the same curves). It reports codebook use, which a dVAE can silently lose: the
 perplexity of each micro-batch's argmax codes and the codes unused over the last `usage_window`
-updates (per rank). Reconstructions (input row above argmax-code row) go to wandb as an image.
+updates (per rank), and with `objective.revive_every` revives dead codes (CodeRevival).
+Reconstructions (input row above argmax-code row) go to wandb as an image.
 At the end, rank 0 writes the weights for users (the EMA when the trainer keeps one).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from megadalle.data.ingest import open_index
 from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
 from megadalle.train.media import Picture
+from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches, validation_data
 
 FACTORY = "megadalle.train.dvae:task_from_config"
@@ -43,6 +45,85 @@ class CodeUsage:
         return int((step - self.last_seen >= self.window).sum())
 
 
+class CodeRevival:
+    """Dead codes re-initialised as copies of live ones, which then split the live codes' cells.
+
+    A small dVAE leaves most of its codebook dead: a code that wins no cell gets almost no gradient and
+    never starts winning (the usage term narrows the gap but does not close it). Every `every` updates
+    each code that was no cell's argmax during them, on any rank, takes a donor drawn among the live
+    codes in proportion to their use, as VQ-VAE codebook restarts draw from the encoder's outputs: its
+    logit row in the encoder's last conv becomes the donor's plus a little noise, its embedding in the
+    decoder's first conv the donor's, and its Adam moments the donor's. A donor with c copies and the
+    copies each get the donor's logit bias minus ln(c + 1), so that in every cell they hold together the
+    donor's share among the live codes (a dead code's own probability is what is given up); the noise
+    decides which of them wins where, and training pulls them apart. Counts are summed over ranks after
+    every update: identical everywhere, so every rank draws the same donors, and rank 0's checkpoint
+    restores them all (a resume between revivals draws what the uninterrupted run drew).
+    """
+
+    NOISE = 0.01
+    """Noise of a copied logit row, relative to the donor row's standard deviation."""
+
+    def __init__(self, vocab: int, every: int, until: int, seed: int):
+        self.every, self.until, self.seed = every, until, seed
+        self.counts = torch.zeros(vocab, dtype=torch.long)
+        self._micro = torch.zeros(vocab, dtype=torch.long)
+
+    def observe(self, codes: torch.Tensor) -> None:
+        """Count a training micro-batch's argmax codes (this rank's, until the update ends)."""
+        self._micro += torch.bincount(codes.flatten().cpu(), minlength=self._micro.numel())
+
+    def after_update(self, model: DVAE, editor: ParamEditor, step: int) -> int:
+        """Fold this update's counts in (summed over ranks); at the end of a window revive; codes revived."""
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(self._micro)
+        self.counts += self._micro
+        self._micro.zero_()
+        if (step + 1) % self.every or step + 1 > self.until:
+            return 0
+        dead = (self.counts == 0).nonzero().flatten()
+        revived = int(dead.numel()) if self.counts.sum() > 0 else 0
+        if revived:
+            self._revive(model, editor, dead, step)
+        self.counts.zero_()
+        return revived
+
+    def _revive(self, model: DVAE, editor: ParamEditor, dead: torch.Tensor, step: int) -> None:
+        draw = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        donors = torch.multinomial(self.counts.double(), dead.numel(), replacement=True, generator=draw)
+        shift = torch.log1p(torch.bincount(donors, minlength=self.counts.numel()).double()).float()
+        shift[dead] = shift[donors]
+        logits, embedding = model.encoder.net[-1], model.decoder.embedding
+
+        def rows(t: torch.Tensor, which: str) -> torch.Tensor:
+            out = t.clone()
+            out[dead] = t[donors]
+            if which == "param":
+                out[dead] += self.NOISE * t[donors].std() * torch.randn(out[dead].shape, generator=draw)
+            return out
+
+        def bias(t: torch.Tensor, which: str) -> torch.Tensor:
+            out = t.clone()
+            out[dead] = t[donors]
+            return out - shift if which == "param" else out
+
+        def columns(t: torch.Tensor, which: str) -> torch.Tensor:
+            out = t.clone()
+            out[:, dead] = t[:, donors]
+            return out
+
+        editor.apply(logits.weight, rows)
+        editor.apply(logits.bias, bias)
+        editor.apply(embedding.weight, columns)
+
+    def state(self) -> dict[str, Any]:
+        return {"code_counts": self.counts.clone()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if "code_counts" in state:
+            self.counts.copy_(state["code_counts"])
+
+
 class DVAETask(Task):
     name = "dvae"
 
@@ -50,6 +131,9 @@ class DVAETask(Task):
                  preview: int = 8):
         self.cfg, self.data, self.seed, self.preview = cfg, data, seed, preview
         self.usage = CodeUsage(cfg.vocab_size, usage_window)
+        objective = cfg.objective
+        self.revival = CodeRevival(cfg.vocab_size, objective.revive_every, objective.revive_until, seed) \
+            if objective.revive_every else None
         self._last_images: torch.Tensor | None = None
 
     def build_model(self) -> DVAE:
@@ -70,8 +154,22 @@ class DVAETask(Task):
     def loss(self, model: DVAE, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, metrics, codes = self._elbo(model, batch["image"], step)
         metrics["dead_codes"] = float(self.usage.update(codes, step))
+        if self.revival is not None:
+            self.revival.observe(codes)
         self._last_images = batch["image"][: self.preview].detach()
         return loss, metrics
+
+    def after_update(self, model: DVAE, editor: ParamEditor, step: int) -> dict[str, float]:
+        if self.revival is None:
+            return {}
+        return {"revived_codes": float(self.revival.after_update(model, editor, step))}
+
+    def state(self) -> dict[str, Any]:
+        return {} if self.revival is None else self.revival.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if self.revival is not None:
+            self.revival.load_state(state)
 
     def validation_loss(self, model: DVAE, batch: Batch, step: int) -> dict[str, float]:
         """The ELBO at the step's β and τ, without touching the training code-usage record or the preview."""

@@ -27,6 +27,7 @@ from megadalle.train import checkpoint, distributed, engine as engine_lib, media
 from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
+from megadalle.train.param_edit import ParamEditor
 from megadalle.train.signals import StopFlag
 from megadalle.train.speed import Speed
 from megadalle.train.steps import StepRunner
@@ -97,6 +98,7 @@ class Trainer:
         self.built = engine_lib.build(task, trainer, universal.loading_config(ds) if universal_dir else ds,
                                       self.env.world_size)
         self.ema = self._ema(trainer.ema)
+        self.editor = ParamEditor(self.built.engine, ds.zero_stage)
         self.part = DataPart(trainer.micro_batch, trainer.grad_accum, self.built.dp_rank, self.built.dp_world)
         state = self._resume(run, chosen, universal_dir)
         self.step = int(state.get("step", 0))
@@ -163,6 +165,7 @@ class Trainer:
             return {}
         state = checkpoint.load(self.built.engine, chosen, self.env.rank, self.ema, universal_dir)
         check_data_identity(state.get("data_identity"), self.data_identity, chosen)
+        self.task.load_state(state.get("task_state", {}))
         print(f"[train] rank {self.env.rank} resumed from {chosen} at step {state['step']}", flush=True)
         return state
 
@@ -171,7 +174,7 @@ class Trainer:
         return {"step": self.step, "samples_seen": self.samples_seen, "data_step": self.step,
                 "data_identity": self.data_identity, "wandb_id": self.wandb.run_id,
                 "world_size": self.env.world_size, "nonfinite_losses": self.nonfinite,
-                "layout": dataclasses.asdict(self.layout)}
+                "layout": dataclasses.asdict(self.layout), "task_state": self.task.state()}
 
     def fit(self) -> Result:
         losses: list[float] = []
@@ -204,6 +207,7 @@ class Trainer:
         lr = self.built.engine.get_lr()[0]
         began = time.perf_counter()
         metrics = runner.update(self.step)
+        metrics.update(self.task.after_update(self.built.model, self.editor, self.step))
         if self.ema is not None:
             self.ema.update()
         metrics["step_seconds"] = time.perf_counter() - began

@@ -33,6 +33,8 @@ Contract, in the order the trainer uses it:
    `trainer.eval_batches` global batches of it with `validation_loss(model, batch, step)` (eval mode,
    no_grad, the same seeded RNG every time) and logs the means over ranks as `val/...`.
    `data_identity(part)` names what the data order depends on; a resume on other data is refused.
+   `after_update(model, editor, step)` may rewrite parameters between updates (through the optimizer's
+   copies too: train/param_edit.py), and `state()`/`load_state()` carry the task's own state in checkpoints.
 5. `export_spec()` names the weights' kind and config for megadalle.weights.save_weights.
 """
 from __future__ import annotations
@@ -42,6 +44,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+
+from megadalle.train.param_edit import ParamEditor
 
 Batch = dict[str, Any]
 
@@ -135,6 +139,21 @@ class Task:
 
     def export_spec(self) -> ExportSpec:
         raise NotImplementedError
+
+    def after_update(self, model: nn.Module, editor: ParamEditor, step: int) -> dict[str, float]:
+        """Called on every rank after update `step` (the optimizer has stepped), before the EMA follows it.
+
+        A task that rewrites its parameters between updates (the dVAE reviving dead codes) does it here,
+        through `editor` (train/param_edit.py), identically on every rank; it returns metrics for the
+        update's record (the same keys every update). Default: nothing."""
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        """What the task itself must carry over a resume (saved in every checkpoint; identical on all ranks)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore `state()` of the checkpoint a run resumes from."""
 
     def tokens_per_sample(self) -> int | None:
         """Tokens (or other units of work) per sample, for the throughput log; None = not logged."""

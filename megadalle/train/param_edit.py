@@ -1,0 +1,75 @@
+"""Rewrite a parameter between updates in every copy the optimizer keeps of it.
+
+A task that re-initialises part of a parameter while it trains (the dVAE reviving dead codes) cannot
+just write `param.data`: under ZeRO-1/2 (and DeepSpeed's bf16 optimizer) the optimizer steps its own
+fp32 master copy, and the next update would write the old values back; Adam's moments would keep the
+old entries' gradient history. DeepSpeed's `safe_*_full_*` accessors reach the master and the moments
+whatever the partitioning (each rank writes its own fragment of the full tensor it is given); at
+stage 0 in fp32 the optimizer holds the model's own parameters. ZeRO-3 keeps no whole parameter on a
+rank, and rewriting it would need a gather per edit: it is refused (the preflight says so first).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+"""Adam's (and AdamW's, apex FusedAdam's) per-element state."""
+
+Edit = Callable[[torch.Tensor, str], torch.Tensor]
+"""(full fp32 tensor, what it is: "param" or a name of MOMENTS) -> its new value, same shape."""
+
+
+class ParamEditor:
+    """Rewrites parameters of a built engine (same edit on every rank: all must call `apply` alike)."""
+
+    def __init__(self, engine, zero_stage: int):
+        self.engine, self.zero_stage = engine, zero_stage
+
+    @torch.no_grad()
+    def apply(self, param: torch.nn.Parameter, edit: Edit) -> None:
+        """Replace `param` and each of its Adam moments (once the optimizer has them) by `edit` of them."""
+        if self.zero_stage >= 3 or hasattr(param, "ds_id"):
+            raise NotImplementedError("rewriting a parameter between updates needs deepspeed.zero_stage <= 2 "
+                                      "(ZeRO-3 partitions every parameter)")
+        value = edit(self._read(param), "param")
+        if hasattr(param, "_hp_mapping"):  # ZeRO-1/2 or the bf16 optimizer: an fp32 master fragment per rank
+            from deepspeed.utils import (safe_get_full_optimizer_state, safe_set_full_fp32_param,
+                                         safe_set_full_optimizer_state)
+
+            self._link_moments()
+            safe_set_full_fp32_param(param, value)
+            for key in MOMENTS:
+                state = safe_get_full_optimizer_state(param, key)
+                if state is not None:
+                    safe_set_full_optimizer_state(param, edit(state.float(), key), key)
+        else:
+            state = self._torch_optimizer().state.get(param, {})
+            for key in MOMENTS:
+                if key in state:
+                    state[key].copy_(edit(state[key].float(), key))
+        param.data.copy_(value)
+
+    def _link_moments(self) -> None:
+        """Point every parameter's fragment at its piece of Adam's moments.
+
+        DeepSpeed 0.19 links them once, right after the first parameter group's first step, when the
+        other groups have no state yet (stage_1_and_2._optimizer_step, bf16_optimizer.step): the
+        no-decay group's moments are then unreachable through `safe_*_optimizer_state`. Linking is a
+        map of views, so doing it again once every group has stepped is cheap and changes nothing else."""
+        optimizer = self.engine.optimizer
+        if hasattr(optimizer, "_lazy_init_hp_params_optimizer_state"):
+            optimizer._hp_optimizer_states_linked = False
+            optimizer._lazy_init_hp_params_optimizer_state()
+
+    def _read(self, param: torch.nn.Parameter) -> torch.Tensor:
+        if hasattr(param, "_hp_mapping"):
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            return safe_get_full_fp32_param(param).float()
+        return param.detach().float().clone()
+
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        optimizer = self.engine.optimizer
+        return getattr(optimizer, "optimizer", optimizer)

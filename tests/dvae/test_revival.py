@@ -1,0 +1,119 @@
+"""Dead-code revival (dvae.objective.revive_every): dead codes become copies of live ones in the encoder's
+logits, the decoder's embedding and Adam's moments, the live codes keep their shares of each cell; and a
+run that revives resumes exactly."""
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from megadalle.config.compose import compose
+from megadalle.config.dvae import DVAEConfig, DVAEObjective
+from megadalle.models.dvae import DVAE
+from megadalle.train.dvae import CodeRevival, train_dvae
+from megadalle.train.param_edit import ParamEditor
+
+from .conftest import rectangles
+
+VOCAB, EVERY = 32, 4
+
+
+def trained(seed: int = 0):
+    """A small dVAE after one AdamW step (so every parameter has its moments), and its optimizer."""
+    torch.manual_seed(seed)
+    model = DVAE(DVAEConfig(image_size=16, n_hid=8, n_blk_per_group=1, n_groups=2, vocab_size=VOCAB, n_init=8,
+                            objective=DVAEObjective(revive_every=EVERY, revive_until=100)))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    logits, stats = model(rectangles(4, 16), tau=1.0)
+    (logits.square().mean() + stats.square().mean()).backward()
+    opt.step()
+    return model, opt
+
+
+def revive(model, opt, live: list[int], step: int = EVERY - 1, until: int = 100) -> tuple[CodeRevival, int]:
+    revival = CodeRevival(VOCAB, EVERY, until, seed=0)
+    codes = torch.tensor(live * 10)
+    revival.observe(codes)
+    return revival, revival.after_update(model, ParamEditor(SimpleNamespace(optimizer=opt), zero_stage=0), step)
+
+
+def test_dead_codes_become_copies_of_live_codes_that_keep_their_shares():
+    model, opt = trained()
+    live = [0, 1, 2, 5]
+    enc, emb = model.encoder.net[-1], model.decoder.embedding
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    moments = {name: opt.state[p]["exp_avg_sq"].clone() for name, p in model.named_parameters()}
+    images = rectangles(8, 16, seed=3)
+    with torch.no_grad():
+        probs_before = model.logits(images).softmax(1)
+    revival, revived = revive(model, opt, live)
+    assert revived == VOCAB - len(live) and revival.counts.sum() == 0
+    dead = [k for k in range(VOCAB) if k not in live]
+    w_before, w = before["encoder.net.3.weight"][:, :, 0, 0], enc.weight.detach()[:, :, 0, 0]
+    e_before, e = before["decoder.embedding.weight"][:, :, 0, 0], emb.weight.detach()[:, :, 0, 0]
+    for k in dead:
+        donor = next((c for c in live if torch.equal(e[:, k], e_before[:, c])), None)
+        assert donor is not None, "the embedding column is a live code's"
+        assert torch.allclose(w[k], w_before[donor], atol=0.05 * w_before[donor].abs().max()), "a noisy copy"
+        assert not torch.equal(w[k], w_before[donor])
+        m = opt.state[enc.weight]["exp_avg_sq"][k]
+        assert torch.equal(m, moments["encoder.net.3.weight"][donor]), "Adam's moments are the donor's"
+    with torch.no_grad():
+        probs_after = model.logits(images).softmax(1)
+    among_live = probs_before[:, live] / probs_before[:, live].sum(1, keepdim=True)
+    for i, code in enumerate(live):  # a donor and its copies hold the donor's share among the live codes
+        family = [code] + [k for k in dead if torch.equal(e[:, k], e_before[:, code])]
+        assert torch.allclose(probs_after[:, family].sum(1), among_live[:, i], rtol=0.02, atol=1e-5)
+    untouched = [n for n in before if n not in ("encoder.net.3.weight", "encoder.net.3.bias",
+                                                "decoder.embedding.weight")]
+    assert all(torch.equal(before[n], dict(model.named_parameters())[n]) for n in untouched)
+
+
+def test_no_revival_between_windows_after_revive_until_or_without_dead_codes():
+    model, opt = trained()
+    for step, until, live in ((EVERY - 2, 100, [0]), (EVERY - 1, EVERY - 2, [0]), (EVERY - 1, 100, list(range(VOCAB)))):
+        before = model.encoder.net[-1].weight.detach().clone()
+        assert revive(model, opt, live, step, until)[1] == 0
+        assert torch.equal(before, model.encoder.net[-1].weight)
+
+
+def test_the_same_counts_and_step_draw_the_same_donors():
+    """Every rank draws its own donors: they must agree, from the counts and the step alone."""
+    a, opt_a = trained()
+    b, opt_b = trained()
+    revive(a, opt_a, [3, 4, 9])
+    revive(b, opt_b, [3, 4, 9])
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_zero3_is_refused_before_training(tmp_path, image_shards, capsys):
+    from megadalle.cli import main
+
+    code = main(["train-dvae", f"data.shards={image_shards}", "dvae=tiny", "dvae.objective.revive_every=10",
+                 "deepspeed=zero3", f"run_dir={tmp_path / 'run'}"])
+    assert code == 2 and "dvae.objective.revive_every=10" in capsys.readouterr().err
+
+
+def run(tmp_path, image_shards, name: str, resume: str = "never") -> list[dict]:
+    overrides = [f"data.shards={image_shards}", "data.num_workers=0", "dvae=tiny", "dvae.n_hid=16",
+                 f"dvae.vocab_size={VOCAB}", "dvae.objective.revive_every=3", "dvae.objective.revive_until=7",
+                 "trainer.steps=8", "trainer.micro_batch=4", "trainer.lr=3e-3", "trainer.checkpoint_every=2",
+                 "trainer.keep_checkpoints=0", "trainer.ema=null", "logger=none", "deepspeed.zero_stage=0",
+                 f"run_dir={tmp_path / name}", f"resume={resume}"]
+    train_dvae(compose("train-dvae", overrides))
+    records = {}
+    for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        records[record["step"]] = record
+    return [records[s] for s in sorted(records)]
+
+
+def test_a_run_that_revives_resumes_exactly(tmp_path, image_shards):
+    """Resumed after update 4, between the revivals after updates 3 and 6: the count of update 4 comes back
+    from the checkpoint, so the second revival draws what the uninterrupted run drew."""
+    whole = run(tmp_path, image_shards, "whole")
+    assert [r["step"] for r in whole if r["revived_codes"]] == [2, 5], "both revivals must revive codes"
+    resumed = run(tmp_path, image_shards, "resumed", resume=str(tmp_path / "whole" / "checkpoints" / "step_00000004"))
+    assert [r["step"] for r in resumed] == list(range(4, 8))
+    for a, b in zip(whole[4:], resumed):
+        assert (a["loss"], a["revived_codes"]) == pytest.approx((b["loss"], b["revived_codes"]), rel=1e-6)
