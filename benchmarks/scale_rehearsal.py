@@ -2,6 +2,7 @@
 
     python benchmarks/scale_rehearsal.py                       # d_model 3968, 62 heads, real vocabularies
     python benchmarks/scale_rehearsal.py --toy --modes zero1,pipe --out /tmp/toy.json   # what CI runs
+    python benchmarks/scale_rehearsal.py --width 1984 --out half.json  # the same layer at half the width
 
 Each mode (conf/deepspeed's zero1, zero2, zero3 with persistence threshold 0 so every tensor is
 partitioned, and pipe: 2 stages x 2 data-parallel) trains two updates through the real trainer
@@ -52,7 +53,6 @@ FLOOR = 1 << 30
 """Bytes of available memory below which the ranks are stopped (see `launch`)."""
 RUNTIME = 500 * MIB
 """Resident memory of a rank before its model (interpreter, torch, DeepSpeed, gloo; ~510 MiB measured)."""
-"""Bytes of available memory below which the ranks are stopped (see `launch`)."""
 
 
 def proc_field(path: str, name: str) -> int:
@@ -289,6 +289,8 @@ def earlier_rows(out: Path, overrides: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--toy", action="store_true", help="the tiny model (seconds; what the test runs)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="d_model instead of the 12B's 3968 (heads of 64), to check plan at another size")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--ema", type=float, default=None, help="trainer.ema (e.g. 0.99; needs an EMA that shards for zero3)")
     parser.add_argument("--out", default="benchmarks/scale_rehearsal.json",
@@ -303,6 +305,10 @@ def main() -> None:
     if unknown:
         parser.error(f"--modes: unknown {unknown}; expected a subset of {list(MODES)}")
     overrides = TOY if args.toy else REAL
+    if args.width and not args.toy:
+        if args.width % 64:
+            parser.error(f"--width={args.width}: must be a multiple of the head width 64")
+        overrides = [*REAL, f"model.d_model={args.width}", f"model.n_heads={args.width // 64}"]
     rows = earlier_rows(Path(args.out), overrides)
     if args.replan:  # plan changed, the measurements did not: predict again beside them
         for mode in rows:

@@ -54,3 +54,13 @@ def stage_parameters(counts: Counts, cfg: TransformerConfig, pipeline: int, stag
 def stage_largest(counts: Counts, pipeline: int, stage: int) -> int:
     """Elements of the stage's largest tensor (the embeddings and head are on the first and last stages)."""
     return counts.largest if stage in (0, pipeline - 1) else counts.block_largest
+
+
+def waiting_gradient(counts: Counts, bucket: int) -> int:
+    """Elements of the second-largest tensor above the reduce bucket (0 when fewer than two are).
+
+    ZeRO-2/3 reduce a tensor larger than the bucket alone, when the next gradient's hook fires
+    (stage_1_and_2's `extra_large_param_to_reduce`, stage3's bucket of one): its whole gradient waits while
+    the next one is computed, so two such gradients can be live at once, the largest and this one."""
+    above = sorted((n for n in counts.numels if n > bucket), reverse=True)
+    return above[1] if len(above) > 1 else 0

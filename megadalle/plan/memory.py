@@ -10,7 +10,10 @@ scale rehearsal (benchmarks/scale_rehearsal.py, which measures the same quantiti
 - DeepSpeed's buffers: the gradient-reduction buckets (reduce_bucket_size elements, two of them with
   overlap_comm), and under ZeRO-3 the parameters gathered at once (the largest layer plus the
   prefetch bucket, capped by max_live_parameters) and the small parameters it never partitions
-  (numel <= stage3_param_persistence_threshold);
+  (numel <= stage3_param_persistence_threshold). ZeRO-2/3 also flatten what they reduce into a new
+  tensor (stage_1_and_2's `allreduce_bucket`, stage3's `reduce_scatter_coalesced`): one bucket, or one
+  tensor larger than the bucket, which they reduce alone and whose gradient waits whole meanwhile
+  (`waiting_gradient`);
 - activations per micro-batch after Korthikanti et al. (2022): 34 * seq * batch * d_model bytes per
   layer at 2-byte precision with flash attention (twice that in fp32, plus the seq^2 scores and
   probabilities of the eager attention on CPU); with activation checkpointing only each layer's input
@@ -24,7 +27,7 @@ from dataclasses import dataclass, fields
 
 from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
-from megadalle.plan.counts import Counts, stage_largest, stage_layers, stage_parameters
+from megadalle.plan.counts import Counts, stage_largest, stage_layers, stage_parameters, waiting_gradient
 from megadalle.plan.layout import Layout
 from megadalle.plan.precision import GB, Precision
 from megadalle.plan.settings import Settings, overlaps
@@ -82,6 +85,9 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
     if zero == 1:  # the reduced partition, copied to fp32 for the master weights' step
         grads += 4 * p / dp
     grads += prec.grad * stage_largest(counts, layout.pipeline, stage)  # a gradient computed before it is added
+    if zero >= 2:  # no pipeline here: DeepSpeed runs pipelines on ZeRO-1 only
+        buffers += prec.grad * min(max(settings.reduce_bucket, counts.largest), p)
+        grads += prec.grad * waiting_gradient(counts, settings.reduce_bucket)
     master = 0 if zero == 0 and prec.name == "fp32" else prec.master  # stage 0 in fp32: torch's optimizer alone
     optimizer = (master + prec.adam) * p / (dp if zero >= 1 else 1)
     ema = 4 * p / dp if settings.ema else 0.0

@@ -58,17 +58,23 @@ def test_zero2_shards_gradients_and_zero3_weights_with_live_and_persistent_param
     settings = Settings(precision=BF16, reduce_bucket=10, prefetch_bucket=30, max_live=1000, persistence=5)
     zero2 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 2, 1, False), settings)
     zero3 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
-    assert zero2.grads == 4 * 950 / 4 + 4 * 150 and zero2.weights == 2 * 950 and zero2.buffers == 10 * 4
+    # the gradient partition, the largest gradient as computed, and a second tensor above the bucket waiting whole
+    assert zero2.grads == zero3.grads == 4 * 950 / 4 + 4 * 150 + 4 * 150
+    # the reduce bucket, and the flattened copy of what is reduced: here the 150-element tensor, above the bucket
+    assert zero2.weights == 2 * 950 and zero2.buffers == 10 * 4 + 150 * 4
     assert zero3.weights == 2 * 950 / 4
-    assert zero3.buffers == 10 * 4 + 2 * ((200 + 30) + (3 + 5))  # reduce bucket + one block and prefetch + small params
+    assert zero3.buffers == 10 * 4 + 150 * 4 + 2 * ((200 + 30) + (3 + 5))  # + one block and prefetch + small params
     capped = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), dataclasses.replace(settings, max_live=100))
-    assert capped.buffers == 10 * 4 + 2 * (100 + 8)
+    assert capped.buffers == 10 * 4 + 150 * 4 + 2 * (100 + 8)
+    roomy = memory_per_rank(CFG, COUNTS, Layout(1, 4, 2, 1, False), dataclasses.replace(settings, reduce_bucket=200))
+    assert roomy.grads == 4 * 950 / 4 + 4 * 150 and roomy.buffers == 2 * 200 * 4  # every tensor fits a bucket
 
 
 def test_buffers_never_exceed_the_parameters_they_hold():
     settings = Settings(precision=BF16, reduce_bucket=10_000, prefetch_bucket=10_000, persistence=0)
     zero3 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
-    assert zero3.buffers == 950 * 4 + 950 * 2  # one bucket of all 950 gradients, all 950 weights gathered
+    # one bucket of all 950 gradients and its flattened copy, all 950 weights gathered
+    assert zero3.buffers == 2 * 950 * 4 + 950 * 2
 
 
 def test_checkpointing_keeps_layer_inputs_and_one_recomputed_layer():
