@@ -226,7 +226,6 @@ def rank_batches(data, part: DataPart, seed: int, start_step: int, **shape) -> I
                               grad_accum=part.grad_accum, **shape).iter_from_step(start_step)
 
 
-
 def caption_metrics(batch: Batch) -> dict[str, float]:
     """`captions_cut`: the share of a micro-batch's captions longer than text_len (loaders cut them to fit).
 
