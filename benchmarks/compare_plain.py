@@ -6,7 +6,8 @@ the same threads: the task's loss, backward, gradient clipping at `grad_clip`, A
 trainer's parameter groups, the trainer's LR schedule, and reading the loss (as any loop that logs
 does). The trainer side is megadalle's real path: engine.build (deepspeed.initialize, ZeRO-1 by default,
 or stage 0 as the single-process demo runs) and StepRunner.update. Equal losses step by step (checked in
-tests/eval/test_compare_plain.py) show the two do the same work, so the ratio of their samples/s is the framework's overhead (target >= 0.9x).
+tests/eval/test_compare_plain.py) show the two do the same work, so the ratio of their samples/s is the
+framework's overhead (target >= 0.9x).
 Rounds alternate trainer and plain and the best round of each counts, which damps a shared
 machine's noise; state the load average beside any figure.
 """

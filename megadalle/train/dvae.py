@@ -75,11 +75,14 @@ class CodeRevival:
 
     def after_update(self, model: DVAE, editor: ParamEditor, step: int) -> int:
         """Fold this update's counts in (summed over ranks); at the end of a window revive; codes revived."""
+        if step + 1 > self.until:  # no revival left: the counts would serve nothing (the same on every rank)
+            self._micro.zero_()
+            return 0
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(self._micro)
         self.counts += self._micro
         self._micro.zero_()
-        if (step + 1) % self.every or step + 1 > self.until:
+        if (step + 1) % self.every:
             return 0
         dead = (self.counts == 0).nonzero().flatten()
         revived = int(dead.numel()) if self.counts.sum() > 0 else 0
@@ -95,26 +98,19 @@ class CodeRevival:
         shift[dead] = shift[donors]
         logits, embedding = model.encoder.net[-1], model.decoder.embedding
 
+        def copied(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+            """`t` with each dead code's slice along `dim` (its code axis) replaced by its donor's."""
+            return t.index_copy(dim, dead, t.index_select(dim, donors))
+
         def rows(t: torch.Tensor, which: str) -> torch.Tensor:
-            out = t.clone()
-            out[dead] = t[donors]
+            out = copied(t)
             if which == "param":
                 out[dead] += self.NOISE * t[donors].std() * torch.randn(out[dead].shape, generator=draw)
             return out
 
-        def bias(t: torch.Tensor, which: str) -> torch.Tensor:
-            out = t.clone()
-            out[dead] = t[donors]
-            return out - shift if which == "param" else out
-
-        def columns(t: torch.Tensor, which: str) -> torch.Tensor:
-            out = t.clone()
-            out[:, dead] = t[:, donors]
-            return out
-
         editor.apply(logits.weight, rows)
-        editor.apply(logits.bias, bias)
-        editor.apply(embedding.weight, columns)
+        editor.apply(logits.bias, lambda t, which: copied(t) - shift if which == "param" else copied(t))
+        editor.apply(embedding.weight, lambda t, which: copied(t, 1))
 
     def state(self) -> dict[str, Any]:
         return {"code_counts": self.counts.clone()}
