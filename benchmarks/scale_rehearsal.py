@@ -190,7 +190,7 @@ def predict(mode: str, model_overrides: list[str], ema: float | None) -> dict:
     layout = planner.layout_for(model, trainer, ds, cfg)
     share = planner.stage_memory(model, counts, layout, settings, 0, "cpu")
     return {"two_steps": planner.memory_per_rank(model, counts, layout, settings, "cpu").total,
-            "construction": planner.construction_bytes(model, counts, layout, settings),
+            "construction": planner.construction_bytes(model, counts, layout, settings, "cpu"),
             "checkpoint_busiest": planner.checkpoint_bytes(model, counts, layout, settings)[0],
             "checkpoint_total": planner.checkpoint_bytes(model, counts, layout, settings)[1],
             "export": planner.export_bytes(counts), "bf16_copy": 2 * counts.total, "params": counts.total,

@@ -36,6 +36,13 @@ ACT_BYTES_PER_ELEMENT_LAYER_16BIT = 34
 """Korthikanti et al. (2022), Table 2 without the seq^2 attention term (flash attention keeps none)."""
 
 
+def gather_copies(device: str) -> int:
+    """Full-size copies of a tensor that ZeRO-3 all-gathers: NCCL gathers into the output in place; gloo's
+    all_gather_into_tensor (the CPU rehearsal's backend) stages the result in a second buffer of the output's
+    size (measured: 2 x 100M gathered elements peak at twice the output)."""
+    return 2 if device == "cpu" else 1
+
+
 @dataclass(frozen=True)
 class Memory:
     """Bytes one rank holds at its peak (a training step), by owner."""
@@ -80,7 +87,8 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
     if zero >= 3:
         live = min(counts.block + settings.prefetch_bucket, settings.max_live, p)
         persistent = sum(n for n in counts.numels if n <= settings.persistence)
-        buffers += prec.weight * (live + persistent)
+        staged = (gather_copies(device) - 1) * counts.largest  # the largest tensor's gather, staged twice on gloo
+        buffers += prec.weight * (live + persistent + staged)
     grads = prec.grad * p / (dp if zero >= 2 else 1)
     if zero == 1:  # the reduced partition, copied to fp32 for the master weights' step
         grads += 4 * p / dp
@@ -107,15 +115,18 @@ def memory_per_rank(cfg: TransformerConfig, counts: Counts, layout: Layout, sett
     return max((stage_memory(cfg, counts, layout, settings, s, device) for s in stages), key=lambda m: m.total)
 
 
-def construction_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings) -> float:
+def construction_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings,
+                       device: str = "gpu") -> float:
     """Peak while building the model and deepspeed.initialize, before the first step.
 
     What DeepSpeed allocates in its constructor: the (partitioned) weights, the fp32 master partition
     and, below ZeRO-3's own buffers, the fp32 gradient partition; Adam's moments appear at the first
     step. ZeRO-3 builds inside deepspeed.zero.Init (each module whole, then partitioned as its
-    constructor returns, so the largest tensor is the transient: the head's output matrix at the 12B);
-    pipeline stages build only their own layers (LayerSpec). The CPU rehearsal measured this within
-    1% for a 2-stage pipeline at the 12B's width.
+    constructor returns); its peak comes later, when DeepSpeed's ZeRO-3 optimizer, with the master and
+    gradient partitions already allocated, gathers every parameter whole to hook its gradient
+    (stage3.py's `create_reduce_and_remove_grad_hooks`): the largest tensor, the head's output matrix
+    at the 12B, gathered (`gather_copies`). Pipeline stages build only their own layers (LayerSpec).
+    The CPU rehearsal measured this within 1% for a 2-stage pipeline at the 12B's width.
 
     ZeRO-1/2 (and pipeline stages, which run on ZeRO-1) flatten each parameter group into one buffer
     with a copy while the group's tensors still exist (DeepSpeed 0.19, stage_1_and_2.py: the tensors
@@ -124,9 +135,9 @@ def construction_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, s
     rehearsal measured ZeRO-2 on 4 ranks at 2,921 MiB, two copies of the weights 2,934 MiB, where the
     partitions alone gave 2,201.
     """
-    m = stage_memory(cfg, counts, layout, settings, 0, "cpu")
+    m = stage_memory(cfg, counts, layout, settings, 0, device)
     p, dp = stage_parameters(counts, cfg, layout.pipeline, 0), layout.data_parallel
-    transient = settings.precision.weight * counts.largest if layout.zero >= 3 else 0.0
+    transient = settings.precision.weight * counts.largest * gather_copies(device) if layout.zero >= 3 else 0.0
     master = settings.precision.master * p / (dp if layout.zero >= 1 else 1) if layout.zero >= 1 else 0.0
     built = m.weights + master + 4 * p / dp + m.ema + transient + m.runtime
     if layout.zero not in (1, 2):

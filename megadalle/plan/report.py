@@ -46,7 +46,7 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
         f"{describe(layout)}",
         memory_header(plan), memory_row("as configured", mem, fits),
         f"  construction peak (before the first step): "
-        f"{construction_bytes(model, counts, layout, settings) / GB:.2f} GB",
+        f"{construction_bytes(model, counts, layout, settings, plan.device) / GB:.2f} GB",
         f"  step: {t.total:.2f} s = compute {t.compute:.2f} s + exposed communication {t.exposed:.2f} s "
         f"(of {t.comm:.2f} s; NVLink {plan.nvlink_gbps:g} GB/s within {plan.gpus_per_node} ranks, InfiniBand "
         f"{plan.ib_gbps:g} GB/s across)",

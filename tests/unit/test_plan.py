@@ -104,6 +104,10 @@ def test_construction_is_the_share_plus_the_largest_tensor_under_zero3():
     zero3 = construction_bytes(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
     zero1 = construction_bytes(CFG, COUNTS, Layout(1, 4, 1, 1, False), settings)
     assert zero3 == 4 * 950 / 4 + 4 * 950 / 4 + 4 * 950 / 4 + 4 * 150  # weights, master, gradient partition, largest
+    # gloo stages an all-gather's output in a second buffer: the largest tensor, gathered whole, is held twice
+    assert construction_bytes(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings, "cpu") == zero3 + 4 * 150
+    gpu, cpu = (memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings, d) for d in ("gpu", "cpu"))
+    assert cpu.buffers == gpu.buffers + 4 * 150
     # ZeRO-1 flattens the decay group (742 elements) with a copy while its tensors still exist: that
     # transient is above the weights plus master and gradient partitions (Adam's moments come at the first step).
     assert zero1 == 4 * 950 + 4 * 742 > 4 * 950 + 4 * 950 / 4 + 4 * 950 / 4
