@@ -164,6 +164,8 @@ class Trainer:
         if chosen is None:
             return {}
         state = checkpoint.load(self.built.engine, chosen, self.env.rank, self.ema, universal_dir)
+        if universal_dir is not None and self.layout.zero_stage == 3:
+            universal.repair_zero3_optimizer(self.built.engine.optimizer, universal_dir)
         check_data_identity(state.get("data_identity"), self.data_identity, chosen)
         self.task.load_state(state.get("task_state", {}))
         print(f"[train] rank {self.env.rank} resumed from {chosen} at step {state['step']}", flush=True)

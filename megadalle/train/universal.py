@@ -9,12 +9,16 @@ temporary name, then renamed, so a crash never leaves a half-converted folder th
 every rank builds its engine with `load_universal` and loads from there. The data loader is elastic
 already (DataPart), provided the global batch stays the same; the EMA re-slices itself (ema.py).
 
-What is supported is checked up front, with the fix in the message: ZeRO stages 1 and 2 change their
-data-parallel size; a pipeline, ZeRO-0 or ZeRO-3 run resumes on the layout that saved it. (ZeRO-3
-through DeepSpeed 0.19.8's universal load was tried, 2 ranks -> 1: the first loss after the resume is
-exact, the next 2e-6 off and the one after 3e-3 off the uninterrupted run's, so the optimizer state
-does not come back whole; restoring each param group's hyperparameters, which that load overwrites
-with the first group's, did not change it. It stays refused until that is understood.)
+What is supported is checked up front, with the fix in the message: ZeRO stages 1, 2 and 3 change
+their data-parallel size; a pipeline or ZeRO-0 run resumes on the layout that saved it.
+
+DeepSpeed 0.19.8's ZeRO-3 universal load (stage3.py, `load_hp_checkpoint_state_from_checkpoint_dir_stage3`)
+restores the fp32 partitions and Adam's moments but leaves the optimizer wrong in two ways, which
+`repair_zero3_optimizer` puts right after every such load:
+- every parameter group's state receives the same `step` tensor, and torch's AdamW advances a group's
+  step in place, so at each update the shared step moved once per group: the bias corrections ran
+  ahead, the first update after the resume was 2e-6 off and the next 3e-3 off the uninterrupted run;
+- every group receives the first group's hyperparameters (the no-decay group decayed).
 """
 from __future__ import annotations
 
@@ -27,12 +31,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from megadalle.config.train import DeepSpeedConfig
 from megadalle.train.checkpoint import MANIFEST, CheckpointError, atomic_write
 
 FOLDER = "universal"
-ELASTIC_ZERO_STAGES = (1, 2)
-SUPPORTED = "a changed data-parallel size is supported for ZeRO stages 1 and 2 without pipeline"
+ELASTIC_ZERO_STAGES = (1, 2, 3)
+SUPPORTED = "a changed data-parallel size is supported for ZeRO stages 1, 2 and 3 without pipeline"
 
 
 @dataclass(frozen=True)
@@ -103,3 +109,22 @@ def loading_config(ds: DeepSpeedConfig) -> DeepSpeedConfig:
     """`ds` with DeepSpeed's `checkpoint.load_universal` on (the engine must be built with it)."""
     checkpoint = {**ds.extra.get("checkpoint", {"tag_validation": "FAIL"}), "load_universal": True}
     return dataclasses.replace(ds, extra={**ds.extra, "checkpoint": checkpoint})
+
+
+def repair_zero3_optimizer(optimizer, universal: Path) -> None:
+    """Undo what DeepSpeed's ZeRO-3 universal load gets wrong (see the module docstring): give each
+    group's state its own step and each group its own saved hyperparameters. `optimizer` is the ZeRO-3
+    optimizer (engine.optimizer); its `.optimizer` is the torch optimizer over the fp32 partitions."""
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT
+
+    inner = optimizer.optimizer
+    for state in inner.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+    saved = torch.load(universal / "zero" / "optimizer_state.pt", weights_only=False)[OPTIMIZER_STATE_DICT]
+    groups = saved["param_groups"]
+    if len(groups) != len(inner.param_groups):
+        raise CheckpointError(f"cannot resume from {universal}: it holds {len(groups)} optimizer parameter groups, "
+                              f"this model has {len(inner.param_groups)}")
+    for group, saved_group in zip(inner.param_groups, groups):
+        group.update({key: value for key, value in saved_group.items() if key != "params"})
