@@ -26,3 +26,25 @@ def test_toy_rehearsal_measures_and_predicts_every_figure(tmp_path):
     assert set(result["targets"]["zero3"]) == {"construction_over_share_plus_layer", "two_steps_vs_plan",
                                                "export_over_bf16_copy"}
     assert "| zero3 |" in proc.stdout and result["load_average"]
+
+
+def _row(two_steps: float) -> dict:
+    return {"measured": {"construction": [1.0] * 4, "two_steps": [two_steps] * 4, "export": 1.0},
+            "predicted": {"share_plus_layer": 1.0, "two_steps": two_steps, "bf16_copy": 1.0}}
+
+
+def test_targets_weigh_zero3_and_the_four_stage_pipeline_against_zero1():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import scale_rehearsal
+
+    targets = scale_rehearsal.targets({"zero1": _row(10.0), "zero3": _row(4.0), "pipe4": _row(6.0),
+                                       "zero2": {"skipped": "not run"}})
+    assert targets["zero3_over_zero1"] == {"value": 0.4, "target": "<= 0.5", "met": True}
+    assert targets["pipe4_over_zero1"]["value"] == 0.6 and not targets["pipe4_over_zero1"]["met"]
+    assert "zero2" not in targets
+
+
+def test_four_stages_need_four_layers():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_rehearsal.py"), "--modes", "pipe4",
+                           "--replan"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--layers >= 4 (got 1)" in proc.stderr
