@@ -2,7 +2,9 @@
 
 Plain engines run forward/backward/step per micro-batch (DeepSpeed steps the optimizer at the
 accumulation boundary); a PipelineEngine takes the whole update in `train_batch`, pulling its
-micro-batches from the same iterator on the first and last stage.
+micro-batches from the same iterator on the first and last stage. The pipeline's loss sees only
+(inputs, labels), so what a task reports from the batch itself (`caption_metrics`) is counted as
+the micro-batches pass through that iterator, and averaged over the stage's data-parallel ranks.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from megadalle.train.engine import Built
-from megadalle.train.task import Batch, DataPart, Task
+from megadalle.train.task import Batch, DataPart, Task, caption_metrics
 
 
 def to_device(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -25,13 +27,14 @@ def to_device(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
     return value
 
 
-def mean_over_ranks(values: dict[str, float], dp_world: int, device: torch.device) -> dict[str, float]:
-    """Mean over data-parallel ranks (each rank's values are already its own mean; every rank has the same keys)."""
+def mean_over_ranks(values: dict[str, float], dp_world: int, device: torch.device, group=None) -> dict[str, float]:
+    """Mean over data-parallel ranks (each rank's values are already its own mean; every rank has the same keys).
+    `group`: the data-parallel process group (None: every rank is a data-parallel rank)."""
     if dp_world == 1:
         return values
     names = sorted(values)
     t = torch.tensor([values[n] for n in names], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
+    torch.distributed.all_reduce(t, group=group)
     return {n: float(v) / dp_world for n, v in zip(names, t.tolist())}
 
 
@@ -40,12 +43,19 @@ class StepRunner:
         self.task, self.built, self.part = task, built, part
         self.batches: Iterator[Batch] = iter(task.batches(start_step, part))
         if built.pipeline is not None:
-            self.pipe_iter = (to_device(built.pipeline.split(b), built.device, built.dtype) for b in self.batches)
+            self.pipe_iter = self._pipe_micro_batches()
+            self.pipe_metrics: list[dict[str, float]] = []
+
+    def _pipe_micro_batches(self) -> Iterator[Any]:
+        for batch in self.batches:
+            self.pipe_metrics.append(caption_metrics(batch))
+            yield to_device(self.built.pipeline.split(batch), self.built.device, self.built.dtype)
 
     def update(self, step: int) -> dict[str, float]:
         if self.built.pipeline is not None:
+            self.pipe_metrics.clear()
             loss = self.built.engine.train_batch(data_iter=self.pipe_iter)
-            return {"loss": float(loss), **self._grad_norm()}
+            return {"loss": float(loss), **self._pipe_batch_metrics(), **self._grad_norm()}
         engine = self.built.engine
         totals: dict[str, float] = {}
         for _ in range(self.part.grad_accum):
@@ -56,6 +66,15 @@ class StepRunner:
             for name, value in {"loss": loss.item(), **metrics}.items():
                 totals[name] = totals.get(name, 0.0) + float(value) / self.part.grad_accum
         return {**self._all_mean(totals), **self._grad_norm()}
+
+    def _pipe_batch_metrics(self) -> dict[str, float]:
+        """The batch metrics of this update's micro-batches, on the stages that read them (first and last):
+        a middle stage reads none and reports none, the same on all its data-parallel ranks."""
+        if not self.pipe_metrics or not self.pipe_metrics[0]:
+            return {}
+        mean = {name: sum(m[name] for m in self.pipe_metrics) / len(self.pipe_metrics) for name in self.pipe_metrics[0]}
+        return mean_over_ranks(mean, self.part.dp_world, self.built.device,
+                               self.built.engine.mpu.get_data_parallel_group())
 
     def _all_mean(self, values: dict[str, float]) -> dict[str, float]:
         return mean_over_ranks(values, self.part.dp_world, self.built.device)

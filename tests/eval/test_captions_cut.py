@@ -15,6 +15,7 @@ from megadalle.train.loop import train_from_config
 from tests.dvae.conftest import write_image_shards
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "distributed"))
+import dist_launch as launch  # noqa: E402
 from dist_tokens import make_token_data  # noqa: E402
 
 
@@ -51,6 +52,19 @@ def test_cut_captions_are_counted_and_said_once(name, data, tmp_path, capsys):
     whole = run(name, 16, data, tmp_path / "long")
     assert [r["captions_cut"] for r in whole] == [0.0, 0.0]
     assert "longer than text_len" not in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_a_pipeline_counts_cut_captions_too(data, tmp_path):
+    """The pipeline's loss sees only inputs and labels: the count is taken as micro-batches pass (2 stages)."""
+    tokens, tok, _ = data
+    overrides = [f"data.shards={tokens}", f"data.tokenizer={tok}", "model=tiny", "model.text_len=2", "trainer=tiny",
+                 "trainer.steps=2", "trainer.micro_batch=2", "trainer.grad_accum=2", "logger=none",
+                 "data.num_workers=0", "deepspeed=pipe", f"run_dir={tmp_path / 'run'}"]
+    launch.run(2, {"overrides": overrides, "probe": str(tmp_path / "probe.pt")}, tmp_path / "logs",
+               script="dist_train_worker.py", timeout=600)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["captions_cut"] for r in records] == [1.0, 1.0]
 
 
 def test_console_warns_at_the_first_nonzero_value_only(tmp_path, capsys):
