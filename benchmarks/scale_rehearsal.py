@@ -17,7 +17,15 @@ partitioned, pipe: 2 stages x 2 data-parallel, and pipe4: 4 stages, which needs 
 Then `megadalle export` runs in its own process and its peak (ru_maxrss) is taken above the peak of a
 process that only imports the same modules. Every figure stands beside `megadalle plan device=cpu`'s
 prediction for the same config (memory above the baseline), and the targets of issue 10 are
-reported, not asserted. Modes run one after another; before each, the memory the plan predicts for
+reported, not asserted.
+
+The ranks run with glibc's mmap threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_), so a freed tensor's
+pages go back to the system and the high-water marks count what the ranks hold, which is what `plan`
+models. By default glibc raises that threshold after the first large free (up to 32 MiB), and from
+then on keeps freed blocks below it in its heap: ZeRO-3, which gathers and frees every block's
+tensors at each use, then looks 25-40% larger than what it holds once those tensors fall under 32 MiB
+(d_model 1024: 12.6 MB each). `--glibc-default` measures with glibc's own behaviour instead.
+Modes run one after another; before each, the memory the plan predicts for
 its 4 ranks must be available (MemAvailable), so a shared machine is never pushed into the OOM killer.
 Prints a table and writes JSON.
 """
@@ -34,6 +42,8 @@ import time
 from pathlib import Path
 
 MIB = 2 ** 20
+MMAP_THRESHOLD = str(MIB)
+"""glibc's MALLOC_MMAP_THRESHOLD_ for the ranks (see the module docstring)."""
 MODES = {
     "zero1": ["deepspeed=zero1"],
     "zero2": ["deepspeed=zero2"],
@@ -196,8 +206,12 @@ def predict(mode: str, model_overrides: list[str], ema: float | None) -> dict:
     settings = planner.settings_for(trainer, ds, cfg)
     layout = planner.layout_for(model, trainer, ds, cfg)
     share = planner.stage_memory(model, counts, layout, settings, 0, "cpu")
+    construction = planner.construction_bytes(model, counts, layout, settings, "cpu")
+    stages = [planner.stage_memory(model, counts, layout, settings, s, "cpu").total for s in range(layout.pipeline)]
     return {"two_steps": planner.memory_per_rank(model, counts, layout, settings, "cpu").total,
-            "construction": planner.construction_bytes(model, counts, layout, settings, "cpu"),
+            "all_ranks": layout.data_parallel * sum(max(total, construction if s == 0 else 0) + RUNTIME
+                                                    for s, total in enumerate(stages)),
+            "construction": construction,
             "checkpoint_busiest": planner.checkpoint_bytes(model, counts, layout, settings)[0],
             "checkpoint_total": planner.checkpoint_bytes(model, counts, layout, settings)[1],
             "export": planner.export_bytes(counts), "bf16_copy": 2 * counts.total, "params": counts.total,
@@ -213,7 +227,7 @@ def measure(mode: str, model_overrides: list[str], ema: float | None, root: Path
     work.mkdir(parents=True)
     predicted = predict(mode, model_overrides, ema)
     available = proc_field("/proc/meminfo", "MemAvailable")
-    needed = WORLD * (max(predicted["two_steps"], predicted["construction"]) + RUNTIME)
+    needed = predicted["all_ranks"]  # each rank's own stage: a pipeline's later stages hold less
     if needed > available:
         return skipped(mode, predicted, f"not run: needs ~{needed / 2**30:.1f} GiB for {WORLD} ranks (plan + {RUNTIME // MIB} MiB "
                                         f"of runtime each), {available / 2**30:.1f} GiB was available")
@@ -285,13 +299,15 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def earlier_rows(out: Path, overrides: list[str]) -> dict:
-    """Rows an earlier run of the same size wrote to `out`: measuring some modes again keeps the others,
-    so a long rehearsal can be run a few modes at a time."""
+def earlier_rows(out: Path, overrides: list[str], allocator: str | None) -> dict:
+    """Rows an earlier run of the same size and allocator setting wrote to `out` (None: any allocator):
+    measuring some modes again keeps the others, so a long rehearsal can be run a few modes at a time.
+    Files from before the allocator was recorded were measured with glibc's default."""
     if not out.is_file():
         return {}
     earlier = json.loads(out.read_text())
-    return earlier["rows"] if earlier.get("model") == overrides else {}
+    same = earlier.get("model") == overrides and allocator in (None, earlier.get("allocator", "glibc default"))
+    return earlier["rows"] if same else {}
 
 
 def main() -> None:
@@ -308,6 +324,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/scale_rehearsal.json",
                         help="JSON written after every mode; rows of other modes already in it are kept")
     parser.add_argument("--replan", action="store_true", help="measure nothing: predict again for the rows in --out")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="leave glibc's dynamic mmap threshold on: peaks include freed memory glibc keeps")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -327,7 +345,10 @@ def main() -> None:
         if args.layers != 1:
             overrides = [*overrides, f"model.n_layers={args.layers}"]
     overrides = [*overrides, *args.set]
-    rows = earlier_rows(Path(args.out), overrides)
+    allocator = "glibc default" if args.glibc_default else f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
+    if not args.glibc_default:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD  # inherited by the ranks and the export
+    rows = earlier_rows(Path(args.out), overrides, None if args.replan else allocator)
     if args.replan:  # plan changed, the measurements did not: predict again beside them
         for mode in rows:
             rows[mode]["predicted"] = predict(mode, overrides, args.ema)
@@ -343,7 +364,7 @@ def main() -> None:
                       f"{rows[mode]['date']} is kept", flush=True)
                 continue
             rows[mode] = row
-            result = {"model": overrides, "world": WORLD, "steps": STEPS, "ema": args.ema, "rows": rows,
+            result = {"model": overrides, "allocator": allocator, "world": WORLD, "steps": STEPS, "ema": args.ema, "rows": rows,
                       "targets": targets(rows), "date": datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
                       "load_average": os.getloadavg(), "mem_total_gib": proc_field("/proc/meminfo", "MemTotal") / 2**30,
                       "cpus": os.cpu_count()}

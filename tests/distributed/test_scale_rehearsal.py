@@ -48,3 +48,15 @@ def test_four_stages_need_four_layers():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_rehearsal.py"), "--modes", "pipe4",
                            "--replan"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--layers >= 4 (got 1)" in proc.stderr
+
+
+def test_rows_are_kept_only_for_the_same_size_and_allocator(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import scale_rehearsal
+
+    out = tmp_path / "rows.json"
+    out.write_text(json.dumps({"model": ["model=tiny"], "rows": {"zero1": {}}}))  # written before allocators were recorded
+    assert scale_rehearsal.earlier_rows(out, ["model=tiny"], "glibc default") == {"zero1": {}}
+    assert scale_rehearsal.earlier_rows(out, ["model=tiny"], None) == {"zero1": {}}  # --replan: measurements stay
+    assert scale_rehearsal.earlier_rows(out, ["model=tiny"], "MALLOC_MMAP_THRESHOLD_=1048576") == {}
+    assert scale_rehearsal.earlier_rows(out, ["model=12b"], None) == {}
