@@ -220,11 +220,13 @@ def open_index(root: str | Path, key: str | None = None) -> ShardIndex:
 def _open_index(root: Path) -> ShardIndex:
     if (root / INDEX_NAME).is_file() or not root.is_dir():
         return ShardIndex.load(root)
-    tars = sorted(root.glob("*.tar"))
-    if not tars or any(offsets_path(p).is_file() for p in tars):
-        return ShardIndex.load(root)  # nothing to index, or an unfinished megadalle output: the usual error
+    if not any(root.glob("*.tar")):
+        return ShardIndex.load(root)  # nothing to index: the usual error
+    # Offset files without index.json are either an unfinished megadalle output or another process
+    # indexing right now (it writes them first): only under the lock can the two be told apart.
     with _locked(root):
-        if not (root / INDEX_NAME).is_file():
+        tars = sorted(root.glob("*.tar"))
+        if not (root / INDEX_NAME).is_file() and not any(offsets_path(p).is_file() for p in tars):
             print(f"[index] {root}: {len(tars)} tar shards without index.json; indexing them now, checking every "
                   f"sample (once; `megadalle index {root}` does the same ahead of time)", file=sys.stderr, flush=True)
             summary = index_directory(root, DEFAULT_REQUIRE, True, num_workers=None, progress=True)

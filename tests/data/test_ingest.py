@@ -177,6 +177,27 @@ def test_processes_starting_together_index_once(tarwriter_shards, tmp_path):
     assert ShardIndex.load(tarwriter_shards).total == 11
 
 
+def test_a_process_arriving_mid_indexing_waits_for_the_index(tarwriter_shards, tmp_path):
+    """Another process indexing writes the offset files before index.json: one arriving in between
+    must wait for the index, not take the offsets for an unfinished output (a CI run failed so)."""
+    import multiprocessing as mp
+
+    from megadalle.data.ingest import _locked
+
+    log = tmp_path / "late.log"
+    with _locked(tarwriter_shards):  # this process is the one indexing
+        index_directory(tarwriter_shards, ["txt"], require_media=True)
+        index = tarwriter_shards / INDEX_NAME
+        index.rename(tmp_path / INDEX_NAME)  # offsets written, index.json not yet
+        late = mp.get_context("fork").Process(target=_open_logging_to, args=(tarwriter_shards, log))
+        late.start()
+        late.join(2)
+        assert late.is_alive(), log.read_text()  # waiting on the lock, not failed
+        (tmp_path / INDEX_NAME).rename(index)
+    late.join(60)
+    assert late.exitcode == 0 and "indexing them now" not in log.read_text()
+
+
 def test_encode_skips_what_indexing_skipped(tarwriter_shards, tmp_path):
     from megadalle.config.dvae import DVAEConfig
     from megadalle.encode import encode_shards
