@@ -16,14 +16,14 @@ each importing only those listed above it:
 The names below are those its callers (tests/unit/test_plan.py, benchmarks/scale_rehearsal.py) use.
 """
 from megadalle.plan.checkpoint import checkpoint_bytes, export_bytes, usr1_lead_seconds
-from megadalle.plan.counts import Counts, count_parameters
-from megadalle.plan.layout import Layout, launch_overrides, layout_for
+from megadalle.plan.counts import Counts, count_parameters, stage_parameters, stage_span
+from megadalle.plan.layout import Layout, PlanError, launch_overrides, layout_for
 from megadalle.plan.memory import budget, construction_bytes, memory_per_rank, stage_memory
 from megadalle.plan.precision import BF16, FP32, GB
 from megadalle.plan.settings import Settings, settings_for
 from megadalle.plan.suggest import suggest
 from megadalle.plan.timing import ring_seconds, step_time
 
-__all__ = ["checkpoint_bytes", "export_bytes", "usr1_lead_seconds", "Counts", "count_parameters", "Layout",
-           "launch_overrides", "layout_for", "budget", "construction_bytes", "memory_per_rank", "stage_memory",
+__all__ = ["checkpoint_bytes", "export_bytes", "usr1_lead_seconds", "Counts", "count_parameters", "stage_parameters",
+           "stage_span", "Layout", "PlanError", "launch_overrides", "layout_for", "budget", "construction_bytes", "memory_per_rank", "stage_memory",
            "BF16", "FP32", "GB", "Settings", "settings_for", "suggest", "ring_seconds", "step_time"]

@@ -19,7 +19,7 @@ def checkpoint_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, set
     """
     prec, dp = settings.precision, layout.data_parallel
     per_param = prec.master + prec.adam + (4 if settings.ema else 0)
-    owned = [stage_parameters(counts, cfg, layout.pipeline, s) for s in range(layout.pipeline)]
+    owned = [stage_parameters(counts, cfg, layout.pipeline, s, layout.partition) for s in range(layout.pipeline)]
     weights = [0.0 if layout.zero >= 3 else prec.weight * p for p in owned]
     busiest = max(per_param * p / dp + w for p, w in zip(owned, weights))
     return busiest, sum(per_param * p + w for p, w in zip(owned, weights))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -40,20 +41,64 @@ def count_parameters(cfg: TransformerConfig) -> Counts:
                   sum(p.numel() for p in model.parameters() if p.dim() >= 2))
 
 
-def stage_layers(cfg: TransformerConfig, pipeline: int, stage: int) -> int:
-    """Blocks of pipeline stage `stage` when blocks are balanced (the first stages take the remainder)."""
-    return cfg.n_layers // pipeline + (1 if stage < cfg.n_layers % pipeline else 0)
+BY_BLOCK = "type:Block"
+PARTITIONS = (BY_BLOCK, "parameters", "uniform")
+"""deepspeed.partition_method values plan models: blocks balanced (conf/deepspeed/pipe.yaml's default),
+parameter counts balanced, or every layer (embedding, blocks, head) counted as one."""
 
 
-def stage_parameters(counts: Counts, cfg: TransformerConfig, pipeline: int, stage: int) -> int:
-    """Parameters of pipeline stage `stage` (embeddings on the first, head on the last)."""
-    return (stage_layers(cfg, pipeline, stage) * counts.block + (counts.embed if stage == 0 else 0)
-            + (counts.head if stage == pipeline - 1 else 0))
+@dataclass(frozen=True)
+class Stage:
+    blocks: int
+    embed: bool
+    head: bool
 
 
-def stage_largest(counts: Counts, pipeline: int, stage: int) -> int:
-    """Elements of the stage's largest tensor (the embeddings and head are on the first and last stages)."""
-    return counts.largest if stage in (0, pipeline - 1) else counts.block_largest
+def stage_span(counts: Counts, cfg: TransformerConfig, pipeline: int, stage: int, partition: str = BY_BLOCK) -> Stage:
+    """What pipeline stage `stage` holds of the pipeline's layers [embedding, blocks..., head].
+
+    type:Block balances blocks (the first stages take the remainder) and lets the embedding and head
+    ride on the first and last stage; the other methods cut the layer list where DeepSpeed's own
+    partitioner (deepspeed.runtime.utils) cuts it, by parameter count or by layer."""
+    if partition == BY_BLOCK:
+        blocks = cfg.n_layers // pipeline + (1 if stage < cfg.n_layers % pipeline else 0)
+        return Stage(blocks, stage == 0, stage == pipeline - 1)
+    if partition not in PARTITIONS:
+        raise ValueError(f"partition_method={partition!r}: plan models {', '.join(PARTITIONS)}")
+    layers = cfg.n_layers + 2
+    parts = _cuts(partition, (counts.embed, *[counts.block] * cfg.n_layers, counts.head), pipeline)
+    start, stop = parts[stage], parts[stage + 1]
+    blocks = sum(1 for i in range(start, stop) if 0 < i < layers - 1)
+    return Stage(blocks, start == 0, stop == layers)
+
+
+@lru_cache(maxsize=256)
+def _cuts(partition: str, weights: tuple[int, ...], pipeline: int) -> tuple[int, ...]:
+    """DeepSpeed's stage boundaries over the layer list (cached: the search in suggest asks often)."""
+    from deepspeed.runtime.utils import partition_balanced, partition_uniform
+
+    parts = partition_balanced(list(weights), pipeline) if partition == "parameters" else \
+        partition_uniform(len(weights), pipeline)
+    return tuple(int(p) for p in parts)
+
+
+def stage_layers(cfg: TransformerConfig, pipeline: int, stage: int, counts: Counts | None = None,
+                 partition: str = BY_BLOCK) -> int:
+    """Blocks of pipeline stage `stage`."""
+    return stage_span(counts, cfg, pipeline, stage, partition).blocks
+
+
+def stage_parameters(counts: Counts, cfg: TransformerConfig, pipeline: int, stage: int,
+                     partition: str = BY_BLOCK) -> int:
+    """Parameters of pipeline stage `stage`."""
+    span = stage_span(counts, cfg, pipeline, stage, partition)
+    return span.blocks * counts.block + (counts.embed if span.embed else 0) + (counts.head if span.head else 0)
+
+
+def stage_largest(counts: Counts, cfg: TransformerConfig, pipeline: int, stage: int, partition: str = BY_BLOCK) -> int:
+    """Elements of the stage's largest tensor (the embeddings' and head's matrices are the largest)."""
+    span = stage_span(counts, cfg, pipeline, stage, partition)
+    return counts.largest if span.embed or span.head else counts.block_largest
 
 
 def waiting_gradient(counts: Counts, bucket: int) -> int:

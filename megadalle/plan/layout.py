@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+from megadalle.plan.counts import BY_BLOCK, PARTITIONS
 
 
 class PlanError(ValueError):
@@ -21,12 +22,16 @@ class Layout:
     checkpointing: bool
     grad_accum: int = 1
     """Micro-batches per optimizer step on each data-parallel rank."""
+    partition: str = BY_BLOCK
+    """How the pipeline's layers are cut into stages (deepspeed.partition_method; plan/counts.PARTITIONS)."""
 
 
 def launch_overrides(layout: Layout) -> str:
     """The `megadalle train` overrides that realise `layout` (conf/deepspeed, conf/trainer)."""
     parts = [f"deepspeed=pipe deepspeed.pipeline_stages={layout.pipeline}" if layout.pipeline > 1
              else f"deepspeed=zero{layout.zero}"]
+    if layout.pipeline > 1 and layout.partition != BY_BLOCK:
+        parts.append(f"deepspeed.partition_method={layout.partition}")
     parts += [f"model.activation_checkpointing={str(layout.checkpointing).lower()}",
               f"trainer.micro_batch={layout.micro_batch}", f"trainer.grad_accum={layout.grad_accum}"]
     return " ".join(parts)
@@ -35,8 +40,10 @@ def launch_overrides(layout: Layout) -> str:
 def layout_for(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig) -> Layout:
     if plan.gpus % ds.pipeline_stages:
         raise PlanError(f"deepspeed.pipeline_stages={ds.pipeline_stages} does not divide gpus={plan.gpus}")
+    if ds.pipeline_stages > 1 and ds.partition_method not in PARTITIONS:
+        raise PlanError(f"deepspeed.partition_method={ds.partition_method!r}: plan models {', '.join(PARTITIONS)}")
     return Layout(ds.pipeline_stages, plan.gpus // ds.pipeline_stages, ds.zero_stage, trainer.micro_batch,
-                  model.activation_checkpointing, trainer.grad_accum)
+                  model.activation_checkpointing, trainer.grad_accum, ds.partition_method)
 
 
 def describe(layout: Layout) -> str:

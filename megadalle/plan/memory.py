@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 
 from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
-from megadalle.plan.counts import Counts, stage_largest, stage_layers, stage_parameters, waiting_gradient
+from megadalle.plan.counts import BY_BLOCK, Counts, stage_largest, stage_layers, stage_parameters, waiting_gradient
 from megadalle.plan.layout import Layout
 from megadalle.plan.precision import GB, Precision
 from megadalle.plan.settings import Settings, overlaps
@@ -79,7 +79,7 @@ def logits_bytes(cfg: TransformerConfig, micro_batch: int, precision: Precision)
 
 def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings, stage: int,
                  device: str) -> Memory:
-    p, prec = stage_parameters(counts, cfg, layout.pipeline, stage), settings.precision
+    p, prec = stage_parameters(counts, cfg, layout.pipeline, stage, layout.partition), settings.precision
     dp, zero = layout.data_parallel, layout.zero
     weights = prec.weight * p / (dp if zero >= 3 else 1)
     bucket = min(settings.reduce_bucket, p)  # a model smaller than a bucket never fills it
@@ -92,14 +92,14 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
     grads = prec.grad * p / (dp if zero >= 2 else 1)
     if zero == 1:  # the reduced partition, copied to fp32 for the master weights' step
         grads += 4 * p / dp
-    grads += prec.grad * stage_largest(counts, layout.pipeline, stage)  # a gradient computed before it is added
+    grads += prec.grad * stage_largest(counts, cfg, layout.pipeline, stage, layout.partition)  # computed before added
     if zero >= 2:  # no pipeline here: DeepSpeed runs pipelines on ZeRO-1 only
         buffers += prec.grad * min(max(settings.reduce_bucket, counts.largest), p)
         grads += prec.grad * waiting_gradient(counts, settings.reduce_bucket)
     master = 0 if zero == 0 and prec.name == "fp32" else prec.master  # stage 0 in fp32: torch's optimizer alone
     optimizer = (master + prec.adam) * p / (dp if zero >= 1 else 1)
     ema = 4 * p / dp if settings.ema else 0.0
-    layers = stage_layers(cfg, layout.pipeline, stage)
+    layers = stage_layers(cfg, layout.pipeline, stage, counts, layout.partition)
     in_flight = min(layout.pipeline - stage, layout.grad_accum) if layout.pipeline > 1 else 1
     activations = in_flight * activation_bytes(cfg, layout, prec, layers, device)
     if stage == layout.pipeline - 1:
@@ -109,9 +109,10 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
 
 def memory_per_rank(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings = Settings(),
                     device: str = "gpu") -> Memory:
-    """Peak bytes on the busiest rank: the first pipeline stage (embeddings, most micro-batches in
-    flight) or the last (head, logits)."""
-    stages = {0, layout.pipeline - 1}
+    """Peak bytes on the busiest rank. Under type:Block that is the first pipeline stage (embeddings, most
+    micro-batches in flight) or the last (head, logits); a partition by parameters or layers can load a
+    middle stage more, so there every stage is weighed."""
+    stages = {0, layout.pipeline - 1} if layout.partition == BY_BLOCK else range(layout.pipeline)
     return max((stage_memory(cfg, counts, layout, settings, s, device) for s in stages), key=lambda m: m.total)
 
 
@@ -136,7 +137,7 @@ def construction_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, s
     partitions alone gave 2,201.
     """
     m = stage_memory(cfg, counts, layout, settings, 0, device)
-    p, dp = stage_parameters(counts, cfg, layout.pipeline, 0), layout.data_parallel
+    p, dp = stage_parameters(counts, cfg, layout.pipeline, 0, layout.partition), layout.data_parallel
     transient = settings.precision.weight * counts.largest * gather_copies(device) if layout.zero >= 3 else 0.0
     master = settings.precision.master * p / (dp if layout.zero >= 1 else 1) if layout.zero >= 1 else 0.0
     built = m.weights + master + 4 * p / dp + m.ema + transient + m.runtime

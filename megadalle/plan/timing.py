@@ -45,7 +45,7 @@ def step_time(cfg: TransformerConfig, counts: Counts, plan: PlanConfig, layout: 
     if layout.checkpointing:
         compute *= 4 / 3  # one extra forward
     compute *= 1 + (pp - 1) / layout.grad_accum
-    p = stage_parameters(counts, cfg, pp, 0)
+    p = stage_parameters(counts, cfg, pp, 0, layout.partition)
     reduce = ring_seconds(prec.grad * p, dp, plan)
     gather = ring_seconds(prec.weight * p, dp, plan)
     if layout.zero >= 3:  # gather for forward, backward (and recompute); reduce-scatter every micro-batch

@@ -11,9 +11,10 @@ from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.models.transformer import Transformer
-from megadalle.plan import (BF16, FP32, GB, Counts, Layout, Settings, budget, checkpoint_bytes, construction_bytes,
-                            count_parameters, launch_overrides, memory_per_rank, ring_seconds, settings_for, step_time,
-                            suggest, usr1_lead_seconds)
+from megadalle.plan import (BF16, FP32, GB, Counts, Layout, PlanError, Settings, budget, checkpoint_bytes,
+                            construction_bytes, count_parameters, launch_overrides, layout_for, memory_per_rank,
+                            ring_seconds, settings_for, stage_parameters, stage_span, step_time, suggest,
+                            usr1_lead_seconds)
 
 from .helpers import tiny_config
 
@@ -229,3 +230,29 @@ def test_impossible_request_is_refused_with_a_reason(capsys):
 def test_bad_plan_value_is_named(capsys):
     assert main(["plan", "gpus=0"]) == 2
     assert "gpus=0: must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("partition", ["type:Block", "parameters", "uniform"])
+def test_pipeline_stages_cover_the_model_once_under_every_partition(partition):
+    for pipeline in (1, 2, 3, 4):
+        spans = [stage_span(COUNTS, CFG, pipeline, s, partition) for s in range(pipeline)]
+        assert sum(span.blocks for span in spans) == CFG.n_layers
+        assert [span.embed for span in spans].count(True) == [span.head for span in spans].count(True) == 1
+        assert spans[0].embed and spans[-1].head
+        assert sum(stage_parameters(COUNTS, CFG, pipeline, s, partition) for s in range(pipeline)) == COUNTS.total
+
+
+def test_parameters_partition_balances_the_embeddings_and_head_with_the_blocks():
+    # embed 100, blocks 200 each, head 50 over 3 stages: [embed, 1 block] 300, [2 blocks] 400, [1 block, head] 250
+    assert [stage_parameters(COUNTS, CFG, 3, s, "parameters") for s in range(3)] == [300, 400, 250]
+    by_block = [stage_parameters(COUNTS, CFG, 3, s) for s in range(3)]
+    assert by_block == [500, 200, 250]  # type:Block: 2 + 1 + 1 blocks, the first with the embeddings
+    balanced = Layout(3, 1, 1, 1, False, 1, "parameters")
+    assert memory_per_rank(CFG, COUNTS, balanced, Settings(precision=FP32)).weights == 4 * 400
+    assert "deepspeed.partition_method=parameters" in launch_overrides(balanced)
+
+
+def test_unmodelled_partition_method_is_refused_by_name():
+    model, plan, trainer, ds = plan_for("deepspeed=pipe", "deepspeed.partition_method=type:Embed")
+    with pytest.raises(PlanError, match="partition_method='type:Embed': plan models type:Block, parameters, uniform"):
+        layout_for(model, trainer, ds, plan)
