@@ -25,5 +25,6 @@ from megadalle.plan.suggest import suggest
 from megadalle.plan.timing import ring_seconds, step_time
 
 __all__ = ["checkpoint_bytes", "export_bytes", "usr1_lead_seconds", "Counts", "count_parameters", "stage_parameters",
-           "stage_span", "Layout", "PlanError", "launch_overrides", "layout_for", "budget", "construction_bytes", "memory_per_rank", "stage_memory",
+           "stage_span", "Layout", "PlanError", "launch_overrides", "layout_for", "budget", "construction_bytes",
+           "memory_per_rank", "stage_memory",
            "BF16", "FP32", "GB", "Settings", "settings_for", "suggest", "ring_seconds", "step_time"]

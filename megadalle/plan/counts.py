@@ -82,8 +82,7 @@ def _cuts(partition: str, weights: tuple[int, ...], pipeline: int) -> tuple[int,
     return tuple(int(p) for p in parts)
 
 
-def stage_layers(cfg: TransformerConfig, pipeline: int, stage: int, counts: Counts | None = None,
-                 partition: str = BY_BLOCK) -> int:
+def stage_layers(counts: Counts, cfg: TransformerConfig, pipeline: int, stage: int, partition: str = BY_BLOCK) -> int:
     """Blocks of pipeline stage `stage`."""
     return stage_span(counts, cfg, pipeline, stage, partition).blocks
 

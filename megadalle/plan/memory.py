@@ -99,7 +99,7 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
     master = 0 if zero == 0 and prec.name == "fp32" else prec.master  # stage 0 in fp32: torch's optimizer alone
     optimizer = (master + prec.adam) * p / (dp if zero >= 1 else 1)
     ema = 4 * p / dp if settings.ema else 0.0
-    layers = stage_layers(cfg, layout.pipeline, stage, counts, layout.partition)
+    layers = stage_layers(counts, cfg, layout.pipeline, stage, layout.partition)
     in_flight = min(layout.pipeline - stage, layout.grad_accum) if layout.pipeline > 1 else 1
     activations = in_flight * activation_bytes(cfg, layout, prec, layers, device)
     if stage == layout.pipeline - 1:
