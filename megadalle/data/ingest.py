@@ -197,8 +197,16 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
 
 @contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    """An exclusive lock on <root>/.index.lock: processes indexing the same directory take turns."""
-    with open(root / ".index.lock", "a") as lock:
+    """An exclusive lock on <root>/.index.lock: processes indexing the same directory take turns.
+
+    A directory this process cannot write to (a read-only mount) gets no lock: indexing writes beside
+    the tars, so no process can be indexing it, and there is nothing to wait for."""
+    try:
+        lock = open(root / ".index.lock", "a")
+    except OSError:
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

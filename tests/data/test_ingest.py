@@ -101,6 +101,29 @@ def test_an_unfinished_megadalle_output_is_refused_not_indexed(tmp_path):
         index_directory(tmp_path / "empty")
 
 
+def test_an_unfinished_output_on_a_read_only_mount_gets_the_usual_error(tmp_path, monkeypatch):
+    """The offsets are judged under the indexing lock; where the lock file cannot be created (a
+    read-only directory: root ignores permissions, so the refusal is simulated) no one can be
+    indexing, and the refusal is the usual one, not an OSError about the lock."""
+    import builtins
+
+    from megadalle.data import ingest
+
+    writer = ShardWriter(tmp_path, max_count=1)
+    writer.write({"__key__": "k0", "txt": "x", "png": jpeg_bytes((8, 8), 0, "PNG")})
+    writer.finish_shard()
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".index.lock"):
+            raise PermissionError(13, "Read-only file system", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(ingest, "open", read_only, raising=False)
+    with pytest.raises(ShardsNotFound, match="not a finished megadalle shard directory"):
+        open_index(tmp_path)
+    assert not (tmp_path / ".index.lock").exists()
+
+
 @pytest.fixture
 def img2dataset_dir(tmp_path):
     """What img2dataset writes: 00000.tar (jpg/txt/json per key, images not square), parquet and stats beside."""
