@@ -44,6 +44,8 @@ from pathlib import Path
 MIB = 2 ** 20
 MMAP_THRESHOLD = str(MIB)
 """glibc's MALLOC_MMAP_THRESHOLD_ for the ranks (see the module docstring)."""
+GLIBC_DEFAULT = "glibc default"
+"""The allocator setting recorded for --glibc-default runs, and assumed for files that record none."""
 MODES = {
     "zero1": ["deepspeed=zero1"],
     "zero2": ["deepspeed=zero2"],
@@ -306,7 +308,7 @@ def earlier_rows(out: Path, overrides: list[str], allocator: str | None) -> dict
     if not out.is_file():
         return {}
     earlier = json.loads(out.read_text())
-    same = earlier.get("model") == overrides and allocator in (None, earlier.get("allocator", "glibc default"))
+    same = earlier.get("model") == overrides and allocator in (None, earlier.get("allocator", GLIBC_DEFAULT))
     return earlier["rows"] if same else {}
 
 
@@ -345,7 +347,7 @@ def main() -> None:
         if args.layers != 1:
             overrides = [*overrides, f"model.n_layers={args.layers}"]
     overrides = [*overrides, *args.set]
-    allocator = "glibc default" if args.glibc_default else f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
+    allocator = GLIBC_DEFAULT if args.glibc_default else f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
     if not args.glibc_default:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD  # inherited by the ranks and the export
     rows = earlier_rows(Path(args.out), overrides, None if args.replan else allocator)

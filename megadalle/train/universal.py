@@ -121,6 +121,8 @@ def repair_zero3_optimizer(optimizer, universal: Path) -> None:
     for state in inner.state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()
+    # The run's own checkpoint, as converted by ds_to_universal: DeepSpeed has just unpickled this very file
+    # (it holds DeepSpeed objects such as the loss scaler, which weights_only=True refuses).
     saved = torch.load(universal / "zero" / "optimizer_state.pt", weights_only=False)[OPTIMIZER_STATE_DICT]
     groups = saved["param_groups"]
     if len(groups) != len(inner.param_groups):
