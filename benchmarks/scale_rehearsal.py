@@ -205,7 +205,7 @@ def predict(mode: str, model_overrides: list[str], ema: float | None) -> dict:
     model, trainer, ds = typed(run_config(mode, model_overrides, ema))
     cfg = PlanConfig(gpus=WORLD, device="cpu")
     counts = planner.count_parameters(model)
-    settings = planner.settings_for(trainer, ds, cfg)
+    settings = planner.settings_for(trainer, ds, cfg, counts)
     layout = planner.layout_for(model, trainer, ds, cfg)
     share = planner.stage_memory(model, counts, layout, settings, 0, "cpu")
     construction = planner.construction_bytes(model, counts, layout, settings, "cpu")
@@ -351,6 +351,11 @@ def main() -> None:
     if not args.glibc_default:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD  # inherited by the ranks and the export
     rows = earlier_rows(Path(args.out), overrides, None if args.replan else allocator)
+    held = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    if not rows and (args.replan or held.get("rows")):  # never drop what an earlier run measured
+        parser.error(f"--out {args.out} holds no rows of this size and allocator ({' '.join(overrides)}; {allocator}) "
+                     f"but rows of {' '.join(held.get('model', []))} ({held.get('allocator', GLIBC_DEFAULT)}): "
+                     "give the --width, --layers, --set and --glibc-default they were measured with, or another --out")
     if args.replan:  # plan changed, the measurements did not: predict again beside them
         for mode in rows:
             rows[mode]["predicted"] = predict(mode, overrides, args.ema)

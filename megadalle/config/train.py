@@ -100,6 +100,14 @@ class DeepSpeedConfig:
     communication_dtype: str = "fp32"
     """bf16 runs only: dtype of the gradient reduction across data-parallel ranks (DeepSpeed's
     `communication_data_type`); fp32 sums many ranks' gradients without bf16 rounding, at twice the bytes."""
+    zero3_window_blocks: float = 2.0
+    """ZeRO-3 only: how many of the model's blocks' parameters may be gathered at once
+    (`stage3_max_live_parameters`) and how far ahead a gathered parameter's next use may lie for it to
+    stay gathered (`stage3_max_reuse_distance`). DeepSpeed's own 1e9 elements for both hold a model
+    under ~1B parameters whole from its forward to its backward, and 1e9 at any size: its prefetcher
+    runs ahead to that cap. Two blocks overlap one block's gather with the previous block's compute and
+    keep a block gathered from its recomputation to its backward. 0 leaves DeepSpeed's defaults;
+    `extra.zero_optimization` keys override either value."""
     timeout_minutes: float = 30.0
     """Timeout of the process group's collectives: a rank waiting longer for its peers fails instead of
     hanging (raise it when a step, a checkpoint save or a data-loader start can take longer)."""
@@ -117,6 +125,8 @@ class DeepSpeedConfig:
         for name in ("grad_accum_dtype", "communication_dtype"):
             check(getattr(self, name) in REDUCE_DTYPES, f"{where}.{name}", getattr(self, name),
                   f"expected one of {REDUCE_DTYPES}")
+        check(self.zero3_window_blocks >= 0, f"{where}.zero3_window_blocks", self.zero3_window_blocks,
+              "must be >= 0 (0 keeps DeepSpeed's defaults)")
         check(self.timeout_minutes > 0, f"{where}.timeout_minutes", self.timeout_minutes, "must be positive")
 
 

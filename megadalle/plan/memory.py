@@ -8,12 +8,18 @@ scale rehearsal (benchmarks/scale_rehearsal.py, which measures the same quantiti
   data-parallel degree dp, ZeRO-2 the gradients too, ZeRO-3 the weights too;
 - the EMA: fp32, sharded like the optimizer state (each rank averages what it owns: 4 B / dp);
 - DeepSpeed's buffers: the gradient-reduction buckets (reduce_bucket_size elements, two of them with
-  overlap_comm), and under ZeRO-3 the parameters gathered at once (the largest layer plus the
-  prefetch bucket, capped by max_live_parameters) and the small parameters it never partitions
-  (numel <= stage3_param_persistence_threshold). ZeRO-2/3 also flatten what they reduce into a new
+  overlap_comm), and under ZeRO-3 the parameters gathered at once (below) and the small parameters it
+  never partitions (numel <= stage3_param_persistence_threshold). ZeRO-2/3 also flatten what they reduce into a new
   tensor (stage_1_and_2's `allreduce_bucket`, stage3's `reduce_scatter_coalesced`): one bucket, or one
   tensor larger than the bucket, which they reduce alone and whose gradient waits whole meanwhile
   (`waiting_gradient`);
+- ZeRO-3's gathered parameters: the module being run (up to the largest tensor) and what DeepSpeed keeps
+  beside it. Its prefetcher gathers up to stage3_prefetch_bucket_size more elements at every submodule
+  call, so it runs ahead until stage3_max_live_parameters are gathered, and a parameter whose next use
+  lies within stage3_max_reuse_distance stays gathered (at the forward's end, up to about half that
+  distance of the last blocks' parameters wait for their recomputation). train's default window of two
+  blocks for both (`deepspeed.zero3_window_blocks`) bounds it; DeepSpeed's 1e9 holds a model under
+  ~1B parameters whole;
 - activations per micro-batch after Korthikanti et al. (2022): 34 * seq * batch * d_model bytes per
   layer at 2-byte precision with flash attention (twice that in fp32, plus the seq^2 scores and
   probabilities of the eager attention on CPU); with activation checkpointing only each layer's input
@@ -85,7 +91,8 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
     bucket = min(settings.reduce_bucket, p)  # a model smaller than a bucket never fills it
     buffers = (2 if overlaps(layout, settings) else 1) * bucket * prec.grad if zero >= 1 else 0.0
     if zero >= 3:
-        live = min(counts.block + settings.prefetch_bucket, settings.max_live, p)
+        ahead = settings.max_live if settings.prefetch_bucket else 0  # the prefetcher runs ahead to its cap
+        live = min(counts.largest + max(ahead, settings.max_reuse // 2), p)
         persistent = sum(n for n in counts.numels if n <= settings.persistence)
         staged = (gather_copies(device) - 1) * counts.largest  # the largest tensor's gather, staged twice on gloo
         buffers += prec.weight * (live + persistent + staged)

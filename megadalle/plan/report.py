@@ -58,7 +58,7 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
 
 def report(model: TransformerConfig, plan: PlanConfig, trainer: TrainerConfig, ds: DeepSpeedConfig) -> str:
     counts = count_parameters(model)
-    settings = settings_for(trainer, ds, plan)
+    settings = settings_for(trainer, ds, plan, counts)
     fpt = transformer_flops_per_token(model)
     lines = [
         f"parameters: {counts.total:,} ({counts.total / 1e9:.2f}B; embeddings {counts.embed / 1e6:.1f}M, "

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 from megadalle.config.plan import PlanConfig
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+from megadalle.plan.counts import Counts
 from megadalle.plan.layout import Layout
 from megadalle.plan.precision import BF16, FP32, GB, Precision
 
-PREFETCH_DEFAULT, MAX_LIVE_DEFAULT, PERSISTENCE_DEFAULT = int(5e7), int(1e9), int(1e5)
+PREFETCH_DEFAULT, MAX_LIVE_DEFAULT, REUSE_DEFAULT, PERSISTENCE_DEFAULT = int(5e7), int(1e9), int(1e9), int(1e5)
 """DeepSpeed 0.19's ZeRO-3 defaults: stage3_prefetch_bucket_size, stage3_max_live_parameters,
-stage3_param_persistence_threshold."""
+stage3_max_reuse_distance, stage3_param_persistence_threshold."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Settings:
     reduce_bucket: int = int(5e7)
     prefetch_bucket: int = PREFETCH_DEFAULT
     max_live: int = MAX_LIVE_DEFAULT
+    max_reuse: int = REUSE_DEFAULT
     persistence: int = PERSISTENCE_DEFAULT
     runtime: float = 0.0
     """Bytes of the device runtime (CUDA context, NCCL); 0 for host memory above the baseline."""
@@ -35,9 +37,11 @@ def overlaps(layout: Layout, settings: Settings) -> bool:
     return settings.overlap_comm and layout.pipeline == 1
 
 
-def settings_for(trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig) -> Settings:
-    """The Settings `train` would run with: its precision rule, EMA, and DeepSpeed's buckets (extra included)."""
+def settings_for(trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig, counts: Counts) -> Settings:
+    """The Settings `train` would run with: its precision rule, EMA, DeepSpeed's buckets and ZeRO-3's
+    window of `ds.zero3_window_blocks` blocks (train/engine.py's zero3_window; extra included)."""
     zero = ds.extra.get("zero_optimization", {})
+    window = int(ds.zero3_window_blocks * counts.block) if ds.zero3_window_blocks else None
     precision = {"fp32": FP32, "bf16": BF16}.get(trainer.precision, BF16 if plan.device == "gpu" else FP32)
     if precision is BF16 and ds.grad_accum_dtype != "fp32":
         precision = dataclasses.replace(BF16, grad=2)
@@ -46,6 +50,7 @@ def settings_for(trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig) 
         overlap_comm=bool(zero.get("overlap_comm", ds.overlap_comm)),
         reduce_bucket=int(zero.get("reduce_bucket_size", ds.reduce_bucket_size)),
         prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", PREFETCH_DEFAULT)),
-        max_live=int(zero.get("stage3_max_live_parameters", MAX_LIVE_DEFAULT)),
+        max_live=int(zero.get("stage3_max_live_parameters", window or MAX_LIVE_DEFAULT)),
+        max_reuse=int(zero.get("stage3_max_reuse_distance", window or REUSE_DEFAULT)),
         persistence=int(zero.get("stage3_param_persistence_threshold", PERSISTENCE_DEFAULT)),
         runtime=plan.runtime_gb * GB if plan.device == "gpu" else 0.0)

@@ -4,7 +4,8 @@
 each parameter's partition (ZeRO-3: the elements this rank's `ds_tensor` holds, of how many, and
 what the parameter itself holds outside a forward), the elements a freshly constructed model
 (engine.build_model, before deepspeed.initialize) holds on this rank, per-tensor statistics of the whole (gathered)
-model, and the loss of update 0 (the global mean, the same on every rank).
+model, the loss of update 0 (the global mean, the same on every rank) and, under ZeRO-3, the elements still
+gathered whole after each forward of updates 0 and 1 (what DeepSpeed keeps from the forward to the backward).
 """
 import contextlib
 import json
@@ -43,9 +44,17 @@ def main(opts: dict) -> None:
     gather = deepspeed.zero.GatheredParameters(list(params.values())) if partitioned else contextlib.nullcontext()
     with gather, torch.no_grad():
         stats = {name: [p.float().mean().item(), p.float().std().item(), p.numel()] for name, p in params.items()}
+    gathered = []
+    if partitioned:
+        def count_gathered(*_):
+            gathered.append(sum(p.numel() for p in params.values() if p.ds_status.name != "NOT_AVAILABLE"))
+        built.engine.module.register_forward_hook(count_gathered)  # after DeepSpeed's own release hook
     part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
-    loss = StepRunner(task, built, part, 0).update(0)["loss"]
-    record = {"shares": shares, "stats": stats, "loss": loss, "constructed": constructed,
+    runner = StepRunner(task, built, part, 0)
+    loss = runner.update(0)["loss"]
+    if partitioned:
+        runner.update(1)
+    record = {"shares": shares, "stats": stats, "loss": loss, "constructed": constructed, "gathered": gathered,
               "engine_params": sum(p.numel() for p in built.engine.module.parameters())}
     (Path(opts["out"]) / f"rank{env.rank}.json").write_text(json.dumps(record))
 

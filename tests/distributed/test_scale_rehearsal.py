@@ -60,3 +60,14 @@ def test_rows_are_kept_only_for_the_same_size_and_allocator(tmp_path):
     assert scale_rehearsal.earlier_rows(out, ["model=tiny"], None) == {"zero1": {}}  # --replan: measurements stay
     assert scale_rehearsal.earlier_rows(out, ["model=tiny"], "MALLOC_MMAP_THRESHOLD_=1048576") == {}
     assert scale_rehearsal.earlier_rows(out, ["model=12b"], None) == {}
+
+
+def test_rows_of_another_size_or_allocator_are_never_dropped(tmp_path):
+    out = tmp_path / "rows.json"
+    out.write_text(json.dumps({"model": ["model=tiny"], "rows": {"zero1": _row(1.0)}}))  # glibc's default allocator
+    before = out.read_text()
+    for args in (["--width", "1024", "--replan"], ["--toy", "--modes", "zero1"]):
+        command = [sys.executable, str(ROOT / "benchmarks" / "scale_rehearsal.py"), *args, "--out", str(out)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "holds no rows of this size and allocator" in proc.stderr, proc.stderr
+        assert "--glibc-default" in proc.stderr and out.read_text() == before

@@ -1,4 +1,5 @@
-"""ZeRO-3 builds the Transformer inside deepspeed.zero.Init: partitioned as built, initialised as plainly built.
+"""ZeRO-3 builds the Transformer inside deepspeed.zero.Init: partitioned as built, initialised as plainly built,
+and between its forward and backward it keeps no more gathered than train's window of two blocks.
 
 DeepSpeed keeps parameters below `stage3_param_persistence_threshold` whole on every rank; the
 threshold is set to 0 here so the tiny model REALLY partitions (the default would keep all of it).
@@ -9,24 +10,31 @@ import math
 import pytest
 
 import dist_launch as launch
+from megadalle.config import build
+from megadalle.config.compose import compose
+from megadalle.config.model import TransformerConfig
+from megadalle.plan import count_parameters
 
-PARTITION = ["+deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0",
-             "+deepspeed.extra.zero_optimization.stage3_max_live_parameters=1000",
-             "+deepspeed.extra.zero_optimization.stage3_prefetch_bucket_size=1000"]
+PARTITION = ["+deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0"]
+SMALL_GATHERS = ["+deepspeed.extra.zero_optimization.stage3_max_live_parameters=1000",
+                 "+deepspeed.extra.zero_optimization.stage3_prefetch_bucket_size=1000"]
+RUNS = {"zero1": ["deepspeed=zero1", *SMALL_GATHERS], "zero3": ["deepspeed=zero3", *SMALL_GATHERS],
+        "zero3 window": ["deepspeed=zero3"], "zero3 deepspeed defaults": ["deepspeed=zero3",
+                                                                          "deepspeed.zero3_window_blocks=0"]}
 COMMON = ["model=tiny", "model.dropout=0", "data=synthetic", "trainer=tiny", "trainer.micro_batch=2",
           "trainer.grad_accum=2", "logger=none"]
 
 
-def build_run(tmp_path_factory, layout: str) -> list[dict]:
-    out = tmp_path_factory.mktemp(layout)
-    launch.run(2, {"overrides": [*COMMON, f"deepspeed={layout}", *PARTITION], "out": str(out)}, out / "logs",
+def build_run(tmp_path_factory, overrides: list[str]) -> list[dict]:
+    out = tmp_path_factory.mktemp("run")
+    launch.run(2, {"overrides": [*COMMON, *overrides, *PARTITION], "out": str(out)}, out / "logs",
                script="dist_build_worker.py")
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return {layout: build_run(tmp_path_factory, layout) for layout in ("zero1", "zero3")}
+    return {name: build_run(tmp_path_factory, overrides) for name, overrides in RUNS.items()}
 
 
 @pytest.mark.distributed
@@ -59,3 +67,16 @@ def test_zero3_built_model_has_the_plain_statistics(runs):
 def test_same_step0_loss(runs):
     losses = {layout: [rank["loss"] for rank in ranks] for layout, ranks in runs.items()}
     assert losses["zero3"][0] == pytest.approx(losses["zero1"][0], rel=1e-5), losses
+
+
+@pytest.mark.distributed
+def test_forward_keeps_at_most_the_window_gathered(runs):
+    """DeepSpeed's prefetcher runs ahead to stage3_max_live_parameters and keeps what it passed gathered until
+    its next use: at its default 1e9 a model this small stays whole from the forward to the backward."""
+    counts = count_parameters(build(TransformerConfig, compose("train", COMMON).model, "model"))
+    window = 2 * counts.block + counts.largest
+    for rank in runs["zero3 window"]:
+        assert rank["gathered"] and max(rank["gathered"]) <= window < counts.total / 2, (rank["gathered"], window)
+    for rank in runs["zero3 deepspeed defaults"]:
+        assert rank["gathered"][0] == 0, "the first forward records the trace and releases all"
+        assert max(rank["gathered"][1:]) == counts.total, "DeepSpeed's defaults hold the whole model"

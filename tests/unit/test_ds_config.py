@@ -8,7 +8,10 @@ from megadalle.config import ConfigError, build
 from megadalle.config.compose import compose
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import distributed
-from megadalle.train.engine import deep_merge, ds_config
+from megadalle.models.transformer import Transformer
+from megadalle.train.engine import block_numel, deep_merge, ds_config, zero3_window
+
+from .helpers import tiny_config
 
 
 def layout(name: str, *overrides: str) -> DeepSpeedConfig:
@@ -89,3 +92,23 @@ def test_process_group_timeout_reaches_deepspeed(monkeypatch):
     monkeypatch.setattr(distributed.os, "environ", dict(distributed.os.environ))  # init exports RANK etc.
     distributed.init(distributed.DistEnv(0, 0, 1, "127.0.0.1", 12345, "single"), timeout_minutes=90)
     assert seen["timeout"] == timedelta(minutes=90)
+
+
+def test_zero3_window_is_two_blocks_unless_extra_or_zero_says_otherwise():
+    model = Transformer(tiny_config())
+    block = sum(p.numel() for p in model.blocks[0].parameters())
+    assert block_numel(model) == block
+    zero = zero3_window(produced(layout("zero3")), layout("zero3"), model)["zero_optimization"]
+    assert zero["stage"] == 3
+    assert (zero["stage3_max_live_parameters"], zero["stage3_max_reuse_distance"]) == (2 * block, 2 * block)
+    ds = layout("zero3", "+deepspeed.extra.zero_optimization.stage3_max_live_parameters=1000")
+    zero = zero3_window(produced(ds), ds, model)["zero_optimization"]
+    assert (zero["stage3_max_live_parameters"], zero["stage3_max_reuse_distance"]) == (1000, 2 * block)
+    for ds in (layout("zero3", "deepspeed.zero3_window_blocks=0"), layout("zero2")):
+        assert "stage3_max_live_parameters" not in zero3_window(produced(ds), ds, model)["zero_optimization"]
+    assert block_numel(torch.nn.Linear(3, 5)) == 15  # no repeated unit: the largest tensor
+
+
+def test_negative_zero3_window_is_refused_by_name():
+    with pytest.raises(ConfigError, match="zero3_window_blocks"):
+        layout("zero3", "deepspeed.zero3_window_blocks=-1")

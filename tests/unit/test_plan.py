@@ -15,6 +15,7 @@ from megadalle.plan import (BF16, FP32, GB, Counts, Layout, PlanError, Settings,
                             construction_bytes, count_parameters, launch_overrides, layout_for, memory_per_rank,
                             ring_seconds, settings_for, stage_parameters, stage_span, step_time, suggest,
                             usr1_lead_seconds)
+from megadalle.plan.settings import MAX_LIVE_DEFAULT, REUSE_DEFAULT
 
 from .helpers import tiny_config
 
@@ -56,7 +57,8 @@ def test_zero1_bf16_with_ema_and_overlap_by_hand():
 
 
 def test_zero2_shards_gradients_and_zero3_weights_with_live_and_persistent_parameters():
-    settings = Settings(precision=BF16, reduce_bucket=10, prefetch_bucket=30, max_live=1000, persistence=5)
+    settings = Settings(precision=BF16, reduce_bucket=10, prefetch_bucket=30, max_live=100, max_reuse=100,
+                        persistence=5)
     zero2 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 2, 1, False), settings)
     zero3 = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), settings)
     # the gradient partition, the largest gradient as computed, and a second tensor above the bucket waiting whole
@@ -64,9 +66,14 @@ def test_zero2_shards_gradients_and_zero3_weights_with_live_and_persistent_param
     # the reduce bucket, and the flattened copy of what is reduced: here the 150-element tensor, above the bucket
     assert zero2.weights == 2 * 950 and zero2.buffers == 10 * 4 + 150 * 4
     assert zero3.weights == 2 * 950 / 4
-    assert zero3.buffers == 10 * 4 + 150 * 4 + 2 * ((200 + 30) + (3 + 5))  # + one block and prefetch + small params
-    capped = memory_per_rank(CFG, COUNTS, Layout(1, 4, 3, 1, False), dataclasses.replace(settings, max_live=100))
-    assert capped.buffers == 10 * 4 + 150 * 4 + 2 * (100 + 8)
+    # gathered: the largest tensor being run, the prefetcher run ahead to max_live, and the small parameters
+    assert zero3.buffers == 10 * 4 + 150 * 4 + 2 * ((150 + 100) + (3 + 5))
+    layout = Layout(1, 4, 3, 1, False)
+    no_prefetch = memory_per_rank(CFG, COUNTS, layout, dataclasses.replace(settings, prefetch_bucket=0))
+    assert no_prefetch.buffers == 10 * 4 + 150 * 4 + 2 * ((150 + 100 // 2) + 8)  # what waits within half the reuse
+    defaults = dataclasses.replace(settings, max_live=MAX_LIVE_DEFAULT, max_reuse=REUSE_DEFAULT)
+    whole = memory_per_rank(CFG, COUNTS, layout, defaults)
+    assert whole.buffers == 10 * 4 + 150 * 4 + 2 * (950 + 8)  # DeepSpeed's 1e9 holds a small model whole
     roomy = memory_per_rank(CFG, COUNTS, Layout(1, 4, 2, 1, False), dataclasses.replace(settings, reduce_bucket=200))
     assert roomy.grads == 4 * 950 / 4 + 4 * 150 and roomy.buffers == 2 * 200 * 4  # every tensor fits a bucket
 
@@ -160,16 +167,21 @@ def test_step_time_communication_per_zero_stage_and_overlap():
 
 
 def test_settings_follow_the_train_config_and_deepspeed_extra():
-    _, plan, trainer, ds = plan_for("deepspeed=zero3", "trainer.ema=0.99",
-                                    "+deepspeed.extra={zero_optimization: {reduce_bucket_size: 7, "
-                                    "stage3_param_persistence_threshold: 0}}")
-    settings = settings_for(trainer, ds, plan)
+    model, plan, trainer, ds = plan_for("deepspeed=zero3", "trainer.ema=0.99",
+                                        "+deepspeed.extra={zero_optimization: {reduce_bucket_size: 7, "
+                                        "stage3_param_persistence_threshold: 0, stage3_max_reuse_distance: 9}}")
+    counts = count_parameters(model)
+    settings = settings_for(trainer, ds, plan, counts)
     assert (settings.precision, settings.ema, settings.overlap_comm, settings.reduce_bucket, settings.persistence) == \
         (BF16, True, True, 7, 0)
-    cpu = settings_for(trainer, ds, dataclasses.replace(plan, device="cpu"))
+    assert (settings.max_live, settings.max_reuse) == (2 * counts.block, 9)  # train's window; extra wins
+    cpu = settings_for(trainer, ds, dataclasses.replace(plan, device="cpu"), counts)
     assert cpu.precision == FP32 and cpu.runtime == 0
     _, plan, trainer, ds = plan_for("deepspeed=pipe", "deepspeed.grad_accum_dtype=bf16")
-    assert settings_for(trainer, ds, plan).precision.grad == 2  # bf16 accumulation
+    assert settings_for(trainer, ds, plan, counts).precision.grad == 2  # bf16 accumulation
+    _, plan, trainer, ds = plan_for("deepspeed=zero3", "deepspeed.zero3_window_blocks=0")
+    assert (settings_for(trainer, ds, plan, counts).max_live, settings_for(trainer, ds, plan, counts).max_reuse) == \
+        (MAX_LIVE_DEFAULT, REUSE_DEFAULT)
 
 
 def test_pipelines_never_overlap_so_one_reduce_bucket_and_all_communication_exposed():
@@ -188,7 +200,8 @@ def test_headroom_below_ten_percent_is_refused():
 
 def test_12b_suggestion_for_64_x_80gb_fits_with_headroom_and_ema():
     model, plan, trainer, ds = plan_for("model=12b", "gpus=64", "gpu_mem_gb=80")
-    counts, settings = count_parameters(model), settings_for(trainer, ds, plan)
+    counts = count_parameters(model)
+    settings = settings_for(trainer, ds, plan, counts)
     assert settings.ema
     best = suggest(model, plan, counts, settings)
     assert best.pipeline * best.data_parallel == 64
@@ -199,7 +212,8 @@ def test_12b_suggestion_for_64_x_80gb_fits_with_headroom_and_ema():
 @pytest.mark.parametrize("gpus,mem", [(64, 80), (16, 40), (32, 16), (8, 80)])
 def test_suggested_launch_overrides_compose_into_a_valid_train_config(gpus, mem):
     model, plan, trainer, ds = plan_for("model=12b", f"gpus={gpus}", f"gpu_mem_gb={mem}")
-    best = suggest(model, plan, count_parameters(model), settings_for(trainer, ds, plan))
+    counts = count_parameters(model)
+    best = suggest(model, plan, counts, settings_for(trainer, ds, plan, counts))
     cfg = compose("train", ["model=12b", *launch_overrides(best).split()])
     trainer = build(TrainerConfig, cfg.trainer, "trainer")
     ds = build(DeepSpeedConfig, cfg.deepspeed, "deepspeed")
