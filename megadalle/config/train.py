@@ -86,7 +86,7 @@ class DeepSpeedConfig:
     """Pipeline stages; >1 builds a DeepSpeed PipelineModule (data-parallel degree = world size / stages)."""
     partition_method: str = "type:Block"
     """How the pipeline splits its layers: `type:<regex>` balances layers whose class name matches, or
-    `parameters` / `uniform` (DeepSpeed's methods)."""
+    `parameters` / `uniform` (DeepSpeed's methods; `parameters` counts each layer built on the meta device)."""
     overlap_comm: bool = True
     """Overlap gradient reduction with the backward (DeepSpeed's ZeRO 1, 2 and 3 optimizers; its pipeline
     engine cannot, so pipelines leave it off; under bf16 with fp32 accumulation ZeRO-1 runs DeepSpeed's

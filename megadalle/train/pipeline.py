@@ -6,7 +6,10 @@ rank constructs, or keeps, a layer it does not train. Layer i is built under see
 plain model builds its top-level layers (megadalle.models.seeding): every layout starts from the
 same weights. `partition_method="type:Block"` balances the stages by counting layers whose class
 name matches (the Transformer blocks), so the embedding and head ride along with the first and last
-stage instead of counting as a block.
+stage instead of counting as a block. `partition_method="parameters"` balances parameter counts;
+DeepSpeed counts them by building every layer on every rank, which we let it do on the meta device
+(no memory, no initialisation: at the 12B it would otherwise initialise all 12B parameters on each
+rank's CPU before training).
 
 Activation checkpointing recomputes one layer at a time in the backward, only layers the spec names
 `checkpointable` (the blocks) and with torch's non-reentrant checkpoint: DeepSpeed's default
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import functools
 
+import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -41,9 +45,14 @@ def pipeline_module(spec: PipelineSpec, ds: DeepSpeedConfig):
     """A PipelineModule over `spec.layers` with `ds.pipeline_stages` stages (call after distributed init)."""
     from deepspeed.pipe import PipelineModule
 
+    class MetaCountingPipelineModule(PipelineModule):
+        def _count_layer_params(self):  # DeepSpeed builds each layer to count its parameters
+            with torch.device("meta"):
+                return super()._count_layer_params()
+
     base = draw_base_seed()  # the plain model's first draw: same base, same per-layer weights
     layers = [seeded_spec(layer, base, i) for i, layer in enumerate(spec.layers)]
-    return PipelineModule(layers=layers, loss_fn=spec.loss_fn, num_stages=ds.pipeline_stages,
+    return MetaCountingPipelineModule(layers=layers, loss_fn=spec.loss_fn, num_stages=ds.pipeline_stages,
                           partition_method=ds.partition_method,
                           activation_checkpoint_interval=1 if spec.activation_checkpointing else 0,
                           activation_checkpoint_func=functools.partial(checkpoint, use_reentrant=False),

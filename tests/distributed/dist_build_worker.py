@@ -3,10 +3,12 @@
 `python dist_build_worker.py '{"overrides": [...], "out": "<dir>"}'` writes `<dir>/rank<N>.json`:
 each parameter's partition (ZeRO-3: the elements this rank's `ds_tensor` holds, of how many, and
 what the parameter itself holds outside a forward), the elements a freshly constructed model
-(engine.build_model, before deepspeed.initialize) holds on this rank, per-tensor statistics of the whole (gathered)
+(engine.build_model, before deepspeed.initialize) holds on this rank, the elements of the parameters engine.build
+creates by device type, per-tensor statistics of the whole (gathered)
 model, the loss of update 0 (the global mean, the same on every rank) and, under ZeRO-3, the elements still
 gathered whole after each forward of updates 0 and 1 (what DeepSpeed keeps from the forward to the backward).
 """
+import collections
 import contextlib
 import json
 import sys
@@ -37,7 +39,14 @@ def main(opts: dict) -> None:
     if ds.pipeline_stages == 1:
         constructed = sum(p.numel() for p in engine.build_model(task, ds, config).parameters())
         rng.seed_all(int(cfg.seed))
+    registered = collections.Counter()  # elements of the parameters engine.build creates, by device type
+
+    def count(module, name, param):
+        registered[param.device.type] += param.numel()
+
+    hook = torch.nn.modules.module.register_module_parameter_registration_hook(count)
     built = engine.build(task, trainer, ds, env.world_size)
+    hook.remove()
     params = dict(built.model.named_parameters())
     partitioned = all(hasattr(p, "ds_tensor") for p in params.values())
     shares = {name: [p.ds_tensor.numel(), p.ds_numel, p.numel()] for name, p in params.items()} if partitioned else {}
@@ -55,6 +64,7 @@ def main(opts: dict) -> None:
     if partitioned:
         runner.update(1)
     record = {"shares": shares, "stats": stats, "loss": loss, "constructed": constructed, "gathered": gathered,
+              "registered": registered,
               "engine_params": sum(p.numel() for p in built.engine.module.parameters())}
     (Path(opts["out"]) / f"rank{env.rank}.json").write_text(json.dumps(record))
 

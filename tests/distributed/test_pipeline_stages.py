@@ -17,10 +17,13 @@ OVERRIDES = ["model=tiny", "data=synthetic", "trainer=tiny", "trainer.micro_batc
 
 
 @pytest.mark.distributed
-def test_each_stage_holds_only_its_layers_at_the_plain_init(tmp_path):
-    launch.run(2, {"overrides": OVERRIDES, "out": str(tmp_path)}, tmp_path / "logs", script="dist_build_worker.py")
+@pytest.mark.parametrize("partition", ["type:Block", "parameters"])
+def test_each_stage_builds_and_holds_only_its_layers_at_the_plain_init(tmp_path, partition):
+    """`parameters` makes DeepSpeed build every layer to count it: on the meta device, so still nothing real."""
+    overrides = [*OVERRIDES, f"deepspeed.partition_method={partition}"]
+    launch.run(2, {"overrides": overrides, "out": str(tmp_path)}, tmp_path / "logs", script="dist_build_worker.py")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    cfg = compose("train", OVERRIDES)
+    cfg = compose("train", overrides)
     torch.manual_seed(7)  # what the trainer's rng.seed_all(seed) does to torch before building
     plain = dict(Transformer(build(TransformerConfig, cfg.model, "model")).named_parameters())
 
@@ -30,6 +33,8 @@ def test_each_stage_holds_only_its_layers_at_the_plain_init(tmp_path):
     for rank, held in zip(ranks, names):
         share = sum(plain[n].numel() for n in held)
         assert rank["engine_params"] == share < sum(p.numel() for p in plain.values())
+        counted = sum(p.numel() for p in plain.values()) if partition == "parameters" else 0
+        assert rank["registered"] == {"cpu": share, **({"meta": counted} if counted else {})}
         for name in held:
             mean, std, numel = rank["stats"][name]
             assert numel == plain[name].numel()
