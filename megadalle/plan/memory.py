@@ -9,10 +9,10 @@ scale rehearsal (benchmarks/scale_rehearsal.py, which measures the same quantiti
 - the EMA: fp32, sharded like the optimizer state (each rank averages what it owns: 4 B / dp);
 - DeepSpeed's buffers: the gradient-reduction buckets (reduce_bucket_size elements, two of them with
   overlap_comm), and under ZeRO-3 the parameters gathered at once (below) and the small parameters it
-  never partitions (numel <= stage3_param_persistence_threshold). ZeRO-2/3 also flatten what they reduce into a new
-  tensor (stage_1_and_2's `allreduce_bucket`, stage3's `reduce_scatter_coalesced`): one bucket, or one
-  tensor larger than the bucket, which they reduce alone and whose gradient waits whole meanwhile
-  (`waiting_gradient`);
+  never partitions (numel <= stage3_param_persistence_threshold). ZeRO-2/3 also flatten what they
+  reduce into a new tensor (stage_1_and_2's `allreduce_bucket`, stage3's `reduce_scatter_coalesced`):
+  one bucket, or one tensor larger than the bucket, which they reduce alone and whose gradient waits
+  whole meanwhile (`waiting_gradient`);
 - ZeRO-3's gathered parameters: the module being run (up to the largest tensor) and what DeepSpeed keeps
   beside it. Its prefetcher gathers up to stage3_prefetch_bucket_size more elements at every submodule
   call, so it runs ahead until stage3_max_live_parameters are gathered, and a parameter whose next use

@@ -53,10 +53,10 @@ def pipeline_module(spec: PipelineSpec, ds: DeepSpeedConfig):
     base = draw_base_seed()  # the plain model's first draw: same base, same per-layer weights
     layers = [seeded_spec(layer, base, i) for i, layer in enumerate(spec.layers)]
     return MetaCountingPipelineModule(layers=layers, loss_fn=spec.loss_fn, num_stages=ds.pipeline_stages,
-                          partition_method=ds.partition_method,
-                          activation_checkpoint_interval=1 if spec.activation_checkpointing else 0,
-                          activation_checkpoint_func=functools.partial(checkpoint, use_reentrant=False),
-                          checkpointable_layers=list(spec.checkpointable))
+                                      partition_method=ds.partition_method,
+                                      activation_checkpoint_interval=1 if spec.activation_checkpointing else 0,
+                                      activation_checkpoint_func=functools.partial(checkpoint, use_reentrant=False),
+                                      checkpointable_layers=list(spec.checkpointable))
 
 
 def stage_view(module: nn.Module, layer_names: list[str]) -> nn.Module:
