@@ -36,6 +36,15 @@ def ring_seconds(volume: float, ranks: int, plan: PlanConfig) -> float:
     return volume * (ranks - 1) / ranks / bandwidth
 
 
+def gathers(counts: Counts, layout: Layout, settings: Settings) -> int:
+    """All-gathers of the weights per ZeRO-3 micro-batch: forward and backward, and a third for the
+    recomputation unless a block stays gathered from its recomputation to its backward. A parameter's
+    next use there lies at most two blocks' parameters ahead in DeepSpeed's trace (the rest of the block
+    recomputed, then its backward), which train's default window (stage3_max_reuse_distance of two
+    blocks) and DeepSpeed's 1e9 at the 12B both cover."""
+    return 3 if layout.checkpointing and settings.max_reuse < 2 * counts.block else 2
+
+
 def step_time(cfg: TransformerConfig, counts: Counts, plan: PlanConfig, layout: Layout, settings: Settings) -> StepTime:
     """Seconds per optimizer step: compute at the assumed MFU plus the communication overlap leaves exposed."""
     prec, dp, pp = settings.precision, layout.data_parallel, layout.pipeline
@@ -48,8 +57,8 @@ def step_time(cfg: TransformerConfig, counts: Counts, plan: PlanConfig, layout: 
     p = stage_parameters(counts, cfg, pp, 0, layout.partition)
     reduce = ring_seconds(prec.grad * p, dp, plan)
     gather = ring_seconds(prec.weight * p, dp, plan)
-    if layout.zero >= 3:  # gather for forward, backward (and recompute); reduce-scatter every micro-batch
-        comm = layout.grad_accum * ((3 if layout.checkpointing else 2) * gather + reduce)
+    if layout.zero >= 3:  # gather for forward and backward, reduce-scatter, every micro-batch
+        comm = layout.grad_accum * (gathers(counts, layout, settings) * gather + reduce)
     elif layout.zero == 2:  # reduce-scatter every micro-batch, all-gather of the updated weights once
         comm = layout.grad_accum * reduce + gather
     else:  # reduce once per step at the boundary (all-reduce below ZeRO-1), all-gather once

@@ -163,7 +163,13 @@ def test_step_time_communication_per_zero_stage_and_overlap():
     assert two.comm == pytest.approx(4 * reduce + gather)
     assert two.exposed == pytest.approx(max(two.comm - two.compute * 2 / 3, 0))
     three = step_time(model, counts, plan, Layout(1, 16, 3, 1, True, 4), overlapped)
-    assert three.comm == pytest.approx(4 * (3 * gather + reduce)) and three.compute == pytest.approx(one.compute * 4 / 3)
+    # forward and backward: a block stays gathered from its recomputation to its backward
+    assert three.comm == pytest.approx(4 * (2 * gather + reduce)) and three.compute == pytest.approx(one.compute * 4 / 3)
+    short = dataclasses.replace(overlapped, max_reuse=2 * counts.block - 1)  # recomputed, released, gathered again
+    assert step_time(model, counts, plan, Layout(1, 16, 3, 1, True, 4), short).comm == \
+        pytest.approx(4 * (3 * gather + reduce))
+    assert step_time(model, counts, plan, Layout(1, 16, 3, 1, False, 4), short).comm == \
+        pytest.approx(4 * (2 * gather + reduce))
 
 
 def test_settings_follow_the_train_config_and_deepspeed_extra():
