@@ -2,7 +2,8 @@
 
 Every stage runs through the same function its verb runs (compose the verb's config, call the
 stage), so the demo exercises exactly what users run: prepare -> tokenizer -> train-dvae ->
-encode -> train-clip -> train -> export -> generate with CLIP rerank. At the end it draws the
+encode -> train-clip (on the dVAE's reconstructions, what it will rerank) -> train -> export ->
+generate with CLIP rerank. At the end it draws the
 held-out captions (colour, shape and position combinations never shown in training, the
 generalisation DALL-E is about) and a few training captions, writes their grids, and judges the
 samples with a pixel check that no model took part in (demo_judge.py). The headline is the
@@ -53,15 +54,12 @@ def trainer_overrides(steps: int, batch: int, lr: float) -> list[str]:
 
 def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
     """Draw the training scenes' images, shard them (prepare) and train the BPE tokenizer; returns both paths."""
-    from megadalle.config.data import PrepareConfig, TokenizerConfig
-    from megadalle.data.prepare import prepare
+    from megadalle.config.data import TokenizerConfig
     from megadalle.data.tokenizer import train_tokenizer
 
     train, _ = split_scenes(d.holdout, seed)
     write_dataset(out / "raw", train, d.per_scene, d.image_size, seed)
-    cfg = compose("prepare", [f"input={out / 'raw'}", f"output={out / 'shards'}", f"image_size={d.image_size}",
-                              "format=png", f"min_side={d.image_size}"])
-    print(prepare(build(PrepareConfig, top_level(cfg, PrepareConfig), "")).text())
+    prepare_folder(out / "raw", out / "shards", d.image_size)
     cfg = compose("tokenizer", [f"input={out / 'shards'}", f"output={out / 'tokenizer.model'}",
                                 f"vocab_size={d.vocab_size}"])
     tc = build(TokenizerConfig, top_level(cfg, TokenizerConfig), "")
@@ -69,6 +67,17 @@ def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
                     tc.byte_fallback, tc.seed)
     check_captions_fit(out / "tokenizer.model", d.text_len)
     return out / "shards", out / "tokenizer.model"
+
+
+def prepare_folder(raw: Path, shards: Path, image_size: int) -> Path:
+    """`megadalle prepare` of a folder of PNGs and captions into shards at the demo's image size."""
+    from megadalle.config.data import PrepareConfig
+    from megadalle.data.prepare import prepare
+
+    cfg = compose("prepare", [f"input={raw}", f"output={shards}", f"image_size={image_size}", "format=png",
+                              f"min_side={image_size}"])
+    print(prepare(build(PrepareConfig, top_level(cfg, PrepareConfig), "")).text())
+    return shards
 
 
 def check_captions_fit(tokenizer: Path, text_len: int) -> None:
@@ -96,7 +105,9 @@ def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, extra: tuple[str, ..
 
 
 def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab: int, timer: Timer) -> None:
-    """dVAE, encode, CLIP and Transformer; writes dvae/clip/model.safetensors beside tokenizer.model in `out`."""
+    """dVAE, encode, CLIP (on the dVAE's reconstructions unless `d.clip_on_reconstructions` is off) and
+    Transformer; writes dvae/clip/model.safetensors beside tokenizer.model in `out`."""
+    from megadalle.demo_recon import reconstruct_folder
     from megadalle.encode import encode_shards
     from megadalle.export import export
     from megadalle.models.dvae import load_dvae
@@ -112,8 +123,13 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     encode_shards(dvae, shards, out / "tokens", batch_size=128)
     timer("encode", began)
     began = time.perf_counter()
+    clip_shards = shards
+    if d.clip_on_reconstructions:
+        recon = reconstruct_folder(dvae, out / "raw", out / "raw_reconstructed")
+        clip_shards = prepare_folder(recon, out / "shards_reconstructed", d.image_size)
     train_clip(compose("train-clip", ["clip=tiny", f"clip.image_size={d.image_size}", f"clip.text_vocab={vocab}",
-                                      f"clip.text_len={d.text_len}", f"data.shards={shards}", f"tokenizer={tokenizer}",
+                                      f"clip.text_len={d.text_len}", f"data.shards={clip_shards}",
+                                      f"tokenizer={tokenizer}",
                                       f"weights={out / 'clip.safetensors'}", f"run_dir={out / 'runs/clip'}",
                                       *trainer_overrides(d.clip_steps, d.clip_batch, d.clip_lr)]))
     timer("train-clip", began)
