@@ -1,6 +1,7 @@
 """One rank that builds the tiny Transformer through engine.build under a layout and records it.
 
-`python dist_build_worker.py '{"overrides": [...], "out": "<dir>"}'` writes `<dir>/rank<N>.json`:
+`python dist_build_worker.py '{"overrides": [...], "out": "<dir>"}'` (with `"verb": "train-clip"`: CLIP, built
+and recorded but not trained) writes `<dir>/rank<N>.json`:
 each parameter's partition (ZeRO-3: the elements this rank's `ds_tensor` holds, of how many, and
 what the parameter itself holds outside a forward), the elements a freshly constructed model
 (engine.build_model, before deepspeed.initialize) holds on this rank, the elements of the parameters engine.build
@@ -23,15 +24,17 @@ from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import distributed, engine, rng
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import DataPart
+from megadalle.train.clip import task_from_config as clip_task_from_config
 from megadalle.train.transformer import task_from_config
 
 
 def main(opts: dict) -> None:
-    cfg = compose("train", opts["overrides"])
+    verb = opts.get("verb", "train")  # or train-clip: built and recorded, not trained (it would need shards)
+    cfg = compose(verb, opts["overrides"])
     env = distributed.detect()
     distributed.init(env)
     rng.seed_all(int(cfg.seed))
-    task = task_from_config(cfg)
+    task = task_from_config(cfg) if verb == "train" else clip_task_from_config(cfg)
     trainer = build(TrainerConfig, cfg.trainer, "trainer")
     ds = build(DeepSpeedConfig, cfg.deepspeed, "deepspeed")
     config = engine.ds_config(trainer, ds, env.world_size, engine.training_dtype(trainer.precision))
@@ -53,16 +56,17 @@ def main(opts: dict) -> None:
     gather = deepspeed.zero.GatheredParameters(list(params.values())) if partitioned else contextlib.nullcontext()
     with gather, torch.no_grad():
         stats = {name: [p.float().mean().item(), p.float().std().item(), p.numel()] for name, p in params.items()}
-    gathered = []
-    if partitioned:
+    gathered, loss = [], None
+    if partitioned and verb == "train":
         def count_gathered(*_):
             gathered.append(sum(p.numel() for p in params.values() if p.ds_status.name != "NOT_AVAILABLE"))
         built.engine.module.register_forward_hook(count_gathered)  # after DeepSpeed's own release hook
-    part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
-    runner = StepRunner(task, built, part, 0)
-    loss = runner.update(0)["loss"]
-    if partitioned:
-        runner.update(1)
+    if verb == "train":
+        part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
+        runner = StepRunner(task, built, part, 0)
+        loss = runner.update(0)["loss"]
+        if partitioned:
+            runner.update(1)
     record = {"shares": shares, "stats": stats, "loss": loss, "constructed": constructed, "gathered": gathered,
               "registered": registered,
               "engine_params": sum(p.numel() for p in built.engine.module.parameters())}

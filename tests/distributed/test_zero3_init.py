@@ -80,3 +80,27 @@ def test_forward_keeps_at_most_the_window_gathered(runs):
     for rank in runs["zero3 deepspeed defaults"]:
         assert rank["gathered"][0] == 0, "the first forward records the trace and releases all"
         assert max(rank["gathered"][1:]) == counts.total, "DeepSpeed's defaults hold the whole model"
+
+
+@pytest.mark.distributed
+def test_clip_is_built_partitioned_with_the_plain_statistics(tmp_path_factory):
+    common = ["clip=tiny", "data.shards=unused", "tokenizer=unused", "trainer=tiny", "logger=none", *PARTITION]
+    runs = {}
+    for layout in ("zero1", "zero3"):
+        out = tmp_path_factory.mktemp(f"clip-{layout}")
+        launch.run(2, {"verb": "train-clip", "overrides": [*common, f"deepspeed={layout}"], "out": str(out)},
+                   out / "logs", script="dist_build_worker.py")
+        runs[layout] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    whole = sum(n for _, _, n in runs["zero1"][0]["stats"].values())
+    assert [rank["constructed"] for rank in runs["zero3"]] == [0, 0], "zero.Init partitions while constructing"
+    assert runs["zero1"][0]["constructed"] == whole
+    for rank in runs["zero3"]:
+        for name, (held, total, materialised) in rank["shares"].items():
+            assert held == math.ceil(total / 2) and materialised == 0, (name, held, total, materialised)
+    plain, zero3 = runs["zero1"][0]["stats"], runs["zero3"][0]["stats"]
+    assert plain.keys() == zero3.keys()
+    for name, (mean, std, numel) in plain.items():
+        assert zero3[name][2] == numel
+        assert zero3[name][0] == pytest.approx(mean, abs=2e-3), name
+        if numel > 1:  # logit_scale is one element: no spread
+            assert zero3[name][1] == pytest.approx(std, rel=1e-2, abs=1e-6), name
