@@ -116,6 +116,11 @@ class DeepSpeedConfig:
     mapping updates the mapping it meets key by key (`{zero_optimization: {stage3_max_live_parameters: N}}`
     keeps the stage), any other value replaces."""
 
+    def zero3_window(self, block_numel: int) -> int | None:
+        """Elements of ZeRO-3's window for blocks of `block_numel` parameters (None: DeepSpeed's defaults).
+        train sets it (train/engine.py) and plan predicts with it (plan/settings.py)."""
+        return int(self.zero3_window_blocks * block_numel) if self.zero3_window_blocks else None
+
     def validate(self, where: str = "deepspeed") -> None:
         check(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", self.zero_stage, "must be 0, 1, 2 or 3")
         check(self.pipeline_stages >= 1, f"{where}.pipeline_stages", self.pipeline_stages, "must be >= 1")

@@ -41,7 +41,7 @@ def settings_for(trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig, 
     """The Settings `train` would run with: its precision rule, EMA, DeepSpeed's buckets and ZeRO-3's
     window of `ds.zero3_window_blocks` blocks (train/engine.py's zero3_window; extra included)."""
     zero = ds.extra.get("zero_optimization", {})
-    window = int(ds.zero3_window_blocks * counts.block) if ds.zero3_window_blocks else None
+    window = ds.zero3_window(counts.block)
     precision = {"fp32": FP32, "bf16": BF16}.get(trainer.precision, BF16 if plan.device == "gpu" else FP32)
     if precision is BF16 and ds.grad_accum_dtype != "fp32":
         precision = dataclasses.replace(BF16, grad=2)

@@ -124,9 +124,9 @@ def zero3_window(config: dict, ds: DeepSpeedConfig, model: nn.Module) -> dict:
     prefetcher has passed is not released (partitioned_param_coordinator.py, `__params_to_release`). With
     the default cap of 1e9 a rank of a 151M model held every parameter gathered from the forward to the
     backward: ZeRO-3 measured 0.96x ZeRO-1's memory (benchmarks/RESULTS.md)."""
-    if ds.zero_stage != 3 or not ds.zero3_window_blocks:
+    window = ds.zero3_window(block_numel(model)) if ds.zero_stage == 3 else None
+    if window is None:
         return config
-    window = int(ds.zero3_window_blocks * block_numel(model))
     zero = {"stage3_max_live_parameters": window, "stage3_max_reuse_distance": window}
     return deep_merge(deep_merge(config, {"zero_optimization": zero}), ds.extra)
 
