@@ -22,9 +22,9 @@ from megadalle.config import build
 from megadalle.config.compose import compose
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import distributed, engine, rng
+from megadalle.train.clip import task_from_config as clip_task_from_config
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import DataPart
-from megadalle.train.clip import task_from_config as clip_task_from_config
 from megadalle.train.transformer import task_from_config
 
 
@@ -57,11 +57,11 @@ def main(opts: dict) -> None:
     with gather, torch.no_grad():
         stats = {name: [p.float().mean().item(), p.float().std().item(), p.numel()] for name, p in params.items()}
     gathered, loss = [], None
-    if partitioned and verb == "train":
-        def count_gathered(*_):
-            gathered.append(sum(p.numel() for p in params.values() if p.ds_status.name != "NOT_AVAILABLE"))
-        built.engine.module.register_forward_hook(count_gathered)  # after DeepSpeed's own release hook
     if verb == "train":
+        if partitioned:
+            def count_gathered(*_):
+                gathered.append(sum(p.numel() for p in params.values() if p.ds_status.name != "NOT_AVAILABLE"))
+            built.engine.module.register_forward_hook(count_gathered)  # after DeepSpeed's own release hook
         part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
         runner = StepRunner(task, built, part, 0)
         loss = runner.update(0)["loss"]
