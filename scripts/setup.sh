@@ -42,15 +42,18 @@ if [ "$device" = gpu ]; then
     say "GPU found: installing megadalle with pip's default (CUDA) torch"
     "${PIP[@]}" install -q -e "$target"
 else
-    if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-        say "torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') already installed"
-    else
-        index=()
-        if "$VENV/bin/python" - "$TORCH_CPU_INDEX/" <<'EOF' 2>/dev/null; then
+    # the CPU index serves torch, and the torchvision that the dev extra's open_clip needs, built for the CPU
+    index=()
+    if "$VENV/bin/python" - "$TORCH_CPU_INDEX/" <<'EOF' 2>/dev/null; then
 import sys, urllib.request
 urllib.request.urlopen(sys.argv[1], timeout=5)
 EOF
-            index=(--extra-index-url "$TORCH_CPU_INDEX")
+        index=(--extra-index-url "$TORCH_CPU_INDEX")
+    fi
+    if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+        say "torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') already installed"
+    else
+        if [ ${#index[@]} -gt 0 ]; then
             say "installing torch's CPU wheel from $TORCH_CPU_INDEX"
         else
             say "$TORCH_CPU_INDEX does not answer: taking torch's CPU wheel from pip's configured sources"
@@ -68,7 +71,7 @@ EOF
         "${PIP[@]}" install -q -c "$CONSTRAINTS" "${index[@]}" torch
     fi
     say "installing megadalle${EXTRAS:+[$EXTRAS]} (editable) into $VENV"
-    "${PIP[@]}" install -q -c "$CONSTRAINTS" -e "$target"
+    "${PIP[@]}" install -q -c "$CONSTRAINTS" "${index[@]}" -e "$target"
 fi
 case ",$EXTRAS," in
     *,dev,*)
