@@ -24,7 +24,8 @@ pages go back to the system and the high-water marks count what the ranks hold, 
 models. By default glibc raises that threshold after the first large free (up to 32 MiB), and from
 then on keeps freed blocks below it in its heap: ZeRO-3, which gathers and frees every block's
 tensors at each use, then looks 25-40% larger than what it holds once those tensors fall under 32 MiB
-(d_model 1024: 12.6 MB each). `--glibc-default` measures with glibc's own behaviour instead.
+(d_model 1024: 12.6 MB each). `--glibc-default` measures with glibc's own behaviour instead. Either way
+the ranks turn the trainer's `keep_freed_memory` off, so glibc runs as the environment says.
 Modes run one after another; before each, the memory the plan predicts for
 its 4 ranks must be available (MemAvailable), so a shared machine is never pushed into the OOM killer.
 Prints a table and writes JSON.
@@ -32,6 +33,7 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -139,6 +141,7 @@ def worker(opts: dict) -> None:
     probe = Probe(proc_field("/proc/self/status", "VmRSS"))
     cfg = run_config(opts["mode"], opts["model"], opts["ema"], opts["run_dir"])
     _, trainer, ds = typed(cfg)
+    trainer = dataclasses.replace(trainer, keep_freed_memory=False)  # glibc as the environment sets it (see above)
     run = RunOptions(run_dir=cfg.run_dir, resume="never", config=OmegaConf.to_container(cfg, resolve=True),
                      task_factory=FACTORY)
     train(task_from_config(cfg), trainer, ds, build(LoggerConfig, cfg.logger, "logger"), run, [probe])

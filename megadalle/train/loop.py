@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
-from megadalle.train import checkpoint, distributed, engine as engine_lib, media, rng, rundir, universal
+from megadalle.train import checkpoint, cpu_malloc, distributed, engine as engine_lib, media, rng, rundir, universal
 from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
@@ -94,6 +94,8 @@ class Trainer:
         self.layout = Layout(dp_world, ds.pipeline_stages, ds.zero_stage,
                              global_batch=trainer.micro_batch * trainer.grad_accum * dp_world)
         chosen, universal_dir = self._choose_checkpoint(run)
+        if trainer.keep_freed_memory and not torch.cuda.is_available():
+            cpu_malloc.keep_freed_memory()
         rng.seed_all(run.seed)  # identical initial weights on every rank
         self.built = engine_lib.build(task, trainer, universal.loading_config(ds) if universal_dir else ds,
                                       self.env.world_size)
