@@ -2,6 +2,8 @@
 the other layouts beside it and the suggested one."""
 from __future__ import annotations
 
+import dataclasses
+
 from omegaconf import DictConfig
 
 from megadalle.config import build, top_level
@@ -45,6 +47,7 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
         f"this config ({plan.gpus} ranks, {settings.precision.name}, EMA {'on' if settings.ema else 'off'}): "
         f"{describe(layout)}",
         memory_header(plan), memory_row("as configured", mem, fits),
+        *stage0_hint(model, counts, plan, layout, settings, mem),
         f"  construction peak (before the first step): "
         f"{construction_bytes(model, counts, layout, settings, plan.device) / GB:.2f} GB",
         f"  step: {t.total:.2f} s = compute {t.compute:.2f} s + exposed communication {t.exposed:.2f} s "
@@ -54,6 +57,19 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
         f"{plan.checkpoint_write_gbps:g} GB/s submit with sbatch --signal=B:USR1@{lead}",
         f"  export (streaming, bf16): peak {export_bytes(counts) / GB:.2f} GB",
     ]
+
+
+def stage0_hint(model: TransformerConfig, counts: Counts, plan: PlanConfig, layout: Layout, settings: Settings,
+                mem: Memory) -> list[str]:
+    """ZeRO-1 or 2 over a single data-parallel rank (a pipeline whose stages fill the world, or one process)
+    shards nothing and keeps a master copy and reduction buffers besides: the memory of stage 0, where
+    DeepSpeed allows it (not bf16 accumulated in fp32)."""
+    if layout.data_parallel != 1 or layout.zero not in (1, 2) or (settings.precision.name == "bf16"
+                                                                   and settings.precision.grad == 4):
+        return []
+    alone = memory_per_rank(model, counts, dataclasses.replace(layout, zero=0), settings, plan.device)
+    return [f"  one data-parallel rank: ZeRO-{layout.zero} shards nothing here; deepspeed.zero_stage=0 needs "
+            f"{alone.total / GB:.2f} GB per rank ({(mem.total - alone.total) / GB:.2f} GB less)"]
 
 
 def report(model: TransformerConfig, plan: PlanConfig, trainer: TrainerConfig, ds: DeepSpeedConfig) -> str:

@@ -241,6 +241,22 @@ def test_cli_cpu_mode_predicts_host_memory_without_a_suggestion(capsys):
     assert "host memory per rank above the baseline" in out and "suggested layout" not in out
 
 
+@pytest.mark.parametrize("overrides, hinted", [
+    (["device=cpu", "gpus=4", "deepspeed.pipeline_stages=4"], True),  # fp32, one data-parallel rank
+    (["device=cpu", "gpus=4", "deepspeed.pipeline_stages=2"], False),  # dp 2: ZeRO-1 shards the optimizer
+    (["device=cpu", "gpus=4", "deepspeed.pipeline_stages=4", "deepspeed.zero_stage=0"], False),
+    (["gpus=4", "deepspeed.pipeline_stages=4"], False),  # bf16 accumulated in fp32 needs ZeRO >= 1
+    (["gpus=4", "deepspeed.pipeline_stages=4", "deepspeed.grad_accum_dtype=bf16"], True)])
+def test_one_data_parallel_rank_is_told_what_stage_0_would_hold(overrides, hinted, capsys):
+    assert main(["plan", "model=tiny", "deepspeed=pipe", "trainer.ema=null", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert ("ZeRO-1 shards nothing here; deepspeed.zero_stage=0 needs" in out) == hinted
+    if hinted:  # the figure is the prediction for stage 0 itself
+        alone = main(["plan", "model=tiny", "deepspeed=pipe", "trainer.ema=null", *overrides, "deepspeed.zero_stage=0"])
+        total = capsys.readouterr().out.split("as configured")[1].split()[7]
+        assert alone == 0 and f"needs {total} GB per rank" in out
+
+
 def test_impossible_request_is_refused_with_a_reason(capsys):
     assert main(["plan", "model=12b", "gpus=2", "gpu_mem_gb=16"]) == 1
     out = capsys.readouterr().out
