@@ -7,7 +7,7 @@ from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.plan.counts import Counts, stage_parameters
 from megadalle.plan.layout import Layout
-from megadalle.plan.precision import GB
+from megadalle.plan.precision import GB, master_bytes
 from megadalle.plan.settings import Settings
 
 
@@ -18,7 +18,7 @@ def checkpoint_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, set
     first data-parallel rank of each stage writes the stage's weights as well.
     """
     prec, dp = settings.precision, layout.data_parallel
-    per_param = prec.master + prec.adam + (4 if settings.ema else 0)
+    per_param = master_bytes(prec, layout.zero) + prec.adam + (4 if settings.ema else 0)
     owned = [stage_parameters(counts, cfg, layout.pipeline, s, layout.partition) for s in range(layout.pipeline)]
     weights = [0.0 if layout.zero >= 3 else prec.weight * p for p in owned]
     busiest = max(per_param * p / dp + w for p, w in zip(owned, weights))

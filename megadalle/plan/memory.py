@@ -35,7 +35,7 @@ from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.plan.counts import BY_BLOCK, Counts, stage_largest, stage_layers, stage_parameters, waiting_gradient
 from megadalle.plan.layout import Layout
-from megadalle.plan.precision import GB, Precision
+from megadalle.plan.precision import GB, Precision, master_bytes
 from megadalle.plan.settings import Settings, overlaps
 
 ACT_BYTES_PER_ELEMENT_LAYER_16BIT = 34
@@ -103,8 +103,7 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
     if zero >= 2:  # no pipeline here: DeepSpeed runs pipelines on ZeRO-1 only
         buffers += prec.grad * min(max(settings.reduce_bucket, counts.largest), p)
         grads += prec.grad * waiting_gradient(counts, settings.reduce_bucket)
-    master = 0 if zero == 0 and prec.name == "fp32" else prec.master  # stage 0 in fp32: torch's optimizer alone
-    optimizer = (master + prec.adam) * p / (dp if zero >= 1 else 1)
+    optimizer = (master_bytes(prec, zero) + prec.adam) * p / (dp if zero >= 1 else 1)
     ema = 4 * p / dp if settings.ema else 0.0
     layers = stage_layers(counts, cfg, layout.pipeline, stage, layout.partition)
     in_flight = min(layout.pipeline - stage, layout.grad_accum) if layout.pipeline > 1 else 1
@@ -146,8 +145,10 @@ def construction_bytes(cfg: TransformerConfig, counts: Counts, layout: Layout, s
     m = stage_memory(cfg, counts, layout, settings, 0, device)
     p, dp = stage_parameters(counts, cfg, layout.pipeline, 0, layout.partition), layout.data_parallel
     transient = settings.precision.weight * counts.largest * gather_copies(device) if layout.zero >= 3 else 0.0
-    master = settings.precision.master * p / (dp if layout.zero >= 1 else 1) if layout.zero >= 1 else 0.0
-    built = m.weights + master + 4 * p / dp + m.ema + transient + m.runtime
+    shards = dp if layout.zero >= 1 else 1
+    master = master_bytes(settings.precision, layout.zero) * p / shards
+    grad_partition = 4 * p / shards if master else 0.0  # fp32 stage 0 steps the weights with their own gradients
+    built = m.weights + master + grad_partition + m.ema + transient + m.runtime
     if layout.zero not in (1, 2):
         return built
     larger_group = max(counts.matrices, counts.total - counts.matrices)

@@ -21,3 +21,9 @@ class Precision:
 
 BF16 = Precision("bf16", weight=2, grad=4, master=4, adam=8, act=2)
 FP32 = Precision("fp32", weight=4, grad=4, master=4, adam=8, act=4)
+
+
+def master_bytes(precision: Precision, zero: int) -> int:
+    """Bytes per parameter of the fp32 master weights: none at ZeRO stage 0 in fp32, where torch's optimizer
+    steps the weights themselves (DeepSpeed keeps no copy); bf16 at stage 0 keeps one (its BF16_Optimizer)."""
+    return 0 if zero == 0 and precision.name == "fp32" else precision.master
