@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from megadalle.config.data import DataConfig
@@ -190,9 +191,10 @@ class StepLoader:
         stream = _Steps(self, step)
         if self.num_workers == 0:
             batches = iter(stream)
-        else:
+        else:  # its own generator: see `worker_seeds`
             batches = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                                      prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory))
+                                      prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
+                                      generator=worker_seeds(self.seed, step)))
         for got, micro in batches:
             if got != self.step:
                 raise RuntimeError(f"data loader produced step {got} where step {self.step} was due")
@@ -250,6 +252,18 @@ def token_loader(root: str | Path, global_batch: int, tokenizer, text_len: int, 
                  **kwargs) -> StepLoader:
     """Token batches dict(text=LongTensor[b, text_len], image=LongTensor[b, H*W]), with a data.tokenizer.Tokenizer."""
     return StepLoader(root, global_batch, TokenBatches(tokenizer, text_len, bpe_dropout), **kwargs)
+
+
+def worker_seeds(seed: int, step: int) -> torch.Generator:
+    """The generator a DataLoader draws its workers' base seed from, when it starts at `step`.
+
+    Without one, DataLoader draws that seed from torch's global generator when its iterator starts: one
+    draw at step 0 in an uninterrupted run, one at step N after a resume has restored the generator, so
+    every random number the training takes after it (the dVAE's Gumbel noise, dropout) came out
+    different from the uninterrupted run's, and the run's outcome depended on num_workers. The samples
+    themselves never used the workers' seeds (each one is seeded by its position, batches.sample_rng).
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 def loader_from_config(cfg: DataConfig, global_batch: int, seed: int, *, text_len: int | None = None,

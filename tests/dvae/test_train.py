@@ -1,5 +1,9 @@
 """dVAE training: the objective learns (a large drop of the reconstruction NLL), and `train-dvae` runs
 through the generic trainer with checkpoints, resume, media and exported weights."""
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,6 +53,27 @@ def test_train_dvae_runs_through_the_trainer_resumes_and_exports(tmp_path, image
     assert main(["train-dvae", *overrides, "trainer.steps=6"]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_00000006"
+
+
+def test_loader_workers_leave_the_training_random_stream_alone_so_resumes_are_exact(tmp_path, image_shards):
+    """The dVAE's Gumbel noise comes from torch's global generator, from which DataLoader used to draw its
+    workers' seed when it started: at step 0 in one run, after the restored state in a resumed one."""
+    def losses(run: Path, workers: int) -> list[float]:
+        train_dvae(compose("train-dvae", [f"data.shards={image_shards}", f"data.num_workers={workers}", "dvae=tiny",
+                                          "dvae.n_hid=16", "trainer.steps=4", "trainer.micro_batch=4",
+                                          "trainer.checkpoint_every=2", "trainer.log_every=1", "logger=none",
+                                          f"run_dir={run}"]))
+        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    uninterrupted = losses(tmp_path / "a", workers=1)
+    assert losses(tmp_path / "b", workers=0) == uninterrupted
+    resumed = tmp_path / "c"  # run a, as if killed after its step-2 checkpoint
+    shutil.copytree(tmp_path / "a", resumed)
+    (resumed / "run.json").write_text((resumed / "run.json").read_text().replace(str(tmp_path / "a"), str(resumed)))
+    shutil.rmtree(resumed / "checkpoints" / "step_00000004")
+    (resumed / "checkpoints" / "latest").write_text("step_00000002\n")
+    (resumed / "metrics.jsonl").write_text("")
+    assert losses(resumed, workers=1) == uninterrupted[2:]
 
 
 def test_task_reports_codebook_use_and_logs_a_reconstruction_grid(image_shards):
