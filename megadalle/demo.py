@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -104,10 +105,25 @@ def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, extra: tuple[str, ..
         *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr), *extra]))
 
 
-def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab: int, timer: Timer) -> None:
-    """dVAE, encode, CLIP (on the dVAE's reconstructions unless `d.clip_on_reconstructions` is off) and
-    Transformer; writes dvae/clip/model.safetensors beside tokenizer.model in `out`."""
+def clip_training_shards(d: DemoConfig, dvae, out: Path, shards: Path) -> Path:
+    """Shards of what CLIP trains on (`d.clip_images`): the training images' own `shards`, or shards of the
+    dVAE's reconstructions of them under `out/clip_images/reconstructed`, with a copy of the originals
+    beside them for `both` (prepare reads the folder recursively)."""
     from megadalle.demo_recon import reconstruct_folder
+
+    if d.clip_images == "original":
+        return shards
+    folder = out / "clip_images"
+    shutil.rmtree(folder, ignore_errors=True)
+    reconstruct_folder(dvae, out / "raw", folder / "reconstructed")
+    if d.clip_images == "both":
+        shutil.copytree(out / "raw", folder / "original")
+    return prepare_folder(folder, out / "shards_clip", d.image_size)
+
+
+def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab: int, timer: Timer) -> None:
+    """dVAE, encode, CLIP (on what `d.clip_images` says) and Transformer; writes dvae/clip/model.safetensors
+    beside tokenizer.model in `out`."""
     from megadalle.encode import encode_shards
     from megadalle.export import export
     from megadalle.models.dvae import load_dvae
@@ -123,10 +139,7 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     encode_shards(dvae, shards, out / "tokens", batch_size=128)
     timer("encode", began)
     began = time.perf_counter()
-    clip_shards = shards
-    if d.clip_on_reconstructions:
-        recon = reconstruct_folder(dvae, out / "raw", out / "raw_reconstructed")
-        clip_shards = prepare_folder(recon, out / "shards_reconstructed", d.image_size)
+    clip_shards = clip_training_shards(d, dvae, out, shards)
     train_clip(compose("train-clip", ["clip=tiny", f"clip.image_size={d.image_size}", f"clip.text_vocab={vocab}",
                                       f"clip.text_len={d.text_len}", f"data.shards={clip_shards}",
                                       f"tokenizer={tokenizer}",
