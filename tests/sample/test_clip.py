@@ -1,4 +1,6 @@
 """CLIP: shapes, the learned temperature, config errors, and the 2-rank loss equal to the 1-process loss."""
+import os
+
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -66,6 +68,10 @@ def _rank(rank: int, world: int, rendezvous: str, out: str):
         torch.save({"loss": total / world, "grads": grads / world}, out)
     dist.barrier()
     dist.destroy_process_group()
+    # Leave without C++ static destructors: twice in CI (2026-12-03) a rank aborted after this point with
+    # 'terminate called without an active exception', a thread of torch's still joinable at exit. The
+    # result is already written and both ranks passed the barrier, so nothing is lost by skipping them.
+    os._exit(0)
 
 
 @pytest.mark.distributed
