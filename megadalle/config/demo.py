@@ -85,7 +85,7 @@ class DemoConfig:
         check(0 < self.top_p <= 1, f"{where}.top_p", self.top_p, "must be in (0, 1]")
         check(self.temperature > 0, f"{where}.temperature", self.temperature, "must be positive")
         check(self.clip_images in CLIP_IMAGES, f"{where}.clip_images", self.clip_images,
-              f"must be one of {', '.join(CLIP_IMAGES)}")
+              f"expected one of {CLIP_IMAGES}")
         check(self.dvae_groups >= 1, f"{where}.dvae_groups", self.dvae_groups, "must be positive")
         down = 2 ** (self.dvae_groups - 1)
         check(self.image_size % down == 0, f"{where}.image_size", self.image_size,
