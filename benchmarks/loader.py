@@ -85,6 +85,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/loader.json")
     args = ap.parse_args()
     w, h = (int(x) for x in args.source_size.split("x"))
+    if min(w, h) < PrepareConfig.min_side:
+        ap.error(f"--source-size {args.source_size}: prepare skips images whose short side is under "
+                 f"data.min_side={PrepareConfig.min_side}, so nothing would be left to load")
     n, size, cores = args.images - args.images % args.batch, args.image_size, os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

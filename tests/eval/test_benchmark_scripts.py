@@ -1,0 +1,58 @@
+"""The benchmarks that no other test ran, each at a toy size, so that none of them rots unnoticed.
+
+Each script runs as a user runs it (a fresh interpreter, its own arguments) and must write its JSON with
+every figure it names. The sizes are chosen for seconds, not for meaningful numbers. Covered elsewhere:
+attention.py and gpu.sh (tests/kernels/test_benchmark.py, which runs sampling.py and train_step.py
+through gpu.sh --cpu-check), compare_plain.py, learning_check.py, scale_rehearsal.py; sampling_defaults.py
+needs a finished demo and runs on the fast demo in tests/e2e/test_demo.py.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str, out: Path) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def rates_positive(rates: dict) -> bool:
+    return all(r["wall"] > 0 and r["cpu"] > 0 for r in rates.values())
+
+
+def test_loader_benchmark(tmp_path):
+    # Sources of 96x72: prepare skips images whose short side is under data.min_side (64).
+    report = run_benchmark("loader.py", "--images", "8", "--source-size", "96x72", "--image-size", "32",
+                           "--batch", "4", out=tmp_path / "loader.json")
+    assert set(report["one_process"]) == {"prepare", "image loader", "image loader, resize to S/2",
+                                          "token loader (BPE dropout 0.1)"}
+    assert rates_positive(report["one_process"]) and report["prepare_parallel"]["samples_per_s"] > 0
+
+
+def test_index_benchmark(tmp_path):
+    report = run_benchmark("index.py", "--images", "8", "--image-size", "32", "--per-shard", "4",
+                           out=tmp_path / "index.json")
+    assert set(report["one_process"]) == {"index (every image decoded)", "index decode=false"}
+    assert rates_positive(report["one_process"])
+
+
+def test_export_memory_benchmark(tmp_path):
+    report = run_benchmark("export_memory.py", "--d-model", "64", "--layers", "4", out=tmp_path / "export.json")
+    assert report["bf16_bytes"] == 2 * report["params"]
+    assert [row["shards"] for row in report["rows"]] == ["one shard (5 GB limit)", "shards of 1/5 of the weights"]
+    assert all(row["anon_peak"] > 0 and row["anon_x_bf16"] > 0 for row in report["rows"])
+
+
+def test_demo_dvae_benchmark(tmp_path):
+    report = run_benchmark("demo_dvae.py", "--preset", "fast", "--check-per-scene", "1", "--output",
+                           str(tmp_path / "runs"), "--variant", "toy", "dvae_steps=3 threads=1",
+                           out=tmp_path / "demo_dvae.json")
+    (row,) = report["rows"]
+    assert row["variant"] == "toy" and row["images"] == 48 and row["cpu_seconds"] > 0
+    assert 0 <= row["reconstructions_kept"] <= 1 and 0 < row["codes_in_use"] <= 1
