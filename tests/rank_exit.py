@@ -9,13 +9,12 @@ destructors (os._exit) loses nothing and makes the exit status the test's, not t
 import os
 import sys
 
-import torch.distributed as dist
+from megadalle.train.distributed import shutdown
 
 
 def leave_process_group() -> None:
-    """Barrier, destroy the default group, flush, and exit 0 without running interpreter teardown."""
-    dist.barrier()
-    dist.destroy_process_group()
+    """The trainer's own `shutdown` (barrier, then destroy the group), a flush, and exit 0 without teardown."""
+    shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

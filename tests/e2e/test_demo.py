@@ -5,14 +5,13 @@ import contextlib
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from megadalle.config.compose import compose
 from megadalle.demo import run
+from tests.benchmark_run import run_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +49,13 @@ def test_fast_demo_produces_grids_the_dvae_check_and_the_accuracy_line(fast_demo
 
 def test_sampling_defaults_benchmark_on_the_fast_demo(fast_demo, tmp_path):
     out, _ = fast_demo
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sampling_defaults.py"
-    report_path = tmp_path / "sampling_defaults.json"
-    proc = subprocess.run([sys.executable, str(script), "--demo", str(out), "--temperatures", "0.7", "--top-k", "4",
-                           "--top-p", "0.9", "--samples", "2", "--keep", "1", "--out", str(report_path)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    report = json.loads(report_path.read_text())
+    printed, report = run_benchmark("sampling_defaults.py", "--demo", str(out), "--temperatures", "0.7",
+                                    "--top-k", "4", "--top-p", "0.9", "--samples", "2", "--keep", "1",
+                                    out=tmp_path / "sampling_defaults.json")
     # One factor at a time around the full distribution: the baseline, then each setting alone.
     settings = [(r["temperature"], r["top_k"], r["top_p"]) for r in report["rows"]]
     assert settings == [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 4, 1.0), (1.0, 0, 0.9)]
     for row in report["rows"]:
         assert row["heldout"]["captions"] == 3 and row["seen"]["captions"] == 1
         assert all(0 <= row[group][k] <= 1 for group in ("heldout", "seen") for k in ("reranked", "raw"))
-    assert "| temperature | top_k | top_p |" in proc.stdout
+    assert "| temperature | top_k | top_p |" in printed

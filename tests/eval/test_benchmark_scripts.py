@@ -6,20 +6,7 @@ attention.py and gpu.sh (tests/kernels/test_benchmark.py, which runs sampling.py
 through gpu.sh --cpu-check), compare_plain.py, learning_check.py, scale_rehearsal.py; sampling_defaults.py
 needs a finished demo and runs on the fast demo in tests/e2e/test_demo.py.
 """
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def run_benchmark(script: str, *args: str, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads(out.read_text())
+from tests.benchmark_run import run_benchmark
 
 
 def rates_positive(rates: dict) -> bool:
@@ -28,7 +15,7 @@ def rates_positive(rates: dict) -> bool:
 
 def test_loader_benchmark(tmp_path):
     # Sources of 96x72: prepare skips images whose short side is under data.min_side (64).
-    report = run_benchmark("loader.py", "--images", "8", "--source-size", "96x72", "--image-size", "32",
+    _, report = run_benchmark("loader.py", "--images", "8", "--source-size", "96x72", "--image-size", "32",
                            "--batch", "4", out=tmp_path / "loader.json")
     assert set(report["one_process"]) == {"prepare", "image loader", "image loader, resize to S/2",
                                           "token loader (BPE dropout 0.1)"}
@@ -36,21 +23,21 @@ def test_loader_benchmark(tmp_path):
 
 
 def test_index_benchmark(tmp_path):
-    report = run_benchmark("index.py", "--images", "8", "--image-size", "32", "--per-shard", "4",
+    _, report = run_benchmark("index.py", "--images", "8", "--image-size", "32", "--per-shard", "4",
                            out=tmp_path / "index.json")
     assert set(report["one_process"]) == {"index (every image decoded)", "index decode=false"}
     assert rates_positive(report["one_process"])
 
 
 def test_export_memory_benchmark(tmp_path):
-    report = run_benchmark("export_memory.py", "--d-model", "64", "--layers", "4", out=tmp_path / "export.json")
+    _, report = run_benchmark("export_memory.py", "--d-model", "64", "--layers", "4", out=tmp_path / "export.json")
     assert report["bf16_bytes"] == 2 * report["params"]
     assert [row["shards"] for row in report["rows"]] == ["one shard (5 GB limit)", "shards of 1/5 of the weights"]
     assert all(row["anon_peak"] > 0 and row["anon_x_bf16"] > 0 for row in report["rows"])
 
 
 def test_demo_dvae_benchmark(tmp_path):
-    report = run_benchmark("demo_dvae.py", "--preset", "fast", "--check-per-scene", "1", "--output",
+    _, report = run_benchmark("demo_dvae.py", "--preset", "fast", "--check-per-scene", "1", "--output",
                            str(tmp_path / "runs"), "--variant", "toy", "dvae_steps=3 threads=1",
                            out=tmp_path / "demo_dvae.json")
     (row,) = report["rows"]
