@@ -62,6 +62,10 @@ class DVAEConfig:
     """Codebook size: the encoder's logits per grid cell, the Transformer's image vocabulary."""
     n_init: int = 128
     """Channels of the decoder's first 1x1 conv, which acts as the code embedding."""
+    decoder_min_width: int = 0
+    """Floor on the width of each decoder group (otherwise n_hid * 2**(n_groups-1-g), narrowest at full
+    resolution). 0 = the paper's layout. A small dVAE draws its last, full-resolution group with only n_hid
+    channels; the tiny one keeps shapes better with a floor (conf/dvae/tiny.yaml)."""
     eps: float = 0.1
     """Pixels are mapped into (eps, 1 - eps) so the logit-Laplace's logit stays finite."""
     objective: DVAEObjective = field(default_factory=DVAEObjective)
@@ -84,6 +88,8 @@ class DVAEConfig:
         check(self.image_size % self.downsample == 0, f"{where}.image_size", self.image_size,
               f"must be divisible by 2**(n_groups-1) = {self.downsample}")
         check(self.n_hid % 4 == 0, f"{where}.n_hid", self.n_hid, "must be divisible by 4 (bottleneck width n/4)")
+        check(self.decoder_min_width >= 0 and self.decoder_min_width % 4 == 0, f"{where}.decoder_min_width",
+              self.decoder_min_width, "must be 0 (off) or a positive multiple of 4 (bottleneck width n/4)")
         check(0.0 < self.eps < 0.5, f"{where}.eps", self.eps, "must be in (0, 0.5)")
         self.objective.validate(f"{where}.objective")
 

@@ -94,7 +94,7 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
-        widths = [cfg.n_hid * 2 ** (cfg.n_groups - 1 - g) for g in range(cfg.n_groups)]
+        widths = [max(cfg.n_hid * 2 ** (cfg.n_groups - 1 - g), cfg.decoder_min_width) for g in range(cfg.n_groups)]
         self.embedding = conv(cfg.vocab_size, cfg.n_init, 1)
         self.net = nn.Sequential(
             _groups(cfg, widths, cfg.n_init, lambda: nn.Upsample(scale_factor=2, mode="nearest"), decoder=True),

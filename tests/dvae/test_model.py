@@ -58,3 +58,33 @@ def test_decode_codes_rejects_out_of_range_codes():
     model = DVAE(TINY)
     with pytest.raises(ValueError, match="max 64"):
         model.decode_codes(torch.full((1, 8, 8), 64))
+
+
+def decoder_widths(model: DVAE) -> list[int]:
+    return [b.res[-1].out_channels for b in model.decoder.modules() if isinstance(b, Bottleneck)]
+
+
+def test_decoder_min_width_floors_only_the_narrow_decoder_groups_and_survives_save_and_load(tmp_path):
+    from dataclasses import asdict, replace
+
+    from megadalle.models.dvae import load_dvae
+    from megadalle.weights import save_weights
+
+    assert decoder_widths(DVAE(TINY)) == [64, 32, 16]
+    floored = replace(TINY, decoder_min_width=32)
+    model = DVAE(floored)
+    assert decoder_widths(model) == [64, 32, 32]
+    assert [b.res[-1].out_channels for b in model.encoder.modules() if isinstance(b, Bottleneck)] == [16, 32, 64]
+    assert model.decode_codes(torch.randint(0, 64, (2, 8, 8))).shape == (2, 3, 32, 32)
+    save_weights(tmp_path / "dvae.safetensors", model.state_dict(), "dvae", asdict(floored))
+    assert decoder_widths(load_dvae(tmp_path / "dvae.safetensors")) == [64, 32, 32]
+
+
+@pytest.mark.parametrize("value", [-4, 30])
+def test_decoder_min_width_refuses_values_the_bottleneck_cannot_split(value):
+    from dataclasses import replace
+
+    from megadalle.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"dvae.decoder_min_width={value}: must be 0"):
+        replace(TINY, decoder_min_width=value).validate()
