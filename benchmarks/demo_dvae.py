@@ -4,7 +4,8 @@
 
 Each variant is the demo's dVAE stage (megadalle.demo.train_demo_dvae: train-dvae through the
 trainer, data loading included) with overrides: a `demo.*` field name (dvae_steps, dvae_batch,
-dvae_lr, threads) changes the demo's config, anything else goes to train-dvae as a hydra override.
+dvae_lr, threads) changes the demo's config, anything else (dvae.KEY=VALUE) goes to train-dvae through
+`demo.dvae_overrides`.
 The demo's data set is drawn once in --output and shared. Each trained dVAE is judged as the demo
 judges it (megadalle.demo_recon.check_dvae): reconstructions that keep colour, shape and position,
 codes in use, perplexity. Variants run one after the other; on a shared machine run two calls at
@@ -66,10 +67,11 @@ def main() -> None:
     rows = []
     for name, text in args.variant:
         demo, extra = split_overrides(text)
-        d = dataclasses.replace(base, **demo)
+        d = dataclasses.replace(base, **demo, dvae_overrides=list(extra))
+        d.validate()
         torch.set_num_threads(d.threads or os.cpu_count())
         load_before, began, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
-        weights = train_demo_dvae(d, out / name, out / "shards", extra)
+        weights = train_demo_dvae(d, out / name, out / "shards")
         seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu
         check = check_dvae(load_dvae(weights), d.image_size, args.check_per_scene, seed=1)
         rows.append({"variant": name, "overrides": text, "seconds": seconds, "cpu_seconds": cpu_seconds, "load_before": load_before,

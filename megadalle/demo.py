@@ -93,8 +93,8 @@ def check_captions_fit(tokenizer: Path, text_len: int) -> None:
                          f"tokenizer; set demo.text_len={need} or more")
 
 
-def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, extra: tuple[str, ...] = ()) -> Path:
-    """The demo's dVAE stage (train-dvae with dvae=tiny); `extra` overrides are for experiments."""
+def train_demo_dvae(d: DemoConfig, out: Path, shards: Path) -> Path:
+    """The demo's dVAE stage: train-dvae with dvae=tiny, then `d.dvae_overrides`."""
     from megadalle.train.dvae import train_dvae
 
     return train_dvae(compose("train-dvae", [
@@ -102,7 +102,7 @@ def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, extra: tuple[str, ..
         f"dvae.objective.tau_anneal_steps={d.dvae_steps}",
         f"dvae.objective.kl_warmup_steps={max(1, d.dvae_steps // 15)}", f"data.shards={shards}",
         f"weights={out / 'dvae.safetensors'}", f"run_dir={out / 'runs/dvae'}",
-        *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr), *extra]))
+        *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr), *d.dvae_overrides]))
 
 
 def clip_training_shards(d: DemoConfig, dvae, out: Path, shards: Path) -> Path:

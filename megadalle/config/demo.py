@@ -1,7 +1,7 @@
 """`megadalle demo`'s sizes (conf/demo/{full,fast}.yaml): data set, step counts and sampling of every stage."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from megadalle.config import check
 from megadalle.demo_data import MAX_HOLDOUT
@@ -35,6 +35,10 @@ class DemoConfig:
     """At 2e-3, 2 of 5 seeds' codebooks collapsed mid-run (every cell's posterior one code, KL = ln K) and one
     never recovered; at 1e-3 none of 5 did, and 82% of reconstructions were kept against 66% on average
     (benchmarks/RESULTS.md, Demo: "The dVAE's learning rate and dead-code revival")."""
+    dvae_overrides: list[str] = field(default_factory=list)
+    """More `dvae.KEY=VALUE` overrides for the demo's train-dvae on top of `dvae=tiny`, to try a variant in the
+    whole demo, e.g. "demo.dvae_overrides=['dvae.decoder_min_width=128']" (benchmarks/RESULTS.md, Demo: "A
+    wider decoder"). The demo sets the dVAE's size, schedules, data and trainer itself."""
     clip_steps: int = 1000
     """CLIP updates of 64 pairs (with clip_images=both, ~13 passes over its 4,800 pairs). Scoring the same
     samples of six seeds' demo models, CLIP ranked those the judge passes above the others with an AUC of
@@ -86,6 +90,9 @@ class DemoConfig:
         check(self.temperature > 0, f"{where}.temperature", self.temperature, "must be positive")
         check(self.clip_images in CLIP_IMAGES, f"{where}.clip_images", self.clip_images,
               f"expected one of {CLIP_IMAGES}")
+        for i, item in enumerate(self.dvae_overrides):
+            check(item.startswith("dvae.") and "=" in item, f"{where}.dvae_overrides[{i}]", item,
+                  "must be a dvae.KEY=VALUE override")
         check(self.dvae_groups >= 1, f"{where}.dvae_groups", self.dvae_groups, "must be positive")
         down = 2 ** (self.dvae_groups - 1)
         check(self.image_size % down == 0, f"{where}.image_size", self.image_size,

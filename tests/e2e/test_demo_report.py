@@ -67,3 +67,18 @@ def test_demo_config_rejects_bad_holdout_and_sampling_values():
                          ("clip_images", "recon")):
         with pytest.raises(UserError, match=f"demo.{field}"):
             build(DemoConfig, {field: value}, "demo")
+
+
+def test_dvae_overrides_reach_the_demos_train_dvae_and_anything_else_is_refused(tmp_path, monkeypatch):
+    import megadalle.train.dvae as train_dvae_module
+    from megadalle.config import ConfigError
+    from megadalle.config.demo import DemoConfig
+
+    seen = {}
+    monkeypatch.setattr(train_dvae_module, "train_dvae", lambda cfg: seen.setdefault("cfg", cfg))
+    d = build(DemoConfig, compose("demo", ["demo=fast", "demo.dvae_overrides=['dvae.decoder_min_width=128']"]).demo,
+              "demo")
+    demo.train_demo_dvae(d, tmp_path, tmp_path / "shards")
+    assert seen["cfg"].dvae.decoder_min_width == 128 and seen["cfg"].dvae.n_hid == 64  # on top of dvae=tiny
+    with pytest.raises(ConfigError, match=r"demo.dvae_overrides\[0\]='data.shards=/elsewhere': must be a dvae"):
+        build(DemoConfig, compose("demo", ["demo.dvae_overrides=['data.shards=/elsewhere']"]).demo, "demo")

@@ -6,6 +6,8 @@ attention.py and gpu.sh (tests/kernels/test_benchmark.py, which runs sampling.py
 through gpu.sh --cpu-check), compare_plain.py, learning_check.py, scale_rehearsal.py; sampling_defaults.py
 needs a finished demo and runs on the fast demo in tests/e2e/test_demo.py.
 """
+import json
+
 from tests.benchmark_run import run_benchmark
 
 
@@ -38,8 +40,9 @@ def test_export_memory_benchmark(tmp_path):
 
 def test_demo_dvae_benchmark(tmp_path):
     _, report = run_benchmark("demo_dvae.py", "--preset", "fast", "--check-per-scene", "1", "--output",
-                           str(tmp_path / "runs"), "--variant", "toy", "dvae_steps=3 threads=1",
+                           str(tmp_path / "runs"), "--variant", "toy", "dvae_steps=3 threads=1 dvae.decoder_min_width=128",
                            out=tmp_path / "demo_dvae.json")
     (row,) = report["rows"]
     assert row["variant"] == "toy" and row["images"] == 48 and row["cpu_seconds"] > 0
     assert 0 <= row["reconstructions_kept"] <= 1 and 0 < row["codes_in_use"] <= 1
+    assert json.loads((tmp_path / "runs" / "toy" / "dvae.json").read_text())["config"]["decoder_min_width"] == 128
