@@ -4,8 +4,8 @@
 
 Each variant is the demo's dVAE stage (megadalle.demo.train_demo_dvae: train-dvae through the
 trainer, data loading included) with overrides: a `demo.*` field name (dvae_steps, dvae_batch,
-dvae_lr, threads) changes the demo's config, anything else (dvae.KEY=VALUE) goes to train-dvae through
-`demo.dvae_overrides`.
+dvae_lr, threads) changes the demo's config, anything else (dvae.KEY=VALUE, seed=S) goes to train-dvae
+through `demo.dvae_overrides`.
 The demo's data set is drawn once in --output and shared. Each trained dVAE is judged as the demo
 judges it (megadalle.demo_recon.check_dvae): reconstructions that keep colour, shape and position,
 codes in use, perplexity. Variants run one after the other; on a shared machine run two calls at

@@ -7,6 +7,7 @@ from megadalle.config import check
 from megadalle.demo_data import MAX_HOLDOUT
 
 CLIP_IMAGES = ("original", "reconstructed", "both")
+DEMO_DVAE_PATHS = ("data.shards", "weights", "run_dir")
 
 
 @dataclass
@@ -36,9 +37,10 @@ class DemoConfig:
     never recovered; at 1e-3 none of 5 did, and 82% of reconstructions were kept against 66% on average
     (benchmarks/RESULTS.md, Demo: "The dVAE's learning rate and dead-code revival")."""
     dvae_overrides: list[str] = field(default_factory=list)
-    """More `dvae.KEY=VALUE` overrides for the demo's train-dvae on top of `dvae=tiny`, to try a variant in the
-    whole demo, e.g. "demo.dvae_overrides=['dvae.decoder_min_width=128']" (benchmarks/RESULTS.md, Demo: "A
-    wider decoder"). The demo sets the dVAE's size, schedules, data and trainer itself."""
+    """train-dvae overrides applied after the demo's own (`dvae=tiny`, its size, schedules and trainer), to try
+    a variant in the whole demo, e.g. "demo.dvae_overrides=['dvae.decoder_min_width=128']" (benchmarks/
+    RESULTS.md, Demo: "A wider decoder"), or `seed=` for another initialisation. Where the stage reads and
+    writes (data.shards, weights, run_dir) stays the demo's."""
     clip_steps: int = 1000
     """CLIP updates of 64 pairs (with clip_images=both, ~13 passes over its 4,800 pairs). Scoring the same
     samples of six seeds' demo models, CLIP ranked those the judge passes above the others with an AUC of
@@ -91,8 +93,10 @@ class DemoConfig:
         check(self.clip_images in CLIP_IMAGES, f"{where}.clip_images", self.clip_images,
               f"expected one of {CLIP_IMAGES}")
         for i, item in enumerate(self.dvae_overrides):
-            check(item.startswith("dvae.") and "=" in item, f"{where}.dvae_overrides[{i}]", item,
-                  "must be a dvae.KEY=VALUE override")
+            key = item.split("=", 1)[0]
+            check("=" in item, f"{where}.dvae_overrides[{i}]", item, "must be a KEY=VALUE override")
+            check(key not in DEMO_DVAE_PATHS, f"{where}.dvae_overrides[{i}]", item,
+                  f"the demo sets {key} itself (its output folder)")
         check(self.dvae_groups >= 1, f"{where}.dvae_groups", self.dvae_groups, "must be positive")
         down = 2 ** (self.dvae_groups - 1)
         check(self.image_size % down == 0, f"{where}.image_size", self.image_size,

@@ -69,16 +69,19 @@ def test_demo_config_rejects_bad_holdout_and_sampling_values():
             build(DemoConfig, {field: value}, "demo")
 
 
-def test_dvae_overrides_reach_the_demos_train_dvae_and_anything_else_is_refused(tmp_path, monkeypatch):
+def test_dvae_overrides_reach_the_demos_train_dvae_and_its_paths_stay_the_demos(tmp_path, monkeypatch):
     import megadalle.train.dvae as train_dvae_module
     from megadalle.config import ConfigError
     from megadalle.config.demo import DemoConfig
 
     seen = {}
     monkeypatch.setattr(train_dvae_module, "train_dvae", lambda cfg: seen.setdefault("cfg", cfg))
-    d = build(DemoConfig, compose("demo", ["demo=fast", "demo.dvae_overrides=['dvae.decoder_min_width=128']"]).demo,
+    d = build(DemoConfig, compose("demo", ["demo=fast", "demo.dvae_overrides=['dvae.decoder_min_width=128','seed=3']"]).demo,
               "demo")
     demo.train_demo_dvae(d, tmp_path, tmp_path / "shards")
     assert seen["cfg"].dvae.decoder_min_width == 128 and seen["cfg"].dvae.n_hid == 64  # on top of dvae=tiny
-    with pytest.raises(ConfigError, match=r"demo.dvae_overrides\[0\]='data.shards=/elsewhere': must be a dvae"):
-        build(DemoConfig, compose("demo", ["demo.dvae_overrides=['data.shards=/elsewhere']"]).demo, "demo")
+    assert seen["cfg"].seed == 3
+    with pytest.raises(ConfigError, match=r"demo.dvae_overrides\[1\]='data.shards=/elsewhere': the demo sets"):
+        build(DemoConfig, compose("demo", ["demo.dvae_overrides=['seed=3','data.shards=/elsewhere']"]).demo, "demo")
+    with pytest.raises(ConfigError, match=r"demo.dvae_overrides\[0\]='dvae.n_hid': must be a KEY=VALUE"):
+        build(DemoConfig, compose("demo", ["demo.dvae_overrides=[dvae.n_hid]"]).demo, "demo")

@@ -40,7 +40,7 @@ def test_export_memory_benchmark(tmp_path):
 
 def test_demo_dvae_benchmark(tmp_path):
     _, report = run_benchmark("demo_dvae.py", "--preset", "fast", "--check-per-scene", "1", "--output",
-                           str(tmp_path / "runs"), "--variant", "toy", "dvae_steps=3 threads=1 dvae.decoder_min_width=128",
+                           str(tmp_path / "runs"), "--variant", "toy", "dvae_steps=3 threads=1 seed=1 dvae.decoder_min_width=128",
                            out=tmp_path / "demo_dvae.json")
     (row,) = report["rows"]
     assert row["variant"] == "toy" and row["images"] == 48 and row["cpu_seconds"] > 0
