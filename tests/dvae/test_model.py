@@ -60,8 +60,9 @@ def test_decode_codes_rejects_out_of_range_codes():
         model.decode_codes(torch.full((1, 8, 8), 64))
 
 
-def decoder_widths(model: DVAE) -> list[int]:
-    return [b.res[-1].out_channels for b in model.decoder.modules() if isinstance(b, Bottleneck)]
+def block_widths(part: torch.nn.Module) -> list[int]:
+    """Output channels of each bottleneck block of the encoder or decoder, in order."""
+    return [b.res[-1].out_channels for b in part.modules() if isinstance(b, Bottleneck)]
 
 
 def test_decoder_min_width_floors_only_the_narrow_decoder_groups_and_survives_save_and_load(tmp_path):
@@ -70,14 +71,14 @@ def test_decoder_min_width_floors_only_the_narrow_decoder_groups_and_survives_sa
     from megadalle.models.dvae import load_dvae
     from megadalle.weights import save_weights
 
-    assert decoder_widths(DVAE(TINY)) == [64, 32, 16]
+    assert block_widths(DVAE(TINY).decoder) == [64, 32, 16]
     floored = replace(TINY, decoder_min_width=32)
     model = DVAE(floored)
-    assert decoder_widths(model) == [64, 32, 32]
-    assert [b.res[-1].out_channels for b in model.encoder.modules() if isinstance(b, Bottleneck)] == [16, 32, 64]
+    assert block_widths(model.decoder) == [64, 32, 32]
+    assert block_widths(model.encoder) == [16, 32, 64]
     assert model.decode_codes(torch.randint(0, 64, (2, 8, 8))).shape == (2, 3, 32, 32)
     save_weights(tmp_path / "dvae.safetensors", model.state_dict(), "dvae", asdict(floored))
-    assert decoder_widths(load_dvae(tmp_path / "dvae.safetensors")) == [64, 32, 32]
+    assert block_widths(load_dvae(tmp_path / "dvae.safetensors").decoder) == [64, 32, 32]
 
 
 @pytest.mark.parametrize("value", [-4, 30])

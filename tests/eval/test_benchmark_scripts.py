@@ -18,7 +18,7 @@ def rates_positive(rates: dict) -> bool:
 def test_loader_benchmark(tmp_path):
     # Sources of 96x72: prepare skips images whose short side is under data.min_side (64).
     _, report = run_benchmark("loader.py", "--images", "8", "--source-size", "96x72", "--image-size", "32",
-                           "--batch", "4", out=tmp_path / "loader.json")
+                              "--batch", "4", out=tmp_path / "loader.json")
     assert set(report["one_process"]) == {"prepare", "image loader", "image loader, resize to S/2",
                                           "token loader (BPE dropout 0.1)"}
     assert rates_positive(report["one_process"]) and report["prepare_parallel"]["samples_per_s"] > 0
@@ -26,7 +26,7 @@ def test_loader_benchmark(tmp_path):
 
 def test_index_benchmark(tmp_path):
     _, report = run_benchmark("index.py", "--images", "8", "--image-size", "32", "--per-shard", "4",
-                           out=tmp_path / "index.json")
+                              out=tmp_path / "index.json")
     assert set(report["one_process"]) == {"index (every image decoded)", "index decode=false"}
     assert rates_positive(report["one_process"])
 
@@ -40,8 +40,8 @@ def test_export_memory_benchmark(tmp_path):
 
 def test_demo_dvae_benchmark(tmp_path):
     _, report = run_benchmark("demo_dvae.py", "--preset", "fast", "--check-per-scene", "1", "--output",
-                           str(tmp_path / "runs"), "--variant", "toy", "dvae_steps=3 threads=1 seed=1 dvae.decoder_min_width=128",
-                           out=tmp_path / "demo_dvae.json")
+                              str(tmp_path / "runs"), "--variant", "toy",
+                              "dvae_steps=3 threads=1 seed=1 dvae.decoder_min_width=128", out=tmp_path / "demo_dvae.json")
     (row,) = report["rows"]
     assert row["variant"] == "toy" and row["images"] == 48 and row["cpu_seconds"] > 0
     assert 0 <= row["reconstructions_kept"] <= 1 and 0 < row["codes_in_use"] <= 1
