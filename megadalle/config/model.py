@@ -43,6 +43,10 @@ class TransformerConfig:
     """Recompute each block's activations in the backward instead of storing them."""
     attention_backend: str = "auto"
     """`auto` takes the Triton kernel on CUDA and the reference path elsewhere; the others force one."""
+    vocab_chunk: int = 0
+    """Most rows of a vocabulary table (each token embedding, each segment of the output matrix) in one
+    parameter; 0 keeps every table whole. ZeRO-3 gathers and reduces a parameter whole, so tables cut into
+    pieces no larger than a block's matrices are never held whole at once (names then end in `pieces.N`)."""
 
     @property
     def grid_len(self) -> int:
@@ -75,6 +79,7 @@ class TransformerConfig:
             check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
         check(self.text_loss_weight + self.image_loss_weight > 0, f"{where}.image_loss_weight",
               self.image_loss_weight, "text and image loss weights cannot both be zero")
+        check(self.vocab_chunk >= 0, f"{where}.vocab_chunk", self.vocab_chunk, "must be 0 (whole tables) or positive")
         check(self.attention_backend in ATTENTION_BACKENDS, f"{where}.attention_backend",
               self.attention_backend, f"expected one of {ATTENTION_BACKENDS}")
 

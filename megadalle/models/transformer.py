@@ -10,17 +10,14 @@ predicts the first image token, and image positions predict the next image token
 image position predicts nothing. Pads are embedded by a learned vector per text position (the
 paper's trick: the model can tell how long the caption was) and are never loss targets.
 
-Initialisation (GPT-2's: N(0, 0.02), residual output projections N(0, 0.02 / sqrt(2 * n_layers)),
-norms at identity, biases zero) happens inside the __init__ of the module that owns each parameter.
-DeepSpeed's ZeRO-3 construction (`deepspeed.zero.Init`) partitions a module's parameters as soon as
-its __init__ returns, so an init applied afterwards from the top would touch empty shards and
-silently leave the defaults; per-module init gives the partitioned model the same weights. Each
+Initialisation is GPT-2's, inside the __init__ of the module that owns each parameter, so that
+ZeRO-3's partitioned construction gets the same weights (megadalle.models.gpt_init). The vocabulary
+tables may be cut into row pieces that ZeRO-3 gathers one at a time (megadalle.models.vocab_tables). Each
 top-level layer (embed, blocks, head) is built under its own seed (megadalle.models.seeding), so a
 pipeline stage that builds only its layers gets the same weights as the whole model.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -31,62 +28,16 @@ from torch.utils.checkpoint import checkpoint
 from megadalle.attention import MaskSpec, attend, layer_kinds
 from megadalle.config.model import TransformerConfig
 from megadalle.flops import transformer_flops_per_token
+from megadalle.models.gpt_init import Linear, normal_table, residual_std
 from megadalle.models.norm import layer_norm
 from megadalle.models.seeding import draw_base_seed, layer_seed
+from megadalle.models.vocab_tables import output_matrix, token_embedding
 
 
 def mask_specs(cfg: TransformerConfig) -> list[MaskSpec]:
     """Each layer's mask, from the configured pattern."""
     kinds = layer_kinds(cfg.n_layers, cfg.attention_pattern, cfg.last_layer_attention)
     return [MaskSpec(kind, cfg.text_len, cfg.grid_size, cfg.grid_size, cfg.conv_kernel, cfg.conv_wrap) for kind in kinds]
-
-
-INIT_STD = 0.02
-"""GPT-2's standard deviation of every weight matrix and embedding."""
-
-
-def residual_std(cfg: TransformerConfig) -> float:
-    """GPT-2's smaller init of the projections that write into the residual stream (2 per block)."""
-    return INIT_STD / math.sqrt(2 * cfg.n_layers)
-
-
-class Linear(nn.Linear):
-    """nn.Linear initialised N(0, std) with a zero bias (its own reset_parameters, see the module docstring)."""
-
-    def __init__(self, n_in: int, n_out: int, std: float = INIT_STD, bias: bool = True):
-        self.std = std
-        super().__init__(n_in, n_out, bias=bias)
-
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=self.std)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-
-class Embedding(nn.Embedding):
-    """nn.Embedding initialised N(0, 0.02) instead of N(0, 1)."""
-
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=INIT_STD)
-
-
-class RowLinear(nn.Module):
-    """A bias-free output matrix whose forward may use a slice of its rows (one segment's vocabulary).
-
-    Calling the module (not reading its `.weight` from outside) is what lets ZeRO-3's hooks gather the
-    weight before use.
-    """
-
-    def __init__(self, n_in: int, n_out: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_out, n_in).normal_(std=INIT_STD))
-
-    def forward(self, x: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
-        return F.linear(x, self.weight[rows])
-
-
-def position_table(rows: int, d: int) -> nn.Parameter:
-    return nn.Parameter(torch.empty(rows, d).normal_(std=INIT_STD))
 
 
 class Embed(nn.Module):
@@ -96,12 +47,12 @@ class Embed(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.text_tokens = Embedding(cfg.text_vocab, d)
-        self.text_pos = position_table(cfg.text_len, d)
-        self.pad = position_table(cfg.text_len, d)
-        self.image_tokens = Embedding(cfg.image_vocab, d)
-        self.image_row = position_table(cfg.grid_size, d)
-        self.image_col = position_table(cfg.grid_size, d)
+        self.text_tokens = token_embedding(cfg.text_vocab, d, cfg.vocab_chunk)
+        self.text_pos = normal_table(cfg.text_len, d)
+        self.pad = normal_table(cfg.text_len, d)
+        self.image_tokens = token_embedding(cfg.image_vocab, d, cfg.vocab_chunk)
+        self.image_row = normal_table(cfg.grid_size, d)
+        self.image_col = normal_table(cfg.grid_size, d)
 
     def text(self, text: torch.Tensor) -> torch.Tensor:
         """[B, T] ids -> [B, T, d]; a pad at position i becomes pad[i]."""
@@ -124,7 +75,7 @@ class Attention(nn.Module):
         self.spec, self.n_heads, self.head_dim = spec, cfg.n_heads, cfg.head_dim
         self.backend = cfg.attention_backend
         self.qkv = Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = Linear(cfg.d_model, cfg.d_model, std=residual_std(cfg))
+        self.proj = Linear(cfg.d_model, cfg.d_model, std=residual_std(cfg.n_layers))
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0) -> torch.Tensor:
         b, n, d = x.shape
@@ -145,7 +96,7 @@ class Block(nn.Module):
         self.ln_mlp = layer_norm(cfg.d_model)
         hidden = cfg.mlp_ratio * cfg.d_model
         self.mlp = nn.Sequential(Linear(cfg.d_model, hidden), nn.GELU(approximate="tanh"),
-                                 Linear(hidden, cfg.d_model, std=residual_std(cfg)))
+                                 Linear(hidden, cfg.d_model, std=residual_std(cfg.n_layers)))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0) -> torch.Tensor:
@@ -160,7 +111,7 @@ class Head(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.ln = layer_norm(cfg.d_model)
-        self.out = RowLinear(cfg.d_model, cfg.text_vocab + cfg.image_vocab)
+        self.out = output_matrix(cfg.d_model, [cfg.text_vocab, cfg.image_vocab], cfg.vocab_chunk)
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.out(self.ln(h), slice(None, self.cfg.text_vocab))

@@ -1,0 +1,90 @@
+"""The Transformer's vocabulary tables (token embeddings, output matrix), whole or cut into row pieces.
+
+ZeRO-3 gathers a parameter whole before its module runs, and reduces its gradient whole, so a
+vocabulary table is the largest thing a rank holds at once: the 151M rehearsal's 25M-element output
+matrix outweighs two of its blocks. Cut every `model.vocab_chunk` rows into pieces, each piece its own
+module called on its own, a table is gathered, used and released a piece at a time, and its gradient
+reduced a piece at a time. The pieces give bit-identical outputs to a whole table holding the same rows.
+With `vocab_chunk` 0 (or a table no longer than it) a table is one parameter under today's names, so
+checkpoints of whole-table models load as before.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megadalle.models.gpt_init import Embedding, normal_table
+
+
+def piece_rows(rows: int, chunk: int) -> list[int]:
+    """Rows of each piece of a `rows`-row table cut every `chunk` rows (one piece when chunk is 0)."""
+    if chunk <= 0 or rows <= chunk:
+        return [rows]
+    return [min(chunk, rows - start) for start in range(0, rows, chunk)]
+
+
+def starts(sizes: list[int]) -> list[int]:
+    return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+class EmbeddingPieces(nn.Module):
+    """A token embedding whose rows live in several pieces; ids look up the piece that holds them."""
+
+    def __init__(self, sizes: list[int], d: int):
+        super().__init__()
+        self.pieces = nn.ModuleList(Embedding(n, d) for n in sizes)
+        self.starts = starts(sizes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = None
+        for start, piece in zip(self.starts, self.pieces):
+            rows = piece((ids - start).clamp(0, piece.num_embeddings - 1))
+            inside = ((ids >= start) & (ids < start + piece.num_embeddings)).unsqueeze(-1)
+            out = rows if out is None else torch.where(inside, rows, out)
+        return out
+
+
+def token_embedding(rows: int, d: int, chunk: int) -> nn.Module:
+    """An [rows, d] token embedding: one nn.Embedding, or pieces of at most `chunk` rows."""
+    sizes = piece_rows(rows, chunk)
+    return Embedding(rows, d) if len(sizes) == 1 else EmbeddingPieces(sizes, d)
+
+
+class RowLinear(nn.Module):
+    """A bias-free output matrix whose forward may use a slice of its rows (one segment's vocabulary).
+
+    Calling the module (not reading its `.weight` from outside) is what lets ZeRO-3's hooks gather the
+    weight before use.
+    """
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = normal_table(n_out, n_in)
+
+    def forward(self, x: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        return F.linear(x, self.weight[rows])
+
+
+class RowLinearPieces(nn.Module):
+    """An output matrix in row pieces; a slice of rows must start and end at piece edges."""
+
+    def __init__(self, n_in: int, sizes: list[int]):
+        super().__init__()
+        self.pieces = nn.ModuleList(RowLinear(n_in, n) for n in sizes)
+        self.edges = [*starts(sizes), sum(sizes)]
+
+    def forward(self, x: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        first, last = rows.start or 0, self.edges[-1] if rows.stop is None else rows.stop
+        if first not in self.edges or last not in self.edges:
+            raise ValueError(f"rows {first}:{last} cut through a piece; piece edges are {self.edges}")
+        chosen = self.pieces[self.edges.index(first): self.edges.index(last)]
+        return torch.cat([piece(x) for piece in chosen], dim=-1)
+
+
+def output_matrix(n_in: int, segments: list[int], chunk: int) -> nn.Module:
+    """The output matrix over consecutive vocabularies (`segments` rows each), each cut on its own so
+    every segment's slice falls on piece edges."""
+    if chunk <= 0 or sum(segments) <= chunk:
+        return RowLinear(n_in, sum(segments))
+    return RowLinearPieces(n_in, [n for rows in segments for n in piece_rows(rows, chunk)])
