@@ -112,6 +112,13 @@ class DeepSpeedConfig:
     runs ahead to that cap. Two blocks overlap one block's gather with the previous block's compute and
     keep a block gathered from its recomputation to its backward. 0 leaves DeepSpeed's defaults;
     `extra.zero_optimization` keys override either value."""
+    zero3_sub_group_blocks: float = 1.0
+    """ZeRO-3 only: the optimizer step works through this rank's partition in sub-groups of at most this
+    many blocks' worth of elements (DeepSpeed's `sub_group_size`; a sub-group holds whole parameter
+    partitions). Each sub-group's step holds about three fp32 copies of it at once (its flattened gradient
+    and Adam's temporaries): with DeepSpeed's default of 1e12 the whole partition, which made the step
+    the peak of a ZeRO-3 rank (benchmarks/RESULTS.md). 0 leaves DeepSpeed's default;
+    `extra.zero_optimization.sub_group_size` overrides it."""
     timeout_minutes: float = 30.0
     """Timeout of the process group's collectives: a rank waiting longer for its peers fails instead of
     hanging (raise it when a step, a checkpoint save or a data-loader start can take longer)."""
@@ -125,6 +132,10 @@ class DeepSpeedConfig:
         train sets it (train/engine.py) and plan predicts with it (plan/settings.py)."""
         return int(self.zero3_window_blocks * block_numel) if self.zero3_window_blocks else None
 
+    def zero3_sub_group(self, block_numel: int) -> int | None:
+        """Elements of ZeRO-3's optimizer sub-groups (None: DeepSpeed's default), as train and plan set it."""
+        return int(self.zero3_sub_group_blocks * block_numel) if self.zero3_sub_group_blocks else None
+
     def validate(self, where: str = "deepspeed") -> None:
         check(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", self.zero_stage, "must be 0, 1, 2 or 3")
         check(self.pipeline_stages >= 1, f"{where}.pipeline_stages", self.pipeline_stages, "must be >= 1")
@@ -136,6 +147,8 @@ class DeepSpeedConfig:
                   f"expected one of {REDUCE_DTYPES}")
         check(self.zero3_window_blocks >= 0, f"{where}.zero3_window_blocks", self.zero3_window_blocks,
               "must be >= 0 (0 keeps DeepSpeed's defaults)")
+        check(self.zero3_sub_group_blocks >= 0, f"{where}.zero3_sub_group_blocks", self.zero3_sub_group_blocks,
+              "must be >= 0 (0 keeps DeepSpeed's default)")
         check(self.timeout_minutes > 0, f"{where}.timeout_minutes", self.timeout_minutes, "must be positive")
 
 

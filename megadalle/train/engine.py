@@ -115,19 +115,24 @@ def block_numel(model: nn.Module) -> int:
     return max(units or [numel([p]) for p in model.parameters()])
 
 
-def zero3_window(config: dict, ds: DeepSpeedConfig, model: nn.Module) -> dict:
+def zero3_limits(config: dict, ds: DeepSpeedConfig, model: nn.Module) -> dict:
     """`config` with ZeRO-3's gathered-parameter window sized to `ds.zero3_window_blocks` of the model's
-    blocks (what `extra` sets still wins).
+    blocks and its optimizer sub-groups to `ds.zero3_sub_group_blocks` (what `extra` sets still wins).
 
     DeepSpeed 0.19.8's prefetcher gathers up to stage3_prefetch_bucket_size more elements at every
     submodule call, capped only by stage3_max_live_parameters, and a gathered parameter whose next use the
     prefetcher has passed is not released (partitioned_param_coordinator.py, `__params_to_release`). With
     the default cap of 1e9 a rank of a 151M model held every parameter gathered from the forward to the
-    backward: ZeRO-3 measured 0.96x ZeRO-1's memory (benchmarks/RESULTS.md)."""
-    window = ds.zero3_window(block_numel(model)) if ds.zero_stage == 3 else None
-    if window is None:
+    backward: ZeRO-3 measured 0.96x ZeRO-1's memory (benchmarks/RESULTS.md). Its optimizer step flattens
+    each sub-group's gradients into a new tensor and Adam adds temporaries of the same size: with the
+    default sub-group of 1e12 elements that is about three fp32 copies of the rank's whole partition."""
+    if ds.zero_stage != 3:
         return config
-    zero = {"stage3_max_live_parameters": window, "stage3_max_reuse_distance": window}
+    block = block_numel(model)
+    window, sub_group = ds.zero3_window(block), ds.zero3_sub_group(block)
+    zero = {"stage3_max_live_parameters": window, "stage3_max_reuse_distance": window} if window else {}
+    if sub_group:
+        zero["sub_group_size"] = sub_group
     return deep_merge(deep_merge(config, {"zero_optimization": zero}), ds.extra)
 
 
@@ -186,7 +191,7 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
     else:
         model = build_model(task, ds, config)
         module = LossModule(task, model)
-        config = zero3_window(config, ds, model)
+        config = zero3_limits(config, ds, model)
     opt = optimizer(module, trainer)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule.scheduler(opt, trainer),
                                            config=config)

@@ -6,8 +6,9 @@ each parameter's partition (ZeRO-3: the elements this rank's `ds_tensor` holds, 
 what the parameter itself holds outside a forward), the elements a freshly constructed model
 (engine.build_model, before deepspeed.initialize) holds on this rank, the elements of the parameters engine.build
 creates by device type, per-tensor statistics of the whole (gathered)
-model, the loss of update 0 (the global mean, the same on every rank) and, under ZeRO-3, the elements still
-gathered whole after each forward of updates 0 and 1 (what DeepSpeed keeps from the forward to the backward).
+model, the losses of updates 0 and 1 (the global means, the same on every rank: update 1 follows the first
+optimizer step) and, under ZeRO-3, the optimizer's sub-groups and the elements still gathered whole after each
+forward of updates 0 and 1 (what DeepSpeed keeps from the forward to the backward).
 """
 import collections
 import contextlib
@@ -56,7 +57,7 @@ def main(opts: dict) -> None:
     gather = deepspeed.zero.GatheredParameters(list(params.values())) if partitioned else contextlib.nullcontext()
     with gather, torch.no_grad():
         stats = {name: [p.float().mean().item(), p.float().std().item(), p.numel()] for name, p in params.items()}
-    gathered, loss = [], None
+    gathered, losses = [], []
     if verb == "train":
         if partitioned:
             def count_gathered(*_):
@@ -64,10 +65,10 @@ def main(opts: dict) -> None:
             built.engine.module.register_forward_hook(count_gathered)  # after DeepSpeed's own release hook
         part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
         runner = StepRunner(task, built, part, 0)
-        loss = runner.update(0)["loss"]
-        if partitioned:
-            runner.update(1)
-    record = {"shares": shares, "stats": stats, "loss": loss, "constructed": constructed, "gathered": gathered,
+        losses = [runner.update(step)["loss"] for step in (0, 1)]
+    sub_groups = len(built.engine.optimizer.fp32_partitioned_groups_flat) if partitioned else None
+    record = {"shares": shares, "stats": stats, "losses": losses, "constructed": constructed, "gathered": gathered,
+              "sub_groups": sub_groups,
               "registered": registered,
               "engine_params": sum(p.numel() for p in built.engine.module.parameters())}
     (Path(opts["out"]) / f"rank{env.rank}.json").write_text(json.dumps(record))

@@ -1,5 +1,7 @@
 """ZeRO-3 builds the Transformer inside deepspeed.zero.Init: partitioned as built, initialised as plainly built,
-and between its forward and backward it keeps no more gathered than train's window of two blocks.
+between its forward and backward it keeps no more gathered than train's window of two blocks, and its optimizer
+steps in sub-groups of one block with the losses of one step over the whole partition (and of ZeRO-1). Vocabulary
+tables cut into pieces (model.vocab_chunk) train under ZeRO-3 as under ZeRO-1.
 
 DeepSpeed keeps parameters below `stage3_param_persistence_threshold` whole on every rank; the
 threshold is set to 0 here so the tiny model REALLY partitions (the default would keep all of it).
@@ -18,9 +20,13 @@ from megadalle.plan import count_parameters
 PARTITION = ["+deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0"]
 SMALL_GATHERS = ["+deepspeed.extra.zero_optimization.stage3_max_live_parameters=1000",
                  "+deepspeed.extra.zero_optimization.stage3_prefetch_bucket_size=1000"]
+PIECES = ["model.vocab_chunk=100"]
+"""The tiny model's 512 text ids in 6 pieces, its 128 image codes in 2, its output matrix in 8."""
 RUNS = {"zero1": ["deepspeed=zero1", *SMALL_GATHERS], "zero3": ["deepspeed=zero3", *SMALL_GATHERS],
-        "zero3 window": ["deepspeed=zero3"], "zero3 deepspeed defaults": ["deepspeed=zero3",
-                                                                          "deepspeed.zero3_window_blocks=0"]}
+        "zero3 window": ["deepspeed=zero3"],
+        "zero3 deepspeed defaults": ["deepspeed=zero3", "deepspeed.zero3_window_blocks=0",
+                                     "deepspeed.zero3_sub_group_blocks=0"],
+        "zero1 pieces": ["deepspeed=zero1", *PIECES], "zero3 pieces": ["deepspeed=zero3", *PIECES]}
 COMMON = ["model=tiny", "model.dropout=0", "data=synthetic", "trainer=tiny", "trainer.micro_batch=2",
           "trainer.grad_accum=2", "logger=none"]
 
@@ -72,9 +78,27 @@ def test_zero3_built_model_has_the_plain_statistics(runs):
 
 
 @pytest.mark.distributed
-def test_same_step0_loss(runs):
-    losses = {layout: [rank["loss"] for rank in ranks] for layout, ranks in runs.items()}
-    assert losses["zero3"][0] == pytest.approx(losses["zero1"][0], rel=1e-5), losses
+def test_same_losses_before_and_after_the_first_step(runs):
+    losses = {layout: ranks[0]["losses"] for layout, ranks in runs.items()}
+    for layout in ("zero3", "zero3 window", "zero3 deepspeed defaults"):
+        assert losses[layout] == pytest.approx(losses["zero1"], rel=1e-5), (layout, losses)
+    assert losses["zero3 pieces"] == pytest.approx(losses["zero1 pieces"], rel=1e-5), losses
+    assert losses["zero1"][1] != losses["zero1"][0], "update 1 must follow a real step"
+
+
+@pytest.mark.distributed
+def test_optimizer_steps_in_sub_groups_of_one_block(runs):
+    """One sub-group per parameter group (decay, no decay) with DeepSpeed's default; one block's worth of
+    elements each with train's: the same losses either way (above)."""
+    assert [rank["sub_groups"] for rank in runs["zero3 deepspeed defaults"]] == [2, 2]
+    assert all(rank["sub_groups"] > 2 for rank in runs["zero3 window"]), [r["sub_groups"] for r in runs["zero3 window"]]
+
+
+@pytest.mark.distributed
+def test_pieced_tables_are_partitioned_with_the_plain_statistics(runs):
+    check_each_rank_holds_only_its_share(runs["zero1 pieces"], runs["zero3 pieces"])
+    check_plain_statistics(runs["zero1 pieces"][0]["stats"], runs["zero3 pieces"][0]["stats"])
+    assert len([n for n in runs["zero3 pieces"][0]["shares"] if n.startswith("head.out.pieces.")]) == 8
 
 
 @pytest.mark.distributed

@@ -9,7 +9,7 @@ from megadalle.config.compose import compose
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import distributed
 from megadalle.models.transformer import Transformer
-from megadalle.train.engine import block_numel, deep_merge, ds_config, zero3_window
+from megadalle.train.engine import block_numel, deep_merge, ds_config, zero3_limits
 
 from .helpers import tiny_config
 
@@ -94,21 +94,29 @@ def test_process_group_timeout_reaches_deepspeed(monkeypatch):
     assert seen["timeout"] == timedelta(minutes=90)
 
 
-def test_zero3_window_is_two_blocks_unless_extra_or_zero_says_otherwise():
+def test_zero3_window_is_two_blocks_and_sub_groups_one_unless_extra_or_zero_says_otherwise():
     model = Transformer(tiny_config())
     block = sum(p.numel() for p in model.blocks[0].parameters())
     assert block_numel(model) == block
-    zero = zero3_window(produced(layout("zero3")), layout("zero3"), model)["zero_optimization"]
+    zero = zero3_limits(produced(layout("zero3")), layout("zero3"), model)["zero_optimization"]
     assert zero["stage"] == 3
     assert (zero["stage3_max_live_parameters"], zero["stage3_max_reuse_distance"]) == (2 * block, 2 * block)
-    ds = layout("zero3", "+deepspeed.extra.zero_optimization.stage3_max_live_parameters=1000")
-    zero = zero3_window(produced(ds), ds, model)["zero_optimization"]
-    assert (zero["stage3_max_live_parameters"], zero["stage3_max_reuse_distance"]) == (1000, 2 * block)
-    for ds in (layout("zero3", "deepspeed.zero3_window_blocks=0"), layout("zero2")):
-        assert "stage3_max_live_parameters" not in zero3_window(produced(ds), ds, model)["zero_optimization"]
+    assert zero["sub_group_size"] == block
+    ds = layout("zero3", "+deepspeed.extra.zero_optimization.stage3_max_live_parameters=1000",
+                "+deepspeed.extra.zero_optimization.sub_group_size=77")
+    zero = zero3_limits(produced(ds), ds, model)["zero_optimization"]
+    assert (zero["stage3_max_live_parameters"], zero["stage3_max_reuse_distance"], zero["sub_group_size"]) == \
+        (1000, 2 * block, 77)
+    zero = zero3_limits(produced(ds := layout("zero3", "deepspeed.zero3_sub_group_blocks=2.5")), ds, model)
+    assert zero["zero_optimization"]["sub_group_size"] == int(2.5 * block)
+    ds = layout("zero3", "deepspeed.zero3_window_blocks=0", "deepspeed.zero3_sub_group_blocks=0")
+    assert zero3_limits(produced(ds), ds, model)["zero_optimization"] == produced(ds)["zero_optimization"]
+    ds = layout("zero2")
+    assert zero3_limits(produced(ds), ds, model) == produced(ds)
     assert block_numel(torch.nn.Linear(3, 5)) == 15  # no repeated unit: the largest tensor
 
 
-def test_negative_zero3_window_is_refused_by_name():
-    with pytest.raises(ConfigError, match="zero3_window_blocks"):
-        layout("zero3", "deepspeed.zero3_window_blocks=-1")
+@pytest.mark.parametrize("key", ["zero3_window_blocks", "zero3_sub_group_blocks"])
+def test_negative_zero3_limits_are_refused_by_name(key):
+    with pytest.raises(ConfigError, match=f"deepspeed.{key}=-1"):
+        layout("zero3", f"deepspeed.{key}=-1")
