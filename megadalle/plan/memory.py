@@ -20,6 +20,11 @@ scale rehearsal (benchmarks/scale_rehearsal.py, which measures the same quantiti
   distance of the last blocks' parameters wait for their recomputation). train's default window of two
   blocks for both (`deepspeed.zero3_window_blocks`) bounds it; DeepSpeed's 1e9 holds a model under
   ~1B parameters whole;
+- ZeRO-3's optimizer step, sub-group by sub-group (sub_group_size elements of the rank's partition, plus at
+  most one parameter's partition): the sub-group's gradients flattened into a new tensor (stage3.py's
+  `_prepare_fp32_grad_for_sub_group`) and Adam's temporaries, STEP_COPIES fp32 copies in all. The step
+  comes after the backward has released its gathered parameters, activations and computed gradients, so
+  only what it holds beyond those counts (`step`): the peak is the larger of the two phases;
 - activations per micro-batch after Korthikanti et al. (2022): 34 * seq * batch * d_model bytes per
   layer at 2-byte precision with flash attention (twice that in fp32, plus the seq^2 scores and
   probabilities of the eager attention on CPU); with activation checkpointing only each layer's input
@@ -38,6 +43,10 @@ from megadalle.plan.layout import Layout
 from megadalle.plan.precision import GB, Precision, master_bytes
 from megadalle.plan.settings import Settings, overlaps
 
+STEP_COPIES = 3
+"""fp32 copies of a ZeRO-3 optimizer sub-group its step holds at once (measured on 4 CPU ranks of a 151M model:
+430 MiB above the resting state for the whole 37.75M-element partition in one sub-group, 153 MiB for
+sub-groups of 12.6M elements)."""
 ACT_BYTES_PER_ELEMENT_LAYER_16BIT = 34
 """Korthikanti et al. (2022), Table 2 without the seq^2 attention term (flash attention keeps none)."""
 
@@ -59,6 +68,8 @@ class Memory:
     ema: float
     buffers: float
     activations: float
+    step: float
+    """What ZeRO-3's optimizer step holds beyond the backward's transient tensors (0 when it holds less)."""
     runtime: float
 
     @property
@@ -90,19 +101,22 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
     weights = prec.weight * p / (dp if zero >= 3 else 1)
     bucket = min(settings.reduce_bucket, p)  # a model smaller than a bucket never fills it
     buffers = (2 if overlaps(layout, settings) else 1) * bucket * prec.grad if zero >= 1 else 0.0
+    gathered = 0.0
     if zero >= 3:
         ahead = settings.max_live if settings.prefetch_bucket else 0  # the prefetcher runs ahead to its cap
         live = min(counts.largest + max(ahead, settings.max_reuse // 2), p)
         persistent = sum(n for n in counts.numels if n <= settings.persistence)
         staged = (gather_copies(device) - 1) * counts.largest  # the largest tensor's gather, staged twice on gloo
-        buffers += prec.weight * (live + persistent + staged)
+        gathered = prec.weight * (live + staged)
+        buffers += gathered + prec.weight * persistent
     grads = prec.grad * p / (dp if zero >= 2 else 1)
     if zero == 1:  # the reduced partition, copied to fp32 for the master weights' step
         grads += 4 * p / dp
-    grads += prec.grad * stage_largest(counts, cfg, layout.pipeline, stage, layout.partition)  # computed before added
+    computed = prec.grad * stage_largest(counts, cfg, layout.pipeline, stage, layout.partition)  # before added
     if zero >= 2:  # no pipeline here: DeepSpeed runs pipelines on ZeRO-1 only
         buffers += prec.grad * min(max(settings.reduce_bucket, counts.largest), p)
-        grads += prec.grad * waiting_gradient(counts, settings.reduce_bucket)
+        computed += prec.grad * waiting_gradient(counts, settings.reduce_bucket)
+    grads += computed
     optimizer = (master_bytes(prec, zero) + prec.adam) * p / (dp if zero >= 1 else 1)
     ema = 4 * p / dp if settings.ema else 0.0
     layers = stage_layers(counts, cfg, layout.pipeline, stage, layout.partition)
@@ -110,7 +124,11 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
     activations = in_flight * activation_bytes(cfg, layout, prec, layers, device)
     if stage == layout.pipeline - 1:
         activations += logits_bytes(cfg, layout.micro_batch, prec)
-    return Memory(weights, grads, optimizer, ema, buffers, activations, settings.runtime)
+    step = 0.0
+    if zero >= 3:
+        sub_group = min(settings.sub_group + counts.largest / dp, p / dp)
+        step = max(0.0, STEP_COPIES * 4 * sub_group - (gathered + computed + activations))
+    return Memory(weights, grads, optimizer, ema, buffers, activations, step, settings.runtime)
 
 
 def memory_per_rank(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings = Settings(),

@@ -20,7 +20,8 @@ from megadalle.plan.settings import Settings, settings_for
 from megadalle.plan.suggest import suggest
 from megadalle.plan.timing import step_time
 
-MEMORY_COLUMNS = ("weights", "grads", "optimizer", "ema", "buffers", "activations", "runtime")
+PIECES_HINT_SAVING = 0.05
+MEMORY_COLUMNS = ("weights", "grads", "optimizer", "ema", "buffers", "activations", "step", "runtime")
 
 
 def memory_row(name: str, mem: Memory, fits: str) -> str:
@@ -48,6 +49,7 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
         f"{describe(layout)}",
         memory_header(plan), memory_row("as configured", mem, fits),
         *stage0_hint(model, counts, plan, layout, settings, mem),
+        *pieces_hint(model, counts, plan, layout, settings, mem),
         f"  construction peak (before the first step): "
         f"{construction_bytes(model, counts, layout, settings, plan.device) / GB:.2f} GB",
         f"  step: {t.total:.2f} s = compute {t.compute:.2f} s + exposed communication {t.exposed:.2f} s "
@@ -70,6 +72,23 @@ def stage0_hint(model: TransformerConfig, counts: Counts, plan: PlanConfig, layo
     alone = memory_per_rank(model, counts, dataclasses.replace(layout, zero=0), settings, plan.device)
     return [f"  one data-parallel rank: ZeRO-{layout.zero} shards nothing here; deepspeed.zero_stage=0 needs "
             f"{alone.total / GB:.2f} GB per rank ({(mem.total - alone.total) / GB:.2f} GB less)"]
+
+
+def pieces_hint(model: TransformerConfig, counts: Counts, plan: PlanConfig, layout: Layout, settings: Settings,
+                mem: Memory) -> list[str]:
+    """Where a vocabulary table is the largest tensor, what cutting the tables into pieces no larger than a
+    block's largest matrix would hold (model.vocab_chunk): the largest tensor sets what is gathered, computed
+    and reduced at once. Said where it saves at least PIECES_HINT_SAVING of the rank's memory."""
+    if counts.largest <= counts.block_largest:
+        return []
+    rows = max(counts.block_largest // model.d_model, 1)
+    pieced = dataclasses.replace(model, vocab_chunk=rows)
+    alone = memory_per_rank(pieced, count_parameters(pieced), layout, settings, plan.device)
+    if mem.total - alone.total < PIECES_HINT_SAVING * mem.total:
+        return []
+    return [f"  the vocabulary tables are the largest tensors ({counts.largest:,} elements, a block's largest "
+            f"{counts.block_largest:,}): model.vocab_chunk={rows} needs {alone.total / GB:.2f} GB per rank "
+            f"({(mem.total - alone.total) / GB:.2f} GB less)"]
 
 
 def report(model: TransformerConfig, plan: PlanConfig, trainer: TrainerConfig, ds: DeepSpeedConfig) -> str:

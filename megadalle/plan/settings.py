@@ -12,8 +12,9 @@ from megadalle.plan.layout import Layout
 from megadalle.plan.precision import BF16, FP32, GB, Precision
 
 PREFETCH_DEFAULT, MAX_LIVE_DEFAULT, REUSE_DEFAULT, PERSISTENCE_DEFAULT = int(5e7), int(1e9), int(1e9), int(1e5)
+SUB_GROUP_DEFAULT = int(1e12)
 """DeepSpeed 0.19's ZeRO-3 defaults: stage3_prefetch_bucket_size, stage3_max_live_parameters,
-stage3_max_reuse_distance, stage3_param_persistence_threshold."""
+stage3_max_reuse_distance, stage3_param_persistence_threshold, sub_group_size."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Settings:
     max_live: int = MAX_LIVE_DEFAULT
     max_reuse: int = REUSE_DEFAULT
     persistence: int = PERSISTENCE_DEFAULT
+    sub_group: int = SUB_GROUP_DEFAULT
+    """Elements of a ZeRO-3 optimizer sub-group (DeepSpeed's sub_group_size)."""
     runtime: float = 0.0
     """Bytes of the device runtime (CUDA context, NCCL); 0 for host memory above the baseline."""
 
@@ -39,9 +42,10 @@ def overlaps(layout: Layout, settings: Settings) -> bool:
 
 def settings_for(trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig, counts: Counts) -> Settings:
     """The Settings `train` would run with: its precision rule, EMA, DeepSpeed's buckets and ZeRO-3's
-    window of `ds.zero3_window_blocks` blocks (train/engine.py's zero3_window; extra included)."""
+    window of `ds.zero3_window_blocks` blocks and sub-groups of `ds.zero3_sub_group_blocks` (train/engine.py's
+    zero3_limits; extra included)."""
     zero = ds.extra.get("zero_optimization", {})
-    window = ds.zero3_window(counts.block)
+    window, sub_group = ds.zero3_window(counts.block), ds.zero3_sub_group(counts.block)
     precision = {"fp32": FP32, "bf16": BF16}.get(trainer.precision, BF16 if plan.device == "gpu" else FP32)
     if precision is BF16 and ds.grad_accum_dtype != "fp32":
         precision = dataclasses.replace(BF16, grad=2)
@@ -53,4 +57,5 @@ def settings_for(trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig, 
         max_live=int(zero.get("stage3_max_live_parameters", window or MAX_LIVE_DEFAULT)),
         max_reuse=int(zero.get("stage3_max_reuse_distance", window or REUSE_DEFAULT)),
         persistence=int(zero.get("stage3_param_persistence_threshold", PERSISTENCE_DEFAULT)),
+        sub_group=int(zero.get("sub_group_size", sub_group or SUB_GROUP_DEFAULT)),
         runtime=plan.runtime_gb * GB if plan.device == "gpu" else 0.0)

@@ -15,6 +15,7 @@ from megadalle.plan import (BF16, FP32, GB, Counts, Layout, PlanError, Settings,
                             construction_bytes, count_parameters, launch_overrides, layout_for, memory_per_rank,
                             ring_seconds, settings_for, stage_parameters, stage_span, step_time, suggest,
                             usr1_lead_seconds)
+from megadalle.plan.report import MEMORY_COLUMNS
 from megadalle.plan.settings import MAX_LIVE_DEFAULT, REUSE_DEFAULT
 
 from .helpers import tiny_config
@@ -76,6 +77,31 @@ def test_zero2_shards_gradients_and_zero3_weights_with_live_and_persistent_param
     assert whole.buffers == 10 * 4 + 150 * 4 + 2 * (950 + 8)  # DeepSpeed's 1e9 holds a small model whole
     roomy = memory_per_rank(CFG, COUNTS, Layout(1, 4, 2, 1, False), dataclasses.replace(settings, reduce_bucket=200))
     assert roomy.grads == 4 * 950 / 4 + 4 * 150 and roomy.buffers == 2 * 200 * 4  # every tensor fits a bucket
+
+
+def test_zero3_step_counts_three_copies_of_a_sub_group_beyond_the_backwards_transients():
+    big = Counts(total=95_000, embed=10_000, head=5_000, block=20_000, numels=(300, 500, 9_200, 5_000) + (15_000, 5_000) * 4,
+                 largest=15_000, block_largest=15_000, matrices=74_200)  # COUNTS x 100: the step can outweigh activations
+    settings = Settings(precision=FP32, reduce_bucket=1_000, prefetch_bucket=3_000, max_live=10_000, max_reuse=10_000,
+                        persistence=500)
+    layout = Layout(1, 4, 3, 1, False)
+    whole = memory_per_rank(CFG, big, layout, settings)  # DeepSpeed's 1e12: the whole 95,000 / 4 partition
+    # gathered (the largest and the window), computed and waiting gradients, activations
+    backward = 4 * (15_000 + 10_000) + 4 * (15_000 + 15_000) + whole.activations
+    assert whole.step == 3 * 4 * 95_000 / 4 - backward > 0
+    small = memory_per_rank(CFG, big, layout, dataclasses.replace(settings, sub_group=2_000))
+    assert small.step == 0 and small.total == whole.total - whole.step  # the backward is the peak
+    sub_groups = memory_per_rank(CFG, big, layout, dataclasses.replace(settings, sub_group=18_000))
+    assert sub_groups.step == 3 * 4 * (18_000 + 15_000 / 4) - backward  # at most one parameter's partition past it
+    assert memory_per_rank(CFG, big, Layout(1, 4, 2, 1, False), settings).step == 0
+
+
+def test_plan_sets_sub_groups_as_train_does():
+    model, plan, trainer, ds = plan_for("deepspeed=zero3")
+    counts = count_parameters(model)
+    assert settings_for(trainer, ds, plan, counts).sub_group == counts.block
+    _, plan, trainer, ds = plan_for("deepspeed=zero3", "+deepspeed.extra.zero_optimization.sub_group_size=7")
+    assert settings_for(trainer, ds, plan, counts).sub_group == 7
 
 
 def test_buffers_never_exceed_the_parameters_they_hold():
@@ -253,8 +279,25 @@ def test_one_data_parallel_rank_is_told_what_stage_0_would_hold(overrides, hinte
     assert ("ZeRO-1 shards nothing here; deepspeed.zero_stage=0 needs" in out) == hinted
     if hinted:  # the figure is the prediction for stage 0 itself
         alone = main(["plan", "model=tiny", "deepspeed=pipe", "trainer.ema=null", *overrides, "deepspeed.zero_stage=0"])
-        total = capsys.readouterr().out.split("as configured")[1].split()[7]
+        total = capsys.readouterr().out.split("as configured")[1].split()[len(MEMORY_COLUMNS)]  # the column after them
         assert alone == 0 and f"needs {total} GB per rank" in out
+
+
+REHEARSAL_151M = ["model=12b", "model.d_model=1024", "model.n_heads=16", "model.n_layers=8", "model.text_len=64",
+                 "model.grid_size=8", "gpus=4", "device=cpu", "deepspeed=zero3", "trainer.precision=fp32",
+                 "trainer.micro_batch=1", "trainer.ema=null"]
+"""The rehearsal's 151M model, whose 25M-element output matrix outweighs its blocks' 4M-element matrices."""
+
+
+def test_tables_larger_than_a_blocks_matrices_are_told_what_pieces_would_hold(capsys):
+    assert main(["plan", *REHEARSAL_151M]) == 0
+    out = capsys.readouterr().out
+    assert "the vocabulary tables are the largest tensors (25,165,824 elements, a block's largest 4,194,304): " \
+           "model.vocab_chunk=4096 needs" in out
+    assert main(["plan", *REHEARSAL_151M, "model.vocab_chunk=4096"]) == 0
+    pieced = capsys.readouterr().out
+    total = pieced.split("as configured")[1].split()[len(MEMORY_COLUMNS)]
+    assert f"model.vocab_chunk=4096 needs {total} GB per rank" in out and "vocabulary tables" not in pieced
 
 
 def test_impossible_request_is_refused_with_a_reason(capsys):
