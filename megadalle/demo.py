@@ -62,7 +62,7 @@ def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
     write_dataset(out / "raw", train, d.per_scene, d.image_size, seed)
     prepare_folder(out / "raw", out / "shards", d.image_size)
     cfg = compose("tokenizer", [f"input={out / 'shards'}", f"output={out / 'tokenizer.model'}",
-                                f"vocab_size={d.vocab_size}"])
+                                f"vocab_size={d.vocab_size}", f"seed={seed}"])
     tc = build(TokenizerConfig, top_level(cfg, TokenizerConfig), "")
     train_tokenizer(tc.input, tc.output, tc.vocab_size, tc.normalization, tc.character_coverage, tc.max_sentences,
                     tc.byte_fallback, tc.seed)
@@ -93,11 +93,11 @@ def check_captions_fit(tokenizer: Path, text_len: int) -> None:
                          f"tokenizer; set demo.text_len={need} or more")
 
 
-def train_demo_dvae(d: DemoConfig, out: Path, shards: Path) -> Path:
-    """The demo's dVAE stage: train-dvae with dvae=tiny, then `d.dvae_overrides`."""
+def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, seed: int = 0) -> Path:
+    """The demo's dVAE stage: train-dvae with dvae=tiny under the demo's seed, then `d.dvae_overrides`."""
     from megadalle.train.dvae import train_dvae
 
-    return train_dvae(compose("train-dvae", [
+    return train_dvae(compose("train-dvae", [f"seed={seed}",
         "dvae=tiny", f"dvae.image_size={d.image_size}", f"dvae.n_groups={d.dvae_groups}",
         f"dvae.objective.tau_anneal_steps={d.dvae_steps}",
         f"dvae.objective.kl_warmup_steps={max(1, d.dvae_steps // 15)}", f"data.shards={shards}",
@@ -121,9 +121,9 @@ def clip_training_shards(d: DemoConfig, dvae, out: Path, shards: Path) -> Path:
     return prepare_folder(folder, out / "shards_clip", d.image_size)
 
 
-def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab: int, timer: Timer) -> None:
-    """dVAE, encode, CLIP (on what `d.clip_images` says) and Transformer; writes dvae/clip/model.safetensors
-    beside tokenizer.model in `out`."""
+def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab: int, timer: Timer, seed: int) -> None:
+    """dVAE, encode, CLIP (on what `d.clip_images` says) and Transformer, each stage under the demo's root seed as
+    `megadalle <verb> seed=S` would run it; writes dvae/clip/model.safetensors beside tokenizer.model in `out`."""
     from megadalle.encode import encode_shards
     from megadalle.export import export
     from megadalle.models.dvae import load_dvae
@@ -132,7 +132,7 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     from megadalle.train.transformer import FACTORY, task_from_config
 
     began = time.perf_counter()
-    train_demo_dvae(d, out, shards)
+    train_demo_dvae(d, out, shards, seed)
     timer("train-dvae", began)
     began = time.perf_counter()
     dvae = load_dvae(out / "dvae.safetensors")
@@ -140,14 +140,14 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     timer("encode", began)
     began = time.perf_counter()
     clip_shards = clip_training_shards(d, dvae, out, shards)
-    train_clip(compose("train-clip", ["clip=tiny", f"clip.image_size={d.image_size}", f"clip.text_vocab={vocab}",
+    train_clip(compose("train-clip", [f"seed={seed}", "clip=tiny", f"clip.image_size={d.image_size}", f"clip.text_vocab={vocab}",
                                       f"clip.text_len={d.text_len}", f"data.shards={clip_shards}",
                                       f"tokenizer={tokenizer}",
                                       f"weights={out / 'clip.safetensors'}", f"run_dir={out / 'runs/clip'}",
                                       *trainer_overrides(d.clip_steps, d.clip_batch, d.clip_lr)]))
     timer("train-clip", began)
     began = time.perf_counter()
-    cfg = compose("train", ["model=tiny", f"model.text_len={d.text_len}", f"model.text_vocab={vocab}",
+    cfg = compose("train", [f"seed={seed}", "model=tiny", f"model.text_len={d.text_len}", f"model.text_vocab={vocab}",
                             f"model.grid_size={dvae.cfg.grid_size}", f"model.image_vocab={dvae.cfg.vocab_size}",
                             f"data.shards={out / 'tokens'}", f"data.tokenizer={tokenizer}", "data.bpe_dropout=0.0",
                             f"run_dir={out / 'runs/dalle'}",
@@ -239,7 +239,7 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0) -> dict:
     began = time.perf_counter()
     shards, tokenizer = make_data(d, out, seed)
     timer("data + prepare + tokenizer", began)
-    train_models(d, out, shards, tokenizer, Tokenizer(tokenizer).vocab_size, timer)
+    train_models(d, out, shards, tokenizer, Tokenizer(tokenizer).vocab_size, timer, seed)
     began = time.perf_counter()
     dvae_check = check_dvae(load_dvae(out / "dvae.safetensors"), d.image_size, d.check_per_scene, seed + 1)
     timer("dvae check", began)

@@ -18,7 +18,7 @@ from megadalle.models.transformer import Transformer
 from megadalle.weights import save_weights
 
 
-def random_models(d, out, shards, tokenizer, vocab, timer):
+def random_models(d, out, shards, tokenizer, vocab, timer, seed):
     """Stands in for train_models: untrained models of the demo's shapes, saved where the demo reads them."""
     dvae_cfg = build(DVAEConfig, {"image_size": d.image_size, "n_hid": 8, "n_blk_per_group": 1,
                                   "n_groups": d.dvae_groups, "vocab_size": 16, "n_init": 8}, "dvae")
@@ -85,3 +85,45 @@ def test_dvae_overrides_reach_the_demos_train_dvae_and_its_paths_stay_the_demos(
         build(DemoConfig, compose("demo", ["demo.dvae_overrides=['seed=3','data.shards=/elsewhere']"]).demo, "demo")
     with pytest.raises(ConfigError, match=r"demo.dvae_overrides\[0\]='dvae.n_hid': must be a KEY=VALUE"):
         build(DemoConfig, compose("demo", ["demo.dvae_overrides=[dvae.n_hid]"]).demo, "demo")
+
+
+def test_every_stage_runs_under_the_demos_seed(tmp_path, monkeypatch):
+    """`megadalle demo seed=S` draws its data, split and samples from S and trains every stage under root seed S,
+    as `megadalle <verb> seed=S` would; dvae_overrides still win for the dVAE."""
+    import types
+
+    import megadalle.data.tokenizer as tokenizer_module
+    import megadalle.encode as encode_module
+    import megadalle.export as export_module
+    import megadalle.models.dvae as dvae_module
+    import megadalle.train.clip as clip_module
+    import megadalle.train.dvae as train_dvae_module
+    import megadalle.train.loop as loop_module
+    import megadalle.train.transformer as transformer_module
+    from megadalle.config.demo import DemoConfig
+
+    seeds = {}
+
+    def seed_of(stage: str, result=None):
+        """A stand-in for a stage's entry point: notes the root seed of the config it is given."""
+        return lambda cfg, *_: (seeds.__setitem__(stage, cfg.seed), result)[1]
+
+    monkeypatch.setattr(demo, "write_dataset", lambda *args: None)
+    monkeypatch.setattr(demo, "prepare_folder", lambda *args: None)
+    monkeypatch.setattr(demo, "check_captions_fit", lambda *args: None)
+    monkeypatch.setattr(tokenizer_module, "train_tokenizer", lambda *args: seeds.__setitem__("tokenizer", args[-1]))
+    monkeypatch.setattr(train_dvae_module, "train_dvae", seed_of("train-dvae"))
+    monkeypatch.setattr(dvae_module, "load_dvae", lambda path: types.SimpleNamespace(cfg=DVAEConfig()))
+    monkeypatch.setattr(encode_module, "encode_shards", lambda *args, **kwargs: None)
+    monkeypatch.setattr(clip_module, "train_clip", seed_of("train-clip"))
+    monkeypatch.setattr(transformer_module, "task_from_config", lambda cfg: cfg)
+    monkeypatch.setattr(loop_module, "train_from_config", seed_of("train", types.SimpleNamespace(run_dir=tmp_path)))
+    monkeypatch.setattr(export_module, "export", lambda *args, **kwargs: None)
+    d = build(DemoConfig, compose("demo", ["demo=fast", "demo.clip_images=original"]).demo, "demo")
+    demo.make_data(d, tmp_path, seed=4)
+    demo.train_models(d, tmp_path, tmp_path / "shards", tmp_path / "tokenizer.model", 64, demo.Timer(), seed=4)
+    assert seeds == {"tokenizer": 4, "train-dvae": 4, "train-clip": 4, "train": 4}
+    seeds.clear()
+    d = build(DemoConfig, compose("demo", ["demo=fast", "demo.dvae_overrides=['seed=9']"]).demo, "demo")
+    demo.train_demo_dvae(d, tmp_path, tmp_path / "shards", seed=4)
+    assert seeds == {"train-dvae": 9}
