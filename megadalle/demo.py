@@ -140,8 +140,8 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     timer("encode", began)
     began = time.perf_counter()
     clip_shards = clip_training_shards(d, dvae, out, shards)
-    train_clip(compose("train-clip", [f"seed={seed}", "clip=tiny", f"clip.image_size={d.image_size}", f"clip.text_vocab={vocab}",
-                                      f"clip.text_len={d.text_len}", f"data.shards={clip_shards}",
+    train_clip(compose("train-clip", [f"seed={seed}", "clip=tiny", f"clip.image_size={d.image_size}",
+                                      f"clip.text_vocab={vocab}", f"clip.text_len={d.text_len}", f"data.shards={clip_shards}",
                                       f"tokenizer={tokenizer}",
                                       f"weights={out / 'clip.safetensors'}", f"run_dir={out / 'runs/clip'}",
                                       *trainer_overrides(d.clip_steps, d.clip_batch, d.clip_lr)]))

@@ -1,10 +1,12 @@
 """The Transformer's vocabulary tables (token embeddings, output matrix), whole or cut into row pieces.
 
-ZeRO-3 gathers a parameter whole before its module runs, and reduces its gradient whole, so a
-vocabulary table is the largest thing a rank holds at once: the 151M rehearsal's 25M-element output
-matrix outweighs two of its blocks. Cut every `model.vocab_chunk` rows into pieces, each piece its own
-module called on its own, a table is gathered, used and released a piece at a time, and its gradient
-reduced a piece at a time. The pieces give bit-identical outputs to a whole table holding the same rows.
+ZeRO-3 gathers a parameter whole before its module runs, and every mode computes and reduces a
+gradient whole, so in a model whose vocabularies outweigh its blocks a table is the largest thing a rank
+holds at once: the 151M rehearsal's 25M-element output matrix is two of its blocks. Cut every
+`model.vocab_chunk` rows into pieces, each piece its own module called on its own, a table is gathered,
+used and released a piece at a time, and its gradient computed and reduced a piece at a time (measured
+at 151M with pieces of 4096 rows: 11.5% less per rank under ZeRO-1, 16.8% under ZeRO-3). The pieces
+compute what a whole table holding the same rows computes (bit for bit on the CPU, where the tests check).
 With `vocab_chunk` 0 (or a table no longer than it) a table is one parameter under today's names, so
 checkpoints of whole-table models load as before.
 """
