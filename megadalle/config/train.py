@@ -82,6 +82,11 @@ class TrainerConfig:
         check(self.precision in PRECISIONS, f"{where}.precision", self.precision, f"expected one of {PRECISIONS}")
 
 
+def _in_elements(blocks: float, block_numel: int) -> int | None:
+    """`blocks` of the model's blocks as elements; None for 0 (DeepSpeed's own default)."""
+    return int(blocks * block_numel) if blocks else None
+
+
 @dataclass
 class DeepSpeedConfig:
     zero_stage: int = 1
@@ -130,11 +135,11 @@ class DeepSpeedConfig:
     def zero3_window(self, block_numel: int) -> int | None:
         """Elements of ZeRO-3's window for blocks of `block_numel` parameters (None: DeepSpeed's defaults).
         train sets it (train/engine.py) and plan predicts with it (plan/settings.py)."""
-        return int(self.zero3_window_blocks * block_numel) if self.zero3_window_blocks else None
+        return _in_elements(self.zero3_window_blocks, block_numel)
 
     def zero3_sub_group(self, block_numel: int) -> int | None:
         """Elements of ZeRO-3's optimizer sub-groups (None: DeepSpeed's default), as train and plan set it."""
-        return int(self.zero3_sub_group_blocks * block_numel) if self.zero3_sub_group_blocks else None
+        return _in_elements(self.zero3_sub_group_blocks, block_numel)
 
     def validate(self, where: str = "deepspeed") -> None:
         check(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", self.zero_stage, "must be 0, 1, 2 or 3")

@@ -12,6 +12,8 @@ checkpoints of whole-table models load as before.
 """
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,8 +28,9 @@ def piece_rows(rows: int, chunk: int) -> list[int]:
     return [min(chunk, rows - start) for start in range(0, rows, chunk)]
 
 
-def starts(sizes: list[int]) -> list[int]:
-    return [sum(sizes[:i]) for i in range(len(sizes))]
+def edges(sizes: list[int]) -> list[int]:
+    """Where each piece starts, then where the last one ends."""
+    return list(accumulate(sizes, initial=0))
 
 
 class EmbeddingPieces(nn.Module):
@@ -36,7 +39,7 @@ class EmbeddingPieces(nn.Module):
     def __init__(self, sizes: list[int], d: int):
         super().__init__()
         self.pieces = nn.ModuleList(Embedding(n, d) for n in sizes)
-        self.starts = starts(sizes)
+        self.starts = edges(sizes)[:-1]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = None
@@ -74,7 +77,7 @@ class RowLinearPieces(nn.Module):
     def __init__(self, n_in: int, sizes: list[int]):
         super().__init__()
         self.pieces = nn.ModuleList(RowLinear(n_in, n) for n in sizes)
-        self.edges = [*starts(sizes), sum(sizes)]
+        self.edges = edges(sizes)
 
     def forward(self, x: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
         first, last = rows.start or 0, self.edges[-1] if rows.stop is None else rows.stop

@@ -61,6 +61,11 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
     ]
 
 
+def needs(alone: Memory, mem: Memory) -> str:
+    """A hint's figure: what the alternative holds per rank and how much less than the config as given."""
+    return f"needs {alone.total / GB:.2f} GB per rank ({(mem.total - alone.total) / GB:.2f} GB less)"
+
+
 def stage0_hint(model: TransformerConfig, counts: Counts, plan: PlanConfig, layout: Layout, settings: Settings,
                 mem: Memory) -> list[str]:
     """ZeRO-1 or 2 over a single data-parallel rank (a pipeline whose stages fill the world, or one process)
@@ -70,8 +75,8 @@ def stage0_hint(model: TransformerConfig, counts: Counts, plan: PlanConfig, layo
                                                                    and settings.precision.grad == 4):
         return []
     alone = memory_per_rank(model, counts, dataclasses.replace(layout, zero=0), settings, plan.device)
-    return [f"  one data-parallel rank: ZeRO-{layout.zero} shards nothing here; deepspeed.zero_stage=0 needs "
-            f"{alone.total / GB:.2f} GB per rank ({(mem.total - alone.total) / GB:.2f} GB less)"]
+    return [f"  one data-parallel rank: ZeRO-{layout.zero} shards nothing here; deepspeed.zero_stage=0 "
+            f"{needs(alone, mem)}"]
 
 
 def pieces_hint(model: TransformerConfig, counts: Counts, plan: PlanConfig, layout: Layout, settings: Settings,
@@ -87,8 +92,7 @@ def pieces_hint(model: TransformerConfig, counts: Counts, plan: PlanConfig, layo
     if mem.total - alone.total < PIECES_HINT_SAVING * mem.total:
         return []
     return [f"  the vocabulary tables are the largest tensors ({counts.largest:,} elements, a block's largest "
-            f"{counts.block_largest:,}): model.vocab_chunk={rows} needs {alone.total / GB:.2f} GB per rank "
-            f"({(mem.total - alone.total) / GB:.2f} GB less)"]
+            f"{counts.block_largest:,}): model.vocab_chunk={rows} {needs(alone, mem)}"]
 
 
 def report(model: TransformerConfig, plan: PlanConfig, trainer: TrainerConfig, ds: DeepSpeedConfig) -> str:
