@@ -49,5 +49,5 @@ setup(
         # built for the installed torch)
         "eval": ["torch-fidelity>=0.4", "torchvision"],
     },
-    entry_points={"console_scripts": ["megadalle = megadalle.cli:main"]},
+    entry_points={"console_scripts": ["megadalle = megadalle.cli:entry"]},
 )

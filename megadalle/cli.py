@@ -12,6 +12,7 @@ import importlib
 import re
 import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 from megadalle.config.compose import compose
 
@@ -185,5 +186,16 @@ def fail(verb: str, message: str) -> int:
     return 2
 
 
+def entry() -> NoReturn:
+    """The `megadalle` command and `python -m megadalle`: `main`, then an exit that a finished run's
+    process group cannot turn into SIGABRT (megadalle.train.distributed.exit_process)."""
+    code = main()
+    if "megadalle.train.distributed" in sys.modules:
+        from megadalle.train.distributed import exit_process
+
+        exit_process(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from megadalle.data.loader import image_loader
-from tests.rank_exit import leave_process_group
+from megadalle.train.distributed import exit_process
 
 STEPS, RESUME_AT, BATCH = 8, 4, 6
 
@@ -46,7 +46,7 @@ def run_rank(root: str, out: str) -> None:
         with open(os.path.join(out, "steps.json"), "w") as f:
             json.dump(gathered_steps, f)
     del loader  # its workers are shut down here, not skipped by the exit below
-    leave_process_group()
+    exit_process(0)
 
 
 def launch(world: int, root, out) -> list[list[int]]:

@@ -11,6 +11,7 @@ import sys
 import torch
 
 from megadalle.config.compose import compose
+from megadalle.train.distributed import exit_process
 from megadalle.train.loop import train_from_config
 from megadalle.train.transformer import FACTORY, task_from_config
 
@@ -50,3 +51,4 @@ def main(opts: dict) -> None:
 
 if __name__ == "__main__":
     main(json.loads(sys.argv[1]))
+    exit_process(0)

@@ -14,6 +14,7 @@ from dist_toy import ToyTask  # noqa: E402
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig  # noqa: E402
 from megadalle.train.callbacks import Callback  # noqa: E402
+from megadalle.train.distributed import exit_process  # noqa: E402
 from megadalle.train.loop import RunOptions, train  # noqa: E402
 
 
@@ -48,3 +49,4 @@ class Sleep(Callback):
 
 if __name__ == "__main__":
     main(json.loads(sys.argv[1]))
+    exit_process(0)

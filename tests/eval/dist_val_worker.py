@@ -9,6 +9,7 @@ import sys
 from dist_toy import ToyTask
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
+from megadalle.train.distributed import exit_process
 from megadalle.train.loop import RunOptions, train
 
 
@@ -27,3 +28,4 @@ def main(opts: dict) -> None:
 
 if __name__ == "__main__":
     main(json.loads(sys.argv[1]))
+    exit_process(0)
