@@ -4,7 +4,8 @@ Every byte a rank holds is counted from what the code and DeepSpeed 0.19 allocat
 scale rehearsal (benchmarks/scale_rehearsal.py, which measures the same quantities) can check it:
 - model states, per parameter of the rank's pipeline stage: weights (2 B bf16 / 4 B fp32), gradients
   (4 B: bf16 runs accumulate and reduce in fp32), DeepSpeed's fp32 master partition (4 B, cloned
-  even when training in fp32) and Adam's two moments (8 B). ZeRO-1 divides master and moments by the
+  even when training in fp32, but for ZeRO-3, whose fp32 master is the weights' own partition once the
+  engine is built) and Adam's two moments (8 B). ZeRO-1 divides master and moments by the
   data-parallel degree dp, ZeRO-2 the gradients too, ZeRO-3 the weights too;
 - the EMA: fp32, sharded like the optimizer state (each rank averages what it owns: 4 B / dp);
 - DeepSpeed's buffers: the gradient-reduction buckets (reduce_bucket_size elements, two of them with
@@ -40,7 +41,7 @@ from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.plan.counts import BY_BLOCK, Counts, stage_largest, stage_layers, stage_parameters, waiting_gradient
 from megadalle.plan.layout import Layout
-from megadalle.plan.precision import GB, Precision, master_bytes
+from megadalle.plan.precision import GB, Precision, master_bytes, resident_master_bytes
 from megadalle.plan.settings import Settings, overlaps
 
 STEP_COPIES = 3
@@ -117,7 +118,7 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
         buffers += prec.grad * min(max(settings.reduce_bucket, counts.largest), p)
         computed += prec.grad * waiting_gradient(counts, settings.reduce_bucket)
     grads += computed
-    optimizer = (master_bytes(prec, zero) + prec.adam) * p / (dp if zero >= 1 else 1)
+    optimizer = (resident_master_bytes(prec, zero) + prec.adam) * p / (dp if zero >= 1 else 1)
     ema = 4 * p / dp if settings.ema else 0.0
     layers = stage_layers(counts, cfg, layout.pipeline, stage, layout.partition)
     in_flight = min(layout.pipeline - stage, layout.grad_accum) if layout.pipeline > 1 else 1

@@ -66,9 +66,12 @@ def main(opts: dict) -> None:
         part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
         runner = StepRunner(task, built, part, 0)
         losses = [runner.update(step)["loss"] for step in (0, 1)]
-    sub_groups = len(built.engine.optimizer.fp32_partitioned_groups_flat) if partitioned else None
+    optimizer = built.engine.optimizer
+    sub_groups = len(optimizer.fp32_partitioned_groups_flat) if partitioned else None
+    shared = [master.data_ptr() == weights.data_ptr() for weights, master in
+              zip(optimizer.fp16_partitioned_groups_flat, optimizer.fp32_partitioned_groups_flat)] if partitioned else None
     record = {"shares": shares, "stats": stats, "losses": losses, "constructed": constructed, "gathered": gathered,
-              "sub_groups": sub_groups,
+              "sub_groups": sub_groups, "masters_shared": shared,
               "registered": registered,
               "engine_params": sum(p.numel() for p in built.engine.module.parameters())}
     (Path(opts["out"]) / f"rank{env.rank}.json").write_text(json.dumps(record))

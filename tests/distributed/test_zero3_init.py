@@ -95,6 +95,15 @@ def test_optimizer_steps_in_sub_groups_of_one_block(runs):
 
 
 @pytest.mark.distributed
+def test_fp32_masters_are_the_weight_partitions(runs):
+    """No second fp32 copy of the weights (engine.share_zero3_masters): every sub-group's master is its
+    partition's memory, and the losses after the first step are still ZeRO-1's (above)."""
+    for layout in ("zero3", "zero3 window", "zero3 deepspeed defaults", "zero3 pieces"):
+        for rank in runs[layout]:
+            assert rank["masters_shared"] and all(rank["masters_shared"]), (layout, rank["masters_shared"])
+
+
+@pytest.mark.distributed
 def test_pieced_tables_are_partitioned_with_the_plain_statistics(runs):
     check_each_rank_holds_only_its_share(runs["zero1 pieces"], runs["zero3 pieces"])
     check_plain_statistics(runs["zero1 pieces"][0]["stats"], runs["zero3 pieces"][0]["stats"])
