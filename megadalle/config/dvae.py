@@ -13,6 +13,9 @@ from omegaconf import MISSING
 from megadalle.config import check, join
 
 
+RECONSTRUCTIONS = ("logit_laplace", "gaussian")
+
+
 @dataclass
 class DVAEObjective:
     """The ELB's terms and their schedules (paper, section 2.1 and appendix A.2)."""
@@ -27,6 +30,13 @@ class DVAEObjective:
     """Temperature reached after `tau_anneal_steps` (the paper's 1/16)."""
     tau_anneal_steps: int = 150000
     """Updates over which τ falls on a cosine schedule (a linear one tended to diverge in the paper)."""
+    reconstruction: str = "logit_laplace"
+    """The pixels' likelihood: "logit_laplace" (the paper's, with a scale per pixel channel the decoder
+    predicts) or "gaussian" (a fixed `sigma`; the decoder's scale channels go unused). On the demo's
+    flat-colour shapes the tiny dVAE kept far more of its reconstructions with "gaussian"
+    (benchmarks/RESULTS.md, Demo, "The dVAE's likelihood")."""
+    sigma: float = 0.1
+    """The Gaussian's standard deviation, in mapped pixel units (the pixels in [eps, 1 - eps])."""
     usage_weight: float = 0.0
     """Weight of the codebook-use term ln K - H(mean code distribution of the batch), scaled like the KL
     (megadalle.models.dvae_loss.usage_gap). 0 = the paper's objective; small dVAEs that leave codes dead
@@ -42,6 +52,9 @@ class DVAEObjective:
     def validate(self, where: str) -> None:
         check(self.kl_weight >= 0, f"{where}.kl_weight", self.kl_weight, "must be non-negative")
         check(self.usage_weight >= 0, f"{where}.usage_weight", self.usage_weight, "must be non-negative")
+        check(self.reconstruction in RECONSTRUCTIONS, f"{where}.reconstruction", self.reconstruction,
+              f"must be one of {', '.join(RECONSTRUCTIONS)}")
+        check(self.sigma > 0, f"{where}.sigma", self.sigma, "must be positive")
         for name in ("kl_warmup_steps", "tau_anneal_steps", "revive_every", "revive_until"):
             check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
         for name in ("tau_start", "tau_end"):

@@ -1,5 +1,6 @@
-"""The dVAE's objective: the pixel map, the logit-Laplace likelihood, the KL to the uniform prior,
-and the cosine schedules of β, τ and the learning rate (arXiv 2102.12092, section 2.1 and A.2).
+"""The dVAE's objective: the pixel map, the logit-Laplace likelihood (or a fixed-scale Gaussian), the KL
+to the uniform prior, and the cosine schedules of β, τ and the learning rate (arXiv 2102.12092, section
+2.1 and A.2).
 
 Everything here is a pure function (of tensors, or of the step), so the tests check each one
 against its formula and the trainer can resume at any step without state.
@@ -37,6 +38,28 @@ def logit_laplace_nll(x: torch.Tensor, mu: torch.Tensor, ln_b: torch.Tensor) -> 
     log_x, log_1mx = torch.log(x), torch.log1p(-x)
     nll = LN2 + ln_b.float() + log_x + log_1mx + (log_x - log_1mx - mu.float()).abs() * torch.exp(-ln_b.float())
     return nll.mean()
+
+
+def gaussian_nll(x: torch.Tensor, mu: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean negative log-density of mapped pixels `x` under N(sigmoid(mu), sigma^2) per pixel channel.
+
+    The logit-Laplace lets the decoder choose each pixel's scale: on images of flat colour it grows
+    confident on the many easy pixels of a plain area, where every error is then magnified, and leaves
+    the few pixels of an edge to a wide scale, so the tiny dVAE rounded triangles into bells. A fixed
+    scale weighs an error the same wherever it lies. The decoder's median is sigmoid(mu), as for the
+    logit-Laplace, so decoding is the same under both.
+    """
+    err = torch.sigmoid(mu.float()) - x.float()
+    return 0.5 * math.log(2 * math.pi * sigma ** 2) + (err ** 2).mean() / (2 * sigma ** 2)
+
+
+def reconstruction_nll(x: torch.Tensor, stats: torch.Tensor, kind: str = "logit_laplace",
+                       sigma: float = 0.1) -> torch.Tensor:
+    """The configured likelihood (DVAEObjective.reconstruction) of mapped pixels `x` given the decoder's
+    statistics (mu in channels 0-2, ln b in 3-5)."""
+    if kind == "gaussian":
+        return gaussian_nll(x, stats[:, :3], sigma)
+    return logit_laplace_nll(x, stats[:, :3], stats[:, 3:])
 
 
 def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
@@ -85,7 +108,8 @@ def learning_rate(step: int, lr: float, lr_min: float, total_steps: int) -> floa
 
 
 def elbo_loss(images: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, beta: float,
-              eps: float, usage_weight: float = 0.0, tau: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+              eps: float, usage_weight: float = 0.0, tau: float = 1.0, reconstruction: str = "logit_laplace",
+              sigma: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
     """The negative ELB of one batch, in nats per pixel channel.
 
     Both terms are normalised by the same count (the image's pixel channels) so that β weighs
@@ -94,9 +118,9 @@ def elbo_loss(images: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, b
     the mean squared error of the decoded median in [0, 1] (a scale everyone reads).
     `usage_weight` > 0 adds usage_weight * `usage_gap` (at temperature `tau`) per grid cell, on the
     same scale as the KL (not part of the ELB: a codebook-use regulariser for small dVAEs; the paper
-    has none).
+    has none). `reconstruction` and `sigma` choose the pixels' likelihood (`reconstruction_nll`).
     """
-    nll = logit_laplace_nll(map_pixels(images.float(), eps), stats[:, :3], stats[:, 3:])
+    nll = reconstruction_nll(map_pixels(images.float(), eps), stats, reconstruction, sigma)
     kl = kl_to_uniform(logits)
     cells, pixel_channels = logits.shape[2] * logits.shape[3], images.shape[1] * images.shape[2] * images.shape[3]
     loss = nll + beta * kl * cells / pixel_channels

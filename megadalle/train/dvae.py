@@ -178,7 +178,7 @@ class DVAETask(Task):
         tau = temperature(step, objective)
         logits, stats = model(images, tau)
         loss, metrics = elbo_loss(images, logits, stats, kl_weight(step, objective), self.cfg.eps,
-                                  objective.usage_weight, tau)
+                                  objective.usage_weight, tau, objective.reconstruction, objective.sigma)
         codes = logits.detach().argmax(dim=1)
         metrics.update(tau=tau, perplexity=codebook_perplexity(codes, self.cfg.vocab_size))
         return loss, metrics, codes

@@ -1,11 +1,11 @@
-"""The dVAE objective against its formulas: pixel map, logit-Laplace NLL, KL to uniform, schedules."""
+"""The dVAE objective against its formulas: pixel map, logit-Laplace and Gaussian NLLs, KL to uniform, schedules."""
 import math
 
 import pytest
 import torch
 
 from megadalle.config.dvae import DVAEObjective
-from megadalle.models.dvae_loss import (cosine, elbo_loss, kl_to_uniform, kl_weight, learning_rate,
+from megadalle.models.dvae_loss import (cosine, elbo_loss, gaussian_nll, kl_to_uniform, kl_weight, learning_rate,
                                         logit_laplace_nll, map_pixels, temperature, unmap_pixels, usage_gap)
 
 
@@ -39,6 +39,25 @@ def test_logit_laplace_density_integrates_to_one():
     x = torch.linspace(1e-7, 1 - 1e-7, 200001, dtype=torch.float64)
     nll = torch.vmap(lambda v: logit_laplace_nll(v, torch.tensor(0.4), torch.tensor(-1.0)))(x)
     assert torch.trapezoid(torch.exp(-nll.double()), x).item() == pytest.approx(1.0, abs=2e-3)
+
+
+def test_gaussian_nll_is_the_normal_density_of_the_decoders_median():
+    x = map_pixels(torch.rand(2, 3, 5, 5), 0.1)
+    mu = torch.randn(2, 3, 5, 5)
+    expected = -torch.distributions.Normal(torch.sigmoid(mu), 0.07).log_prob(x).mean()
+    torch.testing.assert_close(gaussian_nll(x, mu, 0.07), expected)
+
+
+def test_elbo_reads_the_chosen_likelihood_and_the_gaussian_ignores_the_scale_channels():
+    images, logits, stats = torch.rand(2, 3, 8, 8), torch.randn(2, 16, 2, 2), torch.randn(2, 6, 8, 8)
+    kl = kl_to_uniform(logits) * 4 / (3 * 64)
+    laplace, _ = elbo_loss(images, logits, stats, 1.0, 0.1)
+    torch.testing.assert_close(laplace, logit_laplace_nll(map_pixels(images, 0.1), stats[:, :3], stats[:, 3:]) + kl)
+    gaussian, metrics = elbo_loss(images, logits, stats, 1.0, 0.1, reconstruction="gaussian", sigma=0.2)
+    torch.testing.assert_close(gaussian, gaussian_nll(map_pixels(images, 0.1), stats[:, :3], 0.2) + kl)
+    other_scales = torch.cat([stats[:, :3], torch.randn(2, 3, 8, 8)], dim=1)
+    again, _ = elbo_loss(images, logits, other_scales, 1.0, 0.1, reconstruction="gaussian", sigma=0.2)
+    assert again.item() == gaussian.item() and metrics["nll"] == pytest.approx(float(gaussian - kl), rel=1e-5)
 
 
 def test_kl_to_uniform():
@@ -102,3 +121,8 @@ def test_usage_term_is_off_for_the_paper_and_on_for_the_tiny_dvae():
     assert tiny.objective.usage_weight > 0
     with pytest.raises(UserError, match="dvae.objective.usage_weight"):
         build(DVAEConfig, {"objective": {"usage_weight": -1.0}}, "dvae")
+    assert paper.objective.reconstruction == "logit_laplace"
+    with pytest.raises(UserError, match="dvae.objective.reconstruction.*logit_laplace, gaussian"):
+        build(DVAEConfig, {"objective": {"reconstruction": "l2"}}, "dvae")
+    with pytest.raises(UserError, match="dvae.objective.sigma"):
+        build(DVAEConfig, {"objective": {"sigma": 0.0}}, "dvae")
