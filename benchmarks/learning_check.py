@@ -115,8 +115,11 @@ def trainer(steps: int, batch: int, lr: float) -> list[str]:
             f"trainer.eval_every={max(1, steps // 4)}", "trainer.eval_batches=2", "logger=none", "data.num_workers=0"]
 
 
-def run_check(work: str | Path, preset: Preset, seed: int = 0) -> dict:
-    """Every verb on the digits in `work`; returns accuracy, chance, the judge's own accuracy, stage seconds."""
+def run_check(work: str | Path, preset: Preset, seed: int = 0, dvae_overrides: tuple[str, ...] = ()) -> dict:
+    """Every verb on the digits in `work`; returns accuracy, chance, the judge's own accuracy, stage seconds.
+
+    `seed` seeds every stage that draws (tokenizer, train-dvae, train, evaluate) and the judge, so runs
+    over seeds differ in their training as well as their samples; `dvae_overrides` go to train-dvae."""
     work = Path(work)
     times: dict[str, float] = {}
 
@@ -128,18 +131,20 @@ def run_check(work: str | Path, preset: Preset, seed: int = 0) -> dict:
     count = write_digits(work / "raw", preset.images)
     stage("prepare", "prepare", f"input={work / 'raw'}", f"output={work / 'shards'}", f"image_size={SIZE}",
           "format=png", "min_side=8", "num_workers=0", "val_fraction=0.1")
-    stage("tokenizer", "tokenizer", f"input={work / 'shards'}", f"output={work / 'tokenizer.model'}", "vocab_size=32")
+    stage("tokenizer", "tokenizer", f"input={work / 'shards'}", f"output={work / 'tokenizer.model'}", "vocab_size=32",
+          f"seed={seed}")
     from megadalle.data.tokenizer import Tokenizer
     vocab = Tokenizer(work / "tokenizer.model").vocab_size
     stage("train-dvae", "train-dvae", "dvae=tiny", f"dvae.image_size={SIZE}", "dvae.n_groups=2", "dvae.n_hid=32",
           f"dvae.objective.tau_anneal_steps={preset.dvae_steps}", f"data.shards={work / 'shards'}",
-          f"weights={work / 'dvae.safetensors'}", f"run_dir={work / 'runs/dvae'}",
-          *trainer(preset.dvae_steps, preset.dvae_batch, preset.lr))
+          f"weights={work / 'dvae.safetensors'}", f"run_dir={work / 'runs/dvae'}", f"seed={seed}",
+          *trainer(preset.dvae_steps, preset.dvae_batch, preset.lr), *dvae_overrides)
     stage("encode", "encode", f"dvae_weights={work / 'dvae.safetensors'}", f"input={work / 'shards'}",
           f"output={work / 'tokens'}", "device=cpu")
     stage("train", "train", "model=tiny", "model.text_len=8", f"model.text_vocab={vocab}", "model.grid_size=8",
           "model.image_vocab=128", f"data.shards={work / 'tokens'}", f"data.tokenizer={work / 'tokenizer.model'}",
-          "data.bpe_dropout=0.0", f"run_dir={work / 'runs/dalle'}", *trainer(preset.steps, preset.batch, preset.lr))
+          "data.bpe_dropout=0.0", f"run_dir={work / 'runs/dalle'}", f"seed={seed}",
+          *trainer(preset.steps, preset.batch, preset.lr))
     (work / "captions.txt").write_text("\n".join(caption(d) for d in range(10)) + "\n")
     stage("evaluate", "evaluate", f"weights={work / 'runs/dalle'}", f"dvae_weights={work / 'dvae.safetensors'}",
           f"tokenizer={work / 'tokenizer.model'}", f"captions={work / 'captions.txt'}", f"n={preset.samples}",
@@ -167,9 +172,12 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--work", default="outputs/learning_check")
     parser.add_argument("--json", default=str(Path(__file__).with_name("learning_check.json")))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds every training stage, the samples and the judge")
+    parser.add_argument("--dvae", action="append", default=[], metavar="KEY=VALUE",
+                        help="a train-dvae override, e.g. dvae.objective.reconstruction=logit_laplace (repeatable)")
     args = parser.parse_args()
-    result = run_check(args.work, PRESETS[args.preset], args.seed)
+    result = run_check(args.work, PRESETS[args.preset], args.seed, tuple(args.dvae))
+    result["dvae_overrides"] = args.dvae
     result.update(cpu=cpu_model(), threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
                   loadavg=Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))

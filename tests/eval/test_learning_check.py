@@ -1,6 +1,7 @@
 """The learning check on real data (scikit-learn's digits) runs through every CLI verb at its fast size, and its
 judge can judge: it reads held-out real digits far above chance. The full-size figure is in benchmarks/RESULTS.md."""
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -23,7 +24,11 @@ def load_script():
 def test_fast_learning_check_runs_every_verb_and_judges_every_sample(tmp_path):
     check = load_script()
     preset = check.PRESETS["fast"]
-    result = check.run_check(tmp_path, preset)
+    result = check.run_check(tmp_path, preset, seed=3, dvae_overrides=("dvae.objective.sigma=0.2",))
+    dvae_run, dalle_run = (json.loads((tmp_path / "runs" / run / "run.json").read_text())["config"]
+                           for run in ("dvae", "dalle"))
+    assert dvae_run["dvae"]["objective"]["sigma"] == 0.2, "--dvae overrides reach train-dvae"
+    assert dvae_run["seed"] == dalle_run["seed"] == 3, "the seed reaches every training stage"
     assert set(result["seconds"]) == {"prepare", "tokenizer", "train-dvae", "encode", "train", "evaluate"}
     assert result["judge_accuracy_on_real"] > 0.9, "a judge that cannot read real digits proves nothing"
     assert sorted(result["per_caption"]) == sorted(check.caption(d) for d in range(10))
