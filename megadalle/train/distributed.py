@@ -130,7 +130,7 @@ def exit_process(code: int) -> NoReturn:
     tensors Python owns when finalization begins. It cannot take the GIL then, Python ends it with
     pthread_exit, and the unwind through torch's noexcept destructor calls std::terminate: a rank
     that finished its work exits with SIGABRT ('terminate called without an active exception'; a
-    core dump of a 2-rank ZeRO-3 run, about 1 exit in 14 here, showed ProcessGroupGloo::runLoop ->
+    core dump of a 2-rank ZeRO-3 run, which did so in 1 run of 28 here, showed ProcessGroupGloo::runLoop ->
     ~AsyncAllgatherWork -> gil_scoped_acquire -> pthread_exit). Everything the process writes is
     closed by then, so finalization has nothing left to save, and the exit status is the run's.
     """
