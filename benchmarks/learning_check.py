@@ -177,8 +177,7 @@ def main() -> None:
                         help="a train-dvae override, e.g. dvae.objective.reconstruction=logit_laplace (repeatable)")
     args = parser.parse_args()
     result = run_check(args.work, PRESETS[args.preset], args.seed, tuple(args.dvae))
-    result["dvae_overrides"] = args.dvae
-    result.update(cpu=cpu_model(), threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+    result.update(dvae_overrides=args.dvae, cpu=cpu_model(), threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
                   loadavg=Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     print(f"\n| caption | judged correct |\n|---|---|")

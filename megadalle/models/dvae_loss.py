@@ -53,8 +53,7 @@ def gaussian_nll(x: torch.Tensor, mu: torch.Tensor, sigma: float) -> torch.Tenso
     return 0.5 * math.log(2 * math.pi * sigma ** 2) + (err ** 2).mean() / (2 * sigma ** 2)
 
 
-def reconstruction_nll(x: torch.Tensor, stats: torch.Tensor, kind: str = "logit_laplace",
-                       sigma: float = 0.1) -> torch.Tensor:
+def reconstruction_nll(x: torch.Tensor, stats: torch.Tensor, kind: str, sigma: float) -> torch.Tensor:
     """The configured likelihood (DVAEObjective.reconstruction) of mapped pixels `x` given the decoder's
     statistics (mu in channels 0-2, ln b in 3-5)."""
     if kind == "gaussian":
@@ -108,8 +107,9 @@ def learning_rate(step: int, lr: float, lr_min: float, total_steps: int) -> floa
 
 
 def elbo_loss(images: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, beta: float,
-              eps: float, usage_weight: float = 0.0, tau: float = 1.0, reconstruction: str = "logit_laplace",
-              sigma: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
+              eps: float, usage_weight: float = 0.0, tau: float = 1.0,
+              reconstruction: str = DVAEObjective.reconstruction,
+              sigma: float = DVAEObjective.sigma) -> tuple[torch.Tensor, dict[str, float]]:
     """The negative ELB of one batch, in nats per pixel channel.
 
     Both terms are normalised by the same count (the image's pixel channels) so that β weighs
