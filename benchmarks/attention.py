@@ -180,6 +180,20 @@ def measure(kind: str, method: str, shape: dict, device: str, calls: int, reps: 
     return row
 
 
+def measure_or_record(kind: str, method: str, shape: dict, device: str, calls: int, reps: int) -> dict:
+    """`measure`, or a row naming the error: an unattended run keeps timing the other methods when one
+    fails to compile or runs out of memory, and the JSON says which and why."""
+    try:
+        return measure(kind, method, shape, device, calls, reps)
+    except Exception as error:  # noqa: BLE001 - recorded in the row and printed, never swallowed silently
+        message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+        print(f"{kind} / {method} failed: {message}", file=sys.stderr)
+        return dict(mask=kind, method=method, error=message)
+    finally:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
 def pattern_totals(rows: list[dict]) -> list[dict]:
     """Per method, milliseconds summed over the 12b layer pattern (SDPA causal: the same call in every layer)."""
     time_of = {(r["mask"], r["method"]): r for r in rows}
@@ -241,10 +255,11 @@ def main() -> None:
         print(f"\n{result['device']}: {shape}")
         for kind in args.masks.split(","):
             for method in args.methods.split(","):
-                result["timings"].append(measure(kind, method, shape, device, args.calls, args.reps if cuda else 1))
+                result["timings"].append(measure_or_record(kind, method, shape, device, args.calls,
+                                                           args.reps if cuda else 1))
                 _write(result, args.out)
         print_table(result["timings"], ["mask", "method", "fwd_ms", "fwd_bwd_ms", "fwd_tflops", "fwd_bwd_tflops",
-                                        "peak_mib", "max_err", "note"])
+                                        "peak_mib", "max_err", "note", "error"])
         result["pattern_12b"] = pattern_totals(result["timings"])
         print(f"\nTotals over the 12b layer pattern ({', '.join(f'{n} {k}' for k, n in PATTERN_12B.items())})")
         print_table(result["pattern_12b"], ["method", "fwd_ms", "fwd_bwd_ms"])
@@ -252,6 +267,9 @@ def main() -> None:
         print("\n".join(result["summary"]))
     _write(result, args.out)
     print(f"\nwrote {args.out}")
+    failed = [f"{r['mask']}/{r['method']}" for r in result.get("timings", []) if "error" in r]
+    if failed:
+        sys.exit(f"failed measurements (their rows name the error): {', '.join(failed)}")
 
 
 if __name__ == "__main__":

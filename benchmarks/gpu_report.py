@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_report.py DIR
 
+The commit is `git rev-parse` of the checkout, or $MEGADALLE_COMMIT where the copy has no .git.
 Reads DIR/status.tsv (stage, exit status, seconds) and each
 stage's DIR/<stage>.json where it exists; exits non-zero when a stage failed, after writing both files.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +39,7 @@ def markdown(report: dict) -> str:
     if att.get("timings"):
         lines += ["", f"## Attention ({att.get('shape')})", ""]
         lines += _table(att["timings"], ["mask", "method", "fwd_ms", "fwd_bwd_ms", "fwd_tflops", "fwd_bwd_tflops",
-                                         "peak_mib", "max_err"])
+                                         "peak_mib", "max_err", "error"])
     if att.get("pattern_12b"):
         lines += ["", "Totals over the 12b layer pattern (47 row + 16 column + 1 conv), milliseconds:", ""]
         lines += _table(att["pattern_12b"], ["method", "fwd_ms", "fwd_bwd_ms"])
@@ -60,7 +62,8 @@ def main(folder: Path) -> int:
     for line in (folder / "status.tsv").read_text().splitlines():
         name, rc, seconds = line.split("\t")
         status[name] = {"rc": int(rc), "seconds": int(seconds)}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("MEGADALLE_COMMIT") or subprocess.run(  # the variable: a copy without .git
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": commit or "unknown", "status": status}
     for name in STAGES:
