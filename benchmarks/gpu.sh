@@ -12,6 +12,8 @@
 #   benchmarks/gpu.sh [--out DIR]     # on a machine with one NVIDIA GPU
 #   benchmarks/gpu.sh --cpu-check     # the same script at toy sizes on a CPU, so it cannot rot (a test runs it)
 #   benchmarks/gpu.sh --limits 300,120,60   # other per-stage limits in seconds (attention, train step, sampling)
+# The interpreter is $PYTHON, else `python`, else `python3` (a bare NVIDIA image often has only python3). It must
+# import torch, triton and megadalle within 120 s, or the script stops before any stage, saying so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,11 +55,34 @@ fi
 
 [ -n "${custom_limits+x}" ] && limits=("${custom_limits[@]}")
 
+python=${PYTHON:-$(command -v python || command -v python3)}
+want_cuda=$([ "$mode" = gpu ] && echo 1 || echo 0)
+# from benchmarks/, as the stages import: the checkout's megadalle/ folder must not stand in for the installed package
+if ! (cd benchmarks && timeout --kill-after=5 120 "${python:-python}" - "$want_cuda") > "$out/environment.txt" 2>&1 <<'PY'
+import sys
+
+import torch
+import triton
+
+import megadalle.kernels  # noqa: F401  (the package and its kernels import)
+
+if sys.argv[1] == "1" and not torch.cuda.is_available():
+    sys.exit(f"torch {torch.__version__} sees no CUDA device")
+device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, triton {triton.__version__}, {device}")
+PY
+then
+    cat "$out/environment.txt" >&2
+    echo "gpu.sh: '${python:-python}' cannot run the benchmarks (above); set PYTHON to an interpreter with torch, triton and megadalle" >&2
+    exit 2
+fi
+echo "environment: $(tail -n 1 "$out/environment.txt")"
+
 stage() {  # stage NAME LIMIT_S SCRIPT ARGS...: run one benchmark, record its exit status and seconds
     local name=$1 limit=$2 began=$SECONDS rc
     shift 2
-    echo "== $name (limit ${limit}s): python $*"
-    timeout --kill-after=10 "$limit" python "$@" --out "$out/$name.json" > "$out/$name.log" 2>&1
+    echo "== $name (limit ${limit}s): $python $*"
+    timeout --kill-after=10 "$limit" "$python" "$@" --out "$out/$name.json" > "$out/$name.log" 2>&1
     rc=$?
     printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - began))" >> "$out/status.tsv"
     tail -n 25 "$out/$name.log"
@@ -67,4 +92,4 @@ stage() {  # stage NAME LIMIT_S SCRIPT ARGS...: run one benchmark, record its ex
 stage attention "${limits[0]}" benchmarks/attention.py "${attention[@]}"
 stage train_step "${limits[1]}" benchmarks/train_step.py "${train[@]}"
 stage sampling "${limits[2]}" benchmarks/sampling.py "${sampling[@]}"
-python benchmarks/gpu_report.py "$out"
+"$python" benchmarks/gpu_report.py "$out"

@@ -32,7 +32,8 @@ def _table(rows: list[dict], columns: list[str]) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# GPU benchmarks, {report['date']}", "", f"device: {report['device']}; commit {report['commit']}", "",
+    lines = [f"# GPU benchmarks, {report['date']}", "", f"device: {report['device']}; commit {report['commit']}",
+             "", f"environment: {report.get('environment') or 'not recorded'}", "",
              "| stage | exit status | seconds |", "|---|---|---|"]
     lines += [f"| {s} | {st['rc']} | {st['seconds']} |" for s, st in report["status"].items()]
     att = report.get("attention") or {}
@@ -70,6 +71,8 @@ def main(folder: Path) -> int:
         path = folder / f"{name}.json"
         report[name] = json.loads(path.read_text()) if path.exists() else None
     report["device"] = (report["attention"] or {}).get("device") or (report["train_step"] or {}).get("device")
+    environment = folder / "environment.txt"  # gpu.sh's preflight: python, torch, triton, device
+    report["environment"] = environment.read_text().strip().splitlines()[-1] if environment.exists() else None
     (folder / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "gpu.md").write_text(markdown(report))
     print(f"wrote {folder / 'gpu.json'} and {folder / 'gpu.md'}")

@@ -13,8 +13,8 @@ import triton.language as tl
 
 from .forward import LOG2E, constexprs, empty_output
 from .layout import Layout
-from .tiles import (SKIP, TUNING_KEY, batch_head, block_rows, dot, load_tile, pair_step, store_tile, tile_allowed,
-                    tuning_configs)
+from .tiles import (SKIP, TUNING_KEY, batch_head, block_rows, dot, load_tile, pair_step, spill_free, store_tile,
+                    tile_allowed, tuning_configs)
 
 
 @triton.jit
@@ -39,20 +39,7 @@ def _dq_half(pair, half, q_base, o_base, do_base, lse_base, delta_base, order_pt
     return q, do, tl.load(lse_base + clamped), delta, rows, in_seq
 
 
-def dq_configs(configs: list, named_args: dict, **kwargs) -> list:
-    """The dQ kernel's tuning configs without those that spill registers at sm_90.
-
-    At head_dim 128 a dQ program holds q, dO and the dQ accumulator for 128 rows: its 4-warp
-    variants spill 144-168 bytes per thread and 8 warps x 3 stages 4 bytes (`python -m
-    megadalle.kernels.lowering --head-dims 128 --kernels dq`). The interpreter's single config
-    is kept whatever the head size: it has no registers to spill.
-    """
-    if kwargs.get("HEAD_DIM", 0) < 128:
-        return configs
-    return [c for c in configs if c.num_warps == 8 and c.num_stages != 3] or configs
-
-
-@triton.autotune(configs=tuning_configs(), key=TUNING_KEY, prune_configs_by={"early_config_prune": dq_configs})
+@triton.autotune(configs=tuning_configs(), key=TUNING_KEY, prune_configs_by={"early_config_prune": spill_free((3,))})
 @triton.jit
 def _dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, order_ptr,
                pair_ptr, pair_kb, pair_tile, bits_ptr,
@@ -97,7 +84,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, o
     store_tile(dq_base, rows_b, stride_dql, offs_d, dq_b * scale, in_b)
 
 
-@triton.autotune(configs=tuning_configs(), key=TUNING_KEY)
+@triton.autotune(configs=tuning_configs(), key=TUNING_KEY, prune_configs_by={"early_config_prune": spill_free()})
 @triton.jit
 def _dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, order_ptr,
                  key_ptr, key_qb, key_tile, bits_ptr,

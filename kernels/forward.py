@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 
 from .layout import Layout
-from .tiles import (SKIP, TUNING_KEY, batch_head, block_rows, dot, load_tile, pair_step, precision, store_tile,
-                    tile_allowed, tuning_configs)
+from .tiles import (SKIP, TUNING_KEY, batch_head, block_rows, dot, load_tile, pair_step, precision, spill_free,
+                    store_tile, tile_allowed, tuning_configs)
 
 LOG2E = 1.4426950408889634
 
@@ -43,7 +43,7 @@ def _finish(acc, m_i, l_i, o_base, lse_base, offs, rows, in_seq, stride_ol, offs
     tl.store(lse_base + offs, m_i + tl.math.log2(l_safe), mask=in_seq)
 
 
-@triton.autotune(configs=tuning_configs(), key=TUNING_KEY)
+@triton.autotune(configs=tuning_configs(), key=TUNING_KEY, prune_configs_by={"early_config_prune": spill_free()})
 @triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, order_ptr, pair_ptr, pair_kb, pair_tile, bits_ptr,
                 stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,

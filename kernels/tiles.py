@@ -114,3 +114,20 @@ def tuning_configs() -> list:
 
 
 TUNING_KEY = ["HEAD_DIM", "BLOCK_M", "BLOCK_N", "PERMUTED", "PRECISION"]
+
+
+def spill_free(drop_stages: tuple[int, ...] = ()):
+    """An `early_config_prune` keeping, at head_dim 128, only the 8-warp configs (less `drop_stages`).
+
+    A 128-row program at head_dim 128 holds its accumulators for 128 rows: with 4 warps every kernel
+    sits at or over the 255-register limit at sm_90 (`python -m megadalle.kernels.lowering
+    --head-dims 128`). Triton 3.6 (torch 2.11's) spills there: forward 52-76 bytes per thread, dK/dV 8;
+    Triton 3.9 holds forward and dK/dV at 249-254 registers and spills dQ 144-168 bytes, and 8 warps x 3
+    stages of dQ 4 bytes (hence dQ's `drop_stages=(3,)`). A spilling variant is never timed. The
+    interpreter's single config is kept whatever the head size: it has no registers to spill.
+    """
+    def prune(configs: list, named_args: dict, **kwargs) -> list:
+        if kwargs.get("HEAD_DIM", 0) < 128:
+            return configs
+        return [c for c in configs if c.num_warps == 8 and c.num_stages not in drop_stages] or configs
+    return prune

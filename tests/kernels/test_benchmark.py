@@ -54,3 +54,18 @@ def test_gpu_sh_cpu_check_runs_every_stage_and_reports(tmp_path):
     assert "harness check only" in attention["device"]
     markdown = (tmp_path / "gpu.md").read_text()
     assert "12b layer pattern" in markdown and "## Training step" in markdown and "## Sampling" in markdown
+    assert report["environment"].startswith("python ") and "torch" in report["environment"]
+    assert f"environment: {report['environment']}" in markdown
+
+
+def test_gpu_sh_stops_before_any_stage_when_the_interpreter_cannot_import(tmp_path):
+    """An interpreter without torch fails the preflight in seconds, naming itself, instead of failing every stage."""
+    fake = tmp_path / "python-without-torch"
+    fake.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(SCRIPT.parent / "gpu.sh"), "--cpu-check", "--out", str(out)],
+                          env=dict(os.environ, PYTHON=str(fake)), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"'{fake}' cannot run the benchmarks" in done.stderr and "No module named 'torch'" in done.stderr
+    assert (out / "status.tsv").read_text() == ""
