@@ -4,7 +4,8 @@
 writing a shard costs about twice the shard (benchmarks/RESULTS.md, Export memory). An export knows
 each tensor's name, shape and dtype before reading any of them (the model built on the meta device),
 so the header and every offset can be written first; each tensor is then written at its offset
-straight from its own memory as the checkpoint yields it, and nothing is held but that tensor.
+straight from its own memory as the checkpoint yields it, and nothing is held but that tensor (or that
+piece of it: a tensor may come as row ranges).
 
 The file is the format safetensors readers expect: an 8-byte little-endian header length, the JSON
 header (padded with spaces to 8 bytes), then the data, every byte of it indexed. Tensors are laid
@@ -53,14 +54,23 @@ class PlannedFile:
         self.file.write(struct.pack("<Q", len(text)) + text)
         self.file.truncate(self.data_start + end)
         self.missing = set(layout)
+        self.unwritten = {name: shape.numel() for name, (shape, _) in layout.items()}
+        """Elements of each tensor not yet written (a tensor may come in row ranges)."""
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor, first_row: int = 0) -> None:
+        """Write `tensor` as the planned tensor `name`, or, with `first_row`, as its rows from there on (a
+        table trained in row pieces is written a piece at a time into its whole tensor)."""
         shape, dtype = self.layout[name]
-        if tensor.shape != shape or tensor.dtype != dtype:
-            raise ValueError(f"{self.path}: {name} is {tuple(tensor.shape)} {tensor.dtype}, "
+        whole = first_row == 0 and tensor.shape == shape
+        fits = len(shape) > 0 and tensor.shape[1:] == shape[1:] and 0 <= first_row <= shape[0] - tensor.shape[0]
+        if tensor.dtype != dtype or not (whole or fits):
+            where = f" at row {first_row}" if first_row else ""
+            raise ValueError(f"{self.path}: {name}{where} is {tuple(tensor.shape)} {tensor.dtype}, "
                              f"planned {tuple(shape)} {dtype}")
-        self.file.seek(self.data_start + self.offsets[name])
+        row_bytes = nbytes(shape[1:], dtype) if len(shape) else 0
+        self.file.seek(self.data_start + self.offsets[name] + first_row * row_bytes)
         self.file.write(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        self.unwritten[name] -= tensor.numel()
         self.missing.discard(name)
 
     def release(self) -> None:
@@ -69,5 +79,6 @@ class PlannedFile:
 
     def close(self) -> None:
         self.release()
-        if self.missing:
-            raise ValueError(f"{self.path}: {len(self.missing)} tensors were never written, e.g. {sorted(self.missing)[:3]}")
+        missing = sorted(self.missing | {name for name, left in self.unwritten.items() if left})
+        if missing:
+            raise ValueError(f"{self.path}: {len(missing)} tensors were never written whole, e.g. {missing[:3]}")

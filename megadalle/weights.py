@@ -82,10 +82,11 @@ class _StreamedWriter:
         self.tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         self.files: dict[str, PlannedFile] = {}
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
+    def add(self, name: str, tensor: torch.Tensor, first_row: int = 0) -> None:
+        """`tensor` as the planned `name`, or as its rows from `first_row` on (PlannedFile.write)."""
         if name not in self.files:
             raise ValueError(f"{name} is not among the {len(self.layout)} tensors planned for {self.target}")
-        self.files[name].write(name, cast(tensor, self.layout[name][1]))
+        self.files[name].write(name, cast(tensor, self.layout[name][1]), first_row)
 
     def _close_files(self) -> None:
         for file in dict.fromkeys(self.files.values()):

@@ -46,7 +46,8 @@ class TransformerConfig:
     vocab_chunk: int = 0
     """Most rows of a vocabulary table (each token embedding, each segment of the output matrix) in one
     parameter; 0 keeps every table whole. ZeRO-3 gathers and reduces a parameter whole, so tables cut into
-    pieces no larger than a block's matrices are never held whole at once (names then end in `pieces.N`)."""
+    pieces no larger than a block's matrices are never held whole at once (names then end in `pieces.N`).
+    A training-memory layout only: `export` writes the tables whole (its config says 0)."""
 
     @property
     def grid_len(self) -> int:

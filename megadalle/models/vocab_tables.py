@@ -8,11 +8,13 @@ used and released a piece at a time, and its gradient computed and reduced a pie
 at 151M with pieces of 4096 rows: 11.5% less per rank under ZeRO-1, 16.8% under ZeRO-3). The pieces
 compute what a whole table holding the same rows computes (bit for bit on the CPU, where the tests check).
 With `vocab_chunk` 0 (or a table no longer than it) a table is one parameter under today's names, so
-checkpoints of whole-table models load as before.
+checkpoints of whole-table models load as before. The pieces are a training-memory layout only: exported
+weights hold whole tables (`whole_tables`), so what samples from them, or any other tool, never sees them.
 """
 from __future__ import annotations
 
 from itertools import accumulate
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -93,3 +95,32 @@ def output_matrix(n_in: int, segments: list[int], chunk: int) -> nn.Module:
     if chunk <= 0 or sum(segments) <= chunk:
         return RowLinear(n_in, sum(segments))
     return RowLinearPieces(n_in, [n for rows in segments for n in piece_rows(rows, chunk)])
+
+
+
+def whole_tables(model: nn.Module) -> tuple[dict[str, torch.Tensor], Callable[[str], tuple[str, int]]]:
+    """Where each tensor of a model whose tables may be in pieces goes in the whole-table model.
+
+    Returns `model`'s state dict with each pieced table's pieces replaced, where its first piece stood, by
+    one tensor `<table>.weight` of the joined shape (empty, on the pieces' device: meta stays meta), and
+    `place(name) -> (whole name, first row)`: a piece's rows start at its table's row `first row`; any other
+    tensor keeps its name at row 0. An export writes each piece at its rows as it comes, so it never holds
+    a table whole (weights.py). A model without pieces maps to itself.
+    """
+    places: dict[str, tuple[str, int]] = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, (EmbeddingPieces, RowLinearPieces)):
+            table = f"{prefix}." if prefix else ""
+            starts = edges([piece.weight.shape[0] for piece in module.pieces])
+            places.update({f"{table}pieces.{i}.weight": (f"{table}weight", start)
+                           for i, start in enumerate(starts[:-1])})
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        whole, first = places.get(name, (name, 0))
+        if whole == name:
+            state[name] = tensor
+        elif first == 0:
+            rows = sum(model.get_parameter(piece).shape[0] for piece, (table, _) in places.items()
+                       if table == whole)
+            state[whole] = torch.empty(rows, *tensor.shape[1:], dtype=tensor.dtype, device=tensor.device)
+    return state, lambda name: places.get(name, (name, 0))

@@ -10,6 +10,8 @@ come lazily from whatever layout trained it:
 - pipeline: each `layer_NN-model_states.pt` in turn, named through `layer_names` (see `pipeline_names`),
   or for an fp32 export of a bf16 run the stages' fp32 masters (zero_masters.py), named the same way;
 - `ema=True`: the EMA pieces every rank saved, consolidated parameter by parameter (ema.py).
+Vocabulary tables trained in row pieces (`model.vocab_chunk`) are exported joined, under the whole
+table's name, and the exported config says `vocab_chunk: 0` (models/vocab_tables.py).
 So neither export nor `load_run` ever holds the checkpoint whole. Our own reads use
 torch.load(weights_only=True). This lives under train/ (it reads train's checkpoints); the `export`
 verb and the training verbs that export at their end (train-dvae, train-clip) both call it.
@@ -24,6 +26,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from megadalle.models.vocab_tables import whole_tables
 from megadalle.train.checkpoint import CheckpointError, damage, find_resumable
 from megadalle.train.ema import EmaPieces
 from megadalle.train.mapped import mapped, streamed
@@ -161,14 +164,16 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
     task, _ = run_task(run_dir)
     path = checkpoint_dir(run_dir, checkpoint)
     spec, model, torch_dtype = task.export_spec(), meta_model(task), DTYPES[dtype]
+    state, place = whole_tables(model)  # vocabulary tables trained in pieces are written whole
     tensors = checked(model, checkpoint_tensors(task, model, path, ema, torch_dtype), path)
     output = Path(output)
-    layout = export_layout(model.state_dict(), torch_dtype)
+    layout = export_layout(state, torch_dtype)
     writer = (SingleFileWriter(output, layout, spec.kind) if output.suffix == ".safetensors"
               else ShardedWriter(output, layout, spec.kind, max_shard_bytes))
     try:
         for name, tensor in tensors:
-            writer.add(name, tensor)
+            whole, first_row = place(name)
+            writer.add(whole, tensor, first_row)
         return writer.close(spec.config)
     except BaseException:
         writer.abort()

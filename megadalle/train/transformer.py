@@ -11,6 +11,7 @@ fixed validation captions (train/sample_grid.py), written to `<run>/samples/` an
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -83,7 +84,8 @@ class TransformerTask(Task):
         return transformer_flops_per_token(self.cfg) * self.cfg.seq_len
 
     def export_spec(self) -> ExportSpec:
-        return ExportSpec("transformer", self.cfg)
+        """Exports hold whole vocabulary tables (consolidate.export joins pieces), so their config has none."""
+        return ExportSpec("transformer", replace(self.cfg, vocab_chunk=0))
 
     def pipeline(self) -> PipelineSpec:
         from deepspeed.pipe import LayerSpec

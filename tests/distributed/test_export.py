@@ -1,4 +1,5 @@
-"""`megadalle export` of ZeRO-1, ZeRO-3 and 2-stage pipeline runs gives the trained model, in every form.
+"""`megadalle export` of ZeRO-1, ZeRO-3 and 2-stage pipeline runs gives the trained model, in every form
+(and vocabulary tables trained in pieces, model.vocab_chunk, whole).
 
 The training ranks record the logits of a probe batch from the model still inside DeepSpeed
 (dist_train_worker.py). The fp32 export, read back by `load_model` (what `generate` uses) from the
@@ -30,10 +31,12 @@ def logits(model: Transformer, overrides):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("layout", ["zero1", "zero3", "pipe"])
-def test_export_matches_trained_logits(layout, train_overrides, tmp_path):
+@pytest.mark.parametrize("layout, extra", [("zero1", []), ("zero3", []), ("pipe", []),
+                                           ("zero3", ["model.vocab_chunk=100"])],
+                         ids=["zero1", "zero3", "pipe", "zero3-pieces"])
+def test_export_matches_trained_logits(layout, extra, train_overrides, tmp_path):
     run = tmp_path / "run"
-    overrides = [*train_overrides, f"deepspeed={layout}", f"run_dir={run}"]
+    overrides = [*train_overrides, f"deepspeed={layout}", f"run_dir={run}", *extra]
     launch.run(2, {"overrides": overrides, "probe": str(tmp_path / "probe.pt")}, tmp_path / "logs",
                script="dist_train_worker.py", timeout=600)
     trained = torch.load(tmp_path / "probe.pt", weights_only=True)
@@ -47,6 +50,9 @@ def test_export_matches_trained_logits(layout, train_overrides, tmp_path):
         torch.testing.assert_close(image_logits, trained["image"], rtol=1e-5, atol=1e-5)
     fp32, config = load_weights(tmp_path / "fp32", kind="transformer")
     bf16, _ = load_weights(tmp_path / "bf16", kind="transformer")
+    # tables trained in pieces are exported whole, under the whole-table names
+    assert config["vocab_chunk"] == 0 and not [name for name in fp32 if ".pieces." in name]
+    assert fp32.keys() == Transformer(load_model(tmp_path / "fp32", "transformer").cfg).state_dict().keys()
     assert fp32.keys() == bf16.keys()
     for name, value in fp32.items():
         assert bf16[name].dtype == torch.bfloat16 and torch.equal(bf16[name], value.to(torch.bfloat16)), name

@@ -36,10 +36,29 @@ def test_a_tensor_never_written_or_not_as_planned_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"b is \(7,\) torch.float16, planned \(7,\) torch.float32"):
         file.write("b", state["b"].half())
     file.write("b", state["b"])
-    with pytest.raises(ValueError, match="5 tensors were never written"):
+    with pytest.raises(ValueError, match="5 tensors were never written whole"):
         file.close()
     with pytest.raises(ValueError, match="complex64"):
         PlannedFile(tmp_path / "y.safetensors", {"z": (torch.Size([2]), torch.complex64)})
+
+
+def test_a_tensor_written_in_row_ranges_reads_back_whole(tmp_path):
+    """A table trained in row pieces is written a piece at a time into its whole tensor (export)."""
+    table = torch.randn(10, 3).to(torch.bfloat16)
+    layout = {"table": (table.shape, table.dtype), "b": (torch.Size([2]), torch.float32)}
+    file = PlannedFile(tmp_path / "x.safetensors", layout)
+    file.write("b", torch.ones(2))
+    for first, last in ((6, 10), (0, 4)):
+        file.write("table", table[first:last], first)
+    with pytest.raises(ValueError, match="1 tensors were never written whole, e.g. \\['table'\\]"):
+        file.close()  # rows 4-5 never came
+    file = PlannedFile(tmp_path / "y.safetensors", {"table": (table.shape, table.dtype)})
+    for first, last in ((6, 10), (0, 4), (4, 6)):
+        file.write("table", table[first:last], first)
+    file.close()
+    assert torch.equal(load_file(str(tmp_path / "y.safetensors"))["table"], table)
+    with pytest.raises(ValueError, match=r"table at row 8 is \(4, 3\) torch.bfloat16, planned \(10, 3\)"):
+        PlannedFile(tmp_path / "z.safetensors", {"table": (table.shape, table.dtype)}).write("table", table[:4], 8)
 
 
 def test_an_aborted_folder_leaves_nothing(tmp_path):

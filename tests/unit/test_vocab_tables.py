@@ -4,7 +4,7 @@ import torch
 
 from megadalle.config import ConfigError
 from megadalle.models.transformer import Transformer
-from megadalle.models.vocab_tables import RowLinearPieces, output_matrix, piece_rows, token_embedding
+from megadalle.models.vocab_tables import RowLinearPieces, output_matrix, piece_rows, token_embedding, whole_tables
 from megadalle.sampling.decoder import SparseDecoder
 
 from .helpers import random_batch, tiny_config
@@ -20,14 +20,14 @@ def test_piece_rows():
     assert piece_rows(128, 64) == [64, 64]
 
 
-def whole_state(pieced: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The whole-table state dict holding the same rows as a pieced one (pieces concatenated in order)."""
-    whole: dict[str, list[torch.Tensor]] = {}
-    for name, tensor in pieced.items():
-        table, _, rest = name.partition(".pieces.")
-        key = f"{table}.{rest.split('.', 1)[1]}" if rest else name
-        whole.setdefault(key, []).append(tensor)
-    return {key: torch.cat(parts) for key, parts in whole.items()}
+def whole_state(pieced: Transformer, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The whole-table state holding the same rows as `values`, a state of the pieced model (whole_tables)."""
+    layout, place = whole_tables(pieced)
+    whole = {name: torch.full_like(t, float("nan")) for name, t in layout.items()}
+    for name, tensor in values.items():
+        target, first = place(name)
+        whole[target][first:first + len(tensor)] = tensor
+    return whole
 
 
 def twin_models():
@@ -35,8 +35,29 @@ def twin_models():
     torch.manual_seed(1)
     pieced = Transformer(tiny_config(vocab_chunk=CHUNK, dropout=0.0))
     whole = Transformer(tiny_config(dropout=0.0))
-    whole.load_state_dict(whole_state(pieced.state_dict()))
+    whole.load_state_dict(whole_state(pieced, pieced.state_dict()))
     return pieced, whole
+
+
+def test_whole_tables_place_every_piece_in_the_whole_models_state():
+    pieced, whole = twin_models()
+    layout, place = whole_tables(pieced)
+    assert list(layout) == list(whole.state_dict())  # each table where its first piece stood
+    assert {n: t.shape for n, t in layout.items()} == {n: t.shape for n, t in whole.state_dict().items()}
+    assert place("head.out.pieces.0.weight") == ("head.out.weight", 0)
+    assert place("head.out.pieces.11.weight") == ("head.out.weight", 512)  # the image segment starts a piece
+    assert place("head.out.pieces.12.weight") == ("head.out.weight", 512 + 48)
+    assert place("embed.text_tokens.pieces.10.weight") == ("embed.text_tokens.weight", 480)
+    assert place("blocks.0.ln_attn.weight") == ("blocks.0.ln_attn.weight", 0)
+    for name, tensor in whole_state(pieced, pieced.state_dict()).items():
+        assert not tensor.isnan().any(), f"{name}: rows no piece filled"
+
+
+def test_whole_tables_of_a_whole_model_is_the_identity():
+    _, whole = twin_models()
+    layout, place = whole_tables(whole)
+    assert list(layout) == list(whole.state_dict())
+    assert all(place(name) == (name, 0) for name in layout)
 
 
 def test_tables_are_cut_and_no_piece_exceeds_the_chunk():
@@ -65,7 +86,7 @@ def test_pieced_model_gives_the_whole_models_logits_loss_and_gradients():
     assert torch.equal(loss_p, loss_w)
     loss_p.backward()
     loss_w.backward()
-    grads = whole_state({name: p.grad for name, p in pieced.named_parameters()})
+    grads = whole_state(pieced, {name: p.grad for name, p in pieced.named_parameters()})
     for name, p in whole.named_parameters():  # the head's backward sums over pieces in another order
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-5 * p.grad.abs().max().item(),
                                    msg=lambda m: f"{name}: {m}")
