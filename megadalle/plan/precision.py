@@ -30,8 +30,8 @@ def master_bytes(precision: Precision, zero: int) -> int:
 
 
 def resident_master_bytes(precision: Precision, zero: int) -> int:
-    """Bytes per parameter of the master weights a rank holds while training: `master_bytes`, except at
-    ZeRO-3 in fp32, where DeepSpeed's clone is freed once the engine is built and the master is the
-    weights' own partition (train/engine.py `share_zero3_masters`). The constructor still allocates the
-    clone, and checkpoints still write the master, so construction and checkpoints count `master_bytes`."""
-    return 0 if zero == 3 and precision.name == "fp32" else master_bytes(precision, zero)
+    """Bytes per parameter of the master weights a rank holds while training: `master_bytes`, except in
+    fp32, where DeepSpeed's clone is freed once the engine is built and the master is the weights' own
+    partition at every ZeRO stage (train/engine.py `share_fp32_masters`). The constructor still allocates
+    the clone, and checkpoints still write the master, so construction and checkpoints count `master_bytes`."""
+    return 0 if precision.name == "fp32" else master_bytes(precision, zero)

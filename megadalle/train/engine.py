@@ -195,34 +195,52 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
     opt = optimizer(module, trainer)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule.scheduler(opt, trainer),
                                            config=config)
-    share_zero3_masters(engine.optimizer)
+    share_fp32_masters(engine.optimizer)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dp_rank = engine.grid.data_parallel_id if spec is not None else engine.global_rank
     return Built(engine, model, spec, dtype, device, dp_rank, dp_world)
 
 
-def share_zero3_masters(optimizer) -> int:
-    """Under ZeRO-3, point each fp32 master sub-group whose weight partition is already fp32 on the same
-    device at that partition: one copy of the weights per rank instead of two. Returns how many it shared.
+def master_pairs(optimizer) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
+    """(this rank's weight partition, its fp32 master) for each of a ZeRO optimizer's groups; none for
+    other optimizers (ZeRO-0's torch optimizer steps the weights themselves, bf16's BF16_Optimizer)."""
+    if hasattr(optimizer, "fp32_partitioned_groups_flat"):  # ZeRO-3
+        return list(zip(optimizer.fp16_partitioned_groups_flat, optimizer.fp32_partitioned_groups_flat))
+    if hasattr(optimizer, "single_partition_of_fp32_groups"):  # ZeRO-1/2
+        import deepspeed.comm as dist
 
-    DeepSpeed 0.19.8 means to ("we don't need another copy of the weights", stage3.py
+        own = [partitions[dist.get_rank(group=group)] for partitions, group in
+               zip(optimizer.parallel_partitioned_bit16_groups, optimizer.real_dp_process_group)]
+        return list(zip(own, optimizer.single_partition_of_fp32_groups))
+    return []
+
+
+def share_fp32_masters(optimizer) -> int:
+    """Where a rank's weight partition is already fp32 on the master's device, make it the optimizer's
+    fp32 master: one copy of the weights per rank instead of two. Returns how many groups it shared.
+
+    ZeRO-3: DeepSpeed 0.19.8 means to ("we don't need another copy of the weights", stage3.py
     `_create_fp32_partitions`) but compares the partition's `torch.device` with its device name, a str,
     which is never equal, so every fp32 run keeps a clone: 4 bytes per parameter per rank, a quarter of
-    ZeRO-3's model states in fp32 (benchmarks/RESULTS.md, "ZeRO-3's fp32 masters"). `.data` is repointed,
-    so the optimizer's parameter, the key of its state, stays the same object, and DeepSpeed's copies
-    between the two (after each step, on load) become copies onto themselves. bf16 runs (a bf16 partition)
-    and offloaded optimizers (the master lives apart on purpose) are left as DeepSpeed made them.
+    ZeRO-3's model states in fp32 (benchmarks/RESULTS.md, "ZeRO-3's fp32 masters"). ZeRO-1/2
+    (stage_1_and_2.py) clone the rank's partition of the flat weights unconditionally, and a pipeline's
+    stages (ZeRO-1) do the same. `.data` is repointed, so the optimizer's parameter, the key of its state,
+    stays the same object, and DeepSpeed's copies between the two (after each step, on load) become copies
+    onto themselves; ZeRO-1/2's views of the master (each parameter's fp32 fragment, through which a
+    universal checkpoint loads) are made again, as DeepSpeed does when it moves the master itself.
+    bf16 runs (a bf16 partition) and offloaded optimizers (the master lives apart on purpose) are left as
+    DeepSpeed made them.
     """
-    partitions = getattr(optimizer, "fp16_partitioned_groups_flat", None)
-    masters = getattr(optimizer, "fp32_partitioned_groups_flat", None)
-    if partitions is None or masters is None or getattr(optimizer, "offload_optimizer", False):
+    if getattr(optimizer, "offload_optimizer", False) or getattr(optimizer, "cpu_offload", False):
         return 0
     shared = 0
-    for partition, master in zip(partitions, masters):
+    for partition, master in master_pairs(optimizer):
         if (partition is None or master.numel() == 0 or partition.shape != master.shape
                 or partition.dtype != master.dtype or partition.device != master.device):
             continue
         if partition.data_ptr() != master.data_ptr():
             master.data = partition.data
             shared += 1
+    if shared and hasattr(optimizer, "single_partition_of_fp32_groups"):
+        optimizer._link_all_hp_params()
     return shared

@@ -68,8 +68,7 @@ def main(opts: dict) -> None:
         losses = [runner.update(step)["loss"] for step in (0, 1)]
     optimizer = built.engine.optimizer
     sub_groups = len(optimizer.fp32_partitioned_groups_flat) if partitioned else None
-    shared = [master.data_ptr() == weights.data_ptr() for weights, master in
-              zip(optimizer.fp16_partitioned_groups_flat, optimizer.fp32_partitioned_groups_flat)] if partitioned else None
+    shared = [master.data_ptr() == weights.data_ptr() for weights, master in engine.master_pairs(optimizer)]
     record = {"shares": shares, "stats": stats, "losses": losses, "constructed": constructed, "gathered": gathered,
               "sub_groups": sub_groups, "masters_shared": shared,
               "registered": registered,

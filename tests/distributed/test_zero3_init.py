@@ -96,9 +96,10 @@ def test_optimizer_steps_in_sub_groups_of_one_block(runs):
 
 @pytest.mark.distributed
 def test_fp32_masters_are_the_weight_partitions(runs):
-    """No second fp32 copy of the weights (engine.share_zero3_masters): every sub-group's master is its
-    partition's memory, and the losses after the first step are still ZeRO-1's (above)."""
-    for layout in ("zero3", "zero3 window", "zero3 deepspeed defaults", "zero3 pieces"):
+    """No second fp32 copy of the weights (engine.share_fp32_masters): every group's master is its
+    partition's memory, under ZeRO-1 as under ZeRO-3, and the losses after the first step are the same in
+    every layout (above)."""
+    for layout in ("zero1", "zero1 pieces", "zero3", "zero3 window", "zero3 deepspeed defaults", "zero3 pieces"):
         for rank in runs[layout]:
             assert rank["masters_shared"] and all(rank["masters_shared"]), (layout, rank["masters_shared"])
 

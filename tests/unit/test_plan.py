@@ -130,7 +130,8 @@ def test_cpu_fp32_counts_fp32_activations_and_eager_attention_scores():
     assert mem.optimizer == 8 * 950  # no fp32 master copy beside fp32 weights without ZeRO
     per_layer = 68 * 8 * 8 + 2 * 2 * 8 * 8 * 4  # 2x Korthikanti's 16-bit bytes + scores and probabilities, 2 heads
     assert mem.activations == 4 * per_layer + 54 * (4 + 4 + 4)
-    assert memory_per_rank(CFG, COUNTS, Layout(1, 4, 1, 1, False), fp32, "cpu").optimizer == 12 * 950 / 4
+    # nor with ZeRO: the master is the weights' partition (engine.share_fp32_masters)
+    assert memory_per_rank(CFG, COUNTS, Layout(1, 4, 1, 1, False), fp32, "cpu").optimizer == 8 * 950 / 4
 
 
 def test_construction_is_the_share_plus_the_largest_tensor_under_zero3():
@@ -149,13 +150,16 @@ def test_construction_is_the_share_plus_the_largest_tensor_under_zero3():
     assert zero1_dp1 == 4 * 950 + 4 * 950 + 4 * 950  # one rank: the whole master and gradient copies are larger
 
 
-def test_fp32_zero3_trains_without_a_master_copy_but_builds_and_saves_one():
-    """engine.share_zero3_masters frees DeepSpeed's fp32 clone once the engine is built: the step holds the
-    weights' partition and Adam's moments only; the constructor allocated the clone, checkpoints write it."""
+def test_fp32_zero_trains_without_a_master_copy_but_builds_and_saves_one():
+    """engine.share_fp32_masters frees DeepSpeed's fp32 clone once the engine is built, at every ZeRO stage:
+    the step holds the weights' partition and Adam's moments only; the constructor allocated the clone,
+    checkpoints write it."""
     fp32, bf16 = Settings(precision=FP32), Settings(precision=BF16)
     zero3, zero2 = Layout(1, 4, 3, 1, False), Layout(1, 4, 2, 1, False)
     assert memory_per_rank(CFG, COUNTS, zero3, fp32).optimizer == 8 * 950 / 4
-    assert memory_per_rank(CFG, COUNTS, zero2, fp32).optimizer == 12 * 950 / 4
+    assert memory_per_rank(CFG, COUNTS, zero2, fp32).optimizer == 8 * 950 / 4
+    assert memory_per_rank(CFG, COUNTS, Layout(1, 4, 1, 1, False), fp32).optimizer == 8 * 950 / 4
+    assert memory_per_rank(CFG, COUNTS, zero2, bf16).optimizer == 12 * 950 / 4
     assert memory_per_rank(CFG, COUNTS, zero3, bf16).optimizer == 12 * 950 / 4  # a bf16 partition cannot be the master
     assert construction_bytes(CFG, COUNTS, zero3, fp32) == 3 * 4 * 950 / 4 + 4 * 150
     assert checkpoint_bytes(CFG, COUNTS, zero3, fp32)[0] == 12 * 950 / 4
