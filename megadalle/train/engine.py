@@ -243,4 +243,25 @@ def share_fp32_masters(optimizer) -> int:
             shared += 1
     if shared and hasattr(optimizer, "single_partition_of_fp32_groups"):
         optimizer._link_all_hp_params()
+        optimizer.state_dict = _compact_masters(optimizer.state_dict)
     return shared
+
+
+def _compact_masters(state_dict):
+    """ZeRO-1/2's optimizer `state_dict` with each saved master copied out of the flat weights.
+
+    A shared master is a view of the flat weights of every rank's partition, and torch.save writes a
+    view's whole storage: without the copy each rank's checkpoint held the whole model's fp32 weights
+    (at 151M on 4 ranks, 865 MiB per rank instead of 433). The copy lives only while the checkpoint
+    is written.
+    """
+    from deepspeed.checkpoint.constants import SINGLE_PARTITION_OF_FP32_GROUPS
+
+    def compact() -> dict:
+        state = state_dict()
+        state[SINGLE_PARTITION_OF_FP32_GROUPS] = [
+            t.clone() if t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
+            for t in state[SINGLE_PARTITION_OF_FP32_GROUPS]]
+        return state
+
+    return compact

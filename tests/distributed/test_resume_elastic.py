@@ -51,6 +51,18 @@ def uninterrupted(request, tmp_path_factory):
 
 
 @pytest.mark.distributed
+def test_each_rank_saves_only_its_share_of_the_optimizer(uninterrupted):
+    """fp32 master and Adam's two moments of the rank's half of the parameters, 12 bytes each: not the whole
+    flat weights that a ZeRO-2 master shared with them (engine.share_fp32_masters) is a view of."""
+    root, _ = uninterrupted
+    params = sum(p.numel() for p in load_run(root / "run")[0].parameters())
+    step = root / "run" / "checkpoints" / f"step_{N:08d}"
+    for rank in (0, 1):
+        size = (step / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").stat().st_size
+        assert size < 1.05 * 12 * params / 2 + 16384, (rank, size, params)
+
+
+@pytest.mark.distributed
 @pytest.mark.parametrize("world,grad_accum", [(1, 4), (4, 1)])
 def test_resume_on_another_data_parallel_size(world, grad_accum, uninterrupted, tmp_path):
     uninterrupted, opts = uninterrupted

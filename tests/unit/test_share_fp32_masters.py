@@ -1,8 +1,11 @@
 """engine.share_fp32_masters: one fp32 copy of a rank's weights where DeepSpeed keeps two (ZeRO-1, 2 and 3)."""
 from types import SimpleNamespace
 
+import io
+
 import deepspeed.comm
 import torch
+from deepspeed.checkpoint.constants import SINGLE_PARTITION_OF_FP32_GROUPS
 
 from megadalle.train.engine import share_fp32_masters
 
@@ -41,15 +44,19 @@ def test_bf16_partitions_offloaded_optimizers_and_other_stages_keep_their_master
 
 class Zero12(SimpleNamespace):
     """stage_1_and_2.py's layout: each group's flat weights cut into one partition per data-parallel rank,
-    the master a float32 clone of this rank's; `_link_all_hp_params` remakes each parameter's fp32 view."""
+    the master a float32 clone of this rank's; `_link_all_hp_params` remakes each parameter's fp32 view;
+    `state_dict` saves the masters without their padding (slices of them)."""
 
     def _link_all_hp_params(self):
         self.links += 1
 
+    def state_dict(self):
+        return {SINGLE_PARTITION_OF_FP32_GROUPS: [m[:-1] for m in self.single_partition_of_fp32_groups]}
+
 
 def test_zero12_masters_become_the_ranks_own_partitions_and_are_linked_again(monkeypatch):
     monkeypatch.setattr(deepspeed.comm, "get_rank", lambda group=None: {"dp0": 1, "dp1": 0}[group])
-    flats = [torch.randn(8), torch.randn(6)]
+    flats = [torch.randn(800), torch.randn(600)]  # large enough that a saved view shows in the bytes
     partitions = [list(flats[0].chunk(2)), list(flats[1].chunk(2))]
     own = [partitions[0][1], partitions[1][0]]  # rank 1 of group 0, rank 0 of group 1
     masters = [torch.nn.Parameter(p.detach().clone()) for p in own]
@@ -62,9 +69,20 @@ def test_zero12_masters_become_the_ranks_own_partitions_and_are_linked_again(mon
         m.grad = torch.ones_like(m)
     before = [f.clone() for f in flats]
     adam.step()  # lands in this rank's partition of the flat weights, and nowhere else
-    torch.testing.assert_close(flats[0], torch.cat([before[0][:4], before[0][4:] - 0.1]))
-    torch.testing.assert_close(flats[1], torch.cat([before[1][:3] - 0.1, before[1][3:]]))
+    torch.testing.assert_close(flats[0], torch.cat([before[0][:400], before[0][400:] - 0.1]))
+    torch.testing.assert_close(flats[1], torch.cat([before[1][:300] - 0.1, before[1][300:]]))
     assert share_fp32_masters(opt) == 0 and opt.links == 1, "nothing left to share, nothing to link again"
+    saved = opt.state_dict()[SINGLE_PARTITION_OF_FP32_GROUPS]  # what a checkpoint writes: each rank's own rows
+    assert [t.tolist() for t in saved] == [p[:-1].tolist() for p in own]
+    assert all(t.untyped_storage().nbytes() == 4 * t.numel() for t in saved)
+    assert _saved_bytes(saved) == _saved_bytes([t.detach().clone() for t in saved]), "more than the rows was saved"
+    assert _saved_bytes([flats[0][4:7]]) > _saved_bytes([flats[0][4:7].clone()])  # what a view would have cost
+
+
+def _saved_bytes(tensors) -> int:
+    written = io.BytesIO()
+    torch.save(tensors, written)
+    return len(written.getvalue())
     offloaded = Zero12(parallel_partitioned_bit16_groups=partitions, real_dp_process_group=["dp0", "dp1"],
                        single_partition_of_fp32_groups=[p.detach().clone() for p in own], cpu_offload=True, links=0)
     assert share_fp32_masters(offloaded) == 0 and offloaded.links == 0
