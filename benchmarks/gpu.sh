@@ -47,6 +47,7 @@ else
     if ! nvidia-smi -L >/dev/null 2>&1; then
         echo "gpu.sh: no NVIDIA GPU visible (nvidia-smi failed); use --cpu-check on a CPU" >&2; exit 2
     fi
+    export TRITON_PRINT_AUTOTUNING=1  # each autotuner's pick and its time, in the stages' logs
     attention=(--masks row,column,conv)
     train=(--model 1b --micro-batch 8 --steps 10 --warmup 3)
     sampling=(--device cuda --batch 1 8 --threads 1 --repeats 2)
