@@ -97,7 +97,6 @@ def output_matrix(n_in: int, segments: list[int], chunk: int) -> nn.Module:
     return RowLinearPieces(n_in, [n for rows in segments for n in piece_rows(rows, chunk)])
 
 
-
 def whole_tables(model: nn.Module) -> tuple[dict[str, torch.Tensor], Callable[[str], tuple[str, int]]]:
     """Where each tensor of a model whose tables may be in pieces goes in the whole-table model.
 
