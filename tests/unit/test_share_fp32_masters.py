@@ -1,7 +1,6 @@
 """engine.share_fp32_masters: one fp32 copy of a rank's weights where DeepSpeed keeps two (ZeRO-1, 2 and 3)."""
-from types import SimpleNamespace
-
 import io
+from types import SimpleNamespace
 
 import deepspeed.comm
 import torch
@@ -77,12 +76,12 @@ def test_zero12_masters_become_the_ranks_own_partitions_and_are_linked_again(mon
     assert all(t.untyped_storage().nbytes() == 4 * t.numel() for t in saved)
     assert _saved_bytes(saved) == _saved_bytes([t.detach().clone() for t in saved]), "more than the rows was saved"
     assert _saved_bytes([flats[0][4:7]]) > _saved_bytes([flats[0][4:7].clone()])  # what a view would have cost
+    offloaded = Zero12(parallel_partitioned_bit16_groups=partitions, real_dp_process_group=["dp0", "dp1"],
+                       single_partition_of_fp32_groups=[p.detach().clone() for p in own], cpu_offload=True, links=0)
+    assert share_fp32_masters(offloaded) == 0 and offloaded.links == 0
 
 
 def _saved_bytes(tensors) -> int:
     written = io.BytesIO()
     torch.save(tensors, written)
     return len(written.getvalue())
-    offloaded = Zero12(parallel_partitioned_bit16_groups=partitions, real_dp_process_group=["dp0", "dp1"],
-                       single_partition_of_fp32_groups=[p.detach().clone() for p in own], cpu_offload=True, links=0)
-    assert share_fp32_masters(offloaded) == 0 and offloaded.links == 0
