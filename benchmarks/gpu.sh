@@ -56,10 +56,10 @@ fi
 
 [ -n "${custom_limits+x}" ] && limits=("${custom_limits[@]}")
 
-python=${PYTHON:-$(command -v python || command -v python3)}
+python=${PYTHON:-$(command -v python || command -v python3 || echo python)}
 want_cuda=$([ "$mode" = gpu ] && echo 1 || echo 0)
 # from benchmarks/, as the stages import: the checkout's megadalle/ folder must not stand in for the installed package
-if ! (cd benchmarks && timeout --kill-after=5 120 "${python:-python}" - "$want_cuda") > "$out/environment.txt" 2>&1 <<'PY'
+if ! (cd benchmarks && timeout --kill-after=5 120 "$python" - "$want_cuda") > "$out/environment.txt" 2>&1 <<'PY'
 import sys
 
 import torch
@@ -74,7 +74,7 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, triton {trit
 PY
 then
     cat "$out/environment.txt" >&2
-    echo "gpu.sh: '${python:-python}' cannot run the benchmarks (above); set PYTHON to an interpreter with torch, triton and megadalle" >&2
+    echo "gpu.sh: '$python' cannot run the benchmarks (above); set PYTHON to an interpreter with torch, triton and megadalle" >&2
     exit 2
 fi
 echo "environment: $(tail -n 1 "$out/environment.txt")"

@@ -107,19 +107,19 @@ def whole_tables(model: nn.Module) -> tuple[dict[str, torch.Tensor], Callable[[s
     a table whole (weights.py). A model without pieces maps to itself.
     """
     places: dict[str, tuple[str, int]] = {}
+    rows: dict[str, int] = {}
     for prefix, module in model.named_modules():
         if isinstance(module, (EmbeddingPieces, RowLinearPieces)):
             table = f"{prefix}." if prefix else ""
             starts = edges([piece.weight.shape[0] for piece in module.pieces])
             places.update({f"{table}pieces.{i}.weight": (f"{table}weight", start)
                            for i, start in enumerate(starts[:-1])})
+            rows[f"{table}weight"] = starts[-1]
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         whole, first = places.get(name, (name, 0))
         if whole == name:
             state[name] = tensor
         elif first == 0:
-            rows = sum(model.get_parameter(piece).shape[0] for piece, (table, _) in places.items()
-                       if table == whole)
-            state[whole] = torch.empty(rows, *tensor.shape[1:], dtype=tensor.dtype, device=tensor.device)
+            state[whole] = torch.empty(rows[whole], *tensor.shape[1:], dtype=tensor.dtype, device=tensor.device)
     return state, lambda name: places.get(name, (name, 0))

@@ -52,11 +52,11 @@ def test_export_matches_trained_logits(layout, extra, train_overrides, tmp_path)
     bf16, _ = load_weights(tmp_path / "bf16", kind="transformer")
     # tables trained in pieces are exported whole, under the whole-table names
     assert config["vocab_chunk"] == 0 and not [name for name in fp32 if ".pieces." in name]
-    assert fp32.keys() == Transformer(load_model(tmp_path / "fp32", "transformer").cfg).state_dict().keys()
+    untrained = Transformer(load_model(tmp_path / "fp32", "transformer").cfg)
+    assert fp32.keys() == untrained.state_dict().keys()
     assert fp32.keys() == bf16.keys()
     for name, value in fp32.items():
         assert bf16[name].dtype == torch.bfloat16 and torch.equal(bf16[name], value.to(torch.bfloat16)), name
-    untrained = Transformer(load_model(tmp_path / "fp32", "transformer").cfg)
     assert not torch.allclose(logits(untrained, overrides)[1], trained["image"], atol=1e-3), "training changed nothing"
 
 
