@@ -2,12 +2,12 @@
 
 For each task (Transformer, dVAE, CLIP at their `tiny` configs) both sides start from the same
 seed, so the same initial weights, and run the same work per update on the same fixed batch with
-the same threads: the task's loss, backward, gradient clipping at `grad_clip`, AdamW with the
-trainer's parameter groups, the trainer's LR schedule, and reading the loss (as any loop that logs
-does). The trainer side is megadalle's real path: engine.build (deepspeed.initialize, ZeRO-1 by default,
-or stage 0 as the single-process demo runs) and StepRunner.update. Equal losses step by step (checked in
-tests/eval/test_compare_plain.py) show the two do the same work, so the ratio of their samples/s is the
-framework's overhead (target >= 0.9x).
+the same threads: the task's loss, backward, gradient clipping at `grad_clip`, the trainer's own AdamW
+(engine.optimizer: its parameter groups, fused as the trainer's is), the trainer's LR schedule, and
+reading the loss (as any loop that logs does). The trainer side is megadalle's real path: engine.build
+(deepspeed.initialize, ZeRO-1 by default, or stage 0 as the single-process demo runs) and StepRunner.update.
+Equal losses step by step (checked in tests/eval/test_compare_plain.py) show the two do the same work, so
+the ratio of their samples/s is the framework's overhead (target >= 0.9x).
 Rounds alternate trainer and plain and the best round of each counts, which damps a shared
 machine's noise; state the load average beside any figure.
 """
@@ -101,8 +101,7 @@ def plain_losses(name: str, micro_batch: int, steps: int) -> tuple[list[float], 
     cfg = trainer_config(micro_batch, steps)
     torch.manual_seed(0)
     model = task.build_model()
-    opt = torch.optim.AdamW(engine.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                            eps=cfg.eps)
+    opt = engine.optimizer(model, cfg)
     lr = schedule.scheduler(opt, cfg)
     losses, seconds = [], []
     for step in range(steps):

@@ -58,7 +58,8 @@ class TrainerConfig:
     eval_batches: int = 4
     """Global batches of validation data evaluated each time (the same ones every time)."""
     fused_optimizer: bool = True
-    """Use apex's FusedAdam when it is importable and training runs on CUDA (falls back to torch AdamW)."""
+    """A fused AdamW: apex's FusedAdam when it is importable and training runs on CUDA, else torch's AdamW with
+    `fused=True` (CUDA and CPU); false runs torch's default (foreach) AdamW."""
     keep_freed_memory: bool = True
     """On the CPU, fix glibc's mmap and trim thresholds so freed buffers are reused instead of faulted in again
     every update (1.2-1.4x faster small-batch updates; the process keeps its peak heap). Any MALLOC_*_ variable

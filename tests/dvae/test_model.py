@@ -89,3 +89,50 @@ def test_decoder_min_width_refuses_values_the_bottleneck_cannot_split(value):
 
     with pytest.raises(ConfigError, match=f"dvae.decoder_min_width={value}: must be 0"):
         replace(TINY, decoder_min_width=value).validate()
+
+
+def test_channels_last_is_a_layout_same_outputs_and_gradients_with_contiguous_parameters():
+    """The NHWC path must compute the NCHW model (same weights in, same logits, stats and gradients out) while
+    every parameter stays contiguous (DeepSpeed broadcasts and flattens them) and the outputs are contiguous."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    nchw = DVAE(replace(TINY, channels_last=False))
+    nhwc = DVAE(replace(TINY, channels_last=True))
+    nhwc.load_state_dict(nchw.state_dict())
+    images = torch.rand(3, 3, 32, 32)
+    outputs = []
+    for model in (nchw, nhwc):
+        torch.manual_seed(1)
+        logits, stats = model(images, tau=0.5)
+        (stats.square().mean() + logits.square().mean()).backward()
+        outputs.append((logits, stats, {n: p.grad for n, p in model.named_parameters()}))
+    (logits_a, stats_a, grads_a), (logits_b, stats_b, grads_b) = outputs
+    torch.testing.assert_close(logits_b, logits_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats_b, stats_a, rtol=1e-5, atol=1e-5)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(p.is_contiguous() and p.grad.is_contiguous() for p in nhwc.parameters())
+    assert logits_b.is_contiguous() and stats_b.is_contiguous()
+    codes = torch.randint(0, 64, (2, 8, 8))
+    torch.testing.assert_close(nhwc.decode_codes(codes), nchw.decode_codes(codes), rtol=1e-5, atol=1e-5)
+    assert nhwc.decode_codes(codes).is_contiguous()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_convolutions_run_in_the_configured_layout(channels_last):
+    from dataclasses import replace
+
+    from megadalle.models.dvae import Conv
+
+    model = DVAE(replace(TINY, channels_last=channels_last))
+    wide = []  # outputs with channels and space to tell the layouts apart
+    hooks = [m.register_forward_hook(lambda m, i, out: wide.append(out) if out.shape[-1] > 1 and out.shape[1] > 1 else None)
+             for m in model.modules() if isinstance(m, Conv)]
+    model(torch.rand(2, 3, 32, 32), tau=1.0)
+    for h in hooks:
+        h.remove()
+    assert len(wide) == sum(isinstance(m, Conv) for m in model.modules())
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(out.is_contiguous(memory_format=layout) and not out.is_contiguous(memory_format=other)
+               for out in wide for other in {torch.channels_last, torch.contiguous_format} - {layout})
