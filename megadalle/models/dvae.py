@@ -38,7 +38,8 @@ class Conv(nn.Conv2d):
         if not self.channels_last:
             return super().forward(x)
         layout = torch.channels_last
-        return self._conv_forward(x.contiguous(memory_format=layout), self.weight.contiguous(memory_format=layout), self.bias)
+        weight = self.weight.contiguous(memory_format=layout)
+        return self._conv_forward(x.contiguous(memory_format=layout), weight, self.bias)
 
 
 def conv(n_in: int, n_out: int, k: int, channels_last: bool) -> Conv:

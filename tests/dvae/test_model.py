@@ -126,13 +126,12 @@ def test_the_convolutions_run_in_the_configured_layout(channels_last):
     from megadalle.models.dvae import Conv
 
     model = DVAE(replace(TINY, channels_last=channels_last))
-    wide = []  # outputs with channels and space to tell the layouts apart
-    hooks = [m.register_forward_hook(lambda m, i, out: wide.append(out) if out.shape[-1] > 1 and out.shape[1] > 1 else None)
-             for m in model.modules() if isinstance(m, Conv)]
+    outputs = []  # every conv's output has channels and space (> 1 each), so the two layouts differ
+    hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out)) for m in model.modules() if isinstance(m, Conv)]
     model(torch.rand(2, 3, 32, 32), tau=1.0)
     for h in hooks:
         h.remove()
-    assert len(wide) == sum(isinstance(m, Conv) for m in model.modules())
+    assert len(outputs) == len(hooks) and all(out.shape[1] > 1 and out.shape[-1] > 1 for out in outputs)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     assert all(out.is_contiguous(memory_format=layout) and not out.is_contiguous(memory_format=other)
-               for out in wide for other in {torch.channels_last, torch.contiguous_format} - {layout})
+               for out in outputs for other in {torch.channels_last, torch.contiguous_format} - {layout})

@@ -1,4 +1,5 @@
-"""The trainer's optimizer (megadalle.train.engine.optimizer): AdamW, fused unless turned off, decay on matrices only."""
+"""The trainer's optimizer (megadalle.train.engine.optimizer): AdamW, fused unless turned off, decay on matrices
+only."""
 import pytest
 import torch
 from torch import nn
