@@ -197,9 +197,25 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule.scheduler(opt, trainer),
                                            config=config)
     share_fp32_masters(engine.optimizer)
+    skip_lone_allreduce(engine, ds.zero_stage, dp_world, spec is not None)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dp_rank = engine.grid.data_parallel_id if spec is not None else engine.global_rank
     return Built(engine, model, spec, dtype, device, dp_rank, dp_world)
+
+
+def skip_lone_allreduce(engine, zero_stage: int, dp_world: int, pipelined: bool) -> bool:
+    """At ZeRO stage 0 with one data-parallel rank, turn off the engine's all-reduce after each backward.
+
+    DeepSpeed's stage 0 flattens every gradient into buckets, all-reduces them over the data-parallel group
+    and copies them back even in a group of one, where that averages the gradients with nothing: the same
+    values, bit for bit. In the single-process demo's layout it cost ~1.5 ms of a ~28 ms CLIP update on 2 CPU
+    cores (benchmarks/RESULTS.md, "Trainer vs a plain PyTorch loop"). ZeRO-1/2/3 reduce through their own
+    optimizer and pipelines through their own engine: left alone. Returns whether it turned it off.
+    """
+    if zero_stage != 0 or dp_world != 1 or pipelined:
+        return False
+    engine.enable_backward_allreduce = False
+    return True
 
 
 def master_pairs(optimizer) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
