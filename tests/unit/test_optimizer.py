@@ -8,6 +8,12 @@ from megadalle.config.train import TrainerConfig
 from megadalle.train.engine import optimizer
 
 
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch):
+    """The CPU's choice even where a GPU is visible (there, with apex importable, the optimizer is FusedAdam)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 def model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
