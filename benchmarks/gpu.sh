@@ -5,7 +5,7 @@
 #      the masks of the 12b pattern (row, column, conv) and totals over 47 row + 16 column + 1 conv layers
 #   2. benchmarks/train_step.py --model 1b  (tokens/s, MFU; micro batch 8 without activation checkpointing:
 #      ~21 GB of weights and AdamW state plus activations fits an 80 GB H100)
-#   3. benchmarks/sampling.py on the GPU     (cached image tokens/s at batch 1 and 8)
+#   3. benchmarks/sampling.py on the GPU     (cached image tokens/s at batch 1 and 8, fp32 and bf16)
 # Each stage has a time limit and its own log; a failed stage is recorded and the next one runs.
 # If 1b does not fit, rerun train_step.py alone with --activation-checkpointing (command in RESULTS.md).
 #
@@ -41,7 +41,8 @@ if [ "$mode" = cpu ]; then
     export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
     attention=(--cpu-check --masks row,column,conv)
     train=(--model tiny --micro-batch 2 --steps 1 --warmup 1)
-    sampling=(--device cpu --layers 4 --width 64 --text-len 8 --grid 4 --batch 1 --threads 1 --naive-tokens 2 --repeats 1)
+    sampling=(--device cpu --layers 4 --width 64 --text-len 8 --grid 4 --batch 1 --threads 1 --dtype fp32 bf16
+              --naive-tokens 2 --repeats 1)
     limits=(600 300 120)
 else
     if ! nvidia-smi -L >/dev/null 2>&1; then
@@ -50,8 +51,8 @@ else
     export TRITON_PRINT_AUTOTUNING=1  # each autotuner's pick and its time, in the stages' logs
     attention=(--masks row,column,conv)
     train=(--model 1b --micro-batch 8 --steps 10 --warmup 3)
-    sampling=(--device cuda --batch 1 8 --threads 1 --repeats 2)
-    limits=(200 110 45)  # 355 s in all
+    sampling=(--device cuda --batch 1 8 --threads 1 --dtype fp32 bf16 --repeats 2)
+    limits=(200 110 50)  # 360 s in all
 fi
 
 [ -n "${custom_limits+x}" ] && limits=("${custom_limits[@]}")

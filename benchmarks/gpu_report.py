@@ -53,7 +53,7 @@ def markdown(report: dict) -> str:
     sampling = report.get("sampling")
     if sampling:
         lines += ["", "## Sampling (cached image tokens/s)", ""]
-        lines += _table(sampling["rows"], ["threads", "batch", "sparse_tok_s", "model_cache_tok_s", "naive_tok_s",
+        lines += _table(sampling["rows"], ["dtype", "threads", "batch", "sparse_tok_s", "model_cache_tok_s", "naive_tok_s",
                                            "sparse_over_model_cache"])
     return "\n".join(lines) + "\n"
 

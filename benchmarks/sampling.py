@@ -1,7 +1,7 @@
 """Image tokens per second: the sparse decoder vs the model's own KV cache vs no cache, side by side.
 
     python benchmarks/sampling.py [--layers 4] [--width 256] [--text-len 256] [--grid 32] [--batch 1]
-                                  [--threads 2] [--naive-tokens 8] [--out benchmarks/sampling.json]
+                                  [--threads 2] [--dtype fp32 bf16] [--naive-tokens 8] [--out benchmarks/sampling.json]
 
 The default is the issues' target: a 4-layer, 256-wide model over 1280 positions (256 text +
 32x32 image), batch 1, on 2 CPU cores. Three decoders run in one process on the same model:
@@ -13,7 +13,9 @@ steadier figure (it excludes time spent waiting for a core, though not cache con
 A cached step is ~10 M multiply-adds, but at batch 1 it also reads every weight once (~21 MB in
 fp32 at the default size, 40% of it the image head): profiled on a 2-core Xeon (AMX), the
 linear layers are ~60% of a step at ~13 GB/s, attention ~15%, module-call overhead the rest, and
-bf16 weights were slower than fp32 there. Batches amortise the weight reads.
+bf16 weights were slower than fp32 there. Batches amortise the weight reads. `--dtype` runs the same
+model in each dtype named (cast from the fp32 one): `generate dtype=auto` samples in bf16 on GPUs, and
+these rows are what that choice stands on.
 The naive loop's cost per token does not depend on the position (the model always runs the whole
 padded sequence, as Transformer.forward requires), so it is timed on `--naive-tokens` tokens
 spread over the image and reported per token. The machine's load average is recorded: on a
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 
 from megadalle.config.model import TransformerConfig
+from megadalle.devices import DTYPES
 from megadalle.models.transformer import Transformer
 from megadalle.sampling.filters import draw, filter_logits
 from megadalle.sampling.loop import SamplingSettings, sample_codes
@@ -81,27 +84,32 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=32)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32"],
+                    help="the Transformer's dtype(s); each runs the same (fp32-initialised) model cast to it")
     ap.add_argument("--naive-tokens", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/sampling.json")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = model_for(args).to(args.device)
+    fp32_model = model_for(args).to(args.device)
     rows = []
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for batch in args.batch:
-            text = torch.randint(4, 16384, (batch, args.text_len), device=args.device)
-            sparse, sparse_cpu = cached_tokens_per_s(model, text, args.repeats, sparse=True)
-            cached, cached_cpu = cached_tokens_per_s(model, text, args.repeats, sparse=False)
-            naive = naive_tokens_per_s(model, text, args.naive_tokens)
-            rows.append({"threads": threads, "batch": batch, "sparse_tok_s": sparse, "sparse_tok_cpu_s": sparse_cpu,
-                         "model_cache_tok_s": cached, "model_cache_tok_cpu_s": cached_cpu, "naive_tok_s": naive,
-                         "sparse_over_model_cache": sparse / cached, "sparse_over_naive": sparse / naive})
-            print(f"threads {threads} batch {batch:3d}: sparse {sparse:8.1f} tok/s  model cache {cached:8.1f} tok/s  "
-                  f"naive {naive:7.2f} tok/s  sparse/model-cache {sparse / cached:5.2f}x "
-                  f"(CPU time {sparse_cpu / cached_cpu:5.2f}x)", flush=True)
+    for dtype in args.dtype:
+        model = fp32_model.to(DTYPES[dtype]) if dtype != "fp32" else fp32_model
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for batch in args.batch:
+                text = torch.randint(4, 16384, (batch, args.text_len), device=args.device)
+                sparse, sparse_cpu = cached_tokens_per_s(model, text, args.repeats, sparse=True)
+                cached, cached_cpu = cached_tokens_per_s(model, text, args.repeats, sparse=False)
+                naive = naive_tokens_per_s(model, text, args.naive_tokens)
+                rows.append({"dtype": dtype, "threads": threads, "batch": batch, "sparse_tok_s": sparse,
+                             "sparse_tok_cpu_s": sparse_cpu, "model_cache_tok_s": cached,
+                             "model_cache_tok_cpu_s": cached_cpu, "naive_tok_s": naive,
+                             "sparse_over_model_cache": sparse / cached, "sparse_over_naive": sparse / naive})
+                print(f"{dtype} threads {threads} batch {batch:3d}: sparse {sparse:8.1f} tok/s  model cache "
+                      f"{cached:8.1f} tok/s  naive {naive:7.2f} tok/s  sparse/model-cache {sparse / cached:5.2f}x "
+                      f"(CPU time {sparse_cpu / cached_cpu:5.2f}x)", flush=True)
     report = {"benchmark": "sampling", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.processor()
               or platform.machine(), "device": args.device, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
               "torch": torch.__version__,
@@ -109,10 +117,10 @@ def main() -> None:
                         "positions": args.text_len + args.grid ** 2, "pattern": model.cfg.attention_pattern,
                         "last_layer": model.cfg.last_layer_attention},
               "targets": {"sparse_over_model_cache_batch1": 3}, "rows": rows}
-    print("\n| threads | batch | sparse tok/s (wall / CPU) | model cache tok/s (wall / CPU) | naive tok/s | "
-          "sparse / model cache (wall / CPU) |\n|---|---|---|---|---|---|")
+    print("\n| dtype | threads | batch | sparse tok/s (wall / CPU) | model cache tok/s (wall / CPU) | naive tok/s | "
+          "sparse / model cache (wall / CPU) |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['threads']} | {r['batch']} | {r['sparse_tok_s']:.1f} / {r['sparse_tok_cpu_s']:.1f} | "
+        print(f"| {r['dtype']} | {r['threads']} | {r['batch']} | {r['sparse_tok_s']:.1f} / {r['sparse_tok_cpu_s']:.1f} | "
               f"{r['model_cache_tok_s']:.1f} / {r['model_cache_tok_cpu_s']:.1f} | {r['naive_tok_s']:.2f} | "
               f"{r['sparse_over_model_cache']:.2f}x / {r['sparse_tok_cpu_s'] / r['model_cache_tok_cpu_s']:.2f}x |")
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

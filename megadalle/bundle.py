@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from megadalle.data import atomic
@@ -38,7 +39,7 @@ class BundleError(UserError, ValueError):
 
 @dataclass
 class Pipeline:
-    """What `load_pipeline` returns: the models in eval mode (float32, on `device`) and the tokenizer."""
+    """What `load_pipeline` returns: the models in eval mode on `device` and the tokenizer."""
 
     transformer: nn.Module
     dvae: nn.Module
@@ -58,11 +59,12 @@ def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None =
     return export(run_dir, path, checkpoint, ema, dtype, max_shard_bytes)
 
 
-def read_model(path: str | Path, kind: str, ema: bool = False) -> nn.Module:
+def read_model(path: str | Path, kind: str, ema: bool = False, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> nn.Module:
     """A model from its weights (the one reading of weights for bundles and `generate`)."""
     from megadalle.sampling.load import load_model
 
-    return load_model(path, kind, ema)
+    return load_model(path, kind, ema, dtype, device)
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -135,8 +137,9 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     return output
 
 
-def load_pipeline(folder: str | Path, device: str = "cpu") -> Pipeline:
-    """The models and tokenizer of a model folder written by `export output=FOLDER`."""
+def load_pipeline(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:
+    """The models and tokenizer of a model folder written by `export output=FOLDER`; the Transformer in
+    `dtype` (megadalle.devices.pick_dtype says which suits a device), the dVAE and CLIP in float32."""
     from megadalle.data.tokenizer import Tokenizer
     from megadalle.sampling.rerank import MegadalleClip, load_reranker
 
@@ -153,7 +156,7 @@ def load_pipeline(folder: str | Path, device: str = "cpu") -> Pipeline:
         reranker = load_reranker(manifest.get("clip_model", "megadalle"), folder / manifest["clip"], tokenizer,
                                  device, read_model)
         clip = reranker.clip if isinstance(reranker, MegadalleClip) else reranker.model
-    return Pipeline(read_model(folder / manifest["transformer"], "transformer").to(device),
+    return Pipeline(read_model(folder / manifest["transformer"], "transformer", dtype=dtype, device=device),
                     read_model(folder / manifest["dvae"], "dvae").to(device), clip, reranker, tokenizer, manifest)
 
 

@@ -30,6 +30,7 @@ from megadalle.data.fields import decode_field
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets, offsets_path
 from megadalle.data.loader import image_field, rank_and_world
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
+from megadalle.devices import pick_device
 from megadalle.models.dvae import DVAE, load_dvae
 
 
@@ -85,12 +86,6 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     index = ShardIndex(out, infos, ["codes.npy", "json", "txt"], meta)
     index.save()
     return index
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run(cfg: DictConfig) -> int:

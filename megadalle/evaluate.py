@@ -23,7 +23,8 @@ from tqdm import tqdm
 from megadalle.config import build, top_level
 from megadalle.config.evaluate import EvaluateConfig
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
-from megadalle.sample import generate, pick_device
+from megadalle.devices import pick_device, pick_dtype
+from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
 
 
@@ -143,7 +144,7 @@ def run(cfg: DictConfig) -> int:
     device = pick_device(ec.device)
     extract = feature_extractor(ec.feature_extractor, ec.feature_weights) \
         if ec.fid and (ec.real or ec.shards) else None  # fail on a missing extractor before sampling
-    model = load_model(ec.weights, "transformer", ec.ema).to(device)
+    model = load_model(ec.weights, "transformer", ec.ema, pick_dtype(ec.dtype, device), device)
     dvae = load_model(beside(ec.weights, ec.dvae_weights, "dvae.safetensors"), "dvae", ec.ema).to(device)
     clip = load_model(beside(ec.weights, ec.clip_weights, "clip.safetensors"), "clip", ec.ema).to(device) \
         if ec.clip_score else None

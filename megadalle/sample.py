@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig
+from megadalle.devices import pick_device, pick_dtype
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.rerank import as_reranker, load_reranker, rank
@@ -83,10 +84,6 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
     return grid
 
 
-def pick_device(name: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
-
-
 def run(cfg: DictConfig) -> int:
     from megadalle.bundle import TRANSFORMER, clip_model_of, is_bundle, read_model
     from megadalle.data.tokenizer import Tokenizer
@@ -94,9 +91,10 @@ def run(cfg: DictConfig) -> int:
 
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
+    dtype = pick_dtype(gc.dtype, device)
     # a model folder (export output=FOLDER) holds the Transformer under its own name, the rest as beside() expects
     transformer = Path(gc.weights) / TRANSFORMER if is_bundle(gc.weights) else gc.weights
-    model = read_model(transformer, "transformer", gc.ema).to(device)
+    model = read_model(transformer, "transformer", gc.ema, dtype, device)
     dvae = read_model(beside(gc.weights, gc.dvae_weights, "dvae.safetensors"), "dvae", gc.ema).to(device)
     tokenizer = Tokenizer(beside(gc.weights, gc.tokenizer, "tokenizer.model"))
     clip_model = clip_model_of(gc.weights, gc.clip_model)
@@ -106,7 +104,8 @@ def run(cfg: DictConfig) -> int:
                          lambda path, kind: read_model(path, kind, gc.ema)) if gc.rerank else None
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
     result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.keep, gc.batch_size, settings, gc.seed)
-    meta = {"n": gc.n, "keep": gc.keep, "seed": gc.seed, "sampling": asdict(settings)}
+    meta = {"n": gc.n, "keep": gc.keep, "seed": gc.seed, "sampling": asdict(settings),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     grid = write_outputs(result, gc.output, gc.prompt, meta)
     best = f"; best CLIP score {result.scores[result.indices[0]]:.3f}" if result.scores else ""
     print(f"[generate] wrote {grid} ({len(result.indices)} of {gc.n} samples){best}")

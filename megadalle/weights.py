@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from megadalle.planned_safetensors import Layout, PlannedFile, nbytes
 
@@ -58,10 +59,14 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], kind: st
     return path
 
 
+def as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Floating tensors in `dtype`, where they are; integer and boolean ones keep theirs."""
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
 def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Floating tensors in the export dtype; integer and boolean ones keep theirs."""
-    tensor = tensor.detach().to("cpu")
-    return (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
+    """A tensor as the export writes it: on the CPU, contiguous, floating ones in the export dtype."""
+    return as_dtype(tensor.detach().to("cpu"), dtype).contiguous()
 
 
 def export_layout(state: dict[str, torch.Tensor], dtype: torch.dtype) -> Layout:
@@ -176,9 +181,14 @@ def weight_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-def load_weights(path: str | Path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+def load_weights(path: str | Path, kind: str | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Read weights (a .safetensors file, an index JSON, or a folder holding either) and their config;
-    `kind` (e.g. "dvae") is checked when given."""
+    `kind` (e.g. "dvae") is checked when given.
+
+    Tensors are read one at a time straight onto `device` and, with `dtype`, cast there (`as_dtype`:
+    integer tensors keep theirs), so a bf16 12B read onto a GPU never holds the weights in host memory, nor an fp32
+    copy anywhere."""
     files = weight_files(path)
     meta_path = config_path(path if Path(path).is_dir() or str(path).endswith(".json") else files[0])
     if Path(path).is_dir() and files[0].name == SINGLE and not meta_path.is_file():
@@ -190,5 +200,8 @@ def load_weights(path: str | Path, kind: str | None = None) -> tuple[dict[str, t
         raise ValueError(f"{path} holds a {meta.get('kind')!r} model, not a {kind!r} model")
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        state.update(load_file(str(file)))
+        with safe_open(str(file), framework="pt", device=str(device)) as tensors:
+            for name in tensors.keys():
+                tensor = tensors.get_tensor(name)
+                state[name] = tensor if dtype is None else as_dtype(tensor, dtype)
     return state, meta["config"]

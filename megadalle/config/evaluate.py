@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from megadalle.config import check
-from megadalle.config.sample import GenerateConfig
+from megadalle.config.sample import DTYPE_CHOICES, GenerateConfig
 
 
 @dataclass
@@ -53,6 +53,8 @@ class EvaluateConfig:
     output: str = "evaluate"
     """Directory for metrics.json and metrics.md."""
     device: str = "auto"
+    dtype: str = "auto"
+    """The Transformer's while sampling: auto = bf16 on a CUDA GPU that has it, else fp32; fp32 or bf16 to choose."""
     seed: int = 0
 
     def validate(self, where: str = "") -> None:
@@ -66,3 +68,4 @@ class EvaluateConfig:
         check(self.temperature > 0, "temperature", self.temperature, "must be positive")
         check(self.top_k >= 0, "top_k", self.top_k, "must be >= 0 (0 keeps every token)")
         check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
+        check(self.dtype in DTYPE_CHOICES, "dtype", self.dtype, f"expected one of {', '.join(DTYPE_CHOICES)}")

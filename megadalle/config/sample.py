@@ -7,6 +7,9 @@ from omegaconf import MISSING
 
 from megadalle.config import check
 
+DTYPE_CHOICES = ("auto", "fp32", "bf16")
+"""The Transformer's dtype when sampling (megadalle.devices.pick_dtype); the names the export uses."""
+
 
 @dataclass
 class GenerateConfig:
@@ -46,6 +49,10 @@ class GenerateConfig:
     """Directory for grid.png, the kept samples and scores.json."""
     device: str = "auto"
     """auto = cuda when available, else cpu."""
+    dtype: str = "auto"
+    """The Transformer's: auto = bf16 on a CUDA GPU that has it (half the memory, tensor cores), else fp32 (on a
+    CPU bf16's speed depends on the CPU and the batch: megadalle/devices.py); fp32 or bf16 to choose. The dVAE and
+    CLIP stay fp32."""
     seed: int = 0
 
     def validate(self, where: str = "") -> None:
@@ -59,3 +66,4 @@ class GenerateConfig:
               self.clip_model, "expected megadalle or open_clip:<arch>")
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
               "expected auto, cpu, cuda or cuda:N")
+        check(self.dtype in DTYPE_CHOICES, "dtype", self.dtype, f"expected one of {', '.join(DTYPE_CHOICES)}")

@@ -42,6 +42,11 @@ def test_bf16_folder_and_neighbours(tmp_path):
     loaded, _ = load_weights(folder)
     assert all(loaded[k].dtype == torch.bfloat16 and torch.equal(loaded[k], v.bfloat16()) for k, v in state.items())
     assert all(t.dtype == torch.float32 for t in load_model(folder, "transformer").state_dict().values())
+    half = load_model(folder, "transformer", dtype=torch.bfloat16).state_dict()  # generate's default on GPUs
+    assert all(half[k].dtype == torch.bfloat16 and torch.equal(half[k], v.bfloat16()) for k, v in state.items())
+    upcast, _ = load_weights(folder, dtype=torch.float32)
+    assert all(upcast[k].dtype == torch.float32 and torch.equal(upcast[k], v.bfloat16().float())
+               for k, v in state.items())
     (tmp_path / "dvae.safetensors").write_bytes(b"")  # generate finds dvae/clip beside a weights folder
     assert beside(folder, None, "dvae.safetensors") == tmp_path / "dvae.safetensors"
 

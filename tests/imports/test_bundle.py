@@ -28,6 +28,9 @@ def test_export_a_folder_load_it_and_generate_from_it(trained, tmp_path):
     assert all(torch.equal(pipe.transformer.state_dict()[k], v.float()) for k, v in state.items())
     assert pipe.dvae.cfg.vocab_size == pipe.transformer.cfg.image_vocab and pipe.clip is not None
     assert len(pipe.tokenizer.encode("red cat", pipe.transformer.cfg.text_len)) == pipe.transformer.cfg.text_len
+    half = megadalle.load_pipeline(folder, "cpu", torch.bfloat16)  # the export's own bf16, not widened
+    assert all(torch.equal(half.transformer.state_dict()[k], v) for k, v in state.items())
+    assert next(half.dvae.parameters()).dtype == torch.float32
 
     out = tmp_path / "out"
     assert main(["generate", f"weights={folder}", "prompt=red cat tree", "n=3", "keep=2", "batch_size=3",

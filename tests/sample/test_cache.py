@@ -65,6 +65,22 @@ def test_decoder_logits_equal_the_models_cached_path(kind, last):
     torch.testing.assert_close(torch.stack(got, 1), torch.stack(expected, 1), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_bf16_decoder_follows_the_fp32_full_forward(kind):
+    """`generate dtype=bf16` (the default on GPUs): a bf16 model's cached steps stay bf16 and within bf16's
+    rounding of the fp32 model's full forward (logits of order 1 here: 3% of the largest)."""
+    model = tiny(kind, "conv")
+    text = torch.randint(1, 40, (2, 6))
+    image = torch.randint(0, 24, (2, 16))
+    _, full = model(text, image)
+    half = tiny(kind, "conv").bfloat16()
+    half.load_state_dict(model.state_dict())
+    decoder = SparseDecoder(half, 2, "cpu", torch.bfloat16)
+    got = torch.stack([decoder.prefill(text)] + [decoder.step(image[:, i]) for i in range(15)], 1)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - full).abs().max() <= 0.03 * full.abs().max()
+
+
 def test_decoder_restarts_cleanly_on_a_new_caption():
     model = tiny("row", "conv")
     text = torch.randint(1, 40, (2, 6))

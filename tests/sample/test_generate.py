@@ -2,10 +2,11 @@
 import io
 import json
 
+import pytest
 import sentencepiece as spm
 import torch
 
-from megadalle.config import build
+from megadalle.config import ConfigError, build
 from megadalle.config.clip import ClipConfig
 from megadalle.config.compose import compose
 from megadalle.config.dvae import DVAEConfig
@@ -70,3 +71,16 @@ def test_generate_says_when_the_prompt_is_cut(tmp_path, capsys):
     run(compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1", "keep=1",
                              f"output={tmp_path / 'short'}"]))
     assert "is cut" not in capsys.readouterr().err
+
+
+def test_generate_samples_in_the_dtype_asked(tmp_path):
+    """dtype=auto is fp32 on the CPU (bf16 decodes slower there); bf16 on request; a bad name is refused by name."""
+    write_tiny_models(tmp_path)
+    common = [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=2", "keep=1", "top_k=5"]
+    for dtype, expected in (("auto", "float32"), ("bf16", "bfloat16")):
+        out = tmp_path / dtype
+        assert run(compose("generate", common + [f"dtype={dtype}", f"output={out}"])) == 0
+        report = json.loads((out / "scores.json").read_text())
+        assert report["dtype"] == expected and len(report["all_scores"]) == 2
+    with pytest.raises(ConfigError, match="dtype='fp16'"):
+        run(compose("generate", common + ["dtype=fp16", f"output={tmp_path / 'bad'}"]))

@@ -1,0 +1,32 @@
+"""Where the verbs that run trained models (generate, evaluate, encode) put them, and in which dtype.
+
+`dtype=auto` runs the Transformer in bf16 on a CUDA GPU that has it and in fp32 elsewhere. On a GPU
+bf16 halves what a 12B holds (24.5 GB of weights, not 49, and half the KV cache) and runs on the
+tensor cores. On a CPU it depends on the CPU and the batch (benchmarks/RESULTS.md, Sampling, "bf16 on
+the CPU"): on an Intel Xeon with AMX bf16 decoded 1.67x faster than fp32 at generate's batch of 32 but
+15-31% slower at batch 1, and CPUs without native bf16 arithmetic emulate it. So the CPU keeps fp32,
+the same speed everywhere and a seed's samples what they were; `dtype=bf16` is there to choose.
+"""
+from __future__ import annotations
+
+import torch
+
+from megadalle.config.sample import DTYPE_CHOICES
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def pick_device(name: str) -> torch.device:
+    """auto = cuda when available, else cpu; anything else as torch names it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype named (fp32, bf16), or for auto bf16 on a CUDA device that supports it and fp32 otherwise."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype={name!r}: expected one of {', '.join(DTYPE_CHOICES)}")
+    return DTYPES[name]
