@@ -21,6 +21,7 @@ from megadalle.config.sample import GenerateConfig
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
+from megadalle.sampling.memory import check_device_fits
 from megadalle.sampling.rerank import as_reranker, load_reranker, rank
 
 
@@ -39,7 +40,9 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
              settings: SamplingSettings, seed: int, progress: bool = True) -> Generated:
     """Sample `prompt` n times; with `clip` (may be None: megadalle's CLIP or any `rerank.Reranker`, e.g. an
     open_clip model) keep the `keep` best by CLIP score, else the first."""
-    device = next(model.parameters()).device
+    first = next(model.parameters())
+    check_device_fits(model, min(batch_size, n), first.dtype, first.device)
+    device = first.device
     warn_if_cut(tokenizer, prompt, model.cfg.text_len)
     text = torch.tensor(tokenizer.encode(prompt, model.cfg.text_len), device=device)
     reranker = as_reranker(clip, tokenizer) if clip is not None else None

@@ -84,3 +84,16 @@ def test_generate_samples_in_the_dtype_asked(tmp_path):
         assert report["dtype"] == expected and len(report["all_scores"]) == 2
     with pytest.raises(ConfigError, match="dtype='fp16'"):
         run(compose("generate", common + ["dtype=fp16", f"output={tmp_path / 'bad'}"]))
+
+
+def test_generate_checks_the_batch_fits_before_sampling(tmp_path, monkeypatch):
+    """On a GPU the cache of `batch_size` samples is checked against free memory first (sampling/memory.py)."""
+    import megadalle.sample
+
+    write_tiny_models(tmp_path)
+    seen = []
+    monkeypatch.setattr(megadalle.sample, "check_device_fits", lambda model, batch, dtype, device:
+                        seen.append((batch, dtype, device.type)))
+    run(compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=3", "keep=1",
+                             "batch_size=32", f"output={tmp_path / 'out'}"]))
+    assert seen == [(3, torch.float32, "cpu")]
