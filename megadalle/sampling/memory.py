@@ -1,9 +1,9 @@
 """What a batch of samples holds on the device, and a refusal before it runs out.
 
 A decoder (megadalle.sampling.decoder) keeps each layer's keys and values for all 1,280 positions
-plus an attention window (the caption's keys again and the image keys the layer may read): at the
-12B in bf16 1.59 GB per sample beside 24.5 GB of weights, so `generate`'s batch of 32 needs 51 GB
-more and does not fit beside the weights on a 40 or 48 GB GPU. Torch would say so at the first batch's
+plus the image keys the layer may read, gathered beside them: at the 12B in bf16 1.34 GB per sample
+beside 24.5 GB of weights, so `generate`'s batch of 32 needs 43 GB more and does not fit beside the
+weights on a 40 or 48 GB GPU. Torch would say so at the first batch's
 allocation with a message that names neither the batch size nor what would fit; this says both.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ def decoder_bytes(model, batch: int, dtype: torch.dtype) -> int:
     """Bytes of one decoder's cache and windows for `batch` samples in `dtype` (what SparseDecoder allocates)."""
     cfg = model.cfg
     per_position = 2 * batch * cfg.n_heads * cfg.head_dim * torch.finfo(dtype).bits // 8  # keys and values
-    windows = sum(cfg.text_len + image_key_table(block.attn.spec, "cpu")[0].shape[1] for block in model.blocks)
-    return per_position * (len(model.blocks) * cfg.seq_len + windows)
+    gathered = sum(image_key_table(block.attn.spec, "cpu")[0].shape[1] for block in model.blocks)
+    return per_position * (len(model.blocks) * cfg.seq_len + gathered)
 
 
 def check_batch_fits(model, batch: int, dtype: torch.dtype, free_bytes: int, device: str) -> None:
