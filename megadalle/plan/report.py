@@ -16,6 +16,7 @@ from megadalle.plan.counts import Counts, count_parameters
 from megadalle.plan.layout import Layout, PlanError, describe, launch_overrides, layout_for
 from megadalle.plan.memory import Memory, budget, construction_bytes, memory_per_rank
 from megadalle.plan.precision import GB
+from megadalle.plan.sampling import sampling_line
 from megadalle.plan.settings import Settings, settings_for
 from megadalle.plan.suggest import suggest
 from megadalle.plan.timing import step_time
@@ -58,6 +59,7 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
         f"  checkpoint: {total / GB:.1f} GB in all, {busiest / GB:.2f} GB from the busiest rank; at "
         f"{plan.checkpoint_write_gbps:g} GB/s submit with sbatch --signal=B:USR1@{lead}",
         f"  export (streaming, bf16): peak {export_bytes(counts) / GB:.2f} GB",
+        *([] if plan.device == "cpu" else [sampling_line(model, counts, plan)]),
     ]
 
 

@@ -1,7 +1,7 @@
 """What a batch of samples holds on the device, and a refusal before it runs out.
 
 A decoder (megadalle.sampling.decoder) keeps each layer's keys and values for all 1,280 positions
-plus the image keys the layer may read, gathered beside them: at the 12B in bf16 1.34 GB per sample
+plus the image keys the layer may read, gathered beside them: at the 12B in bf16 1.33 GB per sample
 beside 24.5 GB of weights, so `generate`'s batch of 32 needs 43 GB more and does not fit beside the
 weights on a 40 or 48 GB GPU. Torch would say so at the first batch's
 allocation with a message that names neither the batch size nor what would fit; this says both.
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from megadalle.config.model import TransformerConfig
 from megadalle.errors import UserError
+from megadalle.models.transformer import mask_specs
 from megadalle.sampling.decoder import image_key_table
 
 SUGGESTED_SHARE = 0.9
@@ -22,21 +24,21 @@ class BatchTooLarge(UserError, MemoryError):
     """A batch whose cache would not fit; the message names batch_size and the largest that fits."""
 
 
-def decoder_bytes(model, batch: int, dtype: torch.dtype) -> int:
+def decoder_bytes(cfg: TransformerConfig, batch: int, dtype: torch.dtype) -> int:
     """Bytes of one decoder's cache and windows for `batch` samples in `dtype` (what SparseDecoder allocates)."""
-    cfg = model.cfg
     per_position = 2 * batch * cfg.n_heads * cfg.head_dim * torch.finfo(dtype).bits // 8  # keys and values
-    gathered = sum(image_key_table(block.attn.spec, "cpu")[0].shape[1] for block in model.blocks)
-    return per_position * (len(model.blocks) * cfg.seq_len + gathered)
+    specs = mask_specs(cfg)
+    gathered = sum(image_key_table(spec, "cpu")[0].shape[1] for spec in specs)
+    return per_position * (len(specs) * cfg.seq_len + gathered)
 
 
 def check_batch_fits(model, batch: int, dtype: torch.dtype, free_bytes: int, device: str) -> None:
     """Refuse a batch whose decoder alone needs more than `free_bytes` (it cannot run), naming a batch that fits
     with room to spare. A batch that only just fits is let through: refusing what might run would be worse."""
-    need = decoder_bytes(model, batch, dtype)
+    need = decoder_bytes(model.cfg, batch, dtype)
     if need <= free_bytes:
         return
-    fits = int(SUGGESTED_SHARE * free_bytes // decoder_bytes(model, 1, dtype))
+    fits = int(SUGGESTED_SHARE * free_bytes // decoder_bytes(model.cfg, 1, dtype))
     advice = f"batch_size={fits} fits" if fits else "not even one sample fits: free memory or use a larger device"
     smaller = " (or dtype=bf16, half the cache)" if dtype == torch.float32 else ""
     raise BatchTooLarge(f"batch_size={batch}: the sampling cache needs {need / 2**30:.1f} GiB and {device} has "

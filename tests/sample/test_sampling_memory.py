@@ -19,12 +19,12 @@ def allocated(decoder: SparseDecoder) -> int:
 @pytest.mark.parametrize("kind", ["row", "column", "conv"])
 def test_decoder_bytes_are_what_the_decoder_allocates(kind, dtype):
     model = tiny(kind, "conv")
-    assert decoder_bytes(model, 3, dtype) == allocated(SparseDecoder(model, 3, "cpu", dtype))
+    assert decoder_bytes(model.cfg, 3, dtype) == allocated(SparseDecoder(model, 3, "cpu", dtype))
 
 
 def test_a_batch_that_cannot_fit_is_refused_with_the_one_that_does():
     model = tiny("row", "conv")
-    one = decoder_bytes(model, 1, torch.float32)
+    one = decoder_bytes(model.cfg, 1, torch.float32)
     check_batch_fits(model, 8, torch.float32, 8 * one, "cuda:0")  # exactly enough: let through
     with pytest.raises(BatchTooLarge, match=r"batch_size=8: .* cuda:0 has .* free; batch_size=4 fits "
                                             r"\(or dtype=bf16, half the cache\)"):

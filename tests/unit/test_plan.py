@@ -3,6 +3,7 @@ time, checkpoint size and USR1 lead time, the layout it suggests, and the CLI fo
 import dataclasses
 
 import pytest
+import torch
 
 from megadalle.cli import main
 from megadalle.config import ConfigError, build, top_level
@@ -351,3 +352,26 @@ def test_unmodelled_partition_method_is_refused_by_name():
     model, plan, trainer, ds = plan_for("deepspeed=pipe", "deepspeed.partition_method=type:Embed")
     with pytest.raises(PlanError, match="partition_method='type:Embed': plan models type:Block, parameters, uniform"):
         layout_for(model, trainer, ds, plan)
+
+
+@pytest.mark.parametrize("gpu_mem_gb,batch", [(80, 34), (40, 7)])
+def test_plan_says_which_sampling_batch_fits_one_gpu(gpu_mem_gb, batch):
+    """The 12B by hand: 2 bytes per parameter; per sample 2 (k, v) x 2 bytes x 3968 x (64 layers x 1280 positions
+    + the image keys each layer gathers); what is left of the usable memory after the runtime and the weights."""
+    from megadalle.attention import MaskSpec
+    from megadalle.plan.sampling import sampling_batch, sampling_line
+    from megadalle.sampling.decoder import image_key_table
+    from megadalle.sampling.memory import decoder_bytes
+
+    model, plan, _, _ = plan_for("model=12b", f"gpu_mem_gb={gpu_mem_gb}")
+    counts = count_parameters(model)
+    gathered = {kind: image_key_table(MaskSpec(kind, 256, 32, 32, model.conv_kernel, model.conv_wrap), "cpu")[0]
+                .shape[1] for kind in ("row", "column", "conv")}
+    assert gathered == {"row": 33, "column": 32, "conv": gathered["conv"]}
+    layers = 47 * 33 + 16 * 32 + gathered["conv"]
+    per_sample = 2 * 2 * 3968 * (64 * 1280 + layers)
+    assert decoder_bytes(model, 1, torch.bfloat16) == per_sample
+    weights, got_per_sample, got_batch = sampling_batch(model, counts, plan)
+    assert weights == 2 * counts.total and got_per_sample == per_sample
+    assert got_batch == batch == int((gpu_mem_gb * 0.9 * GB - 2 * GB - weights) // per_sample)
+    assert ("default 32 fits" in sampling_line(model, counts, plan)) == (batch >= 32)
