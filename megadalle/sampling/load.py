@@ -48,10 +48,10 @@ def load_model(path: str | Path, kind: str, ema: bool = False, dtype: torch.dtyp
     if (path / "run.json").is_file():
         from megadalle.train.consolidate import load_run
 
-        model, task = load_run(path, ema=ema)
+        model, task = load_run(path, ema=ema, dtype=dtype)
         if task.export_spec().kind != kind:
             raise ValueError(f"{path} is a {task.export_spec().kind!r} training run, not a {kind!r} one")
-        return model.to(device, dtype)
+        return model.to(device)
     state, config = load_weights(path, kind, device, dtype)
     with torch.device("meta"):
         model = model_cls(build(config_cls, config, kind))

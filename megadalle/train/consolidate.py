@@ -32,7 +32,7 @@ from megadalle.train.ema import EmaPieces
 from megadalle.train.mapped import mapped, streamed
 from megadalle.train.task import Task
 from megadalle.train.zero_masters import has_masters, zero_masters
-from megadalle.weights import DTYPES, ShardedWriter, SingleFileWriter, export_layout
+from megadalle.weights import DTYPES, ShardedWriter, SingleFileWriter, as_dtype, export_layout
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
 
@@ -146,12 +146,15 @@ def checked(model: nn.Module, tensors: Tensors, path: Path) -> Tensors:
         raise CheckpointError(f"{path} lacks {len(missing)} of the model's tensors, e.g. {missing[:3]}")
 
 
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool = False) -> tuple[nn.Module, Task]:
-    """The run's model (fp32, CPU, eval mode) with the newest complete checkpoint's weights (or its EMA)."""
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool = False,
+             dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Task]:
+    """The run's model (CPU, eval mode, floating tensors in `dtype`) with the newest complete checkpoint's weights
+    (or its EMA); each tensor is cast as it is read, so a bf16 load never holds an fp32 copy of the model."""
     task, _ = run_task(run_dir)
     path = checkpoint_dir(run_dir, checkpoint)
     model = meta_model(task)
-    state = {name: t.float().clone() for name, t in checked(model, checkpoint_tensors(task, model, path, ema), path)}
+    tensors = checked(model, checkpoint_tensors(task, model, path, ema, dtype), path)
+    state = {name: as_dtype(t, dtype).clone() for name, t in tensors}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval(), task
 

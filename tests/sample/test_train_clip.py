@@ -26,3 +26,6 @@ def test_train_clip_trains_and_exports_loadable_weights(tmp_path):
     clip = load_model(path, "clip")
     assert clip.cfg.text_len == 10 and torch.isfinite(clip.logit_scale).all()
     assert load_model(tmp_path / "run", "clip").state_dict()["logit_scale"].equal(clip.state_dict()["logit_scale"])
+    half = load_model(tmp_path / "run", "clip", dtype=torch.bfloat16).state_dict()  # read as bf16, not widened
+    assert all(half[name].dtype == torch.bfloat16 and half[name].equal(t.bfloat16())
+               for name, t in clip.state_dict().items())
