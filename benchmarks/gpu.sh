@@ -41,7 +41,7 @@ if [ "$mode" = cpu ]; then
     export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
     attention=(--cpu-check --masks row,column,conv)
     train=(--model tiny --micro-batch 2 --steps 1 --warmup 1)
-    sampling=(--device cpu --layers 4 --width 64 --text-len 8 --grid 4 --batch 1 --threads 1 --dtype fp32 bf16
+    sampling=(--device cpu --layers 4 --width 64 --text-len 8 --grid 4 --batch 1 --threads 1 --dtype bf16 fp32
               --naive-tokens 2 --repeats 1)
     limits=(600 300 120)
 else

@@ -24,6 +24,7 @@ shared machine every number is a lower bound.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -95,7 +96,7 @@ def main() -> None:
     fp32_model = model_for(args).to(args.device)
     rows = []
     for dtype in args.dtype:
-        model = fp32_model.to(DTYPES[dtype]) if dtype != "fp32" else fp32_model
+        model = copy.deepcopy(fp32_model).to(DTYPES[dtype])  # Module.to casts in place: keep the fp32 one intact
         for threads in args.threads:
             torch.set_num_threads(threads)
             for batch in args.batch:
@@ -103,7 +104,8 @@ def main() -> None:
                 sparse, sparse_cpu = cached_tokens_per_s(model, text, args.repeats, sparse=True)
                 cached, cached_cpu = cached_tokens_per_s(model, text, args.repeats, sparse=False)
                 naive = naive_tokens_per_s(model, text, args.naive_tokens)
-                rows.append({"dtype": dtype, "threads": threads, "batch": batch, "sparse_tok_s": sparse,
+                rows.append({"dtype": dtype, "weights_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                             "threads": threads, "batch": batch, "sparse_tok_s": sparse,
                              "sparse_tok_cpu_s": sparse_cpu, "model_cache_tok_s": cached,
                              "model_cache_tok_cpu_s": cached_cpu, "naive_tok_s": naive,
                              "sparse_over_model_cache": sparse / cached, "sparse_over_naive": sparse / naive})

@@ -40,7 +40,9 @@ def test_gpu_sh_cpu_check_runs_every_stage_and_reports(tmp_path):
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert {s: st["rc"] for s, st in report["status"].items()} == {"attention": 0, "train_step": 0, "sampling": 0}
     assert report["train_step"]["tokens_per_s"] > 0
-    assert {r["dtype"]: r["sparse_tok_s"] > 0 for r in report["sampling"]["rows"]} == {"fp32": True, "bf16": True}
+    rows = report["sampling"]["rows"]  # bf16 first: the fp32 rows must still run fp32 weights
+    assert [(r["dtype"], r["weights_dtype"]) for r in rows] == [("bf16", "bfloat16"), ("fp32", "float32")]
+    assert all(r["sparse_tok_s"] > 0 for r in rows)
 
     attention = report["attention"]
     rows = {(r["mask"], r["method"]): r for r in attention["timings"]}
