@@ -1,7 +1,7 @@
 """Where the verbs that run trained models (generate, evaluate, encode) put them, and in which dtype.
 
 `dtype=auto` runs the Transformer in bf16 on a CUDA GPU that has it and in fp32 elsewhere. On a GPU
-bf16 halves what a 12B holds (24.5 GB of weights, not 49, and half the KV cache) and runs on the
+bf16 halves what a 12B holds (24.6 GB of weights, not 49.2, and half the KV cache) and runs on the
 tensor cores. On a CPU it depends on the CPU and the batch (benchmarks/RESULTS.md, Sampling, "bf16 on
 the CPU"): on an Intel Xeon with AMX bf16 decoded 1.67x faster than fp32 at generate's batch of 32 but
 15-31% slower at batch 1, and CPUs without native bf16 arithmetic emulate it. So the CPU keeps fp32,

@@ -37,7 +37,7 @@ def load_model(path: str | Path, kind: str, ema: bool = False, dtype: torch.dtyp
                device: torch.device | str = "cpu") -> nn.Module:
     """A `kind` model ("transformer", "dvae", "clip") from a .safetensors file or a run directory, its floating
     tensors in `dtype`, on `device`. Exported weights are read tensor by tensor onto `device` in `dtype`: a 12B
-    exported in bf16 and sampled in bf16 on a GPU takes its 24.5 GB there and none in host memory."""
+    exported in bf16 and sampled in bf16 on a GPU takes its 24.6 GB there and none in host memory."""
     path = Path(path)
     if not path.exists():
         raise ModelNotFound(f"no {kind} weights file or run directory at {path}")

@@ -2,7 +2,7 @@
 
 A decoder (megadalle.sampling.decoder) keeps each layer's keys and values for all 1,280 positions
 plus the image keys the layer may read, gathered beside them: at the 12B in bf16 1.33 GB per sample
-beside 24.5 GB of weights, so `generate`'s batch of 32 needs 43 GB more and does not fit beside the
+beside 24.6 GB of weights, so `generate`'s batch of 32 needs 43 GB more and does not fit beside the
 weights on a 40 or 48 GB GPU. Torch would say so at the first batch's
 allocation with a message that names neither the batch size nor what would fit; this says both.
 """
