@@ -153,3 +153,17 @@ def test_evaluate_from_a_captions_file_without_real_images(models, tmp_path):
 def test_evaluate_refuses_both_or_neither_caption_source(models, tmp_path, capsys):
     assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"output={tmp_path}"]) == 2
     assert "captions=None" in capsys.readouterr().err
+
+
+def test_evaluate_samples_in_the_dtype_asked(models, tmp_path, monkeypatch):
+    import megadalle.evaluate
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\n")
+    seen, real = [], megadalle.evaluate.generate
+    monkeypatch.setattr(megadalle.evaluate, "generate", lambda model, *args, **kwargs:
+                        seen.append(next(model.parameters()).dtype) or real(model, *args, **kwargs))
+    for dtype in ("bf16", "auto"):
+        assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"captions={captions}", "n=2",
+                     f"output={tmp_path / dtype}", "device=cpu", f"dtype={dtype}"]) == 0
+    assert seen == [torch.bfloat16, torch.float32]  # auto is fp32 on the CPU
