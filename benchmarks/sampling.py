@@ -47,9 +47,9 @@ def model_for(args) -> Transformer:
     return Transformer(cfg).eval()
 
 
-def cached_tokens_per_s(model: Transformer, text: torch.Tensor, repeats: int, sparse: bool) -> tuple[float, float]:
+def cached_tokens_per_s(model: Transformer, text: torch.Tensor, repeats: int, sparse: bool,
+                        settings: SamplingSettings) -> tuple[float, float]:
     """Best of `repeats` full images: (tokens per wall second, tokens per CPU second)."""
-    settings = SamplingSettings(top_k=64)
     wall = cpu = float("inf")
     for _ in range(repeats):
         began, began_cpu = time.perf_counter(), time.process_time()
@@ -62,7 +62,7 @@ def cached_tokens_per_s(model: Transformer, text: torch.Tensor, repeats: int, sp
 
 
 @torch.no_grad()
-def naive_tokens_per_s(model: Transformer, text: torch.Tensor, tokens: int) -> float:
+def naive_tokens_per_s(model: Transformer, text: torch.Tensor, tokens: int, settings: SamplingSettings) -> float:
     """The loop without a cache: token i comes from a full forward over the (zero-padded) sequence."""
     cfg = model.cfg
     image = torch.zeros(text.shape[0], cfg.grid_len, dtype=torch.long, device=text.device)
@@ -71,7 +71,7 @@ def naive_tokens_per_s(model: Transformer, text: torch.Tensor, tokens: int) -> f
     began = time.perf_counter()
     for i in positions:
         logits = model(text, image)[1][:, i]
-        image[:, i] = draw(filter_logits(logits, top_k=64))
+        image[:, i] = draw(filter_logits(logits, settings.temperature, settings.top_k, settings.top_p))
     if text.is_cuda:
         torch.cuda.synchronize()
     return text.shape[0] * tokens / (time.perf_counter() - began)
@@ -87,6 +87,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32"],
                     help="the Transformer's dtype(s); each runs the same (fp32-initialised) model cast to it")
+    ap.add_argument("--top-k", type=int, default=64, help="sampling's top_k (64: the issues' measurements; "
+                    "generate's default is 0)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="sampling's top_p (generate's default is 0.9)")
     ap.add_argument("--naive-tokens", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/sampling.json")
@@ -94,6 +97,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     fp32_model = model_for(args).to(args.device)
+    settings = SamplingSettings(top_k=args.top_k, top_p=args.top_p)
     rows = []
     for dtype in args.dtype:
         model = copy.deepcopy(fp32_model).to(DTYPES[dtype])  # Module.to casts in place: keep the fp32 one intact
@@ -101,9 +105,9 @@ def main() -> None:
             torch.set_num_threads(threads)
             for batch in args.batch:
                 text = torch.randint(4, 16384, (batch, args.text_len), device=args.device)
-                sparse, sparse_cpu = cached_tokens_per_s(model, text, args.repeats, sparse=True)
-                cached, cached_cpu = cached_tokens_per_s(model, text, args.repeats, sparse=False)
-                naive = naive_tokens_per_s(model, text, args.naive_tokens)
+                sparse, sparse_cpu = cached_tokens_per_s(model, text, args.repeats, True, settings)
+                cached, cached_cpu = cached_tokens_per_s(model, text, args.repeats, False, settings)
+                naive = naive_tokens_per_s(model, text, args.naive_tokens, settings)
                 rows.append({"dtype": dtype, "weights_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                              "threads": threads, "batch": batch, "sparse_tok_s": sparse,
                              "sparse_tok_cpu_s": sparse_cpu, "model_cache_tok_s": cached,
@@ -118,6 +122,7 @@ def main() -> None:
               "model": {"layers": args.layers, "width": args.width, "text_len": args.text_len, "grid": args.grid,
                         "positions": args.text_len + args.grid ** 2, "pattern": model.cfg.attention_pattern,
                         "last_layer": model.cfg.last_layer_attention},
+              "sampling": {"top_k": args.top_k, "top_p": args.top_p},
               "targets": {"sparse_over_model_cache_batch1": 3}, "rows": rows}
     print("\n| dtype | threads | batch | sparse tok/s (wall / CPU) | model cache tok/s (wall / CPU) | naive tok/s | "
           "sparse / model cache (wall / CPU) |\n|---|---|---|---|---|---|---|")
