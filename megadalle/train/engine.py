@@ -43,8 +43,6 @@ class Built:
     device: torch.device
     dp_rank: int
     dp_world: int
-    media_model: nn.Module | None = None
-    """Under a pipeline: rank 0's whole model for media (train/media.py), built on first use."""
 
 
 def training_dtype(precision: str) -> torch.dtype:
