@@ -2,14 +2,19 @@
 
 A task's `media(model, step)` returns values to log; a `Picture` (a uint8 HWC array and a caption)
 is written by `MediaFiles` as `<run>/<name>/step_<updates done, 8 digits>.png` (as the checkpoints
-count) and logged to wandb as `wandb.Image`. `collect` calls the task: in eval mode under no_grad
-on every rank (ZeRO-3's hooks gather parameters collectively), or, with a pipeline, on rank 0 alone,
-after each stage has sent its layers to a whole plain model that rank 0 builds for this (sampling
-needs the whole model and no stage holds it: media on pipeline runs costs rank 0 one more model,
-fine for the sizes one samples while training, and off unless `trainer.media_every` is set).
+count) and logged to wandb as `wandb.Image`. `collect` calls the task in eval mode under no_grad:
+- on every rank, the model's parameters gathered whole under ZeRO-3 for the call (collective). Its
+  hooks gather a module's parameters only around that module's forward, and sampling also reads
+  parameters outside any forward (the image position tables, the head's image rows): partitioned,
+  those are empty tensors and the first grid of a ZeRO-3 run failed;
+- with a pipeline, on rank 0 alone, after each stage has sent its layers to a whole plain model that
+  rank 0 builds for the grid (sampling needs the whole model and no stage holds it).
+Either way one rank holds the whole model in the training dtype while the grid is drawn (24.6 GB at
+the 12B in bf16); media is off unless `trainer.media_every` is set.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +117,16 @@ def collect(task: Task, built: Built, step: int, rank: int) -> dict[str, Any]:
             return {}
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), whole_parameters(built):
             return task.media(model, step)
     finally:
         model.train()
+
+
+def whole_parameters(built: Built) -> contextlib.AbstractContextManager:
+    """Under ZeRO-3, every parameter gathered on every rank for the block (collective); else nothing to do."""
+    if built.pipeline is not None or built.engine.zero_optimization_stage() != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(built.model.parameters()))

@@ -1,5 +1,6 @@
 """Sample grids while the Transformer trains: <run>/samples/step_N.png every trainer.media_every updates,
-the same fixed validation captions each time, equal to sampling the saved weights; logged to wandb; pipelines too."""
+the same fixed validation captions each time, equal to sampling the saved weights; logged to wandb; pipelines and
+ZeRO-3 too."""
 from __future__ import annotations
 
 import sys
@@ -89,6 +90,20 @@ def test_train_refuses_a_missing_dvae_before_training(setup, tmp_path, capsys):
 def test_a_pipeline_run_writes_the_grid_of_its_whole_model(setup, tmp_path):
     run_dir = tmp_path / "pipe"
     opts = {"overrides": overrides(setup, run_dir, "deepspeed=pipe", "logger=none"), "probe": str(tmp_path / "p.pt")}
+    launch.run(2, opts, tmp_path / "logs", script="dist_train_worker.py")
+    final = np.asarray(Image.open(run_dir / "samples" / "step_00000004.png"))
+    np.testing.assert_array_equal(final, grid_of_saved_weights(setup, run_dir))
+
+
+@pytest.mark.distributed
+def test_a_zero3_run_draws_its_grid_from_the_whole_model(setup, tmp_path):
+    """Every parameter partitioned (persistence threshold 0): sampling reads the position tables and the head's
+    rows outside any module forward, where ZeRO-3's hooks do not gather; before media gathered the model, the
+    first grid failed on an empty tensor."""
+    run_dir = tmp_path / "zero3"
+    opts = {"overrides": overrides(setup, run_dir, "deepspeed=zero3", "logger=none",
+                                   "++deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0"),
+            "probe": str(tmp_path / "p.pt")}
     launch.run(2, opts, tmp_path / "logs", script="dist_train_worker.py")
     final = np.asarray(Image.open(run_dir / "samples" / "step_00000004.png"))
     np.testing.assert_array_equal(final, grid_of_saved_weights(setup, run_dir))
