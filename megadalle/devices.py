@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 
 from megadalle.config.sample import DTYPE_CHOICES
+from megadalle.weights import DTYPES as EXPORT_DTYPES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {name: dtype for name, dtype in EXPORT_DTYPES.items() if name in DTYPE_CHOICES}
+"""The dtypes a model samples in, by the names the export uses for them."""
 
 
 def pick_device(name: str) -> torch.device:

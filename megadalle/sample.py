@@ -40,9 +40,8 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
              settings: SamplingSettings, seed: int, progress: bool = True) -> Generated:
     """Sample `prompt` n times; with `clip` (may be None: megadalle's CLIP or any `rerank.Reranker`, e.g. an
     open_clip model) keep the `keep` best by CLIP score, else the first."""
-    first = next(model.parameters())
-    check_device_fits(model, min(batch_size, n), first.dtype, first.device)
-    device = first.device
+    check_device_fits(model, min(batch_size, n))
+    device = next(model.parameters()).device
     warn_if_cut(tokenizer, prompt, model.cfg.text_len)
     text = torch.tensor(tokenizer.encode(prompt, model.cfg.text_len), device=device)
     reranker = as_reranker(clip, tokenizer) if clip is not None else None

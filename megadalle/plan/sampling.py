@@ -10,14 +10,11 @@ import torch
 
 from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
+from megadalle.config.sample import GenerateConfig
 from megadalle.plan.counts import Counts
 from megadalle.plan.memory import budget
 from megadalle.plan.precision import GB
 from megadalle.sampling.memory import decoder_bytes
-
-DEFAULT_BATCH = 32
-"""generate's batch_size (conf/generate.yaml)."""
-
 
 def sampling_batch(model: TransformerConfig, counts: Counts, plan: PlanConfig) -> tuple[float, float, int]:
     """(bf16 weights bytes, cache bytes per sample, largest batch within the GPU's usable memory)."""
@@ -29,7 +26,8 @@ def sampling_batch(model: TransformerConfig, counts: Counts, plan: PlanConfig) -
 
 def sampling_line(model: TransformerConfig, counts: Counts, plan: PlanConfig) -> str:
     weights, per_sample, batch = sampling_batch(model, counts, plan)
+    default = GenerateConfig.batch_size
     verdict = (f"batch_size up to {batch}" if batch else "the weights alone do not fit") + \
-        f" (generate's default {DEFAULT_BATCH} {'fits' if batch >= DEFAULT_BATCH else 'does not'})"
+        f" (generate's default {default} {'fits' if batch >= default else 'does not'})"
     return (f"  sampling (generate, one GPU, bf16): weights {weights / GB:.1f} GB + cache {per_sample / GB:.2f} GB "
             f"per sample: {verdict}")

@@ -32,21 +32,22 @@ def decoder_bytes(cfg: TransformerConfig, batch: int, dtype: torch.dtype) -> int
     return per_position * (len(specs) * cfg.seq_len + gathered)
 
 
-def check_batch_fits(model, batch: int, dtype: torch.dtype, free_bytes: int, device: str) -> None:
+def check_batch_fits(cfg: TransformerConfig, batch: int, dtype: torch.dtype, free_bytes: int, device: str) -> None:
     """Refuse a batch whose decoder alone needs more than `free_bytes` (it cannot run), naming a batch that fits
     with room to spare. A batch that only just fits is let through: refusing what might run would be worse."""
-    need = decoder_bytes(model.cfg, batch, dtype)
+    need = decoder_bytes(cfg, batch, dtype)
     if need <= free_bytes:
         return
-    fits = int(SUGGESTED_SHARE * free_bytes // decoder_bytes(model.cfg, 1, dtype))
+    fits = int(SUGGESTED_SHARE * free_bytes // decoder_bytes(cfg, 1, dtype))
     advice = f"batch_size={fits} fits" if fits else "not even one sample fits: free memory or use a larger device"
     smaller = " (or dtype=bf16, half the cache)" if dtype == torch.float32 else ""
     raise BatchTooLarge(f"batch_size={batch}: the sampling cache needs {need / 2**30:.1f} GiB and {device} has "
                         f"{free_bytes / 2**30:.1f} GiB free; {advice}{smaller}")
 
 
-def check_device_fits(model, batch: int, dtype: torch.dtype, device: torch.device) -> None:
-    """`check_batch_fits` against what the CUDA device has free now; the CPU's memory is not checked (it
-    pages and overcommits, so a figure of free memory there says little)."""
-    if device.type == "cuda":
-        check_batch_fits(model, batch, dtype, torch.cuda.mem_get_info(device)[0], str(device))
+def check_device_fits(model, batch: int) -> None:
+    """`check_batch_fits` for `model` (a Transformer) in its own dtype against what its CUDA device has free now;
+    the CPU's memory is not checked (it pages and overcommits, so a figure of free memory there says little)."""
+    weight = next(model.parameters())
+    if weight.device.type == "cuda":
+        check_batch_fits(model.cfg, batch, weight.dtype, torch.cuda.mem_get_info(weight.device)[0], str(weight.device))

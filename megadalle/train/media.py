@@ -125,7 +125,7 @@ def collect(task: Task, built: Built, step: int, rank: int) -> dict[str, Any]:
 
 def whole_parameters(built: Built) -> contextlib.AbstractContextManager:
     """Under ZeRO-3, every parameter gathered on every rank for the block (collective); else nothing to do."""
-    if built.pipeline is not None or built.engine.zero_optimization_stage() != 3:
+    if built.engine.zero_optimization_stage() != 3:
         return contextlib.nullcontext()
     import deepspeed
 

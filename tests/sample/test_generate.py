@@ -92,8 +92,8 @@ def test_generate_checks_the_batch_fits_before_sampling(tmp_path, monkeypatch):
 
     write_tiny_models(tmp_path)
     seen = []
-    monkeypatch.setattr(megadalle.sample, "check_device_fits", lambda model, batch, dtype, device:
-                        seen.append((batch, dtype, device.type)))
+    monkeypatch.setattr(megadalle.sample, "check_device_fits", lambda model, batch:
+                        seen.append((batch, next(model.parameters()).dtype, next(model.parameters()).device.type)))
     run(compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=3", "keep=1",
                              "batch_size=32", f"output={tmp_path / 'out'}"]))
     assert seen == [(3, torch.float32, "cpu")]

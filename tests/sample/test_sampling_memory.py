@@ -25,13 +25,13 @@ def test_decoder_bytes_are_what_the_decoder_allocates(kind, dtype):
 def test_a_batch_that_cannot_fit_is_refused_with_the_one_that_does():
     model = tiny("row", "conv")
     one = decoder_bytes(model.cfg, 1, torch.float32)
-    check_batch_fits(model, 8, torch.float32, 8 * one, "cuda:0")  # exactly enough: let through
+    check_batch_fits(model.cfg, 8, torch.float32, 8 * one, "cuda:0")  # exactly enough: let through
     with pytest.raises(BatchTooLarge, match=r"batch_size=8: .* cuda:0 has .* free; batch_size=4 fits "
                                             r"\(or dtype=bf16, half the cache\)"):
-        check_batch_fits(model, 8, torch.float32, 5 * one, "cuda:0")
+        check_batch_fits(model.cfg, 8, torch.float32, 5 * one, "cuda:0")
     with pytest.raises(BatchTooLarge, match="not even one sample fits"):
-        check_batch_fits(model, 2, torch.bfloat16, one // 4, "cuda:0")
+        check_batch_fits(model.cfg, 2, torch.bfloat16, one // 4, "cuda:0")
 
 
 def test_the_cpu_is_not_checked():
-    check_device_fits(tiny("row"), 10**6, torch.float32, torch.device("cpu"))
+    check_device_fits(tiny("row"), 10**6)
