@@ -30,6 +30,15 @@ def mapped(file: Path, safe_globals: Iterable[type] = ()) -> dict:
         return torch.load(file, weights_only=True, map_location="cpu", mmap=True)
 
 
+def deepspeed_optimizer_globals() -> tuple[type, ...]:
+    """The classes DeepSpeed pickles into its optimizer files beside tensors, for `mapped`'s safe_globals."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address
+
+
 def drop_pages(tensor: torch.Tensor) -> None:
     """Let the kernel take back the file pages under a memory-mapped tensor (Linux; elsewhere a no-op).
 

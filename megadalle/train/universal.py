@@ -35,6 +35,7 @@ import torch
 
 from megadalle.config.train import DeepSpeedConfig
 from megadalle.train.checkpoint import MANIFEST, CheckpointError, atomic_write
+from megadalle.train.mapped import deepspeed_optimizer_globals, mapped
 
 FOLDER = "universal"
 ELASTIC_ZERO_STAGES = (1, 2, 3)
@@ -121,9 +122,7 @@ def repair_zero3_optimizer(optimizer, universal: Path) -> None:
     for state in inner.state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()
-    # The run's own checkpoint, as converted by ds_to_universal: DeepSpeed has just unpickled this very file
-    # (it holds DeepSpeed objects such as the loss scaler, which weights_only=True refuses).
-    saved = torch.load(universal / "zero" / "optimizer_state.pt", weights_only=False)[OPTIMIZER_STATE_DICT]
+    saved = mapped(universal / "zero" / "optimizer_state.pt", deepspeed_optimizer_globals())[OPTIMIZER_STATE_DICT]
     groups = saved["param_groups"]
     if len(groups) != len(inner.param_groups):
         raise CheckpointError(f"cannot resume from {universal}: it holds {len(groups)} optimizer parameter groups, "

@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 
 from megadalle.train.checkpoint import CheckpointError
-from megadalle.train.mapped import drop_pages, mapped
+from megadalle.train.mapped import deepspeed_optimizer_globals, drop_pages, mapped
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
 _OPTIM_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
@@ -81,11 +81,7 @@ def _optim_files(path: Path) -> list[list[Path]]:
 
 
 def _optimizer_state(file: Path) -> dict:
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return mapped(file, (LossScaler, ZeroStageEnum, fragment_address))["optimizer_state_dict"]
+    return mapped(file, deepspeed_optimizer_globals())["optimizer_state_dict"]
 
 
 def _stage12(path: Path, ranks: list[dict], groups: list[dict], dtype: torch.dtype) -> Tensors:
