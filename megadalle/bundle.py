@@ -71,6 +71,12 @@ def is_bundle(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def transformer_path(weights: str | Path) -> Path:
+    """The Transformer's weights behind a sampling verb's `weights`: a model folder holds it under its own name
+    (the rest as `beside` expects); anything else is the Transformer itself."""
+    return Path(weights) / TRANSFORMER if is_bundle(weights) else Path(weights)
+
+
 def _run_config(run_dir: Path) -> dict:
     record = run_dir / "run.json"
     if not record.is_file():
@@ -115,20 +121,26 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     `clip_model=open_clip:<arch>` takes an open_clip state dict as the CLIP."""
     from megadalle.sampling.rerank import OPEN_CLIP
 
+    from megadalle.sampling.compatible import check_files
+    from megadalle.sampling.load import model_config
+
     run, output = Path(run), Path(output)
     config = _run_config(run)
+    model_config(run, "transformer")  # a model folder is a Transformer's: refuse a dVAE or CLIP run by name
     files = {"tokenizer": _pick(tokenizer, config.get("data", {}).get("tokenizer"), "tokenizer", True),
              "dvae": _pick(dvae_weights, config.get("dvae_weights"), "dvae_weights", True),
              "clip": _pick(clip_weights, config.get("clip_weights"), "clip_weights", False)}
+    own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
+    check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"])
     output.mkdir(parents=True, exist_ok=True)
     (output / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
     export_transformer(run, output / TRANSFORMER, checkpoint, ema, dtype, max_shard_bytes)
     shutil.copyfile(files["tokenizer"], output / TOKENIZER)
     _copy_weights(files["dvae"], output / DVAE, "dvae")
-    if files["clip"] is not None and clip_model.startswith(OPEN_CLIP):
-        _copy_open_clip(clip_model[len(OPEN_CLIP):], files["clip"], output / CLIP)
-    elif files["clip"] is not None:
+    if own_clip:
         _copy_weights(files["clip"], output / CLIP, "clip")
+    elif files["clip"] is not None:
+        _copy_open_clip(clip_model[len(OPEN_CLIP):], files["clip"], output / CLIP)
     manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
                 "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
                 "sources": {"run": str(run), **{k: None if v is None else str(v) for k, v in files.items()}},
@@ -141,6 +153,7 @@ def load_pipeline(folder: str | Path, device: str = "cpu", dtype: torch.dtype = 
     """The models and tokenizer of a model folder written by `export output=FOLDER`; the Transformer in
     `dtype` (megadalle.devices.pick_dtype says which suits a device), the dVAE and CLIP in float32."""
     from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sampling.compatible import check_files
     from megadalle.sampling.rerank import MegadalleClip, load_reranker
 
     folder = Path(folder)
@@ -150,6 +163,9 @@ def load_pipeline(folder: str | Path, device: str = "cpu", dtype: torch.dtype = 
     manifest = json.loads((folder / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    own_clip = manifest.get("clip") and manifest.get("clip_model", "megadalle") == "megadalle"
+    check_files(folder / manifest["transformer"], folder / manifest["dvae"],
+                folder / manifest["clip"] if own_clip else None, folder / manifest["tokenizer"])
     tokenizer = Tokenizer(folder / manifest["tokenizer"])
     reranker, clip = None, None
     if manifest.get("clip"):

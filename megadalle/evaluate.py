@@ -137,18 +137,23 @@ def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> int:
+    from megadalle.bundle import transformer_path
     from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sampling.compatible import check_files
     from megadalle.sampling.load import beside, load_model
 
     ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(ec.device)
     extract = feature_extractor(ec.feature_extractor, ec.feature_weights) \
         if ec.fid and (ec.real or ec.shards) else None  # fail on a missing extractor before sampling
-    model = load_model(ec.weights, "transformer", ec.ema, pick_dtype(ec.dtype, device), device)
-    dvae = load_model(beside(ec.weights, ec.dvae_weights, "dvae.safetensors"), "dvae", ec.ema).to(device)
-    clip = load_model(beside(ec.weights, ec.clip_weights, "clip.safetensors"), "clip", ec.ema).to(device) \
-        if ec.clip_score else None
-    tokenizer = Tokenizer(beside(ec.weights, ec.tokenizer, "tokenizer.model"))
+    dvae_weights = beside(ec.weights, ec.dvae_weights, "dvae.safetensors")
+    clip_weights = beside(ec.weights, ec.clip_weights, "clip.safetensors") if ec.clip_score else None
+    tokenizer_file = beside(ec.weights, ec.tokenizer, "tokenizer.model")
+    check_files(transformer_path(ec.weights), dvae_weights, clip_weights, tokenizer_file)
+    model = load_model(transformer_path(ec.weights), "transformer", ec.ema, pick_dtype(ec.dtype, device), device)
+    dvae = load_model(dvae_weights, "dvae", ec.ema).to(device)
+    clip = load_model(clip_weights, "clip", ec.ema).to(device) if clip_weights is not None else None
+    tokenizer = Tokenizer(tokenizer_file)
     scores = evaluate(model, dvae, clip, tokenizer, ec, extract)
     path = write_report(scores, ec)
     print(scores.markdown() + f"\n[evaluate] wrote {path} and {path.with_suffix('.md').name}")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig
 from megadalle.devices import pick_device, pick_dtype
+from megadalle.sampling.compatible import check_files
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
@@ -87,21 +88,24 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
 
 
 def run(cfg: DictConfig) -> int:
-    from megadalle.bundle import TRANSFORMER, clip_model_of, is_bundle, read_model
+    from megadalle.bundle import clip_model_of, is_bundle, read_model, transformer_path
     from megadalle.data.tokenizer import Tokenizer
     from megadalle.sampling.load import beside
 
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
     dtype = pick_dtype(gc.dtype, device)
-    # a model folder (export output=FOLDER) holds the Transformer under its own name, the rest as beside() expects
-    transformer = Path(gc.weights) / TRANSFORMER if is_bundle(gc.weights) else gc.weights
-    model = read_model(transformer, "transformer", gc.ema, dtype, device)
-    dvae = read_model(beside(gc.weights, gc.dvae_weights, "dvae.safetensors"), "dvae", gc.ema).to(device)
-    tokenizer = Tokenizer(beside(gc.weights, gc.tokenizer, "tokenizer.model"))
+    transformer = transformer_path(gc.weights)
+    dvae_weights = beside(gc.weights, gc.dvae_weights, "dvae.safetensors")
+    tokenizer_file = beside(gc.weights, gc.tokenizer, "tokenizer.model")
     clip_model = clip_model_of(gc.weights, gc.clip_model)
     own_file = clip_model == "megadalle" or is_bundle(gc.weights)  # else open_clip needs clip_weights given
     clip_weights = gc.clip_weights or (beside(gc.weights, None, "clip.safetensors") if own_file else None)
+    check_files(transformer, dvae_weights, clip_weights if gc.rerank and clip_model == "megadalle" else None,
+                tokenizer_file)
+    model = read_model(transformer, "transformer", gc.ema, dtype, device)
+    dvae = read_model(dvae_weights, "dvae", gc.ema).to(device)
+    tokenizer = Tokenizer(tokenizer_file)
     clip = load_reranker(clip_model, clip_weights, tokenizer, device,
                          lambda path, kind: read_model(path, kind, gc.ema)) if gc.rerank else None
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)

@@ -22,12 +22,21 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from megadalle.errors import UserError
 from megadalle.planned_safetensors import Layout, PlannedFile, nbytes
 
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+
+class WeightsError(UserError, ValueError):
+    """Weights of another kind of model than the one asked for."""
+
+
+class WeightsNotFound(UserError, FileNotFoundError):
+    """No weights, or no config JSON beside them, where a path points."""
 
 
 def config_path(weights: str | Path) -> Path:
@@ -172,9 +181,9 @@ def weight_files(path: str | Path) -> list[Path]:
         for name in (INDEX, SINGLE):
             if (path / name).is_file():
                 return weight_files(path / name)
-        raise FileNotFoundError(f"{path} holds neither {INDEX} nor {SINGLE}")
+        raise WeightsNotFound(f"{path} holds neither {INDEX} nor {SINGLE}")
     if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
+        raise WeightsNotFound(f"no weights file at {path}")
     if path.name.endswith(".json"):
         weight_map = json.loads(path.read_text())["weight_map"]
         return [path.parent / name for name in dict.fromkeys(weight_map.values())]
@@ -190,18 +199,26 @@ def load_weights(path: str | Path, kind: str | None = None, device: torch.device
     integer tensors keep theirs), so a bf16 12B read onto a GPU never holds the weights in host memory, nor an fp32
     copy anywhere."""
     files = weight_files(path)
-    meta_path = config_path(path if Path(path).is_dir() or str(path).endswith(".json") else files[0])
-    if Path(path).is_dir() and files[0].name == SINGLE and not meta_path.is_file():
-        meta_path = config_path(files[0])
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"weights {path} have no config JSON (expected {meta_path})")
-    meta = json.loads(meta_path.read_text())
-    if kind is not None and meta.get("kind") != kind:
-        raise ValueError(f"{path} holds a {meta.get('kind')!r} model, not a {kind!r} model")
+    config = read_config(path, kind, files)
     state: dict[str, torch.Tensor] = {}
     for file in files:
         with safe_open(str(file), framework="pt", device=str(device)) as tensors:
             for name in tensors.keys():
                 tensor = tensors.get_tensor(name)
                 state[name] = tensor if dtype is None else as_dtype(tensor, dtype)
-    return state, meta["config"]
+    return state, config
+
+
+def read_config(path: str | Path, kind: str | None = None, files: list[Path] | None = None) -> dict:
+    """The config recorded beside weights (a .safetensors file, an index JSON, or a folder holding either),
+    without reading a tensor; `kind` is checked when given."""
+    files = files or weight_files(path)
+    meta_path = config_path(path if Path(path).is_dir() or str(path).endswith(".json") else files[0])
+    if Path(path).is_dir() and files[0].name == SINGLE and not meta_path.is_file():
+        meta_path = config_path(files[0])
+    if not meta_path.is_file():
+        raise WeightsNotFound(f"weights {path} have no config JSON (expected {meta_path})")
+    meta = json.loads(meta_path.read_text())
+    if kind is not None and meta.get("kind") != kind:
+        raise WeightsError(f"{path} holds a {meta.get('kind')!r} model, not a {kind!r} model")
+    return meta["config"]

@@ -13,7 +13,8 @@ from megadalle.config.sample import DTYPE_CHOICES, GenerateConfig
 @dataclass
 class EvaluateConfig:
     weights: str = MISSING
-    """The Transformer: exported weights (.safetensors + .json) or a training run directory."""
+    """The Transformer: a model folder (`export output=FOLDER`: dVAE, CLIP and tokenizer are read from it too),
+    exported weights (.safetensors + .json, or shards + index) or a training run directory."""
     captions: str | None = None
     """A text file of captions, one per line (give this or `shards`)."""
     shards: str | None = None

@@ -15,11 +15,15 @@ from torch import nn
 
 from megadalle.config import build
 from megadalle.errors import UserError
-from megadalle.weights import load_weights
+from megadalle.weights import load_weights, read_config
 
 
 class ModelNotFound(UserError, FileNotFoundError):
     """A weights file or run directory that is not there (the CLI prints it as one line)."""
+
+
+class WrongKind(UserError, ValueError):
+    """A run directory of another model than the one asked for (a dVAE run given as the Transformer)."""
 
 
 def _builders() -> dict[str, tuple[type, type]]:
@@ -45,18 +49,38 @@ def load_model(path: str | Path, kind: str, ema: bool = False, dtype: torch.dtyp
     if kind not in builders:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(builders)}")
     config_cls, model_cls = builders[kind]
-    if (path / "run.json").is_file():
+    if is_run(path):
         from megadalle.train.consolidate import load_run
 
-        model, task = load_run(path, ema=ema, dtype=dtype)
-        if task.export_spec().kind != kind:
-            raise ValueError(f"{path} is a {task.export_spec().kind!r} training run, not a {kind!r} one")
-        return model.to(device)
+        model_config(path, kind)  # the kind, checked before the weights are read
+        return load_run(path, ema=ema, dtype=dtype)[0].to(device)
     state, config = load_weights(path, kind, device, dtype)
     with torch.device("meta"):
         model = model_cls(build(config_cls, config, kind))
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
+
+
+def is_run(path: str | Path) -> bool:
+    return (Path(path) / "run.json").is_file()
+
+
+def model_config(path: str | Path, kind: str):
+    """The config of the `kind` model at `path` (weights or a run directory), read without any tensor: what
+    `load_model` would build, known before minutes of reading a large model's weights."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFound(f"no {kind} weights file or run directory at {path}")
+    config_cls = _builders()[kind][0]
+    if is_run(path):
+        from megadalle.train.consolidate import run_task
+
+        spec = run_task(path)[0].export_spec()
+        if spec.kind != kind:
+            raise WrongKind(f"{path} is a {spec.kind!r} training run, not a {kind!r} one")
+        config = spec.config
+        return config if isinstance(config, config_cls) else build(config_cls, config, kind)
+    return build(config_cls, read_config(path, kind), kind)
 
 
 def beside(weights: str | Path, given: str | None, name: str) -> Path:

@@ -5,11 +5,16 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import megadalle
 from megadalle.bundle import BundleError, write_bundle
 from megadalle.cli import main
+from megadalle.config.compose import compose
+from megadalle.sampling.compatible import IncompatibleModels
+from megadalle.sampling.load import WrongKind, model_config
 from megadalle.weights import load_weights
+from tests.sample.test_compatible import dvae_config, save_dvae
 
 
 def test_export_a_folder_load_it_and_generate_from_it(trained, tmp_path):
@@ -49,3 +54,36 @@ def test_missing_pieces_are_named(trained, tmp_path):
         megadalle.load_pipeline(tmp_path)
     folder = write_bundle(run, tmp_path / "noclip", dvae_weights=str(dvae))  # CLIP is optional
     assert megadalle.load_pipeline(folder).clip is None
+
+
+def test_evaluate_refuses_them_too_and_reads_a_model_folder(trained, tmp_path, capsys):
+    run, tok, dvae, clip = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    captions = tmp_path / "captions.txt"
+    captions.write_text("red cat\nblue tree\n")
+    out = tmp_path / "eval"
+    assert main(["evaluate", f"weights={folder}", f"captions={captions}", "n=2", "batch_size=2", "fid=false",
+                 f"output={out}", "device=cpu"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["captions"] == 2  # the model folder read as generate reads it
+    other = save_dvae(tmp_path / "other.safetensors", dvae_config(image_size=16, n_groups=3, vocab_size=128))
+    assert main(["evaluate", f"weights={folder}", f"dvae_weights={other}", f"captions={captions}", "n=2",
+                 "fid=false", f"output={tmp_path / 'eval2'}", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "not trained together" in err and "Traceback" not in err
+
+
+def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tmp_path):
+    run, tok, dvae, clip = trained
+    other = save_dvae(tmp_path / "other.safetensors", dvae_config(image_size=16, n_groups=3, vocab_size=128))
+    with pytest.raises(IncompatibleModels, match="codes 16 px images as a 4x4 grid"):
+        write_bundle(run, tmp_path / "model", dvae_weights=str(other), clip_weights=str(clip))
+    assert not (tmp_path / "model").exists()  # refused before anything was written
+
+    dvae_run = tmp_path / "dvae_run"
+    dvae_run.mkdir()
+    config = OmegaConf.to_container(compose("train-dvae", ["dvae=tiny", f"data.shards={tmp_path}"]), resolve=True)
+    (dvae_run / "run.json").write_text(json.dumps({"task_factory": "megadalle.train.dvae:task_from_config",
+                                                   "config": config}))
+    with pytest.raises(WrongKind, match="is a 'dvae' training run, not a 'transformer' one"):
+        write_bundle(dvae_run, tmp_path / "m2", tokenizer=str(tok), dvae_weights=str(dvae))
+    assert model_config(dvae_run, "dvae").vocab_size == config["dvae"]["vocab_size"]

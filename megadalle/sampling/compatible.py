@@ -1,0 +1,56 @@
+"""Do a Transformer, a dVAE, a CLIP and a tokenizer belong together?
+
+Each is trained on its own and any of them can be swapped on the command line (`export dvae_weights=...`,
+`generate tokenizer=...`). A dVAE of another grid decodes the sampled codes as the wrong picture without a
+word, a smaller codebook fails deep inside its decoder, and a tokenizer with more pieces than an embedding
+table fails on its first out-of-range id: so `export` and every sampling verb check the four against each
+other first, from their configs alone, and say which setting disagrees.
+"""
+from __future__ import annotations
+
+from megadalle.errors import UserError
+
+
+class IncompatibleModels(UserError, ValueError):
+    """Models that cannot sample together; the message names both sides and their values."""
+
+
+def check_compatible(transformer, dvae, clip=None, tokenizer_vocab: int | None = None,
+                     names: dict[str, str] | None = None) -> None:
+    """`transformer` (TransformerConfig), `dvae` (DVAEConfig), `clip` (ClipConfig of megadalle's CLIP, or None
+    for none or an open_clip model, which brings its own tokenizer) and the tokenizer's number of pieces;
+    `names` says where each came from (a path), for the message."""
+    names = names or {}
+    where = {kind: f" ({names[kind]})" if kind in names else "" for kind in ("transformer", "dvae", "clip", "tokenizer")}
+    problems = []
+    if dvae.grid_size != transformer.grid_size:
+        problems.append(f"the dVAE{where['dvae']} codes {dvae.image_size} px images as a {dvae.grid_size}x"
+                        f"{dvae.grid_size} grid, the Transformer{where['transformer']} samples "
+                        f"{transformer.grid_size}x{transformer.grid_size} grids")
+    if transformer.image_vocab > dvae.vocab_size:
+        problems.append(f"the Transformer{where['transformer']} draws codes from 0 to {transformer.image_vocab - 1} "
+                        f"(model.image_vocab={transformer.image_vocab}), the dVAE{where['dvae']} decodes "
+                        f"{dvae.vocab_size} codes")
+    if tokenizer_vocab is not None and tokenizer_vocab > transformer.text_vocab:
+        problems.append(f"the tokenizer{where['tokenizer']} has {tokenizer_vocab} pieces, the Transformer"
+                        f"{where['transformer']} reads {transformer.text_vocab} (model.text_vocab)")
+    if clip is not None and tokenizer_vocab is not None and tokenizer_vocab > clip.text_vocab:
+        problems.append(f"the tokenizer{where['tokenizer']} has {tokenizer_vocab} pieces, the CLIP{where['clip']} "
+                        f"reads {clip.text_vocab} (clip.text_vocab)")
+    if problems:
+        raise IncompatibleModels("these models were not trained together: " + "; ".join(problems)
+                                 + ". Give the dVAE, CLIP and tokenizer the Transformer was trained with "
+                                   "(dvae_weights=, clip_weights=, tokenizer=)")
+
+
+def check_files(transformer, dvae, clip, tokenizer) -> None:
+    """`check_compatible` for models on disk (weights or run directories; `clip` None for no megadalle CLIP),
+    their configs read without a tensor: a mismatch is named before a large model's weights are read."""
+    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sampling.load import model_config
+
+    names = {"transformer": str(transformer), "dvae": str(dvae), "tokenizer": str(tokenizer)}
+    if clip is not None:
+        names["clip"] = str(clip)
+    check_compatible(model_config(transformer, "transformer"), model_config(dvae, "dvae"),
+                     None if clip is None else model_config(clip, "clip"), Tokenizer(tokenizer).vocab_size, names)

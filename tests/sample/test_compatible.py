@@ -1,0 +1,62 @@
+"""Models that were not trained together are refused by name before any weights are read (`generate` here;
+`evaluate` and `export` to a model folder in tests/imports/test_bundle.py, beside their trained run)."""
+from pathlib import Path
+
+import pytest
+
+from megadalle.cli import main
+from megadalle.config import build
+from megadalle.config.dvae import DVAEConfig
+from megadalle.models.dvae import DVAE
+from megadalle.sampling.compatible import IncompatibleModels, check_compatible
+from megadalle.sampling.load import model_config
+from megadalle.weights import WeightsError, load_weights, save_weights
+from tests.sample.test_generate import write_tiny_models
+
+
+def dvae_config(**changes) -> DVAEConfig:
+    base = {"image_size": 16, "n_hid": 8, "n_blk_per_group": 1, "n_groups": 3, "vocab_size": 16, "n_init": 8}
+    return build(DVAEConfig, {**base, **changes}, "dvae")
+
+
+@pytest.fixture
+def models(tmp_path) -> Path:
+    write_tiny_models(tmp_path)  # a 4x4 grid of 16 codes, text_vocab 64, tokenizer of 40 pieces
+    return tmp_path
+
+
+def save_dvae(path: Path, cfg: DVAEConfig) -> Path:
+    return save_weights(path, DVAE(cfg).state_dict(), "dvae", cfg)
+
+
+def test_each_disagreement_is_named_with_both_values(models):
+    model = model_config(models / "model.safetensors", "transformer")
+    clip = model_config(models / "clip.safetensors", "clip")
+    check_compatible(model, dvae_config(), clip, 40)
+    with pytest.raises(IncompatibleModels, match=r"codes 32 px images as a 8x8 grid, the Transformer .* 4x4 grids"):
+        check_compatible(model, dvae_config(image_size=32), clip, 40)
+    with pytest.raises(IncompatibleModels, match=r"draws codes from 0 to 15 .* decodes 8 codes"):
+        check_compatible(model, dvae_config(vocab_size=8), clip, 40)
+    with pytest.raises(IncompatibleModels, match=r"tokenizer has 65 pieces, the Transformer reads 64"):
+        check_compatible(model, dvae_config(), None, 65)
+    with pytest.raises(IncompatibleModels, match=r"the CLIP \(c\) reads 64"):
+        check_compatible(model, dvae_config(), clip, 65, {"clip": "c"})
+    check_compatible(model, dvae_config(vocab_size=32), clip, 40)  # a larger codebook decodes every code drawn
+
+
+def test_generate_refuses_a_dvae_of_another_grid_before_sampling(models, capsys):
+    other = save_dvae(models / "other.safetensors", dvae_config(image_size=32))
+    out = models / "out"
+    assert main(["generate", f"weights={models / 'model.safetensors'}", f"dvae_weights={other}", "prompt=a red circle",
+                 "n=2", f"output={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "not trained together" in err and str(other) in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_weights_of_another_kind_are_a_one_line_error(models, capsys):
+    with pytest.raises(WeightsError, match="holds a 'dvae' model, not a 'transformer' model"):
+        load_weights(models / "dvae.safetensors", "transformer")
+    assert main(["generate", f"weights={models / 'dvae.safetensors'}", "prompt=a red circle", "n=1",
+                 f"output={models / 'out'}"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
