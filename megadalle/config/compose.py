@@ -46,6 +46,32 @@ def check_group_choices(overrides: list[str]) -> None:
                 raise ConfigError(f"{key}={option}: no such {key} config; choose one of {', '.join(options)}")
 
 
+def check_override_syntax(overrides: list[str]) -> None:
+    """An override hydra cannot read as one value is refused with the quoted form that it reads as the text
+    given. Prompts and paths are where users meet hydra's grammar: a comma makes a sweep, and an apostrophe,
+    a bracket or a letter outside ASCII is syntax unless the value is quoted; hydra's own message
+    (`LexerNoViableAltException`, `Ambiguous value`) does not say so."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from megadalle.config import ConfigError
+
+    parser = OverridesParser.create()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        quoted = shlex.quote(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"') if sep else item
+        try:
+            sweep = parser.parse_override(item).is_sweep_override()
+        except HydraException as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{item}: hydra cannot read this value ({reason}); quote it: {quoted}") from None
+        if sweep and sep:
+            raise ConfigError(f"{item}: hydra reads the comma as a sweep over several values; quote the value to keep "
+                              f"it as text: {quoted}, or add --multirun to sweep")
+
+
 def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, str]]:
     """(config, {group: chosen option}) for the verb and `overrides`."""
     from hydra import compose as hydra_compose, initialize_config_dir
@@ -57,6 +83,7 @@ def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple
     register_schemas()
     GlobalHydra.instance().clear()
     overrides = list(overrides or [])
+    check_override_syntax(overrides)
     check_group_choices(overrides)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
         cfg = hydra_compose(config_name=verb, overrides=overrides, return_hydra_config=True)

@@ -1,4 +1,6 @@
 """The `megadalle` entry point: help lists every verb, verb help shows its config, errors exit non-zero."""
+import re
+import shlex
 import subprocess
 import sys
 
@@ -73,6 +75,19 @@ def test_unknown_verb_and_bad_override_exit_non_zero(capsys):
     assert main(["plan", "model.n_layerz=3"]) == 2
     assert capsys.readouterr().err == "megadalle plan: bad config: Could not override 'model.n_layerz'. " \
                                       "(Key 'n_layerz' not in 'TransformerConfig')\n"
+
+
+def test_values_hydra_cannot_read_are_refused_with_their_quoted_form(capsys):
+    from megadalle.config.compose import compose
+
+    for prompt in ("a cat, sitting on a mat", "the dog's ball", "café au lait", "photo: a [red] cat", 'he said "hi"'):
+        assert main(["generate", "weights=model", f"prompt={prompt}"]) == 2
+        err = capsys.readouterr().err
+        suggested = shlex.split(re.split("quote it: |as text: ", err)[1].split(", or add --multirun")[0])[0]
+        assert err.count("\n") == 1 and suggested.startswith("prompt=")
+        assert compose("generate", ["weights=model", suggested]).prompt == prompt  # the fix given works as given
+    assert main(["plan", "model=tiny,small"]) == 2
+    assert "add --multirun to sweep" in capsys.readouterr().err
 
 
 def test_console_script_runs():
