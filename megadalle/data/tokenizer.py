@@ -26,6 +26,7 @@ from megadalle.data.bpe_dropout import BpeDropout
 from megadalle.data.shards import iter_samples, open_index
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from megadalle.config import ConfigError  # noqa: E402
 from megadalle.config.data import NORMALIZATIONS  # noqa: E402  (one list for config and code)
 
 
@@ -112,7 +113,7 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
                     max_sentences: int = 10_000_000, byte_fallback: bool = False, seed: int = 0) -> Tokenizer:
     """Train BPE on the captions of a shard directory and write the model to `output` atomically."""
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
+        raise ConfigError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
     total = open_index(shards).total
     captions = tqdm(iter_captions(shards), desc="tokenizer: reading captions", unit=" lines", mininterval=1.0)
     buf = io.BytesIO()
@@ -127,9 +128,9 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
     except RuntimeError as err:
         need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(err))
         if need:
-            raise ValueError(f"vocab_size={vocab_size}: the captions need at least {need.group(1)} pieces "
-                             f"(distinct characters + 4 specials)") from None
-        raise ValueError(f"sentencepiece training on {total} samples of {shards} failed: {err}") from None
+            raise ConfigError(f"vocab_size={vocab_size}: the captions need at least {need.group(1)} pieces "
+                              f"(distinct characters + 4 specials); set vocab_size={need.group(1)} or more") from None
+        raise ConfigError(f"sentencepiece training on {total} samples of {shards} failed: {err}") from None
     atomic.write_bytes(output, buf.getvalue())
     return Tokenizer(buf.getvalue())
 

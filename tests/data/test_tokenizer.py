@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import subprocess
 import sys
 
@@ -83,10 +84,13 @@ def test_dropout_zero_is_sentencepiece(tokenizer):
         assert tokenizer.bpe.encode(text, 0.0, rng) == tokenizer.sp.encode(text)
 
 
-def test_vocab_too_small_is_a_clear_error(caption_shards, tmp_path):
+def test_vocab_too_small_is_a_clear_error(caption_shards, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"vocab_size=8: the captions need at least \d+ pieces"):
         train_tokenizer(caption_shards, tmp_path / "t.model", vocab_size=8)
     assert not (tmp_path / "t.model").exists()
+    assert main(["tokenizer", f"input={caption_shards}", f"output={tmp_path / 't.model'}", "vocab_size=8"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar: one line naming the fix, no traceback
+    assert err.startswith("megadalle tokenizer: vocab_size=8") and re.search(r"set vocab_size=\d+ or more", err)
 
 
 def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
