@@ -36,7 +36,7 @@ from megadalle.data import atomic
 from megadalle.data.batches import ImageBatches
 from megadalle.data.fields import decode_field
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets, offsets_path
-from megadalle.data.loader import image_field, rank_and_world
+from megadalle.data.loader import image_fields, rank_and_world
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.devices import pick_device
 from megadalle.models.dvae import DVAE, load_dvae
@@ -79,15 +79,15 @@ def shard_done(out_path: Path, count: int, made_by: dict) -> bool:
             and record.is_file() and json.loads(record.read_text()) == made_by)
 
 
-def encode_shard(model: DVAE, in_path: Path, out_path: Path, field: str, batch_size: int, made_by: dict,
+def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, ...], batch_size: int, made_by: dict,
                  bar: tqdm | None = None) -> None:
     """Encode one input shard into `out_path` (published atomically, offsets first, its record last)."""
     device = next(model.parameters()).device
-    maker = ImageBatches(model.cfg.image_size, field)
+    maker = ImageBatches(model.cfg.image_size, fields)
     staging = out_path.parent / f".encode-{out_path.name}"
     shutil.rmtree(staging, ignore_errors=True)
     record_path(out_path).unlink(missing_ok=True)  # until the new codes are in place, the shard is not done
-    samples = iter_shard(in_path, [field, "txt", "json"], decode=False)
+    samples = iter_shard(in_path, [*maker.fields, "json"], decode=False)
     with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
         while chunk := [s for _, s in zip(range(batch_size), samples)]:
             batch = maker(chunk, np.arange(len(chunk)), 0)
@@ -117,7 +117,7 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
                   rank: int = 0, world_size: int = 1) -> ShardIndex | None:
     """Encode this process's share of `input`'s shards; returns the token index once every shard is done."""
     source = open_index(input)
-    field = image_field(source)
+    fields = image_fields(source)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX_NAME).unlink(missing_ok=True)
@@ -130,7 +130,7 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     total, done = sum(i.count for i, _ in mine), sum(i.count for i, _ in mine) - sum(i.count for i, _ in todo)
     with tqdm(total=total, initial=done, unit="img", desc=f"encode {source.root.name}", disable=rank != 0) as bar:
         for info, path in todo:
-            encode_shard(model, path, out / info.name, field, batch_size, made_by[info.name], bar)
+            encode_shard(model, path, out / info.name, fields, batch_size, made_by[info.name], bar)
     if not all(shard_done(out / info.name, info.count, made_by[info.name]) for info, _ in shards):
         return None
     infos = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info, _ in shards]

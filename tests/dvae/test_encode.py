@@ -131,3 +131,13 @@ def test_a_rerun_on_another_input_reencodes(tmp_path, image_shards, weights):
     encode_shards(model, other, tmp_path / "tokens")
     encode_shards(model, other, tmp_path / "fresh")
     assert _shard_bytes(tmp_path / "tokens") == _shard_bytes(tmp_path / "fresh")
+
+
+def test_encode_reads_each_samples_own_image_field(tmp_path, weights):
+    """A folder from elsewhere mixing jpg, png and webp samples is encoded whole, each sample from its image."""
+    from tests.data.test_loader import mixed_image_tar
+
+    root = mixed_image_tar(tmp_path / "wds", size=32)
+    index = encode_shards(load_dvae(weights), root, tmp_path / "tokens")
+    assert index.total == 6
+    assert [s["__key__"] for s in iter_samples(tmp_path / "tokens", ["txt"])] == [f"sub/dir/k{i}" for i in range(6)]
