@@ -39,7 +39,39 @@ from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets
 from megadalle.data.loader import image_fields, rank_and_world
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.devices import pick_device
+from megadalle.errors import UserError
 from megadalle.models.dvae import DVAE, load_dvae
+
+
+RUN_WEIGHTS = "dvae.safetensors"
+"""What train-dvae exports into its run directory when the run finishes (the EMA when the run kept one)."""
+
+
+class DVAEWeightsError(UserError, FileNotFoundError):
+    """`dvae_weights` names nothing encode can read; the message says what to pass."""
+
+
+def dvae_weights_file(value: str | Path) -> Path:
+    """The weights `dvae_weights=value` means: a .safetensors file or an exported weights folder as given, or,
+    for a train-dvae run directory, the dvae.safetensors it exported. Not the run's latest checkpoint, as
+    `generate` would read: that holds the raw weights where the export holds their average, so a run
+    stopped before its export is refused with the command that writes one."""
+    path = Path(value)
+    if not path.is_dir():
+        if not path.is_file():
+            raise DVAEWeightsError(f"dvae_weights={value}: no such file")
+        return path
+    from megadalle.weights import INDEX, SINGLE
+
+    if (path / INDEX).is_file() or (path / SINGLE).is_file():
+        return path
+    if (path / RUN_WEIGHTS).is_file():
+        return path / RUN_WEIGHTS
+    what = "a run directory" if (path / "run.json").is_file() else "a directory"
+    raise DVAEWeightsError(f"dvae_weights={value}: {what} without {RUN_WEIGHTS} (train-dvae writes it when the run "
+                           f"finishes); pass a dVAE .safetensors file, or write one with `megadalle export "
+                           f"run={value} output={path / RUN_WEIGHTS} dtype=fp32` (add ema=true for a run with "
+                           f"trainer.ema)")
 
 
 def weights_digest(model: DVAE) -> str:
@@ -143,7 +175,7 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
 
 def run(cfg: DictConfig) -> int:
     opts = build(EncodeConfig, top_level(cfg, EncodeConfig), "")
-    model = load_dvae(opts.dvae_weights, pick_device(opts.device))
+    model = load_dvae(dvae_weights_file(opts.dvae_weights), pick_device(opts.device))
     rank, world = rank_and_world()
     pairs = [(Path(opts.input), Path(opts.output))]
     if (Path(opts.input) / VAL_DIR / INDEX_NAME).is_file():
