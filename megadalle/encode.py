@@ -3,8 +3,12 @@
 Output sample: `codes.npy` (uint16 [H, W], the encoder's argmax as in the paper: no Gumbel noise),
 `txt` (every caption line, tokenized later by the token loader so BPE dropout can apply) and
 `json` (the input's metadata). One output shard per input shard, with the same name, written by
-DATA's ShardWriter in a hidden staging folder and renamed into place when complete: a rerun after
-a crash skips every shard already there with the input's sample count and redoes only the rest.
+DATA's ShardWriter in a hidden staging folder and renamed into place when complete, then its record
+`<shard>.encoded.json`: a digest of the dVAE's weights, its config, and the input shard's name,
+sample count, size and modification time. A rerun after a crash skips every shard already there
+with the input's sample count and the same record, and redoes only the rest; a rerun with another
+dVAE or another input re-encodes every shard, and says so: a directory never mixes the codes of
+two models (with another grid size, index.json would describe codes that are not there).
 index.json goes last, once every shard is complete. Several processes (RANK/WORLD_SIZE or srun)
 split the (non-empty) shards round-robin; whichever finishes last writes the index.
 A validation split beside the input (`<input>/val/`, from `prepare val_fraction=`) is encoded the
@@ -12,8 +16,11 @@ same way into `<output>/val/`, so the Transformer holds out the samples the dVAE
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+from dataclasses import asdict
 import sys
 from pathlib import Path
 
@@ -25,28 +32,94 @@ from tqdm import tqdm
 from megadalle.config import build, top_level
 from megadalle.config.data import VAL_DIR
 from megadalle.config.dvae import EncodeConfig
+from megadalle.data import atomic
 from megadalle.data.batches import ImageBatches
 from megadalle.data.fields import decode_field
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets, offsets_path
-from megadalle.data.loader import image_field, rank_and_world
+from megadalle.data.loader import image_fields, rank_and_world
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.devices import pick_device
+from megadalle.errors import UserError
 from megadalle.models.dvae import DVAE, load_dvae
 
 
-def shard_done(out_path: Path, count: int) -> bool:
-    """An output shard is complete when it and its offsets exist and hold the input's sample count."""
-    return out_path.is_file() and offsets_path(out_path).is_file() and len(load_offsets(out_path)) - 1 == count
+RUN_WEIGHTS = "dvae.safetensors"
+"""What train-dvae exports into its run directory when the run finishes (the EMA when the run kept one)."""
 
 
-def encode_shard(model: DVAE, in_path: Path, out_path: Path, field: str, batch_size: int,
+class DVAEWeightsError(UserError, FileNotFoundError):
+    """`dvae_weights` names nothing encode can read; the message says what to pass."""
+
+
+def dvae_weights_file(value: str | Path) -> Path:
+    """The weights `dvae_weights=value` means: a .safetensors file or an exported weights folder as given, or,
+    for a train-dvae run directory, the dvae.safetensors it exported. Not the run's latest checkpoint, as
+    `generate` would read: that holds the raw weights where the export holds their average, so a run
+    stopped before its export is refused with the command that writes one."""
+    path = Path(value)
+    if not path.is_dir():
+        if not path.is_file():
+            raise DVAEWeightsError(f"dvae_weights={value}: no such file")
+        return path
+    from megadalle.weights import INDEX, SINGLE
+
+    if (path / INDEX).is_file() or (path / SINGLE).is_file():
+        return path
+    if (path / RUN_WEIGHTS).is_file():
+        return path / RUN_WEIGHTS
+    what = "a run directory" if (path / "run.json").is_file() else "a directory"
+    raise DVAEWeightsError(f"dvae_weights={value}: {what} without {RUN_WEIGHTS} (train-dvae writes it when the run "
+                           f"finishes); pass a dVAE .safetensors file, or write one with `megadalle export "
+                           f"run={value} output={path / RUN_WEIGHTS} dtype=fp32` (add ema=true for a run with "
+                           f"trainer.ema)")
+
+
+def weights_digest(model: DVAE) -> str:
+    """A digest of the model's tensors (names, dtypes, shapes, bytes): the same weights give the same digest
+    whichever file or folder they were read from, and other weights of the same shape a different one."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+def dvae_identity(model: DVAE) -> dict:
+    """What every output shard's codes depend on: the dVAE's weights and config."""
+    return {"dvae": weights_digest(model), "dvae_config": json.loads(json.dumps(asdict(model.cfg), default=str))}
+
+
+def producer(dvae: dict, info: ShardInfo, path: Path) -> dict:
+    """The record of one output shard: the dVAE and its input shard. Names, counts and sizes alone do not
+    tell two inputs apart (tars are padded to 512 bytes, so `prepare` on other images of one size gives the
+    same listing); the modification time does, and a copy that does not keep it is only encoded again."""
+    return {**dvae, "input": {"name": info.name, "count": info.count, "bytes": info.bytes,
+                              "mtime_ns": path.stat().st_mtime_ns}}
+
+
+def record_path(out_path: Path) -> Path:
+    """`shard-000000.tar` -> `shard-000000.tar.encoded.json`, the record of what encoded it."""
+    return out_path.with_name(out_path.name + ".encoded.json")
+
+
+def shard_done(out_path: Path, count: int, made_by: dict) -> bool:
+    """An output shard is complete when it and its offsets exist and hold the input's sample count, and its
+    record says `made_by` encoded it (a shard of another dVAE or input has the right count, the wrong codes)."""
+    record = record_path(out_path)
+    return (out_path.is_file() and offsets_path(out_path).is_file() and len(load_offsets(out_path)) - 1 == count
+            and record.is_file() and json.loads(record.read_text()) == made_by)
+
+
+def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, ...], batch_size: int, made_by: dict,
                  bar: tqdm | None = None) -> None:
-    """Encode one input shard into `out_path` (published atomically, offsets first)."""
+    """Encode one input shard into `out_path` (published atomically, offsets first, its record last)."""
     device = next(model.parameters()).device
-    maker = ImageBatches(model.cfg.image_size, field)
+    maker = ImageBatches(model.cfg.image_size, fields)
     staging = out_path.parent / f".encode-{out_path.name}"
     shutil.rmtree(staging, ignore_errors=True)
-    samples = iter_shard(in_path, [field, "txt", "json"], decode=False)
+    record_path(out_path).unlink(missing_ok=True)  # until the new codes are in place, the shard is not done
+    samples = iter_shard(in_path, [*maker.fields, "json"], decode=False)
     with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
         while chunk := [s for _, s in zip(range(batch_size), samples)]:
             batch = maker(chunk, np.arange(len(chunk)), 0)
@@ -60,29 +133,41 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, field: str, batch_s
     if written.is_file():
         os.replace(offsets_path(written), offsets_path(out_path))
         os.replace(written, out_path)
+        atomic.write_json(record_path(out_path), made_by)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def warn_stale(out: Path, stale: list[str]) -> None:
+    """Say which existing shards are about to be replaced: a rerun that re-encodes is never silent."""
+    if stale:
+        names = ", ".join(stale[:3]) + (", ..." if len(stale) > 3 else "")
+        print(f"[encode] {out}: re-encoding {len(stale)} shards ({names}) that another dVAE or another input "
+              f"wrote (or that have no {record_path(Path('<shard>')).name} record)", file=sys.stderr, flush=True)
 
 
 def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size: int = 64,
                   rank: int = 0, world_size: int = 1) -> ShardIndex | None:
     """Encode this process's share of `input`'s shards; returns the token index once every shard is done."""
     source = open_index(input)
-    field = image_field(source)
+    fields = image_fields(source)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX_NAME).unlink(missing_ok=True)
     shards = [(info, path) for info, path in zip(source.shards, source.paths()) if info.count > 0]
+    dvae = dvae_identity(model)
+    made_by = {info.name: producer(dvae, info, path) for info, path in shards}
     mine = shards[rank::world_size]
-    todo = [(info, path) for info, path in mine if not shard_done(out / info.name, info.count)]
+    todo = [(info, path) for info, path in mine if not shard_done(out / info.name, info.count, made_by[info.name])]
+    warn_stale(out, [info.name for info, _ in todo if (out / info.name).is_file()])
     total, done = sum(i.count for i, _ in mine), sum(i.count for i, _ in mine) - sum(i.count for i, _ in todo)
     with tqdm(total=total, initial=done, unit="img", desc=f"encode {source.root.name}", disable=rank != 0) as bar:
         for info, path in todo:
-            encode_shard(model, path, out / info.name, field, batch_size, bar)
-    if not all(shard_done(out / info.name, info.count) for info, _ in shards):
+            encode_shard(model, path, out / info.name, fields, batch_size, made_by[info.name], bar)
+    if not all(shard_done(out / info.name, info.count, made_by[info.name]) for info, _ in shards):
         return None
     infos = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info, _ in shards]
     meta = {"grid_size": model.cfg.grid_size, "vocab_size": model.cfg.vocab_size,
-            "image_size": model.cfg.image_size, "source": str(source.root)}
+            "image_size": model.cfg.image_size, "source": str(source.root), "dvae": dvae["dvae"]}
     index = ShardIndex(out, infos, ["codes.npy", "json", "txt"], meta)
     index.save()
     return index
@@ -90,7 +175,7 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
 
 def run(cfg: DictConfig) -> int:
     opts = build(EncodeConfig, top_level(cfg, EncodeConfig), "")
-    model = load_dvae(opts.dvae_weights, pick_device(opts.device))
+    model = load_dvae(dvae_weights_file(opts.dvae_weights), pick_device(opts.device))
     rank, world = rank_and_world()
     pairs = [(Path(opts.input), Path(opts.output))]
     if (Path(opts.input) / VAL_DIR / INDEX_NAME).is_file():

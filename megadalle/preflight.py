@@ -3,7 +3,10 @@
 A wrong path or shards that do not fit the model used to surface after DeepSpeed had started, as a
 traceback on every rank (or worse, as an index error deep in an embedding). Here every such mistake
 is a PreflightError naming the key, the value and what was expected; the CLI prints it once (rank 0)
-and exits with code 2. The checks read only small files: index.json and the tokenizer model.
+and exits with code 2. The checks read only small files: index.json, a weights' config JSON and the
+tokenizer model. One exception: a directory of tars written elsewhere, with no index.json, is
+indexed here (`ingest.open_index`, as every reader would on first use), since its index is what
+the checks read.
 
 Shard directories record what wrote them in index.json's `meta`: `prepare` the image size, `encode`
 the code grid side (`grid_size`), the codebook size (`vocab_size`) and the image size it encoded.
@@ -16,9 +19,9 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from megadalle.config.required import check_required
+from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.errors import UserError
 
-IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
 CODES_FIELD = "codes.npy"
 
 
@@ -29,18 +32,21 @@ class PreflightError(UserError):
 def _exists(key: str, value, kind: str = "path") -> Path:
     path = Path(str(value))
     ok = path.is_dir() if kind == "directory" else path.is_file() if kind == "file" else path.exists()
+    if not ok and kind == "directory" and path.is_file():
+        raise PreflightError(f"{key}={value}: a file, not a folder of shards; give its folder: {key}={path.parent}")
     if not ok:
         raise PreflightError(f"{key}={value}: no such {kind}")
     return path
 
 
 def shard_index(key: str, value):
-    """The ShardIndex of the directory `value`, or a PreflightError naming `key`."""
-    from megadalle.data.index import ShardIndex
+    """The ShardIndex of the directory `value` (tars from elsewhere indexed now, as the README promises),
+    or a PreflightError naming `key`."""
+    from megadalle.data.ingest import open_index
 
     _exists(key, value, "directory")
     try:
-        return ShardIndex.load(value)
+        return open_index(value)
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise PreflightError(f"{key}={value}: {str(err).splitlines()[0]}") from None
 
@@ -107,10 +113,16 @@ def _image_size(index, cfg: DictConfig, key: str, wanted: int) -> None:
     shards stored smaller than the model's input would be upscaled (a wrong directory, or a wrong model)."""
     fits(cfg.data.get("image_size") in (None, wanted), f"data.image_size={cfg.data.image_size}: must be null or "
                                                        f"{key}={wanted} (the model's input)")
+    _not_upscaled(index, f"data.shards={cfg.data.shards}", wanted, f"{key}={wanted}",
+                  f"set {key}={index.meta.get('image_size')} or smaller")
+
+
+def _not_upscaled(index, shards: str, wanted: int, subject: str, remedy: str) -> None:
+    """Images stored smaller than the model's input side `wanted` would be upscaled: refused, naming `subject`."""
     stored = index.meta.get("image_size")
     fits(stored is None or int(stored) >= wanted,
-         f"{key}={wanted}: the images of data.shards={cfg.data.shards} are {stored} px, smaller than the model's "
-         f"input (set {key}={stored} or smaller, or prepare the shards at {wanted} px)")
+         f"{subject}: the images of {shards} are {stored} px, smaller than the model's input ({remedy}, or prepare "
+         f"the shards at {wanted} px)")
 
 
 def check_train_dvae(cfg: DictConfig) -> None:
@@ -151,8 +163,23 @@ def check_run_dir(verb: str, cfg: DictConfig) -> None:
 
 
 def check_encode(cfg: DictConfig) -> None:
-    _exists("dvae_weights", cfg.dvae_weights, "file")
-    image_shards("input", cfg.input)
+    """The weights exist (a run directory stands for its export) and the images are not smaller than the dVAE's
+    input, as train-dvae checks: the size is read from the weights' config JSON, not the weights."""
+    import json
+
+    from megadalle.encode import dvae_weights_file
+    from megadalle.weights import config_path
+
+    try:
+        weights = dvae_weights_file(cfg.dvae_weights)
+    except FileNotFoundError as err:
+        raise PreflightError(str(err)) from None
+    index = image_shards("input", cfg.input)
+    meta = config_path(weights)
+    size = json.loads(meta.read_text()).get("config", {}).get("image_size") if meta.is_file() else None
+    if size is not None:
+        _not_upscaled(index, f"input={cfg.input}", int(size), f"dvae_weights={cfg.dvae_weights} (a dVAE of {size} px)",
+                      "use a dVAE trained at the shards' size or smaller")
 
 
 def check_tokenizer(cfg: DictConfig) -> None:

@@ -7,6 +7,7 @@ model); the optimizer itself (AdamW, lr, EMA) belongs to the trainer's config.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import MISSING
 
@@ -142,7 +143,8 @@ class EncodeConfig:
     """Verb-level keys of `megadalle encode` (conf/encode.yaml)."""
 
     dvae_weights: str = MISSING
-    """Trained dVAE weights (.safetensors with its .json beside it, from train-dvae or export). Not `dvae=`:
+    """Trained dVAE weights (.safetensors with its .json beside it, from train-dvae or export), or a train-dvae
+    run directory (its exported dvae.safetensors is read). Not `dvae=`:
     hydra reads that as a choice in the `dvae` config group."""
     input: str = MISSING
     """Image shard directory (from `prepare`)."""
@@ -157,8 +159,10 @@ class EncodeConfig:
         check(self.batch_size > 0, join(where, "batch_size"), self.batch_size, "must be positive")
         check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), join(where, "device"),
               self.device, "expected auto, cpu, cuda or cuda:N")
-        check(str(self.dvae_weights).endswith(".safetensors"), join(where, "dvae_weights"), self.dvae_weights,
-              "must be a .safetensors file (weights are never unpickled)")
+        check(str(self.dvae_weights).endswith(".safetensors") or Path(self.dvae_weights).is_dir(),
+              join(where, "dvae_weights"), self.dvae_weights,
+              "must be a .safetensors file, an exported weights folder or a train-dvae run directory "
+              "(weights are never unpickled)")
         check(self.input != self.output, join(where, "output"), self.output, "must differ from input")
 
 

@@ -15,13 +15,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from megadalle.data.fields import decode_field
+from megadalle.data.fields import IMAGE_FIELDS, decode_field
 from megadalle.data.images import draft_for, resize_center_crop, to_float_chw, to_rgb
 
 
 class BatchMaker(Protocol):
     fields: tuple[str, ...]
     """Shard fields to read (raw bytes); nothing else in a sample is touched."""
+    required: tuple[str, ...]
+    """Those of `fields` every sample must have (the reader names a sample that lacks one)."""
 
     def __call__(self, samples: list[dict[str, Any]], positions: np.ndarray, seed: int) -> dict[str, Any]: ...
 
@@ -37,15 +39,28 @@ def pick_caption(text: str, rng: np.random.Generator) -> str:
     return lines[int(rng.integers(len(lines)))] if lines else ""
 
 
+def sample_image(sample: dict[str, Any], image_fields: tuple[str, ...] = IMAGE_FIELDS) -> bytes:
+    """The raw image of a sample: whichever of `image_fields` it has. Shards from elsewhere mix formats
+    (img2dataset keeps each image's own: some jpg, some png or webp), so no one field is in every sample."""
+    for name in image_fields:
+        if name in sample:
+            return sample[name]
+    raise KeyError(f"sample {sample.get('__key__')!r} has no image field (none of {list(image_fields)})")
+
+
 class ImageBatches:
     """dict(image=FloatTensor[B, 3, S, S] in [0, 1], caption=list[str], txt=list[str], key=list[str]).
 
     `caption` is one line of the sample's captions (seeded choice, for CLIP); `txt` is the whole
     field (all lines, what `encode` copies into token shards); `key` the sample's shard key.
+    `image_fields`: the image fields to look for; each sample's image is the one it has (`sample_image`).
     """
 
-    def __init__(self, image_size: int, image_field: str = "jpg"):
-        self.image_size, self.fields = image_size, (image_field, "txt")
+    required = ("txt",)
+
+    def __init__(self, image_size: int, image_fields: tuple[str, ...] = IMAGE_FIELDS):
+        self.image_size, self.image_fields = image_size, tuple(image_fields)
+        self.fields = (*self.image_fields, "txt")
 
     def decode(self, data: bytes) -> Image.Image:
         """Decode (a JPEG at 1/2..1/8 scale when that still covers image_size), RGB, resize, crop."""
@@ -58,7 +73,7 @@ class ImageBatches:
         images = np.empty((len(samples), 3, self.image_size, self.image_size), np.float32)
         texts = [decode_field("txt", s["txt"]) for s in samples]
         for i, sample in enumerate(samples):
-            to_float_chw(self.decode(sample[self.fields[0]]), out=images[i])
+            to_float_chw(self.decode(sample_image(sample, self.image_fields)), out=images[i])
         captions = [pick_caption(text, sample_rng(seed, pos)) for text, pos in zip(texts, positions)]
         keys = [s["__key__"] for s in samples]
         return {"image": torch.from_numpy(images), "caption": captions, "txt": texts, "key": keys}
@@ -72,7 +87,7 @@ class TokenBatches:
     `text_cut` marks the captions longer than text_len, whose tail the model never reads.
     """
 
-    fields = ("codes.npy", "txt")
+    fields = required = ("codes.npy", "txt")
 
     def __init__(self, tokenizer, text_len: int, dropout: float = 0.0):
         self.tokenizer, self.text_len, self.dropout = tokenizer, text_len, dropout

@@ -112,7 +112,7 @@ class _Steps(IterableDataset):
                     if positions.size == 0:
                         break
                     ids = plan.order.ids(positions)
-                    samples = reader.read_many(ids, plan.maker.fields, decode=False)
+                    samples = reader.read_many(ids, plan.maker.fields, decode=False, required=plan.maker.required)
                     try:
                         micro.append(plan.maker(samples, positions, plan.seed))
                     except Exception as err:
@@ -231,12 +231,13 @@ class StepLoader:
         self.step = saved.step
 
 
-def image_field(index: ShardIndex) -> str:
-    """The image field of an image shard directory (jpg, png, ...)."""
-    found = [f for f in IMAGE_FIELDS if f in index.fields]
+def image_fields(index: ShardIndex) -> tuple[str, ...]:
+    """The image fields of an image shard directory (jpg, png, ...): every one its samples carry, since a
+    directory from elsewhere may mix them (`batches.sample_image` takes each sample's own)."""
+    found = tuple(f for f in IMAGE_FIELDS if f in index.fields)
     if not found:
         raise ValueError(f"{index.root}: no image field among {index.fields} (expected one of {IMAGE_FIELDS})")
-    return found[0]
+    return found
 
 
 def image_loader(root: str | Path, global_batch: int, image_size: int, **kwargs) -> StepLoader:
@@ -245,7 +246,7 @@ def image_loader(root: str | Path, global_batch: int, image_size: int, **kwargs)
     For one pass in shard order (e.g. `encode`): shuffle=False, epochs=1 (the last batch may be short).
     """
     index = open_index(root)
-    return StepLoader(root, global_batch, ImageBatches(image_size, image_field(index)), **kwargs)
+    return StepLoader(root, global_batch, ImageBatches(image_size, image_fields(index)), **kwargs)
 
 
 def token_loader(root: str | Path, global_batch: int, tokenizer, text_len: int, bpe_dropout: float = 0.0,

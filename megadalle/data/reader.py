@@ -63,11 +63,14 @@ class SampleReader:
         self._offsets: OrderedDict[int, np.ndarray] = OrderedDict()
         self._files: OrderedDict[int, io.BufferedReader] = OrderedDict()
 
-    def read_many(self, ids: Iterable[int], fields: Iterable[str], decode: bool = True) -> list[dict[str, Any]]:
-        """Samples by global id, in the order given, each with `__key__` and the named fields."""
+    def read_many(self, ids: Iterable[int], fields: Iterable[str], decode: bool = True,
+                  required: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Samples by global id, in the order given, each with `__key__` and those of the named fields it has;
+        a sample missing one of `required` (default: all of `fields`) raises a KeyError naming it."""
         fields = list(fields)
+        required = fields if required is None else list(required)
         shards, positions = self.index.locate(np.fromiter(ids, dtype=np.int64))
-        return [self.read_at(int(s), int(p), fields, decode) for s, p in zip(shards, positions)]
+        return [self.read_at(int(s), int(p), fields, decode, required) for s, p in zip(shards, positions)]
 
     def read(self, sample_id: int, fields: Iterable[str], decode: bool = True) -> dict[str, Any]:
         return self.read_many([sample_id], fields, decode)[0]
@@ -77,8 +80,9 @@ class SampleReader:
             f.close()
         self._files.clear()
 
-    def read_at(self, shard: int, pos: int, fields: list[str] | None, decode: bool = True) -> dict[str, Any]:
-        """Sample `pos` of shard number `shard`, with the named fields (all if None)."""
+    def read_at(self, shard: int, pos: int, fields: list[str] | None, decode: bool = True,
+                required: list[str] | None = None) -> dict[str, Any]:
+        """Sample `pos` of shard number `shard`, with the named fields (all if None); `required` as in read_many."""
         start, end = self._table(shard)[pos]
         path = self.index.root / self.index.shards[shard].name
         f = self._lru(self._files, shard, self.max_open, lambda: open(path, "rb"))
@@ -87,7 +91,7 @@ class SampleReader:
         name = self.index.shards[shard].name
         if len(samples) != 1:
             raise ValueError(f"{name}: sample {pos} does not span exactly one key; the offset file is stale")
-        missing = [field for field in fields or () if field not in samples[0]]
+        missing = [field for field in (fields or () if required is None else required) if field not in samples[0]]
         if missing:
             raise KeyError(f"sample {samples[0]['__key__']!r} in {name} has no field {missing[0]!r}")
         return samples[0]

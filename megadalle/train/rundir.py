@@ -11,10 +11,13 @@ RESUMABLE may differ: they extend the run (trainer.steps), change how it is reco
 checkpoint cadence, wandb), where things live (run_dir, out_dir), or memory and speed without
 changing the maths (micro_batch/grad_accum at the same global batch, which the checkpoint's data
 identity check guards; loader workers; activation checkpointing; the attention backend).
+The keys in PATH_KEYS name files: `out/shards`, `out/shards/`, `./out/shards` and its absolute
+path are one value there (`same_path`), so a rerun need not repeat the spelling of the first.
 """
 from __future__ import annotations
 
 import json
+import operator
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,6 +34,9 @@ RESUMABLE = (
     "deepspeed.reduce_bucket_size",
 )
 """Keys (or `group.*`) a rerun may change and still resume the run directory."""
+PATH_KEYS = ("data.shards", "data.val_shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights",
+             "weights")
+"""Keys whose values are file or folder paths, compared as paths (`same_path`); every other value as written."""
 
 
 class RunDirError(UserError):
@@ -67,11 +73,28 @@ def resumable(key: str) -> bool:
     return any(key == allowed or (allowed.endswith(".*") and key.startswith(allowed[:-1])) for allowed in RESUMABLE)
 
 
+def same_path(saved: Any, current: Any) -> bool:
+    """Two spellings of one path: equal once normalised (`out/shards/`, `./out/shards`), or naming the same
+    place from here (relative against absolute, `..`, symlinks, another mount of the same file). A path
+    recorded on another machine that is not there now compares by its normalised spelling only."""
+    if not (isinstance(saved, str) and isinstance(current, str)):
+        return saved == current
+    if os.path.normpath(saved) == os.path.normpath(current):
+        return True
+    a, b = Path(saved).expanduser(), Path(current).expanduser()
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def config_diff(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
     """(key, saved value, current value) for every key that differs and may not change on resume."""
     a, b = flatten(saved), flatten(current)
     return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b))
-            if a.get(key) != b.get(key) and not resumable(key)]
+            if not resumable(key) and not (same_path if key in PATH_KEYS else operator.eq)(a.get(key), b.get(key))]
 
 
 def check_config(path: Path, config: dict) -> None:

@@ -89,3 +89,70 @@ def test_exit_code_and_one_line_from_the_command(token_shards):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "megadalle train: required key not set: data.tokenizer (give data.tokenizer=... on the command line)"]
+
+
+def wds_tars(root, n=4):
+    """Webdataset tars written elsewhere: no index.json, no offset files."""
+    import io
+
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    with wds.TarWriter(str(root / "00000.tar")) as sink:
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, format="JPEG")
+            sink.write({"__key__": f"k{i}", "jpg": buf.getvalue(), "txt": f"a red circle {i}"})
+    return root
+
+
+@pytest.mark.parametrize("verb, overrides", [
+    ("tokenizer", ["input={}", "output=tok.model"]),
+    ("train-dvae", ["dvae=tiny", "trainer=tiny", "logger=none", "data.shards={}"]),
+])
+def test_tars_from_elsewhere_are_indexed_on_first_use(tmp_path, monkeypatch, verb, overrides):
+    """As the README promises: a verb given un-indexed tars indexes them, it does not ask for `megadalle index`."""
+    from megadalle.preflight import preflight
+
+    monkeypatch.chdir(tmp_path)
+    root = wds_tars(tmp_path / "wds")
+    preflight(verb, compose(verb, [o.format(root) for o in overrides]))
+    assert (root / "index.json").is_file()
+
+
+def test_a_tar_file_given_for_a_folder_says_so(capsys, image_shards):
+    tar = image_shards / "shard-000000.tar"
+    fails(capsys, ["train-dvae", "dvae=tiny", "trainer=tiny", "logger=none", f"data.shards={tar}"],
+          f"data.shards={tar}: a file, not a folder of shards; give its folder: data.shards={image_shards}")
+
+
+def dvae_weights(path, image_size):
+    from megadalle.config.dvae import DVAEConfig
+    from megadalle.models.dvae import DVAE
+    from megadalle.weights import save_weights
+
+    config = DVAEConfig(image_size=image_size, n_hid=16, n_blk_per_group=1, n_groups=3, vocab_size=64, n_init=16)
+    return save_weights(path, DVAE(config).state_dict(), kind="dvae", config=config)
+
+
+def test_encode_refuses_images_smaller_than_the_dvae_input(capsys, image_shards, tmp_path):
+    """train-dvae and train-clip refuse to upscale stored images; so does encode."""
+    weights = dvae_weights(tmp_path / "dvae64.safetensors", 64)
+    fails(capsys, ["encode", f"dvae_weights={weights}", f"input={image_shards}", f"output={tmp_path / 'tok'}"],
+          f"dvae_weights={weights} (a dVAE of 64 px): the images of input={image_shards} are 32 px")
+
+
+def test_encode_takes_a_dvae_run_directory(capsys, image_shards, tmp_path):
+    """A train-dvae run directory holds its exported dvae.safetensors: encode reads that."""
+    run = tmp_path / "runs" / "dvae" / "default"
+    dvae_weights(run / "dvae.safetensors", 32)
+    (run / "run.json").write_text("{}")
+    args = [f"input={image_shards}", f"output={tmp_path / 'tok'}", "device=cpu"]
+    assert main(["encode", f"dvae_weights={run}", *args]) == 0
+    capsys.readouterr()
+    (run / "dvae.safetensors").unlink()
+    fails(capsys, ["encode", f"dvae_weights={run}", *args],
+          f"dvae_weights={run}: a run directory without dvae.safetensors")

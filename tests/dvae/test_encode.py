@@ -88,3 +88,56 @@ def test_two_processes_split_the_shards_and_the_last_one_writes_the_index(tmp_pa
     assert sorted(p.name for p in tmp_path.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000002.tar"]
     index = encode_shards(model, image_shards, tmp_path, rank=1, world_size=2)
     assert index.total == 40 and (tmp_path / "index.json").is_file()
+
+
+def _shard_bytes(root):
+    return {p.name: p.read_bytes() for p in sorted(root.glob("shard-*.tar"))}
+
+
+def test_a_rerun_with_another_dvae_reencodes_every_shard(tmp_path, image_shards, small_dvae_config, capsys):
+    """Shards are skipped only when the same weights and input made them: a dVAE with another grid must
+    not leave the old codes under an index.json that names the new grid."""
+    from dataclasses import replace
+
+    other = DVAE(replace(small_dvae_config, n_groups=2))  # 16x16 codes where the first dVAE wrote 8x8
+    first = DVAE(small_dvae_config)
+    encode_shards(first, image_shards, tmp_path / "tokens")
+    index = encode_shards(other, image_shards, tmp_path / "tokens")
+    fresh = encode_shards(other, image_shards, tmp_path / "fresh")
+    assert index.meta["grid_size"] == 16
+    assert _shard_bytes(tmp_path / "tokens") == _shard_bytes(tmp_path / "fresh")
+    assert "re-encoding 3 shards" in capsys.readouterr().err
+    assert index.meta == {**fresh.meta, "source": index.meta["source"]}
+
+
+def test_a_rerun_with_other_weights_of_the_same_shape_reencodes(tmp_path, image_shards, small_dvae_config):
+    torch.manual_seed(0)
+    first = DVAE(small_dvae_config)
+    torch.manual_seed(1)
+    second = DVAE(small_dvae_config)
+    encode_shards(first, image_shards, tmp_path / "tokens")
+    encode_shards(second, image_shards, tmp_path / "tokens")
+    encode_shards(second, image_shards, tmp_path / "fresh")
+    assert _shard_bytes(tmp_path / "tokens") == _shard_bytes(tmp_path / "fresh")
+
+
+def test_a_rerun_on_another_input_reencodes(tmp_path, image_shards, weights):
+    from tests.dvae.conftest import write_image_shards
+
+    other = tmp_path / "other"
+    write_image_shards(other, 40, 32, 16, seed=5)  # same shard names and counts, other images
+    model = load_dvae(weights)
+    encode_shards(model, image_shards, tmp_path / "tokens")
+    encode_shards(model, other, tmp_path / "tokens")
+    encode_shards(model, other, tmp_path / "fresh")
+    assert _shard_bytes(tmp_path / "tokens") == _shard_bytes(tmp_path / "fresh")
+
+
+def test_encode_reads_each_samples_own_image_field(tmp_path, weights):
+    """A folder from elsewhere mixing jpg, png and webp samples is encoded whole, each sample from its image."""
+    from tests.data.test_loader import mixed_image_tar
+
+    root = mixed_image_tar(tmp_path / "wds", size=32)
+    index = encode_shards(load_dvae(weights), root, tmp_path / "tokens")
+    assert index.total == 6
+    assert [s["__key__"] for s in iter_samples(tmp_path / "tokens", ["txt"])] == [f"sub/dir/k{i}" for i in range(6)]
