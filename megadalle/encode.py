@@ -20,8 +20,8 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
