@@ -55,7 +55,8 @@ def mixed_folder(tmp_path):
     expected = {"a/cat.jpg": None, "b/dog.png": None, "bird.webp": None, "gray.JPG": None, "sub/deeper/pal.png": None,
                 "empty.jpg": "empty_file", "trunc.jpg": "truncated", "fake.png": "not_an_image",
                 "tiny.jpg": "too_small", "bomb.png": "decompression_bomb", "bomb_big.png": "decompression_bomb",
-                "nocap.jpg": "missing_caption", "blank.jpg": "empty_caption", "badenc.jpg": "unreadable"}
+                "nocap.jpg": "missing_caption", "blank.jpg": "empty_caption", "badenc.jpg": "unreadable",
+                "orphan.txt": "orphan_caption"}
     return root, expected
 
 
@@ -77,7 +78,8 @@ def test_keeps_exactly_the_good_and_reports_each_bad(mixed_folder, tmp_path):
     assert {b["source"]: b["reason"] for b in report["bad"]} == {s: r for s, r in expected.items() if r}
     assert report["kept"] == summary.kept == 5
     assert report["skipped"] == {"decompression_bomb": 2, "empty_caption": 1, "empty_file": 1, "missing_caption": 1,
-                                 "not_an_image": 1, "too_small": 1, "truncated": 1, "unreadable": 1}
+                                 "not_an_image": 1, "orphan_caption": 1, "too_small": 1, "truncated": 1,
+                                 "unreadable": 1}
     assert "kept 5 samples" in summary.text()
 
 
@@ -125,7 +127,7 @@ def test_csv_manifest_with_custom_columns(tmp_path):
     (tmp_path / "m.csv").write_text('path,text\na.jpg,"line one\nline two"\nnone.jpg,lost\n')
     summary = prepare(config(tmp_path / "m.csv", tmp_path / "out", image_column="path", caption_column="text"),
                       progress=False)
-    assert [s["txt"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["line one\nline two"]
+    assert [s["txt"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["line one line two"]  # one caption
     assert summary.skipped == {"missing_file": 1}
     with pytest.raises(ValueError, match="no column 'image'"):
         prepare(config(tmp_path / "m.csv", tmp_path / "out2"), progress=False)
@@ -146,3 +148,4 @@ def test_nothing_usable_writes_no_index(tmp_path):
     assert main(["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "num_workers=0"]) == 1
     assert not (tmp_path / "out/index.json").exists()
     assert json.loads((tmp_path / "out/report.json").read_text())["skipped"] == {"empty_file": 1}
+
