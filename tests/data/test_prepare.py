@@ -149,3 +149,49 @@ def test_nothing_usable_writes_no_index(tmp_path):
     assert not (tmp_path / "out/index.json").exists()
     assert json.loads((tmp_path / "out/report.json").read_text())["skipped"] == {"empty_file": 1}
 
+
+@pytest.mark.parametrize("spelling", ["{input}/", "{input}/.", "{input}/../in", "{input}/shards", "{parent}"])
+def test_an_output_that_is_the_input_or_holds_it_is_refused(mixed_folder, tmp_path, spelling, capsys, monkeypatch):
+    from megadalle.config import ConfigError
+
+    root, _ = mixed_folder
+    output = spelling.format(input=root, parent=tmp_path)
+    with pytest.raises(ConfigError, match="output=.*input=") as err:
+        config(root, output).validate()
+    assert str(root) in str(err.value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "input=./in", "output=in/", "num_workers=0"]) == 2
+    assert "output='in/'" in capsys.readouterr().err
+    assert not list(root.rglob("*.tar")) and not (root / "report.json").exists()
+
+
+def test_an_output_beside_the_input_or_beside_a_manifest_is_fine(tmp_path):
+    config(tmp_path / "in", tmp_path / "in-shards").validate()
+    config(tmp_path / "data/m.csv", tmp_path / "data/shards").validate()
+    with pytest.raises(ValueError, match="manifest"):
+        config(tmp_path / "data/m.csv", tmp_path / "data/m.csv").validate()
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(mixed_folder, tmp_path, capsys, monkeypatch):
+    from megadalle.data import prepare as prepare_module
+
+    root, _ = mixed_folder
+    real, calls = prepare_module.convert, []
+
+    def interrupted(item, opts):
+        calls.append(item)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(item, opts)
+
+    monkeypatch.setattr(prepare_module, "convert", interrupted)
+    assert main(["prepare", f"input={root}", f"output={tmp_path / 'out'}", "num_workers=0"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("megadalle prepare: interrupted; rerun")
+    assert not (tmp_path / "out/index.json").exists() and not list((tmp_path / "out").glob("*.tar"))
+
+
+def test_help_names_every_kind_of_input(capsys):
+    assert main(["prepare", "--help"]) == 0
+    doc = capsys.readouterr().out.split("\ninput:", 1)[1].split("\noutput:", 1)[0]
+    assert ".tar shards" in " ".join(doc.split())
