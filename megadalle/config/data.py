@@ -20,7 +20,9 @@ class PrepareConfig:
     """Verb-level keys of `megadalle prepare` (conf/prepare.yaml)."""
 
     input: str = MISSING
-    """A folder (searched recursively; image + same-stem .txt caption) or a .jsonl / .csv manifest."""
+    """A folder of images (searched recursively; image + same-stem .txt caption), a folder of .tar shards
+    (another prepare's output, img2dataset's, any webdataset tars; indexed in place on first use) or a
+    .jsonl / .csv manifest. A folder holding both images and tars is refused."""
     output: str = MISSING
     """Shard directory; rewritten if it exists (index.json is removed first and written last)."""
     image_size: int = 256
@@ -55,8 +57,21 @@ class PrepareConfig:
         check(1 <= self.quality <= 100, join(where, "quality"), self.quality, "must be in [1, 100]")
         check(self.num_workers is None or self.num_workers >= 0, join(where, "num_workers"), self.num_workers,
               "must be >= 0 or null")
-        check(self.input != self.output, join(where, "output"), self.output, "must differ from input")
+        self.check_apart(where)
         check(0.0 <= self.val_fraction < 1.0, join(where, "val_fraction"), self.val_fraction, "must be in [0, 1)")
+
+    def check_apart(self, where: str = "") -> None:
+        """Output and input must not overlap, however spelled (`in/`, `./in`, absolute, a symlink): an output
+        in the input writes shards among the files being read; an input in the output is rewritten by
+        the rerun that rebuilds it (stale shards deleted, `<output>/val/` removed)."""
+        src, dst = Path(self.input).resolve(), Path(self.output).resolve()
+        both = f"(input={self.input!r}: {src}, output: {dst})"
+        kind = "folder" if src.is_dir() else "manifest"
+        check(dst != src, join(where, "output"), self.output, f"is the input {kind} {both}; choose another folder")
+        check(src not in dst.parents, join(where, "output"), self.output,
+              f"lies inside the input folder {both}; choose a folder outside it")
+        check(dst not in src.parents, join(where, "output"), self.output,
+              f"holds the input {both}, and prepare rebuilds its output; choose a folder that does not contain it")
 
 
 @dataclass

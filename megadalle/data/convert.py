@@ -18,7 +18,7 @@ from megadalle.data.images import draft_for, resize_center_crop, to_rgb
 from megadalle.data.sources import Item, read_shard_sample
 
 REASONS = ("missing_file", "empty_file", "unreadable", "missing_caption", "empty_caption", "not_an_image",
-           "decompression_bomb", "too_small", "truncated", "bad_manifest_row")
+           "decompression_bomb", "too_small", "truncated", "bad_manifest_row", "unrecognised_file", "orphan_caption")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def read_captions(item: Item) -> tuple[str, ...]:
             name = item.caption_file.name if item.caption_file else "caption"
             raise Skip("missing_caption", f"no {name} beside the image")
         try:
-            lines = tuple(item.caption_file.read_text(encoding="utf-8").splitlines())
+            lines = tuple(item.caption_file.read_text(encoding="utf-8-sig").splitlines())  # a BOM is not text
         except (OSError, UnicodeDecodeError) as err:
             raise Skip("unreadable", f"caption file: {err}") from None
     captions = tuple(line.strip() for line in lines if line.strip())

@@ -38,12 +38,15 @@ def split_member(name: str) -> tuple[str, str]:
 
 
 def decode_image(data: bytes):
-    """An RGB PIL image, fully loaded (so a truncated file fails here, not later)."""
+    """An RGB PIL image, fully loaded (so a truncated file fails here, not later), converted as `prepare`
+    converts its inputs (deep greyscale scaled, transparency on white)."""
     from PIL import Image
+
+    from megadalle.data.images import to_rgb
 
     img = Image.open(io.BytesIO(data))
     img.load()
-    return img if img.mode == "RGB" else img.convert("RGB")
+    return to_rgb(img)
 
 
 def decode_npy(data: bytes) -> np.ndarray:

@@ -15,14 +15,27 @@ def draft_for(img: Image.Image, size: int) -> None:
         img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
 
 
+DEEP_GREY_SCALE = {"I;16": 1 / 257, "I;16L": 1 / 257, "I;16B": 1 / 257, "I;16N": 1 / 257, "I": 1 / 257, "F": 255.0}
+"""Factor to 8 bits of the greyscale modes PIL keeps deeper than 8 bits (its own `convert` clips them
+at 255, so all but the darkest pixels come out white). 16-bit files (PNG, TIFF) open as I;16*: 65535
+maps to 255. Mode I (32-bit) is what PIL makes of 16-bit data in older versions and in many TIFFs,
+so it is read on the same 0..65535 scale. Float images (mode F, TIFF float samples) follow the
+float image convention of 0..1. Values outside either range clip; NaN becomes 0."""
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB, with transparency composited on white (black would be an artefact the model learns)."""
+    """RGB, with transparency composited on white (black would be an artefact the model learns).
+
+    The one conversion of every decoded image: `prepare` and the shard readers (fields.py) both call
+    it, so an image gives the same pixels whichever path reads it."""
     img = ImageOps.exif_transpose(img)
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:
         return img
-    if img.mode == "P" and "transparency" in img.info or img.mode in ("LA", "PA"):
+    if img.mode in DEEP_GREY_SCALE:
+        scaled = np.nan_to_num(np.asarray(img, dtype=np.float64) * DEEP_GREY_SCALE[img.mode])
+        img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+    if "A" in img.getbands() or "a" in img.getbands() or "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode == "RGBA":
         background = Image.new("RGB", img.size, (255, 255, 255))
         background.paste(img, mask=img.getchannel("A"))
         return background

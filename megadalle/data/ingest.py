@@ -10,7 +10,11 @@ before the cut. Shards are indexed in worker processes; index.json is written la
 
 `open_index` is what the readers call: it indexes such a directory on first use (with a message),
 under a file lock so that ranks starting together index it once. A directory that holds megadalle
-offset files but no index.json is an unfinished `prepare`/`encode` output, and is refused instead.
+offset files but no index.json is an unfinished `prepare`/`encode` output, and is refused instead,
+by `open_index` and `megadalle index` alike (`refuse_unfinished`): indexing it would publish an
+unfinished output, possibly mixing shards of two runs, as finished. Indexing itself writes offset
+files before index.json, so it marks the directory (`INDEXING_MARK`) while it runs: offsets beside
+that mark are an interrupted indexing, which is simply redone.
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ REPORT_NAME = "index-report.json"
 MEDIA_FIELDS = (*IMAGE_FIELDS, "codes.npy")
 """What a sample must carry one of, with `require_media`: something to train on."""
 DEFAULT_REQUIRE = ("txt",)
+INDEXING_MARK = ".indexing"
+"""Created before indexing writes its first offset file, removed once index.json is written."""
 
 
 @dataclass
@@ -170,6 +176,8 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     paths = sorted(root.glob("*.tar"))
     if not paths:
         raise ShardsNotFound(f"{root}: no *.tar shards to index")
+    refuse_unfinished(root, paths)
+    (root / INDEXING_MARK).touch()
     (root / INDEX_NAME).unlink(missing_ok=True)
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     summary = IndexSummary(report=str(report or root / REPORT_NAME))
@@ -192,7 +200,20 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
         summary.index = ShardIndex(root, shards, sorted(fields), {"indexed_by": "megadalle index", **auto_meta,
                                                                    **(meta or {})})
         summary.index.save()
+        (root / INDEXING_MARK).unlink()  # kept when nothing was published: stale offsets may remain
     return summary
+
+
+def refuse_unfinished(root: Path, tars: list[Path]) -> None:
+    """Raise when `root` holds offset files but neither index.json nor an interrupted indexing's mark:
+    what a `prepare` or `encode` that was stopped (or still runs) leaves."""
+    if (root / INDEX_NAME).is_file() or (root / INDEXING_MARK).exists():
+        return
+    if any(offsets_path(p).is_file() for p in tars):
+        raise ShardsNotFound(
+            f"{root} is not a finished megadalle shard directory: it holds offset files (*.tar.idx) but no "
+            f"{INDEX_NAME}, what an unfinished `prepare` or `encode` leaves (stopped, or still running); rerun "
+            f"it into {root} rather than indexing it")
 
 
 @contextmanager
@@ -230,11 +251,12 @@ def _open_index(root: Path) -> ShardIndex:
         return ShardIndex.load(root)
     if not any(root.glob("*.tar")):
         return ShardIndex.load(root)  # nothing to index: the usual error
-    # Offset files without index.json are either an unfinished megadalle output or another process
-    # indexing right now (it writes them first): only under the lock can the two be told apart.
+    # Offset files without index.json are an unfinished megadalle output, an interrupted indexing or
+    # another process indexing right now (it writes them first): only under the lock can they be told apart.
     with _locked(root):
         tars = sorted(root.glob("*.tar"))
-        if not (root / INDEX_NAME).is_file() and not any(offsets_path(p).is_file() for p in tars):
+        if not (root / INDEX_NAME).is_file():
+            refuse_unfinished(root, tars)
             print(f"[index] {root}: {len(tars)} tar shards without index.json; indexing them now, checking every "
                   f"sample (once; `megadalle index {root}` does the same ahead of time)", file=sys.stderr, flush=True)
             summary = index_directory(root, DEFAULT_REQUIRE, True, num_workers=None, progress=True)

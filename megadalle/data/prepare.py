@@ -16,6 +16,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -55,7 +57,9 @@ def convert_all(items: list[Item], opts: ConvertOptions, num_workers: int) -> It
     if num_workers == 0:
         yield from map(work, items)
         return
-    with mp.get_context().Pool(num_workers) as pool:
+    # Ctrl-C reaches every process of the terminal's group: workers ignore it, the main process stops
+    # them (leaving the pool terminates it) and `run` says so in one line, not one traceback per worker
+    with mp.get_context().Pool(num_workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
         yield from pool.imap(work, items, chunksize=max(1, min(64, len(items) // (num_workers * 8) or 1)))
 
 
@@ -109,11 +113,17 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
 
 
 def run(cfg: DictConfig) -> int:
-    """`megadalle prepare input=DIR output=DIR image_size=256 ...`; exit code 1 if nothing was usable."""
+    """`megadalle prepare input=DIR output=DIR image_size=256 ...`; exit code 1 if nothing was usable, 130 if
+    interrupted."""
     from megadalle.config import build, top_level
 
     pc = build(PrepareConfig, top_level(cfg, PrepareConfig), "")
-    summary = prepare(pc)
+    try:
+        summary = prepare(pc)
+    except KeyboardInterrupt:  # the writers have cleaned up already (prepare aborts them)
+        print(f"megadalle prepare: interrupted; rerun to rebuild {pc.output} (it has no index.json, so no "
+              f"reader takes it for finished)", file=sys.stderr, flush=True)
+        return 130
     print(summary.text())
     if not summary.kept:
         print(f"prepare: no usable input in {pc.input}; no index.json written", flush=True)

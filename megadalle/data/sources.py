@@ -2,12 +2,23 @@
 
 A folder holding `*.tar` shards (another `prepare`'s output, img2dataset's, any webdataset tars) is read
 as shards: each indexed sample becomes an item (indexing tars written elsewhere first, see ingest.py),
-its image and `txt` read by the worker from the sample's byte span, then resized like any input.
+its image and `txt` read by the worker from the sample's byte span, then resized like any input. A
+folder holding both tars and loose images is refused: which the user meant cannot be guessed, and
+either guess drops data silently (or indexes tars the user never asked to have touched).
 
 Listing is cheap and happens up front in the main process, in a fixed order (sorted paths for a
 folder, file order for a manifest), so the shards come out the same whatever the number of worker
 processes. Captions are read later, by the workers, together with the image. A manifest row that
-cannot be parsed becomes an item that the worker skips with a reason, like any bad image.
+cannot be parsed becomes an item that the worker skips with a reason, like any bad image; so does
+every file of a folder that is neither an image nor a caption of one, so the report accounts for
+every file.
+
+A manifest is the user's table of captions: a string in it is ONE caption, whatever it holds (a CSV
+cell quoted over several lines, a JSON string with "\n"), so its line breaks become spaces; only a
+JSON list gives several captions. A row whose shape or types show it is not what the user meant (a
+CSV row with more or fewer fields than the header, typically an unquoted comma; a caption that is an
+object or a number, far more often the wrong column than a caption) is refused, not guessed at.
+Text files are read as utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not data.
 """
 from __future__ import annotations
 
@@ -20,8 +31,22 @@ from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.index import load_offsets, to_spans
 from megadalle.data.ingest import open_index
 from megadalle.data.tar import walk
+from megadalle.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+"""Images of a folder input (any case): what PIL decodes among photo formats; a GIF gives its first frame."""
+CAPTION_EXTENSION = ".txt"
+"""A folder image's captions: the same stem with this suffix, in any case (`X.jpg` + `X.TXT`)."""
+MANIFESTS = (".jsonl", ".csv")
+EXPECTED = "expected a folder of images or of .tar shards, or a .jsonl / .csv manifest"
+
+
+class InputError(UserError, ValueError):
+    """An `input=` that cannot be read as a whole (the CLI prints it as one line)."""
+
+
+class BadRow(ValueError):
+    """A manifest row refused as bad_manifest_row; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +65,6 @@ class Item:
     """(reason, detail) for a row already known to be bad."""
     span: tuple[int, int] | None = None
     """For a shard sample: its byte span in the tar `image` (then image and caption are read from there)."""
-
-
-def is_shard_dir(path: Path) -> bool:
-    """A folder of webdataset shards rather than of images."""
-    return path.is_dir() and any(path.glob("*.tar"))
 
 
 def shard_items(root: Path) -> list[Item]:
@@ -68,29 +88,66 @@ def read_shard_sample(item: Item) -> tuple[bytes | None, str | None]:
 
 
 def find_items(input: str | Path, image_column: str = "image", caption_column: str = "caption") -> list[Item]:
-    """Items of a shard folder, an image folder (recursive) or a .jsonl / .csv manifest; raises if `input` is none."""
+    """Items of a shard folder, an image folder (recursive) or a .jsonl / .csv manifest; InputError if `input`
+    is none of these."""
     path = Path(input)
-    if is_shard_dir(path):
-        return shard_items(path)
     if path.is_dir():
-        return folder_items(path)
-    if path.is_file() and path.suffix.lower() in (".jsonl", ".csv"):
-        reader = jsonl_rows if path.suffix.lower() == ".jsonl" else csv_rows
-        return manifest_items(path, reader(path, image_column, caption_column))
-    raise FileNotFoundError(f"input={str(input)!r}: expected a folder of images or of .tar shards, "
-                            f"or a .jsonl / .csv manifest")
+        tars = sorted(path.glob("*.tar"))
+        if not tars:
+            return folder_items(path)
+        images = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+        if images:
+            raise InputError(f"input={str(input)!r}: holds {images} images and {len(tars)} *.tar files "
+                             f"({tars[0].name}{', ...' if len(tars) > 1 else ''}); a folder is read as images with "
+                             f"captions or as shards, not both: move the .tar files out to prepare the images, "
+                             f"or the images out to prepare the shards")
+        return shard_items(path)
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix in MANIFESTS:
+        try:
+            rows = jsonl_rows if suffix == ".jsonl" else csv_rows
+            return manifest_items(path, rows(path, image_column, caption_column))
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise InputError(f"input={str(input)!r}: not a readable UTF-8 {suffix} file ({err})") from None
+    if not path.exists():
+        raise InputError(f"input={str(input)!r}: does not exist; {EXPECTED}")
+    kind = f"a {suffix} file" if suffix else "a file without an extension"
+    raise InputError(f"input={str(input)!r}: {kind} is not a manifest prepare reads; {EXPECTED} "
+                     f"(JSON: one object per line in a .jsonl file)")
 
 
 def folder_items(root: Path) -> list[Item]:
-    """Every image under `root` with its same-stem .txt beside it, sorted by relative path."""
-    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
-    return [Item(f"{i:09d}", p, p.relative_to(root).as_posix(), caption_file=p.with_suffix(".txt"))
-            for i, p in enumerate(images)]
+    """Every image under `root` with its same-stem caption beside it, sorted by relative path; then one
+    item to skip per file that is neither (unrecognised_file) and per caption no image has (orphan_caption).
+    Those come last, so they shift no image's key (and so no sample's validation split)."""
+    files = sorted(p for p in root.rglob("*") if not p.is_dir())
+    captions: dict[tuple[Path, str], list[Path]] = {}
+    for p in files:
+        if p.suffix.lower() == CAPTION_EXTENSION:
+            captions.setdefault((p.parent, p.stem), []).append(p)
+    items, used = [], set()
+    for p in (p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS):
+        # the exact `.txt` first, should `X.txt` and `X.TXT` both be there (the other is then an orphan)
+        found = sorted(captions.get((p.parent, p.stem), []), key=lambda c: c.suffix != CAPTION_EXTENSION)
+        caption = found[0] if found else p.with_suffix(CAPTION_EXTENSION)
+        used.add(caption)
+        items.append(Item(f"{len(items):09d}", p, p.relative_to(root).as_posix(), caption_file=caption))
+    for p in files:
+        suffix = p.suffix.lower()
+        if suffix == CAPTION_EXTENSION and p not in used:
+            problem = ("orphan_caption", f"no image named {p.stem}{{{','.join(IMAGE_EXTENSIONS)}}} beside it")
+        elif suffix not in (*IMAGE_EXTENSIONS, CAPTION_EXTENSION):
+            problem = ("unrecognised_file", f"neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a "
+                                            f"{CAPTION_EXTENSION} caption")
+        else:
+            continue
+        items.append(Item(f"{len(items):09d}", p, p.relative_to(root).as_posix(), problem=problem))
+    return items
 
 
 def jsonl_rows(path: Path, image_column: str, caption_column: str):
     """(line number, image value, caption value, problem or None) per non-blank line."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -106,29 +163,59 @@ def jsonl_rows(path: Path, image_column: str, caption_column: str):
 
 
 def csv_rows(path: Path, image_column: str, caption_column: str):
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in (image_column, caption_column) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: no column {missing[0]!r} (columns: {reader.fieldnames}); "
-                             f"set image_column / caption_column")
-        for number, row in enumerate(reader, 2):
-            yield number, row[image_column], row[caption_column], None
+    """Like `jsonl_rows`, numbered by the line each row starts on (a quoted caption may span lines)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        for name, key in ((image_column, "image_column"), (caption_column, "caption_column")):
+            if name not in header:
+                raise InputError(f"{path}: no column {name!r} (columns: {header}); set {key}= to the right one")
+        image, caption = header.index(image_column), header.index(caption_column)
+        end = reader.line_num
+        for row in reader:
+            number, end = end + 1, reader.line_num
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                yield number, None, None, (f"{len(row)} fields, header has {len(header)}; "
+                                           f"quote captions containing commas")
+                continue
+            yield number, row[image], row[caption], None
+
+
+def one_caption(text: str) -> str:
+    """A manifest string as one caption: its lines joined by spaces."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def manifest_captions(value) -> tuple[str, ...]:
+    """The captions of a manifest cell: none (null or absent), one (a string) or a list of strings."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (one_caption(value),)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(one_caption(v) for v in value)
+    kind = "a list holding non-strings" if isinstance(value, list) else "a number" \
+        if isinstance(value, (int, float)) and not isinstance(value, bool) else f"a JSON {type(value).__name__}"
+    raise BadRow(f"caption {json.dumps(value)[:60]} is {kind}; expected a string or a list of strings "
+                 f"(quote a number meant as a caption)")
 
 
 def manifest_items(manifest: Path, rows) -> list[Item]:
     """Items of manifest rows; relative image paths are taken from the manifest's folder."""
     items = []
     for i, (number, image, caption, problem) in enumerate(rows):
-        source = f"{manifest.name}:{number}"
-        key = f"{i:09d}"
-        if problem is None and (image is None or not str(image).strip()):
-            problem = "empty image path"
-        if problem is not None:
-            items.append(Item(key, manifest, source, problem=("bad_manifest_row", problem)))
+        source, key = f"{manifest.name}:{number}", f"{i:09d}"
+        try:
+            if problem is not None:
+                raise BadRow(problem)
+            if not isinstance(image, str) or not image.strip():
+                raise BadRow("empty image path" if image is None or isinstance(image, str) else
+                             f"image path {json.dumps(image)[:60]} is not a string")
+            captions = manifest_captions(caption)
+        except BadRow as err:
+            items.append(Item(key, manifest, source, problem=("bad_manifest_row", str(err))))
             continue
-        image_path = manifest.parent / str(image)
-        captions = caption if isinstance(caption, list) else [] if caption is None else [str(caption)]
-        lines = tuple(line for c in captions for line in str(c).splitlines())
-        items.append(Item(key, image_path, f"{source}:{image}", captions=lines))
+        items.append(Item(key, manifest.parent / image, f"{source}:{image}", captions=captions))
     return items

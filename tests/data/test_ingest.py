@@ -231,3 +231,42 @@ def test_encode_skips_what_indexing_skipped(tarwriter_shards, tmp_path):
     tokens = encode_shards(model, tarwriter_shards, tmp_path / "tokens", batch_size=4)
     keys = [s["__key__"] for s in iter_samples(tokens.root, ["txt"])]
     assert tokens.total == 11 and keys == [s["__key__"] for s in iter_samples(tarwriter_shards, ["txt"])]
+
+
+def test_the_index_verb_refuses_an_unfinished_prepare_output(tmp_path, capsys):
+    """A killed `prepare` leaves shards and offset files but no index.json: indexing it would publish
+    an unfinished (possibly mixed) output as finished."""
+    from megadalle.cli import main
+
+    writer = ShardWriter(tmp_path, max_count=1)
+    for i in range(2):
+        writer.write({"__key__": f"k{i}", "txt": "x", "png": jpeg_bytes((8, 8), i, "PNG")})
+    writer.finish_shard()
+    with pytest.raises(ShardsNotFound, match="unfinished.*rerun"):
+        index_directory(tmp_path, ["txt"], True)
+    assert main(["index", str(tmp_path), "num_workers=0"]) == 2
+    assert "rerun" in capsys.readouterr().err
+    assert not (tmp_path / INDEX_NAME).exists()
+
+
+def test_an_interrupted_index_can_be_rerun(tarwriter_shards, monkeypatch):
+    """`megadalle index` itself writes offset files before index.json: killed midway, it must not leave a
+    directory that both `index` and the readers refuse."""
+    from megadalle.data import ingest
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ingest.ShardIndex, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        index_directory(tarwriter_shards, ["txt"], True)
+    assert not (tarwriter_shards / INDEX_NAME).exists() and list(tarwriter_shards.glob("*.idx"))
+    monkeypatch.undo()
+    assert index_directory(tarwriter_shards, ["txt"], True).kept == 11
+    monkeypatch.setattr(ingest.ShardIndex, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        index_directory(tarwriter_shards, ["txt"], True)
+    monkeypatch.undo()
+    assert not (tarwriter_shards / INDEX_NAME).exists()
+    assert open_index(tarwriter_shards).total == 11  # a reader re-indexes it too
+    assert not (tarwriter_shards / ".indexing").exists()

@@ -55,7 +55,8 @@ def mixed_folder(tmp_path):
     expected = {"a/cat.jpg": None, "b/dog.png": None, "bird.webp": None, "gray.JPG": None, "sub/deeper/pal.png": None,
                 "empty.jpg": "empty_file", "trunc.jpg": "truncated", "fake.png": "not_an_image",
                 "tiny.jpg": "too_small", "bomb.png": "decompression_bomb", "bomb_big.png": "decompression_bomb",
-                "nocap.jpg": "missing_caption", "blank.jpg": "empty_caption", "badenc.jpg": "unreadable"}
+                "nocap.jpg": "missing_caption", "blank.jpg": "empty_caption", "badenc.jpg": "unreadable",
+                "orphan.txt": "orphan_caption"}
     return root, expected
 
 
@@ -77,7 +78,8 @@ def test_keeps_exactly_the_good_and_reports_each_bad(mixed_folder, tmp_path):
     assert {b["source"]: b["reason"] for b in report["bad"]} == {s: r for s, r in expected.items() if r}
     assert report["kept"] == summary.kept == 5
     assert report["skipped"] == {"decompression_bomb": 2, "empty_caption": 1, "empty_file": 1, "missing_caption": 1,
-                                 "not_an_image": 1, "too_small": 1, "truncated": 1, "unreadable": 1}
+                                 "not_an_image": 1, "orphan_caption": 1, "too_small": 1, "truncated": 1,
+                                 "unreadable": 1}
     assert "kept 5 samples" in summary.text()
 
 
@@ -125,7 +127,7 @@ def test_csv_manifest_with_custom_columns(tmp_path):
     (tmp_path / "m.csv").write_text('path,text\na.jpg,"line one\nline two"\nnone.jpg,lost\n')
     summary = prepare(config(tmp_path / "m.csv", tmp_path / "out", image_column="path", caption_column="text"),
                       progress=False)
-    assert [s["txt"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["line one\nline two"]
+    assert [s["txt"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["line one line two"]  # one caption
     assert summary.skipped == {"missing_file": 1}
     with pytest.raises(ValueError, match="no column 'image'"):
         prepare(config(tmp_path / "m.csv", tmp_path / "out2"), progress=False)
@@ -146,3 +148,50 @@ def test_nothing_usable_writes_no_index(tmp_path):
     assert main(["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "num_workers=0"]) == 1
     assert not (tmp_path / "out/index.json").exists()
     assert json.loads((tmp_path / "out/report.json").read_text())["skipped"] == {"empty_file": 1}
+
+
+@pytest.mark.parametrize("spelling", ["{input}/", "{input}/.", "{input}/../in", "{input}/shards", "{parent}"])
+def test_an_output_that_is_the_input_or_holds_it_is_refused(mixed_folder, tmp_path, spelling, capsys, monkeypatch):
+    from megadalle.config import ConfigError
+
+    root, _ = mixed_folder
+    output = spelling.format(input=root, parent=tmp_path)
+    with pytest.raises(ConfigError, match="output=.*input=") as err:
+        config(root, output).validate()
+    assert str(root) in str(err.value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "input=./in", "output=in/", "num_workers=0"]) == 2
+    assert "output='in/'" in capsys.readouterr().err
+    assert not list(root.rglob("*.tar")) and not (root / "report.json").exists()
+
+
+def test_an_output_beside_the_input_or_beside_a_manifest_is_fine(tmp_path):
+    config(tmp_path / "in", tmp_path / "in-shards").validate()
+    config(tmp_path / "data/m.csv", tmp_path / "data/shards").validate()
+    with pytest.raises(ValueError, match="manifest"):
+        config(tmp_path / "data/m.csv", tmp_path / "data/m.csv").validate()
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(mixed_folder, tmp_path, capsys, monkeypatch):
+    from megadalle.data import prepare as prepare_module
+
+    root, _ = mixed_folder
+    real, calls = prepare_module.convert, []
+
+    def interrupted(item, opts):
+        calls.append(item)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(item, opts)
+
+    monkeypatch.setattr(prepare_module, "convert", interrupted)
+    assert main(["prepare", f"input={root}", f"output={tmp_path / 'out'}", "num_workers=0"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("megadalle prepare: interrupted; rerun")
+    assert not (tmp_path / "out/index.json").exists() and not list((tmp_path / "out").glob("*.tar"))
+
+
+def test_help_names_every_kind_of_input(capsys):
+    assert main(["prepare", "--help"]) == 0
+    doc = capsys.readouterr().out.split("\ninput:", 1)[1].split("\noutput:", 1)[0]
+    assert ".tar shards" in " ".join(doc.split())

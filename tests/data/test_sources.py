@@ -1,0 +1,127 @@
+"""What `prepare` reads: folders (which files count, captions found whatever their suffix's case),
+manifests (one string is one caption; malformed rows refused with a reason), byte-order marks,
+and inputs that cannot be read as a whole (one-line user errors, never tracebacks)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from megadalle.cli import main
+from megadalle.data.convert import read_captions
+from megadalle.data.prepare import prepare
+from megadalle.data.shards import iter_samples
+from megadalle.data.sources import InputError, find_items
+from megadalle.errors import UserError
+from tests.data.conftest import jpeg_bytes
+from tests.data.test_prepare import config, put
+
+
+def problems(items):
+    return {item.source: item.problem[0] for item in items if item.problem}
+
+
+def test_a_folder_with_loose_images_and_tars_is_refused_not_read_as_shards(tmp_path):
+    root = tmp_path / "in"
+    put(root, "a.jpg", jpeg_bytes((40, 40), 1))
+    put(root, "sub/b.jpg", jpeg_bytes((40, 40), 2))
+    (root / "backup.tar").write_bytes(b"\0" * 1024)
+    with pytest.raises(InputError, match=r"2 images and 1 \*\.tar") as err:
+        find_items(root)
+    assert isinstance(err.value, UserError) and "backup.tar" in str(err.value)
+    assert sorted(p.name for p in root.iterdir()) == ["a.jpg", "a.txt", "backup.tar", "sub"]  # nothing written
+
+
+def test_gif_bmp_and_tiff_are_images_and_a_gif_gives_its_first_frame(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "in"
+    frames = [Image.new("RGB", (40, 40), colour) for colour in ((250, 0, 0), (0, 0, 250))]
+    frames[0].save(root.mkdir() or root / "anim.gif", save_all=True, append_images=frames[1:])
+    (root / "anim.txt").write_text("animated")
+    for name, fmt in (("b.bmp", "BMP"), ("c.tif", "TIFF"), ("d.TIFF", "TIFF")):
+        put(root, name, jpeg_bytes((40, 40), 3, fmt), name)
+    summary = prepare(config(root, tmp_path / "out", format="png"), progress=False)
+    assert summary.kept == 4 and not summary.skipped
+    gif = next(s for s in iter_samples(tmp_path / "out", ["png", "txt"]) if s["txt"] == "animated")
+    r, g, b = gif["png"].getpixel((16, 16))
+    assert r > 200 and b < 50
+
+
+def test_a_caption_is_found_whatever_the_case_of_its_suffix(tmp_path):
+    root = tmp_path / "in"
+    put(root, "X.jpg", jpeg_bytes((40, 40), 1), caption=None)
+    (root / "X.TXT").write_text("upper case suffix")
+    (item,) = find_items(root)
+    assert read_captions(item) == ("upper case suffix",)
+
+
+def test_unrecognised_files_and_orphan_captions_are_counted_by_reason(tmp_path):
+    root = tmp_path / "in"
+    put(root, "a.jpg", jpeg_bytes((40, 40), 1))
+    (root / "notes.md").write_text("# my data")
+    (root / "sub").mkdir()
+    (root / "sub/orphan.txt").write_text("a caption without an image")
+    summary = prepare(config(root, tmp_path / "out"), progress=False)
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert summary.kept == 1
+    assert report["skipped"] == {"orphan_caption": 1, "unrecognised_file": 1}
+    assert {b["source"]: b["reason"] for b in report["bad"]} == {"notes.md": "unrecognised_file",
+                                                                 "sub/orphan.txt": "orphan_caption"}
+    assert [s["__key__"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["000000000"]  # keys as before
+
+
+def test_a_csv_caption_spanning_lines_is_one_caption(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes((40, 40), 1))
+    (tmp_path / "m.csv").write_text('image,caption\na.jpg,"a red car\non a hill"\n')
+    (item,) = find_items(tmp_path / "m.csv")
+    assert item.captions == ("a red car on a hill",)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.jpg", "caption": ["one\ntwo", "three"]}) + "\n")
+    (item,) = find_items(tmp_path / "m.jsonl")
+    assert item.captions == ("one two", "three")
+
+
+@pytest.mark.parametrize("caption", [{"en": "a cat"}, 42, 1.5, True, ["ok", {"x": 1}]])
+def test_a_jsonl_caption_that_is_not_text_is_a_bad_row(tmp_path, caption):
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.jpg", "caption": caption}) + "\n")
+    (item,) = find_items(tmp_path / "m.jsonl")
+    assert item.problem[0] == "bad_manifest_row" and "caption" in item.problem[1]
+
+
+def test_a_csv_row_with_more_or_fewer_fields_than_the_header_is_a_bad_row(tmp_path):
+    (tmp_path / "m.csv").write_text("image,caption\na.jpg,a cat, sitting\nb.jpg\nc.jpg,fine\n\n")
+    items = find_items(tmp_path / "m.csv")
+    assert [item.problem for item in items[:2]] == [
+        ("bad_manifest_row", "3 fields, header has 2; quote captions containing commas"),
+        ("bad_manifest_row", "1 fields, header has 2; quote captions containing commas")]
+    assert [item.source for item in items] == ["m.csv:2", "m.csv:3", "m.csv:4:c.jpg"]
+    assert items[2].captions == ("fine",)
+
+
+def test_byte_order_marks_are_not_part_of_the_data(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes((40, 40), 1))
+    (tmp_path / "m.csv").write_bytes("\ufeffimage,caption\na.jpg,excel\n".encode())
+    (item,) = find_items(tmp_path / "m.csv")
+    assert item.captions == ("excel",)
+    (tmp_path / "m.jsonl").write_bytes(("\ufeff" + json.dumps({"image": "a.jpg", "caption": "first"}) + "\n").encode())
+    (item,) = find_items(tmp_path / "m.jsonl")
+    assert item.captions == ("first",)
+    root = tmp_path / "in"
+    put(root, "b.jpg", jpeg_bytes((40, 40), 2), caption="\ufeffnotepad".encode())
+    (item,) = find_items(root)
+    assert read_captions(item) == ("notepad",)
+
+
+def test_an_input_that_cannot_be_read_is_one_line_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "m.csv").write_text("image,caption\na.jpg,x\n")
+    with pytest.raises(InputError, match=r"\.json.*\.jsonl"):
+        find_items(tmp_path / "list.json")
+    with pytest.raises(InputError, match="does not exist"):
+        find_items(tmp_path / "nothing")
+    with pytest.raises(InputError, match="no column 'text'.*caption_column"):
+        find_items(tmp_path / "m.csv", caption_column="text")
+    assert main(["prepare", f"input={tmp_path / 'list.json'}", f"output={tmp_path / 'out'}"]) == 2
+    assert main(["prepare", f"input={tmp_path / 'm.csv'}", f"output={tmp_path / 'out'}", "caption_column=text"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2
