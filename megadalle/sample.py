@@ -90,7 +90,7 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
 def run(cfg: DictConfig) -> int:
     from megadalle.bundle import clip_model_of, is_bundle, read_model, transformer_path
     from megadalle.data.tokenizer import Tokenizer
-    from megadalle.sampling.load import beside
+    from megadalle.sampling.load import ModelNotFound, beside
 
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
@@ -100,9 +100,13 @@ def run(cfg: DictConfig) -> int:
     tokenizer_file = beside(gc.weights, gc.tokenizer, "tokenizer.model")
     clip_model = clip_model_of(gc.weights, gc.clip_model)
     own_file = clip_model == "megadalle" or is_bundle(gc.weights)  # else open_clip needs clip_weights given
-    clip_weights = gc.clip_weights or (beside(gc.weights, None, "clip.safetensors") if own_file else None)
-    check_files(transformer, dvae_weights, clip_weights if gc.rerank and clip_model == "megadalle" else None,
-                tokenizer_file)
+    clip_weights = None
+    if gc.rerank:  # without a rerank no CLIP is looked for (a model folder exported without one has none)
+        try:
+            clip_weights = gc.clip_weights or (beside(gc.weights, None, "clip.safetensors") if own_file else None)
+        except ModelNotFound as err:
+            raise ModelNotFound(f"{err}, or pass rerank=false to keep the first samples without CLIP") from None
+    check_files(transformer, dvae_weights, clip_weights if clip_model == "megadalle" else None, tokenizer_file)
     model = read_model(transformer, "transformer", gc.ema, dtype, device)
     dvae = read_model(dvae_weights, "dvae", gc.ema).to(device)
     tokenizer = Tokenizer(tokenizer_file)

@@ -44,7 +44,7 @@ def test_export_a_folder_load_it_and_generate_from_it(trained, tmp_path):
     assert (out / "grid.png").is_file() and len(report["all_scores"]) == 3
 
 
-def test_missing_pieces_are_named(trained, tmp_path):
+def test_missing_pieces_are_named(trained, tmp_path, capsys):
     run, _, dvae, _ = trained
     with pytest.raises(BundleError, match="dvae_weights: not given and not recorded"):
         write_bundle(run, tmp_path / "m")
@@ -54,6 +54,11 @@ def test_missing_pieces_are_named(trained, tmp_path):
         megadalle.load_pipeline(tmp_path)
     folder = write_bundle(run, tmp_path / "noclip", dvae_weights=str(dvae))  # CLIP is optional
     assert megadalle.load_pipeline(folder).clip is None
+    out = tmp_path / "out"
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", "rerank=false", f"output={out}"]) == 0
+    assert json.loads((out / "scores.json").read_text())["all_scores"] is None
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", f"output={out}"]) == 2
+    assert "or pass rerank=false" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_them_too_and_reads_a_model_folder(trained, tmp_path, capsys):
