@@ -158,6 +158,8 @@ class DataConfig:
         """The validation shard directory in use: `val_shards`, else the held-out split beside `shards`."""
         if self.val_shards is not None:
             return self.val_shards
+        if self.shards is None:  # data=synthetic: no files, no split
+            return None
         held_out = Path(self.shards, VAL_DIR)
         return str(held_out) if (held_out / "index.json").is_file() else None
 

@@ -125,6 +125,9 @@ def sample_grid(cfg: DictConfig, data: DataConfig | None) -> SampleGrid | None:
     """The sample grid of the verb's `dvae_weights`, `media_captions` and `media_samples` keys (None without a dVAE)."""
     if not cfg.get("dvae_weights") or data is None:
         return None
+    check(data.source != "synthetic", "dvae_weights", cfg.dvae_weights,
+          "draws sample grids of captions from token shards, and data=synthetic has none: drop dvae_weights, or "
+          "train on shards")
     for key in ("media_captions", "media_samples"):
         check(int(cfg.get(key, 1)) > 0, key, cfg.get(key), "must be positive")
     shards = data.validation_shards() or data.shards
