@@ -82,7 +82,10 @@ def _layer_keys(model: nn.Module, prefix: str) -> list[str]:
 
 def _pipeline_tensors(task: Task, model: nn.Module, path: Path, dtype: torch.dtype) -> Tensors:
     names = pipeline_names(task, model)
-    if dtype == torch.float32 and has_masters(path) and not _all_fp32(mapped(path / "layer_00-model_states.pt")):
+    widen = dtype == torch.float32 and not _all_fp32(mapped(path / "layer_00-model_states.pt"))
+    if widen:
+        refuse_unread_masters(path)
+    if widen and has_masters(path):
         for name, tensor in zero_masters(path):
             index, _, key = name.partition(".")
             if not index.isdigit():
@@ -104,11 +107,24 @@ def _all_fp32(state: dict) -> bool:
     return all(t.dtype == torch.float32 for t in state.values())
 
 
+def refuse_unread_masters(path: Path) -> None:
+    """An fp32 export of bf16 weights must come from the fp32 masters. At ZeRO stage 0 DeepSpeed keeps them
+    only inside the model-states file's optimizer state (FP16_UnfusedOptimizer's `fp32_groups`, by position,
+    without names), which export does not read: refused by name rather than widening the bf16 weights."""
+    module_file = path / "mp_rank_00_model_states.pt"
+    if not has_masters(path) and module_file.is_file() and "fp32_groups" in (mapped(module_file).get("optimizer") or {}):
+        raise CheckpointError(f"{path}: dtype=fp32 needs the fp32 masters of this bf16 run at ZeRO stage 0, which "
+                              "DeepSpeed keeps where export cannot name them; export dtype=bf16 (the weights it "
+                              "trained), or train at deepspeed.zero_stage>=1")
+
+
 def _zero_tensors(path: Path, dtype: torch.dtype) -> Tensors:
     module_file = path / "mp_rank_00_model_states.pt"
     module = mapped(module_file).get("module") if module_file.is_file() else None
     # ZeRO-3 saves no module weights; an fp32 export of a bf16 run needs the fp32 masters.
     need_masters = not module or (dtype == torch.float32 and not _all_fp32(module))
+    if need_masters and module:
+        refuse_unread_masters(path)
     if need_masters and has_masters(path):
         yield from ((name.removeprefix("model."), t) for name, t in zero_masters(path, dtype))
     elif module:

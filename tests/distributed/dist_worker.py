@@ -25,7 +25,7 @@ def main(opts: dict) -> None:
                             grad_clip=opts.get("grad_clip", 1.0), precision=opts.get("precision", "auto"),
                             keep_checkpoints=opts.get("keep_checkpoints", 3))
     ds = DeepSpeedConfig(zero_stage=opts.get("zero_stage", 1), pipeline_stages=opts.get("pipeline_stages", 1),
-                         extra=opts.get("ds_extra", {}))
+                         grad_accum_dtype=opts.get("grad_accum_dtype", "fp32"), extra=opts.get("ds_extra", {}))
     run = RunOptions(run_dir=opts["run_dir"], resume=opts.get("resume", "auto"), seed=0,
                      config={"data_seed": 0, "dropout": opts.get("dropout", True)},
                      task_factory="dist_toy:build_toy_task")
@@ -35,6 +35,10 @@ def main(opts: dict) -> None:
     if opts.get("record_optimizer"):
         with open(os.path.join(opts["run_dir"], f"optimizer_rank{result.engine.global_rank}.txt"), "w") as f:
             f.write(type(result.engine.optimizer).__name__)
+        inner = getattr(result.engine.optimizer, "optimizer", result.engine.optimizer)  # the torch AdamW
+        steps = sorted({int(state["step"]) for state in inner.state.values() if "step" in state})
+        with open(os.path.join(opts["run_dir"], f"adam_steps_rank{result.engine.global_rank}.json"), "w") as f:
+            json.dump(steps, f)
 
 
 class Sleep(Callback):
