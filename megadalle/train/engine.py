@@ -176,12 +176,13 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
 
     dtype = training_dtype(trainer.precision)
     if world_size % ds.pipeline_stages:
-        raise ValueError(f"deepspeed.pipeline_stages={ds.pipeline_stages} does not divide the world size {world_size}")
+        raise ConfigError(f"deepspeed.pipeline_stages={ds.pipeline_stages} does not divide the world size {world_size} "
+                          f"(processes launched): launch a multiple of {ds.pipeline_stages}")
     dp_world = world_size // ds.pipeline_stages
     config = ds_config(trainer, ds, dp_world, dtype)
     spec = task.pipeline() if ds.pipeline_stages > 1 else None
     if ds.pipeline_stages > 1 and spec is None:
-        raise ValueError(f"deepspeed.pipeline_stages={ds.pipeline_stages}: task {task.name!r} cannot run pipelined")
+        raise ConfigError(f"deepspeed.pipeline_stages={ds.pipeline_stages}: task {task.name!r} cannot run pipelined")
     if spec is not None:
         from megadalle.train.pipeline import pipeline_module, stage_view
 

@@ -28,12 +28,15 @@ RUN_JSON = "run.json"
 RESUMABLE = (
     "run_dir", "out_dir", "name", "resume",
     "trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.log_every",
-    "trainer.media_every", "trainer.micro_batch", "trainer.grad_accum",
+    "trainer.media_every", "dvae_weights", "media_captions", "media_samples", "trainer.eval_every",
+    "trainer.eval_batches", "trainer.micro_batch", "trainer.grad_accum",
     "logger.*", "data.num_workers", "data.prefetch_factor",
     "model.activation_checkpointing", "model.attention_backend", "deepspeed.overlap_comm",
     "deepspeed.reduce_bucket_size",
 )
-"""Keys (or `group.*`) a rerun may change and still resume the run directory."""
+"""Keys (or `group.*`) a rerun may change and still resume the run directory. Validation and sample grids
+among them: both run on a forked RNG and their own data, so switching them on or off at a resume leaves
+the training exactly as it was (tests/cli/test_rerun.py)."""
 PATH_KEYS = ("data.shards", "data.val_shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights",
              "weights")
 """Keys whose values are file or folder paths, compared as paths (`same_path`); every other value as written."""

@@ -54,6 +54,29 @@ def test_rerunning_the_same_command_resumes_and_another_config_is_refused(train_
 
 
 @pytest.mark.distributed
+def test_validation_switched_on_at_a_resume_leaves_the_training_as_it_was(train_overrides, token_data, tmp_path):
+    shards, _ = token_data
+    common = [*train_overrides, f"data.val_shards={shards}"]
+    assert main(["train", *common, "trainer.steps=4", f"run_dir={tmp_path / 'whole'}"]) == 0
+    assert main(["train", *common, "trainer.steps=2", f"run_dir={tmp_path / 'parts'}"]) == 0
+    assert main(["train", *common, "trainer.steps=4", "trainer.eval_every=1", "trainer.eval_batches=2",
+                 f"run_dir={tmp_path / 'parts'}"]) == 0
+
+    def records(run: str) -> list[dict]:
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    def losses(run: str) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in records(run) if "loss" in r}
+
+    assert {step: loss for step, loss in losses("parts").items() if step >= 2} == \
+           {step: loss for step, loss in losses("whole").items() if step >= 2}
+    assert any("val/loss" in r for r in records("parts")) and not any("val/loss" in r for r in records("whole"))
+    saved = {"trainer": {"steps": 4}, "dvae_weights": None, "media_captions": 4}
+    assert rundir.config_diff(saved, {"trainer": {"steps": 4}, "dvae_weights": "d.safetensors",
+                                      "media_captions": 8}) == []  # grids may be switched on too
+
+
+@pytest.mark.distributed
 def test_ctrl_c_saves_a_checkpoint_and_stops(train_overrides, tmp_path):
     run = tmp_path / "transformer" / "default"
     command = [sys.executable, "-m", "megadalle", "train", *train_overrides, f"out_dir={tmp_path}",

@@ -120,3 +120,10 @@ def test_zero3_window_is_two_blocks_and_sub_groups_one_unless_extra_or_zero_says
 def test_negative_zero3_limits_are_refused_by_name(key):
     with pytest.raises(ConfigError, match=f"deepspeed.{key}=-1"):
         layout("zero3", f"deepspeed.{key}=-1")
+
+
+def test_a_pipeline_that_does_not_divide_the_processes_is_a_config_error():
+    from megadalle.train.engine import build
+
+    with pytest.raises(ConfigError, match="pipeline_stages=2 does not divide the world size 1 .* a multiple of 2"):
+        build(None, TrainerConfig(), DeepSpeedConfig(pipeline_stages=2), world_size=1)
