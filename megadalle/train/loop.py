@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
+from megadalle.data import atomic
 from megadalle.train import checkpoint, cpu_malloc, distributed, engine as engine_lib, media, rng, rundir, universal
 from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.console import Console
@@ -106,9 +107,9 @@ class Trainer:
         self.step = int(state.get("step", 0))
         self.samples_seen = int(state.get("samples_seen", 0))
         self.nonfinite = int(state.get("nonfinite_losses", 0))
-        if self.env.rank == 0 and not (self.run_dir / "run.json").is_file():
-            (self.run_dir / "run.json").write_text(json.dumps({"task_factory": run.task_factory,
-                                                               "config": run.config}, indent=1, default=str))
+        if self.env.rank == 0:  # the config it runs under now: a resume may have changed what RESUMABLE allows
+            atomic.write_bytes(self.run_dir / "run.json", json.dumps(
+                {"task_factory": run.task_factory, "config": run.config}, indent=1, default=str).encode())
         self.wandb = Wandb(logger)
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)

@@ -44,6 +44,7 @@ def test_rerunning_the_same_command_resumes_and_another_config_is_refused(train_
     assert main([*command, "trainer.steps=3"]) == 0  # trainer.steps may grow: the run goes on
     assert f"resumed from {run.resolve()}/checkpoints/step_00000002 at step 2" in capsys.readouterr().out
     assert (run / "checkpoints" / "latest").read_text() == "step_00000003"
+    assert json.loads((run / "run.json").read_text())["config"]["trainer"]["steps"] == 3  # the record follows
     assert main([*command, "trainer.steps=3", "trainer.lr=0.002", "model.n_layers=8"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
