@@ -72,9 +72,56 @@ def is_bundle(path: str | Path) -> bool:
 
 
 def transformer_path(weights: str | Path) -> Path:
-    """The Transformer's weights behind a sampling verb's `weights`: a model folder holds it under its own name
-    (the rest as `beside` expects); anything else is the Transformer itself."""
+    """The Transformer's weights behind a sampling verb's `weights`: a model folder holds it under its own name;
+    anything else is the Transformer itself."""
     return Path(weights) / TRANSFORMER if is_bundle(weights) else Path(weights)
+
+
+@dataclass(frozen=True)
+class SamplingFiles:
+    """What a sampling verb reads: the Transformer, the dVAE and tokenizer beside it, and the reranker's."""
+
+    transformer: Path
+    dvae: Path
+    tokenizer: Path
+    clip: Path | None
+    """None: no CLIP (not asked for), or an open_clip reranker whose weights were not given."""
+    clip_model: str
+
+
+def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str | None = None,
+                   clip: str | None = None, clip_model: str = "megadalle", want_clip: bool = True,
+                   without_clip: str = "rerank=false") -> SamplingFiles:
+    """The files behind a sampling verb's keys. A path given is taken as given. A model folder's pieces are the
+    ones its bundle.json names and no others: a folder exported without CLIP has none, whatever file lies
+    beside the folder (that one belongs to another model). Weights or a run directory find theirs by the
+    default names beside them (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing,
+    it is refused with `without_clip`, the key that does without it."""
+    from megadalle.sampling.load import ModelNotFound, beside
+    from megadalle.sampling.rerank import OPEN_CLIP
+
+    weights = Path(weights)
+    manifest = json.loads((weights / MANIFEST).read_text()) if is_bundle(weights) else None
+    if manifest is not None and clip_model == "megadalle":  # the key's default: the folder's own reranker wins
+        clip_model = manifest.get("clip_model", "megadalle")
+
+    def piece(given: str | None, key: str, name: str) -> Path | None:
+        if given:
+            return Path(given)
+        if manifest is not None:
+            return weights / manifest[key] if manifest.get(key) else None
+        return beside(weights, None, name)
+
+    clip_path = None
+    if want_clip and (clip or manifest is not None or not clip_model.startswith(OPEN_CLIP)):
+        try:
+            clip_path = piece(clip, "clip", CLIP)
+        except ModelNotFound as err:
+            raise ModelNotFound(f"{err}, or pass {without_clip} to do without CLIP") from None
+        if clip_path is None:
+            raise BundleError(f"{weights} was exported without a CLIP: pass {without_clip}, or clip_weights=FILE")
+    return SamplingFiles(transformer_path(weights), piece(dvae, "dvae", DVAE), piece(tokenizer, "tokenizer", TOKENIZER),
+                         clip_path, clip_model)
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -174,10 +221,3 @@ def load_pipeline(folder: str | Path, device: str = "cpu", dtype: torch.dtype = 
         clip = reranker.clip if isinstance(reranker, MegadalleClip) else reranker.model
     return Pipeline(read_model(folder / manifest["transformer"], "transformer", dtype=dtype, device=device),
                     read_model(folder / manifest["dvae"], "dvae").to(device), clip, reranker, tokenizer, manifest)
-
-
-def clip_model_of(folder: str | Path, given: str) -> str:
-    """The reranker kind `generate` uses for a model folder: the one it was exported with, unless one is given."""
-    if given != "megadalle" or not is_bundle(folder):
-        return given
-    return json.loads((Path(folder) / MANIFEST).read_text()).get("clip_model", "megadalle")

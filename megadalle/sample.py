@@ -88,29 +88,19 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
 
 
 def run(cfg: DictConfig) -> int:
-    from megadalle.bundle import clip_model_of, is_bundle, read_model, transformer_path
+    from megadalle.bundle import read_model, sampling_files
     from megadalle.data.tokenizer import Tokenizer
-    from megadalle.sampling.load import ModelNotFound, beside
 
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
     dtype = pick_dtype(gc.dtype, device)
-    transformer = transformer_path(gc.weights)
-    dvae_weights = beside(gc.weights, gc.dvae_weights, "dvae.safetensors")
-    tokenizer_file = beside(gc.weights, gc.tokenizer, "tokenizer.model")
-    clip_model = clip_model_of(gc.weights, gc.clip_model)
-    own_file = clip_model == "megadalle" or is_bundle(gc.weights)  # else open_clip needs clip_weights given
-    clip_weights = None
-    if gc.rerank:  # without a rerank no CLIP is looked for (a model folder exported without one has none)
-        try:
-            clip_weights = gc.clip_weights or (beside(gc.weights, None, "clip.safetensors") if own_file else None)
-        except ModelNotFound as err:
-            raise ModelNotFound(f"{err}, or pass rerank=false to keep the first samples without CLIP") from None
-    check_files(transformer, dvae_weights, clip_weights if clip_model == "megadalle" else None, tokenizer_file)
-    model = read_model(transformer, "transformer", gc.ema, dtype, device)
-    dvae = read_model(dvae_weights, "dvae", gc.ema).to(device)
-    tokenizer = Tokenizer(tokenizer_file)
-    clip = load_reranker(clip_model, clip_weights, tokenizer, device,
+    files = sampling_files(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank)
+    check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
+                files.tokenizer)
+    model = read_model(files.transformer, "transformer", gc.ema, dtype, device)
+    dvae = read_model(files.dvae, "dvae", gc.ema).to(device)
+    tokenizer = Tokenizer(files.tokenizer)
+    clip = load_reranker(files.clip_model, files.clip, tokenizer, device,
                          lambda path, kind: read_model(path, kind, gc.ema)) if gc.rerank else None
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
     result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.keep, gc.batch_size, settings, gc.seed)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def test_export_a_folder_load_it_and_generate_from_it(trained, tmp_path):
 
 
 def test_missing_pieces_are_named(trained, tmp_path, capsys):
-    run, _, dvae, _ = trained
+    run, _, dvae, clip = trained
     with pytest.raises(BundleError, match="dvae_weights: not given and not recorded"):
         write_bundle(run, tmp_path / "m")
     with pytest.raises(BundleError, match="clip_weights=.*no such file"):
@@ -57,8 +58,10 @@ def test_missing_pieces_are_named(trained, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", "rerank=false", f"output={out}"]) == 0
     assert json.loads((out / "scores.json").read_text())["all_scores"] is None
+    shutil.copy(clip, tmp_path / "clip.safetensors")  # another model's CLIP beside the folder is not its CLIP
+    shutil.copy(clip.with_suffix(".json"), tmp_path / "clip.json")
     assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", f"output={out}"]) == 2
-    assert "or pass rerank=false" in capsys.readouterr().err
+    assert "exported without a CLIP: pass rerank=false" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_them_too_and_reads_a_model_folder(trained, tmp_path, capsys):
