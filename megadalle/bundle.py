@@ -200,9 +200,11 @@ def load_pipeline(folder: str | Path, device: str = "cpu", dtype: torch.dtype = 
     """The models and tokenizer of a model folder written by `export output=FOLDER`; the Transformer in
     `dtype` (megadalle.devices.pick_dtype says which suits a device), the dVAE and CLIP in float32."""
     from megadalle.data.tokenizer import Tokenizer
+    from megadalle.devices import pick_device
     from megadalle.sampling.compatible import check_files
     from megadalle.sampling.rerank import MegadalleClip, load_reranker
 
+    device = pick_device(str(device))  # a GPU this machine lacks is named now, not deep inside a load
     folder = Path(folder)
     if not is_bundle(folder):
         raise BundleError(f"{folder}: not a model folder (no {MANIFEST}); write one with "

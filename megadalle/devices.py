@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from megadalle.config import ConfigError
 from megadalle.config.sample import DTYPE_CHOICES
 from megadalle.weights import DTYPES as EXPORT_DTYPES
 
@@ -18,11 +19,27 @@ DTYPES = {name: dtype for name, dtype in EXPORT_DTYPES.items() if name in DTYPE_
 """The dtypes a model samples in, by the names the export uses for them."""
 
 
+class DeviceError(ConfigError):
+    """A device that this machine does not have; refused before any model is read onto it."""
+
+
 def pick_device(name: str) -> torch.device:
-    """auto = cuda when available, else cpu; anything else as torch names it."""
+    """auto = cuda when available, else cpu; anything else as torch names it, checked to exist here (torch's
+    own failure comes later and elsewhere, e.g. as a pin_memory error while weights load)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise DeviceError(f"device={name!r}: {str(err).splitlines()[0]}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"device={name}: this machine has no CUDA GPU that torch can use "
+                              f"(torch {torch.__version__}); use device=cpu or device=auto")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"device={name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -30,5 +47,5 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"dtype={name!r}: expected one of {', '.join(DTYPE_CHOICES)}")
+        raise ConfigError(f"dtype={name!r}: expected one of {', '.join(DTYPE_CHOICES)}")
     return DTYPES[name]

@@ -22,6 +22,29 @@ def test_auto_on_a_gpu_is_bf16_where_it_has_it(monkeypatch, has_bf16, expected):
 
 def test_auto_device_follows_cuda(monkeypatch):
     monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: False)
-    assert pick_device("auto") == torch.device("cpu") and pick_device("cuda:1") == torch.device("cuda", 1)
+    assert pick_device("auto") == torch.device("cpu") and pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(devices.DeviceError, match="device=cuda: this machine has no CUDA GPU .* device=cpu"):
+        pick_device("cuda")
     monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: True)
-    assert pick_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(devices.torch.cuda, "device_count", lambda: 2)
+    assert pick_device("auto") == torch.device("cuda") and pick_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(devices.DeviceError, match="device=cuda:2: this machine has 2 CUDA GPU"):
+        pick_device("cuda:2")
+    with pytest.raises(devices.DeviceError, match="device='bogus'"):
+        pick_device("bogus")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_a_gpu_asked_for_where_there_is_none_is_one_line(tmp_path, capsys):
+    from megadalle.cli import main
+
+    from tests.sample.test_generate import write_tiny_models
+
+    write_tiny_models(tmp_path)
+    assert main(["generate", f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1",
+                 "device=cuda", f"output={tmp_path / 'out'}"]) == 2
+    assert "device=cuda: this machine has no CUDA GPU" in capsys.readouterr().err
+    import megadalle
+
+    with pytest.raises(devices.DeviceError):
+        megadalle.load_pipeline(tmp_path, "cuda")
