@@ -19,6 +19,7 @@ from tqdm import tqdm
 from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig
 from megadalle.devices import pick_device, pick_dtype
+from megadalle.outputs import ready_output
 from megadalle.sampling.compatible import check_files
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
@@ -75,8 +76,11 @@ def decode(dvae, codes: torch.Tensor, grid_size: int) -> torch.Tensor:
 
 
 def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict) -> Path:
-    """grid.png, sample_XX.png and scores.json in `output`; returns the grid's path."""
+    """grid.png, sample_XX.png and scores.json in `output`; returns the grid's path. The kept samples of an
+    earlier run in the same folder go first, so every sample_XX.png there is one that scores.json lists."""
     output = Path(output)
+    for stale in output.glob("sample_[0-9]*.png"):
+        stale.unlink()
     grid = save_grid(result.images, output / "grid.png")
     for rank_, image in enumerate(result.images):
         save_image(image, output / f"sample_{rank_:02d}.png")
@@ -94,6 +98,7 @@ def run(cfg: DictConfig) -> int:
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
     dtype = pick_dtype(gc.dtype, device)
+    ready_output(gc.output)
     files = sampling_files(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank)
     check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
                 files.tokenizer)

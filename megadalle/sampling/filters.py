@@ -38,7 +38,11 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     """Temperature first (it changes which tokens make up the top-p mass), then top-k, then top-p."""
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be positive")
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # Each row shifted to a maximum of 0 first (softmax does not see a shift): divided by a tiny temperature,
+    # raw logits overflowed to inf, softmax gave NaN and every draw was token 0; shifted, they go to -inf and
+    # the draw is the most likely token, as a temperature near 0 should give.
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     return top_p_filter(top_k_filter(logits, top_k), top_p)
 
 

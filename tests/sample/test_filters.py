@@ -43,3 +43,11 @@ def test_draw_follows_the_distribution_and_sample_next_stays_in_the_filtered_set
     tokens = sample_next(logits, 0.8, top_k=6, top_p=0.7, generator=torch.Generator().manual_seed(1))
     assert kept.gather(1, tokens[:, None]).all()
     assert len(set(tokens[:50].tolist())) > 1
+
+
+def test_a_temperature_near_zero_draws_the_most_likely_token():
+    logits = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)) * 5
+    for temperature in (1e-3, 1e-20, 1e-40):
+        assert torch.equal(sample_next(logits, temperature), logits.argmax(-1))
+        assert torch.equal(sample_next(logits, temperature, top_p=0.9), logits.argmax(-1))
+

@@ -97,3 +97,26 @@ def test_generate_checks_the_batch_fits_before_sampling(tmp_path, monkeypatch):
     run(compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=3", "keep=1",
                              "batch_size=32", f"output={tmp_path / 'out'}"]))
     assert seen == [(3, torch.float32, "cpu")]
+
+
+def test_every_seed_gives_a_batch_generator():
+    from megadalle.sampling.loop import batch_generator
+
+    assert batch_generator(20_000_000_000_000, 3, "cpu").initial_seed() == (20_000_000_000_000 * 1_000_003 + 3) % 2**64
+    assert batch_generator(-1, 0, "cpu").initial_seed() == torch.Generator().manual_seed(-1_000_003).initial_seed()
+    assert batch_generator(7, 2, "cpu").initial_seed() == 7 * 1_000_003 + 2  # the seeds of every earlier run
+
+
+def test_generate_checks_its_output_first_and_keeps_only_this_runs_samples(tmp_path, capsys):
+    from megadalle.cli import main
+
+    write_tiny_models(tmp_path)
+    args = ["generate", f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=4", "batch_size=4"]
+    (tmp_path / "afile").touch()
+    for output in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert main([*args, "keep=1", f"output={output}"]) == 2
+        assert "a file is in the way" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main([*args, "keep=4", f"output={out}"]) == 0
+    assert main([*args, "keep=1", f"output={out}"]) == 0
+    assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_00.png"]
