@@ -77,6 +77,18 @@ def transformer_path(weights: str | Path) -> Path:
     return Path(weights) / TRANSFORMER if is_bundle(weights) else Path(weights)
 
 
+def check_ema(weights: str | Path, ema: bool) -> None:
+    """`ema=true` chooses a run directory's EMA weights; exported weights are what they were exported as (a
+    model folder's bundle.json says which), and reading them while asked for the EMA would pass in silence."""
+    from megadalle.sampling.load import is_run
+
+    if ema and not is_run(transformer_path(weights)):
+        exported = json.loads((Path(weights) / MANIFEST).read_text()).get("ema") if is_bundle(weights) else None
+        what = "" if exported is None else f" (exported with ema={str(exported).lower()})"
+        raise BundleError(f"ema=true reads the EMA of a training run directory; {weights} holds exported weights"
+                          f"{what}: drop ema=true, or export the run with ema=true")
+
+
 @dataclass(frozen=True)
 class SamplingFiles:
     """What a sampling verb reads: the Transformer, the dVAE and tokenizer beside it, and the reranker's."""
@@ -179,15 +191,21 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
              "clip": _pick(clip_weights, config.get("clip_weights"), "clip_weights", False)}
     own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
     check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"])
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     (output / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
-    export_transformer(run, output / TRANSFORMER, checkpoint, ema, dtype, max_shard_bytes)
-    shutil.copyfile(files["tokenizer"], output / TOKENIZER)
-    _copy_weights(files["dvae"], output / DVAE, "dvae")
-    if own_clip:
-        _copy_weights(files["clip"], output / CLIP, "clip")
-    elif files["clip"] is not None:
-        _copy_open_clip(clip_model[len(OPEN_CLIP):], files["clip"], output / CLIP)
+    try:
+        export_transformer(run, output / TRANSFORMER, checkpoint, ema, dtype, max_shard_bytes)
+        shutil.copyfile(files["tokenizer"], output / TOKENIZER)
+        _copy_weights(files["dvae"], output / DVAE, "dvae")
+        if own_clip:
+            _copy_weights(files["clip"], output / CLIP, "clip")
+        elif files["clip"] is not None:
+            _copy_open_clip(clip_model[len(OPEN_CLIP):], files["clip"], output / CLIP)
+    except BaseException:
+        if created:  # a folder this export made holds nothing usable: it goes, not to be taken for a model
+            shutil.rmtree(output, ignore_errors=True)
+        raise
     manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
                 "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
                 "sources": {"run": str(run), **{k: None if v is None else str(v) for k, v in files.items()}},

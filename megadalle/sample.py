@@ -92,13 +92,14 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
 
 
 def run(cfg: DictConfig) -> int:
-    from megadalle.bundle import read_model, sampling_files
+    from megadalle.bundle import check_ema, read_model, sampling_files
     from megadalle.data.tokenizer import Tokenizer
 
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
     dtype = pick_dtype(gc.dtype, device)
     ready_output(gc.output)
+    check_ema(gc.weights, gc.ema)
     files = sampling_files(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank)
     check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
                 files.tokenizer)

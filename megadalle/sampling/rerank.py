@@ -141,8 +141,14 @@ def load_reranker(clip_model: str, weights: str | Path | None, tokenizer, device
 
 
 def as_reranker(clip, tokenizer) -> Reranker:
-    """A reranker as is, or megadalle's CLIP module wrapped with its tokenizer."""
-    return clip if hasattr(clip, "scores") else MegadalleClip(clip, tokenizer)
+    """A reranker as is, or megadalle's CLIP module wrapped with its tokenizer (an open_clip module brings its own
+    tokenizer and preprocessing: it comes as its reranker, e.g. `load_pipeline(...).reranker`)."""
+    if hasattr(clip, "scores"):
+        return clip
+    if not hasattr(clip, "encode_text") or not hasattr(clip, "cfg"):
+        raise RerankerError(f"{type(clip).__name__} is not megadalle's CLIP: pass a reranker (an object with "
+                            "scores(images, prompt), such as load_pipeline(...).reranker)")
+    return MegadalleClip(clip, tokenizer)
 
 
 def rank(scores: torch.Tensor, keep: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from megadalle.cli import main
 from megadalle.config.compose import compose
 from megadalle.sampling.compatible import IncompatibleModels
 from megadalle.sampling.load import WrongKind, model_config
+from megadalle.sampling.rerank import RerankerError, as_reranker
 from megadalle.weights import load_weights
 from tests.sample.test_compatible import dvae_config, save_dvae
 
@@ -43,6 +44,17 @@ def test_export_a_folder_load_it_and_generate_from_it(trained, tmp_path):
                  f"output={out}"]) == 0
     report = json.loads((out / "scores.json").read_text())
     assert (out / "grid.png").is_file() and len(report["all_scores"]) == 3
+
+
+def test_ema_of_exported_weights_is_refused_by_name(trained, tmp_path, capsys):
+    run, _, dvae, clip = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=1", "ema=true", f"output={tmp_path}"]) == 2
+    assert "holds exported weights (exported with ema=false): drop ema=true" in capsys.readouterr().err
+    assert main(["export", f"run={run}", f"output={tmp_path / 'ema'}", f"dvae_weights={dvae}", "ema=true"]) == 2
+    assert "ema=true" in capsys.readouterr().err and not (tmp_path / "ema").exists()  # no half-made folder left
+    with pytest.raises(RerankerError, match="is not megadalle's CLIP: pass a reranker"):
+        as_reranker(torch.nn.Linear(2, 2), None)
 
 
 def test_missing_pieces_are_named(trained, tmp_path, capsys):
