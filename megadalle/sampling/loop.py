@@ -19,6 +19,9 @@ from megadalle.sampling.filters import sample_next
 
 @dataclass(frozen=True)
 class SamplingSettings:
+    """Defaults: the model's own distribution, unfiltered. The verbs (generate, evaluate, the training grids)
+    use GenerateConfig's instead (top_p 0.9); `train.sample_grid.generate_settings` builds those."""
+
     temperature: float = 1.0
     top_k: int = 0
     """0 keeps every token."""
