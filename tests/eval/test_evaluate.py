@@ -167,3 +167,16 @@ def test_evaluate_samples_in_the_dtype_asked(models, tmp_path, monkeypatch):
         assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"captions={captions}", "n=2",
                      f"output={tmp_path / dtype}", "device=cpu", f"dtype={dtype}"]) == 0
     assert seen == [torch.bfloat16, torch.float32]  # auto is fp32 on the CPU
+
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_fid_and_kid_refuse_fewer_than_two_rows_by_name(rows):
+    few, many = np.ones((rows, 3)), np.random.default_rng(0).normal(size=(5, 3))
+    for a, b in ((few, many), (many, few)):
+        with pytest.raises(ValueError, match=f"FID needs at least 2 rows in each feature set, got {len(a)} and "
+                                             f"{len(b)}"):
+            frechet_distance(a, b)
+        with pytest.raises(ValueError, match=f"KID needs at least 2 rows in each feature set, got {len(a)} and "
+                                             f"{len(b)}"):
+            kernel_distance(a, b, subsets=2)
