@@ -2,8 +2,9 @@
 
 For each caption (a text file, or the first caption line of each sample of image shards) the
 Transformer draws `n` samples (`generate`'s sampling, seeded by caption), the dVAE decodes them,
-CLIP scores every one against its caption (the mean over all samples, and the mean of each
-caption's best: what reranking buys), and a feature extractor (megadalle.fidelity: torch-fidelity's
+CLIP (megadalle's, or an open_clip reranker, as `generate` reranks) scores every one against its
+caption (the mean over all samples, and the mean of each caption's best: what reranking buys), and a
+feature extractor (megadalle.fidelity: torch-fidelity's
 InceptionV3 from a local weights file by default) turns them into features for FID and KID against
 the real images of the shards. Samples are featurised caption by caption and dropped, so memory
 holds features, not images.
@@ -93,7 +94,8 @@ def save_images(images: torch.Tensor, folder: Path, caption_index: int) -> list[
 
 def evaluate(model, dvae, clip, tokenizer, cfg: EvaluateConfig, extract: Extractor | None,
              progress: bool = True) -> Scores:
-    """Sample every caption `cfg.n` times and score the samples (see the module docstring)."""
+    """Sample every caption `cfg.n` times and score the samples (see the module docstring). `clip`: None,
+    megadalle's CLIP or any `sampling.rerank.Reranker` (an open_clip model), as `generate` takes it."""
     start = time.perf_counter()
     captions = captions_of(cfg)
     if not captions:
@@ -137,23 +139,27 @@ def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> int:
-    from megadalle.bundle import transformer_path
+    """The files are resolved and checked as `generate` resolves them (`bundle.sampling_files`): a model folder's
+    own pieces, its CLIP or open_clip reranker included; then the CLIP is loaded first, so that a bad open_clip
+    file fails before a large Transformer has loaded."""
+    from megadalle.bundle import read_model, sampling_files
     from megadalle.data.tokenizer import Tokenizer
     from megadalle.sampling.compatible import check_files
-    from megadalle.sampling.load import beside, load_model
+    from megadalle.sampling.rerank import load_reranker
 
     ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
-    device = pick_device(ec.device)
     extract = feature_extractor(ec.feature_extractor, ec.feature_weights) \
         if ec.fid and (ec.real or ec.shards) else None  # fail on a missing extractor before sampling
-    dvae_weights = beside(ec.weights, ec.dvae_weights, "dvae.safetensors")
-    clip_weights = beside(ec.weights, ec.clip_weights, "clip.safetensors") if ec.clip_score else None
-    tokenizer_file = beside(ec.weights, ec.tokenizer, "tokenizer.model")
-    check_files(transformer_path(ec.weights), dvae_weights, clip_weights, tokenizer_file)
-    model = load_model(transformer_path(ec.weights), "transformer", ec.ema, pick_dtype(ec.dtype, device), device)
-    dvae = load_model(dvae_weights, "dvae", ec.ema).to(device)
-    clip = load_model(clip_weights, "clip", ec.ema).to(device) if clip_weights is not None else None
-    tokenizer = Tokenizer(tokenizer_file)
+    files = sampling_files(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
+                           without_clip="clip_score=false")
+    check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
+                files.tokenizer)
+    device = pick_device(ec.device)
+    tokenizer = Tokenizer(files.tokenizer)
+    clip = load_reranker(files.clip_model, files.clip, tokenizer, device,
+                         lambda path, kind: read_model(path, kind, ec.ema)) if ec.clip_score else None
+    dvae = read_model(files.dvae, "dvae", ec.ema).to(device)
+    model = read_model(files.transformer, "transformer", ec.ema, pick_dtype(ec.dtype, device), device)
     scores = evaluate(model, dvae, clip, tokenizer, ec, extract)
     path = write_report(scores, ec)
     print(scores.markdown() + f"\n[evaluate] wrote {path} and {path.with_suffix('.md').name}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from megadalle.config import check
-from megadalle.config.sample import DTYPE_CHOICES, GenerateConfig
+from megadalle.config.sample import GenerateConfig, check_sampling
 
 
 @dataclass
@@ -33,8 +33,12 @@ class EvaluateConfig:
     top_p: float = GenerateConfig.top_p
     dvae_weights: str | None = None
     """null = dvae.safetensors beside `weights`."""
+    clip_model: str = GenerateConfig.clip_model
+    """The CLIP that scores the samples, as `generate`'s: megadalle (its CLIP, from `clip_weights`) or
+    open_clip:<arch> (weights from the local file `clip_weights`; never downloaded). A model folder's own wins
+    over the default."""
     clip_weights: str | None = None
-    """The CLIP that scores the samples; null = clip.safetensors beside `weights`."""
+    """The CLIP's weights; null = the model folder's, or clip.safetensors beside `weights`."""
     tokenizer: str | None = None
     """null = tokenizer.model beside `weights`."""
     clip_score: bool = True
@@ -66,7 +70,4 @@ class EvaluateConfig:
             check(value is None or Path(value).exists(), name, value, "does not exist")
         for name in ("max_captions", "max_real", "n", "batch_size", "kid_subsets", "kid_subset_size"):
             check(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
-        check(self.temperature > 0, "temperature", self.temperature, "must be positive")
-        check(self.top_k >= 0, "top_k", self.top_k, "must be >= 0 (0 keeps every token)")
-        check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
-        check(self.dtype in DTYPE_CHOICES, "dtype", self.dtype, f"expected one of {', '.join(DTYPE_CHOICES)}")
+        check_sampling(self)

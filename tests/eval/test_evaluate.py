@@ -180,3 +180,22 @@ def test_fid_and_kid_refuse_fewer_than_two_rows_by_name(rows):
         with pytest.raises(ValueError, match=f"KID needs at least 2 rows in each feature set, got {len(a)} and "
                                              f"{len(b)}"):
             kernel_distance(a, b, subsets=2)
+
+
+def refused(capsys, args: list[str]) -> str:
+    """`megadalle evaluate ARGS` must fail with one line of stderr (no traceback); returns that line."""
+    assert main(["evaluate", "device=cpu", "feature_extractor=random-test", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_device_and_clip_model_are_checked_as_generate_checks_them(models, tmp_path, capsys):
+    from megadalle.config import ConfigError
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\n")
+    err = refused(capsys, [f"weights={models / 'model.safetensors'}", f"captions={captions}", "device=bogus"])
+    assert "device='bogus': expected auto, cpu, cuda or cuda:N" in err
+    with pytest.raises(ConfigError, match="clip_model='nope': expected megadalle or open_clip:<arch>"):
+        EvaluateConfig(weights="w", captions=str(captions), clip_model="nope").validate()
