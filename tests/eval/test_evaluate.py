@@ -190,6 +190,13 @@ def refused(capsys, args: list[str]) -> str:
     return err
 
 
+def test_a_missing_weights_path_is_named_as_generate_names_it(tmp_path, capsys):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\n")
+    err = refused(capsys, ["weights=/nope", f"captions={captions}", f"output={tmp_path / 'o'}"])
+    assert err == "megadalle evaluate: weights=/nope: no such path"
+
+
 def test_device_and_clip_model_are_checked_as_generate_checks_them(models, tmp_path, capsys):
     from megadalle.config import ConfigError
 
