@@ -24,7 +24,7 @@ class EvaluateConfig:
     max_captions: int = 64
     """At most this many captions are sampled (the first ones)."""
     max_real: int = 10_000
-    """At most this many real images (the first ones)."""
+    """At most this many real images (the first ones); FID and KID need 2 or more."""
     n: int = 8
     """Samples per caption."""
     batch_size: int = 32
@@ -68,6 +68,15 @@ class EvaluateConfig:
         for name in ("captions", "shards", "real"):
             value = getattr(self, name)
             check(value is None or Path(value).exists(), name, value, "does not exist")
-        for name in ("max_captions", "max_real", "n", "batch_size", "kid_subsets", "kid_subset_size"):
+        for name in ("max_captions", "max_real", "n", "batch_size", "kid_subsets"):
             check(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
+        check(self.kid_subset_size >= 2, "kid_subset_size", self.kid_subset_size,
+              "KID's subsets need at least 2 samples each")
+        check(self.real_images is None or self.max_real >= 2, "max_real", self.max_real,
+              "FID and KID need at least 2 real images (or fid=false)")
         check_sampling(self)
+
+    @property
+    def real_images(self) -> str | None:
+        """The image shards FID and KID compare against; None when there are none to compute."""
+        return (self.real or self.shards) if self.fid else None
