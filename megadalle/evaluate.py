@@ -1,16 +1,17 @@
 """`megadalle evaluate`: how good are a trained model's samples? CLIP score, FID and KID, as JSON and Markdown.
 
-For each caption (a text file, or the first caption line of each sample of image shards) the
-Transformer draws `n` samples (`generate`'s sampling, seeded by caption), the dVAE decodes them,
-CLIP scores every one against its caption (the mean over all samples, and the mean of each
-caption's best: what reranking buys), and a feature extractor (megadalle.fidelity: torch-fidelity's
-InceptionV3 from a local weights file by default) turns them into features for FID and KID against
-the real images of the shards. Samples are featurised caption by caption and dropped, so memory
-holds features, not images.
+For each caption (a text file, or the first non-blank caption line of each sample of image shards)
+the Transformer draws `n` samples (`generate`'s sampling, seeded by caption), the dVAE decodes them,
+CLIP (megadalle's, or an open_clip reranker, as `generate` reranks) scores every one against its
+caption (the mean over all samples, and the mean of each caption's best: what reranking buys), and
+a feature extractor (megadalle.fidelity: torch-fidelity's InceptionV3 from a local weights file by
+default) turns them into features for FID and KID against the real images of the shards. Samples
+are featurised caption by caption and dropped, so memory holds features, not images.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -20,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from megadalle.config import build, top_level
+from megadalle.config import ConfigError, build, check, top_level
 from megadalle.config.evaluate import EvaluateConfig
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
 from megadalle.devices import pick_device, pick_dtype
@@ -53,14 +54,82 @@ class Scores:
         return "| metric | value |\n|---|---|\n" + "".join(f"| {name} | {cell(v)} |\n" for name, v in rows)
 
 
-def captions_of(cfg: EvaluateConfig) -> list[str]:
-    """The captions to sample: lines of the captions file, or each shard sample's first caption line."""
+def read_captions(cfg: EvaluateConfig) -> list[str]:
+    """The captions to sample, read before any model is: a bad file is then one line, not a traceback after
+    minutes of loading."""
     if cfg.captions is not None:
-        lines = (line.strip() for line in Path(cfg.captions).read_text(encoding="utf-8").splitlines())
-        return list(islice((line for line in lines if line), cfg.max_captions))
-    from megadalle.data.shards import iter_samples
+        return file_captions(cfg.captions, cfg.max_captions)
+    return shard_captions(cfg.shards, cfg.max_captions)
 
-    return [s["txt"].splitlines()[0] for s in islice(iter_samples(cfg.shards, ["txt"]), cfg.max_captions)]
+
+def file_captions(path: str, limit: int) -> list[str]:
+    """The first `limit` non-blank lines of a UTF-8 text file, stripped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"captions={path!r}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
+    except IsADirectoryError:
+        raise ConfigError(f"captions={path!r}: a directory; give a text file, one caption per line") from None
+    except OSError as err:
+        raise ConfigError(f"captions={path!r}: cannot be read ({err.strerror})") from None
+    captions = list(islice(filter(None, (line.strip() for line in text.splitlines())), limit))
+    check(bool(captions), "captions", path, "every line is blank; give a text file, one caption per line")
+    return captions
+
+
+def first_caption(text: str) -> str:
+    """The first non-blank line of a `txt` field, stripped ("" when there is none): training's `pick_caption`
+    skips blank lines too, so a blank first line is no caption the model learned from."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def shard_captions(shards: str, limit: int) -> list[str]:
+    """Each sample's first caption, for the first `limit` samples that have one. A sample without one is skipped,
+    and counted on stderr: sampling "" would score an unconditional image as if it had a caption."""
+    from megadalle.data.reader import iter_samples
+    from megadalle.preflight import shard_index
+
+    shard_index("shards", shards)  # a missing, empty or unindexable folder, named by its key
+    captions, read = [], 0
+    for sample in iter_samples(shards, ["txt"]):
+        if len(captions) == limit:
+            break
+        read += 1
+        caption = first_caption(sample.get("txt", ""))
+        if caption:
+            captions.append(caption)
+    check(bool(captions), "shards", shards, "no sample has a caption (a non-blank line in its txt field)")
+    if read > len(captions):
+        print(f"[evaluate] shards={shards}: {read - len(captions)} of the first {read} samples have no caption "
+              "(a blank txt field); skipped", file=sys.stderr)
+    return captions
+
+
+def check_fidelity_inputs(cfg: EvaluateConfig, captions: int) -> None:
+    """FID and KID need 2 or more samples and real images: refused before sampling, not by numpy after it. The
+    real shards must hold images (token shards from `encode` have none) and at least 2 of them."""
+    from megadalle.preflight import image_shards
+
+    if cfg.real_images is None:
+        return
+    key = "real" if cfg.real else "shards"
+    images = image_shards(key, cfg.real_images).total
+    check(images >= 2, key, cfg.real_images, f"holds {images} image(s); FID and KID need at least 2 (or fid=false)")
+    check(cfg.n * captions >= 2, "n", cfg.n,
+          f"{captions} caption(s) of {cfg.captions or cfg.shards} x n={cfg.n} is {cfg.n * captions} sample(s); FID "
+          "and KID need at least 2 (raise n, or fid=false)")
+
+
+def make_output(output: str) -> None:
+    """`output` made (or found) a directory now: a path that cannot be one fails before sampling, not after."""
+    try:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"output={output!r}: not a directory (a file, or a path under one); give a directory") \
+            from None
+    except OSError as err:
+        raise ConfigError(f"output={output!r}: cannot be made a directory ({err.strerror})") from None
 
 
 def real_features(shards: str, image_size: int, limit: int, extract: Extractor, batch_size: int) -> torch.Tensor:
@@ -91,13 +160,11 @@ def save_images(images: torch.Tensor, folder: Path, caption_index: int) -> list[
     return names
 
 
-def evaluate(model, dvae, clip, tokenizer, cfg: EvaluateConfig, extract: Extractor | None,
+def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateConfig, extract: Extractor | None,
              progress: bool = True) -> Scores:
-    """Sample every caption `cfg.n` times and score the samples (see the module docstring)."""
+    """Sample every caption `cfg.n` times and score the samples (see the module docstring). `clip`: None,
+    megadalle's CLIP or any `sampling.rerank.Reranker` (an open_clip model), as `generate` takes it."""
     start = time.perf_counter()
-    captions = captions_of(cfg)
-    if not captions:
-        raise ValueError(f"no captions found in {cfg.captions or cfg.shards}")
     settings = SamplingSettings(cfg.temperature, cfg.top_k, cfg.top_p)
     scores, best, fake, saved = [], [], [], []
     for i, caption in enumerate(tqdm(captions, desc="evaluate", unit=" caption", disable=not progress)):
@@ -115,9 +182,8 @@ def evaluate(model, dvae, clip, tokenizer, cfg: EvaluateConfig, extract: Extract
     out = Scores(len(captions), cfg.n)
     if scores:
         out.clip_score, out.clip_score_best = sum(scores) / len(scores), sum(best) / len(best)
-    real = cfg.real or cfg.shards
-    if extract is not None and real is not None:
-        reals = real_features(real, dvae.cfg.image_size, cfg.max_real, extract, cfg.batch_size).numpy()
+    if extract is not None and cfg.real_images is not None:
+        reals = real_features(cfg.real_images, dvae.cfg.image_size, cfg.max_real, extract, cfg.batch_size).numpy()
         fakes = torch.cat(fake).numpy()
         out.fid = frechet_distance(reals, fakes)
         out.kid, out.kid_std = kernel_distance(reals, fakes, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
@@ -137,24 +203,30 @@ def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> int:
-    from megadalle.bundle import transformer_path
+    """Everything a user can get wrong (captions, real images, output, the files and whether they belong
+    together) is checked before any model is read; then the CLIP, the dVAE and the Transformer are loaded,
+    the reranker first, so that a bad open_clip file fails before a large Transformer has loaded."""
+    from megadalle.bundle import read_model, sampling_files
     from megadalle.data.tokenizer import Tokenizer
     from megadalle.sampling.compatible import check_files
-    from megadalle.sampling.load import beside, load_model
+    from megadalle.sampling.rerank import load_reranker
 
     ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
+    captions = read_captions(ec)
+    check_fidelity_inputs(ec, len(captions))
+    extract = feature_extractor(ec.feature_extractor, ec.feature_weights) if ec.real_images else None
+    files = sampling_files(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
+                           without_clip="clip_score=false")
+    check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
+                files.tokenizer)
+    make_output(ec.output)
     device = pick_device(ec.device)
-    extract = feature_extractor(ec.feature_extractor, ec.feature_weights) \
-        if ec.fid and (ec.real or ec.shards) else None  # fail on a missing extractor before sampling
-    dvae_weights = beside(ec.weights, ec.dvae_weights, "dvae.safetensors")
-    clip_weights = beside(ec.weights, ec.clip_weights, "clip.safetensors") if ec.clip_score else None
-    tokenizer_file = beside(ec.weights, ec.tokenizer, "tokenizer.model")
-    check_files(transformer_path(ec.weights), dvae_weights, clip_weights, tokenizer_file)
-    model = load_model(transformer_path(ec.weights), "transformer", ec.ema, pick_dtype(ec.dtype, device), device)
-    dvae = load_model(dvae_weights, "dvae", ec.ema).to(device)
-    clip = load_model(clip_weights, "clip", ec.ema).to(device) if clip_weights is not None else None
-    tokenizer = Tokenizer(tokenizer_file)
-    scores = evaluate(model, dvae, clip, tokenizer, ec, extract)
+    tokenizer = Tokenizer(files.tokenizer)
+    clip = load_reranker(files.clip_model, files.clip, tokenizer, device,
+                         lambda path, kind: read_model(path, kind, ec.ema)) if ec.clip_score else None
+    dvae = read_model(files.dvae, "dvae", ec.ema).to(device)
+    model = read_model(files.transformer, "transformer", ec.ema, pick_dtype(ec.dtype, device), device)
+    scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)
     path = write_report(scores, ec)
     print(scores.markdown() + f"\n[evaluate] wrote {path} and {path.with_suffix('.md').name}")
     return 0

@@ -36,12 +36,22 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     PSD matrix Ca^1/2 Cb Ca^1/2 (the same eigenvalues as Ca Cb): exact, and stable for the singular
     covariances of fewer samples than dimensions, where a general sqrtm needs an offset.
     """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = two_sets(a, b, "FID")
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     root_a = psd_sqrt(cov_a)
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
     diff = a.mean(0) - b.mean(0)
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+
+
+def two_sets(a: np.ndarray, b: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both feature sets as float64 [rows, D], each of at least 2 rows: a covariance (FID) or an unbiased
+    within-set mean over distinct pairs (KID) is undefined below that, and numpy would fail far from the cause
+    (an eigenvalue solver on NaNs)."""
+    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"{metric} needs at least 2 rows in each feature set, got {len(a)} and {len(b)}")
+    return a, b
 
 
 def psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -53,10 +63,10 @@ def psd_sqrt(matrix: np.ndarray) -> np.ndarray:
 def kernel_distance(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
                     seed: int = 0) -> tuple[float, float]:
     """KID (mean, std over `subsets`) between feature sets a and b; subsets hold min(subset_size, N, M) rows."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = two_sets(a, b, "KID")
     m = min(subset_size, len(a), len(b))
     if m < 2:
-        raise ValueError(f"KID needs at least 2 samples in each set, got {len(a)} and {len(b)}")
+        raise ValueError(f"kernel_distance: subset_size={subset_size} must be at least 2")
     d = a.shape[1]
     rng = np.random.default_rng(seed)
     values = []

@@ -198,6 +198,13 @@ def check_generate(cfg: DictConfig) -> None:
     _exists("weights", cfg.weights)
 
 
+def check_evaluate(cfg: DictConfig) -> None:
+    """The Transformer's `weights`, named as `generate` names them: a missing path is not the dVAE missing
+    beside it. The captions, shards and output are checked by `evaluate` itself (before any model is read),
+    so that a call without the CLI gets the same checks."""
+    check_generate(cfg)
+
+
 CHECKS: dict[str, Callable[[DictConfig], None]] = {
     "prepare": check_prepare,
     "tokenizer": check_tokenizer,
@@ -207,6 +214,7 @@ CHECKS: dict[str, Callable[[DictConfig], None]] = {
     "train": check_train,
     "export": check_export,
     "generate": check_generate,
+    "evaluate": check_evaluate,
 }
 """Per-verb checks; a verb without an entry is checked for required keys only."""
 

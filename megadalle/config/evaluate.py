@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from megadalle.config import check
-from megadalle.config.sample import DTYPE_CHOICES, GenerateConfig
+from megadalle.config.sample import GenerateConfig, check_sampling
 
 
 @dataclass
@@ -24,7 +24,7 @@ class EvaluateConfig:
     max_captions: int = 64
     """At most this many captions are sampled (the first ones)."""
     max_real: int = 10_000
-    """At most this many real images (the first ones)."""
+    """At most this many real images (the first ones); FID and KID need 2 or more."""
     n: int = 8
     """Samples per caption."""
     batch_size: int = 32
@@ -33,8 +33,12 @@ class EvaluateConfig:
     top_p: float = GenerateConfig.top_p
     dvae_weights: str | None = None
     """null = dvae.safetensors beside `weights`."""
+    clip_model: str = GenerateConfig.clip_model
+    """The CLIP that scores the samples, as `generate`'s: megadalle (its CLIP, from `clip_weights`) or
+    open_clip:<arch> (weights from the local file `clip_weights`; never downloaded). A model folder's own wins
+    over the default."""
     clip_weights: str | None = None
-    """The CLIP that scores the samples; null = clip.safetensors beside `weights`."""
+    """The CLIP's weights; null = the model folder's, or clip.safetensors beside `weights`."""
     tokenizer: str | None = None
     """null = tokenizer.model beside `weights`."""
     clip_score: bool = True
@@ -64,9 +68,15 @@ class EvaluateConfig:
         for name in ("captions", "shards", "real"):
             value = getattr(self, name)
             check(value is None or Path(value).exists(), name, value, "does not exist")
-        for name in ("max_captions", "max_real", "n", "batch_size", "kid_subsets", "kid_subset_size"):
+        for name in ("max_captions", "max_real", "n", "batch_size", "kid_subsets"):
             check(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
-        check(self.temperature > 0, "temperature", self.temperature, "must be positive")
-        check(self.top_k >= 0, "top_k", self.top_k, "must be >= 0 (0 keeps every token)")
-        check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
-        check(self.dtype in DTYPE_CHOICES, "dtype", self.dtype, f"expected one of {', '.join(DTYPE_CHOICES)}")
+        check(self.kid_subset_size >= 2, "kid_subset_size", self.kid_subset_size,
+              "KID's subsets need at least 2 samples each")
+        check(self.real_images is None or self.max_real >= 2, "max_real", self.max_real,
+              "FID and KID need at least 2 real images (or fid=false)")
+        check_sampling(self)
+
+    @property
+    def real_images(self) -> str | None:
+        """The image shards FID and KID compare against; None when there are none to compute."""
+        return (self.real or self.shards) if self.fid else None

@@ -58,12 +58,19 @@ class GenerateConfig:
     def validate(self, where: str = "") -> None:
         for name in ("n", "keep", "batch_size"):
             check(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
-        check(self.temperature > 0, "temperature", self.temperature, "must be positive")
-        check(self.top_k >= 0, "top_k", self.top_k, "must be >= 0 (0 keeps every token)")
-        check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
         check(bool(self.prompt.strip()), "prompt", self.prompt, "must not be empty")
-        check(self.clip_model == "megadalle" or self.clip_model.startswith("open_clip:"), "clip_model",
-              self.clip_model, "expected megadalle or open_clip:<arch>")
-        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
-              "expected auto, cpu, cuda or cuda:N")
-        check(self.dtype in DTYPE_CHOICES, "dtype", self.dtype, f"expected one of {', '.join(DTYPE_CHOICES)}")
+        check_sampling(self)
+
+
+def check_sampling(cfg) -> None:
+    """The keys the sampling verbs (`generate`, `evaluate`) share: the sampling settings, the reranker, the device
+    and the dtype. Checked in one place, so that the verbs cannot drift apart (evaluate once handed device=bogus
+    to torch)."""
+    check(cfg.temperature > 0, "temperature", cfg.temperature, "must be positive")
+    check(cfg.top_k >= 0, "top_k", cfg.top_k, "must be >= 0 (0 keeps every token)")
+    check(0 < cfg.top_p <= 1, "top_p", cfg.top_p, "must be in (0, 1]")
+    check(cfg.clip_model == "megadalle" or cfg.clip_model.startswith("open_clip:"), "clip_model", cfg.clip_model,
+          "expected megadalle or open_clip:<arch>")
+    check(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device", cfg.device,
+          "expected auto, cpu, cuda or cuda:N")
+    check(cfg.dtype in DTYPE_CHOICES, "dtype", cfg.dtype, f"expected one of {', '.join(DTYPE_CHOICES)}")

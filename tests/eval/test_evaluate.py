@@ -167,3 +167,126 @@ def test_evaluate_samples_in_the_dtype_asked(models, tmp_path, monkeypatch):
         assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"captions={captions}", "n=2",
                      f"output={tmp_path / dtype}", "device=cpu", f"dtype={dtype}"]) == 0
     assert seen == [torch.bfloat16, torch.float32]  # auto is fp32 on the CPU
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_fid_and_kid_refuse_fewer_than_two_rows_by_name(rows):
+    few, many = np.ones((rows, 3)), np.random.default_rng(0).normal(size=(5, 3))
+    for a, b in ((few, many), (many, few)):
+        with pytest.raises(ValueError, match=f"FID needs at least 2 rows in each feature set, got {len(a)} and "
+                                             f"{len(b)}"):
+            frechet_distance(a, b)
+        with pytest.raises(ValueError, match=f"KID needs at least 2 rows in each feature set, got {len(a)} and "
+                                             f"{len(b)}"):
+            kernel_distance(a, b, subsets=2)
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """A check that must come before any model is read: reading one fails the test."""
+    import megadalle.sampling.load
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was read before the check")
+
+    monkeypatch.setattr(megadalle.sampling.load, "load_model", refuse)
+
+
+def refused(capsys, args: list[str]) -> str:
+    """`megadalle evaluate ARGS` must fail with one line of stderr (no traceback); returns that line."""
+    assert main(["evaluate", "device=cpu", "feature_extractor=random-test", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def token_shards(folder):
+    """A token-shard folder (codes.npy + txt), as `encode` writes: captions, but no images."""
+    from megadalle.data.shards import ShardWriter
+
+    with ShardWriter(folder) as writer:
+        for i in range(3):
+            writer.write({"__key__": f"{i:04d}", "codes.npy": np.zeros((4, 4), np.uint16), "txt": f"caption {i}"})
+    return folder
+
+
+def test_real_images_are_checked_before_any_model_is_read(models, tmp_path, capsys, no_models):
+    weights, captions = f"weights={models / 'model.safetensors'}", tmp_path / "captions.txt"
+    captions.write_text("a red circle\n")
+    tokens, empty = token_shards(tmp_path / "tokens"), tmp_path / "empty"
+    empty.mkdir()
+    err = refused(capsys, [weights, f"captions={captions}", f"real={tokens}", f"output={tmp_path / 'a'}"])
+    assert f"real={tokens}: no image field among" in err and "token shards" in err
+    err = refused(capsys, [weights, f"shards={tokens}", f"output={tmp_path / 'b'}"])  # FID against `shards`
+    assert f"shards={tokens}: no image field among" in err
+    err = refused(capsys, [weights, f"captions={captions}", f"real={empty}", f"output={tmp_path / 'c'}"])
+    assert err.startswith(f"megadalle evaluate: real={empty}: ")
+    err = refused(capsys, [weights, f"shards={empty}", f"output={tmp_path / 'd'}"])
+    assert err.startswith(f"megadalle evaluate: shards={empty}: ")
+
+
+def test_fid_and_kid_with_fewer_than_two_samples_or_real_images_are_refused_up_front(models, tmp_path, capsys,
+                                                                                   no_models):
+    weights, shards = f"weights={models / 'model.safetensors'}", f"shards={models / 'shards'}"
+    err = refused(capsys, [weights, shards, "n=1", "max_captions=1", f"output={tmp_path}"])
+    assert "n=1" in err and "at least 2" in err and "fid=false" in err
+    err = refused(capsys, [weights, shards, "max_real=1", f"output={tmp_path}"])
+    assert "max_real=1" in err and "at least 2" in err
+    err = refused(capsys, [weights, shards, "kid_subset_size=1", f"output={tmp_path}"])
+    assert "kid_subset_size=1" in err and "at least 2" in err
+    one = tmp_path / "one.txt"
+    one.write_text("a red circle\n")
+    err = refused(capsys, [weights, f"captions={one}", f"real={models / 'shards'}", "n=1", f"output={tmp_path}"])
+    assert "n=1" in err and str(one) in err
+
+
+def test_an_unusable_output_is_refused_before_any_model_is_read(models, tmp_path, capsys, no_models):
+    captions, afile = tmp_path / "captions.txt", tmp_path / "afile"
+    captions.write_text("a red circle\n")
+    afile.write_text("")
+    for output in (afile, afile / "under"):
+        err = refused(capsys, [f"weights={models / 'model.safetensors'}", f"captions={captions}", f"output={output}"])
+        assert f"output='{output}'" in err and "not a directory" in err
+
+
+def test_bad_captions_files_are_refused_before_any_model_is_read(models, tmp_path, capsys, no_models):
+    blank, latin = tmp_path / "blank.txt", tmp_path / "latin.txt"
+    blank.write_text("\n   \n\n")
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    for path, reason in ((blank, "every line is blank"), (tmp_path, "a directory"), (latin, "not UTF-8")):
+        err = refused(capsys, [f"weights={models / 'model.safetensors'}", f"captions={path}",
+                               f"output={tmp_path / 'o'}"])
+        assert f"captions='{path}'" in err and reason in err
+
+
+def test_shard_captions_are_each_samples_first_non_blank_line(tmp_path, capsys):
+    from megadalle.data.shards import ShardWriter
+    from megadalle.evaluate import read_captions
+
+    with ShardWriter(tmp_path / "shards") as writer:
+        for i, txt in enumerate(["\n  a red circle  \nsecond", " \n\n", "a blue square", "", "a green tree"]):
+            writer.write({"__key__": f"{i:04d}", "txt": txt})
+    cfg = EvaluateConfig(weights="w", shards=str(tmp_path / "shards"), max_captions=2)
+    assert read_captions(cfg) == ["a red circle", "a blue square"]
+    assert "1 of the first 3 samples" in capsys.readouterr().err  # the blank one, said and counted
+    cfg = EvaluateConfig(weights="w", shards=str(tmp_path / "shards"))
+    assert read_captions(cfg) == ["a red circle", "a blue square", "a green tree"]
+    assert "2 of the first 5 samples" in capsys.readouterr().err
+
+
+def test_a_missing_weights_path_is_named_as_generate_names_it(tmp_path, capsys):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\n")
+    err = refused(capsys, ["weights=/nope", f"captions={captions}", f"output={tmp_path / 'o'}"])
+    assert err == "megadalle evaluate: weights=/nope: no such path"
+
+
+def test_device_and_clip_model_are_checked_as_generate_checks_them(models, tmp_path, capsys):
+    from megadalle.config import ConfigError
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\n")
+    err = refused(capsys, [f"weights={models / 'model.safetensors'}", f"captions={captions}", "device=bogus"])
+    assert "device='bogus': expected auto, cpu, cuda or cuda:N" in err
+    with pytest.raises(ConfigError, match="clip_model='nope': expected megadalle or open_clip:<arch>"):
+        EvaluateConfig(weights="w", captions=str(captions), clip_model="nope").validate()
