@@ -214,15 +214,39 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     return output
 
 
-def load_pipeline(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:
-    """The models and tokenizer of a model folder written by `export output=FOLDER`; the Transformer in
-    `dtype` (megadalle.devices.pick_dtype says which suits a device), the dVAE and CLIP in float32."""
+def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | None = None, clip: str | None = None,
+                clip_model: str = "megadalle", want_clip: bool = True, without_clip: str = "rerank=false",
+                ema: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:
+    """What a sampling verb samples with, from its keys (`sampling_files`). Everything is checked before a
+    tensor is read: the device, `ema`, the files and whether they were trained together. The reranker loads
+    first, so a bad CLIP file fails before a large Transformer has loaded. The Transformer in `dtype`, the dVAE
+    and CLIP in float32, all on `device`; `manifest` is a model folder's bundle.json ({} for other weights)."""
     from megadalle.data.tokenizer import Tokenizer
     from megadalle.devices import pick_device
     from megadalle.sampling.compatible import check_files
     from megadalle.sampling.rerank import MegadalleClip, load_reranker
 
     device = pick_device(str(device))  # a GPU this machine lacks is named now, not deep inside a load
+    check_ema(weights, ema)
+    files = sampling_files(weights, dvae, tokenizer, clip, clip_model, want_clip, without_clip)
+    check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
+                files.tokenizer)
+    words = Tokenizer(files.tokenizer)
+    reranker = load_reranker(files.clip_model, files.clip, words, device,
+                             lambda path, kind: read_model(path, kind, ema)) if want_clip else None
+    clip_module = None if reranker is None else reranker.clip if isinstance(reranker, MegadalleClip) else reranker.model
+    decoder = read_model(files.dvae, "dvae", ema).to(device)
+    transformer = read_model(files.transformer, "transformer", ema, dtype, device)
+    manifest = json.loads((Path(weights) / MANIFEST).read_text()) if is_bundle(weights) else {}
+    return Pipeline(transformer, decoder, clip_module, reranker, words, manifest)
+
+
+def load_pipeline(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:
+    """The models and tokenizer of a model folder written by `export output=FOLDER`; the Transformer in
+    `dtype` (megadalle.devices.pick_dtype says which suits a device), the dVAE and CLIP in float32."""
+    from megadalle.devices import pick_device
+
+    device = pick_device(str(device))
     folder = Path(folder)
     if not is_bundle(folder):
         raise BundleError(f"{folder}: not a model folder (no {MANIFEST}); write one with "
@@ -230,14 +254,4 @@ def load_pipeline(folder: str | Path, device: str = "cpu", dtype: torch.dtype = 
     manifest = json.loads((folder / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    own_clip = manifest.get("clip") and manifest.get("clip_model", "megadalle") == "megadalle"
-    check_files(folder / manifest["transformer"], folder / manifest["dvae"],
-                folder / manifest["clip"] if own_clip else None, folder / manifest["tokenizer"])
-    tokenizer = Tokenizer(folder / manifest["tokenizer"])
-    reranker, clip = None, None
-    if manifest.get("clip"):
-        reranker = load_reranker(manifest.get("clip_model", "megadalle"), folder / manifest["clip"], tokenizer,
-                                 device, read_model)
-        clip = reranker.clip if isinstance(reranker, MegadalleClip) else reranker.model
-    return Pipeline(read_model(folder / manifest["transformer"], "transformer", dtype=dtype, device=device),
-                    read_model(folder / manifest["dvae"], "dvae").to(device), clip, reranker, tokenizer, manifest)
+    return open_models(folder, want_clip=bool(manifest.get("clip")), device=device, dtype=dtype)

@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from megadalle.config import ConfigError, build, check, top_level
 from megadalle.config.evaluate import EvaluateConfig
-from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
 from megadalle.devices import pick_device, pick_dtype
+from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
+from megadalle.outputs import ready_output
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
 
@@ -121,17 +122,6 @@ def check_fidelity_inputs(cfg: EvaluateConfig, captions: int) -> None:
           "and KID need at least 2 (raise n, or fid=false)")
 
 
-def make_output(output: str) -> None:
-    """`output` made (or found) a directory now: a path that cannot be one fails before sampling, not after."""
-    try:
-        Path(output).mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"output={output!r}: not a directory (a file, or a path under one); give a directory") \
-            from None
-    except OSError as err:
-        raise ConfigError(f"output={output!r}: cannot be made a directory ({err.strerror})") from None
-
-
 def real_features(shards: str, image_size: int, limit: int, extract: Extractor, batch_size: int) -> torch.Tensor:
     """Features of the first `limit` images of image shards, resized as the dVAE's images are."""
     from megadalle.data.loader import image_loader
@@ -206,26 +196,17 @@ def run(cfg: DictConfig) -> int:
     """Everything a user can get wrong (captions, real images, output, the files and whether they belong
     together) is checked before any model is read; then the CLIP, the dVAE and the Transformer are loaded,
     the reranker first, so that a bad open_clip file fails before a large Transformer has loaded."""
-    from megadalle.bundle import read_model, sampling_files
-    from megadalle.data.tokenizer import Tokenizer
-    from megadalle.sampling.compatible import check_files
-    from megadalle.sampling.rerank import load_reranker
+    from megadalle.bundle import open_models
 
     ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
     captions = read_captions(ec)
     check_fidelity_inputs(ec, len(captions))
     extract = feature_extractor(ec.feature_extractor, ec.feature_weights) if ec.real_images else None
-    files = sampling_files(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
-                           without_clip="clip_score=false")
-    check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
-                files.tokenizer)
-    make_output(ec.output)
+    ready_output(ec.output)
     device = pick_device(ec.device)
-    tokenizer = Tokenizer(files.tokenizer)
-    clip = load_reranker(files.clip_model, files.clip, tokenizer, device,
-                         lambda path, kind: read_model(path, kind, ec.ema)) if ec.clip_score else None
-    dvae = read_model(files.dvae, "dvae", ec.ema).to(device)
-    model = read_model(files.transformer, "transformer", ec.ema, pick_dtype(ec.dtype, device), device)
+    models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
+                         "clip_score=false", ec.ema, device, pick_dtype(ec.dtype, device))
+    model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)
     path = write_report(scores, ec)
     print(scores.markdown() + f"\n[evaluate] wrote {path} and {path.with_suffix('.md').name}")

@@ -20,11 +20,10 @@ from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.outputs import ready_output
-from megadalle.sampling.compatible import check_files
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
-from megadalle.sampling.rerank import as_reranker, load_reranker, rank
+from megadalle.sampling.rerank import as_reranker, rank
 
 
 @dataclass
@@ -92,22 +91,14 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
 
 
 def run(cfg: DictConfig) -> int:
-    from megadalle.bundle import check_ema, read_model, sampling_files
-    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.bundle import open_models
 
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
-    dtype = pick_dtype(gc.dtype, device)
     ready_output(gc.output)
-    check_ema(gc.weights, gc.ema)
-    files = sampling_files(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank)
-    check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
-                files.tokenizer)
-    model = read_model(files.transformer, "transformer", gc.ema, dtype, device)
-    dvae = read_model(files.dvae, "dvae", gc.ema).to(device)
-    tokenizer = Tokenizer(files.tokenizer)
-    clip = load_reranker(files.clip_model, files.clip, tokenizer, device,
-                         lambda path, kind: read_model(path, kind, gc.ema)) if gc.rerank else None
+    models = open_models(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank,
+                         ema=gc.ema, device=device, dtype=pick_dtype(gc.dtype, device))
+    model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
     result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.keep, gc.batch_size, settings, gc.seed)
     meta = {"n": gc.n, "keep": gc.keep, "seed": gc.seed, "sampling": asdict(settings),
