@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from megadalle.train import ema as ema_lib, rng
+from megadalle.train import ema as ema_lib, rng, schedule
 from megadalle.train.distributed import barrier
 from megadalle.errors import UserError
 
@@ -148,6 +148,7 @@ def load(engine, path: Path, rank: int, ema=None, universal: Path | None = None)
                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
     if loaded is None:
         raise CheckpointError(f"DeepSpeed could not load the checkpoint {source}")
+    schedule.rejoin(engine.lr_scheduler)
     rng_file = path / f"rng_rank{rank:05d}.pt"
     if rng_file.is_file():
         rng.restore(torch.load(rng_file, weights_only=True))

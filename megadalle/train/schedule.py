@@ -27,3 +27,18 @@ def lr_at(step: int, cfg: TrainerConfig) -> float:
 def scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR following `lr_at`; the optimizer's base lr must be cfg.lr."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg) / cfg.lr)
+
+
+def rejoin(scheduler: torch.optim.lr_scheduler.LambdaLR | None) -> None:
+    """Put a just-loaded scheduler's optimizer on this run's curve at the step it resumes from.
+
+    A checkpoint restores the optimizer's learning rate as the saving run left it, computed from that run's
+    config; the curve here is recomputed only at the next `step()`. A rerun that changed the curve (more
+    `trainer.steps`, which resume allows) took its first update at the old curve's rate: the end of a finished
+    cosine, often `min_lr` (0 for CLIP), so that update did nothing.
+    """
+    if scheduler is None:
+        return
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

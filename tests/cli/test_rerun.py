@@ -78,6 +78,21 @@ def test_validation_switched_on_at_a_resume_leaves_the_training_as_it_was(train_
 
 
 @pytest.mark.distributed
+def test_a_run_resumed_with_more_steps_follows_the_longer_curve_from_its_first_update(train_overrides, tmp_path):
+    common = [*train_overrides, "trainer.warmup_steps=1", "trainer.log_every=1"]
+    assert main(["train", *common, "trainer.steps=4", f"run_dir={tmp_path / 'whole'}"]) == 0
+    assert main(["train", *common, "trainer.steps=2", f"run_dir={tmp_path / 'parts'}"]) == 0
+    assert main(["train", *common, "trainer.steps=4", f"run_dir={tmp_path / 'parts'}"]) == 0
+
+    def curve(run: str) -> dict[int, tuple[float, float]]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: (r["lr"], r["loss"]) for r in map(json.loads, lines) if "lr" in r}
+
+    whole, parts = curve("whole"), curve("parts")
+    assert parts[2][0] > 0 and {s: parts[s] for s in (2, 3)} == {s: whole[s] for s in (2, 3)}, (parts, whole)
+
+
+@pytest.mark.distributed
 def test_ctrl_c_saves_a_checkpoint_and_stops(train_overrides, tmp_path):
     run = tmp_path / "transformer" / "default"
     command = [sys.executable, "-m", "megadalle", "train", *train_overrides, f"out_dir={tmp_path}",
