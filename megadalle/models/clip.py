@@ -104,17 +104,19 @@ class CLIP(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)[0]
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_image(image), self.encode_text(text)
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image embeddings, text embeddings, logit scale). The scale is read here, inside the module's call:
+        ZeRO-3 gathers `logit_scale` only while this module runs, and a loss that read it afterwards saw an
+        empty partition (the validation loss, called outside DeepSpeed's engine, failed at its first batch)."""
+        return self.encode_image(image), self.encode_text(text), self.scale()
 
     def loss(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        img, txt = self(image, text)
-        return contrastive_loss(img, txt, self.scale())
+        return contrastive_loss(*self(image, text))
 
     @torch.no_grad()
     def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each image with its caption (one row of `text` each, or one for all)."""
-        img, txt = self(image, text)
+        img, txt, _ = self(image, text)
         return (img * txt).sum(-1)
 
 

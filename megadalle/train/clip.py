@@ -88,9 +88,10 @@ def train_clip(cfg: DictConfig) -> Path | None:
           f"run directory {result.run_dir}")
     if result.stopped_by_signal or int(getattr(result.engine, "global_rank", 0)) != 0:
         return None
-    # generate reranks with these weights: keep the precision CLIP trained in
-    path = export(result.run_dir, cfg.get("weights") or result.run_dir / "clip.safetensors", dtype="fp32")
-    print(f"[train-clip] weights: {path} + {path.with_suffix('.json').name}")
+    ema = cfg.trainer.get("ema") is not None
+    # generate reranks with these weights: keep the precision CLIP trained in (and its EMA, as train-dvae does)
+    path = export(result.run_dir, cfg.get("weights") or result.run_dir / "clip.safetensors", ema=ema, dtype="fp32")
+    print(f"[train-clip] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
     return path
 
 

@@ -23,7 +23,7 @@ def batch(n: int, seed: int = 0):
 def test_features_are_unit_vectors_and_loss_trains_temperature():
     model = CLIP(TINY)
     image, text = batch(6)
-    img, txt = model(image, text)
+    img, txt, _ = model(image, text)
     assert img.shape == txt.shape == (6, 16)
     torch.testing.assert_close(img.norm(dim=-1), torch.ones(6))
     loss, metrics = model.loss(image, text)

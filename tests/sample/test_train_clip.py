@@ -1,4 +1,6 @@
 """`train-clip` runs through the generic trainer on real shards and exports loadable weights."""
+import json
+
 import torch
 
 from megadalle.config.compose import compose
@@ -11,21 +13,41 @@ from megadalle.sampling.load import load_model
 from megadalle.train.clip import train_clip
 
 
-def test_train_clip_trains_and_exports_loadable_weights(tmp_path):
+def clip_config(tmp_path, *overrides: str, val_fraction: float = 0.0):
+    """A train-clip config over 32 captioned 16 px scenes (prepared here) and a tokenizer of 40 pieces."""
     write_dataset(tmp_path / "raw", all_scenes()[:8], per_scene=4, size=16, seed=0)
     pc = compose("prepare", [f"input={tmp_path / 'raw'}", f"output={tmp_path / 'shards'}", "image_size=16",
-                             "format=png", "min_side=8", "num_workers=0"])
+                             "format=png", "min_side=8", "num_workers=0", f"val_fraction={val_fraction}"])
     prepare(build(PrepareConfig, top_level(pc, PrepareConfig), ""), progress=False)
     train_tokenizer(tmp_path / "shards", tmp_path / "tok.model", vocab_size=40)
-    cfg = compose("train-clip", ["clip=tiny", "clip.text_vocab=40", "clip.text_len=10", "clip.image_size=16",
-                                 f"data.shards={tmp_path / 'shards'}", "data.num_workers=0",
-                                 f"tokenizer={tmp_path / 'tok.model'}", "trainer=tiny", "trainer.steps=12",
-                                 "trainer.micro_batch=16", "trainer.lr=3e-3", "trainer.warmup_steps=2",
-                                 "trainer.log_every=4", "logger=none", f"run_dir={tmp_path / 'run'}"])
-    path = train_clip(cfg)
+    return compose("train-clip", ["clip=tiny", "clip.text_vocab=40", "clip.text_len=10", "clip.image_size=16",
+                                  f"data.shards={tmp_path / 'shards'}", "data.num_workers=0",
+                                  f"tokenizer={tmp_path / 'tok.model'}", "trainer=tiny", "trainer.steps=12",
+                                  "trainer.micro_batch=16", "trainer.lr=3e-3", "trainer.warmup_steps=2",
+                                  "trainer.log_every=4", "logger=none", f"run_dir={tmp_path / 'run'}", *overrides])
+
+
+def test_train_clip_trains_and_exports_loadable_weights(tmp_path):
+    path = train_clip(clip_config(tmp_path))
     clip = load_model(path, "clip")
     assert clip.cfg.text_len == 10 and torch.isfinite(clip.logit_scale).all()
     assert load_model(tmp_path / "run", "clip").state_dict()["logit_scale"].equal(clip.state_dict()["logit_scale"])
     half = load_model(tmp_path / "run", "clip", dtype=torch.bfloat16).state_dict()  # read as bf16, not widened
     assert all(half[name].dtype == torch.bfloat16 and half[name].equal(t.bfloat16())
                for name, t in clip.state_dict().items())
+
+
+def test_zero3_validates_and_the_exported_weights_are_the_ema(tmp_path):
+    """Under ZeRO-3 the validation loss (run outside DeepSpeed's engine) read an empty logit_scale; with
+    trainer.ema the verb exported the raw weights as clip.safetensors."""
+    partitioned = "++deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0"
+    cfg = clip_config(tmp_path, "deepspeed=zero3", partitioned, "trainer.eval_every=6", "trainer.ema=0.9",
+                      "trainer.micro_batch=8", val_fraction=0.25)
+    path = train_clip(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/loss" in r for r in records)
+    exported = load_model(path, "clip").state_dict()
+    ema = load_model(tmp_path / "run", "clip", ema=True).state_dict()
+    raw = load_model(tmp_path / "run", "clip").state_dict()
+    assert all(exported[name].equal(t) for name, t in ema.items())
+    assert any(not exported[name].equal(t) for name, t in raw.items())
