@@ -107,25 +107,49 @@ def _all_fp32(state: dict) -> bool:
     return all(t.dtype == torch.float32 for t in state.values())
 
 
-def refuse_unread_masters(path: Path) -> None:
-    """An fp32 export of bf16 weights must come from the fp32 masters. At ZeRO stage 0 DeepSpeed keeps them
-    only inside the model-states file's optimizer state (FP16_UnfusedOptimizer's `fp32_groups`, by position,
-    without names), which export does not read: refused by name rather than widening the bf16 weights."""
+def stage0_masters(path: Path) -> list[list[torch.Tensor]] | None:
+    """The fp32 masters of a bf16 run at ZeRO stage 0, by optimizer group and position (None for any other
+    checkpoint). DeepSpeed's FP16_UnfusedOptimizer saves them inside the model-states file, without names."""
     module_file = path / "mp_rank_00_model_states.pt"
-    if not has_masters(path) and module_file.is_file() and "fp32_groups" in (mapped(module_file).get("optimizer") or {}):
-        raise CheckpointError(f"{path}: dtype=fp32 needs the fp32 masters of this bf16 run at ZeRO stage 0, which "
-                              "DeepSpeed keeps where export cannot name them; export dtype=bf16 (the weights it "
-                              "trained), or train at deepspeed.zero_stage>=1")
+    if has_masters(path) or not module_file.is_file():
+        return None
+    return (mapped(module_file).get("optimizer") or {}).get("fp32_groups")
 
 
-def _zero_tensors(path: Path, dtype: torch.dtype) -> Tensors:
+def refuse_unread_masters(path: Path) -> None:
+    """A pipeline's stage-0 masters are not read (their positions would have to be mapped per stage): an fp32
+    export of such a run is refused by name rather than widened from its bf16 weights."""
+    if stage0_masters(path) is not None:
+        raise CheckpointError(f"{path}: dtype=fp32 needs the fp32 masters of this bf16 pipeline at ZeRO stage 0, "
+                              "which export does not read; export dtype=bf16 (the weights it trained), or train "
+                              "at deepspeed.zero_stage>=1")
+
+
+def _named_masters(model: nn.Module, groups: list[list[torch.Tensor]], path: Path) -> dict[str, torch.Tensor]:
+    """Stage-0 masters by parameter name: the optimizer's groups are `engine.param_groups` of the model,
+    in its parameters' order, so the same call on the (meta) model names each position."""
+    from megadalle.train.engine import param_groups
+
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    names = [[name_of[id(p)] for p in group["params"]] for group in param_groups(model, 0.0)]
+    if [len(g) for g in names] != [len(g) for g in groups]:
+        raise CheckpointError(f"{path}: the optimizer's fp32 groups hold {[len(g) for g in groups]} tensors, the "
+                              f"model's parameter groups {[len(g) for g in names]}")
+    return {name: tensor for group_names, group in zip(names, groups) for name, tensor in zip(group_names, group)}
+
+
+def _zero_tensors(path: Path, dtype: torch.dtype, model: nn.Module) -> Tensors:
     module_file = path / "mp_rank_00_model_states.pt"
     module = mapped(module_file).get("module") if module_file.is_file() else None
     # ZeRO-3 saves no module weights; an fp32 export of a bf16 run needs the fp32 masters.
     need_masters = not module or (dtype == torch.float32 and not _all_fp32(module))
-    if need_masters and module:
-        refuse_unread_masters(path)
-    if need_masters and has_masters(path):
+    stage0 = stage0_masters(path) if need_masters and module else None
+    if stage0 is not None:
+        masters = _named_masters(model, stage0, path)
+        for name, tensor in streamed(module):
+            plain = name.removeprefix("model.")
+            yield plain, as_dtype(masters[plain], dtype) if plain in masters else tensor
+    elif need_masters and has_masters(path):
         yield from ((name.removeprefix("model."), t) for name, t in zero_masters(path, dtype))
     elif module:
         yield from ((name.removeprefix("model."), t) for name, t in streamed(module))
@@ -143,7 +167,7 @@ def checkpoint_tensors(task: Task, model: nn.Module, path: Path, ema: bool = Fal
     elif any(path.glob("layer_*-model_states.pt")):
         yield from _pipeline_tensors(task, model, path, dtype)
     else:
-        yield from _zero_tensors(path, dtype)
+        yield from _zero_tensors(path, dtype, model)
 
 
 def checked(model: nn.Module, tensors: Tensors, path: Path) -> Tensors:

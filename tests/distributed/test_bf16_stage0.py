@@ -3,12 +3,13 @@
 DeepSpeed 0.19.8 runs bf16 at stage 0 (with bf16 accumulation, the only kind it allows there) through its
 FP16_UnfusedOptimizer, whose constructor takes one real optimizer step with zero gradients: Adam's step
 count ran one ahead and the first update was 0.74x its size (megadalle.train.engine.undo_warmup_step).
+Its fp32 masters are saved by position inside the model-states file; the fp32 export names them.
 """
 import json
 
 import pytest
+import torch
 
-from megadalle.train.checkpoint import CheckpointError
 from megadalle.train.consolidate import export
 from megadalle.weights import load_weights
 
@@ -33,8 +34,9 @@ def test_stage0_bf16_takes_the_updates_zero1_takes(tmp_path):
     for step in (1, 2):  # the same updates, up to bf16's rounding of differently ordered sums
         assert stage0[step] == pytest.approx(zero1[step], abs=2e-3), (stage0, zero1)
 
-    # its fp32 masters sit where export cannot name them: an fp32 export is refused, not widened from bf16
-    with pytest.raises(CheckpointError, match="export dtype=bf16"):
-        export(runs[0], tmp_path / "fp32", dtype="fp32")
-    weights, _ = load_weights(export(runs[0], tmp_path / "bf16"))
-    assert weights and all(str(t.dtype) == "torch.bfloat16" for t in weights.values() if t.is_floating_point())
+    # its fp32 masters sit in the model-states file by position: the fp32 export names and reads them
+    fp32, _ = load_weights(export(runs[0], tmp_path / "fp32", dtype="fp32"))
+    bf16, _ = load_weights(export(runs[0], tmp_path / "bf16"))
+    assert fp32.keys() == bf16.keys()
+    assert all(fp32[k].dtype == torch.float32 and torch.equal(fp32[k].to(torch.bfloat16), bf16[k]) for k in fp32)
+    assert any(not torch.equal(fp32[k], bf16[k].float()) for k in fp32), "the fp32 export is the bf16 weights"
