@@ -156,6 +156,10 @@ class DeepSpeedConfig:
         check(self.zero3_sub_group_blocks >= 0, f"{where}.zero3_sub_group_blocks", self.zero3_sub_group_blocks,
               "must be >= 0 (0 keeps DeepSpeed's default)")
         check(self.timeout_minutes > 0, f"{where}.timeout_minutes", self.timeout_minutes, "must be positive")
+        stage = (self.extra.get("zero_optimization") or {}).get("stage", self.zero_stage)
+        check(stage == self.zero_stage, f"{where}.extra.zero_optimization.stage", stage,
+              f"differs from {where}.zero_stage={self.zero_stage}, which checkpoints, resume and plan read: set "
+              f"{where}.zero_stage={stage} instead")
 
 
 @dataclass

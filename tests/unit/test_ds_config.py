@@ -127,3 +127,10 @@ def test_a_pipeline_that_does_not_divide_the_processes_is_a_config_error():
 
     with pytest.raises(ConfigError, match="pipeline_stages=2 does not divide the world size 1 .* a multiple of 2"):
         build(None, TrainerConfig(), DeepSpeedConfig(pipeline_stages=2), world_size=1)
+
+
+def test_a_stage_in_extra_must_be_zero_stage():
+    assert layout("zero3", "++deepspeed.extra.zero_optimization.stage=3").zero_stage == 3
+    with pytest.raises(ConfigError, match=r"extra.zero_optimization.stage=3: differs from deepspeed.zero_stage=1.*"
+                                          r"set deepspeed.zero_stage=3 instead"):
+        layout("zero1", "++deepspeed.extra.zero_optimization.stage=3")
