@@ -46,8 +46,10 @@ def trainer_overrides(steps: int, batch: int, lr: float) -> list[str]:
     """The shared trainer settings of the demo's three training stages (CPU, no wandb, one checkpoint).
 
     ZeRO stage 0: the demo is one process, where ZeRO-1's partitions shard nothing and its gradient buckets
-    and master copies only cost time (benchmarks/RESULTS.md, "Trainer vs a plain PyTorch loop")."""
-    return ["trainer=tiny", f"trainer.steps={steps}", f"trainer.micro_batch={batch}", f"trainer.lr={lr}",
+    and master copies only cost time (benchmarks/RESULTS.md, "Trainer vs a plain PyTorch loop"). fp32 on any
+    machine: on a GPU `precision=auto` means bf16, which stage 0 refuses with fp32 accumulation, so the demo
+    stopped at its first training stage wherever CUDA was present (and fp32 keeps a seed's demo the same)."""
+    return ["trainer=tiny", "trainer.precision=fp32", f"trainer.steps={steps}", f"trainer.micro_batch={batch}", f"trainer.lr={lr}",
             f"trainer.min_lr={lr / 10}", f"trainer.warmup_steps={max(1, steps // 20)}", "trainer.ema=null",
             f"trainer.log_every={max(1, steps // 5)}", "trainer.checkpoint_every=0", "trainer.keep_checkpoints=1",
             "logger=none", "deepspeed=zero1", "deepspeed.zero_stage=0", "resume=never", "data.num_workers=1"]
