@@ -22,10 +22,25 @@ def candidate_layouts(cfg: TransformerConfig, plan: PlanConfig):
                     yield Layout(pp, dp, zero, mb, ckpt, plan.global_batch // (dp * mb))
 
 
+def largest_pipeline(cfg: TransformerConfig, plan: PlanConfig) -> int:
+    """The most pipeline stages `plan.gpus` allows: the fewest data-parallel ranks the global batch must feed."""
+    return max(p for p in range(1, plan.gpus + 1) if plan.gpus % p == 0 and p <= cfg.n_layers)
+
+
 def suggest(cfg: TransformerConfig, plan: PlanConfig, counts: Counts, settings: Settings) -> Layout:
     """The fastest layout that fits with the headroom kept; ties go to less sharding (less communication)."""
-    fits = [lay for lay in candidate_layouts(cfg, plan)
-            if memory_per_rank(cfg, counts, lay, settings).total <= budget(plan)]
+    layouts = list(candidate_layouts(cfg, plan))
+    if not layouts:
+        raise PlanError(
+            f"no layout of {plan.gpus} GPUs splits global_batch={plan.global_batch}: the data-parallel ranks (GPUs "
+            f"/ pipeline stages, at most n_layers={cfg.n_layers} stages) times a micro-batch of 1 to 16 must divide "
+            f"it; make global_batch a multiple of {plan.gpus // largest_pipeline(cfg, plan)}, or use another number "
+            f"of GPUs")
+    if settings.runtime >= budget(plan):
+        raise PlanError(f"runtime_gb={settings.runtime / GB:g} (the CUDA context and NCCL) leaves nothing of the "
+                        f"{budget(plan) / GB:.1f} GB usable per GPU ({plan.gpu_mem_gb:g} GB, {plan.headroom:.0%} "
+                        f"headroom)")
+    fits = [lay for lay in layouts if memory_per_rank(cfg, counts, lay, settings).total <= budget(plan)]
     if not fits:
         floor = 16 * counts.total / plan.gpus / GB
         raise PlanError(

@@ -321,6 +321,12 @@ def test_impossible_request_is_refused_with_a_reason(capsys):
     assert main(["plan", "model=12b", "gpus=2", "gpu_mem_gb=16"]) == 1
     out = capsys.readouterr().out
     assert "impossible" in out and "do not fit on 2 x 16 GB" in out
+    assert main(["plan", "model=12b", "gpus=1000"]) == 1  # fits by memory; the batch of 1024 does not split
+    assert "no layout of 1000 GPUs splits global_batch=1024" in capsys.readouterr().out
+    assert main(["plan", "model=12b", "gpus=1000", "global_batch=1000"]) == 0
+    capsys.readouterr()
+    assert main(["plan", "model=tiny", "gpus=8", "runtime_gb=100"]) == 1
+    assert "runtime_gb=100 (the CUDA context and NCCL) leaves nothing" in capsys.readouterr().out
 
 
 def test_bad_plan_value_is_named(capsys):
