@@ -122,6 +122,10 @@ def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decod
                 if sample.key in seen:
                     skip(sample.key, "duplicate_key", "the key appears twice in this shard (members not adjacent?)")
                     continue
+                if sample.repeated:
+                    skip(sample.key, "duplicate_key", f"samples with this key follow each other ({sample.repeated[0]!r} "
+                                                      "appears twice); neither can be told from the other")
+                    continue
                 seen.add(sample.key)
                 reason, detail, size = check_sample(sample, require, require_media, decode)
                 if reason:

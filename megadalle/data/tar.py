@@ -26,6 +26,9 @@ class TarSample:
     """Every field the sample carries, in member order."""
     data: dict[str, bytes] = field(default_factory=dict)
     """Raw bytes of the wanted fields present."""
+    repeated: list[str] = field(default_factory=list)
+    """Fields met twice in the run: two samples of one key back to back, merged into one here (the later
+    bytes would silently replace the earlier sample's), which readers must not take as one sample."""
 
 
 def _member_end(info: tarfile.TarInfo) -> int:
@@ -48,6 +51,8 @@ def walk(stream: bytes | BinaryIO, wanted: set[str] | None = None, read: bool = 
                 if current is not None:
                     yield current
                 current = TarSample(key, info.offset, _member_end(info))
+            if name in current.names:
+                current.repeated.append(name)
             current.names.append(name)
             current.end = _member_end(info)
             if read and (wanted is None or name in wanted):

@@ -67,6 +67,17 @@ def test_index_skips_and_counts_bad_samples_and_readers_never_see_them(tarwriter
     assert not (tmp_path / "pwned").exists()  # the pickle member was never decoded
 
 
+def test_two_samples_of_one_key_back_to_back_are_counted_not_merged(tmp_path):
+    root = tmp_path / "dup"
+    root.mkdir()
+    with wds.TarWriter(str(root / "part-0.tar")) as sink:
+        for key, n in (("a", 1), ("b", 2), ("b", 3), ("c", 4)):
+            sink.write({"__key__": key, "jpg": jpeg_bytes((24, 24), n), "txt": f"caption {n}"})
+    summary = index_directory(root, ["txt"], require_media=True)
+    assert summary.kept == 2 and summary.skipped == {"duplicate_key": 1}
+    assert [s["__key__"] for s in iter_samples(root, ["txt"])] == ["a", "c"]
+
+
 def test_a_loader_indexes_such_a_directory_on_first_use(tarwriter_shards, capsys):
     loader = image_loader(tarwriter_shards, global_batch=11, image_size=16, shuffle=False, epochs=1)
     assert "indexing them now" in capsys.readouterr().err
