@@ -107,9 +107,10 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     """The files behind a sampling verb's keys. A path given is taken as given. A model folder's pieces are the
     ones its bundle.json names and no others: a folder exported without CLIP has none, whatever file lies
     beside the folder (that one belongs to another model). Weights or a run directory find theirs by the
-    default names beside them (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing,
-    it is refused with `without_clip`, the key that does without it."""
-    from megadalle.sampling.load import ModelNotFound, beside
+    default names beside them (`sampling.load.beside`), and a Transformer run directory, failing that, where its
+    run.json records them (`RECORDED_PIECES`, as export reads them). The CLIP is looked for only when
+    `want_clip`; missing, it is refused with `without_clip`, the key that does without it."""
+    from megadalle.sampling.load import ModelNotFound, beside, is_run
     from megadalle.sampling.rerank import OPEN_CLIP
 
     weights = Path(weights)
@@ -117,12 +118,21 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     if manifest is not None and clip_model == "megadalle":  # the key's default: the folder's own reranker wins
         clip_model = manifest.get("clip_model", "megadalle")
 
+    recorded = RECORDED_PIECES if is_run(weights) else {}
+
     def piece(given: str | None, key: str, name: str) -> Path | None:
         if given:
             return Path(given)
         if manifest is not None:
             return weights / manifest[key] if manifest.get(key) else None
-        return beside(weights, None, name)
+        try:
+            return beside(weights, None, name)
+        except ModelNotFound:
+            # a training run's own record names what it trained with, as export reads it
+            path = _lookup(_run_config(weights), recorded[key]) if key in recorded else None
+            if path and Path(path).exists():
+                return Path(path)
+            raise
 
     clip_path = None
     if want_clip and (clip or manifest is not None or not clip_model.startswith(OPEN_CLIP)):
@@ -141,6 +151,16 @@ def _run_config(run_dir: Path) -> dict:
     if not record.is_file():
         raise BundleError(f"run={run_dir}: not a training run directory (no run.json)")
     return json.loads(record.read_text()).get("config", {})
+
+
+RECORDED_PIECES = {"tokenizer": "data.tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}
+"""Where a Transformer run's config records the tokenizer, dVAE and CLIP it trained with (or drew grids with)."""
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def _pick(given: str | None, recorded: Any, key: str, required: bool) -> Path | None:
@@ -186,9 +206,9 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     run, output = Path(run), Path(output)
     config = _run_config(run)
     model_config(run, "transformer")  # a model folder is a Transformer's: refuse a dVAE or CLIP run by name
-    files = {"tokenizer": _pick(tokenizer, config.get("data", {}).get("tokenizer"), "tokenizer", True),
-             "dvae": _pick(dvae_weights, config.get("dvae_weights"), "dvae_weights", True),
-             "clip": _pick(clip_weights, config.get("clip_weights"), "clip_weights", False)}
+    files = {"tokenizer": _pick(tokenizer, _lookup(config, RECORDED_PIECES["tokenizer"]), "tokenizer", True),
+             "dvae": _pick(dvae_weights, _lookup(config, RECORDED_PIECES["dvae"]), "dvae_weights", True),
+             "clip": _pick(clip_weights, _lookup(config, RECORDED_PIECES["clip"]), "clip_weights", False)}
     own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
     check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"])
     created = not output.exists()

@@ -46,6 +46,13 @@ def test_export_a_folder_load_it_and_generate_from_it(trained, tmp_path):
     assert (out / "grid.png").is_file() and len(report["all_scores"]) == 3
 
 
+def test_generate_from_a_run_directory_finds_the_tokenizer_its_run_recorded(trained, tmp_path):
+    run, tok, dvae, _ = trained
+    assert not (run / "tokenizer.model").exists() and not (run.parent / "tokenizer.model").exists()
+    assert main(["generate", f"weights={run}", f"dvae_weights={dvae}", "prompt=red cat", "n=2", "rerank=false",
+                 f"output={tmp_path / 'out'}"]) == 0  # data.tokenizer of its run.json
+
+
 def test_ema_of_exported_weights_is_refused_by_name(trained, tmp_path, capsys):
     run, _, dvae, clip = trained
     folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
