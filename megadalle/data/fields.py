@@ -29,12 +29,14 @@ def extension(field: str) -> str:
 
 
 def split_member(name: str) -> tuple[str, str]:
-    """`dir/abc.codes.npy` -> (`dir/abc`, `codes.npy`), webdataset's key/field rule."""
+    """`dir/abc.codes.npy` -> (`dir/abc`, `codes.npy`), webdataset's key/field rule; the field in lower case,
+    so a tar of a camera's `IMG_1.JPG` + `IMG_1.TXT` holds the jpg and txt every reader asks for (it was
+    skipped whole as no_media). Keys keep their case."""
     slash = name.rfind("/") + 1
     dot = name.find(".", slash)
     if dot < 0:
         return name, ""
-    return name[:dot], name[dot + 1:]
+    return name[:dot], name[dot + 1:].lower()
 
 
 def decode_image(data: bytes):

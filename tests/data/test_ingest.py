@@ -78,6 +78,17 @@ def test_two_samples_of_one_key_back_to_back_are_counted_not_merged(tmp_path):
     assert [s["__key__"] for s in iter_samples(root, ["txt"])] == ["a", "c"]
 
 
+def test_upper_case_extensions_are_the_fields_readers_ask_for(tmp_path):
+    root = tmp_path / "upper"
+    root.mkdir()
+    with wds.TarWriter(str(root / "part-0.tar")) as sink:
+        sink.write({"__key__": "IMG_1", "JPG": jpeg_bytes((24, 24), 1), "TXT": "a camera's caption"})
+    summary = index_directory(root, ["txt"], require_media=True)
+    assert summary.kept == 1 and summary.skipped == {}
+    assert [(s["__key__"], s["txt"]) for s in iter_samples(root, ["txt"])] == [("IMG_1", "a camera's caption")]
+    assert next(iter(image_loader(root, 1, 16, shuffle=False, epochs=1, num_workers=0)))["image"].shape == (1, 3, 16, 16)
+
+
 def test_a_loader_indexes_such_a_directory_on_first_use(tarwriter_shards, capsys):
     loader = image_loader(tarwriter_shards, global_batch=11, image_size=16, shuffle=False, epochs=1)
     assert "indexing them now" in capsys.readouterr().err
