@@ -90,6 +90,9 @@ def check_train(cfg: DictConfig) -> None:
     from megadalle.config.model import TransformerConfig
 
     model = build(TransformerConfig, cfg.model, "model")
+    fits(model.attention_backend != "triton" or triton_runs_here(),
+         "model.attention_backend=triton: this machine has no CUDA GPU, and Triton runs on the CPU only in its "
+         "interpreter (TRITON_INTERPRET=1, for tests); use model.attention_backend=auto")
     if cfg.data.get("source", "shards") == "synthetic":
         return  # random tokens at the model's shapes: no shards, no tokenizer to check
     fits(bool(cfg.data.tokenizer), "data.tokenizer=null: `train` needs the sentencepiece model of its captions")
@@ -106,6 +109,24 @@ def check_train(cfg: DictConfig) -> None:
     vocab = tokenizer_vocab("data.tokenizer", cfg.data.tokenizer)
     fits(vocab <= model.text_vocab, f"model.text_vocab={model.text_vocab}: the tokenizer {cfg.data.tokenizer} has "
                                     f"{vocab} pieces (set model.text_vocab={vocab} or more)")
+    fits_pad("model", model.text_pad_id)
+
+
+def fits_pad(group: str, pad_id: int) -> None:
+    """The tokenizer pads captions with its own pad id; a model that takes another id for padding would score
+    the real pads as text and embed them as a word (and treat that id, e.g. the end of a caption, as a pad)."""
+    from megadalle.data.tokenizer import PAD_ID
+
+    fits(pad_id == PAD_ID, f"{group}.text_pad_id={pad_id}: megadalle's tokenizer pads with id {PAD_ID} "
+                           f"(set {group}.text_pad_id={PAD_ID})")
+
+
+def triton_runs_here() -> bool:
+    import os
+
+    import torch
+
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _image_size(index, cfg: DictConfig, key: str, wanted: int) -> None:
@@ -146,6 +167,7 @@ def check_train_clip(cfg: DictConfig) -> None:
     vocab = tokenizer_vocab("tokenizer", cfg.tokenizer)
     fits(vocab <= clip.text_vocab, f"clip.text_vocab={clip.text_vocab}: the tokenizer {cfg.tokenizer} has "
                                    f"{vocab} pieces (set clip.text_vocab={vocab} or more)")
+    fits_pad("clip", clip.text_pad_id)
 
 
 RUN_TASKS = {"train": "transformer", "train-dvae": "dvae", "train-clip": "clip"}

@@ -83,6 +83,12 @@ class TransformerConfig:
         check(self.vocab_chunk >= 0, f"{where}.vocab_chunk", self.vocab_chunk, "must be 0 (whole tables) or positive")
         check(self.attention_backend in ATTENTION_BACKENDS, f"{where}.attention_backend",
               self.attention_backend, f"expected one of {ATTENTION_BACKENDS}")
+        check(self.text_vocab >= 2, f"{where}.text_vocab", self.text_vocab, "needs a word besides the pad")
+        if self.attention_backend == "triton":  # `auto` falls back to the reference path for other sizes
+            from megadalle.kernels import HEAD_DIMS
+
+            check(self.head_dim in HEAD_DIMS, f"{where}.head_dim", self.head_dim,
+                  f"attention_backend=triton serves head_dim in {HEAD_DIMS} (auto takes the reference path for others)")
 
 
 SCHEMAS = {"model": TransformerConfig}

@@ -189,6 +189,14 @@ class Transformer(nn.Module):
     def loss(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return segment_loss(self.cfg, *self(text, image), text, image)
 
+    def use_attention_backend(self, backend: str) -> None:
+        """Run every layer's attention through `backend` from now on. Which backend runs is the machine's choice,
+        not the weights': a model trained with `triton` on GPUs is sampled on a CPU with `auto`."""
+        self.cfg.attention_backend = backend
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.backend = backend
+
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward, no recompute), for MFU."""
         return transformer_flops_per_token(self.cfg)

@@ -53,11 +53,14 @@ def load_model(path: str | Path, kind: str, ema: bool = False, dtype: torch.dtyp
         from megadalle.train.consolidate import load_run
 
         model_config(path, kind)  # the kind, checked before the weights are read
-        return load_run(path, ema=ema, dtype=dtype)[0].to(device)
-    state, config = load_weights(path, kind, device, dtype)
-    with torch.device("meta"):
-        model = model_cls(build(config_cls, config, kind))
-    model.load_state_dict(state, strict=True, assign=True)
+        model = load_run(path, ema=ema, dtype=dtype)[0].to(device)
+    else:
+        state, config = load_weights(path, kind, device, dtype)
+        with torch.device("meta"):
+            model = model_cls(build(config_cls, config, kind))
+        model.load_state_dict(state, strict=True, assign=True)
+    if kind == "transformer":  # trained with attention_backend=triton on GPUs, it still samples on a CPU
+        model.use_attention_backend("auto")
     return model.eval()
 
 

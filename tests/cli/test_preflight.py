@@ -52,6 +52,7 @@ def test_missing_paths_are_named(capsys, token_shards, tmp_path):
     ("model.grid_size=4", "model.grid_size=4: the token shards"),
     ("model.image_vocab=64", "model.image_vocab=64: the token shards"),
     ("model.text_vocab=20", "model.text_vocab=20: the tokenizer"),
+    ("model.text_pad_id=3", "model.text_pad_id=3: megadalle's tokenizer pads with id 0"),
 ])
 def test_token_shards_and_tokenizer_must_fit_the_model(capsys, token_shards, override, expected):
     shards, tok = token_shards
@@ -156,3 +157,11 @@ def test_encode_takes_a_dvae_run_directory(capsys, image_shards, tmp_path):
     (run / "dvae.safetensors").unlink()
     fails(capsys, ["encode", f"dvae_weights={run}", *args],
           f"dvae_weights={run}: a run directory without dvae.safetensors")
+
+
+def test_the_triton_backend_without_a_gpu_or_its_interpreter_is_refused(capsys, monkeypatch, token_shards):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    shards, tok = token_shards
+    fails(capsys, ["train", *TINY, f"data.shards={shards}", f"data.tokenizer={tok}", "model.attention_backend=triton"],
+          "model.attention_backend=triton: this machine has no CUDA GPU")

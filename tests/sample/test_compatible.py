@@ -1,5 +1,6 @@
 """Models that were not trained together are refused by name before any weights are read (`generate` here;
 `evaluate` and `export` to a model folder in tests/imports/test_bundle.py, beside their trained run)."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from megadalle.config import build
 from megadalle.config.dvae import DVAEConfig
 from megadalle.models.dvae import DVAE
 from megadalle.sampling.compatible import IncompatibleModels, check_compatible
-from megadalle.sampling.load import model_config
+from megadalle.sampling.load import load_model, model_config
 from megadalle.weights import WeightsError, load_weights, save_weights
 from tests.sample.test_generate import write_tiny_models
 
@@ -42,6 +43,20 @@ def test_each_disagreement_is_named_with_both_values(models):
     with pytest.raises(IncompatibleModels, match=r"the CLIP \(c\) reads 64"):
         check_compatible(model, dvae_config(), clip, 65, {"clip": "c"})
     check_compatible(model, dvae_config(vocab_size=32), clip, 40)  # a larger codebook decodes every code drawn
+    with pytest.raises(IncompatibleModels, match="the Transformer pads captions with id 3, the tokenizer with 0"):
+        check_compatible(dataclasses.replace(model, text_pad_id=3), dvae_config(), clip, 40)
+
+
+def test_a_model_trained_on_the_triton_backend_samples_anywhere(tmp_path):
+    from megadalle.config.model import TransformerConfig
+    from megadalle.models.transformer import Transformer
+
+    cfg = TransformerConfig(text_len=8, text_vocab=64, grid_size=4, image_vocab=16, n_layers=2, n_heads=1,
+                            head_dim=16, d_model=16, conv_kernel=3, attention_pattern=["row", "column"],
+                            attention_backend="triton")
+    path = save_weights(tmp_path / "tri.safetensors", Transformer(cfg).state_dict(), "transformer", cfg)
+    loaded = load_model(path, "transformer")
+    assert all(block.attn.backend == "auto" for block in loaded.blocks) and loaded.cfg.attention_backend == "auto"
 
 
 def test_generate_refuses_a_dvae_of_another_grid_before_sampling(models, capsys):

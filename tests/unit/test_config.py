@@ -32,10 +32,13 @@ def test_every_model_size_validates(size):
     ("model.attention_pattern=[row,row,row,row,column]", "is longer than n_layers=4"),
     ("model.attention_backend=cuda", "model.attention_backend='cuda': expected one of"),
     ("model.text_pad_id=512", "model.text_pad_id=512: must be a token id below text_vocab=512"),
+    ("model.text_vocab=1", "model.text_vocab=1: needs a word besides the pad"),
+    ("model.attention_backend=triton model.n_heads=16 model.head_dim=8",
+     "model.head_dim=8: attention_backend=triton serves head_dim in (16, 32, 64, 128)"),
 ])
 def test_bad_values_name_key_and_value(override, message):
     with pytest.raises(ConfigError) as err:
-        model_config(override)
+        model_config(*override.split())
     assert message in str(err.value)
 
 
