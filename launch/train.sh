@@ -19,6 +19,11 @@
 # MASTER_PORT (default 29500), MASTER_ADDR (default: DeepSpeed asks the first host over ssh),
 # SSH_PORT (sshd's port on the nodes, e.g. 2222 in the Docker image), DS_LAUNCHER_ARGS (more
 # `deepspeed` options, e.g. --no_ssh_check). On CPU (tests) export DS_ACCELERATOR=cpu and set NUM_GPUS.
+#
+# Signals: TERM or INT to this script stop the run after a checkpoint, USR1 too (single node). On one node
+# DeepSpeed's runner forwards no signal and, killed, leaves its ranks training as orphans; so this script
+# runs it in the background and passes TERM/INT to its launcher (which stops the ranks: they checkpoint
+# first) and USR1 to the ranks themselves. With a HOSTFILE the runner forwards TERM/INT over pdsh itself.
 set -euo pipefail
 
 args=(--no_local_rank --master_port "${MASTER_PORT:-29500}")
@@ -31,4 +36,31 @@ fi
 [ -z "${SSH_PORT:-}" ] || args+=(--ssh_port "$SSH_PORT")
 # shellcheck disable=SC2206  # DS_LAUNCHER_ARGS is a list of options
 [ -z "${DS_LAUNCHER_ARGS:-}" ] || args+=($DS_LAUNCHER_ARGS)
-exec deepspeed "${args[@]}" --module megadalle train "$@"
+deepspeed "${args[@]}" --module megadalle train "$@" &
+runner=$!
+
+forward() {
+    if [ -n "${HOSTFILE:-}" ]; then
+        kill -"$1" "$runner" 2>/dev/null || true
+        return
+    fi
+    local launcher
+    for launcher in $(pgrep -P "$runner"); do
+        if [ "$1" = USR1 ]; then
+            pkill -USR1 -P "$launcher" || true
+        else
+            kill -"$1" "$launcher" 2>/dev/null || true
+        fi
+    done
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+trap 'forward USR1' USR1
+
+set +e  # a trapped signal interrupts `wait`: keep waiting until the runner has really finished (the checkpoint)
+status=0
+while kill -0 "$runner" 2>/dev/null; do
+    wait "$runner"
+    status=$?
+done
+exit "$status"

@@ -185,4 +185,7 @@ def run(cfg: DictConfig) -> int:
         if index is not None:
             print(f"[encode] {index.total} samples in {len(index.shards)} shards -> {index.root} "
                   f"({model.cfg.grid_size}x{model.cfg.grid_size} codes)", file=sys.stderr)
+        else:  # a split encode: the rank that completes the set writes index.json; until then it is unfinished
+            print(f"[encode] rank {rank} of {world}: its shards of {source} are done; {target}/index.json comes "
+                  "when every rank's are (a rank that stopped is rerun with the same command)", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,12 @@ def publish(tmp: str | Path, path: str | Path) -> Path:
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
+    """`data` as `path`. The temporary name is this writer's own: processes that publish the same file at once
+    (the ranks of a split `encode` each writing the finished index) each rename a whole file, and the last wins;
+    with one shared temporary name one renamed it from under another, which then failed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_bytes(data)
     return publish(tmp, path)
 

@@ -222,3 +222,27 @@ def test_combine_rank_directories(tmp_path):
     assert ShardIndex.load(tmp_path).meta == {"grid": 4} and verify(tmp_path) == []
     with pytest.raises(ValueError):
         combine(tmp_path / "part-0", [tmp_path / "part-1"])
+
+
+def _publish_many(path, writer):
+    from megadalle.data import atomic
+
+    for i in range(300):
+        atomic.write_json(path, {"writer": writer, "i": i})
+
+
+def test_processes_publishing_one_file_at_once_never_fail(tmp_path):
+    """The ranks of a split encode each write the finished index.json: with one shared temporary name one
+    process renamed it from under another, which failed with FileNotFoundError."""
+    import json
+    import multiprocessing
+
+    path = tmp_path / "index.json"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_publish_many, args=(path, w)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert json.loads(path.read_text())["i"] == 299 and not list(tmp_path.glob(".*.tmp"))

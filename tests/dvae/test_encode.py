@@ -90,6 +90,14 @@ def test_two_processes_split_the_shards_and_the_last_one_writes_the_index(tmp_pa
     assert index.total == 40 and (tmp_path / "index.json").is_file()
 
 
+def test_a_rank_done_before_the_others_says_the_index_is_still_to_come(tmp_path, image_shards, weights, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["encode", f"dvae_weights={weights}", f"input={image_shards}", f"output={tmp_path / 'out'}"]) == 0
+    assert "rank 0 of 2: its shards of" in capsys.readouterr().err and not (tmp_path / "out" / "index.json").exists()
+
+
 def _shard_bytes(root):
     return {p.name: p.read_bytes() for p in sorted(root.glob("shard-*.tar"))}
 
