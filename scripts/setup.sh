@@ -22,6 +22,15 @@ CONSTRAINTS="$ROOT/constraints/cpu.txt"
 say() { echo "[setup] $*"; }
 die() { echo "[setup] error: $*" >&2; exit 1; }
 
+# The argument is checked before anything is created or downloaded: pip would otherwise take `--help` or a
+# mistyped extra as part of the requirement, after torch had been installed.
+case "$EXTRAS" in -h|--help) sed -n '2,12p' "$0" | cut -c3-; exit 0 ;; esac
+[ $# -le 1 ] || die "one argument, the extras separated by commas (e.g. dev,slurm); got $#: $*"
+offered="$(grep -o '^        "[a-z_]*":' "$ROOT/setup.py" | tr -d ' ":' | paste -sd, -)"
+for extra in ${EXTRAS//,/ }; do
+    case ",$offered," in *",$extra,"*) ;; *) die "unknown extra '$extra'; setup.py offers $offered" ;; esac
+done
+
 device="${MEGADALLE_TORCH:-}"
 if [ -z "$device" ]; then
     if nvidia-smi -L >/dev/null 2>&1; then device=gpu; else device=cpu; fi

@@ -8,6 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,3 +43,22 @@ def test_setup_refuses_an_unknown_torch_kind_before_creating_anything(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == "[setup] error: MEGADALLE_TORCH=rocm: expected cpu or gpu"
     assert not venv.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nosuch"], "[setup] error: unknown extra 'nosuch'; setup.py offers dev,slurm,open_clip,eval"),
+    (["dev,slurn"], "[setup] error: unknown extra 'slurn'; setup.py offers dev,slurm,open_clip,eval"),
+    (["dev", "slurm"], "[setup] error: one argument, the extras separated by commas (e.g. dev,slurm); got 2: dev slurm"),
+])
+def test_setup_refuses_bad_arguments_before_creating_anything(tmp_path, args, message):
+    venv = tmp_path / "venv"
+    done = subprocess.run([str(ROOT / "scripts" / "setup.sh"), *args], capture_output=True, text=True,
+                          env=dict(os.environ, VENV=str(venv)))
+    assert (done.returncode, done.stderr.strip()) == (1, message) and not venv.exists()
+
+
+def test_setup_help_prints_its_usage_and_installs_nothing(tmp_path):
+    venv = tmp_path / "venv"
+    done = subprocess.run([str(ROOT / "scripts" / "setup.sh"), "--help"], capture_output=True, text=True,
+                          env=dict(os.environ, VENV=str(venv)))
+    assert done.returncode == 0 and done.stdout.startswith("Set megadalle up in a virtual environment") and not venv.exists()
