@@ -139,3 +139,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines += [f"| {r['task']} | {r['micro_batch']} | {r['zero_stage']} | {r['threads']} | "
               f"{r['trainer_samples_per_s']:.1f} | {r['plain_samples_per_s']:.1f} | {r['ratio']:.2f}x |" for r in rows]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit("compare_plain.py is the library of `python benchmarks/train_step.py --compare-plain`; run that")

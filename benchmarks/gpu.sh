@@ -21,6 +21,7 @@ mode=gpu
 out=benchmarks/gpu-$(date -u +%Y%m%dT%H%M%SZ)
 while [ $# -gt 0 ]; do
     case "$1" in
+        -h|--help) sed -n '2,/^set /p' "$0" | sed '$d' | cut -c3-; exit 0 ;;
         --cpu-check) mode=cpu ;;
         --out) out="$2"; shift ;;
         --limits) IFS=, read -r -a custom_limits <<< "$2"; shift ;;

@@ -83,6 +83,10 @@ def main(folder: Path) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python benchmarks/gpu_report.py DIR")
+    usage = "usage: python benchmarks/gpu_report.py DIR   (a folder benchmarks/gpu.sh wrote: its table again)"
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(usage)
+        sys.exit(0)
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit(usage if len(sys.argv) != 2 else f"gpu_report.py: {sys.argv[1]} is not a folder gpu.sh wrote")
     sys.exit(main(Path(sys.argv[1])))

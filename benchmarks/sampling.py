@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,7 +45,8 @@ def model_for(args) -> Transformer:
     heads = args.width // 64
     cfg = TransformerConfig(text_len=args.text_len, text_vocab=16384, grid_size=args.grid, image_vocab=8192,
                             n_layers=args.layers, n_heads=heads, head_dim=64, d_model=args.width)
-    return Transformer(cfg).eval()
+    # the paper's repeating pattern, cut to the layers there are (--layers 1-3 asked for a 4-entry pattern)
+    return Transformer(replace(cfg, attention_pattern=cfg.attention_pattern[: args.layers])).eval()
 
 
 def cached_tokens_per_s(model: Transformer, text: torch.Tensor, repeats: int, sparse: bool,

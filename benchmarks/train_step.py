@@ -43,6 +43,16 @@ from megadalle.train.transformer import TransformerTask
 H100_BF16_TFLOPS = 989.0
 
 
+def at_least(low: int):
+    """An argparse type: an integer >= `low` (0 steps divided by zero, a micro-batch of 0 failed in DeepSpeed)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    return parse
+
+
 def matmul_tflops(dtype: torch.dtype, device: str, n: int = 2048, repeat: int = 5) -> float:
     """Achieved dense matmul TFLOP/s of this device: the practical ceiling on a CPU."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -92,9 +102,9 @@ def measure(model_name: str, micro_batch: int, steps: int, warmup: int, checkpoi
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="conf/model/<name>.yaml (tiny, small, 1b, 12b)")
-    parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="timed updates")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed updates first")
+    parser.add_argument("--micro-batch", type=at_least(1), default=8)
+    parser.add_argument("--steps", type=at_least(1), default=10, help="timed updates")
+    parser.add_argument("--warmup", type=at_least(0), default=3, help="untimed updates first")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="MFU denominator; default 989 on CUDA, the measured matmul rate on CPU")

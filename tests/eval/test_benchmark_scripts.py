@@ -46,3 +46,30 @@ def test_demo_dvae_benchmark(tmp_path):
     assert row["variant"] == "toy" and row["images"] == 48 and row["cpu_seconds"] > 0
     assert 0 <= row["reconstructions_kept"] <= 1 and 0 < row["codes_in_use"] <= 1
     assert json.loads((tmp_path / "runs" / "toy" / "dvae.json").read_text())["config"]["decoder_min_width"] == 128
+
+
+def test_help_and_bad_arguments_are_answered_not_tracebacks(tmp_path):
+    """Each answer a user meets before a benchmark runs: usage for --help, one line for a bad argument."""
+    import subprocess
+    import sys
+
+    from tests.benchmark_run import BENCHMARKS
+
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=120)
+
+    assert run("bash", str(BENCHMARKS / "gpu.sh"), "--help").stdout.startswith("Every GPU benchmark in one")
+    done = run(sys.executable, str(BENCHMARKS / "gpu_report.py"), "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage:")
+    done = run(sys.executable, str(BENCHMARKS / "gpu_report.py"), str(tmp_path / "nope"))
+    assert done.returncode == 1 and "is not a folder gpu.sh wrote" in done.stderr and "Traceback" not in done.stderr
+    done = run(sys.executable, str(BENCHMARKS / "compare_plain.py"))
+    assert done.returncode == 1 and "train_step.py --compare-plain" in done.stderr
+    done = run(sys.executable, str(BENCHMARKS / "train_step.py"), "--steps", "0")
+    assert done.returncode == 2 and "argument --steps: 0 is below 1" in done.stderr
+
+
+def test_sampling_benchmark_with_fewer_layers_than_the_pattern(tmp_path):
+    _, report = run_benchmark("sampling.py", "--layers", "2", "--width", "64", "--text-len", "4", "--grid", "2",
+                              "--batch", "1", "--threads", "1", "--naive-tokens", "1", out=tmp_path / "s.json")
+    assert report["model"] and all(row["sparse_tok_s"] > 0 for row in report["rows"])
