@@ -68,6 +68,16 @@ def token_shards(key: str, value):
     return index
 
 
+def first_codes_side(shards) -> int | None:
+    """The code grid's side in the first sample of token shards that do not record it (one sample read)."""
+    from itertools import islice
+
+    from megadalle.data.reader import iter_samples
+
+    codes = [s[CODES_FIELD] for s in islice(iter_samples(shards, [CODES_FIELD]), 1)]
+    return int(codes[0].shape[0]) if codes and codes[0].ndim == 2 else None
+
+
 def tokenizer_vocab(key: str, value) -> int:
     """Vocabulary size of the sentencepiece model at `value`."""
     from megadalle.data.tokenizer import Tokenizer
@@ -97,7 +107,10 @@ def check_train(cfg: DictConfig) -> None:
         return  # random tokens at the model's shapes: no shards, no tokenizer to check
     fits(bool(cfg.data.tokenizer), "data.tokenizer=null: `train` needs the sentencepiece model of its captions")
     index = token_shards("data.shards", cfg.data.shards)
-    meta = index.meta
+    meta = dict(index.meta)
+    side = first_codes_side(cfg.data.shards) if "grid_size" not in meta else None
+    if side is not None:  # token shards written elsewhere record no grid: their first sample shows it
+        meta["grid_size"] = side
     if "grid_size" in meta:
         fits(int(meta["grid_size"]) == model.grid_size,
              f"model.grid_size={model.grid_size}: the token shards {cfg.data.shards} hold {meta['grid_size']}x"

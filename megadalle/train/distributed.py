@@ -118,7 +118,10 @@ def shutdown() -> None:
     thread still reads them, and the peer dies with std::terminate (SIGABRT) after finishing.
     """
     if torch.distributed.is_initialized():
-        barrier()
+        try:
+            barrier()
+        except Exception:  # a peer is gone (it crashed, or was killed): its error was reported; close anyway
+            pass
         torch.distributed.destroy_process_group()
 
 

@@ -165,3 +165,19 @@ def test_the_triton_backend_without_a_gpu_or_its_interpreter_is_refused(capsys, 
     shards, tok = token_shards
     fails(capsys, ["train", *TINY, f"data.shards={shards}", f"data.tokenizer={tok}", "model.attention_backend=triton"],
           "model.attention_backend=triton: this machine has no CUDA GPU")
+
+
+def test_token_shards_that_record_no_grid_are_checked_by_their_first_sample(capsys, token_shards, tmp_path):
+    """Token shards written elsewhere (no encode meta) with another grid failed only inside the model."""
+    import shutil
+
+    from megadalle.data.index import ShardIndex
+
+    shards, tok = token_shards
+    bare = tmp_path / "bare"
+    shutil.copytree(shards, bare)
+    index = ShardIndex.load(bare)
+    index.meta.clear()
+    index.save()
+    fails(capsys, ["train", *TINY, f"data.shards={bare}", f"data.tokenizer={tok}", "model.grid_size=4"],
+          f"model.grid_size=4: the token shards {bare} hold 8x8 code grids")

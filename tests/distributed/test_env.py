@@ -48,3 +48,19 @@ def test_without_scontrol_the_error_names_the_nodelist(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(UserError, match=r"SLURM_JOB_NODELIST=gpu\[01-02\]: `scontrol` is not on PATH"):
         slurm_hostnames("gpu[01-02]")
+
+
+def test_exit_closes_the_process_group_even_when_a_peer_is_gone(monkeypatch):
+    """A rank whose peer was killed printed a second traceback from the exit barrier, and left its group open."""
+    from megadalle.train import distributed
+
+    closed = []
+
+    def barrier():
+        raise RuntimeError("Connection closed by peer")
+
+    monkeypatch.setattr(distributed.torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed, "barrier", barrier)
+    monkeypatch.setattr(distributed.torch.distributed, "destroy_process_group", lambda: closed.append(True))
+    distributed.shutdown()
+    assert closed == [True]
