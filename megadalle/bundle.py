@@ -77,18 +77,6 @@ def transformer_path(weights: str | Path) -> Path:
     return Path(weights) / TRANSFORMER if is_bundle(weights) else Path(weights)
 
 
-def check_ema(weights: str | Path, ema: bool) -> None:
-    """`ema=true` chooses a run directory's EMA weights; exported weights are what they were exported as (a
-    model folder's bundle.json says which), and reading them while asked for the EMA would pass in silence."""
-    from megadalle.sampling.load import is_run
-
-    if ema and not is_run(transformer_path(weights)):
-        exported = json.loads((Path(weights) / MANIFEST).read_text()).get("ema") if is_bundle(weights) else None
-        what = "" if exported is None else f" (exported with ema={str(exported).lower()})"
-        raise BundleError(f"ema=true reads the EMA of a training run directory; {weights} holds exported weights"
-                          f"{what}: drop ema=true, or export the run with ema=true")
-
-
 @dataclass(frozen=True)
 class SamplingFiles:
     """What a sampling verb reads: the Transformer, the dVAE and tokenizer beside it, and the reranker's."""
@@ -99,6 +87,20 @@ class SamplingFiles:
     clip: Path | None
     """None: no CLIP (not asked for), or an open_clip reranker whose weights were not given."""
     clip_model: str
+    manifest: dict
+    """A model folder's bundle.json; {} for other weights."""
+
+
+def check_ema(files: SamplingFiles, ema: bool) -> None:
+    """`ema=true` chooses a run directory's EMA weights; exported weights are what they were exported as (a
+    model folder's bundle.json says which), and reading them while asked for the EMA would pass in silence."""
+    from megadalle.sampling.load import is_run
+
+    if ema and not is_run(files.transformer):
+        exported = files.manifest.get("ema")
+        what = "" if exported is None else f" (exported with ema={str(exported).lower()})"
+        raise BundleError(f"ema=true reads the EMA of a training run directory; {files.transformer} holds exported "
+                          f"weights{what}: drop ema=true, or export the run with ema=true")
 
 
 def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str | None = None,
@@ -143,7 +145,7 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
         if clip_path is None:
             raise BundleError(f"{weights} was exported without a CLIP: pass {without_clip}, or clip_weights=FILE")
     return SamplingFiles(transformer_path(weights), piece(dvae, "dvae", DVAE), piece(tokenizer, "tokenizer", TOKENIZER),
-                         clip_path, clip_model)
+                         clip_path, clip_model, manifest or {})
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -247,8 +249,8 @@ def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | N
     from megadalle.sampling.rerank import MegadalleClip, load_reranker
 
     device = pick_device(str(device))  # a GPU this machine lacks is named now, not deep inside a load
-    check_ema(weights, ema)
     files = sampling_files(weights, dvae, tokenizer, clip, clip_model, want_clip, without_clip)
+    check_ema(files, ema)
     check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
                 files.tokenizer)
     words = Tokenizer(files.tokenizer)
@@ -257,8 +259,7 @@ def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | N
     clip_module = None if reranker is None else reranker.clip if isinstance(reranker, MegadalleClip) else reranker.model
     decoder = read_model(files.dvae, "dvae", ema).to(device)
     transformer = read_model(files.transformer, "transformer", ema, dtype, device)
-    manifest = json.loads((Path(weights) / MANIFEST).read_text()) if is_bundle(weights) else {}
-    return Pipeline(transformer, decoder, clip_module, reranker, words, manifest)
+    return Pipeline(transformer, decoder, clip_module, reranker, words, files.manifest)
 
 
 def load_pipeline(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:

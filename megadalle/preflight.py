@@ -200,18 +200,15 @@ def check_run_dir(verb: str, cfg: DictConfig) -> None:
 def check_encode(cfg: DictConfig) -> None:
     """The weights exist (a run directory stands for its export) and the images are not smaller than the dVAE's
     input, as train-dvae checks: the size is read from the weights' config JSON, not the weights."""
-    import json
-
     from megadalle.encode import dvae_weights_file
-    from megadalle.weights import config_path
+    from megadalle.weights import read_config
 
     try:
         weights = dvae_weights_file(cfg.dvae_weights)
     except FileNotFoundError as err:
         raise PreflightError(str(err)) from None
     index = image_shards("input", cfg.input)
-    meta = config_path(weights)
-    size = json.loads(meta.read_text()).get("config", {}).get("image_size") if meta.is_file() else None
+    size = read_config(weights, "dvae").get("image_size")
     if size is not None:
         _not_upscaled(index, f"input={cfg.input}", int(size), f"dvae_weights={cfg.dvae_weights} (a dVAE of {size} px)",
                       "use a dVAE trained at the shards' size or smaller")

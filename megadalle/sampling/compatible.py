@@ -31,19 +31,18 @@ def check_compatible(transformer, dvae, clip=None, tokenizer_vocab: int | None =
         problems.append(f"the Transformer{where['transformer']} draws codes from 0 to {transformer.image_vocab - 1} "
                         f"(model.image_vocab={transformer.image_vocab}), the dVAE{where['dvae']} decodes "
                         f"{dvae.vocab_size} codes")
-    if tokenizer_vocab is not None and tokenizer_vocab > transformer.text_vocab:
-        problems.append(f"the tokenizer{where['tokenizer']} has {tokenizer_vocab} pieces, the Transformer"
-                        f"{where['transformer']} reads {transformer.text_vocab} (model.text_vocab)")
     if tokenizer_vocab is not None:
         from megadalle.data.tokenizer import PAD_ID
 
-        for name, model in (("Transformer", transformer), ("CLIP", clip)):
-            if model is not None and model.text_pad_id != PAD_ID:
+        for name, key, model in (("Transformer", "model", transformer), ("CLIP", "clip", clip)):
+            if model is None:
+                continue
+            if tokenizer_vocab > model.text_vocab:
+                problems.append(f"the tokenizer{where['tokenizer']} has {tokenizer_vocab} pieces, the {name}"
+                                f"{where[name.lower()]} reads {model.text_vocab} ({key}.text_vocab)")
+            if model.text_pad_id != PAD_ID:
                 problems.append(f"the {name}{where[name.lower()]} pads captions with id {model.text_pad_id}, the "
                                 f"tokenizer with {PAD_ID}")
-    if clip is not None and tokenizer_vocab is not None and tokenizer_vocab > clip.text_vocab:
-        problems.append(f"the tokenizer{where['tokenizer']} has {tokenizer_vocab} pieces, the CLIP{where['clip']} "
-                        f"reads {clip.text_vocab} (clip.text_vocab)")
     if problems:
         raise IncompatibleModels("these models were not trained together: " + "; ".join(problems)
                                  + ". Give the dVAE, CLIP and tokenizer the Transformer was trained with "

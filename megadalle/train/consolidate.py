@@ -107,19 +107,20 @@ def _all_fp32(state: dict) -> bool:
     return all(t.dtype == torch.float32 for t in state.values())
 
 
-def stage0_masters(path: Path) -> list[list[torch.Tensor]] | None:
+def stage0_masters(path: Path, states: dict) -> list[list[torch.Tensor]] | None:
     """The fp32 masters of a bf16 run at ZeRO stage 0, by optimizer group and position (None for any other
-    checkpoint). DeepSpeed's FP16_UnfusedOptimizer saves them inside the model-states file, without names."""
-    module_file = path / "mp_rank_00_model_states.pt"
-    if has_masters(path) or not module_file.is_file():
+    checkpoint); `states` is the checkpoint's (mapped) model-states file. DeepSpeed's FP16_UnfusedOptimizer
+    saves them there, without names."""
+    if has_masters(path):
         return None
-    return (mapped(module_file).get("optimizer") or {}).get("fp32_groups")
+    return (states.get("optimizer") or {}).get("fp32_groups")
 
 
 def refuse_unread_masters(path: Path) -> None:
     """A pipeline's stage-0 masters are not read (their positions would have to be mapped per stage): an fp32
     export of such a run is refused by name rather than widened from its bf16 weights."""
-    if stage0_masters(path) is not None:
+    module_file = path / "mp_rank_00_model_states.pt"
+    if module_file.is_file() and stage0_masters(path, mapped(module_file)) is not None:
         raise CheckpointError(f"{path}: dtype=fp32 needs the fp32 masters of this bf16 pipeline at ZeRO stage 0, "
                               "which export does not read; export dtype=bf16 (the weights it trained), or train "
                               "at deepspeed.zero_stage>=1")
@@ -140,10 +141,11 @@ def _named_masters(model: nn.Module, groups: list[list[torch.Tensor]], path: Pat
 
 def _zero_tensors(path: Path, dtype: torch.dtype, model: nn.Module) -> Tensors:
     module_file = path / "mp_rank_00_model_states.pt"
-    module = mapped(module_file).get("module") if module_file.is_file() else None
+    states = mapped(module_file) if module_file.is_file() else {}
+    module = states.get("module")
     # ZeRO-3 saves no module weights; an fp32 export of a bf16 run needs the fp32 masters.
     need_masters = not module or (dtype == torch.float32 and not _all_fp32(module))
-    stage0 = stage0_masters(path) if need_masters and module else None
+    stage0 = stage0_masters(path, states) if need_masters and module else None
     if stage0 is not None:
         masters = _named_masters(model, stage0, path)
         for name, tensor in streamed(module):
