@@ -9,7 +9,8 @@ sample count, size and modification time. A rerun after a crash skips every shar
 with the input's sample count and the same record, and redoes only the rest; a rerun with another
 dVAE or another input re-encodes every shard, and says so: a directory never mixes the codes of
 two models (with another grid size, index.json would describe codes that are not there).
-index.json goes last, once every shard is complete. Several processes (RANK/WORLD_SIZE or srun)
+index.json goes last, once every shard is complete; shards an earlier encode wrote for shards the input
+no longer has are removed just before it. Several processes (RANK/WORLD_SIZE or srun)
 split the (non-empty) shards round-robin; whichever finishes last writes the index.
 A validation split beside the input (`<input>/val/`, from `prepare val_fraction=`) is encoded the
 same way into `<output>/val/`, so the Transformer holds out the samples the dVAE and CLIP held out.
@@ -98,9 +99,12 @@ def producer(dvae: dict, info: ShardInfo, path: Path) -> dict:
                               "mtime_ns": path.stat().st_mtime_ns}}
 
 
+RECORD_SUFFIX = ".encoded.json"
+
+
 def record_path(out_path: Path) -> Path:
     """`shard-000000.tar` -> `shard-000000.tar.encoded.json`, the record of what encoded it."""
-    return out_path.with_name(out_path.name + ".encoded.json")
+    return out_path.with_name(out_path.name + RECORD_SUFFIX)
 
 
 def shard_done(out_path: Path, count: int, made_by: dict) -> bool:
@@ -142,7 +146,21 @@ def warn_stale(out: Path, stale: list[str]) -> None:
     if stale:
         names = ", ".join(stale[:3]) + (", ..." if len(stale) > 3 else "")
         print(f"[encode] {out}: re-encoding {len(stale)} shards ({names}) that another dVAE or another input "
-              f"wrote (or that have no {record_path(Path('<shard>')).name} record)", file=sys.stderr, flush=True)
+              f"wrote (or that have no <shard>{RECORD_SUFFIX} record)", file=sys.stderr, flush=True)
+
+
+def remove_surplus(out: Path, keep: set[str]) -> None:
+    """Delete the shards an earlier encode wrote into `out` that the input no longer has (it shrank, or was
+    re-sharded): index.json leaves them out, but they would hold disk and mislead whoever lists the folder.
+    Only shards with encode's record go; a file encode did not write is left where it is."""
+    surplus = sorted(r for r in out.glob("*" + RECORD_SUFFIX) if r.name.removesuffix(RECORD_SUFFIX) not in keep)
+    for record in surplus:
+        shard = record.with_name(record.name.removesuffix(RECORD_SUFFIX))
+        for path in (shard, offsets_path(shard), record):
+            path.unlink(missing_ok=True)
+    if surplus:
+        print(f"[encode] {out}: removed {len(surplus)} shards of an earlier encode that the input no longer has",
+              file=sys.stderr, flush=True)
 
 
 def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size: int = 64,
@@ -168,6 +186,7 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     infos = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info, _ in shards]
     meta = {"grid_size": model.cfg.grid_size, "vocab_size": model.cfg.vocab_size,
             "image_size": model.cfg.image_size, "source": str(source.root), "dvae": dvae["dvae"]}
+    remove_surplus(out, {info.name for info, _ in shards})
     index = ShardIndex(out, infos, ["codes.npy", "json", "txt"], meta)
     index.save()
     return index

@@ -149,3 +149,23 @@ def test_encode_reads_each_samples_own_image_field(tmp_path, weights):
     index = encode_shards(load_dvae(weights), root, tmp_path / "tokens")
     assert index.total == 6
     assert [s["__key__"] for s in iter_samples(tmp_path / "tokens", ["txt"])] == [f"sub/dir/k{i}" for i in range(6)]
+
+
+def test_a_rerun_on_a_smaller_input_removes_the_shards_it_no_longer_has(tmp_path, image_shards, weights, capsys):
+    """Encoding a re-prepared input with fewer shards into the same folder leaves exactly the new set: the
+    earlier encode's third shard (and its offsets and record) goes, a file encode did not write stays."""
+    from tests.dvae.conftest import write_image_shards
+
+    smaller = tmp_path / "smaller"
+    write_image_shards(smaller, 20, 32, 16)  # 2 shards where image_shards has 3
+    model = load_dvae(weights)
+    out = tmp_path / "tokens"
+    encode_shards(model, image_shards, out)
+    (out / "notes.txt").write_text("mine")
+    index = encode_shards(model, smaller, out)
+    fresh = encode_shards(model, smaller, tmp_path / "fresh")
+    assert [s.name for s in index.shards] == ["shard-000000.tar", "shard-000001.tar"]
+    fresh_names = [p.name for p in (tmp_path / "fresh").iterdir()]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*fresh_names, "notes.txt"])
+    assert _shard_bytes(out) == _shard_bytes(tmp_path / "fresh") and index.total == fresh.total == 20
+    assert "removed 1 shards of an earlier encode" in capsys.readouterr().err
