@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
+IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "gif", "tif", "tiff")
 UNSAFE_FIELDS = ("pyd", "pkl", "pickle", "pth", "pt", "mp", "msgpack")
 """Extensions whose usual decoders execute or construct arbitrary objects: never decoded."""
 

@@ -33,7 +33,7 @@ from megadalle.data.ingest import open_index
 from megadalle.data.tar import walk
 from megadalle.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = tuple(f".{field}" for field in IMAGE_FIELDS)
 """Images of a folder input (any case): what PIL decodes among photo formats; a GIF gives its first frame."""
 CAPTION_EXTENSION = ".txt"
 """A folder image's captions: the same stem with this suffix, in any case (`X.jpg` + `X.TXT`)."""

@@ -221,7 +221,7 @@ def test_a_corrupt_sample_names_itself(tmp_path):
 
 
 def mixed_image_tar(root, n=6, size=16):
-    """A tar from elsewhere whose samples carry jpg, png or webp (img2dataset keeps each image's format)."""
+    """A tar from elsewhere whose samples carry jpg, png, webp, gif or tif (img2dataset keeps each format)."""
     import io
 
     import webdataset as wds
@@ -230,17 +230,18 @@ def mixed_image_tar(root, n=6, size=16):
     root.mkdir(parents=True, exist_ok=True)
     with wds.TarWriter(str(root / "00000.tar")) as sink:
         for i in range(n):
-            fmt = ("jpg", "png", "webp")[i % 3]
+            fmt = ("jpg", "png", "webp", "gif", "tif", "tiff")[i % 6]
             buf = io.BytesIO()
-            Image.new("RGB", (size, size), (40 * i, 255 - 40 * i, 90)).save(buf, format={"jpg": "JPEG"}.get(fmt, fmt))
+            Image.new("RGB", (size, size), (40 * i, 255 - 40 * i, 90)).save(
+                buf, format={"jpg": "JPEG", "tif": "TIFF"}.get(fmt, fmt))
             sink.write({"__key__": f"sub/dir/k{i}", fmt: buf.getvalue(), "txt": f"sample {i}"})
     return root
 
 
 def test_samples_with_different_image_fields_all_load(tmp_path):
-    """Each sample's image is whichever image field it has: a folder mixing jpg, png and webp trains."""
+    """Each sample's image is whichever image field it has: a folder mixing jpg, png, webp, gif and tif trains."""
     root = mixed_image_tar(tmp_path / "wds")
     batch = take(image_loader(root, 6, 8, shuffle=False), 1)[0]
     assert batch["image"].shape == (6, 3, 8, 8)
     assert batch["key"] == [f"sub/dir/k{i}" for i in range(6)]
-    assert abs(float(batch["image"][4, 0].mean()) - 160 / 255) < 0.05  # k4's own colour (a webp), not another's
+    assert abs(float(batch["image"][4, 0].mean()) - 160 / 255) < 0.05  # k4's own colour (a tif), not another's
