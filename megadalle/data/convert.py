@@ -63,10 +63,10 @@ def read_captions(item: Item) -> tuple[str, ...]:
     return captions
 
 
-def read_shard_item(item: Item) -> tuple[bytes, tuple[str, ...]]:
-    """Image bytes and caption lines of a sample of an input shard."""
+def read_shard_item(item: Item) -> tuple[bytes, tuple[str, ...], dict]:
+    """Image bytes, caption lines and origin (`read_shard_sample`) of a sample of an input shard."""
     try:
-        image, txt = read_shard_sample(item)
+        image, txt, origin = read_shard_sample(item)
     except Exception as err:  # the tar changed or is cut since it was indexed
         raise Skip("unreadable", f"{type(err).__name__}: {err}") from None
     if image is None:
@@ -74,7 +74,7 @@ def read_shard_item(item: Item) -> tuple[bytes, tuple[str, ...]]:
     captions = tuple(line.strip() for line in (txt or "").splitlines() if line.strip())
     if not captions:
         raise Skip("missing_caption" if txt is None else "empty_caption", "no usable txt field")
-    return image, captions
+    return image, captions, origin
 
 
 def read_bytes(item: Item) -> bytes:
@@ -131,12 +131,13 @@ def convert(item: Item, opts: ConvertOptions) -> Result:
     try:
         if item.problem is not None:
             raise Skip(*item.problem)
-        data, captions = read_shard_item(item) if item.span is not None else (read_bytes(item), read_captions(item))
+        data, captions, origin = read_shard_item(item) if item.span is not None \
+            else (read_bytes(item), read_captions(item), {})
         img, (width, height) = open_image(data, opts)
         source_format = img.format
         out = resize_center_crop(to_rgb(img), opts.image_size)
         meta = {"source": item.source, "width": width, "height": height, "format": source_format,
-                "captions": len(captions)}
+                "captions": len(captions), **origin}
         sample = {"__key__": item.key, opts.format: encode_image(out, opts), "txt": "\n".join(captions), "json": meta}
         return Result(item.key, item.source, sample=sample)
     except Skip as skip:

@@ -76,15 +76,23 @@ def shard_items(root: Path) -> list[Item]:
     return items
 
 
-def read_shard_sample(item: Item) -> tuple[bytes | None, str | None]:
-    """(image bytes, txt) of a shard item, None for a field the sample lacks (runs in the worker)."""
+def read_shard_sample(item: Item) -> tuple[bytes | None, str | None, dict]:
+    """(image bytes, txt, origin) of a shard item, None for a field the sample lacks (runs in the worker).
+    `origin` keeps what the input said of the sample, which the new key and metadata would otherwise drop:
+    its key (`input_key`) and its json (`input_json`, an img2dataset url, size, similarity...) when it parses."""
     with open(item.image, "rb") as f:
         f.seek(item.span[0])
         data = f.read(item.span[1] - item.span[0])
-    sample = next(walk(data, {*IMAGE_FIELDS, "txt"}))
+    sample = next(walk(data, {*IMAGE_FIELDS, "txt", "json"}))
     image = next((sample.data[name] for name in IMAGE_FIELDS if name in sample.data), None)
     txt = sample.data.get("txt")
-    return image, None if txt is None else txt.decode("utf-8", errors="replace")
+    origin: dict = {"input_key": sample.key}
+    if "json" in sample.data:
+        try:
+            origin["input_json"] = json.loads(sample.data["json"])
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass  # metadata that does not parse is the input's business; the image and caption still are
+    return image, None if txt is None else txt.decode("utf-8", errors="replace"), origin
 
 
 def find_items(input: str | Path, image_column: str = "image", caption_column: str = "caption") -> list[Item]:

@@ -186,10 +186,13 @@ def test_tokenizer_prepare_and_encode_read_img2dataset_shards(img2dataset_dir, t
     summary = prepare(PrepareConfig(input=str(img2dataset_dir), output=str(tmp_path / "out"), image_size=16,
                                     min_side=8, num_workers=0), progress=False)
     assert summary.kept == 12 and not summary.skipped
-    resized = list(iter_samples(tmp_path / "out", ["jpg", "txt"]))
-    originals = list(iter_samples(img2dataset_dir, ["txt"]))
+    resized = list(iter_samples(tmp_path / "out", ["jpg", "txt", "json"]))
+    originals = list(iter_samples(img2dataset_dir, ["txt", "json"]))
     assert all(s["jpg"].size == (16, 16) for s in resized)
     assert [s["txt"] for s in resized] == [s["txt"] for s in originals]
+    # the input's key and metadata (img2dataset's url...) survive the new key and metadata
+    assert [(s["json"]["input_key"], s["json"]["input_json"]) for s in resized] == \
+        [(s["__key__"], s["json"]) for s in originals]
 
     from megadalle.config.dvae import DVAEConfig
     from megadalle.encode import encode_shards
