@@ -95,16 +95,30 @@ def check_captions_fit(tokenizer: Path, text_len: int) -> None:
                          f"tokenizer; set demo.text_len={need} or more")
 
 
-def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, seed: int = 0) -> Path:
-    """The demo's dVAE stage: train-dvae with dvae=tiny under the demo's seed, then `d.dvae_overrides`."""
-    from megadalle.train.dvae import train_dvae
-
-    return train_dvae(compose("train-dvae", [f"seed={seed}",
+def demo_dvae_config(d: DemoConfig, out: Path, shards: Path, seed: int = 0) -> DictConfig:
+    """The demo's train-dvae config: dvae=tiny under the demo's seed, then `d.dvae_overrides`."""
+    return compose("train-dvae", [f"seed={seed}",
         "dvae=tiny", f"dvae.image_size={d.image_size}", f"dvae.n_groups={d.dvae_groups}",
         f"dvae.objective.tau_anneal_steps={d.dvae_steps}",
         f"dvae.objective.kl_warmup_steps={max(1, d.dvae_steps // 15)}", f"data.shards={shards}",
         f"weights={out / 'dvae.safetensors'}", f"run_dir={out / 'runs/dvae'}",
-        *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr), *d.dvae_overrides]))
+        *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr), *d.dvae_overrides])
+
+
+def check_dvae_overrides(d: DemoConfig, out: Path, seed: int = 0) -> None:
+    """Refuse a bad `d.dvae_overrides` (an unknown key, a value of the wrong type or range) before the demo
+    makes its data, not minutes later when its dVAE stage starts."""
+    from megadalle.train.dvae import task_from_config
+
+    if d.dvae_overrides:
+        task_from_config(demo_dvae_config(d, out, out / "shards", seed))
+
+
+def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, seed: int = 0) -> Path:
+    """The demo's dVAE stage, trained from `demo_dvae_config`."""
+    from megadalle.train.dvae import train_dvae
+
+    return train_dvae(demo_dvae_config(d, out, shards, seed))
 
 
 def clip_training_shards(d: DemoConfig, dvae, out: Path, shards: Path) -> Path:
@@ -236,6 +250,7 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0) -> dict:
     if d.threads:
         torch.set_num_threads(d.threads)
     out = Path(output)
+    check_dvae_overrides(d, out, seed)
     out.mkdir(parents=True, exist_ok=True)
     timer, start = Timer(), time.perf_counter()
     began = time.perf_counter()

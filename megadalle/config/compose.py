@@ -46,6 +46,25 @@ def check_group_choices(overrides: list[str]) -> None:
                 raise ConfigError(f"{key}={option}: no such {key} config; choose one of {', '.join(options)}")
 
 
+def list_form(parser, key: str, value: str) -> str | None:
+    """`key=[a=1,b c]` with each item quoted (`'key=["a=1","b c"]'`), when the value is bracketed and that form
+    reads as one list: quoting the whole value would make it one string, which a list setting
+    (`demo.dvae_overrides`) refuses."""
+    import shlex
+
+    from hydra.errors import HydraException
+
+    if not (value.startswith("[") and value.endswith("]")):
+        return None
+    items = ('"' + item.strip().replace('"', '\\"') + '"' for item in value[1:-1].split(","))
+    candidate = f"{key}=[{','.join(items)}]"
+    try:
+        parser.parse_override(candidate)
+    except HydraException:
+        return None
+    return shlex.quote(candidate)
+
+
 def check_override_syntax(overrides: list[str]) -> None:
     """An override hydra cannot read as one value is refused with the quoted form that it reads as the text
     given. Prompts and paths are where users meet hydra's grammar: a comma makes a sweep, and an apostrophe,
@@ -66,7 +85,9 @@ def check_override_syntax(overrides: list[str]) -> None:
             sweep = parser.parse_override(item).is_sweep_override()
         except HydraException as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"{item}: hydra cannot read this value ({reason}); quote it: {quoted}") from None
+            listed = list_form(parser, key, value) if sep else None
+            fix = f"{quoted} (as text), or {listed} (as a list)" if listed else quoted
+            raise ConfigError(f"{item}: hydra cannot read this value ({reason}); quote it: {fix}") from None
         if sweep and sep:
             raise ConfigError(f"{item}: hydra reads the comma as a sweep over several values; quote the value to keep "
                               f"it as text: {quoted}, or add --multirun to sweep")

@@ -10,6 +10,7 @@ import megadalle.demo as demo
 from megadalle.config import build
 from megadalle.config.clip import ClipConfig
 from megadalle.config.compose import compose
+from megadalle.config.demo import DemoConfig
 from megadalle.config.dvae import DVAEConfig
 from megadalle.config.model import TransformerConfig
 from megadalle.models.clip import CLIP
@@ -60,7 +61,6 @@ def test_demo_reports_held_out_headline_with_standard_error_and_the_dvae_check(t
 
 
 def test_demo_config_rejects_bad_holdout_and_sampling_values():
-    from megadalle.config.demo import DemoConfig
     from megadalle.errors import UserError
 
     for field, value in (("holdout", 13), ("top_p", 0.0), ("temperature", 0.0), ("check_per_scene", 0),
@@ -72,7 +72,6 @@ def test_demo_config_rejects_bad_holdout_and_sampling_values():
 def test_dvae_overrides_reach_the_demos_train_dvae_and_its_paths_stay_the_demos(tmp_path, monkeypatch):
     import megadalle.train.dvae as train_dvae_module
     from megadalle.config import ConfigError
-    from megadalle.config.demo import DemoConfig
 
     seen = {}
     monkeypatch.setattr(train_dvae_module, "train_dvae", lambda cfg: seen.setdefault("cfg", cfg))
@@ -85,6 +84,31 @@ def test_dvae_overrides_reach_the_demos_train_dvae_and_its_paths_stay_the_demos(
         build(DemoConfig, compose("demo", ["demo.dvae_overrides=['seed=3','data.shards=/elsewhere']"]).demo, "demo")
     with pytest.raises(ConfigError, match=r"demo.dvae_overrides\[0\]='dvae.n_hid': must be a KEY=VALUE"):
         build(DemoConfig, compose("demo", ["demo.dvae_overrides=[dvae.n_hid]"]).demo, "demo")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dvae.nonkey=3", "Could not override 'dvae.nonkey'"),
+    ("dvae.n_groups=-1", "dvae.n_groups=-1: must be positive")])
+def test_a_bad_dvae_override_is_refused_before_the_demo_makes_its_data(tmp_path, monkeypatch, capsys, override,
+                                                                       message):
+    from megadalle.cli import main
+
+    monkeypatch.setattr(demo, "make_data", lambda *args: pytest.fail("the demo started on a config it refuses later"))
+    assert main(["demo", f"demo.dvae_overrides=['{override}']", f"output={tmp_path / 'out'}"]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_bracketed_list_value_is_refused_with_its_quoted_list_form(capsys):
+    """`demo.dvae_overrides=[dvae.n_groups=2]` is no value hydra reads; the fix offered for a list quotes its
+    items (quoting the whole value would make one string, which a list setting refuses)."""
+    import shlex
+
+    from megadalle.cli import main
+
+    assert main(["demo", "demo.dvae_overrides=[dvae.n_groups=2, seed=3]"]) == 2
+    listed = shlex.split(capsys.readouterr().err.split(" (as text), or ")[1].removesuffix(" (as a list)\n"))[0]
+    d = build(DemoConfig, compose("demo", [listed]).demo, "demo")
+    assert d.dvae_overrides == ["dvae.n_groups=2", "seed=3"]
 
 
 def test_every_stage_runs_under_the_demos_seed(tmp_path, monkeypatch):
@@ -100,7 +124,6 @@ def test_every_stage_runs_under_the_demos_seed(tmp_path, monkeypatch):
     import megadalle.train.dvae as train_dvae_module
     import megadalle.train.loop as loop_module
     import megadalle.train.transformer as transformer_module
-    from megadalle.config.demo import DemoConfig
 
     seeds = {}
 
