@@ -20,13 +20,16 @@
 # SSH_PORT (sshd's port on the nodes, e.g. 2222 in the Docker image), DS_LAUNCHER_ARGS (more
 # `deepspeed` options, e.g. --no_ssh_check). On CPU (tests) export DS_ACCELERATOR=cpu and set NUM_GPUS.
 #
-# Signals: TERM or INT to this script stop the run after a checkpoint, USR1 too (single node). On one node
-# DeepSpeed's runner forwards no signal and, killed, leaves its ranks training as orphans; so this script
-# runs it in the background and passes TERM/INT to its launcher (which stops the ranks: they checkpoint
-# first) and USR1 to the ranks themselves. With a HOSTFILE the runner forwards TERM/INT over pdsh itself.
+# Signals: TERM, INT or USR1 to this script stop the run after a checkpoint. DeepSpeed's runner forwards
+# none on one node (killed, it leaves its ranks training as orphans), and over pdsh it kills the launchers,
+# which TERM their ranks and SIGKILL them 30 s later, in the middle of a large model's checkpoint. So this
+# script runs the runner in the background, in its own session, and passes each signal to the ranks
+# themselves (on every node of a HOSTFILE through pdsh, found as the children of the launcher with this
+# run's MASTER_PORT): they finish the update, checkpoint and exit, and the launchers with them.
 set -euo pipefail
 
-args=(--no_local_rank --master_port "${MASTER_PORT:-29500}")
+port="${MASTER_PORT:-29500}"
+args=(--no_local_rank --master_port "$port")
 if [ -n "${HOSTFILE:-}" ]; then
     args+=(--hostfile "$HOSTFILE")
 elif [ -n "${NUM_GPUS:-}" ]; then
@@ -36,21 +39,26 @@ fi
 [ -z "${SSH_PORT:-}" ] || args+=(--ssh_port "$SSH_PORT")
 # shellcheck disable=SC2206  # DS_LAUNCHER_ARGS is a list of options
 [ -z "${DS_LAUNCHER_ARGS:-}" ] || args+=($DS_LAUNCHER_ARGS)
-deepspeed "${args[@]}" --module megadalle train "$@" &
+# its own session: a terminal's Ctrl-C reaches this script alone, which passes it on as below
+setsid deepspeed "${args[@]}" --module megadalle train "$@" &
 runner=$!
 
 forward() {
     if [ -n "${HOSTFILE:-}" ]; then
-        kill -"$1" "$runner" 2>/dev/null || true
+        # every node's ranks: the children of the launcher that pdsh started there (--node_rank=%n, which pdsh
+        # fills in with the node's name) for this run's rendezvous port; the launcher itself, not the remote
+        # shell that started it, whose command line holds the same words
+        local hosts ssh_args="${PDSH_SSH_ARGS_APPEND:-}"
+        hosts=$(awk '!/^[[:space:]]*(#|$)/ {print $1}' "$HOSTFILE" | paste -sd, -)
+        [ -z "${SSH_PORT:-}" ] || ssh_args="$ssh_args -p $SSH_PORT"
+        PDSH_RCMD_TYPE=ssh PDSH_SSH_ARGS_APPEND="$ssh_args" pdsh -S -w "$hosts" \
+            "pkill -$1 -P \$(pgrep -d, -f '^[^ ]+ -u -m deepspeed[.]launcher[.]launch .*--node_rank=%n .*--master_port=$port( |\$)') || true" \
+            || true
         return
     fi
     local launcher
     for launcher in $(pgrep -P "$runner"); do
-        if [ "$1" = USR1 ]; then
-            pkill -USR1 -P "$launcher" || true
-        else
-            kill -"$1" "$launcher" 2>/dev/null || true
-        fi
+        pkill -"$1" -P "$launcher" || true
     done
 }
 trap 'forward TERM' TERM

@@ -4,16 +4,15 @@ Ranks come from the environment only, so hydra never sees a --local_rank argumen
 ranks write into the one run directory rank 0 chose.
 """
 import json
-import os
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
 from megadalle.train.checkpoint import damage
 from megadalle.train.distributed import free_port
+from tests.launch_signals import stop_after_two_steps
 
 import dist_launch as launch
 
@@ -48,29 +47,13 @@ def test_launcher_trains(launcher, train_overrides, tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
-def test_a_signal_to_train_sh_checkpoints_and_stops_every_rank(sig, train_overrides, tmp_path):
-    """DeepSpeed's single-node runner forwards no signal: killed, it left both ranks training as orphans."""
+@pytest.mark.parametrize("sig, group", [(signal.SIGTERM, False), (signal.SIGUSR1, False), (signal.SIGINT, True)],
+                         ids=["TERM", "USR1", "ctrl-c"])
+def test_a_signal_to_train_sh_checkpoints_and_stops_every_rank(sig, group, train_overrides, tmp_path):
+    """DeepSpeed's single-node runner forwards no signal: killed, it left both ranks training as orphans. The
+    signal goes to the ranks, not to DeepSpeed's launcher, which would SIGKILL them 30 s into their checkpoint."""
     run_dir = tmp_path / "run"
     cmd, extra_env = LAUNCHERS["deepspeed"](free_port())
     cmd = cmd + [*train_overrides, "trainer.grad_accum=1", "trainer.steps=100000", "trainer.checkpoint_every=0",
                  f"run_dir={run_dir}"]
-    proc = subprocess.Popen(cmd, env={**launch.base_env(), **extra_env}, cwd=launch.ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while not ((run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 2):
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-            time.sleep(0.2)
-        proc.send_signal(sig)
-        out = proc.communicate(timeout=120)[0]
-        time.sleep(1)
-        ranks = subprocess.run(["pgrep", "-f", f"run_dir={run_dir}"], capture_output=True, text=True).stdout.split()
-    finally:
-        try:  # whatever the script left behind (it runs in its own session)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert not ranks, f"ranks still running after train.sh exited: {ranks}"
-    latest = (run_dir / "checkpoints" / "latest").read_text()
-    assert damage(run_dir / "checkpoints" / latest) is None, out[-3000:]
+    stop_after_two_steps(cmd, {**launch.base_env(), **extra_env}, launch.ROOT, run_dir, sig, group)

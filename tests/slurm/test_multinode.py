@@ -6,6 +6,7 @@
 """
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,14 +15,15 @@ from conftest import CLUSTER, start_cluster
 from slurm_jobs import FINISHED, job_field, logged_steps, wait_until
 
 from megadalle.train.distributed import free_port
+from tests.launch_signals import stop_after_two_steps
 
 ROOT = Path(__file__).parent.parent.parent
 STEPS = 3
 
 
-@pytest.mark.distributed
-def test_train_sh_runs_two_nodes_of_two_ranks_through_pdsh(sshd, train_overrides, tmp_path):
-    (tmp_path / "hostfile").write_text("node-a slots=2\nnode-b slots=2\n")
+def pdsh_env(sshd, tmp_path) -> dict:
+    """train.sh's environment for a hostfile of node-a and node-b (2 slots each), both this machine."""
+    (tmp_path / "hostfile").write_text("# two nodes\nnode-a slots=2\n\nnode-b slots=2\n")
     # pdsh's ssh starts each rank in a fresh environment: what it needs comes through DeepSpeed's env file.
     (tmp_path / "ds_env").write_text("DS_ACCELERATOR=cpu\nOMP_NUM_THREADS=1\nWANDB_MODE=offline\n")
     env = dict(os.environ, HOSTFILE=str(tmp_path / "hostfile"), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
@@ -29,6 +31,12 @@ def test_train_sh_runs_two_nodes_of_two_ranks_through_pdsh(sshd, train_overrides
                DS_ENV_FILE=str(tmp_path / "ds_env"), DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         env.pop(name, None)
+    return env
+
+
+@pytest.mark.distributed
+def test_train_sh_runs_two_nodes_of_two_ranks_through_pdsh(sshd, train_overrides, tmp_path):
+    env = pdsh_env(sshd, tmp_path)
     run_dir = tmp_path / "run"
     proc = subprocess.run([str(ROOT / "launch" / "train.sh"), *train_overrides, f"trainer.steps={STEPS}",
                            f"run_dir={run_dir}"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -39,6 +47,20 @@ def test_train_sh_runs_two_nodes_of_two_ranks_through_pdsh(sshd, train_overrides
     assert json.loads((run_dir / "run.json").read_text())  # one run directory, chosen by rank 0
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{STEPS:08d}"
     assert len(list((run_dir / "checkpoints" / f"step_{STEPS:08d}").glob("rng_rank*.pt"))) == 4
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["TERM", "USR1"])
+def test_a_signal_to_train_sh_reaches_the_ranks_of_every_node(sshd, train_overrides, tmp_path, sig):
+    """Over pdsh, DeepSpeed's runner never forwarded USR1, and for TERM it killed the launchers, which SIGKILL
+    their ranks 30 s into a checkpoint: train.sh now signals every node's ranks itself."""
+    env = pdsh_env(sshd, tmp_path)
+    run_dir = tmp_path / "run"
+    cmd = [str(ROOT / "launch" / "train.sh"), *train_overrides, "trainer.steps=100000", "trainer.checkpoint_every=0",
+           f"run_dir={run_dir}"]
+    out = stop_after_two_steps(cmd, env, tmp_path, run_dir, sig)
+    assert len(list((run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text()).glob(
+        "rng_rank*.pt"))) == 4, out[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,44 @@
+"""Stop a launched training run with a signal, as a user or a scheduler would, and check what it leaves."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from megadalle.train.checkpoint import damage
+
+
+def stop_after_two_steps(cmd: list[str], env: dict, cwd: Path, run_dir: Path, sig: int, group: bool = False,
+                         start_timeout: float = 180) -> str:
+    """Start `cmd` (in a session of its own), send `sig` once two steps are logged (to its whole process group
+    with `group`, as a terminal's Ctrl-C does), and return its output once it has exited. Asserts that no
+    process of the run outlives it, that the ranks checkpointed in their own time (DeepSpeed's launcher never
+    had to kill them), and that the newest checkpoint is complete."""
+    metrics = run_dir / "metrics.jsonl"
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + start_timeout
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.2)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        out = proc.communicate(timeout=180)[0]
+        time.sleep(1)
+        ranks = subprocess.run(["pgrep", "-f", f"run_dir={run_dir}"], capture_output=True, text=True).stdout.split()
+    finally:  # whatever the script left behind (it runs in its own session, its runner in another)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        subprocess.run(["pkill", "-KILL", "-f", f"run_dir={run_dir}"])
+    assert not ranks, f"ranks still running after the launcher exited: {ranks}\n{out[-3000:]}"
+    assert "Killing subprocess" not in out, out[-3000:]
+    latest = (run_dir / "checkpoints" / "latest").read_text()
+    assert damage(run_dir / "checkpoints" / latest) is None, out[-3000:]
+    return out
