@@ -46,6 +46,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -60,6 +61,16 @@ from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.order import Order, reader_positions
 from megadalle.data.shards import SampleReader, ShardIndex, open_index
 from megadalle.errors import UserError
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A stop signal is the trainer's: it finishes the update, checkpoints and exits, and needs the data to the
+    end of the update. torch's workers die on a SIGTERM from anyone but their loader, and torchrun, Slurm
+    (scancel, preemption) and `timeout` signal the whole process group: the loader then failed mid-update and
+    nothing was saved. So workers ignore stop signals; they still exit when the loader shuts them down or
+    their parent dies."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class LoaderStateError(UserError, ValueError):
@@ -194,7 +205,7 @@ class StepLoader:
         else:  # its own generator: see `worker_seeds`
             batches = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                       prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
-                                      generator=worker_seeds(self.seed, step)))
+                                      generator=worker_seeds(self.seed, step), worker_init_fn=ignore_stop_signals))
         for got, micro in batches:
             if got != self.step:
                 raise RuntimeError(f"data loader produced step {got} where step {self.step} was due")

@@ -1,10 +1,14 @@
 """SIGUSR1 and SIGTERM set the stop flag (the loop then checkpoints and stops) instead of killing."""
 import os
 import signal
+import sys
 
 import pytest
 
 from megadalle.train.signals import StopFlag
+from tests.launch_signals import stop_after_two_steps
+
+import dist_launch as launch
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
@@ -18,3 +22,14 @@ def test_signal_sets_flag_and_handlers_are_restored(sig):
     finally:
         flag.uninstall()
     assert signal.getsignal(sig) == before
+
+
+@pytest.mark.distributed
+def test_a_sigterm_to_the_process_group_reaches_loader_workers_and_still_checkpoints(train_overrides, tmp_path):
+    """torchrun, Slurm and `timeout` send SIGTERM to every process of the group, the loader's workers included:
+    torch's worker handler died of it, the loader raised mid-update and the run exited without a checkpoint."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "megadalle", "train", *train_overrides, "data.num_workers=2", "trainer.steps=100000",
+           "trainer.checkpoint_every=0", f"run_dir={run_dir}"]
+    out = stop_after_two_steps(cmd, launch.base_env(), launch.ROOT, run_dir, signal.SIGTERM, group=True)
+    assert "stopped by signal" in out and "killed by signal" not in out, out[-3000:]
