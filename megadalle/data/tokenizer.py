@@ -5,6 +5,9 @@ Training uses `hard_vocab_limit=False`: on a small corpus (the demo's few thousa
 requested size is an upper bound and the model may come out smaller (`Tokenizer.vocab_size` is the
 real one; the Transformer's text_vocab must be at least that). A size below the number of distinct
 characters plus the 4 specials cannot work and raises an error naming the minimum.
+
+Only BPE models are accepted: BPE dropout (`bpe_dropout.py`) re-runs BPE merges, so a unigram, word or char
+model would be tokenized one way in training and another at generation.
 """
 from __future__ import annotations
 
@@ -24,10 +27,23 @@ from tqdm import tqdm
 from megadalle.data import atomic
 from megadalle.data.bpe_dropout import BpeDropout
 from megadalle.data.shards import iter_samples, open_index
+from megadalle.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 from megadalle.config import ConfigError  # noqa: E402
 from megadalle.config.data import NORMALIZATIONS  # noqa: E402  (one list for config and code)
+
+
+class TokenizerError(UserError, ValueError):
+    """A file megadalle cannot tokenize with; callers that know the key prefix it (`data.tokenizer=FILE: ...`)."""
+
+
+def model_type(proto: bytes) -> str:
+    """The sentencepiece algorithm a model was trained with (`bpe`, `unigram`, `word`, `char`), from its proto."""
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    spec = model_pb2.ModelProto.FromString(proto).trainer_spec
+    return model_pb2.TrainerSpec.ModelType.Name(spec.model_type).lower()
 
 
 class Tokenizer:
@@ -43,6 +59,10 @@ class Tokenizer:
         self.proto = model if isinstance(model, bytes) else Path(model).read_bytes()
         self.add_bos, self.add_eos = add_bos, add_eos
         self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        kind = model_type(self.proto)
+        if kind != "bpe":
+            raise TokenizerError(f"a {kind} sentencepiece model: megadalle's BPE dropout needs model_type=bpe (train "
+                                 "one with `megadalle tokenizer`)")
         self.bpe = BpeDropout(self.sp)
         if (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise ValueError(f"tokenizer model has special ids pad/unk/bos/eos = {self.sp.pad_id()}/{self.sp.unk_id()}/"

@@ -1,6 +1,7 @@
 """The sentencepiece tokenizer: special ids, round trip, truncation, padding, reproducible BPE dropout."""
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import subprocess
@@ -8,13 +9,29 @@ import sys
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 
 from megadalle.cli import main
-from megadalle.data.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, caption_lengths,
+from megadalle.data.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError, caption_lengths,
                                       iter_captions, train_tokenizer)
-from tests.data.conftest import WORDS
+from megadalle.errors import UserError
+from tests.data.conftest import WORDS, caption
 
 TEXT = "a small red cat sits on the mat near the big house"
+
+
+def sp_model(captions: list[str], **options) -> bytes:
+    """A sentencepiece model trained outside megadalle (megadalle's special ids unless `options` change them)."""
+    buf = io.BytesIO()
+    options = {"model_type": "bpe", "vocab_size": 64, "pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3, **options}
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(captions), model_writer=buf, hard_vocab_limit=False,
+                                   minloglevel=2, **options)
+    return buf.getvalue()
+
+
+def captions(n: int = 500, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [caption(rng) for _ in range(n)]
 
 
 def test_special_ids_and_small_vocab(tokenizer):
@@ -82,6 +99,30 @@ def test_dropout_zero_is_sentencepiece(tokenizer):
     rng = np.random.default_rng(0)
     for text in [" ".join(rng.choice(WORDS, 10)) for _ in range(50)] + ["Unknown Ünïcode 42!", "  spaced   out  "]:
         assert tokenizer.bpe.encode(text, 0.0, rng) == tokenizer.sp.encode(text)
+
+
+@pytest.mark.parametrize("kind", ["unigram", "word", "char"])
+def test_a_model_that_is_not_bpe_is_refused_by_its_type(kind):
+    """BPE dropout re-runs BPE merges: on a unigram or word model it gave <unk>s and other splits than generation."""
+    with pytest.raises(TokenizerError, match=f"a {kind} sentencepiece model: .* needs model_type=bpe") as err:
+        Tokenizer(sp_model(captions(), model_type=kind))
+    assert isinstance(err.value, UserError)
+
+
+def test_user_defined_symbols_stay_whole_under_dropout():
+    """sentencepiece cuts a user-defined piece out before merging: dropout at 0 is sentencepiece's encoding, and
+    dropout never splits the piece (it was rebuilt from characters, as <unk>s, before)."""
+    tok = Tokenizer(sp_model([c + " <red>" for c in captions()], user_defined_symbols=["<red>"]))
+    red = tok.sp.piece_to_id("<red>")
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice([*WORDS, "<red>", "x<red>y"], 10)) for _ in range(50)] + ["<red><red> cat", "<red>"]
+    for text in texts:
+        assert tok.bpe.encode(text, 0.0, rng) == tok.sp.encode(text)
+        for seed in range(3):
+            ids = tok.encode(text, dropout=0.5, seed=seed)
+            assert ids.count(red) == text.count("<red>")
+            assert UNK_ID not in tok.encode(text.replace("x", ""), dropout=0.5, seed=seed)  # x alone is unknown
+            assert tok.decode(ids) == tok.decode(tok.encode(text))
 
 
 def test_vocab_too_small_is_a_clear_error(caption_shards, tmp_path, capsys):
