@@ -56,17 +56,25 @@ class Tokenizer:
     """
 
     def __init__(self, model: str | Path | bytes, add_bos: bool = False, add_eos: bool = False):
-        self.proto = model if isinstance(model, bytes) else Path(model).read_bytes()
+        try:
+            self.proto = model if isinstance(model, bytes) else Path(model).read_bytes()
+        except OSError as err:
+            raise TokenizerError(f"cannot be read ({err.strerror})") from None
         self.add_bos, self.add_eos = add_bos, add_eos
-        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        except RuntimeError:  # sentencepiece's only answer to bytes that do not parse as its model
+            raise TokenizerError("not a sentencepiece model (train one with `megadalle tokenizer`)") from None
         kind = model_type(self.proto)
         if kind != "bpe":
             raise TokenizerError(f"a {kind} sentencepiece model: megadalle's BPE dropout needs model_type=bpe (train "
                                  "one with `megadalle tokenizer`)")
+        ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise TokenizerError(f"special ids pad/unk/bos/eos are {'/'.join(map(str, ids))}, megadalle needs "
+                                 f"{PAD_ID}/{UNK_ID}/{BOS_ID}/{EOS_ID} (train one with `megadalle tokenizer`, or give "
+                                 f"sentencepiece pad_id={PAD_ID} unk_id={UNK_ID} bos_id={BOS_ID} eos_id={EOS_ID})")
         self.bpe = BpeDropout(self.sp)
-        if (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise ValueError(f"tokenizer model has special ids pad/unk/bos/eos = {self.sp.pad_id()}/{self.sp.unk_id()}/"
-                             f"{self.sp.bos_id()}/{self.sp.eos_id()}; megadalle needs 0/1/2/3")
 
     @property
     def vocab_size(self) -> int:

@@ -51,12 +51,18 @@ def check_compatible(transformer, dvae, clip=None, tokenizer_vocab: int | None =
 
 def check_files(transformer, dvae, clip, tokenizer) -> None:
     """`check_compatible` for models on disk (weights or run directories; `clip` None for no megadalle CLIP),
-    their configs read without a tensor: a mismatch is named before a large model's weights are read."""
-    from megadalle.data.tokenizer import Tokenizer
+    their configs read without a tensor: a mismatch is named before a large model's weights are read. A
+    tokenizer megadalle cannot use is refused under its key, `tokenizer`."""
+    from megadalle.data.tokenizer import Tokenizer, TokenizerError
     from megadalle.sampling.load import model_config
 
     names = {"transformer": str(transformer), "dvae": str(dvae), "tokenizer": str(tokenizer)}
     if clip is not None:
         names["clip"] = str(clip)
-    check_compatible(model_config(transformer, "transformer"), model_config(dvae, "dvae"),
-                     None if clip is None else model_config(clip, "clip"), Tokenizer(tokenizer).vocab_size, names)
+    configs = (model_config(transformer, "transformer"), model_config(dvae, "dvae"),
+               None if clip is None else model_config(clip, "clip"))
+    try:
+        vocab = Tokenizer(tokenizer).vocab_size
+    except TokenizerError as err:
+        raise TokenizerError(f"tokenizer={tokenizer}: {err}") from None
+    check_compatible(*configs, vocab, names)

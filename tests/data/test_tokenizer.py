@@ -109,6 +109,18 @@ def test_a_model_that_is_not_bpe_is_refused_by_its_type(kind):
     assert isinstance(err.value, UserError)
 
 
+def test_files_megadalle_cannot_use_are_user_errors(tmp_path):
+    """Each was a traceback (ValueError, RuntimeError, OSError); callers prefix the key (tests/cli, tests/sample)."""
+    default_ids = sp_model(captions(), pad_id=-1, unk_id=0, bos_id=1, eos_id=2)  # sentencepiece's defaults
+    (tmp_path / "corpus.txt").write_text("a red circle\n")
+    for model, expected in ((default_ids, "special ids pad/unk/bos/eos are -1/0/1/2, megadalle needs 0/1/2/3"),
+                            (tmp_path / "corpus.txt", "not a sentencepiece model"),
+                            (tmp_path / "none.model", "cannot be read")):
+        with pytest.raises(TokenizerError, match=re.escape(expected)) as err:
+            Tokenizer(model)
+        assert isinstance(err.value, UserError) and "\n" not in str(err.value)
+
+
 def test_user_defined_symbols_stay_whole_under_dropout():
     """sentencepiece cuts a user-defined piece out before merging: dropout at 0 is sentencepiece's encoding, and
     dropout never splits the piece (it was rebuilt from characters, as <unk>s, before)."""
