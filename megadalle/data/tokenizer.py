@@ -4,7 +4,8 @@ Ids 0-3 are fixed (pad, unk, bos, eos) so that pad = 0 matches TransformerConfig
 Training uses `hard_vocab_limit=False`: on a small corpus (the demo's few thousand captions) the
 requested size is an upper bound and the model may come out smaller (`Tokenizer.vocab_size` is the
 real one; the Transformer's text_vocab must be at least that). A size below the number of distinct
-characters plus the 4 specials cannot work and raises an error naming the minimum.
+characters plus the 4 specials (plus 256 byte pieces with byte_fallback) cannot work and raises an error
+naming the minimum.
 
 Only BPE models are accepted: BPE dropout (`bpe_dropout.py`) re-runs BPE merges, so a unigram, word or char
 model would be tokenized one way in training and another at generation.
@@ -156,8 +157,9 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
     except RuntimeError as err:
         need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(err))
         if need:
+            parts = "distinct characters + 4 specials" + (" + 256 byte pieces for byte_fallback" * byte_fallback)
             raise ConfigError(f"vocab_size={vocab_size}: the captions need at least {need.group(1)} pieces "
-                              f"(distinct characters + 4 specials); set vocab_size={need.group(1)} or more") from None
+                              f"({parts}); set vocab_size={need.group(1)} or more") from None
         raise ConfigError(f"sentencepiece training on {total} samples of {shards} failed: {err}") from None
     atomic.write_bytes(output, buf.getvalue())
     return Tokenizer(buf.getvalue())

@@ -146,6 +146,24 @@ def test_vocab_too_small_is_a_clear_error(caption_shards, tmp_path, capsys):
     assert err.startswith("megadalle tokenizer: vocab_size=8") and re.search(r"set vocab_size=\d+ or more", err)
 
 
+def test_the_minimum_size_counts_the_byte_pieces_of_byte_fallback(caption_shards, tmp_path):
+    """With byte_fallback the minimum sentencepiece names includes 256 byte pieces: the message says so."""
+    with pytest.raises(ValueError, match=r"need at least \d+ pieces \(distinct characters \+ 4 specials \+ 256 byte "
+                                         r"pieces for byte_fallback\)"):
+        train_tokenizer(caption_shards, tmp_path / "t.model", vocab_size=64, byte_fallback=True)
+
+
+@pytest.mark.parametrize("coverage, ok", [(0.95, False), (0.9799, False), (0.98, True), (1.0, True), (1.01, False)])
+def test_character_coverage_is_what_sentencepiece_takes(caption_shards, tmp_path, capsys, coverage, ok):
+    """0.95 passed validation, then failed inside sentencepiece's training (it needs 0.98 to 1)."""
+    argv = ["tokenizer", f"input={caption_shards}", f"output={tmp_path / 't.model'}", "vocab_size=64",
+            f"character_coverage={coverage}"]
+    assert main(argv) == (0 if ok else 2)
+    if not ok:
+        assert capsys.readouterr().err.strip() == (f"megadalle tokenizer: character_coverage={coverage}: must be in "
+                                                   "[0.98, 1], the range sentencepiece accepts (1 keeps every character)")
+
+
 def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
     out = tmp_path / "tok.model"
     assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=16384"]) == 0
