@@ -165,17 +165,34 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
     return Tokenizer(buf.getvalue())
 
 
-def caption_lengths(tok: Tokenizer, shards: str | Path, limit: int = 100_000) -> dict[str, int]:
-    """Token counts of the first `limit` captions: their median, 99th percentile and maximum.
+def caption_lengths(tok: Tokenizer, shards: str | Path, limit: int = 100_000, dropout: float = 0.0) -> dict:
+    """Token counts of the first `limit` captions: their median, 99th percentile and maximum; with `dropout`,
+    also the 99th percentile and maximum under BPE dropout (`dropout_p99`, `dropout_max`).
 
     The Transformer and CLIP read `text_len` tokens and drop the rest silently, and a caption's last words
     often carry what the image depends on (where, how many); so `tokenizer` prints these for choosing
-    text_len before any training."""
-    lengths = np.array([len(tok.encode(c)) for c in itertools.islice(iter_captions(shards), limit)])
-    if lengths.size == 0:
+    text_len before any training. BPE dropout splits words into more pieces, so a caption that fits exactly
+    without it is cut in most of the Transformer's training draws: each caption is drawn once under dropout
+    (seeded by its position, so the numbers repeat), as one epoch of training draws it."""
+    captions = list(itertools.islice(iter_captions(shards), limit))
+    if not captions:
         raise ValueError(f"{shards} holds no captions")
-    return {"captions": int(lengths.size), "median": int(np.median(lengths)),
-            "p99": int(np.percentile(lengths, 99, method="higher")), "max": int(lengths.max())}
+    lengths = np.array([len(tok.encode(c)) for c in captions])
+    stats = {"captions": int(lengths.size), "median": int(np.median(lengths)),
+             "p99": int(np.percentile(lengths, 99, method="higher")), "max": int(lengths.max())}
+    if dropout > 0.0:
+        drawn = np.array([len(tok.encode(c, dropout=dropout, seed=i)) for i, c in enumerate(captions)])
+        stats.update(dropout_p99=int(np.percentile(drawn, 99, method="higher")), dropout_max=int(drawn.max()))
+    return stats
+
+
+def train_dropout() -> float:
+    """`train`'s default data.bpe_dropout (conf/data/tokens.yaml), read where it is set."""
+    from omegaconf import OmegaConf
+
+    from megadalle.config.compose import conf_dir
+
+    return float(OmegaConf.load(conf_dir() / "data" / "tokens.yaml").bpe_dropout)
 
 
 def run(cfg: DictConfig) -> int:
@@ -188,7 +205,12 @@ def run(cfg: DictConfig) -> int:
                           tc.max_sentences, tc.byte_fallback, tc.seed)
     note = "" if tok.vocab_size == tc.vocab_size else f" (asked for {tc.vocab_size}: the corpus supports no more)"
     print(f"tokenizer: wrote {tc.output}, vocabulary {tok.vocab_size}{note}")
-    n = caption_lengths(tok, tc.input)
+    dropout = train_dropout()
+    n = caption_lengths(tok, tc.input, dropout=dropout)
     print(f"tokenizer: captions are {n['median']} tokens (median), {n['p99']} (99th percentile), {n['max']} at "
-          f"most over the first {n['captions']}; a model's text_len below that cuts their ends")
+          f"most over the first {n['captions']}; a text_len below that cuts their ends (clip.text_len={n['max']} "
+          "keeps them whole)")
+    print(f"tokenizer: under train's BPE dropout (data.bpe_dropout={dropout}, one seeded draw per caption) they are "
+          f"{n['dropout_p99']} tokens (99th percentile), {n['dropout_max']} at most: model.text_len="
+          f"{n['dropout_max']} keeps them whole")
     return 0

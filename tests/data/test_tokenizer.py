@@ -171,8 +171,11 @@ def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
     assert 64 < tok.vocab_size < 16384  # the corpus caps it; hard_vocab_limit=False makes that work
     out_text = capsys.readouterr().out
     assert f"vocabulary {tok.vocab_size} (asked for 16384" in out_text
-    n = caption_lengths(tok, caption_shards)
+    n = caption_lengths(tok, caption_shards, dropout=0.1)
     assert f"{n['median']} tokens (median), {n['p99']} (99th percentile), {n['max']} at most" in out_text
+    assert (f"under train's BPE dropout (data.bpe_dropout=0.1, one seeded draw per caption) they are "
+            f"{n['dropout_p99']} tokens (99th percentile), {n['dropout_max']} at most: "
+            f"model.text_len={n['dropout_max']} keeps them whole") in out_text
     assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "normalization=lower"]) == 2
 
 
@@ -186,3 +189,15 @@ def test_caption_lengths_count_tokens(caption_shards, tokenizer):
     n = caption_lengths(tokenizer, caption_shards)
     assert n["captions"] == len(lengths) and n["max"] == lengths[-1] and n["median"] <= n["p99"] <= n["max"]
     assert caption_lengths(tokenizer, caption_shards, limit=10)["captions"] == 10
+
+
+def test_caption_lengths_under_bpe_dropout(caption_shards, tokenizer):
+    """A caption of exactly text_len tokens was reported as fitting, though at data.bpe_dropout=0.1 most of its
+    training draws are longer and cut: the lengths under dropout are reported too, the same on every call."""
+    n = caption_lengths(tokenizer, caption_shards, dropout=0.1)
+    assert n == caption_lengths(tokenizer, caption_shards, dropout=0.1)
+    assert n["dropout_max"] > n["max"] and n["dropout_p99"] >= n["p99"]
+    longest = max(iter_captions(caption_shards), key=lambda c: len(tokenizer.encode(c)))
+    cut = [len(tokenizer.encode(longest, dropout=0.1, seed=s)) > n["max"] for s in range(40)]
+    assert sum(cut) > len(cut) / 2  # text_len = the plain maximum cuts most draws of the longest caption
+    assert "dropout_max" not in caption_lengths(tokenizer, caption_shards)
