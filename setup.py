@@ -26,6 +26,7 @@ setup(
         "deepspeed>=0.15",
         "triton>=3.0; platform_system == 'Linux'",
         "sentencepiece>=0.2",
+        "protobuf>=3.20",  # sentencepiece's model proto: a tokenizer's model type and piece types (user-defined)
         "webdataset>=0.2.90",
         "wandb>=0.17",
         "hydra-core>=1.3",

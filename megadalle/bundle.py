@@ -2,6 +2,7 @@
 
     FOLDER/
       bundle.json              what is where, and the Transformer run's config (the record of how it was trained)
+                               and the tokenizer's sha256
       transformer/             the Transformer: safetensors shards + model.safetensors.index.json + config.json
       tokenizer.model          sentencepiece BPE model
       dvae.safetensors         dVAE (+ dvae.json)
@@ -11,6 +12,8 @@
 Tokenizer, dVAE and CLIP default to what the run's own config records (`data.tokenizer`, and
 `dvae_weights` / `clip_weights` where the run has them); a key given to `export` wins. The names
 are the ones `generate` looks for beside its `weights`, so `generate weights=FOLDER` loads it.
+bundle.json records the tokenizer's sha256, as the run's run.json does: a tokenizer whose contents are not
+the recorded ones is refused by `export` and by every reader of the folder or the run (compatible.py).
 The Transformer is written by `export_transformer` (streamed, bf16 by default) and read by `read_model`
 alone, so a change of its on-disk format touches those two functions only.
 """
@@ -27,6 +30,7 @@ from torch import nn
 
 from megadalle.data import atomic
 from megadalle.errors import UserError
+from megadalle.sampling.compatible import TokenizerRecord
 
 MANIFEST = "bundle.json"
 FORMAT = "megadalle-bundle/1"
@@ -89,6 +93,9 @@ class SamplingFiles:
     clip_model: str
     manifest: dict
     """A model folder's bundle.json; {} for other weights."""
+    tokenizer_record: TokenizerRecord | None = None
+    """The sha256 that the folder's bundle.json or the run's run.json records of its tokenizer; None for other
+    weights and for records older than the digests."""
 
 
 def check_ema(files: SamplingFiles, ema: bool) -> None:
@@ -108,10 +115,11 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
                    without_clip: str = "rerank=false") -> SamplingFiles:
     """The files behind a sampling verb's keys. A path given is taken as given. A model folder's pieces are the
     ones its bundle.json names and no others: a folder exported without CLIP has none, whatever file lies
-    beside the folder (that one belongs to another model). Weights or a run directory find theirs by the
-    default names beside them (`sampling.load.beside`), and a Transformer run directory, failing that, where its
-    run.json records them (`RECORDED_PIECES`, as export reads them). The CLIP is looked for only when
-    `want_clip`; missing, it is refused with `without_clip`, the key that does without it."""
+    beside the folder (that one belongs to another model). A Transformer run directory's are where its run.json
+    records them (`RECORDED_PIECES`, as export reads them), so that the run and its export sample with the same
+    files; where it records none, or a file no longer there, and for plain weights, the default names beside
+    (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing, it is refused with
+    `without_clip`, the key that does without it."""
     from megadalle.sampling.load import ModelNotFound, beside, is_run
     from megadalle.sampling.rerank import OPEN_CLIP
 
@@ -119,22 +127,17 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     manifest = json.loads((weights / MANIFEST).read_text()) if is_bundle(weights) else None
     if manifest is not None and clip_model == "megadalle":  # the key's default: the folder's own reranker wins
         clip_model = manifest.get("clip_model", "megadalle")
-
-    recorded = RECORDED_PIECES if is_run(weights) else {}
+    record = _run_record(weights) if manifest is None and is_run(weights) else None
 
     def piece(given: str | None, key: str, name: str) -> Path | None:
         if given:
             return Path(given)
         if manifest is not None:
             return weights / manifest[key] if manifest.get(key) else None
-        try:
-            return beside(weights, None, name)
-        except ModelNotFound:
-            # a training run's own record names what it trained with, as export reads it
-            path = _lookup(_run_config(weights), recorded[key]) if key in recorded else None
-            if path and Path(path).exists():
-                return Path(path)
-            raise
+        path = _lookup(record.get("config", {}), RECORDED_PIECES[key]) if record is not None else None
+        if path and Path(path).exists():
+            return Path(path)
+        return beside(weights, None, name)
 
     clip_path = None
     if want_clip and (clip or manifest is not None or not clip_model.startswith(OPEN_CLIP)):
@@ -145,14 +148,28 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
         if clip_path is None:
             raise BundleError(f"{weights} was exported without a CLIP: pass {without_clip}, or clip_weights=FILE")
     return SamplingFiles(transformer_path(weights), piece(dvae, "dvae", DVAE), piece(tokenizer, "tokenizer", TOKENIZER),
-                         clip_path, clip_model, manifest or {})
+                         clip_path, clip_model, manifest or {}, _tokenizer_record(weights, manifest, record))
 
 
-def _run_config(run_dir: Path) -> dict:
+def _run_record(run_dir: Path) -> dict:
+    """A run directory's run.json: its config and the sha256 of its tokenizer."""
     record = run_dir / "run.json"
     if not record.is_file():
         raise BundleError(f"run={run_dir}: not a training run directory (no run.json)")
-    return json.loads(record.read_text()).get("config", {})
+    return json.loads(record.read_text())
+
+
+def _tokenizer_record(where: Path, manifest: dict | None, record: dict | None) -> TokenizerRecord | None:
+    """What a model folder's bundle.json (`manifest`) or a run's run.json (`record`) says of its tokenizer."""
+    if manifest is not None:
+        digest, path = manifest.get("sha256", {}).get("tokenizer"), manifest.get("sources", {}).get("tokenizer")
+        name = MANIFEST
+    elif record is not None:
+        key = RECORDED_PIECES["tokenizer"]
+        digest, path, name = record.get("sha256", {}).get(key), _lookup(record.get("config", {}), key), "run.json"
+    else:
+        return None
+    return None if digest is None else TokenizerRecord(digest, str(path), str(where / name))
 
 
 RECORDED_PIECES = {"tokenizer": "data.tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}
@@ -200,19 +217,22 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
                  clip_model: str = "megadalle", dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9) -> Path:
     """Export a Transformer run with its tokenizer, dVAE and (optional) CLIP into the folder `output`;
     `clip_model=open_clip:<arch>` takes an open_clip state dict as the CLIP."""
+    from megadalle.data.digest import sha256
     from megadalle.sampling.rerank import OPEN_CLIP
 
     from megadalle.sampling.compatible import check_files
     from megadalle.sampling.load import model_config
 
     run, output = Path(run), Path(output)
-    config = _run_config(run)
+    record = _run_record(run)
+    config = record.get("config", {})
     model_config(run, "transformer")  # a model folder is a Transformer's: refuse a dVAE or CLIP run by name
     files = {"tokenizer": _pick(tokenizer, _lookup(config, RECORDED_PIECES["tokenizer"]), "tokenizer", True),
              "dvae": _pick(dvae_weights, _lookup(config, RECORDED_PIECES["dvae"]), "dvae_weights", True),
              "clip": _pick(clip_weights, _lookup(config, RECORDED_PIECES["clip"]), "clip_weights", False)}
     own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
-    check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"])
+    check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
+                _tokenizer_record(run, None, record))
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     (output / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
@@ -231,7 +251,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
                 "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
                 "sources": {"run": str(run), **{k: None if v is None else str(v) for k, v in files.items()}},
-                "run_config": config}
+                "sha256": {"tokenizer": sha256(output / TOKENIZER)}, "run_config": config}
     atomic.write_json(output / MANIFEST, manifest)
     return output
 
@@ -252,7 +272,7 @@ def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | N
     files = sampling_files(weights, dvae, tokenizer, clip, clip_model, want_clip, without_clip)
     check_ema(files, ema)
     check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
-                files.tokenizer)
+                files.tokenizer, files.tokenizer_record)
     words = Tokenizer(files.tokenizer)
     reranker = load_reranker(files.clip_model, files.clip, words, device,
                              lambda path, kind: read_model(path, kind, ema)) if want_clip else None

@@ -80,13 +80,13 @@ def first_codes_side(shards) -> int | None:
 
 def tokenizer_vocab(key: str, value) -> int:
     """Vocabulary size of the sentencepiece model at `value`."""
-    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.data.tokenizer import Tokenizer, TokenizerError
 
     _exists(key, value, "file")
     try:
         return Tokenizer(value).vocab_size
-    except (OSError, RuntimeError) as err:
-        raise PreflightError(f"{key}={value}: not a sentencepiece model ({str(err).splitlines()[0]})") from None
+    except TokenizerError as err:
+        raise PreflightError(f"{key}={value}: {err}") from None
 
 
 def fits(ok: bool, message: str) -> None:

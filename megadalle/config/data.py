@@ -87,7 +87,7 @@ class TokenizerConfig:
     normalization: str = "nmt_nfkc_cf"
     """sentencepiece normalisation rule; the *_cf rules also case-fold."""
     character_coverage: float = 0.9995
-    """Fraction of characters kept as pieces; the rarest others become unk."""
+    """Fraction of characters kept as pieces; the rarest others become unk. 0.98 to 1: sentencepiece takes no less."""
     max_sentences: int = 10_000_000
     """At most this many caption lines (a random sample) are used for training."""
     byte_fallback: bool = False
@@ -98,8 +98,8 @@ class TokenizerConfig:
         check(self.vocab_size > 4, join(where, "vocab_size"), self.vocab_size, "must exceed the 4 special ids")
         check(self.normalization in NORMALIZATIONS, join(where, "normalization"), self.normalization,
               f"expected one of {NORMALIZATIONS}")
-        check(0 < self.character_coverage <= 1, join(where, "character_coverage"), self.character_coverage,
-              "must be in (0, 1]")
+        check(0.98 <= self.character_coverage <= 1, join(where, "character_coverage"), self.character_coverage,
+              "must be in [0.98, 1], the range sentencepiece accepts (1 keeps every character)")
         check(self.max_sentences > 0, join(where, "max_sentences"), self.max_sentences, "must be positive")
 
 

@@ -6,6 +6,7 @@
     tar.py        the one walk over tar members (sample spans + raw fields) that index, ingest and readers share
     fields.py     encode/decode of fields by name; pickles are never decoded
     tokenizer.py  `megadalle tokenizer` and the Tokenizer (sentencepiece BPE, pad 0 unk 1 bos 2 eos 3)
+    digest.py     a file's sha256: what run.json and bundle.json record of the tokenizer, checked by content
     order.py      sample order = f(seed, epoch, position): the basis of exact and elastic resume
     loader.py     step-indexed, rank-aware loaders and their checkpoint state; batches.py builds the batches
 """

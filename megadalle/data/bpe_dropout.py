@@ -10,7 +10,9 @@ The merge rule is sentencepiece's: repeatedly merge the adjacent pair whose conc
 highest-scoring piece (leftmost on ties); with dropout, each candidate merge is skipped with
 probability p at every step, and segmentation of a word ends when no candidate survives. At p = 0
 this reproduces sentencepiece's deterministic encoding (tested). Words holding pieces that are not
-plain vocabulary (unknown characters, byte fallback) keep sentencepiece's segmentation.
+plain vocabulary (unknown characters, byte fallback, user-defined symbols) keep sentencepiece's segmentation:
+sentencepiece cuts a user-defined symbol out of the text before any merge, so it is never built by merges nor
+split by dropout.
 """
 from __future__ import annotations
 
@@ -24,10 +26,13 @@ class BpeDropout:
     """BPE-dropout encoder for one sentencepiece model: the plain pieces and their merge scores, indexed once."""
 
     def __init__(self, sp: spm.SentencePieceProcessor):
+        from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
         self.sp = sp
-        special = (sp.is_control, sp.is_unknown, sp.is_unused, sp.is_byte)
-        self.pieces = {sp.id_to_piece(i): (i, sp.get_score(i)) for i in range(sp.vocab_size())
-                       if not any(test(i) for test in special)}
+        # the piece types come from the proto: the installed sentencepiece has no is_user_defined
+        pieces = model_pb2.ModelProto.FromString(sp.serialized_model_proto()).pieces
+        self.pieces = {piece.piece: (i, piece.score) for i, piece in enumerate(pieces)
+                       if piece.type == piece.NORMAL}
         """Plain vocabulary pieces (the only merge targets) -> (id, score)."""
 
     def segment(self, word: str, p: float, rng: np.random.Generator | None) -> list[str]:

@@ -4,7 +4,11 @@ Ids 0-3 are fixed (pad, unk, bos, eos) so that pad = 0 matches TransformerConfig
 Training uses `hard_vocab_limit=False`: on a small corpus (the demo's few thousand captions) the
 requested size is an upper bound and the model may come out smaller (`Tokenizer.vocab_size` is the
 real one; the Transformer's text_vocab must be at least that). A size below the number of distinct
-characters plus the 4 specials cannot work and raises an error naming the minimum.
+characters plus the 4 specials (plus 256 byte pieces with byte_fallback) cannot work and raises an error
+naming the minimum.
+
+Only BPE models are accepted: BPE dropout (`bpe_dropout.py`) re-runs BPE merges, so a unigram, word or char
+model would be tokenized one way in training and another at generation.
 """
 from __future__ import annotations
 
@@ -24,10 +28,23 @@ from tqdm import tqdm
 from megadalle.data import atomic
 from megadalle.data.bpe_dropout import BpeDropout
 from megadalle.data.shards import iter_samples, open_index
+from megadalle.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 from megadalle.config import ConfigError  # noqa: E402
 from megadalle.config.data import NORMALIZATIONS  # noqa: E402  (one list for config and code)
+
+
+class TokenizerError(UserError, ValueError):
+    """A file megadalle cannot tokenize with; callers that know the key prefix it (`data.tokenizer=FILE: ...`)."""
+
+
+def model_type(proto: bytes) -> str:
+    """The sentencepiece algorithm a model was trained with (`bpe`, `unigram`, `word`, `char`), from its proto."""
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    spec = model_pb2.ModelProto.FromString(proto).trainer_spec
+    return model_pb2.TrainerSpec.ModelType.Name(spec.model_type).lower()
 
 
 class Tokenizer:
@@ -40,13 +57,25 @@ class Tokenizer:
     """
 
     def __init__(self, model: str | Path | bytes, add_bos: bool = False, add_eos: bool = False):
-        self.proto = model if isinstance(model, bytes) else Path(model).read_bytes()
+        try:
+            self.proto = model if isinstance(model, bytes) else Path(model).read_bytes()
+        except OSError as err:
+            raise TokenizerError(f"cannot be read ({err.strerror})") from None
         self.add_bos, self.add_eos = add_bos, add_eos
-        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        except RuntimeError:  # sentencepiece's only answer to bytes that do not parse as its model
+            raise TokenizerError("not a sentencepiece model (train one with `megadalle tokenizer`)") from None
+        kind = model_type(self.proto)
+        if kind != "bpe":
+            raise TokenizerError(f"a {kind} sentencepiece model: megadalle's BPE dropout needs model_type=bpe (train "
+                                 "one with `megadalle tokenizer`)")
+        ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise TokenizerError(f"special ids pad/unk/bos/eos are {'/'.join(map(str, ids))}, megadalle needs "
+                                 f"{PAD_ID}/{UNK_ID}/{BOS_ID}/{EOS_ID} (train one with `megadalle tokenizer`, or give "
+                                 f"sentencepiece pad_id={PAD_ID} unk_id={UNK_ID} bos_id={BOS_ID} eos_id={EOS_ID})")
         self.bpe = BpeDropout(self.sp)
-        if (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise ValueError(f"tokenizer model has special ids pad/unk/bos/eos = {self.sp.pad_id()}/{self.sp.unk_id()}/"
-                             f"{self.sp.bos_id()}/{self.sp.eos_id()}; megadalle needs 0/1/2/3")
 
     @property
     def vocab_size(self) -> int:
@@ -128,24 +157,42 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
     except RuntimeError as err:
         need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(err))
         if need:
+            parts = "distinct characters + 4 specials" + (" + 256 byte pieces for byte_fallback" * byte_fallback)
             raise ConfigError(f"vocab_size={vocab_size}: the captions need at least {need.group(1)} pieces "
-                              f"(distinct characters + 4 specials); set vocab_size={need.group(1)} or more") from None
+                              f"({parts}); set vocab_size={need.group(1)} or more") from None
         raise ConfigError(f"sentencepiece training on {total} samples of {shards} failed: {err}") from None
     atomic.write_bytes(output, buf.getvalue())
     return Tokenizer(buf.getvalue())
 
 
-def caption_lengths(tok: Tokenizer, shards: str | Path, limit: int = 100_000) -> dict[str, int]:
-    """Token counts of the first `limit` captions: their median, 99th percentile and maximum.
+def caption_lengths(tok: Tokenizer, shards: str | Path, limit: int = 100_000, dropout: float = 0.0) -> dict:
+    """Token counts of the first `limit` captions: their median, 99th percentile and maximum; with `dropout`,
+    also the 99th percentile and maximum under BPE dropout (`dropout_p99`, `dropout_max`).
 
     The Transformer and CLIP read `text_len` tokens and drop the rest silently, and a caption's last words
     often carry what the image depends on (where, how many); so `tokenizer` prints these for choosing
-    text_len before any training."""
-    lengths = np.array([len(tok.encode(c)) for c in itertools.islice(iter_captions(shards), limit)])
-    if lengths.size == 0:
+    text_len before any training. BPE dropout splits words into more pieces, so a caption that fits exactly
+    without it is cut in most of the Transformer's training draws: each caption is drawn once under dropout
+    (seeded by its position, so the numbers repeat), as one epoch of training draws it."""
+    captions = list(itertools.islice(iter_captions(shards), limit))
+    if not captions:
         raise ValueError(f"{shards} holds no captions")
-    return {"captions": int(lengths.size), "median": int(np.median(lengths)),
-            "p99": int(np.percentile(lengths, 99, method="higher")), "max": int(lengths.max())}
+    lengths = np.array([len(tok.encode(c)) for c in captions])
+    stats = {"captions": int(lengths.size), "median": int(np.median(lengths)),
+             "p99": int(np.percentile(lengths, 99, method="higher")), "max": int(lengths.max())}
+    if dropout > 0.0:
+        drawn = np.array([len(tok.encode(c, dropout=dropout, seed=i)) for i, c in enumerate(captions)])
+        stats.update(dropout_p99=int(np.percentile(drawn, 99, method="higher")), dropout_max=int(drawn.max()))
+    return stats
+
+
+def train_dropout() -> float:
+    """`train`'s default data.bpe_dropout (conf/data/tokens.yaml), read where it is set."""
+    from omegaconf import OmegaConf
+
+    from megadalle.config.compose import conf_dir
+
+    return float(OmegaConf.load(conf_dir() / "data" / "tokens.yaml").bpe_dropout)
 
 
 def run(cfg: DictConfig) -> int:
@@ -158,7 +205,12 @@ def run(cfg: DictConfig) -> int:
                           tc.max_sentences, tc.byte_fallback, tc.seed)
     note = "" if tok.vocab_size == tc.vocab_size else f" (asked for {tc.vocab_size}: the corpus supports no more)"
     print(f"tokenizer: wrote {tc.output}, vocabulary {tok.vocab_size}{note}")
-    n = caption_lengths(tok, tc.input)
+    dropout = train_dropout()
+    n = caption_lengths(tok, tc.input, dropout=dropout)
     print(f"tokenizer: captions are {n['median']} tokens (median), {n['p99']} (99th percentile), {n['max']} at "
-          f"most over the first {n['captions']}; a model's text_len below that cuts their ends")
+          f"most over the first {n['captions']}; a text_len below that cuts their ends (clip.text_len={n['max']} "
+          "keeps them whole)")
+    print(f"tokenizer: under train's BPE dropout (data.bpe_dropout={dropout}, one seeded draw per caption) they are "
+          f"{n['dropout_p99']} tokens (99th percentile), {n['dropout_max']} at most: model.text_len="
+          f"{n['dropout_max']} keeps them whole")
     return 0

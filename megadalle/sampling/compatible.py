@@ -4,9 +4,14 @@ Each is trained on its own and any of them can be swapped on the command line (`
 `generate tokenizer=...`). A dVAE of another grid decodes the sampled codes as the wrong picture without a
 word, a smaller codebook fails deep inside its decoder, and a tokenizer with more pieces than an embedding
 table fails on its first out-of-range id: so `export` and every sampling verb check the four against each
-other first, from their configs alone, and say which setting disagrees.
+other first, from their configs alone, and say which setting disagrees. A tokenizer of the same size but
+other contents (retrained in place, or another corpus's) gives the prompt ids the Transformer never learnt:
+where a run's run.json or a model folder's bundle.json records the sha256 of its tokenizer, the tokenizer
+is compared with it by content.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from megadalle.errors import UserError
 
@@ -49,14 +54,37 @@ def check_compatible(transformer, dvae, clip=None, tokenizer_vocab: int | None =
                                    "(dvae_weights=, clip_weights=, tokenizer=)")
 
 
-def check_files(transformer, dvae, clip, tokenizer) -> None:
+@dataclass(frozen=True)
+class TokenizerRecord:
+    """What a record says of the tokenizer a Transformer trained with."""
+
+    sha256: str
+    path: str
+    """The tokenizer file it was, when recorded."""
+    record: str
+    """The record: `RUN/run.json` or `FOLDER/bundle.json`."""
+
+
+def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | None = None) -> None:
     """`check_compatible` for models on disk (weights or run directories; `clip` None for no megadalle CLIP),
-    their configs read without a tensor: a mismatch is named before a large model's weights are read."""
-    from megadalle.data.tokenizer import Tokenizer
+    their configs read without a tensor: a mismatch is named before a large model's weights are read. A
+    tokenizer megadalle cannot use is refused under its key, `tokenizer`, and so is one whose contents are not
+    the `recorded` one's (None: nothing records it, plain weights or a record older than the digests)."""
+    from megadalle.data.digest import sha256
+    from megadalle.data.tokenizer import Tokenizer, TokenizerError
     from megadalle.sampling.load import model_config
 
     names = {"transformer": str(transformer), "dvae": str(dvae), "tokenizer": str(tokenizer)}
     if clip is not None:
         names["clip"] = str(clip)
-    check_compatible(model_config(transformer, "transformer"), model_config(dvae, "dvae"),
-                     None if clip is None else model_config(clip, "clip"), Tokenizer(tokenizer).vocab_size, names)
+    configs = (model_config(transformer, "transformer"), model_config(dvae, "dvae"),
+               None if clip is None else model_config(clip, "clip"))
+    try:
+        vocab = Tokenizer(tokenizer).vocab_size
+    except TokenizerError as err:
+        raise TokenizerError(f"tokenizer={tokenizer}: {err}") from None
+    check_compatible(*configs, vocab, names)
+    if recorded is not None and (digest := sha256(tokenizer)) != recorded.sha256:
+        raise IncompatibleModels(f"tokenizer={tokenizer}: not the tokenizer the Transformer was trained with (sha256 "
+                                 f"{digest[:12]}; {recorded.record} records {recorded.path}, sha256 "
+                                 f"{recorded.sha256[:12]}): give the tokenizer it was trained with (tokenizer=FILE)")

@@ -51,7 +51,8 @@ class RunOptions:
     """auto (newest complete checkpoint, else fresh), never, or the path of a step_* directory."""
     seed: int = 0
     config: dict = field(default_factory=dict)
-    """The full config, saved as run.json with `task_factory` so `megadalle export` can rebuild the model."""
+    """The full config, saved as run.json with `task_factory` so `megadalle export` can rebuild the model (and
+    the sha256 of its tokenizer, `rundir.digests`)."""
     task_factory: str | None = None
     """`module:function` that rebuilds the task from `config` (used by export)."""
 
@@ -109,7 +110,8 @@ class Trainer:
         self.nonfinite = int(state.get("nonfinite_losses", 0))
         if self.env.rank == 0:  # the config it runs under now: a resume may have changed what RESUMABLE allows
             atomic.write_bytes(self.run_dir / "run.json", json.dumps(
-                {"task_factory": run.task_factory, "config": run.config}, indent=1, default=str).encode())
+                {"task_factory": run.task_factory, "config": run.config, "sha256": rundir.digests(run.config)},
+                indent=1, default=str).encode())
         self.wandb = Wandb(logger)
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)

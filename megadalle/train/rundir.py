@@ -12,7 +12,10 @@ checkpoint cadence, wandb), where things live (run_dir, out_dir), or memory and 
 changing the maths (micro_batch/grad_accum at the same global batch, which the checkpoint's data
 identity check guards; loader workers; activation checkpointing; the attention backend).
 The keys in PATH_KEYS name files: `out/shards`, `out/shards/`, `./out/shards` and its absolute
-path are one value there (`same_path`), so a rerun need not repeat the spelling of the first.
+path are one value there (`same_path`), so a rerun need not repeat the spelling of the first. The files of
+DIGEST_KEYS (the tokenizer) are compared by content too: run.json records their sha256, and a rerun whose
+tokenizer was retrained in place (same path, other ids) is refused. A run.json without digests (written
+before them) is compared by path alone.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from megadalle.data.digest import sha256
 from megadalle.errors import UserError
 
 RUN_JSON = "run.json"
@@ -40,6 +44,9 @@ the training exactly as it was (tests/cli/test_rerun.py)."""
 PATH_KEYS = ("data.shards", "data.val_shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights",
              "weights")
 """Keys whose values are file or folder paths, compared as paths (`same_path`); every other value as written."""
+DIGEST_KEYS = ("data.tokenizer", "tokenizer")
+"""Keys whose file's sha256 run.json records (`digests`) and a rerun compares: the tokenizer, whose ids the model
+learnt (`train`'s data.tokenizer, `train-clip`'s tokenizer)."""
 
 
 class RunDirError(UserError):
@@ -100,18 +107,33 @@ def config_diff(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
             if not resumable(key) and not (same_path if key in PATH_KEYS else operator.eq)(a.get(key), b.get(key))]
 
 
+def digests(config: dict) -> dict[str, str]:
+    """{key: sha256} of the DIGEST_KEYS files that `config` names (those that exist), for run.json."""
+    flat = flatten(config)
+    return {key: sha256(flat[key]) for key in DIGEST_KEYS
+            if isinstance(flat.get(key), str) and Path(flat[key]).is_file()}
+
+
 def check_config(path: Path, config: dict) -> None:
-    """Refuse to reuse `path` when its run.json records a config that differs where it matters."""
+    """Refuse to reuse `path` when its run.json records a config that differs where it matters, or a tokenizer
+    whose contents have changed since."""
     record = path / RUN_JSON
     if not record.is_file():
         return
-    saved = json.loads(record.read_text()).get("config", {})
-    diff = config_diff(saved, config)
+    saved = json.loads(record.read_text())
+    diff = config_diff(saved.get("config", {}), config)
     if diff:
         shown = ", ".join(f"{key} ({old!r} there, {new!r} now)" for key, old, new in diff[:5])
         more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
         raise RunDirError(f"{path} holds a run with another config: {shown}{more}; rerun with the same values to "
                           f"resume it, or start a new run with name=<new name> (or run_dir=)")
+    now = digests(config)
+    for key, recorded in saved.get("sha256", {}).items():
+        if key in now and now[key] != recorded:
+            raise RunDirError(f"{key}={flatten(config)[key]}: not the tokenizer the run in {path} trained with "
+                              f"(sha256 {now[key][:12]} now, {recorded[:12]} in its run.json: changed since, it gives "
+                              f"the captions other ids); give the run its tokenizer back, or start a new run with "
+                              f"name=<new name> (or run_dir=)")
 
 
 def choose(run_dir: str | None, out_dir: str, name: str, rank: int, run_name: str | None = None) -> Path:

@@ -60,6 +60,20 @@ def test_token_shards_and_tokenizer_must_fit_the_model(capsys, token_shards, ove
     assert "(set model." in err
 
 
+def test_a_tokenizer_megadalle_cannot_use_is_named_by_its_key(capsys, token_shards, image_shards, tmp_path):
+    """sentencepiece's default special ids were a ValueError traceback (exit 1), a text file a RuntimeError."""
+    from tests.data.test_tokenizer import captions, sp_model
+
+    default_ids = tmp_path / "default.model"
+    default_ids.write_bytes(sp_model(captions(), pad_id=-1, unk_id=0, bos_id=1, eos_id=2))
+    (tmp_path / "corpus.txt").write_text("a red circle\n")
+    fails(capsys, ["train", *TINY, f"data.shards={token_shards[0]}", f"data.tokenizer={default_ids}"],
+          f"megadalle train: data.tokenizer={default_ids}: special ids pad/unk/bos/eos are -1/0/1/2")
+    fails(capsys, ["train-clip", "clip=tiny", "trainer=tiny", "logger=none", f"data.shards={image_shards}",
+                   f"tokenizer={tmp_path / 'corpus.txt'}"],
+          f"megadalle train-clip: tokenizer={tmp_path / 'corpus.txt'}: not a sentencepiece model")
+
+
 def test_image_shards_are_not_token_shards(capsys, token_shards, image_shards):
     fails(capsys, ["train", *TINY, f"data.shards={image_shards}", f"data.tokenizer={token_shards[1]}"],
           "no codes.npy field")

@@ -55,6 +55,27 @@ def test_rerunning_the_same_command_resumes_and_another_config_is_refused(train_
 
 
 @pytest.mark.distributed
+def test_a_tokenizer_retrained_in_place_does_not_resume(train_overrides, token_data, tmp_path, capsys):
+    """data.tokenizer names the same path after `megadalle tokenizer` wrote another model there: resuming would
+    train on other ids in silence. run.json records the tokenizer's sha256 and the rerun is refused."""
+    from megadalle.data.digest import sha256
+    from megadalle.data.tokenizer import train_tokenizer
+
+    shards, tok = token_data
+    mine = tmp_path / "tok.model"
+    mine.write_bytes(tok.read_bytes())
+    command = ["train", *train_overrides, f"data.tokenizer={mine}", "trainer.steps=1", f"run_dir={tmp_path / 'run'}"]
+    assert main(command) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["sha256"] == {"data.tokenizer": sha256(mine)}
+    train_tokenizer(tok.parent / "captions", mine, vocab_size=36)
+    capsys.readouterr()
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"megadalle train: data.tokenizer={mine}: not the tokenizer the run in {tmp_path / 'run'} "
+                          "trained with") and err.count("\n") == 1
+
+
+@pytest.mark.distributed
 def test_validation_switched_on_at_a_resume_leaves_the_training_as_it_was(train_overrides, token_data, tmp_path):
     shards, _ = token_data
     common = [*train_overrides, f"data.val_shards={shards}"]

@@ -1,6 +1,7 @@
 """The sentencepiece tokenizer: special ids, round trip, truncation, padding, reproducible BPE dropout."""
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import subprocess
@@ -8,13 +9,29 @@ import sys
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 
 from megadalle.cli import main
-from megadalle.data.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, caption_lengths,
+from megadalle.data.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError, caption_lengths,
                                       iter_captions, train_tokenizer)
-from tests.data.conftest import WORDS
+from megadalle.errors import UserError
+from tests.data.conftest import WORDS, caption
 
 TEXT = "a small red cat sits on the mat near the big house"
+
+
+def sp_model(captions: list[str], **options) -> bytes:
+    """A sentencepiece model trained outside megadalle (megadalle's special ids unless `options` change them)."""
+    buf = io.BytesIO()
+    options = {"model_type": "bpe", "vocab_size": 64, "pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3, **options}
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(captions), model_writer=buf, hard_vocab_limit=False,
+                                   minloglevel=2, **options)
+    return buf.getvalue()
+
+
+def captions(n: int = 500, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [caption(rng) for _ in range(n)]
 
 
 def test_special_ids_and_small_vocab(tokenizer):
@@ -84,6 +101,42 @@ def test_dropout_zero_is_sentencepiece(tokenizer):
         assert tokenizer.bpe.encode(text, 0.0, rng) == tokenizer.sp.encode(text)
 
 
+@pytest.mark.parametrize("kind", ["unigram", "word", "char"])
+def test_a_model_that_is_not_bpe_is_refused_by_its_type(kind):
+    """BPE dropout re-runs BPE merges: on a unigram or word model it gave <unk>s and other splits than generation."""
+    with pytest.raises(TokenizerError, match=f"a {kind} sentencepiece model: .* needs model_type=bpe") as err:
+        Tokenizer(sp_model(captions(), model_type=kind))
+    assert isinstance(err.value, UserError)
+
+
+def test_files_megadalle_cannot_use_are_user_errors(tmp_path):
+    """Each was a traceback (ValueError, RuntimeError, OSError); callers prefix the key (tests/cli, tests/sample)."""
+    default_ids = sp_model(captions(), pad_id=-1, unk_id=0, bos_id=1, eos_id=2)  # sentencepiece's defaults
+    (tmp_path / "corpus.txt").write_text("a red circle\n")
+    for model, expected in ((default_ids, "special ids pad/unk/bos/eos are -1/0/1/2, megadalle needs 0/1/2/3"),
+                            (tmp_path / "corpus.txt", "not a sentencepiece model"),
+                            (tmp_path / "none.model", "cannot be read")):
+        with pytest.raises(TokenizerError, match=re.escape(expected)) as err:
+            Tokenizer(model)
+        assert isinstance(err.value, UserError) and "\n" not in str(err.value)
+
+
+def test_user_defined_symbols_stay_whole_under_dropout():
+    """sentencepiece cuts a user-defined piece out before merging: dropout at 0 is sentencepiece's encoding, and
+    dropout never splits the piece (it was rebuilt from characters, as <unk>s, before)."""
+    tok = Tokenizer(sp_model([c + " <red>" for c in captions()], user_defined_symbols=["<red>"]))
+    red = tok.sp.piece_to_id("<red>")
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice([*WORDS, "<red>", "x<red>y"], 10)) for _ in range(50)] + ["<red><red> cat", "<red>"]
+    for text in texts:
+        assert tok.bpe.encode(text, 0.0, rng) == tok.sp.encode(text)
+        for seed in range(3):
+            ids = tok.encode(text, dropout=0.5, seed=seed)
+            assert ids.count(red) == text.count("<red>")
+            assert UNK_ID not in tok.encode(text.replace("x", ""), dropout=0.5, seed=seed)  # x alone is unknown
+            assert tok.decode(ids) == tok.decode(tok.encode(text))
+
+
 def test_vocab_too_small_is_a_clear_error(caption_shards, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"vocab_size=8: the captions need at least \d+ pieces"):
         train_tokenizer(caption_shards, tmp_path / "t.model", vocab_size=8)
@@ -93,6 +146,24 @@ def test_vocab_too_small_is_a_clear_error(caption_shards, tmp_path, capsys):
     assert err.startswith("megadalle tokenizer: vocab_size=8") and re.search(r"set vocab_size=\d+ or more", err)
 
 
+def test_the_minimum_size_counts_the_byte_pieces_of_byte_fallback(caption_shards, tmp_path):
+    """With byte_fallback the minimum sentencepiece names includes 256 byte pieces: the message says so."""
+    with pytest.raises(ValueError, match=r"need at least \d+ pieces \(distinct characters \+ 4 specials \+ 256 byte "
+                                         r"pieces for byte_fallback\)"):
+        train_tokenizer(caption_shards, tmp_path / "t.model", vocab_size=64, byte_fallback=True)
+
+
+@pytest.mark.parametrize("coverage, ok", [(0.95, False), (0.9799, False), (0.98, True), (1.0, True), (1.01, False)])
+def test_character_coverage_is_what_sentencepiece_takes(caption_shards, tmp_path, capsys, coverage, ok):
+    """0.95 passed validation, then failed inside sentencepiece's training (it needs 0.98 to 1)."""
+    argv = ["tokenizer", f"input={caption_shards}", f"output={tmp_path / 't.model'}", "vocab_size=64",
+            f"character_coverage={coverage}"]
+    assert main(argv) == (0 if ok else 2)
+    if not ok:
+        assert capsys.readouterr().err.strip() == (f"megadalle tokenizer: character_coverage={coverage}: must be in "
+                                                   "[0.98, 1], the range sentencepiece accepts (1 keeps every character)")
+
+
 def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
     out = tmp_path / "tok.model"
     assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=16384"]) == 0
@@ -100,8 +171,11 @@ def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
     assert 64 < tok.vocab_size < 16384  # the corpus caps it; hard_vocab_limit=False makes that work
     out_text = capsys.readouterr().out
     assert f"vocabulary {tok.vocab_size} (asked for 16384" in out_text
-    n = caption_lengths(tok, caption_shards)
+    n = caption_lengths(tok, caption_shards, dropout=0.1)
     assert f"{n['median']} tokens (median), {n['p99']} (99th percentile), {n['max']} at most" in out_text
+    assert (f"under train's BPE dropout (data.bpe_dropout=0.1, one seeded draw per caption) they are "
+            f"{n['dropout_p99']} tokens (99th percentile), {n['dropout_max']} at most: "
+            f"model.text_len={n['dropout_max']} keeps them whole") in out_text
     assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "normalization=lower"]) == 2
 
 
@@ -115,3 +189,15 @@ def test_caption_lengths_count_tokens(caption_shards, tokenizer):
     n = caption_lengths(tokenizer, caption_shards)
     assert n["captions"] == len(lengths) and n["max"] == lengths[-1] and n["median"] <= n["p99"] <= n["max"]
     assert caption_lengths(tokenizer, caption_shards, limit=10)["captions"] == 10
+
+
+def test_caption_lengths_under_bpe_dropout(caption_shards, tokenizer):
+    """A caption of exactly text_len tokens was reported as fitting, though at data.bpe_dropout=0.1 most of its
+    training draws are longer and cut: the lengths under dropout are reported too, the same on every call."""
+    n = caption_lengths(tokenizer, caption_shards, dropout=0.1)
+    assert n == caption_lengths(tokenizer, caption_shards, dropout=0.1)
+    assert n["dropout_max"] > n["max"] and n["dropout_p99"] >= n["p99"]
+    longest = max(iter_captions(caption_shards), key=lambda c: len(tokenizer.encode(c)))
+    cut = [len(tokenizer.encode(longest, dropout=0.1, seed=s)) > n["max"] for s in range(40)]
+    assert sum(cut) > len(cut) / 2  # text_len = the plain maximum cuts most draws of the longest caption
+    assert "dropout_max" not in caption_lengths(tokenizer, caption_shards)

@@ -114,3 +114,66 @@ def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tm
     with pytest.raises(WrongKind, match="is a 'dvae' training run, not a 'transformer' one"):
         write_bundle(dvae_run, tmp_path / "m2", tokenizer=str(tok), dvae_weights=str(dvae))
     assert model_config(dvae_run, "dvae").vocab_size == config["dvae"]["vocab_size"]
+
+
+def other_tokenizer(run, path):
+    """A tokenizer of the run's captions with other pieces: the Transformer's embedding fits it, its ids differ."""
+    from megadalle.data.tokenizer import train_tokenizer
+
+    train_tokenizer(run.parent / "captions", path, vocab_size=36)
+    return path
+
+
+def test_the_tokenizer_is_checked_by_content_from_run_to_folder(trained, tmp_path, capsys):
+    """run.json and bundle.json record the tokenizer's sha256: export refuses another tokenizer naming both files,
+    and a folder whose tokenizer.model was swapped is refused by generate and load_pipeline; a bundle.json from
+    before the digests still loads."""
+    from megadalle.data.digest import sha256
+
+    run, tok, dvae, _ = trained
+    assert json.loads((run / "run.json").read_text())["sha256"] == {"data.tokenizer": sha256(tok)}
+    other = other_tokenizer(run, tmp_path / "other.model")
+    capsys.readouterr()  # its progress bar
+    assert main(["export", f"run={run}", f"output={tmp_path / 'refused'}", f"dvae_weights={dvae}",
+                 f"tokenizer={other}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"megadalle export: tokenizer={other}: not the tokenizer the Transformer was trained with")
+    assert f"{run / 'run.json'} records {tok}" in err and not (tmp_path / "refused").exists()
+
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae))
+    manifest = json.loads((folder / "bundle.json").read_text())
+    assert manifest["sha256"] == {"tokenizer": sha256(tok)}
+    shutil.copy(other, folder / "tokenizer.model")
+    with pytest.raises(IncompatibleModels, match=f"records {tok}, sha256 {sha256(tok)[:12]}"):
+        megadalle.load_pipeline(folder)
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=1", "rerank=false",
+                 f"output={tmp_path / 'out'}"]) == 2
+    assert "tokenizer.model: not the tokenizer the Transformer was trained with" in capsys.readouterr().err
+    assert main(["generate", f"weights={folder}", f"tokenizer={tok}", "prompt=red cat", "n=1", "rerank=false",
+                 f"output={tmp_path / 'out'}"]) == 0  # the tokenizer it trained with, given back
+    del manifest["sha256"]
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    assert megadalle.load_pipeline(folder).tokenizer.vocab_size == 36  # recorded before the digests: not checked
+
+
+def test_a_run_directory_samples_with_what_its_run_recorded(trained, tmp_path, capsys):
+    """A tokenizer.model and a dvae.safetensors lying beside a run directory belonged to another model, while export
+    takes the run's recorded ones: generate from the run now takes the recorded ones too, as its export would."""
+    from megadalle.bundle import sampling_files
+
+    run, tok, dvae, _ = trained
+    copy = tmp_path / "runs" / "run"
+    shutil.copytree(run, copy)
+    record = json.loads((copy / "run.json").read_text())
+    record["config"]["dvae_weights"] = str(dvae)
+    (copy / "run.json").write_text(json.dumps(record))
+    other_tokenizer(run, tmp_path / "runs" / "tokenizer.model")
+    save_dvae(tmp_path / "runs" / "dvae.safetensors", dvae_config(image_size=16, n_groups=3, vocab_size=128))
+    capsys.readouterr()  # the tokenizer's progress bar
+    files = sampling_files(copy, want_clip=False)
+    assert (files.tokenizer, files.dvae) == (tok, dvae)
+    assert main(["generate", f"weights={copy}", "prompt=red cat", "n=1", "rerank=false",
+                 f"output={tmp_path / 'out'}"]) == 0
+    assert main(["generate", f"weights={copy}", f"tokenizer={tmp_path / 'runs' / 'tokenizer.model'}",
+                 "prompt=red cat", "n=1", "rerank=false", f"output={tmp_path / 'out'}"]) == 2
+    assert f"{copy / 'run.json'} records {tok}" in capsys.readouterr().err

@@ -75,3 +75,16 @@ def test_weights_of_another_kind_are_a_one_line_error(models, capsys):
     assert main(["generate", f"weights={models / 'dvae.safetensors'}", "prompt=a red circle", "n=1",
                  f"output={models / 'out'}"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_tokenizer_megadalle_cannot_use_is_a_one_line_error(models, capsys):
+    """`generate tokenizer=corpus.txt` was a RuntimeError traceback, default special ids a ValueError one."""
+    from tests.data.test_tokenizer import captions, sp_model
+
+    (models / "corpus.txt").write_text("a red circle\n")
+    (models / "default.model").write_bytes(sp_model(captions(), pad_id=-1, unk_id=0, bos_id=1, eos_id=2))
+    for name, expected in (("corpus.txt", "not a sentencepiece model"), ("default.model", "special ids")):
+        assert main(["generate", f"weights={models / 'model.safetensors'}", f"tokenizer={models / name}",
+                     "prompt=a red circle", "n=1", f"output={models / 'out'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"megadalle generate: tokenizer={models / name}: {expected}") and err.count("\n") == 1
