@@ -64,9 +64,10 @@ def read_captions(cfg: EvaluateConfig) -> list[str]:
 
 
 def file_captions(path: str, limit: int) -> list[str]:
-    """The first `limit` non-blank lines of a UTF-8 text file, stripped."""
+    """The first `limit` non-blank lines of a UTF-8 text file, stripped. Read as utf-8-sig, as `prepare` reads
+    captions: a byte-order mark (Notepad, Excel) is no part of the first caption."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise ConfigError(f"captions={path!r}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
                           f"{err.start}); save it as UTF-8") from None
