@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from megadalle.config import ConfigError, build, check, top_level
 from megadalle.config.evaluate import EvaluateConfig
+from megadalle.data.captions import first_caption
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
 from megadalle.outputs import ready_output
@@ -78,12 +79,6 @@ def file_captions(path: str, limit: int) -> list[str]:
     captions = list(islice(filter(None, (line.strip() for line in text.splitlines())), limit))
     check(bool(captions), "captions", path, "every line is blank; give a text file, one caption per line")
     return captions
-
-
-def first_caption(text: str) -> str:
-    """The first non-blank line of a `txt` field, stripped ("" when there is none): training's `pick_caption`
-    skips blank lines too, so a blank first line is no caption the model learned from."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def shard_captions(shards: str, limit: int) -> list[str]:
