@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from megadalle.config import build, top_level
-from megadalle.config.sample import GenerateConfig
+from megadalle.config.sample import GenerateConfig, check_request
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.outputs import ready_output
 from megadalle.sampling.grid import save_grid, save_image
@@ -40,7 +40,9 @@ class Generated:
 def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch_size: int,
              settings: SamplingSettings, seed: int, progress: bool = True) -> Generated:
     """Sample `prompt` n times; with `clip` (may be None: megadalle's CLIP or any `rerank.Reranker`, e.g. an
-    open_clip model) keep the `keep` best by CLIP score, else the first."""
+    open_clip model) keep the `keep` best by CLIP score, else the first. Arguments the CLI would refuse are refused
+    here too (ConfigError, a ValueError naming the argument)."""
+    check_request(prompt, n, keep, batch_size, seed)
     check_device_fits(model, min(batch_size, n))
     device = next(model.parameters()).device
     warn_if_cut(tokenizer, prompt, model.cfg.text_len)

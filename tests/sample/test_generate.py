@@ -1,6 +1,7 @@
 """`megadalle generate` end to end on tiny random models: files written, kept samples sorted by CLIP score."""
 import io
 import json
+import re
 
 import pytest
 import sentencepiece as spm
@@ -71,6 +72,28 @@ def test_generate_says_when_the_prompt_is_cut(tmp_path, capsys):
     run(compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1", "keep=1",
                              f"output={tmp_path / 'short'}"]))
     assert "is cut" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(prompt=["a red circle", "a blue square"]), "prompt=['a red circle', 'a blue square']: expected one prompt"),
+    (dict(prompt=""), "prompt='': must not be empty"), (dict(prompt="  "), "prompt='  ': must not be empty"),
+    (dict(seed=None), "seed=None: expected an integer"), (dict(n=0), "n=0: must be positive"),
+    (dict(keep=2.5), "keep=2.5: expected an integer")])
+def test_generate_from_python_refuses_what_the_cli_refuses(tmp_path, change, message):
+    """megadalle.sample.generate called from Python gets the CLI's checks, as ValueErrors naming the argument (a
+    list of prompts and seed=None were TypeErrors from inside the tokenizer and the sampler; "" sampled)."""
+    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sample import generate
+    from megadalle.sampling.load import load_model
+    from megadalle.sampling.loop import SamplingSettings
+
+    write_tiny_models(tmp_path)
+    model = load_model(tmp_path / "model.safetensors", "transformer")
+    dvae = load_model(tmp_path / "dvae.safetensors", "dvae")
+    args = dict(prompt="a red circle", n=2, keep=1, batch_size=2, seed=0) | change
+    with pytest.raises(ValueError, match=re.escape(message)):
+        generate(model, dvae, None, Tokenizer(tmp_path / "tokenizer.model"), settings=SamplingSettings(),
+                 progress=False, **args)
 
 
 def test_generate_samples_in_the_dtype_asked(tmp_path):
