@@ -61,14 +61,19 @@ def test_generate_writes_a_grid_and_sorted_scores(tmp_path):
 
 
 def test_generate_says_when_the_prompt_is_cut(tmp_path, capsys):
-    """text_len is 8 here: a prompt longer than that loses its end, which must not go unsaid."""
+    """text_len is 8 here, the Transformer's and CLIP's: a prompt longer than that loses its end for both, which
+    must not go unsaid, once per prompt however many batches CLIP scores."""
     write_tiny_models(tmp_path)
     prompt = "a red circle at the top left and a blue square at the bottom right"
-    cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", f"prompt={prompt}", "n=1", "keep=1",
-                               f"output={tmp_path / 'out'}"])
+    cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", f"prompt={prompt}", "n=4", "keep=1",
+                               "batch_size=2", f"output={tmp_path / 'out'}"])
     assert run(cfg) == 0
     err = capsys.readouterr().err
     assert "the model reads 8" in err and "bottom right" in err
+    assert err.count("and CLIP reads 8: ") == 1 and err.count("bottom right") == 2
+    cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", f"prompt={prompt}", "n=1", "keep=1",
+                               "rerank=false", f"output={tmp_path / 'plain'}"])
+    assert run(cfg) == 0 and "CLIP reads" not in capsys.readouterr().err  # no CLIP, no CLIP to cut it
     run(compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1", "keep=1",
                              f"output={tmp_path / 'short'}"]))
     assert "is cut" not in capsys.readouterr().err
