@@ -153,6 +153,7 @@ def execute(verb: str, cfg) -> int:
     """Check the composed config (megadalle.preflight), then run the verb's stage; user errors are one
     line and exit code 2. Shared by plain runs and hydra's sweeps and launchers (megadalle.hydra_app)."""
     from hydra.errors import HydraException
+    from omegaconf.errors import InterpolationResolutionError
 
     from megadalle.errors import UserError
     from megadalle.preflight import preflight
@@ -162,6 +163,8 @@ def execute(verb: str, cfg) -> int:
         result = resolve(verb)(cfg)
     except (HydraException, UserError) as err:
         return fail(verb, bad_config(err))
+    except InterpolationResolutionError as err:
+        return fail(verb, bad_interpolation(err))
     return result if isinstance(result, int) else 0
 
 
@@ -174,6 +177,23 @@ def bad_config(err: Exception) -> str:
         return first
     cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ and str(err.__cause__).strip() else ""
     return f"bad config: {first}" + (f" ({cause})" if cause else "")
+
+
+def bad_interpolation(err) -> str:
+    """One line for a `${...}` that does not resolve, with the value and its form that keeps every `${` as text:
+    OmegaConf reads `${` in any value as an interpolation, so `prompt=a ${x} cat` asks for a key `x`, and a
+    prompt or path that means the characters has to write `\\${`."""
+    from omegaconf import OmegaConf
+
+    from megadalle.config.compose import quoted_form
+
+    reason = str(err).strip().splitlines()[0]
+    raw = OmegaConf.to_container(err.parent_node)[err.key] if err.parent_node is not None else None
+    if not isinstance(raw, str):
+        return f"{err.full_key}: {reason}"
+    escaped = re.sub(r"(?<!\\)\$\{", r"\\${", raw)
+    return (f"{err.full_key}={raw!r}: {reason} (a ${{ starts an interpolation); to keep it as text write \\${{: "
+            f"{quoted_form(err.full_key, escaped)}")
 
 
 def fail(verb: str, message: str) -> int:

@@ -65,13 +65,18 @@ def list_form(parser, key: str, value: str) -> str | None:
     return shlex.quote(candidate)
 
 
+def quoted_form(key: str, value: str) -> str:
+    """`key="value"` as one shell word: hydra reads a quoted value as the text inside (its own quotes escaped)."""
+    import shlex
+
+    return shlex.quote(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"')
+
+
 def check_override_syntax(overrides: list[str]) -> None:
     """An override hydra cannot read as one value is refused with the quoted form that it reads as the text
     given. Prompts and paths are where users meet hydra's grammar: a comma makes a sweep, and an apostrophe,
     a bracket or a letter outside ASCII is syntax unless the value is quoted; hydra's own message
     (`LexerNoViableAltException`, `Ambiguous value`) does not say so."""
-    import shlex
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -80,7 +85,7 @@ def check_override_syntax(overrides: list[str]) -> None:
     parser = OverridesParser.create()
     for item in overrides:
         key, sep, value = item.partition("=")
-        quoted = shlex.quote(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"') if sep else item
+        quoted = quoted_form(key, value) if sep else item
         try:
             sweep = parser.parse_override(item).is_sweep_override()
         except HydraException as err:

@@ -101,6 +101,18 @@ def test_generate_from_python_refuses_what_the_cli_refuses(tmp_path, change, mes
                  progress=False, **args)
 
 
+def test_a_prompt_with_an_escaped_dollar_brace_is_sampled_as_written(tmp_path):
+    """`\\${` is OmegaConf's literal `${`: the prompt reaches the sampler and scores.json as `a ${x} cat` (the verb's
+    keys are resolved once; build used to resolve the result a second time and fail on `${x}`)."""
+    from megadalle.cli import main
+
+    write_tiny_models(tmp_path)
+    out = tmp_path / "out"
+    assert main(["generate", f"weights={tmp_path / 'model.safetensors'}", "prompt=a \\${x} cat", "n=1", "keep=1",
+                 f"output={out}"]) == 0
+    assert json.loads((out / "scores.json").read_text())["prompt"] == "a ${x} cat"
+
+
 def test_generate_samples_in_the_dtype_asked(tmp_path):
     """dtype=auto is fp32 on the CPU (bf16 decodes slower there); bf16 on request; a bad name is refused by name."""
     write_tiny_models(tmp_path)

@@ -90,6 +90,23 @@ def test_values_hydra_cannot_read_are_refused_with_their_quoted_form(capsys):
     assert "add --multirun to sweep" in capsys.readouterr().err
 
 
+def test_a_dollar_brace_that_does_not_resolve_is_one_line_with_the_form_that_keeps_it(capsys):
+    """OmegaConf reads `${` in any value as an interpolation: `prompt=a ${x} cat` was a traceback
+    (InterpolationKeyError); now one line naming the key and the value, and a form to copy that keeps the text."""
+    from megadalle.config import build, top_level
+    from megadalle.config.compose import compose
+    from megadalle.config.sample import GenerateConfig
+
+    for prompt, reason in (("a ${x} cat", "Interpolation key 'x' not found"),
+                           ("${oc.env:MEGADALLE_UNSET_VARIABLE} at $5", "MEGADALLE_UNSET_VARIABLE")):
+        assert main(["generate", "weights=model", f"prompt={prompt}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"megadalle generate: prompt={prompt!r}: ") and reason in err
+        suggested = shlex.split(err.split("to keep it as text write \\${: ")[1])[0]
+        cfg = compose("generate", ["weights=model", suggested])
+        assert build(GenerateConfig, top_level(cfg, GenerateConfig), "").prompt == prompt  # as the stage reads it
+
+
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "megadalle", "--help"], capture_output=True, text=True, check=True).stdout
     assert "train-dvae" in out
