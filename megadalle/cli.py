@@ -49,21 +49,6 @@ VERBS: dict[str, Verb] = {
     "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU"),
 }
 
-_C = "megadalle.config"
-HELP_SCHEMAS: dict[str, tuple[str, ...]] = {
-    "prepare": (f"{_C}.data:PrepareConfig",),
-    "tokenizer": (f"{_C}.data:TokenizerConfig",),
-    "train-dvae": (f"{_C}.dvae:TrainDVAEConfig", f"{_C}.train:RunConfig"),
-    "encode": (f"{_C}.dvae:EncodeConfig",),
-    "train-clip": (f"{_C}.train:RunConfig",),
-    "train": (f"{_C}.train:RunConfig",),
-    "generate": (f"{_C}.sample:GenerateConfig",),
-    "plan": (f"{_C}.plan:PlanConfig",),
-}
-"""`module:Class` dataclasses whose field docstrings document a verb's own (top-level) keys in `--help`;
-keys they do not cover are documented by the comment beside them in the verb's YAML."""
-
-
 def load(target: str):
     """The object a `module:name` string names."""
     module_name, name = target.split(":")
@@ -87,6 +72,7 @@ def print_verb_help(verb: str, overrides: list[str]) -> None:
     """The verb's config with `overrides` applied, a docstring beside each key, and each group's options."""
     from megadalle.config.compose import compose_with_choices, conf_dir, group_options
     from megadalle.config.help import all_docs, render
+    from megadalle.config.verbs import VERB_SCHEMAS
 
     cfg, choices = compose_with_choices(verb, overrides)
     print(f"megadalle {verb}: {VERBS[verb].summary}\n")
@@ -99,7 +85,7 @@ def print_verb_help(verb: str, overrides: list[str]) -> None:
         print()
     print(f"config (conf/{verb}.yaml{' + ' + ' '.join(overrides) if overrides else ''}); key=value changes a value, "
           "??? must be given:\n")
-    docs = all_docs(conf_dir(), verb, [load(s) for s in HELP_SCHEMAS.get(verb, ())], list(choices))
+    docs = all_docs(conf_dir(), verb, list(VERB_SCHEMAS.get(verb, ())), list(choices))
     print("\n".join(render(cfg, docs)))
 
 

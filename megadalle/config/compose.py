@@ -98,6 +98,29 @@ def check_override_syntax(overrides: list[str]) -> None:
                               f"it as text: {quoted}, or add --multirun to sweep")
 
 
+def keep_text(cfg: DictConfig, verb: str, overrides: list[str]) -> None:
+    """A value given to a text key keeps the text given, in place in `cfg`. Hydra types every override it can
+    read as a number or a boolean, and a text key turns that back into other text (`prompt=1e3` sampled
+    '1000.0', `prompt=3.10` '3.1', `prompt=true` 'True') or keeps the number (`name=1_000`, `run_dir=2024`:
+    ints, which Path() refuses). A key is text where its group's schema types it so (hydra has then already
+    made the number text) or where the verb's dataclass declares it `str` (megadalle.config.verbs); other keys
+    keep hydra's value (`trainer.lr=1e-3` stays a float), and so does null."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from megadalle.config.verbs import declares_text
+
+    parser = OverridesParser.create()
+    for item in overrides:
+        override = parser.parse_override(item)
+        key = override.key_or_group
+        if (override.is_delete() or override.package is not None or override.is_sweep_override()
+                or not isinstance(override.value(), (bool, int, float))):
+            continue
+        if isinstance(OmegaConf.select(cfg, key), str) or ("." not in key and declares_text(verb, key)):
+            OmegaConf.update(cfg, key, item.partition("=")[2].strip(), merge=False)
+
+
 def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, str]]:
     """(config, {group: chosen option}) for the verb and `overrides`."""
     from hydra import compose as hydra_compose, initialize_config_dir
@@ -117,4 +140,5 @@ def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple
     with open_dict(cfg):
         del cfg["hydra"]
     restore(cfg, conf_dir(), verb, choices, overrides)
+    keep_text(cfg, verb, overrides)
     return cfg, choices
