@@ -282,12 +282,14 @@ def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | N
     return Pipeline(transformer, decoder, clip_module, reranker, words, files.manifest)
 
 
-def load_pipeline(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:
-    """The models and tokenizer of a model folder written by `export output=FOLDER`; the Transformer in
-    `dtype` (megadalle.devices.pick_dtype says which suits a device), the dVAE and CLIP in float32."""
-    from megadalle.devices import pick_device
+def load_pipeline(folder: str | Path, device: str = "cpu", dtype: str | torch.dtype = torch.float32) -> Pipeline:
+    """The models and tokenizer of a model folder written by `export output=FOLDER`; the Transformer in `dtype`,
+    named as `generate` names it (auto, fp32, bf16: megadalle.devices.pick_dtype) or a floating torch.dtype, the
+    dVAE and CLIP in float32."""
+    from megadalle.devices import pick_device, pick_dtype
 
     device = pick_device(str(device))
+    dtype = pick_dtype(dtype, device)
     folder = Path(folder)
     if not is_bundle(folder):
         raise BundleError(f"{folder}: not a model folder (no {MANIFEST}); write one with "

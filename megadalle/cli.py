@@ -49,21 +49,6 @@ VERBS: dict[str, Verb] = {
     "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU"),
 }
 
-_C = "megadalle.config"
-HELP_SCHEMAS: dict[str, tuple[str, ...]] = {
-    "prepare": (f"{_C}.data:PrepareConfig",),
-    "tokenizer": (f"{_C}.data:TokenizerConfig",),
-    "train-dvae": (f"{_C}.dvae:TrainDVAEConfig", f"{_C}.train:RunConfig"),
-    "encode": (f"{_C}.dvae:EncodeConfig",),
-    "train-clip": (f"{_C}.train:RunConfig",),
-    "train": (f"{_C}.train:RunConfig",),
-    "generate": (f"{_C}.sample:GenerateConfig",),
-    "plan": (f"{_C}.plan:PlanConfig",),
-}
-"""`module:Class` dataclasses whose field docstrings document a verb's own (top-level) keys in `--help`;
-keys they do not cover are documented by the comment beside them in the verb's YAML."""
-
-
 def load(target: str):
     """The object a `module:name` string names."""
     module_name, name = target.split(":")
@@ -87,6 +72,7 @@ def print_verb_help(verb: str, overrides: list[str]) -> None:
     """The verb's config with `overrides` applied, a docstring beside each key, and each group's options."""
     from megadalle.config.compose import compose_with_choices, conf_dir, group_options
     from megadalle.config.help import all_docs, render
+    from megadalle.config.verbs import VERB_SCHEMAS
 
     cfg, choices = compose_with_choices(verb, overrides)
     print(f"megadalle {verb}: {VERBS[verb].summary}\n")
@@ -99,7 +85,7 @@ def print_verb_help(verb: str, overrides: list[str]) -> None:
         print()
     print(f"config (conf/{verb}.yaml{' + ' + ' '.join(overrides) if overrides else ''}); key=value changes a value, "
           "??? must be given:\n")
-    docs = all_docs(conf_dir(), verb, [load(s) for s in HELP_SCHEMAS.get(verb, ())], list(choices))
+    docs = all_docs(conf_dir(), verb, list(VERB_SCHEMAS.get(verb, ())), list(choices))
     print("\n".join(render(cfg, docs)))
 
 
@@ -153,6 +139,7 @@ def execute(verb: str, cfg) -> int:
     """Check the composed config (megadalle.preflight), then run the verb's stage; user errors are one
     line and exit code 2. Shared by plain runs and hydra's sweeps and launchers (megadalle.hydra_app)."""
     from hydra.errors import HydraException
+    from omegaconf.errors import InterpolationResolutionError
 
     from megadalle.errors import UserError
     from megadalle.preflight import preflight
@@ -162,6 +149,8 @@ def execute(verb: str, cfg) -> int:
         result = resolve(verb)(cfg)
     except (HydraException, UserError) as err:
         return fail(verb, bad_config(err))
+    except InterpolationResolutionError as err:
+        return fail(verb, bad_interpolation(err))
     return result if isinstance(result, int) else 0
 
 
@@ -174,6 +163,23 @@ def bad_config(err: Exception) -> str:
         return first
     cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ and str(err.__cause__).strip() else ""
     return f"bad config: {first}" + (f" ({cause})" if cause else "")
+
+
+def bad_interpolation(err) -> str:
+    """One line for a `${...}` that does not resolve, with the value and its form that keeps every `${` as text:
+    OmegaConf reads `${` in any value as an interpolation, so `prompt=a ${x} cat` asks for a key `x`, and a
+    prompt or path that means the characters has to write `\\${`."""
+    from omegaconf import OmegaConf
+
+    from megadalle.config.compose import quoted_form
+
+    reason = str(err).strip().splitlines()[0]
+    raw = OmegaConf.to_container(err.parent_node)[err.key] if err.parent_node is not None else None
+    if not isinstance(raw, str):
+        return f"{err.full_key}: {reason}"
+    escaped = re.sub(r"(?<!\\)\$\{", r"\\${", raw)
+    return (f"{err.full_key}={raw!r}: {reason} (a ${{ starts an interpolation); to keep it as text write \\${{: "
+            f"{quoted_form(err.full_key, escaped)}")
 
 
 def fail(verb: str, message: str) -> int:

@@ -42,10 +42,13 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype named (fp32, bf16), or for auto bf16 on a CUDA device that supports it and fp32 otherwise."""
+def pick_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype named (fp32, bf16), or for auto bf16 on a CUDA device that supports it and fp32 otherwise. A
+    floating torch.dtype (from Python, `load_pipeline(..., dtype=torch.bfloat16)`) is taken as it is."""
+    if isinstance(name, torch.dtype) and name.is_floating_point:
+        return name
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    if name not in DTYPES:
+    if not isinstance(name, str) or name not in DTYPES:
         raise ConfigError(f"dtype={name!r}: expected one of {', '.join(DTYPE_CHOICES)}")
     return DTYPES[name]

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from megadalle.config import ConfigError, build, check, top_level
 from megadalle.config.evaluate import EvaluateConfig
+from megadalle.data.captions import first_caption
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
 from megadalle.outputs import ready_output
@@ -64,9 +65,10 @@ def read_captions(cfg: EvaluateConfig) -> list[str]:
 
 
 def file_captions(path: str, limit: int) -> list[str]:
-    """The first `limit` non-blank lines of a UTF-8 text file, stripped."""
+    """The first `limit` non-blank lines of a UTF-8 text file, stripped. Read as utf-8-sig, as `prepare` reads
+    captions: a byte-order mark (Notepad, Excel) is no part of the first caption."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise ConfigError(f"captions={path!r}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
                           f"{err.start}); save it as UTF-8") from None
@@ -77,12 +79,6 @@ def file_captions(path: str, limit: int) -> list[str]:
     captions = list(islice(filter(None, (line.strip() for line in text.splitlines())), limit))
     check(bool(captions), "captions", path, "every line is blank; give a text file, one caption per line")
     return captions
-
-
-def first_caption(text: str) -> str:
-    """The first non-blank line of a `txt` field, stripped ("" when there is none): training's `pick_caption`
-    skips blank lines too, so a blank first line is no caption the model learned from."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def shard_captions(shards: str, limit: int) -> list[str]:

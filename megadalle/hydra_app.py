@@ -22,10 +22,12 @@ from omegaconf import DictConfig, open_dict
 
 class VerbJob:
     """The task function of one verb. A class (not a closure) so that launchers that pickle the task
-    function, like submitit's, find it by reference on the node that runs the job."""
+    function, like submitit's, find it by reference on the node that runs the job. `overrides` are the
+    command line's as typed: hydra hands each job its own re-written (`prompt=3.10` as `prompt=3.1`), which
+    would lose the text a text key keeps (megadalle.config.compose.keep_text)."""
 
-    def __init__(self, verb: str):
-        self.verb = verb
+    def __init__(self, verb: str, overrides: list[str]):
+        self.verb, self.overrides = verb, overrides
         self.__name__ = self.__qualname__ = f"megadalle {verb}"  # what hydra names the job after, unless told
 
     def __call__(self, cfg: DictConfig) -> int:
@@ -33,7 +35,7 @@ class VerbJob:
         from hydra.types import RunMode
 
         from megadalle.cli import execute
-        from megadalle.config.compose import conf_dir
+        from megadalle.config.compose import conf_dir, keep_text
         from megadalle.config.required import restore
         from megadalle.preflight import RUN_TASKS
 
@@ -41,6 +43,7 @@ class VerbJob:
         choices = {g: o for g, o in hydra.runtime.choices.items() if not g.startswith("hydra")}
         with open_dict(cfg):
             restore(cfg, conf_dir(), self.verb, choices, list(hydra.overrides.task))
+            keep_text(cfg, self.verb, self.overrides)  # a sweep's values stay hydra's: keep_text skips sweeps
             if self.verb in RUN_TASKS and hydra.mode == RunMode.MULTIRUN and not cfg.get("run_dir"):
                 cfg.run_dir = hydra.runtime.output_dir
         code = execute(self.verb, cfg)
@@ -49,14 +52,20 @@ class VerbJob:
         return code
 
 
-def flags_first(args: list[str]) -> list[str]:
-    """`args` with hydra's flags (and their values) before the overrides: hydra's parser reads its
-    overrides as one run of positional arguments, so `a=1 -m b=2` would leave `b=2` unrecognised.
-    An override has a `=` (or starts with `~`, a deletion); a flag's value (`--cfg job`) has neither."""
+def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """(hydra's flags with their values, the overrides) of `args`. An override has a `=` (or starts with `~`,
+    a deletion); a flag's value (`--cfg job`) has neither."""
     flags, overrides = [], []
     for arg in args:
         is_override = "=" in arg or arg.startswith("~")
         (overrides if is_override and not arg.startswith("-") else flags).append(arg)
+    return flags, overrides
+
+
+def flags_first(args: list[str]) -> list[str]:
+    """`args` with hydra's flags (and their values) before the overrides: hydra's parser reads its
+    overrides as one run of positional arguments, so `a=1 -m b=2` would leave `b=2` unrecognised."""
+    flags, overrides = split_flags(args)
     return [*flags, *overrides]
 
 
@@ -74,7 +83,8 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
     except UserError as err:
         return fail(verb, str(err))
     register_schemas()
-    app = hydra.main(config_path=str(conf_dir()), config_name=verb, version_base="1.3")(VerbJob(verb))
+    job = VerbJob(verb, split_flags(args)[1])
+    app = hydra.main(config_path=str(conf_dir()), config_name=verb, version_base="1.3")(job)
     saved = sys.argv
     sys.argv = [f"megadalle {verb}", *flags_first(args), f"hydra.job.name={verb}"]
     try:

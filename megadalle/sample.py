@@ -17,13 +17,13 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from megadalle.config import build, top_level
-from megadalle.config.sample import GenerateConfig
+from megadalle.config.sample import GenerateConfig, check_request
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.outputs import ready_output
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
-from megadalle.sampling.rerank import as_reranker, rank
+from megadalle.sampling.rerank import MegadalleClip, as_reranker, rank
 
 
 @dataclass
@@ -40,12 +40,16 @@ class Generated:
 def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch_size: int,
              settings: SamplingSettings, seed: int, progress: bool = True) -> Generated:
     """Sample `prompt` n times; with `clip` (may be None: megadalle's CLIP or any `rerank.Reranker`, e.g. an
-    open_clip model) keep the `keep` best by CLIP score, else the first."""
+    open_clip model) keep the `keep` best by CLIP score, else the first. Arguments the CLI would refuse are refused
+    here too (ConfigError, a ValueError naming the argument)."""
+    check_request(prompt, n, keep, batch_size, seed)
     check_device_fits(model, min(batch_size, n))
     device = next(model.parameters()).device
-    warn_if_cut(tokenizer, prompt, model.cfg.text_len)
+    warn_if_cut(tokenizer, prompt, model.cfg.text_len, "the model")
     text = torch.tensor(tokenizer.encode(prompt, model.cfg.text_len), device=device)
     reranker = as_reranker(clip, tokenizer) if clip is not None else None
+    if isinstance(reranker, MegadalleClip):  # scores each batch against the prompt cut to its own text_len
+        warn_if_cut(reranker.tokenizer, prompt, reranker.clip.cfg.text_len, "CLIP")
     codes, scores = [], []
     bar = tqdm(total=n * model.cfg.grid_len, desc="generate", unit=" tok", unit_scale=True, disable=not progress)
     for batch in sample_batches(model, text, n, batch_size, settings, seed, on_token=bar.update):
@@ -60,12 +64,12 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     return Generated(images, best.tolist(), None if score_all is None else score_all.tolist())
 
 
-def warn_if_cut(tokenizer, prompt: str, text_len: int) -> None:
-    """Say so when the model cannot read the whole prompt: its end is dropped silently otherwise, and the image
-    then ignores the words there."""
+def warn_if_cut(tokenizer, prompt: str, text_len: int, reader: str) -> None:
+    """Say so when `reader` (the model, or CLIP) cannot read the whole prompt: its end is dropped silently
+    otherwise, and the image then ignores the words there, or CLIP ranks the samples without them."""
     ids = tokenizer.encode(prompt)
     if len(ids) > text_len:
-        print(f"[generate] the prompt is {len(ids)} tokens and the model reads {text_len}: "
+        print(f"[generate] the prompt is {len(ids)} tokens and {reader} reads {text_len}: "
               f"{tokenizer.decode(ids[text_len:])!r} is cut", file=sys.stderr)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from dataclasses import is_dataclass
 from typing import Any, TypeVar
 
@@ -39,10 +40,20 @@ def join(where: str, name: str) -> str:
 
 
 def top_level(cfg: DictConfig, cls: type) -> dict:
-    """The verb-level keys of `cfg` that `cls` declares (the groups beside them are left out)."""
+    """The verb-level keys of `cfg` that `cls` declares (the groups beside them are left out), resolved here,
+    against the whole config (`output: ${out_dir}/generate`); `build` then takes each as it is (`literal`)."""
     from dataclasses import fields
 
-    return {f.name: cfg[f.name] for f in fields(cls) if f.name in cfg}
+    return {f.name: literal(cfg[f.name]) for f in fields(cls) if f.name in cfg}
+
+
+def literal(value: Any) -> Any:
+    """A resolved text escaped so that OmegaConf reads it as itself: a prompt written `a \\${x} cat` resolves to
+    `a ${x} cat`, which merged into a dataclass as it is would be an interpolation to resolve a second time
+    (backslashes before a `${` are doubled, then `\\${` is OmegaConf's literal `${`). Other values as they are."""
+    if not isinstance(value, str):
+        return value
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
 
 
 def build(cls: type[T], node: DictConfig | dict | None, where: str) -> T:

@@ -65,13 +65,18 @@ def list_form(parser, key: str, value: str) -> str | None:
     return shlex.quote(candidate)
 
 
+def quoted_form(key: str, value: str) -> str:
+    """`key="value"` as one shell word: hydra reads a quoted value as the text inside (its own quotes escaped)."""
+    import shlex
+
+    return shlex.quote(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"')
+
+
 def check_override_syntax(overrides: list[str]) -> None:
     """An override hydra cannot read as one value is refused with the quoted form that it reads as the text
     given. Prompts and paths are where users meet hydra's grammar: a comma makes a sweep, and an apostrophe,
     a bracket or a letter outside ASCII is syntax unless the value is quoted; hydra's own message
     (`LexerNoViableAltException`, `Ambiguous value`) does not say so."""
-    import shlex
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -80,7 +85,7 @@ def check_override_syntax(overrides: list[str]) -> None:
     parser = OverridesParser.create()
     for item in overrides:
         key, sep, value = item.partition("=")
-        quoted = shlex.quote(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"') if sep else item
+        quoted = quoted_form(key, value) if sep else item
         try:
             sweep = parser.parse_override(item).is_sweep_override()
         except HydraException as err:
@@ -91,6 +96,29 @@ def check_override_syntax(overrides: list[str]) -> None:
         if sweep and sep:
             raise ConfigError(f"{item}: hydra reads the comma as a sweep over several values; quote the value to keep "
                               f"it as text: {quoted}, or add --multirun to sweep")
+
+
+def keep_text(cfg: DictConfig, verb: str, overrides: list[str]) -> None:
+    """A value given to a text key keeps the text given, in place in `cfg`. Hydra types every override it can
+    read as a number or a boolean, and a text key turns that back into other text (`prompt=1e3` sampled
+    '1000.0', `prompt=3.10` '3.1', `prompt=true` 'True') or keeps the number (`name=1_000`, `run_dir=2024`:
+    ints, which Path() refuses). A key is text where its group's schema types it so (hydra has then already
+    made the number text) or where the verb's dataclass declares it `str` (megadalle.config.verbs); other keys
+    keep hydra's value (`trainer.lr=1e-3` stays a float), and so does null."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from megadalle.config.verbs import declares_text
+
+    parser = OverridesParser.create()
+    for item in overrides:
+        override = parser.parse_override(item)
+        key = override.key_or_group
+        if (override.is_delete() or override.package is not None or override.is_sweep_override()
+                or not isinstance(override.value(), (bool, int, float))):
+            continue
+        if isinstance(OmegaConf.select(cfg, key), str) or ("." not in key and declares_text(verb, key)):
+            OmegaConf.update(cfg, key, item.partition("=")[2].strip(), merge=False)
 
 
 def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, str]]:
@@ -112,4 +140,5 @@ def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple
     with open_dict(cfg):
         del cfg["hydra"]
     restore(cfg, conf_dir(), verb, choices, overrides)
+    keep_text(cfg, verb, overrides)
     return cfg, choices

@@ -3,7 +3,7 @@
 The docstrings live under the fields of the dataclass schemas (the attribute docstrings that
 torchtitan's configs use too); Python keeps no trace of them at run time, so they are read from the
 class's source with `ast`. A group's fields are documented by its schema (`SCHEMAS` of the config
-modules), the verb's own keys by the schemas its registry entry names, and a key no dataclass
+modules), the verb's own keys by the schemas megadalle.config.verbs names, and a key no dataclass
 documents by the comment beside it in the verb's YAML (or conf/config.yaml).
 """
 from __future__ import annotations

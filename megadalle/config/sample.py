@@ -1,6 +1,7 @@
 """`megadalle generate`'s verb-level keys (conf/generate.yaml)."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from omegaconf import MISSING
@@ -56,10 +57,21 @@ class GenerateConfig:
     seed: int = 0
 
     def validate(self, where: str = "") -> None:
-        for name in ("n", "keep", "batch_size"):
-            check(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
-        check(bool(self.prompt.strip()), "prompt", self.prompt, "must not be empty")
+        check_request(self.prompt, self.n, self.keep, self.batch_size, self.seed)
         check_sampling(self)
+
+
+def check_request(prompt, n, keep, batch_size, seed) -> None:
+    """What one `generate` call samples: one prompt that is not blank, positive counts, an integer seed. Checked
+    for the CLI (GenerateConfig.validate) and for Python callers of megadalle.sample.generate alike, whose
+    arguments no schema has typed: a list of prompts or seed=None failed as TypeErrors deep in the tokenizer or
+    the sampler, and "" sampled every image from pads alone."""
+    check(isinstance(prompt, str), "prompt", prompt, "expected one prompt (a str); call generate once per prompt")
+    check(bool(prompt.strip()), "prompt", prompt, "must not be empty")
+    for name, value in (("n", n), ("keep", keep), ("batch_size", batch_size)):
+        check(isinstance(value, numbers.Integral), name, value, "expected an integer")
+        check(value > 0, name, value, "must be positive")
+    check(isinstance(seed, numbers.Integral), "seed", seed, "expected an integer")
 
 
 def check_sampling(cfg) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS, decode_field
 from megadalle.data.images import draft_for, resize_center_crop, to_float_chw, to_rgb
 
@@ -34,8 +35,8 @@ def sample_rng(seed: int, position: int) -> np.random.Generator:
 
 
 def pick_caption(text: str, rng: np.random.Generator) -> str:
-    """One caption of a `txt` field holding several, one per line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    """One caption of a `txt` field holding several, one per line (megadalle.data.captions)."""
+    lines = caption_lines(text)
     return lines[int(rng.integers(len(lines)))] if lines else ""
 
 

@@ -1,10 +1,10 @@
 """The Transformer's sample grid while it trains: a few fixed captions, sampled with the KV cache, decoded.
 
-The captions are the first lines of the first `captions` samples of the validation split (of the
-training shards when there is none), in stored order, so every grid of a run shows the same
-prompts; each is sampled `per_caption` times with the same seeds each time (megadalle.sampling.loop),
-so two grids differ only because the weights did. Rows are captions, columns samples. The dVAE
-(`dvae_weights=` on the train verb) is loaded once, on first use, on the model's device.
+The captions are the first captions (non-blank lines) of the first `captions` samples that have one,
+of the validation split (of the training shards when there is none), in stored order, so every grid
+of a run shows the same prompts; each is sampled `per_caption` times with the same seeds each time
+(megadalle.sampling.loop), so two grids differ only because the weights did. Rows are captions, columns
+samples. The dVAE (`dvae_weights=` on the train verb) is loaded once, on first use, on the model's device.
 """
 from __future__ import annotations
 
@@ -14,16 +14,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megadalle.data.captions import first_caption
 from megadalle.sampling.grid import make_grid
 from megadalle.sampling.loop import SamplingSettings, sample_many
 from megadalle.train.media import Picture
 
 
 def first_captions(shards: str | Path, count: int) -> list[str]:
-    """The first caption line of each of the first `count` samples of a shard directory."""
+    """The first caption of each of the first `count` samples of a shard directory that have one, as `evaluate`
+    reads them (megadalle.data.captions): a blank line is no caption the model learned from, and sampling ""
+    would draw an unconditional image under an empty label."""
     from megadalle.data.shards import iter_samples
 
-    return [s["txt"].splitlines()[0] for s in islice(iter_samples(shards, ["txt"]), count)]
+    captions = (first_caption(s.get("txt", "")) for s in iter_samples(shards, ["txt"]))
+    return list(islice(filter(None, captions), count))
 
 
 def generate_settings() -> SamplingSettings:

@@ -259,6 +259,16 @@ def test_bad_captions_files_are_refused_before_any_model_is_read(models, tmp_pat
         assert f"captions='{path}'" in err and reason in err
 
 
+def test_a_captions_files_byte_order_mark_is_no_part_of_its_first_caption(tmp_path):
+    """Notepad and Excel start UTF-8 files with a BOM; `prepare` drops it, so evaluate must too (the first caption
+    would otherwise start with U+FEFF, which strip() keeps and some tokenizer normalisations turn into a piece)."""
+    from megadalle.evaluate import read_captions
+
+    captions = tmp_path / "captions.txt"
+    captions.write_bytes("\ufeffa red circle\na blue square\n".encode("utf-8"))
+    assert read_captions(EvaluateConfig(weights="w", captions=str(captions))) == ["a red circle", "a blue square"]
+
+
 def test_shard_captions_are_each_samples_first_non_blank_line(tmp_path, capsys):
     from megadalle.data.shards import ShardWriter
     from megadalle.evaluate import read_captions

@@ -113,3 +113,17 @@ def _texts(shards: Path) -> list[str]:
     from megadalle.data.shards import iter_samples
 
     return [s["txt"] for s in iter_samples(shards, ["txt"])]
+
+
+def test_grid_captions_are_each_samples_first_caption_as_evaluate_reads_them(tmp_path):
+    """A blank first line, padding and a sample without a caption: the grid shows what training and evaluate call
+    the sample's first caption (megadalle.data.captions), never "" (an unconditional sample under no label)."""
+    from megadalle.data.shards import ShardWriter
+    from megadalle.evaluate import shard_captions
+    from megadalle.train.sample_grid import first_captions
+
+    with ShardWriter(tmp_path / "shards") as writer:
+        for i, txt in enumerate(["\n  a red circle  \nsecond", " \n\n", "a blue square", "a green tree"]):
+            writer.write({"__key__": f"{i:04d}", "txt": txt})
+    assert first_captions(tmp_path / "shards", 2) == ["a red circle", "a blue square"]
+    assert first_captions(tmp_path / "shards", 3) == shard_captions(str(tmp_path / "shards"), 3)

@@ -46,6 +46,21 @@ def test_export_a_folder_load_it_and_generate_from_it(trained, tmp_path):
     assert (out / "grid.png").is_file() and len(report["all_scores"]) == 3
 
 
+def test_load_pipeline_takes_the_dtype_names_generate_takes(trained, tmp_path):
+    """dtype="bf16" used to reach tensor.to("bf16") (a device string to torch); now the CLI's names or a floating
+    torch.dtype, and anything else is refused by the parameter's name before a tensor is read."""
+    run, _, dvae, clip = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    for dtype, expected in (("bf16", torch.bfloat16), ("fp32", torch.float32), ("auto", torch.float32),
+                            (torch.bfloat16, torch.bfloat16)):
+        pipe = megadalle.load_pipeline(folder, "cpu", dtype)
+        assert next(pipe.transformer.parameters()).dtype == expected
+        assert next(pipe.dvae.parameters()).dtype == torch.float32
+    for bad in ("bfloat16", torch.int64, None):
+        with pytest.raises(ValueError, match=r"^dtype=.*: expected one of auto, fp32, bf16$"):
+            megadalle.load_pipeline(folder, dtype=bad)
+
+
 def test_generate_from_a_run_directory_finds_the_tokenizer_its_run_recorded(trained, tmp_path):
     run, tok, dvae, _ = trained
     assert not (run / "tokenizer.model").exists() and not (run.parent / "tokenizer.model").exists()

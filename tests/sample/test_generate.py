@@ -1,6 +1,7 @@
 """`megadalle generate` end to end on tiny random models: files written, kept samples sorted by CLIP score."""
 import io
 import json
+import re
 
 import pytest
 import sentencepiece as spm
@@ -60,17 +61,56 @@ def test_generate_writes_a_grid_and_sorted_scores(tmp_path):
 
 
 def test_generate_says_when_the_prompt_is_cut(tmp_path, capsys):
-    """text_len is 8 here: a prompt longer than that loses its end, which must not go unsaid."""
+    """text_len is 8 here, the Transformer's and CLIP's: a prompt longer than that loses its end for both, which
+    must not go unsaid, once per prompt however many batches CLIP scores."""
     write_tiny_models(tmp_path)
     prompt = "a red circle at the top left and a blue square at the bottom right"
-    cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", f"prompt={prompt}", "n=1", "keep=1",
-                               f"output={tmp_path / 'out'}"])
+    cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", f"prompt={prompt}", "n=4", "keep=1",
+                               "batch_size=2", f"output={tmp_path / 'out'}"])
     assert run(cfg) == 0
     err = capsys.readouterr().err
     assert "the model reads 8" in err and "bottom right" in err
+    assert err.count("and CLIP reads 8: ") == 1 and err.count("bottom right") == 2
+    cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", f"prompt={prompt}", "n=1", "keep=1",
+                               "rerank=false", f"output={tmp_path / 'plain'}"])
+    assert run(cfg) == 0 and "CLIP reads" not in capsys.readouterr().err  # no CLIP, no CLIP to cut it
     run(compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1", "keep=1",
                              f"output={tmp_path / 'short'}"]))
     assert "is cut" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(prompt=["a red circle", "a blue square"]), "prompt=['a red circle', 'a blue square']: expected one prompt"),
+    (dict(prompt=""), "prompt='': must not be empty"), (dict(prompt="  "), "prompt='  ': must not be empty"),
+    (dict(seed=None), "seed=None: expected an integer"), (dict(n=0), "n=0: must be positive"),
+    (dict(keep=2.5), "keep=2.5: expected an integer")])
+def test_generate_from_python_refuses_what_the_cli_refuses(tmp_path, change, message):
+    """megadalle.sample.generate called from Python gets the CLI's checks, as ValueErrors naming the argument (a
+    list of prompts and seed=None were TypeErrors from inside the tokenizer and the sampler; "" sampled)."""
+    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sample import generate
+    from megadalle.sampling.load import load_model
+    from megadalle.sampling.loop import SamplingSettings
+
+    write_tiny_models(tmp_path)
+    model = load_model(tmp_path / "model.safetensors", "transformer")
+    dvae = load_model(tmp_path / "dvae.safetensors", "dvae")
+    args = dict(prompt="a red circle", n=2, keep=1, batch_size=2, seed=0) | change
+    with pytest.raises(ValueError, match=re.escape(message)):
+        generate(model, dvae, None, Tokenizer(tmp_path / "tokenizer.model"), settings=SamplingSettings(),
+                 progress=False, **args)
+
+
+def test_a_prompt_with_an_escaped_dollar_brace_is_sampled_as_written(tmp_path):
+    """`\\${` is OmegaConf's literal `${`: the prompt reaches the sampler and scores.json as `a ${x} cat` (the verb's
+    keys are resolved once; build used to resolve the result a second time and fail on `${x}`)."""
+    from megadalle.cli import main
+
+    write_tiny_models(tmp_path)
+    out = tmp_path / "out"
+    assert main(["generate", f"weights={tmp_path / 'model.safetensors'}", "prompt=a \\${x} cat", "n=1", "keep=1",
+                 f"output={out}"]) == 0
+    assert json.loads((out / "scores.json").read_text())["prompt"] == "a ${x} cat"
 
 
 def test_generate_samples_in_the_dtype_asked(tmp_path):

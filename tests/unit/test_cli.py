@@ -90,6 +90,53 @@ def test_values_hydra_cannot_read_are_refused_with_their_quoted_form(capsys):
     assert "add --multirun to sweep" in capsys.readouterr().err
 
 
+def test_a_text_key_keeps_a_value_that_reads_as_a_number_or_a_boolean():
+    """Hydra types `prompt=1e3` as 1000.0, which the text key turned into '1000.0' (`3.10` into '3.1', `true` into
+    'True', `name=1_000` into '1000'; `run_dir=2024` stayed an int). Text keys, the verb's own and the groups',
+    keep the text given; numeric and boolean keys keep hydra's value."""
+    from megadalle.config import build, top_level
+    from megadalle.config.compose import compose
+    from megadalle.config.sample import GenerateConfig
+
+    for text in ("1e3", "1_000", "3.10", "true", "NaN", "-inf", "001", "2024"):
+        cfg = compose("generate", ["weights=model", f"prompt={text}", f"tokenizer={text}", "n=12", "top_p=0.5",
+                                   "rerank=false", "dvae_weights=null"])
+        gc = build(GenerateConfig, top_level(cfg, GenerateConfig), "")
+        assert (gc.prompt, gc.tokenizer, gc.dvae_weights) == (text, text, None)
+        assert (gc.n, gc.top_p, gc.rerank) == (12, 0.5, False)
+    train = compose("train", ["name=1_000", "run_dir=2024", "data.shards=1e3", "logger.name=3.10", "trainer.lr=1e-3",
+                              "trainer.ema=null", "model.text_len=12"])
+    assert (train.name, train.run_dir, train.data.shards, train.logger.name) == ("1_000", "2024", "1e3", "3.10")
+    assert (train.trainer.lr, train.trainer.ema, train.model.text_len) == (1e-3, None, 12)
+
+
+def test_a_sweep_job_keeps_a_text_keys_value_too(monkeypatch, tmp_path):
+    """Jobs run by hydra's runner (`-m`) compose their own config: the same rule applies to their overrides."""
+    from megadalle import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "execute", lambda verb, cfg: seen.setdefault("prompt", cfg.prompt) and 0)
+    assert main(["generate", "-m", "weights=model", "prompt=3.10", f"out_dir={tmp_path}"]) == 0
+    assert seen == {"prompt": "3.10"}
+
+
+def test_a_dollar_brace_that_does_not_resolve_is_one_line_with_the_form_that_keeps_it(capsys):
+    """OmegaConf reads `${` in any value as an interpolation: `prompt=a ${x} cat` was a traceback
+    (InterpolationKeyError); now one line naming the key and the value, and a form to copy that keeps the text."""
+    from megadalle.config import build, top_level
+    from megadalle.config.compose import compose
+    from megadalle.config.sample import GenerateConfig
+
+    for prompt, reason in (("a ${x} cat", "Interpolation key 'x' not found"),
+                           ("${oc.env:MEGADALLE_UNSET_VARIABLE} at $5", "MEGADALLE_UNSET_VARIABLE")):
+        assert main(["generate", "weights=model", f"prompt={prompt}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"megadalle generate: prompt={prompt!r}: ") and reason in err
+        suggested = shlex.split(err.split("to keep it as text write \\${: ")[1])[0]
+        cfg = compose("generate", ["weights=model", suggested])
+        assert build(GenerateConfig, top_level(cfg, GenerateConfig), "").prompt == prompt  # as the stage reads it
+
+
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "megadalle", "--help"], capture_output=True, text=True, check=True).stdout
     assert "train-dvae" in out

@@ -1,0 +1,42 @@
+"""The dataclasses that declare each verb's own (top-level) keys; the groups beside them have their schemas.
+
+A verb's keys are not typed while hydra composes (only its groups are), so these say what they are: `--help`
+documents each key by its field's docstring (megadalle.config.help), and composing keeps the text of a value
+given to a text key (megadalle.config.compose.keep_text). A key no dataclass declares is documented by the
+comment beside it in the verb's YAML and keeps the type hydra reads.
+"""
+from __future__ import annotations
+
+import typing
+
+from megadalle.config.data import IndexConfig, PrepareConfig, TokenizerConfig
+from megadalle.config.dvae import EncodeConfig, ImportDVAEConfig, TrainDVAEConfig
+from megadalle.config.evaluate import EvaluateConfig
+from megadalle.config.export import ExportConfig
+from megadalle.config.plan import PlanConfig
+from megadalle.config.sample import GenerateConfig
+from megadalle.config.train import RunConfig
+
+VERB_SCHEMAS: dict[str, tuple[type, ...]] = {
+    "prepare": (PrepareConfig,),
+    "index": (IndexConfig,),
+    "tokenizer": (TokenizerConfig,),
+    "train-dvae": (TrainDVAEConfig, RunConfig),
+    "import-dvae": (ImportDVAEConfig,),
+    "encode": (EncodeConfig,),
+    "train-clip": (RunConfig,),
+    "train": (RunConfig,),
+    "export": (ExportConfig,),
+    "generate": (GenerateConfig,),
+    "evaluate": (EvaluateConfig,),
+    "plan": (PlanConfig,),
+}
+
+
+def declares_text(verb: str, key: str) -> bool:
+    """Whether one of the verb's dataclasses declares `key` a text (`str` or `str | None`)."""
+    for cls in VERB_SCHEMAS.get(verb, ()):
+        hint = typing.get_type_hints(cls).get(key)
+        if hint is str or str in typing.get_args(hint):
+            return True
+    return False
