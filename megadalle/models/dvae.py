@@ -28,28 +28,33 @@ class Conv(nn.Conv2d):
     `deepspeed.initialize`. Here the weight is copied to channels_last at each call instead (a copy the size of
     the weight; its gradient comes back through the copy) and the activations stay channels_last from layer to
     layer: every op between the convolutions keeps the layout.
+
+    `fp32` computes in fp32 whatever the parameters' dtype: the encoder's last conv (the 8192 code logits) and
+    the decoder's first (the code embedding), as the paper and OpenAI's released dVAE keep them. Under bf16
+    training (DeepSpeed casts the whole module) a bf16 logit conv moved the argmax code of 3% of grid cells.
     """
 
-    def __init__(self, n_in: int, n_out: int, k: int, channels_last: bool):
+    def __init__(self, n_in: int, n_out: int, k: int, channels_last: bool, fp32: bool = False):
         super().__init__(n_in, n_out, k, padding=k // 2)
-        self.channels_last = channels_last
+        self.channels_last, self.fp32 = channels_last, fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.channels_last:
-            return super().forward(x)
-        layout = torch.channels_last
-        weight = self.weight.contiguous(memory_format=layout)
-        return self._conv_forward(x.contiguous(memory_format=layout), weight, self.bias)
+        weight, bias = self.weight, self.bias
+        if self.fp32:
+            x, weight, bias = x.float(), weight.float(), bias.float()
+        if self.channels_last:
+            x, weight = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
+        return self._conv_forward(x, weight, bias)
 
 
-def conv(n_in: int, n_out: int, k: int, channels_last: bool) -> Conv:
+def conv(n_in: int, n_out: int, k: int, channels_last: bool, fp32: bool = False) -> Conv:
     """A 'same' convolution (odd kernel) with the released dVAE's init: N(0, 1/fan_in) weights, zero bias.
 
     This keeps activations at unit scale through the stack (PyTorch's default shrinks them ~sqrt(3)x per
     layer), so the encoder's logits vary with the input from the start instead of being drowned by the
     Gumbel noise, and the codes carry information early in training.
     """
-    layer = Conv(n_in, n_out, k, channels_last)
+    layer = Conv(n_in, n_out, k, channels_last, fp32)
     nn.init.normal_(layer.weight, std=(n_in * k * k) ** -0.5)
     nn.init.zeros_(layer.bias)
     return layer
@@ -92,7 +97,8 @@ def _groups(cfg: DVAEConfig, widths: list[int], n_in: int, resample: Callable[[]
 
 
 class Encoder(nn.Module):
-    """Pixels mapped into (eps, 1-eps), [B, 3, S, S] -> code logits [B, vocab, S/d, S/d] (fp32)."""
+    """Pixels mapped into (eps, 1-eps), [B, 3, S, S] -> code logits [B, vocab, S/d, S/d] (fp32, from a last conv computed
+    in fp32 whatever the stack's dtype)."""
 
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
@@ -101,11 +107,11 @@ class Encoder(nn.Module):
             conv(3, cfg.n_hid, 7, cfg.channels_last),
             _groups(cfg, widths, cfg.n_hid, lambda: nn.MaxPool2d(2), decoder=False),
             nn.ReLU(),
-            conv(widths[-1], cfg.vocab_size, 1, cfg.channels_last),
+            conv(widths[-1], cfg.vocab_size, 1, cfg.channels_last, fp32=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).float().contiguous()
+        return self.net(x).contiguous()
 
 
 class Decoder(nn.Module):
@@ -118,7 +124,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
         widths = [max(cfg.n_hid * 2 ** (cfg.n_groups - 1 - g), cfg.decoder_min_width) for g in range(cfg.n_groups)]
-        self.embedding = conv(cfg.vocab_size, cfg.n_init, 1, cfg.channels_last)
+        self.embedding = conv(cfg.vocab_size, cfg.n_init, 1, cfg.channels_last, fp32=True)
         self.net = nn.Sequential(
             _groups(cfg, widths, cfg.n_init, lambda: nn.Upsample(scale_factor=2, mode="nearest"), decoder=True),
             nn.ReLU(),
@@ -131,7 +137,8 @@ class Decoder(nn.Module):
         return (F.embedding(codes, table) + self.embedding.bias).permute(0, 3, 1, 2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(self.embedding(z)).contiguous()
+        """Relaxed codes (any float dtype; the embedding computes in fp32) -> stats in the stack's dtype."""
+        return self.net(self.embedding(z).to(self.net[-1].weight.dtype)).contiguous()
 
 
 class DVAE(nn.Module):
@@ -149,7 +156,7 @@ class DVAE(nn.Module):
         """Training pass: (code logits, decoder stats [B, 6, S, S]) with Gumbel-softmax codes at temperature tau."""
         logits = self.logits(images)
         z = F.gumbel_softmax(logits, tau=tau, hard=False, dim=1)
-        return logits, self.decoder(z.to(self.decoder.embedding.weight.dtype))
+        return logits, self.decoder(z)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
