@@ -97,8 +97,8 @@ def _groups(cfg: DVAEConfig, widths: list[int], n_in: int, resample: Callable[[]
 
 
 class Encoder(nn.Module):
-    """Pixels mapped into (eps, 1-eps), [B, 3, S, S] -> code logits [B, vocab, S/d, S/d] (fp32, from a last conv computed
-    in fp32 whatever the stack's dtype)."""
+    """Pixels mapped into (eps, 1-eps), [B, 3, S, S] -> code logits [B, vocab, S/d, S/d] (fp32: the last conv
+    computes in fp32 whatever the stack's dtype)."""
 
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
