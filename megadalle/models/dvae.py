@@ -43,7 +43,8 @@ class Conv(nn.Conv2d):
         if self.fp32:
             x, weight, bias = x.float(), weight.float(), bias.float()
         if self.channels_last:
-            x, weight = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
+            layout = torch.channels_last
+            x, weight = x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout)
         return self._conv_forward(x, weight, bias)
 
 
