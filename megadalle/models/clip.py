@@ -2,9 +2,11 @@
 
 DALL-E draws many samples per caption and keeps those CLIP scores highest, so CLIP only has to
 judge image-caption agreement; a small ViT suffices for the image tower. The contrastive loss
-compares every image with every caption of the *global* batch: `gather` concatenates the
+compares every image with every caption of the micro-batch across ranks: `gather` concatenates the
 features of all ranks with gradients flowing back to their owners, so training on W ranks is the
-same optimisation problem as training on one with a W times larger batch.
+same optimisation problem as training on one with a W times larger micro-batch. With gradient
+accumulation each micro-batch is its own contrastive problem (fewer negatives than the whole step's
+batch): prefer a larger micro-batch to accumulation when memory allows.
 """
 from __future__ import annotations
 
