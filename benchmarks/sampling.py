@@ -37,7 +37,7 @@ import torch
 from megadalle.config.model import TransformerConfig
 from megadalle.devices import DTYPES
 from megadalle.models.transformer import Transformer
-from megadalle.sampling.filters import draw, filter_logits
+from megadalle.sampling.filters import sample_next
 from megadalle.sampling.loop import SamplingSettings, sample_codes
 
 
@@ -73,7 +73,7 @@ def naive_tokens_per_s(model: Transformer, text: torch.Tensor, tokens: int, sett
     began = time.perf_counter()
     for i in positions:
         logits = model(text, image)[1][:, i]
-        image[:, i] = draw(filter_logits(logits, settings.temperature, settings.top_k, settings.top_p))
+        image[:, i] = sample_next(logits, settings.temperature, settings.top_k, settings.top_p)
     if text.is_cuda:
         torch.cuda.synchronize()
     return text.shape[0] * tokens / (time.perf_counter() - began)
