@@ -8,10 +8,12 @@ Layout under `<run>/checkpoints/`:
                               the layout (data-parallel size, pipeline stages, ZeRO stage, global batch)
         universal/            DeepSpeed's universal form, made on a resume with another data-parallel size
     latest                    the tag of the newest complete checkpoint, written last (atomically)
+    abandoned/step_00000300/  a checkpoint of a run that went further and was resumed from an older one
 
 A checkpoint counts only when its manifest exists and every listed file has its recorded size,
 so a run killed mid-save leaves an incomplete directory that resume skips. `resume=auto` takes
-the checkpoint `latest` names, or, when that one is missing or damaged, the newest complete one.
+the checkpoint `latest` names, or, when that one is missing or damaged, the newest complete one
+before it.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from megadalle.errors import UserError
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+ABANDONED = "abandoned"
 TAG = re.compile(r"^step_(\d{8})$")
 
 
@@ -49,6 +52,8 @@ def atomic_write(path: Path, text: str) -> None:
 
 def damage(path: Path) -> str | None:
     """Why the checkpoint directory `path` cannot be used, or None when it is complete."""
+    if not path.is_dir():
+        return f"{path} does not exist"
     manifest = path / MANIFEST
     if not manifest.is_file():
         return f"{path} has no {MANIFEST} (the save did not finish)"
@@ -65,14 +70,20 @@ def damage(path: Path) -> str | None:
     return None
 
 
-def complete_tags(root: Path) -> list[str]:
-    """Complete checkpoint tags under `root`, oldest first."""
-    tags = sorted(p.name for p in root.glob("step_*") if TAG.match(p.name)) if root.is_dir() else []
-    return [t for t in tags if damage(root / t) is None]
+def step_dirs(root: Path) -> list[Path]:
+    """The `step_*` directories under `root`, oldest first."""
+    return sorted(p for p in root.glob("step_*") if TAG.match(p.name)) if root.is_dir() else []
+
+
+def complete_tags(root: Path, before: str | None = None) -> list[str]:
+    """Complete checkpoint tags under `root`, oldest first; with `before`, only those older than that tag."""
+    return [p.name for p in step_dirs(root) if (before is None or p.name < before) and damage(p) is None]
 
 
 def find_resumable(root: Path) -> str | None:
-    """The tag `latest` names if complete, else the newest complete one (with a warning), else None."""
+    """The tag `latest` names if complete. When it is damaged, the newest complete checkpoint older than it
+    (with a warning): newer ones belong to a run abandoned by a resume from an older checkpoint. Without a
+    `latest`, the newest complete one; None when there is none."""
     latest = root / LATEST
     named = latest.read_text().strip() if latest.is_file() else None
     if named is not None:
@@ -80,7 +91,7 @@ def find_resumable(root: Path) -> str | None:
         if why is None:
             return named
         print(f"[checkpoint] {LATEST} names {named}, which is damaged: {why}; falling back", file=sys.stderr)
-    tags = complete_tags(root)
+    tags = complete_tags(root, before=named)
     return tags[-1] if tags else None
 
 
@@ -107,8 +118,8 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None,
     `client_state["layout"]` (universal.Layout's fields) goes into the manifest too."""
     tag = tag_of(step)
     path = root / tag
-    if rank == 0 and path.exists():  # an unfinished save of this step by a killed job: start clean
-        shutil.rmtree(path)
+    if rank == 0:
+        set_aside(root, tag)
     barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
     torch.save(rng.capture(), path / f"rng_rank{rank:05d}.pt")
@@ -122,17 +133,40 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None,
         atomic_write(path / MANIFEST, json.dumps(record, indent=1))
         atomic_write(root / LATEST, tag)
         if keep:
-            prune(root, keep)
+            prune(root, keep, tag)
     barrier()
     return path
 
 
-def prune(root: Path, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints; delete every step directory older than them
-    (complete or not: an unfinished save older than a complete one will never be resumed)."""
-    kept = complete_tags(root)[-keep:]
-    for path in root.glob("step_*"):
-        if TAG.match(path.name) and kept and path.name < kept[0]:
+def set_aside(root: Path, tag: str) -> None:
+    """Before `tag` is saved, clear the step directories at or after it. Unfinished ones go (a save killed by a
+    crash). Complete ones are the checkpoints of a run that went further and was then resumed from an older
+    one (`resume=<step dir>`): they move to `abandoned/`, out of the sight of resume and prune but not deleted,
+    since a mistyped `resume=` should cost disk space, not training. Deleting them is for the user to do."""
+    for path in step_dirs(root):
+        if path.name < tag:
+            continue
+        if damage(path) is not None:
+            shutil.rmtree(path)
+            continue
+        target = root / ABANDONED / path.name
+        copies = 1
+        while target.exists():  # a second abandoned branch with the same step
+            copies += 1
+            target = root / ABANDONED / f"{path.name}.{copies}"
+        target.parent.mkdir(exist_ok=True)
+        os.replace(path, target)
+        print(f"[checkpoint] {path} comes from a run that went past the checkpoint this one resumed from: moved "
+              f"to {target}; delete it if it is not needed", file=sys.stderr, flush=True)
+
+
+def prune(root: Path, keep: int, tag: str) -> None:
+    """Keep the newest `keep` complete checkpoints up to `tag` (the one just saved, always kept); delete every
+    step directory older than them (complete or not: an unfinished save older than a complete one will never
+    be resumed). Nothing newer than `tag` is left by then (set_aside)."""
+    kept = (complete_tags(root, before=tag) + [tag])[-keep:]
+    for path in step_dirs(root):
+        if path.name < kept[0]:
             shutil.rmtree(path, ignore_errors=True)
 
 

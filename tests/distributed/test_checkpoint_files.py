@@ -1,18 +1,36 @@
-"""Which checkpoint a resume picks: complete ones only, `latest` first, the newest complete as fall-back."""
+"""Which checkpoint a resume picks: complete ones only, `latest` first, the newest complete one older
+than a damaged `latest` as fall-back; and what a save clears away (older ones beyond `keep`, newer ones of an abandoned run). Single process:
+DeepSpeed's part is a stand-in writing one torch file."""
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
-from megadalle.train.checkpoint import CheckpointError, damage, find_resumable, prune, resolve
+from megadalle.train.checkpoint import CheckpointError, damage, find_resumable, prune, resolve, save
 
 
 def fake_checkpoint(root, step, complete=True):
     path = root / f"step_{step:08d}"
     path.mkdir(parents=True)
-    (path / "model.pt").write_bytes(b"x" * 10)
+    torch.save({"step": step}, path / "model.pt")
     if complete:
-        (path / "manifest.json").write_text(json.dumps({"step": step, "files": {"model.pt": 10}}))
+        files = {"model.pt": (path / "model.pt").stat().st_size}
+        (path / "manifest.json").write_text(json.dumps({"step": step, "files": files}))
     return path
+
+
+def names(root):
+    return sorted(p.name for p in root.iterdir())
+
+
+class FakeEngine:
+    """DeepSpeed's save as far as checkpoint.save sees it: one torch file per tag directory."""
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        path = Path(save_dir) / tag
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(client_state, path / "mp_rank_00_model_states.pt")
 
 
 def test_latest_wins_when_complete(tmp_path):
@@ -27,7 +45,7 @@ def test_truncated_file_falls_back_to_previous(tmp_path, capsys):
     newest = fake_checkpoint(tmp_path, 4)
     (tmp_path / "latest").write_text("step_00000004")
     (newest / "model.pt").write_bytes(b"x" * 3)
-    assert "has 3 bytes, the manifest says 10" in damage(newest)
+    assert "has 3 bytes, the manifest says" in damage(newest)
     assert find_resumable(tmp_path) == "step_00000002"
     assert "falling back" in capsys.readouterr().err
 
@@ -57,6 +75,36 @@ def test_prune_keeps_newest_complete_and_drops_older_leftovers(tmp_path):
     fake_checkpoint(tmp_path, 1, complete=False)
     for step in (2, 4, 6):
         fake_checkpoint(tmp_path, step)
-    fake_checkpoint(tmp_path, 8, complete=False)  # a save in progress is never touched
-    prune(tmp_path, keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006", "step_00000008"]
+    prune(tmp_path, keep=2, tag="step_00000006")
+    assert names(tmp_path) == ["step_00000004", "step_00000006"]
+
+
+def test_going_back_sets_the_abandoned_run_aside(tmp_path, capsys):
+    """resume=<step_10> in a run that went on to step 30: the save of step 15 keeps step 10 and 15 (not the
+    abandoned run's newest by name) and moves the abandoned ones to abandoned/, where resume never looks."""
+    for step in (5, 10, 20, 25, 30):
+        fake_checkpoint(tmp_path, step)
+    fake_checkpoint(tmp_path, 35, complete=False)
+    (tmp_path / "latest").write_text("step_00000030")
+    assert resolve(str(tmp_path / "step_00000010"), tmp_path) == tmp_path / "step_00000010"
+    save(FakeEngine(), tmp_path, 15, {"step": 15}, rank=0, keep=2)
+    assert names(tmp_path) == ["abandoned", "latest", "step_00000010", "step_00000015"]
+    assert names(tmp_path / "abandoned") == ["step_00000020", "step_00000025", "step_00000030"]
+    assert "step_00000030 comes from a run that went past the checkpoint this one resumed from" in (
+        capsys.readouterr().err)
+    assert find_resumable(tmp_path) == "step_00000015"
+    save(FakeEngine(), tmp_path, 20, {"step": 20}, rank=0, keep=2)
+    assert names(tmp_path) == ["abandoned", "latest", "step_00000015", "step_00000020"]
+    save(FakeEngine(), tmp_path, 18, {"step": 18}, rank=0, keep=2)  # back again: a second step_20 joins the first
+    assert names(tmp_path / "abandoned") == ["step_00000020", "step_00000020.2", "step_00000025", "step_00000030"]
+
+
+def test_fallback_never_goes_past_the_checkpoint_latest_names(tmp_path, capsys):
+    """A damaged step_15 that `latest` names falls back to step_10, not to a newer abandoned step_30."""
+    for step in (10, 15, 30):
+        fake_checkpoint(tmp_path, step)
+    (tmp_path / "step_00000015" / "manifest.json").unlink()
+    (tmp_path / "latest").write_text("step_00000015")
+    assert find_resumable(tmp_path) == "step_00000010"
+    assert "latest names step_00000015, which is damaged" in capsys.readouterr().err
+
