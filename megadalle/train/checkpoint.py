@@ -58,8 +58,8 @@ def damage(path: Path) -> str | None:
     if not manifest.is_file():
         return f"{path} has no {MANIFEST} (the save did not finish)"
     try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError) as err:
+        files = dict(json.loads(manifest.read_text())["files"])
+    except (ValueError, KeyError, TypeError) as err:
         return f"{manifest} is unreadable ({err})"
     for name, size in files.items():
         file = path / name
@@ -80,19 +80,32 @@ def complete_tags(root: Path, before: str | None = None) -> list[str]:
     return [p.name for p in step_dirs(root) if (before is None or p.name < before) and damage(p) is None]
 
 
+def read_latest(root: Path) -> tuple[str | None, str | None]:
+    """The tag `latest` names (None without a `latest`, or when it holds no tag) and why that cannot be
+    resumed (None when it can). A garbled `latest` (random bytes after a crash) names nothing and is the reason."""
+    latest = root / LATEST
+    if not latest.is_file():
+        return None, None
+    text = latest.read_bytes().decode(errors="replace").strip()
+    if not TAG.match(text):
+        return None, f"{latest} holds {text[:40]!a}, not a checkpoint tag (garbled)"
+    why = damage(root / text)
+    return text, None if why is None else f"{LATEST} names {text}, which is damaged: {why}"
+
+
 def find_resumable(root: Path) -> str | None:
     """The tag `latest` names if complete. When it is damaged, the newest complete checkpoint older than it
     (with a warning): newer ones belong to a run abandoned by a resume from an older checkpoint. Without a
     `latest`, the newest complete one; None when there is none."""
-    latest = root / LATEST
-    named = latest.read_text().strip() if latest.is_file() else None
-    if named is not None:
-        why = damage(root / named)
-        if why is None:
-            return named
-        print(f"[checkpoint] {LATEST} names {named}, which is damaged: {why}; falling back", file=sys.stderr)
+    named, why = read_latest(root)
+    if named is not None and why is None:
+        return named
     tags = complete_tags(root, before=named)
-    return tags[-1] if tags else None
+    if tags:
+        if why is not None:
+            print(f"[checkpoint] {why}; falling back to {tags[-1]}", file=sys.stderr, flush=True)
+        return tags[-1]
+    return None
 
 
 def resolve(resume: str, root: Path) -> Path | None:

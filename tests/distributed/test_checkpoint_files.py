@@ -108,3 +108,16 @@ def test_fallback_never_goes_past_the_checkpoint_latest_names(tmp_path, capsys):
     assert find_resumable(tmp_path) == "step_00000010"
     assert "latest names step_00000015, which is damaged" in capsys.readouterr().err
 
+
+def test_garbled_latest_is_damage_not_a_traceback(tmp_path, capsys):
+    fake_checkpoint(tmp_path, 2)
+    fake_checkpoint(tmp_path, 4)
+    (tmp_path / "latest").write_bytes(bytes(range(128, 256)))
+    assert find_resumable(tmp_path) == "step_00000004"
+    assert "not a checkpoint tag (garbled); falling back to step_00000004" in capsys.readouterr().err
+    (tmp_path / "latest").write_text("step_00000009\n")
+    assert find_resumable(tmp_path) == "step_00000004"
+    assert "step_00000009 does not exist" in capsys.readouterr().err
+    (tmp_path / "step_00000004" / "manifest.json").write_text('{"files": [1]}')
+    assert "manifest.json is unreadable" in damage(tmp_path / "step_00000004")
+
