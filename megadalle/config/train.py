@@ -194,9 +194,10 @@ class RunConfig:
     directory's run.json is refused, except in the keys megadalle.train.rundir.RESUMABLE lists
     (trainer.steps, logging, checkpoint cadence, loader workers...)."""
     resume: str = "auto"
-    """auto: the newest complete checkpoint of run_dir (else start fresh); never: start fresh (refused
-    when run_dir already holds checkpoints); or the path of a checkpoints/step_* directory: going back,
-    the later checkpoints move to checkpoints/abandoned/ at the first save."""
+    """auto: the newest complete checkpoint of run_dir (the one `latest` names, else the newest complete one
+    before it); a fresh start where no save ever finished, an error where one did and none is usable. never:
+    start fresh (refused when run_dir already holds checkpoints). Or the path of a checkpoints/step_*
+    directory: going back, the later checkpoints move to checkpoints/abandoned/ at the first save."""
 
     def validate(self, where: str = "") -> None:
         from pathlib import Path

@@ -13,7 +13,8 @@ Layout under `<run>/checkpoints/`:
 A checkpoint counts only when its manifest exists and every listed file has its recorded size,
 so a run killed mid-save leaves an incomplete directory that resume skips. `resume=auto` takes
 the checkpoint `latest` names, or, when that one is missing or damaged, the newest complete one
-before it.
+before it; where none is usable though a save once finished, it stops rather than start again
+from step 0.
 """
 from __future__ import annotations
 
@@ -96,7 +97,11 @@ def read_latest(root: Path) -> tuple[str | None, str | None]:
 def find_resumable(root: Path) -> str | None:
     """The tag `latest` names if complete. When it is damaged, the newest complete checkpoint older than it
     (with a warning): newer ones belong to a run abandoned by a resume from an older checkpoint. Without a
-    `latest`, the newest complete one; None when there is none."""
+    `latest`, the newest complete one.
+
+    None only where no save ever finished (no `latest`, no manifest: a fresh run, or one killed in its first
+    save). Where one did and nothing is usable now, CheckpointError: starting again from step 0 would append
+    to the old metrics, take a new wandb id and later prune the damaged checkpoints, all in silence."""
     named, why = read_latest(root)
     if named is not None and why is None:
         return named
@@ -105,7 +110,14 @@ def find_resumable(root: Path) -> str | None:
         if why is not None:
             print(f"[checkpoint] {why}; falling back to {tags[-1]}", file=sys.stderr, flush=True)
         return tags[-1]
-    return None
+    finished = [p for p in step_dirs(root) if (p / MANIFEST).is_file()]
+    if why is None and finished:
+        why = damage(finished[-1])
+    if why is None:
+        return None
+    raise CheckpointError(f"no usable checkpoint in {root}: {why}, and no complete checkpoint "
+                          f"{'before it' if named else 'is left'}; to start over use a new run_dir, to continue "
+                          "another checkpoint pass resume=<its step_* directory>")
 
 
 def resolve(resume: str, root: Path) -> Path | None:

@@ -48,7 +48,7 @@ class RunOptions:
     name: str | None = None
     """The run's name in the default directory; None = `default` (`slurm-<job id>` inside a Slurm job)."""
     resume: str = "auto"
-    """auto (newest complete checkpoint, else fresh), never, or the path of a step_* directory."""
+    """auto, never, or the path of a step_* directory (config.train.RunConfig.resume says what each does)."""
     seed: int = 0
     config: dict = field(default_factory=dict)
     """The full config, saved as run.json with `task_factory` so `megadalle export` can rebuild the model."""

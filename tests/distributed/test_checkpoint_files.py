@@ -1,5 +1,6 @@
 """Which checkpoint a resume picks: complete ones only, `latest` first, the newest complete one older
-than a damaged `latest` as fall-back; and what a save clears away (older ones beyond `keep`, newer ones of an abandoned run). Single process:
+than a damaged `latest` as fall-back, an error where a save once finished and nothing is usable now;
+and what a save clears away (older ones beyond `keep`, newer ones of an abandoned run). Single process:
 DeepSpeed's part is a stand-in writing one torch file."""
 import json
 from pathlib import Path
@@ -120,4 +121,24 @@ def test_garbled_latest_is_damage_not_a_traceback(tmp_path, capsys):
     assert "step_00000009 does not exist" in capsys.readouterr().err
     (tmp_path / "step_00000004" / "manifest.json").write_text('{"files": [1]}')
     assert "manifest.json is unreadable" in damage(tmp_path / "step_00000004")
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    """A run that once finished a save never silently restarts from step 0 (and later prunes its damaged
+    checkpoints); one killed in its first save has nothing to lose and starts fresh."""
+    fake_checkpoint(tmp_path, 2, complete=False)
+    assert resolve("auto", tmp_path) is None
+    for step in (4, 6):
+        fake_checkpoint(tmp_path, step)
+        (tmp_path / f"step_{step:08d}" / "model.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="step_00000006/model.pt has 1 bytes.*is left; to start over use a new "
+                                              "run_dir"):
+        resolve("auto", tmp_path)
+    for step in (4, 6):
+        (tmp_path / f"step_{step:08d}" / "manifest.json").unlink()
+    (tmp_path / "latest").write_text("step_00000006")
+    with pytest.raises(CheckpointError, match="no usable checkpoint in .*latest names step_00000006, which is "
+                                              "damaged: .* has no manifest.json .*, and no complete checkpoint "
+                                              "before it"):
+        resolve("auto", tmp_path)
 
