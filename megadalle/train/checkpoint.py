@@ -23,11 +23,12 @@ import os
 import re
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from megadalle.train import ema as ema_lib, rng, schedule
+from megadalle.train import distributed, ema as ema_lib, rng, schedule
 from megadalle.train.distributed import barrier
 from megadalle.errors import UserError
 
@@ -140,27 +141,70 @@ def resolve(resume: str, root: Path) -> Path | None:
 
 def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None, keep: int = 0) -> Path:
     """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints.
-    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too."""
+    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too.
+
+    A failure on any rank (a full disk) stops every rank with the same line, and the unfinished directory is
+    removed: no rank waits at a barrier for one that has left."""
     tag = tag_of(step)
     path = root / tag
-    if rank == 0:
-        set_aside(root, tag)
+    on_every_rank(path, rank, partial(set_aside, root, tag) if rank == 0 else None, remove=False)
+    on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
+    on_every_rank(path, rank, partial(_publish, root, path, step, client_state) if rank == 0 else None)
+    if rank == 0 and keep:
+        prune(root, keep, tag)
     barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+    return path
+
+
+def _write(engine, path: Path, client_state: dict, rank: int, ema) -> None:
+    """This rank's files: DeepSpeed's, its generator states, its piece of the EMA."""
+    try:
+        engine.save_checkpoint(str(path.parent), tag=path.name, client_state=client_state, save_latest=False)
+    except (OSError, RuntimeError):
+        # DeepSpeed's save ends with a barrier, after its writes: the ranks whose writes went through wait
+        # there, and meet this one here before every rank learns of the failure (on_every_rank).
+        barrier()
+        raise
     torch.save(rng.capture(), path / f"rng_rank{rank:05d}.pt")
     if ema is not None:
         ema.save(path / ema_lib.file_name(rank))
-    barrier()
-    if rank == 0:
-        files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
-                 if f.is_file() and f.name != MANIFEST}
-        record = {"step": step, "layout": client_state.get("layout"), "files": files}
-        atomic_write(path / MANIFEST, json.dumps(record, indent=1))
-        atomic_write(root / LATEST, tag)
-        if keep:
-            prune(root, keep, tag)
-    barrier()
-    return path
+
+
+def _publish(root: Path, path: Path, step: int, client_state: dict) -> None:
+    """Rank 0, once every rank's files are written: the manifest, then `latest`. The checkpoint counts from here."""
+    files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
+             if f.is_file() and f.name != MANIFEST}
+    record = {"step": step, "layout": client_state.get("layout"), "files": files}
+    atomic_write(path / MANIFEST, json.dumps(record, indent=1))
+    atomic_write(root / LATEST, path.name)
+
+
+def on_every_rank(path: Path, rank: int, action=None, remove: bool = True) -> None:
+    """Run this rank's part (`action`, if any) of saving `path`. When it failed on any rank, every rank raises
+    the first rank's error with its likely cause (torch says only `unexpected pos` when the disk is full),
+    after rank 0 removed the unfinished directory (`remove`) so that nothing there can pass for a checkpoint."""
+    error = None
+    try:
+        if action is not None:
+            action()
+    except (OSError, RuntimeError) as err:
+        error = one_line(err)
+    error = distributed.first_error(error)
+    if error is None:
+        return
+    if rank == 0 and remove:
+        shutil.rmtree(path, ignore_errors=True)
+    good = complete_tags(path.parent, before=path.name)
+    raise CheckpointError(f"cannot save the checkpoint {path} ({error}): is the disk full, over quota or past a "
+                          "file-size limit (ulimit -f)? " + ("The unfinished directory is removed; " if remove else "")
+                          + (f"{path.parent / good[-1]} is the newest good checkpoint" if good
+                             else "no checkpoint of this run was complete before it"))
+
+
+def one_line(err: BaseException) -> str:
+    """`err`'s type and first sentence: torch's further sentences advise `weights_only=False`, wrong for a damaged file."""
+    text = re.split(r"\.\s+(?=[A-Z])|\n", str(err).strip(), maxsplit=1)[0][:300]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def set_aside(root: Path, tag: str) -> None:

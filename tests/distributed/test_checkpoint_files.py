@@ -1,8 +1,9 @@
 """Which checkpoint a resume picks: complete ones only, `latest` first, the newest complete one older
 than a damaged `latest` as fall-back, an error where a save once finished and nothing is usable now;
-and what a save clears away (older ones beyond `keep`, newer ones of an abandoned run). Single process:
-DeepSpeed's part is a stand-in writing one torch file."""
+what a save clears away (older ones beyond `keep`, newer ones of an abandoned run); and what a save that
+fails leaves and says. Single process: DeepSpeed's part is a stand-in writing one torch file."""
 import json
+import resource
 from pathlib import Path
 
 import pytest
@@ -141,4 +142,21 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
                                               "damaged: .* has no manifest.json .*, and no complete checkpoint "
                                               "before it"):
         resolve("auto", tmp_path)
+
+
+def test_a_full_disk_fails_the_save_in_one_line_and_leaves_no_half_checkpoint(tmp_path):
+    """What torch says when a write fails (`unexpected pos`, naming no file) gets the step directory, the likely
+    cause and the checkpoint still good; the unfinished directory goes."""
+    save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))  # a file-size limit: the write fails with EFBIG
+    try:
+        with pytest.raises(CheckpointError, match=r"cannot save the checkpoint \S*step_00000004 \(RuntimeError: .*"
+                                                  r"unexpected pos .*\): is the disk full, over quota or past a "
+                                                  r"file-size limit .*step_00000002 is the newest good checkpoint"):
+            save(FakeEngine(), tmp_path, 4, {"step": 4, "big": torch.zeros(1 << 16)}, rank=0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert names(tmp_path) == ["latest", "step_00000002"]
+    assert find_resumable(tmp_path) == "step_00000002"
 
