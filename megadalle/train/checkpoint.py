@@ -4,17 +4,18 @@ Layout under `<run>/checkpoints/`:
     step_00000100/            DeepSpeed's files (model, optimizer shards) for update 100
         rng_rank00000.pt      each rank's generator states (rng.py)
         ema_rank00000.safetensors   each rank's piece of the EMA weights, when EMA is on (ema.py)
-        manifest.json         written by rank 0 after every rank finished: file names and sizes, and
-                              the layout (data-parallel size, pipeline stages, ZeRO stage, global batch)
+        manifest.json         written by rank 0 after every rank's files are on disk (fsynced): file names
+                              and sizes, and the layout (data-parallel size, pipeline stages, ZeRO stage,
+                              global batch)
         universal/            DeepSpeed's universal form, made on a resume with another data-parallel size
-    latest                    the tag of the newest complete checkpoint, written last (atomically)
+    latest                    the tag of the newest complete checkpoint, written last (atomically, fsynced)
     abandoned/step_00000300/  a checkpoint of a run that went further and was resumed from an older one
 
-A checkpoint counts only when its manifest exists and every listed file has its recorded size,
-so a run killed mid-save leaves an incomplete directory that resume skips. `resume=auto` takes
-the checkpoint `latest` names, or, when that one is missing or damaged, the newest complete one
-before it; where none is usable though a save once finished, it stops rather than start again
-from step 0.
+A checkpoint counts only when its manifest exists and every listed file has its recorded size and
+readable ends (`unreadable`), so a run killed mid-save, or a power loss that zeroed a file, leaves a
+directory that resume skips. `resume=auto` takes the checkpoint `latest` names, or, when that one is
+missing or damaged, the newest complete one before it; where none is usable though a save once
+finished, it stops rather than start again from step 0.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import os
 import re
 import shutil
 import sys
+import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -47,9 +49,49 @@ def tag_of(step: int) -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """`text` as `path`, the old text or the new after a power loss too: the temporary is fsynced, renamed,
+    then its directory fsynced (without the fsyncs a crash can leave the renamed file empty)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(path: Path) -> None:
+    """fsync every file under `path`, then the directories. DeepSpeed closes its files without: until then a
+    power loss can leave them at their full size and zeroed, which the manifest's sizes cannot tell."""
+    for item in sorted(path.rglob("*"), key=lambda p: p.is_dir()):
+        if item.is_file():
+            with open(item, "rb") as f:
+                os.fsync(f.fileno())
+        elif item.is_dir():
+            fsync_dir(item)
+    fsync_dir(path)
+
+
+def unreadable(file: Path) -> str | None:
+    """Why `file` cannot be what its name says, judged from its ends alone (cheap at any size): a torch `.pt`
+    without its zip directory (at the end), a `.safetensors` without its JSON header (at the start).
+    This catches the zeroed files a power loss leaves; damage in the middle shows only when `load` reads it."""
+    if file.suffix == ".pt" and not zipfile.is_zipfile(file):
+        return f"{file} is not a readable torch file (zeroed or overwritten)"
+    if file.suffix == ".safetensors":
+        with open(file, "rb") as f:
+            header = int.from_bytes(f.read(8), "little")
+            if not 0 < header <= file.stat().st_size - 8 or f.read(1) != b"{":
+                return f"{file} is not a readable safetensors file (zeroed or overwritten)"
+    return None
 
 
 def damage(path: Path) -> str | None:
@@ -69,6 +111,9 @@ def damage(path: Path) -> str | None:
             return f"{file} is missing"
         if file.stat().st_size != size:
             return f"{file} has {file.stat().st_size} bytes, the manifest says {size}"
+        why = unreadable(file)
+        if why is not None:
+            return why
     return None
 
 
@@ -143,12 +188,14 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None,
     """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints.
     `client_state["layout"]` (universal.Layout's fields) goes into the manifest too.
 
-    A failure on any rank (a full disk) stops every rank with the same line, and the unfinished directory is
-    removed: no rank waits at a barrier for one that has left."""
+    Every file is fsynced before the manifest is written, so a checkpoint that counts as complete survives a
+    power loss. A failure on any rank (a full disk) stops every rank with the same line, and the unfinished
+    directory is removed: no rank waits at a barrier for one that has left."""
     tag = tag_of(step)
     path = root / tag
     on_every_rank(path, rank, partial(set_aside, root, tag) if rank == 0 else None, remove=False)
     on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
+    on_every_rank(path, rank, partial(sync_tree, path))
     on_every_rank(path, rank, partial(_publish, root, path, step, client_state) if rank == 0 else None)
     if rank == 0 and keep:
         prune(root, keep, tag)
@@ -171,7 +218,8 @@ def _write(engine, path: Path, client_state: dict, rank: int, ema) -> None:
 
 
 def _publish(root: Path, path: Path, step: int, client_state: dict) -> None:
-    """Rank 0, once every rank's files are written: the manifest, then `latest`. The checkpoint counts from here."""
+    """Rank 0, once every rank's files are on disk: the manifest, then `latest`. The checkpoint counts from here."""
+    fsync_dir(root)  # the step directory's own entry
     files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
              if f.is_file() and f.name != MANIFEST}
     record = {"step": step, "layout": client_state.get("layout"), "files": files}
@@ -245,7 +293,28 @@ def load(engine, path: Path, rank: int, ema=None, universal: Path | None = None)
     `universal`: the checkpoint's universal form (the data-parallel size changed; see universal.py).
     Then DeepSpeed's state comes from there, and a rank the saving run did not have keeps the
     generators it was seeded with (a warning says so): its dropout masks cannot be the old ones anyway.
+
+    A failure on any rank stops every rank with the first one's error in one line, which names the
+    checkpoint and the complete one before it: damage inside a file (`damage` sees only its ends) shows
+    only here, as torch's own error about pickles or zip records.
     """
+    client_state, error = {}, None
+    try:
+        client_state = _read(engine, path, rank, ema, universal)
+    except CheckpointError as err:
+        error = str(err)
+    except Exception as err:  # whatever reading a damaged file raises: KeyError, UnpicklingError, RuntimeError...
+        older = complete_tags(path.parent, before=path.name)
+        error = (f"cannot load the checkpoint {universal or path} ({one_line(err)}); if it is damaged, "
+                 + (f"resume from the complete one before it: resume={path.parent / older[-1]}" if older
+                    else "start over in a new run_dir: no complete checkpoint precedes it"))
+    error = distributed.first_error(error)
+    if error is not None:
+        raise CheckpointError(error)
+    return client_state
+
+
+def _read(engine, path: Path, rank: int, ema, universal: Path | None) -> dict:
     source = universal or path
     loaded, client_state = engine.load_checkpoint(str(source.parent), tag=source.name, load_module_strict=True,
                                                   load_optimizer_states=True, load_lr_scheduler_states=True)

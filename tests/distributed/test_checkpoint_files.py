@@ -1,15 +1,17 @@
 """Which checkpoint a resume picks: complete ones only, `latest` first, the newest complete one older
 than a damaged `latest` as fall-back, an error where a save once finished and nothing is usable now;
-what a save clears away (older ones beyond `keep`, newer ones of an abandoned run); and what a save that
-fails leaves and says. Single process: DeepSpeed's part is a stand-in writing one torch file."""
+what a save clears away (older ones beyond `keep`, newer ones of an abandoned run); and what a save or a
+load that fails leaves and says. Single process: DeepSpeed's part is a stand-in writing one torch file."""
 import json
+import os
 import resource
 from pathlib import Path
 
 import pytest
 import torch
 
-from megadalle.train.checkpoint import CheckpointError, damage, find_resumable, prune, resolve, save
+from megadalle.train import checkpoint
+from megadalle.train.checkpoint import CheckpointError, damage, find_resumable, load, prune, resolve, save
 
 
 def fake_checkpoint(root, step, complete=True):
@@ -27,12 +29,18 @@ def names(root):
 
 
 class FakeEngine:
-    """DeepSpeed's save as far as checkpoint.save sees it: one torch file per tag directory."""
+    """DeepSpeed's save and load as far as checkpoint.save and load see them: one torch file per tag directory."""
+
+    lr_scheduler = None
 
     def save_checkpoint(self, save_dir, tag, client_state, save_latest):
         path = Path(save_dir) / tag
         path.mkdir(parents=True, exist_ok=True)
         torch.save(client_state, path / "mp_rank_00_model_states.pt")
+
+    def load_checkpoint(self, load_dir, tag, **flags):
+        path = Path(load_dir) / tag
+        return str(path), torch.load(path / "mp_rank_00_model_states.pt", weights_only=True)
 
 
 def test_latest_wins_when_complete(tmp_path):
@@ -160,3 +168,49 @@ def test_a_full_disk_fails_the_save_in_one_line_and_leaves_no_half_checkpoint(tm
     assert names(tmp_path) == ["latest", "step_00000002"]
     assert find_resumable(tmp_path) == "step_00000002"
 
+
+def test_every_file_is_on_disk_before_the_manifest_says_complete(tmp_path, monkeypatch):
+    """fsync of each file and directory before the manifest, and of `latest` before and after its rename:
+    otherwise a power loss can leave files at their full size and zeroed, or an empty `latest`."""
+    synced = []
+    fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (tmp_path / "step_00000002" / "manifest.json").exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
+    before_manifest = {name for name, manifest in synced if not manifest}
+    assert {str(path / f) for f in ("mp_rank_00_model_states.pt", "rng_rank00000.pt")} | {str(path)} <= before_manifest
+    assert str(tmp_path) in before_manifest  # the step directory's own entry
+    assert [str(tmp_path / "latest.tmp"), str(tmp_path)] == [name for name, _ in synced[-2:]]
+
+
+def test_a_zeroed_file_of_the_right_size_is_damage(tmp_path, capsys):
+    """What a power loss leaves: sizes as the manifest says, zeros inside; resume falls back by itself."""
+    fake_checkpoint(tmp_path, 2)
+    newest = fake_checkpoint(tmp_path, 4)
+    (tmp_path / "latest").write_text("step_00000004")
+    (newest / "model.pt").write_bytes(bytes((newest / "model.pt").stat().st_size))
+    assert find_resumable(tmp_path) == "step_00000002"
+    assert "model.pt is not a readable torch file (zeroed or overwritten)" in capsys.readouterr().err
+    (newest / "ema_rank00000.safetensors").write_bytes(bytes(64))
+    assert "ema_rank00000.safetensors is not a readable safetensors file" in checkpoint.unreadable(
+        newest / "ema_rank00000.safetensors")
+
+
+def test_a_checkpoint_that_fails_to_load_is_named_with_the_one_before(tmp_path):
+    """Damage inside a file, where the size and the zip directory look right: torch's error about pickles
+    becomes one line naming the checkpoint and the resume= that takes the complete one before it."""
+    save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
+    newest = save(FakeEngine(), tmp_path, 4, {"step": 4}, rank=0)
+    model = newest / "mp_rank_00_model_states.pt"
+    with open(model, "r+b") as f:
+        f.write(bytes(64))
+    assert find_resumable(tmp_path) == "step_00000004"
+    with pytest.raises(CheckpointError, match=r"cannot load the checkpoint \S*step_00000004 \(UnpicklingError: .*\); "
+                                              r"if it is damaged, resume from the complete one before it: "
+                                              r"resume=\S*step_00000002$"):
+        load(FakeEngine(), newest, rank=0)
+    assert load(FakeEngine(), tmp_path / "step_00000002", rank=0)["step"] == 2

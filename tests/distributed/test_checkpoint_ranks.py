@@ -1,4 +1,4 @@
-"""When one rank fails while choosing or saving a checkpoint, every rank stops; none goes on alone to wait
+"""When one rank fails while choosing, saving or loading a checkpoint, every rank stops; none goes on alone to wait
 in a collective until the timeout (30 minutes by default)."""
 import json
 import subprocess
@@ -8,6 +8,18 @@ import pytest
 import dist_launch as launch
 
 OPTS = {"zero_stage": 1, "steps": 2, "checkpoint_every": 2, "dropout": True}
+
+
+@pytest.mark.distributed
+def test_a_load_that_fails_on_one_rank_stops_them_all(tmp_path):
+    run_dir = tmp_path / "run"
+    launch.run(2, {**OPTS, "run_dir": str(run_dir)}, tmp_path / "first")
+    with open(run_dir / "checkpoints" / "step_00000002" / "rng_rank00001.pt", "r+b") as f:
+        f.write(bytes(64))
+    logs = failed_run(2, {**OPTS, "steps": 4, "run_dir": str(run_dir)}, tmp_path / "second")
+    for log in logs:
+        assert ("CheckpointError: rank 1: cannot load the checkpoint" in log and "step_00000002 (UnpicklingError: "
+                "Weights only load failed); if it is damaged, start over in a new run_dir" in log)
 
 
 @pytest.mark.distributed
