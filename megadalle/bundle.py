@@ -31,6 +31,7 @@ from torch import nn
 from megadalle.data import atomic
 from megadalle.errors import UserError
 from megadalle.sampling.compatible import TokenizerRecord
+from megadalle.weights import TMP
 
 MANIFEST = "bundle.json"
 FORMAT = "megadalle-bundle/1"
@@ -73,6 +74,14 @@ def read_model(path: str | Path, kind: str, ema: bool = False, dtype: torch.dtyp
 
 def is_bundle(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
+
+
+def unfinished(path: str | Path) -> bool:
+    """A folder `write_bundle` began and did not finish (killed, or a disk filled): its Transformer or the
+    temporary of one, without bundle.json (written last)."""
+    path = Path(path)
+    return (path.is_dir() and not is_bundle(path)
+            and ((path / TRANSFORMER).is_dir() or any(path.glob(f"{TRANSFORMER}{TMP}*"))))
 
 
 def transformer_path(weights: str | Path) -> Path:
@@ -124,6 +133,9 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     from megadalle.sampling.rerank import OPEN_CLIP
 
     weights = Path(weights)
+    if unfinished(weights):
+        raise BundleError(f"{weights}: unfinished export (no {MANIFEST}): rerun `megadalle export` with "
+                          f"output={weights}")
     manifest = json.loads((weights / MANIFEST).read_text()) if is_bundle(weights) else None
     if manifest is not None and clip_model == "megadalle":  # the key's default: the folder's own reranker wins
         clip_model = manifest.get("clip_model", "megadalle")

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from megadalle.config import build, top_level
 from megadalle.config.export import ExportConfig
 from megadalle.train.consolidate import export, load_run
+from megadalle.weights import TMP
 
 __all__ = ["export", "load_run", "run"]
 
@@ -29,5 +30,5 @@ def run(cfg: DictConfig) -> int:
     folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ec.ema,
                           ec.clip_model, ec.dtype, ec.max_shard_mb * 10**6)
     print(f"[export] model folder {folder} ({ec.dtype}{', EMA' if ec.ema else ''}): "
-          + ", ".join(sorted(p.name for p in folder.iterdir())), file=sys.stderr)
+          + ", ".join(sorted(p.name for p in folder.iterdir() if TMP not in p.name)), file=sys.stderr)
     return 0

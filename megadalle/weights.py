@@ -12,9 +12,11 @@ pickle; `load_weights` reads either. Training checkpoints (DeepSpeed's format) s
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ from megadalle.planned_safetensors import Layout, PlannedFile, nbytes
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
+TMP = ".tmp-"
+"""Temporaries are `<target>.tmp-<host>-<pid>`: whose they are, so that a later export can tell a dead one's."""
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -83,6 +87,31 @@ def export_layout(state: dict[str, torch.Tensor], dtype: torch.dtype) -> Layout:
     return {name: (t.shape, dtype if t.is_floating_point() else t.dtype) for name, t in state.items()}
 
 
+def remove_stale_temporaries(target: Path) -> None:
+    """Remove the temporaries of `target` that a killed export on this machine left: its process is gone, and
+    nothing else would ever remove a file the size of the model (24 GB at 12B). A live export's, or one from
+    another machine (whose processes cannot be seen from here), is left alone."""
+    mine = f"{target.name}{TMP}{socket.gethostname()}-"
+    for tmp in target.parent.glob(f"{glob.escape(mine)}*"):
+        pid = tmp.name[len(mine):]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
 class _StreamedWriter:
     """Tensors, as they come and in any order, into safetensors files planned from a `Layout`, under a
     temporary name renamed at `close`: an interrupted export leaves nothing that looks finished.
@@ -93,8 +122,9 @@ class _StreamedWriter:
 
     def __init__(self, target: Path, layout: Layout, kind: str):
         self.target, self.layout, self.kind = target, layout, kind
-        self.tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        self.tmp = target.with_name(f"{target.name}{TMP}{socket.gethostname()}-{os.getpid()}")
         self.files: dict[str, PlannedFile] = {}
+        remove_stale_temporaries(target)
 
     def add(self, name: str, tensor: torch.Tensor, first_row: int = 0) -> None:
         """`tensor` as the planned `name`, or as its rows from `first_row` on (PlannedFile.write)."""

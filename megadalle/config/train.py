@@ -48,7 +48,8 @@ class TrainerConfig:
     checkpoint_every: int = 1000
     """Save a checkpoint every this many updates (and always at the end and on SIGUSR1/SIGTERM); 0 = only those."""
     keep_checkpoints: int = 3
-    """Complete checkpoints kept on disk (older ones are deleted once a newer one is complete); 0 keeps all."""
+    """Complete checkpoints kept on disk (older ones are deleted once a newer one is complete); 0 keeps all.
+    Counted back from the one just saved: after a resume from an older checkpoint, later ones are set aside."""
     log_every: int = 10
     """Print and log metrics every this many updates."""
     media_every: int = 0
@@ -193,8 +194,10 @@ class RunConfig:
     directory's run.json is refused, except in the keys megadalle.train.rundir.RESUMABLE lists
     (trainer.steps, logging, checkpoint cadence, loader workers...)."""
     resume: str = "auto"
-    """auto: the newest complete checkpoint of run_dir (else start fresh); never: start fresh (refused
-    when run_dir already holds checkpoints); or the path of a checkpoints/step_* directory."""
+    """auto: the newest complete checkpoint of run_dir (the one `latest` names, else the newest complete one
+    before it); a fresh start where no save ever finished, an error where one did and none is usable. never:
+    start fresh (refused when run_dir already holds checkpoints). Or the path of a checkpoints/step_*
+    directory: going back, the later checkpoints move to checkpoints/abandoned/ at the first save."""
 
     def validate(self, where: str = "") -> None:
         from pathlib import Path

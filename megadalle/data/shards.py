@@ -13,6 +13,7 @@ index lists was complete when it appeared.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +100,15 @@ class ShardWriter:
         return index
 
     def abort(self) -> None:
-        """Drop the shard being written; the directory stays without an index (unfinished)."""
+        """Drop the shard being written; the directory stays without an index (unfinished). Closing it may
+        fail too (a full disk is often why the writer aborts): that second error would hide the first and keep
+        the temporary, so it is ignored and the temporary removed."""
         if self._tar is not None:
-            tmp = Path(self._tar.stream.name)
-            self._tar.close()
-            self._tar.stream.close()
-            self._tar = None
-            tmp.unlink(missing_ok=True)
+            tar, self._tar = self._tar, None
+            for close in (tar.close, tar.stream.close):
+                with contextlib.suppress(OSError):
+                    close()
+            Path(tar.stream.name).unlink(missing_ok=True)
 
     def __enter__(self) -> "ShardWriter":
         return self

@@ -4,14 +4,18 @@ Layout under `<run>/checkpoints/`:
     step_00000100/            DeepSpeed's files (model, optimizer shards) for update 100
         rng_rank00000.pt      each rank's generator states (rng.py)
         ema_rank00000.safetensors   each rank's piece of the EMA weights, when EMA is on (ema.py)
-        manifest.json         written by rank 0 after every rank finished: file names and sizes, and
-                              the layout (data-parallel size, pipeline stages, ZeRO stage, global batch)
+        manifest.json         written by rank 0 after every rank's files are on disk (fsynced): file names
+                              and sizes, and the layout (data-parallel size, pipeline stages, ZeRO stage,
+                              global batch)
         universal/            DeepSpeed's universal form, made on a resume with another data-parallel size
-    latest                    the tag of the newest complete checkpoint, written last (atomically)
+    latest                    the tag of the newest complete checkpoint, written last (atomically, fsynced)
+    abandoned/step_00000300/  a checkpoint of a run that went further and was resumed from an older one
 
-A checkpoint counts only when its manifest exists and every listed file has its recorded size,
-so a run killed mid-save leaves an incomplete directory that resume skips. `resume=auto` takes
-the checkpoint `latest` names, or, when that one is missing or damaged, the newest complete one.
+A checkpoint counts only when its manifest exists and every listed file has its recorded size and
+readable ends (`unreadable`), so a run killed mid-save, or a power loss that zeroed a file, leaves a
+directory that resume skips. `resume=auto` takes the checkpoint `latest` names, or, when that one is
+missing or damaged, the newest complete one before it; where none is usable though a save once
+finished, it stops rather than start again from step 0.
 """
 from __future__ import annotations
 
@@ -20,16 +24,19 @@ import os
 import re
 import shutil
 import sys
+import zipfile
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from megadalle.train import ema as ema_lib, rng, schedule
+from megadalle.train import distributed, ema as ema_lib, rng, schedule
 from megadalle.train.distributed import barrier
 from megadalle.errors import UserError
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+ABANDONED = "abandoned"
 TAG = re.compile(r"^step_(\d{8})$")
 
 
@@ -42,19 +49,61 @@ def tag_of(step: int) -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """`text` as `path`, the old text or the new after a power loss too: the temporary is fsynced, renamed,
+    then its directory fsynced (without the fsyncs a crash can leave the renamed file empty)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(path: Path) -> None:
+    """fsync every file under `path`, then the directories. DeepSpeed closes its files without: until then a
+    power loss can leave them at their full size and zeroed, which the manifest's sizes cannot tell."""
+    for item in sorted(path.rglob("*"), key=lambda p: p.is_dir()):
+        if item.is_file():
+            with open(item, "rb") as f:
+                os.fsync(f.fileno())
+        elif item.is_dir():
+            fsync_dir(item)
+    fsync_dir(path)
+
+
+def unreadable(file: Path) -> str | None:
+    """Why `file` cannot be what its name says, judged from its ends alone (cheap at any size): a torch `.pt`
+    without its zip directory (at the end), a `.safetensors` without its JSON header (at the start).
+    This catches the zeroed files a power loss leaves; damage in the middle shows only when `load` reads it."""
+    if file.suffix == ".pt" and not zipfile.is_zipfile(file):
+        return f"{file} is not a readable torch file (zeroed or overwritten)"
+    if file.suffix == ".safetensors":
+        with open(file, "rb") as f:
+            header = int.from_bytes(f.read(8), "little")
+            if not 0 < header <= file.stat().st_size - 8 or f.read(1) != b"{":
+                return f"{file} is not a readable safetensors file (zeroed or overwritten)"
+    return None
 
 
 def damage(path: Path) -> str | None:
     """Why the checkpoint directory `path` cannot be used, or None when it is complete."""
+    if not path.is_dir():
+        return f"{path} does not exist"
     manifest = path / MANIFEST
     if not manifest.is_file():
         return f"{path} has no {MANIFEST} (the save did not finish)"
     try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError) as err:
+        files = dict(json.loads(manifest.read_text())["files"])
+    except (ValueError, KeyError, TypeError) as err:
         return f"{manifest} is unreadable ({err})"
     for name, size in files.items():
         file = path / name
@@ -62,26 +111,59 @@ def damage(path: Path) -> str | None:
             return f"{file} is missing"
         if file.stat().st_size != size:
             return f"{file} has {file.stat().st_size} bytes, the manifest says {size}"
+        why = unreadable(file)
+        if why is not None:
+            return why
     return None
 
 
-def complete_tags(root: Path) -> list[str]:
-    """Complete checkpoint tags under `root`, oldest first."""
-    tags = sorted(p.name for p in root.glob("step_*") if TAG.match(p.name)) if root.is_dir() else []
-    return [t for t in tags if damage(root / t) is None]
+def step_dirs(root: Path) -> list[Path]:
+    """The `step_*` directories under `root`, oldest first."""
+    return sorted(p for p in root.glob("step_*") if TAG.match(p.name)) if root.is_dir() else []
+
+
+def complete_tags(root: Path, before: str | None = None) -> list[str]:
+    """Complete checkpoint tags under `root`, oldest first; with `before`, only those older than that tag."""
+    return [p.name for p in step_dirs(root) if (before is None or p.name < before) and damage(p) is None]
+
+
+def read_latest(root: Path) -> tuple[str | None, str | None]:
+    """The tag `latest` names (None without a `latest`, or when it holds no tag) and why that cannot be
+    resumed (None when it can). A garbled `latest` (random bytes after a crash) names nothing and is the reason."""
+    latest = root / LATEST
+    if not latest.is_file():
+        return None, None
+    text = latest.read_bytes().decode(errors="replace").strip()
+    if not TAG.match(text):
+        return None, f"{latest} holds {text[:40]!a}, not a checkpoint tag (garbled)"
+    why = damage(root / text)
+    return text, None if why is None else f"{LATEST} names {text}, which is damaged: {why}"
 
 
 def find_resumable(root: Path) -> str | None:
-    """The tag `latest` names if complete, else the newest complete one (with a warning), else None."""
-    latest = root / LATEST
-    named = latest.read_text().strip() if latest.is_file() else None
-    if named is not None:
-        why = damage(root / named)
-        if why is None:
-            return named
-        print(f"[checkpoint] {LATEST} names {named}, which is damaged: {why}; falling back", file=sys.stderr)
-    tags = complete_tags(root)
-    return tags[-1] if tags else None
+    """The tag `latest` names if complete. When it is damaged, the newest complete checkpoint older than it
+    (with a warning): newer ones belong to a run abandoned by a resume from an older checkpoint. Without a
+    `latest`, the newest complete one.
+
+    None only where no save ever finished (no `latest`, no manifest: a fresh run, or one killed in its first
+    save). Where one did and nothing is usable now, CheckpointError: starting again from step 0 would append
+    to the old metrics, take a new wandb id and later prune the damaged checkpoints, all in silence."""
+    named, why = read_latest(root)
+    if named is not None and why is None:
+        return named
+    tags = complete_tags(root, before=named)
+    if tags:
+        if why is not None:
+            print(f"[checkpoint] {why}; falling back to {tags[-1]}", file=sys.stderr, flush=True)
+        return tags[-1]
+    finished = [p for p in step_dirs(root) if (p / MANIFEST).is_file()]
+    if why is None and finished:
+        why = damage(finished[-1])
+    if why is None:
+        return None
+    raise CheckpointError(f"no usable checkpoint in {root}: {why}, and no complete checkpoint "
+                          f"{'before it' if named else 'is left'}; to start over use a new run_dir, to continue "
+                          "another checkpoint pass resume=<its step_* directory>")
 
 
 def resolve(resume: str, root: Path) -> Path | None:
@@ -104,35 +186,104 @@ def resolve(resume: str, root: Path) -> Path | None:
 
 def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None, keep: int = 0) -> Path:
     """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints.
-    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too."""
+    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too.
+
+    Every file is fsynced before the manifest is written, so a checkpoint that counts as complete survives a
+    power loss. A failure on any rank (a full disk) stops every rank with the same line, and the unfinished
+    directory is removed: no rank waits at a barrier for one that has left."""
     tag = tag_of(step)
     path = root / tag
-    if rank == 0 and path.exists():  # an unfinished save of this step by a killed job: start clean
-        shutil.rmtree(path)
-    barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    torch.save(rng.capture(), path / f"rng_rank{rank:05d}.pt")
-    if ema is not None:
-        ema.save(path / ema_lib.file_name(rank))
-    barrier()
-    if rank == 0:
-        files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
-                 if f.is_file() and f.name != MANIFEST}
-        record = {"step": step, "layout": client_state.get("layout"), "files": files}
-        atomic_write(path / MANIFEST, json.dumps(record, indent=1))
-        atomic_write(root / LATEST, tag)
-        if keep:
-            prune(root, keep)
+    on_every_rank(path, rank, partial(set_aside, root, tag) if rank == 0 else None, remove=False)
+    on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
+    on_every_rank(path, rank, partial(sync_tree, path))
+    on_every_rank(path, rank, partial(_publish, root, path, step, client_state) if rank == 0 else None)
+    if rank == 0 and keep:
+        prune(root, keep, tag)
     barrier()
     return path
 
 
-def prune(root: Path, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints; delete every step directory older than them
-    (complete or not: an unfinished save older than a complete one will never be resumed)."""
-    kept = complete_tags(root)[-keep:]
-    for path in root.glob("step_*"):
-        if TAG.match(path.name) and kept and path.name < kept[0]:
+def _write(engine, path: Path, client_state: dict, rank: int, ema) -> None:
+    """This rank's files: DeepSpeed's, its generator states, its piece of the EMA."""
+    try:
+        engine.save_checkpoint(str(path.parent), tag=path.name, client_state=client_state, save_latest=False)
+    except (OSError, RuntimeError):
+        # DeepSpeed's save ends with a barrier, after its writes: the ranks whose writes went through wait
+        # there, and meet this one here before every rank learns of the failure (on_every_rank).
+        barrier()
+        raise
+    torch.save(rng.capture(), path / f"rng_rank{rank:05d}.pt")
+    if ema is not None:
+        ema.save(path / ema_lib.file_name(rank))
+
+
+def _publish(root: Path, path: Path, step: int, client_state: dict) -> None:
+    """Rank 0, once every rank's files are on disk: the manifest, then `latest`. The checkpoint counts from here."""
+    fsync_dir(root)  # the step directory's own entry
+    files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
+             if f.is_file() and f.name != MANIFEST}
+    record = {"step": step, "layout": client_state.get("layout"), "files": files}
+    atomic_write(path / MANIFEST, json.dumps(record, indent=1))
+    atomic_write(root / LATEST, path.name)
+
+
+def on_every_rank(path: Path, rank: int, action=None, remove: bool = True) -> None:
+    """Run this rank's part (`action`, if any) of saving `path`. When it failed on any rank, every rank raises
+    the first rank's error with its likely cause (torch says only `unexpected pos` when the disk is full),
+    after rank 0 removed the unfinished directory (`remove`) so that nothing there can pass for a checkpoint."""
+    error = None
+    try:
+        if action is not None:
+            action()
+    except (OSError, RuntimeError) as err:
+        error = one_line(err)
+    error = distributed.first_error(error)
+    if error is None:
+        return
+    if rank == 0 and remove:
+        shutil.rmtree(path, ignore_errors=True)
+    good = complete_tags(path.parent, before=path.name)
+    raise CheckpointError(f"cannot save the checkpoint {path} ({error}): is the disk full, over quota or past a "
+                          "file-size limit (ulimit -f)? " + ("The unfinished directory is removed; " if remove else "")
+                          + (f"{path.parent / good[-1]} is the newest good checkpoint" if good
+                             else "no checkpoint of this run was complete before it"))
+
+
+def one_line(err: BaseException) -> str:
+    """`err`'s type and first sentence: torch's further sentences advise `weights_only=False`, wrong for a damaged file."""
+    text = re.split(r"\.\s+(?=[A-Z])|\n", str(err).strip(), maxsplit=1)[0][:300]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def set_aside(root: Path, tag: str) -> None:
+    """Before `tag` is saved, clear the step directories at or after it. Unfinished ones go (a save killed by a
+    crash). Complete ones are the checkpoints of a run that went further and was then resumed from an older
+    one (`resume=<step dir>`): they move to `abandoned/`, out of the sight of resume and prune but not deleted,
+    since a mistyped `resume=` should cost disk space, not training. Deleting them is for the user to do."""
+    for path in step_dirs(root):
+        if path.name < tag:
+            continue
+        if damage(path) is not None:
+            shutil.rmtree(path)
+            continue
+        target = root / ABANDONED / path.name
+        copies = 1
+        while target.exists():  # a second abandoned branch with the same step
+            copies += 1
+            target = root / ABANDONED / f"{path.name}.{copies}"
+        target.parent.mkdir(exist_ok=True)
+        os.replace(path, target)
+        print(f"[checkpoint] {path} comes from a run that went past the checkpoint this one resumed from: moved "
+              f"to {target}; delete it if it is not needed", file=sys.stderr, flush=True)
+
+
+def prune(root: Path, keep: int, tag: str) -> None:
+    """Keep the newest `keep` complete checkpoints up to `tag` (the one just saved, always kept); delete every
+    step directory older than them (complete or not: an unfinished save older than a complete one will never
+    be resumed). Nothing newer than `tag` is left by then (set_aside)."""
+    kept = (complete_tags(root, before=tag) + [tag])[-keep:]
+    for path in step_dirs(root):
+        if path.name < kept[0]:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -142,7 +293,28 @@ def load(engine, path: Path, rank: int, ema=None, universal: Path | None = None)
     `universal`: the checkpoint's universal form (the data-parallel size changed; see universal.py).
     Then DeepSpeed's state comes from there, and a rank the saving run did not have keeps the
     generators it was seeded with (a warning says so): its dropout masks cannot be the old ones anyway.
+
+    A failure on any rank stops every rank with the first one's error in one line, which names the
+    checkpoint and the complete one before it: damage inside a file (`damage` sees only its ends) shows
+    only here, as torch's own error about pickles or zip records.
     """
+    client_state, error = {}, None
+    try:
+        client_state = _read(engine, path, rank, ema, universal)
+    except CheckpointError as err:
+        error = str(err)
+    except Exception as err:  # whatever reading a damaged file raises: KeyError, UnpicklingError, RuntimeError...
+        older = complete_tags(path.parent, before=path.name)
+        error = (f"cannot load the checkpoint {universal or path} ({one_line(err)}); if it is damaged, "
+                 + (f"resume from the complete one before it: resume={path.parent / older[-1]}" if older
+                    else "start over in a new run_dir: no complete checkpoint precedes it"))
+    error = distributed.first_error(error)
+    if error is not None:
+        raise CheckpointError(error)
+    return client_state
+
+
+def _read(engine, path: Path, rank: int, ema, universal: Path | None) -> dict:
     source = universal or path
     loaded, client_state = engine.load_checkpoint(str(source.parent), tag=source.name, load_module_strict=True,
                                                   load_optimizer_states=True, load_lr_scheduler_states=True)

@@ -161,6 +161,17 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def first_error(message: str | None) -> str | None:
+    """On every rank, the error `message` of the lowest rank that had one (prefixed with that rank when there
+    are several), or None when none had: then every rank stops with the same line, and none waits at a
+    barrier for a rank that has left."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return message
+    messages = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(messages, message)
+    return next((f"rank {rank}: {m}" for rank, m in enumerate(messages) if m is not None), None)
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()

@@ -48,7 +48,7 @@ class RunOptions:
     name: str | None = None
     """The run's name in the default directory; None = `default` (`slurm-<job id>` inside a Slurm job)."""
     resume: str = "auto"
-    """auto (newest complete checkpoint, else fresh), never, or the path of a step_* directory."""
+    """auto, never, or the path of a step_* directory (config.train.RunConfig.resume says what each does)."""
     seed: int = 0
     config: dict = field(default_factory=dict)
     """The full config, saved as run.json with `task_factory` so `megadalle export` can rebuild the model (and
@@ -144,7 +144,7 @@ class Trainer:
     def _choose_checkpoint(self, run: RunOptions) -> tuple[Path | None, Path | None]:
         """The checkpoint to resume from (rank 0 picks it) and, when it was saved by another data-parallel
         size, its universal form (rank 0 converts it once, the others wait); see universal.py."""
-        chosen, error = None, None
+        chosen, error, failure = None, None, None
         if self.env.rank == 0:
             try:
                 found = checkpoint.resolve(run.resume, self.ckpt_root)
@@ -154,7 +154,11 @@ class Trainer:
                     chosen = (str(found), None) if found else None
             except checkpoint.CheckpointError as err:
                 error = str(err)
+            except Exception as err:  # a bug: rank 0 keeps its traceback, the others stop with its first line
+                failure, error = err, f"rank 0 failed to choose the checkpoint: {checkpoint.one_line(err)}"
         chosen, error = distributed.broadcast_object((chosen, error))
+        if failure is not None:
+            raise failure
         if error is not None:  # every rank stops with the same one-line reason, none waits forever
             raise checkpoint.CheckpointError(error)
         if chosen is None:

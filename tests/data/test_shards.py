@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import resource
 import tarfile
 
 import numpy as np
@@ -72,6 +73,21 @@ def test_no_index_until_close_and_no_partial_shard(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(FileNotFoundError, match="index.json"):
         ShardIndex.load(tmp_path)
+
+
+def test_a_full_disk_aborts_with_one_error_and_no_temporary(tmp_path):
+    """The write that fails is the error raised; finishing the shard off in `abort` would fail again on top of it
+    (a chained second traceback) and keep the temporary."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))  # a file-size limit: writes past it fail (EFBIG)
+    try:
+        with pytest.raises(OSError, match="File too large") as raised:
+            with ShardWriter(tmp_path) as w:
+                w.write({"__key__": "big", "bin": bytes(1 << 17)})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert raised.value.__context__ is None
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_exception_inside_with_leaves_no_index(tmp_path):

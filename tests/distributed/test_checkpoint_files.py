@@ -1,18 +1,46 @@
-"""Which checkpoint a resume picks: complete ones only, `latest` first, the newest complete as fall-back."""
+"""Which checkpoint a resume picks: complete ones only, `latest` first, the newest complete one older
+than a damaged `latest` as fall-back, an error where a save once finished and nothing is usable now;
+what a save clears away (older ones beyond `keep`, newer ones of an abandoned run); and what a save or a
+load that fails leaves and says. Single process: DeepSpeed's part is a stand-in writing one torch file."""
 import json
+import os
+import resource
+from pathlib import Path
 
 import pytest
+import torch
 
-from megadalle.train.checkpoint import CheckpointError, damage, find_resumable, prune, resolve
+from megadalle.train import checkpoint
+from megadalle.train.checkpoint import CheckpointError, damage, find_resumable, load, prune, resolve, save
 
 
 def fake_checkpoint(root, step, complete=True):
     path = root / f"step_{step:08d}"
     path.mkdir(parents=True)
-    (path / "model.pt").write_bytes(b"x" * 10)
+    torch.save({"step": step}, path / "model.pt")
     if complete:
-        (path / "manifest.json").write_text(json.dumps({"step": step, "files": {"model.pt": 10}}))
+        files = {"model.pt": (path / "model.pt").stat().st_size}
+        (path / "manifest.json").write_text(json.dumps({"step": step, "files": files}))
     return path
+
+
+def names(root):
+    return sorted(p.name for p in root.iterdir())
+
+
+class FakeEngine:
+    """DeepSpeed's save and load as far as checkpoint.save and load see them: one torch file per tag directory."""
+
+    lr_scheduler = None
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        path = Path(save_dir) / tag
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(client_state, path / "mp_rank_00_model_states.pt")
+
+    def load_checkpoint(self, load_dir, tag, **flags):
+        path = Path(load_dir) / tag
+        return str(path), torch.load(path / "mp_rank_00_model_states.pt", weights_only=True)
 
 
 def test_latest_wins_when_complete(tmp_path):
@@ -27,7 +55,7 @@ def test_truncated_file_falls_back_to_previous(tmp_path, capsys):
     newest = fake_checkpoint(tmp_path, 4)
     (tmp_path / "latest").write_text("step_00000004")
     (newest / "model.pt").write_bytes(b"x" * 3)
-    assert "has 3 bytes, the manifest says 10" in damage(newest)
+    assert "has 3 bytes, the manifest says" in damage(newest)
     assert find_resumable(tmp_path) == "step_00000002"
     assert "falling back" in capsys.readouterr().err
 
@@ -57,6 +85,132 @@ def test_prune_keeps_newest_complete_and_drops_older_leftovers(tmp_path):
     fake_checkpoint(tmp_path, 1, complete=False)
     for step in (2, 4, 6):
         fake_checkpoint(tmp_path, step)
-    fake_checkpoint(tmp_path, 8, complete=False)  # a save in progress is never touched
-    prune(tmp_path, keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006", "step_00000008"]
+    prune(tmp_path, keep=2, tag="step_00000006")
+    assert names(tmp_path) == ["step_00000004", "step_00000006"]
+
+
+def test_going_back_sets_the_abandoned_run_aside(tmp_path, capsys):
+    """resume=<step_10> in a run that went on to step 30: the save of step 15 keeps step 10 and 15 (not the
+    abandoned run's newest by name) and moves the abandoned ones to abandoned/, where resume never looks."""
+    for step in (5, 10, 20, 25, 30):
+        fake_checkpoint(tmp_path, step)
+    fake_checkpoint(tmp_path, 35, complete=False)
+    (tmp_path / "latest").write_text("step_00000030")
+    assert resolve(str(tmp_path / "step_00000010"), tmp_path) == tmp_path / "step_00000010"
+    save(FakeEngine(), tmp_path, 15, {"step": 15}, rank=0, keep=2)
+    assert names(tmp_path) == ["abandoned", "latest", "step_00000010", "step_00000015"]
+    assert names(tmp_path / "abandoned") == ["step_00000020", "step_00000025", "step_00000030"]
+    assert "step_00000030 comes from a run that went past the checkpoint this one resumed from" in (
+        capsys.readouterr().err)
+    assert find_resumable(tmp_path) == "step_00000015"
+    save(FakeEngine(), tmp_path, 20, {"step": 20}, rank=0, keep=2)
+    assert names(tmp_path) == ["abandoned", "latest", "step_00000015", "step_00000020"]
+    save(FakeEngine(), tmp_path, 18, {"step": 18}, rank=0, keep=2)  # back again: a second step_20 joins the first
+    assert names(tmp_path / "abandoned") == ["step_00000020", "step_00000020.2", "step_00000025", "step_00000030"]
+
+
+def test_fallback_never_goes_past_the_checkpoint_latest_names(tmp_path, capsys):
+    """A damaged step_15 that `latest` names falls back to step_10, not to a newer abandoned step_30."""
+    for step in (10, 15, 30):
+        fake_checkpoint(tmp_path, step)
+    (tmp_path / "step_00000015" / "manifest.json").unlink()
+    (tmp_path / "latest").write_text("step_00000015")
+    assert find_resumable(tmp_path) == "step_00000010"
+    assert "latest names step_00000015, which is damaged" in capsys.readouterr().err
+
+
+def test_garbled_latest_is_damage_not_a_traceback(tmp_path, capsys):
+    fake_checkpoint(tmp_path, 2)
+    fake_checkpoint(tmp_path, 4)
+    (tmp_path / "latest").write_bytes(bytes(range(128, 256)))
+    assert find_resumable(tmp_path) == "step_00000004"
+    assert "not a checkpoint tag (garbled); falling back to step_00000004" in capsys.readouterr().err
+    (tmp_path / "latest").write_text("step_00000009\n")
+    assert find_resumable(tmp_path) == "step_00000004"
+    assert "step_00000009 does not exist" in capsys.readouterr().err
+    (tmp_path / "step_00000004" / "manifest.json").write_text('{"files": [1]}')
+    assert "manifest.json is unreadable" in damage(tmp_path / "step_00000004")
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    """A run that once finished a save never silently restarts from step 0 (and later prunes its damaged
+    checkpoints); one killed in its first save has nothing to lose and starts fresh."""
+    fake_checkpoint(tmp_path, 2, complete=False)
+    assert resolve("auto", tmp_path) is None
+    for step in (4, 6):
+        fake_checkpoint(tmp_path, step)
+        (tmp_path / f"step_{step:08d}" / "model.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="step_00000006/model.pt has 1 bytes.*is left; to start over use a new "
+                                              "run_dir"):
+        resolve("auto", tmp_path)
+    for step in (4, 6):
+        (tmp_path / f"step_{step:08d}" / "manifest.json").unlink()
+    (tmp_path / "latest").write_text("step_00000006")
+    with pytest.raises(CheckpointError, match="no usable checkpoint in .*latest names step_00000006, which is "
+                                              "damaged: .* has no manifest.json .*, and no complete checkpoint "
+                                              "before it"):
+        resolve("auto", tmp_path)
+
+
+def test_a_full_disk_fails_the_save_in_one_line_and_leaves_no_half_checkpoint(tmp_path):
+    """What torch says when a write fails (`unexpected pos`, naming no file) gets the step directory, the likely
+    cause and the checkpoint still good; the unfinished directory goes."""
+    save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))  # a file-size limit: the write fails with EFBIG
+    try:
+        with pytest.raises(CheckpointError, match=r"cannot save the checkpoint \S*step_00000004 \(RuntimeError: .*"
+                                                  r"unexpected pos .*\): is the disk full, over quota or past a "
+                                                  r"file-size limit .*step_00000002 is the newest good checkpoint"):
+            save(FakeEngine(), tmp_path, 4, {"step": 4, "big": torch.zeros(1 << 16)}, rank=0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert names(tmp_path) == ["latest", "step_00000002"]
+    assert find_resumable(tmp_path) == "step_00000002"
+
+
+def test_every_file_is_on_disk_before_the_manifest_says_complete(tmp_path, monkeypatch):
+    """fsync of each file and directory before the manifest, and of `latest` before and after its rename:
+    otherwise a power loss can leave files at their full size and zeroed, or an empty `latest`."""
+    synced = []
+    fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (tmp_path / "step_00000002" / "manifest.json").exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
+    before_manifest = {name for name, manifest in synced if not manifest}
+    assert {str(path / f) for f in ("mp_rank_00_model_states.pt", "rng_rank00000.pt")} | {str(path)} <= before_manifest
+    assert str(tmp_path) in before_manifest  # the step directory's own entry
+    assert [str(tmp_path / "latest.tmp"), str(tmp_path)] == [name for name, _ in synced[-2:]]
+
+
+def test_a_zeroed_file_of_the_right_size_is_damage(tmp_path, capsys):
+    """What a power loss leaves: sizes as the manifest says, zeros inside; resume falls back by itself."""
+    fake_checkpoint(tmp_path, 2)
+    newest = fake_checkpoint(tmp_path, 4)
+    (tmp_path / "latest").write_text("step_00000004")
+    (newest / "model.pt").write_bytes(bytes((newest / "model.pt").stat().st_size))
+    assert find_resumable(tmp_path) == "step_00000002"
+    assert "model.pt is not a readable torch file (zeroed or overwritten)" in capsys.readouterr().err
+    (newest / "ema_rank00000.safetensors").write_bytes(bytes(64))
+    assert "ema_rank00000.safetensors is not a readable safetensors file" in checkpoint.unreadable(
+        newest / "ema_rank00000.safetensors")
+
+
+def test_a_checkpoint_that_fails_to_load_is_named_with_the_one_before(tmp_path):
+    """Damage inside a file, where the size and the zip directory look right: torch's error about pickles
+    becomes one line naming the checkpoint and the resume= that takes the complete one before it."""
+    save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
+    newest = save(FakeEngine(), tmp_path, 4, {"step": 4}, rank=0)
+    model = newest / "mp_rank_00_model_states.pt"
+    with open(model, "r+b") as f:
+        f.write(bytes(64))
+    assert find_resumable(tmp_path) == "step_00000004"
+    with pytest.raises(CheckpointError, match=r"cannot load the checkpoint \S*step_00000004 \(UnpicklingError: .*\); "
+                                              r"if it is damaged, resume from the complete one before it: "
+                                              r"resume=\S*step_00000002$"):
+        load(FakeEngine(), newest, rank=0)
+    assert load(FakeEngine(), tmp_path / "step_00000002", rank=0)["step"] == 2

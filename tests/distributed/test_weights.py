@@ -1,14 +1,21 @@
 """megadalle.weights: the sharded folder and the single file both read back by `load_weights` and
 `load_model` (what `generate` uses), from the folder, its index JSON or the file; clear refusals."""
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from megadalle import bundle, export
+from megadalle.config.compose import compose
+
 from megadalle.config.model import TransformerConfig
 from megadalle.models.transformer import Transformer
 from megadalle.sampling.load import beside, load_model
-from megadalle.weights import INDEX, ShardedWriter, export_layout, load_weights, save_weights
+from megadalle.weights import INDEX, ShardedWriter, SingleFileWriter, export_layout, load_weights, save_weights
 
 CFG = TransformerConfig(text_len=8, text_vocab=64, grid_size=4, image_vocab=16, n_layers=2, n_heads=2, head_dim=8,
                         d_model=16, conv_kernel=3, attention_pattern=["row", "column"])
@@ -65,3 +72,35 @@ def test_refusals(tmp_path):
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine" and not list(tmp_path.glob("other.tmp-*"))
     write_folder(folder, {"only": torch.zeros(3)})  # a previous export is replaced whole
     assert set(load_weights(folder)[0]) == {"only"}
+
+
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_exports_temporary_goes_at_the_next_export(tmp_path, monkeypatch, capsys):
+    """A killed export leaves `<target>.tmp-<host>-<pid>`, as large as the model: the next export of that target
+    removes it. A live export's (its process exists) and another machine's are left alone; the model folder's
+    listing never shows a temporary."""
+    state = Transformer(CFG).state_dict()
+    host = socket.gethostname()
+    stale_file = tmp_path / f"one.safetensors.tmp-{host}-{dead_pid()}"
+    stale_folder = tmp_path / f"model.tmp-{host}-{dead_pid()}"
+    live, elsewhere = tmp_path / f"model.tmp-{host}-{os.getppid()}", tmp_path / "model.tmp-otherhost-1"
+    stale_file.write_bytes(b"x" * 100)
+    for folder in (stale_folder, live, elsewhere):
+        folder.mkdir()
+        (folder / "model-00001-of-00001.safetensors").write_bytes(b"x" * 100)
+    write_folder(tmp_path / "model", state)
+    writer = SingleFileWriter(tmp_path / "one.safetensors", export_layout(state, torch.float32), "transformer")
+    for name, tensor in state.items():
+        writer.add(name, tensor)
+    writer.close(CFG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model", "one.safetensors", "one.json", live.name, elsewhere.name])
+
+    monkeypatch.setattr(bundle, "write_bundle", lambda *args: tmp_path)
+    assert export.run(compose("export", [f"run={tmp_path}", f"output={tmp_path / 'folder'}"])) == 0
+    assert capsys.readouterr().err.endswith(": model, one.json, one.safetensors\n")

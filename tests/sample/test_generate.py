@@ -160,3 +160,18 @@ def test_generate_checks_its_output_first_and_keeps_only_this_runs_samples(tmp_p
     assert main([*args, "keep=4", f"output={out}"]) == 0
     assert main([*args, "keep=1", f"output={out}"]) == 0
     assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_00.png"]
+
+
+def test_generate_names_an_unfinished_export(tmp_path, capsys):
+    """A model folder whose export was killed (no bundle.json yet): said as such, not as a missing dVAE or CLIP."""
+    from megadalle.cli import main
+
+    pieces, folder = tmp_path / "pieces", tmp_path / "folder"
+    pieces.mkdir()
+    write_tiny_models(pieces)
+    (folder / "transformer").mkdir(parents=True)  # killed after the Transformer, before the rest was copied
+    (pieces / "model.safetensors").rename(folder / "transformer" / "model.safetensors")
+    args = ["generate", f"weights={folder}", "prompt=a red circle", "n=1", "keep=1", f"output={tmp_path / 'out'}"]
+    assert main(args) == 2
+    assert f"{folder}: unfinished export (no bundle.json): rerun `megadalle export` with output={folder}" in (
+        capsys.readouterr().err)
