@@ -121,7 +121,7 @@ def run_command(argv: list[str]) -> int:
         try:
             print_verb_help(verb, [a for a in rest if a not in ("-h", "--help")])
         except (HydraException, UserError) as err:
-            return fail(verb, str(err).splitlines()[0])
+            return fail(verb, bad_config(err))
         return 0
 
     if any(a.startswith("-") for a in rest):

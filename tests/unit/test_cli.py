@@ -75,6 +75,9 @@ def test_unknown_verb_and_bad_override_exit_non_zero(capsys):
     assert main(["plan", "model.n_layerz=3"]) == 2
     assert capsys.readouterr().err == "megadalle plan: bad config: Could not override 'model.n_layerz'. " \
                                       "(Key 'n_layerz' not in 'TransformerConfig')\n"
+    assert main(["plan", "model.n_layerz=3", "--help"]) == 2  # the same line, its cause kept
+    assert capsys.readouterr().err == "megadalle plan: bad config: Could not override 'model.n_layerz'. " \
+                                      "(Key 'n_layerz' not in 'TransformerConfig')\n"
 
 
 def test_values_hydra_cannot_read_are_refused_with_their_quoted_form(capsys):
