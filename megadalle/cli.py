@@ -113,14 +113,10 @@ def run_command(argv: list[str]) -> int:
     key = VERBS[verb].positional
     if key and rest and "=" not in rest[0] and not rest[0].startswith("-"):
         rest = [f"{key}={rest[0]}", *rest[1:]]
-    from hydra.errors import HydraException
-
-    from megadalle.errors import UserError
-
     if "-h" in rest or "--help" in rest:
         try:
             print_verb_help(verb, [a for a in rest if a not in ("-h", "--help")])
-        except (HydraException, UserError) as err:
+        except compose_errors() as err:
             return fail(verb, bad_config(err))
         return 0
 
@@ -130,9 +126,20 @@ def run_command(argv: list[str]) -> int:
         return run_with_hydra(verb, rest)
     try:
         cfg = compose(verb, rest)
-    except (HydraException, UserError) as err:
+    except compose_errors() as err:
         return fail(verb, bad_config(err))
     return execute(verb, cfg)
+
+
+def compose_errors() -> tuple[type[Exception], ...]:
+    """What a command line can make composing raise, each reported as one line (never a traceback): hydra's
+    errors, OmegaConf's, ours, and the ValueError hydra raises for an override it cannot apply."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from megadalle.errors import UserError
+
+    return HydraException, OmegaConfBaseException, UserError, ValueError
 
 
 def execute(verb: str, cfg) -> int:

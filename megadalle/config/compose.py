@@ -33,16 +33,19 @@ def group_options(group: str) -> list[str]:
 def check_group_choices(overrides: list[str]) -> None:
     """A `group=option` naming no YAML file of the group is refused with the real options listed
     (hydra's own message would list the ConfigStore's `schema` entry as an option). Sweeps
-    (`model=tiny,small`) are checked option by option; hydra's sweep functions are left to hydra."""
+    (`model=tiny,small`) are checked option by option; hydra's sweep functions are left to hydra.
+    A group cannot be left out (`model=null`, `~model`): every stage reads the groups its verb composes."""
     from megadalle.config import ConfigError
 
     for item in overrides:
         key, sep, value = item.lstrip("+~").partition("=")
-        if not sep or "." in key or "/" in key or "(" in value or not (conf_dir() / key).is_dir():
+        if not key or "." in key or "/" in key or "(" in value or not (conf_dir() / key).is_dir():
             continue
         options = group_options(key)
-        for option in value.split(","):
-            if option not in (*options, "null"):
+        if item.startswith("~") or "null" in value.split(","):
+            raise ConfigError(f"{item}: a config group cannot be left out; choose a {key} config: {', '.join(options)}")
+        for option in value.split(",") if sep else ():
+            if option not in options:
                 raise ConfigError(f"{key}={option}: no such {key} config; choose one of {', '.join(options)}")
 
 

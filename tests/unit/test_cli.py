@@ -80,6 +80,30 @@ def test_unknown_verb_and_bad_override_exit_non_zero(capsys):
                                       "(Key 'n_layerz' not in 'TransformerConfig')\n"
 
 
+def test_a_group_cannot_be_left_out(capsys):
+    for argv in (["train", "model=null"], ["train", "trainer=null"], ["train", "~model"], ["plan", "-m", "model=tiny,null"],
+                 ["train", "model=null", "--help"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a config group cannot be left out; choose a " in err, err
+    assert main(["train", "logger=null"]) == 2
+    assert capsys.readouterr().err == \
+        "megadalle train: logger=null: a config group cannot be left out; choose a logger config: none, wandb\n"
+
+
+def test_errors_of_composing_are_one_line(monkeypatch, capsys):
+    from omegaconf.errors import ConfigAttributeError
+
+    import megadalle.cli as cli
+
+    for error in (ConfigAttributeError("Key 'model' is not in struct"), ValueError("Config group override must be")):
+        def compose(verb, overrides, error=error):
+            raise error
+        monkeypatch.setattr(cli, "compose", compose)
+        assert main(["train"]) == 2
+        assert capsys.readouterr().err == f"megadalle train: {error}\n"
+
+
 def test_values_hydra_cannot_read_are_refused_with_their_quoted_form(capsys):
     from megadalle.config.compose import compose
 
