@@ -78,10 +78,12 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
     from megadalle.cli import fail
     from megadalle.config import register_schemas
     from megadalle.config.compose import check_group_choices, conf_dir
+    from megadalle.config.declared import check_added
     from megadalle.errors import UserError
 
     try:
         check_group_choices([a for a in args if not a.startswith("-")])
+        check_added(verb, [a for a in args if not a.startswith("-")])
     except UserError as err:
         return fail(verb, str(err))
     register_schemas()

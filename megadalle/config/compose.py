@@ -130,6 +130,7 @@ def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple
     from hydra.core.global_hydra import GlobalHydra
 
     from megadalle.config import register_schemas
+    from megadalle.config.declared import check_added
     from megadalle.config.required import restore
 
     register_schemas()
@@ -137,6 +138,7 @@ def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple
     overrides = list(overrides or [])
     check_override_syntax(overrides)
     check_group_choices(overrides)
+    check_added(verb, overrides)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
         cfg = hydra_compose(config_name=verb, overrides=overrides, return_hydra_config=True)
     choices = {group: option for group, option in cfg.hydra.runtime.choices.items() if not group.startswith("hydra")}

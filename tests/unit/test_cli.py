@@ -104,6 +104,20 @@ def test_errors_of_composing_are_one_line(monkeypatch, capsys):
         assert capsys.readouterr().err == f"megadalle train: {error}\n"
 
 
+def test_plus_adds_no_key_that_no_schema_declares(capsys):
+    from megadalle.config.compose import compose
+
+    assert main(["train", "+trainer.lrr=1"]) == 2  # composed, trained, and the key was ignored
+    assert capsys.readouterr().err == "megadalle train: +trainer.lrr=1: megadalle train has no key trainer.lrr and " \
+                                      "`+` cannot add one; did you mean trainer.lr? (megadalle train --help lists the keys)\n"
+    for argv in (["train", "+foo=1"], ["train", "++foo=1"], ["plan", "+logger=none"], ["plan", "-m", "+seeds=1,2"],
+                 ["train-dvae", "+dvae.objective.kl_weigth=1"], ["train", "+trainer.lrr=1", "--help"]):
+        assert main(argv) == 2, argv
+        assert "`+` cannot add one" in capsys.readouterr().err
+    cfg = compose("train", ["+deepspeed.extra.zero_optimization.sub_group_size=7", "++trainer.lr=0.5", "+hydra.job.chdir=false"])
+    assert cfg.deepspeed.extra.zero_optimization.sub_group_size == 7 and cfg.trainer.lr == 0.5  # an open node; a declared key
+
+
 def test_values_hydra_cannot_read_are_refused_with_their_quoted_form(capsys):
     from megadalle.config.compose import compose
 
