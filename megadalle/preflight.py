@@ -251,9 +251,17 @@ CHECKS: dict[str, Callable[[DictConfig], None]] = {
 """Per-verb checks; a verb without an entry is checked for required keys only."""
 
 
+def check_out_dir(cfg: DictConfig) -> None:
+    """`out_dir` is the folder under which runs and outputs go (`<out_dir>/<task>/<name>`, `${out_dir}/generate`):
+    null would be the text `None` there, a folder of that name beside the command."""
+    fits(cfg.get("out_dir") is not None, "out_dir=null: the folder runs and outputs go under cannot be null; give one "
+                                         "(out_dir=outputs, the default)")
+
+
 def preflight(verb: str, cfg: DictConfig) -> None:
-    """Required keys first (a check below may read them), then the verb's own checks."""
+    """Required keys first (a check below may read them), then where outputs go, then the verb's own checks."""
     check_required(cfg)
+    check_out_dir(cfg)
     check = CHECKS.get(verb)
     if check is not None:
         check(cfg)

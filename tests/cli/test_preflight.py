@@ -195,3 +195,11 @@ def test_token_shards_that_record_no_grid_are_checked_by_their_first_sample(caps
     index.save()
     fails(capsys, ["train", *TINY, f"data.shards={bare}", f"data.tokenizer={tok}", "model.grid_size=4"],
           f"model.grid_size=4: the token shards {bare} hold 8x8 code grids")
+
+
+@pytest.mark.parametrize("argv", [["plan", "model=tiny"], ["generate", "weights=nowhere", "prompt=a cat"],
+                                  ["train-dvae", "data.shards=nowhere"]])
+def test_out_dir_null_is_refused_before_a_folder_called_none_is_made(capsys, tmp_path, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, [*argv, "out_dir=null"], "out_dir=null: the folder runs and outputs go under cannot be null")
+    assert not (tmp_path / "None").exists()
