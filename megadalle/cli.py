@@ -210,5 +210,12 @@ def entry() -> NoReturn:
     sys.exit(code)
 
 
+def run_verb(verb: str) -> NoReturn:
+    """`python -m megadalle.<verb> ARGS`, for a verb whose name is a module or package of megadalle (train, plan,
+    demo): `megadalle <verb> ARGS`. Every verb runs as `python -m megadalle <verb> ARGS`."""
+    sys.argv = [sys.argv[0], verb, *sys.argv[1:]]
+    entry()
+
+
 if __name__ == "__main__":
     entry()

@@ -280,3 +280,9 @@ def run(cfg: DictConfig) -> int:
     d = build(DemoConfig, cfg.demo, "demo")
     run_demo(d, cfg.output, int(cfg.get("seed", 0)))
     return 0
+
+
+if __name__ == "__main__":  # `python -m megadalle.demo ARGS` is `megadalle demo ARGS`
+    from megadalle.cli import run_verb
+
+    run_verb("demo")

@@ -183,6 +183,15 @@ def test_console_script_runs():
     assert "train-dvae" in out
 
 
+def test_verbs_named_after_a_module_run_as_python_dash_m_of_it():
+    """`python -m megadalle.train` failed (no module named megadalle.train.__main__), `.demo` exited 0 doing nothing."""
+    plan = subprocess.run([sys.executable, "-m", "megadalle.plan", "model=tiny", "gpus=1"], capture_output=True, text=True)
+    assert plan.returncode == 0 and plan.stdout.startswith("parameters: "), plan.stderr
+    for module in ("megadalle.train", "megadalle.demo"):
+        proc = subprocess.run([sys.executable, "-m", module, "seed=[1"], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"megadalle {module.split('.')[1]}: seed=[1: "), proc.stderr
+
+
 def test_help_into_a_pipe_closed_early_ends_quietly():
     proc = subprocess.Popen([sys.executable, "-m", "megadalle", "train", "--help"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
