@@ -64,7 +64,7 @@ def test_demo_config_rejects_bad_holdout_and_sampling_values():
     from megadalle.errors import UserError
 
     for field, value in (("holdout", 13), ("top_p", 0.0), ("temperature", 0.0), ("check_per_scene", 0),
-                         ("clip_images", "recon")):
+                         ("clip_images", "recon"), ("threads", -1)):
         with pytest.raises(UserError, match=f"demo.{field}"):
             build(DemoConfig, {field: value}, "demo")
 
