@@ -82,7 +82,7 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
     from megadalle.errors import UserError
 
     try:
-        check_group_choices([a for a in args if not a.startswith("-")])
+        check_group_choices(verb, [a for a in args if not a.startswith("-")])
         check_added(verb, [a for a in args if not a.startswith("-")])
     except UserError as err:
         return fail(verb, str(err))

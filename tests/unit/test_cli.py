@@ -91,6 +91,16 @@ def test_a_group_cannot_be_left_out(capsys):
         "megadalle train: logger=null: a config group cannot be left out; choose a logger config: none, wandb\n"
 
 
+def test_a_data_config_the_verb_cannot_read_is_named_as_such(capsys):
+    """`train data=images` used to fail on data.tokenizer=null, `train-dvae data=tokens` on a required tokenizer."""
+    assert main(["train", "data=images", "data.shards=x"]) == 2
+    assert capsys.readouterr().err == "megadalle train: data=images: train-dvae and train-clip read this data config, " \
+                                      "not train; train takes data=tokens or data=synthetic\n"
+    for argv in (["train-dvae", "data=tokens"], ["train-clip", "data=synthetic", "--help"], ["train", "-m", "data=tokens,images"]):
+        assert main(argv) == 2, argv
+        assert " this data config, not " in capsys.readouterr().err
+
+
 def test_errors_of_composing_are_one_line(monkeypatch, capsys):
     from omegaconf.errors import ConfigAttributeError
 
