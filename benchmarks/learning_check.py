@@ -108,8 +108,9 @@ def verb(*args: str) -> None:
         raise RuntimeError(f"megadalle {' '.join(args)} exited with {code}")
 
 
-def trainer(steps: int, batch: int, lr: float) -> list[str]:
-    return ["trainer=tiny", f"trainer.steps={steps}", f"trainer.micro_batch={batch}", f"trainer.lr={lr}",
+def trainer(group: str, steps: int, batch: int, lr: float) -> list[str]:
+    """A short run's settings over the stage's `trainer` group (train-dvae's `dvae` keeps the dVAE's optimiser)."""
+    return [f"trainer={group}", f"trainer.steps={steps}", f"trainer.micro_batch={batch}", f"trainer.lr={lr}",
             f"trainer.min_lr={lr / 10}", f"trainer.warmup_steps={max(1, steps // 20)}", "trainer.ema=null",
             f"trainer.log_every={max(1, steps // 5)}", "trainer.checkpoint_every=0", "trainer.keep_checkpoints=1",
             f"trainer.eval_every={max(1, steps // 4)}", "trainer.eval_batches=2", "logger=none", "data.num_workers=0"]
@@ -138,13 +139,13 @@ def run_check(work: str | Path, preset: Preset, seed: int = 0, dvae_overrides: t
     stage("train-dvae", "train-dvae", "dvae=tiny", f"dvae.image_size={SIZE}", "dvae.n_groups=2", "dvae.n_hid=32",
           f"dvae.objective.tau_anneal_steps={preset.dvae_steps}", f"data.shards={work / 'shards'}",
           f"weights={work / 'dvae.safetensors'}", f"run_dir={work / 'runs/dvae'}", f"seed={seed}",
-          *trainer(preset.dvae_steps, preset.dvae_batch, preset.lr), *dvae_overrides)
+          *trainer("dvae", preset.dvae_steps, preset.dvae_batch, preset.lr), *dvae_overrides)
     stage("encode", "encode", f"dvae_weights={work / 'dvae.safetensors'}", f"input={work / 'shards'}",
           f"output={work / 'tokens'}", "device=cpu")
     stage("train", "train", "model=tiny", "model.text_len=8", f"model.text_vocab={vocab}", "model.grid_size=8",
           "model.image_vocab=128", f"data.shards={work / 'tokens'}", f"data.tokenizer={work / 'tokenizer.model'}",
           "data.bpe_dropout=0.0", f"run_dir={work / 'runs/dalle'}", f"seed={seed}",
-          *trainer(preset.steps, preset.batch, preset.lr))
+          *trainer("tiny", preset.steps, preset.batch, preset.lr))
     (work / "captions.txt").write_text("\n".join(caption(d) for d in range(10)) + "\n")
     stage("evaluate", "evaluate", f"weights={work / 'runs/dalle'}", f"dvae_weights={work / 'dvae.safetensors'}",
           f"tokenizer={work / 'tokenizer.model'}", f"captions={work / 'captions.txt'}", f"n={preset.samples}",

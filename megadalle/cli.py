@@ -113,15 +113,11 @@ def run_command(argv: list[str]) -> int:
     key = VERBS[verb].positional
     if key and rest and "=" not in rest[0] and not rest[0].startswith("-"):
         rest = [f"{key}={rest[0]}", *rest[1:]]
-    from hydra.errors import HydraException
-
-    from megadalle.errors import UserError
-
     if "-h" in rest or "--help" in rest:
         try:
             print_verb_help(verb, [a for a in rest if a not in ("-h", "--help")])
-        except (HydraException, UserError) as err:
-            return fail(verb, str(err).splitlines()[0])
+        except compose_errors() as err:
+            return fail(verb, bad_config(err))
         return 0
 
     if any(a.startswith("-") for a in rest):
@@ -130,9 +126,20 @@ def run_command(argv: list[str]) -> int:
         return run_with_hydra(verb, rest)
     try:
         cfg = compose(verb, rest)
-    except (HydraException, UserError) as err:
+    except compose_errors() as err:
         return fail(verb, bad_config(err))
     return execute(verb, cfg)
+
+
+def compose_errors() -> tuple[type[Exception], ...]:
+    """What a command line can make composing raise, each reported as one line (never a traceback): hydra's
+    errors, OmegaConf's, ours, and the ValueError hydra raises for an override it cannot apply."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from megadalle.errors import UserError
+
+    return HydraException, OmegaConfBaseException, UserError, ValueError
 
 
 def execute(verb: str, cfg) -> int:
@@ -201,6 +208,13 @@ def entry() -> NoReturn:
 
         exit_process(code)
     sys.exit(code)
+
+
+def run_verb(verb: str) -> NoReturn:
+    """`python -m megadalle.<verb> ARGS`, for a verb whose name is a module or package of megadalle (train, plan,
+    demo): `megadalle <verb> ARGS`. Every verb runs as `python -m megadalle <verb> ARGS`."""
+    sys.argv = [sys.argv[0], verb, *sys.argv[1:]]
+    entry()
 
 
 if __name__ == "__main__":

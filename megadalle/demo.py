@@ -42,16 +42,18 @@ class Timer:
         print(f"[demo] {name}: {self.times[name]:.0f} s", flush=True)
 
 
-def trainer_overrides(steps: int, batch: int, lr: float) -> list[str]:
-    """The shared trainer settings of the demo's three training stages (CPU, no wandb, one checkpoint).
+def trainer_overrides(group: str, steps: int, batch: int, lr: float) -> list[str]:
+    """The shared trainer settings of the demo's three training stages (CPU, no wandb, one checkpoint, no validation
+    split), over the stage's `trainer` group: `dvae` and `clip` keep their verbs' optimisers, `tiny` the Transformer's.
 
     ZeRO stage 0: the demo is one process, where ZeRO-1's partitions shard nothing and its gradient buckets
     and master copies only cost time (benchmarks/RESULTS.md, "Trainer vs a plain PyTorch loop"). fp32 on any
     machine: on a GPU `precision=auto` means bf16, which stage 0 refuses with fp32 accumulation, so the demo
     stopped at its first training stage wherever CUDA was present (and fp32 keeps a seed's demo the same)."""
-    return ["trainer=tiny", "trainer.precision=fp32", f"trainer.steps={steps}", f"trainer.micro_batch={batch}", f"trainer.lr={lr}",
-            f"trainer.min_lr={lr / 10}", f"trainer.warmup_steps={max(1, steps // 20)}", "trainer.ema=null",
+    return [f"trainer={group}", "trainer.precision=fp32", f"trainer.steps={steps}", f"trainer.micro_batch={batch}",
+            f"trainer.lr={lr}", f"trainer.min_lr={lr / 10}", f"trainer.warmup_steps={max(1, steps // 20)}", "trainer.ema=null",
             f"trainer.log_every={max(1, steps // 5)}", "trainer.checkpoint_every=0", "trainer.keep_checkpoints=1",
+            "trainer.eval_every=0",
             "logger=none", "deepspeed=zero1", "deepspeed.zero_stage=0", "resume=never", "data.num_workers=1"]
 
 
@@ -102,7 +104,7 @@ def demo_dvae_config(d: DemoConfig, out: Path, shards: Path, seed: int = 0) -> D
         f"dvae.objective.tau_anneal_steps={d.dvae_steps}",
         f"dvae.objective.kl_warmup_steps={max(1, d.dvae_steps // 15)}", f"data.shards={shards}",
         f"weights={out / 'dvae.safetensors'}", f"run_dir={out / 'runs/dvae'}",
-        *trainer_overrides(d.dvae_steps, d.dvae_batch, d.dvae_lr), *d.dvae_overrides])
+        *trainer_overrides("dvae", d.dvae_steps, d.dvae_batch, d.dvae_lr), *d.dvae_overrides])
 
 
 def check_dvae_overrides(d: DemoConfig, out: Path, seed: int = 0) -> None:
@@ -160,14 +162,14 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
                                       f"clip.text_vocab={vocab}", f"clip.text_len={d.text_len}", f"data.shards={clip_shards}",
                                       f"tokenizer={tokenizer}",
                                       f"weights={out / 'clip.safetensors'}", f"run_dir={out / 'runs/clip'}",
-                                      *trainer_overrides(d.clip_steps, d.clip_batch, d.clip_lr)]))
+                                      *trainer_overrides("clip", d.clip_steps, d.clip_batch, d.clip_lr)]))
     timer("train-clip", began)
     began = time.perf_counter()
     cfg = compose("train", [f"seed={seed}", "model=tiny", f"model.text_len={d.text_len}", f"model.text_vocab={vocab}",
                             f"model.grid_size={dvae.cfg.grid_size}", f"model.image_vocab={dvae.cfg.vocab_size}",
                             f"data.shards={out / 'tokens'}", f"data.tokenizer={tokenizer}", "data.bpe_dropout=0.0",
                             f"run_dir={out / 'runs/dalle'}",
-                            *trainer_overrides(d.steps, d.batch, d.lr)])
+                            *trainer_overrides("tiny", d.steps, d.batch, d.lr)])
     result = train_from_config(task_from_config(cfg), cfg, FACTORY)
     export(result.run_dir, out / "model.safetensors", dtype="fp32")
     timer("train", began)
@@ -278,3 +280,9 @@ def run(cfg: DictConfig) -> int:
     d = build(DemoConfig, cfg.demo, "demo")
     run_demo(d, cfg.output, int(cfg.get("seed", 0)))
     return 0
+
+
+if __name__ == "__main__":  # `python -m megadalle.demo ARGS` is `megadalle demo ARGS`
+    from megadalle.cli import run_verb
+
+    run_verb("demo")

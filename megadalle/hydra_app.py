@@ -62,11 +62,13 @@ def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
-def flags_first(args: list[str]) -> list[str]:
-    """`args` with hydra's flags (and their values) before the overrides: hydra's parser reads its
-    overrides as one run of positional arguments, so `a=1 -m b=2` would leave `b=2` unrecognised."""
+def hydra_argv(verb: str, args: list[str]) -> list[str]:
+    """The `sys.argv` hydra's runner reads for `megadalle <verb> ARGS`: the overrides (the job's name among them),
+    then hydra's flags with their values. Hydra's parser reads its overrides as one run of positional arguments,
+    so `a=1 -m b=2` would leave `b=2` unrecognised; and a flag whose value is optional (`--info`) takes the
+    argument after it as its value, so no override may follow the flags."""
     flags, overrides = split_flags(args)
-    return [*flags, *overrides]
+    return [f"megadalle {verb}", *overrides, f"hydra.job.name={verb}", *flags]
 
 
 def run_with_hydra(verb: str, args: list[str]) -> int:
@@ -76,17 +78,19 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
     from megadalle.cli import fail
     from megadalle.config import register_schemas
     from megadalle.config.compose import check_group_choices, conf_dir
+    from megadalle.config.declared import check_added
     from megadalle.errors import UserError
 
     try:
-        check_group_choices([a for a in args if not a.startswith("-")])
+        check_group_choices(verb, [a for a in args if not a.startswith("-")])
+        check_added(verb, [a for a in args if not a.startswith("-")])
     except UserError as err:
         return fail(verb, str(err))
     register_schemas()
     job = VerbJob(verb, split_flags(args)[1])
     app = hydra.main(config_path=str(conf_dir()), config_name=verb, version_base="1.3")(job)
     saved = sys.argv
-    sys.argv = [f"megadalle {verb}", *flags_first(args), f"hydra.job.name={verb}"]
+    sys.argv = hydra_argv(verb, args)
     try:
         app()
     except SystemExit as exit_:

@@ -187,6 +187,19 @@ RUN_TASKS = {"train": "transformer", "train-dvae": "dvae", "train-clip": "clip"}
 """Training verbs and their task's name (the default run directory is <out_dir>/<task>/<name>)."""
 
 
+def check_logger(cfg: DictConfig) -> None:
+    """wandb online needs credentials where it logs, on rank 0; without them wandb.init raised a UsageError after
+    DeepSpeed had started. Checked on rank 0 only: a rank that does not log needs none, and a launcher ends the
+    other ranks when rank 0 exits."""
+    from megadalle.train.distributed import detect
+    from megadalle.train.wandb_log import credentials_found
+
+    if cfg.logger.get("mode") == "online" and detect().rank == 0:
+        fits(credentials_found(), "logger.mode=online: wandb finds no credentials here (WANDB_API_KEY, or the ~/.netrc "
+                                  "entry `wandb login` writes); run `wandb login`, or log with logger.mode=offline and "
+                                  "upload later with `wandb sync`")
+
+
 def check_run_dir(verb: str, cfg: DictConfig) -> None:
     """A rerun into an existing run directory must have its config (megadalle.train.rundir.RESUMABLE aside)."""
     from omegaconf import OmegaConf
@@ -251,11 +264,20 @@ CHECKS: dict[str, Callable[[DictConfig], None]] = {
 """Per-verb checks; a verb without an entry is checked for required keys only."""
 
 
+def check_out_dir(cfg: DictConfig) -> None:
+    """`out_dir` is the folder under which runs and outputs go (`<out_dir>/<task>/<name>`, `${out_dir}/generate`):
+    null would be the text `None` there, a folder of that name beside the command."""
+    fits(cfg.get("out_dir") is not None, "out_dir=null: the folder runs and outputs go under cannot be null; give one "
+                                         "(out_dir=outputs, the default)")
+
+
 def preflight(verb: str, cfg: DictConfig) -> None:
-    """Required keys first (a check below may read them), then the verb's own checks."""
+    """Required keys first (a check below may read them), then where outputs go, then the verb's own checks."""
     check_required(cfg)
+    check_out_dir(cfg)
     check = CHECKS.get(verb)
     if check is not None:
         check(cfg)
     if verb in RUN_TASKS:
+        check_logger(cfg)
         check_run_dir(verb, cfg)

@@ -30,20 +30,30 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
-def check_group_choices(overrides: list[str]) -> None:
+def check_group_choices(verb: str, overrides: list[str]) -> None:
     """A `group=option` naming no YAML file of the group is refused with the real options listed
-    (hydra's own message would list the ConfigStore's `schema` entry as an option). Sweeps
-    (`model=tiny,small`) are checked option by option; hydra's sweep functions are left to hydra."""
+    (hydra's own message would list the ConfigStore's `schema` entry as an option), and so is an option the verb
+    cannot read (megadalle.config.verbs.GROUP_OPTIONS: `train data=images`). Sweeps (`model=tiny,small`) are
+    checked option by option; hydra's sweep functions are left to hydra. A group cannot be left out
+    (`model=null`, `~model`): every stage reads the groups its verb composes."""
     from megadalle.config import ConfigError
+    from megadalle.config.verbs import GROUP_OPTIONS
 
     for item in overrides:
         key, sep, value = item.lstrip("+~").partition("=")
-        if not sep or "." in key or "/" in key or "(" in value or not (conf_dir() / key).is_dir():
+        if not key or "." in key or "/" in key or "(" in value or not (conf_dir() / key).is_dir():
             continue
         options = group_options(key)
-        for option in value.split(","):
-            if option not in (*options, "null"):
+        if item.startswith("~") or "null" in value.split(","):
+            raise ConfigError(f"{item}: a config group cannot be left out; choose a {key} config: {', '.join(options)}")
+        readable = GROUP_OPTIONS.get(verb, {}).get(key, options)
+        for option in value.split(",") if sep else ():
+            if option not in options:
                 raise ConfigError(f"{key}={option}: no such {key} config; choose one of {', '.join(options)}")
+            if option not in readable:
+                readers = " and ".join(v for v, groups in GROUP_OPTIONS.items() if option in groups.get(key, ()))
+                raise ConfigError(f"{key}={option}: {readers} read{'s' if ' and ' not in readers else ''} this {key} "
+                                  f"config, not {verb}; {verb} takes {' or '.join(f'{key}={o}' for o in readable)}")
 
 
 def list_form(parser, key: str, value: str) -> str | None:
@@ -127,13 +137,15 @@ def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple
     from hydra.core.global_hydra import GlobalHydra
 
     from megadalle.config import register_schemas
+    from megadalle.config.declared import check_added
     from megadalle.config.required import restore
 
     register_schemas()
     GlobalHydra.instance().clear()
     overrides = list(overrides or [])
     check_override_syntax(overrides)
-    check_group_choices(overrides)
+    check_group_choices(verb, overrides)
+    check_added(verb, overrides)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
         cfg = hydra_compose(config_name=verb, overrides=overrides, return_hydra_config=True)
     choices = {group: option for group, option in cfg.hydra.runtime.choices.items() if not group.startswith("hydra")}

@@ -84,6 +84,7 @@ class DemoConfig:
         for name in ("image_size", "per_scene", "vocab_size", "text_len", "dvae_steps", "dvae_batch", "clip_steps",
                      "clip_batch", "steps", "batch", "samples", "keep", "check_per_scene"):
             check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")
+        check(self.threads >= 0, f"{where}.threads", self.threads, "must be >= 0 (0 keeps torch's default)")
         check(0 <= self.holdout <= MAX_HOLDOUT, f"{where}.holdout", self.holdout, f"must be in [0, {MAX_HOLDOUT}]")
         check(self.keep <= self.samples, f"{where}.keep", self.keep, f"must be at most samples={self.samples}")
         check(self.holdout + self.seen > 0, f"{where}.seen", self.seen, "no captions to evaluate (holdout is 0 too)")

@@ -62,7 +62,8 @@ class GenerateConfig:
 
 
 def check_request(prompt, n, keep, batch_size, seed) -> None:
-    """What one `generate` call samples: one prompt that is not blank, positive counts, an integer seed. Checked
+    """What one `generate` call samples: one prompt that is not blank, positive counts, no more kept than drawn (a
+    larger keep quietly kept n), an integer seed. Checked
     for the CLI (GenerateConfig.validate) and for Python callers of megadalle.sample.generate alike, whose
     arguments no schema has typed: a list of prompts or seed=None failed as TypeErrors deep in the tokenizer or
     the sampler, and "" sampled every image from pads alone."""
@@ -71,6 +72,7 @@ def check_request(prompt, n, keep, batch_size, seed) -> None:
     for name, value in (("n", n), ("keep", keep), ("batch_size", batch_size)):
         check(isinstance(value, numbers.Integral), name, value, "expected an integer")
         check(value > 0, name, value, "must be positive")
+    check(keep <= n, "keep", keep, f"must be at most n={n}, the samples drawn")
     check(isinstance(seed, numbers.Integral), "seed", seed, "expected an integer")
 
 

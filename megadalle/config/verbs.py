@@ -32,6 +32,14 @@ VERB_SCHEMAS: dict[str, tuple[type, ...]] = {
     "plan": (PlanConfig,),
 }
 
+GROUP_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {"data": ("tokens", "synthetic")},
+    "train-dvae": {"data": ("images",)},
+    "train-clip": {"data": ("images",)},
+}
+"""The options of a shared group that a verb can read, where not all can: `data=images` holds image shards (the
+dVAE's and CLIP's), `tokens` token shards and `synthetic` random tokens (the Transformer's)."""
+
 
 def declares_text(verb: str, key: str) -> bool:
     """Whether one of the verb's dataclasses declares `key` a text (`str` or `str | None`)."""

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 import torch
 
+from megadalle.config import check
 from megadalle.config.dvae import DVAEConfig
 from megadalle.errors import UserError
 
@@ -266,7 +267,9 @@ def convert(encoder_path: str | Path, decoder_path: str | Path, image_size: int 
     _expect(encoder, "dall_e.encoder.Encoder", Path(encoder_path))
     _expect(decoder, "dall_e.decoder.Decoder", Path(decoder_path))
     cfg = dalle_config(encoder, decoder, image_size)
-    cfg.validate("dvae")
+    check(image_size % cfg.downsample == 0, "image_size", image_size, f"must be a multiple of {cfg.downsample}: "
+          f"the files' dVAE halves the image {cfg.n_groups - 1} times (OpenAI's: 256 px, a 32x32 code grid)")
+    cfg.validate("dvae")  # the rest of the config is read off the files
     state = {rename(name, side, cfg): tensor.float()
              for side, record in (("encoder", encoder), ("decoder", decoder))
              for name, tensor in named_tensors(record)}

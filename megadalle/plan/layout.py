@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megadalle.config import check
 from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
@@ -10,7 +11,8 @@ from megadalle.plan.counts import BY_BLOCK, PARTITIONS
 
 
 class PlanError(ValueError):
-    """The request cannot fit; the message says why."""
+    """The request cannot fit; the message says why (`plan` answers so, exit code 1). A config that contradicts
+    itself is a ConfigError instead, a user error like any verb's (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,10 @@ def launch_overrides(layout: Layout) -> str:
 
 
 def layout_for(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig) -> Layout:
-    if plan.gpus % ds.pipeline_stages:
-        raise PlanError(f"deepspeed.pipeline_stages={ds.pipeline_stages} does not divide gpus={plan.gpus}")
-    if ds.pipeline_stages > 1 and ds.partition_method not in PARTITIONS:
-        raise PlanError(f"deepspeed.partition_method={ds.partition_method!r}: plan models {', '.join(PARTITIONS)}")
+    check(plan.gpus % ds.pipeline_stages == 0, "deepspeed.pipeline_stages", ds.pipeline_stages,
+          f"does not divide gpus={plan.gpus} (each pipeline takes as many ranks as it has stages)")
+    check(ds.pipeline_stages == 1 or ds.partition_method in PARTITIONS, "deepspeed.partition_method",
+          ds.partition_method, f"plan models {', '.join(PARTITIONS)}")
     return Layout(ds.pipeline_stages, plan.gpus // ds.pipeline_stages, ds.zero_stage, trainer.micro_batch,
                   model.activation_checkpointing, trainer.grad_accum, ds.partition_method)
 

@@ -1,6 +1,7 @@
 """The layout to suggest: of those the GPUs and the global batch allow, the fastest that fits."""
 from __future__ import annotations
 
+from megadalle.config import ConfigError
 from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.plan.counts import Counts
@@ -37,9 +38,9 @@ def suggest(cfg: TransformerConfig, plan: PlanConfig, counts: Counts, settings: 
             f"it; make global_batch a multiple of {plan.gpus // largest_pipeline(cfg, plan)}, or use another number "
             f"of GPUs")
     if settings.runtime >= budget(plan):
-        raise PlanError(f"runtime_gb={settings.runtime / GB:g} (the CUDA context and NCCL) leaves nothing of the "
-                        f"{budget(plan) / GB:.1f} GB usable per GPU ({plan.gpu_mem_gb:g} GB, {plan.headroom:.0%} "
-                        f"headroom)")
+        raise ConfigError(f"runtime_gb={settings.runtime / GB:g}: the CUDA context and NCCL leave nothing of the "
+                          f"{budget(plan) / GB:.1f} GB usable per GPU ({plan.gpu_mem_gb:g} GB, {plan.headroom:.0%} "
+                          f"headroom)")
     fits = [lay for lay in layouts if memory_per_rank(cfg, counts, lay, settings).total <= budget(plan)]
     if not fits:
         floor = 16 * counts.total / plan.gpus / GB

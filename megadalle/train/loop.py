@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ import torch
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
 from megadalle.data import atomic
-from megadalle.train import checkpoint, cpu_malloc, distributed, engine as engine_lib, media, rng, rundir, universal
+from megadalle.train import (checkpoint, cpu_malloc, distributed, engine as engine_lib, media, rng, rundir, schedule,
+                             universal)
 from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
@@ -89,6 +91,8 @@ class Trainer:
                  run: RunOptions, extra_callbacks: list[Callback] | None = None):
         self.task, self.cfg, self.ds = task, trainer, ds
         self.env = distributed.detect()
+        if self.env.rank == 0 and (warning := schedule.warmup_warning(trainer)):
+            print(f"[train] warning: {warning}", file=sys.stderr, flush=True)
         distributed.init(self.env, ds.timeout_minutes)
         self.run_dir = rundir.choose(run.run_dir, run.out_dir, task.name, self.env.rank, run.name)
         self.ckpt_root = self.run_dir / "checkpoints"

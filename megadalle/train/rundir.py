@@ -8,7 +8,8 @@ requeued job keeps its id and resumes, while two jobs never share a directory by
 A run directory belongs to one config: `run.json` records it, and a rerun whose config differs in a
 key that changes what is trained is refused before anything starts, naming the keys. The keys in
 RESUMABLE may differ: they extend the run (trainer.steps), change how it is recorded (logging,
-checkpoint cadence, wandb), where things live (run_dir, out_dir), or memory and speed without
+checkpoint cadence, wandb, validation, sample grids), where things live (run_dir, out_dir, the exported
+weights), or memory and speed without
 changing the maths (micro_batch/grad_accum at the same global batch, which the checkpoint's data
 identity check guards; loader workers; activation checkpointing; the attention backend).
 The keys in PATH_KEYS name files: `out/shards`, `out/shards/`, `./out/shards` and its absolute
@@ -30,18 +31,20 @@ from megadalle.errors import UserError
 
 RUN_JSON = "run.json"
 RESUMABLE = (
-    "run_dir", "out_dir", "name", "resume",
+    "run_dir", "out_dir", "name", "resume", "weights",
     "trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.log_every",
-    "trainer.media_every", "dvae_weights", "media_captions", "media_samples", "trainer.eval_every",
-    "trainer.eval_batches", "trainer.micro_batch", "trainer.grad_accum",
+    "trainer.media_every", "dvae_weights", "media_captions", "media_samples", "preview", "trainer.eval_every",
+    "trainer.eval_batches", "data.val_shards", "trainer.micro_batch", "trainer.grad_accum",
     "logger.*", "data.num_workers", "data.prefetch_factor",
     "model.activation_checkpointing", "model.attention_backend", "deepspeed.overlap_comm",
     "deepspeed.reduce_bucket_size",
 )
-"""Keys (or `group.*`) a rerun may change and still resume the run directory. Validation and sample grids
-among them: both run on a forked RNG and their own data, so switching them on or off at a resume leaves
-the training exactly as it was (tests/cli/test_rerun.py)."""
-PATH_KEYS = ("data.shards", "data.val_shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights",
+"""Keys (or `group.*`) a rerun may change and still resume the run directory. Validation (its data too) and
+sample grids among them: both run on a forked RNG and their own data, so switching them on or off at a resume
+leaves the training exactly as it was (tests/cli/test_rerun.py). train-dvae's `preview` is the size of its
+logged reconstruction grid, a slice of a batch already trained on; `weights` (train-dvae, train-clip) is where
+the finished run is exported."""
+PATH_KEYS = ("data.shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights",
              "weights")
 """Keys whose values are file or folder paths, compared as paths (`same_path`); every other value as written."""
 DIGEST_KEYS = ("data.tokenizer", "tokenizer")

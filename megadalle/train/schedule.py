@@ -24,6 +24,16 @@ def lr_at(step: int, cfg: TrainerConfig) -> float:
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
 
 
+def warmup_warning(cfg: TrainerConfig) -> str | None:
+    """A warm-up that lasts the whole run, or None: the learning rate never reaches `lr` (or only at the last
+    update) and never decays. The mark of a run shortened with `trainer.steps` alone, under a group whose warm-up
+    is long (train-clip's 2,000 updates: `trainer.steps=6` trained at 1.5e-6 for a 5e-4 peak)."""
+    if cfg.warmup_steps < cfg.steps:
+        return None
+    return (f"trainer.warmup_steps={cfg.warmup_steps} >= trainer.steps={cfg.steps}: the whole run is warm-up, ending at "
+            f"lr {lr_at(cfg.steps - 1, cfg):.3g} of trainer.lr={cfg.lr:g}, with no decay; lower trainer.warmup_steps")
+
+
 def scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR following `lr_at`; the optimizer's base lr must be cfg.lr."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg) / cfg.lr)

@@ -5,11 +5,37 @@ resumed run passes it back with resume="allow", so its curves continue the origi
 """
 from __future__ import annotations
 
+import os
 import secrets
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 from megadalle.config.train import LoggerConfig
 from megadalle.train.callbacks import Callback, RunInfo
+
+
+def credentials_found(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether wandb will find credentials without prompting, read the way `wandb login` documents its lookup,
+    without wandb or the network: WANDB_API_KEY, an identity token file (WANDB_IDENTITY_TOKEN_FILE), or the
+    .netrc entry `wandb login` writes for the host of WANDB_BASE_URL (NETRC, else ~/.netrc or ~/_netrc). A .netrc
+    this cannot parse counts as found: wandb decides then."""
+    import netrc
+    from urllib.parse import urlparse
+
+    env = os.environ if environ is None else environ
+    if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(env.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    home = Path(env.get("HOME", "~")).expanduser()
+    files = [Path(env["NETRC"])] if env.get("NETRC") else [home / ".netrc", home / "_netrc"]
+    for path in (f for f in files if f.is_file()):
+        try:
+            entry = netrc.netrc(str(path)).authenticators(host)
+        except (netrc.NetrcParseError, OSError):
+            return True
+        if entry and entry[2]:
+            return True
+    return False
 
 
 class Wandb(Callback):

@@ -195,3 +195,30 @@ def test_token_shards_that_record_no_grid_are_checked_by_their_first_sample(caps
     index.save()
     fails(capsys, ["train", *TINY, f"data.shards={bare}", f"data.tokenizer={tok}", "model.grid_size=4"],
           f"model.grid_size=4: the token shards {bare} hold 8x8 code grids")
+
+
+@pytest.mark.parametrize("argv", [["plan", "model=tiny"], ["generate", "weights=nowhere", "prompt=a cat"],
+                                  ["train-dvae", "data.shards=nowhere"]])
+def test_out_dir_null_is_refused_before_a_folder_called_none_is_made(capsys, tmp_path, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, [*argv, "out_dir=null"], "out_dir=null: the folder runs and outputs go under cannot be null")
+    assert not (tmp_path / "None").exists()
+
+
+def test_wandb_online_without_credentials_is_refused_before_the_engine_starts(capsys, token_shards, tmp_path,
+                                                                              monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shards, tok = token_shards
+    fails(capsys, ["train", *TINY, f"data.shards={shards}", f"data.tokenizer={tok}", "logger=wandb",
+                   "logger.mode=online", f"out_dir={tmp_path}"],
+          "logger.mode=online: wandb finds no credentials here (WANDB_API_KEY, or the ~/.netrc entry `wandb login` "
+          "writes); run `wandb login`, or log with logger.mode=offline")
+    from megadalle.train.wandb_log import credentials_found
+
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password k3y\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert credentials_found()
+    assert not credentials_found({"HOME": str(tmp_path), "WANDB_BASE_URL": "https://wandb.example.org"})
+    assert credentials_found({"WANDB_API_KEY": "k3y"})

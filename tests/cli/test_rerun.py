@@ -34,6 +34,15 @@ def test_config_diff_names_what_matters_and_allows_what_may_change():
                                                 ("trainer.lr", 1e-3, 3e-4)]
 
 
+def test_a_rerun_may_export_elsewhere_preview_otherwise_and_add_validation():
+    """None of these reaches the training: train-dvae/train-clip's `weights` is the export path, `preview` the
+    reconstruction grid's size, and validation runs on its own data (null = <shards>/val, named or not)."""
+    saved = {"weights": None, "preview": 8, "data": {"shards": "s", "val_shards": None}}
+    assert rundir.config_diff(saved, {"weights": "other.safetensors", "preview": 4,
+                                      "data": {"shards": "s", "val_shards": "s/val"}}) == []
+    assert rundir.config_diff(saved, {**saved, "data": {"shards": "t", "val_shards": None}}) == [("data.shards", "s", "t")]
+
+
 @pytest.mark.distributed
 def test_rerunning_the_same_command_resumes_and_another_config_is_refused(train_overrides, tmp_path, capsys):
     command = ["train", *train_overrides, f"out_dir={tmp_path}", "name=exp"]

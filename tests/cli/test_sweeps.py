@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from megadalle.cli import main
-from megadalle.hydra_app import flags_first
+from megadalle.hydra_app import hydra_argv
 
 
 @pytest.mark.distributed
@@ -33,8 +33,15 @@ def test_sweep_jobs_get_the_plain_runs_checks(train_overrides, tmp_path, capsys)
 
 
 def test_overrides_may_come_before_and_after_hydras_flags(tmp_path, capsys):
-    assert flags_first(["a=1", "-m", "b=2", "--cfg", "job", "~c"]) == ["-m", "--cfg", "job", "a=1", "b=2", "~c"]
+    assert hydra_argv("plan", ["a=1", "-m", "b=2", "--cfg", "job", "~c"]) == \
+        ["megadalle plan", "a=1", "b=2", "~c", "hydra.job.name=plan", "-m", "--cfg", "job"]
     assert main(["plan", "gpus=1", "-m", "model=tiny", "gpu_mem_gb=8", f"out_dir={tmp_path}"]) == 0
     assert "7.2 GB (8 GB less 10% headroom)" in capsys.readouterr().out  # gpu_mem_gb=8 reached plan
     overrides = (tmp_path / "multirun" / "plan" / "0" / ".hydra" / "overrides.yaml").read_text()
     assert "gpus=1" in overrides and "gpu_mem_gb=8" in overrides
+
+
+def test_a_flag_with_an_optional_value_may_come_last(capsys):
+    assert main(["plan", "--info"]) == 0  # hydra.job.name=plan was read as --info's value
+    assert "Config search path" in capsys.readouterr().out
+    assert main(["plan", "--info", "searchpath", "model=tiny"]) == 0

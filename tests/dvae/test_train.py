@@ -55,6 +55,16 @@ def test_train_dvae_runs_through_the_trainer_resumes_and_exports(tmp_path, image
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_00000006"
 
 
+def test_trainer_tiny_trains_the_dvae_with_tinys_values_and_a_whole_run_warm_up_is_named(tmp_path, image_shards,
+                                                                                        capsys):
+    assert main(["train-dvae", f"data.shards={image_shards}", "data.num_workers=0", "dvae=tiny", "dvae.n_hid=16",
+                 "trainer=tiny", "trainer.steps=2", "logger=none", f"run_dir={tmp_path / 'run'}"]) == 0
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]["trainer"]
+    assert (config["warmup_steps"], config["lr"], config["ema"]) == (5, 1e-3, None)  # tiny's, not the paper's
+    err = capsys.readouterr().err
+    assert err.count("[train] warning: trainer.warmup_steps=5 >= trainer.steps=2: the whole run is warm-up") == 1
+
+
 def test_loader_workers_leave_the_training_random_stream_alone_so_resumes_are_exact(tmp_path, image_shards):
     """The dVAE's Gumbel noise comes from torch's global generator, from which DataLoader used to draw its
     workers' seed when it started: at step 0 in one run, after the restored state in a resumed one."""

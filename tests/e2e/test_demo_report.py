@@ -64,7 +64,7 @@ def test_demo_config_rejects_bad_holdout_and_sampling_values():
     from megadalle.errors import UserError
 
     for field, value in (("holdout", 13), ("top_p", 0.0), ("temperature", 0.0), ("check_per_scene", 0),
-                         ("clip_images", "recon")):
+                         ("clip_images", "recon"), ("threads", -1)):
         with pytest.raises(UserError, match=f"demo.{field}"):
             build(DemoConfig, {field: value}, "demo")
 
@@ -152,14 +152,14 @@ def test_every_stage_runs_under_the_demos_seed(tmp_path, monkeypatch):
     assert seeds == {"train-dvae": 9}
 
 
-@pytest.mark.parametrize("verb", ["train-dvae", "train-clip", "train"])
-def test_every_training_stage_is_configured_to_train_on_a_gpu_machine_too(verb, monkeypatch):
+@pytest.mark.parametrize("verb,group", [("train-dvae", "dvae"), ("train-clip", "clip"), ("train", "tiny")])
+def test_every_training_stage_is_configured_to_train_on_a_gpu_machine_too(verb, group, monkeypatch):
     """On a GPU precision=auto is bf16, which ZeRO stage 0 (the demo's) refuses with fp32 accumulation: the demo
     stopped at its first training stage wherever CUDA was present."""
     from megadalle.config.train import DeepSpeedConfig, TrainerConfig
     from megadalle.train import engine
 
     monkeypatch.setattr(engine.torch.cuda, "is_available", lambda: True)
-    cfg = compose(verb, demo.trainer_overrides(10, 4, 1e-3))
+    cfg = compose(verb, demo.trainer_overrides(group, 10, 4, 1e-3))
     trainer = build(TrainerConfig, cfg.trainer, "trainer")
     engine.precision_config(build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"), engine.training_dtype(trainer.precision))

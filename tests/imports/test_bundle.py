@@ -64,14 +64,14 @@ def test_load_pipeline_takes_the_dtype_names_generate_takes(trained, tmp_path):
 def test_generate_from_a_run_directory_finds_the_tokenizer_its_run_recorded(trained, tmp_path):
     run, tok, dvae, _ = trained
     assert not (run / "tokenizer.model").exists() and not (run.parent / "tokenizer.model").exists()
-    assert main(["generate", f"weights={run}", f"dvae_weights={dvae}", "prompt=red cat", "n=2", "rerank=false",
+    assert main(["generate", f"weights={run}", f"dvae_weights={dvae}", "prompt=red cat", "n=2", "keep=2", "rerank=false",
                  f"output={tmp_path / 'out'}"]) == 0  # data.tokenizer of its run.json
 
 
 def test_ema_of_exported_weights_is_refused_by_name(trained, tmp_path, capsys):
     run, _, dvae, clip = trained
     folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
-    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=1", "ema=true", f"output={tmp_path}"]) == 2
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=1", "keep=1", "ema=true", f"output={tmp_path}"]) == 2
     assert "holds exported weights (exported with ema=false): drop ema=true" in capsys.readouterr().err
     assert main(["export", f"run={run}", f"output={tmp_path / 'ema'}", f"dvae_weights={dvae}", "ema=true"]) == 2
     assert "ema=true" in capsys.readouterr().err and not (tmp_path / "ema").exists()  # no half-made folder left
@@ -90,11 +90,11 @@ def test_missing_pieces_are_named(trained, tmp_path, capsys):
     folder = write_bundle(run, tmp_path / "noclip", dvae_weights=str(dvae))  # CLIP is optional
     assert megadalle.load_pipeline(folder).clip is None
     out = tmp_path / "out"
-    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", "rerank=false", f"output={out}"]) == 0
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", "keep=2", "rerank=false", f"output={out}"]) == 0
     assert json.loads((out / "scores.json").read_text())["all_scores"] is None
     shutil.copy(clip, tmp_path / "clip.safetensors")  # another model's CLIP beside the folder is not its CLIP
     shutil.copy(clip.with_suffix(".json"), tmp_path / "clip.json")
-    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", f"output={out}"]) == 2
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", "keep=2", f"output={out}"]) == 2
     assert "exported without a CLIP: pass rerank=false" in capsys.readouterr().err
 
 
@@ -161,10 +161,10 @@ def test_the_tokenizer_is_checked_by_content_from_run_to_folder(trained, tmp_pat
     shutil.copy(other, folder / "tokenizer.model")
     with pytest.raises(IncompatibleModels, match=f"records {tok}, sha256 {sha256(tok)[:12]}"):
         megadalle.load_pipeline(folder)
-    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=1", "rerank=false",
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=1", "keep=1", "rerank=false",
                  f"output={tmp_path / 'out'}"]) == 2
     assert "tokenizer.model: not the tokenizer the Transformer was trained with" in capsys.readouterr().err
-    assert main(["generate", f"weights={folder}", f"tokenizer={tok}", "prompt=red cat", "n=1", "rerank=false",
+    assert main(["generate", f"weights={folder}", f"tokenizer={tok}", "prompt=red cat", "n=1", "keep=1", "rerank=false",
                  f"output={tmp_path / 'out'}"]) == 0  # the tokenizer it trained with, given back
     del manifest["sha256"]
     (folder / "bundle.json").write_text(json.dumps(manifest))
@@ -187,8 +187,8 @@ def test_a_run_directory_samples_with_what_its_run_recorded(trained, tmp_path, c
     capsys.readouterr()  # the tokenizer's progress bar
     files = sampling_files(copy, want_clip=False)
     assert (files.tokenizer, files.dvae) == (tok, dvae)
-    assert main(["generate", f"weights={copy}", "prompt=red cat", "n=1", "rerank=false",
+    assert main(["generate", f"weights={copy}", "prompt=red cat", "n=1", "keep=1", "rerank=false",
                  f"output={tmp_path / 'out'}"]) == 0
     assert main(["generate", f"weights={copy}", f"tokenizer={tmp_path / 'runs' / 'tokenizer.model'}",
-                 "prompt=red cat", "n=1", "rerank=false", f"output={tmp_path / 'out'}"]) == 2
+                 "prompt=red cat", "n=1", "keep=1", "rerank=false", f"output={tmp_path / 'out'}"]) == 2
     assert f"{copy / 'run.json'} records {tok}" in capsys.readouterr().err

@@ -62,6 +62,9 @@ def test_verb_writes_weights_that_load_without_pickle(dalle_files, tmp_path, cap
         assert torch.equal(load_dvae(out).encode(images), enc(dall_e.map_pixels(images)).argmax(1))
     assert main(["import-dvae", f"encoder={dec_path}", f"decoder={dec_path}", f"output={out}"]) == 2
     assert "holds dall_e.decoder.Decoder, expected dall_e.encoder.Encoder" in capsys.readouterr().err
+    assert main(["import-dvae", f"encoder={enc_path}", f"decoder={dec_path}", f"output={out}", "image_size=7"]) == 2
+    assert capsys.readouterr().err == "megadalle import-dvae: image_size=7: must be a multiple of 8: the files' dVAE " \
+                                      "halves the image 3 times (OpenAI's: 256 px, a 32x32 code grid)\n"  # not dvae.image_size
 
 
 class _CreatesFile:

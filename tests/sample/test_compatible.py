@@ -63,7 +63,7 @@ def test_generate_refuses_a_dvae_of_another_grid_before_sampling(models, capsys)
     other = save_dvae(models / "other.safetensors", dvae_config(image_size=32))
     out = models / "out"
     assert main(["generate", f"weights={models / 'model.safetensors'}", f"dvae_weights={other}", "prompt=a red circle",
-                 "n=2", f"output={out}"]) == 2
+                 "n=2", "keep=2", f"output={out}"]) == 2
     err = capsys.readouterr().err
     assert "not trained together" in err and str(other) in err and "Traceback" not in err
     assert not any(out.iterdir())  # refused before a sample was drawn
@@ -72,7 +72,7 @@ def test_generate_refuses_a_dvae_of_another_grid_before_sampling(models, capsys)
 def test_weights_of_another_kind_are_a_one_line_error(models, capsys):
     with pytest.raises(WeightsError, match="holds a 'dvae' model, not a 'transformer' model"):
         load_weights(models / "dvae.safetensors", "transformer")
-    assert main(["generate", f"weights={models / 'dvae.safetensors'}", "prompt=a red circle", "n=1",
+    assert main(["generate", f"weights={models / 'dvae.safetensors'}", "prompt=a red circle", "n=1", "keep=1",
                  f"output={models / 'out'}"]) == 2
     assert "Traceback" not in capsys.readouterr().err
 
@@ -85,6 +85,6 @@ def test_a_tokenizer_megadalle_cannot_use_is_a_one_line_error(models, capsys):
     (models / "default.model").write_bytes(sp_model(captions(), pad_id=-1, unk_id=0, bos_id=1, eos_id=2))
     for name, expected in (("corpus.txt", "not a sentencepiece model"), ("default.model", "special ids")):
         assert main(["generate", f"weights={models / 'model.safetensors'}", f"tokenizer={models / name}",
-                     "prompt=a red circle", "n=1", f"output={models / 'out'}"]) == 2
+                     "prompt=a red circle", "n=1", "keep=1", f"output={models / 'out'}"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"megadalle generate: tokenizer={models / name}: {expected}") and err.count("\n") == 1

@@ -83,7 +83,7 @@ def test_generate_says_when_the_prompt_is_cut(tmp_path, capsys):
     (dict(prompt=["a red circle", "a blue square"]), "prompt=['a red circle', 'a blue square']: expected one prompt"),
     (dict(prompt=""), "prompt='': must not be empty"), (dict(prompt="  "), "prompt='  ': must not be empty"),
     (dict(seed=None), "seed=None: expected an integer"), (dict(n=0), "n=0: must be positive"),
-    (dict(keep=2.5), "keep=2.5: expected an integer")])
+    (dict(keep=2.5), "keep=2.5: expected an integer"), (dict(keep=3), "keep=3: must be at most n=2, the samples drawn")])
 def test_generate_from_python_refuses_what_the_cli_refuses(tmp_path, change, message):
     """megadalle.sample.generate called from Python gets the CLI's checks, as ValueErrors naming the argument (a
     list of prompts and seed=None were TypeErrors from inside the tokenizer and the sampler; "" sampled)."""

@@ -22,7 +22,7 @@ def clip_config(tmp_path, *overrides: str, val_fraction: float = 0.0):
     train_tokenizer(tmp_path / "shards", tmp_path / "tok.model", vocab_size=40)
     return compose("train-clip", ["clip=tiny", "clip.text_vocab=40", "clip.text_len=10", "clip.image_size=16",
                                   f"data.shards={tmp_path / 'shards'}", "data.num_workers=0",
-                                  f"tokenizer={tmp_path / 'tok.model'}", "trainer=tiny", "trainer.steps=12",
+                                  f"tokenizer={tmp_path / 'tok.model'}", "trainer.steps=12",
                                   "trainer.micro_batch=16", "trainer.lr=3e-3", "trainer.warmup_steps=2",
                                   "trainer.log_every=4", "logger=none", f"run_dir={tmp_path / 'run'}", *overrides])
 
@@ -41,7 +41,7 @@ def test_zero3_validates_and_the_exported_weights_are_the_ema(tmp_path):
     """Under ZeRO-3 the validation loss (run outside DeepSpeed's engine) read an empty logit_scale; with
     trainer.ema the verb exported the raw weights as clip.safetensors."""
     partitioned = "++deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0"
-    cfg = clip_config(tmp_path, "deepspeed=zero3", partitioned, "trainer.eval_every=6", "trainer.ema=0.9",
+    cfg = clip_config(tmp_path, "deepspeed=zero3", partitioned, "trainer.eval_every=6", "trainer.eval_batches=2", "trainer.ema=0.9",
                       "trainer.micro_batch=8", val_fraction=0.25)
     path = train_clip(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -75,6 +75,57 @@ def test_unknown_verb_and_bad_override_exit_non_zero(capsys):
     assert main(["plan", "model.n_layerz=3"]) == 2
     assert capsys.readouterr().err == "megadalle plan: bad config: Could not override 'model.n_layerz'. " \
                                       "(Key 'n_layerz' not in 'TransformerConfig')\n"
+    assert main(["plan", "model.n_layerz=3", "--help"]) == 2  # the same line, its cause kept
+    assert capsys.readouterr().err == "megadalle plan: bad config: Could not override 'model.n_layerz'. " \
+                                      "(Key 'n_layerz' not in 'TransformerConfig')\n"
+
+
+def test_a_group_cannot_be_left_out(capsys):
+    for argv in (["train", "model=null"], ["train", "trainer=null"], ["train", "~model"], ["plan", "-m", "model=tiny,null"],
+                 ["train", "model=null", "--help"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a config group cannot be left out; choose a " in err, err
+    assert main(["train", "logger=null"]) == 2
+    assert capsys.readouterr().err == \
+        "megadalle train: logger=null: a config group cannot be left out; choose a logger config: none, wandb\n"
+
+
+def test_a_data_config_the_verb_cannot_read_is_named_as_such(capsys):
+    """`train data=images` used to fail on data.tokenizer=null, `train-dvae data=tokens` on a required tokenizer."""
+    assert main(["train", "data=images", "data.shards=x"]) == 2
+    assert capsys.readouterr().err == "megadalle train: data=images: train-dvae and train-clip read this data config, " \
+                                      "not train; train takes data=tokens or data=synthetic\n"
+    for argv in (["train-dvae", "data=tokens"], ["train-clip", "data=synthetic", "--help"], ["train", "-m", "data=tokens,images"]):
+        assert main(argv) == 2, argv
+        assert " this data config, not " in capsys.readouterr().err
+
+
+def test_errors_of_composing_are_one_line(monkeypatch, capsys):
+    from omegaconf.errors import ConfigAttributeError
+
+    import megadalle.cli as cli
+
+    for error in (ConfigAttributeError("Key 'model' is not in struct"), ValueError("Config group override must be")):
+        def compose(verb, overrides, error=error):
+            raise error
+        monkeypatch.setattr(cli, "compose", compose)
+        assert main(["train"]) == 2
+        assert capsys.readouterr().err == f"megadalle train: {error}\n"
+
+
+def test_plus_adds_no_key_that_no_schema_declares(capsys):
+    from megadalle.config.compose import compose
+
+    assert main(["train", "+trainer.lrr=1"]) == 2  # composed, trained, and the key was ignored
+    assert capsys.readouterr().err == "megadalle train: +trainer.lrr=1: megadalle train has no key trainer.lrr and " \
+                                      "`+` cannot add one; did you mean trainer.lr? (megadalle train --help lists the keys)\n"
+    for argv in (["train", "+foo=1"], ["train", "++foo=1"], ["plan", "+logger=none"], ["plan", "-m", "+seeds=1,2"],
+                 ["train-dvae", "+dvae.objective.kl_weigth=1"], ["train", "+trainer.lrr=1", "--help"]):
+        assert main(argv) == 2, argv
+        assert "`+` cannot add one" in capsys.readouterr().err
+    cfg = compose("train", ["+deepspeed.extra.zero_optimization.sub_group_size=7", "++trainer.lr=0.5", "+hydra.job.chdir=false"])
+    assert cfg.deepspeed.extra.zero_optimization.sub_group_size == 7 and cfg.trainer.lr == 0.5  # an open node; a declared key
 
 
 def test_values_hydra_cannot_read_are_refused_with_their_quoted_form(capsys):
@@ -140,6 +191,15 @@ def test_a_dollar_brace_that_does_not_resolve_is_one_line_with_the_form_that_kee
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "megadalle", "--help"], capture_output=True, text=True, check=True).stdout
     assert "train-dvae" in out
+
+
+def test_verbs_named_after_a_module_run_as_python_dash_m_of_it():
+    """`python -m megadalle.train` failed (no module named megadalle.train.__main__), `.demo` exited 0 doing nothing."""
+    plan = subprocess.run([sys.executable, "-m", "megadalle.plan", "model=tiny", "gpus=1"], capture_output=True, text=True)
+    assert plan.returncode == 0 and plan.stdout.startswith("parameters: "), plan.stderr
+    for module in ("megadalle.train", "megadalle.demo"):
+        proc = subprocess.run([sys.executable, "-m", module, "seed=[1"], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"megadalle {module.split('.')[1]}: seed=[1: "), proc.stderr
 
 
 def test_help_into_a_pipe_closed_early_ends_quietly():

@@ -54,3 +54,30 @@ def test_validation_does_not_rewrite_values():
     assert cfg.dropout == 0.25
     cfg.validate()
     assert cfg.dropout == 0.25
+
+
+@pytest.mark.parametrize("verb", ["train-dvae", "train-clip"])
+def test_trainer_tiny_selects_tiny_for_every_training_verb(verb):
+    """train-dvae's and train-clip's YAML had a `trainer:` block merged after the group: trainer=tiny kept
+    150000 steps and lr 1e-4 (train-dvae) or a 2000-update warm-up (train-clip)."""
+    assert compose(verb, ["trainer=tiny"]).trainer == compose("train", ["trainer=tiny"]).trainer
+
+
+def test_each_training_verb_defaults_to_its_papers_optimisation():
+    dvae, clip, dalle = (compose(verb).trainer for verb in ("train-dvae", "train-clip", "train"))
+    assert (dvae.steps, dvae.lr, dvae.min_lr, dvae.warmup_steps, dvae.ema, list(dvae.betas), dvae.grad_clip) == \
+        (150000, 1e-4, 1.25e-6, 0, 0.999, [0.9, 0.999], 0.0)
+    assert (clip.lr, clip.warmup_steps, list(clip.betas), clip.eps, clip.weight_decay, clip.ema) == \
+        (5e-4, 2000, [0.9, 0.98], 1e-6, 0.2, None)
+    assert (dalle.lr, dalle.warmup_steps, list(dalle.betas), dalle.ema) == (4.5e-4, 5000, [0.9, 0.96], 0.99)
+    assert dvae.checkpoint_every == clip.checkpoint_every == dalle.checkpoint_every  # the rest is trainer=default's
+
+
+def test_a_warm_up_as_long_as_the_run_is_named():
+    from megadalle.config.train import TrainerConfig
+    from megadalle.train.schedule import warmup_warning
+
+    assert warmup_warning(TrainerConfig(steps=6, warmup_steps=5)) is None
+    assert warmup_warning(TrainerConfig(steps=6, warmup_steps=2000, lr=5e-4)) == \
+        "trainer.warmup_steps=2000 >= trainer.steps=6: the whole run is warm-up, ending at lr 1.5e-06 of " \
+        "trainer.lr=0.0005, with no decay; lower trainer.warmup_steps"

@@ -41,7 +41,7 @@ def test_a_gpu_asked_for_where_there_is_none_is_one_line(tmp_path, capsys):
     from tests.sample.test_generate import write_tiny_models
 
     write_tiny_models(tmp_path)
-    assert main(["generate", f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1",
+    assert main(["generate", f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1", "keep=1",
                  "device=cuda", f"output={tmp_path / 'out'}"]) == 2
     assert "device=cuda: this machine has no CUDA GPU" in capsys.readouterr().err
     import megadalle

@@ -12,7 +12,7 @@ from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.models.transformer import Transformer
-from megadalle.plan import (BF16, FP32, GB, Counts, Layout, PlanError, Settings, budget, checkpoint_bytes,
+from megadalle.plan import (BF16, FP32, GB, Counts, Layout, Settings, budget, checkpoint_bytes,
                             construction_bytes, count_parameters, launch_overrides, layout_for, memory_per_rank,
                             ring_seconds, settings_for, stage_parameters, stage_span, step_time, suggest,
                             usr1_lead_seconds)
@@ -325,8 +325,16 @@ def test_impossible_request_is_refused_with_a_reason(capsys):
     assert "no layout of 1000 GPUs splits global_batch=1024" in capsys.readouterr().out
     assert main(["plan", "model=12b", "gpus=1000", "global_batch=1000"]) == 0
     capsys.readouterr()
-    assert main(["plan", "model=tiny", "gpus=8", "runtime_gb=100"]) == 1
-    assert "runtime_gb=100 (the CUDA context and NCCL) leaves nothing" in capsys.readouterr().out
+
+
+def test_a_config_that_contradicts_itself_is_a_user_error(capsys):
+    """Config errors exit 2 with one line on stderr, as every verb's do; 'impossible' (exit 1) is plan's answer that
+    a consistent request cannot fit."""
+    assert main(["plan", "model=tiny", "gpus=3", "deepspeed=pipe"]) == 2
+    assert capsys.readouterr().err == "megadalle plan: deepspeed.pipeline_stages=2: does not divide gpus=3 (each " \
+                                      "pipeline takes as many ranks as it has stages)\n"
+    assert main(["plan", "model=tiny", "gpus=8", "runtime_gb=100"]) == 2
+    assert "megadalle plan: runtime_gb=100: the CUDA context and NCCL leave nothing" in capsys.readouterr().err
 
 
 def test_bad_plan_value_is_named(capsys):
@@ -356,7 +364,7 @@ def test_parameters_partition_balances_the_embeddings_and_head_with_the_blocks()
 
 def test_unmodelled_partition_method_is_refused_by_name():
     model, plan, trainer, ds = plan_for("deepspeed=pipe", "deepspeed.partition_method=type:Embed")
-    with pytest.raises(PlanError, match="partition_method='type:Embed': plan models type:Block, parameters, uniform"):
+    with pytest.raises(ConfigError, match="partition_method='type:Embed': plan models type:Block, parameters, uniform"):
         layout_for(model, trainer, ds, plan)
 
 
