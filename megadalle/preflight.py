@@ -39,6 +39,20 @@ def _exists(key: str, value, kind: str = "path") -> Path:
     return path
 
 
+def writable(key: str, value, kind: str, example: str = "") -> None:
+    """`value` can be written as a `kind` ("file" or "folder") without making anything now: nothing of the other
+    kind stands there, and no file where one of its folders must be. A verb that finds out only when it writes
+    has already done its work (trained a tokenizer, read a dataset); `example` names a file to suggest."""
+    path = Path(str(value))
+    if kind == "file" and path.is_dir():
+        raise PreflightError(f"{key}={value}: a folder; give the file to write ({key}={path / example})")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise PreflightError(f"{key}={value}: a file; give a folder")
+    blocking = next(p for p in path.absolute().parents if p.exists())
+    if not blocking.is_dir():
+        raise PreflightError(f"{key}={value}: {blocking} is a file, not a folder")
+
+
 def shard_index(key: str, value):
     """The ShardIndex of the directory `value` (tars from elsewhere indexed now, as the README promises),
     or a PreflightError naming `key`."""
@@ -208,6 +222,7 @@ def check_encode(cfg: DictConfig) -> None:
     except FileNotFoundError as err:
         raise PreflightError(str(err)) from None
     index = image_shards("input", cfg.input)
+    writable("output", cfg.output, "folder")
     size = read_config(weights, "dvae").get("image_size")
     if size is not None:
         _not_upscaled(index, f"input={cfg.input}", int(size), f"dvae_weights={cfg.dvae_weights} (a dVAE of {size} px)",

@@ -187,3 +187,15 @@ def test_an_output_in_the_input_or_holding_it_is_refused_before_anything_is_writ
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"megadalle encode: output='{output}'") and len(err.splitlines()) == 1
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+@pytest.mark.parametrize("under", ["", "/tokens"])
+def test_an_output_where_a_file_stands_is_refused_before_any_image_is_encoded(tmp_path, image_shards, weights, under,
+                                                                             capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    output = f"{tmp_path / 'notes.txt'}{under}"
+    assert main(["encode", f"dvae_weights={weights}", f"input={image_shards}", f"output={output}", "device=cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"megadalle encode: output={output}: ") and len(err.splitlines()) == 1
+    assert ("a file; give a folder" if not under else f"{tmp_path / 'notes.txt'} is a file, not a folder") in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
