@@ -231,6 +231,7 @@ def check_encode(cfg: DictConfig) -> None:
 
 def check_tokenizer(cfg: DictConfig) -> None:
     shard_index("input", cfg.input)
+    writable("output", cfg.output, "file", "tokenizer.model")
 
 
 def check_prepare(cfg: DictConfig) -> None:
