@@ -239,7 +239,10 @@ def check_prepare(cfg: DictConfig) -> None:
 
 
 def check_export(cfg: DictConfig) -> None:
+    """The run, and a model folder's place (exported weights alone are checked by the export, weights.py)."""
     _exists("run", cfg.run, "directory")
+    if not cfg.weights_only and not str(cfg.output).endswith(".safetensors"):
+        writable("output", cfg.output, "folder")
 
 
 def check_generate(cfg: DictConfig) -> None:
