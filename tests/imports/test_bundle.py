@@ -136,6 +136,18 @@ def test_export_refuses_an_output_it_would_not_replace_before_reading_any_weight
     assert (tmp_path / "notes" / "notes.txt").read_text() == "mine" and not list(tmp_path.glob("*.tmp-*"))
 
 
+def test_an_open_clip_reranker_without_its_weights_is_refused(trained, tmp_path, capsys):
+    """`clip_model=open_clip:X` without `clip_weights` used to export a folder with no CLIP, saying nothing."""
+    run, _, dvae, _ = trained
+    folder = tmp_path / "model"
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}", "clip_model=open_clip:RN50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("megadalle export: clip_model='open_clip:RN50': needs clip_weights=FILE")
+    assert not folder.exists()
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}", "clip_model=openclip"]) == 2
+    assert "clip_model='openclip': expected megadalle or open_clip:<arch>" in capsys.readouterr().err
+
+
 def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tmp_path):
     run, tok, dvae, clip = trained
     other = save_dvae(tmp_path / "other.safetensors", dvae_config(image_size=16, n_groups=3, vocab_size=128))
