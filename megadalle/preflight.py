@@ -117,6 +117,7 @@ def check_train(cfg: DictConfig) -> None:
     fits(model.attention_backend != "triton" or triton_runs_here(),
          "model.attention_backend=triton: this machine has no CUDA GPU, and Triton runs on the CPU only in its "
          "interpreter (TRITON_INTERPRET=1, for tests); use model.attention_backend=auto")
+    check_grids(cfg, model)
     if cfg.data.get("source", "shards") == "synthetic":
         return  # random tokens at the model's shapes: no shards, no tokenizer to check
     fits(bool(cfg.data.tokenizer), "data.tokenizer=null: `train` needs the sentencepiece model of its captions")
@@ -137,6 +138,28 @@ def check_train(cfg: DictConfig) -> None:
     fits(vocab <= model.text_vocab, f"model.text_vocab={model.text_vocab}: the tokenizer {cfg.data.tokenizer} has "
                                     f"{vocab} pieces (set model.text_vocab={vocab} or more)")
     fits_pad("model", model.text_pad_id)
+
+
+def check_grids(cfg: DictConfig, model) -> None:
+    """The sample grids' dVAE against the Transformer `model` (TransformerConfig), from its config alone. Without
+    `dvae_weights`, `trainer.media_every` drew nothing and said nothing; a dVAE of another grid or a smaller
+    codebook passed, then failed at the first grid, `media_every` updates into the run."""
+    from megadalle.errors import UserError
+    from megadalle.sampling.compatible import mismatches
+    from megadalle.sampling.load import model_config
+
+    every, weights = int(cfg.trainer.get("media_every", 0)), cfg.get("dvae_weights")
+    fits(not every or bool(weights), f"trainer.media_every={every}: the sample grids need the dVAE that decodes "
+                                     "them; give dvae_weights=DVAE, or set trainer.media_every=0")
+    if not weights:
+        return
+    _exists("dvae_weights", weights)
+    try:
+        problems = mismatches(model, model_config(weights, "dvae"))
+    except UserError as err:
+        raise PreflightError(f"dvae_weights={weights}: {str(err).splitlines()[0]}") from None
+    fits(not problems, f"dvae_weights={weights}: cannot decode this model's sample grids: {'; '.join(problems)} "
+                       "(give the dVAE the token shards were encoded with)")
 
 
 def fits_pad(group: str, pad_id: int) -> None:
