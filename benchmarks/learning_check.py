@@ -149,8 +149,8 @@ def run_check(work: str | Path, preset: Preset, seed: int = 0, dvae_overrides: t
     (work / "captions.txt").write_text("\n".join(caption(d) for d in range(10)) + "\n")
     stage("evaluate", "evaluate", f"weights={work / 'runs/dalle'}", f"dvae_weights={work / 'dvae.safetensors'}",
           f"tokenizer={work / 'tokenizer.model'}", f"captions={work / 'captions.txt'}", f"n={preset.samples}",
-          f"batch_size={preset.samples}", "clip_score=false", "save_samples=true", f"output={work / 'evaluate'}",
-          "device=cpu", f"seed={seed}")
+          f"batch_size={preset.samples}", "clip_score=false", "fid=false", "save_samples=true",
+          f"output={work / 'evaluate'}", "device=cpu", f"seed={seed}")
     judge, judge_accuracy = train_judge(seed)
     accuracy, per_caption = judge_samples(judge, work / "evaluate" / "samples")
     val = [r["val/loss"] for r in map(json.loads, (work / "runs/dalle/metrics.jsonl").read_text().splitlines())

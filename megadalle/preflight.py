@@ -39,6 +39,20 @@ def _exists(key: str, value, kind: str = "path") -> Path:
     return path
 
 
+def writable(key: str, value, kind: str, example: str = "") -> None:
+    """`value` can be written as a `kind` ("file" or "folder") without making anything now: nothing of the other
+    kind stands there, and no file where one of its folders must be. A verb that finds out only when it writes
+    has already done its work (trained a tokenizer, read a dataset); `example` names a file to suggest."""
+    path = Path(str(value))
+    if kind == "file" and path.is_dir():
+        raise PreflightError(f"{key}={value}: a folder; give the file to write ({key}={path / example})")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise PreflightError(f"{key}={value}: a file; give a folder")
+    blocking = next(p for p in path.absolute().parents if p.exists())
+    if not blocking.is_dir():
+        raise PreflightError(f"{key}={value}: {blocking} is a file, not a folder")
+
+
 def shard_index(key: str, value):
     """The ShardIndex of the directory `value` (tars from elsewhere indexed now, as the README promises),
     or a PreflightError naming `key`."""
@@ -103,6 +117,7 @@ def check_train(cfg: DictConfig) -> None:
     fits(model.attention_backend != "triton" or triton_runs_here(),
          "model.attention_backend=triton: this machine has no CUDA GPU, and Triton runs on the CPU only in its "
          "interpreter (TRITON_INTERPRET=1, for tests); use model.attention_backend=auto")
+    check_grids(cfg, model)
     if cfg.data.get("source", "shards") == "synthetic":
         return  # random tokens at the model's shapes: no shards, no tokenizer to check
     fits(bool(cfg.data.tokenizer), "data.tokenizer=null: `train` needs the sentencepiece model of its captions")
@@ -123,6 +138,28 @@ def check_train(cfg: DictConfig) -> None:
     fits(vocab <= model.text_vocab, f"model.text_vocab={model.text_vocab}: the tokenizer {cfg.data.tokenizer} has "
                                     f"{vocab} pieces (set model.text_vocab={vocab} or more)")
     fits_pad("model", model.text_pad_id)
+
+
+def check_grids(cfg: DictConfig, model) -> None:
+    """The sample grids' dVAE against the Transformer `model` (TransformerConfig), from its config alone. Without
+    `dvae_weights`, `trainer.media_every` drew nothing and said nothing; a dVAE of another grid or a smaller
+    codebook passed, then failed at the first grid, `media_every` updates into the run."""
+    from megadalle.errors import UserError
+    from megadalle.sampling.compatible import mismatches
+    from megadalle.sampling.load import model_config
+
+    every, weights = int(cfg.trainer.get("media_every", 0)), cfg.get("dvae_weights")
+    fits(not every or bool(weights), f"trainer.media_every={every}: the sample grids need the dVAE that decodes "
+                                     "them; give dvae_weights=DVAE, or set trainer.media_every=0")
+    if not weights:
+        return
+    _exists("dvae_weights", weights)
+    try:
+        problems = mismatches(model, model_config(weights, "dvae"))
+    except UserError as err:
+        raise PreflightError(f"dvae_weights={weights}: {str(err).splitlines()[0]}") from None
+    fits(not problems, f"dvae_weights={weights}: cannot decode this model's sample grids: {'; '.join(problems)} "
+                       "(give the dVAE the token shards were encoded with)")
 
 
 def fits_pad(group: str, pad_id: int) -> None:
@@ -221,6 +258,7 @@ def check_encode(cfg: DictConfig) -> None:
     except FileNotFoundError as err:
         raise PreflightError(str(err)) from None
     index = image_shards("input", cfg.input)
+    writable("output", cfg.output, "folder")
     size = read_config(weights, "dvae").get("image_size")
     if size is not None:
         _not_upscaled(index, f"input={cfg.input}", int(size), f"dvae_weights={cfg.dvae_weights} (a dVAE of {size} px)",
@@ -229,6 +267,7 @@ def check_encode(cfg: DictConfig) -> None:
 
 def check_tokenizer(cfg: DictConfig) -> None:
     shard_index("input", cfg.input)
+    writable("output", cfg.output, "file", "tokenizer.model")
 
 
 def check_prepare(cfg: DictConfig) -> None:
@@ -236,7 +275,10 @@ def check_prepare(cfg: DictConfig) -> None:
 
 
 def check_export(cfg: DictConfig) -> None:
+    """The run, and a model folder's place (exported weights alone are checked by the export, weights.py)."""
     _exists("run", cfg.run, "directory")
+    if not cfg.weights_only and not str(cfg.output).endswith(".safetensors"):
+        writable("output", cfg.output, "folder")
 
 
 def check_generate(cfg: DictConfig) -> None:

@@ -43,6 +43,25 @@ class WeightsNotFound(UserError, FileNotFoundError):
     """No weights, or no config JSON beside them, where a path points."""
 
 
+class OutputInTheWay(UserError, FileExistsError):
+    """Something other than an earlier export where an export would write."""
+
+
+def check_replaceable(target: str | Path) -> None:
+    """An export replaces what an earlier export wrote at `target` (its `output`) and nothing else: a folder of
+    other files (a model folder, a run) is never deleted to make room, and a folder is no place for one file.
+    Checked before the first tensor is read (a 12B streams for minutes), and again when the export is put in
+    place."""
+    target = Path(target)
+    if target.suffix == ".safetensors":
+        problem = "a folder, where the export writes one .safetensors file" if target.is_dir() else None
+    else:
+        problem = (None if not target.exists() or (target / INDEX).is_file() else
+                   f"exists and is not an exported weights folder (no {INDEX}), so the export will not replace it")
+    if problem:
+        raise OutputInTheWay(f"output={target}: {problem}; give another path, or remove it")
+
+
 def config_path(weights: str | Path) -> Path:
     """Where the config JSON of `weights` lives: `config.json` of a folder (or of an index's folder),
     `model.json` beside a single `model.safetensors`."""
@@ -196,9 +215,11 @@ class ShardedWriter(_StreamedWriter):
         (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
         (self.tmp / CONFIG).write_text(config_record(self.kind, config))
         if self.target.exists():
-            if not (self.target / INDEX).is_file():
+            try:
+                check_replaceable(self.target)
+            except OutputInTheWay:
                 shutil.rmtree(self.tmp)
-                raise FileExistsError(f"{self.target} exists and is not an exported weights folder; not replacing it")
+                raise
             shutil.rmtree(self.target)
         os.replace(self.tmp, self.target)
         return self.target

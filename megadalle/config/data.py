@@ -57,21 +57,22 @@ class PrepareConfig:
         check(1 <= self.quality <= 100, join(where, "quality"), self.quality, "must be in [1, 100]")
         check(self.num_workers is None or self.num_workers >= 0, join(where, "num_workers"), self.num_workers,
               "must be >= 0 or null")
-        self.check_apart(where)
+        check_apart(self.input, self.output, join(where, "output"), "prepare")
         check(0.0 <= self.val_fraction < 1.0, join(where, "val_fraction"), self.val_fraction, "must be in [0, 1)")
 
-    def check_apart(self, where: str = "") -> None:
-        """Output and input must not overlap, however spelled (`in/`, `./in`, absolute, a symlink): an output
-        in the input writes shards among the files being read; an input in the output is rewritten by
-        the rerun that rebuilds it (stale shards deleted, `<output>/val/` removed)."""
-        src, dst = Path(self.input).resolve(), Path(self.output).resolve()
-        both = f"(input={self.input!r}: {src}, output: {dst})"
-        kind = "folder" if src.is_dir() else "manifest"
-        check(dst != src, join(where, "output"), self.output, f"is the input {kind} {both}; choose another folder")
-        check(src not in dst.parents, join(where, "output"), self.output,
-              f"lies inside the input folder {both}; choose a folder outside it")
-        check(dst not in src.parents, join(where, "output"), self.output,
-              f"holds the input {both}, and prepare rebuilds its output; choose a folder that does not contain it")
+
+def check_apart(input: str, output: str, key: str, verb: str) -> None:
+    """A verb that reads `input` and rewrites the folder `output` (`key`) needs the two apart, however spelled
+    (`in/`, `./in`, absolute, a symlink): an output in the input writes shards among the files being read (and
+    `<input>/val/` is the input's validation split); an input in the output is rewritten by the rerun that
+    rebuilds it (stale shards deleted, `<output>/val/` replaced)."""
+    src, dst = Path(input).resolve(), Path(output).resolve()
+    both = f"(input={input!r}: {src}, output: {dst})"
+    kind = "folder" if src.is_dir() else "manifest"
+    check(dst != src, key, output, f"is the input {kind} {both}; choose another folder")
+    check(src not in dst.parents, key, output, f"lies inside the input folder {both}; choose a folder outside it")
+    check(dst not in src.parents, key, output,
+          f"holds the input {both}, and {verb} rewrites its output; choose a folder that does not contain it")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from megadalle.config import check, join
+from megadalle.config.data import check_apart
 
 
 RECONSTRUCTIONS = ("logit_laplace", "gaussian")
@@ -163,7 +164,7 @@ class EncodeConfig:
               join(where, "dvae_weights"), self.dvae_weights,
               "must be a .safetensors file, an exported weights folder or a train-dvae run directory "
               "(weights are never unpickled)")
-        check(self.input != self.output, join(where, "output"), self.output, "must differ from input")
+        check_apart(self.input, self.output, join(where, "output"), "encode")
 
 
 @dataclass

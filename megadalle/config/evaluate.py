@@ -20,7 +20,7 @@ class EvaluateConfig:
     shards: str | None = None
     """Image shards (from `prepare`): the first caption line of each sample is a caption, its image a real image."""
     real: str | None = None
-    """Image shards whose images FID/KID compare against; null = `shards` (no FID/KID with `captions` alone)."""
+    """Image shards whose images FID/KID compare against; null = `shards` (with `captions`, give it or fid=false)."""
     max_captions: int = 64
     """At most this many captions are sampled (the first ones)."""
     max_real: int = 10_000
@@ -44,7 +44,7 @@ class EvaluateConfig:
     clip_score: bool = True
     """Score every sample with CLIP (mean cosine similarity with its caption)."""
     fid: bool = True
-    """FID and KID against the real images (needs `real` or `shards`)."""
+    """FID and KID against the real images (needs `real` or `shards`: with `captions` alone, set fid=false)."""
     feature_extractor: str = "inception"
     """Registered extractor name (megadalle.fidelity); `inception` is torch-fidelity's InceptionV3."""
     feature_weights: str | None = None
@@ -65,6 +65,9 @@ class EvaluateConfig:
     def validate(self, where: str = "") -> None:
         check((self.captions is None) != (self.shards is None), "captions", self.captions,
               "give exactly one of captions=FILE and shards=DIR")
+        check(not self.fid or bool(self.real or self.shards), "fid", self.fid,
+              "FID and KID compare the samples with real images, and captions=FILE brings none: give "
+              "real=IMAGE_SHARDS, or fid=false")
         for name in ("captions", "shards", "real"):
             value = getattr(self, name)
             check(value is None or Path(value).exists(), name, value, "does not exist")

@@ -33,10 +33,23 @@ class ExportConfig:
     clip_weights: str | None = None
     """Model folder: the CLIP's .safetensors; None = the run's `clip_weights`, else no CLIP (no rerank)."""
     clip_model: str = "megadalle"
-    """Model folder: `megadalle`, or `open_clip:<arch>` (clip_weights is then its local state dict)."""
+    """Model folder: `megadalle`, or `open_clip:<arch>` (clip_weights is then its local state dict, and must be
+    given: what a run records is megadalle's CLIP)."""
 
     def validate(self, where: str = "") -> None:
         for name in ("run", "output"):
             check(bool(getattr(self, name)), join(where, name), getattr(self, name), "is required")
         check(self.dtype in DTYPES, join(where, "dtype"), self.dtype, f"expected one of {DTYPES}")
         check(self.max_shard_mb > 0, join(where, "max_shard_mb"), self.max_shard_mb, "must be positive")
+        self.check_clip(where)
+
+    def check_clip(self, where: str) -> None:
+        """An open_clip reranker comes from the file `clip_weights` names: without it the folder used to go out
+        with no CLIP at all (or with the run's recorded CLIP, megadalle's, read as an open_clip state dict)."""
+        key = join(where, "clip_model")
+        open_clip = self.clip_model.startswith("open_clip:")
+        check(open_clip or self.clip_model == "megadalle", key, self.clip_model,
+              "expected megadalle or open_clip:<arch>")
+        check(not open_clip or bool(self.clip_weights), key, self.clip_model,
+              "needs clip_weights=FILE, the architecture's local state dict (nothing is downloaded, and a run "
+              "records only megadalle's CLIP); or clip_model=megadalle")

@@ -20,10 +20,15 @@ def temp_path(path: str | Path) -> Path:
 
 
 def publish(tmp: str | Path, path: str | Path) -> Path:
-    """Flush `tmp` to disk and rename it to `path`."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Flush `tmp` to disk and rename it to `path`. If that fails (`path` is a folder, the disk is full), `tmp`
+    goes: a hidden temporary left behind is found by nobody and holds its bytes until someone does."""
+    try:
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return Path(path)
 
 

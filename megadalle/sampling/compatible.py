@@ -25,6 +25,17 @@ def check_compatible(transformer, dvae, clip=None, tokenizer_vocab: int | None =
     """`transformer` (TransformerConfig), `dvae` (DVAEConfig), `clip` (ClipConfig of megadalle's CLIP, or None
     for none or an open_clip model, which brings its own tokenizer) and the tokenizer's number of pieces;
     `names` says where each came from (a path), for the message."""
+    problems = mismatches(transformer, dvae, clip, tokenizer_vocab, names)
+    if problems:
+        raise IncompatibleModels("these models were not trained together: " + "; ".join(problems)
+                                 + ". Give the dVAE, CLIP and tokenizer the Transformer was trained with "
+                                   "(dvae_weights=, clip_weights=, tokenizer=)")
+
+
+def mismatches(transformer, dvae, clip=None, tokenizer_vocab: int | None = None,
+               names: dict[str, str] | None = None) -> list[str]:
+    """What `check_compatible` refuses, one phrase each (none when they fit); `train` checks its grids' dVAE
+    against the model it is about to train with these too."""
     names = names or {}
     where = {kind: f" ({names[kind]})" if kind in names else "" for kind in ("transformer", "dvae", "clip", "tokenizer")}
     problems = []
@@ -48,10 +59,7 @@ def check_compatible(transformer, dvae, clip=None, tokenizer_vocab: int | None =
             if model.text_pad_id != PAD_ID:
                 problems.append(f"the {name}{where[name.lower()]} pads captions with id {model.text_pad_id}, the "
                                 f"tokenizer with {PAD_ID}")
-    if problems:
-        raise IncompatibleModels("these models were not trained together: " + "; ".join(problems)
-                                 + ". Give the dVAE, CLIP and tokenizer the Transformer was trained with "
-                                   "(dvae_weights=, clip_weights=, tokenizer=)")
+    return problems
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from megadalle.train.ema import EmaPieces
 from megadalle.train.mapped import mapped, streamed
 from megadalle.train.task import Task
 from megadalle.train.zero_masters import has_masters, zero_masters
-from megadalle.weights import DTYPES, ShardedWriter, SingleFileWriter, as_dtype, export_layout
+from megadalle.weights import DTYPES, ShardedWriter, SingleFileWriter, as_dtype, check_replaceable, export_layout
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
 
@@ -206,6 +206,7 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
     """Write the run's weights in `dtype`: a folder of shards + index + config.json, or, when `output`
     ends in .safetensors, that one file with its config JSON beside. Either way only the tensor being
     written is held (weights.py, planned_safetensors.py)."""
+    check_replaceable(output)
     task, _ = run_task(run_dir)
     path = checkpoint_dir(run_dir, checkpoint)
     spec, model, torch_dtype = task.export_spec(), meta_model(task), DTYPES[dtype]

@@ -144,12 +144,12 @@ def test_a_tar_file_given_for_a_folder_says_so(capsys, image_shards):
           f"data.shards={tar}: a file, not a folder of shards; give its folder: data.shards={image_shards}")
 
 
-def dvae_weights(path, image_size):
+def dvae_weights(path, image_size, vocab_size=64):
     from megadalle.config.dvae import DVAEConfig
     from megadalle.models.dvae import DVAE
     from megadalle.weights import save_weights
 
-    config = DVAEConfig(image_size=image_size, n_hid=16, n_blk_per_group=1, n_groups=3, vocab_size=64, n_init=16)
+    config = DVAEConfig(image_size=image_size, n_hid=16, n_blk_per_group=1, n_groups=3, vocab_size=vocab_size, n_init=16)
     return save_weights(path, DVAE(config).state_dict(), kind="dvae", config=config)
 
 
@@ -222,3 +222,37 @@ def test_wandb_online_without_credentials_is_refused_before_the_engine_starts(ca
     assert credentials_found()
     assert not credentials_found({"HOME": str(tmp_path), "WANDB_BASE_URL": "https://wandb.example.org"})
     assert credentials_found({"WANDB_API_KEY": "k3y"})
+
+
+def grid_run(token_shards, tmp_path):
+    shards, tok = token_shards
+    return ["train", *TINY, f"data.shards={shards}", f"data.tokenizer={tok}", f"run_dir={tmp_path / 'run'}",
+            "trainer.steps=1", "trainer.media_every=1"]
+
+
+def test_sample_grids_without_a_dvae_are_refused(capsys, token_shards, tmp_path):
+    """`trainer.media_every` without `dvae_weights` drew no grid and said nothing."""
+    fails(capsys, grid_run(token_shards, tmp_path),
+          "megadalle train: trainer.media_every=1: the sample grids need the dVAE that decodes them; give "
+          "dvae_weights=DVAE, or set trainer.media_every=0")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_grids_dvae_must_decode_the_model(capsys, token_shards, tmp_path):
+    """A dVAE of a smaller codebook (or another grid) passed, then failed at the first grid (`codes outside
+    [0,64)`), media_every updates into the run."""
+    from megadalle.preflight import preflight
+
+    base = grid_run(token_shards, tmp_path)
+    small = dvae_weights(tmp_path / "dvae64codes.safetensors", 32)  # an 8x8 grid of 64 codes; the model draws 128
+    fails(capsys, [*base, f"dvae_weights={small}"],
+          f"megadalle train: dvae_weights={small}: cannot decode this model's sample grids: the Transformer draws "
+          "codes from 0 to 127 (model.image_vocab=128), the dVAE decodes 64 codes")
+    wide = dvae_weights(tmp_path / "dvae64px.safetensors", 64)
+    fails(capsys, [*base, f"dvae_weights={wide}", "model.image_vocab=64"],
+          f"dvae_weights={wide}: cannot decode this model's sample grids: the dVAE codes 64 px images as a 16x16 grid")
+    fails(capsys, [*base, f"dvae_weights={tmp_path / 'nope.safetensors'}"],
+          f"dvae_weights={tmp_path / 'nope.safetensors'}: no such path")
+    assert not (tmp_path / "run").exists()
+    fits = dvae_weights(tmp_path / "dvae.safetensors", 32, vocab_size=128)
+    preflight("train", compose("train", [*base[1:], f"dvae_weights={fits}"]))

@@ -262,3 +262,13 @@ def test_processes_publishing_one_file_at_once_never_fail(tmp_path):
         worker.join(60)
     assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
     assert json.loads(path.read_text())["i"] == 299 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_publish_that_fails_leaves_no_temporary_behind(tmp_path):
+    """Writing over a folder fails at the rename: the hidden `.NAME.<pid>-<hex>.tmp` used to stay."""
+    from megadalle.data import atomic
+
+    (tmp_path / "tokenizer.model").mkdir()
+    with pytest.raises(IsADirectoryError):
+        atomic.write_bytes(tmp_path / "tokenizer.model", b"pieces")
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.model"]

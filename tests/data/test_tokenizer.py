@@ -179,6 +179,21 @@ def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
     assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "normalization=lower"]) == 2
 
 
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_an_output_that_cannot_take_the_model_is_refused_before_training(caption_shards, tmp_path, capsys,
+                                                                        monkeypatch, where):
+    """`output=<a folder>` used to train first, then fail to write (IsADirectoryError) as a traceback."""
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", lambda **kw: pytest.fail("trained before the check"))
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    output = tmp_path / "tok" if where == "folder" else tmp_path / "notes.txt" / "t.model"
+    assert main(["tokenizer", f"input={caption_shards}", f"output={output}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"megadalle tokenizer: output={output}: ") and len(err.splitlines()) == 1
+    assert (f"a folder; give the file to write (output={output / 'tokenizer.model'})" if where == "folder"
+            else f"{tmp_path / 'notes.txt'} is a file, not a folder") in err
+
+
 def test_training_is_reproducible(caption_shards, tokenizer, tmp_path):
     again = train_tokenizer(caption_shards, tmp_path / "again.model", vocab_size=64)
     assert again.proto == tokenizer.proto == (tmp_path / "again.model").read_bytes()

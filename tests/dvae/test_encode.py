@@ -169,3 +169,33 @@ def test_a_rerun_on_a_smaller_input_removes_the_shards_it_no_longer_has(tmp_path
     assert sorted(p.name for p in out.iterdir()) == sorted([*fresh_names, "notes.txt"])
     assert _shard_bytes(out) == _shard_bytes(tmp_path / "fresh") and index.total == fresh.total == 20
     assert "removed 1 shards of an earlier encode" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spelling", ["{input}/val", "{input}/./", "{input}/sub/tokens", "{parent}"])
+def test_an_output_in_the_input_or_holding_it_is_refused_before_anything_is_written(tmp_path, weights, spelling,
+                                                                                    capsys):
+    """`output=p1/val` used to write the training split's codes over the input's validation split, then crash
+    reading that split back as images: the output must be neither the input, inside it, nor around it."""
+    from tests.dvae.conftest import write_image_shards
+
+    root = tmp_path / "p1"
+    write_image_shards(root, 8, 32, 8)
+    write_image_shards(root / "val", 4, 32, 4, seed=1)
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    output = spelling.format(input=root, parent=tmp_path)
+    assert main(["encode", f"dvae_weights={weights}", f"input={root}", f"output={output}", "device=cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"megadalle encode: output='{output}'") and len(err.splitlines()) == 1
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+@pytest.mark.parametrize("under", ["", "/tokens"])
+def test_an_output_where_a_file_stands_is_refused_before_any_image_is_encoded(tmp_path, image_shards, weights, under,
+                                                                             capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    output = f"{tmp_path / 'notes.txt'}{under}"
+    assert main(["encode", f"dvae_weights={weights}", f"input={image_shards}", f"output={output}", "device=cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"megadalle encode: output={output}: ") and len(err.splitlines()) == 1
+    assert ("a file; give a folder" if not under else f"{tmp_path / 'notes.txt'} is a file, not a folder") in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"

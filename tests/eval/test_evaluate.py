@@ -135,12 +135,19 @@ def test_evaluate_writes_clip_score_fid_and_kid(models, tmp_path, capsys):
     assert report["fid"] == pytest.approx(frechet_distance(reals, fakes), rel=1e-6)
 
 
-def test_evaluate_from_a_captions_file_without_real_images(models, tmp_path):
+def test_evaluate_from_a_captions_file_without_real_images(models, tmp_path, capsys):
+    """FID and KID need real images: a captions file without `real=` used to report them as n/a, unasked."""
     captions = tmp_path / "captions.txt"
     captions.write_text("a red circle\n\nsomething blue\n")
     out = tmp_path / "eval"
-    assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"captions={captions}", "n=2",
-                 f"output={out}", "device=cpu", "save_samples=true"]) == 0
+    args = ["evaluate", f"weights={models / 'model.safetensors'}", f"captions={captions}", "n=2", f"output={out}",
+            "device=cpu", "save_samples=true"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == ("megadalle evaluate: fid=True: FID and KID compare the samples with "
+                                               "real images, and captions=FILE brings none: give real=IMAGE_SHARDS, "
+                                               "or fid=false")
+    assert not out.exists()
+    assert main([*args, "fid=false"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["captions"] == 2 and report["fid"] is None and report["clip_score"] is not None
     index = json.loads((out / "samples" / "index.json").read_text())
@@ -165,7 +172,7 @@ def test_evaluate_samples_in_the_dtype_asked(models, tmp_path, monkeypatch):
                         seen.append(next(model.parameters()).dtype) or real(model, *args, **kwargs))
     for dtype in ("bf16", "auto"):
         assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"captions={captions}", "n=2",
-                     f"output={tmp_path / dtype}", "device=cpu", f"dtype={dtype}"]) == 0
+                     f"output={tmp_path / dtype}", "device=cpu", f"dtype={dtype}", "fid=false"]) == 0
     assert seen == [torch.bfloat16, torch.float32]  # auto is fp32 on the CPU
 
 
@@ -245,7 +252,8 @@ def test_an_unusable_output_is_refused_before_any_model_is_read(models, tmp_path
     captions.write_text("a red circle\n")
     afile.write_text("")
     for output in (afile, afile / "under"):
-        err = refused(capsys, [f"weights={models / 'model.safetensors'}", f"captions={captions}", f"output={output}"])
+        err = refused(capsys, [f"weights={models / 'model.safetensors'}", f"captions={captions}", f"output={output}",
+                               "fid=false"])
         assert f"output={output}: a file is in the way" in err
 
 
@@ -255,7 +263,7 @@ def test_bad_captions_files_are_refused_before_any_model_is_read(models, tmp_pat
     latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     for path, reason in ((blank, "every line is blank"), (tmp_path, "a directory"), (latin, "not UTF-8")):
         err = refused(capsys, [f"weights={models / 'model.safetensors'}", f"captions={path}",
-                               f"output={tmp_path / 'o'}"])
+                               f"output={tmp_path / 'o'}", "fid=false"])
         assert f"captions='{path}'" in err and reason in err
 
 
@@ -296,7 +304,8 @@ def test_device_and_clip_model_are_checked_as_generate_checks_them(models, tmp_p
 
     captions = tmp_path / "captions.txt"
     captions.write_text("a red circle\n")
-    err = refused(capsys, [f"weights={models / 'model.safetensors'}", f"captions={captions}", "device=bogus"])
+    err = refused(capsys, [f"weights={models / 'model.safetensors'}", f"captions={captions}", "device=bogus",
+                           "fid=false"])
     assert "device='bogus': expected auto, cpu, cuda or cuda:N" in err
     with pytest.raises(ConfigError, match="clip_model='nope': expected megadalle or open_clip:<arch>"):
-        EvaluateConfig(weights="w", captions=str(captions), clip_model="nope").validate()
+        EvaluateConfig(weights="w", captions=str(captions), clip_model="nope", fid=False).validate()

@@ -114,6 +114,40 @@ def test_evaluate_refuses_them_too_and_reads_a_model_folder(trained, tmp_path, c
     assert "not trained together" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("name, options, why", [
+    ("notes", ["weights_only=true"], "exists and is not an exported weights folder (no model.safetensors.index.json)"),
+    ("w.safetensors", [], "a folder, where the export writes one .safetensors file"),
+    ("notes/notes.txt", [], "a file; give a folder")])
+def test_export_refuses_an_output_it_would_not_replace_before_reading_any_weights(trained, tmp_path, capsys,
+                                                                                 monkeypatch, name, options, why):
+    """`weights_only=true output=<a folder of other files>` used to stream every tensor, then raise
+    FileExistsError; a model folder's output where a file stands failed in mkdir, as a traceback."""
+    import megadalle.train.consolidate as consolidate
+
+    run = trained[0]
+    monkeypatch.setattr(consolidate, "checkpoint_tensors", lambda *a, **k: pytest.fail("weights read"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    (tmp_path / "w.safetensors").mkdir()
+    target = tmp_path / name
+    assert main(["export", f"run={run}", f"output={target}", f"dvae_weights={trained[2]}", *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"megadalle export: output={target}: {why}") and len(err.splitlines()) == 1
+    assert (tmp_path / "notes" / "notes.txt").read_text() == "mine" and not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_an_open_clip_reranker_without_its_weights_is_refused(trained, tmp_path, capsys):
+    """`clip_model=open_clip:X` without `clip_weights` used to export a folder with no CLIP, saying nothing."""
+    run, _, dvae, _ = trained
+    folder = tmp_path / "model"
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}", "clip_model=open_clip:RN50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("megadalle export: clip_model='open_clip:RN50': needs clip_weights=FILE")
+    assert not folder.exists()
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}", "clip_model=openclip"]) == 2
+    assert "clip_model='openclip': expected megadalle or open_clip:<arch>" in capsys.readouterr().err
+
+
 def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tmp_path):
     run, tok, dvae, clip = trained
     other = save_dvae(tmp_path / "other.safetensors", dvae_config(image_size=16, n_groups=3, vocab_size=128))
