@@ -212,7 +212,7 @@ def entry() -> NoReturn:
 
 def run_verb(verb: str) -> NoReturn:
     """`python -m megadalle.<verb> ARGS`, for a verb whose name is a module or package of megadalle (train, plan,
-    demo): `megadalle <verb> ARGS`. Every verb runs as `python -m megadalle <verb> ARGS`."""
+    demo, encode, export, evaluate): `megadalle <verb> ARGS`. Every verb runs as `python -m megadalle <verb> ARGS`."""
     sys.argv = [sys.argv[0], verb, *sys.argv[1:]]
     entry()
 

@@ -208,3 +208,9 @@ def run(cfg: DictConfig) -> int:
             print(f"[encode] rank {rank} of {world}: its shards of {source} are done; {target}/index.json comes "
                   "when every rank's are (a rank that stopped is rerun with the same command)", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":  # `python -m megadalle.encode ARGS` is `megadalle encode ARGS`
+    from megadalle.cli import run_verb
+
+    run_verb("encode")

@@ -207,3 +207,9 @@ def run(cfg: DictConfig) -> int:
     path = write_report(scores, ec)
     print(scores.markdown() + f"\n[evaluate] wrote {path} and {path.with_suffix('.md').name}")
     return 0
+
+
+if __name__ == "__main__":  # `python -m megadalle.evaluate ARGS` is `megadalle evaluate ARGS`
+    from megadalle.cli import run_verb
+
+    run_verb("evaluate")

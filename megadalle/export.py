@@ -32,3 +32,9 @@ def run(cfg: DictConfig) -> int:
     print(f"[export] model folder {folder} ({ec.dtype}{', EMA' if ec.ema else ''}): "
           + ", ".join(sorted(p.name for p in folder.iterdir() if TMP not in p.name)), file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":  # `python -m megadalle.export ARGS` is `megadalle export ARGS`
+    from megadalle.cli import run_verb
+
+    run_verb("export")

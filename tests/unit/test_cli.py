@@ -194,10 +194,11 @@ def test_console_script_runs():
 
 
 def test_verbs_named_after_a_module_run_as_python_dash_m_of_it():
-    """`python -m megadalle.train` failed (no module named megadalle.train.__main__), `.demo` exited 0 doing nothing."""
+    """`python -m megadalle.train` failed (no module named megadalle.train.__main__), `.demo`, `.encode`, `.export`
+    and `.evaluate` exited 0 doing nothing."""
     plan = subprocess.run([sys.executable, "-m", "megadalle.plan", "model=tiny", "gpus=1"], capture_output=True, text=True)
     assert plan.returncode == 0 and plan.stdout.startswith("parameters: "), plan.stderr
-    for module in ("megadalle.train", "megadalle.demo"):
+    for module in ("megadalle.train", "megadalle.demo", "megadalle.encode", "megadalle.export", "megadalle.evaluate"):
         proc = subprocess.run([sys.executable, "-m", module, "seed=[1"], capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.startswith(f"megadalle {module.split('.')[1]}: seed=[1: "), proc.stderr
 
