@@ -104,8 +104,8 @@ def run(cfg: DictConfig) -> int:
                          ema=gc.ema, device=device, dtype=pick_dtype(gc.dtype, device))
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
-    result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.keep, gc.batch_size, settings, gc.seed)
-    meta = {"n": gc.n, "keep": gc.keep, "seed": gc.seed, "sampling": asdict(settings),
+    result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.kept, gc.batch_size, settings, gc.seed)
+    meta = {"n": gc.n, "keep": gc.kept, "seed": gc.seed, "sampling": asdict(settings),
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     grid = write_outputs(result, gc.output, gc.prompt, meta)
     best = f"; best CLIP score {result.scores[result.indices[0]]:.3f}" if result.scores else ""

@@ -12,6 +12,10 @@ DTYPE_CHOICES = ("auto", "fp32", "bf16")
 """The Transformer's dtype when sampling (megadalle.devices.pick_dtype); the names the export uses."""
 
 
+DEFAULT_KEEP = 8
+"""The grid's samples when `keep` is not given (the paper shows CLIP's best 8 of 512 per caption)."""
+
+
 @dataclass
 class GenerateConfig:
     weights: str = MISSING
@@ -21,8 +25,9 @@ class GenerateConfig:
     """The caption to draw."""
     n: int = 512
     """Samples drawn (the paper's 512)."""
-    keep: int = 8
-    """Best samples by CLIP score written to the grid."""
+    keep: int | None = None
+    """Best samples by CLIP score written to the grid; null = 8, or all n when fewer are drawn (a keep given
+    larger than n is refused)."""
     batch_size: int = 32
     """Samples decoded together; each batch has its own seed, derived from `seed` and the batch index."""
     temperature: float = 1.0
@@ -56,8 +61,13 @@ class GenerateConfig:
     CLIP stay fp32."""
     seed: int = 0
 
+    @property
+    def kept(self) -> int:
+        """`keep`, or its default: 8 of the samples drawn, all of them when n < 8."""
+        return min(DEFAULT_KEEP, self.n) if self.keep is None else self.keep
+
     def validate(self, where: str = "") -> None:
-        check_request(self.prompt, self.n, self.keep, self.batch_size, self.seed)
+        check_request(self.prompt, self.n, self.kept, self.batch_size, self.seed)
         check_sampling(self)
 
 

@@ -7,7 +7,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from megadalle.config import ConfigError, build
+from megadalle.config import ConfigError, build, top_level
 from megadalle.config.clip import ClipConfig
 from megadalle.config.compose import compose
 from megadalle.config.dvae import DVAEConfig
@@ -77,6 +77,20 @@ def test_generate_says_when_the_prompt_is_cut(tmp_path, capsys):
     run(compose("generate", [f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1", "keep=1",
                              f"output={tmp_path / 'short'}"]))
     assert "is cut" not in capsys.readouterr().err
+
+
+def test_keep_defaults_to_eight_or_every_sample_drawn_and_a_larger_keep_given_is_refused():
+    """`generate n=4` without keep= must run (the default 8 is more than 4 samples); keep=5 with n=4 is refused."""
+    from megadalle.config.sample import GenerateConfig
+
+    def kept(*overrides):
+        cfg = build(GenerateConfig, top_level(compose("generate", ["weights=model", "prompt=a cat", *overrides]),
+                                              GenerateConfig), "")
+        return cfg.kept
+
+    assert (kept(), kept("n=4"), kept("n=4", "keep=2")) == (8, 4, 2)
+    with pytest.raises(ConfigError, match=re.escape("keep=5: must be at most n=4, the samples drawn")):
+        kept("n=4", "keep=5")
 
 
 @pytest.mark.parametrize("change,message", [
