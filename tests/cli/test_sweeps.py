@@ -42,6 +42,15 @@ def test_overrides_may_come_before_and_after_hydras_flags(tmp_path, capsys):
 
 
 def test_a_flag_with_an_optional_value_may_come_last(capsys):
-    assert main(["plan", "--info"]) == 0  # hydra.job.name=plan was read as --info's value
-    assert "Config search path" in capsys.readouterr().out
-    assert main(["plan", "--info", "searchpath", "model=tiny"]) == 0
+    import logging
+
+    # hydra's --info gives the root logger a handler on this test's captured stdout: later tests' log records
+    # would meet it closed ("--- Logging error ---" in their stderr)
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        assert main(["plan", "--info"]) == 0  # hydra.job.name=plan was read as --info's value
+        assert "Config search path" in capsys.readouterr().out
+        assert main(["plan", "--info", "searchpath", "model=tiny"]) == 0
+    finally:
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
