@@ -70,7 +70,9 @@ def fsync_dir(path: Path) -> None:
 
 def sync_tree(path: Path) -> None:
     """fsync every file under `path`, then the directories. DeepSpeed closes its files without: until then a
-    power loss can leave them at their full size and zeroed, which the manifest's sizes cannot tell."""
+    power loss can leave them at their full size and zeroed, which the manifest's sizes cannot tell. Rank 0
+    alone does it, once every rank's writes are closed: a checkpoint has ~2 files per rank, and every rank
+    fsyncing every file was W^2 calls on shared storage (its clients flush a file's writes at close)."""
     for item in sorted(path.rglob("*"), key=lambda p: p.is_dir()):
         if item.is_file():
             with open(item, "rb") as f:
@@ -80,11 +82,21 @@ def sync_tree(path: Path) -> None:
     fsync_dir(path)
 
 
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+"""The first bytes of torch's pre-zip format (pickle of its magic number), which DeepSpeed writes when
+`checkpoint.checkpoint_serialization: false`."""
+
+
+def legacy_torch_file(file: Path) -> bool:
+    with open(file, "rb") as f:
+        return f.read(len(LEGACY_TORCH_MAGIC)) == LEGACY_TORCH_MAGIC
+
+
 def unreadable(file: Path) -> str | None:
     """Why `file` cannot be what its name says, judged from its ends alone (cheap at any size): a torch `.pt`
     without its zip directory (at the end), a `.safetensors` without its JSON header (at the start).
     This catches the zeroed files a power loss leaves; damage in the middle shows only when `load` reads it."""
-    if file.suffix == ".pt" and not zipfile.is_zipfile(file):
+    if file.suffix == ".pt" and not zipfile.is_zipfile(file) and not legacy_torch_file(file):
         return f"{file} is not a readable torch file (zeroed or overwritten)"
     if file.suffix == ".safetensors":
         with open(file, "rb") as f:
@@ -195,7 +207,7 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None,
     path = root / tag
     on_every_rank(path, rank, partial(set_aside, root, tag) if rank == 0 else None, remove=False)
     on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
-    on_every_rank(path, rank, partial(sync_tree, path))
+    on_every_rank(path, rank, partial(sync_tree, path) if rank == 0 else None)
     on_every_rank(path, rank, partial(_publish, root, path, step, client_state) if rank == 0 else None)
     if rank == 0 and keep:
         prune(root, keep, tag)

@@ -195,6 +195,9 @@ def test_a_zeroed_file_of_the_right_size_is_damage(tmp_path, capsys):
     (newest / "model.pt").write_bytes(bytes((newest / "model.pt").stat().st_size))
     assert find_resumable(tmp_path) == "step_00000002"
     assert "model.pt is not a readable torch file (zeroed or overwritten)" in capsys.readouterr().err
+    legacy = newest / "legacy.pt"
+    torch.save({"a": 1}, legacy, _use_new_zipfile_serialization=False)  # checkpoint_serialization: false
+    assert checkpoint.unreadable(legacy) is None
     (newest / "ema_rank00000.safetensors").write_bytes(bytes(64))
     assert "ema_rank00000.safetensors is not a readable safetensors file" in checkpoint.unreadable(
         newest / "ema_rank00000.safetensors")
