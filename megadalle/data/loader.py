@@ -47,6 +47,7 @@ import itertools
 import math
 import os
 import signal
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -67,10 +68,20 @@ def ignore_stop_signals(worker_id: int) -> None:
     """A stop signal is the trainer's: it finishes the update, checkpoints and exits, and needs the data to the
     end of the update. torch's workers die on a SIGTERM from anyone but their loader, and torchrun, Slurm
     (scancel, preemption) and `timeout` signal the whole process group: the loader then failed mid-update and
-    nothing was saved. So workers ignore stop signals; they still exit when the loader shuts them down or
-    their parent dies."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    nothing was saved. So workers ignore INT and USR1, and take a SIGTERM only from their parent (the loader
+    shutting them down, or multiprocessing at the interpreter's exit, which waits for them: a worker deaf to
+    it hung the exit), read with its sender from a thread while the signal stays blocked."""
+    for sig in (signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    parent = os.getppid()
+
+    def from_parent_only() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)  # as torch's own worker handler exits on its parent's SIGTERM
+
+    threading.Thread(target=from_parent_only, name="sigterm-from-parent", daemon=True).start()
 
 
 class LoaderStateError(UserError, ValueError):

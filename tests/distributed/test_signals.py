@@ -33,3 +33,34 @@ def test_a_sigterm_to_the_process_group_reaches_loader_workers_and_still_checkpo
            "trainer.checkpoint_every=0", f"run_dir={run_dir}"]
     out = stop_after_two_steps(cmd, launch.base_env(), launch.ROOT, run_dir, signal.SIGTERM, group=True)
     assert "stopped by signal" in out and "killed by signal" not in out, out[-3000:]
+
+
+EXIT_WITH_A_LIVE_LOADER = """
+import sys
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+from megadalle.data.loader import ignore_stop_signals
+
+class Count(IterableDataset):
+    def __iter__(self):
+        yield from map(torch.tensor, range(10**9))
+
+class Holder:
+    pass
+
+holder = Holder()
+holder.self = holder  # a cycle keeps the loader's iterator alive until the interpreter exits
+holder.batches = iter(DataLoader(Count(), batch_size=None, num_workers=1, worker_init_fn=ignore_stop_signals))
+next(holder.batches)
+sys.exit(1)
+"""
+
+
+def test_workers_still_end_when_multiprocessing_stops_them_at_exit():
+    """At the interpreter's exit multiprocessing SIGTERMs the workers still running and waits for them: workers
+    that ignored every SIGTERM hung that exit."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", EXIT_WITH_A_LIVE_LOADER], env=launch.base_env(), timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr[-2000:]
