@@ -210,7 +210,8 @@ def run(cfg: DictConfig) -> int:
     print(f"tokenizer: captions are {n['median']} tokens (median), {n['p99']} (99th percentile), {n['max']} at "
           f"most over the first {n['captions']}; a text_len below that cuts their ends (clip.text_len={n['max']} "
           "keeps them whole)")
-    print(f"tokenizer: under train's BPE dropout (data.bpe_dropout={dropout}, one seeded draw per caption) they are "
-          f"{n['dropout_p99']} tokens (99th percentile), {n['dropout_max']} at most: model.text_len="
-          f"{n['dropout_max']} keeps them whole")
+    if dropout > 0:
+        print(f"tokenizer: under train's BPE dropout (data.bpe_dropout={dropout}, one seeded draw per caption) "
+              f"they are {n['dropout_p99']} tokens (99th percentile), {n['dropout_max']} at most: model.text_len="
+              f"{n['dropout_max']} keeps them whole")
     return 0

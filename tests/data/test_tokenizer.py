@@ -179,6 +179,16 @@ def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
     assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "normalization=lower"]) == 2
 
 
+def test_without_bpe_dropout_in_train_the_verb_prints_no_dropout_lengths(caption_shards, tmp_path, capsys,
+                                                                         monkeypatch):
+    import megadalle.data.tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "train_dropout", lambda: 0.0)  # a conf/data/tokens.yaml edited to 0
+    assert main(["tokenizer", f"input={caption_shards}", f"output={tmp_path / 'tok.model'}", "vocab_size=100"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens (median)" in out and "under train's BPE dropout" not in out
+
+
 @pytest.mark.parametrize("where", ["folder", "under a file"])
 def test_an_output_that_cannot_take_the_model_is_refused_before_training(caption_shards, tmp_path, capsys,
                                                                         monkeypatch, where):
