@@ -14,19 +14,33 @@ from megadalle.config.train import LoggerConfig
 from megadalle.train.callbacks import Callback, RunInfo
 
 
+def settings_base_url(env: Mapping[str, str], home: Path) -> str | None:
+    """The `base_url` of wandb's user settings (WANDB_CONFIG_DIR, else ~/.config/wandb), if one is set."""
+    import configparser
+
+    folder = Path(env["WANDB_CONFIG_DIR"]) if env.get("WANDB_CONFIG_DIR") else home / ".config" / "wandb"
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(folder / "settings")
+    except configparser.Error:
+        return None
+    return parser.get("default", "base_url", fallback=None)
+
+
 def credentials_found(environ: Mapping[str, str] | None = None) -> bool:
     """Whether wandb will find credentials without prompting, read the way `wandb login` documents its lookup,
     without wandb or the network: WANDB_API_KEY, an identity token file (WANDB_IDENTITY_TOKEN_FILE), or the
-    .netrc entry `wandb login` writes for the host of WANDB_BASE_URL (NETRC, else ~/.netrc or ~/_netrc). A .netrc
-    this cannot parse counts as found: wandb decides then."""
+    .netrc entry `wandb login` writes for the host of WANDB_BASE_URL or of the `base_url` that `wandb login
+    --host` saves in wandb's settings (a self-hosted server) (NETRC, else ~/.netrc or ~/_netrc). A .netrc this
+    cannot parse counts as found: wandb decides then."""
     import netrc
     from urllib.parse import urlparse
 
     env = os.environ if environ is None else environ
     if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    host = urlparse(env.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
     home = Path(env.get("HOME", "~")).expanduser()
+    host = urlparse(env.get("WANDB_BASE_URL") or settings_base_url(env, home) or "https://api.wandb.ai").hostname
     files = [Path(env["NETRC"])] if env.get("NETRC") else [home / ".netrc", home / "_netrc"]
     for path in (f for f in files if f.is_file()):
         try:

@@ -222,6 +222,11 @@ def test_wandb_online_without_credentials_is_refused_before_the_engine_starts(ca
     assert credentials_found()
     assert not credentials_found({"HOME": str(tmp_path), "WANDB_BASE_URL": "https://wandb.example.org"})
     assert credentials_found({"WANDB_API_KEY": "k3y"})
+    # `wandb login --host https://wandb.corp.example` saves the host in wandb's settings, the key under that host
+    (tmp_path / ".config" / "wandb").mkdir(parents=True)
+    (tmp_path / ".config" / "wandb" / "settings").write_text("[default]\nbase_url = https://wandb.corp.example\n")
+    (tmp_path / ".netrc").write_text("machine wandb.corp.example\n  login user\n  password k3y\n")
+    assert credentials_found({"HOME": str(tmp_path)})
 
 
 def grid_run(token_shards, tmp_path):
