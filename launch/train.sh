@@ -28,6 +28,11 @@
 # run's MASTER_PORT): they finish the update, checkpoint and exit, and the launchers with them.
 set -euo pipefail
 
+case " ${DS_LAUNCHER_ARGS:-} " in
+    *" --master_port"*)  # the signal forwarding below finds the run's launchers by this port
+        echo "train.sh: give the rendezvous port as MASTER_PORT=N, not --master_port in DS_LAUNCHER_ARGS" >&2
+        exit 2 ;;
+esac
 port="${MASTER_PORT:-29500}"
 args=(--no_local_rank --master_port "$port")
 if [ -n "${HOSTFILE:-}" ]; then

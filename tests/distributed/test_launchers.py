@@ -57,3 +57,11 @@ def test_a_signal_to_train_sh_checkpoints_and_stops_every_rank(sig, group, train
     cmd = cmd + [*train_overrides, "trainer.grad_accum=1", "trainer.steps=100000", "trainer.checkpoint_every=0",
                  f"run_dir={run_dir}"]
     stop_after_two_steps(cmd, {**launch.base_env(), **extra_env}, launch.ROOT, run_dir, sig, group)
+
+
+def test_train_sh_refuses_a_master_port_among_the_launcher_args():
+    """Its signal forwarding finds this run's launchers by MASTER_PORT; a --master_port in DS_LAUNCHER_ARGS (which
+    DeepSpeed would take) left every signal unforwarded."""
+    done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True, text=True,
+                          env={**launch.base_env(), "DS_LAUNCHER_ARGS": "--no_ssh_check --master_port 1234"})
+    assert done.returncode == 2 and "MASTER_PORT=N, not --master_port" in done.stderr
