@@ -109,7 +109,8 @@ def export_layout(state: dict[str, torch.Tensor], dtype: torch.dtype) -> Layout:
 def remove_stale_temporaries(target: Path) -> None:
     """Remove the temporaries of `target` that a killed export on this machine left: its process is gone, and
     nothing else would ever remove a file the size of the model (24 GB at 12B). A live export's, or one from
-    another machine (whose processes cannot be seen from here), is left alone."""
+    another machine (whose processes cannot be seen from here), is left alone. (Containers that share a host
+    name but not a process namespace, exporting to one target on shared storage, would defeat this.)"""
     mine = f"{target.name}{TMP}{socket.gethostname()}-"
     for tmp in target.parent.glob(f"{glob.escape(mine)}*"):
         pid = tmp.name[len(mine):]
@@ -124,7 +125,7 @@ def remove_stale_temporaries(target: Path) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
         return False
     except PermissionError:  # alive, another user's
         pass

@@ -88,9 +88,10 @@ def test_a_killed_exports_temporary_goes_at_the_next_export(tmp_path, monkeypatc
     host = socket.gethostname()
     stale_file = tmp_path / f"one.safetensors.tmp-{host}-{dead_pid()}"
     stale_folder = tmp_path / f"model.tmp-{host}-{dead_pid()}"
+    absurd = tmp_path / f"model.tmp-{host}-{10 ** 30}"  # no pid: os.kill raised OverflowError
     live, elsewhere = tmp_path / f"model.tmp-{host}-{os.getppid()}", tmp_path / "model.tmp-otherhost-1"
     stale_file.write_bytes(b"x" * 100)
-    for folder in (stale_folder, live, elsewhere):
+    for folder in (stale_folder, absurd, live, elsewhere):
         folder.mkdir()
         (folder / "model-00001-of-00001.safetensors").write_bytes(b"x" * 100)
     write_folder(tmp_path / "model", state)
