@@ -212,7 +212,7 @@ class Trainer:
             if stopped:
                 print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}", flush=True)
         finally:
-            stop.uninstall()
+            stop.uninstall(stopped)
             for cb in self.callbacks:
                 cb.end()
         return Result(self.run_dir, self.step, stopped, losses, self.built.engine, self.built.model)

@@ -30,9 +30,14 @@ class StopFlag:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def uninstall(self) -> None:
+    def uninstall(self, stopped: bool = False) -> None:
+        """Give the stop signals back. After a run that `stopped` for a signal (on any rank), TERM and USR1 are
+        ignored instead: the ranks stop together when one is signalled, so another rank's copy can arrive late
+        (a second node's forwarder, a scheduler signalling each process), after the checkpoint, and it killed
+        the process on its way out (exit -15, and the launcher then reported a failure)."""
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            late = stopped and sig in (signal.SIGTERM, signal.SIGUSR1)
+            signal.signal(sig, signal.SIG_IGN if late else handler)
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:

@@ -24,6 +24,19 @@ def test_signal_sets_flag_and_handlers_are_restored(sig):
     assert signal.getsignal(sig) == before
 
 
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_after_a_stop_a_late_copy_of_the_signal_is_ignored(sig):
+    """The ranks stop together when any one is signalled: a rank's own copy that arrives after its checkpoint
+    (another node's forwarder was slower) killed it on its way out."""
+    before = signal.getsignal(sig)
+    StopFlag().install().uninstall(stopped=True)
+    try:
+        os.kill(os.getpid(), sig)  # would end this process with the default action
+        assert signal.getsignal(sig) == signal.SIG_IGN
+    finally:
+        signal.signal(sig, before)
+
+
 @pytest.mark.distributed
 def test_a_sigterm_to_the_process_group_reaches_loader_workers_and_still_checkpoints(train_overrides, tmp_path):
     """torchrun, Slurm and `timeout` send SIGTERM to every process of the group, the loader's workers included:
