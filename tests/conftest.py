@@ -1,5 +1,6 @@
 """Shared test set-up: CPU-only, deterministic, GPU tests skipped where no GPU is present."""
 import os
+import signal
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -46,6 +47,25 @@ def _restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+PRISTINE_SIGNALS = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+
+@pytest.fixture(autouse=True)
+def _signals_left_as_found():
+    """A test that leaves a stop signal handled, ignored or blocked in the test process fails (and the signal is put
+    back): every later test, and every process they start, inherits it. A SIGTERM left ignored hung CI twice over:
+    prepare's pool could no longer end its workers, and launch/train.sh could not trap what it must forward."""
+    yield
+    changed = {sig.name: signal.getsignal(sig) for sig in STOP_SIGNALS if signal.getsignal(sig) != PRISTINE_SIGNALS[sig]}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set()) & set(STOP_SIGNALS)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, PRISTINE_SIGNALS[sig])
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+    if changed or blocked:
+        pytest.fail(f"the test left stop signals changed: {changed or ''} {sorted(blocked) or ''}", pytrace=False)
 
 
 @pytest.fixture

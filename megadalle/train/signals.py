@@ -12,8 +12,13 @@ import os
 import signal
 import sys
 import threading
+import time
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+LATE_COPIES = (signal.SIGUSR1, signal.SIGTERM)
+LATE_WINDOW_S = 120.0
+"""How long after a stop a copy of its signal is taken for a late one: longer than a forwarder or scheduler takes
+to reach every rank, short enough that a later, deliberate TERM does what it did before the run."""
 
 
 class StopFlag:
@@ -31,13 +36,15 @@ class StopFlag:
         return self
 
     def uninstall(self, stopped: bool = False) -> None:
-        """Give the stop signals back. After a run that `stopped` for a signal (on any rank), TERM and USR1 are
-        ignored instead: the ranks stop together when one is signalled, so another rank's copy can arrive late
-        (a second node's forwarder, a scheduler signalling each process), after the checkpoint, and it killed
-        the process on its way out (exit -15, and the launcher then reported a failure)."""
+        """Give the stop signals back. After a run that `stopped` for a signal (on any rank), a copy of TERM or
+        USR1 arriving in the next LATE_WINDOW_S is ignored: the ranks stop together when one is signalled, so
+        another rank's copy can arrive late (a second node's forwarder, a scheduler signalling each process),
+        after the checkpoint, and it killed the process on its way out (exit -15, and the launcher then reported
+        a failure). Nothing is left ignored: SIG_IGN would outlive the run in the caller's process and in every
+        process it starts (a bash script cannot even trap a signal ignored at its start; a worker pool could no
+        longer be terminated), so a handler decides, and it only ignores in this process, within the window."""
         for sig, handler in self._previous.items():
-            late = stopped and sig in (signal.SIGTERM, signal.SIGUSR1)
-            signal.signal(sig, signal.SIG_IGN if late else handler)
+            signal.signal(sig, LateCopies(sig, handler, self._pid) if stopped and sig in LATE_COPIES else handler)
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
@@ -53,3 +60,18 @@ class StopFlag:
     @property
     def set(self) -> bool:
         return self.received is not None
+
+
+class LateCopies:
+    """The handler of a stop signal after a stop: ignores the copies that arrive late, then steps aside."""
+
+    def __init__(self, sig: int, previous, pid: int):
+        self.sig, self.pid = sig, pid
+        self.previous = signal.SIG_DFL if previous is None else previous  # None: a handler set outside Python
+        self.until = time.monotonic() + LATE_WINDOW_S
+
+    def __call__(self, signum, frame) -> None:
+        if os.getpid() == self.pid and time.monotonic() < self.until:
+            return
+        signal.signal(signum, self.previous if os.getpid() == self.pid else signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # delivered again, to what it was before the run (a fork: the default)

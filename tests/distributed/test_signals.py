@@ -1,11 +1,14 @@
 """SIGUSR1 and SIGTERM set the stop flag (the loop then checkpoints and stops) instead of killing."""
+import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
-from megadalle.train.signals import StopFlag
+from megadalle.train.signals import STOP_SIGNALS, LateCopies, StopFlag
 from tests.launch_signals import stop_after_two_steps
 
 import dist_launch as launch
@@ -24,17 +27,54 @@ def test_signal_sets_flag_and_handlers_are_restored(sig):
     assert signal.getsignal(sig) == before
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
-def test_after_a_stop_a_late_copy_of_the_signal_is_ignored(sig):
+@pytest.fixture
+def stopped(request):
+    """A StopFlag given back after a stop, its signal's handler put back as it was after the test."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    StopFlag().install().uninstall(stopped=True)
+    yield request.param
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("stopped", [signal.SIGUSR1, signal.SIGTERM], indirect=True)
+def test_after_a_stop_a_late_copy_of_the_signal_is_ignored(stopped):
     """The ranks stop together when any one is signalled: a rank's own copy that arrives after its checkpoint
     (another node's forwarder was slower) killed it on its way out."""
-    before = signal.getsignal(sig)
+    os.kill(os.getpid(), stopped)  # would end this process with the default action
+    assert isinstance(signal.getsignal(stopped), LateCopies)
+
+
+@pytest.mark.parametrize("stopped", [signal.SIGUSR1, signal.SIGTERM], indirect=True)
+def test_after_the_late_window_the_signal_does_what_it_did_before(stopped):
+    received = []
+
+    def before(signum, frame):
+        received.append(signum)
+
+    signal.signal(stopped, before)
     StopFlag().install().uninstall(stopped=True)
-    try:
-        os.kill(os.getpid(), sig)  # would end this process with the default action
-        assert signal.getsignal(sig) == signal.SIG_IGN
-    finally:
-        signal.signal(sig, before)
+    signal.getsignal(stopped).until = 0.0
+    os.kill(os.getpid(), stopped)
+    assert received == [stopped] and signal.getsignal(stopped) is before
+
+
+@pytest.mark.parametrize("stopped", [signal.SIGTERM], indirect=True)
+@pytest.mark.parametrize("start", ["fork", "exec"])
+def test_after_a_stop_the_processes_it_starts_still_die_of_sigterm(stopped, start):
+    """It was left ignored, and everything the process started inherited that: `multiprocessing.Pool`'s
+    terminate (prepare's exit) waited forever, and a bash script (launch/train.sh) could not trap TERM."""
+    if start == "fork":
+        child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+        child.start()
+        child.terminate()
+        child.join(20)
+        code = child.exitcode
+    else:
+        proc = subprocess.Popen(["sleep", "60"])
+        proc.terminate()
+        code = proc.wait(20)
+    assert code == -signal.SIGTERM
 
 
 @pytest.mark.distributed
