@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import io
-import multiprocessing as mp
 import os
 import sys
 import tarfile
@@ -39,6 +38,7 @@ from megadalle.data import atomic
 from megadalle.data.fields import IMAGE_FIELDS, UnsafeFieldError, decode_field, extension
 from megadalle.data.index import (INDEX_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, load_offsets,
                                   offsets_count, offsets_path, save_offsets, to_spans)
+from megadalle.data.pool import worker_pool
 from megadalle.data.summary import PassSummary
 from megadalle.data.tar import TarSample, walk
 
@@ -151,21 +151,16 @@ def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decod
 def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: bool, decode: bool, num_workers: int,
                    progress: bool) -> Iterator[ShardResult]:
     work = partial(index_shard, require=require, require_media=require_media, decode=decode)
-    bar = tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress)
-    if num_workers == 0:
-        results = map(work, paths)
-    else:
-        pool = mp.get_context().Pool(min(num_workers, len(paths)))
-        results = pool.imap(work, paths)
-    try:
-        for result in results:
-            bar.update(1)
-            yield result
-    finally:
-        bar.close()
-        if num_workers:
-            pool.close()
-            pool.join()
+    with tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress) as bar:
+        if num_workers == 0:
+            for result in map(work, paths):
+                bar.update(1)
+                yield result
+            return
+        with worker_pool(min(num_workers, len(paths))) as pool:
+            for result in pool.imap(work, paths):
+                bar.update(1)
+                yield result
 
 
 def index_directory(root: str | Path, require: Iterable[str] = (), require_media: bool = False,

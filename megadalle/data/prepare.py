@@ -13,10 +13,8 @@ shards in `<output>/` then exclude them. A rerun without it removes a stale `<ou
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import shutil
-import signal
 import sys
 import time
 from collections import Counter
@@ -31,6 +29,7 @@ from tqdm import tqdm
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert
+from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, is_validation
 from megadalle.data.sources import Item, find_items
@@ -57,9 +56,7 @@ def convert_all(items: list[Item], opts: ConvertOptions, num_workers: int) -> It
     if num_workers == 0:
         yield from map(work, items)
         return
-    # Ctrl-C reaches every process of the terminal's group: workers ignore it, the main process stops
-    # them (leaving the pool terminates it) and `run` says so in one line, not one traceback per worker
-    with mp.get_context().Pool(num_workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
+    with worker_pool(num_workers) as pool:
         yield from pool.imap(work, items, chunksize=max(1, min(64, len(items) // (num_workers * 8) or 1)))
 
 
