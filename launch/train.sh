@@ -69,6 +69,13 @@ forward() {
 trap 'forward TERM' TERM
 trap 'forward INT' INT
 trap 'forward USR1' USR1
+for sig in TERM USR1; do  # (INT: bash ignores it in a background job, which cannot get Ctrl-C anyway)
+    # bash cannot trap a signal that was ignored when it started (POSIX): say so rather than never forwarding it
+    [ "$(trap -p "$sig")" != "trap -- '' SIG$sig" ] ||
+        echo "launch/train.sh: SIG$sig was ignored by whatever started this script (nohup, a parent's trap '', a" \
+             "process that had stopped a run), so it cannot pass it on to the ranks: start it with SIG$sig at its" \
+             "default to stop a run that way" >&2
+done
 
 set +e  # a trapped signal interrupts `wait`: keep waiting until the runner has really finished (the checkpoint)
 status=0

@@ -65,3 +65,19 @@ def test_train_sh_refuses_a_master_port_among_the_launcher_args():
     done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True, text=True,
                           env={**launch.base_env(), "DS_LAUNCHER_ARGS": "--no_ssh_check --master_port 1234"})
     assert done.returncode == 2 and "MASTER_PORT=N, not --master_port" in done.stderr
+
+
+@pytest.mark.parametrize("ignored, warned", [(None, False), (signal.SIGTERM, True), (signal.SIGUSR1, True)])
+def test_train_sh_says_when_it_cannot_forward_a_signal_its_caller_ignores(ignored, warned, tmp_path):
+    """bash cannot trap a signal ignored when it starts: such a TERM or USR1 silently never reached the ranks (a
+    parent that had stopped a run in-process left TERM ignored for every script it started, and CI hung)."""
+    fake = tmp_path / "bin" / "deepspeed"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    env = {**launch.base_env(), "PATH": f"{fake.parent}:{launch.base_env()['PATH']}"}
+    done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True, text=True,
+                          env=env, timeout=60, preexec_fn=ignored and (lambda: signal.signal(ignored, signal.SIG_IGN)))
+    assert done.returncode == 0, done.stderr
+    assert ("cannot pass it on" in done.stderr) == warned, done.stderr
+    assert ignored is None or f"SIG{ignored.name[3:]} was ignored" in done.stderr
