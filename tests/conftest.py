@@ -1,6 +1,7 @@
 """Shared test set-up: CPU-only, deterministic, GPU tests skipped where no GPU is present."""
 import os
 import signal
+from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -11,6 +12,36 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     # Triton reads this when a kernel is decorated, so it must be set before any test imports kernels.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (read from /proc: the parent is the 4th field of /proc/PID/stat)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Kill what the tests left running: a leftover child holds the output pipe open, and CI, waiting for it,
+    then ran into its time limit long after the tests had finished (a pool worker orphaned by a timed-out test)."""
+    left = descendants(os.getpid())
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if left:
+        print(f"\nconftest: killed {len(left)} processes the tests left running: {left}")
 
 
 def pytest_collection_modifyitems(config, items):
