@@ -31,10 +31,14 @@ def extension(field: str) -> str:
 def split_member(name: str) -> tuple[str, str]:
     """`dir/abc.codes.npy` -> (`dir/abc`, `codes.npy`), webdataset's key/field rule; the field in lower case,
     so a tar of a camera's `IMG_1.JPG` + `IMG_1.TXT` holds the jpg and txt every reader asks for (it was
-    skipped whole as no_media). Keys keep their case."""
+    skipped whole as no_media). Keys keep their case.
+
+    A base name with nothing before its first dot (macOS tar's AppleDouble `._IMG_1.jpg` beside each file,
+    `.DS_Store`) has no key: it gets no field, as one without a dot, so `walk` passes over it as webdataset
+    does (its key `./` broke the adjacency of every real sample around it)."""
     slash = name.rfind("/") + 1
     dot = name.find(".", slash)
-    if dot < 0:
+    if dot <= slash:
         return name, ""
     return name[:dot], name[dot + 1:].lower()
 

@@ -40,7 +40,7 @@ from megadalle.data.index import (INDEX_NAME, ShardIndex, ShardInfo, ShardsNotFo
                                   offsets_count, offsets_path, save_offsets, to_spans)
 from megadalle.data.pool import worker_pool
 from megadalle.data.summary import PassSummary
-from megadalle.data.tar import TarSample, walk
+from megadalle.data.tar import TarSample, members_end, walk
 
 REPORT_NAME = "index-report.json"
 MEDIA_FIELDS = (*IMAGE_FIELDS, "codes.npy")
@@ -87,9 +87,10 @@ def check_sample(sample: TarSample, require: Iterable[str], require_media: bool,
     (with `decode=False` only the fields' presence is checked: fast, for sources one trusts)."""
     missing = [name for name in require if name not in sample.data]
     if missing:
-        return "missing_field", f"no {missing[0]!r} field", None
+        return "missing_field", f"no {missing[0]!r} field{dotted_key_hint(sample, [missing[0]])}", None
     if require_media and not any(name in sample.data for name in MEDIA_FIELDS):
-        return "no_media", f"none of {list(MEDIA_FIELDS)} among {sample.names}", None
+        hint = dotted_key_hint(sample, MEDIA_FIELDS)
+        return "no_media", f"none of {list(MEDIA_FIELDS)} among {sample.names}{hint}", None
     size = None
     for name, raw in sample.data.items() if decode else ():
         ext = extension(name)
@@ -105,6 +106,18 @@ def check_sample(sample: TarSample, require: Iterable[str], require_media: bool,
     if "txt" in sample.data and not sample.data["txt"].strip():
         return "empty_caption", "the txt field is blank", None
     return "", "", size
+
+
+def dotted_key_hint(sample: TarSample, wanted: Iterable[str]) -> str:
+    """Why a sample lacks a field it seems to hold: `photo.v1.jpg` is key `photo`, field `v1.jpg` (webdataset's
+    rule: the key ends at the base name's first dot), so `photo.v1.*` and `photo.v2.*` are one sample without
+    a `jpg`. "" when no field of the sample ends like a wanted one."""
+    ends = {extension(name) for name in wanted}
+    dotted = [name for name in sample.names if "." in name and extension(name) in ends]
+    if not dotted:
+        return ""
+    return (f" (a dot in a file name's stem splits the key: `{sample.key}.{dotted[0]}` is key {sample.key!r}, "
+            f"field {dotted[0]!r}; rename the files so that their stems hold no dot)")
 
 
 def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decode: bool = True) -> ShardResult:
@@ -135,14 +148,17 @@ def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decod
                 fields.update(sample.names)
                 if size is not None:
                     sizes.add(size)
-            f.seek(end)
+            content_end = members_end(f, end)
+            f.seek(content_end)
             trailer = f.read(2 * tarfile.BLOCKSIZE)
         if trailer.strip(b"\0") or len(trailer) < 2 * tarfile.BLOCKSIZE:
             # cut at a header boundary: tarfile reads that as a normal end, but the end-of-archive blocks are
-            # missing, so the last sample may have lost members after the cut
-            if spans and spans[-1][1] == end:
+            # missing, so the last sample may have lost members after the cut (not when other members follow it)
+            dropped = bool(spans) and spans[-1][1] == content_end
+            if dropped:
                 spans.pop()
-            skip(last or "", "truncated_shard", "no end-of-archive marker: the tar was cut; its last sample dropped")
+            skip(last or "", "truncated_shard", "no end-of-archive marker: the tar was cut; "
+                 + ("its last sample dropped" if dropped else "every sample before the cut kept"))
     except (tarfile.TarError, EOFError, OSError) as err:
         skip("", "truncated_shard", f"{type(err).__name__}: {err} (samples after this point are lost)")
     return ShardResult(path.name, np.array(spans, dtype=np.int64).reshape(-1, 2), fields, skipped, sizes)

@@ -3,7 +3,8 @@
 A sample is the run of adjacent members sharing a key (`<key>.<field>`). Each comes with its
 byte span in the stream (from its first header to the end of its last member's data, padding
 included), which is what offset files store, and with the raw bytes of the fields asked for.
-Links, directories and members without a field are skipped; nothing is decoded here.
+Links, directories and members without a field (`README`, macOS's `._x.jpg`) are skipped; nothing is
+decoded here.
 """
 from __future__ import annotations
 
@@ -59,3 +60,14 @@ def walk(stream: bytes | BinaryIO, wanted: set[str] | None = None, read: bool = 
                 current.data[name] = tar.extractfile(info).read()
     if current is not None:
         yield current
+
+
+def members_end(fileobj: BinaryIO, offset: int) -> int:
+    """The offset just past the last member from `offset` on, of any kind: where a whole tar's end-of-archive
+    blocks start. `walk`'s last sample may be followed by members that are no sample (a README, a directory,
+    a link), so its end alone cannot tell a complete tar from one cut after that sample."""
+    fileobj.seek(offset)
+    with tarfile.open(fileobj=fileobj, mode="r:") as tar:  # offsets count from the stream's start, not `offset`
+        for _ in tar:
+            pass
+        return tar.offset

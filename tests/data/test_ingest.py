@@ -295,3 +295,66 @@ def test_an_interrupted_index_can_be_rerun(tarwriter_shards, monkeypatch):
     assert not (tarwriter_shards / INDEX_NAME).exists()
     assert open_index(tarwriter_shards).total == 11  # a reader re-indexes it too
     assert not (tarwriter_shards / ".indexing").exists()
+
+
+def _tar(path, members):
+    """A tar of (name, bytes) files; bytes None makes `name` a directory, a str makes it a symlink to that."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+            elif isinstance(data, str):
+                info.type, info.linkname = tarfile.SYMTYPE, data
+            else:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if isinstance(data, bytes) else None)
+
+
+def test_macos_appledouble_members_are_passed_over(tmp_path):
+    """macOS's bsdtar writes `./._<file>` (extended attributes) before each file: their key `./` must not
+    break the samples around them."""
+    members = []
+    for i in range(4):
+        for ext, data in (("jpg", jpeg_bytes((24, 24), i)), ("txt", f"caption {i}".encode())):
+            members += [(f"./._{i:04d}.{ext}", b"\0\5\26\7" + bytes(60)), (f"./{i:04d}.{ext}", data)]
+    _tar(tmp_path / "mac.tar", [*members, ("./.DS_Store", b"junk")])
+    summary = index_directory(tmp_path, ["txt"], True)
+    assert summary.kept == 4 and summary.skipped == {}
+    assert [s["txt"] for s in iter_samples(tmp_path, ["txt", "jpg"])] == [f"caption {i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("extra", [("README", b"made by hand\n"), ("subdir/", None), ("link", "0002.jpg")])
+def test_a_member_after_the_last_sample_does_not_make_the_tar_look_cut(tmp_path, extra):
+    members = [(f"{i:04d}.{ext}", data) for i in range(3)
+               for ext, data in (("jpg", jpeg_bytes((24, 24), i)), ("txt", f"caption {i}".encode()))]
+    _tar(tmp_path / "a.tar", [*members, extra])
+    summary = index_directory(tmp_path, ["txt"], True)
+    assert summary.kept == 3 and summary.skipped == {}
+
+
+def test_a_tar_cut_after_a_trailing_member_keeps_every_sample(tmp_path):
+    members = [(f"{i:04d}.{ext}", data) for i in range(3)
+               for ext, data in (("jpg", jpeg_bytes((24, 24), i)), ("txt", f"caption {i}".encode()))]
+    _tar(tmp_path / "a.tar", [*members, ("README", b"x" * 1000)])
+    data = (tmp_path / "a.tar").read_bytes()
+    (tmp_path / "a.tar").write_bytes(data[:int(scan_offsets(tmp_path / "a.tar")[0][-1]) + 1536])  # no end marker
+    summary = index_directory(tmp_path, ["txt"], True)
+    assert summary.kept == 3 and summary.skipped == {"truncated_shard": 1}
+    assert "every sample before the cut kept" in summary.bad[0]["detail"]
+
+
+def test_a_dot_in_a_file_stem_is_named_when_it_splits_the_key(tmp_path):
+    """webdataset's rule (the key ends at the first dot) stays; the skip says why `photo.v1.txt` is no caption."""
+    _tar(tmp_path / "a.tar", [("photo.v1.jpg", jpeg_bytes((24, 24), 1)), ("photo.v1.txt", b"first"),
+                              ("photo.v2.jpg", jpeg_bytes((24, 24), 2)), ("photo.v2.txt", b"second"),
+                              ("ok.jpg", jpeg_bytes((24, 24), 3)), ("ok.txt", b"kept")])
+    summary = index_directory(tmp_path, ["txt"], True)
+    assert summary.kept == 1 and summary.skipped == {"missing_field": 1}
+    detail = summary.bad[0]["detail"]
+    assert "a dot in a file name's stem splits the key" in detail and "'v1.txt'" in detail
+    _tar(tmp_path / "a.tar", [("photo.v1.jpg", jpeg_bytes((24, 24), 1)), ("photo.txt", b"first")])
+    assert "splits the key" in index_directory(tmp_path, ["txt"], True).bad[0]["detail"]  # no_media
