@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from megadalle.data import atomic
+from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS, UnsafeFieldError, decode_field, extension
 from megadalle.data.index import (INDEX_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, load_offsets,
                                   offsets_count, offsets_path, save_offsets, to_spans)
@@ -103,8 +104,8 @@ def check_sample(sample: TarSample, require: Iterable[str], require_media: bool,
             continue  # a pickle (never decoded) or a field nobody reads: not ours to judge
         except Exception as err:  # PIL, zlib, json and unicode errors alike: the sample is unusable
             return f"bad_{ext}", f"{name}: {type(err).__name__}: {err}", None
-    if "txt" in sample.data and not sample.data["txt"].strip():
-        return "empty_caption", "the txt field is blank", None
+    if "txt" in sample.data and not caption_lines(sample.data["txt"].decode("utf-8", errors="replace")):
+        return "empty_caption", "the txt field holds no caption (blank lines only)", None
     return "", "", size
 
 

@@ -358,3 +358,13 @@ def test_a_dot_in_a_file_stem_is_named_when_it_splits_the_key(tmp_path):
     assert "a dot in a file name's stem splits the key" in detail and "'v1.txt'" in detail
     _tar(tmp_path / "a.tar", [("photo.v1.jpg", jpeg_bytes((24, 24), 1)), ("photo.txt", b"first")])
     assert "splits the key" in index_directory(tmp_path, ["txt"], True).bad[0]["detail"]  # no_media
+
+
+def test_a_caption_of_unicode_spaces_only_is_blank(tmp_path):
+    """bytes.strip() knows ASCII spaces only: a txt of no-break spaces passed indexing and reached training as
+    an empty caption. Blankness is the readers' caption rule (captions.caption_lines)."""
+    with wds.TarWriter(str(tmp_path / "a.tar")) as sink:
+        sink.write({"__key__": "nbsp", "jpg": jpeg_bytes((24, 24), 1), "txt": "\u00a0\u00a0\n\u3000"})
+        sink.write({"__key__": "ok", "jpg": jpeg_bytes((24, 24), 2), "txt": "\u00a0a caption\u00a0"})
+    summary = index_directory(tmp_path, ["txt"], True)
+    assert summary.kept == 1 and summary.skipped == {"empty_caption": 1} and summary.bad[0]["key"] == "nbsp"
