@@ -115,6 +115,15 @@ def shard_done(out_path: Path, count: int, made_by: dict) -> bool:
             and record.is_file() and json.loads(record.read_text()) == made_by)
 
 
+def input_meta(sample: dict) -> dict:
+    """The input sample's json, copied into the token shard: {} when it has none, or one that does not parse
+    (indexing keeps such a sample, with a warning: only its image and caption decide)."""
+    try:
+        return decode_field("json", sample["json"]) if "json" in sample else {}
+    except ValueError:  # json's and unicode's decode errors alike
+        return {}
+
+
 def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, ...], batch_size: int, made_by: dict,
                  bar: tqdm | None = None) -> None:
     """Encode one input shard into `out_path` (published atomically, offsets first, its record last)."""
@@ -129,8 +138,7 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, 
             batch = maker(chunk, np.arange(len(chunk)), 0)
             codes = model.encode(batch["image"].to(device)).to("cpu", torch.int32).numpy().astype(np.uint16)
             for sample, text, grid in zip(chunk, batch["txt"], codes):
-                meta = decode_field("json", sample["json"]) if "json" in sample else {}
-                writer.write({"__key__": sample["__key__"], "codes.npy": grid, "txt": text, "json": meta})
+                writer.write({"__key__": sample["__key__"], "codes.npy": grid, "txt": text, "json": input_meta(sample)})
             if bar is not None:
                 bar.update(len(chunk))
     written = staging / "shard-000000.tar"

@@ -3,9 +3,11 @@
 img2dataset's output (`00000.tar` with `<key>.jpg/.txt/.json`, a `.parquet` and `_stats.json`
 beside) or a colleague's `TarWriter` shards carry no `index.json` or offset files. Indexing reads
 every sample once and decodes each field it has a safe decoder for (images fully, json, txt, npy;
-pickles and unknown fields are never decoded): a sample that fails, or lacks a required field, is
-skipped and counted by reason, like `prepare` skips bad inputs, and the offset files simply leave
-it out, so no reader ever sees it. The tars are never rewritten. A tar cut short keeps the samples
+pickles and unknown fields are never decoded): a sample whose image or caption fails, or that lacks a
+required field, is skipped and counted by reason, like `prepare` skips bad inputs, and the offset files
+simply leave it out, so no reader ever sees it. Metadata that fails (a string `.id`, a cut `.json`) is
+the input's business: it is counted as a warning and the sample kept (`prepare` and `encode`, which copy
+the json, leave it out). The tars are never rewritten. A tar cut short keeps the samples
 before the cut. Shards are indexed in worker processes; index.json is written last.
 
 `open_index` is what the readers call: it indexes such a directory on first use (with a message),
@@ -26,7 +28,7 @@ import tarfile
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -46,6 +48,8 @@ from megadalle.data.tar import TarSample, members_end, walk
 REPORT_NAME = "index-report.json"
 MEDIA_FIELDS = (*IMAGE_FIELDS, "codes.npy")
 """What a sample must carry one of, with `require_media`: something to train on."""
+CAPTION_FIELDS = ("txt",)
+"""The captions every reader takes: with the media, the fields that decide whether a sample is kept."""
 DEFAULT_REQUIRE = ("txt",)
 INDEXING_MARK = ".indexing"
 """Created before indexing writes its first offset file, removed once index.json is written."""
@@ -59,14 +63,18 @@ class ShardResult:
     spans: np.ndarray
     fields: set[str]
     skipped: list[dict[str, str]]
+    warnings: list[dict[str, str]]
+    """Kept samples' metadata fields that do not decode (`SampleCheck.warnings`), entries as in `skipped`."""
     image_sizes: set[tuple[int, int]]
 
 
 @dataclass
 class IndexSummary(PassSummary):
-    """`bad` entries: shard, key, reason, detail."""
+    """`bad` and `warnings` entries: shard, key, reason, detail."""
 
     index: ShardIndex | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    """One entry per metadata field of a kept sample that does not decode."""
 
     VERB = "index"
 
@@ -82,31 +90,50 @@ def check_image(data: bytes) -> tuple[int, int]:
     return size
 
 
-def check_sample(sample: TarSample, require: Iterable[str], require_media: bool,
-                 decode: bool = True) -> tuple[str, str, tuple | None]:
-    """(reason, detail, image size): reason "" when the sample is usable. Decodes every field it safely can
-    (with `decode=False` only the fields' presence is checked: fast, for sources one trusts)."""
+@dataclass
+class SampleCheck:
+    """What indexing found in one sample."""
+
+    reason: str = ""
+    """Why the sample is skipped; "" when it is kept."""
+    detail: str = ""
+    size: tuple[int, int] | None = None
+    """Its image's size, when decoded."""
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    """(reason, detail) of each metadata field that does not decode (a string `.id`, a cut `.json`): counted,
+    but the sample is kept, since only its image and caption decide whether it can be trained on."""
+
+
+def check_sample(sample: TarSample, require: Iterable[str], require_media: bool, decode: bool = True) -> SampleCheck:
+    """Decodes every field it safely can (with `decode=False` only the fields' presence is checked: fast, for
+    sources one trusts); a deciding field (image, caption, codes, any of `require`) that fails skips the sample,
+    another one is a warning."""
     missing = [name for name in require if name not in sample.data]
     if missing:
-        return "missing_field", f"no {missing[0]!r} field{dotted_key_hint(sample, [missing[0]])}", None
+        return SampleCheck("missing_field", f"no {missing[0]!r} field{dotted_key_hint(sample, [missing[0]])}")
     if require_media and not any(name in sample.data for name in MEDIA_FIELDS):
         hint = dotted_key_hint(sample, MEDIA_FIELDS)
-        return "no_media", f"none of {list(MEDIA_FIELDS)} among {sample.names}{hint}", None
-    size = None
+        return SampleCheck("no_media", f"none of {list(MEDIA_FIELDS)} among {sample.names}{hint}")
+    check, deciding = SampleCheck(), {*MEDIA_FIELDS, *CAPTION_FIELDS, *require}
     for name, raw in sample.data.items() if decode else ():
         ext = extension(name)
         try:
             if ext in IMAGE_FIELDS:
                 size = check_image(raw)
+                if name in deciding:
+                    check.size = size
             else:
                 decode_field(name, raw)
         except UnsafeFieldError:
             continue  # a pickle (never decoded) or a field nobody reads: not ours to judge
-        except Exception as err:  # PIL, zlib, json and unicode errors alike: the sample is unusable
-            return f"bad_{ext}", f"{name}: {type(err).__name__}: {err}", None
+        except Exception as err:  # PIL, zlib, json and unicode errors alike
+            problem = f"bad_{ext}", f"{name}: {type(err).__name__}: {err}"
+            if name in deciding:
+                return SampleCheck(*problem)
+            check.warnings.append(problem)
     if "txt" in sample.data and not caption_lines(sample.data["txt"].decode("utf-8", errors="replace")):
-        return "empty_caption", "the txt field holds no caption (blank lines only)", None
-    return "", "", size
+        return SampleCheck("empty_caption", "the txt field holds no caption (blank lines only)")
+    return check
 
 
 def dotted_key_hint(sample: TarSample, wanted: Iterable[str]) -> str:
@@ -123,7 +150,7 @@ def dotted_key_hint(sample: TarSample, wanted: Iterable[str]) -> str:
 
 def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decode: bool = True) -> ShardResult:
     """Walk one tar, checking every sample (runs in a worker process)."""
-    spans, fields, skipped, sizes, seen = [], set(), [], set(), set()
+    spans, fields, skipped, warnings, sizes, seen = [], set(), [], [], set(), set()
 
     def skip(key: str, reason: str, detail: str) -> None:
         skipped.append({"shard": path.name, "key": key, "reason": reason, "detail": detail})
@@ -141,14 +168,16 @@ def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decod
                                                       "appears twice); neither can be told from the other")
                     continue
                 seen.add(sample.key)
-                reason, detail, size = check_sample(sample, require, require_media, decode)
-                if reason:
-                    skip(sample.key, reason, detail)
+                check = check_sample(sample, require, require_media, decode)
+                if check.reason:
+                    skip(sample.key, check.reason, check.detail)
                     continue
+                warnings += [{"shard": path.name, "key": sample.key, "reason": reason, "detail": detail}
+                             for reason, detail in check.warnings]
                 spans.append((sample.start, sample.end))
                 fields.update(sample.names)
-                if size is not None:
-                    sizes.add(size)
+                if check.size is not None:
+                    sizes.add(check.size)
             content_end = members_end(f, end)
             f.seek(content_end)
             trailer = f.read(2 * tarfile.BLOCKSIZE)
@@ -162,7 +191,7 @@ def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decod
                  + ("its last sample dropped" if dropped else "every sample before the cut kept"))
     except (tarfile.TarError, EOFError, OSError) as err:
         skip("", "truncated_shard", f"{type(err).__name__}: {err} (samples after this point are lost)")
-    return ShardResult(path.name, np.array(spans, dtype=np.int64).reshape(-1, 2), fields, skipped, sizes)
+    return ShardResult(path.name, np.array(spans, dtype=np.int64).reshape(-1, 2), fields, skipped, warnings, sizes)
 
 
 def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: bool, decode: bool, num_workers: int,
@@ -200,6 +229,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     shards, fields, sizes = [], set(), set()
     for result in _shard_results(paths, tuple(require), require_media, decode, workers, progress):
         summary.bad += result.skipped
+        summary.warnings += result.warnings
         if len(result.spans):
             save_offsets(root / result.name, compact(result.spans))
             shards.append(ShardInfo(result.name, len(result.spans), (root / result.name).stat().st_size))
@@ -207,9 +237,11 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
             sizes |= result.image_sizes
     summary.kept, summary.shards = sum(s.count for s in shards), len(shards)
     summary.skipped = dict(sorted(Counter(b["reason"] for b in summary.bad).items()))
+    summary.warned = dict(sorted(Counter(w["reason"] for w in summary.warnings).items()))
     summary.seconds = time.perf_counter() - start
     atomic.write_json(summary.report, {"root": str(root), "kept": summary.kept, "shards": summary.shards,
-                                       "skipped": summary.skipped, "bad": summary.bad})
+                                       "skipped": summary.skipped, "bad": summary.bad, "warned": summary.warned,
+                                       "warnings": summary.warnings})
     if summary.kept:
         square = {w for w, h in sizes if w == h}
         auto_meta = {"image_size": square.pop()} if len(sizes) == 1 and square else {}

@@ -368,3 +368,35 @@ def test_a_caption_of_unicode_spaces_only_is_blank(tmp_path):
         sink.write({"__key__": "ok", "jpg": jpeg_bytes((24, 24), 2), "txt": "\u00a0a caption\u00a0"})
     summary = index_directory(tmp_path, ["txt"], True)
     assert summary.kept == 1 and summary.skipped == {"empty_caption": 1} and summary.bad[0]["key"] == "nbsp"
+
+
+def test_unreadable_metadata_is_a_warning_and_every_reader_keeps_the_sample(tmp_path):
+    """Only the image and the caption decide whether a sample is kept: a string `.id` or a cut `.json` is the
+    input's business, counted in the report; prepare and encode, which copy the json, leave it out."""
+    root = tmp_path / "src"
+    root.mkdir()
+    with wds.TarWriter(str(root / "a.tar")) as sink:
+        sink.write({"__key__": "flickr", "jpg": jpeg_bytes((24, 24), 1), "txt": "a string id", "id": b"flickr_0abc"})
+        sink.write({"__key__": "cut", "jpg": jpeg_bytes((24, 24), 2), "txt": "a cut json", "json": b'{"url": "ht'})
+        sink.write({"__key__": "fine", "jpg": jpeg_bytes((24, 24), 3), "txt": "fine", "json": b'{"url": "x"}'})
+    summary = index_directory(root, ["txt"], True)
+    assert summary.kept == 3 and summary.skipped == {} and summary.warned == {"bad_id": 1, "bad_json": 1}
+    assert "kept         1  with bad_json" in summary.text()
+    report = json.loads((root / "index-report.json").read_text())
+    assert {w["key"]: w["reason"] for w in report["warnings"]} == {"flickr": "bad_id", "cut": "bad_json"}
+
+    batch = next(iter(image_loader(root, 3, 16, shuffle=False, epochs=1, num_workers=0)))
+    assert batch["txt"] == ["a string id", "a cut json", "fine"]
+    prepared = prepare(PrepareConfig(input=str(root), output=str(tmp_path / "out"), image_size=16, min_side=8,
+                                     num_workers=0), progress=False)
+    assert prepared.kept == 3
+    assert [s["json"].get("input_json") for s in iter_samples(tmp_path / "out", ["json"])] == \
+        [None, None, {"url": "x"}]
+
+    from megadalle.config.dvae import DVAEConfig
+    from megadalle.encode import encode_shards
+    from megadalle.models.dvae import DVAE
+
+    model = DVAE(DVAEConfig(image_size=16, n_hid=8, n_blk_per_group=1, n_groups=2, vocab_size=16, n_init=8)).eval()
+    tokens = encode_shards(model, root, tmp_path / "tokens", batch_size=2)
+    assert [s["json"] for s in iter_samples(tokens.root, ["json"])] == [{}, {}, {"url": "x"}]
