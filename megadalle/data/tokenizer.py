@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from megadalle.data import atomic
 from megadalle.data.bpe_dropout import BpeDropout
+from megadalle.data.captions import caption_lines
 from megadalle.data.shards import iter_samples, open_index
 from megadalle.errors import UserError
 
@@ -130,11 +131,10 @@ class Tokenizer:
 
 
 def iter_captions(shards: str | Path) -> Iterator[str]:
-    """Every caption line of every sample (a sample's `txt` may hold several, one per line)."""
+    """Every caption of every sample (a sample's `txt` may hold several, one per line), by the rule every reader
+    picks captions by (`captions.caption_lines`): the tokenizer learns the captions training will feed it."""
     for sample in iter_samples(shards, ["txt"]):
-        for line in sample["txt"].splitlines():
-            if line.strip():
-                yield line.strip()
+        yield from caption_lines(sample["txt"])
 
 
 def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16384,

@@ -226,3 +226,20 @@ def test_caption_lengths_under_bpe_dropout(caption_shards, tokenizer):
     cut = [len(tokenizer.encode(longest, dropout=0.1, seed=s)) > n["max"] for s in range(40)]
     assert sum(cut) > len(cut) / 2  # text_len = the plain maximum cuts most draws of the longest caption
     assert "dropout_max" not in caption_lengths(tokenizer, caption_shards)
+
+
+def test_the_tokenizer_reads_captions_by_the_readers_rule(tmp_path, monkeypatch):
+    """Training's captions are those every reader picks from (captions.caption_lines), not a rule of its own
+    (str.splitlines also splits at U+2028, form feeds, U+0085...)."""
+    from megadalle.data import tokenizer
+    from megadalle.data.captions import caption_lines
+    from megadalle.data.shards import ShardWriter, iter_samples
+
+    texts = ["a cat\u2028on a mat", "a dog\x0cin a park\nsecond line", "\u00a0\n  a bird  ", "x\x85y"]
+    with ShardWriter(tmp_path / "shards") as w:
+        for i, text in enumerate(texts):
+            w.write({"__key__": f"{i:06d}", "txt": text})
+    shards = tmp_path / "shards"
+    assert list(iter_captions(shards)) == [c for s in iter_samples(shards, ["txt"]) for c in caption_lines(s["txt"])]
+    monkeypatch.setattr(tokenizer, "caption_lines", lambda text: [text.upper()])
+    assert list(iter_captions(shards)) == [t.upper() for t in texts]
