@@ -35,6 +35,11 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 from megadalle.config import ConfigError  # noqa: E402
 from megadalle.config.data import NORMALIZATIONS  # noqa: E402  (one list for config and code)
 
+MAX_SENTENCE_BYTES = 1 << 30
+"""The max_sentence_length training passes, sentencepiece's largest: its default (4192 bytes) silently left
+longer captions out of training, so a word found only in long captions never became a piece. Covering every
+caption this way costs nothing (it is only a filter) and spares a pass over the shards to find the longest."""
+
 
 class TokenizerError(UserError, ValueError):
     """A file megadalle cannot tokenize with; callers that know the key prefix it (`data.tokenizer=FILE: ...`)."""
@@ -153,7 +158,7 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, hard_vocab_limit=False,
             normalization_rule_name=normalization, character_coverage=character_coverage,
             input_sentence_size=max_sentences, shuffle_input_sentence=True, byte_fallback=byte_fallback,
-            num_threads=os.cpu_count() or 1, minloglevel=2)
+            max_sentence_length=MAX_SENTENCE_BYTES, num_threads=os.cpu_count() or 1, minloglevel=2)
     except RuntimeError as err:
         need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(err))
         if need:

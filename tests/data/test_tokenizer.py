@@ -228,6 +228,20 @@ def test_caption_lengths_under_bpe_dropout(caption_shards, tokenizer):
     assert "dropout_max" not in caption_lengths(tokenizer, caption_shards)
 
 
+def test_captions_longer_than_sentencepieces_default_are_learned(tmp_path):
+    """sentencepiece skips sentences over max_sentence_length (4192 bytes by default) without a word: a word
+    found only in long captions came out as unknown characters."""
+    from megadalle.data.shards import ShardWriter
+
+    long = " ".join(f"zebracorn {c}" for c in captions(200, seed=5))  # about 8 kB in one caption line
+    assert len(long.encode()) > 4192
+    with ShardWriter(tmp_path / "shards") as w:
+        for i, text in enumerate([*captions(300), long, long + " again"]):
+            w.write({"__key__": f"{i:06d}", "txt": text})
+    tok = train_tokenizer(tmp_path / "shards", tmp_path / "tok.model", vocab_size=80)
+    assert UNK_ID not in tok.encode("zebracorn") and tok.decode(tok.encode("zebracorn")) == "zebracorn"
+
+
 def test_the_tokenizer_reads_captions_by_the_readers_rule(tmp_path, monkeypatch):
     """Training's captions are those every reader picks from (captions.caption_lines), not a rule of its own
     (str.splitlines also splits at U+2028, form feeds, U+0085...)."""
