@@ -29,6 +29,8 @@ from megadalle.errors import UserError
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "megadalle-shards/1"
+REPORT_NAME = "index-report.json"
+"""Beside index.json in a folder `megadalle index` indexed: the samples it skipped, by shard, and why."""
 
 
 class ShardsNotFound(UserError, FileNotFoundError):
@@ -52,6 +54,9 @@ class ShardIndex:
     shards: list[ShardInfo]
     fields: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    indexing: dict[str, Any] | None = None
+    """What `megadalle index` read to write it (its options and every `*.tar`'s name, size and mtime_ns,
+    `coverage.py`), so that a folder changed since is indexed again; None for megadalle's own outputs."""
 
     @cached_property
     def total(self) -> int:
@@ -80,9 +85,10 @@ class ShardIndex:
         return shard, ids - self.starts[shard]
 
     def to_json(self) -> dict[str, Any]:
+        recorded = {} if self.indexing is None else {"indexing": self.indexing}
         return {"format": INDEX_FORMAT, "total": self.total, "fingerprint": self.fingerprint,
                 "fields": self.fields, "meta": self.meta,
-                "shards": [{"name": s.name, "count": s.count, "bytes": s.bytes} for s in self.shards]}
+                "shards": [{"name": s.name, "count": s.count, "bytes": s.bytes} for s in self.shards], **recorded}
 
     def save(self) -> Path:
         return atomic.write_json(self.root / INDEX_NAME, self.to_json())
@@ -101,7 +107,7 @@ class ShardIndex:
         shards = [ShardInfo(s["name"], int(s["count"]), int(s["bytes"])) for s in data["shards"]]
         if not shards or sum(s.count for s in shards) == 0:
             raise ValueError(f"{path}: the index lists no samples")
-        return cls(root, shards, list(data.get("fields", [])), dict(data.get("meta", {})))
+        return cls(root, shards, list(data.get("fields", [])), dict(data.get("meta", {})), data.get("indexing"))
 
 
 def offsets_path(shard: str | Path) -> Path:

@@ -11,12 +11,15 @@ the json, leave it out). The tars are never rewritten. A tar cut short keeps the
 before the cut. Shards are indexed in worker processes; index.json is written last.
 
 `open_index` is what the readers call: it indexes such a directory on first use (with a message),
-under a file lock so that ranks starting together index it once. A directory that holds megadalle
-offset files but no index.json is an unfinished `prepare`/`encode` output, and is refused instead,
-by `open_index` and `megadalle index` alike (`refuse_unfinished`): indexing it would publish an
-unfinished output, possibly mixing shards of two runs, as finished. Indexing itself writes offset
-files before index.json, so it marks the directory (`INDEXING_MARK`) while it runs: offsets beside
-that mark are an interrupted indexing, which is simply redone.
+under a file lock so that ranks starting together index it once, and again whenever its tars differ from
+those the index records (`coverage.py`: img2dataset added some since). A current index is read without
+writing anything, so a read-only folder (a shared data set) needs only to be indexed once where it is
+writable; one that needs indexing is refused with the command that does it (`ReadOnlyShards`).
+A directory that holds megadalle offset files but no index.json is an unfinished `prepare`/`encode`
+output, and is refused instead, by `open_index` and `megadalle index` alike (`refuse_unfinished`):
+indexing it would publish an unfinished output, possibly mixing shards of two runs, as finished.
+Indexing itself writes offset files before index.json, so it marks the directory (`INDEXING_MARK`)
+while it runs: offsets beside that mark are an interrupted indexing, which is simply redone.
 """
 from __future__ import annotations
 
@@ -38,14 +41,14 @@ from tqdm import tqdm
 
 from megadalle.data import atomic
 from megadalle.data.captions import caption_lines
+from megadalle.data.coverage import INDEXED_BY, changes, tar_stats
 from megadalle.data.fields import IMAGE_FIELDS, UnsafeFieldError, decode_field, extension
-from megadalle.data.index import (INDEX_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, load_offsets,
+from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, load_offsets,
                                   offsets_count, offsets_path, save_offsets, to_spans)
 from megadalle.data.pool import worker_pool
 from megadalle.data.summary import PassSummary
 from megadalle.data.tar import TarSample, members_end, walk
 
-REPORT_NAME = "index-report.json"
 MEDIA_FIELDS = (*IMAGE_FIELDS, "codes.npy")
 """What a sample must carry one of, with `require_media`: something to train on."""
 CAPTION_FIELDS = ("txt",)
@@ -218,11 +221,15 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     `meta.image_size` is recorded when every image is a square of one size (what a loader then defaults to).
     """
     start, root = time.perf_counter(), Path(root)
-    paths = sorted(root.glob("*.tar"))
+    tars = tar_stats(root)  # taken before reading: a tar that changes meanwhile differs from the record next time
+    paths, tar_bytes = [root / tar["name"] for tar in tars], {tar["name"]: tar["bytes"] for tar in tars}
     if not paths:
         raise ShardsNotFound(f"{root}: no *.tar shards to index")
     refuse_unfinished(root, paths)
-    (root / INDEXING_MARK).touch()
+    try:
+        (root / INDEXING_MARK).touch()
+    except OSError as err:
+        raise read_only(root, f"cannot write into it ({err.strerror})") from None
     (root / INDEX_NAME).unlink(missing_ok=True)
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     summary = IndexSummary(report=str(report or root / REPORT_NAME))
@@ -232,7 +239,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
         summary.warnings += result.warnings
         if len(result.spans):
             save_offsets(root / result.name, compact(result.spans))
-            shards.append(ShardInfo(result.name, len(result.spans), (root / result.name).stat().st_size))
+            shards.append(ShardInfo(result.name, len(result.spans), tar_bytes[result.name]))
             fields |= result.fields
             sizes |= result.image_sizes
     summary.kept, summary.shards = sum(s.count for s in shards), len(shards)
@@ -245,8 +252,9 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     if summary.kept:
         square = {w for w, h in sizes if w == h}
         auto_meta = {"image_size": square.pop()} if len(sizes) == 1 and square else {}
-        summary.index = ShardIndex(root, shards, sorted(fields), {"indexed_by": "megadalle index", **auto_meta,
-                                                                   **(meta or {})})
+        indexing = {"require": list(require), "require_media": require_media, "decode": decode, "tars": tars}
+        summary.index = ShardIndex(root, shards, sorted(fields), {"indexed_by": INDEXED_BY, **auto_meta,
+                                                                   **(meta or {})}, indexing)
         summary.index.save()
         (root / INDEXING_MARK).unlink()  # kept when nothing was published: stale offsets may remain
     return summary
@@ -264,52 +272,90 @@ def refuse_unfinished(root: Path, tars: list[Path]) -> None:
             f"it into {root} rather than indexing it")
 
 
+class ReadOnlyShards(ShardsNotFound):
+    """A folder of tars that needs indexing (no index.json, or tars changed since) but cannot be written."""
+
+
+def read_only(root: Path, why: str) -> ReadOnlyShards:
+    return ReadOnlyShards(f"{root}: {why}, and indexing writes index.json and offset files beside the tars: run "
+                          f"`megadalle index {root}` where the folder is writable")
+
+
 @contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """An exclusive lock on <root>/.index.lock: processes indexing the same directory take turns.
+def _locked(root: Path) -> Iterator[bool]:
+    """An exclusive lock on <root>/.index.lock: processes indexing the same directory take turns. Yields whether
+    this process may write into `root`.
 
     A directory this process cannot write to (a read-only mount) gets no lock: indexing writes beside
     the tars, so no process can be indexing it, and there is nothing to wait for."""
     try:
         lock = open(root / ".index.lock", "a")
     except OSError:
-        yield
+        yield False
         return
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
+            yield os.access(root, os.W_OK)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def open_index(root: str | Path, key: str | None = None) -> ShardIndex:
-    """The directory's index; tars written elsewhere with no index.json are indexed first, with a message.
-    `key` (e.g. "data.shards") names the setting in the error when there is nothing to read."""
+    """The directory's index; tars written elsewhere with no index.json, or changed since it was written, are
+    indexed first, with a message. `key` (e.g. "data.shards") names the setting in the error when there is
+    nothing to read."""
     try:
         return _open_index(Path(root))
     except ShardsNotFound as err:
         if key is None:
             raise
-        raise ShardsNotFound(f"{key}={str(root)!r}: {err}") from None
+        raise type(err)(f"{key}={str(root)!r}: {err}") from None
 
 
 def _open_index(root: Path) -> ShardIndex:
-    if (root / INDEX_NAME).is_file() or not root.is_dir():
-        return ShardIndex.load(root)
-    if not any(root.glob("*.tar")):
+    """A current index is returned without writing anything (a read-only folder needs nothing more)."""
+    if not root.is_dir():
+        return ShardIndex.load(root)  # the usual error
+    index = _covering(root)
+    if index is not None:
+        return index
+    if not (root / INDEX_NAME).is_file() and not any(root.glob("*.tar")):
         return ShardIndex.load(root)  # nothing to index: the usual error
     # Offset files without index.json are an unfinished megadalle output, an interrupted indexing or
     # another process indexing right now (it writes them first): only under the lock can they be told apart.
-    with _locked(root):
-        tars = sorted(root.glob("*.tar"))
-        if not (root / INDEX_NAME).is_file():
-            refuse_unfinished(root, tars)
-            print(f"[index] {root}: {len(tars)} tar shards without index.json; indexing them now, checking every "
-                  f"sample (once; `megadalle index {root}` does the same ahead of time)", file=sys.stderr, flush=True)
-            summary = index_directory(root, DEFAULT_REQUIRE, True, num_workers=None, progress=True)
-            print(summary.text(), file=sys.stderr, flush=True)
+    with _locked(root) as writable:
+        if _covering(root) is None:  # else another process indexed it while this one waited
+            _index_now(root, writable)
     return ShardIndex.load(root)
+
+
+def _covering(root: Path) -> ShardIndex | None:
+    """The folder's index when it has one that covers its tars as they are now."""
+    if not (root / INDEX_NAME).is_file():
+        return None
+    index = ShardIndex.load(root)
+    return None if changes(index) else index
+
+
+def _index_now(root: Path, writable: bool) -> None:
+    """Index `root` (under the lock), which has no index.json or one its tars no longer match, with the options
+    of the earlier indexing (defaults if none)."""
+    old = ShardIndex.load(root) if (root / INDEX_NAME).is_file() else None
+    if old is None:
+        tars = sorted(root.glob("*.tar"))
+        refuse_unfinished(root, tars)
+        why = f"{len(tars)} tar shards without {INDEX_NAME}"
+    else:
+        why = f"tar shards changed since {INDEX_NAME} was written ({changes(old)})"
+    if not writable:
+        raise read_only(root, f"{why}; the folder is read-only")
+    print(f"[index] {root}: {why}; indexing them now, checking every sample (`megadalle index {root}` does the "
+          "same ahead of time)", file=sys.stderr, flush=True)
+    options = (old.indexing if old else None) or {}
+    summary = index_directory(root, options.get("require", DEFAULT_REQUIRE), options.get("require_media", True),
+                              num_workers=None, progress=True, decode=options.get("decode", True))
+    print(summary.text(), file=sys.stderr, flush=True)
 
 
 def verify(root: str | Path, decode_fields: list[str] | None = None) -> list[str]:

@@ -400,3 +400,144 @@ def test_unreadable_metadata_is_a_warning_and_every_reader_keeps_the_sample(tmp_
     model = DVAE(DVAEConfig(image_size=16, n_hid=8, n_blk_per_group=1, n_groups=2, vocab_size=16, n_init=8)).eval()
     tokens = encode_shards(model, root, tmp_path / "tokens", batch_size=2)
     assert [s["json"] for s in iter_samples(tokens.root, ["json"])] == [{}, {}, {"url": "x"}]
+
+
+def _shard(root, name, keys, seed=0):
+    """A TarWriter shard holding one good sample per key."""
+    with wds.TarWriter(str(root / name)) as sink:
+        for n, key in enumerate(keys):
+            sink.write({"__key__": key, "jpg": jpeg_bytes((16, 16), seed + n), "txt": f"caption {key}"})
+
+
+@pytest.fixture
+def downloading(tmp_path):
+    """img2dataset half way: 2 shards of 5 samples written so far."""
+    root = tmp_path / "dl"
+    root.mkdir()
+    for shard in range(2):
+        _shard(root, f"{shard:05d}.tar", [f"{shard}_{i}" for i in range(5)], 10 * shard)
+    return root
+
+
+def _loaded(root) -> int:
+    return sum(len(b["txt"]) for b in image_loader(root, 5, 16, shuffle=False, epochs=1, num_workers=0))
+
+
+def test_tars_added_after_indexing_are_indexed_when_next_opened(downloading, capsys):
+    assert _loaded(downloading) == 10
+    capsys.readouterr()
+    for shard in (2, 3):
+        _shard(downloading, f"{shard:05d}.tar", [f"{shard}_{i}" for i in range(5)], 10 * shard)
+    assert _loaded(downloading) == 20
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[index]")]
+    assert len(said) == 1 and "changed since index.json was written (new: 00002.tar, 00003.tar)" in said[0]
+    assert _loaded(downloading) == 20 and "[index]" not in capsys.readouterr().err  # current again: no indexing
+
+
+@pytest.mark.parametrize("change", ["rewritten", "removed", "unusable_added"])
+def test_a_tar_rewritten_or_removed_is_indexed_again(downloading, change, capsys):
+    index_directory(downloading, ["txt"], True)
+    if change == "rewritten":  # img2dataset finishing a tar that was indexed half written
+        _shard(downloading, "00001.tar", [f"1_{i}" for i in range(8)], 10)
+    elif change == "removed":
+        (downloading / "00001.tar").unlink()
+    else:  # recorded too, though it adds no sample: no indexing at every open
+        (downloading / "00002.tar").write_bytes(b"not a tar")
+    expected = {"rewritten": 13, "removed": 5, "unusable_added": 10}[change]
+    assert open_index(downloading).total == expected and "[index]" in capsys.readouterr().err
+    assert open_index(downloading).total == expected and "[index]" not in capsys.readouterr().err
+
+
+def test_reindexing_keeps_the_options_of_the_first_indexing(downloading):
+    with wds.TarWriter(str(downloading / "00002.tar")) as sink:
+        sink.write({"__key__": "mute", "jpg": jpeg_bytes((16, 16), 1)})  # no txt: kept only without require
+    index_directory(downloading, [], require_media=True, decode=False)
+    _shard(downloading, "00003.tar", ["3_0"])
+    index = open_index(downloading)
+    assert index.total == 12 and index.indexing["require"] == [] and index.indexing["decode"] is False
+
+
+def test_an_index_without_the_record_still_opens_and_notices_new_tars(downloading, capsys):
+    """index.json of the version before the record: the tars it lists must be there, and no other tar but those
+    its report names (read, with no usable sample)."""
+    (downloading / "00002.tar").write_bytes(b"not a tar")
+    index_directory(downloading, ["txt"], True)
+    data = json.loads((downloading / INDEX_NAME).read_text())
+    del data["indexing"]
+    (downloading / INDEX_NAME).write_text(json.dumps(data))
+    capsys.readouterr()
+    assert open_index(downloading).total == 10 and "[index]" not in capsys.readouterr().err
+    _shard(downloading, "00003.tar", ["3_0"])
+    assert open_index(downloading).total == 11 and "(new: 00003.tar)" in capsys.readouterr().err
+    assert open_index(downloading).indexing is not None
+
+
+@pytest.fixture
+def make_read_only(monkeypatch):
+    """Make a folder read-only as a read-only mount does. The tests run as root, whom chmod does not stop, so the
+    first write indexing tries (creating the lock, or its mark) also fails with EROFS, as on such a mount."""
+    import errno
+    import pathlib
+
+    from megadalle.data import ingest
+
+    folders = []
+
+    def refuse(path):
+        if any(pathlib.Path(path).parent == root for root in folders):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def opener(path, *args, **kwargs):
+        refuse(path)
+        return open(path, *args, **kwargs)
+
+    def toucher(self, *args, **kwargs):
+        refuse(self)
+        return real_touch(self, *args, **kwargs)
+
+    real_touch = pathlib.Path.touch
+    monkeypatch.setattr(ingest, "open", opener, raising=False)
+    monkeypatch.setattr(pathlib.Path, "touch", toucher)
+
+    def make(root):
+        folders.append(root)
+        root.chmod(0o555)
+
+    yield make
+    for root in folders:
+        root.chmod(0o755)
+
+
+def _listing(root):
+    return {p.name: p.stat().st_mtime_ns for p in root.iterdir()}
+
+
+def test_a_read_only_folder_with_a_current_index_opens_without_writing(downloading, make_read_only):
+    index_directory(downloading, ["txt"], True)
+    before = _listing(downloading)
+    make_read_only(downloading)
+    assert open_index(downloading).total == 10 and _loaded(downloading) == 10
+    assert _listing(downloading) == before
+
+
+def test_a_read_only_folder_that_needs_indexing_says_so(downloading, make_read_only, capsys):
+    from megadalle.data.ingest import ReadOnlyShards
+
+    make_read_only(downloading)
+    with pytest.raises(ReadOnlyShards, match=f"data.shards='{downloading}': {downloading}: 2 tar shards without "
+                                             r"index.json; the folder is read-only, .*run `megadalle index "):
+        open_index(downloading, "data.shards")
+    assert main(["index", str(downloading), "num_workers=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write into it (Read-only file system)" in err and "\n" not in err
+
+
+def test_a_read_only_folder_whose_tars_changed_is_refused_naming_them(downloading, make_read_only):
+    from megadalle.data.ingest import ReadOnlyShards
+
+    index_directory(downloading, ["txt"], True)
+    _shard(downloading, "00002.tar", ["2_0"])
+    make_read_only(downloading)
+    with pytest.raises(ReadOnlyShards, match=r"changed since index.json was written \(new: 00002.tar\); the folder "
+                                             r"is read-only.*`megadalle index .*` where the folder is writable"):
+        _loaded(downloading)
