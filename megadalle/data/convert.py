@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from megadalle.data.captions import caption_lines
 from megadalle.data.images import draft_for, resize_center_crop, to_rgb
 from megadalle.data.sources import Item, read_shard_sample
 
@@ -47,19 +48,20 @@ class Skip(Exception):
 
 
 def read_captions(item: Item) -> tuple[str, ...]:
+    """The captions of a folder or manifest item (`caption_lines`: the lines with visible text)."""
     if item.captions is not None:
-        lines = item.captions
+        text = "\n".join(item.captions)  # one line each already (`sources.one_caption`)
     else:
         if item.caption_file is None or not item.caption_file.is_file():
             name = item.caption_file.name if item.caption_file else "caption"
             raise Skip("missing_caption", f"no {name} beside the image")
         try:
-            lines = tuple(item.caption_file.read_text(encoding="utf-8-sig").splitlines())  # a BOM is not text
+            text = item.caption_file.read_text(encoding="utf-8-sig")  # a BOM is not text
         except (OSError, UnicodeDecodeError) as err:
             raise Skip("unreadable", f"caption file: {err}") from None
-    captions = tuple(line.strip() for line in lines if line.strip())
+    captions = tuple(caption_lines(text))
     if not captions:
-        raise Skip("empty_caption", "the caption is blank")
+        raise Skip("empty_caption", "the caption is blank (no line holds a visible character)")
     return captions
 
 
@@ -71,7 +73,7 @@ def read_shard_item(item: Item) -> tuple[bytes, tuple[str, ...], dict]:
         raise Skip("unreadable", f"{type(err).__name__}: {err}") from None
     if image is None:
         raise Skip("missing_file", "the sample has no image field")
-    captions = tuple(line.strip() for line in (txt or "").splitlines() if line.strip())
+    captions = tuple(caption_lines(txt or ""))
     if not captions:
         raise Skip("missing_caption" if txt is None else "empty_caption", "no usable txt field")
     return image, captions, origin
