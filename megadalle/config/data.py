@@ -20,9 +20,9 @@ class PrepareConfig:
     """Verb-level keys of `megadalle prepare` (conf/prepare.yaml)."""
 
     input: str = MISSING
-    """A folder of images (searched recursively; image + same-stem .txt caption), a folder of .tar shards
-    (another prepare's output, img2dataset's, any webdataset tars; indexed in place on first use) or a
-    .jsonl / .csv manifest. A folder holding both images and tars is refused."""
+    """A folder of images (searched recursively, linked folders included; image + same-stem .txt caption), a
+    folder of .tar shards (another prepare's output, img2dataset's, any webdataset tars; indexed in place on first
+    use) or a .jsonl / .csv manifest. A folder holding both images and tars is refused."""
     output: str = MISSING
     """Shard directory; rewritten if it exists (index.json is removed first and written last)."""
     image_size: int = 256

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
         tars = sorted(path.glob("*.tar"))
         if not tars:
             return folder_items(path)
-        images = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+        images = sum(1 for p in list_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
         if images:
             raise InputError(f"input={str(input)!r}: holds {images} images and {len(tars)} *.tar files "
                              f"({tars[0].name}{', ...' if len(tars) > 1 else ''}); a folder is read as images with "
@@ -124,11 +125,27 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
                      f"(JSON: one object per line in a .jsonl file)")
 
 
+def list_files(root: Path) -> list[Path]:
+    """Every file under `root` (a link to a file included), sorted. A linked folder is entered, as users link
+    image folders in from other disks (`Path.rglob` skips it, and its pairs were lost without a word); each real
+    folder once, so a link back up to an ancestor cannot loop and two links to one folder give no duplicates."""
+    files, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort()
+        files.extend(Path(folder, name) for name in names)
+    return sorted(files)
+
+
 def folder_items(root: Path) -> list[Item]:
     """Every image under `root` with its same-stem caption beside it, sorted by relative path; then one
     item to skip per file that is neither (unrecognised_file) and per caption no image has (orphan_caption).
     Those come last, so they shift no image's key (and so no sample's validation split)."""
-    files = sorted(p for p in root.rglob("*") if not p.is_dir())
+    files = list_files(root)
     captions: dict[tuple[Path, str], list[Path]] = {}
     for p in files:
         if p.suffix.lower() == CAPTION_EXTENSION:
