@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.index import load_offsets, to_spans
 from megadalle.data.ingest import open_index
@@ -209,8 +210,9 @@ def csv_rows(path: Path, image_column: str, caption_column: str):
 
 
 def one_caption(text: str) -> str:
-    """A manifest string as one caption: its lines joined by spaces."""
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    """A manifest string as one caption: its caption lines (`caption_lines`, as a folder's .txt is read) joined
+    by spaces."""
+    return " ".join(caption_lines(text))
 
 
 def manifest_captions(value) -> tuple[str, ...]:

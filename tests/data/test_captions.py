@@ -2,11 +2,14 @@
 Unicode separators inside a sentence and of zero-width or control characters with nothing else."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from megadalle.data.captions import caption_lines
 from megadalle.data.prepare import prepare
 from megadalle.data.shards import ShardWriter, iter_samples
+from megadalle.data.sources import find_items
 from tests.data.conftest import jpeg_bytes
 from tests.data.test_prepare import config, put
 
@@ -52,3 +55,10 @@ def test_a_shard_caption_is_split_and_checked_the_same_way(tmp_path):
     summary = prepare(config(tmp_path / "shards", tmp_path / "out"), progress=False)
     assert [s["txt"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["one\u2028caption\ntwo"]
     assert summary.skipped == {"empty_caption": 1}
+
+
+def test_a_manifest_caption_keeps_a_separator_as_a_folder_caption_does(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes((40, 40), 1))
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.jpg", "caption": "a dog\u2028running\r\n\u200b\nfast"}) + "\n")
+    (item,) = find_items(tmp_path / "m.jsonl")
+    assert item.captions == ("a dog\u2028running fast",)
