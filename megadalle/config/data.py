@@ -43,7 +43,8 @@ class PrepareConfig:
     image_column: str = "image"
     """Manifest field (JSONL key or CSV column) holding the image path, relative to the manifest's folder."""
     caption_column: str = "caption"
-    """Manifest field holding the caption (JSONL: a string or a list of strings)."""
+    """Manifest field holding the caption (JSONL: a string or a list of strings). Rows naming one image (a row per
+    caption, as COCO's) are one sample holding all their captions."""
     report: str | None = None
     """Where the JSON report of skipped inputs goes; null = <output>/report.json."""
     val_fraction: float = 0.0

@@ -14,10 +14,12 @@ every file of a folder that is neither an image nor a caption of one, so the rep
 every file.
 
 A manifest is the user's table of captions: a string in it is ONE caption, whatever it holds (a CSV
-cell quoted over several lines, a JSON string with "\n"), so its line breaks become spaces; only a
-JSON list gives several captions. A row whose shape or types show it is not what the user meant (a
-CSV row with more or fewer fields than the header, typically an unquoted comma; a caption that is an
-object or a number, far more often the wrong column than a caption) is refused, not guessed at.
+cell quoted over several lines, a JSON string with "\n"), so its line breaks become spaces; a JSON
+list gives several captions, and so do several rows naming one image (COCO-style manifests have a row
+per caption): those rows are one sample, as one image must never be on both sides of the validation
+split. A row whose shape or types show it is not what the user meant (a CSV row with more or fewer
+fields than the header, typically an unquoted comma; a caption that is an object or a number, far
+more often the wrong column than a caption) is refused, not guessed at.
 Text files are read as utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not data.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from megadalle.data.captions import caption_lines
@@ -230,19 +232,39 @@ def manifest_captions(value) -> tuple[str, ...]:
 
 
 def manifest_items(manifest: Path, rows) -> list[Item]:
-    """Items of manifest rows; relative image paths are taken from the manifest's folder."""
-    items = []
-    for i, (number, image, caption, problem) in enumerate(rows):
-        source, key = f"{manifest.name}:{number}", f"{i:09d}"
+    """Items of manifest rows, one per image: a COCO-style manifest gives each image a row per caption, and an
+    item per row put copies of one image on both sides of the validation split. Rows naming the same file (its
+    resolved path: `img/a.jpg`, `./img/a.jpg` and an absolute spelling are one image) become one item holding
+    their captions in row order, at the place of the image's first row; a bad row stays an item of its own.
+    Relative image paths are taken from the manifest's folder."""
+    items: list[Item] = []
+    groups: dict[Path, tuple[int, list[str]]] = {}  # resolved image path -> (its item's position, its captions)
+    for number, image, caption, problem in rows:
+        source = f"{manifest.name}:{number}"
         try:
             if problem is not None:
                 raise BadRow(problem)
             if not isinstance(image, str) or not image.strip():
                 raise BadRow("empty image path" if image is None or isinstance(image, str) else
                              f"image path {json.dumps(image)[:60]} is not a string")
-            captions = manifest_captions(caption)
+            found = manifest_captions(caption)
+            path = manifest.parent / image
+            resolved = resolve(path)
         except BadRow as err:
-            items.append(Item(key, manifest, source, problem=("bad_manifest_row", str(err))))
+            items.append(Item(f"{len(items):09d}", manifest, source, problem=("bad_manifest_row", str(err))))
             continue
-        items.append(Item(key, manifest.parent / image, f"{source}:{image}", captions=captions))
+        if resolved not in groups:
+            groups[resolved] = (len(items), [])
+            items.append(Item(f"{len(items):09d}", path, f"{source}:{image}", captions=()))
+        groups[resolved][1].extend(found)
+    for at, found in groups.values():
+        items[at] = replace(items[at], captions=tuple(found))
     return items
+
+
+def resolve(path: Path) -> Path:
+    """`path` absolute, without links or `..`; BadRow for a path the system cannot take (a NUL byte)."""
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError) as err:
+        raise BadRow(f"image path {json.dumps(str(path))[:60]}: {err}") from None
