@@ -48,8 +48,9 @@ class PrepareConfig:
     report: str | None = None
     """Where the JSON report of skipped inputs goes; null = <output>/report.json."""
     val_fraction: float = 0.0
-    """Share of the samples held out as a validation split in <output>/val/ (chosen by a hash of the sample
-    key, so reruns give the same split); 0 = none."""
+    """Share of the samples held out as a validation split in <output>/val/, chosen by a hash of each sample's
+    name in the input (relative path, manifest image path, shard name and key): reruns give the same split, and
+    adding or removing data moves no other sample across; 0 = none."""
 
     def validate(self, where: str = "") -> None:
         for name in ("image_size", "min_side", "max_pixels", "shard_max_samples", "shard_max_bytes"):

@@ -35,6 +35,8 @@ class ConvertOptions:
 class Result:
     key: str
     source: str
+    identity: str
+    """The sample's name in the input, which decides its side of the validation split (`Item.identity`)."""
     sample: dict[str, Any] | None = None
     reason: str | None = None
     detail: str = ""
@@ -130,19 +132,24 @@ def encode_image(img: Image.Image, opts: ConvertOptions) -> bytes:
 
 def convert(item: Item, opts: ConvertOptions) -> Result:
     """The sample for `item` (image, txt, json), or a Result whose `reason` says why it was skipped."""
+    result = Result(item.key, item.source, item.identity)
     try:
         if item.problem is not None:
             raise Skip(*item.problem)
-        data, captions, origin = read_shard_item(item) if item.span is not None \
-            else (read_bytes(item), read_captions(item), {})
+        if item.span is not None:
+            data, captions, origin = read_shard_item(item)
+            result.identity = f"{item.identity}/{origin['input_key']}"
+        else:
+            data, captions, origin = read_bytes(item), read_captions(item), {}
         img, (width, height) = open_image(data, opts)
         source_format = img.format
         out = resize_center_crop(to_rgb(img), opts.image_size)
         meta = {"source": item.source, "width": width, "height": height, "format": source_format,
                 "captions": len(captions), **origin}
-        sample = {"__key__": item.key, opts.format: encode_image(out, opts), "txt": "\n".join(captions), "json": meta}
-        return Result(item.key, item.source, sample=sample)
+        result.sample = {"__key__": item.key, opts.format: encode_image(out, opts), "txt": "\n".join(captions),
+                         "json": meta}
     except Skip as skip:
-        return Result(item.key, item.source, reason=skip.reason, detail=skip.detail)
+        result.reason, result.detail = skip.reason, skip.detail
     except Exception as err:  # anything unforeseen still only skips this one input
-        return Result(item.key, item.source, reason="unreadable", detail=f"{type(err).__name__}: {err}")
+        result.reason, result.detail = "unreadable", f"{type(err).__name__}: {err}"
+    return result

@@ -7,8 +7,8 @@ directory reads as unfinished meanwhile), replaces shards by atomic renames, del
 over from a larger earlier run and writes index.json last. Skipped inputs are listed with their
 reason in report.json; a summary is printed at the end.
 
-With `val_fraction > 0` a deterministic share of the samples (by a hash of the sample key, see
-`split.py`) goes to a validation split in `<output>/val/`, its own shards and index; the training
+With `val_fraction > 0` a deterministic share of the samples (by a hash of each sample's name in the
+input, see `split.py`) goes to a validation split in `<output>/val/`, its own shards and index; the training
 shards in `<output>/` then exclude them. A rerun without it removes a stale `<output>/val/`.
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         results = convert_all(items, opts, workers)
         for result in tqdm(results, total=len(items), desc="prepare", unit=" images", disable=not progress):
             if result.sample is not None:
-                held = val_writer is not None and is_validation(result.key, cfg.val_fraction)
+                held = val_writer is not None and is_validation(result.identity, cfg.val_fraction)
                 (val_writer if held else writer).write(result.sample)
                 summary.kept += 1
                 summary.val_kept += held

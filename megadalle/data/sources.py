@@ -59,10 +59,15 @@ class Item:
     `problem` says why the row is unusable."""
 
     key: str
-    """Shard key: the item's position in the input order, zero-padded (stable across reruns)."""
+    """Shard key: the item's position in the input order, zero-padded (the same for a rerun on the same input)."""
     image: Path
     source: str
     """How the input names it (relative path or manifest line), for reports and metadata."""
+    identity: str
+    """What decides the sample's side of the validation split (`split.py`): its name in the input, which adding
+    or removing other inputs leaves as it is (the key, a position, does not): the relative path in a folder, the
+    resolved image path in a manifest (relative to the manifest's folder when inside it), the shard's name for a
+    shard sample (the worker adds the sample's key, read with it: `convert`)."""
     captions: tuple[str, ...] | None = None
     caption_file: Path | None = None
     problem: tuple[str, str] | None = None
@@ -76,7 +81,8 @@ def shard_items(root: Path) -> list[Item]:
     items = []
     for path in open_index(root).paths():
         for start, end in to_spans(load_offsets(path)):
-            items.append(Item(f"{len(items):09d}", path, f"{path.name}@{start}", span=(int(start), int(end))))
+            items.append(Item(f"{len(items):09d}", path, f"{path.name}@{start}", path.name,
+                              span=(int(start), int(end))))
     return items
 
 
@@ -147,7 +153,7 @@ def list_files(root: Path) -> list[Path]:
 def folder_items(root: Path) -> list[Item]:
     """Every image under `root` with its same-stem caption beside it, sorted by relative path; then one
     item to skip per file that is neither (unrecognised_file) and per caption no image has (orphan_caption).
-    Those come last, so they shift no image's key (and so no sample's validation split)."""
+    Those come last, so they shift no image's key."""
     files = list_files(root)
     captions: dict[tuple[Path, str], list[Path]] = {}
     for p in files:
@@ -159,7 +165,8 @@ def folder_items(root: Path) -> list[Item]:
         found = sorted(captions.get((p.parent, p.stem), []), key=lambda c: c.suffix != CAPTION_EXTENSION)
         caption = found[0] if found else p.with_suffix(CAPTION_EXTENSION)
         used.add(caption)
-        items.append(Item(f"{len(items):09d}", p, p.relative_to(root).as_posix(), caption_file=caption))
+        name = p.relative_to(root).as_posix()
+        items.append(Item(f"{len(items):09d}", p, name, name, caption_file=caption))
     for p in files:
         suffix = p.suffix.lower()
         if suffix == CAPTION_EXTENSION and p not in used:
@@ -169,7 +176,8 @@ def folder_items(root: Path) -> list[Item]:
                                             f"{CAPTION_EXTENSION} caption")
         else:
             continue
-        items.append(Item(f"{len(items):09d}", p, p.relative_to(root).as_posix(), problem=problem))
+        name = p.relative_to(root).as_posix()
+        items.append(Item(f"{len(items):09d}", p, name, name, problem=problem))
     return items
 
 
@@ -237,6 +245,7 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
     resolved path: `img/a.jpg`, `./img/a.jpg` and an absolute spelling are one image) become one item holding
     their captions in row order, at the place of the image's first row; a bad row stays an item of its own.
     Relative image paths are taken from the manifest's folder."""
+    base = resolve(manifest.parent)
     items: list[Item] = []
     groups: dict[Path, tuple[int, list[str]]] = {}  # resolved image path -> (its item's position, its captions)
     for number, image, caption, problem in rows:
@@ -251,11 +260,12 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
             path = manifest.parent / image
             resolved = resolve(path)
         except BadRow as err:
-            items.append(Item(f"{len(items):09d}", manifest, source, problem=("bad_manifest_row", str(err))))
+            items.append(Item(f"{len(items):09d}", manifest, source, source, problem=("bad_manifest_row", str(err))))
             continue
         if resolved not in groups:
             groups[resolved] = (len(items), [])
-            items.append(Item(f"{len(items):09d}", path, f"{source}:{image}", captions=()))
+            identity = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.as_posix()
+            items.append(Item(f"{len(items):09d}", path, f"{source}:{image}", identity, captions=()))
         groups[resolved][1].extend(found)
     for at, found in groups.values():
         items[at] = replace(items[at], captions=tuple(found))

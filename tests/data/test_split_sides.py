@@ -6,11 +6,13 @@ import csv
 import json
 
 import pytest
+from webdataset import TarWriter
 
 from megadalle.data.prepare import prepare
 from megadalle.data.shards import iter_samples
+from megadalle.data.sources import find_items
 from tests.data.conftest import jpeg_bytes
-from tests.data.test_prepare import config
+from tests.data.test_prepare import config, put
 
 
 def samples(root) -> list[dict]:
@@ -44,3 +46,76 @@ def test_a_manifest_row_per_caption_gives_one_sample_per_image_on_one_side(tmp_p
         assert s["txt"].split("\n") == [f"{image_of(s)} caption {c}" for c in range(5)]
         assert s["json"]["captions"] == 5
     assert [image_of(s) for s in train] == sorted(image_of(s) for s in train)  # first-appearance order
+
+
+def folder_input(tmp_path, names):
+    root = tmp_path / "in"
+    for name in names:
+        put(root, f"{name}.jpg", jpeg_bytes((40, 40), len(name)), f"caption {name}")
+    return root
+
+
+def manifest_input(tmp_path, names):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for name in names:
+        (tmp_path / "img" / f"{name}.jpg").write_bytes(jpeg_bytes((40, 40), len(name)))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"image": f"img/{name}.jpg", "caption": f"caption {name}"}) + "\n"
+                                for name in names))
+    return manifest
+
+
+def shard_input(tmp_path, names):
+    """img2dataset-like tars, no index yet (prepare indexes them), two samples each, the same keys in every tar."""
+    root = tmp_path / "tars"
+    root.mkdir(exist_ok=True)
+    for path in [*root.glob("*.idx"), *root.glob("*.json")]:
+        path.unlink()  # indexed again, as a user reindexes a folder of tars that grew
+    for name in names:
+        with TarWriter(str(root / f"{name}.tar")) as tar:
+            for key in ("0", "1"):
+                tar.write({"__key__": key, "jpg": jpeg_bytes((40, 40), len(name)), "txt": f"caption {name}-{key}"})
+    return root
+
+
+def sides(out) -> tuple[set[str], set[str]]:
+    return {s["txt"] for s in samples(out)}, {s["txt"] for s in samples(out / "val")}
+
+
+@pytest.mark.parametrize("make", [folder_input, manifest_input, shard_input])
+def test_a_samples_side_depends_on_it_alone_not_on_what_else_the_input_holds(tmp_path, make):
+    names = [f"pic{i:02d}" for i in range(30)]
+    out = tmp_path / "out"
+    prepare(config(make(tmp_path, names), out, val_fraction=0.3), progress=False)
+    train, val = sides(out)
+    assert 0.15 < len(val) / (len(train) + len(val)) < 0.45
+
+    prepare(config(make(tmp_path, ["000_sorts_first", *names]), out, val_fraction=0.3), progress=False)
+    more_train, more_val = sides(out)
+    assert train <= more_train and val <= more_val
+    assert {c.split("-")[0] for c in (more_train | more_val) - (train | val)} == {"caption 000_sorts_first"}
+
+    names.insert(0, "000_sorts_first")
+    gone = names.pop(4)
+    for path in tmp_path.rglob(f"{gone}.*"):
+        path.unlink()
+    prepare(config(make(tmp_path, names), out, val_fraction=0.3), progress=False)
+    fewer_train, fewer_val = sides(out)
+    assert fewer_train <= more_train and fewer_val <= more_val
+    assert {c.split("-")[0] for c in (more_train | more_val) - (fewer_train | fewer_val)} == {f"caption {gone}"}
+
+
+def test_a_manifest_images_identity_is_its_path_from_the_manifests_folder_whatever_the_spelling(tmp_path):
+    data = tmp_path / "data"
+    for name in ("img/a.jpg", "b.jpg"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(jpeg_bytes((40, 40), 1))
+    (tmp_path / "outside.jpg").write_bytes(jpeg_bytes((40, 40), 2))
+    rows = ["img/a.jpg", "./img/../img/a.jpg", str(data / "b.jpg"), "../outside.jpg"]
+    (data / "m.jsonl").write_text("".join(json.dumps({"image": row, "caption": row}) + "\n" for row in rows))
+    items = find_items(data / "m.jsonl")
+    assert [item.identity for item in items] == ["img/a.jpg", "b.jpg", (tmp_path / "outside.jpg").resolve().as_posix()]
+    assert items[0].captions == ("img/a.jpg", "./img/../img/a.jpg")
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    assert find_items(moved / "m.jsonl")[0].identity == "img/a.jpg"  # the data set moved as a whole: the same
