@@ -24,7 +24,8 @@ class PrepareConfig:
     folder of .tar shards (another prepare's output, img2dataset's, any webdataset tars; indexed in place on first
     use) or a .jsonl / .csv manifest. A folder holding both images and tars is refused."""
     output: str = MISSING
-    """Shard directory; rewritten if it exists (index.json is removed first and written last)."""
+    """Shard directory; rewritten if it exists (index.json is removed first and written last). Its val/ is replaced
+    by this run's split, so a val/ holding files megadalle did not write is refused, never deleted."""
     image_size: int = 256
     """Side of the square images written (resize the short side, then centre-crop)."""
     format: str = "jpg"

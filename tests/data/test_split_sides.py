@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from webdataset import TarWriter
 
+from megadalle.cli import main
 from megadalle.data.prepare import prepare
 from megadalle.data.shards import iter_samples
 from megadalle.data.sources import find_items
+from megadalle.data.split import SplitDirError
 from tests.data.conftest import jpeg_bytes
 from tests.data.test_prepare import config, put
 
@@ -119,3 +122,46 @@ def test_a_manifest_images_identity_is_its_path_from_the_manifests_folder_whatev
     moved = tmp_path / "moved"
     data.rename(moved)
     assert find_items(moved / "m.jsonl")[0].identity == "img/a.jpg"  # the data set moved as a whole: the same
+
+
+def small_folder(tmp_path, n=12):
+    return folder_input(tmp_path, [f"pic{i:02d}" for i in range(n)])
+
+
+@pytest.mark.parametrize("val_fraction", [0.0, 0.5])
+def test_a_val_folder_holding_the_users_files_is_refused_before_any_work_never_deleted(tmp_path, val_fraction, capsys):
+    root, out = small_folder(tmp_path), tmp_path / "out"
+    prepare(config(root, out, val_fraction=0.5), progress=False)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    (out / "val/notes.md").write_text("my notes")
+    (out / "val/mine").mkdir()
+    with pytest.raises(SplitDirError, match=rf"{out / 'val'} holds 2 entries prepare did not write \(mine/, notes.md\)"):
+        prepare(config(root, out, val_fraction=val_fraction), progress=False)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == sorted(
+        [*before, Path("val/notes.md"), Path("val/mine")])  # the earlier output whole, index.json included
+    assert main(["prepare", f"input={root}", f"output={out}", "num_workers=0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "notes.md" in err
+
+
+def test_a_val_folder_that_is_a_link_is_refused(tmp_path):
+    root, out = small_folder(tmp_path), tmp_path / "out"
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious/photo.jpg").write_bytes(b"mine")
+    out.mkdir()
+    (out / "val").symlink_to(tmp_path / "precious", target_is_directory=True)
+    with pytest.raises(SplitDirError, match="is a link"):
+        prepare(config(root, out, val_fraction=0.5), progress=False)
+    assert [p.name for p in (tmp_path / "precious").iterdir()] == ["photo.jpg"]
+
+
+def test_a_val_folder_of_megadalles_own_files_is_replaced_or_removed(tmp_path):
+    root, out = small_folder(tmp_path), tmp_path / "out"
+    prepare(config(root, out, val_fraction=0.5), progress=False)
+    for leftover in (".shard-000007.tar.tmp", ".index.json.123-0a1b2c3d.tmp", "report.json", ".index.lock"):
+        (out / "val" / leftover).write_bytes(b"")
+    prepare(config(root, out, val_fraction=0.5, shard_max_samples=100), progress=False)
+    assert sorted(p.name for p in (out / "val").iterdir()) == ["index.json", "shard-000000.tar",
+                                                                 "shard-000000.tar.idx"]
+    prepare(config(root, out), progress=False)
+    assert not (out / "val").exists()
