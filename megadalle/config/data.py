@@ -22,7 +22,8 @@ class PrepareConfig:
     input: str = MISSING
     """A folder of images (searched recursively, linked folders included; image + same-stem .txt caption), a
     folder of .tar shards (another prepare's output, img2dataset's, any webdataset tars; indexed in place on first
-    use) or a .jsonl / .csv manifest. A folder holding both images and tars is refused."""
+    use; its val/ split is read too and stays held out) or a .jsonl / .csv manifest. A folder holding both images
+    and tars is refused."""
     output: str = MISSING
     """Shard directory; rewritten if it exists (index.json is removed first and written last). Its val/ is replaced
     by this run's split, so a val/ holding files megadalle did not write is refused, never deleted."""
@@ -51,7 +52,8 @@ class PrepareConfig:
     val_fraction: float = 0.0
     """Share of the samples held out as a validation split in <output>/val/, chosen by a hash of each sample's
     name in the input (relative path, manifest image path, shard name and key): reruns give the same split, and
-    adding or removing data moves no other sample across; 0 = none."""
+    adding or removing data moves no other sample across; 0 = none. Shards with their own val/ keep it whatever
+    this is (0 resizes them split as they are; more holds out that share of their training samples besides)."""
 
     def validate(self, where: str = "") -> None:
         for name in ("image_size", "min_side", "max_pixels", "shard_max_samples", "shard_max_bytes"):

@@ -37,6 +37,8 @@ class Result:
     source: str
     identity: str
     """The sample's name in the input, which decides its side of the validation split (`Item.identity`)."""
+    held_out: bool = False
+    """From the input's own validation split, so held out again (`Item.held_out`)."""
     sample: dict[str, Any] | None = None
     reason: str | None = None
     detail: str = ""
@@ -132,7 +134,7 @@ def encode_image(img: Image.Image, opts: ConvertOptions) -> bytes:
 
 def convert(item: Item, opts: ConvertOptions) -> Result:
     """The sample for `item` (image, txt, json), or a Result whose `reason` says why it was skipped."""
-    result = Result(item.key, item.source, item.identity)
+    result = Result(item.key, item.source, item.identity, item.held_out)
     try:
         if item.problem is not None:
             raise Skip(*item.problem)

@@ -9,8 +9,11 @@ reason in report.json; a summary is printed at the end.
 
 With `val_fraction > 0` a deterministic share of the samples (by a hash of each sample's name in the
 input, see `split.py`) goes to a validation split in `<output>/val/`, its own shards and index; the training
-shards in `<output>/` then exclude them. A rerun without it removes a stale `<output>/val/`; a `val/`
-holding anything megadalle does not write there is refused before any work (`split.py`), never deleted.
+shards in `<output>/` then exclude them. Shards with their own split (another prepare's output, being
+resized) keep it: a sample of `<input>/val/` goes to `<output>/val/` whatever `val_fraction`, which then only
+holds out a share of the input's training samples besides. A rerun without either removes a stale
+`<output>/val/`; a `val/` holding anything megadalle does not write there is refused before any work
+(`split.py`), never deleted.
 """
 from __future__ import annotations
 
@@ -81,13 +84,13 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     writer = ShardWriter(cfg.output, cfg.shard_max_samples, cfg.shard_max_bytes, meta)
     remove_split_dir(val_dir)  # a stale split must not be read as this run's
     val_writer = ShardWriter(val_dir, cfg.shard_max_samples, cfg.shard_max_bytes, {**meta, "split": "val"}) \
-        if cfg.val_fraction > 0 else None
+        if cfg.val_fraction > 0 or any(item.held_out for item in items) else None
     reasons: Counter[str] = Counter()
     try:
         results = convert_all(items, opts, workers)
         for result in tqdm(results, total=len(items), desc="prepare", unit=" images", disable=not progress):
             if result.sample is not None:
-                held = val_writer is not None and is_validation(result.identity, cfg.val_fraction)
+                held = result.held_out or is_validation(result.identity, cfg.val_fraction)
                 (val_writer if held else writer).write(result.sample)
                 summary.kept += 1
                 summary.val_kept += held

@@ -2,7 +2,8 @@
 
 A folder holding `*.tar` shards (another `prepare`'s output, img2dataset's, any webdataset tars) is read
 as shards: each indexed sample becomes an item (indexing tars written elsewhere first, see ingest.py),
-its image and `txt` read by the worker from the sample's byte span, then resized like any input. A
+its image and `txt` read by the worker from the sample's byte span, then resized like any input; the
+samples of its validation split (`<input>/val/`) too, which stay on that side. A
 folder holding both tars and loose images is refused: which the user meant cannot be guessed, and
 either guess drops data silently (or indexes tars the user never asked to have touched).
 
@@ -30,6 +31,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from megadalle.config.data import VAL_DIR
 from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.index import load_offsets, to_spans
@@ -74,15 +76,23 @@ class Item:
     """(reason, detail) for a row already known to be bad."""
     span: tuple[int, int] | None = None
     """For a shard sample: its byte span in the tar `image` (then image and caption are read from there)."""
+    held_out: bool = False
+    """From the input's own validation split (`<input>/val/`): held out again, whatever `val_fraction`."""
 
 
 def shard_items(root: Path) -> list[Item]:
-    """One item per indexed sample, in index order."""
+    """One item per indexed sample, in index order; then those of the folder's validation split `<root>/val/`
+    when it has one (another `prepare`'s output): reading only the root's index lost them, and they stay held
+    out, or a model would train on what it had been validated on."""
     items = []
-    for path in open_index(root).paths():
-        for start, end in to_spans(load_offsets(path)):
-            items.append(Item(f"{len(items):09d}", path, f"{path.name}@{start}", path.name,
-                              span=(int(start), int(end))))
+    for folder, held_out in ((root, False), (root / VAL_DIR, True)):
+        if held_out and not any(folder.glob("*.tar")):
+            continue
+        for path in open_index(folder).paths():
+            name = path.relative_to(root).as_posix()
+            for start, end in to_spans(load_offsets(path)):
+                items.append(Item(f"{len(items):09d}", path, f"{name}@{start}", name, span=(int(start), int(end)),
+                                  held_out=held_out))
     return items
 
 

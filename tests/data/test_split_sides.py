@@ -1,5 +1,6 @@
 """Which side of the validation split a sample lands on: one image is one sample whatever the manifest's
-shape, and a sample's side depends on that sample alone, never on what else the input holds."""
+shape, a sample's side depends on that sample alone, never on what else the input holds, an input's own split
+is kept, and `<output>/val/` is replaced only when it is megadalle's."""
 from __future__ import annotations
 
 import csv
@@ -165,3 +166,18 @@ def test_a_val_folder_of_megadalles_own_files_is_replaced_or_removed(tmp_path):
                                                                  "shard-000000.tar.idx"]
     prepare(config(root, out), progress=False)
     assert not (out / "val").exists()
+
+
+def test_re_preparing_a_prepared_folder_keeps_its_validation_split(tmp_path):
+    first, again = tmp_path / "first", tmp_path / "again"
+    prepare(config(small_folder(tmp_path, 24), first, val_fraction=0.3), progress=False)
+    train, val = sides(first)
+    assert train and val
+
+    summary = prepare(config(first, again, image_size=16), progress=False)  # resize; val_fraction left at 0
+    assert sides(again) == (train, val) and summary.val_kept == len(val)
+    assert {s["jpg"].size for root in (again, again / "val") for s in iter_samples(root, ["jpg"])} == {(16, 16)}
+
+    prepare(config(first, again, val_fraction=0.3), progress=False)  # a share of the training samples besides
+    more_train, more_val = sides(again)
+    assert val < more_val and more_train < train and more_train | more_val == train | val
