@@ -20,11 +20,13 @@ class PrepareConfig:
     """Verb-level keys of `megadalle prepare` (conf/prepare.yaml)."""
 
     input: str = MISSING
-    """A folder of images (searched recursively; image + same-stem .txt caption), a folder of .tar shards
-    (another prepare's output, img2dataset's, any webdataset tars; indexed in place on first use) or a
-    .jsonl / .csv manifest. A folder holding both images and tars is refused."""
+    """A folder of images (searched recursively, linked folders included; image + same-stem .txt caption), a
+    folder of .tar shards (another prepare's output, img2dataset's, any webdataset tars; indexed in place on first
+    use; its val/ split is read too and stays held out) or a .jsonl / .csv manifest. A folder holding both images
+    and tars is refused."""
     output: str = MISSING
-    """Shard directory; rewritten if it exists (index.json is removed first and written last)."""
+    """Shard directory; rewritten if it exists (index.json is removed first and written last). Its val/ is replaced
+    by this run's split, so a val/ holding files megadalle did not write is refused, never deleted."""
     image_size: int = 256
     """Side of the square images written (resize the short side, then centre-crop)."""
     format: str = "jpg"
@@ -43,12 +45,15 @@ class PrepareConfig:
     image_column: str = "image"
     """Manifest field (JSONL key or CSV column) holding the image path, relative to the manifest's folder."""
     caption_column: str = "caption"
-    """Manifest field holding the caption (JSONL: a string or a list of strings)."""
+    """Manifest field holding the caption (JSONL: a string or a list of strings). Rows naming one image (a row per
+    caption, as COCO's) are one sample holding all their captions."""
     report: str | None = None
     """Where the JSON report of skipped inputs goes; null = <output>/report.json."""
     val_fraction: float = 0.0
-    """Share of the samples held out as a validation split in <output>/val/ (chosen by a hash of the sample
-    key, so reruns give the same split); 0 = none."""
+    """Share of the samples held out as a validation split in <output>/val/, chosen by a hash of each sample's
+    name in the input (relative path, manifest image path, shard name and key): reruns give the same split, and
+    adding or removing data moves no other sample across; 0 = none. Shards with their own val/ keep it whatever
+    this is (0 resizes them split as they are; more holds out that share of their training samples besides)."""
 
     def validate(self, where: str = "") -> None:
         for name in ("image_size", "min_side", "max_pixels", "shard_max_samples", "shard_max_bytes"):

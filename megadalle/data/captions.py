@@ -1,15 +1,31 @@
-"""The captions of a sample's `txt` field: its non-blank lines, stripped, one caption each.
+"""The captions of a sample's `txt` field: its lines that hold visible text, stripped, one caption each.
 
-One rule for every reader (training's seeded choice of caption, `evaluate`'s shard captions, the training
-sample grid): a blank or space-padded line is no caption anywhere, so a grid never shows, and evaluate never
-scores, a caption the model did not learn from.
+One rule for every reader (`prepare` reading a caption file or an input shard, training's seeded choice of
+caption, `evaluate`'s shard captions, the training sample grid): a blank or space-padded line is no caption
+anywhere, so a grid never shows, and evaluate never scores, a caption the model did not learn from.
+
+Lines end at "\\n", "\\r\\n" or a lone "\\r" only. `str.splitlines` also ends them at U+2028, U+2029, \\x85,
+form feeds and \\x1c-\\x1e, which scraped captions carry inside a sentence: it cut one caption into fragments.
+A line counts only if it holds a visible character (printable, not whitespace, not a Unicode format
+character, category Cf): a line of control characters or of zero-width spaces and joiners (U+200B, U+2060,
+U+FEFF) is as empty as a blank one, and would teach the model an image for no text.
 """
 from __future__ import annotations
+
+import re
+import unicodedata
+
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def visible(line: str) -> bool:
+    """Whether `line` holds at least one character a reader sees."""
+    return any(ch.isprintable() and not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in line)
 
 
 def caption_lines(text: str) -> list[str]:
     """The captions of a `txt` field, in order."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in LINE_BREAK.split(text) if visible(line)]
 
 
 def first_caption(text: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from megadalle.data.captions import caption_lines
 from megadalle.data.images import draft_for, resize_center_crop, to_rgb
 from megadalle.data.sources import Item, read_shard_sample
 
@@ -34,6 +35,10 @@ class ConvertOptions:
 class Result:
     key: str
     source: str
+    identity: str
+    """The sample's name in the input, which decides its side of the validation split (`Item.identity`)."""
+    held_out: bool = False
+    """From the input's own validation split, so held out again (`Item.held_out`)."""
     sample: dict[str, Any] | None = None
     reason: str | None = None
     detail: str = ""
@@ -47,19 +52,20 @@ class Skip(Exception):
 
 
 def read_captions(item: Item) -> tuple[str, ...]:
+    """The captions of a folder or manifest item (`caption_lines`: the lines with visible text)."""
     if item.captions is not None:
-        lines = item.captions
+        text = "\n".join(item.captions)  # one line each already (`sources.one_caption`)
     else:
         if item.caption_file is None or not item.caption_file.is_file():
             name = item.caption_file.name if item.caption_file else "caption"
             raise Skip("missing_caption", f"no {name} beside the image")
         try:
-            lines = tuple(item.caption_file.read_text(encoding="utf-8-sig").splitlines())  # a BOM is not text
+            text = item.caption_file.read_text(encoding="utf-8-sig")  # a BOM is not text
         except (OSError, UnicodeDecodeError) as err:
             raise Skip("unreadable", f"caption file: {err}") from None
-    captions = tuple(line.strip() for line in lines if line.strip())
+    captions = tuple(caption_lines(text))
     if not captions:
-        raise Skip("empty_caption", "the caption is blank")
+        raise Skip("empty_caption", "the caption is blank (no line holds a visible character)")
     return captions
 
 
@@ -71,7 +77,7 @@ def read_shard_item(item: Item) -> tuple[bytes, tuple[str, ...], dict]:
         raise Skip("unreadable", f"{type(err).__name__}: {err}") from None
     if image is None:
         raise Skip("missing_file", "the sample has no image field")
-    captions = tuple(line.strip() for line in (txt or "").splitlines() if line.strip())
+    captions = tuple(caption_lines(txt or ""))
     if not captions:
         raise Skip("missing_caption" if txt is None else "empty_caption", "no usable txt field")
     return image, captions, origin
@@ -128,19 +134,24 @@ def encode_image(img: Image.Image, opts: ConvertOptions) -> bytes:
 
 def convert(item: Item, opts: ConvertOptions) -> Result:
     """The sample for `item` (image, txt, json), or a Result whose `reason` says why it was skipped."""
+    result = Result(item.key, item.source, item.identity, item.held_out)
     try:
         if item.problem is not None:
             raise Skip(*item.problem)
-        data, captions, origin = read_shard_item(item) if item.span is not None \
-            else (read_bytes(item), read_captions(item), {})
+        if item.span is not None:
+            data, captions, origin = read_shard_item(item)
+            result.identity = f"{item.identity}/{origin['input_key']}"
+        else:
+            data, captions, origin = read_bytes(item), read_captions(item), {}
         img, (width, height) = open_image(data, opts)
         source_format = img.format
         out = resize_center_crop(to_rgb(img), opts.image_size)
         meta = {"source": item.source, "width": width, "height": height, "format": source_format,
                 "captions": len(captions), **origin}
-        sample = {"__key__": item.key, opts.format: encode_image(out, opts), "txt": "\n".join(captions), "json": meta}
-        return Result(item.key, item.source, sample=sample)
+        result.sample = {"__key__": item.key, opts.format: encode_image(out, opts), "txt": "\n".join(captions),
+                         "json": meta}
     except Skip as skip:
-        return Result(item.key, item.source, reason=skip.reason, detail=skip.detail)
+        result.reason, result.detail = skip.reason, skip.detail
     except Exception as err:  # anything unforeseen still only skips this one input
-        return Result(item.key, item.source, reason="unreadable", detail=f"{type(err).__name__}: {err}")
+        result.reason, result.detail = "unreadable", f"{type(err).__name__}: {err}"
+    return result

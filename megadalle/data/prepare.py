@@ -7,14 +7,17 @@ directory reads as unfinished meanwhile), replaces shards by atomic renames, del
 over from a larger earlier run and writes index.json last. Skipped inputs are listed with their
 reason in report.json; a summary is printed at the end.
 
-With `val_fraction > 0` a deterministic share of the samples (by a hash of the sample key, see
-`split.py`) goes to a validation split in `<output>/val/`, its own shards and index; the training
-shards in `<output>/` then exclude them. A rerun without it removes a stale `<output>/val/`.
+With `val_fraction > 0` a deterministic share of the samples (by a hash of each sample's name in the
+input, see `split.py`) goes to a validation split in `<output>/val/`, its own shards and index; the training
+shards in `<output>/` then exclude them. Shards with their own split (another prepare's output, being
+resized) keep it: a sample of `<input>/val/` goes to `<output>/val/` whatever `val_fraction`, which then only
+holds out a share of the input's training samples besides. A rerun without either removes a stale
+`<output>/val/`; a `val/` holding anything megadalle does not write there is refused before any work
+(`split.py`), never deleted.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -31,7 +34,7 @@ from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
-from megadalle.data.split import VAL_DIR, is_validation
+from megadalle.data.split import VAL_DIR, check_split_dir, is_validation, remove_split_dir
 from megadalle.data.sources import Item, find_items
 from megadalle.data.summary import PassSummary
 
@@ -71,22 +74,23 @@ def finish(writer: ShardWriter, count: int) -> int:
 def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     """Convert `cfg.input` into shards at `cfg.output`; returns the summary (also written to the report)."""
     start = time.perf_counter()
+    val_dir = Path(cfg.output) / VAL_DIR
+    check_split_dir(val_dir)  # before indexing an input or writing anything
     items = find_items(cfg.input, cfg.image_column, cfg.caption_column)
     opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels)
     workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
     meta = {"image_size": cfg.image_size, "format": cfg.format, "source": str(cfg.input)}
     summary = PrepareSummary(report=str(cfg.report or Path(cfg.output) / "report.json"))
     writer = ShardWriter(cfg.output, cfg.shard_max_samples, cfg.shard_max_bytes, meta)
-    val_dir = Path(cfg.output) / VAL_DIR
-    shutil.rmtree(val_dir, ignore_errors=True)  # a stale split must not be read as this run's
+    remove_split_dir(val_dir)  # a stale split must not be read as this run's
     val_writer = ShardWriter(val_dir, cfg.shard_max_samples, cfg.shard_max_bytes, {**meta, "split": "val"}) \
-        if cfg.val_fraction > 0 else None
+        if cfg.val_fraction > 0 or any(item.held_out for item in items) else None
     reasons: Counter[str] = Counter()
     try:
         results = convert_all(items, opts, workers)
         for result in tqdm(results, total=len(items), desc="prepare", unit=" images", disable=not progress):
             if result.sample is not None:
-                held = val_writer is not None and is_validation(result.key, cfg.val_fraction)
+                held = result.held_out or is_validation(result.identity, cfg.val_fraction)
                 (val_writer if held else writer).write(result.sample)
                 summary.kept += 1
                 summary.val_kept += held
@@ -102,7 +106,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     if val_writer is not None:
         summary.shards += finish(val_writer, summary.val_kept)
         if not summary.val_kept:
-            shutil.rmtree(val_dir, ignore_errors=True)
+            remove_split_dir(val_dir)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
     atomic.write_json(summary.report, {"input": str(cfg.input), "output": str(cfg.output), "config": asdict(cfg),
                                        **asdict(summary)})

@@ -2,7 +2,8 @@
 
 A folder holding `*.tar` shards (another `prepare`'s output, img2dataset's, any webdataset tars) is read
 as shards: each indexed sample becomes an item (indexing tars written elsewhere first, see ingest.py),
-its image and `txt` read by the worker from the sample's byte span, then resized like any input. A
+its image and `txt` read by the worker from the sample's byte span, then resized like any input; the
+samples of its validation split (`<input>/val/`) too, which stay on that side. A
 folder holding both tars and loose images is refused: which the user meant cannot be guessed, and
 either guess drops data silently (or indexes tars the user never asked to have touched).
 
@@ -14,19 +15,24 @@ every file of a folder that is neither an image nor a caption of one, so the rep
 every file.
 
 A manifest is the user's table of captions: a string in it is ONE caption, whatever it holds (a CSV
-cell quoted over several lines, a JSON string with "\n"), so its line breaks become spaces; only a
-JSON list gives several captions. A row whose shape or types show it is not what the user meant (a
-CSV row with more or fewer fields than the header, typically an unquoted comma; a caption that is an
-object or a number, far more often the wrong column than a caption) is refused, not guessed at.
+cell quoted over several lines, a JSON string with "\n"), so its line breaks become spaces; a JSON
+list gives several captions, and so do several rows naming one image (COCO-style manifests have a row
+per caption): those rows are one sample, as one image must never be on both sides of the validation
+split. A row whose shape or types show it is not what the user meant (a CSV row with more or fewer
+fields than the header, typically an unquoted comma; a caption that is an object or a number, far
+more often the wrong column than a caption) is refused, not guessed at.
 Text files are read as utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not data.
 """
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from megadalle.config.data import VAL_DIR
+from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.index import load_offsets, to_spans
 from megadalle.data.ingest import open_index
@@ -55,24 +61,38 @@ class Item:
     `problem` says why the row is unusable."""
 
     key: str
-    """Shard key: the item's position in the input order, zero-padded (stable across reruns)."""
+    """Shard key: the item's position in the input order, zero-padded (the same for a rerun on the same input)."""
     image: Path
     source: str
     """How the input names it (relative path or manifest line), for reports and metadata."""
+    identity: str
+    """What decides the sample's side of the validation split (`split.py`): its name in the input, which adding
+    or removing other inputs leaves as it is (the key, a position, does not): the relative path in a folder, the
+    resolved image path in a manifest (relative to the manifest's folder when inside it), the shard's name for a
+    shard sample (the worker adds the sample's key, read with it: `convert`)."""
     captions: tuple[str, ...] | None = None
     caption_file: Path | None = None
     problem: tuple[str, str] | None = None
     """(reason, detail) for a row already known to be bad."""
     span: tuple[int, int] | None = None
     """For a shard sample: its byte span in the tar `image` (then image and caption are read from there)."""
+    held_out: bool = False
+    """From the input's own validation split (`<input>/val/`): held out again, whatever `val_fraction`."""
 
 
 def shard_items(root: Path) -> list[Item]:
-    """One item per indexed sample, in index order."""
+    """One item per indexed sample, in index order; then those of the folder's validation split `<root>/val/`
+    when it has one (another `prepare`'s output): reading only the root's index lost them, and they stay held
+    out, or a model would train on what it had been validated on."""
     items = []
-    for path in open_index(root).paths():
-        for start, end in to_spans(load_offsets(path)):
-            items.append(Item(f"{len(items):09d}", path, f"{path.name}@{start}", span=(int(start), int(end))))
+    for folder, held_out in ((root, False), (root / VAL_DIR, True)):
+        if held_out and not any(folder.glob("*.tar")):
+            continue
+        for path in open_index(folder).paths():
+            name = path.relative_to(root).as_posix()
+            for start, end in to_spans(load_offsets(path)):
+                items.append(Item(f"{len(items):09d}", path, f"{name}@{start}", name, span=(int(start), int(end)),
+                                  held_out=held_out))
     return items
 
 
@@ -103,7 +123,7 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
         tars = sorted(path.glob("*.tar"))
         if not tars:
             return folder_items(path)
-        images = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+        images = sum(1 for p in list_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
         if images:
             raise InputError(f"input={str(input)!r}: holds {images} images and {len(tars)} *.tar files "
                              f"({tars[0].name}{', ...' if len(tars) > 1 else ''}); a folder is read as images with "
@@ -124,11 +144,27 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
                      f"(JSON: one object per line in a .jsonl file)")
 
 
+def list_files(root: Path) -> list[Path]:
+    """Every file under `root` (a link to a file included), sorted. A linked folder is entered, as users link
+    image folders in from other disks (`Path.rglob` skips it, and its pairs were lost without a word); each real
+    folder once, so a link back up to an ancestor cannot loop and two links to one folder give no duplicates."""
+    files, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort()
+        files.extend(Path(folder, name) for name in names)
+    return sorted(files)
+
+
 def folder_items(root: Path) -> list[Item]:
     """Every image under `root` with its same-stem caption beside it, sorted by relative path; then one
     item to skip per file that is neither (unrecognised_file) and per caption no image has (orphan_caption).
-    Those come last, so they shift no image's key (and so no sample's validation split)."""
-    files = sorted(p for p in root.rglob("*") if not p.is_dir())
+    Those come last, so they shift no image's key."""
+    files = list_files(root)
     captions: dict[tuple[Path, str], list[Path]] = {}
     for p in files:
         if p.suffix.lower() == CAPTION_EXTENSION:
@@ -139,7 +175,8 @@ def folder_items(root: Path) -> list[Item]:
         found = sorted(captions.get((p.parent, p.stem), []), key=lambda c: c.suffix != CAPTION_EXTENSION)
         caption = found[0] if found else p.with_suffix(CAPTION_EXTENSION)
         used.add(caption)
-        items.append(Item(f"{len(items):09d}", p, p.relative_to(root).as_posix(), caption_file=caption))
+        name = p.relative_to(root).as_posix()
+        items.append(Item(f"{len(items):09d}", p, name, name, caption_file=caption))
     for p in files:
         suffix = p.suffix.lower()
         if suffix == CAPTION_EXTENSION and p not in used:
@@ -149,7 +186,8 @@ def folder_items(root: Path) -> list[Item]:
                                             f"{CAPTION_EXTENSION} caption")
         else:
             continue
-        items.append(Item(f"{len(items):09d}", p, p.relative_to(root).as_posix(), problem=problem))
+        name = p.relative_to(root).as_posix()
+        items.append(Item(f"{len(items):09d}", p, name, name, problem=problem))
     return items
 
 
@@ -192,8 +230,9 @@ def csv_rows(path: Path, image_column: str, caption_column: str):
 
 
 def one_caption(text: str) -> str:
-    """A manifest string as one caption: its lines joined by spaces."""
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    """A manifest string as one caption: its caption lines (`caption_lines`, as a folder's .txt is read) joined
+    by spaces."""
+    return " ".join(caption_lines(text))
 
 
 def manifest_captions(value) -> tuple[str, ...]:
@@ -211,19 +250,41 @@ def manifest_captions(value) -> tuple[str, ...]:
 
 
 def manifest_items(manifest: Path, rows) -> list[Item]:
-    """Items of manifest rows; relative image paths are taken from the manifest's folder."""
-    items = []
-    for i, (number, image, caption, problem) in enumerate(rows):
-        source, key = f"{manifest.name}:{number}", f"{i:09d}"
+    """Items of manifest rows, one per image: a COCO-style manifest gives each image a row per caption, and an
+    item per row put copies of one image on both sides of the validation split. Rows naming the same file (its
+    resolved path: `img/a.jpg`, `./img/a.jpg` and an absolute spelling are one image) become one item holding
+    their captions in row order, at the place of the image's first row; a bad row stays an item of its own.
+    Relative image paths are taken from the manifest's folder."""
+    base = resolve(manifest.parent)
+    items: list[Item] = []
+    groups: dict[Path, tuple[int, list[str]]] = {}  # resolved image path -> (its item's position, its captions)
+    for number, image, caption, problem in rows:
+        source = f"{manifest.name}:{number}"
         try:
             if problem is not None:
                 raise BadRow(problem)
             if not isinstance(image, str) or not image.strip():
                 raise BadRow("empty image path" if image is None or isinstance(image, str) else
                              f"image path {json.dumps(image)[:60]} is not a string")
-            captions = manifest_captions(caption)
+            found = manifest_captions(caption)
+            path = manifest.parent / image
+            resolved = resolve(path)
         except BadRow as err:
-            items.append(Item(key, manifest, source, problem=("bad_manifest_row", str(err))))
+            items.append(Item(f"{len(items):09d}", manifest, source, source, problem=("bad_manifest_row", str(err))))
             continue
-        items.append(Item(key, manifest.parent / image, f"{source}:{image}", captions=captions))
+        if resolved not in groups:
+            groups[resolved] = (len(items), [])
+            identity = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.as_posix()
+            items.append(Item(f"{len(items):09d}", path, f"{source}:{image}", identity, captions=()))
+        groups[resolved][1].extend(found)
+    for at, found in groups.values():
+        items[at] = replace(items[at], captions=tuple(found))
     return items
+
+
+def resolve(path: Path) -> Path:
+    """`path` absolute, without links or `..`; BadRow for a path the system cannot take (a NUL byte)."""
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError) as err:
+        raise BadRow(f"image path {json.dumps(str(path))[:60]}: {err}") from None

@@ -111,14 +111,16 @@ def test_jsonl_manifest(tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "img/one.jpg").write_bytes(jpeg_bytes((40, 40), 1))
     (tmp_path / "img/two.png").write_bytes(jpeg_bytes((40, 50), 2, "PNG"))
+    (tmp_path / "img/three.jpg").write_bytes(jpeg_bytes((40, 40), 3))
     rows = [json.dumps({"image": "img/one.jpg", "caption": "first"}),
             json.dumps({"image": "img/two.png", "caption": ["second", "another"]}),
             json.dumps({"image": "img/missing.jpg", "caption": "gone"}),
             "{not json",
-            json.dumps({"image": "img/one.jpg", "caption": ""})]
+            json.dumps({"image": "img/three.jpg", "caption": ""}),
+            json.dumps({"image": "img/one.jpg", "caption": "first again"})]
     (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
     summary = prepare(config(tmp_path / "m.jsonl", tmp_path / "out"), progress=False)
-    assert [s["txt"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["first", "second\nanother"]
+    assert [s["txt"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["first\nfirst again", "second\nanother"]
     assert summary.skipped == {"bad_manifest_row": 1, "empty_caption": 1, "missing_file": 1}
 
 

@@ -125,3 +125,16 @@ def test_an_input_that_cannot_be_read_is_one_line_not_a_traceback(tmp_path, caps
     assert main(["prepare", f"input={tmp_path / 'm.csv'}", f"output={tmp_path / 'out'}", "caption_column=text"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 2
+
+
+def test_a_linked_subfolder_is_read_once_and_a_link_back_up_does_not_loop(tmp_path):
+    root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    put(root, "a.jpg", jpeg_bytes((40, 40), 1), "in the folder")
+    put(elsewhere, "batch2/b.jpg", jpeg_bytes((40, 40), 2), "linked in")
+    (root / "batch2").symlink_to(elsewhere / "batch2", target_is_directory=True)
+    (root / "same").symlink_to(elsewhere / "batch2", target_is_directory=True)  # a second way to the same folder
+    (elsewhere / "batch2/up").symlink_to(root, target_is_directory=True)  # a loop
+    assert [item.source for item in find_items(root)] == ["a.jpg", "batch2/b.jpg"]
+    summary = prepare(config(root, tmp_path / "out"), progress=False)
+    assert summary.kept == 2 and not summary.skipped
+    assert sorted(s["txt"] for s in iter_samples(tmp_path / "out", ["txt"])) == ["in the folder", "linked in"]

@@ -45,7 +45,8 @@ def test_prepare_holds_out_a_disjoint_deterministic_split(tmp_path):
     train, val = keys(out), keys(out / "val")
     assert summary.kept == 40 and summary.val_kept == len(val) > 0
     assert sorted(train + val) == [f"{i:09d}" for i in range(40)] and not set(train) & set(val)
-    assert val == [k for k in sorted(train + val) if is_validation(k, 0.25)]
+    names = {s["__key__"]: s["json"]["source"] for root in (out, out / "val") for s in iter_samples(root, ["json"])}
+    assert val == [k for k in sorted(names) if is_validation(names[k], 0.25)]  # by relative path, not by key
     assert ShardIndex.load(out / "val").meta["split"] == "val"
 
     prepare(PrepareConfig(input=str(folder), output=str(out), image_size=32, num_workers=2, val_fraction=0.25),
