@@ -52,8 +52,8 @@ class PrepareConfig:
     val_fraction: float = 0.0
     """Share of the samples held out as a validation split in <output>/val/, chosen by a hash of each sample's
     name in the input (relative path, manifest image path, shard name and key): reruns give the same split, and
-    adding or removing data moves no other sample across; 0 = none. Shards with their own val/ keep it whatever
-    this is (0 resizes them split as they are; more holds out that share of their training samples besides)."""
+    adding or removing data moves no other sample across; 0 = none. Shards with their own val/ keep it, and
+    refuse a value above 0 (it would hold out a second share on top)."""
 
     def validate(self, where: str = "") -> None:
         for name in ("image_size", "min_side", "max_pixels", "shard_max_samples", "shard_max_bytes"):

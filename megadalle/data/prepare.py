@@ -10,8 +10,7 @@ reason in report.json; a summary is printed at the end.
 With `val_fraction > 0` a deterministic share of the samples (by a hash of each sample's name in the
 input, see `split.py`) goes to a validation split in `<output>/val/`, its own shards and index; the training
 shards in `<output>/` then exclude them. Shards with their own split (another prepare's output, being
-resized) keep it: a sample of `<input>/val/` goes to `<output>/val/` whatever `val_fraction`, which then only
-holds out a share of the input's training samples besides. A rerun without either removes a stale
+resized) keep it: a sample of `<input>/val/` goes to `<output>/val/`, and `val_fraction` is refused for them. A rerun without either removes a stale
 `<output>/val/`; a `val/` holding anything megadalle does not write there is refused before any work
 (`split.py`), never deleted.
 """
@@ -34,7 +33,7 @@ from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
-from megadalle.data.split import VAL_DIR, check_split_dir, is_validation, remove_split_dir
+from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
 from megadalle.data.sources import Item, find_items
 from megadalle.data.summary import PassSummary
 
@@ -77,6 +76,11 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     val_dir = Path(cfg.output) / VAL_DIR
     check_split_dir(val_dir)  # before indexing an input or writing anything
     items = find_items(cfg.input, cfg.image_column, cfg.caption_column)
+    held = sum(item.held_out for item in items)
+    if held and cfg.val_fraction > 0:
+        raise SecondSplitError(f"val_fraction={cfg.val_fraction}: {cfg.input} has its own validation split "
+                               f"({held} samples in {Path(cfg.input) / VAL_DIR}), which is kept as it is; leave "
+                               "val_fraction at 0")
     opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels)
     workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
     meta = {"image_size": cfg.image_size, "format": cfg.format, "source": str(cfg.input)}

@@ -23,7 +23,7 @@ from pathlib import Path
 from megadalle.config.data import VAL_DIR
 from megadalle.errors import UserError
 
-__all__ = ["VAL_DIR", "SplitDirError", "check_split_dir", "is_validation", "remove_split_dir"]
+__all__ = ["VAL_DIR", "SecondSplitError", "SplitDirError", "check_split_dir", "is_validation", "remove_split_dir"]
 
 OWN = r"shard-\d{6,}\.tar(?:\.idx)?|index\.json|(?:index-)?report\.json"
 """What megadalle writes into a shard folder: shards, offsets, index (shards.py, ingest.py) and reports."""
@@ -33,6 +33,12 @@ OWN_FILE = re.compile(rf"(?:{OWN})|\.(?:{OWN})(?:\.\d+-[0-9a-f]+)?\.tmp|\.index\
 
 class SplitDirError(UserError, FileExistsError):
     """`<output>/val/` is not a split `prepare` wrote, so replacing it would delete the user's files."""
+
+
+class SecondSplitError(UserError, ValueError):
+    """`val_fraction` asked of an input that has its own validation split: its held-out samples stay held out, so a
+    fraction on top would hold out about twice what was asked (a rerun with the first run's val_fraction=0.05 gave
+    10%), and any other way of re-splitting would move validated samples into training."""
 
 
 def is_validation(identity: str, fraction: float) -> bool:
