@@ -1,6 +1,7 @@
 """Shared test set-up: CPU-only, deterministic, GPU tests skipped where no GPU is present."""
 import os
 import signal
+import sys
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -33,8 +34,11 @@ def descendants(pid: int) -> list[int]:
 
 def pytest_sessionfinish(session, exitstatus):
     """Kill what the tests left running: a leftover child holds the output pipe open, and CI, waiting for it,
-    then ran into its time limit long after the tests had finished (a pool worker orphaned by a timed-out test)."""
-    left = descendants(os.getpid())
+    then ran into its time limit long after the tests had finished (a pool worker orphaned by a timed-out test).
+    wandb's service, started by in-process runs, is first closed the way wandb closes it at exit."""
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+    left = {pid: command(pid) for pid in descendants(os.getpid())}
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -42,6 +46,13 @@ def pytest_sessionfinish(session, exitstatus):
             pass
     if left:
         print(f"\nconftest: killed {len(left)} processes the tests left running: {left}")
+
+
+def command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "?"
 
 
 def pytest_collection_modifyitems(config, items):
