@@ -159,8 +159,8 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
         if result.scores is not None:
             scores += result.scores
             best.append(max(result.scores))
-        if extract is not None:
-            fake.append(extract(result.images).float().cpu())
+        if extract is not None:  # batch_size at a time: Inception on n images at once could exceed the GPU
+            fake += [extract(chunk).float().cpu() for chunk in result.images.split(cfg.batch_size)]
         if cfg.save_samples:
             saved.append({"caption": caption, "files": save_images(result.images, Path(cfg.output) / "samples", i)})
     if cfg.save_samples:

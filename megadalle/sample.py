@@ -2,7 +2,8 @@
 
 Samples are drawn in seeded batches; each batch is decoded and scored at once, so only codes
 and scores are held for all n (512 images of 256 px would be 400 MB), and the kept ones are
-decoded again at the end. Outputs: grid.png (best first, row by row), sample_XX.png for each
+decoded again at the end, `batch_size` at a time (the dVAE's activations take ~0.34 GB per 256 px
+image: `keep=512` in one call needed 170 GB). Outputs: grid.png (best first, row by row), sample_XX.png for each
 kept sample (its pixels alone, no frame), and scores.json with every sample's CLIP score.
 """
 from __future__ import annotations
@@ -60,7 +61,8 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     codes_all = torch.cat(codes)
     score_all = torch.cat(scores) if clip is not None else None
     best = rank(score_all, keep) if score_all is not None else torch.arange(min(keep, n))
-    images = decode(dvae, codes_all[best].to(device), model.cfg.grid_size).cpu()
+    images = torch.cat([decode(dvae, chunk.to(device), model.cfg.grid_size).cpu()
+                        for chunk in codes_all[best].split(batch_size)])
     return Generated(images, best.tolist(), None if score_all is None else score_all.tolist())
 
 
