@@ -3,8 +3,10 @@
 Samples are drawn in seeded batches; each batch is decoded and scored at once, so only codes
 and scores are held for all n (512 images of 256 px would be 400 MB), and the kept ones are
 decoded again at the end, `batch_size` at a time (the dVAE's activations take ~0.34 GB per 256 px
-image: `keep=512` in one call needed 170 GB). Outputs: grid.png (best first, row by row), sample_XX.png for each
-kept sample (its pixels alone, no frame), and scores.json with every sample's CLIP score.
+image: `keep=512` in one call needed ~175 GB). Outputs: grid.png (best first, row by row),
+sample_XX.png for each kept sample (its pixels alone, no frame), and scores.json with every sample's
+CLIP score and what reproduces them: the samples depend on the seed, n and batch_size (each batch
+draws from its own generator), the dtype and the device, beside the files and settings (`config`).
 """
 from __future__ import annotations
 
@@ -107,8 +109,9 @@ def run(cfg: DictConfig) -> int:
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
     result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.kept, gc.batch_size, settings, gc.seed)
-    meta = {"n": gc.n, "keep": gc.kept, "seed": gc.seed, "sampling": asdict(settings),
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    meta = {"n": gc.n, "keep": gc.kept, "batch_size": gc.batch_size, "seed": gc.seed, "sampling": asdict(settings),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "device": str(device),
+            "config": asdict(gc)}
     grid = write_outputs(result, gc.output, gc.prompt, meta)
     best = f"; best CLIP score {result.scores[result.indices[0]]:.3f}" if result.scores else ""
     print(f"[generate] wrote {grid} ({len(result.indices)} of {gc.n} samples){best}")

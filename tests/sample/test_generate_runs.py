@@ -31,3 +31,19 @@ def test_the_kept_samples_are_decoded_batch_size_at_a_time(models, tmp_path, mon
         assert run(compose("generate", args(models, "n=7", "keep=7", "batch_size=3", f"rerank={rerank}",
                                             f"output={tmp_path / rerank}"))) == 0
         assert max(sizes) <= 3 and sum(sizes) == 7 * (rerank == "true") + 7, sizes
+
+
+def test_scores_json_records_what_reproduces_the_samples(models, tmp_path):
+    """Samples depend on (seed, n, batch_size): the same seed with another batch_size draws others, so the record
+    names batch_size, and the device and files besides."""
+    reports = []
+    for batch_size in (2, 3):
+        out = tmp_path / str(batch_size)
+        assert run(compose("generate", args(models, "n=4", "keep=4", f"batch_size={batch_size}", "seed=5",
+                                            f"output={out}"))) == 0
+        reports.append(json.loads((out / "scores.json").read_text()))
+    for report, batch_size in zip(reports, (2, 3)):
+        assert (report["n"], report["keep"], report["batch_size"], report["seed"]) == (4, 4, batch_size, 5)
+        assert report["device"] == "cpu" and report["config"]["batch_size"] == batch_size
+        assert report["config"]["weights"] == str(models / "model.safetensors")
+    assert reports[0]["all_scores"] != reports[1]["all_scores"]  # why batch_size is part of the record
