@@ -11,6 +11,7 @@ draws from its own generator), the dtype and the device, beside the files and se
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,19 +83,43 @@ def decode(dvae, codes: torch.Tensor, grid_size: int) -> torch.Tensor:
     return dvae.decode_codes(codes.view(-1, grid_size, grid_size))
 
 
+SCORES = "scores.json"
+"""Written last: a folder holding one holds a finished generate's results."""
+
+SAMPLE_NAME = re.compile(r"sample_(\d{2}|[1-9]\d{2,})\.png")
+"""`sample_name`'s names and no others (sample_07.png, sample_123.png; not sample_7.png or sample_2019_x.png)."""
+
+
+def sample_name(rank: int) -> str:
+    return f"sample_{rank:02d}.png"
+
+
+def earlier_samples(output: Path) -> list[Path]:
+    """The kept samples an earlier generate wrote to `output`: the files its scores.json lists (kept[].file), each
+    one of generate's own names. A file beside them is the user's, however it is named (a glob on
+    `sample_[0-9]*.png` deleted sample_2019_holiday.png); without a scores.json nothing there is generate's."""
+    try:
+        kept = json.loads((output / SCORES).read_text()).get("kept") or []
+        names = [entry["file"] for entry in kept]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return []
+    return [output / name for name in names if isinstance(name, str) and SAMPLE_NAME.fullmatch(name)]
+
+
 def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict) -> Path:
     """grid.png, sample_XX.png and scores.json in `output`; returns the grid's path. The kept samples of an
-    earlier run in the same folder go first, so every sample_XX.png there is one that scores.json lists."""
+    earlier run in the same folder go first (`earlier_samples`), so every sample file scores.json lists is this
+    run's, and no other file is touched."""
     output = Path(output)
-    for stale in output.glob("sample_[0-9]*.png"):
-        stale.unlink()
+    for stale in earlier_samples(output):
+        stale.unlink(missing_ok=True)
     grid = save_grid(result.images, output / "grid.png")
     for rank_, image in enumerate(result.images):
-        save_image(image, output / f"sample_{rank_:02d}.png")
-    kept = [{"rank": r, "sample": i, "file": f"sample_{r:02d}.png",
+        save_image(image, output / sample_name(rank_))
+    kept = [{"rank": r, "sample": i, "file": sample_name(r),
              "score": None if result.scores is None else result.scores[i]} for r, i in enumerate(result.indices)]
-    (output / "scores.json").write_text(json.dumps({"prompt": prompt, **meta, "kept": kept,
-                                                    "all_scores": result.scores}, indent=1))
+    (output / SCORES).write_text(json.dumps({"prompt": prompt, **meta, "kept": kept, "all_scores": result.scores},
+                                            indent=1))
     return grid
 
 

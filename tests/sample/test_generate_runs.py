@@ -47,3 +47,22 @@ def test_scores_json_records_what_reproduces_the_samples(models, tmp_path):
         assert report["device"] == "cpu" and report["config"]["batch_size"] == batch_size
         assert report["config"]["weights"] == str(models / "model.safetensors")
     assert reports[0]["all_scores"] != reports[1]["all_scores"]  # why batch_size is part of the record
+
+
+def test_a_rerun_removes_only_the_samples_the_earlier_run_listed(models, tmp_path):
+    """Every file matching sample_[0-9]*.png went, the user's sample_2019_holiday.png among them; now only the
+    files an earlier generate's scores.json lists do, and nothing at all where no scores.json says what is whose."""
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = ["sample_7.png", "sample_2019_x.png", "sample_05.png", "notes.txt"]
+    for name in foreign:
+        (out / name).write_text("the user's")
+    base = args(models, "n=6", "batch_size=6", f"output={out}")
+    assert main(["generate", *base, "keep=4"]) == 0  # no scores.json yet: sample_05.png is not generate's
+    assert all((out / name).read_text() == "the user's" for name in foreign)
+    (out / "sample_05.png").unlink()
+    assert main(["generate", *base, "keep=1"]) == 0
+    kept = json.loads((out / "scores.json").read_text())["kept"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["grid.png", "scores.json", "sample_00.png",
+                                                            "sample_7.png", "sample_2019_x.png", "notes.txt"])
+    assert [k["file"] for k in kept] == ["sample_00.png"]
