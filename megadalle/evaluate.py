@@ -26,7 +26,7 @@ from megadalle.config.evaluate import EvaluateConfig
 from megadalle.data.captions import first_caption
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
-from megadalle.outputs import ready_output
+from megadalle.outputs import ready_output, refuse_earlier_results
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
 
@@ -178,19 +178,23 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     return out
 
 
+METRICS = "metrics.json"
+"""Written last: a folder holding one holds a finished evaluate's results."""
+
+
 def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
     """metrics.json (scores + the settings that produced them) and metrics.md in `cfg.output`; returns the JSON."""
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.md").write_text(scores.markdown())
-    path = output / "metrics.json"
+    path = output / METRICS
     path.write_text(json.dumps({**asdict(scores), "config": asdict(cfg)}, indent=1))
     return path
 
 
 def run(cfg: DictConfig) -> int:
-    """Everything a user can get wrong (captions, real images, output, the files and whether they belong
-    together) is checked before any model is read; then the CLIP, the dVAE and the Transformer are loaded,
+    """Everything a user can get wrong (captions, real images, output and an earlier run's results there, the
+    files and whether they belong together) is checked before any model is read; then the CLIP, the dVAE and the Transformer are loaded,
     the reranker first, so that a bad open_clip file fails before a large Transformer has loaded."""
     from megadalle.bundle import open_models
 
@@ -198,6 +202,7 @@ def run(cfg: DictConfig) -> int:
     captions = read_captions(ec)
     check_fidelity_inputs(ec, len(captions))
     extract = feature_extractor(ec.feature_extractor, ec.feature_weights) if ec.real_images else None
+    refuse_earlier_results(ec.output, METRICS, "evaluate", ec.overwrite)
     ready_output(ec.output)
     device = pick_device(ec.device)
     models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,

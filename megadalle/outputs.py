@@ -2,7 +2,8 @@
 
 Sampling 512 images of a 12B model takes hours; an `output=` that names a file, or a folder that cannot be
 made, used to fail only when the first image was written. The folder is made, and checked to take a file,
-before any model is read.
+before any model is read; so is whether it already holds an earlier run's results, which a plain rerun
+(the default `output` is one folder under out_dir) replaced without a word.
 """
 from __future__ import annotations
 
@@ -27,3 +28,10 @@ def ready_output(path: str | Path, key: str = "output") -> Path:
     except OSError as err:
         raise OutputError(f"{key}={path}: cannot write there ({err.strerror})") from None
     return path
+
+
+def refuse_earlier_results(path: str | Path, record: str, verb: str, overwrite: bool, key: str = "output") -> None:
+    """Refuse a folder that holds `record` (the file `verb` writes last: its results) unless `overwrite`."""
+    if not overwrite and (Path(path) / record).is_file():
+        raise OutputError(f"{key}={path}: holds an earlier {verb}'s results ({record}); give another {key}, or "
+                          f"overwrite=true to replace them")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig, check_request
 from megadalle.devices import pick_device, pick_dtype
-from megadalle.outputs import ready_output
+from megadalle.outputs import ready_output, refuse_earlier_results
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
@@ -128,6 +128,7 @@ def run(cfg: DictConfig) -> int:
 
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
+    refuse_earlier_results(gc.output, SCORES, "generate", gc.overwrite)
     ready_output(gc.output)
     models = open_models(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank,
                          ema=gc.ema, device=device, dtype=pick_dtype(gc.dtype, device))

@@ -57,6 +57,9 @@ class EvaluateConfig:
     ema: bool = False
     output: str = "evaluate"
     """Directory for metrics.json and metrics.md."""
+    overwrite: bool = False
+    """Replace the results of an earlier evaluate in `output` (metrics.json, metrics.md; other files stay). false
+    refuses such a folder before any model is read."""
     device: str = "auto"
     dtype: str = "auto"
     """The Transformer's while sampling: auto = bf16 on a CUDA GPU that has it, else fp32; fp32 or bf16 to choose."""

@@ -54,6 +54,9 @@ class GenerateConfig:
     """When loading run directories: use the EMA weights."""
     output: str = "generate"
     """Directory for grid.png, the kept samples and scores.json."""
+    overwrite: bool = False
+    """Replace the results of an earlier generate in `output` (its scores.json, grid.png and the samples it
+    listed; other files stay). false refuses such a folder before any model is read."""
     device: str = "auto"
     """auto = cuda when available, else cpu."""
     dtype: str = "auto"

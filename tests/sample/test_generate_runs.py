@@ -61,8 +61,29 @@ def test_a_rerun_removes_only_the_samples_the_earlier_run_listed(models, tmp_pat
     assert main(["generate", *base, "keep=4"]) == 0  # no scores.json yet: sample_05.png is not generate's
     assert all((out / name).read_text() == "the user's" for name in foreign)
     (out / "sample_05.png").unlink()
-    assert main(["generate", *base, "keep=1"]) == 0
+    assert main(["generate", *base, "keep=1", "overwrite=true"]) == 0
     kept = json.loads((out / "scores.json").read_text())["kept"]
     assert sorted(p.name for p in out.iterdir()) == sorted(["grid.png", "scores.json", "sample_00.png",
                                                             "sample_7.png", "sample_2019_x.png", "notes.txt"])
     assert [k["file"] for k in kept] == ["sample_00.png"]
+
+
+def test_a_rerun_into_an_earlier_runs_folder_is_refused_unless_overwrite(models, tmp_path, capsys, monkeypatch):
+    """A plain rerun replaced the results in the default folder (<out_dir>/generate) without a word; now it is
+    one line and exit code 2 before any model is read, and overwrite=true replaces them."""
+    import megadalle.bundle
+
+    base = ["generate", *args(models, "n=2", "keep=1", f"out_dir={tmp_path}")]
+    assert main(base) == 0
+    capsys.readouterr()
+    first = (tmp_path / "generate" / "scores.json").read_text()
+    real = megadalle.bundle.open_models
+    monkeypatch.setattr(megadalle.bundle, "open_models", lambda *a, **k: pytest.fail("a model was read"))
+    assert main([*base, "seed=1"]) == 2
+    assert capsys.readouterr().err == f"megadalle generate: output={tmp_path / 'generate'}: holds an earlier " \
+                                      "generate's results (scores.json); give another output, or overwrite=true to " \
+                                      "replace them\n"
+    assert (tmp_path / "generate" / "scores.json").read_text() == first
+    monkeypatch.setattr(megadalle.bundle, "open_models", real)
+    assert main([*base, "seed=1", "overwrite=true"]) == 0
+    assert json.loads((tmp_path / "generate" / "scores.json").read_text())["seed"] == 1
