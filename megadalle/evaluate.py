@@ -11,6 +11,7 @@ are featurised caption by caption and dropped, so memory holds features, not ima
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -133,17 +134,44 @@ def real_features(shards: str, image_size: int, limit: int, extract: Extractor, 
     return torch.cat(feats)
 
 
-def save_images(images: torch.Tensor, folder: Path, caption_index: int) -> list[str]:
-    """Each image [3, S, S] in [0, 1] as `<caption>_<sample>.png` (the pixels only); returns the file names."""
+SAMPLE_FILE = re.compile(r"\d{4,}_\d{3,}\.png")
+"""`sample_names`' names: the only files of <output>/samples that a rerun may remove."""
+
+
+def sample_names(caption_index: int, n: int) -> list[str]:
+    return [f"{caption_index:04d}_{k:03d}.png" for k in range(n)]
+
+
+def sample_index(captions: list[str], n: int) -> list[dict]:
+    """samples/index.json: each caption with its files."""
+    return [{"caption": caption, "files": sample_names(i, n)} for i, caption in enumerate(captions)]
+
+
+def clear_earlier_samples(folder: Path) -> None:
+    """Remove the samples an earlier evaluate listed in `folder`/index.json, and the index: a rerun with fewer
+    captions or samples left the rest beside its own, which an outside judge then read as this run's. Only listed
+    files of evaluate's own names go; any other file stays, and so does the folder unless it is left empty."""
+    try:
+        entries = json.loads((folder / "index.json").read_text())
+        names = [name for entry in entries for name in entry["files"]]
+    except (OSError, ValueError, TypeError, KeyError):  # no index, or none of evaluate's: nothing known to be ours
+        return
+    for name in names:
+        if isinstance(name, str) and SAMPLE_FILE.fullmatch(name):
+            (folder / name).unlink(missing_ok=True)
+    (folder / "index.json").unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def save_images(images: torch.Tensor, folder: Path, caption_index: int) -> None:
+    """Each image [3, S, S] in [0, 1] as `<caption>_<sample>.png` (the pixels only), named by `sample_names`."""
     from PIL import Image
 
     from megadalle.sampling.grid import to_uint8
 
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"{caption_index:04d}_{k:03d}.png" for k in range(len(images))]
-    for name, array in zip(names, to_uint8(images)):
+    for name, array in zip(sample_names(caption_index, len(images)), to_uint8(images)):
         Image.fromarray(array).save(folder / name)
-    return names
 
 
 def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateConfig, extract: Extractor | None,
@@ -152,7 +180,12 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     megadalle's CLIP or any `sampling.rerank.Reranker` (an open_clip model), as `generate` takes it."""
     start = time.perf_counter()
     settings = SamplingSettings(cfg.temperature, cfg.top_k, cfg.top_p)
-    scores, best, fake, saved = [], [], [], []
+    samples = Path(cfg.output) / "samples"
+    clear_earlier_samples(samples)
+    if cfg.save_samples:  # the index first: a run stopped midway still names its files for the next to clear
+        samples.mkdir(parents=True, exist_ok=True)
+        (samples / "index.json").write_text(json.dumps(sample_index(captions, cfg.n), indent=1))
+    scores, best, fake = [], [], []
     for i, caption in enumerate(tqdm(captions, desc="evaluate", unit=" caption", disable=not progress)):
         result = generate(model, dvae, clip, tokenizer, caption, cfg.n, cfg.n, cfg.batch_size, settings,
                           cfg.seed + i, progress=False)
@@ -162,9 +195,7 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
         if extract is not None:  # batch_size at a time: Inception on n images at once could exceed the GPU
             fake += [extract(chunk).float().cpu() for chunk in result.images.split(cfg.batch_size)]
         if cfg.save_samples:
-            saved.append({"caption": caption, "files": save_images(result.images, Path(cfg.output) / "samples", i)})
-    if cfg.save_samples:
-        (Path(cfg.output) / "samples" / "index.json").write_text(json.dumps(saved, indent=1))
+            save_images(result.images, samples, i)
     out = Scores(len(captions), cfg.n)
     if scores:
         out.clip_score, out.clip_score_best = sum(scores) / len(scores), sum(best) / len(best)

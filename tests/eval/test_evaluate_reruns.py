@@ -35,3 +35,23 @@ def test_a_rerun_into_an_earlier_runs_folder_is_refused_unless_overwrite(models,
     monkeypatch.setattr(megadalle.bundle, "open_models", real)
     assert main([*base, "n=2", "overwrite=true"]) == 0
     assert json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["samples_per_caption"] == 2
+
+
+def test_saved_samples_are_this_runs_alone_and_foreign_files_stay(models, tmp_path):
+    """A rerun with fewer captions or samples left the earlier run's images beside its own (an outside judge read
+    them as this run's); now exactly the files index.json lists are there, and the user's files stay."""
+    out = tmp_path / "eval"
+    (out / "samples").mkdir(parents=True)
+    foreign = ["0001_009.png", "2019_holiday.png", "notes.txt"]  # the first named like evaluate's, never listed
+    for name in foreign:
+        (out / "samples" / name).write_text("the user's")
+    assert main(evaluate_args(models, "n=3", "save_samples=true", f"output={out}")) == 0
+    (models / "captions.txt").write_text("a red circle\n")
+    assert main(evaluate_args(models, "n=2", "save_samples=true", "overwrite=true", f"output={out}")) == 0
+    index = json.loads((out / "samples" / "index.json").read_text())
+    assert index == [{"caption": "a red circle", "files": ["0000_000.png", "0000_001.png"]}]
+    pngs = {p.name for p in (out / "samples").glob("*.png")}
+    assert pngs == {"0000_000.png", "0000_001.png", "0001_009.png", "2019_holiday.png"}
+    assert all((out / "samples" / name).read_text() == "the user's" for name in foreign)
+    assert main(evaluate_args(models, "n=2", "overwrite=true", f"output={out}")) == 0  # no samples asked: none left
+    assert sorted(p.name for p in (out / "samples").iterdir()) == sorted(foreign)
