@@ -30,6 +30,7 @@ from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, k
 from megadalle.outputs import ready_output, refuse_earlier_results
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
+from megadalle.sampling.prompt import pieces
 
 
 @dataclass
@@ -102,6 +103,23 @@ def shard_captions(shards: str, limit: int) -> list[str]:
         print(f"[evaluate] shards={shards}: {read - len(captions)} of the first {read} samples have no caption "
               "(a blank txt field); skipped", file=sys.stderr)
     return captions
+
+
+def caption_source(cfg: EvaluateConfig) -> str:
+    return f"captions={cfg.captions}" if cfg.captions is not None else f"shards={cfg.shards}"
+
+
+def readable_captions(tokenizer, captions: list[str], source: str) -> list[str]:
+    """The captions the tokenizer reads something of. A line of characters it drops (U+200B, U+FEFF) passes the
+    blank test and would be sampled from pads alone: it is skipped like a blank line, and counted on stderr;
+    none left is refused."""
+    readable = [caption for caption in captions if pieces(tokenizer, caption)]
+    check(bool(readable), source.partition("=")[0], source.partition("=")[2],
+          "the tokenizer reads nothing of any caption (only characters it drops, like U+200B)")
+    if len(readable) < len(captions):
+        print(f"[evaluate] {source}: {len(captions) - len(readable)} of {len(captions)} captions hold nothing the "
+              "tokenizer reads (only characters it drops, like U+200B); skipped", file=sys.stderr)
+    return readable
 
 
 def check_fidelity_inputs(cfg: EvaluateConfig, captions: int) -> None:
@@ -179,6 +197,7 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     """Sample every caption `cfg.n` times and score the samples (see the module docstring). `clip`: None,
     megadalle's CLIP or any `sampling.rerank.Reranker` (an open_clip model), as `generate` takes it."""
     start = time.perf_counter()
+    captions = readable_captions(tokenizer, captions, caption_source(cfg))
     settings = SamplingSettings(cfg.temperature, cfg.top_k, cfg.top_p)
     samples = Path(cfg.output) / "samples"
     clear_earlier_samples(samples)
@@ -224,9 +243,10 @@ def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> int:
-    """Everything a user can get wrong (captions, real images, output and an earlier run's results there, the
-    files and whether they belong together) is checked before any model is read; then the CLIP, the dVAE and the Transformer are loaded,
-    the reranker first, so that a bad open_clip file fails before a large Transformer has loaded."""
+    """Everything a user can get wrong (captions, and what the tokenizer reads of them, real images, output and
+    an earlier run's results there, the files and whether they belong together) is checked before any model is
+    read; then the CLIP, the dVAE and the Transformer are loaded, the reranker first, so that a bad open_clip
+    file fails before a large Transformer has loaded."""
     from megadalle.bundle import open_models
 
     ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
@@ -236,8 +256,12 @@ def run(cfg: DictConfig) -> int:
     refuse_earlier_results(ec.output, METRICS, "evaluate", ec.overwrite)
     ready_output(ec.output)
     device = pick_device(ec.device)
+
+    def keep_readable(words) -> None:  # before any model is read, as the captions file's other checks
+        captions[:] = readable_captions(words, captions, caption_source(ec))
+
     models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
-                         "clip_score=false", ec.ema, device, pick_dtype(ec.dtype, device))
+                         "clip_score=false", ec.ema, device, pick_dtype(ec.dtype, device), keep_readable)
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)
     path = write_report(scores, ec)

@@ -27,6 +27,7 @@ from megadalle.outputs import ready_output, refuse_earlier_results
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
+from megadalle.sampling.prompt import check_prompt, warn_if_unknown
 from megadalle.sampling.rerank import MegadalleClip, as_reranker, rank
 
 
@@ -47,8 +48,10 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     open_clip model) keep the `keep` best by CLIP score, else the first. Arguments the CLI would refuse are refused
     here too (ConfigError, a ValueError naming the argument)."""
     check_request(prompt, n, keep, batch_size, seed)
+    check_prompt(tokenizer, prompt)
     check_device_fits(model, min(batch_size, n))
     device = next(model.parameters()).device
+    warn_if_unknown(tokenizer, prompt)
     warn_if_cut(tokenizer, prompt, model.cfg.text_len, "the model")
     text = torch.tensor(tokenizer.encode(prompt, model.cfg.text_len), device=device)
     reranker = as_reranker(clip, tokenizer) if clip is not None else None
@@ -131,7 +134,8 @@ def run(cfg: DictConfig) -> int:
     refuse_earlier_results(gc.output, SCORES, "generate", gc.overwrite)
     ready_output(gc.output)
     models = open_models(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank,
-                         ema=gc.ema, device=device, dtype=pick_dtype(gc.dtype, device))
+                         ema=gc.ema, device=device, dtype=pick_dtype(gc.dtype, device),
+                         check_text=lambda words: check_prompt(words, gc.prompt))
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
     result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.kept, gc.batch_size, settings, gc.seed)

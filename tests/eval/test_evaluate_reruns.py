@@ -55,3 +55,22 @@ def test_saved_samples_are_this_runs_alone_and_foreign_files_stay(models, tmp_pa
     assert all((out / "samples" / name).read_text() == "the user's" for name in foreign)
     assert main(evaluate_args(models, "n=2", "overwrite=true", f"output={out}")) == 0  # no samples asked: none left
     assert sorted(p.name for p in (out / "samples").iterdir()) == sorted(foreign)
+
+
+def test_caption_lines_the_tokenizer_reads_nothing_of_are_skipped_and_counted(models, tmp_path, capsys, monkeypatch):
+    """A line of U+200B passed the blank-line test and was sampled from pads alone; it is skipped like a blank line,
+    counted on stderr, and a file of nothing else is refused before any model is read."""
+    import megadalle.bundle
+
+    (models / "captions.txt").write_text("a red circle\n\u200b\u200b\n\ufeff\u200b\n")
+    out = tmp_path / "eval"
+    assert main(evaluate_args(models, "n=1", "save_samples=true", f"output={out}")) == 0
+    assert f"[evaluate] captions={models / 'captions.txt'}: 2 of 3 captions hold nothing the tokenizer reads " \
+           "(only characters it drops, like U+200B); skipped\n" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["captions"] == 1
+    assert [e["caption"] for e in json.loads((out / "samples" / "index.json").read_text())] == ["a red circle"]
+    (models / "captions.txt").write_text("\u200b\n")
+    monkeypatch.setattr(megadalle.bundle, "read_model", lambda *a, **k: pytest.fail("a model was read"))
+    assert main(evaluate_args(models, "n=1", f"output={tmp_path / 'none'}")) == 2
+    assert capsys.readouterr().err == f"megadalle evaluate: captions='{models / 'captions.txt'}': the tokenizer " \
+                                      "reads nothing of any caption (only characters it drops, like U+200B)\n"

@@ -87,3 +87,38 @@ def test_a_rerun_into_an_earlier_runs_folder_is_refused_unless_overwrite(models,
     monkeypatch.setattr(megadalle.bundle, "open_models", real)
     assert main([*base, "seed=1", "overwrite=true"]) == 0
     assert json.loads((tmp_path / "generate" / "scores.json").read_text())["seed"] == 1
+
+
+def test_a_prompt_the_tokenizer_reads_nothing_of_is_refused_before_any_model_is_read(models, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """U+200B and U+FEFF survive str.strip() and sentencepiece drops them: such a prompt passed the blank check and
+    was sampled from pads alone."""
+    import megadalle.bundle
+    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sample import generate
+    from megadalle.sampling.load import load_model
+    from megadalle.sampling.loop import SamplingSettings
+
+    prompt = "\u200b\ufeff"
+    monkeypatch.setattr(megadalle.bundle, "read_model", lambda *a, **k: pytest.fail("a model was read"))
+    assert main(["generate", f"weights={models / 'model.safetensors'}", f'prompt="{prompt}"',
+                 f"output={tmp_path / 'out'}"]) == 2
+    assert capsys.readouterr().err == "megadalle generate: prompt='\\u200b\\ufeff': the tokenizer reads nothing of " \
+                                      "it (it drops '\\u200b' U+200B, '\\ufeff' U+FEFF); give words\n"
+    monkeypatch.undo()
+    model = load_model(models / "model.safetensors", "transformer")
+    dvae = load_model(models / "dvae.safetensors", "dvae")
+    with pytest.raises(ValueError, match="the tokenizer reads nothing of it"):
+        generate(model, dvae, None, Tokenizer(models / "tokenizer.model"), prompt, 1, 1, 1, SamplingSettings(), 0,
+                 progress=False)
+
+
+def test_a_prompt_mostly_unknown_to_the_tokenizer_is_said_once_with_its_characters(models, tmp_path, capsys):
+    assert run(compose("generate", args(models, "n=1", f"output={tmp_path / 'known'}"))) == 0
+    assert "unknown" not in capsys.readouterr().err
+    prompt = "ÄÖÜ Äa"
+    assert run(compose("generate", [f"weights={models / 'model.safetensors'}", f'prompt="{prompt}"', "n=2",
+                                    "batch_size=1", f"output={tmp_path / 'out'}"])) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "unknown" in line]
+    assert warnings == ["[generate] prompt 'ÄÖÜ Äa': 4 of 5 characters are unknown to the tokenizer, read as its "
+                        "unknown piece: 'Ä' U+00C4, 'Ö' U+00D6, 'Ü' U+00DC"]
