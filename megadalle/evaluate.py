@@ -27,7 +27,7 @@ from megadalle.config.evaluate import EvaluateConfig
 from megadalle.data.captions import first_caption
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
-from megadalle.outputs import ready_output, refuse_earlier_results
+from megadalle.outputs import interrupted, output_folder, refuse_earlier_results
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
 from megadalle.sampling.prompt import pieces
@@ -246,16 +246,22 @@ def run(cfg: DictConfig) -> int:
     """Everything a user can get wrong (captions, and what the tokenizer reads of them, real images, output and
     an earlier run's results there, the files and whether they belong together) is checked before any model is
     read; then the CLIP, the dVAE and the Transformer are loaded, the reranker first, so that a bad open_clip
-    file fails before a large Transformer has loaded."""
-    from megadalle.bundle import open_models
-
+    file fails before a large Transformer has loaded. Exit code 130 on Ctrl-C (one line, no traceback)."""
     ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
     captions = read_captions(ec)
     check_fidelity_inputs(ec, len(captions))
     extract = feature_extractor(ec.feature_extractor, ec.feature_weights) if ec.real_images else None
     refuse_earlier_results(ec.output, METRICS, "evaluate", ec.overwrite)
-    ready_output(ec.output)
     device = pick_device(ec.device)
+    try:
+        with output_folder(ec.output):
+            return sample_and_score(ec, captions, extract, device)
+    except KeyboardInterrupt:
+        return interrupted("evaluate", ec.output, METRICS)
+
+
+def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor | None, device: torch.device) -> int:
+    from megadalle.bundle import open_models
 
     def keep_readable(words) -> None:  # before any model is read, as the captions file's other checks
         captions[:] = readable_captions(words, captions, caption_source(ec))

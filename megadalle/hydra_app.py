@@ -60,8 +60,8 @@ class VerbJob:
             if self.verb in OUTPUT_VERBS and multirun and not gives(hydra.overrides.task, "output"):
                 cfg.output = hydra.runtime.output_dir
         code = execute(self.verb, cfg)
-        if code == 2:
-            raise SystemExit(2)  # a user error stops the sweep (hydra would report an exception with a traceback)
+        if code in (2, 130):  # a user error or Ctrl-C stops the sweep (an exception would be a traceback)
+            raise SystemExit(code)
         return code
 
 

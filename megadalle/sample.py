@@ -23,7 +23,7 @@ from tqdm import tqdm
 from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig, check_request
 from megadalle.devices import pick_device, pick_dtype
-from megadalle.outputs import ready_output, refuse_earlier_results
+from megadalle.outputs import interrupted, output_folder, refuse_earlier_results
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
@@ -127,12 +127,20 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
 
 
 def run(cfg: DictConfig) -> int:
-    from megadalle.bundle import open_models
-
+    """`megadalle generate`; exit code 130 on Ctrl-C (one line, no traceback)."""
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
     refuse_earlier_results(gc.output, SCORES, "generate", gc.overwrite)
-    ready_output(gc.output)
+    try:
+        with output_folder(gc.output):
+            return sample_and_write(gc, device)
+    except KeyboardInterrupt:
+        return interrupted("generate", gc.output, SCORES)
+
+
+def sample_and_write(gc: GenerateConfig, device: torch.device) -> int:
+    from megadalle.bundle import open_models
+
     models = open_models(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank,
                          ema=gc.ema, device=device, dtype=pick_dtype(gc.dtype, device),
                          check_text=lambda words: check_prompt(words, gc.prompt))

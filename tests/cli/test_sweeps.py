@@ -52,6 +52,23 @@ def test_generate_and_evaluate_sweep_jobs_each_write_to_their_own_folder(tmp_pat
     assert f"output={jobs[0]}: holds an earlier generate's results" in capsys.readouterr().err
 
 
+def test_ctrl_c_in_a_sweep_job_stops_the_sweep_with_exit_code_130(tmp_path, capsys, monkeypatch):
+    import megadalle.sample
+    from tests.sample.test_generate import write_tiny_models
+
+    calls = []
+
+    def interrupt(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    write_tiny_models(tmp_path)
+    monkeypatch.setattr(megadalle.sample, "generate", interrupt)
+    assert main(["generate", "-m", f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1",
+                 "seed=0,1", f"out_dir={tmp_path}"]) == 130
+    assert len(calls) == 1 and "interrupted" in capsys.readouterr().err
+
+
 def test_sweep_jobs_get_the_plain_runs_checks(train_overrides, tmp_path, capsys):
     shards = next(o for o in train_overrides if o.startswith("data.shards="))
     assert main(["train", "-m", "trainer.lr=0.001,0.0003", shards, f"out_dir={tmp_path}"]) == 2

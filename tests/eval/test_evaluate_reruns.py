@@ -74,3 +74,18 @@ def test_caption_lines_the_tokenizer_reads_nothing_of_are_skipped_and_counted(mo
     assert main(evaluate_args(models, "n=1", f"output={tmp_path / 'none'}")) == 2
     assert capsys.readouterr().err == f"megadalle evaluate: captions='{models / 'captions.txt'}': the tokenizer " \
                                       "reads nothing of any caption (only characters it drops, like U+200B)\n"
+
+
+def test_ctrl_c_is_one_line_exit_code_130_and_leaves_no_folder_it_made(models, tmp_path, capsys, monkeypatch):
+    import megadalle.evaluate
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(megadalle.evaluate, "generate", interrupt)
+    out = tmp_path / "new" / "eval"
+    assert main(evaluate_args(models, "n=1", f"output={out}")) == 130
+    err = capsys.readouterr().err  # after the captions' progress bar
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == f"megadalle evaluate: interrupted; no metrics.json of this run in {out}"
+    assert not (tmp_path / "new").exists()

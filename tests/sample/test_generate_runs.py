@@ -122,3 +122,23 @@ def test_a_prompt_mostly_unknown_to_the_tokenizer_is_said_once_with_its_characte
     warnings = [line for line in capsys.readouterr().err.splitlines() if "unknown" in line]
     assert warnings == ["[generate] prompt 'ÄÖÜ Äa': 4 of 5 characters are unknown to the tokenizer, read as its "
                         "unknown piece: 'Ä' U+00C4, 'Ö' U+00D6, 'Ü' U+00DC"]
+
+
+def test_ctrl_c_is_one_line_exit_code_130_and_leaves_no_folder_it_made(models, tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt traceback on Ctrl-C, and the empty output folder the run had made; now as prepare: one
+    line and 130. A folder that was there before stays; so does a folder the run made and wrote into."""
+    import megadalle.sample
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(megadalle.sample, "generate", interrupt)
+    made, there = tmp_path / "new" / "out", tmp_path / "there"
+    there.mkdir()
+    for output in (made, there):
+        assert main(["generate", *args(models, "n=1"), f"output={output}"]) == 130
+        assert capsys.readouterr().err == f"megadalle generate: interrupted; no scores.json of this run in {output}\n"
+    assert not (tmp_path / "new").exists() and there.is_dir()
+    monkeypatch.undo()
+    assert main(["generate", f"weights={models / 'model.safetensors'}", 'prompt="\u200b"', f"output={made}"]) == 2
+    assert not (tmp_path / "new").exists()  # nor does a refused prompt leave one
