@@ -23,7 +23,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -270,9 +270,11 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
 
 def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | None = None, clip: str | None = None,
                 clip_model: str = "megadalle", want_clip: bool = True, without_clip: str = "rerank=false",
-                ema: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:
+                ema: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                check_text: Callable[[Any], None] | None = None) -> Pipeline:
     """What a sampling verb samples with, from its keys (`sampling_files`). Everything is checked before a
-    tensor is read: the device, `ema`, the files and whether they were trained together. The reranker loads
+    tensor is read: the device, `ema`, the files and whether they were trained together, and with `check_text`
+    (called with the Tokenizer) what the verb will sample (a prompt the tokenizer reads nothing of). The reranker loads
     first, so a bad CLIP file fails before a large Transformer has loaded. The Transformer in `dtype`, the dVAE
     and CLIP in float32, all on `device`; `manifest` is a model folder's bundle.json ({} for other weights)."""
     from megadalle.data.tokenizer import Tokenizer
@@ -286,6 +288,8 @@ def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | N
     check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
                 files.tokenizer, files.tokenizer_record)
     words = Tokenizer(files.tokenizer)
+    if check_text is not None:
+        check_text(words)
     reranker = load_reranker(files.clip_model, files.clip, words, device,
                              lambda path, kind: read_model(path, kind, ema)) if want_clip else None
     clip_module = None if reranker is None else reranker.clip if isinstance(reranker, MegadalleClip) else reranker.model

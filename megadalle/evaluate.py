@@ -11,6 +11,7 @@ are featurised caption by caption and dropped, so memory holds features, not ima
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,9 +27,10 @@ from megadalle.config.evaluate import EvaluateConfig
 from megadalle.data.captions import first_caption
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
-from megadalle.outputs import ready_output
+from megadalle.outputs import interrupted, output_folder, refuse_earlier_results
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
+from megadalle.sampling.prompt import pieces
 
 
 @dataclass
@@ -103,6 +105,23 @@ def shard_captions(shards: str, limit: int) -> list[str]:
     return captions
 
 
+def caption_source(cfg: EvaluateConfig) -> str:
+    return f"captions={cfg.captions}" if cfg.captions is not None else f"shards={cfg.shards}"
+
+
+def readable_captions(tokenizer, captions: list[str], source: str) -> list[str]:
+    """The captions the tokenizer reads something of. A line of characters it drops (U+200B, U+FEFF) passes the
+    blank test and would be sampled from pads alone: it is skipped like a blank line, and counted on stderr;
+    none left is refused."""
+    readable = [caption for caption in captions if pieces(tokenizer, caption)]
+    check(bool(readable), source.partition("=")[0], source.partition("=")[2],
+          "the tokenizer reads nothing of any caption (only characters it drops, like U+200B)")
+    if len(readable) < len(captions):
+        print(f"[evaluate] {source}: {len(captions) - len(readable)} of {len(captions)} captions hold nothing the "
+              "tokenizer reads (only characters it drops, like U+200B); skipped", file=sys.stderr)
+    return readable
+
+
 def check_fidelity_inputs(cfg: EvaluateConfig, captions: int) -> None:
     """FID and KID need 2 or more samples and real images: refused before sampling, not by numpy after it. The
     real shards must hold images (token shards from `encode` have none) and at least 2 of them."""
@@ -133,17 +152,44 @@ def real_features(shards: str, image_size: int, limit: int, extract: Extractor, 
     return torch.cat(feats)
 
 
-def save_images(images: torch.Tensor, folder: Path, caption_index: int) -> list[str]:
-    """Each image [3, S, S] in [0, 1] as `<caption>_<sample>.png` (the pixels only); returns the file names."""
+SAMPLE_FILE = re.compile(r"\d{4,}_\d{3,}\.png")
+"""`sample_names`' names: the only files of <output>/samples that a rerun may remove."""
+
+
+def sample_names(caption_index: int, n: int) -> list[str]:
+    return [f"{caption_index:04d}_{k:03d}.png" for k in range(n)]
+
+
+def sample_index(captions: list[str], n: int) -> list[dict]:
+    """samples/index.json: each caption with its files."""
+    return [{"caption": caption, "files": sample_names(i, n)} for i, caption in enumerate(captions)]
+
+
+def clear_earlier_samples(folder: Path) -> None:
+    """Remove the samples an earlier evaluate listed in `folder`/index.json, and the index: a rerun with fewer
+    captions or samples left the rest beside its own, which an outside judge then read as this run's. Only listed
+    files of evaluate's own names go; any other file stays, and so does the folder unless it is left empty."""
+    try:
+        entries = json.loads((folder / "index.json").read_text())
+        names = [name for entry in entries for name in entry["files"]]
+    except (OSError, ValueError, TypeError, KeyError):  # no index, or none of evaluate's: nothing known to be ours
+        return
+    for name in names:
+        if isinstance(name, str) and SAMPLE_FILE.fullmatch(name):
+            (folder / name).unlink(missing_ok=True)
+    (folder / "index.json").unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def save_images(images: torch.Tensor, folder: Path, caption_index: int) -> None:
+    """Each image [3, S, S] in [0, 1] as `<caption>_<sample>.png` (the pixels only), named by `sample_names`."""
     from PIL import Image
 
     from megadalle.sampling.grid import to_uint8
 
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"{caption_index:04d}_{k:03d}.png" for k in range(len(images))]
-    for name, array in zip(names, to_uint8(images)):
+    for name, array in zip(sample_names(caption_index, len(images)), to_uint8(images)):
         Image.fromarray(array).save(folder / name)
-    return names
 
 
 def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateConfig, extract: Extractor | None,
@@ -151,20 +197,24 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     """Sample every caption `cfg.n` times and score the samples (see the module docstring). `clip`: None,
     megadalle's CLIP or any `sampling.rerank.Reranker` (an open_clip model), as `generate` takes it."""
     start = time.perf_counter()
+    captions = readable_captions(tokenizer, captions, caption_source(cfg))
     settings = SamplingSettings(cfg.temperature, cfg.top_k, cfg.top_p)
-    scores, best, fake, saved = [], [], [], []
+    samples = Path(cfg.output) / "samples"
+    clear_earlier_samples(samples)
+    if cfg.save_samples:  # the index first: a run stopped midway still names its files for the next to clear
+        samples.mkdir(parents=True, exist_ok=True)
+        (samples / "index.json").write_text(json.dumps(sample_index(captions, cfg.n), indent=1))
+    scores, best, fake = [], [], []
     for i, caption in enumerate(tqdm(captions, desc="evaluate", unit=" caption", disable=not progress)):
         result = generate(model, dvae, clip, tokenizer, caption, cfg.n, cfg.n, cfg.batch_size, settings,
                           cfg.seed + i, progress=False)
         if result.scores is not None:
             scores += result.scores
             best.append(max(result.scores))
-        if extract is not None:
-            fake.append(extract(result.images).float().cpu())
+        if extract is not None:  # batch_size at a time: Inception on n images at once could exceed the GPU
+            fake += [extract(chunk).float().cpu() for chunk in result.images.split(cfg.batch_size)]
         if cfg.save_samples:
-            saved.append({"caption": caption, "files": save_images(result.images, Path(cfg.output) / "samples", i)})
-    if cfg.save_samples:
-        (Path(cfg.output) / "samples" / "index.json").write_text(json.dumps(saved, indent=1))
+            save_images(result.images, samples, i)
     out = Scores(len(captions), cfg.n)
     if scores:
         out.clip_score, out.clip_score_best = sum(scores) / len(scores), sum(best) / len(best)
@@ -178,30 +228,46 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     return out
 
 
+METRICS = "metrics.json"
+"""Written last: a folder holding one holds a finished evaluate's results."""
+
+
 def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
     """metrics.json (scores + the settings that produced them) and metrics.md in `cfg.output`; returns the JSON."""
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.md").write_text(scores.markdown())
-    path = output / "metrics.json"
+    path = output / METRICS
     path.write_text(json.dumps({**asdict(scores), "config": asdict(cfg)}, indent=1))
     return path
 
 
 def run(cfg: DictConfig) -> int:
-    """Everything a user can get wrong (captions, real images, output, the files and whether they belong
-    together) is checked before any model is read; then the CLIP, the dVAE and the Transformer are loaded,
-    the reranker first, so that a bad open_clip file fails before a large Transformer has loaded."""
-    from megadalle.bundle import open_models
-
+    """Everything a user can get wrong (captions, and what the tokenizer reads of them, real images, output and
+    an earlier run's results there, the files and whether they belong together) is checked before any model is
+    read; then the CLIP, the dVAE and the Transformer are loaded, the reranker first, so that a bad open_clip
+    file fails before a large Transformer has loaded. Exit code 130 on Ctrl-C (one line, no traceback)."""
     ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
     captions = read_captions(ec)
     check_fidelity_inputs(ec, len(captions))
     extract = feature_extractor(ec.feature_extractor, ec.feature_weights) if ec.real_images else None
-    ready_output(ec.output)
+    refuse_earlier_results(ec.output, METRICS, "evaluate", ec.overwrite)
     device = pick_device(ec.device)
+    try:
+        with output_folder(ec.output):
+            return sample_and_score(ec, captions, extract, device)
+    except KeyboardInterrupt:
+        return interrupted("evaluate", ec.output, METRICS)
+
+
+def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor | None, device: torch.device) -> int:
+    from megadalle.bundle import open_models
+
+    def keep_readable(words) -> None:  # before any model is read, as the captions file's other checks
+        captions[:] = readable_captions(words, captions, caption_source(ec))
+
     models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
-                         "clip_score=false", ec.ema, device, pick_dtype(ec.dtype, device))
+                         "clip_score=false", ec.ema, device, pick_dtype(ec.dtype, device), keep_readable)
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)
     path = write_report(scores, ec)

@@ -11,13 +11,23 @@ hydra's, no logging set-up, callable in-process by the demo and the tests.
 Where jobs land: conf/config.yaml sets hydra.sweep.dir to `<out_dir>/multirun/<verb>` with one
 sub-directory per job number; a training job without an explicit run_dir uses its job's directory
 as its run directory, so rerunning the same sweep resumes every job (and a changed job is refused,
-see megadalle.train.rundir).
+see megadalle.train.rundir). A generate or evaluate job without an explicit output writes there too:
+their default output is one folder under out_dir, where every job wrote over the one before.
 """
 from __future__ import annotations
 
 import sys
 
 from omegaconf import DictConfig, open_dict
+
+
+OUTPUT_VERBS = ("generate", "evaluate")
+"""Verbs whose results go to `output` (by default `${out_dir}/<verb>`, one folder for every job of a sweep)."""
+
+
+def gives(overrides: list[str], key: str) -> bool:
+    """Whether `overrides` set `key` (`key=`, `+key=`, `++key=`)."""
+    return any(item.lstrip("+").partition("=")[0] == key for item in overrides)
 
 
 class VerbJob:
@@ -40,15 +50,18 @@ class VerbJob:
         from megadalle.preflight import RUN_TASKS
 
         hydra = HydraConfig.get()
+        multirun = hydra.mode == RunMode.MULTIRUN
         choices = {g: o for g, o in hydra.runtime.choices.items() if not g.startswith("hydra")}
         with open_dict(cfg):
             restore(cfg, conf_dir(), self.verb, choices, list(hydra.overrides.task))
             keep_text(cfg, self.verb, self.overrides)  # a sweep's values stay hydra's: keep_text skips sweeps
-            if self.verb in RUN_TASKS and hydra.mode == RunMode.MULTIRUN and not cfg.get("run_dir"):
+            if self.verb in RUN_TASKS and multirun and not cfg.get("run_dir"):
                 cfg.run_dir = hydra.runtime.output_dir
+            if self.verb in OUTPUT_VERBS and multirun and not gives(hydra.overrides.task, "output"):
+                cfg.output = hydra.runtime.output_dir
         code = execute(self.verb, cfg)
-        if code == 2:
-            raise SystemExit(2)  # a user error stops the sweep (hydra would report an exception with a traceback)
+        if code in (2, 130):  # a user error or Ctrl-C stops the sweep (an exception would be a traceback)
+            raise SystemExit(code)
         return code
 
 

@@ -2,12 +2,17 @@
 
 Sampling 512 images of a 12B model takes hours; an `output=` that names a file, or a folder that cannot be
 made, used to fail only when the first image was written. The folder is made, and checked to take a file,
-before any model is read.
+before any model is read; so is whether it already holds an earlier run's results, which a plain rerun
+(the default `output` is one folder under out_dir) replaced without a word. A run that stops early (Ctrl-C,
+a refused prompt) takes away the folders it made and left empty.
 """
 from __future__ import annotations
 
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from megadalle.config import ConfigError
 
@@ -27,3 +32,34 @@ def ready_output(path: str | Path, key: str = "output") -> Path:
     except OSError as err:
         raise OutputError(f"{key}={path}: cannot write there ({err.strerror})") from None
     return path
+
+
+def refuse_earlier_results(path: str | Path, record: str, verb: str, overwrite: bool, key: str = "output") -> None:
+    """Refuse a folder that holds `record` (the file `verb` writes last: its results) unless `overwrite`."""
+    if not overwrite and (Path(path) / record).is_file():
+        raise OutputError(f"{key}={path}: holds an earlier {verb}'s results ({record}); give another {key}, or "
+                          f"overwrite=true to replace them")
+
+
+@contextmanager
+def output_folder(path: str | Path, key: str = "output") -> Iterator[Path]:
+    """`ready_output(path)` for the block's run; if the block raises (Ctrl-C among others), the folders it made
+    go again where they are left empty, so that no empty folder looks like a run's output."""
+    path = Path(path)
+    made = [folder for folder in (path, *path.absolute().parents) if not folder.exists()]
+    ready_output(path, key)
+    try:
+        yield path
+    except BaseException:
+        for folder in made:  # deepest first; the first one holding anything keeps its parents too
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def interrupted(verb: str, path: str | Path, record: str) -> int:
+    """Ctrl-C as one line, as `prepare` says it, and exit code 130 (128 + SIGINT, what a shell reports for it)."""
+    print(f"megadalle {verb}: interrupted; no {record} of this run in {path}", file=sys.stderr, flush=True)
+    return 130

@@ -2,12 +2,16 @@
 
 Samples are drawn in seeded batches; each batch is decoded and scored at once, so only codes
 and scores are held for all n (512 images of 256 px would be 400 MB), and the kept ones are
-decoded again at the end. Outputs: grid.png (best first, row by row), sample_XX.png for each
-kept sample (its pixels alone, no frame), and scores.json with every sample's CLIP score.
+decoded again at the end, `batch_size` at a time (the dVAE's activations take ~0.34 GB per 256 px
+image: `keep=512` in one call needed ~175 GB). Outputs: grid.png (best first, row by row),
+sample_XX.png for each kept sample (its pixels alone, no frame), and scores.json with every sample's
+CLIP score and what reproduces them: the samples depend on the seed, n and batch_size (each batch
+draws from its own generator), the dtype and the device, beside the files and settings (`config`).
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +23,11 @@ from tqdm import tqdm
 from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig, check_request
 from megadalle.devices import pick_device, pick_dtype
-from megadalle.outputs import ready_output
+from megadalle.outputs import interrupted, output_folder, refuse_earlier_results
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
+from megadalle.sampling.prompt import check_prompt, warn_if_unknown
 from megadalle.sampling.rerank import MegadalleClip, as_reranker, rank
 
 
@@ -43,8 +48,10 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     open_clip model) keep the `keep` best by CLIP score, else the first. Arguments the CLI would refuse are refused
     here too (ConfigError, a ValueError naming the argument)."""
     check_request(prompt, n, keep, batch_size, seed)
+    check_prompt(tokenizer, prompt)
     check_device_fits(model, min(batch_size, n))
     device = next(model.parameters()).device
+    warn_if_unknown(tokenizer, prompt)
     warn_if_cut(tokenizer, prompt, model.cfg.text_len, "the model")
     text = torch.tensor(tokenizer.encode(prompt, model.cfg.text_len), device=device)
     reranker = as_reranker(clip, tokenizer) if clip is not None else None
@@ -60,7 +67,8 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     codes_all = torch.cat(codes)
     score_all = torch.cat(scores) if clip is not None else None
     best = rank(score_all, keep) if score_all is not None else torch.arange(min(keep, n))
-    images = decode(dvae, codes_all[best].to(device), model.cfg.grid_size).cpu()
+    images = torch.cat([decode(dvae, chunk.to(device), model.cfg.grid_size).cpu()
+                        for chunk in codes_all[best].split(batch_size)])
     return Generated(images, best.tolist(), None if score_all is None else score_all.tolist())
 
 
@@ -78,35 +86,70 @@ def decode(dvae, codes: torch.Tensor, grid_size: int) -> torch.Tensor:
     return dvae.decode_codes(codes.view(-1, grid_size, grid_size))
 
 
+SCORES = "scores.json"
+"""Written last: a folder holding one holds a finished generate's results."""
+
+SAMPLE_NAME = re.compile(r"sample_(\d{2}|[1-9]\d{2,})\.png")
+"""`sample_name`'s names and no others (sample_07.png, sample_123.png; not sample_7.png or sample_2019_x.png)."""
+
+
+def sample_name(rank: int) -> str:
+    return f"sample_{rank:02d}.png"
+
+
+def earlier_samples(output: Path) -> list[Path]:
+    """The kept samples an earlier generate wrote to `output`: the files its scores.json lists (kept[].file), each
+    one of generate's own names. A file beside them is the user's, however it is named (a glob on
+    `sample_[0-9]*.png` deleted sample_2019_holiday.png); without a scores.json nothing there is generate's."""
+    try:
+        kept = json.loads((output / SCORES).read_text()).get("kept") or []
+        names = [entry["file"] for entry in kept]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return []
+    return [output / name for name in names if isinstance(name, str) and SAMPLE_NAME.fullmatch(name)]
+
+
 def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict) -> Path:
     """grid.png, sample_XX.png and scores.json in `output`; returns the grid's path. The kept samples of an
-    earlier run in the same folder go first, so every sample_XX.png there is one that scores.json lists."""
+    earlier run in the same folder go first (`earlier_samples`), so every sample file scores.json lists is this
+    run's, and no other file is touched."""
     output = Path(output)
-    for stale in output.glob("sample_[0-9]*.png"):
-        stale.unlink()
+    for stale in earlier_samples(output):
+        stale.unlink(missing_ok=True)
     grid = save_grid(result.images, output / "grid.png")
     for rank_, image in enumerate(result.images):
-        save_image(image, output / f"sample_{rank_:02d}.png")
-    kept = [{"rank": r, "sample": i, "file": f"sample_{r:02d}.png",
+        save_image(image, output / sample_name(rank_))
+    kept = [{"rank": r, "sample": i, "file": sample_name(r),
              "score": None if result.scores is None else result.scores[i]} for r, i in enumerate(result.indices)]
-    (output / "scores.json").write_text(json.dumps({"prompt": prompt, **meta, "kept": kept,
-                                                    "all_scores": result.scores}, indent=1))
+    (output / SCORES).write_text(json.dumps({"prompt": prompt, **meta, "kept": kept, "all_scores": result.scores},
+                                            indent=1))
     return grid
 
 
 def run(cfg: DictConfig) -> int:
-    from megadalle.bundle import open_models
-
+    """`megadalle generate`; exit code 130 on Ctrl-C (one line, no traceback)."""
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
-    ready_output(gc.output)
+    refuse_earlier_results(gc.output, SCORES, "generate", gc.overwrite)
+    try:
+        with output_folder(gc.output):
+            return sample_and_write(gc, device)
+    except KeyboardInterrupt:
+        return interrupted("generate", gc.output, SCORES)
+
+
+def sample_and_write(gc: GenerateConfig, device: torch.device) -> int:
+    from megadalle.bundle import open_models
+
     models = open_models(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank,
-                         ema=gc.ema, device=device, dtype=pick_dtype(gc.dtype, device))
+                         ema=gc.ema, device=device, dtype=pick_dtype(gc.dtype, device),
+                         check_text=lambda words: check_prompt(words, gc.prompt))
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
     result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.kept, gc.batch_size, settings, gc.seed)
-    meta = {"n": gc.n, "keep": gc.kept, "seed": gc.seed, "sampling": asdict(settings),
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    meta = {"n": gc.n, "keep": gc.kept, "batch_size": gc.batch_size, "seed": gc.seed, "sampling": asdict(settings),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "device": str(device),
+            "config": asdict(gc)}
     grid = write_outputs(result, gc.output, gc.prompt, meta)
     best = f"; best CLIP score {result.scores[result.indices[0]]:.3f}" if result.scores else ""
     print(f"[generate] wrote {grid} ({len(result.indices)} of {gc.n} samples){best}")

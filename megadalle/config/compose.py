@@ -82,11 +82,26 @@ def quoted_form(key: str, value: str) -> str:
     return shlex.quote(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"')
 
 
-def check_override_syntax(overrides: list[str]) -> None:
+BARE_WORD_KEY = {"generate": "prompt"}
+"""The key a word typed without `key=` most likely belongs to: `megadalle generate weights=model a red circle`
+(the shell's quotes gone) is a prompt."""
+
+
+def bare_item(verb: str | None, item: str) -> str:
+    """The message for an override without `=` (not a `~key` deletion): it sets no key, and quoting it as itself
+    (what the message once advised) still sets none."""
+    key = BARE_WORD_KEY.get(verb or "")
+    if key is not None:
+        return f"{item}: expected key=value; for the {key}, write {quoted_form(key, item)}"
+    return f"{item}: expected key=value" + (f" (megadalle {verb} --help lists the keys)" if verb else "")
+
+
+def check_override_syntax(overrides: list[str], verb: str | None = None) -> None:
     """An override hydra cannot read as one value is refused with the quoted form that it reads as the text
     given. Prompts and paths are where users meet hydra's grammar: a comma makes a sweep, and an apostrophe,
     a bracket or a letter outside ASCII is syntax unless the value is quoted; hydra's own message
-    (`LexerNoViableAltException`, `Ambiguous value`) does not say so."""
+    (`LexerNoViableAltException`, `Ambiguous value`) does not say so. An item without `=` is no override at
+    all: said as such (`bare_item`), with the `key=` that `verb` most likely wants."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -95,6 +110,8 @@ def check_override_syntax(overrides: list[str]) -> None:
     parser = OverridesParser.create()
     for item in overrides:
         key, sep, value = item.partition("=")
+        if not sep and not item.startswith("~"):
+            raise ConfigError(bare_item(verb, item))
         quoted = quoted_form(key, value) if sep else item
         try:
             sweep = parser.parse_override(item).is_sweep_override()
@@ -143,7 +160,7 @@ def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple
     register_schemas()
     GlobalHydra.instance().clear()
     overrides = list(overrides or [])
-    check_override_syntax(overrides)
+    check_override_syntax(overrides, verb)
     check_group_choices(verb, overrides)
     check_added(verb, overrides)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):

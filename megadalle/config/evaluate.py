@@ -53,10 +53,14 @@ class EvaluateConfig:
     kid_subset_size: int = 1000
     save_samples: bool = False
     """Also write every sample as `<output>/samples/<caption>_<sample>.png` (the image itself, no frame) with
-    `samples/index.json` (caption -> files), for judges outside megadalle."""
+    `samples/index.json` (caption -> files), for judges outside megadalle. Every run first removes the samples
+    an earlier run's index.json lists, so the folder holds this run's alone beside any file of the user's."""
     ema: bool = False
     output: str = "evaluate"
     """Directory for metrics.json and metrics.md."""
+    overwrite: bool = False
+    """Replace the results of an earlier evaluate in `output` (metrics.json, metrics.md and the samples its
+    samples/index.json lists; other files stay). false refuses such a folder before any model is read."""
     device: str = "auto"
     dtype: str = "auto"
     """The Transformer's while sampling: auto = bf16 on a CUDA GPU that has it, else fp32; fp32 or bf16 to choose."""

@@ -29,7 +29,8 @@ class GenerateConfig:
     """Best samples by CLIP score written to the grid; null = 8, or all n when fewer are drawn (a keep given
     larger than n is refused)."""
     batch_size: int = 32
-    """Samples decoded together; each batch has its own seed, derived from `seed` and the batch index."""
+    """Samples drawn, decoded and scored together. Each batch has its own generator, seeded from `seed` and the
+    batch index, so the samples depend on it: the same seed with another batch_size draws other samples."""
     temperature: float = 1.0
     top_k: int = 0
     """Keep the k most likely image tokens at each step; 0 keeps all."""
@@ -53,6 +54,9 @@ class GenerateConfig:
     """When loading run directories: use the EMA weights."""
     output: str = "generate"
     """Directory for grid.png, the kept samples and scores.json."""
+    overwrite: bool = False
+    """Replace the results of an earlier generate in `output` (its scores.json, grid.png and the samples it
+    listed; other files stay). false refuses such a folder before any model is read."""
     device: str = "auto"
     """auto = cuda when available, else cpu."""
     dtype: str = "auto"

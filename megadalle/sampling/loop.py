@@ -3,8 +3,10 @@
 Without a cache every new token costs a forward pass over the whole sequence; with it, a step
 runs the model on one position against stored keys and values, and only the keys its layer's
 mask allows (megadalle.sampling.decoder). Each batch of samples draws from
-its own generator seeded by (seed, batch index): a rerun with the same seed and batch size
-reproduces every sample, and batch b does not depend on how the batches before it went.
+its own generator seeded by (seed, batch index), and batch b does not depend on how the batches
+before it went. The split into batches matters: sample i is drawn by batch i // batch_size at row
+i % batch_size, so the same seed with another batch_size (or another n, which changes the last batch)
+draws other samples; a rerun reproduces them with the same seed, n and batch_size (and dtype and device).
 """
 from __future__ import annotations
 

@@ -24,6 +24,51 @@ def test_sweep_trains_one_run_per_job_and_a_rerun_resumes_them(train_overrides, 
         assert (run / "checkpoints" / "latest").read_text() == "step_00000002"
 
 
+def test_generate_and_evaluate_sweep_jobs_each_write_to_their_own_folder(tmp_path, capsys):
+    """Every job of `generate -m` wrote to <out_dir>/generate, one over the other, and only the last survived;
+    each job writes to its own job folder, as the README says, unless the command line gives `output`."""
+    import json
+
+    from tests.sample.test_generate import write_tiny_models
+
+    write_tiny_models(tmp_path)
+    (tmp_path / "captions.txt").write_text("a red circle\n")
+    weights = f"weights={tmp_path / 'model.safetensors'}"
+    assert main(["generate", "-m", weights, "prompt=a red circle,a blue circle", "n=2", "keep=1",
+                 f"out_dir={tmp_path}"]) == 0
+    assert main(["evaluate", "-m", weights, f"captions={tmp_path / 'captions.txt'}", "fid=false", "n=1,2",
+                 "device=cpu", f"out_dir={tmp_path}"]) == 0
+    jobs = [tmp_path / "multirun" / verb / str(job) for verb in ("generate", "evaluate") for job in (0, 1)]
+    prompts = [json.loads((job / "scores.json").read_text())["prompt"] for job in jobs[:2]]
+    samples = [json.loads((job / "metrics.json").read_text())["samples_per_caption"] for job in jobs[2:]]
+    assert (prompts, samples) == (["a red circle", "a blue circle"], [1, 2])
+    assert not (tmp_path / "generate").exists() and not (tmp_path / "evaluate").exists()
+    given = tmp_path / "given"
+    assert main(["generate", "-m", weights, "prompt=a red circle", "n=2", "keep=1", "seed=0,1", f"output={given}",
+                 "overwrite=true", f"out_dir={tmp_path}"]) == 0
+    assert json.loads((given / "scores.json").read_text())["seed"] == 1  # the output given, as asked
+    capsys.readouterr()
+    assert main(["generate", "-m", weights, "prompt=a red circle", "n=2", "keep=1", f"out_dir={tmp_path}"]) == 2
+    assert f"output={jobs[0]}: holds an earlier generate's results" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_sweep_job_stops_the_sweep_with_exit_code_130(tmp_path, capsys, monkeypatch):
+    import megadalle.sample
+    from tests.sample.test_generate import write_tiny_models
+
+    calls = []
+
+    def interrupt(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    write_tiny_models(tmp_path)
+    monkeypatch.setattr(megadalle.sample, "generate", interrupt)
+    assert main(["generate", "-m", f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1",
+                 "seed=0,1", f"out_dir={tmp_path}"]) == 130
+    assert len(calls) == 1 and "interrupted" in capsys.readouterr().err
+
+
 def test_sweep_jobs_get_the_plain_runs_checks(train_overrides, tmp_path, capsys):
     shards = next(o for o in train_overrides if o.startswith("data.shards="))
     assert main(["train", "-m", "trainer.lr=0.001,0.0003", shards, f"out_dir={tmp_path}"]) == 2

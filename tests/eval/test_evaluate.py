@@ -135,6 +135,20 @@ def test_evaluate_writes_clip_score_fid_and_kid(models, tmp_path, capsys):
     assert report["fid"] == pytest.approx(frechet_distance(reals, fakes), rel=1e-6)
 
 
+def test_samples_are_featurised_batch_size_at_a_time(models, tmp_path):
+    """The n samples of a caption went through the feature extractor in one call (Inception on evaluate n=512 at
+    once), and were decoded in one call too: both go batch_size at a time."""
+    sizes, net = [], RandomFeatures()
+    REGISTRY["sizes-test"] = lambda weights: lambda images: sizes.append(len(images)) or net(images)
+    try:
+        assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"shards={models / 'shards'}", "n=5",
+                     "max_captions=2", "batch_size=2", "feature_extractor=sizes-test", "kid_subsets=2",
+                     "kid_subset_size=4", f"output={tmp_path / 'eval'}", "device=cpu"]) == 0
+    finally:
+        del REGISTRY["sizes-test"]
+    assert max(sizes) == 2 and sum(sizes) == 2 * 5 + 12, sizes  # the samples, then the 12 real images
+
+
 def test_evaluate_from_a_captions_file_without_real_images(models, tmp_path, capsys):
     """FID and KID need real images: a captions file without `real=` used to report them as n/a, unasked."""
     captions = tmp_path / "captions.txt"

@@ -94,7 +94,8 @@ def test_missing_pieces_are_named(trained, tmp_path, capsys):
     assert json.loads((out / "scores.json").read_text())["all_scores"] is None
     shutil.copy(clip, tmp_path / "clip.safetensors")  # another model's CLIP beside the folder is not its CLIP
     shutil.copy(clip.with_suffix(".json"), tmp_path / "clip.json")
-    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", "keep=2", f"output={out}"]) == 2
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", "keep=2", f"output={out}",
+                 "overwrite=true"]) == 2
     assert "exported without a CLIP: pass rerank=false" in capsys.readouterr().err
 
 
@@ -224,5 +225,6 @@ def test_a_run_directory_samples_with_what_its_run_recorded(trained, tmp_path, c
     assert main(["generate", f"weights={copy}", "prompt=red cat", "n=1", "keep=1", "rerank=false",
                  f"output={tmp_path / 'out'}"]) == 0
     assert main(["generate", f"weights={copy}", f"tokenizer={tmp_path / 'runs' / 'tokenizer.model'}",
-                 "prompt=red cat", "n=1", "keep=1", "rerank=false", f"output={tmp_path / 'out'}"]) == 2
+                 "prompt=red cat", "n=1", "keep=1", "rerank=false", f"output={tmp_path / 'out'}",
+                 "overwrite=true"]) == 2
     assert f"{copy / 'run.json'} records {tok}" in capsys.readouterr().err

@@ -172,7 +172,7 @@ def test_generate_checks_its_output_first_and_keeps_only_this_runs_samples(tmp_p
         assert "a file is in the way" in capsys.readouterr().err
     out = tmp_path / "out"
     assert main([*args, "keep=4", f"output={out}"]) == 0
-    assert main([*args, "keep=1", f"output={out}"]) == 0
+    assert main([*args, "keep=1", f"output={out}", "overwrite=true"]) == 0
     assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_00.png"]
 
 

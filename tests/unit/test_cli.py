@@ -141,6 +141,23 @@ def test_values_hydra_cannot_read_are_refused_with_their_quoted_form(capsys):
     assert "add --multirun to sweep" in capsys.readouterr().err
 
 
+def test_a_word_without_key_is_refused_as_such_with_the_key_it_likely_meant(capsys):
+    """`generate weights=model "a red circle"` (no prompt=) was advised `quote it: a red circle`, which sets no key
+    either; an item without `=` is said to need key=value, and generate's fix is a prompt that reads as typed."""
+    from megadalle.config.compose import compose
+
+    assert main(["generate", "weights=model", "a red circle"]) == 2
+    err = capsys.readouterr().err
+    assert err == "megadalle generate: a red circle: expected key=value; for the prompt, write " \
+                  "'prompt=\"a red circle\"'\n"
+    suggested = shlex.split(err.split("write ")[1])[0]
+    assert compose("generate", ["weights=model", suggested]).prompt == "a red circle"
+    for argv in (["plan", "tiny"], ["plan", "+foo"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"megadalle plan: {argv[1]}: expected key=value (megadalle plan --help " \
+                                          "lists the keys)\n"
+
+
 def test_a_text_key_keeps_a_value_that_reads_as_a_number_or_a_boolean():
     """Hydra types `prompt=1e3` as 1000.0, which the text key turned into '1000.0' (`3.10` into '3.1', `true` into
     'True', `name=1_000` into '1000'; `run_dir=2024` stayed an int). Text keys, the verb's own and the groups',

@@ -1,0 +1,44 @@
+"""What the tokenizer reads of a prompt, checked before any sample is drawn from it.
+
+Python's `str.strip` keeps characters that sentencepiece drops (U+200B zero-width space, U+FEFF byte-order
+mark): a prompt of those alone passed the blank check and was sampled from pads alone, an unconditional image
+under a caption. Characters outside the tokenizer's pieces (and without byte_fallback) read as the unknown
+piece, one per run of them: a prompt made mostly of them tells the model next to nothing, which is said.
+"""
+from __future__ import annotations
+
+import sys
+
+from megadalle.config import ConfigError
+
+
+def pieces(tokenizer, text: str) -> list:
+    """sentencepiece's pieces of `text` (each with its id and the `surface` text it covers)."""
+    return list(tokenizer.sp.encode(text, out_type="proto").pieces)
+
+
+def code_points(chars: str) -> str:
+    """`'ä' U+00E4, '\\u200b' U+200B`: each distinct character once, visible or not."""
+    return ", ".join(f"{c!r} U+{ord(c):04X}" for c in dict.fromkeys(chars))
+
+
+def check_prompt(tokenizer, prompt: str, key: str = "prompt") -> None:
+    """Refuse a prompt the tokenizer reads nothing of (see the module docstring)."""
+    if not pieces(tokenizer, prompt):
+        raise ConfigError(f"{key}={prompt!r}: the tokenizer reads nothing of it (it drops "
+                          f"{code_points(''.join(prompt.split()))}); give words")
+
+
+def warn_if_unknown(tokenizer, prompt: str) -> None:
+    """Say on stderr when most of the prompt's characters (spaces aside) are unknown to the tokenizer, naming
+    them: the model reads each run of them as one unknown piece."""
+    unknown = known = ""
+    for piece in pieces(tokenizer, prompt):
+        text = "".join(piece.surface.split())
+        if piece.id == tokenizer.sp.unk_id():
+            unknown += text
+        else:
+            known += text
+    if len(unknown) > len(known):
+        print(f"[generate] prompt {prompt!r}: {len(unknown)} of {len(unknown) + len(known)} characters are unknown to "
+              f"the tokenizer, read as its unknown piece: {code_points(unknown)}", file=sys.stderr)

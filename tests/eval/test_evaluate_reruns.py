@@ -1,0 +1,91 @@
+"""`megadalle evaluate` run again into the same folder: an earlier run's results are refused unless overwrite=true."""
+import json
+
+import pytest
+
+from megadalle.cli import main
+from tests.sample.test_generate import write_tiny_models
+
+
+@pytest.fixture
+def models(tmp_path):
+    write_tiny_models(tmp_path)
+    (tmp_path / "captions.txt").write_text("a red circle\na blue square\n")
+    return tmp_path
+
+
+def evaluate_args(models, *more):
+    return ["evaluate", f"weights={models / 'model.safetensors'}", f"captions={models / 'captions.txt'}", "fid=false",
+            "device=cpu", *more]
+
+
+def test_a_rerun_into_an_earlier_runs_folder_is_refused_unless_overwrite(models, tmp_path, capsys, monkeypatch):
+    import megadalle.bundle
+
+    base = evaluate_args(models, "n=1", f"out_dir={tmp_path}")
+    assert main(base) == 0
+    capsys.readouterr()
+    real = megadalle.bundle.open_models
+    monkeypatch.setattr(megadalle.bundle, "open_models", lambda *a, **k: pytest.fail("a model was read"))
+    assert main([*base, "n=2"]) == 2
+    assert capsys.readouterr().err == f"megadalle evaluate: output={tmp_path / 'evaluate'}: holds an earlier " \
+                                      "evaluate's results (metrics.json); give another output, or overwrite=true to " \
+                                      "replace them\n"
+    assert json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["samples_per_caption"] == 1
+    monkeypatch.setattr(megadalle.bundle, "open_models", real)
+    assert main([*base, "n=2", "overwrite=true"]) == 0
+    assert json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["samples_per_caption"] == 2
+
+
+def test_saved_samples_are_this_runs_alone_and_foreign_files_stay(models, tmp_path):
+    """A rerun with fewer captions or samples left the earlier run's images beside its own (an outside judge read
+    them as this run's); now exactly the files index.json lists are there, and the user's files stay."""
+    out = tmp_path / "eval"
+    (out / "samples").mkdir(parents=True)
+    foreign = ["0001_009.png", "2019_holiday.png", "notes.txt"]  # the first named like evaluate's, never listed
+    for name in foreign:
+        (out / "samples" / name).write_text("the user's")
+    assert main(evaluate_args(models, "n=3", "save_samples=true", f"output={out}")) == 0
+    (models / "captions.txt").write_text("a red circle\n")
+    assert main(evaluate_args(models, "n=2", "save_samples=true", "overwrite=true", f"output={out}")) == 0
+    index = json.loads((out / "samples" / "index.json").read_text())
+    assert index == [{"caption": "a red circle", "files": ["0000_000.png", "0000_001.png"]}]
+    pngs = {p.name for p in (out / "samples").glob("*.png")}
+    assert pngs == {"0000_000.png", "0000_001.png", "0001_009.png", "2019_holiday.png"}
+    assert all((out / "samples" / name).read_text() == "the user's" for name in foreign)
+    assert main(evaluate_args(models, "n=2", "overwrite=true", f"output={out}")) == 0  # no samples asked: none left
+    assert sorted(p.name for p in (out / "samples").iterdir()) == sorted(foreign)
+
+
+def test_caption_lines_the_tokenizer_reads_nothing_of_are_skipped_and_counted(models, tmp_path, capsys, monkeypatch):
+    """A line of U+200B passed the blank-line test and was sampled from pads alone; it is skipped like a blank line,
+    counted on stderr, and a file of nothing else is refused before any model is read."""
+    import megadalle.bundle
+
+    (models / "captions.txt").write_text("a red circle\n\u200b\u200b\n\ufeff\u200b\n")
+    out = tmp_path / "eval"
+    assert main(evaluate_args(models, "n=1", "save_samples=true", f"output={out}")) == 0
+    assert f"[evaluate] captions={models / 'captions.txt'}: 2 of 3 captions hold nothing the tokenizer reads " \
+           "(only characters it drops, like U+200B); skipped\n" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["captions"] == 1
+    assert [e["caption"] for e in json.loads((out / "samples" / "index.json").read_text())] == ["a red circle"]
+    (models / "captions.txt").write_text("\u200b\n")
+    monkeypatch.setattr(megadalle.bundle, "read_model", lambda *a, **k: pytest.fail("a model was read"))
+    assert main(evaluate_args(models, "n=1", f"output={tmp_path / 'none'}")) == 2
+    assert capsys.readouterr().err == f"megadalle evaluate: captions='{models / 'captions.txt'}': the tokenizer " \
+                                      "reads nothing of any caption (only characters it drops, like U+200B)\n"
+
+
+def test_ctrl_c_is_one_line_exit_code_130_and_leaves_no_folder_it_made(models, tmp_path, capsys, monkeypatch):
+    import megadalle.evaluate
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(megadalle.evaluate, "generate", interrupt)
+    out = tmp_path / "new" / "eval"
+    assert main(evaluate_args(models, "n=1", f"output={out}")) == 130
+    err = capsys.readouterr().err  # after the captions' progress bar
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == f"megadalle evaluate: interrupted; no metrics.json of this run in {out}"
+    assert not (tmp_path / "new").exists()
