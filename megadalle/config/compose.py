@@ -11,13 +11,18 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 
-def conf_dir() -> Path:
-    """`conf/` beside the package in a checkout, or the copy installed inside the package."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "conf", here / "conf"):
-        if (candidate / "config.yaml").is_file():
+PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def conf_dir(package: Path = PACKAGE) -> Path:
+    """The copy of `conf/` installed inside the package, or in a checkout the one beside it. A checkout is told
+    by its setup.py: an installed package's parent is site-packages, where a stray `conf/` of another
+    distribution was taken for megadalle's own ("Cannot find primary config 'train'")."""
+    for candidate in (package / "conf", package.parent / "conf"):
+        checkout = candidate.parent == package.parent
+        if (candidate / "config.yaml").is_file() and (not checkout or (package.parent / "setup.py").is_file()):
             return candidate
-    raise FileNotFoundError(f"no conf/ directory found beside {here}")
+    raise FileNotFoundError(f"no conf/ directory found inside or beside {package}")
 
 
 def compose(verb: str, overrides: list[str] | None = None) -> DictConfig:

@@ -3,7 +3,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from megadalle.config import ConfigError, build
-from megadalle.config.compose import compose
+from megadalle.config.compose import compose, conf_dir
 from megadalle.config.model import TransformerConfig
 
 
@@ -81,3 +81,23 @@ def test_a_warm_up_as_long_as_the_run_is_named():
     assert warmup_warning(TrainerConfig(steps=6, warmup_steps=2000, lr=5e-4)) == \
         "trainer.warmup_steps=2000 >= trainer.steps=6: the whole run is warm-up, ending at lr 1.5e-06 of " \
         "trainer.lr=0.0005, with no decay; lower trainer.warmup_steps"
+
+
+def test_an_installed_package_reads_its_own_conf_not_a_stray_one_beside_it(tmp_path):
+    """Installed, the package's parent is site-packages: another distribution's `conf/` there was taken for
+    megadalle's, and every verb failed with "Cannot find primary config"."""
+    site = tmp_path / "site-packages"
+    for folder in (site / "conf", site / "megadalle" / "conf"):
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("{}")
+    assert conf_dir(site / "megadalle") == site / "megadalle" / "conf"
+
+
+def test_a_checkout_reads_the_conf_beside_its_package(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text("{}")
+    (tmp_path / "megadalle").mkdir()
+    with pytest.raises(FileNotFoundError, match="no conf/ directory"):
+        conf_dir(tmp_path / "megadalle")  # no setup.py: not a checkout
+    (tmp_path / "setup.py").write_text("")
+    assert conf_dir(tmp_path / "megadalle") == tmp_path / "conf"
