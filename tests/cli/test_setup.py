@@ -1,4 +1,5 @@
-"""The README's set-up: CI runs its test command verbatim, and scripts/setup.sh refuses bad input early.
+"""The README's set-up: CI runs its test command verbatim, and scripts/setup.sh refuses bad input early; its
+logic (torch's CPU pin, a user's torch kept, broken venvs repaired, offline reruns) runs whole against a fake pip.
 
 The full fresh-install check (a new venv with nothing preinstalled) is .ci/fresh-install: it takes
 minutes of installing, so it is a script, not a test.
@@ -6,9 +7,12 @@ minutes of installing, so it is a script, not a test.
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli.fake_setup import fake_python, make_fake_venv, pip_calls
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +38,11 @@ def test_readme_set_up_uses_the_script_and_a_venv():
         assert os.access(ROOT / script, os.X_OK), script
     constraints = (ROOT / "constraints" / "cpu.txt").read_text()
     assert "https://download.pytorch.org/whl/cpu" in constraints and "torch==" in constraints
+    # the README names the CPU pin, and its by-hand install takes both constraint files
+    linux = re.search(r'^(torch==\S+); platform_system == "Linux"', constraints, re.M).group(1)
+    readme = (ROOT / "README.md").read_text()
+    assert f"`{linux}` on Linux" in readme
+    assert "pip install -c constraints/cpu.txt -c constraints/common.txt --extra-index-url" in readme
 
 
 def test_setup_refuses_an_unknown_torch_kind_before_creating_anything(tmp_path):
@@ -62,3 +71,231 @@ def test_setup_help_prints_its_usage_and_installs_nothing(tmp_path):
     done = subprocess.run([str(ROOT / "scripts" / "setup.sh"), "--help"], capture_output=True, text=True,
                           env=dict(os.environ, VENV=str(venv)))
     assert done.returncode == 0 and done.stdout.startswith("Set megadalle up in a virtual environment") and not venv.exists()
+
+
+# --- scripts/setup.sh's logic, run whole against a fake pip (tests/cli/fake_setup.py) --------------------------
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused at once
+
+
+def run_setup(tmp_path, venv, *args, cwd=None, **env):
+    """scripts/setup.sh with the fake pip's log in tmp_path, PyTorch's CPU index out of reach, a CPU machine."""
+    full = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHON", "PIP_INDEX_URL")}
+    full.update(VENV=str(venv), MEGADALLE_TORCH="cpu", MEGADALLE_TORCH_INDEX=UNREACHABLE,
+                FAKE_PIP_LOG=str(tmp_path / "pip.log"))
+    full.update(env)
+    return subprocess.run([str(ROOT / "scripts" / "setup.sh"), *args], capture_output=True, text=True, env=full,
+                          cwd=cwd, timeout=120)
+
+
+def installs(tmp_path) -> list[dict]:
+    return pip_calls(tmp_path / "pip.log")
+
+
+def editable(call) -> bool:
+    return "-e" in call["args"]
+
+
+def changes(tmp_path) -> list[dict]:
+    """The pip calls that install something (not the offline --dry-run that checks the installed torch)."""
+    return [c for c in installs(tmp_path) if "--dry-run" not in c["args"]]
+
+
+def pins(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_a_cpu_install_pins_torch_to_its_cpu_build_for_torch_and_megadalle(tmp_path):
+    venv = make_fake_venv(tmp_path / "my venv")
+    done = run_setup(tmp_path, venv)
+    assert done.returncode == 0, done.stderr
+    torch, megadalle = installs(tmp_path)
+    assert torch["args"][-1] == "torch" and megadalle["args"][-2:] == ["-e", str(ROOT)]
+    for call in (torch, megadalle):
+        assert any('torch==2.13.0+cpu; platform_system == "Linux"' in c for c in call["constraints"]), call
+        assert any("deepspeed==" in c for c in call["constraints"]), call
+        assert "--extra-index-url" not in call["args"]  # the CPU index did not answer
+    assert "does not answer: taking torch's CPU wheel from pip's configured sources" in done.stdout
+    # the path is quoted for the shell: a folder with a space in its name
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"[setup] done: now run  source {str(venv).replace(' ', chr(92) + ' ')}/bin/activate  then  megadalle --help")
+
+
+def test_the_cpu_index_goes_to_pip_when_it_answers(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        done = run_setup(tmp_path, make_fake_venv(tmp_path / "venv"), MEGADALLE_TORCH_INDEX=url)
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert [c["args"][c["args"].index("--extra-index-url") + 1] for c in installs(tmp_path)] == [url, url]
+
+
+def test_where_no_source_serves_the_cpu_torch_setup_stops_with_one_line(tmp_path):
+    """It took pip's default torch to see whether it needed nvidia-* wheels: 1.3 GB of CUDA wheels downloaded, then a
+    triton pin that only suits the CPU build failed. The pin on the +cpu build makes pip stop before any download."""
+    done = run_setup(tmp_path, make_fake_venv(tmp_path / "venv"), FAKE_PIP_NO_TORCH="1")
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("[setup] error: pip found no CPU build of torch"), done.stderr
+    assert "PIP_INDEX_URL" in last and "MEGADALLE_TORCH=gpu" in last
+    assert not any(editable(c) for c in installs(tmp_path))
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"], ids=["cpu-machine", "cuda-machine"])  # (a `gpu` id means a GPU test)
+def test_a_torch_already_in_the_venv_is_kept_and_pinned(tmp_path, device):
+    """A user's torch was reported as kept, then the install under constraints/cpu.txt replaced it."""
+    venv = make_fake_venv(tmp_path / "venv", torch="2.6.0+cu124")
+    done = run_setup(tmp_path, venv, "eval", MEGADALLE_TORCH=device)
+    assert done.returncode == 0, done.stderr
+    assert "torch 2.6.0+cu124 already installed: kept" in done.stdout
+    calls = changes(tmp_path)
+    assert len(calls) == 1 and editable(calls[0]) and calls[0]["args"][-1] == f"{ROOT}[eval]"
+    constraints = "".join(calls[0]["constraints"])
+    assert "torch==2.6.0+cu124" in constraints and "torch==2.13.0" not in constraints and "triton" not in constraints
+    assert "deepspeed==" in constraints
+
+
+def test_the_cpu_torch_of_an_earlier_run_keeps_its_pins(tmp_path):
+    venv = make_fake_venv(tmp_path / "venv", torch="2.13.0+cpu")
+    done = run_setup(tmp_path, venv, "dev")
+    assert done.returncode == 0, done.stderr
+    megadalle = next(c for c in installs(tmp_path) if editable(c))
+    assert "torchvision==0.28.0" in "".join(megadalle["constraints"])
+
+
+def test_the_gpu_path_takes_pips_default_torch_under_the_common_pins(tmp_path):
+    done = run_setup(tmp_path, make_fake_venv(tmp_path / "venv"), MEGADALLE_TORCH="gpu")
+    assert done.returncode == 0, done.stderr
+    (call,) = installs(tmp_path)
+    assert editable(call) and "--extra-index-url" not in call["args"]
+    assert len(call["constraints"]) == 1 and "deepspeed==" in call["constraints"][0]
+    assert not [pin for pin in pins(call["constraints"][0]) if pin.startswith(("torch", "triton"))]
+
+
+@pytest.mark.parametrize("pip, upgraded", [("22.0.2", True), ("23.1.2", True), ("23.2.1", False), ("25.1", False)])
+def test_an_old_pip_is_upgraded_before_anything_else(tmp_path, pip, upgraded):
+    """Ubuntu 22.04's venv brings pip 22.0.2, which failed on setup.sh's options; only an old pip is upgraded, so a
+    rerun needs no network."""
+    done = run_setup(tmp_path, make_fake_venv(tmp_path / "venv", pip=pip))
+    assert done.returncode == 0, done.stderr
+    first = installs(tmp_path)[0]["args"]
+    assert (first == ["install", "-q", "-U", "pip>=23.2"]) == upgraded
+
+
+def test_a_rerun_with_nothing_changed_runs_no_pip_install(tmp_path):
+    """Rerun offline, `pip install -e .` failed: build isolation fetches setuptools from the index."""
+    venv = make_fake_venv(tmp_path / "venv")
+    assert run_setup(tmp_path, venv, "dev").returncode == 0
+    (tmp_path / "pip.log").unlink()
+    # run from a checkout, whose megadalle.egg-info (no editable install's record) must not be taken for the install
+    checkout = tmp_path / "checkout"
+    (checkout / "megadalle.egg-info").mkdir(parents=True)
+    (checkout / "megadalle.egg-info" / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: megadalle\nVersion: 0.1.0\n")
+    again = run_setup(tmp_path, venv, "dev", cwd=checkout)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to install" in again.stdout and changes(tmp_path) == []
+    fewer = run_setup(tmp_path, venv)  # extras installed before stay installed
+    assert fewer.returncode == 0 and changes(tmp_path) == []
+    more = run_setup(tmp_path, venv, "dev,slurm")
+    assert more.returncode == 0, more.stderr
+    assert [c["args"][-1] for c in changes(tmp_path)] == [f"{ROOT}[dev,slurm]"]
+
+
+@pytest.mark.parametrize("extras", ["dev,,slurm", "dev,", ",dev"])
+def test_setup_refuses_an_empty_extra_before_creating_anything(tmp_path, extras):
+    venv = tmp_path / "venv"
+    done = subprocess.run([str(ROOT / "scripts" / "setup.sh"), extras], capture_output=True, text=True,
+                          env=dict(os.environ, VENV=str(venv)))
+    assert done.returncode == 1 and done.stderr.startswith(f"[setup] error: an empty extra in '{extras}'")
+    assert not venv.exists()
+
+
+def test_a_python_too_old_is_refused_before_a_venv_folder_is_made(tmp_path):
+    old = tmp_path / "python3.8"
+    old.write_text("#!/bin/sh\necho 3.8.18\n")
+    old.chmod(0o755)
+    done = run_setup(tmp_path, tmp_path / "venv", PYTHON=str(old))
+    assert done.returncode == 1 and "is Python 3.8.18; megadalle needs >= 3.10" in done.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_a_venv_without_pip_gets_it_from_ensurepip(tmp_path):
+    """A first run on Debian without python3-venv left a venv without pip, which the next run took for sound."""
+    venv = make_fake_venv(tmp_path / "venv", pip=None)
+    fakes = tmp_path / "fakes" / "ensurepip"
+    fakes.mkdir(parents=True)
+    (fakes / "__init__.py").write_text("")
+    (fakes / "__main__.py").write_text(
+        "import sys\nfrom pathlib import Path\nsys.path.insert(0, sys.argv[0].rsplit('/fakes/', 1)[0] + '/shim')\n"
+        "from fake_setup import install_fake_pip\ninstall_fake_pip(Path(sys.prefix))\n")
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim" / "fake_setup.py").write_text((ROOT / "tests" / "cli" / "fake_setup.py").read_text())
+    done = run_setup(tmp_path, venv, PYTHONPATH=str(tmp_path / "fakes"))
+    assert done.returncode == 0, done.stderr
+    assert "has no pip: installing it with ensurepip" in done.stdout and any(editable(c) for c in installs(tmp_path))
+
+
+def test_a_venv_without_pip_or_ensurepip_says_what_to_install(tmp_path):
+    venv = make_fake_venv(tmp_path / "venv", pip=None)
+    fakes = tmp_path / "fakes" / "ensurepip"
+    fakes.mkdir(parents=True)
+    (fakes / "__init__.py").write_text("")
+    (fakes / "__main__.py").write_text("raise SystemExit('ensurepip is disabled in Debian/Ubuntu for the system python')")
+    done = run_setup(tmp_path, venv, PYTHONPATH=str(tmp_path / "fakes"))
+    assert done.returncode == 1
+    assert re.search(r"has no pip, and its Python cannot install one .*sudo apt-get install python3\.\d+-venv, then "
+                     r"rerun$", done.stderr.strip()), done.stderr
+
+
+def test_a_venv_whose_python_is_gone_is_made_anew(tmp_path):
+    """Its bin/python led to an interpreter since removed (a pyenv version, an upgraded system Python)."""
+    venv = make_fake_venv(tmp_path / "venv")
+    for name in (venv / "bin").glob("python*"):
+        name.unlink()
+        name.symlink_to(tmp_path / "gone" / "python3")
+    made = tmp_path / "made.log"
+    done = run_setup(tmp_path, venv, PYTHON=str(fake_python(tmp_path / "python3", made)))
+    assert done.returncode == 0, done.stderr
+    assert "has lost its Python" in done.stdout and made.read_text().split() == ["-m", "venv", "--clear", str(venv)]
+    assert any(editable(c) for c in installs(tmp_path))
+
+
+def test_a_venv_of_a_moved_checkout_is_made_anew(tmp_path):
+    """Its scripts and activate lead to where it was made: `source .venv/bin/activate` activated the old one."""
+    made_at = tmp_path / "old" / "venv"
+    venv = make_fake_venv(made_at)
+    made_at.rename(tmp_path / "venv")
+    venv = tmp_path / "venv"
+    made = tmp_path / "made.log"
+    done = run_setup(tmp_path, venv, PYTHON=str(fake_python(tmp_path / "python3", made)))
+    assert done.returncode == 0, done.stderr
+    assert f"was made at {made_at} and moved here" in done.stdout
+    assert made.read_text().split() == ["-m", "venv", "--clear", str(venv)]
+
+
+def test_a_python_chosen_for_an_existing_venv_is_said_to_be_ignored(tmp_path):
+    venv = make_fake_venv(tmp_path / "venv", torch="2.13.0+cpu")
+    other = tmp_path / "python3.12"
+    other.write_text("#!/bin/sh\necho /opt/python3.12 3.12.1\n")
+    other.chmod(0o755)
+    done = run_setup(tmp_path, venv, PYTHON=str(other))
+    assert done.returncode == 0, done.stderr
+    assert f"PYTHON={other} is ignored: {venv} exists, with Python" in done.stdout
+    same = run_setup(tmp_path, venv, PYTHON=sys.executable)
+    assert same.returncode == 0 and "is ignored" not in same.stdout
+
+
+def test_a_folder_that_is_no_venv_is_never_cleared(tmp_path):
+    folder = tmp_path / "stuff"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "keep.txt").write_text("mine")
+    done = run_setup(tmp_path, folder)
+    assert done.returncode == 1 and "no venv (no pyvenv.cfg) that this script may rebuild" in done.stderr
+    assert (folder / "keep.txt").read_text() == "mine"
