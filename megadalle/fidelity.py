@@ -102,7 +102,8 @@ def inception(weights: str | None) -> Extractor:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except Exception as err:  # ImportError, or torchvision failing to load its compiled ops
         raise FeatureExtractorError(f"feature_extractor='inception' needs torch-fidelity and a torchvision "
-                                    f"matching torch (pip install 'megadalle[eval]'): {err}") from None
+                                    f"matching torch (`scripts/setup.sh eval` in the megadalle checkout installs "
+                                    f"them for this torch): {err}") from None
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
     net.eval()
 

@@ -100,8 +100,8 @@ def load_open_clip(arch: str, weights: str | Path | None, device: torch.device |
     try:
         import open_clip
     except Exception as err:  # not installed, or its torchvision does not load against this torch
-        raise RerankerError(f"clip_model=open_clip:{arch} needs an importable open_clip (pip install "
-                            f"'megadalle[open_clip]'): {type(err).__name__}: {err}") from None
+        raise RerankerError(f"clip_model=open_clip:{arch} needs an importable open_clip (`scripts/setup.sh open_clip` "
+                            f"in the megadalle checkout installs it for this torch): {type(err).__name__}: {err}") from None
     if arch not in open_clip.list_models():
         raise RerankerError(f"clip_model=open_clip:{arch}: unknown architecture; open_clip has e.g. "
                             f"{open_clip.list_models()[:6]}")

@@ -299,3 +299,42 @@ def test_a_folder_that_is_no_venv_is_never_cleared(tmp_path):
     done = run_setup(tmp_path, folder)
     assert done.returncode == 1 and "no venv (no pyvenv.cfg) that this script may rebuild" in done.stderr
     assert (folder / "keep.txt").read_text() == "mine"
+
+
+def project_texts():
+    """The README and every file whose text reaches a user: messages, config comments, scripts, skip reasons."""
+    for path in [ROOT / "README.md", ROOT / "Dockerfile", ROOT / "setup.py",
+                 *(p for folder in ("megadalle", "kernels", "conf", "scripts", "launch", "benchmarks", "tests", ".ci")
+                   for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in ("", ".py", ".yaml", ".sh", ".md",
+                                                                                       ".sbatch", ".txt"))]:
+        if path != Path(__file__) and "__pycache__" not in path.parts:
+            yield path, path.read_text(errors="replace")
+
+
+def test_no_text_tells_a_user_to_pip_install_megadalles_extras():
+    """megadalle is not on PyPI (`pip install 'megadalle[eval]'` finds nothing), and `pip install -e '.[eval]'` in the
+    CPU venv pulls PyPI's CUDA torch: scripts/setup.sh EXTRAS installs an extra under the right torch."""
+    bare = re.compile(r"pip install[^\n`]*?(megadalle\[|-e\s+['\"]?\.\[)")
+    found = [f"{path.relative_to(ROOT)}: {m.group(0)}" for path, text in project_texts() for m in bare.finditer(text)]
+    assert not found, found
+    offered = set(re.findall(r'^        "([a-z_]+)":', (ROOT / "setup.py").read_text(), re.M))
+    named = {(path.name, extra) for path, text in project_texts()
+             for group in re.findall(r"[`(]scripts/setup\.sh ([a-z_]+(?:,[a-z_]+)*)\b", text)  # a command, not prose
+             for extra in group.split(",")}
+    assert named and {extra for _, extra in named} <= offered, sorted(named)
+
+
+def test_the_missing_extra_errors_name_setup_sh(tmp_path, monkeypatch):
+    """The messages as a user reads them (the source splits them over lines)."""
+    from megadalle.fidelity import FeatureExtractorError, inception
+    from megadalle.sampling.rerank import RerankerError, load_open_clip
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # None in sys.modules: the import raises ImportError
+    with pytest.raises(RerankerError) as rerank:
+        load_open_clip("ViT-B-32", None)
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", None)
+    (tmp_path / "inception.pth").write_bytes(b"")
+    with pytest.raises(FeatureExtractorError) as fidelity:
+        inception(str(tmp_path / "inception.pth"))
+    for err, extra in ((rerank, "open_clip"), (fidelity, "eval")):
+        assert f"`scripts/setup.sh {extra}`" in str(err.value) and "pip install" not in str(err.value), err.value

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("sklearn", reason="the learning check's data and judge come from scikit-learn: "
-                                      "pip install -e '.[dev]'")
+                                      "scripts/setup.sh dev")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "learning_check.py"
 
