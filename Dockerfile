@@ -26,13 +26,23 @@ RUN apt-get update && apt-get install -y --no-install-recommends openssh-server 
 COPY launch/docker/sshd_config /etc/ssh/sshd_config.d/megadalle.conf
 COPY launch/docker/50-ssh-host-keys.sh /opt/nvidia/entrypoint.d/50-ssh-host-keys.sh
 
-WORKDIR /opt/megadalle
-COPY setup.py README.md ./
-COPY megadalle ./megadalle
-COPY kernels ./kernels
-COPY conf ./conf
+# Installed from a copy that is removed afterwards: a megadalle/ source folder in the working directory would
+# shadow the installed package, and it has no kernels/ inside (setup.py maps the top-level kernels/ to
+# megadalle.kernels), so `import megadalle.kernels`, `python -m megadalle` and `deepspeed --module megadalle` run
+# there would fail. constraints/common.txt pins DeepSpeed and the rest as the tests run them (train/universal.py
+# patches DeepSpeed 0.19's internals); the container's own constraints keep its torch.
+COPY setup.py README.md /tmp/megadalle-src/
+COPY constraints/common.txt /tmp/megadalle-src/constraints/
+COPY megadalle /tmp/megadalle-src/megadalle
+COPY kernels /tmp/megadalle-src/kernels
+COPY conf /tmp/megadalle-src/conf
+RUN pip install --no-cache-dir -c /tmp/megadalle-src/constraints/common.txt /tmp/megadalle-src \
+    && rm -rf /tmp/megadalle-src \
+    && cd / && python -c "import megadalle.kernels, megadalle.cli"
+
+# The launch scripts (launch/train.sh, launch/slurm/) in the working directory, the same path on every node.
+WORKDIR /workspace
 COPY launch ./launch
-RUN pip install --no-cache-dir . && python -c "import megadalle.kernels, megadalle.cli"
 
 ENV WANDB_MODE=offline
 # NVIDIA's entrypoint stays first: it prints the banner and the driver checks, runs the parts under
