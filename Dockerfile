@@ -12,9 +12,11 @@
 # at 64 MB; NCCL uses it too. --network=host: NCCL and the rendezvous need the node's interfaces.
 # Multi-node with the DeepSpeed launcher (`launch/train.sh` with a hostfile, pdsh over ssh): start
 # every worker node's container with sshd as its command (port 2222, so it never collides with
-# the host's sshd under --network=host), and mount a key pair the launching node can use:
+# the host's sshd under --network=host), with the launching node's public key mounted at
+# /etc/megadalle/authorized_keys: sshd refuses an authorized_keys that root does not own (StrictModes), as a
+# file bind-mounted from a user's home is, so launch/docker/50-ssh-host-keys.sh installs a root-owned copy:
 #   docker run -d --gpus all --ipc=host --network=host -v /shared:/shared \
-#       -v ~/.ssh/megadalle.pub:/root/.ssh/authorized_keys:ro megadalle /usr/sbin/sshd -D -e
+#       -v ~/.ssh/megadalle.pub:/etc/megadalle/authorized_keys:ro megadalle /usr/sbin/sshd -D -e
 #   SSH_PORT=2222 HOSTFILE=/shared/hostfile launch/train.sh model=12b ...    (in the launching container)
 FROM nvcr.io/nvidia/pytorch:25.10-py3
 
@@ -46,6 +48,6 @@ COPY launch ./launch
 
 ENV WANDB_MODE=offline
 # NVIDIA's entrypoint stays first: it prints the banner and the driver checks, runs the parts under
-# /opt/nvidia/entrypoint.d (ours makes the ssh host keys), then runs the command.
+# /opt/nvidia/entrypoint.d (ours makes the ssh host keys and installs the mounted public key), then runs the command.
 ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh"]
 CMD ["megadalle", "--help"]

@@ -1,13 +1,15 @@
 """Where megadalle is imported from: the kernels live in the checkout's top-level kernels/, which only an install
 maps to megadalle.kernels (setup.py's package_dir), so a megadalle/ source folder in the working directory shadows
 an installed package and has no kernels. The Docker image must not run from such a folder, and a user who does
-gets one line saying what to do."""
+gets one line saying what to do. Also the image's ssh set-up for multi-node runs."""
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +84,35 @@ def test_the_image_runs_from_no_folder_holding_megadalles_source():
     assert re.search(r"cd / && python -c \"import megadalle\.kernels", install), install
     assert "-c /tmp/megadalle-src/constraints/common.txt" in install and "constraints/common.txt" in copied_to
 
+
+def test_the_entrypoint_installs_the_mounted_key_as_roots_own(tmp_path):
+    """The multi-node recipe bind-mounted the user's ~/.ssh/megadalle.pub as root's authorized_keys, which sshd's
+    StrictModes refuses: the file belongs to the host user. The entrypoint now installs a root-owned copy, mode 600."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test makes a key file owned by another user and checks the copy's owner")
+    readme = (ROOT / "README.md").read_text()
+    docker = (ROOT / "Dockerfile").read_text()
+    for text in (readme, docker):
+        assert "/root/.ssh/authorized_keys" not in text
+        assert "-v ~/.ssh/megadalle.pub:/etc/megadalle/authorized_keys:ro" in text
+    script = (ROOT / "launch" / "docker" / "50-ssh-host-keys.sh").read_text()
+    mounted = tmp_path / "etc" / "megadalle" / "authorized_keys"
+    mounted.parent.mkdir(parents=True)
+    mounted.write_text("ssh-ed25519 AAAA launcher\n")
+    os.chown(mounted, 1000, 1000)
+    mounted.chmod(0o644)
+    home = tmp_path / "root" / ".ssh"
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    (fakes / "ssh-keygen").write_text("#!/bin/sh\nexit 0\n")  # host keys: not this test's business
+    (fakes / "ssh-keygen").chmod(0o755)
+    script = script.replace("/etc/megadalle/", f"{mounted.parent}/").replace("/root/.ssh", str(home))
+    # sourced, as NVIDIA's entrypoint does, by a shell that goes on to the container's command
+    done = subprocess.run(["bash", "-c", f"{script}\necho next"], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PATH=f"{fakes}:{os.environ['PATH']}"))
+    assert (done.returncode, done.stdout) == (0, "next\n"), done.stderr
+    installed = home / "authorized_keys"
+    assert installed.read_text() == "ssh-ed25519 AAAA launcher\n"
+    stat = installed.stat()
+    assert (stat.st_uid, stat.st_gid, stat.st_mode & 0o777) == (0, 0, 0o600)
+    assert home.stat().st_mode & 0o777 == 0o700
