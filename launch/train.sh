@@ -28,11 +28,29 @@
 # run's MASTER_PORT): they finish the update, checkpoint and exit, and the launchers with them.
 set -euo pipefail
 
+usage() {
+    echo "launch/train.sh: $1" >&2
+    echo "usage: [NUM_GPUS=N | HOSTFILE=FILE] launch/train.sh KEY=VALUE ...   (megadalle train's overrides)" >&2
+    exit 2
+}
 case " ${DS_LAUNCHER_ARGS:-} " in
     *" --master_port"*)  # the signal forwarding below finds the run's launchers by this port
         echo "train.sh: give the rendezvous port as MASTER_PORT=N, not --master_port in DS_LAUNCHER_ARGS" >&2
         exit 2 ;;
 esac
+ds="$(command -v deepspeed)" ||
+    usage "deepspeed is not on the PATH: activate the environment megadalle is installed in (source .venv/bin/activate, for the one scripts/setup.sh makes)"
+# DeepSpeed's runner is started as `python -m deepspeed.launcher.runner` under the Python of the `deepspeed` script:
+# its shebang is that Python's path, which the kernel cuts at the first space (a venv under "My Projects/"),
+# and pip's console-script shim for such paths runs the Python beside it; the runner starts every rank with it.
+python="$(head -n 1 "$ds")"
+python="${python#\#!}"
+case "${python##*/}" in python*) ;; *) python="" ;; esac
+if [ -z "$python" ] || [ ! -x "$python" ]; then
+    python="$(dirname "$ds")/python"
+    [ -x "$python" ] || python=python3
+fi
+
 port="${MASTER_PORT:-29500}"
 args=(--no_local_rank --master_port "$port")
 if [ -n "${HOSTFILE:-}" ]; then
@@ -45,14 +63,15 @@ fi
 # shellcheck disable=SC2206  # DS_LAUNCHER_ARGS is a list of options
 [ -z "${DS_LAUNCHER_ARGS:-}" ] || args+=($DS_LAUNCHER_ARGS)
 # its own session: a terminal's Ctrl-C reaches this script alone, which passes it on as below
-setsid deepspeed "${args[@]}" --module megadalle train "$@" &
+setsid "$python" -m deepspeed.launcher.runner "${args[@]}" --module megadalle train "$@" &
 runner=$!
 
 forward() {
     if [ -n "${HOSTFILE:-}" ]; then
         # every node's ranks: the children of the launcher that pdsh started there (--node_rank=%n, which pdsh
         # fills in with the node's name) for this run's rendezvous port; the launcher itself, not the remote
-        # shell that started it, whose command line holds the same words
+        # shell that started it, whose command line holds the same words. (`^[^ ]+` is the launcher's Python: over
+        # pdsh one whose path has a space fails anyway, DeepSpeed writes it into the remote command unquoted.)
         local hosts ssh_args="${PDSH_SSH_ARGS_APPEND:-}"
         hosts=$(awk '!/^[[:space:]]*(#|$)/ {print $1}' "$HOSTFILE" | paste -sd, -)
         [ -z "${SSH_PORT:-}" ] || ssh_args="$ssh_args -p $SSH_PORT"
@@ -78,7 +97,10 @@ for sig in TERM USR1; do  # (INT: bash ignores it in a background job, which can
 done
 
 set +e  # a trapped signal interrupts `wait`: keep waiting until the runner has really finished (the checkpoint)
-status=0
+# wait first: a runner that has exited already (one that never started) is gone for `kill -0`, which alone took it
+# for a success; `wait` still returns its status
+wait "$runner"
+status=$?
 while kill -0 "$runner" 2>/dev/null; do
     wait "$runner"
     status=$?

@@ -4,6 +4,7 @@ Ranks come from the environment only, so hydra never sees a --local_rank argumen
 ranks write into the one run directory rank 0 chose.
 """
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -67,17 +68,65 @@ def test_train_sh_refuses_a_master_port_among_the_launcher_args():
     assert done.returncode == 2 and "MASTER_PORT=N, not --master_port" in done.stderr
 
 
+def fake_deepspeed(folder, code: int = 0) -> dict:
+    """A `deepspeed` script on the PATH whose shebang names a fake Python beside it, which records its arguments
+    (one a line, in folder/args) and exits with `code` at once. Returns train.sh's environment."""
+    folder.mkdir(parents=True)
+    python = folder / "python"
+    python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "$(dirname "$0")/args"\nexit {code}\n')
+    (folder / "deepspeed").write_text(f"#!{python}\n\nfrom deepspeed.launcher.runner import main\nmain()\n")
+    for script in (python, folder / "deepspeed"):
+        script.chmod(0o755)
+    return {**launch.base_env(), "PATH": f"{folder}:{launch.base_env()['PATH']}"}
+
+
 @pytest.mark.parametrize("ignored, warned", [(None, False), (signal.SIGTERM, True), (signal.SIGUSR1, True)])
 def test_train_sh_says_when_it_cannot_forward_a_signal_its_caller_ignores(ignored, warned, tmp_path):
     """bash cannot trap a signal ignored when it starts: such a TERM or USR1 silently never reached the ranks (a
     parent that had stopped a run in-process left TERM ignored for every script it started, and CI hung)."""
-    fake = tmp_path / "bin" / "deepspeed"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\nexit 0\n")
-    fake.chmod(0o755)
-    env = {**launch.base_env(), "PATH": f"{fake.parent}:{launch.base_env()['PATH']}"}
+    env = fake_deepspeed(tmp_path / "bin")
     done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True, text=True,
                           env=env, timeout=60, preexec_fn=ignored and (lambda: signal.signal(ignored, signal.SIG_IGN)))
     assert done.returncode == 0, done.stderr
     assert ("cannot pass it on" in done.stderr) == warned, done.stderr
     assert ignored is None or f"SIG{ignored.name[3:]} was ignored" in done.stderr
+
+
+@pytest.mark.parametrize("never_starts", [False, True], ids=["exits-3", "cannot-execute"])
+def test_train_sh_fails_with_the_launchers_status_when_it_exits_at_once(tmp_path, never_starts):
+    """A runner that exited before train.sh's wait loop (`setsid: failed to execute deepspeed`, a runner that
+    refused its arguments) was gone for `kill -0`, and the script exited 0."""
+    env = fake_deepspeed(tmp_path / "bin", code=3)
+    if never_starts:  # its Python cannot be executed: setsid fails at once
+        (tmp_path / "bin" / "python").write_text(f"#!{tmp_path}/no/such/interpreter\n")
+    for _ in range(3):  # the runner's exit races the script's own steps: a few tries, every one must fail
+        done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True,
+                              text=True, env=env, timeout=60)
+        if never_starts:
+            assert done.returncode != 0 and "failed to execute" in done.stderr, done.stderr
+        else:
+            assert done.returncode == 3, done.stderr
+
+
+def test_train_sh_runs_deepspeeds_runner_with_its_python_from_a_folder_with_a_space(tmp_path):
+    """The `deepspeed` script's shebang names its Python by path, which the kernel cuts at the first space: train.sh
+    starts the runner as `python -m deepspeed.launcher.runner` under that Python, whole."""
+    folder = tmp_path / "My Projects" / "venv" / "bin"
+    env = fake_deepspeed(folder)
+    done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny", "name=a b"], capture_output=True,
+                          text=True, env={**env, "NUM_GPUS": "2", "MASTER_PORT": "29777"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (folder / "args").read_text().splitlines() == [
+        "-m", "deepspeed.launcher.runner", "--no_local_rank", "--master_port", "29777", "--num_gpus", "2",
+        "--module", "megadalle", "train", "model=tiny", "name=a b"]
+
+
+def test_train_sh_without_deepspeed_says_so_with_its_usage(tmp_path):
+    path = os.pathsep.join(d for d in launch.base_env()["PATH"].split(os.pathsep)
+                           if d and not os.path.exists(os.path.join(d, "deepspeed")))
+    done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True, text=True,
+                          env={**launch.base_env(), "PATH": path}, timeout=60)
+    assert done.returncode == 2
+    first, usage = done.stderr.strip().splitlines()
+    assert first.startswith("launch/train.sh: deepspeed is not on the PATH: activate the environment")
+    assert usage.startswith("usage: [NUM_GPUS=N | HOSTFILE=FILE] launch/train.sh KEY=VALUE ...")
