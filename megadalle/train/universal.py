@@ -65,8 +65,8 @@ def needs_conversion(saved: Layout | None, current: Layout, path: Path) -> bool:
     if saved.global_batch != current.global_batch:
         raise CheckpointError(
             f"cannot resume {path}: it trained with a global batch of {saved.global_batch} samples, this run has "
-            f"{current.global_batch} (micro_batch * grad_accum * {current.dp_world} data-parallel ranks); keep the "
-            f"global batch: trainer.micro_batch * trainer.grad_accum = {saved.global_batch / current.dp_world:g}")
+            f"{current.global_batch} (micro_batch * grad_accum * {current.dp_world} data-parallel ranks); "
+            + keep_batch(saved.global_batch, current))
     if (saved.pipeline_stages, saved.zero_stage) != (current.pipeline_stages, current.zero_stage):
         raise CheckpointError(
             f"cannot resume {path}: it was saved with pipeline_stages={saved.pipeline_stages}, "
@@ -82,6 +82,26 @@ def needs_conversion(saved: Layout | None, current: Layout, path: Path) -> bool:
             f"cannot resume {path} on {current.dp_world} data-parallel ranks: it was saved by ZeRO stage "
             f"{saved.zero_stage} on {saved.dp_world}; {SUPPORTED}; resume on {saved.dp_world} ranks")
     return True
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def keep_batch(global_batch: int, current: Layout) -> str:
+    """How to train `global_batch` samples per update on `current`'s ranks: the micro_batch x grad_accum pairs
+    when its data-parallel size divides the batch, else the nearest rank counts whose data-parallel size does
+    (a lost node leaves e.g. 6 ranks for a batch of 8, and no per-rank batch keeps it)."""
+    dp = current.dp_world
+    if global_batch % dp == 0:
+        per_rank = global_batch // dp
+        pairs = ", ".join(f"{m} x {per_rank // m}" for m in divisors(per_rank))
+        return (f"keep the global batch: trainer.micro_batch * trainer.grad_accum = {per_rank} "
+                f"(micro_batch x grad_accum: {pairs})")
+    near = sorted(sorted(divisors(global_batch), key=lambda d: (abs(d - dp), d))[:4])
+    ranks = ", ".join(str(d * current.pipeline_stages) for d in near)
+    return (f"the global batch of {global_batch} is not divisible by {dp} data-parallel ranks; resume on a rank count "
+            f"whose data-parallel size divides it: {ranks} ranks")
 
 
 def convert(path: Path) -> Path:

@@ -113,3 +113,18 @@ def test_refusals_name_what_is_supported(tmp_path):
         needs_conversion(Layout(2, 1, 0, 8), Layout(4, 1, 0, 8), tmp_path)
     with pytest.raises(CheckpointError, match="zero_stage=1, this run has .* zero_stage=2"):
         needs_conversion(Layout(2, 1, 1, 8), Layout(4, 1, 2, 8), tmp_path)
+
+
+def test_a_global_batch_the_new_rank_count_cannot_divide_names_the_rank_counts_that_can(tmp_path):
+    """After losing a node (8 ranks -> 6) the message asked for trainer.micro_batch * trainer.grad_accum = 1.33333."""
+    with pytest.raises(CheckpointError) as lost_node:
+        needs_conversion(Layout(8, 1, 2, 8), Layout(6, 1, 2, 6), tmp_path)
+    assert str(lost_node.value).endswith("the global batch of 8 is not divisible by 6 data-parallel ranks; resume on "
+                                         "a rank count whose data-parallel size divides it: 1, 2, 4, 8 ranks")
+    with pytest.raises(CheckpointError) as big:
+        needs_conversion(Layout(64, 1, 3, 512), Layout(56, 1, 3, 448), tmp_path)
+    assert str(big.value).endswith("divides it: 8, 16, 32, 64 ranks")
+    with pytest.raises(CheckpointError) as divides:
+        needs_conversion(Layout(2, 1, 2, 8), Layout(2, 1, 2, 16), tmp_path)
+    assert str(divides.value).endswith("keep the global batch: trainer.micro_batch * trainer.grad_accum = 4 "
+                                       "(micro_batch x grad_accum: 1 x 4, 2 x 2, 4 x 1)")
