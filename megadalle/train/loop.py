@@ -85,7 +85,8 @@ def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str 
 
 
 class Trainer:
-    """One run: set up (engine, resume, callbacks) in __init__, then `fit()`."""
+    """One run: set up (engine, resume, callbacks) in __init__, then `fit()`. Rank 0 holds the run directory's
+    lock (rundir.RunLock) from before the resume until `fit()` ends, or until __init__ fails."""
 
     def __init__(self, task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig,
                  run: RunOptions, extra_callbacks: list[Callback] | None = None):
@@ -94,7 +95,16 @@ class Trainer:
         if self.env.rank == 0 and (warning := schedule.warmup_warning(trainer)):
             print(f"[train] warning: {warning}", file=sys.stderr, flush=True)
         distributed.init(self.env, ds.timeout_minutes)
-        self.run_dir = rundir.choose(run.run_dir, run.out_dir, task.name, self.env.rank, run.name)
+        self.run_dir, self.lock = rundir.choose(run.run_dir, run.out_dir, task.name, self.env.rank, run.name)
+        try:
+            self._set_up(task, trainer, ds, logger, run, extra_callbacks)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _set_up(self, task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig,
+                run: RunOptions, extra_callbacks: list[Callback] | None) -> None:
+        """Everything after the run directory is locked: the engine, the resume, the callbacks."""
         self.ckpt_root = self.run_dir / "checkpoints"
         dp_world = max(1, self.env.world_size // ds.pipeline_stages)
         self.layout = Layout(dp_world, ds.pipeline_stages, ds.zero_stage,
@@ -215,6 +225,7 @@ class Trainer:
             stop.uninstall(stopped)
             for cb in self.callbacks:
                 cb.end()
+            self.lock.release()
         return Result(self.run_dir, self.step, stopped, losses, self.built.engine, self.built.model)
 
     def _update(self, runner: StepRunner) -> dict[str, float]:

@@ -17,12 +17,24 @@ path are one value there (`same_path`), so a rerun need not repeat the spelling 
 DIGEST_KEYS (the tokenizer) are compared by content too: run.json records their sha256, and a rerun whose
 tokenizer was retrained in place (same path, other ids) is refused. A run.json without digests (written
 before them) is compared by path alone.
+
+A run directory belongs to one run at a time: rank 0 holds an exclusive `flock` on `<run_dir>/.lock` from
+before it reads any checkpoint until the run ends (RunLock). Two jobs on one directory would otherwise resume
+from each other's checkpoints, set aside or prune the other's newer ones and log the same steps twice; the
+second is refused, naming the holder (host, pid, Slurm job). The kernel drops the lock when its process dies,
+however it dies, so a requeued job (on this node or another) finds it free once the old one is gone. On NFS
+the Linux client emulates flock with whole-file POSIX locks held by the server (since 2.6.12; mount option
+`local_lock=none`, the default): it still excludes across nodes, a lock whose process died is released, and
+one whose node died stays until the server drops it (the NFSv4 lease, about 90 s; NFSv3 waits for the node to
+reboot). A mount with `nolock` or `local_lock=flock|all` keeps locks node-local: jobs on two nodes both take it.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import operator
 import os
+import socket
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,6 +42,7 @@ from megadalle.data.digest import sha256
 from megadalle.errors import UserError
 
 RUN_JSON = "run.json"
+LOCK = ".lock"
 RESUMABLE = (
     "run_dir", "out_dir", "name", "resume", "weights",
     "trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.log_every",
@@ -139,13 +152,59 @@ def check_config(path: Path, config: dict) -> None:
                               f"name=<new name> (or run_dir=)")
 
 
-def choose(run_dir: str | None, out_dir: str, name: str, rank: int, run_name: str | None = None) -> Path:
-    """The run directory every rank agrees on (created by rank 0); `name` is the task's."""
+class RunLock:
+    """The exclusive hold of one run on its directory (the module docstring says why and where it holds).
+
+    The lock file stays after a release: removing it would let a third run lock a new file while a second
+    still holds the old one. Its text names the last holder, for the message of a run refused while it lives."""
+
+    def __init__(self, path: Path | None = None, environ: Mapping[str, str] | None = None):
+        """Take the lock of run directory `path` (None: hold nothing, as ranks other than 0 do)."""
+        self.fd: int | None = None
+        if path is None:
+            return
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "a process that has not written its name"
+            os.close(fd)
+            raise RunDirError(f"{path} is in use by another run ({holder}); wait for it to end or stop it, or start a "
+                              f"new run with name=<new name> (or run_dir=)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, holder_text(environ).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        """Let the next run in (closing the file drops the flock); safe to call more than once."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def holder_text(environ: Mapping[str, str] | None = None) -> str:
+    """Who holds a run lock, as its refusal names it: host, pid, and the Slurm job when there is one."""
+    env = os.environ if environ is None else environ
+    job = env.get("SLURM_JOB_ID")
+    return f"host {socket.gethostname()}, pid {os.getpid()}" + (f", Slurm job {job}" if job else "")
+
+
+def choose(run_dir: str | None, out_dir: str, name: str, rank: int,
+           run_name: str | None = None) -> tuple[Path, RunLock]:
+    """The run directory every rank agrees on (created and locked by rank 0; `name` is the task's), and this
+    rank's RunLock. A run refused the lock stops on every rank with the same line (none waits in a collective)."""
     from megadalle.train.distributed import broadcast_object
 
-    path = None
+    path, lock, error = None, RunLock(), None
     if rank == 0:
         path = path_for(run_dir, out_dir, name, run_name)
         path.mkdir(parents=True, exist_ok=True)
         path = str(path.resolve())
-    return Path(broadcast_object(path))
+        try:
+            lock = RunLock(Path(path))
+        except RunDirError as err:
+            error = str(err)
+    path, error = broadcast_object((path, error))
+    if error is not None:
+        raise RunDirError(error)
+    return Path(path), lock

@@ -3,6 +3,7 @@ and Ctrl-C (SIGINT) that checkpoints and stops like SIGUSR1."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -144,3 +145,51 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(train_overrides, tmp_path):
     latest = (run / "checkpoints" / "latest").read_text()
     assert latest == f"step_{len(steps):08d}" and 2 <= len(steps) < 100000
     assert f"stop signal, checkpoint saved at step {len(steps)}" in out + err
+
+
+def test_a_run_directory_is_locked_by_one_run_at_a_time(tmp_path):
+    first = rundir.RunLock(tmp_path, {"SLURM_JOB_ID": "41"})
+    with pytest.raises(rundir.RunDirError) as refused:
+        rundir.RunLock(tmp_path)
+    assert str(refused.value) == (f"{tmp_path} is in use by another run (host {socket.gethostname()}, pid "
+                                  f"{os.getpid()}, Slurm job 41); wait for it to end or stop it, or start a new run "
+                                  "with name=<new name> (or run_dir=)")
+    first.release()
+    first.release()
+    rundir.RunLock(tmp_path).release()  # free again once released, as it is once its process dies
+
+
+@pytest.mark.distributed
+def test_a_second_run_on_a_busy_run_directory_is_refused_and_a_rerun_resumes(train_overrides, tmp_path):
+    """Two jobs on one run directory resumed from each other's checkpoints and set aside each other's newer
+    ones: the second is refused (exit 2, one line naming the first) before it reads any checkpoint."""
+    run = tmp_path / "run"  # explicit: a Slurm job id would name the default directory after the job
+    command = [sys.executable, "-m", "megadalle", "train", *train_overrides, f"run_dir={run}",
+               "trainer.checkpoint_every=1", "data.num_workers=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    first = subprocess.Popen([*command, "trainer.steps=100000"], env=dict(env, SLURM_JOB_ID="7001"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (run / "checkpoints" / "latest").is_file():
+            assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
+            time.sleep(0.2)
+        second = subprocess.run([*command, "trainer.steps=100000"], env=env, capture_output=True, text=True,
+                                timeout=240)
+        assert first.poll() is None
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert second.stderr.count("\n") == 1 and second.stderr.startswith(
+        f"megadalle train: {run.resolve()} is in use by another run (host {socket.gethostname()}, pid {first.pid}, "
+        "Slurm job 7001)"), second.stderr
+    assert "resumed" not in second.stdout
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(len(steps)))  # one run's steps, none logged twice
+    rerun = subprocess.run([*command, f"trainer.steps={len(steps) + 1}"], env=env, capture_output=True, text=True,
+                           timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resumed from {run.resolve()}/checkpoints/step_{len(steps):08d} at step {len(steps)}" in rerun.stdout
