@@ -50,13 +50,17 @@ RESUMABLE = (
     "trainer.eval_batches", "data.val_shards", "trainer.micro_batch", "trainer.grad_accum",
     "logger.*", "data.num_workers", "data.prefetch_factor",
     "model.activation_checkpointing", "model.attention_backend", "deepspeed.overlap_comm",
-    "deepspeed.reduce_bucket_size",
+    "deepspeed.reduce_bucket_size", "deepspeed.timeout_minutes", "deepspeed.zero3_window_blocks",
+    "trainer.keep_freed_memory",
 )
 """Keys (or `group.*`) a rerun may change and still resume the run directory. Validation (its data too) and
 sample grids among them: both run on a forked RNG and their own data, so switching them on or off at a resume
 leaves the training exactly as it was (tests/cli/test_rerun.py). train-dvae's `preview` is the size of its
 logged reconstruction grid, a slice of a batch already trained on; `weights` (train-dvae, train-clip) is where
-the finished run is exported."""
+the finished run is exported. `deepspeed.timeout_minutes` bounds waits (a resume on another rank count may need
+it raised while rank 0 converts a large checkpoint), `zero3_window_blocks` how many parameters ZeRO-3 holds
+gathered, `trainer.keep_freed_memory` the CPU allocator: none changes a number. Not `zero3_sub_group_blocks`:
+DeepSpeed saves ZeRO-3's optimizer state per sub-group and loads it only into as many sub-groups."""
 PATH_KEYS = ("data.shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights",
              "weights")
 """Keys whose values are file or folder paths, compared as paths (`same_path`); every other value as written."""

@@ -193,3 +193,15 @@ def test_a_second_run_on_a_busy_run_directory_is_refused_and_a_rerun_resumes(tra
                            timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resumed from {run.resolve()}/checkpoints/step_{len(steps):08d} at step {len(steps)}" in rerun.stdout
+
+
+def test_a_resume_may_raise_the_timeout_and_change_what_only_sets_memory():
+    """A resume on another rank count waits while rank 0 converts the checkpoint: at 12B that outlasts the default
+    timeout, and raising it was refused. ZeRO-3's sub-groups shape the saved optimizer state and stay fixed."""
+    saved = {"deepspeed": {"timeout_minutes": 30.0, "zero3_window_blocks": 2.0, "zero3_sub_group_blocks": 1.0},
+             "trainer": {"keep_freed_memory": True}}
+    assert rundir.config_diff(saved, {"deepspeed": {"timeout_minutes": 240.0, "zero3_window_blocks": 4.0,
+                                                    "zero3_sub_group_blocks": 1.0},
+                                      "trainer": {"keep_freed_memory": False}}) == []
+    assert rundir.config_diff(saved, {**saved, "deepspeed": {**saved["deepspeed"], "zero3_sub_group_blocks": 2.0}}) \
+        == [("deepspeed.zero3_sub_group_blocks", 1.0, 2.0)]
