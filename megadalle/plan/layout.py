@@ -1,9 +1,12 @@
 """The parallel layout of a run: read from `train`'s config, turned into `train` overrides, put in words."""
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
+from typing import Any
 
-from megadalle.config import check
+from megadalle.config import build, check
 from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
@@ -37,6 +40,46 @@ def launch_overrides(layout: Layout) -> str:
     parts += [f"model.activation_checkpointing={str(layout.checkpointing).lower()}",
               f"trainer.micro_batch={layout.micro_batch}", f"trainer.grad_accum={layout.grad_accum}"]
     return " ".join(parts)
+
+
+LAYOUT_KEYS = {"model": {"activation_checkpointing"}, "trainer": {"micro_batch", "grad_accum"},
+               "deepspeed": {"zero_stage", "pipeline_stages", "partition_method"}}
+"""The keys `launch_overrides` sets, left out of `train_overrides`' echo of the planned config."""
+
+
+def train_overrides(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSpeedConfig, layout: Layout) -> str:
+    """The `megadalle train` overrides that train what was planned: the model preset and the layout, then every
+    key in which the planned model, trainer and deepspeed config differ from what `train` composes with them.
+    Derived from the values, not the command line: `plan`'s default model (12b) is not `train`'s (tiny), and a
+    launch line without it trained the tiny model."""
+    from megadalle.config.compose import compose, conf_dir
+
+    def differing(group: str, cls: type, planned: Any, overrides: list[str]) -> list[str]:
+        composed = build(cls, compose("train", overrides)[group], group)
+        return [f"{group}.{key}={override_value(value)}" for key, value in dataclasses.asdict(planned).items()
+                if key not in LAYOUT_KEYS[group] and value != getattr(composed, key)]
+
+    presets = sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
+    by_preset = {name: differing("model", TransformerConfig, model, [f"model={name}"]) for name in presets}
+    preset = min(presets, key=lambda name: len(by_preset[name]))
+    chosen = [f"model={preset}", *launch_overrides(layout).split()]
+    return " ".join([*chosen, *by_preset[preset], *differing("trainer", TrainerConfig, trainer, chosen),
+                     *differing("deepspeed", DeepSpeedConfig, ds, chosen)])
+
+
+def override_value(value: Any) -> str:
+    """`value` as a hydra override writes it (null, true, [a,b], {k:v}; a string quoted unless plain)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{override_value(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, str) and not re.fullmatch(r"[\w./:+-]+", value):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value)
 
 
 def layout_for(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig) -> Layout:

@@ -13,7 +13,7 @@ from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.flops import transformer_flops_per_token
 from megadalle.plan.checkpoint import checkpoint_bytes, export_bytes, usr1_lead_seconds
 from megadalle.plan.counts import Counts, count_parameters
-from megadalle.plan.layout import Layout, PlanError, describe, launch_overrides, layout_for
+from megadalle.plan.layout import Layout, PlanError, describe, layout_for, train_overrides
 from megadalle.plan.memory import Memory, budget, construction_bytes, memory_per_rank
 from megadalle.plan.precision import GB
 from megadalle.plan.sampling import sampling_line
@@ -132,10 +132,20 @@ def report(model: TransformerConfig, plan: PlanConfig, trainer: TrainerConfig, d
         f"{', x 4/3 recompute' if best.checkpointing else ''}"
         f"{f', x (1 + {best.pipeline - 1}/{best.grad_accum}) pipeline bubble' if best.pipeline > 1 else ''}"
         f"; exposed communication {t.exposed:.2f} s); {plan.global_batch * model.seq_len / t.total:,.0f} tokens/s",
-        f"launch with: megadalle train {launch_overrides(best)}",
-        f"  (Slurm: sbatch --signal=B:USR1@{lead} launch/slurm/train.sbatch ...)",
+        f"launch with: megadalle train {train_overrides(model, trainer, ds, best)}",
+        f"  (Slurm: sbatch {slurm_resources(plan)} --signal=B:USR1@{lead} launch/slurm/train.sbatch "
+        f"{train_overrides(model, trainer, ds, best)} ...)",
     ]
     return "\n".join(lines)
+
+
+def slurm_resources(plan: PlanConfig) -> str:
+    """sbatch's options for the planned world size: launch/slurm/train.sbatch's defaults (2 nodes x 8) would
+    otherwise set it, and with it the global batch."""
+    per_node = min(plan.gpus, plan.gpus_per_node)
+    nodes = -(-plan.gpus // per_node)
+    tasks = f"--ntasks-per-node={per_node}" if plan.gpus % per_node == 0 else f"--ntasks={plan.gpus}"
+    return f"--nodes={nodes} {tasks} --gpus-per-node={per_node}"
 
 
 def run(cfg: DictConfig) -> int:

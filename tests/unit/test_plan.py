@@ -389,3 +389,25 @@ def test_plan_says_which_sampling_batch_fits_one_gpu(gpu_mem_gb, batch):
     assert weights == 2 * counts.total and got_per_sample == per_sample
     assert got_batch == batch == int((gpu_mem_gb * 0.9 * GB - 2 * GB - weights) // per_sample)
     assert ("default 32 fits" in sampling_line(model, counts, plan)) == (batch >= 32)
+
+
+def test_the_printed_launch_line_trains_what_was_planned(capsys):
+    """The launch line left out model= (plan's default is 12b, train's tiny: it trained the tiny model) and the
+    user's overrides, and its sbatch line left the script's 2 x 8 ranks to set the world size (and batch)."""
+    assert main(["plan", "gpus=12", "gpus_per_node=8", "trainer.ema=null", "model.n_layers=40",
+                 "deepspeed.timeout_minutes=90"]) == 0
+    out = capsys.readouterr().out
+    printed = out.split("launch with: megadalle train ", 1)[1].splitlines()[0].split()
+    model, plan, trainer, ds = plan_for("gpus=12", "trainer.ema=null", "model.n_layers=40")
+    counts = count_parameters(model)
+    best = suggest(model, plan, counts, settings_for(trainer, ds, plan, counts))
+    cfg = compose("train", printed)
+    trained = build(TransformerConfig, cfg.model, "model")
+    assert dataclasses.replace(trained, activation_checkpointing=model.activation_checkpointing) == model
+    assert (cfg.trainer.ema, cfg.deepspeed.timeout_minutes) == (None, 90)
+    assert cfg.trainer.micro_batch * cfg.trainer.grad_accum * 12 // cfg.deepspeed.pipeline_stages == plan.global_batch
+    assert (cfg.deepspeed.pipeline_stages, cfg.deepspeed.zero_stage) == (best.pipeline, best.zero)
+    assert "sbatch --nodes=2 --ntasks=12 --gpus-per-node=8 --signal=B:USR1@" in out
+    assert f"launch/slurm/train.sbatch {' '.join(printed)} ...)" in out
+    main(["plan", "gpus=64"])
+    assert "sbatch --nodes=8 --ntasks-per-node=8 --gpus-per-node=8 --signal" in capsys.readouterr().out
