@@ -157,27 +157,32 @@ class Trainer:
 
     def _choose_checkpoint(self, run: RunOptions) -> tuple[Path | None, Path | None]:
         """The checkpoint to resume from (rank 0 picks it) and, when it was saved by another data-parallel
-        size, its universal form (rank 0 converts it once, the others wait); see universal.py."""
-        chosen, error, failure = None, None, None
+        size, its universal form: rank 0 converts it once while the others wait on the file system, outside
+        any collective (its timeout would end them during a long conversion; see universal.py)."""
+        chosen, conversion, error, failure = None, False, None, None
         if self.env.rank == 0:
             try:
                 found = checkpoint.resolve(run.resume, self.ckpt_root)
-                if found is not None and universal.needs_conversion(Layout.saved(found), self.layout, found):
-                    chosen = (str(found), str(universal.convert(found)))
-                else:
-                    chosen = (str(found), None) if found else None
+                conversion = found is not None and universal.needs_conversion(Layout.saved(found), self.layout, found)
+                if conversion:
+                    universal.clear_stale(found, owned=found.resolve().is_relative_to(self.run_dir))
+                chosen = str(found) if found else None
             except checkpoint.CheckpointError as err:
                 error = str(err)
             except Exception as err:  # a bug: rank 0 keeps its traceback, the others stop with its first line
                 failure, error = err, f"rank 0 failed to choose the checkpoint: {checkpoint.one_line(err)}"
-        chosen, error = distributed.broadcast_object((chosen, error))
+        chosen, conversion, error = distributed.broadcast_object((chosen, conversion, error))
         if failure is not None:
             raise failure
         if error is not None:  # every rank stops with the same one-line reason, none waits forever
             raise checkpoint.CheckpointError(error)
         if chosen is None:
             return None, None
-        return Path(chosen[0]), Path(chosen[1]) if chosen[1] else None
+        if not conversion:
+            return Path(chosen), None
+        if self.env.rank == 0:
+            return Path(chosen), universal.convert(Path(chosen))
+        return Path(chosen), universal.wait_for(Path(chosen))
 
     def _resume(self, run: RunOptions, chosen: Path | None, universal_dir: Path | None) -> dict:
         """Load the chosen checkpoint (all ranks), check the data. Each rank's generators are seeded

@@ -9,6 +9,11 @@ temporary name, then renamed, so a crash never leaves a half-converted folder th
 every rank builds its engine with `load_universal` and loads from there. The data loader is elastic
 already (DataPart), provided the global batch stays the same; the EMA re-slices itself (ema.py).
 
+The conversion is slow (about 44 MB/s: 221 GB at 12B take some 80 minutes), so the other ranks wait for it
+outside any collective, whose timeout (deepspeed.timeout_minutes) would end them: they poll for the finished
+folder (`wait_for`), or for `universal.failed`, where rank 0 writes why it could not convert, up to WAIT_HOURS.
+Before converting, rank 0 clears what a killed conversion left (`clear_stale`).
+
 What is supported is checked up front, with the fix in the message: ZeRO stages 1, 2 and 3 change
 their data-parallel size; a pipeline or ZeRO-0 run resumes on the layout that saved it.
 
@@ -28,16 +33,20 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from megadalle.config.train import DeepSpeedConfig
-from megadalle.train.checkpoint import MANIFEST, CheckpointError, atomic_write
+from megadalle.train.checkpoint import MANIFEST, CheckpointError, atomic_write, one_line
 from megadalle.train.mapped import deepspeed_optimizer_globals, mapped
 
 FOLDER = "universal"
+FAILED = "universal.failed"
+WAIT_HOURS = 24.0
+"""How long ranks other than 0 wait for its conversion: a day covers some 3.5 TB at the converter's 44 MB/s."""
 ELASTIC_ZERO_STAGES = (1, 2, 3)
 SUPPORTED = "a changed data-parallel size is supported for ZeRO stages 1, 2 and 3 without pipeline"
 
@@ -104,11 +113,43 @@ def keep_batch(global_batch: int, current: Layout) -> str:
             f"whose data-parallel size divides it: {ranks} ranks")
 
 
+def clear_stale(path: Path, owned: bool) -> None:
+    """Remove the temporary folders of conversions of `path` killed before their rename, and the failure note
+    of the last attempt. `owned`: `path` lies in the run directory this process has locked (rundir.RunLock),
+    so no other process converts it and every temporary folder is stale; otherwise only those whose pid is no
+    process on this host go (a conversion by a run on another host cannot be told from here and stays)."""
+    for tmp in path.glob(f"{FOLDER}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if owned or not (pid.isdigit() and pid_alive(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
+    (path / FAILED).unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def convert(path: Path) -> Path:
-    """The universal form of the checkpoint at `path`, converted once by DeepSpeed's own converter (rank 0 only)."""
+    """The universal form of the checkpoint at `path`, converted once by DeepSpeed's own converter (rank 0 only).
+    A failure is written to `<path>/universal.failed` too, for the ranks waiting in `wait_for`."""
     target = path / FOLDER
     if target.is_dir():
         return target
+    try:
+        _convert(path, target)
+    except Exception as err:
+        atomic_write(path / FAILED, str(err) if isinstance(err, CheckpointError) else one_line(err))
+        raise
+    return target
+
+
+def _convert(path: Path, target: Path) -> None:
     tmp = path / f"{FOLDER}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"[checkpoint] converting {path} to a universal checkpoint (data-parallel size changed)", flush=True)
@@ -123,6 +164,21 @@ def convert(path: Path) -> Path:
                               f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
     os.replace(tmp, target)
     atomic_write(path / "latest_universal", FOLDER)  # the converter's pointer named the temporary folder
+
+
+def wait_for(path: Path, hours: float = WAIT_HOURS, poll_seconds: float = 5.0) -> Path:
+    """The universal form of `path` once rank 0 has converted it (ranks other than 0). The finished folder
+    appears whole (a rename), so its existence is the marker; `universal.failed` carries rank 0's error."""
+    target, failed = path / FOLDER, path / FAILED
+    end = time.monotonic() + hours * 3600
+    while not target.is_dir():
+        if failed.is_file():
+            raise CheckpointError(f"rank 0 could not convert {path} to a universal checkpoint: "
+                                  f"{failed.read_text().splitlines()[0]} ({failed} and rank 0's log say more)")
+        if time.monotonic() >= end:
+            raise CheckpointError(f"rank 0 has not converted {path} to a universal checkpoint in {hours:g} h: no "
+                                  f"{target} nor {failed}; did rank 0 die? (its log says)")
+        time.sleep(poll_seconds)
     return target
 
 

@@ -10,7 +10,9 @@ What is not supported (a pipeline on another data-parallel size, another global 
 before anything is built, with the reason.
 """
 import json
+import os
 import shutil
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import torch
 
 from megadalle.train.consolidate import load_run
 from megadalle.train.checkpoint import CheckpointError
+from megadalle.train import universal
 from megadalle.train.universal import Layout, needs_conversion
 
 import dist_launch as launch
@@ -128,3 +131,51 @@ def test_a_global_batch_the_new_rank_count_cannot_divide_names_the_rank_counts_t
         needs_conversion(Layout(2, 1, 2, 8), Layout(2, 1, 2, 16), tmp_path)
     assert str(divides.value).endswith("keep the global batch: trainer.micro_batch * trainer.grad_accum = 4 "
                                        "(micro_batch x grad_accum: 1 x 4, 2 x 2, 4 x 1)")
+
+
+def test_other_ranks_wait_for_the_conversion_on_the_file_system_not_in_a_collective(tmp_path):
+    """Rank 0 converted while the others waited in a broadcast under deepspeed.timeout_minutes: a 12B
+    conversion outlasted it. They now poll for the renamed folder, or for rank 0's note of failure."""
+    done = threading.Timer(0.3, lambda: (tmp_path / "universal").mkdir())
+    done.start()
+    assert universal.wait_for(tmp_path, poll_seconds=0.05) == tmp_path / "universal"
+    done.join()
+    failed = tmp_path / "other"
+    failed.mkdir()
+    (failed / universal.FAILED).write_text("DeepSpeed's ds_to_universal failed on x:\nTraceback ...")
+    with pytest.raises(CheckpointError, match=f"rank 0 could not convert {failed} to a universal checkpoint: "
+                                              "DeepSpeed's ds_to_universal failed on x: \\("):
+        universal.wait_for(failed, poll_seconds=0.01)
+    with pytest.raises(CheckpointError, match="rank 0 has not converted .* in 1e-06 h: .* did rank 0 die"):
+        universal.wait_for(tmp_path / "never", hours=1e-6, poll_seconds=0.001)
+
+
+def test_a_failed_conversion_leaves_a_note_for_the_waiting_ranks(tmp_path, monkeypatch):
+    def broken(path, target):
+        raise RuntimeError("disk full\nmore")
+
+    monkeypatch.setattr(universal, "_convert", broken)
+    with pytest.raises(RuntimeError):
+        universal.convert(tmp_path)
+    assert (tmp_path / universal.FAILED).read_text() == "RuntimeError: disk full"
+
+
+def test_stale_conversions_are_cleared_before_converting(tmp_path):
+    """A conversion killed before its rename left `universal.tmp-<pid>` (221 GB at 12B) for good."""
+    dead = subprocess_pid_that_exited()
+    for pid in (dead, os.getpid()):
+        (tmp_path / f"universal.tmp-{pid}").mkdir()
+    (tmp_path / universal.FAILED).write_text("old")
+    universal.clear_stale(tmp_path, owned=False)  # another run might convert it: only the dead pid's goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"universal.tmp-{os.getpid()}"]
+    universal.clear_stale(tmp_path, owned=True)  # under this run's lock no one else converts it
+    assert list(tmp_path.iterdir()) == []
+
+
+def subprocess_pid_that_exited() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
