@@ -136,9 +136,15 @@ def exit_process(code: int) -> NoReturn:
     core dump of a 2-rank ZeRO-3 run, which did so in 1 run of 28 here, showed ProcessGroupGloo::runLoop ->
     ~AsyncAllgatherWork -> gil_scoped_acquire -> pthread_exit). Everything the process writes is
     closed by then, so finalization has nothing left to save, and the exit status is the run's.
+
+    The other atexit handlers run before `shutdown`'s barrier, so the ranks exit together: a run a signal stopped
+    exits non-zero on every rank (signals.STOPPED_EXIT), and srun --kill-on-bad-exit or DeepSpeed's launcher kills
+    the ranks still running when the first one exits non-zero, rank 0 in its wandb finish when the others had
+    nothing left to do (srun then reports the kill, 137, instead of the run's status).
     """
-    shutdown()
+    atexit.unregister(shutdown)
     atexit._run_exitfuncs()
+    shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
