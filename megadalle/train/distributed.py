@@ -72,6 +72,16 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
     return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
 
 
+def ranks(environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """(rank, world size) as the launcher's variables give them, without `detect`'s checks and host lookup: what
+    reporting an error needs, and the error may be `detect`'s own."""
+    env = os.environ if environ is None else environ
+    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if env.get(rank, "").isdigit() and env.get(world, "").isdigit():
+            return int(env[rank]), int(env[world])
+    return 0, 1
+
+
 def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
     """Start torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); idempotent.
 
