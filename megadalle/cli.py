@@ -190,12 +190,13 @@ def bad_interpolation(err) -> str:
 
 
 def fail(verb: str, message: str) -> int:
-    """Print a user error once (rank 0 of a multi-process launch; every rank meets the same one) and
-    return the exit code 2."""
-    from megadalle.train.distributed import detect
+    """Print a user error and return the exit code 2. Every rank of a multi-process launch prints it, after its rank:
+    when rank 0 alone did, srun --kill-on-bad-exit (or DeepSpeed's launcher) often killed it for another rank's
+    exit before it printed, and a 64-rank job failed with no reason in its log."""
+    from megadalle.train.distributed import ranks
 
-    if detect().rank == 0:
-        print(f"megadalle {verb}: {message}", file=sys.stderr)
+    rank, world_size = ranks()
+    print(f"megadalle {verb}: {f'rank {rank}: ' if world_size > 1 else ''}{message}", file=sys.stderr)
     return 2
 
 

@@ -8,14 +8,19 @@ import time
 from pathlib import Path
 
 from megadalle.train.checkpoint import damage
+from megadalle.train.signals import STOPPED_EXIT
 
 
 def stop_after_two_steps(cmd: list[str], env: dict, cwd: Path, run_dir: Path, sig: int, group: bool = False,
                          start_timeout: float = 180) -> str:
     """Start `cmd` (in a session of its own), send `sig` once two steps are logged (to its whole process group
     with `group`, as a terminal's Ctrl-C does), and return its output once it has exited. Asserts that no
-    process of the run outlives it, that the ranks checkpointed in their own time (DeepSpeed's launcher never
-    had to kill them), and that the newest checkpoint is complete."""
+    process of the run outlives it, that the ranks checkpointed in their own time (DeepSpeed's launcher was never
+    signalled into killing them, and none died of a signal), that it exited with STOPPED_EXIT (a stopped run that
+    exited 0 looked finished, and Slurm never requeued it) and that the newest checkpoint is complete.
+
+    (DeepSpeed's launcher logs "Killing subprocess" for every rank once one exits non-zero, 75 included, ranks that
+    have exited too: that line alone no longer tells a killed rank.)"""
     metrics = run_dir / "metrics.jsonl"
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -38,7 +43,8 @@ def stop_after_two_steps(cmd: list[str], env: dict, cwd: Path, run_dir: Path, si
             pass
         subprocess.run(["pkill", "-KILL", "-f", f"run_dir={run_dir}"])
     assert not ranks, f"ranks still running after the launcher exited: {ranks}\n{out[-3000:]}"
-    assert "Killing subprocess" not in out, out[-3000:]
+    assert "Main process received" not in out and "return code = -" not in out, out[-3000:]
+    assert proc.returncode == STOPPED_EXIT, f"exit {proc.returncode}\n{out[-3000:]}"
     latest = (run_dir / "checkpoints" / "latest").read_text()
     assert damage(run_dir / "checkpoints" / latest) is None, out[-3000:]
     return out

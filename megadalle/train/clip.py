@@ -8,7 +8,7 @@ each micro-batch is contrasted against the same micro-batch index of every rank.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +17,11 @@ from megadalle.config import build, check
 from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP
+from megadalle.train.signals import exit_status
 from megadalle.train.task import Batch, DataPart, ExportSpec, Task, caption_metrics, rank_batches, validation_data
+
+if TYPE_CHECKING:
+    from megadalle.train.loop import Result
 
 FACTORY = "megadalle.train.clip:task_from_config"
 
@@ -78,6 +82,11 @@ def task_from_config(cfg: dict | DictConfig) -> ClipTask:
 def train_clip(cfg: DictConfig) -> Path | None:
     """Train from a composed `train-clip` config and export the weights; returns their path on rank 0 (the demo
     calls this)."""
+    return fit_and_export(cfg)[1]
+
+
+def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
+    """`train_clip`, with the training's Result beside the weights' path (the verb's exit status needs it)."""
     from megadalle.config.train import RunConfig
     from megadalle.train.consolidate import export
     from megadalle.train.loop import train_from_config
@@ -87,14 +96,14 @@ def train_clip(cfg: DictConfig) -> Path | None:
     print(f"[train-clip] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
           f"run directory {result.run_dir}")
     if result.stopped_by_signal or int(getattr(result.engine, "global_rank", 0)) != 0:
-        return None
+        return result, None
     ema = cfg.trainer.get("ema") is not None
     # generate reranks with these weights: keep the precision CLIP trained in (and its EMA, as train-dvae does)
     path = export(result.run_dir, cfg.get("weights") or result.run_dir / "clip.safetensors", ema=ema, dtype="fp32")
     print(f"[train-clip] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
-    return path
+    return result, path
 
 
 def run(cfg: DictConfig) -> int:
-    train_clip(cfg)
-    return 0
+    result, _ = fit_and_export(cfg)
+    return exit_status(result.stopped_by_signal, result.step, int(cfg.trainer.steps))

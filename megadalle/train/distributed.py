@@ -2,7 +2,8 @@
 
 Three launchers, one reading of the environment:
 - `deepspeed --no_local_rank ...` and `torchrun` export RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT;
-- `srun` exports SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS and the node list; launch/slurm/train.sbatch
+- `srun` exports SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, SLURM_STEP_ID and the node list (the batch script
+  itself, outside any step, has the first three too but is no rank: it is refused); launch/slurm/train.sbatch
   exports MASTER_ADDR (the first node), else the first node of `scontrol show hostnames` is used,
   and the port derives from the job id (the same on every task);
 - nothing at all means one process (a laptop, a test): rank 0 of 1 on localhost.
@@ -65,11 +66,26 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
         return DistEnv(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]),
                        env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "env")
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        if "SLURM_STEP_ID" not in env:
+            # sbatch's own shell (`sbatch -n2 --wrap "megadalle train"`) is rank 0 of the allocation's task count, and
+            # no other rank ever starts: rank 0 waited 30 minutes at the rendezvous for them.
+            raise UserError(f"SLURM_NTASKS={env['SLURM_NTASKS']} but this process is not in a job step (no "
+                            "SLURM_STEP_ID): start the ranks with srun, as launch/slurm/train.sbatch does")
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost")
         port = int(env.get("MASTER_PORT", 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
         return DistEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]),
                        env.get("MASTER_ADDR") or slurm_hostnames(nodelist)[0], port, "slurm")
     return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
+
+
+def ranks(environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """(rank, world size) as the launcher's variables give them, without `detect`'s checks and host lookup: what
+    reporting an error needs, and the error may be `detect`'s own."""
+    env = os.environ if environ is None else environ
+    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if env.get(rank, "").isdigit() and env.get(world, "").isdigit():
+            return int(env[rank]), int(env[world])
+    return 0, 1
 
 
 def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
@@ -136,9 +152,15 @@ def exit_process(code: int) -> NoReturn:
     core dump of a 2-rank ZeRO-3 run, which did so in 1 run of 28 here, showed ProcessGroupGloo::runLoop ->
     ~AsyncAllgatherWork -> gil_scoped_acquire -> pthread_exit). Everything the process writes is
     closed by then, so finalization has nothing left to save, and the exit status is the run's.
+
+    The other atexit handlers run before `shutdown`'s barrier, so the ranks exit together: a run a signal stopped
+    exits non-zero on every rank (signals.STOPPED_EXIT), and srun --kill-on-bad-exit or DeepSpeed's launcher kills
+    the ranks still running when the first one exits non-zero, rank 0 in its wandb finish when the others had
+    nothing left to do (srun then reports the kill, 137, instead of the run's status).
     """
-    shutdown()
+    atexit.unregister(shutdown)
     atexit._run_exitfuncs()
+    shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)

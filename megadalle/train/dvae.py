@@ -11,7 +11,7 @@ At the end, rank 0 writes the weights for users (the EMA when the trainer keeps 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +24,11 @@ from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
+from megadalle.train.signals import exit_status
 from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches, validation_data
+
+if TYPE_CHECKING:
+    from megadalle.train.loop import Result
 
 FACTORY = "megadalle.train.dvae:task_from_config"
 
@@ -219,6 +223,11 @@ def task_from_config(cfg: dict | DictConfig) -> DVAETask:
 
 def train_dvae(cfg: DictConfig) -> Path | None:
     """Train from a composed `train-dvae` config and export the weights; returns their path on rank 0."""
+    return fit_and_export(cfg)[1]
+
+
+def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
+    """`train_dvae`, with the training's Result beside the weights' path (the verb's exit status needs it)."""
     from megadalle.config.train import RunConfig
     from megadalle.train.consolidate import export
     from megadalle.train.loop import train_from_config
@@ -232,14 +241,14 @@ def train_dvae(cfg: DictConfig) -> Path | None:
     print(f"[train-dvae] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
           f"run directory {result.run_dir}")
     if result.stopped_by_signal or int(getattr(result.engine, "global_rank", 0)) != 0:
-        return None
+        return result, None
     ema = cfg.trainer.get("ema") is not None
     # encode reads these weights: keep the precision the dVAE trained in
     path = export(result.run_dir, verb.weights or result.run_dir / "dvae.safetensors", ema=ema, dtype="fp32")
     print(f"[train-dvae] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
-    return path
+    return result, path
 
 
 def run(cfg: DictConfig) -> int:
-    train_dvae(cfg)
-    return 0
+    result, _ = fit_and_export(cfg)
+    return exit_status(result.stopped_by_signal, result.step, int(cfg.trainer.steps))

@@ -75,3 +75,15 @@ class LateCopies:
             return
         signal.signal(signum, self.previous if os.getpid() == self.pid else signal.SIG_DFL)
         os.kill(os.getpid(), signum)  # delivered again, to what it was before the run (a fork: the default)
+
+
+STOPPED_EXIT = 75
+"""The exit status of a training run a signal stopped before its last update (EX_TEMPFAIL in sysexits.h: "try
+again later"). A stopped run that exited 0 looked finished: under Slurm a preemption with a grace period TERMs
+the tasks only, and the job ended COMPLETED after checkpointing at step 245 of 100000, never requeued.
+launch/slurm/train.sbatch requeues on it."""
+
+
+def exit_status(stopped_by_signal: bool, step: int, steps: int) -> int:
+    """A training verb's exit status: STOPPED_EXIT when a signal stopped it with updates left to run, else 0."""
+    return STOPPED_EXIT if stopped_by_signal and step < steps else 0

@@ -25,6 +25,7 @@ from megadalle.data import synthetic
 from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss
 from megadalle.train.sample_grid import SampleGrid
+from megadalle.train.signals import exit_status
 from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, Task, caption_metrics, rank_batches,
                                   validation_data)
 
@@ -146,4 +147,4 @@ def run(cfg: DictConfig) -> int:
     if result.engine.global_rank == 0:
         print(f"[train] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
               f"run directory {result.run_dir}")
-    return 0
+    return exit_status(result.stopped_by_signal, result.step, int(cfg.trainer.steps))

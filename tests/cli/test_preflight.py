@@ -1,6 +1,6 @@
 """Checks before any process group starts: required keys, paths, shards against model and tokenizer.
 
-Each failure is one line on stderr (rank 0 only) and exit code 2, and no process group was started.
+Each failure is one line on stderr (on every rank, after its rank when there are several) and exit code 2, and no process group was started.
 """
 import subprocess
 import sys
@@ -91,11 +91,17 @@ def test_image_size_against_the_model(capsys, image_shards, token_shards):
                    f"tokenizer={token_shards[1]}"], "clip.text_vocab=20: the tokenizer")
 
 
-def test_only_rank_zero_prints(capsys, monkeypatch, token_shards):
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
+@pytest.mark.parametrize("rank, world", [("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")])
+def test_every_rank_prints_after_its_rank(capsys, monkeypatch, token_shards, rank, world):
+    """Rank 0 alone printed it: srun --kill-on-bad-exit killed rank 0 for another rank's exit before it printed, and a
+    64-rank job failed with no reason in its log. (Outside a job step Slurm's variables are refused, with this line.)"""
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(rank, "1")
+    monkeypatch.setenv(world, "2")
     assert main(["train", *TINY, f"data.shards={token_shards[0]}"]) == 2
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err.splitlines() == [
+        "megadalle train: rank 1: required key not set: data.tokenizer (give data.tokenizer=... on the command line)"]
 
 
 def test_exit_code_and_one_line_from_the_command(token_shards):

@@ -28,15 +28,24 @@ def test_torchrun_and_deepspeed_variables():
 
 def test_srun_variables_pick_first_node_and_job_port(fake_scontrol):
     env = detect({"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "4242",
-                  "SLURM_STEP_NODELIST": "gpu[03-04,10],login1"})
+                  "SLURM_STEP_ID": "0", "SLURM_STEP_NODELIST": "gpu[03-04,10],login1"})
     assert (env.rank, env.local_rank, env.world_size, env.master_addr, env.master_port, env.launcher) == \
         (5, 1, 8, "gpu03", 20000 + 4242, "slurm")
     assert fake_scontrol.read_text().split() == ["show", "hostnames", "gpu[03-04,10],login1"]
 
 
 def test_srun_under_the_sbatch_script_takes_its_master_addr(fake_scontrol):
-    env = detect({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "gpu[03-04]", "MASTER_ADDR": "gpu04"})
+    env = detect({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "gpu[03-04]",
+                  "MASTER_ADDR": "gpu04"})
     assert env.master_addr == "gpu04" and not fake_scontrol.exists()
+
+
+def test_the_batch_script_of_several_tasks_is_refused_as_a_rank(fake_scontrol):
+    """`sbatch -n2 --wrap "megadalle train"`: the batch shell has SLURM_PROCID=0 and SLURM_NTASKS=2 but no step, and
+    no second rank ever starts: rank 0 waited 30 minutes at the rendezvous."""
+    with pytest.raises(UserError, match=r"^SLURM_NTASKS=2 but this process is not in a job step .*start the ranks with "
+                                        r"srun"):
+        detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "gpu[03-04]"})
 
 
 def test_no_launcher_is_one_process():

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from megadalle.train.signals import STOP_SIGNALS, LateCopies, StopFlag
+from megadalle.train.signals import STOP_SIGNALS, STOPPED_EXIT, LateCopies, StopFlag, exit_status
 from tests.launch_signals import stop_after_two_steps
 
 import dist_launch as launch
@@ -75,6 +75,27 @@ def test_after_a_stop_the_processes_it_starts_still_die_of_sigterm(stopped, star
         proc.terminate()
         code = proc.wait(20)
     assert code == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("stopped, step, code", [(True, 5, STOPPED_EXIT), (True, 10, 0), (False, 10, 0)],
+                         ids=["stopped", "stopped-at-the-last-update", "finished"])
+def test_a_run_stopped_with_updates_left_exits_75(stopped, step, code):
+    """A stopped run exited 0 and looked finished: Slurm never requeued a preempted job (launch/slurm/train.sbatch
+    requeues on 75). One a signal reached during its last update has nothing left to do: 0."""
+    assert exit_status(stopped, step, 10) == code
+
+
+@pytest.mark.parametrize("module", ["dvae", "clip"])
+def test_train_dvae_and_train_clip_return_the_stop_status(module, monkeypatch):
+    """They share the loop and the requeue with `train`."""
+    import importlib
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    verb = importlib.import_module(f"megadalle.train.{module}")
+    monkeypatch.setattr(verb, "fit_and_export", lambda cfg: (SimpleNamespace(stopped_by_signal=True, step=3), None))
+    assert verb.run(OmegaConf.create({"trainer": {"steps": 100}})) == STOPPED_EXIT
 
 
 @pytest.mark.distributed

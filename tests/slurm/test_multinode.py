@@ -74,9 +74,12 @@ def two_node_slurm(tmp_path_factory):
 @pytest.mark.distributed
 def test_sbatch_runs_two_nodes_of_two_tasks_through_srun(two_node_slurm, train_overrides, tmp_path):
     run_dir = tmp_path / "run"
-    # node1 and node2 are names Slurm knows, not hosts DNS knows: the rendezvous is given as an address.
+    # node1 and node2 are names Slurm knows, not hosts DNS knows: the rendezvous is given as an address
+    # (MEGADALLE_MASTER_ADDR).
     # RANK and WORLD_SIZE are a stale single-rank world in the submitting shell: the script must not pass them on.
-    env = dict(two_node_slurm, DS_ACCELERATOR="cpu", WANDB_MODE="offline", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+    # A MASTER_ADDR/MASTER_PORT in the submitting shell is another rendezvous: the script must replace it.
+    env = dict(two_node_slurm, DS_ACCELERATOR="cpu", WANDB_MODE="offline", OMP_NUM_THREADS="1",
+               MEGADALLE_MASTER_ADDR="127.0.0.1", MASTER_ADDR="10.255.0.1", MASTER_PORT="1",
                RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     submit = ["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
               "--time=10", f"--output={tmp_path}/job-%j.out", str(ROOT / "launch" / "slurm" / "train.sbatch"),

@@ -1,7 +1,11 @@
-"""launch/slurm/train.sbatch's environment for srun, checked without a cluster: the script runs under
-bash with the variables Slurm would set and a stand-in `srun` that records what it was given;
-`scontrol` is Slurm's own (host names are Slurm's to expand)."""
+"""launch/slurm/train.sbatch's environment for srun and its requeue decisions, checked without a cluster: the
+script runs under bash with the variables Slurm would set and a stand-in `srun` that records what it was given
+and exits with SRUN_EXIT; `scontrol` is Slurm's own (host names are Slurm's to expand), except `scontrol requeue`,
+which a stand-in records and answers with REQUEUE_EXIT."""
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,25 +16,53 @@ SCRIPT = Path(__file__).parent.parent.parent / "launch" / "slurm" / "train.sbatc
 
 FAKE_SRUN = """#!/bin/bash
 { echo "ARGS $*"; env; } > "$SRUN_RECORD"
+exit "${SRUN_EXIT:-0}"
+"""
+
+FAKE_SCONTROL = """#!/bin/bash
+if [ "$1" = requeue ]; then echo "$*" >> "$REQUEUE_RECORD"; exit "${REQUEUE_EXIT:-0}"; fi
+exec {scontrol} "$@"
+"""
+
+STOPPED_TASKS = """#!/bin/bash
+# tasks that stop on USR1 or TERM as megadalle's do (75); srun itself would SIGKILL them on TERM (137)
+trap 'echo USR1 >> "$SRUN_RECORD"; exit 75' USR1
+trap 'echo TERM >> "$SRUN_RECORD"; exit 137' TERM
+touch "$SRUN_RECORD.started"
+while :; do sleep 0.1; done
 """
 
 
-def run_script(slurm_commands, tmp_path, **variables):
-    srun = tmp_path / "bin" / "srun"
-    srun.parent.mkdir()
-    srun.write_text(FAKE_SRUN)
-    srun.chmod(0o755)
-    record = tmp_path / "srun.txt"
-    env = dict(slurm_commands, PATH=f"{srun.parent}:{slurm_commands['PATH']}", SRUN_RECORD=str(record),
-               SLURM_JOB_ID="1234")
-    for name in ("SRUN_CPUS_PER_TASK", "SLURM_CPUS_PER_TASK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "NCCL_DEBUG"):
+def script_env(slurm_commands, tmp_path, srun_text=FAKE_SRUN, **variables):
+    """The batch script's environment with stand-ins for srun and `scontrol requeue` in tmp_path/bin."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = shutil.which("scontrol", path=slurm_commands["PATH"])
+    for name, text in (("srun", srun_text), ("scontrol", FAKE_SCONTROL.replace("{scontrol}", scontrol))):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = dict(slurm_commands, PATH=f"{bin_dir}:{slurm_commands['PATH']}", SRUN_RECORD=str(tmp_path / "srun.txt"),
+               REQUEUE_RECORD=str(tmp_path / "requeue.txt"), SLURM_JOB_ID="1234", SLURM_JOB_NODELIST="node[1-2]")
+    for name in ("SRUN_CPUS_PER_TASK", "SLURM_CPUS_PER_TASK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS",
+                 "NCCL_DEBUG", "MEGADALLE_MASTER_ADDR", "MEGADALLE_MASTER_PORT", "SLURM_RESTART_COUNT"):
         env.pop(name, None)
     env.update(variables)
+    return env
+
+
+def run_script(slurm_commands, tmp_path, **variables):
+    env = script_env(slurm_commands, tmp_path, **variables)
     proc = subprocess.run(["bash", str(SCRIPT), "model=tiny"], env=env, capture_output=True, text=True, timeout=60)
+    record = tmp_path / "srun.txt"
     lines = record.read_text().splitlines() if record.exists() else []
     seen = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("ARGS "))
     args = next((line.removeprefix("ARGS ") for line in lines if line.startswith("ARGS ")), None)
     return proc, seen, args
+
+
+def requeues(tmp_path) -> list[str]:
+    record = tmp_path / "requeue.txt"
+    return record.read_text().splitlines() if record.exists() else []
 
 
 @pytest.mark.slurm
@@ -41,15 +73,71 @@ def test_srun_gets_the_allocations_cpus_and_the_first_host_as_rendezvous(slurm_c
     assert seen["SRUN_CPUS_PER_TASK"] == "6" and seen["OMP_NUM_THREADS"] == "6"
     assert seen["MASTER_ADDR"] == "rack1-node01" and seen["MASTER_PORT"] == str(20000 + 1234)
     assert seen["NCCL_DEBUG"] == "WARN" and seen["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
-    assert args.endswith("train resume=auto model=tiny")
+    assert args.endswith("--label python -u -m megadalle train resume=auto model=tiny")
     assert "rendezvous rack1-node01:21234, 6 CPUs per task" in proc.stdout
 
 
 @pytest.mark.slurm
-def test_a_given_master_addr_is_kept(slurm_commands, tmp_path):
-    proc, seen, _ = run_script(slurm_commands, tmp_path, SLURM_JOB_NODELIST="node[1-2]", MASTER_ADDR="10.0.0.7")
+def test_the_submitting_shells_rendezvous_is_replaced_by_the_allocations(slurm_commands, tmp_path):
+    """sbatch passes the submitting shell's environment on: a MASTER_ADDR/MASTER_PORT left by torchrun or an earlier
+    job named a rendezvous outside this allocation."""
+    proc, seen, _ = run_script(slurm_commands, tmp_path, MASTER_ADDR="10.0.0.7", MASTER_PORT="29500")
     assert proc.returncode == 0, proc.stderr
-    assert seen["MASTER_ADDR"] == "10.0.0.7" and seen["SRUN_CPUS_PER_TASK"] == "1"
+    assert seen["MASTER_ADDR"] == "node1" and seen["MASTER_PORT"] == str(20000 + 1234)
+
+
+@pytest.mark.slurm
+def test_a_rendezvous_asked_for_is_kept(slurm_commands, tmp_path):
+    proc, seen, _ = run_script(slurm_commands, tmp_path, MEGADALLE_MASTER_ADDR="10.0.0.7",
+                               MEGADALLE_MASTER_PORT="29501", MASTER_ADDR="10.9.9.9")
+    assert proc.returncode == 0, proc.stderr
+    assert seen["MASTER_ADDR"] == "10.0.0.7" and seen["MASTER_PORT"] == "29501" and seen["SRUN_CPUS_PER_TASK"] == "1"
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("srun_exit, restarts, requeued, code", [
+    ("75", "0", True, 0),     # a signal stopped the tasks (preemption's TERM, the USR1 warning): requeue
+    ("0", "0", False, 0),     # the run finished: nothing to requeue
+    ("1", "0", False, 1),     # it failed: requeueing would fail again
+    ("75", "20", False, 75),  # MAX_RESTARTS reached
+], ids=["stopped", "finished", "failed", "max-restarts"])
+def test_the_job_requeues_when_the_tasks_were_stopped(slurm_commands, tmp_path, srun_exit, restarts, requeued, code):
+    """A preemption with a grace period TERMs the tasks, not this script: the tasks checkpointed and exited 0, and
+    the job ended COMPLETED at step 245 of 100000. Their status 75 is what makes the job requeue now."""
+    proc, _, _ = run_script(slurm_commands, tmp_path, SRUN_EXIT=srun_exit, SLURM_RESTART_COUNT=restarts)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert requeues(tmp_path) == (["requeue 1234"] if requeued else []), proc.stdout
+
+
+@pytest.mark.slurm
+def test_a_failed_requeue_fails_the_job_and_says_how_to_resume(slurm_commands, tmp_path):
+    """A job submitted with --no-requeue (or a controller that did not answer) ended with exit 0, as if finished."""
+    proc, _, _ = run_script(slurm_commands, tmp_path, SRUN_EXIT="75", REQUEUE_EXIT="1")
+    assert requeues(tmp_path) == ["requeue 1234"]
+    assert proc.returncode == 75, proc.stdout + proc.stderr
+    assert "scontrol requeue 1234 failed" in proc.stderr and "submit the same command again" in proc.stderr
+
+
+@pytest.mark.slurm
+def test_a_term_to_the_script_reaches_the_tasks_as_usr1_and_does_not_requeue(slurm_commands, tmp_path):
+    """`scancel --signal=TERM --batch`: the script TERMed srun, which SIGKILLs every task at once (no checkpoint).
+    A user's TERM stops the run: no requeue."""
+    env = script_env(slurm_commands, tmp_path, srun_text=STOPPED_TASKS)
+    proc = subprocess.Popen(["bash", str(SCRIPT), "model=tiny"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while not (tmp_path / "srun.txt.started").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "srun.txt").read_text().splitlines() == ["USR1"], out + err
+    assert proc.returncode == 75 and requeues(tmp_path) == [], out + err
+    assert "no requeue" in out
 
 
 @pytest.mark.slurm
