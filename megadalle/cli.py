@@ -206,7 +206,9 @@ def entry() -> NoReturn:
     code = main()
     if "megadalle.train.distributed" in sys.modules:
         from megadalle.train.distributed import exit_process
+        from megadalle.train.signals import ignore_late_copies
 
+        ignore_late_copies()
         exit_process(code)
     sys.exit(code)
 

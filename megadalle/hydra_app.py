@@ -48,6 +48,7 @@ class VerbJob:
         from megadalle.config.compose import conf_dir, keep_text
         from megadalle.config.required import restore
         from megadalle.preflight import RUN_TASKS
+        from megadalle.train.signals import STOPPED_EXIT
 
         hydra = HydraConfig.get()
         multirun = hydra.mode == RunMode.MULTIRUN
@@ -60,7 +61,7 @@ class VerbJob:
             if self.verb in OUTPUT_VERBS and multirun and not gives(hydra.overrides.task, "output"):
                 cfg.output = hydra.runtime.output_dir
         code = execute(self.verb, cfg)
-        if code in (2, 130):  # a user error or Ctrl-C stops the sweep (an exception would be a traceback)
+        if code in (2, STOPPED_EXIT, 130):  # a user error, a stop signal or Ctrl-C stops the sweep
             raise SystemExit(code)
         return code
 

@@ -31,7 +31,7 @@ from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
 from megadalle.train.param_edit import ParamEditor
-from megadalle.train.signals import StopFlag
+from megadalle.train.signals import StopFlag, forget_late_copies
 from megadalle.train.speed import Speed
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import DataPart, Task
@@ -270,8 +270,12 @@ class Trainer:
 
 def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig, run: RunOptions,
           extra_callbacks: list[Callback] | None = None) -> Result:
-    """Train `task` to `trainer.steps` updates (resuming if the run has checkpoints); see the module docstring."""
-    return Trainer(task, trainer, ds, logger, run, extra_callbacks).fit()
+    """Train `task` to `trainer.steps` updates (resuming if the run has checkpoints); see the module docstring.
+    The stop signals' handlers are as they were when it returns (signals.forget_late_copies)."""
+    try:
+        return Trainer(task, trainer, ds, logger, run, extra_callbacks).fit()
+    finally:
+        forget_late_copies()
 
 
 def train_from_config(task: Task, cfg, task_factory: str | None = None) -> Result:

@@ -37,15 +37,15 @@ class StopFlag:
 
     def uninstall(self, stopped: bool = False) -> None:
         """Give the stop signals back. After a run that `stopped` for a signal (on any rank), a copy of TERM or
-        USR1 arriving in the next LATE_WINDOW_S is ignored: the ranks stop together when one is signalled, so
-        another rank's copy can arrive late (a second node's forwarder, a scheduler signalling each process),
-        after the checkpoint, and it killed the process on its way out (exit -15, and the launcher then reported
-        a failure). Nothing is left ignored: SIG_IGN would outlive the run in the caller's process and in every
-        process it starts (a bash script cannot even trap a signal ignored at its start; a worker pool could no
-        longer be terminated), so a handler decides, and it only ignores in this process, within the window."""
+        USR1 arriving in the next LATE_WINDOW_S is ignored (`LateCopies`) until `forget_late_copies`: the ranks
+        stop together when one is signalled, so another rank's copy can arrive late (a second node's forwarder, a
+        scheduler signalling each process), after the checkpoint, and it killed the process on its way out (exit
+        -15, and the launcher then reported a failure)."""
+        global _stopped_here
         for sig, handler in self._previous.items():
             signal.signal(sig, LateCopies(sig, handler, self._pid) if stopped and sig in LATE_COPIES else handler)
         self._previous.clear()
+        _stopped_here = _stopped_here or stopped
 
     def _handle(self, signum, frame) -> None:
         if os.getpid() != self._pid:
@@ -62,8 +62,16 @@ class StopFlag:
         return self.received is not None
 
 
+_stopped_here = False
+"""Whether a run in this process stopped for a signal: its exit ignores late copies (`ignore_late_copies`)."""
+
+
 class LateCopies:
-    """The handler of a stop signal after a stop: ignores the copies that arrive late, then steps aside."""
+    """The handler of a stop signal after a stop: ignores the copies that arrive late, then steps aside. Never
+    SIG_IGN: that outlives the run in every process the caller starts later (a bash script cannot even trap a
+    signal ignored at its start; a worker pool could no longer be terminated). Exec'd children get the default
+    action; a forked child the default too, through this handler (a signal that arrives while the child is still
+    in the fork can be lost, which is why `train` gives the handlers back with `forget_late_copies`)."""
 
     def __init__(self, sig: int, previous, pid: int):
         self.sig, self.pid = sig, pid
@@ -75,6 +83,25 @@ class LateCopies:
             return
         signal.signal(signum, self.previous if os.getpid() == self.pid else signal.SIG_DFL)
         os.kill(os.getpid(), signum)  # delivered again, to what it was before the run (a fork: the default)
+
+
+def forget_late_copies() -> None:
+    """Put back what handled TERM and USR1 before a stopped run: the end of an in-process `train`."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in LATE_COPIES:
+        handler = signal.getsignal(sig)
+        if isinstance(handler, LateCopies):
+            signal.signal(sig, handler.previous)
+
+
+def ignore_late_copies() -> None:
+    """At the exit of a process whose run a signal stopped: ignore TERM and USR1 from here on. The ranks stop
+    together when one is signalled, and the launcher (or another node's forwarder) can still deliver this rank's
+    own copy while it waits at the exit barrier; the process starts nothing more."""
+    if _stopped_here and threading.current_thread() is threading.main_thread():
+        for sig in LATE_COPIES:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 STOPPED_EXIT = 75

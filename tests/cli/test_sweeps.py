@@ -99,3 +99,15 @@ def test_a_flag_with_an_optional_value_may_come_last(capsys):
     finally:
         logging.root.handlers[:] = handlers
         logging.root.setLevel(level)
+
+
+def test_a_signal_that_stops_a_sweep_job_stops_the_sweep_with_its_status(train_overrides, tmp_path, monkeypatch):
+    """Slurm's TERM or USR1 stops the job's run with status 75 (a checkpoint to resume); the sweep went on with the
+    next job, which the scheduler was about to kill, and exited 0 as if every job had finished."""
+    import megadalle.cli
+    from megadalle.train.signals import STOPPED_EXIT
+
+    jobs = []
+    monkeypatch.setattr(megadalle.cli, "resolve", lambda verb: lambda cfg: jobs.append(cfg.seed) or STOPPED_EXIT)
+    assert main(["train", "-m", *train_overrides, "seed=0,1", f"out_dir={tmp_path}"]) == STOPPED_EXIT
+    assert jobs == [0]

@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from megadalle.train.signals import STOP_SIGNALS, STOPPED_EXIT, LateCopies, StopFlag, exit_status
+from megadalle.train import signals
+from megadalle.train.signals import (LATE_COPIES, STOP_SIGNALS, STOPPED_EXIT, LateCopies, StopFlag, exit_status,
+                                      forget_late_copies, ignore_late_copies)
 from tests.launch_signals import stop_after_two_steps
 
 import dist_launch as launch
@@ -28,9 +30,10 @@ def test_signal_sets_flag_and_handlers_are_restored(sig):
 
 
 @pytest.fixture
-def stopped(request):
+def stopped(request, monkeypatch):
     """A StopFlag given back after a stop, its signal's handler put back as it was after the test."""
     before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    monkeypatch.setattr(signals, "_stopped_here", False)
     StopFlag().install().uninstall(stopped=True)
     yield request.param
     for sig, handler in before.items():
@@ -61,10 +64,12 @@ def test_after_the_late_window_the_signal_does_what_it_did_before(stopped):
 
 @pytest.mark.parametrize("stopped", [signal.SIGTERM], indirect=True)
 @pytest.mark.parametrize("start", ["fork", "exec"])
-def test_after_a_stop_the_processes_it_starts_still_die_of_sigterm(stopped, start):
+def test_after_a_stopped_run_the_processes_it_starts_still_die_of_sigterm(stopped, start):
     """It was left ignored, and everything the process started inherited that: `multiprocessing.Pool`'s
-    terminate (prepare's exit) waited forever, and a bash script (launch/train.sh) could not trap TERM."""
+    terminate (prepare's exit) waited forever, and a bash script (launch/train.sh) could not trap TERM. An exec'd
+    child gets the default action even within the late window; `train` forgets the late copies as it returns."""
     if start == "fork":
+        forget_late_copies()
         child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
         child.start()
         child.terminate()
@@ -75,6 +80,36 @@ def test_after_a_stop_the_processes_it_starts_still_die_of_sigterm(stopped, star
         proc.terminate()
         code = proc.wait(20)
     assert code == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("stopped", [signal.SIGUSR1, signal.SIGTERM], indirect=True)
+def test_forgetting_late_copies_gives_the_handlers_back(stopped):
+    received = []
+
+    def before(signum, frame):
+        received.append(signum)
+
+    signal.signal(stopped, before)
+    StopFlag().install().uninstall(stopped=True)
+    forget_late_copies()
+    assert signal.getsignal(stopped) is before
+    os.kill(os.getpid(), stopped)
+    assert received == [stopped]
+
+
+def test_the_exit_of_a_process_whose_run_stopped_ignores_late_copies(monkeypatch):
+    """At the exit barrier a rank still gets its own late copy (the other node's forwarder): it killed it."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        monkeypatch.setattr(signals, "_stopped_here", False)
+        ignore_late_copies()
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]  # no stop in this process: untouched
+        monkeypatch.setattr(signals, "_stopped_here", True)
+        ignore_late_copies()
+        assert [signal.getsignal(sig) for sig in LATE_COPIES] == [signal.SIG_IGN] * len(LATE_COPIES)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.parametrize("stopped, step, code", [(True, 5, STOPPED_EXIT), (True, 10, 0), (False, 10, 0)],
