@@ -7,6 +7,7 @@ import pytest
 from megadalle.cli import main
 from megadalle.config.compose import compose
 from megadalle.sample import run
+from tests.rerun_refusal import refused_then_overwritten
 from tests.sample.test_generate import write_tiny_models
 
 
@@ -71,22 +72,9 @@ def test_a_rerun_removes_only_the_samples_the_earlier_run_listed(models, tmp_pat
 def test_a_rerun_into_an_earlier_runs_folder_is_refused_unless_overwrite(models, tmp_path, capsys, monkeypatch):
     """A plain rerun replaced the results in the default folder (<out_dir>/generate) without a word; now it is
     one line and exit code 2 before any model is read, and overwrite=true replaces them."""
-    import megadalle.bundle
-
     base = ["generate", *args(models, "n=2", "keep=1", f"out_dir={tmp_path}")]
-    assert main(base) == 0
-    capsys.readouterr()
-    first = (tmp_path / "generate" / "scores.json").read_text()
-    real = megadalle.bundle.open_models
-    monkeypatch.setattr(megadalle.bundle, "open_models", lambda *a, **k: pytest.fail("a model was read"))
-    assert main([*base, "seed=1"]) == 2
-    assert capsys.readouterr().err == f"megadalle generate: output={tmp_path / 'generate'}: holds an earlier " \
-                                      "generate's results (scores.json); give another output, or overwrite=true to " \
-                                      "replace them\n"
-    assert (tmp_path / "generate" / "scores.json").read_text() == first
-    monkeypatch.setattr(megadalle.bundle, "open_models", real)
-    assert main([*base, "seed=1", "overwrite=true"]) == 0
-    assert json.loads((tmp_path / "generate" / "scores.json").read_text())["seed"] == 1
+    assert refused_then_overwritten(base, "seed=1", tmp_path / "generate", "scores.json", monkeypatch,
+                                    capsys)["seed"] == 1
 
 
 def test_a_prompt_the_tokenizer_reads_nothing_of_is_refused_before_any_model_is_read(models, tmp_path, capsys,
