@@ -32,6 +32,30 @@ touch "$SRUN_RECORD.started"
 while :; do sleep 0.1; done
 """
 
+STARTING_TASKS = """#!/bin/bash
+# tasks still building their engine: USR1 has its default action (srun reports 138)
+trap 'echo USR1 >> "$SRUN_RECORD"; exit 138' USR1
+touch "$SRUN_RECORD.started"
+while :; do sleep 0.1; done
+"""
+
+
+def signal_the_script(env, tmp_path, sig) -> subprocess.Popen:
+    """Run the script with tasks that have started, send it `sig`, and return it finished."""
+    proc = subprocess.Popen(["bash", str(SCRIPT), "model=tiny"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while not (tmp_path / "srun.txt.started").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        proc.out, proc.err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc
+
 
 def script_env(slurm_commands, tmp_path, srun_text=FAKE_SRUN, **variables):
     """The batch script's environment with stand-ins for srun and `scontrol requeue` in tmp_path/bin."""
@@ -122,22 +146,19 @@ def test_a_failed_requeue_fails_the_job_and_says_how_to_resume(slurm_commands, t
 def test_a_term_to_the_script_reaches_the_tasks_as_usr1_and_does_not_requeue(slurm_commands, tmp_path):
     """`scancel --signal=TERM --batch`: the script TERMed srun, which SIGKILLs every task at once (no checkpoint).
     A user's TERM stops the run: no requeue."""
-    env = script_env(slurm_commands, tmp_path, srun_text=STOPPED_TASKS)
-    proc = subprocess.Popen(["bash", str(SCRIPT), "model=tiny"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 30
-        while not (tmp_path / "srun.txt.started").exists():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = signal_the_script(script_env(slurm_commands, tmp_path, srun_text=STOPPED_TASKS), tmp_path, signal.SIGTERM)
+    out, err = proc.out, proc.err
     assert (tmp_path / "srun.txt").read_text().splitlines() == ["USR1"], out + err
     assert proc.returncode == 75 and requeues(tmp_path) == [], out + err
     assert "no requeue" in out
+
+
+@pytest.mark.slurm
+def test_the_time_limits_warning_requeues_tasks_it_killed_before_training_began(slurm_commands, tmp_path):
+    """The tasks take the stop signals from their first update: a USR1 while they build the engine or convert a
+    checkpoint kills them (srun exit 138), and the job ended FAILED instead of continuing."""
+    proc = signal_the_script(script_env(slurm_commands, tmp_path, srun_text=STARTING_TASKS), tmp_path, signal.SIGUSR1)
+    assert len(requeues(tmp_path)) == 1 and proc.returncode == 0, proc.out + proc.err
 
 
 @pytest.mark.slurm
