@@ -30,7 +30,7 @@ from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, k
 from megadalle.outputs import interrupted, output_folder, refuse_earlier_results
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
-from megadalle.sampling.prompt import pieces
+from megadalle.sampling.prompt import ids
 
 
 @dataclass
@@ -113,7 +113,7 @@ def readable_captions(tokenizer, captions: list[str], source: str) -> list[str]:
     """The captions the tokenizer reads something of. A line of characters it drops (U+200B, U+FEFF) passes the
     blank test and would be sampled from pads alone: it is skipped like a blank line, and counted on stderr;
     none left is refused."""
-    readable = [caption for caption in captions if pieces(tokenizer, caption)]
+    readable = [caption for caption in captions if ids(tokenizer, caption)]
     check(bool(readable), source.partition("=")[0], source.partition("=")[2],
           "the tokenizer reads nothing of any caption (only characters it drops, like U+200B)")
     if len(readable) < len(captions):

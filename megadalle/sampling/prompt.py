@@ -12,9 +12,16 @@ import sys
 from megadalle.config import ConfigError
 
 
-def pieces(tokenizer, text: str) -> list:
-    """sentencepiece's pieces of `text` (each with its id and the `surface` text it covers)."""
-    return list(tokenizer.sp.encode(text, out_type="proto").pieces)
+def ids(tokenizer, text: str) -> list[int]:
+    """The ids sentencepiece reads of `text` (plain ids: its proto output needs protobuf, and sentencepiece 0.2.0
+    returned it as bytes)."""
+    return list(tokenizer.sp.encode(text))
+
+
+def unknown(tokenizer, char: str) -> bool:
+    """Whether the tokenizer reads `char` as its unknown piece (a BPE vocabulary holds every character it knows as
+    a piece of its own, so a character alone tells)."""
+    return tokenizer.sp.unk_id() in ids(tokenizer, char)
 
 
 def code_points(chars: str) -> str:
@@ -24,7 +31,7 @@ def code_points(chars: str) -> str:
 
 def check_prompt(tokenizer, prompt: str, key: str = "prompt") -> None:
     """Refuse a prompt the tokenizer reads nothing of (see the module docstring)."""
-    if not pieces(tokenizer, prompt):
+    if not ids(tokenizer, prompt):
         raise ConfigError(f"{key}={prompt!r}: the tokenizer reads nothing of it (it drops "
                           f"{code_points(''.join(prompt.split()))}); give words")
 
@@ -32,13 +39,9 @@ def check_prompt(tokenizer, prompt: str, key: str = "prompt") -> None:
 def warn_if_unknown(tokenizer, prompt: str) -> None:
     """Say on stderr when most of the prompt's characters (spaces aside) are unknown to the tokenizer, naming
     them: the model reads each run of them as one unknown piece."""
-    unknown = known = ""
-    for piece in pieces(tokenizer, prompt):
-        text = "".join(piece.surface.split())
-        if piece.id == tokenizer.sp.unk_id():
-            unknown += text
-        else:
-            known += text
-    if len(unknown) > len(known):
-        print(f"[generate] prompt {prompt!r}: {len(unknown)} of {len(unknown) + len(known)} characters are unknown to "
-              f"the tokenizer, read as its unknown piece: {code_points(unknown)}", file=sys.stderr)
+    chars = "".join(prompt.split())
+    strange = {c for c in set(chars) if unknown(tokenizer, c)}
+    unread = "".join(c for c in chars if c in strange)
+    if len(unread) > len(chars) - len(unread):
+        print(f"[generate] prompt {prompt!r}: {len(unread)} of {len(chars)} characters are unknown to "
+              f"the tokenizer, read as its unknown piece: {code_points(unread)}", file=sys.stderr)
