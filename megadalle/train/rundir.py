@@ -35,6 +35,7 @@ import json
 import operator
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -174,14 +175,22 @@ class RunLock:
             holder = os.read(fd, 4096).decode(errors="replace").strip() or "a process that has not written its name"
             os.close(fd)
             raise RunDirError(f"{path} is in use by another run ({holder}); wait for it to end or stop it, or start a "
-                              f"new run with name=<new name> (or run_dir=)") from None
+                              f"new run with name=<new name> (or run_dir=); if that process is gone (NFSv3 keeps a "
+                              f"dead node's lock until it reboots), remove {path / LOCK}") from None
+        except OSError as err:  # a file system without flock (Lustre mounted noflock, some FUSE): run unlocked
+            os.close(fd)
+            print(f"[run] {path / LOCK}: this file system cannot lock ({os.strerror(err.errno)}): the run goes on "
+                  "unlocked, and a second run started on this directory would not be refused", file=sys.stderr)
+            return
         os.ftruncate(fd, 0)
         os.write(fd, holder_text(environ).encode())
         self.fd = fd
 
     def release(self) -> None:
-        """Let the next run in (closing the file drops the flock); safe to call more than once."""
+        """Let the next run in; safe to call more than once. Unlocked explicitly: a forked DataLoader worker
+        shares the open file, and closing this process's copy alone left the lock held while the worker lived."""
         if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
 

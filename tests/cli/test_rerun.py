@@ -1,6 +1,8 @@
 """Runs that resume by rerunning: a stable run directory per task and name, a refused config change,
 and Ctrl-C (SIGINT) that checkpoints and stops like SIGUSR1."""
+import errno
 import json
+import multiprocessing as mp
 import os
 import signal
 import socket
@@ -153,10 +155,35 @@ def test_a_run_directory_is_locked_by_one_run_at_a_time(tmp_path):
         rundir.RunLock(tmp_path)
     assert str(refused.value) == (f"{tmp_path} is in use by another run (host {socket.gethostname()}, pid "
                                   f"{os.getpid()}, Slurm job 41); wait for it to end or stop it, or start a new run "
-                                  "with name=<new name> (or run_dir=)")
+                                  "with name=<new name> (or run_dir=); if that process is gone (NFSv3 keeps a dead "
+                                  f"node's lock until it reboots), remove {tmp_path / '.lock'}")
     first.release()
     first.release()
     rundir.RunLock(tmp_path).release()  # free again once released, as it is once its process dies
+
+
+def test_a_released_lock_is_free_while_a_forked_worker_still_shares_its_file(tmp_path):
+    """DataLoader workers fork with the lock's file open: closing the run's copy alone kept the lock held."""
+    lock = rundir.RunLock(tmp_path)
+    worker = mp.get_context("fork").Process(target=time.sleep, args=(30,))
+    worker.start()
+    try:
+        lock.release()
+        rundir.RunLock(tmp_path).release()
+    finally:
+        worker.kill()
+        worker.join()
+
+
+def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch, capsys):
+    """Lustre mounted noflock and some FUSE file systems raise ENOSYS/EOPNOTSUPP: every run failed with a traceback."""
+    def no_flock(fd, operation):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(rundir.fcntl, "flock", no_flock)
+    lock = rundir.RunLock(tmp_path)
+    assert lock.fd is None and "this file system cannot lock" in capsys.readouterr().err
+    lock.release()
 
 
 @pytest.mark.distributed
