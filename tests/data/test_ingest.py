@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import numpy as np
@@ -446,6 +447,16 @@ def test_a_tar_rewritten_or_removed_is_indexed_again(downloading, change, capsys
     expected = {"rewritten": 13, "removed": 5, "unusable_added": 10}[change]
     assert open_index(downloading).total == expected and "[index]" in capsys.readouterr().err
     assert open_index(downloading).total == expected and "[index]" not in capsys.readouterr().err
+
+
+def test_a_copied_data_set_whose_times_changed_is_not_indexed_again(downloading, capsys):
+    """`cp` without -p, a tar round trip (whole seconds) or a sync changes every mtime of an unchanged data set:
+    it was decoded again in full, or refused on a read-only mount."""
+    index_directory(downloading, ["txt"], True)
+    capsys.readouterr()
+    for tar in downloading.glob("*.tar"):
+        os.utime(tar, ns=(0, 10**18))
+    assert open_index(downloading).total == 10 and "[index]" not in capsys.readouterr().err
 
 
 def test_reindexing_keeps_the_options_of_the_first_indexing(downloading):
