@@ -17,6 +17,7 @@ import dataclasses
 import json
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -139,6 +140,21 @@ def clip_training_shards(d: DemoConfig, dvae, out: Path, shards: Path) -> Path:
     return prepare_folder(folder, out / "shards_clip", d.image_size)
 
 
+class DemoStopped(Exception):
+    """A training stage that a stop signal (Ctrl-C, TERM, USR1) ended before its last update: the demo went on
+    to the next stage, with the weights an earlier demo had left in the folder, or none."""
+
+    def __init__(self, stage: str):
+        super().__init__(stage)
+        self.stage = stage
+
+
+def finished(stage: str, done: bool) -> None:
+    """DemoStopped unless the training stage `stage` finished."""
+    if not done:
+        raise DemoStopped(stage)
+
+
 def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab: int, timer: Timer, seed: int) -> None:
     """dVAE, encode, CLIP (on what `d.clip_images` says) and Transformer, each stage under the demo's root seed as
     `megadalle <verb> seed=S` would run it; writes dvae/clip/model.safetensors beside tokenizer.model in `out`."""
@@ -150,7 +166,7 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     from megadalle.train.transformer import FACTORY, task_from_config
 
     began = time.perf_counter()
-    train_demo_dvae(d, out, shards, seed)
+    finished("train-dvae", train_demo_dvae(d, out, shards, seed) is not None)
     timer("train-dvae", began)
     began = time.perf_counter()
     dvae = load_dvae(out / "dvae.safetensors")
@@ -158,11 +174,12 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     timer("encode", began)
     began = time.perf_counter()
     clip_shards = clip_training_shards(d, dvae, out, shards)
-    train_clip(compose("train-clip", [f"seed={seed}", "clip=tiny", f"clip.image_size={d.image_size}",
+    clip = train_clip(compose("train-clip", [f"seed={seed}", "clip=tiny", f"clip.image_size={d.image_size}",
                                       f"clip.text_vocab={vocab}", f"clip.text_len={d.text_len}", f"data.shards={clip_shards}",
                                       f"tokenizer={tokenizer}",
                                       f"weights={out / 'clip.safetensors'}", f"run_dir={out / 'runs/clip'}",
                                       *trainer_overrides("clip", d.clip_steps, d.clip_batch, d.clip_lr)]))
+    finished("train-clip", clip is not None)
     timer("train-clip", began)
     began = time.perf_counter()
     cfg = compose("train", [f"seed={seed}", "model=tiny", f"model.text_len={d.text_len}", f"model.text_vocab={vocab}",
@@ -171,6 +188,7 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
                             f"run_dir={out / 'runs/dalle'}",
                             *trainer_overrides("tiny", d.steps, d.batch, d.lr)])
     result = train_from_config(task_from_config(cfg), cfg, FACTORY)
+    finished("train", not result.stopped_by_signal)
     export(result.run_dir, out / "model.safetensors", dtype="fp32")
     timer("train", began)
 
@@ -277,8 +295,15 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0) -> dict:
 
 
 def run(cfg: DictConfig) -> int:
+    from megadalle.train.signals import STOPPED_EXIT
+
     d = build(DemoConfig, cfg.demo, "demo")
-    run_demo(d, cfg.output, int(cfg.get("seed", 0)))
+    try:
+        run_demo(d, cfg.output, int(cfg.get("seed", 0)))
+    except DemoStopped as stopped:
+        print(f"megadalle demo: stopped by a signal in its {stopped.stage} stage, which saved a checkpoint; rerun the "
+              "same command to resume", file=sys.stderr)
+        return STOPPED_EXIT
     return 0
 
 

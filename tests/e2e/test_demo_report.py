@@ -163,3 +163,20 @@ def test_every_training_stage_is_configured_to_train_on_a_gpu_machine_too(verb, 
     cfg = compose(verb, demo.trainer_overrides(group, 10, 4, 1e-3))
     trainer = build(TrainerConfig, cfg.trainer, "trainer")
     engine.precision_config(build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"), engine.training_dtype(trainer.precision))
+
+
+def test_a_stage_stopped_by_a_signal_stops_the_demo_with_status_75(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in a training stage checkpointed and stopped it, and the demo went on to the next stage with the
+    weights an earlier demo had left in the folder (or none)."""
+    import megadalle.encode
+
+    monkeypatch.setattr(demo, "train_demo_dvae", lambda *args: None)
+    monkeypatch.setattr(megadalle.encode, "encode_shards", lambda *a, **k: pytest.fail("the next stage ran"))
+    with pytest.raises(demo.DemoStopped) as stopped:
+        demo.train_models(None, tmp_path, tmp_path, tmp_path, 0, demo.Timer(), 0)
+    assert stopped.value.stage == "train-dvae"
+
+    monkeypatch.setattr(demo, "run_demo", lambda *args: demo.finished("train", False))
+    assert demo.run(compose("demo", [f"output={tmp_path}"])) == 75
+    assert capsys.readouterr().err == "megadalle demo: stopped by a signal in its train stage, which saved a " \
+                                      "checkpoint; rerun the same command to resume\n"
