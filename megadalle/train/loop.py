@@ -25,6 +25,7 @@ import torch
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
 from megadalle.data import atomic
+from megadalle.errors import UserError
 from megadalle.train import (checkpoint, cpu_malloc, distributed, engine as engine_lib, media, rng, rundir, schedule,
                              universal)
 from megadalle.train.callbacks import Callback, RunInfo
@@ -82,6 +83,23 @@ def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str 
             raise checkpoint.CheckpointError(
                 f"cannot resume {checkpoint_path}: it was trained with data {key}={saved.get(key)!r}, this run has "
                 f"{key}={current.get(key)!r}; an exact resume needs the same data, seed and global batch")
+
+
+class DataDisagreement(UserError, RuntimeError):
+    """Ranks of one run that read different data sets."""
+
+
+def check_same_data(identity: dict) -> None:
+    """Stop every rank when one reads other data than rank 0: each opens the shard index itself, and a folder that
+    changes while the run starts (img2dataset still writing) is indexed again between two ranks' opens, so they
+    would train on different data sets and orders, each believing its own."""
+    reference = distributed.broadcast_object(identity)
+    differs = sorted(key for key in set(reference) | set(identity) if reference.get(key) != identity.get(key))
+    error = distributed.first_error(
+        f"reads other data than rank 0 ({', '.join(differs)}: not the same): the shards changed while the run started; "
+        "let them settle (or run megadalle index on them) and start again" if differs else None)
+    if error:
+        raise DataDisagreement(error)
 
 
 class Trainer:
@@ -188,6 +206,7 @@ class Trainer:
         """Load the chosen checkpoint (all ranks), check the data. Each rank's generators are seeded
         apart first (dropout differs per rank); a checkpoint's saved states then replace them."""
         self.data_identity = self.task.data_identity(self.part)
+        check_same_data(self.data_identity)
         rng.seed_all(run.seed + 1 + self.env.rank)
         if chosen is None:
             return {}
