@@ -15,6 +15,7 @@ import pytest
 
 from megadalle.cli import main
 from megadalle.train import rundir
+from megadalle.train.signals import STOPPED_EXIT
 
 
 def test_default_run_directory_is_stable_per_task_and_name():
@@ -141,7 +142,7 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(train_overrides, tmp_path):
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == STOPPED_EXIT, err[-3000:]
     assert "Ctrl-C: saving a checkpoint after this update" in err and "Traceback" not in err
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     latest = (run / "checkpoints" / "latest").read_text()
@@ -208,7 +209,7 @@ def test_a_second_run_on_a_busy_run_directory_is_refused_and_a_rerun_resumes(tra
         out, err = first.communicate(timeout=120)
     finally:
         first.kill()
-    assert first.returncode == 0, err[-3000:]
+    assert first.returncode == STOPPED_EXIT, err[-3000:]
     assert second.returncode == 2, second.stderr[-3000:]
     assert second.stderr.count("\n") == 1 and second.stderr.startswith(
         f"megadalle train: {run.resolve()} is in use by another run (host {socket.gethostname()}, pid {first.pid}, "
