@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from megadalle.errors import UserError
 from megadalle.planned_safetensors import Layout, PlannedFile, nbytes
+from megadalle.processes import alive
 
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
@@ -114,22 +115,12 @@ def remove_stale_temporaries(target: Path) -> None:
     mine = f"{target.name}{TMP}{socket.gethostname()}-"
     for tmp in target.parent.glob(f"{glob.escape(mine)}*"):
         pid = tmp.name[len(mine):]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or alive(int(pid)):
             continue
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    return True
 
 
 class _StreamedWriter:

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from megadalle.config.train import DeepSpeedConfig
+from megadalle.processes import alive
 from megadalle.train.checkpoint import MANIFEST, CheckpointError, atomic_write, one_line
 from megadalle.train.mapped import deepspeed_optimizer_globals, mapped
 
@@ -117,22 +118,13 @@ def clear_stale(path: Path, owned: bool) -> None:
     """Remove the temporary folders of conversions of `path` killed before their rename, and the failure note
     of the last attempt. `owned`: `path` lies in the run directory this process has locked (rundir.RunLock),
     so no other process converts it and every temporary folder is stale; otherwise only those whose pid is no
-    process on this host go (a conversion by a run on another host cannot be told from here and stays)."""
+    process on this host go (the name holds no host: a live conversion by a run on another host whose pid is
+    free here would go too)."""
     for tmp in path.glob(f"{FOLDER}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[1]
-        if owned or not (pid.isdigit() and pid_alive(int(pid))):
+        if owned or not (pid.isdigit() and alive(int(pid))):
             shutil.rmtree(tmp, ignore_errors=True)
     (path / FAILED).unlink(missing_ok=True)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def convert(path: Path) -> Path:
