@@ -1,7 +1,9 @@
-"""Whether a process named in a leftover file's name still runs (temporaries of killed exports and conversions)."""
+"""Who wrote a leftover temporary, and whether that writer still runs (temporaries of killed exports and
+checkpoint conversions, as large as the model, that nothing else would ever remove)."""
 from __future__ import annotations
 
 import os
+import socket
 
 
 def alive(pid: int) -> bool:
@@ -13,3 +15,16 @@ def alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         pass
     return True
+
+
+def owner_tag() -> str:
+    """`<host>-<pid>`, for a temporary's name: on storage shared by several nodes a pid alone names no process
+    (the same number may be a live writer on another node)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def owner_gone(tag: str) -> bool:
+    """True when the `owner_tag` `tag` names a process of this host that no longer runs. Another host's
+    writer cannot be seen from here, so its temporary is never taken for a dead one's."""
+    host, _, pid = tag.rpartition("-")
+    return host == socket.gethostname() and pid.isdigit() and not alive(int(pid))

@@ -16,7 +16,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,13 @@ from safetensors.torch import save_file
 
 from megadalle.errors import UserError
 from megadalle.planned_safetensors import Layout, PlannedFile, nbytes
-from megadalle.processes import alive
+from megadalle.processes import owner_gone, owner_tag
 
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 TMP = ".tmp-"
-"""Temporaries are `<target>.tmp-<host>-<pid>`: whose they are, so that a later export can tell a dead one's."""
+"""Temporaries are `<target>.tmp-<host>-<pid>` (processes.owner_tag): a later export can tell a dead writer's."""
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -112,10 +111,9 @@ def remove_stale_temporaries(target: Path) -> None:
     nothing else would ever remove a file the size of the model (24 GB at 12B). A live export's, or one from
     another machine (whose processes cannot be seen from here), is left alone. (Containers that share a host
     name but not a process namespace, exporting to one target on shared storage, would defeat this.)"""
-    mine = f"{target.name}{TMP}{socket.gethostname()}-"
-    for tmp in target.parent.glob(f"{glob.escape(mine)}*"):
-        pid = tmp.name[len(mine):]
-        if not pid.isdigit() or alive(int(pid)):
+    prefix = f"{target.name}{TMP}"
+    for tmp in target.parent.glob(f"{glob.escape(prefix)}*"):
+        if not owner_gone(tmp.name[len(prefix):]):
             continue
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -133,7 +131,7 @@ class _StreamedWriter:
 
     def __init__(self, target: Path, layout: Layout, kind: str):
         self.target, self.layout, self.kind = target, layout, kind
-        self.tmp = target.with_name(f"{target.name}{TMP}{socket.gethostname()}-{os.getpid()}")
+        self.tmp = target.with_name(f"{target.name}{TMP}{owner_tag()}")
         self.files: dict[str, PlannedFile] = {}
         remove_stale_temporaries(target)
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from megadalle.config.train import DeepSpeedConfig
-from megadalle.processes import alive
+from megadalle.processes import owner_gone, owner_tag
 from megadalle.train.checkpoint import MANIFEST, CheckpointError, atomic_write, one_line
 from megadalle.train.mapped import deepspeed_optimizer_globals, mapped
 
@@ -117,12 +117,11 @@ def keep_batch(global_batch: int, current: Layout) -> str:
 def clear_stale(path: Path, owned: bool) -> None:
     """Remove the temporary folders of conversions of `path` killed before their rename, and the failure note
     of the last attempt. `owned`: `path` lies in the run directory this process has locked (rundir.RunLock),
-    so no other process converts it and every temporary folder is stale; otherwise only those whose pid is no
-    process on this host go (the name holds no host: a live conversion by a run on another host whose pid is
-    free here would go too)."""
-    for tmp in path.glob(f"{FOLDER}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[1]
-        if owned or not (pid.isdigit() and alive(int(pid))):
+    so no other process converts it and every temporary folder is stale; otherwise only those whose writer was
+    a process of this host that has ended go (processes.owner_gone)."""
+    prefix = f"{FOLDER}.tmp-"
+    for tmp in path.glob(f"{prefix}*"):
+        if owned or owner_gone(tmp.name[len(prefix):]):
             shutil.rmtree(tmp, ignore_errors=True)
     (path / FAILED).unlink(missing_ok=True)
 
@@ -142,7 +141,7 @@ def convert(path: Path) -> Path:
 
 
 def _convert(path: Path, target: Path) -> None:
-    tmp = path / f"{FOLDER}.tmp-{os.getpid()}"
+    tmp = path / f"{FOLDER}.tmp-{owner_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"[checkpoint] converting {path} to a universal checkpoint (data-parallel size changed)", flush=True)
     # The converter is a script (argparse, worker pools); run it as one, in its own process.

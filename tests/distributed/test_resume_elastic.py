@@ -12,6 +12,7 @@ before anything is built, with the reason.
 import json
 import os
 import shutil
+import socket
 import threading
 from collections import Counter
 from pathlib import Path
@@ -161,13 +162,16 @@ def test_a_failed_conversion_leaves_a_note_for_the_waiting_ranks(tmp_path, monke
 
 
 def test_stale_conversions_are_cleared_before_converting(tmp_path):
-    """A conversion killed before its rename left `universal.tmp-<pid>` (221 GB at 12B) for good."""
+    """A conversion killed before its rename left `universal.tmp-<host>-<pid>` (221 GB at 12B) for good. On
+    storage shared by nodes, another host's temporary may be a live conversion whose pid is free here."""
+    host = socket.gethostname()
     dead = subprocess_pid_that_exited()
-    for pid in (dead, os.getpid()):
-        (tmp_path / f"universal.tmp-{pid}").mkdir()
+    names = [f"universal.tmp-{host}-{dead}", f"universal.tmp-{host}-{os.getpid()}", f"universal.tmp-other-{dead}"]
+    for name in names:
+        (tmp_path / name).mkdir()
     (tmp_path / universal.FAILED).write_text("old")
-    universal.clear_stale(tmp_path, owned=False)  # another run might convert it: only the dead pid's goes
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"universal.tmp-{os.getpid()}"]
+    universal.clear_stale(tmp_path, owned=False)  # another run might convert it: only this host's dead pid's goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
     universal.clear_stale(tmp_path, owned=True)  # under this run's lock no one else converts it
     assert list(tmp_path.iterdir()) == []
 
