@@ -51,6 +51,19 @@ if [ -z "$python" ] || [ ! -x "$python" ]; then
     [ -x "$python" ] || python=python3
 fi
 
+if [ -n "${HOSTFILE:-}" ]; then
+    [ -f "$HOSTFILE" ] || usage "HOSTFILE=$HOSTFILE: no such file"
+    # Over pdsh (more than one host) DeepSpeed writes this folder and the Python's path into the remote command
+    # unquoted: a space in either splits it there, and every node fails with a shell error far from its cause.
+    if [ "$(awk '!/^[[:space:]]*(#|$)/' "$HOSTFILE" | wc -l)" -gt 1 ]; then
+        for path in "$PWD" "$python"; do
+            case "$path" in *[[:space:]]*)
+                usage "a multi-node run cannot start from or with a path holding a space ($path): DeepSpeed's pdsh command does not quote it; use a path without spaces (a symlink to it will do)" ;;
+            esac
+        done
+    fi
+fi
+
 port="${MASTER_PORT:-29500}"
 args=(--no_local_rank --master_port "$port")
 if [ -n "${HOSTFILE:-}" ]; then
@@ -70,8 +83,8 @@ forward() {
     if [ -n "${HOSTFILE:-}" ]; then
         # every node's ranks: the children of the launcher that pdsh started there (--node_rank=%n, which pdsh
         # fills in with the node's name) for this run's rendezvous port; the launcher itself, not the remote
-        # shell that started it, whose command line holds the same words. (`^[^ ]+` is the launcher's Python: over
-        # pdsh one whose path has a space fails anyway, DeepSpeed writes it into the remote command unquoted.)
+        # shell that started it, whose command line holds the same words. (`^[^ ]+` is the launcher's Python: a
+        # path with a space was refused above.)
         local hosts ssh_args="${PDSH_SSH_ARGS_APPEND:-}"
         hosts=$(awk '!/^[[:space:]]*(#|$)/ {print $1}' "$HOSTFILE" | paste -sd, -)
         [ -z "${SSH_PORT:-}" ] || ssh_args="$ssh_args -p $SSH_PORT"

@@ -121,6 +121,29 @@ def test_train_sh_runs_deepspeeds_runner_with_its_python_from_a_folder_with_a_sp
         "--module", "megadalle", "train", "model=tiny", "name=a b"]
 
 
+@pytest.mark.parametrize("where", ["python", "cwd"])
+def test_train_sh_refuses_a_multi_node_run_from_a_path_with_a_space(tmp_path, where):
+    """Over pdsh DeepSpeed writes the folder and the Python's path into the remote command unquoted: every node
+    failed with a shell error. A hostfile of one host runs no pdsh, so the same paths are fine there."""
+    folder = tmp_path / ("My Projects" if where == "python" else "bin") / "bin"
+    env = fake_deepspeed(folder)
+    cwd = tmp_path / ("My Runs" if where == "cwd" else "runs")
+    cwd.mkdir()
+    for hosts, refused in (("node1 slots=8\n# a comment\nnode2 slots=8\n", True), ("node1 slots=8\n", False)):
+        (tmp_path / "hostfile").write_text(hosts)
+        done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True,
+                              text=True, cwd=cwd, env={**env, "HOSTFILE": str(tmp_path / "hostfile")}, timeout=60)
+        assert (done.returncode == 2) == refused, done.stderr
+        space = folder / "python" if where == "python" else cwd
+        assert (f"path holding a space ({space})" in done.stderr) == refused, done.stderr
+
+
+def test_train_sh_names_a_missing_hostfile(tmp_path):
+    done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True, text=True,
+                          env={**fake_deepspeed(tmp_path / "bin"), "HOSTFILE": str(tmp_path / "nope")}, timeout=60)
+    assert done.returncode == 2 and f"HOSTFILE={tmp_path / 'nope'}: no such file" in done.stderr
+
+
 def test_train_sh_without_deepspeed_says_so_with_its_usage(tmp_path):
     path = os.pathsep.join(d for d in launch.base_env()["PATH"].split(os.pathsep)
                            if d and not os.path.exists(os.path.join(d, "deepspeed")))
