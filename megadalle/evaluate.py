@@ -27,6 +27,7 @@ from megadalle.config.evaluate import EvaluateConfig
 from megadalle.data.captions import first_caption
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
+from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import interrupted, output_folder, refuse_earlier_results
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
@@ -165,18 +166,18 @@ def sample_index(captions: list[str], n: int) -> list[dict]:
     return [{"caption": caption, "files": sample_names(i, n)} for i, caption in enumerate(captions)]
 
 
+def listed_samples(index: list) -> list:
+    """The sample files a samples/index.json lists (each caption's files)."""
+    return [name for entry in index for name in entry["files"]]
+
+
 def clear_earlier_samples(folder: Path) -> None:
     """Remove the samples an earlier evaluate listed in `folder`/index.json, and the index: a rerun with fewer
     captions or samples left the rest beside its own, which an outside judge then read as this run's. Only listed
-    files of evaluate's own names go; any other file stays, and so does the folder unless it is left empty."""
-    try:
-        entries = json.loads((folder / "index.json").read_text())
-        names = [name for entry in entries for name in entry["files"]]
-    except (OSError, ValueError, TypeError, KeyError):  # no index, or none of evaluate's: nothing known to be ours
+    files of evaluate's own names go (megadalle.listed_files); any other file stays, and so does the folder unless
+    it is left empty."""
+    if not remove_listed_files(folder, "index.json", listed_samples, SAMPLE_FILE):
         return
-    for name in names:
-        if isinstance(name, str) and SAMPLE_FILE.fullmatch(name):
-            (folder / name).unlink(missing_ok=True)
     (folder / "index.json").unlink()
     if not any(folder.iterdir()):
         folder.rmdir()

@@ -12,17 +12,22 @@ Where jobs land: conf/config.yaml sets hydra.sweep.dir to `<out_dir>/multirun/<v
 sub-directory per job number; a training job without an explicit run_dir uses its job's directory
 as its run directory, so rerunning the same sweep resumes every job (and a changed job is refused,
 see megadalle.train.rundir). A generate or evaluate job without an explicit output writes there too:
-their default output is one folder under out_dir, where every job wrote over the one before.
+their default output is one folder under out_dir, where every job wrote over the one before. An explicit
+`output=DIR` is the sweep's folder as hydra.sweep.dir is: job i writes to DIR/<i>. Taken as every job's
+folder, it held job 0's results when job 1 came, and job 1 was refused (or, with overwrite=true, wrote over
+them), so a sweep with an output of its own could not run at all.
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
 
 OUTPUT_VERBS = ("generate", "evaluate")
-"""Verbs whose results go to `output` (by default `${out_dir}/<verb>`, one folder for every job of a sweep)."""
+"""Verbs whose results go to `output` (by default `${out_dir}/<verb>`, one folder for every job of a sweep,
+which each job therefore replaces with its own: `job_output`)."""
 
 
 def gives(overrides: list[str], key: str) -> bool:
@@ -58,12 +63,20 @@ class VerbJob:
             keep_text(cfg, self.verb, self.overrides)  # a sweep's values stay hydra's: keep_text skips sweeps
             if self.verb in RUN_TASKS and multirun and not cfg.get("run_dir"):
                 cfg.run_dir = hydra.runtime.output_dir
-            if self.verb in OUTPUT_VERBS and multirun and not gives(hydra.overrides.task, "output"):
-                cfg.output = hydra.runtime.output_dir
+            if self.verb in OUTPUT_VERBS and multirun:
+                cfg.output = job_output(cfg.output, hydra, gives(hydra.overrides.task, "output"))
         code = execute(self.verb, cfg)
         if code in (2, STOPPED_EXIT, 130):  # a user error, a stop signal or Ctrl-C stops the sweep
             raise SystemExit(code)
         return code
+
+
+def job_output(output: str | None, hydra, given: bool) -> str | None:
+    """A sweep job's output: its job folder (`hydra.runtime.output_dir`), or, where the command line gives an
+    output, the job's number under it, so that no two jobs share a folder."""
+    if not given:
+        return hydra.runtime.output_dir
+    return output if output is None else str(Path(str(output)) / str(hydra.job.num))  # null: refused as usual
 
 
 def split_flags(args: list[str]) -> tuple[list[str], list[str]]:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig, check_request
 from megadalle.devices import pick_device, pick_dtype
+from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import interrupted, output_folder, refuse_earlier_results
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
@@ -97,25 +98,18 @@ def sample_name(rank: int) -> str:
     return f"sample_{rank:02d}.png"
 
 
-def earlier_samples(output: Path) -> list[Path]:
-    """The kept samples an earlier generate wrote to `output`: the files its scores.json lists (kept[].file), each
-    one of generate's own names. A file beside them is the user's, however it is named (a glob on
-    `sample_[0-9]*.png` deleted sample_2019_holiday.png); without a scores.json nothing there is generate's."""
-    try:
-        kept = json.loads((output / SCORES).read_text()).get("kept") or []
-        names = [entry["file"] for entry in kept]
-    except (OSError, ValueError, AttributeError, TypeError, KeyError):
-        return []
-    return [output / name for name in names if isinstance(name, str) and SAMPLE_NAME.fullmatch(name)]
+def kept_files(record: dict) -> list:
+    """The sample files a scores.json lists (kept[].file)."""
+    return [entry["file"] for entry in record.get("kept") or []]
 
 
 def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict) -> Path:
     """grid.png, sample_XX.png and scores.json in `output`; returns the grid's path. The kept samples of an
-    earlier run in the same folder go first (`earlier_samples`), so every sample file scores.json lists is this
-    run's, and no other file is touched."""
+    earlier run in the same folder go first: the files its scores.json lists, of `sample_name`'s names
+    (megadalle.listed_files says why no others), so every sample file scores.json lists is this run's, and no
+    other file is touched."""
     output = Path(output)
-    for stale in earlier_samples(output):
-        stale.unlink(missing_ok=True)
+    remove_listed_files(output, SCORES, kept_files, SAMPLE_NAME)
     grid = save_grid(result.images, output / "grid.png")
     for rank_, image in enumerate(result.images):
         save_image(image, output / sample_name(rank_))

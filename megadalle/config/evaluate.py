@@ -57,7 +57,8 @@ class EvaluateConfig:
     an earlier run's index.json lists, so the folder holds this run's alone beside any file of the user's."""
     ema: bool = False
     output: str = "evaluate"
-    """Directory for metrics.json and metrics.md."""
+    """Directory for metrics.json and metrics.md. In a `-m` sweep, the sweep's folder: job i writes to
+    `<output>/<i>` (with no output given, to its job folder `<out_dir>/multirun/evaluate/<i>`)."""
     overwrite: bool = False
     """Replace the results of an earlier evaluate in `output` (metrics.json, metrics.md and the samples its
     samples/index.json lists; other files stay). false refuses such a folder before any model is read."""

@@ -53,7 +53,8 @@ class GenerateConfig:
     ema: bool = False
     """When loading run directories: use the EMA weights."""
     output: str = "generate"
-    """Directory for grid.png, the kept samples and scores.json."""
+    """Directory for grid.png, the kept samples and scores.json. In a `-m` sweep, the sweep's folder: job i writes
+    to `<output>/<i>` (with no output given, to its job folder `<out_dir>/multirun/generate/<i>`)."""
     overwrite: bool = False
     """Replace the results of an earlier generate in `output` (its scores.json, grid.png and the samples it
     listed; other files stay). false refuses such a folder before any model is read."""

@@ -1,5 +1,5 @@
 """Webdataset tar shards: the atomic writer (readers in `reader.py`, the index in `index.py`, shards written
-elsewhere indexed by `ingest.py`). The tar members are written by webdataset's own `TarWriter`.
+elsewhere indexed by `ingest/`). The tar members are written by webdataset's own `TarWriter`.
 
 Layout of a shard directory (image shards from `prepare`, token shards from `encode`):
 

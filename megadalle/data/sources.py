@@ -1,7 +1,7 @@
 """What `prepare` reads: image-caption pairs from a folder, a JSONL / CSV manifest, or webdataset shards.
 
 A folder holding `*.tar` shards (another `prepare`'s output, img2dataset's, any webdataset tars) is read
-as shards: each indexed sample becomes an item (indexing tars written elsewhere first, see ingest.py),
+as shards: each indexed sample becomes an item (indexing tars written elsewhere first, see ingest/),
 its image and `txt` read by the worker from the sample's byte span, then resized like any input; the
 samples of its validation split (`<input>/val/`) too, which stay on that side. A
 folder holding both tars and loose images is refused: which the user meant cannot be guessed, and

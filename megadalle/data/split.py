@@ -26,7 +26,7 @@ from megadalle.errors import UserError
 __all__ = ["VAL_DIR", "SecondSplitError", "SplitDirError", "check_split_dir", "is_validation", "remove_split_dir"]
 
 OWN = r"shard-\d{6,}\.tar(?:\.idx)?|index\.json|(?:index-)?report\.json"
-"""What megadalle writes into a shard folder: shards, offsets, index (shards.py, ingest.py) and reports."""
+"""What megadalle writes into a shard folder: shards, offsets, index (shards.py, ingest/) and reports."""
 OWN_FILE = re.compile(rf"(?:{OWN})|\.(?:{OWN})(?:\.\d+-[0-9a-f]+)?\.tmp|\.index\.lock|\.indexing")
 """Those, their hidden temporaries (`atomic.py`) and indexing's lock and mark."""
 

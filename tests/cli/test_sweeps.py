@@ -26,7 +26,7 @@ def test_sweep_trains_one_run_per_job_and_a_rerun_resumes_them(train_overrides, 
 
 def test_generate_and_evaluate_sweep_jobs_each_write_to_their_own_folder(tmp_path, capsys):
     """Every job of `generate -m` wrote to <out_dir>/generate, one over the other, and only the last survived;
-    each job writes to its own job folder, as the README says, unless the command line gives `output`."""
+    each job writes to its own job folder, as the README says."""
     import json
 
     from tests.sample.test_generate import write_tiny_models
@@ -43,13 +43,37 @@ def test_generate_and_evaluate_sweep_jobs_each_write_to_their_own_folder(tmp_pat
     samples = [json.loads((job / "metrics.json").read_text())["samples_per_caption"] for job in jobs[2:]]
     assert (prompts, samples) == (["a red circle", "a blue circle"], [1, 2])
     assert not (tmp_path / "generate").exists() and not (tmp_path / "evaluate").exists()
-    given = tmp_path / "given"
-    assert main(["generate", "-m", weights, "prompt=a red circle", "n=2", "keep=1", "seed=0,1", f"output={given}",
-                 "overwrite=true", f"out_dir={tmp_path}"]) == 0
-    assert json.loads((given / "scores.json").read_text())["seed"] == 1  # the output given, as asked
     capsys.readouterr()
     assert main(["generate", "-m", weights, "prompt=a red circle", "n=2", "keep=1", f"out_dir={tmp_path}"]) == 2
     assert f"output={jobs[0]}: holds an earlier generate's results" in capsys.readouterr().err
+
+
+def test_a_sweep_given_an_output_writes_each_job_to_its_number_under_it(tmp_path, capsys):
+    """With `output=DIR` every job wrote to DIR: job 1 found job 0's results there and the sweep stopped (with
+    overwrite=true each job replaced the one before); DIR is now the sweep's folder, job i's DIR/<i>."""
+    import json
+
+    from tests.sample.test_generate import write_tiny_models
+
+    write_tiny_models(tmp_path)
+    (tmp_path / "captions.txt").write_text("a red circle\n")
+    weights = f"weights={tmp_path / 'model.safetensors'}"
+    given = tmp_path / "given"
+    sweep = ["generate", "-m", weights, "prompt=a red circle", "n=2", "keep=1", "seed=0,1", f"output={given / 'gen'}",
+             f"out_dir={tmp_path}"]
+    assert main(sweep) == 0
+    assert main(["evaluate", "-m", weights, f"captions={tmp_path / 'captions.txt'}", "fid=false", "n=1,2",
+                 "device=cpu", f"output={given / 'eval'}", f"out_dir={tmp_path}"]) == 0
+    seeds = [json.loads((given / "gen" / str(job) / "scores.json").read_text())["seed"] for job in (0, 1)]
+    samples = [json.loads((given / "eval" / str(job) / "metrics.json").read_text())["samples_per_caption"]
+               for job in (0, 1)]
+    assert (seeds, samples) == ([0, 1], [1, 2])
+    assert sorted(p.name for p in given.iterdir()) == ["eval", "gen"]
+    assert not (tmp_path / "multirun" / "generate" / "0" / "scores.json").exists()
+    capsys.readouterr()
+    assert main(sweep) == 2  # the same sweep again: refused as a plain rerun is
+    assert f"output={given / 'gen' / '0'}: holds an earlier generate's results" in capsys.readouterr().err
+    assert main([*sweep, "overwrite=true"]) == 0
 
 
 def test_ctrl_c_in_a_sweep_job_stops_the_sweep_with_exit_code_130(tmp_path, capsys, monkeypatch):

@@ -130,7 +130,7 @@ def test_an_unfinished_output_on_a_read_only_mount_gets_the_usual_error(tmp_path
     indexing, and the refusal is the usual one, not an OSError about the lock."""
     import builtins
 
-    from megadalle.data import ingest
+    from megadalle.data.ingest import first_use
 
     writer = ShardWriter(tmp_path, max_count=1)
     writer.write({"__key__": "k0", "txt": "x", "png": jpeg_bytes((8, 8), 0, "PNG")})
@@ -141,7 +141,7 @@ def test_an_unfinished_output_on_a_read_only_mount_gets_the_usual_error(tmp_path
             raise PermissionError(13, "Read-only file system", str(path))
         return builtins.open(path, *args, **kwargs)
 
-    monkeypatch.setattr(ingest, "open", read_only, raising=False)
+    monkeypatch.setattr(first_use, "open", read_only, raising=False)
     with pytest.raises(ShardsNotFound, match="not a finished megadalle shard directory"):
         open_index(tmp_path)
     assert not (tmp_path / ".index.lock").exists()
@@ -231,7 +231,7 @@ def test_a_process_arriving_mid_indexing_waits_for_the_index(tarwriter_shards, t
     must wait for the index, not take the offsets for an unfinished output (a CI run failed so)."""
     import multiprocessing as mp
 
-    from megadalle.data.ingest import _locked
+    from megadalle.data.ingest.first_use import _locked
 
     log = tmp_path / "late.log"
     with _locked(tarwriter_shards):  # this process is the one indexing
@@ -278,18 +278,16 @@ def test_the_index_verb_refuses_an_unfinished_prepare_output(tmp_path, capsys):
 def test_an_interrupted_index_can_be_rerun(tarwriter_shards, monkeypatch):
     """`megadalle index` itself writes offset files before index.json: killed midway, it must not leave a
     directory that both `index` and the readers refuse."""
-    from megadalle.data import ingest
-
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ingest.ShardIndex, "save", killed)
+    monkeypatch.setattr(ShardIndex, "save", killed)
     with pytest.raises(KeyboardInterrupt):
         index_directory(tarwriter_shards, ["txt"], True)
     assert not (tarwriter_shards / INDEX_NAME).exists() and list(tarwriter_shards.glob("*.idx"))
     monkeypatch.undo()
     assert index_directory(tarwriter_shards, ["txt"], True).kept == 11
-    monkeypatch.setattr(ingest.ShardIndex, "save", killed)
+    monkeypatch.setattr(ShardIndex, "save", killed)
     with pytest.raises(KeyboardInterrupt):
         index_directory(tarwriter_shards, ["txt"], True)
     monkeypatch.undo()
@@ -490,7 +488,7 @@ def make_read_only(monkeypatch):
     import errno
     import pathlib
 
-    from megadalle.data import ingest
+    from megadalle.data.ingest import first_use
 
     folders = []
 
@@ -507,7 +505,7 @@ def make_read_only(monkeypatch):
         return real_touch(self, *args, **kwargs)
 
     real_touch = pathlib.Path.touch
-    monkeypatch.setattr(ingest, "open", opener, raising=False)
+    monkeypatch.setattr(first_use, "open", opener, raising=False)
     monkeypatch.setattr(pathlib.Path, "touch", toucher)
 
     def make(root):

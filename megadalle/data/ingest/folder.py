@@ -1,0 +1,125 @@
+"""`megadalle index DIR`'s work: every tar of a folder checked (`shard.py`), offset files, index.json last.
+
+The shards are checked in worker processes; shards with no usable sample are left out. Offset files are
+written before index.json, so the folder is marked (`INDEXING_MARK`) while indexing runs: offsets beside
+that mark are an interrupted indexing, which is simply redone. Offsets without index.json nor the mark
+are an unfinished `prepare`/`encode` output and are refused (`refuse_unfinished`): indexing it would
+publish an unfinished output, possibly mixing shards of two runs, as finished.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from tqdm import tqdm
+
+from megadalle.data import atomic
+from megadalle.data.coverage import INDEXED_BY, tar_stats
+from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, offsets_path,
+                                  save_offsets)
+from megadalle.data.ingest.shard import ShardResult, index_shard
+from megadalle.data.pool import worker_pool
+from megadalle.data.summary import PassSummary
+
+INDEXING_MARK = ".indexing"
+"""Created before indexing writes its first offset file, removed once index.json is written."""
+
+
+@dataclass
+class IndexSummary(PassSummary):
+    """`bad` and `warnings` entries: shard, key, reason, detail."""
+
+    index: ShardIndex | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    """One entry per metadata field of a kept sample that does not decode."""
+
+    VERB = "index"
+
+
+def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: bool, decode: bool, num_workers: int,
+                   progress: bool) -> Iterator[ShardResult]:
+    work = partial(index_shard, require=require, require_media=require_media, decode=decode)
+    with tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress) as bar:
+        if num_workers == 0:
+            for result in map(work, paths):
+                bar.update(1)
+                yield result
+            return
+        with worker_pool(min(num_workers, len(paths))) as pool:
+            for result in pool.imap(work, paths):
+                bar.update(1)
+                yield result
+
+
+def index_directory(root: str | Path, require: Iterable[str] = (), require_media: bool = False,
+                    num_workers: int | None = 0, progress: bool = False, report: str | Path | None = None,
+                    meta: dict[str, Any] | None = None, decode: bool = True) -> IndexSummary:
+    """Index the `*.tar` files of `root` (sorted by name), checking every sample; writes offset files, the
+    report (default <root>/index-report.json) and index.json last. Shards with no usable sample are left out.
+
+    `meta.image_size` is recorded when every image is a square of one size (what a loader then defaults to).
+    """
+    start, root = time.perf_counter(), Path(root)
+    tars = tar_stats(root)  # taken before reading: a tar that changes meanwhile differs from the record next time
+    paths, tar_bytes = [root / tar["name"] for tar in tars], {tar["name"]: tar["bytes"] for tar in tars}
+    if not paths:
+        raise ShardsNotFound(f"{root}: no *.tar shards to index")
+    refuse_unfinished(root, paths)
+    try:
+        (root / INDEXING_MARK).touch()
+    except OSError as err:
+        raise read_only(root, f"cannot write into it ({err.strerror})") from None
+    (root / INDEX_NAME).unlink(missing_ok=True)
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    summary = IndexSummary(report=str(report or root / REPORT_NAME))
+    shards, fields, sizes = [], set(), set()
+    for result in _shard_results(paths, tuple(require), require_media, decode, workers, progress):
+        summary.bad += result.skipped
+        summary.warnings += result.warnings
+        if len(result.spans):
+            save_offsets(root / result.name, compact(result.spans))
+            shards.append(ShardInfo(result.name, len(result.spans), tar_bytes[result.name]))
+            fields |= result.fields
+            sizes |= result.image_sizes
+    summary.kept, summary.shards = sum(s.count for s in shards), len(shards)
+    summary.skipped = dict(sorted(Counter(b["reason"] for b in summary.bad).items()))
+    summary.warned = dict(sorted(Counter(w["reason"] for w in summary.warnings).items()))
+    summary.seconds = time.perf_counter() - start
+    atomic.write_json(summary.report, {"root": str(root), "kept": summary.kept, "shards": summary.shards,
+                                       "skipped": summary.skipped, "bad": summary.bad, "warned": summary.warned,
+                                       "warnings": summary.warnings})
+    if summary.kept:
+        square = {w for w, h in sizes if w == h}
+        auto_meta = {"image_size": square.pop()} if len(sizes) == 1 and square else {}
+        indexing = {"require": list(require), "require_media": require_media, "decode": decode, "tars": tars}
+        summary.index = ShardIndex(root, shards, sorted(fields), {"indexed_by": INDEXED_BY, **auto_meta,
+                                                                   **(meta or {})}, indexing)
+        summary.index.save()
+        (root / INDEXING_MARK).unlink()  # kept when nothing was published: stale offsets may remain
+    return summary
+
+
+def refuse_unfinished(root: Path, tars: list[Path]) -> None:
+    """Raise when `root` holds offset files but neither index.json nor an interrupted indexing's mark:
+    what a `prepare` or `encode` that was stopped (or still runs) leaves."""
+    if (root / INDEX_NAME).is_file() or (root / INDEXING_MARK).exists():
+        return
+    if any(offsets_path(p).is_file() for p in tars):
+        raise ShardsNotFound(
+            f"{root} is not a finished megadalle shard directory: it holds offset files (*.tar.idx) but no "
+            f"{INDEX_NAME}, what an unfinished `prepare` or `encode` leaves (stopped, or still running); rerun "
+            f"it into {root} rather than indexing it")
+
+
+class ReadOnlyShards(ShardsNotFound):
+    """A folder of tars that needs indexing (no index.json, or tars changed since) but cannot be written."""
+
+
+def read_only(root: Path, why: str) -> ReadOnlyShards:
+    return ReadOnlyShards(f"{root}: {why}, and indexing writes index.json and offset files beside the tars: run "
+                          f"`megadalle index {root}` where the folder is writable")
