@@ -12,7 +12,8 @@ before the cut. Shards are indexed in worker processes; index.json is written la
 
 `open_index` is what the readers call: it indexes such a directory on first use (with a message),
 under a file lock so that ranks starting together index it once, and again whenever its tars differ from
-those the index records (`coverage.py`: img2dataset added some since). A current index is read without
+those the index records (`coverage.py`: img2dataset added some since); indexing again reads only the new and
+changed tars (`reuse.py`). A current index is read without
 writing anything, so a read-only folder (a shared data set) needs only to be indexed once where it is
 writable; one that needs indexing is refused with the command that does it (`ReadOnlyShards`).
 A directory that holds megadalle offset files but no index.json is an unfinished `prepare`/`encode`
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -46,6 +47,7 @@ from megadalle.data.fields import IMAGE_FIELDS, UnsafeFieldError, decode_field, 
 from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, load_offsets,
                                   offsets_count, offsets_path, save_offsets, to_spans)
 from megadalle.data.pool import worker_pool
+from megadalle.data.reuse import TarFindings, reusable
 from megadalle.data.summary import PassSummary
 from megadalle.data.tar import TarSample, members_end, walk
 
@@ -70,6 +72,10 @@ class ShardResult:
     """Kept samples' metadata fields that do not decode (`SampleCheck.warnings`), entries as in `skipped`."""
     image_sizes: set[tuple[int, int]]
 
+    def findings(self) -> TarFindings:
+        """What a new index takes from this tar, and the next indexing again while it stays unchanged."""
+        return TarFindings.read(self.name, len(self.spans), self.fields, self.image_sizes, self.skipped, self.warnings)
+
 
 @dataclass
 class IndexSummary(PassSummary):
@@ -78,8 +84,18 @@ class IndexSummary(PassSummary):
     index: ShardIndex | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
     """One entry per metadata field of a kept sample that does not decode."""
+    tars: int = 0
+    """`*.tar` files in the folder."""
+    read: int = 0
+    """Tars read this time: the others were unchanged since the last indexing, which found what they hold."""
 
     VERB = "index"
+
+    def text(self) -> str:
+        unchanged = self.tars - self.read
+        note = f"\n  read {self.read} of {self.tars} tars: {unchanged} unchanged since the last indexing" \
+            if unchanged else ""
+        return super().text() + note
 
 
 def check_image(data: bytes) -> tuple[int, int]:
@@ -199,6 +215,8 @@ def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decod
 
 def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: bool, decode: bool, num_workers: int,
                    progress: bool) -> Iterator[ShardResult]:
+    if not paths:  # every tar unchanged (some removed): a pool of no worker is an error
+        return
     work = partial(index_shard, require=require, require_media=require_media, decode=decode)
     with tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress) as bar:
         if num_workers == 0:
@@ -214,34 +232,46 @@ def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: b
 
 def index_directory(root: str | Path, require: Iterable[str] = (), require_media: bool = False,
                     num_workers: int | None = 0, progress: bool = False, report: str | Path | None = None,
-                    meta: dict[str, Any] | None = None, decode: bool = True) -> IndexSummary:
+                    meta: dict[str, Any] | None = None, decode: bool = True,
+                    announce: Callable[[int, int], None] | None = None) -> IndexSummary:
     """Index the `*.tar` files of `root` (sorted by name), checking every sample; writes offset files, the
     report (default <root>/index-report.json) and index.json last. Shards with no usable sample are left out.
+    A tar the earlier index recorded at its present size, under the same options, is not read again (`reuse.py`):
+    the index comes out as if every tar had been. `announce(reading, tars)` is called before reading starts.
 
     `meta.image_size` is recorded when every image is a square of one size (what a loader then defaults to).
     """
     start, root = time.perf_counter(), Path(root)
     tars = tar_stats(root)  # taken before reading: a tar that changes meanwhile differs from the record next time
-    paths, tar_bytes = [root / tar["name"] for tar in tars], {tar["name"]: tar["bytes"] for tar in tars}
-    if not paths:
+    if not tars:
         raise ShardsNotFound(f"{root}: no *.tar shards to index")
-    refuse_unfinished(root, paths)
+    refuse_unfinished(root, [root / tar["name"] for tar in tars])
+    options = {"require": list(require), "require_media": require_media, "decode": decode}
+    summary = IndexSummary(report=str(report or root / REPORT_NAME), tars=len(tars))
+    found = reusable(root, tars, options, Path(summary.report))  # before index.json goes
     try:
         (root / INDEXING_MARK).touch()
     except OSError as err:
         raise read_only(root, f"cannot write into it ({err.strerror})") from None
     (root / INDEX_NAME).unlink(missing_ok=True)
+    unread = [root / tar["name"] for tar in tars if tar["name"] not in found]
+    summary.read = len(unread)
+    if announce is not None:
+        announce(len(unread), len(tars))
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-    summary = IndexSummary(report=str(report or root / REPORT_NAME))
-    shards, fields, sizes = [], set(), set()
-    for result in _shard_results(paths, tuple(require), require_media, decode, workers, progress):
-        summary.bad += result.skipped
-        summary.warnings += result.warnings
+    for result in _shard_results(unread, tuple(require), require_media, decode, workers, progress):
         if len(result.spans):
             save_offsets(root / result.name, compact(result.spans))
-            shards.append(ShardInfo(result.name, len(result.spans), tar_bytes[result.name]))
-            fields |= result.fields
-            sizes |= result.image_sizes
+        found[result.name] = result.findings()
+    shards, fields, sizes = [], set(), set()
+    for tar in tars:
+        tar_found = found[tar["name"]]
+        summary.bad += tar_found.skipped
+        summary.warnings += tar_found.warnings
+        if tar_found.count:
+            shards.append(ShardInfo(tar["name"], tar_found.count, tar["bytes"]))
+            fields.update(tar_found.fields)
+            sizes.update(tuple(size) for size in tar_found.image_sizes)
     summary.kept, summary.shards = sum(s.count for s in shards), len(shards)
     summary.skipped = dict(sorted(Counter(b["reason"] for b in summary.bad).items()))
     summary.warned = dict(sorted(Counter(w["reason"] for w in summary.warnings).items()))
@@ -252,7 +282,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     if summary.kept:
         square = {w for w, h in sizes if w == h}
         auto_meta = {"image_size": square.pop()} if len(sizes) == 1 and square else {}
-        indexing = {"require": list(require), "require_media": require_media, "decode": decode, "tars": tars}
+        indexing = {**options, "tars": [found[tar["name"]].record(tar) for tar in tars]}
         summary.index = ShardIndex(root, shards, sorted(fields), {"indexed_by": INDEXED_BY, **auto_meta,
                                                                    **(meta or {})}, indexing)
         summary.index.save()
@@ -350,11 +380,15 @@ def _index_now(root: Path, writable: bool) -> None:
         why = f"tar shards changed since {INDEX_NAME} was written ({changes(old)})"
     if not writable:
         raise read_only(root, f"{why}; the folder is read-only")
-    print(f"[index] {root}: {why}; indexing them now, checking every sample (`megadalle index {root}` does the "
-          "same ahead of time)", file=sys.stderr, flush=True)
+
+    def announce(reading: int, tars: int) -> None:
+        unchanged = f" ({tars - reading} unchanged since)" if reading < tars else ""
+        print(f"[index] {root}: {why}; indexing them now, reading {reading} of {tars} tars{unchanged} and checking "
+              f"every sample (`megadalle index {root}` does the same ahead of time)", file=sys.stderr, flush=True)
+
     options = (old.indexing if old else None) or {}
     summary = index_directory(root, options.get("require", DEFAULT_REQUIRE), options.get("require_media", True),
-                              num_workers=None, progress=True, decode=options.get("decode", True))
+                              num_workers=None, progress=True, decode=options.get("decode", True), announce=announce)
     print(summary.text(), file=sys.stderr, flush=True)
 
 
