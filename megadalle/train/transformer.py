@@ -50,7 +50,8 @@ class TransformerTask(Task):
             readers = [part.reader(a) for a in range(part.grad_accum)]
             yield from synthetic.token_batches(self.token_shape(), self.seed, start_step, part.micro_batch, readers)
         else:
-            yield from rank_batches(self.data, part, self.seed, start_step, text_len=self.cfg.text_len)
+            yield from rank_batches(self.data, part, self.seed, start_step, self.shard_index,
+                                    text_len=self.cfg.text_len)
 
     def token_shape(self) -> synthetic.TokenShape:
         cfg = self.cfg
@@ -61,14 +62,11 @@ class TransformerTask(Task):
         return None if val is None else rank_batches(val, part, self.seed, 0, text_len=self.cfg.text_len)
 
     def data_identity(self, part: DataPart) -> dict:
-        from megadalle.data.shards import ShardIndex
-
         if self.data is None:
             return {}
         if self.data.source == "synthetic":
             return {"source": "synthetic", "seed": self.seed, "global_batch": part.global_batch}
-        return {"fingerprint": ShardIndex.load(self.data.shards).fingerprint, "seed": self.seed,
-                "shuffle": self.data.shuffle, "global_batch": part.global_batch}
+        return self.shards_identity(part)
 
     def loss(self, model: Transformer, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = model.loss(batch["text"], batch["image"])
