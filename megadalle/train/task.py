@@ -33,7 +33,7 @@ Contract, in the order the trainer uses it:
    `trainer.eval_batches` global batches of it with `validation_loss(model, batch, step)` (eval mode,
    no_grad, the same seeded RNG every time) and logs the means over ranks as `val/...`.
    `data_identity(part)` names what the data order depends on; a resume on other data is refused. A task reading
-   shards takes it from `shard_index`, the index its loaders read too (`shards_identity`, `rank_batches(index=)`).
+   shards (`ShardsTask`) takes it from `shard_index`, the index its loaders read too (`rank_batches(index=)`).
    `after_update(model, editor, step)` may rewrite parameters between updates (through the optimizer's
    copies too: train/param_edit.py), and `state()`/`load_state()` carry the task's own state in checkpoints.
 5. `export_spec()` names the weights' kind and config for megadalle.weights.save_weights.
@@ -176,22 +176,6 @@ class Task:
         """
         return {}
 
-    @cached_property
-    def shard_index(self) -> ShardIndex:
-        """The index of `self.data.shards` this rank reads for the whole run: opened once, with the folder indexed
-        first where its tars changed (`ingest.open_index`). The data identity the ranks compare and a resume checks
-        is taken from it, and the loaders read it (`rank_batches(index=)`): taken from index.json as it stood, the
-        identity was that of an index the loaders then rebuilt, each rank at its own time, from a folder still
-        changing (img2dataset downloading), so ranks that agreed on it went on to read other data sets."""
-        from megadalle.data.ingest import open_index
-
-        return open_index(self.data.shards, "data.shards")
-
-    def shards_identity(self, part: DataPart) -> dict[str, Any]:
-        """`data_identity` of a task reading `self.data.shards` with `self.seed`."""
-        return {"fingerprint": self.shard_index.fingerprint, "seed": self.seed, "shuffle": self.data.shuffle,
-                "global_batch": part.global_batch}
-
     def media(self, model: nn.Module, step: int) -> dict[str, Any]:
         """wandb-loggable values (images, tables) at `step`, every `trainer.media_every` updates.
 
@@ -218,6 +202,31 @@ class Task:
         """
         loss, metrics = self.loss(model, batch, step)
         return {"loss": float(loss), **metrics}
+
+
+class ShardsTask(Task):
+    """A task that trains on the shard directory `self.data.shards` (data.source=shards) with `self.seed`."""
+
+    data: Any
+    """The `data` group (a DataConfig), or None."""
+    seed: int
+
+    @cached_property
+    def shard_index(self) -> ShardIndex:
+        """The index of `self.data.shards` this rank reads for the whole run: opened once, with the folder indexed
+        first where its tars changed (`ingest.open_index`). The data identity the ranks compare and a resume checks
+        is taken from it, and the loaders read it (`rank_batches(index=)`): taken from index.json as it stood, the
+        identity was that of an index the loaders then rebuilt, each rank at its own time, from a folder still
+        changing (img2dataset downloading), so ranks that agreed on it went on to read other data sets."""
+        from megadalle.data.ingest import open_index
+
+        return open_index(self.data.shards, "data.shards")
+
+    def data_identity(self, part: DataPart) -> dict[str, Any]:
+        if self.data is None or self.data.source != "shards":
+            return {}
+        return {"fingerprint": self.shard_index.fingerprint, "seed": self.seed, "shuffle": self.data.shuffle,
+                "global_batch": part.global_batch}
 
 
 def validation_data(data):

@@ -26,13 +26,13 @@ from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss
 from megadalle.train.sample_grid import SampleGrid
 from megadalle.train.signals import exit_status
-from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, Task, caption_metrics, rank_batches,
-                                  validation_data)
+from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, ShardsTask, caption_metrics,
+                                  rank_batches, validation_data)
 
 FACTORY = "megadalle.train.transformer:task_from_config"
 
 
-class TransformerTask(Task):
+class TransformerTask(ShardsTask):
     name = "transformer"
     zero3_init = True  # models/transformer.py initialises per module
 
@@ -66,7 +66,7 @@ class TransformerTask(Task):
             return {}
         if self.data.source == "synthetic":
             return {"source": "synthetic", "seed": self.seed, "global_batch": part.global_batch}
-        return self.shards_identity(part)
+        return super().data_identity(part)
 
     def loss(self, model: Transformer, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = model.loss(batch["text"], batch["image"])

@@ -5,12 +5,16 @@ import numpy as np
 import pytest
 import webdataset as wds
 
+from megadalle.config.clip import ClipConfig
 from megadalle.config.compose import compose
 from megadalle.config.data import DataConfig
+from megadalle.config.dvae import DVAEConfig
 from megadalle.data import loader
 from megadalle.data.fields import encode_field
-from megadalle.data.shards import index_directory, open_index
+from megadalle.data.shards import ShardIndex, index_directory, open_index
 from megadalle.train import distributed, loop
+from megadalle.train.clip import ClipTask
+from megadalle.train.dvae import DVAETask
 from megadalle.train.task import DataPart
 from megadalle.train.transformer import TransformerTask, task_from_config
 
@@ -55,6 +59,14 @@ def _transformer(root):
     return TransformerTask(cfg, DataConfig(shards=str(root), tokenizer="never-read.model", num_workers=0))
 
 
+def _dvae(root):
+    return DVAETask(DVAEConfig(image_size=16), DataConfig(shards=str(root), num_workers=0))
+
+
+def _clip(root):
+    return ClipTask(ClipConfig(), DataConfig(shards=str(root), num_workers=0), "never-read.model")
+
+
 @pytest.fixture
 def loaders(monkeypatch):
     """The index each loader a task builds reads (the loader itself is not built: it would need a tokenizer)."""
@@ -71,23 +83,23 @@ def loaders(monkeypatch):
 PART = DataPart(2, 1, 0, 1)
 
 
-def test_the_loaders_read_the_data_set_whose_identity_the_ranks_compared(downloading, loaders):
-    """Ranks compared index.json's fingerprint, then each loader opened the folder again: one that had grown
-    meanwhile was indexed again there, so ranks that agreed read other data sets (and the checkpoints named one
-    that no rank read)."""
-    task = _transformer(downloading)
+@pytest.mark.parametrize("make", [_transformer, _dvae])
+def test_the_loaders_read_the_data_set_whose_identity_the_ranks_compared(downloading, loaders, make):
+    """Ranks compared index.json's fingerprint (the dVAE's and CLIP's data none), then each loader opened the
+    folder again: one that had grown meanwhile was indexed again there, so ranks that agreed read other data sets
+    (and the checkpoints named one that no rank read)."""
+    task = make(downloading)
     identity = task.data_identity(PART)
     _token_tar(downloading, "00002.tar", ["2_0"])  # img2dataset goes on while the run starts
     list(task.batches(0, PART))
     assert [index.fingerprint for index in loaders] == [identity["fingerprint"]]
 
 
-def test_the_identity_is_that_of_the_folder_the_run_reads(downloading, loaders):
+@pytest.mark.parametrize("make", [_transformer, _dvae, _clip])
+def test_the_identity_is_that_of_the_folder_the_run_reads(downloading, make):
     """A folder changed since its index was written: the identity (compared with a checkpoint's on resume) was
     taken from the stale index.json, and the loaders then read the folder indexed again."""
     _token_tar(downloading, "00002.tar", ["2_0"])
-    task = _transformer(downloading)
-    identity = task.data_identity(PART)
-    list(task.batches(0, PART))
-    assert identity["fingerprint"] == loaders[0].fingerprint == open_index(downloading).fingerprint
-    assert loaders[0].total == 7
+    identity = make(downloading).data_identity(PART)
+    assert identity["fingerprint"] == open_index(downloading).fingerprint == ShardIndex.load(downloading).fingerprint
+    assert ShardIndex.load(downloading).total == 7
