@@ -301,7 +301,8 @@ def loader_from_config(cfg: DataConfig, global_batch: int, seed: int, *, text_le
     """A loader for the `data` group: token batches when `cfg.tokenizer` is set (needs text_len), else images.
 
     `image_size` (e.g. the dVAE's) applies when cfg.image_size is null; with both null the stored size is kept.
-    `index` is cfg.shards' index as the caller opened it (a training run's `Task.shard_index`); None opens it here.
+    `index` is cfg.shards' index as the caller opened it (a training run's `ShardsTask.shard_index`); None: opened
+    here.
     """
     common = dict(seed=seed, shuffle=cfg.shuffle, shuffle_window=cfg.shuffle_window, num_workers=cfg.num_workers,
                   prefetch_factor=cfg.prefetch_factor)

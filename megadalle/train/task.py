@@ -245,7 +245,7 @@ def rank_batches(data, part: DataPart, seed: int, start_step: int, index: ShardI
 
     One loader serves all of the rank's accumulation steps (it reads micro-batch a * dp_world +
     dp_rank, as `DataPart.reader`), so its worker processes start once, not once per step.
-    `index` is data.shards' index as the run checked it (`Task.shard_index`; None: opened here).
+    `index` is data.shards' index as the run checked it (`ShardsTask.shard_index`; None: opened here).
     `shape` is the loader's text_len= or image_size=.
     """
     from megadalle.config import ConfigError

@@ -184,7 +184,7 @@ def test_loader_from_config(token_shards, image_shards, tokenizer, tmp_path):
 
 
 def test_a_loader_given_the_runs_index_reads_it_without_opening_the_folder_again(image_shards, monkeypatch):
-    """A training run checks its data identity on the index it opened (`Task.shard_index`): a loader that opened
+    """A training run checks its data identity on the index it opened (`ShardsTask.shard_index`): a loader that opened
     the folder again could find it changed and index it again, reading other data than the ranks agreed on."""
     from megadalle.data import loader
     from megadalle.data.shards import open_index
