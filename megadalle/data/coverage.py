@@ -3,9 +3,9 @@
 A folder of tars written elsewhere keeps changing after it is indexed: img2dataset is still downloading
 and adds `00002.tar`, `00003.tar`, or rewrites a tar it had cut short. An index that is simply reused
 then reads half the data set without a word. So indexing records every `*.tar` it found, by name, size
-and mtime_ns (the tars it skipped as unusable too), and `ingest.open_index` compares that record with
-the folder each time it opens one, by name and size: any difference means indexing again (or a refusal, where the folder
-is read-only). megadalle's own outputs (`prepare`, `encode`) are written whole by their writer, which
+and mtime_ns (the tars it skipped as unusable too), with what it found in each (`reuse.py`: indexing again
+reads only the tars that differ), and `ingest.open_index` compares that record with the folder each time it
+opens one, by name and size: any difference means indexing again (or a refusal, where the folder is read-only). megadalle's own outputs (`prepare`, `encode`) are written whole by their writer, which
 lists every shard it wrote: they carry no record and are not compared. The mtime is recorded, not compared: a
 copy (`cp` without -p, a tar round trip that keeps whole seconds, an object-store sync) changes it on an unchanged
 data set, which was then decoded again in full, or refused on a read-only mount.

@@ -9,7 +9,7 @@ first tar header starts, plus the end of the last sample (`[count + 1]`); or, fo
 elsewhere whose bad samples indexing skipped, each kept sample's (start, end) (`[count, 2]`). A
 reader then fetches any sample with one seek and one read, holding 8-16 bytes per sample of the
 shards it has touched instead of scanning whole tars. Shards written elsewhere get them from
-`megadalle index` (ingest.py), which imports this module; this module imports no reader.
+`megadalle index` (ingest/), which imports this module; this module imports no reader.
 """
 from __future__ import annotations
 

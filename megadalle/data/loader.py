@@ -154,9 +154,10 @@ class StepLoader:
 
     `rank`/`world_size` default to the environment's (`rank_and_world`); under pipeline or tensor
     parallelism pass the data-parallel rank and size. Each step yields `grad_accum` micro-batches.
+    `root` is the shard directory, or its index as the caller opened it (`opened`).
     """
 
-    def __init__(self, root: str | Path, global_batch: int, maker: BatchMaker, *, seed: int = 0,
+    def __init__(self, root: str | Path | ShardIndex, global_batch: int, maker: BatchMaker, *, seed: int = 0,
                  shuffle: bool = True, rank: int | None = None, world_size: int | None = None,
                  grad_accum: int = 1, shuffle_window: int | None = None, num_workers: int = 0,
                  prefetch_factor: int = 2, epochs: int | None = None, pin_memory: bool = False):
@@ -172,7 +173,7 @@ class StepLoader:
             raise ValueError(f"rank={self.rank} must be in [0, world_size={self.world_size})")
         if epochs is not None and epochs < 1:
             raise ValueError(f"epochs={epochs} must be a positive integer or None (infinite)")
-        self.index = open_index(root)
+        self.index = opened(root)
         self.global_batch, self.maker, self.seed, self.shuffle = global_batch, maker, seed, shuffle
         self.shuffle_window = shuffle_window
         self.order = Order([s.count for s in self.index.shards], seed, shuffle, shuffle_window)
@@ -253,6 +254,12 @@ class StepLoader:
         self.step = saved.step
 
 
+def opened(root: str | Path | ShardIndex) -> ShardIndex:
+    """The index to read: one given as it is (a training run's, whose identity the ranks checked: opening the folder
+    again could index it again, changed meanwhile), a folder's opened (`ingest.open_index`)."""
+    return root if isinstance(root, ShardIndex) else open_index(root)
+
+
 def image_fields(index: ShardIndex) -> tuple[str, ...]:
     """The image fields of an image shard directory (jpg, png, ...): every one its samples carry, since a
     directory from elsewhere may mix them (`batches.sample_image` takes each sample's own)."""
@@ -262,16 +269,16 @@ def image_fields(index: ShardIndex) -> tuple[str, ...]:
     return found
 
 
-def image_loader(root: str | Path, global_batch: int, image_size: int, **kwargs) -> StepLoader:
+def image_loader(root: str | Path | ShardIndex, global_batch: int, image_size: int, **kwargs) -> StepLoader:
     """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption, txt, key: list[str]), b = micro_batch.
 
     For one pass in shard order (e.g. `encode`): shuffle=False, epochs=1 (the last batch may be short).
     """
-    index = open_index(root)
-    return StepLoader(root, global_batch, ImageBatches(image_size, image_fields(index)), **kwargs)
+    index = opened(root)
+    return StepLoader(index, global_batch, ImageBatches(image_size, image_fields(index)), **kwargs)
 
 
-def token_loader(root: str | Path, global_batch: int, tokenizer, text_len: int, bpe_dropout: float = 0.0,
+def token_loader(root: str | Path | ShardIndex, global_batch: int, tokenizer, text_len: int, bpe_dropout: float = 0.0,
                  **kwargs) -> StepLoader:
     """Token batches dict(text=LongTensor[b, text_len], image=LongTensor[b, H*W]), with a data.tokenizer.Tokenizer."""
     return StepLoader(root, global_batch, TokenBatches(tokenizer, text_len, bpe_dropout), **kwargs)
@@ -290,22 +297,25 @@ def worker_seeds(seed: int, step: int) -> torch.Generator:
 
 
 def loader_from_config(cfg: DataConfig, global_batch: int, seed: int, *, text_len: int | None = None,
-                       image_size: int | None = None, **kwargs) -> StepLoader:
+                       image_size: int | None = None, index: ShardIndex | None = None, **kwargs) -> StepLoader:
     """A loader for the `data` group: token batches when `cfg.tokenizer` is set (needs text_len), else images.
 
     `image_size` (e.g. the dVAE's) applies when cfg.image_size is null; with both null the stored size is kept.
+    `index` is cfg.shards' index as the caller opened it (a training run's `ShardsTask.shard_index`); None: opened
+    here.
     """
     common = dict(seed=seed, shuffle=cfg.shuffle, shuffle_window=cfg.shuffle_window, num_workers=cfg.num_workers,
                   prefetch_factor=cfg.prefetch_factor)
     common.update(kwargs)
-    index = open_index(cfg.shards, "data.shards")  # a one-line error naming the key; tars from elsewhere indexed
+    if index is None:  # a one-line error naming the key; tars from elsewhere indexed
+        index = open_index(cfg.shards, "data.shards")
     if cfg.tokenizer:
         if text_len is None:
             raise ValueError("loader_from_config: token shards need text_len (the model's)")
         from megadalle.data.tokenizer import Tokenizer
 
-        return token_loader(cfg.shards, global_batch, Tokenizer(cfg.tokenizer), text_len, cfg.bpe_dropout, **common)
+        return token_loader(index, global_batch, Tokenizer(cfg.tokenizer), text_len, cfg.bpe_dropout, **common)
     size = cfg.image_size or image_size or index.meta.get("image_size")
     if not size:
         raise ValueError(f"{cfg.shards}: index.json has no meta.image_size; set data.image_size")
-    return image_loader(cfg.shards, global_batch, int(size), **common)
+    return image_loader(index, global_batch, int(size), **common)

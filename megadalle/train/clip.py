@@ -18,7 +18,8 @@ from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP
 from megadalle.train.signals import exit_status
-from megadalle.train.task import Batch, DataPart, ExportSpec, Task, caption_metrics, rank_batches, validation_data
+from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, caption_metrics, rank_batches,
+                                  validation_data)
 
 if TYPE_CHECKING:
     from megadalle.train.loop import Result
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 FACTORY = "megadalle.train.clip:task_from_config"
 
 
-class ClipTask(Task):
+class ClipTask(ShardsTask):
     name = "clip"
     zero3_init = True  # models/clip.py initialises every parameter in the constructor of the module that owns it
 
@@ -47,7 +48,8 @@ class ClipTask(Task):
     def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
         if self.data is None or not self.tokenizer_path:
             raise ValueError("ClipTask needs image shards (data.shards) and a tokenizer to produce batches")
-        yield from self._with_text(rank_batches(self.data, part, self.seed, start_step, image_size=self.cfg.image_size))
+        yield from self._with_text(rank_batches(self.data, part, self.seed, start_step, self.shard_index,
+                                                image_size=self.cfg.image_size))
 
     def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
         val = validation_data(self.data)

@@ -19,13 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from megadalle.config import build, check, top_level
 from megadalle.config.data import DataConfig
 from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
-from megadalle.data.ingest import open_index
 from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.signals import exit_status
-from megadalle.train.task import Batch, DataPart, ExportSpec, Task, rank_batches, validation_data
+from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, rank_batches, validation_data
 
 if TYPE_CHECKING:
     from megadalle.train.loop import Result
@@ -124,7 +123,7 @@ class CodeRevival:
             self.counts.copy_(state["code_counts"])
 
 
-class DVAETask(Task):
+class DVAETask(ShardsTask):
     name = "dvae"
 
     def __init__(self, cfg: DVAEConfig, data: DataConfig | None, seed: int = 0, usage_window: int = 100,
@@ -142,7 +141,8 @@ class DVAETask(Task):
     def batches(self, start_step: int, part: DataPart) -> Iterator[Batch]:
         if self.data is None:
             raise ValueError("DVAETask built without a data config cannot produce batches")
-        for batch in rank_batches(self.data, part, self.seed, start_step, image_size=self.cfg.image_size):
+        for batch in rank_batches(self.data, part, self.seed, start_step, self.shard_index,
+                                  image_size=self.cfg.image_size):
             yield {"image": batch["image"]}
 
     def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
@@ -236,7 +236,7 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     build(RunConfig, {"run_dir": verb.run_dir, "resume": verb.resume}, "")
     task = task_from_config(cfg)
     check(task.data is not None, "data", None, "train-dvae needs image shards: set data.shards")
-    open_index(task.data.shards, "data.shards")  # tars written elsewhere are indexed here, once; else one-line error
+    task.shard_index  # tars written elsewhere are indexed here, once; else a one-line error
     result = train_from_config(task, cfg, FACTORY)
     print(f"[train-dvae] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
           f"run directory {result.run_dir}")

@@ -32,7 +32,8 @@ Contract, in the order the trainer uses it:
    returns None: no validation); every `trainer.eval_every` updates the trainer evaluates the first
    `trainer.eval_batches` global batches of it with `validation_loss(model, batch, step)` (eval mode,
    no_grad, the same seeded RNG every time) and logs the means over ranks as `val/...`.
-   `data_identity(part)` names what the data order depends on; a resume on other data is refused.
+   `data_identity(part)` names what the data order depends on; a resume on other data is refused. A task reading
+   shards (`ShardsTask`) takes it from `shard_index`, the index its loaders read too (`rank_batches(index=)`).
    `after_update(model, editor, step)` may rewrite parameters between updates (through the optimizer's
    copies too: train/param_edit.py), and `state()`/`load_state()` carry the task's own state in checkpoints.
 5. `export_spec()` names the weights' kind and config for megadalle.weights.save_weights.
@@ -40,12 +41,16 @@ Contract, in the order the trainer uses it:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from megadalle.train.param_edit import ParamEditor
+
+if TYPE_CHECKING:
+    from megadalle.data.index import ShardIndex
 
 Batch = dict[str, Any]
 
@@ -199,6 +204,31 @@ class Task:
         return {"loss": float(loss), **metrics}
 
 
+class ShardsTask(Task):
+    """A task that trains on the shard directory `self.data.shards` (data.source=shards) with `self.seed`."""
+
+    data: Any
+    """The `data` group (a DataConfig), or None."""
+    seed: int
+
+    @cached_property
+    def shard_index(self) -> ShardIndex:
+        """The index of `self.data.shards` this rank reads for the whole run: opened once, with the folder indexed
+        first where its tars changed (`ingest.open_index`). The data identity the ranks compare and a resume checks
+        is taken from it, and the loaders read it (`rank_batches(index=)`): taken from index.json as it stood, the
+        identity was that of an index the loaders then rebuilt, each rank at its own time, from a folder still
+        changing (img2dataset downloading), so ranks that agreed on it went on to read other data sets."""
+        from megadalle.data.ingest import open_index
+
+        return open_index(self.data.shards, "data.shards")
+
+    def data_identity(self, part: DataPart) -> dict[str, Any]:
+        if self.data is None or self.data.source != "shards":
+            return {}
+        return {"fingerprint": self.shard_index.fingerprint, "seed": self.seed, "shuffle": self.data.shuffle,
+                "global_batch": part.global_batch}
+
+
 def validation_data(data):
     """The validation split of a `data` group (a DataConfig) as a loader config, or None when it has none.
 
@@ -209,11 +239,13 @@ def validation_data(data):
     return None if shards is None else replace(data, shards=shards, shuffle=False, bpe_dropout=0.0, num_workers=0)
 
 
-def rank_batches(data, part: DataPart, seed: int, start_step: int, **shape) -> Iterator[Batch]:
+def rank_batches(data, part: DataPart, seed: int, start_step: int, index: ShardIndex | None = None,
+                 **shape) -> Iterator[Batch]:
     """This rank's micro-batches of the `data` group from update `start_step`, in accumulation order.
 
     One loader serves all of the rank's accumulation steps (it reads micro-batch a * dp_world +
     dp_rank, as `DataPart.reader`), so its worker processes start once, not once per step.
+    `index` is data.shards' index as the run checked it (`ShardsTask.shard_index`; None: opened here).
     `shape` is the loader's text_len= or image_size=.
     """
     from megadalle.config import ConfigError
@@ -223,7 +255,7 @@ def rank_batches(data, part: DataPart, seed: int, start_step: int, **shape) -> I
         raise ConfigError(f"data.source={data.source!r}: this task reads shards only (data=synthetic serves "
                           "`megadalle train`)")
     return loader_from_config(data, part.global_batch, seed, rank=part.dp_rank, world_size=part.dp_world,
-                              grad_accum=part.grad_accum, **shape).iter_from_step(start_step)
+                              grad_accum=part.grad_accum, index=index, **shape).iter_from_step(start_step)
 
 
 def caption_metrics(batch: Batch) -> dict[str, float]:

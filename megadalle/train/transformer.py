@@ -26,13 +26,13 @@ from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss
 from megadalle.train.sample_grid import SampleGrid
 from megadalle.train.signals import exit_status
-from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, Task, caption_metrics, rank_batches,
-                                  validation_data)
+from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, ShardsTask, caption_metrics,
+                                  rank_batches, validation_data)
 
 FACTORY = "megadalle.train.transformer:task_from_config"
 
 
-class TransformerTask(Task):
+class TransformerTask(ShardsTask):
     name = "transformer"
     zero3_init = True  # models/transformer.py initialises per module
 
@@ -50,7 +50,8 @@ class TransformerTask(Task):
             readers = [part.reader(a) for a in range(part.grad_accum)]
             yield from synthetic.token_batches(self.token_shape(), self.seed, start_step, part.micro_batch, readers)
         else:
-            yield from rank_batches(self.data, part, self.seed, start_step, text_len=self.cfg.text_len)
+            yield from rank_batches(self.data, part, self.seed, start_step, self.shard_index,
+                                    text_len=self.cfg.text_len)
 
     def token_shape(self) -> synthetic.TokenShape:
         cfg = self.cfg
@@ -61,14 +62,11 @@ class TransformerTask(Task):
         return None if val is None else rank_batches(val, part, self.seed, 0, text_len=self.cfg.text_len)
 
     def data_identity(self, part: DataPart) -> dict:
-        from megadalle.data.shards import ShardIndex
-
         if self.data is None:
             return {}
         if self.data.source == "synthetic":
             return {"source": "synthetic", "seed": self.seed, "global_batch": part.global_batch}
-        return {"fingerprint": ShardIndex.load(self.data.shards).fingerprint, "seed": self.seed,
-                "shuffle": self.data.shuffle, "global_batch": part.global_batch}
+        return super().data_identity(part)
 
     def loss(self, model: Transformer, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = model.loss(batch["text"], batch["image"])

@@ -183,6 +183,23 @@ def test_loader_from_config(token_shards, image_shards, tokenizer, tmp_path):
     assert take(img, 1)[0]["image"].shape == (4, 3, 8, 8)
 
 
+def test_a_loader_given_the_runs_index_reads_it_without_opening_the_folder_again(image_shards, monkeypatch):
+    """A training run checks its data identity on the index it opened (`ShardsTask.shard_index`): a loader that opened
+    the folder again could find it changed and index it again, reading other data than the ranks agreed on."""
+    from megadalle.data import loader
+    from megadalle.data.shards import open_index
+
+    index = open_index(image_shards)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the folder was opened again")
+
+    monkeypatch.setattr(loader, "open_index", refused)
+    img = loader_from_config(DataConfig(shards=str(image_shards), num_workers=0), 4, seed=0, image_size=8,
+                             index=index, rank=0, world_size=1)
+    assert img.index is index and take(img, 1)[0]["image"].shape == (4, 3, 8, 8)
+
+
 def test_accumulation_reads_what_more_ranks_would(token_shards, tokenizer):
     """Reader a * world + rank: 1 rank x 2 micro-batches == 2 ranks x 1 (megadalle.train.task.DataPart)."""
     one = [ids_of(b) for b in take(tokens(token_shards, tokenizer, 6, rank=0, world_size=1, grad_accum=2), 8)]

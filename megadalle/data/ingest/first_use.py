@@ -1,8 +1,8 @@
 """`open_index`, what the readers call: a folder of tars written elsewhere is indexed on first use.
 
 It is indexed (with a message) when it has no index.json, and again whenever its tars differ from those
-the index records (`coverage.py`: img2dataset added some since), under a file lock so that ranks
-starting together index it once. A current index is read without writing anything, so a read-only folder
+the index records (`coverage.py`: img2dataset added some since; only the new and changed tars are read again,
+`reuse.py`), under a file lock so that ranks starting together index it once. A current index is read without writing anything, so a read-only folder
 (a shared data set) needs only to be indexed once where it is writable; one that needs indexing is
 refused with the command that does it (`ReadOnlyShards`).
 """
@@ -91,9 +91,13 @@ def _index_now(root: Path, writable: bool) -> None:
         why = f"tar shards changed since {INDEX_NAME} was written ({changes(old)})"
     if not writable:
         raise read_only(root, f"{why}; the folder is read-only")
-    print(f"[index] {root}: {why}; indexing them now, checking every sample (`megadalle index {root}` does the "
-          "same ahead of time)", file=sys.stderr, flush=True)
+
+    def announce(reading: int, tars: int) -> None:
+        unchanged = f" ({tars - reading} unchanged since)" if reading < tars else ""
+        print(f"[index] {root}: {why}; indexing them now, reading {reading} of {tars} tars{unchanged} and checking "
+              f"every sample (`megadalle index {root}` does the same ahead of time)", file=sys.stderr, flush=True)
+
     options = (old.indexing if old else None) or {}
     summary = index_directory(root, options.get("require", DEFAULT_REQUIRE), options.get("require_media", True),
-                              num_workers=None, progress=True, decode=options.get("decode", True))
+                              num_workers=None, progress=True, decode=options.get("decode", True), announce=announce)
     print(summary.text(), file=sys.stderr, flush=True)

@@ -1,4 +1,5 @@
 """`megadalle index DIR`'s work: every tar of a folder checked (`shard.py`), offset files, index.json last.
+Indexing again reads only the tars that are new or changed since the last indexing (`reuse.py`).
 
 The shards are checked in worker processes; shards with no usable sample are left out. Offset files are
 written before index.json, so the folder is marked (`INDEXING_MARK`) while indexing runs: offsets beside
@@ -14,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -24,6 +25,7 @@ from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo
                                   save_offsets)
 from megadalle.data.ingest.shard import ShardResult, index_shard
 from megadalle.data.pool import worker_pool
+from megadalle.data.reuse import reusable
 from megadalle.data.summary import PassSummary
 
 INDEXING_MARK = ".indexing"
@@ -37,12 +39,24 @@ class IndexSummary(PassSummary):
     index: ShardIndex | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
     """One entry per metadata field of a kept sample that does not decode."""
+    tars: int = 0
+    """`*.tar` files in the folder."""
+    read: int = 0
+    """Tars read this time: the others were unchanged since the last indexing, which found what they hold."""
 
     VERB = "index"
+
+    def text(self) -> str:
+        unchanged = self.tars - self.read
+        note = f"\n  read {self.read} of {self.tars} tars: {unchanged} unchanged since the last indexing" \
+            if unchanged else ""
+        return super().text() + note
 
 
 def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: bool, decode: bool, num_workers: int,
                    progress: bool) -> Iterator[ShardResult]:
+    if not paths:  # every tar unchanged (some removed): a pool of no worker is an error
+        return
     work = partial(index_shard, require=require, require_media=require_media, decode=decode)
     with tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress) as bar:
         if num_workers == 0:
@@ -58,34 +72,46 @@ def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: b
 
 def index_directory(root: str | Path, require: Iterable[str] = (), require_media: bool = False,
                     num_workers: int | None = 0, progress: bool = False, report: str | Path | None = None,
-                    meta: dict[str, Any] | None = None, decode: bool = True) -> IndexSummary:
+                    meta: dict[str, Any] | None = None, decode: bool = True,
+                    announce: Callable[[int, int], None] | None = None) -> IndexSummary:
     """Index the `*.tar` files of `root` (sorted by name), checking every sample; writes offset files, the
     report (default <root>/index-report.json) and index.json last. Shards with no usable sample are left out.
+    A tar the earlier index recorded at its present size, under the same options, is not read again (`reuse.py`):
+    the index comes out as if every tar had been. `announce(reading, tars)` is called before reading starts.
 
     `meta.image_size` is recorded when every image is a square of one size (what a loader then defaults to).
     """
     start, root = time.perf_counter(), Path(root)
     tars = tar_stats(root)  # taken before reading: a tar that changes meanwhile differs from the record next time
-    paths, tar_bytes = [root / tar["name"] for tar in tars], {tar["name"]: tar["bytes"] for tar in tars}
-    if not paths:
+    if not tars:
         raise ShardsNotFound(f"{root}: no *.tar shards to index")
-    refuse_unfinished(root, paths)
+    refuse_unfinished(root, [root / tar["name"] for tar in tars])
+    options = {"require": list(require), "require_media": require_media, "decode": decode}
+    summary = IndexSummary(report=str(report or root / REPORT_NAME), tars=len(tars))
+    found = reusable(root, tars, options, Path(summary.report))  # before index.json goes
     try:
         (root / INDEXING_MARK).touch()
     except OSError as err:
         raise read_only(root, f"cannot write into it ({err.strerror})") from None
     (root / INDEX_NAME).unlink(missing_ok=True)
+    unread = [root / tar["name"] for tar in tars if tar["name"] not in found]
+    summary.read = len(unread)
+    if announce is not None:
+        announce(len(unread), len(tars))
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-    summary = IndexSummary(report=str(report or root / REPORT_NAME))
-    shards, fields, sizes = [], set(), set()
-    for result in _shard_results(paths, tuple(require), require_media, decode, workers, progress):
-        summary.bad += result.skipped
-        summary.warnings += result.warnings
+    for result in _shard_results(unread, tuple(require), require_media, decode, workers, progress):
         if len(result.spans):
             save_offsets(root / result.name, compact(result.spans))
-            shards.append(ShardInfo(result.name, len(result.spans), tar_bytes[result.name]))
-            fields |= result.fields
-            sizes |= result.image_sizes
+        found[result.name] = result.findings()
+    shards, fields, sizes = [], set(), set()
+    for tar in tars:
+        tar_found = found[tar["name"]]
+        summary.bad += tar_found.skipped
+        summary.warnings += tar_found.warnings
+        if tar_found.count:
+            shards.append(ShardInfo(tar["name"], tar_found.count, tar["bytes"]))
+            fields.update(tar_found.fields)
+            sizes.update(tuple(size) for size in tar_found.image_sizes)
     summary.kept, summary.shards = sum(s.count for s in shards), len(shards)
     summary.skipped = dict(sorted(Counter(b["reason"] for b in summary.bad).items()))
     summary.warned = dict(sorted(Counter(w["reason"] for w in summary.warnings).items()))
@@ -96,7 +122,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     if summary.kept:
         square = {w for w, h in sizes if w == h}
         auto_meta = {"image_size": square.pop()} if len(sizes) == 1 and square else {}
-        indexing = {"require": list(require), "require_media": require_media, "decode": decode, "tars": tars}
+        indexing = {**options, "tars": [found[tar["name"]].record(tar) for tar in tars]}
         summary.index = ShardIndex(root, shards, sorted(fields), {"indexed_by": INDEXED_BY, **auto_meta,
                                                                    **(meta or {})}, indexing)
         summary.index.save()

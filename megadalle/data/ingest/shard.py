@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from megadalle.data.ingest.sample_check import check_sample
+from megadalle.data.reuse import TarFindings
 from megadalle.data.tar import members_end, walk
 
 
@@ -27,6 +28,10 @@ class ShardResult:
     warnings: list[dict[str, str]]
     """Kept samples' metadata fields that do not decode (`SampleCheck.warnings`), entries as in `skipped`."""
     image_sizes: set[tuple[int, int]]
+
+    def findings(self) -> TarFindings:
+        """What a new index takes from this tar, and the next indexing again while it stays unchanged."""
+        return TarFindings.read(self.name, len(self.spans), self.fields, self.image_sizes, self.skipped, self.warnings)
 
 
 def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decode: bool = True) -> ShardResult:
