@@ -32,7 +32,7 @@ from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
 from megadalle.train.param_edit import ParamEditor
-from megadalle.train.signals import StopFlag, forget_late_copies
+from megadalle.train.signals import StopFlag, exit_status, forget_late_copies
 from megadalle.train.speed import Speed
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import DataPart, Task
@@ -68,10 +68,21 @@ class Result:
     stopped_by_signal: bool
     losses: list[float]
     """This process's losses of the updates it ran (global means)."""
+    rank: int = 0
     engine: Any = None
     """The DeepSpeed engine, still live (e.g. to evaluate the trained model; ZeRO-3 needs it for gathering)."""
     model: Any = None
     """The task's plain model (its parameters are the engine's; under pipelines only this stage's are trained)."""
+
+    def report(self, verb: str) -> None:
+        """A training verb's last line, on rank 0: how the run ended and where it lives."""
+        if self.rank == 0:
+            how = f"{'stopped by signal' if self.stopped_by_signal else 'finished'} at step {self.step}"
+            print(f"[{verb}] {how}; run directory {self.run_dir}", flush=True)
+
+    def exit_status(self, steps: int) -> int:
+        """A training verb's exit status for a run of `steps` updates (signals.exit_status)."""
+        return exit_status(self.stopped_by_signal, self.step, steps)
 
 
 def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str | None) -> None:
@@ -250,7 +261,7 @@ class Trainer:
             for cb in self.callbacks:
                 cb.end()
             self.lock.release()
-        return Result(self.run_dir, self.step, stopped, losses, self.built.engine, self.built.model)
+        return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.built.engine, self.built.model)
 
     def _update(self, runner: StepRunner) -> dict[str, float]:
         """One optimizer update plus its bookkeeping metrics."""

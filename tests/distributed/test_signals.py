@@ -5,10 +5,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from megadalle.train import signals
+from megadalle.train.loop import Result
 from megadalle.train.signals import (LATE_COPIES, STOP_SIGNALS, STOPPED_EXIT, LateCopies, StopFlag, exit_status,
                                       forget_late_copies, ignore_late_copies)
 from tests.launch_signals import stop_after_two_steps
@@ -114,13 +116,18 @@ def test_a_run_stopped_with_updates_left_exits_75(stopped, step, code):
 def test_train_dvae_and_train_clip_return_the_stop_status(module, monkeypatch):
     """They share the loop and the requeue with `train`."""
     import importlib
-    from types import SimpleNamespace
 
     from omegaconf import OmegaConf
 
     verb = importlib.import_module(f"megadalle.train.{module}")
-    monkeypatch.setattr(verb, "fit_and_export", lambda cfg: (SimpleNamespace(stopped_by_signal=True, step=3), None))
+    monkeypatch.setattr(verb, "fit_and_export", lambda cfg: (Result(Path("run"), 3, True, [1.0]), None))
     assert verb.run(OmegaConf.create({"trainer": {"steps": 100}})) == STOPPED_EXIT
+
+
+@pytest.mark.parametrize("rank, line", [(0, "[train] stopped by signal at step 3; run directory run"), (1, "")])
+def test_a_stopped_run_reports_how_it_stopped_on_rank_0(capsys, rank, line):
+    Result(Path("run"), 3, True, [1.0], rank).report("train")
+    assert capsys.readouterr().out.strip() == line
 
 
 @pytest.mark.distributed
