@@ -138,26 +138,34 @@ def test_the_handlers_taken_at_start_come_back_when_the_command_fails_before_its
     assert signal.getsignal(signal.SIGTERM) == before and signals._at_start is None
 
 
-def test_a_child_forked_while_the_signals_are_held_still_dies_of_sigterm():
+@pytest.mark.parametrize("start", ["fork", "exec"])
+def test_a_child_started_while_the_signals_are_held_still_dies_of_sigterm(start):
     """A forked child inherits the trainer's handler: it ignored TERM, and Pool.terminate or Process.terminate of
-    anything started during the start-up then waited forever."""
+    anything started during the start-up then waited forever. An exec'd child starts with the default action."""
     with taken_at_start():
-        child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
-        child.start()
-        time.sleep(0.5)  # in its sleep, not still in the fork
-        child.terminate()
-        child.join(20)
-        code = child.exitcode
-        if code is None:
-            child.kill()
-            child.join()
+        if start == "fork":
+            child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+            child.start()
+            time.sleep(0.5)  # in its sleep, not still in the fork
+            child.terminate()
+            child.join(20)
+            code = child.exitcode
+            if code is None:
+                child.kill()
+                child.join()
+        else:
+            proc = subprocess.Popen(["sleep", "60"])
+            proc.terminate()
+            code = proc.wait(20)
     assert code == -signal.SIGTERM
 
 
 def test_the_verbs_take_the_stop_signals_before_anything_else(monkeypatch):
     """The CLI's first line: compose, preflight and the stage all run with TERM and USR1 held."""
     import megadalle.cli
-    from megadalle.cli import main
+    from megadalle.cli import VERBS, main
+
+    assert [verb for verb, spec in VERBS.items() if spec.trains] == ["train-dvae", "train-clip", "train"]
 
     held = {}
     monkeypatch.setattr(megadalle.cli, "resolve", lambda verb: lambda cfg: held.setdefault(verb, signals._at_start))
