@@ -11,10 +11,9 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NoReturn
-
-from megadalle.config.compose import compose
 
 LOCAL_RANK_FLAG = re.compile(r"^--local[_-]rank(=\d+)?$")
 """Added by `deepspeed` without `--no_local_rank`; ranks come from the environment, so it is dropped
@@ -30,6 +29,8 @@ class Verb:
     summary: str
     positional: str | None = None
     """The key a bare first argument sets (`megadalle index DIR` is `megadalle index dir=DIR`)."""
+    trains: bool = False
+    """A training verb: it holds the scheduler's stop signals from the command's first line (`stop_signals`)."""
 
 
 VERBS: dict[str, Verb] = {
@@ -37,11 +38,11 @@ VERBS: dict[str, Verb] = {
     "index": Verb("megadalle.data.ingest:run", "index webdataset tars written elsewhere (img2dataset...), checking every sample",
                    positional="dir"),
     "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions"),
-    "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards"),
+    "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards", trains=True),
     "import-dvae": Verb("megadalle.models.import_dalle:run", "OpenAI's released dVAE (dall_e encoder.pkl/decoder.pkl) -> dVAE weights"),
     "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)"),
-    "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards"),
-    "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline"),
+    "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards", trains=True),
+    "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline", trains=True),
     "export": Verb("megadalle.export:run", "a training run -> a model folder for generate (or its weights alone)"),
     "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid"),
     "evaluate": Verb("megadalle.evaluate:run", "CLIP score, FID and KID of a model's samples; JSON + Markdown"),
@@ -89,11 +90,25 @@ def print_verb_help(verb: str, overrides: list[str]) -> None:
     print("\n".join(render(cfg, docs)))
 
 
+def stop_signals(verb: str):
+    """For a training verb, its stop signals held until its run takes them over (signals.taken_at_start): a
+    preemption during the minutes before the first update (imports, indexing, building the engine, loading a 12B
+    checkpoint) then stops it with STOPPED_EXIT, which the batch script requeues, instead of killing it (143)."""
+    if verb not in VERBS or not VERBS[verb].trains:
+        return nullcontext()
+    from megadalle.train.signals import taken_at_start
+
+    return taken_at_start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """`megadalle ARGV`; returns the exit code. A reader that closes the pipe early (`--help | head`)
-    ends the command quietly, as it ends other command-line tools."""
+    ends the command quietly, as it ends other command-line tools. A training verb takes its stop signals here,
+    first (`stop_signals`: this module imports hydra and the rest only when it needs them)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return run_command(list(sys.argv[1:] if argv is None else argv))
+        with stop_signals(argv[0] if argv else ""):
+            return run_command(argv)
     except BrokenPipeError:
         import os
 
@@ -124,6 +139,8 @@ def run_command(argv: list[str]) -> int:
         from megadalle.hydra_app import run_with_hydra
 
         return run_with_hydra(verb, rest)
+    from megadalle.config.compose import compose
+
     try:
         cfg = compose(verb, rest)
     except compose_errors() as err:
@@ -144,7 +161,8 @@ def compose_errors() -> tuple[type[Exception], ...]:
 
 def execute(verb: str, cfg) -> int:
     """Check the composed config (megadalle.preflight), then run the verb's stage; user errors are one
-    line and exit code 2. Shared by plain runs and hydra's sweeps and launchers (megadalle.hydra_app)."""
+    line and exit code 2. Shared by plain runs and hydra's sweeps and launchers (megadalle.hydra_app), whose
+    jobs take their stop signals here (`stop_signals`), a launcher's job in a process of its own."""
     from hydra.errors import HydraException
     from omegaconf.errors import InterpolationResolutionError
 
@@ -152,8 +170,9 @@ def execute(verb: str, cfg) -> int:
     from megadalle.preflight import preflight
 
     try:
-        preflight(verb, cfg)
-        result = resolve(verb)(cfg)
+        with stop_signals(verb):
+            preflight(verb, cfg)
+            result = resolve(verb)(cfg)
     except (HydraException, UserError) as err:
         return fail(verb, bad_config(err))
     except InterpolationResolutionError as err:

@@ -301,8 +301,9 @@ def run(cfg: DictConfig) -> int:
     try:
         run_demo(d, cfg.output, int(cfg.get("seed", 0)))
     except DemoStopped as stopped:
-        print(f"megadalle demo: stopped by a signal in its {stopped.stage} stage, which saved a checkpoint; rerun the "
-              "same command to resume", file=sys.stderr)
+        # a stop during the stage's start-up saves nothing: the checkpoint to resume from may be an earlier one
+        print(f"megadalle demo: stopped by a signal in its {stopped.stage} stage; rerun the same command to resume "
+              "from its last checkpoint", file=sys.stderr)
         return STOPPED_EXIT
     return 0
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from megadalle.train.checkpoint import damage
-from megadalle.train.signals import STOPPED_EXIT
+from megadalle.train.signals import LATE_COPIES, STOPPED_EXIT
 
 
 def stop_after_two_steps(cmd: list[str], env: dict, cwd: Path, run_dir: Path, sig: int, group: bool = False,
@@ -48,3 +48,23 @@ def stop_after_two_steps(cmd: list[str], env: dict, cwd: Path, run_dir: Path, si
     latest = (run_dir / "checkpoints" / "latest").read_text()
     assert damage(run_dir / "checkpoints" / latest) is None, out[-3000:]
     return out
+
+
+def caught_signals(pid: int) -> set[int]:
+    """The signals process `pid` has a handler for (SigCgt in /proc/PID/status, a bit mask: bit n-1 for signal n)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            mask = int(line.split()[1], 16)
+            return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+    raise AssertionError(f"/proc/{pid}/status has no SigCgt line")
+
+
+def signal_once_taken(proc: subprocess.Popen, sig: int, within: float = 30) -> None:
+    """Send `sig` to `proc` as soon as it handles the scheduler's stop signals (USR1, TERM): a training verb takes
+    them at its command's first line, seconds before its first update (imports, DeepSpeed's start, the engine)."""
+    deadline = time.time() + within
+    while not set(LATE_COPIES) <= caught_signals(proc.pid):
+        assert proc.poll() is None and time.time() < deadline, \
+            f"the stop signals were not taken within {within} s of the start"
+        time.sleep(0.01)
+    proc.send_signal(sig)

@@ -17,7 +17,6 @@ from megadalle.config import build, check
 from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP
-from megadalle.train.signals import exit_status
 from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, caption_metrics, rank_batches,
                                   validation_data)
 
@@ -95,9 +94,8 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
 
     build(RunConfig, {"run_dir": cfg.get("run_dir"), "resume": cfg.get("resume", "auto")}, "")
     result = train_from_config(task_from_config(cfg), cfg, FACTORY)
-    print(f"[train-clip] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
-          f"run directory {result.run_dir}")
-    if result.stopped_by_signal or int(getattr(result.engine, "global_rank", 0)) != 0:
+    result.report("train-clip")
+    if result.stopped_by_signal or result.rank != 0:
         return result, None
     ema = cfg.trainer.get("ema") is not None
     # generate reranks with these weights: keep the precision CLIP trained in (and its EMA, as train-dvae does)
@@ -108,4 +106,4 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
 
 def run(cfg: DictConfig) -> int:
     result, _ = fit_and_export(cfg)
-    return exit_status(result.stopped_by_signal, result.step, int(cfg.trainer.steps))
+    return result.exit_status(int(cfg.trainer.steps))

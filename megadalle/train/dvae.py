@@ -23,7 +23,6 @@ from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
-from megadalle.train.signals import exit_status
 from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, rank_batches, validation_data
 
 if TYPE_CHECKING:
@@ -238,9 +237,8 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     check(task.data is not None, "data", None, "train-dvae needs image shards: set data.shards")
     task.shard_index  # tars written elsewhere are indexed here, once; else a one-line error
     result = train_from_config(task, cfg, FACTORY)
-    print(f"[train-dvae] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
-          f"run directory {result.run_dir}")
-    if result.stopped_by_signal or int(getattr(result.engine, "global_rank", 0)) != 0:
+    result.report("train-dvae")
+    if result.stopped_by_signal or result.rank != 0:
         return result, None
     ema = cfg.trainer.get("ema") is not None
     # encode reads these weights: keep the precision the dVAE trained in
@@ -251,4 +249,4 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
 
 def run(cfg: DictConfig) -> int:
     result, _ = fit_and_export(cfg)
-    return exit_status(result.stopped_by_signal, result.step, int(cfg.trainer.steps))
+    return result.exit_status(int(cfg.trainer.steps))

@@ -3,8 +3,10 @@
 `train(task, ...)` starts distributed (from the launcher's environment), picks the run directory
 (rank 0), builds the engine, resumes from the newest complete checkpoint, then runs updates until
 `trainer.steps`, saving every `checkpoint_every` updates, at the end, and when SIGUSR1/SIGTERM
-arrives (then it stops after the save). The data position is the update index: batches come
-from `task.batches(start_step, part)`, so resuming needs no seeking.
+arrives (then it stops after the save). A stop signal during the start-up stops every rank at the
+start-up's next stage, before the first update, with nothing to save (`Trainer._stop_point`).
+The data position is the update index: batches come from `task.batches(start_step, part)`, so
+resuming needs no seeking.
 
 An update whose gradients are not finite is skipped by DeepSpeed's ZeRO optimizer (stages 1-3:
 no weight or schedule change) and counted in the logged `skipped_steps`; stage 0 has no such
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
 from megadalle.train.param_edit import ParamEditor
-from megadalle.train.signals import StopFlag, forget_late_copies
+from megadalle.train.signals import StopFlag, exit_status, forget_late_copies, run_flag
 from megadalle.train.speed import Speed
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import DataPart, Task
@@ -63,15 +66,44 @@ class RunOptions:
 @dataclass
 class Result:
     run_dir: Path
-    step: int
-    """Updates completed."""
+    step: int | None
+    """Updates completed; None when a signal stopped the run before it had loaded its checkpoint."""
     stopped_by_signal: bool
     losses: list[float]
     """This process's losses of the updates it ran (global means)."""
+    rank: int = 0
     engine: Any = None
-    """The DeepSpeed engine, still live (e.g. to evaluate the trained model; ZeRO-3 needs it for gathering)."""
+    """The DeepSpeed engine, still live (e.g. to evaluate the trained model; ZeRO-3 needs it for gathering); None
+    after a stop before the first update."""
     model: Any = None
     """The task's plain model (its parameters are the engine's; under pipelines only this stage's are trained)."""
+
+    @property
+    def stopped_before_first_update(self) -> bool:
+        """A signal stopped the start-up: nothing was trained or saved (a stop in the loop comes after an update)."""
+        return self.stopped_by_signal and not self.losses
+
+    def report(self, verb: str) -> None:
+        """A training verb's last line, on rank 0: how the run ended and where it lives."""
+        if self.rank != 0:
+            return
+        if self.stopped_before_first_update:
+            how = "stopped by signal before its first update, nothing to save: rerunning resumes from the last checkpoint"
+        else:
+            how = f"{'stopped by signal' if self.stopped_by_signal else 'finished'} at step {self.step}"
+        print(f"[{verb}] {how}; run directory {self.run_dir}", flush=True)
+
+    def exit_status(self, steps: int) -> int:
+        """A training verb's exit status for a run of `steps` updates (signals.exit_status)."""
+        return exit_status(self.stopped_by_signal, self.step, steps)
+
+
+class StoppedBeforeFirstUpdate(Exception):
+    """A stop signal reached a rank during the start-up: every rank leaves it together (`Trainer._stop_point`)."""
+
+    def __init__(self, run_dir: Path, step: int | None, rank: int):
+        super().__init__(f"stopped by signal before the first update (rank {rank})")
+        self.result = Result(run_dir, step, True, [], rank)
 
 
 def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str | None) -> None:
@@ -104,11 +136,13 @@ def check_same_data(identity: dict) -> None:
 
 class Trainer:
     """One run: set up (engine, resume, callbacks) in __init__, then `fit()`. Rank 0 holds the run directory's
-    lock (rundir.RunLock) from before the resume until `fit()` ends, or until __init__ fails."""
+    lock (rundir.RunLock) from before the resume until `fit()` ends, or until __init__ fails. `stop` holds USR1 and
+    TERM from the start (signals.run_flag); `fit()` gives the stop signals back."""
 
     def __init__(self, task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig,
-                 run: RunOptions, extra_callbacks: list[Callback] | None = None):
-        self.task, self.cfg, self.ds = task, trainer, ds
+                 run: RunOptions, stop: StopFlag, extra_callbacks: list[Callback] | None = None):
+        self.task, self.cfg, self.ds, self.stop = task, trainer, ds, stop
+        self.step: int | None = None
         self.env = distributed.detect()
         if self.env.rank == 0 and (warning := schedule.warmup_warning(trainer)):
             print(f"[train] warning: {warning}", file=sys.stderr, flush=True)
@@ -122,22 +156,27 @@ class Trainer:
 
     def _set_up(self, task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig,
                 run: RunOptions, extra_callbacks: list[Callback] | None) -> None:
-        """Everything after the run directory is locked: the engine, the resume, the callbacks."""
+        """Everything after the run directory is locked: the engine, the resume, the callbacks; a stop signal ends
+        it between its stages (`_stop_point`)."""
+        self._stop_point()
         self.ckpt_root = self.run_dir / "checkpoints"
         dp_world = max(1, self.env.world_size // ds.pipeline_stages)
         self.layout = Layout(dp_world, ds.pipeline_stages, ds.zero_stage,
                              global_batch=trainer.micro_batch * trainer.grad_accum * dp_world)
         chosen, universal_dir = self._choose_checkpoint(run)
+        self._stop_point()
         if trainer.keep_freed_memory and not torch.cuda.is_available():
             cpu_malloc.keep_freed_memory()
         rng.seed_all(run.seed)  # identical initial weights on every rank
         self.built = engine_lib.build(task, trainer, universal.loading_config(ds) if universal_dir else ds,
                                       self.env.world_size)
+        self._stop_point()
         self.ema = self._ema(trainer.ema)
         self.editor = ParamEditor(self.built.engine, ds.zero_stage)
         self.part = DataPart(trainer.micro_batch, trainer.grad_accum, self.built.dp_rank, self.built.dp_world)
         state = self._resume(run, chosen, universal_dir)
         self.step = int(state.get("step", 0))
+        self._stop_point()
         self.samples_seen = int(state.get("samples_seen", 0))
         self.nonfinite = int(state.get("nonfinite_losses", 0))
         if self.env.rank == 0:  # the config it runs under now: a resume may have changed what RESUMABLE allows
@@ -151,6 +190,13 @@ class Trainer:
         self.validator = Validator(task, self.built, self.part, trainer.eval_every, trainer.eval_batches, run.seed)
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps, run.config,
                             state.get("wandb_id"))
+
+    def _stop_point(self) -> None:
+        """Between two stages of the start-up (each can take minutes at 12B: converting or loading a checkpoint,
+        building the engine): when a stop signal has reached any rank, every rank stops here together, before the
+        first update. Nothing is trained since the last checkpoint, so nothing is saved."""
+        if distributed.any_rank(self.stop.set):
+            raise StoppedBeforeFirstUpdate(self.run_dir, self.step, self.env.rank)
 
     def _ema(self, decay: float | None) -> EMA | None:
         """This rank's share of the EMA: its stage's parameters (plain-model names), its data-parallel piece."""
@@ -227,7 +273,7 @@ class Trainer:
 
     def fit(self) -> Result:
         losses: list[float] = []
-        stop = StopFlag().install()
+        stop = self.stop.install((signal.SIGINT,))  # Ctrl-C checkpoints from here; before, it interrupts at once
         stopped = False
         runner = StepRunner(self.task, self.built, self.part, self.step)
         for cb in self.callbacks:
@@ -250,7 +296,7 @@ class Trainer:
             for cb in self.callbacks:
                 cb.end()
             self.lock.release()
-        return Result(self.run_dir, self.step, stopped, losses, self.built.engine, self.built.model)
+        return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.built.engine, self.built.model)
 
     def _update(self, runner: StepRunner) -> dict[str, float]:
         """One optimizer update plus its bookkeeping metrics."""
@@ -291,9 +337,14 @@ def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: Logge
           extra_callbacks: list[Callback] | None = None) -> Result:
     """Train `task` to `trainer.steps` updates (resuming if the run has checkpoints); see the module docstring.
     The stop signals' handlers are as they were when it returns (signals.forget_late_copies)."""
+    stop = run_flag()
     try:
-        return Trainer(task, trainer, ds, logger, run, extra_callbacks).fit()
+        return Trainer(task, trainer, ds, logger, run, stop, extra_callbacks).fit()
+    except StoppedBeforeFirstUpdate as early:
+        stop.uninstall(stopped=True)
+        return early.result
     finally:
+        stop.uninstall()  # after a failed start-up; fit() gave them back already
         forget_late_copies()
 
 

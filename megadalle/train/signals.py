@@ -5,6 +5,12 @@ batch script) and TERM on preemption; Ctrl-C sends INT. The handler only sets a 
 checks it between updates on all ranks together (one rank may get the signal before the others),
 saves a checkpoint and returns, so rerunning the same command resumes. A second Ctrl-C while the
 run finishes its update and saves is the user insisting: it raises KeyboardInterrupt as usual.
+
+A scheduler's signal can come before the loop: a preemption while the process imports, indexes its
+data, builds the engine or loads a 12B checkpoint (minutes). A training verb therefore takes USR1 and
+TERM at its process's start (`taken_at_start`), and the run's start-up stops every rank together at its
+next stage with nothing to save (loop.Trainer), instead of dying of the default action (exit 143, which
+the batch script does not requeue). Ctrl-C before the loop still interrupts at once: there is nothing to save.
 """
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 LATE_COPIES = (signal.SIGUSR1, signal.SIGTERM)
@@ -27,12 +35,14 @@ class StopFlag:
         self._previous = {}
         self._pid = os.getpid()
 
-    def install(self) -> "StopFlag":
-        """Take over the stop signals (only possible from the main thread; elsewhere a no-op)."""
+    def install(self, signals: tuple[int, ...] = STOP_SIGNALS) -> "StopFlag":
+        """Take over `signals` (only possible from the main thread; elsewhere a no-op). Installing a signal the flag
+        holds already keeps the handler it gives back."""
         if threading.current_thread() is not threading.main_thread():
             return self
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        for sig in signals:
+            previous = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, previous)
         return self
 
     def uninstall(self, stopped: bool = False) -> None:
@@ -48,8 +58,10 @@ class StopFlag:
         _stopped_here = _stopped_here or stopped
 
     def _handle(self, signum, frame) -> None:
-        if os.getpid() != self._pid:
-            return  # a forked DataLoader worker: Ctrl-C reaches the whole process group, the trainer decides
+        if os.getpid() != self._pid:  # a forked child (a worker pool, a DataLoader worker before its own handlers)
+            if signum == signal.SIGTERM:
+                default_action(signum)  # what ends a child (Pool.terminate, Process.terminate): it must still end it
+            return  # Ctrl-C reaches the whole process group, USR1 the whole Slurm step: the trainer decides
         if signum == signal.SIGINT:
             if self.received == signal.SIGINT:
                 raise KeyboardInterrupt
@@ -79,10 +91,48 @@ class LateCopies:
         self.until = time.monotonic() + LATE_WINDOW_S
 
     def __call__(self, signum, frame) -> None:
-        if os.getpid() == self.pid and time.monotonic() < self.until:
-            return
-        signal.signal(signum, self.previous if os.getpid() == self.pid else signal.SIG_DFL)
-        os.kill(os.getpid(), signum)  # delivered again, to what it was before the run (a fork: the default)
+        if os.getpid() != self.pid:
+            default_action(signum)
+        elif time.monotonic() >= self.until:
+            signal.signal(signum, self.previous)
+            os.kill(os.getpid(), signum)  # delivered again, to what it was before the run
+
+
+def default_action(signum: int) -> None:
+    """Take `signum` with its default action (a forked child's, which inherited the trainer's handler)."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+_at_start: StopFlag | None = None
+"""The flag a training verb took at its start (`taken_at_start`), until its run takes it over (`run_flag`)."""
+
+
+@contextmanager
+def taken_at_start() -> Iterator[None]:
+    """Hold USR1 and TERM from here to the run's start (a training verb's whole command, from the CLI's first
+    line): a signal that comes meanwhile is kept in the flag the run takes over (`run_flag`), which stops it at
+    its next stage, before its first update. The signals are as they were when it ends. Inside another
+    `taken_at_start` (a plain command's, around a sweep job's) it changes nothing."""
+    global _at_start
+    if _at_start is not None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    flag = _at_start = StopFlag().install(LATE_COPIES)
+    try:
+        yield
+    finally:
+        if _at_start is flag:
+            _at_start = None
+        flag.uninstall()  # gives nothing back once a run has taken the flag over: the run has
+
+
+def run_flag() -> StopFlag:
+    """A run's stop flag, holding USR1 and TERM: the one its verb took at its start, with what it received since
+    (`taken_at_start`), else a new one. The loop adds SIGINT when its first update begins."""
+    global _at_start
+    flag, _at_start = _at_start, None
+    return flag if flag is not None else StopFlag().install(LATE_COPIES)
 
 
 def forget_late_copies() -> None:
@@ -111,6 +161,7 @@ the tasks only, and the job ended COMPLETED after checkpointing at step 245 of 1
 launch/slurm/train.sbatch requeues on it."""
 
 
-def exit_status(stopped_by_signal: bool, step: int, steps: int) -> int:
-    """A training verb's exit status: STOPPED_EXIT when a signal stopped it with updates left to run, else 0."""
-    return STOPPED_EXIT if stopped_by_signal and step < steps else 0
+def exit_status(stopped_by_signal: bool, step: int | None, steps: int) -> int:
+    """A training verb's exit status: STOPPED_EXIT when a signal stopped it with updates left to run (or before it
+    knew its step: before loading its checkpoint), else 0."""
+    return STOPPED_EXIT if stopped_by_signal and (step is None or step < steps) else 0

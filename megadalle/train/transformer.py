@@ -25,7 +25,6 @@ from megadalle.data import synthetic
 from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss
 from megadalle.train.sample_grid import SampleGrid
-from megadalle.train.signals import exit_status
 from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, ShardsTask, caption_metrics,
                                   rank_batches, validation_data)
 
@@ -142,7 +141,5 @@ def run(cfg: DictConfig) -> int:
     check(not cfg.get("dvae_weights") or Path(cfg.dvae_weights).exists(), "dvae_weights", cfg.get("dvae_weights"),
           "does not exist (the dVAE that decodes the sample grids: a .safetensors file or a train-dvae run)")
     result = train_from_config(task_from_config(cfg), cfg, FACTORY)
-    if result.engine.global_rank == 0:
-        print(f"[train] {'stopped by signal' if result.stopped_by_signal else 'finished'} at step {result.step}; "
-              f"run directory {result.run_dir}")
-    return exit_status(result.stopped_by_signal, result.step, int(cfg.trainer.steps))
+    result.report("train")
+    return result.exit_status(int(cfg.trainer.steps))

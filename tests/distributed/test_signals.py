@@ -5,13 +5,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from megadalle.train import signals
+from megadalle.train.loop import Result
 from megadalle.train.signals import (LATE_COPIES, STOP_SIGNALS, STOPPED_EXIT, LateCopies, StopFlag, exit_status,
-                                      forget_late_copies, ignore_late_copies)
-from tests.launch_signals import stop_after_two_steps
+                                      forget_late_copies, ignore_late_copies, run_flag, taken_at_start)
+from tests.launch_signals import signal_once_taken, stop_after_two_steps
 
 import dist_launch as launch
 
@@ -102,25 +104,161 @@ def test_the_exit_of_a_process_whose_run_stopped_ignores_late_copies(monkeypatch
             signal.signal(sig, handler)
 
 
-@pytest.mark.parametrize("stopped, step, code", [(True, 5, STOPPED_EXIT), (True, 10, 0), (False, 10, 0)],
-                         ids=["stopped", "stopped-at-the-last-update", "finished"])
+@pytest.mark.parametrize("stopped, step, code", [(True, 5, STOPPED_EXIT), (True, 10, 0), (False, 10, 0),
+                                                 (True, None, STOPPED_EXIT)],
+                         ids=["stopped", "stopped-at-the-last-update", "finished", "stopped-before-loading"])
 def test_a_run_stopped_with_updates_left_exits_75(stopped, step, code):
     """A stopped run exited 0 and looked finished: Slurm never requeued a preempted job (launch/slurm/train.sbatch
-    requeues on 75). One a signal reached during its last update has nothing left to do: 0."""
+    requeues on 75). One a signal reached during its last update has nothing left to do: 0. One stopped before it
+    read its checkpoint does not know its step: 75, and the next attempt finds out."""
     assert exit_status(stopped, step, 10) == code
+
+
+def test_a_signal_before_the_run_is_kept_for_it_and_the_handlers_come_back():
+    """A training verb takes USR1 and TERM at its start: a preemption during the start-up killed it (143, never
+    requeued). The run takes the flag over with what it received; Ctrl-C still interrupts the start-up at once."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    with taken_at_start():
+        with taken_at_start():  # a sweep job's, inside the command's: the same flag
+            os.kill(os.getpid(), signal.SIGUSR1)
+        assert signal.getsignal(signal.SIGINT) == before[signal.SIGINT]
+        flag = run_flag()
+        assert flag.received == signal.SIGUSR1
+        flag.uninstall()
+        second = run_flag()  # taken once: a second run in the process starts clean
+        second.uninstall()
+        assert second is not flag and not second.set
+    assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before
+
+
+def test_the_handlers_taken_at_start_come_back_when_the_command_fails_before_its_run():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError), taken_at_start():
+        raise RuntimeError("a bad config")
+    assert signal.getsignal(signal.SIGTERM) == before and signals._at_start is None
+
+
+@pytest.mark.parametrize("start", ["fork", "exec"])
+def test_a_child_started_while_the_signals_are_held_still_dies_of_sigterm(start):
+    """A forked child inherits the trainer's handler: it ignored TERM, and Pool.terminate or Process.terminate of
+    anything started during the start-up then waited forever. An exec'd child starts with the default action."""
+    with taken_at_start():
+        if start == "fork":
+            child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+            child.start()
+            time.sleep(0.5)  # in its sleep, not still in the fork
+            child.terminate()
+            child.join(20)
+            code = child.exitcode
+            if code is None:
+                child.kill()
+                child.join()
+        else:
+            proc = subprocess.Popen(["sleep", "60"])
+            proc.terminate()
+            code = proc.wait(20)
+    assert code == -signal.SIGTERM
+
+
+def test_the_verbs_take_the_stop_signals_before_anything_else(monkeypatch):
+    """The CLI's first line: compose, preflight and the stage all run with TERM and USR1 held."""
+    import megadalle.cli
+    from megadalle.cli import VERBS, main
+
+    assert [verb for verb, spec in VERBS.items() if spec.trains] == ["train-dvae", "train-clip", "train"]
+
+    held = {}
+    monkeypatch.setattr(megadalle.cli, "resolve", lambda verb: lambda cfg: held.setdefault(verb, signals._at_start))
+    assert main(["train", "data=synthetic", "model=tiny", "logger=none"]) == 0
+    assert main(["plan", "model=tiny"]) == 0
+    assert isinstance(held["train"], StopFlag) and held["plan"] is None
 
 
 @pytest.mark.parametrize("module", ["dvae", "clip"])
 def test_train_dvae_and_train_clip_return_the_stop_status(module, monkeypatch):
     """They share the loop and the requeue with `train`."""
     import importlib
-    from types import SimpleNamespace
 
     from omegaconf import OmegaConf
 
     verb = importlib.import_module(f"megadalle.train.{module}")
-    monkeypatch.setattr(verb, "fit_and_export", lambda cfg: (SimpleNamespace(stopped_by_signal=True, step=3), None))
+    monkeypatch.setattr(verb, "fit_and_export", lambda cfg: (Result(Path("run"), 3, True, [1.0]), None))
     assert verb.run(OmegaConf.create({"trainer": {"steps": 100}})) == STOPPED_EXIT
+
+
+@pytest.mark.parametrize("rank, step, losses, line", [
+    (0, 3, [1.0], "[train] stopped by signal at step 3; run directory run"),
+    (0, None, [], "[train] stopped by signal before its first update, nothing to save: rerunning resumes from the "
+                  "last checkpoint; run directory run"),
+    (1, 3, [1.0], "")], ids=["in-the-loop", "before-the-first-update", "not-rank-0"])
+def test_a_stopped_run_reports_how_it_stopped_on_rank_0(capsys, rank, step, losses, line):
+    Result(Path("run"), step, True, losses, rank).report("train")
+    assert capsys.readouterr().out.strip() == line
+
+
+def start_up_command(run_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "megadalle", "train", "data=synthetic", "model=tiny", "trainer=tiny",
+            "trainer.micro_batch=2", "trainer.warmup_steps=0", "logger=none", f"run_dir={run_dir}", *overrides]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("sig, resumed", [(signal.SIGTERM, False), (signal.SIGUSR1, True)],
+                         ids=["TERM-fresh-run", "USR1-resumed-run"])
+def test_a_stop_signal_during_start_up_exits_75_with_nothing_written_and_the_rerun_resumes(tmp_path, sig, resumed):
+    """Slurm's preemption (TERM) or time-limit warning (USR1) during the start-up killed the task (143): the batch
+    script did not requeue it and the run was lost. It now stops before its first update with 75, writes no
+    checkpoint, and rerunning (resume=auto) trains on from the last checkpoint."""
+    run_dir = tmp_path / "run"
+    env = launch.base_env()
+
+    def train(steps: int, stop: bool) -> tuple[int, str]:
+        proc = subprocess.Popen(start_up_command(run_dir, f"trainer.steps={steps}"), env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            if stop:
+                signal_once_taken(proc, sig)
+            return proc.wait(timeout=300), proc.stdout.read()
+        finally:
+            proc.kill()
+            proc.stdout.close()
+
+    if resumed:
+        assert train(2, stop=False)[0] == 0
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) if resumed else []
+    code, out = train(4, stop=True)
+    assert code == STOPPED_EXIT, out[-3000:]
+    assert f"[train] stopped by signal before its first update, nothing to save: rerunning resumes from the last " \
+           f"checkpoint; run directory {run_dir}" in out and "Traceback" not in out, out[-3000:]
+    written = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if p.name != ".lock")
+    assert written == [p for p in before if p.name != ".lock"], "a stop before the first update writes nothing"
+    code, out = train(4, stop=False)
+    assert code == 0, out[-3000:]
+    assert (f"resumed from {run_dir}/checkpoints/step_00000002 at step 2" in out) == resumed, out[-3000:]
+    assert sorted(launch.losses(run_dir)) == [0, 1, 2, 3]
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000004"
+
+
+@pytest.mark.distributed
+def test_a_stop_signal_to_one_rank_during_start_up_stops_every_rank_with_75(tmp_path):
+    """A forwarder reaches the ranks one by one: the rank it reached during the start-up stops, and so do the
+    others, at the same stage (one rank leaving alone left the others waiting at their next collective)."""
+    run_dir = tmp_path / "run"
+    port = str(launch.free_port())
+    procs = [subprocess.Popen(start_up_command(run_dir, "trainer.steps=4"), cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=dict(launch.base_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for rank in range(2)]
+    try:
+        signal_once_taken(procs[1], signal.SIGUSR1)
+        codes = [proc.wait(timeout=300) for proc in procs]
+        outs = [proc.stdout.read() for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.stdout.close()
+    assert codes == [STOPPED_EXIT, STOPPED_EXIT], "\n".join(out[-2000:] for out in outs)
+    assert "stopped by signal before its first update" in outs[0], outs[0][-2000:]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
 
 
 @pytest.mark.distributed

@@ -179,5 +179,5 @@ def test_a_stage_stopped_by_a_signal_stops_the_demo_with_status_75(tmp_path, mon
 
     monkeypatch.setattr(demo, "run_demo", lambda *args: demo.finished("train", False))
     assert demo.run(compose("demo", [f"output={tmp_path}"])) == 75
-    assert capsys.readouterr().err == "megadalle demo: stopped by a signal in its train stage, which saved a " \
-                                      "checkpoint; rerun the same command to resume\n"
+    assert capsys.readouterr().err == "megadalle demo: stopped by a signal in its train stage; rerun the same " \
+                                      "command to resume from its last checkpoint\n"

@@ -104,12 +104,12 @@ def test_a_data_config_the_verb_cannot_read_is_named_as_such(capsys):
 def test_errors_of_composing_are_one_line(monkeypatch, capsys):
     from omegaconf.errors import ConfigAttributeError
 
-    import megadalle.cli as cli
+    import megadalle.config.compose
 
     for error in (ConfigAttributeError("Key 'model' is not in struct"), ValueError("Config group override must be")):
         def compose(verb, overrides, error=error):
             raise error
-        monkeypatch.setattr(cli, "compose", compose)
+        monkeypatch.setattr(megadalle.config.compose, "compose", compose)  # the CLI imports it when it composes
         assert main(["train"]) == 2
         assert capsys.readouterr().err == f"megadalle train: {error}\n"
 
