@@ -4,12 +4,14 @@
 config as the trainer does (engine.build after seeding), runs updates 0 and 1 through StepRunner, validates on
 update 0's global batch in between (the trainer's Validator), and writes `<dir>/rank<N>.pt`: the metrics of both
 updates (global means), the validation metrics, and the parameters this rank trains after update 0, under their
-plain-model names (a pipeline stage's own only).
+plain-model names (a pipeline stage's own only; ZeRO-3's gathered whole).
 """
+import contextlib
 import json
 import sys
 from pathlib import Path
 
+import deepspeed
 import torch
 
 from dist_captions import micro_batches
@@ -44,7 +46,10 @@ def main(opts: dict) -> None:
     part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
     runner = StepRunner(task, built, part, 0)
     first = runner.update(0)
-    params = {name: p.detach().clone() for name, p in built.model.named_parameters()}
+    params = dict(built.model.named_parameters())
+    partitioned = all(hasattr(p, "ds_tensor") for p in params.values())  # ZeRO-3: gathered to be read
+    with deepspeed.zero.GatheredParameters(list(params.values())) if partitioned else contextlib.nullcontext():
+        params = {name: p.detach().clone() for name, p in params.items()}
     validated = Validator(task, built, part, every=1, batches=1, seed=int(cfg.seed)).run(0)
     second = runner.update(1)
     torch.save({"metrics": [first, second], "validated": validated, "params": params},

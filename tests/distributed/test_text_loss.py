@@ -2,7 +2,7 @@
 
 A plain-PyTorch reference runs the tiny Transformer forward and backward once over the whole global batch of 8
 (update 0: captions of 0 to 15 text targets, short ones and long ones in different micro-batches) and steps the
-trainer's own AdamW. One process accumulating 2 micro-batches, 2 ZeRO-2 ranks accumulating 2 each, a 2-stage
+trainer's own AdamW. One process accumulating 2 micro-batches, 2 ZeRO-2 (and ZeRO-3) ranks accumulating 2 each, a 2-stage
 pipeline over 2 micro-batches and 2 such pipelines side by side (4 ranks) must log its loss and reach its
 parameters. AdamW runs with eps far above every gradient, where its first step is lr/eps times the gradient itself
 (not its sign): equal parameters mean equal gradients. Averaging each micro-batch's own token mean (the old normalisation) moved parameters by up to 0.06.
@@ -28,6 +28,7 @@ OVERRIDES = ["model=tiny", "data=synthetic", "trainer=tiny", "logger=none", "see
 LAYOUTS = {
     "single_accum2": (1, ["deepspeed=zero1", "trainer.micro_batch=4", "trainer.grad_accum=2"]),
     "zero2_2ranks_accum2": (2, ["deepspeed=zero2", "trainer.micro_batch=2", "trainer.grad_accum=2"]),
+    "zero3_2ranks_accum2": (2, ["deepspeed=zero3", "trainer.micro_batch=2", "trainer.grad_accum=2"]),
     "pipe2": (2, ["deepspeed=pipe", "trainer.micro_batch=4", "trainer.grad_accum=2"]),
     "pipe2x2dp": (4, ["deepspeed=pipe", "trainer.micro_batch=2", "trainer.grad_accum=2"]),
 }
