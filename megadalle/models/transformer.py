@@ -8,7 +8,9 @@ Sequence layout (DESIGN.md): `text_len` text positions, then the H x W image gri
 order. Position j predicts token j + 1, so text positions 0..T-2 predict text, position T-1
 predicts the first image token, and image positions predict the next image token; the last
 image position predicts nothing. Pads are embedded by a learned vector per text position (the
-paper's trick: the model can tell how long the caption was) and are never loss targets.
+paper's trick: the model can tell how long the caption was) and are never loss targets. The text loss is
+the mean over the kept text targets; in training, over those of the whole update, all micro-batches and ranks
+together (`segment_loss`), as one batch of the update's samples would give it.
 
 Initialisation is GPT-2's, inside the __init__ of the module that owns each parameter, so that
 ZeRO-3's partitioned construction gets the same weights (megadalle.models.gpt_init). The vocabulary
@@ -125,16 +127,28 @@ class Head(nn.Module):
         return self.text_logits(h[:, : t - 1]), self.image_logits(h[:, t - 1: -1])
 
 
+def text_targets(cfg: TransformerConfig, text: torch.Tensor) -> torch.Tensor:
+    """Which text positions' targets the loss counts [B, T-1]: every next text token but the pads."""
+    return text[:, 1:] != cfg.text_pad_id
+
+
 def segment_loss(cfg: TransformerConfig, text_logits: torch.Tensor, image_logits: torch.Tensor,
-                 text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 text: torch.Tensor, image: torch.Tensor,
+                 text_norm: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The paper's objective: each cross-entropy normalised by its own token count, then weighted.
 
-    Text targets that are pads are excluded; a batch of empty captions contributes text loss 0.
+    Text targets that are pads are excluded, so captions give different micro-batches different text token counts.
+    `text_norm` is what the text nll sum is divided by: by default this batch's own count of kept targets (the
+    token mean of this batch alone); in training the update's kept targets per micro-batch (the trainer's step
+    totals, megadalle.train.step_totals), so that DeepSpeed's mean over micro-batches and ranks is the token mean
+    of the whole update, where a micro-batch of long captions weighs more than one of short ones. The image count
+    is the same in every micro-batch, so the image loss is a plain mean. A batch (or update) of empty captions has
+    text loss 0.
     """
-    targets = text[:, 1:]
-    keep = targets != cfg.text_pad_id
-    text_nll = F.cross_entropy(text_logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
-    text_loss = (text_nll * keep.flatten()).sum() / keep.sum().clamp(min=1)
+    keep = text_targets(cfg, text).flatten()
+    text_nll = F.cross_entropy(text_logits.flatten(0, 1).float(), text[:, 1:].flatten(), reduction="none")
+    norm = keep.sum() if text_norm is None else text_norm
+    text_loss = (text_nll * keep).sum() / torch.where(norm > 0, norm, 1)  # a step's norm may be below 1, never 0
     image_loss = F.cross_entropy(image_logits.flatten(0, 1).float(), image.flatten())
     loss = cfg.text_loss_weight * text_loss + cfg.image_loss_weight * image_loss
     return loss, {"text_loss": text_loss.detach(), "image_loss": image_loss.detach()}
@@ -186,8 +200,10 @@ class Transformer(nn.Module):
                 h = block(h)
         return self.head(h)
 
-    def loss(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return segment_loss(self.cfg, *self(text, image), text, image)
+    def loss(self, text: torch.Tensor, image: torch.Tensor,
+             text_norm: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective of `segment_loss` (`text_norm`: what the text nll sum is divided by; see there)."""
+        return segment_loss(self.cfg, *self(text, image), text, image, text_norm)
 
     def use_attention_backend(self, backend: str) -> None:
         """Run every layer's attention through `backend` from now on. Which backend runs is the machine's choice,

@@ -44,6 +44,11 @@ class Built:
     dp_rank: int
     dp_world: int
 
+    @property
+    def dp_group(self):
+        """The data-parallel process group: under a pipeline this stage's, else None (every rank)."""
+        return self.engine.mpu.get_data_parallel_group() if self.pipeline is not None else None
+
 
 def training_dtype(precision: str) -> torch.dtype:
     """bf16 with fp32 master weights on GPU, fp32 on CPU (`auto`), or as forced."""

@@ -1,8 +1,12 @@
 """One optimizer update: `grad_accum` micro-batches through the engine, losses averaged globally.
 
+An update's micro-batches are read before the first of them runs, so that a loss dividing by a count
+that varies between micro-batches gets the whole update's totals (megadalle.train.step_totals).
 Plain engines run forward/backward/step per micro-batch (DeepSpeed steps the optimizer at the
 accumulation boundary); a PipelineEngine takes the whole update in `train_batch`, pulling its
-micro-batches from the same iterator on the first and last stage. The pipeline's loss sees only
+micro-batches from the same iterator on the first and last stage (the totals travel with the
+labels; a middle stage reads no data, and the first and last stages each sum over their own
+data-parallel group, which reads the same micro-batches). The pipeline's loss sees only
 (inputs, labels), so what a task reports from the batch itself (`caption_metrics`) is counted as
 the micro-batches pass through that iterator, and averaged over the stage's data-parallel ranks.
 """
@@ -13,6 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from megadalle.train.engine import Built
+from megadalle.train.step_totals import with_step_totals
 from megadalle.train.task import Batch, DataPart, Task, caption_metrics
 
 
@@ -47,9 +52,16 @@ class StepRunner:
             self.pipe_metrics: list[dict[str, float]] = []
 
     def _pipe_micro_batches(self) -> Iterator[Any]:
-        for batch in self.batches:
-            self.pipe_metrics.append(caption_metrics(batch))
-            yield to_device(self.built.pipeline.split(batch), self.built.device, self.built.dtype)
+        while True:
+            for batch in self._update_batches():
+                self.pipe_metrics.append(caption_metrics(batch))
+                yield to_device(self.built.pipeline.split(batch), self.built.device, self.built.dtype)
+
+    def _update_batches(self) -> list[Batch]:
+        """This rank's micro-batches of the next update, with the update's totals of the task's loss counts
+        (a collective over the data-parallel group)."""
+        batches = [next(self.batches) for _ in range(self.part.grad_accum)]
+        return with_step_totals(self.task, batches, self.part.dp_world, self.built.device, self.built.dp_group)
 
     def update(self, step: int) -> dict[str, float]:
         if self.built.pipeline is not None:
@@ -58,9 +70,8 @@ class StepRunner:
             return {"loss": float(loss), **self._pipe_batch_metrics(), **self._grad_norm()}
         engine = self.built.engine
         totals: dict[str, float] = {}
-        for _ in range(self.part.grad_accum):
-            batch = to_device(next(self.batches), self.built.device, self.built.dtype)
-            loss, metrics = engine(batch, step)
+        for batch in self._update_batches():
+            loss, metrics = engine(to_device(batch, self.built.device, self.built.dtype), step)
             engine.backward(loss)
             engine.step()
             for name, value in {"loss": loss.item(), **metrics}.items():
@@ -73,8 +84,7 @@ class StepRunner:
         if not self.pipe_metrics or not self.pipe_metrics[0]:
             return {}
         mean = {name: sum(m[name] for m in self.pipe_metrics) / len(self.pipe_metrics) for name in self.pipe_metrics[0]}
-        return mean_over_ranks(mean, self.part.dp_world, self.built.device,
-                               self.built.engine.mpu.get_data_parallel_group())
+        return mean_over_ranks(mean, self.part.dp_world, self.built.device, self.built.dp_group)
 
     def _all_mean(self, values: dict[str, float]) -> dict[str, float]:
         return mean_over_ranks(values, self.part.dp_world, self.built.device)

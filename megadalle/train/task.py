@@ -20,8 +20,12 @@ Contract, in the order the trainer uses it:
 3. `loss(model, batch, step)` returns (scalar loss tensor, {name: float} metrics) for one
    micro-batch. `model` is the plain nn.Module from build_model (under ZeRO-3 its parameters are
    gathered by DeepSpeed's hooks while it runs). Normalise the loss per micro-batch (a mean):
-   DeepSpeed averages over accumulation steps and data-parallel ranks. `step` is the update
-   index, for step-dependent terms (the dVAE's KL weight and temperature).
+   DeepSpeed averages over accumulation steps and data-parallel ranks. A mean over a count that
+   varies between micro-batches (the Transformer's kept text tokens) names that count in
+   `loss_counts(batch)`; the trainer then hands every micro-batch the update's totals and the loss
+   divides by those (megadalle.train.step_totals), so the update's loss is the mean over all its
+   samples' tokens. `step` is the update index, for step-dependent terms (the dVAE's KL weight
+   and temperature).
 4. Optional: `tokens_per_sample()` and `flops_per_sample()` feed the tokens/s and MFU logs;
    `media(model, step)` returns wandb-loggable values (e.g. {"samples": [wandb.Image]}); it runs
    on every rank under torch.no_grad (ZeRO-3 gathers parameters collectively), rank 0's are logged;
@@ -144,6 +148,16 @@ class Task:
 
     def export_spec(self) -> ExportSpec:
         raise NotImplementedError
+
+    def loss_counts(self, batch: Batch) -> dict[str, int]:
+        """{name: count} of each count `loss` divides by that differs between micro-batches (default: none).
+
+        The trainer sums them over each update's micro-batches and data-parallel ranks and hands the totals to
+        every micro-batch of the update as `batch[step_totals.STEP_TOTALS]` (and to validation batches, over the
+        whole validation subset); `per_micro_batch(step_total(batch, name))` (train/step_totals.py) is then the
+        divisor under which DeepSpeed's mean over micro-batches is the update's mean. A batch without totals (a
+        direct call) divides by its own count."""
+        return {}
 
     def after_update(self, model: nn.Module, editor: ParamEditor, step: int) -> dict[str, float]:
         """Called on every rank after update `step` (the optimizer has stepped), before the EMA follows it.

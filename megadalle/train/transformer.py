@@ -5,7 +5,10 @@ random tokens seeded by step): accumulation step a of data-parallel rank r reads
 a * dp_world + r, so every layout (one process accumulating, ZeRO ranks, pipeline data-parallel
 groups) sees the same global batches. The pipeline form is LayerSpecs of the model's own Embed,
 Block and Head classes with the model's own loss (`segment_loss`), so pipelined and plain training
-optimise the same function.
+optimise the same function. The text loss of an update is the mean over the kept text targets of all its
+micro-batches on all ranks: the task counts them (`loss_counts`) and divides each micro-batch's text nll sum
+by the update's count per micro-batch (megadalle.train.step_totals); under a pipeline the totals ride with
+the labels to the last stage's loss.
 With `dvae_weights=`, every `trainer.media_every` updates the task draws a grid of samples of a few
 fixed validation captions (train/sample_grid.py), written to `<run>/samples/` and logged to wandb.
 """
@@ -23,12 +26,15 @@ from megadalle.config.data import DataConfig
 from megadalle.config.model import TransformerConfig
 from megadalle.data import synthetic
 from megadalle.flops import transformer_flops_per_token
-from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss
+from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss, text_targets
 from megadalle.train.sample_grid import SampleGrid
+from megadalle.train.step_totals import per_micro_batch, step_total
 from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, ShardsTask, caption_metrics,
                                   rank_batches, validation_data)
 
 FACTORY = "megadalle.train.transformer:task_from_config"
+TEXT_TARGETS = "text_targets"
+"""The loss count of the Transformer task: kept (non-pad) text targets."""
 
 
 class TransformerTask(ShardsTask):
@@ -67,8 +73,11 @@ class TransformerTask(ShardsTask):
             return {"source": "synthetic", "seed": self.seed, "global_batch": part.global_batch}
         return super().data_identity(part)
 
+    def loss_counts(self, batch: Batch) -> dict[str, int]:
+        return {TEXT_TARGETS: int(text_targets(self.cfg, batch["text"]).sum())}
+
     def loss(self, model: Transformer, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, parts = model.loss(batch["text"], batch["image"])
+        loss, parts = model.loss(batch["text"], batch["image"], per_micro_batch(step_total(batch, TEXT_TARGETS)))
         return loss, {**{name: float(value) for name, value in parts.items()}, **caption_metrics(batch)}
 
     def media(self, model: Transformer, step: int) -> dict[str, Any]:
@@ -91,11 +100,14 @@ class TransformerTask(ShardsTask):
         cfg = self.cfg
 
         def loss_fn(outputs, labels):
-            return segment_loss(cfg, *outputs, *labels)[0]
+            text, image, *total = labels
+            return segment_loss(cfg, *outputs, text, image, per_micro_batch(total or None))[0]
 
         def split(batch: Batch):
+            """(inputs, labels); the labels carry the update's text target total, when given, as two more tensors."""
             pair = (batch["text"], batch["image"])
-            return pair, pair
+            total = step_total(batch, TEXT_TARGETS)
+            return pair, pair if total is None else (*pair, *total)
 
         layers = [LayerSpec(PipeEmbed, cfg), *(LayerSpec(Block, cfg, spec) for spec in mask_specs(cfg)),
                   LayerSpec(Head, cfg)]

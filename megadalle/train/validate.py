@@ -10,6 +10,8 @@ Layouts: ZeRO 0-3 call the task's `validation_loss` on the engine's plain model 
 the parameters) and average over data-parallel ranks; a pipeline runs DeepSpeed's `eval_batch` over all
 the cached micro-batches at once, which averages over micro-batches and data-parallel groups and
 broadcasts to every stage, and reports the loss only (the other metrics stay inside the last stage).
+A loss that divides by a count varying between micro-batches (the Transformer's kept text tokens) gets the
+totals of the whole subset (megadalle.train.step_totals), so its mean is the subset's token mean.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from contextlib import contextmanager
 import torch
 
 from megadalle.train.engine import Built
+from megadalle.train.step_totals import with_step_totals
 from megadalle.train.steps import mean_over_ranks, to_device
 from megadalle.train.task import Batch, DataPart, Task
 
@@ -49,6 +52,7 @@ class Validator:
             stream = self.task.validation_batches(self.part)
             count = self.global_batches * self.part.grad_accum
             raw = [] if stream is None else list(itertools.islice(stream, count))
+            raw = with_step_totals(self.task, raw, self.part.dp_world, self.built.device, self.built.dp_group)
             self._cache = [to_device(b, self.built.device, self.built.dtype) for b in raw]
             if not raw and self.built.engine.global_rank == 0:
                 print(f"[train] no validation data for the {self.task.name} task (set data.val_shards or run "

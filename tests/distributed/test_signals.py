@@ -160,8 +160,9 @@ def test_a_child_started_while_the_signals_are_held_still_dies_of_sigterm(start)
     assert code == -signal.SIGTERM
 
 
-def test_the_verbs_take_the_stop_signals_before_anything_else(monkeypatch):
+def test_the_verbs_take_the_stop_signals_before_anything_else(monkeypatch, tmp_path):
     """The CLI's first line: compose, preflight and the stage all run with TERM and USR1 held."""
+    monkeypatch.chdir(tmp_path)  # the default run directory, ./outputs, may hold another test's run
     import megadalle.cli
     from megadalle.cli import VERBS, main
 

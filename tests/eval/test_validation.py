@@ -2,6 +2,7 @@
 evaluation of the same weights on the same held-out batches."""
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from megadalle.config.compose import compose
 from megadalle.train.loop import train_from_config
+from megadalle.train.step_totals import with_step_totals
 from megadalle.train.task import DataPart
 from megadalle.train.validate import seeded
 from tests.dvae.conftest import write_image_shards
@@ -26,12 +28,14 @@ def records(run_dir: Path) -> dict[int, dict]:
 
 
 def plain_validation(task, model, step: int, seed: int = 0) -> dict[str, float]:
-    """The mean validation metrics of `model` over the first EVAL_BATCHES batches, without the trainer."""
-    batches = task.validation_batches(DataPart(MICRO, 1, 0, 1))
+    """The mean validation metrics of `model` over the first EVAL_BATCHES batches, without the trainer. The batches
+    carry the whole subset's loss counts (the Transformer's text loss is the token mean of all of them)."""
+    batches = with_step_totals(task, list(itertools.islice(task.validation_batches(DataPart(MICRO, 1, 0, 1)),
+                                                           EVAL_BATCHES)), 1, torch.device("cpu"))
     totals: dict[str, float] = {}
     model.eval()
     with torch.no_grad(), seeded(seed, torch.device("cpu")):
-        for _, batch in zip(range(EVAL_BATCHES), batches):
+        for batch in batches:
             for name, value in task.validation_loss(model, batch, step).items():
                 totals[name] = totals.get(name, 0.0) + value / EVAL_BATCHES
     return totals
