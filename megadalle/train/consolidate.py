@@ -13,28 +13,32 @@ come lazily from whatever layout trained it:
 Vocabulary tables trained in row pieces (`model.vocab_chunk`) are exported joined, under the whole
 table's name, and the exported config says `vocab_chunk: 0` (models/vocab_tables.py).
 So neither export nor `load_run` ever holds the checkpoint whole. Our own reads use
-torch.load(weights_only=True). This lives under train/ (it reads train's checkpoints); the `export`
-verb and the training verbs that export at their end (train-dvae, train-clip) both call it.
+torch.load(weights_only=True), each torch file once its zip records matched their CRC-32 (zip_crc.py: damage
+inside a file would otherwise be exported in silence). This lives under train/ (it reads train's
+checkpoints); the `export` verb and the training verbs that export at their end (train-dvae, train-clip) both
+call it.
 """
 from __future__ import annotations
 
 import importlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
 
 from megadalle.models.vocab_tables import whole_tables
-from megadalle.train.checkpoint import CheckpointError, damage, find_resumable
+from megadalle.train.checkpoint import CheckpointError, complete_tags, damage, find_resumable
 from megadalle.train.ema import EmaPieces
-from megadalle.train.mapped import mapped, streamed
+from megadalle.train.mapped import streamed, verified
 from megadalle.train.task import Task
 from megadalle.train.zero_masters import has_masters, zero_masters
+from megadalle.train.zip_crc import DamagedRecord
 from megadalle.weights import DTYPES, ShardedWriter, SingleFileWriter, as_dtype, check_replaceable, export_layout
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
+T = TypeVar("T")
 
 
 def run_task(run_dir: str | Path) -> tuple[Task, dict]:
@@ -82,7 +86,7 @@ def _layer_keys(model: nn.Module, prefix: str) -> list[str]:
 
 def _pipeline_tensors(task: Task, model: nn.Module, path: Path, dtype: torch.dtype) -> Tensors:
     names = pipeline_names(task, model)
-    widen = dtype == torch.float32 and not _all_fp32(mapped(path / "layer_00-model_states.pt"))
+    widen = dtype == torch.float32 and not _all_fp32(verified(path / "layer_00-model_states.pt"))
     if widen:
         refuse_unread_masters(path)
     if widen and has_masters(path):
@@ -93,7 +97,7 @@ def _pipeline_tensors(task: Task, model: nn.Module, path: Path, dtype: torch.dty
             yield _plain_name(names, int(index), key, path), tensor
         return
     for i in range(len(names)):
-        for key, value in streamed(mapped(path / f"layer_{i:02d}-model_states.pt")):
+        for key, value in streamed(verified(path / f"layer_{i:02d}-model_states.pt")):
             yield _plain_name(names, i, key, path), value
 
 
@@ -120,7 +124,7 @@ def refuse_unread_masters(path: Path) -> None:
     """A pipeline's stage-0 masters are not read (their positions would have to be mapped per stage): an fp32
     export of such a run is refused by name rather than widened from its bf16 weights."""
     module_file = path / "mp_rank_00_model_states.pt"
-    if module_file.is_file() and stage0_masters(path, mapped(module_file)) is not None:
+    if module_file.is_file() and stage0_masters(path, verified(module_file)) is not None:
         raise CheckpointError(f"{path}: dtype=fp32 needs the fp32 masters of this bf16 pipeline at ZeRO stage 0, "
                               "which export does not read; export dtype=bf16 (the weights it trained), or train "
                               "at deepspeed.zero_stage>=1")
@@ -141,7 +145,7 @@ def _named_masters(model: nn.Module, groups: list[list[torch.Tensor]], path: Pat
 
 def _zero_tensors(path: Path, dtype: torch.dtype, model: nn.Module) -> Tensors:
     module_file = path / "mp_rank_00_model_states.pt"
-    states = mapped(module_file) if module_file.is_file() else {}
+    states = verified(module_file) if module_file.is_file() else {}
     module = states.get("module")
     # ZeRO-3 saves no module weights; an fp32 export of a bf16 run needs the fp32 masters.
     need_masters = not module or (dtype == torch.float32 and not _all_fp32(module))
@@ -188,17 +192,37 @@ def checked(model: nn.Module, tensors: Tensors, path: Path) -> Tensors:
         raise CheckpointError(f"{path} lacks {len(missing)} of the model's tensors, e.g. {missing[:3]}")
 
 
+def read_checkpoint(run_dir: str | Path, checkpoint: str | Path | None, read: Callable[[Path], T],
+                    instead: Callable[[Path], str]) -> T:
+    """`read(path)` of the checkpoint `checkpoint_dir` chooses; `instead(older)` says how to use an older one.
+    A file damaged inside (zip_crc.py) names the complete checkpoint before it."""
+    path = checkpoint_dir(run_dir, checkpoint)
+    try:
+        return read(path)
+    except DamagedRecord as err:
+        older = complete_tags(path.parent, before=path.name)
+        raise CheckpointError(f"{err}; {instead(path.parent / older[-1])}" if older else
+                              f"{err}, and no complete checkpoint is older than {path.name}") from err
+
+
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool = False,
              dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Task]:
     """The run's model (CPU, eval mode, floating tensors in `dtype`) with the newest complete checkpoint's weights
     (or its EMA); each tensor is cast as it is read, so a bf16 load never holds an fp32 copy of the model."""
     task, _ = run_task(run_dir)
-    path = checkpoint_dir(run_dir, checkpoint)
-    model = meta_model(task)
-    tensors = checked(model, checkpoint_tensors(task, model, path, ema, dtype), path)
-    state = {name: as_dtype(t, dtype).clone() for name, t in tensors}
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval(), task
+
+    def read(path: Path) -> nn.Module:
+        model = meta_model(task)
+        tensors = checked(model, checkpoint_tensors(task, model, path, ema, dtype), path)
+        state = {name: as_dtype(t, dtype).clone() for name, t in tensors}
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.eval()
+
+    def instead(older: Path) -> str:
+        return (f"load checkpoint={older} instead (to generate from it: megadalle export run={run_dir} "
+                f"checkpoint={older} output=DIR, then weights=DIR)")
+
+    return read_checkpoint(run_dir, checkpoint, read, instead), task
 
 
 def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | None = None, ema: bool = False,
@@ -208,19 +232,22 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
     written is held (weights.py, planned_safetensors.py)."""
     check_replaceable(output)
     task, _ = run_task(run_dir)
-    path = checkpoint_dir(run_dir, checkpoint)
-    spec, model, torch_dtype = task.export_spec(), meta_model(task), DTYPES[dtype]
-    state, place = whole_tables(model)  # vocabulary tables trained in pieces are written whole
-    tensors = checked(model, checkpoint_tensors(task, model, path, ema, torch_dtype), path)
-    output = Path(output)
-    layout = export_layout(state, torch_dtype)
-    writer = (SingleFileWriter(output, layout, spec.kind) if output.suffix == ".safetensors"
-              else ShardedWriter(output, layout, spec.kind, max_shard_bytes))
-    try:
-        for name, tensor in tensors:
-            whole, first_row = place(name)
-            writer.add(whole, tensor, first_row)
-        return writer.close(spec.config)
-    except BaseException:
-        writer.abort()
-        raise
+    spec, torch_dtype = task.export_spec(), DTYPES[dtype]
+
+    def write(path: Path) -> Path:
+        model = meta_model(task)
+        state, place = whole_tables(model)  # vocabulary tables trained in pieces are written whole
+        tensors = checked(model, checkpoint_tensors(task, model, path, ema, torch_dtype), path)
+        layout = export_layout(state, torch_dtype)
+        writer = (SingleFileWriter(Path(output), layout, spec.kind) if Path(output).suffix == ".safetensors"
+                  else ShardedWriter(Path(output), layout, spec.kind, max_shard_bytes))
+        try:
+            for name, tensor in tensors:
+                whole, first_row = place(name)
+                writer.add(whole, tensor, first_row)
+            return writer.close(spec.config)
+        except BaseException:
+            writer.abort()
+            raise
+
+    return read_checkpoint(run_dir, checkpoint, write, lambda older: f"export checkpoint={older} instead")

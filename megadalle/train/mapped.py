@@ -16,6 +16,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+from megadalle.train.zip_crc import check_crc
+
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
 _MADV_DONTNEED = 4
 
@@ -28,6 +30,13 @@ def mapped(file: Path, safe_globals: Iterable[type] = ()) -> dict:
     """
     with torch.serialization.safe_globals(list(safe_globals)):
         return torch.load(file, weights_only=True, map_location="cpu", mmap=True)
+
+
+def verified(file: Path, safe_globals: Iterable[type] = ()) -> dict:
+    """`mapped`, once every zip record of `file` matched its CRC-32 (zip_crc.py): what export and `load_run`
+    read, where damage inside a file would otherwise become wrong weights in silence."""
+    check_crc(file)
+    return mapped(file, safe_globals)
 
 
 def deepspeed_optimizer_globals() -> tuple[type, ...]:

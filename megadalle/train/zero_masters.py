@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 
 from megadalle.train.checkpoint import CheckpointError
-from megadalle.train.mapped import deepspeed_optimizer_globals, drop_pages, mapped
+from megadalle.train.mapped import deepspeed_optimizer_globals, drop_pages, verified
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
 _OPTIM_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
@@ -55,7 +55,7 @@ def zero_masters(path: Path, dtype: torch.dtype = torch.float32) -> Tensors:
                               else f"mp_rank_{stage:02d}_model_states.pt")
         if not module_file.is_file():
             raise CheckpointError(f"{path} lacks {module_file.name}, which names the parameters' shapes")
-        states = mapped(module_file)
+        states = verified(module_file)
         if states.get("frozen_param_shapes") or states.get("shared_params"):
             raise CheckpointError(f"{module_file} holds frozen or shared parameters, which megadalle's models do not have")
         buffers = set(states.get("buffer_names") or ())
@@ -81,7 +81,7 @@ def _optim_files(path: Path) -> list[list[Path]]:
 
 
 def _optimizer_state(file: Path) -> dict:
-    return mapped(file, deepspeed_optimizer_globals())["optimizer_state_dict"]
+    return verified(file, deepspeed_optimizer_globals())["optimizer_state_dict"]
 
 
 def _stage12(path: Path, ranks: list[dict], groups: list[dict], dtype: torch.dtype) -> Tensors:
