@@ -14,7 +14,8 @@ Vocabulary tables trained in row pieces (`model.vocab_chunk`) are exported joine
 table's name, and the exported config says `vocab_chunk: 0` (models/vocab_tables.py).
 So neither export nor `load_run` ever holds the checkpoint whole. Our own reads use
 torch.load(weights_only=True), each torch file once its zip records matched their CRC-32 (zip_crc.py: damage
-inside a file would otherwise be exported in silence). This lives under train/ (it reads train's
+inside a file would otherwise be exported in silence). A run still training may prune the checkpoint being
+read: the newest is then chosen again (`read_checkpoint`). This lives under train/ (it reads train's
 checkpoints); the `export` verb and the training verbs that export at their end (train-dvae, train-clip) both
 call it.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -192,17 +194,42 @@ def checked(model: nn.Module, tensors: Tensors, path: Path) -> Tensors:
         raise CheckpointError(f"{path} lacks {len(missing)} of the model's tensors, e.g. {missing[:3]}")
 
 
+READ_ATTEMPTS = 3
+"""Checkpoints chosen and read at most this often when the chosen one goes while it is read (pruned by a run
+still training, `trainer.keep_checkpoints`): each attempt takes the newest complete checkpoint again."""
+
+
 def read_checkpoint(run_dir: str | Path, checkpoint: str | Path | None, read: Callable[[Path], T],
                     instead: Callable[[Path], str]) -> T:
     """`read(path)` of the checkpoint `checkpoint_dir` chooses; `instead(older)` says how to use an older one.
-    A file damaged inside (zip_crc.py) names the complete checkpoint before it."""
-    path = checkpoint_dir(run_dir, checkpoint)
-    try:
-        return read(path)
-    except DamagedRecord as err:
-        older = complete_tags(path.parent, before=path.name)
-        raise CheckpointError(f"{err}; {instead(path.parent / older[-1])}" if older else
-                              f"{err}, and no complete checkpoint is older than {path.name}") from err
+
+    A run still training deletes its older checkpoints as it saves (`trainer.keep_checkpoints`), possibly the
+    one being read: its files vanish and the read fails with whatever error the missing file gave. A read that
+    fails while the checkpoint is no longer complete is therefore a pruned checkpoint: the newest is chosen
+    again (READ_ATTEMPTS in all), and a `checkpoint=` given is refused by name. A file damaged inside
+    (zip_crc.py) names the complete checkpoint before it."""
+    gone = ""
+    for _ in range(READ_ATTEMPTS):
+        path = checkpoint_dir(run_dir, checkpoint)
+        try:
+            return read(path)
+        except DamagedRecord as err:
+            older = complete_tags(path.parent, before=path.name)
+            raise CheckpointError(f"{err}; {instead(path.parent / older[-1])}" if older else
+                                  f"{err}, and no complete checkpoint is older than {path.name}") from err
+        except Exception as err:
+            gone = damage(path)
+            if gone is None:
+                raise
+            if checkpoint:
+                raise CheckpointError(f"checkpoint={checkpoint} went while it was read ({gone}): a run still "
+                                      "training deletes its older checkpoints (trainer.keep_checkpoints); pass a "
+                                      "newer one, or no checkpoint= for the newest") from err
+            print(f"[checkpoint] {path} went while it was read ({gone}), pruned by a run still training: taking "
+                  "the newest again", file=sys.stderr, flush=True)
+    raise CheckpointError(f"{run_dir}: the newest checkpoint went while it was read, {READ_ATTEMPTS} times (last: "
+                          f"{gone}): a run still training deletes its older checkpoints (trainer.keep_checkpoints); "
+                          "read it once the run stops, or train with a larger trainer.keep_checkpoints")
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool = False,

@@ -1,8 +1,10 @@
-"""Export and `load_run` (what `generate` uses on a run directory) refuse a checkpoint file damaged inside;
-zip_crc names the record.
+"""Export and `load_run` (what `generate` uses on a run directory) refuse a checkpoint file damaged inside, and
+take the newest checkpoint again when a run still training prunes the one they chose; zip_crc names the record.
 
 A block overwritten inside `mp_rank_00_model_states.pt` keeps the file's size and its zip directory, so the
-checkpoint still counts as complete (checkpoint.damage): only the zip records' CRC-32 tell (zip_crc.py).
+checkpoint still counts as complete (checkpoint.damage): only the zip records' CRC-32 tell (zip_crc.py). The
+pruning is made without timing races: the choice of the checkpoint is wrapped so that, once it is made, a newer
+checkpoint appears and the chosen one is deleted, as `trainer.keep_checkpoints=1` does.
 """
 import re
 import shutil
@@ -13,8 +15,9 @@ import pytest
 import torch
 
 from megadalle.cli import main as cli
-from megadalle.train.checkpoint import CheckpointError
-from megadalle.train.consolidate import load_run
+from megadalle.train import consolidate
+from megadalle.train.checkpoint import CheckpointError, LATEST
+from megadalle.train.consolidate import READ_ATTEMPTS, export, load_run
 from megadalle.train.zip_crc import DamagedRecord, check_crc, crc_damage
 from megadalle.weights import load_weights
 
@@ -86,6 +89,57 @@ def test_damage_in_the_oldest_checkpoint_says_none_is_older(run):
     overwrite_inside(step(run, 1) / MODULE_STATES, "mp_rank_00_model_states/data/0")
     with pytest.raises(CheckpointError, match="no complete checkpoint is older than step_00000001"):
         load_run(run, checkpoint=step(run, 1))
+
+
+def pruning_after_the_choice(monkeypatch, times):
+    """The first `times` choices of a checkpoint are followed by a save of the next step and the pruning of the
+    chosen one (`trainer.keep_checkpoints=1`), before the chosen one is read."""
+    choose, calls = consolidate.checkpoint_dir, []
+
+    def chosen_then_pruned(run_dir, checkpoint=None):
+        path = choose(run_dir, checkpoint)
+        calls.append(path.name)
+        if len(calls) <= times:
+            newer = path.with_name(f"step_{int(path.name[5:]) + 1:08d}")
+            shutil.copytree(path, newer)
+            (path.parent / LATEST).write_text(newer.name)
+            shutil.rmtree(path)
+        return path
+
+    monkeypatch.setattr(consolidate, "checkpoint_dir", chosen_then_pruned)
+    return calls
+
+
+@pytest.mark.distributed
+def test_export_takes_the_newest_again_when_its_choice_is_pruned(run, tmp_path, monkeypatch, capsys):
+    expected = saved_module(step(run, 2))
+    calls = pruning_after_the_choice(monkeypatch, times=1)
+    export(run, tmp_path / "out", dtype="fp32")
+    assert calls == ["step_00000002", "step_00000003"]
+    assert f"{step(run, 2)} went while it was read" in capsys.readouterr().err
+    state, _ = load_weights(tmp_path / "out", kind="toy")
+    assert state.keys() == expected.keys() and all(torch.equal(state[n], t) for n, t in expected.items())
+
+    calls = pruning_after_the_choice(monkeypatch, times=1)
+    model, _ = load_run(run)
+    assert calls == ["step_00000003", "step_00000004"]
+    assert all(torch.equal(t, expected[n]) for n, t in model.state_dict().items())
+
+
+@pytest.mark.distributed
+def test_a_checkpoint_pruned_on_every_attempt_is_named(run, tmp_path, monkeypatch):
+    pruning_after_the_choice(monkeypatch, times=READ_ATTEMPTS)
+    with pytest.raises(CheckpointError, match=f"went while it was read, {READ_ATTEMPTS} times .*keep_checkpoints"):
+        export(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.distributed
+def test_a_given_checkpoint_pruned_while_read_is_named(run, tmp_path, monkeypatch):
+    pruning_after_the_choice(monkeypatch, times=1)
+    given = re.escape(f"checkpoint={step(run, 2)} went while it was read")
+    with pytest.raises(CheckpointError, match=given + ".* pass a newer"):
+        export(run, tmp_path / "out", checkpoint=step(run, 2))
 
 
 @pytest.mark.parametrize("record", ["state/data/0", "state/data.pkl"])
