@@ -158,8 +158,8 @@ def test_too_small_skips_name_min_side_and_what_to_set(tmp_path, capsys):
         put(tmp_path / "in", f"{i}.jpg", jpeg_bytes((32, 40), i))
     argv = ["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "image_size=32", "num_workers=0"]
     assert main(argv) == 1
-    note = "short side below min_side=64; min_side=64 is above image_size=32: set min_side=32 to keep images of 32 px " \
-           "and up"
+    note = "short side below min_side=64; min_side=64 is above image_size=32: set min_side=32 to keep images of " \
+           "32 px and up"
     assert f"  skipped      3  too_small: {note}\n" in capsys.readouterr().out
     assert json.loads((tmp_path / "out/report.json").read_text())["notes"] == {"too_small": note}
     assert main([*argv, "min_side=32"]) == 0
