@@ -15,15 +15,21 @@ class ClipConfig:
     text_pad_id: int = 0
     """Padding id (the tokenizer's pad); the caption's feature is read at its last non-pad token."""
     text_width: int = 512
+    """Residual width of the text tower (a multiple of text_heads); 512 as OpenAI's ViT-B/16 CLIP."""
     text_layers: int = 12
+    """Transformer blocks of the text tower (12 as ViT-B/16 CLIP's)."""
     text_heads: int = 8
+    """Attention heads of the text tower, each text_width / text_heads wide (8 as ViT-B/16 CLIP's)."""
     image_size: int = 224
     """Side of the square input image; other sizes are resized to it before encoding."""
     patch_size: int = 16
     """ViT patch side; image_size must be a multiple of it."""
     vision_width: int = 768
+    """Residual width of the image tower (a ViT; a multiple of vision_heads); 768 as ViT-B/16 CLIP's."""
     vision_layers: int = 12
+    """Transformer blocks of the image tower (12 as ViT-B/16 CLIP's)."""
     vision_heads: int = 12
+    """Attention heads of the image tower, each vision_width / vision_heads wide (12 as ViT-B/16 CLIP's)."""
     embed_dim: int = 512
     """Width of the joint embedding space both towers project into."""
     init_temperature: float = 0.07

@@ -28,9 +28,14 @@ class EvaluateConfig:
     n: int = 8
     """Samples per caption."""
     batch_size: int = 32
+    """Samples drawn, decoded and scored together, as `generate`'s (each batch seeded from `seed` and its index:
+    another batch_size draws other samples)."""
     temperature: float = GenerateConfig.temperature
+    """Divides the logits before sampling, as `generate`'s: 1.0 samples the model's distribution, lower sharpens it."""
     top_k: int = GenerateConfig.top_k
+    """Keep the k most likely image tokens at each step, as `generate`'s; 0 keeps all."""
     top_p: float = GenerateConfig.top_p
+    """Keep the smallest set of image tokens with this much probability, as `generate`'s; 1.0 keeps all."""
     dvae_weights: str | None = None
     """null = dvae.safetensors beside `weights`."""
     clip_model: str = GenerateConfig.clip_model
@@ -50,12 +55,16 @@ class EvaluateConfig:
     feature_weights: str | None = None
     """Local weights file of the extractor (the Inception one for `inception`); never downloaded."""
     kid_subsets: int = 100
+    """KID is averaged over this many random subsets of the sample and real features (torch-fidelity's 100)."""
     kid_subset_size: int = 1000
+    """Features in each KID subset (torch-fidelity's 1000), at least 2; capped at the fewer of samples and real
+    images, so small runs still get a KID."""
     save_samples: bool = False
     """Also write every sample as `<output>/samples/<caption>_<sample>.png` (the image itself, no frame) with
     `samples/index.json` (caption -> files), for judges outside megadalle. Every run first removes the samples
     an earlier run's index.json lists, so the folder holds this run's alone beside any file of the user's."""
     ema: bool = False
+    """When loading a training run directory: use its EMA weights."""
     output: str = "evaluate"
     """Directory for metrics.json and metrics.md. In a `-m` sweep, the sweep's folder: job i writes to
     `<output>/<i>` (with no output given, to its job folder `<out_dir>/multirun/evaluate/<i>`)."""
@@ -63,9 +72,11 @@ class EvaluateConfig:
     """Replace the results of an earlier evaluate in `output` (metrics.json, metrics.md and the samples its
     samples/index.json lists; other files stay). false refuses such a folder before any model is read."""
     device: str = "auto"
+    """auto = cuda when available, else cpu; or cpu, cuda, cuda:N."""
     dtype: str = "auto"
     """The Transformer's while sampling: auto = bf16 on a CUDA GPU that has it, else fp32; fp32 or bf16 to choose."""
     seed: int = 0
+    """Seeds the sampling (caption i draws with seed + i, as `generate` with that seed) and the KID subsets."""
 
     def validate(self, where: str = "") -> None:
         check((self.captions is None) != (self.shards is None), "captions", self.captions,

@@ -22,13 +22,19 @@ class TransformerConfig:
     image_vocab: int = 8192
     """dVAE codebook size."""
     n_layers: int = 64
+    """Transformer blocks (the paper's 64); a pipeline cut by blocks (type:Block, the default) has at most this
+    many stages."""
     n_heads: int = 62
+    """Attention heads per block (the paper's 62); n_heads * head_dim must equal d_model."""
     head_dim: int = 64
+    """Width of each attention head (the paper's 64: 62 x 64 = d_model 3968)."""
     d_model: int = 3968
     """Residual width; must equal n_heads * head_dim."""
     mlp_ratio: int = 4
     """Hidden width of each MLP as a multiple of d_model."""
     dropout: float = 0.0
+    """Dropout probability on each block's attention and MLP outputs before the residual add, in [0, 1);
+    0 turns it off."""
     attention_pattern: list[str] = field(default_factory=lambda: list(PAPER_PATTERN))
     """Mask kinds repeated over the layers; the paper's puts column attention at 1-based layers 2, 6, 10..."""
     last_layer_attention: str | None = "conv"
@@ -38,7 +44,10 @@ class TransformerConfig:
     conv_wrap: bool = True
     """Whether the conv window wraps at the image edge as the paper's does."""
     text_loss_weight: float = 0.125
+    """Weight of the text cross-entropy (a mean over the non-pad text targets) in the loss; the paper's 1/8."""
     image_loss_weight: float = 0.875
+    """Weight of the image-token cross-entropy (a mean over the grid's tokens) in the loss; the paper's 7/8.
+    The paper's weights sum to 1; nothing requires it."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward instead of storing them."""
     attention_backend: str = "auto"

@@ -31,6 +31,17 @@ class ConvertOptions:
     max_pixels: int = 89_478_485
 
 
+def skip_notes(opts: ConvertOptions) -> dict[str, str]:
+    """{reason: the key and value that decide it, and what to set to keep such inputs}, for the summary: a run
+    that skipped every 32 px image as too_small at image_size=32 said nothing of min_side=64."""
+    if opts.min_side > opts.image_size:
+        keep = (f"min_side={opts.min_side} is above image_size={opts.image_size}: set min_side={opts.image_size} to "
+                f"keep images of {opts.image_size} px and up")
+    else:
+        keep = f"set a lower min_side to keep them (upscaled to image_size={opts.image_size}, which adds no detail)"
+    return {"too_small": f"short side below min_side={opts.min_side}; {keep}"}
+
+
 @dataclass
 class Result:
     key: str

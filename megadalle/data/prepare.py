@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
-from megadalle.data.convert import ConvertOptions, Result, convert
+from megadalle.data.convert import ConvertOptions, Result, convert, skip_notes
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
@@ -112,6 +112,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         if not summary.val_kept:
             remove_split_dir(val_dir)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
+    summary.notes = {reason: note for reason, note in skip_notes(opts).items() if reason in reasons}
     atomic.write_json(summary.report, {"input": str(cfg.input), "output": str(cfg.output), "config": asdict(cfg),
                                        **asdict(summary)})
     return summary

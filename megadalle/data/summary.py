@@ -19,6 +19,8 @@ class PassSummary:
     report: str = ""
     bad: list[dict[str, str]] = field(default_factory=list)
     """One entry per skipped sample (input): where it was, reason, detail."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """For a skip reason that a setting decides: the key, its value and what to set to keep such inputs."""
     warned: dict[str, int] = field(default_factory=dict)
     """Kept samples with a problem that does not stop them being trained on (unreadable metadata), per reason."""
 
@@ -35,7 +37,8 @@ class PassSummary:
         rate = (self.kept + skipped) / max(self.seconds, 1e-9)
         lines = [f"{self.VERB}: kept {self.kept} samples{self.kept_note()} in {self.shards} shards, skipped {skipped} "
                  f"in {self.seconds:.1f}s ({rate:.1f} {self.UNIT}/s)"]
-        lines += [f"  skipped {count:>6}  {reason}" for reason, count in sorted(self.skipped.items())]
+        lines += [f"  skipped {count:>6}  {reason}" + (f": {self.notes[reason]}" if reason in self.notes else "")
+                  for reason, count in sorted(self.skipped.items())]
         lines += [f"  kept    {count:>6}  with {reason} (a metadata field that does not decode; see the report)"
                   for reason, count in sorted(self.warned.items())]
         lines.append(f"  report: {self.report}")

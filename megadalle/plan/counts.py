@@ -57,19 +57,24 @@ class Stage:
 def stage_span(counts: Counts, cfg: TransformerConfig, pipeline: int, stage: int, partition: str = BY_BLOCK) -> Stage:
     """What pipeline stage `stage` holds of the pipeline's layers [embedding, blocks..., head].
 
-    type:Block balances blocks (the first stages take the remainder) and lets the embedding and head
-    ride on the first and last stage; the other methods cut the layer list where DeepSpeed's own
-    partitioner (deepspeed.runtime.utils) cuts it, by parameter count or by layer."""
-    if partition == BY_BLOCK:
-        blocks = cfg.n_layers // pipeline + (1 if stage < cfg.n_layers % pipeline else 0)
-        return Stage(blocks, stage == 0, stage == pipeline - 1)
+    Cut where DeepSpeed's PipelineModule cuts them (`stage_cuts`): type:Block balances blocks (the first
+    stages take the remainder) and lets the embedding and head ride on the first and last stage; the others
+    balance parameter counts or layers. A stage beyond what the layers fill holds nothing (`unfilled_stages`)."""
+    parts = stage_cuts(counts, cfg, pipeline, partition)
+    start, stop, layers = parts[stage], parts[stage + 1], cfg.n_layers + 2
+    blocks = sum(1 for i in range(start, stop) if 0 < i < layers - 1)
+    return Stage(blocks, start == 0 < stop, start < layers == stop)
+
+
+def stage_cuts(counts: Counts, cfg: TransformerConfig, pipeline: int, partition: str = BY_BLOCK) -> tuple[int, ...]:
+    """The stage boundaries over [embedding, blocks..., head] as PipelineModule._partition_layers draws them
+    for `partition` (DeepSpeed 0.19): type:Block balances weights of 1 per block and 0 for the embedding and
+    head, parameters the layers' parameter counts, uniform the number of layers."""
     if partition not in PARTITIONS:
         raise ValueError(f"partition_method={partition!r}: plan models {', '.join(PARTITIONS)}")
-    layers = cfg.n_layers + 2
-    parts = _cuts(partition, (counts.embed, *[counts.block] * cfg.n_layers, counts.head), pipeline)
-    start, stop = parts[stage], parts[stage + 1]
-    blocks = sum(1 for i in range(start, stop) if 0 < i < layers - 1)
-    return Stage(blocks, start == 0, stop == layers)
+    weights = (0, *[1] * cfg.n_layers, 0) if partition == BY_BLOCK else \
+        (counts.embed, *[counts.block] * cfg.n_layers, counts.head)
+    return _cuts(partition, weights, pipeline)
 
 
 @lru_cache(maxsize=256)
@@ -77,9 +82,18 @@ def _cuts(partition: str, weights: tuple[int, ...], pipeline: int) -> tuple[int,
     """DeepSpeed's stage boundaries over the layer list (cached: the search in suggest asks often)."""
     from deepspeed.runtime.utils import partition_balanced, partition_uniform
 
-    parts = partition_balanced(list(weights), pipeline) if partition == "parameters" else \
-        partition_uniform(len(weights), pipeline)
+    parts = partition_uniform(len(weights), pipeline) if partition == "uniform" else \
+        partition_balanced(list(weights), pipeline)
     return tuple(int(p) for p in parts)
+
+
+def unfilled_stages(counts: Counts, cfg: TransformerConfig, pipeline: int, partition: str = BY_BLOCK) -> list[int]:
+    """The stages `partition` leaves without work: with no Transformer block under type:Block (which weighs the
+    blocks alone, so its stages past n_layers get the embedding, the head or nothing), with no layer at all under
+    the others. DeepSpeed cuts such stages without a warning: ranks that hold nothing to train."""
+    spans = [stage_span(counts, cfg, pipeline, s, partition) for s in range(pipeline)]
+    return [s for s, span in enumerate(spans)
+            if (span.blocks == 0 if partition == BY_BLOCK else not (span.blocks or span.embed or span.head))]
 
 
 def stage_layers(counts: Counts, cfg: TransformerConfig, pipeline: int, stage: int, partition: str = BY_BLOCK) -> int:

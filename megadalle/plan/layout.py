@@ -6,11 +6,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from megadalle.config import build, check
+from megadalle.config import ConfigError, build, check
 from megadalle.config.model import TransformerConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
-from megadalle.plan.counts import BY_BLOCK, PARTITIONS
+from megadalle.plan.counts import BY_BLOCK, PARTITIONS, count_parameters, unfilled_stages
 
 
 class PlanError(ValueError):
@@ -87,8 +87,28 @@ def layout_for(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSpeedCo
           f"does not divide gpus={plan.gpus} (each pipeline takes as many ranks as it has stages)")
     check(ds.pipeline_stages == 1 or ds.partition_method in PARTITIONS, "deepspeed.partition_method",
           ds.partition_method, f"plan models {', '.join(PARTITIONS)}")
+    check_stages_filled(model, ds, plan.gpus)
     return Layout(ds.pipeline_stages, plan.gpus // ds.pipeline_stages, ds.zero_stage, trainer.micro_batch,
                   model.activation_checkpointing, trainer.grad_accum, ds.partition_method)
+
+
+def check_stages_filled(model: TransformerConfig, ds: DeepSpeedConfig, gpus: int) -> None:
+    """Refuse a pipeline with more stages than `ds.partition_method` fills with `model.n_layers` blocks
+    (plan/counts.unfilled_stages: DeepSpeed's own cut), naming the most stages that fill it and divide `gpus`
+    (the ranks). Its memory and time were those of ranks with nothing to train: it "fit" where the model did not."""
+    if ds.pipeline_stages == 1:
+        return
+    counts = count_parameters(model)
+    empty = unfilled_stages(counts, model, ds.pipeline_stages, ds.partition_method)
+    if not empty:
+        return
+    most = max(p for p in range(1, ds.pipeline_stages) if gpus % p == 0
+               and not unfilled_stages(counts, model, p, ds.partition_method))
+    what = f"Transformer block (model.n_layers={model.n_layers})" if ds.partition_method == BY_BLOCK else \
+        f"layer (model.n_layers={model.n_layers} blocks, the embedding and the head)"
+    raise ConfigError(f"deepspeed.pipeline_stages={ds.pipeline_stages}: partition_method={ds.partition_method} "
+                      f"leaves stage{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty))} with no {what}; "
+                      f"at most {most} stages fill it and divide gpus={gpus}: set deepspeed.pipeline_stages={most}")
 
 
 def describe(layout: Layout) -> str:

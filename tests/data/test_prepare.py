@@ -152,6 +152,20 @@ def test_nothing_usable_writes_no_index(tmp_path):
     assert json.loads((tmp_path / "out/report.json").read_text())["skipped"] == {"empty_file": 1}
 
 
+def test_too_small_skips_name_min_side_and_what_to_set(tmp_path, capsys):
+    """32 px images at image_size=32 were all skipped as too_small with no word of min_side=64, the default."""
+    for i in range(3):
+        put(tmp_path / "in", f"{i}.jpg", jpeg_bytes((32, 40), i))
+    argv = ["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "image_size=32", "num_workers=0"]
+    assert main(argv) == 1
+    note = "short side below min_side=64; min_side=64 is above image_size=32: set min_side=32 to keep images of " \
+           "32 px and up"
+    assert f"  skipped      3  too_small: {note}\n" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out/report.json").read_text())["notes"] == {"too_small": note}
+    assert main([*argv, "min_side=32"]) == 0
+    assert "kept 3 samples" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("spelling", ["{input}/", "{input}/.", "{input}/../in", "{input}/shards", "{parent}"])
 def test_an_output_that_is_the_input_or_holds_it_is_refused(mixed_folder, tmp_path, spelling, capsys, monkeypatch):
     from megadalle.config import ConfigError

@@ -352,6 +352,45 @@ def test_pipeline_stages_cover_the_model_once_under_every_partition(partition):
         assert sum(stage_parameters(COUNTS, CFG, pipeline, s, partition) for s in range(pipeline)) == COUNTS.total
 
 
+@pytest.mark.parametrize("partition,empty", [("type:Block", "stages 0, 5, 6, 7 with no Transformer block "
+                                                                "(model.n_layers=4)"),
+                                              ("uniform", "stages 6, 7 with no layer (model.n_layers=4 blocks, the "
+                                                          "embedding and the head)")])
+def test_a_pipeline_deeper_than_its_layers_is_refused_with_the_most_stages_that_fill_it(partition, empty, capsys):
+    """8 stages of the tiny model's 4 blocks were planned as fitting: DeepSpeed's cut leaves stages without a block
+    (type:Block) or without any layer (uniform), ranks with nothing to train."""
+    argv = ["plan", "model=tiny", "gpus=8", "deepspeed=pipe", "deepspeed.pipeline_stages=8",
+            f"deepspeed.partition_method={partition}"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"megadalle plan: deepspeed.pipeline_stages=8: partition_method={partition} " \
+                                      f"leaves {empty}; at most 4 stages fill it and divide gpus=8: set " \
+                                      f"deepspeed.pipeline_stages=4\n"
+    assert main([*argv[:-2], "deepspeed.pipeline_stages=4", argv[-1]]) == 0
+    assert "fits" in capsys.readouterr().out
+
+
+def test_plan_cuts_the_stages_where_the_training_pipeline_does():
+    """plan's stages are those PipelineModule builds from the training task's layers, for every partition."""
+    from deepspeed.pipe import PipelineModule
+    from deepspeed.runtime.pipe.topology import PipeDataParallelTopology
+
+    from megadalle.train.transformer import TransformerTask
+
+    counts = count_parameters(CFG)
+    layers = TransformerTask(CFG, None).pipeline().layers
+    for partition in ("type:Block", "parameters", "uniform"):
+        for pipeline in (2, 3, 5, 6):
+            module = PipelineModule.__new__(PipelineModule)
+            module.__dict__.update(num_stages=pipeline, global_rank=1, _layer_specs=layers,
+                                   _topo=PipeDataParallelTopology(num_pp=pipeline, num_dp=1))
+            module._set_bounds = lambda start, stop: None
+            module._partition_layers(partition)
+            spans = [stage_span(counts, CFG, pipeline, s, partition) for s in range(pipeline)]
+            blocks = [sum(1 for spec in layers[a:b] if spec.typename.__name__ == "Block")
+                      for a, b in zip(module.parts, module.parts[1:])]
+            assert [span.blocks for span in spans] == blocks, (partition, pipeline)
+
+
 def test_parameters_partition_balances_the_embeddings_and_head_with_the_blocks():
     # embed 100, blocks 200 each, head 50 over 3 stages: [embed, 1 block] 300, [2 blocks] 400, [1 block, head] 250
     assert [stage_parameters(COUNTS, CFG, 3, s, "parameters") for s in range(3)] == [300, 400, 250]
