@@ -38,6 +38,8 @@ class PrepareConfig:
     max_pixels: int = 89_478_485
     """Images with more pixels are skipped as decompression_bomb (PIL's default limit)."""
     shard_max_samples: int = 10_000
+    """Samples per shard at most (with shard_max_bytes): shards are the unit of shuffling and of splitting
+    the data over ranks and loader workers, so a few thousand samples each keeps many of them."""
     shard_max_bytes: int = 1_000_000_000
     """A new shard starts before one would exceed either limit."""
     num_workers: int | None = None
@@ -99,6 +101,7 @@ class TokenizerConfig:
     byte_fallback: bool = False
     """Spell unknown characters as UTF-8 bytes instead of unk (needs vocab_size > 260)."""
     seed: int = 0
+    """Seed of the random sample of max_sentences caption lines: the same seed and captions give the same model."""
 
     def validate(self, where: str = "") -> None:
         check(self.vocab_size > 4, join(where, "vocab_size"), self.vocab_size, "must exceed the 4 special ids")

@@ -32,6 +32,7 @@ class DemoConfig:
     cost what 300 of 32 did and kept 64% of reconstructions against 26% (5 seeds against 2, a plain loop on the
     demo's images; benchmarks/RESULTS.md, Demo): at this size the dVAE learns per update, not per image."""
     dvae_batch: int = 8
+    """Images per dVAE update."""
     dvae_lr: float = 1.0e-3
     """At 2e-3, 2 of 5 seeds' codebooks collapsed mid-run (every cell's posterior one code, KL = ln K) and one
     never recovered; at 1e-3 none of 5 did, and 82% of reconstructions were kept against 66% on average
@@ -49,7 +50,9 @@ class DemoConfig:
     samples on every seed; 500 held 62% and lost on one (benchmarks/RESULTS.md, Demo: "Why CLIP's rerank
     did not help on the seen captions"). ~80 s on 2 cores."""
     clip_batch: int = 64
+    """Image-caption pairs per CLIP update: each pair's negatives are the batch's other captions."""
     clip_lr: float = 2.0e-3
+    """CLIP's peak learning rate."""
     clip_images: str = "both"
     """What CLIP trains on: `original` (the training images), `reconstructed` (the dVAE's decode(encode(x))
     of them, the kind of image CLIP reranks) or `both`. Over six seeds at 1000 updates, CLIP's best 8 of 32
@@ -63,13 +66,17 @@ class DemoConfig:
     batch: int = 32
     """Transformer micro-batch."""
     lr: float = 1.0e-3
+    """The Transformer's peak learning rate."""
     samples: int = 32
     """Samples drawn per caption; CLIP keeps the best `keep`."""
     keep: int = 8
+    """Samples per caption that CLIP's rerank keeps and the judge scores."""
     seen: int = 6
     """Training captions evaluated beside the held-out ones (the headline is the held-out captions')."""
     temperature: float = 1.0
+    """Sampling temperature of the image tokens (as `generate`'s)."""
     top_k: int = 0
+    """Keep the k most likely image tokens at each step; 0 keeps all (as `generate`'s)."""
     top_p: float = 0.9
     """As `generate`'s default (megadalle/config/sample.py)."""
     check_per_scene: int = 4

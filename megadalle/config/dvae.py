@@ -130,7 +130,10 @@ class TrainDVAEConfig:
     preview: int = 8
     """Images shown in the logged reconstruction grid."""
     seed: int = 0
+    """Seed of the run's random draws (initialisation, data order, Gumbel noise): the same seed and data give the
+    same run."""
     out_dir: str = "outputs"
+    """The folder runs go under (<out_dir>/dvae/<name>)."""
 
     def validate(self, where: str = "") -> None:
         check(self.usage_window > 0, join(where, "usage_window"), self.usage_window, "must be positive")

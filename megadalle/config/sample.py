@@ -32,6 +32,7 @@ class GenerateConfig:
     """Samples drawn, decoded and scored together. Each batch has its own generator, seeded from `seed` and the
     batch index, so the samples depend on it: the same seed with another batch_size draws other samples."""
     temperature: float = 1.0
+    """Divides the image-token logits before sampling: below 1 sharper (less varied), above 1 flatter."""
     top_k: int = 0
     """Keep the k most likely image tokens at each step; 0 keeps all."""
     top_p: float = 0.9
@@ -65,6 +66,7 @@ class GenerateConfig:
     CPU bf16's speed depends on the CPU and the batch: megadalle/devices.py); fp32 or bf16 to choose. The dVAE and
     CLIP stay fp32."""
     seed: int = 0
+    """Seed of the sampling: the same seed, prompt, weights, batch_size and device give the same samples."""
 
     @property
     def kept(self) -> int:

@@ -8,10 +8,6 @@ from megadalle.config.verbs import VERB_SCHEMAS
 
 UNDOCUMENTED = {
     "trainer": {"eps"}, "logger": {"project", "entity"},  # config/train.py
-    "demo": {"dvae_batch", "clip_batch", "clip_lr", "lr", "keep", "temperature", "top_k"},  # config/demo.py
-    "prepare": {"shard_max_samples"}, "tokenizer": {"seed"},  # config/data.py
-    "train-dvae": {"seed", "out_dir"},  # config/dvae.py
-    "generate": {"temperature", "seed"},  # config/sample.py
 }
 """Fields still without one, by group or verb (their modules named): shrink it as they get theirs."""
 
