@@ -90,3 +90,22 @@ def test_deleting_a_declared_key_is_refused(item, capsys):
     key = item.lstrip("~").partition("=")[0]
     assert one_line(capsys) == f"megadalle plan: {item}: a key of megadalle plan cannot be deleted (the stage would " \
                                f"take a built-in value in silence, or hydra refuse it); set it instead: {key}=VALUE\n"
+
+
+def test_an_unset_environment_variable_is_named_with_a_default_to_copy(monkeypatch, capsys):
+    """`${oc.env:SCRATCH}` unset was answered with the advice to keep `${` as text, which no run directory means."""
+    import shlex
+
+    monkeypatch.delenv("MEGADALLE_UNSET_VARIABLE", raising=False)
+    assert main(["plan", "out_dir=${oc.env:MEGADALLE_UNSET_VARIABLE}/runs"]) == 2
+    err = one_line(capsys)
+    assert err.startswith("megadalle plan: out_dir='${oc.env:MEGADALLE_UNSET_VARIABLE}/runs': environment variable "
+                          "MEGADALLE_UNSET_VARIABLE is not set; set it (export MEGADALLE_UNSET_VARIABLE=...), or give "
+                          "it a default: ")
+    suggested = shlex.split(err.split("give it a default: ")[1].split("; to keep it as text")[0])[0]
+    assert compose("plan", [suggested]).out_dir == "DEFAULT/runs"
+
+
+def test_an_unknown_verb_is_answered_with_the_nearest_verb(capsys):
+    assert main(["trian"]) == 2
+    assert capsys.readouterr().err.startswith("megadalle: unknown verb 'trian'; did you mean train?\n")
