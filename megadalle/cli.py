@@ -8,6 +8,7 @@ hydra's own runner instead (megadalle.hydra_app), whose jobs run the same checks
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 import sys
@@ -122,7 +123,8 @@ def run_command(argv: list[str]) -> int:
         return 0 if argv else 2
     verb, rest = argv[0], [a for a in argv[1:] if not LOCAL_RANK_FLAG.match(a)]
     if verb not in VERBS:
-        print(f"megadalle: unknown verb {verb!r}.\n", file=sys.stderr)
+        near = difflib.get_close_matches(verb, VERBS, n=1)
+        print(f"megadalle: unknown verb {verb!r}{f'; did you mean {near[0]}?' if near else '.'}\n", file=sys.stderr)
         print_help()
         return 2
     key = VERBS[verb].positional
@@ -194,7 +196,8 @@ def bad_config(err: Exception) -> str:
 def bad_interpolation(err) -> str:
     """One line for a `${...}` that does not resolve, with the value and its form that keeps every `${` as text:
     OmegaConf reads `${` in any value as an interpolation, so `prompt=a ${x} cat` asks for a key `x`, and a
-    prompt or path that means the characters has to write `\\${`."""
+    prompt or path that means the characters has to write `\\${`. An unset `${oc.env:NAME}` is most often meant
+    (`out_dir=${oc.env:SCRATCH}/runs`): the line says so first (`unset_variable`)."""
     from omegaconf import OmegaConf
 
     from megadalle.config.compose import quoted_form
@@ -203,9 +206,22 @@ def bad_interpolation(err) -> str:
     raw = OmegaConf.to_container(err.parent_node)[err.key] if err.parent_node is not None else None
     if not isinstance(raw, str):
         return f"{err.full_key}: {reason}"
+    unset = re.search(r"Environment variable '([^']+)' not found", reason)
+    why = unset_variable(err.full_key, raw, unset.group(1)) if unset else f"{reason} (a ${{ starts an interpolation)"
+    if err.full_key.startswith("hydra."):  # hydra's own config (`-m`'s hydra.sweep.dir: ${out_dir}/...), no text
+        return f"{err.full_key}={raw!r}: {why}"
     escaped = re.sub(r"(?<!\\)\$\{", r"\\${", raw)
-    return (f"{err.full_key}={raw!r}: {reason} (a ${{ starts an interpolation); to keep it as text write \\${{: "
-            f"{quoted_form(err.full_key, escaped)}")
+    return f"{err.full_key}={raw!r}: {why}; to keep it as text write \\${{: {quoted_form(err.full_key, escaped)}"
+
+
+def unset_variable(key: str, raw: str, name: str) -> str:
+    """Why `${oc.env:NAME}` with NAME unset did not resolve, and the fixes: set it, or give the interpolation a
+    default (`${oc.env:NAME,DEFAULT}`)."""
+    from megadalle.config.compose import quoted_form
+
+    with_default = raw.replace(f"${{oc.env:{name}}}", f"${{oc.env:{name},DEFAULT}}")
+    default = f", or give it a default: {quoted_form(key, with_default)}" if with_default != raw else ""
+    return f"environment variable {name} is not set; set it (export {name}=...){default}"
 
 
 def fail(verb: str, message: str) -> int:

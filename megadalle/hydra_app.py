@@ -19,7 +19,9 @@ them), so a sweep with an output of its own could not run at all.
 """
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
@@ -39,10 +41,13 @@ class VerbJob:
     """The task function of one verb. A class (not a closure) so that launchers that pickle the task
     function, like submitit's, find it by reference on the node that runs the job. `overrides` are the
     command line's as typed: hydra hands each job its own re-written (`prompt=3.10` as `prompt=3.1`), which
-    would lose the text a text key keeps (megadalle.config.compose.keep_text)."""
+    would lose the text a text key keeps (megadalle.config.compose.keep_text). `crashes` are what the jobs' stages
+    raised (hydra's basic launcher runs every job, then raises the first job's): a crash keeps its traceback, where
+    run_with_hydra reports hydra's own errors as one line."""
 
     def __init__(self, verb: str, overrides: list[str]):
         self.verb, self.overrides = verb, overrides
+        self.crashes: list[BaseException] = []
         self.__name__ = self.__qualname__ = f"megadalle {verb}"  # what hydra names the job after, unless told
 
     def __call__(self, cfg: DictConfig) -> int:
@@ -65,7 +70,11 @@ class VerbJob:
                 cfg.run_dir = hydra.runtime.output_dir
             if self.verb in OUTPUT_VERBS and multirun:
                 cfg.output = job_output(cfg.output, hydra, gives(hydra.overrides.task, "output"))
-        code = execute(self.verb, cfg)
+        try:
+            code = execute(self.verb, cfg)
+        except BaseException as err:
+            self.crashes.append(err)
+            raise
         if code in (2, STOPPED_EXIT, 130):  # a user error, a stop signal or Ctrl-C stops the sweep
             raise SystemExit(code)
         return code
@@ -99,29 +108,52 @@ def hydra_argv(verb: str, args: list[str]) -> list[str]:
 
 
 def run_with_hydra(verb: str, args: list[str]) -> int:
-    """Run `megadalle <verb> ARGS` through hydra's runner (as `@hydra.main` would); returns the exit code."""
+    """Run `megadalle <verb> ARGS` through hydra's runner (as `@hydra.main` would); returns the exit code. The
+    overrides pass a plain run's checks first (sweeps allowed), and an error of hydra's own in composing
+    (`trainer.lr=abc`) is one line and exit code 2, as on a plain run: hydra's runner printed it over several
+    lines, advised `+key` for a misspelt key and exited 1, the status of a crash."""
     import hydra
+    from omegaconf.errors import InterpolationResolutionError
 
-    from megadalle.cli import fail
+    from megadalle.cli import bad_config, bad_interpolation, compose_errors, fail
     from megadalle.config import register_schemas
-    from megadalle.config.compose import check_group_choices, conf_dir
-    from megadalle.config.declared import check_added
+    from megadalle.config.compose import check_overrides, conf_dir
     from megadalle.errors import UserError
 
+    overrides = split_flags(args)[1]
     try:
-        check_group_choices(verb, [a for a in args if not a.startswith("-")])
-        check_added(verb, [a for a in args if not a.startswith("-")])
+        check_overrides(verb, overrides, sweeps=True)
     except UserError as err:
         return fail(verb, str(err))
     register_schemas()
-    job = VerbJob(verb, split_flags(args)[1])
+    job = VerbJob(verb, overrides)
     app = hydra.main(config_path=str(conf_dir()), config_name=verb, version_base="1.3")(job)
     saved = sys.argv
     sys.argv = hydra_argv(verb, args)
     try:
-        app()
+        with errors_raised():
+            app()
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
+    except compose_errors() as err:
+        if any(err is crash for crash in job.crashes):
+            raise
+        return fail(verb, bad_interpolation(err) if isinstance(err, InterpolationResolutionError) else bad_config(err))
     finally:
         sys.argv = saved
     return 0
+
+
+@contextmanager
+def errors_raised():
+    """Hydra's runner raising its errors (HYDRA_FULL_ERROR=1) instead of printing them and exiting 1, so that
+    run_with_hydra reports them as one line."""
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved

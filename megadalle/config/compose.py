@@ -40,13 +40,16 @@ def check_group_choices(verb: str, overrides: list[str]) -> None:
     (hydra's own message would list the ConfigStore's `schema` entry as an option), and so is an option the verb
     cannot read (megadalle.config.verbs.GROUP_OPTIONS: `train data=images`). Sweeps (`model=tiny,small`) are
     checked option by option; hydra's sweep functions are left to hydra. A group cannot be left out
-    (`model=null`, `~model`): every stage reads the groups its verb composes."""
+    (`model=null`, `~model`): every stage reads the groups its verb composes. A group of other verbs only
+    (`generate clip=base`) is no group here: its key is refused as undeclared (megadalle.config.declared)."""
     from megadalle.config import ConfigError
+    from megadalle.config.declared import verb_groups
     from megadalle.config.verbs import GROUP_OPTIONS
 
+    groups = verb_groups(verb)
     for item in overrides:
         key, sep, value = item.lstrip("+~").partition("=")
-        if not key or "." in key or "/" in key or "(" in value or not (conf_dir() / key).is_dir():
+        if key not in groups or "(" in value:
             continue
         options = group_options(key)
         if item.startswith("~") or "null" in value.split(","):
@@ -101,12 +104,13 @@ def bare_item(verb: str | None, item: str) -> str:
     return f"{item}: expected key=value" + (f" (megadalle {verb} --help lists the keys)" if verb else "")
 
 
-def check_override_syntax(overrides: list[str], verb: str | None = None) -> None:
+def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps: bool = False) -> None:
     """An override hydra cannot read as one value is refused with the quoted form that it reads as the text
     given. Prompts and paths are where users meet hydra's grammar: a comma makes a sweep, and an apostrophe,
     a bracket or a letter outside ASCII is syntax unless the value is quoted; hydra's own message
     (`LexerNoViableAltException`, `Ambiguous value`) does not say so. An item without `=` is no override at
-    all: said as such (`bare_item`), with the `key=` that `verb` most likely wants."""
+    all: said as such (`bare_item`), with the `key=` that `verb` most likely wants. A sweep is refused unless
+    `sweeps` (hydra's runner, `-m`, runs them)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -125,9 +129,19 @@ def check_override_syntax(overrides: list[str], verb: str | None = None) -> None
             listed = list_form(parser, key, value) if sep else None
             fix = f"{quoted} (as text), or {listed} (as a list)" if listed else quoted
             raise ConfigError(f"{item}: hydra cannot read this value ({reason}); quote it: {fix}") from None
-        if sweep and sep:
+        if sweep and sep and not sweeps:
             raise ConfigError(f"{item}: hydra reads the comma as a sweep over several values; quote the value to keep "
                               f"it as text: {quoted}, or add --multirun to sweep")
+
+
+def check_overrides(verb: str, overrides: list[str], sweeps: bool = False) -> None:
+    """The checks every command line passes before hydra sees it, a plain run's and `-m`'s alike: each override
+    read as one value (or, with `sweeps`, a sweep), each group option one the verb reads, each key declared."""
+    from megadalle.config.declared import check_keys
+
+    check_override_syntax(overrides, verb, sweeps)
+    check_group_choices(verb, overrides)
+    check_keys(verb, overrides)
 
 
 def keep_text(cfg: DictConfig, verb: str, overrides: list[str]) -> None:
@@ -159,15 +173,12 @@ def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple
     from hydra.core.global_hydra import GlobalHydra
 
     from megadalle.config import register_schemas
-    from megadalle.config.declared import check_added
     from megadalle.config.required import restore
 
     register_schemas()
     GlobalHydra.instance().clear()
     overrides = list(overrides or [])
-    check_override_syntax(overrides, verb)
-    check_group_choices(verb, overrides)
-    check_added(verb, overrides)
+    check_overrides(verb, overrides)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
         cfg = hydra_compose(config_name=verb, overrides=overrides, return_hydra_config=True)
     choices = {group: option for group, option in cfg.hydra.runtime.choices.items() if not group.startswith("hydra")}

@@ -87,7 +87,7 @@ def test_dvae_overrides_reach_the_demos_train_dvae_and_its_paths_stay_the_demos(
 
 
 @pytest.mark.parametrize("override, message", [
-    ("dvae.nonkey=3", "Could not override 'dvae.nonkey'"),
+    ("dvae.nonkey=3", "dvae.nonkey=3: megadalle train-dvae has no key dvae.nonkey"),
     ("dvae.n_groups=-1", "dvae.n_groups=-1: must be positive")])
 def test_a_bad_dvae_override_is_refused_before_the_demo_makes_its_data(tmp_path, monkeypatch, capsys, override,
                                                                        message):

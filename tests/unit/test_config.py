@@ -45,8 +45,8 @@ def test_bad_values_name_key_and_value(override, message):
 def test_wrong_types_and_unknown_keys_fail_at_composition():
     with pytest.raises(ConfigCompositionException):
         compose("plan", ["model.n_heads=four"])
-    with pytest.raises(ConfigCompositionException):
-        compose("plan", ["model.n_haeds=4"])
+    with pytest.raises(ConfigError, match=r"no key model.n_haeds; did you mean model.n_heads\?"):
+        compose("plan", ["model.n_haeds=4"])  # refused before composing, with the nearest declared key
 
 
 def test_validation_does_not_rewrite_values():
