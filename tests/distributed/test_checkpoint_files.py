@@ -294,3 +294,23 @@ def test_pruning_before_a_save_spares_the_checkpoint_the_run_continues(tmp_path)
     save(engine, tmp_path, 5, {"step": 5}, rank=0, keep=1)
     assert engine.present == ["latest", "step_00000003", "step_00000004"]
     assert names(tmp_path) == ["latest", "step_00000005"]
+
+
+def test_lineage_names_its_own_run_by_tag_and_others_by_path(tmp_path, capsys):
+    """A run resumed by name from another run's checkpoint continues on the rerun of that command; moved
+    elsewhere, a run directory keeps its lineage (its own checkpoints are recorded by tag)."""
+    other, mine = tmp_path / "other" / "checkpoints", tmp_path / "mine" / "checkpoints"
+    save(FakeEngine(), other, 2, {"step": 2}, rank=0)
+    assert resolve(str(other / "step_00000002"), mine) == other / "step_00000002"
+    save(FakeEngine(), mine, 3, {"step": 3}, rank=0)
+    assert resolve(str(other / "step_00000002"), mine) == mine / "step_00000003"
+    save(FakeEngine(), mine, 4, {"step": 4}, rank=0)
+    assert json.loads((mine / "step_00000004" / "manifest.json").read_text())["parent"] == "step_00000003"
+    moved = tmp_path / "moved" / "checkpoints"
+    moved.parent.mkdir()
+    os.rename(mine, moved)
+    assert resolve(str(moved / "step_00000003"), moved) == moved / "step_00000003"
+    save(FakeEngine(), moved, 4, {"step": 4}, rank=0)
+    assert names(moved / "abandoned") == ["step_00000004"]
+    assert resolve(str(moved / "step_00000003"), moved) == moved / "step_00000004"
+    assert resolve(str(other / "step_00000002"), moved) == moved / "step_00000004"
