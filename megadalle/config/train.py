@@ -197,11 +197,13 @@ class RunConfig:
     """auto: the newest complete checkpoint of run_dir (the one `latest` names, else the newest complete one
     before it); a fresh start where no save ever finished, an error where one did and none is usable. never:
     start fresh (refused when run_dir already holds checkpoints). Or the path of a checkpoints/step_*
-    directory: going back, the later checkpoints move to checkpoints/abandoned/ at the first save."""
+    directory: going back, the later checkpoints move to checkpoints/abandoned/ at the first save; once the run
+    has saved past it, the same command continues from the newest checkpoint (a Slurm requeue repeats it), even
+    where that directory is pruned by then."""
 
     def validate(self, where: str = "") -> None:
         from pathlib import Path
 
         key = f"{where}.resume" if where else "resume"
-        check(self.resume in ("auto", "never") or Path(self.resume).is_dir(), key, self.resume,
-              "expected auto, never or an existing checkpoint directory")
+        check(self.resume in ("auto", "never") or Path(self.resume).parent.is_dir(), key, self.resume,
+              "expected auto, never or a checkpoint directory (<run>/checkpoints/step_N)")

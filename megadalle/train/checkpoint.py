@@ -5,8 +5,8 @@ Layout under `<run>/checkpoints/`:
         rng_rank00000.pt      each rank's generator states (rng.py)
         ema_rank00000.safetensors   each rank's piece of the EMA weights, when EMA is on (ema.py)
         manifest.json         written by rank 0 after every rank's files are on disk (fsynced): file names
-                              and sizes, and the layout (data-parallel size, pipeline stages, ZeRO stage,
-                              global batch)
+                              and sizes, the layout (data-parallel size, pipeline stages, ZeRO stage,
+                              global batch) and the lineage (lineage.py)
         universal/            DeepSpeed's universal form, made on a resume with another data-parallel size
     latest                    the tag of the newest complete checkpoint, written last (atomically, fsynced)
     abandoned/step_00000300/  a checkpoint of a run that went further and was resumed from an older one
@@ -15,7 +15,8 @@ A checkpoint counts only when its manifest exists and every listed file has its 
 readable ends (`unreadable`), so a run killed mid-save, or a power loss that zeroed a file, leaves a
 directory that resume skips. `resume=auto` takes the checkpoint `latest` names, or, when that one is
 missing or damaged, the newest complete one before it; where none is usable though a save once
-finished, it stops rather than start again from step 0.
+finished, it stops rather than start again from step 0. `resume=<step dir>` goes back to that checkpoint
+once: when the run has since trained on from it, a rerun of the same command continues (lineage.py).
 """
 from __future__ import annotations
 
@@ -32,12 +33,18 @@ import torch
 
 from megadalle.train import distributed, ema as ema_lib, rng, schedule
 from megadalle.train.distributed import barrier
+from megadalle.train.lineage import Lineage
 from megadalle.errors import UserError
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
 ABANDONED = "abandoned"
 TAG = re.compile(r"^step_(\d{8})$")
+
+_next_save: dict[Path, Lineage] = {}
+"""Per checkpoints directory (resolved), the lineage of this process's next save there: `resolve` sets it on rank
+0, which chooses the checkpoint and writes the manifests, and each save advances it. Kept here rather than passed
+through the trainer, since only the checkpoint that `resolve` chose and how (by name or not) decide it."""
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -153,7 +160,8 @@ def read_latest(root: Path) -> tuple[str | None, str | None]:
 
 
 def find_resumable(root: Path) -> str | None:
-    """The tag `latest` names if complete. When it is damaged, the newest complete checkpoint older than it
+    """The tag `latest` names if complete, or the complete one after it that continues it (`continuation`).
+    When it is damaged, the newest complete checkpoint older than it
     (with a warning): newer ones belong to a run abandoned by a resume from an older checkpoint. Without a
     `latest`, the newest complete one.
 
@@ -162,7 +170,7 @@ def find_resumable(root: Path) -> str | None:
     to the old metrics, take a new wandb id and later prune the damaged checkpoints, all in silence."""
     named, why = read_latest(root)
     if named is not None and why is None:
-        return named
+        return continuation(root, named) or named
     tags = complete_tags(root, before=named)
     if tags:
         if why is not None:
@@ -178,41 +186,99 @@ def find_resumable(root: Path) -> str | None:
                           "another checkpoint pass resume=<its step_* directory>")
 
 
+def continuation(root: Path, named: str) -> str | None:
+    """A complete checkpoint newer than the one `latest` names that continues it: a kill between its manifest and
+    `latest` left it (set_aside clears the newer ones before every save, so nothing else leaves one)."""
+    parent = (root / named).resolve()
+    for path in reversed([p for p in step_dirs(root) if p.name > named]):
+        if damage(path) is None and lineage_of(path).parent == parent:
+            print(f"[checkpoint] {path} is complete and continues {named}, which {LATEST} still names (the save "
+                  f"was stopped before it wrote {LATEST}): resuming from it", file=sys.stderr, flush=True)
+            return path.name
+    return None
+
+
+def lineage_of(path: Path) -> Lineage:
+    """The lineage a complete checkpoint's manifest records (tags relative to its `checkpoints/`, also from
+    `abandoned/`)."""
+    root = path.parent.parent if path.parent.name == ABANDONED else path.parent
+    return Lineage.of(json.loads((path / MANIFEST).read_text()), root)
+
+
 def resolve(resume: str, root: Path) -> Path | None:
-    """The checkpoint directory to resume from for `resume` = auto | never | <path of a step_* dir>."""
+    """The checkpoint directory to resume from for `resume` = auto | never | <path of a step_* dir>, and the
+    lineage of the run's next save (`_next_save`)."""
+    chosen, lineage = _choose(resume, root)
+    _next_save[root.resolve()] = lineage
+    return chosen
+
+
+def _choose(resume: str, root: Path) -> tuple[Path | None, Lineage]:
     if resume == "never":
         if complete_tags(root):
             raise CheckpointError(f"resume=never but {root} already holds checkpoints; use resume=auto or a new run_dir")
-        return None
+        return None, Lineage()
     if resume == "auto":
         tag = find_resumable(root)
-        return root / tag if tag else None
+        return (root / tag, lineage_of(root / tag).after(root / tag)) if tag else (None, Lineage())
     path = Path(resume)
+    newest = _newest_descendant(path, root)
+    if newest is not None:
+        print(f"[checkpoint] resume={resume}: this run resumed from it before and has saved {newest} since; "
+              f"continuing from there (to go back to it again, move the later step_* directories out of {root})",
+              file=sys.stderr, flush=True)
+        return newest, lineage_of(newest).after(newest)
     if not path.is_dir():
         raise CheckpointError(f"resume={resume}: no such checkpoint directory")
     why = damage(path)
     if why is not None:
         raise CheckpointError(f"resume={resume}: {why}")
-    return path
+    return path, lineage_of(path).after(path, by_name=True)
+
+
+def _newest_descendant(path: Path, root: Path) -> Path | None:
+    """The checkpoint `resume=auto` would take when an earlier `resume=<path>` led to it (`path` itself may be
+    pruned by now); None otherwise: going back to a checkpoint that the run merely passed is what the user asks."""
+    try:
+        tag = find_resumable(root)
+    except CheckpointError:  # nothing usable here: `path` alone decides
+        return None
+    if tag is None or (root / tag).resolve() == path.resolve():
+        return None
+    return root / tag if path.resolve() in lineage_of(root / tag).resumed_from else None
 
 
 def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None, keep: int = 0) -> Path:
     """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints.
-    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too.
+    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too, and the lineage.
+
+    With `keep`, rank 0 prunes before the save as well (never the checkpoint the run continues): a run resumed
+    with a lower `trainer.keep_checkpoints` frees that disk space before it needs it, not after.
 
     Every file is fsynced before the manifest is written, so a checkpoint that counts as complete survives a
     power loss. A failure on any rank (a full disk) stops every rank with the same line, and the unfinished
     directory is removed: no rank waits at a barrier for one that has left."""
     tag = tag_of(step)
     path = root / tag
-    on_every_rank(path, rank, partial(set_aside, root, tag) if rank == 0 else None, remove=False)
+    lineage = _next_save.get(root.resolve(), Lineage())
+    on_every_rank(path, rank, partial(_make_room, root, tag, keep, lineage.parent) if rank == 0 else None,
+                  remove=False)
     on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
     on_every_rank(path, rank, partial(sync_tree, path) if rank == 0 else None)
-    on_every_rank(path, rank, partial(_publish, root, path, step, client_state) if rank == 0 else None)
+    on_every_rank(path, rank, partial(_publish, root, path, step, client_state, lineage) if rank == 0 else None)
+    _next_save[root.resolve()] = lineage.after(path)
     if rank == 0 and keep:
-        prune(root, keep, tag)
+        prune(root, keep)
     barrier()
     return path
+
+
+def _make_room(root: Path, tag: str, keep: int, parent: Path | None) -> None:
+    """Rank 0, before `tag` is written: the step directories at or after it go (set_aside), and with `keep`
+    those beyond the newest `keep` complete ones, sparing `parent`."""
+    set_aside(root, tag)
+    if keep:
+        prune(root, keep, spare=parent)
 
 
 def _write(engine, path: Path, client_state: dict, rank: int, ema) -> None:
@@ -229,12 +295,12 @@ def _write(engine, path: Path, client_state: dict, rank: int, ema) -> None:
         ema.save(path / ema_lib.file_name(rank))
 
 
-def _publish(root: Path, path: Path, step: int, client_state: dict) -> None:
+def _publish(root: Path, path: Path, step: int, client_state: dict, lineage: Lineage) -> None:
     """Rank 0, once every rank's files are on disk: the manifest, then `latest`. The checkpoint counts from here."""
     fsync_dir(root)  # the step directory's own entry
     files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
              if f.is_file() and f.name != MANIFEST}
-    record = {"step": step, "layout": client_state.get("layout"), "files": files}
+    record = {"step": step, "layout": client_state.get("layout"), "files": files, **lineage.fields(root)}
     atomic_write(path / MANIFEST, json.dumps(record, indent=1))
     atomic_write(root / LATEST, path.name)
 
@@ -289,13 +355,16 @@ def set_aside(root: Path, tag: str) -> None:
               f"to {target}; delete it if it is not needed", file=sys.stderr, flush=True)
 
 
-def prune(root: Path, keep: int, tag: str) -> None:
-    """Keep the newest `keep` complete checkpoints up to `tag` (the one just saved, always kept); delete every
-    step directory older than them (complete or not: an unfinished save older than a complete one will never
-    be resumed). Nothing newer than `tag` is left by then (set_aside)."""
-    kept = (complete_tags(root, before=tag) + [tag])[-keep:]
+def prune(root: Path, keep: int, spare: Path | None = None) -> None:
+    """Keep the newest `keep` complete checkpoints, and `spare` (the checkpoint a save continues) if it is one of
+    `root`'s; delete every step directory older than them (complete or not: an unfinished save older than a
+    complete one will never be resumed). After a save the newest is the one just saved: set_aside left nothing
+    newer."""
+    kept = complete_tags(root)[-keep:]
+    if spare is not None and spare.parent == root.resolve():
+        kept.insert(0, spare.name)
     for path in step_dirs(root):
-        if path.name < kept[0]:
+        if kept and path.name < min(kept):
             shutil.rmtree(path, ignore_errors=True)
 
 

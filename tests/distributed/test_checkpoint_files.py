@@ -5,6 +5,7 @@ load that fails leaves and says. Single process: DeepSpeed's part is a stand-in 
 import json
 import os
 import resource
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_prune_keeps_newest_complete_and_drops_older_leftovers(tmp_path):
     fake_checkpoint(tmp_path, 1, complete=False)
     for step in (2, 4, 6):
         fake_checkpoint(tmp_path, step)
-    prune(tmp_path, keep=2, tag="step_00000006")
+    prune(tmp_path, keep=2)
     assert names(tmp_path) == ["step_00000004", "step_00000006"]
 
 
@@ -217,3 +218,99 @@ def test_a_checkpoint_that_fails_to_load_is_named_with_the_one_before(tmp_path):
                                               r"resume=\S*step_00000002$"):
         load(FakeEngine(), newest, rank=0)
     assert load(FakeEngine(), tmp_path / "step_00000002", rank=0)["step"] == 2
+
+
+def test_resume_by_name_goes_back_once_and_a_rerun_continues(tmp_path, capsys):
+    """resume=<step_4> repeated (a Slurm requeue repeats the command line): the first run goes back to it, the
+    reruns continue from the newest checkpoint that descends from it, also once step_4 is pruned; a checkpoint
+    the run merely passed is still gone back to."""
+    for step in (2, 4, 6):
+        save(FakeEngine(), tmp_path, step, {"step": step}, rank=0)
+    by_name = str(tmp_path / "step_00000004")
+    assert resolve(by_name, tmp_path) == tmp_path / "step_00000004"
+    save(FakeEngine(), tmp_path, 5, {"step": 5}, rank=0)
+    assert names(tmp_path / "abandoned") == ["step_00000006"]
+    capsys.readouterr()
+    assert resolve(by_name, tmp_path) == tmp_path / "step_00000005"
+    assert capsys.readouterr().err == (f"[checkpoint] resume={by_name}: this run resumed from it before and has saved "
+                                       f"{tmp_path / 'step_00000005'} since; continuing from there (to go back to it "
+                                       f"again, move the later step_* directories out of {tmp_path})\n")
+    save(FakeEngine(), tmp_path, 7, {"step": 7}, rank=0, keep=1)
+    assert names(tmp_path) == ["abandoned", "latest", "step_00000007"]
+    assert resolve(by_name, tmp_path) == tmp_path / "step_00000007"  # pruned, but the run came from it
+    save(FakeEngine(), tmp_path, 8, {"step": 8}, rank=0)
+    assert resolve(str(tmp_path / "step_00000007"), tmp_path) == tmp_path / "step_00000007"  # passed: going back
+    with pytest.raises(CheckpointError, match="step_00000006: no such checkpoint directory"):
+        resolve(str(tmp_path / "step_00000006"), tmp_path)
+
+
+def test_a_checkpoint_saved_but_not_yet_in_latest_is_resumed(tmp_path, capsys):
+    """What a kill between a save's manifest and `latest` leaves: step_4 complete, `latest` still naming step_2.
+    The rerun resumes from step_4 instead of redoing its updates and setting it aside as another run's."""
+    save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
+    save(FakeEngine(), tmp_path, 4, {"step": 4}, rank=0)
+    checkpoint.atomic_write(tmp_path / "latest", "step_00000002")
+    (tmp_path / "latest.tmp").write_text("step_00000004")
+    assert find_resumable(tmp_path) == "step_00000004"
+    assert (f"{tmp_path / 'step_00000004'} is complete and continues step_00000002, which latest still names"
+            in capsys.readouterr().err)
+    assert resolve("auto", tmp_path) == tmp_path / "step_00000004"
+    save(FakeEngine(), tmp_path, 6, {"step": 6}, rank=0)
+    assert names(tmp_path) == ["latest", "step_00000002", "step_00000004", "step_00000006"]
+    shutil.rmtree(tmp_path / "step_00000004")  # a leftover newer than `latest` that does not continue it
+    save(FakeEngine(), tmp_path, 4, {"step": 4}, rank=0)
+    checkpoint.atomic_write(tmp_path / "latest", "step_00000002")
+    capsys.readouterr()
+    assert find_resumable(tmp_path) == "step_00000002"
+
+
+class SeeingEngine(FakeEngine):
+    """Records the step directories there are when DeepSpeed's files are written: the disk space a save has."""
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        self.present = names(Path(save_dir))
+        super().save_checkpoint(save_dir, tag, client_state, save_latest)
+
+
+def test_a_lower_keep_frees_the_disk_before_the_first_save_of_the_resumed_run(tmp_path):
+    """Six checkpoints (keep_checkpoints=0) filled the disk; the run resumed with keep_checkpoints=2 deletes the
+    oldest four before its first save, not only after it (which a full disk never reaches)."""
+    for step in range(1, 7):
+        save(FakeEngine(), tmp_path, step, {"step": step}, rank=0)
+    assert resolve("auto", tmp_path) == tmp_path / "step_00000006"
+    engine = SeeingEngine()
+    save(engine, tmp_path, 7, {"step": 7}, rank=0, keep=2)
+    assert engine.present == ["latest", "step_00000005", "step_00000006"]
+    assert names(tmp_path) == ["latest", "step_00000006", "step_00000007"]
+
+
+def test_pruning_before_a_save_spares_the_checkpoint_the_run_continues(tmp_path):
+    """Gone back to step_3 with keep_checkpoints=1, the first save (step_5) leaves the later step_4 in place: the
+    newest before it is step_4, yet step_3 is what this run trains on from."""
+    for step in range(1, 5):
+        save(FakeEngine(), tmp_path, step, {"step": step}, rank=0)
+    assert resolve(str(tmp_path / "step_00000003"), tmp_path) == tmp_path / "step_00000003"
+    engine = SeeingEngine()
+    save(engine, tmp_path, 5, {"step": 5}, rank=0, keep=1)
+    assert engine.present == ["latest", "step_00000003", "step_00000004"]
+    assert names(tmp_path) == ["latest", "step_00000005"]
+
+
+def test_lineage_names_its_own_run_by_tag_and_others_by_path(tmp_path, capsys):
+    """A run resumed by name from another run's checkpoint continues on the rerun of that command; moved
+    elsewhere, a run directory keeps its lineage (its own checkpoints are recorded by tag)."""
+    other, mine = tmp_path / "other" / "checkpoints", tmp_path / "mine" / "checkpoints"
+    save(FakeEngine(), other, 2, {"step": 2}, rank=0)
+    assert resolve(str(other / "step_00000002"), mine) == other / "step_00000002"
+    save(FakeEngine(), mine, 3, {"step": 3}, rank=0)
+    assert resolve(str(other / "step_00000002"), mine) == mine / "step_00000003"
+    save(FakeEngine(), mine, 4, {"step": 4}, rank=0)
+    assert json.loads((mine / "step_00000004" / "manifest.json").read_text())["parent"] == "step_00000003"
+    moved = tmp_path / "moved" / "checkpoints"
+    moved.parent.mkdir()
+    os.rename(mine, moved)
+    assert resolve(str(moved / "step_00000003"), moved) == moved / "step_00000003"
+    save(FakeEngine(), moved, 4, {"step": 4}, rank=0)
+    assert names(moved / "abandoned") == ["step_00000004"]
+    assert resolve(str(moved / "step_00000003"), moved) == moved / "step_00000004"
+    assert resolve(str(other / "step_00000002"), moved) == moved / "step_00000004"
