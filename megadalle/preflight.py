@@ -4,7 +4,8 @@ A wrong path or shards that do not fit the model used to surface after DeepSpeed
 traceback on every rank (or worse, as an index error deep in an embedding). Here every such mistake
 is a PreflightError naming the key, the value and what was expected; the CLI prints it once (rank 0)
 and exits with code 2. The checks read only small files: index.json, a weights' config JSON and the
-tokenizer model. One exception: a directory of tars written elsewhere, with no index.json, is
+tokenizer model; and they make nothing but an empty probe folder, removed at once, where an output or a run
+directory will go (`can_make`). One exception: a directory of tars written elsewhere, with no index.json, is
 indexed here (`ingest.open_index`, as every reader would on first use), since its index is what
 the checks read.
 

@@ -298,6 +298,12 @@ def test_weights_that_cannot_be_written_are_refused_before_training(capsys, toke
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_output_where_nothing_can_be_made_is_refused_before_the_work(capsys, image_shards):
+    """`writable` looked only for files in the way: `tokenizer` trained on every caption, then could not save."""
+    fails(capsys, ["tokenizer", f"input={image_shards}", "output=/proc/nope/tok.model"],
+          "megadalle tokenizer: output=/proc/nope/tok.model: nothing can be made in /proc (")
+
+
 def test_train_clip_weights_are_text(token_shards, image_shards):
     """`weights=2024` stayed an int, which the export after the training refused with a TypeError."""
     from megadalle.preflight import preflight
