@@ -4,7 +4,8 @@ A wrong path or shards that do not fit the model used to surface after DeepSpeed
 traceback on every rank (or worse, as an index error deep in an embedding). Here every such mistake
 is a PreflightError naming the key, the value and what was expected; the CLI prints it once (rank 0)
 and exits with code 2. The checks read only small files: index.json, a weights' config JSON and the
-tokenizer model. One exception: a directory of tars written elsewhere, with no index.json, is
+tokenizer model; and they make nothing but an empty probe folder, removed at once, where an output or a run
+directory will go (`can_make`). One exception: a directory of tars written elsewhere, with no index.json, is
 indexed here (`ingest.open_index`, as every reader would on first use), since its index is what
 the checks read.
 
@@ -13,6 +14,8 @@ the code grid side (`grid_size`), the codebook size (`vocab_size`) and the image
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -40,17 +43,32 @@ def _exists(key: str, value, kind: str = "path") -> Path:
 
 
 def writable(key: str, value, kind: str, example: str = "") -> None:
-    """`value` can be written as a `kind` ("file" or "folder") without making anything now: nothing of the other
-    kind stands there, and no file where one of its folders must be. A verb that finds out only when it writes
-    has already done its work (trained a tokenizer, read a dataset); `example` names a file to suggest."""
+    """`value` can be written as a `kind` ("file" or "folder"): nothing of the other kind stands there, no file
+    where one of its folders must be, and the folder it would go in can be written. A verb that finds out only
+    when it writes has already done its work (trained a tokenizer, read a dataset); `example` names a file to
+    suggest."""
     path = Path(str(value))
     if kind == "file" and path.is_dir():
         raise PreflightError(f"{key}={value}: a folder; give the file to write ({key}={path / example})")
+    can_make(f"{key}={value}", path, kind)
+
+
+def can_make(subject: str, path: Path, kind: str) -> None:
+    """A PreflightError naming `subject` unless a `kind` can be written at `path` (a folder may exist already).
+    Whether its nearest existing folder takes a new entry is learnt by making one there and removing it at once:
+    permission bits cannot tell, since root passes them all and /proc or a read-only mount still refuses."""
     if kind == "folder" and path.exists() and not path.is_dir():
-        raise PreflightError(f"{key}={value}: a file; give a folder")
-    blocking = next(p for p in path.absolute().parents if p.exists())
-    if not blocking.is_dir():
-        raise PreflightError(f"{key}={value}: {blocking} is a file, not a folder")
+        raise PreflightError(f"{subject}: a file; give a folder")
+    absolute = path.absolute()
+    nearest = next(p for p in (absolute, *absolute.parents) if p.exists())
+    if nearest != absolute and not nearest.is_dir():
+        raise PreflightError(f"{subject}: {nearest} is a file, not a folder")
+    folder = nearest if nearest.is_dir() else nearest.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".megadalle-probe-", dir=folder))
+    except OSError as err:
+        raise PreflightError(f"{subject}: nothing can be made in {folder} ({err.strerror}); give a place you can "
+                             "write") from None
 
 
 def shard_index(key: str, value):
@@ -110,9 +128,11 @@ def fits(ok: bool, message: str) -> None:
 
 def check_train(cfg: DictConfig) -> None:
     """Token shards against the Transformer: grid side, image vocabulary; the tokenizer against text_vocab."""
-    from megadalle.config import build
+    from megadalle.config import build, top_level
     from megadalle.config.model import TransformerConfig
+    from megadalle.config.train_verbs import TrainConfig
 
+    build(TrainConfig, top_level(cfg, TrainConfig), "")
     model = build(TransformerConfig, cfg.model, "model")
     fits(model.attention_backend != "triton" or triton_runs_here(),
          "model.attention_backend=triton: this machine has no CUDA GPU, and Triton runs on the CPU only in its "
@@ -196,10 +216,25 @@ def _not_upscaled(index, shards: str, wanted: int, subject: str, remedy: str) ->
          f"the shards at {wanted} px)")
 
 
-def check_train_dvae(cfg: DictConfig) -> None:
-    from megadalle.config import build
-    from megadalle.config.dvae import DVAEConfig
+def export_target(value: str | None) -> None:
+    """Where train-dvae or train-clip exports the trained model (`weights`), checked as `export` checks its
+    output: the export comes after the whole training, and a path it cannot write failed only then."""
+    from megadalle.weights import OutputInTheWay, check_replaceable
 
+    if value is None:
+        return
+    try:
+        check_replaceable(value)
+    except OutputInTheWay as err:
+        raise PreflightError(f"weights={value}: {str(err).removeprefix(f'output={Path(value)}: ')}") from None
+    writable("weights", value, "file" if value.endswith(".safetensors") else "folder")
+
+
+def check_train_dvae(cfg: DictConfig) -> None:
+    from megadalle.config import build, top_level
+    from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
+
+    export_target(build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "").weights)
     dvae = build(DVAEConfig, cfg.dvae, "dvae")
     revive = dvae.objective.revive_every
     fits(not (revive and int(cfg.deepspeed.zero_stage) >= 3),
@@ -209,9 +244,11 @@ def check_train_dvae(cfg: DictConfig) -> None:
 
 
 def check_train_clip(cfg: DictConfig) -> None:
-    from megadalle.config import build
+    from megadalle.config import build, top_level
     from megadalle.config.clip import ClipConfig
+    from megadalle.config.train_verbs import TrainClipConfig
 
+    export_target(build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights)
     clip = build(ClipConfig, cfg.clip, "clip")
     _image_size(image_shards("data.shards", cfg.data.shards), cfg, "clip.image_size", clip.image_size)
     vocab = tokenizer_vocab("tokenizer", cfg.tokenizer)
@@ -238,13 +275,28 @@ def check_logger(cfg: DictConfig) -> None:
 
 
 def check_run_dir(verb: str, cfg: DictConfig) -> None:
-    """A rerun into an existing run directory must have its config (megadalle.train.rundir.RESUMABLE aside)."""
+    """The run directory: its `name` one folder, the folder one that can be made or written (rank 0 makes it once
+    DeepSpeed has started: a file or an unwritable place in its path was a traceback there), and a rerun into an
+    existing one must have its config (megadalle.train.rundir.RESUMABLE aside)."""
     from omegaconf import OmegaConf
 
     from megadalle.train import rundir
 
-    path = rundir.path_for(cfg.get("run_dir"), str(cfg.get("out_dir", "outputs")), RUN_TASKS[verb], cfg.get("name"))
+    given, out_dir, name = cfg.get("run_dir"), str(cfg.get("out_dir", "outputs")), cfg.get("name")
+    task = RUN_TASKS[verb]
+    check_name(name, out_dir, task)
+    path = rundir.path_for(given, out_dir, task, name)
+    can_make(f"run_dir={given}" if given else f"out_dir={out_dir} (the run directory {path})", path, "folder")
     rundir.check_config(path, OmegaConf.to_container(cfg, resolve=True))
+
+
+def check_name(name, out_dir: str, task: str) -> None:
+    """A run's `name` is one folder under <out_dir>/<task>: `../x` put the run outside out_dir, `a/b` nested it
+    where no other run looks. A directory anywhere else is `run_dir`'s to give."""
+    text = str(name or "")
+    fits(not text or (Path(text).name == text and text not in (".", "..")),
+         f"name={name}: a run's name is one folder under {out_dir}/{task} (no `/`, not `.` or `..`); give "
+         "name=<plain name>, or run_dir=<any path> for a directory elsewhere")
 
 
 def check_encode(cfg: DictConfig) -> None:

@@ -16,6 +16,7 @@ from megadalle.config.export import ExportConfig
 from megadalle.config.plan import PlanConfig
 from megadalle.config.sample import GenerateConfig
 from megadalle.config.train import RunConfig
+from megadalle.config.train_verbs import TrainClipConfig, TrainConfig
 
 VERB_SCHEMAS: dict[str, tuple[type, ...]] = {
     "prepare": (PrepareConfig,),
@@ -24,8 +25,8 @@ VERB_SCHEMAS: dict[str, tuple[type, ...]] = {
     "train-dvae": (TrainDVAEConfig, RunConfig),
     "import-dvae": (ImportDVAEConfig,),
     "encode": (EncodeConfig,),
-    "train-clip": (RunConfig,),
-    "train": (RunConfig,),
+    "train-clip": (TrainClipConfig, RunConfig),
+    "train": (TrainConfig, RunConfig),
     "export": (ExportConfig,),
     "generate": (GenerateConfig,),
     "evaluate": (EvaluateConfig,),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from megadalle.config import build, check
+from megadalle.config import build, check, top_level
 from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP
@@ -89,17 +89,19 @@ def train_clip(cfg: DictConfig) -> Path | None:
 def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     """`train_clip`, with the training's Result beside the weights' path (the verb's exit status needs it)."""
     from megadalle.config.train import RunConfig
+    from megadalle.config.train_verbs import TrainClipConfig
     from megadalle.train.consolidate import export
     from megadalle.train.loop import train_from_config
 
     build(RunConfig, {"run_dir": cfg.get("run_dir"), "resume": cfg.get("resume", "auto")}, "")
+    weights = build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights  # text: `weights=2024` is a path
     result = train_from_config(task_from_config(cfg), cfg, FACTORY)
     result.report("train-clip")
     if result.stopped_by_signal or result.rank != 0:
         return result, None
     ema = cfg.trainer.get("ema") is not None
     # generate reranks with these weights: keep the precision CLIP trained in (and its EMA, as train-dvae does)
-    path = export(result.run_dir, cfg.get("weights") or result.run_dir / "clip.safetensors", ema=ema, dtype="fp32")
+    path = export(result.run_dir, weights or result.run_dir / "clip.safetensors", ema=ema, dtype="fp32")
     print(f"[train-clip] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
     return result, path
 

@@ -21,9 +21,10 @@ from typing import Any, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from megadalle.config import build, check
+from megadalle.config import build, check, top_level
 from megadalle.config.data import DataConfig
 from megadalle.config.model import TransformerConfig
+from megadalle.config.train_verbs import TrainConfig
 from megadalle.data import synthetic
 from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss, text_targets
@@ -133,16 +134,15 @@ def task_from_config(cfg: dict | DictConfig) -> TransformerTask:
 
 def sample_grid(cfg: DictConfig, data: DataConfig | None) -> SampleGrid | None:
     """The sample grid of the verb's `dvae_weights`, `media_captions` and `media_samples` keys (None without a dVAE)."""
-    if not cfg.get("dvae_weights") or data is None:
+    keys = build(TrainConfig, top_level(cfg, TrainConfig), "")
+    if not keys.dvae_weights or data is None:
         return None
-    check(data.source != "synthetic", "dvae_weights", cfg.dvae_weights,
+    check(data.source != "synthetic", "dvae_weights", keys.dvae_weights,
           "draws sample grids of captions from token shards, and data=synthetic has none: drop dvae_weights, or "
           "train on shards")
-    for key in ("media_captions", "media_samples"):
-        check(int(cfg.get(key, 1)) > 0, key, cfg.get(key), "must be positive")
     shards = data.validation_shards() or data.shards
-    return SampleGrid(cfg.dvae_weights, data.tokenizer, shards, int(cfg.get("media_captions", 4)),
-                      int(cfg.get("media_samples", 4)), int(cfg.get("seed", 0)))
+    return SampleGrid(keys.dvae_weights, data.tokenizer, shards, keys.media_captions, keys.media_samples,
+                      int(cfg.get("seed", 0)))
 
 
 def run(cfg: DictConfig) -> int:

@@ -267,3 +267,85 @@ def test_the_grids_dvae_must_decode_the_model(capsys, token_shards, tmp_path):
     assert not (tmp_path / "run").exists()
     fits = dvae_weights(tmp_path / "dvae.safetensors", 32, vocab_size=128)
     preflight("train", compose("train", [*base[1:], f"dvae_weights={fits}"]))
+
+
+def training(verb, token_shards, image_shards, *overrides):
+    """A one-update run of a training verb on the tiny data: on the code before these checks it trained (one
+    update, not the whole run) and failed, or went on, after that."""
+    shards, tok = token_shards
+    data = {"train": [*TINY, f"data.shards={shards}", f"data.tokenizer={tok}"],
+            "train-dvae": ["dvae=tiny", "trainer=tiny", "logger=none", f"data.shards={image_shards}"],
+            "train-clip": ["clip=tiny", "trainer=tiny", "logger=none", f"data.shards={image_shards}",
+                           f"tokenizer={tok}"]}
+    return [verb, *data[verb], "trainer.steps=1", *overrides]
+
+
+@pytest.mark.parametrize("verb, file", [("train-dvae", "dvae.safetensors"), ("train-clip", "clip.safetensors")])
+def test_weights_that_cannot_be_written_are_refused_before_training(capsys, token_shards, image_shards, tmp_path, verb,
+                                                                    file):
+    """The export after the whole training was the first to look at `weights`: a FileNotFoundError traceback, or
+    a refusal naming `output=`, once every update had run."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder")
+    run = [f"out_dir={tmp_path / 'runs'}"]
+    fails(capsys, training(verb, token_shards, image_shards, *run, f"weights=/proc/nope/{file}"),
+          f"megadalle {verb}: weights=/proc/nope/{file}: nothing can be made in /proc (")
+    fails(capsys, training(verb, token_shards, image_shards, *run, f"weights={notes / file}"),
+          f"weights={notes / file}: {notes} is a file, not a folder")
+    if verb == "train-clip":  # a folder of shards for CLIP's export; train-dvae's weights end in .safetensors
+        fails(capsys, training(verb, token_shards, image_shards, *run, f"weights={image_shards}"),
+              f"weights={image_shards}: exists and is not an exported weights folder")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_output_where_nothing_can_be_made_is_refused_before_the_work(capsys, image_shards):
+    """`writable` looked only for files in the way: `tokenizer` trained on every caption, then could not save."""
+    fails(capsys, ["tokenizer", f"input={image_shards}", "output=/proc/nope/tok.model"],
+          "megadalle tokenizer: output=/proc/nope/tok.model: nothing can be made in /proc (")
+
+
+def test_train_clip_weights_are_text(token_shards, image_shards):
+    """`weights=2024` stayed an int, which the export after the training refused with a TypeError."""
+    from megadalle.preflight import preflight
+
+    cfg = compose("train-clip", training("train-clip", token_shards, image_shards, "weights=2024")[1:])
+    assert cfg.weights == "2024"
+    preflight("train-clip", cfg)
+
+
+@pytest.mark.parametrize("verb, task", [("train", "transformer"), ("train-dvae", "dvae"), ("train-clip", "clip")])
+def test_a_run_directory_that_cannot_be_made_is_refused_before_training(capsys, token_shards, image_shards, tmp_path,
+                                                                        verb, task):
+    """Rank 0 makes the run directory once DeepSpeed has started: a file in its place or in its path, or a place
+    where nothing can be made, was a FileExistsError, NotADirectoryError or FileNotFoundError traceback."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder")
+    fails(capsys, training(verb, token_shards, image_shards, f"run_dir={notes}"),
+          f"run_dir={notes}: a file; give a folder")
+    fails(capsys, training(verb, token_shards, image_shards, "run_dir=/proc/run"),
+          "run_dir=/proc/run: nothing can be made in /proc (")
+    fails(capsys, training(verb, token_shards, image_shards, f"out_dir={notes}"),
+          f"out_dir={notes} (the run directory {notes}/{task}/default): {notes} is a file, not a folder")
+    fails(capsys, training(verb, token_shards, image_shards, f"out_dir={notes}", "name=exp1"),
+          f"out_dir={notes} (the run directory {notes}/{task}/exp1): {notes} is a file, not a folder")
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", "."])
+def test_a_run_name_is_one_folder(capsys, token_shards, image_shards, tmp_path, name):
+    """`name=../../escape` put the run outside out_dir, `name=a/b` nested it under another run's name."""
+    out = tmp_path / "deep" / "out"
+    fails(capsys, training("train-dvae", token_shards, image_shards, f"out_dir={out}", f"name={name}"),
+          f"megadalle train-dvae: name={name}: a run's name is one folder under {out}/dvae (no `/`, not `.` or `..`)")
+    assert not (tmp_path / "deep").exists()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("media_captions=abc", "media_captions: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("media_samples=1.5", "media_samples: Value '1.5' of type 'float' could not be converted to Integer"),
+    ("media_samples=0", "media_samples=0: must be positive"),
+])
+def test_the_sample_grids_keys_are_typed(capsys, token_shards, image_shards, tmp_path, override, expected):
+    """No schema declared them: `media_captions=abc` was a ValueError traceback, `media_samples=1.5` silently 1."""
+    fails(capsys, training("train", token_shards, image_shards, f"run_dir={tmp_path / 'run'}", override),
+          f"megadalle train: {expected}")
+    assert not (tmp_path / "run").exists()

@@ -56,6 +56,17 @@ def test_verb_help_shows_each_fields_docstring(capsys):
     assert "#" in line_of(dvae, "kl_weight:")  # nested dataclass (dvae.objective)
 
 
+def test_the_verb_keys_once_left_to_yaml_comments_have_a_schema_and_its_help(capsys):
+    """train's sample-grid keys and train-clip's `weights` had no dataclass: untyped, and documented by the comment
+    beside them in the YAML alone."""
+    lines = help_lines(capsys, ["train", "--help"])
+    assert "# Fixed captions in each sample grid" in line_of(lines, "media_captions:")
+    assert "# Samples drawn per caption in each sample grid" in line_of(lines, "media_samples:")
+    assert "# The dVAE that decodes the sample grids" in line_of(lines, "dvae_weights:")
+    clip = help_lines(capsys, ["train-clip", "--help"])
+    assert "# Where the trained CLIP is exported for users" in line_of(clip, "weights:")
+
+
 def test_verb_help_lists_each_groups_options(capsys):
     lines = help_lines(capsys, ["train", "model=small", "--help"])
     assert line_of(lines, "model ").split() == ["model", "12b", "1b", "[small]", "tiny"]
