@@ -127,6 +127,35 @@ def test_a_run_resumed_with_more_steps_follows_the_longer_curve_from_its_first_u
 
 
 @pytest.mark.distributed
+def test_a_copied_run_directory_logs_to_a_new_wandb_run_and_a_moved_one_to_its_own(train_overrides, tmp_path,
+                                                                                  capsys):
+    """A copy carries the original's checkpoints, whose wandb id put both runs' curves in one wandb run. The id
+    belongs to the directory (wandb_id.json: its path and inode): a copy takes a new one, a rename keeps it."""
+    import shutil
+
+    import torch
+
+    def wandb_id(run: Path, step: int) -> str:
+        return torch.load(run / "checkpoints" / f"step_{step:08d}" / "mp_rank_00_model_states.pt",
+                          weights_only=True)["wandb_id"]
+
+    first, copy, moved = tmp_path / "first", tmp_path / "copy", tmp_path / "moved"
+    assert main(["train", *train_overrides, "trainer.steps=2", f"run_dir={first}"]) == 0
+    original = wandb_id(first, 2)
+    shutil.copytree(first, copy)
+    capsys.readouterr()
+    assert main(["train", *train_overrides, f"run_dir={copy}"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[wandb]")]
+    assert wandb_id(copy, 3) != original and notes == [
+        f"[wandb] {copy.resolve()} is a copy of the run in {first.resolve()} (or was moved to another file system): "
+        f"it logs to a new wandb run {wandb_id(copy, 3)}, not to {original}"], notes
+    first.rename(moved)
+    assert main(["train", *train_overrides, f"run_dir={moved}"]) == 0
+    assert wandb_id(moved, 3) == original and "[wandb]" not in capsys.readouterr().err
+    assert json.loads((moved / "wandb_id.json").read_text())["path"] == str(moved.resolve())
+
+
+@pytest.mark.distributed
 def test_ctrl_c_saves_a_checkpoint_and_stops(train_overrides, tmp_path):
     run = tmp_path / "transformer" / "default"
     command = [sys.executable, "-m", "megadalle", "train", *train_overrides, f"out_dir={tmp_path}",
