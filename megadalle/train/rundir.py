@@ -22,7 +22,11 @@ A run directory belongs to one run at a time: rank 0 holds an exclusive `flock` 
 before it reads any checkpoint until the run ends (RunLock). Two jobs on one directory would otherwise resume
 from each other's checkpoints, set aside or prune the other's newer ones and log the same steps twice; the
 second is refused, naming the holder (host, pid, Slurm job). The kernel drops the lock when its process dies,
-however it dies, so a requeued job (on this node or another) finds it free once the old one is gone. On NFS
+however it dies, so a requeued job (on this node or another) finds it free once the old one is gone. A flock
+belongs to the open file, which a forked child (a DataLoader worker) shares: an orphaned worker outliving a
+killed run held it for seconds more, so every forked child closes its copy at once (`os.register_at_fork`).
+Not POSIX record locks (`lockf`), which a fork does not pass on: a process holds those once, so a second lock
+in the same process would succeed, and closing any descriptor of the file drops them. On NFS
 the Linux client emulates flock with whole-file POSIX locks held by the server (since 2.6.12; mount option
 `local_lock=none`, the default): it still excludes across nodes, a lock whose process died is released, and
 one whose node died stays until the server drops it (the NFSv4 lease, about 90 s; NFSv3 waits for the node to
@@ -30,6 +34,7 @@ reboot). A mount with `nolock` or `local_lock=flock|all` keeps locks node-local:
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import operator
@@ -157,6 +162,24 @@ def check_config(path: Path, config: dict) -> None:
                               f"name=<new name> (or run_dir=)")
 
 
+_HELD: set["RunLock"] = set()
+"""The locks this process holds, for `_forget_in_child`."""
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close the copies of the run locks' descriptors, so that the lock ends with the process
+    that took it, and forget them (the child's `release` must not unlock its parent's lock)."""
+    for lock in list(_HELD):
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 class RunLock:
     """The exclusive hold of one run on its directory (the module docstring says why and where it holds).
 
@@ -185,10 +208,12 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, holder_text(environ).encode())
         self.fd = fd
+        _HELD.add(self)
 
     def release(self) -> None:
-        """Let the next run in; safe to call more than once. Unlocked explicitly: a forked DataLoader worker
-        shares the open file, and closing this process's copy alone left the lock held while the worker lived."""
+        """Let the next run in; safe to call more than once. Unlocked, not only closed: a child forked in C, not
+        through os.fork (whose children `_forget_in_child` covers), would share the open file and keep it locked."""
+        _HELD.discard(self)
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)

@@ -1,5 +1,6 @@
 """Runs that resume by rerunning: a stable run directory per task and name, a refused config change,
 and Ctrl-C (SIGINT) that checkpoints and stops like SIGUSR1."""
+import contextlib
 import errno
 import json
 import multiprocessing as mp
@@ -203,6 +204,37 @@ def test_a_released_lock_is_free_while_a_forked_worker_still_shares_its_file(tmp
     finally:
         worker.kill()
         worker.join()
+
+
+ORPHAN = """
+import multiprocessing as mp, sys, time
+from pathlib import Path
+from megadalle.train import rundir
+
+lock = rundir.RunLock(Path(sys.argv[1]))
+worker = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+worker.start()
+print(worker.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_runs_orphaned_worker_does_not_keep_its_lock(tmp_path):
+    """A SIGKILLed run's DataLoader worker lives on for seconds: it shared the flocked file, and a rerun at once
+    was refused naming the dead pid. A forked child closes its copy: the lock ends with the run."""
+    run = subprocess.Popen([sys.executable, "-c", ORPHAN, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        worker = int(run.stdout.readline())
+        run.kill()
+        run.wait()
+        os.kill(worker, 0)  # the orphan still lives
+        rundir.RunLock(tmp_path).release()
+    finally:
+        run.kill()
+        if worker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
 
 
 def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch, capsys):
