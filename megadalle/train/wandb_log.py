@@ -97,7 +97,8 @@ def run_id(run_dir: Path, checkpoint_id: str | None) -> tuple[str, str | None]:
                     f"logs to a new wandb run {wandb_id}, not to {saved['id']}")
     elif checkpoint_id is not None and not any((run_dir / "checkpoints").glob("step_*")):
         wandb_id = secrets.token_hex(4)
-        note = f"{run_dir} resumes another run's checkpoint: it logs to a new wandb run {wandb_id}, not to {checkpoint_id}"
+        note = (f"{run_dir} resumes another run's checkpoint: it logs to a new wandb run {wandb_id}, not to "
+                f"{checkpoint_id}")
     else:
         wandb_id = checkpoint_id or secrets.token_hex(4)
     if saved != {"id": wandb_id, **here}:
