@@ -33,7 +33,9 @@ class TrainerConfig:
     decay: str = "cosine"
     """Shape of the decay from `lr` to `min_lr` after the warm-up: cosine, linear or constant (no decay)."""
     decay_steps: int | None = None
-    """Updates over which the decay runs after the warm-up; null means until `steps`."""
+    """Updates over which the decay runs after the warm-up; null means until `steps`. Set, the curve no longer
+    depends on `steps`: a resume that changes `steps` keeps its curve with the old `steps - warmup_steps` here
+    (the resume warns, naming it, when the learning rate would change)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.96])
     """AdamW betas (the paper's Transformer uses 0.9, 0.96)."""
     eps: float = 1e-8
@@ -192,7 +194,7 @@ class RunConfig:
     run_dir: str | None = None
     """The run's directory, overriding <out_dir>/<task>/<name>. A rerun whose config differs from the
     directory's run.json is refused, except in the keys megadalle.train.rundir.RESUMABLE lists
-    (trainer.steps, logging, checkpoint cadence, loader workers...)."""
+    (trainer.steps, moved data, logging, checkpoint cadence, loader workers...)."""
     resume: str = "auto"
     """auto: the newest complete checkpoint of run_dir (the one `latest` names, else the newest complete one
     before it); a fresh start where no save ever finished, an error where one did and none is usable. never:

@@ -12,17 +12,24 @@ checkpoint cadence, wandb, validation, sample grids), where things live (run_dir
 weights), or memory and speed without
 changing the maths (micro_batch/grad_accum at the same global batch, which the checkpoint's data
 identity check guards; loader workers; activation checkpointing; the attention backend).
-The keys in PATH_KEYS name files: `out/shards`, `out/shards/`, `./out/shards` and its absolute
-path are one value there (`same_path`), so a rerun need not repeat the spelling of the first. The files of
-DIGEST_KEYS (the tokenizer) are compared by content too: run.json records their sha256, and a rerun whose
-tokenizer was retrained in place (same path, other ids) is refused. A run.json without digests (written
-before them) is compared by path alone.
+The data may move (`data.shards`: a copy on node-local disk per job): the checkpoint's data identity,
+a fingerprint of the shards' names, counts and sizes, refuses a resume on other data whatever its path
+(train/loop.py check_data_identity). The tokenizer (DIGEST_KEYS) is compared by content: run.json records
+its sha256, so a copy elsewhere resumes and one retrained in place (same path, other ids) is refused. A
+run.json without digests (written before them) compares the tokenizer by path: `out/tok.model`,
+`./out/tok.model` and its absolute path are one value there (`same_path`), another path is refused, as
+nothing says its content is the same. A rerun that changes the learning rate at the step it resumes from
+(`trainer.steps` reshapes the decay) is told so, with the `trainer.decay_steps` that keeps the old curve.
 
 A run directory belongs to one run at a time: rank 0 holds an exclusive `flock` on `<run_dir>/.lock` from
 before it reads any checkpoint until the run ends (RunLock). Two jobs on one directory would otherwise resume
 from each other's checkpoints, set aside or prune the other's newer ones and log the same steps twice; the
 second is refused, naming the holder (host, pid, Slurm job). The kernel drops the lock when its process dies,
-however it dies, so a requeued job (on this node or another) finds it free once the old one is gone. On NFS
+however it dies, so a requeued job (on this node or another) finds it free once the old one is gone. A flock
+belongs to the open file, which a forked child (a DataLoader worker) shares: an orphaned worker outliving a
+killed run held it for seconds more, so every forked child closes its copy at once (`os.register_at_fork`).
+Not POSIX record locks (`lockf`), which a fork does not pass on: a process holds those once, so a second lock
+in the same process would succeed, and closing any descriptor of the file drops them. On NFS
 the Linux client emulates flock with whole-file POSIX locks held by the server (since 2.6.12; mount option
 `local_lock=none`, the default): it still excludes across nodes, a lock whose process died is released, and
 one whose node died stays until the server drops it (the NFSv4 lease, about 90 s; NFSv3 waits for the node to
@@ -30,7 +37,10 @@ reboot). A mount with `nolock` or `local_lock=flock|all` keeps locks node-local:
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fcntl
+import io
 import json
 import operator
 import os
@@ -46,9 +56,9 @@ RUN_JSON = "run.json"
 LOCK = ".lock"
 RESUMABLE = (
     "run_dir", "out_dir", "name", "resume", "weights",
-    "trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.log_every",
-    "trainer.media_every", "dvae_weights", "media_captions", "media_samples", "preview", "trainer.eval_every",
-    "trainer.eval_batches", "data.val_shards", "trainer.micro_batch", "trainer.grad_accum",
+    "trainer.steps", "trainer.decay_steps", "data.shards", "trainer.checkpoint_every", "trainer.keep_checkpoints",
+    "trainer.log_every", "trainer.media_every", "dvae_weights", "media_captions", "media_samples", "preview",
+    "trainer.eval_every", "trainer.eval_batches", "data.val_shards", "trainer.micro_batch", "trainer.grad_accum",
     "logger.*", "data.num_workers", "data.prefetch_factor",
     "model.activation_checkpointing", "model.attention_backend", "deepspeed.overlap_comm",
     "deepspeed.reduce_bucket_size", "deepspeed.timeout_minutes", "deepspeed.zero3_window_blocks",
@@ -58,16 +68,17 @@ RESUMABLE = (
 sample grids among them: both run on a forked RNG and their own data, so switching them on or off at a resume
 leaves the training exactly as it was (tests/cli/test_rerun.py). train-dvae's `preview` is the size of its
 logged reconstruction grid, a slice of a batch already trained on; `weights` (train-dvae, train-clip) is where
-the finished run is exported. `deepspeed.timeout_minutes` bounds waits (a resume on another rank count may need
-it raised while rank 0 converts a large checkpoint), `zero3_window_blocks` how many parameters ZeRO-3 holds
-gathered, `trainer.keep_freed_memory` the CPU allocator: none changes a number. Not `zero3_sub_group_blocks`:
-DeepSpeed saves ZeRO-3's optimizer state per sub-group and loads it only into as many sub-groups."""
-PATH_KEYS = ("data.shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights",
-             "weights")
-"""Keys whose values are file or folder paths, compared as paths (`same_path`); every other value as written."""
+the finished run is exported. `data.shards` may move: the checkpoint's data identity refuses other data
+(the module docstring). `trainer.decay_steps` like `trainer.steps` reshapes the decay, with a warning where it
+changes the learning rate at the resume. `deepspeed.timeout_minutes` bounds waits (a resume on another rank
+count may need it raised while rank 0 converts a large checkpoint), `zero3_window_blocks` how many parameters
+ZeRO-3 holds gathered, `trainer.keep_freed_memory` the CPU allocator: none changes a number. Not
+`zero3_sub_group_blocks`: DeepSpeed saves ZeRO-3's optimizer state per sub-group and loads it only into as many
+sub-groups."""
 DIGEST_KEYS = ("data.tokenizer", "tokenizer")
 """Keys whose file's sha256 run.json records (`digests`) and a rerun compares: the tokenizer, whose ids the model
-learnt (`train`'s data.tokenizer, `train-clip`'s tokenizer)."""
+learnt (`train`'s data.tokenizer, `train-clip`'s tokenizer). The same content may lie elsewhere now; without a
+recorded digest the paths are compared (`same_path`)."""
 
 
 class RunDirError(UserError):
@@ -121,11 +132,13 @@ def same_path(saved: Any, current: Any) -> bool:
         return False
 
 
-def config_diff(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """(key, saved value, current value) for every key that differs and may not change on resume."""
+def config_diff(saved: dict, current: dict, same_content: frozenset[str] = frozenset()) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for every key that differs and may not change on resume. The DIGEST_KEYS
+    in `same_content` name a file whose content is the run's, wherever it lies now; the others compare as paths."""
     a, b = flatten(saved), flatten(current)
     return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b))
-            if not resumable(key) and not (same_path if key in PATH_KEYS else operator.eq)(a.get(key), b.get(key))]
+            if not resumable(key) and key not in same_content
+            and not (same_path if key in DIGEST_KEYS else operator.eq)(a.get(key), b.get(key))]
 
 
 def digests(config: dict) -> dict[str, str]:
@@ -142,19 +155,73 @@ def check_config(path: Path, config: dict) -> None:
     if not record.is_file():
         return
     saved = json.loads(record.read_text())
-    diff = config_diff(saved.get("config", {}), config)
+    now = digests(config)
+    recorded = saved.get("sha256", {})
+    diff = config_diff(saved.get("config", {}), config,
+                       frozenset(key for key in recorded if key in now and now[key] == recorded[key]))
     if diff:
         shown = ", ".join(f"{key} ({old!r} there, {new!r} now)" for key, old, new in diff[:5])
         more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
         raise RunDirError(f"{path} holds a run with another config: {shown}{more}; rerun with the same values to "
                           f"resume it, or start a new run with name=<new name> (or run_dir=)")
-    now = digests(config)
-    for key, recorded in saved.get("sha256", {}).items():
-        if key in now and now[key] != recorded:
+    for key, digest in recorded.items():
+        if key in now and now[key] != digest:
             raise RunDirError(f"{key}={flatten(config)[key]}: not the tokenizer the run in {path} trained with "
-                              f"(sha256 {now[key][:12]} now, {recorded[:12]} in its run.json: changed since, it gives "
+                              f"(sha256 {now[key][:12]} now, {digest[:12]} in its run.json: changed since, it gives "
                               f"the captions other ids); give the run its tokenizer back, or start a new run with "
                               f"name=<new name> (or run_dir=)")
+    from megadalle.train.distributed import ranks
+
+    if ranks()[0] == 0 and (warning := schedule_warning(path, saved.get("config", {}), config)) is not None:
+        print(f"[run] warning: {warning}", file=sys.stderr, flush=True)
+
+
+def resume_step(path: Path, resume: str) -> int | None:
+    """The step a rerun into run directory `path` resumes from (`resume` as the run reads it), or None: a fresh
+    start, or a checkpoint the run itself will refuse with a reason. Quietly: the run says, when it resumes,
+    which checkpoint it falls back to."""
+    from megadalle.train import checkpoint
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            found = checkpoint.resolve(resume, path / "checkpoints")
+    except checkpoint.CheckpointError:
+        return None
+    match = checkpoint.TAG.match(found.name) if found is not None else None
+    return int(match[1]) if match else None
+
+
+def schedule_warning(path: Path, saved: dict, config: dict) -> str | None:
+    """schedule.resume_warning for a rerun of the run in `path` whose run.json recorded config `saved`."""
+    from megadalle.config.train import TrainerConfig
+    from megadalle.train import schedule
+
+    if not (isinstance(saved.get("trainer"), dict) and isinstance(config.get("trainer"), dict)):
+        return None
+    step = resume_step(path, str(config.get("resume") or "auto"))
+    if step is None:
+        return None
+    known = {f.name for f in dataclasses.fields(TrainerConfig)}
+    before, after = (TrainerConfig(**{k: v for k, v in c["trainer"].items() if k in known}) for c in (saved, config))
+    return schedule.resume_warning(before, after, step)
+
+
+_HELD: set["RunLock"] = set()
+"""The locks this process holds, for `_forget_in_child`."""
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close the copies of the run locks' descriptors, so that the lock ends with the process
+    that took it, and forget them (the child's `release` must not unlock its parent's lock)."""
+    for lock in list(_HELD):
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class RunLock:
@@ -185,10 +252,12 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, holder_text(environ).encode())
         self.fd = fd
+        _HELD.add(self)
 
     def release(self) -> None:
-        """Let the next run in; safe to call more than once. Unlocked explicitly: a forked DataLoader worker
-        shares the open file, and closing this process's copy alone left the lock held while the worker lived."""
+        """Let the next run in; safe to call more than once. Unlocked, not only closed: a child forked in C, not
+        through os.fork (whose children `_forget_in_child` covers), would share the open file and keep it locked."""
+        _HELD.discard(self)
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)

@@ -12,14 +12,18 @@ import torch
 from megadalle.config.train import TrainerConfig
 
 
+def decay_span(cfg: TrainerConfig) -> int:
+    """Updates the decay lasts after the warm-up: `decay_steps`, else until `steps`."""
+    return cfg.decay_steps if cfg.decay_steps is not None else max(cfg.steps - cfg.warmup_steps, 1)
+
+
 def lr_at(step: int, cfg: TrainerConfig) -> float:
     """Learning rate of update `step` (0-based)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.decay == "constant":
         return cfg.lr
-    span = cfg.decay_steps if cfg.decay_steps is not None else max(cfg.steps - cfg.warmup_steps, 1)
-    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    progress = min((step - cfg.warmup_steps) / decay_span(cfg), 1.0)
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.decay == "cosine" else 1 - progress
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
 
@@ -32,6 +36,22 @@ def warmup_warning(cfg: TrainerConfig) -> str | None:
         return None
     return (f"trainer.warmup_steps={cfg.warmup_steps} >= trainer.steps={cfg.steps}: the whole run is warm-up, ending at "
             f"lr {lr_at(cfg.steps - 1, cfg):.3g} of trainer.lr={cfg.lr:g}, with no decay; lower trainer.warmup_steps")
+
+
+def resume_warning(saved: TrainerConfig, now: TrainerConfig, step: int) -> str | None:
+    """A resume at update `step` whose learning rate differs from the one the run's saved config gives there, or
+    None. `trainer.steps` may change at a resume (to train on, or to stop sooner), and with `decay_steps` unset the
+    decay lasts until `steps`: a run of 100,000 updates resumed with `trainer.steps=220` jumped from 1e-3 to 1e-4
+    in one update, in silence. `trainer.decay_steps` set to the old span keeps the old curve."""
+    before, after = lr_at(step, saved), lr_at(step, now)
+    if math.isclose(before, after, rel_tol=1e-6):
+        return None
+    changed = ", ".join(f"trainer.{key}={getattr(saved, key)} there, {getattr(now, key)} now"
+                        for key in ("steps", "decay_steps", "warmup_steps", "decay", "lr", "min_lr")
+                        if getattr(saved, key) != getattr(now, key))
+    return (f"the learning rate at step {step}, where the run resumes, is {after:.3g} now and {before:.3g} on the "
+            f"curve it trained on ({changed}): the schedule changes from here; add "
+            f"trainer.decay_steps={decay_span(saved)} to keep the old curve")
 
 
 def scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig) -> torch.optim.lr_scheduler.LambdaLR:

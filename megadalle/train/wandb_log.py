@@ -2,15 +2,27 @@
 
 The run id is created on the first start and stored in every checkpoint's client state; a
 resumed run passes it back with resume="allow", so its curves continue the original run's.
+
+The id belongs to the run directory, not to its checkpoints: a copy of a run directory (to branch an
+experiment off it) carries the original's checkpoints, and both runs logged into one wandb run, each
+overwriting the other's steps. `<run_dir>/wandb_id.json` records the id with the directory it was given to:
+its path and its inode. A directory found at another path with the same inode was moved (renamed on its file
+system) and keeps its id; one with another inode is a copy and takes a new id, with a note. A move to
+another file system is a copy there (no inode survives it) and also takes a new id: one wandb run too many
+is better than two runs in one. A run directory without the record (made before it) takes its checkpoint's
+id when the checkpoint is its own (`checkpoints/` holds one), a new one when it resumes another run's.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 from megadalle.config.train import LoggerConfig
+from megadalle.data import atomic
 from megadalle.train.callbacks import Callback, RunInfo
 
 
@@ -52,6 +64,48 @@ def credentials_found(environ: Mapping[str, str] | None = None) -> bool:
     return False
 
 
+ID_RECORD = "wandb_id.json"
+
+
+def directory_identity(run_dir: Path) -> dict[str, Any]:
+    """What tells this run directory from a copy of it: its resolved path and its inode on its file system."""
+    stat = run_dir.stat()
+    return {"path": str(run_dir.resolve()), "device": stat.st_dev, "inode": stat.st_ino}
+
+
+def read_record(record: Path) -> dict[str, Any] | None:
+    """The id record `run_id` wrote, or None where there is none or it cannot be read (as if none: a new id)."""
+    try:
+        saved = json.loads(record.read_text())
+        return saved if {"id", "path", "device", "inode"} <= set(saved) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def run_id(run_dir: Path, checkpoint_id: str | None) -> tuple[str, str | None]:
+    """The wandb id of the run in `run_dir` (the module docstring says how it is chosen), and a note when it is not
+    the one its checkpoint carries; records it with the directory's identity."""
+    here = directory_identity(run_dir)
+    record = run_dir / ID_RECORD
+    saved = read_record(record)
+    note = None
+    if saved is not None:
+        same = saved["path"] == here["path"] or (saved["device"], saved["inode"]) == (here["device"], here["inode"])
+        wandb_id = saved["id"] if same else secrets.token_hex(4)
+        if not same:
+            note = (f"{run_dir} is a copy of the run in {saved['path']} (or was moved to another file system): it "
+                    f"logs to a new wandb run {wandb_id}, not to {saved['id']}")
+    elif checkpoint_id is not None and not any((run_dir / "checkpoints").glob("step_*")):
+        wandb_id = secrets.token_hex(4)
+        note = (f"{run_dir} resumes another run's checkpoint: it logs to a new wandb run {wandb_id}, not to "
+                f"{checkpoint_id}")
+    else:
+        wandb_id = checkpoint_id or secrets.token_hex(4)
+    if saved != {"id": wandb_id, **here}:
+        atomic.write_json(record, {"id": wandb_id, **here})
+    return wandb_id, note
+
+
 class Wandb(Callback):
     def __init__(self, cfg: LoggerConfig):
         self.cfg = cfg
@@ -59,8 +113,13 @@ class Wandb(Callback):
         self.run_id: str | None = None
 
     def start(self, info: RunInfo) -> None:
-        self.run_id = info.wandb_id or secrets.token_hex(4)
-        if info.rank != 0 or self.cfg.mode == "disabled":
+        if info.rank != 0:  # it logs nothing
+            self.run_id = info.wandb_id or secrets.token_hex(4)
+            return
+        self.run_id, note = run_id(Path(info.run_dir), info.wandb_id)
+        if note is not None:
+            print(f"[wandb] {note}", file=sys.stderr, flush=True)
+        if self.cfg.mode == "disabled":
             return
         import wandb
 

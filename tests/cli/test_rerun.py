@@ -1,5 +1,6 @@
 """Runs that resume by rerunning: a stable run directory per task and name, a refused config change,
 and Ctrl-C (SIGINT) that checkpoints and stops like SIGUSR1."""
+import contextlib
 import errno
 import json
 import multiprocessing as mp
@@ -44,7 +45,7 @@ def test_a_rerun_may_export_elsewhere_preview_otherwise_and_add_validation():
     saved = {"weights": None, "preview": 8, "data": {"shards": "s", "val_shards": None}}
     assert rundir.config_diff(saved, {"weights": "other.safetensors", "preview": 4,
                                       "data": {"shards": "s", "val_shards": "s/val"}}) == []
-    assert rundir.config_diff(saved, {**saved, "data": {"shards": "t", "val_shards": None}}) == [("data.shards", "s", "t")]
+    assert rundir.config_diff(saved, {**saved, "data": {"shards": "t", "val_shards": None}}) == []  # moved data
 
 
 @pytest.mark.distributed
@@ -127,6 +128,53 @@ def test_a_run_resumed_with_more_steps_follows_the_longer_curve_from_its_first_u
 
 
 @pytest.mark.distributed
+def test_a_resume_that_moves_the_learning_rate_says_so_and_decay_steps_keeps_the_curve(train_overrides, tmp_path,
+                                                                                         capsys):
+    """trainer.steps may change at a resume, and with it the decay: a finished 3-update cosine (at min_lr) resumed
+    to 6 updates jumps back up. The rerun says so, naming trainer.decay_steps, which a rerun may set."""
+    command = ["train", *train_overrides, "trainer.warmup_steps=0", f"run_dir={tmp_path / 'run'}"]
+    assert main([*command, "trainer.steps=3"]) == 0
+    capsys.readouterr()
+    assert main([*command, "trainer.steps=6"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("[run] warning:") == 1 and "[run] warning: the learning rate at step 3, where the run resumes, " \
+        "is 0.00055 now and 0.0001 on the curve it trained on (trainer.steps=3 there, 6 now): the schedule changes " \
+        "from here; add trainer.decay_steps=3 to keep the old curve" in err, err
+    assert main([*command, "trainer.steps=8", "trainer.decay_steps=6"]) == 0
+    captured = capsys.readouterr()
+    assert "resumed from" in captured.out and "warning" not in captured.err, captured.err
+
+
+@pytest.mark.distributed
+def test_a_copied_run_directory_logs_to_a_new_wandb_run_and_a_moved_one_to_its_own(train_overrides, tmp_path,
+                                                                                  capsys):
+    """A copy carries the original's checkpoints, whose wandb id put both runs' curves in one wandb run. The id
+    belongs to the directory (wandb_id.json: its path and inode): a copy takes a new one, a rename keeps it."""
+    import shutil
+
+    import torch
+
+    def wandb_id(run: Path, step: int) -> str:
+        return torch.load(run / "checkpoints" / f"step_{step:08d}" / "mp_rank_00_model_states.pt",
+                          weights_only=True)["wandb_id"]
+
+    first, copy, moved = tmp_path / "first", tmp_path / "copy", tmp_path / "moved"
+    assert main(["train", *train_overrides, "trainer.steps=2", f"run_dir={first}"]) == 0
+    original = wandb_id(first, 2)
+    shutil.copytree(first, copy)
+    capsys.readouterr()
+    assert main(["train", *train_overrides, f"run_dir={copy}"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[wandb]")]
+    assert wandb_id(copy, 3) != original and notes == [
+        f"[wandb] {copy.resolve()} is a copy of the run in {first.resolve()} (or was moved to another file system): "
+        f"it logs to a new wandb run {wandb_id(copy, 3)}, not to {original}"], notes
+    first.rename(moved)
+    assert main(["train", *train_overrides, f"run_dir={moved}"]) == 0
+    assert wandb_id(moved, 3) == original and "[wandb]" not in capsys.readouterr().err
+    assert json.loads((moved / "wandb_id.json").read_text())["path"] == str(moved.resolve())
+
+
+@pytest.mark.distributed
 def test_ctrl_c_saves_a_checkpoint_and_stops(train_overrides, tmp_path):
     run = tmp_path / "transformer" / "default"
     command = [sys.executable, "-m", "megadalle", "train", *train_overrides, f"out_dir={tmp_path}",
@@ -174,6 +222,37 @@ def test_a_released_lock_is_free_while_a_forked_worker_still_shares_its_file(tmp
     finally:
         worker.kill()
         worker.join()
+
+
+ORPHAN = """
+import multiprocessing as mp, sys, time
+from pathlib import Path
+from megadalle.train import rundir
+
+lock = rundir.RunLock(Path(sys.argv[1]))
+worker = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+worker.start()
+print(worker.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_runs_orphaned_worker_does_not_keep_its_lock(tmp_path):
+    """A SIGKILLed run's DataLoader worker lives on for seconds: it shared the flocked file, and a rerun at once
+    was refused naming the dead pid. A forked child closes its copy: the lock ends with the run."""
+    run = subprocess.Popen([sys.executable, "-c", ORPHAN, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        worker = int(run.stdout.readline())
+        run.kill()
+        run.wait()
+        os.kill(worker, 0)  # the orphan still lives
+        rundir.RunLock(tmp_path).release()
+    finally:
+        run.kill()
+        if worker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
 
 
 def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch, capsys):

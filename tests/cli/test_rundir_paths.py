@@ -1,8 +1,11 @@
-"""A rerun names its data by another spelling of the same path: the run directory still resumes."""
+"""A rerun names its data by another spelling of the same path, or data moved elsewhere: the run directory still
+resumes, and the checkpoint's data identity or the tokenizer's sha256 stands guard over the content."""
 import json
+import shutil
 
 import pytest
 
+from megadalle.cli import main
 from megadalle.train import rundir
 
 
@@ -23,11 +26,16 @@ def test_the_same_path_written_differently_resumes(tmp_path, monkeypatch, now):
                               "dvae_weights": f"{tmp_path}/d.st"})
 
 
-def test_another_path_or_a_non_path_value_still_differs(tmp_path, monkeypatch):
+def test_another_tokenizer_path_without_a_digest_or_a_non_path_value_still_differs(tmp_path, monkeypatch):
+    """A run.json from before the digests says nothing of the tokenizer's content: another path is another
+    tokenizer. The shards may move: the checkpoint's fingerprint of them refuses other data (loop.py)."""
     monkeypatch.chdir(tmp_path)
-    run = saved_run(tmp_path, {"data": {"shards": "out/shards"}, "model": {"attention_backend_x": "a/"}})
-    with pytest.raises(rundir.RunDirError, match=r"data.shards \('out/shards' there, 'out/other' now\)"):
-        rundir.check_config(run, {"data": {"shards": "out/other"}, "model": {"attention_backend_x": "a/"}})
+    run = saved_run(tmp_path, {"data": {"shards": "out/shards", "tokenizer": "out/tok.model"},
+                               "model": {"attention_backend_x": "a/"}})
+    with pytest.raises(rundir.RunDirError, match=r"another config: data.tokenizer \('out/tok.model' "
+                                                 r"there, 'elsewhere/tok.model' now\); rerun"):
+        rundir.check_config(run, {"data": {"shards": "/moved/shards", "tokenizer": "elsewhere/tok.model"},
+                                  "model": {"attention_backend_x": "a/"}})
     assert rundir.config_diff({"model": {"kind": "a/"}}, {"model": {"kind": "a"}}) == [
         ("model.kind", "a/", "a")]  # only the keys that are paths are compared as paths
 
@@ -49,3 +57,41 @@ def test_a_tokenizer_retrained_in_place_is_refused_by_content(tmp_path, key):
         rundir.check_config(run, config)
     (run / rundir.RUN_JSON).write_text(json.dumps({"config": config}))  # recorded before the digests
     rundir.check_config(run, config)
+
+
+def test_a_copy_of_the_tokenizer_resumes_and_another_one_there_is_refused(tmp_path):
+    """run.json recorded the tokenizer's sha256: a copy of it at another path (node-local disk) is the same
+    tokenizer; another model at that path is not."""
+    tok = tmp_path / "tok.model"
+    tok.write_bytes(b"the tokenizer the run trained with")
+    config = {"data": {"tokenizer": str(tok)}}
+    run = saved_run(tmp_path, config)
+    (run / rundir.RUN_JSON).write_text(json.dumps({"config": config, "sha256": rundir.digests(config)}))
+    copy = tmp_path / "local" / "tok.model"
+    copy.parent.mkdir()
+    shutil.copy(tok, copy)
+    rundir.check_config(run, {"data": {"tokenizer": str(copy)}})
+    copy.write_bytes(b"another tokenizer")
+    with pytest.raises(rundir.RunDirError, match=r"another config: data.tokenizer"):
+        rundir.check_config(run, {"data": {"tokenizer": str(copy)}})
+
+
+@pytest.mark.distributed
+def test_a_run_resumes_on_its_data_moved_and_is_refused_on_other_data(train_overrides, token_data, tmp_path, capsys):
+    """Jobs copy their shards to node-local disk: `data.shards=<the copy>` was refused as another config,
+    though the checkpoint's data identity (a fingerprint of the shards, not of their path) guards the data."""
+    shards, tok = token_data
+    moved, other = tmp_path / "local" / "tokens", tmp_path / "other"
+    shutil.copytree(shards, moved)
+    command = ["train", *train_overrides, f"run_dir={tmp_path / 'run'}", f"data.tokenizer={tok}"]
+    assert main([*command, f"data.shards={shards}", "trainer.steps=2"]) == 0
+    capsys.readouterr()
+    assert main([*command, f"data.shards={moved}", "trainer.steps=3"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["data"]["shards"] == str(moved)
+    shutil.copytree(shards, other)
+    index = json.loads((other / "index.json").read_text())
+    index["shards"] = index["shards"][:-1]  # one shard fewer: other data
+    (other / "index.json").write_text(json.dumps(index))
+    assert main([*command, f"data.shards={other}", "trainer.steps=4"]) != 0
+    assert "it was trained with data fingerprint=" in capsys.readouterr().err

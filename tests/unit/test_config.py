@@ -83,6 +83,23 @@ def test_a_warm_up_as_long_as_the_run_is_named():
         "trainer.lr=0.0005, with no decay; lower trainer.warmup_steps"
 
 
+def test_a_resume_that_moves_the_learning_rate_is_named_with_the_decay_steps_that_keep_it():
+    """The hunt's run: 100,000 updates (warm-up 5) resumed at step 150 with trainer.steps=220 dropped the learning
+    rate from ~1e-3 to ~1e-4 in one update. decay_steps counts after the warm-up: the old span is 99,995."""
+    from megadalle.config.train import TrainerConfig
+    from megadalle.train.schedule import lr_at, resume_warning
+
+    saved = TrainerConfig(steps=100000, warmup_steps=5, lr=1e-3, min_lr=1e-4)
+    assert resume_warning(saved, saved, 150) is None
+    assert resume_warning(saved, TrainerConfig(steps=220, warmup_steps=5, lr=1e-3, min_lr=1e-4), 3) is None  # warm-up
+    assert resume_warning(saved, TrainerConfig(steps=220, warmup_steps=5, lr=1e-3, min_lr=1e-4), 150) == \
+        "the learning rate at step 150, where the run resumes, is 0.000316 now and 0.001 on the curve it trained on " \
+        "(trainer.steps=100000 there, 220 now): the schedule changes from here; add trainer.decay_steps=99995 to " \
+        "keep the old curve"
+    kept = TrainerConfig(steps=220, warmup_steps=5, lr=1e-3, min_lr=1e-4, decay_steps=99995)
+    assert resume_warning(saved, kept, 150) is None and lr_at(219, kept) == lr_at(219, saved)
+
+
 def test_an_installed_package_reads_its_own_conf_not_a_stray_one_beside_it(tmp_path):
     """Installed, the package's parent is site-packages: another distribution's `conf/` there was taken for
     megadalle's, and every verb failed with "Cannot find primary config"."""
