@@ -130,10 +130,15 @@ def check_train(cfg: DictConfig) -> None:
     """Token shards against the Transformer: grid side, image vocabulary; the tokenizer against text_vocab."""
     from megadalle.config import build, top_level
     from megadalle.config.model import TransformerConfig
+    from megadalle.config.train import DeepSpeedConfig
     from megadalle.config.train_verbs import TrainConfig
+    from megadalle.plan.layout import check_stages_filled
+    from megadalle.train.distributed import ranks
 
     build(TrainConfig, top_level(cfg, TrainConfig), "")
     model = build(TransformerConfig, cfg.model, "model")
+    world = ranks()[1]
+    check_stages_filled(model, build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"), world, f"the {world} ranks launched")
     fits(model.attention_backend != "triton" or triton_runs_here(),
          "model.attention_backend=triton: this machine has no CUDA GPU, and Triton runs on the CPU only in its "
          "interpreter (TRITON_INTERPRET=1, for tests); use model.attention_backend=auto")

@@ -92,10 +92,11 @@ def layout_for(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSpeedCo
                   model.activation_checkpointing, trainer.grad_accum, ds.partition_method)
 
 
-def check_stages_filled(model: TransformerConfig, ds: DeepSpeedConfig, gpus: int) -> None:
+def check_stages_filled(model: TransformerConfig, ds: DeepSpeedConfig, gpus: int, ranks: str = "") -> None:
     """Refuse a pipeline with more stages than `ds.partition_method` fills with `model.n_layers` blocks
     (plan/counts.unfilled_stages: DeepSpeed's own cut), naming the most stages that fill it and divide `gpus`
-    (the ranks). Its memory and time were those of ranks with nothing to train: it "fit" where the model did not."""
+    (the ranks; `ranks` says what they are, default `gpus=N`). plan's memory and time were those of ranks with
+    nothing to train (it "fit" where the model did not), and training built the empty stages in silence."""
     if ds.pipeline_stages == 1:
         return
     counts = count_parameters(model)
@@ -108,7 +109,7 @@ def check_stages_filled(model: TransformerConfig, ds: DeepSpeedConfig, gpus: int
         f"layer (model.n_layers={model.n_layers} blocks, the embedding and the head)"
     raise ConfigError(f"deepspeed.pipeline_stages={ds.pipeline_stages}: partition_method={ds.partition_method} "
                       f"leaves stage{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty))} with no {what}; "
-                      f"at most {most} stages fill it and divide gpus={gpus}: set deepspeed.pipeline_stages={most}")
+                      f"at most {most} stages fill it and divide {ranks or f'gpus={gpus}'}: set deepspeed.pipeline_stages={most}")
 
 
 def describe(layout: Layout) -> str:

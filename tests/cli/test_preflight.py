@@ -349,3 +349,16 @@ def test_the_sample_grids_keys_are_typed(capsys, token_shards, image_shards, tmp
     fails(capsys, training("train", token_shards, image_shards, f"run_dir={tmp_path / 'run'}", override),
           f"megadalle train: {expected}")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pipeline_deeper_than_the_model_is_refused_before_training(capsys, monkeypatch, tmp_path):
+    """DeepSpeed cut 8 stages of the tiny model's 4 blocks and trained with ranks holding none: plan refused it,
+    training built it in silence. The same check (plan/layout.check_stages_filled) names the ranks launched."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    fails(capsys, ["train", *TINY, "data=synthetic", "deepspeed=pipe", "deepspeed.pipeline_stages=8"],
+          "deepspeed.pipeline_stages=8: partition_method=type:Block leaves stages 0, 5, 6, 7 with no Transformer block "
+          "(model.n_layers=4); at most 4 stages fill it and divide the 8 ranks launched: set "
+          "deepspeed.pipeline_stages=4")
+    assert not (tmp_path / "outputs").exists()
