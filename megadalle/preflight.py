@@ -295,6 +295,15 @@ def check_run_dir(verb: str, cfg: DictConfig) -> None:
     rundir.check_config(path, OmegaConf.to_container(cfg, resolve=True))
 
 
+def check_run_keys(cfg: DictConfig) -> None:
+    """The training verbs' shared keys typed (config.train.RunConfig): `seed=abc` was an int() traceback inside
+    train and train-clip once every other check had passed."""
+    from megadalle.config import build, top_level
+    from megadalle.config.train import RunConfig
+
+    build(RunConfig, top_level(cfg, RunConfig), "")
+
+
 def check_name(name, out_dir: str, task: str) -> None:
     """A run's `name` is one folder under <out_dir>/<task>: `../x` put the run outside out_dir, `a/b` nested it
     where no other run looks. A directory anywhere else is `run_dir`'s to give."""
@@ -374,6 +383,8 @@ def preflight(verb: str, cfg: DictConfig) -> None:
     """Required keys first (a check below may read them), then where outputs go, then the verb's own checks."""
     check_required(cfg)
     check_out_dir(cfg)
+    if verb in RUN_TASKS:
+        check_run_keys(cfg)
     check = CHECKS.get(verb)
     if check is not None:
         check(cfg)

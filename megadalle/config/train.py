@@ -195,6 +195,9 @@ class RunConfig:
     """The run's directory, overriding <out_dir>/<task>/<name>. A rerun whose config differs from the
     directory's run.json is refused, except in the keys megadalle.train.rundir.RESUMABLE lists
     (trainer.steps, moved data, logging, checkpoint cadence, loader workers...)."""
+    seed: int = 0
+    """The root seed (conf/config.yaml): each stage derives its initialisation, data order and random draws from it,
+    so the same seed, data and config give the same run."""
     resume: str = "auto"
     """auto: the newest complete checkpoint of run_dir (the one `latest` names, else the newest complete one
     before it); a fresh start where no save ever finished, an error where one did and none is usable. never:

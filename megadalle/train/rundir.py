@@ -86,18 +86,19 @@ class RunDirError(UserError):
 
 
 def default_path(out_dir: str, task: str, name: str | None, environ: Mapping[str, str] | None = None) -> Path:
-    """`<out_dir>/<task>/<name>`; without a name `default`, or `slurm-<job id>` inside a Slurm job."""
+    """`<out_dir>/<task>/<name>`; without a name `default`, or `slurm-<job id>` inside a Slurm job. (A `-m` sweep
+    over `name=1,2` gives hydra's ints.)"""
     env = os.environ if environ is None else environ
     if not name:
         job = env.get("SLURM_JOB_ID")
         name = f"slurm-{job}" if job else "default"
-    return Path(out_dir) / task / name
+    return Path(str(out_dir)) / task / str(name)
 
 
 def path_for(run_dir: str | None, out_dir: str, task: str, name: str | None,
              environ: Mapping[str, str] | None = None) -> Path:
     """The run directory: the explicit `run_dir`, else the default one."""
-    return Path(run_dir) if run_dir else default_path(out_dir, task, name, environ)
+    return Path(str(run_dir)) if run_dir else default_path(out_dir, task, name, environ)
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -362,3 +362,22 @@ def test_a_pipeline_deeper_than_the_model_is_refused_before_training(capsys, mon
           "(model.n_layers=4); at most 4 stages fill it and divide the 8 ranks launched: set "
           "deepspeed.pipeline_stages=4")
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("argv", [["train", *TINY, "data=synthetic"],
+                                  ["train-dvae", "dvae=tiny", "trainer=tiny", "logger=none"],
+                                  ["train-clip", "clip=tiny", "trainer=tiny", "logger=none", "tokenizer=t"]],
+                         ids=["train", "train-dvae", "train-clip"])
+def test_a_seed_that_is_no_number_is_refused_before_training(capsys, monkeypatch, tmp_path, argv):
+    """`seed=abc` was an int() traceback inside the stage (train, train-clip) once the checks had passed."""
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, [*argv, "data.shards=x", "seed=abc"] if argv[0] != "train" else [*argv, "seed=abc"],
+          "seed: Value 'abc'")
+
+
+def test_a_sweep_over_names_gives_run_directories_named_by_the_numbers():
+    """hydra reads `-m name=1,2` as ints: building the run directory's path was a TypeError."""
+    from megadalle.train.rundir import path_for
+
+    assert path_for(None, "out", "transformer", 1) == path_for(None, "out", "transformer", "1")
+    assert str(path_for(2024, "out", "transformer", None)) == "2024"
