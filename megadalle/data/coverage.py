@@ -106,8 +106,9 @@ def _rebuild(index: ShardIndex) -> str:
     if output.name == VAL_DIR and (index.meta.get("split") == VAL_DIR or source.name == VAL_DIR):
         output, source = output.parent, source.parent if source.name == VAL_DIR else source
     weights = " dvae_weights=..." if verb == "encode" else ""
-    return (f"a megadalle output is written whole: rebuild it with `megadalle {verb} input={source} output={output}"
-            f"{weights}` (not `megadalle index`, which would drop its meta), or move the tars it does not list out of it")
+    return (f"a megadalle output is written whole: rebuild it with `megadalle {verb} input={source} "
+            f"output={output}{weights}` (not `megadalle index`, which would drop its meta), or move the tars it does "
+            "not list out of it")
 
 
 def _recorded_changes(index: ShardIndex) -> Changes:
