@@ -100,3 +100,36 @@ def test_each_cause_names_its_remedy_and_other_errors_stay_errors(code, remedy):
     err = OSError(code, "x", "/runs/a/run.json")
     assert describe(err).startswith(f"cannot write /runs/a/run.json ({os.strerror(code)}): {remedy}")
     assert describe(OSError(errno.EACCES, "Permission denied", "/runs/a/run.json")) is None
+
+
+@pytest.mark.distributed
+def test_rank_0s_full_disk_stops_every_rank_with_its_line(train_overrides, tmp_path):
+    """Rank 0 alone writes metrics.jsonl: leaving alone, it left the other ranks waiting in the next update's
+    collectives until their timeout (30 minutes by default)."""
+    import subprocess
+    import sys
+
+    import dist_launch as launch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": -1, "pad": "x" * (LIMIT - 100)}) + "\n")
+    port = launch.free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(launch.base_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))) if rank == 0 else None
+        procs.append(subprocess.Popen([sys.executable, "-m", "megadalle", "train", *train_overrides, f"run_dir={run}"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      preexec_fn=limit))
+    try:
+        errs = [p.communicate(timeout=180)[1] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        raise AssertionError("a rank went on while rank 0 had stopped") from None
+    assert [p.returncode for p in procs] == [2, 2], errs
+    for rank, err in enumerate(errs):
+        assert (f"megadalle train: rank {rank}: rank 0: cannot write {run.resolve() / 'metrics.jsonl'} (File too "
+                "large)") in err and "Traceback" not in err, err
