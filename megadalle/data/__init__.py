@@ -3,7 +3,8 @@
     prepare.py    `megadalle prepare`: sources.py lists inputs, convert.py turns one into a sample or a skip reason
     shards.py     ShardWriter (atomic shards + offset files, index.json last); index.py the index; reader.py readers
     ingest/       `megadalle index`: tars written elsewhere indexed (every sample checked); `open_index` for readers
-    coverage.py   the tars an index of such a folder covers, and how the folder differs now (indexed again)
+    coverage.py   the tars an index of such a folder covers, and how the folder differs now (indexed again;
+                  a prepare/encode output that differs is refused)
     reuse.py      what indexing found in each tar, kept for the next indexing: only new and changed tars are read
     tar.py        the one walk over tar members (sample spans + raw fields) that index, ingest and readers share
     fields.py     encode/decode of fields by name; pickles are never decoded

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def temp_path(path: str | Path) -> Path:
@@ -19,16 +20,23 @@ def temp_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def publish(tmp: str | Path, path: str | Path) -> Path:
-    """Flush `tmp` to disk and rename it to `path`. If that fails (`path` is a folder, the disk is full), `tmp`
-    goes: a hidden temporary left behind is found by nobody and holds its bytes until someone does."""
+@contextmanager
+def _removed_on_failure(tmp: str | Path) -> Iterator[None]:
+    """`tmp` goes when the block fails (the disk is full, `path` is a folder): a hidden temporary left behind is
+    found by nobody and holds its bytes until someone does."""
     try:
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish(tmp: str | Path, path: str | Path) -> Path:
+    """Flush `tmp` to disk and rename it to `path`; `tmp` goes if that fails."""
+    with _removed_on_failure(tmp):
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     return Path(path)
 
 
@@ -39,7 +47,8 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
+    with _removed_on_failure(tmp):  # a full disk fails the write itself, before `publish`
+        tmp.write_bytes(data)
     return publish(tmp, path)
 
 

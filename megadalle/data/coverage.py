@@ -5,10 +5,15 @@ and adds `00002.tar`, `00003.tar`, or rewrites a tar it had cut short. An index 
 then reads half the data set without a word. So indexing records every `*.tar` it found, by name, size
 and mtime_ns (the tars it skipped as unusable too), with what it found in each (`reuse.py`: indexing again
 reads only the tars that differ), and `ingest.open_index` compares that record with the folder each time it
-opens one, by name and size: any difference means indexing again (or a refusal, where the folder is read-only). megadalle's own outputs (`prepare`, `encode`) are written whole by their writer, which
-lists every shard it wrote: they carry no record and are not compared. The mtime is recorded, not compared: a
-copy (`cp` without -p, a tar round trip that keeps whole seconds, an object-store sync) changes it on an unchanged
-data set, which was then decoded again in full, or refused on a read-only mount.
+opens one, by name and size: any difference means indexing again (or a refusal, where the folder is read-only). The
+mtime is recorded, not compared: a copy (`cp` without -p, a tar round trip that keeps whole seconds, an object-store
+sync) changes it on an unchanged data set, which was then decoded again in full, or refused on a read-only mount.
+
+megadalle's own outputs (`prepare`, `encode`) carry no record: their writer lists every shard it wrote, whole. They
+are compared with that list all the same, and a difference is refused (`OutputChanged`), never indexed again:
+a tar copied in beside the shards was otherwise left out without a word, and indexing the folder as one written
+elsewhere would drop its meta (encode's grid and codebook sizes, which training checks the model against) and
+check token shards for images they do not hold. The writer that made it rebuilds it whole.
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megadalle.data.index import REPORT_NAME, ShardIndex
+from megadalle.config.data import VAL_DIR
+from megadalle.data.index import INDEX_NAME, REPORT_NAME, ShardIndex, ShardsNotFound
 
 INDEXED_BY = "megadalle index"
 """index.json's meta.indexed_by of a folder `megadalle index` wrote: one indexed before the record existed
@@ -59,13 +65,50 @@ def _names(names: list[str]) -> str:
     return ", ".join(names[:SHOWN]) + more
 
 
+class OutputChanged(ShardsNotFound):
+    """A `prepare` or `encode` output whose tars are no longer those its index.json lists."""
+
+
 def changes(index: ShardIndex) -> Changes:
-    """How the folder's tars differ from what `index` covers; nothing for megadalle's own outputs."""
+    """How the folder's tars differ from what `index` covers (indexing it again makes them agree). A megadalle
+    output that differs is refused instead (`OutputChanged`): only its writer can make it whole again."""
     if index.indexing is not None:
         return _recorded_changes(index)
     if index.meta.get("indexed_by") == INDEXED_BY:
         return _unrecorded_changes(index)
+    if found := _output_changes(index):
+        raise OutputChanged(f"{index.root}: its tars are not those its {INDEX_NAME} lists ({found}); "
+                            f"{_rebuild(index)}")
     return Changes()
+
+
+def _output_changes(index: ShardIndex) -> Changes:
+    """A megadalle output's tars against its index: every listed shard at its size, and no other `*.tar` in the
+    folders that hold them (a hidden name is a writer's staging, not a shard)."""
+    listed = {s.name: s.bytes for s in index.shards}
+    folders = {index.root} | {(index.root / name).parent for name in listed}
+    found = {path.relative_to(index.root).as_posix(): path for folder in folders for path in folder.glob("*.tar")
+             if not path.name.startswith(".") and path.is_file()}
+    sizes = {name: (index.root / name).stat().st_size for name in listed if (index.root / name).is_file()}
+    return Changes(new=sorted(found.keys() - listed.keys()), gone=sorted(listed.keys() - sizes.keys()),
+                   changed=sorted(name for name, size in sizes.items() if size != listed[name]))
+
+
+def _rebuild(index: ShardIndex) -> str:
+    """What makes a changed megadalle output whole again: the verb that wrote it (its meta says which: encode
+    records its dVAE's grid, prepare its image format), rerun from its input into it; a validation split
+    (`<output>/val/`) is rebuilt with the output that holds it."""
+    verb = "encode" if "grid_size" in index.meta else "prepare" if "format" in index.meta else None
+    if verb is None:
+        return "a megadalle output is written whole: rerun the prepare or encode that wrote it, or move the tars " \
+               "it does not list out of it"
+    output, source = index.root, Path(index.meta.get("source", "..."))
+    if output.name == VAL_DIR and (index.meta.get("split") == VAL_DIR or source.name == VAL_DIR):
+        output, source = output.parent, source.parent if source.name == VAL_DIR else source
+    weights = " dvae_weights=..." if verb == "encode" else ""
+    return (f"a megadalle output is written whole: rebuild it with `megadalle {verb} input={source} "
+            f"output={output}{weights}` (not `megadalle index`, which would drop its meta), or move the tars it does "
+            "not list out of it")
 
 
 def _recorded_changes(index: ShardIndex) -> Changes:

@@ -2,11 +2,13 @@
 
 The loop calls, on every rank, `start(info)` once, `step(step, metrics)` after every update (a
 callback may add keys, e.g. tokens/s, for the ones after it), `log(step, metrics)` every
-`log_every` updates, `media(step, values)` when the task produced media, and `end()`.
+`log_every` updates, `media(step, values)` when the task produced media, and `end()`, also when
+the run failed, even in `start` (an `end()` must expect that its `start` did not run or finish).
 Callbacks that write (console, wandb) act on rank 0 only.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,3 +42,21 @@ class Callback:
 
     def end(self) -> None:
         pass
+
+
+def end_all(callbacks: list[Callback], failing: bool) -> None:
+    """`end()` of every callback, though one fails: one failing (wandb's finish on a full disk) skipped the others'
+    and whatever the caller does after (the run lock's release, in-process). The first failure is raised once all
+    ran, unless the run is `failing` already: its own error says what went wrong, and an end()'s is one line more."""
+    first = None
+    for callback in callbacks:
+        try:
+            callback.end()
+        except Exception as err:
+            if failing:
+                said = str(err).strip().splitlines()
+                print(f"[train] {type(callback).__name__}.end() failed too: {type(err).__name__}"
+                      + (f": {said[0]}" if said else ""), file=sys.stderr, flush=True)
+            first = first or err
+    if first is not None and not failing:
+        raise first

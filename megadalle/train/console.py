@@ -1,15 +1,22 @@
 """Rank 0's plain-text record: a progress line every `log_every` updates and every update's
 metrics appended to `<run>/metrics.jsonl` (what tests and people compare between runs; a resumed
 run appends, so the last line for a step wins). Data problems that raise no error (captions cut
-to text_len) are said once, at the first update that shows them."""
+to text_len) are said once, at the first update that shows them.
+
+A line the disk does not take (full, over quota) is taken back whole and raised as one line
+(`disk_full.RunFileError`): a half line would end the file the resumed run appends to. The file is
+unbuffered, so closing it has nothing left to write and fails no second time."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 
 from tqdm import tqdm
 
 from megadalle.train.callbacks import Callback, RunInfo
+from megadalle.train.disk_full import one_line
 
 WARNINGS = {
     "captions_cut": "{value:.1%} of this update's captions are longer than text_len and lose their last tokens "
@@ -29,7 +36,9 @@ class Console(Callback):
     def start(self, info: RunInfo) -> None:
         if info.rank != 0:
             return
-        self.file = open(info.run_dir / "metrics.jsonl", "a")
+        path = info.run_dir / "metrics.jsonl"
+        with one_line(path):
+            self.file = open(path, "ab", buffering=0)
         # disable=None: a bar on a terminal, none in batch logs (Slurm output files), where the lines suffice.
         self.bar = tqdm(total=info.total_steps, initial=info.start_step, desc="train", dynamic_ncols=True,
                         disable=None)
@@ -37,8 +46,7 @@ class Console(Callback):
     def step(self, step: int, metrics: dict[str, float]) -> None:
         if self.file is None:
             return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
+        self._append((json.dumps({"step": step, **metrics}) + "\n").encode())
         self.bar.update(1)
         for name, message in WARNINGS.items():
             if metrics.get(name, 0) > 0 and name not in self.warned:
@@ -50,7 +58,21 @@ class Console(Callback):
             return
         tqdm.write(f"step {step}: " + " ".join(f"{k}={metrics[k]:.4g}" for k in SHOWN if k in metrics))
 
+    def _append(self, line: bytes) -> None:
+        """`line` at the end of metrics.jsonl, whole or not at all (a write may take part of it, then fail)."""
+        end = os.lseek(self.file.fileno(), 0, os.SEEK_END)
+        with one_line(self.file.name):
+            try:
+                while line:
+                    line = line[self.file.write(line):]
+            except OSError:
+                with contextlib.suppress(OSError):  # a file system gone read-only takes nothing back
+                    os.ftruncate(self.file.fileno(), end)
+                raise
+
     def end(self) -> None:
         if self.file is not None:
             self.file.close()
             self.bar.close()
+            self.file = None
+

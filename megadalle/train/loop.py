@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,9 @@ import torch
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
 from megadalle.data import atomic
 from megadalle.errors import UserError
-from megadalle.train import (checkpoint, cpu_malloc, distributed, engine as engine_lib, media, rng, rundir, schedule,
-                             universal)
-from megadalle.train.callbacks import Callback, RunInfo
+from megadalle.train import (checkpoint, cpu_malloc, disk_full, distributed, engine as engine_lib, media, rng, rundir,
+                             schedule, universal)
+from megadalle.train.callbacks import Callback, RunInfo, end_all
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
 from megadalle.train.param_edit import ParamEditor
@@ -143,6 +144,8 @@ class Trainer:
                  run: RunOptions, stop: StopFlag, extra_callbacks: list[Callback] | None = None):
         self.task, self.cfg, self.ds, self.stop = task, trainer, ds, stop
         self.step: int | None = None
+        self.failure: str | None = None
+        """A run file rank 0 could not write, in one line (`_tell`): every rank stops on it (`_stopping`)."""
         self.env = distributed.detect()
         if self.env.rank == 0 and (warning := schedule.warmup_warning(trainer)):
             print(f"[train] warning: {warning}", file=sys.stderr, flush=True)
@@ -179,10 +182,7 @@ class Trainer:
         self._stop_point()
         self.samples_seen = int(state.get("samples_seen", 0))
         self.nonfinite = int(state.get("nonfinite_losses", 0))
-        if self.env.rank == 0:  # the config it runs under now: a resume may have changed what RESUMABLE allows
-            atomic.write_bytes(self.run_dir / "run.json", json.dumps(
-                {"task_factory": run.task_factory, "config": run.config, "sha256": rundir.digests(run.config)},
-                indent=1, default=str).encode())
+        self._write_run_json(run)
         self.wandb = Wandb(logger)
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)
@@ -190,6 +190,17 @@ class Trainer:
         self.validator = Validator(task, self.built, self.part, trainer.eval_every, trainer.eval_batches, run.seed)
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps, run.config,
                             state.get("wandb_id"))
+
+    def _write_run_json(self, run: RunOptions) -> None:
+        """Rank 0 records the config the run goes on under (a resume may have changed what RESUMABLE allows); a disk
+        that does not take it stops every rank with one line (disk_full)."""
+        failure = None
+        if self.env.rank == 0:
+            path = self.run_dir / "run.json"
+            failure = disk_full.attempt(partial(atomic.write_bytes, path, json.dumps(
+                {"task_factory": run.task_factory, "config": run.config, "sha256": rundir.digests(run.config)},
+                indent=1, default=str).encode()), path)
+        disk_full.stop_every_rank(failure)
 
     def _stop_point(self) -> None:
         """Between two stages of the start-up (each can take minutes at 12B: converting or loading a checkpoint,
@@ -272,31 +283,50 @@ class Trainer:
                 "layout": dataclasses.asdict(self.layout), "task_state": self.task.state()}
 
     def fit(self) -> Result:
+        """The updates. Whatever ends them, every callback's end() runs and the run lock is released (an in-process
+        caller, the demo, goes on after a failed run)."""
         losses: list[float] = []
         stop = self.stop.install((signal.SIGINT,))  # Ctrl-C checkpoints from here; before, it interrupts at once
-        stopped = False
-        runner = StepRunner(self.task, self.built, self.part, self.step)
-        for cb in self.callbacks:
-            cb.start(self.info)
+        stopped, failing = False, True
         try:
+            runner = StepRunner(self.task, self.built, self.part, self.step)
+            self._tell("start", self.info)
+            disk_full.stop_every_rank(self.failure)
             while self.step < self.cfg.steps and not stopped:
                 metrics = self._update(runner)
                 losses.append(metrics["loss"])
                 self._report(metrics)
                 self.step += 1
-                stopped = distributed.any_rank(stop.set)
+                stopped = self._stopping(stop)
                 periodic = self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0
                 if stopped or periodic or self.step == self.cfg.steps:
                     checkpoint.save(self.built.engine, self.ckpt_root, self.step, self.client_state(), self.env.rank,
                                     self.ema, self.cfg.keep_checkpoints)
             if stopped:
                 print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}", flush=True)
+            failing = False
         finally:
             stop.uninstall(stopped)
-            for cb in self.callbacks:
-                cb.end()
-            self.lock.release()
+            try:
+                end_all(self.callbacks, failing)
+            finally:
+                self.lock.release()
         return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.built.engine, self.built.model)
+
+    def _tell(self, method: str, *args) -> None:
+        """`method` of every callback. A run file one cannot write (a full disk, disk_full) is kept in `self.failure`
+        and the other callbacks still run: every rank stops on it together at `_stopping`, after this update's
+        collectives (a validation, media), in which rank 0 leaving alone would leave the others waiting."""
+        for callback in self.callbacks:
+            self.failure = self.failure or disk_full.attempt(partial(getattr(callback, method), *args))
+
+    def _stopping(self, stop: StopFlag) -> bool:
+        """Whether every rank stops after this update: a stop signal reached one (it is saved). A run file rank 0
+        could not write (`self.failure`) stops them all with its line instead; one all-reduce serves both."""
+        flagged = distributed.any_rank(stop.set or self.failure is not None)
+        if flagged:
+            disk_full.stop_every_rank(self.failure)
+        return flagged
 
     def _update(self, runner: StepRunner) -> dict[str, float]:
         """One optimizer update plus its bookkeeping metrics."""
@@ -322,15 +352,11 @@ class Trainer:
         validated = self.validator.due(step) and bool(self.validator.batches())
         if validated:
             metrics.update(self.validator.run(step))
-        for cb in self.callbacks:
-            cb.step(step, metrics)
+        self._tell("step", step, metrics)
         if validated or (step + 1) % self.cfg.log_every == 0 or step + 1 == self.cfg.steps:
-            for cb in self.callbacks:
-                cb.log(step, metrics)
+            self._tell("log", step, metrics)
         if self.cfg.media_every and (step + 1) % self.cfg.media_every == 0:
-            values = media.collect(self.task, self.built, step, self.env.rank)
-            for cb in self.callbacks:
-                cb.media(step, values)
+            self._tell("media", step, media.collect(self.task, self.built, step, self.env.rank))
 
 
 def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig, run: RunOptions,

@@ -203,6 +203,20 @@ def test_token_shards_that_record_no_grid_are_checked_by_their_first_sample(caps
           f"model.grid_size=4: the token shards {bare} hold 8x8 code grids")
 
 
+def test_a_tar_copied_into_encodes_output_is_refused_not_left_out(capsys, token_shards, tmp_path):
+    """A shard dropped in beside encode's was never read, and nothing said so."""
+    import shutil
+
+    shards, tok = token_shards
+    grown = tmp_path / "grown"
+    shutil.copytree(shards, grown)
+    last = sorted(grown.glob("*.tar"))[-1]
+    shutil.copy(last, grown / "shard-000099.tar")
+    err = fails(capsys, ["train", *TINY, f"data.shards={grown}", f"data.tokenizer={tok}"],
+                f"{grown}: its tars are not those its index.json lists (new: shard-000099.tar)")
+    assert f"rebuild it with `megadalle encode input=... output={grown} dvae_weights=...`" in err
+
+
 @pytest.mark.parametrize("argv", [["plan", "model=tiny"], ["generate", "weights=nowhere", "prompt=a cat"],
                                   ["train-dvae", "data.shards=nowhere"]])
 def test_out_dir_null_is_refused_before_a_folder_called_none_is_made(capsys, tmp_path, monkeypatch, argv):

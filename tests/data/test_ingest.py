@@ -550,3 +550,54 @@ def test_a_read_only_folder_whose_tars_changed_is_refused_naming_them(downloadin
     with pytest.raises(ReadOnlyShards, match=r"changed since index.json was written \(new: 00002.tar\); the folder "
                                              r"is read-only.*`megadalle index .*` where the folder is writable"):
         _loaded(downloading)
+
+
+def _prepared(root, meta):
+    """A megadalle output of 3 shards of 2 samples, with `meta` (what prepare or encode records)."""
+    with ShardWriter(root, max_count=2, meta=meta) as writer:
+        for i in range(6):
+            writer.write({"__key__": f"{i:06d}", "jpg": jpeg_bytes((16, 16), i), "txt": f"caption {i}"})
+    return root
+
+
+@pytest.mark.parametrize("change, named", [("added", "new: shard-000003.tar"), ("resized", "changed: shard-000001.tar"),
+                                           ("removed", "gone: shard-000001.tar")])
+def test_a_megadalle_output_whose_tars_changed_is_refused_not_read_in_part(tmp_path, change, named):
+    """A tar copied in beside prepare's shards was left out without a word; one cut short or removed was read
+    against offsets that no longer fit. Indexing it as a folder written elsewhere would drop its meta."""
+    from megadalle.data.coverage import OutputChanged
+
+    root = _prepared(tmp_path / "shards", {"image_size": 16, "format": "jpg", "source": "/data/pics"})
+    before = (root / INDEX_NAME).read_bytes()
+    if change == "added":
+        (root / "shard-000003.tar").write_bytes((root / "shard-000002.tar").read_bytes())
+    elif change == "resized":
+        with open(root / "shard-000001.tar", "ab") as tar:
+            tar.write(bytes(512))
+    else:
+        (root / "shard-000001.tar").unlink()
+    with pytest.raises(OutputChanged) as refused:
+        open_index(root, "data.shards")
+    message = str(refused.value)
+    assert message.startswith(f"data.shards='{root}': {root}: its tars are not those its index.json lists ({named}); ")
+    assert f"`megadalle prepare input=/data/pics output={root}`" in message and "\n" not in message
+    assert (root / INDEX_NAME).read_bytes() == before  # not indexed again: its meta stays
+
+
+def test_a_current_megadalle_output_opens_whatever_else_lies_beside_its_shards(tmp_path):
+    """A writer's hidden staging (encode's `.encode-<shard>.tar/` folder) and other files are no shards."""
+    root = _prepared(tmp_path / "shards", {"format": "jpg"})
+    (root / ".encode-shard-000000.tar").mkdir()
+    (root / ".shard-000002.tar").write_bytes(b"staging")
+    (root / "notes.txt").write_text("x")
+    assert open_index(root).total == 6
+
+
+def test_a_changed_encode_split_names_the_encode_that_rebuilds_it(tmp_path):
+    from megadalle.data.coverage import OutputChanged
+
+    val = _prepared(tmp_path / "tokens" / "val", {"grid_size": 4, "vocab_size": 8, "source": "/data/img/val"})
+    (val / "shard-000000.tar").unlink()
+    with pytest.raises(OutputChanged, match=f"`megadalle encode input=/data/img output={tmp_path / 'tokens'} "
+                                            r"dvae_weights=\.\.\.`"):
+        open_index(val)

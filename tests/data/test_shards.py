@@ -272,3 +272,18 @@ def test_a_publish_that_fails_leaves_no_temporary_behind(tmp_path):
     with pytest.raises(IsADirectoryError):
         atomic.write_bytes(tmp_path / "tokenizer.model", b"pieces")
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.model"]
+
+
+def test_a_write_past_a_full_disk_leaves_no_temporary_behind(tmp_path):
+    """The bytes themselves do not fit (EFBIG here, ENOSPC on a full disk): `.run.json.<pid>-<hex>.tmp` stayed,
+    since the write failed before `publish`, which removes it."""
+    from megadalle.data import atomic
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            atomic.write_bytes(tmp_path / "run.json", bytes(1 << 17))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []
