@@ -39,6 +39,8 @@ class TrainerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.96])
     """AdamW betas (the paper's Transformer uses 0.9, 0.96)."""
     eps: float = 1e-8
+    """AdamW's epsilon, added to the second moment's root: larger values damp the updates of parameters whose
+    gradients are tiny (CLIP's trainer uses 1e-6)."""
     weight_decay: float = 4.5e-2
     """Decoupled weight decay, applied to matrices only (not to biases, norms or embeddings' gains)."""
     grad_clip: float = 4.0
@@ -170,7 +172,9 @@ class LoggerConfig:
     mode: str = "offline"
     """wandb mode: offline (default; `wandb sync` later), online, or disabled."""
     project: str = "megadalle"
+    """wandb project the run is logged under."""
     entity: str | None = None
+    """wandb team or user owning the project; null = the logged-in user's default."""
     name: str | None = None
     """Run name shown in wandb; null lets wandb choose."""
     peak_tflops: float = 989.0

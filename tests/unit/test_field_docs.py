@@ -6,12 +6,6 @@ from megadalle.cli import main
 from megadalle.config.help import dataclass_docs, group_schemas
 from megadalle.config.verbs import VERB_SCHEMAS
 
-UNDOCUMENTED = {
-    "trainer": {"eps"}, "logger": {"project", "entity"},  # config/train.py
-}
-"""Fields still without one, by group or verb (their modules named): shrink it as they get theirs."""
-
-
 def leaf_fields(cls: type, prefix: str = "") -> list[str]:
     """Dotted names of `cls`'s fields, a nested dataclass's fields in its place."""
     hints = typing.get_type_hints(cls)
@@ -29,9 +23,7 @@ def schemas() -> list[tuple[str, type]]:
 def test_every_declared_field_has_help_text():
     missing = {(where, name) for where, cls in schemas() for name in leaf_fields(cls)
                if name not in dataclass_docs(cls)}
-    allowed = {(where, name) for where, names in UNDOCUMENTED.items() for name in names}
-    assert missing - allowed == set()
-    assert allowed - missing == set(), "documented now: take them out of UNDOCUMENTED"
+    assert missing == set()
 
 
 def test_help_shows_the_model_the_evaluate_and_the_clip_keys_texts(capsys):
