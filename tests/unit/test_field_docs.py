@@ -6,6 +6,7 @@ from megadalle.cli import main
 from megadalle.config.help import dataclass_docs, group_schemas
 from megadalle.config.verbs import VERB_SCHEMAS
 
+
 def leaf_fields(cls: type, prefix: str = "") -> list[str]:
     """Dotted names of `cls`'s fields, a nested dataclass's fields in its place."""
     hints = typing.get_type_hints(cls)
