@@ -41,12 +41,6 @@ LATEST = "latest"
 ABANDONED = "abandoned"
 TAG = re.compile(r"^step_(\d{8})$")
 
-_next_save: dict[Path, Lineage] = {}
-"""Per checkpoints directory (resolved), the lineage of this process's next save there: `resolve` sets it on rank
-0, which chooses the checkpoint and writes the manifests, and each save advances it. Kept here rather than passed
-through the trainer, since only the checkpoint that `resolve` chose and how (by name or not) decide it."""
-
-
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the path and the reason."""
 
@@ -206,14 +200,14 @@ def lineage_of(path: Path) -> Lineage:
 
 
 def resolve(resume: str, root: Path) -> Path | None:
-    """The checkpoint directory to resume from for `resume` = auto | never | <path of a step_* dir>, and the
-    lineage of the run's next save (`_next_save`)."""
-    chosen, lineage = _choose(resume, root)
-    _next_save[root.resolve()] = lineage
-    return chosen
+    """The checkpoint directory to resume from for `resume` = auto | never | <path of a step_* dir>."""
+    return choose(resume, root)[0]
 
 
-def _choose(resume: str, root: Path) -> tuple[Path | None, Lineage]:
+def choose(resume: str, root: Path) -> tuple[Path | None, Lineage]:
+    """`resolve`'s checkpoint and the lineage of the run's first save: the trainer holds it and passes it to each
+    `save`, which returns the next one (per trainer, not per process: two trainers in one process, the demo's or
+    the tests', each keep their own)."""
     if resume == "never":
         if complete_tags(root):
             raise CheckpointError(f"resume=never but {root} already holds checkpoints; use resume=auto or a new run_dir")
@@ -248,9 +242,11 @@ def _newest_descendant(path: Path, root: Path) -> Path | None:
     return root / tag if path.resolve() in lineage_of(root / tag).resumed_from else None
 
 
-def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None, keep: int = 0) -> Path:
+def save(engine, root: Path, step: int, client_state: dict, rank: int, lineage: Lineage, ema=None,
+         keep: int = 0) -> Lineage:
     """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints.
-    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too, and the lineage.
+    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too, and `lineage` (`choose`'s, or
+    the previous save's; only rank 0's counts). Returns the lineage of the next save, whose parent is this one.
 
     With `keep`, rank 0 prunes before the save as well (never the checkpoint the run continues): a run resumed
     with a lower `trainer.keep_checkpoints` frees that disk space before it needs it, not after.
@@ -260,17 +256,15 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None,
     directory is removed: no rank waits at a barrier for one that has left."""
     tag = tag_of(step)
     path = root / tag
-    lineage = _next_save.get(root.resolve(), Lineage())
     on_every_rank(path, rank, partial(_make_room, root, tag, keep, lineage.parent) if rank == 0 else None,
                   remove=False)
     on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
     on_every_rank(path, rank, partial(sync_tree, path) if rank == 0 else None)
     on_every_rank(path, rank, partial(_publish, root, path, step, client_state, lineage) if rank == 0 else None)
-    _next_save[root.resolve()] = lineage.after(path)
     if rank == 0 and keep:
         prune(root, keep)
     barrier()
-    return path
+    return lineage.after(path)
 
 
 def _make_room(root: Path, tag: str, keep: int, parent: Path | None) -> None:
