@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from megadalle.data import atomic
 from megadalle.train import distributed, ema as ema_lib, rng, schedule
 from megadalle.train.distributed import barrier
 from megadalle.train.lineage import Lineage
@@ -50,14 +51,10 @@ def tag_of(step: int) -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """`text` as `path`, the old text or the new after a power loss too: the temporary is fsynced, renamed,
-    then its directory fsynced (without the fsyncs a crash can leave the renamed file empty)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """`text` as `path`, the old text or the new after a power loss too: atomic.write_bytes fsyncs its temporary
+    and renames it (and removes it when the write fails: a full disk leaves no `.latest.*.tmp`), then the
+    directory is fsynced (without the fsyncs a crash can leave the renamed file empty)."""
+    atomic.write_bytes(path, text.encode())
     fsync_dir(path.parent)
 
 
@@ -269,7 +266,10 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, lineage: 
 
 def _make_room(root: Path, tag: str, keep: int, parent: Path | None) -> None:
     """Rank 0, before `tag` is written: the step directories at or after it go (set_aside), and with `keep`
-    those beyond the newest `keep` complete ones, sparing `parent`."""
+    those beyond the newest `keep` complete ones, sparing `parent`. So do the temporaries of `latest` a kill left
+    between their write and rename: only this run (it holds the run lock) writes them."""
+    for stale in root.glob(f".{LATEST}.*.tmp"):
+        stale.unlink(missing_ok=True)
     set_aside(root, tag)
     if keep:
         prune(root, keep, spare=parent)

@@ -4,6 +4,7 @@ what a save clears away (older ones beyond `keep`, newer ones of an abandoned ru
 load that fails leaves and says. Single process: DeepSpeed's part is a stand-in writing one torch file."""
 import json
 import os
+import re
 import resource
 import shutil
 from pathlib import Path
@@ -206,7 +207,8 @@ def test_every_file_is_on_disk_before_the_manifest_says_complete(tmp_path, monke
     before_manifest = {name for name, manifest in synced if not manifest}
     assert {str(path / f) for f in ("mp_rank_00_model_states.pt", "rng_rank00000.pt")} | {str(path)} <= before_manifest
     assert str(tmp_path) in before_manifest  # the step directory's own entry
-    assert [str(tmp_path / "latest.tmp"), str(tmp_path)] == [name for name, _ in synced[-2:]]
+    temporary, directory = (name for name, _ in synced[-2:])
+    assert re.fullmatch(rf"{tmp_path}/\.latest\.\d+-[0-9a-f]+\.tmp", temporary) and directory == str(tmp_path)
 
 
 def test_a_zeroed_file_of_the_right_size_is_damage(tmp_path, capsys):
@@ -274,7 +276,7 @@ def test_a_checkpoint_saved_but_not_yet_in_latest_is_resumed(tmp_path, capsys):
     run.save(2)
     run.save(4)
     checkpoint.atomic_write(tmp_path / "latest", "step_00000002")
-    (tmp_path / "latest.tmp").write_text("step_00000004")
+    (tmp_path / ".latest.1-0123abcd.tmp").write_text("step_00000004")  # killed before its rename
     assert find_resumable(tmp_path) == "step_00000004"
     assert (f"{tmp_path / 'step_00000004'} is complete and continues step_00000002, which latest still names"
             in capsys.readouterr().err)
@@ -356,3 +358,18 @@ def test_each_trainer_keeps_its_own_lineage(tmp_path):
     run.save(5)
     manifest = json.loads((tmp_path / "step_00000005" / "manifest.json").read_text())
     assert (manifest["parent"], manifest["resumed_from"]) == ("step_00000004", [])
+
+
+def test_a_failed_write_of_the_manifest_or_latest_leaves_no_temporary(tmp_path):
+    """A full disk (here a file-size limit: EFBIG) while `latest` or a manifest is written: the old file stays as it
+    was and no temporary is left behind for nobody to find."""
+    checkpoint.atomic_write(tmp_path / "latest", "step_00000002")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 12, hard))
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            checkpoint.atomic_write(tmp_path / "latest", "x" * (1 << 13))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert names(tmp_path) == ["latest"]
+    assert (tmp_path / "latest").read_text() == "step_00000002"
