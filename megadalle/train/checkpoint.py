@@ -93,7 +93,8 @@ def legacy_torch_file(file: Path) -> bool:
 def unreadable(file: Path) -> str | None:
     """Why `file` cannot be what its name says, judged from its ends alone (cheap at any size): a torch `.pt`
     without its zip directory (at the end), a `.safetensors` without its JSON header (at the start).
-    This catches the zeroed files a power loss leaves; damage in the middle shows only when `load` reads it."""
+    This catches the zeroed files a power loss leaves. Damage in the middle is for the readers that check each
+    zip record's CRC-32 (export, generate, `load_run`: zip_crc.py), not for resume (see `load`)."""
     if file.suffix == ".pt" and not zipfile.is_zipfile(file) and not legacy_torch_file(file):
         return f"{file} is not a readable torch file (zeroed or overwritten)"
     if file.suffix == ".safetensors":
@@ -370,8 +371,16 @@ def load(engine, path: Path, rank: int, ema=None, universal: Path | None = None)
     generators it was seeded with (a warning says so): its dropout masks cannot be the old ones anyway.
 
     A failure on any rank stops every rank with the first one's error in one line, which names the
-    checkpoint and the complete one before it: damage inside a file (`damage` sees only its ends) shows
-    only here, as torch's own error about pickles or zip records.
+    checkpoint and the complete one before it: damage inside a file (`damage` sees only its ends) that breaks
+    a pickle or a zip record's header shows here, as torch's own error.
+
+    Resume does not check the records' CRC-32, as export, generate and `load_run` do (zip_crc.py), so damage
+    inside a tensor's bytes loads in silence here. What resume trains from is each rank's share of the fp32
+    masters and optimizer states (at 12B, ~18 GB a rank at 8-way ZeRO-2): checking it is a second pass over every
+    byte before the load (zlib's CRC-32 ran at ~1 GB/s on one core of the CI machine: ~20 s a rank, and a second
+    read from shared storage where the page cache cannot hold a node's shares), on every resume, Slurm requeues
+    included. The module states file alone would be cheaper but is no use here: under ZeRO 1-2 the fp32 masters
+    overwrite its weights at resume, so its damage cannot reach the run, and export checks it.
     """
     client_state, error = {}, None
     try:
