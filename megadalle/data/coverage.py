@@ -13,7 +13,8 @@ megadalle's own outputs (`prepare`, `encode`) carry no record: their writer list
 are compared with that list all the same, and a difference is refused (`OutputChanged`), never indexed again:
 a tar copied in beside the shards was otherwise left out without a word, and indexing the folder as one written
 elsewhere would drop its meta (encode's grid and codebook sizes, which training checks the model against) and
-check token shards for images they do not hold. The writer that made it rebuilds it whole.
+check token shards for images they do not hold. The writer that made it rebuilds it whole. `megadalle index` run by
+hand on one is refused too (`refuse_own_output`), changed or not.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from megadalle.config.data import VAL_DIR
 from megadalle.data.index import INDEX_NAME, REPORT_NAME, ShardIndex, ShardsNotFound
+from megadalle.errors import UserError
 
 INDEXED_BY = "megadalle index"
 """index.json's meta.indexed_by of a folder `megadalle index` wrote: one indexed before the record existed
@@ -69,17 +71,50 @@ class OutputChanged(ShardsNotFound):
     """A `prepare` or `encode` output whose tars are no longer those its index.json lists."""
 
 
+class IndexedOutput(UserError, ValueError):
+    """`megadalle index` on a finished `prepare` or `encode` output, as written: there is nothing to index."""
+
+
+def own_output(index: ShardIndex) -> bool:
+    """Whether `index` is the one a `prepare` or `encode` wrote with its shards (no record of the tars, and not
+    `megadalle index`'s)."""
+    return index.indexing is None and index.meta.get("indexed_by") != INDEXED_BY
+
+
 def changes(index: ShardIndex) -> Changes:
     """How the folder's tars differ from what `index` covers (indexing it again makes them agree). A megadalle
     output that differs is refused instead (`OutputChanged`): only its writer can make it whole again."""
     if index.indexing is not None:
         return _recorded_changes(index)
-    if index.meta.get("indexed_by") == INDEXED_BY:
+    if not own_output(index):
         return _unrecorded_changes(index)
     if found := _output_changes(index):
         raise OutputChanged(f"{index.root}: its tars are not those its {INDEX_NAME} lists ({found}); "
                             f"{_rebuild(index)}")
     return Changes()
+
+
+def refuse_own_output(root: Path) -> None:
+    """Stop `megadalle index` run by hand on a finished `prepare` or `encode` output: indexing it as a folder written
+    elsewhere would drop its meta. Changed, it is refused as readers refuse it (`OutputChanged`); as written, it
+    needs nothing (`IndexedOutput`). A folder without a readable index.json is left to indexing."""
+    try:
+        index = ShardIndex.load(root)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not own_output(index):
+        return
+    changes(index)
+    verb = _writer(index) or "prepare or encode"
+    rebuild = f"rerun `{_rebuild_command(index)}`" if _writer(index) else "rerun the prepare or encode that wrote it"
+    raise IndexedOutput(f"{root} is a finished megadalle {verb} output, indexed by its writer ({INDEX_NAME} with "
+                        f"its meta{_meta_names(index)}): it needs no `megadalle index`, which would index it as tars "
+                        f"written elsewhere and drop that meta; to rebuild it, {rebuild}")
+
+
+def _meta_names(index: ShardIndex) -> str:
+    shown = [key for key in ("grid_size", "vocab_size", "image_size", "format") if key in index.meta]
+    return f": {', '.join(shown)}" if shown else ""
 
 
 def _output_changes(index: ShardIndex) -> Changes:
@@ -95,20 +130,28 @@ def _output_changes(index: ShardIndex) -> Changes:
 
 
 def _rebuild(index: ShardIndex) -> str:
-    """What makes a changed megadalle output whole again: the verb that wrote it (its meta says which: encode
-    records its dVAE's grid, prepare its image format), rerun from its input into it; a validation split
-    (`<output>/val/`) is rebuilt with the output that holds it."""
-    verb = "encode" if "grid_size" in index.meta else "prepare" if "format" in index.meta else None
-    if verb is None:
+    """What makes a changed megadalle output whole again: the verb that wrote it, rerun from its input into it."""
+    if _writer(index) is None:
         return "a megadalle output is written whole: rerun the prepare or encode that wrote it, or move the tars " \
                "it does not list out of it"
-    output, source = index.root, Path(index.meta.get("source", "..."))
+    return (f"a megadalle output is written whole: rebuild it with `{_rebuild_command(index)}` (not `megadalle "
+            "index`, which would drop its meta), or move the tars it does not list out of it")
+
+
+def _writer(index: ShardIndex) -> str | None:
+    """The verb that wrote a megadalle output, as its meta says (encode records its dVAE's grid, prepare its image
+    format); None when it says neither."""
+    return "encode" if "grid_size" in index.meta else "prepare" if "format" in index.meta else None
+
+
+def _rebuild_command(index: ShardIndex) -> str:
+    """The command line of `_writer` that rebuilds the output whole (a validation split, `<output>/val/`, is
+    rebuilt with the output that holds it)."""
+    verb, output, source = _writer(index), index.root, Path(index.meta.get("source", "..."))
     if output.name == VAL_DIR and (index.meta.get("split") == VAL_DIR or source.name == VAL_DIR):
         output, source = output.parent, source.parent if source.name == VAL_DIR else source
     weights = " dvae_weights=..." if verb == "encode" else ""
-    return (f"a megadalle output is written whole: rebuild it with `megadalle {verb} input={source} "
-            f"output={output}{weights}` (not `megadalle index`, which would drop its meta), or move the tars it does "
-            "not list out of it")
+    return f"megadalle {verb} input={source} output={output}{weights}"
 
 
 def _recorded_changes(index: ShardIndex) -> Changes:

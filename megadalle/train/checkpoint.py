@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from megadalle.data import atomic
 from megadalle.train import distributed, ema as ema_lib, rng, schedule
 from megadalle.train.distributed import barrier
 from megadalle.train.lineage import Lineage
@@ -41,12 +42,6 @@ LATEST = "latest"
 ABANDONED = "abandoned"
 TAG = re.compile(r"^step_(\d{8})$")
 
-_next_save: dict[Path, Lineage] = {}
-"""Per checkpoints directory (resolved), the lineage of this process's next save there: `resolve` sets it on rank
-0, which chooses the checkpoint and writes the manifests, and each save advances it. Kept here rather than passed
-through the trainer, since only the checkpoint that `resolve` chose and how (by name or not) decide it."""
-
-
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the path and the reason."""
 
@@ -56,14 +51,10 @@ def tag_of(step: int) -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """`text` as `path`, the old text or the new after a power loss too: the temporary is fsynced, renamed,
-    then its directory fsynced (without the fsyncs a crash can leave the renamed file empty)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """`text` as `path`, the old text or the new after a power loss too: atomic.write_bytes fsyncs its temporary
+    and renames it (and removes it when the write fails: a full disk leaves no `.latest.*.tmp`), then the
+    directory is fsynced (without the fsyncs a crash can leave the renamed file empty)."""
+    atomic.write_bytes(path, text.encode())
     fsync_dir(path.parent)
 
 
@@ -102,7 +93,8 @@ def legacy_torch_file(file: Path) -> bool:
 def unreadable(file: Path) -> str | None:
     """Why `file` cannot be what its name says, judged from its ends alone (cheap at any size): a torch `.pt`
     without its zip directory (at the end), a `.safetensors` without its JSON header (at the start).
-    This catches the zeroed files a power loss leaves; damage in the middle shows only when `load` reads it."""
+    This catches the zeroed files a power loss leaves. Damage in the middle is for the readers that check each
+    zip record's CRC-32 (export, generate, `load_run`: zip_crc.py), not for resume (see `load`)."""
     if file.suffix == ".pt" and not zipfile.is_zipfile(file) and not legacy_torch_file(file):
         return f"{file} is not a readable torch file (zeroed or overwritten)"
     if file.suffix == ".safetensors":
@@ -206,14 +198,14 @@ def lineage_of(path: Path) -> Lineage:
 
 
 def resolve(resume: str, root: Path) -> Path | None:
-    """The checkpoint directory to resume from for `resume` = auto | never | <path of a step_* dir>, and the
-    lineage of the run's next save (`_next_save`)."""
-    chosen, lineage = _choose(resume, root)
-    _next_save[root.resolve()] = lineage
-    return chosen
+    """The checkpoint directory to resume from for `resume` = auto | never | <path of a step_* dir>."""
+    return choose(resume, root)[0]
 
 
-def _choose(resume: str, root: Path) -> tuple[Path | None, Lineage]:
+def choose(resume: str, root: Path) -> tuple[Path | None, Lineage]:
+    """`resolve`'s checkpoint and the lineage of the run's first save: the trainer holds it and passes it to each
+    `save`, which returns the next one (per trainer, not per process: two trainers in one process, the demo's or
+    the tests', each keep their own)."""
     if resume == "never":
         if complete_tags(root):
             raise CheckpointError(f"resume=never but {root} already holds checkpoints; use resume=auto or a new run_dir")
@@ -248,9 +240,11 @@ def _newest_descendant(path: Path, root: Path) -> Path | None:
     return root / tag if path.resolve() in lineage_of(root / tag).resumed_from else None
 
 
-def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None, keep: int = 0) -> Path:
+def save(engine, root: Path, step: int, client_state: dict, rank: int, lineage: Lineage, ema=None,
+         keep: int = 0) -> Lineage:
     """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints.
-    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too, and the lineage.
+    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too, and `lineage` (`choose`'s, or
+    the previous save's; only rank 0's counts). Returns the lineage of the next save, whose parent is this one.
 
     With `keep`, rank 0 prunes before the save as well (never the checkpoint the run continues): a run resumed
     with a lower `trainer.keep_checkpoints` frees that disk space before it needs it, not after.
@@ -260,22 +254,23 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, ema=None,
     directory is removed: no rank waits at a barrier for one that has left."""
     tag = tag_of(step)
     path = root / tag
-    lineage = _next_save.get(root.resolve(), Lineage())
     on_every_rank(path, rank, partial(_make_room, root, tag, keep, lineage.parent) if rank == 0 else None,
                   remove=False)
     on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
     on_every_rank(path, rank, partial(sync_tree, path) if rank == 0 else None)
     on_every_rank(path, rank, partial(_publish, root, path, step, client_state, lineage) if rank == 0 else None)
-    _next_save[root.resolve()] = lineage.after(path)
     if rank == 0 and keep:
         prune(root, keep)
     barrier()
-    return path
+    return lineage.after(path)
 
 
 def _make_room(root: Path, tag: str, keep: int, parent: Path | None) -> None:
     """Rank 0, before `tag` is written: the step directories at or after it go (set_aside), and with `keep`
-    those beyond the newest `keep` complete ones, sparing `parent`."""
+    those beyond the newest `keep` complete ones, sparing `parent`. So do the temporaries of `latest` a kill left
+    between their write and rename: only this run (it holds the run lock) writes them."""
+    for stale in root.glob(f".{LATEST}.*.tmp"):
+        stale.unlink(missing_ok=True)
     set_aside(root, tag)
     if keep:
         prune(root, keep, spare=parent)
@@ -376,8 +371,16 @@ def load(engine, path: Path, rank: int, ema=None, universal: Path | None = None)
     generators it was seeded with (a warning says so): its dropout masks cannot be the old ones anyway.
 
     A failure on any rank stops every rank with the first one's error in one line, which names the
-    checkpoint and the complete one before it: damage inside a file (`damage` sees only its ends) shows
-    only here, as torch's own error about pickles or zip records.
+    checkpoint and the complete one before it: damage inside a file (`damage` sees only its ends) that breaks
+    a pickle or a zip record's header shows here, as torch's own error.
+
+    Resume does not check the records' CRC-32, as export, generate and `load_run` do (zip_crc.py), so damage
+    inside a tensor's bytes loads in silence here. What resume trains from is each rank's share of the fp32
+    masters and optimizer states (at 12B, ~18 GB a rank at 8-way ZeRO-2): checking it is a second pass over every
+    byte before the load (zlib's CRC-32 ran at ~1 GB/s on one core of the CI machine: ~20 s a rank, and a second
+    read from shared storage where the page cache cannot hold a node's shares), on every resume, Slurm requeues
+    included. The module states file alone would be cheaper but is no use here: under ZeRO 1-2 the fp32 masters
+    overwrite its weights at resume, so its damage cannot reach the run, and export checks it.
     """
     client_state, error = {}, None
     try:

@@ -35,6 +35,7 @@ from megadalle.train import (checkpoint, cpu_malloc, disk_full, distributed, eng
 from megadalle.train.callbacks import Callback, RunInfo, end_all
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
+from megadalle.train.lineage import Lineage
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.signals import StopFlag, exit_status, forget_late_copies, run_flag
 from megadalle.train.speed import Speed
@@ -235,9 +236,11 @@ class Trainer:
         size, its universal form: rank 0 converts it once while the others wait on the file system, outside
         any collective (its timeout would end them during a long conversion; see universal.py)."""
         chosen, conversion, error, failure = None, False, None, None
+        self.next_save = Lineage()
+        """The lineage of this run's next checkpoint (checkpoint.choose, then each save's); rank 0's is recorded."""
         if self.env.rank == 0:
             try:
-                found = checkpoint.resolve(run.resume, self.ckpt_root)
+                found, self.next_save = checkpoint.choose(run.resume, self.ckpt_root)
                 conversion = found is not None and universal.needs_conversion(Layout.saved(found), self.layout, found)
                 if conversion:
                     universal.clear_stale(found, owned=found.resolve().is_relative_to(self.run_dir))
@@ -300,8 +303,8 @@ class Trainer:
                 stopped = self._stopping(stop)
                 periodic = self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0
                 if stopped or periodic or self.step == self.cfg.steps:
-                    checkpoint.save(self.built.engine, self.ckpt_root, self.step, self.client_state(), self.env.rank,
-                                    self.ema, self.cfg.keep_checkpoints)
+                    self.next_save = checkpoint.save(self.built.engine, self.ckpt_root, self.step, self.client_state(),
+                                                     self.env.rank, self.next_save, self.ema, self.cfg.keep_checkpoints)
             if stopped:
                 print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}", flush=True)
             failing = False

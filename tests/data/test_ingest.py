@@ -593,6 +593,25 @@ def test_a_current_megadalle_output_opens_whatever_else_lies_beside_its_shards(t
     assert open_index(root).total == 6
 
 
+def test_the_index_verb_refuses_a_finished_megadalle_output_and_keeps_its_meta(tmp_path, capsys):
+    """`megadalle index` run by hand on encode's output indexed it as tars written elsewhere, dropping its grid and
+    codebook sizes (which training checks the model against): refused in one line naming what to run instead;
+    changed since, with the readers' refusal."""
+    root = _prepared(tmp_path / "tokens", {"grid_size": 4, "vocab_size": 8, "source": "/data/img"})
+    before = (root / INDEX_NAME).read_bytes()
+    assert main(["index", str(root), "num_workers=0"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"megadalle index: {root} is a finished megadalle encode output, indexed by its writer (index.json "
+                   "with its meta: grid_size, vocab_size): it needs no `megadalle index`, which would index it as tars "
+                   "written elsewhere and drop that meta; to rebuild it, rerun `megadalle encode input=/data/img "
+                   f"output={root} dvae_weights=...`\n")
+    (root / "shard-000003.tar").write_bytes((root / "shard-000002.tar").read_bytes())
+    assert main(["index", str(root), "num_workers=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"megadalle index: {root}: its tars are not those its index.json lists (new: shard-000003")
+    assert (root / INDEX_NAME).read_bytes() == before and err.count("\n") == 1
+
+
 def test_a_changed_encode_split_names_the_encode_that_rebuilds_it(tmp_path):
     from megadalle.data.coverage import OutputChanged
 

@@ -4,6 +4,7 @@ what a save clears away (older ones beyond `keep`, newer ones of an abandoned ru
 load that fails leaves and says. Single process: DeepSpeed's part is a stand-in writing one torch file."""
 import json
 import os
+import re
 import resource
 import shutil
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from megadalle.train import checkpoint
-from megadalle.train.checkpoint import CheckpointError, damage, find_resumable, load, prune, resolve, save
+from megadalle.train.checkpoint import CheckpointError, choose, damage, find_resumable, load, prune, resolve, save
+from megadalle.train.lineage import Lineage
 
 
 def fake_checkpoint(root, step, complete=True):
@@ -42,6 +44,23 @@ class FakeEngine:
     def load_checkpoint(self, load_dir, tag, **flags):
         path = Path(load_dir) / tag
         return str(path), torch.load(path / "mp_rank_00_model_states.pt", weights_only=True)
+
+
+class Run:
+    """What the trainer does with a checkpoints folder `root`: it holds the lineage its checkpoint choice returned
+    and passes it to each save, which returns the next one."""
+
+    def __init__(self, root):
+        self.root, self.lineage = root, Lineage()
+
+    def resolve(self, resume):
+        chosen, self.lineage = choose(resume, self.root)
+        return chosen
+
+    def save(self, step, engine=None, keep=0, **state):
+        self.lineage = save(engine or FakeEngine(), self.root, step, {"step": step, **state}, 0, self.lineage,
+                            keep=keep)
+        return self.lineage.parent
 
 
 def test_latest_wins_when_complete(tmp_path):
@@ -93,20 +112,21 @@ def test_prune_keeps_newest_complete_and_drops_older_leftovers(tmp_path):
 def test_going_back_sets_the_abandoned_run_aside(tmp_path, capsys):
     """resume=<step_10> in a run that went on to step 30: the save of step 15 keeps step 10 and 15 (not the
     abandoned run's newest by name) and moves the abandoned ones to abandoned/, where resume never looks."""
+    run = Run(tmp_path)
     for step in (5, 10, 20, 25, 30):
         fake_checkpoint(tmp_path, step)
     fake_checkpoint(tmp_path, 35, complete=False)
     (tmp_path / "latest").write_text("step_00000030")
-    assert resolve(str(tmp_path / "step_00000010"), tmp_path) == tmp_path / "step_00000010"
-    save(FakeEngine(), tmp_path, 15, {"step": 15}, rank=0, keep=2)
+    assert run.resolve(str(tmp_path / "step_00000010")) == tmp_path / "step_00000010"
+    run.save(15, keep=2)
     assert names(tmp_path) == ["abandoned", "latest", "step_00000010", "step_00000015"]
     assert names(tmp_path / "abandoned") == ["step_00000020", "step_00000025", "step_00000030"]
     assert "step_00000030 comes from a run that went past the checkpoint this one resumed from" in (
         capsys.readouterr().err)
     assert find_resumable(tmp_path) == "step_00000015"
-    save(FakeEngine(), tmp_path, 20, {"step": 20}, rank=0, keep=2)
+    run.save(20, keep=2)
     assert names(tmp_path) == ["abandoned", "latest", "step_00000015", "step_00000020"]
-    save(FakeEngine(), tmp_path, 18, {"step": 18}, rank=0, keep=2)  # back again: a second step_20 joins the first
+    run.save(18, keep=2)  # back again: a second step_20 joins the first
     assert names(tmp_path / "abandoned") == ["step_00000020", "step_00000020.2", "step_00000025", "step_00000030"]
 
 
@@ -156,14 +176,15 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
 def test_a_full_disk_fails_the_save_in_one_line_and_leaves_no_half_checkpoint(tmp_path):
     """What torch says when a write fails (`unexpected pos`, naming no file) gets the step directory, the likely
     cause and the checkpoint still good; the unfinished directory goes."""
-    save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
+    run = Run(tmp_path)
+    run.save(2)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))  # a file-size limit: the write fails with EFBIG
     try:
         with pytest.raises(CheckpointError, match=r"cannot save the checkpoint \S*step_00000004 \(RuntimeError: .*"
                                                   r"unexpected pos .*\): is the disk full, over quota or past a "
                                                   r"file-size limit .*step_00000002 is the newest good checkpoint"):
-            save(FakeEngine(), tmp_path, 4, {"step": 4, "big": torch.zeros(1 << 16)}, rank=0)
+            run.save(4, big=torch.zeros(1 << 16))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert names(tmp_path) == ["latest", "step_00000002"]
@@ -173,6 +194,7 @@ def test_a_full_disk_fails_the_save_in_one_line_and_leaves_no_half_checkpoint(tm
 def test_every_file_is_on_disk_before_the_manifest_says_complete(tmp_path, monkeypatch):
     """fsync of each file and directory before the manifest, and of `latest` before and after its rename:
     otherwise a power loss can leave files at their full size and zeroed, or an empty `latest`."""
+    run = Run(tmp_path)
     synced = []
     fsync = os.fsync
 
@@ -181,11 +203,12 @@ def test_every_file_is_on_disk_before_the_manifest_says_complete(tmp_path, monke
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    path = save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
+    path = run.save(2)
     before_manifest = {name for name, manifest in synced if not manifest}
     assert {str(path / f) for f in ("mp_rank_00_model_states.pt", "rng_rank00000.pt")} | {str(path)} <= before_manifest
     assert str(tmp_path) in before_manifest  # the step directory's own entry
-    assert [str(tmp_path / "latest.tmp"), str(tmp_path)] == [name for name, _ in synced[-2:]]
+    temporary, directory = (name for name, _ in synced[-2:])
+    assert re.fullmatch(rf"{tmp_path}/\.latest\.\d+-[0-9a-f]+\.tmp", temporary) and directory == str(tmp_path)
 
 
 def test_a_zeroed_file_of_the_right_size_is_damage(tmp_path, capsys):
@@ -207,8 +230,9 @@ def test_a_zeroed_file_of_the_right_size_is_damage(tmp_path, capsys):
 def test_a_checkpoint_that_fails_to_load_is_named_with_the_one_before(tmp_path):
     """Damage inside a file, where the size and the zip directory look right: torch's error about pickles
     becomes one line naming the checkpoint and the resume= that takes the complete one before it."""
-    save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
-    newest = save(FakeEngine(), tmp_path, 4, {"step": 4}, rank=0)
+    run = Run(tmp_path)
+    run.save(2)
+    newest = run.save(4)
     model = newest / "mp_rank_00_model_states.pt"
     with open(model, "r+b") as f:
         f.write(bytes(64))
@@ -224,41 +248,43 @@ def test_resume_by_name_goes_back_once_and_a_rerun_continues(tmp_path, capsys):
     """resume=<step_4> repeated (a Slurm requeue repeats the command line): the first run goes back to it, the
     reruns continue from the newest checkpoint that descends from it, also once step_4 is pruned; a checkpoint
     the run merely passed is still gone back to."""
+    run = Run(tmp_path)
     for step in (2, 4, 6):
-        save(FakeEngine(), tmp_path, step, {"step": step}, rank=0)
+        run.save(step)
     by_name = str(tmp_path / "step_00000004")
-    assert resolve(by_name, tmp_path) == tmp_path / "step_00000004"
-    save(FakeEngine(), tmp_path, 5, {"step": 5}, rank=0)
+    assert run.resolve(by_name) == tmp_path / "step_00000004"
+    run.save(5)
     assert names(tmp_path / "abandoned") == ["step_00000006"]
     capsys.readouterr()
-    assert resolve(by_name, tmp_path) == tmp_path / "step_00000005"
+    assert run.resolve(by_name) == tmp_path / "step_00000005"
     assert capsys.readouterr().err == (f"[checkpoint] resume={by_name}: this run resumed from it before and has saved "
                                        f"{tmp_path / 'step_00000005'} since; continuing from there (to go back to it "
                                        f"again, move the later step_* directories out of {tmp_path})\n")
-    save(FakeEngine(), tmp_path, 7, {"step": 7}, rank=0, keep=1)
+    run.save(7, keep=1)
     assert names(tmp_path) == ["abandoned", "latest", "step_00000007"]
-    assert resolve(by_name, tmp_path) == tmp_path / "step_00000007"  # pruned, but the run came from it
-    save(FakeEngine(), tmp_path, 8, {"step": 8}, rank=0)
-    assert resolve(str(tmp_path / "step_00000007"), tmp_path) == tmp_path / "step_00000007"  # passed: going back
+    assert run.resolve(by_name) == tmp_path / "step_00000007"  # pruned, but the run came from it
+    run.save(8)
+    assert run.resolve(str(tmp_path / "step_00000007")) == tmp_path / "step_00000007"  # passed: going back
     with pytest.raises(CheckpointError, match="step_00000006: no such checkpoint directory"):
-        resolve(str(tmp_path / "step_00000006"), tmp_path)
+        run.resolve(str(tmp_path / "step_00000006"))
 
 
 def test_a_checkpoint_saved_but_not_yet_in_latest_is_resumed(tmp_path, capsys):
     """What a kill between a save's manifest and `latest` leaves: step_4 complete, `latest` still naming step_2.
     The rerun resumes from step_4 instead of redoing its updates and setting it aside as another run's."""
-    save(FakeEngine(), tmp_path, 2, {"step": 2}, rank=0)
-    save(FakeEngine(), tmp_path, 4, {"step": 4}, rank=0)
+    run = Run(tmp_path)
+    run.save(2)
+    run.save(4)
     checkpoint.atomic_write(tmp_path / "latest", "step_00000002")
-    (tmp_path / "latest.tmp").write_text("step_00000004")
+    (tmp_path / ".latest.1-0123abcd.tmp").write_text("step_00000004")  # killed before its rename
     assert find_resumable(tmp_path) == "step_00000004"
     assert (f"{tmp_path / 'step_00000004'} is complete and continues step_00000002, which latest still names"
             in capsys.readouterr().err)
-    assert resolve("auto", tmp_path) == tmp_path / "step_00000004"
-    save(FakeEngine(), tmp_path, 6, {"step": 6}, rank=0)
+    assert run.resolve("auto") == tmp_path / "step_00000004"
+    run.save(6)
     assert names(tmp_path) == ["latest", "step_00000002", "step_00000004", "step_00000006"]
     shutil.rmtree(tmp_path / "step_00000004")  # a leftover newer than `latest` that does not continue it
-    save(FakeEngine(), tmp_path, 4, {"step": 4}, rank=0)
+    run.save(4)
     checkpoint.atomic_write(tmp_path / "latest", "step_00000002")
     capsys.readouterr()
     assert find_resumable(tmp_path) == "step_00000002"
@@ -275,11 +301,12 @@ class SeeingEngine(FakeEngine):
 def test_a_lower_keep_frees_the_disk_before_the_first_save_of_the_resumed_run(tmp_path):
     """Six checkpoints (keep_checkpoints=0) filled the disk; the run resumed with keep_checkpoints=2 deletes the
     oldest four before its first save, not only after it (which a full disk never reaches)."""
+    run = Run(tmp_path)
     for step in range(1, 7):
-        save(FakeEngine(), tmp_path, step, {"step": step}, rank=0)
-    assert resolve("auto", tmp_path) == tmp_path / "step_00000006"
+        run.save(step)
+    assert run.resolve("auto") == tmp_path / "step_00000006"
     engine = SeeingEngine()
-    save(engine, tmp_path, 7, {"step": 7}, rank=0, keep=2)
+    run.save(7, engine=engine, keep=2)
     assert engine.present == ["latest", "step_00000005", "step_00000006"]
     assert names(tmp_path) == ["latest", "step_00000006", "step_00000007"]
 
@@ -287,11 +314,12 @@ def test_a_lower_keep_frees_the_disk_before_the_first_save_of_the_resumed_run(tm
 def test_pruning_before_a_save_spares_the_checkpoint_the_run_continues(tmp_path):
     """Gone back to step_3 with keep_checkpoints=1, the first save (step_5) leaves the later step_4 in place: the
     newest before it is step_4, yet step_3 is what this run trains on from."""
+    run = Run(tmp_path)
     for step in range(1, 5):
-        save(FakeEngine(), tmp_path, step, {"step": step}, rank=0)
-    assert resolve(str(tmp_path / "step_00000003"), tmp_path) == tmp_path / "step_00000003"
+        run.save(step)
+    assert run.resolve(str(tmp_path / "step_00000003")) == tmp_path / "step_00000003"
     engine = SeeingEngine()
-    save(engine, tmp_path, 5, {"step": 5}, rank=0, keep=1)
+    run.save(5, engine=engine, keep=1)
     assert engine.present == ["latest", "step_00000003", "step_00000004"]
     assert names(tmp_path) == ["latest", "step_00000005"]
 
@@ -300,17 +328,48 @@ def test_lineage_names_its_own_run_by_tag_and_others_by_path(tmp_path, capsys):
     """A run resumed by name from another run's checkpoint continues on the rerun of that command; moved
     elsewhere, a run directory keeps its lineage (its own checkpoints are recorded by tag)."""
     other, mine = tmp_path / "other" / "checkpoints", tmp_path / "mine" / "checkpoints"
-    save(FakeEngine(), other, 2, {"step": 2}, rank=0)
-    assert resolve(str(other / "step_00000002"), mine) == other / "step_00000002"
-    save(FakeEngine(), mine, 3, {"step": 3}, rank=0)
-    assert resolve(str(other / "step_00000002"), mine) == mine / "step_00000003"
-    save(FakeEngine(), mine, 4, {"step": 4}, rank=0)
+    Run(other).save(2)
+    mine_run = Run(mine)
+    assert mine_run.resolve(str(other / "step_00000002")) == other / "step_00000002"
+    mine_run.save(3)
+    assert mine_run.resolve(str(other / "step_00000002")) == mine / "step_00000003"
+    mine_run.save(4)
     assert json.loads((mine / "step_00000004" / "manifest.json").read_text())["parent"] == "step_00000003"
     moved = tmp_path / "moved" / "checkpoints"
     moved.parent.mkdir()
     os.rename(mine, moved)
-    assert resolve(str(moved / "step_00000003"), moved) == moved / "step_00000003"
-    save(FakeEngine(), moved, 4, {"step": 4}, rank=0)
+    moved_run = Run(moved)
+    assert moved_run.resolve(str(moved / "step_00000003")) == moved / "step_00000003"
+    moved_run.save(4)
     assert names(moved / "abandoned") == ["step_00000004"]
-    assert resolve(str(moved / "step_00000003"), moved) == moved / "step_00000004"
-    assert resolve(str(other / "step_00000002"), moved) == moved / "step_00000004"
+    assert moved_run.resolve(str(moved / "step_00000003")) == moved / "step_00000004"
+    assert moved_run.resolve(str(other / "step_00000002")) == moved / "step_00000004"
+
+
+def test_each_trainer_keeps_its_own_lineage(tmp_path):
+    """The lineage of a run's next save is the run's: another look at the same folder in the process (rundir's
+    resume_step on a rerun, a second trainer of the demo) choosing by name leaves it as it was."""
+    run = Run(tmp_path)
+    for step in (2, 4):
+        run.save(step)
+    assert run.resolve("auto") == tmp_path / "step_00000004"
+    assert Run(tmp_path).resolve(str(tmp_path / "step_00000002")) == tmp_path / "step_00000002"
+    assert resolve(str(tmp_path / "step_00000002"), tmp_path) == tmp_path / "step_00000002"
+    run.save(5)
+    manifest = json.loads((tmp_path / "step_00000005" / "manifest.json").read_text())
+    assert (manifest["parent"], manifest["resumed_from"]) == ("step_00000004", [])
+
+
+def test_a_failed_write_of_the_manifest_or_latest_leaves_no_temporary(tmp_path):
+    """A full disk (here a file-size limit: EFBIG) while `latest` or a manifest is written: the old file stays as it
+    was and no temporary is left behind for nobody to find."""
+    checkpoint.atomic_write(tmp_path / "latest", "step_00000002")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 12, hard))
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            checkpoint.atomic_write(tmp_path / "latest", "x" * (1 << 13))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert names(tmp_path) == ["latest"]
+    assert (tmp_path / "latest").read_text() == "step_00000002"

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from megadalle.data import atomic
-from megadalle.data.coverage import INDEXED_BY, tar_stats
+from megadalle.data.coverage import INDEXED_BY, refuse_own_output, tar_stats
 from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, offsets_path,
                                   save_offsets)
 from megadalle.data.ingest.shard import ShardResult, index_shard
@@ -86,6 +86,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     if not tars:
         raise ShardsNotFound(f"{root}: no *.tar shards to index")
     refuse_unfinished(root, [root / tar["name"] for tar in tars])
+    refuse_own_output(root)
     options = {"require": list(require), "require_media": require_media, "decode": decode}
     summary = IndexSummary(report=str(report or root / REPORT_NAME), tars=len(tars))
     found = reusable(root, tars, options, Path(summary.report))  # before index.json goes
