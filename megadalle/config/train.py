@@ -202,6 +202,11 @@ class RunConfig:
     seed: int = 0
     """The root seed (conf/config.yaml): each stage derives its initialisation, data order and random draws from it,
     so the same seed, data and config give the same run."""
+    new_data: bool = False
+    """Resume on data other than the checkpoint's (its fingerprint differs: a folder img2dataset has since added
+    shards to, shards replaced): false refuses, since step N of other data is not where the run stopped; true goes
+    on from step N (weights, optimizer, schedule) reading the data as it is now, in a new order, so some samples
+    repeat and others come later. The data's seed, shuffling and the global batch must still be the run's."""
     resume: str = "auto"
     """auto: the newest complete checkpoint of run_dir (the one `latest` names, else the newest complete one
     before it); a fresh start where no save ever finished, an error where one did and none is usable. never:

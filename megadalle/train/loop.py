@@ -58,6 +58,8 @@ class RunOptions:
     resume: str = "auto"
     """auto, never, or the path of a step_* directory (config.train.RunConfig.resume says what each does)."""
     seed: int = 0
+    new_data: bool = False
+    """Resume on data whose fingerprint differs from the checkpoint's (config.train.RunConfig.new_data)."""
     config: dict = field(default_factory=dict)
     """The full config, saved as run.json with `task_factory` so `megadalle export` can rebuild the model (and
     the sha256 of its tokenizer, `rundir.digests`)."""
@@ -108,15 +110,30 @@ class StoppedBeforeFirstUpdate(Exception):
         self.result = Result(run_dir, step, True, [], rank)
 
 
-def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str | None) -> None:
-    """Refuse to resume on data whose order differs from the checkpoint's (see Task.data_identity)."""
+NEW_DATA_KEYS = ("fingerprint",)
+"""The identity keys `new_data=true` lets differ: what the data is. Its order's seed, shuffling and the global
+batch stay the run's (config keys a rerun may not change anyway)."""
+
+
+def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str | None, new_data: bool = False,
+                        rank: int = 0) -> None:
+    """Refuse to resume on data whose order differs from the checkpoint's (see Task.data_identity), unless the
+    data alone differs and the run asked to go on with it (`new_data`): a folder img2dataset was still filling
+    left no way to continue the run on it but starting again."""
     if not saved:
         return
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
-            raise checkpoint.CheckpointError(
-                f"cannot resume {checkpoint_path}: it was trained with data {key}={saved.get(key)!r}, this run has "
-                f"{key}={current.get(key)!r}; an exact resume needs the same data, seed and global batch")
+    differs = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    if new_data and differs and all(key in NEW_DATA_KEYS for key in differs):
+        if rank == 0:
+            print(f"[train] resuming {checkpoint_path} on other data (new_data=true): from here the run reads the "
+                  "data as it is now, in a new order (some samples repeat, others come later)", flush=True)
+        return
+    for key in (key for key in differs if not (new_data and key in NEW_DATA_KEYS)):
+        way_out = ("; to continue this run on the data as it is now (a folder that has grown), add new_data=true"
+                   if key in NEW_DATA_KEYS else "")
+        raise checkpoint.CheckpointError(
+            f"cannot resume {checkpoint_path}: it was trained with data {key}={saved.get(key)!r}, this run has "
+            f"{key}={current.get(key)!r}; an exact resume needs the same data, seed and global batch{way_out}")
 
 
 class DataDisagreement(UserError, RuntimeError):
@@ -273,7 +290,7 @@ class Trainer:
         state = checkpoint.load(self.built.engine, chosen, self.env.rank, self.ema, universal_dir)
         if universal_dir is not None and self.layout.zero_stage == 3:
             universal.repair_zero3_optimizer(self.built.engine.optimizer, universal_dir)
-        check_data_identity(state.get("data_identity"), self.data_identity, chosen)
+        check_data_identity(state.get("data_identity"), self.data_identity, chosen, run.new_data, self.env.rank)
         self.task.load_state(state.get("task_state", {}))
         print(f"[train] rank {self.env.rank} resumed from {chosen} at step {state['step']}", flush=True)
         return state
@@ -387,6 +404,7 @@ def train_from_config(task: Task, cfg, task_factory: str | None = None) -> Resul
 
     run = RunOptions(out_dir=str(cfg.get("out_dir", "outputs")), run_dir=cfg.get("run_dir"), name=cfg.get("name"),
                      resume=str(cfg.get("resume", "auto")), seed=int(cfg.get("seed", 0)),
+                     new_data=bool(cfg.get("new_data", False)),
                      config=OmegaConf.to_container(cfg, resolve=True), task_factory=task_factory)
     return train(task, build(TrainerConfig, cfg.trainer, "trainer"), build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"),
                  build(LoggerConfig, cfg.logger, "logger"), run)

@@ -55,7 +55,7 @@ from megadalle.errors import UserError
 RUN_JSON = "run.json"
 LOCK = ".lock"
 RESUMABLE = (
-    "run_dir", "out_dir", "name", "resume", "weights",
+    "run_dir", "out_dir", "name", "resume", "new_data", "weights",
     "trainer.steps", "trainer.decay_steps", "data.shards", "trainer.checkpoint_every", "trainer.keep_checkpoints",
     "trainer.log_every", "trainer.media_every", "dvae_weights", "media_captions", "media_samples", "preview",
     "trainer.eval_every", "trainer.eval_batches", "data.val_shards", "trainer.micro_batch", "trainer.grad_accum",

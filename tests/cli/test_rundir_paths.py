@@ -91,7 +91,43 @@ def test_a_run_resumes_on_its_data_moved_and_is_refused_on_other_data(train_over
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["data"]["shards"] == str(moved)
     shutil.copytree(shards, other)
     index = json.loads((other / "index.json").read_text())
-    index["shards"] = index["shards"][:-1]  # one shard fewer: other data
+    (other / index["shards"].pop()["name"]).unlink()  # one shard fewer: other data
     (other / "index.json").write_text(json.dumps(index))
     assert main([*command, f"data.shards={other}", "trainer.steps=4"]) != 0
     assert "it was trained with data fingerprint=" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_new_data_true_goes_on_with_data_that_changed(train_overrides, token_data, tmp_path, capsys):
+    """A folder that has grown (img2dataset still downloading, shards added) left no way to continue the run but
+    starting again: new_data=true resumes on it, and the checkpoints after record the new data."""
+    shards, tok = token_data
+    other = tmp_path / "other"
+    shutil.copytree(shards, other)
+    index = json.loads((other / "index.json").read_text())
+    (other / index["shards"].pop()["name"]).unlink()  # one shard fewer: other data
+    (other / "index.json").write_text(json.dumps(index))
+    command = ["train", *train_overrides, f"run_dir={tmp_path / 'run'}", f"data.tokenizer={tok}",
+               "trainer.checkpoint_every=1"]
+    assert main([*command, f"data.shards={shards}", "trainer.steps=2"]) == 0
+    capsys.readouterr()
+    assert main([*command, f"data.shards={other}", "trainer.steps=3"]) == 2
+    assert "; to continue this run on the data as it is now (a folder that has grown), add new_data=true" in \
+        capsys.readouterr().err
+    assert main([*command, f"data.shards={other}", "trainer.steps=3", "new_data=true"]) == 0
+    out = capsys.readouterr().out
+    assert "on other data (new_data=true)" in out and "at step 2" in out
+    assert main([*command, f"data.shards={other}", "trainer.steps=4"]) == 0  # its checkpoints name the new data
+    assert "at step 3" in capsys.readouterr().out
+
+
+def test_new_data_lets_only_the_data_itself_differ():
+    """The order's seed, shuffling and global batch stay the run's: new_data=true is about what the data is."""
+    from megadalle.train.checkpoint import CheckpointError
+    from megadalle.train.loop import check_data_identity
+
+    saved = {"fingerprint": "a", "seed": 0, "shuffle": True, "global_batch": 8}
+    check_data_identity(saved, {**saved, "fingerprint": "b"}, "step_2", new_data=True)
+    for other in ({"fingerprint": "b", "global_batch": 16}, {"seed": 1}):
+        with pytest.raises(CheckpointError, match="global_batch=16|seed=1"):
+            check_data_identity(saved, {**saved, **other}, "step_2", new_data=True)
