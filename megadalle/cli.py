@@ -168,7 +168,7 @@ def execute(verb: str, cfg) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import InterpolationResolutionError
 
-    from megadalle.errors import UserError
+    from megadalle.errors import StoppedBySignal, UserError
     from megadalle.preflight import preflight
 
     try:
@@ -177,6 +177,11 @@ def execute(verb: str, cfg) -> int:
             result = resolve(verb)(cfg)
     except (HydraException, UserError) as err:
         return fail(verb, bad_config(err))
+    except StoppedBySignal as err:
+        from megadalle.train.signals import STOPPED_EXIT
+
+        print(f"megadalle {verb}: {err}", file=sys.stderr, flush=True)
+        return STOPPED_EXIT
     except InterpolationResolutionError as err:
         return fail(verb, bad_interpolation(err))
     return result if isinstance(result, int) else 0

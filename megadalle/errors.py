@@ -7,3 +7,9 @@ and keeps its traceback.
 
 class UserError(Exception):
     """An error whose message alone tells the user what to change."""
+
+
+class StoppedBySignal(Exception):
+    """A stop signal (a scheduler's preemption or time-limit warning) ended a command's start-up before it had
+    anything to save: the CLI prints its one line and exits with STOPPED_EXIT (75), which launch/slurm's batch
+    script requeues, instead of the 143 of TERM's default action, which it does not."""

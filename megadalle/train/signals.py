@@ -74,6 +74,13 @@ class StopFlag:
         return self.received is not None
 
 
+def stop_requested() -> bool:
+    """Whether a stop signal reached the flag now holding TERM (a training verb's, from its start to its end):
+    long start-up work outside the trainer's stages (indexing a data folder) asks it, to stop at once."""
+    flag = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return isinstance(flag, StopFlag) and flag.set
+
+
 _stopped_here = False
 """Whether a run in this process stopped for a signal: its exit ignores late copies (`ignore_late_copies`)."""
 

@@ -233,8 +233,9 @@ class ShardsTask(Task):
         identity was that of an index the loaders then rebuilt, each rank at its own time, from a folder still
         changing (img2dataset downloading), so ranks that agreed on it went on to read other data sets."""
         from megadalle.data.ingest import open_index
+        from megadalle.train.signals import stop_requested
 
-        return open_index(self.data.shards, "data.shards")
+        return open_index(self.data.shards, "data.shards", stop_requested)
 
     def data_identity(self, part: DataPart) -> dict[str, Any]:
         if self.data is None or self.data.source != "shards":

@@ -13,7 +13,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from megadalle.data.coverage import changes
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardsNotFound
@@ -42,19 +42,19 @@ def _locked(root: Path) -> Iterator[bool]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def open_index(root: str | Path, key: str | None = None) -> ShardIndex:
+def open_index(root: str | Path, key: str | None = None, stopped: Callable[[], bool] = lambda: False) -> ShardIndex:
     """The directory's index; tars written elsewhere with no index.json, or changed since it was written, are
     indexed first, with a message. `key` (e.g. "data.shards") names the setting in the error when there is
-    nothing to read."""
+    nothing to read. `stopped()` true (a training verb's stop signal) ends indexing with IndexingStopped."""
     try:
-        return _open_index(Path(root))
+        return _open_index(Path(root), stopped)
     except ShardsNotFound as err:
         if key is None:
             raise
         raise type(err)(f"{key}={str(root)!r}: {err}") from None
 
 
-def _open_index(root: Path) -> ShardIndex:
+def _open_index(root: Path, stopped: Callable[[], bool]) -> ShardIndex:
     """A current index is returned without writing anything (a read-only folder needs nothing more)."""
     if not root.is_dir():
         return ShardIndex.load(root)  # the usual error
@@ -67,7 +67,7 @@ def _open_index(root: Path) -> ShardIndex:
     # another process indexing right now (it writes them first): only under the lock can they be told apart.
     with _locked(root) as writable:
         if _covering(root) is None:  # else another process indexed it while this one waited
-            _index_now(root, writable)
+            _index_now(root, writable, stopped)
     return ShardIndex.load(root)
 
 
@@ -79,7 +79,7 @@ def _covering(root: Path) -> ShardIndex | None:
     return None if changes(index) else index
 
 
-def _index_now(root: Path, writable: bool) -> None:
+def _index_now(root: Path, writable: bool, stopped: Callable[[], bool]) -> None:
     """Index `root` (under the lock), which has no index.json or one its tars no longer match, with the options
     of the earlier indexing (defaults if none)."""
     old = ShardIndex.load(root) if (root / INDEX_NAME).is_file() else None
@@ -99,5 +99,6 @@ def _index_now(root: Path, writable: bool) -> None:
 
     options = (old.indexing if old else None) or {}
     summary = index_directory(root, options.get("require", DEFAULT_REQUIRE), options.get("require_media", True),
-                              num_workers=None, progress=True, decode=options.get("decode", True), announce=announce)
+                              num_workers=None, progress=True, decode=options.get("decode", True), announce=announce,
+                              stopped=stopped)
     print(summary.text(), file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ publish an unfinished output, possibly mixing shards of two runs, as finished.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from megadalle.data.ingest.shard import ShardResult, index_shard
 from megadalle.data.pool import worker_pool
 from megadalle.data.reuse import reusable
 from megadalle.data.summary import PassSummary
+from megadalle.errors import StoppedBySignal
 
 INDEXING_MARK = ".indexing"
 """Created before indexing writes its first offset file, removed once index.json is written."""
@@ -53,31 +55,59 @@ class IndexSummary(PassSummary):
         return super().text() + note
 
 
+class IndexingStopped(StoppedBySignal):
+    """A stop signal reached a training verb while it indexed its data (`stopped`)."""
+
+
+POLL_S = 1.0
+"""How often waiting for the workers looks at `stopped`."""
+
+
 def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: bool, decode: bool, num_workers: int,
-                   progress: bool) -> Iterator[ShardResult]:
+                   progress: bool, stopped: Callable[[], bool]) -> Iterator[ShardResult]:
+    """Each tar's result, in order. `stopped()` is asked between results and while waiting for one: a training verb
+    holds TERM from its start, so a preemption that TERMs the whole Slurm step kills the workers (their tasks
+    lost: the pool's results never come) but not this process, which waited for them forever."""
     if not paths:  # every tar unchanged (some removed): a pool of no worker is an error
         return
     work = partial(index_shard, require=require, require_media=require_media, decode=decode)
     with tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress) as bar:
         if num_workers == 0:
-            for result in map(work, paths):
+            for path in paths:
+                _stop_if(stopped, path.parent)
+                yield work(path)
                 bar.update(1)
-                yield result
             return
         with worker_pool(min(num_workers, len(paths))) as pool:
-            for result in pool.imap(work, paths):
+            results = pool.imap(work, paths)
+            for _ in paths:
+                while True:
+                    _stop_if(stopped, paths[0].parent)
+                    try:
+                        result = results.next(timeout=POLL_S)
+                        break
+                    except mp.TimeoutError:
+                        continue
                 bar.update(1)
                 yield result
+
+
+def _stop_if(stopped: Callable[[], bool], root: Path) -> None:
+    if stopped():
+        raise IndexingStopped(f"stopped by signal while indexing {root}, before the run's first update: rerunning the "
+                              "same command indexes it again and resumes from the last checkpoint")
 
 
 def index_directory(root: str | Path, require: Iterable[str] = (), require_media: bool = False,
                     num_workers: int | None = 0, progress: bool = False, report: str | Path | None = None,
                     meta: dict[str, Any] | None = None, decode: bool = True,
-                    announce: Callable[[int, int], None] | None = None) -> IndexSummary:
+                    announce: Callable[[int, int], None] | None = None,
+                    stopped: Callable[[], bool] = lambda: False) -> IndexSummary:
     """Index the `*.tar` files of `root` (sorted by name), checking every sample; writes offset files, the
     report (default <root>/index-report.json) and index.json last. Shards with no usable sample are left out.
     A tar the earlier index recorded at its present size, under the same options, is not read again (`reuse.py`):
-    the index comes out as if every tar had been. `announce(reading, tars)` is called before reading starts.
+    the index comes out as if every tar had been. `announce(reading, tars)` is called before reading starts;
+    `stopped()`, while reading, ends it with IndexingStopped (the folder is indexed again next time).
 
     `meta.image_size` is recorded when every image is a square of one size (what a loader then defaults to).
     """
@@ -100,7 +130,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     if announce is not None:
         announce(len(unread), len(tars))
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-    for result in _shard_results(unread, tuple(require), require_media, decode, workers, progress):
+    for result in _shard_results(unread, tuple(require), require_media, decode, workers, progress, stopped):
         if len(result.spans):
             save_offsets(root / result.name, compact(result.spans))
         found[result.name] = result.findings()

@@ -1,0 +1,72 @@
+"""A preemption while a training verb indexes its data: the whole Slurm step gets TERM, which kills the indexing
+pool's workers (their tasks are lost: the pool's results never come) but not the verb, which holds TERM from its
+start to stop cleanly. It waited for the lost results forever; it now stops at once with exit 75 (requeued)."""
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+
+from megadalle.cli import execute
+from megadalle.data.ingest.folder import IndexingStopped
+from megadalle.train.signals import STOPPED_EXIT
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    from megadalle.data.ingest import index_directory
+    from megadalle.train.signals import stop_requested, taken_at_start
+    from megadalle.data.ingest.folder import IndexingStopped
+
+    with taken_at_start():
+        print("indexing", flush=True)
+        try:
+            index_directory(sys.argv[1], require=("txt",), num_workers=2, stopped=stop_requested)
+        except IndexingStopped as err:
+            print(err, flush=True)
+            sys.exit(75)
+    sys.exit(0)
+""")
+
+
+def write_tars(root, tars: int, samples: int) -> None:
+    root.mkdir()
+    for t in range(tars):
+        with tarfile.open(root / f"{t:05d}.tar", "w") as tar:
+            for i in range(samples):
+                info = tarfile.TarInfo(f"{t:05d}{i:07d}.txt")
+                info.size = 1
+                tar.addfile(info, __import__("io").BytesIO(b"a"))
+
+
+def test_a_term_to_the_whole_process_group_while_indexing_stops_it(tmp_path):
+    root = tmp_path / "shards"
+    write_tars(root, tars=4, samples=40_000)
+    child = subprocess.Popen([sys.executable, "-c", SCRIPT, str(root)], stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    assert child.stdout.readline().strip() == "indexing"
+    time.sleep(1.5)  # the workers are reading
+    import os
+
+    os.killpg(child.pid, signal.SIGTERM)  # what Slurm does to every process of the step
+    try:
+        out, _ = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise AssertionError("indexing waited for the results of the workers TERM had killed")
+    assert child.returncode == 75, out
+    assert "stopped by signal while indexing" in out
+    assert not (root / "index.json").exists()  # indexed again next time, never half-published
+
+
+def test_the_cli_exits_75_with_one_line_when_a_stop_ends_the_start_up(monkeypatch, capsys):
+    import megadalle.cli
+
+    def stopped(cfg):
+        raise IndexingStopped("stopped by signal while indexing x")
+
+    monkeypatch.setattr(megadalle.cli, "resolve", lambda verb: stopped)
+    monkeypatch.setattr("megadalle.preflight.preflight", lambda verb, cfg: None)
+    assert execute("train", None) == STOPPED_EXIT
+    assert capsys.readouterr().err == "megadalle train: stopped by signal while indexing x\n"
