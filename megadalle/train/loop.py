@@ -338,7 +338,8 @@ class Trainer:
         and the other callbacks still run: every rank stops on it together at `_stopping`, after this update's
         collectives (a validation, media), in which rank 0 leaving alone would leave the others waiting."""
         for callback in self.callbacks:
-            self.failure = self.failure or disk_full.attempt(partial(getattr(callback, method), *args))
+            failure = disk_full.attempt(partial(getattr(callback, method), *args))
+            self.failure = self.failure or failure
 
     def _stopping(self, stop: StopFlag) -> bool:
         """Whether every rank stops after this update: a stop signal reached one (it is saved). A run file rank 0

@@ -133,3 +133,18 @@ def test_rank_0s_full_disk_stops_every_rank_with_its_line(train_overrides, tmp_p
     for rank, err in enumerate(errs):
         assert (f"megadalle train: rank {rank}: rank 0: cannot write {run.resolve() / 'metrics.jsonl'} (File too "
                 "large)") in err and "Traceback" not in err, err
+
+
+def test_after_one_callback_fails_the_others_still_run_every_time():
+    """`self.failure or attempt(...)` skipped every callback after the first that failed (wandb lost the metrics of
+    the update whose metrics.jsonl line the disk refused; the media files were skipped)."""
+    from types import SimpleNamespace
+
+    from megadalle.train.loop import Trainer
+
+    log = []
+    trainer = SimpleNamespace(callbacks=[_Ends(log, fails=True), _Ends(log)], failure=None)
+    for _ in range(2):
+        Trainer._tell(trainer, "end")
+    assert log == trainer.callbacks * 2
+    assert "No space left" in trainer.failure
