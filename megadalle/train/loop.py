@@ -275,8 +275,8 @@ class Trainer:
             return None, None
         if not conversion:
             return Path(chosen), None
-        if self.env.rank == 0:
-            return Path(chosen), universal.convert(Path(chosen))
+        if self.env.rank == 0:  # None: a stop signal ended the conversion, and the next _stop_point stops every rank
+            return Path(chosen), universal.convert(Path(chosen), lambda: self.stop.set)
         return Path(chosen), universal.wait_for(Path(chosen))
 
     def _resume(self, run: RunOptions, chosen: Path | None, universal_dir: Path | None) -> dict:

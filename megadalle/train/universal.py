@@ -36,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -46,6 +47,8 @@ from megadalle.train.mapped import deepspeed_optimizer_globals, mapped
 
 FOLDER = "universal"
 FAILED = "universal.failed"
+STOPPED = "universal.stopped"
+"""Rank 0's note that a stop signal ended its conversion: the waiting ranks stop with it, as from no failure."""
 WAIT_HOURS = 24.0
 """How long ranks other than 0 wait for its conversion: a day covers some 3.5 TB at the converter's 44 MB/s."""
 ELASTIC_ZERO_STAGES = (1, 2, 3)
@@ -124,17 +127,24 @@ def clear_stale(path: Path, owned: bool) -> None:
         if owned or owner_gone(tmp.name[len(prefix):]):
             shutil.rmtree(tmp, ignore_errors=True)
     (path / FAILED).unlink(missing_ok=True)
+    (path / STOPPED).unlink(missing_ok=True)
 
 
-def convert(path: Path) -> Path:
+def convert(path: Path, stopped: Callable[[], bool] = lambda: False) -> Path | None:
     """The universal form of the checkpoint at `path`, converted once by DeepSpeed's own converter (rank 0 only).
-    A failure is written to `<path>/universal.failed` too, for the ranks waiting in `wait_for`."""
+    A failure is written to `<path>/universal.failed` too, for the ranks waiting in `wait_for`. None when the
+    conversion failed because a stop signal came (`stopped()`: a preemption signals the whole Slurm step, the
+    converter too): that is no failure of the checkpoint but a stop before the first update (exit 75, requeued),
+    so `<path>/universal.stopped` tells the waiting ranks, and the next run converts it again."""
     target = path / FOLDER
     if target.is_dir():
         return target
     try:
         _convert(path, target)
     except Exception as err:
+        if stopped():
+            atomic_write(path / STOPPED, one_line(err))
+            return None
         atomic_write(path / FAILED, str(err) if isinstance(err, CheckpointError) else one_line(err))
         raise
     return target
@@ -157,12 +167,15 @@ def _convert(path: Path, target: Path) -> None:
     atomic_write(path / "latest_universal", FOLDER)  # the converter's pointer named the temporary folder
 
 
-def wait_for(path: Path, hours: float = WAIT_HOURS, poll_seconds: float = 5.0) -> Path:
+def wait_for(path: Path, hours: float = WAIT_HOURS, poll_seconds: float = 5.0) -> Path | None:
     """The universal form of `path` once rank 0 has converted it (ranks other than 0). The finished folder
-    appears whole (a rename), so its existence is the marker; `universal.failed` carries rank 0's error."""
+    appears whole (a rename), so its existence is the marker; `universal.failed` carries rank 0's error. None
+    when a stop signal ended rank 0's conversion (`universal.stopped`): the run stops before its first update."""
     target, failed = path / FOLDER, path / FAILED
     end = time.monotonic() + hours * 3600
     while not target.is_dir():
+        if (path / STOPPED).is_file():
+            return None
         if failed.is_file():
             raise CheckpointError(f"rank 0 could not convert {path} to a universal checkpoint: "
                                   f"{failed.read_text().splitlines()[0]} ({failed} and rank 0's log say more)")

@@ -161,6 +161,23 @@ def test_a_failed_conversion_leaves_a_note_for_the_waiting_ranks(tmp_path, monke
     assert (tmp_path / universal.FAILED).read_text() == "RuntimeError: disk full"
 
 
+def test_a_conversion_a_stop_signal_ended_is_a_stop_not_a_failure(tmp_path, monkeypatch):
+    """A preemption signals the whole Slurm step, the converter too: its death was reported as a failure of the
+    checkpoint (universal.failed, exit 2 on every rank, no requeue). Now the waiting ranks learn it was a stop, and
+    the run stops before its first update (75); the next run converts again."""
+    def killed(path, target):
+        raise universal.CheckpointError("DeepSpeed's ds_to_universal failed: killed by SIGTERM")
+
+    monkeypatch.setattr(universal, "_convert", killed)
+    assert universal.convert(tmp_path, stopped=lambda: True) is None
+    assert not (tmp_path / universal.FAILED).exists()
+    assert universal.wait_for(tmp_path, hours=1e-3, poll_seconds=0.001) is None
+    with pytest.raises(universal.CheckpointError):  # with no stop signal it is a failure, as before
+        universal.convert(tmp_path, stopped=lambda: False)
+    universal.clear_stale(tmp_path, owned=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_stale_conversions_are_cleared_before_converting(tmp_path):
     """A conversion killed before its rename left `universal.tmp-<host>-<pid>` (221 GB at 12B) for good. On
     storage shared by nodes, another host's temporary may be a live conversion whose pid is free here."""
