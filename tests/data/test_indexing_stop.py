@@ -1,6 +1,8 @@
 """A preemption while a training verb indexes its data: the whole Slurm step gets TERM, which kills the indexing
 pool's workers (their tasks are lost: the pool's results never come) but not the verb, which holds TERM from its
 start to stop cleanly. It waited for the lost results forever; it now stops at once with exit 75 (requeued)."""
+import io
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +38,7 @@ def write_tars(root, tars: int, samples: int) -> None:
             for i in range(samples):
                 info = tarfile.TarInfo(f"{t:05d}{i:07d}.txt")
                 info.size = 1
-                tar.addfile(info, __import__("io").BytesIO(b"a"))
+                tar.addfile(info, io.BytesIO(b"a"))
 
 
 def test_a_term_to_the_whole_process_group_while_indexing_stops_it(tmp_path):
@@ -46,8 +48,6 @@ def test_a_term_to_the_whole_process_group_while_indexing_stops_it(tmp_path):
                              start_new_session=True)
     assert child.stdout.readline().strip() == "indexing"
     time.sleep(1.5)  # the workers are reading
-    import os
-
     os.killpg(child.pid, signal.SIGTERM)  # what Slurm does to every process of the step
     try:
         out, _ = child.communicate(timeout=60)
