@@ -214,6 +214,14 @@ def _copy_weights(source: Path, target: Path, kind: str) -> None:
     shutil.copyfile(source, target)
 
 
+def _remove_weights(path: Path) -> None:
+    """A weights file an earlier export wrote, and its config JSON."""
+    from megadalle.weights import config_path
+
+    config_path(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
 def _copy_open_clip(arch: str, source: Path, target: Path) -> None:
     """An open_clip state dict as safetensors, checked to fit the architecture first."""
     from safetensors.torch import save_file
@@ -246,6 +254,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
                 _tokenizer_record(run, None, record))
     created = not output.exists()
+    earlier_clip = is_bundle(output) and json.loads((output / MANIFEST).read_text()).get("clip") == CLIP
     output.mkdir(parents=True, exist_ok=True)
     (output / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
     try:
@@ -256,6 +265,8 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
             _copy_weights(files["clip"], output / CLIP, "clip")
         elif files["clip"] is not None:
             _copy_open_clip(clip_model[len(OPEN_CLIP):], files["clip"], output / CLIP)
+        elif earlier_clip:  # an export with a CLIP wrote this folder before: its CLIP is not this model's
+            _remove_weights(output / CLIP)
     except BaseException:
         if created:  # a folder this export made holds nothing usable: it goes, not to be taken for a model
             shutil.rmtree(output, ignore_errors=True)

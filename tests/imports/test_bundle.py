@@ -87,8 +87,10 @@ def test_missing_pieces_are_named(trained, tmp_path, capsys):
         write_bundle(run, tmp_path / "m", dvae_weights=str(dvae), clip_weights=str(tmp_path / "nope.safetensors"))
     with pytest.raises(BundleError, match="not a model folder"):
         megadalle.load_pipeline(tmp_path)
-    folder = write_bundle(run, tmp_path / "noclip", dvae_weights=str(dvae))  # CLIP is optional
+    folder = write_bundle(run, tmp_path / "noclip", dvae_weights=str(dvae), clip_weights=str(clip))
+    folder = write_bundle(run, folder, dvae_weights=str(dvae))  # CLIP is optional; the earlier export's goes
     assert megadalle.load_pipeline(folder).clip is None
+    assert not (folder / "clip.safetensors").exists() and not (folder / "clip.json").exists()
     out = tmp_path / "out"
     assert main(["generate", f"weights={folder}", "prompt=red cat", "n=2", "keep=2", "rerank=false", f"output={out}"]) == 0
     assert json.loads((out / "scores.json").read_text())["all_scores"] is None
