@@ -1,10 +1,11 @@
 """Image geometry shared by `prepare` (once, offline) and the loaders (only if sizes differ)."""
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 
 def draft_for(img: Image.Image, size: int) -> None:
@@ -23,12 +24,31 @@ so it is read on the same 0..65535 scale. Float images (mode F, TIFF float sampl
 float image convention of 0..1. Values outside either range clip; NaN becomes 0."""
 
 
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+ICC_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB", "LA": "RGBA"}
+"""Modes whose embedded colour profile is applied, and the mode each converts to (alpha kept, composited later)."""
+
+
+def to_srgb(img: Image.Image) -> Image.Image:
+    """The pixels in sRGB when the file embeds a colour profile (Display-P3 phone photos, Adobe RGB,
+    print CMYK JPEGs): read as sRGB, their colours come out wrong. A profile littleCMS cannot read or
+    apply leaves the image as it is (the colours are then what they were before, not a skipped file)."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ICC_MODES or "transparency" in img.info:  # its colour key is in the old space
+        return img
+    try:
+        return ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), SRGB,
+                                         outputMode=ICC_MODES[img.mode])
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB, with transparency composited on white (black would be an artefact the model learns).
+    """RGB, in sRGB, with transparency composited on white (black would be an artefact the model learns).
 
     The one conversion of every decoded image: `prepare` and the shard readers (fields.py) both call
     it, so an image gives the same pixels whichever path reads it."""
-    img = ImageOps.exif_transpose(img)
+    img = to_srgb(ImageOps.exif_transpose(img))
     if img.mode == "RGB" and "transparency" not in img.info:
         return img
     if img.mode in DEEP_GREY_SCALE:
