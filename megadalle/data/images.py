@@ -43,6 +43,18 @@ def to_srgb(img: Image.Image) -> Image.Image:
         return img
 
 
+def deep_grey_to_8_bits(img: Image.Image) -> Image.Image:
+    """"L", or "LA" when the file names a transparent grey value: that value is matched at full depth
+    (after scaling, other greys would share it), and the new image carries no `info` to say it."""
+    arr = np.asarray(img)
+    scaled = np.nan_to_num(arr.astype(np.float64) * DEEP_GREY_SCALE[img.mode])
+    grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+    if "transparency" not in img.info:
+        return grey
+    alpha = Image.fromarray(np.where(arr != img.info["transparency"], 255, 0).astype(np.uint8), "L")
+    return Image.merge("LA", (grey, alpha))
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB, in sRGB, with transparency composited on white (black would be an artefact the model learns).
 
@@ -52,8 +64,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB" and "transparency" not in img.info:
         return img
     if img.mode in DEEP_GREY_SCALE:
-        scaled = np.nan_to_num(np.asarray(img, dtype=np.float64) * DEEP_GREY_SCALE[img.mode])
-        img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+        img = deep_grey_to_8_bits(img)
     if "A" in img.getbands() or "a" in img.getbands() or "transparency" in img.info:
         img = img.convert("RGBA")
         background = Image.new("RGB", img.size, (255, 255, 255))

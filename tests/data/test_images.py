@@ -116,3 +116,16 @@ def test_a_broken_colour_profile_leaves_the_pixels_as_they_are():
     assert Image.open(io.BytesIO(data)).info["icc_profile"] == b"not a profile at all"
     for rgb in both_paths(data):
         assert rgb[8, 8].tolist() == [255, 0, 0]
+
+
+def test_a_16_bit_greyscale_png_with_a_transparent_grey_is_white_there_on_both_paths():
+    arr = np.full((8, 8), 1000, np.uint16)
+    arr[:, 4:] = 1001  # the same 8-bit grey as 1000: only the 16-bit value tells them apart
+    data = png(Image.fromarray(arr))
+    reopened = Image.open(io.BytesIO(data))
+    assert reopened.mode == "I;16"
+    buf = io.BytesIO()
+    reopened.save(buf, "PNG", transparency=1001)
+    for rgb in both_paths(buf.getvalue()):
+        assert rgb[:, 4:].min() == 255
+        assert rgb[:, :4].max() == round(1000 / 257)
