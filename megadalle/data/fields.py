@@ -13,8 +13,12 @@ import json
 from typing import Any
 
 import numpy as np
+from PIL import features
 
-IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "gif", "tif", "tiff")
+IMAGE_FIELDS = ("jpg", "jpeg", "jfif", "jpe", "png", "webp", "ppm", "bmp", "gif", "tif", "tiff",
+                *(("avif",) if features.check("avif") else ()))
+"""Extensions read as images: what PIL decodes among photo formats (`.jfif`/`.jpe` are JPEG; `.avif` where this
+PIL is built with AVIF, as wheels from 11.3 on are). Whatever the source's, `prepare` writes its `format`."""
 UNSAFE_FIELDS = ("pyd", "pkl", "pickle", "pth", "pt", "mp", "msgpack")
 """Extensions whose usual decoders execute or construct arbitrary objects: never decoded."""
 

@@ -48,6 +48,21 @@ def test_gif_bmp_and_tiff_are_images_and_a_gif_gives_its_first_frame(tmp_path):
     assert r > 200 and b < 50
 
 
+def test_jfif_jpe_and_avif_files_are_images_not_unrecognised(tmp_path):
+    """Browsers save JPEGs as `.jfif`, some cameras as `.jpe`, phones and the web serve `.avif`: PIL reads them all."""
+    from PIL import features
+
+    root = tmp_path / "in"
+    put(root, "pic.jfif", jpeg_bytes((40, 40), 1), "one")
+    put(root, "cam.JPE", jpeg_bytes((40, 40), 2), "two")
+    expected = 2
+    if features.check("avif"):
+        put(root, "web.avif", jpeg_bytes((40, 40), 3, "AVIF"), "three")
+        expected = 3
+    summary = prepare(config(root, tmp_path / "out"), progress=False)
+    assert summary.kept == expected and not summary.skipped
+
+
 def test_a_caption_is_found_whatever_the_case_of_its_suffix(tmp_path):
     root = tmp_path / "in"
     put(root, "X.jpg", jpeg_bytes((40, 40), 1), caption=None)
