@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from megadalle.data.captions import caption_lines
-from megadalle.data.images import draft_for, resize_center_crop, to_rgb
+from megadalle.data.images import draft_for, resize_center_crop, to_rgb, upright_size
 from megadalle.data.sources import Item, read_shard_sample
 
 REASONS = ("missing_file", "empty_file", "unreadable", "missing_caption", "empty_caption", "not_an_image",
@@ -106,7 +106,8 @@ def read_bytes(item: Item) -> bytes:
 
 
 def open_image(data: bytes, opts: ConvertOptions) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode header then pixels, mapping PIL's failures to reasons; also the original size (draft shrinks it)."""
+    """Decode header then pixels, mapping PIL's failures to reasons; also the original size, upright (draft
+    shrinks it; an EXIF rotation swaps it)."""
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = opts.max_pixels
     try:
@@ -126,12 +127,13 @@ def open_image(data: bytes, opts: ConvertOptions) -> tuple[Image.Image, tuple[in
         raise Skip("decompression_bomb", f"{w}x{h} = {w * h} pixels > max_pixels={opts.max_pixels}")
     if min(w, h) < opts.min_side:
         raise Skip("too_small", f"{w}x{h}: short side < min_side={opts.min_side}")
+    size = upright_size(img)  # before the draft shrinks it
     try:
         draft_for(img, opts.image_size)
         img.load()
     except Exception as err:  # OSError "image file is truncated", SyntaxError "broken PNG file", zlib errors
         raise Skip("truncated", f"pixel data incomplete or corrupt: {type(err).__name__}: {err}") from None
-    return img, (w, h)
+    return img, size
 
 
 def encode_image(img: Image.Image, opts: ConvertOptions) -> bytes:

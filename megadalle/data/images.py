@@ -5,7 +5,17 @@ import io
 import math
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps
+
+
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+"""EXIF orientations that turn the image a quarter (`exif_transpose` swaps its width and height)."""
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is shown, after its EXIF rotation: what `to_rgb` makes of it."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(ExifTags.Base.Orientation) in TRANSPOSED_ORIENTATIONS else (w, h)
 
 
 def draft_for(img: Image.Image, size: int) -> None:

@@ -211,3 +211,17 @@ def test_help_names_every_kind_of_input(capsys):
     assert main(["prepare", "--help"]) == 0
     doc = capsys.readouterr().out.split("\ninput:", 1)[1].split("\noutput:", 1)[0]
     assert ".tar shards" in " ".join(doc.split())
+
+
+def test_an_exif_rotated_photo_records_its_upright_size(tmp_path):
+    """A phone's portrait photo is stored landscape with EXIF orientation 6: its json said 120x64, the shown size
+    is 64x120 (the pixels were already turned upright)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to show
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 120, 3), dtype=np.uint8)).save(
+        buf, "JPEG", exif=exif)
+    put(tmp_path / "in", "portrait.jpg", buf.getvalue())
+    assert prepare(config(tmp_path / "in", tmp_path / "out"), progress=False).kept == 1
+    meta = next(iter_samples(tmp_path / "out", ["json"]))["json"]
+    assert (meta["width"], meta["height"]) == (64, 120)
