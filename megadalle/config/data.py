@@ -37,6 +37,10 @@ class PrepareConfig:
     """Images whose short side is below this are skipped as too_small (upscaling them adds no detail)."""
     max_pixels: int = 89_478_485
     """Images with more pixels are skipped as decompression_bomb (PIL's default limit)."""
+    max_aspect: float | None = None
+    """Images whose long side is more than this many times the short side are skipped as extreme_aspect; null = no
+    limit. Every image is centre-cropped to a square, so a 4000x300 panorama keeps its middle 7.5% under a caption
+    for the whole scene; the summary counts the kept images that lost more than half their area."""
     shard_max_samples: int = 10_000
     """Samples per shard at most (with shard_max_bytes): shards are the unit of shuffling and of splitting
     the data over ranks and loader workers, so a few thousand samples each keeps many of them."""
@@ -65,6 +69,8 @@ class PrepareConfig:
         check(self.num_workers is None or self.num_workers >= 0, join(where, "num_workers"), self.num_workers,
               "must be >= 0 or null")
         check_apart(self.input, self.output, join(where, "output"), "prepare")
+        check(self.max_aspect is None or self.max_aspect >= 1, join(where, "max_aspect"), self.max_aspect,
+              "must be >= 1 (long side / short side) or null")
         check(0.0 <= self.val_fraction < 1.0, join(where, "val_fraction"), self.val_fraction, "must be in [0, 1)")
 
 

@@ -19,7 +19,7 @@ from megadalle.data.images import draft_for, resize_center_crop, to_rgb, upright
 from megadalle.data.sources import Item, read_shard_sample
 
 REASONS = ("missing_file", "empty_file", "unreadable", "missing_caption", "empty_caption", "not_an_image",
-           "decompression_bomb", "too_small", "truncated", "bad_manifest_row", "unrecognised_file", "orphan_caption")
+           "decompression_bomb", "too_small", "extreme_aspect", "truncated", "bad_manifest_row", "unrecognised_file", "orphan_caption")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ class ConvertOptions:
     quality: int = 95
     min_side: int = 64
     max_pixels: int = 89_478_485
+    max_aspect: float | None = None
+
+
+HEAVY_CROP_ASPECT = 2.0
+"""Long side / short side above which the centre crop to a square keeps less than half the image."""
 
 
 def skip_notes(opts: ConvertOptions) -> dict[str, str]:
@@ -39,7 +44,17 @@ def skip_notes(opts: ConvertOptions) -> dict[str, str]:
                 f"keep images of {opts.image_size} px and up")
     else:
         keep = f"set a lower min_side to keep them (upscaled to image_size={opts.image_size}, which adds no detail)"
-    return {"too_small": f"short side below min_side={opts.min_side}; {keep}"}
+    return {"too_small": f"short side below min_side={opts.min_side}; {keep}",
+            "extreme_aspect": f"long side over max_aspect={opts.max_aspect} times the short side; set a higher "
+                              "max_aspect (or null) to keep them, centre-cropped to a square"}
+
+
+def crop_note(opts: ConvertOptions) -> str:
+    """The summary's word on kept images that the centre crop cut to under half their area (a panorama keeps its
+    middle under a caption for the whole scene), and the key that skips them instead."""
+    return (f"centre-cropped to under half their area (long side over {HEAVY_CROP_ASPECT:g}x the short); "
+            f"max_aspect={'null' if opts.max_aspect is None else opts.max_aspect} (set max_aspect="
+            f"{HEAVY_CROP_ASPECT:g} to skip them as extreme_aspect)")
 
 
 @dataclass
@@ -51,6 +66,8 @@ class Result:
     held_out: bool = False
     """From the input's own validation split, so held out again (`Item.held_out`)."""
     sample: dict[str, Any] | None = None
+    heavy_crop: bool = False
+    """The kept image lost more than half its area to the centre crop (HEAVY_CROP_ASPECT)."""
     reason: str | None = None
     detail: str = ""
 
@@ -127,6 +144,8 @@ def open_image(data: bytes, opts: ConvertOptions) -> tuple[Image.Image, tuple[in
         raise Skip("decompression_bomb", f"{w}x{h} = {w * h} pixels > max_pixels={opts.max_pixels}")
     if min(w, h) < opts.min_side:
         raise Skip("too_small", f"{w}x{h}: short side < min_side={opts.min_side}")
+    if opts.max_aspect is not None and max(w, h) / min(w, h) > opts.max_aspect:
+        raise Skip("extreme_aspect", f"{w}x{h}: long side over max_aspect={opts.max_aspect} times the short side")
     size = upright_size(img)  # before the draft shrinks it
     try:
         draft_for(img, opts.image_size)
@@ -161,6 +180,7 @@ def convert(item: Item, opts: ConvertOptions) -> Result:
         out = resize_center_crop(to_rgb(img), opts.image_size)
         meta = {"source": item.source, "width": width, "height": height, "format": source_format,
                 "captions": len(captions), **origin}
+        result.heavy_crop = max(width, height) / min(width, height) > HEAVY_CROP_ASPECT
         result.sample = {"__key__": item.key, opts.format: encode_image(out, opts), "txt": "\n".join(captions),
                          "json": meta}
     except Skip as skip:

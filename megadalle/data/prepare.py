@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
-from megadalle.data.convert import ConvertOptions, Result, convert, skip_notes
+from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, skip_notes
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
@@ -44,12 +44,19 @@ class PrepareSummary(PassSummary):
 
     val_kept: int = 0
     """Of the kept samples, those held out in `<output>/val/`."""
+    heavy_crops: int = 0
+    """Of the kept samples, those whose image lost more than half its area to the centre crop."""
+    crop_note: str = ""
+    """What `heavy_crops` means and the key that skips such images (`convert.crop_note`)."""
 
     VERB = "prepare"
     UNIT = "inputs"
 
     def kept_note(self) -> str:
         return f" ({self.val_kept} held out for validation)" if self.val_kept else ""
+
+    def kept_lines(self) -> list[str]:
+        return [f"  kept    {self.heavy_crops:>6}  {self.crop_note}"] if self.heavy_crops else []
 
 
 def convert_all(items: list[Item], opts: ConvertOptions, num_workers: int) -> Iterator[Result]:
@@ -81,7 +88,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         raise SecondSplitError(f"val_fraction={cfg.val_fraction}: {cfg.input} has its own validation split "
                                f"({held} samples in {Path(cfg.input) / VAL_DIR}), which is kept as it is; leave "
                                "val_fraction at 0")
-    opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels)
+    opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels, cfg.max_aspect)
     workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
     meta = {"image_size": cfg.image_size, "format": cfg.format, "source": str(cfg.input)}
     summary = PrepareSummary(report=str(cfg.report or Path(cfg.output) / "report.json"))
@@ -98,6 +105,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
                 (val_writer if held else writer).write(result.sample)
                 summary.kept += 1
                 summary.val_kept += held
+                summary.heavy_crops += result.heavy_crop
             else:
                 reasons[result.reason] += 1
                 summary.bad.append({"source": result.source, "reason": result.reason, "detail": result.detail})
@@ -112,6 +120,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         if not summary.val_kept:
             remove_split_dir(val_dir)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
+    summary.crop_note = crop_note(opts)
     summary.notes = {reason: note for reason, note in skip_notes(opts).items() if reason in reasons}
     atomic.write_json(summary.report, {"input": str(cfg.input), "output": str(cfg.output), "config": asdict(cfg),
                                        **asdict(summary)})

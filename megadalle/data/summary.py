@@ -32,6 +32,10 @@ class PassSummary:
         """Said right after the kept count (e.g. how many of them went to validation)."""
         return ""
 
+    def kept_lines(self) -> list[str]:
+        """Lines about the kept samples, said after the skips (e.g. how many a crop cut down)."""
+        return []
+
     def text(self) -> str:
         skipped = sum(self.skipped.values())
         rate = (self.kept + skipped) / max(self.seconds, 1e-9)
@@ -41,5 +45,6 @@ class PassSummary:
                   for reason, count in sorted(self.skipped.items())]
         lines += [f"  kept    {count:>6}  with {reason} (a metadata field that does not decode; see the report)"
                   for reason, count in sorted(self.warned.items())]
+        lines += self.kept_lines()
         lines.append(f"  report: {self.report}")
         return "\n".join(lines)

@@ -225,3 +225,32 @@ def test_an_exif_rotated_photo_records_its_upright_size(tmp_path):
     assert prepare(config(tmp_path / "in", tmp_path / "out"), progress=False).kept == 1
     meta = next(iter_samples(tmp_path / "out", ["json"]))["json"]
     assert (meta["width"], meta["height"]) == (64, 120)
+
+
+def test_a_panorama_is_counted_as_heavily_cropped_or_skipped_by_max_aspect(tmp_path, capsys):
+    """A 400x30 panorama keeps its middle 7.5% under the caption for the whole scene: the summary says how many
+    kept images lost more than half their area, naming max_aspect; max_aspect skips them as extreme_aspect."""
+    put(tmp_path / "in", "wide.jpg", jpeg_bytes((400, 32), 1))
+    put(tmp_path / "in", "tall.jpg", jpeg_bytes((32, 90), 2))
+    put(tmp_path / "in", "square.jpg", jpeg_bytes((48, 40), 3))
+    argv = ["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "image_size=32", "min_side=32",
+            "num_workers=0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "kept 3 samples" in out
+    assert "  kept         2  centre-cropped to under half their area (long side over 2x the short); " \
+           "max_aspect=null (set max_aspect=2 to skip them as extreme_aspect)\n" in out
+    assert json.loads((tmp_path / "out/report.json").read_text())["heavy_crops"] == 2
+    assert main([*argv, "max_aspect=3"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 2 samples" in out and "  kept         1  centre-cropped" in out
+    note = "long side over max_aspect=3.0 times the short side; set a higher max_aspect (or null) to keep them, " \
+           "centre-cropped to a square"
+    assert f"  skipped      1  extreme_aspect: {note}\n" in out
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["bad"][0]["source"] == "wide.jpg" and report["notes"] == {"extreme_aspect": note}
+
+
+def test_max_aspect_below_one_is_refused(tmp_path):
+    with pytest.raises(Exception, match="max_aspect"):
+        PrepareConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), max_aspect=0.5).validate()
