@@ -42,15 +42,22 @@ ICC_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB", "LA": "RGB
 def to_srgb(img: Image.Image) -> Image.Image:
     """The pixels in sRGB when the file embeds a colour profile (Display-P3 phone photos, Adobe RGB,
     print CMYK JPEGs): read as sRGB, their colours come out wrong. A profile littleCMS cannot read or
-    apply leaves the image as it is (the colours are then what they were before, not a skipped file)."""
+    apply leaves the pixels as they are (the colours are then what they were before, not a skipped file).
+    Either way the result names no profile: its pixels are read as sRGB, and a PNG written from it
+    must not carry the old profile to be applied a second time when read back."""
     icc = img.info.get("icc_profile")
-    if not icc or img.mode not in ICC_MODES or "transparency" in img.info:  # its colour key is in the old space
+    if not icc:
         return img
-    try:
-        return ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), SRGB,
-                                         outputMode=ICC_MODES[img.mode])
-    except (ImageCms.PyCMSError, OSError, ValueError):
-        return img
+    if img.mode == "P":
+        img = img.convert("RGBA")  # the palette's colours are in the profile's RGB; its transparency becomes alpha
+    if img.mode in ICC_MODES and "transparency" not in img.info:  # a colour key is in the old space
+        try:
+            img = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), SRGB,
+                                            outputMode=ICC_MODES[img.mode])
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass
+    img.info = {key: value for key, value in img.info.items() if key != "icc_profile"}
+    return img
 
 
 def deep_grey_to_8_bits(img: Image.Image) -> Image.Image:

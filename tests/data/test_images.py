@@ -103,12 +103,13 @@ def encoded(img: Image.Image, fmt: str, **params) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
-def test_an_embedded_colour_profile_is_converted_to_srgb_on_both_paths(fmt):
-    data = encoded(Image.new("RGB", (16, 16), (255, 0, 0)), fmt, icc_profile=swapped_primaries_profile())
+@pytest.mark.parametrize("fmt, mode", [("PNG", "RGB"), ("JPEG", "RGB"), ("PNG", "P"), ("PNG", "RGBA")])
+def test_an_embedded_colour_profile_is_converted_to_srgb_on_both_paths(fmt, mode):
+    data = encoded(Image.new("RGB", (16, 16), (255, 0, 0)).convert(mode), fmt, icc_profile=swapped_primaries_profile())
     for rgb in (np.asarray(to_rgb(Image.open(io.BytesIO(data)))), np.asarray(decode_field(fmt.lower(), data))):
         r, g, b = rgb[8, 8].astype(int)
         assert r < 10 and g < 10 and b > 245, rgb[8, 8]
+    assert "icc_profile" not in to_rgb(Image.open(io.BytesIO(data))).info
 
 
 def test_a_broken_colour_profile_leaves_the_pixels_as_they_are():
