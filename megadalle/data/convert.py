@@ -19,7 +19,8 @@ from megadalle.data.images import draft_for, resize_center_crop, to_rgb, upright
 from megadalle.data.sources import Item, read_shard_sample
 
 REASONS = ("missing_file", "empty_file", "unreadable", "missing_caption", "empty_caption", "not_an_image",
-           "decompression_bomb", "too_small", "extreme_aspect", "truncated", "bad_manifest_row", "unrecognised_file", "orphan_caption")
+           "decompression_bomb", "too_small", "extreme_aspect", "truncated", "bad_manifest_row", "unrecognised_file",
+           "orphan_caption")
 
 
 @dataclass(frozen=True)
