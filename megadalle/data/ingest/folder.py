@@ -70,26 +70,29 @@ def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: b
     lost: the pool's results never come) but not this process, which waited for them forever."""
     if not paths:  # every tar unchanged (some removed): a pool of no worker is an error
         return
-    work = partial(index_shard, require=require, require_media=require_media, decode=decode)
+    work, root = partial(index_shard, require=require, require_media=require_media, decode=decode), paths[0].parent
     with tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress) as bar:
         if num_workers == 0:
             for path in paths:
-                _stop_if(stopped, path.parent)
+                _stop_if(stopped, root)
                 yield work(path)
                 bar.update(1)
             return
         with worker_pool(min(num_workers, len(paths))) as pool:
             results = pool.imap(work, paths)
             for _ in paths:
-                while True:
-                    _stop_if(stopped, paths[0].parent)
-                    try:
-                        result = results.next(timeout=POLL_S)
-                        break
-                    except mp.TimeoutError:
-                        continue
+                yield _next_result(results, stopped, root)
                 bar.update(1)
-                yield result
+
+
+def _next_result(results, stopped: Callable[[], bool], root: Path) -> ShardResult:
+    """The pool's next result, asking `stopped()` every POLL_S while it waits for it."""
+    while True:
+        _stop_if(stopped, root)
+        try:
+            return results.next(timeout=POLL_S)
+        except mp.TimeoutError:
+            pass
 
 
 def _stop_if(stopped: Callable[[], bool], root: Path) -> None:
