@@ -34,7 +34,8 @@ class PrepareConfig:
     quality: int = 95
     """JPEG quality (ignored for png)."""
     min_side: int = 64
-    """Images whose short side is below this are skipped as too_small (upscaling them adds no detail)."""
+    """Images whose short side is below this are skipped as too_small (upscaling them adds no detail); the summary
+    counts the kept ones whose short side is below image_size (upscaled): min_side=image_size skips them too."""
     max_pixels: int = 89_478_485
     """Images with more pixels are skipped as decompression_bomb (PIL's default limit)."""
     max_aspect: float | None = None

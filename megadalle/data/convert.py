@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from megadalle.data.captions import caption_lines
-from megadalle.data.images import draft_for, resize_center_crop, to_rgb, upright_size
+from megadalle.data.images import draft_for, resize_center_crop, to_rgb, upright_size, upscaled
 from megadalle.data.sources import Item, read_shard_sample
 
 REASONS = ("missing_file", "empty_file", "unreadable", "missing_caption", "empty_caption", "not_an_image",
@@ -58,6 +58,13 @@ def crop_note(opts: ConvertOptions) -> str:
             f"{HEAVY_CROP_ASPECT:g} to skip them as extreme_aspect)")
 
 
+def upscale_note(opts: ConvertOptions) -> str:
+    """The summary's word on kept images smaller than image_size (enlarged: a blurry target), and the key that skips
+    them instead."""
+    return (f"upscaled to image_size={opts.image_size} (short side below it, which adds no detail); "
+            f"min_side={opts.min_side} (set min_side={opts.image_size} to skip them as too_small)")
+
+
 @dataclass
 class Result:
     key: str
@@ -69,6 +76,8 @@ class Result:
     sample: dict[str, Any] | None = None
     heavy_crop: bool = False
     """The kept image lost more than half its area to the centre crop (HEAVY_CROP_ASPECT)."""
+    upscaled: bool = False
+    """The kept image's short side was below image_size (`images.upscaled`)."""
     reason: str | None = None
     detail: str = ""
 
@@ -182,6 +191,7 @@ def convert(item: Item, opts: ConvertOptions) -> Result:
         meta = {"source": item.source, "width": width, "height": height, "format": source_format,
                 "captions": len(captions), **origin}
         result.heavy_crop = max(width, height) / min(width, height) > HEAVY_CROP_ASPECT
+        result.upscaled = upscaled((width, height), opts.image_size)
         result.sample = {"__key__": item.key, opts.format: encode_image(out, opts), "txt": "\n".join(captions),
                          "json": meta}
     except Skip as skip:

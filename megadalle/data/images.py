@@ -90,6 +90,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def upscaled(size: tuple[int, int], image_size: int) -> bool:
+    """Whether an image of `size` (width, height) is enlarged to reach `image_size`: its short side is below it.
+    An upscaled image adds no detail (a thumbnail becomes a blurry target), so every path that resizes counts them."""
+    return min(size) < image_size
+
+
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Scale so the short side is `size` (bicubic, antialiased), then cut the centred square."""
     w, h = img.size

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
-from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, skip_notes
+from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, skip_notes, upscale_note
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
@@ -48,6 +48,10 @@ class PrepareSummary(PassSummary):
     """Of the kept samples, those whose image lost more than half its area to the centre crop."""
     crop_note: str = ""
     """What `heavy_crops` means and the key that skips such images (`convert.crop_note`)."""
+    upscaled: int = 0
+    """Of the kept samples, those whose image was enlarged to image_size (short side below it)."""
+    upscale_note: str = ""
+    """What `upscaled` means and the key that skips such images (`convert.upscale_note`)."""
 
     VERB = "prepare"
     UNIT = "inputs"
@@ -56,7 +60,8 @@ class PrepareSummary(PassSummary):
         return f" ({self.val_kept} held out for validation)" if self.val_kept else ""
 
     def kept_lines(self) -> list[str]:
-        return [f"  kept    {self.heavy_crops:>6}  {self.crop_note}"] if self.heavy_crops else []
+        return [f"  kept    {count:>6}  {note}" for count, note in ((self.heavy_crops, self.crop_note),
+                                                                   (self.upscaled, self.upscale_note)) if count]
 
 
 def convert_all(items: list[Item], opts: ConvertOptions, num_workers: int) -> Iterator[Result]:
@@ -106,6 +111,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
                 summary.kept += 1
                 summary.val_kept += held
                 summary.heavy_crops += result.heavy_crop
+                summary.upscaled += result.upscaled
             else:
                 reasons[result.reason] += 1
                 summary.bad.append({"source": result.source, "reason": result.reason, "detail": result.detail})
@@ -120,7 +126,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         if not summary.val_kept:
             remove_split_dir(val_dir)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
-    summary.crop_note = crop_note(opts)
+    summary.crop_note, summary.upscale_note = crop_note(opts), upscale_note(opts)
     summary.notes = {reason: note for reason, note in skip_notes(opts).items() if reason in reasons}
     atomic.write_json(summary.report, {"input": str(cfg.input), "output": str(cfg.output), "config": asdict(cfg),
                                        **asdict(summary)})

@@ -254,3 +254,24 @@ def test_a_panorama_is_counted_as_heavily_cropped_or_skipped_by_max_aspect(tmp_p
 def test_max_aspect_below_one_is_refused(tmp_path):
     with pytest.raises(Exception, match="max_aspect"):
         PrepareConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), max_aspect=0.5).validate()
+
+
+def test_images_below_image_size_are_counted_as_upscaled_or_skipped_by_min_side(tmp_path, capsys):
+    """A 40x40 thumbnail enlarged to 64 px is a blurry target: the summary counts the kept images smaller than
+    image_size, naming min_side; min_side=image_size skips them as too_small."""
+    put(tmp_path / "in", "thumb.jpg", jpeg_bytes((40, 40), 1))
+    put(tmp_path / "in", "a.jpg", jpeg_bytes((64, 64), 2))
+    put(tmp_path / "in", "b.jpg", jpeg_bytes((80, 64), 3))
+    argv = ["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "image_size=64", "min_side=32",
+            "num_workers=0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "kept 3 samples" in out
+    assert "  kept         1  upscaled to image_size=64 (short side below it, which adds no detail); min_side=32 " \
+           "(set min_side=64 to skip them as too_small)\n" in out
+    assert json.loads((tmp_path / "out/report.json").read_text())["upscaled"] == 1
+    assert main([*argv, "min_side=64"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 2 samples" in out and "kept         1  upscaled" not in out and "  skipped      1  too_small" in out
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["upscaled"] == 0 and report["bad"][0]["source"] == "thumb.jpg"
