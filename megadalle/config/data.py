@@ -132,6 +132,10 @@ class IndexConfig:
     decode: bool = True
     """Decode every field (images fully) to find corrupt samples; false checks only which fields are there
     (much faster, for sources one trusts: a corrupt image then fails later, in the loader)."""
+    min_side: int = 0
+    """Samples whose image's short side is below this are skipped as too_small (as `prepare`'s min_side): the
+    loaders upscale smaller images to the model's input, a blurry target (they count them: metric images_upscaled).
+    0 keeps every size. Loaders indexing the folder again on first use keep the value it was indexed with."""
     num_workers: int | None = None
     """Checking processes; null = one per CPU, 0 = in this process."""
     report: str | None = None
@@ -140,6 +144,7 @@ class IndexConfig:
     def validate(self, where: str = "") -> None:
         check(self.num_workers is None or self.num_workers >= 0, join(where, "num_workers"), self.num_workers,
               "must be >= 0 or null")
+        check(self.min_side >= 0, join(where, "min_side"), self.min_side, "must be >= 0 (0 keeps every size)")
 
 
 @dataclass

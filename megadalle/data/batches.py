@@ -17,7 +17,7 @@ from PIL import Image
 
 from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS, decode_field
-from megadalle.data.images import draft_for, resize_center_crop, to_float_chw, to_rgb
+from megadalle.data.images import draft_for, resize_center_crop, to_float_chw, to_rgb, upscaled
 
 
 class BatchMaker(Protocol):
@@ -50,10 +50,14 @@ def sample_image(sample: dict[str, Any], image_fields: tuple[str, ...] = IMAGE_F
 
 
 class ImageBatches:
-    """dict(image=FloatTensor[B, 3, S, S] in [0, 1], caption=list[str], txt=list[str], key=list[str]).
+    """dict(image=FloatTensor[B, 3, S, S] in [0, 1], upscaled=BoolTensor[B], caption=list[str], txt=list[str],
+    key=list[str]).
 
     `caption` is one line of the sample's captions (seeded choice, for CLIP); `txt` is the whole
     field (all lines, what `encode` copies into token shards); `key` the sample's shard key.
+    `upscaled` marks the images whose short side was below S, enlarged to a blurry target: tars from elsewhere hold
+    thumbnails (`prepare` and `megadalle index` skip them with min_side), so training counts them (metric
+    images_upscaled) and so does `encode`.
     `image_fields`: the image fields to look for; each sample's image is the one it has (`sample_image`).
     """
 
@@ -63,21 +67,26 @@ class ImageBatches:
         self.image_size, self.image_fields = image_size, tuple(image_fields)
         self.fields = (*self.image_fields, "txt")
 
-    def decode(self, data: bytes) -> Image.Image:
-        """Decode (a JPEG at 1/2..1/8 scale when that still covers image_size), RGB, resize, crop."""
+    def decode(self, data: bytes) -> tuple[Image.Image, bool]:
+        """Decode (a JPEG at 1/2..1/8 scale when that still covers image_size), RGB, resize, crop; and whether the
+        image was enlarged (its size read before the draft shrinks it)."""
         img = Image.open(io.BytesIO(data))
+        enlarged = upscaled(img.size, self.image_size)
         draft_for(img, self.image_size)
         img.load()
-        return resize_center_crop(to_rgb(img), self.image_size)
+        return resize_center_crop(to_rgb(img), self.image_size), enlarged
 
     def __call__(self, samples, positions, seed):
         images = np.empty((len(samples), 3, self.image_size, self.image_size), np.float32)
+        enlarged = np.zeros(len(samples), bool)
         texts = [decode_field("txt", s["txt"]) for s in samples]
         for i, sample in enumerate(samples):
-            to_float_chw(self.decode(sample_image(sample, self.image_fields)), out=images[i])
+            img, enlarged[i] = self.decode(sample_image(sample, self.image_fields))
+            to_float_chw(img, out=images[i])
         captions = [pick_caption(text, sample_rng(seed, pos)) for text, pos in zip(texts, positions)]
         keys = [s["__key__"] for s in samples]
-        return {"image": torch.from_numpy(images), "caption": captions, "txt": texts, "key": keys}
+        return {"image": torch.from_numpy(images), "upscaled": torch.from_numpy(enlarged), "caption": captions,
+                "txt": texts, "key": keys}
 
 
 class TokenBatches:

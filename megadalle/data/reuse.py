@@ -20,6 +20,10 @@ from typing import Any
 
 from megadalle.data.index import ShardIndex, offsets_path
 
+ADDED_OPTIONS = {"min_side": 0}
+"""Indexing options added after indexes first recorded theirs, at the value an index that lacks one was written
+under: a folder indexed before min_side existed is not read again for it."""
+
 SIZES_KEPT = 2
 """Image sizes recorded per tar: the index asks only whether the whole folder has one, which two already deny."""
 
@@ -63,7 +67,7 @@ def reusable(root: Path, tars: list[dict[str, Any]], options: dict[str, Any], re
     except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: every tar is read
         return {}
     recorded = old.indexing or {}
-    if any(recorded.get(key) != value for key, value in options.items()):
+    if any(recorded.get(key, ADDED_OPTIONS.get(key)) != value for key, value in options.items()):
         return {}
     sizes = {tar["name"]: tar["bytes"] for tar in tars}
     listed = {shard.name: shard for shard in old.shards}

@@ -620,3 +620,52 @@ def test_a_changed_encode_split_names_the_encode_that_rebuilds_it(tmp_path):
     with pytest.raises(OutputChanged, match=f"`megadalle encode input=/data/img output={tmp_path / 'tokens'} "
                                             r"dvae_weights=\.\.\.`"):
         open_index(val)
+
+
+@pytest.fixture
+def thumbnails(tmp_path):
+    """A tar from elsewhere: three 64 px photos and a 40x40 thumbnail, which a 64 px model would enlarge."""
+    root = tmp_path / "thumbs"
+    root.mkdir()
+    with wds.TarWriter(str(root / "00000.tar")) as sink:
+        for key, size in (("a", (64, 64)), ("thumb", (40, 40)), ("b", (80, 64)), ("c", (64, 72))):
+            sink.write({"__key__": key, "jpg": jpeg_bytes(size, len(key)), "txt": f"photo {key}"})
+    return root
+
+
+@pytest.mark.parametrize("decode", ["true", "false"])
+def test_index_min_side_skips_thumbnails_as_too_small(thumbnails, decode, capsys):
+    """`megadalle index min_side=` skips images below it as prepare's min_side does (undecoded: by the header);
+    0, the default, keeps every size."""
+    assert main(["index", str(thumbnails), "num_workers=0", f"decode={decode}", "min_side=48"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 3 samples in 1 shards, skipped 1" in out
+    assert "  skipped      1  too_small: short side below min_side=48; set a lower min_side (0 keeps every size) " \
+           "to keep them" in out
+    report = json.loads((thumbnails / "index-report.json").read_text())
+    assert [(b["key"], b["reason"], b["detail"]) for b in report["bad"]] == \
+        [("thumb", "too_small", "40x40: short side < min_side=48")]
+    assert sorted(k for b in image_loader(thumbnails, 3, 64, shuffle=False, epochs=1) for k in b["key"]) == \
+        ["a", "b", "c"]
+    assert main(["index", str(thumbnails), "num_workers=0", f"decode={decode}"]) == 0
+    assert "kept 4 samples in 1 shards, skipped 0" in capsys.readouterr().out
+
+
+def test_a_folder_indexed_before_min_side_existed_is_not_read_again(thumbnails, capsys):
+    """Its index records no min_side: it was indexed keeping every size, what min_side=0 does."""
+    index_directory(thumbnails, ["txt"], True)
+    data = json.loads((thumbnails / INDEX_NAME).read_text())
+    del data["indexing"]["min_side"]
+    (thumbnails / INDEX_NAME).write_text(json.dumps(data))
+    assert main(["index", str(thumbnails), "num_workers=0"]) == 0
+    assert "read 0 of 1 tars: 1 unchanged since the last indexing" in capsys.readouterr().out
+    assert main(["index", str(thumbnails), "num_workers=0", "min_side=48"]) == 0
+    assert "kept 3 samples" in capsys.readouterr().out
+
+
+def test_the_loaders_count_the_images_they_upscale(thumbnails):
+    """A tar from elsewhere holds what it holds: each batch marks the images enlarged to the size asked for."""
+    batches = list(image_loader(thumbnails, 4, 64, shuffle=False, epochs=1))
+    assert dict(zip(batches[0]["key"], batches[0]["upscaled"].tolist())) == \
+        {"a": False, "thumb": True, "b": False, "c": False}
+    assert int(next(iter(image_loader(thumbnails, 4, 32, shuffle=False, epochs=1)))["upscaled"].sum()) == 0

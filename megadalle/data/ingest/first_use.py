@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 from megadalle.data.coverage import changes
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardsNotFound
 from megadalle.data.ingest.folder import index_directory, read_only, refuse_unfinished
+from megadalle.data.reuse import ADDED_OPTIONS
 
 DEFAULT_REQUIRE = ("txt",)
 
@@ -100,5 +101,5 @@ def _index_now(root: Path, writable: bool, stopped: Callable[[], bool]) -> None:
     options = (old.indexing if old else None) or {}
     summary = index_directory(root, options.get("require", DEFAULT_REQUIRE), options.get("require_media", True),
                               num_workers=None, progress=True, decode=options.get("decode", True), announce=announce,
-                              stopped=stopped)
+                              stopped=stopped, min_side=options.get("min_side", ADDED_OPTIONS["min_side"]))
     print(summary.text(), file=sys.stderr, flush=True)

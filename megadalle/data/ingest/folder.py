@@ -63,14 +63,14 @@ POLL_S = 1.0
 """How often waiting for the workers looks at `stopped`."""
 
 
-def _shard_results(paths: list[Path], require: tuple[str, ...], require_media: bool, decode: bool, num_workers: int,
-                   progress: bool, stopped: Callable[[], bool]) -> Iterator[ShardResult]:
+def _shard_results(paths: list[Path], options: dict[str, Any], num_workers: int, progress: bool,
+                   stopped: Callable[[], bool]) -> Iterator[ShardResult]:
     """Each tar's result, in order. `stopped()` is asked between results and while waiting for one: a training verb
     holds TERM from its start, so a preemption that TERMs the whole Slurm step kills the workers (their tasks
     lost: the pool's results never come) but not this process, which waited for them forever."""
     if not paths:  # every tar unchanged (some removed): a pool of no worker is an error
         return
-    work, root = partial(index_shard, require=require, require_media=require_media, decode=decode), paths[0].parent
+    work, root = partial(index_shard, **{**options, "require": tuple(options["require"])}), paths[0].parent
     with tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress) as bar:
         if num_workers == 0:
             for path in paths:
@@ -105,7 +105,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
                     num_workers: int | None = 0, progress: bool = False, report: str | Path | None = None,
                     meta: dict[str, Any] | None = None, decode: bool = True,
                     announce: Callable[[int, int], None] | None = None,
-                    stopped: Callable[[], bool] = lambda: False) -> IndexSummary:
+                    stopped: Callable[[], bool] = lambda: False, min_side: int = 0) -> IndexSummary:
     """Index the `*.tar` files of `root` (sorted by name), checking every sample; writes offset files, the
     report (default <root>/index-report.json) and index.json last. Shards with no usable sample are left out.
     A tar the earlier index recorded at its present size, under the same options, is not read again (`reuse.py`):
@@ -113,6 +113,8 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     `stopped()`, while reading, ends it with IndexingStopped (the folder is indexed again next time).
 
     `meta.image_size` is recorded when every image is a square of one size (what a loader then defaults to).
+    `min_side` > 0 skips the samples whose image's short side is below it as too_small (the loaders would upscale
+    them to the model's input: a blurry target).
     """
     start, root = time.perf_counter(), Path(root)
     tars = tar_stats(root)  # taken before reading: a tar that changes meanwhile differs from the record next time
@@ -120,7 +122,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
         raise ShardsNotFound(f"{root}: no *.tar shards to index")
     refuse_unfinished(root, [root / tar["name"] for tar in tars])
     refuse_own_output(root)
-    options = {"require": list(require), "require_media": require_media, "decode": decode}
+    options = {"require": list(require), "require_media": require_media, "decode": decode, "min_side": min_side}
     summary = IndexSummary(report=str(report or root / REPORT_NAME), tars=len(tars))
     found = reusable(root, tars, options, Path(summary.report))  # before index.json goes
     try:
@@ -133,7 +135,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     if announce is not None:
         announce(len(unread), len(tars))
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-    for result in _shard_results(unread, tuple(require), require_media, decode, workers, progress, stopped):
+    for result in _shard_results(unread, options, workers, progress, stopped):
         if len(result.spans):
             save_offsets(root / result.name, compact(result.spans))
         found[result.name] = result.findings()
@@ -149,9 +151,14 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     summary.kept, summary.shards = sum(s.count for s in shards), len(shards)
     summary.skipped = dict(sorted(Counter(b["reason"] for b in summary.bad).items()))
     summary.warned = dict(sorted(Counter(w["reason"] for w in summary.warnings).items()))
+    if "too_small" in summary.skipped:
+        summary.notes["too_small"] = (f"short side below min_side={min_side}; set a lower min_side (0 keeps every size) "
+                                      "to keep them (the loaders upscale them to the model's input, which adds no "
+                                      "detail)")
     summary.seconds = time.perf_counter() - start
     atomic.write_json(summary.report, {"root": str(root), "kept": summary.kept, "shards": summary.shards,
-                                       "skipped": summary.skipped, "bad": summary.bad, "warned": summary.warned,
+                                       "skipped": summary.skipped, "notes": summary.notes, "bad": summary.bad,
+                                       "warned": summary.warned,
                                        "warnings": summary.warnings})
     if summary.kept:
         square = {w for w, h in sizes if w == h}

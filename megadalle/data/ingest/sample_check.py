@@ -2,7 +2,8 @@
 
 Images are decoded fully, json, txt and npy fields too; pickles and unknown fields never are. A sample
 whose image, caption or codes fail, that lacks a required field or holds only blank caption lines is
-skipped with a reason, as `prepare` skips bad inputs. Metadata that fails (a string `.id`, a cut `.json`)
+skipped with a reason, as `prepare` skips bad inputs; so is one whose image's short side is below `min_side` (a
+thumbnail the loaders would upscale to a blurry target; 0, the default, keeps every size). Metadata that fails (a string `.id`, a cut `.json`)
 is the input's business: a warning, and the sample is kept (`prepare` and `encode`, which copy the json,
 leave it out).
 """
@@ -47,10 +48,12 @@ class SampleCheck:
     but the sample is kept, since only its image and caption decide whether it can be trained on."""
 
 
-def check_sample(sample: TarSample, require: Iterable[str], require_media: bool, decode: bool = True) -> SampleCheck:
+def check_sample(sample: TarSample, require: Iterable[str], require_media: bool, decode: bool = True,
+                 min_side: int = 0) -> SampleCheck:
     """Decodes every field it safely can (with `decode=False` only the fields' presence is checked: fast, for
-    sources one trusts); a deciding field (image, caption, codes, any of `require`) that fails skips the sample,
-    another one is a warning."""
+    sources one trusts, and with `min_side` the image's header); a deciding field (image, caption, codes, any of
+    `require`) that fails skips the sample, another one is a warning, and so does an image whose short side is
+    below `min_side`."""
     missing = [name for name in require if name not in sample.data]
     if missing:
         return SampleCheck("missing_field", f"no {missing[0]!r} field{dotted_key_hint(sample, [missing[0]])}")
@@ -76,6 +79,22 @@ def check_sample(sample: TarSample, require: Iterable[str], require_media: bool,
             check.warnings.append(problem)
     if "txt" in sample.data and not caption_lines(sample.data["txt"].decode("utf-8", errors="replace")):
         return SampleCheck("empty_caption", "the txt field holds no caption (blank lines only)")
+    return too_small(sample, check, min_side) if min_side else check
+
+
+def too_small(sample: TarSample, check: SampleCheck, min_side: int) -> SampleCheck:
+    """`check`, or a too_small skip when the image the loaders take (`batches.sample_image`'s order) has a short side
+    below `min_side`: its size as decoded, or read from its header when the fields were not decoded."""
+    from PIL import Image
+
+    name, size = next((name for name in IMAGE_FIELDS if name in sample.data), None), check.size
+    if size is None and name is not None:
+        try:
+            size = Image.open(io.BytesIO(sample.data[name])).size
+        except Exception as err:  # no decoder recognises the header
+            return SampleCheck(f"bad_{extension(name)}", f"{name}: {type(err).__name__}: {err}")
+    if size is not None and min(size) < min_side:
+        return SampleCheck("too_small", f"{size[0]}x{size[1]}: short side < min_side={min_side}")
     return check
 
 

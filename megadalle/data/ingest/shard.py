@@ -34,7 +34,8 @@ class ShardResult:
         return TarFindings.read(self.name, len(self.spans), self.fields, self.image_sizes, self.skipped, self.warnings)
 
 
-def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decode: bool = True) -> ShardResult:
+def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decode: bool = True,
+                min_side: int = 0) -> ShardResult:
     """Walk one tar, checking every sample (runs in a worker process)."""
     spans, fields, skipped, warnings, sizes, seen = [], set(), [], [], set(), set()
 
@@ -54,7 +55,7 @@ def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decod
                                                       "appears twice); neither can be told from the other")
                     continue
                 seen.add(sample.key)
-                check = check_sample(sample, require, require_media, decode)
+                check = check_sample(sample, require, require_media, decode, min_side)
                 if check.reason:
                     skip(sample.key, check.reason, check.detail)
                     continue

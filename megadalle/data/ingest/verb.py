@@ -11,7 +11,7 @@ def run(cfg) -> int:
 
     ic = build(IndexConfig, top_level(cfg, IndexConfig), "")
     summary = index_directory(ic.dir, ic.require, ic.require_media, ic.num_workers, progress=True, report=ic.report,
-                              decode=ic.decode)
+                              decode=ic.decode, min_side=ic.min_side)
     print(summary.text())
     if not summary.kept:
         print(f"index: no usable sample in {ic.dir}; no index.json written", flush=True)
