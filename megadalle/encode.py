@@ -125,17 +125,20 @@ def input_meta(sample: dict) -> dict:
 
 
 def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, ...], batch_size: int, made_by: dict,
-                 bar: tqdm | None = None) -> None:
-    """Encode one input shard into `out_path` (published atomically, offsets first, its record last)."""
+                 bar: tqdm | None = None) -> int:
+    """Encode one input shard into `out_path` (published atomically, offsets first, its record last); the number of
+    its images that were smaller than the dVAE's input and enlarged to it (`ImageBatches`' upscaled)."""
     device = next(model.parameters()).device
     maker = ImageBatches(model.cfg.image_size, fields)
     staging = out_path.parent / f".encode-{out_path.name}"
     shutil.rmtree(staging, ignore_errors=True)
     record_path(out_path).unlink(missing_ok=True)  # until the new codes are in place, the shard is not done
     samples = iter_shard(in_path, [*maker.fields, "json"], decode=False)
+    upscaled = 0
     with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
         while chunk := [s for _, s in zip(range(batch_size), samples)]:
             batch = maker(chunk, np.arange(len(chunk)), 0)
+            upscaled += int(batch["upscaled"].sum())
             codes = model.encode(batch["image"].to(device)).to("cpu", torch.int32).numpy().astype(np.uint16)
             for sample, text, grid in zip(chunk, batch["txt"], codes):
                 writer.write({"__key__": sample["__key__"], "codes.npy": grid, "txt": text, "json": input_meta(sample)})
@@ -147,6 +150,16 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, 
         os.replace(written, out_path)
         atomic.write_json(record_path(out_path), made_by)
     shutil.rmtree(staging, ignore_errors=True)
+    return upscaled
+
+
+def say_upscaled(source: Path, upscaled: int, encoded: int, size: int) -> None:
+    """Say how many of the images encoded now were enlarged to the dVAE's input (a tar from elsewhere holds
+    thumbnails; the checks before the run refuse only a set whose index records one smaller size)."""
+    if upscaled:
+        print(f"[encode] {source}: {upscaled} of the {encoded} images encoded now were smaller than the dVAE's input "
+              f"({size} px) and upscaled to it, a blurry target; `megadalle index {source} min_side={size}` skips "
+              "them in tars from elsewhere", file=sys.stderr, flush=True)
 
 
 def warn_stale(out: Path, stale: list[str]) -> None:
@@ -187,8 +200,9 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     warn_stale(out, [info.name for info, _ in todo if (out / info.name).is_file()])
     total, done = sum(i.count for i, _ in mine), sum(i.count for i, _ in mine) - sum(i.count for i, _ in todo)
     with tqdm(total=total, initial=done, unit="img", desc=f"encode {source.root.name}", disable=rank != 0) as bar:
-        for info, path in todo:
-            encode_shard(model, path, out / info.name, fields, batch_size, made_by[info.name], bar)
+        upscaled = sum(encode_shard(model, path, out / info.name, fields, batch_size, made_by[info.name], bar)
+                       for info, path in todo)
+    say_upscaled(source.root, upscaled, total - done, model.cfg.image_size)
     if not all(shard_done(out / info.name, info.count, made_by[info.name]) for info, _ in shards):
         return None
     infos = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info, _ in shards]

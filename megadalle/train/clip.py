@@ -17,7 +17,7 @@ from megadalle.config import build, check, top_level
 from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP
-from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, caption_metrics, rank_batches,
+from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches,
                                   validation_data)
 
 if TYPE_CHECKING:
@@ -61,11 +61,11 @@ class ClipTask(ShardsTask):
         tok = self.tokenizer()
         for batch in stream:
             text, cut = tok.encode_batch_cut(batch["caption"], self.cfg.text_len)
-            yield {"image": batch["image"], "text": text, "text_cut": cut}
+            yield {"image": batch["image"], "upscaled": batch["upscaled"], "text": text, "text_cut": cut}
 
     def loss(self, model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, metrics = model.loss(batch["image"], batch["text"])
-        return loss, {**metrics, **caption_metrics(batch)}
+        return loss, {**metrics, **loader_metrics(batch)}
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec("clip", self.cfg)

@@ -1,7 +1,7 @@
 """Rank 0's plain-text record: a progress line every `log_every` updates and every update's
 metrics appended to `<run>/metrics.jsonl` (what tests and people compare between runs; a resumed
 run appends, so the last line for a step wins). Data problems that raise no error (captions cut
-to text_len) are said once, at the first update that shows them.
+to text_len, images upscaled to the model's input) are said once, at the first update that shows them.
 
 A line the disk does not take (full, over quota) is taken back whole and raised as one line
 (`disk_full.RunFileError`): a half line would end the file the resumed run appends to. The file is
@@ -21,6 +21,9 @@ from megadalle.train.disk_full import one_line
 WARNINGS = {
     "captions_cut": "{value:.1%} of this update's captions are longer than text_len and lose their last tokens "
                     "(metric captions_cut; `megadalle tokenizer` prints the captions' lengths in tokens)",
+    "images_upscaled": "{value:.1%} of this update's images are smaller than the model's input and enlarged to it, a "
+                       "blurry target (metric images_upscaled); `megadalle index DIR min_side=<input size>` skips "
+                       "them in tars from elsewhere",
 }
 """Metrics that should stay 0: a warning at the first update where one is not."""
 

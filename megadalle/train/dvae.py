@@ -23,7 +23,7 @@ from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
-from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, rank_batches, validation_data
+from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches, validation_data
 
 if TYPE_CHECKING:
     from megadalle.train.loop import Result
@@ -142,7 +142,7 @@ class DVAETask(ShardsTask):
             raise ValueError("DVAETask built without a data config cannot produce batches")
         for batch in rank_batches(self.data, part, self.seed, start_step, self.shard_index,
                                   image_size=self.cfg.image_size):
-            yield {"image": batch["image"]}
+            yield {"image": batch["image"], "upscaled": batch["upscaled"]}
 
     def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
         val = validation_data(self.data)
@@ -156,7 +156,7 @@ class DVAETask(ShardsTask):
         if self.revival is not None:
             self.revival.observe(codes)
         self._last_images = batch["image"][: self.preview].detach()
-        return loss, metrics
+        return loss, {**metrics, **loader_metrics(batch)}
 
     def after_update(self, model: DVAE, editor: ParamEditor, step: int) -> dict[str, float]:
         if self.revival is None:

@@ -7,7 +7,7 @@ accumulation boundary); a PipelineEngine takes the whole update in `train_batch`
 micro-batches from the same iterator on the first and last stage (the totals travel with the
 labels; a middle stage reads no data, and the first and last stages each sum over their own
 data-parallel group, which reads the same micro-batches). The pipeline's loss sees only
-(inputs, labels), so what a task reports from the batch itself (`caption_metrics`) is counted as
+(inputs, labels), so what a task reports from the batch itself (`loader_metrics`) is counted as
 the micro-batches pass through that iterator, and averaged over the stage's data-parallel ranks.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from megadalle.train.engine import Built
 from megadalle.train.step_totals import with_step_totals
-from megadalle.train.task import Batch, DataPart, Task, caption_metrics
+from megadalle.train.task import Batch, DataPart, Task, loader_metrics
 
 
 def to_device(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -54,7 +54,7 @@ class StepRunner:
     def _pipe_micro_batches(self) -> Iterator[Any]:
         while True:
             for batch in self._update_batches():
-                self.pipe_metrics.append(caption_metrics(batch))
+                self.pipe_metrics.append(loader_metrics(batch))
                 yield to_device(self.built.pipeline.split(batch), self.built.device, self.built.dtype)
 
     def _update_batches(self) -> list[Batch]:

@@ -273,10 +273,12 @@ def rank_batches(data, part: DataPart, seed: int, start_step: int, index: ShardI
                               grad_accum=part.grad_accum, index=index, **shape).iter_from_step(start_step)
 
 
-def caption_metrics(batch: Batch) -> dict[str, float]:
-    """`captions_cut`: the share of a micro-batch's captions longer than text_len (loaders cut them to fit).
+def loader_metrics(batch: Batch) -> dict[str, float]:
+    """What the loaders did to a micro-batch without any error, as shares of it: `captions_cut`, the captions longer
+    than text_len (cut to fit: their last words are lost), and `images_upscaled`, the images whose short side was
+    below the model's input (enlarged: a blurry target; tars from elsewhere hold thumbnails).
 
-    Averaged like the loss, it is the share of each update's captions; the console warns at its first
-    non-zero value, since a cut drops a caption's last words without any error."""
-    cut = batch.get("text_cut")
-    return {} if cut is None else {"captions_cut": float(cut.float().mean())}
+    Averaged like the loss, each is the share of each update's captions or images; the console warns at its first
+    non-zero value."""
+    shares = {"captions_cut": batch.get("text_cut"), "images_upscaled": batch.get("upscaled")}
+    return {name: float(flags.float().mean()) for name, flags in shares.items() if flags is not None}

@@ -30,7 +30,7 @@ from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss, text_targets
 from megadalle.train.sample_grid import SampleGrid
 from megadalle.train.step_totals import per_micro_batch, step_total
-from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, ShardsTask, caption_metrics,
+from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, ShardsTask, loader_metrics,
                                   rank_batches, validation_data)
 
 FACTORY = "megadalle.train.transformer:task_from_config"
@@ -79,7 +79,7 @@ class TransformerTask(ShardsTask):
 
     def loss(self, model: Transformer, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = model.loss(batch["text"], batch["image"], per_micro_batch(step_total(batch, TEXT_TARGETS)))
-        return loss, {**{name: float(value) for name, value in parts.items()}, **caption_metrics(batch)}
+        return loss, {**{name: float(value) for name, value in parts.items()}, **loader_metrics(batch)}
 
     def media(self, model: Transformer, step: int) -> dict[str, Any]:
         return {} if self.grid is None else {"samples": self.grid(model)}

@@ -199,3 +199,25 @@ def test_an_output_where_a_file_stands_is_refused_before_any_image_is_encoded(tm
     assert err.startswith(f"megadalle encode: output={output}: ") and len(err.splitlines()) == 1
     assert ("a file; give a folder" if not under else f"{tmp_path / 'notes.txt'} is a file, not a folder") in err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_encode_counts_the_images_it_upscales_from_tars_written_elsewhere(tmp_path, weights, capsys):
+    """A 16 px thumbnail in a tar from elsewhere is enlarged to the dVAE's 32 px without an error: encode says how
+    many it upscaled, and the `megadalle index min_side=` that skips them; then it encodes the rest only."""
+    import webdataset as wds
+
+    from .conftest import png, rectangles
+
+    (tmp_path / "tars").mkdir()
+    with wds.TarWriter(str(tmp_path / "tars" / "00000.tar")) as sink:
+        for i, image in enumerate([*rectangles(3, 32), *rectangles(1, 16, seed=1)]):
+            sink.write({"__key__": f"k{i}", "png": png(image), "txt": f"picture {i}"})
+    argv = ["encode", f"dvae_weights={weights}", f"input={tmp_path / 'tars'}", f"output={tmp_path / 'tok'}",
+            "device=cpu"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"[encode] {tmp_path / 'tars'}: 1 of the 4 images encoded now were smaller than the dVAE's input (32 px) " \
+           f"and upscaled to it, a blurry target; `megadalle index {tmp_path / 'tars'} min_side=32` skips them" in err
+    assert main(["index", str(tmp_path / "tars"), "num_workers=0", "min_side=32"]) == 0
+    assert main(argv) == 0
+    assert "upscaled" not in capsys.readouterr().err and ShardIndex.load(tmp_path / "tok").total == 3

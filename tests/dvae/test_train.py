@@ -109,3 +109,24 @@ def test_train_dvae_refuses_a_folder_without_shards_before_training(tmp_path, ca
     assert main(["train-dvae", f"data.shards={tmp_path}", "dvae=tiny", f"run_dir={tmp_path / 'run'}"]) == 2
     assert f"data.shards={tmp_path}: " in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_dvae_counts_the_images_it_upscales_from_tars_written_elsewhere(tmp_path, capsys):
+    """A tar from elsewhere has no one image size to check before the run: a 16 px thumbnail among 32 px photos is
+    enlarged to the dVAE's input without an error, so every update logs the share (images_upscaled), said once."""
+    import webdataset as wds
+
+    from .conftest import png
+
+    (tmp_path / "tars").mkdir()
+    with wds.TarWriter(str(tmp_path / "tars" / "00000.tar")) as sink:
+        for i, image in enumerate([*rectangles(3, 32), *rectangles(1, 16, seed=1)]):
+            sink.write({"__key__": f"k{i}", "png": png(image), "txt": f"picture {i}"})
+    argv = ["train-dvae", f"data.shards={tmp_path / 'tars'}", "data.num_workers=0", "dvae=tiny", "dvae.n_hid=16",
+            "trainer=tiny", "trainer.steps=2", "trainer.micro_batch=4", "logger=none", f"run_dir={tmp_path / 'run'}"]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["images_upscaled"] for r in records] == [0.25, 0.25]
+    err = capsys.readouterr().err
+    assert err.count("of this update's images are smaller than the model's input") == 1
+    assert "warning: step 0: 25.0% of this update's images" in err and "min_side=<input size>" in err

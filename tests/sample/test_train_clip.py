@@ -51,3 +51,11 @@ def test_zero3_validates_and_the_exported_weights_are_the_ema(tmp_path):
     raw = load_model(tmp_path / "run", "clip").state_dict()
     assert all(exported[name].equal(t) for name, t in ema.items())
     assert any(not exported[name].equal(t) for name, t in raw.items())
+
+
+def test_train_clip_counts_the_images_it_upscales(tmp_path):
+    """Images below CLIP's input are enlarged without an error (the checks before a run refuse a prepared set that
+    says so, not tars from elsewhere of mixed sizes): every update logs their share, images_upscaled."""
+    train_clip(clip_config(tmp_path, "clip.image_size=32", "trainer.steps=2", "trainer.log_every=1"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["images_upscaled"] for r in records] == [1.0, 1.0]
