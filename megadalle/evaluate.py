@@ -139,17 +139,23 @@ def check_fidelity_inputs(cfg: EvaluateConfig, captions: int) -> None:
 
 
 def real_features(shards: str, image_size: int, limit: int, extract: Extractor, batch_size: int) -> torch.Tensor:
-    """Features of the first `limit` images of image shards, resized as the dVAE's images are."""
+    """Features of the first `limit` images of image shards, resized as the dVAE's images are; says how many were
+    upscaled (blurry references make FID and KID of sharp samples worse)."""
     from megadalle.data.loader import image_loader
 
     loader = image_loader(shards, batch_size, image_size, shuffle=False, epochs=1, rank=0, world_size=1)
-    feats, count = [], 0
+    feats, count, upscaled = [], 0, 0
     for batch in tqdm(loader, desc="real images", unit=" batch", leave=False):
         images = batch["image"][: limit - count]
         feats.append(extract(images).float().cpu())
+        upscaled += int(batch["upscaled"][: len(images)].sum())
         count += len(images)
         if count >= limit:
             break
+    if upscaled:
+        print(f"[evaluate] {shards}: {upscaled} of the {count} real images were smaller than the dVAE's input "
+              f"({image_size} px) and upscaled to it, blurry references for FID and KID; `megadalle index {shards} "
+              f"min_side={image_size}` skips them in tars from elsewhere", file=sys.stderr)
     return torch.cat(feats)
 
 

@@ -323,3 +323,20 @@ def test_device_and_clip_model_are_checked_as_generate_checks_them(models, tmp_p
     assert "device='bogus': expected auto, cpu, cuda or cuda:N" in err
     with pytest.raises(ConfigError, match="clip_model='nope': expected megadalle or open_clip:<arch>"):
         EvaluateConfig(weights="w", captions=str(captions), clip_model="nope", fid=False).validate()
+
+
+def test_real_images_smaller_than_the_dvae_input_are_counted(tmp_path, capsys):
+    """Thumbnails in real image tars from elsewhere are upscaled into blurry references: evaluate says how many."""
+    import webdataset as wds
+
+    from tests.data.conftest import jpeg_bytes
+
+    (tmp_path / "real").mkdir()
+    with wds.TarWriter(str(tmp_path / "real" / "00000.tar")) as sink:
+        for i, size in enumerate([(32, 32), (16, 16), (40, 32), (20, 24)]):
+            sink.write({"__key__": f"r{i}", "jpg": jpeg_bytes(size, i), "txt": f"real {i}"})
+    assert real_features(str(tmp_path / "real"), 32, 3, RandomFeatures(), 2).shape[0] == 3
+    assert f"[evaluate] {tmp_path / 'real'}: 1 of the 3 real images were smaller than the dVAE's input (32 px) and " \
+           "upscaled to it" in capsys.readouterr().err
+    real_features(str(tmp_path / "real"), 16, 4, RandomFeatures(), 2)
+    assert "upscaled" not in capsys.readouterr().err
