@@ -70,7 +70,7 @@ def _shard_results(paths: list[Path], options: dict[str, Any], num_workers: int,
     lost: the pool's results never come) but not this process, which waited for them forever."""
     if not paths:  # every tar unchanged (some removed): a pool of no worker is an error
         return
-    work, root = partial(index_shard, **{**options, "require": tuple(options["require"])}), paths[0].parent
+    work, root = partial(index_shard, **options), paths[0].parent
     with tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress) as bar:
         if num_workers == 0:
             for path in paths:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class ShardResult:
         return TarFindings.read(self.name, len(self.spans), self.fields, self.image_sizes, self.skipped, self.warnings)
 
 
-def index_shard(path: Path, require: tuple[str, ...], require_media: bool, decode: bool = True,
+def index_shard(path: Path, require: Sequence[str], require_media: bool, decode: bool = True,
                 min_side: int = 0) -> ShardResult:
     """Walk one tar, checking every sample (runs in a worker process)."""
     spans, fields, skipped, warnings, sizes, seen = [], set(), [], [], set(), set()
