@@ -152,9 +152,9 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     summary.skipped = dict(sorted(Counter(b["reason"] for b in summary.bad).items()))
     summary.warned = dict(sorted(Counter(w["reason"] for w in summary.warnings).items()))
     if "too_small" in summary.skipped:
-        summary.notes["too_small"] = (f"short side below min_side={min_side}; set a lower min_side (0 keeps every size) "
-                                      "to keep them (the loaders upscale them to the model's input, which adds no "
-                                      "detail)")
+        summary.notes["too_small"] = (f"short side below min_side={min_side}; set a lower min_side (0 keeps every "
+                                      "size) to keep them (the loaders upscale them to the model's input, which adds "
+                                      "no detail)")
     summary.seconds = time.perf_counter() - start
     atomic.write_json(summary.report, {"root": str(root), "kept": summary.kept, "shards": summary.shards,
                                        "skipped": summary.skipped, "notes": summary.notes, "bad": summary.bad,

@@ -4,8 +4,8 @@ Images are decoded fully, json, txt and npy fields too; pickles and unknown fiel
 whose image, caption or codes fail, that lacks a required field or holds only blank caption lines is
 skipped with a reason, as `prepare` skips bad inputs; so is one whose image's short side is below `min_side` (a
 thumbnail the loaders would upscale to a blurry target; 0, the default, keeps every size). Metadata that fails
-(a string `.id`, a cut `.json`) is the input's business: a warning, and the sample is kept (`prepare` and `encode`, which copy the json,
-leave it out).
+(a string `.id`, a cut `.json`) is the input's business: a warning, and the sample is kept (`prepare` and
+`encode`, which copy the json, leave it out).
 """
 from __future__ import annotations
 
