@@ -30,9 +30,10 @@ import torch
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
 from megadalle.data import atomic
 from megadalle.errors import UserError
-from megadalle.train import (checkpoint, cpu_malloc, disk_full, distributed, engine as engine_lib, media, rng, rundir,
-                             schedule, universal)
+from megadalle.train import (checkpoint_choice, checkpoint_load, checkpoint_save, cpu_malloc, disk_full, distributed,
+                             engine as engine_lib, media, rng, rundir, schedule, universal)
 from megadalle.train.callbacks import Callback, RunInfo, end_all
+from megadalle.train.checkpoint import CheckpointError, one_line
 from megadalle.train.console import Console
 from megadalle.train.ema import EMA
 from megadalle.train.lineage import Lineage
@@ -131,7 +132,7 @@ def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str 
     for key in (key for key in differs if not (new_data and key in NEW_DATA_KEYS)):
         way_out = ("; to continue this run on the data as it is now (a folder that has grown), add new_data=true"
                    if key in NEW_DATA_KEYS else "")
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"cannot resume {checkpoint_path}: it was trained with data {key}={saved.get(key)!r}, this run has "
             f"{key}={current.get(key)!r}; an exact resume needs the same data, seed and global batch{way_out}")
 
@@ -254,23 +255,24 @@ class Trainer:
         any collective (its timeout would end them during a long conversion; see universal.py)."""
         chosen, conversion, error, failure = None, False, None, None
         self.next_save = Lineage()
-        """The lineage of this run's next checkpoint (checkpoint.choose, then each save's); rank 0's is recorded."""
+        """The lineage of this run's next checkpoint (checkpoint_choice.choose, then each save's); rank 0's is
+        recorded."""
         if self.env.rank == 0:
             try:
-                found, self.next_save = checkpoint.choose(run.resume, self.ckpt_root)
+                found, self.next_save = checkpoint_choice.choose(run.resume, self.ckpt_root)
                 conversion = found is not None and universal.needs_conversion(Layout.saved(found), self.layout, found)
                 if conversion:
                     universal.clear_stale(found, owned=found.resolve().is_relative_to(self.run_dir))
                 chosen = str(found) if found else None
-            except checkpoint.CheckpointError as err:
+            except CheckpointError as err:
                 error = str(err)
             except Exception as err:  # a bug: rank 0 keeps its traceback, the others stop with its first line
-                failure, error = err, f"rank 0 failed to choose the checkpoint: {checkpoint.one_line(err)}"
+                failure, error = err, f"rank 0 failed to choose the checkpoint: {one_line(err)}"
         chosen, conversion, error = distributed.broadcast_object((chosen, conversion, error))
         if failure is not None:
             raise failure
         if error is not None:  # every rank stops with the same one-line reason, none waits forever
-            raise checkpoint.CheckpointError(error)
+            raise CheckpointError(error)
         if chosen is None:
             return None, None
         if not conversion:
@@ -287,7 +289,7 @@ class Trainer:
         rng.seed_all(run.seed + 1 + self.env.rank)
         if chosen is None:
             return {}
-        state = checkpoint.load(self.built.engine, chosen, self.env.rank, self.ema, universal_dir)
+        state = checkpoint_load.load(self.built.engine, chosen, self.env.rank, self.ema, universal_dir)
         if universal_dir is not None and self.layout.zero_stage == 3:
             universal.repair_zero3_optimizer(self.built.engine.optimizer, universal_dir)
         check_data_identity(state.get("data_identity"), self.data_identity, chosen, run.new_data, self.env.rank)
@@ -320,8 +322,9 @@ class Trainer:
                 stopped = self._stopping(stop)
                 periodic = self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0
                 if stopped or periodic or self.step == self.cfg.steps:
-                    self.next_save = checkpoint.save(self.built.engine, self.ckpt_root, self.step, self.client_state(),
-                                                     self.env.rank, self.next_save, self.ema, self.cfg.keep_checkpoints)
+                    self.next_save = checkpoint_save.save(self.built.engine, self.ckpt_root, self.step,
+                                                          self.client_state(), self.env.rank, self.next_save, self.ema,
+                                                          self.cfg.keep_checkpoints)
             if stopped:
                 print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}", flush=True)
             failing = False

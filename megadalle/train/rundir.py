@@ -181,14 +181,15 @@ def resume_step(path: Path, resume: str) -> int | None:
     """The step a rerun into run directory `path` resumes from (`resume` as the run reads it), or None: a fresh
     start, or a checkpoint the run itself will refuse with a reason. Quietly: the run says, when it resumes,
     which checkpoint it falls back to."""
-    from megadalle.train import checkpoint
+    from megadalle.train.checkpoint import TAG, CheckpointError
+    from megadalle.train.checkpoint_choice import resolve
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            found = checkpoint.resolve(resume, path / "checkpoints")
-    except checkpoint.CheckpointError:
+            found = resolve(resume, path / "checkpoints")
+    except CheckpointError:
         return None
-    match = checkpoint.TAG.match(found.name) if found is not None else None
+    match = TAG.match(found.name) if found is not None else None
     return int(match[1]) if match else None
 
 
