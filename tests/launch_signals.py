@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from megadalle.train.checkpoint import damage
+from megadalle.train.checkpoint_damage import damage
 from megadalle.train.signals import LATE_COPIES, STOPPED_EXIT
 
 

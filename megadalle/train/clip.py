@@ -21,7 +21,7 @@ from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, loade
                                   validation_data)
 
 if TYPE_CHECKING:
-    from megadalle.train.loop import Result
+    from megadalle.train.result import Result
 
 FACTORY = "megadalle.train.clip:task_from_config"
 

@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from megadalle.models.vocab_tables import whole_tables
-from megadalle.train.checkpoint import CheckpointError, complete_tags, damage, find_resumable
+from megadalle.train.checkpoint import CheckpointError
+from megadalle.train.checkpoint_choice import find_resumable
+from megadalle.train.checkpoint_damage import complete_tags, damage
 from megadalle.train.ema import EmaPieces
 from megadalle.train.mapped import streamed, verified
 from megadalle.train.task import Task

@@ -1,7 +1,7 @@
 """A run's own files (run.json, metrics.jsonl, media) that the disk does not take: one line, not a traceback.
 
 A full disk, a quota, a file system remounted read-only or a file-size limit (`ulimit -f`) is the user's to fix,
-like a checkpoint that cannot be saved (`checkpoint.on_every_rank`): the run stops on every rank with a line that
+like a checkpoint that cannot be saved (`checkpoint_save.on_every_rank`): the run stops on every rank with a line that
 names the file and the cause (exit 2). Rank 0 alone writes these files, so its failure is shared (`stop_every_rank`):
 a rank that left alone would leave the others waiting in the next collective until its timeout.
 """

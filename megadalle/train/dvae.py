@@ -26,7 +26,7 @@ from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches, validation_data
 
 if TYPE_CHECKING:
-    from megadalle.train.loop import Result
+    from megadalle.train.result import Result
 
 FACTORY = "megadalle.train.dvae:task_from_config"
 

@@ -1,6 +1,6 @@
 """Lineage: the checkpoint each checkpoint continues, and the ones its history resumed from by name.
 
-Every manifest records both (checkpoint.py writes them). `parent` tells a save stopped between its manifest and
+Every manifest records both (checkpoint_save.py writes them). `parent` tells a save stopped between its manifest and
 `latest` from a leftover: the newer complete checkpoint continues the one `latest` names. `resumed_from` makes
 `resume=<step dir>` safe to repeat: Slurm requeues the same command line, and a run that already went back to
 that checkpoint once and trained past it continues from its newest checkpoint instead of going back again.

@@ -6,7 +6,8 @@
 arrives (then it stops after the save). A stop signal during the start-up stops every rank at the
 start-up's next stage, before the first update, with nothing to save (`Trainer._stop_point`).
 The data position is the update index: batches come from `task.batches(start_step, part)`, so
-resuming needs no seeking.
+resuming needs no seeking (data_identity.py refuses a resume on other data). What the loop drives has
+modules of its own: choosing, saving and loading checkpoints (checkpoint*.py) and how a run ended (result.py).
 
 An update whose gradients are not finite is skipped by DeepSpeed's ZeRO optimizer (stages 1-3:
 no weight or schedule change) and counted in the logged `skipped_steps`; stage 0 has no such
@@ -23,21 +24,22 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
 from megadalle.data import atomic
-from megadalle.errors import UserError
-from megadalle.train import (checkpoint, cpu_malloc, disk_full, distributed, engine as engine_lib, media, rng, rundir,
-                             schedule, universal)
+from megadalle.train import (checkpoint_choice, checkpoint_load, checkpoint_save, cpu_malloc, disk_full, distributed,
+                             engine as engine_lib, media, rng, rundir, schedule, universal)
 from megadalle.train.callbacks import Callback, RunInfo, end_all
+from megadalle.train.checkpoint import CheckpointError, one_line
 from megadalle.train.console import Console
+from megadalle.train.data_identity import check_data_identity, check_same_data
 from megadalle.train.ema import EMA
 from megadalle.train.lineage import Lineage
 from megadalle.train.param_edit import ParamEditor
-from megadalle.train.signals import StopFlag, exit_status, forget_late_copies, run_flag
+from megadalle.train.result import Result, StoppedBeforeFirstUpdate
+from megadalle.train.signals import StopFlag, forget_late_copies, run_flag
 from megadalle.train.speed import Speed
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import DataPart, Task
@@ -65,92 +67,6 @@ class RunOptions:
     the sha256 of its tokenizer, `rundir.digests`)."""
     task_factory: str | None = None
     """`module:function` that rebuilds the task from `config` (used by export)."""
-
-
-@dataclass
-class Result:
-    run_dir: Path
-    step: int | None
-    """Updates completed; None when a signal stopped the run before it had loaded its checkpoint."""
-    stopped_by_signal: bool
-    losses: list[float]
-    """This process's losses of the updates it ran (global means)."""
-    rank: int = 0
-    engine: Any = None
-    """The DeepSpeed engine, still live (e.g. to evaluate the trained model; ZeRO-3 needs it for gathering); None
-    after a stop before the first update."""
-    model: Any = None
-    """The task's plain model (its parameters are the engine's; under pipelines only this stage's are trained)."""
-
-    @property
-    def stopped_before_first_update(self) -> bool:
-        """A signal stopped the start-up: nothing was trained or saved (a stop in the loop comes after an update)."""
-        return self.stopped_by_signal and not self.losses
-
-    def report(self, verb: str) -> None:
-        """A training verb's last line, on rank 0: how the run ended and where it lives."""
-        if self.rank != 0:
-            return
-        if self.stopped_before_first_update:
-            how = "stopped by signal before its first update, nothing to save: rerunning resumes from the last checkpoint"
-        else:
-            how = f"{'stopped by signal' if self.stopped_by_signal else 'finished'} at step {self.step}"
-        print(f"[{verb}] {how}; run directory {self.run_dir}", flush=True)
-
-    def exit_status(self, steps: int) -> int:
-        """A training verb's exit status for a run of `steps` updates (signals.exit_status)."""
-        return exit_status(self.stopped_by_signal, self.step, steps)
-
-
-class StoppedBeforeFirstUpdate(Exception):
-    """A stop signal reached a rank during the start-up: every rank leaves it together (`Trainer._stop_point`)."""
-
-    def __init__(self, run_dir: Path, step: int | None, rank: int):
-        super().__init__(f"stopped by signal before the first update (rank {rank})")
-        self.result = Result(run_dir, step, True, [], rank)
-
-
-NEW_DATA_KEYS = ("fingerprint",)
-"""The identity keys `new_data=true` lets differ: what the data is. Its order's seed, shuffling and the global
-batch stay the run's (config keys a rerun may not change anyway)."""
-
-
-def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str | None, new_data: bool = False,
-                        rank: int = 0) -> None:
-    """Refuse to resume on data whose order differs from the checkpoint's (see Task.data_identity), unless the
-    data alone differs and the run asked to go on with it (`new_data`): a folder img2dataset was still filling
-    left no way to continue the run on it but starting again."""
-    if not saved:
-        return
-    differs = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
-    if new_data and differs and all(key in NEW_DATA_KEYS for key in differs):
-        if rank == 0:
-            print(f"[train] resuming {checkpoint_path} on other data (new_data=true): from here the run reads the "
-                  "data as it is now, in a new order (some samples repeat, others come later)", flush=True)
-        return
-    for key in (key for key in differs if not (new_data and key in NEW_DATA_KEYS)):
-        way_out = ("; to continue this run on the data as it is now (a folder that has grown), add new_data=true"
-                   if key in NEW_DATA_KEYS else "")
-        raise checkpoint.CheckpointError(
-            f"cannot resume {checkpoint_path}: it was trained with data {key}={saved.get(key)!r}, this run has "
-            f"{key}={current.get(key)!r}; an exact resume needs the same data, seed and global batch{way_out}")
-
-
-class DataDisagreement(UserError, RuntimeError):
-    """Ranks of one run that read different data sets."""
-
-
-def check_same_data(identity: dict) -> None:
-    """Stop every rank when one reads other data than rank 0: each opens the shard index itself, and a folder that
-    changes while the run starts (img2dataset still writing) is indexed again between two ranks' opens, so they
-    would train on different data sets and orders, each believing its own."""
-    reference = distributed.broadcast_object(identity)
-    differs = sorted(key for key in set(reference) | set(identity) if reference.get(key) != identity.get(key))
-    error = distributed.first_error(
-        f"reads other data than rank 0 ({', '.join(differs)}: not the same): the shards changed while the run started; "
-        "let them settle (or run megadalle index on them) and start again" if differs else None)
-    if error:
-        raise DataDisagreement(error)
 
 
 class Trainer:
@@ -254,23 +170,24 @@ class Trainer:
         any collective (its timeout would end them during a long conversion; see universal.py)."""
         chosen, conversion, error, failure = None, False, None, None
         self.next_save = Lineage()
-        """The lineage of this run's next checkpoint (checkpoint.choose, then each save's); rank 0's is recorded."""
+        """The lineage of this run's next checkpoint (checkpoint_choice.choose, then each save's); rank 0's is
+        recorded."""
         if self.env.rank == 0:
             try:
-                found, self.next_save = checkpoint.choose(run.resume, self.ckpt_root)
+                found, self.next_save = checkpoint_choice.choose(run.resume, self.ckpt_root)
                 conversion = found is not None and universal.needs_conversion(Layout.saved(found), self.layout, found)
                 if conversion:
                     universal.clear_stale(found, owned=found.resolve().is_relative_to(self.run_dir))
                 chosen = str(found) if found else None
-            except checkpoint.CheckpointError as err:
+            except CheckpointError as err:
                 error = str(err)
             except Exception as err:  # a bug: rank 0 keeps its traceback, the others stop with its first line
-                failure, error = err, f"rank 0 failed to choose the checkpoint: {checkpoint.one_line(err)}"
+                failure, error = err, f"rank 0 failed to choose the checkpoint: {one_line(err)}"
         chosen, conversion, error = distributed.broadcast_object((chosen, conversion, error))
         if failure is not None:
             raise failure
         if error is not None:  # every rank stops with the same one-line reason, none waits forever
-            raise checkpoint.CheckpointError(error)
+            raise CheckpointError(error)
         if chosen is None:
             return None, None
         if not conversion:
@@ -287,7 +204,7 @@ class Trainer:
         rng.seed_all(run.seed + 1 + self.env.rank)
         if chosen is None:
             return {}
-        state = checkpoint.load(self.built.engine, chosen, self.env.rank, self.ema, universal_dir)
+        state = checkpoint_load.load(self.built.engine, chosen, self.env.rank, self.ema, universal_dir)
         if universal_dir is not None and self.layout.zero_stage == 3:
             universal.repair_zero3_optimizer(self.built.engine.optimizer, universal_dir)
         check_data_identity(state.get("data_identity"), self.data_identity, chosen, run.new_data, self.env.rank)
@@ -320,8 +237,9 @@ class Trainer:
                 stopped = self._stopping(stop)
                 periodic = self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0
                 if stopped or periodic or self.step == self.cfg.steps:
-                    self.next_save = checkpoint.save(self.built.engine, self.ckpt_root, self.step, self.client_state(),
-                                                     self.env.rank, self.next_save, self.ema, self.cfg.keep_checkpoints)
+                    self.next_save = checkpoint_save.save(self.built.engine, self.ckpt_root, self.step,
+                                                          self.client_state(), self.env.rank, self.next_save, self.ema,
+                                                          self.cfg.keep_checkpoints)
             if stopped:
                 print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}", flush=True)
             failing = False

@@ -11,6 +11,11 @@ import numpy as np
 import torch
 
 
+def file_name(rank: int) -> str:
+    """Rank `rank`'s generator states in a checkpoint directory."""
+    return f"rng_rank{rank:05d}.pt"
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -14,7 +14,7 @@ changing the maths (micro_batch/grad_accum at the same global batch, which the c
 identity check guards; loader workers; activation checkpointing; the attention backend).
 The data may move (`data.shards`: a copy on node-local disk per job): the checkpoint's data identity,
 a fingerprint of the shards' names, counts and sizes, refuses a resume on other data whatever its path
-(train/loop.py check_data_identity). The tokenizer (DIGEST_KEYS) is compared by content: run.json records
+(train/data_identity.py check_data_identity). The tokenizer (DIGEST_KEYS) is compared by content: run.json records
 its sha256, so a copy elsewhere resumes and one retrained in place (same path, other ids) is refused. A
 run.json without digests (written before them) compares the tokenizer by path: `out/tok.model`,
 `./out/tok.model` and its absolute path are one value there (`same_path`), another path is refused, as
@@ -181,14 +181,15 @@ def resume_step(path: Path, resume: str) -> int | None:
     """The step a rerun into run directory `path` resumes from (`resume` as the run reads it), or None: a fresh
     start, or a checkpoint the run itself will refuse with a reason. Quietly: the run says, when it resumes,
     which checkpoint it falls back to."""
-    from megadalle.train import checkpoint
+    from megadalle.train.checkpoint import TAG, CheckpointError
+    from megadalle.train.checkpoint_choice import resolve
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            found = checkpoint.resolve(resume, path / "checkpoints")
-    except checkpoint.CheckpointError:
+            found = resolve(resume, path / "checkpoints")
+    except CheckpointError:
         return None
-    match = checkpoint.TAG.match(found.name) if found is not None else None
+    match = TAG.match(found.name) if found is not None else None
     return int(match[1]) if match else None
 
 

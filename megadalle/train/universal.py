@@ -42,7 +42,8 @@ import torch
 
 from megadalle.config.train import DeepSpeedConfig
 from megadalle.processes import owner_gone, owner_tag
-from megadalle.train.checkpoint import MANIFEST, CheckpointError, atomic_write, one_line
+from megadalle.train.checkpoint import MANIFEST, CheckpointError, one_line
+from megadalle.train.durable import atomic_write
 from megadalle.train.mapped import deepspeed_optimizer_globals, mapped
 
 FOLDER = "universal"

@@ -2,7 +2,7 @@
 
 A torch `.pt` file is a zip archive whose records each carry the CRC-32 of their bytes, but torch.load never
 checks them: a block zeroed or overwritten inside a file (a bad sector, a copy gone wrong, bit rot) loads as
-silently wrong tensors, and checkpoint.damage(), which judges a file by its size and its ends, cannot see it.
+silently wrong tensors, and checkpoint_damage.damage(), which judges a file by its size and its ends, cannot see it.
 Training would not tell either: under ZeRO 1-2 the fp32 masters overwrite the module weights at resume, so a
 damaged `mp_rank_00_model_states.pt` goes unnoticed until an export writes its weights out.
 

@@ -28,7 +28,7 @@ def test_the_same_path_written_differently_resumes(tmp_path, monkeypatch, now):
 
 def test_another_tokenizer_path_without_a_digest_or_a_non_path_value_still_differs(tmp_path, monkeypatch):
     """A run.json from before the digests says nothing of the tokenizer's content: another path is another
-    tokenizer. The shards may move: the checkpoint's fingerprint of them refuses other data (loop.py)."""
+    tokenizer. The shards may move: the checkpoint's fingerprint of them refuses other data (data_identity.py)."""
     monkeypatch.chdir(tmp_path)
     run = saved_run(tmp_path, {"data": {"shards": "out/shards", "tokenizer": "out/tok.model"},
                                "model": {"attention_backend_x": "a/"}})
@@ -124,7 +124,7 @@ def test_new_data_true_goes_on_with_data_that_changed(train_overrides, token_dat
 def test_new_data_lets_only_the_data_itself_differ():
     """The order's seed, shuffling and global batch stay the run's: new_data=true is about what the data is."""
     from megadalle.train.checkpoint import CheckpointError
-    from megadalle.train.loop import check_data_identity
+    from megadalle.train.data_identity import check_data_identity
 
     saved = {"fingerprint": "a", "seed": 0, "shuffle": True, "global_batch": 8}
     check_data_identity(saved, {**saved, "fingerprint": "b"}, "step_2", new_data=True)

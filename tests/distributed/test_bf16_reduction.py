@@ -10,7 +10,7 @@ import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-from megadalle.train.checkpoint import find_resumable
+from megadalle.train.checkpoint_choice import find_resumable
 from megadalle.train.consolidate import export
 from megadalle.train.zero_masters import zero_masters
 from megadalle.weights import load_weights

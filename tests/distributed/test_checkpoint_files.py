@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from megadalle.train import checkpoint
-from megadalle.train.checkpoint import CheckpointError, choose, damage, find_resumable, load, prune, resolve, save
+from megadalle.train.checkpoint import CheckpointError
+from megadalle.train.checkpoint_choice import choose, find_resumable, resolve
+from megadalle.train.checkpoint_damage import damage, unreadable
+from megadalle.train.checkpoint_load import load
+from megadalle.train.checkpoint_save import prune, save
+from megadalle.train.durable import atomic_write
 from megadalle.train.lineage import Lineage
 
 
@@ -32,7 +36,8 @@ def names(root):
 
 
 class FakeEngine:
-    """DeepSpeed's save and load as far as checkpoint.save and load see them: one torch file per tag directory."""
+    """DeepSpeed's save and load as far as checkpoint_save.save and checkpoint_load.load see them: one torch file
+    per tag directory."""
 
     lr_scheduler = None
 
@@ -221,9 +226,9 @@ def test_a_zeroed_file_of_the_right_size_is_damage(tmp_path, capsys):
     assert "model.pt is not a readable torch file (zeroed or overwritten)" in capsys.readouterr().err
     legacy = newest / "legacy.pt"
     torch.save({"a": 1}, legacy, _use_new_zipfile_serialization=False)  # checkpoint_serialization: false
-    assert checkpoint.unreadable(legacy) is None
+    assert unreadable(legacy) is None
     (newest / "ema_rank00000.safetensors").write_bytes(bytes(64))
-    assert "ema_rank00000.safetensors is not a readable safetensors file" in checkpoint.unreadable(
+    assert "ema_rank00000.safetensors is not a readable safetensors file" in unreadable(
         newest / "ema_rank00000.safetensors")
 
 
@@ -275,7 +280,7 @@ def test_a_checkpoint_saved_but_not_yet_in_latest_is_resumed(tmp_path, capsys):
     run = Run(tmp_path)
     run.save(2)
     run.save(4)
-    checkpoint.atomic_write(tmp_path / "latest", "step_00000002")
+    atomic_write(tmp_path / "latest", "step_00000002")
     (tmp_path / ".latest.1-0123abcd.tmp").write_text("step_00000004")  # killed before its rename
     assert find_resumable(tmp_path) == "step_00000004"
     assert (f"{tmp_path / 'step_00000004'} is complete and continues step_00000002, which latest still names"
@@ -285,7 +290,7 @@ def test_a_checkpoint_saved_but_not_yet_in_latest_is_resumed(tmp_path, capsys):
     assert names(tmp_path) == ["latest", "step_00000002", "step_00000004", "step_00000006"]
     shutil.rmtree(tmp_path / "step_00000004")  # a leftover newer than `latest` that does not continue it
     run.save(4)
-    checkpoint.atomic_write(tmp_path / "latest", "step_00000002")
+    atomic_write(tmp_path / "latest", "step_00000002")
     capsys.readouterr()
     assert find_resumable(tmp_path) == "step_00000002"
 
@@ -363,12 +368,12 @@ def test_each_trainer_keeps_its_own_lineage(tmp_path):
 def test_a_failed_write_of_the_manifest_or_latest_leaves_no_temporary(tmp_path):
     """A full disk (here a file-size limit: EFBIG) while `latest` or a manifest is written: the old file stays as it
     was and no temporary is left behind for nobody to find."""
-    checkpoint.atomic_write(tmp_path / "latest", "step_00000002")
+    atomic_write(tmp_path / "latest", "step_00000002")
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 12, hard))
     try:
         with pytest.raises(OSError, match="File too large"):
-            checkpoint.atomic_write(tmp_path / "latest", "x" * (1 << 13))
+            atomic_write(tmp_path / "latest", "x" * (1 << 13))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert names(tmp_path) == ["latest"]

@@ -2,7 +2,7 @@
 take the newest checkpoint again when a run still training prunes the one they chose; zip_crc names the record.
 
 A block overwritten inside `mp_rank_00_model_states.pt` keeps the file's size and its zip directory, so the
-checkpoint still counts as complete (checkpoint.damage): only the zip records' CRC-32 tell (zip_crc.py). The
+checkpoint still counts as complete (checkpoint_damage.damage): only the zip records' CRC-32 tell (zip_crc.py). The
 pruning is made without timing races: the choice of the checkpoint is wrapped so that, once it is made, a newer
 checkpoint appears and the chosen one is deleted, as `trainer.keep_checkpoints=1` does.
 """

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from megadalle.train.checkpoint import damage
+from megadalle.train.checkpoint_damage import damage
 from megadalle.train.distributed import free_port
 from tests.launch_signals import stop_after_two_steps
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from megadalle.train import signals
-from megadalle.train.loop import Result
+from megadalle.train.result import Result
 from megadalle.train.signals import (LATE_COPIES, STOP_SIGNALS, STOPPED_EXIT, LateCopies, StopFlag, exit_status,
                                       forget_late_copies, ignore_late_copies, run_flag, taken_at_start)
 from tests.launch_signals import signal_once_taken, stop_after_two_steps

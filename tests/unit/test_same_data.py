@@ -12,8 +12,9 @@ from megadalle.config.dvae import DVAEConfig
 from megadalle.data import loader
 from megadalle.data.fields import encode_field
 from megadalle.data.shards import ShardIndex, index_directory, open_index
-from megadalle.train import distributed, loop
+from megadalle.train import distributed
 from megadalle.train.clip import ClipTask
+from megadalle.train.data_identity import DataDisagreement, check_same_data
 from megadalle.train.dvae import DVAETask
 from megadalle.train.task import DataPart
 from megadalle.train.transformer import TransformerTask, task_from_config
@@ -23,16 +24,16 @@ IDENTITY = {"fingerprint": "abc", "seed": 0, "global_batch": 8}
 
 def test_ranks_reading_the_same_data_go_on(monkeypatch):
     monkeypatch.setattr(distributed, "broadcast_object", lambda obj: dict(IDENTITY))
-    loop.check_same_data(dict(IDENTITY))
+    check_same_data(dict(IDENTITY))
 
 
 def test_a_rank_reading_other_data_than_rank_0_stops_the_run(monkeypatch):
     """Each rank opens the index itself: a shard folder that changed while the run started was indexed again
     between two ranks' opens, and they trained on different data sets, each believing its own."""
     monkeypatch.setattr(distributed, "broadcast_object", lambda obj: dict(IDENTITY))
-    with pytest.raises(loop.DataDisagreement, match=r"reads other data than rank 0 \(fingerprint: not the same\): the "
-                                                    r"shards changed while the run started"):
-        loop.check_same_data({**IDENTITY, "fingerprint": "abd"})
+    with pytest.raises(DataDisagreement, match=r"reads other data than rank 0 \(fingerprint: not the same\): the "
+                                               r"shards changed while the run started"):
+        check_same_data({**IDENTITY, "fingerprint": "abd"})
 
 
 def _token_tar(root, name, keys):

@@ -1,0 +1,144 @@
+"""Saving a checkpoint on every rank, and clearing away the ones a run no longer resumes from.
+
+The order of a save is what makes it safe: every rank writes its files, rank 0 fsyncs them (durable.py), then
+publishes the manifest and `latest` last, so a crash or a power loss at any point leaves either a complete
+checkpoint or a directory that resume skips (checkpoint_damage.py). Each stage is a collective step
+(`on_every_rank`): a failure on one rank (a full disk) stops every rank with the same line, and none waits at a
+barrier for one that has left. Before a save rank 0 makes room: it sets aside the checkpoints of an abandoned
+run and prunes beyond `trainer.keep_checkpoints`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from megadalle.train import distributed, ema as ema_lib, rng
+from megadalle.train.checkpoint import ABANDONED, LATEST, MANIFEST, CheckpointError, one_line, step_dirs, tag_of
+from megadalle.train.checkpoint_damage import complete_tags, damage
+from megadalle.train.distributed import barrier
+from megadalle.train.durable import atomic_write, fsync_dir, sync_tree
+from megadalle.train.lineage import Lineage
+
+
+def save(engine, root: Path, step: int, client_state: dict, rank: int, lineage: Lineage, ema=None,
+         keep: int = 0) -> Lineage:
+    """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints.
+    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too, and `lineage`
+    (checkpoint_choice.choose's, or the previous save's; only rank 0's counts). Returns the lineage of the next
+    save, whose parent is this one.
+
+    With `keep`, rank 0 prunes before the save as well (never the checkpoint the run continues): a run resumed
+    with a lower `trainer.keep_checkpoints` frees that disk space before it needs it, not after.
+
+    Every file is fsynced before the manifest is written, so a checkpoint that counts as complete survives a
+    power loss. A failure on any rank (a full disk) stops every rank with the same line, and the unfinished
+    directory is removed: no rank waits at a barrier for one that has left."""
+    tag = tag_of(step)
+    path = root / tag
+    on_every_rank(path, rank, partial(_make_room, root, tag, keep, lineage.parent) if rank == 0 else None,
+                  remove=False)
+    on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
+    on_every_rank(path, rank, partial(sync_tree, path) if rank == 0 else None)
+    on_every_rank(path, rank, partial(_publish, root, path, step, client_state, lineage) if rank == 0 else None)
+    if rank == 0 and keep:
+        prune(root, keep)
+    barrier()
+    return lineage.after(path)
+
+
+def _make_room(root: Path, tag: str, keep: int, parent: Path | None) -> None:
+    """Rank 0, before `tag` is written: the step directories at or after it go (set_aside), and with `keep`
+    those beyond the newest `keep` complete ones, sparing `parent`. So do the temporaries of `latest` a kill left
+    between their write and rename: only this run (it holds the run lock) writes them."""
+    for stale in root.glob(f".{LATEST}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    set_aside(root, tag)
+    if keep:
+        prune(root, keep, spare=parent)
+
+
+def _write(engine, path: Path, client_state: dict, rank: int, ema) -> None:
+    """This rank's files: DeepSpeed's, its generator states, its piece of the EMA."""
+    try:
+        engine.save_checkpoint(str(path.parent), tag=path.name, client_state=client_state, save_latest=False)
+    except (OSError, RuntimeError):
+        # DeepSpeed's save ends with a barrier, after its writes: the ranks whose writes went through wait
+        # there, and meet this one here before every rank learns of the failure (on_every_rank).
+        barrier()
+        raise
+    torch.save(rng.capture(), path / rng.file_name(rank))
+    if ema is not None:
+        ema.save(path / ema_lib.file_name(rank))
+
+
+def _publish(root: Path, path: Path, step: int, client_state: dict, lineage: Lineage) -> None:
+    """Rank 0, once every rank's files are on disk: the manifest, then `latest`. The checkpoint counts from here."""
+    fsync_dir(root)  # the step directory's own entry
+    files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
+             if f.is_file() and f.name != MANIFEST}
+    record = {"step": step, "layout": client_state.get("layout"), "files": files, **lineage.fields(root)}
+    atomic_write(path / MANIFEST, json.dumps(record, indent=1))
+    atomic_write(root / LATEST, path.name)
+
+
+def on_every_rank(path: Path, rank: int, action=None, remove: bool = True) -> None:
+    """Run this rank's part (`action`, if any) of saving `path`. When it failed on any rank, every rank raises
+    the first rank's error with its likely cause (torch says only `unexpected pos` when the disk is full),
+    after rank 0 removed the unfinished directory (`remove`) so that nothing there can pass for a checkpoint."""
+    error = None
+    try:
+        if action is not None:
+            action()
+    except (OSError, RuntimeError) as err:
+        error = one_line(err)
+    error = distributed.first_error(error)
+    if error is None:
+        return
+    if rank == 0 and remove:
+        shutil.rmtree(path, ignore_errors=True)
+    good = complete_tags(path.parent, before=path.name)
+    raise CheckpointError(f"cannot save the checkpoint {path} ({error}): is the disk full, over quota or past a "
+                          "file-size limit (ulimit -f)? " + ("The unfinished directory is removed; " if remove else "")
+                          + (f"{path.parent / good[-1]} is the newest good checkpoint" if good
+                             else "no checkpoint of this run was complete before it"))
+
+
+def set_aside(root: Path, tag: str) -> None:
+    """Before `tag` is saved, clear the step directories at or after it. Unfinished ones go (a save killed by a
+    crash). Complete ones are the checkpoints of a run that went further and was then resumed from an older
+    one (`resume=<step dir>`): they move to `abandoned/`, out of the sight of resume and prune but not deleted,
+    since a mistyped `resume=` should cost disk space, not training. Deleting them is for the user to do."""
+    for path in step_dirs(root):
+        if path.name < tag:
+            continue
+        if damage(path) is not None:
+            shutil.rmtree(path)
+            continue
+        target = root / ABANDONED / path.name
+        copies = 1
+        while target.exists():  # a second abandoned branch with the same step
+            copies += 1
+            target = root / ABANDONED / f"{path.name}.{copies}"
+        target.parent.mkdir(exist_ok=True)
+        os.replace(path, target)
+        print(f"[checkpoint] {path} comes from a run that went past the checkpoint this one resumed from: moved "
+              f"to {target}; delete it if it is not needed", file=sys.stderr, flush=True)
+
+
+def prune(root: Path, keep: int, spare: Path | None = None) -> None:
+    """Keep the newest `keep` complete checkpoints, and `spare` (the checkpoint a save continues) if it is one of
+    `root`'s; delete every step directory older than them (complete or not: an unfinished save older than a
+    complete one will never be resumed). After a save the newest is the one just saved: set_aside left nothing
+    newer."""
+    kept = complete_tags(root)[-keep:]
+    if spare is not None and spare.parent == root.resolve():
+        kept.insert(0, spare.name)
+    for path in step_dirs(root):
+        if kept and path.name < min(kept):
+            shutil.rmtree(path, ignore_errors=True)
