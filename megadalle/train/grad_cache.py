@@ -41,7 +41,7 @@ def update(engine: Any, batches: list[Batch], step: int, encode: Encode, loss: L
     metrics."""
     with torch.no_grad():
         cached = [engine(batch, step, run=encode) for batch in batches]
-    leaves = [joined(outputs).float().requires_grad_() for outputs in zip(*cached)]
+    leaves = [joined(outputs).detach().float().requires_grad_() for outputs in zip(*cached)]
     value, metrics = loss(*leaves)
     grads = torch.autograd.grad(value, leaves)
     shares = zip(*(split(grad, outputs) for grad, outputs in zip(grads, zip(*cached))))
