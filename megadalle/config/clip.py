@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from megadalle.config import check
 
+NEGATIVES = ("update", "micro_batch")
+
 
 @dataclass
 class ClipConfig:
@@ -36,6 +38,11 @@ class ClipConfig:
     """Softmax temperature at initialisation (CLIP's); learned as a log-scale afterwards."""
     max_logit_scale: float = 100.0
     """Cap on 1/temperature, as in CLIP, so the learned scale cannot blow up training."""
+    negatives: str = "update"
+    """What each pair is contrasted against under trainer.grad_accum > 1: `update`, the whole update's batch on every
+    rank (as one batch of micro_batch x grad_accum per rank would be: gradient caching, one more forward per
+    micro-batch); `micro_batch`, only the pairs of the same micro-batch on every rank (no extra forward, fewer
+    negatives). Without accumulation both are the same."""
 
     def validate(self, where: str = "clip") -> None:
         for name in ("text_len", "text_vocab", "text_width", "text_layers", "text_heads", "image_size",
@@ -50,6 +57,7 @@ class ClipConfig:
               f"must be a multiple of vision_heads={self.vision_heads}")
         check(self.image_size % self.patch_size == 0, f"{where}.image_size", self.image_size,
               f"must be a multiple of patch_size={self.patch_size}")
+        check(self.negatives in NEGATIVES, f"{where}.negatives", self.negatives, f"expected one of {NEGATIVES}")
         check(0 < self.init_temperature, f"{where}.init_temperature", self.init_temperature, "must be positive")
         check(self.max_logit_scale >= 1 / self.init_temperature, f"{where}.max_logit_scale", self.max_logit_scale,
               f"must be at least 1/init_temperature = {1 / self.init_temperature:g}")

@@ -5,8 +5,9 @@ judge image-caption agreement; a small ViT suffices for the image tower. The con
 compares every image with every caption of the micro-batch across ranks: `gather` concatenates the
 features of all ranks with gradients flowing back to their owners, so training on W ranks is the
 same optimisation problem as training on one with a W times larger micro-batch. With gradient
-accumulation each micro-batch is its own contrastive problem (fewer negatives than the whole step's
-batch): prefer a larger micro-batch to accumulation when memory allows.
+accumulation the trainer computes this loss over the whole update's embeddings of every rank and backs
+it up one micro-batch at a time (train/grad_cache.py), so accumulating A micro-batches is the same
+problem as one A times larger (`clip.negatives=micro_batch`: each micro-batch its own problem instead).
 """
 from __future__ import annotations
 

@@ -2,8 +2,12 @@
 
 The task reads DATA's step-indexed image loader (images + one caption line per sample) and
 tokenizes the captions with the BPE model the Transformer uses, so CLIP and the Transformer see
-the same ids. The contrastive loss gathers features over data-parallel ranks (models/clip.py):
-each micro-batch is contrasted against the same micro-batch index of every rank.
+the same ids. The contrastive loss gathers features over data-parallel ranks (models/clip.py). With
+gradient accumulation (`clip.negatives=update`, the default) each pair is contrasted against the whole
+update's batch on every rank, as one batch of micro_batch x grad_accum per rank would be, through gradient
+caching (train/grad_cache.py: one more forward per micro-batch); `clip.negatives=micro_batch` contrasts each
+micro-batch against the same micro-batch index of every rank only. The validation loss contrasts each
+validation micro-batch against the same micro-batch index of every rank.
 """
 from __future__ import annotations
 
@@ -16,9 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from megadalle.config import build, check, top_level
 from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
-from megadalle.models.clip import CLIP
-from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches,
-                                  validation_data)
+from megadalle.models.clip import CLIP, contrastive_loss
+from megadalle.train import grad_cache
+from megadalle.train.steps import mean_metrics
+from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, UpdateRunner, loader_metrics,
+                                  rank_batches, validation_data)
 
 if TYPE_CHECKING:
     from megadalle.train.result import Result
@@ -61,14 +67,27 @@ class ClipTask(ShardsTask):
         tok = self.tokenizer()
         for batch in stream:
             text, cut = tok.encode_batch_cut(batch["caption"], self.cfg.text_len)
-            yield {"image": batch["image"], "upscaled": batch["upscaled"], "text": text, "text_cut": cut}
+            yield {"image": batch["image"], "text": text, "text_cut": cut}
 
     def loss(self, model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, metrics = model.loss(batch["image"], batch["text"])
         return loss, {**metrics, **loader_metrics(batch)}
 
+    def update_runner(self, part: DataPart) -> UpdateRunner | None:
+        """Gradient caching over the update's micro-batches when they are several and `clip.negatives=update`."""
+        return self._whole_update if part.grad_accum > 1 and self.cfg.negatives == "update" else None
+
+    def _whole_update(self, engine, batches: list[Batch], step: int) -> dict[str, float]:
+        metrics = grad_cache.update(engine, batches, step, encode=embed, loss=contrastive_loss)
+        return {**metrics, **mean_metrics([loader_metrics(batch) for batch in batches])}
+
     def export_spec(self) -> ExportSpec:
         return ExportSpec("clip", self.cfg)
+
+
+def embed(model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A micro-batch's (image embeddings, text embeddings, logit scale): what the contrastive loss reads."""
+    return model(batch["image"], batch["text"])
 
 
 def task_from_config(cfg: dict | DictConfig) -> ClipTask:

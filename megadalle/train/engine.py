@@ -6,7 +6,7 @@ accumulation scaling, ZeRO-3 parameter gathering) sees every micro-batch.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,15 +20,18 @@ from megadalle.train.task import Batch, PipelineSpec, Task
 
 
 class LossModule(nn.Module):
-    """The module DeepSpeed wraps: the task's model (as `.model`) plus the task's loss as forward."""
+    """The module DeepSpeed wraps: the task's model (as `.model`) plus the task's loss as forward.
+
+    `run(model, batch, step)` replaces the loss for a task that runs its updates itself (Task.update_runner):
+    whatever it computes from the model then goes through the engine's forward too."""
 
     def __init__(self, task: Task, model: nn.Module):
         super().__init__()
         self.task = task
         self.model = model
 
-    def forward(self, batch: Batch, step: int):
-        return self.task.loss(self.model, batch, step)
+    def forward(self, batch: Batch, step: int, run: Callable[[nn.Module, Batch, int], Any] | None = None):
+        return (run or self.task.loss)(self.model, batch, step)
 
 
 @dataclass

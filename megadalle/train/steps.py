@@ -3,10 +3,11 @@
 An update's micro-batches are read before the first of them runs, so that a loss dividing by a count
 that varies between micro-batches gets the whole update's totals (megadalle.train.step_totals).
 Plain engines run forward/backward/step per micro-batch (DeepSpeed steps the optimizer at the
-accumulation boundary); a PipelineEngine takes the whole update in `train_batch`, pulling its
-micro-batches from the same iterator on the first and last stage (the totals travel with the
-labels; a middle stage reads no data, and the first and last stages each sum over their own
-data-parallel group, which reads the same micro-batches). The pipeline's loss sees only
+accumulation boundary), or the task's own update (Task.update_runner: CLIP's loss over the whole
+update), handed all its micro-batches on the device; a PipelineEngine takes the whole update in
+`train_batch`, pulling its micro-batches from the same iterator on the first and last stage (the
+totals travel with the labels; a middle stage reads no data, and the first and last stages each sum
+over their own data-parallel group, which reads the same micro-batches). The pipeline's loss sees only
 (inputs, labels), so what a task reports from the batch itself (`loader_metrics`) is counted as
 the micro-batches pass through that iterator, and averaged over the stage's data-parallel ranks.
 """
@@ -32,6 +33,11 @@ def to_device(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
     return value
 
 
+def mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over micro-batches' records (every record has the same keys)."""
+    return {name: sum(r[name] for r in records) / len(records) for name in records[0]} if records else {}
+
+
 def mean_over_ranks(values: dict[str, float], dp_world: int, device: torch.device, group=None) -> dict[str, float]:
     """Mean over data-parallel ranks (each rank's values are already its own mean; every rank has the same keys).
     `group`: the data-parallel process group (None: every rank is a data-parallel rank)."""
@@ -47,6 +53,7 @@ class StepRunner:
     def __init__(self, task: Task, built: Built, part: DataPart, start_step: int):
         self.task, self.built, self.part = task, built, part
         self.batches: Iterator[Batch] = iter(task.batches(start_step, part))
+        self.own_update = task.update_runner(part) if built.pipeline is None else None
         if built.pipeline is not None:
             self.pipe_iter = self._pipe_micro_batches()
             self.pipe_metrics: list[dict[str, float]] = []
@@ -69,22 +76,24 @@ class StepRunner:
             loss = self.built.engine.train_batch(data_iter=self.pipe_iter)
             return {"loss": float(loss), **self._pipe_batch_metrics(), **self._grad_norm()}
         engine = self.built.engine
-        totals: dict[str, float] = {}
+        if self.own_update is not None:
+            batches = [to_device(batch, self.built.device, self.built.dtype) for batch in self._update_batches()]
+            return {**self._all_mean(self.own_update(engine, batches, step)), **self._grad_norm()}
+        records = []
         for batch in self._update_batches():
             loss, metrics = engine(to_device(batch, self.built.device, self.built.dtype), step)
             engine.backward(loss)
             engine.step()
-            for name, value in {"loss": loss.item(), **metrics}.items():
-                totals[name] = totals.get(name, 0.0) + float(value) / self.part.grad_accum
-        return {**self._all_mean(totals), **self._grad_norm()}
+            records.append({"loss": loss.item(), **{name: float(value) for name, value in metrics.items()}})
+        return {**self._all_mean(mean_metrics(records)), **self._grad_norm()}
 
     def _pipe_batch_metrics(self) -> dict[str, float]:
         """The batch metrics of this update's micro-batches, on the stages that read them (first and last):
         a middle stage reads none and reports none, the same on all its data-parallel ranks."""
         if not self.pipe_metrics or not self.pipe_metrics[0]:
             return {}
-        mean = {name: sum(m[name] for m in self.pipe_metrics) / len(self.pipe_metrics) for name in self.pipe_metrics[0]}
-        return mean_over_ranks(mean, self.part.dp_world, self.built.device, self.built.dp_group)
+        return mean_over_ranks(mean_metrics(self.pipe_metrics), self.part.dp_world, self.built.device,
+                               self.built.dp_group)
 
     def _all_mean(self, values: dict[str, float]) -> dict[str, float]:
         return mean_over_ranks(values, self.part.dp_world, self.built.device)

@@ -38,6 +38,7 @@ Contract, in the order the trainer uses it:
    no_grad, the same seeded RNG every time) and logs the means over ranks as `val/...`.
    `data_identity(part)` names what the data order depends on; a resume on other data is refused. A task reading
    shards (`ShardsTask`) takes it from `shard_index`, the index its loaders read too (`rank_batches(index=)`).
+   `update_runner(part)` may take over the whole update from the trainer (a loss over all its micro-batches).
    `after_update(model, editor, step)` may rewrite parameters between updates (through the optimizer's
    copies too: train/param_edit.py), and `state()`/`load_state()` carry the task's own state in checkpoints.
 5. `export_spec()` names the weights' kind and config for megadalle.weights.save_weights.
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from megadalle.data.index import ShardIndex
 
 Batch = dict[str, Any]
+UpdateRunner = Callable[[Any, list[Batch], int], dict[str, float]]
+"""(engine, this rank's micro-batches of an update, step) -> the update's metrics: Task.update_runner."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,20 @@ class Task:
 
     def pipeline(self) -> PipelineSpec | None:
         """The model as pipeline layer recipes, or None when the task cannot run pipelined."""
+        return None
+
+    def update_runner(self, part: DataPart) -> UpdateRunner | None:
+        """A function running each whole update of this rank itself, or None (the default): the trainer's own.
+
+        The trainer runs forward, backward and step per micro-batch, so a micro-batch's loss sees that micro-batch
+        alone. A loss coupling the micro-batches of an update (CLIP contrasting the whole update's batch) runs
+        `runner(engine, batches, step)` instead: `batches` are this rank's `part.grad_accum` micro-batches of the
+        update, on the device in the training dtype. It calls the model through the engine, `engine(batch, step,
+        run=fn)` returning `fn(model, batch, step)` (ZeRO-3 gathers parameters only within the engine's forward),
+        backs each micro-batch up with `engine.backward` and `engine.step()` as the trainer does (DeepSpeed divides
+        by the accumulation steps and averages the data-parallel ranks, then steps at the last), and returns this
+        rank's metrics of the update, `loss` among them; the trainer averages them over ranks. Asked once, on
+        every rank, when the run starts; a pipeline never asks (its engine runs the update)."""
         return None
 
     def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:

@@ -29,8 +29,9 @@ def data(tmp_path_factory):
 
 def run(name: str, text_len: int, data, run_dir: Path) -> list[dict]:
     tokens, tok, images = data
-    common = ["trainer=tiny", "trainer.steps=2", "trainer.micro_batch=4", "logger=none", f"run_dir={run_dir}",
-              "data.num_workers=0"]
+    # accumulating: CLIP's updates run through gradient caching (train/grad_cache.py), which counts them too
+    common = ["trainer=tiny", "trainer.steps=2", "trainer.micro_batch=2", "trainer.grad_accum=2", "logger=none",
+              f"run_dir={run_dir}", "data.num_workers=0"]
     if name == "transformer":
         from megadalle.train.transformer import FACTORY, task_from_config
         cfg = compose("train", [f"data.shards={tokens}", f"data.tokenizer={tok}", "model=tiny",

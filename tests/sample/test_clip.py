@@ -47,6 +47,8 @@ def test_config_group_composes_and_validates(name):
     assert cfg.image_size % cfg.patch_size == 0
     with pytest.raises(ConfigError, match="clip.image_size=30"):
         build(ClipConfig, {"image_size": 30, "patch_size": 4}, "clip")
+    with pytest.raises(ConfigError, match="clip.negatives='batch': expected one of"):
+        build(ClipConfig, {"negatives": "batch"}, "clip")
 
 
 def _rank(rank: int, world: int, rendezvous: str, out: str):

@@ -39,10 +39,11 @@ def test_train_clip_trains_and_exports_loadable_weights(tmp_path):
 
 def test_zero3_validates_and_the_exported_weights_are_the_ema(tmp_path):
     """Under ZeRO-3 the validation loss (run outside DeepSpeed's engine) read an empty logit_scale; with
-    trainer.ema the verb exported the raw weights as clip.safetensors."""
+    trainer.ema the verb exported the raw weights as clip.safetensors. Accumulating, the updates run through
+    gradient caching (train/grad_cache.py) beside validation and the EMA."""
     partitioned = "++deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0"
-    cfg = clip_config(tmp_path, "deepspeed=zero3", partitioned, "trainer.eval_every=6", "trainer.eval_batches=2", "trainer.ema=0.9",
-                      "trainer.micro_batch=8", val_fraction=0.25)
+    cfg = clip_config(tmp_path, "deepspeed=zero3", partitioned, "trainer.eval_every=6", "trainer.eval_batches=2",
+                      "trainer.ema=0.9", "trainer.micro_batch=4", "trainer.grad_accum=2", val_fraction=0.25)
     path = train_clip(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/loss" in r for r in records)
