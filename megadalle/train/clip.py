@@ -67,7 +67,7 @@ class ClipTask(ShardsTask):
         tok = self.tokenizer()
         for batch in stream:
             text, cut = tok.encode_batch_cut(batch["caption"], self.cfg.text_len)
-            yield {"image": batch["image"], "text": text, "text_cut": cut}
+            yield {"image": batch["image"], "upscaled": batch["upscaled"], "text": text, "text_cut": cut}
 
     def loss(self, model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, metrics = model.loss(batch["image"], batch["text"])
