@@ -1,6 +1,6 @@
 """The dVAE's objective: the pixel map, the logit-Laplace likelihood (or a fixed-scale Gaussian), the KL
-to the uniform prior, and the cosine schedules of β, τ and the learning rate (arXiv 2102.12092, section
-2.1 and A.2).
+to the uniform prior, and the cosine schedules of β and τ (arXiv 2102.12092, section 2.1 and A.2; the
+learning rate's is the trainer's, megadalle.train.schedule).
 
 Everything here is a pure function (of tensors, or of the step), so the tests check each one
 against its formula and the trainer can resume at any step without state.
@@ -101,11 +101,6 @@ def temperature(step: int, objective: DVAEObjective) -> float:
     return cosine(step, objective.tau_start, objective.tau_end, objective.tau_anneal_steps)
 
 
-def learning_rate(step: int, lr: float, lr_min: float, total_steps: int) -> float:
-    """The paper's cosine decay of the dVAE's learning rate (1e-4 -> 1.25e-6 over the run)."""
-    return cosine(step, lr, lr_min, total_steps)
-
-
 def elbo_loss(images: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, beta: float,
               eps: float, usage_weight: float = 0.0, tau: float = 1.0,
               reconstruction: str = DVAEObjective.reconstruction,
@@ -134,8 +129,13 @@ def elbo_loss(images: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, b
     return loss, metrics
 
 
-def codebook_perplexity(codes: torch.Tensor, vocab_size: int) -> float:
-    """exp(entropy) of the codes' histogram: the number of equally used codes it is worth (1 = collapse)."""
-    p = torch.bincount(codes.reshape(-1), minlength=vocab_size).double() / codes.numel()
+def histogram_perplexity(counts: torch.Tensor) -> float:
+    """exp(entropy) of a histogram of codes: the number of equally used codes it is worth (1 = collapse)."""
+    p = counts.double() / counts.sum().clamp_min(1)
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+def codebook_perplexity(codes: torch.Tensor, vocab_size: int) -> float:
+    """`histogram_perplexity` of the codes' histogram."""
+    return histogram_perplexity(torch.bincount(codes.reshape(-1), minlength=vocab_size))

@@ -2,9 +2,10 @@
 
 The task reads DATA's step-indexed image loader and optimises the negative ELB at the step's
 KL weight β and Gumbel temperature τ (pure functions of the update index, so a resumed run
-continues on the same curves). It reports codebook use, which a dVAE can silently lose: the
-perplexity of each micro-batch's argmax codes and the codes unused over the last `usage_window`
-updates (per rank), and with `objective.revive_every` revives dead codes (CodeRevival).
+continues on the same curves). It reports codebook use, which a dVAE can silently lose, from the
+histogram of each update's argmax codes over all its micro-batches and ranks (UpdateCodes): their
+perplexity and the codes no cell chose in the last `usage_window` updates (CodeUsage), and with
+`objective.revive_every` revives dead codes (CodeRevival).
 Reconstructions (input row above argmax-code row) go to wandb as an image.
 At the end, rank 0 writes the weights for users (the EMA when the trainer keeps one).
 """
@@ -20,7 +21,7 @@ from megadalle.config import build, check, top_level
 from megadalle.config.data import DataConfig
 from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 from megadalle.models.dvae import DVAE
-from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, kl_weight, temperature
+from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, histogram_perplexity, kl_weight, temperature
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches, validation_data
@@ -31,20 +32,63 @@ if TYPE_CHECKING:
 FACTORY = "megadalle.train.dvae:task_from_config"
 
 
+class UpdateCodes:
+    """The histogram of one update's argmax codes: counted over its micro-batches, summed over the ranks.
+
+    Codebook metrics describe the codes the update chose as a whole. A micro-batch's perplexity grows with its
+    size (a uniformly used 8192-code codebook reads about 2982 on 4 x 1024 cells, 4618 on 8 x 1024, 8127 on the
+    paper's update of 512 x 1024), so a mean over micro-batches would change with micro_batch and grad_accum; and a code
+    that only another rank's cells chose is in use, not dead. The dVAE never runs pipelined, so its
+    data-parallel group is every rank.
+    """
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+        self._counts: torch.Tensor | None = None
+
+    def observe(self, codes: torch.Tensor) -> None:
+        """Count a training micro-batch's argmax codes (on their device, until the update ends)."""
+        counts = torch.bincount(codes.flatten(), minlength=self.vocab)
+        self._counts = counts if self._counts is None else self._counts + counts
+
+    def collect(self, device: torch.device) -> torch.Tensor:
+        """The update's counts summed over ranks (on the CPU), and a fresh histogram for the next update.
+
+        A collective when several ranks run: every rank calls it once after every update. The counts stay on
+        the codes' device for it (NCCL reduces only GPU tensors); `device` serves a rank that observed nothing."""
+        counts = self._counts if self._counts is not None else torch.zeros(self.vocab, dtype=torch.long,
+                                                                             device=device)
+        self._counts = None
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(counts)
+        return counts.cpu()
+
+
 class CodeUsage:
-    """Step at which each code was last the argmax of some grid cell; dead = unused for `window` updates."""
+    """Update at which each code was last the argmax of some grid cell; dead = unused for `window` updates.
+
+    The record is part of the task's checkpointed state: rebuilt at a resume, every code would count as just
+    seen and none as dead for the next `window` updates."""
 
     def __init__(self, vocab: int, window: int):
         self.window = window
         self.last_seen: torch.Tensor | None = None
         self.vocab = vocab
 
-    def update(self, codes: torch.Tensor, step: int) -> int:
-        """Record a micro-batch's codes at `step`; returns the number of dead codes."""
+    def update(self, counts: torch.Tensor, step: int) -> int:
+        """Record the histogram of update `step`'s codes (all ranks'); returns the number of dead codes."""
         if self.last_seen is None:
             self.last_seen = torch.full((self.vocab,), step, dtype=torch.long)
-        self.last_seen[codes.unique().cpu()] = step
+        self.last_seen[counts > 0] = step
         return int((step - self.last_seen >= self.window).sum())
+
+    def state(self) -> dict[str, Any]:
+        return {} if self.last_seen is None else {"code_last_seen": self.last_seen.clone()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore `state()`; a checkpoint written before it was saved starts the record afresh."""
+        if "code_last_seen" in state:
+            self.last_seen = state["code_last_seen"].to("cpu", torch.long).clone()
 
 
 class CodeRevival:
@@ -58,8 +102,8 @@ class CodeRevival:
     decoder's first conv the donor's, and its Adam moments the donor's. A donor with c copies and the
     copies each get the donor's logit bias minus ln(c + 1), so that in every cell they hold together the
     donor's share among the live codes (a dead code's own probability is what is given up); the noise
-    decides which of them wins where, and training pulls them apart. Counts are summed over ranks after
-    every update: identical everywhere, so every rank draws the same donors, and rank 0's checkpoint
+    decides which of them wins where, and training pulls them apart. Each update's counts come summed over
+    ranks (UpdateCodes): identical everywhere, so every rank draws the same donors, and rank 0's checkpoint
     restores them all (a resume between revivals draws what the uninterrupted run drew).
     """
 
@@ -69,21 +113,13 @@ class CodeRevival:
     def __init__(self, vocab: int, every: int, until: int, seed: int):
         self.every, self.until, self.seed = every, until, seed
         self.counts = torch.zeros(vocab, dtype=torch.long)
-        self._micro = torch.zeros(vocab, dtype=torch.long)
 
-    def observe(self, codes: torch.Tensor) -> None:
-        """Count a training micro-batch's argmax codes (this rank's, until the update ends)."""
-        self._micro += torch.bincount(codes.flatten().cpu(), minlength=self._micro.numel())
-
-    def after_update(self, model: DVAE, editor: ParamEditor, step: int) -> int:
-        """Fold this update's counts in (summed over ranks); at the end of a window revive; codes revived."""
-        if step + 1 > self.until:  # no revival left: the counts would serve nothing (the same on every rank)
-            self._micro.zero_()
+    def after_update(self, model: DVAE, editor: ParamEditor, step: int, counts: torch.Tensor) -> int:
+        """Fold in `counts`, update `step`'s code histogram over all ranks; at the end of a window revive; returns
+        the number of codes revived."""
+        if step + 1 > self.until:  # no revival left: the counts would serve nothing
             return 0
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(self._micro)
-        self.counts += self._micro
-        self._micro.zero_()
+        self.counts += counts
         if (step + 1) % self.every:
             return 0
         dead = (self.counts == 0).nonzero().flatten()
@@ -128,6 +164,7 @@ class DVAETask(ShardsTask):
     def __init__(self, cfg: DVAEConfig, data: DataConfig | None, seed: int = 0, usage_window: int = 100,
                  preview: int = 8):
         self.cfg, self.data, self.seed, self.preview = cfg, data, seed, preview
+        self.codes = UpdateCodes(cfg.vocab_size)
         self.usage = CodeUsage(cfg.vocab_size, usage_window)
         objective = cfg.objective
         self.revival = CodeRevival(cfg.vocab_size, objective.revive_every, objective.revive_until, seed) \
@@ -152,28 +189,31 @@ class DVAETask(ShardsTask):
 
     def loss(self, model: DVAE, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, metrics, codes = self._elbo(model, batch["image"], step)
-        metrics["dead_codes"] = float(self.usage.update(codes, step))
-        if self.revival is not None:
-            self.revival.observe(codes)
+        self.codes.observe(codes)
         self._last_images = batch["image"][: self.preview].detach()
         return loss, {**metrics, **loader_metrics(batch)}
 
     def after_update(self, model: DVAE, editor: ParamEditor, step: int) -> dict[str, float]:
-        if self.revival is None:
-            return {}
-        return {"revived_codes": float(self.revival.after_update(model, editor, step))}
+        """The codebook metrics of the update's codes over all ranks (one all-reduce), then any revival."""
+        counts = self.codes.collect(next(model.parameters()).device)
+        metrics = {"perplexity": histogram_perplexity(counts), "dead_codes": float(self.usage.update(counts, step))}
+        if self.revival is not None:
+            metrics["revived_codes"] = float(self.revival.after_update(model, editor, step, counts))
+        return metrics
 
     def state(self) -> dict[str, Any]:
-        return {} if self.revival is None else self.revival.state()
+        return {**self.usage.state(), **({} if self.revival is None else self.revival.state())}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        self.usage.load_state(state)
         if self.revival is not None:
             self.revival.load_state(state)
 
     def validation_loss(self, model: DVAE, batch: Batch, step: int) -> dict[str, float]:
-        """The ELBO at the step's β and τ, without touching the training code-usage record or the preview."""
-        loss, metrics, _ = self._elbo(model, batch["image"], step)
-        return {"loss": float(loss), **metrics}
+        """The ELBO at the step's β and τ, without touching the training code histogram or the preview; the
+        perplexity is the validation micro-batch's (the validator averages it over micro-batches and ranks)."""
+        loss, metrics, codes = self._elbo(model, batch["image"], step)
+        return {"loss": float(loss), **metrics, "perplexity": codebook_perplexity(codes, self.cfg.vocab_size)}
 
     def _elbo(self, model: DVAE, images: torch.Tensor, step: int):
         """(loss, metrics, argmax codes) of a micro-batch at the step's KL weight and temperature."""
@@ -182,9 +222,8 @@ class DVAETask(ShardsTask):
         logits, stats = model(images, tau)
         loss, metrics = elbo_loss(images, logits, stats, kl_weight(step, objective), self.cfg.eps,
                                   objective.usage_weight, tau, objective.reconstruction, objective.sigma)
-        codes = logits.detach().argmax(dim=1)
-        metrics.update(tau=tau, perplexity=codebook_perplexity(codes, self.cfg.vocab_size))
-        return loss, metrics, codes
+        metrics["tau"] = tau
+        return loss, metrics, logits.detach().argmax(dim=1)
 
     def flops_per_sample(self, model: DVAE) -> float:
         return 3.0 * model.flops_per_image()  # forward + backward (twice the forward)

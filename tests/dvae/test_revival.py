@@ -32,9 +32,8 @@ def trained(seed: int = 0):
 
 def revive(model, opt, live: list[int], step: int = EVERY - 1, until: int = 100) -> tuple[CodeRevival, int]:
     revival = CodeRevival(VOCAB, EVERY, until, seed=0)
-    codes = torch.tensor(live * 10)
-    revival.observe(codes)
-    return revival, revival.after_update(model, ParamEditor(SimpleNamespace(optimizer=opt), zero_stage=0), step)
+    counts = torch.bincount(torch.tensor(live * 10), minlength=VOCAB)
+    return revival, revival.after_update(model, ParamEditor(SimpleNamespace(optimizer=opt), zero_stage=0), step, counts)
 
 
 def test_dead_codes_become_copies_of_live_codes_that_keep_their_shares():
