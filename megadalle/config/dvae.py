@@ -61,6 +61,9 @@ class DVAEObjective:
             check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
         for name in ("tau_start", "tau_end"):
             check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")
+        check(self.tau_end <= self.tau_start, f"{where}.tau_end", self.tau_end,
+              f"must not exceed tau_start={self.tau_start}: the temperature is annealed (falls) towards the hard "
+              "argmax codes the Transformer sees")
 
 
 @dataclass
@@ -126,7 +129,7 @@ class TrainDVAEConfig:
     resume: str = "auto"
     """auto, never, or the path of a checkpoints/step_* directory (see megadalle.config.train.RunConfig)."""
     usage_window: int = 100
-    """A code unused by this rank's argmax over this many updates counts as dead."""
+    """A code that no grid cell of any rank chose (argmax) in this many updates counts as dead (`dead_codes`)."""
     preview: int = 8
     """Images shown in the logged reconstruction grid."""
     seed: int = 0

@@ -107,6 +107,15 @@ def test_train_dvae_verb_rejects_bad_values_naming_them(override, key, capsys, i
     assert key in capsys.readouterr().err
 
 
+def test_a_temperature_that_would_rise_is_refused_naming_both_ends(tmp_path, capsys, image_shards):
+    argv = ["train-dvae", f"data.shards={image_shards}", "data.num_workers=0", "dvae=tiny", "dvae.n_hid=16",
+            "dvae.objective.tau_start=1", "dvae.objective.tau_end=2", "trainer=tiny", "trainer.steps=1", "logger=none",
+            f"run_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    assert "dvae.objective.tau_end=2.0: must not exceed tau_start=1.0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_dvae_refuses_a_folder_without_shards_before_training(tmp_path, capsys):
     assert main(["train-dvae", f"data.shards={tmp_path}", "dvae=tiny", f"run_dir={tmp_path / 'run'}"]) == 2
     assert f"data.shards={tmp_path}: " in capsys.readouterr().err
