@@ -37,8 +37,8 @@ class UpdateCodes:
 
     Codebook metrics describe the codes the update chose as a whole. A micro-batch's perplexity grows with its
     size (a uniformly used 8192-code codebook reads about 2982 on 4 x 1024 cells, 4618 on 8 x 1024, 8127 on the
-    paper's update of 512 x 1024), so a mean over micro-batches would change with micro_batch and grad_accum; and a code
-    that only another rank's cells chose is in use, not dead. The dVAE never runs pipelined, so its
+    paper's update of 512 x 1024), so a mean over micro-batches would change with micro_batch and grad_accum;
+    and a code that only another rank's cells chose is in use, not dead. The dVAE never runs pipelined, so its
     data-parallel group is every rank.
     """
 

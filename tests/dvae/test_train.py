@@ -109,8 +109,8 @@ def test_train_dvae_verb_rejects_bad_values_naming_them(override, key, capsys, i
 
 def test_a_temperature_that_would_rise_is_refused_naming_both_ends(tmp_path, capsys, image_shards):
     argv = ["train-dvae", f"data.shards={image_shards}", "data.num_workers=0", "dvae=tiny", "dvae.n_hid=16",
-            "dvae.objective.tau_start=1", "dvae.objective.tau_end=2", "trainer=tiny", "trainer.steps=1", "logger=none",
-            f"run_dir={tmp_path / 'run'}"]
+            "dvae.objective.tau_start=1", "dvae.objective.tau_end=2", "trainer=tiny", "trainer.steps=1",
+            "logger=none", f"run_dir={tmp_path / 'run'}"]
     assert main(argv) == 2
     assert "dvae.objective.tau_end=2.0: must not exceed tau_start=1.0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
