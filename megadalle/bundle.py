@@ -31,7 +31,7 @@ from torch import nn
 from megadalle.data import atomic
 from megadalle.errors import UserError
 from megadalle.sampling.compatible import TokenizerRecord
-from megadalle.weights import TMP
+from megadalle.weights import TMP, check_replaceable, shard_of
 
 MANIFEST = "bundle.json"
 FORMAT = "megadalle-bundle/1"
@@ -57,11 +57,13 @@ class Pipeline:
 
 
 def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None = None, ema: bool = False,
-                       dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9) -> Path:
-    """The run's Transformer weights in the folder `path` (the one call of the Transformer export)."""
+                       dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9,
+                       before_replace: Callable[[], None] | None = None) -> Path:
+    """The run's Transformer weights in the folder `path` (the one call of the Transformer export);
+    `before_replace` is called once they are complete, just before an earlier export's are replaced."""
     from megadalle.export import export
 
-    return export(run_dir, path, checkpoint, ema, dtype, max_shard_bytes)
+    return export(run_dir, path, checkpoint, ema, dtype, max_shard_bytes, before_replace)
 
 
 def read_model(path: str | Path, kind: str, ema: bool = False, dtype: torch.dtype = torch.float32,
@@ -82,6 +84,13 @@ def unfinished(path: str | Path) -> bool:
     path = Path(path)
     return (path.is_dir() and not is_bundle(path)
             and ((path / TRANSFORMER).is_dir() or any(path.glob(f"{TRANSFORMER}{TMP}*"))))
+
+
+def check_output(output: str | Path) -> None:
+    """`export` writes a model folder where nothing is, in an empty folder, or over an earlier export (finished or
+    not), and never among other files (a run directory, image shards, a generate output)."""
+    check_replaceable(output, lambda folder: is_bundle(folder) or unfinished(folder),
+                      f"a model folder (no {MANIFEST})")
 
 
 def transformer_path(weights: str | Path) -> Path:
@@ -133,6 +142,10 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     from megadalle.sampling.rerank import OPEN_CLIP
 
     weights = Path(weights)
+    shards = shard_of(weights)
+    if shards is not None:  # one shard is no model: its config and the other shards are its folder's
+        folder = shards.parent if shards.name == TRANSFORMER and is_bundle(shards.parent) else shards
+        raise BundleError(f"weights={weights}: one shard of the weights in {folder}; pass weights={folder}")
     if unfinished(weights):
         raise BundleError(f"{weights}: unfinished export (no {MANIFEST}): rerun `megadalle export` with "
                           f"output={weights}")
@@ -205,13 +218,20 @@ def _pick(given: str | None, recorded: Any, key: str, required: bool) -> Path | 
     return Path(path)
 
 
-def _copy_weights(source: Path, target: Path, kind: str) -> None:
-    """A weights file and its config JSON; the kind is checked on the way, so a swapped file is caught now."""
-    from megadalle.weights import config_path, load_weights
-
-    load_weights(source, kind)
-    shutil.copyfile(config_path(source), config_path(target))
+def _copy(source: Path, target: Path) -> None:
+    """`source` as `target`, unless it is that very file: a newer checkpoint re-exported with the folder's own
+    tokenizer or dVAE (`tokenizer=model/tokenizer.model`) keeps it as it stands (a copy onto itself fails)."""
+    if target.exists() and source.samefile(target):
+        return
     shutil.copyfile(source, target)
+
+
+def _copy_weights(source: Path, target: Path) -> None:
+    """A weights file (checked by `_check_pieces`) and its config JSON."""
+    from megadalle.weights import config_path
+
+    _copy(config_path(source), config_path(target))
+    _copy(source, target)
 
 
 def _remove_weights(path: Path) -> None:
@@ -222,14 +242,28 @@ def _remove_weights(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _copy_open_clip(arch: str, source: Path, target: Path) -> None:
-    """An open_clip state dict as safetensors, checked to fit the architecture first."""
+def _copy_open_clip(source: Path, target: Path) -> None:
+    """An open_clip state dict (checked by `_check_pieces`) as safetensors; the folder's own already is."""
     from safetensors.torch import save_file
 
-    from megadalle.sampling.rerank import load_open_clip, read_state_dict
+    from megadalle.sampling.rerank import read_state_dict
 
-    load_open_clip(arch, source)
-    save_file({k: v.contiguous() for k, v in read_state_dict(source).items()}, str(target))
+    if not (target.exists() and source.samefile(target)):
+        save_file({k: v.contiguous() for k, v in read_state_dict(source).items()}, str(target))
+
+
+def _check_pieces(files: dict[str, Path | None], own_clip: bool, clip_model: str) -> None:
+    """The dVAE and CLIP read as what they are said to be (a swapped file, an open_clip state dict that does not
+    fit its architecture), before the Transformer export begins: nothing is refused once it has replaced an
+    earlier export's."""
+    from megadalle.sampling.rerank import OPEN_CLIP, load_open_clip
+    from megadalle.weights import load_weights
+
+    load_weights(files["dvae"], "dvae")
+    if own_clip:
+        load_weights(files["clip"], "clip")
+    elif files["clip"] is not None:
+        load_open_clip(clip_model[len(OPEN_CLIP):], files["clip"])
 
 
 def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,
@@ -243,6 +277,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     from megadalle.sampling.compatible import check_files
     from megadalle.sampling.load import model_config
 
+    check_output(output)
     run, output = Path(run), Path(output)
     record = _run_record(run)
     config = record.get("config", {})
@@ -253,18 +288,22 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
     check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
                 _tokenizer_record(run, None, record))
+    _check_pieces(files, own_clip, clip_model)
     created = not output.exists()
     earlier_clip = is_bundle(output) and json.loads((output / MANIFEST).read_text()).get("clip") == CLIP
     output.mkdir(parents=True, exist_ok=True)
-    (output / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the manifest is back
     try:
-        export_transformer(run, output / TRANSFORMER, checkpoint, ema, dtype, max_shard_bytes)
-        shutil.copyfile(files["tokenizer"], output / TOKENIZER)
-        _copy_weights(files["dvae"], output / DVAE, "dvae")
+        # An earlier export stands whole until the new Transformer is complete (a refused checkpoint or EMA, a
+        # failed read, a kill leave it working); from its replacement until the manifest is back (written
+        # last), the folder is unfinished.
+        export_transformer(run, output / TRANSFORMER, checkpoint, ema, dtype, max_shard_bytes,
+                           lambda: (output / MANIFEST).unlink(missing_ok=True))
+        _copy(files["tokenizer"], output / TOKENIZER)
+        _copy_weights(files["dvae"], output / DVAE)
         if own_clip:
-            _copy_weights(files["clip"], output / CLIP, "clip")
+            _copy_weights(files["clip"], output / CLIP)
         elif files["clip"] is not None:
-            _copy_open_clip(clip_model[len(OPEN_CLIP):], files["clip"], output / CLIP)
+            _copy_open_clip(files["clip"], output / CLIP)
         elif earlier_clip:  # an export with a CLIP wrote this folder before: its CLIP is not this model's
             _remove_weights(output / CLIP)
     except BaseException:

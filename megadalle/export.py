@@ -14,14 +14,14 @@ from omegaconf import DictConfig
 from megadalle.config import build, top_level
 from megadalle.config.export import ExportConfig
 from megadalle.train.consolidate import export, load_run
-from megadalle.weights import TMP
+from megadalle.weights import TMP, one_file
 
 __all__ = ["export", "load_run", "run"]
 
 
 def run(cfg: DictConfig) -> int:
     ec = build(ExportConfig, top_level(cfg, ExportConfig), "")
-    if ec.weights_only or ec.output.endswith(".safetensors"):
+    if ec.weights_only or one_file(ec.output):
         path = export(ec.run, ec.output, ec.checkpoint, ec.ema, ec.dtype, ec.max_shard_mb * 10**6)
         print(f"[export] wrote {path} ({ec.dtype}{', EMA' if ec.ema else ''})", file=sys.stderr)
         return 0

@@ -224,15 +224,16 @@ def _not_upscaled(index, shards: str, wanted: int, subject: str, remedy: str) ->
 def export_target(value: str | None) -> None:
     """Where train-dvae or train-clip exports the trained model (`weights`), checked as `export` checks its
     output: the export comes after the whole training, and a path it cannot write failed only then."""
-    from megadalle.weights import OutputInTheWay, check_replaceable
+    from megadalle.weights import AmbiguousOutput, OutputInTheWay, check_replaceable, one_file
 
     if value is None:
         return
     try:
         check_replaceable(value)
-    except OutputInTheWay as err:
-        raise PreflightError(f"weights={value}: {str(err).removeprefix(f'output={Path(value)}: ')}") from None
-    writable("weights", value, "file" if value.endswith(".safetensors") else "folder")
+    except (OutputInTheWay, AmbiguousOutput) as err:
+        why = str(err).removeprefix(f"output={value}: ").removeprefix(f"output={Path(value)}: ")
+        raise PreflightError(f"weights={value}: {why}") from None
+    writable("weights", value, "file" if one_file(value) else "folder")
 
 
 def check_train_dvae(cfg: DictConfig) -> None:
@@ -342,8 +343,10 @@ def check_prepare(cfg: DictConfig) -> None:
 
 def check_export(cfg: DictConfig) -> None:
     """The run, and a model folder's place (exported weights alone are checked by the export, weights.py)."""
+    from megadalle.weights import one_file
+
     _exists("run", cfg.run, "directory")
-    if not cfg.weights_only and not str(cfg.output).endswith(".safetensors"):
+    if not cfg.weights_only and not one_file(cfg.output):
         writable("output", cfg.output, "folder")
 
 

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -47,19 +47,55 @@ class OutputInTheWay(UserError, FileExistsError):
     """Something other than an earlier export where an export would write."""
 
 
-def check_replaceable(target: str | Path) -> None:
+class AmbiguousOutput(UserError, ValueError):
+    """An export `output` that names a file and a folder at once."""
+
+
+def one_file(output: str | Path) -> bool:
+    """Whether an export writes `output` as one .safetensors file (else a folder). `x.safetensors/` says both, a
+    file by its suffix and a folder by its slash (which Path drops): refused rather than guessed."""
+    text = str(output)
+    named_file = text.rstrip("/" + os.sep).endswith(".safetensors")
+    if named_file and text.endswith(("/", os.sep)):
+        raise AmbiguousOutput(f"output={text}: ends in .safetensors (one file) and in / (a folder); drop the / "
+                              "to write one file, or name the folder otherwise")
+    return named_file
+
+
+def _weights_folder(folder: Path) -> bool:
+    return (folder / INDEX).is_file()
+
+
+def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] = _weights_folder,
+                      what: str = f"an exported weights folder (no {INDEX})") -> None:
     """An export replaces what an earlier export wrote at `target` (its `output`) and nothing else: a folder of
-    other files (a model folder, a run) is never deleted to make room, and a folder is no place for one file.
-    Checked before the first tensor is read (a 12B streams for minutes), and again when the export is put in
-    place."""
+    other files (a model folder, a run, image shards) is never deleted nor written into, and a folder is no place
+    for one file. A folder is an earlier export when `earlier` says so (`what` names one); an empty one is
+    taken. Checked before the first tensor is read (a 12B streams for minutes), and again when the export is put
+    in place."""
+    single = one_file(target)
     target = Path(target)
-    if target.suffix == ".safetensors":
+    if single:
         problem = "a folder, where the export writes one .safetensors file" if target.is_dir() else None
     else:
-        problem = (None if not target.exists() or (target / INDEX).is_file() else
-                   f"exists and is not an exported weights folder (no {INDEX}), so the export will not replace it")
+        taken = target.is_dir() and (earlier(target) or not any(target.iterdir()))
+        problem = (None if not target.exists() or taken else
+                   f"exists and is neither empty nor {what}, so the export will not replace it")
     if problem:
         raise OutputInTheWay(f"output={target}: {problem}; give another path, or remove it")
+
+
+def shard_of(path: str | Path) -> Path | None:
+    """The weights folder whose index lists the file `path` as one of its shards; None for anything else. A
+    shard alone is no model (its config and the other shards are the folder's)."""
+    path = Path(path)
+    index = path.parent / INDEX
+    if not path.is_file() or not index.is_file():
+        return None
+    try:
+        return path.parent if path.name in json.loads(index.read_text()).get("weight_map", {}).values() else None
+    except (ValueError, AttributeError):
+        return None
 
 
 def config_path(weights: str | Path) -> Path:
@@ -164,10 +200,13 @@ class SingleFileWriter(_StreamedWriter):
         file = PlannedFile(self.tmp, layout, {"kind": kind})
         self.files = dict.fromkeys(layout, file)
 
-    def close(self, config: Any) -> Path:
+    def close(self, config: Any, before_replace: Callable[[], None] | None = None) -> Path:
+        """Write the config JSON, then put both in place (calling `before_replace` first); return the file."""
         self._close_files()
         tmp_json = self.target.with_name(self.target.name + ".json.tmp")
         tmp_json.write_text(config_record(self.kind, config))
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp_json, config_path(self.target))
         os.replace(self.tmp, self.target)
         return self.target
@@ -198,8 +237,10 @@ class ShardedWriter(_StreamedWriter):
             self.weight_map.update(dict.fromkeys(shard, filename))
         self.total_bytes = sum(nbytes(shape, d) for shape, d in layout.values())
 
-    def close(self, config: Any) -> Path:
-        """Write the index and config.json, then put the folder in place; return it."""
+    def close(self, config: Any, before_replace: Callable[[], None] | None = None) -> Path:
+        """Write the index and config.json, then put the folder in place; return it. `before_replace` is called
+        once the new folder is complete, just before an earlier one is touched (a model folder marks itself
+        unfinished then: bundle.py)."""
         self._close_files()
         index = {"metadata": {"total_size": self.total_bytes, "kind": self.kind}, "weight_map": self.weight_map}
         (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
@@ -210,6 +251,9 @@ class ShardedWriter(_StreamedWriter):
             except OutputInTheWay:
                 shutil.rmtree(self.tmp)
                 raise
+        if before_replace is not None:
+            before_replace()
+        if self.target.exists():
             shutil.rmtree(self.target)
         os.replace(self.tmp, self.target)
         return self.target
@@ -258,6 +302,10 @@ def read_config(path: str | Path, kind: str | None = None, files: list[Path] | N
     if Path(path).is_dir() and files[0].name == SINGLE and not meta_path.is_file():
         meta_path = config_path(files[0])
     if not meta_path.is_file():
+        folder = shard_of(path)
+        if folder is not None:
+            raise WeightsNotFound(f"{path} is one shard of the weights in {folder}: give the folder {folder} (or "
+                                  f"its {INDEX})")
         raise WeightsNotFound(f"weights {path} have no config JSON (expected {meta_path})")
     meta = json.loads(meta_path.read_text())
     if kind is not None and meta.get("kind") != kind:

@@ -39,7 +39,8 @@ from megadalle.train.mapped import streamed, verified
 from megadalle.train.task import Task
 from megadalle.train.zero_masters import has_masters, zero_masters
 from megadalle.train.zip_crc import DamagedRecord
-from megadalle.weights import DTYPES, ShardedWriter, SingleFileWriter, as_dtype, check_replaceable, export_layout
+from megadalle.weights import (DTYPES, ShardedWriter, SingleFileWriter, as_dtype, check_replaceable, export_layout,
+                               one_file)
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
 T = TypeVar("T")
@@ -255,10 +256,12 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: boo
 
 
 def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | None = None, ema: bool = False,
-           dtype: str = "bf16", max_shard_bytes: int = 5 << 30) -> Path:
+           dtype: str = "bf16", max_shard_bytes: int = 5 << 30,
+           before_replace: Callable[[], None] | None = None) -> Path:
     """Write the run's weights in `dtype`: a folder of shards + index + config.json, or, when `output`
     ends in .safetensors, that one file with its config JSON beside. Either way only the tensor being
-    written is held (weights.py, planned_safetensors.py)."""
+    written is held (weights.py, planned_safetensors.py). `before_replace` is called once every tensor is
+    written, just before an earlier export at `output` is replaced (the writers' `close`)."""
     check_replaceable(output)
     task, _ = run_task(run_dir)
     spec, torch_dtype = task.export_spec(), DTYPES[dtype]
@@ -268,13 +271,13 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
         state, place = whole_tables(model)  # vocabulary tables trained in pieces are written whole
         tensors = checked(model, checkpoint_tensors(task, model, path, ema, torch_dtype), path)
         layout = export_layout(state, torch_dtype)
-        writer = (SingleFileWriter(Path(output), layout, spec.kind) if Path(output).suffix == ".safetensors"
+        writer = (SingleFileWriter(Path(output), layout, spec.kind) if one_file(output)
                   else ShardedWriter(Path(output), layout, spec.kind, max_shard_bytes))
         try:
             for name, tensor in tensors:
                 whole, first_row = place(name)
                 writer.add(whole, tensor, first_row)
-            return writer.close(spec.config)
+            return writer.close(spec.config, before_replace)
         except BaseException:
             writer.abort()
             raise

@@ -308,7 +308,7 @@ def test_weights_that_cannot_be_written_are_refused_before_training(capsys, toke
           f"weights={notes / file}: {notes} is a file, not a folder")
     if verb == "train-clip":  # a folder of shards for CLIP's export; train-dvae's weights end in .safetensors
         fails(capsys, training(verb, token_shards, image_shards, *run, f"weights={image_shards}"),
-              f"weights={image_shards}: exists and is not an exported weights folder")
+              f"weights={image_shards}: exists and is neither empty nor an exported weights folder")
     assert not (tmp_path / "runs").exists()
 
 

@@ -67,7 +67,7 @@ def test_refusals(tmp_path):
         load_weights(tmp_path)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not an exported weights folder"):
+    with pytest.raises(FileExistsError, match="neither empty nor an exported weights folder"):
         write_folder(tmp_path / "other", state)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine" and not list(tmp_path.glob("other.tmp-*"))
     write_folder(folder, {"only": torch.zeros(3)})  # a previous export is replaced whole

@@ -118,7 +118,8 @@ def test_evaluate_refuses_them_too_and_reads_a_model_folder(trained, tmp_path, c
 
 
 @pytest.mark.parametrize("name, options, why", [
-    ("notes", ["weights_only=true"], "exists and is not an exported weights folder (no model.safetensors.index.json)"),
+    ("notes", ["weights_only=true"], "exists and is neither empty nor an exported weights folder (no "
+              "model.safetensors.index.json)"),
     ("w.safetensors", [], "a folder, where the export writes one .safetensors file"),
     ("notes/notes.txt", [], "a file; give a folder")])
 def test_export_refuses_an_output_it_would_not_replace_before_reading_any_weights(trained, tmp_path, capsys,
@@ -230,3 +231,103 @@ def test_a_run_directory_samples_with_what_its_run_recorded(trained, tmp_path, c
                  "prompt=red cat", "n=1", "keep=1", "rerank=false", f"output={tmp_path / 'out'}",
                  "overwrite=true"]) == 2
     assert f"{copy / 'run.json'} records {tok}" in capsys.readouterr().err
+
+
+def listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_a_refused_or_failed_re_export_leaves_the_earlier_export_working(trained, tmp_path, capsys, monkeypatch):
+    """A re-export refused for its checkpoint or its EMA used to delete bundle.json first, leaving a folder that
+    generate called unfinished over intact weights; the earlier export now stands until the new Transformer
+    replaces it, and only a failure after that leaves the folder unfinished."""
+    import megadalle.bundle as bundle
+    import megadalle.train.consolidate as consolidate
+
+    run, _, dvae, clip = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    before = listing(folder)
+    for typo in ("ema=true", f"checkpoint={run / 'checkpoints' / 'step_99'}"):
+        assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}", typo]) == 2
+        assert typo.split("=")[0] in capsys.readouterr().err and listing(folder) == before
+
+    def failing(*args, **kwargs):
+        yield from list(real(*args, **kwargs))[:2]
+        raise OSError("No space left on device")
+
+    real = consolidate.checkpoint_tensors
+    monkeypatch.setattr(consolidate, "checkpoint_tensors", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_bundle(run, folder, dvae_weights=str(dvae), clip_weights=str(clip))
+    assert listing(folder) == before  # its temporary gone, the earlier export whole
+    monkeypatch.undo()
+    assert megadalle.load_pipeline(folder).clip is not None
+    assert main(["generate", f"weights={folder}", "prompt=red cat", "n=1", "keep=1", f"output={tmp_path / 'out'}"]) == 0
+
+    monkeypatch.setattr(bundle, "_copy", lambda *a: (_ for _ in ()).throw(OSError("No space left on device")))
+    with pytest.raises(OSError, match="No space left"):
+        write_bundle(run, folder, dvae_weights=str(dvae), clip_weights=str(clip))
+    with pytest.raises(BundleError, match="unfinished export"):  # the Transformer was replaced: honest about it
+        bundle.sampling_files(folder)
+
+
+def test_export_writes_no_model_folder_among_other_files(trained, tmp_path, capsys):
+    """`export output=<a run, its checkpoints, image shards, a generate output>` used to exit 0 with transformer/,
+    bundle.json, tokenizer, dVAE and CLIP dropped among the user's files; an empty folder is taken."""
+    run, _, dvae, _ = trained
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "shard-000000.tar").write_text("images")
+    for target in (run, run / "checkpoints", shards):
+        before = listing(target)
+        assert main(["export", f"run={run}", f"output={target}", f"dvae_weights={dvae}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"megadalle export: output={target}: exists and is neither empty nor a model folder (no "
+                       "bundle.json), so the export will not replace it; give another path, or remove it")
+        assert listing(target) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["export", f"run={run}", f"output={empty}", f"dvae_weights={dvae}"]) == 0
+    assert megadalle.load_pipeline(empty).clip is None
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    assert main(["export", f"run={run}", f"output={weights}", "weights_only=true"]) == 0  # the same rule
+    assert (weights / "model.safetensors.index.json").is_file()
+
+
+def test_a_re_export_may_take_the_folders_own_files(trained, tmp_path):
+    """`export output=model tokenizer=model/tokenizer.model dvae_weights=model/dvae.safetensors` (a newer
+    checkpoint with the folder's own pieces) used to fail in shutil.SameFileError, leaving the folder unfinished."""
+    run, tok, dvae, clip = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    assert main(["export", f"run={run}", f"output={folder}", f"tokenizer={folder / 'tokenizer.model'}",
+                 f"dvae_weights={folder / 'dvae.safetensors'}", f"clip_weights={folder / 'clip.safetensors'}"]) == 0
+    assert (folder / "tokenizer.model").read_bytes() == tok.read_bytes()
+    assert (folder / "dvae.safetensors").read_bytes() == dvae.read_bytes()
+    assert megadalle.load_pipeline(folder).clip is not None
+
+
+def test_an_output_named_both_file_and_folder_is_refused(trained, tmp_path, capsys):
+    """`output=x.safetensors/` used to write a model folder named x.safetensors (and weights_only=true one file)."""
+    run, _, dvae, _ = trained
+    for options in ([f"dvae_weights={dvae}"], ["weights_only=true"]):
+        assert main(["export", f"run={run}", f"output={tmp_path / 'x.safetensors'}/", *options]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"megadalle export: output={tmp_path / 'x.safetensors'}/: ends in .safetensors (one file) "
+                       "and in / (a folder); drop the / to write one file, or name the folder otherwise")
+        assert not list(tmp_path.iterdir())
+
+
+def test_one_shard_as_weights_names_its_folder(trained, tmp_path, capsys):
+    """`generate weights=<model-00001-of-00001.safetensors>` used to ask for model-00001-of-00001.json."""
+    from megadalle.weights import WeightsNotFound
+
+    run, _, dvae, _ = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae))
+    shard = folder / "transformer" / "model-00001-of-00001.safetensors"
+    assert main(["generate", f"weights={shard}", "prompt=red cat", "n=1", "rerank=false",
+                 f"output={tmp_path / 'out'}"]) == 2
+    assert capsys.readouterr().err.strip() == (f"megadalle generate: weights={shard}: one shard of the weights in "
+                                               f"{folder}; pass weights={folder}")
+    with pytest.raises(WeightsNotFound, match=f"one shard of the weights in {folder / 'transformer'}: give the folder"):
+        load_weights(shard, "transformer")
