@@ -39,6 +39,7 @@ from megadalle.demo_done import once
 from megadalle.demo_judge import chance, judge
 from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
 from megadalle.demo_stop import DemoStopped, Interrupted, finished, interruptible, stop_line
+from megadalle.errors import UserError
 
 
 class Timer:
@@ -327,9 +328,19 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0, timer: Timer | No
     return summary
 
 
+def not_continued(stage: str, run_dir: Path, err: Exception) -> UserError:
+    """A training stage that cannot resume the run an earlier demo left (other data or settings), in the demo's
+    terms: the trainer's own way out (`new_data=true`, `name=`, `run_dir=`) is no key of the demo."""
+    reason = str(err).split("; ")[0]
+    return UserError(f"{stage} cannot continue the run an earlier demo left in {run_dir} ({reason}); rerun with that "
+                     "demo's settings, or give this one another output=")
+
+
 def run(cfg: DictConfig) -> int:
     """`megadalle demo`: 0 once it has run to its end, STOPPED_EXIT (75) with one line when a stop signal ended it
     (demo_stop.py)."""
+    from megadalle.train.checkpoint import CheckpointError
+    from megadalle.train.rundir import RunDirError
     from megadalle.train.signals import STOPPED_EXIT
 
     d = build(DemoConfig, cfg.demo, "demo")
@@ -344,6 +355,10 @@ def run(cfg: DictConfig) -> int:
         how = interrupted.signum if isinstance(interrupted, Interrupted) else signal.SIGINT
         line = stop_line(timer.current, "Ctrl-C" if how == signal.SIGINT else signal.Signals(how).name,
                          list(timer.times), timer.run_dir)
+    except (CheckpointError, RunDirError) as err:
+        if timer.run_dir is None:
+            raise
+        raise not_continued(timer.current, timer.run_dir, err) from err
     print(line, file=sys.stderr, flush=True)
     return STOPPED_EXIT
 

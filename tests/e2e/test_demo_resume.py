@@ -14,6 +14,7 @@ import pytest
 
 import megadalle.demo as demo
 from megadalle.config.compose import compose
+from megadalle.errors import UserError
 from megadalle.train.signals import STOPPED_EXIT
 from tests.launch_signals import signal_once_taken
 
@@ -43,7 +44,8 @@ def data_mtimes(out: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in files}
 
 
-def test_a_rerun_of_a_finished_demo_trains_and_draws_nothing_again(tmp_path, capsys):
+def test_a_rerun_of_a_finished_demo_trains_and_draws_nothing_again_and_one_on_other_data_is_refused(
+        tmp_path, capsys):
     out = tmp_path / "demo"
     code, printed, err = run_demo(out, capsys)
     assert code == 0, err[-3000:]
@@ -58,6 +60,13 @@ def test_a_rerun_of_a_finished_demo_trains_and_draws_nothing_again(tmp_path, cap
     assert "[demo] data: kept from an earlier run" in printed and "[demo] clip_images: kept" in printed
     assert data == data_mtimes(out), "a rerun drew, prepared or encoded its data again"
     assert printed.rstrip().endswith("(chance 2%)")
+
+    # other sizes draw other data, which the trained dVAE cannot resume on: the way out named is the demo's own
+    with pytest.raises(UserError, match=rf"^train-dvae cannot continue the run an earlier demo left in "
+                                        rf"{re.escape(str(out))}/runs/dvae \(cannot resume .*: it was trained with "
+                                        rf"data fingerprint='\w+', this run has fingerprint='\w+'\); rerun with that "
+                                        rf"demo's settings, or give this one another output=$"):
+        run_demo(out, capsys, "demo.per_scene=2")
 
 
 def stop_in_dvae_after_two_updates(monkeypatch) -> None:
