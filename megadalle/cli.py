@@ -32,6 +32,9 @@ class Verb:
     """The key a bare first argument sets (`megadalle index DIR` is `megadalle index dir=DIR`)."""
     trains: bool = False
     """A training verb: it holds the scheduler's stop signals from the command's first line (`stop_signals`)."""
+    stops_on_ctrl_c: bool = False
+    """Ctrl-C before its stage begins (while the command imports and composes) ends it with one line and
+    STOPPED_EXIT instead of a traceback and 130: the demo, which people stop by hand and rerun to continue."""
 
 
 VERBS: dict[str, Verb] = {
@@ -48,7 +51,8 @@ VERBS: dict[str, Verb] = {
     "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid"),
     "evaluate": Verb("megadalle.evaluate:run", "CLIP score, FID and KID of a model's samples; JSON + Markdown"),
     "plan": Verb("megadalle.plan.report:run", "parameters, FLOPs, memory per GPU and a parallel layout for a model size"),
-    "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU"),
+    "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU", trains=True,
+                 stops_on_ctrl_c=True),
 }
 
 def load(target: str):
@@ -105,11 +109,21 @@ def stop_signals(verb: str):
 def main(argv: list[str] | None = None) -> int:
     """`megadalle ARGV`; returns the exit code. A reader that closes the pipe early (`--help | head`)
     ends the command quietly, as it ends other command-line tools. A training verb takes its stop signals here,
-    first (`stop_signals`: this module imports hydra and the rest only when it needs them)."""
+    first (`stop_signals`: this module imports hydra and the rest only when it needs them); the demo its Ctrl-C
+    too (`Verb.stops_on_ctrl_c`: its run catches its own, this one came before it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verb = argv[0] if argv else ""
     try:
-        with stop_signals(argv[0] if argv else ""):
+        with stop_signals(verb):
             return run_command(argv)
+    except KeyboardInterrupt:
+        if verb not in VERBS or not VERBS[verb].stops_on_ctrl_c:
+            raise
+        from megadalle.train.signals import STOPPED_EXIT
+
+        print(f"megadalle {verb}: stopped by Ctrl-C before it began; nothing was written; rerun the same command "
+              "to start it", file=sys.stderr, flush=True)
+        return STOPPED_EXIT
     except BrokenPipeError:
         import os
 

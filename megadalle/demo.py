@@ -10,16 +10,22 @@ samples with a pixel check that no model took part in (demo_judge.py). The headl
 held-out captions judged on all three attributes, with its standard error over captions
 (demo_score.py); seen captions and the colour + shape figure are printed beside it, and so is the
 dVAE's own check (demo_recon.py), which bounds what the Transformer can draw.
+
+Rerunning the same command continues: a data stage an earlier run finished is kept (demo_done.py), and each
+training stage resumes from its checkpoints (a finished one only exports its weights again). Ctrl-C, TERM or
+USR1 stop it in any stage with exit status 75 and a line saying what it kept (demo_stop.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import shutil
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -27,19 +33,30 @@ from omegaconf import DictConfig
 from megadalle.config import build, top_level
 from megadalle.config.compose import compose
 from megadalle.config.demo import DemoConfig
+from megadalle.data import atomic
 from megadalle.demo_data import Scene, all_scenes, split_scenes, write_dataset
+from megadalle.demo_done import once
 from megadalle.demo_judge import chance, judge
 from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
+from megadalle.demo_stop import DemoStopped, Interrupted, finished, interruptible, stop_line
+from megadalle.errors import UserError
 
 
 class Timer:
-    """Wall-clock seconds per stage, printed as each ends and kept for the summary."""
+    """Wall-clock seconds per finished stage, printed as each ends and kept for the summary, and the stage running
+    now (with its run directory, for a training stage): what a stop's line reports (demo_stop.stop_line)."""
 
     def __init__(self):
         self.times: dict[str, float] = {}
+        self.current: str | None = None
+        self.run_dir: Path | None = None
 
-    def __call__(self, name: str, began: float) -> None:
+    @contextmanager
+    def stage(self, name: str, run_dir: Path | None = None) -> Iterator[None]:
+        self.current, self.run_dir, began = name, run_dir, time.perf_counter()
+        yield
         self.times[name] = time.perf_counter() - began
+        self.current = self.run_dir = None
         print(f"[demo] {name}: {self.times[name]:.0f} s", flush=True)
 
 
@@ -47,23 +64,44 @@ def trainer_overrides(group: str, steps: int, batch: int, lr: float) -> list[str
     """The shared trainer settings of the demo's three training stages (CPU, no wandb, one checkpoint, no validation
     split), over the stage's `trainer` group: `dvae` and `clip` keep their verbs' optimisers, `tiny` the Transformer's.
 
+    resume=auto: a rerun of the demo continues each stage from its checkpoint (a stopped one where it stopped, a
+    finished one only exports again); resume=never refused every rerun, the stage's last step being saved. A log
+    line every 1/20 of the updates: at 1/5, the dVAE's stage printed nothing for minutes on a loaded machine.
+
     ZeRO stage 0: the demo is one process, where ZeRO-1's partitions shard nothing and its gradient buckets
     and master copies only cost time (benchmarks/RESULTS.md, "Trainer vs a plain PyTorch loop"). fp32 on any
     machine: on a GPU `precision=auto` means bf16, which stage 0 refuses with fp32 accumulation, so the demo
     stopped at its first training stage wherever CUDA was present (and fp32 keeps a seed's demo the same)."""
     return [f"trainer={group}", "trainer.precision=fp32", f"trainer.steps={steps}", f"trainer.micro_batch={batch}",
-            f"trainer.lr={lr}", f"trainer.min_lr={lr / 10}", f"trainer.warmup_steps={max(1, steps // 20)}", "trainer.ema=null",
-            f"trainer.log_every={max(1, steps // 5)}", "trainer.checkpoint_every=0", "trainer.keep_checkpoints=1",
-            "trainer.eval_every=0",
-            "logger=none", "deepspeed=zero1", "deepspeed.zero_stage=0", "resume=never", "data.num_workers=1"]
+            f"trainer.lr={lr}", f"trainer.min_lr={lr / 10}", f"trainer.warmup_steps={max(1, steps // 20)}",
+            "trainer.ema=null", f"trainer.log_every={max(1, steps // 20)}", "trainer.checkpoint_every=0",
+            "trainer.keep_checkpoints=1", "trainer.eval_every=0",
+            "logger=none", "deepspeed=zero1", "deepspeed.zero_stage=0", "resume=auto", "data.num_workers=1"]
 
 
 def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
-    """Draw the training scenes' images, shard them (prepare) and train the BPE tokenizer; returns both paths."""
+    """Draw the training scenes' images, shard them (prepare) and train the BPE tokenizer, unless an earlier run
+    made them with the same sizes and seed (demo_done.once); returns both paths."""
+    shards, tokenizer = out / "shards", out / "tokenizer.model"
+    once(out, "data", data_inputs(d, seed), [shards / "index.json", tokenizer], lambda: draw_data(d, out, seed))
+    check_captions_fit(tokenizer, d.text_len)
+    return shards, tokenizer
+
+
+def data_inputs(d: DemoConfig, seed: int) -> dict:
+    """What the demo's data (images, shards, tokenizer) is made from."""
+    return {"per_scene": d.per_scene, "holdout": d.holdout, "image_size": d.image_size, "vocab_size": d.vocab_size,
+            "seed": seed}
+
+
+def draw_data(d: DemoConfig, out: Path, seed: int) -> None:
+    """`make_data`'s work: images and captions in a fresh `raw/` (an earlier run's larger data set must not stay
+    in it, prepare reads every file), their shards and the tokenizer."""
     from megadalle.config.data import TokenizerConfig
     from megadalle.data.tokenizer import train_tokenizer
 
     train, _ = split_scenes(d.holdout, seed)
+    shutil.rmtree(out / "raw", ignore_errors=True)
     write_dataset(out / "raw", train, d.per_scene, d.image_size, seed)
     prepare_folder(out / "raw", out / "shards", d.image_size)
     cfg = compose("tokenizer", [f"input={out / 'shards'}", f"output={out / 'tokenizer.model'}",
@@ -71,8 +109,6 @@ def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
     tc = build(TokenizerConfig, top_level(cfg, TokenizerConfig), "")
     train_tokenizer(tc.input, tc.output, tc.vocab_size, tc.normalization, tc.character_coverage, tc.max_sentences,
                     tc.byte_fallback, tc.seed)
-    check_captions_fit(out / "tokenizer.model", d.text_len)
-    return out / "shards", out / "tokenizer.model"
 
 
 def prepare_folder(raw: Path, shards: Path, image_size: int) -> Path:
@@ -124,35 +160,28 @@ def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, seed: int = 0) -> Pa
     return train_dvae(demo_dvae_config(d, out, shards, seed))
 
 
-def clip_training_shards(d: DemoConfig, dvae, out: Path, shards: Path) -> Path:
+def clip_training_shards(d: DemoConfig, dvae, out: Path, shards: Path, seed: int) -> Path:
     """Shards of what CLIP trains on (`d.clip_images`): the training images' own `shards`, or shards of the
     dVAE's reconstructions of them under `out/clip_images/reconstructed`, with a copy of the originals
-    beside them for `both` (prepare reads the folder recursively)."""
+    beside them for `both` (prepare reads the folder recursively); kept from an earlier run of the same data and
+    dVAE weights (demo_done.once)."""
     from megadalle.demo_recon import reconstruct_folder
+    from megadalle.encode import weights_digest
 
     if d.clip_images == "original":
         return shards
     folder = out / "clip_images"
-    shutil.rmtree(folder, ignore_errors=True)
-    reconstruct_folder(dvae, out / "raw", folder / "reconstructed")
-    if d.clip_images == "both":
-        shutil.copytree(out / "raw", folder / "original")
-    return prepare_folder(folder, out / "shards_clip", d.image_size)
 
+    def make() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        reconstruct_folder(dvae, out / "raw", folder / "reconstructed")
+        if d.clip_images == "both":
+            shutil.copytree(out / "raw", folder / "original")
+        prepare_folder(folder, out / "shards_clip", d.image_size)
 
-class DemoStopped(Exception):
-    """A training stage that a stop signal (Ctrl-C, TERM, USR1) ended before its last update: the demo went on
-    to the next stage, with the weights an earlier demo had left in the folder, or none."""
-
-    def __init__(self, stage: str):
-        super().__init__(stage)
-        self.stage = stage
-
-
-def finished(stage: str, done: bool) -> None:
-    """DemoStopped unless the training stage `stage` finished."""
-    if not done:
-        raise DemoStopped(stage)
+    once(out, "clip_images", {"clip_images": d.clip_images, "dvae": weights_digest(dvae), "data": data_inputs(d, seed)},
+         [out / "shards_clip" / "index.json"], make)
+    return out / "shards_clip"
 
 
 def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab: int, timer: Timer, seed: int) -> None:
@@ -165,32 +194,28 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
     from megadalle.train.loop import train_from_config
     from megadalle.train.transformer import FACTORY, task_from_config
 
-    began = time.perf_counter()
-    finished("train-dvae", train_demo_dvae(d, out, shards, seed) is not None)
-    timer("train-dvae", began)
-    began = time.perf_counter()
-    dvae = load_dvae(out / "dvae.safetensors")
-    encode_shards(dvae, shards, out / "tokens", batch_size=128)
-    timer("encode", began)
-    began = time.perf_counter()
-    clip_shards = clip_training_shards(d, dvae, out, shards)
-    clip = train_clip(compose("train-clip", [f"seed={seed}", "clip=tiny", f"clip.image_size={d.image_size}",
-                                      f"clip.text_vocab={vocab}", f"clip.text_len={d.text_len}", f"data.shards={clip_shards}",
-                                      f"tokenizer={tokenizer}",
-                                      f"weights={out / 'clip.safetensors'}", f"run_dir={out / 'runs/clip'}",
-                                      *trainer_overrides("clip", d.clip_steps, d.clip_batch, d.clip_lr)]))
-    finished("train-clip", clip is not None)
-    timer("train-clip", began)
-    began = time.perf_counter()
-    cfg = compose("train", [f"seed={seed}", "model=tiny", f"model.text_len={d.text_len}", f"model.text_vocab={vocab}",
-                            f"model.grid_size={dvae.cfg.grid_size}", f"model.image_vocab={dvae.cfg.vocab_size}",
-                            f"data.shards={out / 'tokens'}", f"data.tokenizer={tokenizer}", "data.bpe_dropout=0.0",
-                            f"run_dir={out / 'runs/dalle'}",
-                            *trainer_overrides("tiny", d.steps, d.batch, d.lr)])
-    result = train_from_config(task_from_config(cfg), cfg, FACTORY)
-    finished("train", not result.stopped_by_signal)
-    export(result.run_dir, out / "model.safetensors", dtype="fp32")
-    timer("train", began)
+    with timer.stage("train-dvae", out / "runs/dvae"):
+        finished("train-dvae", train_demo_dvae(d, out, shards, seed) is not None)
+    with timer.stage("encode"):
+        dvae = load_dvae(out / "dvae.safetensors")
+        encode_shards(dvae, shards, out / "tokens", batch_size=128)
+    with timer.stage("train-clip", out / "runs/clip"):
+        clip_shards = clip_training_shards(d, dvae, out, shards, seed)
+        clip = train_clip(compose("train-clip", [f"seed={seed}", "clip=tiny", f"clip.image_size={d.image_size}",
+                                          f"clip.text_vocab={vocab}", f"clip.text_len={d.text_len}",
+                                          f"data.shards={clip_shards}", f"tokenizer={tokenizer}",
+                                          f"weights={out / 'clip.safetensors'}", f"run_dir={out / 'runs/clip'}",
+                                          *trainer_overrides("clip", d.clip_steps, d.clip_batch, d.clip_lr)]))
+        finished("train-clip", clip is not None)
+    with timer.stage("train", out / "runs/dalle"):
+        cfg = compose("train", [f"seed={seed}", "model=tiny", f"model.text_len={d.text_len}",
+                                f"model.text_vocab={vocab}", f"model.grid_size={dvae.cfg.grid_size}",
+                                f"model.image_vocab={dvae.cfg.vocab_size}", f"data.shards={out / 'tokens'}",
+                                f"data.tokenizer={tokenizer}", "data.bpe_dropout=0.0", f"run_dir={out / 'runs/dalle'}",
+                                *trainer_overrides("tiny", d.steps, d.batch, d.lr)])
+        result = train_from_config(task_from_config(cfg), cfg, FACTORY)
+        finished("train", not result.stopped_by_signal)
+        export(result.run_dir, out / "model.safetensors", dtype="fp32")
 
 
 def generate_and_judge(model, dvae, clip, tokenizer, scene: Scene, samples: int, settings, seed: int):
@@ -222,7 +247,6 @@ def eval_scenes(d: DemoConfig, seed: int) -> list[tuple[str, Scene]]:
 
 def evaluate(d: DemoConfig, out: Path, scenes: list[tuple[str, Scene]], seed: int) -> dict[str, dict]:
     """Generate each caption, write its grid, judge the pixels; accuracy per group (held-out / seen) and criterion."""
-    from megadalle.sampling.grid import save_grid
     from megadalle.sampling.loop import SamplingSettings
 
     model, dvae, clip, tokenizer = load_demo_models(out)
@@ -237,6 +261,18 @@ def evaluate(d: DemoConfig, out: Path, scenes: list[tuple[str, Scene]], seed: in
         print(f"[demo] {group:8s} {scene.caption!r}: {full['reranked'] * d.keep:.0f}/{d.keep} of CLIP's best, "
               f"{full['raw'] * d.samples:.0f}/{d.samples} of all samples match (colour, shape, position)")
     return {group: summarise(per) for group, per in scores.items()}
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """The grid of `images` as a PNG at `path`, written atomically: a stop while it is written leaves the old
+    grid or none."""
+    import io
+
+    from megadalle.sampling.grid import make_grid
+
+    png = io.BytesIO()
+    make_grid(images).save(png, format="PNG")
+    atomic.write_bytes(path, png.getvalue())
 
 
 def report(d: DemoConfig, summary: dict) -> str:
@@ -261,8 +297,9 @@ def report(d: DemoConfig, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(d: DemoConfig, output: str | Path, seed: int = 0) -> dict:
-    """The whole demo; returns the accuracies, chance, the dVAE check and stage times (also in <output>/demo.json)."""
+def run_demo(d: DemoConfig, output: str | Path, seed: int = 0, timer: Timer | None = None) -> dict:
+    """The whole demo; returns the accuracies, chance, the dVAE check and stage times (also in <output>/demo.json).
+    `timer` times its stages and knows which one runs (`run` reports it when a signal stops the demo)."""
     from megadalle.data.tokenizer import Tokenizer
     from megadalle.demo_recon import check_dvae
     from megadalle.models.dvae import load_dvae
@@ -272,40 +309,58 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0) -> dict:
     out = Path(output)
     check_dvae_overrides(d, out, seed)
     out.mkdir(parents=True, exist_ok=True)
-    timer, start = Timer(), time.perf_counter()
-    began = time.perf_counter()
-    shards, tokenizer = make_data(d, out, seed)
-    timer("data + prepare + tokenizer", began)
+    timer, start = timer or Timer(), time.perf_counter()
+    with timer.stage("data + prepare + tokenizer"):
+        shards, tokenizer = make_data(d, out, seed)
     train_models(d, out, shards, tokenizer, Tokenizer(tokenizer).vocab_size, timer, seed)
-    began = time.perf_counter()
-    dvae_check = check_dvae(load_dvae(out / "dvae.safetensors"), d.image_size, d.check_per_scene, seed + 1)
-    timer("dvae check", began)
-    began = time.perf_counter()
-    accuracy = evaluate(d, out, eval_scenes(d, seed), seed)
-    timer("generate + judge", began)
+    with timer.stage("dvae check"):
+        dvae_check = check_dvae(load_dvae(out / "dvae.safetensors"), d.image_size, d.check_per_scene, seed + 1)
+    with timer.stage("generate + judge"):
+        accuracy = evaluate(d, out, eval_scenes(d, seed), seed)
     group = "heldout" if "heldout" in accuracy else "seen"
     main = accuracy[group]["colour+shape+position"]
     summary = {"headline": {"group": group, "accuracy": main["reranked"], "se": main["reranked_se"]},
                "accuracy": accuracy, "chance": {c: chance(a) for c, a in CRITERIA.items()}, "dvae": dvae_check,
                "seconds": timer.times, "total_seconds": time.perf_counter() - start, "grids": str(out / "grids"),
                "config": dataclasses.asdict(d), "seed": seed}
-    (out / "demo.json").write_text(json.dumps(summary, indent=1))
+    atomic.write_json(out / "demo.json", summary)
     print(report(d, summary), flush=True)
     return summary
 
 
+def not_continued(stage: str, run_dir: Path, err: Exception) -> UserError:
+    """A training stage that cannot resume the run an earlier demo left (other data or settings), in the demo's
+    terms: the trainer's own way out (`new_data=true`, `name=`, `run_dir=`) is no key of the demo."""
+    reason = str(err).split("; ")[0]
+    return UserError(f"{stage} cannot continue the run an earlier demo left in {run_dir} ({reason}); rerun with that "
+                     "demo's settings, or give this one another output=")
+
+
 def run(cfg: DictConfig) -> int:
+    """`megadalle demo`: 0 once it has run to its end, STOPPED_EXIT (75) with one line when a stop signal ended it
+    (demo_stop.py)."""
+    from megadalle.train.checkpoint import CheckpointError
+    from megadalle.train.rundir import RunDirError
     from megadalle.train.signals import STOPPED_EXIT
 
     d = build(DemoConfig, cfg.demo, "demo")
+    timer = Timer()
     try:
-        run_demo(d, cfg.output, int(cfg.get("seed", 0)))
-    except DemoStopped as stopped:
-        # a stop during the stage's start-up saves nothing: the checkpoint to resume from may be an earlier one
-        print(f"megadalle demo: stopped by a signal in its {stopped.stage} stage; rerun the same command to resume "
-              "from its last checkpoint", file=sys.stderr)
-        return STOPPED_EXIT
-    return 0
+        with interruptible():
+            run_demo(d, cfg.output, int(cfg.get("seed", 0)), timer)
+        return 0
+    except DemoStopped as stopped:  # the trainer checkpointed (or, stopped in its start-up, kept its last one)
+        line = stop_line(stopped.stage, "a signal", list(timer.times), timer.run_dir)
+    except KeyboardInterrupt as interrupted:  # an Interrupted, or a second Ctrl-C in a training stage (no save)
+        how = interrupted.signum if isinstance(interrupted, Interrupted) else signal.SIGINT
+        line = stop_line(timer.current, "Ctrl-C" if how == signal.SIGINT else signal.Signals(how).name,
+                         list(timer.times), timer.run_dir)
+    except (CheckpointError, RunDirError) as err:
+        if timer.run_dir is None:
+            raise
+        raise not_continued(timer.current, timer.run_dir, err) from err
+    print(line, file=sys.stderr, flush=True)
+    return STOPPED_EXIT
 
 
 if __name__ == "__main__":  # `python -m megadalle.demo ARGS` is `megadalle demo ARGS`

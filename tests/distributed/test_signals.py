@@ -166,7 +166,7 @@ def test_the_verbs_take_the_stop_signals_before_anything_else(monkeypatch, tmp_p
     import megadalle.cli
     from megadalle.cli import VERBS, main
 
-    assert [verb for verb, spec in VERBS.items() if spec.trains] == ["train-dvae", "train-clip", "train"]
+    assert [verb for verb, spec in VERBS.items() if spec.trains] == ["train-dvae", "train-clip", "train", "demo"]
 
     held = {}
     monkeypatch.setattr(megadalle.cli, "resolve", lambda verb: lambda cfg: held.setdefault(verb, signals._at_start))

@@ -177,7 +177,12 @@ def test_a_stage_stopped_by_a_signal_stops_the_demo_with_status_75(tmp_path, mon
         demo.train_models(None, tmp_path, tmp_path, tmp_path, 0, demo.Timer(), 0)
     assert stopped.value.stage == "train-dvae"
 
-    monkeypatch.setattr(demo, "run_demo", lambda *args: demo.finished("train", False))
+    def stopped_in_train(d, output, seed, timer):
+        with timer.stage("train", tmp_path / "runs/dalle"):
+            demo.finished("train", False)
+
+    monkeypatch.setattr(demo, "run_demo", stopped_in_train)
     assert demo.run(compose("demo", [f"output={tmp_path}"])) == 75
-    assert capsys.readouterr().err == "megadalle demo: stopped by a signal in its train stage; rerun the same " \
-                                      "command to resume from its last checkpoint\n"
+    assert capsys.readouterr().err == "megadalle demo: stopped by a signal in its train stage; kept no finished " \
+                                      "stage and no checkpoint of train yet; rerun the same command to continue " \
+                                      "from there\n"

@@ -1,0 +1,88 @@
+"""How `megadalle demo` stops: Ctrl-C, TERM or USR1 end it in any stage with STOPPED_EXIT (75) and one line that
+says what it kept, and rerunning the same command continues from there (demo_done.py skips the data stages an
+earlier run finished, the training stages resume from their checkpoints).
+
+A training stage takes the signals over while it trains (signals.run_flag: it saves a checkpoint and stops).
+Around it the demo's own handler raises `Interrupted` at once, as Ctrl-C raises KeyboardInterrupt: its other
+stages publish what they write atomically (prepare's shards, encode's, the weights, the grids) or record it as
+done last (demo_done.py), so a stop leaves nothing half-written that a rerun would take for finished. Before the
+demo's run the CLI holds TERM and USR1 from its first line (cli.stop_signals), as it does for a training verb;
+`interruptible` takes that flag over, so a signal that came during the imports stops the demo before its first
+stage.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from megadalle.train.signals import STOP_SIGNALS, default_action, run_flag
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal outside a training loop: a KeyboardInterrupt, so what cleans up after Ctrl-C (prepare aborts
+    its writers) cleans up after TERM and USR1 too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class DemoStopped(Exception):
+    """A training stage that a stop signal ended before its last update: it saved a checkpoint (or, stopped in its
+    start-up, kept the one it had), and the demo stops there rather than go on without its weights."""
+
+    def __init__(self, stage: str):
+        super().__init__(stage)
+        self.stage = stage
+
+
+def finished(stage: str, done: bool) -> None:
+    """DemoStopped unless the training stage `stage` finished."""
+    if not done:
+        raise DemoStopped(stage)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """The demo's handler of Ctrl-C, TERM and USR1 for its whole run (raising `Interrupted`); the signals are as
+    they were when it ends. Outside the main thread (where no handler can be set) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = run_flag()  # what the CLI held since its first line (a TERM during the imports is in it), or a new flag
+    pid = os.getpid()
+
+    def handle(signum, frame):
+        if os.getpid() != pid:  # a forked worker (prepare's pool): TERM still ends it, the demo decides the rest
+            if signum == signal.SIGTERM:
+                default_action(signum)
+            return
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
+    try:
+        if held.set:
+            raise Interrupted(held.received)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        held.uninstall()
+
+
+def stop_line(stage: str | None, how: str, done: list[str], run_dir: Path | None) -> str:
+    """The demo's one line when a stop signal ended it in `stage` (None: before its first), `how` naming the signal:
+    the stages it finished, the checkpoint a rerun resumes `stage` from, and that rerunning continues."""
+    from megadalle.train.rundir import resume_step
+
+    where = f"in its {stage} stage" if stage else "before its first stage"
+    kept = [f"finished stages: {', '.join(done)}"] if done else ["no finished stage"]
+    if run_dir is not None:
+        step = resume_step(run_dir, "auto")
+        kept.append(f"{stage}'s checkpoint at step {step}" if step is not None else f"no checkpoint of {stage} yet")
+    return (f"megadalle demo: stopped by {how} {where}; kept {' and '.join(kept)}; rerun the same command to "
+            "continue from there")

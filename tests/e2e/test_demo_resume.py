@@ -1,0 +1,178 @@
+"""Rerunning `megadalle demo` continues it, and a stop signal in any stage ends it with 75 and one true line.
+
+A rerun of the same command refused to start (its stages trained with resume=never, so their checkpoints were in
+the way), after drawing its data again; a finished demo could not be rerun either. The demo here is the smallest
+that runs every stage (2 updates each, one sample per caption): seconds per run."""
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import megadalle.demo as demo
+from megadalle.config.compose import compose
+from megadalle.errors import UserError
+from megadalle.train.signals import STOPPED_EXIT
+from tests.launch_signals import signal_once_taken
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["demo=fast", "demo.per_scene=1", "demo.dvae_steps=2", "demo.dvae_batch=8", "demo.clip_steps=2",
+        "demo.clip_batch=8", "demo.steps=2", "demo.batch=8", "demo.samples=1", "demo.keep=1", "demo.holdout=1",
+        "demo.seen=0", "demo.check_per_scene=1"]
+UPDATE = re.compile(r"^step \d+: loss=", re.M)
+
+
+def run_demo(out: Path, capsys, *overrides: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the tiny demo into `out`, in this process."""
+    code = demo.run(compose("demo", [*TINY, *overrides, f"output={out}"]))
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
+def last_line(err: str) -> str:
+    """The demo's own last line on stderr (DeepSpeed's start-up warnings may come before it)."""
+    return err.rstrip("\n").rsplit("\n", 1)[-1]
+
+
+def data_mtimes(out: Path) -> dict[Path, int]:
+    """When each image, shard and token shard was written (encode writes its index.json again on every run)."""
+    files = [p for folder in ("raw", "shards", "shards_clip", "tokens") for p in (out / folder).rglob("*")
+             if p.is_file() and p.relative_to(out) != Path("tokens/index.json")]
+    return {p: p.stat().st_mtime_ns for p in files}
+
+
+def test_a_rerun_of_a_finished_demo_trains_and_draws_nothing_again_and_one_on_other_data_is_refused(
+        tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, printed, err = run_demo(out, capsys)
+    assert code == 0, err[-3000:]
+    assert len(UPDATE.findall(printed)) == 6  # 2 updates in each of the three training stages
+    data = data_mtimes(out)
+
+    code, printed, err = run_demo(out, capsys)
+    assert code == 0, err[-3000:]
+    assert not UPDATE.findall(printed), printed[-3000:]
+    for run in ("dvae", "clip", "dalle"):
+        assert f"resumed from {out}/runs/{run}/checkpoints/step_00000002 at step 2" in printed, printed[-3000:]
+    assert "[demo] data: kept from an earlier run" in printed and "[demo] clip_images: kept" in printed
+    assert data == data_mtimes(out), "a rerun drew, prepared or encoded its data again"
+    assert printed.rstrip().endswith("(chance 2%)")
+
+    # other sizes draw other data, which the trained dVAE cannot resume on: the way out named is the demo's own
+    with pytest.raises(UserError, match=rf"^train-dvae cannot continue the run an earlier demo left in "
+                                        rf"{re.escape(str(out))}/runs/dvae \(cannot resume .*: it was trained with "
+                                        rf"data fingerprint='\w+', this run has fingerprint='\w+'\); rerun with that "
+                                        rf"demo's settings, or give this one another output=$"):
+        run_demo(out, capsys, "demo.per_scene=2")
+
+
+def stop_in_dvae_after_two_updates(monkeypatch) -> None:
+    """A USR1 (Slurm's warning) to this process during the dVAE's second update, as the scheduler would send it."""
+    from megadalle.train import loop
+
+    update = loop.Trainer._update
+
+    def signalled(self, runner):
+        metrics = update(self, runner)
+        if self.step == 1 and self.run_dir.name == "dvae":
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return metrics
+
+    monkeypatch.setattr(loop.Trainer, "_update", signalled)
+
+
+def test_a_demo_stopped_in_a_training_stage_says_what_it_kept_and_the_rerun_resumes_there(tmp_path, capsys,
+                                                                                          monkeypatch):
+    out = tmp_path / "demo"
+    with monkeypatch.context() as patched:
+        stop_in_dvae_after_two_updates(patched)
+        code, printed, err = run_demo(out, capsys, "demo.dvae_steps=4")
+    assert code == STOPPED_EXIT, err[-3000:]
+    assert last_line(err) == ("megadalle demo: stopped by a signal in its train-dvae stage; kept finished stages: "
+                              "data + prepare + tokenizer and train-dvae's checkpoint at step 2; rerun the same "
+                              "command to continue from there")
+    assert not (out / "dvae.safetensors").exists() and not (out / "tokens").exists()
+
+    code, printed, err = run_demo(out, capsys, "demo.dvae_steps=4")
+    assert code == 0, err[-3000:]
+    assert f"resumed from {out}/runs/dvae/checkpoints/step_00000002 at step 2" in printed, printed[-3000:]
+    assert re.findall(r"^step (\d+): loss=", printed, re.M)[:2] == ["2", "3"]  # the dVAE's last two, then on
+    assert "[demo] data: kept from an earlier run" in printed
+
+
+def signal_during(monkeypatch, module, name: str, sig: int) -> None:
+    """`module.name` sends `sig` to this process once it has begun (in the middle of its stage)."""
+    real = getattr(module, name)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, signalled)
+
+
+def test_ctrl_c_while_the_demo_prepares_its_shards_leaves_no_shards_and_the_rerun_makes_them(tmp_path, capsys,
+                                                                                             monkeypatch):
+    import megadalle.data.prepare as prepare_module
+
+    out = tmp_path / "demo"
+    real = prepare_module.convert_all
+
+    def convert_then_ctrl_c(*args):
+        for i, result in enumerate(real(*args)):
+            if i == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield result
+
+    with monkeypatch.context() as patched:
+        patched.setattr(prepare_module, "convert_all", convert_then_ctrl_c)
+        code, printed, err = run_demo(out, capsys)
+    assert code == STOPPED_EXIT and "Traceback" not in err, err[-3000:]
+    assert last_line(err) == ("megadalle demo: stopped by Ctrl-C in its data + prepare + tokenizer stage; kept no "
+                              "finished stage; rerun the same command to continue from there")
+    assert not (out / "shards" / "index.json").exists() and not (out / "made").exists()
+    assert not list((out / "shards").glob("*.tar")), "a shard half-written or left for finished"
+
+    code, printed, err = run_demo(out, capsys)
+    assert code == 0, err[-3000:]
+    assert "[demo] data: kept" not in printed and (out / "shards" / "index.json").is_file()
+
+
+def test_term_while_the_demo_evaluates_keeps_every_trained_stage_and_the_rerun_trains_nothing(tmp_path, capsys,
+                                                                                               monkeypatch):
+    out = tmp_path / "demo"
+    with monkeypatch.context() as patched:
+        signal_during(patched, demo, "generate_and_judge", signal.SIGTERM)
+        code, printed, err = run_demo(out, capsys)
+    assert code == STOPPED_EXIT, err[-3000:]
+    assert last_line(err) == ("megadalle demo: stopped by SIGTERM in its generate + judge stage; kept finished "
+                              "stages: data + prepare + tokenizer, train-dvae, encode, train-clip, train, dvae check; "
+                              "rerun the same command to continue from there")
+    assert not (out / "demo.json").exists()
+
+    code, printed, err = run_demo(out, capsys)
+    assert code == 0, err[-3000:]
+    assert not UPDATE.findall(printed) and (out / "demo.json").is_file()
+
+
+@pytest.mark.parametrize("sig, line", [
+    (signal.SIGTERM, "megadalle demo: stopped by SIGTERM before its first stage; kept no finished stage; rerun the "
+                     "same command to continue from there"),
+    (signal.SIGINT, "megadalle demo: stopped by Ctrl-C before it")], ids=["TERM", "Ctrl-C"])
+def test_a_stop_signal_during_the_demos_start_up_exits_75_with_one_line(tmp_path, sig, line):
+    """TERM while the demo imported killed it (143, nothing said); Ctrl-C printed a traceback (130)."""
+    out = tmp_path / "demo"
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.Popen([sys.executable, "-m", "megadalle", "demo", *TINY, f"output={out}"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        signal_once_taken(proc, sig)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == STOPPED_EXIT, err[-3000:]
+    assert last_line(err).startswith(line) and "Traceback" not in err, err[-3000:]
+    assert not (out / "made").exists()
