@@ -47,7 +47,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from megadalle.data.digest import sha256
 from megadalle.errors import UserError
@@ -112,6 +112,15 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+ADDED_KEYS: dict[str, Callable[[dict], Any]] = {
+    "clip.negatives": lambda now: now["clip.negatives"] if now.get("trainer.grad_accum") == 1 else "micro_batch",
+}
+"""Keys a task's config gained after runs recorded theirs in run.json: from the current flattened config, the value
+an older run ran under. Without this a run.json lacking the key (None there) refused every value a user can give.
+CLIP contrasted each micro-batch alone before `clip.negatives`, which is the whole update's contrast when there
+is no accumulation."""
+
+
 def resumable(key: str) -> bool:
     return any(key == allowed or (allowed.endswith(".*") and key.startswith(allowed[:-1])) for allowed in RESUMABLE)
 
@@ -135,8 +144,10 @@ def same_path(saved: Any, current: Any) -> bool:
 
 def config_diff(saved: dict, current: dict, same_content: frozenset[str] = frozenset()) -> list[tuple[str, Any, Any]]:
     """(key, saved value, current value) for every key that differs and may not change on resume. The DIGEST_KEYS
-    in `same_content` name a file whose content is the run's, wherever it lies now; the others compare as paths."""
+    in `same_content` name a file whose content is the run's, wherever it lies now; the others compare as paths.
+    A key the saved config lacks because it was added since (ADDED_KEYS) compares as the value the run ran under."""
     a, b = flatten(saved), flatten(current)
+    a.update({key: implied(b) for key, implied in ADDED_KEYS.items() if key not in a and key in b})
     return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b))
             if not resumable(key) and key not in same_content
             and not (same_path if key in DIGEST_KEYS else operator.eq)(a.get(key), b.get(key))]

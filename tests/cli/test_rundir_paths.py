@@ -131,3 +131,15 @@ def test_new_data_lets_only_the_data_itself_differ():
     for other in ({"fingerprint": "b", "global_batch": 16}, {"seed": 1}):
         with pytest.raises(CheckpointError, match="global_batch=16|seed=1"):
             check_data_identity(saved, {**saved, **other}, "step_2", new_data=True)
+
+
+@pytest.mark.parametrize("grad_accum, accepted", [(2, "micro_batch"), (1, "update")])
+def test_a_run_json_from_before_clip_negatives_resumes_under_the_value_it_ran_with(tmp_path, grad_accum, accepted):
+    """CLIP runs recorded before `clip.negatives` existed contrasted each micro-batch alone: that value resumes them
+    (with no accumulation both values are that), the other is refused naming a value the user can give."""
+    run = saved_run(tmp_path, {"clip": {"width": 8}, "trainer": {"grad_accum": grad_accum}})
+    config = {"clip": {"width": 8, "negatives": accepted}, "trainer": {"grad_accum": grad_accum}}
+    rundir.check_config(run, config)
+    if grad_accum > 1:
+        with pytest.raises(rundir.RunDirError, match=r"clip.negatives \('micro_batch' there, 'update' now\)"):
+            rundir.check_config(run, {**config, "clip": {"width": 8, "negatives": "update"}})
