@@ -22,7 +22,7 @@ class ValidatedToy(ToyTask):
 def main(opts: dict) -> None:
     trainer = TrainerConfig(steps=4, micro_batch=2, grad_accum=opts["grad_accum"], lr=1e-2, warmup_steps=2,
                             weight_decay=0.01, checkpoint_every=0, log_every=100, eval_every=opts.get("eval_every", 2),
-                            eval_batches=2, ema=opts.get("ema"))
+                            eval_batches=2, ema=opts.get("ema"), precision=opts.get("precision", "auto"))
     ds = DeepSpeedConfig(zero_stage=opts["zero_stage"], pipeline_stages=opts.get("pipeline_stages", 1),
                          extra=opts.get("ds_extra", {}))
     train(ValidatedToy(dropout=False), trainer, ds, LoggerConfig(mode="disabled"),
