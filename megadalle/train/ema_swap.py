@@ -10,7 +10,7 @@ so a swap is a collective over the data-parallel group, which every rank of it e
   parameter's dtype), one parameter at a time;
 - ZeRO-3: each rank writes its EMA piece into its partition (`param.ds_tensor`), which every forward gathers; the
   parameters DeepSpeed keeps gathered between forwards (persistent ones, below stage3_param_persistence_threshold)
-  are released and gathered again, as DeepSpeed does after each optimizer step.
+  are rebuilt whole too, as DeepSpeed gathers them again after each optimizer step.
 Leaving, the same with the backed-up slices puts the live weights back exactly. The optimizer's fp32 masters:
 where they are the parameters' own storage (fp32 ZeRO 1-3, engine.share_fp32_masters) they take the EMA for the
 time of the swap and get their exact values back with the parameters; where they are a separate copy (bf16) they
@@ -48,25 +48,21 @@ def ema_weights(ema: EMA | None, dp_group=None) -> Iterator[None]:
 @torch.no_grad()
 def install(ema: EMA, pieces: dict[str, torch.Tensor], dp_group) -> None:
     """Make each parameter of `ema` the one whose data-parallel pieces are every rank's `pieces` (collective)."""
-    zero3 = [param for _, param in ema.params if hasattr(param, "ds_tensor")]
-    if zero3:
-        _install_zero3(ema, pieces, zero3)
-    else:
-        for name, param in ema.params:
+    for name, param in ema.params:
+        if hasattr(param, "ds_tensor"):  # ZeRO-3: the partition, and the whole parameter where DeepSpeed keeps it
+            if name in pieces:
+                ema.pieces[name].source().copy_(pieces[name])
+            if _gathered(param):
+                _install_whole(param, pieces.get(name), ema.dp_world, dp_group)
+        else:
             _install_whole(param, pieces.get(name), ema.dp_world, dp_group)
 
 
-def _install_zero3(ema: EMA, pieces: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> None:
-    """Write this rank's pieces into the partitions; gather again the parameters DeepSpeed holds gathered."""
+def _gathered(param: torch.nn.Parameter) -> bool:
+    """Whether DeepSpeed holds this ZeRO-3 parameter whole now (a persistent one, between forwards)."""
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    gathered = [param for param in params if param.ds_status == ZeroParamStatus.AVAILABLE]
-    if gathered:
-        gathered[0].partition(param_list=gathered)
-    for name, piece in ema.pieces.items():
-        piece.source().copy_(pieces[name])
-    if gathered:
-        gathered[0].all_gather(param_list=gathered)
+    return param.ds_status == ZeroParamStatus.AVAILABLE
 
 
 def _install_whole(param: torch.nn.Parameter, piece: torch.Tensor | None, dp_world: int, dp_group) -> None:
