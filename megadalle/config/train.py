@@ -46,7 +46,8 @@ class TrainerConfig:
     grad_clip: float = 4.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     ema: float | None = None
-    """Decay of an exponential moving average of the weights (the paper's 0.99), or null for none."""
+    """Decay of an exponential moving average of the weights (the paper's 0.99), or null for none. With one, validation
+    (val/...) and media are computed with the EMA weights, the ones export ships."""
     precision: str = "auto"
     """auto = bf16 with fp32 master weights on GPU, fp32 on CPU; or force fp32 / bf16."""
     checkpoint_every: int = 1000

@@ -10,6 +10,8 @@ then 1/dp of the stage's parameters, in every mode.
 
 Each rank saves its pieces once, as safetensors whose metadata records where each piece starts, so
 `EmaPieces` can re-slice them for another data-parallel size (resume) or consolidate them (export).
+Validation and media run with these weights swapped into the model (ema_swap.py), since they are the ones
+export ships.
 """
 from __future__ import annotations
 
@@ -59,8 +61,10 @@ class EMA:
 
     def __init__(self, params: Iterable[tuple[str, nn.Parameter]], decay: float, dp_rank: int = 0, dp_world: int = 1):
         self.decay, self.dp_rank, self.dp_world = decay, dp_rank, dp_world
+        self.params = list(params)
+        """Every averaged parameter, this rank's piece of it empty or not (a swap gathers them all: ema_swap.py)."""
         self.pieces: dict[str, Piece] = {}
-        for name, param in params:
+        for name, param in self.params:
             shape = tuple(getattr(param, "ds_shape", param.shape))
             numel = math.prod(shape)
             start, length = piece_range(numel, dp_rank, dp_world)

@@ -36,6 +36,7 @@ from megadalle.train.checkpoint import CheckpointError, one_line
 from megadalle.train.console import Console
 from megadalle.train.data_identity import check_data_identity, check_same_data
 from megadalle.train.ema import EMA
+from megadalle.train.ema_swap import ema_weights
 from megadalle.train.lineage import Lineage
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.result import Result, StoppedBeforeFirstUpdate
@@ -147,6 +148,9 @@ class Trainer:
         """This rank's share of the EMA: its stage's parameters (plain-model names), its data-parallel piece."""
         if decay is None:
             return None
+        if self.env.rank == 0 and (self.cfg.eval_every or self.cfg.media_every):
+            print(f"[train] val/ metrics and media are of the EMA weights (trainer.ema={decay}), those export ships",
+                  flush=True)
         return EMA(self._trained_params(), decay, self.built.dp_rank, self.built.dp_world)
 
     def _trained_params(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -287,15 +291,23 @@ class Trainer:
         return metrics
 
     def _report(self, metrics: dict[str, float]) -> None:
+        """The update's metrics to the callbacks, with its validation and media when due: both of the EMA weights
+        when the run keeps an EMA (the weights export ships), swapped in once for both (ema_swap.py)."""
         step = self.step
         validated = self.validator.due(step) and bool(self.validator.batches())
-        if validated:
-            metrics.update(self.validator.run(step))
+        drawn = bool(self.cfg.media_every) and (step + 1) % self.cfg.media_every == 0
+        pictures = {}
+        if validated or drawn:
+            with ema_weights(self.ema, self.built.dp_group):
+                if validated:
+                    metrics.update(self.validator.run(step))
+                if drawn:
+                    pictures = media.collect(self.task, self.built, step, self.env.rank)
         self._tell("step", step, metrics)
         if validated or (step + 1) % self.cfg.log_every == 0 or step + 1 == self.cfg.steps:
             self._tell("log", step, metrics)
-        if self.cfg.media_every and (step + 1) % self.cfg.media_every == 0:
-            self._tell("media", step, media.collect(self.task, self.built, step, self.env.rank))
+        if drawn:
+            self._tell("media", step, pictures)
 
 
 def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig, run: RunOptions,

@@ -11,6 +11,8 @@ count) and logged to wandb as `wandb.Image`. `collect` calls the task in eval mo
   rank 0 builds for the grid (sampling needs the whole model and no stage holds it).
 Either way one rank holds the whole model in the training dtype while the grid is drawn (24.6 GB at
 the 12B in bf16); media is off unless `trainer.media_every` is set.
+The pictures are of the model's weights at the call: the trainer swaps the EMA in first when the run keeps one
+(train/ema_swap.py), so under a pipeline each stage sends its EMA weights, and the grids show the weights export ships.
 """
 from __future__ import annotations
 

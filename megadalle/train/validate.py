@@ -6,6 +6,10 @@ and the curve moves only when the model does. Each evaluation runs in eval mode 
 RNG forked and seeded the same way (the dVAE's Gumbel noise, any sampling in a loss): it is a
 deterministic function of the weights and it leaves the training RNG stream, hence resume, untouched.
 
+Which weights: the model's at the call. The trainer calls it with the EMA swapped in when the run keeps one
+(trainer.ema; train/ema_swap.py), so val/... is the EMA's, the weights export and encode ship, under the same
+metric names; without an EMA, the live weights'.
+
 Layouts: ZeRO 0-3 call the task's `validation_loss` on the engine's plain model (ZeRO-3's hooks gather
 the parameters) and average over data-parallel ranks; a pipeline runs DeepSpeed's `eval_batch` over all
 the cached micro-batches at once, which averages over micro-batches and data-parallel groups and

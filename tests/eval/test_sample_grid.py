@@ -1,6 +1,6 @@
 """Sample grids while the Transformer trains: <run>/samples/step_N.png every trainer.media_every updates,
-the same fixed validation captions each time, equal to sampling the saved weights; logged to wandb; pipelines and
-ZeRO-3 too."""
+the same fixed validation captions each time, equal to sampling the saved weights (their EMA, when the run keeps
+one); logged to wandb; pipelines and ZeRO-3 too."""
 from __future__ import annotations
 
 import sys
@@ -47,10 +47,11 @@ def overrides(setup, run_dir: Path, *extra: str) -> list[str]:
             f"media_samples={PER_CAPTION}", f"run_dir={run_dir}", *extra]
 
 
-def grid_of_saved_weights(setup, run_dir: Path) -> np.ndarray:
-    """The grid the task draws for the run's final weights, rebuilt from the checkpoint (not the live model)."""
+def grid_of_saved_weights(setup, run_dir: Path, ema: bool = False) -> np.ndarray:
+    """The grid the task draws for the run's final weights (or their EMA), rebuilt from the checkpoint (not the live
+    model)."""
     cfg = compose("train", overrides(setup, run_dir))
-    model = load_model(run_dir, "transformer")
+    model = load_model(run_dir, "transformer", ema=ema)
     return task_from_config(cfg).media(model.eval(), step=3)["samples"].array
 
 
@@ -93,6 +94,28 @@ def test_a_pipeline_run_writes_the_grid_of_its_whole_model(setup, tmp_path):
     launch.run(2, opts, tmp_path / "logs", script="dist_train_worker.py")
     final = np.asarray(Image.open(run_dir / "samples" / "step_00000004.png"))
     np.testing.assert_array_equal(final, grid_of_saved_weights(setup, run_dir))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("layout", ["pipe", "zero3"])
+def test_a_run_with_an_ema_draws_the_grid_of_its_ema_weights_and_trains_on_unchanged(layout, setup, tmp_path):
+    """A pipeline's stages send rank 0 their layers with the EMA swapped in; under ZeRO-3 (the tiny model's parameters
+    all persistent, kept gathered between forwards) the EMA pieces go into the partitions and the gathered parameters
+    are gathered again. Either way the grid is that of the EMA weights export ships, not of the live ones, and
+    training goes on as in a run that draws no grid."""
+    def trained(name: str, media_every: int) -> Path:
+        run_dir = tmp_path / name
+        base = [o for o in overrides(setup, run_dir, f"deepspeed={layout}", "logger=none", "trainer.ema=0.5")
+                if not o.startswith("trainer.media_every=")]
+        opts = {"overrides": [*base, f"trainer.media_every={media_every}"], "probe": str(tmp_path / f"{name}.pt")}
+        launch.run(2, opts, tmp_path / f"logs-{name}", script="dist_train_worker.py")
+        return run_dir
+
+    drawn, quiet = trained("drawn", 2), trained("quiet", 0)
+    assert launch.losses(drawn) == launch.losses(quiet)
+    final = np.asarray(Image.open(drawn / "samples" / "step_00000004.png"))
+    np.testing.assert_array_equal(final, grid_of_saved_weights(setup, drawn, ema=True))
+    assert not np.array_equal(final, grid_of_saved_weights(setup, drawn)), "the EMA must differ from the live weights"
 
 
 @pytest.mark.distributed

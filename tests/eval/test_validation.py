@@ -1,5 +1,5 @@
 """Validation during training: every task logs val/... at every `trainer.eval_every` updates, equal to a plain
-evaluation of the same weights on the same held-out batches."""
+evaluation of the same weights on the same held-out batches (the EMA's, when the run keeps one)."""
 from __future__ import annotations
 
 import itertools
@@ -7,10 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from megadalle.config.compose import compose
+from megadalle.train.consolidate import load_run
 from megadalle.train.loop import train_from_config
 from megadalle.train.step_totals import with_step_totals
 from megadalle.train.task import DataPart
@@ -106,3 +109,33 @@ def test_a_task_without_validation_data_trains_and_says_so_once(image_data, tmp_
     train_from_config(task_from_config(cfg), cfg, FACTORY)
     assert capsys.readouterr().out.count("no validation data for the dvae task") == 1
     assert not any("val/loss" in r for r in records(tmp_path / "run").values())
+
+
+def test_with_an_ema_validation_and_media_are_of_the_ema_weights_and_training_is_unchanged(image_data, token_data,
+                                                                                            tmp_path, capsys):
+    """Export and encode ship the EMA: val/loss and the reconstruction grid are those of the EMA weights the run
+    saved (load_run(ema=True)), not of the live ones, and swapping them in and out leaves training bit for bit as
+    in a run that neither validates nor draws."""
+    from megadalle.train.dvae import reconstruction_grid
+
+    def trained(run_dir: Path, *extra: str):
+        verb, overrides, factory, factory_name = configs("dvae", image_data, token_data, run_dir)
+        cfg = compose(verb, [*overrides, *common(run_dir), "trainer.ema=0.5", *extra])
+        task = factory(cfg)
+        train_from_config(task, cfg, factory_name)
+        return task, records(run_dir)
+
+    task, logged = trained(tmp_path / "run", f"trainer.media_every={STEPS}")
+    assert "val/ metrics and media are of the EMA weights (trainer.ema=0.5)" in capsys.readouterr().out
+    averaged, _ = load_run(tmp_path / "run", ema=True)
+    live, _ = load_run(tmp_path / "run")
+    expected = plain_validation(task, averaged, step=3)
+    for key, value in expected.items():
+        assert logged[3][f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert plain_validation(task, live, step=3)["loss"] != pytest.approx(expected["loss"], rel=1e-4), \
+        "the EMA must differ from the live weights, or equality proves little"
+    grid = np.asarray(Image.open(tmp_path / "run" / "reconstructions" / f"step_{STEPS:08d}.png"))
+    np.testing.assert_array_equal(grid, reconstruction_grid(averaged, task._last_images))
+
+    _, quiet = trained(tmp_path / "quiet", "trainer.eval_every=0")
+    assert [quiet[s]["loss"] for s in range(STEPS)] == [logged[s]["loss"] for s in range(STEPS)]
