@@ -54,11 +54,14 @@ class GenerateConfig:
     ema: bool = False
     """When loading run directories: use the EMA weights."""
     output: str = "generate"
-    """Directory for grid.png, the kept samples and scores.json. In a `-m` sweep, the sweep's folder: job i writes
-    to `<output>/<i>` (with no output given, to its job folder `<out_dir>/multirun/generate/<i>`)."""
+    """Directory for grid.png, the kept samples and scores.json, and meanwhile for the finished batches
+    (unfinished.safetensors), which the same command continues after a stop. In a `-m` sweep, the sweep's
+    folder: job i writes to `<output>/<i>` (with no output given, to its job folder
+    `<out_dir>/multirun/generate/<i>`)."""
     overwrite: bool = False
     """Replace the results of an earlier generate in `output` (its scores.json, grid.png and the samples it
-    listed; other files stay). false refuses such a folder before any model is read."""
+    listed; other files stay), and discard the saved batches of an unfinished generate with other settings.
+    false refuses either before any model is read."""
     device: str = "auto"
     """auto = cuda when available, else cpu."""
     dtype: str = "auto"

@@ -73,11 +73,13 @@ def batch_generator(seed: int, batch_index: int, device: torch.device | str) -> 
 
 
 def sample_batches(model, text: torch.Tensor, n: int, batch_size: int, settings: SamplingSettings, seed: int,
-                   on_token: Callable[[int], None] | None = None) -> Iterator[torch.Tensor]:
-    """n samples of one caption (text ids [text_len]) as seeded batches of codes [<=batch_size, grid_len]."""
+                   on_token: Callable[[int], None] | None = None, first_batch: int = 0) -> Iterator[torch.Tensor]:
+    """n samples of one caption (text ids [text_len]) as seeded batches of codes [<=batch_size, grid_len], from
+    batch `first_batch` on (a resumed run's: the batches before it were saved, and the ones after are drawn as
+    an uninterrupted run draws them)."""
     if n <= 0 or batch_size <= 0:
         raise ValueError(f"n={n} and batch_size={batch_size} must be positive")
-    for b, start in enumerate(range(0, n, batch_size)):
+    for b, start in enumerate(range(first_batch * batch_size, n, batch_size), start=first_batch):
         size = min(batch_size, n - start)
         yield sample_codes(model, text.expand(size, -1), settings, batch_generator(seed, b, text.device), on_token)
 

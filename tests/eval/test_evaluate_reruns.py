@@ -1,9 +1,16 @@
-"""`megadalle evaluate` run again into the same folder: an earlier run's results are refused unless overwrite=true."""
+"""`megadalle evaluate` run again into the same folder: an earlier run's results are refused unless overwrite=true.
+Stopped (Ctrl-C, a stop signal), it says so in one line and leaves no folder it made."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from megadalle.cli import main
+from megadalle.train.signals import STOPPED_EXIT
 from tests.rerun_refusal import refused_then_overwritten
 from tests.sample.test_generate import write_tiny_models
 
@@ -77,4 +84,28 @@ def test_ctrl_c_is_one_line_exit_code_130_and_leaves_no_folder_it_made(models, t
     err = capsys.readouterr().err  # after the captions' progress bar
     assert "Traceback" not in err
     assert err.splitlines()[-1] == f"megadalle evaluate: interrupted; no metrics.json of this run in {out}"
+    assert not (tmp_path / "new").exists()
+
+
+def test_term_is_one_line_exit_code_75_and_leaves_no_folder_it_made(models, tmp_path):
+    """TERM (scancel, a time limit, `timeout`, `docker stop`) killed evaluate where it stood: exit 143, nothing
+    printed, and the output folders it had made left behind empty."""
+    (models / "captions.txt").write_text("a red circle\n" * 50)
+    out = tmp_path / "new" / "eval"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "megadalle", *evaluate_args(models, "n=2", f"output={out}")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not out.is_dir():  # made once the models are about to be read, after the handlers are in place
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.01)
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == STOPPED_EXIT and "Traceback" not in err, err[-3000:]
+    assert err.splitlines()[-1] == (f"megadalle evaluate: stopped by SIGTERM; no metrics.json of this run in {out}; "
+                                    "rerun the same command")
     assert not (tmp_path / "new").exists()
