@@ -50,7 +50,9 @@ def sample_codes(model, text: torch.Tensor, settings: SamplingSettings, generato
                  on_token: Callable[[int], None] | None = None, sparse: bool = True) -> torch.Tensor:
     """Text ids [B, text_len] -> sampled image codes [B, grid_len] (model: a Transformer in eval mode).
 
-    `sparse=False` decodes through the model's own cache instead (same samples, slower).
+    `sparse=False` decodes through the model's own cache instead (slower): the same samples in fp32. In bf16 the
+    two paths sum in other orders and round differently, so a token whose top candidates are that close can come
+    out otherwise (1 of 512 tokens differed on CPU): the same distribution, not always the same samples.
     """
     grid_len = model.cfg.grid_len
     dtype = next(model.parameters()).dtype
