@@ -168,9 +168,11 @@ def sample_names(caption_index: int, n: int) -> list[str]:
     return [f"{caption_index:04d}_{k:03d}.png" for k in range(n)]
 
 
-def sample_index(captions: list[str], n: int) -> list[dict]:
-    """samples/index.json: each caption with its files."""
-    return [{"caption": caption, "files": sample_names(i, n)} for i, caption in enumerate(captions)]
+def sample_index(captions: list[str], n: int, ranked: bool) -> list[dict]:
+    """samples/index.json: each caption with its files, and their order: with a CLIP scoring them (`ranked`),
+    `<caption>_000.png` is the caption's best sample by CLIP score, not its first drawn; else sample order."""
+    order = "CLIP score, best first" if ranked else "sample number"
+    return [{"caption": caption, "files": sample_names(i, n), "order": order} for i, caption in enumerate(captions)]
 
 
 def listed_samples(index: list) -> list:
@@ -211,7 +213,7 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     clear_earlier_samples(samples)
     if cfg.save_samples:  # the index first: a run stopped midway still names its files for the next to clear
         samples.mkdir(parents=True, exist_ok=True)
-        (samples / "index.json").write_text(json.dumps(sample_index(captions, cfg.n), indent=1))
+        (samples / "index.json").write_text(json.dumps(sample_index(captions, cfg.n, clip is not None), indent=1))
     scores, best, fake = [], [], []
     with tqdm(captions, desc="evaluate", unit=" caption", disable=not progress) as bar:  # closed on a stop too
         for i, caption in enumerate(bar):
@@ -276,8 +278,9 @@ def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor
     def keep_readable(words) -> None:  # before any model is read, as the captions file's other checks
         captions[:] = readable_captions(words, captions, caption_source(ec))
 
+    without_clip = "clip_score=false" + ("" if ec.fid or ec.save_samples else " with save_samples=true")
     models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
-                         "clip_score=false", ec.ema, device, pick_dtype(ec.dtype, device), keep_readable)
+                         without_clip, ec.ema, device, pick_dtype(ec.dtype, device), keep_readable)
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)
     path = write_report(scores, ec)
