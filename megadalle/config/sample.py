@@ -1,6 +1,7 @@
 """`megadalle generate`'s verb-level keys (conf/generate.yaml)."""
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -100,7 +101,8 @@ def check_sampling(cfg) -> None:
     """The keys the sampling verbs (`generate`, `evaluate`) share: the sampling settings, the reranker, the device
     and the dtype. Checked in one place, so that the verbs cannot drift apart (evaluate once handed device=bogus
     to torch)."""
-    check(cfg.temperature > 0, "temperature", cfg.temperature, "must be positive")
+    check(0 < cfg.temperature < math.inf, "temperature", cfg.temperature,
+          "must be positive and finite (inf samples every image token alike, whatever the model says)")
     check(cfg.top_k >= 0, "top_k", cfg.top_k, "must be >= 0 (0 keeps every token)")
     check(0 < cfg.top_p <= 1, "top_p", cfg.top_p, "must be in (0, 1]")
     check(cfg.clip_model == "megadalle" or cfg.clip_model.startswith("open_clip:"), "clip_model", cfg.clip_model,
