@@ -4,8 +4,8 @@ Slurm's scancel, preemption and time limit, `timeout` and `docker stop` all send
 the process where it stood (exit 143, nothing printed), so the output folder a run had made stayed behind empty
 and the samples it had drawn were lost. Here TERM (and USR1, Slurm's `--signal` warning) raises `SamplingStopped`
 wherever the run is, like the KeyboardInterrupt of Ctrl-C: the verb's clean-up runs (megadalle.outputs), and it
-ends with one line and STOPPED_EXIT (75: "rerun the same command", which launch/slurm requeues and a `-m` sweep
-stops on). Unlike a training run (megadalle.train.signals), a sampling run has no update to finish first: what it
+ends with one line and STOPPED_EXIT (75: "rerun the same command", the status launch/slurm/train.sbatch requeues
+on and a `-m` sweep stops on; TERM's own 143 is neither). Unlike a training run (megadalle.train.signals), a sampling run has no update to finish first: what it
 keeps is what it saved already (generate saves each finished batch: megadalle.sampling.resume).
 """
 from __future__ import annotations
