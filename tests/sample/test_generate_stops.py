@@ -128,3 +128,18 @@ def test_saved_batches_of_other_settings_are_refused_unless_overwrite(models, tm
     assert main(["generate", *args(models, output, "seed=1", "overwrite=true", n=9, batch_size=3)]) == 0
     assert main(["generate", *args(models, tmp_path / "whole", "seed=1", n=9, batch_size=3)]) == 0
     assert results(output) == results(tmp_path / "whole")
+
+
+def test_an_unreadable_saved_file_is_refused_unless_overwrite(models, tmp_path, capsys):
+    """A file of the saved batches that is no safetensors (cut short by a full disk outside megadalle's atomic
+    write, or someone's file of that name) is named, not a traceback, and never silently replaced."""
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / UNFINISHED).write_bytes(b"not safetensors")
+    assert main(["generate", *args(models, output, n=4, batch_size=2)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"megadalle generate: output={output}: {UNFINISHED} cannot be read (") and \
+        err.endswith("); remove it, or overwrite=true to start again\n") and err.count("\n") == 1, err
+    assert (output / UNFINISHED).read_bytes() == b"not safetensors"
+    assert main(["generate", *args(models, output, "overwrite=true", n=4, batch_size=2)]) == 0
+    assert not (output / UNFINISHED).exists() and (output / "scores.json").is_file()
