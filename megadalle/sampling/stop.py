@@ -26,7 +26,7 @@ class SamplingStopped(StoppedBySignal):
     """A stop signal ended a sampling run; the verb says what it kept (the CLI prints this line if it does not)."""
 
     def __init__(self, signum: int | None):
-        self.signal_name = signal.Signals(signum).name if signum is not None else "a stop signal"
+        self.signal_name = signal.Signals(signum).name if signum is not None else "a signal"
         super().__init__(f"stopped by {self.signal_name}")
 
 
