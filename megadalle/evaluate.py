@@ -28,10 +28,11 @@ from megadalle.data.captions import first_caption
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
 from megadalle.listed_files import remove_listed_files
-from megadalle.outputs import interrupted, output_folder, refuse_earlier_results
+from megadalle.outputs import output_folder, refuse_earlier_results, stopped
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
 from megadalle.sampling.prompt import ids
+from megadalle.sampling.stop import SamplingStopped, stops_on_signals
 
 
 @dataclass
@@ -167,9 +168,11 @@ def sample_names(caption_index: int, n: int) -> list[str]:
     return [f"{caption_index:04d}_{k:03d}.png" for k in range(n)]
 
 
-def sample_index(captions: list[str], n: int) -> list[dict]:
-    """samples/index.json: each caption with its files."""
-    return [{"caption": caption, "files": sample_names(i, n)} for i, caption in enumerate(captions)]
+def sample_index(captions: list[str], n: int, ranked: bool) -> list[dict]:
+    """samples/index.json: each caption with its files, and their order: with a CLIP scoring them (`ranked`),
+    `<caption>_000.png` is the caption's best sample by CLIP score, not its first drawn; else sample order."""
+    order = "CLIP score, best first" if ranked else "sample number"
+    return [{"caption": caption, "files": sample_names(i, n), "order": order} for i, caption in enumerate(captions)]
 
 
 def listed_samples(index: list) -> list:
@@ -210,18 +213,19 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     clear_earlier_samples(samples)
     if cfg.save_samples:  # the index first: a run stopped midway still names its files for the next to clear
         samples.mkdir(parents=True, exist_ok=True)
-        (samples / "index.json").write_text(json.dumps(sample_index(captions, cfg.n), indent=1))
+        (samples / "index.json").write_text(json.dumps(sample_index(captions, cfg.n, clip is not None), indent=1))
     scores, best, fake = [], [], []
-    for i, caption in enumerate(tqdm(captions, desc="evaluate", unit=" caption", disable=not progress)):
-        result = generate(model, dvae, clip, tokenizer, caption, cfg.n, cfg.n, cfg.batch_size, settings,
-                          cfg.seed + i, progress=False)
-        if result.scores is not None:
-            scores += result.scores
-            best.append(max(result.scores))
-        if extract is not None:  # batch_size at a time: Inception on n images at once could exceed the GPU
-            fake += [extract(chunk).float().cpu() for chunk in result.images.split(cfg.batch_size)]
-        if cfg.save_samples:
-            save_images(result.images, samples, i)
+    with tqdm(captions, desc="evaluate", unit=" caption", disable=not progress) as bar:  # closed on a stop too
+        for i, caption in enumerate(bar):
+            result = generate(model, dvae, clip, tokenizer, caption, cfg.n, cfg.n, cfg.batch_size, settings,
+                              cfg.seed + i, progress=False)
+            if result.scores is not None:
+                scores += result.scores
+                best.append(max(result.scores))
+            if extract is not None:  # batch_size at a time: Inception on n images at once could exceed the GPU
+                fake += [extract(chunk).float().cpu() for chunk in result.images.split(cfg.batch_size)]
+            if cfg.save_samples:
+                save_images(result.images, samples, i)
     out = Scores(len(captions), cfg.n)
     if scores:
         out.clip_score, out.clip_score_best = sum(scores) / len(scores), sum(best) / len(best)
@@ -253,7 +257,8 @@ def run(cfg: DictConfig) -> int:
     """Everything a user can get wrong (captions, and what the tokenizer reads of them, real images, output and
     an earlier run's results there, the files and whether they belong together) is checked before any model is
     read; then the CLIP, the dVAE and the Transformer are loaded, the reranker first, so that a bad open_clip
-    file fails before a large Transformer has loaded. Exit code 130 on Ctrl-C (one line, no traceback)."""
+    file fails before a large Transformer has loaded. Ctrl-C (exit code 130) or a stop signal (STOPPED_EXIT: the same
+    command starts again) ends it with one line, no traceback, and no folder it made left empty."""
     ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
     captions = read_captions(ec)
     check_fidelity_inputs(ec, len(captions))
@@ -261,10 +266,10 @@ def run(cfg: DictConfig) -> int:
     refuse_earlier_results(ec.output, METRICS, "evaluate", ec.overwrite)
     device = pick_device(ec.device)
     try:
-        with output_folder(ec.output):
+        with stops_on_signals(), output_folder(ec.output):
             return sample_and_score(ec, captions, extract, device)
-    except KeyboardInterrupt:
-        return interrupted("evaluate", ec.output, METRICS)
+    except (KeyboardInterrupt, SamplingStopped) as stop:
+        return stopped("evaluate", ec.output, METRICS, stop)
 
 
 def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor | None, device: torch.device) -> int:
@@ -273,8 +278,9 @@ def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor
     def keep_readable(words) -> None:  # before any model is read, as the captions file's other checks
         captions[:] = readable_captions(words, captions, caption_source(ec))
 
+    without_clip = "clip_score=false" + ("" if ec.fid or ec.save_samples else " with save_samples=true")
     models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
-                         "clip_score=false", ec.ema, device, pick_dtype(ec.dtype, device), keep_readable)
+                         without_clip, ec.ema, device, pick_dtype(ec.dtype, device), keep_readable)
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)
     path = write_report(scores, ec)

@@ -3,8 +3,8 @@
 Sampling 512 images of a 12B model takes hours; an `output=` that names a file, or a folder that cannot be
 made, used to fail only when the first image was written. The folder is made, and checked to take a file,
 before any model is read; so is whether it already holds an earlier run's results, which a plain rerun
-(the default `output` is one folder under out_dir) replaced without a word. A run that stops early (Ctrl-C,
-a refused prompt) takes away the folders it made and left empty.
+(the default `output` is one folder under out_dir) replaced without a word. A run that stops early (Ctrl-C, a
+stop signal, a refused prompt) takes away the folders it made and left empty.
 """
 from __future__ import annotations
 
@@ -59,7 +59,15 @@ def output_folder(path: str | Path, key: str = "output") -> Iterator[Path]:
         raise
 
 
-def interrupted(verb: str, path: str | Path, record: str) -> int:
-    """Ctrl-C as one line, as `prepare` says it, and exit code 130 (128 + SIGINT, what a shell reports for it)."""
-    print(f"megadalle {verb}: interrupted; no {record} of this run in {path}", file=sys.stderr, flush=True)
-    return 130
+def stopped(verb: str, path: str | Path, record: str, stop: BaseException, kept: str | None = None) -> int:
+    """A run that Ctrl-C (KeyboardInterrupt) or a stop signal (sampling.stop.SamplingStopped) ended, as one line:
+    that `record` was not written, or what is `kept` for the same command to continue. The exit code: 130 for
+    Ctrl-C (128 + SIGINT, what a shell reports for it, as `prepare` says it); STOPPED_EXIT for a signal, which
+    the scheduler's scripts rerun (megadalle.sampling.stop says why not TERM's 143)."""
+    from megadalle.train.signals import STOPPED_EXIT
+
+    how = "interrupted" if isinstance(stop, KeyboardInterrupt) else str(stop)
+    left = kept or f"no {record} of this run in {path}" + ("" if isinstance(stop, KeyboardInterrupt) else
+                                                            "; rerun the same command")
+    print(f"megadalle {verb}: {how}; {left}", file=sys.stderr, flush=True)
+    return 130 if isinstance(stop, KeyboardInterrupt) else STOPPED_EXIT

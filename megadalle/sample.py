@@ -7,6 +7,8 @@ image: `keep=512` in one call needed ~175 GB). Outputs: grid.png (best first, ro
 sample_XX.png for each kept sample (its pixels alone, no frame), and scores.json with every sample's
 CLIP score and what reproduces them: the samples depend on the seed, n and batch_size (each batch
 draws from its own generator), the dtype and the device, beside the files and settings (`config`).
+Each finished batch's codes and scores are saved as it goes (megadalle.sampling.resume): a run that Ctrl-C or
+a stop signal ended (megadalle.sampling.stop) continues when the same command is run again.
 """
 from __future__ import annotations
 
@@ -24,12 +26,14 @@ from megadalle.config import build, top_level
 from megadalle.config.sample import GenerateConfig, check_request
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.listed_files import remove_listed_files
-from megadalle.outputs import interrupted, output_folder, refuse_earlier_results
+from megadalle.outputs import output_folder, refuse_earlier_results, stopped
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
 from megadalle.sampling.prompt import check_prompt, warn_if_unknown
 from megadalle.sampling.rerank import MegadalleClip, as_reranker, rank
+from megadalle.sampling.resume import SavedBatches, open_saved
+from megadalle.sampling.stop import SamplingStopped, stops_on_signals
 
 
 @dataclass
@@ -44,10 +48,12 @@ class Generated:
 
 @torch.no_grad()
 def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch_size: int,
-             settings: SamplingSettings, seed: int, progress: bool = True) -> Generated:
+             settings: SamplingSettings, seed: int, progress: bool = True,
+             saved: SavedBatches | None = None) -> Generated:
     """Sample `prompt` n times; with `clip` (may be None: megadalle's CLIP or any `rerank.Reranker`, e.g. an
     open_clip model) keep the `keep` best by CLIP score, else the first. Arguments the CLI would refuse are refused
-    here too (ConfigError, a ValueError naming the argument)."""
+    here too (ConfigError, a ValueError naming the argument). With `saved`, the batches it holds are not drawn
+    again, and each batch drawn is added to it as soon as it is scored (megadalle.sampling.resume)."""
     check_request(prompt, n, keep, batch_size, seed)
     check_prompt(tokenizer, prompt)
     check_device_fits(model, min(batch_size, n))
@@ -58,13 +64,16 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     reranker = as_reranker(clip, tokenizer) if clip is not None else None
     if isinstance(reranker, MegadalleClip):  # scores each batch against the prompt cut to its own text_len
         warn_if_cut(reranker.tokenizer, prompt, reranker.clip.cfg.text_len, "CLIP")
-    codes, scores = [], []
-    bar = tqdm(total=n * model.cfg.grid_len, desc="generate", unit=" tok", unit_scale=True, disable=not progress)
-    for batch in sample_batches(model, text, n, batch_size, settings, seed, on_token=bar.update):
-        codes.append(batch.cpu())
-        if reranker is not None:
-            scores.append(reranker.scores(decode(dvae, batch, model.cfg.grid_size), prompt).cpu())
-    bar.close()
+    codes, scores = (list(saved.codes), list(saved.scores)) if saved is not None else ([], [])
+    with tqdm(total=n * model.cfg.grid_len, initial=sum(map(len, codes)) * model.cfg.grid_len, desc="generate",
+              unit=" tok", unit_scale=True, disable=not progress) as bar:  # closed on a stop too: its line ends
+        for batch in sample_batches(model, text, n, batch_size, settings, seed, on_token=bar.update,
+                                    first_batch=len(codes)):
+            codes.append(batch.cpu())
+            if reranker is not None:
+                scores.append(reranker.scores(decode(dvae, batch, model.cfg.grid_size), prompt).cpu())
+            if saved is not None:
+                saved.add(codes[-1], scores[-1] if reranker is not None else None)
     codes_all = torch.cat(codes)
     score_all = torch.cat(scores) if clip is not None else None
     best = rank(score_all, keep) if score_all is not None else torch.arange(min(keep, n))
@@ -120,31 +129,52 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
     return grid
 
 
+RESULT_KEYS = ("keep", "output", "overwrite")
+"""GenerateConfig's keys that change which samples are kept or where, not the samples: a rerun that changes them
+continues the saved batches (megadalle.sampling.resume)."""
+
+
+def sampling_key(gc: GenerateConfig, device: torch.device, dtype: torch.dtype) -> dict:
+    """What decides the samples and their scores: the config but `RESULT_KEYS`, with the device and dtype used."""
+    return {**{k: v for k, v in asdict(gc).items() if k not in RESULT_KEYS}, "device": str(device),
+            "dtype": str(dtype).removeprefix("torch.")}
+
+
 def run(cfg: DictConfig) -> int:
-    """`megadalle generate`; exit code 130 on Ctrl-C (one line, no traceback)."""
+    """`megadalle generate`. Each finished batch is saved as it goes: Ctrl-C (exit code 130) or a stop signal
+    (STOPPED_EXIT) ends it with one line, keeping them, and the same command continues (no traceback, and no
+    folder left empty)."""
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
+    dtype = pick_dtype(gc.dtype, device)
     refuse_earlier_results(gc.output, SCORES, "generate", gc.overwrite)
+    saved = open_saved(gc.output, sampling_key(gc, device, dtype), gc.batch_size, gc.overwrite)
     try:
-        with output_folder(gc.output):
-            return sample_and_write(gc, device)
-    except KeyboardInterrupt:
-        return interrupted("generate", gc.output, SCORES)
+        with stops_on_signals(), output_folder(gc.output):
+            return sample_and_write(gc, device, dtype, saved)
+    except (KeyboardInterrupt, SamplingStopped) as stop:
+        kept = (f"{saved.samples} of {gc.n} samples are saved in {saved.path}; the same command continues"
+                if saved.samples else None)
+        return stopped("generate", gc.output, SCORES, stop, kept)
 
 
-def sample_and_write(gc: GenerateConfig, device: torch.device) -> int:
+def sample_and_write(gc: GenerateConfig, device: torch.device, dtype: torch.dtype, saved: SavedBatches) -> int:
     from megadalle.bundle import open_models
 
     models = open_models(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank,
-                         ema=gc.ema, device=device, dtype=pick_dtype(gc.dtype, device),
+                         ema=gc.ema, device=device, dtype=dtype,
                          check_text=lambda words: check_prompt(words, gc.prompt))
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
-    result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.kept, gc.batch_size, settings, gc.seed)
+    if saved.samples:
+        print(f"[generate] continuing: {saved.samples} of {gc.n} samples are saved in {saved.path}", file=sys.stderr)
+    result = generate(model, dvae, clip, tokenizer, gc.prompt, gc.n, gc.kept, gc.batch_size, settings, gc.seed,
+                      saved=saved)
     meta = {"n": gc.n, "keep": gc.kept, "batch_size": gc.batch_size, "seed": gc.seed, "sampling": asdict(settings),
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "device": str(device),
             "config": asdict(gc)}
     grid = write_outputs(result, gc.output, gc.prompt, meta)
+    saved.remove()
     best = f"; best CLIP score {result.scores[result.indices[0]]:.3f}" if result.scores else ""
     print(f"[generate] wrote {grid} ({len(result.indices)} of {gc.n} samples){best}")
     return 0

@@ -47,7 +47,8 @@ class EvaluateConfig:
     tokenizer: str | None = None
     """null = tokenizer.model beside `weights`."""
     clip_score: bool = True
-    """Score every sample with CLIP (mean cosine similarity with its caption)."""
+    """Score every sample with CLIP (mean cosine similarity with its caption). false with fid=false is refused
+    unless save_samples=true: nothing would be measured or written."""
     fid: bool = True
     """FID and KID against the real images (needs `real` or `shards`: with `captions` alone, set fid=false)."""
     feature_extractor: str = "inception"
@@ -60,8 +61,9 @@ class EvaluateConfig:
     """Features in each KID subset (torch-fidelity's 1000), at least 2; capped at the fewer of samples and real
     images, so small runs still get a KID."""
     save_samples: bool = False
-    """Also write every sample as `<output>/samples/<caption>_<sample>.png` (the image itself, no frame) with
-    `samples/index.json` (caption -> files), for judges outside megadalle. Every run first removes the samples
+    """Also write every sample as `<output>/samples/<caption>_<rank>.png` (the image itself, no frame) with
+    `samples/index.json` (caption -> files, and their `order`), for judges outside megadalle. With clip_score the
+    files go by CLIP score, best first (`_000` is the best sample, not the first drawn); without, in sample order. Every run first removes the samples
     an earlier run's index.json lists, so the folder holds this run's alone beside any file of the user's."""
     ema: bool = False
     """When loading a training run directory: use its EMA weights."""
@@ -81,6 +83,9 @@ class EvaluateConfig:
     def validate(self, where: str = "") -> None:
         check((self.captions is None) != (self.shards is None), "captions", self.captions,
               "give exactly one of captions=FILE and shards=DIR")
+        check(self.clip_score or self.fid or self.save_samples, "clip_score", self.clip_score,
+              "with fid=false and save_samples=false evaluate would sample every caption and measure and write "
+              "nothing (metrics of n/a): set clip_score=true, fid=true (with real images) or save_samples=true")
         check(not self.fid or bool(self.real or self.shards), "fid", self.fid,
               "FID and KID compare the samples with real images, and captions=FILE brings none: give "
               "real=IMAGE_SHARDS, or fid=false")

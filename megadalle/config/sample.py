@@ -1,6 +1,7 @@
 """`megadalle generate`'s verb-level keys (conf/generate.yaml)."""
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -54,11 +55,14 @@ class GenerateConfig:
     ema: bool = False
     """When loading run directories: use the EMA weights."""
     output: str = "generate"
-    """Directory for grid.png, the kept samples and scores.json. In a `-m` sweep, the sweep's folder: job i writes
-    to `<output>/<i>` (with no output given, to its job folder `<out_dir>/multirun/generate/<i>`)."""
+    """Directory for grid.png, the kept samples and scores.json, and meanwhile for the finished batches
+    (unfinished.safetensors), which the same command continues after a stop. In a `-m` sweep, the sweep's
+    folder: job i writes to `<output>/<i>` (with no output given, to its job folder
+    `<out_dir>/multirun/generate/<i>`)."""
     overwrite: bool = False
     """Replace the results of an earlier generate in `output` (its scores.json, grid.png and the samples it
-    listed; other files stay). false refuses such a folder before any model is read."""
+    listed; other files stay), and discard the saved batches of an unfinished generate with other settings.
+    false refuses either before any model is read."""
     device: str = "auto"
     """auto = cuda when available, else cpu."""
     dtype: str = "auto"
@@ -97,7 +101,8 @@ def check_sampling(cfg) -> None:
     """The keys the sampling verbs (`generate`, `evaluate`) share: the sampling settings, the reranker, the device
     and the dtype. Checked in one place, so that the verbs cannot drift apart (evaluate once handed device=bogus
     to torch)."""
-    check(cfg.temperature > 0, "temperature", cfg.temperature, "must be positive")
+    check(0 < cfg.temperature < math.inf, "temperature", cfg.temperature,
+          "must be positive and finite (inf samples every image token alike, whatever the model says)")
     check(cfg.top_k >= 0, "top_k", cfg.top_k, "must be >= 0 (0 keeps every token)")
     check(0 < cfg.top_p <= 1, "top_p", cfg.top_p, "must be in (0, 1]")
     check(cfg.clip_model == "megadalle" or cfg.clip_model.startswith("open_clip:"), "clip_model", cfg.clip_model,

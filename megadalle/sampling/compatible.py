@@ -2,9 +2,10 @@
 
 Each is trained on its own and any of them can be swapped on the command line (`export dvae_weights=...`,
 `generate tokenizer=...`). A dVAE of another grid decodes the sampled codes as the wrong picture without a
-word, a smaller codebook fails deep inside its decoder, and a tokenizer with more pieces than an embedding
-table fails on its first out-of-range id: so `export` and every sampling verb check the four against each
-other first, from their configs alone, and say which setting disagrees. A tokenizer of the same size but
+word, a smaller codebook fails deep inside its decoder, and a larger one decoded meaningless pictures with exit
+code 0: it is another dVAE (`train` refuses token shards of a codebook larger than model.image_vocab, so no model
+learnt the codes of one). A tokenizer with more pieces than an embedding table fails on its first out-of-range
+id. So `export` and every sampling verb check the four against each other first, from their configs alone, and say which setting disagrees. A tokenizer of the same size but
 other contents (retrained in place, or another corpus's) gives the prompt ids the Transformer never learnt:
 where a run's run.json or a model folder's bundle.json records the sha256 of its tokenizer, the tokenizer
 is compared with it by content.
@@ -47,6 +48,10 @@ def mismatches(transformer, dvae, clip=None, tokenizer_vocab: int | None = None,
         problems.append(f"the Transformer{where['transformer']} draws codes from 0 to {transformer.image_vocab - 1} "
                         f"(model.image_vocab={transformer.image_vocab}), the dVAE{where['dvae']} decodes "
                         f"{dvae.vocab_size} codes")
+    elif transformer.image_vocab < dvae.vocab_size:
+        problems.append(f"the dVAE{where['dvae']} has a codebook of {dvae.vocab_size} codes, the Transformer"
+                        f"{where['transformer']} learnt {transformer.image_vocab} (model.image_vocab="
+                        f"{transformer.image_vocab}): another dVAE than its own, whose codes mean other pictures")
     if tokenizer_vocab is not None:
         from megadalle.data.tokenizer import PAD_ID
 

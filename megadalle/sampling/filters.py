@@ -5,6 +5,8 @@ any order and the draw (softmax + multinomial) stays one operation.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -36,8 +38,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Temperature first (it changes which tokens make up the top-p mass), then top-k, then top-p."""
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be positive")
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature={temperature} must be positive and finite")
     logits = logits.float()
     # Each row shifted to a maximum of 0 first (softmax does not see a shift): divided by a tiny temperature,
     # raw logits overflowed to inf, softmax gave NaN and every draw was token 0; shifted, they go to -inf and

@@ -50,7 +50,9 @@ def sample_codes(model, text: torch.Tensor, settings: SamplingSettings, generato
                  on_token: Callable[[int], None] | None = None, sparse: bool = True) -> torch.Tensor:
     """Text ids [B, text_len] -> sampled image codes [B, grid_len] (model: a Transformer in eval mode).
 
-    `sparse=False` decodes through the model's own cache instead (same samples, slower).
+    `sparse=False` decodes through the model's own cache instead (slower): the same samples in fp32. In bf16 the
+    two paths sum in other orders and round differently, so a token whose top candidates are that close can come
+    out otherwise (1 of 512 tokens differed on CPU): the same distribution, not always the same samples.
     """
     grid_len = model.cfg.grid_len
     dtype = next(model.parameters()).dtype
@@ -73,11 +75,13 @@ def batch_generator(seed: int, batch_index: int, device: torch.device | str) -> 
 
 
 def sample_batches(model, text: torch.Tensor, n: int, batch_size: int, settings: SamplingSettings, seed: int,
-                   on_token: Callable[[int], None] | None = None) -> Iterator[torch.Tensor]:
-    """n samples of one caption (text ids [text_len]) as seeded batches of codes [<=batch_size, grid_len]."""
+                   on_token: Callable[[int], None] | None = None, first_batch: int = 0) -> Iterator[torch.Tensor]:
+    """n samples of one caption (text ids [text_len]) as seeded batches of codes [<=batch_size, grid_len], from
+    batch `first_batch` on (a resumed run's: the batches before it were saved, and the ones after are drawn as
+    an uninterrupted run draws them)."""
     if n <= 0 or batch_size <= 0:
         raise ValueError(f"n={n} and batch_size={batch_size} must be positive")
-    for b, start in enumerate(range(0, n, batch_size)):
+    for b, start in enumerate(range(first_batch * batch_size, n, batch_size), start=first_batch):
         size = min(batch_size, n - start)
         yield sample_codes(model, text.expand(size, -1), settings, batch_generator(seed, b, text.device), on_token)
 

@@ -93,6 +93,30 @@ def test_ctrl_c_in_a_sweep_job_stops_the_sweep_with_exit_code_130(tmp_path, caps
     assert len(calls) == 1 and "interrupted" in capsys.readouterr().err
 
 
+def test_a_stop_signal_in_a_sweep_job_stops_the_sweep_with_exit_code_75(tmp_path, capsys, monkeypatch):
+    """TERM killed the whole sweep with 143 and nothing said; now the job ends as one line and the sweep with it."""
+    import os
+    import signal
+    import time
+
+    import megadalle.sample
+    from megadalle.train.signals import STOPPED_EXIT
+    from tests.sample.test_generate import write_tiny_models
+
+    calls = []
+
+    def terminated(*args, **kwargs):
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    write_tiny_models(tmp_path)
+    monkeypatch.setattr(megadalle.sample, "generate", terminated)
+    assert main(["generate", "-m", f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1",
+                 "seed=0,1", f"out_dir={tmp_path}"]) == STOPPED_EXIT
+    assert len(calls) == 1 and "megadalle generate: stopped by SIGTERM" in capsys.readouterr().err
+
+
 def test_sweep_jobs_get_the_plain_runs_checks(train_overrides, tmp_path, capsys):
     shards = next(o for o in train_overrides if o.startswith("data.shards="))
     assert main(["train", "-m", "trainer.lr=0.001,0.0003", shards, f"out_dir={tmp_path}"]) == 2

@@ -167,6 +167,7 @@ def test_evaluate_from_a_captions_file_without_real_images(models, tmp_path, cap
     index = json.loads((out / "samples" / "index.json").read_text())
     assert [e["caption"] for e in index] == ["a red circle", "something blue"]
     assert index[1]["files"] == ["0001_000.png", "0001_001.png"]
+    assert index[1]["order"] == "CLIP score, best first", "the files go by CLIP rank, not by sample number"
     from PIL import Image
     assert Image.open(out / "samples" / "0001_001.png").size == (32, 32), "the image itself, no frame"
 

@@ -24,7 +24,7 @@ def test_a_folder_without_clip_uses_none_beside_it(trained, tmp_path, capsys):  
             "fid=false"]
     assert main([*args, f"output={tmp_path / 'a'}"]) == 2
     err = capsys.readouterr().err
-    assert "exported without a CLIP: pass clip_score=false" in err and "Traceback" not in err
-    assert main([*args, "clip_score=false", f"output={tmp_path / 'b'}"]) == 0
+    assert "exported without a CLIP: pass clip_score=false with save_samples=true" in err and "Traceback" not in err
+    assert main([*args, "clip_score=false", "save_samples=true", f"output={tmp_path / 'b'}"]) == 0
     report = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert report["captions"] == 1 and report["clip_score"] is None

@@ -1,9 +1,16 @@
-"""`megadalle evaluate` run again into the same folder: an earlier run's results are refused unless overwrite=true."""
+"""`megadalle evaluate` run again into the same folder: an earlier run's results are refused unless overwrite=true.
+Stopped (Ctrl-C, a stop signal), it says so in one line and leaves no folder it made."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from megadalle.cli import main
+from megadalle.train.signals import STOPPED_EXIT
 from tests.rerun_refusal import refused_then_overwritten
 from tests.sample.test_generate import write_tiny_models
 
@@ -36,9 +43,10 @@ def test_saved_samples_are_this_runs_alone_and_foreign_files_stay(models, tmp_pa
         (out / "samples" / name).write_text("the user's")
     assert main(evaluate_args(models, "n=3", "save_samples=true", f"output={out}")) == 0
     (models / "captions.txt").write_text("a red circle\n")
-    assert main(evaluate_args(models, "n=2", "save_samples=true", "overwrite=true", f"output={out}")) == 0
+    assert main(evaluate_args(models, "n=2", "save_samples=true", "overwrite=true", "clip_score=false",
+                              f"output={out}")) == 0
     index = json.loads((out / "samples" / "index.json").read_text())
-    assert index == [{"caption": "a red circle", "files": ["0000_000.png", "0000_001.png"]}]
+    assert index == [{"caption": "a red circle", "files": ["0000_000.png", "0000_001.png"], "order": "sample number"}]
     pngs = {p.name for p in (out / "samples").glob("*.png")}
     assert pngs == {"0000_000.png", "0000_001.png", "0001_009.png", "2019_holiday.png"}
     assert all((out / "samples" / name).read_text() == "the user's" for name in foreign)
@@ -78,3 +86,41 @@ def test_ctrl_c_is_one_line_exit_code_130_and_leaves_no_folder_it_made(models, t
     assert "Traceback" not in err
     assert err.splitlines()[-1] == f"megadalle evaluate: interrupted; no metrics.json of this run in {out}"
     assert not (tmp_path / "new").exists()
+
+
+def test_term_is_one_line_exit_code_75_and_leaves_no_folder_it_made(models, tmp_path):
+    """TERM (scancel, a time limit, `timeout`, `docker stop`) killed evaluate where it stood: exit 143, nothing
+    printed, and the output folders it had made left behind empty."""
+    (models / "captions.txt").write_text("a red circle\n" * 50)
+    out = tmp_path / "new" / "eval"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "megadalle", *evaluate_args(models, "n=2", f"output={out}")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not out.is_dir():  # made once the models are about to be read, after the handlers are in place
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.01)
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == STOPPED_EXIT and "Traceback" not in err, err[-3000:]
+    assert err.splitlines()[-1] == (f"megadalle evaluate: stopped by SIGTERM; no metrics.json of this run in {out}; "
+                                    "rerun the same command")
+    assert not (tmp_path / "new").exists()
+
+
+def test_nothing_to_measure_or_write_is_refused_naming_the_keys(models, tmp_path, capsys, monkeypatch):
+    """clip_score=false fid=false sampled every caption and wrote a metrics.md of n/a alone."""
+    import megadalle.bundle
+
+    monkeypatch.setattr(megadalle.bundle, "read_model", lambda *a, **k: pytest.fail("a model was read"))
+    out = tmp_path / "eval"
+    assert main(evaluate_args(models, "clip_score=false", f"output={out}")) == 2
+    assert capsys.readouterr().err == (
+        "megadalle evaluate: clip_score=False: with fid=false and save_samples=false evaluate would sample every "
+        "caption and measure and write nothing (metrics of n/a): set clip_score=true, fid=true (with real images) "
+        "or save_samples=true\n")
+    assert not out.exists()

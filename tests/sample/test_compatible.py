@@ -42,7 +42,9 @@ def test_each_disagreement_is_named_with_both_values(models):
         check_compatible(model, dvae_config(), None, 65)
     with pytest.raises(IncompatibleModels, match=r"the CLIP \(c\) reads 64"):
         check_compatible(model, dvae_config(), clip, 65, {"clip": "c"})
-    check_compatible(model, dvae_config(vocab_size=32), clip, 40)  # a larger codebook decodes every code drawn
+    with pytest.raises(IncompatibleModels, match=r"the dVAE \(d\) has a codebook of 32 codes, the Transformer "
+                                                 r"learnt 16 \(model.image_vocab=16\): another dVAE than its own"):
+        check_compatible(model, dvae_config(vocab_size=32), clip, 40, {"dvae": "d"})  # exited 0, meaningless images
     with pytest.raises(IncompatibleModels, match="the Transformer pads captions with id 3, the tokenizer with 0"):
         check_compatible(dataclasses.replace(model, text_pad_id=3), dvae_config(), clip, 40)
 
@@ -67,6 +69,18 @@ def test_generate_refuses_a_dvae_of_another_grid_before_sampling(models, capsys)
     err = capsys.readouterr().err
     assert "not trained together" in err and str(other) in err and "Traceback" not in err
     assert not out.exists()  # refused before a sample was drawn, and the folder it made is gone again
+
+
+def test_generate_refuses_a_dvae_of_a_larger_codebook_on_the_same_grid(models, capsys):
+    """It was accepted: exit code 0 and pictures of codes that mean others to that dVAE."""
+    other = save_dvae(models / "other.safetensors", dvae_config(vocab_size=256))
+    out = models / "out"
+    assert main(["generate", f"weights={models / 'model.safetensors'}", f"dvae_weights={other}", "prompt=a red circle",
+                 "n=2", "keep=2", f"output={out}"]) == 2
+    err = capsys.readouterr().err
+    assert f"the dVAE ({other}) has a codebook of 256 codes, the Transformer ({models / 'model.safetensors'}) " \
+           "learnt 16 (model.image_vocab=16)" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_weights_of_another_kind_are_a_one_line_error(models, capsys):

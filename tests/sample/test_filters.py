@@ -30,8 +30,9 @@ def test_filtered_draws_only_hit_kept_tokens_and_temperature_sharpens():
     assert filtered.repeat(8, 1).gather(1, tokens[:, None]).isfinite().all()
     cold = filter_logits(logits, temperature=0.1).softmax(-1).max(-1).values
     assert (cold >= logits.softmax(-1).max(-1).values).all()
-    with pytest.raises(ValueError, match="temperature=0"):
-        filter_logits(logits, temperature=0)
+    for bad in (0, float("inf"), float("nan")):  # inf drew every token alike; nan made every logit nan
+        with pytest.raises(ValueError, match=f"temperature={bad} must be positive and finite"):
+            filter_logits(logits, temperature=bad)
 
 
 def test_draw_follows_the_distribution_and_sample_next_stays_in_the_filtered_set():

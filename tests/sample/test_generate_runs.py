@@ -130,3 +130,12 @@ def test_ctrl_c_is_one_line_exit_code_130_and_leaves_no_folder_it_made(models, t
     monkeypatch.undo()
     assert main(["generate", f"weights={models / 'model.safetensors'}", 'prompt="\u200b"', f"output={made}"]) == 2
     assert not (tmp_path / "new").exists()  # nor does a refused prompt leave one
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "0"])
+def test_a_temperature_that_is_not_positive_and_finite_is_refused_naming_it(models, tmp_path, capsys, value):
+    """temperature=inf was accepted and sampled every image token alike: noise, with exit code 0."""
+    assert main(["generate", *args(models, f"temperature={value}"), f"output={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"megadalle generate: temperature={float(value)!r}: must be positive and finite"), err
+    assert not (tmp_path / "out").exists()
