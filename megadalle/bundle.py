@@ -218,12 +218,16 @@ def _pick(given: str | None, recorded: Any, key: str, required: bool) -> Path | 
     return Path(path)
 
 
+def _is_itself(source: Path, target: Path) -> bool:
+    """Whether `target` already is `source`: a newer checkpoint re-exported with the folder's own tokenizer, dVAE
+    or CLIP (`tokenizer=model/tokenizer.model`) keeps that file as it stands (a copy onto itself fails)."""
+    return target.exists() and source.samefile(target)
+
+
 def _copy(source: Path, target: Path) -> None:
-    """`source` as `target`, unless it is that very file: a newer checkpoint re-exported with the folder's own
-    tokenizer or dVAE (`tokenizer=model/tokenizer.model`) keeps it as it stands (a copy onto itself fails)."""
-    if target.exists() and source.samefile(target):
-        return
-    shutil.copyfile(source, target)
+    """`source` as `target`, unless it is that very file (`_is_itself`)."""
+    if not _is_itself(source, target):
+        shutil.copyfile(source, target)
 
 
 def _copy_weights(source: Path, target: Path) -> None:
@@ -248,7 +252,7 @@ def _copy_open_clip(source: Path, target: Path) -> None:
 
     from megadalle.sampling.rerank import read_state_dict
 
-    if not (target.exists() and source.samefile(target)):
+    if not _is_itself(source, target):
         save_file({k: v.contiguous() for k, v in read_state_dict(source).items()}, str(target))
 
 

@@ -36,6 +36,7 @@ from megadalle.config.dvae import EncodeConfig
 from megadalle.data import atomic
 from megadalle.data.batches import ImageBatches
 from megadalle.data.fields import decode_field
+from megadalle.data.images import upscaled_message
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets, offsets_path
 from megadalle.data.loader import image_fields, rank_and_world
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
@@ -157,9 +158,8 @@ def say_upscaled(source: Path, upscaled: int, encoded: int, size: int) -> None:
     """Say how many of the images encoded now were enlarged to the dVAE's input (a tar from elsewhere holds
     thumbnails; the checks before the run refuse only a set whose index records one smaller size)."""
     if upscaled:
-        print(f"[encode] {source}: {upscaled} of the {encoded} images encoded now were smaller than the dVAE's input "
-              f"({size} px) and upscaled to it, a blurry target; `megadalle index {source} min_side={size}` skips "
-              "them in tars from elsewhere", file=sys.stderr, flush=True)
+        print(f"[encode] {upscaled_message(source, upscaled, encoded, size, 'images encoded now', 'a blurry target')}",
+              file=sys.stderr, flush=True)
 
 
 def warn_stale(out: Path, stale: list[str]) -> None:

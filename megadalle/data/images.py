@@ -96,6 +96,14 @@ def upscaled(size: tuple[int, int], image_size: int) -> bool:
     return min(size) < image_size
 
 
+def upscaled_message(source: object, count: int, total: int, image_size: int, images: str, cost: str) -> str:
+    """What to say when `count` of `total` `images` (e.g. "real images") read from `source` were `upscaled`: the
+    `cost` of the blurry result (e.g. "a blurry target") and the `megadalle index` that skips such thumbnails."""
+    return (f"{source}: {count} of the {total} {images} were smaller than the dVAE's input ({image_size} px) and "
+            f"upscaled to it, {cost}; `megadalle index {source} min_side={image_size}` skips them in tars from "
+            "elsewhere")
+
+
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Scale so the short side is `size` (bicubic, antialiased), then cut the centred square."""
     w, h = img.size

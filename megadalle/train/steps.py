@@ -4,8 +4,9 @@ An update's micro-batches are read before the first of them runs, so that a loss
 that varies between micro-batches gets the whole update's totals (megadalle.train.step_totals).
 Plain engines run forward/backward/step per micro-batch (DeepSpeed steps the optimizer at the
 accumulation boundary), or the task's own update (Task.update_runner: CLIP's loss over the whole
-update), handed all its micro-batches on the device; a PipelineEngine takes the whole update in
-`train_batch`, pulling its micro-batches from the same iterator on the first and last stage (the
+update), handed all its micro-batches, each moved to the device only as it is read (`OnDevice`: the device
+holds one micro-batch's data, as it holds one micro-batch's activations); a PipelineEngine takes the whole
+update in `train_batch`, pulling its micro-batches from the same iterator on the first and last stage (the
 totals travel with the labels; a middle stage reads no data, and the first and last stages each sum
 over their own data-parallel group, which reads the same micro-batches). The pipeline's loss sees only
 (inputs, labels), so what a task reports from the batch itself (`loader_metrics`) is counted as
@@ -13,6 +14,7 @@ the micro-batches pass through that iterator, and averaged over the stage's data
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Iterator
 
 import torch
@@ -31,6 +33,20 @@ def to_device(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_device(v, device, dtype) for v in value)
     return value
+
+
+class OnDevice(Sequence):
+    """An update's micro-batches, each moved to the device when read, never all at once: a task's own update reads
+    them one by one (gradient caching, twice: one more host-to-device copy per micro-batch for the memory of one)."""
+
+    def __init__(self, batches: list[Batch], device: torch.device, dtype: torch.dtype):
+        self.batches, self.device, self.dtype = batches, device, dtype
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> Batch:
+        return to_device(self.batches[index], self.device, self.dtype)
 
 
 def mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
@@ -77,7 +93,7 @@ class StepRunner:
             return {"loss": float(loss), **self._pipe_batch_metrics(), **self._grad_norm()}
         engine = self.built.engine
         if self.own_update is not None:
-            batches = [to_device(batch, self.built.device, self.built.dtype) for batch in self._update_batches()]
+            batches = OnDevice(self._update_batches(), self.built.device, self.built.dtype)
             return {**self._all_mean(self.own_update(engine, batches, step)), **self._grad_norm()}
         records = []
         for batch in self._update_batches():

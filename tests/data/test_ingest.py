@@ -651,6 +651,32 @@ def test_index_min_side_skips_thumbnails_as_too_small(thumbnails, decode, capsys
     assert "kept 4 samples in 1 shards, skipped 0" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("sizes, kept", [({"jpg": (72, 72), "png": (20, 20)}, True),
+                                          ({"jpg": (20, 20), "png": (72, 72)}, False)])
+@pytest.mark.parametrize("png_first", [False, True])
+@pytest.mark.parametrize("decode", ["true", "false"])
+def test_min_side_judges_the_image_the_loaders_take(tmp_path, sizes, kept, png_first, decode, capsys):
+    """A sample with a jpg and a png trains on its jpg (`sample_image`'s order), whichever the tar holds first:
+    min_side judges that one, decoded or not."""
+    import io
+    import tarfile
+
+    root = tmp_path / "two"
+    root.mkdir()
+    two = {"jpg": jpeg_bytes(sizes["jpg"]), "png": jpeg_bytes(sizes["png"], fmt="PNG"), "txt": b"two images"}
+    members = [(f"k.{name}", two[name]) for name in (["png", "jpg", "txt"] if png_first else ["jpg", "png", "txt"])]
+    with tarfile.open(root / "00000.tar", "w") as tar:
+        for name, data in [*members, ("one.jpg", jpeg_bytes((72, 72))), ("one.txt", b"one image")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert main(["index", str(root), "num_workers=0", f"decode={decode}", "min_side=64"]) == 0
+    assert f"kept {1 + kept} samples in 1 shards, skipped {int(not kept)}" in capsys.readouterr().out
+    report = json.loads((root / "index-report.json").read_text())
+    assert [(b["key"], b["reason"], b["detail"]) for b in report["bad"]] == \
+        ([] if kept else [("k", "too_small", "20x20: short side < min_side=64")])
+
+
 def test_a_folder_indexed_before_min_side_existed_is_not_read_again(thumbnails, capsys):
     """Its index records no min_side: it was indexed keeping every size, what min_side=0 does."""
     index_directory(thumbnails, ["txt"], True)

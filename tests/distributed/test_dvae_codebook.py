@@ -1,13 +1,13 @@
 """train-dvae's codebook metrics over ranks: a code only another rank chose is alive, the perplexity is that of all
 ranks' codes, and `dead_codes` resumes where a 2-rank run left it."""
 import json
-import shutil
 
 import pytest
 
 import dist_launch as launch
 from dist_dvae_codes_worker import VOCAB
 from tests.dvae.conftest import write_image_shards
+from tests.rewound_run import rewound_copy
 
 
 @pytest.mark.distributed
@@ -34,11 +34,5 @@ def test_dead_codes_resume_on_two_ranks_as_the_uninterrupted_run_counts_them(tmp
     write_image_shards(shards, 32, 32, 16)
     whole = train(shards, tmp_path / "a")
     assert any(whole[s]["dead_codes"] for s in (4, 5)), "codes must die before the resume, or the test proves nothing"
-    resumed = tmp_path / "b"
-    shutil.copytree(tmp_path / "a", resumed)
-    (resumed / "run.json").write_text((resumed / "run.json").read_text().replace(str(tmp_path / "a"), str(resumed)))
-    shutil.rmtree(resumed / "checkpoints" / "step_00000008")
-    (resumed / "checkpoints" / "latest").write_text("step_00000004\n")
-    (resumed / "metrics.jsonl").write_text("")
-    again = train(shards, resumed)
+    again = train(shards, rewound_copy(tmp_path / "a", tmp_path / "b", step=4))
     assert [again[s]["dead_codes"] for s in range(4, 8)] == [whole[s]["dead_codes"] for s in range(4, 8)]

@@ -1,7 +1,6 @@
 """The codebook metrics (`perplexity`, `dead_codes`) describe each whole update, whatever its cut into micro-batches,
 and `dead_codes` carries over a resume."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 from megadalle.config.compose import compose
 from megadalle.models.dvae_loss import codebook_perplexity, histogram_perplexity
 from megadalle.train.dvae import task_from_config, train_dvae
+from tests.rewound_run import rewound_copy
 
 from .conftest import rectangles
 
@@ -58,13 +58,7 @@ def test_dead_codes_after_a_resume_are_those_of_the_uninterrupted_run(tmp_path, 
     overrides = ["trainer.steps=8", "trainer.micro_batch=4", "trainer.checkpoint_every=2", "usage_window=2"]
     whole = train(tmp_path, image_shards, "a", *overrides)
     assert any(whole[s]["dead_codes"] for s in (4, 5)), "codes must die before the resume, or the test proves nothing"
-    resumed = tmp_path / "b"
-    shutil.copytree(tmp_path / "a", resumed)
-    (resumed / "run.json").write_text((resumed / "run.json").read_text().replace(str(tmp_path / "a"), str(resumed)))
-    for later in ("step_00000006", "step_00000008"):
-        shutil.rmtree(resumed / "checkpoints" / later)
-    (resumed / "checkpoints" / "latest").write_text("step_00000004\n")
-    (resumed / "metrics.jsonl").write_text("")
+    rewound_copy(tmp_path / "a", tmp_path / "b", step=4)
     again = train(tmp_path, image_shards, "b", *overrides)
     assert sorted(again) == [4, 5, 6, 7]
     assert [again[s]["dead_codes"] for s in again] == [whole[s]["dead_codes"] for s in again]

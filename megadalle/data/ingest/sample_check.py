@@ -42,7 +42,7 @@ class SampleCheck:
     """Why the sample is skipped; "" when it is kept."""
     detail: str = ""
     size: tuple[int, int] | None = None
-    """Its image's size, when decoded."""
+    """The size of the image the loaders take (`loaders_image`), when decoded."""
     warnings: list[tuple[str, str]] = field(default_factory=list)
     """(reason, detail) of each metadata field that does not decode (a string `.id`, a cut `.json`): counted,
     but the sample is kept, since only its image and caption decide whether it can be trained on."""
@@ -60,13 +60,13 @@ def check_sample(sample: TarSample, require: Iterable[str], require_media: bool,
     if require_media and not any(name in sample.data for name in MEDIA_FIELDS):
         hint = dotted_key_hint(sample, MEDIA_FIELDS)
         return SampleCheck("no_media", f"none of {list(MEDIA_FIELDS)} among {sample.names}{hint}")
-    check, deciding = SampleCheck(), {*MEDIA_FIELDS, *CAPTION_FIELDS, *require}
+    check, deciding, image = SampleCheck(), {*MEDIA_FIELDS, *CAPTION_FIELDS, *require}, loaders_image(sample)
     for name, raw in sample.data.items() if decode else ():
         ext = extension(name)
         try:
             if ext in IMAGE_FIELDS:
                 size = check_image(raw)
-                if name in deciding:
+                if name == image:
                     check.size = size
             else:
                 decode_field(name, raw)
@@ -87,7 +87,7 @@ def too_small(sample: TarSample, check: SampleCheck, min_side: int) -> SampleChe
     below `min_side`: its size as decoded, or read from its header when the fields were not decoded."""
     from PIL import Image
 
-    name, size = next((name for name in IMAGE_FIELDS if name in sample.data), None), check.size
+    name, size = loaders_image(sample), check.size
     if size is None and name is not None:
         try:
             size = Image.open(io.BytesIO(sample.data[name])).size
@@ -96,6 +96,12 @@ def too_small(sample: TarSample, check: SampleCheck, min_side: int) -> SampleChe
     if size is not None and min(size) < min_side:
         return SampleCheck("too_small", f"{size[0]}x{size[1]}: short side < min_side={min_side}")
     return check
+
+
+def loaders_image(sample: TarSample) -> str | None:
+    """The image field the loaders take (`batches.sample_image`'s order: the first of IMAGE_FIELDS it has, not the
+    first in the tar), so that a sample holding two images is judged by the one it is trained on; None without one."""
+    return next((name for name in IMAGE_FIELDS if name in sample.data), None)
 
 
 def dotted_key_hint(sample: TarSample, wanted: Iterable[str]) -> str:
