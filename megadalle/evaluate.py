@@ -25,6 +25,7 @@ from tqdm import tqdm
 from megadalle.config import ConfigError, build, check, top_level
 from megadalle.config.evaluate import EvaluateConfig
 from megadalle.data.captions import first_caption
+from megadalle.data.images import upscaled_message
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
 from megadalle.listed_files import remove_listed_files
@@ -154,9 +155,8 @@ def real_features(shards: str, image_size: int, limit: int, extract: Extractor, 
         if count >= limit:
             break
     if upscaled:
-        print(f"[evaluate] {shards}: {upscaled} of the {count} real images were smaller than the dVAE's input "
-              f"({image_size} px) and upscaled to it, blurry references for FID and KID; `megadalle index {shards} "
-              f"min_side={image_size}` skips them in tars from elsewhere", file=sys.stderr)
+        said = upscaled_message(shards, upscaled, count, image_size, "real images", "blurry references for FID and KID")
+        print(f"[evaluate] {said}", file=sys.stderr)
     return torch.cat(feats)
 
 

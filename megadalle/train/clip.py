@@ -12,7 +12,7 @@ validation micro-batch against the same micro-batch index of every rank.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -77,7 +77,7 @@ class ClipTask(ShardsTask):
         """Gradient caching over the update's micro-batches when they are several and `clip.negatives=update`."""
         return self._whole_update if part.grad_accum > 1 and self.cfg.negatives == "update" else None
 
-    def _whole_update(self, engine, batches: list[Batch], step: int) -> dict[str, float]:
+    def _whole_update(self, engine, batches: Sequence[Batch], step: int) -> dict[str, float]:
         metrics = grad_cache.update(engine, batches, step, encode=embed, loss=contrastive_loss)
         return {**metrics, **mean_metrics([loader_metrics(batch) for batch in batches])}
 

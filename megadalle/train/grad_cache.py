@@ -22,7 +22,7 @@ the optimizer steps only after the last micro-batch's backward.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ Loss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 """(*outputs of the whole update, concatenated) -> (scalar loss, metrics)."""
 
 
-def update(engine: Any, batches: list[Batch], step: int, encode: Encode, loss: Loss) -> dict[str, float]:
+def update(engine: Any, batches: Sequence[Batch], step: int, encode: Encode, loss: Loss) -> dict[str, float]:
     """Run one update of this rank's `batches` through the DeepSpeed `engine` under `loss` of the whole update
     (the same call on every rank: `loss` may gather over them); returns this rank's loss as `loss` and its
     metrics."""

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from megadalle.data.index import ShardIndex
 
 Batch = dict[str, Any]
-UpdateRunner = Callable[[Any, list[Batch], int], dict[str, float]]
+UpdateRunner = Callable[[Any, Sequence[Batch], int], dict[str, float]]
 """(engine, this rank's micro-batches of an update, step) -> the update's metrics: Task.update_runner."""
 
 

@@ -1,7 +1,6 @@
 """dVAE training: the objective learns (a large drop of the reconstruction NLL), and `train-dvae` runs
 through the generic trainer with checkpoints, resume, media and exported weights."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,8 @@ from megadalle.config.dvae import DVAEObjective
 from megadalle.models.dvae import DVAE, load_dvae
 from megadalle.models.dvae_loss import cosine, elbo_loss, kl_weight, temperature
 from megadalle.train.dvae import reconstruction_grid, task_from_config, train_dvae
+
+from tests.rewound_run import rewound_copy
 
 from .conftest import rectangles
 
@@ -77,12 +78,7 @@ def test_loader_workers_leave_the_training_random_stream_alone_so_resumes_are_ex
 
     uninterrupted = losses(tmp_path / "a", workers=1)
     assert losses(tmp_path / "b", workers=0) == uninterrupted
-    resumed = tmp_path / "c"  # run a, as if killed after its step-2 checkpoint
-    shutil.copytree(tmp_path / "a", resumed)
-    (resumed / "run.json").write_text((resumed / "run.json").read_text().replace(str(tmp_path / "a"), str(resumed)))
-    shutil.rmtree(resumed / "checkpoints" / "step_00000004")
-    (resumed / "checkpoints" / "latest").write_text("step_00000002\n")
-    (resumed / "metrics.jsonl").write_text("")
+    resumed = rewound_copy(tmp_path / "a", tmp_path / "c", step=2)  # run a, as if killed after its step-2 checkpoint
     assert losses(resumed, workers=1) == uninterrupted[2:]
 
 
