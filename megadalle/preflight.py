@@ -156,9 +156,10 @@ def check_train(cfg: DictConfig) -> None:
              f"model.grid_size={model.grid_size}: the token shards {cfg.data.shards} hold {meta['grid_size']}x"
              f"{meta['grid_size']} code grids (set model.grid_size={meta['grid_size']})")
     if "vocab_size" in meta:
-        fits(int(meta["vocab_size"]) <= model.image_vocab,
+        fits(int(meta["vocab_size"]) == model.image_vocab,  # larger: `generate` refuses the model with its dVAE
              f"model.image_vocab={model.image_vocab}: the token shards {cfg.data.shards} hold codes of a "
-             f"{meta['vocab_size']}-entry codebook (set model.image_vocab={meta['vocab_size']})")
+             f"{meta['vocab_size']}-entry codebook, and sampling needs the model's codes to be its dVAE's "
+             f"(set model.image_vocab={meta['vocab_size']})")
     vocab = tokenizer_vocab("data.tokenizer", cfg.data.tokenizer)
     fits(vocab <= model.text_vocab, f"model.text_vocab={model.text_vocab}: the tokenizer {cfg.data.tokenizer} has "
                                     f"{vocab} pieces (set model.text_vocab={vocab} or more)")

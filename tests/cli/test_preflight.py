@@ -51,6 +51,7 @@ def test_missing_paths_are_named(capsys, token_shards, tmp_path):
 @pytest.mark.parametrize("override, expected", [
     ("model.grid_size=4", "model.grid_size=4: the token shards"),
     ("model.image_vocab=64", "model.image_vocab=64: the token shards"),
+    ("model.image_vocab=256", "model.image_vocab=256: the token shards"),  # a model generate refuses with its dVAE
     ("model.text_vocab=20", "model.text_vocab=20: the tokenizer"),
     ("model.text_pad_id=3", "model.text_pad_id=3: megadalle's tokenizer pads with id 0"),
 ])
