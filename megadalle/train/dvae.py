@@ -21,7 +21,7 @@ from megadalle.config import build, check, top_level
 from megadalle.config.data import DataConfig
 from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 from megadalle.models.dvae import DVAE
-from megadalle.models.dvae_loss import codebook_perplexity, elbo_loss, histogram_perplexity, kl_weight, temperature
+from megadalle.models.dvae_loss import elbo_loss, histogram_perplexity, kl_weight, temperature
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches, validation_data
@@ -33,7 +33,8 @@ FACTORY = "megadalle.train.dvae:task_from_config"
 
 
 class UpdateCodes:
-    """The histogram of one update's argmax codes: counted over its micro-batches, summed over the ranks.
+    """The histogram of one update's argmax codes (or a validation subset's): counted over its micro-batches, summed
+    over the ranks.
 
     Codebook metrics describe the codes the update chose as a whole. A micro-batch's perplexity grows with its
     size (a uniformly used 8192-code codebook reads about 2982 on 4 x 1024 cells, 4618 on 8 x 1024, 8127 on the
@@ -47,7 +48,7 @@ class UpdateCodes:
         self._counts: torch.Tensor | None = None
 
     def observe(self, codes: torch.Tensor) -> None:
-        """Count a training micro-batch's argmax codes (on their device, until the update ends)."""
+        """Count a micro-batch's argmax codes (on their device, until `collect`)."""
         counts = torch.bincount(codes.flatten(), minlength=self.vocab)
         self._counts = counts if self._counts is None else self._counts + counts
 
@@ -164,7 +165,7 @@ class DVAETask(ShardsTask):
     def __init__(self, cfg: DVAEConfig, data: DataConfig | None, seed: int = 0, usage_window: int = 100,
                  preview: int = 8):
         self.cfg, self.data, self.seed, self.preview = cfg, data, seed, preview
-        self.codes = UpdateCodes(cfg.vocab_size)
+        self.codes, self.val_codes = UpdateCodes(cfg.vocab_size), UpdateCodes(cfg.vocab_size)
         self.usage = CodeUsage(cfg.vocab_size, usage_window)
         objective = cfg.objective
         self.revival = CodeRevival(cfg.vocab_size, objective.revive_every, objective.revive_until, seed) \
@@ -210,10 +211,16 @@ class DVAETask(ShardsTask):
             self.revival.load_state(state)
 
     def validation_loss(self, model: DVAE, batch: Batch, step: int) -> dict[str, float]:
-        """The ELBO at the step's β and τ, without touching the training code histogram or the preview; the
-        perplexity is the validation micro-batch's (the validator averages it over micro-batches and ranks)."""
+        """The ELBO at the step's β and τ, without touching the training code histogram or the preview; the codes
+        are counted for the subset's perplexity (`validation_summary`)."""
         loss, metrics, codes = self._elbo(model, batch["image"], step)
-        return {"loss": float(loss), **metrics, "perplexity": codebook_perplexity(codes, self.cfg.vocab_size)}
+        self.val_codes.observe(codes)
+        return {"loss": float(loss), **metrics}
+
+    def validation_summary(self, device: torch.device) -> dict[str, float]:
+        """The perplexity of the whole validation subset's codes, on all ranks (one all-reduce): the same figure
+        whatever micro_batch and the number of ranks, as the training metric is for its update."""
+        return {"perplexity": histogram_perplexity(self.val_codes.collect(device))}
 
     def _elbo(self, model: DVAE, images: torch.Tensor, step: int):
         """(loss, metrics, argmax codes) of a micro-batch at the step's KL weight and temperature."""

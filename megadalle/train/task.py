@@ -234,6 +234,13 @@ class Task:
         loss, metrics = self.loss(model, batch, step)
         return {"loss": float(loss), **metrics}
 
+    def validation_summary(self, device: torch.device) -> dict[str, float]:
+        """Metrics of the whole validation subset, from what `validation_loss` kept of its micro-batches: those a
+        mean over micro-batches would misstate (the dVAE's codebook perplexity grows with the number of cells it
+        is computed on). Called on every rank once the subset has run, after the means (a collective if the task
+        makes one); its values replace the means of the same names. Default: none."""
+        return {}
+
 
 class ShardsTask(Task):
     """A task that trains on the shard directory `self.data.shards` (data.source=shards) with `self.seed`."""

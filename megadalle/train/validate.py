@@ -81,7 +81,8 @@ class Validator:
                     totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
         finally:
             module.train()
-        return mean_over_ranks(totals, self.part.dp_world, self.built.device)
+        return {**mean_over_ranks(totals, self.part.dp_world, self.built.device),
+                **self.task.validation_summary(self.built.device)}
 
     def _pipeline(self, batches: list[Batch]) -> dict[str, float]:
         split = self.built.pipeline.split

@@ -48,7 +48,7 @@ def test_clip_trains_on_what_clip_images_names(tmp_path, kind, originals, recons
     source = demo_images(tmp_path)
     shards = prepare_folder(source, tmp_path / "shards", 16)
     d = dataclasses.replace(DemoConfig(image_size=16), clip_images=kind)
-    clip_shards = clip_training_shards(d, dvae, tmp_path, shards)
+    clip_shards = clip_training_shards(d, dvae, tmp_path, shards, seed=0)
     original: dict[str, list[torch.Tensor]] = {}  # caption -> its original images
     for png in sorted(source.glob("*.png")):
         caption = png.with_suffix(".txt").read_text().strip()

@@ -32,7 +32,8 @@ def records(run_dir: Path) -> dict[int, dict]:
 
 def plain_validation(task, model, step: int, seed: int = 0) -> dict[str, float]:
     """The mean validation metrics of `model` over the first EVAL_BATCHES batches, without the trainer. The batches
-    carry the whole subset's loss counts (the Transformer's text loss is the token mean of all of them)."""
+    carry the whole subset's loss counts (the Transformer's text loss is the token mean of all of them); the task's
+    summary of the subset replaces its means (the dVAE's perplexity)."""
     batches = with_step_totals(task, list(itertools.islice(task.validation_batches(DataPart(MICRO, 1, 0, 1)),
                                                            EVAL_BATCHES)), 1, torch.device("cpu"))
     totals: dict[str, float] = {}
@@ -41,7 +42,7 @@ def plain_validation(task, model, step: int, seed: int = 0) -> dict[str, float]:
         for batch in batches:
             for name, value in task.validation_loss(model, batch, step).items():
                 totals[name] = totals.get(name, 0.0) + value / EVAL_BATCHES
-    return totals
+    return {**totals, **task.validation_summary(torch.device("cpu"))}
 
 
 @pytest.fixture(scope="module")
