@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import shutil
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ from megadalle.demo_done import once
 from megadalle.demo_judge import chance, judge
 from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
 from megadalle.demo_settings import DATA, check_and_record, value
-from megadalle.demo_stop import DemoStopped, Interrupted, finished, interruptible, stop_line
+from megadalle.demo_stop import DemoStopped, finished, interruptible, named, stop_line
 from megadalle.errors import UserError
 
 
@@ -355,9 +354,7 @@ def run(cfg: DictConfig) -> int:
     except DemoStopped as stopped:  # the trainer checkpointed (or, stopped in its start-up, kept its last one)
         line = stop_line(stopped.stage, "a signal", list(timer.times), timer.run_dir)
     except KeyboardInterrupt as interrupted:  # an Interrupted, or a second Ctrl-C in a training stage (no save)
-        how = interrupted.signum if isinstance(interrupted, Interrupted) else signal.SIGINT
-        line = stop_line(timer.current, "Ctrl-C" if how == signal.SIGINT else signal.Signals(how).name,
-                         list(timer.times), timer.run_dir)
+        line = stop_line(timer.current, named(interrupted), list(timer.times), timer.run_dir)
     except (CheckpointError, RunDirError) as err:
         if timer.run_dir is None:
             raise

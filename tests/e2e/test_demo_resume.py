@@ -175,6 +175,44 @@ def test_ctrl_c_while_the_demo_prepares_its_shards_leaves_no_shards_and_the_reru
     assert "[demo] data: kept" not in printed and (out / "shards" / "index.json").is_file()
 
 
+def test_a_stop_line_between_two_stages_says_so_and_names_the_stage_before(tmp_path):
+    """Outside any stage (train_models' imports, the summary after the last) the line said "before its first stage"
+    and listed the stages it had finished."""
+    assert demo.stop_line(None, "SIGTERM", ["data + prepare + tokenizer", "train-dvae"], None) == (
+        "megadalle demo: stopped by SIGTERM between stages, after train-dvae; kept finished stages: data + prepare + "
+        "tokenizer, train-dvae; rerun the same command to continue from there")
+    assert demo.stop_line(None, "Ctrl-C", [], None).startswith("megadalle demo: stopped by Ctrl-C before its first "
+                                                               "stage; kept no finished stage;")
+
+
+def test_term_between_the_data_stage_and_the_training_stages_says_where_it_stopped(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "demo"
+    with monkeypatch.context() as patched:
+        signal_during(patched, demo, "train_models", signal.SIGTERM)
+        code, printed, err = run_demo(out, capsys)
+    assert code == STOPPED_EXIT, err[-3000:]
+    assert last_line(err) == ("megadalle demo: stopped by SIGTERM between stages, after data + prepare + tokenizer; "
+                              "kept finished stages: data + prepare + tokenizer; rerun the same command to continue "
+                              "from there")
+
+
+def test_a_second_ctrl_c_while_the_demo_reports_its_stop_never_says_nothing_was_written(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A Ctrl-C escaping the demo's run while it reported a training stage's stop (which had saved a checkpoint)
+    made the CLI say "before it began; nothing was written"."""
+    from megadalle import cli
+
+    def stopped_in_dvae(d, output, seed, timer):
+        with timer.stage("train-dvae", tmp_path / "runs/dvae"):
+            demo.finished("train-dvae", False)
+
+    monkeypatch.setattr(demo, "run_demo", stopped_in_dvae)
+    signal_during(monkeypatch, demo, "stop_line", signal.SIGINT)
+    assert cli.main(["demo", *TINY, f"output={tmp_path / 'demo'}"]) == STOPPED_EXIT
+    assert last_line(capsys.readouterr().err) == ("megadalle demo: stopped by Ctrl-C while it ran; it keeps the stages "
+                                                  "it finished; rerun the same command to continue from there")
+
+
 def test_term_while_the_demo_evaluates_keeps_every_trained_stage_and_the_rerun_trains_nothing(tmp_path, capsys,
                                                                                                monkeypatch):
     out = tmp_path / "demo"
