@@ -33,8 +33,9 @@ class Verb:
     trains: bool = False
     """A training verb: it holds the scheduler's stop signals from the command's first line (`stop_signals`)."""
     stops_on_ctrl_c: bool = False
-    """Ctrl-C before its stage begins (while the command imports and composes) ends it with one line and
-    STOPPED_EXIT instead of a traceback and 130: the demo, which people stop by hand and rerun to continue."""
+    """Ctrl-C before its stage begins (while the command imports and composes, `main`) or escaping it once begun
+    (`run_stage`) ends it with one line and STOPPED_EXIT instead of a traceback and 130: the demo, which people stop
+    by hand and rerun to continue."""
 
 
 VERBS: dict[str, Verb] = {
@@ -188,7 +189,7 @@ def execute(verb: str, cfg) -> int:
     try:
         with stop_signals(verb):
             preflight(verb, cfg)
-            result = resolve(verb)(cfg)
+            result = run_stage(verb, cfg)
     except (HydraException, UserError) as err:
         return fail(verb, bad_config(err))
     except StoppedBySignal as err:
@@ -199,6 +200,24 @@ def execute(verb: str, cfg) -> int:
     except InterpolationResolutionError as err:
         return fail(verb, bad_interpolation(err))
     return result if isinstance(result, int) else 0
+
+
+def run_stage(verb: str, cfg):
+    """The verb's stage on `cfg`. A Ctrl-C (or the demo's TERM or USR1) that escapes a stage that stops on its own
+    (`Verb.stops_on_ctrl_c`: the demo, which reports its own stops) came once it had begun, a second one while it
+    reported the first's: one line that is true whatever the stage wrote by then, not `main`'s "before it began;
+    nothing was written", which printed after a stopped training stage had saved."""
+    try:
+        return resolve(verb)(cfg)
+    except KeyboardInterrupt as interrupted:
+        if not VERBS[verb].stops_on_ctrl_c:
+            raise
+        from megadalle.demo_stop import named
+        from megadalle.train.signals import STOPPED_EXIT
+
+        print(f"megadalle {verb}: stopped by {named(interrupted)} while it ran; it keeps the stages it finished; "
+              "rerun the same command to continue from there", file=sys.stderr, flush=True)
+        return STOPPED_EXIT
 
 
 def bad_config(err: Exception) -> str:

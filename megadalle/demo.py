@@ -13,14 +13,15 @@ dVAE's own check (demo_recon.py), which bounds what the Transformer can draw.
 
 Rerunning the same command continues: a data stage an earlier run finished is kept (demo_done.py), and each
 training stage resumes from its checkpoints (a finished one only exports its weights again). Ctrl-C, TERM or
-USR1 stop it in any stage with exit status 75 and a line saying what it kept (demo_stop.py).
+USR1 stop it in any stage with exit status 75 and a line saying what it kept (demo_stop.py). A rerun whose settings
+differ from those the earlier demo's trained stages were trained with is refused before it writes anything
+(demo_settings.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import random
 import shutil
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -38,7 +39,8 @@ from megadalle.demo_data import Scene, all_scenes, split_scenes, write_dataset
 from megadalle.demo_done import once
 from megadalle.demo_judge import chance, judge
 from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
-from megadalle.demo_stop import DemoStopped, Interrupted, finished, interruptible, stop_line
+from megadalle.demo_settings import DATA, check_and_record, value
+from megadalle.demo_stop import DemoStopped, finished, interruptible, named, stop_line
 from megadalle.errors import UserError
 
 
@@ -90,8 +92,7 @@ def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
 
 def data_inputs(d: DemoConfig, seed: int) -> dict:
     """What the demo's data (images, shards, tokenizer) is made from."""
-    return {"per_scene": d.per_scene, "holdout": d.holdout, "image_size": d.image_size, "vocab_size": d.vocab_size,
-            "seed": seed}
+    return {name: value(d, seed, name) for name in DATA}
 
 
 def draw_data(d: DemoConfig, out: Path, seed: int) -> None:
@@ -309,6 +310,7 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0, timer: Timer | No
     out = Path(output)
     check_dvae_overrides(d, out, seed)
     out.mkdir(parents=True, exist_ok=True)
+    check_and_record(d, out, seed)
     timer, start = timer or Timer(), time.perf_counter()
     with timer.stage("data + prepare + tokenizer"):
         shards, tokenizer = make_data(d, out, seed)
@@ -352,9 +354,7 @@ def run(cfg: DictConfig) -> int:
     except DemoStopped as stopped:  # the trainer checkpointed (or, stopped in its start-up, kept its last one)
         line = stop_line(stopped.stage, "a signal", list(timer.times), timer.run_dir)
     except KeyboardInterrupt as interrupted:  # an Interrupted, or a second Ctrl-C in a training stage (no save)
-        how = interrupted.signum if isinstance(interrupted, Interrupted) else signal.SIGINT
-        line = stop_line(timer.current, "Ctrl-C" if how == signal.SIGINT else signal.Signals(how).name,
-                         list(timer.times), timer.run_dir)
+        line = stop_line(timer.current, named(interrupted), list(timer.times), timer.run_dir)
     except (CheckpointError, RunDirError) as err:
         if timer.run_dir is None:
             raise

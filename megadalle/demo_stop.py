@@ -31,6 +31,12 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+def named(interrupted: KeyboardInterrupt) -> str:
+    """The signal behind `interrupted` as a stop line names it: an `Interrupted`'s, else Ctrl-C's."""
+    signum = interrupted.signum if isinstance(interrupted, Interrupted) else signal.SIGINT
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 class DemoStopped(Exception):
     """A training stage that a stop signal ended before its last update: it saved a checkpoint (or, stopped in its
     start-up, kept the one it had), and the demo stops there rather than go on without its weights."""
@@ -75,11 +81,13 @@ def interruptible() -> Iterator[None]:
 
 
 def stop_line(stage: str | None, how: str, done: list[str], run_dir: Path | None) -> str:
-    """The demo's one line when a stop signal ended it in `stage` (None: before its first), `how` naming the signal:
-    the stages it finished, the checkpoint a rerun resumes `stage` from, and that rerunning continues."""
+    """The demo's one line when a stop signal ended it in `stage` (None: outside any, before its first or between
+    two: while train_models imports, or writing the summary after the last), `how` naming the signal: the stages
+    it finished, the checkpoint a rerun resumes `stage` from, and that rerunning continues."""
     from megadalle.train.rundir import resume_step
 
-    where = f"in its {stage} stage" if stage else "before its first stage"
+    where = (f"in its {stage} stage" if stage else f"between stages, after {done[-1]}" if done
+             else "before its first stage")
     kept = [f"finished stages: {', '.join(done)}"] if done else ["no finished stage"]
     if run_dir is not None:
         step = resume_step(run_dir, "auto")

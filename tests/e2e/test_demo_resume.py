@@ -3,6 +3,7 @@
 A rerun of the same command refused to start (its stages trained with resume=never, so their checkpoints were in
 the way), after drawing its data again; a finished demo could not be rerun either. The demo here is the smallest
 that runs every stage (2 updates each, one sample per caption): seconds per run."""
+import json
 import os
 import re
 import signal
@@ -38,13 +39,14 @@ def last_line(err: str) -> str:
 
 
 def data_mtimes(out: Path) -> dict[Path, int]:
-    """When each image, shard and token shard was written (encode writes its index.json again on every run)."""
-    files = [p for folder in ("raw", "shards", "shards_clip", "tokens") for p in (out / folder).rglob("*")
+    """When each image, shard, token shard, the tokenizer and the data stages' records were written (encode writes
+    its index.json again on every run)."""
+    files = [p for folder in ("raw", "shards", "shards_clip", "tokens", "made") for p in (out / folder).rglob("*")
              if p.is_file() and p.relative_to(out) != Path("tokens/index.json")]
-    return {p: p.stat().st_mtime_ns for p in files}
+    return {p: p.stat().st_mtime_ns for p in [*files, out / "tokenizer.model"]}
 
 
-def test_a_rerun_of_a_finished_demo_trains_and_draws_nothing_again_and_one_on_other_data_is_refused(
+def test_a_rerun_of_a_finished_demo_trains_and_draws_nothing_again_and_one_on_other_settings_is_refused_first(
         tmp_path, capsys):
     out = tmp_path / "demo"
     code, printed, err = run_demo(out, capsys)
@@ -61,12 +63,44 @@ def test_a_rerun_of_a_finished_demo_trains_and_draws_nothing_again_and_one_on_ot
     assert data == data_mtimes(out), "a rerun drew, prepared or encoded its data again"
     assert printed.rstrip().endswith("(chance 2%)")
 
-    # other sizes draw other data, which the trained dVAE cannot resume on: the way out named is the demo's own
-    with pytest.raises(UserError, match=rf"^train-dvae cannot continue the run an earlier demo left in "
-                                        rf"{re.escape(str(out))}/runs/dvae \(cannot resume .*: it was trained with "
-                                        rf"data fingerprint='\w+', this run has fingerprint='\w+'\); rerun with that "
-                                        rf"demo's settings, or give this one another output=$"):
-        run_demo(out, capsys, "demo.per_scene=2")
+    # other data (drawn again in place, the tokenizer too, before a stage refused to resume on it) or a model the
+    # checkpoints do not fit is refused before anything is written, naming the setting; the way out is the demo's
+    for override, differs in (("demo.per_scene=2", "demo.per_scene: 1 there, 2 now"),
+                               ("demo.vocab_size=80", "demo.vocab_size: 64 there, 80 now"),
+                               ("demo.text_len=20", "demo.text_len: 16 there, 20 now")):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(out))} holds an earlier demo's runs \(runs/dvae, "
+                                            rf"runs/clip, runs/dalle\) trained with other settings "
+                                            rf"\({re.escape(differs)}\); rerun with that demo's settings to continue "
+                                            rf"it, or give this one another output=$"):
+            run_demo(out, capsys, override)
+        assert data == data_mtimes(out), f"a demo refused for {override} wrote over the earlier demo's data"
+
+
+def test_settings_only_runs_without_checkpoints_use_may_change_and_an_older_folder_is_held_to_its_data(tmp_path):
+    """Without the settings record (a folder of a demo before it), the data stage's record still refuses other data;
+    a setting only later stages use may change while they have no checkpoint, and is recorded then."""
+    from megadalle.config import build
+    from megadalle.config.demo import DemoConfig
+    from megadalle.data import atomic
+    from megadalle.demo_settings import check_and_record, settings_path
+
+    def settings(*overrides: str) -> DemoConfig:
+        return build(DemoConfig, compose("demo", [*TINY, *overrides]).demo, "demo")
+
+    out = tmp_path / "demo"
+    atomic.write_json(out / "made" / "data.json", demo.data_inputs(settings(), 0))
+    (out / "runs" / "dvae" / "checkpoints" / "step_00000002").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"holds an earlier demo's runs \(runs/dvae\) trained with other settings "
+                                        r"\(seed: 0 there, 1 now\);"):
+        check_and_record(settings(), out, 1)
+    check_and_record(settings("demo.text_len=20"), out, 0)
+    assert not settings_path(out).exists(), "recorded settings the dVAE's checkpoint may not have been trained with"
+
+    atomic.write_json(settings_path(out), {"seed": 0, "demo.text_len": 16, "demo.dvae_lr": settings().dvae_lr})
+    check_and_record(settings("demo.text_len=20"), out, 0)
+    assert json.loads(settings_path(out).read_text())["demo.text_len"] == 20
+    with pytest.raises(UserError, match=r"\(demo.dvae_lr: 0.001 there, 0.002 now\)"):
+        check_and_record(settings("demo.dvae_lr=0.002"), out, 0)
 
 
 def stop_in_dvae_after_two_updates(monkeypatch) -> None:
@@ -133,12 +167,50 @@ def test_ctrl_c_while_the_demo_prepares_its_shards_leaves_no_shards_and_the_reru
     assert code == STOPPED_EXIT and "Traceback" not in err, err[-3000:]
     assert last_line(err) == ("megadalle demo: stopped by Ctrl-C in its data + prepare + tokenizer stage; kept no "
                               "finished stage; rerun the same command to continue from there")
-    assert not (out / "shards" / "index.json").exists() and not (out / "made").exists()
+    assert not (out / "shards" / "index.json").exists() and not (out / "made" / "data.json").exists()
     assert not list((out / "shards").glob("*.tar")), "a shard half-written or left for finished"
 
     code, printed, err = run_demo(out, capsys)
     assert code == 0, err[-3000:]
     assert "[demo] data: kept" not in printed and (out / "shards" / "index.json").is_file()
+
+
+def test_a_stop_line_between_two_stages_says_so_and_names_the_stage_before(tmp_path):
+    """Outside any stage (train_models' imports, the summary after the last) the line said "before its first stage"
+    and listed the stages it had finished."""
+    assert demo.stop_line(None, "SIGTERM", ["data + prepare + tokenizer", "train-dvae"], None) == (
+        "megadalle demo: stopped by SIGTERM between stages, after train-dvae; kept finished stages: data + prepare + "
+        "tokenizer, train-dvae; rerun the same command to continue from there")
+    assert demo.stop_line(None, "Ctrl-C", [], None).startswith("megadalle demo: stopped by Ctrl-C before its first "
+                                                               "stage; kept no finished stage;")
+
+
+def test_term_between_the_data_stage_and_the_training_stages_says_where_it_stopped(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "demo"
+    with monkeypatch.context() as patched:
+        signal_during(patched, demo, "train_models", signal.SIGTERM)
+        code, printed, err = run_demo(out, capsys)
+    assert code == STOPPED_EXIT, err[-3000:]
+    assert last_line(err) == ("megadalle demo: stopped by SIGTERM between stages, after data + prepare + tokenizer; "
+                              "kept finished stages: data + prepare + tokenizer; rerun the same command to continue "
+                              "from there")
+
+
+def test_a_second_ctrl_c_while_the_demo_reports_its_stop_never_says_nothing_was_written(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A Ctrl-C escaping the demo's run while it reported a training stage's stop (which had saved a checkpoint)
+    made the CLI say "before it began; nothing was written"."""
+    from megadalle import cli
+
+    def stopped_in_dvae(d, output, seed, timer):
+        with timer.stage("train-dvae", tmp_path / "runs/dvae"):
+            demo.finished("train-dvae", False)
+
+    monkeypatch.setattr(demo, "run_demo", stopped_in_dvae)
+    signal_during(monkeypatch, demo, "stop_line", signal.SIGINT)
+    assert cli.main(["demo", *TINY, f"output={tmp_path / 'demo'}"]) == STOPPED_EXIT
+    assert last_line(capsys.readouterr().err) == ("megadalle demo: stopped by Ctrl-C while it ran; it keeps the stages "
+                                                  "it finished; rerun the same command to continue from there")
 
 
 def test_term_while_the_demo_evaluates_keeps_every_trained_stage_and_the_rerun_trains_nothing(tmp_path, capsys,

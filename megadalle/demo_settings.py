@@ -1,0 +1,87 @@
+"""The settings an earlier demo's trained stages fix in its output folder, and the refusal of a rerun that changes
+one, before anything is written.
+
+A rerun with another `demo.*` size or seed drew its data again in place (demo_done.once: raw/ removed, shards and
+tokenizer rebuilt) and only then did a training stage find it could not resume the earlier demo's run: refused,
+with a state_dict error for its reason, and the folder left holding a new tokenizer beside the earlier models,
+which no longer matched it. `<output>/made/settings.json` records the settings a demo trains with (SETTINGS); a
+rerun whose settings differ where a run with checkpoints depends on them is refused up front, naming each key.
+Settings that only continue a run (the step counts) or only evaluate (sampling, the dVAE check, threads) may change.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from megadalle.config.demo import DemoConfig
+from megadalle.data import atomic
+from megadalle.demo_done import record_path
+from megadalle.errors import UserError
+
+RUNS = ("dvae", "clip", "dalle")
+"""The training stages' run directories under `<output>/runs`."""
+DATA = ("per_scene", "holdout", "image_size", "vocab_size", "seed")
+"""The data stage's inputs (demo.data_inputs): new ones draw the data, the shards and the tokenizer again in place."""
+
+
+def setting(name: str) -> str:
+    """The command-line key of a demo setting: `demo.<name>`, or `seed`, the command's own."""
+    return name if name == "seed" else f"demo.{name}"
+
+
+SETTINGS: dict[str, tuple[str, ...]] = {
+    **{setting(name): RUNS for name in DATA},
+    "demo.dvae_groups": ("dvae",), "demo.dvae_batch": ("dvae",), "demo.dvae_lr": ("dvae",),
+    "demo.dvae_overrides": ("dvae",), "demo.clip_images": ("clip",), "demo.clip_batch": ("clip",),
+    "demo.clip_lr": ("clip",), "demo.text_len": ("clip", "dalle"), "demo.batch": ("dalle",), "demo.lr": ("dalle",),
+}
+"""Each setting and the runs that cannot resume under another value: the data (any run: the data stage rebuilds it
+in place), the model's shape, learning rate and batch (the checkpoint's data identity holds the global batch)."""
+
+
+def settings_path(out: Path) -> Path:
+    return record_path(out, "settings")
+
+
+def value(d: DemoConfig, seed: int, name: str):
+    """The demo setting `name` (a DemoConfig field, or `seed`) of this run."""
+    return seed if name == "seed" else getattr(d, name)
+
+
+def current(d: DemoConfig, seed: int) -> dict:
+    """This run's SETTINGS, by key."""
+    return {key: value(d, seed, key.removeprefix("demo.")) for key in SETTINGS}
+
+
+def recorded(out: Path) -> dict | None:
+    """The settings an earlier demo in `out` trained with: its settings record, or for a folder made before the
+    record, its data stage's (demo_done) inputs alone; None when neither is there."""
+    for path, keys in ((settings_path(out), None), (record_path(out, "data"), DATA)):
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        return saved if keys is None else {setting(name): saved.get(name) for name in keys}
+    return None
+
+
+def with_checkpoints(out: Path) -> list[str]:
+    """The runs in `out` that hold a checkpoint (or one being written): what a rerun would resume."""
+    return [run for run in RUNS if (folder := out / "runs" / run / "checkpoints").is_dir() and any(folder.iterdir())]
+
+
+def check_and_record(d: DemoConfig, out: Path, seed: int) -> None:
+    """Refuse, before the demo writes anything, settings that differ from those the runs with checkpoints in `out`
+    trained with; then record this run's where they are new. Without a record beside checkpoints (a folder of an
+    older demo), this run's settings are not recorded: what those runs trained with is unknown, and a later rerun
+    would be compared against values they never had."""
+    now, saved, runs = current(d, seed), recorded(out), with_checkpoints(out)
+    if saved is not None:
+        differ = [key for key in now if key in saved and saved[key] != now[key] and set(SETTINGS[key]) & set(runs)]
+        if differ:
+            shown = ", ".join(f"{key}: {saved[key]!r} there, {now[key]!r} now" for key in differ)
+            held = ", ".join(f"runs/{run}" for run in runs)
+            raise UserError(f"{out} holds an earlier demo's runs ({held}) trained with other settings ({shown}); "
+                            "rerun with that demo's settings to continue it, or give this one another output=")
+    if (settings_path(out).is_file() or not runs) and saved != now:
+        atomic.write_json(settings_path(out), now)
