@@ -11,8 +11,9 @@ validation micro-batch against the same micro-batch index of every rank.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +23,6 @@ from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP, contrastive_loss
 from megadalle.train import grad_cache
-from megadalle.train.steps import mean_metrics
 from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, UpdateRunner, loader_metrics,
                                   rank_batches, validation_data)
 
@@ -75,11 +75,9 @@ class ClipTask(ShardsTask):
 
     def update_runner(self, part: DataPart) -> UpdateRunner | None:
         """Gradient caching over the update's micro-batches when they are several and `clip.negatives=update`."""
-        return self._whole_update if part.grad_accum > 1 and self.cfg.negatives == "update" else None
-
-    def _whole_update(self, engine, batches: Sequence[Batch], step: int) -> dict[str, float]:
-        metrics = grad_cache.update(engine, batches, step, encode=embed, loss=contrastive_loss)
-        return {**metrics, **mean_metrics([loader_metrics(batch) for batch in batches])}
+        if part.grad_accum > 1 and self.cfg.negatives == "update":
+            return partial(grad_cache.update, encode=embed, loss=contrastive_loss)
+        return None
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec("clip", self.cfg)

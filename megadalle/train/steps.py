@@ -93,8 +93,10 @@ class StepRunner:
             return {"loss": float(loss), **self._pipe_batch_metrics(), **self._grad_norm()}
         engine = self.built.engine
         if self.own_update is not None:
-            batches = OnDevice(self._update_batches(), self.built.device, self.built.dtype)
-            return {**self._all_mean(self.own_update(engine, batches, step)), **self._grad_norm()}
+            host = self._update_batches()
+            metrics = self.own_update(engine, OnDevice(host, self.built.device, self.built.dtype), step)
+            return {**self._all_mean({**metrics, **mean_metrics([loader_metrics(b) for b in host])}),
+                    **self._grad_norm()}
         records = []
         for batch in self._update_batches():
             loss, metrics = engine(to_device(batch, self.built.device, self.built.dtype), step)

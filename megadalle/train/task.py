@@ -212,11 +212,12 @@ class Task:
         The trainer runs forward, backward and step per micro-batch, so a micro-batch's loss sees that micro-batch
         alone. A loss coupling the micro-batches of an update (CLIP contrasting the whole update's batch) runs
         `runner(engine, batches, step)` instead: `batches` are this rank's `part.grad_accum` micro-batches of the
-        update, on the device in the training dtype. It calls the model through the engine, `engine(batch, step,
+        update, each moved to the device in the training dtype as it is read. It calls the model through the engine, `engine(batch, step,
         run=fn)` returning `fn(model, batch, step)` (ZeRO-3 gathers parameters only within the engine's forward),
         backs each micro-batch up with `engine.backward` and `engine.step()` as the trainer does (DeepSpeed divides
         by the accumulation steps and averages the data-parallel ranks, then steps at the last), and returns this
-        rank's metrics of the update, `loss` among them; the trainer averages them over ranks. Asked once, on
+        rank's metrics of the update, `loss` among them; the trainer adds `loader_metrics` (from the host copies)
+        and averages them over ranks. Asked once, on
         every rank, when the run starts; a pipeline never asks (its engine runs the update)."""
         return None
 
