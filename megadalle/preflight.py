@@ -281,6 +281,18 @@ def check_logger(cfg: DictConfig) -> None:
                                   "upload later with `wandb sync`")
 
 
+def check_ema_swap(cfg: DictConfig) -> None:
+    """Validation and media swap the EMA into the model's partitions (train/ema_swap.py); ZeRO++'s hierarchical
+    partitioning (zero_hpz_partition_size) gathers from a secondary copy of them that the swap does not write, so
+    val/ and the grids would be of the live weights while claiming to be of the EMA."""
+    trainer = cfg.trainer
+    hpz = ((cfg.deepspeed.get("extra") or {}).get("zero_optimization") or {}).get("zero_hpz_partition_size", 1)
+    fits(trainer.get("ema") is None or not (trainer.get("eval_every") or trainer.get("media_every")) or int(hpz) <= 1,
+         f"deepspeed.extra.zero_optimization.zero_hpz_partition_size={hpz}: with trainer.ema={trainer.ema} validation "
+         "and media swap the EMA into ZeRO-3's partitions, not into ZeRO++'s secondary copies it gathers from; drop "
+         "zero_hpz_partition_size, or set trainer.eval_every=0 trainer.media_every=0")
+
+
 def check_run_dir(verb: str, cfg: DictConfig) -> None:
     """The run directory: its `name` one folder, the folder one that can be made or written (rank 0 makes it once
     DeepSpeed has started: a file or an unwritable place in its path was a traceback there), and a rerun into an
@@ -393,5 +405,6 @@ def preflight(verb: str, cfg: DictConfig) -> None:
     if check is not None:
         check(cfg)
     if verb in RUN_TASKS:
+        check_ema_swap(cfg)
         check_logger(cfg)
         check_run_dir(verb, cfg)

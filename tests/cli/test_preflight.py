@@ -396,3 +396,11 @@ def test_a_sweep_over_names_gives_run_directories_named_by_the_numbers():
 
     assert path_for(None, "out", "transformer", 1) == path_for(None, "out", "transformer", "1")
     assert str(path_for(2024, "out", "transformer", None)) == "2024"
+
+
+def test_an_ema_swapped_in_for_validation_is_refused_with_zero_hpz(capsys, token_shards):
+    """ZeRO++'s secondary partitions would keep the live weights in the val/ metrics said to be the EMA's."""
+    shards, tok = token_shards
+    argv = ["train", *TINY, f"data.shards={shards}", f"data.tokenizer={tok}", "trainer.ema=0.9",
+            "+deepspeed.extra.zero_optimization.zero_hpz_partition_size=2"]
+    fails(capsys, [*argv, "trainer.eval_every=2"], "zero_hpz_partition_size=2: with trainer.ema=0.9")
