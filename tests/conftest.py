@@ -99,8 +99,13 @@ PRISTINE_SIGNALS = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 def _signals_left_as_found():
     """A test that leaves a stop signal handled, ignored or blocked in the test process fails (and the signal is put
     back): every later test, and every process they start, inherits it. A SIGTERM left ignored hung CI twice over:
-    prepare's pool could no longer end its workers, and launch/train.sh could not trap what it must forward."""
+    prepare's pool could no longer end its workers, and launch/train.sh could not trap what it must forward.
+    A run stopped in the test process marks the process (signals._stopped_here, so that its exit ignores late
+    copies of the signal): the mark is the test's, not the next one's, whose `cli.entry` would ignore TERM for it."""
     yield
+    stopped_mark = sys.modules.get("megadalle.train.signals")
+    if stopped_mark is not None:
+        stopped_mark._stopped_here = False
     changed = {sig.name: signal.getsignal(sig) for sig in STOP_SIGNALS if signal.getsignal(sig) != PRISTINE_SIGNALS[sig]}
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set()) & set(STOP_SIGNALS)
     for sig in STOP_SIGNALS:

@@ -91,7 +91,7 @@ def test_ctrl_c_is_one_line_exit_code_130_and_leaves_no_folder_it_made(models, t
 def test_term_is_one_line_exit_code_75_and_leaves_no_folder_it_made(models, tmp_path):
     """TERM (scancel, a time limit, `timeout`, `docker stop`) killed evaluate where it stood: exit 143, nothing
     printed, and the output folders it had made left behind empty."""
-    (models / "captions.txt").write_text("a red circle\n" * 50)
+    (models / "captions.txt").write_text("a red circle\n" * 2000)  # ~30 s of sampling: the signal comes mid-way
     out = tmp_path / "new" / "eval"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "megadalle", *evaluate_args(models, "n=2", f"output={out}")],
