@@ -94,7 +94,8 @@ def test_term_is_one_line_exit_code_75_and_leaves_no_folder_it_made(models, tmp_
     (models / "captions.txt").write_text("a red circle\n" * 2000)  # ~30 s of sampling: the signal comes mid-way
     out = tmp_path / "new" / "eval"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "megadalle", *evaluate_args(models, "n=2", f"output={out}")],
+    proc = subprocess.Popen([sys.executable, "-m", "megadalle", *evaluate_args(models, "n=2", "max_captions=2000",
+                                                                               f"output={out}")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 240
