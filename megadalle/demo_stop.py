@@ -12,14 +12,10 @@ stage.
 """
 from __future__ import annotations
 
-import os
 import signal
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from megadalle.train.signals import STOP_SIGNALS, default_action, run_flag
+from megadalle.train.signals import STOP_SIGNALS, raising_at_once
 
 
 class Interrupted(KeyboardInterrupt):
@@ -52,32 +48,9 @@ def finished(stage: str, done: bool) -> None:
         raise DemoStopped(stage)
 
 
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """The demo's handler of Ctrl-C, TERM and USR1 for its whole run (raising `Interrupted`); the signals are as
-    they were when it ends. Outside the main thread (where no handler can be set) it changes nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = run_flag()  # what the CLI held since its first line (a TERM during the imports is in it), or a new flag
-    pid = os.getpid()
-
-    def handle(signum, frame):
-        if os.getpid() != pid:  # a forked worker (prepare's pool): TERM still ends it, the demo decides the rest
-            if signum == signal.SIGTERM:
-                default_action(signum)
-            return
-        raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
-    try:
-        if held.set:
-            raise Interrupted(held.received)
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        held.uninstall()
+def interruptible():
+    """The demo's handler of Ctrl-C, TERM and USR1 for its whole run, raising `Interrupted`."""
+    return raising_at_once(STOP_SIGNALS, Interrupted)
 
 
 def stop_line(stage: str | None, how: str, done: list[str], run_dir: Path | None) -> str:

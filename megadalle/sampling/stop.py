@@ -11,12 +11,9 @@ keeps is what it saved already (generate saves each finished batch: megadalle.sa
 from __future__ import annotations
 
 import signal
-import threading
-from contextlib import contextmanager
-from typing import Iterator
 
 from megadalle.errors import StoppedBySignal
-from megadalle.train.signals import LATE_COPIES, stop_requested
+from megadalle.train.signals import LATE_COPIES, raising_at_once
 
 STOP_SIGNALS = LATE_COPIES
 """USR1 and TERM: the scheduler's. INT stays Python's KeyboardInterrupt."""
@@ -25,28 +22,11 @@ STOP_SIGNALS = LATE_COPIES
 class SamplingStopped(StoppedBySignal):
     """A stop signal ended a sampling run; the verb says what it kept (the CLI prints this line if it does not)."""
 
-    def __init__(self, signum: int | None):
-        self.signal_name = signal.Signals(signum).name if signum is not None else "a signal"
-        super().__init__(f"stopped by {self.signal_name}")
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
-def _raise(signum, frame) -> None:
-    raise SamplingStopped(signum)
-
-
-@contextmanager
-def stops_on_signals() -> Iterator[None]:
-    """Within the block, a stop signal raises SamplingStopped; the handlers are as before after it. A stop that a
-    flag taken earlier holds already (signals.taken_at_start, around a whole command) raises at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = stop_requested()
-    previous = {sig: signal.signal(sig, _raise) for sig in STOP_SIGNALS}
-    try:
-        if held:
-            raise SamplingStopped(None)
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+def stops_on_signals():
+    """Within the block a stop signal raises SamplingStopped, one the command held since its start
+    (signals.taken_at_start, around a sweep's job) at once."""
+    return raising_at_once(STOP_SIGNALS, SamplingStopped)

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 LATE_COPIES = (signal.SIGUSR1, signal.SIGTERM)
@@ -140,6 +140,38 @@ def run_flag() -> StopFlag:
     global _at_start
     flag, _at_start = _at_start, None
     return flag if flag is not None else StopFlag().install(LATE_COPIES)
+
+
+@contextmanager
+def raising_at_once(signals: tuple[int, ...], error: Callable[[int], BaseException]) -> Iterator[None]:
+    """Within the block each of `signals` raises `error(signum)` wherever the process is, as Ctrl-C raises
+    KeyboardInterrupt: the stop of a command with no update to finish first (sampling, the demo around its
+    training stages), whose clean-up then runs. It takes over the flag held since the command's start
+    (`run_flag`): a signal that came meanwhile raises at once. A forked child (a worker pool) still ends on TERM
+    and leaves the rest to its parent. The handlers are as before after it; outside the main thread (where no
+    handler can be set) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = run_flag()
+    pid = os.getpid()
+
+    def handle(signum, frame):
+        if os.getpid() != pid:
+            if signum == signal.SIGTERM:
+                default_action(signum)
+            return
+        raise error(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in signals}
+    try:
+        if held.set:
+            raise error(held.received)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        held.uninstall()
 
 
 def forget_late_copies() -> None:

@@ -12,7 +12,8 @@ import pytest
 from megadalle.train import signals
 from megadalle.train.result import Result
 from megadalle.train.signals import (LATE_COPIES, STOP_SIGNALS, STOPPED_EXIT, LateCopies, StopFlag, exit_status,
-                                      forget_late_copies, ignore_late_copies, run_flag, taken_at_start)
+                                      forget_late_copies, ignore_late_copies, raising_at_once, run_flag,
+                                      taken_at_start)
 from tests.launch_signals import signal_once_taken, stop_after_two_steps
 
 import dist_launch as launch
@@ -158,6 +159,35 @@ def test_a_child_started_while_the_signals_are_held_still_dies_of_sigterm(start)
             proc.terminate()
             code = proc.wait(20)
     assert code == -signal.SIGTERM
+
+
+class Stopped(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_raising_at_once_raises_in_the_process_ends_a_forked_child_and_gives_the_handlers_back(held):
+    """The stop of the commands with no update to finish (generate, evaluate, the demo): the signal raises where
+    the process is; a forked worker still dies of TERM (sampling's handler once swallowed it, so Pool.terminate of
+    a pool started under it waited forever); a signal held since the command's start raises on entry."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    with taken_at_start():
+        if held:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(Stopped) as stopped, raising_at_once(LATE_COPIES, Stopped):
+            assert not held, "a held stop did not raise on entry"
+            child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+            child.start()
+            time.sleep(0.5)
+            child.terminate()
+            child.join(20)
+            assert child.exitcode == -signal.SIGTERM
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert stopped.value.signum == (signal.SIGUSR1 if held else signal.SIGTERM)
+    assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before and signals._at_start is None
 
 
 def test_the_verbs_take_the_stop_signals_before_anything_else(monkeypatch, tmp_path):

@@ -86,7 +86,8 @@ def test_a_stop_before_any_batch_leaves_no_folder_and_the_signals_as_they_were(m
 def test_a_stop_held_since_the_commands_start_stops_generate_before_it_reads_a_model(models, tmp_path, capsys,
                                                                                    monkeypatch):
     """A verb that takes the stop signals at its command's start (signals.taken_at_start, as the training verbs
-    do) holds a TERM that came meanwhile: generate stops on it at once, as if it had come after its own start."""
+    do) holds a TERM that came meanwhile: generate stops on it at once, as if it had come after its own start, and
+    names it."""
     import megadalle.bundle
     from megadalle.train.signals import taken_at_start
 
@@ -95,7 +96,7 @@ def test_a_stop_held_since_the_commands_start_stops_generate_before_it_reads_a_m
     with taken_at_start():
         os.kill(os.getpid(), signal.SIGTERM)
         assert main(["generate", *args(models, output)]) == STOPPED_EXIT
-    assert capsys.readouterr().err == (f"megadalle generate: stopped by a signal; no scores.json of this run in "
+    assert capsys.readouterr().err == (f"megadalle generate: stopped by SIGTERM; no scores.json of this run in "
                                        f"{output}; rerun the same command\n")
     assert not output.exists()
 
