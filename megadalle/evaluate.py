@@ -90,7 +90,7 @@ def shard_captions(shards: str, limit: int) -> list[str]:
     """Each sample's first caption, for the first `limit` samples that have one. A sample without one is skipped,
     and counted on stderr: sampling "" would score an unconditional image as if it had a caption."""
     from megadalle.data.reader import iter_samples
-    from megadalle.preflight import shard_index
+    from megadalle.preflight.probes import shard_index
 
     shard_index("shards", shards)  # a missing, empty or unindexable folder, named by its key
     captions, read = [], 0
@@ -128,7 +128,7 @@ def readable_captions(tokenizer, captions: list[str], source: str) -> list[str]:
 def check_fidelity_inputs(cfg: EvaluateConfig, captions: int) -> None:
     """FID and KID need 2 or more samples and real images: refused before sampling, not by numpy after it. The
     real shards must hold images (token shards from `encode` have none) and at least 2 of them."""
-    from megadalle.preflight import image_shards
+    from megadalle.preflight.probes import image_shards
 
     if cfg.real_images is None:
         return

@@ -57,7 +57,7 @@ class VerbJob:
         from megadalle.cli import execute
         from megadalle.config.compose import conf_dir, keep_text
         from megadalle.config.required import restore
-        from megadalle.preflight import RUN_TASKS
+        from megadalle.preflight.runs import RUN_TASKS
         from megadalle.train.signals import STOPPED_EXIT
 
         hydra = HydraConfig.get()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from megadalle.config.compose import compose
 from megadalle.config.demo import DemoConfig
-from megadalle.preflight import RUN_TASKS
+from megadalle.preflight.runs import RUN_TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

@@ -1,0 +1,35 @@
+"""The checks of the verbs that make the training data (prepare, tokenizer, encode): their input is there and
+readable, and their output can be written, before a whole data set is read."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from megadalle.preflight.image_size import not_upscaled
+from megadalle.preflight.probes import PreflightError, exists, image_shards, shard_index, writable
+
+
+def check_prepare(cfg: DictConfig) -> None:
+    exists("input", cfg.input)
+
+
+def check_tokenizer(cfg: DictConfig) -> None:
+    shard_index("input", cfg.input)
+    writable("output", cfg.output, "file", "tokenizer.model")
+
+
+def check_encode(cfg: DictConfig) -> None:
+    """The weights exist (a run directory stands for its export) and the images are not smaller than the dVAE's
+    input, as train-dvae checks: the size is read from the weights' config JSON, not the weights."""
+    from megadalle.encode import dvae_weights_file
+    from megadalle.weights import read_config
+
+    try:
+        weights = dvae_weights_file(cfg.dvae_weights)
+    except FileNotFoundError as err:
+        raise PreflightError(str(err)) from None
+    index = image_shards("input", cfg.input)
+    writable("output", cfg.output, "folder")
+    size = read_config(weights, "dvae").get("image_size")
+    if size is not None:
+        not_upscaled(index, f"input={cfg.input}", int(size), f"dvae_weights={cfg.dvae_weights} (a dVAE of {size} px)",
+                     "use a dVAE trained at the shards' size or smaller")

@@ -1,0 +1,141 @@
+"""The training verbs' checks (train, train-dvae, train-clip): the data, the tokenizer, the sample grids' dVAE,
+the backend, the logger and the EMA against the model and DeepSpeed's config, each of which failed only once
+DeepSpeed had started, on every rank, when it was wrong. Their run directory is checked in runs.py."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from megadalle.preflight.image_size import fits_image_size
+from megadalle.preflight.probes import (PreflightError, exists, export_target, first_codes_side, fits, image_shards,
+                                        token_shards, tokenizer_vocab)
+
+
+def check_train(cfg: DictConfig) -> None:
+    """Token shards against the Transformer: grid side, image vocabulary; the tokenizer against text_vocab."""
+    from megadalle.config import build, top_level
+    from megadalle.config.model import TransformerConfig
+    from megadalle.config.train import DeepSpeedConfig
+    from megadalle.config.train_verbs import TrainConfig
+    from megadalle.plan.layout import check_stages_filled
+    from megadalle.train.distributed import ranks
+
+    build(TrainConfig, top_level(cfg, TrainConfig), "")
+    model = build(TransformerConfig, cfg.model, "model")
+    world = ranks()[1]
+    check_stages_filled(model, build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"), world, f"the {world} ranks launched")
+    fits(model.attention_backend != "triton" or triton_runs_here(),
+         "model.attention_backend=triton: this machine has no CUDA GPU, and Triton runs on the CPU only in its "
+         "interpreter (TRITON_INTERPRET=1, for tests); use model.attention_backend=auto")
+    check_grids(cfg, model)
+    if cfg.data.get("source", "shards") == "synthetic":
+        return  # random tokens at the model's shapes: no shards, no tokenizer to check
+    fits(bool(cfg.data.tokenizer), "data.tokenizer=null: `train` needs the sentencepiece model of its captions")
+    index = token_shards("data.shards", cfg.data.shards)
+    meta = dict(index.meta)
+    side = first_codes_side(cfg.data.shards) if "grid_size" not in meta else None
+    if side is not None:  # token shards written elsewhere record no grid: their first sample shows it
+        meta["grid_size"] = side
+    if "grid_size" in meta:
+        fits(int(meta["grid_size"]) == model.grid_size,
+             f"model.grid_size={model.grid_size}: the token shards {cfg.data.shards} hold {meta['grid_size']}x"
+             f"{meta['grid_size']} code grids (set model.grid_size={meta['grid_size']})")
+    if "vocab_size" in meta:
+        fits(int(meta["vocab_size"]) == model.image_vocab,  # larger: `generate` refuses the model with its dVAE
+             f"model.image_vocab={model.image_vocab}: the token shards {cfg.data.shards} hold codes of a "
+             f"{meta['vocab_size']}-entry codebook, and sampling needs the model's codes to be its dVAE's "
+             f"(set model.image_vocab={meta['vocab_size']})")
+    vocab = tokenizer_vocab("data.tokenizer", cfg.data.tokenizer)
+    fits(vocab <= model.text_vocab, f"model.text_vocab={model.text_vocab}: the tokenizer {cfg.data.tokenizer} has "
+                                    f"{vocab} pieces (set model.text_vocab={vocab} or more)")
+    fits_pad("model", model.text_pad_id)
+
+
+def check_grids(cfg: DictConfig, model) -> None:
+    """The sample grids' dVAE against the Transformer `model` (TransformerConfig), from its config alone. Without
+    `dvae_weights`, `trainer.media_every` drew nothing and said nothing; a dVAE of another grid or a smaller
+    codebook passed, then failed at the first grid, `media_every` updates into the run."""
+    from megadalle.errors import UserError
+    from megadalle.sampling.compatible import mismatches
+    from megadalle.sampling.load import model_config
+
+    every, weights = int(cfg.trainer.get("media_every", 0)), cfg.get("dvae_weights")
+    fits(not every or bool(weights), f"trainer.media_every={every}: the sample grids need the dVAE that decodes "
+                                     "them; give dvae_weights=DVAE, or set trainer.media_every=0")
+    if not weights or cfg.data.get("source") == "synthetic":  # synthetic data has no captions: refused by name later
+        return
+    exists("dvae_weights", weights)
+    try:
+        problems = mismatches(model, model_config(weights, "dvae"))
+    except UserError as err:
+        raise PreflightError(f"dvae_weights={weights}: {str(err).splitlines()[0]}") from None
+    fits(not problems, f"dvae_weights={weights}: cannot decode this model's sample grids: {'; '.join(problems)} "
+                       "(give the dVAE the token shards were encoded with)")
+
+
+def fits_pad(group: str, pad_id: int) -> None:
+    """The tokenizer pads captions with its own pad id; a model that takes another id for padding would score
+    the real pads as text and embed them as a word (and treat that id, e.g. the end of a caption, as a pad)."""
+    from megadalle.data.tokenizer import PAD_ID
+
+    fits(pad_id == PAD_ID, f"{group}.text_pad_id={pad_id}: megadalle's tokenizer pads with id {PAD_ID} "
+                           f"(set {group}.text_pad_id={PAD_ID})")
+
+
+def triton_runs_here() -> bool:
+    import os
+
+    import torch
+
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_train_dvae(cfg: DictConfig) -> None:
+    from megadalle.config import build, top_level
+    from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
+
+    export_target(build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "").weights)
+    dvae = build(DVAEConfig, cfg.dvae, "dvae")
+    revive = dvae.objective.revive_every
+    fits(not (revive and int(cfg.deepspeed.zero_stage) >= 3),
+         f"dvae.objective.revive_every={revive}: reviving codes rewrites parameters between updates, which needs "
+         f"deepspeed.zero_stage <= 2 (it is {cfg.deepspeed.zero_stage}); or set dvae.objective.revive_every=0")
+    fits_image_size(image_shards("data.shards", cfg.data.shards), cfg, "dvae.image_size", dvae.image_size)
+
+
+def check_train_clip(cfg: DictConfig) -> None:
+    from megadalle.config import build, top_level
+    from megadalle.config.clip import ClipConfig
+    from megadalle.config.train_verbs import TrainClipConfig
+
+    export_target(build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights)
+    clip = build(ClipConfig, cfg.clip, "clip")
+    fits_image_size(image_shards("data.shards", cfg.data.shards), cfg, "clip.image_size", clip.image_size)
+    vocab = tokenizer_vocab("tokenizer", cfg.tokenizer)
+    fits(vocab <= clip.text_vocab, f"clip.text_vocab={clip.text_vocab}: the tokenizer {cfg.tokenizer} has "
+                                   f"{vocab} pieces (set clip.text_vocab={vocab} or more)")
+    fits_pad("clip", clip.text_pad_id)
+
+
+def check_logger(cfg: DictConfig) -> None:
+    """wandb online needs credentials where it logs, on rank 0; without them wandb.init raised a UsageError after
+    DeepSpeed had started. Checked on rank 0 only: a rank that does not log needs none, and a launcher ends the
+    other ranks when rank 0 exits."""
+    from megadalle.train.distributed import detect
+    from megadalle.train.wandb_log import credentials_found
+
+    if cfg.logger.get("mode") == "online" and detect().rank == 0:
+        fits(credentials_found(), "logger.mode=online: wandb finds no credentials here (WANDB_API_KEY, or the ~/.netrc "
+                                  "entry `wandb login` writes); run `wandb login`, or log with logger.mode=offline and "
+                                  "upload later with `wandb sync`")
+
+
+def check_ema_swap(cfg: DictConfig) -> None:
+    """Validation and media swap the EMA into the model's partitions (train/ema_swap.py); ZeRO++'s hierarchical
+    partitioning (zero_hpz_partition_size) gathers from a secondary copy of them that the swap does not write, so
+    val/ and the grids would be of the live weights while claiming to be of the EMA."""
+    trainer = cfg.trainer
+    hpz = ((cfg.deepspeed.get("extra") or {}).get("zero_optimization") or {}).get("zero_hpz_partition_size", 1)
+    fits(trainer.get("ema") is None or not (trainer.get("eval_every") or trainer.get("media_every")) or int(hpz) <= 1,
+         f"deepspeed.extra.zero_optimization.zero_hpz_partition_size={hpz}: with trainer.ema={trainer.ema} validation "
+         "and media swap the EMA into ZeRO-3's partitions, not into ZeRO++'s secondary copies it gathers from; drop "
+         "zero_hpz_partition_size, or set trainer.eval_every=0 trainer.media_every=0")

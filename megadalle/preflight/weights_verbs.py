@@ -1,0 +1,27 @@
+"""The checks of the verbs that read a trained run or its weights (export, generate, evaluate): the run or the
+weights are there, named by their key, before a model is built around them."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from megadalle.preflight.probes import exists, writable
+
+
+def check_export(cfg: DictConfig) -> None:
+    """The run, and a model folder's place (exported weights alone are checked by the export, weights.py)."""
+    from megadalle.weights import one_file
+
+    exists("run", cfg.run, "directory")
+    if not cfg.weights_only and not one_file(cfg.output):
+        writable("output", cfg.output, "folder")
+
+
+def check_generate(cfg: DictConfig) -> None:
+    exists("weights", cfg.weights)
+
+
+def check_evaluate(cfg: DictConfig) -> None:
+    """The Transformer's `weights`, named as `generate` names them: a missing path is not the dVAE missing
+    beside it. The captions, shards and output are checked by `evaluate` itself (before any model is read),
+    so that a call without the CLI gets the same checks."""
+    check_generate(cfg)
