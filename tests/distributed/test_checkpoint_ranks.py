@@ -1,6 +1,7 @@
 """When one rank fails while choosing, saving or loading a checkpoint, every rank stops; none goes on alone to wait
 in a collective until the timeout (30 minutes by default)."""
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -10,10 +11,17 @@ import dist_launch as launch
 OPTS = {"zero_stage": 1, "steps": 2, "checkpoint_every": 2, "dropout": True}
 
 
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory):
+    """A run that saved its checkpoint at step 2; each test damages a copy of it."""
+    root = tmp_path_factory.mktemp("checkpointed")
+    launch.run(2, {**OPTS, "run_dir": str(root / "run")}, root / "logs")
+    return root / "run"
+
+
 @pytest.mark.distributed
-def test_a_load_that_fails_on_one_rank_stops_them_all(tmp_path):
-    run_dir = tmp_path / "run"
-    launch.run(2, {**OPTS, "run_dir": str(run_dir)}, tmp_path / "first")
+def test_a_load_that_fails_on_one_rank_stops_them_all(checkpointed, tmp_path):
+    run_dir = shutil.copytree(checkpointed, tmp_path / "run")
     with open(run_dir / "checkpoints" / "step_00000002" / "rng_rank00001.pt", "r+b") as f:
         f.write(bytes(64))
     logs = failed_run(2, {**OPTS, "steps": 4, "run_dir": str(run_dir)}, tmp_path / "second")
@@ -34,11 +42,10 @@ def test_a_save_that_fails_on_one_rank_stops_them_all(tmp_path):
 
 
 @pytest.mark.distributed
-def test_an_unexpected_error_choosing_the_checkpoint_stops_every_rank(tmp_path):
+def test_an_unexpected_error_choosing_the_checkpoint_stops_every_rank(checkpointed, tmp_path):
     """A bug on rank 0 while it picks the checkpoint (here a manifest with a layout this version does not know)
     keeps its traceback there, and the other ranks stop with its first line instead of waiting to be told."""
-    run_dir = tmp_path / "run"
-    launch.run(2, {**OPTS, "run_dir": str(run_dir)}, tmp_path / "first")
+    run_dir = shutil.copytree(checkpointed, tmp_path / "run")
     manifest = run_dir / "checkpoints" / "step_00000002" / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "layout": {"unknown": 1}}))
     rank0, rank1 = failed_run(2, {**OPTS, "steps": 4, "run_dir": str(run_dir)}, tmp_path / "second")

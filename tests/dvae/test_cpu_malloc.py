@@ -24,15 +24,15 @@ torch.manual_seed(0)
 model = DVAE(DVAEConfig(image_size=32, n_hid=64, n_blk_per_group=1, n_groups=3, vocab_size=128, n_init=32))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 images = torch.rand(8, 3, 32, 32)
-for step in range(30):
-    if step == 10:
+for step in range(18):
+    if step == 8:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     logits, stats = model(images, 1.0)
     loss, _ = elbo_loss(images, logits, stats, 1.0, 0.1)
     opt.zero_grad()
     loss.backward()
     opt.step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 """
 
 

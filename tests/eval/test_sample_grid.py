@@ -87,26 +87,23 @@ def test_train_refuses_a_missing_dvae_before_training(setup, tmp_path, capsys):
     assert "dvae_weights=" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
-@pytest.mark.distributed
-def test_a_pipeline_run_writes_the_grid_of_its_whole_model(setup, tmp_path):
-    run_dir = tmp_path / "pipe"
-    opts = {"overrides": overrides(setup, run_dir, "deepspeed=pipe", "logger=none"), "probe": str(tmp_path / "p.pt")}
-    launch.run(2, opts, tmp_path / "logs", script="dist_train_worker.py")
-    final = np.asarray(Image.open(run_dir / "samples" / "step_00000004.png"))
-    np.testing.assert_array_equal(final, grid_of_saved_weights(setup, run_dir))
+PARTITIONED = {"pipe": (), "zero3": ("++deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0",)}
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("layout", ["pipe", "zero3"])
+@pytest.mark.parametrize("layout", sorted(PARTITIONED))
 def test_a_run_with_an_ema_draws_the_grid_of_its_ema_weights_and_trains_on_unchanged(layout, setup, tmp_path):
-    """A pipeline's stages send rank 0 their layers with the EMA swapped in; under ZeRO-3 (the tiny model's parameters
-    all persistent, kept gathered between forwards) the EMA pieces go into the partitions and the gathered parameters
-    are gathered again. Either way the grid is that of the EMA weights export ships, not of the live ones, and
-    training goes on as in a run that draws no grid."""
+    """The grid is that of the whole model's EMA weights, the ones export ships, not the live ones, and training
+    goes on as in a run that draws no grid. A pipeline's stages send rank 0 their layers with the EMA swapped in.
+    ZeRO-3 has every parameter partitioned (persistence threshold 0): the EMA pieces go into the partitions, and
+    sampling reads the position tables and the head's rows outside any module forward, where ZeRO-3's hooks do not
+    gather (before media gathered the model, the first grid failed on an empty tensor). Both draw from the whole
+    model or the grid would differ from the saved weights'. (The EMA swap of ZeRO-3's persistent parameters is
+    checked by tests/eval/test_validation_layouts.py.)"""
     def trained(name: str, media_every: int) -> Path:
         run_dir = tmp_path / name
-        base = [o for o in overrides(setup, run_dir, f"deepspeed={layout}", "logger=none", "trainer.ema=0.5")
-                if not o.startswith("trainer.media_every=")]
+        base = [o for o in overrides(setup, run_dir, f"deepspeed={layout}", "logger=none", "trainer.ema=0.5",
+                                     *PARTITIONED[layout]) if not o.startswith("trainer.media_every=")]
         opts = {"overrides": [*base, f"trainer.media_every={media_every}"], "probe": str(tmp_path / f"{name}.pt")}
         launch.run(2, opts, tmp_path / f"logs-{name}", script="dist_train_worker.py")
         return run_dir
@@ -116,20 +113,6 @@ def test_a_run_with_an_ema_draws_the_grid_of_its_ema_weights_and_trains_on_uncha
     final = np.asarray(Image.open(drawn / "samples" / "step_00000004.png"))
     np.testing.assert_array_equal(final, grid_of_saved_weights(setup, drawn, ema=True))
     assert not np.array_equal(final, grid_of_saved_weights(setup, drawn)), "the EMA must differ from the live weights"
-
-
-@pytest.mark.distributed
-def test_a_zero3_run_draws_its_grid_from_the_whole_model(setup, tmp_path):
-    """Every parameter partitioned (persistence threshold 0): sampling reads the position tables and the head's
-    rows outside any module forward, where ZeRO-3's hooks do not gather; before media gathered the model, the
-    first grid failed on an empty tensor."""
-    run_dir = tmp_path / "zero3"
-    opts = {"overrides": overrides(setup, run_dir, "deepspeed=zero3", "logger=none",
-                                   "++deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0"),
-            "probe": str(tmp_path / "p.pt")}
-    launch.run(2, opts, tmp_path / "logs", script="dist_train_worker.py")
-    final = np.asarray(Image.open(run_dir / "samples" / "step_00000004.png"))
-    np.testing.assert_array_equal(final, grid_of_saved_weights(setup, run_dir))
 
 
 def _texts(shards: Path) -> list[str]:

@@ -35,15 +35,15 @@ def test_val_loss_is_the_same_on_every_layout(tmp_path):
     assert got["single"][3] < got["single"][1], "the toy must learn between evaluations, or equality proves little"
 
 
-EMA_LAYOUTS = {"zero2": (2, {"zero_stage": 2, "grad_accum": 2}),
+EMA_LAYOUTS = {"zero2-bf16": (2, {"zero_stage": 2, "grad_accum": 2, "precision": "bf16"}),
                "zero3": (2, {"zero_stage": 3, "grad_accum": 2,
                              "ds_extra": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}}),
                "zero3-persistent": (2, {"zero_stage": 3, "grad_accum": 2}),
                "pipe2": (2, {"zero_stage": 1, "pipeline_stages": 2, "grad_accum": 4}),
-               "zero1-bf16": (2, {"zero_stage": 1, "grad_accum": 2, "precision": "bf16"}),
                "zero3-bf16": (3, {"zero_stage": 3, "grad_accum": 1, "precision": "bf16",
                                   "ds_extra": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}})}
-"""bf16: the weights and the swapped-in EMA in bf16, the fp32 masters apart. ZeRO-3 on 3 ranks: partitions end in
+"""ZeRO-2 is ZeRO-1's EMA layout (each rank averages its 1/dp piece, all-gathered for the swap). bf16: the weights
+and the swapped-in EMA in bf16, the fp32 masters apart. ZeRO-3 on 3 ranks: partitions end in
 padding and the last rank's EMA pieces are shorter."""
 
 

@@ -1,6 +1,7 @@
 """The `megadalle` entry point: help lists every verb, verb help shows its config, errors exit non-zero."""
 import re
 import shlex
+import json
 import subprocess
 import sys
 
@@ -219,14 +220,38 @@ def test_console_script_runs():
     assert "train-dvae" in out
 
 
+AS_MAIN = r"""
+import contextlib, io, json, runpy, sys
+import megadalle.train.distributed
+megadalle.train.distributed.exit_process = sys.exit  # its os._exit would end the first run's process
+results = {}
+for module, *args in json.loads(sys.argv[1]):
+    sys.argv, out, err = [module, *args], io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+    results[module] = (code, out.getvalue(), err.getvalue())
+print(json.dumps(results))
+"""
+
+
 def test_verbs_named_after_a_module_run_as_python_dash_m_of_it():
     """`python -m megadalle.train` failed (no module named megadalle.train.__main__), `.demo`, `.encode`, `.export`
-    and `.evaluate` exited 0 doing nothing."""
-    plan = subprocess.run([sys.executable, "-m", "megadalle.plan", "model=tiny", "gpus=1"], capture_output=True, text=True)
-    assert plan.returncode == 0 and plan.stdout.startswith("parameters: "), plan.stderr
-    for module in ("megadalle.train", "megadalle.demo", "megadalle.encode", "megadalle.export", "megadalle.evaluate"):
-        proc = subprocess.run([sys.executable, "-m", module, "seed=[1"], capture_output=True, text=True)
-        assert proc.returncode == 2 and proc.stderr.startswith(f"megadalle {module.split('.')[1]}: seed=[1: "), proc.stderr
+    and `.evaluate` exited 0 doing nothing. Each runs as `python -m` runs it (runpy, as __main__), all in one process
+    started once, whose exit raises SystemExit instead of ending the process."""
+    calls = [["megadalle.plan", "model=tiny", "gpus=1"],
+             *([module, "seed=[1"] for module in ("megadalle.train", "megadalle.demo", "megadalle.encode",
+                                                  "megadalle.export", "megadalle.evaluate"))]
+    proc = subprocess.run([sys.executable, "-c", AS_MAIN, json.dumps(calls)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.splitlines()[-1])
+    code, out, err = results.pop("megadalle.plan")
+    assert code in (0, None) and out.startswith("parameters: "), err
+    for module, (code, _, err) in results.items():
+        assert code == 2 and err.startswith(f"megadalle {module.split('.')[1]}: seed=[1: "), (module, err)
 
 
 def test_help_into_a_pipe_closed_early_ends_quietly():
