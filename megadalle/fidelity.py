@@ -95,9 +95,11 @@ def feature_extractor(name: str, weights: str | None) -> Extractor:
 def inception(weights: str | None) -> Extractor:
     """torch-fidelity's InceptionV3 (`inception-v3-compat`, 2048-d) from a local weights file."""
     if not weights or not Path(weights).is_file():
+        given = f"feature_weights={weights}: no such file" if weights else "feature_weights is not set"
         raise FeatureExtractorError(
-            f"feature_weights={weights!r}: FID/KID with the inception extractor need the local weights file "
-            "(torch-fidelity's pt_inception-2015-12-05-6726825d.pth); nothing is downloaded at run time")
+            f"{given}: FID/KID with the inception extractor need the local weights file (torch-fidelity's "
+            "pt_inception-2015-12-05-6726825d.pth; nothing is downloaded at run time): give its path, or fid=false "
+            "to measure without FID/KID")
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except Exception as err:  # ImportError, or torchvision failing to load its compiled ops

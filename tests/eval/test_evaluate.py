@@ -68,8 +68,11 @@ def test_kernel_distance_is_the_unbiased_mmd_with_the_cubic_kernel():
 
 
 def test_the_inception_extractor_needs_a_local_weights_file(tmp_path):
-    with pytest.raises(FeatureExtractorError, match="feature_weights=None"):
+    with pytest.raises(FeatureExtractorError, match="^feature_weights is not set: .*or fid=false to measure without "
+                                                    "FID/KID$"):
         feature_extractor("inception", None)
+    with pytest.raises(FeatureExtractorError, match=f"^feature_weights={tmp_path / 'pt.pth'}: no such file: "):
+        feature_extractor("inception", str(tmp_path / "pt.pth"))
     with pytest.raises(FeatureExtractorError, match="unknown"):
         feature_extractor("nope", None)
 
