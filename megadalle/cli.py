@@ -111,15 +111,20 @@ def main(argv: list[str] | None = None) -> int:
     """`megadalle ARGV`; returns the exit code. A reader that closes the pipe early (`--help | head`)
     ends the command quietly, as it ends other command-line tools. A training verb takes its stop signals here,
     first (`stop_signals`: this module imports hydra and the rest only when it needs them); the demo its Ctrl-C
-    too (`Verb.stops_on_ctrl_c`: its run catches its own, this one came before it)."""
+    too (`Verb.stops_on_ctrl_c`: its run catches its own, this one came before it). Another verb's Ctrl-C that
+    its stage did not report (`index`, `encode`, a start-up) ends it with one line and 130, the shell's status for
+    it, as prepare and generate end theirs: a KeyboardInterrupt traceback read as a crash."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = argv[0] if argv else ""
     try:
         with stop_signals(verb):
             return run_command(argv)
     except KeyboardInterrupt:
-        if verb not in VERBS or not VERBS[verb].stops_on_ctrl_c:
+        if verb not in VERBS:
             raise
+        if not VERBS[verb].stops_on_ctrl_c:  # a verb that did not say what Ctrl-C left it (index, encode...)
+            print(f"megadalle {verb}: interrupted", file=sys.stderr, flush=True)
+            return 130
         from megadalle.train.signals import STOPPED_EXIT
 
         print(f"megadalle {verb}: stopped by Ctrl-C before it began; nothing was written; rerun the same command "

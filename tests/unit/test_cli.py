@@ -1,9 +1,11 @@
 """The `megadalle` entry point: help lists every verb, verb help shows its config, errors exit non-zero."""
+import json
 import re
 import shlex
-import json
 import subprocess
 import sys
+
+import pytest
 
 from megadalle.cli import VERBS, main
 
@@ -265,6 +267,20 @@ def test_help_into_a_pipe_closed_early_ends_quietly():
 def test_local_rank_from_the_deepspeed_launcher_never_reaches_hydra(capsys):
     assert main(["plan", "model=tiny", "gpus=1", "gpu_mem_gb=8", "--local_rank=3"]) == 0
     assert "suggested layout" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verb", ["index", "encode", "plan"])
+def test_ctrl_c_that_no_stage_reported_is_one_line_and_130(verb, monkeypatch, capsys):
+    from megadalle import cli
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "resolve", lambda name: interrupted)
+    monkeypatch.setattr("megadalle.preflight.preflight", lambda name, cfg: None)
+    args = {"index": ["dir=x"], "encode": ["input=x", "output=y", "dvae_weights=z"], "plan": ["model=tiny"]}[verb]
+    assert main([verb, *args]) == 130
+    assert capsys.readouterr().err == f"megadalle {verb}: interrupted\n"
 
 
 def test_user_errors_print_one_line(monkeypatch, capsys):
