@@ -3,12 +3,15 @@
 Output sample: `codes.npy` (uint16 [H, W], the encoder's argmax as in the paper: no Gumbel noise),
 `txt` (every caption line, tokenized later by the token loader so BPE dropout can apply) and
 `json` (the input's metadata). One output shard per input shard, with the same name, written by
-DATA's ShardWriter in a hidden staging folder and renamed into place when complete, then its record
-`<shard>.encoded.json`: a digest of the dVAE's weights, its config, and the input shard's name,
-sample count, size and modification time. A rerun after a crash skips every shard already there
-with the input's sample count and the same record, and redoes only the rest; a rerun with another
-dVAE or another input re-encodes every shard, and says so: a directory never mixes the codes of
-two models (with another grid size, index.json would describe codes that are not there).
+DATA's ShardWriter in a hidden staging folder and renamed into place when complete, just after its record
+`<shard>.encoded.json`: a digest of the dVAE's weights, its config, the input shard's name,
+sample count, size and modification time, and the output shard's own size and checksum. A rerun after a crash
+skips every shard already there with the input's sample count and the same record, that record describing the very
+tar there, and redoes only the rest; a rerun with another dVAE or another input re-encodes every shard, and says so:
+a directory never mixes the codes of two models (with another grid size, index.json would describe codes that are
+not there), and a record beside a tar something else wrote there (prepare's image shard) never passes it for codes.
+An output holding anything but encode's own shards (prepare's, tars from elsewhere) is refused before any image is
+encoded (`data/output_guard.py`).
 index.json goes last, once every shard is complete; shards an earlier encode wrote for shards the input
 no longer has are removed just before it. Several processes (RANK/WORLD_SIZE or srun)
 split the (non-empty) shards round-robin; whichever finishes last writes the index.
@@ -22,6 +25,7 @@ import json
 import os
 import shutil
 import sys
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,7 +43,9 @@ from megadalle.data.fields import decode_field
 from megadalle.data.images import upscaled_message
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets, offsets_path
 from megadalle.data.loader import image_fields, rank_and_world
+from megadalle.data.output_guard import check_output
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
+from megadalle.data.verb_outputs import RECORD_SUFFIX, record_path
 from megadalle.devices import pick_device
 from megadalle.errors import UserError
 from megadalle.models.dvae import DVAE, load_dvae
@@ -100,20 +106,38 @@ def producer(dvae: dict, info: ShardInfo, path: Path) -> dict:
                               "mtime_ns": path.stat().st_mtime_ns}}
 
 
-RECORD_SUFFIX = ".encoded.json"
+SAMPLED = 1 << 16
+"""Bytes at each end of an output shard that its checksum covers."""
 
 
-def record_path(out_path: Path) -> Path:
-    """`shard-000000.tar` -> `shard-000000.tar.encoded.json`, the record of what encoded it."""
-    return out_path.with_name(out_path.name + RECORD_SUFFIX)
+def tar_identity(tar: Path) -> dict:
+    """What tells the output tar its record describes from any other put in its place: its size, and a CRC-32 of
+    its offsets and of its first and last 64 KiB. Another dVAE's codes, another input's, or prepare's images differ
+    from the first sample on; reading every shard whole on each rerun would not be cheap (10,000 shards of 40 MB
+    for 100M images), reading both ends is."""
+    size = tar.stat().st_size
+    crc = zlib.crc32(offsets_path(tar).read_bytes())
+    with open(tar, "rb") as stream:
+        crc = zlib.crc32(stream.read(SAMPLED), crc)
+        if size > SAMPLED:
+            stream.seek(max(SAMPLED, size - SAMPLED))
+            crc = zlib.crc32(stream.read(), crc)
+    return {"bytes": size, "crc32": crc}
 
 
 def shard_done(out_path: Path, count: int, made_by: dict) -> bool:
     """An output shard is complete when it and its offsets exist and hold the input's sample count, and its
-    record says `made_by` encoded it (a shard of another dVAE or input has the right count, the wrong codes)."""
+    record says `made_by` encoded it (a shard of another dVAE or input has the right count, the wrong codes) into
+    the tar that is there (a record alone passed a tar prepare wrote over encode's for the codes it described)."""
     record = record_path(out_path)
-    return (out_path.is_file() and offsets_path(out_path).is_file() and len(load_offsets(out_path)) - 1 == count
-            and record.is_file() and json.loads(record.read_text()) == made_by)
+    if not (out_path.is_file() and offsets_path(out_path).is_file() and record.is_file()):
+        return False
+    try:
+        written = json.loads(record.read_text())
+    except ValueError:
+        return False
+    return (isinstance(written, dict) and {k: v for k, v in written.items() if k != "output"} == made_by
+            and len(load_offsets(out_path)) - 1 == count and written.get("output") == tar_identity(out_path))
 
 
 def input_meta(sample: dict) -> dict:
@@ -127,13 +151,14 @@ def input_meta(sample: dict) -> dict:
 
 def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, ...], batch_size: int, made_by: dict,
                  bar: tqdm | None = None) -> int:
-    """Encode one input shard into `out_path` (published atomically, offsets first, its record last); the number of
-    its images that were smaller than the dVAE's input and enlarged to it (`ImageBatches`' upscaled)."""
+    """Encode one input shard into `out_path` (published atomically: its record first, then its offsets and the tar;
+    a crash between them leaves a record that describes no tar there, so the shard is encoded again, and no tar of
+    encode's without a record, which the rerun would refuse as not its own); the number of its images that were
+    smaller than the dVAE's input and enlarged to it (`ImageBatches`' upscaled)."""
     device = next(model.parameters()).device
     maker = ImageBatches(model.cfg.image_size, fields)
     staging = out_path.parent / f".encode-{out_path.name}"
     shutil.rmtree(staging, ignore_errors=True)
-    record_path(out_path).unlink(missing_ok=True)  # until the new codes are in place, the shard is not done
     samples = iter_shard(in_path, [*maker.fields, "json"], decode=False)
     upscaled = 0
     with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
@@ -147,9 +172,9 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, 
                 bar.update(len(chunk))
     written = staging / "shard-000000.tar"
     if written.is_file():
+        atomic.write_json(record_path(out_path), {**made_by, "output": tar_identity(written)})
         os.replace(offsets_path(written), offsets_path(out_path))
         os.replace(written, out_path)
-        atomic.write_json(record_path(out_path), made_by)
     shutil.rmtree(staging, ignore_errors=True)
     return upscaled
 
@@ -167,7 +192,7 @@ def warn_stale(out: Path, stale: list[str]) -> None:
     if stale:
         names = ", ".join(stale[:3]) + (", ..." if len(stale) > 3 else "")
         print(f"[encode] {out}: re-encoding {len(stale)} shards ({names}) that another dVAE or another input "
-              f"wrote (or that have no <shard>{RECORD_SUFFIX} record)", file=sys.stderr, flush=True)
+              f"wrote (or whose <shard>{RECORD_SUFFIX} record does not describe them)", file=sys.stderr, flush=True)
 
 
 def remove_surplus(out: Path, keep: set[str]) -> None:
@@ -187,9 +212,10 @@ def remove_surplus(out: Path, keep: set[str]) -> None:
 def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size: int = 64,
                   rank: int = 0, world_size: int = 1) -> ShardIndex | None:
     """Encode this process's share of `input`'s shards; returns the token index once every shard is done."""
+    out = Path(output)
+    check_output(out, "encode")
     source = open_index(input)
     fields = image_fields(source)
-    out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX_NAME).unlink(missing_ok=True)
     shards = [(info, path) for info, path in zip(source.shards, source.paths()) if info.count > 0]
@@ -214,14 +240,20 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     return index
 
 
+def folder_pairs(input: str | Path, output: str | Path) -> list[tuple[Path, Path]]:
+    """The (input, output) folders `encode input= output=` encodes: the two given, and the validation split of the
+    input, if it has one, into the output's."""
+    pairs = [(Path(input), Path(output))]
+    if (Path(input) / VAL_DIR / INDEX_NAME).is_file():
+        pairs.append((Path(input) / VAL_DIR, Path(output) / VAL_DIR))
+    return pairs
+
+
 def run(cfg: DictConfig) -> int:
     opts = build(EncodeConfig, top_level(cfg, EncodeConfig), "")
     model = load_dvae(dvae_weights_file(opts.dvae_weights), pick_device(opts.device))
     rank, world = rank_and_world()
-    pairs = [(Path(opts.input), Path(opts.output))]
-    if (Path(opts.input) / VAL_DIR / INDEX_NAME).is_file():
-        pairs.append((Path(opts.input) / VAL_DIR, Path(opts.output) / VAL_DIR))
-    for source, target in pairs:
+    for source, target in folder_pairs(opts.input, opts.output):
         index = encode_shards(model, source, target, opts.batch_size, rank, world)
         if index is not None:
             print(f"[encode] {index.total} samples in {len(index.shards)} shards -> {index.root} "

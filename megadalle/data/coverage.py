@@ -13,7 +13,8 @@ megadalle's own outputs (`prepare`, `encode`) carry no record: their writer list
 are compared with that list all the same, and a difference is refused (`OutputChanged`), never indexed again:
 a tar copied in beside the shards was otherwise left out without a word, and indexing the folder as one written
 elsewhere would drop its meta (encode's grid and codebook sizes, which training checks the model against) and
-check token shards for images they do not hold. The writer that made it rebuilds it whole. `megadalle index` run by
+check token shards for images they do not hold. The writer that made it rebuilds it whole, once the tars it did
+not write are moved out (it refuses to write beside them, `output_guard.py`). `megadalle index` run by
 hand on one is refused too (`refuse_own_output`), changed or not.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from megadalle.config.data import VAL_DIR
 from megadalle.data.index import INDEX_NAME, REPORT_NAME, ShardIndex, ShardsNotFound
+from megadalle.data.verb_outputs import writer_of, writes
 from megadalle.errors import UserError
 
 INDEXED_BY = "megadalle index"
@@ -59,10 +61,11 @@ class Changes:
 
     def __str__(self) -> str:
         kinds = (("new", self.new), ("changed", self.changed), ("gone", self.gone))
-        return "; ".join(f"{kind}: {_names(names)}" for kind, names in kinds if names)
+        return "; ".join(f"{kind}: {shown_names(names)}" for kind, names in kinds if names)
 
 
-def _names(names: list[str]) -> str:
+def shown_names(names: list[str]) -> str:
+    """The first SHOWN of `names`, and how many more."""
     more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
     return ", ".join(names[:SHOWN]) + more
 
@@ -90,7 +93,7 @@ def changes(index: ShardIndex) -> Changes:
         return _unrecorded_changes(index)
     if found := _output_changes(index):
         raise OutputChanged(f"{index.root}: its tars are not those its {INDEX_NAME} lists ({found}); "
-                            f"{_rebuild(index)}")
+                            f"{_rebuild(index, found)}")
     return Changes()
 
 
@@ -105,8 +108,9 @@ def refuse_own_output(root: Path) -> None:
     if not own_output(index):
         return
     changes(index)
-    verb = _writer(index) or "prepare or encode"
-    rebuild = f"rerun `{_rebuild_command(index)}`" if _writer(index) else "rerun the prepare or encode that wrote it"
+    writer = writer_of(index)
+    verb = writer or "prepare or encode"
+    rebuild = f"rerun `{_rebuild_command(index)}`" if writer else "rerun the prepare or encode that wrote it"
     raise IndexedOutput(f"{root} is a finished megadalle {verb} output, indexed by its writer ({INDEX_NAME} with "
                         f"its meta{_meta_names(index)}): it needs no `megadalle index`, which would index it as tars "
                         f"written elsewhere and drop that meta; to rebuild it, {rebuild}")
@@ -129,25 +133,28 @@ def _output_changes(index: ShardIndex) -> Changes:
                    changed=sorted(name for name, size in sizes.items() if size != listed[name]))
 
 
-def _rebuild(index: ShardIndex) -> str:
-    """What makes a changed megadalle output whole again: the verb that wrote it, rerun from its input into it."""
-    if _writer(index) is None:
+def _rebuild(index: ShardIndex, found: Changes) -> str:
+    """What makes a changed megadalle output whole again: moving out the new tars its writer did not write (it
+    refuses to write beside them: `output_guard.py`), and its writer rerun from its input into it where a listed
+    shard is gone or changed, or a new tar of its own is there (the rerun removes it)."""
+    verb = writer_of(index)
+    if verb is None:
         return "a megadalle output is written whole: rerun the prepare or encode that wrote it, or move the tars " \
                "it does not list out of it"
-    return (f"a megadalle output is written whole: rebuild it with `{_rebuild_command(index)}` (not `megadalle "
-            "index`, which would drop its meta), or move the tars it does not list out of it")
-
-
-def _writer(index: ShardIndex) -> str | None:
-    """The verb that wrote a megadalle output, as its meta says (encode records its dVAE's grid, prepare its image
-    format); None when it says neither."""
-    return "encode" if "grid_size" in index.meta else "prepare" if "format" in index.meta else None
+    rebuild = f"rebuild it with `{_rebuild_command(index)}` (not `megadalle index`, which would drop its meta)"
+    strays = [name for name in found.new if not writes(verb, index.root, name)]
+    if not strays:
+        return f"a megadalle output is written whole: {rebuild}, or move the tars it does not list out of it"
+    move = f"move {shown_names(strays)} out of it ({verb} did not write {'them' if len(strays) > 1 else 'it'})"
+    if len(strays) == len(found.new) and not found.gone and not found.changed:
+        return f"{move}: the shards it lists are there as {verb} wrote them"
+    return f"a megadalle output is written whole: {move}, then {rebuild}"
 
 
 def _rebuild_command(index: ShardIndex) -> str:
-    """The command line of `_writer` that rebuilds the output whole (a validation split, `<output>/val/`, is
+    """The command line of `writer_of` that rebuilds the output whole (a validation split, `<output>/val/`, is
     rebuilt with the output that holds it)."""
-    verb, output, source = _writer(index), index.root, Path(index.meta.get("source", "..."))
+    verb, output, source = writer_of(index), index.root, Path(index.meta.get("source", "..."))
     if output.name == VAL_DIR and (index.meta.get("split") == VAL_DIR or source.name == VAL_DIR):
         output, source = output.parent, source.parent if source.name == VAL_DIR else source
     weights = " dvae_weights=..." if verb == "encode" else ""

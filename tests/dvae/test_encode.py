@@ -1,5 +1,6 @@
 """`megadalle encode`: token shards DATA's token loader reads, restartable per shard, codes = the encoder's argmax."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -221,3 +222,117 @@ def test_encode_counts_the_images_it_upscales_from_tars_written_elsewhere(tmp_pa
     assert main(["index", str(tmp_path / "tars"), "num_workers=0", "min_side=32"]) == 0
     assert main(argv) == 0
     assert "upscaled" not in capsys.readouterr().err and ShardIndex.load(tmp_path / "tok").total == 3
+
+
+@pytest.mark.parametrize("impostor", ["image shard", "same-shape codes"])
+def test_a_record_beside_a_tar_it_does_not_describe_is_not_trusted(tmp_path, image_shards, small_dvae_config,
+                                                                   impostor, capsys):
+    """prepare once wrote its image shard over encode's and kept encode's record: encode skipped the shard on the
+    record alone and published an index.json calling an image shard token shards (train: no field codes.npy).
+    Codes of other weights of the same shape have the very size: the record's checksum tells them apart."""
+    import shutil
+
+    torch.manual_seed(0)
+    model = DVAE(small_dvae_config)
+    out = tmp_path / "tokens"
+    encode_shards(model, image_shards, out)
+    before = _shard_bytes(out)
+    source = image_shards
+    if impostor == "same-shape codes":
+        torch.manual_seed(1)
+        encode_shards(DVAE(small_dvae_config), image_shards, tmp_path / "other")
+        source = tmp_path / "other"
+        assert (source / "shard-000001.tar").stat().st_size == (out / "shard-000001.tar").stat().st_size
+    for name in ("shard-000001.tar", "shard-000001.tar.idx"):
+        shutil.copy(source / name, out / name)
+    capsys.readouterr()
+    index = encode_shards(model, image_shards, out)
+    assert _shard_bytes(out) == before and index.total == 40
+    assert "re-encoding 1 shards (shard-000001.tar)" in capsys.readouterr().err
+
+
+def test_a_crash_between_a_shards_record_and_its_tar_leaves_a_rerun_that_encodes_it_again(tmp_path, image_shards,
+                                                                                          small_dvae_config,
+                                                                                          monkeypatch):
+    """The record goes first, so every tar encode wrote has one (a rerun refuses a tar without, as not its own),
+    and a record whose tar did not follow describes no tar there."""
+    import megadalle.encode as encode
+
+    torch.manual_seed(0)
+    first = DVAE(small_dvae_config)
+    torch.manual_seed(1)
+    second = DVAE(small_dvae_config)
+    out = tmp_path / "tokens"
+    encode_shards(first, image_shards, out)
+    real_replace = os.replace
+
+    def crash_at_the_tar(src, dst):
+        if str(dst).endswith(".tar"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(encode.os, "replace", crash_at_the_tar)
+    with pytest.raises(KeyboardInterrupt):
+        encode_shards(second, image_shards, out)
+    monkeypatch.setattr(encode.os, "replace", real_replace)
+    encode_shards(second, image_shards, out)
+    encode_shards(second, image_shards, tmp_path / "fresh")
+    assert _shard_bytes(out) == _shard_bytes(tmp_path / "fresh")
+
+
+def _prepared_pictures(tmp_path):
+    """A real `prepare` output: four 32 px PNGs."""
+    from .conftest import png, rectangles
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i, image in enumerate(rectangles(4, 32)):
+        (pics / f"p{i}.png").write_bytes(png(image))
+        (pics / f"p{i}.txt").write_text(f"picture {i}")
+    out = tmp_path / "prepared"
+    assert main(["prepare", f"input={pics}", f"output={out}", "image_size=32", "min_side=32", "num_workers=0"]) == 0
+    return out
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_encode_refuses_an_output_holding_prepared_image_shards(tmp_path, image_shards, weights, capsys):
+    """`encode output=` another data set's prepared folder replaced its images with codes, with only a note."""
+    prepared = _prepared_pictures(tmp_path)
+    before = _files(prepared)
+    capsys.readouterr()
+    argv = ["encode", f"dvae_weights={weights}", f"input={image_shards}", f"output={prepared}", "device=cpu"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"megadalle encode: output={prepared} holds image shards written by `megadalle prepare` (index.json with "
+        "format=jpg, image_size=32), which encode would replace with token shards; give another output=, or remove "
+        "them from it first\n")
+    from megadalle.data.output_guard import OutputTaken
+
+    with pytest.raises(OutputTaken):
+        encode_shards(load_dvae(weights), image_shards, prepared)
+    assert _files(prepared) == before
+
+
+def test_encode_refuses_an_output_holding_tars_it_did_not_write_even_in_its_validation_split(tmp_path, weights,
+                                                                                           capsys):
+    """Its own earlier output (each tar with its record) it reruns into; a tar from elsewhere, say in `val/`, which
+    encode writes from the input's split, is refused before any image is encoded."""
+    from tests.dvae.conftest import write_image_shards
+
+    source = tmp_path / "p1"
+    write_image_shards(source, 8, 32, 8)
+    write_image_shards(source / "val", 4, 32, 4, seed=1)
+    out = tmp_path / "tokens"
+    argv = ["encode", f"dvae_weights={weights}", f"input={source}", f"output={out}", "device=cpu"]
+    assert main(argv) == 0 and main(argv) == 0
+    (out / "val" / "00000.tar").write_bytes(b"from elsewhere")
+    before = _files(out)
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"megadalle encode: output={out / 'val'} holds 1 tar that encode did not write (00000.tar): encode writes "
+        "only into a new folder or over its own earlier output; give another output=, or move it out of it\n")
+    assert _files(out) == before

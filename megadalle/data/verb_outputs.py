@@ -1,0 +1,38 @@
+"""Which verb wrote a shard folder, and which of its tars: what `prepare` and `encode` may write over, and what the
+advice on a changed output may tell the user to rerun.
+
+`prepare` names its shards `shard-NNNNNN.tar` (`shards.SHARD_PATTERN`) and records its image format in index.json's
+meta; `encode` names each token shard after its input shard, records its dVAE's grid in the meta, and leaves beside
+each shard its record, `<shard>.encoded.json` (written before the shard is renamed into place, so a shard encode wrote
+never lacks one: `encode.py`). Both remove index.json before they write, so a rerun after a crash finds only the shard
+names and the records to tell its own shards by.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from megadalle.data.index import ShardIndex
+
+RECORD_SUFFIX = ".encoded.json"
+PREPARE_SHARD = re.compile(r"shard-\d{6,}\.tar")
+"""The names `prepare`'s writer gives its shards, and replaces or removes on a rerun."""
+
+
+def record_path(shard: Path) -> Path:
+    """`shard-000000.tar` -> `shard-000000.tar.encoded.json`, the record of what encoded it."""
+    return shard.with_name(shard.name + RECORD_SUFFIX)
+
+
+def writer_of(index: ShardIndex) -> str | None:
+    """The verb that wrote a megadalle output, as its meta says (encode records its dVAE's grid, prepare its image
+    format); None when it says neither."""
+    return "encode" if "grid_size" in index.meta else "prepare" if "format" in index.meta else None
+
+
+def writes(verb: str, root: Path, name: str) -> bool:
+    """Whether the tar `name` (relative to `root`) is one `verb` wrote and replaces when rerun into `root`: for
+    prepare a name of its writer, for encode a tar with its record beside it."""
+    if verb == "prepare":
+        return PREPARE_SHARD.fullmatch(name) is not None
+    return record_path(root / name).is_file()
