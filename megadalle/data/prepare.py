@@ -31,6 +31,7 @@ from tqdm import tqdm
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, skip_notes, upscale_note
+from megadalle.data.names import shown, shown_in
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
@@ -95,7 +96,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
                                "val_fraction at 0")
     opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels, cfg.max_aspect)
     workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
-    meta = {"image_size": cfg.image_size, "format": cfg.format, "source": str(cfg.input)}
+    meta = {"image_size": cfg.image_size, "format": cfg.format, "source": shown(str(cfg.input))}
     summary = PrepareSummary(report=str(cfg.report or Path(cfg.output) / "report.json"))
     writer = ShardWriter(cfg.output, cfg.shard_max_samples, cfg.shard_max_bytes, meta)
     remove_split_dir(val_dir)  # a stale split must not be read as this run's
@@ -128,8 +129,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
     summary.crop_note, summary.upscale_note = crop_note(opts), upscale_note(opts)
     summary.notes = {reason: note for reason, note in skip_notes(opts).items() if reason in reasons}
-    atomic.write_json(summary.report, {"input": str(cfg.input), "output": str(cfg.output), "config": asdict(cfg),
-                                       **asdict(summary)})
+    atomic.write_json(summary.report, shown_in({"input": str(cfg.input), "output": str(cfg.output),
+                                                "config": asdict(cfg), **asdict(summary)}))  # a detail may name a file
     return summary
 
 

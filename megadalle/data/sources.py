@@ -36,6 +36,7 @@ from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.index import load_offsets, to_spans
 from megadalle.data.ingest import open_index
+from megadalle.data.names import shown
 from megadalle.data.tar import walk
 from megadalle.errors import UserError
 
@@ -64,12 +65,14 @@ class Item:
     """Shard key: the item's position in the input order, zero-padded (the same for a rerun on the same input)."""
     image: Path
     source: str
-    """How the input names it (relative path or manifest line), for reports and metadata."""
+    """How the input names it (relative path or manifest line), for reports and metadata: as text (`names.shown`),
+    so a name that is not UTF-8 shows its odd bytes as `\\xNN`."""
     identity: str
     """What decides the sample's side of the validation split (`split.py`): its name in the input, which adding
     or removing other inputs leaves as it is (the key, a position, does not): the relative path in a folder, the
     resolved image path in a manifest (relative to the manifest's folder when inside it), the shard's name for a
-    shard sample (the worker adds the sample's key, read with it: `convert`)."""
+    shard sample (the worker adds the sample's key, read with it, as `input_key` shows it: `convert`). Names as
+    read, undecodable bytes and all: the split hashes their bytes (`split.py`)."""
     captions: tuple[str, ...] | None = None
     caption_file: Path | None = None
     problem: tuple[str, str] | None = None
@@ -91,7 +94,7 @@ def shard_items(root: Path) -> list[Item]:
         for path in open_index(folder).paths():
             name = path.relative_to(root).as_posix()
             for start, end in to_spans(load_offsets(path)):
-                items.append(Item(f"{len(items):09d}", path, f"{name}@{start}", name, span=(int(start), int(end)),
+                items.append(Item(f"{len(items):09d}", path, f"{shown(name)}@{start}", name, span=(int(start), int(end)),
                                   held_out=held_out))
     return items
 
@@ -99,14 +102,15 @@ def shard_items(root: Path) -> list[Item]:
 def read_shard_sample(item: Item) -> tuple[bytes | None, str | None, dict]:
     """(image bytes, txt, origin) of a shard item, None for a field the sample lacks (runs in the worker).
     `origin` keeps what the input said of the sample, which the new key and metadata would otherwise drop:
-    its key (`input_key`) and its json (`input_json`, an img2dataset url, size, similarity...) when it parses."""
+    its key (`input_key`, `shown`: the sample's json must hold it) and its json (`input_json`, an img2dataset url,
+    size, similarity...) when it parses."""
     with open(item.image, "rb") as f:
         f.seek(item.span[0])
         data = f.read(item.span[1] - item.span[0])
     sample = next(walk(data, {*IMAGE_FIELDS, "txt", "json"}))
     image = next((sample.data[name] for name in IMAGE_FIELDS if name in sample.data), None)
     txt = sample.data.get("txt")
-    origin: dict = {"input_key": sample.key}
+    origin: dict = {"input_key": shown(sample.key)}
     if "json" in sample.data:
         try:
             origin["input_json"] = json.loads(sample.data["json"])
@@ -176,7 +180,7 @@ def folder_items(root: Path) -> list[Item]:
         caption = found[0] if found else p.with_suffix(CAPTION_EXTENSION)
         used.add(caption)
         name = p.relative_to(root).as_posix()
-        items.append(Item(f"{len(items):09d}", p, name, name, caption_file=caption))
+        items.append(Item(f"{len(items):09d}", p, shown(name), name, caption_file=caption))
     for p in files:
         suffix = p.suffix.lower()
         if suffix == CAPTION_EXTENSION and p not in used:
@@ -187,7 +191,7 @@ def folder_items(root: Path) -> list[Item]:
         else:
             continue
         name = p.relative_to(root).as_posix()
-        items.append(Item(f"{len(items):09d}", p, name, name, problem=problem))
+        items.append(Item(f"{len(items):09d}", p, shown(name), name, problem=problem))
     return items
 
 
@@ -259,7 +263,7 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
     items: list[Item] = []
     groups: dict[Path, tuple[int, list[str]]] = {}  # resolved image path -> (its item's position, its captions)
     for number, image, caption, problem in rows:
-        source = f"{manifest.name}:{number}"
+        source = f"{shown(manifest.name)}:{number}"
         try:
             if problem is not None:
                 raise BadRow(problem)
@@ -275,7 +279,7 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
         if resolved not in groups:
             groups[resolved] = (len(items), [])
             identity = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.as_posix()
-            items.append(Item(f"{len(items):09d}", path, f"{source}:{image}", identity, captions=()))
+            items.append(Item(f"{len(items):09d}", path, f"{source}:{shown(image)}", identity, captions=()))
         groups[resolved][1].extend(found)
     for at, found in groups.values():
         items[at] = replace(items[at], captions=tuple(found))
