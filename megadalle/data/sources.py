@@ -196,7 +196,11 @@ def folder_items(root: Path) -> list[Item]:
 
 
 def jsonl_rows(path: Path, image_column: str, caption_column: str):
-    """(line number, image value, caption value, problem or None) per non-blank line."""
+    """(line number, image value, caption value, problem or None) per non-blank line. A field that no row has is a
+    wrong name, not a bad row each (rows of `text` were all skipped as blank captions, with no word of
+    caption_column): InputError naming the rows' fields and the key to set, as a CSV's header does, once every row
+    is read."""
+    fields: dict[str, None] = {}  # the rows' fields, in order of first appearance
     with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -206,10 +210,19 @@ def jsonl_rows(path: Path, image_column: str, caption_column: str):
             except json.JSONDecodeError as err:
                 yield number, None, None, f"bad JSON: {err}"
                 continue
-            if not isinstance(row, dict) or image_column not in row:
-                yield number, None, None, f"not an object with an {image_column!r} field"
+            if not isinstance(row, dict):
+                yield number, None, None, "not a JSON object"
+                continue
+            fields.update(dict.fromkeys(row))
+            if image_column not in row:
+                yield number, None, None, f"no {image_column!r} field (fields: {list(row)}); set image_column= to " \
+                                          "the one naming the image"
                 continue
             yield number, row[image_column], row.get(caption_column), None
+    for name, key in ((image_column, "image_column"), (caption_column, "caption_column")):
+        if fields and name not in fields:
+            raise InputError(f"{path}: no row has a field {name!r} (fields: {list(fields)}); set {key}= to the right "
+                             "one")
 
 
 def csv_rows(path: Path, image_column: str, caption_column: str):
