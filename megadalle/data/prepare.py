@@ -32,6 +32,7 @@ from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, skip_notes, upscale_note
 from megadalle.data.names import shown, shown_in
+from megadalle.data.index import is_compressed_tar
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
@@ -129,6 +130,10 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
     summary.crop_note, summary.upscale_note = crop_note(opts), upscale_note(opts)
     summary.notes = {reason: note for reason, note in skip_notes(opts).items() if reason in reasons}
+    compressed = sum(bad["reason"] == "unrecognised_file" and is_compressed_tar(bad["source"]) for bad in summary.bad)
+    if compressed:
+        summary.notes["unrecognised_file"] = (f"{compressed} of them compressed tars, which megadalle does not read: "
+                                              "decompress them (the report names them)")
     atomic.write_json(summary.report, shown_in({"input": str(cfg.input), "output": str(cfg.output),
                                                 "config": asdict(cfg), **asdict(summary)}))  # a detail may name a file
     return summary

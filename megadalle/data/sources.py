@@ -34,7 +34,7 @@ from pathlib import Path
 from megadalle.config.data import VAL_DIR
 from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS
-from megadalle.data.index import load_offsets, to_spans
+from megadalle.data.index import compressed_tars, is_compressed_tar, load_offsets, to_spans
 from megadalle.data.ingest import open_index
 from megadalle.data.names import shown
 from megadalle.data.tar import walk
@@ -126,7 +126,11 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
     if path.is_dir():
         tars = sorted(path.glob("*.tar"))
         if not tars:
-            return folder_items(path)
+            items = folder_items(path)
+            compressed = compressed_tars(path)
+            if compressed and all(item.problem for item in items):  # no image: the tars were meant
+                raise InputError(f"input={str(input)!r}: {compressed}")
+            return items
         images = sum(1 for p in list_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
         if images:
             raise InputError(f"input={str(input)!r}: holds {images} images and {len(tars)} *.tar files "
@@ -185,6 +189,9 @@ def folder_items(root: Path) -> list[Item]:
         suffix = p.suffix.lower()
         if suffix == CAPTION_EXTENSION and p not in used:
             problem = ("orphan_caption", f"no image named {p.stem}{{{','.join(IMAGE_EXTENSIONS)}}} beside it")
+        elif is_compressed_tar(p.name):
+            problem = ("unrecognised_file", "a compressed tar, which megadalle does not read: decompress it into a "
+                                            "plain .tar, in a folder of tars (read as shards) without images")
         elif suffix not in (*IMAGE_EXTENSIONS, CAPTION_EXTENSION):
             problem = ("unrecognised_file", f"neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a "
                                             f"{CAPTION_EXTENSION} caption")
