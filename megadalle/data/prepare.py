@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -32,11 +32,12 @@ from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, skip_notes, upscale_note
 from megadalle.data.names import shown, shown_in
-from megadalle.data.index import is_compressed_tar
+from megadalle.data.index import REPORT_NAME, is_compressed_tar
+from megadalle.data.ingest.dropped import UNLISTED
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
-from megadalle.data.sources import Item, find_items
+from megadalle.data.sources import Item, dropped_by_index, find_items
 from megadalle.data.summary import PassSummary
 
 
@@ -44,6 +45,9 @@ from megadalle.data.summary import PassSummary
 class PrepareSummary(PassSummary):
     """`kept` counts both splits; `bad` entries: source, reason, detail."""
 
+    index_skipped: dict[str, int] = field(default_factory=dict)
+    """Of the skipped, per reason, those that the index of a folder of tars written elsewhere left out (listed in
+    its index report, not in `bad`): prepare reads only what the index keeps."""
     val_kept: int = 0
     """Of the kept samples, those held out in `<output>/val/`."""
     heavy_crops: int = 0
@@ -90,6 +94,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     val_dir = Path(cfg.output) / VAL_DIR
     check_split_dir(val_dir)  # before indexing an input or writing anything
     items = find_items(cfg.input, cfg.image_column, cfg.caption_column)
+    left_out = dropped_by_index(Path(cfg.input)) if any(item.span is not None for item in items) else Counter()
     held = sum(item.held_out for item in items)
     if held and cfg.val_fraction > 0:
         raise SecondSplitError(f"val_fraction={cfg.val_fraction}: {cfg.input} has its own validation split "
@@ -127,9 +132,15 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         summary.shards += finish(val_writer, summary.val_kept)
         if not summary.val_kept:
             remove_split_dir(val_dir)
+    reasons.update(left_out)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
+    summary.index_skipped = dict(sorted(left_out.items()))
     summary.crop_note, summary.upscale_note = crop_note(opts), upscale_note(opts)
     summary.notes = {reason: note for reason, note in skip_notes(opts).items() if reason in reasons}
+    for reason, count in left_out.items():
+        listed = f"its {REPORT_NAME} does not list them" if reason == UNLISTED else f"its {REPORT_NAME} lists them"
+        note = f"{count} of them left out when {cfg.input} was indexed ({listed})"
+        summary.notes[reason] = f"{summary.notes[reason]}; {note}" if reason in summary.notes else note
     compressed = sum(bad["reason"] == "unrecognised_file" and is_compressed_tar(bad["source"]) for bad in summary.bad)
     if compressed:
         summary.notes["unrecognised_file"] = (f"{compressed} of them compressed tars, which megadalle does not read: "

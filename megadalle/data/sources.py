@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.index import compressed_tars, is_compressed_tar, load_offsets, to_spans
 from megadalle.data.ingest import open_index
+from megadalle.data.ingest.dropped import dropped
 from megadalle.data.names import shown
 from megadalle.data.tar import walk
 from megadalle.errors import UserError
@@ -83,20 +85,29 @@ class Item:
     """From the input's own validation split (`<input>/val/`): held out again, whatever `val_fraction`."""
 
 
+def shard_folders(root: Path) -> list[tuple[Path, bool]]:
+    """The indexed folders of a shard input, each with whether its samples are held out: `root`, then its
+    validation split `<root>/val/` when it has one (another `prepare`'s output): reading only the root's index lost
+    them, and they stay held out, or a model would train on what it had been validated on."""
+    val = root / VAL_DIR
+    return [(root, False), *([(val, True)] if any(val.glob("*.tar")) else [])]
+
+
 def shard_items(root: Path) -> list[Item]:
-    """One item per indexed sample, in index order; then those of the folder's validation split `<root>/val/`
-    when it has one (another `prepare`'s output): reading only the root's index lost them, and they stay held
-    out, or a model would train on what it had been validated on."""
+    """One item per indexed sample, in index order, of each of `shard_folders`."""
     items = []
-    for folder, held_out in ((root, False), (root / VAL_DIR, True)):
-        if held_out and not any(folder.glob("*.tar")):
-            continue
+    for folder, held_out in shard_folders(root):
         for path in open_index(folder).paths():
             name = path.relative_to(root).as_posix()
             for start, end in to_spans(load_offsets(path)):
                 items.append(Item(f"{len(items):09d}", path, f"{shown(name)}@{start}", name, span=(int(start), int(end)),
                                   held_out=held_out))
     return items
+
+
+def dropped_by_index(root: Path) -> Counter[str]:
+    """The samples of a shard input that its indexes left out (`ingest.dropped`: read from neither), per reason."""
+    return sum((dropped(folder) for folder, _ in shard_folders(root)), Counter())
 
 
 def read_shard_sample(item: Item) -> tuple[bytes | None, str | None, dict]:
