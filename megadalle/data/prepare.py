@@ -39,6 +39,7 @@ from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
 from megadalle.data.sources import Item, dropped_by_index, find_items
 from megadalle.data.summary import PassSummary
+from megadalle.errors import UserError
 
 
 @dataclass
@@ -150,9 +151,14 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     return summary
 
 
+class NoUsableInput(UserError):
+    """Every input was skipped: no shard, no index.json. A problem like any other (one line, exit code 2), where a
+    summary on stdout and exit code 1 read as a run that had done something; the report stays, for its reasons."""
+
+
 def run(cfg: DictConfig) -> int:
-    """`megadalle prepare input=DIR output=DIR image_size=256 ...`; exit code 1 if nothing was usable, 130 if
-    interrupted."""
+    """`megadalle prepare input=DIR output=DIR image_size=256 ...`; NoUsableInput if nothing was usable, exit code
+    130 if interrupted."""
     from megadalle.config import build, top_level
 
     pc = build(PrepareConfig, top_level(cfg, PrepareConfig), "")
@@ -162,8 +168,9 @@ def run(cfg: DictConfig) -> int:
         print(f"megadalle prepare: interrupted; rerun to rebuild {pc.output} (it has no index.json, so no "
               f"reader takes it for finished)", file=sys.stderr, flush=True)
         return 130
-    print(summary.text())
+    print(summary.text(), flush=True)
     if not summary.kept:
-        print(f"prepare: no usable input in {pc.input}; no index.json written", flush=True)
-        return 1
+        skipped = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
+        raise NoUsableInput(f"input={str(pc.input)!r}: no usable input, every one skipped ({skipped}); the summary "
+                            f"above says why, {summary.report} lists each; no index.json written")
     return 0

@@ -132,12 +132,14 @@ def read_shard_sample(item: Item) -> tuple[bytes | None, str | None, dict]:
 
 def find_items(input: str | Path, image_column: str = "image", caption_column: str = "caption") -> list[Item]:
     """Items of a shard folder, an image folder (recursive) or a .jsonl / .csv manifest; InputError if `input`
-    is none of these."""
+    is none of these, or holds nothing (no output is made for it)."""
     path = Path(input)
     if path.is_dir():
         tars = sorted(path.glob("*.tar"))
         if not tars:
             items = folder_items(path)
+            if not items:
+                raise InputError(f"input={str(input)!r}: an empty folder (no file in it or below); {EXPECTED}")
             compressed = compressed_tars(path)
             if compressed and all(item.problem for item in items):  # no image: the tars were meant
                 raise InputError(f"input={str(input)!r}: {compressed}")
@@ -153,9 +155,12 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
     if path.is_file() and suffix in MANIFESTS:
         try:
             rows = jsonl_rows if suffix == ".jsonl" else csv_rows
-            return manifest_items(path, rows(path, image_column, caption_column))
+            items = manifest_items(path, rows(path, image_column, caption_column))
         except (UnicodeDecodeError, csv.Error) as err:
             raise InputError(f"input={str(input)!r}: not a readable UTF-8 {suffix} file ({err})") from None
+        if not items:
+            raise InputError(f"input={str(input)!r}: a manifest without rows")
+        return items
     if not path.exists():
         raise InputError(f"input={str(input)!r}: does not exist; {EXPECTED}")
     kind = f"a {suffix} file" if suffix else "a file without an extension"
