@@ -5,11 +5,14 @@ holds a name that is not valid UTF-8. Python reads it as a str holding each unde
 (`surrogateescape`: os.walk, tarfile), which opens the file again but cannot be encoded as UTF-8: hashing such a
 name for the validation split, or writing it into report.json or a sample's json, raised UnicodeEncodeError and
 stopped a whole `prepare`. The name's bytes decide its split (`name_bytes`); reports and metadata hold it as text
-(`shown`).
+(`shown`). JSON brings in lone surrogates too (`"\\ud83d"`), in a manifest's caption or a shard's json.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def name_bytes(name: str) -> bytes:
@@ -25,6 +28,12 @@ def shown(text: str) -> str:
         return name_bytes(text).decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def valid_text(text: str) -> str:
+    """`text` with each lone surrogate (JSON's `"\\ud83d"`: half an emoji, cut by a scraper) as U+FFFD, as a shard's
+    txt is decoded: a manifest caption holding one stopped `prepare` when its shard was written."""
+    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def shown_in(value: Any) -> Any:

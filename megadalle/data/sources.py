@@ -38,7 +38,7 @@ from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.index import compressed_tars, is_compressed_tar, load_offsets, to_spans
 from megadalle.data.ingest import open_index
 from megadalle.data.ingest.dropped import dropped
-from megadalle.data.names import shown
+from megadalle.data.names import shown, shown_in, valid_text
 from megadalle.data.tar import walk
 from megadalle.errors import UserError
 
@@ -124,7 +124,7 @@ def read_shard_sample(item: Item) -> tuple[bytes | None, str | None, dict]:
     origin: dict = {"input_key": shown(sample.key)}
     if "json" in sample.data:
         try:
-            origin["input_json"] = json.loads(sample.data["json"])
+            origin["input_json"] = shown_in(json.loads(sample.data["json"]))  # "\ud83d" stopped the writer
         except (UnicodeDecodeError, json.JSONDecodeError):
             pass  # metadata that does not parse is the input's business; the image and caption still are
     return image, None if txt is None else txt.decode("utf-8", errors="replace"), origin
@@ -271,8 +271,8 @@ def csv_rows(path: Path, image_column: str, caption_column: str):
 
 def one_caption(text: str) -> str:
     """A manifest string as one caption: its caption lines (`caption_lines`, as a folder's .txt is read) joined
-    by spaces."""
-    return " ".join(caption_lines(text))
+    by spaces; a lone surrogate (JSON's "\\ud83d") as U+FFFD (`valid_text`)."""
+    return " ".join(caption_lines(valid_text(text)))
 
 
 def manifest_captions(value) -> tuple[str, ...]:

@@ -70,3 +70,22 @@ def test_prepare_reads_a_tar_whose_keys_are_not_utf8(tmp_path, capsys):
     assert sample["json"]["input_key"] == "caf\\xe9" and sample["txt"] == "a cafe"
     report = json.loads((root / "index-report.json").read_text(encoding="utf-8"))
     assert [(b["key"], b["reason"]) for b in report["bad"]] == [("na\\xefve", "missing_field")]
+
+
+def test_half_an_emoji_in_json_is_kept_as_text(tmp_path):
+    """A lone surrogate escape (`"\\ud83d"`, an emoji cut in two by a scraper) is valid JSON that UTF-8 cannot hold:
+    in a manifest's caption or a shard's json it stopped prepare when the shard was written."""
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes((40, 40), 1))
+    (tmp_path / "m.jsonl").write_text('{"image": "a.jpg", "caption": "a \\ud83d cat"}\n')
+    (tmp_path / "wds").mkdir()
+    with tarfile.open(tmp_path / "wds/w.tar", "w") as tar:
+        add(tar, b"k.jpg", jpeg_bytes((40, 40), 2))
+        add(tar, b"k.txt", b"a dog")
+        add(tar, b"k.json", b'{"url": "http://x/\\ud83d.jpg"}')
+    for source, out in (("m.jsonl", "from_manifest"), ("wds", "from_shards")):
+        assert main(["prepare", f"input={tmp_path / source}", f"output={tmp_path / out}", "image_size=32",
+                     "min_side=32", "num_workers=0"]) == 0
+    (sample,) = iter_samples(tmp_path / "from_manifest", ["txt"])
+    assert sample["txt"] == "a \ufffd cat"
+    (sample,) = iter_samples(tmp_path / "from_shards", ["json"])
+    assert sample["json"]["input_json"] == {"url": "http://x/\\ud83d.jpg"}
