@@ -103,9 +103,9 @@ class ShardIndex:
         root = Path(root)
         path = root / INDEX_NAME
         if not path.is_file():
-            raise ShardsNotFound(not_shards(root) or (
-                f"{path} not found: {root} is not a finished megadalle shard directory (the writer writes "
-                f"index.json last); for shards made elsewhere run `megadalle index {root}`"))
+            raise ShardsNotFound(f"{path} not found: " + (not_shards(root) or (
+                f"{root} is not a finished megadalle shard directory (the writer writes index.json last); for shards "
+                f"made elsewhere run `megadalle index {root}`")))
         data = json.loads(path.read_text())
         if data.get("format") != INDEX_FORMAT:
             raise ValueError(f"{path}: format {data.get('format')!r}, expected {INDEX_FORMAT!r}")
