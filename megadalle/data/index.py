@@ -9,7 +9,8 @@ first tar header starts, plus the end of the last sample (`[count + 1]`); or, fo
 elsewhere whose bad samples indexing skipped, each kept sample's (start, end) (`[count, 2]`). A
 reader then fetches any sample with one seek and one read, holding 8-16 bytes per sample of the
 shards it has touched instead of scanning whole tars. Shards written elsewhere get them from
-`megadalle index` (ingest/), which imports this module; this module imports no reader.
+`megadalle index` (ingest/), which imports this module; this module imports no reader. A folder without
+index.json is named with what it holds instead where that tells what to do (`not_shards`).
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def is_compressed_tar(name: str) -> bool:
     return name.lower().endswith(COMPRESSED_TARS)
 
 
-def compressed_tars(root: Path) -> str:
+def compressed_note(root: Path) -> str:
     """What to say of the compressed tars in `root` (empty when none): that megadalle does not read them, and
     to decompress them."""
     found = sorted(p.name for p in root.iterdir() if is_compressed_tar(p.name)) if root.is_dir() else []
@@ -133,11 +134,11 @@ def compressed_tars(root: Path) -> str:
 def not_shards(root: Path) -> str:
     """For a folder without `*.tar` shards, what it holds instead and what to do (compressed tars: decompress them;
     images: `prepare` makes shards of them); empty where tars lie (in a subfolder too: an unfinished parallel
-    `encode`'s parts), or no folder. Readers advised
-    `megadalle index DIR` for every such folder, which then found no *.tar to index."""
+    `encode`'s parts), or no folder. Readers advised `megadalle index DIR` for every such folder, which then found
+    no *.tar to index."""
     if not root.is_dir() or any(root.rglob("*.tar")):
         return ""
-    compressed = compressed_tars(root)
+    compressed = compressed_note(root)
     if compressed:
         return compressed
     image = next((p for p in root.rglob("*") if p.suffix.lower()[1:] in IMAGE_FIELDS and p.is_file()), None)

@@ -31,9 +31,9 @@ from tqdm import tqdm
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, skip_notes, upscale_note
-from megadalle.data.names import shown, shown_in
 from megadalle.data.index import REPORT_NAME, is_compressed_tar
 from megadalle.data.ingest.dropped import UNLISTED
+from megadalle.data.names import shown, shown_in
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir

@@ -35,7 +35,7 @@ from pathlib import Path
 from megadalle.config.data import VAL_DIR
 from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS
-from megadalle.data.index import compressed_tars, is_compressed_tar, load_offsets, to_spans
+from megadalle.data.index import compressed_note, is_compressed_tar, load_offsets, to_spans
 from megadalle.data.ingest import open_index
 from megadalle.data.ingest.dropped import dropped
 from megadalle.data.names import shown, shown_in, valid_text
@@ -100,8 +100,8 @@ def shard_items(root: Path) -> list[Item]:
         for path in open_index(folder).paths():
             name = path.relative_to(root).as_posix()
             for start, end in to_spans(load_offsets(path)):
-                items.append(Item(f"{len(items):09d}", path, f"{shown(name)}@{start}", name, span=(int(start), int(end)),
-                                  held_out=held_out))
+                items.append(Item(f"{len(items):09d}", path, f"{shown(name)}@{start}", name,
+                                  span=(int(start), int(end)), held_out=held_out))
     return items
 
 
@@ -140,7 +140,7 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
             items = folder_items(path)
             if not items:
                 raise InputError(f"input={str(input)!r}: an empty folder (no file in it or below); {EXPECTED}")
-            compressed = compressed_tars(path)
+            compressed = compressed_note(path)
             if compressed and all(item.problem for item in items):  # no image: the tars were meant
                 raise InputError(f"input={str(input)!r}: {compressed}")
             return items
