@@ -9,7 +9,8 @@ first tar header starts, plus the end of the last sample (`[count + 1]`); or, fo
 elsewhere whose bad samples indexing skipped, each kept sample's (start, end) (`[count, 2]`). A
 reader then fetches any sample with one seek and one read, holding 8-16 bytes per sample of the
 shards it has touched instead of scanning whole tars. Shards written elsewhere get them from
-`megadalle index` (ingest/), which imports this module; this module imports no reader.
+`megadalle index` (ingest/), which imports this module; this module imports no reader. A folder without
+index.json is named with what it holds instead where that tells what to do (`not_shards`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from megadalle.data import atomic
+from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.tar import walk
 from megadalle.errors import UserError
 
@@ -31,6 +33,10 @@ INDEX_NAME = "index.json"
 INDEX_FORMAT = "megadalle-shards/1"
 REPORT_NAME = "index-report.json"
 """Beside index.json in a folder `megadalle index` indexed: the samples it skipped, by shard, and why."""
+COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.zst", ".tar.zstd", ".tzst", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz",
+                   ".tar.lz4", ".tar.lzma")
+"""Compressed tars, which no reader takes: a sample is read by seeking to its byte offset in the tar, which
+compression hides (webdataset streams them whole; megadalle picks samples by index)."""
 
 
 class ShardsNotFound(UserError, FileNotFoundError):
@@ -98,9 +104,9 @@ class ShardIndex:
         root = Path(root)
         path = root / INDEX_NAME
         if not path.is_file():
-            raise ShardsNotFound(
-                f"{path} not found: {root} is not a finished megadalle shard directory (the writer writes "
-                f"index.json last); for shards made elsewhere run `megadalle index {root}`")
+            raise ShardsNotFound(f"{path} not found: " + (not_shards(root) or (
+                f"{root} is not a finished megadalle shard directory (the writer writes index.json last); for shards "
+                f"made elsewhere run `megadalle index {root}`")))
         data = json.loads(path.read_text())
         if data.get("format") != INDEX_FORMAT:
             raise ValueError(f"{path}: format {data.get('format')!r}, expected {INDEX_FORMAT!r}")
@@ -108,6 +114,38 @@ class ShardIndex:
         if not shards or sum(s.count for s in shards) == 0:
             raise ValueError(f"{path}: the index lists no samples")
         return cls(root, shards, list(data.get("fields", [])), dict(data.get("meta", {})), data.get("indexing"))
+
+
+def is_compressed_tar(name: str) -> bool:
+    return name.lower().endswith(COMPRESSED_TARS)
+
+
+def compressed_note(root: Path) -> str:
+    """What to say of the compressed tars in `root` (empty when none): that megadalle does not read them, and
+    to decompress them."""
+    found = sorted(p.name for p in root.iterdir() if is_compressed_tar(p.name)) if root.is_dir() else []
+    if not found:
+        return ""
+    return (f"{root} holds {len(found)} compressed tars ({found[0]}{', ...' if len(found) > 1 else ''}), which "
+            "megadalle does not read (it seeks to each sample in a tar): decompress them into plain .tar files "
+            "(gunzip, zstd -d, ...)")
+
+
+def not_shards(root: Path) -> str:
+    """For a folder without `*.tar` shards, what it holds instead and what to do (compressed tars: decompress them;
+    images: `prepare` makes shards of them); empty where tars lie (in a subfolder too: an unfinished parallel
+    `encode`'s parts), or no folder. Readers advised `megadalle index DIR` for every such folder, which then found
+    no *.tar to index."""
+    if not root.is_dir() or any(root.rglob("*.tar")):
+        return ""
+    compressed = compressed_note(root)
+    if compressed:
+        return compressed
+    image = next((p for p in root.rglob("*") if p.suffix.lower()[1:] in IMAGE_FIELDS and p.is_file()), None)
+    if image is None:
+        return f"{root} holds no *.tar shards: `megadalle prepare` makes them of images with captions"
+    return (f"{root} holds images ({image.relative_to(root).as_posix()}, ...), not shards: make shards of them with "
+            f"`megadalle prepare input={root} output=SHARDS` and use SHARDS instead")
 
 
 def offsets_path(shard: str | Path) -> Path:

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -31,17 +31,24 @@ from tqdm import tqdm
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, skip_notes, upscale_note
+from megadalle.data.index import REPORT_NAME, is_compressed_tar
+from megadalle.data.ingest.dropped import UNLISTED
+from megadalle.data.names import shown, shown_in
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
-from megadalle.data.sources import Item, find_items
+from megadalle.data.sources import Item, dropped_by_index, find_items
 from megadalle.data.summary import PassSummary
+from megadalle.errors import UserError
 
 
 @dataclass
 class PrepareSummary(PassSummary):
     """`kept` counts both splits; `bad` entries: source, reason, detail."""
 
+    index_skipped: dict[str, int] = field(default_factory=dict)
+    """Of the skipped, per reason, those that the index of a folder of tars written elsewhere left out (listed in
+    its index report, not in `bad`): prepare reads only what the index keeps."""
     val_kept: int = 0
     """Of the kept samples, those held out in `<output>/val/`."""
     heavy_crops: int = 0
@@ -88,6 +95,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     val_dir = Path(cfg.output) / VAL_DIR
     check_split_dir(val_dir)  # before indexing an input or writing anything
     items = find_items(cfg.input, cfg.image_column, cfg.caption_column)
+    left_out = dropped_by_index(Path(cfg.input)) if any(item.span is not None for item in items) else Counter()
     held = sum(item.held_out for item in items)
     if held and cfg.val_fraction > 0:
         raise SecondSplitError(f"val_fraction={cfg.val_fraction}: {cfg.input} has its own validation split "
@@ -95,7 +103,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
                                "val_fraction at 0")
     opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels, cfg.max_aspect)
     workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
-    meta = {"image_size": cfg.image_size, "format": cfg.format, "source": str(cfg.input)}
+    meta = {"image_size": cfg.image_size, "format": cfg.format, "source": shown(str(cfg.input))}
     summary = PrepareSummary(report=str(cfg.report or Path(cfg.output) / "report.json"))
     writer = ShardWriter(cfg.output, cfg.shard_max_samples, cfg.shard_max_bytes, meta)
     remove_split_dir(val_dir)  # a stale split must not be read as this run's
@@ -125,17 +133,32 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         summary.shards += finish(val_writer, summary.val_kept)
         if not summary.val_kept:
             remove_split_dir(val_dir)
+    reasons.update(left_out)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
+    summary.index_skipped = dict(sorted(left_out.items()))
     summary.crop_note, summary.upscale_note = crop_note(opts), upscale_note(opts)
     summary.notes = {reason: note for reason, note in skip_notes(opts).items() if reason in reasons}
-    atomic.write_json(summary.report, {"input": str(cfg.input), "output": str(cfg.output), "config": asdict(cfg),
-                                       **asdict(summary)})
+    for reason, count in left_out.items():
+        listed = f"its {REPORT_NAME} does not list them" if reason == UNLISTED else f"its {REPORT_NAME} lists them"
+        note = f"{count} of them left out when {cfg.input} was indexed ({listed})"
+        summary.notes[reason] = f"{summary.notes[reason]}; {note}" if reason in summary.notes else note
+    compressed = sum(bad["reason"] == "unrecognised_file" and is_compressed_tar(bad["source"]) for bad in summary.bad)
+    if compressed:
+        summary.notes["unrecognised_file"] = (f"{compressed} of them compressed tars, which megadalle does not read: "
+                                              "decompress them (the report names them)")
+    atomic.write_json(summary.report, shown_in({"input": str(cfg.input), "output": str(cfg.output),
+                                                "config": asdict(cfg), **asdict(summary)}))  # a detail may name a file
     return summary
 
 
+class NoUsableInput(UserError):
+    """Every input was skipped: no shard, no index.json. A problem like any other (one line, exit code 2), where a
+    summary on stdout and exit code 1 read as a run that had done something; the report stays, for its reasons."""
+
+
 def run(cfg: DictConfig) -> int:
-    """`megadalle prepare input=DIR output=DIR image_size=256 ...`; exit code 1 if nothing was usable, 130 if
-    interrupted."""
+    """`megadalle prepare input=DIR output=DIR image_size=256 ...`; NoUsableInput if nothing was usable, exit code
+    130 if interrupted."""
     from megadalle.config import build, top_level
 
     pc = build(PrepareConfig, top_level(cfg, PrepareConfig), "")
@@ -145,8 +168,9 @@ def run(cfg: DictConfig) -> int:
         print(f"megadalle prepare: interrupted; rerun to rebuild {pc.output} (it has no index.json, so no "
               f"reader takes it for finished)", file=sys.stderr, flush=True)
         return 130
-    print(summary.text())
+    print(summary.text(), flush=True)
     if not summary.kept:
-        print(f"prepare: no usable input in {pc.input}; no index.json written", flush=True)
-        return 1
+        skipped = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
+        raise NoUsableInput(f"input={str(pc.input)!r}: no usable input, every one skipped ({skipped}); the summary "
+                            f"above says why, {summary.report} lists each; no index.json written")
     return 0

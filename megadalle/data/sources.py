@@ -28,14 +28,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from megadalle.config.data import VAL_DIR
 from megadalle.data.captions import caption_lines
 from megadalle.data.fields import IMAGE_FIELDS
-from megadalle.data.index import load_offsets, to_spans
+from megadalle.data.index import compressed_note, is_compressed_tar, load_offsets, to_spans
 from megadalle.data.ingest import open_index
+from megadalle.data.ingest.dropped import dropped
+from megadalle.data.names import shown, shown_in, valid_text
 from megadalle.data.tar import walk
 from megadalle.errors import UserError
 
@@ -64,12 +67,14 @@ class Item:
     """Shard key: the item's position in the input order, zero-padded (the same for a rerun on the same input)."""
     image: Path
     source: str
-    """How the input names it (relative path or manifest line), for reports and metadata."""
+    """How the input names it (relative path or manifest line), for reports and metadata: as text (`names.shown`),
+    so a name that is not UTF-8 shows its odd bytes as `\\xNN`."""
     identity: str
     """What decides the sample's side of the validation split (`split.py`): its name in the input, which adding
     or removing other inputs leaves as it is (the key, a position, does not): the relative path in a folder, the
     resolved image path in a manifest (relative to the manifest's folder when inside it), the shard's name for a
-    shard sample (the worker adds the sample's key, read with it: `convert`)."""
+    shard sample (the worker adds the sample's key, read with it, as `input_key` shows it: `convert`). Names as
+    read, undecodable bytes and all: the split hashes their bytes (`split.py`)."""
     captions: tuple[str, ...] | None = None
     caption_file: Path | None = None
     problem: tuple[str, str] | None = None
@@ -80,36 +85,46 @@ class Item:
     """From the input's own validation split (`<input>/val/`): held out again, whatever `val_fraction`."""
 
 
+def shard_folders(root: Path) -> list[tuple[Path, bool]]:
+    """The indexed folders of a shard input, each with whether its samples are held out: `root`, then its
+    validation split `<root>/val/` when it has one (another `prepare`'s output): reading only the root's index lost
+    them, and they stay held out, or a model would train on what it had been validated on."""
+    val = root / VAL_DIR
+    return [(root, False), *([(val, True)] if any(val.glob("*.tar")) else [])]
+
+
 def shard_items(root: Path) -> list[Item]:
-    """One item per indexed sample, in index order; then those of the folder's validation split `<root>/val/`
-    when it has one (another `prepare`'s output): reading only the root's index lost them, and they stay held
-    out, or a model would train on what it had been validated on."""
+    """One item per indexed sample, in index order, of each of `shard_folders`."""
     items = []
-    for folder, held_out in ((root, False), (root / VAL_DIR, True)):
-        if held_out and not any(folder.glob("*.tar")):
-            continue
+    for folder, held_out in shard_folders(root):
         for path in open_index(folder).paths():
             name = path.relative_to(root).as_posix()
             for start, end in to_spans(load_offsets(path)):
-                items.append(Item(f"{len(items):09d}", path, f"{name}@{start}", name, span=(int(start), int(end)),
-                                  held_out=held_out))
+                items.append(Item(f"{len(items):09d}", path, f"{shown(name)}@{start}", name,
+                                  span=(int(start), int(end)), held_out=held_out))
     return items
+
+
+def dropped_by_index(root: Path) -> Counter[str]:
+    """The samples of a shard input that its indexes left out (`ingest.dropped`: read from neither), per reason."""
+    return sum((dropped(folder) for folder, _ in shard_folders(root)), Counter())
 
 
 def read_shard_sample(item: Item) -> tuple[bytes | None, str | None, dict]:
     """(image bytes, txt, origin) of a shard item, None for a field the sample lacks (runs in the worker).
     `origin` keeps what the input said of the sample, which the new key and metadata would otherwise drop:
-    its key (`input_key`) and its json (`input_json`, an img2dataset url, size, similarity...) when it parses."""
+    its key (`input_key`, `shown`: the sample's json must hold it) and its json (`input_json`, an img2dataset url,
+    size, similarity...) when it parses."""
     with open(item.image, "rb") as f:
         f.seek(item.span[0])
         data = f.read(item.span[1] - item.span[0])
     sample = next(walk(data, {*IMAGE_FIELDS, "txt", "json"}))
     image = next((sample.data[name] for name in IMAGE_FIELDS if name in sample.data), None)
     txt = sample.data.get("txt")
-    origin: dict = {"input_key": sample.key}
+    origin: dict = {"input_key": shown(sample.key)}
     if "json" in sample.data:
         try:
-            origin["input_json"] = json.loads(sample.data["json"])
+            origin["input_json"] = shown_in(json.loads(sample.data["json"]))  # "\ud83d" stopped the writer
         except (UnicodeDecodeError, json.JSONDecodeError):
             pass  # metadata that does not parse is the input's business; the image and caption still are
     return image, None if txt is None else txt.decode("utf-8", errors="replace"), origin
@@ -117,12 +132,18 @@ def read_shard_sample(item: Item) -> tuple[bytes | None, str | None, dict]:
 
 def find_items(input: str | Path, image_column: str = "image", caption_column: str = "caption") -> list[Item]:
     """Items of a shard folder, an image folder (recursive) or a .jsonl / .csv manifest; InputError if `input`
-    is none of these."""
+    is none of these, or holds nothing (no output is made for it)."""
     path = Path(input)
     if path.is_dir():
         tars = sorted(path.glob("*.tar"))
         if not tars:
-            return folder_items(path)
+            items = folder_items(path)
+            if not items:
+                raise InputError(f"input={str(input)!r}: an empty folder (no file in it or below); {EXPECTED}")
+            compressed = compressed_note(path)
+            if compressed and all(item.problem for item in items):  # no image: the tars were meant
+                raise InputError(f"input={str(input)!r}: {compressed}")
+            return items
         images = sum(1 for p in list_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
         if images:
             raise InputError(f"input={str(input)!r}: holds {images} images and {len(tars)} *.tar files "
@@ -134,9 +155,12 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
     if path.is_file() and suffix in MANIFESTS:
         try:
             rows = jsonl_rows if suffix == ".jsonl" else csv_rows
-            return manifest_items(path, rows(path, image_column, caption_column))
+            items = manifest_items(path, rows(path, image_column, caption_column))
         except (UnicodeDecodeError, csv.Error) as err:
             raise InputError(f"input={str(input)!r}: not a readable UTF-8 {suffix} file ({err})") from None
+        if not items:
+            raise InputError(f"input={str(input)!r}: a manifest without rows")
+        return items
     if not path.exists():
         raise InputError(f"input={str(input)!r}: does not exist; {EXPECTED}")
     kind = f"a {suffix} file" if suffix else "a file without an extension"
@@ -176,23 +200,30 @@ def folder_items(root: Path) -> list[Item]:
         caption = found[0] if found else p.with_suffix(CAPTION_EXTENSION)
         used.add(caption)
         name = p.relative_to(root).as_posix()
-        items.append(Item(f"{len(items):09d}", p, name, name, caption_file=caption))
+        items.append(Item(f"{len(items):09d}", p, shown(name), name, caption_file=caption))
     for p in files:
         suffix = p.suffix.lower()
         if suffix == CAPTION_EXTENSION and p not in used:
             problem = ("orphan_caption", f"no image named {p.stem}{{{','.join(IMAGE_EXTENSIONS)}}} beside it")
+        elif is_compressed_tar(p.name):
+            problem = ("unrecognised_file", "a compressed tar, which megadalle does not read: decompress it into a "
+                                            "plain .tar, in a folder of tars (read as shards) without images")
         elif suffix not in (*IMAGE_EXTENSIONS, CAPTION_EXTENSION):
             problem = ("unrecognised_file", f"neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a "
                                             f"{CAPTION_EXTENSION} caption")
         else:
             continue
         name = p.relative_to(root).as_posix()
-        items.append(Item(f"{len(items):09d}", p, name, name, problem=problem))
+        items.append(Item(f"{len(items):09d}", p, shown(name), name, problem=problem))
     return items
 
 
 def jsonl_rows(path: Path, image_column: str, caption_column: str):
-    """(line number, image value, caption value, problem or None) per non-blank line."""
+    """(line number, image value, caption value, problem or None) per non-blank line. A field that no row has is a
+    wrong name, not a bad row each (rows of `text` were all skipped as blank captions, with no word of
+    caption_column): InputError naming the rows' fields and the key to set, as a CSV's header does, once every row
+    is read."""
+    fields: dict[str, None] = {}  # the rows' fields, in order of first appearance
     with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -202,10 +233,19 @@ def jsonl_rows(path: Path, image_column: str, caption_column: str):
             except json.JSONDecodeError as err:
                 yield number, None, None, f"bad JSON: {err}"
                 continue
-            if not isinstance(row, dict) or image_column not in row:
-                yield number, None, None, f"not an object with an {image_column!r} field"
+            if not isinstance(row, dict):
+                yield number, None, None, "not a JSON object"
+                continue
+            fields.update(dict.fromkeys(row))
+            if image_column not in row:
+                yield number, None, None, f"no {image_column!r} field (fields: {list(row)}); set image_column= to " \
+                                          "the one naming the image"
                 continue
             yield number, row[image_column], row.get(caption_column), None
+    for name, key in ((image_column, "image_column"), (caption_column, "caption_column")):
+        if fields and name not in fields:
+            raise InputError(f"{path}: no row has a field {name!r} (fields: {list(fields)}); set {key}= to the right "
+                             "one")
 
 
 def csv_rows(path: Path, image_column: str, caption_column: str):
@@ -231,8 +271,8 @@ def csv_rows(path: Path, image_column: str, caption_column: str):
 
 def one_caption(text: str) -> str:
     """A manifest string as one caption: its caption lines (`caption_lines`, as a folder's .txt is read) joined
-    by spaces."""
-    return " ".join(caption_lines(text))
+    by spaces; a lone surrogate (JSON's "\\ud83d") as U+FFFD (`valid_text`)."""
+    return " ".join(caption_lines(valid_text(text)))
 
 
 def manifest_captions(value) -> tuple[str, ...]:
@@ -259,7 +299,7 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
     items: list[Item] = []
     groups: dict[Path, tuple[int, list[str]]] = {}  # resolved image path -> (its item's position, its captions)
     for number, image, caption, problem in rows:
-        source = f"{manifest.name}:{number}"
+        source = f"{shown(manifest.name)}:{number}"
         try:
             if problem is not None:
                 raise BadRow(problem)
@@ -275,7 +315,7 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
         if resolved not in groups:
             groups[resolved] = (len(items), [])
             identity = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.as_posix()
-            items.append(Item(f"{len(items):09d}", path, f"{source}:{image}", identity, captions=()))
+            items.append(Item(f"{len(items):09d}", path, f"{source}:{shown(image)}", identity, captions=()))
         groups[resolved][1].extend(found)
     for at, found in groups.values():
         items[at] = replace(items[at], captions=tuple(found))

@@ -2,7 +2,8 @@
 
 A sample's side is a pure function of its identity, its name in the input (`sources.Item.identity`: the
 relative path in a folder, the resolved image path in a manifest, shard name and key for a shard sample):
-the first 8 bytes of SHA-256 of it, read as a fraction of 2**64, below `val_fraction` means validation.
+the first 8 bytes of SHA-256 of its bytes (`names.name_bytes`: a name that is not UTF-8 hashes as the bytes it was
+read from), read as a fraction of 2**64, below `val_fraction` means validation.
 Never of its position in the listing: adding or removing other inputs then moves no sample across (a
 position-based split sent samples that had been held out into training when a file sorting first was
 added, so the model trained on what it had been measured on). Rerunning `prepare` gives the same split
@@ -21,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from megadalle.config.data import VAL_DIR
+from megadalle.data.names import name_bytes
 from megadalle.errors import UserError
 
 __all__ = ["VAL_DIR", "SecondSplitError", "SplitDirError", "check_split_dir", "is_validation", "remove_split_dir"]
@@ -43,7 +45,7 @@ class SecondSplitError(UserError, ValueError):
 
 def is_validation(identity: str, fraction: float) -> bool:
     """True when the sample named `identity` belongs to the held-out split of size `fraction` (0 <= fraction < 1)."""
-    digest = hashlib.sha256(identity.encode("utf-8")).digest()
+    digest = hashlib.sha256(name_bytes(identity)).digest()
     return int.from_bytes(digest[:8], "big") < fraction * 2 ** 64
 
 

@@ -695,3 +695,24 @@ def test_the_loaders_count_the_images_they_upscale(thumbnails):
     assert dict(zip(batches[0]["key"], batches[0]["upscaled"].tolist())) == \
         {"a": False, "thumb": True, "b": False, "c": False}
     assert int(next(iter(image_loader(thumbnails, 4, 32, shuffle=False, epochs=1)))["upscaled"].sum()) == 0
+
+
+@pytest.mark.parametrize("indexed", ["beforehand", "by prepare", "with its report elsewhere"])
+def test_prepare_counts_the_samples_the_index_left_out(tarwriter_shards, tmp_path, capsys, indexed):
+    """prepare of img2dataset shards said `skipped 0` of samples without a caption, which indexing had left out."""
+    if indexed != "by prepare":
+        report = tmp_path / "elsewhere.json" if indexed == "with its report elsewhere" else None
+        index_directory(tarwriter_shards, ["txt"], require_media=True, report=report)
+    out = tmp_path / "out"
+    assert main(["prepare", f"input={tarwriter_shards}", f"output={out}", "image_size=16", "min_side=16",
+                 "num_workers=0"]) == 0
+    left_out = {"left_out_by_index": 4} if indexed == "with its report elsewhere" else \
+        {"bad_jpg": 1, "empty_caption": 1, "missing_field": 1, "no_media": 1}
+    text = capsys.readouterr().out
+    assert "kept 11 samples in 1 shards, skipped 4 in" in text
+    for reason, count in left_out.items():
+        listed = "does not list" if indexed == "with its report elsewhere" else "lists"
+        assert f"  skipped      {count}  {reason}: {count} of them left out when {tarwriter_shards} was indexed " \
+               f"(its index-report.json {listed} them)\n" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"] == report["index_skipped"] == left_out and report["bad"] == []

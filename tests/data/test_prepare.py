@@ -145,11 +145,32 @@ def test_cli_verb(mixed_folder, tmp_path, capsys):
     assert main(["prepare", f"input={root}", f"output={out}", "format=gif"]) == 2
 
 
-def test_nothing_usable_writes_no_index(tmp_path):
+def test_nothing_usable_is_one_line_exit_code_2_naming_the_report_and_writes_no_index(tmp_path, capsys):
+    """It was the summary plus a line on stdout and exit code 1, unlike every other problem."""
     put(tmp_path / "in", "x.jpg", b"")
-    assert main(["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "num_workers=0"]) == 1
+    argv = ["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "num_workers=0"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "skipped      1  empty_file" in out
+    assert err.splitlines()[-1] == (f"megadalle prepare: input='{tmp_path / 'in'}': no usable input, every one "
+                                    f"skipped (1 empty_file); the summary above says why, "
+                                    f"{tmp_path / 'out/report.json'} lists each; no index.json written")
+    assert "Traceback" not in err
     assert not (tmp_path / "out/index.json").exists()
     assert json.loads((tmp_path / "out/report.json").read_text())["skipped"] == {"empty_file": 1}
+    put(tmp_path / "in", "x.jpg", jpeg_bytes((64, 64), 1))
+    assert main(argv) == 0 and ShardIndex.load(tmp_path / "out").total == 1  # the report left in the way of nothing
+
+
+@pytest.mark.parametrize("empty, why", [("folder", "an empty folder"), ("m.jsonl", "a manifest without rows"),
+                                        ("m.csv", "a manifest without rows")])
+def test_an_input_holding_nothing_is_refused_before_any_output_is_made(tmp_path, capsys, empty, why):
+    (tmp_path / "folder/sub").mkdir(parents=True)
+    (tmp_path / "m.jsonl").write_text("\n\n")
+    (tmp_path / "m.csv").write_text("image,caption\n")
+    assert main(["prepare", f"input={tmp_path / empty}", f"output={tmp_path / 'out'}"]) == 2
+    assert capsys.readouterr().err.startswith(f"megadalle prepare: input='{tmp_path / empty}': {why}")
+    assert not (tmp_path / "out").exists()
 
 
 def test_too_small_skips_name_min_side_and_what_to_set(tmp_path, capsys):
@@ -157,7 +178,7 @@ def test_too_small_skips_name_min_side_and_what_to_set(tmp_path, capsys):
     for i in range(3):
         put(tmp_path / "in", f"{i}.jpg", jpeg_bytes((32, 40), i))
     argv = ["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "image_size=32", "num_workers=0"]
-    assert main(argv) == 1
+    assert main(argv) == 2
     note = "short side below min_side=64; min_side=64 is above image_size=32: set min_side=32 to keep images of " \
            "32 px and up"
     assert f"  skipped      3  too_small: {note}\n" in capsys.readouterr().out

@@ -4,6 +4,7 @@ and inputs that cannot be read as a whole (one-line user errors, never traceback
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -101,6 +102,30 @@ def test_a_jsonl_caption_that_is_not_text_is_a_bad_row(tmp_path, caption):
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.jpg", "caption": caption}) + "\n")
     (item,) = find_items(tmp_path / "m.jsonl")
     assert item.problem[0] == "bad_manifest_row" and "caption" in item.problem[1]
+
+
+@pytest.mark.parametrize("named, key", [({"image": "image", "caption": "text"}, "caption_column"),
+                                        ({"image": "path", "caption": "caption"}, "image_column")])
+def test_a_jsonl_field_no_row_has_is_one_line_naming_the_rows_fields(tmp_path, capsys, named, key):
+    """Rows `{"image", "text"}` were all skipped as blank captions, with no word of caption_column."""
+    rows = [{named["image"]: f"{i}.jpg", named["caption"]: f"cap {i}", "url": "http://x"} for i in range(3)]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    missing = "caption" if key == "caption_column" else "image"
+    fields = list(rows[0])
+    with pytest.raises(InputError, match=re.escape(f"no row has a field '{missing}' (fields: {fields}); set {key}=")):
+        find_items(tmp_path / "m.jsonl")
+    assert main(["prepare", f"input={tmp_path / 'm.jsonl'}", f"output={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"set {key}=" in err and not (tmp_path / "out").exists()
+    assert len(find_items(tmp_path / "m.jsonl", **{key: named[missing]})) == 3
+
+
+def test_a_jsonl_row_without_the_image_field_names_the_rows_fields_and_image_column(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"image": "a.jpg", "caption": "x"}\n{"path": "b.jpg", "caption": "y"}\n[1]\n')
+    assert [item.problem for item in find_items(tmp_path / "m.jsonl")[1:]] == [
+        ("bad_manifest_row", "no 'image' field (fields: ['path', 'caption']); set image_column= to the one naming the "
+                             "image"),
+        ("bad_manifest_row", "not a JSON object")]
 
 
 def test_a_csv_row_with_more_or_fewer_fields_than_the_header_is_a_bad_row(tmp_path):

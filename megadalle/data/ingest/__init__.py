@@ -10,6 +10,7 @@ sees them, and the tars are never rewritten. One concept a file:
     folder.py        a folder indexed (`index_directory`): offset files, the report, index.json last
     first_use.py     `open_index`, what readers call: indexes a folder on first use, or when its tars changed
     verify.py        what is wrong with an indexed folder now, against its index
+    dropped.py       what an indexed folder's index left out, by reason (what `prepare` of it counts as skipped)
     verb.py          `megadalle index DIR`
 
 The names callers use are importable from here.

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from megadalle.data import atomic
 from megadalle.data.coverage import INDEXED_BY, refuse_own_output, tar_stats
-from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, offsets_path,
-                                  save_offsets)
+from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, not_shards,
+                                  offsets_path, save_offsets)
 from megadalle.data.ingest.shard import ShardResult, index_shard
 from megadalle.data.pool import worker_pool
 from megadalle.data.reuse import reusable
@@ -119,7 +119,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     start, root = time.perf_counter(), Path(root)
     tars = tar_stats(root)  # taken before reading: a tar that changes meanwhile differs from the record next time
     if not tars:
-        raise ShardsNotFound(f"{root}: no *.tar shards to index")
+        raise ShardsNotFound(not_shards(root) or f"{root}: no *.tar shards to index")
     refuse_unfinished(root, [root / tar["name"] for tar in tars])
     refuse_own_output(root)
     options = {"require": list(require), "require_media": require_media, "decode": decode, "min_side": min_side}

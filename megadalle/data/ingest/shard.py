@@ -2,7 +2,8 @@
 
 A key seen twice is skipped (neither sample can be told from the other), and a tar cut short keeps the
 samples before the cut: the last one too unless the cut may have taken some of its members. Runs in a
-worker process per shard; the tar is never rewritten.
+worker process per shard; the tar is never rewritten. The report holds keys as text (`names.shown`): a key that is
+not UTF-8 stopped the report's writing.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from megadalle.data.ingest.sample_check import check_sample
+from megadalle.data.names import shown
 from megadalle.data.reuse import TarFindings
 from megadalle.data.tar import members_end, walk
 
@@ -41,7 +43,7 @@ def index_shard(path: Path, require: Sequence[str], require_media: bool, decode:
     spans, fields, skipped, warnings, sizes, seen = [], set(), [], [], set(), set()
 
     def skip(key: str, reason: str, detail: str) -> None:
-        skipped.append({"shard": path.name, "key": key, "reason": reason, "detail": detail})
+        skipped.append({"shard": path.name, "key": shown(key), "reason": reason, "detail": shown(detail)})
 
     end, last = 0, None
     try:
@@ -60,7 +62,7 @@ def index_shard(path: Path, require: Sequence[str], require_media: bool, decode:
                 if check.reason:
                     skip(sample.key, check.reason, check.detail)
                     continue
-                warnings += [{"shard": path.name, "key": sample.key, "reason": reason, "detail": detail}
+                warnings += [{"shard": path.name, "key": shown(sample.key), "reason": reason, "detail": shown(detail)}
                              for reason, detail in check.warnings]
                 spans.append((sample.start, sample.end))
                 fields.update(sample.names)
