@@ -53,4 +53,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    """`obj` as UTF-8 JSON. A string holding a lone surrogate (a file name that is not UTF-8, as Python decodes it)
+    is written as its JSON escape, which reads back as the same string, instead of failing to encode."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    return write_bytes(path, text.encode("utf-8", "backslashreplace"))

@@ -34,6 +34,7 @@ from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, s
 from megadalle.data.index import REPORT_NAME, is_compressed_tar
 from megadalle.data.ingest.dropped import UNLISTED
 from megadalle.data.names import shown, shown_in
+from megadalle.data.output_guard import check_output
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
@@ -94,6 +95,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     start = time.perf_counter()
     val_dir = Path(cfg.output) / VAL_DIR
     check_split_dir(val_dir)  # before indexing an input or writing anything
+    check_output(cfg.output, "prepare")  # (preflight checks it too; the demo calls this function directly)
     items = find_items(cfg.input, cfg.image_column, cfg.caption_column)
     left_out = dropped_by_index(Path(cfg.input)) if any(item.span is not None for item in items) else Counter()
     held = sum(item.held_out for item in items)

@@ -71,7 +71,7 @@ def reusable(root: Path, tars: list[dict[str, Any]], options: dict[str, Any], re
         return {}
     sizes = {tar["name"]: tar["bytes"] for tar in tars}
     listed = {shard.name: shard for shard in old.shards}
-    bad, warned = _report_entries(report)
+    bad, warned = report_entries(report)
     found = {}
     for tar in recorded.get("tars", []):
         try:
@@ -88,7 +88,7 @@ def reusable(root: Path, tars: list[dict[str, Any]], options: dict[str, Any], re
     return found
 
 
-def _report_entries(report: Path) -> tuple[defaultdict[str, list], defaultdict[str, list]]:
+def report_entries(report: Path) -> tuple[defaultdict[str, list], defaultdict[str, list]]:
     """The report's `bad` and `warnings` entries by tar name (none when it is missing or unreadable)."""
     bad, warned = defaultdict(list), defaultdict(list)
     try:

@@ -23,11 +23,12 @@ from pathlib import Path
 
 from megadalle.config.data import VAL_DIR
 from megadalle.data.names import name_bytes
+from megadalle.data.verb_outputs import PREPARE_SHARD
 from megadalle.errors import UserError
 
 __all__ = ["VAL_DIR", "SecondSplitError", "SplitDirError", "check_split_dir", "is_validation", "remove_split_dir"]
 
-OWN = r"shard-\d{6,}\.tar(?:\.idx)?|index\.json|(?:index-)?report\.json"
+OWN = rf"{PREPARE_SHARD.pattern}(?:\.idx)?|index\.json|(?:index-)?report\.json"
 """What megadalle writes into a shard folder: shards, offsets, index (shards.py, ingest/) and reports."""
 OWN_FILE = re.compile(rf"(?:{OWN})|\.(?:{OWN})(?:\.\d+-[0-9a-f]+)?\.tmp|\.index\.lock|\.indexing")
 """Those, their hidden temporaries (`atomic.py`) and indexing's lock and mark."""

@@ -89,3 +89,19 @@ def test_half_an_emoji_in_json_is_kept_as_text(tmp_path):
     assert sample["txt"] == "a \ufffd cat"
     (sample,) = iter_samples(tmp_path / "from_shards", ["json"])
     assert sample["json"]["input_json"] == {"url": "http://x/\\ud83d.jpg"}
+
+
+def test_a_tar_whose_own_name_is_not_utf8_is_indexed_and_prepared(tmp_path, capsys):
+    """Its name went into index.json, whose UTF-8 could not hold it: indexing failed as it wrote the index."""
+    from megadalle.data.shards import open_index
+
+    root = tmp_path / "wds"
+    root.mkdir()
+    with tarfile.open(os.fsdecode(os.fsencode(root) + b"/caf\xe9.tar"), "w") as tar:
+        add(tar, b"k.jpg", jpeg_bytes((40, 40), 1))
+        add(tar, b"k.txt", b"a cafe")
+    assert main(["index", str(root)]) == 0
+    assert [shard.name for shard in open_index(root).shards] == ["caf\udce9.tar"]
+    out = tmp_path / "out"
+    assert main(["prepare", f"input={root}", f"output={out}", "image_size=32", "min_side=32", "num_workers=0"]) == 0
+    assert "kept 1 samples" in capsys.readouterr().out

@@ -148,3 +148,18 @@ def test_the_advice_on_a_prepare_output_also_missing_a_shard_is_followed_to_a_wh
     (out / "mine.tar").rename(tmp_path / "mine.tar")
     assert main([*rebuild.split()[1:], "image_size=16", "min_side=16", "num_workers=0"]) == 0
     assert open_index(out).total == 4 and ShardIndex.load(out).meta["format"] == "jpg"
+
+
+def test_prepare_called_directly_refuses_too(pictures, tmp_path):
+    """The demo calls `prepare()` itself, past the CLI's preflight: the guard is in the function."""
+    from megadalle.config.data import PrepareConfig
+    from megadalle.data.prepare import prepare
+    from megadalle.errors import UserError
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "mine.tar").write_bytes(b"not ours")
+    with pytest.raises(UserError, match="holds 1 tar that prepare did not write"):
+        prepare(PrepareConfig(input=str(pictures), output=str(output), image_size=16, min_side=16, num_workers=0),
+                progress=False)
+    assert sorted(p.name for p in output.iterdir()) == ["mine.tar"]

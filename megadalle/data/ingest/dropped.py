@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from megadalle.data.index import REPORT_NAME, ShardIndex
-from megadalle.data.reuse import _report_entries
+from megadalle.data.reuse import report_entries
 
 UNLISTED = "left_out_by_index"
 """The reason of samples the index left out that its report beside it does not list."""
@@ -23,7 +23,7 @@ def dropped(root: Path) -> Counter[str]:
     index = ShardIndex.load(root)
     if index.indexing is None:
         return Counter()
-    bad, _ = _report_entries(root / REPORT_NAME)
+    bad, _ = report_entries(root / REPORT_NAME)
     reasons: Counter[str] = Counter()
     for tar in index.indexing.get("tars", []):
         entries = bad[tar["name"]]
