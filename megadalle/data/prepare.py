@@ -39,7 +39,7 @@ from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
 from megadalle.data.sources import Item, dropped_by_index, find_items
-from megadalle.data.summary import PassSummary
+from megadalle.data.summary import NoUsableInput, PassSummary
 from megadalle.errors import UserError
 
 
@@ -153,11 +153,6 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     return summary
 
 
-class NoUsableInput(UserError):
-    """Every input was skipped: no shard, no index.json. A problem like any other (one line, exit code 2), where a
-    summary on stdout and exit code 1 read as a run that had done something; the report stays, for its reasons."""
-
-
 def run(cfg: DictConfig) -> int:
     """`megadalle prepare input=DIR output=DIR image_size=256 ...`; NoUsableInput if nothing was usable, exit code
     130 if interrupted."""
@@ -172,7 +167,5 @@ def run(cfg: DictConfig) -> int:
         return 130
     print(summary.text(), flush=True)
     if not summary.kept:
-        skipped = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
-        raise NoUsableInput(f"input={str(pc.input)!r}: no usable input, every one skipped ({skipped}); the summary "
-                            f"above says why, {summary.report} lists each; no index.json written")
+        raise NoUsableInput(f"input={str(pc.input)!r}", summary)
     return 0

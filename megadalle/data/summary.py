@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from megadalle.errors import UserError
+
 
 @dataclass
 class PassSummary:
@@ -48,3 +50,13 @@ class PassSummary:
         lines += self.kept_lines()
         lines.append(f"  report: {self.report}")
         return "\n".join(lines)
+
+
+class NoUsableInput(UserError):
+    """Every input was skipped: no shard, no index.json. A problem like any other (one line, exit code 2), where a
+    summary on stdout and exit code 1 read as a run that had done something; the report stays, for its reasons."""
+
+    def __init__(self, given: str, summary: PassSummary):
+        skipped = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
+        super().__init__(f"{given}: no usable input, every one skipped ({skipped}); the summary above says why, "
+                         f"{summary.report} lists each; no index.json written")

@@ -716,3 +716,17 @@ def test_prepare_counts_the_samples_the_index_left_out(tarwriter_shards, tmp_pat
                f"(its index-report.json {listed} them)\n" in text
     report = json.loads((out / "report.json").read_text())
     assert report["skipped"] == report["index_skipped"] == left_out and report["bad"] == []
+
+
+def test_index_of_nothing_usable_is_one_line_exit_code_2_naming_the_report(tmp_path, capsys):
+    """It was the summary plus a line on stdout and exit code 1, as prepare's was."""
+    root = tmp_path / "tars"
+    root.mkdir()
+    with wds.TarWriter(str(root / "a.tar")) as sink:
+        sink.write({"__key__": "k", "jpg": jpeg_bytes((40, 40), 1)})  # no caption
+    assert main(["index", str(root), "num_workers=0"]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines()[-1] == (f"megadalle index: dir='{root}': no usable input, every one skipped (1 "
+                                    f"missing_field); the summary above says why, {root / 'index-report.json'} lists "
+                                    "each; no index.json written")
+    assert "skipped" in out and not (root / INDEX_NAME).exists()

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from megadalle.data.ingest.folder import index_directory
+from megadalle.data.summary import NoUsableInput
 
 
 def run(cfg) -> int:
-    """`megadalle index DIR` (or `dir=DIR`); exit code 1 when no sample is usable."""
+    """`megadalle index DIR` (or `dir=DIR`); NoUsableInput (one line, exit code 2) when no sample is usable."""
     from megadalle.config import build, top_level
     from megadalle.config.data import IndexConfig
 
@@ -14,6 +15,5 @@ def run(cfg) -> int:
                               decode=ic.decode, min_side=ic.min_side)
     print(summary.text())
     if not summary.kept:
-        print(f"index: no usable sample in {ic.dir}; no index.json written", flush=True)
-        return 1
+        raise NoUsableInput(f"dir={str(ic.dir)!r}", summary)
     return 0
