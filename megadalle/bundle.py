@@ -137,8 +137,8 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     beside the folder (that one belongs to another model). A Transformer run directory's are where its run.json
     records them (`RECORDED_PIECES`, as export reads them: `_recorded`), so that the run and its export sample with
     the same files; where it records none, or a file no longer there (the refusal names it), and for plain weights,
-    the default names beside (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing, it is refused with
-    `without_clip`, the key that does without it."""
+    the default names beside (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing, it is
+    refused with `without_clip`, the key that does without it."""
     from megadalle.sampling.load import ModelNotFound, beside, is_run
     from megadalle.sampling.rerank import OPEN_CLIP
 

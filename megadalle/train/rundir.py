@@ -20,8 +20,9 @@ run.json without digests (written before them) compares the tokenizer by path: `
 `./out/tok.model` and its absolute path are one value there (`same_path`), another path is refused, as
 nothing says its content is the same. The paths a later verb reads (PATH_KEYS: the tokenizer, the dVAE, the
 data) are recorded absolute (`recorded`), as the folder the run was started from resolved them; a run.json from
-before holds them as typed, which only that folder reads right (`started_here`). A rerun that changes the learning rate at the step it resumes from
-(`trainer.steps` reshapes the decay) is told so, with the `trainer.decay_steps` that keeps the old curve.
+before holds them as typed, which only that folder reads right (`started_here`). A rerun that changes the learning
+rate at the step it resumes from (`trainer.steps` reshapes the decay) is told so, with the `trainer.decay_steps`
+that keeps the old curve.
 
 A run directory belongs to one run at a time: rank 0 holds an exclusive `flock` on `<run_dir>/.lock` from
 before it reads any checkpoint until the run ends (RunLock). Two jobs on one directory would otherwise resume
