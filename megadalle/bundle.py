@@ -11,7 +11,8 @@
 
 Tokenizer, dVAE and CLIP default to what the run's own config records (`data.tokenizer`, and
 `dvae_weights` / `clip_weights` where the run has them); a key given to `export` wins. The names
-are the ones `generate` looks for beside its `weights`, so `generate weights=FOLDER` loads it.
+are the ones `generate` looks for beside its `weights`, so `generate weights=FOLDER` loads it. run.json records
+them absolute; an older one's relative paths are read only from the folder the run was started from (`_recorded`).
 bundle.json records the tokenizer's sha256, as the run's run.json does: a tokenizer whose contents are not
 the recorded ones is refused by `export` and by every reader of the folder or the run (compatible.py).
 The Transformer is written by `export_transformer` (streamed, bf16 by default) and read by `read_model`
@@ -134,10 +135,10 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     """The files behind a sampling verb's keys. A path given is taken as given. A model folder's pieces are the
     ones its bundle.json names and no others: a folder exported without CLIP has none, whatever file lies
     beside the folder (that one belongs to another model). A Transformer run directory's are where its run.json
-    records them (`RECORDED_PIECES`, as export reads them), so that the run and its export sample with the same
-    files; where it records none, or a file no longer there, and for plain weights, the default names beside
-    (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing, it is refused with
-    `without_clip`, the key that does without it."""
+    records them (`RECORDED_PIECES`, as export reads them: `_recorded`), so that the run and its export sample with
+    the same files; where it records none, or a file no longer there (the refusal names it), and for plain weights,
+    the default names beside (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing, it is
+    refused with `without_clip`, the key that does without it."""
     from megadalle.sampling.load import ModelNotFound, beside, is_run
     from megadalle.sampling.rerank import OPEN_CLIP
 
@@ -159,10 +160,15 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
             return Path(given)
         if manifest is not None:
             return weights / manifest[key] if manifest.get(key) else None
-        path = _lookup(record.get("config", {}), RECORDED_PIECES[key]) if record is not None else None
-        if path and Path(path).exists():
-            return Path(path)
-        return beside(weights, None, name)
+        path = _recorded(weights, record, key) if record is not None else None
+        if path is not None and path.exists():
+            return path
+        try:
+            return beside(weights, None, name)
+        except ModelNotFound as err:
+            if path is None:
+                raise
+            raise ModelNotFound(f"{_source(weights, key)}={path} is not there, and {err}") from None
 
     clip_path = None
     if want_clip and (clip or manifest is not None or not clip_model.startswith(OPEN_CLIP)):
@@ -207,15 +213,49 @@ def _lookup(config: dict, dotted: str) -> Any:
     return config
 
 
-def _pick(given: str | None, recorded: Any, key: str, required: bool) -> Path | None:
-    path = given or recorded
-    if not path:
+VERB_KEYS = {"tokenizer": "tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}
+"""The key of `export` and of the sampling verbs that gives each piece instead of the run's record."""
+
+
+def _source(run: Path, piece: str) -> str:
+    """Where a run's record names `piece`, for a message: `RUN/run.json's dvae_weights`."""
+    return f"{run / 'run.json'}'s {RECORDED_PIECES[piece]}"
+
+
+def _recorded(run: Path, record: dict, piece: str) -> Path | None:
+    """The file a Transformer run's run.json records for `piece` (RECORDED_PIECES), absolute; None where it records
+    none. A run.json written before paths were recorded absolute (rundir.recorded) holds the path as typed, relative
+    to the folder the run was started from: read from there (rundir.started_here), and refused anywhere else, where it
+    would name another file (another dVAE, in silence)."""
+    from megadalle.train import rundir
+
+    config = record.get("config", {})
+    value = _lookup(config, RECORDED_PIECES[piece])
+    if not value:
+        return None
+    path = Path(str(value))
+    if path.is_absolute():
+        return path
+    if rundir.started_here(run, config):
+        return Path.cwd() / path
+    raise BundleError(f"{_source(run, piece)}={value} is relative to the folder the run was started from, which is "
+                      f"not this one or cannot be told (recorded before paths were recorded absolute): pass "
+                      f"{VERB_KEYS[piece]}=FILE (the file the run used), run this from that folder, or write its "
+                      f"absolute path into {run / 'run.json'}")
+
+
+def _pick(given: str | None, run: Path, record: dict, piece: str, required: bool) -> Path | None:
+    """export's file for `piece`: the one its key gives, else the one the run's run.json records."""
+    key = VERB_KEYS[piece]
+    path = Path(given) if given else _recorded(run, record, piece)
+    if path is None:
         if required:
             raise BundleError(f"{key}: not given and not recorded in the run's config; pass {key}=PATH")
         return None
-    if not Path(path).is_file():
-        raise BundleError(f"{key}={path}: no such file")
-    return Path(path)
+    if not path.is_file():
+        where = "" if given else f" (from {_source(run, piece)})"
+        raise BundleError(f"{key}={path}{where}: no such file; pass {key}=FILE")
+    return path
 
 
 def _is_itself(source: Path, target: Path) -> bool:
@@ -286,9 +326,9 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     record = _run_record(run)
     config = record.get("config", {})
     model_config(run, "transformer")  # a model folder is a Transformer's: refuse a dVAE or CLIP run by name
-    files = {"tokenizer": _pick(tokenizer, _lookup(config, RECORDED_PIECES["tokenizer"]), "tokenizer", True),
-             "dvae": _pick(dvae_weights, _lookup(config, RECORDED_PIECES["dvae"]), "dvae_weights", True),
-             "clip": _pick(clip_weights, _lookup(config, RECORDED_PIECES["clip"]), "clip_weights", False)}
+    files = {"tokenizer": _pick(tokenizer, run, record, "tokenizer", True),
+             "dvae": _pick(dvae_weights, run, record, "dvae", True),
+             "clip": _pick(clip_weights, run, record, "clip", False)}
     own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
     check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
                 _tokenizer_record(run, None, record))

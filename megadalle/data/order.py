@@ -6,7 +6,9 @@ Step s's global batch is positions [s*B, (s+1)*B), cut into R strided parts: rea
 takes positions i, i+R, ... of it (R = ranks x gradient-accumulation micro-batches). The order of
 samples depends on neither the world size nor the number of DataLoader workers, so a run
 resumed at step s on any number of ranks (same B) sees the same global batches, and every
-epoch visits each sample exactly once. Batches may straddle an epoch boundary (no sample dropped).
+epoch visits each sample exactly once. Batches may straddle an epoch boundary (no sample dropped). A global batch
+larger than N would hold some samples twice in one update (for CLIP's contrastive loss a duplicate is a negative of
+its own caption): training refuses it (`check_global_batch`).
 
 The permutation is a keyed Feistel network with cycle walking (as in levanter): O(1) memory,
 evaluated for just the positions a rank needs, for data sets of any size.
@@ -22,6 +24,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+
+from megadalle.errors import UserError
 
 ROUNDS = 6
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -126,3 +130,21 @@ def reader_positions(step: int, global_batch: int, reader: int, readers: int) ->
     """Stream positions of part `reader` of `readers` of step `step`'s global batch (strided)."""
     start = step * global_batch
     return np.arange(start + reader, start + global_batch, readers, dtype=np.int64)
+
+
+class BatchLargerThanData(UserError, ValueError):
+    """A global batch with more samples than the data set: each update would read some of them twice."""
+
+
+def check_global_batch(micro_batch: int, grad_accum: int, ranks: int, total: int, shards) -> None:
+    """Refuse a global batch (`micro_batch` x `grad_accum` x `ranks` data-parallel ranks) larger than the `total`
+    samples of the training shards `shards`: positions [s*B, (s+1)*B) would wrap into the next epoch within one
+    update, silently (the module docstring)."""
+    batch = micro_batch * grad_accum * ranks
+    if batch > total:
+        raise BatchLargerThanData(
+            f"global batch {batch} (trainer.micro_batch={micro_batch} x trainer.grad_accum={grad_accum} x {ranks} "
+            f"data-parallel rank{'s' if ranks != 1 else ''}) is larger than the {total} samples of data.shards="
+            f"{shards}: each update would read some samples twice (for CLIP a duplicate is a negative of its own "
+            f"caption); lower trainer.micro_batch or trainer.grad_accum to at most {total} samples an update, or "
+            "train on more data")

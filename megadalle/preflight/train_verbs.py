@@ -31,6 +31,7 @@ def check_train(cfg: DictConfig) -> None:
         return  # random tokens at the model's shapes: no shards, no tokenizer to check
     fits(bool(cfg.data.tokenizer), "data.tokenizer=null: `train` needs the sentencepiece model of its captions")
     index = token_shards("data.shards", cfg.data.shards)
+    fits_global_batch(cfg, index.total)
     meta = dict(index.meta)
     side = first_codes_side(cfg.data.shards) if "grid_size" not in meta else None
     if side is not None:  # token shards written elsewhere record no grid: their first sample shows it
@@ -72,6 +73,19 @@ def check_grids(cfg: DictConfig, model) -> None:
                        "(give the dVAE the token shards were encoded with)")
 
 
+def fits_global_batch(cfg: DictConfig, samples: int) -> None:
+    """The global batch against the `samples` of data.shards (order.check_global_batch), before DeepSpeed starts:
+    its data-parallel ranks are those launched here, less a pipeline's stages."""
+    from megadalle.config import build
+    from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+    from megadalle.data.order import check_global_batch
+    from megadalle.train.distributed import ranks
+
+    trainer = build(TrainerConfig, cfg.trainer, "trainer")
+    stages = build(DeepSpeedConfig, cfg.deepspeed, "deepspeed").pipeline_stages
+    check_global_batch(trainer.micro_batch, trainer.grad_accum, max(1, ranks()[1] // stages), samples, cfg.data.shards)
+
+
 def fits_pad(group: str, pad_id: int) -> None:
     """The tokenizer pads captions with its own pad id; a model that takes another id for padding would score
     the real pads as text and embed them as a word (and treat that id, e.g. the end of a caption, as a pad)."""
@@ -99,7 +113,9 @@ def check_train_dvae(cfg: DictConfig) -> None:
     fits(not (revive and int(cfg.deepspeed.zero_stage) >= 3),
          f"dvae.objective.revive_every={revive}: reviving codes rewrites parameters between updates, which needs "
          f"deepspeed.zero_stage <= 2 (it is {cfg.deepspeed.zero_stage}); or set dvae.objective.revive_every=0")
-    fits_image_size(image_shards("data.shards", cfg.data.shards), cfg, "dvae.image_size", dvae.image_size)
+    index = image_shards("data.shards", cfg.data.shards)
+    fits_global_batch(cfg, index.total)
+    fits_image_size(index, cfg, "dvae.image_size", dvae.image_size)
 
 
 def check_train_clip(cfg: DictConfig) -> None:
@@ -109,7 +125,9 @@ def check_train_clip(cfg: DictConfig) -> None:
 
     export_target(build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights)
     clip = build(ClipConfig, cfg.clip, "clip")
-    fits_image_size(image_shards("data.shards", cfg.data.shards), cfg, "clip.image_size", clip.image_size)
+    index = image_shards("data.shards", cfg.data.shards)
+    fits_global_batch(cfg, index.total)
+    fits_image_size(index, cfg, "clip.image_size", clip.image_size)
     vocab = tokenizer_vocab("tokenizer", cfg.tokenizer)
     fits(vocab <= clip.text_vocab, f"clip.text_vocab={clip.text_vocab}: the tokenizer {cfg.tokenizer} has "
                                    f"{vocab} pieces (set clip.text_vocab={vocab} or more)")

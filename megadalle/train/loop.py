@@ -127,13 +127,14 @@ class Trainer:
                             state.get("wandb_id"))
 
     def _write_run_json(self, run: RunOptions) -> None:
-        """Rank 0 records the config the run goes on under (a resume may have changed what RESUMABLE allows); a disk
-        that does not take it stops every rank with one line (disk_full)."""
+        """Rank 0 records the config the run goes on under (a resume may have changed what RESUMABLE allows), its paths
+        absolute (rundir.recorded); a disk that does not take it stops every rank with one line (disk_full)."""
         failure = None
         if self.env.rank == 0:
             path = self.run_dir / "run.json"
             failure = disk_full.attempt(partial(atomic.write_bytes, path, json.dumps(
-                {"task_factory": run.task_factory, "config": run.config, "sha256": rundir.digests(run.config)},
+                {"task_factory": run.task_factory, "config": rundir.recorded(run.config),
+                 "sha256": rundir.digests(run.config)},
                 indent=1, default=str).encode()), path)
         disk_full.stop_every_rank(failure)
 

@@ -18,8 +18,11 @@ a fingerprint of the shards' names, counts and sizes, refuses a resume on other 
 its sha256, so a copy elsewhere resumes and one retrained in place (same path, other ids) is refused. A
 run.json without digests (written before them) compares the tokenizer by path: `out/tok.model`,
 `./out/tok.model` and its absolute path are one value there (`same_path`), another path is refused, as
-nothing says its content is the same. A rerun that changes the learning rate at the step it resumes from
-(`trainer.steps` reshapes the decay) is told so, with the `trainer.decay_steps` that keeps the old curve.
+nothing says its content is the same. The paths a later verb reads (PATH_KEYS: the tokenizer, the dVAE, the
+data) are recorded absolute (`recorded`), as the folder the run was started from resolved them; a run.json from
+before holds them as typed, which only that folder reads right (`started_here`). A rerun that changes the learning
+rate at the step it resumes from (`trainer.steps` reshapes the decay) is told so, with the `trainer.decay_steps`
+that keeps the old curve.
 
 A run directory belongs to one run at a time: rank 0 holds an exclusive `flock` on `<run_dir>/.lock` from
 before it reads any checkpoint until the run ends (RunLock). Two jobs on one directory would otherwise resume
@@ -75,6 +78,11 @@ count may need it raised while rank 0 converts a large checkpoint), `zero3_windo
 ZeRO-3 holds gathered, `trainer.keep_freed_memory` the CPU allocator: none changes a number. Not
 `zero3_sub_group_blocks`: DeepSpeed saves ZeRO-3's optimizer state per sub-group and loads it only into as many
 sub-groups."""
+PATH_KEYS = ("data.shards", "data.val_shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights", "weights")
+"""The keys naming a file or folder that run.json records absolute (`recorded`): export, generate, evaluate and
+`load_run` read the tokenizer, dVAE and CLIP from there, often from another folder than the run's, where a relative
+path named another file (a swapped dVAE, in silence). A rerun compares them as paths (`same_path`): the relative
+spelling it was started with still names the recorded file from the same folder."""
 DIGEST_KEYS = ("data.tokenizer", "tokenizer")
 """Keys whose file's sha256 run.json records (`digests`) and a rerun compares: the tokenizer, whose ids the model
 learnt (`train`'s data.tokenizer, `train-clip`'s tokenizer). The same content may lie elsewhere now; without a
@@ -144,13 +152,50 @@ def same_path(saved: Any, current: Any) -> bool:
 
 def config_diff(saved: dict, current: dict, same_content: frozenset[str] = frozenset()) -> list[tuple[str, Any, Any]]:
     """(key, saved value, current value) for every key that differs and may not change on resume. The DIGEST_KEYS
-    in `same_content` name a file whose content is the run's, wherever it lies now; the others compare as paths.
-    A key the saved config lacks because it was added since (ADDED_KEYS) compares as the value the run ran under."""
+    in `same_content` name a file whose content is the run's, wherever it lies now; the other PATH_KEYS compare as
+    paths. A key the saved config lacks because it was added since (ADDED_KEYS) compares as the value the run ran
+    under."""
     a, b = flatten(saved), flatten(current)
     a.update({key: implied(b) for key, implied in ADDED_KEYS.items() if key not in a and key in b})
     return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b))
             if not resumable(key) and key not in same_content
-            and not (same_path if key in DIGEST_KEYS else operator.eq)(a.get(key), b.get(key))]
+            and not (same_path if key in PATH_KEYS else operator.eq)(a.get(key), b.get(key))]
+
+
+def recorded(config: dict) -> dict:
+    """`config` as run.json records it: each PATH_KEYS value that is a relative path made absolute against the
+    current folder (against which the run reads it), the rest as typed (no symlink resolved)."""
+    base = Path.cwd()
+
+    def walk(node: dict, prefix: str) -> dict:
+        out = {}
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                out[key] = walk(value, f"{dotted}.")
+            elif dotted in PATH_KEYS and isinstance(value, str) and value and not Path(value).is_absolute():
+                out[key] = str(base / value)
+            else:
+                out[key] = value
+        return out
+
+    return walk(config, "")
+
+
+def started_here(run: Path, config: dict) -> bool:
+    """Whether the current folder is the one the run in `run` was started from, as far as its recorded `config`
+    tells: its run directory was given relative (`run_dir`, or `out_dir`/<task>/<name>) and names `run` from here.
+    What a run.json written before `recorded` needs to read its relative paths: nothing else says where they were
+    relative to."""
+    run = run.resolve()
+    run_dir, out_dir = config.get("run_dir"), str(config.get("out_dir") or "outputs")
+    where = Path(str(run_dir)) if run_dir else Path(out_dir) / run.parent.name / run.name
+    if where.is_absolute():
+        return False
+    try:
+        return os.path.samefile(where, run)
+    except OSError:
+        return False
 
 
 def digests(config: dict) -> dict[str, str]:

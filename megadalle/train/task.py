@@ -37,7 +37,8 @@ Contract, in the order the trainer uses it:
    `trainer.eval_batches` global batches of it with `validation_loss(model, batch, step)` (eval mode,
    no_grad, the same seeded RNG every time) and logs the means over ranks as `val/...`.
    `data_identity(part)` names what the data order depends on; a resume on other data is refused. A task reading
-   shards (`ShardsTask`) takes it from `shard_index`, the index its loaders read too (`rank_batches(index=)`).
+   shards (`ShardsTask`) takes it from `shard_index`, the index its loaders read too (`rank_batches(index=)`), and
+   refuses there a global batch larger than the data set (data/order.py).
    `update_runner(part)` may take over the whole update from the trainer (a loss over all its micro-batches).
    `after_update(model, editor, step)` may rewrite parameters between updates (through the optimizer's
    copies too: train/param_edit.py), and `state()`/`load_state()` carry the task's own state in checkpoints.
@@ -263,8 +264,13 @@ class ShardsTask(Task):
         return open_index(self.data.shards, "data.shards", stop_requested)
 
     def data_identity(self, part: DataPart) -> dict[str, Any]:
+        """Also where a run without preflight (the demo, a caller of `train`) first sees both its global batch and
+        its data: one larger than the data set is refused here (order.check_global_batch)."""
+        from megadalle.data.order import check_global_batch
+
         if self.data is None or self.data.source != "shards":
             return {}
+        check_global_batch(part.micro_batch, part.grad_accum, part.dp_world, self.shard_index.total, self.data.shards)
         return {"fingerprint": self.shard_index.fingerprint, "seed": self.seed, "shuffle": self.data.shuffle,
                 "global_batch": part.global_batch}
 
