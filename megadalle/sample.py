@@ -32,7 +32,7 @@ from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
 from megadalle.sampling.prompt import check_prompt, warn_if_unknown
 from megadalle.sampling.rerank import MegadalleClip, as_reranker, rank
-from megadalle.sampling.resume import SavedBatches, open_saved
+from megadalle.sampling.resume import SavedBatches, files_state, open_saved
 from megadalle.sampling.stop import SamplingStopped, stops_on_signals
 
 
@@ -135,9 +135,11 @@ continues the saved batches (megadalle.sampling.resume)."""
 
 
 def sampling_key(gc: GenerateConfig, device: torch.device, dtype: torch.dtype) -> dict:
-    """What decides the samples and their scores: the config but `RESULT_KEYS`, with the device and dtype used."""
+    """What decides the samples and their scores: the config but `RESULT_KEYS`, with the device and dtype used and
+    the state of the model files the paths name."""
+    models = {k: getattr(gc, k) for k in ("weights", "dvae_weights", "clip_weights", "tokenizer")}
     return {**{k: v for k, v in asdict(gc).items() if k not in RESULT_KEYS}, "device": str(device),
-            "dtype": str(dtype).removeprefix("torch.")}
+            "dtype": str(dtype).removeprefix("torch."), "files": files_state(models, gc.output)}
 
 
 def run(cfg: DictConfig) -> int:

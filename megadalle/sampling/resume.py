@@ -7,9 +7,13 @@ removes once its results are written. Batch b draws from its own generator seede
 depend on the batches before it (megadalle.sampling.loop), so a rerun of the same command draws only the
 batches left, exactly as an uninterrupted run draws them, and ends with the same samples. The file records
 what decides the samples (`key`); a rerun with other settings is refused rather than mixing two runs' samples.
+The settings name the models by path, and a path can come to hold other weights between two runs (a run directory
+that trained on and saved a newer checkpoint, a model folder exported again): the key holds the state of the
+files behind each path too (`files_state`), so those are refused as well.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,27 @@ from megadalle.data.atomic import write_bytes
 
 UNFINISHED = "unfinished.safetensors"
 """The saved batches of a run that has not written its results yet."""
+MODEL_FILES = (".safetensors", ".json", ".pt", ".bin", ".model")
+"""The kinds of file weights, their configs, checkpoints and tokenizers come in (not logs, grids or metrics)."""
+
+
+def files_state(paths: dict[str, str | None], output: str | Path) -> dict[str, str]:
+    """For each key naming a path: a digest of the names, sizes and modification times of the model files it
+    stands for. A folder's own (a model folder, a run directory with its checkpoints), a file's and its
+    neighbours' (where a model's other files default to: `dvae.safetensors` beside `weights`); never the output
+    folder's, which this run writes into. Stat calls only, no read."""
+    out = Path(output).resolve()
+    state = {}
+    for key, given in paths.items():
+        if given is None or not Path(given).exists():
+            continue
+        path = Path(given).resolve()
+        found = path.rglob("*") if path.is_dir() else path.parent.iterdir()
+        files = sorted(f for f in found if f.suffix in MODEL_FILES and f.is_file() and out not in f.parents)
+        listed = [(str(f.relative_to(path if path.is_dir() else path.parent)), f.stat().st_size,
+                   f.stat().st_mtime_ns) for f in files]
+        state[key] = hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
+    return state
 
 
 @dataclass
@@ -76,7 +101,7 @@ def open_saved(folder: str | Path, key: dict, batch_size: int, overwrite: bool, 
     if saved_key != key:
         if overwrite:
             return _discarded(path, key)
-        differ = "; ".join(f"{name}={saved_key.get(name)!r} there, {key.get(name)!r} here"
+        differ = "; ".join(_differs(name, saved_key.get(name), key.get(name))
                            for name in sorted(set(key) | set(saved_key)) if key.get(name) != saved_key.get(name))
         raise ConfigError(f"{out_key}={folder}: holds {len(codes)} samples of an unfinished {verb} with "
                           f"other settings ({differ}); rerun that command to finish it, give another {out_key}, or "
@@ -88,3 +113,10 @@ def open_saved(folder: str | Path, key: dict, batch_size: int, overwrite: bool, 
 def _discarded(path: Path, key: dict) -> SavedBatches:
     path.unlink()
     return SavedBatches(path, key)
+
+
+def _differs(name: str, there, here) -> str:
+    if name != "files":
+        return f"{name}={there!r} there, {here!r} here"
+    changed = sorted(k for k in set(there or {}) | set(here or {}) if (there or {}).get(k) != (here or {}).get(k))
+    return f"the files behind {', '.join(changed)} changed since (a newer checkpoint, another export)"

@@ -148,6 +148,31 @@ def test_saved_batches_of_other_settings_are_refused_unless_overwrite(models, tm
     assert results(output) == results(tmp_path / "whole")
 
 
+@pytest.mark.parametrize("changed", ["model.safetensors", "dvae.safetensors"])
+def test_saved_batches_of_weights_changed_since_are_refused(models, tmp_path, capsys, monkeypatch, changed):
+    """The same command over a path that holds other weights now (a model exported again, a run directory with a
+    newer checkpoint; here the dVAE beside the model, which `weights` implies) would mix two models' samples."""
+    from megadalle.sampling import resume
+
+    def interrupt(self, codes, scores):
+        real(self, codes, scores)
+        raise KeyboardInterrupt
+
+    real = resume.SavedBatches.add
+    monkeypatch.setattr(resume.SavedBatches, "add", interrupt)
+    output = tmp_path / "out"
+    assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    stat = (models / changed).stat()
+    os.utime(models / changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"megadalle generate: output={output}: holds 3 samples of an unfinished generate with other settings "
+        "(the files behind weights changed since (a newer checkpoint, another export)); rerun that command to finish "
+        "it, give another output, or overwrite=true to discard them")
+
+
 def test_an_unreadable_saved_file_is_refused_unless_overwrite(models, tmp_path, capsys):
     """A file of the saved batches that is no safetensors (cut short by a full disk outside megadalle's atomic
     write, or someone's file of that name) is named, not a traceback, and never silently replaced."""
