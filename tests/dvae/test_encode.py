@@ -251,6 +251,34 @@ def test_a_record_beside_a_tar_it_does_not_describe_is_not_trusted(tmp_path, ima
     assert "re-encoding 1 shards (shard-000001.tar)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("beside", ["its codes", "an image shard"])
+def test_a_record_from_before_records_named_their_tar_is_trusted_beside_codes_only(tmp_path, image_shards,
+                                                                                    small_dvae_config, beside,
+                                                                                    capsys):
+    """Token folders encoded before records held their tar's checksum are not encoded again whole on the first
+    rerun (hours for a large data set), but such a record beside an image shard is not trusted."""
+    import json
+    import shutil
+
+    torch.manual_seed(0)
+    model = DVAE(small_dvae_config)
+    out = tmp_path / "tokens"
+    encode_shards(model, image_shards, out)
+    before = _shard_bytes(out)
+    for record in out.glob("*.encoded.json"):
+        written = json.loads(record.read_text())
+        del written["output"]
+        record.write_text(json.dumps(written))
+    if beside == "an image shard":
+        for name in ("shard-000001.tar", "shard-000001.tar.idx"):
+            shutil.copy(image_shards / name, out / name)
+    capsys.readouterr()
+    encode_shards(model, image_shards, out)
+    err = capsys.readouterr().err
+    assert _shard_bytes(out) == before
+    assert ("re-encoding 1 shards (shard-000001.tar)" in err) == (beside == "an image shard"), err
+
+
 def test_a_crash_between_a_shards_record_and_its_tar_leaves_a_rerun_that_encodes_it_again(tmp_path, image_shards,
                                                                                           small_dvae_config,
                                                                                           monkeypatch):
