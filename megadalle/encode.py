@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-import tarfile
 import zlib
 from dataclasses import asdict
 from pathlib import Path
@@ -40,14 +39,13 @@ from megadalle.config.data import VAL_DIR
 from megadalle.config.dvae import EncodeConfig
 from megadalle.data import atomic
 from megadalle.data.batches import ImageBatches
-from megadalle.data.fields import decode_field, split_member
+from megadalle.data.fields import CODES_FIELD, decode_field
 from megadalle.data.images import upscaled_message
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets, offsets_path
 from megadalle.data.loader import image_fields, rank_and_world
 from megadalle.data.output_guard import check_output
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
-from megadalle.data.verb_outputs import RECORD_SUFFIX, record_path
-from megadalle.preflight.probes import CODES_FIELD
+from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
 from megadalle.devices import pick_device
 from megadalle.errors import UserError
 from megadalle.models.dvae import DVAE, load_dvae
@@ -145,19 +143,6 @@ def shard_done(out_path: Path, count: int, made_by: dict) -> bool:
         return first_sample_has(out_path, CODES_FIELD)
     return written["output"] == tar_identity(out_path)
 
-
-def first_sample_has(tar: Path, field: str) -> bool:
-    """Whether the first sample of `tar` has `field` (its members up to the next sample's key, no more)."""
-    with tarfile.open(tar) as archive:
-        key = None
-        while (member := archive.next()) is not None:
-            sample, name = split_member(member.name)
-            if key is not None and sample != key:
-                return False
-            key = sample
-            if name == field:
-                return True
-    return False
 
 
 def input_meta(sample: dict) -> dict:

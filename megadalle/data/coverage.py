@@ -101,11 +101,8 @@ def refuse_own_output(root: Path) -> None:
     """Stop `megadalle index` run by hand on a finished `prepare` or `encode` output: indexing it as a folder written
     elsewhere would drop its meta. Changed, it is refused as readers refuse it (`OutputChanged`); as written, it
     needs nothing (`IndexedOutput`). A folder without a readable index.json is left to indexing."""
-    try:
-        index = ShardIndex.load(root)
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if not own_output(index):
+    index = ShardIndex.readable(root)
+    if index is None or not own_output(index):
         return
     changes(index)
     writer = writer_of(index)

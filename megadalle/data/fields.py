@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import features
 
+CODES_FIELD = "codes.npy"
+"""The field of a token shard's sample that holds its dVAE codes (`encode`)."""
 IMAGE_FIELDS = ("jpg", "jpeg", "jfif", "jpe", "png", "webp", "ppm", "bmp", "gif", "tif", "tiff",
                 *(("avif",) if features.check("avif") else ()))
 """Extensions read as images: what PIL decodes among photo formats (`.jfif`/`.jpe` are JPEG; `.avif` where this

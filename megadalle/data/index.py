@@ -100,6 +100,14 @@ class ShardIndex:
         return atomic.write_json(self.root / INDEX_NAME, self.to_json())
 
     @classmethod
+    def readable(cls, root: str | Path) -> "ShardIndex | None":
+        """The folder's index.json, or None when there is none or it cannot be read (what is there decides)."""
+        try:
+            return cls.load(root)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @classmethod
     def load(cls, root: str | Path) -> "ShardIndex":
         root = Path(root)
         path = root / INDEX_NAME

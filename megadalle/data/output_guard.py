@@ -15,7 +15,7 @@ from pathlib import Path
 
 from megadalle.data.coverage import own_output, shown_names
 from megadalle.data.index import INDEX_NAME, ShardIndex
-from megadalle.data.verb_outputs import RECORD_SUFFIX, writer_of, writes
+from megadalle.data.verb_outputs import RECORD_SUFFIX, may_write_over, writer_of
 from megadalle.errors import UserError
 
 OTHER = {"prepare": "encode", "encode": "prepare"}
@@ -32,7 +32,7 @@ def check_output(output: str | Path, verb: str) -> None:
     root = Path(str(output))
     if not root.is_dir():
         return
-    index = _index(root)
+    index = ShardIndex.readable(root)
     if evidence := _other_verbs_shards(root, index, verb):
         raise OutputTaken(f"output={output} holds {KIND[OTHER[verb]]} written by `megadalle {OTHER[verb]}` "
                           f"({evidence}), which {verb} would replace with {KIND[verb]}; give another output=, or "
@@ -44,14 +44,6 @@ def check_output(output: str | Path, verb: str) -> None:
         raise OutputTaken(f"output={output} holds {len(strays)} tar{'s' * (len(strays) > 1)} that {verb} did not "
                           f"write ({shown_names(strays)}{elsewhere}): {verb} writes only into a new folder or over "
                           f"its own earlier output; give another output=, or move {them} out of it")
-
-
-def _index(root: Path) -> ShardIndex | None:
-    """The folder's index.json; None when there is none or it cannot be read (its tars still say what is there)."""
-    try:
-        return ShardIndex.load(root) if (root / INDEX_NAME).is_file() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _other_verbs_shards(root: Path, index: ShardIndex | None, verb: str) -> str:
@@ -68,10 +60,8 @@ def _other_verbs_shards(root: Path, index: ShardIndex | None, verb: str) -> str:
 
 def _foreign_tars(root: Path, index: ShardIndex | None, verb: str) -> list[str]:
     """The tars in `root` that `verb` did not write: all of those an index of `megadalle index` covers, else those
-    not its own (`verb_outputs.writes`), but for encode the shards its own index.json lists (an encode older than its
-    records wrote none)."""
+    not its own (`verb_outputs.may_write_over`)."""
     tars = sorted(p.name for p in root.glob("*.tar") if not p.name.startswith(".") and p.is_file())
     if index is not None and not own_output(index):
         return tars
-    listed = {s.name for s in index.shards} if index is not None and writer_of(index) == verb == "encode" else set()
-    return [name for name in tars if name not in listed and not writes(verb, root, name)]
+    return [name for name in tars if not may_write_over(verb, root, name)]

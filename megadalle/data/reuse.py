@@ -62,9 +62,8 @@ def reusable(root: Path, tars: list[dict[str, Any]], options: dict[str, Any], re
     """Findings of the tars in `tars` (the folder now, as coverage.tar_stats lists it) that root's index recorded at
     their present size under these `options`, by name; those missing from the result must be read. `report` is the
     earlier indexing's report (where this one writes its own)."""
-    try:
-        old = ShardIndex.load(root)
-    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: every tar is read
+    old = ShardIndex.readable(root)
+    if old is None:  # none, or unreadable: every tar is read
         return {}
     recorded = old.indexing or {}
     if any(recorded.get(key, ADDED_OPTIONS.get(key)) != value for key, value in options.items()):

@@ -24,7 +24,6 @@ from megadalle.data.fields import encode_field
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, combine, save_offsets
 from megadalle.data.ingest import index_directory, open_index, verify
 from megadalle.data.reader import SampleReader, iter_samples, iter_shard
-from megadalle.data.verb_outputs import RECORD_SUFFIX
 
 __all__ = ["ShardWriter", "ShardIndex", "ShardInfo", "SampleReader", "iter_samples", "iter_shard",
            "index_directory", "open_index", "verify", "combine", "SHARD_PATTERN"]
@@ -44,8 +43,7 @@ class ShardWriter:
     Each shard is written under a hidden temporary name and renamed when complete. Opening a writer
     removes the directory's index.json (the directory is incomplete until `close`), and `close`
     deletes shards left by an earlier, larger run before publishing the new index, so rewriting a
-    directory is safe. It deletes `encode`'s records (`<shard>.encoded.json`) of the shards it wrote or deleted as
-    well: left beside an image shard of the same name, such a record passed it for the token shard it described.
+    directory is safe. (`prepare` never opens one where `encode`'s records lie: output_guard.py.)
     On an exception inside `with`, the partial shard is deleted and no index is written. One writer per directory:
     ranks writing in parallel each write a subdirectory, then one of them publishes a single index over all with
     `combine`.
@@ -90,16 +88,12 @@ class ShardWriter:
         self._count += 1
 
     def close(self) -> ShardIndex:
-        """Finish the last shard, delete stale shards, their records and leftovers, publish index.json."""
+        """Finish the last shard, delete stale shards and leftovers, publish index.json."""
         self.finish_shard()
         keep = {s.name for s in self.shards}
         for path in [*self.root.glob("shard-*.tar"), *self.root.glob("shard-*.tar.idx")]:
             if path.name.removesuffix(".idx") not in keep:
                 path.unlink()
-        for record in self.root.glob("*" + RECORD_SUFFIX):
-            shard = record.with_name(record.name.removesuffix(RECORD_SUFFIX))
-            if shard.name in keep or not shard.is_file():
-                record.unlink()
         for path in self.root.glob(".shard-*.tmp"):
             path.unlink()
         index = ShardIndex(self.root, list(self.shards), sorted(self.fields), self.meta)

@@ -238,8 +238,7 @@ def jsonl_rows(path: Path, image_column: str, caption_column: str):
                 continue
             fields.update(dict.fromkeys(row))
             if image_column not in row:
-                yield number, None, None, f"no {image_column!r} field (fields: {list(row)}); set image_column= to " \
-                                          "the one naming the image"
+                yield number, None, None, f"no {image_column!r} field (fields: {list(row)})"
                 continue
             yield number, row[image_column], row.get(caption_column), None
     for name, key in ((image_column, "image_column"), (caption_column, "caption_column")):

@@ -58,5 +58,8 @@ class NoUsableInput(UserError):
 
     def __init__(self, given: str, summary: PassSummary):
         skipped = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
+        if not skipped:
+            super().__init__(f"{given}: no sample in it (its tars hold none); no index.json written")
+            return
         super().__init__(f"{given}: no usable input, every one skipped ({skipped}); the summary above says why, "
                          f"{summary.report} lists each; no index.json written")

@@ -10,8 +10,10 @@ names and the records to tell its own shards by.
 from __future__ import annotations
 
 import re
+import tarfile
 from pathlib import Path
 
+from megadalle.data.fields import CODES_FIELD, split_member
 from megadalle.data.index import ShardIndex
 
 RECORD_SUFFIX = ".encoded.json"
@@ -36,3 +38,28 @@ def writes(verb: str, root: Path, name: str) -> bool:
     if verb == "prepare":
         return PREPARE_SHARD.fullmatch(name) is not None
     return record_path(root / name).is_file()
+
+
+def may_write_over(verb: str, root: Path, name: str) -> bool:
+    """Whether `verb` may write into `root` beside the tar `name`: one it wrote (`writes`), or for encode any tar of
+    codes, which an encode wrote before its record (a crashed run, a split encode's other rank, an encode older than
+    its records): refusing those would stop the very rerun that finishes the folder."""
+    return writes(verb, root, name) or (verb == "encode" and first_sample_has(root / name, CODES_FIELD))
+
+
+def first_sample_has(tar: Path, field: str) -> bool:
+    """Whether the first sample of `tar` has `field` (its members up to the next sample's key, no more); False for
+    a tar that cannot be read."""
+    try:
+        with tarfile.open(tar) as archive:
+            key = None
+            while (member := archive.next()) is not None:
+                sample, name = split_member(member.name)
+                if key is not None and sample != key:
+                    return False
+                key = sample
+                if name == field:
+                    return True
+    except (OSError, tarfile.TarError):
+        return False
+    return False

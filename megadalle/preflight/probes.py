@@ -10,10 +10,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from megadalle.data.fields import IMAGE_FIELDS
+from megadalle.data.fields import CODES_FIELD, IMAGE_FIELDS
 from megadalle.errors import UserError
 
-CODES_FIELD = "codes.npy"
 
 
 class PreflightError(UserError):

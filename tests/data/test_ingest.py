@@ -730,3 +730,12 @@ def test_index_of_nothing_usable_is_one_line_exit_code_2_naming_the_report(tmp_p
                                     f"missing_field); the summary above says why, {root / 'index-report.json'} lists "
                                     "each; no index.json written")
     assert "skipped" in out and not (root / INDEX_NAME).exists()
+
+
+def test_index_of_tars_holding_no_sample_says_so(tmp_path, capsys):
+    root = tmp_path / "tars"
+    root.mkdir()
+    wds.TarWriter(str(root / "a.tar")).close()
+    assert main(["index", str(root), "num_workers=0"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"megadalle index: dir='{root}': no sample in it (its tars "
+                                                        "hold none); no index.json written")

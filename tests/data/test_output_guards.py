@@ -103,18 +103,6 @@ def test_prepare_refuses_a_folder_of_tars_indexed_by_the_index_verb(pictures, tm
     assert snapshot(out) == before
 
 
-def test_the_writer_removes_encode_records_of_the_shards_it_wrote_or_removed(tmp_path):
-    """A record left beside a shard prepare rewrote passed that image shard for the token shard it described."""
-    out = token_output(tmp_path / "out")
-    for name in ("shard-000007.tar.encoded.json", "00000.tar.encoded.json"):
-        (out / name).write_text("{}")
-    (out / "00000.tar").write_bytes(b"not the writer's")
-    with ShardWriter(out, meta={"format": "jpg"}) as writer:
-        writer.write({"__key__": "a", "jpg": jpeg_bytes((16, 16)), "txt": "a cat"})
-    assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "00000.tar.encoded.json", INDEX_NAME,
-                                                     "shard-000000.tar", "shard-000000.tar.idx"]
-
-
 def test_the_advice_on_a_prepare_output_with_a_tar_dropped_in_is_to_move_it_out(pictures, tmp_path):
     from megadalle.data.coverage import OutputChanged
 

@@ -279,6 +279,21 @@ def test_a_record_from_before_records_named_their_tar_is_trusted_beside_codes_on
     assert ("re-encoding 1 shards (shard-000001.tar)" in err) == (beside == "an image shard"), err
 
 
+def test_tars_of_codes_without_their_records_are_encodes_own(tmp_path, image_shards, small_dvae_config):
+    """What a crashed encode of an older version leaves (it removed a shard's record, then its index.json, before
+    encoding the shard again), and what another rank of a split encode finds: tars of codes, no records, no index.
+    The rerun that finishes the folder was refused, as if someone else had written them."""
+    torch.manual_seed(0)
+    model = DVAE(small_dvae_config)
+    out = tmp_path / "tokens"
+    encode_shards(model, image_shards, out)
+    before = _shard_bytes(out)
+    for path in [*out.glob("*.encoded.json"), out / "index.json"]:
+        path.unlink()
+    assert encode_shards(model, image_shards, out).total == 40
+    assert _shard_bytes(out) == before
+
+
 def test_a_crash_between_a_shards_record_and_its_tar_leaves_a_rerun_that_encodes_it_again(tmp_path, image_shards,
                                                                                           small_dvae_config,
                                                                                           monkeypatch):

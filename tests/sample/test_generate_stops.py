@@ -124,8 +124,8 @@ def test_ctrl_c_keeps_the_finished_batches_too(models, tmp_path, capsys, monkeyp
     assert results(output) == results(tmp_path / "whole")
 
 
-def test_saved_batches_of_other_settings_are_refused_unless_overwrite(models, tmp_path, capsys, monkeypatch):
-    """Continuing with another seed (or prompt, n, batch_size, files...) would mix two runs' samples."""
+def stopped_after_one_batch(models, output, capsys, monkeypatch) -> None:
+    """A generate of 9 samples in batches of 3 into `output`, Ctrl-C'd once its first batch is saved."""
     from megadalle.sampling import resume
 
     def interrupt(self, codes, scores):
@@ -134,10 +134,15 @@ def test_saved_batches_of_other_settings_are_refused_unless_overwrite(models, tm
 
     real = resume.SavedBatches.add
     monkeypatch.setattr(resume.SavedBatches, "add", interrupt)
-    output = tmp_path / "out"
     assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 130
     monkeypatch.undo()
     capsys.readouterr()
+
+
+def test_saved_batches_of_other_settings_are_refused_unless_overwrite(models, tmp_path, capsys, monkeypatch):
+    """Continuing with another seed (or prompt, n, batch_size, files...) would mix two runs' samples."""
+    output = tmp_path / "out"
+    stopped_after_one_batch(models, output, capsys, monkeypatch)
     assert main(["generate", *args(models, output, "seed=1", n=9, batch_size=3)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"megadalle generate: output={output}: holds 3 samples of an unfinished generate with other settings "
@@ -152,18 +157,8 @@ def test_saved_batches_of_other_settings_are_refused_unless_overwrite(models, tm
 def test_saved_batches_of_weights_changed_since_are_refused(models, tmp_path, capsys, monkeypatch, changed):
     """The same command over a path that holds other weights now (a model exported again, a run directory with a
     newer checkpoint; here the dVAE beside the model, which `weights` implies) would mix two models' samples."""
-    from megadalle.sampling import resume
-
-    def interrupt(self, codes, scores):
-        real(self, codes, scores)
-        raise KeyboardInterrupt
-
-    real = resume.SavedBatches.add
-    monkeypatch.setattr(resume.SavedBatches, "add", interrupt)
     output = tmp_path / "out"
-    assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 130
-    monkeypatch.undo()
-    capsys.readouterr()
+    stopped_after_one_batch(models, output, capsys, monkeypatch)
     stat = (models / changed).stat()
     os.utime(models / changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 2
