@@ -112,7 +112,7 @@ class ShardIndex:
         root = Path(root)
         path = root / INDEX_NAME
         if not path.is_file():
-            raise ShardsNotFound(f"{path} not found: " + (not_shards(root) or (
+            raise ShardsNotFound(f"{path} not found: " + (not_shards(root) or nothing_kept(root) or (
                 f"{root} is not a finished megadalle shard directory (the writer writes index.json last); for shards "
                 f"made elsewhere run `megadalle index {root}`")))
         data = json.loads(path.read_text())
@@ -154,6 +154,21 @@ def not_shards(root: Path) -> str:
         return f"{root} holds no *.tar shards: `megadalle prepare` makes them of images with captions"
     return (f"{root} holds images ({image.relative_to(root).as_posix()}, ...), not shards: make shards of them with "
             f"`megadalle prepare input={root} output=SHARDS` and use SHARDS instead")
+
+
+def nothing_kept(root: Path) -> str:
+    """For a folder of tars whose indexing found no usable sample (its report says so, and no index.json was
+    written), that, and where the reasons are. The usual advice, to run `megadalle index`, was what had just
+    happened."""
+    try:
+        report = json.loads((root / REPORT_NAME).read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(report, dict) or report.get("kept") != 0:
+        return ""
+    skipped = ", ".join(f"{count} {reason}" for reason, count in (report.get("skipped") or {}).items())
+    return (f"indexing {root} kept no sample of its tars ({skipped or 'they hold none'}); {root / REPORT_NAME} "
+            "lists why each was skipped")
 
 
 def offsets_path(shard: str | Path) -> Path:

@@ -77,3 +77,16 @@ def test_an_unfinished_split_output_keeps_the_unfinished_message(tmp_path):
     (tmp_path / "part0/shard-000000.tar").write_bytes(b"")
     with pytest.raises(ShardsNotFound, match="not a finished megadalle shard directory"):
         open_index(tmp_path)
+
+
+def test_tars_with_no_usable_sample_say_so_not_to_index_them(tmp_path, capsys):
+    """prepare indexed the folder, kept nothing, and then advised `megadalle index DIR`: what it had just done."""
+    root = tmp_path / "tars"
+    root.mkdir()
+    image = put(tmp_path / "src", "x.jpg", jpeg_bytes((40, 40), 1), caption=None)
+    with tarfile.open(root / "a.tar", "w") as tar:
+        tar.add(image, "k.jpg")  # no caption
+    assert main(["prepare", f"input={root}", f"output={tmp_path / 'out'}", "num_workers=0"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"indexing {root} kept no sample of its tars (1 missing_field); {root / 'index-report.json'} lists why each "
+        "was skipped")
