@@ -144,7 +144,6 @@ def shard_done(out_path: Path, count: int, made_by: dict) -> bool:
     return written["output"] == tar_identity(out_path)
 
 
-
 def input_meta(sample: dict) -> dict:
     """The input sample's json, copied into the token shard: {} when it has none, or one that does not parse
     (indexing keeps such a sample, with a warning: only its image and caption decide)."""

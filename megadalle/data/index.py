@@ -26,6 +26,7 @@ import numpy as np
 
 from megadalle.data import atomic
 from megadalle.data.fields import IMAGE_FIELDS
+from megadalle.data.summary import by_reason
 from megadalle.data.tar import walk
 from megadalle.errors import UserError
 
@@ -166,7 +167,7 @@ def nothing_kept(root: Path) -> str:
         return ""
     if not isinstance(report, dict) or report.get("kept") != 0:
         return ""
-    skipped = ", ".join(f"{count} {reason}" for reason, count in (report.get("skipped") or {}).items())
+    skipped = by_reason(report.get("skipped") or {})
     return (f"indexing {root} kept no sample of its tars ({skipped or 'they hold none'}); {root / REPORT_NAME} "
             "lists why each was skipped")
 

@@ -52,12 +52,17 @@ class PassSummary:
         return "\n".join(lines)
 
 
+def by_reason(counts: dict[str, int]) -> str:
+    """Counts per reason as one line's words: `3 missing_field, 1 corrupt`."""
+    return ", ".join(f"{count} {reason}" for reason, count in counts.items())
+
+
 class NoUsableInput(UserError):
     """Every input was skipped: no shard, no index.json. A problem like any other (one line, exit code 2), where a
     summary on stdout and exit code 1 read as a run that had done something; the report stays, for its reasons."""
 
     def __init__(self, given: str, summary: PassSummary):
-        skipped = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
+        skipped = by_reason(summary.skipped)
         if not skipped:
             super().__init__(f"{given}: no sample in it (its tars hold none); no index.json written")
             return

@@ -3,9 +3,10 @@ advice on a changed output may tell the user to rerun.
 
 `prepare` names its shards `shard-NNNNNN.tar` (`shards.SHARD_PATTERN`) and records its image format in index.json's
 meta; `encode` names each token shard after its input shard, records its dVAE's grid in the meta, and leaves beside
-each shard its record, `<shard>.encoded.json` (written before the shard is renamed into place, so a shard encode wrote
-never lacks one: `encode.py`). Both remove index.json before they write, so a rerun after a crash finds only the shard
-names and the records to tell its own shards by.
+each shard its record, `<shard>.encoded.json` (written before the shard is renamed into place: `encode.py`). Both
+remove index.json before they write, so a rerun after a crash finds only the shard names, the records and, for a tar
+of encode's whose record is missing (an encode older than its records, crashed), its codes to tell its own shards by
+(`may_write_over`).
 """
 from __future__ import annotations
 

@@ -40,10 +40,10 @@ def files_state(paths: dict[str, str | None], output: str | Path) -> dict[str, s
         if given is None or not Path(given).exists():
             continue
         path = Path(given).resolve()
-        found = path.rglob("*") if path.is_dir() else path.parent.iterdir()
+        folder = path if path.is_dir() else path.parent
+        found = folder.rglob("*") if path.is_dir() else folder.iterdir()
         files = sorted(f for f in found if f.suffix in MODEL_FILES and f.is_file() and out not in f.parents)
-        listed = [(str(f.relative_to(path if path.is_dir() else path.parent)), f.stat().st_size,
-                   f.stat().st_mtime_ns) for f in files]
+        listed = [(str(f.relative_to(folder)), (stat := f.stat()).st_size, stat.st_mtime_ns) for f in files]
         state[key] = hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
     return state
 

@@ -58,10 +58,8 @@ class StopFlag:
         _stopped_here = _stopped_here or stopped
 
     def _handle(self, signum, frame) -> None:
-        if os.getpid() != self._pid:  # a forked child (a worker pool, a DataLoader worker before its own handlers)
-            if signum == signal.SIGTERM:
-                default_action(signum)  # what ends a child (Pool.terminate, Process.terminate): it must still end it
-            return  # Ctrl-C reaches the whole process group, USR1 the whole Slurm step: the trainer decides
+        if left_to_parent(self._pid, signum):
+            return
         if signum == signal.SIGINT:
             if self.received == signal.SIGINT:
                 raise KeyboardInterrupt
@@ -103,6 +101,18 @@ class LateCopies:
         elif time.monotonic() >= self.until:
             signal.signal(signum, self.previous)
             os.kill(os.getpid(), signum)  # delivered again, to what it was before the run
+
+
+def left_to_parent(pid: int, signum: int) -> bool:
+    """In a forked child of the process `pid` (a worker pool, a DataLoader worker before its own handlers), which
+    inherited its handler: True, once TERM has ended the child as it must (Pool.terminate, Process.terminate), for
+    every other signal the parent decides on (Ctrl-C reaches the whole process group, USR1 the whole Slurm step).
+    False in the process `pid` itself."""
+    if os.getpid() == pid:
+        return False
+    if signum == signal.SIGTERM:
+        default_action(signum)
+    return True
 
 
 def default_action(signum: int) -> None:
@@ -157,11 +167,8 @@ def raising_at_once(signals: tuple[int, ...], error: Callable[[int], BaseExcepti
     pid = os.getpid()
 
     def handle(signum, frame):
-        if os.getpid() != pid:
-            if signum == signal.SIGTERM:
-                default_action(signum)
-            return
-        raise error(signum)
+        if not left_to_parent(pid, signum):
+            raise error(signum)
 
     previous = {sig: signal.signal(sig, handle) for sig in signals}
     try:
