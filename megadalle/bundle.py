@@ -11,8 +11,7 @@
 
 Tokenizer, dVAE and CLIP default to what the run's own config records (`data.tokenizer`, and
 `dvae_weights` / `clip_weights` where the run has them); a key given to `export` wins. The names
-are the ones `generate` looks for beside its `weights`, so `generate weights=FOLDER` loads it. run.json records
-them absolute; an older one's relative paths are read only from the folder the run was started from (`_recorded`).
+are the ones `generate` looks for beside its `weights`, so `generate weights=FOLDER` loads it (run_pieces.py).
 bundle.json records the tokenizer's sha256, as the run's run.json does: a tokenizer whose contents are not
 the recorded ones is refused by `export` and by every reader of the folder or the run (compatible.py).
 The Transformer is written by `export_transformer` (streamed, bf16 by default) and read by `read_model`
@@ -30,17 +29,14 @@ import torch
 from torch import nn
 
 from megadalle.data import atomic
-from megadalle.errors import UserError
+from megadalle import run_pieces
+from megadalle.errors import BundleError
 from megadalle.sampling.compatible import TokenizerRecord
 from megadalle.weights import TMP, check_replaceable, shard_of
 
 MANIFEST = "bundle.json"
 FORMAT = "megadalle-bundle/1"
 TRANSFORMER, DVAE, CLIP, TOKENIZER = "transformer", "dvae.safetensors", "clip.safetensors", "tokenizer.model"
-
-
-class BundleError(UserError, ValueError):
-    """A model folder that cannot be written or read as asked; the message names the key or file."""
 
 
 @dataclass
@@ -135,9 +131,9 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     """The files behind a sampling verb's keys. A path given is taken as given. A model folder's pieces are the
     ones its bundle.json names and no others: a folder exported without CLIP has none, whatever file lies
     beside the folder (that one belongs to another model). A Transformer run directory's are where its run.json
-    records them (`RECORDED_PIECES`, as export reads them: `_recorded`), so that the run and its export sample with
-    the same files; where it records none, or a file no longer there (the refusal names it), and for plain weights,
-    the default names beside (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing, it is
+    records them (`run_pieces.RECORDED_PIECES`, as export reads them: `run_pieces.recorded`), so that the run and its
+    export sample with the same files; where it records none, or a file no longer there (the refusal names it), and
+    for plain weights, the default names beside (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing, it is
     refused with `without_clip`, the key that does without it."""
     from megadalle.sampling.load import ModelNotFound, beside, is_run
     from megadalle.sampling.rerank import OPEN_CLIP
@@ -153,14 +149,14 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     manifest = json.loads((weights / MANIFEST).read_text()) if is_bundle(weights) else None
     if manifest is not None and clip_model == "megadalle":  # the key's default: the folder's own reranker wins
         clip_model = manifest.get("clip_model", "megadalle")
-    record = _run_record(weights) if manifest is None and is_run(weights) else None
+    record = run_pieces.read(weights) if manifest is None and is_run(weights) else None
 
     def piece(given: str | None, key: str, name: str) -> Path | None:
         if given:
             return Path(given)
         if manifest is not None:
             return weights / manifest[key] if manifest.get(key) else None
-        path = _recorded(weights, record, key) if record is not None else None
+        path = run_pieces.recorded(weights, record, key) if record is not None else None
         if path is not None and path.exists():
             return path
         try:
@@ -168,7 +164,7 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
         except ModelNotFound as err:
             if path is None:
                 raise
-            raise ModelNotFound(f"{_source(weights, key)}={path} is not there, and {err}") from None
+            raise ModelNotFound(f"{run_pieces.source(weights, key)}={path} is not there, and {err}") from None
 
     clip_path = None
     if want_clip and (clip or manifest is not None or not clip_model.startswith(OPEN_CLIP)):
@@ -182,80 +178,18 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
                          clip_path, clip_model, manifest or {}, _tokenizer_record(weights, manifest, record))
 
 
-def _run_record(run_dir: Path) -> dict:
-    """A run directory's run.json: its config and the sha256 of its tokenizer."""
-    record = run_dir / "run.json"
-    if not record.is_file():
-        raise BundleError(f"run={run_dir}: not a training run directory (no run.json)")
-    return json.loads(record.read_text())
-
-
 def _tokenizer_record(where: Path, manifest: dict | None, record: dict | None) -> TokenizerRecord | None:
     """What a model folder's bundle.json (`manifest`) or a run's run.json (`record`) says of its tokenizer."""
     if manifest is not None:
         digest, path = manifest.get("sha256", {}).get("tokenizer"), manifest.get("sources", {}).get("tokenizer")
         name = MANIFEST
     elif record is not None:
-        key = RECORDED_PIECES["tokenizer"]
-        digest, path, name = record.get("sha256", {}).get(key), _lookup(record.get("config", {}), key), "run.json"
+        key = run_pieces.RECORDED_PIECES["tokenizer"]
+        digest, name = record.get("sha256", {}).get(key), "run.json"
+        path = run_pieces.lookup(record.get("config", {}), key)
     else:
         return None
     return None if digest is None else TokenizerRecord(digest, str(path), str(where / name))
-
-
-RECORDED_PIECES = {"tokenizer": "data.tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}
-"""Where a Transformer run's config records the tokenizer, dVAE and CLIP it trained with (or drew grids with)."""
-
-
-def _lookup(config: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = config.get(part) if isinstance(config, dict) else None
-    return config
-
-
-VERB_KEYS = {"tokenizer": "tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}
-"""The key of `export` and of the sampling verbs that gives each piece instead of the run's record."""
-
-
-def _source(run: Path, piece: str) -> str:
-    """Where a run's record names `piece`, for a message: `RUN/run.json's dvae_weights`."""
-    return f"{run / 'run.json'}'s {RECORDED_PIECES[piece]}"
-
-
-def _recorded(run: Path, record: dict, piece: str) -> Path | None:
-    """The file a Transformer run's run.json records for `piece` (RECORDED_PIECES), absolute; None where it records
-    none. A run.json written before paths were recorded absolute (rundir.recorded) holds the path as typed, relative
-    to the folder the run was started from: read from there (rundir.started_here), and refused anywhere else, where it
-    would name another file (another dVAE, in silence)."""
-    from megadalle.train import rundir
-
-    config = record.get("config", {})
-    value = _lookup(config, RECORDED_PIECES[piece])
-    if not value:
-        return None
-    path = Path(str(value))
-    if path.is_absolute():
-        return path
-    if rundir.started_here(run, config):
-        return Path.cwd() / path
-    raise BundleError(f"{_source(run, piece)}={value} is relative to the folder the run was started from, which is "
-                      f"not this one or cannot be told (recorded before paths were recorded absolute): pass "
-                      f"{VERB_KEYS[piece]}=FILE (the file the run used), run this from that folder, or write its "
-                      f"absolute path into {run / 'run.json'}")
-
-
-def _pick(given: str | None, run: Path, record: dict, piece: str, required: bool) -> Path | None:
-    """export's file for `piece`: the one its key gives, else the one the run's run.json records."""
-    key = VERB_KEYS[piece]
-    path = Path(given) if given else _recorded(run, record, piece)
-    if path is None:
-        if required:
-            raise BundleError(f"{key}: not given and not recorded in the run's config; pass {key}=PATH")
-        return None
-    if not path.is_file():
-        where = "" if given else f" (from {_source(run, piece)})"
-        raise BundleError(f"{key}={path}{where}: no such file; pass {key}=FILE")
-    return path
 
 
 def _is_itself(source: Path, target: Path) -> bool:
@@ -323,12 +257,12 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
 
     check_output(output)
     run, output = Path(run), Path(output)
-    record = _run_record(run)
+    record = run_pieces.read(run)
     config = record.get("config", {})
     model_config(run, "transformer")  # a model folder is a Transformer's: refuse a dVAE or CLIP run by name
-    files = {"tokenizer": _pick(tokenizer, run, record, "tokenizer", True),
-             "dvae": _pick(dvae_weights, run, record, "dvae", True),
-             "clip": _pick(clip_weights, run, record, "clip", False)}
+    files = {"tokenizer": run_pieces.pick(tokenizer, run, record, "tokenizer", True),
+             "dvae": run_pieces.pick(dvae_weights, run, record, "dvae", True),
+             "clip": run_pieces.pick(clip_weights, run, record, "clip", False)}
     own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
     check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
                 _tokenizer_record(run, None, record))

@@ -9,6 +9,11 @@ class UserError(Exception):
     """An error whose message alone tells the user what to change."""
 
 
+class BundleError(UserError, ValueError):
+    """A model folder, or a run's record of its pieces, that cannot be written or read as asked (bundle.py,
+    run_pieces.py); the message names the key or file."""
+
+
 class StoppedBySignal(Exception):
     """A stop signal (a scheduler's preemption or time-limit warning) ended a command's start-up before it had
     anything to save: the CLI prints its one line and exits with STOPPED_EXIT (75), which launch/slurm's batch

@@ -1,0 +1,75 @@
+"""The tokenizer, dVAE and CLIP that a Transformer run's run.json records, as `export` and the sampling verbs read
+them: a run directory and its export sample with the same files. A key given to the verb wins over the record.
+run.json records the paths absolute (train/rundir.recorded); an older one's relative paths are read only from the
+folder the run was started from (`recorded`), and refused elsewhere, where they would name other files.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from megadalle.errors import BundleError
+
+
+def read(run_dir: Path) -> dict:
+    """A run directory's run.json: its config and the sha256 of its tokenizer."""
+    record = run_dir / "run.json"
+    if not record.is_file():
+        raise BundleError(f"run={run_dir}: not a training run directory (no run.json)")
+    return json.loads(record.read_text())
+
+
+RECORDED_PIECES = {"tokenizer": "data.tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}
+"""Where a Transformer run's config records the tokenizer, dVAE and CLIP it trained with (or drew grids with)."""
+
+
+def lookup(config: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+VERB_KEYS = {"tokenizer": "tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}
+"""The key of `export` and of the sampling verbs that gives each piece instead of the run's record."""
+
+
+def source(run: Path, piece: str) -> str:
+    """Where a run's record names `piece`, for a message: `RUN/run.json's dvae_weights`."""
+    return f"{run / 'run.json'}'s {RECORDED_PIECES[piece]}"
+
+
+def recorded(run: Path, record: dict, piece: str) -> Path | None:
+    """The file a Transformer run's run.json records for `piece` (RECORDED_PIECES), absolute; None where it records
+    none. A run.json written before paths were recorded absolute (rundir.recorded) holds the path as typed, relative
+    to the folder the run was started from: read from there (rundir.started_here), and refused anywhere else, where it
+    would name another file (another dVAE, in silence)."""
+    from megadalle.train import rundir
+
+    config = record.get("config", {})
+    value = lookup(config, RECORDED_PIECES[piece])
+    if not value:
+        return None
+    path = Path(str(value))
+    if path.is_absolute():
+        return path
+    if rundir.started_here(run, config):
+        return Path.cwd() / path
+    raise BundleError(f"{source(run, piece)}={value} is relative to the folder the run was started from, which is "
+                      f"not this one or cannot be told (recorded before paths were recorded absolute): pass "
+                      f"{VERB_KEYS[piece]}=FILE (the file the run used), run this from that folder, or write its "
+                      f"absolute path into {run / 'run.json'}")
+
+
+def pick(given: str | None, run: Path, record: dict, piece: str, required: bool) -> Path | None:
+    """export's file for `piece`: the one its key gives, else the one the run's run.json records."""
+    key = VERB_KEYS[piece]
+    path = Path(given) if given else recorded(run, record, piece)
+    if path is None:
+        if required:
+            raise BundleError(f"{key}: not given and not recorded in the run's config; pass {key}=PATH")
+        return None
+    if not path.is_file():
+        where = "" if given else f" (from {source(run, piece)})"
+        raise BundleError(f"{key}={path}{where}: no such file; pass {key}=FILE")
+    return path
