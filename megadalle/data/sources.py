@@ -237,10 +237,11 @@ def jsonl_rows(path: Path, image_column: str, caption_column: str):
                 yield number, None, None, "not a JSON object"
                 continue
             fields.update(dict.fromkeys(row))
-            if image_column not in row:
-                yield number, None, None, f"no {image_column!r} field (fields: {list(row)})"
+            absent = next((name for name in (image_column, caption_column) if name not in row), None)
+            if absent is not None:  # not a blank caption: the row is written under other names
+                yield number, None, None, f"no {absent!r} field (fields: {list(row)})"
                 continue
-            yield number, row[image_column], row.get(caption_column), None
+            yield number, row[image_column], row[caption_column], None
     for name, key in ((image_column, "image_column"), (caption_column, "caption_column")):
         if fields and name not in fields:
             raise InputError(f"{path}: no row has a field {name!r} (fields: {list(fields)}); set {key}= to the right "

@@ -120,13 +120,18 @@ def test_a_jsonl_field_no_row_has_is_one_line_naming_the_rows_fields(tmp_path, c
     assert len(find_items(tmp_path / "m.jsonl", **{key: named[missing]})) == 3
 
 
-def test_a_jsonl_row_without_the_image_field_names_the_rows_fields(tmp_path):
+def test_a_jsonl_row_without_the_image_or_caption_field_names_the_rows_fields(tmp_path):
     """Not `set image_column=`: the other rows have the field, and that would break them (the advice comes when no
-    row has it)."""
-    (tmp_path / "m.jsonl").write_text('{"image": "a.jpg", "caption": "x"}\n{"path": "b.jpg", "caption": "y"}\n[1]\n')
-    assert [item.problem for item in find_items(tmp_path / "m.jsonl")[1:]] == [
+    row has it). A row without the caption field is no blank caption (it was counted as one): its caption is
+    under another name."""
+    (tmp_path / "m.jsonl").write_text('{"image": "a.jpg", "caption": "x"}\n{"path": "b.jpg", "caption": "y"}\n[1]\n'
+                                      '{"image": "c.jpg", "text": "z"}\n{"image": "d.jpg", "caption": null}\n')
+    items = find_items(tmp_path / "m.jsonl")
+    assert [item.problem for item in items[1:4]] == [
         ("bad_manifest_row", "no 'image' field (fields: ['path', 'caption'])"),
-        ("bad_manifest_row", "not a JSON object")]
+        ("bad_manifest_row", "not a JSON object"),
+        ("bad_manifest_row", "no 'caption' field (fields: ['image', 'text'])")]
+    assert items[4].problem is None and items[4].captions == ()  # a null caption is a blank one, read as such
 
 
 def test_a_csv_row_with_more_or_fewer_fields_than_the_header_is_a_bad_row(tmp_path):
