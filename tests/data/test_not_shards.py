@@ -65,6 +65,23 @@ def test_prepare_names_a_compressed_tar_among_images(images, gz_tars, tmp_path, 
     assert bad["source"] == "00000.tar.gz" and "a compressed tar" in bad["detail"] and "decompress" in bad["detail"]
 
 
+def test_compressed_tars_beside_plain_ones_are_named_as_left_out(gz_tars, tmp_path, capsys):
+    """index, and prepare indexing its input, read the plain tars and left the compressed ones out without a word."""
+    mixed = tmp_path / "mixed"
+    shutil.copytree(gz_tars, mixed)
+    with tarfile.open(mixed / "00002.tar", "w") as tar, tarfile.open(gz_tars / "00000.tar.gz") as gz:
+        for member in gz.getmembers():
+            tar.addfile(member, gz.extractfile(member))
+    again = tmp_path / "again"
+    shutil.copytree(mixed, again)
+    assert main(["index", str(mixed)]) == 0
+    assert "left out: " + f"{mixed} holds 2 compressed tars (00000.tar.gz, ...), which megadalle does not read" \
+        in capsys.readouterr().out
+    assert main(["prepare", f"input={again}", f"output={tmp_path / 'out'}", "image_size=32", "min_side=32",
+                 "num_workers=0"]) == 0
+    assert "left out: " + f"{again} holds 2 compressed tars" in capsys.readouterr().err
+
+
 def test_an_empty_folder_says_it_holds_no_shards(tmp_path):
     with pytest.raises(ShardsNotFound, match="holds no \\*.tar shards: `megadalle prepare` makes them"):
         open_index(tmp_path)

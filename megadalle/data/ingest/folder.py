@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from megadalle.data import atomic
 from megadalle.data.coverage import INDEXED_BY, refuse_own_output, tar_stats
-from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact, not_shards,
-                                  offsets_path, save_offsets)
+from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact,
+                                  compressed_note, not_shards, offsets_path, save_offsets)
 from megadalle.data.ingest.shard import ShardResult, index_shard
 from megadalle.data.pool import worker_pool
 from megadalle.data.reuse import reusable
@@ -45,6 +45,9 @@ class IndexSummary(PassSummary):
     """`*.tar` files in the folder."""
     read: int = 0
     """Tars read this time: the others were unchanged since the last indexing, which found what they hold."""
+    compressed: str = ""
+    """`index.compressed_note` of the folder: compressed tars beside the plain ones, which no reader takes (they were
+    left out without a word, and their samples with them)."""
 
     VERB = "index"
 
@@ -52,7 +55,8 @@ class IndexSummary(PassSummary):
         unchanged = self.tars - self.read
         note = f"\n  read {self.read} of {self.tars} tars: {unchanged} unchanged since the last indexing" \
             if unchanged else ""
-        return super().text() + note
+        compressed = f"\n  left out: {self.compressed}" if self.compressed else ""
+        return super().text() + note + compressed
 
 
 class IndexingStopped(StoppedBySignal):
@@ -123,7 +127,7 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
     refuse_unfinished(root, [root / tar["name"] for tar in tars])
     refuse_own_output(root)
     options = {"require": list(require), "require_media": require_media, "decode": decode, "min_side": min_side}
-    summary = IndexSummary(report=str(report or root / REPORT_NAME), tars=len(tars))
+    summary = IndexSummary(report=str(report or root / REPORT_NAME), tars=len(tars), compressed=compressed_note(root))
     found = reusable(root, tars, options, Path(summary.report))  # before index.json goes
     try:
         (root / INDEXING_MARK).touch()
