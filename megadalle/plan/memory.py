@@ -7,7 +7,10 @@ scale rehearsal (benchmarks/scale_rehearsal.py, which measures the same quantiti
   even when training in fp32, but for ZeRO-3, whose fp32 master is the weights' own partition once the
   engine is built) and Adam's two moments (8 B). ZeRO-1 divides master and moments by the
   data-parallel degree dp, ZeRO-2 the gradients too, ZeRO-3 the weights too;
-- the EMA: fp32, sharded like the optimizer state (each rank averages what it owns: 4 B / dp);
+- the EMA: fp32, sharded like the optimizer state (each rank averages what it owns: 4 B / dp); and for the time
+  of a validation or media grid, which run with the EMA swapped in (train/ema_swap.py), the backed-up live weights
+  (this rank's piece: the training dtype / dp), one parameter's all-gather and a forward without saved activations
+  (`swap`: what that holds beyond the training step's own transients, which are freed by then);
 - DeepSpeed's buffers: the gradient-reduction buckets (reduce_bucket_size elements, two of them with
   overlap_comm), and under ZeRO-3 the parameters gathered at once (below) and the small parameters it
   never partitions (numel <= stage3_param_persistence_threshold). ZeRO-2/3 also flatten what they
@@ -71,6 +74,8 @@ class Memory:
     activations: float
     step: float
     """What ZeRO-3's optimizer step holds beyond the backward's transient tensors (0 when it holds less)."""
+    swap: float
+    """What a validation's EMA swap holds beyond the training step's transients (0 when it holds less, or no EMA)."""
     runtime: float
 
     @property
@@ -129,7 +134,14 @@ def stage_memory(cfg: TransformerConfig, counts: Counts, layout: Layout, setting
     if zero >= 3:
         sub_group = min(settings.sub_group + counts.largest / dp, p / dp)
         step = max(0.0, STEP_COPIES * 4 * sub_group - (gathered + computed + activations))
-    return Memory(weights, grads, optimizer, ema, buffers, activations, step, settings.runtime)
+    swap = 0.0
+    if settings.ema:  # after the step: the backward's gradients as computed and its activations are gone
+        evaluated = activation_bytes(cfg, layout, prec, 1, device) if layers else 0.0  # one block at a time
+        if stage == layout.pipeline - 1:
+            evaluated += logits_bytes(cfg, layout.micro_batch, prec)
+        held = prec.weight * (p / dp + stage_largest(counts, cfg, layout.pipeline, stage, layout.partition))
+        swap = max(0.0, held + evaluated - (activations + computed + step))
+    return Memory(weights, grads, optimizer, ema, buffers, activations, step, swap, settings.runtime)
 
 
 def memory_per_rank(cfg: TransformerConfig, counts: Counts, layout: Layout, settings: Settings = Settings(),

@@ -22,7 +22,7 @@ from megadalle.plan.suggest import suggest
 from megadalle.plan.timing import step_time
 
 PIECES_HINT_SAVING = 0.05
-MEMORY_COLUMNS = ("weights", "grads", "optimizer", "ema", "buffers", "activations", "step", "runtime")
+MEMORY_COLUMNS = ("weights", "grads", "optimizer", "ema", "buffers", "activations", "step", "swap", "runtime")
 
 
 def memory_row(name: str, mem: Memory, fits: str) -> str:

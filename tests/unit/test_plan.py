@@ -58,6 +58,25 @@ def test_zero1_bf16_with_ema_and_overlap_by_hand():
     assert mem.activations == 4 * per_layer + 2 * 54 * (2 + 4 + 4)
 
 
+def test_a_validations_ema_swap_counts_where_it_holds_more_than_the_step():
+    """The swap backs up this rank's piece of the live weights and gathers one parameter at a time, after the step
+    has freed its activations and computed gradients: with one data-parallel rank and checkpointing, the weights'
+    backup outweighs those (plan left it out)."""
+    big = dataclasses.replace(COUNTS, total=95000, embed=10000, head=5000, block=20000, largest=15000,
+                              block_largest=15000, numels=(300, 500, 9200, 5000) + (15000, 5000) * 4, matrices=74200)
+    layout, ema = Layout(1, 1, 1, 1, True), Settings(precision=FP32, ema=True, reduce_bucket=10)
+    mem = memory_per_rank(CFG, big, layout, ema)
+    per_layer = 34 * 4 / 2 * 8 * 8  # fp32: twice the 34 B per element-layer, 8 tokens, d_model 8
+    logits = 54 * (4 + 4 + 4)
+    assert mem.activations == 4 * 8 * 8 * 4 + per_layer + logits  # each block's input, one block recomputed
+    evaluated = 8 * 8 * 4 + per_layer + logits  # one block at a time, no block's input kept
+    freed = mem.activations + 4 * 15000  # the activations and the largest gradient as computed
+    assert mem.swap == 4 * (95000 + 15000) + evaluated - freed
+    assert mem.total == dataclasses.replace(mem, swap=0).total + mem.swap
+    assert memory_per_rank(CFG, big, layout, dataclasses.replace(ema, ema=False)).swap == 0
+    assert memory_per_rank(CFG, big, Layout(1, 64, 1, 8, False), ema).swap == 0  # the step's transients are larger
+
+
 def test_zero2_shards_gradients_and_zero3_weights_with_live_and_persistent_parameters():
     settings = Settings(precision=BF16, reduce_bucket=10, prefetch_bucket=30, max_live=100, max_reuse=100,
                         persistence=5)
