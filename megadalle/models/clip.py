@@ -20,6 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from megadalle.config.clip import ClipConfig
+from megadalle.models.fp32_init import Conv2d, Embedding, Linear, fp32_parameter
+
+
+def _normal(std: float):
+    """CLIP's N(0, std) tables, drawn as `torch.randn(...) * std` draws them (fp32_init.fp32_parameter's init)."""
+    return lambda drawn: drawn.normal_().mul_(std)
 
 
 class Block(nn.Module):
@@ -29,8 +35,8 @@ class Block(nn.Module):
         super().__init__()
         self.heads = heads
         self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.qkv, self.proj = Linear(width, 3 * width), Linear(width, width)
+        self.mlp = nn.Sequential(Linear(width, 4 * width), nn.GELU(), Linear(4 * width, width))
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
         b, n, d = x.shape
@@ -46,11 +52,11 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: ClipConfig):
         super().__init__()
         self.pad_id = cfg.text_pad_id
-        self.tok = nn.Embedding(cfg.text_vocab, cfg.text_width)
-        self.pos = nn.Parameter(torch.randn(cfg.text_len, cfg.text_width) * 0.01)
+        self.tok = Embedding(cfg.text_vocab, cfg.text_width)
+        self.pos = fp32_parameter((cfg.text_len, cfg.text_width), _normal(0.01))
         self.blocks = nn.ModuleList(Block(cfg.text_width, cfg.text_heads) for _ in range(cfg.text_layers))
         self.ln = nn.LayerNorm(cfg.text_width)
-        self.proj = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
+        self.proj = Linear(cfg.text_width, cfg.embed_dim, bias=False)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         x = self.tok(text) + self.pos[: text.shape[1]]
@@ -68,12 +74,12 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.size = cfg.image_size
         n_patches = (cfg.image_size // cfg.patch_size) ** 2
-        self.patch = nn.Conv2d(3, cfg.vision_width, cfg.patch_size, stride=cfg.patch_size, bias=False)
-        self.cls = nn.Parameter(torch.randn(cfg.vision_width) * 0.02)
-        self.pos = nn.Parameter(torch.randn(n_patches + 1, cfg.vision_width) * 0.01)
+        self.patch = Conv2d(3, cfg.vision_width, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.cls = fp32_parameter((cfg.vision_width,), _normal(0.02))
+        self.pos = fp32_parameter((n_patches + 1, cfg.vision_width), _normal(0.01))
         self.ln_pre, self.ln_post = nn.LayerNorm(cfg.vision_width), nn.LayerNorm(cfg.vision_width)
         self.blocks = nn.ModuleList(Block(cfg.vision_width, cfg.vision_heads) for _ in range(cfg.vision_layers))
-        self.proj = nn.Linear(cfg.vision_width, cfg.embed_dim, bias=False)
+        self.proj = Linear(cfg.vision_width, cfg.embed_dim, bias=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape[-1] != self.size or image.shape[-2] != self.size:
@@ -96,7 +102,7 @@ class CLIP(nn.Module):
         self.text = TextEncoder(cfg)
         self.image = ImageEncoder(cfg)
         # Shape [1], not a 0-dim scalar: DeepSpeed's initial broadcast cannot view a 0-dim tensor as bytes.
-        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / cfg.init_temperature)))
+        self.logit_scale = fp32_parameter((1,), lambda drawn: drawn.fill_(math.log(1 / cfg.init_temperature)))
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(text), dim=-1)

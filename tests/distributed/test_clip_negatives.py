@@ -2,8 +2,8 @@
 
 A plain-PyTorch reference runs the tiny CLIP forward and backward once over the whole global batch and steps the
 trainer's own AdamW. One process accumulating 2 micro-batches of 2 (in fp32 and, to bf16's precision, in bf16)
-and 2 ZeRO-2 (and ZeRO-3, every parameter partitioned) ranks accumulating 2 each must log its loss and reach its
-parameters. AdamW runs with eps far above
+and 2 ZeRO-2 (and ZeRO-3, every parameter partitioned, in fp32 and in bf16, where zero.Init builds the model in
+bf16: models/fp32_init.py) ranks accumulating 2 each must log its loss and reach its parameters. AdamW runs with eps far above
 every gradient, where its first step is lr/eps times the gradient itself: equal parameters mean equal gradients.
 `clip.negatives=micro_batch` keeps the old problem, each micro-batch contrasted with itself: the mean of the
 micro-batches' own losses (1.22 against 2.16 here), which moves the parameters by up to 5 elsewhere.
@@ -34,6 +34,7 @@ LAYOUTS = {  # world, overrides, micro-batches each contrasted alone (None: the 
     "single_accum2_bf16": (1, ["deepspeed=zero1", "trainer.precision=bf16"], None, BF16),
     "zero2_2ranks_accum2": (2, ["deepspeed=zero2"], None, FP32),
     "zero3_2ranks_accum2": (2, ["deepspeed=zero3", PARTITIONED], None, FP32),
+    "zero3_2ranks_accum2_bf16": (2, ["deepspeed=zero3", PARTITIONED, "trainer.precision=bf16"], None, BF16),
     "single_accum2_micro_batch": (1, ["deepspeed=zero1", "clip.negatives=micro_batch"], 2, FP32),
 }
 METRICS = ("loss", "clip_loss", "clip_acc", "temperature")
