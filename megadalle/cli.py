@@ -138,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(argv: list[str]) -> int:
+    argv = [a for a in argv if not LOCAL_RANK_FLAG.match(a)]  # the deepspeed launcher's, before the verb too
     if not argv or argv[0] in ("-h", "--help", "help"):
         print_help()
         return 0 if argv else 2
-    verb, rest = argv[0], [a for a in argv[1:] if not LOCAL_RANK_FLAG.match(a)]
+    verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
         near = difflib.get_close_matches(verb, VERBS, n=1)
         print(f"megadalle: unknown verb {verb!r}{f'; did you mean {near[0]}?' if near else '.'}\n", file=sys.stderr)

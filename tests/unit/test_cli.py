@@ -264,8 +264,11 @@ def test_help_into_a_pipe_closed_early_ends_quietly():
     assert "Traceback" not in proc.stderr.read()
 
 
-def test_local_rank_from_the_deepspeed_launcher_never_reaches_hydra(capsys):
-    assert main(["plan", "model=tiny", "gpus=1", "gpu_mem_gb=8", "--local_rank=3"]) == 0
+@pytest.mark.parametrize("at", [0, 5])
+def test_local_rank_from_the_deepspeed_launcher_never_reaches_hydra(capsys, at):
+    """`deepspeed --module megadalle train ...` puts the flag right after the module, before the verb."""
+    argv = ["plan", "model=tiny", "gpus=1", "gpu_mem_gb=8"]
+    assert main([*argv[:at], "--local_rank=3", *argv[at:]]) == 0
     assert "suggested layout" in capsys.readouterr().out
 
 
