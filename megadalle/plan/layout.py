@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,15 +57,36 @@ def train_overrides(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSp
 
     def differing(group: str, cls: type, planned: Any, overrides: list[str]) -> list[str]:
         composed = build(cls, compose("train", overrides)[group], group)
-        return [f"{group}.{key}={override_value(value)}" for key, value in dataclasses.asdict(planned).items()
-                if key not in LAYOUT_KEYS[group] and value != getattr(composed, key)]
+        changed = []
+        for key, value in dataclasses.asdict(planned).items():
+            if key in LAYOUT_KEYS[group] or value == getattr(composed, key):
+                continue
+            if group == "deepspeed" and key == "extra":  # raw DeepSpeed keys: no schema declares them
+                changed += extra_overrides(value, getattr(composed, key))
+            else:
+                changed.append(f"{group}.{key}={override_value(value)}")
+        return changed
 
     presets = sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
     by_preset = {name: differing("model", TransformerConfig, model, [f"model={name}"]) for name in presets}
     preset = min(presets, key=lambda name: len(by_preset[name]))
     chosen = [f"model={preset}", *launch_overrides(layout).split()]
-    return " ".join([*chosen, *by_preset[preset], *differing("trainer", TrainerConfig, trainer, chosen),
-                     *differing("deepspeed", DeepSpeedConfig, ds, chosen)])
+    overrides = [*chosen, *by_preset[preset], *differing("trainer", TrainerConfig, trainer, chosen),
+                 *differing("deepspeed", DeepSpeedConfig, ds, chosen)]
+    return " ".join(shlex.quote(override) for override in overrides)  # a line to paste into a shell
+
+
+def extra_overrides(planned: dict, composed: dict, prefix: str = "deepspeed.extra") -> list[str]:
+    """`deepspeed.extra`'s planned leaves that differ from what `train` composes, one `++key=value` each: `train`
+    refuses the whole dict as one value (its keys are in no struct), and merges leaves into the preset's."""
+    changed = []
+    for key, value in planned.items():
+        there = composed.get(key) if isinstance(composed, dict) else None
+        if isinstance(value, dict) and value:
+            changed += extra_overrides(value, there if isinstance(there, dict) else {}, f"{prefix}.{key}")
+        elif value != there or key not in composed:
+            changed.append(f"++{prefix}.{key}={override_value(value)}")
+    return changed
 
 
 def override_value(value: Any) -> str:

@@ -1,9 +1,11 @@
 """`megadalle plan`: exact parameter counts, every memory term on hand-computed cases, communication
 time, checkpoint size and USR1 lead time, the layout it suggests, and the CLI for any config."""
 import dataclasses
+import subprocess
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from megadalle.cli import main
 from megadalle.config import ConfigError, build, top_level
@@ -447,6 +449,23 @@ def test_plan_says_which_sampling_batch_fits_one_gpu(gpu_mem_gb, batch):
     assert weights == 2 * counts.total and got_per_sample == per_sample
     assert got_batch == batch == int((gpu_mem_gb * 0.9 * GB - 2 * GB - weights) // per_sample)
     assert ("default 32 fits" in sampling_line(model, counts, plan)) == (batch >= 32)
+
+
+def test_the_launch_line_carries_deepspeed_extra_through_a_shell(capsys):
+    """It printed `deepspeed.extra={zero_optimization:{a:1,b:2}}`: refused by train (its keys are in no struct), and
+    split in two by bash's brace expansion. A value with a space or a list is quoted for the shell."""
+    extra = ["+deepspeed.extra.zero_optimization.reduce_bucket_size=100000000",
+             "+deepspeed.extra.zero_optimization.overlap_comm=false", "+deepspeed.extra.comms_logger.prof_ops=[a,b]",
+             "+deepspeed.extra.comms_logger.note='a b'"]
+    assert main(["plan", "model=1b", "gpus=8", *extra]) == 0
+    line = capsys.readouterr().out.split("launch with: megadalle train ", 1)[1].splitlines()[0]
+    argv = subprocess.run(["bash", "-c", f"printf '%s\\n' {line}"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    cfg = compose("train", argv)
+    assert OmegaConf.to_container(cfg.deepspeed.extra) == {
+        "zero_optimization": {"reduce_bucket_size": 100000000, "overlap_comm": False},
+        "comms_logger": {"prof_ops": ["a", "b"], "note": "a b"}}
+    assert main(["train", *argv, "--help"]) == 0  # the CLI's own checks take it too
 
 
 def test_the_printed_launch_line_trains_what_was_planned(capsys):
