@@ -116,11 +116,11 @@ class Wandb(Callback):
         if info.rank != 0:  # it logs nothing
             self.run_id = info.wandb_id or secrets.token_hex(4)
             return
-        self.run_id, note = run_id(Path(info.run_dir), info.wandb_id)
+        self.run_id, note = run_id(Path(info.run_dir), info.wandb_id)  # kept with logger=none too, for a later run
+        if self.cfg.mode == "disabled":  # that logs: the note would speak of a wandb run nothing goes to
+            return
         if note is not None:
             print(f"[wandb] {note}", file=sys.stderr, flush=True)
-        if self.cfg.mode == "disabled":
-            return
         import wandb
 
         self.run = wandb.init(project=self.cfg.project, entity=self.cfg.entity, name=self.cfg.name,

@@ -149,7 +149,8 @@ def test_a_resume_that_moves_the_learning_rate_says_so_and_decay_steps_keeps_the
 def test_a_copied_run_directory_logs_to_a_new_wandb_run_and_a_moved_one_to_its_own(train_overrides, tmp_path,
                                                                                   capsys):
     """A copy carries the original's checkpoints, whose wandb id put both runs' curves in one wandb run. The id
-    belongs to the directory (wandb_id.json: its path and inode): a copy takes a new one, a rename keeps it."""
+    belongs to the directory (wandb_id.json: its path and inode): a copy takes a new one, a rename keeps it. With
+    logger=none nothing is said of it (test_wandb_id.py has the note), as no wandb run is logged to."""
     import shutil
 
     import torch
@@ -164,10 +165,7 @@ def test_a_copied_run_directory_logs_to_a_new_wandb_run_and_a_moved_one_to_its_o
     shutil.copytree(first, copy)
     capsys.readouterr()
     assert main(["train", *train_overrides, f"run_dir={copy}"]) == 0
-    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[wandb]")]
-    assert wandb_id(copy, 3) != original and notes == [
-        f"[wandb] {copy.resolve()} is a copy of the run in {first.resolve()} (or was moved to another file system): "
-        f"it logs to a new wandb run {wandb_id(copy, 3)}, not to {original}"], notes
+    assert wandb_id(copy, 3) != original and "[wandb]" not in capsys.readouterr().err
     first.rename(moved)
     assert main(["train", *train_overrides, f"run_dir={moved}"]) == 0
     assert wandb_id(moved, 3) == original and "[wandb]" not in capsys.readouterr().err
