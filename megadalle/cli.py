@@ -77,7 +77,7 @@ def print_help() -> None:
 
 def print_verb_help(verb: str, overrides: list[str]) -> None:
     """The verb's config with `overrides` applied, a docstring beside each key, and each group's options."""
-    from megadalle.config.compose import compose_with_choices, conf_dir, group_options
+    from megadalle.config.compose import compose_with_choices, conf_dir, verb_group_options
     from megadalle.config.help import all_docs, render
     from megadalle.config.verbs import VERB_SCHEMAS
 
@@ -87,7 +87,7 @@ def print_verb_help(verb: str, overrides: list[str]) -> None:
         print("groups (group=option; [chosen]):")
         keys = list(cfg)
         for group, chosen in sorted(choices.items(), key=lambda item: keys.index(item[0]) if item[0] in keys else 0):
-            options = " ".join(f"[{o}]" if o == chosen else o for o in group_options(group))
+            options = " ".join(f"[{o}]" if o == chosen else o for o in verb_group_options(verb, group))
             print(f"  {group:<10} {options}")
         print()
     print(f"config (conf/{verb}.yaml{' + ' + ' '.join(overrides) if overrides else ''}); key=value changes a value, "

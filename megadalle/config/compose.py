@@ -35,6 +35,13 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def verb_group_options(verb: str, group: str) -> list[str]:
+    """The options of `group` that `verb` reads (megadalle.config.verbs.GROUP_OPTIONS), where not all of them."""
+    from megadalle.config.verbs import GROUP_OPTIONS
+
+    return list(GROUP_OPTIONS.get(verb, {}).get(group, ())) or group_options(group)
+
+
 def check_group_choices(verb: str, overrides: list[str]) -> None:
     """A `group=option` naming no YAML file of the group is refused with the real options listed
     (hydra's own message would list the ConfigStore's `schema` entry as an option), and so is an option the verb
@@ -54,7 +61,7 @@ def check_group_choices(verb: str, overrides: list[str]) -> None:
         options = group_options(key)
         if item.startswith("~") or "null" in value.split(","):
             raise ConfigError(f"{item}: a config group cannot be left out; choose a {key} config: {', '.join(options)}")
-        readable = GROUP_OPTIONS.get(verb, {}).get(key, options)
+        readable = verb_group_options(verb, key)
         for option in value.split(",") if sep else ():
             if option not in options:
                 raise ConfigError(f"{key}={option}: no such {key} config; choose one of {', '.join(options)}")

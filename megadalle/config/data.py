@@ -157,11 +157,12 @@ class DataConfig:
     shards: str | None = MISSING
     """Shard directory with index.json (image shards for dVAE/CLIP, token shards for the Transformer)."""
     tokenizer: str | None = None
-    """sentencepiece model; needed for token shards (captions are tokenized while loading)."""
+    """sentencepiece model; needed for token shards (`train`: captions are tokenized while loading; `train-clip` reads
+    its own `tokenizer`, the dVAE none)."""
     image_size: int | None = None
     """Side of the images a loader yields; null = as stored (prepare's image_size)."""
     bpe_dropout: float = 0.0
-    """BPE dropout while tokenizing captions for training (the paper's 0.1)."""
+    """BPE dropout while tokenizing captions for training (`train`'s token shards; the paper's 0.1)."""
     shuffle: bool = True
     """Seeded permutation of all samples per epoch; false = shard order (e.g. for evaluation)."""
     shuffle_window: int | None = None

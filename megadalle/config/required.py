@@ -72,10 +72,33 @@ def missing(cfg: DictConfig) -> list[str]:
     return sorted(OmegaConf.missing_keys(cfg))
 
 
+def given_elsewhere(cfg: DictConfig, key: str) -> list[str]:
+    """The keys of `cfg` holding a value under the same last name as the missing `key`: `train-clip
+    data.tokenizer=tok.model` gave the Transformer's key where train-clip reads `tokenizer`."""
+    leaf = key.rsplit(".", 1)[-1]
+    found = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for name in node:
+            full = f"{prefix}{name}"
+            if OmegaConf.is_missing(node, name):
+                continue
+            value = node[name]
+            if isinstance(value, DictConfig):
+                walk(value, full + ".")
+            elif name == leaf and full != key and value is not None:
+                found.append(full)
+
+    walk(cfg, "")
+    return found
+
+
 def check_required(cfg: DictConfig) -> None:
-    """ConfigError naming every required key without a value."""
+    """ConfigError naming every required key without a value, and where a key of the same name was given instead."""
     keys = missing(cfg)
     if keys:
         plural = "s" if len(keys) > 1 else ""
+        instead = [f"{other} is set, but this verb reads {key}" for key in keys for other in given_elsewhere(cfg, key)]
         raise ConfigError(f"required key{plural} not set: {', '.join(keys)} (give "
-                          + " ".join(f"{k}=..." for k in keys) + " on the command line)")
+                          + " ".join(f"{k}=..." for k in keys) + " on the command line"
+                          + "".join(f"; {note}" for note in instead) + ")")

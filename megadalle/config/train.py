@@ -25,7 +25,8 @@ class TrainerConfig:
     grad_accum: int = 1
     """Micro-batches accumulated per update; global batch = micro_batch * grad_accum * data-parallel ranks."""
     lr: float = 4.5e-4
-    """Peak learning rate, reached at the end of the warm-up (the paper's 4.5e-4)."""
+    """Peak learning rate, reached at the end of the warm-up (the paper's: 4.5e-4 for the Transformer, 1e-4 for the
+    dVAE; each training verb's trainer preset, conf/trainer/, holds its own)."""
     min_lr: float = 0.0
     """Learning rate at the end of the decay."""
     warmup_steps: int = 5000
@@ -46,7 +47,8 @@ class TrainerConfig:
     grad_clip: float = 4.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     ema: float | None = None
-    """Decay of an exponential moving average of the weights (the paper's 0.99), or null for none. With one, validation
+    """Decay of an exponential moving average of the weights (the paper's: 0.99 for the Transformer, 0.999 for the
+    dVAE), or null for none. With one, validation
     (val/...) and media are computed with the EMA weights, the ones export ships."""
     precision: str = "auto"
     """auto = bf16 with fp32 master weights on GPU, fp32 on CPU; or force fp32 / bf16."""

@@ -76,6 +76,17 @@ def test_verb_help_lists_each_groups_options(capsys):
     assert line_of(lines, "deepspeed ").split() == ["deepspeed", "pipe", "[zero1]", "zero2", "zero3"]
     groups = lines[lines.index("groups (group=option; [chosen]):") + 1:lines.index("", 3)]
     assert len(groups) == 5 and not any("schema" in line for line in groups)
+    assert line_of(lines, "data ").split() == ["data", "[tokens]", "synthetic"]  # images are the dVAE's and CLIP's
+    for verb in ("train-dvae", "train-clip"):  # they listed synthetic and tokens, which they refuse
+        assert line_of(help_lines(capsys, [verb, "--help"]), "data ").split() == ["data", "[images]"]
+
+
+def test_a_required_key_given_under_another_groups_name_is_pointed_at(capsys):
+    """`train-clip data.tokenizer=tok.model` (the Transformer's key) said only that `tokenizer` was not set."""
+    assert main(["train-clip", "data.shards=x", "data.tokenizer=tok.model"]) == 2
+    assert capsys.readouterr().err == (
+        "megadalle train-clip: required key not set: tokenizer (give tokenizer=... on the command line; "
+        "data.tokenizer is set, but this verb reads tokenizer)\n")
 
 
 def test_unknown_verb_and_bad_override_exit_non_zero(capsys):
