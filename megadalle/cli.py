@@ -30,8 +30,9 @@ class Verb:
     summary: str
     positional: str | None = None
     """The key a bare first argument sets (`megadalle index DIR` is `megadalle index dir=DIR`)."""
-    trains: bool = False
-    """A training verb: it holds the scheduler's stop signals from the command's first line (`stop_signals`)."""
+    holds_stop_signals: bool = False
+    """It holds the scheduler's stop signals from the command's first line (`stop_signals`): the training verbs and
+    the sampling verbs, which end with STOPPED_EXIT on them (what launch/slurm requeues on)."""
     stops_on_ctrl_c: bool = False
     """Ctrl-C before its stage begins (while the command imports and composes, `main`) or escaping it once begun
     (`run_stage`) ends it with one line and STOPPED_EXIT instead of a traceback and 130: the demo, which people stop
@@ -43,16 +44,18 @@ VERBS: dict[str, Verb] = {
     "index": Verb("megadalle.data.ingest:run", "index webdataset tars written elsewhere (img2dataset...), checking every sample",
                    positional="dir"),
     "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions"),
-    "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards", trains=True),
+    "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards", holds_stop_signals=True),
     "import-dvae": Verb("megadalle.models.import_dalle:run", "OpenAI's released dVAE (dall_e encoder.pkl/decoder.pkl) -> dVAE weights"),
     "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)"),
-    "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards", trains=True),
-    "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline", trains=True),
+    "train-clip": Verb("megadalle.train.clip:run", "train the CLIP reranker on image shards", holds_stop_signals=True),
+    "train": Verb("megadalle.train.transformer:run", "train the Transformer (stage 2) with DeepSpeed ZeRO or pipeline", holds_stop_signals=True),
     "export": Verb("megadalle.export:run", "a training run -> a model folder for generate (or its weights alone)"),
-    "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid"),
-    "evaluate": Verb("megadalle.evaluate:run", "CLIP score, FID and KID of a model's samples; JSON + Markdown"),
+    "generate": Verb("megadalle.sample:run", "sample images for a prompt, decode, rerank with CLIP, write a grid",
+                     holds_stop_signals=True),
+    "evaluate": Verb("megadalle.evaluate:run", "CLIP score, FID and KID of a model's samples; JSON + Markdown",
+                     holds_stop_signals=True),
     "plan": Verb("megadalle.plan.report:run", "parameters, FLOPs, memory per GPU and a parallel layout for a model size"),
-    "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU", trains=True,
+    "demo": Verb("megadalle.demo:run", "the whole pipeline on a small generated data set, on CPU", holds_stop_signals=True,
                  stops_on_ctrl_c=True),
 }
 
@@ -97,10 +100,11 @@ def print_verb_help(verb: str, overrides: list[str]) -> None:
 
 
 def stop_signals(verb: str):
-    """For a training verb, its stop signals held until its run takes them over (signals.taken_at_start): a
-    preemption during the minutes before the first update (imports, indexing, building the engine, loading a 12B
-    checkpoint) then stops it with STOPPED_EXIT, which the batch script requeues, instead of killing it (143)."""
-    if verb not in VERBS or not VERBS[verb].trains:
+    """For a training or sampling verb, its stop signals held until its run takes them over
+    (signals.taken_at_start): a preemption during the minutes before the first update or sample (imports, indexing,
+    building the engine, loading a 12B checkpoint) then stops it with STOPPED_EXIT, which the batch script requeues,
+    instead of killing it (143, nothing said)."""
+    if verb not in VERBS or not VERBS[verb].holds_stop_signals:
         return nullcontext()
     from megadalle.train.signals import taken_at_start
 

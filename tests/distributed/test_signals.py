@@ -196,7 +196,8 @@ def test_the_verbs_take_the_stop_signals_before_anything_else(monkeypatch, tmp_p
     import megadalle.cli
     from megadalle.cli import VERBS, main
 
-    assert [verb for verb, spec in VERBS.items() if spec.trains] == ["train-dvae", "train-clip", "train", "demo"]
+    assert [verb for verb, spec in VERBS.items() if spec.holds_stop_signals] == [
+        "train-dvae", "train-clip", "train", "generate", "evaluate", "demo"]
 
     held = {}
     monkeypatch.setattr(megadalle.cli, "resolve", lambda verb: lambda cfg: held.setdefault(verb, signals._at_start))

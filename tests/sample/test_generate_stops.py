@@ -101,6 +101,27 @@ def test_a_stop_held_since_the_commands_start_stops_generate_before_it_reads_a_m
     assert not output.exists()
 
 
+@pytest.mark.parametrize("verb", ["generate", "evaluate"])
+def test_a_term_during_the_commands_start_up_exits_75_not_143(models, tmp_path, verb):
+    """TERM in a sampling verb's first seconds (imports, composing, preflight) killed it with 143 and nothing
+    said; a scheduler requeues on 75 only. The TERM comes here while preflight runs, in a process of its own."""
+    output = tmp_path / "out"
+    argv = [verb, *args(models, output)] if verb == "generate" else \
+        [verb, f"weights={models / 'model.safetensors'}", f"captions={tmp_path / 'captions.txt'}", "n=2",
+         "fid=false", f"output={output}"]
+    (tmp_path / "captions.txt").write_text("a red circle\n")
+    code = ("import os, signal, sys, megadalle.preflight as p\n"
+            "checks = p.preflight\n"
+            "p.preflight = lambda *a: (os.kill(os.getpid(), signal.SIGTERM), checks(*a))[1]\n"
+            "from megadalle.cli import main\n"
+            f"sys.exit(main({argv!r}))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == STOPPED_EXIT, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].startswith(f"megadalle {verb}: stopped by SIGTERM"), proc.stderr[-3000:]
+    assert not output.exists()
+
+
 def test_ctrl_c_keeps_the_finished_batches_too(models, tmp_path, capsys, monkeypatch):
     from megadalle.sampling import resume
 
