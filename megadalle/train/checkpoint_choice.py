@@ -30,15 +30,21 @@ def read_latest(root: Path) -> tuple[str | None, str | None]:
     return text, None if why is None else f"{LATEST} names {text}, which is damaged: {why}"
 
 
-def find_resumable(root: Path) -> str | None:
+RESUME_ADVICE = "to start over use a new run_dir, to continue another checkpoint pass resume=<its step_* directory>"
+"""What a training run does when no checkpoint of its run is usable; a reader of the run (export, generate) passes
+its own (consolidate.READ_ADVICE)."""
+
+
+def find_resumable(root: Path, advice: str = RESUME_ADVICE) -> str | None:
     """The tag `latest` names if complete, or the complete one after it that continues it (`continuation`).
     When it is damaged, the newest complete checkpoint older than it
     (with a warning): newer ones belong to a run abandoned by a resume from an older checkpoint. Without a
     `latest`, the newest complete one.
 
     None only where no save ever finished (no `latest`, no manifest: a fresh run, or one killed in its first
-    save). Where one did and nothing is usable now, CheckpointError: starting again from step 0 would append
-    to the old metrics, take a new wandb id and later prune the damaged checkpoints, all in silence."""
+    save). Where one did and nothing is usable now, CheckpointError ending with `advice`: starting again from
+    step 0 would append to the old metrics, take a new wandb id and later prune the damaged checkpoints, all in
+    silence."""
     named, why = read_latest(root)
     if named is not None and why is None:
         return continuation(root, named) or named
@@ -53,8 +59,7 @@ def find_resumable(root: Path) -> str | None:
     if why is None:
         return None
     raise CheckpointError(f"no usable checkpoint in {root}: {why}, and no complete checkpoint "
-                          f"{'before it' if named else 'is left'}; to start over use a new run_dir, to continue "
-                          "another checkpoint pass resume=<its step_* directory>")
+                          f"{'before it' if named else 'is left'}; {advice}")
 
 
 def continuation(root: Path, named: str) -> str | None:

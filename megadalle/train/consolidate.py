@@ -58,6 +58,12 @@ def run_task(run_dir: str | Path) -> tuple[Task, dict]:
     return getattr(importlib.import_module(module), function)(record["config"]), record["config"]
 
 
+READ_ADVICE = ("to read another checkpoint of the run: megadalle export run=RUN checkpoint=<its step_* directory> "
+               "output=DIR, then weights=DIR")
+"""The way out a reader of a run (export, generate, evaluate) has when none of its checkpoints is usable: not the
+training verbs' run_dir= or resume=, which the readers do not take."""
+
+
 def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
     """The given checkpoint (verified complete) or the run's newest complete one."""
     if checkpoint:
@@ -67,7 +73,7 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) ->
             raise CheckpointError(f"checkpoint={checkpoint}: {why}")
         return path
     root = Path(run_dir) / "checkpoints"
-    tag = find_resumable(root)
+    tag = find_resumable(root, READ_ADVICE)
     if tag is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint under {root}")
     return root / tag

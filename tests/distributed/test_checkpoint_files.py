@@ -17,6 +17,7 @@ from megadalle.train.checkpoint_choice import choose, find_resumable, resolve
 from megadalle.train.checkpoint_damage import damage, unreadable
 from megadalle.train.checkpoint_load import load
 from megadalle.train.checkpoint_save import prune, save
+from megadalle.train.consolidate import checkpoint_dir
 from megadalle.train.durable import atomic_write
 from megadalle.train.lineage import Lineage
 
@@ -169,6 +170,13 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     with pytest.raises(CheckpointError, match="step_00000006/model.pt has 1 bytes.*is left; to start over use a new "
                                               "run_dir"):
         resolve("auto", tmp_path)
+    reader = tmp_path / "run"
+    reader.mkdir()
+    (reader / "checkpoints").symlink_to(tmp_path)
+    with pytest.raises(CheckpointError) as read:  # export and generate: their own way out, not train's keys
+        checkpoint_dir(reader)
+    assert str(read.value).endswith("is left; to read another checkpoint of the run: megadalle export run=RUN "
+                                    "checkpoint=<its step_* directory> output=DIR, then weights=DIR")
     for step in (4, 6):
         (tmp_path / f"step_{step:08d}" / "manifest.json").unlink()
     (tmp_path / "latest").write_text("step_00000006")
