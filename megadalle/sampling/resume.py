@@ -101,11 +101,13 @@ def open_saved(folder: str | Path, key: dict, batch_size: int, overwrite: bool, 
     if saved_key != key:
         if overwrite:
             return _discarded(path, key)
-        differ = "; ".join(_differs(name, saved_key.get(name), key.get(name))
-                           for name in sorted(set(key) | set(saved_key)) if key.get(name) != saved_key.get(name))
+        names = sorted(name for name in set(key) | set(saved_key) if key.get(name) != saved_key.get(name))
+        differ = "; ".join(_differs(name, saved_key.get(name), key.get(name)) for name in names)
+        # Files changed under the same command: that command cannot finish it, so it is no way out to name.
+        rerun = "" if names == ["files"] else "rerun that command to finish it, "
         raise ConfigError(f"{out_key}={folder}: holds {len(codes)} samples of an unfinished {verb} with "
-                          f"other settings ({differ}); rerun that command to finish it, give another {out_key}, or "
-                          f"overwrite=true to discard them")
+                          f"other settings ({differ}); {rerun}give another {out_key}, or overwrite=true to discard "
+                          "them")
     scores = list(tensors["scores"].split(batch_size)) if "scores" in tensors else []
     return SavedBatches(path, key, list(codes.split(batch_size)), scores)
 

@@ -185,8 +185,8 @@ def test_saved_batches_of_weights_changed_since_are_refused(models, tmp_path, ca
     assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"megadalle generate: output={output}: holds 3 samples of an unfinished generate with other settings "
-        "(the files behind weights changed since (a newer checkpoint, another export)); rerun that command to finish "
-        "it, give another output, or overwrite=true to discard them")
+        "(the files behind weights changed since (a newer checkpoint, another export)); give another output, or "
+        "overwrite=true to discard them")  # not "rerun that command": it was rerun, and would be refused again
 
 
 def test_an_unreadable_saved_file_is_refused_unless_overwrite(models, tmp_path, capsys):
