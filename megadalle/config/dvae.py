@@ -131,7 +131,8 @@ class TrainDVAEConfig:
     usage_window: int = 100
     """A code that no grid cell of any rank chose (argmax) in this many updates counts as dead (`dead_codes`)."""
     preview: int = 8
-    """Images shown in the logged reconstruction grid."""
+    """Images shown in the logged reconstruction grid: the last this many that rank 0 trained on, over as many
+    micro-batches (and updates) as it takes."""
     seed: int = 0
     """Seed of the run's random draws (initialisation, data order, Gumbel noise): the same seed and data give the
     same run."""

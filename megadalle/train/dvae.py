@@ -6,7 +6,7 @@ continues on the same curves). It reports codebook use, which a dVAE can silentl
 histogram of each update's argmax codes over all its micro-batches and ranks (UpdateCodes): their
 perplexity and the codes no cell chose in the last `usage_window` updates (CodeUsage), and with
 `objective.revive_every` revives dead codes (CodeRevival).
-Reconstructions (input row above argmax-code row) go to wandb as an image.
+Reconstructions (input row above argmax-code row) of the last `preview` images trained on go to wandb as an image.
 At the end, rank 0 writes the weights for users (the EMA when the trainer keeps one).
 """
 from __future__ import annotations
@@ -191,8 +191,17 @@ class DVAETask(ShardsTask):
     def loss(self, model: DVAE, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, metrics, codes = self._elbo(model, batch["image"], step)
         self.codes.observe(codes)
-        self._last_images = batch["image"][: self.preview].detach()
+        self._keep_for_preview(batch["image"])
         return loss, {**metrics, **loader_metrics(batch)}
+
+    def _keep_for_preview(self, images: torch.Tensor) -> None:
+        """Keep the last `preview` images trained on, across micro-batches (and updates, where one holds fewer): the
+        grid used to show the last micro-batch's alone, `micro_batch` images where `preview` asked for more. A copy,
+        so that the batch itself is freed."""
+        kept = images[-self.preview:].detach()
+        if self._last_images is not None and len(kept) < self.preview:
+            kept = torch.cat([self._last_images, kept])
+        self._last_images = kept[-self.preview:].clone()
 
     def after_update(self, model: DVAE, editor: ParamEditor, step: int) -> dict[str, float]:
         """The codebook metrics of the update's codes over all ranks (one all-reduce), then any revival."""

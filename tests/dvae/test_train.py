@@ -95,6 +95,18 @@ def test_task_reports_codebook_use_and_logs_a_reconstruction_grid(image_shards):
     assert "reconstructions" in task.media(model, step=0)
 
 
+def test_the_preview_shows_as_many_images_as_asked_across_micro_batches(image_shards):
+    """preview=8 at micro_batch=4 showed 4 images: the last micro-batch's."""
+    task = task_from_config(compose("train-dvae", [f"data.shards={image_shards}", "dvae=tiny", "preview=8"]))
+    model = task.build_model()
+    width = []
+    for seed in range(3):
+        task.loss(model, {"image": rectangles(4, 32, seed=seed)}, step=0)
+        width.append(task.media(model, step=0)["reconstructions"].array.shape[1] // 32)
+    assert width == [4, 8, 8]
+    assert torch.equal(task._last_images, torch.cat([rectangles(4, 32, seed=1), rectangles(4, 32, seed=2)]))
+
+
 @pytest.mark.parametrize("override, key", [("dvae.eps=0.7", "dvae.eps=0.7"), ("dvae.image_size=30", "dvae.image_size=30"),
                                            ("usage_window=0", "usage_window=0"),
                                            ("data.image_size=64", "data.image_size=64")])
