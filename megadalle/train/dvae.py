@@ -2,7 +2,8 @@
 
 The task reads DATA's step-indexed image loader and optimises the negative ELB at the step's
 KL weight β and Gumbel temperature τ (pure functions of the update index, so a resumed run
-continues on the same curves). It reports codebook use, which a dVAE can silently lose, from the
+continues on the same curves; their lengths are the objective's, and a run that ends before them is
+warned at its start). It reports codebook use, which a dVAE can silently lose, from the
 histogram of each update's argmax codes over all its micro-batches and ranks (UpdateCodes): their
 perplexity and the codes no cell chose in the last `usage_window` updates (CodeUsage), and with
 `objective.revive_every` revives dead codes (CodeRevival).
@@ -11,6 +12,7 @@ At the end, rank 0 writes the weights for users (the EMA when the trainer keeps 
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -21,7 +23,9 @@ from megadalle.config import build, check, top_level
 from megadalle.config.data import DataConfig
 from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 from megadalle.models.dvae import DVAE
-from megadalle.models.dvae_loss import elbo_loss, histogram_perplexity, kl_weight, temperature
+from megadalle.models.dvae_loss import (elbo_loss, histogram_perplexity, kl_weight, temperature,
+                                        unfinished_schedules)
+from megadalle.train.distributed import ranks
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches, validation_data
@@ -291,6 +295,8 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     task = task_from_config(cfg)
     check(task.data is not None, "data", None, "train-dvae needs image shards: set data.shards")
     task.shard_index  # tars written elsewhere are indexed here, once; else a one-line error
+    if ranks()[0] == 0 and (warning := unfinished_schedules(task.cfg.objective, int(cfg.trainer.steps))):
+        print(f"[train-dvae] warning: {warning}", file=sys.stderr, flush=True)
     result = train_from_config(task, cfg, FACTORY)
     result.report("train-dvae")
     if result.stopped_by_signal or result.rank != 0:
