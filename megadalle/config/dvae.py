@@ -152,7 +152,8 @@ class EncodeConfig:
 
     dvae_weights: str = MISSING
     """Trained dVAE weights (.safetensors with its .json beside it, from train-dvae or export), or a train-dvae
-    run directory (its exported dvae.safetensors is read). Not `dvae=`:
+    run directory: the file it exported (its run.json's `weights`, else its dvae.safetensors), refused when older
+    than the run's newest checkpoint (megadalle.train.dvae_export). Not `dvae=`:
     hydra reads that as a choice in the `dvae` config group."""
     input: str = MISSING
     """Image shard directory (from `prepare`)."""

@@ -8,7 +8,8 @@ histogram of each update's argmax codes over all its micro-batches and ranks (Up
 perplexity and the codes no cell chose in the last `usage_window` updates (CodeUsage), and with
 `objective.revive_every` revives dead codes (CodeRevival).
 Reconstructions (input row above argmax-code row) of the last `preview` images trained on go to wandb as an image.
-At the end, rank 0 writes the weights for users (the EMA when the trainer keeps one).
+At the end, rank 0 writes the weights for users (the EMA when the trainer keeps one), which `encode` finds from the
+run directory (train/dvae_export.py).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import (elbo_loss, histogram_perplexity, kl_weight, temperature,
                                         unfinished_schedules)
 from megadalle.train.distributed import ranks
+from megadalle.train.dvae_export import RUN_WEIGHTS
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches, validation_data
@@ -303,7 +305,7 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
         return result, None
     ema = cfg.trainer.get("ema") is not None
     # encode reads these weights: keep the precision the dVAE trained in
-    path = export(result.run_dir, verb.weights or result.run_dir / "dvae.safetensors", ema=ema, dtype="fp32")
+    path = export(result.run_dir, verb.weights or result.run_dir / RUN_WEIGHTS, ema=ema, dtype="fp32")
     print(f"[train-dvae] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
     return result, path
 
