@@ -27,7 +27,7 @@ from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import (elbo_loss, histogram_perplexity, kl_weight, temperature,
                                         unfinished_schedules)
 from megadalle.train.distributed import ranks
-from megadalle.train.dvae_export import RUN_WEIGHTS
+from megadalle.train.dvae_export import RUN_WEIGHTS, record_export
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches, validation_data
@@ -306,6 +306,7 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     ema = cfg.trainer.get("ema") is not None
     # encode reads these weights: keep the precision the dVAE trained in
     path = export(result.run_dir, verb.weights or result.run_dir / RUN_WEIGHTS, ema=ema, dtype="fp32")
+    record_export(result.run_dir, result.step)
     print(f"[train-dvae] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
     return result, path
 

@@ -1,24 +1,42 @@
 """The weights a train-dvae run directory stands for (`encode dvae_weights=<run dir>`): the file the run exported,
 where its run.json says (`weights`, else <run>/dvae.safetensors), refused when the run trained past it.
 
-train-dvae exports once the run finishes, after the checkpoint of its last update. A run resumed to train on (a larger
-`trainer.steps`) and stopped before it finished (a signal, a crash, a time limit) saved newer checkpoints and left the
-file of its earlier finish in place: read as the run's weights, it gave the earlier ones, in silence. That file is
-older than the run's newest complete checkpoint, which tells it apart from a finished run's. Not the checkpoint
-itself, as `generate` would read: it holds the raw weights where the export holds their average (trainer.ema).
+train-dvae exports once the run finishes, after the checkpoint of its last update, and records the step it exported
+(EXPORTED, in the run directory). A run resumed to train on (a larger `trainer.steps`) and stopped before it finished
+(a signal, a crash, a time limit) saved newer checkpoints and left the file of its earlier finish in place: read as
+the run's weights, it gave the earlier ones, in silence. Its recorded step is below the run's newest complete
+checkpoint, which tells it apart from a finished run's; a step, not a file time, so that a copy of the run (`cp -r`
+gives every file a new time) reads the same. A run directory from before the record is read as it was, unchecked.
+Not the checkpoint itself, as `generate` would read: it holds the raw weights where the export holds their average
+(trainer.ema).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from megadalle.data import atomic
 from megadalle.errors import UserError
-from megadalle.train.checkpoint import MANIFEST
 from megadalle.train.checkpoint_damage import complete_tags
 from megadalle.train.rundir import RUN_JSON, started_here
 
 RUN_WEIGHTS = "dvae.safetensors"
 """What train-dvae exports into its run directory when the run finishes and `weights` is not set."""
+EXPORTED = "exported.json"
+"""{"step": N}: the update train-dvae's last export was written at."""
+
+
+def record_export(run: Path, step: int) -> None:
+    atomic.write_json(run / EXPORTED, {"step": step})
+
+
+def exported_step(run: Path) -> int | None:
+    """The step the run's last export was written at; None for a run from before the record (or one unreadable)."""
+    try:
+        step = json.loads((run / EXPORTED).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 class DVAEWeightsError(UserError, FileNotFoundError):
@@ -52,10 +70,11 @@ def exported_path(run: Path, config: dict, given: str) -> Path:
                            "dvae_weights=FILE, or run this from that folder")
 
 
-def newest_checkpoint(run: Path) -> Path | None:
-    """The run's newest complete checkpoint (those a resume from an older one abandoned are set aside elsewhere)."""
+def newest_step(run: Path) -> int | None:
+    """The step of the run's newest complete checkpoint (those a resume from an older one abandoned are set aside
+    elsewhere)."""
     tags = complete_tags(run / "checkpoints")
-    return run / "checkpoints" / tags[-1] if tags else None
+    return int(tags[-1].removeprefix("step_")) if tags else None
 
 
 def run_weights(run: Path, given: str) -> Path:
@@ -69,10 +88,10 @@ def run_weights(run: Path, given: str) -> Path:
         raise DVAEWeightsError(f"dvae_weights={given}: a run directory without its weights {path} (train-dvae exports "
                                f"them when the run finishes); rerun train-dvae with the same command to finish and "
                                f"export, or write them from its newest checkpoint with {export}")
-    newest = newest_checkpoint(run)
-    if newest is not None and path.stat().st_mtime_ns < (newest / MANIFEST).stat().st_mtime_ns:
-        raise DVAEWeightsError(f"dvae_weights={given}: {path} is older than the run's newest checkpoint {newest.name} "
-                               f"(the run was resumed and stopped before it finished, so the file holds the weights "
-                               f"of an earlier finish); rerun train-dvae with the same command to finish and export, or "
-                               f"write them from that checkpoint with {export}")
+    exported, newest = exported_step(run), newest_step(run)
+    if exported is not None and newest is not None and exported < newest:
+        raise DVAEWeightsError(f"dvae_weights={given}: {path} holds the weights of step {exported}, and the run has "
+                               f"trained to step {newest} since (resumed, and stopped before it finished); rerun "
+                               f"train-dvae with the same command to finish and export, or write them from its newest "
+                               f"checkpoint with {export}")
     return path

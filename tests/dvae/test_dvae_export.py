@@ -1,7 +1,6 @@
 """`encode dvae_weights=<train-dvae run dir>`: the run's exported file is found where its run.json says, and a file
 the run has trained past since (resumed, then stopped before it finished) is refused, naming the fix."""
 import json
-import os
 
 import pytest
 
@@ -10,6 +9,7 @@ from megadalle.config.compose import compose
 from megadalle.encode import dvae_weights_file
 from megadalle.errors import UserError
 from megadalle.train.dvae import FACTORY, task_from_config, train_dvae
+from megadalle.train.dvae_export import record_export
 from megadalle.train.loop import train_from_config
 
 
@@ -33,18 +33,20 @@ def test_a_run_that_exported_elsewhere_gives_the_file_its_run_json_records(tmp_p
     assert dvae_weights_file(tmp_path / "run") == weights
 
 
-def test_a_file_older_than_the_runs_newest_checkpoint_is_refused_and_a_newer_one_taken(tmp_path):
+def test_weights_exported_before_the_runs_newest_checkpoint_are_refused(tmp_path):
+    """By the step recorded at the export, not the file's time: a copy of the run (`cp -r`) reads the same."""
     run, weights = tmp_path / "run", tmp_path / "run" / "dvae.safetensors"
-    manifest = fake_run(run, {"trainer": {"ema": 0.999}}, weights, checkpoint_step=47)
-    os.utime(weights, ns=(10**18, 10**18))
-    os.utime(manifest, ns=(2 * 10**18, 2 * 10**18))
+    fake_run(run, {"trainer": {"ema": 0.999}}, weights, checkpoint_step=47)
+    assert dvae_weights_file(run) == weights  # a run from before the record: read as it was
+    record_export(run, 40)
     with pytest.raises(UserError) as refused:
         dvae_weights_file(run)
     message = str(refused.value)
-    assert "\n" not in message and f"{weights} is older than the run's newest checkpoint step_00000047" in message
+    assert "\n" not in message and f"{weights} holds the weights of step 40, and the run has trained to step 47" \
+        in message
     assert "rerun train-dvae with the same command" in message
     assert f"megadalle export run={run} output={weights} dtype=fp32 ema=true" in message
-    os.utime(weights, ns=(3 * 10**18, 3 * 10**18))
+    record_export(run, 47)
     assert dvae_weights_file(run) == weights
 
 
@@ -66,7 +68,7 @@ def test_a_resumed_run_stopped_before_it_finished_is_refused_until_it_finishes(t
     assert dvae_weights_file(tmp_path / "run") == weights
     resumed = compose("train-dvae", [*overrides, "trainer.steps=4"])
     assert train_from_config(task_from_config(resumed), resumed, FACTORY).step == 4
-    with pytest.raises(UserError, match="older than the run's newest checkpoint step_00000004"):
+    with pytest.raises(UserError, match="holds the weights of step 2, and the run has trained to step 4"):
         dvae_weights_file(tmp_path / "run")
     capsys.readouterr()
     assert main(["train-dvae", *overrides, "trainer.steps=4"]) == 0
