@@ -47,23 +47,14 @@ from megadalle.data.output_guard import check_output
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
 from megadalle.devices import pick_device
-from megadalle.errors import UserError
 from megadalle.models.dvae import DVAE, load_dvae
-
-
-RUN_WEIGHTS = "dvae.safetensors"
-"""What train-dvae exports into its run directory when the run finishes (the EMA when the run kept one)."""
-
-
-class DVAEWeightsError(UserError, FileNotFoundError):
-    """`dvae_weights` names nothing encode can read; the message says what to pass."""
+from megadalle.train.dvae_export import RUN_WEIGHTS, DVAEWeightsError, run_weights
+from megadalle.train.rundir import RUN_JSON
 
 
 def dvae_weights_file(value: str | Path) -> Path:
     """The weights `dvae_weights=value` means: a .safetensors file or an exported weights folder as given, or,
-    for a train-dvae run directory, the dvae.safetensors it exported. Not the run's latest checkpoint, as
-    `generate` would read: that holds the raw weights where the export holds their average, so a run
-    stopped before its export is refused with the command that writes one."""
+    for a train-dvae run directory, the file it exported (train/dvae_export.py)."""
     path = Path(value)
     if not path.is_dir():
         if not path.is_file():
@@ -73,13 +64,12 @@ def dvae_weights_file(value: str | Path) -> Path:
 
     if (path / INDEX).is_file() or (path / SINGLE).is_file():
         return path
+    if (path / RUN_JSON).is_file():
+        return run_weights(path, str(value))
     if (path / RUN_WEIGHTS).is_file():
         return path / RUN_WEIGHTS
-    what = "a run directory" if (path / "run.json").is_file() else "a directory"
-    raise DVAEWeightsError(f"dvae_weights={value}: {what} without {RUN_WEIGHTS} (train-dvae writes it when the run "
-                           f"finishes); pass a dVAE .safetensors file, or write one with `megadalle export "
-                           f"run={value} output={path / RUN_WEIGHTS} dtype=fp32` (add ema=true for a run with "
-                           f"trainer.ema)")
+    raise DVAEWeightsError(f"dvae_weights={value}: a directory that is neither a train-dvae run directory (no "
+                           f"{RUN_JSON}) nor holds {RUN_WEIGHTS} or exported weights; pass a dVAE .safetensors file")
 
 
 def weights_digest(model: DVAE) -> str:

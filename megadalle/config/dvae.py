@@ -131,7 +131,8 @@ class TrainDVAEConfig:
     usage_window: int = 100
     """A code that no grid cell of any rank chose (argmax) in this many updates counts as dead (`dead_codes`)."""
     preview: int = 8
-    """Images shown in the logged reconstruction grid."""
+    """Images shown in the logged reconstruction grid: the last this many that rank 0 trained on, over as many
+    micro-batches (and updates) as it takes."""
     seed: int = 0
     """Seed of the run's random draws (initialisation, data order, Gumbel noise): the same seed and data give the
     same run."""
@@ -151,7 +152,8 @@ class EncodeConfig:
 
     dvae_weights: str = MISSING
     """Trained dVAE weights (.safetensors with its .json beside it, from train-dvae or export), or a train-dvae
-    run directory (its exported dvae.safetensors is read). Not `dvae=`:
+    run directory: the file it exported (its run.json's `weights`, else its dvae.safetensors), refused when older
+    than the run's newest checkpoint (megadalle.train.dvae_export). Not `dvae=`:
     hydra reads that as a choice in the `dvae` config group."""
     input: str = MISSING
     """Image shard directory (from `prepare`)."""

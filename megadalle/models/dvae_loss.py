@@ -101,6 +101,26 @@ def temperature(step: int, objective: DVAEObjective) -> float:
     return cosine(step, objective.tau_start, objective.tau_end, objective.tau_anneal_steps)
 
 
+def unfinished_schedules(objective: DVAEObjective, steps: int, where: str = "dvae.objective") -> str | None:
+    """A run of `steps` updates that ends before τ's anneal or β's warm-up does, or None: their lengths are the
+    objective's, not the run's (the learning rate's follows trainer.steps), so a run shortened with trainer.steps
+    alone trains to its end at a temperature and a KL weight it never meant to stop at (`dvae=tiny trainer=tiny`
+    ended at τ 0.979 of 0.0625)."""
+    unfinished, keys = [], []
+    if steps < objective.tau_anneal_steps and objective.tau_start != objective.tau_end:
+        unfinished.append(f"the Gumbel temperature at {temperature(steps - 1, objective):.3g}, not {where}.tau_end="
+                          f"{objective.tau_end:g} ({where}.tau_anneal_steps={objective.tau_anneal_steps})")
+        keys.append(f"{where}.tau_anneal_steps")
+    if steps < objective.kl_warmup_steps and objective.kl_weight > 0:
+        unfinished.append(f"the KL weight at {kl_weight(steps - 1, objective):.3g}, not {where}.kl_weight="
+                          f"{objective.kl_weight:g} ({where}.kl_warmup_steps={objective.kl_warmup_steps})")
+        keys.append(f"{where}.kl_warmup_steps")
+    if not unfinished:
+        return None
+    return (f"trainer.steps={steps} ends {' and '.join(unfinished)}; set {' and '.join(keys)} to at most {steps}, "
+            "or raise trainer.steps")
+
+
 def elbo_loss(images: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, beta: float,
               eps: float, usage_weight: float = 0.0, tau: float = 1.0,
               reconstruction: str = DVAEObjective.reconstruction,

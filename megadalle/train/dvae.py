@@ -2,15 +2,18 @@
 
 The task reads DATA's step-indexed image loader and optimises the negative ELB at the step's
 KL weight β and Gumbel temperature τ (pure functions of the update index, so a resumed run
-continues on the same curves). It reports codebook use, which a dVAE can silently lose, from the
+continues on the same curves; their lengths are the objective's, and a run that ends before them is
+warned at its start). It reports codebook use, which a dVAE can silently lose, from the
 histogram of each update's argmax codes over all its micro-batches and ranks (UpdateCodes): their
 perplexity and the codes no cell chose in the last `usage_window` updates (CodeUsage), and with
 `objective.revive_every` revives dead codes (CodeRevival).
-Reconstructions (input row above argmax-code row) go to wandb as an image.
-At the end, rank 0 writes the weights for users (the EMA when the trainer keeps one).
+Reconstructions (input row above argmax-code row) of the last `preview` images trained on go to wandb as an image.
+At the end, rank 0 writes the weights for users (the EMA when the trainer keeps one), which `encode` finds from the
+run directory (train/dvae_export.py).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -21,7 +24,10 @@ from megadalle.config import build, check, top_level
 from megadalle.config.data import DataConfig
 from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 from megadalle.models.dvae import DVAE
-from megadalle.models.dvae_loss import elbo_loss, histogram_perplexity, kl_weight, temperature
+from megadalle.models.dvae_loss import (elbo_loss, histogram_perplexity, kl_weight, temperature,
+                                        unfinished_schedules)
+from megadalle.train.distributed import ranks
+from megadalle.train.dvae_export import RUN_WEIGHTS, record_export
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches, validation_data
@@ -191,8 +197,17 @@ class DVAETask(ShardsTask):
     def loss(self, model: DVAE, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, metrics, codes = self._elbo(model, batch["image"], step)
         self.codes.observe(codes)
-        self._last_images = batch["image"][: self.preview].detach()
+        self._keep_for_preview(batch["image"])
         return loss, {**metrics, **loader_metrics(batch)}
+
+    def _keep_for_preview(self, images: torch.Tensor) -> None:
+        """Keep the last `preview` images trained on, across micro-batches (and updates, where one holds fewer): the
+        grid used to show the last micro-batch's alone, `micro_batch` images where `preview` asked for more. A copy,
+        so that the batch itself is freed."""
+        kept = images[-self.preview:].detach()
+        if self._last_images is not None and len(kept) < self.preview:
+            kept = torch.cat([self._last_images, kept])
+        self._last_images = kept[-self.preview:].clone()
 
     def after_update(self, model: DVAE, editor: ParamEditor, step: int) -> dict[str, float]:
         """The codebook metrics of the update's codes over all ranks (one all-reduce), then any revival."""
@@ -282,13 +297,16 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     task = task_from_config(cfg)
     check(task.data is not None, "data", None, "train-dvae needs image shards: set data.shards")
     task.shard_index  # tars written elsewhere are indexed here, once; else a one-line error
+    if ranks()[0] == 0 and (warning := unfinished_schedules(task.cfg.objective, int(cfg.trainer.steps))):
+        print(f"[train-dvae] warning: {warning}", file=sys.stderr, flush=True)
     result = train_from_config(task, cfg, FACTORY)
     result.report("train-dvae")
     if result.stopped_by_signal or result.rank != 0:
         return result, None
     ema = cfg.trainer.get("ema") is not None
     # encode reads these weights: keep the precision the dVAE trained in
-    path = export(result.run_dir, verb.weights or result.run_dir / "dvae.safetensors", ema=ema, dtype="fp32")
+    path = export(result.run_dir, verb.weights or result.run_dir / RUN_WEIGHTS, ema=ema, dtype="fp32")
+    record_export(result.run_dir, result.step)
     print(f"[train-dvae] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
     return result, path
 

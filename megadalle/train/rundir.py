@@ -62,7 +62,7 @@ RESUMABLE = (
     "trainer.steps", "trainer.decay_steps", "data.shards", "trainer.checkpoint_every", "trainer.keep_checkpoints",
     "trainer.log_every", "trainer.media_every", "dvae_weights", "media_captions", "media_samples", "preview",
     "trainer.eval_every", "trainer.eval_batches", "data.val_shards", "trainer.micro_batch", "trainer.grad_accum",
-    "logger.*", "data.num_workers", "data.prefetch_factor",
+    "logger.*", "data.num_workers", "data.prefetch_factor", "usage_window",
     "model.activation_checkpointing", "model.attention_backend", "deepspeed.overlap_comm",
     "deepspeed.reduce_bucket_size", "deepspeed.timeout_minutes", "deepspeed.zero3_window_blocks",
     "trainer.keep_freed_memory",
@@ -70,8 +70,9 @@ RESUMABLE = (
 """Keys (or `group.*`) a rerun may change and still resume the run directory. Validation (its data too) and
 sample grids among them: both run on a forked RNG and their own data, so switching them on or off at a resume
 leaves the training exactly as it was (tests/cli/test_rerun.py). train-dvae's `preview` is the size of its
-logged reconstruction grid, a slice of a batch already trained on; `weights` (train-dvae, train-clip) is where
-the finished run is exported. `data.shards` may move: the checkpoint's data identity refuses other data
+logged reconstruction grid, of images already trained on, and its `usage_window` decides only which codes the
+`dead_codes` metric counts (each code's last use is checkpointed whatever the window); `weights` (train-dvae,
+train-clip) is where the finished run is exported. `data.shards` may move: the checkpoint's data identity refuses other data
 (the module docstring). `trainer.decay_steps` like `trainer.steps` reshapes the decay, with a warning where it
 changes the learning rate at the resume. `deepspeed.timeout_minutes` bounds waits (a resume on another rank
 count may need it raised while rank 0 converts a large checkpoint), `zero3_window_blocks` how many parameters

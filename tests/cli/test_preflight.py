@@ -177,7 +177,7 @@ def test_encode_takes_a_dvae_run_directory(capsys, image_shards, tmp_path):
     capsys.readouterr()
     (run / "dvae.safetensors").unlink()
     fails(capsys, ["encode", f"dvae_weights={run}", *args],
-          f"dvae_weights={run}: a run directory without dvae.safetensors")
+          f"dvae_weights={run}: a run directory without its weights {run / 'dvae.safetensors'}")
 
 
 def test_the_triton_backend_without_a_gpu_or_its_interpreter_is_refused(capsys, monkeypatch, token_shards):

@@ -10,7 +10,7 @@ from megadalle.cli import main
 from megadalle.config.compose import compose
 from megadalle.config.dvae import DVAEObjective
 from megadalle.models.dvae import DVAE, load_dvae
-from megadalle.models.dvae_loss import cosine, elbo_loss, kl_weight, temperature
+from megadalle.models.dvae_loss import cosine, elbo_loss, kl_weight, temperature, unfinished_schedules
 from megadalle.train.dvae import reconstruction_grid, task_from_config, train_dvae
 
 from tests.rewound_run import rewound_copy
@@ -51,7 +51,7 @@ def test_train_dvae_runs_through_the_trainer_resumes_and_exports(tmp_path, image
     model = load_dvae(weights)
     assert model.cfg.vocab_size == 64 and model.encode(torch.rand(2, 3, 32, 32)).shape == (2, 8, 8)
     capsys.readouterr()
-    assert main(["train-dvae", *overrides, "trainer.steps=6"]) == 0
+    assert main(["train-dvae", *overrides, "trainer.steps=6", "usage_window=3"]) == 0  # a metric's window only
     assert "resumed from" in capsys.readouterr().out
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_00000006"
 
@@ -64,6 +64,21 @@ def test_trainer_tiny_trains_the_dvae_with_tinys_values_and_a_whole_run_warm_up_
     assert (config["warmup_steps"], config["lr"], config["ema"]) == (5, 1e-3, None)  # tiny's, not the paper's
     err = capsys.readouterr().err
     assert err.count("[train] warning: trainer.warmup_steps=5 >= trainer.steps=2: the whole run is warm-up") == 1
+    schedules = [line for line in err.splitlines() if line.startswith("[train-dvae] warning: ")]
+    assert schedules == ["[train-dvae] warning: trainer.steps=2 ends the Gumbel temperature at 1, not "
+                         "dvae.objective.tau_end=0.0625 (dvae.objective.tau_anneal_steps=300) and the KL weight at "
+                         "0.00616, not dvae.objective.kl_weight=1 (dvae.objective.kl_warmup_steps=20); set "
+                         "dvae.objective.tau_anneal_steps and dvae.objective.kl_warmup_steps to at most 2, or raise "
+                         "trainer.steps"]
+
+
+def test_a_run_as_long_as_the_objectives_schedules_is_not_warned_and_a_shorter_one_names_what_it_cuts():
+    objective = DVAEObjective(kl_warmup_steps=20, tau_anneal_steps=300)
+    assert unfinished_schedules(objective, 300) is None
+    assert unfinished_schedules(DVAEObjective(kl_weight=0, kl_warmup_steps=20, tau_start=1, tau_end=1), 2) is None
+    cut = unfinished_schedules(objective, 100)
+    assert f"temperature at {temperature(99, objective):.3g}, not dvae.objective.tau_end=0.0625" in cut
+    assert "KL weight" not in cut
 
 
 def test_loader_workers_leave_the_training_random_stream_alone_so_resumes_are_exact(tmp_path, image_shards):
@@ -93,6 +108,18 @@ def test_task_reports_codebook_use_and_logs_a_reconstruction_grid(image_shards):
     grid = reconstruction_grid(model, rectangles(3, 32))
     assert grid.shape == (64, 96, 3) and grid.dtype.name == "uint8"
     assert "reconstructions" in task.media(model, step=0)
+
+
+def test_the_preview_shows_as_many_images_as_asked_across_micro_batches(image_shards):
+    """preview=8 at micro_batch=4 showed 4 images: the last micro-batch's."""
+    task = task_from_config(compose("train-dvae", [f"data.shards={image_shards}", "dvae=tiny", "preview=8"]))
+    model = task.build_model()
+    width = []
+    for seed in range(3):
+        task.loss(model, {"image": rectangles(4, 32, seed=seed)}, step=0)
+        width.append(task.media(model, step=0)["reconstructions"].array.shape[1] // 32)
+    assert width == [4, 8, 8]
+    assert torch.equal(task._last_images, torch.cat([rectangles(4, 32, seed=1), rectangles(4, 32, seed=2)]))
 
 
 @pytest.mark.parametrize("override, key", [("dvae.eps=0.7", "dvae.eps=0.7"), ("dvae.image_size=30", "dvae.image_size=30"),
