@@ -25,8 +25,61 @@
 # which TERM their ranks and SIGKILL them 30 s later, in the middle of a large model's checkpoint. So this
 # script runs the runner in the background, in its own session, and passes each signal to the ranks
 # themselves (on every node of a HOSTFILE through pdsh, found as the children of the launcher with this
-# run's MASTER_PORT): they finish the update, checkpoint and exit, and the launchers with them.
+# run's MASTER_PORT): they finish the update, checkpoint and exit, and the launchers with them. A signal that
+# comes before the runner starts stops the launch there (exit 75, nothing started); one that comes before the
+# ranks hold their stop signals waits for them (they stop before their first update, with 75 too).
 set -euo pipefail
+
+# The ranks' stop, a POSIX sh script run as `sh -c "$stop_ranks" - SIG PGREP-ARGS...` here, or through pdsh on every
+# node: SIG to each child of the launchers that `pgrep PGREP-ARGS` finds which handles USR1 and TERM already, and
+# "sent" printed for each. megadalle's ranks take both at their command's first line; one still starting Python
+# would die of the signal (and its launcher kill the others), so until one has them the signal waits (`pending`).
+# SigCgt is the mask of the caught signals: its last 4 hex digits hold USR1 (bit 9) and TERM (bit 14), 0x4200.
+# (No single quote in it: pdsh's remote command quotes it with them.)
+stop_ranks='sig=$1; shift
+launchers=$(pgrep -d, "$@") || exit 0
+for rank in $(pgrep -P "$launchers"); do
+    mask=$(awk "/^SigCgt:/ {print substr(\$2, 13)}" /proc/$rank/status 2>/dev/null) &&
+        [ -n "$mask" ] && [ $((0x$mask & 0x4200)) -eq $((0x4200)) ] && kill -$sig $rank 2>/dev/null && echo sent
+done
+true'
+runner=""
+pending=""  # a signal no rank could take yet: the wait below passes it on once one can
+forward() {
+    pending=$1
+    [ -n "$runner" ] || return 0  # before the runner: it will not be started
+    local sent
+    if [ -n "${HOSTFILE:-}" ]; then
+        # every node's ranks: the children of the launcher that pdsh started there (--node_rank=%n, which pdsh
+        # fills in with the node's name) for this run's rendezvous port; the launcher itself, not the remote
+        # shell that started it, whose command line holds the same words. (`^[^ ]+` is the launcher's Python: a
+        # path with a space was refused below.) One rank that stops stops them all: the others may get it later.
+        local hosts ssh_args="${PDSH_SSH_ARGS_APPEND:-}"
+        hosts=$(awk '!/^[[:space:]]*(#|$)/ {print $1}' "$HOSTFILE" | paste -sd, -)
+        [ -z "${SSH_PORT:-}" ] || ssh_args="$ssh_args -p $SSH_PORT"
+        sent=$(PDSH_RCMD_TYPE=ssh PDSH_SSH_ARGS_APPEND="$ssh_args" pdsh -S -w "$hosts" \
+            "sh -c '$stop_ranks' - $1 -f '^[^ ]+ -u -m deepspeed[.]launcher[.]launch .*--node_rank=%n .*--master_port=$port( |\$)'" \
+            || true)
+    else
+        sent=$(sh -c "$stop_ranks" - "$1" -P "$runner")
+    fi
+    case "$sent" in
+        *sent*) pending="" ;;
+        # Ctrl-C during the ranks' start-up would raise KeyboardInterrupt there (exit 130, and the launcher kills
+        # the others); TERM stops a start-up with 75, as the INT does once the ranks train
+        *) [ "$pending" != INT ] || pending=TERM ;;
+    esac
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+trap 'forward USR1' USR1
+for sig in TERM USR1; do  # (INT: bash ignores it in a background job, which cannot get Ctrl-C anyway)
+    # bash cannot trap a signal that was ignored when it started (POSIX): say so rather than never forwarding it
+    [ "$(trap -p "$sig")" != "trap -- '' SIG$sig" ] ||
+        echo "launch/train.sh: SIG$sig was ignored by whatever started this script (nohup, a parent's trap '', a" \
+             "process that had stopped a run), so it cannot pass it on to the ranks: start it with SIG$sig at its" \
+             "default to stop a run that way" >&2
+done
 
 usage() {
     echo "launch/train.sh: $1" >&2
@@ -34,7 +87,7 @@ usage() {
     exit 2
 }
 case " ${DS_LAUNCHER_ARGS:-} " in
-    *" --master_port"*)  # the signal forwarding below finds the run's launchers by this port
+    *" --master_port"*)  # the signal forwarding above finds the run's launchers by this port
         echo "train.sh: give the rendezvous port as MASTER_PORT=N, not --master_port in DS_LAUNCHER_ARGS" >&2
         exit 2 ;;
 esac
@@ -75,47 +128,26 @@ fi
 [ -z "${SSH_PORT:-}" ] || args+=(--ssh_port "$SSH_PORT")
 # shellcheck disable=SC2206  # DS_LAUNCHER_ARGS is a list of options
 [ -z "${DS_LAUNCHER_ARGS:-}" ] || args+=($DS_LAUNCHER_ARGS)
-# its own session: a terminal's Ctrl-C reaches this script alone, which passes it on as below
+if [ -n "$pending" ]; then
+    echo "launch/train.sh: SIG$pending before the run started: nothing started, nothing to save" >&2
+    exit 75  # megadalle's status for a run a signal stopped with updates left: rerun it (signals.STOPPED_EXIT)
+fi
+# its own session: a terminal's Ctrl-C reaches this script alone, which passes it on as above
 setsid "$python" -m deepspeed.launcher.runner "${args[@]}" --module megadalle train "$@" &
 runner=$!
 
-forward() {
-    if [ -n "${HOSTFILE:-}" ]; then
-        # every node's ranks: the children of the launcher that pdsh started there (--node_rank=%n, which pdsh
-        # fills in with the node's name) for this run's rendezvous port; the launcher itself, not the remote
-        # shell that started it, whose command line holds the same words. (`^[^ ]+` is the launcher's Python: a
-        # path with a space was refused above.)
-        local hosts ssh_args="${PDSH_SSH_ARGS_APPEND:-}"
-        hosts=$(awk '!/^[[:space:]]*(#|$)/ {print $1}' "$HOSTFILE" | paste -sd, -)
-        [ -z "${SSH_PORT:-}" ] || ssh_args="$ssh_args -p $SSH_PORT"
-        PDSH_RCMD_TYPE=ssh PDSH_SSH_ARGS_APPEND="$ssh_args" pdsh -S -w "$hosts" \
-            "pkill -$1 -P \$(pgrep -d, -f '^[^ ]+ -u -m deepspeed[.]launcher[.]launch .*--node_rank=%n .*--master_port=$port( |\$)') || true" \
-            || true
-        return
-    fi
-    local launcher
-    for launcher in $(pgrep -P "$runner"); do
-        pkill -"$1" -P "$launcher" || true
-    done
-}
-trap 'forward TERM' TERM
-trap 'forward INT' INT
-trap 'forward USR1' USR1
-for sig in TERM USR1; do  # (INT: bash ignores it in a background job, which cannot get Ctrl-C anyway)
-    # bash cannot trap a signal that was ignored when it started (POSIX): say so rather than never forwarding it
-    [ "$(trap -p "$sig")" != "trap -- '' SIG$sig" ] ||
-        echo "launch/train.sh: SIG$sig was ignored by whatever started this script (nohup, a parent's trap '', a" \
-             "process that had stopped a run), so it cannot pass it on to the ranks: start it with SIG$sig at its" \
-             "default to stop a run that way" >&2
-done
-
 set +e  # a trapped signal interrupts `wait`: keep waiting until the runner has really finished (the checkpoint)
-# wait first: a runner that has exited already (one that never started) is gone for `kill -0`, which alone took it
-# for a success; `wait` still returns its status
-wait "$runner"
-status=$?
-while kill -0 "$runner" 2>/dev/null; do
+while :; do
+    # a signal no rank could take yet (one that came before the runner or the ranks' start): try again until one
+    # can, or the runner ends
+    while [ -n "$pending" ] && kill -0 "$runner" 2>/dev/null; do
+        sleep 0.2
+        forward "$pending"
+    done
+    # wait before `kill -0`: a runner that has exited already (one that never started) is gone for `kill -0`, which
+    # alone took it for a success; `wait` still returns its status
     wait "$runner"
     status=$?
+    kill -0 "$runner" 2>/dev/null || break
 done
 exit "$status"

@@ -8,6 +8,8 @@ import os
 import shutil
 import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +92,70 @@ def test_train_sh_says_when_it_cannot_forward_a_signal_its_caller_ignores(ignore
     assert done.returncode == 0, done.stderr
     assert ("cannot pass it on" in done.stderr) == warned, done.stderr
     assert ignored is None or f"SIG{ignored.name[3:]} was ignored" in done.stderr
+
+
+STARTING_RUN = """#!/bin/bash
+# DeepSpeed's runner, its launcher and 2 ranks in one script, each stage held at a gate (a file in $GATES): the
+# launcher starts the ranks once `ranks` exists, the ranks take USR1/TERM/INT (as megadalle's do at their first line)
+# once `signals` exists, then train for 3 s and exit 0; a signal they take stops them with 75 and is recorded.
+case "$1" in
+-m)  # the runner (`python -m deepspeed.launcher.runner`): its launcher's status
+    "$0" launcher & wait $!; exit $? ;;
+launcher)  # its ranks' first failure, as DeepSpeed's launcher exits with it
+    touch "$GATES/launcher.started"
+    until [ -e "$GATES/ranks" ]; do sleep 0.05; done
+    "$0" rank 0 & first=$!
+    "$0" rank 1 & second=$!
+    wait $first; code=$?
+    wait $second; [ $code != 0 ] || code=$?
+    exit $code ;;
+rank)
+    touch "$GATES/rank$2.started"
+    until [ -e "$GATES/signals" ]; do sleep 0.05; done
+    for sig in USR1 TERM INT; do trap "echo rank$2 $sig >> $GATES/record; exit 75" $sig; done
+    for _ in $(seq 30); do sleep 0.1; done
+    echo rank$2 finished >> "$GATES/record" ;;
+esac
+"""
+
+
+def wait_for(path: Path, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 30
+    while not path.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=["TERM", "USR1", "INT"])
+@pytest.mark.parametrize("ranks", ["none", "starting"])
+def test_a_signal_to_train_sh_before_the_ranks_take_theirs_stops_them_as_they_do(tmp_path, sig, ranks):
+    """DeepSpeed's runner starts its launcher, which starts the ranks, which take the stop signals a moment later.
+    A signal before the ranks existed was lost (the run trained to its end and exited 0); one while they started
+    Python killed them. It waits for them: they stop before their first update (75). A Ctrl-C reaches them as
+    TERM: an INT in a rank's start-up raises KeyboardInterrupt (130)."""
+    env = fake_deepspeed(tmp_path / "bin")
+    (tmp_path / "bin" / "python").write_text(STARTING_RUN)
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    proc = subprocess.Popen([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], env={**env, "GATES": str(gates)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(gates / "launcher.started", proc)
+        if ranks == "starting":
+            (gates / "ranks").touch()
+            wait_for(gates / "rank1.started", proc)
+        proc.send_signal(sig)
+        time.sleep(0.3)  # the signal reaches train.sh before the ranks exist or take it
+        (gates / "ranks").touch()
+        (gates / "signals").touch()
+        out = proc.communicate(timeout=30)[0]
+    finally:  # what a failure left: the script, and the run's processes (in the runner's session) by their path
+        proc.kill()
+        subprocess.run(["pkill", "-KILL", "-f", str(tmp_path / "bin")])
+    got = "TERM" if sig == signal.SIGINT else sig.name[3:]
+    record = gates / "record"
+    assert sorted(record.read_text().splitlines() if record.exists() else []) == [f"rank0 {got}", f"rank1 {got}"], out
+    assert proc.returncode == 75, out
 
 
 @pytest.mark.parametrize("never_starts", [False, True], ids=["exits-3", "cannot-execute"])

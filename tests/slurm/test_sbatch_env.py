@@ -1,7 +1,7 @@
 """launch/slurm/train.sbatch's environment for srun and its requeue decisions, checked without a cluster: the
 script runs under bash with the variables Slurm would set and a stand-in `srun` that records what it was given
 and exits with SRUN_EXIT; `scontrol` is Slurm's own (host names are Slurm's to expand), except `scontrol requeue`,
-which a stand-in records and answers with REQUEUE_EXIT."""
+which a stand-in records and answers with REQUEUE_EXIT (after SCONTROL_GATE, if set, has appeared)."""
 import shutil
 import signal
 import subprocess
@@ -21,6 +21,10 @@ exit "${SRUN_EXIT:-0}"
 
 FAKE_SCONTROL = """#!/bin/bash
 if [ "$1" = requeue ]; then echo "$*" >> "$REQUEUE_RECORD"; exit "${REQUEUE_EXIT:-0}"; fi
+if [ -n "${SCONTROL_GATE:-}" ]; then  # a slow controller: wait until the file SCONTROL_GATE exists
+    touch "$SCONTROL_GATE.waiting"
+    until [ -e "$SCONTROL_GATE" ]; do sleep 0.05; done
+fi
 exec {scontrol} "$@"
 """
 
@@ -159,6 +163,35 @@ def test_the_time_limits_warning_requeues_tasks_it_killed_before_training_began(
     checkpoint kills them (srun exit 138), and the job ended FAILED instead of continuing."""
     proc = signal_the_script(script_env(slurm_commands, tmp_path, srun_text=STARTING_TASKS), tmp_path, signal.SIGUSR1)
     assert len(requeues(tmp_path)) == 1 and proc.returncode == 0, proc.out + proc.err
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("sig, requeued, code", [(signal.SIGUSR1, True, 0), (signal.SIGTERM, False, 75)],
+                         ids=["USR1", "TERM"])
+def test_a_signal_while_scontrol_expands_the_nodelist_is_handled_as_a_later_one(slurm_commands, tmp_path, sig,
+                                                                                 requeued, code):
+    """The traps were set after `scontrol show hostnames`, which a busy controller makes slow: a USR1 or TERM then
+    killed the batch script (138, 143) and the job ended unrequeued. Now no task starts, and the job requeues on the
+    warning, or stops with 75 on a user's TERM."""
+    gate = tmp_path / "scontrol-gate"
+    env = script_env(slurm_commands, tmp_path, SCONTROL_GATE=str(gate))
+    proc = subprocess.Popen(["bash", str(SCRIPT), "model=tiny"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while not (tmp_path / "scontrol-gate.waiting").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        time.sleep(0.2)  # the signal reaches the script while scontrol runs
+        gate.touch()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, out + err
+    assert requeues(tmp_path) == (["requeue 1234"] if requeued else []), out + err
+    assert not (tmp_path / "srun.txt").exists() and "no task ran" in out, out + err
 
 
 @pytest.mark.slurm
