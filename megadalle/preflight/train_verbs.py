@@ -83,6 +83,28 @@ def dp_ranks(cfg: DictConfig) -> int:
     return max(1, ranks()[1] // build(DeepSpeedConfig, cfg.deepspeed, "deepspeed").pipeline_stages)
 
 
+def fits_contrastive_batch(cfg: DictConfig, negatives: str, validates: bool) -> None:
+    """CLIP contrasts each pair with the other pairs of its micro-batch on every rank (with clip.negatives=update,
+    of the whole update): with one pair there is no other caption to tell its image from, so the loss is 0 and
+    nothing is learnt (clip_acc 1.0, grad_norm 0, every update). A run that `validates` scores each validation
+    micro-batch alone: one pair there is a val/loss of 0 whatever the weights."""
+    from megadalle.config import build
+    from megadalle.config.train import TrainerConfig
+
+    trainer, ranks = build(TrainerConfig, cfg.trainer, "trainer"), dp_ranks(cfg)
+    keys = f"trainer.micro_batch={trainer.micro_batch} x {ranks} data-parallel rank{'s' if ranks != 1 else ''}"
+    update = negatives == "update" and trainer.grad_accum > 1
+    pairs = trainer.micro_batch * ranks * (trainer.grad_accum if update else 1)
+    fits(pairs >= 2, f"{keys}{f' x trainer.grad_accum={trainer.grad_accum}' if update else ''} = {pairs} pair per "
+                     f"contrastive loss (clip.negatives={negatives}): with no other caption to tell its image from, "
+                     f"CLIP learns nothing (loss 0); raise trainer.micro_batch"
+                     + (" or set clip.negatives=update" if trainer.grad_accum > 1 and not update else ""))
+    fits(not validates or trainer.micro_batch * ranks >= 2,
+         f"trainer.eval_every={trainer.eval_every}: validation contrasts the pairs of each micro-batch on every rank, "
+         f"{keys} = 1 pair: its val/loss would be 0 whatever the weights; raise trainer.micro_batch or set "
+         "trainer.eval_every=0")
+
+
 def fits_pad(group: str, pad_id: int) -> None:
     """The tokenizer pads captions with its own pad id; a model that takes another id for padding would score
     the real pads as text and embed them as a word (and treat that id, e.g. the end of a caption, as a pad)."""
@@ -126,7 +148,8 @@ def check_train_clip(cfg: DictConfig) -> None:
     index = image_shards("data.shards", cfg.data.shards)
     fits_global_batch(cfg, index.total)
     fits_image_size(index, cfg, "clip.image_size", clip.image_size)
-    check_image_validation(cfg, "clip.image_size", clip.image_size, dp_ranks(cfg))
+    validates = check_image_validation(cfg, "clip.image_size", clip.image_size, dp_ranks(cfg))
+    fits_contrastive_batch(cfg, clip.negatives, validates)
     vocab = tokenizer_vocab("tokenizer", cfg.tokenizer)
     fits(vocab <= clip.text_vocab, f"clip.text_vocab={clip.text_vocab}: the tokenizer {cfg.tokenizer} has "
                                    f"{vocab} pieces (set clip.text_vocab={vocab} or more)")

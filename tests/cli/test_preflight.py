@@ -505,3 +505,27 @@ def test_a_validation_split_smaller_than_a_micro_batch_on_every_rank_is_refused(
                        "score some samples twice")
     preflight(verb, compose(verb, [*run[1:], "trainer.micro_batch=3"]))
     preflight(verb, compose(verb, [*run[1:], "trainer.eval_every=0"]))
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["trainer.micro_batch=1"], "trainer.micro_batch=1 x 1 data-parallel rank = 1 pair per contrastive loss "
+                                "(clip.negatives=update): with no other caption to tell its image from, CLIP learns "
+                                "nothing (loss 0); raise trainer.micro_batch"),
+    (["trainer.micro_batch=1", "trainer.grad_accum=4", "clip.negatives=micro_batch"],
+     "= 1 pair per contrastive loss (clip.negatives=micro_batch): with no other caption to tell its image from, CLIP "
+     "learns nothing (loss 0); raise trainer.micro_batch or set clip.negatives=update"),
+    (["trainer.micro_batch=1", "trainer.grad_accum=4", "trainer.eval_every=1"],
+     "trainer.eval_every=1: validation contrasts the pairs of each micro-batch on every rank, trainer.micro_batch=1 x "
+     "1 data-parallel rank = 1 pair: its val/loss would be 0 whatever the weights"),
+])
+def test_clip_refuses_a_contrastive_loss_of_one_pair(capsys, token_shards, image_shards, overrides, expected):
+    """One pair has no negative: train-clip ran with loss 0.0, clip_acc 1.0 and grad_norm 0 at every update."""
+    fails(capsys, training("train-clip", token_shards, image_shards, f"data.val_shards={image_shards}", *overrides),
+          expected)
+
+
+def test_clip_contrasts_the_updates_pairs_with_one_pair_a_micro_batch(token_shards, image_shards):
+    from megadalle.preflight import preflight
+
+    preflight("train-clip", compose("train-clip", training("train-clip", token_shards, image_shards,
+                                                           "trainer.micro_batch=1", "trainer.grad_accum=4")[1:]))
