@@ -173,8 +173,9 @@ class DataConfig:
     prefetch_factor: int = 2
     """Batches each worker prepares ahead."""
     val_shards: str | None = None
-    """Validation shard directory (same kind as `shards`); null = `<shards>/val` when `prepare val_fraction=`
-    (carried over by `encode`) wrote one, else no validation."""
+    """Validation shard directory (same kind as `shards`, checked as they are when trainer.eval_every > 0: tars
+    from elsewhere indexed on first use); null = `<shards>/val` when `prepare val_fraction=` (carried over by
+    `encode`) wrote one, else no validation. Each validation reads at most one pass of it."""
 
     def validation_shards(self) -> str | None:
         """The validation shard directory in use: `val_shards`, else the held-out split beside `shards`."""
@@ -196,8 +197,6 @@ class DataConfig:
               self.shuffle_window, "must be positive or null")
         check(self.num_workers >= 0, join(where, "num_workers"), self.num_workers, "must be >= 0")
         check(self.prefetch_factor >= 1, join(where, "prefetch_factor"), self.prefetch_factor, "must be >= 1")
-        check(self.val_shards is None or Path(self.val_shards, "index.json").is_file(), join(where, "val_shards"),
-              self.val_shards, "is not a finished shard directory (no index.json)")
 
 
 SCHEMAS = {"data": DataConfig}

@@ -6,8 +6,10 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from megadalle.preflight.image_size import fits_image_size
-from megadalle.preflight.probes import (PreflightError, exists, export_target, first_codes_side, fits, image_shards,
-                                        token_shards, tokenizer_vocab)
+from megadalle.preflight.probes import (PreflightError, exists, export_target, fits, image_shards, token_shards,
+                                        tokenizer_vocab)
+from megadalle.preflight.token_grid import fits_token_grid
+from megadalle.preflight.validation import check_image_validation, check_token_validation
 
 
 def check_train(cfg: DictConfig) -> None:
@@ -32,19 +34,8 @@ def check_train(cfg: DictConfig) -> None:
     fits(bool(cfg.data.tokenizer), "data.tokenizer=null: `train` needs the sentencepiece model of its captions")
     index = token_shards("data.shards", cfg.data.shards)
     fits_global_batch(cfg, index.total)
-    meta = dict(index.meta)
-    side = first_codes_side(cfg.data.shards) if "grid_size" not in meta else None
-    if side is not None:  # token shards written elsewhere record no grid: their first sample shows it
-        meta["grid_size"] = side
-    if "grid_size" in meta:
-        fits(int(meta["grid_size"]) == model.grid_size,
-             f"model.grid_size={model.grid_size}: the token shards {cfg.data.shards} hold {meta['grid_size']}x"
-             f"{meta['grid_size']} code grids (set model.grid_size={meta['grid_size']})")
-    if "vocab_size" in meta:
-        fits(int(meta["vocab_size"]) == model.image_vocab,  # larger: `generate` refuses the model with its dVAE
-             f"model.image_vocab={model.image_vocab}: the token shards {cfg.data.shards} hold codes of a "
-             f"{meta['vocab_size']}-entry codebook, and sampling needs the model's codes to be its dVAE's "
-             f"(set model.image_vocab={meta['vocab_size']})")
+    fits_token_grid(cfg.data.shards, cfg.data.shards, index, model)
+    check_token_validation(cfg, model, dp_ranks(cfg))
     vocab = tokenizer_vocab("data.tokenizer", cfg.data.tokenizer)
     fits(vocab <= model.text_vocab, f"model.text_vocab={model.text_vocab}: the tokenizer {cfg.data.tokenizer} has "
                                     f"{vocab} pieces (set model.text_vocab={vocab} or more)")
@@ -74,16 +65,44 @@ def check_grids(cfg: DictConfig, model) -> None:
 
 
 def fits_global_batch(cfg: DictConfig, samples: int) -> None:
-    """The global batch against the `samples` of data.shards (order.check_global_batch), before DeepSpeed starts:
-    its data-parallel ranks are those launched here, less a pipeline's stages."""
+    """The global batch against the `samples` of data.shards (order.check_global_batch), before DeepSpeed starts."""
     from megadalle.config import build
-    from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+    from megadalle.config.train import TrainerConfig
     from megadalle.data.order import check_global_batch
-    from megadalle.train.distributed import ranks
 
     trainer = build(TrainerConfig, cfg.trainer, "trainer")
-    stages = build(DeepSpeedConfig, cfg.deepspeed, "deepspeed").pipeline_stages
-    check_global_batch(trainer.micro_batch, trainer.grad_accum, max(1, ranks()[1] // stages), samples, cfg.data.shards)
+    check_global_batch(trainer.micro_batch, trainer.grad_accum, dp_ranks(cfg), samples, cfg.data.shards)
+
+
+def dp_ranks(cfg: DictConfig) -> int:
+    """The data-parallel ranks of the run: those launched here, less a pipeline's stages."""
+    from megadalle.config import build
+    from megadalle.config.train import DeepSpeedConfig
+    from megadalle.train.distributed import ranks
+
+    return max(1, ranks()[1] // build(DeepSpeedConfig, cfg.deepspeed, "deepspeed").pipeline_stages)
+
+
+def fits_contrastive_batch(cfg: DictConfig, negatives: str, validates: bool) -> None:
+    """CLIP contrasts each pair with the other pairs of its micro-batch on every rank (with clip.negatives=update,
+    of the whole update): with one pair there is no other caption to tell its image from, so the loss is 0 and
+    nothing is learnt (clip_acc 1.0, grad_norm 0, every update). A run that `validates` scores each validation
+    micro-batch alone: one pair there is a val/loss of 0 whatever the weights."""
+    from megadalle.config import build
+    from megadalle.config.train import TrainerConfig
+
+    trainer, ranks = build(TrainerConfig, cfg.trainer, "trainer"), dp_ranks(cfg)
+    keys = f"trainer.micro_batch={trainer.micro_batch} x {ranks} data-parallel rank{'s' if ranks != 1 else ''}"
+    update = negatives == "update" and trainer.grad_accum > 1
+    pairs = trainer.micro_batch * ranks * (trainer.grad_accum if update else 1)
+    fits(pairs >= 2, f"{keys}{f' x trainer.grad_accum={trainer.grad_accum}' if update else ''} = {pairs} pair per "
+                     f"contrastive loss (clip.negatives={negatives}): with no other caption to tell its image from, "
+                     f"CLIP learns nothing (loss 0); raise trainer.micro_batch"
+                     + (" or set clip.negatives=update" if trainer.grad_accum > 1 and not update else ""))
+    fits(not validates or trainer.micro_batch * ranks >= 2,
+         f"trainer.eval_every={trainer.eval_every}: validation contrasts the pairs of each micro-batch on every rank, "
+         f"{keys} = 1 pair: its val/loss would be 0 whatever the weights; raise trainer.micro_batch or set "
+         "trainer.eval_every=0")
 
 
 def fits_pad(group: str, pad_id: int) -> None:
@@ -116,6 +135,7 @@ def check_train_dvae(cfg: DictConfig) -> None:
     index = image_shards("data.shards", cfg.data.shards)
     fits_global_batch(cfg, index.total)
     fits_image_size(index, cfg, "dvae.image_size", dvae.image_size)
+    check_image_validation(cfg, "dvae.image_size", dvae.image_size, dp_ranks(cfg))
 
 
 def check_train_clip(cfg: DictConfig) -> None:
@@ -128,6 +148,8 @@ def check_train_clip(cfg: DictConfig) -> None:
     index = image_shards("data.shards", cfg.data.shards)
     fits_global_batch(cfg, index.total)
     fits_image_size(index, cfg, "clip.image_size", clip.image_size)
+    validates = check_image_validation(cfg, "clip.image_size", clip.image_size, dp_ranks(cfg))
+    fits_contrastive_batch(cfg, clip.negatives, validates)
     vocab = tokenizer_vocab("tokenizer", cfg.tokenizer)
     fits(vocab <= clip.text_vocab, f"clip.text_vocab={clip.text_vocab}: the tokenizer {cfg.tokenizer} has "
                                    f"{vocab} pieces (set clip.text_vocab={vocab} or more)")

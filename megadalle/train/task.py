@@ -35,7 +35,8 @@ Contract, in the order the trainer uses it:
    `validation_batches(part)` yields this rank's micro-batches of held-out data in a fixed order (or
    returns None: no validation); every `trainer.eval_every` updates the trainer evaluates the first
    `trainer.eval_batches` global batches of it with `validation_loss(model, batch, step)` (eval mode,
-   no_grad, the same seeded RNG every time) and logs the means over ranks as `val/...`.
+   no_grad, the same seeded RNG every time) and logs the means over ranks as `val/...`; of a split that ends
+   (`validation_split()`), at most one pass.
    `data_identity(part)` names what the data order depends on; a resume on other data is refused. A task reading
    shards (`ShardsTask`) takes it from `shard_index`, the index its loaders read too (`rank_batches(index=)`), and
    refuses there a global batch larger than the data set (data/order.py).
@@ -228,6 +229,13 @@ class Task:
         once and evaluates the same ones every time, so the curve measures the model, not the sample."""
         return None
 
+    def validation_split(self) -> tuple[str, int] | None:
+        """(the validation split's folder, its samples) when `validation_batches` reads a split that ends, or None
+        (no validation data, or a stream without end). The trainer then reads at most one pass of it (whole global
+        batches of its first samples, data/val_pass.py), and refuses a split smaller than the ranks' micro-batches
+        together when the run starts. Default: None."""
+        return None
+
     def validation_loss(self, model: nn.Module, batch: Batch, step: int) -> dict[str, float]:
         """Metrics of one validation micro-batch, `loss` among them (model in eval mode, under no_grad).
 
@@ -273,6 +281,12 @@ class ShardsTask(Task):
         check_global_batch(part.micro_batch, part.grad_accum, part.dp_world, self.shard_index.total, self.data.shards)
         return {"fingerprint": self.shard_index.fingerprint, "seed": self.seed, "shuffle": self.data.shuffle,
                 "global_batch": part.global_batch}
+
+    def validation_split(self) -> tuple[str, int] | None:
+        from megadalle.data.ingest import open_index
+
+        val = validation_data(self.data)
+        return None if val is None else (val.shards, open_index(val.shards, "data.val_shards").total)
 
 
 def validation_data(data):

@@ -2,7 +2,10 @@
 
 The subset is read once (the first `trainer.eval_batches` global batches of `task.validation_batches`,
 this rank's micro-batches of them) and kept on the device, so every evaluation scores the same samples
-and the curve moves only when the model does. Each evaluation runs in eval mode under no_grad with the
+and the curve moves only when the model does. A split that ends (`task.validation_split`) is read at most once
+over: fewer global batches where it holds fewer samples than asked for, said once when the run starts, and a split
+smaller than one micro-batch on every rank is refused then (data/val_pass.py). Every micro-batch is full, so the
+means over micro-batches below are means over samples. Each evaluation runs in eval mode under no_grad with the
 RNG forked and seeded the same way (the dVAE's Gumbel noise, any sampling in a loss): it is a
 deterministic function of the weights and it leaves the training RNG stream, hence resume, untouched.
 
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 import itertools
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 
+from megadalle.data.val_pass import one_pass
 from megadalle.train.engine import Built
 from megadalle.train.step_totals import with_step_totals
 from megadalle.train.steps import mean_over_ranks, to_device
@@ -45,6 +50,20 @@ class Validator:
         self.task, self.built, self.part = task, built, part
         self.every, self.global_batches, self.seed = every, batches, seed
         self._cache: list[Batch] | None = None
+        if every:
+            self.part, self.global_batches = self._one_pass(part, batches)
+
+    def _one_pass(self, part: DataPart, batches: int) -> tuple[DataPart, int]:
+        """The part and the global batches that read the task's split at most once over (as asked, for a stream
+        without end); a split too small is refused here, before the first update."""
+        split = self.task.validation_split()
+        if split is None:
+            return part, batches
+        shards, total = split
+        reading = one_pass(part.micro_batch, part.grad_accum, part.dp_world, batches, total, shards)
+        if reading.shortfall and self.built.engine.global_rank == 0:
+            print(f"[train] validation: {reading.shortfall}", flush=True)
+        return replace(part, grad_accum=reading.grad_accum), reading.batches
 
     def due(self, step: int) -> bool:
         """After update index `step` (0-based), as `trainer.media_every` counts."""

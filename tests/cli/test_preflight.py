@@ -406,3 +406,126 @@ def test_an_ema_swapped_in_for_validation_is_refused_with_zero_hpz(capsys, token
     argv = ["train", *TINY, f"data.shards={shards}", f"data.tokenizer={tok}", "trainer.ema=0.9",
             "+deepspeed.extra.zero_optimization.zero_hpz_partition_size=2"]
     fails(capsys, [*argv, "trainer.eval_every=2"], "zero_hpz_partition_size=2: with trainer.ema=0.9")
+
+
+def small_images(root, n: int, side: int):
+    """`n` JPEG samples of `side` px with captions, as `prepare image_size=side` writes them."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from megadalle.data.shards import ShardWriter
+
+    rng = np.random.default_rng(2)
+    with ShardWriter(root, meta={"image_size": side, "format": "jpg"}) as w:
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buf, format="JPEG")
+            w.write({"__key__": f"{i:06d}", "jpg": buf.getvalue(), "txt": "a red circle"})
+    return root
+
+
+@pytest.mark.parametrize("verb", ["train-dvae", "train-clip"])
+def test_validation_shards_are_checked_like_the_training_shards(capsys, token_shards, image_shards, tmp_path, verb):
+    """data.val_shards was first read at the first validation, eval_every updates into the run: token shards failed
+    there with a traceback, images smaller than the model's input were upscaled in silence, and a folder of images
+    got "not a finished shard directory" where data.shards gets the advice to prepare it."""
+    from megadalle.preflight import preflight
+
+    run = training(verb, token_shards, image_shards, "trainer.eval_every=1")
+    fails(capsys, [*run, f"data.val_shards={token_shards[0]}"],
+          f"megadalle {verb}: data.val_shards={token_shards[0]}: no image field among ['codes.npy', 'txt'] (token "
+          "shards from `encode`; this verb reads image shards from `prepare`)")
+    small = small_images(tmp_path / "val16", 8, 16)
+    fails(capsys, [*run, f"data.val_shards={small}"],
+          f"the images of data.val_shards={small} are 16 px, smaller than the model's input (give data.val_shards of "
+          "the training's size, or prepare the shards at 32 px)")
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        (tmp_path / "imgs" / f"im{i}.png").write_bytes(b"")
+    fails(capsys, [*run, f"data.val_shards={tmp_path / 'imgs'}"],
+          f"data.val_shards={tmp_path / 'imgs'}: {tmp_path / 'imgs'}/index.json not found: {tmp_path / 'imgs'} holds "
+          "images")
+    fails(capsys, [*run, f"data.val_shards={tmp_path / 'nope'}"], f"data.val_shards={tmp_path / 'nope'}: no such")
+    preflight(verb, compose(verb, [*run[1:], f"data.val_shards={image_shards}"]))
+    preflight(verb, compose(verb, [*run[1:], "trainer.eval_every=0", f"data.val_shards={token_shards[0]}"]))
+
+
+def test_tars_from_elsewhere_serve_as_validation_shards(tmp_path, token_shards, image_shards):
+    """The data config refused a val_shards folder without index.json, which data.shards indexes on first use."""
+    from megadalle.preflight import preflight
+
+    root = wds_tars(tmp_path / "wds")
+    preflight("train-dvae", compose("train-dvae", [*training("train-dvae", token_shards, image_shards)[1:],
+                                                   "trainer.eval_every=1", f"data.val_shards={root}"]))
+    assert (root / "index.json").is_file()
+
+
+def test_token_validation_shards_must_fit_the_transformer(capsys, token_shards, image_shards, tmp_path):
+    import shutil
+
+    from megadalle.data.index import ShardIndex
+
+    run = training("train", token_shards, image_shards, "trainer.eval_every=1")
+    fails(capsys, [*run, f"data.val_shards={image_shards}"], f"data.val_shards={image_shards}: no codes.npy field")
+    other = tmp_path / "other"
+    shutil.copytree(token_shards[0], other)
+    index = ShardIndex.load(other)
+    index.meta.update(vocab_size=64)
+    index.save()
+    fails(capsys, [*run, f"data.val_shards={other}"],
+          f"model.image_vocab=128: the token shards data.val_shards={other} hold codes of a 64-entry codebook, and "
+          "sampling needs the model's codes to be its dVAE's (give data.val_shards encoded by the dVAE of data.shards)")
+
+
+def few_tokens(root, n: int):
+    """`n` token samples of 8x8 codes of 128, as `encode` writes them."""
+    import numpy as np
+
+    from megadalle.data.shards import ShardWriter
+
+    with ShardWriter(root, meta={"grid_size": 8, "vocab_size": 128, "image_size": 32}) as w:
+        for i in range(n):
+            w.write({"__key__": f"{i:06d}", "codes.npy": np.full((8, 8), i, dtype=np.uint16), "txt": "a red circle"})
+    return root
+
+
+@pytest.mark.parametrize("verb", ["train", "train-dvae", "train-clip"])
+def test_a_validation_split_smaller_than_a_micro_batch_on_every_rank_is_refused(capsys, token_shards, image_shards,
+                                                                               tmp_path, verb):
+    """A one-image split repeated its image through each batch: CLIP logged val/loss ln 4, val/clip_acc 0.25."""
+    from megadalle.preflight import preflight
+
+    val = few_tokens(tmp_path / "val", 3) if verb == "train" else small_images(tmp_path / "val", 3, 32)
+    run = training(verb, token_shards, image_shards, "trainer.eval_every=1", f"data.val_shards={val}",
+                   "trainer.micro_batch=4")
+    fails(capsys, run, f"megadalle {verb}: the validation split {val} holds 3 samples, fewer than one micro-batch on "
+                       "every rank (trainer.micro_batch=4 x 1 data-parallel rank = 4): each validation batch would "
+                       "score some samples twice")
+    preflight(verb, compose(verb, [*run[1:], "trainer.micro_batch=3"]))
+    preflight(verb, compose(verb, [*run[1:], "trainer.eval_every=0"]))
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["trainer.micro_batch=1"], "trainer.micro_batch=1 x 1 data-parallel rank = 1 pair per contrastive loss "
+                                "(clip.negatives=update): with no other caption to tell its image from, CLIP learns "
+                                "nothing (loss 0); raise trainer.micro_batch"),
+    (["trainer.micro_batch=1", "trainer.grad_accum=4", "clip.negatives=micro_batch"],
+     "= 1 pair per contrastive loss (clip.negatives=micro_batch): with no other caption to tell its image from, CLIP "
+     "learns nothing (loss 0); raise trainer.micro_batch or set clip.negatives=update"),
+    (["trainer.micro_batch=1", "trainer.grad_accum=4", "trainer.eval_every=1"],
+     "trainer.eval_every=1: validation contrasts the pairs of each micro-batch on every rank, trainer.micro_batch=1 x "
+     "1 data-parallel rank = 1 pair: its val/loss would be 0 whatever the weights"),
+])
+def test_clip_refuses_a_contrastive_loss_of_one_pair(capsys, token_shards, image_shards, overrides, expected):
+    """One pair has no negative: train-clip ran with loss 0.0, clip_acc 1.0 and grad_norm 0 at every update."""
+    fails(capsys, training("train-clip", token_shards, image_shards, f"data.val_shards={image_shards}", *overrides),
+          expected)
+
+
+def test_clip_contrasts_the_updates_pairs_with_one_pair_a_micro_batch(token_shards, image_shards):
+    from megadalle.preflight import preflight
+
+    preflight("train-clip", compose("train-clip", training("train-clip", token_shards, image_shards,
+                                                           "trainer.micro_batch=1", "trainer.grad_accum=4")[1:]))

@@ -30,18 +30,18 @@ def records(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
-def plain_validation(task, model, step: int, seed: int = 0) -> dict[str, float]:
-    """The mean validation metrics of `model` over the first EVAL_BATCHES batches, without the trainer. The batches
+def plain_validation(task, model, step: int, seed: int = 0, count: int = EVAL_BATCHES) -> dict[str, float]:
+    """The mean validation metrics of `model` over the first `count` batches, without the trainer. The batches
     carry the whole subset's loss counts (the Transformer's text loss is the token mean of all of them); the task's
     summary of the subset replaces its means (the dVAE's perplexity)."""
     batches = with_step_totals(task, list(itertools.islice(task.validation_batches(DataPart(MICRO, 1, 0, 1)),
-                                                           EVAL_BATCHES)), 1, torch.device("cpu"))
+                                                           count)), 1, torch.device("cpu"))
     totals: dict[str, float] = {}
     model.eval()
     with torch.no_grad(), seeded(seed, torch.device("cpu")):
         for batch in batches:
             for name, value in task.validation_loss(model, batch, step).items():
-                totals[name] = totals.get(name, 0.0) + value / EVAL_BATCHES
+                totals[name] = totals.get(name, 0.0) + value / count
     return {**totals, **task.validation_summary(torch.device("cpu"))}
 
 
@@ -98,6 +98,34 @@ def test_val_loss_is_logged_every_eval_every_and_equals_a_plain_evaluation(name,
     for key, value in expected.items():
         assert logged[3][f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert logged[3]["val/loss"] != pytest.approx(logged[1]["val/loss"], rel=1e-6), "weights changed in between"
+
+
+def test_a_small_split_is_scored_once_each_validation(image_data, token_data, tmp_path, capsys):
+    """eval_batches global batches were cut from the split's endless stream: 8 batches of 4 on this 12-sample split
+    scored each sample 2 or 3 times. Now its 3 batches, each sample once, said once."""
+    verb, overrides, factory, factory_name = configs("clip", image_data, token_data, tmp_path / "run")
+    cfg = compose(verb, [*overrides, *common(tmp_path / "run"), "trainer.eval_batches=8"])
+    task = factory(cfg)
+    result = train_from_config(task, cfg, factory_name)
+    assert capsys.readouterr().out.count(f"[train] validation: the validation split {image_data / 'val'} holds 12 "
+                                         "samples, fewer than the 32 of trainer.eval_batches=8 global batches; each "
+                                         "validation scores 12 of them, each once") == 1
+    expected = plain_validation(task, result.model, step=3, count=3)
+    for key, value in expected.items():
+        assert records(tmp_path / "run")[3][f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_a_split_smaller_than_a_micro_batch_is_refused_before_the_first_update(image_data, tmp_path):
+    """A run that skips the CLI's checks (the demo, a caller of train_from_config) is refused when it starts."""
+    from megadalle.data.val_pass import SplitSmallerThanBatch
+    from megadalle.train.dvae import FACTORY, task_from_config
+
+    write_image_shards(tmp_path / "val", 3, 32, 3)
+    cfg = compose("train-dvae", [f"data.shards={image_data}", f"data.val_shards={tmp_path / 'val'}", "dvae=tiny",
+                                 "dvae.n_hid=16", "dvae.vocab_size=64", *common(tmp_path / "run")])
+    with pytest.raises(SplitSmallerThanBatch, match=f"the validation split {tmp_path / 'val'} holds 3 samples"):
+        train_from_config(task_from_config(cfg), cfg, FACTORY)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_a_task_without_validation_data_trains_and_says_so_once(image_data, tmp_path, capsys):

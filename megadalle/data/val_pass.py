@@ -1,0 +1,50 @@
+"""How one validation reads its split: at most one pass, every sample scored once.
+
+The validation stream is the split in stored order, as endless as the training stream (order.py): position p reads
+sample p mod N. Cutting `trainer.eval_batches` global batches from it scored a small split's samples several times in
+one validation, unequally weighted where the batches did not divide it, and a split smaller than the ranks'
+micro-batches together repeated samples inside one micro-batch (CLIP's duplicates are negatives of their own caption:
+a constant val/loss of ln 4 from one image). So a validation reads whole global batches of the first N positions
+only: fewer than eval_batches where they would not fit, with fewer accumulated micro-batches where not even one global
+batch fits. Every micro-batch is full, so the mean over micro-batches is the mean over samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megadalle.errors import UserError
+
+
+class SplitSmallerThanBatch(UserError, ValueError):
+    """A validation split with fewer samples than one micro-batch on every data-parallel rank."""
+
+
+@dataclass(frozen=True)
+class OnePass:
+    """`batches` global batches of micro_batch x `grad_accum` x ranks samples: `samples` of the split, each once;
+    `shortfall` says in one line what that leaves out of what trainer.eval_batches asked (None: nothing)."""
+
+    grad_accum: int
+    batches: int
+    samples: int
+    shortfall: str | None
+
+
+def one_pass(micro_batch: int, grad_accum: int, ranks: int, eval_batches: int, total: int, shards) -> OnePass:
+    """The reading of a validation split of `total` samples (`shards`, named in the messages) for the training's
+    micro-batch, accumulation and data-parallel `ranks`, asked for `eval_batches` global batches."""
+    together = micro_batch * ranks
+    if together > total:
+        raise SplitSmallerThanBatch(
+            f"the validation split {shards} holds {total} sample{'s' if total != 1 else ''}, fewer than one "
+            f"micro-batch on every rank (trainer.micro_batch={micro_batch} x {ranks} data-parallel "
+            f"rank{'s' if ranks != 1 else ''} = {together}): each validation batch would score some samples twice "
+            f"(for CLIP a duplicate is a negative of its own caption); give data.val_shards of at least {together} "
+            "samples, lower trainer.micro_batch, or set trainer.eval_every=0")
+    accum = min(grad_accum, total // together)
+    batches = min(eval_batches, total // (together * accum))
+    samples, asked = batches * together * accum, eval_batches * together * grad_accum
+    shortfall = None if samples == asked else (
+        f"the validation split {shards} holds {total} samples, fewer than the {asked} of trainer.eval_batches="
+        f"{eval_batches} global batches; each validation scores {samples} of them, each once")
+    return OnePass(accum, batches, samples, shortfall)
