@@ -64,7 +64,8 @@ class TrainerConfig:
     eval_every: int = 0
     """Validation loss on the held-out data (data.val_shards) every this many updates, logged as val/...; 0 = never."""
     eval_batches: int = 4
-    """Global batches of validation data evaluated each time (the same ones every time)."""
+    """Global batches of validation data evaluated each time (the same ones every time); at most one pass of the split:
+    fewer when it holds fewer whole global batches (said once at the start; data/val_pass.py)."""
     fused_optimizer: bool = True
     """A fused AdamW: apex's FusedAdam when it is importable and training runs on CUDA, else torch's AdamW with
     `fused=True` (CUDA and CPU); false runs torch's default (foreach) AdamW."""
