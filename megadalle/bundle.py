@@ -113,16 +113,22 @@ class SamplingFiles:
     weights and for records older than the digests."""
 
 
-def check_ema(files: SamplingFiles, ema: bool) -> None:
+def check_ema(files: SamplingFiles, ema: bool | None) -> None:
     """`ema=true` chooses a run directory's EMA weights; exported weights are what they were exported as (a
-    model folder's bundle.json says which), and reading them while asked for the EMA would pass in silence."""
+    model folder's bundle.json says which), and reading them while asked for the EMA would pass in silence. A run
+    directory that trained no EMA is refused for it here, before any weights are read. `ema=auto` (None) reads
+    exported weights as they are and a run's EMA where it trained one (train.consolidate.chosen_ema)."""
     from megadalle.sampling.load import is_run
+    from megadalle.train.consolidate import run_ema
 
     if ema and not is_run(files.transformer):
         exported = files.manifest.get("ema")
         what = "" if exported is None else f" (exported with ema={str(exported).lower()})"
         raise BundleError(f"ema=true reads the EMA of a training run directory; {files.transformer} holds exported "
                           f"weights{what}: drop ema=true, or export the run with ema=true")
+    for path in (files.transformer, files.dvae, files.clip) if ema else ():
+        if path is not None and is_run(path):
+            run_ema(path, ema)
 
 
 def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str | None = None,
@@ -245,21 +251,24 @@ def _check_pieces(files: dict[str, Path | None], own_clip: bool, clip_model: str
 
 
 def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,
-                 clip_weights: str | None = None, checkpoint: str | None = None, ema: bool = False,
+                 clip_weights: str | None = None, checkpoint: str | None = None, ema: bool | None = None,
                  clip_model: str = "megadalle", dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9) -> Path:
     """Export a Transformer run with its tokenizer, dVAE and (optional) CLIP into the folder `output`;
-    `clip_model=open_clip:<arch>` takes an open_clip state dict as the CLIP."""
+    `clip_model=open_clip:<arch>` takes an open_clip state dict as the CLIP. `ema`: the run's EMA, its live
+    weights, or None for its EMA where it trained one (train.consolidate.chosen_ema); bundle.json records which."""
     from megadalle.data.digest import sha256
     from megadalle.sampling.rerank import OPEN_CLIP
 
     from megadalle.sampling.compatible import check_files
     from megadalle.sampling.load import model_config
+    from megadalle.train.consolidate import chosen_ema
 
     check_output(output)
     run, output = Path(run), Path(output)
     record = run_pieces.read(run)
     config = record.get("config", {})
     model_config(run, "transformer")  # a model folder is a Transformer's: refuse a dVAE or CLIP run by name
+    ema = chosen_ema(run, config, ema)
     files = {"tokenizer": run_pieces.pick(tokenizer, run, record, "tokenizer", True),
              "dvae": run_pieces.pick(dvae_weights, run, record, "dvae", True),
              "clip": run_pieces.pick(clip_weights, run, record, "clip", False)}
@@ -298,13 +307,14 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
 
 def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | None = None, clip: str | None = None,
                 clip_model: str = "megadalle", want_clip: bool = True, without_clip: str = "rerank=false",
-                ema: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                ema: bool | None = False, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                 check_text: Callable[[Any], None] | None = None) -> Pipeline:
     """What a sampling verb samples with, from its keys (`sampling_files`). Everything is checked before a
-    tensor is read: the device, `ema`, the files and whether they were trained together, and with `check_text`
-    (called with the Tokenizer) what the verb will sample (a prompt the tokenizer reads nothing of). The reranker loads
-    first, so a bad CLIP file fails before a large Transformer has loaded. The Transformer in `dtype`, the dVAE
-    and CLIP in float32, all on `device`; `manifest` is a model folder's bundle.json ({} for other weights)."""
+    tensor is read: the device, `ema` (None: each run directory's EMA where it trained one), the files and whether
+    they were trained together, and with `check_text` (called with the Tokenizer) what the verb will sample (a
+    prompt the tokenizer reads nothing of). The reranker loads first, so a bad CLIP file fails before a large
+    Transformer has loaded. The Transformer in `dtype`, the dVAE and CLIP in float32, all on `device`; `manifest`
+    is a model folder's bundle.json ({} for other weights)."""
     from megadalle.data.tokenizer import Tokenizer
     from megadalle.devices import pick_device
     from megadalle.sampling.compatible import check_files

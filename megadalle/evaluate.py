@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from megadalle.config import ConfigError, build, check, top_level
+from megadalle.config.ema import ema_choice
 from megadalle.config.evaluate import EvaluateConfig
 from megadalle.data.captions import first_caption
 from megadalle.data.images import upscaled_message
@@ -280,7 +281,7 @@ def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor
 
     without_clip = "clip_score=false" + ("" if ec.fid or ec.save_samples else " with save_samples=true")
     models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
-                         without_clip, ec.ema, device, pick_dtype(ec.dtype, device), keep_readable)
+                         without_clip, ema_choice(ec.ema), device, pick_dtype(ec.dtype, device), keep_readable)
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)
     path = write_report(scores, ec)

@@ -2,8 +2,8 @@
 
 The work is megadalle.train.consolidate's (streaming, whatever layout trained the run) and
 megadalle.bundle's (the folder with tokenizer, dVAE and CLIP beside the Transformer); this verb only
-parses its keys (megadalle.config.export), picks one, and reports. `export` and `load_run` are
-re-exported for callers above train/ (the demo).
+parses its keys (megadalle.config.export), picks one, and reports which weights it wrote (`ema`).
+`export` and `load_run` are re-exported for callers above train/ (the demo).
 """
 from __future__ import annotations
 
@@ -12,24 +12,29 @@ import sys
 from omegaconf import DictConfig
 
 from megadalle.config import build, top_level
+from megadalle.config.ema import ema_choice
 from megadalle.config.export import ExportConfig
-from megadalle.train.consolidate import export, load_run
+from megadalle.train.consolidate import export, load_run, run_ema
 from megadalle.weights import TMP, one_file
 
 __all__ = ["export", "load_run", "run"]
 
 
 def run(cfg: DictConfig) -> int:
+    """The export, and one line saying what it wrote: the EMA or the live weights, `ema=auto` choosing per run
+    (an EMA shipped in silence, or left out in silence, is not the model the user thinks they share)."""
     ec = build(ExportConfig, top_level(cfg, ExportConfig), "")
+    ema = run_ema(ec.run, ema_choice(ec.ema))  # ema=true of a run without an EMA is refused before anything is written
+    weights = f"{ec.dtype}, {'the EMA weights' if ema else 'the live weights'}"
     if ec.weights_only or one_file(ec.output):
-        path = export(ec.run, ec.output, ec.checkpoint, ec.ema, ec.dtype, ec.max_shard_mb * 10**6)
-        print(f"[export] wrote {path} ({ec.dtype}{', EMA' if ec.ema else ''})", file=sys.stderr)
+        path = export(ec.run, ec.output, ec.checkpoint, ema, ec.dtype, ec.max_shard_mb * 10**6)
+        print(f"[export] wrote {path} ({weights})", file=sys.stderr)
         return 0
     from megadalle.bundle import write_bundle
 
-    folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ec.ema,
+    folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ema,
                           ec.clip_model, ec.dtype, ec.max_shard_mb * 10**6)
-    print(f"[export] model folder {folder} ({ec.dtype}{', EMA' if ec.ema else ''}): "
+    print(f"[export] wrote model folder {folder} ({weights}): "
           + ", ".join(sorted(p.name for p in folder.iterdir() if TMP not in p.name)), file=sys.stderr)
     return 0
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from megadalle.config import build, top_level
+from megadalle.config.ema import ema_choice
 from megadalle.config.sample import GenerateConfig, check_request
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.listed_files import remove_listed_files
@@ -164,7 +165,7 @@ def sample_and_write(gc: GenerateConfig, device: torch.device, dtype: torch.dtyp
     from megadalle.bundle import open_models
 
     models = open_models(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank,
-                         ema=gc.ema, device=device, dtype=dtype,
+                         ema=ema_choice(gc.ema), device=device, dtype=dtype,
                          check_text=lambda words: check_prompt(words, gc.prompt))
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)

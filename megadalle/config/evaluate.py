@@ -65,8 +65,9 @@ class EvaluateConfig:
     `samples/index.json` (caption -> files, and their `order`), for judges outside megadalle. With clip_score the
     files go by CLIP score, best first (`_000` is the best sample, not the first drawn); without, in sample order. Every run first removes the samples
     an earlier run's index.json lists, so the folder holds this run's alone beside any file of the user's."""
-    ema: bool = False
-    """When loading a training run directory: use its EMA weights."""
+    ema: str = "auto"
+    """Which weights of a run directory, as generate's: auto = its EMA when it trained one (trainer.ema), else its
+    live weights; true = the EMA (refused for a run without one); false = the live weights."""
     output: str = "evaluate"
     """Directory for metrics.json and metrics.md. In a `-m` sweep, the sweep's folder: job i writes to
     `<output>/<i>` (with no output given, to its job folder `<out_dir>/multirun/evaluate/<i>`)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megadalle.config import check, join
+from megadalle.config.ema import check_ema
 
 DTYPES = ("bf16", "fp32", "fp16")
 
@@ -18,8 +19,9 @@ class ExportConfig:
     .safetensors for one file with its .json beside it (small models only: the whole model is held to write it)."""
     checkpoint: str | None = None
     """A specific <run>/checkpoints/step_* directory; null = the newest complete one."""
-    ema: bool = False
-    """Export the EMA of the weights instead (runs trained with trainer.ema set)."""
+    ema: str = "auto"
+    """Which weights: auto = the EMA when the run trained one (trainer.ema: the weights its validation scored),
+    else the live weights; true = the EMA (refused for a run without one); false = the live weights."""
     dtype: str = "bf16"
     """Precision of the floating-point tensors written: bf16 (half the bytes of the fp32 masters), fp32, fp16."""
     max_shard_mb: int = 5000
@@ -41,6 +43,7 @@ class ExportConfig:
             check(bool(getattr(self, name)), join(where, name), getattr(self, name), "is required")
         check(self.dtype in DTYPES, join(where, "dtype"), self.dtype, f"expected one of {DTYPES}")
         check(self.max_shard_mb > 0, join(where, "max_shard_mb"), self.max_shard_mb, "must be positive")
+        check_ema(self.ema, join(where, "ema"))
         self.check_clip(where)
 
     def check_clip(self, where: str) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from megadalle.config import check
+from megadalle.config.ema import check_ema
 
 DTYPE_CHOICES = ("auto", "fp32", "bf16")
 """The Transformer's dtype when sampling (megadalle.devices.pick_dtype); the names the export uses."""
@@ -52,8 +53,10 @@ class GenerateConfig:
     """The BPE model; null = `tokenizer.model` beside `weights`."""
     rerank: bool = True
     """Sort by CLIP score; false keeps sample order and needs no CLIP."""
-    ema: bool = False
-    """When loading run directories: use the EMA weights."""
+    ema: str = "auto"
+    """Which weights of a run directory (`weights`, `dvae_weights`, `clip_weights`): auto = its EMA when it trained
+    one (trainer.ema), else its live weights; true = the EMA (refused for a run without one); false = the live
+    weights. Exported weights are what they were exported as (ema=true on them is refused)."""
     output: str = "generate"
     """Directory for grid.png, the kept samples and scores.json, and meanwhile for the finished batches
     (unfinished.safetensors), which the same command continues after a stop. In a `-m` sweep, the sweep's
@@ -98,8 +101,8 @@ def check_request(prompt, n, keep, batch_size, seed) -> None:
 
 
 def check_sampling(cfg) -> None:
-    """The keys the sampling verbs (`generate`, `evaluate`) share: the sampling settings, the reranker, the device
-    and the dtype. Checked in one place, so that the verbs cannot drift apart (evaluate once handed device=bogus
+    """The keys the sampling verbs (`generate`, `evaluate`) share: the sampling settings, the reranker, the device,
+    the dtype and `ema`. Checked in one place, so that the verbs cannot drift apart (evaluate once handed device=bogus
     to torch)."""
     check(0 < cfg.temperature < math.inf, "temperature", cfg.temperature,
           "must be positive and finite (inf samples every image token alike, whatever the model says)")
@@ -110,3 +113,4 @@ def check_sampling(cfg) -> None:
     check(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device", cfg.device,
           "expected auto, cpu, cuda or cuda:N")
     check(cfg.dtype in DTYPE_CHOICES, "dtype", cfg.dtype, f"expected one of {', '.join(DTYPE_CHOICES)}")
+    check_ema(cfg.ema)

@@ -49,7 +49,8 @@ class TrainerConfig:
     ema: float | None = None
     """Decay of an exponential moving average of the weights (the paper's: 0.99 for the Transformer, 0.999 for the
     dVAE), or null for none. With one, validation
-    (val/...) and media are computed with the EMA weights, the ones export ships."""
+    (val/...) and media are computed with the EMA weights, the ones export ships and generate and evaluate read from
+    the run directory (their ema=auto; ema=false for the live weights)."""
     precision: str = "auto"
     """auto = bf16 with fp32 master weights on GPU, fp32 on CPU; or force fp32 / bf16."""
     checkpoint_every: int = 1000

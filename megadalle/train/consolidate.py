@@ -9,7 +9,8 @@ come lazily from whatever layout trained it:
 - ZeRO-3: the fp32 masters, each parameter gathered from the ranks' partitions (zero_masters.py);
 - pipeline: each `layer_NN-model_states.pt` in turn, named through `layer_names` (see `pipeline_names`),
   or for an fp32 export of a bf16 run the stages' fp32 masters (zero_masters.py), named the same way;
-- `ema=True`: the EMA pieces every rank saved, consolidated parameter by parameter (ema.py).
+- `ema=True`: the EMA pieces every rank saved, consolidated parameter by parameter (ema.py); `ema=None` (the
+  verbs' `ema=auto`) reads them where the run trained an EMA (`chosen_ema`).
 Vocabulary tables trained in row pieces (`model.vocab_chunk`) are exported joined, under the whole
 table's name, and the exported config says `vocab_chunk: 0` (models/vocab_tables.py).
 So neither export nor `load_run` ever holds the checkpoint whole. Our own reads use
@@ -62,6 +63,26 @@ READ_ADVICE = ("to read another checkpoint of the run: megadalle export run=RUN 
                "output=DIR, then weights=DIR")
 """The way out a reader of a run (export, generate, evaluate) has when none of its checkpoints is usable: not the
 training verbs' run_dir= or resume=, which the readers do not take."""
+
+
+def chosen_ema(run_dir: str | Path, config: dict, ema: bool | None) -> bool:
+    """Whether reading the run means its EMA: `ema` as given; None (the verbs' `ema=auto`) where the run trained
+    one (`trainer.ema` in its recorded `config`: every checkpoint holds it, and its validation and media scored
+    it, as train-dvae's and train-clip's exports ship it). ema=True for a run without one is refused here, before
+    a tensor is read. The record decides, not the files: a checkpoint that lost its EMA files is refused
+    (checkpoint_damage, checkpoint_tensors) rather than read as its live weights in silence."""
+    decay = (config.get("trainer") or {}).get("ema")
+    if ema and decay is None:
+        raise CheckpointError(f"ema=true: {run_dir} trained without an EMA (trainer.ema=null in its run.json): "
+                              "drop ema=true for its live weights")
+    return decay is not None if ema is None else ema
+
+
+def run_ema(run_dir: str | Path, ema: bool | None) -> bool:
+    """`chosen_ema` for the run directory `run_dir`, from its run.json."""
+    from megadalle import run_pieces
+
+    return chosen_ema(run_dir, run_pieces.read(Path(run_dir)).get("config", {}), ema)
 
 
 def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
@@ -180,7 +201,7 @@ def checkpoint_tensors(task: Task, model: nn.Module, path: Path, ema: bool = Fal
         try:
             yield from EmaPieces(path)
         except (FileNotFoundError, ValueError) as err:
-            raise CheckpointError(f"ema=true: {err}") from err
+            raise CheckpointError(f"the EMA weights: {err}; ema=false reads the live weights") from err
     elif any(path.glob("layer_*-model_states.pt")):
         yield from _pipeline_tensors(task, model, path, dtype)
     else:
@@ -241,11 +262,13 @@ def read_checkpoint(run_dir: str | Path, checkpoint: str | Path | None, read: Ca
                           "read it once the run stops, or train with a larger trainer.keep_checkpoints")
 
 
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool = False,
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool | None = False,
              dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Task]:
     """The run's model (CPU, eval mode, floating tensors in `dtype`) with the newest complete checkpoint's weights
-    (or its EMA); each tensor is cast as it is read, so a bf16 load never holds an fp32 copy of the model."""
-    task, _ = run_task(run_dir)
+    (or its EMA; None: `chosen_ema`); each tensor is cast as it is read, so a bf16 load never holds an fp32 copy of
+    the model."""
+    task, config = run_task(run_dir)
+    ema = chosen_ema(run_dir, config, ema)
 
     def read(path: Path) -> nn.Module:
         model = meta_model(task)
@@ -261,15 +284,17 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: boo
     return read_checkpoint(run_dir, checkpoint, read, instead), task
 
 
-def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | None = None, ema: bool = False,
+def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | None = None, ema: bool | None = None,
            dtype: str = "bf16", max_shard_bytes: int = 5 << 30,
            before_replace: Callable[[], None] | None = None) -> Path:
     """Write the run's weights in `dtype`: a folder of shards + index + config.json, or, when `output`
     ends in .safetensors, that one file with its config JSON beside. Either way only the tensor being
-    written is held (weights.py, planned_safetensors.py). `before_replace` is called once every tensor is
-    written, just before an earlier export at `output` is replaced (the writers' `close`)."""
+    written is held (weights.py, planned_safetensors.py). `ema`: the EMA, the live weights, or None for the EMA
+    where the run trained one (`chosen_ema`: the weights its validation scored). `before_replace` is called once
+    every tensor is written, just before an earlier export at `output` is replaced (the writers' `close`)."""
     check_replaceable(output)
-    task, _ = run_task(run_dir)
+    task, config = run_task(run_dir)
+    ema = chosen_ema(run_dir, config, ema)
     spec, torch_dtype = task.export_spec(), DTYPES[dtype]
 
     def write(path: Path) -> Path:
