@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from megadalle.errors import UserError
@@ -49,6 +49,31 @@ class OutputInTheWay(UserError, FileExistsError):
 
 class AmbiguousOutput(UserError, ValueError):
     """An export `output` that names a file and a folder at once."""
+
+
+class WeightsDamaged(UserError, ValueError):
+    """A weights file, or a JSON an export wrote beside it, that does not read as written: cut short, garbled, or
+    a shard its index lists gone (a copy that stopped early, a disk that filled)."""
+
+
+def damaged(path: str | Path, why: str) -> WeightsDamaged:
+    """The one line for a damaged `path`: what is wrong, and the two ways to get it whole again."""
+    return WeightsDamaged(f"{path}: {why}; re-export the weights, or copy this file again from where it came")
+
+
+def read_record(path: Path, *keys: str) -> dict:
+    """A JSON record an export wrote (an index, a config JSON, a model folder's bundle.json), holding `keys`: a
+    garbled one is `damaged`, named, rather than a JSONDecodeError or KeyError deep in a load."""
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for a binary file
+        raise damaged(path, f"not valid JSON ({err})") from None
+    if not isinstance(record, dict):
+        raise damaged(path, f"a JSON {type(record).__name__}, not the object an export writes")
+    missing = [key for key in keys if key not in record]
+    if missing:
+        raise damaged(path, f"lacks {', '.join(missing)}")
+    return record
 
 
 def one_file(output: str | Path) -> bool:
@@ -270,9 +295,23 @@ def weight_files(path: str | Path) -> list[Path]:
     if not path.is_file():
         raise WeightsNotFound(f"no weights file at {path}")
     if path.name.endswith(".json"):
-        weight_map = json.loads(path.read_text())["weight_map"]
-        return [path.parent / name for name in dict.fromkeys(weight_map.values())]
+        weight_map = read_record(path, "weight_map")["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+            raise damaged(path, "its weight_map is no map of tensor names to shard files")
+        files = [path.parent / name for name in dict.fromkeys(weight_map.values())]
+        for file in files:  # every shard, before any is read: a missing last one is not found minutes in
+            if not file.is_file():
+                raise damaged(file, f"not there, though {path.name} lists it")
+        return files
     return [path]
+
+
+def _open(file: Path, device: torch.device | str = "cpu"):
+    """`safe_open` of `file`, one that is cut short or is no safetensors file `damaged`."""
+    try:
+        return safe_open(str(file), framework="pt", device=str(device))
+    except SafetensorError as err:
+        raise damaged(file, f"not a whole safetensors file ({err})") from None
 
 
 def load_weights(path: str | Path, kind: str | None = None, device: torch.device | str = "cpu",
@@ -285,9 +324,12 @@ def load_weights(path: str | Path, kind: str | None = None, device: torch.device
     copy anywhere."""
     files = weight_files(path)
     config = read_config(path, kind, files)
+    for file in files:  # each one whole (its header read, its size checked), before the first tensor is read
+        with _open(file):
+            pass
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        with safe_open(str(file), framework="pt", device=str(device)) as tensors:
+        with _open(file, device) as tensors:
             for name in tensors.keys():
                 tensor = tensors.get_tensor(name)
                 state[name] = tensor if dtype is None else as_dtype(tensor, dtype)
@@ -306,8 +348,9 @@ def read_config(path: str | Path, kind: str | None = None, files: list[Path] | N
         if folder is not None:
             raise WeightsNotFound(f"{path} is one shard of the weights in {folder}: give the folder {folder} (or "
                                   f"its {INDEX})")
-        raise WeightsNotFound(f"weights {path} have no config JSON (expected {meta_path})")
-    meta = json.loads(meta_path.read_text())
+        raise WeightsNotFound(f"weights {path} have no config JSON (expected {meta_path}); re-export them, or copy "
+                              f"{meta_path.name} again from where they came")
+    meta = read_record(meta_path, "kind", "config")
     if kind is not None and meta.get("kind") != kind:
         raise WeightsError(f"{path} holds a {meta.get('kind')!r} model, not a {kind!r} model")
     return meta["config"]

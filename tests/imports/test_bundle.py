@@ -331,3 +331,16 @@ def test_one_shard_as_weights_names_its_folder(trained, tmp_path, capsys):
                                                f"{folder}; pass weights={folder}")
     with pytest.raises(WeightsNotFound, match=f"one shard of the weights in {folder / 'transformer'}: give the folder"):
         load_weights(shard, "transformer")
+
+
+def test_exports_dvae_and_clip_checks_name_a_damaged_file(trained, tmp_path, capsys):
+    """A dVAE or CLIP file cut short was a SafetensorError traceback, exit code 1."""
+    run, _, dvae, clip = trained
+    for source, key in ((dvae, "dvae_weights"), (clip, "clip_weights")):
+        damaged = tmp_path / source.name
+        damaged.write_bytes(source.read_bytes()[:1000])
+        shutil.copy(source.with_suffix(".json"), damaged.with_suffix(".json"))
+        given = [f"{k}={v}" for k, v in {"dvae_weights": dvae, key: damaged}.items()]
+        assert main(["export", f"run={run}", f"output={tmp_path / 'model'}", *given]) == 2
+        assert capsys.readouterr().err.startswith(f"megadalle export: {damaged}: not a whole safetensors file (")
+        assert not (tmp_path / "model").exists()
