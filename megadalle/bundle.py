@@ -32,7 +32,7 @@ from megadalle.data import atomic
 from megadalle import run_pieces
 from megadalle.errors import BundleError
 from megadalle.sampling.compatible import TokenizerRecord
-from megadalle.weights import TMP, check_replaceable, shard_of
+from megadalle.weights import INDEX, TMP, check_replaceable, read_record, shard_of
 
 MANIFEST = "bundle.json"
 FORMAT = "megadalle-bundle/1"
@@ -90,6 +90,15 @@ def check_output(output: str | Path) -> None:
                       f"a model folder (no {MANIFEST})")
 
 
+def folder_of_transformer(path: Path) -> Path:
+    """The model folder whose Transformer `path` is (`FOLDER/transformer`, or its index JSON): the folder is what
+    is read, under its bundle.json's rules (its tokenizer's sha256, its reranker, a folder exported without
+    CLIP), not the files beside its Transformer; an unfinished one is said to be so. Anything else is `path`."""
+    transformer = path.parent if path.name == INDEX else path
+    folder = transformer.parent
+    return folder if transformer.name == TRANSFORMER and (is_bundle(folder) or unfinished(folder)) else path
+
+
 def transformer_path(weights: str | Path) -> Path:
     """The Transformer's weights behind a sampling verb's `weights`: a model folder holds it under its own name;
     anything else is the Transformer itself."""
@@ -141,18 +150,25 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     export sample with the same files; where it records none, or a file no longer there (the refusal names it), and
     for plain weights, the default names beside (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing, it is
     refused with `without_clip`, the key that does without it."""
-    from megadalle.sampling.load import ModelNotFound, beside, is_run
+    from megadalle.sampling.load import ModelNotFound, beside, checkpoint_in_run, is_run
     from megadalle.sampling.rerank import OPEN_CLIP
 
-    weights = Path(weights)
+    weights = folder_of_transformer(Path(weights))
     shards = shard_of(weights)
     if shards is not None:  # one shard is no model: its config and the other shards are its folder's
-        folder = shards.parent if shards.name == TRANSFORMER and is_bundle(shards.parent) else shards
+        folder = folder_of_transformer(shards)
         raise BundleError(f"weights={weights}: one shard of the weights in {folder}; pass weights={folder}")
+    in_run = checkpoint_in_run(weights)
+    if in_run is not None:  # a DeepSpeed checkpoint is no weights: its run's record rebuilds the model from it
+        run, step = in_run
+        older = "" if step is None else (f", or to sample {step.name}: megadalle export run={run} checkpoint={step} "
+                                         "output=DIR, then weights=DIR")
+        raise BundleError(f"weights={weights}: inside the checkpoints of the training run {run}; pass weights={run} "
+                          f"(it samples the newest checkpoint){older}")
     if unfinished(weights):
         raise BundleError(f"{weights}: unfinished export (no {MANIFEST}): rerun `megadalle export` with "
                           f"output={weights}")
-    manifest = json.loads((weights / MANIFEST).read_text()) if is_bundle(weights) else None
+    manifest = read_record(weights / MANIFEST, "tokenizer", "dvae") if is_bundle(weights) else None
     if manifest is not None and clip_model == "megadalle":  # the key's default: the folder's own reranker wins
         clip_model = manifest.get("clip_model", "megadalle")
     record = run_pieces.read(weights) if manifest is None and is_run(weights) else None
@@ -348,7 +364,7 @@ def load_pipeline(folder: str | Path, device: str = "cpu", dtype: str | torch.dt
     if not is_bundle(folder):
         raise BundleError(f"{folder}: not a model folder (no {MANIFEST}); write one with "
                           f"`megadalle export run=RUN output={folder}`")
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = read_record(folder / MANIFEST)
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     return open_models(folder, want_clip=bool(manifest.get("clip")), device=device, dtype=dtype)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from megadalle.errors import UserError
@@ -51,6 +51,50 @@ class AmbiguousOutput(UserError, ValueError):
     """An export `output` that names a file and a folder at once."""
 
 
+class WeightsDamaged(UserError, ValueError):
+    """A weights file, or a JSON an export wrote beside it, that does not read as written: cut short, garbled, or
+    a shard its index lists gone (a copy that stopped early, a disk that filled)."""
+
+
+def damaged(path: str | Path, why: str) -> WeightsDamaged:
+    """The one line for a damaged `path`: what is wrong, and the two ways to get it whole again."""
+    return WeightsDamaged(f"{path}: {why}; re-export the weights, or copy this file again from where it came")
+
+
+def read_record(path: Path, *keys: str) -> dict:
+    """A JSON record an export wrote (an index, a config JSON, a model folder's bundle.json), holding `keys`: a
+    garbled one is `damaged`, named, rather than a JSONDecodeError or KeyError deep in a load."""
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for a binary file
+        raise damaged(path, f"not valid JSON ({err})") from None
+    if not isinstance(record, dict):
+        raise damaged(path, f"a JSON {type(record).__name__}, not the object an export writes")
+    missing = [key for key in keys if key not in record]
+    if missing:
+        raise damaged(path, f"lacks {', '.join(missing)}")
+    return record
+
+
+def json_object(path: Path) -> dict | None:
+    """The JSON object in the file `path`; None for anything else (no JSON, a list, a binary file)."""
+    try:
+        return read_record(path)
+    except WeightsDamaged:
+        return None
+
+
+def recorded_kind(path: Path) -> str | None:
+    """The model kind the safetensors metadata of `path` records (an export writes it), read from the header
+    alone; None for a file that is no safetensors, or that records none (another tool's)."""
+    try:
+        with safe_open(str(path), framework="pt") as tensors:
+            kind = (tensors.metadata() or {}).get("kind")
+    except (SafetensorError, OSError):
+        return None
+    return kind
+
+
 def one_file(output: str | Path) -> bool:
     """Whether an export writes `output` as one .safetensors file (else a folder). `x.safetensors/` says both, a
     file by its suffix and a folder by its slash (which Path drops): refused rather than guessed."""
@@ -66,23 +110,49 @@ def _weights_folder(folder: Path) -> bool:
     return (folder / INDEX).is_file()
 
 
+def _file_in_the_way(target: Path, kind: str | None) -> tuple[str, Path] | None:
+    """Why one .safetensors file of a `kind` model (None: of any kind) may not be written at `target`, with its
+    config JSON beside, and what is in the way; None where it may: nothing is there, or a model of that kind."""
+    if target.is_dir():
+        return "a folder, where the export writes one .safetensors file", target
+    found = recorded_kind(target) if target.exists() else None
+    if target.exists() and found is None:
+        return ("exists and is no weights file an export wrote (no safetensors recording a model kind), so the "
+                "export will not replace it"), target
+    if target.exists() and kind is not None and found != kind:
+        return (f"holds the weights of a {found!r} model, and this export writes a {kind!r} one, so it will not "
+                "replace them"), target
+    config, wanted = config_path(target), found or kind
+    if not config.exists():
+        return None
+    record = json_object(config) or {}
+    if "config" in record and (record.get("kind") == wanted if wanted else isinstance(record.get("kind"), str)):
+        return None
+    what = "a config JSON an export wrote" if wanted is None else f"the config JSON of a {wanted!r} model"
+    return f"{config} is there and is not {what}, and the export writes its config there", config
+
+
 def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] = _weights_folder,
-                      what: str = f"an exported weights folder (no {INDEX})") -> None:
+                      what: str = f"an exported weights folder (no {INDEX})", kind: str | None = None) -> None:
     """An export replaces what an earlier export wrote at `target` (its `output`) and nothing else: a folder of
     other files (a model folder, a run, image shards) is never deleted nor written into, and a folder is no place
     for one file. A folder is an earlier export when `earlier` says so (`what` names one); an empty one is
-    taken. Checked before the first tensor is read (a 12B streams for minutes), and again when the export is put
-    in place."""
+    taken. One file replaces only the weights of a `kind` model (None: of any kind, where the kind is not known
+    yet), and its config JSON (`x.json` beside `x.safetensors`) only that model's: a user's `x.json`, the dVAE
+    where the Transformer goes, are not overwritten. Checked before the first tensor is read (a 12B streams for
+    minutes), and again when the export is put in place."""
     single = one_file(target)
     target = Path(target)
     if single:
-        problem = "a folder, where the export writes one .safetensors file" if target.is_dir() else None
+        problem = _file_in_the_way(target, kind)
     else:
         taken = target.is_dir() and (earlier(target) or not any(target.iterdir()))
         problem = (None if not target.exists() or taken else
-                   f"exists and is neither empty nor {what}, so the export will not replace it")
+                   (f"exists and is neither empty nor {what}, so the export will not replace it", target))
     if problem:
-        raise OutputInTheWay(f"output={target}: {problem}; give another path, or remove it")
+        why, obstacle = problem
+        raise OutputInTheWay(f"output={target}: {why}; give another path, or remove "
+                             f"{'it' if obstacle == target else obstacle}")
 
 
 def shard_of(path: str | Path) -> Path | None:
@@ -195,14 +265,21 @@ class SingleFileWriter(_StreamedWriter):
     """One `.safetensors` file with its config JSON beside (`model.json` for `model.safetensors`)."""
 
     def __init__(self, path: str | Path, layout: Layout, kind: str):
+        check_replaceable(path, kind=kind)  # the kind is known here: a dVAE's file is no place for a Transformer
         super().__init__(Path(path), layout, kind)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         file = PlannedFile(self.tmp, layout, {"kind": kind})
         self.files = dict.fromkeys(layout, file)
 
     def close(self, config: Any, before_replace: Callable[[], None] | None = None) -> Path:
-        """Write the config JSON, then put both in place (calling `before_replace` first); return the file."""
+        """Write the config JSON, then put both in place (calling `before_replace` first); return the file. What
+        came to `path` while the tensors were written is checked again, as at the start."""
         self._close_files()
+        try:
+            check_replaceable(self.target, kind=self.kind)
+        except OutputInTheWay:
+            self.abort()
+            raise
         tmp_json = self.target.with_name(self.target.name + ".json.tmp")
         tmp_json.write_text(config_record(self.kind, config))
         if before_replace is not None:
@@ -270,9 +347,23 @@ def weight_files(path: str | Path) -> list[Path]:
     if not path.is_file():
         raise WeightsNotFound(f"no weights file at {path}")
     if path.name.endswith(".json"):
-        weight_map = json.loads(path.read_text())["weight_map"]
-        return [path.parent / name for name in dict.fromkeys(weight_map.values())]
+        weight_map = read_record(path, "weight_map")["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+            raise damaged(path, "its weight_map is no map of tensor names to shard files")
+        files = [path.parent / name for name in dict.fromkeys(weight_map.values())]
+        for file in files:  # every shard, before any is read: a missing last one is not found minutes in
+            if not file.is_file():
+                raise damaged(file, f"not there, though {path.name} lists it")
+        return files
     return [path]
+
+
+def _open(file: Path, device: torch.device | str = "cpu"):
+    """`safe_open` of `file`, one that is cut short or is no safetensors file `damaged`."""
+    try:
+        return safe_open(str(file), framework="pt", device=str(device))
+    except SafetensorError as err:
+        raise damaged(file, f"not a whole safetensors file ({err})") from None
 
 
 def load_weights(path: str | Path, kind: str | None = None, device: torch.device | str = "cpu",
@@ -285,9 +376,12 @@ def load_weights(path: str | Path, kind: str | None = None, device: torch.device
     copy anywhere."""
     files = weight_files(path)
     config = read_config(path, kind, files)
+    for file in files:  # each one whole (its header read, its size checked), before the first tensor is read
+        with _open(file):
+            pass
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        with safe_open(str(file), framework="pt", device=str(device)) as tensors:
+        with _open(file, device) as tensors:
             for name in tensors.keys():
                 tensor = tensors.get_tensor(name)
                 state[name] = tensor if dtype is None else as_dtype(tensor, dtype)
@@ -306,8 +400,9 @@ def read_config(path: str | Path, kind: str | None = None, files: list[Path] | N
         if folder is not None:
             raise WeightsNotFound(f"{path} is one shard of the weights in {folder}: give the folder {folder} (or "
                                   f"its {INDEX})")
-        raise WeightsNotFound(f"weights {path} have no config JSON (expected {meta_path})")
-    meta = json.loads(meta_path.read_text())
+        raise WeightsNotFound(f"weights {path} have no config JSON (expected {meta_path}); re-export them, or copy "
+                              f"{meta_path.name} again from where they came")
+    meta = read_record(meta_path, "kind", "config")
     if kind is not None and meta.get("kind") != kind:
         raise WeightsError(f"{path} holds a {meta.get('kind')!r} model, not a {kind!r} model")
     return meta["config"]

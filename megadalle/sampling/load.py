@@ -68,6 +68,16 @@ def is_run(path: str | Path) -> bool:
     return (Path(path) / "run.json").is_file()
 
 
+def checkpoint_in_run(path: str | Path) -> tuple[Path, Path | None] | None:
+    """(the training run, the checkpoint) that `path` lies in: the run's `checkpoints` folder (checkpoint None), a
+    `step_*` checkpoint in it, or a file of one. None for anything else (a run's exported weights included)."""
+    path = Path(path)
+    for inner, folder in zip((None, path, *path.parents), (path, *path.parents)):
+        if folder.name == "checkpoints" and is_run(folder.parent):
+            return folder.parent, inner
+    return None
+
+
 def model_config(path: str | Path, kind: str):
     """The config of the `kind` model at `path` (weights or a run directory), read without any tensor: what
     `load_model` would build, known before minutes of reading a large model's weights."""

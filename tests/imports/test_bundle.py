@@ -331,3 +331,32 @@ def test_one_shard_as_weights_names_its_folder(trained, tmp_path, capsys):
                                                f"{folder}; pass weights={folder}")
     with pytest.raises(WeightsNotFound, match=f"one shard of the weights in {folder / 'transformer'}: give the folder"):
         load_weights(shard, "transformer")
+
+
+def test_export_to_one_file_replaces_only_a_transformers_weights(trained, tmp_path, capsys):
+    """`export output=dvae.safetensors` of a Transformer run wrote over the dVAE and its dvae.json, exit code 0."""
+    run, _, dvae, _ = trained
+    shutil.copy(dvae, tmp_path / "dvae.safetensors")
+    shutil.copy(dvae.with_suffix(".json"), tmp_path / "dvae.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(["export", f"run={run}", f"output={tmp_path / 'dvae.safetensors'}"]) == 2
+    assert capsys.readouterr().err == (f"megadalle export: output={tmp_path / 'dvae.safetensors'}: holds the weights "
+                                       "of a 'dvae' model, and this export writes a 'transformer' one, so it will not "
+                                       "replace them; give another path, or remove it\n")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    for _ in range(2):  # an earlier export of the Transformer is replaced
+        assert main(["export", f"run={run}", f"output={tmp_path / 'model.safetensors'}"]) == 0
+    assert load_weights(tmp_path / "model.safetensors", "transformer")[1]["d_model"] > 0
+
+
+def test_exports_dvae_and_clip_checks_name_a_damaged_file(trained, tmp_path, capsys):
+    """A dVAE or CLIP file cut short was a SafetensorError traceback, exit code 1."""
+    run, _, dvae, clip = trained
+    for source, key in ((dvae, "dvae_weights"), (clip, "clip_weights")):
+        damaged = tmp_path / source.name
+        damaged.write_bytes(source.read_bytes()[:1000])
+        shutil.copy(source.with_suffix(".json"), damaged.with_suffix(".json"))
+        given = [f"{k}={v}" for k, v in {"dvae_weights": dvae, key: damaged}.items()]
+        assert main(["export", f"run={run}", f"output={tmp_path / 'model'}", *given]) == 2
+        assert capsys.readouterr().err.startswith(f"megadalle export: {damaged}: not a whole safetensors file (")
+        assert not (tmp_path / "model").exists()

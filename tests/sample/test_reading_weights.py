@@ -1,0 +1,149 @@
+"""What `generate` and `evaluate` make of the paths a user may give as `weights`: a model folder's Transformer is the
+folder, a run's checkpoint points at its run, and damaged files are one line naming the file (a tiny model folder
+written here, no training)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from megadalle.bundle import CLIP, DVAE, FORMAT, MANIFEST, TOKENIZER, TRANSFORMER, sampling_files
+from megadalle.cli import main
+from megadalle.data.digest import sha256
+from megadalle.weights import INDEX, ShardedWriter, export_layout, load_weights
+from tests.sample.test_generate import write_tiny_models
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A model folder as `export` writes it: the Transformer in shards of 4 kB, and bundle.json."""
+    pieces, folder = tmp_path / "pieces", tmp_path / "model"
+    pieces.mkdir()
+    write_tiny_models(pieces)
+    state, config = load_weights(pieces / "model.safetensors")
+    writer = ShardedWriter(folder / TRANSFORMER, export_layout(state, torch.float32), "transformer", 4096)
+    for name, tensor in state.items():
+        writer.add(name, tensor)
+    writer.close(config)
+    for name in (TOKENIZER, DVAE, "dvae.json", CLIP, "clip.json"):
+        shutil.copy(pieces / name, folder / name)
+    manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE, "clip": CLIP,
+                "clip_model": "megadalle", "ema": False, "sources": {"tokenizer": str(pieces / TOKENIZER)},
+                "sha256": {"tokenizer": sha256(folder / TOKENIZER)}}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+def generate(weights, tmp_path, *extra):
+    return main(["generate", f"weights={weights}", "prompt=a red circle", "n=1", "keep=1",
+                 f"output={tmp_path / 'out'}", *extra])
+
+
+def one_line(capsys, verb="generate"):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err.removeprefix(f"megadalle {verb}: ").strip()
+
+
+@pytest.mark.parametrize("inside", [TRANSFORMER, f"{TRANSFORMER}/{INDEX}"])
+def test_a_model_folders_transformer_is_read_as_the_folder(folder, tmp_path, capsys, inside):
+    """`weights=model/transformer` read the Transformer alone and took the files beside it: the tokenizer without
+    bundle.json's sha256, a CLIP that the folder, exported without one, does not have."""
+    assert sampling_files(folder / inside) == sampling_files(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())  # the folder's tokenizer is not the one it recorded
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "sha256": {"tokenizer": "0" * 64}}))
+    assert generate(folder / inside, tmp_path, "rerank=false") == 2
+    assert "not the tokenizer the Transformer was trained with" in one_line(capsys)
+
+
+def test_an_unfinished_folders_transformer_is_said_to_be_unfinished(folder, tmp_path, capsys):
+    (folder / MANIFEST).unlink()
+    assert generate(folder / TRANSFORMER / INDEX, tmp_path) == 2
+    assert one_line(capsys) == (f"{folder}: unfinished export (no bundle.json): rerun `megadalle export` with "
+                                f"output={folder}")
+
+
+def test_a_folder_exported_without_clip_has_none_however_named(folder):
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "clip": None}))
+    shutil.copy(folder / CLIP, folder / TRANSFORMER / CLIP)  # a CLIP beside the Transformer is not its
+    with pytest.raises(Exception, match="was exported without a CLIP: pass rerank=false"):
+        sampling_files(folder / TRANSFORMER / INDEX)
+
+
+def test_a_checkpoint_of_a_run_points_at_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000002"
+    step.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    for weights in (step, step / "mp_rank_00_model_states.pt"):
+        weights.touch()
+        assert generate(weights, tmp_path) == 2
+        assert one_line(capsys) == (f"weights={weights}: inside the checkpoints of the training run {run}; pass "
+                                    f"weights={run} (it samples the newest checkpoint), or to sample step_00000002: "
+                                    f"megadalle export run={run} checkpoint={step} output=DIR, then weights=DIR")
+    assert generate(run / "checkpoints", tmp_path) == 2
+    assert one_line(capsys).endswith(f"pass weights={run} (it samples the newest checkpoint)")
+
+
+def cut(path):
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+def garble(path):
+    path.write_text(path.read_text()[:-3])
+
+
+def gone(path):
+    path.unlink()
+    return path
+
+
+def first_shard(folder):
+    return sorted((folder / TRANSFORMER).glob("model-*.safetensors"))[0]
+
+
+def last_shard(folder):
+    return sorted((folder / TRANSFORMER).glob("model-*.safetensors"))[-1]
+
+
+def listed_not_there(folder):
+    index = folder / TRANSFORMER / INDEX
+    record = json.loads(index.read_text())
+    record["weight_map"]["extra"] = "model-00009-of-00009.safetensors"
+    index.write_text(json.dumps(record))
+    return folder / TRANSFORMER / "model-00009-of-00009.safetensors"
+
+
+DAMAGE = {  # name: (damage the folder, return the file named)
+    "shard cut short": lambda f: (cut(last_shard(f)), last_shard(f))[1],
+    "shard gone": lambda f: gone(first_shard(f)),
+    "index names a shard not there": listed_not_there,
+    "index garbled": lambda f: (garble(f / TRANSFORMER / INDEX), f / TRANSFORMER / INDEX)[1],
+    "config.json garbled": lambda f: (garble(f / TRANSFORMER / "config.json"), f / TRANSFORMER / "config.json")[1],
+    "bundle.json garbled": lambda f: (garble(f / MANIFEST), f / MANIFEST)[1],
+    "dvae.json empty": lambda f: ((f / "dvae.json").write_text("{}"), f / "dvae.json")[1],
+    "dvae cut short": lambda f: (cut(f / DVAE), f / DVAE)[1],
+    "clip cut short": lambda f: (cut(f / CLIP), f / CLIP)[1],
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_weights_are_one_line_naming_the_file(folder, tmp_path, capsys, damage):
+    """They were tracebacks (SafetensorError, FileNotFoundError, JSONDecodeError), exit code 1."""
+    assert first_shard(folder) != last_shard(folder)
+    named = DAMAGE[damage](folder)
+    assert generate(folder, tmp_path) == 2
+    message = one_line(capsys)
+    assert message.startswith(f"{named}: ") and message.endswith(
+        "; re-export the weights, or copy this file again from where it came"), message
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_names_a_damaged_shard_as_generate_does(folder, tmp_path, capsys):
+    cut(last_shard(folder))
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\n")
+    assert main(["evaluate", f"weights={folder}", f"captions={captions}", "fid=false", "n=1",
+                 f"output={tmp_path / 'eval'}"]) == 2
+    assert one_line(capsys, "evaluate").startswith(f"{last_shard(folder)}: not a whole safetensors file")

@@ -1,0 +1,88 @@
+"""One exported .safetensors file replaces only earlier weights of its kind, and its `<stem>.json` only that kind's
+config: `export output=dvae.safetensors` of a Transformer run, or onto a user's file or JSON, overwrote them."""
+import pytest
+import torch
+
+from megadalle.preflight.probes import PreflightError, export_target
+from megadalle.weights import (OutputInTheWay, SingleFileWriter, check_replaceable, export_layout, load_weights,
+                               save_weights)
+
+STATE = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+
+
+def write(path, kind, state=STATE):
+    writer = SingleFileWriter(path, export_layout(state, torch.float32), kind)
+    for name, tensor in state.items():
+        writer.add(name, tensor)
+    return writer.close({"width": 3})
+
+
+def contents(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_an_earlier_export_of_the_same_kind_is_replaced(tmp_path):
+    path = tmp_path / "model.safetensors"
+    write(path, "transformer")
+    write(path, "transformer", {"w": torch.ones(2, 3)})
+    state, config = load_weights(path, "transformer")
+    assert torch.equal(state["w"], torch.ones(2, 3)) and config == {"width": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("kind, message", [
+    (None, r"exists and is no weights file an export wrote"),
+    ("dvae", r"holds the weights of a 'dvae' model, and this export writes a 'transformer' one"),
+    ("format", r"exists and is no weights file an export wrote"),  # another tool's, header metadata without kind
+])
+def test_a_file_that_is_not_weights_of_the_kind_is_left_as_it_is(tmp_path, kind, message):
+    path = tmp_path / "dvae.safetensors"
+    if kind is None:
+        path.write_text("my notes")
+    elif kind == "format":
+        from safetensors.torch import save_file
+        save_file(STATE, str(path), metadata={"format": "pt"})
+    else:
+        save_weights(path, STATE, kind, {"width": 3})
+    before = contents(tmp_path)
+    with pytest.raises(OutputInTheWay, match=f"^output={path}: {message}.*; give another path, or remove it$"):
+        write(path, "transformer")
+    assert contents(tmp_path) == before
+
+
+@pytest.mark.parametrize("record", ['{"a": 1}', "not json", '{"kind": "dvae", "config": {}}', "[1]"])
+def test_a_json_beside_that_is_not_the_kinds_config_is_left_as_it_is(tmp_path, record):
+    path, mine = tmp_path / "foo.safetensors", tmp_path / "foo.json"
+    mine.write_text(record)
+    with pytest.raises(OutputInTheWay, match=f"{mine} is there and is not the config JSON of a 'transformer' "
+                                             f"model.*; give another path, or remove {mine}$"):
+        write(path, "transformer")
+    assert contents(tmp_path) == {"foo.json": record.encode()}
+    write(tmp_path / "bar.safetensors", "dvae")  # a config JSON of the kind, without its weights, is replaced
+    (tmp_path / "bar.safetensors").unlink()
+    write(tmp_path / "bar.safetensors", "dvae")
+
+
+def test_the_kind_unknown_yet_takes_any_exports_weights_only(tmp_path):
+    """`export` checks its output before it reads the run (kind None), the writer again with the run's kind."""
+    weights, notes = tmp_path / "clip.safetensors", tmp_path / "notes.safetensors"
+    save_weights(weights, STATE, "clip", {"width": 3})
+    notes.write_bytes(b"\0" * 64)
+    check_replaceable(weights)
+    with pytest.raises(OutputInTheWay, match="is no weights file an export wrote"):
+        check_replaceable(notes)
+    (tmp_path / "clip.json").write_text('{"kind": "dvae", "config": {}}')  # not the weights' own config
+    with pytest.raises(OutputInTheWay, match="is not the config JSON of a 'clip' model"):
+        check_replaceable(weights)
+
+
+def test_train_dvae_and_train_clip_weights_are_checked_before_training(tmp_path):
+    dvae, mine = tmp_path / "dvae.safetensors", tmp_path / "mine.safetensors"
+    save_weights(dvae, STATE, "dvae", {"width": 3})
+    mine.write_text("mine")
+    with pytest.raises(PreflightError, match=f"^weights={mine}: exists and is no weights file an export wrote"):
+        export_target(str(mine))
+    export_target(str(dvae), "dvae")
+    with pytest.raises(PreflightError, match=f"^weights={dvae}: holds the weights of a 'dvae' model, and this "
+                                             "export writes a 'clip' one"):
+        export_target(str(dvae), "clip")
