@@ -19,7 +19,6 @@ alone, so a change of its on-disk format touches those two functions only.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +62,7 @@ def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None =
     return export(run_dir, path, checkpoint, ema, dtype, max_shard_bytes, before_replace)
 
 
-def read_model(path: str | Path, kind: str, ema: bool = False, dtype: torch.dtype = torch.float32,
+def read_model(path: str | Path, kind: str, ema: bool | None = False, dtype: torch.dtype = torch.float32,
                device: torch.device | str = "cpu") -> nn.Module:
     """A model from its weights (the one reading of weights for bundles and `generate`)."""
     from megadalle.sampling.load import load_model
@@ -148,8 +147,8 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     beside the folder (that one belongs to another model). A Transformer run directory's are where its run.json
     records them (`run_pieces.RECORDED_PIECES`, as export reads them: `run_pieces.recorded`), so that the run and its
     export sample with the same files; where it records none, or a file no longer there (the refusal names it), and
-    for plain weights, the default names beside (`sampling.load.beside`). The CLIP is looked for only when `want_clip`; missing, it is
-    refused with `without_clip`, the key that does without it."""
+    for plain weights, the default names beside (`sampling.load.beside`). The CLIP is looked for only when
+    `want_clip`; missing, it is refused with `without_clip`, the key that does without it."""
     from megadalle.sampling.load import ModelNotFound, beside, checkpoint_in_run, is_run
     from megadalle.sampling.rerank import OPEN_CLIP
 
@@ -293,7 +292,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
                 _tokenizer_record(run, None, record))
     _check_pieces(files, own_clip, clip_model)
     created = not output.exists()
-    earlier_clip = is_bundle(output) and json.loads((output / MANIFEST).read_text()).get("clip") == CLIP
+    earlier_clip = is_bundle(output) and read_record(output / MANIFEST).get("clip") == CLIP
     output.mkdir(parents=True, exist_ok=True)
     try:
         # An earlier export stands whole until the new Transformer is complete (a refused checkpoint or EMA, a

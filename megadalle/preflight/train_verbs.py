@@ -126,7 +126,7 @@ def check_train_dvae(cfg: DictConfig) -> None:
     from megadalle.config import build, top_level
     from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 
-    export_target(build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "").weights)
+    export_target(build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "").weights, "dvae")
     dvae = build(DVAEConfig, cfg.dvae, "dvae")
     revive = dvae.objective.revive_every
     fits(not (revive and int(cfg.deepspeed.zero_stage) >= 3),
@@ -143,7 +143,7 @@ def check_train_clip(cfg: DictConfig) -> None:
     from megadalle.config.clip import ClipConfig
     from megadalle.config.train_verbs import TrainClipConfig
 
-    export_target(build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights)
+    export_target(build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights, "clip")
     clip = build(ClipConfig, cfg.clip, "clip")
     index = image_shards("data.shards", cfg.data.shards)
     fits_global_batch(cfg, index.total)

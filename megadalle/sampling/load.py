@@ -37,10 +37,11 @@ def _builders() -> dict[str, tuple[type, type]]:
     return {"transformer": (TransformerConfig, Transformer), "dvae": (DVAEConfig, DVAE), "clip": (ClipConfig, CLIP)}
 
 
-def load_model(path: str | Path, kind: str, ema: bool = False, dtype: torch.dtype = torch.float32,
+def load_model(path: str | Path, kind: str, ema: bool | None = False, dtype: torch.dtype = torch.float32,
                device: torch.device | str = "cpu") -> nn.Module:
-    """A `kind` model ("transformer", "dvae", "clip") from a .safetensors file or a run directory, its floating
-    tensors in `dtype`, on `device`. Exported weights are read tensor by tensor onto `device` in `dtype`: a 12B
+    """A `kind` model ("transformer", "dvae", "clip") from a .safetensors file or a run directory (its EMA, its live
+    weights, or with `ema` None the EMA where it trained one: consolidate.chosen_ema), its floating tensors in
+    `dtype`, on `device`. Exported weights are read tensor by tensor onto `device` in `dtype`: a 12B
     exported in bf16 and sampled in bf16 on a GPU takes its 24.6 GB there and none in host memory."""
     path = Path(path)
     if not path.exists():

@@ -292,10 +292,11 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
     written is held (weights.py, planned_safetensors.py). `ema`: the EMA, the live weights, or None for the EMA
     where the run trained one (`chosen_ema`: the weights its validation scored). `before_replace` is called once
     every tensor is written, just before an earlier export at `output` is replaced (the writers' `close`)."""
-    check_replaceable(output)
+    check_replaceable(output)  # before the run is read: a folder of other files is no place for any export
     task, config = run_task(run_dir)
     ema = chosen_ema(run_dir, config, ema)
     spec, torch_dtype = task.export_spec(), DTYPES[dtype]
+    check_replaceable(output, kind=spec.kind)  # and one file replaces only this kind's, before a checkpoint is chosen
 
     def write(path: Path) -> Path:
         model = meta_model(task)

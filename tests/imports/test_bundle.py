@@ -307,6 +307,14 @@ def test_a_re_export_may_take_the_folders_own_files(trained, tmp_path):
     assert megadalle.load_pipeline(folder).clip is not None
 
 
+def test_a_re_export_over_a_garbled_bundle_json_names_it(trained, tmp_path, capsys):
+    run, _, dvae, clip = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    (folder / "bundle.json").write_text("{not json")
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"megadalle export: {folder / 'bundle.json'}: not valid JSON")
+
+
 def test_an_output_named_both_file_and_folder_is_refused(trained, tmp_path, capsys):
     """`output=x.safetensors/` used to write a model folder named x.safetensors (and weights_only=true one file)."""
     run, _, dvae, _ = trained

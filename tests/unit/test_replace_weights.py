@@ -86,3 +86,27 @@ def test_train_dvae_and_train_clip_weights_are_checked_before_training(tmp_path)
     with pytest.raises(PreflightError, match=f"^weights={dvae}: holds the weights of a 'dvae' model, and this "
                                              "export writes a 'clip' one"):
         export_target(str(dvae), "clip")
+
+
+@pytest.mark.parametrize("verb, kind", [("train-dvae", "clip"), ("train-clip", "dvae")])
+def test_a_training_verbs_weights_of_another_kind_are_refused_before_it_trains(tmp_path, capsys, verb, kind):
+    """Preflight passed such a file, and the run was refused only at its export, once it had trained."""
+    from megadalle.cli import main
+
+    other = tmp_path / "other.safetensors"
+    save_weights(other, STATE, kind, {"width": 3})
+    needs = ["tokenizer=none.model"] if verb == "train-clip" else []
+    assert main([verb, "data.shards=nowhere", *needs, f"weights={other}"]) == 2
+    assert f"weights={other}: holds the weights of a '{kind}' model" in capsys.readouterr().err
+
+
+def test_export_refuses_one_file_of_another_kind_before_it_chooses_a_checkpoint(tmp_path, monkeypatch):
+    from megadalle.train import consolidate
+
+    dvae = tmp_path / "dvae.safetensors"
+    save_weights(dvae, STATE, "dvae", {"width": 3})
+    monkeypatch.setattr(consolidate, "run_task", lambda run: (type("T", (), {
+        "export_spec": lambda self: type("S", (), {"kind": "transformer"})()})(), {"trainer": {"ema": None}}))
+    monkeypatch.setattr(consolidate, "checkpoint_dir", lambda *a: pytest.fail("a checkpoint was chosen"))
+    with pytest.raises(OutputInTheWay, match="holds the weights of a 'dvae' model"):
+        consolidate.export(tmp_path / "run", dvae)
