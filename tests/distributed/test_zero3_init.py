@@ -26,9 +26,7 @@ RUNS = {"zero1": ["deepspeed=zero1", *SMALL_GATHERS], "zero3": ["deepspeed=zero3
         "zero3 window": ["deepspeed=zero3"],
         "zero3 deepspeed defaults": ["deepspeed=zero3", "deepspeed.zero3_window_blocks=0",
                                      "deepspeed.zero3_sub_group_blocks=0"],
-        "zero1 pieces": ["deepspeed=zero1", *PIECES], "zero3 pieces": ["deepspeed=zero3", *PIECES],
-        "zero1 bf16": ["deepspeed=zero1", "trainer.precision=bf16"],
-        "zero3 bf16": ["deepspeed=zero3", "trainer.precision=bf16"]}
+        "zero1 pieces": ["deepspeed=zero1", *PIECES], "zero3 pieces": ["deepspeed=zero3", *PIECES]}
 COMMON = ["model=tiny", "model.dropout=0", "data=synthetic", "trainer=tiny", "trainer.micro_batch=2",
           "trainer.grad_accum=2", "logger=none"]
 
@@ -86,14 +84,6 @@ def test_same_losses_before_and_after_the_first_step(runs):
         assert losses[layout] == pytest.approx(losses["zero1"], rel=1e-5), (layout, losses)
     assert losses["zero3 pieces"] == pytest.approx(losses["zero1 pieces"], rel=1e-5), losses
     assert losses["zero1"][1] != losses["zero1"][0], "update 1 must follow a real step"
-
-
-@pytest.mark.distributed
-def test_bf16_zero3_builds_the_weights_a_plain_bf16_run_has(runs):
-    """zero.Init creates the parameters in bf16, where torch's init drew other numbers than the plain model's fp32
-    draws cast to bf16 (models/fp32_init.py): the same seed built another model."""
-    assert runs["zero3 bf16"][0]["stats"] == runs["zero1 bf16"][0]["stats"]
-    assert runs["zero3 bf16"][0]["losses"][0] == pytest.approx(runs["zero1 bf16"][0]["losses"][0], rel=1e-5)
 
 
 @pytest.mark.distributed
