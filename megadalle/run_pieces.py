@@ -1,5 +1,6 @@
 """The tokenizer, dVAE and CLIP that a Transformer run's run.json records, as `export` and the sampling verbs read
-them: a run directory and its export sample with the same files. A key given to the verb wins over the record.
+them (and the weights a train-dvae run exported, as `encode` reads them): a run directory and its export sample with
+the same files. A key given to the verb wins over the record.
 run.json records the paths absolute (train/rundir.recorded); an older one's relative paths are read only from the
 folder the run was started from (`recorded`), and refused elsewhere, where they would name other files.
 """
@@ -17,7 +18,13 @@ def read(run_dir: Path) -> dict:
     record = run_dir / "run.json"
     if not record.is_file():
         raise BundleError(f"run={run_dir}: not a training run directory (no run.json)")
-    return json.loads(record.read_text())
+    try:
+        data = json.loads(record.read_text())
+    except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for a binary file
+        raise BundleError(f"{record}: not readable ({err}); copy the run directory again from where it came") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{record}: a JSON {type(data).__name__}, not the record a training run writes")
+    return data
 
 
 RECORDED_PIECES = {"tokenizer": "data.tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}
@@ -41,13 +48,18 @@ def source(run: Path, piece: str) -> str:
 
 def recorded(run: Path, record: dict, piece: str) -> Path | None:
     """The file a Transformer run's run.json records for `piece` (RECORDED_PIECES), absolute; None where it records
-    none. A run.json written before paths were recorded absolute (rundir.recorded) holds the path as typed, relative
-    to the folder the run was started from: read from there (rundir.started_here), and refused anywhere else, where it
-    would name another file (another dVAE, in silence)."""
+    none (`recorded_path`)."""
+    return recorded_path(run, record.get("config", {}), RECORDED_PIECES[piece], VERB_KEYS[piece])
+
+
+def recorded_path(run: Path, config: dict, dotted: str, instead: str) -> Path | None:
+    """The path a run's recorded `config` holds at `dotted`, absolute; None where it holds none. A run.json written
+    before paths were recorded absolute (rundir.recorded) holds the path as typed, relative to the folder the run was
+    started from: read from there (rundir.started_here), and refused anywhere else, where it would name another file
+    (another dVAE, in silence), with `instead`, the reader's key for the file."""
     from megadalle.train import rundir
 
-    config = record.get("config", {})
-    value = lookup(config, RECORDED_PIECES[piece])
+    value = lookup(config, dotted)
     if not value:
         return None
     path = Path(str(value))
@@ -55,10 +67,10 @@ def recorded(run: Path, record: dict, piece: str) -> Path | None:
         return path
     if rundir.started_here(run, config):
         return Path.cwd() / path
-    raise BundleError(f"{source(run, piece)}={value} is relative to the folder the run was started from, which is "
-                      f"not this one or cannot be told (recorded before paths were recorded absolute): pass "
-                      f"{VERB_KEYS[piece]}=FILE (the file the run used), run this from that folder, or write its "
-                      f"absolute path into {run / 'run.json'}")
+    raise BundleError(f"{run / 'run.json'}'s {dotted}={value} is relative to the folder the run was started from, "
+                      f"which is not this one or cannot be told (recorded before paths were recorded absolute): pass "
+                      f"{instead}=FILE (the file the run used), run this from that folder, or write its absolute path "
+                      f"into {run / 'run.json'}")
 
 
 def pick(given: str | None, run: Path, record: dict, piece: str, required: bool) -> Path | None:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from megadalle import run_pieces
 from megadalle.data import atomic
 from megadalle.errors import UserError
 from megadalle.train.checkpoint_damage import complete_tags
-from megadalle.train.rundir import RUN_JSON, started_here
 
 RUN_WEIGHTS = "dvae.safetensors"
 """What train-dvae exports into its run directory when the run finishes and `weights` is not set."""
@@ -43,31 +43,9 @@ class DVAEWeightsError(UserError, FileNotFoundError):
     """`dvae_weights` names nothing encode can read; the message says what to pass."""
 
 
-def read_config(run: Path, given: str) -> dict:
-    """The config the run's run.json records (the last start's: `weights` may change at a resume)."""
-    try:
-        record = json.loads((run / RUN_JSON).read_text())
-    except ValueError as err:
-        raise DVAEWeightsError(f"dvae_weights={given}: {run / RUN_JSON} is not readable ({err}); pass the dVAE's "
-                               ".safetensors file") from None
-    config = record.get("config") if isinstance(record, dict) else None
-    return config if isinstance(config, dict) else {}
-
-
-def exported_path(run: Path, config: dict, given: str) -> Path:
-    """Where the run exports its weights: its `weights`, recorded absolute (rundir.recorded); one recorded relative
-    (a run.json from before) read from the folder the run was started from only, where it names the same file."""
-    value = config.get("weights")
-    if not value:
-        return run / RUN_WEIGHTS
-    path = Path(str(value))
-    if path.is_absolute():
-        return path
-    if started_here(run, config):
-        return Path.cwd() / path
-    raise DVAEWeightsError(f"dvae_weights={given}: its run.json records weights={value}, relative to the folder the "
-                           "run was started from, which is not this one or cannot be told; pass that file as "
-                           "dvae_weights=FILE, or run this from that folder")
+def exported_path(run: Path, config: dict) -> Path:
+    """Where the run exports its weights: its recorded `weights` (run_pieces.recorded_path), else RUN_WEIGHTS in it."""
+    return run_pieces.recorded_path(run, config, "weights", "dvae_weights") or run / RUN_WEIGHTS
 
 
 def newest_step(run: Path) -> int | None:
@@ -78,20 +56,27 @@ def newest_step(run: Path) -> int | None:
 
 
 def run_weights(run: Path, given: str) -> Path:
-    """The weights file train-dvae run `run` exported (`given` is how the user named the run, for the messages)."""
-    config = read_config(run, given)
-    path = exported_path(run, config, given)
-    trainer = config.get("trainer")
-    ema = " ema=true" if isinstance(trainer, dict) and trainer.get("ema") is not None else ""
-    export = f"`megadalle export run={given} output={path} dtype=fp32{ema}`"
+    """The weights file train-dvae run `run` exported (`given` is how the user named the run, for the messages). The
+    way out offered besides finishing the run writes another file, passed as it is: an export over the run's own
+    file would still be older than its record says, and refused again."""
+    from megadalle.train.dvae import FACTORY
+
+    record = run_pieces.read(run)
+    factory = record.get("task_factory", FACTORY)  # a Transformer's or CLIP's run: not advised to finish as a dVAE
+    if factory != FACTORY:
+        raise DVAEWeightsError(f"dvae_weights={given}: a run directory of another model ({factory}), not of "
+                               "train-dvae; pass a train-dvae run directory or dVAE weights")
+    path = exported_path(run, record.get("config", {}))
+    exported, newest = exported_step(run), newest_step(run)
+    rerun = "rerun train-dvae with the same command to finish and export"
+    if newest is not None:  # export reads the EMA where the run trained one, as train-dvae's own export does
+        other = path.with_name(f"{path.stem}-step{newest}.safetensors")
+        rerun += (f", or write its newest checkpoint's with `megadalle export run={given} output={other} "
+                  f"dtype=fp32` and pass dvae_weights={other}")
     if not path.is_file():
         raise DVAEWeightsError(f"dvae_weights={given}: a run directory without its weights {path} (train-dvae exports "
-                               f"them when the run finishes); rerun train-dvae with the same command to finish and "
-                               f"export, or write them from its newest checkpoint with {export}")
-    exported, newest = exported_step(run), newest_step(run)
+                               f"them when the run finishes); {rerun}")
     if exported is not None and newest is not None and exported < newest:
         raise DVAEWeightsError(f"dvae_weights={given}: {path} holds the weights of step {exported}, and the run has "
-                               f"trained to step {newest} since (resumed, and stopped before it finished); rerun "
-                               f"train-dvae with the same command to finish and export, or write them from its newest "
-                               f"checkpoint with {export}")
+                               f"trained to step {newest} since (resumed, and stopped before it finished); {rerun}")
     return path

@@ -44,10 +44,23 @@ def test_weights_exported_before_the_runs_newest_checkpoint_are_refused(tmp_path
     message = str(refused.value)
     assert "\n" not in message and f"{weights} holds the weights of step 40, and the run has trained to step 47" \
         in message
-    assert "rerun train-dvae with the same command" in message
-    assert f"megadalle export run={run} output={weights} dtype=fp32 ema=true" in message
+    other = run / "dvae-step47.safetensors"  # not the run's own file, which would be refused again
+    assert message.endswith(f"rerun train-dvae with the same command to finish and export, or write its newest "
+                            f"checkpoint's with `megadalle export run={run} output={other} dtype=fp32` and pass "
+                            f"dvae_weights={other}")
     record_export(run, 47)
     assert dvae_weights_file(run) == weights
+
+
+def test_a_run_of_another_model_is_refused_by_its_kind(tmp_path):
+    """A Transformer's run was told to finish as a dVAE; a CLIP run's recorded `weights` were read as the dVAE."""
+    clip = tmp_path / "clip.safetensors"
+    fake_run(tmp_path / "run", {"weights": str(clip)}, clip)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**record, "task_factory": "megadalle.train.clip:task"}))
+    with pytest.raises(UserError, match="a run directory of another model \\(megadalle.train.clip:task\\), not of "
+                                        "train-dvae"):
+        dvae_weights_file(tmp_path / "run")
 
 
 def test_a_missing_export_names_the_file_and_the_fix(tmp_path):
