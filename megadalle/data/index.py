@@ -135,9 +135,10 @@ def compressed_note(root: Path) -> str:
     found = sorted(p.name for p in root.iterdir() if is_compressed_tar(p.name)) if root.is_dir() else []
     if not found:
         return ""
-    return (f"{root} holds {len(found)} compressed tars ({found[0]}{', ...' if len(found) > 1 else ''}), which "
-            "megadalle does not read (it seeks to each sample in a tar): decompress them into plain .tar files "
-            "(gunzip, zstd -d, ...)")
+    many = len(found) > 1
+    return (f"{root} holds {len(found)} compressed tar{'s' if many else ''} ({found[0]}{', ...' if many else ''}), "
+            f"which megadalle does not read (it seeks to each sample in a tar): decompress {'them' if many else 'it'} "
+            "into plain .tar files (gunzip, zstd -d, ...)")
 
 
 def not_shards(root: Path) -> str:

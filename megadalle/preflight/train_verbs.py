@@ -95,10 +95,10 @@ def fits_contrastive_batch(cfg: DictConfig, negatives: str, validates: bool) -> 
     keys = f"trainer.micro_batch={trainer.micro_batch} x {ranks} data-parallel rank{'s' if ranks != 1 else ''}"
     update = negatives == "update" and trainer.grad_accum > 1
     pairs = trainer.micro_batch * ranks * (trainer.grad_accum if update else 1)
-    fits(pairs >= 2, f"{keys}{f' x trainer.grad_accum={trainer.grad_accum}' if update else ''} = {pairs} pair per "
-                     f"contrastive loss (clip.negatives={negatives}): with no other caption to tell its image from, "
-                     f"CLIP learns nothing (loss 0); raise trainer.micro_batch"
-                     + (" or set clip.negatives=update" if trainer.grad_accum > 1 and not update else ""))
+    way_out = " or trainer.grad_accum" if negatives == "update" else \
+        " or set clip.negatives=update" if trainer.grad_accum > 1 else ""
+    fits(pairs >= 2, f"{keys} = {pairs} pair per contrastive loss (clip.negatives={negatives}): with no other caption "
+                     f"to tell its image from, CLIP learns nothing (loss 0); raise trainer.micro_batch{way_out}")
     fits(not validates or trainer.micro_batch * ranks >= 2,
          f"trainer.eval_every={trainer.eval_every}: validation contrasts the pairs of each micro-batch on every rank, "
          f"{keys} = 1 pair: its val/loss would be 0 whatever the weights; raise trainer.micro_batch or set "

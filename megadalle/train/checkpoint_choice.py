@@ -32,7 +32,7 @@ def read_latest(root: Path) -> tuple[str | None, str | None]:
 
 RESUME_ADVICE = "to start over use a new run_dir, to continue another checkpoint pass resume=<its step_* directory>"
 """What a training run does when no checkpoint of its run is usable; a reader of the run (export, generate) passes
-its own (consolidate.READ_ADVICE)."""
+its own (consolidate.read_advice)."""
 
 
 def find_resumable(root: Path, advice: str = RESUME_ADVICE) -> str | None:

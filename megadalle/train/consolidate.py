@@ -59,10 +59,11 @@ def run_task(run_dir: str | Path) -> tuple[Task, dict]:
     return getattr(importlib.import_module(module), function)(record["config"]), record["config"]
 
 
-READ_ADVICE = ("to read another checkpoint of the run: megadalle export run=RUN checkpoint=<its step_* directory> "
-               "output=DIR, then weights=DIR")
-"""The way out a reader of a run (export, generate, evaluate) has when none of its checkpoints is usable: not the
-training verbs' run_dir= or resume=, which the readers do not take."""
+def read_advice(run_dir: str | Path) -> str:
+    """The way out a reader of a run (export, generate, evaluate) has when none of its checkpoints is usable: not the
+    training verbs' run_dir= or resume=, which the readers do not take."""
+    return (f"to read another checkpoint of the run: megadalle export run={run_dir} checkpoint=<its step_* directory> "
+            "output=DIR, then weights=DIR")
 
 
 def chosen_ema(run_dir: str | Path, config: dict, ema: bool | None) -> bool:
@@ -94,7 +95,7 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) ->
             raise CheckpointError(f"checkpoint={checkpoint}: {why}")
         return path
     root = Path(run_dir) / "checkpoints"
-    tag = find_resumable(root, READ_ADVICE)
+    tag = find_resumable(root, read_advice(run_dir))
     if tag is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint under {root}")
     return root / tag

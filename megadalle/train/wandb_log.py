@@ -116,8 +116,10 @@ class Wandb(Callback):
         if info.rank != 0:  # it logs nothing
             self.run_id = info.wandb_id or secrets.token_hex(4)
             return
-        self.run_id, note = run_id(Path(info.run_dir), info.wandb_id)  # kept with logger=none too, for a later run
-        if self.cfg.mode == "disabled":  # that logs: the note would speak of a wandb run nothing goes to
+        # The id is kept with logger=none too, for a later run that logs; the note is said only where a wandb run is
+        # logged to (with logger=none it spoke of a run nothing goes to).
+        self.run_id, note = run_id(Path(info.run_dir), info.wandb_id)
+        if self.cfg.mode == "disabled":
             return
         if note is not None:
             print(f"[wandb] {note}", file=sys.stderr, flush=True)

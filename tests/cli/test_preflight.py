@@ -510,7 +510,7 @@ def test_a_validation_split_smaller_than_a_micro_batch_on_every_rank_is_refused(
 @pytest.mark.parametrize("overrides, expected", [
     (["trainer.micro_batch=1"], "trainer.micro_batch=1 x 1 data-parallel rank = 1 pair per contrastive loss "
                                 "(clip.negatives=update): with no other caption to tell its image from, CLIP learns "
-                                "nothing (loss 0); raise trainer.micro_batch"),
+                                "nothing (loss 0); raise trainer.micro_batch or trainer.grad_accum"),
     (["trainer.micro_batch=1", "trainer.grad_accum=4", "clip.negatives=micro_batch"],
      "= 1 pair per contrastive loss (clip.negatives=micro_batch): with no other caption to tell its image from, CLIP "
      "learns nothing (loss 0); raise trainer.micro_batch or set clip.negatives=update"),

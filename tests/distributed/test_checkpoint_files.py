@@ -175,7 +175,7 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     (reader / "checkpoints").symlink_to(tmp_path)
     with pytest.raises(CheckpointError) as read:  # export and generate: their own way out, not train's keys
         checkpoint_dir(reader)
-    assert str(read.value).endswith("is left; to read another checkpoint of the run: megadalle export run=RUN "
+    assert str(read.value).endswith(f"is left; to read another checkpoint of the run: megadalle export run={reader} "
                                     "checkpoint=<its step_* directory> output=DIR, then weights=DIR")
     for step in (4, 6):
         (tmp_path / f"step_{step:08d}" / "manifest.json").unlink()
