@@ -25,12 +25,13 @@ from megadalle.preflight.probes import fits
 from megadalle.preflight.runs import RUN_TASKS, check_run_dir, check_run_keys
 from megadalle.preflight.train_verbs import (check_ema_swap, check_logger, check_train, check_train_clip,
                                              check_train_dvae)
-from megadalle.preflight.weights_verbs import check_evaluate, check_export, check_generate
+from megadalle.preflight.weights_verbs import check_evaluate, check_export, check_generate, check_import_dvae
 
 CHECKS: dict[str, Callable[[DictConfig], None]] = {
     "prepare": check_prepare,
     "tokenizer": check_tokenizer,
     "train-dvae": check_train_dvae,
+    "import-dvae": check_import_dvae,
     "encode": check_encode,
     "train-clip": check_train_clip,
     "train": check_train,

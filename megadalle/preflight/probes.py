@@ -113,10 +113,11 @@ def tokenizer_vocab(key: str, value) -> int:
         raise PreflightError(f"{key}={value}: {err}") from None
 
 
-def export_target(value: str | None, kind: str | None = None) -> None:
-    """Where train-dvae or train-clip exports the trained `kind` model (`weights`), checked as `export` checks its
-    output: the export comes after the whole training, and a path it cannot write (or may not replace: another
-    model's file, a user's JSON where the config goes) failed only then."""
+def export_target(value: str | None, kind: str | None = None, key: str = "weights") -> None:
+    """Where train-dvae or train-clip exports the trained `kind` model (`weights`), or import-dvae writes the dVAE it
+    converts (`output`), checked as `export` checks its output: the export comes after the whole training, and a
+    path it cannot write (or may not replace: another model's file, a user's JSON where the config goes) failed
+    only then, or was overwritten."""
     from megadalle.weights import AmbiguousOutput, OutputInTheWay, check_replaceable, one_file
 
     if value is None:
@@ -125,5 +126,5 @@ def export_target(value: str | None, kind: str | None = None) -> None:
         check_replaceable(value, kind=kind)
     except (OutputInTheWay, AmbiguousOutput) as err:
         why = str(err).removeprefix(f"output={value}: ").removeprefix(f"output={Path(value)}: ")
-        raise PreflightError(f"weights={value}: {why}") from None
-    writable("weights", value, "file" if one_file(value) else "folder")
+        raise PreflightError(f"{key}={value}: {why}") from None
+    writable(key, value, "file" if one_file(value) else "folder")

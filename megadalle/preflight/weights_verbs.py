@@ -1,10 +1,10 @@
-"""The checks of the verbs that read a trained run or its weights (export, generate, evaluate): the run or the
-weights are there, named by their key, before a model is built around them."""
+"""The checks of the verbs that read a trained run or its weights (export, generate, evaluate, import-dvae): the run
+or the weights are there, named by their key, before a model is built around them."""
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from megadalle.preflight.probes import exists, writable
+from megadalle.preflight.probes import exists, export_target, writable
 
 
 def check_export(cfg: DictConfig) -> None:
@@ -25,3 +25,11 @@ def check_evaluate(cfg: DictConfig) -> None:
     beside it. The captions, shards and output are checked by `evaluate` itself (before any model is read),
     so that a call without the CLI gets the same checks."""
     check_generate(cfg)
+
+
+def check_import_dvae(cfg: DictConfig) -> None:
+    """OpenAI's two files are there, and `output` replaces at most an earlier dVAE's weights: save_weights replaced
+    any file there (another model's weights, a user's JSON beside) in silence."""
+    exists("encoder", cfg.encoder, "file")
+    exists("decoder", cfg.decoder, "file")
+    export_target(cfg.output, "dvae", key="output")

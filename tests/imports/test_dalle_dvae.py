@@ -65,6 +65,24 @@ def test_verb_writes_weights_that_load_without_pickle(dalle_files, tmp_path, cap
     assert main(["import-dvae", f"encoder={enc_path}", f"decoder={dec_path}", f"output={out}", "image_size=7"]) == 2
     assert capsys.readouterr().err == "megadalle import-dvae: image_size=7: must be a multiple of 8: the files' dVAE " \
                                       "halves the image 3 times (OpenAI's: 256 px, a 32x32 code grid)\n"  # not dvae.image_size
+    assert main(["import-dvae", f"encoder={enc_path}", f"decoder={dec_path}", f"output={out}", f"image_size={IMAGE}"]) == 0
+    capsys.readouterr()  # an earlier dVAE is replaced; anything else there is not
+
+
+def test_the_output_replaces_only_an_earlier_dvaes_weights(dalle_files, tmp_path, capsys):
+    """save_weights replaced any file at `output` (a Transformer's weights, a user's JSON beside) in silence."""
+    from megadalle.weights import save_weights
+
+    enc_path, dec_path, _, _ = dalle_files
+    out = tmp_path / "model.safetensors"
+    save_weights(out, {"w": torch.zeros(2)}, "transformer", {"width": 2})
+    before = out.read_bytes()
+    assert main(["import-dvae", f"encoder={enc_path}", f"decoder={dec_path}", f"output={out}", f"image_size={IMAGE}"]) == 2
+    assert capsys.readouterr().err.startswith(f"megadalle import-dvae: output={out}: holds the weights of a "
+                                              "'transformer' model")
+    assert out.read_bytes() == before
+    assert main(["import-dvae", f"encoder={tmp_path / 'nope.pkl'}", f"decoder={dec_path}", f"output={out}"]) == 2
+    assert capsys.readouterr().err == f"megadalle import-dvae: encoder={tmp_path / 'nope.pkl'}: no such file\n"
 
 
 class _CreatesFile:
