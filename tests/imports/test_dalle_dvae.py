@@ -77,7 +77,8 @@ def test_the_output_replaces_only_an_earlier_dvaes_weights(dalle_files, tmp_path
     out = tmp_path / "model.safetensors"
     save_weights(out, {"w": torch.zeros(2)}, "transformer", {"width": 2})
     before = out.read_bytes()
-    assert main(["import-dvae", f"encoder={enc_path}", f"decoder={dec_path}", f"output={out}", f"image_size={IMAGE}"]) == 2
+    command = ["import-dvae", f"encoder={enc_path}", f"decoder={dec_path}", f"output={out}", f"image_size={IMAGE}"]
+    assert main(command) == 2
     assert capsys.readouterr().err.startswith(f"megadalle import-dvae: output={out}: holds the weights of a "
                                               "'transformer' model")
     assert out.read_bytes() == before
