@@ -85,13 +85,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise RerankerError(f"clip_weights={str(path)!r}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # cut short, another format, or objects weights_only will not unpickle: no file named
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise RerankerError(f"clip_weights={str(path)!r}: cannot be read as a state dict of tensors "
+                            f"({type(err).__name__}: {first}); pass open_clip's weights file (.safetensors, or a torch "
+                            "file of tensors), copied again if it was cut short") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise RerankerError(f"clip_weights={str(path)!r}: holds a {type(state).__name__}, not a state dict")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

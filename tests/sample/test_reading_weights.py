@@ -147,3 +147,21 @@ def test_evaluate_names_a_damaged_shard_as_generate_does(folder, tmp_path, capsy
     assert main(["evaluate", f"weights={folder}", f"captions={captions}", "fid=false", "n=1",
                  f"output={tmp_path / 'eval'}"]) == 2
     assert one_line(capsys, "evaluate").startswith(f"{last_shard(folder)}: not a whole safetensors file")
+
+
+@pytest.mark.parametrize("content", ["cut", "code", "list"])
+def test_an_open_clip_weights_file_that_is_no_state_dict_is_one_line(tmp_path, content):
+    """A cut file gave safetensors' or torch's error naming no file; a pickled model, torch's multi-line refusal."""
+    from megadalle.sampling.rerank import RerankerError, read_state_dict
+
+    path = tmp_path / ("clip.safetensors" if content == "cut" else "clip.pt")
+    if content == "cut":
+        from safetensors.torch import save_file
+
+        save_file({"w": torch.zeros(64)}, str(path))
+        path.write_bytes(path.read_bytes()[:40])
+    else:
+        torch.save(torch.nn.Linear(2, 2) if content == "code" else [torch.zeros(2)], path)
+    with pytest.raises(RerankerError) as refused:
+        read_state_dict(path)
+    assert str(refused.value).startswith(f"clip_weights={str(path)!r}: ") and "\n" not in str(refused.value)
