@@ -206,6 +206,7 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
     undo_warmup_step(engine.optimizer)
     share_fp32_masters(engine.optimizer)
     skip_lone_allreduce(engine, ds.zero_stage, dp_world, spec is not None)
+    keep_stage0_grad_norm(engine)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dp_rank = engine.grid.data_parallel_id if spec is not None else engine.global_rank
     return Built(engine, model, spec, dtype, device, dp_rank, dp_world)
@@ -223,6 +224,32 @@ def skip_lone_allreduce(engine, zero_stage: int, dp_world: int, pipelined: bool)
     if zero_stage != 0 or dp_world != 1 or pipelined:
         return False
     engine.enable_backward_allreduce = False
+    return True
+
+
+def keep_stage0_grad_norm(engine) -> bool:
+    """Give the metrics their grad_norm at ZeRO stage 0 in fp32, where DeepSpeed 0.19.8 computes the norm only to
+    clip the gradients and keeps it nowhere (`get_global_grad_norm` is None; ZeRO 1-3 and its bf16 optimizer keep
+    theirs): the norm before clipping, over every rank's and pipeline stage's gradients, as those report it. With
+    clipping it is the clip's own norm (no second pass); without, one pass of the same function at max_norm=inf, which
+    scales the gradients by exactly 1. Returns whether it applied."""
+    if engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled():
+        return False
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip(max_norm: float = engine.gradient_clipping()) -> None:
+        engine._global_grad_norm = float(clip_grad_norm_(engine.module.parameters(), max_norm, mpu=engine.mpu))
+
+    if engine.gradient_clipping() > 0:
+        engine.clip_fp32_gradients = clip
+        return True
+    take_step = engine._take_model_step
+
+    def measured_step(*args, **kwargs):
+        clip(float("inf"))
+        return take_step(*args, **kwargs)
+
+    engine._take_model_step = measured_step
     return True
 
 
