@@ -116,7 +116,8 @@ class TokenizerConfig:
               f"expected one of {NORMALIZATIONS}")
         check(0.98 <= self.character_coverage <= 1, join(where, "character_coverage"), self.character_coverage,
               "must be in [0.98, 1], the range sentencepiece accepts (1 keeps every character)")
-        check(self.max_sentences > 0, join(where, "max_sentences"), self.max_sentences, "must be positive")
+        check(self.max_sentences > 100, join(where, "max_sentences"), self.max_sentences,
+              "must exceed 100, the least sentencepiece samples (it failed with its own internal check)")
 
 
 @dataclass

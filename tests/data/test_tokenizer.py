@@ -164,6 +164,18 @@ def test_character_coverage_is_what_sentencepiece_takes(caption_shards, tmp_path
                                                    "[0.98, 1], the range sentencepiece accepts (1 keeps every character)")
 
 
+@pytest.mark.parametrize("sentences, ok", [(50, False), (100, False), (101, True)])
+def test_max_sentences_is_what_sentencepiece_takes(caption_shards, tmp_path, capsys, sentences, ok):
+    """1 to 100 passed validation, then failed inside sentencepiece with its own INTERNAL check naming no key."""
+    argv = ["tokenizer", f"input={caption_shards}", f"output={tmp_path / 't.model'}", "vocab_size=64",
+            f"max_sentences={sentences}"]
+    assert main(argv) == (0 if ok else 2)
+    if not ok:
+        assert capsys.readouterr().err.strip() == (f"megadalle tokenizer: max_sentences={sentences}: must exceed 100, "
+                                                   "the least sentencepiece samples (it failed with its own internal "
+                                                   "check)")
+
+
 def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
     out = tmp_path / "tok.model"
     assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=16384"]) == 0
