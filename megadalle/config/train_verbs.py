@@ -19,12 +19,14 @@ class TrainConfig:
     """Verb-level keys of `megadalle train` (conf/train.yaml) for its sample grids."""
 
     dvae_weights: str | None = None
-    """The dVAE that decodes the sample grids drawn every trainer.media_every updates (into <run>/samples/): a
-    .safetensors file or a train-dvae run directory; null = no grids."""
+    """The dVAE that decodes the sample grids drawn every trainer.media_every updates (into <run>/samples/; none
+    with media_every=0, its default): a .safetensors file or a train-dvae run directory (the file it exported, as
+    encode reads it); null = no grids."""
     media_captions: int = 4
-    """Fixed captions in each sample grid: the first ones of the validation split (else of the training shards)."""
+    """Fixed captions in each sample grid, one row each: the first ones of the validation split (else, or when it
+    has none, of the training shards)."""
     media_samples: int = 4
-    """Samples drawn per caption in each sample grid (one row each)."""
+    """Samples drawn per caption in each sample grid: its columns."""
 
     def validate(self, where: str = "") -> None:
         for name in ("media_captions", "media_samples"):

@@ -43,9 +43,10 @@ def check_train(cfg: DictConfig) -> None:
 
 
 def check_grids(cfg: DictConfig, model) -> None:
-    """The sample grids' dVAE against the Transformer `model` (TransformerConfig), from its config alone. Without
-    `dvae_weights`, `trainer.media_every` drew nothing and said nothing; a dVAE of another grid or a smaller
-    codebook passed, then failed at the first grid, `media_every` updates into the run."""
+    """The sample grids' dVAE against the Transformer `model` (TransformerConfig), from its config alone, and their
+    captions. Without `dvae_weights`, `trainer.media_every` drew nothing and said nothing; a dVAE of another grid or a
+    smaller codebook passed, then failed at the first grid, `media_every` updates into the run, as did shards without
+    a caption to draw. A train-dvae run directory is checked as the grids read it: the file it exported."""
     from megadalle.errors import UserError
     from megadalle.sampling.compatible import mismatches
     from megadalle.sampling.load import model_config
@@ -56,12 +57,59 @@ def check_grids(cfg: DictConfig, model) -> None:
     if not weights or cfg.data.get("source") == "synthetic":  # synthetic data has no captions: refused by name later
         return
     exists("dvae_weights", weights)
+    decoder = grids_dvae_file(weights)
     try:
-        problems = mismatches(model, model_config(weights, "dvae"))
+        problems = mismatches(model, model_config(decoder, "dvae"))
     except UserError as err:
         raise PreflightError(f"dvae_weights={weights}: {str(err).splitlines()[0]}") from None
     fits(not problems, f"dvae_weights={weights}: cannot decode this model's sample grids: {'; '.join(problems)} "
                        "(give the dVAE the token shards were encoded with)")
+    if every:
+        check_grid_captions(cfg, weights)
+    else:
+        warn_no_grids(weights)
+
+
+def grids_dvae_file(weights: str):
+    """The file the grids decode with (encode.dvae_weights_file); its refusals already name dvae_weights."""
+    from megadalle.encode import dvae_weights_file
+    from megadalle.train.dvae_export import DVAEWeightsError
+
+    try:
+        return dvae_weights_file(weights)
+    except DVAEWeightsError as err:
+        raise PreflightError(str(err)) from None
+
+
+def warn_no_grids(weights: str) -> None:
+    """dvae_weights is read for nothing with media_every=0, its default: the user asked for grids and gets none."""
+    import sys
+
+    from megadalle.train.distributed import detect
+
+    if detect().rank == 0:
+        print(f"[train] warning: dvae_weights={weights} draws no sample grid with trainer.media_every=0; set "
+              "trainer.media_every=N to draw one every N updates", file=sys.stderr, flush=True)
+
+
+def check_grid_captions(cfg: DictConfig, weights: str) -> None:
+    """The captions the grids draw (sample_grid.grid_captions), read as the grids read them; a run whose validation
+    split has none takes data.shards', and says so."""
+    from megadalle.config import build
+    from megadalle.config.data import DataConfig
+    from megadalle.train.distributed import detect
+    from megadalle.train.sample_grid import NoGridCaptions, caption_sources, grid_captions
+
+    sources = caption_sources(build(DataConfig, cfg.data, "data"))
+    for key, shards in sources:
+        token_shards(key, shards)
+    try:
+        chosen = grid_captions(sources, 1, weights)[0]
+    except NoGridCaptions as err:
+        raise PreflightError(str(err)) from None
+    if chosen != sources[0] and detect().rank == 0:
+        print(f"[train] the sample grids draw the captions of {'='.join(chosen)}: no sample of "
+              f"{'='.join(sources[0])} has one", flush=True)
 
 
 def fits_global_batch(cfg: DictConfig, samples: int) -> None:

@@ -28,7 +28,7 @@ from megadalle.config.train_verbs import TrainConfig
 from megadalle.data import synthetic
 from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss, text_targets
-from megadalle.train.sample_grid import SampleGrid
+from megadalle.train.sample_grid import SampleGrid, caption_sources
 from megadalle.train.step_totals import per_micro_batch, step_total
 from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, ShardsTask, loader_metrics,
                                   rank_batches, validation_data)
@@ -140,9 +140,8 @@ def sample_grid(cfg: DictConfig, data: DataConfig | None) -> SampleGrid | None:
     check(data.source != "synthetic", "dvae_weights", keys.dvae_weights,
           "draws sample grids of captions from token shards, and data=synthetic has none: drop dvae_weights, or "
           "train on shards")
-    shards = data.validation_shards() or data.shards
-    return SampleGrid(keys.dvae_weights, data.tokenizer, shards, keys.media_captions, keys.media_samples,
-                      int(cfg.get("seed", 0)))
+    return SampleGrid(keys.dvae_weights, data.tokenizer, caption_sources(data), keys.media_captions,
+                      keys.media_samples, int(cfg.get("seed", 0)))
 
 
 def run(cfg: DictConfig) -> int:

@@ -286,6 +286,55 @@ def test_the_grids_dvae_must_decode_the_model(capsys, token_shards, tmp_path):
     preflight("train", compose("train", [*base[1:], f"dvae_weights={fits}"]))
 
 
+def test_the_grids_dvae_run_directory_is_read_as_encode_reads_it(capsys, token_shards, tmp_path):
+    """A train-dvae run directory was checked (and decoded) as its newest checkpoint, not the file it exported and the
+    shards were encoded with; an export the run trained past passed."""
+    import json
+
+    from megadalle.preflight import preflight
+    from megadalle.train.dvae import FACTORY
+    from megadalle.train.dvae_export import record_export
+
+    base, run = grid_run(token_shards, tmp_path), tmp_path / "dvae-run"
+    dvae_weights(run / "dvae.safetensors", 32, vocab_size=128)
+    (run / "run.json").write_text(json.dumps({"task_factory": FACTORY, "config": {}}))
+    preflight("train", compose("train", [*base[1:], f"dvae_weights={run}"]))
+    record_export(run, 1)
+    (run / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000002" / "manifest.json").write_text(json.dumps({"files": {}}))
+    fails(capsys, [*base, f"dvae_weights={run}"], f"megadalle train: dvae_weights={run}: {run / 'dvae.safetensors'} "
+                                                  "holds the weights of step 1, and the run has trained to step 2")
+
+
+def test_grid_captions_fall_back_to_data_shards_and_none_anywhere_is_refused(capsys, token_shards, tmp_path):
+    """A validation split of uncaptioned samples crashed the run at its first grid (torch.cat of no images): the
+    grids take data.shards' captions, and say so; with none there either, nothing to draw is refused."""
+    from megadalle.preflight import preflight
+
+    shards = token_shards[0]
+    base, blank = grid_run(token_shards, tmp_path), few_tokens(tmp_path / "blank", 4, caption=" \n")
+    weights = dvae_weights(tmp_path / "dvae.safetensors", 32, vocab_size=128)
+    preflight("train", compose("train", [*base[1:], f"dvae_weights={weights}", f"data.val_shards={blank}"]))
+    assert capsys.readouterr().out == (f"[train] the sample grids draw the captions of data.shards={shards}: no "
+                                       f"sample of data.val_shards={blank} has one\n")
+    uncaptioned = [f"data.shards={blank}" if o == f"data.shards={shards}" else o for o in base]
+    fails(capsys, [*uncaptioned, f"dvae_weights={weights}"],
+          f"megadalle train: dvae_weights={weights}: the sample grids have no caption to draw: no sample of "
+          f"data.shards={blank} has one (a non-blank line in its txt); give captioned shards, or set "
+          "trainer.media_every=0")
+
+
+def test_a_dvae_without_media_every_warns_that_it_draws_no_grid(capsys, token_shards, tmp_path):
+    """media_every is 0 by default: `train dvae_weights=...` alone drew nothing and said nothing."""
+    from megadalle.preflight import preflight
+
+    weights = dvae_weights(tmp_path / "dvae.safetensors", 32, vocab_size=128)
+    quiet = [o for o in grid_run(token_shards, tmp_path)[1:] if o != "trainer.media_every=1"]
+    preflight("train", compose("train", [*quiet, f"dvae_weights={weights}"]))
+    assert capsys.readouterr().err == (f"[train] warning: dvae_weights={weights} draws no sample grid with "
+                                       "trainer.media_every=0; set trainer.media_every=N to draw one every N updates\n")
+
+
 def training(verb, token_shards, image_shards, *overrides):
     """A one-update run of a training verb on the tiny data: on the code before these checks it trained (one
     update, not the whole run) and failed, or went on, after that."""
@@ -479,7 +528,7 @@ def test_token_validation_shards_must_fit_the_transformer(capsys, token_shards, 
           "sampling needs the model's codes to be its dVAE's (give data.val_shards encoded by the dVAE of data.shards)")
 
 
-def few_tokens(root, n: int):
+def few_tokens(root, n: int, caption: str = "a red circle"):
     """`n` token samples of 8x8 codes of 128, as `encode` writes them."""
     import numpy as np
 
@@ -487,7 +536,7 @@ def few_tokens(root, n: int):
 
     with ShardWriter(root, meta={"grid_size": 8, "vocab_size": 128, "image_size": 32}) as w:
         for i in range(n):
-            w.write({"__key__": f"{i:06d}", "codes.npy": np.full((8, 8), i, dtype=np.uint16), "txt": "a red circle"})
+            w.write({"__key__": f"{i:06d}", "codes.npy": np.full((8, 8), i, dtype=np.uint16), "txt": caption})
     return root
 
 

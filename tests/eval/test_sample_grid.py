@@ -133,3 +133,68 @@ def test_grid_captions_are_each_samples_first_caption_as_evaluate_reads_them(tmp
             writer.write({"__key__": f"{i:04d}", "txt": txt})
     assert first_captions(tmp_path / "shards", 2) == ["a red circle", "a blue square"]
     assert first_captions(tmp_path / "shards", 3) == shard_captions(str(tmp_path / "shards"), 3)
+
+
+def blank_tokens(root: Path, samples: int = 4) -> Path:
+    """Token shards whose samples have no caption (an empty txt), as a held-out set of uncaptioned images gives."""
+    from megadalle.data.shards import ShardWriter
+
+    with ShardWriter(root, meta={"grid_size": 8, "vocab_size": 128, "image_size": SIDE}) as writer:
+        for i in range(samples):
+            writer.write({"__key__": f"{i:06d}", "codes.npy": np.zeros((8, 8), np.uint16), "txt": " \n"})
+    return root
+
+
+def test_a_validation_split_without_captions_gives_way_to_the_training_shards(setup, tmp_path):
+    """Its grid was an empty list of images: torch.cat failed at the first grid, media_every updates into the run."""
+    from megadalle.config import build
+    from megadalle.config.model import TransformerConfig
+    from megadalle.models.transformer import Transformer
+
+    cfg = compose("train", overrides(setup, tmp_path / "run", f"data.val_shards={blank_tokens(tmp_path / 'val')}"))
+    task = task_from_config(cfg)
+    model = Transformer(build(TransformerConfig, cfg.model, "model")).eval()
+    grid = task.media(model, step=1)["samples"].array
+    assert grid.shape == (CAPTIONS * (SIDE + 2) + 2, PER_CAPTION * (SIDE + 2) + 2, 3)
+    assert task.grid.captions == [s.splitlines()[0] for s in _texts(Path(cfg.data.shards))][:CAPTIONS]
+
+
+def test_a_dvae_run_directory_decodes_with_the_file_it_exported(setup, tmp_path):
+    """As encode reads it (encode.dvae_weights_file): the export, the EMA the shards were encoded with; the grid read
+    the run's newest checkpoint, its live weights. An export the run trained past is refused, naming the fix."""
+    import json
+
+    import torch
+
+    from megadalle.errors import UserError
+    from megadalle.train.dvae import FACTORY as DVAE_FACTORY
+    from megadalle.train.dvae_export import record_export
+    from megadalle.train.sample_grid import SampleGrid
+
+    shards, tok, weights = setup
+    run = tmp_path / "dvae-run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"task_factory": DVAE_FACTORY, "config": {}}))
+    exported = load_model(weights, "dvae")
+    save_weights(run / "dvae.safetensors", exported.state_dict(), kind="dvae", config=exported.cfg)
+    dvae, _ = SampleGrid(run, tok, [("data.shards", shards)], 1, 1)._models(torch.device("cpu"))
+    for name, tensor in exported.state_dict().items():
+        assert torch.equal(dvae.state_dict()[name], tensor), name
+    record_export(run, 1)
+    (run / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000002" / "manifest.json").write_text(json.dumps({"files": {}}))
+    with pytest.raises(UserError, match="holds the weights of step 1, and the run has trained to step 2"):
+        SampleGrid(run, tok, [("data.shards", shards)], 1, 1)._models(torch.device("cpu"))
+
+
+def test_the_grid_keys_help_says_captions_are_rows_and_samples_columns():
+    """The help said each sample was a row: the grid has a row per caption, a column per sample."""
+    from megadalle.config.help import field_docs
+    from megadalle.config.train_verbs import TrainConfig
+
+    docs = field_docs(TrainConfig)
+    assert "one row each" in docs["media_captions"] and "row" not in docs["media_samples"]
+    assert "columns" in docs["media_samples"]
+    yaml = (Path(__file__).parents[2] / "conf" / "train.yaml").read_text()
+    line = next(line for line in yaml.splitlines() if line.startswith("media_samples:"))
+    assert "columns" in line and "row" not in line
