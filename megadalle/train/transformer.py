@@ -10,7 +10,8 @@ micro-batches on all ranks: the task counts them (`loss_counts`) and divides eac
 by the update's count per micro-batch (megadalle.train.step_totals); under a pipeline the totals ride with
 the labels to the last stage's loss.
 With `dvae_weights=`, every `trainer.media_every` updates the task draws a grid of samples of a few
-fixed captions, the validation split's or else the training shards' (train/sample_grid.py), written to `<run>/samples/` and logged to wandb.
+fixed captions, the validation split's or else the training shards' (train/sample_grid.py), written to
+`<run>/samples/` and logged to wandb.
 """
 from __future__ import annotations
 
