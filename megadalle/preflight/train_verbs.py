@@ -19,6 +19,7 @@ def check_train(cfg: DictConfig) -> None:
     from megadalle.config.train import DeepSpeedConfig
     from megadalle.config.train_verbs import TrainConfig
     from megadalle.plan.layout import check_stages_filled
+    from megadalle.preflight.codes_dvae import check_codes_dvae
     from megadalle.train.distributed import ranks
 
     build(TrainConfig, top_level(cfg, TrainConfig), "")
@@ -36,6 +37,7 @@ def check_train(cfg: DictConfig) -> None:
     fits_global_batch(cfg, index.total)
     fits_token_grid(cfg.data.shards, cfg.data.shards, index, model)
     check_token_validation(cfg, model, dp_ranks(cfg))
+    check_codes_dvae(cfg, index)
     vocab = tokenizer_vocab("data.tokenizer", cfg.data.tokenizer)
     fits(vocab <= model.text_vocab, f"model.text_vocab={model.text_vocab}: the tokenizer {cfg.data.tokenizer} has "
                                     f"{vocab} pieces (set model.text_vocab={vocab} or more)")

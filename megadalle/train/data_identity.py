@@ -3,7 +3,9 @@
 The data position is the update index (loop.py), so a resume replays the order exactly only on the data, seed
 and global batch the checkpoint was trained with; and every rank opens the shard index itself, so ranks can read
 different data sets when a folder changes while the run starts. Either way the run would train on in silence on
-other data than it believes: both checks stop it with the reason instead.
+other data than it believes: both checks stop it with the reason instead. The fingerprint (names, counts, sizes) does
+not tell one dVAE's codes from another's of the same shapes: token shards re-encoded in place by a retrained dVAE have
+the fingerprint of the first codes, so the identity also holds what `encode` records of the codebook (CODES_KEYS).
 """
 from __future__ import annotations
 
@@ -14,6 +16,16 @@ from megadalle.train.checkpoint import CheckpointError
 NEW_DATA_KEYS = ("fingerprint",)
 """The identity keys `new_data=true` lets differ: what the data is. Its order's seed, shuffling and the global
 batch stay the run's (config keys a rerun may not change anyway)."""
+CODES_KEYS = ("dvae", "grid_size", "vocab_size")
+"""What token shards' index.json meta says their codes are (encode.py: the digest of the dVAE's weights, the code
+grid's side, the codebook's size), taken into the identity where the shards record it. Each is compared only where
+both the checkpoint and the shards have it: a run from before, or shards from elsewhere, resume as they did. Another
+codebook is never `new_data`: the model learnt what these codes meant in the first."""
+
+
+def codes_identity(meta: dict) -> dict:
+    """The CODES_KEYS among a shard index's `meta` (none for image shards)."""
+    return {key: meta[key] for key in CODES_KEYS if key in meta}
 
 
 def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str | None, new_data: bool = False,
@@ -23,7 +35,15 @@ def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str 
     left no way to continue the run on it but starting again."""
     if not saved:
         return
-    differs = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    differs = [key for key in sorted(set(saved) | set(current), key=lambda key: (key not in CODES_KEYS, key))
+               if saved.get(key) != current.get(key) and (key not in CODES_KEYS or (key in saved and key in current))]
+    if differs and differs[0] in CODES_KEYS:
+        key = differs[0]
+        raise CheckpointError(
+            f"cannot resume {checkpoint_path}: it was trained on codes of another dVAE (its token shards' {key}="
+            f"{saved[key]!r}, data.shards has {key}={current[key]!r}: encoded again since?); a model cannot go on "
+            "with another codebook, new_data=true included: point data.shards at the shards the run trained on, or "
+            "start a new run (another run_dir or name)")
     if new_data and differs and all(key in NEW_DATA_KEYS for key in differs):
         if rank == 0:
             print(f"[train] resuming {checkpoint_path} on other data (new_data=true): from here the run reads the "

@@ -273,14 +273,16 @@ class ShardsTask(Task):
 
     def data_identity(self, part: DataPart) -> dict[str, Any]:
         """Also where a run without preflight (the demo, a caller of `train`) first sees both its global batch and
-        its data: one larger than the data set is refused here (order.check_global_batch)."""
+        its data: one larger than the data set is refused here (order.check_global_batch). Token shards add what
+        their meta says the codes are (data_identity.codes_identity)."""
         from megadalle.data.order import check_global_batch
+        from megadalle.train.data_identity import codes_identity
 
         if self.data is None or self.data.source != "shards":
             return {}
         check_global_batch(part.micro_batch, part.grad_accum, part.dp_world, self.shard_index.total, self.data.shards)
         return {"fingerprint": self.shard_index.fingerprint, "seed": self.seed, "shuffle": self.data.shuffle,
-                "global_batch": part.global_batch}
+                "global_batch": part.global_batch, **codes_identity(self.shard_index.meta)}
 
     def validation_split(self) -> tuple[str, int] | None:
         from megadalle.data.ingest import open_index

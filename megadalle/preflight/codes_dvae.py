@@ -1,0 +1,48 @@
+"""`train`'s other codes against data.shards': the validation split's and the sample grids' dVAE.
+
+`encode` records in index.json's meta the digest of the dVAE whose codes the shards hold (`dvae`). A validation split
+of another dVAE's codes, of the same grid and codebook, passed every check and scored the model on a codebook it never
+saw (its val/loss meaningless); a `dvae_weights` of the same shapes decoded every grid with another codebook's images.
+Both are held here against data.shards' digest, where the shards record one (shards from elsewhere do not). The grids'
+dVAE is loaded for its digest: the one check here that reads more than a config, a dVAE's weights (tens of MB).
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from megadalle.preflight.probes import fits, shard_index
+
+
+def check_codes_dvae(cfg: DictConfig, index) -> None:
+    """The validation split (when the run validates) and `dvae_weights` (when given) of the dVAE that encoded
+    data.shards, whose ShardIndex is `index`."""
+    from megadalle.config import build
+    from megadalle.config.data import DataConfig
+    from megadalle.config.train import TrainerConfig
+
+    encoded_by = index.meta.get("dvae")
+    if encoded_by is None:
+        return
+    shards = cfg.data.shards
+    val = build(DataConfig, cfg.data, "data").validation_shards()
+    if val is not None and build(TrainerConfig, cfg.trainer, "trainer").eval_every:
+        other = shard_index("data.val_shards", val).meta.get("dvae")
+        fits(other in (None, encoded_by),
+             f"data.val_shards={val}: codes of another dVAE than data.shards={shards} (index.json meta dvae {other}, "
+             f"{encoded_by} there): validation would score the model on a codebook it does not learn; give "
+             "data.val_shards encoded by the dVAE of data.shards")
+    weights = cfg.get("dvae_weights")
+    if weights:
+        digest = dvae_digest(weights)
+        fits(digest == encoded_by,
+             f"dvae_weights={weights}: not the dVAE data.shards={shards} were encoded with (its weights' digest "
+             f"{digest}, index.json meta dvae {encoded_by}): the grids would decode the codes with another codebook; "
+             "give the dVAE that encoded them")
+
+
+def dvae_digest(weights: str) -> str:
+    """The digest `encode` records of the dVAE `dvae_weights=weights` means (a file, or a train-dvae run's export)."""
+    from megadalle.encode import dvae_weights_file, weights_digest
+    from megadalle.models.dvae import load_dvae
+
+    return weights_digest(load_dvae(dvae_weights_file(weights)))
