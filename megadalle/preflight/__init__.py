@@ -5,13 +5,16 @@ traceback on every rank (or worse, as an index error deep in an embedding). Here
 is a PreflightError naming the key, the value and what was expected; the CLI prints it once (rank 0)
 and exits with code 2. The checks read only small files: index.json, a weights' config JSON and the
 tokenizer model; and they make nothing but an empty probe folder, removed at once, where an output or a run
-directory will go (`probes.can_make`). One exception: a directory of tars written elsewhere, with no index.json,
+directory will go (`probes.can_make`). Two exceptions: a directory of tars written elsewhere, with no index.json,
 is indexed here (`ingest.open_index`, as every reader would on first use), since its index is what
-the checks read.
+the checks read; and the sample grids' dVAE is read whole (tens of MB) to check it is the one the token shards
+were encoded with (codes_dvae.py).
 
 Here are the entry point and the table of each verb's checks; the checks live beside it, one family a module:
-probes.py (paths, shards, tokenizer, places to write), image_size.py, train_verbs.py, runs.py (a training run's
-keys and directory), data_verbs.py (prepare, tokenizer, encode) and weights_verbs.py (export, generate, evaluate).
+probes.py (paths, shards, tokenizer, places to write), image_size.py, train_verbs.py, validation.py (the
+validation split), token_grid.py and codes_dvae.py (token shards against the model and their dVAE), runs.py (a
+training run's keys and directory), data_verbs.py (prepare, tokenizer, encode) and weights_verbs.py (export,
+generate, evaluate, import-dvae).
 """
 from __future__ import annotations
 
