@@ -72,7 +72,9 @@ def chosen_ema(run_dir: str | Path, config: dict, ema: bool | None) -> bool:
     it, as train-dvae's and train-clip's exports ship it). ema=True for a run without one is refused here, before
     a tensor is read. The record decides, not the files: a checkpoint that lost its EMA files is refused
     (checkpoint_damage, checkpoint_tensors) rather than read as its live weights in silence."""
-    decay = (config.get("trainer") or {}).get("ema")
+    if not isinstance(config.get("trainer"), dict):  # a record without the trainer's keys (a run started from the
+        return bool(ema)  # API with its own config): as asked, and the checkpoint refuses an EMA it does not hold
+    decay = config["trainer"].get("ema")
     if ema and decay is None:
         raise CheckpointError(f"ema=true: {run_dir} trained without an EMA (trainer.ema=null in its run.json): "
                               "drop ema=true for its live weights")
