@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from megadalle.config.required import check_required
 from megadalle.preflight.data_verbs import check_encode, check_prepare, check_tokenizer
-from megadalle.preflight.probes import fits
+from megadalle.preflight.probes import WARNINGS, fits
 from megadalle.preflight.runs import RUN_TASKS, check_run_dir, check_run_keys
 from megadalle.preflight.train_verbs import (check_ema_swap, check_logger, check_train, check_train_clip,
                                              check_train_dvae)
@@ -53,7 +53,9 @@ def check_out_dir(cfg: DictConfig) -> None:
 
 
 def preflight(verb: str, cfg: DictConfig) -> None:
-    """Required keys first (a check below may read them), then where outputs go, then the verb's own checks."""
+    """Required keys first (a check below may read them), then where outputs go, then the verb's own checks; their
+    warnings once all have passed (probes.warn), on rank 0."""
+    WARNINGS.clear()
     check_required(cfg)
     check_out_dir(cfg)
     if verb in RUN_TASKS:
@@ -65,3 +67,16 @@ def preflight(verb: str, cfg: DictConfig) -> None:
         check_ema_swap(cfg)
         check_logger(cfg)
         check_run_dir(verb, cfg)
+    say_warnings()
+
+
+def say_warnings() -> None:
+    """The checks' warnings (probes.warn), once, by rank 0 of a multi-process run."""
+    import sys
+
+    from megadalle.train.distributed import detect
+
+    if detect().rank == 0:
+        for text in WARNINGS:
+            print(text, file=sys.stderr, flush=True)
+    WARNINGS.clear()

@@ -24,6 +24,15 @@ def fits(ok: bool, message: str) -> None:
         raise PreflightError(message)
 
 
+WARNINGS: list[str] = []
+"""Warnings of the running checks, said by `preflight` once every check has passed: a refusal after one would leave
+two lines for one run that does not start."""
+
+
+def warn(text: str) -> None:
+    WARNINGS.append(text)
+
+
 def exists(key: str, value, kind: str = "path") -> Path:
     path = Path(str(value))
     ok = path.is_dir() if kind == "directory" else path.is_file() if kind == "file" else path.exists()

@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from megadalle.preflight.image_size import fits_image_size
 from megadalle.preflight.probes import (PreflightError, exists, export_target, fits, image_shards, token_shards,
-                                        tokenizer_vocab)
+                                        tokenizer_vocab, warn)
 from megadalle.preflight.token_grid import fits_token_grid
 from megadalle.preflight.validation import check_image_validation, check_token_validation
 
@@ -85,13 +85,8 @@ def grids_dvae_file(weights: str):
 
 def warn_no_grids(weights: str) -> None:
     """dvae_weights is read for nothing with media_every=0, its default: the user asked for grids and gets none."""
-    import sys
-
-    from megadalle.train.distributed import detect
-
-    if detect().rank == 0:
-        print(f"[train] warning: dvae_weights={weights} draws no sample grid with trainer.media_every=0; set "
-              "trainer.media_every=N to draw one every N updates", file=sys.stderr, flush=True)
+    warn(f"[train] warning: dvae_weights={weights} draws no sample grid with trainer.media_every=0; set "
+         "trainer.media_every=N to draw one every N updates")
 
 
 def check_grid_captions(cfg: DictConfig, weights: str) -> None:
