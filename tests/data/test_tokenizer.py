@@ -153,27 +153,21 @@ def test_the_minimum_size_counts_the_byte_pieces_of_byte_fallback(caption_shards
         train_tokenizer(caption_shards, tmp_path / "t.model", vocab_size=64, byte_fallback=True)
 
 
-@pytest.mark.parametrize("coverage, ok", [(0.95, False), (0.9799, False), (0.98, True), (1.0, True), (1.01, False)])
-def test_character_coverage_is_what_sentencepiece_takes(caption_shards, tmp_path, capsys, coverage, ok):
-    """0.95 passed validation, then failed inside sentencepiece's training (it needs 0.98 to 1)."""
-    argv = ["tokenizer", f"input={caption_shards}", f"output={tmp_path / 't.model'}", "vocab_size=64",
-            f"character_coverage={coverage}"]
-    assert main(argv) == (0 if ok else 2)
-    if not ok:
-        assert capsys.readouterr().err.strip() == (f"megadalle tokenizer: character_coverage={coverage}: must be in "
-                                                   "[0.98, 1], the range sentencepiece accepts (1 keeps every character)")
+COVERAGE = "must be in [0.98, 1], the range sentencepiece accepts (1 keeps every character)"
+SENTENCES = "must exceed 100, the least sentencepiece samples (it failed with its own internal check)"
 
 
-@pytest.mark.parametrize("sentences, ok", [(50, False), (100, False), (101, True)])
-def test_max_sentences_is_what_sentencepiece_takes(caption_shards, tmp_path, capsys, sentences, ok):
-    """1 to 100 passed validation, then failed inside sentencepiece with its own INTERNAL check naming no key."""
-    argv = ["tokenizer", f"input={caption_shards}", f"output={tmp_path / 't.model'}", "vocab_size=64",
-            f"max_sentences={sentences}"]
-    assert main(argv) == (0 if ok else 2)
-    if not ok:
-        assert capsys.readouterr().err.strip() == (f"megadalle tokenizer: max_sentences={sentences}: must exceed 100, "
-                                                   "the least sentencepiece samples (it failed with its own internal "
-                                                   "check)")
+@pytest.mark.parametrize("key, value, refusal", [
+    ("character_coverage", 0.95, COVERAGE), ("character_coverage", 0.9799, COVERAGE), ("character_coverage", 0.98, None),
+    ("character_coverage", 1.0, None), ("character_coverage", 1.01, COVERAGE),
+    ("max_sentences", 50, SENTENCES), ("max_sentences", 100, SENTENCES), ("max_sentences", 101, None)])
+def test_values_sentencepiece_refuses_are_refused_by_name(caption_shards, tmp_path, capsys, key, value, refusal):
+    """character_coverage=0.95 and max_sentences of 1 to 100 passed validation, then failed inside sentencepiece's
+    training with its own check, naming no key (it takes coverage 0.98 to 1, and over 100 sentences)."""
+    argv = ["tokenizer", f"input={caption_shards}", f"output={tmp_path / 't.model'}", "vocab_size=64", f"{key}={value}"]
+    assert main(argv) == (0 if refusal is None else 2)
+    if refusal is not None:
+        assert capsys.readouterr().err.strip() == f"megadalle tokenizer: {key}={value}: {refusal}"
 
 
 def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
