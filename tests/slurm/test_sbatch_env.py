@@ -44,16 +44,18 @@ while :; do sleep 0.1; done
 """
 
 
-def signal_the_script(env, tmp_path, sig) -> subprocess.Popen:
-    """Run the script with tasks that have started, send it `sig`, and return it finished."""
+def signal_the_script(env, tmp_path, sig, once: str = "srun.txt.started", then=lambda: None) -> subprocess.Popen:
+    """Run the script until the file `once` names appears in tmp_path (by default: its tasks have started), send
+    it `sig`, call `then`, and return it finished."""
     proc = subprocess.Popen(["bash", str(SCRIPT), "model=tiny"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 30
-        while not (tmp_path / "srun.txt.started").exists():
+        while not (tmp_path / once).exists():
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
-            time.sleep(0.1)
+            time.sleep(0.02)
         proc.send_signal(sig)
+        then()
         proc.out, proc.err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -174,21 +176,14 @@ def test_a_signal_while_scontrol_expands_the_nodelist_is_handled_as_a_later_one(
     killed the batch script (138, 143) and the job ended unrequeued. Now no task starts, and the job requeues on the
     warning, or stops with 75 on a user's TERM."""
     gate = tmp_path / "scontrol-gate"
-    env = script_env(slurm_commands, tmp_path, SCONTROL_GATE=str(gate))
-    proc = subprocess.Popen(["bash", str(SCRIPT), "model=tiny"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 30
-        while not (tmp_path / "scontrol-gate.waiting").exists():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()
-            time.sleep(0.02)
-        proc.send_signal(sig)
+
+    def open_the_gate():
         time.sleep(0.2)  # the signal reaches the script while scontrol runs
         gate.touch()
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    proc = signal_the_script(script_env(slurm_commands, tmp_path, SCONTROL_GATE=str(gate)), tmp_path, sig,
+                             once="scontrol-gate.waiting", then=open_the_gate)
+    out, err = proc.out, proc.err
     assert proc.returncode == code, out + err
     assert requeues(tmp_path) == (["requeue 1234"] if requeued else []), out + err
     assert not (tmp_path / "srun.txt").exists() and "no task ran" in out, out + err
