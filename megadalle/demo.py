@@ -42,6 +42,7 @@ from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
 from megadalle.demo_settings import DATA, check_and_record, value
 from megadalle.demo_stop import DemoStopped, finished, interruptible, named, stop_line
 from megadalle.errors import UserError
+from megadalle.preflight.demo import check_output
 
 
 class Timer:
@@ -308,6 +309,7 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0, timer: Timer | No
     if d.threads:
         torch.set_num_threads(d.threads)
     out = Path(output)
+    check_output(out)
     check_dvae_overrides(d, out, seed)
     out.mkdir(parents=True, exist_ok=True)
     check_and_record(d, out, seed)

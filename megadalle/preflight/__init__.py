@@ -11,7 +11,8 @@ the checks read.
 
 Here are the entry point and the table of each verb's checks; the checks live beside it, one family a module:
 probes.py (paths, shards, tokenizer, places to write), image_size.py, train_verbs.py, runs.py (a training run's
-keys and directory), data_verbs.py (prepare, tokenizer, encode) and weights_verbs.py (export, generate, evaluate).
+keys and directory), data_verbs.py (prepare, tokenizer, encode), weights_verbs.py (export, generate, evaluate)
+and demo.py (the demo's output folder).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 
 from megadalle.config.required import check_required
 from megadalle.preflight.data_verbs import check_encode, check_prepare, check_tokenizer
+from megadalle.preflight.demo import check_demo
 from megadalle.preflight.probes import fits
 from megadalle.preflight.runs import RUN_TASKS, check_run_dir, check_run_keys
 from megadalle.preflight.train_verbs import (check_ema_swap, check_logger, check_train, check_train_clip,
@@ -38,6 +40,7 @@ CHECKS: dict[str, Callable[[DictConfig], None]] = {
     "export": check_export,
     "generate": check_generate,
     "evaluate": check_evaluate,
+    "demo": check_demo,
 }
 """Per-verb checks; a verb without an entry is checked for required keys only."""
 
