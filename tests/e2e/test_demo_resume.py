@@ -133,6 +133,25 @@ def test_the_dvaes_step_count_may_change_until_a_run_trained_on_the_dvae_has_che
         check_and_record(settings("demo.dvae_steps=4", "demo.dvae_lr=0.002"), out, 0)
 
 
+def test_a_training_stage_stopped_by_term_names_it_in_the_stop_line(tmp_path, capsys, monkeypatch):
+    """The trainer takes the stop signals over while it trains (its own flag), and the line said "stopped by a
+    signal" where every other stop names SIGTERM or Ctrl-C."""
+    from megadalle.train.signals import StopFlag
+
+    def term_in_train(d, output, seed, timer):
+        with timer.stage("train", tmp_path / "runs/dalle"):
+            flag = StopFlag().install()  # the training stage's, as loop.train installs it
+            os.kill(os.getpid(), signal.SIGTERM)
+            flag.uninstall()
+            demo.finished("train", False)
+
+    monkeypatch.setattr(demo, "run_demo", term_in_train)
+    assert demo.run(compose("demo", [f"output={tmp_path}"])) == STOPPED_EXIT
+    assert last_line(capsys.readouterr().err) == ("megadalle demo: stopped by SIGTERM in its train stage; kept no "
+                                                  "finished stage and no checkpoint of train yet; rerun the same "
+                                                  "command to continue from there")
+
+
 def stop_in_dvae_after_two_updates(monkeypatch) -> None:
     """A USR1 (Slurm's warning) to this process during the dVAE's second update, as the scheduler would send it."""
     from megadalle.train import loop
@@ -155,7 +174,7 @@ def test_a_demo_stopped_in_a_training_stage_says_what_it_kept_and_the_rerun_resu
         stop_in_dvae_after_two_updates(patched)
         code, printed, err = run_demo(out, capsys, "demo.dvae_steps=4")
     assert code == STOPPED_EXIT, err[-3000:]
-    assert last_line(err) == ("megadalle demo: stopped by a signal in its train-dvae stage; kept finished stages: "
+    assert last_line(err) == ("megadalle demo: stopped by SIGUSR1 in its train-dvae stage; kept finished stages: "
                               "data + prepare + tokenizer and train-dvae's checkpoint at step 2; rerun the same "
                               "command to continue from there")
     assert not (out / "dvae.safetensors").exists() and not (out / "tokens").exists()
