@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import shutil
 import sys
 import time
@@ -40,8 +41,9 @@ from megadalle.demo_done import once
 from megadalle.demo_judge import chance, judge
 from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
 from megadalle.demo_settings import DATA, check_and_record, value
-from megadalle.demo_stop import DemoStopped, finished, interruptible, named, stop_line
+from megadalle.demo_stop import DemoStopped, SignalsSeen, finished, interruptible, named, stop_line
 from megadalle.errors import UserError
+from megadalle.preflight.demo import check_output
 
 
 class Timer:
@@ -60,6 +62,14 @@ class Timer:
         self.times[name] = time.perf_counter() - began
         self.current = self.run_dir = None
         print(f"[demo] {name}: {self.times[name]:.0f} s", flush=True)
+
+
+def path_override(key: str, path: Path | str) -> str:
+    """`key="path"` as hydra reads it back to the very path: bare, a comma in the demo's output folder was read as a
+    sweep, and an `=`, a bracket, an apostrophe or a space as syntax, after the demo had drawn its data. Inside the
+    quotes, a quote and the backslashes before one (or at the end) are escaped, and `${` (no interpolation here)."""
+    text = re.sub(r'(\\+)(?="|$)', r"\1\1", str(path)).replace('"', '\\"').replace("${", "\\${")
+    return f'{key}="{text}"'
 
 
 def trainer_overrides(group: str, steps: int, batch: int, lr: float) -> list[str]:
@@ -105,8 +115,9 @@ def draw_data(d: DemoConfig, out: Path, seed: int) -> None:
     shutil.rmtree(out / "raw", ignore_errors=True)
     write_dataset(out / "raw", train, d.per_scene, d.image_size, seed)
     prepare_folder(out / "raw", out / "shards", d.image_size)
-    cfg = compose("tokenizer", [f"input={out / 'shards'}", f"output={out / 'tokenizer.model'}",
-                                f"vocab_size={d.vocab_size}", f"seed={seed}"])
+    cfg = compose("tokenizer", [path_override("input", out / "shards"),
+                                path_override("output", out / "tokenizer.model"), f"vocab_size={d.vocab_size}",
+                                f"seed={seed}"])
     tc = build(TokenizerConfig, top_level(cfg, TokenizerConfig), "")
     train_tokenizer(tc.input, tc.output, tc.vocab_size, tc.normalization, tc.character_coverage, tc.max_sentences,
                     tc.byte_fallback, tc.seed)
@@ -117,8 +128,8 @@ def prepare_folder(raw: Path, shards: Path, image_size: int) -> Path:
     from megadalle.config.data import PrepareConfig
     from megadalle.data.prepare import prepare
 
-    cfg = compose("prepare", [f"input={raw}", f"output={shards}", f"image_size={image_size}", "format=png",
-                              f"min_side={image_size}"])
+    cfg = compose("prepare", [path_override("input", raw), path_override("output", shards), f"image_size={image_size}",
+                              "format=png", f"min_side={image_size}"])
     print(prepare(build(PrepareConfig, top_level(cfg, PrepareConfig), "")).text())
     return shards
 
@@ -140,8 +151,8 @@ def demo_dvae_config(d: DemoConfig, out: Path, shards: Path, seed: int = 0) -> D
     return compose("train-dvae", [f"seed={seed}",
         "dvae=tiny", f"dvae.image_size={d.image_size}", f"dvae.n_groups={d.dvae_groups}",
         f"dvae.objective.tau_anneal_steps={d.dvae_steps}",
-        f"dvae.objective.kl_warmup_steps={max(1, d.dvae_steps // 15)}", f"data.shards={shards}",
-        f"weights={out / 'dvae.safetensors'}", f"run_dir={out / 'runs/dvae'}",
+        f"dvae.objective.kl_warmup_steps={max(1, d.dvae_steps // 15)}", path_override("data.shards", shards),
+        path_override("weights", out / "dvae.safetensors"), path_override("run_dir", out / "runs/dvae"),
         *trainer_overrides("dvae", d.dvae_steps, d.dvae_batch, d.dvae_lr), *d.dvae_overrides])
 
 
@@ -204,15 +215,19 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
         clip_shards = clip_training_shards(d, dvae, out, shards, seed)
         clip = train_clip(compose("train-clip", [f"seed={seed}", "clip=tiny", f"clip.image_size={d.image_size}",
                                           f"clip.text_vocab={vocab}", f"clip.text_len={d.text_len}",
-                                          f"data.shards={clip_shards}", f"tokenizer={tokenizer}",
-                                          f"weights={out / 'clip.safetensors'}", f"run_dir={out / 'runs/clip'}",
+                                          path_override("data.shards", clip_shards),
+                                          path_override("tokenizer", tokenizer),
+                                          path_override("weights", out / "clip.safetensors"),
+                                          path_override("run_dir", out / "runs/clip"),
                                           *trainer_overrides("clip", d.clip_steps, d.clip_batch, d.clip_lr)]))
         finished("train-clip", clip is not None)
     with timer.stage("train", out / "runs/dalle"):
         cfg = compose("train", [f"seed={seed}", "model=tiny", f"model.text_len={d.text_len}",
                                 f"model.text_vocab={vocab}", f"model.grid_size={dvae.cfg.grid_size}",
-                                f"model.image_vocab={dvae.cfg.vocab_size}", f"data.shards={out / 'tokens'}",
-                                f"data.tokenizer={tokenizer}", "data.bpe_dropout=0.0", f"run_dir={out / 'runs/dalle'}",
+                                f"model.image_vocab={dvae.cfg.vocab_size}",
+                                path_override("data.shards", out / "tokens"),
+                                path_override("data.tokenizer", tokenizer), "data.bpe_dropout=0.0",
+                                path_override("run_dir", out / "runs/dalle"),
                                 *trainer_overrides("tiny", d.steps, d.batch, d.lr)])
         result = train_from_config(task_from_config(cfg), cfg, FACTORY)
         finished("train", not result.stopped_by_signal)
@@ -308,6 +323,7 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0, timer: Timer | No
     if d.threads:
         torch.set_num_threads(d.threads)
     out = Path(output)
+    check_output(out)
     check_dvae_overrides(d, out, seed)
     out.mkdir(parents=True, exist_ok=True)
     check_and_record(d, out, seed)
@@ -346,13 +362,13 @@ def run(cfg: DictConfig) -> int:
     from megadalle.train.signals import STOPPED_EXIT
 
     d = build(DemoConfig, cfg.demo, "demo")
-    timer = Timer()
+    timer, seen = Timer(), SignalsSeen()
     try:
-        with interruptible():
+        with seen, interruptible():
             run_demo(d, cfg.output, int(cfg.get("seed", 0)), timer)
         return 0
     except DemoStopped as stopped:  # the trainer checkpointed (or, stopped in its start-up, kept its last one)
-        line = stop_line(stopped.stage, "a signal", list(timer.times), timer.run_dir)
+        line = stop_line(stopped.stage, seen.first(), list(timer.times), timer.run_dir)
     except KeyboardInterrupt as interrupted:  # an Interrupted, or a second Ctrl-C in a training stage (no save)
         line = stop_line(timer.current, named(interrupted), list(timer.times), timer.run_dir)
     except (CheckpointError, RunDirError) as err:

@@ -6,7 +6,8 @@ tokenizer rebuilt) and only then did a training stage find it could not resume t
 with a state_dict error for its reason, and the folder left holding a new tokenizer beside the earlier models,
 which no longer matched it. `<output>/made/settings.json` records the settings a demo trains with (SETTINGS); a
 rerun whose settings differ where a run with checkpoints depends on them is refused up front, naming each key.
-Settings that only continue a run (the step counts) or only evaluate (sampling, the dVAE check, threads) may change.
+Settings that only continue a run (the step counts; the dVAE's only until CLIP or the Transformer trained on it) or
+only evaluate (sampling, the dVAE check, threads) may change.
 """
 from __future__ import annotations
 
@@ -29,14 +30,22 @@ def setting(name: str) -> str:
     return name if name == "seed" else f"demo.{name}"
 
 
+ON_THE_DVAE = ("clip", "dalle")
+"""The runs trained on what the dVAE makes: CLIP on its reconstructions (demo.clip_images), the Transformer on its
+codes. Another dVAE beside them would not match them: encode re-encoded the tokens, a finished Transformer was
+exported unchanged beside the new dVAE, an unfinished one went on training on codes that now meant other
+pieces."""
+
 SETTINGS: dict[str, tuple[str, ...]] = {
     **{setting(name): RUNS for name in DATA},
-    "demo.dvae_groups": ("dvae",), "demo.dvae_batch": ("dvae",), "demo.dvae_lr": ("dvae",),
-    "demo.dvae_overrides": ("dvae",), "demo.clip_images": ("clip",), "demo.clip_batch": ("clip",),
+    **{f"demo.{name}": ("dvae", *ON_THE_DVAE) for name in ("dvae_groups", "dvae_batch", "dvae_lr", "dvae_overrides")},
+    "demo.dvae_steps": ON_THE_DVAE, "demo.clip_images": ("clip",), "demo.clip_batch": ("clip",),
     "demo.clip_lr": ("clip",), "demo.text_len": ("clip", "dalle"), "demo.batch": ("dalle",), "demo.lr": ("dalle",),
 }
 """Each setting and the runs that cannot resume under another value: the data (any run: the data stage rebuilds it
-in place), the model's shape, learning rate and batch (the checkpoint's data identity holds the global batch)."""
+in place), the model's shape, learning rate and batch (the checkpoint's data identity holds the global batch), and
+whatever changes the dVAE's weights for the runs trained on it (ON_THE_DVAE): its own settings and its step count,
+which the dVAE's run alone may take up or down."""
 
 
 def settings_path(out: Path) -> Path:

@@ -12,7 +12,9 @@ stage.
 """
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from pathlib import Path
 
 from megadalle.train.signals import STOP_SIGNALS, raising_at_once
@@ -29,8 +31,48 @@ class Interrupted(KeyboardInterrupt):
 
 def named(interrupted: KeyboardInterrupt) -> str:
     """The signal behind `interrupted` as a stop line names it: an `Interrupted`'s, else Ctrl-C's."""
-    signum = interrupted.signum if isinstance(interrupted, Interrupted) else signal.SIGINT
+    return name_of(interrupted.signum if isinstance(interrupted, Interrupted) else signal.SIGINT)
+
+
+def name_of(signum: int) -> str:
+    """A stop signal as a stop line names it: Ctrl-C for SIGINT, else its name (SIGTERM, SIGUSR1)."""
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+class SignalsSeen:
+    """While open, notes the stop signals that reach the process, whichever handler takes them: a training stage's
+    own (the trainer's flag, which replaces the demo's and keeps the signal to itself) included, so that its stop
+    line names the signal ("stopped by a signal" did). Python writes each handled signal's number to its wakeup fd,
+    here a pipe read when the block ends; outside the main thread (no handler there) it notes nothing."""
+
+    def __init__(self):
+        self.signums: list[int] = []
+        self._pipe: tuple[int, int] | None = None
+        self._previous = -1
+
+    def __enter__(self) -> "SignalsSeen":
+        if threading.current_thread() is threading.main_thread():
+            self._pipe = os.pipe()
+            for fd in self._pipe:
+                os.set_blocking(fd, False)
+            self._previous = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pipe is None:
+            return
+        signal.set_wakeup_fd(self._previous)
+        try:
+            self.signums += [n for n in os.read(self._pipe[0], 256) if n in STOP_SIGNALS]
+        except BlockingIOError:  # none came
+            pass
+        for fd in self._pipe:
+            os.close(fd)
+        self._pipe = None
+
+    def first(self) -> str:
+        """The first stop signal seen, as a stop line names it; "a signal" when none was seen."""
+        return name_of(self.signums[0]) if self.signums else "a signal"
 
 
 class DemoStopped(Exception):

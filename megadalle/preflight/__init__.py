@@ -13,8 +13,8 @@ were encoded with (codes_dvae.py).
 Here are the entry point and the table of each verb's checks; the checks live beside it, one family a module:
 probes.py (paths, shards, tokenizer, places to write), image_size.py, train_verbs.py, validation.py (the
 validation split), token_grid.py and codes_dvae.py (token shards against the model and their dVAE), runs.py (a
-training run's keys and directory), data_verbs.py (prepare, tokenizer, encode) and weights_verbs.py (export,
-generate, evaluate, import-dvae).
+training run's keys and directory), data_verbs.py (prepare, tokenizer, encode), weights_verbs.py (export,
+generate, evaluate, import-dvae) and demo.py (the demo's output folder).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from megadalle.config.required import check_required
 from megadalle.preflight.data_verbs import check_encode, check_prepare, check_tokenizer
+from megadalle.preflight.demo import check_demo
 from megadalle.preflight.probes import WARNINGS, fits
 from megadalle.preflight.runs import RUN_TASKS, check_run_dir, check_run_keys
 from megadalle.preflight.train_verbs import (check_ema_swap, check_logger, check_train, check_train_clip,
@@ -41,6 +42,7 @@ CHECKS: dict[str, Callable[[DictConfig], None]] = {
     "export": check_export,
     "generate": check_generate,
     "evaluate": check_evaluate,
+    "demo": check_demo,
 }
 """Per-verb checks; a verb without an entry is checked for required keys only."""
 

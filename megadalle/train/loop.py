@@ -231,6 +231,7 @@ class Trainer:
         stop = self.stop.install((signal.SIGINT,))  # Ctrl-C checkpoints from here; before, it interrupts at once
         stopped, failing = False, True
         try:
+            self._say_if_past_steps()
             runner = StepRunner(self.task, self.built, self.part, self.step)
             self._tell("start", self.info)
             disk_full.stop_every_rank(self.failure)
@@ -255,6 +256,13 @@ class Trainer:
             finally:
                 self.lock.release()
         return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.built.engine, self.built.model)
+
+    def _say_if_past_steps(self) -> None:
+        """Rank 0 says once that the checkpoint resumed is past `trainer.steps`: a rerun asking fewer steps than the
+        run has done trains nothing and keeps its weights, which run.json's smaller trainer.steps hid."""
+        if self.env.rank == 0 and self.step > self.cfg.steps:
+            print(f"[train] warning: the checkpoint at step {self.step} is past trainer.steps={self.cfg.steps}: "
+                  f"nothing to train, its weights of step {self.step} are used", file=sys.stderr, flush=True)
 
     def _tell(self, method: str, *args) -> None:
         """`method` of every callback. A run file one cannot write (a full disk, disk_full) is kept in `self.failure`

@@ -6,6 +6,7 @@ that runs every stage (2 updates each, one sample per caption): seconds per run.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def test_a_rerun_of_a_finished_demo_trains_and_draws_nothing_again_and_one_on_ot
     # checkpoints do not fit is refused before anything is written, naming the setting; the way out is the demo's
     for override, differs in (("demo.per_scene=2", "demo.per_scene: 1 there, 2 now"),
                                ("demo.vocab_size=80", "demo.vocab_size: 64 there, 80 now"),
-                               ("demo.text_len=20", "demo.text_len: 16 there, 20 now")):
+                               ("demo.text_len=20", "demo.text_len: 16 there, 20 now"),
+                               ("demo.dvae_steps=4", "demo.dvae_steps: 2 there, 4 now")):
         with pytest.raises(UserError, match=rf"^{re.escape(str(out))} holds an earlier demo's runs \(runs/dvae, "
                                             rf"runs/clip, runs/dalle\) trained with other settings "
                                             rf"\({re.escape(differs)}\); rerun with that demo's settings to continue "
@@ -103,6 +105,53 @@ def test_settings_only_runs_without_checkpoints_use_may_change_and_an_older_fold
         check_and_record(settings("demo.dvae_lr=0.002"), out, 0)
 
 
+def test_the_dvaes_step_count_may_change_until_a_run_trained_on_the_dvae_has_checkpoints(tmp_path):
+    """A new demo.dvae_steps retrained the dVAE beside a CLIP and a Transformer trained on the old one's
+    reconstructions and codes (a finished Transformer was exported unchanged, mismatched with the new dVAE)."""
+    from megadalle.config import build
+    from megadalle.config.demo import DemoConfig
+    from megadalle.demo_settings import check_and_record, settings_path
+
+    def settings(*overrides: str) -> DemoConfig:
+        return build(DemoConfig, compose("demo", [*TINY, *overrides]).demo, "demo")
+
+    out = tmp_path / "demo"
+    check_and_record(settings(), out, 0)
+    (out / "runs" / "dvae" / "checkpoints" / "step_00000002").mkdir(parents=True)
+    check_and_record(settings("demo.dvae_steps=4"), out, 0)  # the dVAE's run alone goes on to 4
+    assert json.loads(settings_path(out).read_text())["demo.dvae_steps"] == 4
+    (out / "runs" / "dalle" / "checkpoints" / "step_00000002").mkdir(parents=True)
+    for overrides, differs in ((["demo.dvae_steps=2"], "demo.dvae_steps: 4 there, 2 now"),
+                               (["demo.dvae_steps=4", "demo.dvae_lr=0.002"], "demo.dvae_lr: 0.001 there, 0.002 now")):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(out))} holds an earlier demo's runs \(runs/dvae, "
+                                            rf"runs/dalle\) trained with other settings \({re.escape(differs)}\); "
+                                            "rerun with that demo's settings to continue it, or give this one another "
+                                            "output=$"):
+            check_and_record(settings(*overrides), out, 0)
+    shutil.rmtree(out / "runs" / "dvae")  # the dVAE to train again from its start: still not beside that Transformer
+    with pytest.raises(UserError, match=r"\(runs/dalle\) trained with other settings \(demo.dvae_lr: "):
+        check_and_record(settings("demo.dvae_steps=4", "demo.dvae_lr=0.002"), out, 0)
+
+
+def test_a_training_stage_stopped_by_term_names_it_in_the_stop_line(tmp_path, capsys, monkeypatch):
+    """The trainer takes the stop signals over while it trains (its own flag), and the line said "stopped by a
+    signal" where every other stop names SIGTERM or Ctrl-C."""
+    from megadalle.train.signals import StopFlag
+
+    def term_in_train(d, output, seed, timer):
+        with timer.stage("train", tmp_path / "runs/dalle"):
+            flag = StopFlag().install()  # the training stage's, as loop.train installs it
+            os.kill(os.getpid(), signal.SIGTERM)
+            flag.uninstall()
+            demo.finished("train", False)
+
+    monkeypatch.setattr(demo, "run_demo", term_in_train)
+    assert demo.run(compose("demo", [f"output={tmp_path}"])) == STOPPED_EXIT
+    assert last_line(capsys.readouterr().err) == ("megadalle demo: stopped by SIGTERM in its train stage; kept no "
+                                                  "finished stage and no checkpoint of train yet; rerun the same "
+                                                  "command to continue from there")
+
+
 def stop_in_dvae_after_two_updates(monkeypatch) -> None:
     """A USR1 (Slurm's warning) to this process during the dVAE's second update, as the scheduler would send it."""
     from megadalle.train import loop
@@ -125,7 +174,7 @@ def test_a_demo_stopped_in_a_training_stage_says_what_it_kept_and_the_rerun_resu
         stop_in_dvae_after_two_updates(patched)
         code, printed, err = run_demo(out, capsys, "demo.dvae_steps=4")
     assert code == STOPPED_EXIT, err[-3000:]
-    assert last_line(err) == ("megadalle demo: stopped by a signal in its train-dvae stage; kept finished stages: "
+    assert last_line(err) == ("megadalle demo: stopped by SIGUSR1 in its train-dvae stage; kept finished stages: "
                               "data + prepare + tokenizer and train-dvae's checkpoint at step 2; rerun the same "
                               "command to continue from there")
     assert not (out / "dvae.safetensors").exists() and not (out / "tokens").exists()
