@@ -15,13 +15,19 @@ from megadalle.demo_done import MADE
 from megadalle.preflight.probes import PreflightError, writable
 
 
+def earlier_demo(path: Path) -> bool:
+    """A demo's folder: its record, or what demos before the record left (their summary, or the dVAE's run, which
+    the first training stage writes): `megadalle demo` reran such an `outputs/demo` and must go on doing so."""
+    return (path / MADE).is_dir() or (path / "demo.json").is_file() or (path / "runs/dvae/run.json").is_file()
+
+
 def check_output(output) -> None:
     """`output` can be made a folder, and holds nothing or an earlier demo."""
     writable("output", output, "folder")
     path = Path(str(output))
-    if path.is_dir() and not (path / MADE).is_dir() and any(path.iterdir()):
-        raise PreflightError(f"output={output}: a folder that holds no earlier demo (no {MADE}/ record in it), whose "
-                             "raw/ the demo would replace; give a new or empty folder")
+    if path.is_dir() and not earlier_demo(path) and any(path.iterdir()):
+        raise PreflightError(f"output={output}: a folder that holds no earlier demo (no {MADE}/ record in it), "
+                             "whose raw/ and clip_images/ the demo would replace; give a new or empty folder")
 
 
 def check_demo(cfg: DictConfig) -> None:

@@ -36,7 +36,8 @@ def test_a_users_folder_is_refused_before_its_raw_folder_is_removed(tmp_path, ca
     (folder / "raw" / "notes.txt").write_text("mine")
     code, line = demo_line(capsys, folder)
     assert (code, line) == (2, f"megadalle demo: output={folder}: a folder that holds no earlier demo (no made/ "
-                               "record in it), whose raw/ the demo would replace; give a new or empty folder")
+                               "record in it), whose raw/ and clip_images/ the demo would replace; give a new or "
+                               "empty folder")
     with pytest.raises(PreflightError, match="holds no earlier demo"):  # a call without the CLI, the same check
         demo.run(compose("demo", ["demo=fast", f"output={folder}"]))
     assert sorted(p.name for p in folder.rglob("*")) == ["notes.txt", "raw"]
@@ -48,7 +49,11 @@ def test_an_empty_folder_and_an_earlier_demos_are_taken(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "earlier" / "made").mkdir(parents=True)
     (tmp_path / "earlier" / "raw").mkdir()
-    for output in ("empty", "earlier", "new/sub"):
+    for older in ("finished/demo.json", "stopped/runs/dvae/run.json"):  # demos from before made/ was written
+        (tmp_path / older).parent.mkdir(parents=True)
+        (tmp_path / older).write_text("{}")
+        (tmp_path / older.split("/")[0] / "raw").mkdir()
+    for output in ("empty", "earlier", "finished", "stopped", "new/sub"):
         check_output(tmp_path / output)
 
 
