@@ -10,26 +10,22 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from megadalle.preflight.probes import fits, shard_index
+from megadalle.preflight.probes import fits
 
 
-def check_codes_dvae(cfg: DictConfig, index) -> None:
-    """The validation split (when the run validates) and `dvae_weights` (when given) of the dVAE that encoded
-    data.shards, whose ShardIndex is `index`."""
-    from megadalle.config import build
-    from megadalle.config.data import DataConfig
-    from megadalle.config.train import TrainerConfig
-
+def check_codes_dvae(cfg: DictConfig, index, val) -> None:
+    """The validation split `val` ((folder, index) when the run validates: validation.validation_split) and
+    `dvae_weights` (when given) of the dVAE that encoded data.shards, whose ShardIndex is `index`."""
     encoded_by = index.meta.get("dvae")
     if encoded_by is None:
         return
     shards = cfg.data.shards
-    val = build(DataConfig, cfg.data, "data").validation_shards()
-    if val is not None and build(TrainerConfig, cfg.trainer, "trainer").eval_every:
-        other = shard_index("data.val_shards", val).meta.get("dvae")
+    if val is not None:
+        folder, val_index = val
+        other = val_index.meta.get("dvae")
         fits(other in (None, encoded_by),
-             f"data.val_shards={val}: codes of another dVAE than data.shards={shards} (index.json meta dvae {other}, "
-             f"{encoded_by} there): validation would score the model on a codebook it does not learn; give "
+             f"data.val_shards={folder}: codes of another dVAE than data.shards={shards} (index.json meta dvae "
+             f"{other}, {encoded_by} there): validation would score the model on a codebook it does not learn; give "
              "data.val_shards encoded by the dVAE of data.shards")
     weights = cfg.get("dvae_weights")
     if weights:

@@ -36,8 +36,7 @@ def check_train(cfg: DictConfig) -> None:
     index = token_shards("data.shards", cfg.data.shards)
     fits_global_batch(cfg, index.total)
     fits_token_grid(cfg.data.shards, cfg.data.shards, index, model)
-    check_token_validation(cfg, model, dp_ranks(cfg))
-    check_codes_dvae(cfg, index)
+    check_codes_dvae(cfg, index, check_token_validation(cfg, model, dp_ranks(cfg)))
     vocab = tokenizer_vocab("data.tokenizer", cfg.data.tokenizer)
     fits(vocab <= model.text_vocab, f"model.text_vocab={model.text_vocab}: the tokenizer {cfg.data.tokenizer} has "
                                     f"{vocab} pieces (set model.text_vocab={vocab} or more)")
@@ -94,7 +93,6 @@ def check_grid_captions(cfg: DictConfig, weights: str) -> None:
     split has none takes data.shards', and says so."""
     from megadalle.config import build
     from megadalle.config.data import DataConfig
-    from megadalle.train.distributed import detect
     from megadalle.train.sample_grid import NoGridCaptions, caption_sources, grid_captions
 
     sources = caption_sources(build(DataConfig, cfg.data, "data"))
@@ -104,9 +102,9 @@ def check_grid_captions(cfg: DictConfig, weights: str) -> None:
         chosen = grid_captions(sources, 1, weights)[0]
     except NoGridCaptions as err:
         raise PreflightError(str(err)) from None
-    if chosen != sources[0] and detect().rank == 0:
-        print(f"[train] the sample grids draw the captions of {'='.join(chosen)}: no sample of "
-              f"{'='.join(sources[0])} has one", flush=True)
+    if chosen != sources[0]:
+        warn(f"[train] the sample grids draw the captions of {'='.join(chosen)}: no sample of "
+             f"{'='.join(sources[0])} has one")
 
 
 def fits_global_batch(cfg: DictConfig, samples: int) -> None:

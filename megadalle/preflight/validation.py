@@ -45,11 +45,12 @@ def check_image_validation(cfg: DictConfig, key: str, wanted: int, ranks: int) -
     return split is not None
 
 
-def check_token_validation(cfg: DictConfig, model, ranks: int) -> None:
+def check_token_validation(cfg: DictConfig, model, ranks: int):
     """Token shards for `train`, of the code grid and codebook of the model (TransformerConfig), hence of
-    data.shards (checked against it before)."""
+    data.shards (checked against it before); the split (`validation_split`), for the checks of its codes."""
     split = validation_split(cfg, token_shards, ranks)
     if split is not None:
         shards, index = split
         fits_token_grid(f"data.val_shards={shards}", shards, index, model,
                         "give data.val_shards encoded by the dVAE of data.shards")
+    return split

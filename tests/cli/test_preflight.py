@@ -315,8 +315,8 @@ def test_grid_captions_fall_back_to_data_shards_and_none_anywhere_is_refused(cap
     base, blank = grid_run(token_shards, tmp_path), few_tokens(tmp_path / "blank", 4, caption=" \n")
     weights = dvae_weights(tmp_path / "dvae.safetensors", 32, vocab_size=128)
     preflight("train", compose("train", [*base[1:], f"dvae_weights={weights}", f"data.val_shards={blank}"]))
-    assert capsys.readouterr().out == (f"[train] the sample grids draw the captions of data.shards={shards}: no "
-                                       f"sample of data.val_shards={blank} has one\n")
+    assert capsys.readouterr().err == (f"[train] the sample grids draw the captions of data.shards={shards}: no "
+                                       f"sample of data.val_shards={blank} has one\n")  # said once all checks pass
     uncaptioned = [f"data.shards={blank}" if o == f"data.shards={shards}" else o for o in base]
     fails(capsys, [*uncaptioned, f"dvae_weights={weights}"],
           f"megadalle train: dvae_weights={weights}: the sample grids have no caption to draw: no sample of "
