@@ -104,7 +104,7 @@ def whole_tables(model: nn.Module) -> tuple[dict[str, torch.Tensor], Callable[[s
     one tensor `<table>.weight` of the joined shape (empty, on the pieces' device: meta stays meta), and
     `place(name) -> (whole name, first row)`: a piece's rows start at its table's row `first row`; any other
     tensor keeps its name at row 0. An export writes each piece at its rows as it comes, so it never holds
-    a table whole (weights.py). A model without pieces maps to itself.
+    a table whole (weights/writers.py). A model without pieces maps to itself.
     """
     places: dict[str, tuple[str, int]] = {}
     rows: dict[str, int] = {}

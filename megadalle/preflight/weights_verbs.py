@@ -8,7 +8,7 @@ from megadalle.preflight.probes import exists, export_target, writable
 
 
 def check_export(cfg: DictConfig) -> None:
-    """The run, and a model folder's place (exported weights alone are checked by the export, weights.py)."""
+    """The run, and a model folder's place (exported weights alone are checked by the export, weights/replace.py)."""
     from megadalle.weights import one_file
 
     exists("run", cfg.run, "directory")

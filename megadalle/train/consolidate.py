@@ -292,7 +292,7 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
            before_replace: Callable[[], None] | None = None) -> Path:
     """Write the run's weights in `dtype`: a folder of shards + index + config.json, or, when `output`
     ends in .safetensors, that one file with its config JSON beside. Either way only the tensor being
-    written is held (weights.py, planned_safetensors.py). `ema`: the EMA, the live weights, or None for the EMA
+    written is held (weights/writers.py, planned_safetensors.py). `ema`: the EMA, the live weights, or None for the EMA
     where the run trained one (`chosen_ema`: the weights its validation scored). `before_replace` is called once
     every tensor is written, just before an earlier export at `output` is replaced (the writers' `close`)."""
     check_replaceable(output)  # before the run is read: a folder of other files is no place for any export

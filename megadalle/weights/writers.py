@@ -1,0 +1,165 @@
+"""Writing weights, whole or streamed, so that an interrupted write never leaves a file that looks finished.
+
+`save_weights` writes a state dict held in memory (the small models). The streamed writers take tensors one at a
+time into files planned from their shapes (planned_safetensors.py), so that an export of a 12B model holds one
+tensor, not the model; each writes under a temporary name, renamed when complete, and removes what a killed
+export on this machine left.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import save_file
+
+from megadalle.planned_safetensors import Layout, PlannedFile, nbytes
+from megadalle.processes import owner_gone, owner_tag
+from megadalle.weights.dtypes import cast
+from megadalle.weights.errors import OutputInTheWay
+from megadalle.weights.records import CONFIG, INDEX, config_path, config_record
+from megadalle.weights.replace import check_replaceable
+
+TMP = ".tmp-"
+"""Temporaries are `<target>.tmp-<host>-<pid>` (processes.owner_tag): a later export can tell a dead writer's."""
+
+
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], kind: str, config: Any) -> Path:
+    """Write one `path` (.safetensors) and its config JSON atomically; `config` is a dataclass or dict."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
+    tmp_weights, tmp_json = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".json.tmp")
+    save_file(tensors, str(tmp_weights), metadata={"kind": kind})
+    tmp_json.write_text(config_record(kind, config))
+    os.replace(tmp_json, config_path(path))
+    os.replace(tmp_weights, path)
+    return path
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Remove the temporaries of `target` that a killed export on this machine left: its process is gone, and
+    nothing else would ever remove a file the size of the model (24 GB at 12B). A live export's, or one from
+    another machine (whose processes cannot be seen from here), is left alone. (Containers that share a host
+    name but not a process namespace, exporting to one target on shared storage, would defeat this.)"""
+    prefix = f"{target.name}{TMP}"
+    for tmp in target.parent.glob(f"{glob.escape(prefix)}*"):
+        if not owner_gone(tmp.name[len(prefix):]):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+class _StreamedWriter:
+    """Tensors, as they come and in any order, into safetensors files planned from a `Layout`, under a
+    temporary name renamed at `close`: an interrupted export leaves nothing that looks finished.
+
+    Only the tensor being written is held (planned_safetensors.py), whatever the size of the files.
+    Each tensor is cast to the dtype its layout planned (`export_layout`).
+    """
+
+    def __init__(self, target: Path, layout: Layout, kind: str):
+        self.target, self.layout, self.kind = target, layout, kind
+        self.tmp = target.with_name(f"{target.name}{TMP}{owner_tag()}")
+        self.files: dict[str, PlannedFile] = {}
+        remove_stale_temporaries(target)
+
+    def add(self, name: str, tensor: torch.Tensor, first_row: int = 0) -> None:
+        """`tensor` as the planned `name`, or as its rows from `first_row` on (PlannedFile.write)."""
+        if name not in self.files:
+            raise ValueError(f"{name} is not among the {len(self.layout)} tensors planned for {self.target}")
+        self.files[name].write(name, cast(tensor, self.layout[name][1]), first_row)
+
+    def _close_files(self) -> None:
+        for file in dict.fromkeys(self.files.values()):
+            file.close()
+
+    def abort(self) -> None:
+        """Remove what was written."""
+        for file in dict.fromkeys(self.files.values()):
+            file.release()
+        if self.tmp.is_dir():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+class SingleFileWriter(_StreamedWriter):
+    """One `.safetensors` file with its config JSON beside (`model.json` for `model.safetensors`)."""
+
+    def __init__(self, path: str | Path, layout: Layout, kind: str):
+        check_replaceable(path, kind=kind)  # the kind is known here: a dVAE's file is no place for a Transformer
+        super().__init__(Path(path), layout, kind)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        file = PlannedFile(self.tmp, layout, {"kind": kind})
+        self.files = dict.fromkeys(layout, file)
+
+    def close(self, config: Any, before_replace: Callable[[], None] | None = None) -> Path:
+        """Write the config JSON, then put both in place (calling `before_replace` first); return the file. What
+        came to `path` while the tensors were written is checked again, as at the start."""
+        self._close_files()
+        try:
+            check_replaceable(self.target, kind=self.kind)
+        except OutputInTheWay:
+            self.abort()
+            raise
+        tmp_json = self.target.with_name(self.target.name + ".json.tmp")
+        tmp_json.write_text(config_record(self.kind, config))
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp_json, config_path(self.target))
+        os.replace(self.tmp, self.target)
+        return self.target
+
+
+class ShardedWriter(_StreamedWriter):
+    """A folder of shards cut by size in the layout's order (`model-0000k-of-0000N.safetensors`); `close`
+    adds the index and config.json."""
+
+    def __init__(self, folder: str | Path, layout: Layout, kind: str, max_shard_bytes: int = 5 << 30):
+        super().__init__(Path(folder), layout, kind)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        shards: list[Layout] = [{}]
+        size = 0
+        for name, (shape, tensor_dtype) in layout.items():
+            tensor_bytes = nbytes(shape, tensor_dtype)
+            if shards[-1] and size + tensor_bytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = (shape, tensor_dtype)
+            size += tensor_bytes
+        self.weight_map = {}
+        for i, shard in enumerate(shards):
+            filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            file = PlannedFile(self.tmp / filename, shard, {"format": "pt"})
+            self.files.update(dict.fromkeys(shard, file))
+            self.weight_map.update(dict.fromkeys(shard, filename))
+        self.total_bytes = sum(nbytes(shape, d) for shape, d in layout.values())
+
+    def close(self, config: Any, before_replace: Callable[[], None] | None = None) -> Path:
+        """Write the index and config.json, then put the folder in place; return it. `before_replace` is called
+        once the new folder is complete, just before an earlier one is touched (a model folder marks itself
+        unfinished then: bundle.py)."""
+        self._close_files()
+        index = {"metadata": {"total_size": self.total_bytes, "kind": self.kind}, "weight_map": self.weight_map}
+        (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
+        (self.tmp / CONFIG).write_text(config_record(self.kind, config))
+        if self.target.exists():
+            try:
+                check_replaceable(self.target)
+            except OutputInTheWay:
+                shutil.rmtree(self.tmp)
+                raise
+        if before_replace is not None:
+            before_replace()
+        if self.target.exists():
+            shutil.rmtree(self.target)
+        os.replace(self.tmp, self.target)
+        return self.target
