@@ -42,7 +42,13 @@ class DVAEObjective:
     usage_weight: float = 0.0
     """Weight of the codebook-use term ln K - H(mean code distribution of the batch), scaled like the KL
     (megadalle.models.dvae_loss.usage_gap). 0 = the paper's objective; small dVAEs that leave codes dead
-    (conf/dvae/tiny.yaml) switch it on."""
+    (conf/dvae/tiny.yaml) switch it on. The batch is one micro-batch on one rank, not the update: the term is
+    not linear in the batch (a few images cannot use every code), so it depends on `trainer.micro_batch`, and
+    splitting the same global batch into more micro-batches (grad_accum, more ranks) never lowers it (entropy
+    is concave) and changes its gradient (8 images' random logits: 0.074 nats as one micro-batch, 0.286 as four
+    of 2); at a fixed micro_batch, grad_accum and ranks only average more such terms. Retune the weight when
+    micro_batch changes. The logged `usage_gap` is the same mean of micro-batches' gaps (the codebook's
+    `perplexity` is the update's)."""
     revive_every: int = 0
     """Every this many updates, the codes that were no grid cell's argmax during them (on any rank) are
     re-initialised as copies of live codes drawn by use, which then split those codes' cells

@@ -79,6 +79,9 @@ def usage_gap(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     only when the batch as a whole uses every code equally (wav2vec 2.0's codebook diversity loss, in
     nats). At the Gumbel temperature tau, q_bar follows the codes the decoder is actually fed: as tau
     falls it tends to the histogram of the argmax codes, the ones the Transformer will see.
+    The batch is what the trainer hands the loss, one micro-batch on one rank: the gap of the update's q_bar
+    would need every micro-batch's encoder output before the first backward (a second encoder pass, as CLIP's
+    gradient cache runs), so the term depends on the micro-batch size (DVAEObjective.usage_weight).
     """
     q_bar = F.softmax(logits.float() / tau, dim=1).mean(dim=(0, 2, 3))
     return math.log(logits.shape[1]) + (q_bar * torch.log(q_bar.clamp_min(1e-12))).sum()

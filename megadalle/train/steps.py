@@ -10,7 +10,9 @@ update in `train_batch`, pulling its micro-batches from the same iterator on the
 totals travel with the labels; a middle stage reads no data, and the first and last stages each sum
 over their own data-parallel group, which reads the same micro-batches). The pipeline's loss sees only
 (inputs, labels), so what a task reports from the batch itself (`loader_metrics`) is counted as
-the micro-batches pass through that iterator, and averaged over the stage's data-parallel ranks.
+the micro-batches pass through that iterator, and averaged over the stage's data-parallel ranks; the parts of
+its loss (the Transformer's text and image losses) come from the last stage with the loss itself
+(megadalle.train.pipeline.loss_parts), averaged over micro-batches and ranks as the other layouts average them.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from megadalle.train.engine import Built
+from megadalle.train.pipeline import loss_parts
 from megadalle.train.step_totals import with_step_totals
 from megadalle.train.task import Batch, DataPart, Task, loader_metrics
 
@@ -90,7 +93,8 @@ class StepRunner:
         if self.built.pipeline is not None:
             self.pipe_metrics.clear()
             loss = self.built.engine.train_batch(data_iter=self.pipe_iter)
-            return {"loss": float(loss), **self._pipe_batch_metrics(), **self._grad_norm()}
+            return {"loss": float(loss), **loss_parts(self.built.engine), **self._pipe_batch_metrics(),
+                    **self._grad_norm()}
         engine = self.built.engine
         if self.own_update is not None:
             host = self._update_batches()

@@ -8,7 +8,8 @@ Block and Head classes with the model's own loss (`segment_loss`), so pipelined 
 optimise the same function. The text loss of an update is the mean over the kept text targets of all its
 micro-batches on all ranks: the task counts them (`loss_counts`) and divides each micro-batch's text nll sum
 by the update's count per micro-batch (megadalle.train.step_totals); under a pipeline the totals ride with
-the labels to the last stage's loss.
+the labels to the last stage's loss, which reports the text and image losses beside it (train/pipeline.py's
+LossWithParts), so they are logged in every layout.
 With `dvae_weights=`, every `trainer.media_every` updates the task draws a grid of samples of a few
 fixed captions, the validation split's or else the training shards' (train/sample_grid.py), written to
 `<run>/samples/` and logged to wandb.
@@ -29,6 +30,7 @@ from megadalle.config.train_verbs import TrainConfig
 from megadalle.data import synthetic
 from megadalle.flops import transformer_flops_per_token
 from megadalle.models.transformer import Block, Embed, Head, Transformer, mask_specs, segment_loss, text_targets
+from megadalle.train.pipeline import LossWithParts
 from megadalle.train.sample_grid import SampleGrid, caption_sources
 from megadalle.train.step_totals import per_micro_batch, step_total
 from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, ShardsTask, loader_metrics,
@@ -37,6 +39,8 @@ from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, Sha
 FACTORY = "megadalle.train.transformer:task_from_config"
 TEXT_TARGETS = "text_targets"
 """The loss count of the Transformer task: kept (non-pad) text targets."""
+LOSS_PARTS = ("text_loss", "image_loss")
+"""The parts of `segment_loss`, logged beside the loss in every layout (a pipeline's last stage reports them)."""
 
 
 class TransformerTask(ShardsTask):
@@ -103,7 +107,7 @@ class TransformerTask(ShardsTask):
 
         def loss_fn(outputs, labels):
             text, image, *total = labels
-            return segment_loss(cfg, *outputs, text, image, per_micro_batch(total or None))[0]
+            return segment_loss(cfg, *outputs, text, image, per_micro_batch(total or None))
 
         def split(batch: Batch):
             """(inputs, labels); the labels carry the update's text target total, when given, as two more tensors."""
@@ -114,8 +118,8 @@ class TransformerTask(ShardsTask):
         layers = [LayerSpec(PipeEmbed, cfg), *(LayerSpec(Block, cfg, spec) for spec in mask_specs(cfg)),
                   LayerSpec(Head, cfg)]
         names = ["embed", *(f"blocks.{i}" for i in range(cfg.n_layers)), "head"]
-        return PipelineSpec(layers, names, loss_fn, split, checkpointable=[Block.__name__],
-                            activation_checkpointing=cfg.activation_checkpointing)
+        return PipelineSpec(layers, names, LossWithParts(loss_fn, LOSS_PARTS), split,
+                            checkpointable=[Block.__name__], activation_checkpointing=cfg.activation_checkpointing)
 
 
 class PipeEmbed(Embed):
