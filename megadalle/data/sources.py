@@ -39,6 +39,7 @@ from megadalle.data.index import compressed_note, is_compressed_tar, load_offset
 from megadalle.data.ingest import open_index
 from megadalle.data.ingest.dropped import dropped
 from megadalle.data.names import shown, shown_in, valid_text
+from megadalle.data.nested import nested_note, nested_tars
 from megadalle.data.tar import walk
 from megadalle.errors import UserError
 
@@ -135,14 +136,14 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
     is none of these, or holds nothing (no output is made for it)."""
     path = Path(input)
     if path.is_dir():
-        tars = sorted(path.glob("*.tar"))
+        tars, nested = sorted(path.glob("*.tar")), nested_tars(path)
         if not tars:
             items = folder_items(path)
             if not items:
                 raise InputError(f"input={str(input)!r}: an empty folder (no file in it or below); {EXPECTED}")
-            compressed = compressed_note(path)
-            if compressed and all(item.problem for item in items):  # no image: the tars were meant
-                raise InputError(f"input={str(input)!r}: {compressed}")
+            meant = compressed_note(path) or (nested and nested_note(path, nested))
+            if meant and all(item.problem for item in items):  # no image: the tars were meant
+                raise InputError(f"input={str(input)!r}: {meant}")
             return items
         images = sum(1 for p in list_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
         if images:
@@ -150,6 +151,8 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
                              f"({tars[0].name}{', ...' if len(tars) > 1 else ''}); a folder is read as images with "
                              f"captions or as shards, not both: move the .tar files out to prepare the images, "
                              f"or the images out to prepare the shards")
+        if nested:
+            raise InputError(f"input={str(input)!r}: {nested_note(path, nested)}")
         return shard_items(path)
     suffix = path.suffix.lower()
     if path.is_file() and suffix in MANIFESTS:
@@ -208,6 +211,10 @@ def folder_items(root: Path) -> list[Item]:
         elif is_compressed_tar(p.name):
             problem = ("unrecognised_file", "a compressed tar, which megadalle does not read: decompress it into a "
                                             "plain .tar, in a folder of tars (read as shards) without images")
+        elif suffix == ".tar":  # tars at the top would make the folder one of shards
+            problem = ("unrecognised_file", "a tar in a subfolder of an image folder, not read: prepare reads a "
+                                            "folder of images, or one folder of .tar shards (pass that folder as "
+                                            "input)")
         elif suffix not in (*IMAGE_EXTENSIONS, CAPTION_EXTENSION):
             problem = ("unrecognised_file", f"neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a "
                                             f"{CAPTION_EXTENSION} caption")
