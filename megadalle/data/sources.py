@@ -21,13 +21,16 @@ per caption): those rows are one sample, as one image must never be on both side
 split. A row whose shape or types show it is not what the user meant (a CSV row with more or fewer
 fields than the header, typically an unquoted comma; a caption that is an object or a number, far
 more often the wrong column than a caption) is refused, not guessed at.
-Text files are read as utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not data.
+Text files are read as utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not data. A manifest row whose
+bytes are not UTF-8 (one Latin-1 caption among millions) is a bad row, not a reason to refuse the manifest.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,6 +51,8 @@ IMAGE_EXTENSIONS = tuple(f".{field}" for field in IMAGE_FIELDS)
 CAPTION_EXTENSION = ".txt"
 """A folder image's captions: the same stem with this suffix, in any case (`X.jpg` + `X.TXT`)."""
 MANIFESTS = (".jsonl", ".csv")
+ESCAPED = re.compile("[\udc80-\udcff]")
+"""What `surrogateescape` makes of the bytes of a CSV that are not UTF-8."""
 EXPECTED = "expected a folder of images or of .tar shards, or a .jsonl / .csv manifest"
 
 
@@ -159,8 +164,8 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
         try:
             rows = jsonl_rows if suffix == ".jsonl" else csv_rows
             items = manifest_items(path, rows(path, image_column, caption_column))
-        except (UnicodeDecodeError, csv.Error) as err:
-            raise InputError(f"input={str(input)!r}: not a readable UTF-8 {suffix} file ({err})") from None
+        except csv.Error as err:
+            raise InputError(f"input={str(input)!r}: not a readable {suffix} file ({err})") from None
         if not items:
             raise InputError(f"input={str(input)!r}: a manifest without rows")
         return items
@@ -231,8 +236,13 @@ def jsonl_rows(path: Path, image_column: str, caption_column: str):
     caption_column): InputError naming the rows' fields and the key to set, as a CSV's header does, once every row
     is read."""
     fields: dict[str, None] = {}  # the rows' fields, in order of first appearance
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            raw = raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw
+            if bad := not_utf8(raw, "row"):
+                yield number, None, None, bad
+                continue
+            line = raw.decode("utf-8")
             if not line.strip():
                 continue
             try:
@@ -255,9 +265,20 @@ def jsonl_rows(path: Path, image_column: str, caption_column: str):
                              "one")
 
 
+def not_utf8(raw: bytes, part: str) -> str:
+    """A manifest row's problem when the bytes of its `part` are not UTF-8 (a Latin-1 caption): the first bad byte and
+    where; empty when they are UTF-8."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the {part}); save the manifest as UTF-8"
+    return ""
+
+
 def csv_rows(path: Path, image_column: str, caption_column: str):
-    """Like `jsonl_rows`, numbered by the line each row starts on (a quoted caption may span lines)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    """Like `jsonl_rows`, numbered by the line each row starts on (a quoted caption may span lines). Bytes that are not
+    UTF-8 are read as lone surrogates (`surrogateescape`), so only their row is skipped, not the whole file."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
         for name, key in ((image_column, "image_column"), (caption_column, "caption_column")):
@@ -269,6 +290,10 @@ def csv_rows(path: Path, image_column: str, caption_column: str):
             number, end = end + 1, reader.line_num
             if not row:
                 continue  # a blank line
+            if bad := next(filter(None, (not_utf8(cell.encode("utf-8", "surrogateescape"), "field")
+                                         for cell in row if ESCAPED.search(cell))), ""):
+                yield number, None, None, bad
+                continue
             if len(row) != len(header):
                 yield number, None, None, (f"{len(row)} fields, header has {len(header)}; "
                                            f"quote captions containing commas")
