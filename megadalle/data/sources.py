@@ -51,6 +51,8 @@ IMAGE_EXTENSIONS = tuple(f".{field}" for field in IMAGE_FIELDS)
 CAPTION_EXTENSION = ".txt"
 """A folder image's captions: the same stem with this suffix, in any case (`X.jpg` + `X.TXT`)."""
 MANIFESTS = (".jsonl", ".csv")
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+"""An image named by a URL in a manifest (img2dataset's input): `Path` made `http:/host/x.jpg` of it."""
 ESCAPED = re.compile("[\udc80-\udcff]")
 """What `surrogateescape` makes of the bytes of a CSV that are not UTF-8."""
 EXPECTED = "expected a folder of images or of .tar shards, or a .jsonl / .csv manifest"
@@ -62,6 +64,10 @@ class InputError(UserError, ValueError):
 
 class BadRow(ValueError):
     """A manifest row refused as bad_manifest_row; the message says why."""
+
+
+class NotLocal(BadRow):
+    """A manifest row naming its image by a URL: skipped as missing_file, the message says why."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +277,8 @@ def not_utf8(raw: bytes, part: str) -> str:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        return f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the {part}); save the manifest as UTF-8"
+        return (f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the {part}); save the manifest "
+                "as UTF-8")
     return ""
 
 
@@ -339,10 +346,15 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
                 raise BadRow("empty image path" if image is None or isinstance(image, str) else
                              f"image path {json.dumps(image)[:60]} is not a string")
             found = manifest_captions(caption)
+            if URL.match(image):
+                raise NotLocal(f"{json.dumps(image)[:80]} is a URL: prepare reads local files only; download the "
+                               "images first (img2dataset downloads a manifest of URLs into shards, which prepare "
+                               "and the loaders read)")
             path = manifest.parent / image
             resolved = resolve(path)
         except BadRow as err:
-            items.append(Item(f"{len(items):09d}", manifest, source, source, problem=("bad_manifest_row", str(err))))
+            reason = "missing_file" if isinstance(err, NotLocal) else "bad_manifest_row"
+            items.append(Item(f"{len(items):09d}", manifest, source, source, problem=(reason, str(err))))
             continue
         if resolved not in groups:
             groups[resolved] = (len(items), [])
