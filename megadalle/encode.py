@@ -161,18 +161,20 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, 
     shutil.rmtree(staging, ignore_errors=True)
     samples = iter_shard(in_path, [*maker.fields, "json"], decode=False)
     upscaled = 0
-    with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
-        while chunk := [s for _, s in zip(range(batch_size), samples)]:
-            try:
+    try:
+        with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
+            while chunk := [s for _, s in zip(range(batch_size), samples)]:
                 batch = maker(chunk, np.arange(len(chunk)), 0)
-            except UnreadableImage as err:
-                raise DamagedShard(f"{sample_name(in_path, err.key)}: {err}") from None
-            upscaled += int(batch["upscaled"].sum())
-            codes = model.encode(batch["image"].to(device)).to("cpu", torch.int32).numpy().astype(np.uint16)
-            for sample, text, grid in zip(chunk, batch["txt"], codes):
-                writer.write({"__key__": sample["__key__"], "codes.npy": grid, "txt": text, "json": input_meta(sample)})
-            if bar is not None:
-                bar.update(len(chunk))
+                upscaled += int(batch["upscaled"].sum())
+                codes = model.encode(batch["image"].to(device)).to("cpu", torch.int32).numpy().astype(np.uint16)
+                for sample, text, grid in zip(chunk, batch["txt"], codes):
+                    writer.write({"__key__": sample["__key__"], "codes.npy": grid, "txt": text,
+                                  "json": input_meta(sample)})
+                if bar is not None:
+                    bar.update(len(chunk))
+    except UnreadableImage as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DamagedShard(f"{sample_name(in_path, err.key)}: {err}") from None
     written = staging / "shard-000000.tar"
     if written.is_file():
         atomic.write_json(record_path(out_path), {**made_by, "output": tar_identity(written)})

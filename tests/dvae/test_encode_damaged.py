@@ -40,6 +40,7 @@ def test_encode_names_the_shard_and_sample_whose_image_does_not_decode(tmp_path,
     assert f"{damaged / 'shard-000000.tar'}:img0003: its image does not decode (UnidentifiedImageError" in err[-1]
     assert "Traceback" not in "\n".join(err)
     assert not (tmp_path / "tokens/shard-000000.tar").exists()
+    assert not list((tmp_path / "tokens").glob(".encode-*"))  # its staging folder goes too
 
 
 def test_the_image_loader_names_the_shard_and_sample(damaged):
