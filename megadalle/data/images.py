@@ -115,7 +115,8 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Scale so the short side is `size` (bicubic, antialiased), then cut the centred square.
 
     Only the square is computed: resizing the whole image first made a 1x100000 strip (a PNG of a few hundred bytes,
-    which max_pixels lets through) a 32x3200000 image, 1 GB at 256 px, before the crop threw nearly all of it away.
+    which max_pixels lets through) a 32x3200000 image at 32 px (300 MB; 20 GB at 256 px) before the crop threw nearly
+    all of it away.
     The pixels are those of the whole resize, in the order PIL makes them (its blocks averaged from the corner,
     columns resized, then rows): each pass is a one-axis `box=` resize of what the square needs, the rows it reads
     cut first (`needed_rows`)."""
