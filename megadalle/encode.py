@@ -38,7 +38,7 @@ from megadalle.config import build, top_level
 from megadalle.config.data import VAL_DIR
 from megadalle.config.dvae import EncodeConfig
 from megadalle.data import atomic
-from megadalle.data.batches import ImageBatches
+from megadalle.data.batches import ImageBatches, UnreadableImage, sample_name
 from megadalle.data.fields import CODES_FIELD, decode_field
 from megadalle.data.images import upscaled_message
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets, offsets_path
@@ -47,6 +47,7 @@ from megadalle.data.output_guard import check_output
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
 from megadalle.devices import pick_device
+from megadalle.errors import UserError
 from megadalle.models.dvae import DVAE, load_dvae
 from megadalle.train.dvae_export import RUN_WEIGHTS, DVAEWeightsError, run_weights
 from megadalle.train.rundir import RUN_JSON
@@ -143,6 +144,11 @@ def input_meta(sample: dict) -> dict:
         return {}
 
 
+class DamagedShard(UserError, ValueError):
+    """An input sample whose image does not decode (`UnreadableImage`), named `<shard>:<key>`: nothing of its shard is
+    published, and the shards encoded before it are kept for the rerun."""
+
+
 def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, ...], batch_size: int, made_by: dict,
                  bar: tqdm | None = None) -> int:
     """Encode one input shard into `out_path` (published atomically: its record first, then its offsets and the tar;
@@ -155,15 +161,20 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, 
     shutil.rmtree(staging, ignore_errors=True)
     samples = iter_shard(in_path, [*maker.fields, "json"], decode=False)
     upscaled = 0
-    with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
-        while chunk := [s for _, s in zip(range(batch_size), samples)]:
-            batch = maker(chunk, np.arange(len(chunk)), 0)
-            upscaled += int(batch["upscaled"].sum())
-            codes = model.encode(batch["image"].to(device)).to("cpu", torch.int32).numpy().astype(np.uint16)
-            for sample, text, grid in zip(chunk, batch["txt"], codes):
-                writer.write({"__key__": sample["__key__"], "codes.npy": grid, "txt": text, "json": input_meta(sample)})
-            if bar is not None:
-                bar.update(len(chunk))
+    try:
+        with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
+            while chunk := [s for _, s in zip(range(batch_size), samples)]:
+                batch = maker(chunk, np.arange(len(chunk)), 0)
+                upscaled += int(batch["upscaled"].sum())
+                codes = model.encode(batch["image"].to(device)).to("cpu", torch.int32).numpy().astype(np.uint16)
+                for sample, text, grid in zip(chunk, batch["txt"], codes):
+                    writer.write({"__key__": sample["__key__"], "codes.npy": grid, "txt": text,
+                                  "json": input_meta(sample)})
+                if bar is not None:
+                    bar.update(len(chunk))
+    except UnreadableImage as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DamagedShard(f"{sample_name(in_path, err.key)}: {err}") from None
     written = staging / "shard-000000.tar"
     if written.is_file():
         atomic.write_json(record_path(out_path), {**made_by, "output": tar_identity(written)})

@@ -49,6 +49,23 @@ def sample_image(sample: dict[str, Any], image_fields: tuple[str, ...] = IMAGE_F
     raise KeyError(f"sample {sample.get('__key__')!r} has no image field (none of {list(image_fields)})")
 
 
+class UnreadableImage(ValueError):
+    """A sample whose image does not decode: a shard damaged after it was written or indexed (a bad copy, bit rot),
+    as those checked every image. It names the sample's key; a caller that knows the shard names both
+    (`sample_name`), for PIL's own message names neither ("cannot identify image file <_io.BytesIO ...>")."""
+
+    def __init__(self, key: str, err: Exception):
+        super().__init__(f"its image does not decode ({type(err).__name__}: {err}); the shard changed since it was "
+                         "written or indexed (a bad copy or bit rot): copy it again from where it came, or rerun the "
+                         "`megadalle prepare` that wrote it")
+        self.key = key
+
+
+def sample_name(shard: object, key: str) -> str:
+    """`<shard>:<key>`, how the errors about one sample name it."""
+    return f"{shard}:{key}"
+
+
 class ImageBatches:
     """dict(image=FloatTensor[B, 3, S, S] in [0, 1], upscaled=BoolTensor[B], caption=list[str], txt=list[str],
     key=list[str]).
@@ -81,7 +98,11 @@ class ImageBatches:
         enlarged = np.zeros(len(samples), bool)
         texts = [decode_field("txt", s["txt"]) for s in samples]
         for i, sample in enumerate(samples):
-            img, enlarged[i] = self.decode(sample_image(sample, self.image_fields))
+            data = sample_image(sample, self.image_fields)
+            try:
+                img, enlarged[i] = self.decode(data)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                raise UnreadableImage(sample["__key__"], err) from err
             to_float_chw(img, out=images[i])
         captions = [pick_caption(text, sample_rng(seed, pos)) for text, pos in zip(texts, positions)]
         keys = [s["__key__"] for s in samples]

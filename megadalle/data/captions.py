@@ -24,8 +24,9 @@ def visible(line: str) -> bool:
 
 
 def caption_lines(text: str) -> list[str]:
-    """The captions of a `txt` field, in order."""
-    return [line.strip() for line in LINE_BREAK.split(text) if visible(line)]
+    """The captions of a `txt` field, in order. A leading byte-order mark (a caption file saved by Notepad, put into a
+    tar as it was) is not text: a folder's captions are read without it, a shard's kept it in the caption stored."""
+    return [line.strip() for line in LINE_BREAK.split(text.removeprefix("\ufeff")) if visible(line)]
 
 
 def first_caption(text: str) -> str:

@@ -156,8 +156,8 @@ def open_image(data: bytes, opts: ConvertOptions) -> tuple[Image.Image, tuple[in
         raise Skip("too_small", f"{w}x{h}: short side < min_side={opts.min_side}")
     if opts.max_aspect is not None and max(w, h) / min(w, h) > opts.max_aspect:
         raise Skip("extreme_aspect", f"{w}x{h}: long side over max_aspect={opts.max_aspect} times the short side")
-    size = upright_size(img)  # before the draft shrinks it
     try:
+        size = upright_size(img)  # before the draft shrinks it; a PNG's EXIF may follow its pixels, read to the end
         draft_for(img, opts.image_size)
         img.load()
     except Exception as err:  # OSError "image file is truncated", SyntaxError "broken PNG file", zlib errors

@@ -104,16 +104,45 @@ def upscaled_message(source: object, count: int, total: int, image_size: int, im
             "elsewhere")
 
 
+REDUCING_GAP = 3.0
+"""PIL's `reducing_gap`: a downscale by 3x or more first averages whole blocks of pixels (`Image.reduce`), fast and
+as good as bicubic all the way."""
+BICUBIC_SUPPORT = 2
+"""Half-width of PIL's bicubic kernel in output pixels (in source pixels, times the downscale factor)."""
+
+
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Scale so the short side is `size` (bicubic, antialiased), then cut the centred square."""
+    """Scale so the short side is `size` (bicubic, antialiased), then cut the centred square.
+
+    Only the square is computed: resizing the whole image first made a 1x100000 strip (a PNG of a few hundred bytes,
+    which max_pixels lets through) a 32x3200000 image at 32 px (300 MB; 20 GB at 256 px) before the crop threw nearly
+    all of it away.
+    The pixels are those of the whole resize, in the order PIL makes them (its blocks averaged from the corner,
+    columns resized, then rows): each pass is a one-axis `box=` resize of what the square needs, the rows it reads
+    cut first (`needed_rows`)."""
     w, h = img.size
     if (w, h) == (size, size):
         return img
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    fx, fy = int(w / nw / REDUCING_GAP) or 1, int(h / nh / REDUCING_GAP) or 1
+    if fx > 1 or fy > 1:
+        img = img.reduce((fx, fy))
+    sx, sy = w / fx / nw, h / fy / nh  # (reduced) source pixels per output pixel, as PIL's whole resize has them
     left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    first, last = needed_rows(top * sy, (top + size) * sy, sy, img.height)
+    rows = img.crop((0, first, img.width, last))
+    rows = rows.resize((size, last - first), Image.Resampling.BICUBIC, box=(left * sx, 0, (left + size) * sx,
+                                                                          last - first))
+    return rows.resize((size, size), Image.Resampling.BICUBIC, box=(0, top * sy - first, size,
+                                                                   (top + size) * sy - first))
+
+
+def needed_rows(start: float, end: float, step: float, height: int) -> tuple[int, int]:
+    """The source rows a bicubic resize of rows [start, end) (`step` source rows per output row) reads, with a row
+    to spare each side; the image's own edges where they are nearer (PIL weighs the kernel within them)."""
+    support = BICUBIC_SUPPORT * max(step, 1.0)
+    return max(0, math.floor(start - support) - 1), min(height, math.ceil(end + support) + 1)
 
 
 def to_float_chw(img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:

@@ -57,7 +57,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from megadalle.config.data import DataConfig
-from megadalle.data.batches import BatchMaker, ImageBatches, TokenBatches
+from megadalle.data.batches import BatchMaker, ImageBatches, TokenBatches, UnreadableImage, sample_name
 from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.order import Order, reader_positions
 from megadalle.data.shards import SampleReader, ShardIndex, open_index
@@ -137,6 +137,11 @@ class _Steps(IterableDataset):
                     samples = reader.read_many(ids, plan.maker.fields, decode=False, required=plan.maker.required)
                     try:
                         micro.append(plan.maker(samples, positions, plan.seed))
+                    except UnreadableImage as err:
+                        at = [s["__key__"] for s in samples].index(err.key)
+                        shard = plan.index.shards[int(plan.index.locate(np.asarray(ids)[at:at + 1])[0][0])].name
+                        raise RuntimeError(f"{sample_name(plan.index.root / shard, err.key)}: step {step}, micro-batch "
+                                           f"{accum}: {err}") from err
                     except Exception as err:
                         keys = [s["__key__"] for s in samples]
                         raise RuntimeError(f"{plan.index.root}: step {step}, micro-batch {accum} (samples {keys}): "

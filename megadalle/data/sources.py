@@ -21,13 +21,16 @@ per caption): those rows are one sample, as one image must never be on both side
 split. A row whose shape or types show it is not what the user meant (a CSV row with more or fewer
 fields than the header, typically an unquoted comma; a caption that is an object or a number, far
 more often the wrong column than a caption) is refused, not guessed at.
-Text files are read as utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not data.
+Text files are read as utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not data. A manifest row whose
+bytes are not UTF-8 (one Latin-1 caption among millions) is a bad row, not a reason to refuse the manifest.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +42,7 @@ from megadalle.data.index import compressed_note, is_compressed_tar, load_offset
 from megadalle.data.ingest import open_index
 from megadalle.data.ingest.dropped import dropped
 from megadalle.data.names import shown, shown_in, valid_text
+from megadalle.data.nested import nested_note, nested_tars
 from megadalle.data.tar import walk
 from megadalle.errors import UserError
 
@@ -47,6 +51,10 @@ IMAGE_EXTENSIONS = tuple(f".{field}" for field in IMAGE_FIELDS)
 CAPTION_EXTENSION = ".txt"
 """A folder image's captions: the same stem with this suffix, in any case (`X.jpg` + `X.TXT`)."""
 MANIFESTS = (".jsonl", ".csv")
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+"""An image named by a URL in a manifest (img2dataset's input): `Path` made `http:/host/x.jpg` of it."""
+ESCAPED = re.compile("[\udc80-\udcff]")
+"""What `surrogateescape` makes of the bytes of a CSV that are not UTF-8."""
 EXPECTED = "expected a folder of images or of .tar shards, or a .jsonl / .csv manifest"
 
 
@@ -56,6 +64,10 @@ class InputError(UserError, ValueError):
 
 class BadRow(ValueError):
     """A manifest row refused as bad_manifest_row; the message says why."""
+
+
+class NotLocal(BadRow):
+    """A manifest row naming its image by a URL: skipped as missing_file, the message says why."""
 
 
 @dataclass(frozen=True)
@@ -135,14 +147,14 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
     is none of these, or holds nothing (no output is made for it)."""
     path = Path(input)
     if path.is_dir():
-        tars = sorted(path.glob("*.tar"))
+        tars, nested = sorted(path.glob("*.tar")), nested_tars(path)
         if not tars:
             items = folder_items(path)
             if not items:
                 raise InputError(f"input={str(input)!r}: an empty folder (no file in it or below); {EXPECTED}")
-            compressed = compressed_note(path)
-            if compressed and all(item.problem for item in items):  # no image: the tars were meant
-                raise InputError(f"input={str(input)!r}: {compressed}")
+            meant = compressed_note(path) or (nested and nested_note(path, nested))
+            if meant and all(item.problem for item in items):  # no image: the tars were meant
+                raise InputError(f"input={str(input)!r}: {meant}")
             return items
         images = sum(1 for p in list_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
         if images:
@@ -150,14 +162,16 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
                              f"({tars[0].name}{', ...' if len(tars) > 1 else ''}); a folder is read as images with "
                              f"captions or as shards, not both: move the .tar files out to prepare the images, "
                              f"or the images out to prepare the shards")
+        if nested:
+            raise InputError(f"input={str(input)!r}: {nested_note(path, nested)}")
         return shard_items(path)
     suffix = path.suffix.lower()
     if path.is_file() and suffix in MANIFESTS:
         try:
             rows = jsonl_rows if suffix == ".jsonl" else csv_rows
             items = manifest_items(path, rows(path, image_column, caption_column))
-        except (UnicodeDecodeError, csv.Error) as err:
-            raise InputError(f"input={str(input)!r}: not a readable UTF-8 {suffix} file ({err})") from None
+        except csv.Error as err:
+            raise InputError(f"input={str(input)!r}: not a readable {suffix} file ({err})") from None
         if not items:
             raise InputError(f"input={str(input)!r}: a manifest without rows")
         return items
@@ -208,6 +222,10 @@ def folder_items(root: Path) -> list[Item]:
         elif is_compressed_tar(p.name):
             problem = ("unrecognised_file", "a compressed tar, which megadalle does not read: decompress it into a "
                                             "plain .tar, in a folder of tars (read as shards) without images")
+        elif suffix == ".tar":  # tars at the top would make the folder one of shards
+            problem = ("unrecognised_file", "a tar in a subfolder of an image folder, not read: prepare reads a "
+                                            "folder of images, or one folder of .tar shards (pass that folder as "
+                                            "input)")
         elif suffix not in (*IMAGE_EXTENSIONS, CAPTION_EXTENSION):
             problem = ("unrecognised_file", f"neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a "
                                             f"{CAPTION_EXTENSION} caption")
@@ -224,8 +242,13 @@ def jsonl_rows(path: Path, image_column: str, caption_column: str):
     caption_column): InputError naming the rows' fields and the key to set, as a CSV's header does, once every row
     is read."""
     fields: dict[str, None] = {}  # the rows' fields, in order of first appearance
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            raw = raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw
+            if bad := not_utf8(raw, "row"):
+                yield number, None, None, bad
+                continue
+            line = raw.decode("utf-8")
             if not line.strip():
                 continue
             try:
@@ -248,9 +271,21 @@ def jsonl_rows(path: Path, image_column: str, caption_column: str):
                              "one")
 
 
+def not_utf8(raw: bytes, part: str) -> str:
+    """A manifest row's problem when the bytes of its `part` are not UTF-8 (a Latin-1 caption): the first bad byte and
+    where; empty when they are UTF-8."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return (f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the {part}); save the manifest "
+                "as UTF-8")
+    return ""
+
+
 def csv_rows(path: Path, image_column: str, caption_column: str):
-    """Like `jsonl_rows`, numbered by the line each row starts on (a quoted caption may span lines)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    """Like `jsonl_rows`, numbered by the line each row starts on (a quoted caption may span lines). Bytes that are not
+    UTF-8 are read as lone surrogates (`surrogateescape`), so only their row is skipped, not the whole file."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
         for name, key in ((image_column, "image_column"), (caption_column, "caption_column")):
@@ -262,6 +297,10 @@ def csv_rows(path: Path, image_column: str, caption_column: str):
             number, end = end + 1, reader.line_num
             if not row:
                 continue  # a blank line
+            if bad := next(filter(None, (not_utf8(cell.encode("utf-8", "surrogateescape"), "field")
+                                         for cell in row if ESCAPED.search(cell))), ""):
+                yield number, None, None, bad
+                continue
             if len(row) != len(header):
                 yield number, None, None, (f"{len(row)} fields, header has {len(header)}; "
                                            f"quote captions containing commas")
@@ -307,10 +346,15 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
                 raise BadRow("empty image path" if image is None or isinstance(image, str) else
                              f"image path {json.dumps(image)[:60]} is not a string")
             found = manifest_captions(caption)
+            if URL.match(image):
+                raise NotLocal(f"{json.dumps(image)[:80]} is a URL: prepare reads local files only; download the "
+                               "images first (img2dataset downloads a manifest of URLs into shards, which prepare "
+                               "and the loaders read)")
             path = manifest.parent / image
             resolved = resolve(path)
         except BadRow as err:
-            items.append(Item(f"{len(items):09d}", manifest, source, source, problem=("bad_manifest_row", str(err))))
+            reason = "missing_file" if isinstance(err, NotLocal) else "bad_manifest_row"
+            items.append(Item(f"{len(items):09d}", manifest, source, source, problem=(reason, str(err))))
             continue
         if resolved not in groups:
             groups[resolved] = (len(items), [])

@@ -178,17 +178,35 @@ def caption_lengths(tok: Tokenizer, shards: str | Path, limit: int = 100_000, dr
     often carry what the image depends on (where, how many); so `tokenizer` prints these for choosing
     text_len before any training. BPE dropout splits words into more pieces, so a caption that fits exactly
     without it is cut in most of the Transformer's training draws: each caption is drawn once under dropout
-    (seeded by its position, so the numbers repeat), as one epoch of training draws it."""
+    (seeded by its position, so the numbers repeat), as one epoch of training draws it.
+
+    `unknown` counts the captions holding characters outside the vocabulary (character_coverage left them out), read
+    as <unk>: the model learns nothing of them, so `tokenizer` says how many, with the first (`unknown_example`)."""
     captions = list(itertools.islice(iter_captions(shards), limit))
     if not captions:
         raise ValueError(f"{shards} holds no captions")
-    lengths = np.array([len(tok.encode(c)) for c in captions])
+    encoded = [tok.encode(c) for c in captions]
+    lengths = np.array([len(ids) for ids in encoded])
+    unknown = [c for c, ids in zip(captions, encoded) if UNK_ID in ids]
     stats = {"captions": int(lengths.size), "median": int(np.median(lengths)),
-             "p99": int(np.percentile(lengths, 99, method="higher")), "max": int(lengths.max())}
+             "p99": int(np.percentile(lengths, 99, method="higher")), "max": int(lengths.max()),
+             "unknown": len(unknown), "unknown_example": unknown[0] if unknown else None}
     if dropout > 0.0:
         drawn = np.array([len(tok.encode(c, dropout=dropout, seed=i)) for i, c in enumerate(captions)])
         stats.update(dropout_p99=int(np.percentile(drawn, 99, method="higher")), dropout_max=int(drawn.max()))
     return stats
+
+
+def unknown_note(tok: Tokenizer, n: dict) -> str:
+    """What to say of the captions `caption_lengths` found holding characters the tokenizer reads as <unk>: how many,
+    the first and its unknown characters, and the settings that keep them."""
+    example = n["unknown_example"]
+    chars = "".join(ch for ch in dict.fromkeys(example) if UNK_ID in tok.encode(ch))
+    shown = example if len(example) <= 60 else example[:57] + "..."
+    share = 100 * n["unknown"] / n["captions"]
+    return (f"tokenizer: {n['unknown']} of the first {n['captions']} captions ({share:.1f}%) hold characters the "
+            f"tokenizer does not know, read as <unk> (e.g. {shown!r}: {chars!r}); byte_fallback=true or "
+            "character_coverage=1 keeps them")
 
 
 def train_dropout() -> float:
@@ -215,6 +233,8 @@ def run(cfg: DictConfig) -> int:
     print(f"tokenizer: captions are {n['median']} tokens (median), {n['p99']} (99th percentile), {n['max']} at "
           f"most over the first {n['captions']}; a text_len below that cuts their ends (clip.text_len={n['max']} "
           "keeps them whole)")
+    if n["unknown"]:
+        print(unknown_note(tok, n))
     if dropout > 0:
         print(f"tokenizer: under train's BPE dropout (data.bpe_dropout={dropout}, one seeded draw per caption) "
               f"they are {n['dropout_p99']} tokens (99th percentile), {n['dropout_max']} at most: model.text_len="

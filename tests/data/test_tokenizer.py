@@ -263,3 +263,18 @@ def test_the_tokenizer_reads_captions_by_the_readers_rule(tmp_path, monkeypatch)
     assert list(iter_captions(shards)) == [c for s in iter_samples(shards, ["txt"]) for c in caption_lines(s["txt"])]
     monkeypatch.setattr(tokenizer, "caption_lines", lambda text: [text.upper()])
     assert list(iter_captions(shards)) == [t.upper() for t in texts]
+
+
+def test_captions_holding_characters_outside_the_vocabulary_are_counted_with_an_example(tmp_path, capsys):
+    """character_coverage leaves the rarest characters out: they were read as <unk> without a word."""
+    from tests.data.conftest import write_counts
+
+    texts = [*captions(1998), "a cat 🐱 on a mat", "قطة على حصيرة"]
+    root = write_counts(tmp_path / "shards", [len(texts)], lambda i: {"__key__": f"{i:06d}", "txt": texts[i]})
+    assert main(["tokenizer", f"input={root}", f"output={tmp_path / 'tok.model'}", "vocab_size=200"]) == 0
+    assert ("tokenizer: 2 of the first 2000 captions (0.1%) hold characters the tokenizer does not know, read as <unk> "
+            "(e.g. 'a cat 🐱 on a mat': '🐱'); byte_fallback=true or character_coverage=1 keeps them"
+            in capsys.readouterr().out)
+    assert main(["tokenizer", f"input={root}", f"output={tmp_path / 'all.model'}", "vocab_size=200",
+                 "character_coverage=1"]) == 0
+    assert "does not know" not in capsys.readouterr().out

@@ -25,6 +25,7 @@ from megadalle.data.coverage import INDEXED_BY, refuse_own_output, tar_stats
 from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact,
                                   compressed_note, not_shards, offsets_path, save_offsets)
 from megadalle.data.ingest.shard import ShardResult, index_shard
+from megadalle.data.nested import nested_note, nested_tars
 from megadalle.data.pool import worker_pool
 from megadalle.data.reuse import reusable
 from megadalle.data.summary import PassSummary
@@ -118,9 +119,11 @@ def index_directory(root: str | Path, require: Iterable[str] = (), require_media
 
     `meta.image_size` is recorded when every image is a square of one size (what a loader then defaults to).
     `min_side` > 0 skips the samples whose image's short side is below it as too_small (the loaders would upscale
-    them to the model's input: a blurry target).
+    them to the model's input: a blurry target). Tars in subfolders are refused by name (`nested.py`).
     """
     start, root = time.perf_counter(), Path(root)
+    if nested := nested_tars(root):
+        raise ShardsNotFound(nested_note(root, nested))
     tars = tar_stats(root)  # taken before reading: a tar that changes meanwhile differs from the record next time
     if not tars:
         raise ShardsNotFound(not_shards(root) or f"{root}: no *.tar shards to index")

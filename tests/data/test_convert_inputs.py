@@ -1,0 +1,49 @@
+"""Inputs `convert` reads as the user means them: a PNG cut short is truncated (not unreadable), a shard caption's
+byte-order mark is no text, a manifest's URL is named as one."""
+from __future__ import annotations
+
+import io
+import tarfile
+
+from PIL import Image
+
+from megadalle.data.captions import caption_lines
+from megadalle.data.convert import ConvertOptions, convert
+from megadalle.data.sources import find_items
+from tests.data.conftest import jpeg_bytes
+from tests.data.test_prepare import put
+
+OPTS = ConvertOptions(image_size=32, min_side=1)
+
+
+def test_half_a_png_is_counted_truncated(tmp_path):
+    """A PNG's EXIF may follow its pixels, so reading the upright size read it to its end, outside the decode's try."""
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buf, "PNG")
+    put(tmp_path, "p.png", buf.getvalue()[:len(buf.getvalue()) // 2])
+    [item] = find_items(tmp_path)
+    assert convert(item, OPTS).reason == "truncated"
+
+
+def test_a_byte_order_mark_is_no_caption_text():
+    assert caption_lines("\ufeffbom in tar\nsecond") == ["bom in tar", "second"]
+
+
+def test_a_shard_caption_keeps_no_byte_order_mark(tmp_path):
+    root = tmp_path / "tars"
+    root.mkdir()
+    with tarfile.open(root / "00000.tar", "w") as tar:
+        for name, data in (("k1.jpg", jpeg_bytes((40, 40), 1)), ("k1.txt", "\ufeffbom in tar".encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    [item] = find_items(root)
+    assert convert(item, OPTS).sample["txt"] == "bom in tar"
+
+
+def test_a_manifest_url_is_named_as_one(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"image": "http://example.com/x.jpg", "caption": "a cat"}\n')
+    [item] = find_items(tmp_path / "m.jsonl")
+    result = convert(item, OPTS)
+    assert (result.reason, result.source) == ("missing_file", "m.jsonl:1")
+    assert result.detail.startswith('"http://example.com/x.jpg" is a URL: prepare reads local files only; download')
