@@ -31,7 +31,7 @@ from megadalle.outputs import output_folder, refuse_earlier_results, stopped
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
-from megadalle.sampling.prompt import check_prompt, warn_if_unknown
+from megadalle.sampling.prompt import check_prompt, warn, warn_if_unknown
 from megadalle.sampling.rerank import MegadalleClip, as_reranker, rank
 from megadalle.sampling.resume import SavedBatches, files_state, open_saved
 from megadalle.sampling.stop import SamplingStopped, stops_on_signals
@@ -86,11 +86,12 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
 
 def warn_if_cut(tokenizer, prompt: str, text_len: int, reader: str) -> None:
     """Say so when `reader` (the model, or CLIP) cannot read the whole prompt: its end is dropped silently
-    otherwise, and the image then ignores the words there, or CLIP ranks the samples without them."""
+    otherwise, and the image then ignores the words there, or CLIP ranks the samples without them. The prompt is
+    named: evaluate samples many, and "'le' is cut" alone did not say of which."""
     ids = tokenizer.encode(prompt)
     if len(ids) > text_len:
-        print(f"[generate] the prompt is {len(ids)} tokens and {reader} reads {text_len}: "
-              f"{tokenizer.decode(ids[text_len:])!r} is cut", file=sys.stderr)
+        warn(f"the prompt {prompt!r} is {len(ids)} tokens and {reader} reads {text_len}: "
+             f"{tokenizer.decode(ids[text_len:])!r} is cut")
 
 
 def decode(dvae, codes: torch.Tensor, grid_size: int) -> torch.Tensor:

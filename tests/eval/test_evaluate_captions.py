@@ -1,5 +1,5 @@
 """The captions `evaluate` samples: a captions file read as `prepare` reads one, `max_captions` counting the
-captions sampled."""
+captions sampled, and a caption too long for the model named where it is cut."""
 import json
 
 import pytest
@@ -37,3 +37,13 @@ def test_max_captions_counts_the_captions_sampled(models, tmp_path, capsys):
     index = json.loads((out / "samples" / "index.json").read_text())
     assert [e["caption"] for e in index] == ["a red circle", "a blue square"]
 
+
+def test_a_cut_caption_is_named_on_a_line_of_its_own(models, tmp_path, capsys):
+    """Of many captions, "'right' is cut" did not say which; and it was printed on the progress bar's line."""
+    long = "a red circle at the top left and a blue square at the bottom right"
+    (models / "captions.txt").write_text(f"a red circle\n{long}\n")
+    assert main(evaluate_args(models, "n=1", f"output={tmp_path / 'eval'}")) == 0
+    lines = [line.split("\r")[-1] for line in capsys.readouterr().err.split("\n")]  # as a terminal shows them
+    for reader in ("the model", "CLIP"):
+        assert any(line.startswith(f"[generate] the prompt {long!r} is ") and f" tokens and {reader} reads 8: " in line
+                   for line in lines), lines

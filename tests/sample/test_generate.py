@@ -69,8 +69,8 @@ def test_generate_says_when_the_prompt_is_cut(tmp_path, capsys):
                                "batch_size=2", f"output={tmp_path / 'out'}"])
     assert run(cfg) == 0
     err = capsys.readouterr().err
-    assert "the model reads 8" in err and "bottom right" in err
-    assert err.count("and CLIP reads 8: ") == 1 and err.count("bottom right") == 2
+    assert f"[generate] the prompt {prompt!r} is 38 tokens and the model reads 8: " in err
+    assert err.count(f"[generate] the prompt {prompt!r} is 38 tokens and CLIP reads 8: ") == 1
     cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", f"prompt={prompt}", "n=1", "keep=1",
                                "rerank=false", f"output={tmp_path / 'plain'}"])
     assert run(cfg) == 0 and "CLIP reads" not in capsys.readouterr().err  # no CLIP, no CLIP to cut it
