@@ -15,7 +15,6 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass
-from itertools import islice
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from megadalle.config import ConfigError, build, check, top_level
 from megadalle.config.ema import ema_choice
 from megadalle.config.evaluate import EvaluateConfig
-from megadalle.data.captions import first_caption
+from megadalle.data.captions import caption_lines, first_caption
 from megadalle.data.images import upscaled_message
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
@@ -33,7 +32,7 @@ from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import output_folder, refuse_earlier_results, stopped
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
-from megadalle.sampling.prompt import ids
+from megadalle.sampling.prompt import code_points, ids
 from megadalle.sampling.stop import SamplingStopped, stops_on_signals
 
 
@@ -63,16 +62,19 @@ class Scores:
 
 
 def read_captions(cfg: EvaluateConfig) -> list[str]:
-    """The captions to sample, read before any model is: a bad file is then one line, not a traceback after
-    minutes of loading."""
+    """The captions that may be sampled, read before any model is: a bad file is then one line, not a traceback
+    after minutes of loading. A file's are all its captions; shards' those of their first `max_captions` samples
+    with one (reading every shard could take long). Which of them the tokenizer reads something of is known once it
+    is loaded: `readable_captions` keeps the first `max_captions` of those."""
     if cfg.captions is not None:
-        return file_captions(cfg.captions, cfg.max_captions)
+        return file_captions(cfg.captions)
     return shard_captions(cfg.shards, cfg.max_captions)
 
 
-def file_captions(path: str, limit: int) -> list[str]:
-    """The first `limit` non-blank lines of a UTF-8 text file, stripped. Read as utf-8-sig, as `prepare` reads
-    captions: a byte-order mark (Notepad, Excel) is no part of the first caption."""
+def file_captions(path: str) -> list[str]:
+    """The captions of a UTF-8 text file, one a line, read as `prepare` reads a caption file: as utf-8-sig (a
+    byte-order mark, from Notepad or Excel, is no part of the first caption) and by `caption_lines` (a line breaks
+    at a newline only, not at the U+2028 or form feed inside a scraped caption, and holds visible text)."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
@@ -82,8 +84,9 @@ def file_captions(path: str, limit: int) -> list[str]:
         raise ConfigError(f"captions={path!r}: a directory; give a text file, one caption per line") from None
     except OSError as err:
         raise ConfigError(f"captions={path!r}: cannot be read ({err.strerror})") from None
-    captions = list(islice(filter(None, (line.strip() for line in text.splitlines())), limit))
-    check(bool(captions), "captions", path, "every line is blank; give a text file, one caption per line")
+    captions = caption_lines(text)
+    check(bool(captions), "captions", path,
+          "every line is blank (or holds only invisible characters, like U+200B); give a text file, one caption a line")
     return captions
 
 
@@ -113,16 +116,23 @@ def caption_source(cfg: EvaluateConfig) -> str:
     return f"captions={cfg.captions}" if cfg.captions is not None else f"shards={cfg.shards}"
 
 
-def readable_captions(tokenizer, captions: list[str], source: str) -> list[str]:
-    """The captions the tokenizer reads something of. A line of characters it drops (U+200B, U+FEFF) passes the
-    blank test and would be sampled from pads alone: it is skipped like a blank line, and counted on stderr;
-    none left is refused."""
-    readable = [caption for caption in captions if ids(tokenizer, caption)]
-    check(bool(readable), source.partition("=")[0], source.partition("=")[2],
-          "the tokenizer reads nothing of any caption (only characters it drops, like U+200B)")
-    if len(readable) < len(captions):
-        print(f"[evaluate] {source}: {len(captions) - len(readable)} of {len(captions)} captions hold nothing the "
-              "tokenizer reads (only characters it drops, like U+200B); skipped", file=sys.stderr)
+def readable_captions(tokenizer, captions: list[str], source: str, limit: int) -> list[str]:
+    """The first `limit` captions the tokenizer reads something of. A caption of characters it drops (U+FFFD,
+    its own word mark U+2581) is visible text, yet would be sampled from pads alone: it is skipped like a blank
+    line, and counted on stderr; none left is refused. The limit counts the captions kept, not those read: a
+    skipped one made max_captions=2 score 1 caption of a file that held 2."""
+    readable, skipped, read = [], [], 0
+    for caption in captions:
+        if len(readable) == limit:
+            break
+        read += 1
+        (readable if ids(tokenizer, caption) else skipped).append(caption)
+    key, _, value = source.partition("=")
+    dropped = f"it drops {code_points(''.join(''.join(skipped).split()))}"
+    check(bool(readable), key, value, f"the tokenizer reads nothing of any caption ({dropped})")
+    if skipped:
+        print(f"[evaluate] {source}: {len(skipped)} of the first {read} captions hold nothing the tokenizer reads "
+              f"({dropped}); skipped", file=sys.stderr)
     return readable
 
 
@@ -208,7 +218,7 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     """Sample every caption `cfg.n` times and score the samples (see the module docstring). `clip`: None,
     megadalle's CLIP or any `sampling.rerank.Reranker` (an open_clip model), as `generate` takes it."""
     start = time.perf_counter()
-    captions = readable_captions(tokenizer, captions, caption_source(cfg))
+    captions = readable_captions(tokenizer, captions, caption_source(cfg), cfg.max_captions)
     settings = SamplingSettings(cfg.temperature, cfg.top_k, cfg.top_p)
     samples = Path(cfg.output) / "samples"
     clear_earlier_samples(samples)
@@ -262,7 +272,7 @@ def run(cfg: DictConfig) -> int:
     command starts again) ends it with one line, no traceback, and no folder it made left empty."""
     ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
     captions = read_captions(ec)
-    check_fidelity_inputs(ec, len(captions))
+    check_fidelity_inputs(ec, min(len(captions), ec.max_captions))
     extract = feature_extractor(ec.feature_extractor, ec.feature_weights) if ec.real_images else None
     refuse_earlier_results(ec.output, METRICS, "evaluate", ec.overwrite)
     device = pick_device(ec.device)
@@ -277,7 +287,7 @@ def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor
     from megadalle.bundle import open_models
 
     def keep_readable(words) -> None:  # before any model is read, as the captions file's other checks
-        captions[:] = readable_captions(words, captions, caption_source(ec))
+        captions[:] = readable_captions(words, captions, caption_source(ec), ec.max_captions)
 
     without_clip = "clip_score=false" + ("" if ec.fid or ec.save_samples else " with save_samples=true")
     models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,

@@ -24,14 +24,14 @@ from tqdm import tqdm
 
 from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
-from megadalle.config.sample import GenerateConfig, check_request
+from megadalle.config.sample import GenerateConfig, check_request, check_settings
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import output_folder, refuse_earlier_results, stopped
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
-from megadalle.sampling.prompt import check_prompt, warn_if_unknown
+from megadalle.sampling.prompt import check_prompt, warn, warn_if_unknown
 from megadalle.sampling.rerank import MegadalleClip, as_reranker, rank
 from megadalle.sampling.resume import SavedBatches, files_state, open_saved
 from megadalle.sampling.stop import SamplingStopped, stops_on_signals
@@ -56,6 +56,7 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     here too (ConfigError, a ValueError naming the argument). With `saved`, the batches it holds are not drawn
     again, and each batch drawn is added to it as soon as it is scored (megadalle.sampling.resume)."""
     check_request(prompt, n, keep, batch_size, seed)
+    check_settings(settings)
     check_prompt(tokenizer, prompt)
     check_device_fits(model, min(batch_size, n))
     device = next(model.parameters()).device
@@ -85,11 +86,12 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
 
 def warn_if_cut(tokenizer, prompt: str, text_len: int, reader: str) -> None:
     """Say so when `reader` (the model, or CLIP) cannot read the whole prompt: its end is dropped silently
-    otherwise, and the image then ignores the words there, or CLIP ranks the samples without them."""
+    otherwise, and the image then ignores the words there, or CLIP ranks the samples without them. The prompt is
+    named: evaluate samples many, and "'le' is cut" alone did not say of which."""
     ids = tokenizer.encode(prompt)
     if len(ids) > text_len:
-        print(f"[generate] the prompt is {len(ids)} tokens and {reader} reads {text_len}: "
-              f"{tokenizer.decode(ids[text_len:])!r} is cut", file=sys.stderr)
+        warn(f"the prompt {prompt!r} is {len(ids)} tokens and {reader} reads {text_len}: "
+             f"{tokenizer.decode(ids[text_len:])!r} is cut")
 
 
 def decode(dvae, codes: torch.Tensor, grid_size: int) -> torch.Tensor:

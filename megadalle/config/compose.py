@@ -75,8 +75,6 @@ def list_form(parser, key: str, value: str) -> str | None:
     """`key=[a=1,b c]` with each item quoted (`'key=["a=1","b c"]'`), when the value is bracketed and that form
     reads as one list: quoting the whole value would make it one string, which a list setting
     (`demo.dvae_overrides`) refuses."""
-    import shlex
-
     from hydra.errors import HydraException
 
     if not (value.startswith("[") and value.endswith("]")):
@@ -87,14 +85,41 @@ def list_form(parser, key: str, value: str) -> str | None:
         parser.parse_override(candidate)
     except HydraException:
         return None
-    return shlex.quote(candidate)
+    return shell_word(candidate)
 
 
 def quoted_form(key: str, value: str) -> str:
     """`key="value"` as one shell word: hydra reads a quoted value as the text inside (its own quotes escaped)."""
+    return shell_word(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"')
+
+
+ANSI_C_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def shell_word(text: str) -> str:
+    """`text` as one shell word, on one line. shlex keeps a newline as it is, and a message holding one was cut
+    there (the CLI shows a refusal's first line), before its reason and its fix: a text with a character that does
+    not print (a newline of `prompt="$(cat p.txt)"`, a tab) is written in bash's $'...' form, each escaped."""
     import shlex
 
-    return shlex.quote(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"')
+    if text.isprintable():
+        return shlex.quote(text)
+    return "$'" + "".join(ANSI_C_ESCAPES.get(c) or printable(c) for c in text) + "'"
+
+
+def printable(text: str) -> str:
+    """`text` with each character that does not print escaped as $'...' writes it (\\n, \\t, \\r; a code point:
+    \\xHH below 0x80, where bash's \\xHH is a character, else \\uHHHH or \\UHHHHHHHH)."""
+    return "".join(c if c.isprintable() else ANSI_C_ESCAPES.get(c) or code_escape(ord(c)) for c in text)
+
+
+def code_escape(code: int) -> str:
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def one_line(item: str) -> str:
+    """An override as typed, where it prints on one line; else as `shell_word` writes it."""
+    return item if item.isprintable() else shell_word(item)
 
 
 BARE_WORD_KEY = {"generate": "prompt"}
@@ -107,8 +132,8 @@ def bare_item(verb: str | None, item: str) -> str:
     (what the message once advised) still sets none."""
     key = BARE_WORD_KEY.get(verb or "")
     if key is not None:
-        return f"{item}: expected key=value; for the {key}, write {quoted_form(key, item)}"
-    return f"{item}: expected key=value" + (f" (megadalle {verb} --help lists the keys)" if verb else "")
+        return f"{one_line(item)}: expected key=value; for the {key}, write {quoted_form(key, item)}"
+    return f"{one_line(item)}: expected key=value" + (f" (megadalle {verb} --help lists the keys)" if verb else "")
 
 
 def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps: bool = False) -> None:
@@ -128,16 +153,16 @@ def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps:
         key, sep, value = item.partition("=")
         if not sep and not item.startswith("~"):
             raise ConfigError(bare_item(verb, item))
-        quoted = quoted_form(key, value) if sep else item
+        named, quoted = one_line(item), quoted_form(key, value) if sep else item
         try:
             sweep = parser.parse_override(item).is_sweep_override()
         except HydraException as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = printable(str(err).strip().split("\n")[0]) if str(err).strip() else type(err).__name__
             listed = list_form(parser, key, value) if sep else None
             fix = f"{quoted} (as text), or {listed} (as a list)" if listed else quoted
-            raise ConfigError(f"{item}: hydra cannot read this value ({reason}); quote it: {fix}") from None
+            raise ConfigError(f"{named}: hydra cannot read this value ({reason}); quote it: {fix}") from None
         if sweep and sep and not sweeps:
-            raise ConfigError(f"{item}: hydra reads the comma as a sweep over several values; quote the value to keep "
+            raise ConfigError(f"{named}: hydra reads the comma as a sweep over several values; quote the value to keep "
                               f"it as text: {quoted}, or add --multirun to sweep")
 
 

@@ -100,14 +100,25 @@ def check_request(prompt, n, keep, batch_size, seed) -> None:
     check(isinstance(seed, numbers.Integral), "seed", seed, "expected an integer")
 
 
+def check_settings(settings) -> None:
+    """The sampling settings of `settings` (a SamplingSettings, or a verb's config): its temperature, top_k and
+    top_p. Checked for the CLI (check_sampling) and for Python callers of megadalle.sample.generate alike, before
+    any sampling: there top_k=-5 and top_p=1.5 were taken silently, and temperature=0 or top_p=0 failed inside the
+    first batch, after the prefill."""
+    temperature, top_k, top_p = settings.temperature, settings.top_k, settings.top_p
+    number = lambda value: isinstance(value, numbers.Real) and not isinstance(value, bool)  # noqa: E731
+    check(number(temperature) and 0 < temperature < math.inf, "temperature", temperature,
+          "must be positive and finite (inf samples every image token alike, whatever the model says)")
+    check(isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) and top_k >= 0, "top_k", top_k,
+          "must be an integer >= 0 (0 keeps every token)")
+    check(number(top_p) and 0 < top_p <= 1, "top_p", top_p, "must be in (0, 1]")
+
+
 def check_sampling(cfg) -> None:
     """The keys the sampling verbs (`generate`, `evaluate`) share: the sampling settings, the reranker, the device,
     the dtype and `ema`. Checked in one place, so that the verbs cannot drift apart (evaluate once handed device=bogus
     to torch)."""
-    check(0 < cfg.temperature < math.inf, "temperature", cfg.temperature,
-          "must be positive and finite (inf samples every image token alike, whatever the model says)")
-    check(cfg.top_k >= 0, "top_k", cfg.top_k, "must be >= 0 (0 keeps every token)")
-    check(0 < cfg.top_p <= 1, "top_p", cfg.top_p, "must be in (0, 1]")
+    check_settings(cfg)
     check(cfg.clip_model == "megadalle" or cfg.clip_model.startswith("open_clip:"), "clip_model", cfg.clip_model,
           "expected megadalle or open_clip:<arch>")
     check(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device", cfg.device,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
 from megadalle.config import ConfigError
 
 
@@ -43,5 +45,11 @@ def warn_if_unknown(tokenizer, prompt: str) -> None:
     strange = {c for c in set(chars) if unknown(tokenizer, c)}
     unread = "".join(c for c in chars if c in strange)
     if len(unread) > len(chars) - len(unread):
-        print(f"[generate] prompt {prompt!r}: {len(unread)} of {len(chars)} characters are unknown to "
-              f"the tokenizer, read as its unknown piece: {code_points(unread)}", file=sys.stderr)
+        warn(f"prompt {prompt!r}: {len(unread)} of {len(chars)} characters are unknown to the tokenizer, read as "
+             f"its unknown piece: {code_points(unread)}")
+
+
+def warn(message: str) -> None:
+    """`message` on stderr, on a line of its own: evaluate samples its captions under a progress bar, and a plain
+    print went on after the bar, on its line."""
+    tqdm.write(f"[generate] {message}", file=sys.stderr)

@@ -55,22 +55,26 @@ def test_saved_samples_are_this_runs_alone_and_foreign_files_stay(models, tmp_pa
 
 
 def test_caption_lines_the_tokenizer_reads_nothing_of_are_skipped_and_counted(models, tmp_path, capsys, monkeypatch):
-    """A line of U+200B passed the blank-line test and was sampled from pads alone; it is skipped like a blank line,
-    counted on stderr, and a file of nothing else is refused before any model is read."""
+    """A line of characters the tokenizer drops (U+FFFD; its word mark U+2581) is visible text, yet would be sampled
+    from pads alone; it is skipped like a blank line, counted on stderr, and a file of nothing else is refused
+    before any model is read. A line of U+200B holds no visible text: no caption, as a blank line."""
     import megadalle.bundle
 
-    (models / "captions.txt").write_text("a red circle\n\u200b\u200b\n\ufeff\u200b\n")
+    (models / "captions.txt").write_text("a red circle\n\ufffd\ufffd\n\u2581 \ufffd\n\u200b\n")
     out = tmp_path / "eval"
     assert main(evaluate_args(models, "n=1", "save_samples=true", f"output={out}")) == 0
-    assert f"[evaluate] captions={models / 'captions.txt'}: 2 of 3 captions hold nothing the tokenizer reads " \
-           "(only characters it drops, like U+200B); skipped\n" in capsys.readouterr().err
+    assert f"[evaluate] captions={models / 'captions.txt'}: 2 of the first 3 captions hold nothing the tokenizer " \
+           "reads (it drops '\ufffd' U+FFFD, '\u2581' U+2581); skipped\n" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text())["captions"] == 1
     assert [e["caption"] for e in json.loads((out / "samples" / "index.json").read_text())] == ["a red circle"]
-    (models / "captions.txt").write_text("\u200b\n")
     monkeypatch.setattr(megadalle.bundle, "read_model", lambda *a, **k: pytest.fail("a model was read"))
+    (models / "captions.txt").write_text("\ufffd\n")
     assert main(evaluate_args(models, "n=1", f"output={tmp_path / 'none'}")) == 2
     assert capsys.readouterr().err == f"megadalle evaluate: captions='{models / 'captions.txt'}': the tokenizer " \
-                                      "reads nothing of any caption (only characters it drops, like U+200B)\n"
+                                      "reads nothing of any caption (it drops '\ufffd' U+FFFD)\n"
+    (models / "captions.txt").write_text("\u200b\n\ufeff\u200b\n")
+    assert main(evaluate_args(models, "n=1", f"output={tmp_path / 'none'}")) == 2
+    assert "every line is blank (or holds only invisible characters" in capsys.readouterr().err
 
 
 def test_ctrl_c_is_one_line_exit_code_130_and_leaves_no_folder_it_made(models, tmp_path, capsys, monkeypatch):

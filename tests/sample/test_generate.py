@@ -15,7 +15,7 @@ from megadalle.config.model import TransformerConfig
 from megadalle.models.clip import CLIP
 from megadalle.models.dvae import DVAE
 from megadalle.models.transformer import Transformer
-from megadalle.sample import run
+from megadalle.sample import generate, run
 from megadalle.weights import save_weights
 
 
@@ -69,8 +69,8 @@ def test_generate_says_when_the_prompt_is_cut(tmp_path, capsys):
                                "batch_size=2", f"output={tmp_path / 'out'}"])
     assert run(cfg) == 0
     err = capsys.readouterr().err
-    assert "the model reads 8" in err and "bottom right" in err
-    assert err.count("and CLIP reads 8: ") == 1 and err.count("bottom right") == 2
+    assert f"[generate] the prompt {prompt!r} is 38 tokens and the model reads 8: " in err
+    assert err.count(f"[generate] the prompt {prompt!r} is 38 tokens and CLIP reads 8: ") == 1
     cfg = compose("generate", [f"weights={tmp_path / 'model.safetensors'}", f"prompt={prompt}", "n=1", "keep=1",
                                "rerank=false", f"output={tmp_path / 'plain'}"])
     assert run(cfg) == 0 and "CLIP reads" not in capsys.readouterr().err  # no CLIP, no CLIP to cut it
@@ -113,6 +113,42 @@ def test_generate_from_python_refuses_what_the_cli_refuses(tmp_path, change, mes
     with pytest.raises(ValueError, match=re.escape(message)):
         generate(model, dvae, None, Tokenizer(tmp_path / "tokenizer.model"), settings=SamplingSettings(),
                  progress=False, **args)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ((1.0, -5, 0.9), "top_k=-5: must be an integer >= 0"), ((1.0, 0.5, 0.9), "top_k=0.5: must be an integer >= 0"),
+    ((1.0, True, 0.9), "top_k=True: must be an integer"), ((1.0, 0, 1.5), "top_p=1.5: must be in (0, 1]"),
+    ((1.0, 0, 0.0), "top_p=0.0: must be in (0, 1]"), ((1.0, 0, float("nan")), "top_p=nan: must be in (0, 1]"),
+    ((0.0, 0, 0.9), "temperature=0.0: must be positive and finite"), (("1", 0, 0.9), "temperature='1': must be"),
+    ((float("inf"), 0, 0.9), "temperature=inf: must be positive and finite")])
+def test_generate_from_python_refuses_the_sampling_settings_the_cli_refuses_before_sampling(tmp_path, monkeypatch,
+                                                                                         settings, message):
+    """SamplingSettings(top_k=-5) and top_p=1.5 sampled silently; temperature=0 and top_p=0 failed inside the first
+    batch, after the prefill. The CLI's own check refuses them now, with the CLI's words, before any sampling."""
+    import megadalle.sample
+    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.sampling.load import load_model
+    from megadalle.sampling.loop import SamplingSettings
+
+    write_tiny_models(tmp_path)
+    model = load_model(tmp_path / "model.safetensors", "transformer")
+    dvae = load_model(tmp_path / "dvae.safetensors", "dvae")
+    monkeypatch.setattr(megadalle.sample, "sample_batches", lambda *a, **k: pytest.fail("sampling began"))
+    with pytest.raises(ConfigError, match=re.escape(message)) as refused:
+        generate(model, dvae, None, Tokenizer(tmp_path / "tokenizer.model"), "a red circle", 2, 1, 2,
+                 SamplingSettings(*settings), 0, progress=False)
+    temperature, top_k, top_p = settings
+    if type(top_k) is int and isinstance(temperature, float):  # what the CLI's schema types: its message
+        with pytest.raises(ConfigError) as cli:
+            compose_generate(f"temperature={temperature}", f"top_k={top_k}", f"top_p={top_p}")
+        assert str(cli.value) == str(refused.value)
+
+
+def compose_generate(*overrides):
+    from megadalle.config.sample import GenerateConfig
+
+    return build(GenerateConfig, top_level(compose("generate", ["weights=model", "prompt=a cat", *overrides]),
+                                           GenerateConfig), "")
 
 
 def test_a_prompt_with_an_escaped_dollar_brace_is_sampled_as_written(tmp_path):
