@@ -22,7 +22,8 @@ class EvaluateConfig:
     real: str | None = None
     """Image shards whose images FID/KID compare against; null = `shards` (with `captions`, give it or fid=false)."""
     max_captions: int = 64
-    """At most this many captions are sampled (the first ones)."""
+    """At most this many captions are sampled: the first ones the tokenizer reads something of (a captions file's
+    skipped lines do not count)."""
     max_real: int = 10_000
     """At most this many real images (the first ones); FID and KID need 2 or more."""
     n: int = 8
