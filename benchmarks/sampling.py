@@ -1,7 +1,7 @@
 """Image tokens per second: the sparse decoder vs the model's own KV cache vs no cache, side by side.
 
     python benchmarks/sampling.py [--layers 4] [--width 256] [--text-len 256] [--grid 32] [--batch 1]
-                                  [--threads 2] [--dtype fp32 bf16] [--naive-tokens 8] [--out benchmarks/sampling.json]
+                                  [--threads 2] [--dtype fp32 bf16] [--naive-tokens 8] [--out FILE]
 
 The default is the issues' target: a 4-layer, 256-wide model over 1280 positions (256 text +
 32x32 image), batch 1, on 2 CPU cores. Three decoders run in one process on the same model:
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from arguments import default_out
 from megadalle.config.model import TransformerConfig
 from megadalle.devices import DTYPES
 from megadalle.models.transformer import Transformer
@@ -94,7 +95,7 @@ def main() -> None:
     ap.add_argument("--top-p", type=float, default=1.0, help="sampling's top_p (generate's default is 0.9)")
     ap.add_argument("--naive-tokens", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default="benchmarks/sampling.json")
+    ap.add_argument("--out", default=default_out("sampling"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.manual_seed(0)
