@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from arguments import default_out
+from arguments import at_least, default_out
 from megadalle.config.model import TransformerConfig
 from megadalle.devices import DTYPES
 from megadalle.models.transformer import Transformer
@@ -71,6 +71,8 @@ def naive_tokens_per_s(model: Transformer, text: torch.Tensor, tokens: int, sett
     image = torch.zeros(text.shape[0], cfg.grid_len, dtype=torch.long, device=text.device)
     positions = torch.linspace(0, cfg.grid_len - 1, tokens).long().tolist()
     model(text, image)  # warm-up
+    if text.is_cuda:  # the warm-up still queued on the GPU would be timed as the first token
+        torch.cuda.synchronize()
     began = time.perf_counter()
     for i in positions:
         logits = model(text, image)[1][:, i]
@@ -82,19 +84,19 @@ def naive_tokens_per_s(model: Transformer, text: torch.Tensor, tokens: int, sett
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=at_least(1), default=4)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--text-len", type=int, default=256)
     ap.add_argument("--grid", type=int, default=32)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--batch", type=at_least(1), nargs="+", default=[1, 8])
+    ap.add_argument("--threads", type=at_least(1), nargs="+", default=[2, 1])
     ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32"],
                     help="the Transformer's dtype(s); each runs the same (fp32-initialised) model cast to it")
     ap.add_argument("--top-k", type=int, default=64, help="sampling's top_k (64: the issues' measurements; "
                     "generate's default is 0)")
     ap.add_argument("--top-p", type=float, default=1.0, help="sampling's top_p (generate's default is 0.9)")
-    ap.add_argument("--naive-tokens", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--naive-tokens", type=at_least(1), default=8)
+    ap.add_argument("--repeats", type=at_least(1), default=2)
     ap.add_argument("--out", default=default_out("sampling"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()

@@ -68,6 +68,9 @@ def test_help_and_bad_arguments_are_answered_not_tracebacks(tmp_path):
     assert done.returncode == 1 and "train_step.py --compare-plain" in done.stderr
     done = run(sys.executable, str(BENCHMARKS / "train_step.py"), "--steps", "0")
     assert done.returncode == 2 and "argument --steps: 0 is below 1" in done.stderr
+    for flag in ("--naive-tokens", "--repeats"):
+        done = run(sys.executable, str(BENCHMARKS / "sampling.py"), flag, "0")
+        assert done.returncode == 2 and f"argument {flag}: 0 is below 1" in done.stderr, done.stderr[-2000:]
 
 
 def test_sampling_benchmark_with_fewer_layers_than_the_pattern(tmp_path):
@@ -130,6 +133,33 @@ def test_no_benchmark_writes_a_committed_file_by_default():
             path = (BENCHMARKS.parent / default).resolve()
             assert path.parent == BENCHMARKS and path.name.startswith(Path(script).stem), (script, option, default)
             assert not path.exists() and str(path.relative_to(BENCHMARKS.parent)) not in tracked, (script, option)
+
+
+def test_sampling_naive_rate_starts_its_clock_after_the_warm_up_has_run_on_the_gpu(monkeypatch):
+    """On CUDA the warm-up forward is queued, not done: without a synchronize first it is timed as a token."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from megadalle.sampling.loop import SamplingSettings
+    from tests.benchmark_run import load_benchmark
+
+    sampling = load_benchmark("sampling.py")
+    events = []
+
+    class Model:
+        cfg = SimpleNamespace(grid_len=4)
+
+        def __call__(self, text, image):
+            events.append("forward")
+            return None, torch.zeros(1, 4, 10)
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: events.append("synchronize"))
+    monkeypatch.setattr(time, "perf_counter", lambda: events.append("clock") or float(len(events)))
+    text = SimpleNamespace(shape=(1, 3), device="cpu", is_cuda=True)  # what the function reads of a CUDA tensor
+    assert sampling.naive_tokens_per_s(Model(), text, 2, SamplingSettings(top_k=0)) > 0
+    assert events == ["forward", "synchronize", "clock", "forward", "forward", "synchronize", "clock"]
 
 
 def test_every_json_results_md_cites_is_committed_and_the_restored_ones_hold_their_figures():
