@@ -38,6 +38,7 @@ if "--cpu-check" in sys.argv or not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported and the kernels decorated
 
 import triton  # noqa: E402
+from arguments import default_out  # noqa: E402
 from megadalle.attention.dispatch import KERNEL_BLOCK, kernel_attention  # noqa: E402
 from megadalle.attention.masks import MaskSpec, allowed, dense_mask  # noqa: E402
 from megadalle.kernels import build_layout, grid_column_major_order  # noqa: E402
@@ -60,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heads", type=int)
     p.add_argument("--calls", type=int, default=20, help="back-to-back calls per CUDA event pair (GPU)")
     p.add_argument("--reps", type=int, default=5, help="event pairs per measurement, median taken (GPU)")
-    p.add_argument("--out", default="attention.json", help="JSON file for the results")
+    p.add_argument("--out", default=default_out("attention"), help="JSON file for the results")
     return p.parse_args()
 
 

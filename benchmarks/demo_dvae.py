@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from arguments import default_out
 from megadalle.config import build
 from megadalle.config.compose import compose
 from megadalle.demo import make_data, train_demo_dvae
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--output", default="outputs/demo_dvae", help="data set and runs (reused between calls)")
     ap.add_argument("--preset", default="full", help="the demo's size (conf/demo/*.yaml): full or fast")
     ap.add_argument("--check-per-scene", type=int, default=8, help="fresh images per scene for the judge")
-    ap.add_argument("--out", default="benchmarks/demo_dvae.json")
+    ap.add_argument("--out", default=default_out("demo_dvae"))
     args = ap.parse_args()
     out = Path(args.output)
     base = build(DemoConfig, compose("demo", [f"demo={args.preset}"]).demo, "demo")

@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from arguments import default_out
+
 ROOT = Path(__file__).resolve().parent.parent
 
 MEASURE = r"""
@@ -73,7 +75,7 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--zero-stage", type=int, default=1, choices=(1, 2, 3))
-    parser.add_argument("--out", default="benchmarks/export_memory.json")
+    parser.add_argument("--out", default=default_out("export_memory"))
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,8 +3,10 @@
     python benchmarks/gpu_report.py DIR
 
 The commit is `git rev-parse` of the checkout, or $MEGADALLE_COMMIT where the copy has no .git.
-Reads DIR/status.tsv (stage, exit status, seconds) and each
-stage's DIR/<stage>.json where it exists; exits non-zero when a stage failed, after writing both files.
+Reads DIR/status.tsv (stage, exit status, seconds) and the DIR/<stage>.json of each stage that exited 0; a
+failed, timed-out or missing stage's JSON is left out (null in gpu.json, named in gpu.md) even where a file
+is there, since it may be an earlier run's into the same folder. Exits non-zero when a stage failed, after
+writing both files.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def markdown(report: dict) -> str:
              "", f"environment: {report.get('environment') or 'not recorded'}", "",
              "| stage | exit status | seconds |", "|---|---|---|"]
     lines += [f"| {s} | {st['rc']} | {st['seconds']} |" for s, st in report["status"].items()]
+    if report["failed"]:
+        lines += ["", f"No figures from {', '.join(report['failed'])}: failed, timed out or not run (see the .log files)."]
     att = report.get("attention") or {}
     if att.get("timings"):
         lines += ["", f"## Attention ({att.get('shape')})", ""]
@@ -67,19 +71,19 @@ def main(folder: Path) -> int:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": commit or "unknown", "status": status}
+    report["failed"] = [name for name in STAGES if status.get(name, {"rc": None})["rc"] != 0]
     for name in STAGES:
         path = folder / f"{name}.json"
-        report[name] = json.loads(path.read_text()) if path.exists() else None
+        report[name] = json.loads(path.read_text()) if name not in report["failed"] and path.exists() else None
     report["device"] = (report["attention"] or {}).get("device") or (report["train_step"] or {}).get("device")
     environment = folder / "environment.txt"  # gpu.sh's preflight: python, torch, triton, device
     report["environment"] = environment.read_text().strip().splitlines()[-1] if environment.exists() else None
     (folder / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "gpu.md").write_text(markdown(report))
     print(f"wrote {folder / 'gpu.json'} and {folder / 'gpu.md'}")
-    failed = [name for name in STAGES if status.get(name, {"rc": 1})["rc"] != 0]
-    if failed:
-        print(f"failed or missing stages: {', '.join(failed)} (see their .log files)", file=sys.stderr)
-    return 1 if failed else 0
+    if report["failed"]:
+        print(f"failed or missing stages: {', '.join(report['failed'])} (see their .log files)", file=sys.stderr)
+    return 1 if report["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Indexing throughput per CPU core: `megadalle index` over img2dataset-style shards.
 
-    python benchmarks/index.py [--images 512] [--image-size 256] [--per-shard 128] [--out benchmarks/index.json]
+    python benchmarks/index.py [--images 512] [--image-size 256] [--per-shard 128] [--out FILE]
 
 Writes shards the way img2dataset does (webdataset's TarWriter, `<key>.jpg/.txt/.json`, 256 px by
 default), then times `index_directory` in one process: checking every sample (each JPEG decoded,
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
+from arguments import default_out
 from loader import WORDS, make_jpeg, rate
 from megadalle.data.ingest import index_directory
 
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--per-shard", type=int, default=128)
-    ap.add_argument("--out", default="benchmarks/index.json")
+    ap.add_argument("--out", default=default_out("index"))
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

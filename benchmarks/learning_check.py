@@ -11,7 +11,8 @@ seven". It goes through `prepare` (10% held out for validation), `tokenizer`, `t
 user would run them. The judge is independent of megadalle: a scikit-learn logistic regression
 trained on the real digits (its own accuracy on held-out real digits is printed beside, to show it
 can judge), reading each sample shrunk back to 8x8. It prints accuracy against chance (10%) and
-writes benchmarks/learning_check.json (with the CPU model and the load average).
+writes --json (by default a new benchmarks/learning_check-<UTC time>.json) with the CPU model and the load
+average.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from arguments import default_out
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SIZE = 16
@@ -172,7 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--work", default="outputs/learning_check")
-    parser.add_argument("--json", default=str(Path(__file__).with_name("learning_check.json")))
+    parser.add_argument("--json", default=default_out("learning_check"))
     parser.add_argument("--seed", type=int, default=0, help="seeds every training stage, the samples and the judge")
     parser.add_argument("--dvae", action="append", default=[], metavar="KEY=VALUE",
                         help="a train-dvae override, e.g. dvae.objective.reconstruction=logit_laplace (repeatable)")

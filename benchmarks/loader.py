@@ -1,6 +1,6 @@
 """Data throughput per CPU core: `prepare` (decode + resize + re-encode) and the training loaders.
 
-    python benchmarks/loader.py [--images 256] [--source-size 640x480] [--image-size 256] [--out benchmarks/loader.json]
+    python benchmarks/loader.py [--images 256] [--source-size 640x480] [--image-size 256] [--out FILE]
 
 Generates JPEGs (smooth colour fields plus noise, so the JPEG sizes are realistic), then times, each
 on one process so the numbers are per core:
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from arguments import default_out
 from megadalle.config.data import PrepareConfig
 from megadalle.data.loader import image_loader, token_loader
 from megadalle.data.prepare import prepare
@@ -82,7 +83,7 @@ def main() -> None:
     ap.add_argument("--source-size", default="640x480")
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--out", default="benchmarks/loader.json")
+    ap.add_argument("--out", default=default_out("loader"))
     args = ap.parse_args()
     w, h = (int(x) for x in args.source_size.split("x"))
     if min(w, h) < PrepareConfig.min_side:

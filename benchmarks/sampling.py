@@ -1,7 +1,7 @@
 """Image tokens per second: the sparse decoder vs the model's own KV cache vs no cache, side by side.
 
     python benchmarks/sampling.py [--layers 4] [--width 256] [--text-len 256] [--grid 32] [--batch 1]
-                                  [--threads 2] [--dtype fp32 bf16] [--naive-tokens 8] [--out benchmarks/sampling.json]
+                                  [--threads 2] [--dtype fp32 bf16] [--naive-tokens 8] [--out FILE]
 
 The default is the issues' target: a 4-layer, 256-wide model over 1280 positions (256 text +
 32x32 image), batch 1, on 2 CPU cores. Three decoders run in one process on the same model:
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from arguments import at_least, default_out
 from megadalle.config.model import TransformerConfig
 from megadalle.devices import DTYPES
 from megadalle.models.transformer import Transformer
@@ -70,6 +71,8 @@ def naive_tokens_per_s(model: Transformer, text: torch.Tensor, tokens: int, sett
     image = torch.zeros(text.shape[0], cfg.grid_len, dtype=torch.long, device=text.device)
     positions = torch.linspace(0, cfg.grid_len - 1, tokens).long().tolist()
     model(text, image)  # warm-up
+    if text.is_cuda:  # the warm-up still queued on the GPU would be timed as the first token
+        torch.cuda.synchronize()
     began = time.perf_counter()
     for i in positions:
         logits = model(text, image)[1][:, i]
@@ -81,20 +84,20 @@ def naive_tokens_per_s(model: Transformer, text: torch.Tensor, tokens: int, sett
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=at_least(1), default=4)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--text-len", type=int, default=256)
     ap.add_argument("--grid", type=int, default=32)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--batch", type=at_least(1), nargs="+", default=[1, 8])
+    ap.add_argument("--threads", type=at_least(1), nargs="+", default=[2, 1])
     ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32"],
                     help="the Transformer's dtype(s); each runs the same (fp32-initialised) model cast to it")
     ap.add_argument("--top-k", type=int, default=64, help="sampling's top_k (64: the issues' measurements; "
                     "generate's default is 0)")
     ap.add_argument("--top-p", type=float, default=1.0, help="sampling's top_p (generate's default is 0.9)")
-    ap.add_argument("--naive-tokens", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default="benchmarks/sampling.json")
+    ap.add_argument("--naive-tokens", type=at_least(1), default=8)
+    ap.add_argument("--repeats", type=at_least(1), default=2)
+    ap.add_argument("--out", default=default_out("sampling"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.manual_seed(0)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from arguments import default_out
 from megadalle.config.demo import DemoConfig
 from megadalle.demo import eval_scenes, generate_and_judge, load_demo_models
 from megadalle.demo_score import caption_score, percent, summarise
@@ -56,7 +57,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=None, help="samples per caption (default: the demo's)")
     ap.add_argument("--keep", type=int, default=None, help="CLIP's best kept (default: the demo's)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/sampling_defaults.json")
+    ap.add_argument("--out", default=default_out("sampling_defaults"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     demo = json.loads((Path(args.demo) / "demo.json").read_text())

@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from arguments import default_out
+
 MIB = 2 ** 20
 MMAP_THRESHOLD = str(MIB)
 """glibc's MALLOC_MMAP_THRESHOLD_ for the ranks (see the module docstring)."""
@@ -326,7 +328,7 @@ def main() -> None:
                              "(repeatable; part of the rows' identity in --out)")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--ema", type=float, default=None, help="trainer.ema (e.g. 0.99; needs an EMA that shards for zero3)")
-    parser.add_argument("--out", default="benchmarks/scale_rehearsal.json",
+    parser.add_argument("--out", default=default_out("scale_rehearsal"),
                         help="JSON written after every mode; rows of other modes already in it are kept")
     parser.add_argument("--replan", action="store_true", help="measure nothing: predict again for the rows in --out")
     parser.add_argument("--glibc-default", action="store_true",
@@ -353,6 +355,9 @@ def main() -> None:
     allocator = GLIBC_DEFAULT if args.glibc_default else f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
     if not args.glibc_default:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD  # inherited by the ranks and the export
+    if args.replan and not Path(args.out).is_file():
+        parser.error(f"--replan predicts again for an earlier run's rows: give its JSON as --out ({args.out} "
+                     "does not exist; a run without --out writes a new file)")
     rows = earlier_rows(Path(args.out), overrides, None if args.replan else allocator)
     held = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     if not rows and (args.replan or held.get("rows")):  # never drop what an earlier run measured

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from arguments import at_least, default_out
 from megadalle.config import build
 from megadalle.config.compose import compose
 from megadalle.config.data import DataConfig
@@ -41,16 +42,6 @@ from megadalle.train.task import DataPart
 from megadalle.train.transformer import TransformerTask
 
 H100_BF16_TFLOPS = 989.0
-
-
-def at_least(low: int):
-    """An argparse type: an integer >= `low` (0 steps divided by zero, a micro-batch of 0 failed in DeepSpeed)."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below {low}")
-        return value
-    return parse
 
 
 def matmul_tflops(dtype: torch.dtype, device: str, n: int = 2048, repeat: int = 5) -> float:
@@ -108,11 +99,11 @@ def main() -> None:
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="MFU denominator; default 989 on CUDA, the measured matmul rate on CPU")
-    parser.add_argument("--out", default="benchmarks/train_step.json")
+    parser.add_argument("--out", default=default_out("train_step"))
     parser.add_argument("--compare-plain", action="store_true",
                         help="time the trainer's step beside a plain PyTorch loop for the Transformer, dVAE and CLIP "
                              "(tiny configs, same model, optimizer, batch and threads) and report the ratio")
-    parser.add_argument("--compare-out", default="benchmarks/train_step_compare.json")
+    parser.add_argument("--compare-out", default=default_out("train_step_compare"))
     parser.add_argument("--zero-stage", type=int, nargs="+", default=[1], choices=[0, 1],
                         help="--compare-plain: the trainer's ZeRO stage(s); one process gains nothing from ZeRO-1's "
                              "partitions, and the demo runs stage 0")

@@ -50,6 +50,13 @@ def test_four_stages_need_four_layers():
     assert proc.returncode == 2 and "--layers >= 4 (got 1)" in proc.stderr
 
 
+def test_replan_needs_the_json_of_an_earlier_run():
+    """The default --out is a new file: --replan without --out has no rows to predict beside."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_rehearsal.py"), "--replan"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--replan predicts again for an earlier run's rows: give its JSON" in proc.stderr
+
+
 def test_rows_are_kept_only_for_the_same_size_and_allocator(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import scale_rehearsal

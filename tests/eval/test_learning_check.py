@@ -1,28 +1,16 @@
 """The learning check on real data (scikit-learn's digits) runs through every CLI verb at its fast size, and its
 judge can judge: it reads held-out real digits far above chance. The full-size figure is in benchmarks/RESULTS.md."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.benchmark_run import load_benchmark
 
 pytest.importorskip("sklearn", reason="the learning check's data and judge come from scikit-learn: "
                                       "scripts/setup.sh dev")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "learning_check.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("learning_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_fast_learning_check_runs_every_verb_and_judges_every_sample(tmp_path):
-    check = load_script()
+    check = load_benchmark("learning_check.py")
     preset = check.PRESETS["fast"]
     result = check.run_check(tmp_path, preset, seed=3, dvae_overrides=("dvae.objective.sigma=0.2",))
     dvae_run, dalle_run = (json.loads((tmp_path / "runs" / run / "run.json").read_text())["config"]

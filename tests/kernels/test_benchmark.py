@@ -1,6 +1,7 @@
 """benchmarks/attention.py runs on a machine without a GPU: tile fractions and the tiny harness check."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,95 @@ def test_gpu_sh_stops_before_any_stage_when_the_interpreter_cannot_import(tmp_pa
     assert done.returncode == 2
     assert f"'{fake}' cannot run the benchmarks" in done.stderr and "No module named 'torch'" in done.stderr
     assert (out / "status.tsv").read_text() == ""
+
+
+def _gpu_sh(*args: str, python: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT.parent / "gpu.sh"), *args], env=dict(os.environ, PYTHON=str(python)),
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def _python_whose_stages_fail(tmp_path: Path) -> Path:
+    """An interpreter that passes gpu.sh's preflight at once, fails every benchmark without writing its JSON,
+    and runs gpu_report.py for real: gpu.sh's own bookkeeping in seconds."""
+    fake = tmp_path / "python-failing-stages"
+    fake.write_text(f"""#!/bin/sh
+case "$1" in
+    -) echo "python fake, no benchmark runs"; exit 0 ;;
+    *gpu_report.py) exec "{sys.executable}" "$@" ;;
+    *) echo "stage failed on purpose" >&2; exit 3 ;;
+esac
+""")
+    fake.chmod(0o755)
+    return fake
+
+
+def test_gpu_sh_reports_no_figures_from_an_earlier_run_into_the_same_folder(tmp_path):
+    """A rerun into one --out whose stages fail: the first run's JSON is removed, gpu.json holds no figures."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for stage in ("attention", "train_step", "sampling"):
+        (out / f"{stage}.json").write_text(json.dumps({"device": "earlier run", "rows": [], "step_seconds": 99}))
+    done = _gpu_sh("--cpu-check", "--out", str(out), python=_python_whose_stages_fail(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert not any((out / f"{stage}.json").exists() for stage in ("attention", "train_step", "sampling"))
+    report = json.loads((out / "gpu.json").read_text())
+    assert report["failed"] == ["attention", "train_step", "sampling"]
+    assert report["attention"] is report["train_step"] is report["sampling"] is report["device"] is None
+    markdown = (out / "gpu.md").read_text()
+    assert "earlier run" not in markdown and "No figures from attention, train_step, sampling" in markdown
+
+
+def test_gpu_report_leaves_out_the_json_of_a_stage_that_failed(tmp_path):
+    """gpu_report.py on a folder whose train_step timed out beside an earlier run's train_step.json."""
+    (tmp_path / "status.tsv").write_text("attention\t0\t3\ntrain_step\t124\t1\n")
+    (tmp_path / "attention.json").write_text(json.dumps({"device": "cpu (harness check only)"}))
+    (tmp_path / "train_step.json").write_text(json.dumps({"model": "tiny", "step_seconds": 99.0}))
+    (tmp_path / "sampling.json").write_text(json.dumps({"rows": [{"dtype": "fp32", "sparse_tok_s": 12345.0}]}))
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_report.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "failed or missing stages: train_step, sampling" in done.stderr
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["attention"] == {"device": "cpu (harness check only)"}
+    assert report["train_step"] is None and report["sampling"] is None  # timed out; no status: not run
+    markdown = (tmp_path / "gpu.md").read_text()
+    assert "Training step" not in markdown and "| tiny |" not in markdown and "12,345" not in markdown
+
+
+def test_gpu_sh_writes_a_relative_out_where_it_was_started_and_says_where(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    done = _gpu_sh("--cpu-check", "--out", "myrun", python=_python_whose_stages_fail(tmp_path), cwd=cwd)
+    assert (cwd / "myrun" / "gpu.json").is_file() and not (SCRIPT.parents[1] / "myrun").exists()
+    assert f"wrote {cwd / 'myrun' / 'gpu.json'}" in done.stdout
+
+
+def test_gpu_sh_refuses_a_flag_without_its_value_in_one_line(tmp_path):
+    for flag in ("--out", "--limits", "--total"):
+        done = _gpu_sh("--cpu-check", flag, python=tmp_path / "never-run")
+        assert done.returncode == 2 and done.stderr == f"gpu.sh: {flag} needs a value (--out DIR, --limits A,B,C or --total S)\n"
+    done = _gpu_sh("--total", "0", python=tmp_path / "never-run")
+    assert done.returncode == 2 and "--total takes whole seconds above 0 (got '0')" in done.stderr
+
+
+def test_gpu_sh_holds_the_whole_run_to_its_total(tmp_path):
+    """With no time left after the preflight, no stage starts: each is recorded as not run (124, 0 s)."""
+    out = tmp_path / "out"
+    done = _gpu_sh("--cpu-check", "--total", "1", "--out", str(out), python=_python_whose_stages_fail(tmp_path))
+    assert done.returncode == 1
+    assert (out / "status.tsv").read_text() == "attention\t124\t0\ntrain_step\t124\t0\nsampling\t124\t0\n"
+    assert "== attention: not run, the run's --total 1s is spent" in done.stdout
+    assert not (out / "attention.log").exists()
+
+
+def test_gpu_sh_worst_case_is_within_six_minutes_and_its_help_says_its_limits():
+    """The limits the help, README and RESULTS quote are the script's, and they add up to at most 6 minutes."""
+    script = (SCRIPT.parent / "gpu.sh").read_text()
+    *limits, total = map(int, re.search(r'limits=\((\d+) (\d+) (\d+)\)\n +: "\$\{total:=(\d+)\}"  # 6 minutes',
+                                        script).groups())
+    assert total <= 360 - 5, "the report needs a few seconds after the run's total"
+    quoted = f"{limits[0]}, {limits[1]} and {limits[2]} s"
+    assert quoted in " ".join(script.split()) and f"--total, {total} s on a GPU" in " ".join(script.split())
+    readme = " ".join((SCRIPT.parents[1] / "README.md").read_text().split())
+    results = " ".join((SCRIPT.parent / "RESULTS.md").read_text().split())
+    assert f"stage limits of {quoted} within a whole-run `--total` of {total} s" in readme
+    assert f"stage limits of {quoted} within a whole-run `--total` of {total} s" in results
