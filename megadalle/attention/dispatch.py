@@ -18,7 +18,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from megadalle.attention.masks import MaskSpec, allowed, dense_mask
+from megadalle.attention.masks import MaskSpec, allowed, shared_dense_mask
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -35,7 +35,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec:
     lq, lk = q.shape[-2], k.shape[-2]
     if query_offset + lq > spec.seq_len or lk > spec.seq_len:
         raise ValueError(f"positions up to {max(query_offset + lq, lk)} exceed the mask's sequence length {spec.seq_len}")
-    mask = dense_mask(spec, q.device)[query_offset:query_offset + lq, :lk]
+    mask = shared_dense_mask(spec).to(q.device)[query_offset:query_offset + lq, :lk]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
