@@ -97,6 +97,17 @@ def _kernel_serves(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return q.dtype in DTYPES and q.shape[-1] in HEAD_DIMS
 
 
+def _check_batch_and_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """One refusal for every backend and device: SDPA would broadcast k, v over q's batch or heads where
+    the kernel refuses them, so code that ran on a CPU would fail on CUDA only."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor [batch, heads, seq, head_dim], got {tuple(t.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape[:2] != q.shape[:2]:
+            raise ValueError(f"{name} has batch x heads {tuple(t.shape[:2])} but q has {tuple(q.shape[:2])}")
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, backend: str = "auto",
            query_offset: int = 0) -> torch.Tensor:
     """Masked attention of q [B, H, Lq, D] over k, v [B, H, Lk, D] under `spec`.
@@ -106,6 +117,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, ba
     """
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
+    _check_batch_and_heads(q, k, v)
     if backend == "reference" or query_offset != 0 or (backend == "auto" and not _kernel_serves(q, k, v)):
         return reference_attention(q, k, v, spec, query_offset)
     return kernel_attention(q, k, v, spec)

@@ -75,3 +75,19 @@ def test_more_key_blocks_than_the_grid_allows():
     q = torch.zeros(1, 1, 1, 16).expand(1, 1, seq_len, 16)
     with pytest.raises(ValueError, match="65536 key blocks exceed 65535"):
         sparse_attention(q, q, q, layout)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto", "triton"])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_attend_refuses_keys_of_other_heads_on_every_backend(backend, heads):
+    """SDPA would broadcast 1 head over 2 (and fail in its own words on 3); the kernel refuses both."""
+    q = _qkv()[0]
+    k, v = (torch.randn(1, heads, SPEC.seq_len, 16) for _ in range(2))
+    with pytest.raises(ValueError, match=rf"k has batch x heads \(1, {heads}\) but q has \(1, 2\)"):
+        attend(q, k, v, SPEC, backend=backend)
+
+
+def test_attend_refuses_values_of_another_batch():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=r"v has batch x heads \(2, 2\) but q has \(1, 2\)"):
+        attend(q, k, v.expand(2, -1, -1, -1), SPEC, backend="reference")
