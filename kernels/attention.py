@@ -7,6 +7,7 @@ with a ValueError that names the offending value, before any kernel is launched.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -35,6 +36,10 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layo
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last (head) dimension, got stride {t.stride(-1)}")
+    # Off CUDA only the interpreter runs the kernels; without it Triton fails at launch, naming no cause.
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"the Triton kernels on device {q.device} need TRITON_INTERPRET=1, set before triton "
+                         "is first imported")
     if q.dtype not in DTYPES:
         raise ValueError(f"dtype {q.dtype} is not supported; expected one of {DTYPES}")
     if q.shape[-1] not in HEAD_DIMS:

@@ -1,4 +1,8 @@
 """Input the kernel cannot serve is refused before launch, with an error that names the value."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -91,3 +95,32 @@ def test_attend_refuses_values_of_another_batch():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match=r"v has batch x heads \(2, 2\) but q has \(1, 2\)"):
         attend(q, k, v.expand(2, -1, -1, -1), SPEC, backend="reference")
+
+
+NO_INTERPRETER = """
+import torch
+from megadalle.attention import attend
+from megadalle.attention.dispatch import kernel_layout
+from megadalle.attention.masks import MaskSpec
+from megadalle.kernels import sparse_attention
+
+spec = MaskSpec("row", 3, 4, 5)
+q = torch.randn(1, 2, spec.seq_len, 16)
+layout = kernel_layout(spec, spec.seq_len, 16, "cpu")
+for name, call in (("sparse_attention", lambda: sparse_attention(q, q, q, layout)),
+                   ("attend", lambda: attend(q, q, q, spec, "triton"))):
+    try:
+        call()
+    except ValueError as e:
+        print(name, e)
+"""
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused_before_launch():
+    """Without TRITON_INTERPRET Triton itself fails at launch ("0 active drivers"), naming no cause."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", NO_INTERPRETER], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    refusal = "the Triton kernels on device cpu need TRITON_INTERPRET=1, set before triton is first imported"
+    assert done.stdout.splitlines() == [f"sparse_attention {refusal}", f"attend {refusal}"]
