@@ -8,7 +8,7 @@ import torch
 
 from .helpers import layout_of, spec_of
 from megadalle.attention import attend
-from megadalle.kernels import Layout, sparse_attention
+from megadalle.kernels import Layout, register_layout_source, sparse_attention, sparse_attention_from
 
 SPEC = spec_of("row", 8, 4, 4)
 LAYOUT = layout_of(SPEC, SPEC.seq_len)
@@ -79,6 +79,17 @@ def test_more_key_blocks_than_the_grid_allows():
     q = torch.zeros(1, 1, 1, 16).expand(1, 1, seq_len, 16)
     with pytest.raises(ValueError, match="65536 key blocks exceed 65535"):
         sparse_attention(q, q, q, layout)
+
+
+def test_layout_source_unknown_or_at_another_length():
+    """The layout a source gives at run time is checked as a given one is, before launch."""
+    with pytest.raises(ValueError, match="no layout source is registered as 'nowhere'"):
+        sparse_attention_from(*_qkv(), "nowhere")
+    source = register_layout_source("test: always 24 long", lambda seq_len, device: LAYOUT)
+    with pytest.raises(ValueError, match="sequence length 23 does not match the layout's 24"):
+        sparse_attention_from(*_qkv(seq_len=23), source)
+    with pytest.raises(ValueError, match="scale"):
+        sparse_attention_from(*_qkv(), source, 0.0)
 
 
 @pytest.mark.parametrize("backend", ["reference", "auto", "triton"])
