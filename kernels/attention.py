@@ -1,12 +1,15 @@
-"""The public call: `sparse_attention(q, k, v, layout, scale)`, differentiable (kernels/op.py), with checked inputs.
+"""The public calls, differentiable (kernels/op.py, kernels/sources.py), with checked inputs.
 
-Inputs are [B, H, L, D] with any batch/head/sequence strides but a contiguous head dimension
-(the kernels read rows of D contiguous elements). Anything the kernels cannot serve is refused
-with a ValueError that names the offending value, before any kernel is launched.
+`sparse_attention(q, k, v, layout, scale)` runs one given layout; `sparse_attention_from` (sources.py)
+looks the layout up by the length of q at run time. Inputs are [B, H, L, D] with any
+batch/head/sequence strides but a contiguous head dimension (the kernels read rows of D contiguous
+elements). Anything the kernels cannot serve is refused with a ValueError that names the offending
+value, before any kernel is launched.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -21,8 +24,12 @@ MAX_BLOCKS = 65535
 """CUDA's limit on a launch grid's second axis, where the kernels put query-block pairs or key blocks."""
 
 
-def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> None:
-    """Raise ValueError naming the first property of q, k, v or layout the kernels cannot serve."""
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout | None = None) -> None:
+    """Raise ValueError naming the first property of q, k, v or layout the kernels cannot serve.
+
+    Without a layout, only what q, k and v decide: a caller whose layout is looked up at run time
+    checks the rest once it has one.
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a 4-D tensor [batch, heads, seq, head_dim], got "
@@ -35,12 +42,18 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layo
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last (head) dimension, got stride {t.stride(-1)}")
+    # Off CUDA only the interpreter runs the kernels; without it Triton fails at launch, naming no cause.
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"the Triton kernels on device {q.device} need TRITON_INTERPRET=1, set before triton "
+                         "is first imported")
     if q.dtype not in DTYPES:
         raise ValueError(f"dtype {q.dtype} is not supported; expected one of {DTYPES}")
     if q.shape[-1] not in HEAD_DIMS:
         raise ValueError(f"head_dim {q.shape[-1]} is not supported; expected one of {HEAD_DIMS}")
     if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
         raise ValueError(f"batch x heads = {q.shape[0] * q.shape[1]} exceeds {MAX_BATCH_HEADS} (the grid's first axis)")
+    if layout is None:
+        return
     if layout.n_key_blocks > MAX_BLOCKS:
         raise ValueError(f"{layout.n_key_blocks} key blocks exceed {MAX_BLOCKS} (the grid's second axis)")
     if q.shape[2] != layout.seq_len:
@@ -49,12 +62,17 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layo
         raise ValueError(f"layout is on {layout.device} but q is on {q.device}")
 
 
+def checked_scale(q: torch.Tensor, scale: float | None) -> float:
+    """The softmax scale to use: 1/sqrt(head_dim) by default, else `scale` if positive and finite."""
+    if scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return float(scale)
+
+
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout,
                      scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v over the layout's allowed pairs; scale defaults to 1/sqrt(head_dim)."""
     check_inputs(q, k, v, layout)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return attend_layout(q, k, v, layout, float(scale))
+    return attend_layout(q, k, v, layout, checked_scale(q, scale))

@@ -3,9 +3,10 @@
 `megadalle::sparse_attention` (forward: output and log-sum-exp) and `megadalle::sparse_attention_backward`
 are opaque to the compiler: it sees their fake (shape-only) versions while tracing and calls the
 real ones, which launch the Triton kernels, at run time. The layout enters as its tensors plus
-two ints, so nothing but tensors and numbers crosses the op boundary. A `torch.autograd.Function`
-would also run under torch.compile, but only while Dynamo keeps supporting tracing into it; a
-registered op with `register_autograd` is the documented contract.
+two ints, so nothing but tensors and numbers crosses the op boundary; those tables fix the length
+(sources.py has the ops for a length known only at run time). A `torch.autograd.Function` would
+also run under torch.compile, but only while Dynamo keeps supporting tracing into it; a registered
+op with `register_autograd` is the documented contract.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ TABLES = ("pair_ptr", "pair_kb", "pair_tile", "key_ptr", "key_qb", "key_tile", "
 """The Layout tensors the ops take, in this order after `order`."""
 
 
-def _on(t: Tensor):
+def on_device(t: Tensor):
     """Triton launches on the current CUDA device, which need not be the one holding the tensors."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
@@ -31,20 +32,30 @@ def _layout(seq_len: int, block_m: int, block_n: int, order: Tensor | None, tabl
     return Layout(seq_len, block_m, block_n, order, *tables)
 
 
+def fake_forward(q: Tensor) -> tuple[Tensor, Tensor]:
+    """The shapes of `forward`'s output and log-sum-exp, for an op's fake version."""
+    batch, heads, seq_len, _ = q.shape
+    return empty_output(q), q.new_empty(batch * heads, seq_len, dtype=torch.float32)
+
+
+def fake_backward(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The shapes of `backward`'s gradients, for an op's fake version."""
+    return empty_output(q), empty_output(k), empty_output(v)
+
+
 @torch.library.custom_op("megadalle::sparse_attention", mutates_args=())
 def attention_op(q: Tensor, k: Tensor, v: Tensor, order: Tensor | None, pair_ptr: Tensor, pair_kb: Tensor,
                  pair_tile: Tensor, key_ptr: Tensor, key_qb: Tensor, key_tile: Tensor, bits: Tensor,
                  block_m: int, block_n: int, scale: float) -> tuple[Tensor, Tensor]:
     layout = _layout(q.shape[2], block_m, block_n, order,
                      (pair_ptr, pair_kb, pair_tile, key_ptr, key_qb, key_tile, bits))
-    with _on(q):
+    with on_device(q):
         return forward(q, k, v, layout, scale)
 
 
 @attention_op.register_fake
 def _(q, k, v, order, pair_ptr, pair_kb, pair_tile, key_ptr, key_qb, key_tile, bits, block_m, block_n, scale):
-    batch, heads, seq_len, _ = q.shape
-    return empty_output(q), q.new_empty(batch * heads, seq_len, dtype=torch.float32)
+    return fake_forward(q)
 
 
 @torch.library.custom_op("megadalle::sparse_attention_backward", mutates_args=())
@@ -54,14 +65,14 @@ def backward_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Ten
                 scale: float) -> tuple[Tensor, Tensor, Tensor]:
     layout = _layout(q.shape[2], block_m, block_n, order,
                      (pair_ptr, pair_kb, pair_tile, key_ptr, key_qb, key_tile, bits))
-    with _on(q):
+    with on_device(q):
         return backward(do, q, k, v, o, lse, layout, scale)
 
 
 @backward_op.register_fake
 def _(do, q, k, v, o, lse, order, pair_ptr, pair_kb, pair_tile, key_ptr, key_qb, key_tile, bits, block_m,
       block_n, scale):
-    return empty_output(q), empty_output(k), empty_output(v)
+    return fake_backward(q, k, v)
 
 
 def _setup_context(ctx, inputs, output):

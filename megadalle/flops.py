@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from megadalle.attention.masks import MaskSpec, dense_mask, layer_kinds
+from megadalle.attention.masks import MaskSpec, layer_kinds, shared_dense_mask
 from megadalle.config.model import TransformerConfig
 
 
 @lru_cache(maxsize=64)
 def mean_keys_per_query(spec: MaskSpec) -> float:
     """Average number of keys a query attends to under `spec`."""
-    return dense_mask(spec).sum().item() / spec.seq_len
+    return shared_dense_mask(spec).sum().item() / spec.seq_len
 
 
 def forward_flops_per_token(cfg: TransformerConfig) -> float:

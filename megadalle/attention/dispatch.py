@@ -1,10 +1,12 @@
 """One call for every layer's attention: the Triton block-sparse kernel on CUDA, the dense reference elsewhere.
 
 Both paths serve the same `MaskSpec` (the kernel's block tables are built from `masks.allowed`),
-so the model never knows which one ran. `query_offset` lets a KV-cached decoder ask for the mask
-rows of its new positions only; those few-query steps always take the reference path, on every
-device and backend: a handful of query rows fill a fraction of one query block, the dense mask
-slice costs little there, and the kernel stays specialised to square self-attention.
+so the model never knows which one ran. The kernel's op looks its tables up when it runs (a
+layout source, kernels/sources.py), so torch.compile traces the kernel path at a symbolic sequence
+length too. `query_offset` lets a KV-cached decoder ask for the mask rows of its new positions
+only; those few-query steps always take the reference path, on every device and backend: a handful
+of query rows fill a fraction of one query block, the dense mask slice costs little there, and the
+kernel stays specialised to square self-attention.
 
 `megadalle.kernels` is imported lazily, at the first kernel call: importing it imports triton and
 decorates the kernels, which must happen after TRITON_INTERPRET is set when the kernel runs on a
@@ -12,13 +14,12 @@ CPU (tests/conftest.py sets it first thing).
 """
 from __future__ import annotations
 
-import os
-from functools import partial
+from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
 
-from megadalle.attention.masks import MaskSpec, allowed, dense_mask
+from megadalle.attention.masks import MaskSpec, allowed, shared_dense_mask
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -35,57 +36,47 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec:
     lq, lk = q.shape[-2], k.shape[-2]
     if query_offset + lq > spec.seq_len or lk > spec.seq_len:
         raise ValueError(f"positions up to {max(query_offset + lq, lk)} exceed the mask's sequence length {spec.seq_len}")
-    mask = dense_mask(spec, q.device)[query_offset:query_offset + lq, :lk]
+    mask = shared_dense_mask(spec).to(q.device)[query_offset:query_offset + lq, :lk]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-_LAYOUTS: dict[tuple, object] = {}
-"""Kernel tables by (mask spec fields, sequence length, block, device): one per layer kind and length."""
-
-
-def _key(spec: MaskSpec, seq_len: int, block: int, device: str) -> tuple:
-    """Plain values only, so that torch.compile can look the tables up in `_LAYOUTS` while tracing."""
-    return (spec.kind, spec.text_len, spec.grid_h, spec.grid_w, spec.kernel, spec.wrap, seq_len, block, device)
-
-
-@torch.compiler.assume_constant_result
-def _ensure_layout(spec: MaskSpec, seq_len: int, block: int, device: str) -> bool:
-    """Build the tables into `_LAYOUTS` if missing. A constant for torch.compile: Dynamo runs it while
-    tracing instead of tracing `build_layout`'s data-dependent code, then reads the tables from the
-    dict, as it reads a module's buffers."""
-    key = _key(spec, seq_len, block, device)
-    if key not in _LAYOUTS:
-        from megadalle.kernels import build_layout, grid_column_major_order
-
-        order = None
-        if spec.kind == "column":
-            order = grid_column_major_order(spec.text_len, spec.grid_h, spec.grid_w, seq_len)
-        _LAYOUTS[key] = build_layout(partial(allowed, spec), seq_len, block, block, order, device)
-    return True
-
-
+@lru_cache(maxsize=None)
 def kernel_layout(spec: MaskSpec, seq_len: int, block: int, device: str):
     """The kernel's tables for `spec` over its first `seq_len` positions; built once per argument set.
 
     Column layers are visited text first, then the image column by column: in that order the
     column mask is as local as the row mask, so it touches about as few tiles.
     """
-    _ensure_layout(spec, seq_len, block, device)
-    return _LAYOUTS[_key(spec, seq_len, block, device)]
+    from megadalle.kernels import build_layout, grid_column_major_order
+
+    order = None
+    if spec.kind == "column":
+        order = grid_column_major_order(spec.text_len, spec.grid_h, spec.grid_w, seq_len)
+    return build_layout(partial(allowed, spec), seq_len, block, block, order, device)
+
+
+@torch.compiler.assume_constant_result
+def _layout_source(spec: MaskSpec, block: int) -> str:
+    """Register `spec`'s layouts at `block` as one of the kernels' layout sources; returns its name.
+
+    A constant for torch.compile: Dynamo runs it while tracing and keeps the name, all that the kernel
+    op takes; the op looks the tables up when it runs, where the length is concrete even if it was
+    symbolic while tracing.
+    """
+    from megadalle.kernels import register_layout_source
+
+    return register_layout_source(f"{spec}, block {block}",
+                                  lambda seq_len, device: kernel_layout(spec, seq_len, block, str(device)))
 
 
 def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
     """Self-attention of q, k, v [B, H, L, D] (positions 0..L-1) through the Triton kernel."""
-    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"the Triton backend on device {q.device} needs TRITON_INTERPRET=1, set before "
-                         "triton is first imported")
-    from megadalle.kernels import sparse_attention
+    from megadalle.kernels import sparse_attention_from
 
     seq_len = q.shape[-2]
     if seq_len > spec.seq_len:
         raise ValueError(f"sequence length {seq_len} exceeds the mask's sequence length {spec.seq_len}")
-    layout = kernel_layout(spec, seq_len, KERNEL_BLOCK["cuda" if q.is_cuda else "cpu"], str(q.device))
-    return sparse_attention(q, k, v, layout)
+    return sparse_attention_from(q, k, v, _layout_source(spec, KERNEL_BLOCK["cuda" if q.is_cuda else "cpu"]))
 
 
 def _kernel_serves(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -97,6 +88,17 @@ def _kernel_serves(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return q.dtype in DTYPES and q.shape[-1] in HEAD_DIMS
 
 
+def _check_batch_and_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """One refusal for every backend and device: SDPA would broadcast k, v over q's batch or heads where
+    the kernel refuses them, so code that ran on a CPU would fail on CUDA only."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor [batch, heads, seq, head_dim], got {tuple(t.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape[:2] != q.shape[:2]:
+            raise ValueError(f"{name} has batch x heads {tuple(t.shape[:2])} but q has {tuple(q.shape[:2])}")
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, backend: str = "auto",
            query_offset: int = 0) -> torch.Tensor:
     """Masked attention of q [B, H, Lq, D] over k, v [B, H, Lk, D] under `spec`.
@@ -106,6 +108,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, ba
     """
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
+    _check_batch_and_heads(q, k, v)
     if backend == "reference" or query_offset != 0 or (backend == "auto" and not _kernel_serves(q, k, v)):
         return reference_attention(q, k, v, spec, query_offset)
     return kernel_attention(q, k, v, spec)

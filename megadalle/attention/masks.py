@@ -76,14 +76,17 @@ def allowed(spec: MaskSpec, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _dense_cpu(spec: MaskSpec) -> torch.Tensor:
+def shared_dense_mask(spec: MaskSpec) -> torch.Tensor:
+    """`dense_mask` on the CPU, built once per spec and shared by readers that never write to it (the
+    reference path, the FLOPs count): an in-place edit would change every later call. Anyone else
+    takes `dense_mask`'s copy."""
     idx = torch.arange(spec.seq_len)
     return allowed(spec, idx[:, None], idx[None, :])
 
 
 def dense_mask(spec: MaskSpec, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The full [seq, seq] boolean mask (True = may attend), for the reference path and tests."""
-    return _dense_cpu(spec).to(device)
+    """The full [seq, seq] boolean mask (True = may attend), a fresh copy the caller may modify."""
+    return shared_dense_mask(spec).to(device, copy=True)
 
 
 PAPER_PATTERN = ("row", "column", "row", "row")

@@ -5,12 +5,16 @@ Triton interpreter, so the compiled model must give the eager losses and gradien
 """
 import dataclasses
 
+import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
 from .helpers import layout_of, spec_of
+from megadalle.attention import attend
 from megadalle.config import build
 from megadalle.config.compose import compose
 from megadalle.config.model import TransformerConfig
+from megadalle.kernels import register_layout_source
 from megadalle.kernels.op import TABLES
 from megadalle.models.transformer import Transformer
 
@@ -21,6 +25,35 @@ def test_opcheck_forward_with_autograd():
     q, k, v = (torch.randn(1, 2, spec.seq_len, 16, requires_grad=True) for _ in range(3))
     args = (q, k, v, layout.order, *(getattr(layout, name) for name in TABLES), 16, 16, 0.25)
     torch.library.opcheck(torch.ops.megadalle.sparse_attention.default, args)
+
+
+def test_opcheck_forward_from_a_layout_source():
+    """opcheck's dynamic-shape pass traces the op with a symbolic length: the fake needs no layout."""
+    spec = spec_of("column", 8, 4, 5)
+    source = register_layout_source("test: column 8+4x5", lambda seq_len, device: layout_of(spec, seq_len))
+    q, k, v = (torch.randn(1, 2, spec.seq_len - 3, 16, requires_grad=True) for _ in range(3))
+    torch.library.opcheck(torch.ops.megadalle.sparse_attention_from.default, (q, k, v, source, 0.25))
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_compiled_kernel_attention_serves_a_changing_sequence_length(dynamic):
+    """fullgraph=True: Dynamo makes the length symbolic at the second length seen (dynamic=None) or at once
+    (dynamic=True); the kernel path must trace it, and give the reference's outputs and gradients."""
+    spec = spec_of("column", 3, 4, 5)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda q, k, v: attend(q, k, v, spec, "triton"), backend=counter, fullgraph=True,
+                             dynamic=dynamic)
+    for seq_len in (spec.seq_len, spec.seq_len - 3, spec.seq_len - 6):
+        q, k, v = (torch.randn(2, 2, seq_len, 16, requires_grad=True) for _ in range(3))
+        out = compiled(q, k, v)
+        grad = torch.randn_like(out)
+        expected = attend(q, k, v, spec, "reference")
+        torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
+        for got, want in zip(torch.autograd.grad(out, (q, k, v), grad),
+                             torch.autograd.grad(expected, (q, k, v), grad)):
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    assert counter.frame_count == (1 if dynamic else 2)  # the second length recompiles once, as dynamic
 
 
 def _loss_and_grads(model, run, text, image):

@@ -5,6 +5,8 @@ import torch
 from .helpers import KINDS, spec_of
 from megadalle.attention import dispatch
 from megadalle.attention.dispatch import attend, reference_attention
+from megadalle.attention.masks import allowed, dense_mask
+from megadalle.flops import mean_keys_per_query
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -38,3 +40,16 @@ def test_layouts_are_cached_per_spec_length_and_device():
     first = dispatch.kernel_layout(spec, spec.seq_len, 16, "cpu")
     assert dispatch.kernel_layout(spec, spec.seq_len, 16, "cpu") is first
     assert dispatch.kernel_layout(spec, spec.seq_len - 1, 16, "cpu").seq_len == spec.seq_len - 1
+
+
+def test_a_callers_edit_of_dense_mask_changes_no_later_mask():
+    """dense_mask hands out copies: editing one must not reach the reference path's (or FLOPs') cached mask."""
+    spec = spec_of("row", 4, 3, 3)
+    q, k, v = (torch.randn(1, 2, spec.seq_len, 16) for _ in range(3))
+    before = attend(q, k, v, spec, backend="reference")
+    mask = dense_mask(spec)
+    mask &= torch.eye(spec.seq_len, dtype=torch.bool)
+    idx = torch.arange(spec.seq_len)
+    assert torch.equal(dense_mask(spec), allowed(spec, idx[:, None], idx[None, :]))
+    assert torch.equal(attend(q, k, v, spec, backend="reference"), before)
+    assert mean_keys_per_query(spec) == allowed(spec, idx[:, None], idx[None, :]).sum().item() / spec.seq_len

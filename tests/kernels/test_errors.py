@@ -1,10 +1,14 @@
 """Input the kernel cannot serve is refused before launch, with an error that names the value."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from .helpers import layout_of, spec_of
 from megadalle.attention import attend
-from megadalle.kernels import Layout, sparse_attention
+from megadalle.kernels import Layout, register_layout_source, sparse_attention, sparse_attention_from
 
 SPEC = spec_of("row", 8, 4, 4)
 LAYOUT = layout_of(SPEC, SPEC.seq_len)
@@ -75,3 +79,59 @@ def test_more_key_blocks_than_the_grid_allows():
     q = torch.zeros(1, 1, 1, 16).expand(1, 1, seq_len, 16)
     with pytest.raises(ValueError, match="65536 key blocks exceed 65535"):
         sparse_attention(q, q, q, layout)
+
+
+def test_layout_source_unknown_or_at_another_length():
+    """The layout a source gives at run time is checked as a given one is, before launch."""
+    with pytest.raises(ValueError, match="no layout source is registered as 'nowhere'"):
+        sparse_attention_from(*_qkv(), "nowhere")
+    source = register_layout_source("test: always 24 long", lambda seq_len, device: LAYOUT)
+    with pytest.raises(ValueError, match="sequence length 23 does not match the layout's 24"):
+        sparse_attention_from(*_qkv(seq_len=23), source)
+    with pytest.raises(ValueError, match="scale"):
+        sparse_attention_from(*_qkv(), source, 0.0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto", "triton"])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_attend_refuses_keys_of_other_heads_on_every_backend(backend, heads):
+    """SDPA would broadcast 1 head over 2 (and fail in its own words on 3); the kernel refuses both."""
+    q = _qkv()[0]
+    k, v = (torch.randn(1, heads, SPEC.seq_len, 16) for _ in range(2))
+    with pytest.raises(ValueError, match=rf"k has batch x heads \(1, {heads}\) but q has \(1, 2\)"):
+        attend(q, k, v, SPEC, backend=backend)
+
+
+def test_attend_refuses_values_of_another_batch():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=r"v has batch x heads \(2, 2\) but q has \(1, 2\)"):
+        attend(q, k, v.expand(2, -1, -1, -1), SPEC, backend="reference")
+
+
+NO_INTERPRETER = """
+import torch
+from megadalle.attention import attend
+from megadalle.attention.dispatch import kernel_layout
+from megadalle.attention.masks import MaskSpec
+from megadalle.kernels import sparse_attention
+
+spec = MaskSpec("row", 3, 4, 5)
+q = torch.randn(1, 2, spec.seq_len, 16)
+layout = kernel_layout(spec, spec.seq_len, 16, "cpu")
+for name, call in (("sparse_attention", lambda: sparse_attention(q, q, q, layout)),
+                   ("attend", lambda: attend(q, q, q, spec, "triton"))):
+    try:
+        call()
+    except ValueError as e:
+        print(name, e)
+"""
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused_before_launch():
+    """Without TRITON_INTERPRET Triton itself fails at launch ("0 active drivers"), naming no cause."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", NO_INTERPRETER], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    refusal = "the Triton kernels on device cpu need TRITON_INTERPRET=1, set before triton is first imported"
+    assert done.stdout.splitlines() == [f"sparse_attention {refusal}", f"attend {refusal}"]
