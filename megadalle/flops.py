@@ -24,8 +24,8 @@ def forward_flops_per_token(cfg: TransformerConfig) -> float:
     dense_macs = cfg.n_layers * (4 + 2 * cfg.mlp_ratio) * d * d
     head_macs = d * ((cfg.text_len - 1) * cfg.text_vocab + cfg.grid_len * cfg.image_vocab) / s
     kinds = layer_kinds(cfg.n_layers, cfg.attention_pattern, cfg.last_layer_attention)
-    keys = sum(mean_keys_per_query(MaskSpec(k, cfg.text_len, cfg.grid_size, cfg.grid_size, cfg.conv_kernel, cfg.conv_wrap))
-               for k in kinds)
+    keys = sum(mean_keys_per_query(MaskSpec(k, cfg.text_len, cfg.grid_size, cfg.grid_size, cfg.conv_kernel,
+                                            cfg.conv_wrap)) for k in kinds)
     attention_macs = 2 * d * keys  # QK^T and PV, per layer, summed over layers through `keys`
     return 2 * (dense_macs + head_macs + attention_macs)
 

@@ -35,7 +35,8 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec:
     """SDPA with the dense boolean mask: q [B, H, Lq, D] at positions query_offset.., k, v [B, H, Lk, D] from 0."""
     lq, lk = q.shape[-2], k.shape[-2]
     if query_offset + lq > spec.seq_len or lk > spec.seq_len:
-        raise ValueError(f"positions up to {max(query_offset + lq, lk)} exceed the mask's sequence length {spec.seq_len}")
+        raise ValueError(f"positions up to {max(query_offset + lq, lk)} exceed the mask's sequence length "
+                         f"{spec.seq_len}")
     mask = shared_dense_mask(spec).to(q.device)[query_offset:query_offset + lq, :lk]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
