@@ -287,7 +287,7 @@ class Trainer:
         metrics = runner.update(self.step)
         metrics.update(self.task.after_update(self.built.model, self.editor, self.step))
         if self.ema is not None:
-            self.ema.update()
+            self.ema.update(self.step)
         metrics["step_seconds"] = time.perf_counter() - began
         self.samples_seen += self.part.global_batch
         if not math.isfinite(metrics["loss"]):
