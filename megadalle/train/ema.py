@@ -88,6 +88,7 @@ class EMA:
                                  "the data-parallel ranks are not supported")
             if length:
                 self.pieces[name] = Piece(param, shape, start, length)
+        self.names = {id(param): name for name, param in self.params}
         self.shadow = {name: piece.source().float().clone() for name, piece in self.pieces.items()}
 
     @torch.no_grad()
@@ -96,6 +97,21 @@ class EMA:
         weight = 1 - warmed_decay(self.decay, step)
         for name, piece in self.pieces.items():
             self.shadow[name].lerp_(piece.source().float(), weight)
+
+    @torch.no_grad()
+    def restart_where_edited(self, param: nn.Parameter, before: torch.Tensor, after: torch.Tensor) -> None:
+        """`param` was rewritten between updates from `before` to `after` (full tensors; train/param_edit.py): where
+        an element changed, its average restarts at the new value, as the average started at the initial weights;
+        elsewhere it keeps its history. A revived dVAE code is a new code: averaged in at 1 - decay per update, the
+        EMA (what train-dvae exports and encode reads) saw it only ~1 / (1 - decay) updates later."""
+        name = self.names.get(id(param))
+        piece = self.pieces.get(name)
+        if piece is None:  # not averaged, or none of its elements on this rank
+            return
+        span = slice(piece.start, piece.start + piece.length)
+        shadow = self.shadow[name]
+        edited = (after != before).reshape(-1)[span].to(shadow.device)
+        shadow.copy_(torch.where(edited, after.reshape(-1)[span].to(shadow), shadow))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.shadow.values())

@@ -110,7 +110,7 @@ class Trainer:
                                       self.env.world_size)
         self._stop_point()
         self.ema = self._ema(trainer.ema)
-        self.editor = ParamEditor(self.built.engine, ds.zero_stage)
+        self.editor = ParamEditor(self.built.engine, ds.zero_stage, self.ema)
         self.part = DataPart(trainer.micro_batch, trainer.grad_accum, self.built.dp_rank, self.built.dp_world)
         state = self._resume(run, chosen, universal_dir)
         self.step = int(state.get("step", 0))
