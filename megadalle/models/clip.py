@@ -111,7 +111,14 @@ class CLIP(nn.Module):
         return F.normalize(self.image(image), dim=-1)
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)[0]
+        """exp of the parameter, which the trainer keeps within `logit_scale_range` (ClipTask.after_update)."""
+        return self.logit_scale.exp()[0]
+
+    def logit_scale_range(self) -> tuple[float, float]:
+        """[0, ln max_logit_scale], where the trainer clamps `logit_scale` after every update, as CLIP and open_clip do:
+        a cap inside the forward (`exp().clamp(max=)`) has no gradient past it, so a scale that reached it stayed
+        there whatever the loss wanted later."""
+        return 0.0, math.log(self.cfg.max_logit_scale)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image embeddings, text embeddings, logit scale). The scale is read here, inside the module's call:

@@ -8,6 +8,10 @@ whatever the partitioning (each rank writes its own fragment of the full tensor 
 stage 0 in fp32 the optimizer holds the model's own parameters. ZeRO-3 keeps no whole parameter on a
 rank, and rewriting it would need a gather per edit: it is refused (the preflight says so first). The EMA
 (train/ema.py) restarts at the new value where an edit changed the parameter, each rank in its own piece.
+
+`clamp` keeps a parameter in a range (CLIP's logit scale) in every layout, ZeRO-3 included: being elementwise, it
+needs no whole tensor, each rank clamps every copy it holds (the weights, its fp32 master fragment or partition);
+the moments and the EMA are left alone (the EMA averages the clamped weights).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Callable
 import torch
 
 from megadalle.train.ema import EMA
+from megadalle.train.ema_swap import gathered
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 """Adam's (and AdamW's, apex FusedAdam's) per-element state."""
@@ -57,6 +62,24 @@ class ParamEditor:
         param.data.copy_(value)
         if self.ema is not None:
             self.ema.restart_where_edited(param, before, value)
+
+    @torch.no_grad()
+    def clamp(self, param: torch.nn.Parameter, low: float, high: float) -> None:
+        """Keep `param` in [low, high] in every copy this rank holds (every rank calls it; no collective): the
+        weights (whole, or ZeRO-3's partition and the whole where DeepSpeed keeps it gathered) and the optimizer's
+        fp32 master of them (this rank's fragment or partition, or the weights themselves)."""
+        if hasattr(param, "ds_id"):
+            from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
+
+            param.ds_tensor.data.clamp_(low, high)
+            if gathered(param):
+                param.data.clamp_(low, high)
+            safe_set_local_fp32_param(param, safe_get_local_fp32_param(param).clamp(low, high))
+            return
+        param.data.clamp_(low, high)
+        mapping = getattr(param, "_hp_mapping", None)
+        if mapping is not None:  # ZeRO-1/2 or the bf16 optimizer: this rank's fragment of the fp32 master (or none)
+            mapping.get_hp_fragment().clamp_(low, high)
 
     def _link_moments(self) -> None:
         """Point every parameter's fragment at its piece of Adam's moments.
