@@ -1,6 +1,7 @@
-"""CLIP: shapes, the learned temperature and its cap, config errors, and the 2-rank loss
+"""CLIP: shapes, the learned temperature and its cap, the token table's init, config errors, and the 2-rank loss
 equal to the 1-process loss."""
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -68,6 +69,15 @@ def test_the_logit_scale_is_clamped_into_its_range_after_each_update(start, end)
         model.logit_scale.fill_(start)
     clamped(model, optimizer)
     assert model.logit_scale.item() == pytest.approx(end, abs=1e-6)
+
+
+def test_the_token_table_is_drawn_as_clips():
+    """N(0, 0.02) as CLIP's token embedding, twice its positions' 0.01 (torch's default was N(0, 1): 100 times)."""
+    torch.manual_seed(0)
+    model = CLIP(replace(TINY, text_vocab=1000))
+    assert model.text.tok.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert model.text.tok.weight.mean().abs().item() < 1e-3
+    assert model.text.pos.std().item() == pytest.approx(0.01, rel=0.1)
 
 
 def test_text_feature_ignores_pads_and_resizes_images():
