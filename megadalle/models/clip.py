@@ -20,12 +20,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from megadalle.config.clip import ClipConfig
-from megadalle.models.fp32_init import Conv2d, Embedding, Linear, fp32_parameter
+from megadalle.models.fp32_init import Conv2d, Embedding, Linear, fp32_parameter, reset_in_fp32
 
 
 def _normal(std: float):
     """CLIP's N(0, std) tables, drawn as `torch.randn(...) * std` draws them (fp32_init.fp32_parameter's init)."""
     return lambda drawn: drawn.normal_().mul_(std)
+
+
+class TokenEmbedding(Embedding):
+    """The text tower's token table drawn N(0, 0.02) as CLIP's: torch's N(0, 1) made the tokens 100 times the
+    N(0, 0.01) positions, leaving the order ~1% of each input (CLIP: 0.02 against 0.01)."""
+
+    def reset_parameters(self) -> None:
+        reset_in_fp32(self, lambda: _normal(0.02)(self.weight.data))
 
 
 class Block(nn.Module):
@@ -52,7 +60,7 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: ClipConfig):
         super().__init__()
         self.pad_id = cfg.text_pad_id
-        self.tok = Embedding(cfg.text_vocab, cfg.text_width)
+        self.tok = TokenEmbedding(cfg.text_vocab, cfg.text_width)
         self.pos = fp32_parameter((cfg.text_len, cfg.text_width), _normal(0.01))
         self.blocks = nn.ModuleList(Block(cfg.text_width, cfg.text_heads) for _ in range(cfg.text_layers))
         self.ln = nn.LayerNorm(cfg.text_width)
@@ -111,7 +119,14 @@ class CLIP(nn.Module):
         return F.normalize(self.image(image), dim=-1)
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)[0]
+        """exp of the parameter, which the trainer keeps within `logit_scale_range` (ClipTask.after_update)."""
+        return self.logit_scale.exp()[0]
+
+    def logit_scale_range(self) -> tuple[float, float]:
+        """[0, ln max_logit_scale], where the trainer clamps `logit_scale` after every update, as CLIP and open_clip do:
+        a cap inside the forward (`exp().clamp(max=)`) has no gradient past it, so a scale that reached it stayed
+        there whatever the loss wanted later."""
+        return 0.0, math.log(self.cfg.max_logit_scale)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image embeddings, text embeddings, logit scale). The scale is read here, inside the module's call:

@@ -23,6 +23,7 @@ from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP, contrastive_loss
 from megadalle.train import grad_cache
+from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, UpdateRunner, loader_metrics,
                                   rank_batches, validation_data)
 
@@ -78,6 +79,11 @@ class ClipTask(ShardsTask):
         if part.grad_accum > 1 and self.cfg.negatives == "update":
             return partial(grad_cache.update, encode=embed, loss=contrastive_loss)
         return None
+
+    def after_update(self, model: CLIP, editor: ParamEditor, step: int) -> dict[str, float]:
+        """The logit scale clamped into its range in every copy of it (CLIP.logit_scale_range)."""
+        editor.clamp(model.logit_scale, *model.logit_scale_range())
+        return {}
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec("clip", self.cfg)

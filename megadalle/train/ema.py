@@ -8,6 +8,14 @@ piece is read from `param.ds_tensor`, the rank's own partition (no gather); unde
 pipelines it is a slice of the full parameter. The memory and the checkpoint bytes per rank are
 then 1/dp of the stage's parameters, in every mode.
 
+The decay warms up as TensorFlow's ExponentialMovingAverage(num_updates=) does: the average taken after training
+update t (0-based) has decay min(decay, (1 + t) / (10 + t)), 0.1 after the first. A fixed decay from the initial
+weights kept decay^T of the random initialisation after T updates (0.999 over 1,000 updates: 37%), and validation,
+media and export ran on those mostly random weights; warmed up, the average keeps ~1e-17 of the initialisation
+after 300 updates and leans on the latest updates until the decay reaches its value (after ~9 / (1 - decay)
+updates: 8,990 at 0.999), then is the plain EMA. The decay depends on the update index alone, which every rank and
+a resumed run share: every layout and a resume average alike, and an EMA saved before the warm-up existed loads.
+
 Each rank saves its pieces once, as safetensors whose metadata records where each piece starts, so
 `EmaPieces` can re-slice them for another data-parallel size (resume) or consolidate them (export).
 Validation and media run with these weights swapped into the model (ema_swap.py), since they are the ones
@@ -32,6 +40,11 @@ FILES = "ema_rank*.safetensors"
 
 def file_name(rank: int) -> str:
     return f"ema_rank{rank:05d}.safetensors"
+
+
+def warmed_decay(decay: float, step: int) -> float:
+    """The decay of the average taken after training update `step` (0-based): TF's num_updates warm-up."""
+    return min(decay, (1 + step) / (10 + step))
 
 
 def piece_range(numel: int, dp_rank: int, dp_world: int) -> tuple[int, int]:
@@ -75,12 +88,30 @@ class EMA:
                                  "the data-parallel ranks are not supported")
             if length:
                 self.pieces[name] = Piece(param, shape, start, length)
+        self.names = {id(param): name for name, param in self.params}
         self.shadow = {name: piece.source().float().clone() for name, piece in self.pieces.items()}
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, step: int) -> None:
+        """Average in the weights of training update `step` (0-based), with the warmed-up decay."""
+        weight = 1 - warmed_decay(self.decay, step)
         for name, piece in self.pieces.items():
-            self.shadow[name].lerp_(piece.source().float(), 1 - self.decay)
+            self.shadow[name].lerp_(piece.source().float(), weight)
+
+    @torch.no_grad()
+    def restart_where_edited(self, param: nn.Parameter, before: torch.Tensor, after: torch.Tensor) -> None:
+        """`param` was rewritten between updates from `before` to `after` (full tensors; train/param_edit.py): where
+        an element changed, its average restarts at the new value, as the average started at the initial weights;
+        elsewhere it keeps its history. A revived dVAE code is a new code: averaged in at 1 - decay per update, the
+        EMA (what train-dvae exports and encode reads) saw it only ~1 / (1 - decay) updates later."""
+        name = self.names.get(id(param))
+        piece = self.pieces.get(name)
+        if piece is None:  # not averaged, or none of its elements on this rank
+            return
+        span = slice(piece.start, piece.start + piece.length)
+        shadow = self.shadow[name]
+        edited = (after != before).reshape(-1)[span].to(shadow.device)
+        shadow.copy_(torch.where(edited, after.reshape(-1)[span].to(shadow), shadow))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.shadow.values())

@@ -52,13 +52,13 @@ def install(ema: EMA, pieces: dict[str, torch.Tensor], dp_group) -> None:
         if hasattr(param, "ds_tensor"):  # ZeRO-3: the partition, and the whole parameter where DeepSpeed keeps it
             if name in pieces:
                 ema.pieces[name].source().copy_(pieces[name])
-            if _gathered(param):
+            if gathered(param):
                 _install_whole(param, pieces.get(name), ema.dp_world, dp_group)
         else:
             _install_whole(param, pieces.get(name), ema.dp_world, dp_group)
 
 
-def _gathered(param: torch.nn.Parameter) -> bool:
+def gathered(param: torch.nn.Parameter) -> bool:
     """Whether DeepSpeed holds this ZeRO-3 parameter whole now (a persistent one, between forwards)."""
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 

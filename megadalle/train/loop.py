@@ -110,7 +110,7 @@ class Trainer:
                                       self.env.world_size)
         self._stop_point()
         self.ema = self._ema(trainer.ema)
-        self.editor = ParamEditor(self.built.engine, ds.zero_stage)
+        self.editor = ParamEditor(self.built.engine, ds.zero_stage, self.ema)
         self.part = DataPart(trainer.micro_batch, trainer.grad_accum, self.built.dp_rank, self.built.dp_world)
         state = self._resume(run, chosen, universal_dir)
         self.step = int(state.get("step", 0))
@@ -287,7 +287,7 @@ class Trainer:
         metrics = runner.update(self.step)
         metrics.update(self.task.after_update(self.built.model, self.editor, self.step))
         if self.ema is not None:
-            self.ema.update()
+            self.ema.update(self.step)
         metrics["step_seconds"] = time.perf_counter() - began
         self.samples_seen += self.part.global_batch
         if not math.isfinite(metrics["loss"]):

@@ -6,13 +6,21 @@ fp32 master copy, and the next update would write the old values back; Adam's mo
 old entries' gradient history. DeepSpeed's `safe_*_full_*` accessors reach the master and the moments
 whatever the partitioning (each rank writes its own fragment of the full tensor it is given); at
 stage 0 in fp32 the optimizer holds the model's own parameters. ZeRO-3 keeps no whole parameter on a
-rank, and rewriting it would need a gather per edit: it is refused (the preflight says so first).
+rank, and rewriting it would need a gather per edit: it is refused (the preflight says so first). The EMA
+(train/ema.py) restarts at the new value where an edit changed the parameter, each rank in its own piece.
+
+`clamp` keeps a parameter in a range (CLIP's logit scale) in every layout, ZeRO-3 included: being elementwise, it
+needs no whole tensor, each rank clamps every copy it holds (the weights, its fp32 master fragment or partition);
+the moments and the EMA are left alone (the EMA averages the clamped weights).
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+
+from megadalle.train.ema import EMA
+from megadalle.train.ema_swap import gathered
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 """Adam's (and AdamW's, apex FusedAdam's) per-element state."""
@@ -24,16 +32,18 @@ Edit = Callable[[torch.Tensor, str], torch.Tensor]
 class ParamEditor:
     """Rewrites parameters of a built engine (same edit on every rank: all must call `apply` alike)."""
 
-    def __init__(self, engine, zero_stage: int):
-        self.engine, self.zero_stage = engine, zero_stage
+    def __init__(self, engine, zero_stage: int, ema: EMA | None = None):
+        self.engine, self.zero_stage, self.ema = engine, zero_stage, ema
 
     @torch.no_grad()
     def apply(self, param: torch.nn.Parameter, edit: Edit) -> None:
-        """Replace `param` and each of its Adam moments (once the optimizer has them) by `edit` of them."""
+        """Replace `param` and each of its Adam moments (once the optimizer has them) by `edit` of them; the EMA
+        restarts at the new value where it changed (EMA.restart_where_edited)."""
         if self.zero_stage >= 3 or hasattr(param, "ds_id"):
             raise NotImplementedError("rewriting a parameter between updates needs deepspeed.zero_stage <= 2 "
                                       "(ZeRO-3 partitions every parameter)")
-        value = edit(self._read(param), "param")
+        before = self._read(param)
+        value = edit(before, "param")
         if hasattr(param, "_hp_mapping"):  # ZeRO-1/2 or the bf16 optimizer: an fp32 master fragment per rank
             from deepspeed.utils import (safe_get_full_optimizer_state, safe_set_full_fp32_param,
                                          safe_set_full_optimizer_state)
@@ -50,6 +60,26 @@ class ParamEditor:
                 if key in state:
                     state[key].copy_(edit(state[key].float(), key))
         param.data.copy_(value)
+        if self.ema is not None:
+            self.ema.restart_where_edited(param, before, value)
+
+    @torch.no_grad()
+    def clamp(self, param: torch.nn.Parameter, low: float, high: float) -> None:
+        """Keep `param` in [low, high] in every copy this rank holds (every rank calls it; no collective): the
+        weights (whole, or ZeRO-3's partition and the whole where DeepSpeed keeps it gathered) and the optimizer's
+        fp32 master of them (this rank's fragment or partition, or the weights themselves)."""
+        if hasattr(param, "ds_id"):
+            from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
+
+            param.ds_tensor.data.clamp_(low, high)
+            if gathered(param):
+                param.data.clamp_(low, high)
+            safe_set_local_fp32_param(param, safe_get_local_fp32_param(param).clamp(low, high))
+            return
+        param.data.clamp_(low, high)
+        mapping = getattr(param, "_hp_mapping", None)
+        if mapping is not None:  # ZeRO-1/2 or the bf16 optimizer: this rank's fragment of the fp32 master (or none)
+            mapping.get_hp_fragment().clamp_(low, high)
 
     def _link_moments(self) -> None:
         """Point every parameter's fragment at its piece of Adam's moments.

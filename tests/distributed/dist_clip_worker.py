@@ -3,6 +3,8 @@
 `python dist_clip_worker.py '{"overrides": [...], "out": "<dir>"}'` builds the engine of the composed `train-clip`
 config as the trainer does (engine.build after seeding), runs update 0 through StepRunner and writes
 `<dir>/rank<N>.pt`: the update's metrics (global means) and the parameters after it (ZeRO-3's gathered whole).
+With `"after_update": true` the task's after_update follows the update, as in the trainer, and the record holds the
+logit scale's fp32 master too (`master_scale`, DeepSpeed's full view of it).
 """
 import contextlib
 import json
@@ -20,6 +22,7 @@ from megadalle.config.compose import compose
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import distributed, engine, rng
 from megadalle.train.clip import ClipTask
+from megadalle.train.param_edit import ParamEditor
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import DataPart
 
@@ -35,15 +38,19 @@ def main(opts: dict) -> None:
     distributed.init(env)
     rng.seed_all(int(cfg.seed))
     task = PairsTask(build(ClipConfig, cfg.clip, "clip"), None, None, int(cfg.seed))
-    trainer = build(TrainerConfig, cfg.trainer, "trainer")
-    built = engine.build(task, trainer, build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"), env.world_size)
+    trainer, ds = build(TrainerConfig, cfg.trainer, "trainer"), build(DeepSpeedConfig, cfg.deepspeed, "deepspeed")
+    built = engine.build(task, trainer, ds, env.world_size)
     part = DataPart(trainer.micro_batch, trainer.grad_accum, built.dp_rank, built.dp_world)
     metrics = StepRunner(task, built, part, 0).update(0)
+    record = {}
+    if opts.get("after_update"):
+        task.after_update(built.model, ParamEditor(built.engine, ds.zero_stage), 0)
+        record["master_scale"] = deepspeed.utils.safe_get_full_fp32_param(built.model.logit_scale)
     params = dict(built.model.named_parameters())
     partitioned = all(hasattr(p, "ds_tensor") for p in params.values())  # ZeRO-3: gathered to be read
     with deepspeed.zero.GatheredParameters(list(params.values())) if partitioned else contextlib.nullcontext():
         params = {name: p.detach().clone() for name, p in params.items()}
-    torch.save({"metrics": metrics, "params": params}, Path(opts["out"]) / f"rank{env.rank}.pt")
+    torch.save({"metrics": metrics, "params": params, **record}, Path(opts["out"]) / f"rank{env.rank}.pt")
 
 
 if __name__ == "__main__":

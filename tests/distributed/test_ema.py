@@ -1,6 +1,7 @@
 """The sharded EMA (train/ema.py): each rank averages only its piece, and the pieces make the full EMA.
 
-Decay 0.5 over two updates gives EMA = 0.25 * initial + 0.25 * w1 + 0.5 * w2, checked exactly against
+Decay 0.5 over two updates, warmed up to 0.1 and 2/11 (ema.warmed_decay), gives
+EMA = 2/11 * (0.1 * initial + 0.9 * w1) + 9/11 * w2, checked exactly against
 the weights of the same run's checkpoints 1 and 2 (the consolidation is right, for every layout), and
 against the EMA of a single process training the same global batches (the layouts agree). Each
 data-parallel rank's EMA file holds half of the elements; each pipeline stage only its own parameters
@@ -62,8 +63,8 @@ def test_sharded_ema_equals_full_ema(layout, single, tmp_path):
     initial = ToyTask().build_model().state_dict()
     for name, value in initial.items():
         assert not torch.equal(w2[name], value), name
-        torch.testing.assert_close(averaged[name], 0.25 * value + 0.25 * w1[name] + 0.5 * w2[name],
-                                   rtol=1e-6, atol=1e-7)
+        expected = 2 / 11 * (0.1 * value + 0.9 * w1[name]) + 9 / 11 * w2[name]
+        torch.testing.assert_close(averaged[name], expected, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(averaged[name], single[name], rtol=1e-5, atol=1e-6)
 
     ranks = [piece_sizes(run_dir / "checkpoints" / "step_00000002" / f"ema_rank0000{r}.safetensors") for r in (0, 1)]

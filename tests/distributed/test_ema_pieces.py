@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from megadalle.train.ema import EMA, EmaPieces, file_name, piece_range
+from megadalle.train.ema import EMA, EmaPieces, file_name, piece_range, warmed_decay
 
 
 def model() -> nn.Module:
@@ -21,9 +21,9 @@ def train_and_save(net, folder, dp_world, decay=0.9, updates=3):
             for p in net.parameters():
                 p.add_(torch.randn_like(p))
         for ema in emas:
-            ema.update()
+            ema.update(step)
         for name, p in net.named_parameters():
-            full[name] = decay * full[name] + (1 - decay) * p.detach()
+            full[name] = warmed_decay(decay, step) * full[name] + (1 - warmed_decay(decay, step)) * p.detach()
     folder.mkdir(exist_ok=True)
     for r, ema in enumerate(emas):
         ema.save(folder / file_name(r))

@@ -1,4 +1,9 @@
-"""CLIP: shapes, the learned temperature, config errors, and the 2-rank loss equal to the 1-process loss."""
+"""CLIP: shapes, the learned temperature and its cap, the token table's init, config errors, and the 2-rank loss
+equal to the 1-process loss."""
+import math
+from dataclasses import replace
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -7,7 +12,9 @@ from megadalle.config import ConfigError, build
 from megadalle.config.clip import ClipConfig
 from megadalle.config.compose import compose
 from megadalle.models.clip import CLIP
+from megadalle.train.clip import ClipTask
 from megadalle.train.distributed import exit_process
+from megadalle.train.param_edit import ParamEditor
 
 TINY = ClipConfig(text_len=8, text_vocab=50, text_width=32, text_layers=1, text_heads=2, image_size=16,
                   patch_size=4, vision_width=32, vision_layers=1, vision_heads=2, embed_dim=16)
@@ -30,6 +37,47 @@ def test_features_are_unit_vectors_and_loss_trains_temperature():
     loss.backward()
     assert model.logit_scale.grad is not None and model.logit_scale.grad != 0
     assert metrics["temperature"] == pytest.approx(0.07, rel=1e-4)
+
+
+def clamped(model: CLIP, optimizer) -> None:
+    """What the trainer does after each update: the task's after_update (stage 0, the optimizer's own params)."""
+    ClipTask(TINY, None, None).after_update(model, ParamEditor(SimpleNamespace(optimizer=optimizer), 0), 0)
+
+
+def test_the_logit_scale_can_fall_after_reaching_the_cap():
+    """A cap inside the forward (exp().clamp(max=100)) gave the parameter past ln 100 no gradient: the scale stayed
+    at 100 whatever the loss wanted. One image for six captions prefers a lower scale (its image-to-text rows are
+    one row with six labels, which a flatter softmax fits better)."""
+    model = CLIP(TINY)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100) + 0.01)
+    optimizer = torch.optim.AdamW([model.logit_scale], lr=0.05, weight_decay=0)
+    image, text = batch(6)
+    loss, _ = model.loss(image[:1].expand(6, -1, -1, -1), text)
+    loss.backward()
+    assert model.logit_scale.grad > 0
+    optimizer.step()
+    clamped(model, optimizer)
+    assert model.scale().item() < 99
+
+
+@pytest.mark.parametrize("start, end", [(math.log(100) + 1, math.log(100)), (-0.5, 0.0), (3.0, 3.0)])
+def test_the_logit_scale_is_clamped_into_its_range_after_each_update(start, end):
+    model = CLIP(TINY)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with torch.no_grad():
+        model.logit_scale.fill_(start)
+    clamped(model, optimizer)
+    assert model.logit_scale.item() == pytest.approx(end, abs=1e-6)
+
+
+def test_the_token_table_is_drawn_as_clips():
+    """N(0, 0.02) as CLIP's token embedding, twice its positions' 0.01 (torch's default was N(0, 1): 100 times)."""
+    torch.manual_seed(0)
+    model = CLIP(replace(TINY, text_vocab=1000))
+    assert model.text.tok.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert model.text.tok.weight.mean().abs().item() < 1e-3
+    assert model.text.pos.std().item() == pytest.approx(0.01, rel=0.1)
 
 
 def test_text_feature_ignores_pads_and_resizes_images():
