@@ -56,12 +56,36 @@ def literal(value: Any) -> Any:
     return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
 
 
+def escaped(value: Any) -> Any:
+    """`value` with every text in it `literal`, through nested mappings and lists."""
+    if isinstance(value, dict):
+        return {key: escaped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [escaped(item) for item in value]
+    return literal(value)
+
+
+def resolved(node: DictConfig | dict | None, where: str) -> DictConfig | dict | None:
+    """A group node of a composed config resolved where it lies, against the whole config, as hydra resolves it:
+    merged on its own into the schema, `trainer.lr=${trainer.min_lr}` or `${model.n_heads}` named a key of a root
+    that no longer held it ("Interpolation key 'trainer.min_lr' not found"). Texts come back `literal`. A plain
+    mapping (`top_level`'s, already resolved) is left as it is."""
+    if not isinstance(node, DictConfig):
+        return node
+    try:
+        return escaped(OmegaConf.to_container(node, resolve=True))
+    except OmegaConfBaseException as err:
+        key = err.full_key if node._get_parent() is not None else join(where, err.full_key)  # full_key from its root
+        raise ConfigError(f"{key or where or 'config'}: {str(err).splitlines()[0]}") from None
+
+
 def build(cls: type[T], node: DictConfig | dict | None, where: str) -> T:
-    """Merge `node` over the dataclass defaults, convert to the dataclass and validate it.
+    """Resolve `node` (`resolved`), merge it over the dataclass defaults, convert to the dataclass and validate it.
 
     `where` is the node's dotted path in the full config (e.g. "model"; "" for verb-level keys),
     used in error messages.
     """
+    node = resolved(node, where)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), node or {})
         obj = OmegaConf.to_object(merged)
