@@ -47,6 +47,20 @@ def top_level(cfg: DictConfig, cls: type) -> dict:
     return {f.name: literal(cfg[f.name]) for f in fields(cls) if f.name in cfg}
 
 
+def typed_container(cfg: DictConfig, *classes: type) -> dict:
+    """The whole config as plain values, resolved, with the verb-level keys that `classes` declare as `build` types
+    them. Hydra types only the groups (their schemas): a verb-level key set through an interpolation keeps the
+    text it resolves to, so `new_data=${oc.env:ND}` with ND=false was the text 'false', true to bool(), and
+    `seed=${oc.env:SEED}` the text '7', which run.json recorded and a later `seed=7` differed from."""
+    from dataclasses import fields
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for cls in classes:
+        built = build(cls, top_level(cfg, cls), "")
+        container.update({f.name: getattr(built, f.name) for f in fields(cls) if f.name in container})
+    return container
+
+
 def literal(value: Any) -> Any:
     """A resolved text escaped so that OmegaConf reads it as itself: a prompt written `a \\${x} cat` resolves to
     `a ${x} cat`, which merged into a dataclass as it is would be an interpolation to resolve a second time
