@@ -342,6 +342,7 @@ def train_from_config(task: Task, cfg, task_factory: str | None = None) -> Resul
     from megadalle.config.train import RunConfig
 
     keys = build(RunConfig, top_level(cfg, RunConfig), "")
+    checkpoint_load.check_resumed_model(task, keys.resume)
     run = RunOptions(out_dir=str(cfg.get("out_dir", "outputs")), run_dir=keys.run_dir, name=keys.name,
                      resume=keys.resume, seed=keys.seed, new_data=keys.new_data,
                      config=typed_container(cfg, RunConfig), task_factory=task_factory)
