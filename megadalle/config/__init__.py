@@ -47,6 +47,20 @@ def top_level(cfg: DictConfig, cls: type) -> dict:
     return {f.name: literal(cfg[f.name]) for f in fields(cls) if f.name in cfg}
 
 
+def typed_container(cfg: DictConfig, *classes: type) -> dict:
+    """The whole config as plain values, resolved, with the verb-level keys that `classes` declare as `build` types
+    them. Hydra types only the groups (their schemas): a verb-level key set through an interpolation keeps the
+    text it resolves to, so `new_data=${oc.env:ND}` with ND=false was the text 'false', true to bool(), and
+    `seed=${oc.env:SEED}` the text '7', which run.json recorded and a later `seed=7` differed from."""
+    from dataclasses import fields
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for cls in classes:
+        built = build(cls, top_level(cfg, cls), "")
+        container.update({f.name: getattr(built, f.name) for f in fields(cls) if f.name in container})
+    return container
+
+
 def literal(value: Any) -> Any:
     """A resolved text escaped so that OmegaConf reads it as itself: a prompt written `a \\${x} cat` resolves to
     `a ${x} cat`, which merged into a dataclass as it is would be an interpolation to resolve a second time
@@ -56,12 +70,36 @@ def literal(value: Any) -> Any:
     return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
 
 
+def escaped(value: Any) -> Any:
+    """`value` with every text in it `literal`, through nested mappings and lists."""
+    if isinstance(value, dict):
+        return {key: escaped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [escaped(item) for item in value]
+    return literal(value)
+
+
+def resolved(node: DictConfig | dict | None, where: str) -> DictConfig | dict | None:
+    """A group node of a composed config resolved where it lies, against the whole config, as hydra resolves it:
+    merged on its own into the schema, `trainer.lr=${trainer.min_lr}` or `${model.n_heads}` named a key of a root
+    that no longer held it ("Interpolation key 'trainer.min_lr' not found"). Texts come back `literal`. A plain
+    mapping (`top_level`'s, already resolved) is left as it is."""
+    if not isinstance(node, DictConfig):
+        return node
+    try:
+        return escaped(OmegaConf.to_container(node, resolve=True))
+    except OmegaConfBaseException as err:
+        key = err.full_key if node._get_parent() is not None else join(where, err.full_key)  # full_key from its root
+        raise ConfigError(f"{key or where or 'config'}: {str(err).splitlines()[0]}") from None
+
+
 def build(cls: type[T], node: DictConfig | dict | None, where: str) -> T:
-    """Merge `node` over the dataclass defaults, convert to the dataclass and validate it.
+    """Resolve `node` (`resolved`), merge it over the dataclass defaults, convert to the dataclass and validate it.
 
     `where` is the node's dotted path in the full config (e.g. "model"; "" for verb-level keys),
     used in error messages.
     """
+    node = resolved(node, where)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), node or {})
         obj = OmegaConf.to_object(merged)

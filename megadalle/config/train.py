@@ -98,6 +98,40 @@ def _in_elements(blocks: float, block_numel: int) -> int | None:
     return int(blocks * block_numel) if blocks else None
 
 
+ABSENT = object()
+
+
+def extra_value(extra: dict, dotted: str, default: Any = ABSENT) -> Any:
+    """The value of DeepSpeed key `dotted` (`zero_optimization.stage`) in `extra`, else `default`."""
+    node: Any = extra
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+TYPED_EXTRA = {
+    "train_micro_batch_size_per_gpu": "trainer.micro_batch",
+    "gradient_accumulation_steps": "trainer.grad_accum",
+    "train_batch_size": "trainer.micro_batch and trainer.grad_accum (global batch = micro_batch * grad_accum * "
+                        "data-parallel ranks)",
+    "gradient_clipping": "trainer.grad_clip",
+    "optimizer": "trainer.lr, trainer.betas, trainer.eps and trainer.weight_decay (train's own AdamW)",
+    "scheduler": "trainer.lr, trainer.warmup_steps, trainer.decay, trainer.decay_steps and trainer.min_lr (train's "
+                 "own schedule)",
+    "bf16.enabled": "trainer.precision",
+    "bfloat16.enabled": "trainer.precision",
+    "fp16.enabled": "trainer.precision (fp32 or bf16; train has no fp16)",
+    "amp.enabled": "trainer.precision (fp32 or bf16; train has no amp)",
+    "data_types.grad_accum_dtype": "{where}.grad_accum_dtype",
+    "communication_data_type": "{where}.communication_dtype",
+}
+"""DeepSpeed keys that typed keys set (train/engine.py ds_config and build): in `extra`, deep-merged last, they
+replaced the typed value while plan and run.json still showed it (`gradient_clipping`, `bf16.enabled`), were
+ignored (`optimizer`: train passes its own), or failed inside DeepSpeed after start-up (the batch sizes)."""
+
+
 @dataclass
 class DeepSpeedConfig:
     zero_stage: int = 1
@@ -141,7 +175,8 @@ class DeepSpeedConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     """Raw DeepSpeed config keys deep-merged last, for anything this schema does not name: a nested
     mapping updates the mapping it meets key by key (`{zero_optimization: {stage3_max_live_parameters: N}}`
-    keeps the stage), any other value replaces."""
+    keeps the stage), any other value replaces. Keys that typed keys set (TYPED_EXTRA: the batch sizes, gradient
+    accumulation and clipping, bf16/fp16, the optimizer, the schedule...) are refused, naming the typed key."""
 
     def zero3_window(self, block_numel: int) -> int | None:
         """Elements of ZeRO-3's window for blocks of `block_numel` parameters (None: DeepSpeed's defaults).
@@ -166,10 +201,15 @@ class DeepSpeedConfig:
         check(self.zero3_sub_group_blocks >= 0, f"{where}.zero3_sub_group_blocks", self.zero3_sub_group_blocks,
               "must be >= 0 (0 keeps DeepSpeed's default)")
         check(self.timeout_minutes > 0, f"{where}.timeout_minutes", self.timeout_minutes, "must be positive")
-        stage = (self.extra.get("zero_optimization") or {}).get("stage", self.zero_stage)
+        stage = extra_value(self.extra, "zero_optimization.stage", self.zero_stage)
         check(stage == self.zero_stage, f"{where}.extra.zero_optimization.stage", stage,
               f"differs from {where}.zero_stage={self.zero_stage}, which checkpoints, resume and plan read: set "
               f"{where}.zero_stage={stage} instead")
+        for key, owner in TYPED_EXTRA.items():
+            value = extra_value(self.extra, key)
+            check(value is ABSENT, f"{where}.extra.{key}", value,
+                  f"train sets this DeepSpeed key from {owner.format(where=where)}; set it there instead, where plan "
+                  "and run.json see it")
 
 
 @dataclass

@@ -16,8 +16,8 @@ def check_run_dir(verb: str, cfg: DictConfig) -> None:
     """The run directory: its `name` one folder, the folder one that can be made or written (rank 0 makes it once
     DeepSpeed has started: a file or an unwritable place in its path was a traceback there), and a rerun into an
     existing one must have its config (megadalle.train.rundir.RESUMABLE aside)."""
-    from omegaconf import OmegaConf
-
+    from megadalle.config import typed_container
+    from megadalle.config.train import RunConfig
     from megadalle.train import rundir
 
     given, out_dir, name = cfg.get("run_dir"), str(cfg.get("out_dir", "outputs")), cfg.get("name")
@@ -25,7 +25,7 @@ def check_run_dir(verb: str, cfg: DictConfig) -> None:
     check_name(name, out_dir, task)
     path = rundir.path_for(given, out_dir, task, name)
     can_make(f"run_dir={given}" if given else f"out_dir={out_dir} (the run directory {path})", path, "folder")
-    rundir.check_config(path, OmegaConf.to_container(cfg, resolve=True))
+    rundir.check_config(path, typed_container(cfg, RunConfig))  # as train records it (train/loop.py)
 
 
 def check_run_keys(cfg: DictConfig) -> None:

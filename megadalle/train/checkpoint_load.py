@@ -1,4 +1,5 @@
-"""Loading the chosen checkpoint (checkpoint_choice.py) on every rank: DeepSpeed's state, the generators, the EMA.
+"""Loading the chosen checkpoint (checkpoint_choice.py) on every rank: DeepSpeed's state, the generators, the EMA;
+and, before the start-up, refusing a `resume=` checkpoint of another model's shapes (`check_resumed_model`).
 
 Every rank reads its own files, and any of them may fail on damage the completeness test could not see; the
 ranks then stop together with one line that says which checkpoint to resume from instead, rather than leave
@@ -6,6 +7,8 @@ the others in the next collective.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -14,6 +17,50 @@ import torch
 from megadalle.train import distributed, rng, schedule
 from megadalle.train.checkpoint import CheckpointError, one_line
 from megadalle.train.checkpoint_damage import complete_tags
+from megadalle.train.task import Task
+
+
+def check_resumed_model(task: Task, resume: str) -> None:
+    """Refuse, before the start-up, a `resume=` checkpoint whose run trained a model of other shapes than `task`'s,
+    naming the first parameter that differs and the model keys that run trained with (the task rebuilt from its
+    run.json, consolidate.run_task). DeepSpeed's strict load said only "Error(s) in loading state_dict", which
+    `load` took for damage. resume=auto or never, or a checkpoint without its run's run.json, has nothing to compare."""
+    run = Path(resume).parent.parent  # <run>/checkpoints/step_N
+    if resume in ("auto", "never") or not (run / "run.json").is_file():
+        return
+    from megadalle.train.consolidate import meta_model, run_task
+
+    try:
+        source, config = run_task(run)
+    except (ValueError, KeyError, OSError, ImportError, AttributeError):  # a record it cannot rebuild: `load` says
+        return
+    there, here = shapes(meta_model(source)), shapes(meta_model(task))
+    if there == here:
+        return
+    name = next(name for name in [*there, *here] if there.get(name) != here.get(name))
+    keys = model_keys(source, task, config)
+    raise CheckpointError(
+        f"resume={resume}: its run trained another model than the one configured here ({name}: {there.get(name)} "
+        f"there, {here.get(name)} here); " + (f"give the model keys it trained with: {' '.join(keys)}" if keys else
+                                              f"configure the model its {run / 'run.json'} records"))
+
+
+def shapes(model: torch.nn.Module) -> dict[str, list[int]]:
+    return {name: list(param.shape) for name, param in model.named_parameters()}
+
+
+def model_keys(source: Task, task: Task, config: dict) -> list[str]:
+    """`group.key=value` for each model key whose value in the `source` run (its recorded `config`) differs from
+    `task`'s, found under the group of `config` that holds the model's keys; none for a task of another kind."""
+    if type(source) is not type(task):
+        return []
+    there, here = (spec if isinstance(spec, dict) else dataclasses.asdict(spec)
+                   for spec in (source.export_spec().config, task.export_spec().config))
+    group = next((key for key, node in config.items() if isinstance(node, dict) and set(there) <= set(node)), None)
+    if group is None:
+        return []
+    return [f"{group}.{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
+            for key, value in there.items() if value != here.get(key)]
 
 
 def load(engine, path: Path, rank: int, ema=None, universal: Path | None = None) -> dict:
@@ -41,14 +88,29 @@ def load(engine, path: Path, rank: int, ema=None, universal: Path | None = None)
     except CheckpointError as err:
         error = str(err)
     except Exception as err:  # whatever reading a damaged file raises: KeyError, UnpicklingError, RuntimeError...
-        older = complete_tags(path.parent, before=path.name)
-        error = (f"cannot load the checkpoint {universal or path} ({one_line(err)}); if it is damaged, "
-                 + (f"resume from the complete one before it: resume={path.parent / older[-1]}" if older
-                    else "start over in a new run_dir: no complete checkpoint precedes it"))
+        error = unreadable(err, path, universal)
     error = distributed.first_error(error)
     if error is not None:
         raise CheckpointError(error)
     return client_state
+
+
+def unreadable(err: Exception, path: Path, universal: Path | None) -> str:
+    """Why the checkpoint `path` failed to load with `err`: another model's (torch names the first parameter whose
+    shape or name differs), else damage, with the complete checkpoint before it to go back to."""
+    source = universal or path
+    if isinstance(err, RuntimeError) and str(err).startswith(STATE_DICT_ERROR):
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")[:300]
+        return (f"cannot load the checkpoint {source}: it holds another model than the one configured ({detail}); "
+                "resume from it with the model keys its run trained with (its run.json)")
+    older = complete_tags(path.parent, before=path.name)
+    return (f"cannot load the checkpoint {source} ({one_line(err)}); if it is damaged, "
+            + (f"resume from the complete one before it: resume={path.parent / older[-1]}" if older
+               else "start over in a new run_dir: no complete checkpoint precedes it"))
+
+
+STATE_DICT_ERROR = "Error(s) in loading state_dict"
+"""How torch's Module.load_state_dict begins its error for parameters of other shapes or names (strict load)."""
 
 
 def _read(engine, path: Path, rank: int, ema, universal: Path | None) -> dict:

@@ -134,3 +134,30 @@ def test_a_stage_in_extra_must_be_zero_stage():
     with pytest.raises(ConfigError, match=r"extra.zero_optimization.stage=3: differs from deepspeed.zero_stage=1.*"
                                           r"set deepspeed.zero_stage=3 instead"):
         layout("zero1", "++deepspeed.extra.zero_optimization.stage=3")
+
+
+@pytest.mark.parametrize("extra,typed", [
+    ("gradient_accumulation_steps=2", "trainer.grad_accum"),
+    ("train_micro_batch_size_per_gpu=2", "trainer.micro_batch"),
+    ("train_batch_size=64", "trainer.micro_batch and trainer.grad_accum"),
+    ("gradient_clipping=0.0", "trainer.grad_clip"),
+    ("optimizer.type=SGD", "trainer.lr, trainer.betas"),
+    ("scheduler.type=WarmupLR", "trainer.lr, trainer.warmup_steps"),
+    ("bf16.enabled=true", "trainer.precision"),
+    ("fp16.enabled=true", "trainer.precision"),
+    ("data_types.grad_accum_dtype=bf16", "deepspeed.grad_accum_dtype"),
+    ("communication_data_type=bf16", "deepspeed.communication_dtype"),
+])
+def test_extra_keys_that_typed_keys_set_are_refused_naming_the_typed_key(extra, typed):
+    """They replaced the typed value while plan and run.json showed it (gradient_clipping, bf16), were ignored
+    (optimizer) or failed inside DeepSpeed after start-up (the batch sizes)."""
+    key = extra.partition("=")[0].removesuffix(".type")  # the whole optimizer or scheduler is refused
+    with pytest.raises(ConfigError, match=rf"^deepspeed\.extra\.{key}=.*: train sets this DeepSpeed key from "
+                                          rf"{typed}.*; set it there instead"):
+        layout("zero1", f"+deepspeed.extra.{extra}")
+
+
+def test_extra_keys_no_typed_key_sets_pass():
+    ds = layout("zero1", "+deepspeed.extra.bf16.immediate_grad_update=false",
+                "+deepspeed.extra.zero_optimization.overlap_comm=false", "+deepspeed.extra.fp16.loss_scale=0")
+    assert ds.extra["bf16"] == {"immediate_grad_update": False}
