@@ -36,7 +36,8 @@ def test_every_name_of_the_cpu_loads(trained, device):
 
 
 def test_the_meta_device_is_refused_in_one_line_naming_it(trained):
-    for read in (lambda: load_weights(trained[2], "dvae", "meta"), lambda: load_model(trained[2], "dvae", device="meta")):
+    dvae = trained[2]
+    for read in (lambda: load_weights(dvae, "dvae", "meta"), lambda: load_model(dvae, "dvae", device="meta")):
         with pytest.raises(DeviceError, match=r"^device=meta: the meta device holds no values") as refused:
             read()
         assert "\n" not in str(refused.value) and "re-export" not in str(refused.value)

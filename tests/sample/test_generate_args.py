@@ -18,8 +18,8 @@ PROMPT = "a red circle"
 @pytest.fixture
 def models(tmp_path):
     write_tiny_models(tmp_path)
-    return (load_model(tmp_path / "model.safetensors", "transformer"), load_model(tmp_path / "dvae.safetensors", "dvae"),
-            None, Tokenizer(tmp_path / "tokenizer.model"))
+    return (load_model(tmp_path / "model.safetensors", "transformer"),
+            load_model(tmp_path / "dvae.safetensors", "dvae"), None, Tokenizer(tmp_path / "tokenizer.model"))
 
 
 def draw(models, n=3, keep=3, batch_size=2, seed=5):
