@@ -62,7 +62,7 @@ def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None =
     return export(run_dir, path, checkpoint, ema, dtype, max_shard_bytes, before_replace)
 
 
-def read_model(path: str | Path, kind: str, ema: bool | None = False, dtype: torch.dtype = torch.float32,
+def read_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torch.dtype = torch.float32,
                device: torch.device | str = "cpu") -> nn.Module:
     """A model from its weights (the one reading of weights for bundles and `generate`)."""
     from megadalle.sampling.load import load_model
@@ -322,7 +322,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
 
 def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | None = None, clip: str | None = None,
                 clip_model: str = "megadalle", want_clip: bool = True, without_clip: str = "rerank=false",
-                ema: bool | None = False, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                ema: bool | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                 check_text: Callable[[Any], None] | None = None) -> Pipeline:
     """What a sampling verb samples with, from its keys (`sampling_files`). Everything is checked before a
     tensor is read: the device, `ema` (None: each run directory's EMA where it trained one), the files and whether
@@ -351,19 +351,25 @@ def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | N
     return Pipeline(transformer, decoder, clip_module, reranker, words, files.manifest)
 
 
-def load_pipeline(folder: str | Path, device: str = "cpu", dtype: str | torch.dtype = torch.float32) -> Pipeline:
-    """The models and tokenizer of a model folder written by `export output=FOLDER`; the Transformer in `dtype`,
-    named as `generate` names it (auto, fp32, bf16: megadalle.devices.pick_dtype) or a floating torch.dtype, the
-    dVAE and CLIP in float32."""
+def load_pipeline(weights: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32,
+                  ema: bool | None = None, rerank: bool = True, dvae_weights: str | None = None,
+                  tokenizer: str | None = None, clip_weights: str | None = None,
+                  clip_model: str = "megadalle") -> Pipeline:
+    """The models and tokenizer that `megadalle generate weights=WEIGHTS` samples with, found as it finds them
+    (`sampling_files`, with generate's keys of the same names): a model folder written by `export output=FOLDER`
+    (or its transformer/ inside), a training run directory, or exported weights with their pieces beside them.
+    The Transformer in `dtype`, named as `generate` names it (auto, fp32, bf16: megadalle.devices.pick_dtype) or a
+    floating torch.dtype, the dVAE and CLIP in float32; `ema` as generate's (None = auto); `rerank=False` reads no
+    CLIP (a model folder exported without one has none, unless `clip_weights` is given)."""
     from megadalle.devices import pick_device, pick_dtype
 
     device = pick_device(str(device))
     dtype = pick_dtype(dtype, device)
-    folder = Path(folder)
-    if not is_bundle(folder):
-        raise BundleError(f"{folder}: not a model folder (no {MANIFEST}); write one with "
-                          f"`megadalle export run=RUN output={folder}`")
-    manifest = read_record(folder / MANIFEST)
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return open_models(folder, want_clip=bool(manifest.get("clip")), device=device, dtype=dtype)
+    folder = folder_of_transformer(Path(weights))
+    if is_bundle(folder):
+        manifest = read_record(folder / MANIFEST)
+        if manifest.get("format") != FORMAT:
+            raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        rerank = rerank and bool(manifest.get("clip") or clip_weights)
+    return open_models(folder, dvae_weights, tokenizer, clip_weights, clip_model, rerank, "rerank=False", ema,
+                       device, dtype)

@@ -24,14 +24,23 @@ class DeviceError(ConfigError):
 
 
 def pick_device(name: str) -> torch.device:
-    """auto = cuda when available, else cpu; anything else as torch names it, checked to exist here (torch's
-    own failure comes later and elsewhere, e.g. as a pin_memory error while weights load)."""
+    """auto = cuda when available, else cpu; anything else as torch names it (cpu:0 too), checked to exist here
+    (torch's own failure comes later and elsewhere, e.g. as a pin_memory error while weights load). meta is
+    refused: weights read onto it would be no weights."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:
         raise DeviceError(f"device={name!r}: {str(err).splitlines()[0]}") from None
+    if device.type == "meta":
+        raise DeviceError(f"device={name}: the meta device holds no values, so no weights can be read onto it; "
+                          "use device=cpu, cuda or auto")
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, ...: torch's own check, where this torch has one
+        backend = getattr(torch, device.type, None)
+        if not getattr(backend, "is_available", lambda: False)():
+            raise DeviceError(f"device={name}: this machine has no {device.type} device that torch "
+                              f"{torch.__version__} can use; use device=cpu, cuda or auto")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
-from megadalle.config.sample import GenerateConfig, check_request, check_settings
+from megadalle.config.sample import GenerateConfig, check_models, check_request, check_settings
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import output_folder, refuse_earlier_results, stopped
@@ -55,7 +55,8 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     open_clip model) keep the `keep` best by CLIP score, else the first. Arguments the CLI would refuse are refused
     here too (ConfigError, a ValueError naming the argument). With `saved`, the batches it holds are not drawn
     again, and each batch drawn is added to it as soon as it is scored (megadalle.sampling.resume)."""
-    check_request(prompt, n, keep, batch_size, seed)
+    check_models(model=model, dvae=dvae, tokenizer=tokenizer)
+    n, keep, batch_size, seed = check_request(prompt, n, keep, batch_size, seed)
     check_settings(settings)
     check_prompt(tokenizer, prompt)
     check_device_fits(model, min(batch_size, n))

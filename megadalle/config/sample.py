@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from omegaconf import MISSING
 
-from megadalle.config import check
+from megadalle.config import ConfigError, check
 from megadalle.config.ema import check_ema
 
 DTYPE_CHOICES = ("auto", "fp32", "bf16")
@@ -85,19 +87,52 @@ class GenerateConfig:
         check_sampling(self)
 
 
-def check_request(prompt, n, keep, batch_size, seed) -> None:
+def check_request(prompt, n, keep, batch_size, seed) -> tuple[int, int, int, int]:
     """What one `generate` call samples: one prompt that is not blank, positive counts, no more kept than drawn (a
-    larger keep quietly kept n), an integer seed. Checked
+    larger keep quietly kept n), an integer seed; returns (n, keep, batch_size, seed) as Python ints. Checked
     for the CLI (GenerateConfig.validate) and for Python callers of megadalle.sample.generate alike, whose
     arguments no schema has typed: a list of prompts or seed=None failed as TypeErrors deep in the tokenizer or
-    the sampler, and "" sampled every image from pads alone."""
+    the sampler, and "" sampled every image from pads alone. A numpy integer is the int it holds (seed=np.int64(0)
+    overflowed in the sampler's seed arithmetic); a bool is no count or seed (n=True failed deep in the sampler,
+    seed=True sampled as seed 1)."""
     check(isinstance(prompt, str), "prompt", prompt, "expected one prompt (a str); call generate once per prompt")
     check(bool(prompt.strip()), "prompt", prompt, "must not be empty")
+    n, keep, batch_size, seed = (_integer(name, value) for name, value in
+                                 (("n", n), ("keep", keep), ("batch_size", batch_size), ("seed", seed)))
     for name, value in (("n", n), ("keep", keep), ("batch_size", batch_size)):
-        check(isinstance(value, numbers.Integral), name, value, "expected an integer")
         check(value > 0, name, value, "must be positive")
     check(keep <= n, "keep", keep, f"must be at most n={n}, the samples drawn")
-    check(isinstance(seed, numbers.Integral), "seed", seed, "expected an integer")
+    return n, keep, batch_size, seed
+
+
+def _integer(name: str, value) -> int:
+    """`value` as a Python int: an int or a numpy integer (operator.index), never a bool."""
+    check(not isinstance(value, bool), name, value, "expected an integer, not a bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{name}={value!r}: expected an integer") from None
+
+
+PIECES = {"model": ("the Transformer", ("parameters", "cfg"), ".transformer"),
+          "dvae": ("the dVAE", ("decode_codes",), ".dvae"),
+          "tokenizer": ("a Tokenizer", ("encode", "decode"), ".tokenizer")}
+"""generate's model arguments: what each is, what it must have, and the Pipeline attribute that holds it."""
+
+
+def check_models(**pieces) -> None:
+    """generate's `model`, `dvae` and `tokenizer` are the loaded objects, not the CLI's paths to them (a path, or a
+    whole Pipeline, failed as an AttributeError deep in the sampler): refused naming the argument and what to
+    pass."""
+    for name, value in pieces.items():
+        what, needs, attribute = PIECES[name]
+        if all(hasattr(value, need) for need in needs):
+            continue
+        got = (f"the path {str(value)!r}" if isinstance(value, (str, PurePath))
+               else f"a {type(value).__name__}")
+        source = ("pass its" if type(value).__name__ == "Pipeline"
+                  else "load it with megadalle.load_pipeline(PATH) and pass its")
+        raise ConfigError(f"{name}: expected {what}, got {got}; {source} {attribute}")
 
 
 def check_settings(settings) -> None:

@@ -42,7 +42,13 @@ caption this way costs nothing (it is only a filter) and spares a pass over the 
 
 
 class TokenizerError(UserError, ValueError):
-    """A file megadalle cannot tokenize with; callers that know the key prefix it (`data.tokenizer=FILE: ...`)."""
+    """A file megadalle cannot tokenize with; callers that know the key prefix it (`data.tokenizer=FILE: ...`). One
+    that cannot be read at all names its path (`FILE: cannot be read`, what a Python caller sees); `reason` is the
+    message without it, for the callers that name the key."""
+
+    def __init__(self, reason: str, path: str | Path | None = None):
+        super().__init__(reason if path is None else f"{path}: {reason}")
+        self.reason = reason
 
 
 def model_type(proto: bytes) -> str:
@@ -63,10 +69,11 @@ class Tokenizer:
     """
 
     def __init__(self, model: str | Path | bytes, add_bos: bool = False, add_eos: bool = False):
+        path = None if isinstance(model, bytes) else model
         try:
-            self.proto = model if isinstance(model, bytes) else Path(model).read_bytes()
+            self.proto = model if path is None else Path(model).read_bytes()
         except OSError as err:
-            raise TokenizerError(f"cannot be read ({err.strerror})") from None
+            raise TokenizerError(f"cannot be read ({err.strerror})", path) from None
         self.add_bos, self.add_eos = add_bos, add_eos
         try:
             self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
@@ -97,6 +104,8 @@ class Tokenizer:
                    seed: int | None = None) -> tuple[list[int], bool]:
         """`encode`'s ids fitted to text_len, and whether the caption lost tokens to fit: the loaders count
         these, since a caption's last words often carry what the image depends on."""
+        if text_len < 0:  # ids[:-3] cut from the end, and the padding was empty: encode(text, -3) gave 2 ids
+            raise ValueError(f"text_len={text_len!r}: must be >= 0")
         ids = self._pieces(text, dropout, seed)
         cut = len(ids) > text_len
         if self.add_eos:
@@ -117,7 +126,11 @@ class Tokenizer:
 
     def encode_batch_cut(self, texts: list[str], text_len: int, dropout: float = 0.0,
                          seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`encode_batch`'s ids and a BoolTensor [len(texts)]: which captions were cut to fit."""
+        """`encode_batch`'s ids and a BoolTensor [len(texts)]: which captions were cut to fit. One str is refused:
+        it was read as a list of its characters, a row each."""
+        if isinstance(texts, str):
+            raise TypeError(f"texts={texts!r}: expected a list of captions, got one str (encode_batch([text]) "
+                            "for one, or encode(text, text_len))")
         pairs = [self.encode_cut(t, text_len, dropout, None if seed is None else seed + i)
                  for i, t in enumerate(texts)]
         return (torch.tensor([ids for ids, _ in pairs], dtype=torch.long),

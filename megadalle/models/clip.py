@@ -106,6 +106,7 @@ class CLIP(nn.Module):
 
     def __init__(self, cfg: ClipConfig):
         super().__init__()
+        cfg.validate()  # as Transformer(cfg): a patch size the image does not divide built, and dropped pixels
         self.cfg = cfg
         self.text = TextEncoder(cfg)
         self.image = ImageEncoder(cfg)

@@ -145,6 +145,7 @@ class Decoder(nn.Module):
 class DVAE(nn.Module):
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
+        cfg.validate()  # as Transformer(cfg): a size the pools do not divide built, and encoded a 33 px image to 4x4
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
@@ -161,7 +162,17 @@ class DVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, S, S] in [0, 1] -> codes [B, h, w] (int64): the argmax, no Gumbel noise (as the paper)."""
+        """Images [B, 3, S, S] in [0, 1] -> codes [B, h, w] (int64): the argmax, no Gumbel noise (as the paper).
+
+        Pixels of another range (uint8, or floats in 0-255) are refused: mapped as they are, they gave other codes
+        in silence. The range check costs one device sync, here only: training runs `logits` and `forward`, and
+        encode's callers (the encode verb, the media grid) bring the codes to the host right after anyway."""
+        if not images.is_floating_point():
+            raise ValueError(f"images of dtype {images.dtype}: expected floating pixels in [0, 1] (uint8 images: "
+                             "images.float() / 255)")
+        low, high = (float(v) for v in torch.aminmax(images)) if images.numel() else (0.0, 0.0)
+        if low < 0 or high > 1:
+            raise ValueError(f"images in [{low:g}, {high:g}]: expected pixels in [0, 1] (0-255 pixels: divide by 255)")
         return self.logits(images).argmax(dim=1)
 
     def stats_to_images(self, stats: torch.Tensor) -> torch.Tensor:
@@ -170,7 +181,14 @@ class DVAE(nn.Module):
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [B, h, w] (any integer dtype) -> images [B, 3, S, S] in [0, 1] (used by sampling)."""
+        """Codes [B, h, w] (any integer dtype) -> images [B, 3, S, S] in [0, 1] (used by sampling). Flat codes
+        [B, h*w], as the sampler returns them, are refused by name (they failed in a permute), and so are floats
+        (truncated in silence)."""
+        if codes.dim() != 3:
+            raise ValueError(f"codes of shape {list(codes.shape)}: expected [B, h, w] (flat codes [B, h*w] from "
+                             "the sampler: megadalle.sample.decode(dvae, codes, grid_size))")
+        if codes.is_floating_point() or codes.is_complex():
+            raise ValueError(f"codes of dtype {codes.dtype}: expected integer codes")
         codes = codes.long()
         if codes.min() < 0 or codes.max() >= self.cfg.vocab_size:
             raise ValueError(f"codes outside [0, {self.cfg.vocab_size}): min {int(codes.min())}, max {int(codes.max())}")

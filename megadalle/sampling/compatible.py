@@ -95,7 +95,7 @@ def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | 
     try:
         vocab = Tokenizer(tokenizer).vocab_size
     except TokenizerError as err:
-        raise TokenizerError(f"tokenizer={tokenizer}: {err}") from None
+        raise TokenizerError(f"tokenizer={tokenizer}: {err.reason}") from None
     check_compatible(*configs, vocab, names)
     if recorded is not None and (digest := sha256(tokenizer)) != recorded.sha256:
         raise IncompatibleModels(f"tokenizer={tokenizer}: not the tokenizer the Transformer was trained with (sha256 "

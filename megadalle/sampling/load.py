@@ -37,29 +37,38 @@ def _builders() -> dict[str, tuple[type, type]]:
     return {"transformer": (TransformerConfig, Transformer), "dvae": (DVAEConfig, DVAE), "clip": (ClipConfig, CLIP)}
 
 
-def load_model(path: str | Path, kind: str, ema: bool | None = False, dtype: torch.dtype = torch.float32,
+def load_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torch.dtype | str = torch.float32,
                device: torch.device | str = "cpu") -> nn.Module:
-    """A `kind` model ("transformer", "dvae", "clip") from a .safetensors file or a run directory (its EMA, its live
-    weights, or with `ema` None the EMA where it trained one: consolidate.chosen_ema), its floating tensors in
-    `dtype`, on `device`. Exported weights are read tensor by tensor onto `device` in `dtype`: a 12B
-    exported in bf16 and sampled in bf16 on a GPU takes its 24.6 GB there and none in host memory."""
+    """A `kind` model ("transformer", "dvae", "clip") from a .safetensors file or a run directory, its floating
+    tensors in `dtype` (a floating torch.dtype, or as `generate` names it: auto, fp32, bf16), on `device`
+    (both checked as the verbs check them: megadalle.devices). `ema`: a run directory's EMA, its live weights, or
+    with None (the default, as the verbs' ema=auto) its EMA where it trained one (consolidate.chosen_ema), so a
+    run read here is the model `generate` and `encode` sample with. Exported weights are read tensor by tensor
+    onto `device` in `dtype`: a 12B exported in bf16 and sampled in bf16 on a GPU takes its 24.6 GB there and
+    none in host memory. The build leaves torch's global generator as it was (the Transformer draws its layers'
+    base seed from it, megadalle.models.seeding): loading weights is no random draw of the caller's."""
+    from megadalle.devices import pick_device, pick_dtype
+
     path = Path(path)
     if not path.exists():
         raise ModelNotFound(f"no {kind} weights file or run directory at {path}")
     builders = _builders()
     if kind not in builders:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(builders)}")
+    device = pick_device(str(device))
+    dtype = pick_dtype(dtype, device)
     config_cls, model_cls = builders[kind]
-    if is_run(path):
-        from megadalle.train.consolidate import load_run
+    with torch.random.fork_rng(devices=[]):
+        if is_run(path):
+            from megadalle.train.consolidate import load_run
 
-        model_config(path, kind)  # the kind, checked before the weights are read
-        model = load_run(path, ema=ema, dtype=dtype)[0].to(device)
-    else:
-        state, config = load_weights(path, kind, device, dtype)
-        with torch.device("meta"):
-            model = model_cls(build(config_cls, config, kind))
-        model.load_state_dict(state, strict=True, assign=True)
+            model_config(path, kind)  # the kind, checked before the weights are read
+            model = load_run(path, ema=ema, dtype=dtype)[0].to(device)
+        else:
+            state, config = load_weights(path, kind, device, dtype)
+            with torch.device("meta"):
+                model = model_cls(build(config_cls, config, kind))
+            model.load_state_dict(state, strict=True, assign=True)
     if kind == "transformer":  # trained with attention_backend=triton on GPUs, it still samples on a CPU
         model.use_attention_backend("auto")
     return model.eval()

@@ -53,22 +53,37 @@ def weight_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-def _open(file: Path, device: torch.device | str = "cpu"):
-    """`safe_open` of `file`, one that is cut short or is no safetensors file `damaged`."""
+def _open(file: Path, device: str = "cpu"):
+    """`safe_open` of `file`, one that is cut short or is no safetensors file `damaged`. Every file is opened on the
+    CPU first (its header read whole), so a failure opening it on another device is that device's, said so."""
     try:
-        return safe_open(str(file), framework="pt", device=str(device))
+        return safe_open(str(file), framework="pt", device=device)
     except SafetensorError as err:
+        if device != "cpu":
+            from megadalle.devices import DeviceError
+
+            raise DeviceError(f"device={device}: the weights {file} cannot be read onto it ({err})") from None
         raise damaged(file, f"not a whole safetensors file ({err})") from None
 
 
+def _device_name(device: torch.device) -> str:
+    """The device as safetensors names it: it takes cpu, not cpu:0 (nor torch.device("cpu", 0))."""
+    return "cpu" if device.type == "cpu" else str(device)
+
+
 def load_weights(path: str | Path, kind: str | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+                 dtype: torch.dtype | str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Read weights (a .safetensors file, an index JSON, or a folder holding either) and their config;
-    `kind` (e.g. "dvae") is checked when given.
+    `kind` (e.g. "dvae") is checked when given. `device` and `dtype` (None: as stored) are checked and named as
+    the verbs name them (megadalle.devices: cpu:0 or torch.device("cpu", 0) is the CPU, "bf16" is bfloat16).
 
     Tensors are read one at a time straight onto `device` and, with `dtype`, cast there (`as_dtype`:
     integer tensors keep theirs), so a bf16 12B read onto a GPU never holds the weights in host memory, nor an fp32
     copy anywhere."""
+    from megadalle.devices import pick_device, pick_dtype
+
+    device = pick_device(str(device))
+    dtype = None if dtype is None else pick_dtype(dtype, device)
     files = weight_files(path)
     config = read_config(path, kind, files)
     for file in files:  # each one whole (its header read, its size checked), before the first tensor is read
@@ -76,7 +91,7 @@ def load_weights(path: str | Path, kind: str | None = None, device: torch.device
             pass
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        with _open(file, device) as tensors:
+        with _open(file, _device_name(device)) as tensors:
             for name in tensors.keys():
                 tensor = tensors.get_tensor(name)
                 state[name] = tensor if dtype is None else as_dtype(tensor, dtype)

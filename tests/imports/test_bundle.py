@@ -13,7 +13,7 @@ from megadalle.bundle import BundleError, write_bundle
 from megadalle.cli import main
 from megadalle.config.compose import compose
 from megadalle.sampling.compatible import IncompatibleModels
-from megadalle.sampling.load import WrongKind, model_config
+from megadalle.sampling.load import ModelNotFound, WrongKind, model_config
 from megadalle.sampling.rerank import RerankerError, as_reranker
 from megadalle.weights import load_weights
 from tests.sample.test_compatible import dvae_config, save_dvae
@@ -85,8 +85,8 @@ def test_missing_pieces_are_named(trained, tmp_path, capsys):
         write_bundle(run, tmp_path / "m")
     with pytest.raises(BundleError, match="clip_weights=.*no such file"):
         write_bundle(run, tmp_path / "m", dvae_weights=str(dvae), clip_weights=str(tmp_path / "nope.safetensors"))
-    with pytest.raises(BundleError, match="not a model folder"):
-        megadalle.load_pipeline(tmp_path)
+    with pytest.raises(ModelNotFound, match="no clip.safetensors beside .*or pass rerank=False"):
+        megadalle.load_pipeline(tmp_path)  # read as generate reads weights=FOLDER
     folder = write_bundle(run, tmp_path / "noclip", dvae_weights=str(dvae), clip_weights=str(clip))
     folder = write_bundle(run, folder, dvae_weights=str(dvae))  # CLIP is optional; the earlier export's goes
     assert megadalle.load_pipeline(folder).clip is None

@@ -1,0 +1,103 @@
+"""Reading models from Python as the CLI reads them: load_model's EMA default, the devices and dtypes it takes,
+load_pipeline's paths, and a load that leaves the caller's random generator alone (hunt P1, P2, P3, P6, P11)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import megadalle
+from megadalle.bundle import read_model, write_bundle
+from megadalle.devices import DeviceError
+from megadalle.sampling.load import load_model
+from megadalle.train.consolidate import load_run
+from megadalle.weights import load_weights
+
+
+def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(t.equal(b.state_dict()[name]) for name, t in a.state_dict().items())
+
+
+def test_a_run_read_in_python_is_its_ema_as_the_verbs_read_it(trained_ema):
+    """load_model(RUN) read the live weights while generate and encode sample a run's EMA (ema=auto)."""
+    run = trained_ema[0]
+    live, ema = (load_run(run, ema=flag)[0] for flag in (False, True))
+    assert not same(live, ema)
+    for read in (load_model, read_model):
+        assert same(read(run, "transformer"), ema) and same(read(run, "transformer", ema=False), live)
+
+
+@pytest.mark.parametrize("device", ["cpu:0", torch.device("cpu", 0)])
+def test_every_name_of_the_cpu_loads(trained, device):
+    """cpu:0 was reported as damaged weights ("re-export the weights"): safetensors names the CPU only `cpu`."""
+    dvae = trained[2]
+    state, _ = load_weights(dvae, "dvae", device)
+    assert all(t.device.type == "cpu" for t in state.values())
+    assert next(load_model(dvae, "dvae", device=device).parameters()).device.type == "cpu"
+
+
+def test_the_meta_device_is_refused_in_one_line_naming_it(trained):
+    dvae = trained[2]
+    for read in (lambda: load_weights(dvae, "dvae", "meta"), lambda: load_model(dvae, "dvae", device="meta")):
+        with pytest.raises(DeviceError, match=r"^device=meta: the meta device holds no values") as refused:
+            read()
+        assert "\n" not in str(refused.value) and "re-export" not in str(refused.value)
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has an mps device")
+def test_a_device_this_machine_lacks_is_named_not_taken_for_damaged_weights(trained):
+    """load_weights(f, device="mps") on a machine without one was a RuntimeError from deep in the read."""
+    with pytest.raises(DeviceError, match=r"^device=mps: this machine has no mps device"):
+        load_weights(trained[2], "dvae", "mps")
+
+
+def test_load_model_takes_dtypes_and_devices_as_the_verbs_name_them(trained):
+    """dtype="bf16" reached tensor.to as a device string; device=cuda on a CPU machine a pin_memory error."""
+    dvae = trained[2]
+    assert all(t.dtype == torch.bfloat16 for t in load_model(dvae, "dvae", dtype="bf16").parameters())
+    assert all(t.dtype == torch.bfloat16 for t in load_weights(dvae, "dvae", dtype="bf16")[0].values())
+    with pytest.raises(ValueError, match=r"^dtype='half': expected one of auto, fp32, bf16$"):
+        load_model(dvae, "dvae", dtype="half")
+    if not torch.cuda.is_available():
+        for read in (lambda: load_model(dvae, "dvae", device="cuda"), lambda: load_weights(dvae, "dvae", "cuda")):
+            with pytest.raises(DeviceError, match=r"^device=cuda: this machine has no CUDA GPU"):
+                read()
+
+
+def test_loading_leaves_the_global_generator_as_it_was(trained):
+    """Building the Transformer drew its layers' base seed from the caller's generator."""
+    run = trained[0]
+    for read in (lambda: load_model(run, "transformer"), lambda: load_model(trained[2], "dvae")):
+        torch.manual_seed(0)
+        before = torch.get_rng_state()
+        read()
+        assert torch.get_rng_state().equal(before)
+
+
+def test_exported_transformer_weights_keep_the_generator_too(trained, tmp_path):
+    run, _, dvae, clip = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    load_model(folder / "transformer", "transformer")
+    megadalle.load_pipeline(folder)
+    assert torch.get_rng_state().equal(before)
+
+
+def test_load_pipeline_takes_the_paths_generate_takes(trained, tmp_path):
+    """load_pipeline("model/transformer") and a run directory were refused with advice to export over them, which
+    export refuses; generate reads both."""
+    run, tok, dvae, clip = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    whole = megadalle.load_pipeline(folder)
+    for path in (folder / "transformer", folder / "transformer" / "model.safetensors.index.json"):
+        pipe = megadalle.load_pipeline(path)
+        assert same(pipe.transformer, whole.transformer) and pipe.manifest == whole.manifest
+    pipe = megadalle.load_pipeline(run)  # its dVAE and CLIP beside it, as generate weights=RUN finds them
+    assert same(pipe.transformer, load_model(run, "transformer")) and same(pipe.clip, load_model(clip, "clip"))
+    assert megadalle.load_pipeline(run, rerank=False).clip is None
+    pipe = megadalle.load_pipeline(run, dvae_weights=str(dvae), clip_weights=str(clip))
+    assert same(pipe.dvae, load_model(dvae, "dvae"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as refused:  # advice it can follow, not an export over the folder
+        megadalle.load_pipeline(tmp_path / "empty")
+    assert "output=" not in str(refused.value) and "rerank=False" in str(refused.value)

@@ -1,0 +1,58 @@
+"""megadalle.sample.generate's arguments from Python: numpy integers are the ints they hold, bools no counts, and
+paths in place of the loaded models are refused naming the argument (hunt P4, P7)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from megadalle.config import ConfigError
+from megadalle.data.tokenizer import Tokenizer
+from megadalle.sample import generate
+from megadalle.sampling.load import load_model
+from megadalle.sampling.loop import SamplingSettings
+from tests.sample.test_generate import write_tiny_models
+
+PROMPT = "a red circle"
+
+
+@pytest.fixture
+def models(tmp_path):
+    write_tiny_models(tmp_path)
+    return (load_model(tmp_path / "model.safetensors", "transformer"),
+            load_model(tmp_path / "dvae.safetensors", "dvae"), None, Tokenizer(tmp_path / "tokenizer.model"))
+
+
+def draw(models, n=3, keep=3, batch_size=2, seed=5):
+    return generate(*models, PROMPT, n, keep, batch_size, SamplingSettings(), seed, progress=False)
+
+
+def test_numpy_integers_sample_as_the_ints_they_hold(models):
+    """seed=np.int64(0) overflowed in the sampler's seed arithmetic."""
+    plain = draw(models)
+    for kind in (np.int64, np.int32, np.uint8):
+        got = draw(models, kind(3), kind(3), kind(2), kind(5))
+        assert got.images.equal(plain.images) and got.indices == plain.indices
+
+
+@pytest.mark.parametrize("name", ["n", "keep", "batch_size", "seed"])
+def test_a_bool_is_no_count_nor_seed(models, name):
+    """n=True failed deep in the sampler; seed=True sampled as seed 1."""
+    args = dict(n=3, keep=1, batch_size=2, seed=5) | {name: True}
+    with pytest.raises(ConfigError, match=rf"^{name}=True: expected an integer, not a bool$"):
+        draw(models, **args)
+
+
+@pytest.mark.parametrize("slot,attribute", [(0, ".transformer"), (1, ".dvae"), (3, ".tokenizer")])
+def test_paths_or_a_pipeline_in_place_of_the_models_are_refused_by_name(models, tmp_path, slot, attribute):
+    """generate(model="model/transformer") and the like were AttributeErrors from deep in the sampler."""
+    name = ("model", "dvae", None, "tokenizer")[slot]
+    given = list(models)
+    given[slot] = str(tmp_path / "x")
+    with pytest.raises(ConfigError, match=rf"^{name}: expected .*, got the path '{tmp_path / 'x'}'; load it with "
+                                          rf"megadalle.load_pipeline\(PATH\) and pass its \{attribute}$"):
+        draw(given)
+    from megadalle.bundle import Pipeline
+
+    given[slot] = Pipeline(*models[:2], None, None, models[3], {})
+    with pytest.raises(ConfigError, match=rf"^{name}: expected .*, got a Pipeline; pass its \{attribute}$"):
+        draw(given)
