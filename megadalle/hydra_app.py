@@ -69,11 +69,11 @@ class VerbJob:
         with open_dict(cfg):
             restore(cfg, conf_dir(), self.verb, choices, given)
             keep_text(cfg, self.verb, self.overrides)  # a sweep's values stay hydra's: keep_text skips sweeps
-            in_folder = multirun and place_outputs(cfg, self.verb, task, num, folder)
-        if in_folder:
+            home = place_outputs(cfg, self.verb, task, num, folder) if multirun else None
+        if home:
             swept = swept_keys(self.overrides)
             try:
-                check_record(folder, num, task, swept)
+                check_record(home, num, task, swept)
             except UserError as err:
                 message = f"{job_named(num, task, swept)}: {err}"
                 self.stop(fail(self.verb, message), message)
@@ -86,7 +86,8 @@ class VerbJob:
             raise
         finally:
             if self.records and code != 2:
-                write_record(folder, composed, hydra_root, task)
+                for place in {folder, home[0] if home else folder}:
+                    write_record(place, composed, hydra_root, task)
         if code in (2, STOPPED_EXIT, 130):  # a user error, a stop signal or Ctrl-C stops the sweep
             self.stop(code, said[-1] if said else None)
         return code

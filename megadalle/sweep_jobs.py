@@ -8,9 +8,10 @@ one left to its default is the job's own folder, `<hydra.sweep.dir>/<i>`. A verb
 (`index dir=`) cannot go per job, and a sweep of several jobs over one input is refused up front.
 
 Job folders are found again by number, so a second sweep over other values met the first one's folders and went on
-from its jobs (a training job resumed, or reported as finished, a run of other values). Each job folder records
-the overrides of the job that wrote there (hydra's `.hydra/overrides.yaml`, written once the job has run, never by
-a refused one: `write_record`), and a job whose swept values differ from the record is refused (`check_record`).
+from its jobs (a training job resumed, or reported as finished, a run of other values). Each job records its
+overrides (hydra's `.hydra/overrides.yaml`, written once the job has run, never by a refused one: `write_record`)
+in its job folder and in its own folder (its run, or its output: `place_outputs`), and a job whose swept values
+differ from its own folder's record is refused (`check_record`).
 """
 from __future__ import annotations
 
@@ -77,10 +78,12 @@ def check_shared_inputs(verb: str, overrides: list[str]) -> None:
                           "per job)")
 
 
-def place_outputs(cfg: DictConfig, verb: str, given: list[str], num: int, job_folder: str) -> bool:
+def place_outputs(cfg: DictConfig, verb: str, given: list[str], num: int, job_folder: str) -> tuple[str, str] | None:
     """Put job `num`'s outputs in `cfg`, in place: each path key `given` on the command line under its value
     (`per_job`), the one left to its default (JOB_FOLDER_KEYS) in `job_folder`, a training run named by `name=N`
-    in `<out_dir>/<task>/N/<num>`. True where `job_folder` is where the job writes."""
+    in `<out_dir>/<task>/N/<num>`. Returns the folder that is the job's own (its run, generate's, evaluate's or
+    the demo's output), where its record tells it from another sweep's job, with the key that moves it; None for
+    a verb without one."""
     from megadalle.hydra_app import gives
     from megadalle.preflight.runs import RUN_TASKS
 
@@ -88,13 +91,15 @@ def place_outputs(cfg: DictConfig, verb: str, given: list[str], num: int, job_fo
         if gives(given, key) and cfg.get(key) is not None:
             OmegaConf.update(cfg, key, per_job(cfg[key], num), merge=False)
     key = JOB_FOLDER_KEYS.get(verb)
-    if key is None or gives(given, key):
-        return False
+    if key is None:
+        return None
+    if gives(given, key):
+        return (str(cfg[key]), key) if cfg.get(key) is not None else None
     if verb in RUN_TASKS and gives(given, "name") and cfg.get("name"):
         cfg.run_dir = str(Path(str(cfg.out_dir)) / RUN_TASKS[verb] / str(cfg.name) / str(num))
-        return False
+        return str(cfg.run_dir), "name"
     OmegaConf.update(cfg, key, job_folder, merge=False)
-    return True
+    return job_folder, "hydra.sweep.dir"
 
 
 def swept_values(job_overrides: list[str], swept: list[str]) -> list[str]:
@@ -106,8 +111,10 @@ def job_named(num: int, job_overrides: list[str], swept: list[str]) -> str:
     return f"job {num} ({' '.join(swept_values(job_overrides, swept))})"
 
 
-def check_record(job_folder: str, num: int, job_overrides: list[str], swept: list[str]) -> None:
-    """Refuse job `num` where its folder records a job of other swept values (another sweep's job `num`)."""
+def check_record(home: tuple[str, str], num: int, job_overrides: list[str], swept: list[str]) -> None:
+    """Refuse job `num` where its own folder (`place_outputs`) records a job of other swept values (another sweep's
+    job `num`), naming the key that gives the sweep folders of its own."""
+    job_folder, key = home
     record = Path(job_folder) / RECORD / "overrides.yaml"
     if not swept or not record.is_file():
         return
@@ -116,7 +123,8 @@ def check_record(job_folder: str, num: int, job_overrides: list[str], swept: lis
     if sorted(swept_values(job_overrides, swept)) != sorted(then):
         held = " ".join(then or earlier) or "no overrides"
         raise ConfigError(f"{job_folder} holds job {num} of another sweep ({held}); give this sweep a folder of its "
-                          "own: hydra.sweep.dir=<new folder> (or rerun that sweep's values to continue it)")
+                          f"own: {key}=<new {'name' if key == 'name' else 'folder'}> (or rerun that sweep's values to "
+                          "continue it)")
 
 
 def write_record(job_folder: str, cfg: DictConfig, hydra_root: DictConfig, job_overrides: list[str]) -> None:
@@ -157,8 +165,9 @@ def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), pr
             folder = job_folder(cfg, num)
             with open_dict(cfg):
                 del cfg["hydra"]
-                if place_outputs(cfg, verb, job, num, folder):
-                    check_record(folder, num, job, swept)
+                home = place_outputs(cfg, verb, job, num, folder)
+            if home:
+                check_record(home, num, job, swept)
             with redirect_stderr(io.StringIO()):
                 preflight(verb, cfg)
             build_groups(cfg)

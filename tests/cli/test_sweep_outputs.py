@@ -80,6 +80,16 @@ def test_a_sweep_over_other_values_is_refused_in_an_earlier_sweeps_job_folders(s
     assert len(stages) == 6
 
 
+def test_a_sweep_over_other_values_is_refused_in_an_earlier_sweeps_runs_of_a_run_dir(stages, tmp_path, capsys):
+    sweep = ["train", "-m", *SYNTHETIC, f"run_dir={tmp_path / 'rd'}", f"out_dir={tmp_path}"]
+    assert main([*sweep, "trainer.steps=2,3"]) == 0
+    capsys.readouterr()
+    assert main([*sweep, "trainer.steps=3,2", f"hydra.sweep.dir={tmp_path / 'other'}"]) == 2
+    assert (f"job 0 (trainer.steps=3): {tmp_path / 'rd' / '0'} holds job 0 of another sweep (trainer.steps=2); give "
+            "this sweep a folder of its own: run_dir=<new folder>") in capsys.readouterr().err
+    assert len(stages) == 2
+
+
 def test_a_sweep_value_is_checked_for_every_job_before_the_first_runs(stages, tmp_path, capsys):
     assert main(["train", "-m", *SYNTHETIC, "trainer.lr=1e-3,-1", f"out_dir={tmp_path}"]) == 2
     assert "job 1 (trainer.lr=-1): trainer.lr=-1.0: must be positive; no job has run" in capsys.readouterr().err
