@@ -168,7 +168,8 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
     """Run `megadalle <verb> ARGS` through hydra's runner (as `@hydra.main` would); returns the exit code. The
     overrides pass a plain run's checks first (sweeps allowed), and an error of hydra's own in composing
     (`trainer.lr=abc`) is one line and exit code 2, as on a plain run: hydra's runner printed it over several
-    lines, advised `+key` for a misspelt key and exited 1, the status of a crash."""
+    lines, advised `+key` for a misspelt key and exited 1, the status of a crash. A sweep's jobs are each checked
+    before the first runs (megadalle.sweep_jobs.check_jobs); `--cfg job` is a plain run's compose (print_job_config)."""
     import hydra
 
     from megadalle.cli import compose_errors, error_line, fail
@@ -178,14 +179,19 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
     from megadalle.sweep_jobs import check_jobs, check_shared_inputs
 
     flags, overrides = split_flags(args)
+    multirun = "-m" in flags or "--multirun" in flags
     try:
         extra, primary = config_flags(flags)
         check_overrides(verb, overrides, sweeps=True, extra=extra)
-        if "-m" in flags or "--multirun" in flags:
+        if multirun:
             check_shared_inputs(verb, overrides)
             check_jobs(verb, overrides, extra, primary)
+        elif flag_value(flags, "--cfg", "-c") == "job" and flag_value(flags, "--package", "-p") is None:
+            return print_job_config(verb, overrides, extra, primary, "--resolve" in flags)
     except UserError as err:
         return fail(verb, str(err))
+    except compose_errors() as err:
+        return fail(verb, error_line(err))
     register_schemas()
     job = VerbJob(verb, overrides, records=not gives(overrides, "hydra.output_subdir"))
     app = hydra.main(config_path=str(conf_dir()), config_name=verb, version_base="1.3")(job)
@@ -206,6 +212,18 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
         return fail(verb, error_line(err))
     finally:
         sys.argv = saved
+    return 0
+
+
+def print_job_config(verb: str, overrides: list[str], extra: tuple[Path, ...], primary: str | None,
+                     resolve: bool) -> int:
+    """`--cfg job`: the config the job would run, composed as a plain run composes it. Hydra's runner printed its
+    own: a text key held hydra's number (`prompt=1e3` as 1000.0) and a required key its schema's default
+    (`tokenizer: null`, where the run says "required key not set")."""
+    from megadalle.config.compose import compose_with_choices
+
+    cfg, _ = compose_with_choices(verb, overrides, extra, primary)
+    print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
     return 0
 
 
