@@ -12,9 +12,10 @@ import difflib
 import importlib
 import re
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import NoReturn
+from itertools import takewhile
+from typing import Iterator, NoReturn
 
 LOCAL_RANK_FLAG = re.compile(r"^--local[_-]rank(=\d+)?$")
 """Added by `deepspeed` without `--no_local_rank`; ranks come from the environment, so it is dropped
@@ -78,19 +79,28 @@ def print_help() -> None:
     print("\nEvery verb takes hydra overrides, e.g. `megadalle plan model=12b gpus=64 gpu_mem_gb=80`.")
 
 
-def print_verb_help(verb: str, overrides: list[str]) -> None:
-    """The verb's config with `overrides` applied, a docstring beside each key, and each group's options."""
+def print_verb_help(verb: str, args: list[str]) -> None:
+    """The verb's config with the overrides of `args` applied, a docstring beside each key, and each group's options.
+    Hydra's flags among `args` are no overrides (`-m` was refused as one); with `-m`, a sweep's values are left out
+    (they are several configs), and `--config-dir`'s options count."""
     from megadalle.config.compose import compose_with_choices, conf_dir, verb_group_options
     from megadalle.config.help import all_docs, render
     from megadalle.config.verbs import VERB_SCHEMAS
+    from megadalle.hydra_app import config_flags, split_flags
+    from megadalle.sweep_jobs import swept_keys
 
-    cfg, choices = compose_with_choices(verb, overrides)
+    flags, overrides = split_flags(args)
+    extra, primary = config_flags(flags)
+    if "-m" in flags or "--multirun" in flags:
+        swept = swept_keys(overrides)
+        overrides = [item for item in overrides if item.lstrip("+").partition("=")[0] not in swept]
+    cfg, choices = compose_with_choices(verb, overrides, extra, primary)
     print(f"megadalle {verb}: {VERBS[verb].summary}\n")
     if choices:
         print("groups (group=option; [chosen]):")
         keys = list(cfg)
         for group, chosen in sorted(choices.items(), key=lambda item: keys.index(item[0]) if item[0] in keys else 0):
-            options = " ".join(f"[{o}]" if o == chosen else o for o in verb_group_options(verb, group))
+            options = " ".join(f"[{o}]" if o == chosen else o for o in verb_group_options(verb, group, extra))
             print(f"  {group:<10} {options}")
         print()
     print(f"config (conf/{verb}.yaml{' + ' + ' '.join(overrides) if overrides else ''}); key=value changes a value, "
@@ -231,14 +241,44 @@ def run_stage(verb: str, cfg):
 
 
 def bad_config(err: Exception) -> str:
-    """One line for a config error: hydra's first line and its cause's (OmegaConf adds full_key lines)."""
+    """One line for a config error: hydra's first line and its cause's (OmegaConf adds full_key lines), each with
+    the lines of hydra's that say what to do (`hydra_fix`)."""
     from hydra.errors import HydraException
 
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = hydra_fix(str(err)) or type(err).__name__
     if not isinstance(err, HydraException):
         return first
-    cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ and str(err.__cause__).strip() else ""
+    cause = hydra_fix(str(err.__cause__)) if err.__cause__ else ""
     return f"bad config: {first}" + (f" ({cause})" if cause else "")
+
+
+FIX_LINES = ("To append to your config use", "Available options in")
+"""Hydra's lines that say what to type instead (`+key=value`, a group's options): cut with the rest after its
+first line, the one line said what was wrong and not what to do."""
+
+
+def hydra_fix(text: str) -> str:
+    """`text`'s first line (the next too where it ends with `:`, as "In 'exp3': ConfigKeyError raised while
+    composing config:" does before the key it means), and its FIX_LINES, a list of options on one line."""
+    lines = text.strip().splitlines()
+    if not lines:
+        return ""
+    kept = lines[:2] if lines[0].rstrip().endswith(":") and len(lines) > 1 else lines[:1]
+    for at, line in enumerate(lines[len(kept):], len(kept)):
+        if line.startswith(FIX_LINES):
+            listed = [item.strip() for item in takewhile(lambda item: item.startswith("\t"), lines[at + 1:])]
+            kept.append(f"{line.rstrip()} {', '.join(listed)}" if listed else line)
+    text = kept[0].strip()
+    for line in kept[1:]:
+        text += f"{' ' if text.endswith(('.', ':')) else '; '}{line.strip()}"
+    return text
+
+
+def error_line(err: Exception) -> str:
+    """The one line for an error of `compose_errors`: a `${...}` that does not resolve, or any other."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    return bad_interpolation(err) if isinstance(err, InterpolationResolutionError) else bad_config(err)
 
 
 def bad_interpolation(err) -> str:
@@ -272,6 +312,22 @@ def unset_variable(key: str, raw: str, name: str) -> str:
     return f"environment variable {name} is not set; set it (export {name}=...){default}"
 
 
+FAILURES: list[list[str]] = []
+"""Where `fail` keeps its lines while `failures_kept` lasts."""
+
+
+@contextmanager
+def failures_kept() -> Iterator[list[str]]:
+    """The lines `fail` says meanwhile: a sweep job run in a launcher's process (submitit's) hands its line back to
+    the sweep, whose log is the one the user reads (megadalle.hydra_app)."""
+    kept: list[str] = []
+    FAILURES.append(kept)
+    try:
+        yield kept
+    finally:
+        FAILURES.remove(kept)
+
+
 def fail(verb: str, message: str) -> int:
     """Print a user error and return the exit code 2. Every rank of a multi-process launch prints it, after its rank:
     when rank 0 alone did, srun --kill-on-bad-exit (or DeepSpeed's launcher) often killed it for another rank's
@@ -280,6 +336,8 @@ def fail(verb: str, message: str) -> int:
 
     rank, world_size = ranks()
     print(f"megadalle {verb}: {f'rank {rank}: ' if world_size > 1 else ''}{message}", file=sys.stderr)
+    for kept in FAILURES:
+        kept.append(message)
     return 2
 
 

@@ -9,13 +9,12 @@ stage as a plain run (megadalle.cli.execute). A plain run keeps the compose path
 hydra's, no logging set-up, callable in-process by the demo and the tests.
 
 Where jobs land: conf/config.yaml sets hydra.sweep.dir to `<out_dir>/multirun/<verb>` with one
-sub-directory per job number; a training job without an explicit run_dir uses its job's directory
-as its run directory, so rerunning the same sweep resumes every job (and a changed job is refused,
-see megadalle.train.rundir). A generate or evaluate job without an explicit output writes there too:
-their default output is one folder under out_dir, where every job wrote over the one before. An explicit
-`output=DIR` is the sweep's folder as hydra.sweep.dir is: job i writes to DIR/<i>. Taken as every job's
-folder, it held job 0's results when job 1 came, and job 1 was refused (or, with overwrite=true, wrote over
-them), so a sweep with an output of its own could not run at all.
+sub-directory per job number. Every path a job writes to goes per job (megadalle.sweep_jobs): one given on the
+command line (`output=DIR`, `run_dir=`, `weights=`) is the sweep's, job i's under it (DIR/<i>); one left to its
+default (a training run, generate's, evaluate's or the demo's output) is the job's folder, so rerunning the same
+sweep resumes every job (and a changed job is refused, see megadalle.train.rundir), while another sweep's job of the
+same number is refused there. Before, only generate and evaluate went per job: the other verbs' jobs wrote one file
+after another (the last kept), and a sweep's training jobs given a run_dir resumed each other.
 """
 from __future__ import annotations
 
@@ -24,12 +23,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
-
-
-OUTPUT_VERBS = ("generate", "evaluate")
-"""Verbs whose results go to `output` (by default `${out_dir}/<verb>`, one folder for every job of a sweep,
-which each job therefore replaces with its own: `job_output`)."""
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 def gives(overrides: list[str], key: str) -> bool:
@@ -43,90 +37,163 @@ class VerbJob:
     command line's as typed: hydra hands each job its own re-written (`prompt=3.10` as `prompt=3.1`), which
     would lose the text a text key keeps (megadalle.config.compose.keep_text). `crashes` are what the jobs' stages
     raised (hydra's basic launcher runs every job, then raises the first job's): a crash keeps its traceback, where
-    run_with_hydra reports hydra's own errors as one line."""
+    run_with_hydra reports hydra's own errors as one line. `records`: the job writes hydra's record of it
+    (megadalle.sweep_jobs.write_record), hydra's own being turned off (`hydra_argv`)."""
 
-    def __init__(self, verb: str, overrides: list[str]):
-        self.verb, self.overrides = verb, overrides
+    def __init__(self, verb: str, overrides: list[str], records: bool = True):
+        self.verb, self.overrides, self.records = verb, overrides, records
         self.crashes: list[BaseException] = []
+        self.pid = os.getpid()
         self.__name__ = self.__qualname__ = f"megadalle {verb}"  # what hydra names the job after, unless told
 
     def __call__(self, cfg: DictConfig) -> int:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from megadalle.cli import execute
-        from megadalle.config.compose import conf_dir, keep_text
+        from megadalle.cli import execute, fail, failures_kept
+        from megadalle.config.compose import conf_dir, keep_text, primary_given
         from megadalle.config.required import restore
-        from megadalle.preflight.runs import RUN_TASKS
+        from megadalle.errors import UserError
+        from megadalle.sweep_jobs import check_record, job_named, place_outputs, swept_keys, write_record
         from megadalle.train.signals import STOPPED_EXIT
 
         hydra = HydraConfig.get()
         multirun = hydra.mode == RunMode.MULTIRUN
+        task, folder = list(hydra.overrides.task), hydra.runtime.output_dir
+        num = hydra.job.num if multirun else None
+        composed, hydra_root = OmegaConf.create(OmegaConf.to_container(cfg)), HydraConfig.instance().cfg
         choices = {g: o for g, o in hydra.runtime.choices.items() if not g.startswith("hydra")}
+        extra = tuple(Path(s.path) for s in hydra.runtime.config_sources if s.schema == "file" and s.provider != "main")
+        primary = hydra.job.config_name if hydra.job.config_name != self.verb else None  # conf/'s own comes first
+        given = [*task, *primary_given(extra, primary)]
         with open_dict(cfg):
-            restore(cfg, conf_dir(), self.verb, choices, list(hydra.overrides.task))
+            restore(cfg, conf_dir(), self.verb, choices, given)
             keep_text(cfg, self.verb, self.overrides)  # a sweep's values stay hydra's: keep_text skips sweeps
-            if self.verb in RUN_TASKS and multirun and not cfg.get("run_dir"):
-                cfg.run_dir = hydra.runtime.output_dir
-            if self.verb in OUTPUT_VERBS and multirun:
-                cfg.output = job_output(cfg.output, hydra, gives(hydra.overrides.task, "output"))
+            home = place_outputs(cfg, self.verb, task, num, folder) if multirun else None
+        if home:
+            swept = swept_keys(self.overrides)
+            try:
+                check_record(home, num, task, swept)
+            except UserError as err:
+                message = f"{job_named(num, task, swept)}: {err}"
+                self.stop(fail(self.verb, message), message)
         try:
-            code = execute(self.verb, cfg)
+            with failures_kept() as said:
+                code = execute(self.verb, cfg)
         except BaseException as err:
+            code = None
             self.crashes.append(err)
             raise
+        finally:
+            if self.records and code != 2:
+                for place in {folder, home[0] if home else folder}:
+                    write_record(place, composed, hydra_root, task)
         if code in (2, STOPPED_EXIT, 130):  # a user error, a stop signal or Ctrl-C stops the sweep
-            raise SystemExit(code)
+            self.stop(code, said[-1] if said else None)
         return code
 
+    def stop(self, code: int, message: str | None) -> None:
+        """End the sweep with `code`: SystemExit in this process (hydra's basic launcher, which would run the next job
+        after an exception); in a launcher's process (submitit's), JobStopped, which the launcher returns to the
+        sweep as the job's result, where a SystemExit left no result ("has not produced any output") and a
+        traceback of the launcher's."""
+        if os.getpid() == self.pid:
+            raise SystemExit(code)
+        raise JobStopped(code, message)
 
-def job_output(output: str | None, hydra, given: bool) -> str | None:
-    """A sweep job's output: its job folder (`hydra.runtime.output_dir`), or, where the command line gives an
-    output, the job's number under it, so that no two jobs share a folder."""
-    if not given:
-        return hydra.runtime.output_dir
-    return output if output is None else str(Path(str(output)) / str(hydra.job.num))  # null: refused as usual
+
+class JobStopped(Exception):
+    """A job of a launcher's process that ended with a user error or a stop: its exit code and its one line."""
+
+    def __init__(self, code: int, message: str | None):
+        super().__init__(code, message)
+        self.code, self.message = code, message
+
+
+VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+               "--experimental-rerun")
+"""Hydra's flags that take the argument after them as their value."""
+
+INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+"""`--info`'s optional value: a word after it that is none of these is no value of its."""
 
 
 def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
-    """(hydra's flags with their values, the overrides) of `args`. An override has a `=` (or starts with `~`,
-    a deletion); a flag's value (`--cfg job`) has neither."""
-    flags, overrides = [], []
+    """(hydra's flags with their values, the overrides) of `args`. A flag starts with `-`; its value is the word
+    after it where it takes one (`--cfg job`); every other word is an override, a bare word (`a red circle`
+    unquoted) among them, which the overrides' checks then refuse as a plain run's (argparse refused it with its
+    usage and "unrecognized arguments")."""
+    flags, overrides, value_of = [], [], None
     for arg in args:
-        is_override = "=" in arg or arg.startswith("~")
-        (overrides if is_override and not arg.startswith("-") else flags).append(arg)
+        is_value = value_of in VALUE_FLAGS or (value_of in ("--info", "-i") and arg in INFO_VALUES)
+        (flags if is_value or arg.startswith("-") else overrides).append(arg)
+        value_of = None if is_value else arg
     return flags, overrides
+
+
+def flag_value(flags: list[str], *names: str) -> str | None:
+    """The value of the flag `names` spell (`--config-dir X`, `--config-dir=X`, `-cd X`), None if not given."""
+    for at, flag in enumerate(flags):
+        name, sep, value = flag.partition("=")
+        if name in names:
+            return value if sep else (flags[at + 1] if at + 1 < len(flags) else None)
+    return None
+
+
+def config_flags(flags: list[str]) -> tuple[tuple[Path, ...], str | None]:
+    """(`--config-dir`'s folder, `--config-name`'s config) of hydra's flags, for megadalle's own checks: a group
+    option or a required key that the user's folder or primary config gives is given. `--config-path` would
+    replace megadalle's conf/ itself, where every verb's config lives, and is refused."""
+    from megadalle.config import ConfigError
+
+    if flag_value(flags, "--config-path", "-cp") is not None:
+        raise ConfigError("--config-path: megadalle's verbs read their configs from its own conf/; add a folder of "
+                          "yours with --config-dir DIR (and --config-name NAME for a primary config in it)")
+    folder = flag_value(flags, "--config-dir", "-cd")
+    return (Path(folder),) if folder else (), flag_value(flags, "--config-name", "-cn")
 
 
 def hydra_argv(verb: str, args: list[str]) -> list[str]:
     """The `sys.argv` hydra's runner reads for `megadalle <verb> ARGS`: the overrides (the job's name among them),
     then hydra's flags with their values. Hydra's parser reads its overrides as one run of positional arguments,
     so `a=1 -m b=2` would leave `b=2` unrecognised; and a flag whose value is optional (`--info`) takes the
-    argument after it as its value, so no override may follow the flags."""
+    argument after it as its value, so no override may follow the flags. Hydra's record of each job (`.hydra/`) is
+    the job's to write once it has run (VerbJob), unless the command line sets hydra.output_subdir."""
     flags, overrides = split_flags(args)
-    return [f"megadalle {verb}", *overrides, f"hydra.job.name={verb}", *flags]
+    own = [] if gives(overrides, "hydra.output_subdir") else ["hydra.output_subdir=null"]  # VerbJob writes it
+    return [f"megadalle {verb}", *overrides, f"hydra.job.name={verb}", *own, *flags]
 
 
 def run_with_hydra(verb: str, args: list[str]) -> int:
     """Run `megadalle <verb> ARGS` through hydra's runner (as `@hydra.main` would); returns the exit code. The
     overrides pass a plain run's checks first (sweeps allowed), and an error of hydra's own in composing
     (`trainer.lr=abc`) is one line and exit code 2, as on a plain run: hydra's runner printed it over several
-    lines, advised `+key` for a misspelt key and exited 1, the status of a crash."""
+    lines, advised `+key` for a misspelt key and exited 1, the status of a crash. A sweep's jobs are each checked
+    before the first runs (megadalle.sweep_jobs.check_jobs); `--cfg job` is a plain run's compose (print_job_config)."""
     import hydra
-    from omegaconf.errors import InterpolationResolutionError
 
-    from megadalle.cli import bad_config, bad_interpolation, compose_errors, fail
+    from megadalle.cli import compose_errors, error_line, fail
     from megadalle.config import register_schemas
     from megadalle.config.compose import check_overrides, conf_dir
     from megadalle.errors import UserError
+    from megadalle.sweep_jobs import check_jobs, check_shared_inputs
 
-    overrides = split_flags(args)[1]
+    flags, overrides = split_flags(args)
+    multirun = "-m" in flags or "--multirun" in flags
     try:
-        check_overrides(verb, overrides, sweeps=True)
+        extra, primary = config_flags(flags)
+        check_overrides(verb, overrides, sweeps=True, extra=extra)
+        if multirun:
+            check_shared_inputs(verb, overrides)
+            check_jobs(verb, overrides, extra, primary)
+        elif flag_value(flags, "--cfg", "-c") == "job" and flag_value(flags, "--package", "-p") is None:
+            return print_job_config(verb, overrides, extra, primary, "--resolve" in flags)
     except UserError as err:
         return fail(verb, str(err))
+    except compose_errors() as err:
+        return fail(verb, error_line(err))
     register_schemas()
-    job = VerbJob(verb, overrides)
+    job = VerbJob(verb, overrides, records=not gives(overrides, "hydra.output_subdir"))
     app = hydra.main(config_path=str(conf_dir()), config_name=verb, version_base="1.3")(job)
     saved = sys.argv
     sys.argv = hydra_argv(verb, args)
@@ -135,12 +202,28 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
             app()
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
+    except JobStopped as stopped:  # from a launcher's process, which printed its line in its own log
+        if stopped.message:
+            fail(verb, stopped.message)
+        return stopped.code
     except compose_errors() as err:
         if any(err is crash for crash in job.crashes):
             raise
-        return fail(verb, bad_interpolation(err) if isinstance(err, InterpolationResolutionError) else bad_config(err))
+        return fail(verb, error_line(err))
     finally:
         sys.argv = saved
+    return 0
+
+
+def print_job_config(verb: str, overrides: list[str], extra: tuple[Path, ...], primary: str | None,
+                     resolve: bool) -> int:
+    """`--cfg job`: the config the job would run, composed as a plain run composes it. Hydra's runner printed its
+    own: a text key held hydra's number (`prompt=1e3` as 1000.0) and a required key its schema's default
+    (`tokenizer: null`, where the run says "required key not set")."""
+    from megadalle.config.compose import compose_with_choices
+
+    cfg, _ = compose_with_choices(verb, overrides, extra, primary)
+    print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
     return 0
 
 

@@ -30,25 +30,59 @@ def compose(verb: str, overrides: list[str] | None = None) -> DictConfig:
     return compose_with_choices(verb, overrides)[0]
 
 
-def group_options(group: str) -> list[str]:
-    """The options of a config group: its YAML files (the `schema` hydra stores is no option)."""
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+def group_options(group: str, extra: tuple[Path, ...] = ()) -> list[str]:
+    """The options of a config group: its YAML files (the `schema` hydra stores is no option), in conf/ and in the
+    folders `extra` adds to hydra's search path (`--config-dir`)."""
+    return sorted({p.stem for folder in (conf_dir(), *extra) for p in (Path(folder) / group).glob("*.yaml")})
 
 
-def verb_group_options(verb: str, group: str) -> list[str]:
-    """The options of `group` that `verb` reads (megadalle.config.verbs.GROUP_OPTIONS), where not all of them."""
+def verb_group_options(verb: str, group: str, extra: tuple[Path, ...] = ()) -> list[str]:
+    """The options of `group` that `verb` reads (megadalle.config.verbs.GROUP_OPTIONS), where not all of them; a
+    user's own options (in `extra`) are the user's to choose."""
     from megadalle.config.verbs import GROUP_OPTIONS
 
-    return list(GROUP_OPTIONS.get(verb, {}).get(group, ())) or group_options(group)
+    own = sorted(set(group_options(group, extra)) - set(group_options(group)))
+    return [*(GROUP_OPTIONS.get(verb, {}).get(group, ()) or group_options(group)), *own]
 
 
-def check_group_choices(verb: str, overrides: list[str]) -> None:
+def searched(extra: tuple[Path, ...]) -> list[str]:
+    """The override that adds `extra` to the search path of hydra's compose API, as `--config-dir` does to
+    hydra's runner's (both come after conf/, before the schemas)."""
+    return [f"hydra.searchpath=[{','.join(f'file://{Path(d).resolve()}' for d in extra)}]"] if extra else []
+
+
+def primary_given(extra: tuple[Path, ...], name: str | None) -> list[str]:
+    """`key=` for each key that a primary config of the user's (`--config-name NAME`, found in `extra`) sets: given,
+    as a command line's key is, so megadalle.config.required does not take it back to `???`."""
+    import yaml
+
+    for folder in extra if name else ():
+        path = Path(folder) / f"{name}.yaml"
+        if path.is_file():
+            return [f"{key}=" for key in dotted(yaml.safe_load(path.read_text()) or {})]
+    return []
+
+
+def dotted(node: dict, prefix: str = "") -> list[str]:
+    """The dotted keys a YAML mapping sets, but its defaults list and its `???`."""
+    keys = []
+    for key, value in node.items():
+        if (not prefix and key == "defaults") or value == "???":
+            continue
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys.extend(dotted(value, f"{prefix}{key}."))
+    return keys
+
+
+def check_group_choices(verb: str, overrides: list[str], extra: tuple[Path, ...] = ()) -> None:
     """A `group=option` naming no YAML file of the group is refused with the real options listed
     (hydra's own message would list the ConfigStore's `schema` entry as an option), and so is an option the verb
     cannot read (megadalle.config.verbs.GROUP_OPTIONS: `train data=images`). Sweeps (`model=tiny,small`) are
     checked option by option; hydra's sweep functions are left to hydra. A group cannot be left out
     (`model=null`, `~model`): every stage reads the groups its verb composes. A group of other verbs only
-    (`generate clip=base`) is no group here: its key is refused as undeclared (megadalle.config.declared)."""
+    (`generate clip=base`) is no group here: its key is refused as undeclared (megadalle.config.declared). `extra`:
+    folders of the user's searched too (`--config-dir`), whose options count."""
     from megadalle.config import ConfigError
     from megadalle.config.declared import verb_groups
     from megadalle.config.verbs import GROUP_OPTIONS
@@ -58,10 +92,10 @@ def check_group_choices(verb: str, overrides: list[str]) -> None:
         key, sep, value = item.lstrip("+~").partition("=")
         if key not in groups or "(" in value:
             continue
-        options = group_options(key)
+        options = group_options(key, extra)
         if item.startswith("~") or "null" in value.split(","):
             raise ConfigError(f"{item}: a config group cannot be left out; choose a {key} config: {', '.join(options)}")
-        readable = verb_group_options(verb, key)
+        readable = verb_group_options(verb, key, extra)
         for option in value.split(",") if sep else ():
             if option not in options:
                 raise ConfigError(f"{key}={option}: no such {key} config; choose one of {', '.join(options)}")
@@ -166,13 +200,14 @@ def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps:
                               f"it as text: {quoted}, or add --multirun to sweep")
 
 
-def check_overrides(verb: str, overrides: list[str], sweeps: bool = False) -> None:
+def check_overrides(verb: str, overrides: list[str], sweeps: bool = False, extra: tuple[Path, ...] = ()) -> None:
     """The checks every command line passes before hydra sees it, a plain run's and `-m`'s alike: each override
-    read as one value (or, with `sweeps`, a sweep), each group option one the verb reads, each key declared."""
+    read as one value (or, with `sweeps`, a sweep), each group option one the verb reads (or one of the user's
+    folders `extra`), each key declared."""
     from megadalle.config.declared import check_keys
 
     check_override_syntax(overrides, verb, sweeps)
-    check_group_choices(verb, overrides)
+    check_group_choices(verb, overrides, extra)
     check_keys(verb, overrides)
 
 
@@ -199,8 +234,11 @@ def keep_text(cfg: DictConfig, verb: str, overrides: list[str]) -> None:
             OmegaConf.update(cfg, key, item.partition("=")[2].strip(), merge=False)
 
 
-def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, str]]:
-    """(config, {group: chosen option}) for the verb and `overrides`."""
+def compose_with_choices(verb: str, overrides: list[str] | None = None, extra: tuple[Path, ...] = (),
+                         primary: str | None = None, keep_hydra: bool = False) -> tuple[DictConfig, dict[str, str]]:
+    """(config, {group: chosen option}) for the verb and `overrides`; `extra` and `primary` are `--config-dir`'s
+    folders and `--config-name`'s config, and `keep_hydra` keeps hydra's own config in it (`cfg.hydra`, for where
+    a sweep's jobs go)."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -210,12 +248,14 @@ def compose_with_choices(verb: str, overrides: list[str] | None = None) -> tuple
     register_schemas()
     GlobalHydra.instance().clear()
     overrides = list(overrides or [])
-    check_overrides(verb, overrides)
+    check_overrides(verb, overrides, extra=extra)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
-        cfg = hydra_compose(config_name=verb, overrides=overrides, return_hydra_config=True)
+        cfg = hydra_compose(config_name=primary or verb, overrides=[*overrides, *searched(extra)],
+                            return_hydra_config=True)
     choices = {group: option for group, option in cfg.hydra.runtime.choices.items() if not group.startswith("hydra")}
     with open_dict(cfg):
-        del cfg["hydra"]
-    restore(cfg, conf_dir(), verb, choices, overrides)
+        if not keep_hydra:
+            del cfg["hydra"]
+        restore(cfg, conf_dir(), verb, choices, [*overrides, *primary_given(extra, primary)])
     keep_text(cfg, verb, overrides)
     return cfg, choices

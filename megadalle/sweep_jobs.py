@@ -1,0 +1,200 @@
+"""Where each job of a `-m` sweep writes, so that no two jobs, and no two sweeps, share an output.
+
+Every path a verb writes to is a key of its config (`output`, `weights`, `run_dir`, `report`), one value for the
+whole sweep unless the sweep runs over it: job after job wrote the same file or folder, the last job's result
+replaced the others' in silence, and a training job's run resumed the one before it. In a sweep such a path given
+on the command line is the sweep's, and job i's is under it (`per_job`: DIR/<i>, or a file's folder/<i>/<file>);
+one left to its default is the job's own folder, `<hydra.sweep.dir>/<i>`. A verb that writes into its input
+(`index dir=`) cannot go per job, and a sweep of several jobs over one input is refused up front.
+
+Job folders are found again by number, so a second sweep over other values met the first one's folders and went on
+from its jobs (a training job resumed, or reported as finished, a run of other values). Each job records its
+overrides (hydra's `.hydra/overrides.yaml`, written once the job has run, never by a refused one: `write_record`)
+in its job folder and in its own folder (its run, or its output: `place_outputs`), and a job whose swept values
+differ from its own folder's record is refused (`check_record`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from megadalle.config import ConfigError
+
+JOB_PATHS: dict[str, tuple[str, ...]] = {
+    "prepare": ("output", "report"),
+    "index": ("report",),
+    "tokenizer": ("output",),
+    "train-dvae": ("run_dir", "weights"),
+    "import-dvae": ("output",),
+    "encode": ("output",),
+    "train-clip": ("run_dir", "weights"),
+    "train": ("run_dir",),
+    "export": ("output",),
+    "generate": ("output",),
+    "evaluate": ("output",),
+    "demo": ("output",),
+}
+"""Each verb's keys naming what it writes; given on a sweep's command line, each job writes under it (`per_job`)."""
+
+JOB_FOLDER_KEYS = {"generate": "output", "evaluate": "output", "demo": "output", "train": "run_dir",
+                   "train-dvae": "run_dir", "train-clip": "run_dir"}
+"""The key whose default is one place for every job (`${out_dir}/<verb>`, the run `<out_dir>/<task>/default`):
+left to its default in a sweep, the job's folder stands in for it."""
+
+SHARED_INPUTS = {"index": "dir"}
+"""Verbs writing into an input folder, which no job can have to itself unless the sweep runs over it."""
+
+RECORD = ".hydra"
+"""The folder of a job's record: hydra's output_subdir, written by the job (`write_record`) instead of hydra."""
+
+
+def per_job(path, num: int) -> str:
+    """Job `num`'s place under a sweep's `path`: a folder's `path/<num>`; a file's (a name with a suffix:
+    tok.model, dvae.safetensors) `<its folder>/<num>/<its name>`, where what is written beside it (tok.vocab,
+    dvae.json) goes too."""
+    given = Path(str(path))
+    if given.suffix and not given.is_dir():
+        return str(given.parent / str(num) / given.name)
+    return str(given / str(num))
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys `overrides` sweep over (`seed=0,1`, `trainer.lr=choice(...)`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    return [o.key_or_group for o in parser.parse_overrides(overrides) if o.is_sweep_override()]
+
+
+def check_shared_inputs(verb: str, overrides: list[str]) -> None:
+    """A sweep of `index` (which writes into `dir`) must run over `dir`: its jobs would each rewrite one folder's
+    index and report."""
+    key = SHARED_INPUTS.get(verb)
+    swept = swept_keys(overrides)
+    if key is not None and swept and key not in swept:
+        raise ConfigError(f"{key}: every job of this sweep over {', '.join(swept)} would write into the same {key}, "
+                          f"each over the one before; run {verb} once per setting, or sweep over {key} (a folder "
+                          "per job)")
+
+
+def place_outputs(cfg: DictConfig, verb: str, given: list[str], num: int, job_folder: str) -> tuple[str, str] | None:
+    """Put job `num`'s outputs in `cfg`, in place: each path key `given` on the command line under its value
+    (`per_job`), the one left to its default (JOB_FOLDER_KEYS) in `job_folder`, a training run named by `name=N`
+    in `<out_dir>/<task>/N/<num>`. Returns the folder that is the job's own (its run, generate's, evaluate's or
+    the demo's output), where its record tells it from another sweep's job, with the key that moves it; None for
+    a verb without one."""
+    from megadalle.hydra_app import gives
+    from megadalle.preflight.runs import RUN_TASKS
+
+    for key in JOB_PATHS.get(verb, ()):
+        if gives(given, key) and cfg.get(key) is not None:
+            OmegaConf.update(cfg, key, per_job(cfg[key], num), merge=False)
+    key = JOB_FOLDER_KEYS.get(verb)
+    if key is None:
+        return None
+    if gives(given, key):
+        return (str(cfg[key]), key) if cfg.get(key) is not None else None
+    if verb in RUN_TASKS and gives(given, "name") and cfg.get("name"):
+        cfg.run_dir = str(Path(str(cfg.out_dir)) / RUN_TASKS[verb] / str(cfg.name) / str(num))
+        return str(cfg.run_dir), "name"
+    OmegaConf.update(cfg, key, job_folder, merge=False)
+    return job_folder, "hydra.sweep.dir"
+
+
+def swept_values(job_overrides: list[str], swept: list[str]) -> list[str]:
+    """The items of a job's overrides that set the `swept` keys: what tells the job from the sweep's others."""
+    return [item for item in job_overrides if item.lstrip("+").partition("=")[0] in swept]
+
+
+def job_named(num: int, job_overrides: list[str], swept: list[str]) -> str:
+    return f"job {num} ({' '.join(swept_values(job_overrides, swept))})"
+
+
+def check_record(home: tuple[str, str], num: int, job_overrides: list[str], swept: list[str]) -> None:
+    """Refuse job `num` where its own folder (`place_outputs`) records a job of other swept values (another sweep's
+    job `num`), naming the key that gives the sweep folders of its own."""
+    job_folder, key = home
+    record = Path(job_folder) / RECORD / "overrides.yaml"
+    if not swept or not record.is_file():
+        return
+    earlier = [str(item) for item in OmegaConf.load(record)]
+    then = swept_values(earlier, swept)
+    if sorted(swept_values(job_overrides, swept)) != sorted(then):
+        held = " ".join(then or earlier) or "no overrides"
+        raise ConfigError(f"{job_folder} holds job {num} of another sweep ({held}); give this sweep a folder of its "
+                          f"own: {key}=<new {'name' if key == 'name' else 'folder'}> (or rerun that sweep's values to "
+                          "continue it)")
+
+
+def write_record(job_folder: str, cfg: DictConfig, hydra_root: DictConfig, job_overrides: list[str]) -> None:
+    """Hydra's record of a job (config.yaml, hydra.yaml, overrides.yaml under `.hydra`), written by the job once it
+    has run: hydra wrote it before the job, so a refused job had already replaced the record of the job before it."""
+    folder = Path(job_folder) / RECORD
+    folder.mkdir(parents=True, exist_ok=True)
+    hydra_copy = OmegaConf.create(OmegaConf.to_container(hydra_root))
+    hydra_copy.hydra.output_subdir = RECORD
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(hydra_copy, folder / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(job_overrides)), folder / "overrides.yaml")
+
+
+def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), primary: str | None = None) -> None:
+    """Each job of a sweep checked as it will be when it runs (composed, its outputs placed, megadalle.preflight),
+    before the first runs: a bad value in a sweep (`trainer.lr=1e-3,-1`) was found when its job began, after the
+    jobs before it had trained. Only for hydra's basic sweeper and launcher, whose jobs run here, in this process's
+    environment (a Slurm job's ranks are not this one's); a check's warnings are said when its job runs."""
+    import io
+    from contextlib import redirect_stderr
+
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from megadalle.cli import compose_errors, error_line
+    from megadalle.config.compose import compose_with_choices
+    from megadalle.hydra_app import gives
+    from megadalle.preflight import preflight
+
+    swept = swept_keys(overrides)
+    if not swept or gives(overrides, "hydra/sweeper") or gives(overrides, "hydra/launcher"):
+        return
+    jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+    for num, job in enumerate(jobs if len(jobs) > 1 else ()):
+        try:
+            cfg, _ = compose_with_choices(verb, job, extra, primary, keep_hydra=True)
+            folder = job_folder(cfg, num)
+            with open_dict(cfg):
+                del cfg["hydra"]
+                home = place_outputs(cfg, verb, job, num, folder)
+            if home:
+                check_record(home, num, job, swept)
+            with redirect_stderr(io.StringIO()):
+                preflight(verb, cfg)
+            build_groups(cfg)
+        except compose_errors() as err:
+            raise ConfigError(f"{job_named(num, job, swept)}: {error_line(err)}; no job has run") from None
+
+
+def build_groups(cfg: DictConfig) -> None:
+    """Each group of `cfg` built by its schema (megadalle.config's SCHEMAS), which checks its values: preflight
+    leaves some to the stage (`trainer` on synthetic data)."""
+    import importlib
+    import pkgutil
+
+    import megadalle.config
+    from megadalle.config import build
+
+    for info in pkgutil.iter_modules(megadalle.config.__path__):
+        module = importlib.import_module(f"megadalle.config.{info.name}")
+        for group, schema in getattr(module, "SCHEMAS", {}).items():
+            if isinstance(cfg.get(group), DictConfig):
+                build(schema, cfg[group], group)
+
+
+def job_folder(cfg: DictConfig, num: int) -> str:
+    """Job `num`'s folder, `<hydra.sweep.dir>/<hydra.sweep.subdir>`, as hydra's runner will make it."""
+    import os
+
+    with open_dict(cfg.hydra):
+        cfg.hydra.job.num = num
+    return os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)))

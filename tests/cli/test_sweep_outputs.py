@@ -1,0 +1,162 @@
+"""A `-m` sweep's jobs each write their own outputs, and a second sweep does not take over the first one's job
+folders (megadalle.sweep_jobs): every verb's output path goes per job, a training sweep's run_dir= and name= too,
+and a job folder recording other swept values is refused, before any job runs."""
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import megadalle.cli
+from megadalle.cli import main
+from megadalle.sweep_jobs import per_job
+
+SYNTHETIC = ["data=synthetic", "model=tiny", "trainer=tiny", "logger=none", "trainer.steps=1", "trainer.warmup_steps=0"]
+
+
+@pytest.fixture
+def stages(monkeypatch):
+    """Each job's config, the verb's stage replaced by a record of it."""
+    seen = []
+    monkeypatch.setattr(megadalle.cli, "resolve", lambda verb: lambda cfg: seen.append(cfg.copy()) or 0)
+    return seen
+
+
+def test_a_file_output_goes_to_a_folder_of_the_jobs_number_beside_it(tmp_path):
+    assert per_job(tmp_path / "t" / "tok.model", 1) == str(tmp_path / "t" / "1" / "tok.model")
+    assert per_job(tmp_path / "exp", 0) == str(tmp_path / "exp" / "0")
+
+
+def test_a_tokenizer_sweep_writes_one_model_per_job(image_shards, tmp_path):
+    """Both jobs wrote the one output=tok.model: job 1's replaced job 0's, in silence."""
+    output = tmp_path / "t" / "tok.model"
+    assert main(["tokenizer", "-m", f"input={image_shards}", f"output={output}", "vocab_size=40,50",
+                 f"out_dir={tmp_path}"]) == 0
+    assert [(tmp_path / "t" / str(job) / "tok.model").is_file() for job in (0, 1)] == [True, True]
+    assert not output.exists()
+
+
+def test_every_path_a_job_writes_goes_per_job(image_shards, stages, tmp_path):
+    """train-dvae's weights= and export's output= were one file or folder for every job."""
+    weights = tmp_path / "dv" / "my_dvae.safetensors"
+    assert main(["train-dvae", "-m", f"data.shards={image_shards}", "dvae=tiny", "trainer=tiny", "logger=none",
+                 "trainer.lr=1e-3,3e-4", f"weights={weights}", f"out_dir={tmp_path}"]) == 0
+    assert [cfg.weights for cfg in stages] == [str(tmp_path / "dv" / str(job) / "my_dvae.safetensors")
+                                               for job in (0, 1)]
+    assert [cfg.run_dir for cfg in stages] == [str(tmp_path / "multirun" / "train-dvae" / str(job)) for job in (0, 1)]
+
+
+def test_a_training_sweep_given_a_run_dir_or_a_name_trains_one_run_per_job(stages, tmp_path):
+    """run_dir=D was every job's run (job 1 resumed job 0); name=N was ignored."""
+    assert main(["train", "-m", *SYNTHETIC, "seed=1,2", f"run_dir={tmp_path / 'rd'}", f"out_dir={tmp_path}"]) == 0
+    assert main(["train", "-m", *SYNTHETIC, "seed=1,2", "name=seeds", f"out_dir={tmp_path}"]) == 0
+    assert [cfg.run_dir for cfg in stages] == [str(tmp_path / "rd" / "0"), str(tmp_path / "rd" / "1"),
+                                               str(tmp_path / "transformer" / "seeds" / "0"),
+                                               str(tmp_path / "transformer" / "seeds" / "1")]
+
+
+@pytest.mark.distributed
+def test_a_training_sweep_given_a_run_dir_resumes_no_job_from_another(tmp_path, capsys):
+    assert main(["train", "-m", *SYNTHETIC, "trainer.steps=1,2", f"run_dir={tmp_path / 'rd'}",
+                 f"out_dir={tmp_path}"]) == 0
+    assert "resumed" not in capsys.readouterr().out
+    assert [(tmp_path / "rd" / str(job) / "checkpoints" / "latest").read_text() for job in (0, 1)] == \
+        ["step_00000001", "step_00000002"]
+
+
+def test_a_sweep_over_other_values_is_refused_in_an_earlier_sweeps_job_folders(stages, tmp_path, capsys):
+    """A second sweep met the first one's folders by number and went on from its jobs (a run of trainer.steps=3
+    "finished at step 3" for a job of trainer.steps=2); and every sweep, a refused one too, rewrote the record."""
+    sweep = ["train", "-m", *SYNTHETIC, f"out_dir={tmp_path}"]
+    assert main([*sweep, "trainer.steps=2,3"]) == 0
+    capsys.readouterr()
+    assert main([*sweep, "trainer.steps=3,2"]) == 2
+    folder = tmp_path / "multirun" / "train" / "0"
+    assert (f"megadalle train: job 0 (trainer.steps=3): {folder} holds job 0 of another sweep (trainer.steps=2); "
+            "give this sweep a folder of its own: hydra.sweep.dir=") in capsys.readouterr().err
+    assert len(stages) == 2
+    assert "trainer.steps=2" in OmegaConf.load(folder / ".hydra" / "overrides.yaml")
+    assert main([*sweep, "trainer.steps=2,3", "trainer.lr=1e-3"]) == 0  # the same sweep again: it goes on
+    assert main([*sweep, "trainer.steps=3,2", f"hydra.sweep.dir={tmp_path / 'other'}"]) == 0
+    assert len(stages) == 6
+
+
+def test_a_sweep_over_other_values_is_refused_in_an_earlier_sweeps_runs_of_a_run_dir(stages, tmp_path, capsys):
+    sweep = ["train", "-m", *SYNTHETIC, f"run_dir={tmp_path / 'rd'}", f"out_dir={tmp_path}"]
+    assert main([*sweep, "trainer.steps=2,3"]) == 0
+    capsys.readouterr()
+    assert main([*sweep, "trainer.steps=3,2", f"hydra.sweep.dir={tmp_path / 'other'}"]) == 2
+    assert (f"job 0 (trainer.steps=3): {tmp_path / 'rd' / '0'} holds job 0 of another sweep (trainer.steps=2); give "
+            "this sweep a folder of its own: run_dir=<new folder>") in capsys.readouterr().err
+    assert len(stages) == 2
+
+
+def test_a_sweep_value_is_checked_for_every_job_before_the_first_runs(stages, tmp_path, capsys):
+    assert main(["train", "-m", *SYNTHETIC, "trainer.lr=1e-3,-1", f"out_dir={tmp_path}"]) == 2
+    assert "job 1 (trainer.lr=-1): trainer.lr=-1.0: must be positive; no job has run" in capsys.readouterr().err
+    assert stages == []
+
+
+def test_an_index_sweep_writing_into_one_folder_is_refused(tmp_path, capsys):
+    assert main(["index", "-m", f"dir={tmp_path}", "min_side=0,8"]) == 2
+    assert "megadalle index: dir: every job of this sweep over min_side would write into the same dir" in \
+        capsys.readouterr().err
+
+
+def test_a_refused_job_leaves_the_record_of_the_job_before_it(stages, tmp_path, capsys):
+    """Hydra wrote the job's .hydra/overrides.yaml before the job ran: a job refused by a launcher's process (no
+    check before the jobs) still replaced the record of the run it was refused from."""
+    sweep = ["train", "-m", *SYNTHETIC, "seed=0,1", f"out_dir={tmp_path}"]
+    assert main(sweep) == 0
+    record = tmp_path / "multirun" / "train" / "0" / ".hydra" / "overrides.yaml"
+    before = record.read_text()
+    megadalle.cli.resolve = lambda verb: lambda cfg: 2
+    assert main([*sweep, "trainer.lr=2e-3"]) == 2
+    assert record.read_text() == before
+
+
+def test_help_after_a_sweep_shows_the_config(capsys):
+    assert main(["train", "-m", "trainer.lr=1e-3,2e-3", "model=small", "--help"]) == 0
+    assert "model      12b 1b [small] tiny" in capsys.readouterr().out
+
+
+def test_a_bare_word_in_a_sweep_gets_a_plain_runs_hint(tmp_path, capsys):
+    assert main(["generate", "-m", f"weights={tmp_path}", "a", "red", "circle", "seed=0,1"]) == 2
+    assert "megadalle generate: a: expected key=value; for the prompt, write 'prompt=\"a\"'" in capsys.readouterr().err
+
+
+def config_dir(tmp_path: Path) -> Path:
+    """A user's config folder: a model option of its own, a primary config giving a required key, a misspelt key."""
+    folder = tmp_path / "myconf"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "mine.yaml").write_text("defaults:\n  - tiny\n  - _self_\nd_model: 64\nhead_dim: 16\n")
+    (folder / "typo.yaml").write_text("defaults:\n  - train\n  - _self_\ntrainer:\n  lrr: 1\n")
+    return folder
+
+
+def test_a_config_dirs_group_options_and_primary_config_are_honoured(stages, token_shards, tmp_path, capsys):
+    """--config-dir's model=mine was refused ("no such model config"), and keys a --config-name config set were
+    taken for unset required keys."""
+    folder = config_dir(tmp_path)
+    shards, tok = token_shards
+    (folder / "tokens.yaml").write_text(f"defaults:\n  - train\n  - _self_\ndata:\n  shards: {shards}\n"
+                                        f"  tokenizer: {tok}\n")
+    assert main(["plan", "--config-dir", str(folder), "model=mine", f"out_dir={tmp_path}"]) == 0
+    assert main(["train", "--config-dir", str(folder), "--config-name", "tokens", "model=mine", "trainer=tiny",
+                 "logger=none", "data.num_workers=0", "trainer.micro_batch=2", f"run_dir={tmp_path / 'r'}"]) == 0
+    assert (stages[-1].model.d_model, stages[-1].data.tokenizer) == (64, str(tok))
+    capsys.readouterr()
+    assert main(["train", "--config-path", str(folder), "model=tiny"]) == 2
+    assert "--config-path: megadalle's verbs read their configs from its own conf/; add a folder of yours with " \
+           "--config-dir DIR" in capsys.readouterr().err
+
+
+def test_hydras_own_fix_is_kept_in_the_one_line(tmp_path, capsys):
+    """The line kept hydra's first line: "Could not override ..." without "+key", the launcher options, the key."""
+    assert main(["train", *SYNTHETIC, "deepspeed.extra.foo=1", f"out_dir={tmp_path}"]) == 2
+    assert "To append to your config use +deepspeed.extra.foo=1" in capsys.readouterr().err
+    assert main(["plan", "-m", "hydra/launcher=submitit_slurmm", f"out_dir={tmp_path}"]) == 2
+    assert "Available options in 'hydra/launcher': basic, submitit_local, submitit_slurm" in capsys.readouterr().err
+    assert main(["train", "--config-dir", str(config_dir(tmp_path)), "--config-name", "typo", *SYNTHETIC,
+                 f"out_dir={tmp_path}"]) == 2
+    assert "In 'typo': ConfigKeyError raised while composing config: Key 'lrr' not in 'TrainerConfig'" in \
+        capsys.readouterr().err
