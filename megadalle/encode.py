@@ -49,6 +49,7 @@ from megadalle.data.output_guard import check_output
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
 from megadalle.devices import pick_device
+from megadalle.disk_errors import cannot_write
 from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
 from megadalle.models.dvae import DVAE, load_dvae
@@ -192,8 +193,8 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, 
     except OSError as err:
         if err.errno not in REMEDIES:
             raise
-        raise EncodeDiskFull(f"cannot write {out_path} ({os.strerror(err.errno)}): {REMEDIES[err.errno]}, then rerun "
-                             "the same command (it encodes only the shards not done yet)") from None
+        raise EncodeDiskFull(cannot_write(out_path, err, "rerun the same command (it encodes only the shards not done "
+                                                         "yet)")) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return upscaled

@@ -9,7 +9,6 @@ stop signal, a refused prompt) takes away the folders it made and left empty.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from typing import Iterator
 
 from megadalle.config import ConfigError
 from megadalle.data import atomic
-from megadalle.train.disk_full import REMEDIES
+from megadalle.disk_errors import cannot_write
 
 
 class OutputError(ConfigError):
@@ -46,9 +45,7 @@ def write_record(path: str | Path, record: dict, rerun: str = "rerun the same co
     try:
         return atomic.write_bytes(path, json.dumps(record, indent=1).encode())
     except OSError as err:
-        cause = os.strerror(err.errno) if err.errno else str(err)
-        remedy = REMEDIES.get(err.errno, "see to its disk")
-        raise OutputError(f"cannot write {path} ({cause}): {remedy}, then {rerun}") from None
+        raise OutputError(cannot_write(path, err, rerun)) from None
 
 
 def refuse_earlier_results(path: str | Path, record: str, verb: str, overwrite: bool, key: str = "output") -> None:
