@@ -277,8 +277,8 @@ def moved_away(path: Path) -> str | None:
     if lock is None or not lock.lost():
         return None
     return (f"the run directory {path} was moved or removed while the run was in it ({path / LOCK} is no longer the "
-            "file it locked): stopped before saving, so that nothing is written at its old path; put the directory "
-            "back (or rerun with run_dir= where it is now), then rerun the same command to resume")
+            "file it locked): the run stops at this checkpoint, writing nothing more at its old path; put the "
+            "directory back (or rerun with run_dir= where it is now), then rerun the same command to resume")
 
 
 def choose(run_dir: str | None, out_dir: str, name: str, rank: int,
