@@ -11,16 +11,18 @@ from typing import Iterator
 HOLDER = """
 import sys, time
 from megadalle.folder_lock import output_lock
-lock = output_lock(sys.argv[1], sys.argv[2])
+lock = output_lock(sys.argv[1], sys.argv[2], shared=sys.argv[3] == "shared")
 print("held", flush=True)
 time.sleep(120)
 """
 
 
 @contextlib.contextmanager
-def held_by_another_process(folder: Path, verb: str) -> Iterator[int]:
-    """Within it, another process holds `verb`'s lock on `folder`; yields its pid."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), verb], stdout=subprocess.PIPE, text=True)
+def held_by_another_process(folder: Path, verb: str, shared: bool = False) -> Iterator[int]:
+    """Within it, another process holds `verb`'s lock on `folder` (`shared`: as a rank of a split encode); yields its
+    pid."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), verb, "shared" if shared else "alone"],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         yield holder.pid

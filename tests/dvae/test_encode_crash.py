@@ -37,6 +37,19 @@ def test_a_second_encode_on_a_busy_output_is_refused_before_touching_it(tmp_path
                                        f"until it reboots), remove {out / '.lock'}\n")
 
 
+def test_the_ranks_of_a_split_encode_share_the_output_and_a_single_encode_is_refused(tmp_path, image_shards, weights,
+                                                                                      capsys, monkeypatch):
+    out = tmp_path / "tok"
+    args = ["encode", f"dvae_weights={weights}", f"input={image_shards}", f"output={out}", "device=cpu"]
+    with held_by_another_process(out, "encode", shared=True):  # rank 1 of 2, still encoding
+        assert main(args) == 2
+        assert "is in use by another encode" in capsys.readouterr().err
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(args) == 0
+        assert "rank 0 of 2: its shards of" in capsys.readouterr().err
+
+
 def test_encode_on_a_full_disk_says_so_in_one_line_and_removes_its_staging(tmp_path, image_shards, weights, capsys,
                                                                           monkeypatch):
     out = tmp_path / "tok"
