@@ -14,7 +14,9 @@ An output holding anything but encode's own shards (prepare's, tars from elsewhe
 encoded (`data/output_guard.py`).
 index.json goes last, once every shard is complete; shards an earlier encode wrote for shards the input
 no longer has are removed just before it. Several processes (RANK/WORLD_SIZE or srun)
-split the (non-empty) shards round-robin; whichever finishes last writes the index.
+split the (non-empty) shards round-robin; whichever finishes last writes the index. One encode at a time writes an
+output (`<output>/.lock`, folder_lock.py): two at once, with other dVAEs, published one's codes under the other's
+record. A full disk stops it with one line, its staging folder removed.
 A validation split beside the input (`<input>/val/`, from `prepare val_fraction=`) is encoded the
 same way into `<output>/val/`, so the Transformer holds out the samples the dVAE and CLIP held out.
 """
@@ -47,8 +49,11 @@ from megadalle.data.output_guard import check_output
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
 from megadalle.devices import pick_device
+from megadalle.disk_errors import cannot_write
 from megadalle.errors import UserError
+from megadalle.folder_lock import output_lock
 from megadalle.models.dvae import DVAE, load_dvae
+from megadalle.train.disk_full import REMEDIES
 from megadalle.train.dvae_export import RUN_WEIGHTS, DVAEWeightsError, run_weights
 from megadalle.train.rundir import RUN_JSON
 
@@ -144,6 +149,12 @@ def input_meta(sample: dict) -> dict:
         return {}
 
 
+class EncodeDiskFull(UserError, OSError):
+    """A shard the disk did not take (full, over quota, read-only, past `ulimit -f`): one line as train says it
+    (train/disk_full.py), not tarfile's traceback, and its staging folder gone; the shards done before it are kept
+    for the rerun."""
+
+
 class DamagedShard(UserError, ValueError):
     """An input sample whose image does not decode (`UnreadableImage`), named `<shard>:<key>`: nothing of its shard is
     published, and the shards encoded before it are kept for the rerun."""
@@ -172,15 +183,20 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, 
                                   "json": input_meta(sample)})
                 if bar is not None:
                     bar.update(len(chunk))
+        written = staging / "shard-000000.tar"
+        if written.is_file():
+            atomic.write_json(record_path(out_path), {**made_by, "output": tar_identity(written)})
+            os.replace(offsets_path(written), offsets_path(out_path))
+            os.replace(written, out_path)
     except UnreadableImage as err:
-        shutil.rmtree(staging, ignore_errors=True)
         raise DamagedShard(f"{sample_name(in_path, err.key)}: {err}") from None
-    written = staging / "shard-000000.tar"
-    if written.is_file():
-        atomic.write_json(record_path(out_path), {**made_by, "output": tar_identity(written)})
-        os.replace(offsets_path(written), offsets_path(out_path))
-        os.replace(written, out_path)
-    shutil.rmtree(staging, ignore_errors=True)
+    except OSError as err:
+        if err.errno not in REMEDIES:
+            raise
+        raise EncodeDiskFull(cannot_write(out_path, err, "rerun the same command (it encodes only the shards not done "
+                                                         "yet)")) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return upscaled
 
 
@@ -255,17 +271,21 @@ def folder_pairs(input: str | Path, output: str | Path) -> list[tuple[Path, Path
 
 
 def run(cfg: DictConfig) -> int:
+    """One encode at a time writes an output (folder_lock.py; encode's staging and published names are fixed): a
+    second is refused before it reads the dVAE or touches a file. The processes of a split encode hold it
+    together."""
     opts = build(EncodeConfig, top_level(cfg, EncodeConfig), "")
-    model = load_dvae(dvae_weights_file(opts.dvae_weights), pick_device(opts.device))
     rank, world = rank_and_world()
-    for source, target in folder_pairs(opts.input, opts.output):
-        index = encode_shards(model, source, target, opts.batch_size, rank, world)
-        if index is not None:
-            print(f"[encode] {index.total} samples in {len(index.shards)} shards -> {index.root} "
-                  f"({model.cfg.grid_size}x{model.cfg.grid_size} codes)", file=sys.stderr)
-        else:  # a split encode: the rank that completes the set writes index.json; until then it is unfinished
-            print(f"[encode] rank {rank} of {world}: its shards of {source} are done; {target}/index.json comes "
-                  "when every rank's are (a rank that stopped is rerun with the same command)", file=sys.stderr)
+    with output_lock(opts.output, "encode", shared=world > 1):
+        model = load_dvae(dvae_weights_file(opts.dvae_weights), pick_device(opts.device))
+        for source, target in folder_pairs(opts.input, opts.output):
+            index = encode_shards(model, source, target, opts.batch_size, rank, world)
+            if index is not None:
+                print(f"[encode] {index.total} samples in {len(index.shards)} shards -> {index.root} "
+                      f"({model.cfg.grid_size}x{model.cfg.grid_size} codes)", file=sys.stderr)
+            else:  # a split encode: the rank that completes the set writes index.json; until then it is unfinished
+                print(f"[encode] rank {rank} of {world}: its shards of {source} are done; {target}/index.json comes "
+                      "when every rank's are (a rank that stopped is rerun with the same command)", file=sys.stderr)
     return 0
 
 

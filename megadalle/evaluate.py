@@ -29,7 +29,7 @@ from megadalle.data.images import upscaled_message
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
 from megadalle.listed_files import remove_listed_files
-from megadalle.outputs import output_folder, refuse_earlier_results, stopped
+from megadalle.outputs import output_folder, refuse_earlier_results, stopped, write_record
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
 from megadalle.sampling.prompt import code_points, ids
@@ -260,8 +260,7 @@ def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.md").write_text(scores.markdown())
     path = output / METRICS
-    path.write_text(json.dumps({**asdict(scores), "config": asdict(cfg)}, indent=1))
-    return path
+    return write_record(path, {**asdict(scores), "config": asdict(cfg)})
 
 
 def run(cfg: DictConfig) -> int:

@@ -13,6 +13,7 @@ out by element size, largest first, so each one's offset is a multiple of its el
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from pathlib import Path
@@ -74,11 +75,14 @@ class PlannedFile:
         self.missing.discard(name)
 
     def release(self) -> None:
-        """Close the file, complete or not (an aborted export removes it)."""
-        self.file.close()
+        """Close a file being discarded (an aborted export removes it). Closing flushes, which fails again on the
+        full disk that is often why it is discarded: that second error would hide the first and keep the
+        temporary, so it is ignored (the descriptor is closed all the same)."""
+        with contextlib.suppress(OSError):
+            self.file.close()
 
     def close(self) -> None:
-        self.release()
+        self.file.close()
         missing = sorted(self.missing | {name for name, left in self.unwritten.items() if left})
         if missing:
             raise ValueError(f"{self.path}: {len(missing)} tensors were never written whole, e.g. {missing[:3]}")

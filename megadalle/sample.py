@@ -12,7 +12,6 @@ a stop signal ended (megadalle.sampling.stop) continues when the same command is
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ from megadalle.config.ema import ema_choice
 from megadalle.config.sample import GenerateConfig, check_models, check_request, check_settings
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.listed_files import remove_listed_files
-from megadalle.outputs import output_folder, refuse_earlier_results, stopped
+from megadalle.outputs import output_folder, refuse_earlier_results, stopped, write_record
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
@@ -128,8 +127,8 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
         save_image(image, output / sample_name(rank_))
     kept = [{"rank": r, "sample": i, "file": sample_name(r),
              "score": None if result.scores is None else result.scores[i]} for r, i in enumerate(result.indices)]
-    (output / SCORES).write_text(json.dumps({"prompt": prompt, **meta, "kept": kept, "all_scores": result.scores},
-                                            indent=1))
+    write_record(output / SCORES, {"prompt": prompt, **meta, "kept": kept, "all_scores": result.scores},
+                 "rerun the same command: it continues from the samples saved so far")
     return grid
 
 

@@ -41,6 +41,7 @@ from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_
 from megadalle.data.sources import Item, dropped_by_index, find_items
 from megadalle.data.summary import NoUsableInput, PassSummary
 from megadalle.errors import UserError
+from megadalle.folder_lock import output_lock
 
 
 @dataclass
@@ -91,18 +92,28 @@ def finish(writer: ShardWriter, count: int) -> int:
 
 
 def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
-    """Convert `cfg.input` into shards at `cfg.output`; returns the summary (also written to the report)."""
+    """Convert `cfg.input` into shards at `cfg.output`; returns the summary (also written to the report). One
+    prepare at a time writes an output (folder_lock.py): the writers' temporary names are fixed, and two at once,
+    at other sizes, published an index.json over a tar of both. The second is refused once it has listed its input,
+    before it writes anything (an input with nothing to convert is refused before an output folder is made)."""
     start = time.perf_counter()
     val_dir = Path(cfg.output) / VAL_DIR
     check_split_dir(val_dir)  # before indexing an input or writing anything
     check_output(cfg.output, "prepare")  # (preflight checks it too; the demo calls this function directly)
     items = find_items(cfg.input, cfg.image_column, cfg.caption_column)
-    left_out = dropped_by_index(Path(cfg.input)) if any(item.span is not None for item in items) else Counter()
     held = sum(item.held_out for item in items)
     if held and cfg.val_fraction > 0:
         raise SecondSplitError(f"val_fraction={cfg.val_fraction}: {cfg.input} has its own validation split "
                                f"({held} samples in {Path(cfg.input) / VAL_DIR}), which is kept as it is; leave "
                                "val_fraction at 0")
+    with output_lock(cfg.output, "prepare"):
+        return _convert(cfg, items, start, progress)
+
+
+def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool) -> PrepareSummary:
+    """`prepare` once its input is listed, holding its output."""
+    val_dir = Path(cfg.output) / VAL_DIR
+    left_out = dropped_by_index(Path(cfg.input)) if any(item.span is not None for item in items) else Counter()
     opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels, cfg.max_aspect)
     workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
     meta = {"image_size": cfg.image_size, "format": cfg.format, "source": shown(str(cfg.input))}

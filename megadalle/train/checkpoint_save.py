@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from megadalle.train import distributed, ema as ema_lib, rng
+from megadalle.train import distributed, ema as ema_lib, rng, rundir
 from megadalle.train.checkpoint import ABANDONED, LATEST, MANIFEST, CheckpointError, one_line, step_dirs, tag_of
 from megadalle.train.checkpoint_damage import complete_tags, damage
 from megadalle.train.distributed import barrier
@@ -38,18 +38,32 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, lineage: 
 
     Every file is fsynced before the manifest is written, so a checkpoint that counts as complete survives a
     power loss. A failure on any rank (a full disk) stops every rank with the same line, and the unfinished
-    directory is removed: no rank waits at a barrier for one that has left."""
+    directory is removed: no rank waits at a barrier for one that has left. So does a run directory moved or removed
+    since the run locked it (`rundir.moved_away`), before anything is written (DeepSpeed writes by path and would
+    make `<old path>/checkpoints` again), or during the save, whose failure it then explains."""
     tag = tag_of(step)
     path = root / tag
-    on_every_rank(path, rank, partial(_make_room, root, tag, keep, lineage.parent) if rank == 0 else None,
-                  remove=False)
-    on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
-    on_every_rank(path, rank, partial(sync_tree, path) if rank == 0 else None)
-    on_every_rank(path, rank, partial(_publish, root, path, step, client_state, lineage) if rank == 0 else None)
+    stop_if_moved(root, rank)
+    try:
+        on_every_rank(path, rank, partial(_make_room, root, tag, keep, lineage.parent) if rank == 0 else None,
+                      remove=False)
+        on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
+        on_every_rank(path, rank, partial(sync_tree, path) if rank == 0 else None)
+        on_every_rank(path, rank, partial(_publish, root, path, step, client_state, lineage) if rank == 0 else None)
+    except CheckpointError:  # every rank: moved during the save, its files then missing, is not a full disk
+        stop_if_moved(root, rank)
+        raise
     if rank == 0 and keep:
         prune(root, keep)
     barrier()
     return lineage.after(path)
+
+
+def stop_if_moved(root: Path, rank: int) -> None:
+    """On every rank (a collective): raise RunDirError when the run directory holding `root` is no longer the one
+    rank 0 locked (`rundir.moved_away`)."""
+    if (moved := distributed.first_error(rundir.moved_away(root.parent) if rank == 0 else None)) is not None:
+        raise rundir.RunDirError(moved)
 
 
 def _make_room(root: Path, tag: str, keep: int, parent: Path | None) -> None:

@@ -25,38 +25,28 @@ rate at the step it resumes from (`trainer.steps` reshapes the decay) is told so
 that keeps the old curve.
 
 A run directory belongs to one run at a time: rank 0 holds an exclusive `flock` on `<run_dir>/.lock` from
-before it reads any checkpoint until the run ends (RunLock). Two jobs on one directory would otherwise resume
-from each other's checkpoints, set aside or prune the other's newer ones and log the same steps twice; the
-second is refused, naming the holder (host, pid, Slurm job). The kernel drops the lock when its process dies,
-however it dies, so a requeued job (on this node or another) finds it free once the old one is gone. A flock
-belongs to the open file, which a forked child (a DataLoader worker) shares: an orphaned worker outliving a
-killed run held it for seconds more, so every forked child closes its copy at once (`os.register_at_fork`).
-Not POSIX record locks (`lockf`), which a fork does not pass on: a process holds those once, so a second lock
-in the same process would succeed, and closing any descriptor of the file drops them. On NFS
-the Linux client emulates flock with whole-file POSIX locks held by the server (since 2.6.12; mount option
-`local_lock=none`, the default): it still excludes across nodes, a lock whose process died is released, and
-one whose node died stays until the server drops it (the NFSv4 lease, about 90 s; NFSv3 waits for the node to
-reboot). A mount with `nolock` or `local_lock=flock|all` keeps locks node-local: jobs on two nodes both take it.
+before it reads any checkpoint until the run ends (RunLock; folder_lock.py says how it holds). Two jobs on one
+directory would otherwise resume from each other's checkpoints, set aside or prune the other's newer ones and log
+the same steps twice; the second is refused, naming the holder (host, pid, Slurm job). A run directory moved or
+removed under its run stops it at the next save (`moved_away`).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import io
 import json
 import operator
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from megadalle.data.digest import sha256
 from megadalle.errors import UserError
+from megadalle.folder_lock import LOCK, FolderLock, held_on
 
 RUN_JSON = "run.json"
-LOCK = ".lock"
 RESUMABLE = (
     "run_dir", "out_dir", "name", "resume", "new_data", "weights",
     "trainer.steps", "trainer.decay_steps", "data.shards", "trainer.checkpoint_every", "trainer.keep_checkpoints",
@@ -265,69 +255,30 @@ def schedule_warning(path: Path, saved: dict, config: dict) -> str | None:
     return schedule.resume_warning(before, after, step)
 
 
-_HELD: set["RunLock"] = set()
-"""The locks this process holds, for `_forget_in_child`."""
-
-
-def _forget_in_child() -> None:
-    """In a forked child: close the copies of the run locks' descriptors, so that the lock ends with the process
-    that took it, and forget them (the child's `release` must not unlock its parent's lock)."""
-    for lock in list(_HELD):
-        if lock.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(lock.fd)
-            lock.fd = None
-    _HELD.clear()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
-
-
-class RunLock:
-    """The exclusive hold of one run on its directory (the module docstring says why and where it holds).
-
-    The lock file stays after a release: removing it would let a third run lock a new file while a second
-    still holds the old one. Its text names the last holder, for the message of a run refused while it lives."""
+class RunLock(FolderLock):
+    """The exclusive hold of one run on its directory (the module docstring says why and where it holds)."""
 
     def __init__(self, path: Path | None = None, environ: Mapping[str, str] | None = None):
         """Take the lock of run directory `path` (None: hold nothing, as ranks other than 0 do)."""
-        self.fd: int | None = None
-        if path is None:
-            return
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip() or "a process that has not written its name"
-            os.close(fd)
-            raise RunDirError(f"{path} is in use by another run ({holder}); wait for it to end or stop it, or start a "
-                              f"new run with name=<new name> (or run_dir=); if that process is gone (NFSv3 keeps a "
-                              f"dead node's lock until it reboots), remove {path / LOCK}") from None
-        except OSError as err:  # a file system without flock (Lustre mounted noflock, some FUSE): run unlocked
-            os.close(fd)
-            print(f"[run] {path / LOCK}: this file system cannot lock ({os.strerror(err.errno)}): the run goes on "
-                  "unlocked, and a second run started on this directory would not be refused", file=sys.stderr)
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, holder_text(environ).encode())
-        self.fd = fd
-        _HELD.add(self)
+        def refused(holder: str) -> RunDirError:
+            return RunDirError(f"{path} is in use by another run ({holder}); wait for it to end or stop it, or start a "
+                               f"new run with name=<new name> (or run_dir=); if that process is gone (NFSv3 keeps a "
+                               f"dead node's lock until it reboots), remove {path / LOCK}")
 
-    def release(self) -> None:
-        """Let the next run in; safe to call more than once. Unlocked, not only closed: a child forked in C, not
-        through os.fork (whose children `_forget_in_child` covers), would share the open file and keep it locked."""
-        _HELD.discard(self)
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        super().__init__(path, refused, "run", environ)
 
 
-def holder_text(environ: Mapping[str, str] | None = None) -> str:
-    """Who holds a run lock, as its refusal names it: host, pid, and the Slurm job when there is one."""
-    env = os.environ if environ is None else environ
-    job = env.get("SLURM_JOB_ID")
-    return f"host {socket.gethostname()}, pid {os.getpid()}" + (f", Slurm job {job}" if job else "")
+def moved_away(path: Path) -> str | None:
+    """Rank 0, before a save into run directory `path`: why the run may not write there, in one line, when `path`
+    is no longer the directory it locked (renamed or removed since; `FolderLock.lost`): a save by path recreated
+    `<path>/checkpoints` alone, without run.json or a lock, and the run ended "finished" with its run.json,
+    metrics and earlier checkpoints elsewhere. None while it is (or the file system could not lock it)."""
+    lock = held_on(path)
+    if lock is None or not lock.lost():
+        return None
+    return (f"the run directory {path} was moved or removed while the run was in it ({path / LOCK} is no longer the "
+            "file it locked): the run stops at this checkpoint, writing nothing more at its old path; put the "
+            "directory back (or rerun with run_dir= where it is now), then rerun the same command to resume")
 
 
 def choose(run_dir: str | None, out_dir: str, name: str, rank: int,

@@ -7,16 +7,19 @@ export on this machine left.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import save_file
 
+from megadalle.disk_errors import cannot_write
+from megadalle.errors import UserError
 from megadalle.planned_safetensors import Layout, PlannedFile, nbytes
 from megadalle.processes import owner_gone, owner_tag
 from megadalle.weights.dtypes import cast
@@ -56,6 +59,11 @@ def remove_stale_temporaries(target: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+class WeightsNotWritten(UserError, OSError):
+    """Weights the disk did not take (full, over quota, read-only, past `ulimit -f`): one line, not a traceback, as
+    train says it (train/disk_full.py); the writer's temporary is removed (`abort`)."""
+
+
 class _StreamedWriter:
     """Tensors, as they come and in any order, into safetensors files planned from a `Layout`, under a
     temporary name renamed at `close`: an interrupted export leaves nothing that looks finished.
@@ -74,20 +82,32 @@ class _StreamedWriter:
         """`tensor` as the planned `name`, or as its rows from `first_row` on (PlannedFile.write)."""
         if name not in self.files:
             raise ValueError(f"{name} is not among the {len(self.layout)} tensors planned for {self.target}")
-        self.files[name].write(name, cast(tensor, self.layout[name][1]), first_row)
+        with self._one_line():
+            self.files[name].write(name, cast(tensor, self.layout[name][1]), first_row)
 
     def _close_files(self) -> None:
-        for file in dict.fromkeys(self.files.values()):
-            file.close()
+        with self._one_line():
+            for file in dict.fromkeys(self.files.values()):
+                file.close()
+
+    @contextlib.contextmanager
+    def _one_line(self) -> Iterator[None]:
+        """An OSError writing the files (a full disk) as WeightsNotWritten; the caller's abort removes them."""
+        try:
+            yield
+        except OSError as err:
+            raise WeightsNotWritten(cannot_write(self.target, err)) from None
 
     def abort(self) -> None:
-        """Remove what was written."""
-        for file in dict.fromkeys(self.files.values()):
-            file.release()
-        if self.tmp.is_dir():
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        """Remove what was written, whatever closing the files says."""
+        try:
+            for file in dict.fromkeys(self.files.values()):
+                file.release()
+        finally:
+            if self.tmp.is_dir():
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            else:
+                self.tmp.unlink(missing_ok=True)
 
 
 class SingleFileWriter(_StreamedWriter):
@@ -110,7 +130,12 @@ class SingleFileWriter(_StreamedWriter):
             self.abort()
             raise
         tmp_json = self.target.with_name(self.target.name + ".json.tmp")
-        tmp_json.write_text(config_record(self.kind, config))
+        with self._one_line():
+            try:
+                tmp_json.write_text(config_record(self.kind, config))
+            except OSError:
+                tmp_json.unlink(missing_ok=True)
+                raise
         if before_replace is not None:
             before_replace()
         os.replace(tmp_json, config_path(self.target))
@@ -149,8 +174,9 @@ class ShardedWriter(_StreamedWriter):
         unfinished then: bundle.py)."""
         self._close_files()
         index = {"metadata": {"total_size": self.total_bytes, "kind": self.kind}, "weight_map": self.weight_map}
-        (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
-        (self.tmp / CONFIG).write_text(config_record(self.kind, config))
+        with self._one_line():
+            (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
+            (self.tmp / CONFIG).write_text(config_record(self.kind, config))
         if self.target.exists():
             try:
                 check_replaceable(self.target)

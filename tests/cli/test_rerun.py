@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from megadalle import folder_lock
 from megadalle.cli import main
 from megadalle.train import rundir
 from megadalle.train.signals import STOPPED_EXIT
@@ -258,7 +259,7 @@ def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monk
     def no_flock(fd, operation):
         raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
 
-    monkeypatch.setattr(rundir.fcntl, "flock", no_flock)
+    monkeypatch.setattr(folder_lock.fcntl, "flock", no_flock)
     lock = rundir.RunLock(tmp_path)
     assert lock.fd is None and "this file system cannot lock" in capsys.readouterr().err
     lock.release()

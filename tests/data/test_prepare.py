@@ -102,8 +102,8 @@ def test_worker_count_does_not_change_output_and_rerun_is_safe(mixed_folder, tmp
     for name in names:
         assert (tmp_path / "w0" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
     prepare(config(root, tmp_path / "w0", shard_max_samples=10), progress=False)  # rerun, fewer shards
-    assert sorted(p.name for p in (tmp_path / "w0").glob("*")) == ["index.json", "report.json", "shard-000000.tar",
-                                                                 "shard-000000.tar.idx"]
+    assert sorted(p.name for p in (tmp_path / "w0").glob("*")) == [".lock", "index.json", "report.json",
+                                                                 "shard-000000.tar", "shard-000000.tar.idx"]
     assert ShardIndex.load(tmp_path / "w0").total == 5
 
 
