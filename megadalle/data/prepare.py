@@ -40,7 +40,6 @@ from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
 from megadalle.data.sources import Item, dropped_by_index, find_items
 from megadalle.data.summary import NoUsableInput, PassSummary
-from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
 
 
