@@ -31,7 +31,8 @@ while [ $# -gt 0 ]; do
         -h|--help) sed -n '2,/^set /p' "$0" | sed '$d' | cut -c3-; exit 0 ;;
         --cpu-check) mode=cpu; shift; continue ;;
         --out|--limits|--total) ;;
-        *) echo "gpu.sh: unknown argument '$1' (expected --cpu-check, --out DIR, --limits A,B,C or --total S)" >&2; exit 2 ;;
+        *) echo "gpu.sh: unknown argument '$1' (expected --cpu-check, --out DIR, --limits A,B,C or --total S)" >&2
+           exit 2 ;;
     esac
     if [ $# -lt 2 ]; then
         echo "gpu.sh: $1 needs a value (--out DIR, --limits A,B,C or --total S)" >&2; exit 2

@@ -39,7 +39,8 @@ def markdown(report: dict) -> str:
              "| stage | exit status | seconds |", "|---|---|---|"]
     lines += [f"| {s} | {st['rc']} | {st['seconds']} |" for s, st in report["status"].items()]
     if report["failed"]:
-        lines += ["", f"No figures from {', '.join(report['failed'])}: failed, timed out or not run (see the .log files)."]
+        lines += ["", f"No figures from {', '.join(report['failed'])}: failed, timed out or not run "
+                      "(see the .log files)."]
     att = report.get("attention") or {}
     if att.get("timings"):
         lines += ["", f"## Attention ({att.get('shape')})", ""]

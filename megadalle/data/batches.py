@@ -51,14 +51,15 @@ def sample_image(sample: dict[str, Any], image_fields: tuple[str, ...] = IMAGE_F
 
 class UnreadableImage(ValueError):
     """A sample whose image does not decode: a shard damaged after it was written or indexed (a bad copy, bit rot),
-    as those checked every image. It names the sample's key; a caller that knows the shard names both
-    (`sample_name`), for PIL's own message names neither ("cannot identify image file <_io.BytesIO ...>")."""
+    as those checked every image. It names the sample's key and its `position` in the batch; a caller that knows the
+    shard names both (`sample_name`), for PIL's own message names neither ("cannot identify image file <_io.BytesIO
+    ...>"). The position finds the shard: a key is unique only within its shard, so two shards may both hold `002`."""
 
-    def __init__(self, key: str, err: Exception):
+    def __init__(self, key: str, position: int, err: Exception):
         super().__init__(f"its image does not decode ({type(err).__name__}: {err}); the shard changed since it was "
                          "written or indexed (a bad copy or bit rot): copy it again from where it came, or rerun the "
                          "`megadalle prepare` that wrote it")
-        self.key = key
+        self.key, self.position = key, position
 
 
 def sample_name(shard: object, key: str) -> str:
@@ -102,7 +103,7 @@ class ImageBatches:
             try:
                 img, enlarged[i] = self.decode(data)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-                raise UnreadableImage(sample["__key__"], err) from err
+                raise UnreadableImage(sample["__key__"], i, err) from err
             to_float_chw(img, out=images[i])
         captions = [pick_caption(text, sample_rng(seed, pos)) for text, pos in zip(texts, positions)]
         keys = [s["__key__"] for s in samples]

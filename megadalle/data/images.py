@@ -109,6 +109,8 @@ REDUCING_GAP = 3.0
 as good as bicubic all the way."""
 BICUBIC_SUPPORT = 2
 """Half-width of PIL's bicubic kernel in output pixels (in source pixels, times the downscale factor)."""
+RESIZE_TOLERANCE = 2
+"""How many grey levels `resize_center_crop` may differ from resizing the whole image and cutting the square."""
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -117,9 +119,12 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     Only the square is computed: resizing the whole image first made a 1x100000 strip (a PNG of a few hundred bytes,
     which max_pixels lets through) a 32x3200000 image at 32 px (300 MB; 20 GB at 256 px) before the crop threw nearly
     all of it away.
-    The pixels are those of the whole resize, in the order PIL makes them (its blocks averaged from the corner,
-    columns resized, then rows): each pass is a one-axis `box=` resize of what the square needs, the rows it reads
-    cut first (`needed_rows`)."""
+    The pixels are within `RESIZE_TOLERANCE` grey levels of the whole resize's, made as PIL makes them: its blocks
+    averaged from the corner, then one pass per axis, in PIL's order (`rows_first`), each a one-axis `box=` resize of
+    the source the square needs (`needed_span`), cut first. Each output pixel reads the source pixels the whole resize
+    reads, but PIL takes a box's corners in float32: from the square's corner rather than the image's, a weight can
+    round otherwise, and the 8 bits kept between the passes turn that into a grey level, rarely two (measured on
+    noise, line art and photographs, tests/data/test_resize.py)."""
     w, h = img.size
     if (w, h) == (size, size):
         return img
@@ -130,19 +135,34 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
         img = img.reduce((fx, fy))
     sx, sy = w / fx / nw, h / fy / nh  # (reduced) source pixels per output pixel, as PIL's whole resize has them
     left, top = (nw - size) // 2, (nh - size) // 2
-    first, last = needed_rows(top * sy, (top + size) * sy, sy, img.height)
-    rows = img.crop((0, first, img.width, last))
-    rows = rows.resize((size, last - first), Image.Resampling.BICUBIC, box=(left * sx, 0, (left + size) * sx,
-                                                                          last - first))
-    return rows.resize((size, size), Image.Resampling.BICUBIC, box=(0, top * sy - first, size,
-                                                                   (top + size) * sy - first))
+    x0, x1 = needed_span(left * sx, (left + size) * sx, sx, img.width)
+    y0, y1 = needed_span(top * sy, (top + size) * sy, sy, img.height)
+    src = img.crop((x0, y0, x1, y1))
+    cx0, cx1 = left * sx - x0, (left + size) * sx - x0  # the square's columns in `src`
+    cy0, cy1 = top * sy - y0, (top + size) * sy - y0  # and its rows
+    bicubic = Image.Resampling.BICUBIC
+    if rows_first(img.size, (nw, nh)):
+        src = src.resize((src.width, size), bicubic, box=(0, cy0, src.width, cy1))
+        return src.resize((size, size), bicubic, box=(cx0, 0, cx1, size))
+    src = src.resize((size, src.height), bicubic, box=(cx0, 0, cx1, src.height))
+    return src.resize((size, size), bicubic, box=(0, cy0, size, cy1))
 
 
-def needed_rows(start: float, end: float, step: float, height: int) -> tuple[int, int]:
-    """The source rows a bicubic resize of rows [start, end) (`step` source rows per output row) reads, with a row
-    to spare each side; the image's own edges where they are nearer (PIL weighs the kernel within them)."""
+def rows_first(source: tuple[int, int], target: tuple[int, int]) -> bool:
+    """Whether PIL's resize of `source` (width, height) to `target` runs its vertical pass first: where the height
+    loses more than twice as many pixels as the width (Pillow's ImagingResampleInner, src/libImaging/Resample.c;
+    13.0). The passes round to 8 bits between them, so the order changes the pixels, by up to ~24 grey levels on
+    noise or line art."""
+    (w, h), (nw, nh) = source, target
+    return h - nh > 0 and h - nh > 2 * (w - nw)
+
+
+def needed_span(start: float, end: float, step: float, length: int) -> tuple[int, int]:
+    """The source lines (rows or columns) a bicubic resize of [start, end) along them (`step` source lines per output
+    line) reads, with a line to spare each side; the image's own edges where they are nearer (PIL weighs the kernel
+    within them)."""
     support = BICUBIC_SUPPORT * max(step, 1.0)
-    return max(0, math.floor(start - support) - 1), min(height, math.ceil(end + support) + 1)
+    return max(0, math.floor(start - support) - 1), min(length, math.ceil(end + support) + 1)
 
 
 def to_float_chw(img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:

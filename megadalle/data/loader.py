@@ -138,8 +138,7 @@ class _Steps(IterableDataset):
                     try:
                         micro.append(plan.maker(samples, positions, plan.seed))
                     except UnreadableImage as err:
-                        at = [s["__key__"] for s in samples].index(err.key)
-                        shard = plan.index.shards[int(plan.index.locate(np.asarray(ids)[at:at + 1])[0][0])].name
+                        shard = plan.index.shards[int(plan.index.locate(np.asarray(ids)[[err.position]])[0][0])].name
                         raise RuntimeError(f"{sample_name(plan.index.root / shard, err.key)}: step {step}, micro-batch "
                                            f"{accum}: {err}") from err
                     except Exception as err:

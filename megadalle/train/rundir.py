@@ -145,8 +145,21 @@ def config_diff(saved: dict, current: dict, same_content: frozenset[str] = froze
     """(key, saved value, current value) for every key that differs and may not change on resume. The DIGEST_KEYS
     in `same_content` name a file whose content is the run's, wherever it lies now; the other PATH_KEYS compare as
     paths. A key the saved config lacks because it was added since (ADDED_KEYS) compares as the value the run ran
-    under."""
+    under. The saved verb-level keys are read as `config.typed_container` reads the current ones: a run.json from
+    before it holds `seed=${oc.env:SEED}` as the text '7', which differed from 7 and refused the same command (a
+    value the schema refuses stays as saved, and differs)."""
+    from megadalle.config import ConfigError, build, literal
+    from megadalle.config.train import RunConfig
+
+    def typed(key: str, value: Any) -> Any:
+        try:
+            return getattr(build(RunConfig, {key: literal(value)}, ""), key)
+        except ConfigError:
+            return value
+
+    run_keys = {field.name for field in dataclasses.fields(RunConfig)}
     a, b = flatten(saved), flatten(current)
+    a.update({key: typed(key, a[key]) for key in run_keys & set(a)})
     a.update({key: implied(b) for key, implied in ADDED_KEYS.items() if key not in a and key in b})
     return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b))
             if not resumable(key) and key not in same_content

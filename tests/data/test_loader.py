@@ -262,3 +262,13 @@ def test_samples_with_different_image_fields_all_load(tmp_path):
     assert batch["image"].shape == (6, 3, 8, 8)
     assert batch["key"] == [f"sub/dir/k{i}" for i in range(6)]
     assert abs(float(batch["image"][4, 0].mean()) - 160 / 255) < 0.05  # k4's own colour (a tif), not another's
+
+
+def test_a_corrupt_sample_names_its_own_shard_when_another_shard_holds_its_key(tmp_path):
+    """Keys are unique only within a shard: the sample is found by its place in the batch, not by its key."""
+    from tests.data.conftest import jpeg_bytes, write_counts
+
+    root = write_counts(tmp_path, [3, 3], lambda i: {"__key__": f"{i % 3:03d}", "txt": "x",
+                                                     "jpg": b"broken" if i == 5 else jpeg_bytes((8, 8), i)})
+    with pytest.raises(RuntimeError, match=r"shard-000001\.tar:002: step 0, micro-batch 0: its image does not decode"):
+        take(image_loader(root, 6, 8, shuffle=False), 1)

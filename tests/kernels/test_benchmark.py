@@ -138,7 +138,8 @@ def test_gpu_sh_writes_a_relative_out_where_it_was_started_and_says_where(tmp_pa
 def test_gpu_sh_refuses_a_flag_without_its_value_in_one_line(tmp_path):
     for flag in ("--out", "--limits", "--total"):
         done = _gpu_sh("--cpu-check", flag, python=tmp_path / "never-run")
-        assert done.returncode == 2 and done.stderr == f"gpu.sh: {flag} needs a value (--out DIR, --limits A,B,C or --total S)\n"
+        assert done.returncode == 2
+        assert done.stderr == f"gpu.sh: {flag} needs a value (--out DIR, --limits A,B,C or --total S)\n"
     done = _gpu_sh("--total", "0", python=tmp_path / "never-run")
     assert done.returncode == 2 and "--total takes whole seconds above 0 (got '0')" in done.stderr
 
