@@ -48,9 +48,13 @@ class TrainerConfig:
     """Clip the global gradient norm to this value; 0 disables clipping."""
     ema: float | None = None
     """Decay of an exponential moving average of the weights (the paper's: 0.99 for the Transformer, 0.999 for the
-    dVAE), or null for none. With one, validation
-    (val/...) and media are computed with the EMA weights, the ones export ships and generate and evaluate read from
-    the run directory (their ema=auto; ema=false for the live weights)."""
+    dVAE), or null for none. The decay warms up as TensorFlow's num_updates form: the average after update t (0-based)
+    takes min(ema, (1 + t) / (10 + t)), 0.1 after the first and this value after ~9 / (1 - ema) updates (890 at 0.99),
+    so a short run's EMA is of its latest weights rather than its random initialisation. t is the update index, so a
+    resume averages as the run would have; a checkpoint saved before the warm-up existed resumed at an update t below
+    ~9 / (1 - ema) averages with (1 + t) / (10 + t), not the fixed decay it was trained with, until then. With one,
+    validation (val/...) and media are computed with the EMA weights, the ones export ships and generate and evaluate
+    read from the run directory (their ema=auto; ema=false for the live weights)."""
     precision: str = "auto"
     """auto = bf16 with fp32 master weights on GPU, fp32 on CPU; or force fp32 / bf16."""
     checkpoint_every: int = 1000

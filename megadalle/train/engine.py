@@ -16,6 +16,7 @@ from torch import nn
 from megadalle.config import ConfigError
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import schedule
+from megadalle.train.masters import stage0_masters
 from megadalle.train.task import Batch, PipelineSpec, Task
 
 
@@ -269,9 +270,8 @@ def undo_warmup_step(optimizer) -> bool:
     if not isinstance(optimizer, FP16_UnfusedOptimizer):
         return False
     with torch.no_grad():
-        for weights, masters in zip(optimizer.fp16_groups, optimizer.fp32_groups):
-            for weight, master in zip(weights, masters):
-                master.copy_(weight)
+        for weight, master in stage0_masters(optimizer):
+            master.value().copy_(weight)
     optimizer.optimizer.state.clear()
     return True
 

@@ -1,16 +1,17 @@
 """Rewrite a parameter between updates in every copy the optimizer keeps of it.
 
 A task that re-initialises part of a parameter while it trains (the dVAE reviving dead codes) cannot
-just write `param.data`: under ZeRO-1/2 (and DeepSpeed's bf16 optimizer) the optimizer steps its own
-fp32 master copy, and the next update would write the old values back; Adam's moments would keep the
-old entries' gradient history. DeepSpeed's `safe_*_full_*` accessors reach the master and the moments
-whatever the partitioning (each rank writes its own fragment of the full tensor it is given); at
-stage 0 in fp32 the optimizer holds the model's own parameters. ZeRO-3 keeps no whole parameter on a
-rank, and rewriting it would need a gather per edit: it is refused (the preflight says so first). The EMA
-(train/ema.py) restarts at the new value where an edit changed the parameter, each rank in its own piece.
+just write `param.data`: wherever the optimizer steps an fp32 master of it (train/masters.py: ZeRO-1/2,
+DeepSpeed's bf16 optimizers, stage 0 in bf16 too) the next update would write the old values back; Adam's
+moments would keep the old entries' gradient history. DeepSpeed's `safe_*_full_*` accessors reach a ZeRO-1/2
+master and its moments whatever the partitioning (each rank writes its own fragment of the full tensor it is
+given); at stage 0 each rank holds the whole master (the parameter itself in fp32) and its moments. ZeRO-3
+keeps no whole parameter on a rank, and rewriting it would need a gather per edit: it is refused (the
+preflight says so first). The EMA (train/ema.py) restarts at the new value where an edit changed the
+parameter, each rank in its own piece.
 
 `clamp` keeps a parameter in a range (CLIP's logit scale) in every layout, ZeRO-3 included: being elementwise, it
-needs no whole tensor, each rank clamps every copy it holds (the weights, its fp32 master fragment or partition);
+needs no whole tensor, each rank clamps every copy it holds (the weights, its fp32 master, fragment or partition);
 the moments and the EMA are left alone (the EMA averages the clamped weights).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from megadalle.train.ema import EMA
 from megadalle.train.ema_swap import gathered
+from megadalle.train.masters import local_master, torch_optimizer, whole_master
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 """Adam's (and AdamW's, apex FusedAdam's) per-element state."""
@@ -54,11 +56,12 @@ class ParamEditor:
                 state = safe_get_full_optimizer_state(param, key)
                 if state is not None:
                     safe_set_full_optimizer_state(param, edit(state.float(), key), key)
-        else:
-            state = self._torch_optimizer().state.get(param, {})
+        elif (master := whole_master(param, self.engine.optimizer)) is not None:  # stage 0: the whole master
+            master.value().copy_(value)
             for key in MOMENTS:
-                if key in state:
-                    state[key].copy_(edit(state[key].float(), key))
+                moment = master.moment(torch_optimizer(self.engine.optimizer), key)
+                if moment is not None:
+                    moment.copy_(edit(moment.float(), key))
         param.data.copy_(value)
         if self.ema is not None:
             self.ema.restart_where_edited(param, before, value)
@@ -77,9 +80,9 @@ class ParamEditor:
             safe_set_local_fp32_param(param, safe_get_local_fp32_param(param).clamp(low, high))
             return
         param.data.clamp_(low, high)
-        mapping = getattr(param, "_hp_mapping", None)
-        if mapping is not None:  # ZeRO-1/2 or the bf16 optimizer: this rank's fragment of the fp32 master (or none)
-            mapping.get_hp_fragment().clamp_(low, high)
+        master = local_master(param, self.engine.optimizer)
+        if master is not None:
+            master.clamp_(low, high)
 
     def _link_moments(self) -> None:
         """Point every parameter's fragment at its piece of Adam's moments.
@@ -94,12 +97,10 @@ class ParamEditor:
             optimizer._lazy_init_hp_params_optimizer_state()
 
     def _read(self, param: torch.nn.Parameter) -> torch.Tensor:
+        """The whole fp32 master (the bf16 weights round it), or the weights where the optimizer steps no master."""
         if hasattr(param, "_hp_mapping"):
             from deepspeed.utils import safe_get_full_fp32_param
 
             return safe_get_full_fp32_param(param).float()
-        return param.detach().float().clone()
-
-    def _torch_optimizer(self) -> torch.optim.Optimizer:
-        optimizer = self.engine.optimizer
-        return getattr(optimizer, "optimizer", optimizer)
+        master = whole_master(param, self.engine.optimizer)
+        return (param if master is None else master.value()).detach().float().clone()

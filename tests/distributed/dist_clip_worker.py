@@ -4,7 +4,7 @@
 config as the trainer does (engine.build after seeding), runs update 0 through StepRunner and writes
 `<dir>/rank<N>.pt`: the update's metrics (global means) and the parameters after it (ZeRO-3's gathered whole).
 With `"after_update": true` the task's after_update follows the update, as in the trainer, and the record holds the
-logit scale's fp32 master too (`master_scale`, DeepSpeed's full view of it).
+logit scale's fp32 master too (`master_scale`: stage 0's whole master, or DeepSpeed's full view of it).
 """
 import contextlib
 import json
@@ -22,6 +22,7 @@ from megadalle.config.compose import compose
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import distributed, engine, rng
 from megadalle.train.clip import ClipTask
+from megadalle.train.masters import whole_master
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import DataPart
@@ -45,7 +46,9 @@ def main(opts: dict) -> None:
     record = {}
     if opts.get("after_update"):
         task.after_update(built.model, ParamEditor(built.engine, ds.zero_stage), 0)
-        record["master_scale"] = deepspeed.utils.safe_get_full_fp32_param(built.model.logit_scale)
+        scale = built.model.logit_scale
+        whole = whole_master(scale, built.engine.optimizer)  # stage 0; ZeRO keeps fragments or partitions
+        record["master_scale"] = deepspeed.utils.safe_get_full_fp32_param(scale) if whole is None else whole.value()
     params = dict(built.model.named_parameters())
     partitioned = all(hasattr(p, "ds_tensor") for p in params.values())  # ZeRO-3: gathered to be read
     with deepspeed.zero.GatheredParameters(list(params.values())) if partitioned else contextlib.nullcontext():

@@ -1,7 +1,7 @@
 """CLIP's logit scale is clamped after each update in every copy DeepSpeed keeps of it (ClipTask.after_update,
 ParamEditor.clamp): the weights (ZeRO-3's partition, and the whole where DeepSpeed keeps the parameter gathered)
-and the bf16 runs' fp32 master, which the next step starts from. A clamp of the weights alone would let the next
-update write the master's unclamped value back.
+and the bf16 runs' fp32 master (stage 0's whole one, ZeRO-1/2's fragments, ZeRO-3's partitions), which the next
+step starts from. A clamp of the weights alone would let the next update write the master's unclamped value back.
 
 Random pairs prefer a lower scale; from the cap (temperature 0.01), one update of about twice the gradient (AdamW's
 first step with lr = 2 eps) takes the parameter from ln 100 to about -1.1, below the range's 0.
@@ -14,6 +14,8 @@ from test_clip_negatives import OVERRIDES, PARTITIONED
 
 LOW = [*OVERRIDES, "clip.init_temperature=0.01", "trainer.lr=2e6", "trainer.precision=bf16"]
 LAYOUTS = {
+    "zero0_bf16": ["deepspeed=zero1", "deepspeed.zero_stage=0", "deepspeed.grad_accum_dtype=bf16"],  # FP16_Unfused
+    "zero1_bf16": ["deepspeed=zero1"],  # DeepSpeed's BF16_Optimizer
     "zero2_bf16": ["deepspeed=zero2"],
     "zero3_bf16_partitioned": ["deepspeed=zero3", PARTITIONED],
     "zero3_bf16_gathered": ["deepspeed=zero3"],  # a 1-element parameter: persistent, kept whole on every rank

@@ -1,0 +1,80 @@
+"""Where the optimizer keeps a parameter's fp32 master: the copy its next step starts from.
+
+An edit between updates (train/param_edit.py) that misses the master is undone by the next step, which
+writes the master back over the weights. Outside ZeRO-3 (whose partitions DeepSpeed reads and writes
+through `safe_*_local_fp32_param`) the layouts DeepSpeed builds here are:
+
+- ZeRO-1/2, and its BF16_Optimizer (bf16 with fp32 accumulation at stage 1, pipelines): each rank steps
+  a fragment of a flat master, mapped by the parameter's `_hp_mapping` (None where the rank holds none).
+- stage 0 in bf16 (bf16 accumulation): FP16_UnfusedOptimizer clones each weight into `fp32_groups`;
+  FP16_Optimizer (a fused Adam) concatenates each group's weights into one `fp32_groups_flat` tensor.
+  Both pair them with `fp16_groups`, and the torch optimizer inside keys Adam's state by those masters.
+- stage 0 in fp32: the torch optimizer steps the parameter itself.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class WholeMaster:
+    """A parameter's whole fp32 master at stage 0: elements [start, start + numel) of `owner`, the tensor the
+    torch optimizer steps (and keys Adam's state by)."""
+    owner: torch.Tensor
+    start: int
+    shape: torch.Size
+
+    def value(self) -> torch.Tensor:
+        return self._view(self.owner.data)
+
+    def moment(self, optimizer: torch.optim.Optimizer, key: str) -> torch.Tensor | None:
+        """The same elements of `optimizer`'s state `key` for the owner; None before its first step."""
+        state = optimizer.state.get(self.owner, {})
+        return self._view(state[key]) if key in state else None
+
+    def _view(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view(-1).narrow(0, self.start, self.shape.numel()).view(self.shape)
+
+
+def stage0_masters(optimizer) -> Iterator[tuple[torch.Tensor, WholeMaster]]:
+    """(weight, its master) for every parameter a stage-0 optimizer steps: DeepSpeed's two bf16 wrappers or
+    a torch optimizer of fp32 parameters; nothing for ZeRO's optimizers."""
+    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    if isinstance(optimizer, FP16_Optimizer):
+        for weights, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat):
+            start = 0
+            for weight in weights:
+                yield weight, WholeMaster(flat, start, weight.shape)
+                start += weight.numel()
+    elif isinstance(optimizer, FP16_UnfusedOptimizer):
+        for weights, masters in zip(optimizer.fp16_groups, optimizer.fp32_groups):
+            for weight, master in zip(weights, masters):
+                yield weight, WholeMaster(master, 0, weight.shape)
+    elif isinstance(optimizer, torch.optim.Optimizer):
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                yield param, WholeMaster(param, 0, param.shape)
+
+
+def whole_master(param: torch.Tensor, optimizer) -> WholeMaster | None:
+    """`param`'s master at stage 0; None under ZeRO or where the optimizer does not step it."""
+    return next((master for weight, master in stage0_masters(optimizer) if weight is param), None)
+
+
+def local_master(param: torch.Tensor, optimizer) -> torch.Tensor | None:
+    """This rank's piece of `param`'s fp32 master outside ZeRO-3, a view of what the optimizer steps (edits of it
+    last): the fragment ZeRO-1/2 map to this rank, or the whole at stage 0. None where the rank holds none of it."""
+    if hasattr(param, "_hp_mapping"):
+        return None if param._hp_mapping is None else param._hp_mapping.get_hp_fragment()
+    master = whole_master(param, optimizer)
+    return None if master is None else master.value()
+
+
+def torch_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's wrappers (or the optimizer itself): the one holding Adam's state."""
+    return getattr(optimizer, "optimizer", optimizer)

@@ -1,0 +1,58 @@
+"""At ZeRO stage 0 in bf16 an edit between updates reaches DeepSpeed's fp32 masters and Adam's moments
+(ParamEditor through train/masters.py), or the next step writes the old values back over the weights.
+
+DeepSpeed wraps the torch optimizer in FP16_UnfusedOptimizer (one fp32 clone per weight) or, for a fused Adam,
+FP16_Optimizer (one flat fp32 tensor per group); both are built here on the CPU, as the trainer builds them.
+"""
+from types import SimpleNamespace
+
+import deepspeed.comm
+import pytest
+import torch
+from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+from megadalle.train.masters import whole_master
+from megadalle.train.param_edit import ParamEditor
+
+WRAPPERS = {"unfused": FP16_UnfusedOptimizer, "fused": FP16_Optimizer}
+
+
+@pytest.fixture(params=sorted(WRAPPERS))
+def wrapped(request, monkeypatch):
+    """Two bf16 weights in one group (the second sits after the first in the fused wrapper's flat master) and
+    the wrapper, whose constructor has given Adam its (zero) moments."""
+    monkeypatch.setattr(deepspeed.comm, "get_rank", lambda *args, **kwargs: 0)  # the constructors log on rank 0
+    first = torch.nn.Parameter(torch.full((3,), 0.5, dtype=torch.bfloat16))
+    second = torch.nn.Parameter(torch.full((2, 2), 2.0, dtype=torch.bfloat16))
+    inner = torch.optim.AdamW([first, second], lr=0.0, weight_decay=0.0)
+    return first, second, WRAPPERS[request.param](inner, low_precision_dtype=torch.bfloat16)
+
+
+def step(optimizer, *weights) -> None:
+    for weight in weights:
+        weight.grad = torch.zeros_like(weight)
+    optimizer.step()
+
+
+def test_a_clamp_reaches_the_master(wrapped):
+    first, second, optimizer = wrapped
+    ParamEditor(SimpleNamespace(optimizer=optimizer), 0).clamp(second, 0.0, 1.0)
+    assert torch.equal(whole_master(second, optimizer).value(), torch.ones(2, 2))
+    assert torch.equal(whole_master(first, optimizer).value(), torch.full((3,), 0.5))
+    step(optimizer, first, second)  # lr 0: the weights become their masters again
+    assert torch.equal(second.detach(), torch.ones(2, 2, dtype=torch.bfloat16))
+
+
+def test_an_edit_reaches_the_master_and_the_moments(wrapped):
+    first, second, optimizer = wrapped
+    new = {"param": 3.0, "exp_avg": 0.25, "exp_avg_sq": 4.0}
+    ParamEditor(SimpleNamespace(optimizer=optimizer), 0).apply(second, lambda t, what: torch.full_like(t, new[what]))
+    master = whole_master(second, optimizer)
+    assert torch.equal(master.value(), torch.full((2, 2), 3.0))
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(master.moment(optimizer.optimizer, key), torch.full((2, 2), new[key]))
+        assert not whole_master(first, optimizer).moment(optimizer.optimizer, key).any(), "the other weight's"
+    assert torch.equal(whole_master(first, optimizer).value(), torch.full((3,), 0.5))
+    step(optimizer, first, second)
+    assert torch.equal(second.detach(), torch.full((2, 2), 3.0, dtype=torch.bfloat16))
