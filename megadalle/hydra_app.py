@@ -10,11 +10,12 @@ hydra's, no logging set-up, callable in-process by the demo and the tests.
 
 Where jobs land: conf/config.yaml sets hydra.sweep.dir to `<out_dir>/multirun/<verb>` with one
 sub-directory per job number. Every path a job writes to goes per job (megadalle.sweep_jobs): one given on the
-command line (`output=DIR`, `run_dir=`, `weights=`) is the sweep's, job i's under it (DIR/<i>); one left to its
-default (a training run, generate's, evaluate's or the demo's output) is the job's folder, so rerunning the same
-sweep resumes every job (and a changed job is refused, see megadalle.train.rundir), while another sweep's job of the
-same number is refused there. Before, only generate and evaluate went per job: the other verbs' jobs wrote one file
-after another (the last kept), and a sweep's training jobs given a run_dir resumed each other.
+command line (`output=DIR`, `run_dir=`, `weights=`) is the sweep's, job i's under it (DIR/<i>), unless the sweep
+runs over it (`run_dir=a,b`: each job's own); one left to its default (a training run, generate's, evaluate's or the
+demo's output) is the job's folder, so rerunning the same sweep resumes every job (and a changed job is refused, see
+megadalle.train.rundir), while another sweep's job of the same number is refused there. Before, only generate and
+evaluate went per job: the other verbs' jobs wrote one file after another (the last kept), and a sweep's training
+jobs given a run_dir resumed each other.
 """
 from __future__ import annotations
 
@@ -26,9 +27,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 
+def override_key(item: str) -> str:
+    """The key an override sets (`key=`, `+key=`, `++key=`, `~key`'s is `~key`)."""
+    return item.lstrip("+").partition("=")[0]
+
+
 def gives(overrides: list[str], key: str) -> bool:
-    """Whether `overrides` set `key` (`key=`, `+key=`, `++key=`)."""
-    return any(item.lstrip("+").partition("=")[0] == key for item in overrides)
+    """Whether `overrides` set `key`."""
+    return any(override_key(item) == key for item in overrides)
 
 
 class VerbJob:
@@ -69,9 +75,9 @@ class VerbJob:
         with open_dict(cfg):
             restore(cfg, conf_dir(), self.verb, choices, given)
             keep_text(cfg, self.verb, self.overrides)  # a sweep's values stay hydra's: keep_text skips sweeps
-            home = place_outputs(cfg, self.verb, task, num, folder) if multirun else None
+            swept = swept_keys(self.overrides) if multirun else []
+            home = place_outputs(cfg, self.verb, task, swept, num, folder) if multirun else None
         if home:
-            swept = swept_keys(self.overrides)
             try:
                 check_record(home, num, task, swept)
             except UserError as err:
@@ -86,8 +92,7 @@ class VerbJob:
             raise
         finally:
             if self.records and code != 2:
-                for place in {folder, home[0] if home else folder}:
-                    write_record(place, composed, hydra_root, task)
+                write_record(home[0] if home else folder, composed, hydra_root, task)
         if code in (2, STOPPED_EXIT, 130):  # a user error, a stop signal or Ctrl-C stops the sweep
             self.stop(code, said[-1] if said else None)
         return code
@@ -146,9 +151,10 @@ def config_flags(flags: list[str]) -> tuple[tuple[Path, ...], str | None]:
     replace megadalle's conf/ itself, where every verb's config lives, and is refused."""
     from megadalle.config import ConfigError
 
-    if flag_value(flags, "--config-path", "-cp") is not None:
-        raise ConfigError("--config-path: megadalle's verbs read their configs from its own conf/; add a folder of "
-                          "yours with --config-dir DIR (and --config-name NAME for a primary config in it)")
+    path = flag_value(flags, "--config-path", "-cp")
+    if path is not None:
+        raise ConfigError(f"--config-path {path}: megadalle's verbs read their configs from its own conf/; add a "
+                          "folder of yours with --config-dir DIR (and --config-name NAME for a primary config in it)")
     folder = flag_value(flags, "--config-dir", "-cd")
     return (Path(folder),) if folder else (), flag_value(flags, "--config-name", "-cn")
 
