@@ -24,7 +24,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 
 def override_key(item: str) -> str:
@@ -192,8 +192,9 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
         if multirun:
             check_shared_inputs(verb, overrides)
             check_jobs(verb, overrides, extra, primary)
-        elif flag_value(flags, "--cfg", "-c") == "job" and flag_value(flags, "--package", "-p") is None:
-            return print_job_config(verb, overrides, extra, primary, "--resolve" in flags)
+        elif flag_value(flags, "--cfg", "-c") == "job":
+            package = flag_value(flags, "--package", "-p")
+            return print_job_config(verb, overrides, extra, primary, package, "--resolve" in flags)
     except UserError as err:
         return fail(verb, str(err))
     except compose_errors() as err:
@@ -222,14 +223,33 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
 
 
 def print_job_config(verb: str, overrides: list[str], extra: tuple[Path, ...], primary: str | None,
-                     resolve: bool) -> int:
-    """`--cfg job`: the config the job would run, composed as a plain run composes it. Hydra's runner printed its
-    own: a text key held hydra's number (`prompt=1e3` as 1000.0) and a required key its schema's default
-    (`tokenizer: null`, where the run says "required key not set")."""
+                     package: str | None, resolve: bool) -> int:
+    """`--cfg job` (`-p KEY`: the part of it under KEY, as hydra prints it): the config the job would run, composed
+    as a plain run composes it. Hydra's runner printed its own: a text key held hydra's number (`prompt=1e3` as
+    1000.0) and a required key its schema's default (`tokenizer: null`, where the run says "required key not
+    set")."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    from megadalle.cli import fail
     from megadalle.config.compose import compose_with_choices
 
     cfg, _ = compose_with_choices(verb, overrides, extra, primary)
-    print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
+    if resolve:
+        OmegaConf.resolve(cfg)
+    if package in (None, "_global_"):
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
+    absent = object()
+    try:
+        part = OmegaConf.select(cfg, package, default=absent, throw_on_missing=True)
+    except MissingMandatoryValue:
+        part = "???"
+    if part is absent:
+        return fail(verb, f"--package {package}: no such key in the config")
+    if isinstance(part, (DictConfig, ListConfig)):
+        print(f"# @package {package}\n{OmegaConf.to_yaml(part)}", end="")
+    else:
+        print(part)
     return 0
 
 
