@@ -18,8 +18,9 @@ from itertools import takewhile
 from typing import Iterator, NoReturn
 
 LOCAL_RANK_FLAG = re.compile(r"^--local[_-]rank(=\d+)?$")
-"""Added by `deepspeed` without `--no_local_rank`; ranks come from the environment, so it is dropped
-before hydra (which would reject it) sees the overrides."""
+"""Added by `deepspeed` without `--no_local_rank`, before the verb (`deepspeed --module megadalle train`); ranks
+come from the environment, so `main` drops it first: hydra would reject it, and read as the verb it kept a training
+verb from holding its stop signals at start."""
 
 USAGE = "usage: megadalle <verb> [key=value ...]   (megadalle <verb> --help shows the verb's config)"
 
@@ -86,14 +87,14 @@ def print_verb_help(verb: str, args: list[str]) -> None:
     from megadalle.config.compose import compose_with_choices, conf_dir, verb_group_options
     from megadalle.config.help import all_docs, render
     from megadalle.config.verbs import VERB_SCHEMAS
-    from megadalle.hydra_app import config_flags, split_flags
+    from megadalle.hydra_app import config_flags, override_key, split_flags
     from megadalle.sweep_jobs import swept_keys
 
     flags, overrides = split_flags(args)
     extra, primary = config_flags(flags)
     if "-m" in flags or "--multirun" in flags:
         swept = swept_keys(overrides)
-        overrides = [item for item in overrides if item.lstrip("+").partition("=")[0] not in swept]
+        overrides = [item for item in overrides if override_key(item) not in swept]
     cfg, choices = compose_with_choices(verb, overrides, extra, primary)
     print(f"megadalle {verb}: {VERBS[verb].summary}\n")
     if choices:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     too (`Verb.stops_on_ctrl_c`: its run catches its own, this one came before it). Another verb's Ctrl-C that
     its stage did not report (`index`, `encode`, a start-up) ends it with one line and 130, the shell's status for
     it, as prepare and generate end theirs: a KeyboardInterrupt traceback read as a crash."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if not LOCAL_RANK_FLAG.match(a)]  # before the verb too
     verb = argv[0] if argv else ""
     try:
         with stop_signals(verb):
@@ -152,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(argv: list[str]) -> int:
-    argv = [a for a in argv if not LOCAL_RANK_FLAG.match(a)]  # the deepspeed launcher's, before the verb too
     if not argv or argv[0] in ("-h", "--help", "help"):
         print_help()
         return 0 if argv else 2

@@ -10,11 +10,12 @@ hydra's, no logging set-up, callable in-process by the demo and the tests.
 
 Where jobs land: conf/config.yaml sets hydra.sweep.dir to `<out_dir>/multirun/<verb>` with one
 sub-directory per job number. Every path a job writes to goes per job (megadalle.sweep_jobs): one given on the
-command line (`output=DIR`, `run_dir=`, `weights=`) is the sweep's, job i's under it (DIR/<i>); one left to its
-default (a training run, generate's, evaluate's or the demo's output) is the job's folder, so rerunning the same
-sweep resumes every job (and a changed job is refused, see megadalle.train.rundir), while another sweep's job of the
-same number is refused there. Before, only generate and evaluate went per job: the other verbs' jobs wrote one file
-after another (the last kept), and a sweep's training jobs given a run_dir resumed each other.
+command line (`output=DIR`, `run_dir=`, `weights=`) is the sweep's, job i's under it (DIR/<i>), unless the sweep
+runs over it (`run_dir=a,b`: each job's own); one left to its default (a training run, generate's, evaluate's or the
+demo's output) is the job's folder, so rerunning the same sweep resumes every job (and a changed job is refused, see
+megadalle.train.rundir), while another sweep's job of the same number is refused there. Before, only generate and
+evaluate went per job: the other verbs' jobs wrote one file after another (the last kept), and a sweep's training
+jobs given a run_dir resumed each other.
 """
 from __future__ import annotations
 
@@ -23,12 +24,17 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+
+def override_key(item: str) -> str:
+    """The key an override sets (`key=`, `+key=`, `++key=`, `~key`'s is `~key`)."""
+    return item.lstrip("+").partition("=")[0]
 
 
 def gives(overrides: list[str], key: str) -> bool:
-    """Whether `overrides` set `key` (`key=`, `+key=`, `++key=`)."""
-    return any(item.lstrip("+").partition("=")[0] == key for item in overrides)
+    """Whether `overrides` set `key`."""
+    return any(override_key(item) == key for item in overrides)
 
 
 class VerbJob:
@@ -69,9 +75,9 @@ class VerbJob:
         with open_dict(cfg):
             restore(cfg, conf_dir(), self.verb, choices, given)
             keep_text(cfg, self.verb, self.overrides)  # a sweep's values stay hydra's: keep_text skips sweeps
-            home = place_outputs(cfg, self.verb, task, num, folder) if multirun else None
+            swept = swept_keys(self.overrides) if multirun else []
+            home = place_outputs(cfg, self.verb, task, swept, num, folder) if multirun else None
         if home:
-            swept = swept_keys(self.overrides)
             try:
                 check_record(home, num, task, swept)
             except UserError as err:
@@ -86,8 +92,7 @@ class VerbJob:
             raise
         finally:
             if self.records and code != 2:
-                for place in {folder, home[0] if home else folder}:
-                    write_record(place, composed, hydra_root, task)
+                write_record(home[0] if home else folder, composed, hydra_root, task)
         if code in (2, STOPPED_EXIT, 130):  # a user error, a stop signal or Ctrl-C stops the sweep
             self.stop(code, said[-1] if said else None)
         return code
@@ -146,9 +151,10 @@ def config_flags(flags: list[str]) -> tuple[tuple[Path, ...], str | None]:
     replace megadalle's conf/ itself, where every verb's config lives, and is refused."""
     from megadalle.config import ConfigError
 
-    if flag_value(flags, "--config-path", "-cp") is not None:
-        raise ConfigError("--config-path: megadalle's verbs read their configs from its own conf/; add a folder of "
-                          "yours with --config-dir DIR (and --config-name NAME for a primary config in it)")
+    path = flag_value(flags, "--config-path", "-cp")
+    if path is not None:
+        raise ConfigError(f"--config-path {path}: megadalle's verbs read their configs from its own conf/; add a "
+                          "folder of yours with --config-dir DIR (and --config-name NAME for a primary config in it)")
     folder = flag_value(flags, "--config-dir", "-cd")
     return (Path(folder),) if folder else (), flag_value(flags, "--config-name", "-cn")
 
@@ -186,8 +192,9 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
         if multirun:
             check_shared_inputs(verb, overrides)
             check_jobs(verb, overrides, extra, primary)
-        elif flag_value(flags, "--cfg", "-c") == "job" and flag_value(flags, "--package", "-p") is None:
-            return print_job_config(verb, overrides, extra, primary, "--resolve" in flags)
+        elif flag_value(flags, "--cfg", "-c") == "job":
+            package = flag_value(flags, "--package", "-p")
+            return print_job_config(verb, overrides, extra, primary, package, "--resolve" in flags)
     except UserError as err:
         return fail(verb, str(err))
     except compose_errors() as err:
@@ -216,14 +223,33 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
 
 
 def print_job_config(verb: str, overrides: list[str], extra: tuple[Path, ...], primary: str | None,
-                     resolve: bool) -> int:
-    """`--cfg job`: the config the job would run, composed as a plain run composes it. Hydra's runner printed its
-    own: a text key held hydra's number (`prompt=1e3` as 1000.0) and a required key its schema's default
-    (`tokenizer: null`, where the run says "required key not set")."""
+                     package: str | None, resolve: bool) -> int:
+    """`--cfg job` (`-p KEY`: the part of it under KEY, as hydra prints it): the config the job would run, composed
+    as a plain run composes it. Hydra's runner printed its own: a text key held hydra's number (`prompt=1e3` as
+    1000.0) and a required key its schema's default (`tokenizer: null`, where the run says "required key not
+    set")."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    from megadalle.cli import fail
     from megadalle.config.compose import compose_with_choices
 
     cfg, _ = compose_with_choices(verb, overrides, extra, primary)
-    print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
+    if resolve:
+        OmegaConf.resolve(cfg)
+    if package in (None, "_global_"):
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
+    absent = object()
+    try:
+        part = OmegaConf.select(cfg, package, default=absent, throw_on_missing=True)
+    except MissingMandatoryValue:
+        part = "???"
+    if part is absent:
+        return fail(verb, f"--package {package}: no such key in the config")
+    if isinstance(part, (DictConfig, ListConfig)):
+        print(f"# @package {package}\n{OmegaConf.to_yaml(part)}", end="")
+    else:
+        print(part)
     return 0
 
 

@@ -10,8 +10,9 @@ one left to its default is the job's own folder, `<hydra.sweep.dir>/<i>`. A verb
 Job folders are found again by number, so a second sweep over other values met the first one's folders and went on
 from its jobs (a training job resumed, or reported as finished, a run of other values). Each job records its
 overrides (hydra's `.hydra/overrides.yaml`, written once the job has run, never by a refused one: `write_record`)
-in its job folder and in its own folder (its run, or its output: `place_outputs`), and a job whose swept values
-differ from its own folder's record is refused (`check_record`).
+in its own folder (its run, or its output: `place_outputs`; the job folder where it is that), and a job whose swept
+values differ from its own folder's record is refused (`check_record`). A job whose own folder is elsewhere
+(`run_dir=`) leaves the job folder's record alone: it replaced the record of another sweep's job there.
 """
 from __future__ import annotations
 
@@ -21,21 +22,25 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from megadalle.config import ConfigError
 
-JOB_PATHS: dict[str, tuple[str, ...]] = {
-    "prepare": ("output", "report"),
-    "index": ("report",),
-    "tokenizer": ("output",),
-    "train-dvae": ("run_dir", "weights"),
-    "import-dvae": ("output",),
-    "encode": ("output",),
-    "train-clip": ("run_dir", "weights"),
-    "train": ("run_dir",),
-    "export": ("output",),
-    "generate": ("output",),
-    "evaluate": ("output",),
-    "demo": ("output",),
+FILE, FOLDER = "file", "folder"
+
+JOB_PATHS: dict[str, dict[str, str]] = {
+    "prepare": {"output": FOLDER, "report": FILE},
+    "index": {"report": FILE},
+    "tokenizer": {"output": FILE},
+    "train-dvae": {"run_dir": FOLDER, "weights": FILE},
+    "import-dvae": {"output": FILE},
+    "encode": {"output": FOLDER},
+    "train-clip": {"run_dir": FOLDER, "weights": FILE},
+    "train": {"run_dir": FOLDER},
+    "export": {"output": ".safetensors"},
+    "generate": {"output": FOLDER},
+    "evaluate": {"output": FOLDER},
+    "demo": {"output": FOLDER},
 }
-"""Each verb's keys naming what it writes; given on a sweep's command line, each job writes under it (`per_job`)."""
+"""Each verb's keys naming what it writes, each a FILE, a FOLDER, or a suffix that makes it a file (export's
+`output=` is a folder, or one `.safetensors` file): given on a sweep's command line, each job writes under it
+(`per_job`). A dot in a folder's name (`runs/exp.v2`) took it for a file."""
 
 JOB_FOLDER_KEYS = {"generate": "output", "evaluate": "output", "demo": "output", "train": "run_dir",
                    "train-dvae": "run_dir", "train-clip": "run_dir"}
@@ -49,12 +54,12 @@ RECORD = ".hydra"
 """The folder of a job's record: hydra's output_subdir, written by the job (`write_record`) instead of hydra."""
 
 
-def per_job(path, num: int) -> str:
-    """Job `num`'s place under a sweep's `path`: a folder's `path/<num>`; a file's (a name with a suffix:
-    tok.model, dvae.safetensors) `<its folder>/<num>/<its name>`, where what is written beside it (tok.vocab,
-    dvae.json) goes too."""
+def per_job(path, num: int, kind: str = FOLDER) -> str:
+    """Job `num`'s place under a sweep's `path` of `kind` (JOB_PATHS): a folder's `path/<num>`; a file's (tok.model,
+    dvae.safetensors) `<its folder>/<num>/<its name>`, where what is written beside it (tok.vocab, dvae.json) goes
+    too."""
     given = Path(str(path))
-    if given.suffix and not given.is_dir():
+    if kind == FILE or (kind != FOLDER and given.name.endswith(kind)):
         return str(given.parent / str(num) / given.name)
     return str(given / str(num))
 
@@ -68,35 +73,42 @@ def swept_keys(overrides: list[str]) -> list[str]:
 
 
 def check_shared_inputs(verb: str, overrides: list[str]) -> None:
-    """A sweep of `index` (which writes into `dir`) must run over `dir`: its jobs would each rewrite one folder's
-    index and report."""
+    """A sweep of `index` (which writes into `dir`) must run over `dir` alone, a folder per job: its jobs would each
+    rewrite one folder's index and report (`dir=a,b min_side=0,8` has two jobs in each folder)."""
+    from megadalle.hydra_app import override_key
+
     key = SHARED_INPUTS.get(verb)
     swept = swept_keys(overrides)
-    if key is not None and swept and key not in swept:
-        raise ConfigError(f"{key}: every job of this sweep over {', '.join(swept)} would write into the same {key}, "
-                          f"each over the one before; run {verb} once per setting, or sweep over {key} (a folder "
-                          "per job)")
+    if key is None or not swept or swept == [key]:
+        return
+    given = next((item.lstrip("+") for item in overrides if override_key(item) == key), key)
+    others = ", ".join(k for k in swept if k != key)
+    raise ConfigError(f"{given}: several jobs of this sweep over {others} would write into the same {key}, each over "
+                      f"the one before; run {verb} once per setting, or sweep over {key} alone (a folder per job)")
 
 
-def place_outputs(cfg: DictConfig, verb: str, given: list[str], num: int, job_folder: str) -> tuple[str, str] | None:
+def place_outputs(cfg: DictConfig, verb: str, given: list[str], swept: list[str], num: int,
+                  job_folder: str) -> tuple[str, str] | None:
     """Put job `num`'s outputs in `cfg`, in place: each path key `given` on the command line under its value
     (`per_job`), the one left to its default (JOB_FOLDER_KEYS) in `job_folder`, a training run named by `name=N`
-    in `<out_dir>/<task>/N/<num>`. Returns the folder that is the job's own (its run, generate's, evaluate's or
-    the demo's output), where its record tells it from another sweep's job, with the key that moves it; None for
-    a verb without one."""
+    in `<out_dir>/<task>/N/<num>`. A key the sweep runs over (`swept`: `run_dir=rd/a,rd/b`) is already the job's
+    own and stays as given: rerunning the sweep resumes each. Returns the folder that is the job's own (its run,
+    generate's, evaluate's or the demo's output), where its record tells it from another sweep's job, with the key
+    that moves it; None for a verb without one."""
     from megadalle.hydra_app import gives
     from megadalle.preflight.runs import RUN_TASKS
 
-    for key in JOB_PATHS.get(verb, ()):
-        if gives(given, key) and cfg.get(key) is not None:
-            OmegaConf.update(cfg, key, per_job(cfg[key], num), merge=False)
+    for key, kind in JOB_PATHS.get(verb, {}).items():
+        if gives(given, key) and key not in swept and cfg.get(key) is not None:
+            OmegaConf.update(cfg, key, per_job(cfg[key], num, kind), merge=False)
     key = JOB_FOLDER_KEYS.get(verb)
     if key is None:
         return None
     if gives(given, key):
         return (str(cfg[key]), key) if cfg.get(key) is not None else None
     if verb in RUN_TASKS and gives(given, "name") and cfg.get("name"):
-        cfg.run_dir = str(Path(str(cfg.out_dir)) / RUN_TASKS[verb] / str(cfg.name) / str(num))
+        run = Path(str(cfg.out_dir)) / RUN_TASKS[verb] / str(cfg.name)
+        cfg.run_dir = str(run if "name" in swept else run / str(num))
         return str(cfg.run_dir), "name"
     OmegaConf.update(cfg, key, job_folder, merge=False)
     return job_folder, "hydra.sweep.dir"
@@ -104,10 +116,14 @@ def place_outputs(cfg: DictConfig, verb: str, given: list[str], num: int, job_fo
 
 def swept_values(job_overrides: list[str], swept: list[str]) -> list[str]:
     """The items of a job's overrides that set the `swept` keys: what tells the job from the sweep's others."""
-    return [item for item in job_overrides if item.lstrip("+").partition("=")[0] in swept]
+    from megadalle.hydra_app import override_key
+
+    return [item for item in job_overrides if override_key(item) in swept]
 
 
 def job_named(num: int, job_overrides: list[str], swept: list[str]) -> str:
+    """How a line names job `num` of a sweep: by its number, which hydra prints beside its overrides, and by its
+    swept values, which tell it from another sweep's job of the same number."""
     return f"job {num} ({' '.join(swept_values(job_overrides, swept))})"
 
 
@@ -165,30 +181,28 @@ def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), pr
             folder = job_folder(cfg, num)
             with open_dict(cfg):
                 del cfg["hydra"]
-                home = place_outputs(cfg, verb, job, num, folder)
+                home = place_outputs(cfg, verb, job, swept, num, folder)
             if home:
                 check_record(home, num, job, swept)
             with redirect_stderr(io.StringIO()):
                 preflight(verb, cfg)
-            build_groups(cfg)
+            build_groups(verb, cfg)
         except compose_errors() as err:
             raise ConfigError(f"{job_named(num, job, swept)}: {error_line(err)}; no job has run") from None
 
 
-def build_groups(cfg: DictConfig) -> None:
-    """Each group of `cfg` built by its schema (megadalle.config's SCHEMAS), which checks its values: preflight
-    leaves some to the stage (`trainer` on synthetic data)."""
-    import importlib
-    import pkgutil
+def build_groups(verb: str, cfg: DictConfig) -> None:
+    """Each group of `cfg` built by its schema (megadalle.config's SCHEMAS), and the verb's own keys by its
+    (VERB_SCHEMAS, as its stage builds them), which check their values: preflight leaves some to the stage
+    (`trainer` on synthetic data, generate's `temperature`, plan's `gpus`)."""
+    from megadalle.config import build, group_schemas, top_level
+    from megadalle.config.verbs import VERB_SCHEMAS
 
-    import megadalle.config
-    from megadalle.config import build
-
-    for info in pkgutil.iter_modules(megadalle.config.__path__):
-        module = importlib.import_module(f"megadalle.config.{info.name}")
-        for group, schema in getattr(module, "SCHEMAS", {}).items():
-            if isinstance(cfg.get(group), DictConfig):
-                build(schema, cfg[group], group)
+    for group, schema in group_schemas():
+        if isinstance(cfg.get(group), DictConfig):
+            build(schema, cfg[group], group)
+    for schema in VERB_SCHEMAS.get(verb, ()):
+        build(schema, top_level(cfg, schema), "")
 
 
 def job_folder(cfg: DictConfig, num: int) -> str:

@@ -15,7 +15,7 @@ import importlib
 import pkgutil
 import re
 from dataclasses import is_dataclass
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -114,13 +114,20 @@ def build(cls: type[T], node: DictConfig | dict | None, where: str) -> T:
     return obj
 
 
+def group_schemas() -> Iterator[tuple[str, type]]:
+    """(group, schema) of every module's SCHEMAS: hydra's ConfigStore holds them (`register_schemas`), and a sweep's
+    jobs are checked by them (megadalle.sweep_jobs.build_groups)."""
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for group, schema in getattr(module, "SCHEMAS", {}).items():
+            assert is_dataclass(schema), f"{module.__name__}.SCHEMAS[{group!r}] is not a dataclass"
+            yield group, schema
+
+
 def register_schemas() -> None:
     """Store every module's SCHEMAS in hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for group, schema in getattr(module, "SCHEMAS", {}).items():
-            assert is_dataclass(schema), f"{module.__name__}.SCHEMAS[{group!r}] is not a dataclass"
-            store.store(group=group, name="schema", node=schema)
+    for group, schema in group_schemas():
+        store.store(group=group, name="schema", node=schema)

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 import megadalle.cli
 from megadalle.cli import main
-from megadalle.sweep_jobs import per_job
+from megadalle.sweep_jobs import FILE, per_job
 
 SYNTHETIC = ["data=synthetic", "model=tiny", "trainer=tiny", "logger=none", "trainer.steps=1", "trainer.warmup_steps=0"]
 
@@ -22,8 +22,16 @@ def stages(monkeypatch):
 
 
 def test_a_file_output_goes_to_a_folder_of_the_jobs_number_beside_it(tmp_path):
-    assert per_job(tmp_path / "t" / "tok.model", 1) == str(tmp_path / "t" / "1" / "tok.model")
+    assert per_job(tmp_path / "t" / "tok.model", 1, FILE) == str(tmp_path / "t" / "1" / "tok.model")
     assert per_job(tmp_path / "exp", 0) == str(tmp_path / "exp" / "0")
+    assert per_job(tmp_path / "m.safetensors", 0, ".safetensors") == str(tmp_path / "0" / "m.safetensors")
+    assert per_job(tmp_path / "m", 0, ".safetensors") == str(tmp_path / "m" / "0")
+
+
+def test_a_folder_with_a_dot_in_its_name_is_a_folder(stages, tmp_path):
+    """Any name with a suffix was taken for a file: run_dir=runs/exp.v2 trained job 0 in runs/0/exp.v2."""
+    assert main(["train", "-m", *SYNTHETIC, "seed=1,2", f"run_dir={tmp_path / 'exp.v2'}", f"out_dir={tmp_path}"]) == 0
+    assert [cfg.run_dir for cfg in stages] == [str(tmp_path / "exp.v2" / str(job)) for job in (0, 1)]
 
 
 def test_a_tokenizer_sweep_writes_one_model_per_job(image_shards, tmp_path):
@@ -80,6 +88,35 @@ def test_a_sweep_over_other_values_is_refused_in_an_earlier_sweeps_job_folders(s
     assert len(stages) == 6
 
 
+def test_a_sweep_over_run_dir_or_name_runs_each_job_in_the_one_it_gives(stages, tmp_path):
+    """A swept path went per job too: `run_dir=rd/a,rd/b` trained fresh runs in rd/a/0 and rd/b/1, not rd/a and rd/b."""
+    assert main(["train", "-m", *SYNTHETIC, f"run_dir={tmp_path / 'a'},{tmp_path / 'b'}", f"out_dir={tmp_path}"]) == 0
+    assert main(["train", "-m", *SYNTHETIC, "name=a,b", f"out_dir={tmp_path}"]) == 0
+    assert [cfg.run_dir for cfg in stages] == [str(tmp_path / "a"), str(tmp_path / "b"),
+                                               str(tmp_path / "transformer" / "a"), str(tmp_path / "transformer" / "b")]
+    assert "run_dir=" in (tmp_path / "b" / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_swept_output_file_is_the_jobs_own(image_shards, stages, tmp_path):
+    weights = [tmp_path / "dv" / f"{name}.safetensors" for name in ("a", "b")]
+    assert main(["train-dvae", "-m", f"data.shards={image_shards}", "dvae=tiny", "trainer=tiny", "logger=none",
+                 f"weights={weights[0]},{weights[1]}", f"out_dir={tmp_path}"]) == 0
+    assert [cfg.weights for cfg in stages] == [str(path) for path in weights]
+
+
+def test_a_job_with_a_folder_of_its_own_leaves_the_sweep_folders_record(stages, tmp_path, capsys):
+    """A job whose run is elsewhere (run_dir=) wrote its record into <out_dir>/multirun/<verb>/<i> too, over the
+    record of another sweep's job there, which was then refused when rerun ("holds job 0 of another sweep")."""
+    first = ["train", "-m", *SYNTHETIC, "trainer.lr=1e-3,3e-4", f"out_dir={tmp_path}"]
+    assert main(first) == 0
+    assert main(["train", "-m", *SYNTHETIC, f"run_dir={tmp_path / 'x' / 'rdB'}", "seed=5,6",
+                 f"out_dir={tmp_path}"]) == 0
+    assert "trainer.lr=0.001" in (tmp_path / "multirun" / "train" / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert "seed=5" in (tmp_path / "x" / "rdB" / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert main(first) == 0, capsys.readouterr().err
+    assert len(stages) == 6
+
+
 def test_a_sweep_over_other_values_is_refused_in_an_earlier_sweeps_runs_of_a_run_dir(stages, tmp_path, capsys):
     sweep = ["train", "-m", *SYNTHETIC, f"run_dir={tmp_path / 'rd'}", f"out_dir={tmp_path}"]
     assert main([*sweep, "trainer.steps=2,3"]) == 0
@@ -96,10 +133,23 @@ def test_a_sweep_value_is_checked_for_every_job_before_the_first_runs(stages, tm
     assert stages == []
 
 
-def test_an_index_sweep_writing_into_one_folder_is_refused(tmp_path, capsys):
-    assert main(["index", "-m", f"dir={tmp_path}", "min_side=0,8"]) == 2
-    assert "megadalle index: dir: every job of this sweep over min_side would write into the same dir" in \
+def test_a_verbs_own_value_is_checked_for_every_job_before_the_first_runs(stages, tmp_path, capsys):
+    """Only preflight and the groups were checked: `plan -m gpus=1,abc` ran job 0, then job 1 failed."""
+    assert main(["plan", "-m", "model=tiny", "gpus=1,abc", f"out_dir={tmp_path}"]) == 2
+    assert "job 1 (gpus=abc): gpus: Value 'abc' of type 'str' could not be converted to Integer; no job has run" in \
         capsys.readouterr().err
+    assert stages == []
+
+
+@pytest.mark.parametrize("swept", [["min_side=0,8"], ["dir=a,b", "min_side=0,8"]])
+def test_an_index_sweep_writing_into_one_folder_is_refused(swept, tmp_path, capsys, monkeypatch):
+    """A sweep over dir and another key (`dir=a,b min_side=0,8`) wrote two jobs into each folder."""
+    monkeypatch.chdir(tmp_path)
+    given = [f"dir={tmp_path}"] if len(swept) == 1 else []
+    assert main(["index", "-m", *given, *swept]) == 2
+    named = given[0] if given else "dir=a,b"
+    assert (f"megadalle index: {named}: several jobs of this sweep over min_side would write into the same dir, each "
+            "over the one before") in capsys.readouterr().err
 
 
 def test_a_refused_job_leaves_the_record_of_the_job_before_it(stages, tmp_path, capsys):
@@ -146,8 +196,8 @@ def test_a_config_dirs_group_options_and_primary_config_are_honoured(stages, tok
     assert (stages[-1].model.d_model, stages[-1].data.tokenizer) == (64, str(tok))
     capsys.readouterr()
     assert main(["train", "--config-path", str(folder), "model=tiny"]) == 2
-    assert "--config-path: megadalle's verbs read their configs from its own conf/; add a folder of yours with " \
-           "--config-dir DIR" in capsys.readouterr().err
+    assert f"--config-path {folder}: megadalle's verbs read their configs from its own conf/; add a folder of " \
+           "yours with --config-dir DIR" in capsys.readouterr().err
 
 
 def test_hydras_own_fix_is_kept_in_the_one_line(tmp_path, capsys):

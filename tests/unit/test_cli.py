@@ -283,6 +283,19 @@ def test_local_rank_from_the_deepspeed_launcher_never_reaches_hydra(capsys, at):
     assert "suggested layout" in capsys.readouterr().out
 
 
+def test_a_training_verb_after_local_rank_holds_its_stop_signals_from_the_start(monkeypatch):
+    """The verb was read before the flag was dropped: `--local_rank=0` was no verb that holds stop signals."""
+    from contextlib import nullcontext
+
+    from megadalle import cli
+
+    held = []
+    monkeypatch.setattr(cli, "stop_signals", lambda verb: held.append(verb) or nullcontext())
+    monkeypatch.setattr(cli, "run_command", lambda argv: 0)
+    assert main(["--local_rank=0", "train", "model=tiny"]) == 0
+    assert held == ["train"]
+
+
 @pytest.mark.parametrize("verb", ["index", "encode", "plan"])
 def test_ctrl_c_that_no_stage_reported_is_one_line_and_130(verb, monkeypatch, capsys):
     from megadalle import cli
