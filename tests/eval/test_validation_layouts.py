@@ -78,4 +78,6 @@ def test_with_an_ema_val_loss_is_the_ema_weights_and_training_is_unchanged(layou
     global_batch = 2 * opts["grad_accum"] * world // opts.get("pipeline_stages", 1)
     averaged, live = (plain_val_loss(tmp_path / "validated", ema, global_batch) for ema in (True, False))
     tolerance = 1e-3 if opts.get("precision") == "bf16" else 1e-5  # a bf16 forward against an fp32 one
-    assert logged == pytest.approx(averaged, rel=tolerance) and abs(averaged - live) > 10 * tolerance * live
+    # The warmed-up EMA (decay 4/13 at the fourth update, not 0.5) sits ~1% from the live weights here: 5
+    # tolerances apart still tells the two apart.
+    assert logged == pytest.approx(averaged, rel=tolerance) and abs(averaged - live) > 5 * tolerance * live
