@@ -5,7 +5,9 @@ whole sweep unless the sweep runs over it: job after job wrote the same file or 
 replaced the others' in silence, and a training job's run resumed the one before it. In a sweep such a path given
 on the command line is the sweep's, and job i's is under it (`per_job`: DIR/<i>, or a file's folder/<i>/<file>);
 one left to its default is the job's own folder, `<hydra.sweep.dir>/<i>`. A verb that writes into its input
-(`index dir=`) cannot go per job, and a sweep of several jobs over one input is refused up front.
+(`index dir=`) cannot go per job, and a sweep of several jobs over one input is refused up front. A path the sweep
+runs over is used as given, so that, swept with another key, it is several jobs' place: such jobs are refused
+before any runs (`check_shared_places`).
 
 Job folders are found again by number, so a second sweep over other values met the first one's folders and went on
 from its jobs (a training job resumed, or reported as finished, a run of other values). Each job records its
@@ -16,6 +18,7 @@ values differ from its own folder's record is refused (`check_record`). A job wh
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -92,9 +95,10 @@ def place_outputs(cfg: DictConfig, verb: str, given: list[str], swept: list[str]
     """Put job `num`'s outputs in `cfg`, in place: each path key `given` on the command line under its value
     (`per_job`), the one left to its default (JOB_FOLDER_KEYS) in `job_folder`, a training run named by `name=N`
     in `<out_dir>/<task>/N/<num>`. A key the sweep runs over (`swept`: `run_dir=rd/a,rd/b`) is already the job's
-    own and stays as given: rerunning the sweep resumes each. Returns the folder that is the job's own (its run,
-    generate's, evaluate's or the demo's output), where its record tells it from another sweep's job, with the key
-    that moves it; None for a verb without one."""
+    own and stays as given: rerunning the sweep resumes each (swept with another key, it is several jobs' own, which
+    `check_shared_places` refuses). Returns the folder that is the job's own (its run, generate's, evaluate's or the
+    demo's output), where its record tells it from another sweep's job, with the key that moves it; None for a verb
+    without one."""
     from megadalle.hydra_app import gives
     from megadalle.preflight.runs import RUN_TASKS
 
@@ -175,6 +179,7 @@ def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), pr
     if not swept or gives(overrides, "hydra/sweeper") or gives(overrides, "hydra/launcher"):
         return
     jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+    taken: dict[str, tuple[int, list[str]]] = {}
     for num, job in enumerate(jobs if len(jobs) > 1 else ()):
         try:
             cfg, _ = compose_with_choices(verb, job, extra, primary, keep_hydra=True)
@@ -182,6 +187,7 @@ def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), pr
             with open_dict(cfg):
                 del cfg["hydra"]
                 home = place_outputs(cfg, verb, job, swept, num, folder)
+            check_shared_places(taken, job_places(cfg, verb, home), num, job, swept)
             if home:
                 check_record(home, num, job, swept)
             with redirect_stderr(io.StringIO()):
@@ -189,6 +195,31 @@ def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), pr
             build_groups(verb, cfg)
         except compose_errors() as err:
             raise ConfigError(f"{job_named(num, job, swept)}: {error_line(err)}; no job has run") from None
+
+
+def job_places(cfg: DictConfig, verb: str, home: tuple[str, str] | None) -> dict[str, str]:
+    """Every place a job writes to as its placed `cfg` says (its own folder, its JOB_PATHS), absolute, each with the
+    key that gives it."""
+    places = {os.path.abspath(home[0]): home[1]} if home else {}
+    for key in JOB_PATHS.get(verb, {}):
+        if cfg.get(key) is not None:
+            places.setdefault(os.path.abspath(str(cfg[key])), key)
+    return places
+
+
+def check_shared_places(taken: dict[str, tuple[int, list[str]]], places: dict[str, str], num: int,
+                        job_overrides: list[str], swept: list[str]) -> None:
+    """Refuse job `num` where it writes to a place of an earlier job of the sweep (`taken`, which gets its
+    `places`): a path swept with another key is as given in several jobs (`output=a,b image_size=16,32`: `a` in jobs
+    0 and 1), the later one's output replacing the earlier one's in silence (prepare), or a training job refused in
+    the earlier one's run only after that had trained (`run_dir=`)."""
+    for path, key in places.items():
+        if path in taken:
+            first, overrides = taken[path]
+            hint = f"; sweep over {key} alone, or give it one value (a place per job under it)" if key in swept else ""
+            raise ConfigError(f"{key} {path} is shared with {job_named(first, overrides, swept)}: each would write "
+                              f"over the other{hint}")
+    taken.update(dict.fromkeys(places, (num, job_overrides)))
 
 
 def build_groups(verb: str, cfg: DictConfig) -> None:
@@ -207,8 +238,6 @@ def build_groups(verb: str, cfg: DictConfig) -> None:
 
 def job_folder(cfg: DictConfig, num: int) -> str:
     """Job `num`'s folder, `<hydra.sweep.dir>/<hydra.sweep.subdir>`, as hydra's runner will make it."""
-    import os
-
     with open_dict(cfg.hydra):
         cfg.hydra.job.num = num
     return os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)))

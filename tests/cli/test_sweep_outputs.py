@@ -210,3 +210,28 @@ def test_hydras_own_fix_is_kept_in_the_one_line(tmp_path, capsys):
                  f"out_dir={tmp_path}"]) == 2
     assert "In 'typo': ConfigKeyError raised while composing config: Key 'lrr' not in 'TrainerConfig'" in \
         capsys.readouterr().err
+
+
+
+
+@pytest.mark.parametrize("verb, swept, place, jobs", [
+    ("train", ["run_dir=a,b", "trainer.lr=1e-3,3e-4"], "run_dir {}/a", ("run_dir=a trainer.lr=0.001", "0.0003")),
+    ("train", ["name=a,b", "seed=1,2"], "name {}/transformer/a", ("name=a seed=1", "2")),
+    ("prepare", ["output=a,b", "image_size=16,32"], "output {}/a", ("output=a image_size=16", "32")),
+    ("tokenizer", ["output=t/a.model,t/b.model", "vocab_size=40,50"], "output {}/t/a.model",
+     ("output=t/a.model vocab_size=40", "50")),
+])
+def test_a_path_swept_with_another_key_is_refused_before_any_job_runs(verb, swept, place, jobs, image_shards,
+                                                                    stages, tmp_path, capsys, monkeypatch):
+    """A swept path stays as given, so with another key swept it was two jobs' own: prepare's second job replaced
+    the first one's shards in silence, and a training sweep's was refused in it only after the first had trained."""
+    monkeypatch.chdir(tmp_path)
+    inputs = {"train": SYNTHETIC, "prepare": [f"input={image_shards}"], "tokenizer": [f"input={image_shards}"]}
+    assert main([verb, "-m", *inputs[verb], *swept, f"out_dir={tmp_path}"]) == 2
+    first, value = jobs
+    second = f"{first.rsplit('=', 1)[0]}={value}"
+    key = place.split()[0]
+    assert (f"megadalle {verb}: job 1 ({second}): {place.format(tmp_path)} is shared with job 0 ({first}): each would "
+            f"write over the other; sweep over {key} alone, or give it one value (a place per job under it); no job "
+            "has run") in capsys.readouterr().err
+    assert stages == []
