@@ -12,7 +12,7 @@ def test_a_second_hold_is_refused_naming_the_first_and_free_once_released(tmp_pa
     first = output_lock(out, "prepare", {"SLURM_JOB_ID": "5"})
     with pytest.raises(OutputInUse) as refused:
         output_lock(out, "prepare")
-    assert str(refused.value) == (f"output={out} is in use by another prepare (host {socket.gethostname()}, pid "
+    assert str(refused.value) == (f"output={out} is in use by prepare (host {socket.gethostname()}, pid "
                                   f"{os.getpid()}, Slurm job 5); wait for it to end or stop it, or give another "
                                   "output=; if that process is gone (NFSv3 keeps a dead node's lock until it reboots), "
                                   f"remove {out / LOCK}")
@@ -43,3 +43,36 @@ def test_a_folder_moved_under_its_lock_is_lost(tmp_path):
     output_lock(out, "encode").release()  # a new folder at the path: a new lock file
     assert lock.lost()
     lock.release()
+
+
+def test_an_encode_refuses_a_prepare_naming_itself_not_the_refused_verb(tmp_path):
+    with output_lock(tmp_path, "encode"):
+        with pytest.raises(OutputInUse, match=r"is in use by encode \(host .*, pid \d+\); wait"):
+            output_lock(tmp_path, "prepare")
+
+
+def test_a_lock_file_it_may_not_open_refuses_in_one_line_naming_it(tmp_path, monkeypatch):
+    """Another user's lock file in a group-writable folder: the open is refused, not a PermissionError traceback."""
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith(LOCK):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(OutputInUse) as refused:
+        output_lock(tmp_path, "prepare")
+    assert str(refused.value) == (f"cannot open {tmp_path / LOCK} (Permission denied): another user made it, or the "
+                                  "folder is not writable for you; have it made writable for you (chmod g+w) or give "
+                                  "another output=")
+
+
+def test_the_lock_file_is_made_with_the_permissions_the_umask_leaves(tmp_path):
+    """A group sharing a folder (umask 002) shares its lock file: not fixed at 0o644."""
+    old = os.umask(0o002)
+    try:
+        output_lock(tmp_path, "encode").release()
+    finally:
+        os.umask(old)
+    assert (tmp_path / LOCK).stat().st_mode & 0o777 == 0o664
