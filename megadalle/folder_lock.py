@@ -17,7 +17,8 @@ NFSv3 waits for the node to reboot). A mount with `nolock` or `local_lock=flock|
 two nodes both take it.
 
 A shared hold (`shared=True`) is for the processes of one job that write one folder together (a split encode): they
-hold it side by side, and exclude any single process that wants it alone.
+hold it side by side, and exclude any single process that wants it alone, and the processes of another job: the lock
+file records the job (`job_of`: Slurm job, torchrun run id, or rendezvous address), written once by its first taker.
 
 The lock locks the file, not the path: a folder renamed or removed under its holder leaves it holding the lock of a
 file no path leads to, while a path-based writer would recreate the folder, unlocked (`lost`).
@@ -29,8 +30,9 @@ import fcntl
 import os
 import socket
 import sys
+import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 from megadalle.errors import UserError
 
@@ -76,20 +78,19 @@ class FolderLock:
         except PermissionError as err:  # refused, as any write of the folder would be: no traceback
             raise error(f"cannot open {lock} ({os.strerror(err.errno)}): another user made it, or the folder is not "
                         f"writable for you; have it made writable for you (chmod g+w) or {instead}") from None
+        record = holder_text(who, environ) + (f"\njob {job_of(environ)}" if shared else "")
         try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip() or "a process that has not written its name"
-            os.close(fd)
-            raise error(f"{name} is in use by {holder}; wait for it to end or stop it, or {instead}; if that process "
-                        f"is gone (NFSv3 keeps a dead node's lock until it reboots), remove {lock}") from None
+            held = _take_shared(fd, record) if shared else _take(fd, record)
         except OSError as err:  # a file system without flock (Lustre mounted noflock, some FUSE): go on unlocked
             os.close(fd)
             print(f"[{who}] {lock}: this file system cannot lock ({os.strerror(err.errno)}): this {who} goes "
                   f"on unlocked, and a second one started on {folder} would not be refused", file=sys.stderr)
             return
-        os.ftruncate(fd, 0)
-        os.write(fd, holder_text(who, environ).encode())
+        if not held:
+            holder = _read(fd).partition("\n")[0].strip() or "a process that has not written its name"
+            os.close(fd)
+            raise error(f"{name} is in use by {holder}; wait for it to end or stop it, or {instead}; if that process "
+                        f"is gone (NFSv3 keeps a dead node's lock until it reboots), remove {lock}")
         self.fd = fd
         _HELD.add(self)
 
@@ -124,6 +125,66 @@ class FolderLock:
 def held_on(folder: Path) -> FolderLock | None:
     """The lock this process holds on `folder` (by the path it was taken with), or None."""
     return next((lock for lock in _HELD if lock.folder == folder), None)
+
+
+def job_of(environ: Mapping[str, str] | None = None) -> str:
+    """The job a process of a split encode belongs to, the same on all its ranks and another for another job: the
+    Slurm job, else the torchrun run id, else the rendezvous address ("" outside a launcher)."""
+    env = os.environ if environ is None else environ
+    for key in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        if env.get(key):
+            return env[key]
+    return f"{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}".strip(":")
+
+
+SHARED_WAIT_S = 2.0
+"""How long a shared taker waits out an exclusive hold, which may be the first taker of its own job writing the
+job's record (microseconds) rather than another process holding the folder."""
+
+
+def _read(fd: int) -> str:
+    return os.pread(fd, 4096, 0).decode(errors="replace")
+
+
+def _take(fd: int, record: str) -> bool:
+    """Hold the lock alone and write `record`; False when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record.encode(), 0)
+    return True
+
+
+def _take_shared(fd: int, record: str) -> bool:
+    """Hold the lock beside the other processes of `record`'s job; False when another job, or a single process,
+    holds it. The first taker writes the job's record holding the lock alone, then shares it; a later one joins
+    without writing, once the record names its job. A record left by a job that ended since (read between its
+    last release and this taker's hold) is found stale by taking the lock alone."""
+    job = record.rpartition("\njob ")[2]
+    deadline = time.monotonic() + SHARED_WAIT_S
+    stale_checked = False
+    while True:
+        if _take(fd, record):
+            try:  # a conversion, not atomic: another taker may get in between, and this one tries again
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held alone: by a single process, or by this job's first taker writing its record
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+            continue
+        if _read(fd).rpartition("\njob ")[2] == job:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        if stale_checked:
+            return False
+        stale_checked = True
 
 
 def holder_text(who: str, environ: Mapping[str, str] | None = None) -> str:

@@ -1,9 +1,12 @@
 """folder_lock: one writer of an output folder at a time, the processes of a split encode together."""
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
+from megadalle import folder_lock
 from megadalle.folder_lock import LOCK, OutputInUse, output_lock
 
 
@@ -22,7 +25,8 @@ def test_a_second_hold_is_refused_naming_the_first_and_free_once_released(tmp_pa
     output_lock(out, "prepare").release()
 
 
-def test_the_processes_of_a_split_encode_hold_together_and_exclude_a_single_one(tmp_path):
+def test_the_processes_of_a_split_encode_hold_together_and_exclude_a_single_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(folder_lock, "SHARED_WAIT_S", 0.1)
     a, b = output_lock(tmp_path, "encode", shared=True), output_lock(tmp_path, "encode", shared=True)
     with pytest.raises(OutputInUse):
         output_lock(tmp_path, "encode")
@@ -76,3 +80,35 @@ def test_the_lock_file_is_made_with_the_permissions_the_umask_leaves(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / LOCK).stat().st_mode & 0o777 == 0o664
+
+
+def test_a_split_encode_of_another_job_is_refused_and_a_joiner_keeps_the_first_record(tmp_path, monkeypatch):
+    first = output_lock(tmp_path, "encode", {"SLURM_JOB_ID": "5"}, shared=True)
+    record = (tmp_path / LOCK).read_text()
+    assert record.endswith("\njob 5")
+    with pytest.raises(OutputInUse) as refused:
+        output_lock(tmp_path, "encode", {"SLURM_JOB_ID": "6"}, shared=True)
+    assert f"is in use by encode (host {socket.gethostname()}, pid {os.getpid()}, Slurm job 5); wait" in str(
+        refused.value)
+    monkeypatch.setattr(os, "getpid", lambda: 1)  # a joiner writing its record would name pid 1
+    joiner = output_lock(tmp_path, "encode", {"SLURM_JOB_ID": "5"}, shared=True)
+    assert (tmp_path / LOCK).read_text() == record
+    first.release()
+    joiner.release()
+
+
+def test_a_record_of_a_job_that_ended_does_not_refuse_the_next(tmp_path):
+    (tmp_path / LOCK).write_text("encode (host elsewhere, pid 1, Slurm job 9)\njob 9")
+    with output_lock(tmp_path, "encode", {"SLURM_JOB_ID": "5"}, shared=True):
+        assert (tmp_path / LOCK).read_text().endswith("\njob 5")
+
+
+def test_the_ranks_of_one_job_starting_at_once_all_hold_it(tmp_path):
+    """The first taker holds it alone for a moment, writing the job's record: the others wait it out."""
+    script = ("import sys, time; from megadalle.folder_lock import output_lock; "
+              "lock = output_lock(sys.argv[1], 'encode', {'TORCHELASTIC_RUN_ID': 'r1'}, shared=True); "
+              "time.sleep(1); lock.release()")
+    ranks = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    assert [(rank.wait(), rank.stderr.read()) for rank in ranks] == [(0, "")] * 8
+    assert (tmp_path / LOCK).read_text().endswith("\njob r1")
