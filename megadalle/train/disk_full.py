@@ -7,22 +7,13 @@ a rank that left alone would leave the others waiting in the next collective unt
 """
 from __future__ import annotations
 
-import errno
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from megadalle.disk_errors import REMEDIES, cannot_write
 from megadalle.errors import UserError
 from megadalle.train import distributed
-
-REMEDIES = {
-    errno.ENOSPC: "free space on its disk",
-    errno.EDQUOT: "free space or raise the quota",
-    errno.EROFS: "make its file system writable",
-    errno.EFBIG: "raise the file-size limit (ulimit -f)",
-}
-"""The write errors a user fixes, and how."""
 
 
 class RunFileError(UserError, OSError):
@@ -36,9 +27,8 @@ def describe(err: OSError, path: str | Path | None = None) -> str | None:
         return str(err)
     if err.errno not in REMEDIES:
         return None
-    where = path or err.filename or "a file of the run directory"
-    return (f"cannot write {where} ({os.strerror(err.errno)}): {REMEDIES[err.errno]}, then rerun the same command "
-            "(it resumes from the newest checkpoint)")
+    return cannot_write(path or err.filename or "a file of the run directory", err,
+                        "rerun the same command (it resumes from the newest checkpoint)")
 
 
 @contextmanager

@@ -257,22 +257,27 @@ def keep_stage0_grad_norm(engine) -> bool:
 def undo_warmup_step(optimizer) -> bool:
     """Start bf16 at ZeRO stage 0 from the state every other layout starts from.
 
-    There DeepSpeed 0.19.8 wraps the optimizer in its FP16_UnfusedOptimizer, whose constructor creates Adam's
-    state by running one real step with zero gradients (`initialize_optimizer_states`): AdamW's step count
-    started at 1, so every bias correction was one step ahead (the first update 0.74x its size), and the fp32
-    masters took a weight-decay step before training. Measured at the tiny model: the loss after the first
-    update 4.898 against 4.835 under ZeRO-1/2/3 and pipelines. The masters are copied again from the weights
-    they were cloned from and the state is dropped (Adam creates it at the first real step); a resume loads
-    both from the checkpoint afterwards. Returns whether it applied.
+    There DeepSpeed 0.19.8 wraps the optimizer in its FP16_UnfusedOptimizer, or in FP16_Optimizer when it is a
+    fused Adam (apex's FusedAdam, on CUDA), and both constructors create Adam's state by running one real step
+    with zero gradients (`initialize_optimizer_states`): AdamW's step count started at 1, so every bias correction
+    was one step ahead (the first update 0.74x its size), and the fp32 masters took a weight-decay step before
+    training. Measured at the tiny model: the loss after the first update 4.898 against 4.835 under ZeRO-1/2/3 and
+    pipelines. The masters are copied again from the weights they were cloned from (the warm-up step does not
+    write the weights back) and the state is dropped, with the step count apex's FusedAdam keeps in each param
+    group rather than in the state: Adam creates both at the first real step. A resume loads them from the
+    checkpoint afterwards. Returns whether it applied.
     """
+    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
     from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 
-    if not isinstance(optimizer, FP16_UnfusedOptimizer):
+    if not isinstance(optimizer, (FP16_UnfusedOptimizer, FP16_Optimizer)):
         return False
     with torch.no_grad():
         for weight, master in stage0_masters(optimizer):
             master.value().copy_(weight)
     optimizer.optimizer.state.clear()
+    for group in optimizer.optimizer.param_groups:
+        group.pop("step", None)
     return True
 
 

@@ -273,12 +273,8 @@ class RunLock(FolderLock):
 
     def __init__(self, path: Path | None = None, environ: Mapping[str, str] | None = None):
         """Take the lock of run directory `path` (None: hold nothing, as ranks other than 0 do)."""
-        def refused(holder: str) -> RunDirError:
-            return RunDirError(f"{path} is in use by another run ({holder}); wait for it to end or stop it, or start a "
-                               f"new run with name=<new name> (or run_dir=); if that process is gone (NFSv3 keeps a "
-                               f"dead node's lock until it reboots), remove {path / LOCK}")
-
-        super().__init__(path, refused, "run", environ)
+        super().__init__(path, RunDirError, str(path), "start a new run with name=<new name> (or run_dir=)", "run",
+                         environ)
 
 
 def moved_away(path: Path) -> str | None:
