@@ -49,11 +49,10 @@ from megadalle.data.output_guard import check_output
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
 from megadalle.devices import pick_device
-from megadalle.disk_errors import cannot_write
+from megadalle.disk_errors import REMEDIES, cannot_write
 from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
 from megadalle.models.dvae import DVAE, load_dvae
-from megadalle.train.disk_full import REMEDIES
 from megadalle.train.dvae_export import RUN_WEIGHTS, DVAEWeightsError, run_weights
 from megadalle.train.rundir import RUN_JSON
 

@@ -192,7 +192,9 @@ def holder_text(who: str, environ: Mapping[str, str] | None = None) -> str:
     encode), host, pid, and the Slurm job when there is one."""
     env = os.environ if environ is None else environ
     job = env.get("SLURM_JOB_ID")
-    return f"{who} (host {socket.gethostname()}, pid {os.getpid()}" + (f", Slurm job {job}" if job else "") + ")"
+    article = "an" if who[:1] in "aeiou" else "a"
+    return (f"{article} {who} (host {socket.gethostname()}, pid {os.getpid()}" + (f", Slurm job {job}" if job else "")
+            + ")")
 
 
 def output_lock(output: str | Path, verb: str, environ: Mapping[str, str] | None = None,

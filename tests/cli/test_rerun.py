@@ -201,7 +201,7 @@ def test_a_run_directory_is_locked_by_one_run_at_a_time(tmp_path):
     first = rundir.RunLock(tmp_path, {"SLURM_JOB_ID": "41"})
     with pytest.raises(rundir.RunDirError) as refused:
         rundir.RunLock(tmp_path)
-    assert str(refused.value) == (f"{tmp_path} is in use by run (host {socket.gethostname()}, pid "
+    assert str(refused.value) == (f"{tmp_path} is in use by a run (host {socket.gethostname()}, pid "
                                   f"{os.getpid()}, Slurm job 41); wait for it to end or stop it, or start a new run "
                                   "with name=<new name> (or run_dir=); if that process is gone (NFSv3 keeps a dead "
                                   f"node's lock until it reboots), remove {tmp_path / '.lock'}")
@@ -290,7 +290,7 @@ def test_a_second_run_on_a_busy_run_directory_is_refused_and_a_rerun_resumes(tra
     assert first.returncode == STOPPED_EXIT, err[-3000:]
     assert second.returncode == 2, second.stderr[-3000:]
     assert second.stderr.count("\n") == 1 and second.stderr.startswith(
-        f"megadalle train: {run.resolve()} is in use by run (host {socket.gethostname()}, pid {first.pid}, "
+        f"megadalle train: {run.resolve()} is in use by a run (host {socket.gethostname()}, pid {first.pid}, "
         "Slurm job 7001)"), second.stderr
     assert "resumed" not in second.stdout
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

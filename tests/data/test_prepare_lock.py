@@ -21,7 +21,7 @@ def test_a_second_prepare_on_a_busy_output_is_refused_before_touching_it(tmp_pat
         before = {p.name: p.read_bytes() for p in out.iterdir()}
         assert main([*args, "image_size=16"]) == 2
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert capsys.readouterr().err == (f"megadalle prepare: output={out} is in use by prepare (host "
+    assert capsys.readouterr().err == (f"megadalle prepare: output={out} is in use by a prepare (host "
                                        f"{socket.gethostname()}, pid {pid}); wait for it to end or stop it, or give "
                                        "another output=; if that process is gone (NFSv3 keeps a dead node's lock "
                                        f"until it reboots), remove {out / '.lock'}\n")

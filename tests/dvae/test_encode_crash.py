@@ -31,7 +31,7 @@ def test_a_second_encode_on_a_busy_output_is_refused_before_touching_it(tmp_path
         monkeypatch.setattr("megadalle.encode.load_dvae", lambda *a, **k: pytest.fail("the dVAE was read"))
         assert main(args) == 2
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert capsys.readouterr().err == (f"megadalle encode: output={out} is in use by encode (host "
+    assert capsys.readouterr().err == (f"megadalle encode: output={out} is in use by an encode (host "
                                        f"{socket.gethostname()}, pid {pid}); wait for it to end or stop it, or give "
                                        "another output=; if that process is gone (NFSv3 keeps a dead node's lock "
                                        f"until it reboots), remove {out / '.lock'}\n")
@@ -43,7 +43,7 @@ def test_the_ranks_of_a_split_encode_share_the_output_and_a_single_encode_is_ref
     args = ["encode", f"dvae_weights={weights}", f"input={image_shards}", f"output={out}", "device=cpu"]
     with held_by_another_process(out, "encode", shared=True):  # rank 1 of 2, still encoding
         assert main(args) == 2
-        assert "is in use by encode" in capsys.readouterr().err
+        assert "is in use by an encode" in capsys.readouterr().err
         monkeypatch.setenv("RANK", "0")
         monkeypatch.setenv("WORLD_SIZE", "2")
         assert main(args) == 0

@@ -15,7 +15,7 @@ def test_a_second_hold_is_refused_naming_the_first_and_free_once_released(tmp_pa
     first = output_lock(out, "prepare", {"SLURM_JOB_ID": "5"})
     with pytest.raises(OutputInUse) as refused:
         output_lock(out, "prepare")
-    assert str(refused.value) == (f"output={out} is in use by prepare (host {socket.gethostname()}, pid "
+    assert str(refused.value) == (f"output={out} is in use by a prepare (host {socket.gethostname()}, pid "
                                   f"{os.getpid()}, Slurm job 5); wait for it to end or stop it, or give another "
                                   "output=; if that process is gone (NFSv3 keeps a dead node's lock until it reboots), "
                                   f"remove {out / LOCK}")
@@ -51,7 +51,7 @@ def test_a_folder_moved_under_its_lock_is_lost(tmp_path):
 
 def test_an_encode_refuses_a_prepare_naming_itself_not_the_refused_verb(tmp_path):
     with output_lock(tmp_path, "encode"):
-        with pytest.raises(OutputInUse, match=r"is in use by encode \(host .*, pid \d+\); wait"):
+        with pytest.raises(OutputInUse, match=r"is in use by an encode \(host .*, pid \d+\); wait"):
             output_lock(tmp_path, "prepare")
 
 
@@ -88,7 +88,7 @@ def test_a_split_encode_of_another_job_is_refused_and_a_joiner_keeps_the_first_r
     assert record.endswith("\njob 5")
     with pytest.raises(OutputInUse) as refused:
         output_lock(tmp_path, "encode", {"SLURM_JOB_ID": "6"}, shared=True)
-    assert f"is in use by encode (host {socket.gethostname()}, pid {os.getpid()}, Slurm job 5); wait" in str(
+    assert f"is in use by an encode (host {socket.gethostname()}, pid {os.getpid()}, Slurm job 5); wait" in str(
         refused.value)
     monkeypatch.setattr(os, "getpid", lambda: 1)  # a joiner writing its record would name pid 1
     joiner = output_lock(tmp_path, "encode", {"SLURM_JOB_ID": "5"}, shared=True)
