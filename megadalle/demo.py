@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from megadalle.config import build, top_level
 from megadalle.config.compose import compose
-from megadalle.config.demo import DemoConfig
+from megadalle.config.demo import DemoConfig, DemoRunConfig
 from megadalle.data import atomic
 from megadalle.demo_data import Scene, all_scenes, split_scenes, write_dataset
 from megadalle.demo_done import once
@@ -362,10 +362,11 @@ def run(cfg: DictConfig) -> int:
     from megadalle.train.signals import STOPPED_EXIT
 
     d = build(DemoConfig, cfg.demo, "demo")
+    r = build(DemoRunConfig, top_level(cfg, DemoRunConfig), "")
     timer, seen = Timer(), SignalsSeen()
     try:
         with seen, interruptible():
-            run_demo(d, cfg.output, int(cfg.get("seed", 0)), timer)
+            run_demo(d, r.output, r.seed, timer)
         return 0
     except DemoStopped as stopped:  # the trainer checkpointed (or, stopped in its start-up, kept its last one)
         line = stop_line(stopped.stage, seen.first(), list(timer.times), timer.run_dir)

@@ -112,3 +112,14 @@ class DemoConfig:
 
 
 SCHEMAS = {"demo": DemoConfig}
+
+
+@dataclass
+class DemoRunConfig:
+    """The demo's own keys beside its `demo` group, typed before any stage runs: `seed=abc` was a traceback at the
+    first stage."""
+
+    output: str = "outputs/demo"
+    """Everything the stages write, and the grids of the held-out captions (conf/demo.yaml: `${out_dir}/demo`)."""
+    seed: int = 0
+    """The root seed: the data set, every stage's initialisation and data order derive from it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import typing
 
 from megadalle.config.data import IndexConfig, PrepareConfig, TokenizerConfig
+from megadalle.config.demo import DemoRunConfig
 from megadalle.config.dvae import EncodeConfig, ImportDVAEConfig, TrainDVAEConfig
 from megadalle.config.evaluate import EvaluateConfig
 from megadalle.config.export import ExportConfig
@@ -31,6 +32,7 @@ VERB_SCHEMAS: dict[str, tuple[type, ...]] = {
     "generate": (GenerateConfig,),
     "evaluate": (EvaluateConfig,),
     "plan": (PlanConfig,),
+    "demo": (DemoRunConfig,),
 }
 
 GROUP_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {

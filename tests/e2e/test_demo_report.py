@@ -69,6 +69,17 @@ def test_demo_config_rejects_bad_holdout_and_sampling_values():
             build(DemoConfig, {field: value}, "demo")
 
 
+def test_a_demo_seed_that_is_no_integer_is_one_line_before_any_stage(tmp_path, capsys):
+    """The demo's own keys are typed before it writes anything: `seed=abc` was a ValueError traceback."""
+    from megadalle.cli import main
+
+    assert main(["demo", "seed=abc", f"output={tmp_path / 'demo'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["megadalle demo: seed: Value 'abc' of type 'str' could not be converted to "
+                                        "Integer"]
+    assert not (tmp_path / "demo").exists()
+
+
 def test_dvae_overrides_reach_the_demos_train_dvae_and_its_paths_stay_the_demos(tmp_path, monkeypatch):
     import megadalle.train.dvae as train_dvae_module
     from megadalle.config import ConfigError
