@@ -52,8 +52,13 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layo
         raise ValueError(f"head_dim {q.shape[-1]} is not supported; expected one of {HEAD_DIMS}")
     if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
         raise ValueError(f"batch x heads = {q.shape[0] * q.shape[1]} exceeds {MAX_BATCH_HEADS} (the grid's first axis)")
-    if layout is None:
-        return
+    if layout is not None:
+        check_layout(q, layout)
+
+
+def check_layout(q: torch.Tensor, layout: Layout) -> None:
+    """Raise ValueError naming the first property of `layout` the kernels cannot serve for q; the ops that look
+    their layout up at run time check it alone, q, k and v having been checked before (`check_inputs`)."""
     if layout.n_key_blocks > MAX_BLOCKS:
         raise ValueError(f"{layout.n_key_blocks} key blocks exceed {MAX_BLOCKS} (the grid's second axis)")
     if q.shape[2] != layout.seq_len:

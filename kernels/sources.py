@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .attention import check_inputs, checked_scale
+from .attention import check_inputs, check_layout, checked_scale
 from .backward import backward
 from .forward import forward
 from .layout import Layout
@@ -41,7 +41,7 @@ def _layout(source: str, q: Tensor) -> Layout:
 @torch.library.custom_op("megadalle::sparse_attention_from", mutates_args=())
 def attention_from_op(q: Tensor, k: Tensor, v: Tensor, source: str, scale: float) -> tuple[Tensor, Tensor]:
     layout = _layout(source, q)
-    check_inputs(q, k, v, layout)
+    check_layout(q, layout)
     with on_device(q):
         return forward(q, k, v, layout, scale)
 
