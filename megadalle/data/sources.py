@@ -245,10 +245,11 @@ def jsonl_rows(path: Path, image_column: str, caption_column: str):
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             raw = raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw
-            if bad := not_utf8(raw, "row"):
-                yield number, None, None, bad
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield number, None, None, not_utf8_problem(raw, err, "row")
                 continue
-            line = raw.decode("utf-8")
             if not line.strip():
                 continue
             try:
@@ -277,9 +278,13 @@ def not_utf8(raw: bytes, part: str) -> str:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        return (f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the {part}); save the manifest "
-                "as UTF-8")
+        return not_utf8_problem(raw, err, part)
     return ""
+
+
+def not_utf8_problem(raw: bytes, err: UnicodeDecodeError, part: str) -> str:
+    """`not_utf8`'s problem for the decode error `err` of `raw`, for a caller that decoded it already."""
+    return f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the {part}); save the manifest as UTF-8"
 
 
 def csv_rows(path: Path, image_column: str, caption_column: str):
