@@ -121,18 +121,17 @@ def readable_captions(tokenizer, captions: list[str], source: str, limit: int) -
     its own word mark U+2581) is visible text, yet would be sampled from pads alone: it is skipped like a blank
     line, and counted on stderr; none left is refused. The limit counts the captions kept, not those read: a
     skipped one made max_captions=2 score 1 caption of a file that held 2."""
-    readable, skipped, read = [], [], 0
+    readable, skipped = [], []
     for caption in captions:
         if len(readable) == limit:
             break
-        read += 1
         (readable if ids(tokenizer, caption) else skipped).append(caption)
     key, _, value = source.partition("=")
     dropped = f"it drops {code_points(''.join(''.join(skipped).split()))}"
     check(bool(readable), key, value, f"the tokenizer reads nothing of any caption ({dropped})")
     if skipped:
-        print(f"[evaluate] {source}: {len(skipped)} of the first {read} captions hold nothing the tokenizer reads "
-              f"({dropped}); skipped", file=sys.stderr)
+        print(f"[evaluate] {source}: {len(skipped)} of the first {len(readable) + len(skipped)} captions hold nothing "
+              f"the tokenizer reads ({dropped}); skipped", file=sys.stderr)
     return readable
 
 
