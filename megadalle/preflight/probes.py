@@ -119,7 +119,7 @@ def tokenizer_vocab(key: str, value) -> int:
     try:
         return Tokenizer(value).vocab_size
     except TokenizerError as err:
-        raise PreflightError(f"{key}={value}: {err}") from None
+        raise PreflightError(f"{key}={value}: {err.reason}") from None
 
 
 def export_target(value: str | None, kind: str | None = None, key: str = "weights") -> None:
