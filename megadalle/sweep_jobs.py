@@ -111,7 +111,9 @@ def place_outputs(cfg: DictConfig, verb: str, given: list[str], swept: list[str]
     if gives(given, key):
         return (str(cfg[key]), key) if cfg.get(key) is not None else None
     if verb in RUN_TASKS and gives(given, "name") and cfg.get("name"):
-        run = Path(str(cfg.out_dir)) / RUN_TASKS[verb] / str(cfg.name)
+        from megadalle.train.rundir import default_path
+
+        run = default_path(cfg.out_dir, RUN_TASKS[verb], cfg.name)
         cfg.run_dir = str(run if "name" in swept else run / str(num))
         return str(cfg.run_dir), "name"
     OmegaConf.update(cfg, key, job_folder, merge=False)
