@@ -224,14 +224,16 @@ def test_a_released_lock_is_free_while_a_forked_worker_still_shares_its_file(tmp
 
 
 ORPHAN = """
-import multiprocessing as mp, sys, time
+import multiprocessing as mp, os, sys, time
 from pathlib import Path
 from megadalle.train import rundir
 
+def worker():  # says its pid once it runs, after the fork hooks: the parent's print raced the child's hook
+    print(os.getpid(), flush=True)
+    time.sleep(60)
+
 lock = rundir.RunLock(Path(sys.argv[1]))
-worker = mp.get_context("fork").Process(target=time.sleep, args=(60,))
-worker.start()
-print(worker.pid, flush=True)
+mp.get_context("fork").Process(target=worker).start()
 time.sleep(60)
 """
 
