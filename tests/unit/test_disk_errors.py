@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from megadalle.data import atomic
 from megadalle.disk_errors import DiskRefused, refused
 from megadalle.errors import UserError
 from megadalle.train.disk_full import RunFileError, one_line
@@ -41,3 +42,10 @@ def test_any_other_os_error_passes_as_it_was():
         raise err
     assert failed.value is err
 
+
+def test_an_atomic_write_names_the_file_asked_for_not_its_temporary(tmp_path, monkeypatch):
+    """A write to the open temporary names nothing: the line said "a file" of generate's grid.png."""
+    monkeypatch.setattr(type(tmp_path), "write_bytes", lambda self, data: full_disk())
+    with pytest.raises(DiskRefused, match=f"^cannot write {tmp_path / 'grid.png'} "), refused():
+        atomic.write_bytes(tmp_path / "grid.png", b"png")
+    assert list(tmp_path.iterdir()) == []
