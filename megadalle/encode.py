@@ -49,7 +49,7 @@ from megadalle.data.output_guard import check_output
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
 from megadalle.devices import pick_device
-from megadalle.disk_errors import REMEDIES, cannot_write
+from megadalle.disk_errors import refused
 from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
 from megadalle.models.dvae import DVAE, load_dvae
@@ -148,12 +148,6 @@ def input_meta(sample: dict) -> dict:
         return {}
 
 
-class EncodeDiskFull(UserError, OSError):
-    """A shard the disk did not take (full, over quota, read-only, past `ulimit -f`): one line as train says it
-    (train/disk_full.py), not tarfile's traceback, and its staging folder gone; the shards done before it are kept
-    for the rerun."""
-
-
 class DamagedShard(UserError, ValueError):
     """An input sample whose image does not decode (`UnreadableImage`), named `<shard>:<key>`: nothing of its shard is
     published, and the shards encoded before it are kept for the rerun."""
@@ -171,31 +165,27 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, 
     shutil.rmtree(staging, ignore_errors=True)
     samples = iter_shard(in_path, [*maker.fields, "json"], decode=False)
     upscaled = 0
-    try:
-        with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
-            while chunk := [s for _, s in zip(range(batch_size), samples)]:
-                batch = maker(chunk, np.arange(len(chunk)), 0)
-                upscaled += int(batch["upscaled"].sum())
-                codes = model.encode(batch["image"].to(device)).to("cpu", torch.int32).numpy().astype(np.uint16)
-                for sample, text, grid in zip(chunk, batch["txt"], codes):
-                    writer.write({"__key__": sample["__key__"], "codes.npy": grid, "txt": text,
-                                  "json": input_meta(sample)})
-                if bar is not None:
-                    bar.update(len(chunk))
-        written = staging / "shard-000000.tar"
-        if written.is_file():
-            atomic.write_json(record_path(out_path), {**made_by, "output": tar_identity(written)})
-            os.replace(offsets_path(written), offsets_path(out_path))
-            os.replace(written, out_path)
-    except UnreadableImage as err:
-        raise DamagedShard(f"{sample_name(in_path, err.key)}: {err}") from None
-    except OSError as err:
-        if err.errno not in REMEDIES:
-            raise
-        raise EncodeDiskFull(cannot_write(out_path, err, "rerun the same command (it encodes only the shards not done "
-                                                         "yet)")) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with refused(out_path, "rerun the same command (it encodes only the shards not done yet)"):
+        try:
+            with ShardWriter(staging, max_count=1 << 62, max_bytes=1 << 62) as writer:
+                while chunk := [s for _, s in zip(range(batch_size), samples)]:
+                    batch = maker(chunk, np.arange(len(chunk)), 0)
+                    upscaled += int(batch["upscaled"].sum())
+                    codes = model.encode(batch["image"].to(device)).to("cpu", torch.int32).numpy().astype(np.uint16)
+                    for sample, text, grid in zip(chunk, batch["txt"], codes):
+                        writer.write({"__key__": sample["__key__"], "codes.npy": grid, "txt": text,
+                                      "json": input_meta(sample)})
+                    if bar is not None:
+                        bar.update(len(chunk))
+            written = staging / "shard-000000.tar"
+            if written.is_file():
+                atomic.write_json(record_path(out_path), {**made_by, "output": tar_identity(written)})
+                os.replace(offsets_path(written), offsets_path(out_path))
+                os.replace(written, out_path)
+        except UnreadableImage as err:
+            raise DamagedShard(f"{sample_name(in_path, err.key)}: {err}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return upscaled
 
 

@@ -24,9 +24,11 @@ from tqdm import tqdm
 from megadalle.config import ConfigError, build, check, top_level
 from megadalle.config.ema import ema_choice
 from megadalle.config.evaluate import EvaluateConfig
+from megadalle.data import atomic
 from megadalle.data.captions import caption_lines, first_caption
 from megadalle.data.images import upscaled_message
 from megadalle.devices import pick_device, pick_dtype
+from megadalle.disk_errors import refused
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
 from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import output_folder, refuse_earlier_results, stopped, write_record
@@ -204,12 +206,10 @@ def clear_earlier_samples(folder: Path) -> None:
 
 def save_images(images: torch.Tensor, folder: Path, caption_index: int) -> None:
     """Each image [3, S, S] in [0, 1] as `<caption>_<sample>.png` (the pixels only), named by `sample_names`."""
-    from PIL import Image
+    from megadalle.sampling.grid import save_image
 
-    from megadalle.sampling.grid import to_uint8
-
-    for name, array in zip(sample_names(caption_index, len(images)), to_uint8(images)):
-        Image.fromarray(array).save(folder / name)
+    for name, image in zip(sample_names(caption_index, len(images)), images):
+        save_image(image, folder / name)
 
 
 def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateConfig, extract: Extractor | None,
@@ -223,7 +223,8 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     clear_earlier_samples(samples)
     if cfg.save_samples:  # the index first: a run stopped midway still names its files for the next to clear
         samples.mkdir(parents=True, exist_ok=True)
-        (samples / "index.json").write_text(json.dumps(sample_index(captions, cfg.n, clip is not None), indent=1))
+        atomic.write_bytes(samples / "index.json",
+                           json.dumps(sample_index(captions, cfg.n, clip is not None), indent=1).encode())
     scores, best, fake = [], [], []
     with tqdm(captions, desc="evaluate", unit=" caption", disable=not progress) as bar:  # closed on a stop too
         for i, caption in enumerate(bar):
@@ -254,12 +255,17 @@ METRICS = "metrics.json"
 
 
 def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
-    """metrics.json (scores + the settings that produced them) and metrics.md in `cfg.output`; returns the JSON."""
-    output = Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "metrics.md").write_text(scores.markdown())
-    path = output / METRICS
-    return write_record(path, {**asdict(scores), "config": asdict(cfg)})
+    """metrics.md, then metrics.json (scores + the settings that produced them: the record, written last) in
+    `cfg.output`; returns the JSON. An earlier run's record goes first, and this run's metrics.md goes again when its
+    record cannot follow (a full disk): no metrics.md of one run beside the metrics.json of another, or alone."""
+    path = Path(cfg.output) / METRICS
+    path.unlink(missing_ok=True)
+    markdown = atomic.write_bytes(path.with_suffix(".md"), scores.markdown().encode())
+    try:
+        return write_record(path, {**asdict(scores), "config": asdict(cfg)})
+    except BaseException:
+        markdown.unlink(missing_ok=True)
+        raise
 
 
 def run(cfg: DictConfig) -> int:
@@ -291,8 +297,9 @@ def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor
     models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
                          without_clip, ema_choice(ec.ema), device, pick_dtype(ec.dtype, device), keep_readable)
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
-    scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)
-    path = write_report(scores, ec)
+    with refused():  # a full disk, writing the samples or the report: one line (the same command starts again)
+        scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)
+        path = write_report(scores, ec)
     print(scores.markdown() + f"\n[evaluate] wrote {path} and {path.with_suffix('.md').name}")
     return 0
 

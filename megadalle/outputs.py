@@ -17,7 +17,6 @@ from typing import Iterator
 
 from megadalle.config import ConfigError
 from megadalle.data import atomic
-from megadalle.disk_errors import cannot_write
 
 
 class OutputError(ConfigError):
@@ -37,15 +36,12 @@ def ready_output(path: str | Path, key: str = "output") -> Path:
     return path
 
 
-def write_record(path: str | Path, record: dict, rerun: str = "rerun the same command") -> Path:
+def write_record(path: str | Path, record: dict) -> Path:
     """`record` as the JSON file `path` a verb writes last, whose presence says its results are finished: whole or
     not at all (temporary and rename), so that a full disk leaves no empty record that passes for results (and makes
-    the next run refuse the folder, discarding generate's saved batches). An OSError is one line naming the file
-    and the cause, then what `rerun` does."""
-    try:
-        return atomic.write_bytes(path, json.dumps(record, indent=1).encode())
-    except OSError as err:
-        raise OutputError(cannot_write(path, err, rerun)) from None
+    the next run refuse the folder, discarding generate's saved batches). The verb says a full disk in one line
+    (disk_errors.refused), with what its rerun does."""
+    return atomic.write_bytes(path, json.dumps(record, indent=1).encode())
 
 
 def refuse_earlier_results(path: str | Path, record: str, verb: str, overwrite: bool, key: str = "output") -> None:

@@ -25,6 +25,7 @@ from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
 from megadalle.config.sample import GenerateConfig, check_models, check_request, check_settings
 from megadalle.devices import pick_device, pick_dtype
+from megadalle.disk_errors import refused
 from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import output_folder, refuse_earlier_results, stopped, write_record
 from megadalle.sampling.grid import save_grid, save_image
@@ -115,21 +116,34 @@ def kept_files(record: dict) -> list:
     return [entry["file"] for entry in record.get("kept") or []]
 
 
+CONTINUES = "rerun the same command: it continues from the samples saved so far"
+"""What a rerun does after a disk that did not take the results: the batches are saved until scores.json is written."""
+
+
 def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict) -> Path:
     """grid.png, sample_XX.png and scores.json in `output`; returns the grid's path. The kept samples of an
     earlier run in the same folder go first: the files its scores.json lists, of `sample_name`'s names
     (megadalle.listed_files says why no others), so every sample file scores.json lists is this run's, and no
-    other file is touched."""
+    other file is touched. The record goes first too, and comes back last: a disk that does not take them all is one
+    line (disk_errors), and leaves no record and none of this run's images, which the same command writes again."""
     output = Path(output)
     remove_listed_files(output, SCORES, kept_files, SAMPLE_NAME)
-    grid = save_grid(result.images, output / "grid.png")
-    for rank_, image in enumerate(result.images):
-        save_image(image, output / sample_name(rank_))
-    kept = [{"rank": r, "sample": i, "file": sample_name(r),
-             "score": None if result.scores is None else result.scores[i]} for r, i in enumerate(result.indices)]
-    write_record(output / SCORES, {"prompt": prompt, **meta, "kept": kept, "all_scores": result.scores},
-                 "rerun the same command: it continues from the samples saved so far")
-    return grid
+    (output / SCORES).unlink(missing_ok=True)
+    written: list[Path] = []
+    with refused(then=CONTINUES):
+        try:
+            written.append(save_grid(result.images, output / "grid.png"))
+            for rank_, image in enumerate(result.images):
+                written.append(save_image(image, output / sample_name(rank_)))
+            kept = [{"rank": r, "sample": i, "file": sample_name(r),
+                     "score": None if result.scores is None else result.scores[i]}
+                    for r, i in enumerate(result.indices)]
+            write_record(output / SCORES, {"prompt": prompt, **meta, "kept": kept, "all_scores": result.scores})
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+    return written[0]
 
 
 RESULT_KEYS = ("keep", "output", "overwrite")

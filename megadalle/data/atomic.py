@@ -21,6 +21,18 @@ def temp_path(path: str | Path) -> Path:
 
 
 @contextmanager
+def named(path: str | Path, tmp: str | Path | None = None) -> Iterator[None]:
+    """An OSError of the block names `path` where it named nothing (a write to an open file) or the hidden temporary
+    `tmp`: the file its caller asked for is the one a user knows (disk_errors says a full disk with that name)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None or (tmp is not None and os.fspath(err.filename) == os.fspath(tmp)):
+            err.filename = os.fspath(path)
+        raise
+
+
+@contextmanager
 def _removed_on_failure(tmp: str | Path) -> Iterator[None]:
     """`tmp` goes when the block fails (the disk is full, `path` is a folder): a hidden temporary left behind is
     found by nobody and holds its bytes until someone does."""
@@ -33,23 +45,32 @@ def _removed_on_failure(tmp: str | Path) -> Iterator[None]:
 
 def publish(tmp: str | Path, path: str | Path) -> Path:
     """Flush `tmp` to disk and rename it to `path`; `tmp` goes if that fails."""
-    with _removed_on_failure(tmp):
+    with named(path, tmp), _removed_on_failure(tmp):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     return Path(path)
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """`data` as `path`. The temporary name is this writer's own: processes that publish the same file at once
-    (the ranks of a split `encode` each writing the finished index) each rename a whole file, and the last wins;
-    with one shared temporary name one renamed it from under another, which then failed."""
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary name for the block to write `path` under, published when the block ends, gone if it fails. The
+    temporary name is this writer's own: processes that publish the same file at once (the ranks of a split `encode`
+    each writing the finished index) each rename a whole file, and the last wins; with one shared temporary name one
+    renamed it from under another, which then failed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    with _removed_on_failure(tmp):  # a full disk fails the write itself, before `publish`
+    with named(path, tmp), _removed_on_failure(tmp):  # a full disk fails the write itself, before `publish`
+        yield tmp
+    publish(tmp, path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """`data` as `path` (`replacing`)."""
+    with replacing(path) as tmp:
         tmp.write_bytes(data)
-    return publish(tmp, path)
+    return Path(path)
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -40,6 +40,7 @@ from megadalle.data.shards import ShardWriter
 from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
 from megadalle.data.sources import Item, dropped_by_index, find_items
 from megadalle.data.summary import NoUsableInput, PassSummary
+from megadalle.disk_errors import refused
 from megadalle.folder_lock import output_lock
 
 
@@ -94,7 +95,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     """Convert `cfg.input` into shards at `cfg.output`; returns the summary (also written to the report). One
     prepare at a time writes an output (folder_lock.py): the writers' temporary names are fixed, and two at once,
     at other sizes, published an index.json over a tar of both. The second is refused once it has listed its input,
-    before it writes anything (an input with nothing to convert is refused before an output folder is made)."""
+    before it writes anything (an input with nothing to convert is refused before an output folder is made). A disk
+    that does not take the shards is one line (disk_errors), and leaves no index.json: no reader takes them for
+    finished."""
     start = time.perf_counter()
     val_dir = Path(cfg.output) / VAL_DIR
     check_split_dir(val_dir)  # before indexing an input or writing anything
@@ -105,7 +108,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         raise SecondSplitError(f"val_fraction={cfg.val_fraction}: {cfg.input} has its own validation split "
                                f"({held} samples in {Path(cfg.input) / VAL_DIR}), which is kept as it is; leave "
                                "val_fraction at 0")
-    with output_lock(cfg.output, "prepare"):
+    with output_lock(cfg.output, "prepare"), refused(then=f"rerun the same command (it rebuilds {cfg.output})"):
         return _convert(cfg, items, start, progress)
 
 
@@ -135,16 +138,16 @@ def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool
             else:
                 reasons[result.reason] += 1
                 summary.bad.append({"source": result.source, "reason": result.reason, "detail": result.detail})
-    except BaseException:
+        if val_writer is not None:  # first: the output's own index.json, which says it is finished, comes last
+            summary.shards += finish(val_writer, summary.val_kept)
+        summary.shards += finish(writer, summary.kept - summary.val_kept)
+    except BaseException:  # a full disk too: the shard being written goes, and no index.json says it is finished
         for w in (writer, val_writer):
             if w is not None:
                 w.abort()
         raise
-    summary.shards = finish(writer, summary.kept - summary.val_kept)
-    if val_writer is not None:
-        summary.shards += finish(val_writer, summary.val_kept)
-        if not summary.val_kept:
-            remove_split_dir(val_dir)
+    if val_writer is not None and not summary.val_kept:
+        remove_split_dir(val_dir)
     reasons.update(left_out)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
     summary.index_skipped = dict(sorted(left_out.items()))

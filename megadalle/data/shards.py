@@ -9,7 +9,8 @@ Layout of a shard directory (image shards from `prepare`, token shards from `enc
 
 Each shard and its offsets are written under temporary names and renamed when complete, and
 index.json is written last: a crashed or running writer leaves no index, and every shard an
-index lists was complete when it appeared.
+index lists was complete when it appeared. An OSError writing a shard names the shard, not its temporary
+(atomic.named), for the verb to say a full disk in one line (disk_errors).
 """
 from __future__ import annotations
 
@@ -77,13 +78,15 @@ class ShardWriter:
                                           or self._tar.tarstream.offset + size > self.max_bytes)
         if full:
             self.finish_shard()
-        if self._tar is None:
-            self._tar = _tar_writer(atomic.temp_path(self._shard_path(len(self.shards))))
+        path = self._shard_path(len(self.shards))
         if key in self._keys:
-            raise ValueError(f"duplicate sample key {key!r} in shard {self._shard_path(len(self.shards)).name}")
+            raise ValueError(f"duplicate sample key {key!r} in shard {path.name}")
         self._keys.add(key)
-        self._starts.append(self._tar.tarstream.offset)
-        self._tar.write({"__key__": key, **members})
+        with atomic.named(path, atomic.temp_path(path)):
+            if self._tar is None:
+                self._tar = _tar_writer(atomic.temp_path(path))
+            self._starts.append(self._tar.tarstream.offset)
+            self._tar.write({"__key__": key, **members})
         self.fields.update(members)
         self._count += 1
 
@@ -129,8 +132,9 @@ class ShardWriter:
             return
         path = self._shard_path(len(self.shards))
         end = self._tar.tarstream.offset
-        self._tar.close()
-        self._tar.stream.close()
+        with atomic.named(path, atomic.temp_path(path)):
+            self._tar.close()
+            self._tar.stream.close()
         save_offsets(path, self._starts + [end])
         atomic.publish(atomic.temp_path(path), path)
         self.shards.append(ShardInfo(path.name, self._count, path.stat().st_size))

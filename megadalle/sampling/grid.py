@@ -2,7 +2,7 @@
 
 A grid has white gutters between its tiles so people can tell samples apart; a single image is written
 bare, pixel for pixel, because tools that read samples (a classifier, FID) would otherwise measure a
-frame that the model never drew."""
+frame that the model never drew. Each PNG is written whole or not at all (`write_png`)."""
 from __future__ import annotations
 
 import math
@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from megadalle.data import atomic
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -30,16 +32,18 @@ def make_grid(images: torch.Tensor, columns: int | None = None, pad: int = 2) ->
     return Image.fromarray(canvas)
 
 
+def write_png(image: Image.Image, path: str | Path) -> Path:
+    """`image` as the PNG `path`, under a temporary name until complete (atomic.replacing): PIL writes in place, and
+    a full disk left a truncated PNG (its close flushes last, after PIL's own clean-up) that looks like a sample."""
+    with atomic.replacing(path) as tmp, tmp.open("wb") as file:
+        image.save(file, format="PNG")
+    return Path(path)
+
+
 def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, columns).save(path)
-    return path
+    return write_png(make_grid(images, columns), path)
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> Path:
     """One image [3, S, S] in [0, 1] as an S x S PNG, exactly its pixels (no frame)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(image[None])[0]).save(path)
-    return path
+    return write_png(Image.fromarray(to_uint8(image[None])[0]), path)

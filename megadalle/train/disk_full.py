@@ -11,35 +11,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from megadalle.disk_errors import REMEDIES, cannot_write
-from megadalle.errors import UserError
+from megadalle import disk_errors
 from megadalle.train import distributed
 
+RESUMES = "rerun the same command (it resumes from the newest checkpoint)"
 
-class RunFileError(UserError, OSError):
-    """A run file the disk did not take; the message names it and the cause."""
+
+class RunFileError(disk_errors.DiskRefused):
+    """A run file the disk did not take; the message names it and the cause. Its own class: a callback's is kept
+    for every rank to stop on together (`attempt`, `stop_every_rank`)."""
+
+    unnamed = "a file of the run directory"
 
 
 def describe(err: OSError, path: str | Path | None = None) -> str | None:
-    """One line for `err`, raised writing `path` (the error's own file name when None), when it is one of
-    REMEDIES; None for any other error (a bug keeps its traceback)."""
-    if isinstance(err, RunFileError):
-        return str(err)
-    if err.errno not in REMEDIES:
-        return None
-    return cannot_write(path or err.filename or "a file of the run directory", err,
-                        "rerun the same command (it resumes from the newest checkpoint)")
+    """One line for `err`, raised writing `path` (the error's own file name when None), when the disk refused it;
+    None for any other error (a bug keeps its traceback)."""
+    return disk_errors.describe(err, path, RESUMES, RunFileError)
 
 
 @contextmanager
 def one_line(path: str | Path | None = None) -> Iterator[None]:
     """Within it, an error the disk caused writing `path` is raised as RunFileError; any other as it was."""
-    try:
+    with disk_errors.refused(path, RESUMES, RunFileError):
         yield
-    except OSError as err:
-        if (line := describe(err, path)) is None:
-            raise
-        raise RunFileError(line) from None
 
 
 def attempt(write: Callable[[], object], path: str | Path | None = None) -> str | None:

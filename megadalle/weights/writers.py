@@ -7,19 +7,17 @@ export on this machine left.
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save_file
 
-from megadalle.disk_errors import cannot_write
-from megadalle.errors import UserError
+from megadalle.disk_errors import refused
 from megadalle.planned_safetensors import Layout, PlannedFile, nbytes
 from megadalle.processes import owner_gone, owner_tag
 from megadalle.weights.dtypes import cast
@@ -59,17 +57,13 @@ def remove_stale_temporaries(target: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-class WeightsNotWritten(UserError, OSError):
-    """Weights the disk did not take (full, over quota, read-only, past `ulimit -f`): one line, not a traceback, as
-    train says it (train/disk_full.py); the writer's temporary is removed (`abort`)."""
-
-
 class _StreamedWriter:
     """Tensors, as they come and in any order, into safetensors files planned from a `Layout`, under a
     temporary name renamed at `close`: an interrupted export leaves nothing that looks finished.
 
     Only the tensor being written is held (planned_safetensors.py), whatever the size of the files.
-    Each tensor is cast to the dtype its layout planned (`export_layout`).
+    Each tensor is cast to the dtype its layout planned (`export_layout`). A disk that does not take them is one
+    line naming the target, not the temporary (disk_errors.refused); the caller's `abort` removes what was written.
     """
 
     def __init__(self, target: Path, layout: Layout, kind: str):
@@ -82,21 +76,13 @@ class _StreamedWriter:
         """`tensor` as the planned `name`, or as its rows from `first_row` on (PlannedFile.write)."""
         if name not in self.files:
             raise ValueError(f"{name} is not among the {len(self.layout)} tensors planned for {self.target}")
-        with self._one_line():
+        with refused(self.target):
             self.files[name].write(name, cast(tensor, self.layout[name][1]), first_row)
 
     def _close_files(self) -> None:
-        with self._one_line():
+        with refused(self.target):
             for file in dict.fromkeys(self.files.values()):
                 file.close()
-
-    @contextlib.contextmanager
-    def _one_line(self) -> Iterator[None]:
-        """An OSError writing the files (a full disk) as WeightsNotWritten; the caller's abort removes them."""
-        try:
-            yield
-        except OSError as err:
-            raise WeightsNotWritten(cannot_write(self.target, err)) from None
 
     def abort(self) -> None:
         """Remove what was written, whatever closing the files says."""
@@ -130,7 +116,7 @@ class SingleFileWriter(_StreamedWriter):
             self.abort()
             raise
         tmp_json = self.target.with_name(self.target.name + ".json.tmp")
-        with self._one_line():
+        with refused(self.target):
             try:
                 tmp_json.write_text(config_record(self.kind, config))
             except OSError:
@@ -174,7 +160,7 @@ class ShardedWriter(_StreamedWriter):
         unfinished then: bundle.py)."""
         self._close_files()
         index = {"metadata": {"total_size": self.total_bytes, "kind": self.kind}, "weight_map": self.weight_map}
-        with self._one_line():
+        with refused(self.target):
             (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
             (self.tmp / CONFIG).write_text(config_record(self.kind, config))
         if self.target.exists():

@@ -74,6 +74,66 @@ def test_evaluate_without_room_for_metrics_json_leaves_none_and_the_same_command
     assert main(args) == 2
     assert the_line(capsys, "evaluate") == (f"megadalle evaluate: cannot write {out / 'metrics.json'} (No space left "
                                             "on device): free space on its disk, then rerun the same command")
-    assert not list(out.glob("*metrics.json*"))
+    assert not list(out.glob("*metrics.json*")) and not (out / "metrics.md").exists()  # no results of this run alone
     free()
     assert main(args) == 0 and (out / "metrics.json").is_file()
+
+
+@pytest.fixture
+def png_full_for(monkeypatch):
+    """png_full_for(name): a PNG whose file name holds `name` is encoded whole, then the disk refuses it (ENOSPC),
+    as a close that flushes last fails: PIL, writing in place, had left the file there, truncated."""
+    from PIL import Image
+
+    real = Image.Image.save
+
+    def full(name):
+        def save(self, fp, *args, **kwargs):
+            real(self, fp, *args, **kwargs)
+            if name in str(getattr(fp, "name", fp)):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(Image.Image, "save", save)
+        return lambda: monkeypatch.setattr(Image.Image, "save", real)
+
+    return full
+
+
+@pytest.mark.parametrize("refused", ["grid.png", "sample_01.png"])
+def test_generate_without_room_for_its_images_leaves_none_and_the_same_command_continues(
+        models, tmp_path, capsys, png_full_for, refused):
+    args = ["generate", f"weights={models / 'model.safetensors'}", "prompt=a red circle", "n=4", "keep=2",
+            "batch_size=2", f"output={tmp_path / 'out'}"]
+    out = tmp_path / "out"
+    free = png_full_for(refused)
+    assert main(args) == 2
+    assert the_line(capsys, "generate") == (f"megadalle generate: cannot write {out / refused} (No space left on "
+                                            "device): free space on its disk, then rerun the same command: it "
+                                            "continues from the samples saved so far")
+    assert sorted(p.name for p in out.iterdir()) == ["unfinished.safetensors"]  # no image, whole or not, no record
+    free()
+    assert main(args) == 0
+    assert "[generate] continuing: 4 of 4 samples are saved" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == ["grid.png", "sample_00.png", "sample_01.png"]
+
+
+def test_evaluate_without_room_for_metrics_md_or_a_sample_leaves_no_results(models, tmp_path, capsys, full_for,
+                                                                             png_full_for):
+    out = tmp_path / "eval"
+    args = ["evaluate", f"weights={models / 'model.safetensors'}", f"captions={models / 'captions.txt'}", "fid=false",
+            "device=cpu", "n=1", f"output={out}", "save_samples=true"]
+    free = full_for("metrics.md")
+    assert main(args) == 2
+    assert the_line(capsys, "evaluate") == (f"megadalle evaluate: cannot write {out / 'metrics.md'} (No space left "
+                                            "on device): free space on its disk, then rerun the same command")
+    assert not list(out.glob("metrics*")) and not list(out.glob("**/.*.tmp"))
+    free()
+    free = png_full_for("0001_000.png")
+    assert main(args) == 2
+    assert the_line(capsys, "evaluate") == (f"megadalle evaluate: cannot write {out / 'samples' / '0001_000.png'} (No "
+                                            "space left on device): free space on its disk, then rerun the same "
+                                            "command")
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["0000_000.png", "index.json"]
+    assert not list(out.glob("metrics*"))
+    free()
+    assert main(args) == 0 and (out / "metrics.json").is_file() and (out / "metrics.md").is_file()
