@@ -87,12 +87,12 @@ def print_verb_help(verb: str, args: list[str]) -> None:
     from megadalle.config.compose import compose_with_choices, conf_dir, verb_group_options
     from megadalle.config.help import all_docs, render
     from megadalle.config.verbs import VERB_SCHEMAS
-    from megadalle.hydra_app import config_flags, override_key, split_flags
+    from megadalle.hydra_app import config_flags, is_multirun, override_key, split_flags
     from megadalle.sweep_jobs import swept_keys
 
     flags, overrides = split_flags(args)
     extra, primary = config_flags(flags)
-    if "-m" in flags or "--multirun" in flags:
+    if is_multirun(flags):
         swept = swept_keys(overrides)
         overrides = [item for item in overrides if override_key(item) not in swept]
     cfg, choices = compose_with_choices(verb, overrides, extra, primary)

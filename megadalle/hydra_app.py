@@ -145,6 +145,11 @@ def flag_value(flags: list[str], *names: str) -> str | None:
     return None
 
 
+def is_multirun(flags: list[str]) -> bool:
+    """Whether hydra's flags ask for a sweep (`-m`, `--multirun`): its overrides are then several configs."""
+    return "-m" in flags or "--multirun" in flags
+
+
 def config_flags(flags: list[str]) -> tuple[tuple[Path, ...], str | None]:
     """(`--config-dir`'s folder, `--config-name`'s config) of hydra's flags, for megadalle's own checks: a group
     option or a required key that the user's folder or primary config gives is given. `--config-path` would
@@ -185,11 +190,10 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
     from megadalle.sweep_jobs import check_jobs, check_shared_inputs
 
     flags, overrides = split_flags(args)
-    multirun = "-m" in flags or "--multirun" in flags
     try:
         extra, primary = config_flags(flags)
         check_overrides(verb, overrides, sweeps=True, extra=extra)
-        if multirun:
+        if is_multirun(flags):
             check_shared_inputs(verb, overrides)
             check_jobs(verb, overrides, extra, primary)
         elif flag_value(flags, "--cfg", "-c") == "job":

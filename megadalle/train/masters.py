@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 import torch
 
@@ -42,28 +43,63 @@ class WholeMaster:
 def stage0_masters(optimizer) -> Iterator[tuple[torch.Tensor, WholeMaster]]:
     """(weight, its master) for every parameter a stage-0 optimizer steps: DeepSpeed's two bf16 wrappers or
     a torch optimizer of fp32 parameters; nothing for ZeRO's optimizers."""
+    for weights, masters in _groups(optimizer):
+        if isinstance(masters, torch.Tensor):  # the group's weights one after another in one flat master
+            start = 0
+            for weight in weights:
+                yield weight, WholeMaster(masters, start, weight.shape)
+                start += weight.numel()
+        else:
+            for weight, master in zip(weights, masters):
+                yield weight, WholeMaster(master, 0, weight.shape)
+
+
+def _groups(optimizer) -> list[tuple[list[torch.Tensor], torch.Tensor | list[torch.Tensor]]]:
+    """(weights, their masters) of each group of a stage-0 optimizer: FP16_Optimizer's flat fp32 tensor,
+    FP16_UnfusedOptimizer's fp32 clone of each weight, or a torch optimizer's parameters themselves."""
     from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
     from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 
     if isinstance(optimizer, FP16_Optimizer):
-        for weights, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat):
-            start = 0
-            for weight in weights:
-                yield weight, WholeMaster(flat, start, weight.shape)
-                start += weight.numel()
-    elif isinstance(optimizer, FP16_UnfusedOptimizer):
-        for weights, masters in zip(optimizer.fp16_groups, optimizer.fp32_groups):
-            for weight, master in zip(weights, masters):
-                yield weight, WholeMaster(master, 0, weight.shape)
-    elif isinstance(optimizer, torch.optim.Optimizer):
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                yield param, WholeMaster(param, 0, param.shape)
+        return list(zip(optimizer.fp16_groups, optimizer.fp32_groups_flat))
+    if isinstance(optimizer, FP16_UnfusedOptimizer):
+        return list(zip(optimizer.fp16_groups, optimizer.fp32_groups))
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return [(group["params"], group["params"]) for group in optimizer.param_groups]
+    return []
+
+
+_FOUND: WeakKeyDictionary = WeakKeyDictionary()
+"""Per optimizer: (its `_layout` when its masters were found, {id(weight): WholeMaster}). CLIP clamps its logit
+scale after every update (ParamEditor.clamp): a scan of every stage-0 master each step to find that one grew
+with the model."""
 
 
 def whole_master(param: torch.Tensor, optimizer) -> WholeMaster | None:
-    """`param`'s master at stage 0; None under ZeRO or where the optimizer does not step it."""
-    return next((master for weight, master in stage0_masters(optimizer) if weight is param), None)
+    """`param`'s master at stage 0; None under ZeRO or where the optimizer does not step it. Found once per
+    optimizer, and again once its groups are other lists (`_layout`)."""
+    layout = _layout(optimizer)
+    if not layout:  # ZeRO's optimizers (or none): no whole master, nothing to keep
+        return None
+    found = _FOUND.get(optimizer)
+    if found is None or not _same(found[0], layout):
+        masters: dict[int, WholeMaster] = {}
+        for weight, master in stage0_masters(optimizer):
+            masters.setdefault(id(weight), master)  # the first, as a scan finds it
+        found = _FOUND[optimizer] = (layout, masters)
+    return found[1].get(id(param))
+
+
+def _layout(optimizer) -> list[tuple[object, int | None]]:
+    """The lists (with their lengths) and flat masters that `stage0_masters` reads: while they are the same, what
+    it found in them stands, and the weights the lists hold keep their ids. A torch optimizer's add_param_group
+    adds a group and its load_state_dict new ones (holding the same lists of parameters); DeepSpeed's bf16
+    wrappers load a checkpoint into their masters in place."""
+    return [(part, len(part) if isinstance(part, list) else None) for group in _groups(optimizer) for part in group]
+
+
+def _same(before: list[tuple[object, int | None]], now: list[tuple[object, int | None]]) -> bool:
+    return len(before) == len(now) and all(a is b and m == n for (a, m), (b, n) in zip(before, now))
 
 
 def local_master(param: torch.Tensor, optimizer) -> torch.Tensor | None:

@@ -56,3 +56,34 @@ def test_an_edit_reaches_the_master_and_the_moments(wrapped):
     assert torch.equal(whole_master(first, optimizer).value(), torch.full((3,), 0.5))
     step(optimizer, first, second)
     assert torch.equal(second.detach(), torch.full((2, 2), 3.0, dtype=torch.bfloat16))
+
+
+def test_the_masters_are_found_once_per_optimizer(wrapped, monkeypatch):
+    """CLIP's clamp looks its logit scale's master up after every update: one scan of the masters, not one a step."""
+    from megadalle.train import masters
+
+    first, second, optimizer = wrapped
+    scans = []
+    scan = masters.stage0_masters
+    monkeypatch.setattr(masters, "stage0_masters", lambda optimizer: scans.append(1) or scan(optimizer))
+    editor = ParamEditor(SimpleNamespace(optimizer=optimizer), 0)
+    for _ in range(3):
+        editor.clamp(second, 0.0, 1.0)
+        step(optimizer, first, second)
+    assert torch.equal(whole_master(second, optimizer).value(), torch.ones(2, 2))
+    assert torch.equal(whole_master(first, optimizer).value(), torch.full((3,), 0.5))
+    assert len(scans) == 1
+
+
+def test_a_group_added_or_loaded_is_found():
+    """A torch optimizer's add_param_group adds a group, its load_state_dict puts new ones in: the masters found
+    before are found again, with the new parameter among them."""
+    first, second = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.AdamW([first], lr=0.0)
+    assert whole_master(first, optimizer).owner is first and whole_master(second, optimizer) is None
+    optimizer.add_param_group({"params": [second]})
+    assert whole_master(second, optimizer).owner is second
+    optimizer.load_state_dict(optimizer.state_dict())
+    assert whole_master(first, optimizer).owner is first and whole_master(second, optimizer).owner is second
+    optimizer.param_groups[1]["params"] = [third := torch.nn.Parameter(torch.ones(4))]
+    assert whole_master(second, optimizer) is None and whole_master(third, optimizer).owner is third
