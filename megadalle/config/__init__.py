@@ -52,12 +52,17 @@ def typed_container(cfg: DictConfig, *classes: type) -> dict:
     them. Hydra types only the groups (their schemas): a verb-level key set through an interpolation keeps the
     text it resolves to, so `new_data=${oc.env:ND}` with ND=false was the text 'false', true to bool(), and
     `seed=${oc.env:SEED}` the text '7', which run.json recorded and a later `seed=7` differed from."""
+    return container_with(cfg, *(build(cls, top_level(cfg, cls), "") for cls in classes))
+
+
+def container_with(cfg: DictConfig, *built: Any) -> dict:
+    """`typed_container` of keys already built (`build` of the dataclasses' `top_level`), as a verb that reads
+    them has them: the whole config resolved, those keys as built."""
     from dataclasses import fields
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    for cls in classes:
-        built = build(cls, top_level(cfg, cls), "")
-        container.update({f.name: getattr(built, f.name) for f in fields(cls) if f.name in container})
+    for keys in built:
+        container.update({f.name: getattr(keys, f.name) for f in fields(keys) if f.name in container})
     return container
 
 

@@ -338,13 +338,13 @@ def train_from_config(task: Task, cfg, task_factory: str | None = None) -> Resul
     """`train` with the shared keys of a training verb's composed config: the `trainer`, `deepspeed`
     and `logger` groups plus top-level `seed`, `out_dir`, `run_dir`, `name` and `resume` (the last three optional).
     This is what `train`, `train-dvae` and `train-clip` call from their `run(cfg)`."""
-    from megadalle.config import build, top_level, typed_container
+    from megadalle.config import build, container_with, top_level
     from megadalle.config.train import RunConfig
 
     keys = build(RunConfig, top_level(cfg, RunConfig), "")
     checkpoint_load.check_resumed_model(task, keys.resume)
     run = RunOptions(out_dir=str(cfg.get("out_dir", "outputs")), run_dir=keys.run_dir, name=keys.name,
                      resume=keys.resume, seed=keys.seed, new_data=keys.new_data,
-                     config=typed_container(cfg, RunConfig), task_factory=task_factory)
+                     config=container_with(cfg, keys), task_factory=task_factory)
     return train(task, build(TrainerConfig, cfg.trainer, "trainer"), build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"),
                  build(LoggerConfig, cfg.logger, "logger"), run)
