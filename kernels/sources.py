@@ -14,9 +14,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .attention import check_inputs, check_layout, checked_scale
 from .backward import backward
 from .forward import forward
+from .inputs import check_inputs, check_layout, checked_scale
 from .layout import Layout
 from .op import fake_backward, fake_forward, on_device
 

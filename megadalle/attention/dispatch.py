@@ -8,8 +8,10 @@ only; those few-query steps always take the reference path, on every device and 
 of query rows fill a fraction of one query block, the dense mask slice costs little there, and the
 kernel stays specialised to square self-attention.
 
-`megadalle.kernels` is imported lazily, at the first kernel call: importing it imports triton and
-decorates the kernels, which must happen after TRITON_INTERPRET is set when the kernel runs on a
+Both paths refuse q, k, v of other ranks, batches or head counts with the kernels' own check, in
+the same words. That check and the layouts come from `megadalle.kernels` without triton; the
+kernels' modules (sources.py) are imported at the first kernel call: importing them imports triton
+and decorates the kernels, which must happen after TRITON_INTERPRET is set when the kernel runs on a
 CPU (tests/conftest.py sets it first thing).
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from megadalle.attention.masks import MaskSpec, allowed, shared_dense_mask
+from megadalle.kernels import DTYPES, HEAD_DIMS, build_layout, check_batch_and_heads, grid_column_major_order
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -48,8 +51,6 @@ def kernel_layout(spec: MaskSpec, seq_len: int, block: int, device: str):
     Column layers are visited text first, then the image column by column: in that order the
     column mask is as local as the row mask, so it touches about as few tiles.
     """
-    from megadalle.kernels import build_layout, grid_column_major_order
-
     order = None
     if spec.kind == "column":
         order = grid_column_major_order(spec.text_len, spec.grid_h, spec.grid_w, seq_len)
@@ -84,20 +85,7 @@ def _kernel_serves(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether `auto` may take the kernel: square self-attention on CUDA in a dtype, head size and layout it serves."""
     if not q.is_cuda or q.shape[-2] != k.shape[-2] or any(t.stride(-1) != 1 for t in (q, k, v)):
         return False
-    from megadalle.kernels import DTYPES, HEAD_DIMS
-
     return q.dtype in DTYPES and q.shape[-1] in HEAD_DIMS
-
-
-def _check_batch_and_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """One refusal for every backend and device: SDPA would broadcast k, v over q's batch or heads where
-    the kernel refuses them, so code that ran on a CPU would fail on CUDA only."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor [batch, heads, seq, head_dim], got {tuple(t.shape)}")
-    for name, t in (("k", k), ("v", v)):
-        if t.shape[:2] != q.shape[:2]:
-            raise ValueError(f"{name} has batch x heads {tuple(t.shape[:2])} but q has {tuple(q.shape[:2])}")
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, backend: str = "auto",
@@ -109,7 +97,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, ba
     """
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
-    _check_batch_and_heads(q, k, v)
+    check_batch_and_heads(q, k, v)
     if backend == "reference" or query_offset != 0 or (backend == "auto" and not _kernel_serves(q, k, v)):
         return reference_attention(q, k, v, spec, query_offset)
     return kernel_attention(q, k, v, spec)

@@ -1,4 +1,7 @@
 """`attend` routes to the kernel or the reference and both give the same answer for every mask."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -53,3 +56,14 @@ def test_a_callers_edit_of_dense_mask_changes_no_later_mask():
     assert torch.equal(dense_mask(spec), allowed(spec, idx[:, None], idx[None, :]))
     assert torch.equal(attend(q, k, v, spec, backend="reference"), before)
     assert mean_keys_per_query(spec) == allowed(spec, idx[:, None], idx[None, :]).sum().item() / spec.seq_len
+
+
+def test_the_masks_import_without_the_dispatch_nor_torch_dynamo():
+    """The configs import the masks through megadalle.attention, whose __init__ imported the dispatch, and with it
+    torch._dynamo and triton (seconds for `megadalle <verb> --help`); `attend` is still there on first use."""
+    code = ("import sys; import megadalle.config.model; from megadalle.attention import MaskSpec; "
+            "print(sorted({'megadalle.attention.dispatch', 'torch._dynamo', 'triton'} & set(sys.modules))); "
+            "from megadalle.attention import attend; print(attend.__module__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["[]", "megadalle.attention.dispatch"]

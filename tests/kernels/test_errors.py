@@ -108,6 +108,28 @@ def test_attend_refuses_values_of_another_batch():
         attend(q, k, v.expand(2, -1, -1, -1), SPEC, backend="reference")
 
 
+def _refusal(call) -> str:
+    with pytest.raises(ValueError) as refused:
+        call()
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("case", ["keys of other heads", "values of another batch", "3-D queries", "no keys"])
+def test_the_kernels_and_every_backend_refuse_bad_ranks_batches_and_heads_in_the_same_words(case):
+    """One check (kernels/inputs.py) for the dispatch and the kernels: the kernels named keys of other heads by
+    their whole shape, the dispatch by batch x heads, and the dispatch failed on keys that are no tensor."""
+    q, k, v = _qkv()
+    q, k, v = {"keys of other heads": (q, torch.randn(1, 3, SPEC.seq_len, 16), v),
+               "values of another batch": (q, k, v.expand(2, -1, -1, -1)),
+               "3-D queries": (q[0], k, v), "no keys": (q, None, v)}[case]
+    source = register_layout_source("test: always 24 long", lambda seq_len, device: LAYOUT)
+    refusals = {_refusal(lambda: sparse_attention(q, k, v, LAYOUT)),
+                _refusal(lambda: sparse_attention_from(q, k, v, source))}
+    refusals |= {_refusal(lambda: attend(q, k, v, SPEC, backend=backend))
+                 for backend in ("reference", "auto", "triton")}
+    assert len(refusals) == 1, refusals
+
+
 NO_INTERPRETER = """
 import torch
 from megadalle.attention import attend
