@@ -242,8 +242,9 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     if not all(shard_done(out / info.name, info.count, made_by[info.name]) for info, _ in shards):
         return None
     infos = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info, _ in shards]
+    # The input resolved, as prepare records it: the rebuild advice on a changed output (coverage.py) names it.
     meta = {"grid_size": model.cfg.grid_size, "vocab_size": model.cfg.vocab_size,
-            "image_size": model.cfg.image_size, "source": str(source.root), "dvae": dvae["dvae"]}
+            "image_size": model.cfg.image_size, "source": str(source.root.resolve()), "dvae": dvae["dvae"]}
     remove_surplus(out, {info.name for info, _ in shards})
     index = ShardIndex(out, infos, ["codes.npy", "json", "txt"], meta)
     index.save()
