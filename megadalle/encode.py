@@ -48,7 +48,7 @@ from megadalle.data.loader import image_fields, rank_and_world
 from megadalle.data.output_guard import check_output
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
-from megadalle.devices import pick_device
+from megadalle.devices import pick_rank_device
 from megadalle.disk_errors import refused
 from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
@@ -267,7 +267,7 @@ def run(cfg: DictConfig) -> int:
     opts = build(EncodeConfig, top_level(cfg, EncodeConfig), "")
     rank, world = rank_and_world()
     with output_lock(opts.output, "encode", shared=world > 1):
-        model = load_dvae(dvae_weights_file(opts.dvae_weights), pick_device(opts.device))
+        model = load_dvae(dvae_weights_file(opts.dvae_weights), pick_rank_device(opts.device, world))
         for source, target in folder_pairs(opts.input, opts.output):
             index = encode_shards(model, source, target, opts.batch_size, rank, world)
             if index is not None:
