@@ -13,6 +13,7 @@ import torch
 
 from megadalle.config import ConfigError
 from megadalle.config.sample import DTYPE_CHOICES
+from megadalle.local_gpu import local_gpu, local_rank
 from megadalle.weights import DTYPES as EXPORT_DTYPES
 
 DTYPES = {name: dtype for name, dtype in EXPORT_DTYPES.items() if name in DTYPE_CHOICES}
@@ -48,6 +49,15 @@ def pick_device(name: str) -> torch.device:
                               f"(torch {torch.__version__}); use device=cpu or device=auto")
         if device.index is not None and device.index >= count:
             raise DeviceError(f"device={name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def pick_rank_device(name: str, world_size: int) -> torch.device:
+    """`pick_device`, where one of `world_size` ranks (a split encode) that `auto` or `cuda` sends to a GPU takes its
+    own (local_gpu.py); an index named (cuda:1) is obeyed."""
+    device = pick_device(name)
+    if world_size > 1 and device.type == "cuda" and device.index is None:
+        return local_gpu(local_rank())
     return device
 
 

@@ -18,7 +18,8 @@ split the (non-empty) shards round-robin; whichever finishes last writes the ind
 output (`<output>/.lock`, folder_lock.py): two at once, with other dVAEs, published one's codes under the other's
 record. A full disk stops it with one line, its staging folder removed.
 A validation split beside the input (`<input>/val/`, from `prepare val_fraction=`) is encoded the
-same way into `<output>/val/`, so the Transformer holds out the samples the dVAE and CLIP held out.
+same way into `<output>/val/`, so the Transformer holds out the samples the dVAE and CLIP held out; the split an
+earlier encode carried over there goes when the input has none now (`encoded_split.py`): train would validate on it.
 """
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ from megadalle.data.loader import image_fields, rank_and_world
 from megadalle.data.output_guard import check_output
 from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
-from megadalle.devices import pick_device
+from megadalle.devices import pick_rank_device
 from megadalle.disk_errors import refused
+from megadalle.encoded_split import remove_split, stale_split
 from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
 from megadalle.models.dvae import DVAE, load_dvae
@@ -242,8 +244,9 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     if not all(shard_done(out / info.name, info.count, made_by[info.name]) for info, _ in shards):
         return None
     infos = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info, _ in shards]
+    # The input resolved, as prepare records it: the rebuild advice on a changed output (coverage.py) names it.
     meta = {"grid_size": model.cfg.grid_size, "vocab_size": model.cfg.vocab_size,
-            "image_size": model.cfg.image_size, "source": str(source.root), "dvae": dvae["dvae"]}
+            "image_size": model.cfg.image_size, "source": str(source.root.resolve()), "dvae": dvae["dvae"]}
     remove_surplus(out, {info.name for info, _ in shards})
     index = ShardIndex(out, infos, ["codes.npy", "json", "txt"], meta)
     index.save()
@@ -266,8 +269,13 @@ def run(cfg: DictConfig) -> int:
     opts = build(EncodeConfig, top_level(cfg, EncodeConfig), "")
     rank, world = rank_and_world()
     with output_lock(opts.output, "encode", shared=world > 1):
-        model = load_dvae(dvae_weights_file(opts.dvae_weights), pick_device(opts.device))
-        for source, target in folder_pairs(opts.input, opts.output):
+        pairs = folder_pairs(opts.input, opts.output)
+        # Rank 0 alone: another rank reading the split while it goes would find files vanish and refuse them.
+        stale = stale_split(opts.output) if len(pairs) == 1 and rank == 0 else None
+        model = load_dvae(dvae_weights_file(opts.dvae_weights), pick_rank_device(opts.device, world))
+        if stale is not None:
+            remove_split(stale)
+        for source, target in pairs:
             index = encode_shards(model, source, target, opts.batch_size, rank, world)
             if index is not None:
                 print(f"[encode] {index.total} samples in {len(index.shards)} shards -> {index.root} "

@@ -118,7 +118,8 @@ def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool
     left_out = dropped_by_index(Path(cfg.input)) if any(item.span is not None for item in items) else Counter()
     opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels, cfg.max_aspect)
     workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
-    meta = {"image_size": cfg.image_size, "format": cfg.format, "source": shown(str(cfg.input))}
+    # The input resolved: the rebuild advice on a changed output (coverage.py) names it, from wherever it is read.
+    meta = {"image_size": cfg.image_size, "format": cfg.format, "source": shown(str(Path(cfg.input).resolve()))}
     summary = PrepareSummary(report=str(cfg.report or Path(cfg.output) / "report.json"))
     writer = ShardWriter(cfg.output, cfg.shard_max_samples, cfg.shard_max_bytes, meta)
     remove_split_dir(val_dir)  # a stale split must not be read as this run's

@@ -23,6 +23,7 @@ from typing import NoReturn
 import torch
 
 from megadalle.errors import UserError
+from megadalle.local_gpu import local_gpu
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,7 @@ def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
                       WORLD_SIZE=str(dist_env.world_size), MASTER_ADDR=dist_env.master_addr,
                       MASTER_PORT=str(dist_env.master_port))
     if torch.cuda.is_available():
-        # One device visible per task (srun --gpus-per-task, CUDA_VISIBLE_DEVICES per rank) or all of the node's.
-        torch.cuda.set_device(dist_env.local_rank % torch.cuda.device_count())
+        local_gpu(dist_env.local_rank)
     if not torch.distributed.is_initialized():
         _skip_shm_inference_op()
         deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes))

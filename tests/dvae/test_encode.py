@@ -379,3 +379,56 @@ def test_encode_refuses_an_output_holding_tars_it_did_not_write_even_in_its_vali
         f"megadalle encode: output={out / 'val'} holds 1 tar that encode did not write (00000.tar): encode writes "
         "only into a new folder or over its own earlier output; give another output=, or move it out of it\n")
     assert _files(out) == before
+
+
+def _split_input(root, val=True, seed=0):
+    """An image-shard folder of 8 samples, with a validation split of 4 in `val/` when `val`."""
+    from tests.dvae.conftest import write_image_shards
+
+    write_image_shards(root, 8, 32, 8, seed=seed)
+    if val:
+        write_image_shards(root / "val", 4, 32, 4, seed=seed + 1)
+    return root
+
+
+def test_a_split_the_input_no_longer_has_is_removed_and_train_sees_none(tmp_path, weights, capsys):
+    """The input prepared again with val_fraction=0: the earlier encode's `val/` stayed, and train validated on
+    samples that were now training samples, without a word."""
+    from megadalle.config.data import DataConfig
+
+    split, whole = _split_input(tmp_path / "split"), _split_input(tmp_path / "whole", val=False, seed=3)
+    out = tmp_path / "tokens"
+    argv = ["encode", f"dvae_weights={weights}", f"output={out}", "device=cpu"]
+    assert main([*argv, f"input={split}"]) == 0 and (out / "val" / "index.json").is_file()
+    (out / "val" / ".encode-shard-000000.tar").mkdir()  # a crash's staging: encode's too
+    capsys.readouterr()
+    assert main([*argv, f"input={whole}"]) == 0
+    assert f"[encode] {out / 'val'}: removed the validation split an earlier encode carried over from its input's " \
+           "val/: this input has none, and train would have validated on it" in capsys.readouterr().err
+    assert not (out / "val").exists() and ShardIndex.load(out).total == 8
+    assert DataConfig(shards=str(out)).validation_shards() is None
+
+
+def test_a_split_of_encodes_holding_other_files_is_refused_and_one_encode_did_not_write_as_a_split_stays(
+        tmp_path, weights, capsys):
+    """Encode deletes no file of the user's: its old split with a note in it is refused by name, before any image is
+    encoded; a `val/` encoded on purpose from another set (its source is no split) is the user's validation set."""
+    split, whole = _split_input(tmp_path / "split"), _split_input(tmp_path / "whole", val=False, seed=3)
+    out = tmp_path / "tokens"
+    argv = ["encode", f"dvae_weights={weights}", f"output={out}", "device=cpu"]
+    assert main([*argv, f"input={split}"]) == 0
+    (out / "val" / "notes.txt").write_text("mine")
+    before = _files(out)
+    capsys.readouterr()
+    assert main([*argv, f"input={whole}"]) == 2
+    assert capsys.readouterr().err == (
+        f"megadalle encode: output={out / 'val'} holds the validation split an earlier encode carried over from its "
+        "input's val/, which this input does not have (train would validate on it: data.val_shards=null reads "
+        "<shards>/val), and 1 entry encode did not write (notes.txt), so encode does not remove it; move it out of "
+        "it, or give another output=\n")
+    assert _files(out) == before
+
+    chosen = tmp_path / "chosen"
+    assert main(["encode", f"dvae_weights={weights}", f"input={whole}", f"output={chosen / 'val'}", "device=cpu"]) == 0
+    assert main([*argv[:2], f"output={chosen}", "device=cpu", f"input={whole}"]) == 0
+    assert ShardIndex.load(chosen / "val").total == 8
