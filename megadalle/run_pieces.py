@@ -81,7 +81,24 @@ def pick(given: str | None, run: Path, record: dict, piece: str, required: bool)
         if required:
             raise BundleError(f"{key}: not given and not recorded in the run's config; pass {key}=PATH")
         return None
+    where = "" if given else f" (from {source(run, piece)})"
+    if path.is_dir():
+        raise BundleError(f"{key}={path}{where}: a directory, not a weights file; {exported(path, piece)}")
     if not path.is_file():
-        where = "" if given else f" (from {source(run, piece)})"
         raise BundleError(f"{key}={path}{where}: no such file; pass {key}=FILE")
     return path
+
+
+def exported(folder: Path, piece: str) -> str:
+    """What to pass instead of the folder `folder`, given where export copies the file of a dVAE or CLIP (`piece`):
+    a train-dvae or train-clip run's own export (its `weights`, else <run>/<piece>.safetensors, written when the run
+    finishes). It is named, not taken: a run read as a file was "no such file" beside an existing directory, and
+    generate reads a run from its newest checkpoint, which an export left behind by a resumed run is not."""
+    key = VERB_KEYS[piece]
+    if not (folder / "run.json").is_file():
+        return f"pass {key}=FILE (a .safetensors with its .json beside)"
+    path = recorded_path(folder, read(folder).get("config", {}), "weights", key) or folder / f"{piece}.safetensors"
+    if path.is_file():
+        return f"pass the weights the run exported: {key}={path}"
+    return (f"pass the weights the run exports when it finishes ({path}, not there: rerun its training command to "
+            f"finish it, or `megadalle export run={folder} output=FILE dtype=fp32` and {key}=FILE)")

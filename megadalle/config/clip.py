@@ -23,7 +23,8 @@ class ClipConfig:
     text_heads: int = 8
     """Attention heads of the text tower, each text_width / text_heads wide (8 as ViT-B/16 CLIP's)."""
     image_size: int = 224
-    """Side of the square input image; other sizes are resized to it before encoding."""
+    """Side of the square input image: train-clip loads its images at it (where data.image_size is null, not at the
+    size stored), and the reranker cuts the centred square of other sizes and resizes it to it, as the loader does."""
     patch_size: int = 16
     """ViT patch side; image_size must be a multiple of it."""
     vision_width: int = 768

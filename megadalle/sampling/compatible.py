@@ -8,10 +8,12 @@ learnt the codes of one). A tokenizer with more pieces than an embedding table f
 id. So `export` and every sampling verb check the four against each other first, from their configs alone, and say which setting disagrees. A tokenizer of the same size but
 other contents (retrained in place, or another corpus's) gives the prompt ids the Transformer never learnt:
 where a run's run.json or a model folder's bundle.json records the sha256 of its tokenizer, the tokenizer
-is compared with it by content.
+is compared with it by content, and so is the tokenizer a megadalle CLIP records (clip_record.py): a CLIP
+trained with another tokenizer of the same size read the prompt as other words and reranked by noise.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from megadalle.errors import UserError
@@ -82,7 +84,8 @@ def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | 
     """`check_compatible` for models on disk (weights or run directories; `clip` None for no megadalle CLIP),
     their configs read without a tensor: a mismatch is named before a large model's weights are read. A
     tokenizer megadalle cannot use is refused under its key, `tokenizer`, and so is one whose contents are not
-    the `recorded` one's (None: nothing records it, plain weights or a record older than the digests)."""
+    the `recorded` one's (None: nothing records it, plain weights or a record older than the digests), or not
+    the ones the CLIP was trained with (`clip_record`; a CLIP exported before that record is read with a warning)."""
     from megadalle.data.digest import sha256
     from megadalle.data.tokenizer import Tokenizer, TokenizerError
     from megadalle.sampling.load import model_config
@@ -97,7 +100,36 @@ def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | 
     except TokenizerError as err:
         raise TokenizerError(f"tokenizer={tokenizer}: {err.reason}") from None
     check_compatible(*configs, vocab, names)
-    if recorded is not None and (digest := sha256(tokenizer)) != recorded.sha256:
+    digest = sha256(tokenizer)
+    if recorded is not None and digest != recorded.sha256:
         raise IncompatibleModels(f"tokenizer={tokenizer}: not the tokenizer the Transformer was trained with (sha256 "
                                  f"{digest[:12]}; {recorded.record} records {recorded.path}, sha256 "
                                  f"{recorded.sha256[:12]}): give the tokenizer it was trained with (tokenizer=FILE)")
+    if clip is not None:
+        check_clip_tokenizer(clip, tokenizer, digest)
+        if configs[2].image_size > configs[1].image_size:
+            warn(f"the CLIP ({clip}) reads {configs[2].image_size} px images, the dVAE ({dvae}) decodes "
+                 f"{configs[1].image_size} px samples: they are upscaled for it, blurrier than the images it "
+                 "trained on")
+
+
+def check_clip_tokenizer(clip, tokenizer, digest: str) -> None:
+    """Refuse the CLIP at `clip` when it records another tokenizer than `tokenizer` (sha256 `digest`): it would
+    read the prompt's ids as other words and rank the samples by noise."""
+    from megadalle.sampling import clip_record
+
+    record = clip_record.recorded(clip)
+    if record is None:
+        warn(f"clip_weights={clip} records no tokenizer (exported before train-clip recorded it): not checked "
+             f"against tokenizer={tokenizer}; a CLIP trained with another tokenizer ranks the samples by noise")
+    elif record.sha256 != digest:
+        raise IncompatibleModels(f"clip_weights={clip}: a CLIP trained with another tokenizer than tokenizer="
+                                 f"{tokenizer} (sha256 {digest[:12]}; {record.record} records {record.path}, sha256 "
+                                 f"{record.sha256[:12]}): it would read the prompt as other words and rank the "
+                                 "samples by noise; give the CLIP trained with this tokenizer (clip_weights=), or "
+                                 f"train one with tokenizer={tokenizer}")
+
+
+def warn(message: str) -> None:
+    """A note on stderr, on its line: the check goes on."""
+    print(f"[megadalle] warning: {message}", file=sys.stderr, flush=True)

@@ -20,23 +20,45 @@ import torch
 import torch.nn.functional as F
 
 from megadalle.errors import UserError
+from megadalle.models.clip import square_input
 
 OPEN_CLIP = "open_clip:"
 
 
 class RerankerError(UserError, ValueError):
-    """A reranker that cannot be built as asked (the message names the key and value)."""
+    """A reranker that cannot be built or fed as asked (the message names the key or argument and its value)."""
 
 
 class Reranker(Protocol):
     def scores(self, images: torch.Tensor, prompt: str) -> torch.Tensor: ...
 
 
+def check_images(images) -> None:
+    """`images` as the rerankers take them: float [N, 3, H, W] in [0, 1]. Pixels in 0..255 scored wrong without a
+    word (0.771 -> -0.269 for a matched pair), and other shapes or dtypes failed deep in the model, naming neither."""
+    expected = "expected floats [N, 3, H, W] in [0, 1]"
+    if not isinstance(images, torch.Tensor):
+        raise RerankerError(f"images: a {type(images).__name__}, {expected}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise RerankerError(f"images of shape {list(images.shape)}: {expected} (RGB, channels first; one image "
+                            "[3, H, W] as images[None])")
+    if not images.is_floating_point():
+        raise RerankerError(f"images of dtype {images.dtype}: {expected} (pixels 0..255 as images.float() / 255)")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise RerankerError(f"images with values from {images.min().item():.4g} to {images.max().item():.4g}: "
+                            f"{expected} (pixels 0..255 as images / 255)")
+
+
 @torch.no_grad()
 def clip_scores(clip, images: torch.Tensor, text: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Cosine similarity of each image [N, 3, S, S] with one caption's CLIP ids [text_len] -> [N]."""
-    txt = clip.encode_text(text[None])
-    scores = [(clip.encode_image(images[i:i + batch_size]) * txt).sum(-1) for i in range(0, len(images), batch_size)]
+    """Cosine similarity (float32) of each image [N, 3, H, W] in [0, 1] (any size and floating dtype: the image
+    tower crops and resizes it as training does, and reads it in its own dtype) with one caption's CLIP ids
+    [text_len] -> [N]."""
+    check_images(images)
+    device = next(clip.parameters()).device
+    txt = clip.encode_text(text[None].to(device)).float()
+    scores = [(clip.encode_image(images[i:i + batch_size].to(device)).float() * txt).sum(-1)
+              for i in range(0, len(images), batch_size)]
     return torch.cat(scores)
 
 
@@ -47,9 +69,7 @@ class MegadalleClip:
         self.clip, self.tokenizer = clip, tokenizer
 
     def scores(self, images: torch.Tensor, prompt: str) -> torch.Tensor:
-        device = next(self.clip.parameters()).device
-        text = torch.tensor(self.tokenizer.encode(prompt, self.clip.cfg.text_len), device=device)
-        return clip_scores(self.clip, images.to(device), text)
+        return clip_scores(self.clip, images, torch.tensor(self.tokenizer.encode(prompt, self.clip.cfg.text_len)))
 
 
 class OpenClip:
@@ -62,14 +82,13 @@ class OpenClip:
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Samples [N, 3, S, S] in [0, 1] -> the model's input (square samples: resize only, no crop needed)."""
-        if images.shape[-1] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bicubic",
-                                   align_corners=False, antialias=True).clamp(0, 1)
-        return (images - self.mean) / self.std
+        """Images [N, 3, H, W] in [0, 1] -> the model's input: the centred square resized, as open_clip's own
+        preprocessing (and megadalle's CLIP, `square_input`) does."""
+        return (square_input(images, self.image_size) - self.mean) / self.std
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor, prompt: str) -> torch.Tensor:
+        check_images(images)
         device = self.mean.device
         text = F.normalize(self.model.encode_text(self.tokenizer([prompt]).to(device)).float(), dim=-1)
         out = []

@@ -12,6 +12,7 @@ from megadalle.models.clip import CLIP
 from megadalle.models.dvae import DVAE
 from megadalle.weights import save_weights
 from tests.distributed.dist_tokens import make_token_data
+from tests.sample.test_generate import trained_with
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,7 @@ def trained(tmp_path_factory):
     clip_cfg = ClipConfig(text_len=16, text_vocab=512, text_width=16, text_layers=1, text_heads=2, image_size=16,
                           patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, embed_dim=8)
     save_weights(root / "clip.safetensors", CLIP(clip_cfg).state_dict(), "clip", clip_cfg)
+    trained_with(root / "clip.safetensors", tok)
     return train_tiny(root / "run", shards, tok), tok, root / "dvae.safetensors", root / "clip.safetensors"
 
 

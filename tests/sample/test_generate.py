@@ -19,9 +19,8 @@ from megadalle.sample import generate, run
 from megadalle.weights import save_weights
 
 
-def tokenizer_model(path):
+def tokenizer_model(path, captions=("a red circle at the top left", "a blue square at the bottom right") * 20):
     buf = io.BytesIO()
-    captions = ["a red circle at the top left", "a blue square at the bottom right"] * 20
     spm.SentencePieceTrainer.train(sentence_iterator=iter(captions), model_writer=buf, model_type="bpe",
                                    vocab_size=40, pad_id=0, unk_id=1, bos_id=2, eos_id=3, hard_vocab_limit=False,
                                    minloglevel=2)
@@ -41,6 +40,15 @@ def write_tiny_models(folder):
                                     ("dvae", DVAE(dvae_cfg), "dvae", dvae_cfg), ("clip", CLIP(clip_cfg), "clip", clip_cfg)):
         save_weights(folder / f"{name}.safetensors", module.state_dict(), kind, cfg)
     tokenizer_model(folder / "tokenizer.model")
+    trained_with(folder / "clip.safetensors", folder / "tokenizer.model")
+
+
+def trained_with(clip, tokenizer):
+    """Record `tokenizer` as the one the CLIP weights `clip` trained with, as train-clip's export does."""
+    from megadalle.data.digest import sha256
+    from megadalle.sampling import clip_record
+
+    clip_record.write(clip, sha256(tokenizer), tokenizer)
 
 
 def test_generate_writes_a_grid_and_sorted_scores(tmp_path):
