@@ -161,7 +161,8 @@ class DataConfig:
     """sentencepiece model; needed for token shards (`train`: captions are tokenized while loading; `train-clip` reads
     its own `tokenizer`, the dVAE none)."""
     image_size: int | None = None
-    """Side of the images a loader yields; null = as stored (prepare's image_size)."""
+    """Side of the images a loader yields; null = the model's input size for train-dvae and train-clip (dvae.image_size,
+    clip.image_size), as stored (prepare's image_size) elsewhere."""
     bpe_dropout: float = 0.0
     """BPE dropout while tokenizing captions for training (`train`'s token shards; the paper's 0.1)."""
     shuffle: bool = True
