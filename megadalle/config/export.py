@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from megadalle.config import check, join
 from megadalle.config.ema import check_ema
 
-DTYPES = ("bf16", "fp32", "fp16")
+DTYPES = ("auto", "bf16", "fp32", "fp16")
 
 
 @dataclass
@@ -22,8 +22,10 @@ class ExportConfig:
     ema: str = "auto"
     """Which weights: auto = the EMA when the run trained one (trainer.ema: the weights its validation scored),
     else the live weights; true = the EMA (refused for a run without one); false = the live weights."""
-    dtype: str = "bf16"
-    """Precision of the floating-point tensors written: bf16 (half the bytes of the fp32 masters), fp32, fp16."""
+    dtype: str = "auto"
+    """Precision of the floating-point tensors written: bf16 (half the bytes of the fp32 masters), fp32, fp16; auto =
+    bf16 for a Transformer run, fp32 for a dVAE or CLIP run (their outputs are computed again from the weights:
+    encode's codes from a bf16 dVAE differ in about 1% of cells)."""
     max_shard_mb: int = 5000
     """Largest shard in MB (10^6 bytes); a tensor larger than this gets a shard of its own."""
     weights_only: bool = False
@@ -45,6 +47,12 @@ class ExportConfig:
         check(self.max_shard_mb > 0, join(where, "max_shard_mb"), self.max_shard_mb, "must be positive")
         check_ema(self.ema, join(where, "ema"))
         self.check_clip(where)
+
+    def dtype_for(self, kind: str) -> str:
+        """The dtype written for a run of `kind` (its task's export kind): `dtype`, or what `auto` means for it."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "bf16" if kind == "transformer" else "fp32"
 
     def check_clip(self, where: str) -> None:
         """An open_clip reranker comes from the file `clip_weights` names: without it the folder used to go out

@@ -105,6 +105,8 @@ SAFE_FUNCTIONS = {
 }
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 """First pickle of torch.save's pre-1.6 format (`_use_new_zipfile_serialization=False`)."""
+ZIP_MAGIC = b"PK\x03\x04"
+"""First bytes of a zip archive (torch.save's format since 1.6), whose directory is at its end."""
 
 
 class DalleUnpickler(pickle.Unpickler):
@@ -143,6 +145,18 @@ def _flat(raw: bytes | bytearray, dtype: torch.dtype) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
 
 
+def _cut_short(path: Path, what: str) -> NotADalleFile:
+    return NotADalleFile(f"{path}: cut short ({what}); download it again, or copy it again from where it came")
+
+
+def _read_exactly(f, count: int, path: Path, what: str) -> bytes:
+    """`count` bytes of `f`, all of them: a storage cut short read as a shorter tensor (or an empty one)."""
+    raw = f.read(count)
+    if len(raw) != count:
+        raise _cut_short(path, f"{what}: {len(raw)} of its {count} bytes there")
+    return raw
+
+
 def _read_zip(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
@@ -159,18 +173,34 @@ def _read_zip(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
 def _read_legacy(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     """Magic number, protocol, sys_info, the objects, the storage keys; then each storage: int64 count, bytes."""
     with open(path, "rb") as f:
+        if f.read(4) == ZIP_MAGIC:  # a zip archive's first bytes, and no zip (is_zipfile): its end is missing
+            raise _cut_short(path, "a zip archive without its end record")
+        f.seek(0)
         if DalleUnpickler(f, str(path)).load() != LEGACY_MAGIC:
             raise NotADalleFile(f"{path}: neither a torch zip archive nor a legacy torch.save file")
-        protocol, sys_info = DalleUnpickler(f, str(path)).load(), DalleUnpickler(f, str(path)).load()
-        if protocol != 1001 or not (isinstance(sys_info, dict) and sys_info.get("little_endian", True)):
-            raise NotADalleFile(f"{path}: legacy torch format {protocol!r} / {sys_info!r} not understood")
-        unpickler = DalleUnpickler(f, str(path))
-        root = unpickler.load()
-        storages = {}
-        for key in DalleUnpickler(f, str(path)).load():
-            dtype = unpickler.storages[str(key)].dtype
-            count = int.from_bytes(f.read(8), "little")
-            storages[str(key)] = _flat(f.read(count * torch.empty(0, dtype=dtype).element_size()), dtype)
+        try:
+            return _legacy_body(f, path)
+        except EOFError:
+            raise _cut_short(path, "it ends inside its pickles") from None
+        except pickle.UnpicklingError as err:
+            if "truncated" not in str(err):  # pickle's own word for data that stops inside an opcode
+                raise
+            raise _cut_short(path, "it ends inside its pickles") from None
+
+
+def _legacy_body(f, path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """What follows the magic number: protocol, sys_info, the objects, the storage keys, then the storages."""
+    protocol, sys_info = DalleUnpickler(f, str(path)).load(), DalleUnpickler(f, str(path)).load()
+    if protocol != 1001 or not (isinstance(sys_info, dict) and sys_info.get("little_endian", True)):
+        raise NotADalleFile(f"{path}: legacy torch format {protocol!r} / {sys_info!r} not understood")
+    unpickler = DalleUnpickler(f, str(path))
+    root = unpickler.load()
+    storages = {}
+    for key in DalleUnpickler(f, str(path)).load():
+        dtype = unpickler.storages[str(key)].dtype
+        count = int.from_bytes(_read_exactly(f, 8, path, f"storage {key}'s length"), "little")
+        size = count * torch.empty(0, dtype=dtype).element_size()
+        storages[str(key)] = _flat(_read_exactly(f, size, path, f"storage {key}"), dtype)
     return root, storages
 
 
@@ -196,11 +226,16 @@ def read_dalle_file(path: str | Path) -> Record:
         root, storages = (_read_zip if zipfile.is_zipfile(path) else _read_legacy)(path)
     except (RefusedPickle, NotADalleFile):
         raise
+    except zipfile.BadZipFile as err:
+        raise NotADalleFile(f"{path}: a damaged zip archive ({err}); download it again") from None
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
         raise NotADalleFile(f"{path}: not a torch.save file ({type(err).__name__}: {err})") from None
     if not isinstance(root, Record):
         raise NotADalleFile(f"{path}: holds a {type(root).__name__}, not a dall_e module")
-    _materialise(root, storages)
+    try:
+        _materialise(root, storages)
+    except RuntimeError as err:  # a view past the end of its storage
+        raise NotADalleFile(f"{path}: a tensor does not fit in its storage ({err})") from None
     return root
 
 
@@ -223,11 +258,29 @@ def _expect(record: Record, qualname: str, path: Path) -> None:
         raise NotADalleFile(f"{path}: holds {record.qualname}, expected {qualname}")
 
 
+def _blocks_per_group(side: Record) -> list[int]:
+    """How many blocks each group of an encoder or decoder holds, in order."""
+    blocks = side.child("blocks")
+    groups = [name for name in blocks.__dict__["_modules"] if name.startswith("group_")]
+    return [sum(name.startswith("block_") for name in blocks.child(group).__dict__["_modules"]) for group in groups]
+
+
+def _groups(counts: list[int]) -> str:
+    return f"{len(counts)} groups of {'/'.join(map(str, sorted(set(counts))))} blocks"
+
+
 def dalle_config(encoder: Record, decoder: Record, image_size: int) -> DVAEConfig:
     """The DVAEConfig of the pair, read off the tensors' shapes and the group/block counts."""
     enc = encoder.child("blocks")
     groups = [name for name in enc.__dict__["_modules"] if name.startswith("group_")]
     blocks = [name for name in enc.child(groups[0]).__dict__["_modules"] if name.startswith("block_")]
+    enc_blocks, dec_blocks = _blocks_per_group(encoder), _blocks_per_group(decoder)
+    if enc_blocks != dec_blocks:
+        raise NotADalleFile(f"encoder and decoder do not belong together: the encoder has {_groups(enc_blocks)}, "
+                            f"the decoder {_groups(dec_blocks)}")
+    if len(set(enc_blocks)) != 1:
+        raise NotADalleFile(f"the encoder's groups hold different numbers of blocks ({enc_blocks}); megadalle's "
+                            "dVAE, as dall_e's, has as many in each")
     enc_in = enc.child("input").__dict__["_parameters"]["w"]
     dec_in = decoder.child("blocks").child("input").__dict__["_parameters"]["w"]
     dec_out = decoder.child("blocks").child("output").child("conv").__dict__["_parameters"]["w"]
@@ -262,6 +315,7 @@ def rename(name: str, side: str, cfg: DVAEConfig) -> str:
 def convert(encoder_path: str | Path, decoder_path: str | Path, image_size: int = 256):
     """(megadalle DVAE in eval mode, its config) from OpenAI's encoder and decoder files."""
     from megadalle.models.dvae import DVAE
+    from megadalle.weights import first_of, mismatches
 
     encoder, decoder = read_dalle_file(encoder_path), read_dalle_file(decoder_path)
     _expect(encoder, "dall_e.encoder.Encoder", Path(encoder_path))
@@ -274,6 +328,12 @@ def convert(encoder_path: str | Path, decoder_path: str | Path, image_size: int 
              for side, record in (("encoder", encoder), ("decoder", decoder))
              for name, tensor in named_tensors(record)}
     model = DVAE(cfg)
+    wrong = mismatches({name: tuple(t.shape) for name, t in state.items()},
+                       {name: tuple(t.shape) for name, t in model.state_dict().items()})
+    if wrong:  # the checks above hold, yet the tensors are not those of the dVAE they describe
+        raise NotADalleFile(f"{encoder_path} and {decoder_path}: their tensors do not fit the dVAE their shapes "
+                            f"describe (n_hid {cfg.n_hid}, {cfg.n_groups} groups of {cfg.n_blk_per_group} blocks, "
+                            f"{cfg.vocab_size} codes): {first_of(wrong)}")
     model.load_state_dict(state, strict=True)
     return model.eval(), cfg
 

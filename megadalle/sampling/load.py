@@ -65,9 +65,10 @@ def load_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torc
             model_config(path, kind)  # the kind, checked before the weights are read
             model = load_run(path, ema=ema, dtype=dtype)[0].to(device)
         else:
-            state, config = load_weights(path, kind, device, dtype)
-            with torch.device("meta"):
-                model = model_cls(build(config_cls, config, kind))
+            with torch.device("meta"):  # built first: the files' tensors are checked against it before any is read
+                model = model_cls(build(config_cls, read_config(path, kind), kind))
+            shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+            state, _ = load_weights(path, kind, device, dtype, expected=shapes)
             model.load_state_dict(state, strict=True, assign=True)
     if kind == "transformer":  # trained with attention_backend=triton on GPUs, it still samples on a CPU
         model.use_attention_backend("auto")

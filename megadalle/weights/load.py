@@ -2,13 +2,15 @@
 folder holding either.
 
 Everything that can be checked without reading a tensor is checked first (the config JSON and the kind it names,
-every shard there and whole), so a wrong or damaged path is one line at once, not an error minutes into a 12B
+every shard there and whole, each holding the tensors the index gives it, and, for a model, its tensors' names and
+shapes), so a wrong or damaged path is one line at once, not an error minutes into a 12B
 read; and tensors go one at a time onto their device, never all in host memory.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -31,26 +33,40 @@ def shard_of(path: str | Path) -> Path | None:
         return None
 
 
-def weight_files(path: str | Path) -> list[Path]:
-    """The safetensors files behind `path`: a .safetensors file, an index JSON, or a folder holding either."""
+def _entry(path: str | Path) -> Path:
+    """The file that describes the weights at `path`: the index JSON or the .safetensors file (a folder holds
+    either)."""
     path = Path(path)
     if path.is_dir():
         for name in (INDEX, SINGLE):
             if (path / name).is_file():
-                return weight_files(path / name)
+                return path / name
         raise WeightsNotFound(f"{path} holds neither {INDEX} nor {SINGLE}")
     if not path.is_file():
         raise WeightsNotFound(f"no weights file at {path}")
-    if path.name.endswith(".json"):
-        weight_map = read_record(path, "weight_map")["weight_map"]
-        if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
-            raise damaged(path, "its weight_map is no map of tensor names to shard files")
-        files = [path.parent / name for name in dict.fromkeys(weight_map.values())]
-        for file in files:  # every shard, before any is read: a missing last one is not found minutes in
-            if not file.is_file():
-                raise damaged(file, f"not there, though {path.name} lists it")
-        return files
-    return [path]
+    return path
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """The index's weight_map, tensor name -> shard file name, checked to be one that names a shard."""
+    weight_map = read_record(index, "weight_map")["weight_map"]
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise damaged(index, "its weight_map is no map of tensor names to shard files")
+    if not weight_map:
+        raise damaged(index, "its weight_map is empty: it names no tensor, nor any shard")
+    return weight_map
+
+
+def weight_files(path: str | Path) -> list[Path]:
+    """The safetensors files behind `path`: a .safetensors file, an index JSON, or a folder holding either."""
+    entry = _entry(path)
+    if not entry.name.endswith(".json"):
+        return [entry]
+    files = [entry.parent / name for name in dict.fromkeys(_weight_map(entry).values())]
+    for file in files:  # every shard, before any is read: a missing last one is not found minutes in
+        if not file.is_file():
+            raise damaged(file, f"not there, though {entry.name} lists it")
+    return files
 
 
 def _open(file: Path, device: str = "cpu"):
@@ -71,24 +87,85 @@ def _device_name(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else str(device)
 
 
+def _headers(files: list[Path]) -> dict[Path, dict[str, tuple[int, ...]]]:
+    """Each file's tensor names and shapes, from its header alone; each file opened whole (its size checked)."""
+    headers = {}
+    for file in files:
+        with _open(file) as tensors:
+            headers[file] = {name: tuple(tensors.get_slice(name).get_shape()) for name in tensors.keys()}
+    return headers
+
+
+def _check_index(entry: Path, headers: dict[Path, dict[str, tuple[int, ...]]]) -> None:
+    """Each shard holds the tensors the index assigns it and no other: a tensor in two shards, in another than
+    the index says, or in none was read from whichever came last, or not at all, in silence."""
+    if not entry.name.endswith(".json"):
+        return
+    weight_map = _weight_map(entry)
+    for file, shapes in headers.items():
+        assigned = {name for name, shard in weight_map.items() if shard == file.name}
+        unlisted = [name for name in shapes if name not in assigned]
+        lacking = [name for name in weight_map if name in assigned and name not in shapes]
+        if unlisted:
+            where = (f"which {entry.name} puts in {weight_map[unlisted[0]]}" if unlisted[0] in weight_map else
+                     f"which {entry.name} does not list")
+            raise damaged(file, f"holds {unlisted[0]}, {where}{_more(unlisted)}")
+        if lacking:
+            raise damaged(file, f"lacks {lacking[0]}, which {entry.name} puts in it{_more(lacking)}")
+
+
+def _more(names: list) -> str:
+    return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+
+
+def mismatches(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]],
+               where: Callable[[str], str] = lambda name: "") -> list[str]:
+    """How tensors `found` (name -> shape) differ from those a model `expected`, reshaped ones first, each a phrase
+    (`where(name)` says where a found one lies): what a strict load_state_dict would refuse, said before it runs."""
+    wrong = [f"{name} {list(found[name])}{where(name)} where the model has {list(shape)}"
+             for name, shape in expected.items() if name in found and tuple(found[name]) != tuple(shape)]
+    wrong += [f"{name}{where(name)} not in the model" for name in found if name not in expected]
+    return wrong + [f"{name} {list(shape)} missing" for name, shape in expected.items() if name not in found]
+
+
+def first_of(phrases: list[str], count: int = 3) -> str:
+    """The first `count` phrases, and how many more: one line, however many there are."""
+    return "; ".join(phrases[:count]) + (f" (and {len(phrases) - count} more)" if len(phrases) > count else "")
+
+
+def _check_shapes(entry: Path, config: Path, headers: dict[Path, dict[str, tuple[int, ...]]],
+                  expected: dict[str, tuple[int, ...]]) -> None:
+    """The files hold the tensors, of the shapes, of the model their config JSON builds (`expected`): a config JSON
+    copied from other weights or edited, a tensor added or reshaped by another tool, fail here, named, rather
+    than as load_state_dict's traceback."""
+    shard = {name: file.name for file, shapes in headers.items() for name in shapes}
+    found = {name: shape for shapes in headers.values() for name, shape in shapes.items()}
+    wrong = mismatches(found, expected, (lambda name: f" in {shard[name]}") if len(headers) > 1 else lambda name: "")
+    if wrong:
+        raise damaged(entry, f"its tensors do not fit the model that {config} describes: {first_of(wrong)}")
+
+
 def load_weights(path: str | Path, kind: str | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype | str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+                 dtype: torch.dtype | str | None = None,
+                 expected: dict[str, tuple[int, ...]] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Read weights (a .safetensors file, an index JSON, or a folder holding either) and their config;
-    `kind` (e.g. "dvae") is checked when given. `device` and `dtype` (None: as stored) are checked and named as
-    the verbs name them (megadalle.devices: cpu:0 or torch.device("cpu", 0) is the CPU, "bf16" is bfloat16).
+    `kind` (e.g. "dvae") is checked when given, and `expected` (name -> shape, a model's state dict) when given:
+    the files must hold those tensors and no other. `device` and `dtype` (None: as stored) are checked and named
+    as the verbs name them (megadalle.devices: cpu:0 or torch.device("cpu", 0) is the CPU, "bf16" is bfloat16).
 
     Tensors are read one at a time straight onto `device` and, with `dtype`, cast there (`as_dtype`:
     integer tensors keep theirs), so a bf16 12B read onto a GPU never holds the weights in host memory, nor an fp32
-    copy anywhere."""
+    copy anywhere. Every check that needs only the headers comes before the first tensor is read."""
     from megadalle.devices import pick_device, pick_dtype
 
     device = pick_device(str(device))
     dtype = None if dtype is None else pick_dtype(dtype, device)
     files = weight_files(path)
     config = read_config(path, kind, files)
-    for file in files:  # each one whole (its header read, its size checked), before the first tensor is read
-        with _open(file):
-            pass
+    headers, entry = _headers(files), _entry(path)
+    _check_index(entry, headers)
+    if expected is not None:
+        _check_shapes(entry, _config_file(path, files), headers, expected)
     state: dict[str, torch.Tensor] = {}
     for file in files:
         with _open(file, _device_name(device)) as tensors:
@@ -98,13 +175,20 @@ def load_weights(path: str | Path, kind: str | None = None, device: torch.device
     return state, config
 
 
+def _config_file(path: str | Path, files: list[Path]) -> Path:
+    """Where the config JSON of the weights at `path` (made of `files`) is: a folder's config.json, else the one
+    beside the file given."""
+    meta_path = config_path(path if Path(path).is_dir() or str(path).endswith(".json") else files[0])
+    if Path(path).is_dir() and files[0].name == SINGLE and not meta_path.is_file():
+        return config_path(files[0])
+    return meta_path
+
+
 def read_config(path: str | Path, kind: str | None = None, files: list[Path] | None = None) -> dict:
     """The config recorded beside weights (a .safetensors file, an index JSON, or a folder holding either),
     without reading a tensor; `kind` is checked when given."""
     files = files or weight_files(path)
-    meta_path = config_path(path if Path(path).is_dir() or str(path).endswith(".json") else files[0])
-    if Path(path).is_dir() and files[0].name == SINGLE and not meta_path.is_file():
-        meta_path = config_path(files[0])
+    meta_path = _config_file(path, files)
     if not meta_path.is_file():
         folder = shard_of(path)
         if folder is not None:

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 from megadalle.weights.errors import AmbiguousOutput, OutputInTheWay
-from megadalle.weights.records import INDEX, config_path, json_object, recorded_kind
+from megadalle.weights.records import CONFIG, INDEX, config_path, json_object, recorded_kind
+
+
+ELSEWHERE = "give another path, or remove it"
+"""What to do about an output in the way: the export writes nowhere else on its own."""
 
 
 def one_file(output: str | Path) -> bool:
@@ -26,22 +30,46 @@ def one_file(output: str | Path) -> bool:
     return named_file
 
 
-def _weights_folder(folder: Path) -> bool:
-    return (folder / INDEX).is_file()
+def _folder_in_the_way(folder: Path, kind: str | None) -> tuple[str, str] | None:
+    """Why the export of a `kind` model's shards (None: of any kind, where the kind is not known yet) may not
+    replace `folder`, and what to do; None where it may: an empty folder, or an earlier export of that kind holding
+    nothing else. An index alone proves nothing (a Hugging Face model folder has one, beside its tokenizer and model
+    card), and a replaced folder is deleted whole: so the index must record the kind (as an export writes it) and
+    every file must be its config JSON or a shard it lists."""
+    if not any(folder.iterdir()):
+        return None
+    index = json_object(folder / INDEX) if (folder / INDEX).is_file() else None
+    if index is None:
+        return f"exists and is neither empty nor an exported weights folder (no {INDEX})", ELSEWHERE
+    metadata, weight_map = index.get("metadata"), index.get("weight_map")
+    shards = (str(name) for name in weight_map.values()) if isinstance(weight_map, dict) else ()
+    listed = {INDEX, CONFIG, *shards}
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name not in listed)
+    if others:
+        return (f"holds files an export does not write ({', '.join(others)}), which replacing the folder would "
+                "delete"), f"give another path, or move {'it' if len(others) == 1 else 'them'} out"
+    found = metadata.get("kind") if isinstance(metadata, dict) else None
+    if not isinstance(found, str):
+        return (f"holds a {INDEX} that records no model kind (no megadalle export wrote it), so the export will "
+                "not replace the folder"), ELSEWHERE
+    if kind is not None and found != kind:
+        return (f"holds the weights of a {found!r} model, and this export writes a {kind!r} one, so it will not "
+                "replace them"), ELSEWHERE
+    return None
 
 
-def _file_in_the_way(target: Path, kind: str | None) -> tuple[str, Path] | None:
+def _file_in_the_way(target: Path, kind: str | None) -> tuple[str, str] | None:
     """Why one .safetensors file of a `kind` model (None: of any kind) may not be written at `target`, with its
-    config JSON beside, and what is in the way; None where it may: nothing is there, or a model of that kind."""
+    config JSON beside, and what to do; None where it may: nothing is there, or a model of that kind."""
     if target.is_dir():
-        return "a folder, where the export writes one .safetensors file", target
+        return "a folder, where the export writes one .safetensors file", ELSEWHERE
     found = recorded_kind(target) if target.exists() else None
     if target.exists() and found is None:
         return ("exists and is no weights file an export wrote (no safetensors recording a model kind), so the "
-                "export will not replace it"), target
+                "export will not replace it"), ELSEWHERE
     if target.exists() and kind is not None and found != kind:
         return (f"holds the weights of a {found!r} model, and this export writes a {kind!r} one, so it will not "
-                "replace them"), target
+                "replace them"), ELSEWHERE
     config, wanted = config_path(target), found or kind
     if not config.exists():
         return None
@@ -49,27 +77,34 @@ def _file_in_the_way(target: Path, kind: str | None) -> tuple[str, Path] | None:
     if "config" in record and (record.get("kind") == wanted if wanted else isinstance(record.get("kind"), str)):
         return None
     what = "a config JSON an export wrote" if wanted is None else f"the config JSON of a {wanted!r} model"
-    return f"{config} is there and is not {what}, and the export writes its config there", config
+    return f"{config} is there and is not {what}, and the export writes its config there", \
+        f"give another path, or remove {config}"
 
 
-def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] = _weights_folder,
-                      what: str = f"an exported weights folder (no {INDEX})", kind: str | None = None) -> None:
+def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] | None = None, what: str = "",
+                      kind: str | None = None) -> None:
     """An export replaces what an earlier export wrote at `target` (its `output`) and nothing else: a folder of
-    other files (a model folder, a run, image shards) is never deleted nor written into, and a folder is no place
-    for one file. A folder is an earlier export when `earlier` says so (`what` names one); an empty one is
-    taken. One file replaces only the weights of a `kind` model (None: of any kind, where the kind is not known
-    yet), and its config JSON (`x.json` beside `x.safetensors`) only that model's: a user's `x.json`, the dVAE
-    where the Transformer goes, are not overwritten. Checked before the first tensor is read (a 12B streams for
-    minutes), and again when the export is put in place."""
+    other files (a model folder, a run, image shards, a Hugging Face model) is never deleted nor written into, and
+    a folder is no place for one file. A folder of shards replaces only an earlier export of a `kind` model (None:
+    of any kind) holding nothing else (`_folder_in_the_way`); a caller writing another kind of folder says which
+    folders are earlier exports with `earlier` (`what` names one); an empty one is taken. One file replaces only
+    the weights of a `kind` model, and its config JSON (`x.json` beside `x.safetensors`) only that model's: a
+    user's `x.json`, the dVAE where the Transformer goes, are not overwritten. Checked before the first tensor is
+    read (a 12B streams for minutes), and again when the export is put in place."""
     single = one_file(target)
     target = Path(target)
     if single:
         problem = _file_in_the_way(target, kind)
+    elif not target.exists():
+        problem = None
+    elif not target.is_dir():
+        problem = "exists and is no folder, so the export will not replace it", ELSEWHERE
+    elif earlier is None:
+        problem = _folder_in_the_way(target, kind)
     else:
-        taken = target.is_dir() and (earlier(target) or not any(target.iterdir()))
-        problem = (None if not target.exists() or taken else
-                   (f"exists and is neither empty nor {what}, so the export will not replace it", target))
+        taken = earlier(target) or not any(target.iterdir())
+        problem = None if taken else (f"exists and is neither empty nor {what}, so the export will not replace it",
+                                      ELSEWHERE)
     if problem:
-        why, obstacle = problem
-        raise OutputInTheWay(f"output={target}: {why}; give another path, or remove "
-                             f"{'it' if obstacle == target else obstacle}")
+        why, remedy = problem
+        raise OutputInTheWay(f"output={target}: {why}; {remedy}")

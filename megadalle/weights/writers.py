@@ -29,13 +29,19 @@ TMP = ".tmp-"
 """Temporaries are `<target>.tmp-<host>-<pid>` (processes.owner_tag): a later export can tell a dead writer's."""
 
 
+def file_metadata(kind: str) -> dict[str, str]:
+    """The header metadata of one exported file: the model kind (records.recorded_kind), and the "format" that
+    Hugging Face's loaders (huggingface_hub, transformers, accelerate) require of a file before they read it."""
+    return {"format": "pt", "kind": kind}
+
+
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], kind: str, config: Any) -> Path:
     """Write one `path` (.safetensors) and its config JSON atomically; `config` is a dataclass or dict."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
     tmp_weights, tmp_json = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".json.tmp")
-    save_file(tensors, str(tmp_weights), metadata={"kind": kind})
+    save_file(tensors, str(tmp_weights), metadata=file_metadata(kind))
     tmp_json.write_text(config_record(kind, config))
     os.replace(tmp_json, config_path(path))
     os.replace(tmp_weights, path)
@@ -103,7 +109,7 @@ class SingleFileWriter(_StreamedWriter):
         check_replaceable(path, kind=kind)  # the kind is known here: a dVAE's file is no place for a Transformer
         super().__init__(Path(path), layout, kind)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        file = PlannedFile(self.tmp, layout, {"kind": kind})
+        file = PlannedFile(self.tmp, layout, file_metadata(kind))
         self.files = dict.fromkeys(layout, file)
 
     def close(self, config: Any, before_replace: Callable[[], None] | None = None) -> Path:
@@ -165,7 +171,7 @@ class ShardedWriter(_StreamedWriter):
             (self.tmp / CONFIG).write_text(config_record(self.kind, config))
         if self.target.exists():
             try:
-                check_replaceable(self.target)
+                check_replaceable(self.target, kind=self.kind)
             except OutputInTheWay:
                 shutil.rmtree(self.tmp)
                 raise

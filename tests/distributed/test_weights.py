@@ -104,5 +104,6 @@ def test_a_killed_exports_temporary_goes_at_the_next_export(tmp_path, monkeypatc
 
     monkeypatch.setattr(bundle, "write_bundle", lambda *args: tmp_path)
     monkeypatch.setattr(export, "run_ema", lambda run, ema: False)  # no run here: the listing is what is tested
+    monkeypatch.setattr(export, "run_kind", lambda run: "transformer")
     assert export.run(compose("export", [f"run={tmp_path}", f"output={tmp_path / 'folder'}"])) == 0
     assert capsys.readouterr().err.endswith(": model, one.json, one.safetensors\n")

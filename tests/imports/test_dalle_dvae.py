@@ -115,3 +115,49 @@ def test_anything_else_in_the_pickle_is_refused_by_name(dalle_files, tmp_path):
     with pytest.raises(RefusedPickle, match="refused to load io.open"):
         convert(tmp_path / "evil-legacy.pkl", dec_path)
     assert not marker.exists()
+
+
+def one_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err.removeprefix("megadalle import-dvae: ").strip()
+
+
+def test_a_pair_that_does_not_belong_together_is_refused_by_its_blocks(dalle_files, tmp_path, capsys):
+    """A decoder of 2 blocks per group beside an encoder of 1 was load_state_dict's 'Unexpected key(s)' traceback;
+    a tensor reshaped inside a block, its 'size mismatch' traceback."""
+    enc_path, _, enc, _ = dalle_files
+    torch.manual_seed(0)
+    dec2 = dall_e.Decoder(n_init=32, n_hid=64, n_blk_per_group=2, vocab_size=VOCAB, use_mixed_precision=False)
+    torch.save(dec2, tmp_path / "dec2.pkl")
+    out = tmp_path / "dvae.safetensors"
+    assert main(["import-dvae", f"encoder={enc_path}", f"decoder={tmp_path / 'dec2.pkl'}", f"output={out}",
+                 f"image_size={IMAGE}"]) == 2
+    assert one_line(capsys) == ("encoder and decoder do not belong together: the encoder has 4 groups of 1 blocks, "
+                                "the decoder 4 groups of 2 blocks")
+    conv = enc.blocks.group_1.block_1.res_path.conv_1
+    saved = conv.w
+    conv.w = torch.nn.Parameter(torch.zeros(saved.shape[0] + 1, *saved.shape[1:]))
+    torch.save(enc, tmp_path / "enc_reshaped.pkl")
+    conv.w = saved
+    with pytest.raises(NotADalleFile, match=r"their tensors do not fit the dVAE their shapes describe \(n_hid 64, 4 "
+                                            r"groups of 1 blocks, 512 codes\): encoder\.net\.1\.0\.res\.1\.weight "
+                                            r"\[17, 64, 3, 3\] where the model has \[16, 64, 3, 3\]"):
+        convert(tmp_path / "enc_reshaped.pkl", dalle_files[1], image_size=IMAGE)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", ["", "-legacy"])
+def test_a_file_cut_short_is_said_to_be(dalle_files, tmp_path, capsys, suffix):
+    """A legacy file cut inside its storages gave torch's 'setStorage: ... out of bounds' traceback, or 'not a
+    torch.save file (buffer length ...)'; a zip file cut short, 'not a torch.save file (persistent IDs ...)'."""
+    enc_path, dec_path, _, _ = dalle_files
+    whole = enc_path.with_name(enc_path.stem + suffix + ".pkl").read_bytes()
+    cut = tmp_path / "encoder.pkl"
+    for length in (len(whole) - 776, len(whole) // 2, 5000):
+        cut.write_bytes(whole[:length])
+        assert main(["import-dvae", f"encoder={cut}", f"decoder={dec_path}", f"output={tmp_path / 'd.safetensors'}",
+                     f"image_size={IMAGE}"]) == 2
+        message = one_line(capsys)
+        assert message.startswith(f"{cut}: cut short (") and message.endswith(
+            "); download it again, or copy it again from where it came"), message

@@ -115,6 +115,55 @@ def listed_not_there(folder):
     return folder / TRANSFORMER / "model-00009-of-00009.safetensors"
 
 
+def edit_index(folder, edit):
+    index = folder / TRANSFORMER / INDEX
+    record = json.loads(index.read_text())
+    edit(record["weight_map"])
+    index.write_text(json.dumps(record))
+    return index
+
+
+def add_tensor(shard, name, tensor):
+    from safetensors.torch import load_file, save_file
+
+    save_file({**load_file(str(shard)), name: tensor}, str(shard), metadata={"format": "pt"})
+    return shard
+
+
+def in_two_shards(folder):
+    """A tensor of the first shard copied into the last, +1: the loader took whichever came last."""
+    name = next(n for n, shard in index_map(folder).items() if shard == first_shard(folder).name)
+    return add_tensor(last_shard(folder), name, load_weights(folder / TRANSFORMER)[0][name] + 1)
+
+
+def index_map(folder):
+    return json.loads((folder / TRANSFORMER / INDEX).read_text())["weight_map"]
+
+
+def in_another_shard(folder):
+    """The index says the last shard holds a tensor the first one holds (the first shard's only one)."""
+    name = next(n for n, shard in index_map(folder).items() if shard == first_shard(folder).name)
+    edit_index(folder, lambda weight_map: weight_map.update({name: last_shard(folder).name}))
+    return last_shard(folder)
+
+
+def in_no_shard(folder):
+    edit_index(folder, lambda weight_map: weight_map.update({"extra.weight": first_shard(folder).name}))
+    return first_shard(folder)
+
+
+def double_n_hid(folder):
+    record = json.loads((folder / "dvae.json").read_text())
+    record["config"]["n_hid"] *= 2
+    (folder / "dvae.json").write_text(json.dumps(record))
+    return folder / DVAE
+
+
+def tensor_added_and_listed(folder):
+    add_tensor(last_shard(folder), "extra.weight", torch.zeros(2))
+    return edit_index(folder, lambda weight_map: weight_map.update({"extra.weight": last_shard(folder).name}))
+
+
 DAMAGE = {  # name: (damage the folder, return the file named)
     "shard cut short": lambda f: (cut(last_shard(f)), last_shard(f))[1],
     "shard gone": lambda f: gone(first_shard(f)),
@@ -125,6 +174,14 @@ DAMAGE = {  # name: (damage the folder, return the file named)
     "dvae.json empty": lambda f: ((f / "dvae.json").write_text("{}"), f / "dvae.json")[1],
     "dvae cut short": lambda f: (cut(f / DVAE), f / DVAE)[1],
     "clip cut short": lambda f: (cut(f / CLIP), f / CLIP)[1],
+    # the tensors against the index: these loaded, reading a tensor from the wrong shard, or none
+    "a tensor in two shards": in_two_shards,
+    "a tensor in another shard than the index says": in_another_shard,
+    "a tensor the index lists in no shard": in_no_shard,
+    "index names no tensor": lambda f: edit_index(f, dict.clear),  # IndexError
+    # the tensors against the config JSON: load_state_dict's traceback
+    "dvae.json of another n_hid": double_n_hid,
+    "a tensor added": tensor_added_and_listed,
 }
 
 

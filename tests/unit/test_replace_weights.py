@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from megadalle.preflight.probes import PreflightError, export_target
-from megadalle.weights import (OutputInTheWay, SingleFileWriter, check_replaceable, export_layout, load_weights,
-                               save_weights)
+from megadalle.weights import (OutputInTheWay, ShardedWriter, SingleFileWriter, check_replaceable, export_layout,
+                               load_weights, save_weights)
 
 STATE = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
 
@@ -18,7 +18,7 @@ def write(path, kind, state=STATE):
 
 
 def contents(folder):
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
+    return {p.name: p.is_dir() or p.read_bytes() for p in folder.iterdir()}
 
 
 def test_an_earlier_export_of_the_same_kind_is_replaced(tmp_path):
@@ -110,3 +110,81 @@ def test_export_refuses_one_file_of_another_kind_before_it_chooses_a_checkpoint(
     monkeypatch.setattr(consolidate, "checkpoint_dir", lambda *a: pytest.fail("a checkpoint was chosen"))
     with pytest.raises(OutputInTheWay, match="holds the weights of a 'dvae' model"):
         consolidate.export(tmp_path / "run", dvae)
+
+
+def write_folder(folder, kind, state=STATE):
+    writer = ShardedWriter(folder, export_layout(state, torch.float32), kind, max_shard_bytes=24)
+    for name, tensor in state.items():
+        writer.add(name, tensor)
+    return writer.close({"width": 3})
+
+
+TWO = {"w": torch.zeros(2, 3), "v": torch.ones(2, 3)}
+
+
+@pytest.mark.parametrize("extra", [["README.md"], ["README.md", "tokenizer.json"], ["notes/"]])
+def test_a_weights_folder_holding_other_files_is_left_as_it_is(tmp_path, extra):
+    """A folder holding an index was taken for an earlier export and deleted whole: a model card added to an
+    export, a Hugging Face model folder's tokenizer went with it."""
+    folder = write_folder(tmp_path / "weights", "transformer", TWO)
+    for name in extra:
+        (folder / name).mkdir() if name.endswith("/") else (folder / name).write_text("mine")
+    before = contents(folder)
+    them = "it" if len(extra) == 1 else "them"
+    with pytest.raises(OutputInTheWay, match=f"^output={folder}: holds files an export does not write "
+                                             f"\\({', '.join(sorted(extra))}\\), which replacing the folder would "
+                                             f"delete; give another path, or move {them} out$"):
+        write_folder(folder, "transformer")
+    assert contents(folder) == before and not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_an_index_no_export_wrote_or_of_another_kind_is_not_replaced(tmp_path):
+    """A folder of exported dVAE weights was replaced by a Transformer's without a word (one file of another kind
+    was refused); a Hugging Face folder's index records no kind."""
+    dvae = write_folder(tmp_path / "dvae", "dvae", TWO)
+    before = contents(dvae)
+    with pytest.raises(OutputInTheWay, match="holds the weights of a 'dvae' model, and this export writes a "
+                                             "'transformer' one"):
+        write_folder(dvae, "transformer")
+    check_replaceable(dvae)  # the kind not known yet: any export's
+    assert contents(dvae) == before
+    write_folder(dvae, "dvae")  # the same kind's earlier export is replaced, whole
+    assert sorted(p.name for p in dvae.iterdir()) == ["config.json", "model-00001-of-00001.safetensors",
+                                                      "model.safetensors.index.json"]
+    index = dvae / "model.safetensors.index.json"
+    index.write_text('{"metadata": {"total_size": 24}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}')
+    with pytest.raises(OutputInTheWay, match="holds a model.safetensors.index.json that records no model kind"):
+        check_replaceable(dvae)
+
+
+def metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def test_every_exported_file_says_its_format_as_hugging_faces_loaders_require(tmp_path):
+    """One-file exports (train-dvae's, train-clip's, import-dvae's, a bundle's dvae/clip) recorded only their kind:
+    huggingface_hub, transformers and accelerate refuse a file without "format": "pt"."""
+    saved, streamed = save_weights(tmp_path / "a.safetensors", STATE, "dvae", {"width": 3}), write(
+        tmp_path / "b.safetensors", "clip")
+    folder = write_folder(tmp_path / "shards", "transformer", TWO)
+    assert metadata(saved) == {"format": "pt", "kind": "dvae"}
+    assert metadata(streamed) == {"format": "pt", "kind": "clip"}
+    assert all(metadata(shard) == {"format": "pt"} for shard in folder.glob("model-*.safetensors"))
+    hub = pytest.importorskip("huggingface_hub")
+    for path in (saved, streamed):
+        assert torch.equal(hub.load_state_dict_from_file(str(path))["w"], STATE["w"])
+
+
+def test_files_written_before_the_format_was_recorded_still_read_and_are_replaced(tmp_path):
+    from safetensors.torch import save_file
+
+    old = tmp_path / "dvae.safetensors"
+    save_file(STATE, str(old), metadata={"kind": "dvae"})
+    (tmp_path / "dvae.json").write_text('{"kind": "dvae", "config": {"width": 3}}')
+    state, config = load_weights(old, "dvae")
+    assert torch.equal(state["w"], STATE["w"]) and config == {"width": 3}
+    write(old, "dvae")
+    assert metadata(old) == {"format": "pt", "kind": "dvae"}
