@@ -228,11 +228,11 @@ def flops_per_image(cfg: DVAEConfig, part: str = "both") -> int:
 
 
 def load_dvae(path: str | Path, device: str | torch.device = "cpu") -> DVAE:
-    """A trained dVAE from `save_weights` output (safetensors + config JSON; never unpickles), in eval mode."""
+    """A trained dVAE from `save_weights` output (safetensors + config JSON; never unpickles), in eval mode and
+    fp32 whatever the file holds (encode's codes are fp32's); weights that do not fit their config are one damaged
+    line (`load_into`)."""
     from megadalle.config import build
-    from megadalle.weights import load_weights
+    from megadalle.weights import load_into
 
-    state, config = load_weights(path, kind="dvae")
-    model = DVAE(build(DVAEConfig, config, "dvae"))
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+    return load_into(path, "dvae", lambda config: DVAE(build(DVAEConfig, config, "dvae")),
+                     dtype=torch.float32).to(device).eval()

@@ -15,7 +15,7 @@ from torch import nn
 
 from megadalle.config import build
 from megadalle.errors import UserError
-from megadalle.weights import load_weights, read_config
+from megadalle.weights import load_into, read_config
 
 
 class ModelNotFound(UserError, FileNotFoundError):
@@ -65,11 +65,7 @@ def load_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torc
             model_config(path, kind)  # the kind, checked before the weights are read
             model = load_run(path, ema=ema, dtype=dtype)[0].to(device)
         else:
-            with torch.device("meta"):  # built first: the files' tensors are checked against it before any is read
-                model = model_cls(build(config_cls, read_config(path, kind), kind))
-            shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-            state, _ = load_weights(path, kind, device, dtype, expected=shapes)
-            model.load_state_dict(state, strict=True, assign=True)
+            model = load_into(path, kind, lambda config: model_cls(build(config_cls, config, kind)), device, dtype)
     if kind == "transformer":  # trained with attention_backend=triton on GPUs, it still samples on a CPU
         model.use_attention_backend("auto")
     return model.eval()

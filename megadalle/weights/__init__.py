@@ -17,14 +17,15 @@ above it:
     dtypes.py    the dtype each tensor is written and read in (the export dtypes; integer tensors keep theirs)
     replace.py   what an export may write over: only an earlier export, never a user's other files
     writers.py   `save_weights`, and the streamed writers (one file, or shards) an export goes through
-    load.py      `load_weights` and `read_config`: either form, from a file, an index JSON or a folder; and
-                 `mismatches`, how tensors differ from a model's (import-dvae says it of OpenAI's files too)
+    load.py      `load_weights` and `read_config`: either form, from a file, an index JSON or a folder;
+                 `load_into`, a model built from its config and checked against the files before a tensor is
+                 read; and `mismatches`, how tensors differ from a model's (import-dvae says it of OpenAI's too)
 
 The names below are those its callers (the verbs, preflight, bundle.py, train/consolidate.py, tests) use.
 """
 from megadalle.weights.dtypes import DTYPES, as_dtype, export_layout
 from megadalle.weights.errors import AmbiguousOutput, OutputInTheWay, WeightsError, WeightsNotFound
-from megadalle.weights.load import first_of, load_weights, mismatches, read_config, shard_of
+from megadalle.weights.load import first_of, load_into, load_weights, mismatches, read_config, shard_of
 from megadalle.weights.records import INDEX, SINGLE, config_path, read_record
 from megadalle.weights.replace import check_replaceable, one_file
 from megadalle.weights.writers import TMP, ShardedWriter, SingleFileWriter, save_weights

@@ -200,3 +200,16 @@ def read_config(path: str | Path, kind: str | None = None, files: list[Path] | N
     if kind is not None and meta.get("kind") != kind:
         raise WeightsError(f"{path} holds a {meta.get('kind')!r} model, not a {kind!r} model")
     return meta["config"]
+
+
+def load_into(path: str | Path, kind: str, build: Callable[[dict], torch.nn.Module], device: torch.device | str = "cpu",
+              dtype: torch.dtype | str | None = None) -> torch.nn.Module:
+    """The model `build` makes of the config beside `path`, holding the weights there. It is built on the meta
+    device first, so weights that do not fit their config (an edited JSON, a tensor another tool added) are one
+    damaged line naming the files before any tensor is read, not load_state_dict's traceback after all of them."""
+    with torch.device("meta"):
+        model = build(read_config(path, kind))
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state, _ = load_weights(path, kind, device, dtype, expected=shapes)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model

@@ -222,3 +222,26 @@ def test_an_open_clip_weights_file_that_is_no_state_dict_is_one_line(tmp_path, c
     with pytest.raises(RerankerError) as refused:
         read_state_dict(path)
     assert str(refused.value).startswith(f"clip_weights={str(path)!r}: ") and "\n" not in str(refused.value)
+
+
+def test_encodes_dvae_of_another_config_is_one_damaged_line(folder):
+    """`load_dvae` (encode, the sample grids, the demo) loaded strictly after reading every tensor: a dvae.json
+    that does not fit its weights was load_state_dict's RuntimeError, not the line generate gives."""
+    from megadalle.models.dvae import load_dvae
+    from megadalle.weights.errors import WeightsDamaged
+
+    named = double_n_hid(folder)
+    with pytest.raises(WeightsDamaged, match=f"^{named}: "):
+        load_dvae(named)
+
+
+def test_a_dvae_exported_in_bf16_encodes_in_fp32(folder, tmp_path):
+    """Built on the meta device and given the file's tensors, the dVAE would otherwise be the file's dtype."""
+    from megadalle.models.dvae import load_dvae
+    from megadalle.weights import save_weights
+
+    state, config = load_weights(folder / DVAE)
+    save_weights(tmp_path / "dvae16.safetensors", {name: t.to(torch.bfloat16) for name, t in state.items()}, "dvae",
+                 config)
+    dvae = load_dvae(tmp_path / "dvae16.safetensors")
+    assert {p.dtype for p in dvae.state_dict().values() if p.is_floating_point()} == {torch.float32}
