@@ -1,8 +1,8 @@
 """One model folder: everything `generate` needs, written by `export output=FOLDER`, read by `load_pipeline`.
 
     FOLDER/
-      bundle.json              what is where, and the Transformer run's config (the record of how it was trained)
-                               and the tokenizer's sha256
+      bundle.json              what is where, and the Transformer run's config (the record of how it was trained),
+                               the tokenizer's sha256 and the digest of the dVAE whose codes it learnt
       transformer/             the Transformer: safetensors shards + model.safetensors.index.json + config.json
       tokenizer.model          sentencepiece BPE model
       dvae.safetensors         dVAE (+ dvae.json)
@@ -13,7 +13,9 @@ Tokenizer, dVAE and CLIP default to what the run's own config records (`data.tok
 `dvae_weights` / `clip_weights` where the run has them); a key given to `export` wins. The names
 are the ones `generate` looks for beside its `weights`, so `generate weights=FOLDER` loads it (run_pieces.py).
 bundle.json records the tokenizer's sha256, as the run's run.json does: a tokenizer whose contents are not
-the recorded ones is refused by `export` and by every reader of the folder or the run (compatible.py).
+the recorded ones is refused by `export` and by every reader of the folder or the run (compatible.py). So is a dVAE
+whose weights are not those that encoded the run's token shards, where run.json records their digest (copied into
+bundle.json, `codes_dvae`: sampling/dvae_record.py).
 The Transformer is written by `export_transformer` (streamed, bf16 by default) and read by `read_model`
 alone, so a change of its on-disk format touches those two functions only.
 """
@@ -31,6 +33,7 @@ from megadalle.data import atomic
 from megadalle import run_pieces
 from megadalle.errors import BundleError
 from megadalle.sampling.compatible import TokenizerRecord
+from megadalle.sampling.dvae_record import BUNDLE_KEY, RUN_KEY, CodesRecord
 from megadalle.weights import INDEX, TMP, check_replaceable, read_record, shard_of
 
 MANIFEST = "bundle.json"
@@ -119,6 +122,9 @@ class SamplingFiles:
     tokenizer_record: TokenizerRecord | None = None
     """The sha256 that the folder's bundle.json or the run's run.json records of its tokenizer; None for other
     weights and for records older than the digests."""
+    codes_record: CodesRecord | None = None
+    """The digest that the folder's bundle.json or the run's run.json records of the dVAE whose codes the Transformer
+    learnt; None for other weights, older records and token shards that recorded none."""
 
 
 def check_ema(files: SamplingFiles, ema: bool | None) -> None:
@@ -196,7 +202,8 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
         if clip_path is None:
             raise BundleError(f"{weights} was exported without a CLIP: pass {without_clip}, or clip_weights=FILE")
     return SamplingFiles(transformer_path(weights), piece(dvae, "dvae", DVAE), piece(tokenizer, "tokenizer", TOKENIZER),
-                         clip_path, clip_model, manifest or {}, _tokenizer_record(weights, manifest, record))
+                         clip_path, clip_model, manifest or {}, _tokenizer_record(weights, manifest, record),
+                         _codes_record(weights, manifest, record))
 
 
 def _tokenizer_record(where: Path, manifest: dict | None, record: dict | None) -> TokenizerRecord | None:
@@ -211,6 +218,18 @@ def _tokenizer_record(where: Path, manifest: dict | None, record: dict | None) -
     else:
         return None
     return None if digest is None else TokenizerRecord(digest, str(path), str(where / name))
+
+
+def _codes_record(where: Path, manifest: dict | None, record: dict | None) -> CodesRecord | None:
+    """What a model folder's bundle.json (`manifest`) or a run's run.json (`record`) says of the dVAE whose codes its
+    Transformer learnt."""
+    if manifest is not None:
+        digest, name = manifest.get(BUNDLE_KEY), MANIFEST
+    elif record is not None:
+        digest, name = record.get("sha256", {}).get(RUN_KEY), "run.json"
+    else:
+        return None
+    return CodesRecord(digest, str(where / name)) if isinstance(digest, str) else None
 
 
 def _is_itself(source: Path, target: Path) -> bool:
@@ -288,8 +307,9 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
              "dvae": run_pieces.pick(dvae_weights, run, record, "dvae", True),
              "clip": run_pieces.pick(clip_weights, run, record, "clip", False)}
     own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
+    codes = _codes_record(run, None, record)
     check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
-                _tokenizer_record(run, None, record))
+                _tokenizer_record(run, None, record), codes)
     _check_pieces(files, own_clip, clip_model)
     created = not output.exists()
     earlier_clip = is_bundle(output) and read_record(output / MANIFEST).get("clip") == CLIP
@@ -315,7 +335,8 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
                 "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
                 "sources": {"run": str(run), **{k: None if v is None else str(v) for k, v in files.items()}},
-                "sha256": {"tokenizer": sha256(output / TOKENIZER)}, "run_config": config}
+                "sha256": {"tokenizer": sha256(output / TOKENIZER)},
+                BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config}
     atomic.write_json(output / MANIFEST, manifest)
     return output
 
@@ -339,7 +360,7 @@ def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | N
     files = sampling_files(weights, dvae, tokenizer, clip, clip_model, want_clip, without_clip)
     check_ema(files, ema)
     check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
-                files.tokenizer, files.tokenizer_record)
+                files.tokenizer, files.tokenizer_record, files.codes_record)
     words = Tokenizer(files.tokenizer)
     if check_text is not None:
         check_text(words)

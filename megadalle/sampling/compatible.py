@@ -9,14 +9,20 @@ id. So `export` and every sampling verb check the four against each other first,
 other contents (retrained in place, or another corpus's) gives the prompt ids the Transformer never learnt:
 where a run's run.json or a model folder's bundle.json records the sha256 of its tokenizer, the tokenizer
 is compared with it by content, and so is the tokenizer a megadalle CLIP records (clip_record.py): a CLIP
-trained with another tokenizer of the same size read the prompt as other words and reranked by noise.
+trained with another tokenizer of the same size read the prompt as other words and reranked by noise. A dVAE of the
+same grid and codebook but other weights decodes the samples as other pictures: where the records hold the digest of
+the dVAE whose codes the Transformer learnt, the dVAE is compared with it (dvae_record.py).
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from megadalle.errors import UserError
+
+if TYPE_CHECKING:
+    from megadalle.sampling.dvae_record import CodesRecord
 
 
 class IncompatibleModels(UserError, ValueError):
@@ -80,14 +86,18 @@ class TokenizerRecord:
     """The record: `RUN/run.json` or `FOLDER/bundle.json`."""
 
 
-def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | None = None) -> None:
+def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | None = None,
+                codes: CodesRecord | None = None) -> None:
     """`check_compatible` for models on disk (weights or run directories; `clip` None for no megadalle CLIP),
     their configs read without a tensor: a mismatch is named before a large model's weights are read. A
     tokenizer megadalle cannot use is refused under its key, `tokenizer`, and so is one whose contents are not
     the `recorded` one's (None: nothing records it, plain weights or a record older than the digests), or not
-    the ones the CLIP was trained with (`clip_record`; a CLIP exported before that record is read with a warning)."""
+    the ones the CLIP was trained with (`clip_record`; a CLIP exported before that record is read with a warning).
+    A dVAE whose weights are not those of the `codes` record is refused (`dvae_record.check`: the dVAE's weights,
+    not the Transformer's, are read for it; None: nothing records the dVAE, nothing compared)."""
     from megadalle.data.digest import sha256
     from megadalle.data.tokenizer import Tokenizer, TokenizerError
+    from megadalle.sampling import dvae_record
     from megadalle.sampling.load import model_config
 
     names = {"transformer": str(transformer), "dvae": str(dvae), "tokenizer": str(tokenizer)}
@@ -105,6 +115,7 @@ def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | 
         raise IncompatibleModels(f"tokenizer={tokenizer}: not the tokenizer the Transformer was trained with (sha256 "
                                  f"{digest[:12]}; {recorded.record} records {recorded.path}, sha256 "
                                  f"{recorded.sha256[:12]}): give the tokenizer it was trained with (tokenizer=FILE)")
+    dvae_record.check(dvae, codes)
     if clip is not None:
         check_clip_tokenizer(clip, tokenizer, digest)
         if configs[2].image_size > configs[1].image_size:

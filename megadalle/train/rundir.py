@@ -78,6 +78,11 @@ DIGEST_KEYS = ("data.tokenizer", "tokenizer")
 """Keys whose file's sha256 run.json records (`digests`) and a rerun compares: the tokenizer, whose ids the model
 learnt (`train`'s data.tokenizer, `train-clip`'s tokenizer). The same content may lie elsewhere now; without a
 recorded digest the paths are compared (`same_path`)."""
+CODES_DVAE = "data.shards.dvae"
+"""run.json's `sha256` key holding the digest of the dVAE whose codes data.shards hold, as their index.json meta
+records it (`encode`: encode.weights_digest, of the dVAE's tensors), where they record one (`digests`): export and the
+sampling verbs compare the dVAE they decode with it (sampling/dvae_record.py). A rerun does not compare it: the
+checkpoint's data identity refuses codes of another dVAE (train/data_identity.py CODES_KEYS)."""
 
 
 class RunDirError(UserError):
@@ -203,10 +208,26 @@ def started_here(run: Path, config: dict) -> bool:
 
 
 def digests(config: dict) -> dict[str, str]:
-    """{key: sha256} of the DIGEST_KEYS files that `config` names (those that exist), for run.json."""
+    """{key: sha256} of the DIGEST_KEYS files that `config` names (those that exist), and under CODES_DVAE the
+    digest of the dVAE that encoded its token shards where they record one, for run.json."""
     flat = flatten(config)
-    return {key: sha256(flat[key]) for key in DIGEST_KEYS
-            if isinstance(flat.get(key), str) and Path(flat[key]).is_file()}
+    found = {key: sha256(flat[key]) for key in DIGEST_KEYS
+             if isinstance(flat.get(key), str) and Path(flat[key]).is_file()}
+    codes = codes_dvae(flat)
+    return found if codes is None else {**found, CODES_DVAE: codes}
+
+
+def codes_dvae(flat: dict) -> str | None:
+    """The `dvae` that the index.json meta of the flattened config's data.shards records; None for synthetic data,
+    image shards, and token shards encoded elsewhere or before the record."""
+    from megadalle.data.index import ShardIndex
+
+    shards = flat.get("data.shards")
+    if flat.get("data.source", "shards") != "shards" or not isinstance(shards, str):
+        return None
+    index = ShardIndex.readable(shards)
+    digest = None if index is None else index.meta.get("dvae")
+    return digest if isinstance(digest, str) else None
 
 
 def check_config(path: Path, config: dict) -> None:
@@ -226,7 +247,7 @@ def check_config(path: Path, config: dict) -> None:
         raise RunDirError(f"{path} holds a run with another config: {shown}{more}; rerun with the same values to "
                           f"resume it, or start a new run with name=<new name> (or run_dir=)")
     for key, digest in recorded.items():
-        if key in now and now[key] != digest:
+        if key in DIGEST_KEYS and key in now and now[key] != digest:
             raise RunDirError(f"{key}={flatten(config)[key]}: not the tokenizer the run in {path} trained with "
                               f"(sha256 {now[key][:12]} now, {digest[:12]} in its run.json: changed since, it gives "
                               f"the captions other ids); give the run its tokenizer back, or start a new run with "

@@ -1,0 +1,48 @@
+"""The dVAE whose codes a Transformer learnt, as its records say: what `check_files` compares the dVAE in use with.
+
+A Transformer learns what one dVAE's codes mean. Another dVAE of the same grid and codebook (OpenAI's beside one's
+own, one retrained) passes every config check and decodes the samples as another codebook's pictures: export and
+generate went on with exit code 0. `encode` records the digest of its dVAE's weights in the token shards' index.json
+meta (`dvae`), a Transformer run's run.json copies it (`rundir.digests`, key RUN_KEY) and `export` copies that into
+bundle.json (BUNDLE_KEY), so the dVAE given to export, or to a sampling verb reading the run or the folder, is compared
+with it as `train` compares its grids' dVAE (preflight/codes_dvae.py). A dVAE's JSON records no digest of its own:
+its weights are loaded for it (tens of MB; the Transformer's are not read). Nothing recorded (a run from before the
+record, shards encoded elsewhere): nothing compared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from megadalle.sampling.compatible import IncompatibleModels
+from megadalle.train.rundir import CODES_DVAE
+
+RUN_KEY = CODES_DVAE
+"""The key of run.json's `sha256` holding the digest, written by `rundir.digests`."""
+BUNDLE_KEY = "codes_dvae"
+"""The key of bundle.json holding the digest, copied from the run's run.json by `export`."""
+
+
+@dataclass(frozen=True)
+class CodesRecord:
+    """What a record says of the dVAE whose codes a Transformer learnt."""
+
+    digest: str
+    """encode.weights_digest of that dVAE, as its token shards' index.json meta recorded it."""
+    record: str
+    """The record: `RUN/run.json` or `FOLDER/bundle.json`."""
+
+
+def check(dvae: Path, recorded: CodesRecord | None) -> None:
+    """Refuse the dVAE at `dvae` (weights, or a train-dvae run: the weights it exported, as `encode` reads it) when
+    its weights' digest is not the `recorded` one (None: nothing records one, nothing is compared)."""
+    from megadalle.preflight.codes_dvae import dvae_digest
+
+    if recorded is None:
+        return
+    digest = dvae_digest(str(dvae))
+    if digest != recorded.digest:
+        raise IncompatibleModels(f"dvae_weights={dvae}: not the dVAE whose codes the Transformer learnt (its weights' "
+                                 f"digest {digest}; {recorded.record} records {recorded.digest}, the dVAE that "
+                                 "encoded its token shards): it would decode the samples as another codebook's "
+                                 "pictures; give the dVAE that encoded them (dvae_weights=FILE)")
