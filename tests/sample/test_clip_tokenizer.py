@@ -69,3 +69,14 @@ def test_load_pipeline_refuses_a_clip_of_another_tokenizer(tmp_path):
     with pytest.raises(IncompatibleModels, match=f"records {other}, sha256 {sha256(other)[:12]}"):
         megadalle.load_pipeline(tmp_path / "model.safetensors")
     assert megadalle.load_pipeline(tmp_path / "model.safetensors", rerank=False).clip is None
+
+
+def test_export_of_a_clip_run_records_its_tokenizer(tmp_path):
+    """`megadalle export run=<train-clip run>` wrote the weights without the record, so its CLIP was read with the
+    warning and never checked."""
+    clip = train_clip(clip_config(tmp_path / "a", "trainer.steps=2"))
+    tok_a = tmp_path / "a" / "tok.model"
+    out = tmp_path / "again.safetensors"
+    assert main(["export", f"run={tmp_path / 'a' / 'run'}", f"output={out}"]) == 0
+    assert json.loads(config_path(out).read_text())["tokenizer"] == json.loads(config_path(clip).read_text())[
+        "tokenizer"] == {"sha256": sha256(tok_a), "path": str(tok_a)}
