@@ -16,7 +16,7 @@ class ExportConfig:
     output: str = ""
     """A folder: the model folder (megadalle.bundle: Transformer shards, tokenizer, dVAE, CLIP), or only the
     Transformer's shards + model.safetensors.index.json + config.json with `weights_only`; or a path ending in
-    .safetensors for one file with its .json beside it (small models only: the whole model is held to write it)."""
+    .safetensors for one file with its .json beside it (written a tensor at a time, as shards are)."""
     checkpoint: str | None = None
     """A specific <run>/checkpoints/step_* directory; null = the newest complete one."""
     ema: str = "auto"
