@@ -127,6 +127,23 @@ def quoted_form(key: str, value: str) -> str:
     return shell_word(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"')
 
 
+def override_word(key: str, value) -> str:
+    """`key=value` as one shell word that hydra reads back as `value` (a text quoted for hydra where its grammar
+    would read it otherwise: a comma makes a sweep, an apostrophe or a letter outside ASCII is syntax, `2024` a
+    number): for a command line megadalle advises, which must run as printed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if not isinstance(value, str):
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        return shell_word(f"{key}={text}")
+    try:
+        read = OverridesParser.create().parse_override(f"{key}={value}").value()
+    except HydraException:
+        read = None
+    return shell_word(f"{key}={value}") if read == value else quoted_form(key, value)
+
+
 ANSI_C_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
