@@ -6,6 +6,7 @@ Python gets exactly the config the same overrides would give on the command line
 """
 from __future__ import annotations
 
+from itertools import takewhile
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
@@ -178,13 +179,20 @@ BARE_WORD_KEY = {"generate": "prompt"}
 (the shell's quotes gone) is a prompt."""
 
 
-def bare_item(verb: str | None, item: str) -> str:
-    """The message for an override without `=` (not a `~key` deletion): it sets no key, and quoting it as itself
-    (what the message once advised) still sets none."""
+def is_bare(item: str) -> bool:
+    """Whether a command-line item is no override: no `=`, and not a `~key` deletion."""
+    return "=" not in item and not item.startswith("~")
+
+
+def bare_item(verb: str | None, words: list[str]) -> str:
+    """The message for consecutive items without `=` (`is_bare`): they set no key, and quoting one as itself (what
+    the message once advised) still sets none. For `verb`'s likely key the words are one value, as typed before the
+    shell took its quotes away: `a red circle` was advised 'prompt="a"', which drew "a"."""
     key = BARE_WORD_KEY.get(verb or "")
     if key is not None:
-        return f"{one_line(item)}: expected key=value; for the {key}, write {quoted_form(key, item)}"
-    return f"{one_line(item)}: expected key=value" + (f" (megadalle {verb} --help lists the keys)" if verb else "")
+        text = " ".join(words)
+        return f"{one_line(text)}: expected key=value; for the {key}, write {quoted_form(key, text)}"
+    return f"{one_line(words[0])}: expected key=value" + (f" (megadalle {verb} --help lists the keys)" if verb else "")
 
 
 def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps: bool = False) -> None:
@@ -200,10 +208,10 @@ def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps:
     from megadalle.config import ConfigError
 
     parser = OverridesParser.create()
-    for item in overrides:
+    for at, item in enumerate(overrides):
         key, sep, value = item.partition("=")
-        if not sep and not item.startswith("~"):
-            raise ConfigError(bare_item(verb, item))
+        if is_bare(item):
+            raise ConfigError(bare_item(verb, list(takewhile(is_bare, overrides[at:]))))
         named, quoted = one_line(item), quoted_form(key, value) if sep else item
         try:
             sweep = parser.parse_override(item).is_sweep_override()
