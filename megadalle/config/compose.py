@@ -86,7 +86,7 @@ def check_group_choices(verb: str, overrides: list[str], extra: tuple[Path, ...]
     folders of the user's searched too (`--config-dir`), whose options count."""
     from megadalle.config import ConfigError
     from megadalle.config.declared import verb_groups
-    from megadalle.config.verbs import GROUP_OPTIONS
+    from megadalle.config.verbs import VERB_SCHEMAS
 
     groups = verb_groups(verb)
     for item in overrides:
@@ -101,7 +101,8 @@ def check_group_choices(verb: str, overrides: list[str], extra: tuple[Path, ...]
             if option not in options:
                 raise ConfigError(f"{key}={option}: no such {key} config; choose one of {', '.join(options)}")
             if option not in readable:
-                readers = " and ".join(v for v, groups in GROUP_OPTIONS.items() if option in groups.get(key, ()))
+                readers = " and ".join(v for v in VERB_SCHEMAS
+                                       if key in verb_groups(v) and option in verb_group_options(v, key, extra))
                 raise ConfigError(f"{key}={option}: {readers} read{'s' if ' and ' not in readers else ''} this {key} "
                                   f"config, not {verb}; {verb} takes {' or '.join(f'{key}={o}' for o in readable)}")
 
