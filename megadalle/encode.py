@@ -222,8 +222,10 @@ def remove_surplus(out: Path, keep: set[str]) -> None:
 
 
 def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size: int = 64,
-                  rank: int = 0, world_size: int = 1) -> ShardIndex | None:
-    """Encode this process's share of `input`'s shards; returns the token index once every shard is done."""
+                  rank: int = 0, world_size: int = 1, weights: str | Path | None = None) -> ShardIndex | None:
+    """Encode this process's share of `input`'s shards; returns the token index once every shard is done. `weights`,
+    the file `model` was read from, is recorded resolved in the index's meta (its "settings"): the advice on a changed
+    output (coverage.py) names it in the encode that rebuilds it."""
     out = Path(output)
     check_output(out, "encode")
     source = open_index(input)
@@ -247,6 +249,8 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     # The input resolved, as prepare records it: the rebuild advice on a changed output (coverage.py) names it.
     meta = {"grid_size": model.cfg.grid_size, "vocab_size": model.cfg.vocab_size,
             "image_size": model.cfg.image_size, "source": str(source.root.resolve()), "dvae": dvae["dvae"]}
+    if weights is not None:
+        meta["settings"] = {"dvae_weights": str(Path(weights).resolve())}
     remove_surplus(out, {info.name for info, _ in shards})
     index = ShardIndex(out, infos, ["codes.npy", "json", "txt"], meta)
     index.save()
@@ -272,11 +276,12 @@ def run(cfg: DictConfig) -> int:
         pairs = folder_pairs(opts.input, opts.output)
         # Rank 0 alone: another rank reading the split while it goes would find files vanish and refuse them.
         stale = stale_split(opts.output) if len(pairs) == 1 and rank == 0 else None
-        model = load_dvae(dvae_weights_file(opts.dvae_weights), pick_rank_device(opts.device, world))
+        weights = dvae_weights_file(opts.dvae_weights)
+        model = load_dvae(weights, pick_rank_device(opts.device, world))
         if stale is not None:
             remove_split(stale)
         for source, target in pairs:
-            index = encode_shards(model, source, target, opts.batch_size, rank, world)
+            index = encode_shards(model, source, target, opts.batch_size, rank, world, weights)
             if index is not None:
                 print(f"[encode] {index.total} samples in {len(index.shards)} shards -> {index.root} "
                       f"({model.cfg.grid_size}x{model.cfg.grid_size} codes)", file=sys.stderr)

@@ -59,8 +59,8 @@ RECORD = ".hydra"
 
 def per_job(path, num: int, kind: str = FOLDER) -> str:
     """Job `num`'s place under a sweep's `path` of `kind` (JOB_PATHS): a folder's `path/<num>`; a file's (tok.model,
-    dvae.safetensors) `<its folder>/<num>/<its name>`, where what is written beside it (tok.vocab, dvae.json) goes
-    too."""
+    dvae.safetensors) `<its folder>/<num>/<its name>`, where what is written beside it (dvae.json beside
+    dvae.safetensors; the tokenizer writes its .model alone) goes too."""
     given = Path(str(path))
     if kind == FILE or (kind != FOLDER and given.name.endswith(kind)):
         return str(given.parent / str(num) / given.name)

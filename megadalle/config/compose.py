@@ -6,6 +6,7 @@ Python gets exactly the config the same overrides would give on the command line
 """
 from __future__ import annotations
 
+from itertools import takewhile
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
@@ -85,7 +86,7 @@ def check_group_choices(verb: str, overrides: list[str], extra: tuple[Path, ...]
     folders of the user's searched too (`--config-dir`), whose options count."""
     from megadalle.config import ConfigError
     from megadalle.config.declared import verb_groups
-    from megadalle.config.verbs import GROUP_OPTIONS
+    from megadalle.config.verbs import VERB_SCHEMAS
 
     groups = verb_groups(verb)
     for item in overrides:
@@ -100,7 +101,8 @@ def check_group_choices(verb: str, overrides: list[str], extra: tuple[Path, ...]
             if option not in options:
                 raise ConfigError(f"{key}={option}: no such {key} config; choose one of {', '.join(options)}")
             if option not in readable:
-                readers = " and ".join(v for v, groups in GROUP_OPTIONS.items() if option in groups.get(key, ()))
+                readers = " and ".join(v for v in VERB_SCHEMAS
+                                       if key in verb_groups(v) and option in verb_group_options(v, key, extra))
                 raise ConfigError(f"{key}={option}: {readers} read{'s' if ' and ' not in readers else ''} this {key} "
                                   f"config, not {verb}; {verb} takes {' or '.join(f'{key}={o}' for o in readable)}")
 
@@ -125,6 +127,23 @@ def list_form(parser, key: str, value: str) -> str | None:
 def quoted_form(key: str, value: str) -> str:
     """`key="value"` as one shell word: hydra reads a quoted value as the text inside (its own quotes escaped)."""
     return shell_word(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"')
+
+
+def override_word(key: str, value) -> str:
+    """`key=value` as one shell word that hydra reads back as `value` (a text quoted for hydra where its grammar
+    would read it otherwise: a comma makes a sweep, an apostrophe or a letter outside ASCII is syntax, `2024` a
+    number): for a command line megadalle advises, which must run as printed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if not isinstance(value, str):
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        return shell_word(f"{key}={text}")
+    try:
+        read = OverridesParser.create().parse_override(f"{key}={value}").value()
+    except HydraException:
+        read = None
+    return shell_word(f"{key}={value}") if read == value else quoted_form(key, value)
 
 
 ANSI_C_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
@@ -161,13 +180,20 @@ BARE_WORD_KEY = {"generate": "prompt"}
 (the shell's quotes gone) is a prompt."""
 
 
-def bare_item(verb: str | None, item: str) -> str:
-    """The message for an override without `=` (not a `~key` deletion): it sets no key, and quoting it as itself
-    (what the message once advised) still sets none."""
+def is_bare(item: str) -> bool:
+    """Whether a command-line item is no override: no `=`, and not a `~key` deletion."""
+    return "=" not in item and not item.startswith("~")
+
+
+def bare_item(verb: str | None, words: list[str]) -> str:
+    """The message for consecutive items without `=` (`is_bare`): they set no key, and quoting one as itself (what
+    the message once advised) still sets none. For `verb`'s likely key the words are one value, as typed before the
+    shell took its quotes away: `a red circle` was advised 'prompt="a"', which drew "a"."""
     key = BARE_WORD_KEY.get(verb or "")
     if key is not None:
-        return f"{one_line(item)}: expected key=value; for the {key}, write {quoted_form(key, item)}"
-    return f"{one_line(item)}: expected key=value" + (f" (megadalle {verb} --help lists the keys)" if verb else "")
+        text = " ".join(words)
+        return f"{one_line(text)}: expected key=value; for the {key}, write {quoted_form(key, text)}"
+    return f"{one_line(words[0])}: expected key=value" + (f" (megadalle {verb} --help lists the keys)" if verb else "")
 
 
 def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps: bool = False) -> None:
@@ -183,10 +209,10 @@ def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps:
     from megadalle.config import ConfigError
 
     parser = OverridesParser.create()
-    for item in overrides:
+    for at, item in enumerate(overrides):
         key, sep, value = item.partition("=")
-        if not sep and not item.startswith("~"):
-            raise ConfigError(bare_item(verb, item))
+        if is_bare(item):
+            raise ConfigError(bare_item(verb, list(takewhile(is_bare, overrides[at:]))))
         named, quoted = one_line(item), quoted_form(key, value) if sep else item
         try:
             sweep = parser.parse_override(item).is_sweep_override()

@@ -48,7 +48,8 @@ class DemoConfig:
     0.69 held out at 500 or 1000 updates, against 0.64 for the old 200 on reconstructions alone (0.5: no
     better than chance). In whole demos over six seeds, 1000 held 67% of the held-out captions and beat all
     samples on every seed; 500 held 62% and lost on one (benchmarks/RESULTS.md, Demo: "Why CLIP's rerank
-    did not help on the seen captions"). ~80 s on 2 cores."""
+    did not help on the seen captions"). ~70-80 s on 2 cores (benchmarks/RESULTS.md: 68-89 s on an AMD EPYC, 68-71 s
+    on an Intel Xeon)."""
     clip_batch: int = 64
     """Image-caption pairs per CLIP update: each pair's negatives are the batch's other captions."""
     clip_lr: float = 2.0e-3

@@ -35,13 +35,19 @@ VERB_SCHEMAS: dict[str, tuple[type, ...]] = {
     "demo": (DemoRunConfig,),
 }
 
+UNPIPELINED = ("zero1", "zero2", "zero3")
+"""The DeepSpeed layouts of a model that is not built in pipeline stages: `deepspeed=pipe` is the Transformer's
+alone (train/pipeline.py)."""
+
 GROUP_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {"data": ("tokens", "synthetic")},
-    "train-dvae": {"data": ("images",)},
-    "train-clip": {"data": ("images",)},
+    "train-dvae": {"data": ("images",), "deepspeed": UNPIPELINED},
+    "train-clip": {"data": ("images",), "deepspeed": UNPIPELINED},
 }
 """The options of a shared group that a verb can read, where not all can: `data=images` holds image shards (the
-dVAE's and CLIP's), `tokens` token shards and `synthetic` random tokens (the Transformer's)."""
+dVAE's and CLIP's), `tokens` token shards and `synthetic` random tokens (the Transformer's); the dVAE and CLIP
+cannot run pipelined (`deepspeed=pipe` was refused only once DeepSpeed started, after a first refusal had asked for
+a multiple of its stages in ranks)."""
 
 
 def declares_text(verb: str, key: str) -> bool:

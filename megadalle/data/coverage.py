@@ -20,11 +20,15 @@ hand on one is refused too (`refuse_own_output`), changed or not.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from megadalle.config.data import VAL_DIR
+from omegaconf import MISSING
+
+from megadalle.config.compose import override_word
+from megadalle.config.data import VAL_DIR, PrepareConfig
+from megadalle.config.dvae import EncodeConfig
 from megadalle.data.index import INDEX_NAME, REPORT_NAME, ShardIndex, ShardsNotFound
 from megadalle.data.verb_outputs import writer_of, writes
 from megadalle.errors import UserError
@@ -34,6 +38,8 @@ INDEXED_BY = "megadalle index"
 is told from megadalle's own outputs by it."""
 SHOWN = 5
 """Names listed per kind of change; the rest are counted."""
+WRITER_CONFIGS = {"prepare": PrepareConfig, "encode": EncodeConfig}
+"""The keys of each writer of megadalle outputs (`writer_of`), and their defaults, for the command that rebuilds one."""
 
 
 def tar_stats(root: Path) -> list[dict[str, Any]]:
@@ -149,13 +155,29 @@ def _rebuild(index: ShardIndex, found: Changes) -> str:
 
 
 def _rebuild_command(index: ShardIndex) -> str:
-    """The command line of `writer_of` that rebuilds the output whole (a validation split, `<output>/val/`, is
-    rebuilt with the output that holds it)."""
+    """The command line of `writer_of` that rebuilds the output whole, as it was made (a validation split,
+    `<output>/val/`, is rebuilt with the output that holds it)."""
     verb, output, source = writer_of(index), index.root, Path(index.meta.get("source", "..."))
     if output.name == VAL_DIR and (index.meta.get("split") == VAL_DIR or source.name == VAL_DIR):
         output, source = output.parent, source.parent if source.name == VAL_DIR else source
-    weights = " dvae_weights=..." if verb == "encode" else ""
-    return f"megadalle {verb} input={source} output={output}{weights}"
+    words = [override_word("input", str(source)), override_word("output", str(output)), *_settings(verb, index.meta)]
+    return f"megadalle {verb} {' '.join(words)}"
+
+
+def _settings(verb: str, meta: dict) -> list[str]:
+    """The overrides besides input and output that rebuild what `verb` wrote: each setting its meta records
+    ("settings"; an older prepare's meta its image_size and format only) that is not the verb's default, and
+    `KEY=...` for a required one it does not record (an older encode's dvae_weights)."""
+    recorded = meta.get("settings") or {key: meta[key] for key in ("image_size", "format") if key in meta}
+    words = []
+    for setting in fields(WRITER_CONFIGS[verb]):
+        if setting.name in ("input", "output"):
+            continue
+        if setting.name in recorded and recorded[setting.name] != setting.default:
+            words.append(override_word(setting.name, recorded[setting.name]))
+        elif setting.name not in recorded and setting.default == MISSING:
+            words.append(f"{setting.name}=...")
+    return words
 
 
 def _recorded_changes(index: ShardIndex) -> Changes:

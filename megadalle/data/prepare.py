@@ -44,6 +44,14 @@ from megadalle.disk_errors import refused
 from megadalle.folder_lock import output_lock
 
 
+SETTINGS = ("image_size", "format", "quality", "min_side", "max_pixels", "max_aspect", "val_fraction", "image_column",
+            "caption_column", "shard_max_samples", "shard_max_bytes")
+"""The keys besides input and output that decide what prepare writes (num_workers and report do not): index.json's
+meta records them, and the advice on a changed output (coverage.py) gives those not at their default, so that
+running it rebuilds the same folder (given input and output alone, it had rebuilt at 256 px without the val split,
+or skipped every image of a 32 px source as too_small)."""
+
+
 @dataclass
 class PrepareSummary(PassSummary):
     """`kept` counts both splits; `bad` entries: source, reason, detail."""
@@ -119,7 +127,8 @@ def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool
     opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels, cfg.max_aspect)
     workers = (os.cpu_count() or 1) if cfg.num_workers is None else cfg.num_workers
     # The input resolved: the rebuild advice on a changed output (coverage.py) names it, from wherever it is read.
-    meta = {"image_size": cfg.image_size, "format": cfg.format, "source": shown(str(Path(cfg.input).resolve()))}
+    meta = {"image_size": cfg.image_size, "format": cfg.format, "source": shown(str(Path(cfg.input).resolve())),
+            "settings": {key: getattr(cfg, key) for key in SETTINGS}}
     summary = PrepareSummary(report=str(cfg.report or Path(cfg.output) / "report.json"))
     writer = ShardWriter(cfg.output, cfg.shard_max_samples, cfg.shard_max_bytes, meta)
     remove_split_dir(val_dir)  # a stale split must not be read as this run's

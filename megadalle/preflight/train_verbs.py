@@ -165,10 +165,23 @@ def triton_runs_here() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def fits_unpipelined(cfg: DictConfig, verb: str) -> None:
+    """The dVAE and CLIP are not built in pipeline stages (only the Transformer is: train/pipeline.py). A stage count
+    set on another layout (`deepspeed.pipeline_stages=2`; `deepspeed=pipe` is refused as an option) was refused only
+    once DeepSpeed started, after the engine had first asked for a multiple of the stages in ranks."""
+    from megadalle.config.verbs import GROUP_OPTIONS
+
+    stages = int(cfg.deepspeed.get("pipeline_stages", 1))
+    layouts = " or ".join(f"deepspeed={o}" for o in GROUP_OPTIONS[verb]["deepspeed"])
+    fits(stages == 1, f"deepspeed.pipeline_stages={stages}: {verb} cannot run pipelined (deepspeed=pipe is train's: "
+                      f"only the Transformer is built in stages); use {layouts} with deepspeed.pipeline_stages=1")
+
+
 def check_train_dvae(cfg: DictConfig) -> None:
     from megadalle.config import build, top_level
     from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 
+    fits_unpipelined(cfg, "train-dvae")
     export_target(build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "").weights, "dvae")
     dvae = build(DVAEConfig, cfg.dvae, "dvae")
     revive = dvae.objective.revive_every
@@ -186,6 +199,7 @@ def check_train_clip(cfg: DictConfig) -> None:
     from megadalle.config.clip import ClipConfig
     from megadalle.config.train_verbs import TrainClipConfig
 
+    fits_unpipelined(cfg, "train-clip")
     export_target(build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights, "clip")
     clip = build(ClipConfig, cfg.clip, "clip")
     index = image_shards("data.shards", cfg.data.shards)

@@ -580,7 +580,7 @@ def test_a_megadalle_output_whose_tars_changed_is_refused_not_read_in_part(tmp_p
         open_index(root, "data.shards")
     message = str(refused.value)
     assert message.startswith(f"data.shards='{root}': {root}: its tars are not those its index.json lists ({named}); ")
-    assert f"`megadalle prepare input=/data/pics output={root}`" in message and "\n" not in message
+    assert f"`megadalle prepare input=/data/pics output={root} image_size=16`" in message and "\n" not in message
     assert (root / INDEX_NAME).read_bytes() == before  # not indexed again: its meta stays
 
 

@@ -33,5 +33,7 @@ def test_a_relative_input_is_recorded_resolved_and_the_rebuild_advice_names_it(t
     (work / "tokens" / "shard-000001.tar").unlink()
     with pytest.raises(OutputChanged) as changed:
         open_index(work / "tokens")
-    rebuild = f"megadalle encode input={(work / 'shards').resolve()} output={work / 'tokens'} dvae_weights=..."
+    rebuild = (f"megadalle encode input={(work / 'shards').resolve()} output={work / 'tokens'} "
+               f"dvae_weights={(work / 'dvae.safetensors').resolve()}")
     assert f"rebuild it with `{rebuild}`" in str(changed.value)
+    assert main(rebuild.split()[1:]) == 0 and open_index(work / "tokens").total == 4  # as printed, from elsewhere

@@ -181,6 +181,19 @@ def test_a_word_without_key_is_refused_as_such_with_the_key_it_likely_meant(caps
                                           "lists the keys)\n"
 
 
+def test_a_prompt_whose_shell_quotes_were_lost_is_advised_whole(capsys):
+    """`generate weights=model a red circle` (unquoted: three words) was advised 'prompt="a"', which draws "a"; the
+    consecutive words without `=` are one prompt, as typed."""
+    from megadalle.config.compose import compose
+
+    assert main(["generate", "weights=model", "a", "red", "circle", "top_p=0.5", "blue"]) == 2
+    err = capsys.readouterr().err
+    assert err == "megadalle generate: a red circle: expected key=value; for the prompt, write " \
+                  "'prompt=\"a red circle\"'\n"
+    suggested = shlex.split(err.split("write ")[1])[0]
+    assert compose("generate", ["weights=model", suggested]).prompt == "a red circle"
+
+
 def test_a_text_key_keeps_a_value_that_reads_as_a_number_or_a_boolean():
     """Hydra types `prompt=1e3` as 1000.0, which the text key turned into '1000.0' (`3.10` into '3.1', `true` into
     'True', `name=1_000` into '1000'; `run_dir=2024` stayed an int). Text keys, the verb's own and the groups',

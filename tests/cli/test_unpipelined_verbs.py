@@ -1,0 +1,36 @@
+"""train-dvae and train-clip cannot run pipelined (only the Transformer is built in stages). `deepspeed=pipe`
+was listed in their --help and, on one process, refused with "launch a multiple of 2" ranks; launched so, DeepSpeed
+started and refused "task 'dvae' cannot run pipelined". Now refused before anything starts, naming the layouts that
+work."""
+import pytest
+import torch
+
+from megadalle.cli import main
+
+VERBS = {"train-dvae": ["dvae=tiny"], "train-clip": ["clip=tiny", "tokenizer=unused.model"]}
+LAYOUTS = "deepspeed=zero1 or deepspeed=zero2 or deepspeed=zero3"
+
+
+def _refusal(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not torch.distributed.is_initialized()
+    return err
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_the_pipe_layout_is_refused_up_front_with_the_layouts_that_work(capsys, image_shards, verb):
+    argv = [verb, *VERBS[verb], "trainer=tiny", "logger=none", f"data.shards={image_shards}", "trainer.steps=1"]
+    assert _refusal(capsys, [*argv, "deepspeed=pipe"]) == (
+        f"megadalle {verb}: deepspeed=pipe: train and plan read this deepspeed config, not {verb}; {verb} takes "
+        f"{LAYOUTS}\n")
+    assert _refusal(capsys, [*argv, "deepspeed=zero1", "deepspeed.pipeline_stages=2"]) == (
+        f"megadalle {verb}: deepspeed.pipeline_stages=2: {verb} cannot run pipelined (deepspeed=pipe is train's: only "
+        f"the Transformer is built in stages); use {LAYOUTS} with deepspeed.pipeline_stages=1\n")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_the_help_lists_only_the_layouts_the_verb_runs(capsys, verb):
+    assert main([verb, "--help"]) == 0
+    listed = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("deepspeed ")]
+    assert listed == [["deepspeed", "[zero1]", "zero2", "zero3"]]
