@@ -210,7 +210,7 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
         finished("train-dvae", train_demo_dvae(d, out, shards, seed) is not None)
     with timer.stage("encode"):
         dvae = load_dvae(out / "dvae.safetensors")
-        encode_shards(dvae, shards, out / "tokens", batch_size=128)
+        encode_shards(dvae, shards, out / "tokens", batch_size=128, weights=out / "dvae.safetensors")
     with timer.stage("train-clip", out / "runs/clip"):
         clip_shards = clip_training_shards(d, dvae, out, shards, seed)
         clip = train_clip(compose("train-clip", [f"seed={seed}", "clip=tiny", f"clip.image_size={d.image_size}",
