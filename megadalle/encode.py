@@ -90,6 +90,12 @@ def weights_digest(model: DVAE) -> str:
     return digest.hexdigest()[:16]
 
 
+def dvae_digest(weights: str | Path) -> str:
+    """The digest `encode` records of the dVAE `dvae_weights=weights` means (a file, or a train-dvae run's export):
+    its weights are read for it (tens of MB)."""
+    return weights_digest(load_dvae(dvae_weights_file(weights)))
+
+
 def dvae_identity(model: DVAE) -> dict:
     """What every output shard's codes depend on: the dVAE's weights and config."""
     return {"dvae": weights_digest(model), "dvae_config": json.loads(json.dumps(asdict(model.cfg), default=str))}

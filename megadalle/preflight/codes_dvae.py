@@ -29,16 +29,11 @@ def check_codes_dvae(cfg: DictConfig, index, val) -> None:
              "data.val_shards encoded by the dVAE of data.shards")
     weights = cfg.get("dvae_weights")
     if weights:
+        from megadalle.encode import dvae_digest
+
         digest = dvae_digest(weights)
         fits(digest == encoded_by,
              f"dvae_weights={weights}: not the dVAE data.shards={shards} were encoded with (its weights' digest "
              f"{digest}, index.json meta dvae {encoded_by}): the grids would decode the codes with another codebook; "
              "give the dVAE that encoded them")
 
-
-def dvae_digest(weights: str) -> str:
-    """The digest `encode` records of the dVAE `dvae_weights=weights` means (a file, or a train-dvae run's export)."""
-    from megadalle.encode import dvae_weights_file, weights_digest
-    from megadalle.models.dvae import load_dvae
-
-    return weights_digest(load_dvae(dvae_weights_file(weights)))

@@ -36,7 +36,7 @@ class CodesRecord:
 def check(dvae: Path, recorded: CodesRecord | None) -> None:
     """Refuse the dVAE at `dvae` (weights, or a train-dvae run: the weights it exported, as `encode` reads it) when
     its weights' digest is not the `recorded` one (None: nothing records one, nothing is compared)."""
-    from megadalle.preflight.codes_dvae import dvae_digest
+    from megadalle.encode import dvae_digest
 
     if recorded is None:
         return

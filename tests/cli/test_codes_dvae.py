@@ -98,7 +98,7 @@ def test_validation_shards_and_the_grids_dvae_must_be_the_dvae_of_data_shards(tw
 def test_the_grids_dvae_of_a_train_dvae_run_is_the_file_it_exported(two_encodes, tmp_path):
     """As `encode dvae_weights=<run>` reads it (encode.dvae_weights_file), so the digests compare."""
     from megadalle.models.dvae import load_dvae
-    from megadalle.preflight.codes_dvae import dvae_digest
+    from megadalle.encode import dvae_digest
     from megadalle.weights import save_weights
 
     model = load_dvae(two_encodes[0][1])

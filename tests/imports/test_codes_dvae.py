@@ -14,7 +14,7 @@ import megadalle
 from megadalle.bundle import write_bundle
 from megadalle.cli import main
 from megadalle.data.index import ShardIndex
-from megadalle.preflight.codes_dvae import dvae_digest
+from megadalle.encode import dvae_digest
 from megadalle.sampling.compatible import IncompatibleModels
 from megadalle.sampling.dvae_record import BUNDLE_KEY, RUN_KEY
 from megadalle.train import rundir
