@@ -166,17 +166,22 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def world_size() -> int:
+    """The number of ranks of the started process group (1 when none was started)."""
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
 def broadcast_object(obj, src: int = 0):
     """`obj` from rank `src` on every rank (e.g. the run directory rank 0 chose)."""
     box = [obj]
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if world_size() > 1:
         torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
 
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is true on at least one (e.g. a signal reached one rank)."""
-    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+    if world_size() == 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=_device())
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
@@ -187,15 +192,15 @@ def first_error(message: str | None) -> str | None:
     """On every rank, the error `message` of the lowest rank that had one (prefixed with that rank when there
     are several), or None when none had: then every rank stops with the same line, and none waits at a
     barrier for a rank that has left."""
-    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+    if world_size() == 1:
         return message
-    messages = [None] * torch.distributed.get_world_size()
+    messages = [None] * world_size()
     torch.distributed.all_gather_object(messages, message)
     return next((f"rank {rank}: {m}" for rank, m in enumerate(messages) if m is not None), None)
 
 
 def barrier() -> None:
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if world_size() > 1:
         torch.distributed.barrier()
 
 
