@@ -93,10 +93,16 @@ def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
     """Start torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); idempotent.
 
     `timeout_minutes` bounds every collective: a rank whose peer died fails with a timeout
-    instead of waiting forever (`deepspeed.timeout_minutes`).
+    instead of waiting forever (`deepspeed.timeout_minutes`). Also those of the groups DeepSpeed makes later
+    (ZeRO's data-parallel group, a pipeline's stage groups): it calls `new_group` without a timeout, and torch gives
+    those its own default (30 minutes on gloo, 10 on NCCL), not the world group's; so the run's timeout becomes that
+    default. A rank waiting on a stopped peer in ZeRO's reduction hung past the run's timeout.
     """
     import deepspeed
+    from torch.distributed import distributed_c10d
 
+    timeout = timedelta(minutes=timeout_minutes)
+    distributed_c10d.default_pg_timeout = distributed_c10d.default_pg_nccl_timeout = timeout
     os.environ.update(RANK=str(dist_env.rank), LOCAL_RANK=str(dist_env.local_rank),
                       WORLD_SIZE=str(dist_env.world_size), MASTER_ADDR=dist_env.master_addr,
                       MASTER_PORT=str(dist_env.master_port))
@@ -104,7 +110,7 @@ def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
         local_gpu(dist_env.local_rank)
     if not torch.distributed.is_initialized():
         _skip_shm_inference_op()
-        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes))
+        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timeout)
         atexit.register(shutdown)
 
 
