@@ -246,10 +246,6 @@ class Trainer:
                     self.next_save = checkpoint_save.save(self.built.engine, self.ckpt_root, self.step,
                                                           self.client_state(), self.env.rank, self.next_save, self.ema,
                                                           self.cfg.keep_checkpoints)
-            if stopped:
-                print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}"
-                      + (f" (the {' and '.join(skipped)} due at this update skipped, to save sooner)" if skipped else ""),
-                      flush=True)
             failing = False
         finally:
             stop.uninstall(stopped)
@@ -257,6 +253,10 @@ class Trainer:
                 end_all(self.callbacks, failing)
             finally:
                 self.lock.release()
+        if stopped:  # once the stop flag is given back: a Ctrl-C now is not one "saving after this update"
+            print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}"
+                  + (f" (the {' and '.join(skipped)} due at this update skipped, to save sooner)" if skipped else ""),
+                  flush=True)
         return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.built.engine, self.built.model)
 
     def _say_if_past_steps(self) -> None:
