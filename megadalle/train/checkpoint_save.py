@@ -49,6 +49,7 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, lineage: 
                       remove=False)
         on_every_rank(path, rank, partial(_write, engine, path, client_state, rank, ema))
         on_every_rank(path, rank, partial(sync_tree, path) if rank == 0 else None)
+        every_rank_wrote(path, rank)
         on_every_rank(path, rank, partial(_publish, root, path, step, client_state, lineage) if rank == 0 else None)
     except CheckpointError:  # every rank: moved during the save, its files then missing, is not a full disk
         stop_if_moved(root, rank)
@@ -89,6 +90,26 @@ def _write(engine, path: Path, client_state: dict, rank: int, ema) -> None:
     torch.save(rng.capture(), path / rng.file_name(rank))
     if ema is not None:
         ema.save(path / ema_lib.file_name(rank))
+
+
+def every_rank_wrote(path: Path, rank: int) -> None:
+    """On every rank (a collective), before rank 0 publishes `path`: raise CheckpointError when rank 0 does not see
+    each rank's generator states there (every rank writes one, after DeepSpeed's files), after rank 0 removed the
+    directory. The ranks then wrote into different folders of one path (node-local storage under run_dir or its
+    `checkpoints`), and the manifest would have listed rank 0's files alone as a complete checkpoint that no resume
+    on every rank can load (shared_dir.py checks the run directory itself at the start)."""
+    missing = None
+    if rank == 0:
+        absent = [r for r in range(distributed.world_size()) if not (path / rng.file_name(r)).is_file()]
+        if absent:
+            missing = (f"rank 0 does not see the files of rank{'s' if len(absent) > 1 else ''} "
+                       f"{', '.join(map(str, absent))} there ({rng.file_name(absent[0])} is missing)")
+            shutil.rmtree(path, ignore_errors=True)
+    missing = distributed.broadcast_object(missing)
+    if missing is not None:
+        raise CheckpointError(f"cannot save the checkpoint {path}: {missing}: the ranks wrote into different folders "
+                              "of that path; run_dir (and its checkpoints/) must be on a file system every node "
+                              "shares, not on node-local storage")
 
 
 def _publish(root: Path, path: Path, step: int, client_state: dict, lineage: Lineage) -> None:

@@ -93,10 +93,16 @@ def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
     """Start torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); idempotent.
 
     `timeout_minutes` bounds every collective: a rank whose peer died fails with a timeout
-    instead of waiting forever (`deepspeed.timeout_minutes`).
+    instead of waiting forever (`deepspeed.timeout_minutes`). Also those of the groups DeepSpeed makes later
+    (ZeRO's data-parallel group, a pipeline's stage groups): it calls `new_group` without a timeout, and torch gives
+    those its own default (30 minutes on gloo, 10 on NCCL), not the world group's; so the run's timeout becomes that
+    default. A rank waiting on a stopped peer in ZeRO's reduction hung past the run's timeout.
     """
     import deepspeed
+    from torch.distributed import distributed_c10d
 
+    timeout = timedelta(minutes=timeout_minutes)
+    distributed_c10d.default_pg_timeout = distributed_c10d.default_pg_nccl_timeout = timeout
     os.environ.update(RANK=str(dist_env.rank), LOCAL_RANK=str(dist_env.local_rank),
                       WORLD_SIZE=str(dist_env.world_size), MASTER_ADDR=dist_env.master_addr,
                       MASTER_PORT=str(dist_env.master_port))
@@ -104,7 +110,7 @@ def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
         local_gpu(dist_env.local_rank)
     if not torch.distributed.is_initialized():
         _skip_shm_inference_op()
-        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes))
+        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timeout)
         atexit.register(shutdown)
 
 
@@ -166,17 +172,22 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def world_size() -> int:
+    """The number of ranks of the started process group (1 when none was started)."""
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
 def broadcast_object(obj, src: int = 0):
     """`obj` from rank `src` on every rank (e.g. the run directory rank 0 chose)."""
     box = [obj]
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if world_size() > 1:
         torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
 
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is true on at least one (e.g. a signal reached one rank)."""
-    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+    if world_size() == 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=_device())
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
@@ -187,15 +198,15 @@ def first_error(message: str | None) -> str | None:
     """On every rank, the error `message` of the lowest rank that had one (prefixed with that rank when there
     are several), or None when none had: then every rank stops with the same line, and none waits at a
     barrier for a rank that has left."""
-    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+    if world_size() == 1:
         return message
-    messages = [None] * torch.distributed.get_world_size()
+    messages = [None] * world_size()
     torch.distributed.all_gather_object(messages, message)
     return next((f"rank {rank}: {m}" for rank, m in enumerate(messages) if m is not None), None)
 
 
 def barrier() -> None:
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if world_size() > 1:
         torch.distributed.barrier()
 
 

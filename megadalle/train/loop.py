@@ -229,7 +229,7 @@ class Trainer:
         caller, the demo, goes on after a failed run)."""
         losses: list[float] = []
         stop = self.stop.install((signal.SIGINT,))  # Ctrl-C checkpoints from here; before, it interrupts at once
-        stopped, failing = False, True
+        stopped, failing, skipped = False, True, []
         try:
             self._say_if_past_steps()
             runner = StepRunner(self.task, self.built, self.part, self.step)
@@ -238,7 +238,7 @@ class Trainer:
             while self.step < self.cfg.steps and not stopped:
                 metrics = self._update(runner)
                 losses.append(metrics["loss"])
-                self._report(metrics)
+                skipped = self._report(metrics, stop)
                 self.step += 1
                 stopped = self._stopping(stop)
                 periodic = self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0
@@ -246,8 +246,6 @@ class Trainer:
                     self.next_save = checkpoint_save.save(self.built.engine, self.ckpt_root, self.step,
                                                           self.client_state(), self.env.rank, self.next_save, self.ema,
                                                           self.cfg.keep_checkpoints)
-            if stopped:
-                print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}", flush=True)
             failing = False
         finally:
             stop.uninstall(stopped)
@@ -255,6 +253,10 @@ class Trainer:
                 end_all(self.callbacks, failing)
             finally:
                 self.lock.release()
+        if stopped:  # once the stop flag is given back: a Ctrl-C now is not one "saving after this update"
+            print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}"
+                  + (f" (the {' and '.join(skipped)} due at this update skipped, to save sooner)" if skipped else ""),
+                  flush=True)
         return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.built.engine, self.built.model)
 
     def _say_if_past_steps(self) -> None:
@@ -299,12 +301,19 @@ class Trainer:
                        skipped_steps=float(getattr(self.built.engine, "skipped_steps", 0)))
         return metrics
 
-    def _report(self, metrics: dict[str, float]) -> None:
+    def _report(self, metrics: dict[str, float], stop: StopFlag) -> list[str]:
         """The update's metrics to the callbacks, with its validation and media when due: both of the EMA weights
-        when the run keeps an EMA (the weights export ships), swapped in once for both (ema_swap.py)."""
+        when the run keeps an EMA (the weights export ships), swapped in once for both (ema_swap.py). Returns what
+        was due but skipped: on an update after which the run stops for a signal (on any rank), neither runs. They
+        come before the save, and at 12B a sample grid gathers the whole model and decodes captions for minutes,
+        which the time-limit warning's lead (one update plus the checkpoint, plan's USR1 lead) does not cover."""
         step = self.step
         validated = self.validator.due(step) and bool(self.validator.batches())
         drawn = bool(self.cfg.media_every) and (step + 1) % self.cfg.media_every == 0
+        skipped = []
+        if (validated or drawn) and distributed.any_rank(stop.set):  # only then: an all-reduce the update spares
+            skipped = [name for name, due in (("validation", validated), ("sample grid", drawn)) if due]
+            validated = drawn = False
         pictures = {}
         if validated or drawn:
             with ema_weights(self.ema, self.built.dp_group):
@@ -317,6 +326,7 @@ class Trainer:
             self._tell("log", step, metrics)
         if drawn:
             self._tell("media", step, pictures)
+        return skipped
 
 
 def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig, run: RunOptions,

@@ -314,19 +314,27 @@ def moved_away(path: Path) -> str | None:
 def choose(run_dir: str | None, out_dir: str, name: str, rank: int,
            run_name: str | None = None) -> tuple[Path, RunLock]:
     """The run directory every rank agrees on (created and locked by rank 0; `name` is the task's), and this
-    rank's RunLock. A run refused the lock stops on every rank with the same line (none waits in a collective)."""
+    rank's RunLock. A run refused the lock stops on every rank with the same line (none waits in a collective), and
+    so does a run whose ranks do not all see the directory rank 0 made (shared_dir.py)."""
     from megadalle.train.distributed import broadcast_object
+    from megadalle.train.shared_dir import check_token, make_token
 
-    path, lock, error = None, RunLock(), None
+    path, lock, error, token = None, RunLock(), None, None
     if rank == 0:
         path = path_for(run_dir, out_dir, name, run_name)
         path.mkdir(parents=True, exist_ok=True)
         path = str(path.resolve())
         try:
             lock = RunLock(Path(path))
+            token = make_token(Path(path))
         except RunDirError as err:
             error = str(err)
-    path, error = broadcast_object((path, error))
+        except OSError as err:
+            error = f"cannot write in the run directory {path}: {os.strerror(err.errno) if err.errno else err}"
+    path, error, token = broadcast_object((path, error, token))
+    if error is None:
+        error = check_token(Path(path), token, rank)
     if error is not None:
+        lock.release()
         raise RunDirError(error)
     return Path(path), lock

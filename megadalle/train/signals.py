@@ -50,10 +50,14 @@ class StopFlag:
         USR1 arriving in the next LATE_WINDOW_S is ignored (`LateCopies`) until `forget_late_copies`: the ranks
         stop together when one is signalled, so another rank's copy can arrive late (a second node's forwarder, a
         scheduler signalling each process), after the checkpoint, and it killed the process on its way out (exit
-        -15, and the launcher then reported a failure)."""
+        -15, and the launcher then reported a failure). Ctrl-C, which the loop holds too, has its first copy in that
+        window ignored (`LateCopies.once`): a signal and a Ctrl-C sent together (a scheduler's USR1 and TERM, then a
+        user's Ctrl-C) turned a saved checkpoint's exit 75 into "interrupted" (130) or a KeyboardInterrupt
+        traceback from an exit handler."""
         global _stopped_here
         for sig, handler in self._previous.items():
-            signal.signal(sig, LateCopies(sig, handler, self._pid) if stopped and sig in LATE_COPIES else handler)
+            late = stopped and (sig in LATE_COPIES or sig == signal.SIGINT)
+            signal.signal(sig, LateCopies(sig, handler, self._pid, once=sig == signal.SIGINT) if late else handler)
         self._previous.clear()
         _stopped_here = _stopped_here or stopped
 
@@ -88,10 +92,13 @@ class LateCopies:
     SIG_IGN: that outlives the run in every process the caller starts later (a bash script cannot even trap a
     signal ignored at its start; a worker pool could no longer be terminated). Exec'd children get the default
     action; a forked child the default too, through this handler (a signal that arrives while the child is still
-    in the fork can be lost, which is why `train` gives the handlers back with `forget_late_copies`)."""
+    in the fork can be lost, which is why `train` gives the handlers back with `forget_late_copies`).
 
-    def __init__(self, sig: int, previous, pid: int):
-        self.sig, self.pid = sig, pid
+    With `once` (Ctrl-C) only the first copy is ignored and the handler then steps aside: a second Ctrl-C is the
+    user insisting, as during the run (StopFlag)."""
+
+    def __init__(self, sig: int, previous, pid: int, once: bool = False):
+        self.sig, self.pid, self.once = sig, pid, once
         self.previous = signal.SIG_DFL if previous is None else previous  # None: a handler set outside Python
         self.until = time.monotonic() + LATE_WINDOW_S
 
@@ -101,6 +108,8 @@ class LateCopies:
         elif time.monotonic() >= self.until:
             signal.signal(signum, self.previous)
             os.kill(os.getpid(), signum)  # delivered again, to what it was before the run
+        elif self.once:
+            signal.signal(signum, self.previous)
 
 
 def left_to_parent(pid: int, signum: int) -> bool:
@@ -123,6 +132,8 @@ def default_action(signum: int) -> None:
 
 _at_start: StopFlag | None = None
 """The flag a training verb took at its start (`taken_at_start`), until its run takes it over (`run_flag`)."""
+_in_command = False
+"""Whether a training verb's command holds the stop signals (`taken_at_start`), to its end."""
 
 
 @contextmanager
@@ -130,18 +141,22 @@ def taken_at_start() -> Iterator[None]:
     """Hold USR1 and TERM from here to the run's start (a training verb's whole command, from the CLI's first
     line): a signal that comes meanwhile is kept in the flag the run takes over (`run_flag`), which stops it at
     its next stage, before its first update. The signals are as they were when it ends. Inside another
-    `taken_at_start` (a plain command's, around a sweep job's) it changes nothing."""
-    global _at_start
+    `taken_at_start` (a plain command's, around a sweep job's) it changes nothing. After a run a signal stopped,
+    its late copies are ignored until it ends (`forget_late_copies`)."""
+    global _at_start, _in_command
     if _at_start is not None or threading.current_thread() is not threading.main_thread():
         yield
         return
     flag = _at_start = StopFlag().install(LATE_COPIES)
+    _in_command = True
     try:
         yield
     finally:
         if _at_start is flag:
             _at_start = None
+        _in_command = False
         flag.uninstall()  # gives nothing back once a run has taken the flag over: the run has
+        forget_late_copies()
 
 
 def run_flag() -> StopFlag:
@@ -182,21 +197,27 @@ def raising_at_once(signals: tuple[int, ...], error: Callable[[int], BaseExcepti
 
 
 def forget_late_copies() -> None:
-    """Put back what handled TERM and USR1 before a stopped run: the end of an in-process `train`."""
-    if threading.current_thread() is not threading.main_thread():
+    """Put back what handled the stop signals before a stopped run: the end of an in-process `train`. Within a
+    training verb's command they stay until it ends (`taken_at_start`), so that the late copies and a Ctrl-C that
+    come while the verb says how its run ended and returns are still ignored, up to its exit
+    (`ignore_late_copies`): there the copy of TERM killed the process (-15), a Ctrl-C made it "interrupted" (130)."""
+    if threading.current_thread() is not threading.main_thread() or _in_command:
         return
-    for sig in LATE_COPIES:
+    for sig in STOP_SIGNALS:
         handler = signal.getsignal(sig)
         if isinstance(handler, LateCopies):
             signal.signal(sig, handler.previous)
 
 
 def ignore_late_copies() -> None:
-    """At the exit of a process whose run a signal stopped: ignore TERM and USR1 from here on. The ranks stop
-    together when one is signalled, and the launcher (or another node's forwarder) can still deliver this rank's
-    own copy while it waits at the exit barrier; the process starts nothing more."""
+    """At the exit of a process whose run a signal stopped: ignore TERM, USR1 and Ctrl-C from here on. The ranks
+    stop together when one is signalled, and the launcher (or another node's forwarder) can still deliver this
+    rank's own copy while it waits at the exit barrier; the process starts nothing more. A Ctrl-C sent with the stop
+    (USR1, TERM and INT within 40 ms) printed a KeyboardInterrupt traceback from an exit handler (torch._dynamo's)
+    after the checkpoint; a second could not end the exit sooner either (an exit handler's KeyboardInterrupt is
+    printed and ignored, and the exit barrier does not return to Python)."""
     if _stopped_here and threading.current_thread() is threading.main_thread():
-        for sig in LATE_COPIES:
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
 
 

@@ -90,6 +90,63 @@ def test_after_a_stopped_run_the_processes_it_starts_still_die_of_sigterm(stoppe
     assert code == -signal.SIGTERM
 
 
+def test_after_a_stop_the_first_ctrl_c_is_ignored_and_a_second_interrupts(monkeypatch):
+    """A scheduler's USR1 and TERM then a user's Ctrl-C, all within 40 ms: the Ctrl-C came after the checkpoint and
+    turned its exit 75 into "interrupted" (130), or a KeyboardInterrupt traceback from an exit handler."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        monkeypatch.setattr(signals, "_stopped_here", False)
+        StopFlag().install().uninstall(stopped=True)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pytest.fail("the first Ctrl-C after a stop interrupted")
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def test_within_a_command_the_late_copies_are_ignored_until_it_ends(monkeypatch):
+    """`train` returns with the handlers it found (forget_late_copies), but a training verb's command still says how
+    its run ended and returns before its exit ignores the late copies: a TERM or Ctrl-C there ended it (-15, 130)."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    monkeypatch.setattr(signals, "_stopped_here", False)
+    with taken_at_start():
+        run_flag().install((signal.SIGINT,)).uninstall(stopped=True)
+        forget_late_copies()  # as train() returns
+        assert all(isinstance(signal.getsignal(sig), LateCopies) for sig in STOP_SIGNALS)
+    assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before
+
+
+@pytest.mark.distributed
+def test_a_ctrl_c_right_after_a_stops_checkpoint_leaves_its_exit_75(tmp_path):
+    proc = subprocess.Popen([*start_up_command(tmp_path / "run", "trainer.steps=100000"), "trainer.checkpoint_every=0"],
+                            env=launch.base_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+
+    def read_until(text: str) -> None:
+        for line in iter(proc.stdout.readline, ""):
+            lines.append(line)
+            if text in line:
+                return
+        raise AssertionError("".join(lines)[-3000:])
+
+    try:
+        read_until("step ")
+        proc.send_signal(signal.SIGUSR1)
+        read_until("[train] stopped by signal at step")  # the verb's last line, once its run returned
+        proc.send_signal(signal.SIGINT)
+        code, out = proc.wait(timeout=120), "".join(lines) + proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    assert code == STOPPED_EXIT and "Traceback" not in out and "interrupted" not in out, out[-3000:]
+
+
 def test_the_exit_of_a_process_whose_run_stopped_ignores_late_copies(monkeypatch):
     """At the exit barrier a rank still gets its own late copy (the other node's forwarder): it killed it."""
     before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -99,7 +156,7 @@ def test_the_exit_of_a_process_whose_run_stopped_ignores_late_copies(monkeypatch
         assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]  # no stop in this process: untouched
         monkeypatch.setattr(signals, "_stopped_here", True)
         ignore_late_copies()
-        assert [signal.getsignal(sig) for sig in LATE_COPIES] == [signal.SIG_IGN] * len(LATE_COPIES)
+        assert [signal.getsignal(sig) for sig in STOP_SIGNALS] == [signal.SIG_IGN] * len(STOP_SIGNALS)
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
