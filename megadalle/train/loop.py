@@ -149,9 +149,10 @@ class Trainer:
         """This rank's share of the EMA: its stage's parameters (plain-model names), its data-parallel piece."""
         if decay is None:
             return None
-        if self.env.rank == 0 and (self.cfg.eval_every or self.cfg.media_every):
-            print(f"[train] val/ metrics and media are of the EMA weights (trainer.ema={decay}), those export ships",
-                  flush=True)
+        draws = self.cfg.media_every and type(self.task).media is not Task.media  # CLIP draws nothing
+        scored = " and ".join(what for what, due in (("val/ metrics", self.cfg.eval_every), ("media", draws)) if due)
+        if self.env.rank == 0 and scored:
+            print(f"[train] {scored} are of the EMA weights (trainer.ema={decay}), those export ships", flush=True)
         return EMA(self._trained_params(), decay, self.built.dp_rank, self.built.dp_world)
 
     def _trained_params(self) -> list[tuple[str, torch.nn.Parameter]]:

@@ -243,7 +243,7 @@ def check_config(path: Path, config: dict) -> None:
                        frozenset(key for key in recorded if key in now and now[key] == recorded[key]))
     if diff:
         shown = ", ".join(f"{key} ({old!r} there, {new!r} now)" for key, old, new in diff[:5])
-        more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+        more = f" and {', '.join(key for key, _, _ in diff[5:])}" if len(diff) > 5 else ""
         raise RunDirError(f"{path} holds a run with another config: {shown}{more}; rerun with the same values to "
                           f"resume it, or start a new run with name=<new name> (or run_dir=)")
     for key, digest in recorded.items():

@@ -143,3 +143,11 @@ def test_a_run_json_from_before_clip_negatives_resumes_under_the_value_it_ran_wi
     if grad_accum > 1:
         with pytest.raises(rundir.RunDirError, match=r"clip.negatives \('micro_batch' there, 'update' now\)"):
             rundir.check_config(run, {**config, "clip": {"width": 8, "negatives": "update"}})
+
+
+def test_every_differing_key_is_named(tmp_path):
+    """README says the refusal names the keys that differ; past five it said "and 2 more", and the user guessed."""
+    run = saved_run(tmp_path, {"trainer": {f"k{i}": i for i in range(7)}})
+    with pytest.raises(rundir.RunDirError) as refused:
+        rundir.check_config(run, {"trainer": {f"k{i}": i + 1 for i in range(7)}})
+    assert "(4 there, 5 now) and trainer.k5, trainer.k6; rerun" in str(refused.value)
