@@ -62,6 +62,37 @@ def test_a_signal_to_train_sh_checkpoints_and_stops_every_rank(sig, group, train
     stop_after_two_steps(cmd, {**launch.base_env(), **extra_env}, launch.ROOT, run_dir, sig, group)
 
 
+STUB_PDSH = """#!/bin/bash
+# pdsh -S -w HOSTS CMD: CMD here, once per host with %n replaced (ssh is no part of what is tested)
+while [ $# -gt 1 ]; do case $1 in -w) hosts=$2; shift 2;; -S) shift;; -f) shift 2;; *) break;; esac; done
+for h in ${hosts//,/ }; do sh -c "${1//%n/$h}"; done
+"""
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("hosts, launcher_args", [
+    ("localhost slots=2\n", ""),
+    ("localhost slots=2\nnode-b slots=2\n", " --num_nodes 1"),
+    ("node-b slots=2\nlocalhost slots=2\n", " --exclude node-b"),
+], ids=["one-host", "num_nodes", "exclude"])
+def test_a_signal_to_train_sh_reaches_the_ranks_of_a_hostfile_that_runs_locally(hosts, launcher_args, train_overrides,
+                                                                                  tmp_path):
+    """DeepSpeed launches one active host of a hostfile (one line, or one left by --num_nodes or --exclude) here,
+    with no pdsh: the script looked for pdsh's launchers on the hostfile's nodes, never found one, and the run
+    trained to its end and exited 0."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "pdsh").write_text(STUB_PDSH)
+    (tmp_path / "bin" / "pdsh").chmod(0o755)
+    (tmp_path / "hostfile").write_text(hosts)
+    env = {**launch.base_env(), "HOSTFILE": str(tmp_path / "hostfile"), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "DS_LAUNCHER_ARGS": "--no_ssh_check" + launcher_args}
+    env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
+    run_dir = tmp_path / "run"
+    cmd = [str(launch.ROOT / "launch" / "train.sh"), *train_overrides, "trainer.grad_accum=1", "trainer.steps=100000",
+           "trainer.checkpoint_every=0", f"run_dir={run_dir}"]
+    stop_after_two_steps(cmd, env, launch.ROOT, run_dir, signal.SIGUSR1)
+
+
 def test_train_sh_refuses_a_master_port_among_the_launcher_args():
     """Its signal forwarding finds this run's launchers by MASTER_PORT; a --master_port in DS_LAUNCHER_ARGS (which
     DeepSpeed would take) left every signal unforwarded."""
