@@ -1,8 +1,10 @@
 #!/bin/bash
-# `megadalle train` under the DeepSpeed launcher, on this machine or on the nodes of a hostfile.
+# `megadalle train` (or another training verb, VERB) under the DeepSpeed launcher, on this machine or on the
+# nodes of a hostfile.
 #
 #   NUM_GPUS=8 launch/train.sh model=1b deepspeed=zero2 data.shards=... data.tokenizer=...
 #   HOSTFILE=launch/hostfile launch/train.sh model=12b deepspeed=pipe ...   (multi-node, over ssh)
+#   VERB=train-dvae NUM_GPUS=8 launch/train.sh dvae=paper data.shards=...   (the dVAE, with the same signals)
 #
 # --no_local_rank keeps DeepSpeed from appending --local_rank=N to the command line: hydra would
 # reject it, and megadalle reads RANK/LOCAL_RANK/WORLD_SIZE from the environment anyway.
@@ -15,7 +17,8 @@
 # ~/.deepspeed_env or the file named by DS_ENV_FILE. pdsh's ssh takes extra options from
 # PDSH_SSH_ARGS_APPEND (e.g. `-F ssh_config`).
 #
-# Knobs: HOSTFILE (default: none, single node), NUM_GPUS (single node; default: all visible),
+# Knobs: VERB (the training verb the ranks run: train, the default, train-dvae or train-clip; the arguments
+# are its overrides), HOSTFILE (default: none, single node), NUM_GPUS (single node; default: all visible),
 # MASTER_PORT (default 29500), MASTER_ADDR (default: DeepSpeed asks the first host over ssh),
 # SSH_PORT (sshd's port on the nodes, e.g. 2222 in the Docker image), DS_LAUNCHER_ARGS (more
 # `deepspeed` options, e.g. --no_ssh_check). On CPU (tests) export DS_ACCELERATOR=cpu and set NUM_GPUS.
@@ -92,9 +95,15 @@ done
 
 usage() {
     echo "launch/train.sh: $1" >&2
-    echo "usage: [NUM_GPUS=N | HOSTFILE=FILE] launch/train.sh KEY=VALUE ...   (megadalle train's overrides)" >&2
+    echo "usage: [NUM_GPUS=N | HOSTFILE=FILE] [VERB=train|train-dvae|train-clip] launch/train.sh KEY=VALUE ..." \
+         "  (the verb's overrides)" >&2
     exit 2
 }
+VERB=${VERB:-train}
+case "$VERB" in
+    train | train-dvae | train-clip) ;;
+    *) usage "VERB=$VERB is not a training verb: train (the default), train-dvae or train-clip" ;;
+esac
 case " ${DS_LAUNCHER_ARGS:-} " in
     *" --master_port"*)  # the signal forwarding above finds the run's launchers by this port
         echo "train.sh: give the rendezvous port as MASTER_PORT=N, not --master_port in DS_LAUNCHER_ARGS" >&2
@@ -142,7 +151,7 @@ if [ -n "$pending" ]; then
     exit 75  # megadalle's status for a run a signal stopped with updates left: rerun it (signals.STOPPED_EXIT)
 fi
 # its own session: a terminal's Ctrl-C reaches this script alone, which passes it on as above
-setsid "$python" -m deepspeed.launcher.runner "${args[@]}" --module megadalle train "$@" &
+setsid "$python" -m deepspeed.launcher.runner "${args[@]}" --module megadalle "$VERB" "$@" &
 runner=$!
 
 set +e  # a trapped signal interrupts `wait`: keep waiting until the runner has really finished (the checkpoint)

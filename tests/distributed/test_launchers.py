@@ -15,6 +15,7 @@ import pytest
 
 from megadalle.train.checkpoint_damage import damage
 from megadalle.train.distributed import free_port
+from tests.dvae.conftest import write_image_shards
 from tests.launch_signals import stop_after_two_steps
 
 import dist_launch as launch
@@ -249,4 +250,37 @@ def test_train_sh_without_deepspeed_says_so_with_its_usage(tmp_path):
     assert done.returncode == 2
     first, usage = done.stderr.strip().splitlines()
     assert first.startswith("launch/train.sh: deepspeed is not on the PATH: activate the environment")
-    assert usage.startswith("usage: [NUM_GPUS=N | HOSTFILE=FILE] launch/train.sh KEY=VALUE ...")
+    assert usage.startswith("usage: [NUM_GPUS=N | HOSTFILE=FILE] [VERB=train|train-dvae|train-clip] launch/train.sh "
+                            "KEY=VALUE ...")
+
+
+@pytest.mark.parametrize("verb, runs", [(None, "train"), ("train", "train"), ("train-dvae", "train-dvae"),
+                                        ("train-clip", "train-clip"), ("generate", None), ("", "train")])
+def test_train_sh_runs_the_training_verb_that_verb_names(verb, runs, tmp_path):
+    """It ran `train` alone: a multi-GPU train-dvae or train-clip had no launcher that passes on signals."""
+    env = fake_deepspeed(tmp_path / "bin")
+    done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True, text=True,
+                          env={**env, **({} if verb is None else {"VERB": verb})}, timeout=60)
+    if runs is None:
+        assert done.returncode == 2 and not (tmp_path / "bin" / "args").exists()
+        assert f"launch/train.sh: VERB={verb} is not a training verb: train (the default), train-dvae or train-clip" \
+            in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "bin" / "args").read_text().splitlines()[-3:] == ["megadalle", runs, "model=tiny"]
+
+
+@pytest.mark.distributed
+def test_train_sh_trains_the_dvae_on_two_ranks_and_stops_it_on_a_signal(tmp_path):
+    """VERB=train-dvae under the DeepSpeed launcher: both ranks train the dVAE in one run directory, and a USR1 to
+    the script checkpoints and exits 75, as for `train`."""
+    shards = tmp_path / "shards"
+    write_image_shards(shards, 32, 32, 16)
+    run_dir = tmp_path / "run"
+    cmd = [str(launch.ROOT / "launch" / "train.sh"), f"data.shards={shards}", "data.num_workers=0", "dvae=tiny",
+           "dvae.n_hid=16", "trainer.steps=100000", "trainer.micro_batch=2", "trainer.ema=null",
+           "trainer.checkpoint_every=0", "trainer.log_every=1", "logger=none", f"run_dir={run_dir}"]
+    env = {**launch.base_env(), "VERB": "train-dvae", "NUM_GPUS": "2", "MASTER_PORT": str(free_port())}
+    stop_after_two_steps(cmd, env, launch.ROOT, run_dir, signal.SIGUSR1)
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text()
+    assert {p.name for p in latest.glob("rng_rank*")} == {"rng_rank00000.pt", "rng_rank00001.pt"}
