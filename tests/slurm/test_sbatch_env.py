@@ -151,6 +151,28 @@ def test_a_failed_requeue_fails_the_job_and_says_how_to_resume(slurm_commands, t
 
 
 @pytest.mark.slurm
+@pytest.mark.parametrize("args, verb, run_dir", [
+    (["model=tiny"], None, "{tmp}/outputs/transformer/slurm-1234"),
+    (["run_dir=runs/a", "run_dir=/shared/runs/12b"], None, "/shared/runs/12b"),
+    (["++out_dir=/shared/out", "name=big"], None, "/shared/out/transformer/big"),
+    (["dvae=tiny"], "train-dvae", "{tmp}/outputs/dvae/slurm-1234"),
+    (["name=c"], "train-clip", "{tmp}/outputs/clip/c"),
+    (["name=c", "name=null", "run_dir=r", "run_dir=null"], None, "{tmp}/outputs/transformer/slurm-1234"),
+], ids=["default", "run_dir", "out_dir-name", "dvae", "clip", "nulls"])
+@pytest.mark.parametrize("requeue_fails", [False, True], ids=["max-restarts", "requeue-failed"])
+def test_a_job_that_is_not_requeued_names_the_run_dir_to_resubmit_with(slurm_commands, tmp_path, args, verb, run_dir,
+                                                                        requeue_fails):
+    """Reaching MAX_RESTARTS ended the job with 75 and no word on resuming, and a failed requeue said "this run's
+    run_dir" without naming it: the default one is the job's (slurm-<job id>), which a resubmission does not find."""
+    variables = {"SRUN_EXIT": "75", **({"VERB": verb} if verb else {}),
+                 **({"REQUEUE_EXIT": "1"} if requeue_fails else {"SLURM_RESTART_COUNT": "20"})}
+    proc, _, _ = run_script(slurm_commands, tmp_path, args, **variables)
+    assert proc.returncode == 75, proc.stdout + proc.stderr
+    assert f"submit the same command again with run_dir={run_dir.format(tmp=tmp_path)} to resume from its " \
+           f"checkpoint\n" in proc.stderr
+
+
+@pytest.mark.slurm
 @pytest.mark.parametrize("verb, runs", [(None, "train"), ("train-dvae", "train-dvae"), ("train-clip", "train-clip"),
                                         ("generate", None)])
 def test_the_tasks_run_the_training_verb_that_verb_names(slurm_commands, tmp_path, verb, runs):
