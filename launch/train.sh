@@ -1,8 +1,10 @@
 #!/bin/bash
-# `megadalle train` under the DeepSpeed launcher, on this machine or on the nodes of a hostfile.
+# `megadalle train` (or another training verb, VERB) under the DeepSpeed launcher, on this machine or on the
+# nodes of a hostfile.
 #
 #   NUM_GPUS=8 launch/train.sh model=1b deepspeed=zero2 data.shards=... data.tokenizer=...
 #   HOSTFILE=launch/hostfile launch/train.sh model=12b deepspeed=pipe ...   (multi-node, over ssh)
+#   VERB=train-dvae NUM_GPUS=8 launch/train.sh dvae=paper data.shards=...   (the dVAE, with the same signals)
 #
 # --no_local_rank keeps DeepSpeed from appending --local_rank=N to the command line: hydra would
 # reject it, and megadalle reads RANK/LOCAL_RANK/WORLD_SIZE from the environment anyway.
@@ -15,7 +17,8 @@
 # ~/.deepspeed_env or the file named by DS_ENV_FILE. pdsh's ssh takes extra options from
 # PDSH_SSH_ARGS_APPEND (e.g. `-F ssh_config`).
 #
-# Knobs: HOSTFILE (default: none, single node), NUM_GPUS (single node; default: all visible),
+# Knobs: VERB (the training verb the ranks run: train, the default, train-dvae or train-clip; the arguments
+# are its overrides), HOSTFILE (default: none, single node), NUM_GPUS (single node; default: all visible),
 # MASTER_PORT (default 29500), MASTER_ADDR (default: DeepSpeed asks the first host over ssh),
 # SSH_PORT (sshd's port on the nodes, e.g. 2222 in the Docker image), DS_LAUNCHER_ARGS (more
 # `deepspeed` options, e.g. --no_ssh_check). On CPU (tests) export DS_ACCELERATOR=cpu and set NUM_GPUS.
@@ -24,10 +27,11 @@
 # none on one node (killed, it leaves its ranks training as orphans), and over pdsh it kills the launchers,
 # which TERM their ranks and SIGKILL them 30 s later, in the middle of a large model's checkpoint. So this
 # script runs the runner in the background, in its own session, and passes each signal to the ranks
-# themselves (on every node of a HOSTFILE through pdsh, found as the children of the launcher with this
-# run's MASTER_PORT): they finish the update, checkpoint and exit, and the launchers with them. A signal that
-# comes before the runner starts stops the launch there (exit 75, nothing started); one that comes before the
-# ranks hold their stop signals waits for them (they stop before their first update, with 75 too).
+# themselves (on every node through pdsh where the runner started pdsh, found as the children of the
+# launcher with this run's MASTER_PORT): they finish the update, checkpoint and exit, and the launchers with
+# them. A signal that comes before the runner starts stops the launch there (exit 75, nothing started); one
+# that comes before the ranks hold their stop signals waits for them (they stop before their first update,
+# with 75 too).
 set -euo pipefail
 
 # The ranks' stop, a POSIX sh script run as `sh -c "$stop_ranks" - SIG PGREP-ARGS...` here, or through pdsh on every
@@ -48,14 +52,22 @@ pending=""  # a signal no rank could take yet: the wait below passes it on once 
 forward() {
     pending=$1
     [ -n "$runner" ] || return 0  # before the runner: it will not be started
-    local sent
-    if [ -n "${HOSTFILE:-}" ]; then
+    local sent child argv=""
+    # DeepSpeed's runner starts pdsh where more than one host is active (the hostfile after --include, --exclude and
+    # --num_nodes), else its launcher here: its child says which, as the hostfile alone does not (one host, or one
+    # left by a filter, runs here, without pdsh). pdsh is its first or second word (Debian's pdsh is a script that
+    # execs pdsh.bin as `pdsh`); none yet: the local search below finds no launcher, and the signal stays pending.
+    if child=$(pgrep -o -P "$runner"); then
+        argv=$(tr '\0' '\n' < "/proc/$child/cmdline" 2>/dev/null) || argv=""
+    fi
+    if awk 'NR <= 2 && /(^|\/)pdsh$/ {found = 1} END {exit !found}' <<< "$argv"; then
         # every node's ranks: the children of the launcher that pdsh started there (--node_rank=%n, which pdsh
         # fills in with the node's name) for this run's rendezvous port; the launcher itself, not the remote
         # shell that started it, whose command line holds the same words. (`^[^ ]+` is the launcher's Python: a
         # path with a space was refused below.) One rank that stops stops them all: the others may get it later.
+        # The nodes are pdsh's own (its -w): the active hosts alone.
         local hosts ssh_args="${PDSH_SSH_ARGS_APPEND:-}"
-        hosts=$(awk '!/^[[:space:]]*(#|$)/ {print $1}' "$HOSTFILE" | paste -sd, -)
+        hosts=$(awk 'last == "-w" {print; exit} {last = $0}' <<< "$argv")
         [ -z "${SSH_PORT:-}" ] || ssh_args="$ssh_args -p $SSH_PORT"
         sent=$(PDSH_RCMD_TYPE=ssh PDSH_SSH_ARGS_APPEND="$ssh_args" pdsh -S -w "$hosts" \
             "sh -c '$stop_ranks' - $1 -f '^[^ ]+ -u -m deepspeed[.]launcher[.]launch .*--node_rank=%n .*--master_port=$port( |\$)'" \
@@ -83,9 +95,15 @@ done
 
 usage() {
     echo "launch/train.sh: $1" >&2
-    echo "usage: [NUM_GPUS=N | HOSTFILE=FILE] launch/train.sh KEY=VALUE ...   (megadalle train's overrides)" >&2
+    echo "usage: [NUM_GPUS=N | HOSTFILE=FILE] [VERB=train|train-dvae|train-clip] launch/train.sh KEY=VALUE ..." \
+         "  (the verb's overrides)" >&2
     exit 2
 }
+VERB=${VERB:-train}
+case "$VERB" in
+    train | train-dvae | train-clip) ;;
+    *) usage "VERB=$VERB is not a training verb: train (the default), train-dvae or train-clip" ;;
+esac
 case " ${DS_LAUNCHER_ARGS:-} " in
     *" --master_port"*)  # the signal forwarding above finds the run's launchers by this port
         echo "train.sh: give the rendezvous port as MASTER_PORT=N, not --master_port in DS_LAUNCHER_ARGS" >&2
@@ -133,7 +151,7 @@ if [ -n "$pending" ]; then
     exit 75  # megadalle's status for a run a signal stopped with updates left: rerun it (signals.STOPPED_EXIT)
 fi
 # its own session: a terminal's Ctrl-C reaches this script alone, which passes it on as above
-setsid "$python" -m deepspeed.launcher.runner "${args[@]}" --module megadalle train "$@" &
+setsid "$python" -m deepspeed.launcher.runner "${args[@]}" --module megadalle "$VERB" "$@" &
 runner=$!
 
 set +e  # a trapped signal interrupts `wait`: keep waiting until the runner has really finished (the checkpoint)

@@ -115,8 +115,7 @@ def report(model: TransformerConfig, plan: PlanConfig, trainer: TrainerConfig, d
     rows = [(f"ZeRO-{z} (dp {plan.gpus})", Layout(1, plan.gpus, z, 1, True, accum)) for z in (1, 2, 3)]
     rows += [(f"pipeline {pp} x dp {plan.gpus // pp} (ZeRO-1)", Layout(pp, plan.gpus // pp, 1, 1, True, accum * pp))
              for pp in (2, 4, 8, 16, 32) if plan.gpus % pp == 0 and pp <= model.n_layers]
-    lines += ["", f"other layouts at micro-batch 1 with activation checkpointing, {plan.global_batch} sequences "
-              f"per step:",
+    lines += ["", f"other layouts at micro-batch 1 with activation checkpointing, {batch_line(plan, accum)}:",
               memory_header(plan)]
     for name, lay in rows:
         mem = memory_per_rank(model, counts, lay, settings)
@@ -137,6 +136,16 @@ def report(model: TransformerConfig, plan: PlanConfig, trainer: TrainerConfig, d
         f"{train_overrides(model, trainer, ds, best)} ...)",
     ]
     return "\n".join(lines)
+
+
+def batch_line(plan: PlanConfig, accum: int) -> str:
+    """The sequences per step of the other layouts, every one `plan.gpus` x `accum` micro-batches of 1: the global
+    batch only where the ranks divide it (the header stated it above rows of another batch)."""
+    sequences = plan.gpus * accum
+    if sequences == plan.global_batch:
+        return f"{sequences} sequences per step"
+    return (f"{sequences} sequences per step ({plan.gpus} ranks x {accum}: global_batch={plan.global_batch} is not a "
+            f"multiple of {plan.gpus})")
 
 
 def slurm_resources(plan: PlanConfig) -> str:

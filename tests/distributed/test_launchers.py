@@ -15,6 +15,7 @@ import pytest
 
 from megadalle.train.checkpoint_damage import damage
 from megadalle.train.distributed import free_port
+from tests.dvae.conftest import write_image_shards
 from tests.launch_signals import stop_after_two_steps
 
 import dist_launch as launch
@@ -60,6 +61,37 @@ def test_a_signal_to_train_sh_checkpoints_and_stops_every_rank(sig, group, train
     cmd = cmd + [*train_overrides, "trainer.grad_accum=1", "trainer.steps=100000", "trainer.checkpoint_every=0",
                  f"run_dir={run_dir}"]
     stop_after_two_steps(cmd, {**launch.base_env(), **extra_env}, launch.ROOT, run_dir, sig, group)
+
+
+STUB_PDSH = """#!/bin/bash
+# pdsh -S -w HOSTS CMD: CMD here, once per host with %n replaced (ssh is no part of what is tested)
+while [ $# -gt 1 ]; do case $1 in -w) hosts=$2; shift 2;; -S) shift;; -f) shift 2;; *) break;; esac; done
+for h in ${hosts//,/ }; do sh -c "${1//%n/$h}"; done
+"""
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("hosts, launcher_args", [
+    ("localhost slots=2\n", ""),
+    ("localhost slots=2\nnode-b slots=2\n", " --num_nodes 1"),
+    ("node-b slots=2\nlocalhost slots=2\n", " --exclude node-b"),
+], ids=["one-host", "num_nodes", "exclude"])
+def test_a_signal_to_train_sh_reaches_the_ranks_of_a_hostfile_that_runs_locally(hosts, launcher_args, train_overrides,
+                                                                                  tmp_path):
+    """DeepSpeed launches one active host of a hostfile (one line, or one left by --num_nodes or --exclude) here,
+    with no pdsh: the script looked for pdsh's launchers on the hostfile's nodes, never found one, and the run
+    trained to its end and exited 0."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "pdsh").write_text(STUB_PDSH)
+    (tmp_path / "bin" / "pdsh").chmod(0o755)
+    (tmp_path / "hostfile").write_text(hosts)
+    env = {**launch.base_env(), "HOSTFILE": str(tmp_path / "hostfile"), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "DS_LAUNCHER_ARGS": "--no_ssh_check" + launcher_args}
+    env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
+    run_dir = tmp_path / "run"
+    cmd = [str(launch.ROOT / "launch" / "train.sh"), *train_overrides, "trainer.grad_accum=1", "trainer.steps=100000",
+           "trainer.checkpoint_every=0", f"run_dir={run_dir}"]
+    stop_after_two_steps(cmd, env, launch.ROOT, run_dir, signal.SIGUSR1)
 
 
 def test_train_sh_refuses_a_master_port_among_the_launcher_args():
@@ -218,4 +250,37 @@ def test_train_sh_without_deepspeed_says_so_with_its_usage(tmp_path):
     assert done.returncode == 2
     first, usage = done.stderr.strip().splitlines()
     assert first.startswith("launch/train.sh: deepspeed is not on the PATH: activate the environment")
-    assert usage.startswith("usage: [NUM_GPUS=N | HOSTFILE=FILE] launch/train.sh KEY=VALUE ...")
+    assert usage.startswith("usage: [NUM_GPUS=N | HOSTFILE=FILE] [VERB=train|train-dvae|train-clip] launch/train.sh "
+                            "KEY=VALUE ...")
+
+
+@pytest.mark.parametrize("verb, runs", [(None, "train"), ("train", "train"), ("train-dvae", "train-dvae"),
+                                        ("train-clip", "train-clip"), ("generate", None), ("", "train")])
+def test_train_sh_runs_the_training_verb_that_verb_names(verb, runs, tmp_path):
+    """It ran `train` alone: a multi-GPU train-dvae or train-clip had no launcher that passes on signals."""
+    env = fake_deepspeed(tmp_path / "bin")
+    done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True, text=True,
+                          env={**env, **({} if verb is None else {"VERB": verb})}, timeout=60)
+    if runs is None:
+        assert done.returncode == 2 and not (tmp_path / "bin" / "args").exists()
+        assert f"launch/train.sh: VERB={verb} is not a training verb: train (the default), train-dvae or train-clip" \
+            in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "bin" / "args").read_text().splitlines()[-3:] == ["megadalle", runs, "model=tiny"]
+
+
+@pytest.mark.distributed
+def test_train_sh_trains_the_dvae_on_two_ranks_and_stops_it_on_a_signal(tmp_path):
+    """VERB=train-dvae under the DeepSpeed launcher: both ranks train the dVAE in one run directory, and a USR1 to
+    the script checkpoints and exits 75, as for `train`."""
+    shards = tmp_path / "shards"
+    write_image_shards(shards, 32, 32, 16)
+    run_dir = tmp_path / "run"
+    cmd = [str(launch.ROOT / "launch" / "train.sh"), f"data.shards={shards}", "data.num_workers=0", "dvae=tiny",
+           "dvae.n_hid=16", "trainer.steps=100000", "trainer.micro_batch=2", "trainer.ema=null",
+           "trainer.checkpoint_every=0", "trainer.log_every=1", "logger=none", f"run_dir={run_dir}"]
+    env = {**launch.base_env(), "VERB": "train-dvae", "NUM_GPUS": "2", "MASTER_PORT": str(free_port())}
+    stop_after_two_steps(cmd, env, launch.ROOT, run_dir, signal.SIGUSR1)
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text()
+    assert {p.name for p in latest.glob("rng_rank*")} == {"rng_rank00000.pt", "rng_rank00001.pt"}

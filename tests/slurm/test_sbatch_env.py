@@ -74,15 +74,17 @@ def script_env(slurm_commands, tmp_path, srun_text=FAKE_SRUN, **variables):
     env = dict(slurm_commands, PATH=f"{bin_dir}:{slurm_commands['PATH']}", SRUN_RECORD=str(tmp_path / "srun.txt"),
                REQUEUE_RECORD=str(tmp_path / "requeue.txt"), SLURM_JOB_ID="1234", SLURM_JOB_NODELIST="node[1-2]")
     for name in ("SRUN_CPUS_PER_TASK", "SLURM_CPUS_PER_TASK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS",
-                 "NCCL_DEBUG", "MEGADALLE_MASTER_ADDR", "MEGADALLE_MASTER_PORT", "SLURM_RESTART_COUNT"):
+                 "NCCL_DEBUG", "MEGADALLE_MASTER_ADDR", "MEGADALLE_MASTER_PORT", "SLURM_RESTART_COUNT", "VERB"):
         env.pop(name, None)
     env.update(variables)
     return env
 
 
-def run_script(slurm_commands, tmp_path, **variables):
+def run_script(slurm_commands, tmp_path, args=("model=tiny",), **variables):
+    """Run the script in tmp_path with `args`; returns it finished, srun's environment and srun's arguments."""
     env = script_env(slurm_commands, tmp_path, **variables)
-    proc = subprocess.run(["bash", str(SCRIPT), "model=tiny"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
     record = tmp_path / "srun.txt"
     lines = record.read_text().splitlines() if record.exists() else []
     seen = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("ARGS "))
@@ -146,6 +148,43 @@ def test_a_failed_requeue_fails_the_job_and_says_how_to_resume(slurm_commands, t
     assert requeues(tmp_path) == ["requeue 1234"]
     assert proc.returncode == 75, proc.stdout + proc.stderr
     assert "scontrol requeue 1234 failed" in proc.stderr and "submit the same command again" in proc.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("args, verb, run_dir", [
+    (["model=tiny"], None, "{tmp}/outputs/transformer/slurm-1234"),
+    (["run_dir=runs/a", "run_dir=/shared/runs/12b"], None, "/shared/runs/12b"),
+    (["++out_dir=/shared/out", "name=big"], None, "/shared/out/transformer/big"),
+    (["dvae=tiny"], "train-dvae", "{tmp}/outputs/dvae/slurm-1234"),
+    (["name=c"], "train-clip", "{tmp}/outputs/clip/c"),
+    (["name=c", "name=null", "run_dir=r", "run_dir=null"], None, "{tmp}/outputs/transformer/slurm-1234"),
+], ids=["default", "run_dir", "out_dir-name", "dvae", "clip", "nulls"])
+@pytest.mark.parametrize("requeue_fails", [False, True], ids=["max-restarts", "requeue-failed"])
+def test_a_job_that_is_not_requeued_names_the_run_dir_to_resubmit_with(slurm_commands, tmp_path, args, verb, run_dir,
+                                                                        requeue_fails):
+    """Reaching MAX_RESTARTS ended the job with 75 and no word on resuming, and a failed requeue said "this run's
+    run_dir" without naming it: the default one is the job's (slurm-<job id>), which a resubmission does not find."""
+    variables = {"SRUN_EXIT": "75", **({"VERB": verb} if verb else {}),
+                 **({"REQUEUE_EXIT": "1"} if requeue_fails else {"SLURM_RESTART_COUNT": "20"})}
+    proc, _, _ = run_script(slurm_commands, tmp_path, args, **variables)
+    assert proc.returncode == 75, proc.stdout + proc.stderr
+    assert f"submit the same command again with run_dir={run_dir.format(tmp=tmp_path)} to resume from its " \
+           f"checkpoint\n" in proc.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("verb, runs", [(None, "train"), ("train-dvae", "train-dvae"), ("train-clip", "train-clip"),
+                                        ("generate", None)])
+def test_the_tasks_run_the_training_verb_that_verb_names(slurm_commands, tmp_path, verb, runs):
+    """The script ran `train` alone: a train-dvae or train-clip job had no requeue on the early warning."""
+    proc, _, args = run_script(slurm_commands, tmp_path, **({"VERB": verb} if verb else {}))
+    if runs is None:
+        assert proc.returncode == 2 and args is None
+        assert "[sbatch] VERB=generate is not a training verb: train (the default), train-dvae or train-clip" \
+            in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert args.endswith(f"--label python -u -m megadalle {runs} resume=auto model=tiny")
 
 
 @pytest.mark.slurm

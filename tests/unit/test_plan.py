@@ -488,3 +488,15 @@ def test_the_printed_launch_line_trains_what_was_planned(capsys):
     assert f"launch/slurm/train.sbatch {' '.join(printed)} ...)" in out
     main(["plan", "gpus=64"])
     assert "sbatch --nodes=8 --ntasks-per-node=8 --gpus-per-node=8 --signal" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("gpus, sequences, why", [
+    (64, 1024, ""), (12, 1020, " (12 ranks x 85: global_batch=1024 is not a multiple of 12)"),
+    (2048, 2048, " (2048 ranks x 1: global_batch=1024 is not a multiple of 2048)")])
+def test_the_other_layouts_header_states_the_batch_of_its_rows(gpus, sequences, why, capsys):
+    """It printed global_batch above rows of `gpus` x max(global_batch // gpus, 1) sequences: 1024 above ZeRO
+    rows of dp 2048 x 1, and above 12 x 85 = 1020."""
+    assert main(["plan", f"gpus={gpus}"]) == 0
+    out = capsys.readouterr().out
+    assert f"other layouts at micro-batch 1 with activation checkpointing, {sequences} sequences per step{why}:\n" \
+        in out
