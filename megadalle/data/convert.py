@@ -71,8 +71,8 @@ class Result:
     key: str
     source: str
     digest: bytes = b""
-    """SHA-256 of the source image's bytes (`split.image_digest`): its side of the validation split; empty for a
-    skipped input."""
+    """SHA-256 of the source image's bytes (`split.image_digest`): its side of the validation split, and what tells
+    exact duplicates (`duplicates.py`); empty for a skipped input."""
     held_out: bool = False
     """From the input's own validation split, so held out again (`Item.held_out`)."""
     sample: dict[str, Any] | None = None

@@ -12,7 +12,8 @@ With `val_fraction > 0` a deterministic share of the samples (by a hash of each 
 split in `<output>/val/`, its own shards and index; the training shards in `<output>/` then exclude them. Shards with
 their own split (another prepare's output, being resized) keep it: a sample of `<input>/val/` goes to
 `<output>/val/`, and `val_fraction` is refused for them. A rerun without either removes a stale `<output>/val/`; a
-`val/` holding anything megadalle does not write there is refused before any work (`split.py`), never deleted.
+`val/` holding anything megadalle does not write there is refused before any work (`split.py`), never deleted. Exact
+duplicates (the same image bytes and caption) are kept and counted (`duplicates.py`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, skip_notes, upscale_note
+from megadalle.data.duplicates import Duplicates
 from megadalle.data.index import REPORT_NAME, is_compressed_tar
 from megadalle.data.ingest.dropped import UNLISTED
 from megadalle.data.names import shown, shown_in
@@ -70,6 +72,8 @@ class PrepareSummary(PassSummary):
     """Of the kept samples, those whose image was enlarged to image_size (short side below it)."""
     upscale_note: str = ""
     """What `upscaled` means and the key that skips such images (`convert.upscale_note`)."""
+    duplicates: int = 0
+    """Of the kept samples, those with the same image bytes and caption as an earlier one (`duplicates.py`)."""
     split_note: str = ""
     """Set when this run redrew a split an older rule had drawn in `<output>/val/` (`split.redrawn_note`)."""
 
@@ -80,8 +84,11 @@ class PrepareSummary(PassSummary):
         return f" ({self.val_kept} held out for validation)" if self.val_kept else ""
 
     def kept_lines(self) -> list[str]:
+        duplicates = ("exact duplicates: the same image bytes and caption as an earlier sample (kept, so trained on "
+                      "more often; always on one side of the split)")
         return [f"  kept    {count:>6}  {note}" for count, note in ((self.heavy_crops, self.crop_note),
-                                                                   (self.upscaled, self.upscale_note)) if count] + \
+                                                                   (self.upscaled, self.upscale_note),
+                                                                   (self.duplicates, duplicates)) if count] + \
             [f"  note: {self.split_note}"] * bool(self.split_note)
 
 
@@ -146,11 +153,13 @@ def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool
     val_writer = ShardWriter(val_dir, cfg.shard_max_samples, cfg.shard_max_bytes, {**meta, "split": "val"}) \
         if cfg.val_fraction > 0 or any(item.held_out for item in items) else None
     reasons: Counter[str] = Counter()
+    duplicates = Duplicates()
     try:
         results = convert_all(items, opts, workers)
         for result in tqdm(results, total=len(items), desc="prepare", unit=" images", disable=not progress):
             if result.sample is not None:
                 held = result.held_out or is_validation(result.digest, cfg.val_fraction)
+                duplicates.add(result.digest, result.sample["txt"])
                 (val_writer if held else writer).write(result.sample)
                 summary.kept += 1
                 summary.val_kept += held
@@ -171,7 +180,7 @@ def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool
         remove_split_dir(val_dir)
     reasons.update(left_out)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
-    summary.index_skipped = dict(sorted(left_out.items()))
+    summary.index_skipped, summary.duplicates = dict(sorted(left_out.items())), duplicates.count
     summary.crop_note, summary.upscale_note = crop_note(opts), upscale_note(opts)
     summary.notes = {reason: note for reason, note in skip_notes(opts).items() if reason in reasons}
     for reason, count in left_out.items():

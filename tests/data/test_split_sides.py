@@ -185,6 +185,27 @@ def test_the_same_samples_sharded_otherwise_or_rekeyed_have_the_same_split(tmp_p
     assert train <= more_train and val <= more_val
 
 
+def test_exact_duplicates_land_on_one_side_and_are_counted(tmp_path, capsys):
+    """Scraped sets repost: each image saved twice under two names (same bytes, same caption) put 54 of 60
+    validation images' twins in training. Both copies are kept (no option removes them), on one side, and
+    counted; the same image under another caption is on its side too, but is no exact duplicate."""
+    root = tmp_path / "raw"
+    for i in range(40):
+        for copy in "ab":
+            put(root, f"{i:04d}{copy}.jpg", image(str(i)), f"caption {i}")
+    for i in range(5):
+        put(root, f"{i:04d}c.jpg", image(str(i)), f"another caption {i}")
+    assert main(["prepare", f"input={root}", f"output={tmp_path / 'out'}", "image_size=32", "min_side=32",
+                 "num_workers=0", "val_fraction=0.3"]) == 0
+    assert "kept        40  exact duplicates" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["duplicates"] == 40 and report["kept"] == 85
+    train, val = (list(iter_samples(root_, ["jpg", "txt"])) for root_ in (tmp_path / "out", tmp_path / "out/val"))
+    number = lambda s: s["txt"].split(" ")[-1]  # noqa: E731
+    assert val and not {number(s) for s in train} & {number(s) for s in val}
+    assert len(train) + len(val) == 85
+
+
 def test_the_split_rule_is_recorded_and_an_older_split_is_said_to_be_redrawn(tmp_path, capsys):
     root, out = small_folder(tmp_path, 24), tmp_path / "out"
     prepare(config(root, out, val_fraction=0.3), progress=False)
