@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from megadalle.data.captions import caption_lines
 from megadalle.data.images import draft_for, resize_center_crop, to_rgb, upright_size, upscaled
 from megadalle.data.sources import Item, read_shard_sample
+from megadalle.data.split import image_digest
 
 REASONS = ("missing_file", "empty_file", "unreadable", "missing_caption", "empty_caption", "not_an_image",
            "decompression_bomb", "too_small", "extreme_aspect", "truncated", "bad_manifest_row", "unrecognised_file",
@@ -69,8 +70,9 @@ def upscale_note(opts: ConvertOptions) -> str:
 class Result:
     key: str
     source: str
-    identity: str
-    """The sample's name in the input, which decides its side of the validation split (`Item.identity`)."""
+    digest: bytes = b""
+    """SHA-256 of the source image's bytes (`split.image_digest`): its side of the validation split, and what tells
+    exact duplicates (`duplicates.py`); empty for a skipped input."""
     held_out: bool = False
     """From the input's own validation split, so held out again (`Item.held_out`)."""
     sample: dict[str, Any] | None = None
@@ -176,13 +178,12 @@ def encode_image(img: Image.Image, opts: ConvertOptions) -> bytes:
 
 def convert(item: Item, opts: ConvertOptions) -> Result:
     """The sample for `item` (image, txt, json), or a Result whose `reason` says why it was skipped."""
-    result = Result(item.key, item.source, item.identity, item.held_out)
+    result = Result(item.key, item.source, held_out=item.held_out)
     try:
         if item.problem is not None:
             raise Skip(*item.problem)
         if item.span is not None:
             data, captions, origin = read_shard_item(item)
-            result.identity = f"{item.identity}/{origin['input_key']}"
         else:
             data, captions, origin = read_bytes(item), read_captions(item), {}
         img, (width, height) = open_image(data, opts)
@@ -192,6 +193,7 @@ def convert(item: Item, opts: ConvertOptions) -> Result:
                 "captions": len(captions), **origin}
         result.heavy_crop = max(width, height) / min(width, height) > HEAVY_CROP_ASPECT
         result.upscaled = upscaled((width, height), opts.image_size)
+        result.digest = image_digest(data)
         result.sample = {"__key__": item.key, opts.format: encode_image(out, opts), "txt": "\n".join(captions),
                          "json": meta}
     except Skip as skip:

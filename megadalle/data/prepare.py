@@ -7,12 +7,13 @@ directory reads as unfinished meanwhile), replaces shards by atomic renames, del
 over from a larger earlier run and writes index.json last. Skipped inputs are listed with their
 reason in report.json; a summary is printed at the end.
 
-With `val_fraction > 0` a deterministic share of the samples (by a hash of each sample's name in the
-input, see `split.py`) goes to a validation split in `<output>/val/`, its own shards and index; the training
-shards in `<output>/` then exclude them. Shards with their own split (another prepare's output, being
-resized) keep it: a sample of `<input>/val/` goes to `<output>/val/`, and `val_fraction` is refused for them. A rerun without either removes a stale
-`<output>/val/`; a `val/` holding anything megadalle does not write there is refused before any work
-(`split.py`), never deleted.
+With `val_fraction > 0` a deterministic share of the samples (by a hash of each source image's bytes, see
+`split.py`: the same image is on the same side wherever the data lies and however it is named) goes to a validation
+split in `<output>/val/`, its own shards and index; the training shards in `<output>/` then exclude them. Shards with
+their own split (another prepare's output, being resized) keep it: a sample of `<input>/val/` goes to
+`<output>/val/`, and `val_fraction` is refused for them. A rerun without either removes a stale `<output>/val/`; a
+`val/` holding anything megadalle does not write there is refused before any work (`split.py`), never deleted. Exact
+duplicates (the same image bytes and caption) are kept and counted (`duplicates.py`).
 """
 from __future__ import annotations
 
@@ -31,13 +32,15 @@ from tqdm import tqdm
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
 from megadalle.data.convert import ConvertOptions, Result, convert, crop_note, skip_notes, upscale_note
+from megadalle.data.duplicates import Duplicates
 from megadalle.data.index import REPORT_NAME, is_compressed_tar
 from megadalle.data.ingest.dropped import UNLISTED
 from megadalle.data.names import shown, shown_in
 from megadalle.data.output_guard import check_output
 from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
-from megadalle.data.split import VAL_DIR, SecondSplitError, check_split_dir, is_validation, remove_split_dir
+from megadalle.data.split import (SPLIT_RULE, VAL_DIR, SecondSplitError, check_split_dir, is_validation, redrawn_note,
+                                  remove_split_dir, split_rule)
 from megadalle.data.sources import Item, dropped_by_index, find_items
 from megadalle.data.summary import NoUsableInput, PassSummary
 from megadalle.disk_errors import refused
@@ -69,6 +72,10 @@ class PrepareSummary(PassSummary):
     """Of the kept samples, those whose image was enlarged to image_size (short side below it)."""
     upscale_note: str = ""
     """What `upscaled` means and the key that skips such images (`convert.upscale_note`)."""
+    duplicates: int = 0
+    """Of the kept samples, those with the same image bytes and caption as an earlier one (`duplicates.py`)."""
+    split_note: str = ""
+    """Set when this run redrew a split an older rule had drawn in `<output>/val/` (`split.redrawn_note`)."""
 
     VERB = "prepare"
     UNIT = "inputs"
@@ -77,8 +84,12 @@ class PrepareSummary(PassSummary):
         return f" ({self.val_kept} held out for validation)" if self.val_kept else ""
 
     def kept_lines(self) -> list[str]:
+        duplicates = ("exact duplicates: the same image bytes and caption as an earlier sample (kept, so trained on "
+                      "more often; always on one side of the split)")
         return [f"  kept    {count:>6}  {note}" for count, note in ((self.heavy_crops, self.crop_note),
-                                                                   (self.upscaled, self.upscale_note)) if count]
+                                                                   (self.upscaled, self.upscale_note),
+                                                                   (self.duplicates, duplicates)) if count] + \
+            [f"  note: {self.split_note}"] * bool(self.split_note)
 
 
 def convert_all(items: list[Item], opts: ConvertOptions, num_workers: int) -> Iterator[Result]:
@@ -130,16 +141,25 @@ def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool
     meta = {"image_size": cfg.image_size, "format": cfg.format, "source": shown(str(Path(cfg.input).resolve())),
             "settings": {key: getattr(cfg, key) for key in SETTINGS}}
     summary = PrepareSummary(report=str(cfg.report or Path(cfg.output) / "report.json"))
+    # The rule of the split written: this run's when it draws one, the input's when it keeps the input's own
+    rule = SPLIT_RULE if cfg.val_fraction > 0 else \
+        split_rule(Path(cfg.input) / VAL_DIR) if any(item.held_out for item in items) else None
+    if rule is not None:
+        meta["split_rule"] = rule
+    if cfg.val_fraction > 0:
+        summary.split_note = redrawn_note(val_dir, split_rule(val_dir))  # before this run replaces it
     writer = ShardWriter(cfg.output, cfg.shard_max_samples, cfg.shard_max_bytes, meta)
     remove_split_dir(val_dir)  # a stale split must not be read as this run's
     val_writer = ShardWriter(val_dir, cfg.shard_max_samples, cfg.shard_max_bytes, {**meta, "split": "val"}) \
         if cfg.val_fraction > 0 or any(item.held_out for item in items) else None
     reasons: Counter[str] = Counter()
+    duplicates = Duplicates()
     try:
         results = convert_all(items, opts, workers)
         for result in tqdm(results, total=len(items), desc="prepare", unit=" images", disable=not progress):
             if result.sample is not None:
-                held = result.held_out or is_validation(result.identity, cfg.val_fraction)
+                held = result.held_out or is_validation(result.digest, cfg.val_fraction)
+                duplicates.add(result.digest, result.sample["txt"])
                 (val_writer if held else writer).write(result.sample)
                 summary.kept += 1
                 summary.val_kept += held
@@ -160,7 +180,7 @@ def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool
         remove_split_dir(val_dir)
     reasons.update(left_out)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
-    summary.index_skipped = dict(sorted(left_out.items()))
+    summary.index_skipped, summary.duplicates = dict(sorted(left_out.items())), duplicates.count
     summary.crop_note, summary.upscale_note = crop_note(opts), upscale_note(opts)
     summary.notes = {reason: note for reason, note in skip_notes(opts).items() if reason in reasons}
     for reason, count in left_out.items():

@@ -17,10 +17,11 @@ every file.
 A manifest is the user's table of captions: a string in it is ONE caption, whatever it holds (a CSV
 cell quoted over several lines, a JSON string with "\n"), so its line breaks become spaces; a JSON
 list gives several captions, and so do several rows naming one image (COCO-style manifests have a row
-per caption): those rows are one sample, as one image must never be on both sides of the validation
-split. A row whose shape or types show it is not what the user meant (a CSV row with more or fewer
-fields than the header, typically an unquoted comma; a caption that is an object or a number, far
-more often the wrong column than a caption) is refused, not guessed at.
+per caption): those rows are one sample holding their captions, its image read, resized and stored once
+(its side of the validation split is its image's, `split.py`, whatever names it). A row whose shape or
+types show it is not what the user meant (a CSV row with more or fewer fields than the header,
+typically an unquoted comma; a caption that is an object or a number, far more often the wrong column
+than a caption) is refused, not guessed at.
 Text files are read as utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not data. A manifest row whose
 bytes are not UTF-8 (one Latin-1 caption among millions) is a bad row, not a reason to refuse the manifest.
 """
@@ -81,12 +82,6 @@ class Item:
     source: str
     """How the input names it (relative path or manifest line), for reports and metadata: as text (`names.shown`),
     so a name that is not UTF-8 shows its odd bytes as `\\xNN`."""
-    identity: str
-    """What decides the sample's side of the validation split (`split.py`): its name in the input, which adding
-    or removing other inputs leaves as it is (the key, a position, does not): the relative path in a folder, the
-    resolved image path in a manifest (relative to the manifest's folder when inside it), the shard's name for a
-    shard sample (the worker adds the sample's key, read with it, as `input_key` shows it: `convert`). Names as
-    read, undecodable bytes and all: the split hashes their bytes (`split.py`)."""
     captions: tuple[str, ...] | None = None
     caption_file: Path | None = None
     problem: tuple[str, str] | None = None
@@ -112,8 +107,8 @@ def shard_items(root: Path) -> list[Item]:
         for path in open_index(folder).paths():
             name = path.relative_to(root).as_posix()
             for start, end in to_spans(load_offsets(path)):
-                items.append(Item(f"{len(items):09d}", path, f"{shown(name)}@{start}", name,
-                                  span=(int(start), int(end)), held_out=held_out))
+                items.append(Item(f"{len(items):09d}", path, f"{shown(name)}@{start}", span=(int(start), int(end)),
+                                  held_out=held_out))
     return items
 
 
@@ -214,7 +209,7 @@ def folder_items(root: Path) -> list[Item]:
         caption = found[0] if found else p.with_suffix(CAPTION_EXTENSION)
         used.add(caption)
         name = p.relative_to(root).as_posix()
-        items.append(Item(f"{len(items):09d}", p, shown(name), name, caption_file=caption))
+        items.append(Item(f"{len(items):09d}", p, shown(name), caption_file=caption))
     for p in files:
         suffix = p.suffix.lower()
         if suffix == CAPTION_EXTENSION and p not in used:
@@ -232,7 +227,7 @@ def folder_items(root: Path) -> list[Item]:
         else:
             continue
         name = p.relative_to(root).as_posix()
-        items.append(Item(f"{len(items):09d}", p, shown(name), name, problem=problem))
+        items.append(Item(f"{len(items):09d}", p, shown(name), problem=problem))
     return items
 
 
@@ -335,11 +330,10 @@ def manifest_captions(value) -> tuple[str, ...]:
 
 def manifest_items(manifest: Path, rows) -> list[Item]:
     """Items of manifest rows, one per image: a COCO-style manifest gives each image a row per caption, and an
-    item per row put copies of one image on both sides of the validation split. Rows naming the same file (its
-    resolved path: `img/a.jpg`, `./img/a.jpg` and an absolute spelling are one image) become one item holding
-    their captions in row order, at the place of the image's first row; a bad row stays an item of its own.
+    item per row stored one image as several samples (an epoch showed it once per caption). Rows naming the same
+    file (its resolved path: `img/a.jpg`, `./img/a.jpg` and an absolute spelling are one image) become one item
+    holding their captions in row order, at the place of the image's first row; a bad row stays an item of its own.
     Relative image paths are taken from the manifest's folder."""
-    base = resolve(manifest.parent)
     items: list[Item] = []
     groups: dict[Path, tuple[int, list[str]]] = {}  # resolved image path -> (its item's position, its captions)
     for number, image, caption, problem in rows:
@@ -359,12 +353,11 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
             resolved = resolve(path)
         except BadRow as err:
             reason = "missing_file" if isinstance(err, NotLocal) else "bad_manifest_row"
-            items.append(Item(f"{len(items):09d}", manifest, source, source, problem=(reason, str(err))))
+            items.append(Item(f"{len(items):09d}", manifest, source, problem=(reason, str(err))))
             continue
         if resolved not in groups:
             groups[resolved] = (len(items), [])
-            identity = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.as_posix()
-            items.append(Item(f"{len(items):09d}", path, f"{source}:{shown(image)}", identity, captions=()))
+            items.append(Item(f"{len(items):09d}", path, f"{source}:{shown(image)}", captions=()))
         groups[resolved][1].extend(found)
     for at, found in groups.values():
         items[at] = replace(items[at], captions=tuple(found))

@@ -1,14 +1,21 @@
 """The held-out validation split: which samples `prepare` writes to `<output>/val/` instead of `<output>/`.
 
-A sample's side is a pure function of its identity, its name in the input (`sources.Item.identity`: the
-relative path in a folder, the resolved image path in a manifest, shard name and key for a shard sample):
-the first 8 bytes of SHA-256 of its bytes (`names.name_bytes`: a name that is not UTF-8 hashes as the bytes it was
-read from), read as a fraction of 2**64, below `val_fraction` means validation.
-Never of its position in the listing: adding or removing other inputs then moves no sample across (a
-position-based split sent samples that had been held out into training when a file sorting first was
-added, so the model trained on what it had been measured on). Rerunning `prepare` gives the same split
-whatever the number of workers, and `encode` carries it over to the token shards (`<tokens>/val/`), so
-the dVAE, CLIP and the Transformer hold out the very same samples.
+A sample's side is a pure function of its source image's bytes, as `prepare` read them (the file of a folder or
+manifest, the image field of a shard sample): the first 8 bytes of their SHA-256, read as a fraction of 2**64, below
+`val_fraction` means validation. Never of its position in the listing nor of its name: adding or removing other inputs
+moves no sample across (a position-based split sent held-out samples into training when a file sorting first was
+added), and neither does moving the data, reaching it by another path, growing it as a sibling source under a new
+root, re-sharding it or re-keying it (a name-based split did each: a COCO manifest copied to another disk, `raw/cc3m`
+prepared again as part of `raw/`, the same shards cut at another size, each moved most held-out samples into
+training). The same image is on one side wherever it is and whatever it is called, so byte-identical copies (scrapes
+repost) and an image's several captions are never split across (a re-encoded or resized copy has other bytes, and
+may be). Rerunning `prepare` gives the same split whatever the
+number of workers, and `encode` carries it over to the token shards (`<tokens>/val/`), so the dVAE, CLIP and the
+Transformer hold out the very same samples.
+
+The rule is recorded in both indexes' meta (`split_rule`): a split drawn by an earlier rule (the sample's name, before
+this one) is redrawn on the next run, and `prepare` says so (`redrawn_note`), as a run trained on the old split's
+training shards has seen some of the new validation samples.
 
 Each run replaces `<output>/val/` (a stale split must not be read as this run's), but only a folder
 holding nothing but what megadalle writes there: a `val/` of the user's own (images, notes, shards from
@@ -17,16 +24,22 @@ elsewhere) is refused before any work, never deleted.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from pathlib import Path
 
 from megadalle.config.data import VAL_DIR
-from megadalle.data.names import name_bytes
 from megadalle.data.verb_outputs import PREPARE_SHARD
 from megadalle.errors import UserError
 
-__all__ = ["VAL_DIR", "SecondSplitError", "SplitDirError", "check_split_dir", "is_validation", "remove_split_dir"]
+__all__ = ["SPLIT_RULE", "VAL_DIR", "SecondSplitError", "SplitDirError", "check_split_dir", "image_digest",
+           "is_validation", "redrawn_note", "remove_split_dir", "split_rule"]
+
+SPLIT_RULE = "image-sha256"
+"""What index.json's meta says (`split_rule`) of a split drawn by `is_validation` over `image_digest`."""
+NAME_RULE = "sample-name"
+"""The rule of a split whose index records none: before SPLIT_RULE, a hash of the sample's name in the input."""
 
 OWN = rf"{PREPARE_SHARD.pattern}(?:\.idx)?|index\.json|(?:index-)?report\.json"
 """What megadalle writes into a shard folder: shards, offsets, index (shards.py, ingest/) and reports."""
@@ -44,10 +57,36 @@ class SecondSplitError(UserError, ValueError):
     10%), and any other way of re-splitting would move validated samples into training."""
 
 
-def is_validation(identity: str, fraction: float) -> bool:
-    """True when the sample named `identity` belongs to the held-out split of size `fraction` (0 <= fraction < 1)."""
-    digest = hashlib.sha256(name_bytes(identity)).digest()
+def image_digest(data: bytes) -> bytes:
+    """SHA-256 of a source image's bytes: what decides its side (`is_validation`), computed by the worker that read
+    them (`convert`), so no image is read twice."""
+    return hashlib.sha256(data).digest()
+
+
+def is_validation(digest: bytes, fraction: float) -> bool:
+    """True when the image whose `image_digest` is `digest` belongs to the held-out split of size `fraction`
+    (0 <= fraction < 1)."""
     return int.from_bytes(digest[:8], "big") < fraction * 2 ** 64
+
+
+def split_rule(val_dir: Path) -> str | None:
+    """The rule that drew the split in `val_dir`: its index's record, NAME_RULE for a prepare's that records none;
+    None when no finished split is there or tars from elsewhere are (indexed by `megadalle index`: no rule known)."""
+    try:
+        meta = json.loads((val_dir / "index.json").read_text(encoding="utf-8"))["meta"]
+        return meta.get("split_rule", None if "indexed_by" in meta else NAME_RULE)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def redrawn_note(val_dir: Path, earlier: str | None) -> str:
+    """What to tell of a split drawn by `SPLIT_RULE` over one that `earlier` drew in `val_dir`: empty when it drew
+    the same way (or nothing was there), else that samples changed side."""
+    if earlier in (None, SPLIT_RULE):
+        return ""
+    return (f"{val_dir} held a split drawn by {earlier} (an older megadalle); this one is drawn by {SPLIT_RULE}, so "
+            "some samples changed side: a model trained on the old training shards has seen some of the new "
+            "validation samples, so start its training afresh rather than resume it on this data")
 
 
 def check_split_dir(val_dir: Path) -> None:

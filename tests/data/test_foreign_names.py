@@ -1,5 +1,5 @@
 """Names that are not UTF-8 (a file copied from a Latin-1 system, a tar key written there): `prepare` keeps their
-samples and reports them as text, and the validation split of every UTF-8 name stays where it was."""
+samples and reports them as text, and splits them by their image like any other (a name never decides a side)."""
 from __future__ import annotations
 
 import io
@@ -7,27 +7,10 @@ import json
 import os
 import tarfile
 
-import pytest
-
 from megadalle.cli import main
 from megadalle.data.shards import iter_samples
-from megadalle.data.split import is_validation
+from megadalle.data.split import image_digest, is_validation
 from tests.data.conftest import jpeg_bytes
-
-SIDES = {"a/cat.jpg": 0.420818589097051, "café.jpg": 0.6434729975913582, "写真/猫.png": 0.06921156912503228,
-         "shard-000000.tar/000000001": 0.9190517261420246, "emoji-🐱.webp": 0.8200788886062498}
-"""Where SHA-256 of each name's UTF-8 puts it in [0, 1): what every split before names were hashed as bytes used."""
-
-
-@pytest.mark.parametrize("name", SIDES)
-def test_a_utf8_name_keeps_its_side_of_the_split(name):
-    assert is_validation(name, SIDES[name] + 1e-9) and not is_validation(name, SIDES[name] - 1e-9)
-
-
-def test_a_name_that_is_not_utf8_is_split_by_its_bytes():
-    name = os.fsdecode(b"caf\xe9.jpg")  # what os.walk gives: the byte 0xe9 as the surrogate \udce9
-    assert is_validation(name, 0.597) and not is_validation(name, 0.595)  # sha256(b"caf\xe9.jpg") -> 0.5955
-
 
 def test_prepare_keeps_and_reports_files_whose_names_are_not_utf8(tmp_path, capsys):
     root = tmp_path / "in"
@@ -37,13 +20,15 @@ def test_prepare_keeps_and_reports_files_whose_names_are_not_utf8(tmp_path, caps
         if caption is not None:
             (root / os.fsdecode(name + b".txt")).write_text(caption)
     out = tmp_path / "out"
-    # 0.597: sha256(b"caf\xe9.jpg") is 0.5955 (held out), that of the text `caf\xe9.jpg` 0.5991 (not)
+    # 0.5: the image of caf\xe9 is at 0.937 of [0, 1) (training), that of ok at 0.137 (held out)
+    assert not is_validation(image_digest(jpeg_bytes((40, 40), 4)), 0.5)
+    assert is_validation(image_digest(jpeg_bytes((40, 40), 2)), 0.5)
     assert main(["prepare", f"input={root}", f"output={out}", "image_size=32", "min_side=32", "num_workers=0",
-                 "val_fraction=0.597"]) == 0
+                 "val_fraction=0.5"]) == 0
     assert "kept 2 samples (1 held out for validation)" in capsys.readouterr().out
-    assert [(s["json"]["source"], s["txt"]) for s in iter_samples(out / "val", ["txt", "json"])] == \
+    assert [(s["json"]["source"], s["txt"]) for s in iter_samples(out, ["txt", "json"])] == \
         [("caf\\xe9.jpg", "a cafe")]
-    assert [s["json"]["source"] for s in iter_samples(out, ["json"])] == ["ok.jpg"]
+    assert [s["json"]["source"] for s in iter_samples(out / "val", ["json"])] == ["ok.jpg"]
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert [(b["source"], b["reason"], b["detail"]) for b in report["bad"]] == \
         [("na\\xefve.jpg", "missing_caption", "no na\\xefve.txt beside the image")]
@@ -64,7 +49,7 @@ def test_prepare_reads_a_tar_whose_keys_are_not_utf8(tmp_path, capsys):
         add(tar, b"na\xefve.jpg", jpeg_bytes((40, 40), 2))  # no caption: the index skips it
     out = tmp_path / "out"
     assert main(["prepare", f"input={root}", f"output={out}", "image_size=32", "min_side=32", "num_workers=0",
-                 "val_fraction=0.5"]) == 0
+                 "val_fraction=0.4"]) == 0  # its image is at 0.491 of [0, 1): training
     assert "kept 1 samples" in capsys.readouterr().out
     (sample,) = iter_samples(out, ["txt", "json"])
     assert sample["json"]["input_key"] == "caf\\xe9" and sample["txt"] == "a cafe"

@@ -1,10 +1,13 @@
 """Which side of the validation split a sample lands on: one image is one sample whatever the manifest's
-shape, a sample's side depends on that sample alone, never on what else the input holds, an input's own split
-is kept, and `<output>/val/` is replaced only when it is megadalle's."""
+shape, a sample's side depends on its image's bytes alone, never on what else the input holds nor on where the data
+lies, how it is named or sharded, an input's own split is kept, and `<output>/val/` is replaced only when it is
+megadalle's."""
 from __future__ import annotations
 
 import csv
 import json
+import shutil
+import zlib
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from megadalle.cli import main
 from megadalle.data.prepare import prepare
 from megadalle.data.shards import iter_samples
 from megadalle.data.sources import find_items
-from megadalle.data.split import SecondSplitError, SplitDirError
+from megadalle.data.split import NAME_RULE, SPLIT_RULE, SecondSplitError, SplitDirError
 from tests.data.conftest import jpeg_bytes
 from tests.data.test_prepare import config, put
 
@@ -52,17 +55,22 @@ def test_a_manifest_row_per_caption_gives_one_sample_per_image_on_one_side(tmp_p
     assert [image_of(s) for s in train] == sorted(image_of(s) for s in train)  # first-appearance order
 
 
+def image(name: str) -> bytes:
+    """An image of its own for each name (the same name, the same bytes, wherever it is written)."""
+    return jpeg_bytes((40, 40), zlib.crc32(name.encode()))
+
+
 def folder_input(tmp_path, names):
     root = tmp_path / "in"
     for name in names:
-        put(root, f"{name}.jpg", jpeg_bytes((40, 40), len(name)), f"caption {name}")
+        put(root, f"{name}.jpg", image(name), f"caption {name}")
     return root
 
 
 def manifest_input(tmp_path, names):
     (tmp_path / "img").mkdir(exist_ok=True)
     for name in names:
-        (tmp_path / "img" / f"{name}.jpg").write_bytes(jpeg_bytes((40, 40), len(name)))
+        (tmp_path / "img" / f"{name}.jpg").write_bytes(image(name))
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"image": f"img/{name}.jpg", "caption": f"caption {name}"}) + "\n"
                                 for name in names))
@@ -78,7 +86,7 @@ def shard_input(tmp_path, names):
     for name in names:
         with TarWriter(str(root / f"{name}.tar")) as tar:
             for key in ("0", "1"):
-                tar.write({"__key__": key, "jpg": jpeg_bytes((40, 40), len(name)), "txt": f"caption {name}-{key}"})
+                tar.write({"__key__": key, "jpg": image(f"{name}-{key}"), "txt": f"caption {name}-{key}"})
     return root
 
 
@@ -109,20 +117,113 @@ def test_a_samples_side_depends_on_it_alone_not_on_what_else_the_input_holds(tmp
     assert {c.split("-")[0] for c in (more_train | more_val) - (fewer_train | fewer_val)} == {f"caption {gone}"}
 
 
-def test_a_manifest_images_identity_is_its_path_from_the_manifests_folder_whatever_the_spelling(tmp_path):
-    data = tmp_path / "data"
-    for name in ("img/a.jpg", "b.jpg"):
-        (data / name).parent.mkdir(parents=True, exist_ok=True)
-        (data / name).write_bytes(jpeg_bytes((40, 40), 1))
-    (tmp_path / "outside.jpg").write_bytes(jpeg_bytes((40, 40), 2))
-    rows = ["img/a.jpg", "./img/../img/a.jpg", str(data / "b.jpg"), "../outside.jpg"]
-    (data / "m.jsonl").write_text("".join(json.dumps({"image": row, "caption": row}) + "\n" for row in rows))
-    items = find_items(data / "m.jsonl")
-    assert [item.identity for item in items] == ["img/a.jpg", "b.jpg", (tmp_path / "outside.jpg").resolve().as_posix()]
-    assert items[0].captions == ("img/a.jpg", "./img/../img/a.jpg")
-    moved = tmp_path / "moved"
-    data.rename(moved)
-    assert find_items(moved / "m.jsonl")[0].identity == "img/a.jpg"  # the data set moved as a whole: the same
+def coco_like(root: Path, names, prefix: str = "") -> Path:
+    """COCO's layout: the manifest in annotations/, its images beside that folder (`../images/x.jpg`), two rows
+    (captions) each: the images lie outside the manifest's folder, whose identity was their absolute path."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    rows = []
+    for name in names:
+        (root / "images" / f"{prefix}{name}.jpg").write_bytes(image(name))
+        rows += [{"image": f"../images/{prefix}{name}.jpg", "caption": f"caption {name} {c}"} for c in range(2)]
+    manifest = root / "annotations" / "m.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return manifest
+
+
+def test_the_same_data_at_another_path_or_under_other_names_has_the_same_split(tmp_path):
+    """Copied to another disk (a node-local copy, another cluster), a COCO-like tree was split anew: 34 of 39
+    held-out samples moved into training. The images renamed, or a folder reached by another path: the same."""
+    names = [f"pic{i:02d}" for i in range(40)]
+    coco_like(tmp_path / "a", names)
+    shutil.copytree(tmp_path / "a", tmp_path / "b_moved")
+    coco_like(tmp_path / "renamed", names, prefix="x_")
+    split = {}
+    for tree in ("a", "b_moved", "renamed"):
+        prepare(config(tmp_path / tree / "annotations/m.jsonl", tmp_path / f"out_{tree}", val_fraction=0.3),
+                progress=False)
+        split[tree] = sides(tmp_path / f"out_{tree}")
+    assert split["a"][1] and split["a"][0]
+    assert split["a"] == split["b_moved"] == split["renamed"]
+
+    folder = folder_input(tmp_path, names)
+    (tmp_path / "link").symlink_to(folder)
+    prepare(config(folder, tmp_path / "f1", val_fraction=0.3), progress=False)
+    prepare(config(tmp_path / "link", tmp_path / "f2", val_fraction=0.3), progress=False)
+    assert sides(tmp_path / "f1") == sides(tmp_path / "f2")
+    assert {c.split(" ")[1] for c in sides(tmp_path / "f1")[1]} == {c.split(" ")[1] for c in split["a"][1]}
+
+
+def test_a_source_grown_by_siblings_keeps_every_earlier_samples_side(tmp_path):
+    """`input=raw/cc3m` first, then `input=raw` once two more sources sit beside it (README's grown-folder resume):
+    15 of 19 held-out samples moved into training, so a resume validated on samples it had trained on."""
+    raw = tmp_path / "raw"
+    for source in ("cc3m", "laion", "wikiart"):
+        for i in range(25):
+            put(raw / source, f"{i:03d}.jpg", image(f"{source}{i}"), f"{source} caption {i}")
+    prepare(config(raw / "cc3m", tmp_path / "cc", val_fraction=0.3), progress=False)
+    prepare(config(raw, tmp_path / "all", val_fraction=0.3), progress=False)
+    (train, val), (all_train, all_val) = sides(tmp_path / "cc"), sides(tmp_path / "all")
+    assert val and train <= all_train and val <= all_val
+
+
+def test_the_same_samples_sharded_otherwise_or_rekeyed_have_the_same_split(tmp_path):
+    """Shard input: the side hung on shard name + key, so the same samples cut into shards of 100 or of 250 were
+    split differently (28 of 43 moved), and prepare's own keys (positions) moved 35 of 43 when one row was added
+    before the others."""
+    names = [f"pic{i:03d}" for i in range(60)]
+    for size in (7, 25):
+        prepare(config(folder_input(tmp_path, names), tmp_path / f"s{size}", shard_max_samples=size), progress=False)
+    folder = tmp_path / "in"
+    put(folder, "000_first.jpg", image("000_first"), "caption 000_first")  # shifts every later key by one
+    prepare(config(folder, tmp_path / "rekeyed", shard_max_samples=7), progress=False)
+    for shards in ("s7", "s25", "rekeyed"):
+        prepare(config(tmp_path / shards, tmp_path / f"split_{shards}", val_fraction=0.3), progress=False)
+    train, val = sides(tmp_path / "split_s7")
+    assert val and sides(tmp_path / "split_s25") == (train, val)
+    more_train, more_val = sides(tmp_path / "split_rekeyed")
+    assert train <= more_train and val <= more_val
+
+
+def test_exact_duplicates_land_on_one_side_and_are_counted(tmp_path, capsys):
+    """Scraped sets repost: each image saved twice under two names (same bytes, same caption) put 54 of 60
+    validation images' twins in training. Both copies are kept (no option removes them), on one side, and
+    counted; the same image under another caption is on its side too, but is no exact duplicate."""
+    root = tmp_path / "raw"
+    for i in range(40):
+        for copy in "ab":
+            put(root, f"{i:04d}{copy}.jpg", image(str(i)), f"caption {i}")
+    for i in range(5):
+        put(root, f"{i:04d}c.jpg", image(str(i)), f"another caption {i}")
+    assert main(["prepare", f"input={root}", f"output={tmp_path / 'out'}", "image_size=32", "min_side=32",
+                 "num_workers=0", "val_fraction=0.3"]) == 0
+    assert "kept        40  exact duplicates" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["duplicates"] == 40 and report["kept"] == 85
+    train, val = (list(iter_samples(root_, ["jpg", "txt"])) for root_ in (tmp_path / "out", tmp_path / "out/val"))
+    number = lambda s: s["txt"].split(" ")[-1]  # noqa: E731
+    assert val and not {number(s) for s in train} & {number(s) for s in val}
+    assert len(train) + len(val) == 85
+
+
+def test_the_split_rule_is_recorded_and_an_older_split_is_said_to_be_redrawn(tmp_path, capsys):
+    root, out = small_folder(tmp_path, 24), tmp_path / "out"
+    prepare(config(root, out, val_fraction=0.3), progress=False)
+    index = lambda folder: json.loads((folder / "index.json").read_text())  # noqa: E731
+    assert index(out)["meta"]["split_rule"] == index(out / "val")["meta"]["split_rule"] == SPLIT_RULE
+    assert main(["prepare", f"input={root}", f"output={out}", "image_size=32", "min_side=32", "num_workers=0",
+                 "val_fraction=0.3"]) == 0
+    assert "note:" not in capsys.readouterr().out  # the same rule: nothing moved
+
+    older = index(out / "val")
+    del older["meta"]["split_rule"]  # as a prepare before the rule was recorded wrote it
+    (out / "val/index.json").write_text(json.dumps(older))
+    assert main(["prepare", f"input={root}", f"output={out}", "image_size=32", "min_side=32", "num_workers=0",
+                 "val_fraction=0.3"]) == 0
+    printed = capsys.readouterr().out
+    assert f"note: {out / 'val'} held a split drawn by {NAME_RULE}" in printed
+    assert "start its training afresh" in printed
+    assert index(out / "val")["meta"]["split_rule"] == SPLIT_RULE
 
 
 def small_folder(tmp_path, n=12):
@@ -176,6 +277,7 @@ def test_re_preparing_a_prepared_folder_keeps_its_validation_split(tmp_path):
 
     summary = prepare(config(first, again, image_size=16), progress=False)  # resize; val_fraction left at 0
     assert sides(again) == (train, val) and summary.val_kept == len(val)
+    assert json.loads((again / "val/index.json").read_text())["meta"]["split_rule"] == SPLIT_RULE  # the input's
     assert {s["jpg"].size for root in (again, again / "val") for s in iter_samples(root, ["jpg"])} == {(16, 16)}
 
     with pytest.raises(SecondSplitError, match=f"val_fraction=0.3: {first} has its own validation split"):

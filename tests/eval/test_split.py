@@ -11,7 +11,7 @@ from megadalle.cli import main
 from megadalle.config.data import DataConfig, PrepareConfig
 from megadalle.data.prepare import prepare
 from megadalle.data.shards import ShardIndex, iter_samples
-from megadalle.data.split import is_validation
+from megadalle.data.split import image_digest, is_validation
 from megadalle.errors import UserError
 
 
@@ -31,10 +31,17 @@ def keys(root) -> list[str]:
 
 
 def test_is_validation_is_a_stable_fraction():
-    held = [is_validation(f"{i:09d}", 0.2) for i in range(5000)]
+    digests = [image_digest(f"{i:09d}".encode()) for i in range(5000)]
+    held = [is_validation(digest, 0.2) for digest in digests]
     assert abs(sum(held) / 5000 - 0.2) < 0.02
-    assert held == [is_validation(f"{i:09d}", 0.2) for i in range(5000)]
-    assert not any(is_validation(f"{i:09d}", 0.0) for i in range(100))
+    assert held == [is_validation(image_digest(f"{i:09d}".encode()), 0.2) for i in range(5000)]
+    assert not any(is_validation(digest, 0.0) for digest in digests[:100])
+
+
+@pytest.mark.parametrize("data, fraction", [(b"", 0.8894159948913374), (b"abc", 0.7283949105904022)])
+def test_an_images_side_is_the_first_8_bytes_of_the_sha256_of_its_bytes(data, fraction):
+    """sha256(b"") = e3b0c442 98fc1c14...: 0xe3b0c44298fc1c14 / 2**64 = 0.8894."""
+    assert is_validation(image_digest(data), fraction + 1e-9) and not is_validation(image_digest(data), fraction - 1e-9)
 
 
 def test_prepare_holds_out_a_disjoint_deterministic_split(tmp_path):
@@ -46,7 +53,8 @@ def test_prepare_holds_out_a_disjoint_deterministic_split(tmp_path):
     assert summary.kept == 40 and summary.val_kept == len(val) > 0
     assert sorted(train + val) == [f"{i:09d}" for i in range(40)] and not set(train) & set(val)
     names = {s["__key__"]: s["json"]["source"] for root in (out, out / "val") for s in iter_samples(root, ["json"])}
-    assert val == [k for k in sorted(names) if is_validation(names[k], 0.25)]  # by relative path, not by key
+    assert val == [k for k in sorted(names)  # by the source image's bytes, not by key
+                   if is_validation(image_digest((folder / names[k]).read_bytes()), 0.25)]
     assert ShardIndex.load(out / "val").meta["split"] == "val"
 
     prepare(PrepareConfig(input=str(folder), output=str(out), image_size=32, num_workers=2, val_fraction=0.25),
