@@ -58,8 +58,8 @@ class PrepareConfig:
     """Where the JSON report of skipped inputs goes; null = <output>/report.json."""
     val_fraction: float = 0.0
     """Share of the samples held out as a validation split in <output>/val/, chosen by a hash of each sample's
-    name in the input (relative path, manifest image path, shard name and key): reruns give the same split, and
-    adding or removing data moves no other sample across; 0 = none. Shards with their own val/ keep it, and
+    image bytes: reruns give the same split wherever the data sits and however it is named or sharded, copies of an
+    image land on one side, and adding or removing data moves no other sample across; 0 = none. Shards with their own val/ keep it, and
     refuse a value above 0 (it would hold out a second share on top)."""
 
     def validate(self, where: str = "") -> None:

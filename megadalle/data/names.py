@@ -2,10 +2,9 @@
 
 A POSIX name is bytes: a photo copied from an old Latin-1 or Windows system (`caf\\xe9.jpg`) or a tar written there
 holds a name that is not valid UTF-8. Python reads it as a str holding each undecodable byte as a lone surrogate
-(`surrogateescape`: os.walk, tarfile), which opens the file again but cannot be encoded as UTF-8: hashing such a
-name for the validation split, or writing it into report.json or a sample's json, raised UnicodeEncodeError and
-stopped a whole `prepare`. The name's bytes decide its split (`name_bytes`); reports and metadata hold it as text
-(`shown`). JSON brings in lone surrogates too (`"\\ud83d"`), in a manifest's caption or a shard's json.
+(`surrogateescape`: os.walk, tarfile), which opens the file again but cannot be encoded as UTF-8: writing such a
+name into report.json or a sample's json raised UnicodeEncodeError and stopped a whole `prepare`. Reports and
+metadata hold it as text (`shown`). JSON brings in lone surrogates too (`"\\ud83d"`), in a manifest's caption or a shard's json.
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def name_bytes(name: str) -> bytes:
     """The bytes `name` stands for: its UTF-8, each undecodable byte of a file or tar name back as it was read (a
-    valid UTF-8 name gives exactly its UTF-8, so the validation split of such names is what it always was)."""
+    valid UTF-8 name gives exactly its UTF-8)."""
     return name.encode("utf-8", "surrogateescape")
 
 
