@@ -1,7 +1,7 @@
 """Validation during training: the task's loss on a fixed held-out subset every `trainer.eval_every` updates.
 
-The subset is read once (the first `trainer.eval_batches` global batches of `task.validation_batches`,
-this rank's micro-batches of them) and kept on the device, so every evaluation scores the same samples
+The subset is read once (the first `trainer.eval_batches` global batches of `task.validation_batches`, a seeded
+permutation of the split, this rank's micro-batches of them) and kept on the device, so every evaluation scores the same samples
 and the curve moves only when the model does. A split that ends (`task.validation_split`) is read at most once
 over: fewer global batches where it holds fewer samples than asked for, said once when the run starts, and a split
 smaller than one micro-batch on every rank is refused then (data/val_pass.py). Every micro-batch is full, so the
