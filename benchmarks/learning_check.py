@@ -168,7 +168,8 @@ def run_check(work: str | Path, preset: Preset, seed: int = 0, dvae_overrides: t
     accuracy, stderr = caption_accuracy(per_caption)
     val = [r["val/loss"] for r in map(json.loads, (work / "runs/dalle/metrics.jsonl").read_text().splitlines())
            if "val/loss" in r]
-    return {"accuracy": accuracy, "chance": 0.1, "stderr": stderr, "judge_accuracy_on_real": judge_accuracy, "per_caption": per_caption, "images": count,
+    return {"accuracy": accuracy, "chance": 0.1, "stderr": stderr,
+            "judge_accuracy_on_real": judge_accuracy, "per_caption": per_caption, "images": count,
             "val_loss_first": val[0], "val_loss_last": val[-1], "seconds": times, "preset": asdict(preset)}
 
 
