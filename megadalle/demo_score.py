@@ -1,16 +1,14 @@
 """The demo's accuracy figures: per caption, then mean and standard error over captions.
 
-A caption's samples share its errors (a model that paints a yellow square orange does so in most of
-that caption's samples), so samples are not independent draws: the unit is the caption. Each caption
-gets its share of matching samples; a group's figure is their mean, with the standard error of that
+A caption's samples are not independent draws: the unit is the caption (megadalle.caption_unit). Each
+caption gets its share of matching samples; a group's figure is their mean, with the standard error of that
 mean over captions (sd / sqrt(n), None for a single caption). Two criteria: all of colour, shape and
 position (the headline), and colour and shape alone (what the demo reported before it judged position).
 Two picks: CLIP's best `keep` of the samples (what `generate` shows) and all samples (no rerank).
 """
 from __future__ import annotations
 
-import math
-
+from megadalle.caption_unit import mean_se
 from megadalle.demo_data import Scene
 from megadalle.demo_judge import ATTRIBUTES, agrees
 
@@ -25,15 +23,6 @@ def caption_score(judged: list[Scene | None], scene: Scene, keep: int) -> dict[s
         hits = [agrees(seen, scene, attributes) for seen in judged]
         score[criterion] = {"reranked": sum(hits[:keep]) / len(hits[:keep]), "raw": sum(hits) / len(hits)}
     return score
-
-
-def mean_se(values: list[float]) -> tuple[float, float | None]:
-    """Mean and its standard error (sample sd / sqrt(n)); None when one value cannot give a spread."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def summarise(scores: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float | None]]:

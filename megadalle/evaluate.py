@@ -21,7 +21,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from megadalle.caption_unit import mean_se
 from megadalle.config import ConfigError, build, check, top_level
+from megadalle.config.data import VAL_DIR
 from megadalle.config.ema import ema_choice
 from megadalle.config.evaluate import EvaluateConfig
 from megadalle.data import atomic
@@ -42,8 +44,13 @@ from megadalle.sampling.stop import SamplingStopped, stops_on_signals
 class Scores:
     captions: int
     samples_per_caption: int
+    samples: int = 0
+    """Samples drawn (captions x samples_per_caption): those behind the CLIP score and FID."""
     clip_score: float | None = None
     """Mean cosine similarity (CLIP) of every sample with its caption."""
+    clip_score_se: float | None = None
+    """Standard error of clip_score over captions (caption_unit: a caption's samples are no independent draws);
+    None for a single caption."""
     clip_score_best: float | None = None
     """Mean over captions of the best sample's CLIP score (the top of a reranked grid)."""
     fid: float | None = None
@@ -54,13 +61,30 @@ class Scores:
     seconds: float = 0.0
 
     def markdown(self) -> str:
+        clip = self.clip_score if self.clip_score_se is None else f"{self.clip_score:.4f} ± {self.clip_score_se:.4f}"
         rows = [("captions", self.captions), ("samples per caption", self.samples_per_caption),
-                ("CLIP score (all samples)", self.clip_score), ("CLIP score (best per caption)", self.clip_score_best),
+                ("samples (CLIP score, FID)", self.samples),
+                ("CLIP score (all samples)", clip), ("CLIP score (best per caption)", self.clip_score_best),
                 ("FID", self.fid), ("KID", None if self.kid is None else f"{self.kid:.5f} ± {self.kid_std:.5f}"),
                 ("real images", self.real_images), ("feature extractor", self.feature_extractor),
                 ("seconds", f"{self.seconds:.1f}")]
         cell = lambda v: "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-        return "| metric | value |\n|---|---|\n" + "".join(f"| {name} | {cell(v)} |\n" for name, v in rows)
+        table = "| metric | value |\n|---|---|\n" + "".join(f"| {name} | {cell(v)} |\n" for name, v in rows)
+        return table + "".join(f"\n{note}\n" for note in self.notes())
+
+    def notes(self) -> list[str]:
+        """What the figures may be compared with. FID's estimate is biased upward, more so the fewer the samples:
+        published figures draw 30,000 (50,000 for FID-50k), and a few hundred samples give a larger FID of the
+        same model, comparable only with FIDs of the same counts."""
+        notes = []
+        if self.clip_score_se is not None:
+            notes.append(f"CLIP score ± its standard error over the {self.captions} captions (a caption's samples "
+                         "are no independent draws); KID ± its standard deviation over subsets.")
+        if self.fid is not None:
+            notes.append(f"FID of {self.samples} samples against {self.real_images} real images: biased upward at "
+                         "few samples, comparable only with FIDs of the same counts, not with published figures of "
+                         "30,000 samples.")
+        return notes
 
 
 def read_captions(cfg: EvaluateConfig) -> list[str]:
@@ -112,6 +136,18 @@ def shard_captions(shards: str, limit: int) -> list[str]:
         print(f"[evaluate] shards={shards}: {read - len(captions)} of the first {read} samples have no caption "
               "(a blank txt field); skipped", file=sys.stderr)
     return captions
+
+
+def note_held_out_split(cfg: EvaluateConfig) -> None:
+    """`prepare`'s output holds its training samples at the root and the held-out split in `<output>/val`: evaluate
+    reads the root's index, so `shards=<prepare output>` scored the samples the model trained on (their captions,
+    and their images as FID's reals) with the held-out split beside them unused. Said once per key that names such
+    a folder; the user may mean it (how well the model fits its training set)."""
+    for key, folder in (("shards", cfg.shards), ("real", cfg.real)):
+        if folder is not None and Path(folder, VAL_DIR, "index.json").is_file():
+            held_out = Path(folder, VAL_DIR)
+            print(f"[evaluate] {key}={folder} reads its training samples, not its held-out split {held_out}: "
+                  f"pass {key}={held_out} to score samples the model did not train on", file=sys.stderr)
 
 
 def caption_source(cfg: EvaluateConfig) -> str:
@@ -225,21 +261,21 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
         samples.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(samples / "index.json",
                            json.dumps(sample_index(captions, cfg.n, clip is not None), indent=1).encode())
-    scores, best, fake = [], [], []
+    per_caption, best, fake = [], [], []
     with tqdm(captions, desc="evaluate", unit=" caption", disable=not progress) as bar:  # closed on a stop too
         for i, caption in enumerate(bar):
             result = generate(model, dvae, clip, tokenizer, caption, cfg.n, cfg.n, cfg.batch_size, settings,
                               cfg.seed + i, progress=False)
             if result.scores is not None:
-                scores += result.scores
+                per_caption.append(sum(result.scores) / len(result.scores))
                 best.append(max(result.scores))
             if extract is not None:  # batch_size at a time: Inception on n images at once could exceed the GPU
                 fake += [extract(chunk).float().cpu() for chunk in result.images.split(cfg.batch_size)]
             if cfg.save_samples:
                 save_images(result.images, samples, i)
-    out = Scores(len(captions), cfg.n)
-    if scores:
-        out.clip_score, out.clip_score_best = sum(scores) / len(scores), sum(best) / len(best)
+    out = Scores(len(captions), cfg.n, len(captions) * cfg.n)
+    if per_caption:  # every caption has n samples: the mean of their means is the mean over all samples
+        (out.clip_score, out.clip_score_se), out.clip_score_best = mean_se(per_caption), sum(best) / len(best)
     if extract is not None and cfg.real_images is not None:
         reals = real_features(cfg.real_images, dvae.cfg.image_size, cfg.max_real, extract, cfg.batch_size).numpy()
         fakes = torch.cat(fake).numpy()
@@ -276,6 +312,7 @@ def run(cfg: DictConfig) -> int:
     command starts again) ends it with one line, no traceback, and no folder it made left empty."""
     ec = build(EvaluateConfig, {**top_level(cfg, EvaluateConfig), "seed": cfg.get("seed", 0)}, "")
     captions = read_captions(ec)
+    note_held_out_split(ec)
     check_fidelity_inputs(ec, min(len(captions), ec.max_captions))
     extract = feature_extractor(ec.feature_extractor, ec.feature_weights) if ec.real_images else None
     refuse_earlier_results(ec.output, METRICS, "evaluate", ec.overwrite)

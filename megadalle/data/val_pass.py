@@ -1,12 +1,14 @@
 """How one validation reads its split: at most one pass, every sample scored once.
 
-The validation stream is the split in stored order, as endless as the training stream (order.py): position p reads
-sample p mod N. Cutting `trainer.eval_batches` global batches from it scored a small split's samples several times in
-one validation, unequally weighted where the batches did not divide it, and a split smaller than the ranks'
-micro-batches together repeated samples inside one micro-batch (CLIP's duplicates are negatives of their own caption:
-a constant val/loss of ln 4 from one image). So a validation reads whole global batches of the first N positions
-only: fewer than eval_batches where they would not fit, with fewer accumulated micro-batches where not even one global
-batch fits. Every micro-batch is full, so the mean over micro-batches is the mean over samples.
+The validation stream is a seeded permutation of the split (train/task.validation_data), as endless as the training
+stream (order.py): position p reads the sample that epoch p // N puts at p mod N. Cutting `trainer.eval_batches`
+global batches from it scored a small split's samples several times in one validation, unequally weighted where the
+batches did not divide it, and a split smaller than the ranks' micro-batches together repeated samples inside one
+micro-batch (CLIP's duplicates are negatives of their own caption: a constant val/loss of ln 4 from one image). So a
+validation reads whole global batches of the first N positions only, the first epoch's (a random subset spread over
+the split, each sample once): fewer than eval_batches where they would not fit, with fewer accumulated micro-batches
+where not even one global batch fits. Every micro-batch is full, so the mean over micro-batches is the mean over
+samples.
 """
 from __future__ import annotations
 

@@ -154,7 +154,7 @@ class CLIP(nn.Module):
         return self.encode_image(image), self.encode_text(text), self.scale()
 
     def loss(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return contrastive_loss(*self(image, text))
+        return contrastive_loss(*self(image, text), text)
 
     @torch.no_grad()
     def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -176,13 +176,20 @@ def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(gathered, dim=0), dist.get_rank() * x.shape[0]
 
 
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
+                     text: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Symmetric InfoNCE of this rank's pairs against the global batch.
 
     Each rank scores its own images against all captions and its own captions against all
     images; the mean of the ranks' losses is the single-process loss on the global batch, so the
     usual data-parallel gradient average gives the single-process gradient. Assumes equal
-    per-rank batch sizes.
+    per-rank batch sizes. A caption that appears twice in the batch is a negative of the other's
+    image, as in CLIP's loss (with few distinct captions, as the demo's, the loss stays above 0).
+
+    clip_acc: the share of this rank's images whose best-scoring caption is their own. Given `text`,
+    the captions' token ids, picking a copy of its own caption (the same ids) is a hit: a perfect
+    CLIP scored one miss per repeat (argmax takes the first of tied copies), 0.52 on the demo's
+    batches of 64 pairs of 40 captions.
     """
     all_img, offset = gather(img)
     all_txt, _ = gather(txt)
@@ -190,5 +197,14 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) 
     logits_i = scale * img @ all_txt.t()
     logits_t = scale * txt @ all_img.t()
     loss = (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
-    accuracy = (logits_i.argmax(-1) == labels).float().mean()
+    accuracy = picked_own_caption(logits_i.argmax(-1), labels, text).float().mean()
     return loss, {"clip_loss": loss.item(), "clip_acc": accuracy.item(), "temperature": 1 / scale.item()}
+
+
+def picked_own_caption(chosen: torch.Tensor, labels: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+    """Per image: whether the chosen caption (an index into the global batch) is its own or, given this rank's
+    token ids `text`, one of the same ids."""
+    if text is None:
+        return chosen == labels
+    all_text, _ = gather(text)
+    return (all_text[chosen] == all_text[labels]).all(-1)

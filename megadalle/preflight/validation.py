@@ -4,15 +4,17 @@ It was read only at the first validation, `trainer.eval_every` updates into the 
 train-dvae failed there with a traceback (every update since the last checkpoint lost), images smaller than the
 model's input were upscaled in silence, a folder of images got no advice; and a split smaller than one micro-batch on
 every rank scored samples twice in each batch (data/val_pass.py). Here the same probes and wording as data.shards'.
+A split that is data.shards' own folder validated on the training samples without a word: refused by name.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig
 
 from megadalle.preflight.image_size import not_upscaled
-from megadalle.preflight.probes import image_shards, token_shards
+from megadalle.preflight.probes import fits, image_shards, token_shards
 from megadalle.preflight.token_grid import fits_token_grid
 
 
@@ -29,9 +31,18 @@ def validation_split(cfg: DictConfig, probe: Callable, ranks: int):
     shards = build(DataConfig, cfg.data, "data").validation_shards() if trainer.eval_every else None
     if shards is None:
         return None
+    not_training_folder(shards, cfg.data.shards)
     index = probe("data.val_shards", shards)
     one_pass(trainer.micro_batch, trainer.grad_accum, ranks, trainer.eval_batches, index.total, shards)
     return shards, index
+
+
+def not_training_folder(val_shards: str, shards: str) -> None:
+    """data.val_shards naming data.shards' folder (itself, through a link, or another spelling of its path) scores
+    the samples the run trains on: a val/loss that tracks the training loss, whatever the model generalises."""
+    fits(Path(val_shards).resolve() != Path(shards).resolve(),
+         f"data.val_shards={val_shards} is the folder of data.shards={shards}: validation would score the samples "
+         "the run trains on; give held-out shards (prepare's <shards>/val, read by default with data.val_shards=null)")
 
 
 def check_image_validation(cfg: DictConfig, key: str, wanted: int, ranks: int) -> bool:

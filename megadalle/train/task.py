@@ -224,9 +224,10 @@ class Task:
         return None
 
     def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
-        """This rank's validation micro-batches in a fixed order (accumulation order, as `batches`), or None
-        when the task has no validation data. The trainer reads the first `trainer.eval_batches` global batches
-        once and evaluates the same ones every time, so the curve measures the model, not the sample."""
+        """This rank's validation micro-batches in a fixed order (accumulation order, as `batches`; a seeded
+        permutation of the split, `validation_data`), or None when the task has no validation data. The trainer
+        reads the first `trainer.eval_batches` global batches once and evaluates the same ones every time, so the
+        curve measures the model, not the sample."""
         return None
 
     def validation_split(self) -> tuple[str, int] | None:
@@ -294,11 +295,16 @@ class ShardsTask(Task):
 def validation_data(data):
     """The validation split of a `data` group (a DataConfig) as a loader config, or None when it has none.
 
-    Its shards in stored order, without BPE dropout (the loss of the captions as written) and without
-    worker processes (a few batches, read once).
+    Its samples in the order of a full seeded permutation (order.py; the task's seed, whatever data.shuffle and
+    data.shuffle_window say), so the subset a validation reads (its first positions, data/val_pass.py) is drawn at
+    random over the whole split, each sample once, the same at every validation of the run. In stored order it was
+    the split's head: a folder per source gave the alphabetically first source's val/loss alone, a large split its
+    first shard's. Without BPE dropout (the loss of the captions as written) and without worker processes (a few
+    batches, read once).
     """
     shards = data.validation_shards() if data is not None else None
-    return None if shards is None else replace(data, shards=shards, shuffle=False, bpe_dropout=0.0, num_workers=0)
+    return None if shards is None else replace(data, shards=shards, shuffle=True, shuffle_window=None,
+                                               bpe_dropout=0.0, num_workers=0)
 
 
 def rank_batches(data, part: DataPart, seed: int, start_step: int, index: ShardIndex | None = None,

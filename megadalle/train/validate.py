@@ -1,12 +1,12 @@
 """Validation during training: the task's loss on a fixed held-out subset every `trainer.eval_every` updates.
 
-The subset is read once (the first `trainer.eval_batches` global batches of `task.validation_batches`,
-this rank's micro-batches of them) and kept on the device, so every evaluation scores the same samples
-and the curve moves only when the model does. A split that ends (`task.validation_split`) is read at most once
-over: fewer global batches where it holds fewer samples than asked for, said once when the run starts, and a split
-smaller than one micro-batch on every rank is refused then (data/val_pass.py). Every micro-batch is full, so the
-means over micro-batches below are means over samples. Each evaluation runs in eval mode under no_grad with the
-RNG forked and seeded the same way (the dVAE's Gumbel noise, any sampling in a loss): it is a
+The subset is read once (the first `trainer.eval_batches` global batches of `task.validation_batches`, a seeded
+permutation of the split, this rank's micro-batches of them) and kept on the device, so every evaluation scores the
+same samples and the curve moves only when the model does. A split that ends (`task.validation_split`) is read at
+most once over: fewer global batches where it holds fewer samples than asked for, said once when the run starts,
+and a split smaller than one micro-batch on every rank is refused then (data/val_pass.py). Every micro-batch is
+full, so the means over micro-batches below are means over samples. Each evaluation runs in eval mode under no_grad
+with the RNG forked and seeded the same way (the dVAE's Gumbel noise, any sampling in a loss): it is a
 deterministic function of the weights and it leaves the training RNG stream, hence resume, untouched.
 
 Which weights: the model's at the call. The trainer calls it with the EMA swapped in when the run keeps one

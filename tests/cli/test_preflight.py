@@ -497,8 +497,22 @@ def test_validation_shards_are_checked_like_the_training_shards(capsys, token_sh
           f"data.val_shards={tmp_path / 'imgs'}: {tmp_path / 'imgs'}/index.json not found: {tmp_path / 'imgs'} holds "
           "images")
     fails(capsys, [*run, f"data.val_shards={tmp_path / 'nope'}"], f"data.val_shards={tmp_path / 'nope'}: no such")
-    preflight(verb, compose(verb, [*run[1:], f"data.val_shards={image_shards}"]))
+    preflight(verb, compose(verb, [*run[1:], f"data.val_shards={small_images(tmp_path / 'val32', 8, 32)}"]))
     preflight(verb, compose(verb, [*run[1:], "trainer.eval_every=0", f"data.val_shards={token_shards[0]}"]))
+
+
+@pytest.mark.parametrize("verb", ["train", "train-dvae", "train-clip"])
+def test_validation_on_the_training_folder_is_refused(capsys, token_shards, image_shards, tmp_path, verb):
+    """data.val_shards=data.shards validated on the samples the run trains on: val/loss logged, exit code 0. The same
+    folder through a link or another spelling of its path is the same training set."""
+    shards = token_shards[0] if verb == "train" else image_shards
+    run = training(verb, token_shards, image_shards, "trainer.eval_every=1")
+    (tmp_path / "link").symlink_to(shards)
+    for given in (shards, f"{shards}/", tmp_path / "link"):
+        fails(capsys, [*run, f"data.val_shards={given}"],
+              f"megadalle {verb}: data.val_shards={given} is the folder of data.shards={shards}: validation would "
+              "score the samples the run trains on; give held-out shards (prepare's <shards>/val, read by default "
+              "with data.val_shards=null)")
 
 
 def test_tars_from_elsewhere_serve_as_validation_shards(tmp_path, token_shards, image_shards):
@@ -567,10 +581,11 @@ def test_a_validation_split_smaller_than_a_micro_batch_on_every_rank_is_refused(
      "trainer.eval_every=1: validation contrasts the pairs of each micro-batch on every rank, trainer.micro_batch=1 x "
      "1 data-parallel rank = 1 pair: its val/loss would be 0 whatever the weights"),
 ])
-def test_clip_refuses_a_contrastive_loss_of_one_pair(capsys, token_shards, image_shards, overrides, expected):
+def test_clip_refuses_a_contrastive_loss_of_one_pair(capsys, token_shards, image_shards, tmp_path, overrides,
+                                                    expected):
     """One pair has no negative: train-clip ran with loss 0.0, clip_acc 1.0 and grad_norm 0 at every update."""
-    fails(capsys, training("train-clip", token_shards, image_shards, f"data.val_shards={image_shards}", *overrides),
-          expected)
+    val = small_images(tmp_path / "val", 8, 32)
+    fails(capsys, training("train-clip", token_shards, image_shards, f"data.val_shards={val}", *overrides), expected)
 
 
 def test_clip_contrasts_the_updates_pairs_with_one_pair_a_micro_batch(token_shards, image_shards):

@@ -5,6 +5,7 @@ import errno
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -93,7 +94,7 @@ def test_a_tokenizer_retrained_in_place_does_not_resume(train_overrides, token_d
 @pytest.mark.distributed
 def test_validation_switched_on_at_a_resume_leaves_the_training_as_it_was(train_overrides, token_data, tmp_path):
     shards, _ = token_data
-    common = [*train_overrides, f"data.val_shards={shards}"]
+    common = [*train_overrides, f"data.val_shards={shutil.copytree(shards, tmp_path / 'val')}"]
     assert main(["train", *common, "trainer.steps=4", f"run_dir={tmp_path / 'whole'}"]) == 0
     assert main(["train", *common, "trainer.steps=2", f"run_dir={tmp_path / 'parts'}"]) == 0
     assert main(["train", *common, "trainer.steps=4", "trainer.eval_every=1", "trainer.eval_batches=2",

@@ -121,6 +121,9 @@ def test_evaluate_writes_clip_score_fid_and_kid(models, tmp_path, capsys):
     assert report["fid"] > 0 and np.isfinite(report["kid"]) and report["feature_extractor"] == "random-test"
     table = (out / "metrics.md").read_text()
     assert "| FID |" in table and "| CLIP score (all samples) |" in table and "| FID |" in capsys.readouterr().out
+    assert report["samples"] == 12 and "| samples (CLIP score, FID) | 12 |" in table
+    assert "FID of 12 samples against 12 real images: biased upward at few samples, comparable only with FIDs of " \
+           "the same counts, not with published figures of 30,000 samples." in table
 
     # the CLIP scores are generate's, caption by caption with the caption's seed, at evaluate's default sampling
     model = load_model(models / "model.safetensors", "transformer")
@@ -132,6 +135,9 @@ def test_evaluate_writes_clip_score_fid_and_kid(models, tmp_path, capsys):
             for i, c in enumerate(captions)]
     scores = [s for r in runs for s in r.scores]
     assert report["clip_score"] == pytest.approx(sum(scores) / len(scores), rel=1e-5)
+    means = np.array([np.mean(r.scores) for r in runs])  # the caption is the unit, not the sample
+    assert report["clip_score_se"] == pytest.approx(means.std(ddof=1) / 2, rel=1e-4)
+    assert f"| CLIP score (all samples) | {report['clip_score']:.4f} ± {report['clip_score_se']:.4f} |" in table
     assert report["clip_score_best"] == pytest.approx(sum(max(r.scores) for r in runs) / 4, rel=1e-5)
     fakes = torch.cat([RandomFeatures()(r.images) for r in runs]).numpy()
     reals = real_features(str(models / "shards"), 32, 100, RandomFeatures(), 5).numpy()
@@ -344,3 +350,20 @@ def test_real_images_smaller_than_the_dvae_input_are_counted(tmp_path, capsys):
            "upscaled to it" in capsys.readouterr().err
     real_features(str(tmp_path / "real"), 16, 4, RandomFeatures(), 2)
     assert "upscaled" not in capsys.readouterr().err
+
+
+def test_a_prepared_folder_with_a_held_out_split_is_named_on_stderr(models, tmp_path, capsys):
+    """shards=<prepare output> scores its training samples (captions, and FID's reals) while <output>/val, the
+    held-out split, sat beside them unused and unmentioned."""
+    import shutil
+
+    shards = shutil.copytree(models / "shards", tmp_path / "shards")
+    shutil.copytree(models / "shards", shards / "val")
+    args = ["evaluate", f"weights={models / 'model.safetensors'}", "n=2", "max_captions=1", "fid=false",
+            f"output={tmp_path / 'eval'}", "device=cpu"]
+    assert main([*args, f"shards={shards}"]) == 0
+    note = (f"[evaluate] shards={shards} reads its training samples, not its held-out split {shards / 'val'}: pass "
+            f"shards={shards / 'val'} to score samples the model did not train on\n")
+    assert capsys.readouterr().err.count(note) == 1
+    assert main([*args, f"shards={shards / 'val'}", "overwrite=true"]) == 0
+    assert "held-out split" not in capsys.readouterr().err

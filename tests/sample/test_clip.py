@@ -39,6 +39,26 @@ def test_features_are_unit_vectors_and_loss_trains_temperature():
     assert metrics["temperature"] == pytest.approx(0.07, rel=1e-4)
 
 
+def test_a_perfect_clip_scores_every_pair_with_repeated_captions_a_hit():
+    """A perfect CLIP (each image embedded as its caption) on 64 pairs of 33 distinct captions, as the demo's
+    batches repeat its 40 captions: clip_acc was 0.516, the first of each tied copy counting for all of them."""
+    from megadalle.models.clip import contrastive_loss
+
+    g = torch.Generator().manual_seed(0)
+    captions = torch.randint(4, 50, (33, 8), generator=g)
+    embedding = torch.nn.functional.normalize(torch.randn(33, 16, generator=g), dim=-1)
+    which = torch.cat([torch.arange(33), torch.randint(0, 33, (31,), generator=g)])
+    text, emb = captions[which], embedding[which]
+    _, metrics = contrastive_loss(emb, emb, torch.tensor(100.0), text)
+    assert metrics["clip_acc"] == 1.0
+    _, unknown = contrastive_loss(emb, emb, torch.tensor(100.0))  # without the ids a copy cannot be told
+    assert unknown["clip_acc"] < 1.0
+    wrong = torch.cat([emb[1:], emb[:1]])  # every image embedded as the next pair's caption
+    _, missed = contrastive_loss(wrong, emb, torch.tensor(100.0), text)
+    assert missed["clip_acc"] == pytest.approx((text[torch.arange(64)] == text[(torch.arange(64) + 1) % 64])
+                                               .all(-1).float().mean().item())
+
+
 def clamped(model: CLIP, optimizer) -> None:
     """What the trainer does after each update: the task's after_update (stage 0, the optimizer's own params)."""
     ClipTask(TINY, None, None).after_update(model, ParamEditor(SimpleNamespace(optimizer=optimizer), 0), 0)
@@ -99,22 +119,32 @@ def test_config_group_composes_and_validates(name):
         build(ClipConfig, {"negatives": "batch"}, "clip")
 
 
+def repeated(image: torch.Tensor, text: torch.Tensor):
+    """The 8 pairs with each rank's first pair repeated on the other rank (2 ranks of 4): clip_acc then counts a
+    copy picked across ranks as the one process does."""
+    image, text = image.clone(), text.clone()
+    image[5], text[5] = image[0], text[0]
+    image[1], text[1] = image[4], text[4]
+    return image, text
+
+
 def _rank(rank: int, world: int, rendezvous: str, out: str):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = CLIP(TINY)
-    image, text = batch(8)
+    image, text = repeated(*batch(8))
     per = 8 // world
-    loss, _ = model.loss(image[rank * per:(rank + 1) * per], text[rank * per:(rank + 1) * per])
+    loss, metrics = model.loss(image[rank * per:(rank + 1) * per], text[rank * per:(rank + 1) * per])
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
-    total = loss.detach().clone()
+    total, acc = loss.detach().clone(), torch.tensor(metrics["clip_acc"])
     dist.all_reduce(grads)
     dist.all_reduce(total)
+    dist.all_reduce(acc)
     if rank == 0:
-        torch.save({"loss": total / world, "grads": grads / world}, out)
+        torch.save({"loss": total / world, "grads": grads / world, "clip_acc": acc / world}, out)
     exit_process(0)
 
 
@@ -127,8 +157,9 @@ def test_two_rank_loss_and_gradients_equal_one_process(tmp_path):
     got = torch.load(out, weights_only=True)
     torch.manual_seed(0)
     model = CLIP(TINY)
-    loss, _ = model.loss(*batch(8))
+    loss, metrics = model.loss(*repeated(*batch(8)))
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+    assert got["clip_acc"].item() == pytest.approx(metrics["clip_acc"])
     torch.testing.assert_close(got["grads"], grads, rtol=1e-4, atol=1e-6)
