@@ -26,7 +26,7 @@ from megadalle.sampling import clip_record
 from megadalle.train import grad_cache
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, UpdateRunner, loader_metrics,
-                                  rank_batches, validation_data)
+                                  held_out_batches, rank_batches, validation_data)
 
 if TYPE_CHECKING:
     from megadalle.train.result import Result
@@ -62,7 +62,7 @@ class ClipTask(ShardsTask):
         val = validation_data(self.data)
         if val is None or not self.tokenizer_path:
             return None
-        return self._with_text(rank_batches(val, part, self.seed, 0, image_size=self.cfg.image_size))
+        return self._with_text(held_out_batches(val, part, image_size=self.cfg.image_size))
 
     def _with_text(self, stream: Iterator[Batch]) -> Iterator[Batch]:
         """Loader batches as the model's inputs: images and BPE ids of the captions."""

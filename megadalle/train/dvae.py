@@ -30,7 +30,8 @@ from megadalle.train.distributed import ranks
 from megadalle.train.dvae_export import RUN_WEIGHTS, record_export
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
-from megadalle.train.task import Batch, DataPart, ExportSpec, ShardsTask, loader_metrics, rank_batches, validation_data
+from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, held_out_batches, loader_metrics,
+                                  rank_batches, validation_data)
 
 if TYPE_CHECKING:
     from megadalle.train.result import Result
@@ -192,7 +193,7 @@ class DVAETask(ShardsTask):
         val = validation_data(self.data)
         if val is None:
             return None
-        return ({"image": b["image"]} for b in rank_batches(val, part, self.seed, 0, image_size=self.cfg.image_size))
+        return ({"image": b["image"]} for b in held_out_batches(val, part, image_size=self.cfg.image_size))
 
     def loss(self, model: DVAE, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, metrics, codes = self._elbo(model, batch["image"], step)

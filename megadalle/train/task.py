@@ -292,12 +292,18 @@ class ShardsTask(Task):
         return None if val is None else (val.shards, open_index(val.shards, "data.val_shards").total)
 
 
+VALIDATION_SEED = 0
+"""The seed of the validation subset's permutation: the run's own seed would give each run of a sweep over `seed`
+other samples to score, and their val/loss could not be compared."""
+
+
 def validation_data(data):
     """The validation split of a `data` group (a DataConfig) as a loader config, or None when it has none.
 
-    Its samples in the order of a full seeded permutation (order.py; the task's seed, whatever data.shuffle and
-    data.shuffle_window say), so the subset a validation reads (its first positions, data/val_pass.py) is drawn at
-    random over the whole split, each sample once, the same at every validation of the run. In stored order it was
+    Its samples in the order of a full seeded permutation (order.py; VALIDATION_SEED, whatever the run's seed,
+    data.shuffle and data.shuffle_window say), so the subset a validation reads (its first positions,
+    data/val_pass.py) is drawn at random over the whole split, each sample once, the same at every validation of
+    every run. In stored order it was
     the split's head: a folder per source gave the alphabetically first source's val/loss alone, a large split its
     first shard's. Without BPE dropout (the loss of the captions as written) and without worker processes (a few
     batches, read once).
@@ -305,6 +311,11 @@ def validation_data(data):
     shards = data.validation_shards() if data is not None else None
     return None if shards is None else replace(data, shards=shards, shuffle=True, shuffle_window=None,
                                                bpe_dropout=0.0, num_workers=0)
+
+
+def held_out_batches(val, part: DataPart, **shape) -> Iterator[Batch]:
+    """This rank's micro-batches of the validation loader config `val` (`validation_data`)."""
+    return rank_batches(val, part, VALIDATION_SEED, 0, **shape)
 
 
 def rank_batches(data, part: DataPart, seed: int, start_step: int, index: ShardIndex | None = None,

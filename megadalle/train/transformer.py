@@ -34,7 +34,7 @@ from megadalle.train.pipeline import LossWithParts
 from megadalle.train.sample_grid import SampleGrid, caption_sources
 from megadalle.train.step_totals import per_micro_batch, step_total
 from megadalle.train.task import (Batch, DataPart, ExportSpec, PipelineSpec, ShardsTask, loader_metrics,
-                                  rank_batches, validation_data)
+                                  held_out_batches, rank_batches, validation_data)
 
 FACTORY = "megadalle.train.transformer:task_from_config"
 TEXT_TARGETS = "text_targets"
@@ -70,7 +70,7 @@ class TransformerTask(ShardsTask):
 
     def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
         val = validation_data(self.data)
-        return None if val is None else rank_batches(val, part, self.seed, 0, text_len=self.cfg.text_len)
+        return None if val is None else held_out_batches(val, part, text_len=self.cfg.text_len)
 
     def data_identity(self, part: DataPart) -> dict:
         if self.data is None:

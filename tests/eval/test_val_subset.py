@@ -7,7 +7,7 @@ import itertools
 
 from megadalle.config.data import DataConfig
 from megadalle.data.shards import ShardWriter
-from megadalle.train.task import DataPart, rank_batches, validation_data
+from megadalle.train.task import DataPart, held_out_batches, validation_data
 from tests.dvae.conftest import png, rectangles
 
 SOURCES = ("cc3m", "laion", "wikiart")
@@ -22,9 +22,9 @@ def split_by_source(root, per_source: int = 20):
     return root
 
 
-def subset(data: DataConfig, part: DataPart, seed: int = 0, batches: int = 1) -> list[str]:
+def subset(data: DataConfig, part: DataPart, batches: int = 1) -> list[str]:
     """The captions of the first `batches` global batches of the validation stream, as the Validator reads it."""
-    stream = rank_batches(validation_data(data), part, seed, 0, image_size=32)
+    stream = held_out_batches(validation_data(data), part, image_size=32)
     return [c for batch in itertools.islice(stream, batches * part.grad_accum) for c in batch["caption"]]
 
 
@@ -37,3 +37,19 @@ def test_the_validation_subset_spreads_over_the_split(tmp_path):
     assert subset(data, DataPart(16, 1, 0, 1)) == read, "the same subset at every validation"
     ranks = [subset(data, DataPart(4, 2, r, 2), batches=2) for r in range(2)]  # 2 ranks x 2 micro-batches of 4
     assert sorted(ranks[0] + ranks[1]) == sorted(set(ranks[0] + ranks[1])) and len(ranks[0] + ranks[1]) == 32
+
+
+def test_runs_of_other_seeds_validate_on_the_same_samples(tmp_path):
+    """A sweep over `seed` compares val/loss: each run drew its subset with its own seed, so each scored others."""
+    from megadalle.config.compose import compose
+    from megadalle.train.dvae import task_from_config
+
+    split_by_source(tmp_path / "shards" / "val")
+    split_by_source(tmp_path / "shards")
+    read = []
+    for seed in (1, 2):
+        cfg = compose("train-dvae", [f"seed={seed}", "dvae=tiny", "dvae.image_size=32",
+                                     f"data.shards={tmp_path / 'shards'}", "data.num_workers=0"])
+        stream = task_from_config(cfg).validation_batches(DataPart(16, 1, 0, 1))
+        read.append(next(stream)["image"])
+    assert read[0].equal(read[1])
