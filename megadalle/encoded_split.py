@@ -78,15 +78,15 @@ def _written_as_split(val: Path) -> bool:
     """Whether encode wrote `val` as the split it carried from its input: its index.json says so (`SPLIT`; one from
     before encode said so, where its source is the output's own source's `val/`), or, where a crash left none, the
     output's own index.json says it carried one (`CARRIES`) and encode's records or staging are there."""
-    index, carrier = ShardIndex.readable(val), _encodes_index(val.parent)
+    index = ShardIndex.readable(val)
+    if index is not None and "split" in index.meta:
+        return _by_encode(index) and _says(index.meta, SPLIT)
+    carrier = _encodes_index(val.parent)
+    if carrier is None:
+        return False
     if index is not None:
-        if not _by_encode(index):
-            return False
-        if "split" in index.meta:
-            return _says(index.meta, SPLIT)
-        return carrier is not None and "source" in carrier.meta and \
-            index.meta.get("source") == str(Path(carrier.meta["source"]) / VAL_DIR)
-    return carrier is not None and _says(carrier.meta, CARRIES) and \
+        return _by_encode(index) and index.meta.get("source") == str(Path(carrier.meta.get("source", "")) / VAL_DIR)
+    return _says(carrier.meta, CARRIES) and \
         any(p.name.endswith(RECORD_SUFFIX) or p.name.startswith(".encode-") for p in val.iterdir())
 
 
