@@ -1,7 +1,7 @@
 """A file the disk did not take, said in one line: the file, the cause and its remedy, then what the rerun does for
 the verb at hand. Every verb that writes goes through `refused` (train's own files, train/disk_full.py; prepare's
-and encode's shards, generate's and evaluate's results, exported weights), so that a full disk is never a
-traceback, and any other OSError (a bug) keeps its traceback."""
+and encode's shards, generate's saved batches and its and evaluate's results, the tokenizer's model, exported
+weights), so that a full disk is never a traceback, and any other OSError (a bug) keeps its traceback."""
 from __future__ import annotations
 
 import errno

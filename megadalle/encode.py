@@ -51,7 +51,7 @@ from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
 from megadalle.devices import pick_rank_device
 from megadalle.disk_errors import refused
-from megadalle.encoded_split import remove_split, stale_split
+from megadalle.encoded_split import remove_split, split_meta, stale_split
 from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
 from megadalle.models.dvae import DVAE, load_dvae
@@ -228,10 +228,12 @@ def remove_surplus(out: Path, keep: set[str]) -> None:
 
 
 def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size: int = 64,
-                  rank: int = 0, world_size: int = 1, weights: str | Path | None = None) -> ShardIndex | None:
+                  rank: int = 0, world_size: int = 1, weights: str | Path | None = None,
+                  split: dict | None = None) -> ShardIndex | None:
     """Encode this process's share of `input`'s shards; returns the token index once every shard is done. `weights`,
     the file `model` was read from, is recorded resolved in the index's meta (its "settings"): the advice on a changed
-    output (coverage.py) names it in the encode that rebuilds it."""
+    output (coverage.py) names it in the encode that rebuilds it. `split` is what the meta records of a validation
+    split carried with it (encoded_split.split_meta)."""
     out = Path(output)
     check_output(out, "encode")
     source = open_index(input)
@@ -252,9 +254,10 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     if not all(shard_done(out / info.name, info.count, made_by[info.name]) for info, _ in shards):
         return None
     infos = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info, _ in shards]
-    # The input resolved, as prepare records it: the rebuild advice on a changed output (coverage.py) names it.
-    meta = {"grid_size": model.cfg.grid_size, "vocab_size": model.cfg.vocab_size,
-            "image_size": model.cfg.image_size, "source": str(source.root.resolve()), "dvae": dvae["dvae"]}
+    # The input absolute: the rebuild advice on a changed output (coverage.py) names it, from wherever it is read. Not
+    # resolved: an input's `val/` linked elsewhere keeps its name, and with it its output (`<output>/val/`).
+    meta = {"grid_size": model.cfg.grid_size, "vocab_size": model.cfg.vocab_size, "image_size": model.cfg.image_size,
+            "source": os.path.abspath(source.root), "dvae": dvae["dvae"], **(split or {})}
     if weights is not None:
         meta["settings"] = {"dvae_weights": str(Path(weights).resolve())}
     remove_surplus(out, {info.name for info, _ in shards})
@@ -280,14 +283,14 @@ def run(cfg: DictConfig) -> int:
     rank, world = rank_and_world()
     with output_lock(opts.output, "encode", shared=world > 1):
         pairs = folder_pairs(opts.input, opts.output)
-        # Rank 0 alone: another rank reading the split while it goes would find files vanish and refuse them.
-        stale = stale_split(opts.output) if len(pairs) == 1 and rank == 0 else None
+        # Every rank looks, so that a refusal stops them all before any work; rank 0 alone removes it.
+        stale = stale_split(opts.output) if len(pairs) == 1 else None
         weights = dvae_weights_file(opts.dvae_weights)
         model = load_dvae(weights, pick_rank_device(opts.device, world))
-        if stale is not None:
+        if stale is not None and rank == 0:
             remove_split(stale)
-        for source, target in pairs:
-            index = encode_shards(model, source, target, opts.batch_size, rank, world, weights)
+        for (source, target), split in zip(pairs, split_meta(len(pairs))):
+            index = encode_shards(model, source, target, opts.batch_size, rank, world, weights, split)
             if index is not None:
                 print(f"[encode] {index.total} samples in {len(index.shards)} shards -> {index.root} "
                       f"({model.cfg.grid_size}x{model.cfg.grid_size} codes)", file=sys.stderr)

@@ -4,23 +4,43 @@ A launcher that starts a node's ranks together (torchrun, `deepspeed --no_local_
 lets each see all of the node's GPUs, so a plain `cuda` put every rank on cuda:0, the others idle. Where each rank sees
 one GPU (srun --gpus-per-task, CUDA_VISIBLE_DEVICES per rank) the modulo gives that one. train's ranks
 (train/distributed.py) and a split encode take theirs here.
+
+The rank, the world size and the local rank come from one launcher, found once (`launched`): a rank that took its
+rank and world size from srun and its local rank from torchrun's RANK (a RANK left in srun's environment) used
+another GPU than its rank said.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 
+LAUNCHERS = (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))
+"""Each launcher's (rank, world size, local rank) variables, the first that gives a rank and a world size taken:
+torchrun and DeepSpeed's launcher, then srun (torchrun started inside an srun step numbers its own ranks)."""
+
+
+class Launched(NamedTuple):
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def launched(environ: Mapping[str, str] | None = None) -> Launched:
+    """The process's place in its job, from the first of LAUNCHERS whose rank and world size are both set (its local
+    rank 0 where it gives none); rank 0 of 1 without one."""
+    env = os.environ if environ is None else environ
+    for rank, world, local in LAUNCHERS:
+        if env.get(rank, "").isdigit() and env.get(world, "").isdigit():
+            return Launched(int(env[rank]), int(env[world]), int(env.get(local) or 0))
+    return Launched(0, 1, 0)
+
 
 def local_rank(environ: Mapping[str, str] | None = None) -> int:
-    """The process's rank among its node's, from the launcher that gave its rank (RANK: LOCAL_RANK, SLURM_PROCID:
-    SLURM_LOCALID); 0 without one."""
-    env = os.environ if environ is None else environ
-    for rank, local in (("RANK", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_LOCALID")):
-        if rank in env:
-            return int(env.get(local, 0))
-    return 0
+    """The process's rank among its node's (`launched`)."""
+    return launched(environ).local_rank
 
 
 def local_gpu(rank_on_node: int) -> torch.device:

@@ -76,7 +76,8 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
             if reranker is not None:
                 scores.append(reranker.scores(decode(dvae, batch, model.cfg.grid_size), prompt).cpu())
             if saved is not None:
-                saved.add(codes[-1], scores[-1] if reranker is not None else None)
+                with refused(saved.path, CONTINUES):  # the file holds the batches before this one whole
+                    saved.add(codes[-1], scores[-1] if reranker is not None else None)
     codes_all = torch.cat(codes)
     score_all = torch.cat(scores) if clip is not None else None
     best = rank(score_all, keep) if score_all is not None else torch.arange(min(keep, n))

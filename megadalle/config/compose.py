@@ -6,6 +6,7 @@ Python gets exactly the config the same overrides would give on the command line
 """
 from __future__ import annotations
 
+import re
 from itertools import takewhile
 from pathlib import Path
 
@@ -124,21 +125,34 @@ def list_form(parser, key: str, value: str) -> str | None:
     return shell_word(candidate)
 
 
+INTERPOLATION = re.compile(r"(\\*)\$\{")
+"""A `${` and the backslashes before it: OmegaConf reads `\\${` as the text `${`, and `\\\\${` as a backslash before an
+interpolation, so the text is each of those backslashes doubled, then `\\${`."""
+
+QUOTE_OR_END = re.compile(r'(\\*)("|\Z)')
+"""A quote or the end of a value, and the backslashes before it: inside hydra's quotes those escape it."""
+
+
 def quoted_form(key: str, value: str) -> str:
-    """`key="value"` as one shell word: hydra reads a quoted value as the text inside (its own quotes escaped)."""
-    return shell_word(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"')
+    """`key="value"` as one shell word: hydra reads a quoted value as the text inside, its quotes escaped (`\\"`) and
+    the backslashes before a quote or the closing one doubled (a path ending in one ended the quotes)."""
+    inside = QUOTE_OR_END.sub(lambda found: found[1] * 2 + "\\" * bool(found[2]) + found[2], value)
+    return shell_word(f'{key}="{inside}"')
 
 
 def override_word(key: str, value) -> str:
     """`key=value` as one shell word that hydra reads back as `value` (a text quoted for hydra where its grammar
     would read it otherwise: a comma makes a sweep, an apostrophe or a letter outside ASCII is syntax, `2024` a
-    number): for a command line megadalle advises, which must run as printed."""
+    number, and each `${` escaped, which OmegaConf reads as an interpolation even quoted): for a command line
+    megadalle advises, which must run as printed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     if not isinstance(value, str):
         text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
         return shell_word(f"{key}={text}")
+    if "${" in value:  # the parser reads it back unchanged, as a text that resolves to another
+        return quoted_form(key, INTERPOLATION.sub(lambda found: found[1] * 2 + "\\${", value))
     try:
         read = OverridesParser.create().parse_override(f"{key}={value}").value()
     except HydraException:

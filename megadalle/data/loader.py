@@ -62,6 +62,7 @@ from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.order import Order, reader_positions
 from megadalle.data.shards import SampleReader, ShardIndex, open_index
 from megadalle.errors import UserError
+from megadalle.local_gpu import launched
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -107,11 +108,9 @@ class LoaderState:
 
 
 def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) from torchrun / deepspeed (RANK, WORLD_SIZE) or srun (SLURM_*), else (0, 1)."""
-    for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank_key in os.environ and world_key in os.environ:
-            return int(os.environ[rank_key]), int(os.environ[world_key])
-    return 0, 1
+    """(rank, world size) from the launcher's variables (local_gpu.launched), else (0, 1)."""
+    rank, world, _ = launched()
+    return rank, world
 
 
 class _Steps(IterableDataset):

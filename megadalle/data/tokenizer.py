@@ -29,6 +29,7 @@ from megadalle.data import atomic
 from megadalle.data.bpe_dropout import BpeDropout
 from megadalle.data.captions import caption_lines
 from megadalle.data.shards import iter_samples, open_index
+from megadalle.disk_errors import refused
 from megadalle.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -158,7 +159,8 @@ def iter_captions(shards: str | Path) -> Iterator[str]:
 def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16384,
                     normalization: str = "nmt_nfkc_cf", character_coverage: float = 0.9995,
                     max_sentences: int = 10_000_000, byte_fallback: bool = False, seed: int = 0) -> Tokenizer:
-    """Train BPE on the captions of a shard directory and write the model to `output` atomically."""
+    """Train BPE on the captions of a shard directory and write the model to `output` atomically (a disk that does
+    not take it: one line, `refused`)."""
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
     total = open_index(shards).total
@@ -179,7 +181,8 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
             raise ConfigError(f"vocab_size={vocab_size}: the captions need at least {need.group(1)} pieces "
                               f"({parts}); set vocab_size={need.group(1)} or more") from None
         raise ConfigError(f"sentencepiece training on {total} samples of {shards} failed: {err}") from None
-    atomic.write_bytes(output, buf.getvalue())
+    with refused(output):
+        atomic.write_bytes(output, buf.getvalue())
     return Tokenizer(buf.getvalue())
 
 

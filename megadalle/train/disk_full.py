@@ -24,12 +24,6 @@ class RunFileError(disk_errors.DiskRefused):
     unnamed = "a file of the run directory"
 
 
-def describe(err: OSError, path: str | Path | None = None) -> str | None:
-    """One line for `err`, raised writing `path` (the error's own file name when None), when the disk refused it;
-    None for any other error (a bug keeps its traceback)."""
-    return disk_errors.describe(err, path, RESUMES, RunFileError)
-
-
 @contextmanager
 def one_line(path: str | Path | None = None) -> Iterator[None]:
     """Within it, an error the disk caused writing `path` is raised as RunFileError; any other as it was."""
@@ -38,7 +32,7 @@ def one_line(path: str | Path | None = None) -> Iterator[None]:
 
 
 def attempt(write: Callable[[], object], path: str | Path | None = None) -> str | None:
-    """Run `write`; None when it went through, its one line when the disk did not take it (`describe`)."""
+    """Run `write`; None when it went through, its one line when the disk did not take it (`one_line`)."""
     try:
         with one_line(path):
             write()

@@ -13,7 +13,8 @@ import pytest
 from megadalle.cli import main
 from megadalle.train import rundir
 from megadalle.train.callbacks import Callback, end_all
-from megadalle.train.disk_full import describe
+from megadalle.disk_errors import describe
+from megadalle.train.disk_full import RESUMES, RunFileError
 
 LIMIT = 1 << 16
 """The file-size limit: far above every run file but run.json, far below a checkpoint."""
@@ -98,8 +99,12 @@ def test_one_end_that_fails_does_not_skip_the_others(capsys):
                                           (errno.EROFS, "make its file system writable")])
 def test_each_cause_names_its_remedy_and_other_errors_stay_errors(code, remedy):
     err = OSError(code, "x", "/runs/a/run.json")
-    assert describe(err).startswith(f"cannot write /runs/a/run.json ({os.strerror(code)}): {remedy}")
-    assert describe(OSError(errno.EACCES, "Permission denied", "/runs/a/run.json")) is None
+    assert describe(err, then=RESUMES, error=RunFileError) == \
+        f"cannot write /runs/a/run.json ({os.strerror(code)}): {remedy}, then {RESUMES}"
+    assert describe(OSError(code, "x"), then=RESUMES, error=RunFileError).startswith(
+        "cannot write a file of the run directory")
+    assert describe(OSError(errno.EACCES, "Permission denied", "/runs/a/run.json"), then=RESUMES,
+                    error=RunFileError) is None
 
 
 @pytest.mark.distributed

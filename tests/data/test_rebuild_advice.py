@@ -44,10 +44,12 @@ def test_the_advised_prepare_run_as_printed_from_elsewhere_rebuilds_the_folder_a
     assert _index(shards) == made and _index(shards / "val") == made_val
 
 
-@pytest.mark.parametrize("value", ["/data/a,b", "/data/it's", "/data/\u00e9t\u00e9", "2024", "/data/a b"])
+@pytest.mark.parametrize("value", ["/data/a,b", "/data/it's", "/data/\u00e9t\u00e9", "2024", "/data/a b", "/data/${x}",
+                                   "/data/${x}/${y}", "/data/a\\${x}", '/data/a"${x}', "/data/${x}\\", "/data/a,b\\"])
 def test_a_recorded_path_hydra_would_misread_is_quoted_in_the_advice(value):
     """A comma (a sweep), an apostrophe or a letter outside ASCII (syntax) in a recorded path: the advice quotes it
-    for hydra, so that it reads as the path."""
+    for hydra, so that it reads as the path. A `${` came out as it was, an interpolation, and a backslash that ended
+    the value ended the quotes."""
     from megadalle.config.compose import compose, override_word
 
     word = shlex.split(override_word("input", value))

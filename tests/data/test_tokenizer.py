@@ -1,11 +1,14 @@
 """The sentencepiece tokenizer: special ids, round trip, truncation, padding, reproducible BPE dropout."""
 from __future__ import annotations
 
+import errno
 import io
+import os
 import pickle
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +281,20 @@ def test_captions_holding_characters_outside_the_vocabulary_are_counted_with_an_
     assert main(["tokenizer", f"input={root}", f"output={tmp_path / 'all.model'}", "vocab_size=200",
                  "character_coverage=1"]) == 0
     assert "does not know" not in capsys.readouterr().out
+
+
+def test_a_model_the_disk_does_not_take_is_one_line(caption_shards, tmp_path, capsys, monkeypatch):
+    """The tokenizer's model on a full disk was a traceback."""
+    real, out = Path.open, tmp_path / "t.model"
+
+    def full(self, mode="r", *args, **kwargs):
+        if "t.model" in self.name and "w" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full)
+    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=64"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"megadalle tokenizer: cannot write {out} (No space left on device): free space on its disk, then rerun the "
+        "same command")
+    assert not list(tmp_path.iterdir())

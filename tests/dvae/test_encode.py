@@ -1,6 +1,7 @@
 """`megadalle encode`: token shards DATA's token loader reads, restartable per shard, codes = the encoder's argmax."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -432,3 +433,99 @@ def test_a_split_of_encodes_holding_other_files_is_refused_and_one_encode_did_no
     assert main(["encode", f"dvae_weights={weights}", f"input={whole}", f"output={chosen / 'val'}", "device=cpu"]) == 0
     assert main([*argv[:2], f"output={chosen}", "device=cpu", f"input={whole}"]) == 0
     assert ShardIndex.load(chosen / "val").total == 8
+
+
+def test_a_val_encoded_on_purpose_from_a_folder_named_val_stays(tmp_path, weights):
+    """`encode input=other/val output=tokens/val` is the user's validation set, though its source is named `val`:
+    encoding the training set into tokens removed it."""
+    other, whole = _split_input(tmp_path / "other"), _split_input(tmp_path / "whole", val=False, seed=3)
+    out = tmp_path / "tokens"
+    argv = ["encode", f"dvae_weights={weights}", "device=cpu"]
+    assert main([*argv, f"input={other / 'val'}", f"output={out / 'val'}"]) == 0
+    for _ in range(2):  # without, then with, the output's own index.json
+        assert main([*argv, f"input={whole}", f"output={out}"]) == 0
+        assert ShardIndex.load(out / "val").total == 4
+
+
+def test_a_split_linked_into_the_input_is_carried_and_removed_when_the_input_has_none(tmp_path, weights, capsys):
+    """An input's `val/` linked to a folder of another name: encode recorded the target's name, so the split it
+    carried stayed when the input had none any more."""
+    from tests.dvae.conftest import write_image_shards
+
+    linked = _split_input(tmp_path / "linked", val=False)
+    write_image_shards(tmp_path / "heldout", 4, 32, 4, seed=1)
+    (linked / "val").symlink_to(tmp_path / "heldout")
+    out = tmp_path / "tokens"
+    argv = ["encode", f"dvae_weights={weights}", f"input={linked}", f"output={out}", "device=cpu"]
+    assert main(argv) == 0
+    assert ShardIndex.load(out / "val").meta["source"] == str(linked / "val")
+    (linked / "val").unlink()
+    assert main(argv) == 0
+    assert "removed the validation split an earlier encode carried over" in capsys.readouterr().err
+    assert not (out / "val").exists()
+
+
+def test_a_split_a_crash_left_without_its_index_goes_only_where_the_output_says_it_carried_one(tmp_path, weights):
+    """Encode's records alone do not tell its split from an encode into `<output>/val` on purpose that crashed: the
+    output's own index.json says whether it carried one."""
+    split, whole = _split_input(tmp_path / "split"), _split_input(tmp_path / "whole", val=False, seed=3)
+    argv = ["encode", f"dvae_weights={weights}", "device=cpu"]
+    carried, chosen = tmp_path / "carried", tmp_path / "chosen"
+    assert main([*argv, f"input={split}", f"output={carried}"]) == 0
+    assert main([*argv, f"input={whole}", f"output={chosen}"]) == 0
+    assert main([*argv, f"input={split / 'val'}", f"output={chosen / 'val'}"]) == 0
+    for out in (carried, chosen):
+        (out / "val" / "index.json").unlink()
+        assert main([*argv, f"input={whole}", f"output={out}"]) == 0
+    assert not (carried / "val").exists()
+    assert sorted(p.name for p in (chosen / "val").glob("*.tar")) == ["shard-000000.tar"]
+
+
+def test_a_split_indexed_before_encode_recorded_it_is_told_by_its_source(tmp_path, weights):
+    """An index.json from before encode recorded {"split": "val"}: the split is the one whose source is the source
+    of the output's own index.json, plus val/."""
+    split, whole = _split_input(tmp_path / "split"), _split_input(tmp_path / "whole", val=False, seed=3)
+    out = tmp_path / "tokens"
+    argv = ["encode", f"dvae_weights={weights}", f"output={out}", "device=cpu"]
+    assert main([*argv, f"input={split}"]) == 0
+    for folder, key in ((out, "carried_split"), (out / "val", "split")):
+        index = json.loads((folder / "index.json").read_text())
+        del index["meta"][key]
+        (folder / "index.json").write_text(json.dumps(index))
+    assert main([*argv, f"input={whole}"]) == 0
+    assert not (out / "val").exists()
+
+
+def test_every_rank_of_a_split_encode_refuses_a_stale_split_it_may_not_remove(tmp_path, weights, monkeypatch, capsys):
+    """Rank 0 alone looked: it refused, and the other ranks encoded their whole share and exited 0."""
+    split, whole = _split_input(tmp_path / "split"), _split_input(tmp_path / "whole", val=False, seed=3)
+    out = tmp_path / "tokens"
+    argv = ["encode", f"dvae_weights={weights}", f"output={out}", "device=cpu"]
+    assert main([*argv, f"input={split}"]) == 0
+    (out / "val" / "notes.txt").write_text("mine")
+    before = _files(out)
+    before.pop(Path(".lock"))  # a split encode's ranks name their job in it
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    capsys.readouterr()
+    assert main([*argv, f"input={whole}"]) == 2
+    assert "and 1 entry encode did not write (notes.txt), so encode does not remove it" in capsys.readouterr().err
+    assert {name: data for name, data in _files(out).items() if name != Path(".lock")} == before
+
+
+def test_a_split_whose_files_vanish_under_another_ranks_look_is_encodes(tmp_path, weights, monkeypatch):
+    """Rank 0 removes the split while another rank looks at it: a tar gone with its record is no file of the
+    user's, and that rank went on instead of refusing."""
+    from megadalle import encoded_split
+
+    split = _split_input(tmp_path / "split")
+    out = tmp_path / "tokens"
+    assert main(["encode", f"dvae_weights={weights}", f"input={split}", f"output={out}", "device=cpu"]) == 0
+
+    def removed_meanwhile(verb, root, name):
+        for path in root.glob(name + "*"):
+            path.unlink()
+        return False
+
+    monkeypatch.setattr(encoded_split, "may_write_over", removed_meanwhile)
+    assert encoded_split.stale_split(out) == out / "val"

@@ -137,3 +137,28 @@ def test_evaluate_without_room_for_metrics_md_or_a_sample_leaves_no_results(mode
     assert not list(out.glob("metrics*"))
     free()
     assert main(args) == 0 and (out / "metrics.json").is_file() and (out / "metrics.md").is_file()
+
+
+def test_generate_without_room_for_its_saved_batches_stops_in_one_line_and_the_same_command_continues(
+        models, tmp_path, capsys, monkeypatch):
+    """unfinished.safetensors, written after each batch, raised a full disk's OSError as a traceback."""
+    real, writes = Path.open, []
+
+    def second_full(self, mode="r", *args, **kwargs):
+        if "unfinished.safetensors" in self.name and "w" in mode:
+            writes.append(self.name)
+            if len(writes) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, mode, *args, **kwargs)
+
+    out = tmp_path / "out"
+    args = ["generate", f"weights={models / 'model.safetensors'}", "prompt=a red circle", "n=4", "batch_size=2",
+            f"output={out}"]
+    monkeypatch.setattr(Path, "open", second_full)
+    assert main(args) == 2
+    assert the_line(capsys, "generate") == (
+        f"megadalle generate: cannot write {out / 'unfinished.safetensors'} (No space left on device): free space on "
+        "its disk, then rerun the same command: it continues from the samples saved so far")
+    monkeypatch.setattr(Path, "open", real)
+    assert main(args) == 0
+    assert "[generate] continuing: 2 of 4 samples are saved" in capsys.readouterr().err
