@@ -23,7 +23,7 @@ from typing import NoReturn
 import torch
 
 from megadalle.errors import UserError
-from megadalle.local_gpu import local_gpu
+from megadalle.local_gpu import launched, local_gpu
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,8 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
 def ranks(environ: dict[str, str] | None = None) -> tuple[int, int]:
     """(rank, world size) as the launcher's variables give them, without `detect`'s checks and host lookup: what
     reporting an error needs, and the error may be `detect`'s own."""
-    env = os.environ if environ is None else environ
-    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if env.get(rank, "").isdigit() and env.get(world, "").isdigit():
-            return int(env[rank]), int(env[world])
-    return 0, 1
+    place = launched(environ)
+    return place.rank, place.world_size
 
 
 def init(dist_env: DistEnv, timeout_minutes: float = 30.0) -> None:
