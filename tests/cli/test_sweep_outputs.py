@@ -171,7 +171,8 @@ def test_help_after_a_sweep_shows_the_config(capsys):
 
 def test_a_bare_word_in_a_sweep_gets_a_plain_runs_hint(tmp_path, capsys):
     assert main(["generate", "-m", f"weights={tmp_path}", "a", "red", "circle", "seed=0,1"]) == 2
-    assert "megadalle generate: a: expected key=value; for the prompt, write 'prompt=\"a\"'" in capsys.readouterr().err
+    assert ("megadalle generate: a red circle: expected key=value; for the prompt, write 'prompt=\"a red circle\"'"
+            in capsys.readouterr().err)
 
 
 def config_dir(tmp_path: Path) -> Path:
