@@ -156,9 +156,12 @@ def _rebuild(index: ShardIndex, found: Changes) -> str:
 
 def _rebuild_command(index: ShardIndex) -> str:
     """The command line of `writer_of` that rebuilds the output whole, as it was made (a validation split,
-    `<output>/val/`, is rebuilt with the output that holds it)."""
+    `<output>/val/`, is rebuilt with the output that holds it). A split says so in its meta ("split"); only an
+    index older than the recorded settings is taken for one by its source's name, since a `val/` encoded on purpose
+    from another input's split has that name too."""
     verb, output, source = writer_of(index), index.root, Path(index.meta.get("source", "..."))
-    if output.name == VAL_DIR and (index.meta.get("split") == VAL_DIR or source.name == VAL_DIR):
+    carried = index.meta.get("split") == VAL_DIR or ("settings" not in index.meta and source.name == VAL_DIR)
+    if output.name == VAL_DIR and carried:
         output, source = output.parent, source.parent if source.name == VAL_DIR else source
     words = [override_word("input", str(source)), override_word("output", str(output)), *_settings(verb, index.meta)]
     return f"megadalle {verb} {' '.join(words)}"
