@@ -34,9 +34,8 @@ from megadalle import run_pieces
 from megadalle.errors import BundleError
 from megadalle.sampling.compatible import TokenizerRecord
 from megadalle.sampling.dvae_record import BUNDLE_KEY, RUN_KEY, CodesRecord
-from megadalle.weights import INDEX, TMP, check_replaceable, read_record, shard_of
+from megadalle.weights import INDEX, MANIFEST, TMP, check_replaceable, read_record, shard_of
 
-MANIFEST = "bundle.json"
 FORMAT = "megadalle-bundle/1"
 TRANSFORMER, DVAE, CLIP, TOKENIZER = "transformer", "dvae.safetensors", "clip.safetensors", "tokenizer.model"
 
