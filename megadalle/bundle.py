@@ -34,9 +34,9 @@ from megadalle import run_pieces
 from megadalle.errors import BundleError
 from megadalle.sampling.compatible import TokenizerRecord
 from megadalle.sampling.dvae_record import BUNDLE_KEY, RUN_KEY, CodesRecord
-from megadalle.weights import INDEX, TMP, check_replaceable, read_record, shard_of
+from megadalle.warn import say_all
+from megadalle.weights import INDEX, MANIFEST, TMP, check_replaceable, read_record, shard_of
 
-MANIFEST = "bundle.json"
 FORMAT = "megadalle-bundle/1"
 TRANSFORMER, DVAE, CLIP, TOKENIZER = "transformer", "dvae.safetensors", "clip.safetensors", "tokenizer.model"
 
@@ -270,16 +270,18 @@ def _copy_open_clip(source: Path, target: Path) -> None:
         save_file({k: v.contiguous() for k, v in read_state_dict(source).items()}, str(target))
 
 
-def _check_pieces(files: dict[str, Path | None], own_clip: bool, clip_model: str) -> None:
-    """The dVAE and CLIP read as what they are said to be (a swapped file, an open_clip state dict that does not
-    fit its architecture), before the Transformer export begins: nothing is refused once it has replaced an
-    earlier export's."""
+def _check_pieces(files: dict[str, Path | None], own_clip: bool, clip_model: str, codes: CodesRecord | None) -> None:
+    """The dVAE and CLIP read as what they are said to be, as `generate` will read them (`read_model`: the model
+    their JSON describes, its tensors' names and shapes checked before one is read): a swapped file, a JSON that
+    does not fit its tensors, an open_clip state dict that does not fit its architecture. The dVAE is then compared
+    with the one whose codes the Transformer learnt (`codes`, dvae_record.check). All before the Transformer export
+    begins: nothing is refused once it has replaced an earlier export's."""
+    from megadalle.sampling import dvae_record
     from megadalle.sampling.rerank import OPEN_CLIP, load_open_clip
-    from megadalle.weights import load_weights
 
-    load_weights(files["dvae"], "dvae")
+    dvae_record.check(files["dvae"], codes, read_model(files["dvae"], "dvae"))
     if own_clip:
-        load_weights(files["clip"], "clip")
+        read_model(files["clip"], "clip")
     elif files["clip"] is not None:
         load_open_clip(clip_model[len(OPEN_CLIP):], files["clip"])
 
@@ -308,9 +310,9 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
              "clip": run_pieces.pick(clip_weights, run, record, "clip", False)}
     own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
     codes = _codes_record(run, None, record)
-    check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
-                _tokenizer_record(run, None, record), codes)
-    _check_pieces(files, own_clip, clip_model)
+    warnings = check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
+                           _tokenizer_record(run, None, record))
+    _check_pieces(files, own_clip, clip_model, codes)
     created = not output.exists()
     earlier_clip = is_bundle(output) and read_record(output / MANIFEST).get("clip") == CLIP
     output.mkdir(parents=True, exist_ok=True)
@@ -338,6 +340,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
                 "sha256": {"tokenizer": sha256(output / TOKENIZER)},
                 BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config}
     atomic.write_json(output / MANIFEST, manifest)
+    say_all(warnings)  # once nothing can refuse the export any more
     return output
 
 
@@ -345,30 +348,38 @@ def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | N
                 clip_model: str = "megadalle", want_clip: bool = True, without_clip: str = "rerank=false",
                 ema: bool | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                 check_text: Callable[[Any], None] | None = None) -> Pipeline:
-    """What a sampling verb samples with, from its keys (`sampling_files`). Everything is checked before a
-    tensor is read: the device, `ema` (None: each run directory's EMA where it trained one), the files and whether
-    they were trained together, and with `check_text` (called with the Tokenizer) what the verb will sample (a
-    prompt the tokenizer reads nothing of). The reranker loads first, so a bad CLIP file fails before a large
-    Transformer has loaded. The Transformer in `dtype`, the dVAE and CLIP in float32, all on `device`; `manifest`
-    is a model folder's bundle.json ({} for other weights)."""
+    """What a sampling verb samples with, from its keys (`sampling_files`). Everything a config or a record tells
+    is checked before a tensor is read: the device, `ema` (None: each run directory's EMA where it trained one),
+    the files and whether they were trained together, and with `check_text` (called with the Tokenizer) what the
+    verb will sample (a prompt the tokenizer reads nothing of). The dVAE is read next, and compared as read (the
+    weights that decode, `ema` included) with the one whose codes the Transformer learnt (dvae_record.check); the
+    reranker after it, so that a wrong dVAE or a bad CLIP file fails before a large Transformer has loaded. The
+    checks' warnings are said once all has loaded. The Transformer in `dtype`, the dVAE and CLIP in float32, all on
+    `device`; `manifest` is a model folder's bundle.json ({} for other weights)."""
     from megadalle.data.tokenizer import Tokenizer
     from megadalle.devices import pick_device
+    from megadalle.sampling import dvae_record
     from megadalle.sampling.compatible import check_files
+    from megadalle.sampling.load import is_run
     from megadalle.sampling.rerank import MegadalleClip, load_reranker
 
     device = pick_device(str(device))  # a GPU this machine lacks is named now, not deep inside a load
     files = sampling_files(weights, dvae, tokenizer, clip, clip_model, want_clip, without_clip)
     check_ema(files, ema)
-    check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
-                files.tokenizer, files.tokenizer_record, files.codes_record)
+    warnings = check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
+                           files.tokenizer, files.tokenizer_record)
     words = Tokenizer(files.tokenizer)
     if check_text is not None:
         check_text(words)
+    decoder = read_model(files.dvae, "dvae", ema)
+    read_as = "ema=false" if ema is False and is_run(files.dvae) else ""  # a run's live weights, not its export
+    dvae_record.check(files.dvae, files.codes_record, decoder, read_as)
+    decoder = decoder.to(device)
     reranker = load_reranker(files.clip_model, files.clip, words, device,
                              lambda path, kind: read_model(path, kind, ema)) if want_clip else None
     clip_module = None if reranker is None else reranker.clip if isinstance(reranker, MegadalleClip) else reranker.model
-    decoder = read_model(files.dvae, "dvae", ema).to(device)
     transformer = read_model(files.transformer, "transformer", ema, dtype, device)
+    say_all(warnings)
     return Pipeline(transformer, decoder, clip_module, reranker, words, files.manifest)
 
 

@@ -7,6 +7,7 @@ parses its keys (megadalle.config.export), picks one, and reports which weights 
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from omegaconf import DictConfig
 from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
 from megadalle.config.export import ExportConfig
+from megadalle.run_pieces import MODEL_NAMES, VERB_KEYS
 from megadalle.train.consolidate import export, load_run, run_ema, run_task
-from megadalle.weights import TMP, OutputInTheWay, one_file
+from megadalle.weights import TMP, OutputInTheWay, model_folder_around, one_file
 
 __all__ = ["export", "load_run", "run"]
 
@@ -25,10 +27,9 @@ def run(cfg: DictConfig) -> int:
     """The export, and one line saying what it wrote: the EMA or the live weights, `ema=auto` choosing per run
     (an EMA shipped in silence, or left out in silence, is not the model the user thinks they share)."""
     ec = build(ExportConfig, top_level(cfg, ExportConfig), "")
-    if ec.weights_only:
-        check_outside_model_folder(ec)
     ema = run_ema(ec.run, ema_choice(ec.ema))  # ema=true of a run without an EMA is refused before anything is written
     kind = run_kind(ec.run)
+    check_outside_model_folder(ec, kind)
     dtype = ec.dtype_for(kind)
     weights = f"{dtype}, {'the EMA weights' if ema else 'the live weights'}"
     if ec.weights_only or one_file(ec.output):
@@ -53,17 +54,26 @@ def run_kind(run_dir: str) -> str:
     return run_task(run_dir)[0].export_spec().kind
 
 
-def check_outside_model_folder(ec: ExportConfig) -> None:
-    """`weights_only` writes the Transformer alone, so not into a model folder (`output=model/transformer`): the
-    folder's export checks that the run's tokenizer and dVAE are the folder's, and rewrites bundle.json, which
-    would otherwise go on describing the earlier run while `generate weights=model` samples this one."""
-    from megadalle.bundle import is_bundle
-
-    folder = Path(ec.output).parent
-    if is_bundle(folder):
-        raise OutputInTheWay(f"output={ec.output}: inside the model folder {folder}, whose tokenizer, dVAE and "
-                             f"bundle.json a Transformer exported alone would not match; export the whole folder "
-                             f"with `megadalle export run={ec.run} output={folder}`, or give weights_only another path")
+def check_outside_model_folder(ec: ExportConfig, kind: str) -> None:
+    """A model folder is written whole, by the folder export of its Transformer's run (`output=FOLDER`); the
+    weights of a `kind` model written into it (`output=model/transformer.safetensors` with weights_only or not,
+    `output=model/transformer`, a dVAE over model/dvae.safetensors) skip that export's checks that the run's
+    tokenizer and dVAE are the folder's, and leave its bundle.json describing the earlier run while `generate
+    weights=model` samples this one."""
+    folder = model_folder_around(ec.output)
+    whole = not ec.weights_only and not one_file(ec.output)
+    inside = folder != Path(os.path.abspath(ec.output))
+    if folder is None or (whole and not inside):
+        return
+    where = f"inside the model folder {folder}" if inside else "a model folder"
+    if kind == "transformer":
+        raise OutputInTheWay(f"output={ec.output}: {where}, whose tokenizer, dVAE and bundle.json a Transformer "
+                             f"exported alone would not match; export the whole folder with `megadalle export "
+                             f"run={ec.run} output={folder}`, or give another path")
+    raise OutputInTheWay(f"output={ec.output}: {where}, whose Transformer and bundle.json a {MODEL_NAMES[kind]} "
+                         f"exported alone would not match; export it to another path, then the whole folder with "
+                         f"`megadalle export run=RUN output={folder} {VERB_KEYS[kind]}=<that path>` (RUN: its "
+                         "Transformer's training run)")
 
 
 if __name__ == "__main__":  # `python -m megadalle.export ARGS` is `megadalle export ARGS`

@@ -39,6 +39,8 @@ def lookup(config: dict, dotted: str) -> Any:
 
 VERB_KEYS = {"tokenizer": "tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}
 """The key of `export` and of the sampling verbs that gives each piece instead of the run's record."""
+MODEL_NAMES = {"dvae": "dVAE", "clip": "CLIP"}
+"""How the messages name the model of each piece that is one."""
 
 
 def source(run: Path, piece: str) -> str:
@@ -83,22 +85,48 @@ def pick(given: str | None, run: Path, record: dict, piece: str, required: bool)
         return None
     where = "" if given else f" (from {source(run, piece)})"
     if path.is_dir():
-        raise BundleError(f"{key}={path}{where}: a directory, not a weights file; {exported(path, piece)}")
+        raise BundleError(f"{key}={path}{where}: a directory, {instead_of_folder(path, piece)}")
     if not path.is_file():
         raise BundleError(f"{key}={path}{where}: no such file; pass {key}=FILE")
     return path
 
 
-def exported(folder: Path, piece: str) -> str:
-    """What to pass instead of the folder `folder`, given where export copies the file of a dVAE or CLIP (`piece`):
-    a train-dvae or train-clip run's own export (its `weights`, else <run>/<piece>.safetensors, written when the run
-    finishes). It is named, not taken: a run read as a file was "no such file" beside an existing directory, and
-    generate reads a run from its newest checkpoint, which an export left behind by a resumed run is not."""
+def instead_of_folder(folder: Path, piece: str) -> str:
+    """What the folder `folder` is not, and what to pass instead, where export copies the file of `piece`. For a
+    dVAE or CLIP, a train-dvae or train-clip run's own export (`run_export`, written when the run finishes) is
+    named, not taken: a run read as a file was "no such file" beside an existing directory, and generate reads a
+    run from its newest checkpoint, which an export left behind by a resumed run is not. A run of another model
+    (a Transformer's) has no such export to offer."""
     key = VERB_KEYS[piece]
+    if piece == "tokenizer":
+        return f"not a sentencepiece .model file; pass {key}=FILE"
     if not (folder / "run.json").is_file():
-        return f"pass {key}=FILE (a .safetensors with its .json beside)"
-    path = recorded_path(folder, read(folder).get("config", {}), "weights", key) or folder / f"{piece}.safetensors"
+        return f"not a weights file; pass {key}=FILE (a .safetensors with its .json beside)"
+    record = read(folder)
+    other = other_model(record, piece)
+    if other is not None:
+        return (f"not a weights file: a run of another model ({other}), not of train-{piece}; pass the "
+                f"{MODEL_NAMES[piece]} weights, {key}=FILE")
+    path = run_export(folder, record.get("config", {}), piece)
     if path.is_file():
-        return f"pass the weights the run exported: {key}={path}"
-    return (f"pass the weights the run exports when it finishes ({path}, not there: rerun its training command to "
-            f"finish it, or `megadalle export run={folder} output=FILE dtype=fp32` and {key}=FILE)")
+        return f"not a weights file; pass the weights the run exported: {key}={path}"
+    return (f"not a weights file; pass the weights the run exports when it finishes ({path}, not there: rerun its "
+            f"training command to finish it, or `megadalle export run={folder} output=FILE dtype=fp32` and "
+            f"{key}=FILE)")
+
+
+def run_export(run: Path, config: dict, piece: str) -> Path:
+    """Where a train-dvae or train-clip run (`piece` "dvae" or "clip"; `config` its run.json's) exports its
+    weights when it finishes: its recorded `weights` (`recorded_path`), else <run>/<piece>.safetensors."""
+    return recorded_path(run, config, "weights", VERB_KEYS[piece]) or run / f"{piece}.safetensors"
+
+
+def other_model(record: dict, piece: str) -> str | None:
+    """The task (`task_factory`) of the run whose run.json is `record` when it trained another model than `piece`
+    ("dvae" or "clip"); None for a run of `piece`, and for one recording no task (read as one of `piece`)."""
+    if piece == "dvae":
+        from megadalle.train.dvae import FACTORY
+    else:
+        from megadalle.train.clip import FACTORY
+    factory = record.get("task_factory", FACTORY)
+    return None if factory == FACTORY else str(factory)

@@ -258,11 +258,12 @@ def _expect(record: Record, qualname: str, path: Path) -> None:
         raise NotADalleFile(f"{path}: holds {record.qualname}, expected {qualname}")
 
 
-def _blocks_per_group(side: Record) -> list[int]:
-    """How many blocks each group of an encoder or decoder holds, in order."""
+def _blocks_per_group(side: Record) -> dict[str, list[str]]:
+    """The names of the blocks each group of an encoder or decoder holds, by group name, in order."""
     blocks = side.child("blocks")
     groups = [name for name in blocks.__dict__["_modules"] if name.startswith("group_")]
-    return [sum(name.startswith("block_") for name in blocks.child(group).__dict__["_modules"]) for group in groups]
+    return {group: [name for name in blocks.child(group).__dict__["_modules"] if name.startswith("block_")]
+            for group in groups}
 
 
 def _groups(counts: list[int]) -> str:
@@ -272,9 +273,9 @@ def _groups(counts: list[int]) -> str:
 def dalle_config(encoder: Record, decoder: Record, image_size: int) -> DVAEConfig:
     """The DVAEConfig of the pair, read off the tensors' shapes and the group/block counts."""
     enc = encoder.child("blocks")
-    groups = [name for name in enc.__dict__["_modules"] if name.startswith("group_")]
-    blocks = [name for name in enc.child(groups[0]).__dict__["_modules"] if name.startswith("block_")]
-    enc_blocks, dec_blocks = _blocks_per_group(encoder), _blocks_per_group(decoder)
+    groups = _blocks_per_group(encoder)
+    enc_blocks = [len(blocks) for blocks in groups.values()]
+    dec_blocks = [len(blocks) for blocks in _blocks_per_group(decoder).values()]
     if enc_blocks != dec_blocks:
         raise NotADalleFile(f"encoder and decoder do not belong together: the encoder has {_groups(enc_blocks)}, "
                             f"the decoder {_groups(dec_blocks)}")
@@ -289,7 +290,8 @@ def dalle_config(encoder: Record, decoder: Record, image_size: int) -> DVAEConfi
         raise NotADalleFile(f"expected RGB in and 6 channels out; got {enc_in.shape[1]} in, {dec_out.shape[0]} out")
     if dec_in.shape[1] != enc_out.shape[0] or dec_out.shape[1] != enc_in.shape[0]:
         raise NotADalleFile("encoder and decoder do not belong together (vocabulary or width differ)")
-    post_gain = enc.child(groups[0]).child(blocks[0]).__dict__.get("post_gain")
+    first, blocks = next(iter(groups.items()))
+    post_gain = enc.child(first).child(blocks[0]).__dict__.get("post_gain")
     if post_gain is not None and abs(post_gain - 1 / (len(groups) * len(blocks)) ** 2) > 1e-12:
         raise NotADalleFile(f"post_gain {post_gain} is not 1/(groups x blocks)^2 as megadalle's dVAE computes it")
     return DVAEConfig(image_size=image_size, n_hid=enc_in.shape[0], n_blk_per_group=len(blocks),

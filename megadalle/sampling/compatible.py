@@ -5,24 +5,20 @@ Each is trained on its own and any of them can be swapped on the command line (`
 word, a smaller codebook fails deep inside its decoder, and a larger one decoded meaningless pictures with exit
 code 0: it is another dVAE (`train` refuses token shards of a codebook larger than model.image_vocab, so no model
 learnt the codes of one). A tokenizer with more pieces than an embedding table fails on its first out-of-range
-id. So `export` and every sampling verb check the four against each other first, from their configs alone, and say which setting disagrees. A tokenizer of the same size but
-other contents (retrained in place, or another corpus's) gives the prompt ids the Transformer never learnt:
-where a run's run.json or a model folder's bundle.json records the sha256 of its tokenizer, the tokenizer
-is compared with it by content, and so is the tokenizer a megadalle CLIP records (clip_record.py): a CLIP
-trained with another tokenizer of the same size read the prompt as other words and reranked by noise. A dVAE of the
-same grid and codebook but other weights decodes the samples as other pictures: where the records hold the digest of
-the dVAE whose codes the Transformer learnt, the dVAE is compared with it (dvae_record.py).
+id. So `export` and every sampling verb check the four against each other first, from their configs (no weights
+read), and say which setting disagrees. A tokenizer of the same size but other contents (retrained in place, or
+another corpus's) gives the prompt ids the Transformer never learnt: where a run's run.json or a model folder's
+bundle.json records the sha256 of its tokenizer, the tokenizer is compared with it by content, and so is the
+tokenizer a megadalle CLIP records (clip_record.py): a CLIP trained with another tokenizer of the same size read the
+prompt as other words and reranked by noise. A dVAE of the same grid and codebook but other weights decodes the
+samples as other pictures: where the records hold the digest of the dVAE whose codes the Transformer learnt, the
+dVAE's reader compares it with that once its weights are read (dvae_record.py), not here.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from megadalle.errors import UserError
-
-if TYPE_CHECKING:
-    from megadalle.sampling.dvae_record import CodesRecord
 
 
 class IncompatibleModels(UserError, ValueError):
@@ -43,8 +39,8 @@ def check_compatible(transformer, dvae, clip=None, tokenizer_vocab: int | None =
 
 def mismatches(transformer, dvae, clip=None, tokenizer_vocab: int | None = None,
                names: dict[str, str] | None = None) -> list[str]:
-    """What `check_compatible` refuses, one phrase each (none when they fit); `train` checks its grids' dVAE
-    against the model it is about to train with these too."""
+    """What `check_compatible` refuses, one phrase each (none when they fit), from the configs alone; `train`
+    checks its grids' dVAE against the model it is about to train with these too."""
     names = names or {}
     where = {kind: f" ({names[kind]})" if kind in names else "" for kind in ("transformer", "dvae", "clip", "tokenizer")}
     problems = []
@@ -86,18 +82,17 @@ class TokenizerRecord:
     """The record: `RUN/run.json` or `FOLDER/bundle.json`."""
 
 
-def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | None = None,
-                codes: CodesRecord | None = None) -> None:
+def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | None = None) -> list[str]:
     """`check_compatible` for models on disk (weights or run directories; `clip` None for no megadalle CLIP),
     their configs read without a tensor: a mismatch is named before a large model's weights are read. A
     tokenizer megadalle cannot use is refused under its key, `tokenizer`, and so is one whose contents are not
     the `recorded` one's (None: nothing records it, plain weights or a record older than the digests), or not
-    the ones the CLIP was trained with (`clip_record`; a CLIP exported before that record is read with a warning).
-    A dVAE whose weights are not those of the `codes` record is refused (`dvae_record.check`: the dVAE's weights,
-    not the Transformer's, are read for it; None: nothing records the dVAE, nothing compared)."""
+    the ones the CLIP was trained with (`clip_record`). What passes with a doubt (a CLIP exported before that
+    record, a CLIP reading larger images than the dVAE decodes) is returned, for the caller to say once its own
+    checks after these have passed too (megadalle.warn.say_all). The dVAE's weights are not compared here: its
+    reader does that with the weights it reads (dvae_record.check)."""
     from megadalle.data.digest import sha256
     from megadalle.data.tokenizer import Tokenizer, TokenizerError
-    from megadalle.sampling import dvae_record
     from megadalle.sampling.load import model_config
 
     names = {"transformer": str(transformer), "dvae": str(dvae), "tokenizer": str(tokenizer)}
@@ -115,32 +110,30 @@ def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | 
         raise IncompatibleModels(f"tokenizer={tokenizer}: not the tokenizer the Transformer was trained with (sha256 "
                                  f"{digest[:12]}; {recorded.record} records {recorded.path}, sha256 "
                                  f"{recorded.sha256[:12]}): give the tokenizer it was trained with (tokenizer=FILE)")
-    dvae_record.check(dvae, codes)
-    if clip is not None:
-        check_clip_tokenizer(clip, tokenizer, digest)
-        if configs[2].image_size > configs[1].image_size:
-            warn(f"the CLIP ({clip}) reads {configs[2].image_size} px images, the dVAE ({dvae}) decodes "
-                 f"{configs[1].image_size} px samples: they are upscaled for it, blurrier than the images it "
-                 "trained on")
+    if clip is None:
+        return []
+    warnings = check_clip_tokenizer(clip, tokenizer, digest)
+    if configs[2].image_size > configs[1].image_size:
+        warnings.append(f"the CLIP ({clip}) reads {configs[2].image_size} px images, the dVAE ({dvae}) decodes "
+                        f"{configs[1].image_size} px samples: they are upscaled for it, blurrier than the images it "
+                        "trained on")
+    return warnings
 
 
-def check_clip_tokenizer(clip, tokenizer, digest: str) -> None:
+def check_clip_tokenizer(clip, tokenizer, digest: str) -> list[str]:
     """Refuse the CLIP at `clip` when it records another tokenizer than `tokenizer` (sha256 `digest`): it would
-    read the prompt's ids as other words and rank the samples by noise."""
+    read the prompt's ids as other words and rank the samples by noise. One that records none is let through with
+    the warning returned."""
     from megadalle.sampling import clip_record
 
     record = clip_record.recorded(clip)
     if record is None:
-        warn(f"clip_weights={clip} records no tokenizer (exported before train-clip recorded it): not checked "
-             f"against tokenizer={tokenizer}; a CLIP trained with another tokenizer ranks the samples by noise")
-    elif record.sha256 != digest:
+        return [f"clip_weights={clip} records no tokenizer (exported before train-clip recorded it): not checked "
+                f"against tokenizer={tokenizer}; a CLIP trained with another tokenizer ranks the samples by noise"]
+    if record.sha256 != digest:
         raise IncompatibleModels(f"clip_weights={clip}: a CLIP trained with another tokenizer than tokenizer="
                                  f"{tokenizer} (sha256 {digest[:12]}; {record.record} records {record.path}, sha256 "
                                  f"{record.sha256[:12]}): it would read the prompt as other words and rank the "
                                  "samples by noise; give the CLIP trained with this tokenizer (clip_weights=), or "
                                  f"train one with tokenizer={tokenizer}")
-
-
-def warn(message: str) -> None:
-    """A note on stderr, on its line: the check goes on."""
-    print(f"[megadalle] warning: {message}", file=sys.stderr, flush=True)
+    return []

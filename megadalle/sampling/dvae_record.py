@@ -1,4 +1,5 @@
-"""The dVAE whose codes a Transformer learnt, as its records say: what `check_files` compares the dVAE in use with.
+"""The dVAE whose codes a Transformer learnt, as its records say: what export and the sampling verbs compare the dVAE
+in use with.
 
 A Transformer learns what one dVAE's codes mean. Another dVAE of the same grid and codebook (OpenAI's beside one's
 own, one retrained) passes every config check and decodes the samples as another codebook's pictures: export and
@@ -6,13 +7,18 @@ generate went on with exit code 0. `encode` records the digest of its dVAE's wei
 meta (`dvae`), a Transformer run's run.json copies it (`rundir.digests`, key RUN_KEY) and `export` copies that into
 bundle.json (BUNDLE_KEY), so the dVAE given to export, or to a sampling verb reading the run or the folder, is compared
 with it as `train` compares its grids' dVAE (preflight/codes_dvae.py). A dVAE's JSON records no digest of its own:
-its weights are loaded for it (tens of MB; the Transformer's are not read). Nothing recorded (a run from before the
-record, shards encoded elsewhere): nothing compared.
+the digest is taken of the weights its reader has loaded anyway (export's check of the file it copies, the sampling
+verbs' decoder), so that the dVAE compared is the one that decodes, read once: a train-dvae run read with ema=false
+decodes with its live weights, not the export (its EMA) that encoded the codes. It is read before the Transformer
+(the paper's dVAE is ~98M parameters, ~390 MB in fp32; its Transformer 12B). Nothing recorded (a run from before
+the record, shards encoded elsewhere): nothing compared.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from torch import nn
 
 from megadalle.sampling.compatible import IncompatibleModels
 from megadalle.train.rundir import CODES_DVAE
@@ -33,16 +39,18 @@ class CodesRecord:
     """The record: `RUN/run.json` or `FOLDER/bundle.json`."""
 
 
-def check(dvae: Path, recorded: CodesRecord | None) -> None:
-    """Refuse the dVAE at `dvae` (weights, or a train-dvae run: the weights it exported, as `encode` reads it) when
-    its weights' digest is not the `recorded` one (None: nothing records one, nothing is compared)."""
-    from megadalle.encode import dvae_digest
+def check(dvae: Path, recorded: CodesRecord | None, model: nn.Module, read_as: str = "") -> None:
+    """Refuse the dVAE `model`, loaded from `dvae` (weights, or a train-dvae run read as `read_as` says:
+    `ema=false`), when its weights' digest is not the `recorded` one (None: nothing records one, nothing is
+    compared)."""
+    from megadalle.encode import weights_digest
 
     if recorded is None:
         return
-    digest = dvae_digest(str(dvae))
+    digest = weights_digest(model)
     if digest != recorded.digest:
-        raise IncompatibleModels(f"dvae_weights={dvae}: not the dVAE whose codes the Transformer learnt (its weights' "
-                                 f"digest {digest}; {recorded.record} records {recorded.digest}, the dVAE that "
-                                 "encoded its token shards): it would decode the samples as another codebook's "
+        read = f" read with {read_as}" if read_as else ""
+        raise IncompatibleModels(f"dvae_weights={dvae}{read}: not the dVAE whose codes the Transformer learnt (its "
+                                 f"weights' digest {digest}; {recorded.record} records {recorded.digest}, the dVAE "
+                                 "that encoded its token shards): it would decode the samples as another codebook's "
                                  "pictures; give the dVAE that encoded them (dvae_weights=FILE)")

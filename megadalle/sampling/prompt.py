@@ -7,10 +7,7 @@ piece, one per run of them: a prompt made mostly of them tells the model next to
 """
 from __future__ import annotations
 
-import sys
-
-from tqdm import tqdm
-
+from megadalle import warn as warning
 from megadalle.config import ConfigError
 
 
@@ -50,6 +47,5 @@ def warn_if_unknown(tokenizer, prompt: str) -> None:
 
 
 def warn(message: str) -> None:
-    """`message` on stderr, on a line of its own: evaluate samples its captions under a progress bar, and a plain
-    print went on after the bar, on its line."""
-    tqdm.write(f"[generate] {message}", file=sys.stderr)
+    """`message` on stderr as the sampling verbs warn (megadalle.warn, safe under evaluate's progress bar)."""
+    warning.warn(message, "[generate]")

@@ -21,7 +21,8 @@ from megadalle.errors import UserError
 from megadalle.train.checkpoint_damage import complete_tags
 
 RUN_WEIGHTS = "dvae.safetensors"
-"""What train-dvae exports into its run directory when the run finishes and `weights` is not set."""
+"""What train-dvae exports into its run directory when the run finishes and `weights` is not set (where
+`run_pieces.run_export` looks for it)."""
 EXPORTED = "exported.json"
 """{"step": N}: the update train-dvae's last export was written at."""
 
@@ -43,11 +44,6 @@ class DVAEWeightsError(UserError, FileNotFoundError):
     """`dvae_weights` names nothing encode can read; the message says what to pass."""
 
 
-def exported_path(run: Path, config: dict) -> Path:
-    """Where the run exports its weights: its recorded `weights` (run_pieces.recorded_path), else RUN_WEIGHTS in it."""
-    return run_pieces.recorded_path(run, config, "weights", "dvae_weights") or run / RUN_WEIGHTS
-
-
 def newest_step(run: Path) -> int | None:
     """The step of the run's newest complete checkpoint (those a resume from an older one abandoned are set aside
     elsewhere)."""
@@ -59,14 +55,12 @@ def run_weights(run: Path, given: str) -> Path:
     """The weights file train-dvae run `run` exported (`given` is how the user named the run, for the messages). The
     way out offered besides finishing the run writes another file, passed as it is: an export over the run's own
     file would still be older than its record says, and refused again."""
-    from megadalle.train.dvae import FACTORY
-
     record = run_pieces.read(run)
-    factory = record.get("task_factory", FACTORY)  # a Transformer's or CLIP's run: not advised to finish as a dVAE
-    if factory != FACTORY:
-        raise DVAEWeightsError(f"dvae_weights={given}: a run directory of another model ({factory}), not of "
+    other = run_pieces.other_model(record, "dvae")  # a Transformer's or CLIP's run: not advised to finish as a dVAE
+    if other is not None:
+        raise DVAEWeightsError(f"dvae_weights={given}: a run directory of another model ({other}), not of "
                                "train-dvae; pass a train-dvae run directory or dVAE weights")
-    path = exported_path(run, record.get("config", {}))
+    path = run_pieces.run_export(run, record.get("config", {}), "dvae")
     exported, newest = exported_step(run), newest_step(run)
     rerun = "rerun train-dvae with the same command to finish and export"
     if newest is not None:  # export reads the EMA where the run trained one, as train-dvae's own export does

@@ -13,7 +13,8 @@ A package because its concepts are looked for separately, one per module, each i
 above it:
 
     errors.py    how weights go wrong (another model, none there, output in the way, damaged), one class each
-    records.py   the files' names, and the records beside the tensors: the config JSON, the index, the kind
+    records.py   the files' names, and the records beside the tensors: the config JSON, the index, the kind;
+                 the model folder a path lies in (its manifest's name), which no export but its own writes into
     dtypes.py    the dtype each tensor is written and read in (the export dtypes; integer tensors keep theirs)
     replace.py   what an export may write over: only an earlier export, never a user's other files
     writers.py   `save_weights`, and the streamed writers (one file, or shards) an export goes through
@@ -26,10 +27,11 @@ The names below are those its callers (the verbs, preflight, bundle.py, train/co
 from megadalle.weights.dtypes import DTYPES, as_dtype, export_layout
 from megadalle.weights.errors import AmbiguousOutput, OutputInTheWay, WeightsError, WeightsNotFound
 from megadalle.weights.load import first_of, load_into, load_weights, mismatches, read_config, shard_of
-from megadalle.weights.records import INDEX, SINGLE, config_path, read_record
+from megadalle.weights.records import INDEX, MANIFEST, SINGLE, config_path, model_folder_around, read_record
 from megadalle.weights.replace import check_replaceable, one_file
 from megadalle.weights.writers import TMP, ShardedWriter, SingleFileWriter, save_weights
 
 __all__ = ["DTYPES", "as_dtype", "export_layout", "AmbiguousOutput", "OutputInTheWay", "WeightsError",
-           "WeightsNotFound", "first_of", "load_weights", "mismatches", "read_config", "shard_of", "INDEX", "SINGLE",
-           "config_path", "read_record", "check_replaceable", "one_file", "TMP", "ShardedWriter", "SingleFileWriter", "save_weights"]
+           "WeightsNotFound", "first_of", "load_weights", "mismatches", "read_config", "shard_of", "INDEX", "MANIFEST",
+           "SINGLE", "config_path", "model_folder_around", "read_record", "check_replaceable", "one_file", "TMP",
+           "ShardedWriter", "SingleFileWriter", "save_weights"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,16 @@ from megadalle.weights.errors import WeightsDamaged, damaged
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
+MANIFEST = "bundle.json"
+"""What makes a folder a model folder (bundle.py, which writes it last)."""
+
+
+def model_folder_around(path: str | Path) -> Path | None:
+    """The model folder that `path` is or lies in (the nearest holding MANIFEST), absolute; None where there is
+    none. Its export alone writes into it: weights put there by hand or by another export would not be the ones its
+    manifest describes, and a file removed from it breaks it."""
+    path = Path(os.path.abspath(path))
+    return next((folder for folder in (path, *path.parents) if (folder / MANIFEST).is_file()), None)
 
 
 def read_record(path: Path, *keys: str) -> dict:

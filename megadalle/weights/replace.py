@@ -12,11 +12,22 @@ from pathlib import Path
 from typing import Callable
 
 from megadalle.weights.errors import AmbiguousOutput, OutputInTheWay
-from megadalle.weights.records import CONFIG, INDEX, config_path, json_object, recorded_kind
+from megadalle.weights.records import CONFIG, INDEX, config_path, json_object, model_folder_around, recorded_kind
 
 
 ELSEWHERE = "give another path, or remove it"
 """What to do about an output in the way: the export writes nowhere else on its own."""
+
+
+def _remedy(target: Path, remedy: str) -> str:
+    """What to do about `target` in the way: `remedy`, unless `target` is or lies in a model folder, whose files
+    (its Transformer, the folder itself) are no user's to remove or move out: it is rewritten whole from its
+    Transformer's run."""
+    folder = model_folder_around(target)
+    if folder is None:
+        return remedy
+    return (f"give another path; the model folder {folder} is rewritten whole, from its Transformer's run, by "
+            f"`megadalle export run=RUN output={folder}`")
 
 
 def one_file(output: str | Path) -> bool:
@@ -107,4 +118,4 @@ def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] | None
                                       ELSEWHERE)
     if problem:
         why, remedy = problem
-        raise OutputInTheWay(f"output={target}: {why}; {remedy}")
+        raise OutputInTheWay(f"output={target}: {why}; {_remedy(target, remedy)}")

@@ -368,3 +368,22 @@ def test_exports_dvae_and_clip_checks_name_a_damaged_file(trained, tmp_path, cap
         assert main(["export", f"run={run}", f"output={tmp_path / 'model'}", *given]) == 2
         assert capsys.readouterr().err.startswith(f"megadalle export: {damaged}: not a whole safetensors file (")
         assert not (tmp_path / "model").exists()
+
+
+def test_export_refuses_a_dvae_or_clip_whose_json_does_not_fit_its_tensors(trained, tmp_path, capsys):
+    """A dVAE whose JSON says another width was read as tensors alone and copied into the folder (exit code 0),
+    which generate then failed to load."""
+    run, _, dvae, clip = trained
+    for source, key, setting in ((dvae, "dvae_weights", "n_hid"), (clip, "clip_weights", "text_width")):
+        bad = tmp_path / key / source.name
+        bad.parent.mkdir()
+        shutil.copy(source, bad)
+        record = json.loads(source.with_suffix(".json").read_text())
+        record["config"][setting] *= 2
+        bad.with_suffix(".json").write_text(json.dumps(record))
+        given = [f"{k}={v}" for k, v in {"dvae_weights": dvae, "clip_weights": clip, key: bad}.items()]
+        assert main(["export", f"run={run}", f"output={tmp_path / 'model'}", *given]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"megadalle export: {bad}: ") and err.count("\n") == 1, err
+        assert f"its tensors do not fit the model that {bad.with_suffix('.json')} describes" in err
+        assert not (tmp_path / "model").exists()

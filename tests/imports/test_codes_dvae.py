@@ -13,6 +13,7 @@ import torch
 import megadalle
 from megadalle.bundle import write_bundle
 from megadalle.cli import main
+from megadalle.config.compose import compose
 from megadalle.data.index import ShardIndex
 from megadalle.encode import dvae_digest
 from megadalle.sampling.compatible import IncompatibleModels
@@ -101,3 +102,54 @@ def test_a_rerun_leaves_codes_of_another_dvae_to_the_checkpoint(tmp_path):
     assert rundir.digests(config) == {RUN_KEY: "1" * 16}
     (tmp_path / "run.json").write_text(json.dumps({"config": config, "sha256": {RUN_KEY: "0" * 16}}))
     rundir.check_config(tmp_path, config)
+
+
+@pytest.fixture(scope="module")
+def on_codes_of_a_dvae_run(on_codes_of_a, tmp_path_factory):
+    """(Transformer run, train-dvae run): the run of `on_codes_of_a` recording as its codes' dVAE a train-dvae run's
+    export, that of a tiny dVAE trained 2 updates with an EMA (trainer.ema=0.5: its EMA and live weights differ)."""
+    from megadalle.train.dvae import train_dvae
+    from tests.dvae.conftest import write_image_shards
+
+    root = tmp_path_factory.mktemp("dvae_run")
+    write_image_shards(root / "images", 8, 32, 8)
+    dvae_run = root / "dvae_run"
+    train_dvae(compose("train-dvae", [f"data.shards={root / 'images'}", "data.num_workers=0", "dvae=tiny",
+                                      "dvae.n_hid=16", "trainer.steps=2", "trainer.micro_batch=4", "trainer.ema=0.5",
+                                      "logger=none", f"run_dir={dvae_run}"]))
+    run = root / "run"
+    shutil.copytree(on_codes_of_a[0], run)
+    record = json.loads((run / "run.json").read_text())
+    record["sha256"][RUN_KEY] = dvae_digest(str(dvae_run))
+    (run / "run.json").write_text(json.dumps(record))
+    return run, dvae_run
+
+
+def test_the_dvae_compared_is_the_one_that_decodes(on_codes_of_a_dvae_run, tmp_path, capsys):
+    """A train-dvae run read with ema=false decodes with its live weights, while the check digested its export (the
+    EMA, which encoded the codes): exit code 0, the samples decoded by another dVAE."""
+    run, dvae_run = on_codes_of_a_dvae_run
+    capsys.readouterr()
+    assert generate(run, tmp_path / "auto", f"dvae_weights={dvae_run}") == 0  # ema=auto: the EMA, as exported
+    capsys.readouterr()
+    assert generate(run, tmp_path / "live", f"dvae_weights={dvae_run}", "ema=false") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"megadalle generate: dvae_weights={dvae_run} read with ema=false: not the dVAE whose codes "
+                          f"the Transformer learnt (its weights' digest ") and err.count("\n") == 1, err
+    assert f"{run / 'run.json'} records {dvae_digest(str(dvae_run))}" in err
+    assert not (tmp_path / "live").exists()
+
+
+def test_a_dvae_run_exported_into_a_model_folder_is_refused(on_codes_of_a_dvae_run, tmp_path, capsys):
+    """`export run=<dVAE run> output=model/dvae.safetensors` replaced the folder's dVAE behind its bundle.json."""
+    run, dvae_run = on_codes_of_a_dvae_run
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae_run / "dvae.safetensors"))
+    before = (folder / "dvae.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["export", f"run={dvae_run}", f"output={folder / 'dvae.safetensors'}"]) == 2
+    assert capsys.readouterr().err == (
+        f"megadalle export: output={folder / 'dvae.safetensors'}: inside the model folder {folder}, whose Transformer "
+        "and bundle.json a dVAE exported alone would not match; export it to another path, then the whole folder "
+        f"with `megadalle export run=RUN output={folder} dvae_weights=<that path>` (RUN: its Transformer's training "
+        "run)\n")
+    assert (folder / "dvae.safetensors").read_bytes() == before

@@ -47,3 +47,21 @@ def test_a_directory_given_as_a_piece_is_named_with_the_file_to_pass(trained, tm
     assert capsys.readouterr().err == (f"megadalle export: dvae_weights={tmp_path}: a directory, not a weights file; "
                                        "pass dvae_weights=FILE (a .safetensors with its .json beside)\n")
     assert not out.exists()
+
+
+def test_a_folder_given_as_the_tokenizer_or_a_run_of_another_model_is_said_to_be_so(trained, tmp_path, capsys):
+    """`tokenizer=<folder>` was told to pass a .safetensors, and `dvae_weights=<a Transformer's run>` to export that
+    run as a dVAE and pass it."""
+    run, _, dvae, clip = trained
+    out = tmp_path / "model"
+    assert main(["export", f"run={run}", f"output={out}", f"dvae_weights={dvae}", f"tokenizer={tmp_path}"]) == 2
+    assert capsys.readouterr().err == (f"megadalle export: tokenizer={tmp_path}: a directory, not a sentencepiece "
+                                       ".model file; pass tokenizer=FILE\n")
+    for key, name in (("dvae_weights", "dVAE"), ("clip_weights", "CLIP")):
+        given = {"dvae_weights": dvae, key: run}
+        assert main(["export", f"run={run}", f"output={out}", *(f"{k}={v}" for k, v in given.items())]) == 2
+        assert capsys.readouterr().err == (
+            f"megadalle export: {key}={run}: a directory, not a weights file: a run of another model "
+            f"(megadalle.train.transformer:task_from_config), not of train-{key.removesuffix('_weights')}; pass the "
+            f"{name} weights, {key}=FILE\n")
+    assert not out.exists()

@@ -51,16 +51,25 @@ def test_weights_only_deletes_no_file_it_did_not_write(trained, tmp_path, capsys
     assert contents(earlier) == before
 
 
-def test_weights_only_into_a_model_folder_is_refused(trained, tmp_path, capsys):
+def test_weights_into_a_model_folder_are_refused_with_or_without_weights_only(trained, tmp_path, capsys):
     """`output=model/transformer` replaced the folder's Transformer without the folder export's checks (its
-    tokenizer, its dVAE), and its bundle.json went on describing the earlier run."""
+    tokenizer, its dVAE), and its bundle.json went on describing the earlier run; without weights_only,
+    `output=model/transformer.safetensors` still wrote there (exit code 0), and `output=model/transformer` was told
+    to remove it."""
     run, _, dvae, clip = trained
     folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
     before = contents(folder)
-    for output in (folder / "transformer", folder / "transformer.safetensors"):
-        assert main(["export", f"run={run}", f"output={output}", "weights_only=true"]) == 2
+    for output, keys in ((folder / "transformer", ["weights_only=true"]),
+                         (folder / "transformer.safetensors", ["weights_only=true"]),
+                         (folder / "transformer.safetensors", []), (folder / "transformer", []),
+                         (folder / "sub" / "x.safetensors", [])):
+        assert main(["export", f"run={run}", f"output={output}", *keys]) == 2
         assert one_line(capsys) == (
             f"output={output}: inside the model folder {folder}, whose tokenizer, dVAE and bundle.json a "
             f"Transformer exported alone would not match; export the whole folder with `megadalle export run={run} "
-            f"output={folder}`, or give weights_only another path")
+            f"output={folder}`, or give another path")
         assert contents(folder) == before
+    assert main(["export", f"run={run}", f"output={folder}", "weights_only=true"]) == 2
+    assert one_line(capsys).startswith(f"output={folder}: a model folder, whose tokenizer, dVAE and bundle.json")
+    assert contents(folder) == before
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0  # the folder's own export

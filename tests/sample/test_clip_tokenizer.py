@@ -56,6 +56,21 @@ def test_a_clip_exported_before_the_record_is_read_with_a_warning(tmp_path, caps
                        "samples by noise"]
 
 
+def test_the_warning_is_said_only_once_the_run_passed_every_check(tmp_path, capsys):
+    """The warning was printed at once, and a refusal after it (a prompt the tokenizer reads nothing of, a wrong
+    dVAE) left two lines for one run that did not start."""
+    write_tiny_models(tmp_path)
+    meta = config_path(tmp_path / "clip.safetensors")
+    record = json.loads(meta.read_text())
+    del record[clip_record.TOKENIZER]
+    meta.write_text(json.dumps(record))
+    assert main(["generate", f"weights={tmp_path / 'model.safetensors'}", 'prompt="\u200b"', "n=2", "keep=1",
+                 f"output={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("megadalle generate: prompt='\\u200b': the tokenizer reads nothing of it") and \
+        err.count("\n") == 1, err
+
+
 def test_load_pipeline_refuses_a_clip_of_another_tokenizer(tmp_path):
     import pytest
 

@@ -188,3 +188,28 @@ def test_files_written_before_the_format_was_recorded_still_read_and_are_replace
     assert torch.equal(state["w"], STATE["w"]) and config == {"width": 3}
     write(old, "dvae")
     assert metadata(old) == {"format": "pt", "kind": "dvae"}
+
+
+def test_a_model_folder_or_a_file_in_it_is_never_offered_for_removal(tmp_path):
+    """`give another path, or remove it` invited deleting a model folder, or its Transformer, that train-clip's
+    `weights=` or an export named: the folder's own export rewrites it whole, and that is the way offered."""
+    folder = tmp_path / "model"
+    write_folder(folder / "transformer", "transformer")
+    save_weights(folder / "dvae.safetensors", STATE, "dvae", {"width": 3})
+    (folder / "tokenizer.model").write_text("pieces")
+    (folder / "bundle.json").write_text("{}")
+    before = contents(folder)
+    way = (f"; give another path; the model folder {folder} is rewritten whole, from its Transformer's run, by "
+           f"`megadalle export run=RUN output={folder}`")
+    for target, kind in ((folder, None), (folder / "transformer", "clip"), (folder / "dvae.safetensors", "clip")):
+        with pytest.raises(OutputInTheWay) as refused:
+            check_replaceable(target, kind=kind)
+        assert str(refused.value).startswith(f"output={target}: ") and str(refused.value).endswith(way)
+        assert "remove" not in str(refused.value)
+    with pytest.raises(PreflightError, match=f"^weights={folder / 'transformer'}: holds the weights of a "
+                                             f"'transformer' model.*{way}$"):
+        export_target(str(folder / "transformer"), "clip")
+    assert contents(folder) == before
+    elsewhere = write_folder(tmp_path / "weights", "dvae")  # outside a model folder, the advice stays
+    with pytest.raises(OutputInTheWay, match="; give another path, or remove it$"):
+        check_replaceable(elsewhere, kind="clip")
