@@ -92,7 +92,7 @@ def weights_digest(model: DVAE) -> str:
 
 def dvae_digest(weights: str | Path) -> str:
     """The digest `encode` records of the dVAE `dvae_weights=weights` means (a file, or a train-dvae run's export):
-    its weights are read for it (tens of MB)."""
+    its weights are read for it (the paper's: ~98M parameters, ~390 MB in fp32)."""
     return weights_digest(load_dvae(dvae_weights_file(weights)))
 
 
