@@ -206,5 +206,5 @@ def picked_own_caption(chosen: torch.Tensor, labels: torch.Tensor, text: torch.T
     token ids `text`, one of the same ids."""
     if text is None:
         return chosen == labels
-    all_text, _ = gather(text)
+    all_text, _ = gather(text.to(chosen.device))
     return (all_text[chosen] == all_text[labels]).all(-1)

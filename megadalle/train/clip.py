@@ -78,7 +78,7 @@ class ClipTask(ShardsTask):
     def update_runner(self, part: DataPart) -> UpdateRunner | None:
         """Gradient caching over the update's micro-batches when they are several and `clip.negatives=update`."""
         if part.grad_accum > 1 and self.cfg.negatives == "update":
-            return partial(grad_cache.update, encode=embed, loss=contrastive_loss)
+            return partial(grad_cache.update, encode=embed, loss=contrastive_loss, inputs=update_text)
         return None
 
     def after_update(self, model: CLIP, editor: ParamEditor, step: int) -> dict[str, float]:
@@ -88,6 +88,12 @@ class ClipTask(ShardsTask):
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec("clip", self.cfg)
+
+
+def update_text(batches: list[Batch]) -> dict[str, torch.Tensor]:
+    """The update's token ids, rows in the order of its embeddings: clip_acc counts a pick of a copy of a pair's own
+    caption as a hit, as CLIP.loss does for one micro-batch."""
+    return {"text": torch.cat([batch["text"] for batch in batches])}
 
 
 def embed(model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -35,14 +35,16 @@ Loss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 """(*outputs of the whole update, concatenated) -> (scalar loss, metrics)."""
 
 
-def update(engine: Any, batches: Sequence[Batch], step: int, encode: Encode, loss: Loss) -> dict[str, float]:
+def update(engine: Any, batches: Sequence[Batch], step: int, encode: Encode, loss: Loss,
+           inputs: Callable[[Sequence[Batch]], dict[str, Any]] | None = None) -> dict[str, float]:
     """Run one update of this rank's `batches` through the DeepSpeed `engine` under `loss` of the whole update
     (the same call on every rank: `loss` may gather over them); returns this rank's loss as `loss` and its
-    metrics."""
+    metrics. `inputs` gives `loss` keyword arguments read from the batches themselves, without gradients (CLIP's
+    token ids, for its accuracy)."""
     with torch.no_grad():
         cached = [engine(batch, step, run=encode) for batch in batches]
     leaves = [joined(outputs).detach().float().requires_grad_() for outputs in zip(*cached)]
-    value, metrics = loss(*leaves)
+    value, metrics = loss(*leaves, **(inputs(batches) if inputs else {}))
     grads = torch.autograd.grad(value, leaves)
     shares = zip(*(split(grad, outputs) for grad, outputs in zip(grads, zip(*cached))))
     accum = engine.gradient_accumulation_steps()

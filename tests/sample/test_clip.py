@@ -44,10 +44,7 @@ def test_a_perfect_clip_scores_every_pair_with_repeated_captions_a_hit():
     batches repeat its 40 captions: clip_acc was 0.516, the first of each tied copy counting for all of them."""
     from megadalle.models.clip import contrastive_loss
 
-    g = torch.Generator().manual_seed(0)
-    captions = torch.randint(4, 50, (33, 8), generator=g)
-    embedding = torch.nn.functional.normalize(torch.randn(33, 16, generator=g), dim=-1)
-    which = torch.cat([torch.arange(33), torch.randint(0, 33, (31,), generator=g)])
+    captions, embedding, which = perfect_clip_batch()
     text, emb = captions[which], embedding[which]
     _, metrics = contrastive_loss(emb, emb, torch.tensor(100.0), text)
     assert metrics["clip_acc"] == 1.0
@@ -57,6 +54,44 @@ def test_a_perfect_clip_scores_every_pair_with_repeated_captions_a_hit():
     _, missed = contrastive_loss(wrong, emb, torch.tensor(100.0), text)
     assert missed["clip_acc"] == pytest.approx((text[torch.arange(64)] == text[(torch.arange(64) + 1) % 64])
                                                .all(-1).float().mean().item())
+
+
+def perfect_clip_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(33 captions' token ids, their embeddings, the 64 pairs' caption indices): the first 33 pairs one of each
+    caption, the other 31 repeats."""
+    g = torch.Generator().manual_seed(0)
+    captions = torch.randint(4, 50, (33, 8), generator=g)
+    embedding = torch.nn.functional.normalize(torch.randn(33, 16, generator=g), dim=-1)
+    return captions, embedding, torch.cat([torch.arange(33), torch.randint(0, 33, (31,), generator=g)])
+
+
+def test_with_gradient_caching_a_copy_of_the_own_caption_is_a_hit_too():
+    """Over micro-batches (clip.negatives=update, the default) the loss saw the embeddings alone, so the logged
+    clip_acc counted each repeat a miss while val/clip_acc, through CLIP.loss, did not."""
+    from megadalle.config.clip import ClipConfig
+    from megadalle.train.clip import ClipTask
+    from megadalle.train.task import DataPart
+
+    captions, embedding, which = perfect_clip_batch()
+    scale = torch.nn.Parameter(torch.ones(()))
+
+    class Engine:  # a perfect CLIP (each image embedded as its caption) run as DeepSpeed's engine runs it
+        def __call__(self, batch, step, run):
+            return run(lambda image, text: (embedding[image] * scale, embedding[image] * scale, 100 * scale), batch,
+                       step)
+
+        def gradient_accumulation_steps(self):
+            return 2
+
+        def backward(self, loss):
+            loss.backward()
+
+        def step(self):
+            pass
+
+    runner = ClipTask(ClipConfig(), None, None).update_runner(DataPart(32, 2, 0, 1))
+    batches = [{"image": which[:32], "text": captions[which[:32]]}, {"image": which[32:], "text": captions[which[32:]]}]
+    assert runner(Engine(), batches, 0)["clip_acc"] == 1.0
 
 
 def clamped(model: CLIP, optimizer) -> None:
