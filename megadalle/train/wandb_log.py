@@ -192,7 +192,7 @@ class Wandb(Callback):
             self.run_id = info.wandb_id or secrets.token_hex(4)
         if self.cfg.mode == "disabled":
             return
-        error = distributed.first_error(failure)
+        error = distributed.broadcast_object(failure)  # rank 0's: the only rank that starts wandb
         if bug is not None:  # a bug: rank 0 keeps its traceback, the others stop with its line
             raise bug
         if error is not None:
