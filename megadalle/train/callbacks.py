@@ -2,8 +2,9 @@
 
 The loop calls, on every rank, `start(info)` once, `step(step, metrics)` after every update (a
 callback may add keys, e.g. tokens/s, for the ones after it), `log(step, metrics)` every
-`log_every` updates, `media(step, values)` when the task produced media, and `end()`, also when
-the run failed, even in `start` (an `end()` must expect that its `start` did not run or finish).
+`log_every` updates, `media(step, values)` when the task produced media, then `ending(failing, stopped)`
+and `end()`, also when the run failed, even in `start` (an `end()` must expect that its `start` did not run or
+finish).
 Callbacks that write (console, wandb) act on rank 0 only.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ class RunInfo:
     start_step: int
     total_steps: int
     config: dict = field(default_factory=dict)
-    """The full composed config, stored with the run and sent to wandb."""
+    """What wandb records as the run's config: run.json's (absolute paths, digests) and the layout (loop.Trainer)."""
     wandb_id: str | None = None
     """The wandb run id of a resumed run (None for a new run); the wandb callback sets it."""
 
@@ -40,17 +41,23 @@ class Callback:
     def media(self, step: int, values: dict[str, Any]) -> None:
         pass
 
+    def ending(self, failing: bool, stopped: bool) -> None:
+        """How the run ends, said just before `end()`: `failing` (an error goes on), `stopped` for a signal (its
+        checkpoint saved, the job requeued), or neither (done). wandb records it as the run's state."""
+
     def end(self) -> None:
         pass
 
 
-def end_all(callbacks: list[Callback], failing: bool) -> None:
-    """`end()` of every callback, though one fails: one failing (wandb's finish on a full disk) skipped the others'
-    and whatever the caller does after (the run lock's release, in-process). The first failure is raised once all
-    ran, unless the run is `failing` already: its own error says what went wrong, and an end()'s is one line more."""
+def end_all(callbacks: list[Callback], failing: bool, stopped: bool = False) -> None:
+    """`ending()` and `end()` of every callback, though one fails: one failing (wandb's finish on a full disk)
+    skipped the others' and whatever the caller does after (the run lock's release, in-process). The first failure
+    is raised once all ran, unless the run is `failing` already: its own error says what went wrong, and an end()'s
+    is one line more."""
     first = None
     for callback in callbacks:
         try:
+            callback.ending(failing, stopped)
             callback.end()
         except Exception as err:
             if failing:

@@ -117,26 +117,34 @@ class Trainer:
         self._stop_point()
         self.samples_seen = int(state.get("samples_seen", 0))
         self.nonfinite = int(state.get("nonfinite_losses", 0))
-        self._write_run_json(run)
+        recorded = self._write_run_json(run)
         self.wandb = Wandb(logger)
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)
         self.callbacks: list[Callback] = [speed, Console(), self.wandb, media.MediaFiles(), *(extra_callbacks or [])]
         self.validator = Validator(task, self.built, self.part, trainer.eval_every, trainer.eval_batches, run.seed)
-        self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps, run.config,
-                            state.get("wandb_id"))
+        self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps,
+                            self._logged_config(recorded), state.get("wandb_id"))
 
-    def _write_run_json(self, run: RunOptions) -> None:
+    def _write_run_json(self, run: RunOptions) -> dict:
         """Rank 0 records the config the run goes on under (a resume may have changed what RESUMABLE allows), its paths
-        absolute (rundir.recorded); a disk that does not take it stops every rank with one line (disk_full)."""
-        failure = None
+        absolute (rundir.recorded); a disk that does not take it stops every rank with one line (disk_full). Returns
+        what it recorded ({} on the other ranks)."""
+        failure, recorded = None, {}
         if self.env.rank == 0:
             path = self.run_dir / "run.json"
+            recorded = {"task_factory": run.task_factory, "config": rundir.recorded(run.config),
+                        "sha256": rundir.digests(run.config)}
             failure = disk_full.attempt(partial(atomic.write_bytes, path, json.dumps(
-                {"task_factory": run.task_factory, "config": rundir.recorded(run.config),
-                 "sha256": rundir.digests(run.config)},
-                indent=1, default=str).encode()), path)
+                recorded, indent=1, default=str).encode()), path)
         disk_full.stop_every_rank(failure)
+        return recorded
+
+    def _logged_config(self, recorded: dict) -> dict:
+        """wandb's config: run.json's (absolute paths, the tokenizer's and dVAE's digests) and the layout, which the
+        config as typed does not tell (a run on 1 and on 8 GPUs looked the same)."""
+        return {**recorded.get("config", {}), "sha256": recorded.get("sha256", {}),
+                "layout": {"world_size": self.env.world_size, **dataclasses.asdict(self.layout)}}
 
     def _stop_point(self) -> None:
         """Between two stages of the start-up (each can take minutes at 12B: converting or loading a checkpoint,
@@ -251,7 +259,7 @@ class Trainer:
         finally:
             stop.uninstall(stopped)
             try:
-                end_all(self.callbacks, failing)
+                end_all(self.callbacks, failing, stopped)
             finally:
                 self.lock.release()
         if stopped:  # once the stop flag is given back: a Ctrl-C now is not one "saving after this update"

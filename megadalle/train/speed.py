@@ -6,14 +6,27 @@ where training FLOPs per sample come from the task (for the Transformer: model.f
 forward + backward, times tokens per sample) and the peak is `logger.peak_tflops` (dense bf16 of
 the device, 989 TFLOP/s for an H100 SXM). Recomputation from activation checkpointing is not
 counted: MFU measures useful model work, not hardware FLOPs.
+
+Memory (`mem_gib`) is rank 0's peak since the run's first update began (`start` resets it: a sweep's jobs, or the
+demo's stages, run one after another in one process, and each reported the largest peak of those before it):
+on CUDA the peak PyTorch allocated (`mem_reserved_gib`: its caching allocator's peak), elsewhere the peak resident
+set size, VmHWM on Linux after a reset through /proc/self/clear_refs. Where /proc does not take that reset it is
+the process's peak since it started (VmHWM, or ru_maxrss without /proc).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
+import re
 import resource
+from pathlib import Path
 
 import torch
 
-from megadalle.train.callbacks import Callback
+from megadalle.train.callbacks import Callback, RunInfo
+
+PROC = Path("/proc/self")
 
 
 class Speed(Callback):
@@ -23,6 +36,9 @@ class Speed(Callback):
         self.tokens_per_sample = tokens_per_sample
         self.flops_per_sample = flops_per_sample
         self.peak = peak_tflops * 1e12 * devices
+
+    def start(self, info: RunInfo) -> None:
+        reset_peak_memory()
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
         """Rates from the loop's `step_seconds` (the update alone: checkpoint saves are not counted)."""
@@ -35,9 +51,32 @@ class Speed(Callback):
         metrics.update(memory())
 
 
+def reset_peak_memory() -> None:
+    """Start `memory()`'s peak afresh: CUDA's counters, and on Linux the resident set's high-water mark ("5" to
+    clear_refs sets VmHWM to the current size), once the heap an earlier run freed is given back (glibc keeps it:
+    cpu_malloc.py); without /proc, ru_maxrss goes on from the process's start."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+    with contextlib.suppress(OSError):
+        (PROC / "clear_refs").write_text("5")
+
+
 def memory() -> dict[str, float]:
-    """Peak device memory (GiB) on CUDA, else the process's peak resident set size (GiB)."""
+    """Peak device memory (GiB) on CUDA, else the peak resident set size (GiB), since `reset_peak_memory`."""
     if torch.cuda.is_available():
         return {"mem_gib": torch.cuda.max_memory_allocated() / 2**30,
                 "mem_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
-    return {"mem_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {"mem_gib": resident_peak_kib() / 2**20}
+
+
+def resident_peak_kib() -> int:
+    """VmHWM of /proc/self/status (reset by `reset_peak_memory`), else ru_maxrss (KiB on Linux, never reset)."""
+    try:
+        found = re.search(r"^VmHWM:\s*(\d+) kB", (PROC / "status").read_text(), re.MULTILINE)
+    except OSError:
+        found = None
+    return int(found.group(1)) if found else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

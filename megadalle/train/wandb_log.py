@@ -11,6 +11,9 @@ system) and keeps its id; one with another inode is a copy and takes a new id, w
 another file system is a copy there (no inode survives it) and also takes a new id: one wandb run too many
 is better than two runs in one. A run directory without the record (made before it) takes its checkpoint's
 id when the checkpoint is its own (`checkpoints/` holds one), a new one when it resumes another run's.
+A run that goes back (`resume=<run>/checkpoints/step_N` while a later complete checkpoint is there) takes a new
+id too, with a note: wandb ignores every step below the last one a run logged, so the new branch stayed invisible
+until it passed the old one's last step.
 """
 from __future__ import annotations
 
@@ -23,7 +26,19 @@ from typing import Any, Mapping
 
 from megadalle.config.train import LoggerConfig
 from megadalle.data import atomic
+from megadalle.errors import UserError
+from megadalle.train import distributed
 from megadalle.train.callbacks import Callback, RunInfo
+from megadalle.train.checkpoint import one_line, tag_of
+from megadalle.train.checkpoint_damage import complete_tags
+from megadalle.train.signals import STOPPED_EXIT
+
+FORMER_DEFAULT = "https://api.wandb.ai"
+"""wandb's default server before CoreWeave's Forge fronted it; the API behind the Forge host of later versions."""
+
+
+class WandbError(UserError):
+    """wandb.init failed (no reachable server, refused credentials); the message says what to do instead."""
 
 
 def settings_base_url(env: Mapping[str, str], home: Path) -> str | None:
@@ -39,27 +54,57 @@ def settings_base_url(env: Mapping[str, str], home: Path) -> str | None:
     return parser.get("default", "base_url", fallback=None)
 
 
+def default_base_url() -> str:
+    """The server the installed wandb talks to when nothing names one, from its own module (no network): it moved
+    from api.wandb.ai to api.forge.coreweave.com, and `wandb login` keys its ~/.netrc entry by it."""
+    try:
+        from wandb.sdk.lib import urls
+    except ImportError:
+        return FORMER_DEFAULT
+    return getattr(urls, "DEFAULT_BASE_URL", FORMER_DEFAULT)
+
+
+def base_url(env: Mapping[str, str]) -> str:
+    """The server wandb logs to: WANDB_BASE_URL, else the `base_url` `wandb login --host` saved, else its default."""
+    home = Path(env.get("HOME", "~")).expanduser()
+    return env.get("WANDB_BASE_URL") or settings_base_url(env, home) or default_base_url()
+
+
+def netrc_machines(url: str) -> set[str]:
+    """The .netrc machines wandb takes a key for `url` from: its host (with the port, as `wandb login` writes it,
+    or without), and for a Forge host the W&B API host behind it (wandb falls back to it: an older wandb's login)."""
+    from urllib.parse import urlsplit
+
+    urls = [url]
+    try:
+        from wandb.sdk.lib.urls import forge_upstream_url
+
+        urls.append(forge_upstream_url(url))
+    except ImportError:  # a wandb from before Forge: its default is FORMER_DEFAULT
+        pass
+    parts = [urlsplit(u) for u in urls]
+    return {name for p in parts for name in (p.netloc, p.hostname) if name}
+
+
 def credentials_found(environ: Mapping[str, str] | None = None) -> bool:
     """Whether wandb will find credentials without prompting, read the way `wandb login` documents its lookup,
-    without wandb or the network: WANDB_API_KEY, an identity token file (WANDB_IDENTITY_TOKEN_FILE), or the
-    .netrc entry `wandb login` writes for the host of WANDB_BASE_URL or of the `base_url` that `wandb login
-    --host` saves in wandb's settings (a self-hosted server) (NETRC, else ~/.netrc or ~/_netrc). A .netrc this
-    cannot parse counts as found: wandb decides then."""
+    without the network: WANDB_API_KEY, an identity token file (WANDB_IDENTITY_TOKEN_FILE), or the .netrc entry
+    `wandb login` writes for the server of `base_url` (NETRC, else ~/.netrc or ~/_netrc). A .netrc this cannot
+    parse counts as found: wandb decides then."""
     import netrc
-    from urllib.parse import urlparse
 
     env = os.environ if environ is None else environ
     if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     home = Path(env.get("HOME", "~")).expanduser()
-    host = urlparse(env.get("WANDB_BASE_URL") or settings_base_url(env, home) or "https://api.wandb.ai").hostname
+    machines = netrc_machines(base_url(env))
     files = [Path(env["NETRC"])] if env.get("NETRC") else [home / ".netrc", home / "_netrc"]
     for path in (f for f in files if f.is_file()):
         try:
-            entry = netrc.netrc(str(path)).authenticators(host)
+            found = netrc.netrc(str(path))
         except (netrc.NetrcParseError, OSError):
             return True
-        if entry and entry[2]:
+        if any((entry := found.authenticators(machine)) and entry[2] for machine in machines):
             return True
     return False
 
@@ -82,9 +127,18 @@ def read_record(record: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_id(run_dir: Path, checkpoint_id: str | None) -> tuple[str, str | None]:
-    """The wandb id of the run in `run_dir` (the module docstring says how it is chosen), and a note when it is not
-    the one its checkpoint carries; records it with the directory's identity."""
+def later_checkpoint(run_dir: Path, step: int | None) -> str | None:
+    """The newest complete checkpoint of the run past `step`, the one it resumes from: there when the run goes back
+    (`resume=<run>/checkpoints/step_N`), until its first save sets the later ones aside (checkpoints/abandoned/)."""
+    if step is None:
+        return None
+    later = [tag for tag in complete_tags(run_dir / "checkpoints") if tag > tag_of(step)]
+    return later[-1] if later else None
+
+
+def run_id(run_dir: Path, checkpoint_id: str | None, resumed_step: int | None = None) -> tuple[str, str | None]:
+    """The wandb id of the run in `run_dir`, resumed at `resumed_step` (the module docstring says how it is chosen),
+    and a note when it is not the one its checkpoint carries; records it with the directory's identity."""
     here = directory_identity(run_dir)
     record = run_dir / ID_RECORD
     saved = read_record(record)
@@ -101,9 +155,24 @@ def run_id(run_dir: Path, checkpoint_id: str | None) -> tuple[str, str | None]:
                 f"{checkpoint_id}")
     else:
         wandb_id = checkpoint_id or secrets.token_hex(4)
+    if note is None and (later := later_checkpoint(run_dir, resumed_step)) is not None:
+        kept, wandb_id = wandb_id, secrets.token_hex(4)
+        note = (f"{run_dir} goes back to {tag_of(resumed_step)} from its {later}: it logs to a new wandb run "
+                f"{wandb_id}, not to {kept} (wandb ignores the steps below the last one a run logged)")
     if saved != {"id": wandb_id, **here}:
         atomic.write_json(record, {"id": wandb_id, **here})
     return wandb_id, note
+
+
+def start_failure(err: Exception, mode: str, run_dir: Path) -> str:
+    """One line for wandb.init's own error `err`: the server, wandb's first line, and how to train on anyway."""
+    said = str(err).strip().splitlines()
+    first = said[0][:300] if said else type(err).__name__
+    if mode != "online":
+        return f"logger.mode={mode}: wandb could not start ({first}); logger=none trains without wandb"
+    return (f"logger.mode=online: wandb could not start a run on {base_url(os.environ)} ({first}); without a "
+            f"reachable server log with logger.mode=offline and upload later with "
+            f"`wandb sync {run_dir}/wandb/offline-run-*`")
 
 
 class Wandb(Callback):
@@ -111,23 +180,45 @@ class Wandb(Callback):
         self.cfg = cfg
         self.run = None
         self.run_id: str | None = None
+        self.exit_code = 1
+        """What wandb records as the run's end (`ending`): 0 done, 1 failed, STOPPED_EXIT stopped for a signal (with
+        mark_preempting, as wandb asks of a job that is requeued). A finish without one recorded 0 for a failed run."""
 
     def start(self, info: RunInfo) -> None:
+        """wandb.init on rank 0. When it fails (on a compute node without internet, after wandb's 90 s timeout) every
+        rank stops together with one line, not a traceback printed twice."""
+        failure, bug = self._init(info) if info.rank == 0 else (None, None)
         if info.rank != 0:  # it logs nothing
             self.run_id = info.wandb_id or secrets.token_hex(4)
-            return
-        # The id is kept with logger=none too, for a later run that logs; the note is said only where a wandb run is
-        # logged to (with logger=none it spoke of a run nothing goes to).
-        self.run_id, note = run_id(Path(info.run_dir), info.wandb_id)
         if self.cfg.mode == "disabled":
             return
+        error = distributed.broadcast_object(failure)  # rank 0's: the only rank that starts wandb
+        if bug is not None:  # a bug: rank 0 keeps its traceback, the others stop with its line
+            raise bug
+        if error is not None:
+            raise WandbError(error)
+
+    def _init(self, info: RunInfo) -> tuple[str | None, Exception | None]:
+        """Rank 0's id and wandb.init; the one line of a failure (wandb's own error: its line; another: a bug,
+        returned too, to raise once the other ranks have its line)."""
+        # The id is kept with logger=none too, for a later run that logs; the note is said only where a wandb run is
+        # logged to (with logger=none it spoke of a run nothing goes to).
+        self.run_id, note = run_id(Path(info.run_dir), info.wandb_id, info.start_step)
+        if self.cfg.mode == "disabled":
+            return None, None
         if note is not None:
             print(f"[wandb] {note}", file=sys.stderr, flush=True)
         import wandb
 
-        self.run = wandb.init(project=self.cfg.project, entity=self.cfg.entity, name=self.cfg.name,
-                              mode=self.cfg.mode, dir=str(info.run_dir), id=self.run_id, resume="allow",
-                              config=info.config)
+        try:
+            self.run = wandb.init(project=self.cfg.project, entity=self.cfg.entity, name=self.cfg.name,
+                                  mode=self.cfg.mode, dir=str(info.run_dir), id=self.run_id, resume="allow",
+                                  config=info.config)
+        except wandb.errors.Error as err:
+            return start_failure(err, self.cfg.mode, Path(info.run_dir)), None
+        except Exception as err:
+            return f"rank 0 failed to start wandb: {one_line(err)}", err
+        return None, None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.run is not None:
@@ -139,7 +230,12 @@ class Wandb(Callback):
 
             self.run.log({k: v.to_wandb() if isinstance(v, Picture) else v for k, v in values.items()}, step=step)
 
+    def ending(self, failing: bool, stopped: bool) -> None:
+        self.exit_code = 1 if failing else STOPPED_EXIT if stopped else 0
+
     def end(self) -> None:
         if self.run is not None:
-            self.run.finish()
-            self.run = None
+            run, self.run = self.run, None
+            if self.exit_code == STOPPED_EXIT and hasattr(run, "mark_preempting"):
+                run.mark_preempting()
+            run.finish(exit_code=self.exit_code)

@@ -42,6 +42,6 @@ def test_logger_none_says_nothing_of_wandb_runs(tmp_path, monkeypatch, capsys, m
     shutil.copytree(first, copy)
     monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=lambda **kwargs: None))
     callback = wandb_log.Wandb(SimpleNamespace(mode=mode, project="p", entity=None, name=None))
-    callback.start(SimpleNamespace(rank=0, run_dir=str(copy), wandb_id=original, config={}))
+    callback.start(SimpleNamespace(rank=0, run_dir=str(copy), wandb_id=original, start_step=0, config={}))
     assert ("[wandb]" in capsys.readouterr().err) == said
     assert callback.run_id != original
