@@ -24,10 +24,11 @@ def test_a_run_directory_moved_between_saves_stops_before_the_next(train_overrid
     run, moved = tmp_path / "run", tmp_path / "moved"
     report = loop.Trainer._report
 
-    def move_after_step_1(self, metrics):
-        report(self, metrics)
+    def move_after_step_1(self, metrics, stop):
+        skipped = report(self, metrics, stop)
         if self.step == 0:  # the first update's metrics: step 1 is next to be saved
             run.rename(moved)
+        return skipped
 
     monkeypatch.setattr(loop.Trainer, "_report", move_after_step_1)
     stops_with_one_line(["train", *train_overrides, f"run_dir={run}", "trainer.checkpoint_every=1"], run, capsys)
