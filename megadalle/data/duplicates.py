@@ -3,8 +3,8 @@
 Scraped sets repost images (one file saved twice under two names), and a duplicate is trained on twice as often as
 the rest; the paper removed them. `prepare` keeps them (no option removes them) but counts them in its summary and
 report, so the user knows. They are never on both sides of the validation split: a side is decided by the image's
-bytes (`split.py`). Each sample is remembered as 8 bytes of a digest (about 60 bytes of memory a kept sample: 600 MB
-for 10 million): a run of n samples miscounts two distinct pairs as one with odds of about n**2 / 2**65.
+bytes (`split.py`). Each sample is remembered as 8 bytes of a digest (about 70 bytes of memory a kept sample, measured:
+700 MB for 10 million): a run of n samples miscounts two distinct pairs as one with odds of about n**2 / 2**65.
 """
 from __future__ import annotations
 

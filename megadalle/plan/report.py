@@ -144,8 +144,9 @@ def batch_line(plan: PlanConfig, accum: int) -> str:
     sequences = plan.gpus * accum
     if sequences == plan.global_batch:
         return f"{sequences} sequences per step"
-    return (f"{sequences} sequences per step ({plan.gpus} ranks x {accum}: global_batch={plan.global_batch} is not a "
-            f"multiple of {plan.gpus})")
+    why = (f"more ranks than global_batch={plan.global_batch}" if plan.gpus > plan.global_batch
+           else f"global_batch={plan.global_batch} is not a multiple of {plan.gpus}")
+    return f"{sequences} sequences per step ({plan.gpus} ranks x {accum}: {why})"
 
 
 def slurm_resources(plan: PlanConfig) -> str:

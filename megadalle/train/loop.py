@@ -43,7 +43,7 @@ from megadalle.train.result import Result, StoppedBeforeFirstUpdate
 from megadalle.train.signals import StopFlag, forget_late_copies, run_flag
 from megadalle.train.speed import Speed
 from megadalle.train.steps import StepRunner
-from megadalle.train.task import DataPart, Task
+from megadalle.train.task import VALIDATION_SEED, DataPart, Task
 from megadalle.train.universal import Layout
 from megadalle.train.validate import Validator
 from megadalle.train.wandb_log import Wandb
@@ -122,7 +122,7 @@ class Trainer:
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)
         self.callbacks: list[Callback] = [speed, Console(), self.wandb, media.MediaFiles(), *(extra_callbacks or [])]
-        self.validator = Validator(task, self.built, self.part, trainer.eval_every, trainer.eval_batches, run.seed)
+        self.validator = Validator(task, self.built, self.part, trainer.eval_every, trainer.eval_batches, VALIDATION_SEED)
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps,
                             self._logged_config(recorded), state.get("wandb_id"))
 
@@ -341,7 +341,8 @@ class Trainer:
 def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: LoggerConfig, run: RunOptions,
           extra_callbacks: list[Callback] | None = None) -> Result:
     """Train `task` to `trainer.steps` updates (resuming if the run has checkpoints); see the module docstring.
-    The stop signals' handlers are as they were when it returns (signals.forget_late_copies)."""
+    Called in-process (not by a verb's command), the stop signals' handlers are as they were when it returns
+    (signals.forget_late_copies); a verb keeps ignoring their late copies until its command ends."""
     stop = run_flag()
     try:
         return Trainer(task, trainer, ds, logger, run, stop, extra_callbacks).fit()

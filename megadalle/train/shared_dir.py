@@ -35,8 +35,8 @@ def check_token(path: Path, token: str, rank: int) -> str | None:
     seen = (path / token).is_file()
     error = distributed.first_error(None if seen else (
         f"run_dir {path} is another folder on host {socket.gethostname()} than the one rank 0 made (the file "
-        f"{token} that rank 0 wrote there is not in it): run_dir must be on a file system every node shares, not "
-        f"on node-local storage"))
+        f"{token} that rank 0 wrote there is not in it): run_dir (or out_dir, where "
+        f"run_dir is left to its default) must be on a file system every node shares, not on node-local storage"))
     if rank == 0:
         (path / token).unlink(missing_ok=True)
     return error

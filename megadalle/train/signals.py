@@ -92,7 +92,8 @@ class LateCopies:
     SIG_IGN: that outlives the run in every process the caller starts later (a bash script cannot even trap a
     signal ignored at its start; a worker pool could no longer be terminated). Exec'd children get the default
     action; a forked child the default too, through this handler (a signal that arrives while the child is still
-    in the fork can be lost, which is why `train` gives the handlers back with `forget_late_copies`).
+    in the fork can be lost, which is why an in-process `train` gives the handlers back with `forget_late_copies`; a
+    verb's command keeps them to its exit, starting nothing more).
 
     With `once` (Ctrl-C) only the first copy is ignored and the handler then steps aside: a second Ctrl-C is the
     user insisting, as during the run (StopFlag)."""

@@ -293,8 +293,9 @@ class ShardsTask(Task):
 
 
 VALIDATION_SEED = 0
-"""The seed of the validation subset's permutation: the run's own seed would give each run of a sweep over `seed`
-other samples to score, and their val/loss could not be compared."""
+"""The seed of the validation subset's permutation and of validation's random draws (the dVAE's Gumbel noise): the
+run's own seed would give each run of a sweep over `seed` other samples and other noise to score with, and their
+val/loss could not be compared."""
 
 
 def validation_data(data):

@@ -37,6 +37,9 @@ def test_the_validation_subset_spreads_over_the_split(tmp_path):
     assert subset(data, DataPart(16, 1, 0, 1)) == read, "the same subset at every validation"
     ranks = [subset(data, DataPart(4, 2, r, 2), batches=2) for r in range(2)]  # 2 ranks x 2 micro-batches of 4
     assert sorted(ranks[0] + ranks[1]) == sorted(set(ranks[0] + ranks[1])) and len(ranks[0] + ranks[1]) == 32
+    for world, accum in ((2, 2), (4, 2), (4, 1)):  # the layout does not choose which samples are scored
+        read_by = [subset(data, DataPart(16 // world // accum, accum, r, world)) for r in range(world)]
+        assert sorted(c for captions in read_by for c in captions) == sorted(read), (world, accum)
 
 
 def test_runs_of_other_seeds_validate_on_the_same_samples(tmp_path):

@@ -492,7 +492,7 @@ def test_the_printed_launch_line_trains_what_was_planned(capsys):
 
 @pytest.mark.parametrize("gpus, sequences, why", [
     (64, 1024, ""), (12, 1020, " (12 ranks x 85: global_batch=1024 is not a multiple of 12)"),
-    (2048, 2048, " (2048 ranks x 1: global_batch=1024 is not a multiple of 2048)")])
+    (2048, 2048, " (2048 ranks x 1: more ranks than global_batch=1024)")])
 def test_the_other_layouts_header_states_the_batch_of_its_rows(gpus, sequences, why, capsys):
     """It printed global_batch above rows of `gpus` x max(global_batch // gpus, 1) sequences: 1024 above ZeRO
     rows of dp 2048 x 1, and above 12 x 85 = 1020."""
