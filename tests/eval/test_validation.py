@@ -16,7 +16,7 @@ from megadalle.config.compose import compose
 from megadalle.train.consolidate import load_run
 from megadalle.train.loop import train_from_config
 from megadalle.train.step_totals import with_step_totals
-from megadalle.train.task import DataPart
+from megadalle.train.task import VALIDATION_SEED, DataPart
 from megadalle.train.validate import seeded
 from tests.dvae.conftest import write_image_shards
 
@@ -30,7 +30,7 @@ def records(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
-def plain_validation(task, model, step: int, seed: int = 0, count: int = EVAL_BATCHES) -> dict[str, float]:
+def plain_validation(task, model, step: int, count: int = EVAL_BATCHES) -> dict[str, float]:
     """The mean validation metrics of `model` over the first `count` batches, without the trainer. The batches
     carry the whole subset's loss counts (the Transformer's text loss is the token mean of all of them); the task's
     summary of the subset replaces its means (the dVAE's perplexity)."""
@@ -38,7 +38,7 @@ def plain_validation(task, model, step: int, seed: int = 0, count: int = EVAL_BA
                                                            count)), 1, torch.device("cpu"))
     totals: dict[str, float] = {}
     model.eval()
-    with torch.no_grad(), seeded(seed, torch.device("cpu")):
+    with torch.no_grad(), seeded(VALIDATION_SEED, torch.device("cpu")):
         for batch in batches:
             for name, value in task.validation_loss(model, batch, step).items():
                 totals[name] = totals.get(name, 0.0) + value / count
@@ -62,7 +62,8 @@ def token_data(tmp_path_factory):
 
 
 def common(run_dir: Path) -> list[str]:
-    return ["trainer=tiny", f"trainer.steps={STEPS}", f"trainer.micro_batch={MICRO}", f"trainer.eval_every={EVERY}",
+    """Seed 3: validation draws its subset and its noise with VALIDATION_SEED, whatever the run's."""
+    return ["seed=3", "trainer=tiny", f"trainer.steps={STEPS}", f"trainer.micro_batch={MICRO}", f"trainer.eval_every={EVERY}",
             f"trainer.eval_batches={EVAL_BATCHES}", "trainer.log_every=100", "logger=none", f"run_dir={run_dir}",
             "data.num_workers=0"]
 
