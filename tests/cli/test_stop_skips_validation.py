@@ -2,6 +2,7 @@
 before the save, and at 12B a grid takes minutes the time-limit warning's lead does not cover."""
 import json
 import os
+import shutil
 import signal
 
 from megadalle.cli import main
@@ -21,9 +22,9 @@ def test_a_stop_on_a_validation_step_saves_without_validating(train_overrides, t
         return metrics
 
     monkeypatch.setattr(Trainer, "_update", signalled_during_the_second)
-    run_dir = tmp_path / "run"
+    run_dir, val = tmp_path / "run", shutil.copytree(shards, tmp_path / "val")  # not the training folder itself
     assert main(["train", *train_overrides, "trainer.steps=4", "trainer.log_every=1", "trainer.eval_every=1",
-                 "trainer.eval_batches=1", f"data.val_shards={shards}", f"run_dir={run_dir}"]) == STOPPED_EXIT
+                 "trainer.eval_batches=1", f"data.val_shards={val}", f"run_dir={run_dir}"]) == STOPPED_EXIT
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], "val/loss" in r) for r in records] == [(0, True), (1, False)]
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000002"
