@@ -6,8 +6,12 @@
 # (the PyPI package of that name is an unrelated project).
 #
 #   docker build -t megadalle .
-#   docker run --gpus all --ipc=host --network=host -v /shared:/shared megadalle megadalle train ...
+#   docker run --gpus all --ipc=host --network=host -v /shared:/shared megadalle \
+#       megadalle train out_dir=/shared/outputs ...
 #
+# out_dir on the mounted /shared: the default, outputs in the working directory, is in the container's own layer and
+# goes with it. The build context is only what the COPY lines below take (.dockerignore), never a checkout's .venv,
+# outputs/ or .git.
 # --ipc=host: the data loaders' worker processes share tensors through /dev/shm, which Docker caps
 # at 64 MB; NCCL uses it too. --network=host: NCCL and the rendezvous need the node's interfaces.
 # Multi-node with the DeepSpeed launcher (`launch/train.sh` with a hostfile, pdsh over ssh): start
@@ -47,6 +51,10 @@ WORKDIR /workspace
 COPY launch ./launch
 
 ENV WANDB_MODE=offline
+# `docker run --user UID:GID` (files on /shared owned by the user, not root) runs with HOME=/ where no passwd entry
+# names the uid, and / is not writable: Triton compiles every kernel into $TRITON_HOME/.triton (default ~/.triton:
+# PermissionError at the first kernel), wandb and torch's extensions cache into $XDG_CACHE_HOME (default ~/.cache).
+ENV TRITON_HOME=/tmp XDG_CACHE_HOME=/tmp/.cache
 # NVIDIA's entrypoint stays first: it prints the banner and the driver checks, runs the parts under
 # /opt/nvidia/entrypoint.d (ours makes the ssh host keys and installs the mounted public key), then runs the command.
 ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh"]

@@ -7,7 +7,10 @@
 # to its CPU build (constraints/cpu.txt), from PyTorch's CPU wheel index https://download.pytorch.org/whl/cpu
 # when it answers within a few seconds, else from pip's own sources (PIP_INDEX_URL, pip.conf); where none
 # serves it, pip stops before downloading anything. A GPU machine (nvidia-smi lists a GPU) gets pip's
-# default torch, the CUDA build. A torch already in the venv is kept, whatever its build. A broken venv
+# default torch, the CUDA build. Where the Python that makes the venv already has a CUDA torch (NVIDIA's
+# PyTorch container, with apex beside it), the venv shares its packages (--system-site-packages) and no
+# torch is installed: that container's pip constraint (PIP_CONSTRAINT) pins its own torch build, which no
+# index serves. A torch already in the venv is kept, whatever its build. A broken venv
 # (no pip, its Python gone, a moved checkout) is repaired. Rerunning it is cheap, and works offline once
 # everything is installed.
 #
@@ -57,11 +60,23 @@ VERSION_CODE='import sys; print("%d.%d.%d" % sys.version_info[:3])'
 too_old() { case "$1" in 3.[0-9].*|[0-2].*) return 0 ;; *) return 1 ;; esac; }
 physical() { (cd "$1" 2>/dev/null && pwd -P) || printf '%s\n' "$1"; }
 
+# A venv of its own beside a CUDA torch would fetch PyPI's CUDA build (GBs) and lose apex, or, under NVIDIA's
+# PIP_CONSTRAINT, fail; MEGADALLE_TORCH=cpu asks for the CPU wheel, which only a venv of its own can hold.
+system_torch=""
+CUDA_TORCH_CODE='import importlib.metadata, torch; torch.version.cuda and print(importlib.metadata.version("torch"), torch.version.cuda)'
+
 make_venv() {  # [--clear]: the Python is checked first, so that a Python that cannot serve leaves no folder behind
-    local version fresh=""
+    local version fresh="" cuda=""
     version="$("$PYTHON" -c "$VERSION_CODE" 2>/dev/null)" ||
         die "PYTHON=$PYTHON does not run: set PYTHON to a Python >= 3.10 (e.g. PYTHON=python3.12)"
     ! too_old "$version" || die "PYTHON=$PYTHON is Python $version; megadalle needs >= 3.10: set PYTHON to a newer one (e.g. PYTHON=python3.12)"
+    if [ "${MEGADALLE_TORCH:-}" != cpu ]; then
+        read -r system_torch cuda < <("$PYTHON" -c "$CUDA_TORCH_CODE" 2>/dev/null | tail -n 1) || true
+    fi
+    if [ -n "$system_torch" ]; then
+        say "$PYTHON has torch $system_torch, built for CUDA $cuda: the venv shares its packages (--system-site-packages), apex too where it has it, and no torch is installed"
+        set -- --system-site-packages ${1+"$@"}
+    fi
     [ -e "$VENV" ] || fresh=1
     if ! "$PYTHON" -m venv ${1+"$@"} "$VENV"; then
         # a venv that failed half-way (Debian's without ensurepip) has a bin/python and no pip: never leave one behind
@@ -144,9 +159,24 @@ EOF
     fi
 }
 
+pip_failed() {  # pip -q prints its error, not why; pins that pip takes from PIP_CONSTRAINT are the likely cause
+    local cause=""
+    if [ -n "${PIP_CONSTRAINT:-}" ]; then
+        cause="; PIP_CONSTRAINT=$PIP_CONSTRAINT is set, and pip applies its pins too: one that no index serves, or that megadalle's requirements exclude, makes the install impossible"
+        [ -n "$system_torch" ] ||
+            cause="$cause. NVIDIA's containers pin their own torch build there: inside one, the venv must share the container's torch, so remove $VENV and rerun with PYTHON set to the container's Python (the one whose torch has CUDA)"
+    fi
+    die "$1$cause"
+}
+
 pins=(-c "$COMMON_PINS")
-had_torch="$("$PY" -I -c 'import importlib.metadata, torch; print(importlib.metadata.version("torch"))' 2>/dev/null || true)"
-if [ -n "$had_torch" ]; then
+had_torch=""
+[ -n "$system_torch" ] ||
+    had_torch="$("$PY" -I -c 'import importlib.metadata, torch; print(importlib.metadata.version("torch"))' 2>/dev/null || true)"
+if [ -n "$system_torch" ]; then
+    echo "torch==$system_torch" >"$work/torch.txt"
+    pins+=(-c "$work/torch.txt")
+elif [ -n "$had_torch" ]; then
     # a torch that pip would swap for the CPU pin (or for the one a newer torchvision wants) is pinned as it is;
     # constraints/cpu.txt applies only to the torch it names (pip, offline, checks that pin and its platform
     # markers against the installed version: a conflict fails, and another build found in a local
@@ -174,7 +204,7 @@ else
     where="pip's configured sources ($TORCH_CPU_INDEX did not answer)"
     [ ${#index[@]} -eq 0 ] || where="$TORCH_CPU_INDEX or pip's configured sources"
     "${PIP[@]}" install -q "${pins[@]}" ${index[@]+"${index[@]}"} torch ||
-        die "pip found no CPU build of torch (constraints/cpu.txt) in $where, or could not reach them: point PIP_INDEX_URL (or PIP_EXTRA_INDEX_URL) at an index that serves it, or install a CPU torch into $VENV yourself, or set MEGADALLE_TORCH=gpu to take pip's default torch (the CUDA build, several GB)"
+        pip_failed "pip found no CPU build of torch (constraints/cpu.txt) in $where, or could not reach them: point PIP_INDEX_URL (or PIP_EXTRA_INDEX_URL) at an index that serves it, or install a CPU torch into $VENV yourself, or set MEGADALLE_TORCH=gpu to take pip's default torch (the CUDA build, several GB)"
 fi
 
 # --- megadalle -----------------------------------------------------------------------------------------------
@@ -210,10 +240,11 @@ if [ -f "$STAMP" ] && [ "$(sed -n 1p "$STAMP")" = "$fingerprint" ] && [ -z "$mis
 else
     target="$ROOT"
     [ -z "$EXTRAS" ] || target="${ROOT}[$EXTRAS]"
-    [ "$device" = gpu ] || cpu_index  # the CPU index also serves the torchvision built for the CPU torch
+    [ "$device" = gpu ] || [ -n "$system_torch" ] || cpu_index  # it also serves the torchvision built for the CPU torch
     say "installing megadalle${EXTRAS:+[$EXTRAS]} (editable) into $VENV"
     rm -f "$STAMP"
-    "${PIP[@]}" install -q "${pins[@]}" ${index[@]+"${index[@]}"} -e "$target"
+    "${PIP[@]}" install -q "${pins[@]}" ${index[@]+"${index[@]}"} -e "$target" ||
+        pip_failed "pip could not install megadalle${EXTRAS:+[$EXTRAS]} into $VENV (its error is above; the same install without pip's -q says which versions conflict)"
     for extra in ${wanted[@]+"${wanted[@]}"}; do
         case ",$done_extras," in *",$extra,"*) ;; *) done_extras="$done_extras${done_extras:+,}$extra" ;; esac
     done

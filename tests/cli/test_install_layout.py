@@ -1,12 +1,14 @@
 """Where megadalle is imported from: the kernels live in the checkout's top-level kernels/, which only an install
 maps to megadalle.kernels (setup.py's package_dir), so a megadalle/ source folder in the working directory shadows
 an installed package and has no kernels. The Docker image must not run from such a folder, and a user who does
-gets one line saying what to do. Also the image's ssh set-up for multi-node runs."""
+gets one line saying what to do. Also the image's ssh set-up for multi-node runs, its build context, and its
+environment for a user without a home."""
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,59 @@ def test_the_entrypoint_installs_the_mounted_key_as_roots_own(tmp_path):
     stat = installed.stat()
     assert (stat.st_uid, stat.st_gid, stat.st_mode & 0o777) == (0, 0, 0o600)
     assert home.stat().st_mode & 0o777 == 0o700
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves `path` out of the build context: the last .dockerignore pattern that matches it or a
+    folder above it decides, a `!` pattern letting it in (`**` any folders, `*` and `?` within one name)."""
+    excluded = False
+    for pattern in patterns:
+        keep = pattern.startswith("!")
+        glob = pattern.lstrip("!").strip("/")
+        regex = re.escape(glob).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        parts = path.split("/")
+        if any(re.fullmatch(regex, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            excluded = not keep
+    return excluded
+
+
+def test_the_build_context_holds_what_the_image_copies_and_no_venv_outputs_or_git():
+    """Without a .dockerignore the legacy builder and podman sent the checkout's .venv (2.4 GB) and outputs/."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    sources = [source for step, args in dockerfile_steps() if step == "COPY" for source in args.split()[:-1]]
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    copied = [f for f in tracked if any(f == s or f.startswith(s.rstrip("/") + "/") for s in sources)]
+    assert len(copied) > len(sources) and "megadalle/__init__.py" in copied and "launch/train.sh" in copied
+    assert [f for f in copied if dockerignored(f, patterns)] == []
+    for junk in (".venv/bin/python", "outputs/run/metrics.jsonl", ".git/HEAD", "wandb/latest-run", "scratch/x.tar",
+                 "megadalle/__pycache__/cli.cpython-312.pyc", "megadalle.egg-info/PKG-INFO", "tests/conftest.py"):
+        assert dockerignored(junk, patterns), junk
+
+
+def test_a_container_user_without_a_home_compiles_kernels_and_logs_to_wandb():
+    """`docker run --user UID` (HOME=/, not writable): Triton's cache at /.triton raised PermissionError at the first
+    kernel, and wandb failed to make /.cache. The image's ENV, rebased from /tmp to a scratch folder, as such a user."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv: the test runs Python as a uid with no home")
+    nobody = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", sys.executable]
+    if subprocess.run([*nobody, "-c", "import triton, wandb"], cwd="/", capture_output=True, timeout=120).returncode:
+        pytest.skip(f"{sys.executable} or its packages are not readable by another uid")
+    env = {}
+    for instruction, args in dockerfile_steps():
+        if instruction == "ENV":
+            env.update(pair.split("=", 1) for pair in args.split())
+    scratch = Path(tempfile.mkdtemp(prefix="megadalle-nouser-", dir="/tmp"))
+    try:
+        scratch.chmod(0o777)
+        env = {k: v.replace("/tmp", str(scratch), 1) if v.startswith("/tmp") else v for k, v in env.items()}
+        code = ("import sys, wandb; from triton.runtime.cache import get_cache_manager\n"
+                "print(get_cache_manager('a' * 64).cache_dir)\n"
+                "wandb.init(mode='offline', dir=sys.argv[1], project='nouser').finish()\n")
+        done = subprocess.run([*nobody, "-c", code, str(scratch)], env={"HOME": "/", "PATH": os.environ["PATH"], **env},
+                              cwd=scratch, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"{env['TRITON_HOME']}/.triton/cache/")
+        assert "/.cache: permission denied" not in done.stderr, done.stderr
+    finally:
+        shutil.rmtree(scratch)

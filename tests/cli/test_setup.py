@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.fake_setup import fake_python, make_fake_venv, pip_calls
+from tests.cli.fake_setup import fake_python, make_fake_venv, pip_calls, site_packages
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -291,6 +291,79 @@ def test_a_python_chosen_for_an_existing_venv_is_said_to_be_ignored(tmp_path):
     same = run_setup(tmp_path, venv, PYTHON=sys.executable)
     assert same.returncode == 0 and "is ignored" not in same.stdout
 
+
+NGC_TORCH = "2.9.0a0+145a3a7bda.nv25.10"  # NVIDIA PyTorch container 25.10's build, which its PIP_CONSTRAINT pins
+
+
+def base_python_with_torch(tmp_path, made, cuda) -> Path:
+    """A PYTHON (fake_python's: its `-m venv` is logged in `made`) that imports a torch of version NGC_TORCH,
+    built for CUDA `cuda` (None: a CPU build)."""
+    site = tmp_path / "base-site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text(f"import types\nversion = types.SimpleNamespace(cuda={cuda!r})\n")
+    (site / f"torch-{NGC_TORCH}.dist-info").mkdir()
+    (site / f"torch-{NGC_TORCH}.dist-info" / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: torch\nVersion: {NGC_TORCH}\n")
+    inner = fake_python(tmp_path / "inner-python3", made)
+    python = tmp_path / "python3"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH='{site}' exec '{inner}' \"$@\"\n")
+    python.chmod(0o755)
+    return python
+
+
+@pytest.mark.parametrize("torch_env", [{}, {"MEGADALLE_TORCH": "gpu"}], ids=["detected", "cuda-machine"])
+def test_a_venv_beside_a_cuda_torch_shares_it_and_installs_no_torch(tmp_path, torch_env):
+    """In NVIDIA's container the venv had no system packages: pip, under the container's PIP_CONSTRAINT (a torch
+    build no index serves), failed without a word from setup.sh; without it, it would fetch PyPI's CUDA torch and lose
+    apex."""
+    made = tmp_path / "made.log"
+    env = {"PYTHON": str(base_python_with_torch(tmp_path, made, "13.0")), "MEGADALLE_TORCH": "", **torch_env}
+    done = run_setup(tmp_path, tmp_path / "venv", **env)
+    assert done.returncode == 0, done.stderr
+    assert made.read_text().split() == ["-m", "venv", "--system-site-packages", str(tmp_path / "venv")]
+    said = (f"[setup] {tmp_path / 'python3'} has torch {NGC_TORCH}, built for CUDA 13.0: the venv shares its packages "
+            f"(--system-site-packages), apex too where it has it, and no torch is installed")
+    assert said in done.stdout.splitlines(), done.stdout
+    (call,) = changes(tmp_path)
+    assert editable(call) and "--extra-index-url" not in call["args"]
+    assert f"torch=={NGC_TORCH}" in "".join(call["constraints"]) and "torch==2.13.0" not in "".join(call["constraints"])
+
+
+@pytest.mark.parametrize("cuda, torch_env", [(None, "gpu"), ("13.0", "cpu")], ids=["cpu-torch", "cpu-asked"])
+def test_a_venv_beside_a_cpu_torch_or_asked_for_cpu_is_its_own(tmp_path, cuda, torch_env):
+    made = tmp_path / "made.log"
+    done = run_setup(tmp_path, tmp_path / "venv", PYTHON=str(base_python_with_torch(tmp_path, made, cuda)),
+                     MEGADALLE_TORCH=torch_env)
+    assert done.returncode == 0, done.stderr
+    assert made.read_text().split() == ["-m", "venv", str(tmp_path / "venv")]
+    assert "--system-site-packages" not in done.stdout and NGC_TORCH not in "".join(map(str, installs(tmp_path)))
+
+
+FAILING_PIP = """import sys
+if sys.argv[1:] == ["--version"]:
+    print("pip 25.0 from here")
+    sys.exit(0)
+print("ERROR: Cannot install megadalle==0.1.0 because these package versions have conflicting dependencies.",
+      file=sys.stderr)
+sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("constraint", [True, False], ids=["PIP_CONSTRAINT", "none"])
+def test_a_failing_pip_install_ends_with_a_setup_line_naming_pip_constraint(tmp_path, constraint):
+    """pip -q said only "conflicting dependencies", and setup.sh nothing: the container's PIP_CONSTRAINT was the
+    cause."""
+    venv = make_fake_venv(tmp_path / "venv")
+    (site_packages(venv) / "pip" / "__main__.py").write_text(FAILING_PIP)
+    pinned = tmp_path / "constraint.txt"
+    pinned.write_text(f"torch=={NGC_TORCH}\n")
+    env = {"PIP_CONSTRAINT": str(pinned)} if constraint else {}
+    done = run_setup(tmp_path, venv, MEGADALLE_TORCH="gpu", **env)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"[setup] error: pip could not install megadalle into {venv} (its error is above"), last
+    assert (f"PIP_CONSTRAINT={pinned} is set" in last) == constraint
+    assert ("remove " + str(venv) + " and rerun with PYTHON set to the container's Python" in last) == constraint
 
 def test_a_folder_that_is_no_venv_is_never_cleared(tmp_path):
     folder = tmp_path / "stuff"
