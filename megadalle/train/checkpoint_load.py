@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from megadalle.train import distributed, rng, schedule
+from megadalle.train import apex_adam, distributed, rng, schedule
 from megadalle.train.checkpoint import CheckpointError, one_line
 from megadalle.train.checkpoint_damage import complete_tags
+from megadalle.train.masters import torch_optimizer
 from megadalle.train.task import Task
 
 
@@ -97,8 +98,13 @@ def load(engine, path: Path, rank: int, ema=None, universal: Path | None = None)
 
 def unreadable(err: Exception, path: Path, universal: Path | None) -> str:
     """Why the checkpoint `path` failed to load with `err`: another model's (torch names the first parameter whose
-    shape or name differs), else damage, with the complete checkpoint before it to go back to."""
+    shape or name differs), one whose Adam state apex's FusedAdam saved that the load could not convert (only
+    DeepSpeed's ZeRO-3 universal loading reads a parameter's step itself, and apex kept none there: apex_adam.py),
+    else damage, with the complete checkpoint before it to go back to."""
     source = universal or path
+    if isinstance(err, KeyError) and err.args == ("step",) and universal is not None:
+        return (f"cannot load the checkpoint {source}: its optimizer state was {apex_adam.SAVED_WITH_APEX}, which a "
+                f"universal checkpoint cannot carry into torch's AdamW; resume {path} on as many ranks as saved it")
     if isinstance(err, RuntimeError) and str(err).startswith(STATE_DICT_ERROR):
         detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")[:300]
         return (f"cannot load the checkpoint {source}: it holds another model than the one configured ({detail}); "
@@ -119,6 +125,7 @@ def _read(engine, path: Path, rank: int, ema, universal: Path | None) -> dict:
                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
     if loaded is None:
         raise CheckpointError(f"DeepSpeed could not load the checkpoint {source}")
+    apex_adam.settle(torch_optimizer(engine.optimizer))
     schedule.rejoin(engine.lr_scheduler)
     rng_file = path / rng.file_name(rank)
     if rng_file.is_file():

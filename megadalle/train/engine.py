@@ -15,8 +15,8 @@ from torch import nn
 
 from megadalle.config import ConfigError
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
-from megadalle.train import schedule
-from megadalle.train.masters import stage0_masters
+from megadalle.train import apex_adam, schedule
+from megadalle.train.masters import stage0_masters, torch_optimizer
 from megadalle.train.task import Batch, PipelineSpec, Task
 
 
@@ -154,17 +154,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
-    """apex FusedAdam (AdamW mode) on CUDA when importable, else torch's AdamW with its fused kernel (CUDA and CPU:
-    on the CPU one kernel per update instead of a dozen foreach ops, 1.1x per update of the demo's dVAE)."""
-    groups = param_groups(model, cfg.weight_decay)
-    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    if torch.cuda.is_available() and cfg.fused_optimizer:
-        try:
-            from apex.optimizers import FusedAdam
-            return FusedAdam(groups, adam_w_mode=True, **kwargs)
-        except ImportError:
-            pass
-    return torch.optim.AdamW(groups, fused=cfg.fused_optimizer or None, **kwargs)
+    """torch's AdamW, with its fused kernel unless turned off (one kernel per update on CUDA; on the CPU too, instead
+    of a dozen foreach ops: 1.1x per update of the demo's dVAE).
+
+    Not apex's FusedAdam, even where it is importable: it counts Adam's step per param group, so ZeRO-3, which steps
+    the optimizer once per sub-group, advanced it once per sub-group (a 64-block model's bias corrections acted as if
+    64 times as far), and its checkpoints did not load into torch's AdamW (apex_adam.py converts those)."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                             fused=cfg.fused_optimizer or None)
+
+
+def optimizer_kind(optimizer) -> str:
+    """The torch optimizer inside DeepSpeed's `optimizer`, for the run's record."""
+    inner = torch_optimizer(optimizer)
+    return f"torch {type(inner).__name__}" + (" (fused)" if inner.defaults.get("fused") else "")
 
 
 def build_model(task: Task, ds: DeepSpeedConfig, config: dict) -> nn.Module:
@@ -204,6 +207,7 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
     opt = optimizer(module, trainer)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule.scheduler(opt, trainer),
                                            config=config)
+    apex_adam.accept(torch_optimizer(engine.optimizer), zero3=ds.zero_stage == 3)
     undo_warmup_step(engine.optimizer)
     share_fp32_masters(engine.optimizer)
     skip_lone_allreduce(engine, ds.zero_stage, dp_world, spec is not None)
@@ -257,27 +261,22 @@ def keep_stage0_grad_norm(engine) -> bool:
 def undo_warmup_step(optimizer) -> bool:
     """Start bf16 at ZeRO stage 0 from the state every other layout starts from.
 
-    There DeepSpeed 0.19.8 wraps the optimizer in its FP16_UnfusedOptimizer, or in FP16_Optimizer when it is a
-    fused Adam (apex's FusedAdam, on CUDA), and both constructors create Adam's state by running one real step
-    with zero gradients (`initialize_optimizer_states`): AdamW's step count started at 1, so every bias correction
-    was one step ahead (the first update 0.74x its size), and the fp32 masters took a weight-decay step before
-    training. Measured at the tiny model: the loss after the first update 4.898 against 4.835 under ZeRO-1/2/3 and
-    pipelines. The masters are copied again from the weights they were cloned from (the warm-up step does not
-    write the weights back) and the state is dropped, with the step count apex's FusedAdam keeps in each param
-    group rather than in the state: Adam creates both at the first real step. A resume loads them from the
-    checkpoint afterwards. Returns whether it applied.
+    There DeepSpeed 0.19.8 wraps torch's AdamW in its FP16_UnfusedOptimizer, whose constructor creates Adam's state
+    by running one real step with zero gradients (`initialize_optimizer_states`): AdamW's step count started at 1,
+    so every bias correction was one step ahead (the first update 0.74x its size), and the fp32 masters took a
+    weight-decay step before training. Measured at the tiny model: the loss after the first update 4.898 against
+    4.835 under ZeRO-1/2/3 and pipelines. The masters are copied again from the weights they were cloned from (the
+    warm-up step does not write the weights back) and the state is dropped: Adam creates it at the first real step.
+    A resume loads it from the checkpoint afterwards. Returns whether it applied.
     """
-    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
     from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 
-    if not isinstance(optimizer, (FP16_UnfusedOptimizer, FP16_Optimizer)):
+    if not isinstance(optimizer, FP16_UnfusedOptimizer):
         return False
     with torch.no_grad():
         for weight, master in stage0_masters(optimizer):
             master.value().copy_(weight)
     optimizer.optimizer.state.clear()
-    for group in optimizer.optimizer.param_groups:
-        group.pop("step", None)
     return True
 
 

@@ -29,6 +29,7 @@ import torch
 
 from megadalle.config.train import DeepSpeedConfig, LoggerConfig, TrainerConfig
 from megadalle.data import atomic
+from megadalle.models.norm import layer_norm_kind
 from megadalle.train import (checkpoint_choice, checkpoint_load, checkpoint_save, cpu_malloc, disk_full, distributed,
                              engine as engine_lib, media, rng, rundir, schedule, universal)
 from megadalle.train.callbacks import Callback, RunInfo, end_all
@@ -117,7 +118,11 @@ class Trainer:
         self._stop_point()
         self.samples_seen = int(state.get("samples_seen", 0))
         self.nonfinite = int(state.get("nonfinite_losses", 0))
-        recorded = self._write_run_json(run)
+        kernels = {"optimizer": engine_lib.optimizer_kind(self.built.engine.optimizer),
+                   "layer_norm": layer_norm_kind(self.built.model)}
+        if self.env.rank == 0:
+            print(f"[train] optimizer: {kernels['optimizer']}, layer_norm: {kernels['layer_norm']}", flush=True)
+        recorded = self._write_run_json(run, kernels)
         self.wandb = Wandb(logger)
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)
@@ -126,15 +131,16 @@ class Trainer:
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps,
                             self._logged_config(recorded), state.get("wandb_id"))
 
-    def _write_run_json(self, run: RunOptions) -> dict:
+    def _write_run_json(self, run: RunOptions, kernels: dict[str, str]) -> dict:
         """Rank 0 records the config the run goes on under (a resume may have changed what RESUMABLE allows), its paths
-        absolute (rundir.recorded); a disk that does not take it stops every rank with one line (disk_full). Returns
-        what it recorded ({} on the other ranks)."""
+        absolute (rundir.recorded), and the optimizer and LayerNorm it runs (apex's or torch's: the config does not
+        say); a disk that does not take it stops every rank with one line (disk_full). Returns what it recorded ({} on
+        the other ranks)."""
         failure, recorded = None, {}
         if self.env.rank == 0:
             path = self.run_dir / "run.json"
             recorded = {"task_factory": run.task_factory, "config": rundir.recorded(run.config),
-                        "sha256": rundir.digests(run.config)}
+                        "sha256": rundir.digests(run.config), "kernels": kernels}
             failure = disk_full.attempt(partial(atomic.write_bytes, path, json.dumps(
                 recorded, indent=1, default=str).encode()), path)
         disk_full.stop_every_rank(failure)

@@ -5,12 +5,13 @@ import torch
 from torch import nn
 
 from megadalle.config.train import TrainerConfig
-from megadalle.train.engine import optimizer
+from megadalle.train.engine import optimizer, optimizer_kind
+from tests.unit.standin_apex import apex  # noqa: F401 - the fixture
 
 
 @pytest.fixture(autouse=True)
 def cpu_only(monkeypatch):
-    """The CPU's choice even where a GPU is visible (there, with apex importable, the optimizer is FusedAdam)."""
+    """The CPU's choice even where a GPU is visible."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
@@ -42,3 +43,13 @@ def test_fused_and_foreach_updates_agree():
         trained.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
     torch.testing.assert_close(trained[0], trained[1], rtol=1e-5, atol=1e-6)
     assert not torch.equal(trained[0], torch.cat([p.detach().flatten() for p in model().parameters()]))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_cuda_takes_torch_adamw_even_with_apex_importable(apex, fused):
+    """Not apex's FusedAdam: its per-group step ran ahead under ZeRO-3 and its checkpoints did not load into AdamW."""
+    apex("ok")
+    opt = optimizer(model(), TrainerConfig(fused_optimizer=fused))
+    assert type(opt) is torch.optim.AdamW
+    assert bool(opt.defaults["fused"]) is fused
+    assert optimizer_kind(opt) == "torch AdamW" + (" (fused)" if fused else "")
