@@ -1,6 +1,6 @@
 # GPU image for clusters. NVIDIA's PyTorch container brings CUDA, NCCL, a CUDA build of torch
 # (25.10: PyTorch 2.9.0a0, CUDA 13.0, Python 3.12; see NVIDIA's PyTorch release notes), Triton and
-# apex (megadalle uses apex's fused LayerNorm and Adam when it can import them). We install
+# apex (megadalle uses apex's fused LayerNorm when it can import and run it). We install
 # megadalle on top without touching that torch: the container's pip constraints
 # (/etc/pip/constraint.txt) pin it, and `torch>=2.4` is satisfied. Never `pip install apex`
 # (the PyPI package of that name is an unrelated project).

@@ -72,8 +72,8 @@ class TrainerConfig:
     """Global batches of validation data evaluated each time (the same ones every time); at most one pass of the split:
     fewer when it holds fewer whole global batches (said once at the start; data/val_pass.py)."""
     fused_optimizer: bool = True
-    """A fused AdamW: apex's FusedAdam when it is importable and training runs on CUDA, else torch's AdamW with
-    `fused=True` (CUDA and CPU); false runs torch's default (foreach) AdamW."""
+    """torch's AdamW with `fused=True` (CUDA and CPU; never apex's FusedAdam, whose per-group step count does not
+    resume as AdamW's nor count right under ZeRO-3); false runs torch's default (foreach) AdamW."""
     keep_freed_memory: bool = True
     """On the CPU, fix glibc's mmap and trim thresholds so freed buffers are reused instead of faulted in again
     every update (1.2-1.4x faster small-batch updates; the process keeps its peak heap). Any MALLOC_*_ variable

@@ -6,9 +6,10 @@ through `safe_*_local_fp32_param`) the layouts DeepSpeed builds here are:
 
 - ZeRO-1/2, and its BF16_Optimizer (bf16 with fp32 accumulation at stage 1, pipelines): each rank steps
   a fragment of a flat master, mapped by the parameter's `_hp_mapping` (None where the rank holds none).
-- stage 0 in bf16 (bf16 accumulation): FP16_UnfusedOptimizer clones each weight into `fp32_groups`;
-  FP16_Optimizer (a fused Adam) concatenates each group's weights into one `fp32_groups_flat` tensor.
-  Both pair them with `fp16_groups`, and the torch optimizer inside keys Adam's state by those masters.
+- stage 0 in bf16 (bf16 accumulation): FP16_UnfusedOptimizer clones each weight into `fp32_groups`, paired
+  with `fp16_groups`, and the torch optimizer inside keys Adam's state by those masters. (DeepSpeed's other wrapper,
+  FP16_Optimizer, is built only around a fused Adam of apex's or DeepSpeed's, which megadalle never passes:
+  engine.optimizer.)
 - stage 0 in fp32: the torch optimizer steps the parameter itself.
 """
 from __future__ import annotations
@@ -22,46 +23,31 @@ import torch
 
 @dataclass(frozen=True)
 class WholeMaster:
-    """A parameter's whole fp32 master at stage 0: elements [start, start + numel) of `owner`, the tensor the
-    torch optimizer steps (and keys Adam's state by)."""
+    """A parameter's whole fp32 master at stage 0: `owner`, the tensor the torch optimizer steps (and keys Adam's
+    state by)."""
     owner: torch.Tensor
-    start: int
-    shape: torch.Size
 
     def value(self) -> torch.Tensor:
-        return self._view(self.owner.data)
+        return self.owner.data
 
     def moment(self, optimizer: torch.optim.Optimizer, key: str) -> torch.Tensor | None:
-        """The same elements of `optimizer`'s state `key` for the owner; None before its first step."""
-        state = optimizer.state.get(self.owner, {})
-        return self._view(state[key]) if key in state else None
-
-    def _view(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.view(-1).narrow(0, self.start, self.shape.numel()).view(self.shape)
+        """`optimizer`'s state `key` for the owner; None before its first step."""
+        return optimizer.state.get(self.owner, {}).get(key)
 
 
 def stage0_masters(optimizer) -> Iterator[tuple[torch.Tensor, WholeMaster]]:
-    """(weight, its master) for every parameter a stage-0 optimizer steps: DeepSpeed's two bf16 wrappers or
-    a torch optimizer of fp32 parameters; nothing for ZeRO's optimizers."""
+    """(weight, its master) for every parameter a stage-0 optimizer steps: DeepSpeed's bf16 wrapper or a torch
+    optimizer of fp32 parameters; nothing for ZeRO's optimizers."""
     for weights, masters in _groups(optimizer):
-        if isinstance(masters, torch.Tensor):  # the group's weights one after another in one flat master
-            start = 0
-            for weight in weights:
-                yield weight, WholeMaster(masters, start, weight.shape)
-                start += weight.numel()
-        else:
-            for weight, master in zip(weights, masters):
-                yield weight, WholeMaster(master, 0, weight.shape)
+        for weight, master in zip(weights, masters):
+            yield weight, WholeMaster(master)
 
 
-def _groups(optimizer) -> list[tuple[list[torch.Tensor], torch.Tensor | list[torch.Tensor]]]:
-    """(weights, their masters) of each group of a stage-0 optimizer: FP16_Optimizer's flat fp32 tensor,
-    FP16_UnfusedOptimizer's fp32 clone of each weight, or a torch optimizer's parameters themselves."""
-    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+def _groups(optimizer) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """(weights, their masters) of each group of a stage-0 optimizer: FP16_UnfusedOptimizer's fp32 clone of each
+    weight, or a torch optimizer's parameters themselves."""
     from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 
-    if isinstance(optimizer, FP16_Optimizer):
-        return list(zip(optimizer.fp16_groups, optimizer.fp32_groups_flat))
     if isinstance(optimizer, FP16_UnfusedOptimizer):
         return list(zip(optimizer.fp16_groups, optimizer.fp32_groups))
     if isinstance(optimizer, torch.optim.Optimizer):
@@ -90,15 +76,15 @@ def whole_master(param: torch.Tensor, optimizer) -> WholeMaster | None:
     return found[1].get(id(param))
 
 
-def _layout(optimizer) -> list[tuple[object, int | None]]:
-    """The lists (with their lengths) and flat masters that `stage0_masters` reads: while they are the same, what
-    it found in them stands, and the weights the lists hold keep their ids. A torch optimizer's add_param_group
-    adds a group and its load_state_dict new ones (holding the same lists of parameters); DeepSpeed's bf16
-    wrappers load a checkpoint into their masters in place."""
-    return [(part, len(part) if isinstance(part, list) else None) for group in _groups(optimizer) for part in group]
+def _layout(optimizer) -> list[tuple[list, int]]:
+    """The lists (with their lengths) that `stage0_masters` reads: while they are the same, what it found in them
+    stands, and the weights the lists hold keep their ids. A torch optimizer's add_param_group adds a group and its
+    load_state_dict new ones (holding the same lists of parameters); DeepSpeed's bf16 wrapper loads a checkpoint
+    into its masters in place."""
+    return [(part, len(part)) for group in _groups(optimizer) for part in group]
 
 
-def _same(before: list[tuple[object, int | None]], now: list[tuple[object, int | None]]) -> bool:
+def _same(before: list[tuple[list, int]], now: list[tuple[list, int]]) -> bool:
     return len(before) == len(now) and all(a is b and m == n for (a, m), (b, n) in zip(before, now))
 
 

@@ -25,7 +25,7 @@ from megadalle.train.ema_swap import gathered
 from megadalle.train.masters import local_master, torch_optimizer, whole_master
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
-"""Adam's (and AdamW's, apex FusedAdam's) per-element state."""
+"""Adam's (and AdamW's) per-element state."""
 
 Edit = Callable[[torch.Tensor, str], torch.Tensor]
 """(full fp32 tensor, what it is: "param" or a name of MOMENTS) -> its new value, same shape."""

@@ -1,27 +1,26 @@
 """At ZeRO stage 0 in bf16 an edit between updates reaches DeepSpeed's fp32 masters and Adam's moments
 (ParamEditor through train/masters.py), or the next step writes the old values back over the weights.
 
-DeepSpeed wraps the torch optimizer in FP16_UnfusedOptimizer (one fp32 clone per weight) or, for a fused Adam,
-FP16_Optimizer (one flat fp32 tensor per group); both are built here on the CPU, as the trainer builds them.
+DeepSpeed wraps the torch optimizer in FP16_UnfusedOptimizer (one fp32 clone per weight; its other wrapper is built
+only around a fused Adam of apex's or DeepSpeed's, which megadalle never passes), built here on the CPU as the
+trainer builds it.
 """
 from types import SimpleNamespace
 
 import deepspeed.comm
 import pytest
 import torch
-from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
 from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 
 from megadalle.train.masters import whole_master
 from megadalle.train.param_edit import ParamEditor
 
-WRAPPERS = {"unfused": FP16_UnfusedOptimizer, "fused": FP16_Optimizer}
+WRAPPERS = {"unfused": FP16_UnfusedOptimizer}
 
 
 @pytest.fixture(params=sorted(WRAPPERS))
 def wrapped(request, monkeypatch):
-    """Two bf16 weights in one group (the second sits after the first in the fused wrapper's flat master) and
-    the wrapper, whose constructor has given Adam its (zero) moments."""
+    """Two bf16 weights in one group and the wrapper, whose constructor has given Adam its (zero) moments."""
     monkeypatch.setattr(deepspeed.comm, "get_rank", lambda *args, **kwargs: 0)  # the constructors log on rank 0
     first = torch.nn.Parameter(torch.full((3,), 0.5, dtype=torch.bfloat16))
     second = torch.nn.Parameter(torch.full((2, 2), 2.0, dtype=torch.bfloat16))
