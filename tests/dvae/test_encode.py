@@ -410,16 +410,22 @@ def test_a_split_the_input_no_longer_has_is_removed_and_train_sees_none(tmp_path
     assert DataConfig(shards=str(out)).validation_shards() is None
 
 
-def test_a_split_of_encodes_holding_other_files_is_refused_and_one_encode_did_not_write_as_a_split_stays(
-        tmp_path, weights, capsys):
-    """Encode deletes no file of the user's: its old split with a note in it is refused by name, before any image is
-    encoded; a `val/` encoded on purpose from another set (its source is no split) is the user's validation set."""
+def _stale_split_with_a_note(tmp_path, weights):
+    """(encode's argv but the input, the split input, the input without a split, the output, its files): an output
+    encoded from the split input, a note of the user's then put into the split encode carried over."""
     split, whole = _split_input(tmp_path / "split"), _split_input(tmp_path / "whole", val=False, seed=3)
     out = tmp_path / "tokens"
     argv = ["encode", f"dvae_weights={weights}", f"output={out}", "device=cpu"]
     assert main([*argv, f"input={split}"]) == 0
     (out / "val" / "notes.txt").write_text("mine")
-    before = _files(out)
+    return argv, split, whole, out, _files(out)
+
+
+def test_a_split_of_encodes_holding_other_files_is_refused_and_one_encode_did_not_write_as_a_split_stays(
+        tmp_path, weights, capsys):
+    """Encode deletes no file of the user's: its old split with a note in it is refused by name, before any image is
+    encoded; a `val/` encoded on purpose from another set (its source is no split) is the user's validation set."""
+    argv, split, whole, out, before = _stale_split_with_a_note(tmp_path, weights)
     capsys.readouterr()
     assert main([*argv, f"input={whole}"]) == 2
     assert capsys.readouterr().err == (
@@ -498,12 +504,7 @@ def test_a_split_indexed_before_encode_recorded_it_is_told_by_its_source(tmp_pat
 
 def test_every_rank_of_a_split_encode_refuses_a_stale_split_it_may_not_remove(tmp_path, weights, monkeypatch, capsys):
     """Rank 0 alone looked: it refused, and the other ranks encoded their whole share and exited 0."""
-    split, whole = _split_input(tmp_path / "split"), _split_input(tmp_path / "whole", val=False, seed=3)
-    out = tmp_path / "tokens"
-    argv = ["encode", f"dvae_weights={weights}", f"output={out}", "device=cpu"]
-    assert main([*argv, f"input={split}"]) == 0
-    (out / "val" / "notes.txt").write_text("mine")
-    before = _files(out)
+    argv, _, whole, out, before = _stale_split_with_a_note(tmp_path, weights)
     before.pop(Path(".lock"))  # a split encode's ranks name their job in it
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
