@@ -100,3 +100,14 @@ def test_the_same_files_named_another_way_continue(models, tmp_path, capsys, mon
     assert "[generate] continuing: 3 of 9 samples" in capsys.readouterr().err
     assert not (output / UNFINISHED).exists()
     assert json.loads((output / "scores.json").read_text())["config"]["weights"] == "./m/model.safetensors"
+
+
+def test_a_sweeps_prompt_the_tokenizer_reads_nothing_of_stops_it_before_any_job(models, tmp_path, capsys, monkeypatch):
+    """Job 0 drew, then job 1's prompt was refused by generate itself: the sweep's check of every job before the
+    first runs did not read the prompts with the tokenizer."""
+    no_model_read(monkeypatch)
+    assert main(["generate", "-m", f"weights={models / 'model.safetensors'}", 'prompt="a red circle","\ufffd","a cat"',
+                 "n=1", f"output={tmp_path / 'sweep'}"]) == 2
+    assert "the tokenizer reads nothing of it (it drops '\ufffd' U+FFFD); give words; no job has run" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
