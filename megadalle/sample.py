@@ -121,18 +121,26 @@ CONTINUES = "rerun the same command: it continues from the samples saved so far"
 """What a rerun does after a disk that did not take the results: the batches are saved until scores.json is written."""
 
 
+WRITING = ".writing.json"
+"""The sample files a generate is about to write, listed before the first of them: one killed while writing them
+(kill -9, OOM, a lost node) has no scores.json listing them, and the next run in the folder kept them beside its own."""
+
+
 def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict) -> Path:
     """grid.png, sample_XX.png and scores.json in `output`; returns the grid's path. The kept samples of an
-    earlier run in the same folder go first: the files its scores.json lists, of `sample_name`'s names
-    (megadalle.listed_files says why no others), so every sample file scores.json lists is this run's, and no
-    other file is touched. The record goes first too, and comes back last: a disk that does not take them all is one
-    line (disk_errors), and leaves no record and none of this run's images, which the same command writes again."""
+    earlier run in the same folder go first: the files its scores.json lists, or its `WRITING` (a run killed while
+    writing them), of `sample_name`'s names (megadalle.listed_files says why no others), so every sample file
+    scores.json lists is this run's, and no other file is touched. The record goes first too, and comes back last: a
+    disk that does not take them all is one line (disk_errors), and leaves no record and none of this run's images,
+    which the same command writes again."""
     output = Path(output)
-    remove_listed_files(output, SCORES, kept_files, SAMPLE_NAME)
+    for record in (SCORES, WRITING):
+        remove_listed_files(output, record, kept_files, SAMPLE_NAME)
     (output / SCORES).unlink(missing_ok=True)
     written: list[Path] = []
     with refused(then=CONTINUES):
         try:
+            write_record(output / WRITING, {"kept": [{"file": sample_name(r)} for r in range(len(result.indices))]})
             written.append(save_grid(result.images, output / "grid.png"))
             for rank_, image in enumerate(result.images):
                 written.append(save_image(image, output / sample_name(rank_)))
@@ -144,6 +152,8 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
             for path in written:
                 path.unlink(missing_ok=True)
             raise
+        finally:
+            (output / WRITING).unlink(missing_ok=True)
     return written[0]
 
 

@@ -3,6 +3,8 @@ refused (nor drawn again), the stopped one continues; the output is held for the
 continue whatever else lies beside the weights and however the same files are named."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -111,3 +113,19 @@ def test_a_sweeps_prompt_the_tokenizer_reads_nothing_of_stops_it_before_any_job(
     assert "the tokenizer reads nothing of it (it drops '\ufffd' U+FFFD); give words; no job has run" in \
         capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()
+
+
+def test_sample_files_of_a_run_killed_while_writing_them_go_with_the_next_run(models, tmp_path, capsys):
+    """kill -9 between the PNGs and scores.json left sample files no record listed: a rerun with a smaller keep
+    (or overwrite=true with another prompt) left them beside its own, and a glob of sample_*.png mixed two runs."""
+    output = tmp_path / "kw"
+    killed = ("import os, sys\nimport megadalle.outputs, megadalle.sample as s\nreal = megadalle.outputs.write_record\n"
+              "s.write_record = lambda path, record: os._exit(137) if path.name == 'scores.json' else real(path, record)\n"
+              "from megadalle.cli import main\nmain(sys.argv[1:])\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", killed, "generate", *args(models, output, "keep=6", n=6, batch_size=3)],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 137 and (output / "sample_05.png").is_file(), proc.stderr[-2000:]
+    assert main(["generate", *args(models, output, "keep=3", n=6, batch_size=3)]) == 0
+    assert sorted(p.name for p in output.glob("sample_*.png")) == ["sample_00.png", "sample_01.png", "sample_02.png"]
+    assert not (output / ".writing.json").exists()
