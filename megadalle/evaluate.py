@@ -159,7 +159,8 @@ def readable_captions(tokenizer, captions: list[str], source: str, limit: int) -
     """The first `limit` captions the tokenizer reads something of. A caption of characters it drops (U+FFFD,
     its own word mark U+2581) is visible text, yet would be sampled from pads alone: it is skipped like a blank
     line, and counted on stderr; none left is refused. The limit counts the captions kept, not those read: a
-    skipped one made max_captions=2 score 1 caption of a file that held 2."""
+    skipped one made max_captions=2 score 1 caption of a file that held 2. Captions left unread past the limit are
+    said in one line: a 70-line file scored 64 without a word."""
     readable, skipped = [], []
     for caption in captions:
         if len(readable) == limit:
@@ -171,6 +172,9 @@ def readable_captions(tokenizer, captions: list[str], source: str, limit: int) -
     if skipped:
         print(f"[evaluate] {source}: {len(skipped)} of the first {len(readable) + len(skipped)} captions hold nothing "
               f"the tokenizer reads ({dropped}); skipped", file=sys.stderr)
+    if len(readable) + len(skipped) < len(captions):  # the rest were read, never scored: said, not only by tqdm
+        print(f"[evaluate] {source}: scoring the first {len(readable)} of {len(captions)} captions "
+              f"(max_captions={limit})", file=sys.stderr)
     return readable
 
 
@@ -321,7 +325,7 @@ def run(cfg: DictConfig) -> int:
         with stops_on_signals(), output_folder(ec.output, verb="evaluate"):
             settings = {**sampling_key(ec, device, pick_dtype(ec.dtype, device), ("output", "overwrite"),
                                        ec.clip_score, without_clip(ec)),
-                        "captions": captions[:ec.max_captions]}
+                        "captions": captions}
             if finished_already(ec.output, METRICS, "evaluate", ec.overwrite, settings):
                 return 0
             return sample_and_score(ec, captions, extract, device, settings)
