@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
-from megadalle.config.sample import GenerateConfig, check_models, check_request, check_settings
+from megadalle.config.sample import GenerateConfig, check_models, check_prompt_node, check_request, check_settings
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.disk_errors import refused
 from megadalle.listed_files import remove_listed_files
@@ -167,6 +167,7 @@ def run(cfg: DictConfig) -> int:
     (STOPPED_EXIT) ends it with one line, keeping them, and the same command continues (no traceback, and no
     folder left empty); a rerun of a finished one (a sweep's job before the one that stopped) is skipped. The output
     is held (folder_lock) for the whole run: two runs into one folder replaced each other's results without a word."""
+    check_prompt_node(cfg.get("prompt"))
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
     dtype = pick_dtype(gc.dtype, device)

@@ -87,6 +87,23 @@ class GenerateConfig:
         check_sampling(self)
 
 
+def check_prompt_node(value) -> None:
+    """A command line's `prompt` that hydra read as no text: null, or a bracketed caption read as a list. OmegaConf
+    said "Incompatible value 'None' for field of type 'str'" or "Cannot convert 'ListConfig' to string", with no way
+    out; this names the value, and the quoted form that keeps it as the text typed."""
+    from omegaconf import ListConfig
+
+    from megadalle.config.compose import override_word
+
+    if value is None:
+        raise ConfigError(f"prompt=null: expected one prompt (text); for the word, write "
+                          f"{override_word('prompt', 'null')}")
+    if isinstance(value, (ListConfig, list)):
+        text = f"[{','.join(map(str, value))}]"
+        raise ConfigError(f"prompt={text}: hydra reads the brackets as a list, and generate takes one prompt; quote it "
+                          f"to keep it as text: {override_word('prompt', text)}")
+
+
 def check_request(prompt, n, keep, batch_size, seed) -> tuple[int, int, int, int]:
     """What one `generate` call samples: one prompt that is not blank, positive counts, no more kept than drawn (a
     larger keep quietly kept n), an integer seed; returns (n, keep, batch_size, seed) as Python ints. Checked

@@ -70,3 +70,17 @@ def test_the_readme_names_the_python_settings_that_sample_as_the_cli_does():
     assert f"`SamplingSettings(top_p={GenerateConfig.top_p})`" in readme
     assert SamplingSettings(top_p=GenerateConfig.top_p) == generate_settings()
     assert "the model's own distribution (top_p 1.0, not the CLI's 0.9)" in readme and SamplingSettings().top_p == 1.0
+
+
+@pytest.mark.parametrize("typed, said", [
+    ("prompt=null", "prompt=null: expected one prompt (text); for the word, write 'prompt=\"null\"'"),
+    ("prompt=[a,b]", "prompt=[a,b]: hydra reads the brackets as a list, and generate takes one prompt; quote it to "
+                     "keep it as text: 'prompt=\"[a,b]\"'")])
+def test_a_prompt_hydra_reads_as_no_text_is_refused_with_its_quoted_form(typed, said, tmp_path, capsys):
+    """OmegaConf's "Incompatible value 'None' for field of type 'str'" and "Cannot convert 'ListConfig' to string"
+    gave no way out."""
+    from megadalle.cli import main
+
+    write_tiny_models(tmp_path)
+    assert main(["generate", f"weights={tmp_path / 'model.safetensors'}", typed, f"output={tmp_path / 'o'}"]) == 2
+    assert capsys.readouterr().err == f"megadalle generate: {said}\n"
