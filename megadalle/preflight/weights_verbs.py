@@ -21,13 +21,17 @@ def check_generate(cfg: DictConfig) -> None:
     records alone: bundle.sampling_files), so that a sweep's prompt the tokenizer reads nothing of stops the sweep
     before its first job draws, not after the jobs before it."""
     from megadalle.bundle import sampling_files
-    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.data.tokenizer import Tokenizer, TokenizerError
     from megadalle.sampling.prompt import check_prompt
 
     exists("weights", cfg.weights)
     if isinstance(cfg.get("prompt"), str):  # another type is refused, naming it, as the config is built
         files = sampling_files(cfg.weights, cfg.get("dvae_weights"), cfg.get("tokenizer"), want_clip=False)
-        check_prompt(Tokenizer(files.tokenizer), cfg.prompt)
+        try:
+            words = Tokenizer(files.tokenizer)
+        except TokenizerError:  # a file that is no tokenizer: generate's check of the files names it, with its key
+            return
+        check_prompt(words, cfg.prompt)
 
 
 def check_evaluate(cfg: DictConfig) -> None:
