@@ -65,9 +65,10 @@ class GenerateConfig:
     folder: job i writes to `<output>/<i>` (with no output given, to its job folder
     `<out_dir>/multirun/generate/<i>`)."""
     overwrite: bool = False
-    """Replace the results of an earlier generate in `output` (its scores.json, grid.png and the samples it
-    listed; other files stay), and discard the saved batches of an unfinished generate with other settings.
-    false refuses either before any model is read."""
+    """Replace the results of an earlier generate of other settings in `output` (its scores.json, grid.png and the
+    samples it listed; other files stay), and discard the saved batches of an unfinished generate with other
+    settings. false refuses either before any model is read. Results of the same settings are done either way:
+    the run says so and draws nothing (a stopped sweep's same command skips its finished jobs)."""
     device: str = "auto"
     """auto = cuda when available, else cpu."""
     dtype: str = "auto"
