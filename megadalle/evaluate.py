@@ -33,10 +33,11 @@ from megadalle.devices import pick_device, pick_dtype
 from megadalle.disk_errors import refused
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
 from megadalle.listed_files import remove_listed_files
-from megadalle.outputs import output_folder, refuse_earlier_results, stopped, write_record
+from megadalle.outputs import SETTINGS, finished_already, output_folder, stopped, write_record
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
 from megadalle.sampling.prompt import code_points, ids
+from megadalle.sampling.resume import sampling_key
 from megadalle.sampling.stop import SamplingStopped, stops_on_signals
 
 
@@ -158,7 +159,8 @@ def readable_captions(tokenizer, captions: list[str], source: str, limit: int) -
     """The first `limit` captions the tokenizer reads something of. A caption of characters it drops (U+FFFD,
     its own word mark U+2581) is visible text, yet would be sampled from pads alone: it is skipped like a blank
     line, and counted on stderr; none left is refused. The limit counts the captions kept, not those read: a
-    skipped one made max_captions=2 score 1 caption of a file that held 2."""
+    skipped one made max_captions=2 score 1 caption of a file that held 2. Captions left unread past the limit are
+    said in one line: a 70-line file scored 64 without a word."""
     readable, skipped = [], []
     for caption in captions:
         if len(readable) == limit:
@@ -170,6 +172,9 @@ def readable_captions(tokenizer, captions: list[str], source: str, limit: int) -
     if skipped:
         print(f"[evaluate] {source}: {len(skipped)} of the first {len(readable) + len(skipped)} captions hold nothing "
               f"the tokenizer reads ({dropped}); skipped", file=sys.stderr)
+    if len(readable) + len(skipped) < len(captions):  # the rest were read, never scored: said, not only by tqdm
+        print(f"[evaluate] {source}: scoring the first {len(readable)} of {len(captions)} captions "
+              f"(max_captions={limit})", file=sys.stderr)
     return readable
 
 
@@ -290,7 +295,7 @@ METRICS = "metrics.json"
 """Written last: a folder holding one holds a finished evaluate's results."""
 
 
-def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
+def write_report(scores: Scores, cfg: EvaluateConfig, settings: dict) -> Path:
     """metrics.md, then metrics.json (scores + the settings that produced them: the record, written last) in
     `cfg.output`; returns the JSON. An earlier run's record goes first, and this run's metrics.md goes again when its
     record cannot follow (a full disk): no metrics.md of one run beside the metrics.json of another, or alone."""
@@ -298,7 +303,7 @@ def write_report(scores: Scores, cfg: EvaluateConfig) -> Path:
     path.unlink(missing_ok=True)
     markdown = atomic.write_bytes(path.with_suffix(".md"), scores.markdown().encode())
     try:
-        return write_record(path, {**asdict(scores), "config": asdict(cfg)})
+        return write_record(path, {**asdict(scores), "config": asdict(cfg), SETTINGS: settings})
     except BaseException:
         markdown.unlink(missing_ok=True)
         raise
@@ -315,28 +320,37 @@ def run(cfg: DictConfig) -> int:
     note_held_out_split(ec)
     check_fidelity_inputs(ec, min(len(captions), ec.max_captions))
     extract = feature_extractor(ec.feature_extractor, ec.feature_weights) if ec.real_images else None
-    refuse_earlier_results(ec.output, METRICS, "evaluate", ec.overwrite)
     device = pick_device(ec.device)
     try:
-        with stops_on_signals(), output_folder(ec.output):
-            return sample_and_score(ec, captions, extract, device)
+        with stops_on_signals(), output_folder(ec.output, verb="evaluate"):
+            settings = {**sampling_key(ec, device, pick_dtype(ec.dtype, device), ("output", "overwrite"),
+                                       ec.clip_score, without_clip(ec)),
+                        "captions": captions}
+            if finished_already(ec.output, METRICS, "evaluate", ec.overwrite, settings):
+                return 0
+            return sample_and_score(ec, captions, extract, device, settings)
     except (KeyboardInterrupt, SamplingStopped) as stop:
         return stopped("evaluate", ec.output, METRICS, stop)
 
 
-def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor | None, device: torch.device) -> int:
+def without_clip(ec: EvaluateConfig) -> str:
+    """The key that does without CLIP, as a missing one's refusal names it."""
+    return "clip_score=false" + ("" if ec.fid or ec.save_samples else " with save_samples=true")
+
+
+def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor | None, device: torch.device,
+                     settings: dict) -> int:
     from megadalle.bundle import open_models
 
     def keep_readable(words) -> None:  # before any model is read, as the captions file's other checks
         captions[:] = readable_captions(words, captions, caption_source(ec), ec.max_captions)
 
-    without_clip = "clip_score=false" + ("" if ec.fid or ec.save_samples else " with save_samples=true")
     models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
-                         without_clip, ema_choice(ec.ema), device, pick_dtype(ec.dtype, device), keep_readable)
+                         without_clip(ec), ema_choice(ec.ema), device, pick_dtype(ec.dtype, device), keep_readable)
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     with refused():  # a full disk, writing the samples or the report: one line (the same command starts again)
         scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)
-        path = write_report(scores, ec)
+        path = write_report(scores, ec, settings)
     print(scores.markdown() + f"\n[evaluate] wrote {path} and {path.with_suffix('.md').name}")
     return 0
 

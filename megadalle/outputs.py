@@ -8,6 +8,7 @@ stop signal, a refused prompt) takes away the folders it made and left empty.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -44,29 +45,57 @@ def write_record(path: str | Path, record: dict) -> Path:
     return atomic.write_bytes(path, json.dumps(record, indent=1).encode())
 
 
-def refuse_earlier_results(path: str | Path, record: str, verb: str, overwrite: bool, key: str = "output") -> None:
-    """Refuse a folder that holds `record` (the file `verb` writes last: its results) unless `overwrite`."""
-    if not overwrite and (Path(path) / record).is_file():
+SETTINGS = "settings"
+"""The record's key holding what decided its results (resume.sampling_key, and generate's keep): a rerun of the same
+settings finds them done."""
+
+
+def finished_already(path: str | Path, record: str, verb: str, overwrite: bool, settings: dict,
+                     key: str = "output") -> bool:
+    """Whether `path` holds `record` (the file `verb` writes last: its results) of the same `settings`: then said in
+    one line, and the run has nothing to do. A stopped sweep is continued by its same command, whose jobs before
+    the stopped one find their results here, drawn as this run would draw them again (the samples depend on the
+    settings alone), with or without `overwrite`. A record of other settings (or of none: an older record, one not
+    JSON) is refused unless `overwrite`."""
+    path = Path(path)
+    try:
+        earlier = json.loads((path / record).read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict) and earlier.get(SETTINGS) == json.loads(json.dumps(settings)):
+        print(f"[{verb}] {key}={path}: done already (same settings); skipped", flush=True)
+        return True
+    if not overwrite:
         raise OutputError(f"{key}={path}: holds an earlier {verb}'s results ({record}); give another {key}, or "
                           f"overwrite=true to replace them")
+    return False
 
 
 @contextmanager
-def output_folder(path: str | Path, key: str = "output") -> Iterator[Path]:
-    """`ready_output(path)` for the block's run; if the block raises (Ctrl-C among others), the folders it made
-    go again where they are left empty, so that no empty folder looks like a run's output."""
+def output_folder(path: str | Path, key: str = "output", verb: str | None = None) -> Iterator[Path]:
+    """`ready_output(path)` for the block's run, held by `verb` (folder_lock.output_lock, refused naming the holder)
+    when given; if the block raises (Ctrl-C among others), the folders it made go again where they are left empty
+    (but for the lock file, taken away while still held: a process that opened it since is refused, and one that
+    comes later makes its own), so that no empty folder looks like a run's output."""
+    from megadalle.folder_lock import LOCK, output_lock
+
     path = Path(path)
     made = [folder for folder in (path, *path.absolute().parents) if not folder.exists()]
     ready_output(path, key)
-    try:
-        yield path
-    except BaseException:
-        for folder in made:  # deepest first; the first one holding anything keeps its parents too
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
+    with output_lock(path, verb) if verb else contextlib.nullcontext():
+        try:
+            yield path
+        except BaseException:
+            if made and verb:
+                (path / LOCK).unlink(missing_ok=True)
+            for folder in made:  # deepest first; the first one holding anything keeps its parents too
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            raise
 
 
 def stopped(verb: str, path: str | Path, record: str, stop: BaseException, kept: str | None = None) -> int:

@@ -23,17 +23,17 @@ from tqdm import tqdm
 
 from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
-from megadalle.config.sample import GenerateConfig, check_models, check_request, check_settings
+from megadalle.config.sample import GenerateConfig, check_models, check_prompt_node, check_request, check_settings
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.disk_errors import refused
 from megadalle.listed_files import remove_listed_files
-from megadalle.outputs import output_folder, refuse_earlier_results, stopped, write_record
+from megadalle.outputs import SETTINGS, finished_already, output_folder, stopped, write_record
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
 from megadalle.sampling.prompt import check_prompt, warn, warn_if_unknown
 from megadalle.sampling.rerank import MegadalleClip, as_reranker, rank
-from megadalle.sampling.resume import SavedBatches, files_state, open_saved
+from megadalle.sampling.resume import SavedBatches, open_saved, sampling_key
 from megadalle.sampling.stop import SamplingStopped, stops_on_signals
 
 
@@ -121,18 +121,26 @@ CONTINUES = "rerun the same command: it continues from the samples saved so far"
 """What a rerun does after a disk that did not take the results: the batches are saved until scores.json is written."""
 
 
+WRITING = ".writing.json"
+"""The sample files a generate is about to write, listed before the first of them: one killed while writing them
+(kill -9, OOM, a lost node) has no scores.json listing them, and the next run in the folder kept them beside its own."""
+
+
 def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict) -> Path:
     """grid.png, sample_XX.png and scores.json in `output`; returns the grid's path. The kept samples of an
-    earlier run in the same folder go first: the files its scores.json lists, of `sample_name`'s names
-    (megadalle.listed_files says why no others), so every sample file scores.json lists is this run's, and no
-    other file is touched. The record goes first too, and comes back last: a disk that does not take them all is one
-    line (disk_errors), and leaves no record and none of this run's images, which the same command writes again."""
+    earlier run in the same folder go first: the files its scores.json lists, or its `WRITING` (a run killed while
+    writing them), of `sample_name`'s names (megadalle.listed_files says why no others), so every sample file
+    scores.json lists is this run's, and no other file is touched. The record goes first too, and comes back last: a
+    disk that does not take them all is one line (disk_errors), and leaves no record and none of this run's images,
+    which the same command writes again."""
     output = Path(output)
-    remove_listed_files(output, SCORES, kept_files, SAMPLE_NAME)
+    for record in (SCORES, WRITING):
+        remove_listed_files(output, record, kept_files, SAMPLE_NAME)
     (output / SCORES).unlink(missing_ok=True)
     written: list[Path] = []
     with refused(then=CONTINUES):
         try:
+            write_record(output / WRITING, {"kept": [{"file": sample_name(r)} for r in range(len(result.indices))]})
             written.append(save_grid(result.images, output / "grid.png"))
             for rank_, image in enumerate(result.images):
                 written.append(save_image(image, output / sample_name(rank_)))
@@ -144,6 +152,8 @@ def write_outputs(result: Generated, output: str | Path, prompt: str, meta: dict
             for path in written:
                 path.unlink(missing_ok=True)
             raise
+        finally:
+            (output / WRITING).unlink(missing_ok=True)
     return written[0]
 
 
@@ -152,33 +162,32 @@ RESULT_KEYS = ("keep", "output", "overwrite")
 continues the saved batches (megadalle.sampling.resume)."""
 
 
-def sampling_key(gc: GenerateConfig, device: torch.device, dtype: torch.dtype) -> dict:
-    """What decides the samples and their scores: the config but `RESULT_KEYS`, with the device and dtype used and
-    the state of the model files the paths name."""
-    models = {k: getattr(gc, k) for k in ("weights", "dvae_weights", "clip_weights", "tokenizer")}
-    return {**{k: v for k, v in asdict(gc).items() if k not in RESULT_KEYS}, "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."), "files": files_state(models, gc.output)}
-
-
 def run(cfg: DictConfig) -> int:
     """`megadalle generate`. Each finished batch is saved as it goes: Ctrl-C (exit code 130) or a stop signal
     (STOPPED_EXIT) ends it with one line, keeping them, and the same command continues (no traceback, and no
-    folder left empty)."""
+    folder left empty); a rerun of a finished one (a sweep's job before the one that stopped) is skipped. The output
+    is held (folder_lock) for the whole run: two runs into one folder replaced each other's results without a word."""
+    check_prompt_node(cfg.get("prompt"))
     gc = build(GenerateConfig, {**top_level(cfg, GenerateConfig), "seed": cfg.get("seed", 0)}, "")
     device = pick_device(gc.device)
     dtype = pick_dtype(gc.dtype, device)
-    refuse_earlier_results(gc.output, SCORES, "generate", gc.overwrite)
-    saved = open_saved(gc.output, sampling_key(gc, device, dtype), gc.batch_size, gc.overwrite)
+    saved = None
     try:
-        with stops_on_signals(), output_folder(gc.output):
-            return sample_and_write(gc, device, dtype, saved)
+        with stops_on_signals(), output_folder(gc.output, verb="generate"):
+            key = sampling_key(gc, device, dtype, RESULT_KEYS, gc.rerank, "rerank=false")
+            done = {**key, "keep": gc.kept}
+            if finished_already(gc.output, SCORES, "generate", gc.overwrite, done):
+                return 0
+            saved = open_saved(gc.output, key, gc.batch_size, gc.overwrite)
+            return sample_and_write(gc, device, dtype, saved, done)
     except (KeyboardInterrupt, SamplingStopped) as stop:
         kept = (f"{saved.samples} of {gc.n} samples are saved in {saved.path}; the same command continues"
-                if saved.samples else None)
+                if saved is not None and saved.samples else None)
         return stopped("generate", gc.output, SCORES, stop, kept)
 
 
-def sample_and_write(gc: GenerateConfig, device: torch.device, dtype: torch.dtype, saved: SavedBatches) -> int:
+def sample_and_write(gc: GenerateConfig, device: torch.device, dtype: torch.dtype, saved: SavedBatches,
+                     done: dict) -> int:
     from megadalle.bundle import open_models
 
     models = open_models(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank,
@@ -192,7 +201,7 @@ def sample_and_write(gc: GenerateConfig, device: torch.device, dtype: torch.dtyp
                       saved=saved)
     meta = {"n": gc.n, "keep": gc.kept, "batch_size": gc.batch_size, "seed": gc.seed, "sampling": asdict(settings),
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "device": str(device),
-            "config": asdict(gc)}
+            "config": asdict(gc), SETTINGS: done}
     grid = write_outputs(result, gc.output, gc.prompt, meta)
     saved.remove()
     best = f"; best CLIP score {result.scores[result.indices[0]]:.3f}" if result.scores else ""

@@ -210,6 +210,13 @@ def bare_item(verb: str | None, words: list[str]) -> str:
     return f"{one_line(words[0])}: expected key=value" + (f" (megadalle {verb} --help lists the keys)" if verb else "")
 
 
+def meant_text(value: str) -> str:
+    """The text a value hydra cannot read was meant to be: `prompt="a "red" circle"` is README's quoted form typed
+    around a prompt with quotes inside, meant as `a "red" circle`; quoting it whole advised a prompt that drew its
+    outer quotes too."""
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+
+
 def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps: bool = False) -> None:
     """An override hydra cannot read as one value is refused with the quoted form that it reads as the text
     given. Prompts and paths are where users meet hydra's grammar: a comma makes a sweep, and an apostrophe,
@@ -227,7 +234,7 @@ def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps:
         key, sep, value = item.partition("=")
         if is_bare(item):
             raise ConfigError(bare_item(verb, list(takewhile(is_bare, overrides[at:]))))
-        named, quoted = one_line(item), quoted_form(key, value) if sep else item
+        named, quoted = one_line(item), quoted_form(key, meant_text(value)) if sep else item
         try:
             sweep = parser.parse_override(item).is_sweep_override()
         except HydraException as err:

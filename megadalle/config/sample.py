@@ -65,9 +65,10 @@ class GenerateConfig:
     folder: job i writes to `<output>/<i>` (with no output given, to its job folder
     `<out_dir>/multirun/generate/<i>`)."""
     overwrite: bool = False
-    """Replace the results of an earlier generate in `output` (its scores.json, grid.png and the samples it
-    listed; other files stay), and discard the saved batches of an unfinished generate with other settings.
-    false refuses either before any model is read."""
+    """Replace the results of an earlier generate of other settings in `output` (its scores.json, grid.png and the
+    samples it listed; other files stay), and discard the saved batches of an unfinished generate with other
+    settings. false refuses either before any model is read. Results of the same settings are done either way:
+    the run says so and draws nothing (a stopped sweep's same command skips its finished jobs)."""
     device: str = "auto"
     """auto = cuda when available, else cpu."""
     dtype: str = "auto"
@@ -85,6 +86,23 @@ class GenerateConfig:
     def validate(self, where: str = "") -> None:
         check_request(self.prompt, self.n, self.kept, self.batch_size, self.seed)
         check_sampling(self)
+
+
+def check_prompt_node(value) -> None:
+    """A command line's `prompt` that hydra read as no text: null, or a bracketed caption read as a list. OmegaConf
+    said "Incompatible value 'None' for field of type 'str'" or "Cannot convert 'ListConfig' to string", with no way
+    out; this names the value, and the quoted form that keeps it as the text typed."""
+    from omegaconf import ListConfig
+
+    from megadalle.config.compose import override_word
+
+    if value is None:
+        raise ConfigError(f"prompt=null: expected one prompt (text); for the word, write "
+                          f"{override_word('prompt', 'null')}")
+    if isinstance(value, (ListConfig, list)):
+        text = f"[{','.join(map(str, value))}]"
+        raise ConfigError(f"prompt={text}: hydra reads the brackets as a list, and generate takes one prompt; quote it "
+                          f"to keep it as text: {override_word('prompt', text)}")
 
 
 def check_request(prompt, n, keep, batch_size, seed) -> tuple[int, int, int, int]:

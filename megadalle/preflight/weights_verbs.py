@@ -17,14 +17,28 @@ def check_export(cfg: DictConfig) -> None:
 
 
 def check_generate(cfg: DictConfig) -> None:
+    """The weights, and the prompt read by the tokenizer generate will use (found as it finds it, from the keys and
+    records alone: bundle.sampling_files), so that a sweep's prompt the tokenizer reads nothing of stops the sweep
+    before its first job draws, not after the jobs before it."""
+    from megadalle.bundle import sampling_files
+    from megadalle.data.tokenizer import Tokenizer, TokenizerError
+    from megadalle.sampling.prompt import check_prompt
+
     exists("weights", cfg.weights)
+    if isinstance(cfg.get("prompt"), str):  # another type is refused, naming it, as the config is built
+        files = sampling_files(cfg.weights, cfg.get("dvae_weights"), cfg.get("tokenizer"), want_clip=False)
+        try:
+            words = Tokenizer(files.tokenizer)
+        except TokenizerError:  # a file that is no tokenizer: generate's check of the files names it, with its key
+            return
+        check_prompt(words, cfg.prompt)
 
 
 def check_evaluate(cfg: DictConfig) -> None:
     """The Transformer's `weights`, named as `generate` names them: a missing path is not the dVAE missing
     beside it. The captions, shards and output are checked by `evaluate` itself (before any model is read),
     so that a call without the CLI gets the same checks."""
-    check_generate(cfg)
+    exists("weights", cfg.weights)
 
 
 def check_import_dvae(cfg: DictConfig) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,14 +26,26 @@ from megadalle.data.atomic import write_bytes
 UNFINISHED = "unfinished.safetensors"
 """The saved batches of a run that has not written its results yet."""
 MODEL_FILES = (".safetensors", ".json", ".pt", ".bin", ".model")
-"""The kinds of file weights, their configs, checkpoints and tokenizers come in (not logs, grids or metrics)."""
+"""The kinds of file a run directory's or a sharded folder's weights and configs come in (not logs, grids or
+metrics)."""
 
 
-def files_state(paths: dict[str, str | None], output: str | Path) -> dict[str, str]:
-    """For each key naming a path: a digest of the names, sizes and modification times of the model files it
-    stands for. A folder's own (a model folder, a run directory with its checkpoints), a file's and its
-    neighbours' (where a model's other files default to: `dvae.safetensors` beside `weights`); never the output
-    folder's, which this run writes into. Stat calls only, no read."""
+def read_files(path: Path, output: Path) -> list[Path]:
+    """The files the loader reads for the model at `path`: a single file and its config JSON (`config_path`); the
+    model files of a folder (a run directory's checkpoints, a sharded export) but those in `output`; an index's
+    folder likewise. Not the files that merely lie beside: a user's progress.json beside model.safetensors, another
+    generate's results inside a model folder changed no sample."""
+    from megadalle.weights.records import config_path
+
+    if path.is_dir() or path.name.endswith(".index.json"):
+        folder = path if path.is_dir() else path.parent
+        return sorted(f for f in folder.rglob("*") if f.suffix in MODEL_FILES and f.is_file() and output not in f.parents)
+    return [f for f in (path, config_path(path)) if f.is_file()]
+
+
+def files_state(paths: dict[str, str | Path | None], output: str | Path) -> dict[str, str]:
+    """For each key naming a path: a digest of the names, sizes and modification times of the files the loader reads
+    for it (`read_files`), never the output folder's, which this run writes into. Stat calls only, no read."""
     out = Path(output).resolve()
     state = {}
     for key, given in paths.items():
@@ -41,11 +53,30 @@ def files_state(paths: dict[str, str | None], output: str | Path) -> dict[str, s
             continue
         path = Path(given).resolve()
         folder = path if path.is_dir() else path.parent
-        found = folder.rglob("*") if path.is_dir() else folder.iterdir()
-        files = sorted(f for f in found if f.suffix in MODEL_FILES and f.is_file() and out not in f.parents)
-        listed = [(str(f.relative_to(folder)), (stat := f.stat()).st_size, stat.st_mtime_ns) for f in files]
+        listed = [(str(f.relative_to(folder)), (stat := f.stat()).st_size, stat.st_mtime_ns)
+                  for f in read_files(path, out)]
         state[key] = hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
     return state
+
+
+def sampling_key(config, device: torch.device, dtype: torch.dtype, result_keys: tuple[str, ...],
+                 want_clip: bool, without_clip: str) -> dict:
+    """What decides a sampling verb's samples and their scores: `config` (a GenerateConfig or EvaluateConfig) but its
+    `result_keys`, with the device and dtype used and, for each model key, the file in use resolved (the same file
+    named ./demo/x or by its absolute path, or left to its default beside the weights, is the same setting) and the
+    state of the files the loader reads there (`files_state`). Found as the verb finds them (bundle.sampling_files),
+    without reading a tensor."""
+    from megadalle.bundle import sampling_files
+
+    files = sampling_files(config.weights, config.dvae_weights, config.tokenizer, config.clip_weights,
+                           config.clip_model, want_clip, without_clip)
+    read = {"weights": files.transformer, "dvae_weights": files.dvae, "clip_weights": files.clip,
+            "tokenizer": files.tokenizer}
+    in_use = {**read, "weights": Path(config.weights)}
+    return {**{k: v for k, v in asdict(config).items() if k not in result_keys},
+            **{k: None if path is None else str(Path(path).resolve()) for k, path in in_use.items()},
+            "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "files": files_state(read, config.output)}
 
 
 @dataclass

@@ -38,3 +38,14 @@ def test_a_word_without_a_key_holding_a_newline_is_said_in_one_line(capsys):
     err = capsys.readouterr().err
     assert err == ("megadalle generate: $'a red circle\\nat the top left': expected key=value; for the prompt, write "
                    "$'prompt=\"a red circle\\nat the top left\"'\n")
+
+
+def test_a_quoted_prompt_with_quotes_inside_is_advised_quoted_once(capsys):
+    """`prompt="a "red" circle"` was advised as `prompt="\\"a \\"red\\" circle\\""`, which drew the prompt with its outer
+    quotes: the advice quotes the text inside them, as for `prompt=a "red" circle`."""
+    from megadalle.cli import main
+
+    for typed in ('prompt="a "red" circle"', 'prompt=a "red" circle'):
+        assert main(["generate", "weights=x", typed]) == 2
+        err = capsys.readouterr().err
+        assert err.endswith("""quote it: 'prompt="a \\"red\\" circle"'\n"""), err

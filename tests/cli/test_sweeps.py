@@ -44,7 +44,10 @@ def test_generate_and_evaluate_sweep_jobs_each_write_to_their_own_folder(tmp_pat
     assert (prompts, samples) == (["a red circle", "a blue circle"], [1, 2])
     assert not (tmp_path / "generate").exists() and not (tmp_path / "evaluate").exists()
     capsys.readouterr()
-    assert main(["generate", "-m", weights, "prompt=a red circle", "n=2", "keep=1", f"out_dir={tmp_path}"]) == 2
+    assert main(["generate", "-m", weights, "prompt=a red circle,a blue circle", "n=2", "keep=1",
+                 f"out_dir={tmp_path}"]) == 0  # the same sweep again: its jobs are done
+    assert capsys.readouterr().out.count("done already (same settings); skipped") == 2
+    assert main(["generate", "-m", weights, "prompt=a red circle", "n=2", "keep=2", f"out_dir={tmp_path}"]) == 2
     assert f"output={jobs[0]}: holds an earlier generate's results" in capsys.readouterr().err
 
 
@@ -71,9 +74,13 @@ def test_a_sweep_given_an_output_writes_each_job_to_its_number_under_it(tmp_path
     assert sorted(p.name for p in given.iterdir()) == ["eval", "gen"]
     assert not (tmp_path / "multirun" / "generate" / "0" / "scores.json").exists()
     capsys.readouterr()
-    assert main(sweep) == 2  # the same sweep again: refused as a plain rerun is
+    assert main(sweep) == 0  # the same sweep again: its jobs are done
+    out = capsys.readouterr().out
+    assert all(f"[generate] output={given / 'gen' / str(job)}: done already (same settings); skipped\n" in out
+               for job in (0, 1)), out
+    assert main([*sweep, "keep=2"]) == 2  # other results: refused as a plain rerun is
     assert f"output={given / 'gen' / '0'}: holds an earlier generate's results" in capsys.readouterr().err
-    assert main([*sweep, "overwrite=true"]) == 0
+    assert main([*sweep, "keep=2", "overwrite=true"]) == 0
 
 
 def test_ctrl_c_in_a_sweep_job_stops_the_sweep_with_exit_code_130(tmp_path, capsys, monkeypatch):

@@ -38,6 +38,20 @@ def test_max_captions_counts_the_captions_sampled(models, tmp_path, capsys):
     assert [e["caption"] for e in index] == ["a red circle", "a blue square"]
 
 
+def test_captions_past_max_captions_are_said_to_be_left_out(models, capsys):
+    """A 70-line file scored its first 64 captions (max_captions' default) without a word, but tqdm's total."""
+    from megadalle.data.tokenizer import Tokenizer
+    from megadalle.evaluate import readable_captions
+
+    words = Tokenizer(models / "tokenizer.model")
+    captions = [f"a red circle {i}" for i in range(70)]
+    assert readable_captions(words, captions, "captions=caps70.txt", 64) == captions[:64]
+    assert capsys.readouterr().err == "[evaluate] captions=caps70.txt: scoring the first 64 of 70 captions " \
+                                      "(max_captions=64)\n"
+    assert readable_captions(words, captions[:64], "captions=caps64.txt", 64) == captions[:64]
+    assert capsys.readouterr().err == ""
+
+
 def test_a_cut_caption_is_named_on_a_line_of_its_own(models, tmp_path, capsys):
     """Of many captions, "'right' is cut" did not say which; and it was printed on the progress bar's line."""
     long = "a red circle at the top left and a blue square at the bottom right"

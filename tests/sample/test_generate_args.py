@@ -56,3 +56,31 @@ def test_paths_or_a_pipeline_in_place_of_the_models_are_refused_by_name(models, 
     given[slot] = Pipeline(*models[:2], None, None, models[3], {})
     with pytest.raises(ConfigError, match=rf"^{name}: expected .*, got a Pipeline; pass its \{attribute}$"):
         draw(given)
+
+
+def test_the_readme_names_the_python_settings_that_sample_as_the_cli_does():
+    """README said sampling defaults to top_p 0.9, but SamplingSettings() (generate's argument) keeps every token:
+    a Python caller drew other samples than the CLI without a word."""
+    from pathlib import Path
+
+    from megadalle.config.sample import GenerateConfig
+    from megadalle.train.sample_grid import generate_settings
+
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    assert f"`SamplingSettings(top_p={GenerateConfig.top_p})`" in readme
+    assert SamplingSettings(top_p=GenerateConfig.top_p) == generate_settings()
+    assert "the model's own distribution (top_p 1.0, not the CLI's 0.9)" in readme and SamplingSettings().top_p == 1.0
+
+
+@pytest.mark.parametrize("typed, said", [
+    ("prompt=null", "prompt=null: expected one prompt (text); for the word, write 'prompt=\"null\"'"),
+    ("prompt=[a,b]", "prompt=[a,b]: hydra reads the brackets as a list, and generate takes one prompt; quote it to "
+                     "keep it as text: 'prompt=\"[a,b]\"'")])
+def test_a_prompt_hydra_reads_as_no_text_is_refused_with_its_quoted_form(typed, said, tmp_path, capsys):
+    """OmegaConf's "Incompatible value 'None' for field of type 'str'" and "Cannot convert 'ListConfig' to string"
+    gave no way out."""
+    from megadalle.cli import main
+
+    write_tiny_models(tmp_path)
+    assert main(["generate", f"weights={tmp_path / 'model.safetensors'}", typed, f"output={tmp_path / 'o'}"]) == 2
+    assert capsys.readouterr().err == f"megadalle generate: {said}\n"

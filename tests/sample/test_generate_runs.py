@@ -64,7 +64,7 @@ def test_a_rerun_removes_only_the_samples_the_earlier_run_listed(models, tmp_pat
     (out / "sample_05.png").unlink()
     assert main(["generate", *base, "keep=1", "overwrite=true"]) == 0
     kept = json.loads((out / "scores.json").read_text())["kept"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["grid.png", "scores.json", "sample_00.png",
+    assert sorted(p.name for p in out.iterdir()) == sorted([".lock", "grid.png", "scores.json", "sample_00.png",
                                                             "sample_7.png", "sample_2019_x.png", "notes.txt"])
     assert [k["file"] for k in kept] == ["sample_00.png"]
 

@@ -174,10 +174,10 @@ def test_saved_batches_of_other_settings_are_refused_unless_overwrite(models, tm
     assert results(output) == results(tmp_path / "whole")
 
 
-@pytest.mark.parametrize("changed", ["model.safetensors", "dvae.safetensors"])
-def test_saved_batches_of_weights_changed_since_are_refused(models, tmp_path, capsys, monkeypatch, changed):
+@pytest.mark.parametrize("changed, key", [("model.safetensors", "weights"), ("dvae.safetensors", "dvae_weights")])
+def test_saved_batches_of_weights_changed_since_are_refused(models, tmp_path, capsys, monkeypatch, changed, key):
     """The same command over a path that holds other weights now (a model exported again, a run directory with a
-    newer checkpoint; here the dVAE beside the model, which `weights` implies) would mix two models' samples."""
+    newer checkpoint; here the dVAE beside the model, the default of `dvae_weights`) would mix two models' samples."""
     output = tmp_path / "out"
     stopped_after_one_batch(models, output, capsys, monkeypatch)
     stat = (models / changed).stat()
@@ -185,7 +185,7 @@ def test_saved_batches_of_weights_changed_since_are_refused(models, tmp_path, ca
     assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"megadalle generate: output={output}: holds 3 samples of an unfinished generate with other settings "
-        "(the files behind weights changed since (a newer checkpoint, another export)); give another output, or "
+        f"(the files behind {key} changed since (a newer checkpoint, another export)); give another output, or "
         "overwrite=true to discard them")  # not "rerun that command": it was rerun, and would be refused again
 
 
