@@ -73,8 +73,10 @@ class EvaluateConfig:
     """Directory for metrics.json and metrics.md. In a `-m` sweep, the sweep's folder: job i writes to
     `<output>/<i>` (with no output given, to its job folder `<out_dir>/multirun/evaluate/<i>`)."""
     overwrite: bool = False
-    """Replace the results of an earlier evaluate in `output` (metrics.json, metrics.md and the samples its
-    samples/index.json lists; other files stay). false refuses such a folder before any model is read."""
+    """Replace the results of an earlier evaluate of other settings in `output` (metrics.json, metrics.md and the
+    samples its samples/index.json lists; other files stay). false refuses such a folder before any model is read.
+    Results of the same settings are done either way: the run says so and scores nothing again (a stopped sweep's
+    same command skips its finished jobs)."""
     device: str = "auto"
     """auto = cuda when available, else cpu; or cpu, cuda, cuda:N."""
     dtype: str = "auto"
