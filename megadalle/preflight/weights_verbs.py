@@ -21,11 +21,13 @@ def check_generate(cfg: DictConfig) -> None:
     records alone: bundle.sampling_files), so that a sweep's prompt the tokenizer reads nothing of stops the sweep
     before its first job draws, not after the jobs before it."""
     from megadalle.bundle import sampling_files
+    from megadalle.config.sample import check_prompt_node
     from megadalle.data.tokenizer import Tokenizer, TokenizerError
     from megadalle.sampling.prompt import check_prompt
 
     exists("weights", cfg.weights)
-    if isinstance(cfg.get("prompt"), str):  # another type is refused, naming it, as the config is built
+    check_prompt_node(cfg.get("prompt"))  # null, or a list: no text
+    if isinstance(cfg.get("prompt"), str):
         files = sampling_files(cfg.weights, cfg.get("dvae_weights"), cfg.get("tokenizer"), want_clip=False)
         try:
             words = Tokenizer(files.tokenizer)

@@ -115,6 +115,14 @@ def test_a_sweeps_prompt_the_tokenizer_reads_nothing_of_stops_it_before_any_job(
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_sweeps_prompt_hydra_reads_as_no_text_stops_it_before_any_job(models, tmp_path, capsys, monkeypatch):
+    no_model_read(monkeypatch)
+    assert main(["generate", "-m", f"weights={models / 'model.safetensors'}", 'prompt="a red circle",null',
+                 "n=1", f"output={tmp_path / 'sweep'}"]) == 2
+    assert "prompt=null: expected one prompt (text)" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_sample_files_of_a_run_killed_while_writing_them_go_with_the_next_run(models, tmp_path, capsys):
     """kill -9 between the PNGs and scores.json left sample files no record listed: a rerun with a smaller keep
     (or overwrite=true with another prompt) left them beside its own, and a glob of sample_*.png mixed two runs."""
