@@ -23,7 +23,7 @@ def main(opts: dict) -> None:
     if env.rank == 0:
         wandb_log.atomic.write_json = refuse
     run_dir = Path(opts["run_dir"])
-    callback = wandb_log.Wandb(LoggerConfig(mode="offline"))
+    callback = wandb_log.Wandb(LoggerConfig(mode=opts["mode"]))
     failure = disk_full.attempt(partial(callback.start, RunInfo(run_dir, env.rank, env.world_size, 0, 10)))
     try:
         disk_full.stop_every_rank(failure)
