@@ -159,11 +159,15 @@ EOF
     fi
 }
 
+shares_packages() {  # whether $VENV shares its Python's packages: made so here (make_venv), or by an earlier run
+    grep -qiE '^[[:space:]]*include-system-site-packages[[:space:]]*=[[:space:]]*true[[:space:]]*$' "$VENV/pyvenv.cfg" 2>/dev/null
+}
+
 pip_failed() {  # pip -q prints its error, not why; pins that pip takes from PIP_CONSTRAINT are the likely cause
     local cause=""
     if [ -n "${PIP_CONSTRAINT:-}" ]; then
         cause="; PIP_CONSTRAINT=$PIP_CONSTRAINT is set, and pip applies its pins too: one that no index serves, or that megadalle's requirements exclude, makes the install impossible"
-        [ -n "$system_torch" ] ||
+        [ -n "$system_torch" ] || shares_packages ||
             cause="$cause. NVIDIA's containers pin their own torch build there: inside one, the venv must share the container's torch, so remove $VENV and rerun with PYTHON set to the container's Python (the one whose torch has CUDA)"
     fi
     die "$1$cause"

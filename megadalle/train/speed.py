@@ -20,6 +20,7 @@ import ctypes
 import gc
 import re
 import resource
+import sys
 from pathlib import Path
 
 import torch
@@ -74,9 +75,13 @@ def memory() -> dict[str, float]:
 
 
 def resident_peak_kib() -> int:
-    """VmHWM of /proc/self/status (reset by `reset_peak_memory`), else ru_maxrss (KiB on Linux, never reset)."""
+    """VmHWM of /proc/self/status (reset by `reset_peak_memory`), else ru_maxrss (never reset), which Linux gives in
+    KiB and macOS, without /proc, in bytes."""
     try:
         found = re.search(r"^VmHWM:\s*(\d+) kB", (PROC / "status").read_text(), re.MULTILINE)
     except OSError:
         found = None
-    return int(found.group(1)) if found else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if found:
+        return int(found.group(1))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 from megadalle.config.train import LoggerConfig
 from megadalle.data import atomic
 from megadalle.errors import UserError
-from megadalle.train import distributed
+from megadalle.train import disk_full, distributed
 from megadalle.train.callbacks import Callback, RunInfo
 from megadalle.train.checkpoint import one_line, tag_of
 from megadalle.train.checkpoint_damage import complete_tags
@@ -185,25 +185,30 @@ class Wandb(Callback):
         mark_preempting, as wandb asks of a job that is requeued). A finish without one recorded 0 for a failed run."""
 
     def start(self, info: RunInfo) -> None:
-        """wandb.init on rank 0. When it fails (on a compute node without internet, after wandb's 90 s timeout) every
-        rank stops together with one line, not a traceback printed twice."""
+        """wandb.init on rank 0. When it fails (on a compute node without internet, after wandb's 90 s timeout), or
+        the disk does not take the id record (disk_full), every rank raises rank 0's error: the others wait in the
+        broadcast for it, so rank 0 raising alone left them there until the group's timeout."""
         failure, bug = self._init(info) if info.rank == 0 else (None, None)
         if info.rank != 0:  # it logs nothing
             self.run_id = info.wandb_id or secrets.token_hex(4)
-        if self.cfg.mode == "disabled":
-            return
-        error = distributed.broadcast_object(failure)  # rank 0's: the only rank that starts wandb
+        if self.cfg.mode != "disabled":  # only then do the others wait for rank 0's word
+            failure = distributed.broadcast_object(failure)
         if bug is not None:  # a bug: rank 0 keeps its traceback, the others stop with its line
             raise bug
-        if error is not None:
-            raise WandbError(error)
+        if failure is not None:
+            raise failure
 
-    def _init(self, info: RunInfo) -> tuple[str | None, Exception | None]:
-        """Rank 0's id and wandb.init; the one line of a failure (wandb's own error: its line; another: a bug,
-        returned too, to raise once the other ranks have its line)."""
+    def _init(self, info: RunInfo) -> tuple[UserError | None, Exception | None]:
+        """Rank 0's id and wandb.init; the error every rank raises on a failure (the id record the disk did not take:
+        RunFileError, which the loop stops every rank on; wandb's own error: its line; another: a bug, returned too,
+        to raise once the other ranks have its line)."""
         # The id is kept with logger=none too, for a later run that logs; the note is said only where a wandb run is
         # logged to (with logger=none it spoke of a run nothing goes to).
-        self.run_id, note = run_id(Path(info.run_dir), info.wandb_id, info.start_step)
+        try:
+            with disk_full.one_line(Path(info.run_dir) / ID_RECORD):
+                self.run_id, note = run_id(Path(info.run_dir), info.wandb_id, info.start_step)
+        except disk_full.RunFileError as err:
+            return err, None
         if self.cfg.mode == "disabled":
             return None, None
         if note is not None:
@@ -215,9 +220,9 @@ class Wandb(Callback):
                                   mode=self.cfg.mode, dir=str(info.run_dir), id=self.run_id, resume="allow",
                                   config=info.config)
         except wandb.errors.Error as err:
-            return start_failure(err, self.cfg.mode, Path(info.run_dir)), None
+            return WandbError(start_failure(err, self.cfg.mode, Path(info.run_dir))), None
         except Exception as err:
-            return f"rank 0 failed to start wandb: {one_line(err)}", err
+            return WandbError(f"rank 0 failed to start wandb: {one_line(err)}"), err
         return None, None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

@@ -29,3 +29,20 @@ def test_a_cuda_runs_peak_is_reset_at_its_start(monkeypatch):
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: resets.append(True))
     speed.Speed(4, None, None, 989.0, 1).start(None)
     assert resets == [True]
+
+
+def test_without_proc_the_peak_is_ru_maxrss_in_kib_on_linux_and_in_bytes_on_macos(monkeypatch, tmp_path):
+    """macOS has no /proc and gives ru_maxrss in bytes: its mem_gib was 1024 times too large."""
+    import resource
+    import sys
+    from types import SimpleNamespace
+
+    from megadalle.train import speed
+
+    monkeypatch.setattr(speed, "PROC", tmp_path / "no-proc")
+    monkeypatch.setattr(speed.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3 * 2**30))
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert speed.memory() == {"mem_gib": 3.0}
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert speed.memory() == {"mem_gib": 3.0 * 1024}

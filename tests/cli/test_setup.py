@@ -365,6 +365,24 @@ def test_a_failing_pip_install_ends_with_a_setup_line_naming_pip_constraint(tmp_
     assert (f"PIP_CONSTRAINT={pinned} is set" in last) == constraint
     assert ("remove " + str(venv) + " and rerun with PYTHON set to the container's Python" in last) == constraint
 
+
+def test_a_failing_pip_in_a_venv_that_shares_its_pythons_packages_is_not_told_to_make_one_that_does(tmp_path):
+    """On a rerun system_torch was unset (make_venv sets it), and a venv made beside the container's torch was told
+    to be removed and made again with the container's Python: what it already was."""
+    venv = make_fake_venv(tmp_path / "venv")
+    (site_packages(venv) / "pip" / "__main__.py").write_text(FAILING_PIP)
+    config = venv / "pyvenv.cfg"
+    config.write_text(re.sub(r"(?m)^include-system-site-packages = false$", "include-system-site-packages = true",
+                             config.read_text()))
+    assert "include-system-site-packages = true" in config.read_text()
+    pinned = tmp_path / "constraint.txt"
+    pinned.write_text(f"torch=={NGC_TORCH}\n")
+    done = run_setup(tmp_path, venv, MEGADALLE_TORCH="gpu", PIP_CONSTRAINT=str(pinned))
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"PIP_CONSTRAINT={pinned} is set" in last, last
+    assert "rerun with PYTHON set to the container's Python" not in last, last
+
 def test_a_folder_that_is_no_venv_is_never_cleared(tmp_path):
     folder = tmp_path / "stuff"
     (folder / "bin").mkdir(parents=True)
