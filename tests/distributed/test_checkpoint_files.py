@@ -41,6 +41,7 @@ class FakeEngine:
     per tag directory."""
 
     lr_scheduler = None
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)  # what a load settles (apex_adam)
 
     def save_checkpoint(self, save_dir, tag, client_state, save_latest):
         path = Path(save_dir) / tag
