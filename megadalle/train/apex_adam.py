@@ -11,6 +11,11 @@ Under ZeRO-3 DeepSpeed steps the torch optimizer once per sub-group (stage3.py `
 1 to the group's step at each: a group's saved step is the updates times its sub-groups, which are the flat
 partitions the saved group lists (stage3.py `_set_fp32_optimizer_param_groups`). It is divided back: the moments
 are right, only apex's bias corrections had run ahead.
+
+At ZeRO stage 0 in bf16 DeepSpeed wrapped apex's FusedAdam in its FP16_Optimizer (flat fp32 masters,
+`fp32_groups_flat`, and no loss-scale keys at bf16), where it now wraps torch's AdamW in FP16_UnfusedOptimizer,
+whose load reads `dynamic_loss_scale` first (KeyError). That layout is not converted: it is refused by name
+(`FLAT_MASTERS`), while export still reads the checkpoint's module weights.
 """
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ import torch
 from megadalle.train.checkpoint import CheckpointError
 
 SAVED_WITH_APEX = "saved with apex FusedAdam (per-group step)"
+FLAT_MASTERS = ("saved at ZeRO stage 0 in bf16 with apex's FusedAdam, in DeepSpeed's FP16_Optimizer layout (flat fp32 "
+                "masters), which this version does not convert")
+FLAT_MASTERS_KEY_ERROR = ("dynamic_loss_scale",)
+"""The KeyError's args when FP16_UnfusedOptimizer loads that layout: the first key it reads, which only
+FP16_Optimizer at bf16 leaves out (an fp16 one saves its loss scale)."""
 
 
 def accept(optimizer: torch.optim.Optimizer, zero3: bool) -> None:

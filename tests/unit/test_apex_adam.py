@@ -102,3 +102,28 @@ def test_settle_after_a_universal_load():
 def test_unconvertible_apex_state_is_named_not_damage(tmp_path):
     message = unreadable(KeyError("step"), tmp_path / "step_00000006", universal=tmp_path / "universal")
     assert "saved with apex FusedAdam (per-group step)" in message and "damaged" not in message
+
+
+def test_stage0_bf16_flat_masters_are_refused_by_name(apex, monkeypatch, tmp_path):
+    """apex at bf16 ZeRO stage 0 made DeepSpeed wrap FusedAdam in its FP16_Optimizer (flat fp32 masters); that state
+    does not load into the FP16_UnfusedOptimizer built today (KeyError 'dynamic_loss_scale'), once called damage."""
+    import deepspeed.comm
+    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    apex("ok")
+    from apex.optimizers import FusedAdam
+
+    monkeypatch.setattr(deepspeed.comm, "get_rank", lambda *args, **kwargs: 0)
+    saved_net, net = model().to(torch.bfloat16), model().to(torch.bfloat16)
+    saved_by_apex = FP16_Optimizer(FusedAdam(param_groups(saved_net, CONFIG.weight_decay), lr=CONFIG.lr),
+                                   low_precision_dtype=torch.bfloat16)
+    saved = saved_by_apex.state_dict()
+    assert "fp32_groups_flat" in saved
+    today = FP16_UnfusedOptimizer(optimizer(net, CONFIG), low_precision_dtype=torch.bfloat16)
+    apex_adam.accept(today.optimizer, zero3=False)
+    with pytest.raises(KeyError) as err:
+        today.load_state_dict(saved)
+    message = unreadable(err.value, tmp_path / "checkpoints" / "step_00000006", universal=None)
+    assert "ZeRO stage 0 in bf16 with apex's FusedAdam" in message and "FP16_Optimizer" in message
+    assert f"megadalle export run={tmp_path} dtype=bf16" in message and "damaged" not in message
