@@ -42,7 +42,7 @@ from megadalle.train.lineage import Lineage
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.result import Result, StoppedBeforeFirstUpdate
 from megadalle.train.signals import StopFlag, forget_late_copies, run_flag
-from megadalle.train.speed import Speed
+from megadalle.train.speed import Speed, reset_peak_memory
 from megadalle.train.steps import StepRunner
 from megadalle.train.task import VALIDATION_SEED, DataPart, Task
 from megadalle.train.universal import Layout
@@ -98,6 +98,7 @@ class Trainer:
         """Everything after the run directory is locked: the engine, the resume, the callbacks; a stop signal ends
         it between its stages (`_stop_point`)."""
         self._stop_point()
+        reset_peak_memory()  # this run's peak, its build included (speed.py)
         self.ckpt_root = self.run_dir / "checkpoints"
         dp_world = max(1, self.env.world_size // ds.pipeline_stages)
         self.layout = Layout(dp_world, ds.pipeline_stages, ds.zero_stage,

@@ -7,8 +7,9 @@ forward + backward, times tokens per sample) and the peak is `logger.peak_tflops
 the device, 989 TFLOP/s for an H100 SXM). Recomputation from activation checkpointing is not
 counted: MFU measures useful model work, not hardware FLOPs.
 
-Memory (`mem_gib`) is rank 0's peak since the run's first update began (`start` resets it: a sweep's jobs, or the
-demo's stages, run one after another in one process, and each reported the largest peak of those before it):
+Memory (`mem_gib`) is rank 0's peak since the run began, its engine's build included (the trainer resets it first,
+`reset_peak_memory`: a sweep's jobs, or the demo's stages, run one after another in one process, and each reported
+the largest peak of those before it; a callback's start must not reset it, since one after it reads the build's):
 on CUDA the peak PyTorch allocated (`mem_reserved_gib`: its caching allocator's peak), elsewhere the peak resident
 set size, VmHWM on Linux after a reset through /proc/self/clear_refs. Where /proc does not take that reset it is
 the process's peak since it started (VmHWM, or ru_maxrss without /proc).
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from megadalle.train.callbacks import Callback, RunInfo
+from megadalle.train.callbacks import Callback
 
 PROC = Path("/proc/self")
 
@@ -37,9 +38,6 @@ class Speed(Callback):
         self.tokens_per_sample = tokens_per_sample
         self.flops_per_sample = flops_per_sample
         self.peak = peak_tflops * 1e12 * devices
-
-    def start(self, info: RunInfo) -> None:
-        reset_peak_memory()
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
         """Rates from the loop's `step_seconds` (the update alone: checkpoint saves are not counted)."""
