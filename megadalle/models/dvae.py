@@ -234,5 +234,5 @@ def load_dvae(path: str | Path, device: str | torch.device = "cpu") -> DVAE:
     from megadalle.config import build
     from megadalle.weights import load_into
 
-    return load_into(path, "dvae", lambda config: DVAE(build(DVAEConfig, config, "dvae")),
-                     dtype=torch.float32).to(device).eval()
+    return load_into(path, "dvae", lambda config: DVAE(build(DVAEConfig, config, "dvae")), device,
+                     torch.float32).eval()

@@ -26,7 +26,7 @@ from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import (elbo_loss, histogram_perplexity, kl_weight, temperature,
                                         unfinished_schedules)
-from megadalle.train.distributed import ranks
+from megadalle.train.distributed import ranks, world_size
 from megadalle.train.dvae_export import RUN_WEIGHTS, record_export
 from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
@@ -67,7 +67,7 @@ class UpdateCodes:
         counts = self._counts if self._counts is not None else torch.zeros(self.vocab, dtype=torch.long,
                                                                              device=device)
         self._counts = None
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        if world_size() > 1:
             torch.distributed.all_reduce(counts)
         return counts.cpu()
 
