@@ -8,7 +8,6 @@ A split that is data.shards' own folder validated on the training samples withou
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig
@@ -40,7 +39,9 @@ def validation_split(cfg: DictConfig, probe: Callable, ranks: int):
 def not_training_folder(val_shards: str, shards: str) -> None:
     """data.val_shards naming data.shards' folder (itself, through a link, or another spelling of its path) scores
     the samples the run trains on: a val/loss that tracks the training loss, whatever the model generalises."""
-    fits(Path(val_shards).resolve() != Path(shards).resolve(),
+    from megadalle.train import rundir
+
+    fits(not rundir.same_path(val_shards, shards),
          f"data.val_shards={val_shards} is the folder of data.shards={shards}: validation would score the samples "
          "the run trains on; give held-out shards (prepare's <shards>/val, read by default with data.val_shards=null)")
 
