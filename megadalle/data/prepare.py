@@ -128,11 +128,12 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
                                f"({held} samples in {Path(cfg.input) / VAL_DIR}), which is kept as it is; leave "
                                "val_fraction at 0")
     with output_lock(cfg.output, "prepare"), refused(then=f"rerun the same command (it rebuilds {cfg.output})"):
-        return _convert(cfg, items, start, progress)
+        return _convert(cfg, items, held, start, progress)
 
 
-def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool) -> PrepareSummary:
-    """`prepare` once its input is listed, holding its output."""
+def _convert(cfg: PrepareConfig, items: list[Item], held: int, start: float, progress: bool) -> PrepareSummary:
+    """`prepare` once its input is listed (`held` of its items in the input's own validation split), holding its
+    output."""
     val_dir = Path(cfg.output) / VAL_DIR
     left_out = dropped_by_index(Path(cfg.input)) if any(item.span is not None for item in items) else Counter()
     opts = ConvertOptions(cfg.image_size, cfg.format, cfg.quality, cfg.min_side, cfg.max_pixels, cfg.max_aspect)
@@ -143,7 +144,7 @@ def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool
     summary = PrepareSummary(report=str(cfg.report or Path(cfg.output) / "report.json"))
     # The rule of the split written: this run's when it draws one, the input's when it keeps the input's own
     rule = SPLIT_RULE if cfg.val_fraction > 0 else \
-        split_rule(Path(cfg.input) / VAL_DIR) if any(item.held_out for item in items) else None
+        split_rule(Path(cfg.input) / VAL_DIR) if held else None
     if rule is not None:
         meta["split_rule"] = rule
     if cfg.val_fraction > 0:
@@ -151,7 +152,7 @@ def _convert(cfg: PrepareConfig, items: list[Item], start: float, progress: bool
     writer = ShardWriter(cfg.output, cfg.shard_max_samples, cfg.shard_max_bytes, meta)
     remove_split_dir(val_dir)  # a stale split must not be read as this run's
     val_writer = ShardWriter(val_dir, cfg.shard_max_samples, cfg.shard_max_bytes, {**meta, "split": "val"}) \
-        if cfg.val_fraction > 0 or any(item.held_out for item in items) else None
+        if cfg.val_fraction > 0 or held else None
     reasons: Counter[str] = Counter()
     duplicates = Duplicates()
     try:
