@@ -62,6 +62,7 @@ class ShardWriter:
         self.shards: list[ShardInfo] = []
         self.fields: set[str] = set()
         self._tar: TarWriter | None = None
+        self._names = self._next_names()  # (path, temporary) of the shard written next, named once per shard
         self._starts: list[int] = []
         self._count = 0
         self._keys: set[str] = set()
@@ -78,13 +79,13 @@ class ShardWriter:
                                           or self._tar.tarstream.offset + size > self.max_bytes)
         if full:
             self.finish_shard()
-        path = self._shard_path(len(self.shards))
+        path, tmp = self._names
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in shard {path.name}")
         self._keys.add(key)
-        with atomic.named(path, atomic.temp_path(path)):
+        with atomic.named(path, tmp):
             if self._tar is None:
-                self._tar = _tar_writer(atomic.temp_path(path))
+                self._tar = _tar_writer(tmp)
             self._starts.append(self._tar.tarstream.offset)
             self._tar.write({"__key__": key, **members})
         self.fields.update(members)
@@ -130,12 +131,17 @@ class ShardWriter:
         """Publish the shard being written now (e.g. to mirror the shard boundaries of an input); no-op if empty."""
         if self._tar is None:
             return
-        path = self._shard_path(len(self.shards))
+        path, tmp = self._names
         end = self._tar.tarstream.offset
-        with atomic.named(path, atomic.temp_path(path)):
+        with atomic.named(path, tmp):
             self._tar.close()
             self._tar.stream.close()
         save_offsets(path, self._starts + [end])
-        atomic.publish(atomic.temp_path(path), path)
+        atomic.publish(tmp, path)
         self.shards.append(ShardInfo(path.name, self._count, path.stat().st_size))
         self._tar, self._count, self._keys, self._starts = None, 0, set(), []
+        self._names = self._next_names()
+
+    def _next_names(self) -> tuple[Path, Path]:
+        path = self._shard_path(len(self.shards))
+        return path, atomic.temp_path(path)
