@@ -141,7 +141,7 @@ class Trainer:
         if self.env.rank == 0:
             path = self.run_dir / "run.json"
             recorded = {"task_factory": run.task_factory, "config": rundir.recorded(run.config),
-                        "sha256": rundir.digests(run.config), "kernels": kernels}
+                        "sha256": rundir.recorded_digests(run.config), "kernels": kernels}
             failure = disk_full.attempt(partial(atomic.write_bytes, path, json.dumps(
                 recorded, indent=1, default=str).encode()), path)
         disk_full.stop_every_rank(failure)

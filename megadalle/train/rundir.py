@@ -208,13 +208,18 @@ def started_here(run: Path, config: dict) -> bool:
 
 
 def digests(config: dict) -> dict[str, str]:
-    """{key: sha256} of the DIGEST_KEYS files that `config` names (those that exist), and under CODES_DVAE the
-    digest of the dVAE that encoded its token shards where they record one, for run.json."""
+    """{key: sha256} of the DIGEST_KEYS files that `config` names (those that exist): what a rerun compares."""
     flat = flatten(config)
-    found = {key: sha256(flat[key]) for key in DIGEST_KEYS
-             if isinstance(flat.get(key), str) and Path(flat[key]).is_file()}
-    codes = codes_dvae(flat)
-    return found if codes is None else {**found, CODES_DVAE: codes}
+    return {key: sha256(flat[key]) for key in DIGEST_KEYS
+            if isinstance(flat.get(key), str) and Path(flat[key]).is_file()}
+
+
+def recorded_digests(config: dict) -> dict[str, str]:
+    """run.json's `sha256`: `digests`, and under CODES_DVAE the digest of the dVAE that encoded the token shards
+    where they record one (export and generate check the dVAE against it; a rerun leaves it to the checkpoint's
+    data identity, so `check_config` does not read the index for it)."""
+    codes = codes_dvae(flatten(config))
+    return digests(config) if codes is None else {**digests(config), CODES_DVAE: codes}
 
 
 def codes_dvae(flat: dict) -> str | None:
@@ -247,7 +252,7 @@ def check_config(path: Path, config: dict) -> None:
         raise RunDirError(f"{path} holds a run with another config: {shown}{more}; rerun with the same values to "
                           f"resume it, or start a new run with name=<new name> (or run_dir=)")
     for key, digest in recorded.items():
-        if key in DIGEST_KEYS and key in now and now[key] != digest:
+        if key in now and now[key] != digest:
             raise RunDirError(f"{key}={flatten(config)[key]}: not the tokenizer the run in {path} trained with "
                               f"(sha256 {now[key][:12]} now, {digest[:12]} in its run.json: changed since, it gives "
                               f"the captions other ids); give the run its tokenizer back, or start a new run with "
