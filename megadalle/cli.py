@@ -288,7 +288,7 @@ def bad_interpolation(err) -> str:
     (`out_dir=${oc.env:SCRATCH}/runs`): the line says so first (`unset_variable`)."""
     from omegaconf import OmegaConf
 
-    from megadalle.config.compose import quoted_form
+    from megadalle.config.override import quoted_form
 
     reason = str(err).strip().splitlines()[0]
     raw = OmegaConf.to_container(err.parent_node)[err.key] if err.parent_node is not None else None
@@ -305,7 +305,7 @@ def bad_interpolation(err) -> str:
 def unset_variable(key: str, raw: str, name: str) -> str:
     """Why `${oc.env:NAME}` with NAME unset did not resolve, and the fixes: set it, or give the interpolation a
     default (`${oc.env:NAME,DEFAULT}`)."""
-    from megadalle.config.compose import quoted_form
+    from megadalle.config.override import quoted_form
 
     with_default = raw.replace(f"${{oc.env:{name}}}", f"${{oc.env:{name},DEFAULT}}")
     default = f", or give it a default: {quoted_form(key, with_default)}" if with_default != raw else ""
