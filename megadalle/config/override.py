@@ -86,6 +86,12 @@ def escaped_interpolations(text: str) -> str:
     return INTERPOLATION.sub(lambda found: found[1] * 2 + "\\${", text)
 
 
+def literal_text(raw: str) -> str:
+    """The text a value OmegaConf reads is, each `${` taken as text: its escapes before a `${` undone (`\\${` is
+    `${`, `\\\\${` a backslash and `${`), so that `escaped_interpolations` writes it back with every `${` as text."""
+    return INTERPOLATION.sub(lambda found: found[1][:len(found[1]) // 2] + "${", raw)
+
+
 def shell_word(text: str) -> str:
     """`text` as one shell word, on one line. shlex keeps a newline as it is, and a message holding one was cut
     there (the CLI shows a refusal's first line), before its reason and its fix: a text with a character that does
