@@ -288,7 +288,7 @@ def bad_interpolation(err) -> str:
     (`out_dir=${oc.env:SCRATCH}/runs`): the line says so first (`unset_variable`)."""
     from omegaconf import OmegaConf
 
-    from megadalle.config.compose import quoted_form
+    from megadalle.config.override import literal_text, override_word
 
     reason = str(err).strip().splitlines()[0]
     raw = OmegaConf.to_container(err.parent_node)[err.key] if err.parent_node is not None else None
@@ -298,14 +298,14 @@ def bad_interpolation(err) -> str:
     why = unset_variable(err.full_key, raw, unset.group(1)) if unset else f"{reason} (a ${{ starts an interpolation)"
     if err.full_key.startswith("hydra."):  # hydra's own config (`-m`'s hydra.sweep.dir: ${out_dir}/...), no text
         return f"{err.full_key}={raw!r}: {why}"
-    escaped = re.sub(r"(?<!\\)\$\{", r"\\${", raw)
-    return f"{err.full_key}={raw!r}: {why}; to keep it as text write \\${{: {quoted_form(err.full_key, escaped)}"
+    as_text = override_word(err.full_key, literal_text(raw))  # each `${` of the value as text, its escapes kept
+    return f"{err.full_key}={raw!r}: {why}; to keep it as text write \\${{: {as_text}"
 
 
 def unset_variable(key: str, raw: str, name: str) -> str:
     """Why `${oc.env:NAME}` with NAME unset did not resolve, and the fixes: set it, or give the interpolation a
     default (`${oc.env:NAME,DEFAULT}`)."""
-    from megadalle.config.compose import quoted_form
+    from megadalle.config.override import quoted_form
 
     with_default = raw.replace(f"${{oc.env:{name}}}", f"${{oc.env:{name},DEFAULT}}")
     default = f", or give it a default: {quoted_form(key, with_default)}" if with_default != raw else ""

@@ -17,9 +17,10 @@ from typing import NamedTuple
 
 import torch
 
-LAUNCHERS = (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))
-"""Each launcher's (rank, world size, local rank) variables, the first that gives a rank and a world size taken:
-torchrun and DeepSpeed's launcher, then srun (torchrun started inside an srun step numbers its own ranks)."""
+LAUNCHERS = {"env": ("RANK", "WORLD_SIZE", "LOCAL_RANK"), "slurm": ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")}
+"""Each launcher's (rank, world size, local rank) variables, by the name train/distributed.py gives it, the first that
+gives a rank and a world size taken: torchrun and DeepSpeed's launcher, then srun (torchrun started inside an srun
+step numbers its own ranks)."""
 
 
 class Launched(NamedTuple):
@@ -28,14 +29,24 @@ class Launched(NamedTuple):
     local_rank: int
 
 
-def launched(environ: Mapping[str, str] | None = None) -> Launched:
-    """The process's place in its job, from the first of LAUNCHERS whose rank and world size are both set (its local
-    rank 0 where it gives none); rank 0 of 1 without one."""
+def launcher(environ: Mapping[str, str] | None = None) -> str | None:
+    """The name of the first of LAUNCHERS whose rank and world size are both set (as numbers), None without one."""
     env = os.environ if environ is None else environ
-    for rank, world, local in LAUNCHERS:
+    for name, (rank, world, _) in LAUNCHERS.items():
         if env.get(rank, "").isdigit() and env.get(world, "").isdigit():
-            return Launched(int(env[rank]), int(env[world]), int(env.get(local) or 0))
-    return Launched(0, 1, 0)
+            return name
+    return None
+
+
+def launched(environ: Mapping[str, str] | None = None) -> Launched:
+    """The process's place in its job, from the `launcher` found (its local rank 0 where it gives none); rank 0 of 1
+    without one."""
+    env = os.environ if environ is None else environ
+    name = launcher(env)
+    if name is None:
+        return Launched(0, 1, 0)
+    rank, world, local = LAUNCHERS[name]
+    return Launched(int(env[rank]), int(env[world]), int(env.get(local) or 0))
 
 
 def local_rank(environ: Mapping[str, str] | None = None) -> int:

@@ -6,11 +6,12 @@ Python gets exactly the config the same overrides would give on the command line
 """
 from __future__ import annotations
 
-import re
 from itertools import takewhile
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
+
+from megadalle.config.override import printable, quoted, quoted_form, shell_word
 
 
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -116,72 +117,12 @@ def list_form(parser, key: str, value: str) -> str | None:
 
     if not (value.startswith("[") and value.endswith("]")):
         return None
-    items = ('"' + item.strip().replace('"', '\\"') + '"' for item in value[1:-1].split(","))
-    candidate = f"{key}=[{','.join(items)}]"
+    candidate = f"{key}=[{','.join(quoted(item.strip()) for item in value[1:-1].split(','))}]"
     try:
         parser.parse_override(candidate)
     except HydraException:
         return None
     return shell_word(candidate)
-
-
-INTERPOLATION = re.compile(r"(\\*)\$\{")
-"""A `${` and the backslashes before it: OmegaConf reads `\\${` as the text `${`, and `\\\\${` as a backslash before an
-interpolation, so the text is each of those backslashes doubled, then `\\${`."""
-
-QUOTE_OR_END = re.compile(r'(\\*)("|\Z)')
-"""A quote or the end of a value, and the backslashes before it: inside hydra's quotes those escape it."""
-
-
-def quoted_form(key: str, value: str) -> str:
-    """`key="value"` as one shell word: hydra reads a quoted value as the text inside, its quotes escaped (`\\"`) and
-    the backslashes before a quote or the closing one doubled (a path ending in one ended the quotes)."""
-    inside = QUOTE_OR_END.sub(lambda found: found[1] * 2 + "\\" * bool(found[2]) + found[2], value)
-    return shell_word(f'{key}="{inside}"')
-
-
-def override_word(key: str, value) -> str:
-    """`key=value` as one shell word that hydra reads back as `value` (a text quoted for hydra where its grammar
-    would read it otherwise: a comma makes a sweep, an apostrophe or a letter outside ASCII is syntax, `2024` a
-    number, and each `${` escaped, which OmegaConf reads as an interpolation even quoted): for a command line
-    megadalle advises, which must run as printed."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    if not isinstance(value, str):
-        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-        return shell_word(f"{key}={text}")
-    if "${" in value:  # the parser reads it back unchanged, as a text that resolves to another
-        return quoted_form(key, INTERPOLATION.sub(lambda found: found[1] * 2 + "\\${", value))
-    try:
-        read = OverridesParser.create().parse_override(f"{key}={value}").value()
-    except HydraException:
-        read = None
-    return shell_word(f"{key}={value}") if read == value else quoted_form(key, value)
-
-
-ANSI_C_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def shell_word(text: str) -> str:
-    """`text` as one shell word, on one line. shlex keeps a newline as it is, and a message holding one was cut
-    there (the CLI shows a refusal's first line), before its reason and its fix: a text with a character that does
-    not print (a newline of `prompt="$(cat p.txt)"`, a tab) is written in bash's $'...' form, each escaped."""
-    import shlex
-
-    if text.isprintable():
-        return shlex.quote(text)
-    return "$'" + "".join(ANSI_C_ESCAPES.get(c) or printable(c) for c in text) + "'"
-
-
-def printable(text: str) -> str:
-    """`text` with each character that does not print escaped as $'...' writes it (\\n, \\t, \\r; a code point:
-    \\xHH below 0x80, where bash's \\xHH is a character, else \\uHHHH or \\UHHHHHHHH)."""
-    return "".join(c if c.isprintable() else ANSI_C_ESCAPES.get(c) or code_escape(ord(c)) for c in text)
-
-
-def code_escape(code: int) -> str:
-    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def one_line(item: str) -> str:

@@ -92,6 +92,8 @@ def _value(node: DictConfig, key) -> str:
     """A value as the YAML would write it: `???`, `${interpolation}`, `null`, `true`, `[a, b]`."""
     import yaml
 
+    from megadalle.config.override import override_value
+
     if OmegaConf.is_missing(node, key):
         return "???"
     child = node._get_node(key)
@@ -100,7 +102,7 @@ def _value(node: DictConfig, key) -> str:
     if isinstance(child, (DictConfig, ListConfig)):
         return yaml.safe_dump(OmegaConf.to_container(child), default_flow_style=True, width=1 << 16).strip()
     value = child._value()
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return value if isinstance(value, str) else override_value(value)  # a text shown as it is, not quoted
 
 
 def render(cfg: DictConfig, docs: dict[str, str]) -> list[str]:

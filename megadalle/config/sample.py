@@ -94,7 +94,7 @@ def check_prompt_node(value) -> None:
     out; this names the value, and the quoted form that keeps it as the text typed."""
     from omegaconf import ListConfig
 
-    from megadalle.config.compose import override_word
+    from megadalle.config.override import override_word
 
     if value is None:
         raise ConfigError(f"prompt=null: expected one prompt (text); for the word, write "

@@ -37,7 +37,8 @@ VERB_SCHEMAS: dict[str, tuple[type, ...]] = {
 
 UNPIPELINED = ("zero1", "zero2", "zero3")
 """The DeepSpeed layouts of a model that is not built in pipeline stages: `deepspeed=pipe` is the Transformer's
-alone (train/pipeline.py)."""
+alone (train/pipeline.py). Whether a task runs pipelined is the task's to say (train.task.runs_pipelined), which the
+config, below the training code, cannot ask: tests/cli/test_unpipelined_verbs.py holds these options to it."""
 
 GROUP_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {"data": ("tokens", "synthetic")},

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from megadalle.config.compose import override_word
+from megadalle.config.override import override_word
 from megadalle.config.data import VAL_DIR, PrepareConfig
 from megadalle.config.dvae import EncodeConfig
 from megadalle.data.index import INDEX_NAME, REPORT_NAME, ShardIndex, ShardsNotFound

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -47,12 +47,21 @@ from megadalle.disk_errors import refused
 from megadalle.folder_lock import output_lock
 
 
-SETTINGS = ("image_size", "format", "quality", "min_side", "max_pixels", "max_aspect", "val_fraction", "image_column",
-            "caption_column", "shard_max_samples", "shard_max_bytes")
-"""The keys besides input and output that decide what prepare writes (num_workers and report do not): index.json's
-meta records them, and the advice on a changed output (coverage.py) gives those not at their default, so that
-running it rebuilds the same folder (given input and output alone, it had rebuilt at 256 px without the val split,
-or skipped every image of a 32 px source as too_small)."""
+NOT_SETTINGS = ("input", "output", "num_workers", "report")
+"""PrepareConfig's fields that do not decide what prepare writes: where it reads and writes (the advice names them
+apart), how many processes convert, and where the report goes."""
+
+
+def settings(config: type = PrepareConfig) -> tuple[str, ...]:
+    """The keys besides input and output that decide what prepare writes: every field of `config` but NOT_SETTINGS,
+    so that a new one is recorded without being listed (index.json's meta records them, and the advice on a changed
+    output, coverage.py, gives those not at their default, so that running it rebuilds the same folder: given input
+    and output alone, it had rebuilt at 256 px without the val split, or skipped every image of a 32 px source as
+    too_small)."""
+    return tuple(f.name for f in fields(config) if f.name not in NOT_SETTINGS)
+
+
+SETTINGS = settings()
 
 
 @dataclass

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import re
-import shlex
 from dataclasses import dataclass
 from typing import Any
 
 from megadalle.config import ConfigError, build, check
 from megadalle.config.model import TransformerConfig
+from megadalle.config.override import override_value, shell_word
 from megadalle.config.plan import PlanConfig
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.plan.counts import BY_BLOCK, PARTITIONS, count_parameters, unfilled_stages
@@ -73,7 +72,7 @@ def train_overrides(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSp
     chosen = [f"model={preset}", *launch_overrides(layout).split()]
     overrides = [*chosen, *by_preset[preset], *differing("trainer", TrainerConfig, trainer, chosen),
                  *differing("deepspeed", DeepSpeedConfig, ds, chosen)]
-    return " ".join(shlex.quote(override) for override in overrides)  # a line to paste into a shell
+    return " ".join(shell_word(override) for override in overrides)  # a line to paste into a shell
 
 
 def extra_overrides(planned: dict, composed: dict, prefix: str = "deepspeed.extra") -> list[str]:
@@ -87,21 +86,6 @@ def extra_overrides(planned: dict, composed: dict, prefix: str = "deepspeed.extr
         elif value != there or key not in composed:
             changed.append(f"++{prefix}.{key}={override_value(value)}")
     return changed
-
-
-def override_value(value: Any) -> str:
-    """`value` as a hydra override writes it (null, true, [a,b], {k:v}; a string quoted unless plain)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(override_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{key}:{override_value(item)}" for key, item in value.items()) + "}"
-    if isinstance(value, str) and not re.fullmatch(r"[\w./:+-]+", value):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return str(value)
 
 
 def layout_for(model: TransformerConfig, trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig) -> Layout:

@@ -23,7 +23,7 @@ from typing import NoReturn
 import torch
 
 from megadalle.errors import UserError
-from megadalle.local_gpu import launched, local_gpu
+from megadalle.local_gpu import launched, launcher, local_gpu
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,15 @@ def free_port() -> int:
 
 
 def detect(environ: dict[str, str] | None = None) -> DistEnv:
-    """Read the launcher's variables (see the module docstring); never mutates the environment."""
+    """Read the launcher's variables (see the module docstring); never mutates the environment. The launcher, the
+    rank, the world size and the local rank are local_gpu's (`launcher`, `launched`), which every other reader of
+    them takes: a RANK set empty beside srun's variables failed here (int('')) where those took srun's."""
     env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return DistEnv(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]),
-                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "env")
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    name, place = launcher(env), launched(env)
+    if name == "env":
+        return DistEnv(place.rank, place.local_rank, place.world_size, env.get("MASTER_ADDR", "127.0.0.1"),
+                       int(env.get("MASTER_PORT", 29500)), "env")
+    if name == "slurm" and place.world_size > 1:
         if "SLURM_STEP_ID" not in env:
             # sbatch's own shell (`sbatch -n2 --wrap "megadalle train"`) is rank 0 of the allocation's task count, and
             # no other rank ever starts: rank 0 waited 30 minutes at the rendezvous for them.
@@ -74,7 +77,7 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
                             "SLURM_STEP_ID): start the ranks with srun, as launch/slurm/train.sbatch does")
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost")
         port = int(env.get("MASTER_PORT", 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
-        return DistEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]),
+        return DistEnv(place.rank, place.local_rank, place.world_size,
                        env.get("MASTER_ADDR") or slurm_hostnames(nodelist)[0], port, "slurm")
     return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
 

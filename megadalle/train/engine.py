@@ -17,7 +17,7 @@ from megadalle.config import ConfigError
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
 from megadalle.train import apex_adam, schedule
 from megadalle.train.masters import stage0_masters, torch_optimizer
-from megadalle.train.task import Batch, PipelineSpec, Task
+from megadalle.train.task import Batch, PipelineSpec, Task, runs_pipelined
 
 
 class LossModule(nn.Module):
@@ -192,9 +192,9 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
                           f"(processes launched): launch a multiple of {ds.pipeline_stages}")
     dp_world = world_size // ds.pipeline_stages
     config = ds_config(trainer, ds, dp_world, dtype)
-    spec = task.pipeline() if ds.pipeline_stages > 1 else None
-    if ds.pipeline_stages > 1 and spec is None:
+    if ds.pipeline_stages > 1 and not runs_pipelined(task):
         raise ConfigError(f"deepspeed.pipeline_stages={ds.pipeline_stages}: task {task.name!r} cannot run pipelined")
+    spec = task.pipeline() if ds.pipeline_stages > 1 else None
     if spec is not None:
         from megadalle.train.pipeline import pipeline_module, stage_view
 

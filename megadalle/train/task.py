@@ -253,6 +253,13 @@ class Task:
         return {}
 
 
+def runs_pipelined(task: Task | type[Task]) -> bool:
+    """Whether a task (or its class) can run pipelined: it overrides `Task.pipeline`, whose None refuses every config.
+    Asked of the class before anything is built (preflight refuses `deepspeed.pipeline_stages` for a task that cannot),
+    and of the task by the engine, so that the two refusals cannot disagree."""
+    return (task if isinstance(task, type) else type(task)).pipeline is not Task.pipeline
+
+
 class ShardsTask(Task):
     """A task that trains on the shard directory `self.data.shards` (data.source=shards) with `self.seed`."""
 

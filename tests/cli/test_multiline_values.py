@@ -27,7 +27,7 @@ def test_a_value_with_a_newline_is_refused_in_one_line_with_a_fix_that_works(pro
 
 
 def test_a_printable_text_keeps_shlex_quoting():
-    from megadalle.config.compose import shell_word
+    from megadalle.config.override import shell_word
 
     assert shell_word("prompt=\"a cat's mat\"") == "'prompt=\"a cat'\"'\"'s mat\"'"
     assert as_bash_reads(shell_word("a\nb")) == "a\nb"

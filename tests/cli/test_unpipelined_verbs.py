@@ -5,7 +5,11 @@ work."""
 import pytest
 
 from megadalle.cli import main
+from megadalle.config.compose import group_options
+from megadalle.config.verbs import GROUP_OPTIONS
+from megadalle.preflight.train_verbs import TASKS, task_class
 from megadalle.train import distributed
+from megadalle.train.task import runs_pipelined
 
 VERBS = {"train-dvae": ["dvae=tiny"], "train-clip": ["clip=tiny", "tokenizer=unused.model"]}
 LAYOUTS = "deepspeed=zero1 or deepspeed=zero2 or deepspeed=zero3"
@@ -44,3 +48,11 @@ def test_the_help_lists_only_the_layouts_the_verb_runs(capsys, verb):
     assert main([verb, "--help"]) == 0
     listed = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("deepspeed ")]
     assert listed == [["deepspeed", "[zero1]", "zero2", "zero3"]]
+
+
+@pytest.mark.parametrize("verb", TASKS)
+def test_a_verb_offers_the_pipe_layout_where_its_task_runs_pipelined(verb):
+    """The options config/verbs.py lists (the config cannot import the tasks) are the task's answer, which preflight
+    and the engine ask."""
+    offered = GROUP_OPTIONS.get(verb, {}).get("deepspeed") or group_options("deepspeed")
+    assert ("pipe" in offered) == runs_pipelined(task_class(verb))

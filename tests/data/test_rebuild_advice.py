@@ -50,7 +50,8 @@ def test_a_recorded_path_hydra_would_misread_is_quoted_in_the_advice(value):
     """A comma (a sweep), an apostrophe or a letter outside ASCII (syntax) in a recorded path: the advice quotes it
     for hydra, so that it reads as the path. A `${` came out as it was, an interpolation, and a backslash that ended
     the value ended the quotes."""
-    from megadalle.config.compose import compose, override_word
+    from megadalle.config.compose import compose
+    from megadalle.config.override import override_word
 
     word = shlex.split(override_word("input", value))
     assert len(word) == 1 and compose("prepare", [*word, "output=/out"]).input == value

@@ -6,6 +6,7 @@ real one is tested in tests/slurm/test_sbatch_env.py).
 import pytest
 
 from megadalle.errors import UserError
+from megadalle.local_gpu import launched
 from megadalle.train.distributed import detect, slurm_hostnames
 
 
@@ -46,6 +47,21 @@ def test_the_batch_script_of_several_tasks_is_refused_as_a_rank(fake_scontrol):
     with pytest.raises(UserError, match=r"^SLURM_NTASKS=2 but this process is not in a job step .*start the ranks with "
                                         r"srun"):
         detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "gpu[03-04]"})
+
+
+SRUN_STEP = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "2", "SLURM_STEP_ID": "0",
+             "MASTER_ADDR": "gpu03"}
+
+
+@pytest.mark.parametrize("env", [
+    {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, SRUN_STEP, {"RANK": "", "WORLD_SIZE": "", **SRUN_STEP},
+    {"RANK": "0", **SRUN_STEP}, {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": ""}, {"SLURM_PROCID": "0"}, {}])
+def test_the_place_detected_is_the_one_every_other_reader_takes(env):
+    """detect read the variables itself beside local_gpu.launched, which the loader, the error lines and the GPU take:
+    RANK and WORLD_SIZE set empty beside srun's (an `export RANK=` in a job script), or an empty LOCAL_RANK, failed
+    here with int('') where those took srun's, or local rank 0."""
+    found = detect(env)
+    assert (found.rank, found.world_size, found.local_rank) == launched(env)
 
 
 def test_no_launcher_is_one_process():

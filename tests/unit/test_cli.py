@@ -241,6 +241,24 @@ def test_a_dollar_brace_that_does_not_resolve_is_one_line_with_the_form_that_kee
         assert build(GenerateConfig, top_level(cfg, GenerateConfig), "").prompt == prompt  # as the stage reads it
 
 
+@pytest.mark.parametrize("raw, meant", [("\\\\${x} cat", "\\${x} cat"), ("\\${y} ${x}", "${y} ${x}"),
+                                            ("a\\\\\\${y} \\\\${x}", "a\\${y} \\${x}")])
+def test_the_form_that_keeps_a_dollar_brace_keeps_the_escapes_before_it(raw, meant, capsys):
+    """OmegaConf reads `\\\\${x}` as a backslash before an interpolation: the advice left it as it was (its `${`
+    was taken for escaped already), which asked for the key `x` again. Each `${` is text in the advice, and the
+    escapes before it say what OmegaConf made of them (`\\${y}` the text `${y}`, `\\\\` a backslash)."""
+    from megadalle.config import build, top_level
+    from megadalle.config.compose import compose
+    from megadalle.config.sample import GenerateConfig
+
+    assert main(["generate", "weights=model", f'prompt="{raw}"']) == 2  # hydra's quotes keep each backslash
+    err = capsys.readouterr().err
+    assert err.startswith(f"megadalle generate: prompt={raw!r}: Interpolation key 'x' not found"), err
+    suggested = shlex.split(err.split("to keep it as text write \\${: ")[1])[0]
+    cfg = compose("generate", ["weights=model", suggested])
+    assert build(GenerateConfig, top_level(cfg, GenerateConfig), "").prompt == meant
+
+
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "megadalle", "--help"], capture_output=True, text=True, check=True).stdout
     assert "train-dvae" in out
