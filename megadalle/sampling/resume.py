@@ -64,9 +64,9 @@ def sampling_key(config, device: torch.device, dtype: torch.dtype, result_keys: 
     """What decides a sampling verb's samples and their scores: `config` (a GenerateConfig or EvaluateConfig) but its
     `result_keys`, with the device and dtype used and, for each model key, the file in use resolved (the same file
     named ./demo/x or by its absolute path, or left to its default beside the weights, is the same setting) and the
-    state of the files the loader reads there (`files_state`). Found as the verb finds them (bundle.sampling_files),
+    state of the files the loader reads there (`files_state`). Found as the verb finds them (sampling.files.sampling_files),
     without reading a tensor."""
-    from megadalle.bundle import sampling_files
+    from megadalle.sampling.files import sampling_files
 
     files = sampling_files(config.weights, config.dvae_weights, config.tokenizer, config.clip_weights,
                            config.clip_model, want_clip, without_clip)
