@@ -1,6 +1,7 @@
 """The models a sampling verb samples with, loaded from the files its keys name (megadalle.sampling.files): a model
 folder written by `export output=FOLDER`, a training run directory, or exported weights with their pieces beside
-them: `open_models`, which `generate`, `evaluate` and `megadalle.load_pipeline` call.
+them. `generate` and `evaluate` find the files once and open them here (`open_models`); `megadalle.load_pipeline`
+does both for Python callers.
 
 The Transformer is read by `read_model` alone (and written by megadalle.bundle_write.export_transformer), so a change
 of its on-disk format touches those two functions only.
@@ -60,11 +61,10 @@ def check_ema(files: SamplingFiles, ema: bool | None) -> None:
             run_ema(path, ema)
 
 
-def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | None = None, clip: str | None = None,
-                clip_model: str = "megadalle", want_clip: bool = True, without_clip: str = "rerank=false",
-                ema: bool | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                check_text: Callable[[Any], None] | None = None) -> Pipeline:
-    """What a sampling verb samples with, from its keys (`sampling_files`). Everything a config or a record tells
+def open_models(files: SamplingFiles, ema: bool | None = None, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, check_text: Callable[[Any], None] | None = None) -> Pipeline:
+    """What a sampling verb samples with, from the files its keys name (`sampling_files`, found once by the verb,
+which states the same files in its resume key: sampling/resume.py). Everything a config or a record tells
     is checked before a tensor is read: the device, `ema` (None: each run directory's EMA where it trained one),
     the files and whether they were trained together, and with `check_text` (called with the Tokenizer) what the
     verb will sample (a prompt the tokenizer reads nothing of). The dVAE is read next, and compared as read (the
@@ -80,7 +80,6 @@ def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | N
     from megadalle.sampling.rerank import MegadalleClip, load_reranker
 
     device = pick_device(str(device))  # a GPU this machine lacks is named now, not deep inside a load
-    files = sampling_files(weights, dvae, tokenizer, clip, clip_model, want_clip, without_clip)
     check_ema(files, ema)
     warnings = check_files(files.transformer, files.dvae, files.clip if files.clip_model == "megadalle" else None,
                            files.tokenizer, files.tokenizer_record)
@@ -92,7 +91,7 @@ def open_models(weights: str | Path, dvae: str | None = None, tokenizer: str | N
     dvae_record.check(files.dvae, files.codes_record, decoder, read_as)
     decoder = decoder.to(device)
     reranker = load_reranker(files.clip_model, files.clip, words, device,
-                             lambda path, kind: read_model(path, kind, ema)) if want_clip else None
+                             lambda path, kind: read_model(path, kind, ema)) if files.want_clip else None
     clip_module = None if reranker is None else reranker.clip if isinstance(reranker, MegadalleClip) else reranker.model
     transformer = read_model(files.transformer, "transformer", ema, dtype, device)
     say_all(warnings)
@@ -119,5 +118,5 @@ def load_pipeline(weights: str | Path, device: str | torch.device = "cpu", dtype
         if manifest.get("format") != FORMAT:
             raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
         rerank = rerank and bool(manifest.get("clip") or clip_weights)
-    return open_models(folder, dvae_weights, tokenizer, clip_weights, clip_model, rerank, "rerank=False", ema,
-                       device, dtype)
+    files = sampling_files(folder, dvae_weights, tokenizer, clip_weights, clip_model, rerank, "rerank=False")
+    return open_models(files, ema, device, dtype)

@@ -1,7 +1,8 @@
 """Where a sampling verb's files are: the Transformer, the dVAE, the tokenizer and the CLIP that its keys name,
 that a model folder's bundle.json names, or that a Transformer run's run.json records, found from those records
-alone, without reading a tensor. `generate`, `evaluate` and `load_pipeline` read what is found
-(megadalle.bundle.open_models), and the sampling verbs' resume key (sampling/resume.py) states the same files.
+alone, without reading a tensor. `generate`, `evaluate` and `load_pipeline` resolve them once (`sampling_files`)
+and read what was found (megadalle.bundle.open_models), and the sampling verbs' resume key (sampling/resume.py)
+states the same files.
 
 A model folder, as `export output=FOLDER` writes it (megadalle.bundle_write):
 
@@ -71,6 +72,8 @@ class SamplingFiles:
     clip: Path | None
     """None: no CLIP (not asked for), or an open_clip reranker whose weights were not given."""
     clip_model: str
+    want_clip: bool
+    """Whether the verb reads a reranker (`rerank`, `clip_score`): an open_clip one is then refused without weights."""
     manifest: dict
     """A model folder's bundle.json; {} for other weights."""
     tokenizer_record: TokenizerRecord | None = None
@@ -138,7 +141,7 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
         if clip_path is None:
             raise BundleError(f"{weights} was exported without a CLIP: pass {without_clip}, or clip_weights=FILE")
     return SamplingFiles(transformer_path(weights), piece(dvae, "dvae", DVAE), piece(tokenizer, "tokenizer", TOKENIZER),
-                         clip_path, clip_model, manifest or {},
+                         clip_path, clip_model, want_clip, manifest or {},
                          recorded_tokenizer(weights, manifest, record), recorded_codes(weights, manifest, record))
 
 
