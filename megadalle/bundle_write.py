@@ -81,18 +81,23 @@ def _copy_open_clip(source: Path, target: Path) -> None:
 
 
 def _check_pieces(files: dict[str, Path | None], own_clip: bool, clip_model: str, codes: CodesRecord | None) -> None:
-    """The dVAE and CLIP read as what they are said to be, as `generate` will read them (`load_model`: the model
-    their JSON describes, its tensors' names and shapes checked before one is read): a swapped file, a JSON that
-    does not fit its tensors, an open_clip state dict that does not fit its architecture. The dVAE is then compared
-    with the one whose codes the Transformer learnt (`codes`, dvae_record.check). All before the Transformer export
-    begins: nothing is refused once it has replaced an earlier export's."""
+    """The dVAE and CLIP checked as what they are said to be, as `generate` will read them (their JSON, and the
+    names and shapes of their tensors those of the model it describes: sampling.load.check_model, from the files'
+    headers): a swapped file, a JSON that does not fit its tensors; an open_clip state dict that does not fit its
+    architecture (read and loaded: it has no header that says its shapes). Where the run records the dVAE whose
+    codes the Transformer learnt (`codes`), the dVAE is read and compared with it (dvae_record.check); no other
+    piece is read only to be copied. All before the Transformer export begins: nothing is refused once it has
+    replaced an earlier export's."""
     from megadalle.sampling import dvae_record
-    from megadalle.sampling.load import load_model
+    from megadalle.sampling.load import check_model, load_model
     from megadalle.sampling.rerank import OPEN_CLIP, load_open_clip
 
-    dvae_record.check(files["dvae"], codes, load_model(files["dvae"], "dvae"))
+    if codes is None:
+        check_model(files["dvae"], "dvae")
+    else:
+        dvae_record.check(files["dvae"], codes, load_model(files["dvae"], "dvae"))
     if own_clip:
-        load_model(files["clip"], "clip")
+        check_model(files["clip"], "clip")
     elif files["clip"] is not None:
         load_open_clip(clip_model[len(OPEN_CLIP):], files["clip"])
 

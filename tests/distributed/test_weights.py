@@ -107,3 +107,14 @@ def test_a_killed_exports_temporary_goes_at_the_next_export(tmp_path, monkeypatc
     monkeypatch.setattr(export, "run_kind", lambda run: "transformer")
     assert export.run(compose("export", [f"run={tmp_path}", f"output={tmp_path / 'folder'}"])) == 0
     assert capsys.readouterr().err.endswith(": model, one.json, one.safetensors\n")
+
+
+def test_a_folder_is_loaded_reading_its_index_and_config_once(tmp_path, monkeypatch):
+    """load_into parsed config.json twice and the index (a line per tensor) three times before reading a tensor."""
+    from megadalle.weights import load
+
+    folder = write_folder(tmp_path / "model", Transformer(CFG).state_dict())
+    real, records = load.read_record, []
+    monkeypatch.setattr(load, "read_record", lambda path, *keys: records.append(path.name) or real(path, *keys))
+    load_model(folder, "transformer")
+    assert sorted(records) == sorted(["config.json", INDEX])

@@ -389,3 +389,38 @@ def test_export_refuses_a_dvae_or_clip_whose_json_does_not_fit_its_tensors(train
         assert err.startswith(f"megadalle export: {bad}: ") and err.count("\n") == 1, err
         assert f"its tensors do not fit the model that {bad.with_suffix('.json')} describes" in err
         assert not (tmp_path / "model").exists()
+
+
+class TensorsRead:
+    """A safetensors handle that notes, in `read`, the file of each tensor read from it."""
+
+    def __init__(self, file, tensors, read: list):
+        self.file, self.tensors, self.read = file, tensors, read
+
+    def __enter__(self):
+        self.tensors.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.tensors.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self.tensors, name)
+
+    def get_tensor(self, name):
+        self.read.append(self.file)
+        return self.tensors.get_tensor(name)
+
+
+def test_export_checks_the_clip_and_an_unrecorded_dvae_from_their_headers(trained, tmp_path, monkeypatch):
+    """export read the whole CLIP (and a dVAE that no record compares) only to check that generate would load it,
+    then copied the file: the check of their headers (names and shapes) is that check, no tensor read."""
+    from megadalle.weights import load
+
+    run, _, dvae, clip = trained
+    real, read = load._open, []
+    monkeypatch.setattr(load, "_open", lambda file, *args: TensorsRead(file, real(file, *args), read))
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    assert {dvae, clip}.isdisjoint(read)
+    monkeypatch.undo()
+    assert megadalle.load_pipeline(folder).clip is not None
