@@ -35,6 +35,7 @@ from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, k
 from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import SETTINGS, finished_already, output_folder, stopped, write_record
 from megadalle.sample import generate
+from megadalle.sampling.files import SamplingFiles, sampling_files
 from megadalle.sampling.loop import SamplingSettings
 from megadalle.sampling.prompt import code_points, ids
 from megadalle.sampling.resume import sampling_key
@@ -323,12 +324,13 @@ def run(cfg: DictConfig) -> int:
     device = pick_device(ec.device)
     try:
         with stops_on_signals(), output_folder(ec.output, verb="evaluate"):
-            settings = {**sampling_key(ec, device, pick_dtype(ec.dtype, device), ("output", "overwrite"),
-                                       ec.clip_score, without_clip(ec)),
+            files = sampling_files(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model,
+                                   ec.clip_score, without_clip(ec))
+            settings = {**sampling_key(ec, files, device, pick_dtype(ec.dtype, device), ("output", "overwrite")),
                         "captions": captions}
             if finished_already(ec.output, METRICS, "evaluate", ec.overwrite, settings):
                 return 0
-            return sample_and_score(ec, captions, extract, device, settings)
+            return sample_and_score(ec, files, captions, extract, device, settings)
     except (KeyboardInterrupt, SamplingStopped) as stop:
         return stopped("evaluate", ec.output, METRICS, stop)
 
@@ -338,15 +340,14 @@ def without_clip(ec: EvaluateConfig) -> str:
     return "clip_score=false" + ("" if ec.fid or ec.save_samples else " with save_samples=true")
 
 
-def sample_and_score(ec: EvaluateConfig, captions: list[str], extract: Extractor | None, device: torch.device,
-                     settings: dict) -> int:
+def sample_and_score(ec: EvaluateConfig, files: SamplingFiles, captions: list[str], extract: Extractor | None,
+                     device: torch.device, settings: dict) -> int:
     from megadalle.bundle import open_models
 
     def keep_readable(words) -> None:  # before any model is read, as the captions file's other checks
         captions[:] = readable_captions(words, captions, caption_source(ec), ec.max_captions)
 
-    models = open_models(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model, ec.clip_score,
-                         without_clip(ec), ema_choice(ec.ema), device, pick_dtype(ec.dtype, device), keep_readable)
+    models = open_models(files, ema_choice(ec.ema), device, pick_dtype(ec.dtype, device), keep_readable)
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     with refused():  # a full disk, writing the samples or the report: one line (the same command starts again)
         scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)

@@ -40,7 +40,7 @@ def run(cfg: DictConfig) -> int:
             clip_record.copy_to_export(Path(ec.run), path)
         print(f"[export] wrote {path} ({weights})", file=sys.stderr)
         return 0
-    from megadalle.bundle import write_bundle
+    from megadalle.bundle_write import write_bundle
 
     folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ema,
                           ec.clip_model, dtype, ec.max_shard_mb * 10**6)

@@ -28,6 +28,7 @@ from megadalle.devices import pick_device, pick_dtype
 from megadalle.disk_errors import refused
 from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import SETTINGS, finished_already, output_folder, stopped, write_record
+from megadalle.sampling.files import SamplingFiles, sampling_files
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches
 from megadalle.sampling.memory import check_device_fits
@@ -174,25 +175,25 @@ def run(cfg: DictConfig) -> int:
     saved = None
     try:
         with stops_on_signals(), output_folder(gc.output, verb="generate"):
-            key = sampling_key(gc, device, dtype, RESULT_KEYS, gc.rerank, "rerank=false")
+            files = sampling_files(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model,
+                                   gc.rerank, "rerank=false")
+            key = sampling_key(gc, files, device, dtype, RESULT_KEYS)
             done = {**key, "keep": gc.kept}
             if finished_already(gc.output, SCORES, "generate", gc.overwrite, done):
                 return 0
             saved = open_saved(gc.output, key, gc.batch_size, gc.overwrite)
-            return sample_and_write(gc, device, dtype, saved, done)
+            return sample_and_write(gc, files, device, dtype, saved, done)
     except (KeyboardInterrupt, SamplingStopped) as stop:
         kept = (f"{saved.samples} of {gc.n} samples are saved in {saved.path}; the same command continues"
                 if saved is not None and saved.samples else None)
         return stopped("generate", gc.output, SCORES, stop, kept)
 
 
-def sample_and_write(gc: GenerateConfig, device: torch.device, dtype: torch.dtype, saved: SavedBatches,
-                     done: dict) -> int:
+def sample_and_write(gc: GenerateConfig, files: SamplingFiles, device: torch.device, dtype: torch.dtype,
+                     saved: SavedBatches, done: dict) -> int:
     from megadalle.bundle import open_models
 
-    models = open_models(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model, gc.rerank,
-                         ema=ema_choice(gc.ema), device=device, dtype=dtype,
-                         check_text=lambda words: check_prompt(words, gc.prompt))
+    models = open_models(files, ema_choice(gc.ema), device, dtype, lambda words: check_prompt(words, gc.prompt))
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     settings = SamplingSettings(gc.temperature, gc.top_k, gc.top_p)
     if saved.samples:

@@ -14,7 +14,7 @@ class ExportConfig:
     run: str = ""
     """The training run directory (holds run.json and checkpoints/)."""
     output: str = ""
-    """A folder: the model folder (megadalle.bundle: Transformer shards, tokenizer, dVAE, CLIP), or only the
+    """A folder: the model folder (megadalle.sampling.files: Transformer shards, tokenizer, dVAE, CLIP), or only the
     Transformer's shards + model.safetensors.index.json + config.json with `weights_only`; or a path ending in
     .safetensors for one file with its .json beside it (written a tensor at a time, as shards are)."""
     checkpoint: str | None = None

@@ -18,11 +18,13 @@ def check_export(cfg: DictConfig) -> None:
 
 def check_generate(cfg: DictConfig) -> None:
     """The weights, and the prompt read by the tokenizer generate will use (found as it finds it, from the keys and
-    records alone: bundle.sampling_files), so that a sweep's prompt the tokenizer reads nothing of stops the sweep
-    before its first job draws, not after the jobs before it."""
-    from megadalle.bundle import sampling_files
+    records alone: sampling.files.sampling_files), so that a sweep's prompt the tokenizer reads nothing of stops the
+    sweep before its first job draws, not after the jobs before it. Each run finds the files again: this check runs
+    before the verb (for a sweep, for every job before any job runs) and without the CLIP, so what it finds is not
+    what a run reads."""
     from megadalle.config.sample import check_prompt_node
     from megadalle.data.tokenizer import Tokenizer, TokenizerError
+    from megadalle.sampling.files import sampling_files
     from megadalle.sampling.prompt import check_prompt
 
     exists("weights", cfg.weights)

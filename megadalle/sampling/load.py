@@ -9,6 +9,7 @@ gets a module in eval mode in the dtype it asks for (float32 unless told otherwi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from megadalle.config import build
 from megadalle.errors import UserError
 from megadalle.weights import load_into, read_config
+from megadalle.weights.load import check_into
 
 
 class ModelNotFound(UserError, FileNotFoundError):
@@ -35,6 +37,12 @@ def _builders() -> dict[str, tuple[type, type]]:
     from megadalle.models.transformer import Transformer
 
     return {"transformer": (TransformerConfig, Transformer), "dvae": (DVAEConfig, DVAE), "clip": (ClipConfig, CLIP)}
+
+
+def _builder(kind: str) -> Callable[[dict], nn.Module]:
+    """The `kind` model built of an exported config (`load_into` and `check_into` call it on the meta device)."""
+    config_cls, model_cls = _builders()[kind]
+    return lambda config: model_cls(build(config_cls, config, kind))
 
 
 def load_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torch.dtype | str = torch.float32,
@@ -57,7 +65,6 @@ def load_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torc
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(builders)}")
     device = pick_device(str(device))
     dtype = pick_dtype(dtype, device)
-    config_cls, model_cls = builders[kind]
     with torch.random.fork_rng(devices=[]):
         if is_run(path):
             from megadalle.train.consolidate import load_run
@@ -65,10 +72,19 @@ def load_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torc
             model_config(path, kind)  # the kind, checked before the weights are read
             model = load_run(path, ema=ema, dtype=dtype)[0].to(device)
         else:
-            model = load_into(path, kind, lambda config: model_cls(build(config_cls, config, kind)), device, dtype)
+            model = load_into(path, kind, _builder(kind), device, dtype)
     if kind == "transformer":  # trained with attention_backend=triton on GPUs, it still samples on a CPU
         model.use_attention_backend("auto")
     return model.eval()
+
+
+def check_model(path: str | Path, kind: str) -> None:
+    """The `kind` model's exported weights at `path` checked as `load_model` checks them before it reads a tensor
+    (their config JSON and its kind, every file whole, the tensors' names and shapes those of the model the JSON
+    describes), and not read: `export` copies a dVAE or CLIP into a model folder as it stands, and needs to know
+    only that `generate` will load it. The build leaves torch's global generator as it was (`load_model`)."""
+    with torch.random.fork_rng(devices=[]):
+        check_into(path, kind, _builder(kind))
 
 
 def is_run(path: str | Path) -> bool:

@@ -17,11 +17,15 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from megadalle.config import ConfigError
 from megadalle.data.atomic import write_bytes
+
+if TYPE_CHECKING:
+    from megadalle.sampling.files import SamplingFiles
 
 UNFINISHED = "unfinished.safetensors"
 """The saved batches of a run that has not written its results yet."""
@@ -59,17 +63,14 @@ def files_state(paths: dict[str, str | Path | None], output: str | Path) -> dict
     return state
 
 
-def sampling_key(config, device: torch.device, dtype: torch.dtype, result_keys: tuple[str, ...],
-                 want_clip: bool, without_clip: str) -> dict:
+def sampling_key(config, files: SamplingFiles, device: torch.device, dtype: torch.dtype,
+                 result_keys: tuple[str, ...]) -> dict:
     """What decides a sampling verb's samples and their scores: `config` (a GenerateConfig or EvaluateConfig) but its
     `result_keys`, with the device and dtype used and, for each model key, the file in use resolved (the same file
     named ./demo/x or by its absolute path, or left to its default beside the weights, is the same setting) and the
-    state of the files the loader reads there (`files_state`). Found as the verb finds them (bundle.sampling_files),
-    without reading a tensor."""
-    from megadalle.bundle import sampling_files
-
-    files = sampling_files(config.weights, config.dvae_weights, config.tokenizer, config.clip_weights,
-                           config.clip_model, want_clip, without_clip)
+    state of the files the loader reads there (`files_state`). `files` are those the verb found for its keys and
+    reads (sampling.files.sampling_files, found once: the key states the very files that are read); no tensor is
+    read."""
     read = {"weights": files.transformer, "dvae_weights": files.dvae, "clip_weights": files.clip,
             "tokenizer": files.tokenizer}
     in_use = {**read, "weights": Path(config.weights)}

@@ -9,6 +9,7 @@ read; and tensors go one at a time onto their device, never all in host memory.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +32,18 @@ def shard_of(path: str | Path) -> Path | None:
         return path.parent if path.name in json.loads(index.read_text()).get("weight_map", {}).values() else None
     except (ValueError, AttributeError):
         return None
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The files of the weights at a path, from one read of their index."""
+
+    entry: Path
+    """The file that describes them: the index JSON or the .safetensors file (a folder holds either)."""
+    weight_map: dict[str, str] | None
+    """The index's tensor name -> shard file name; None for one file."""
+    files: list[Path]
+    """The safetensors files, each there."""
 
 
 def _entry(path: str | Path) -> Path:
@@ -57,16 +70,18 @@ def _weight_map(index: Path) -> dict[str, str]:
     return weight_map
 
 
-def weight_files(path: str | Path) -> list[Path]:
-    """The safetensors files behind `path`: a .safetensors file, an index JSON, or a folder holding either."""
+def _layout(path: str | Path) -> _Layout:
+    """The weights at `path` (a .safetensors file, an index JSON, or a folder holding either), their index read
+    once."""
     entry = _entry(path)
     if not entry.name.endswith(".json"):
-        return [entry]
-    files = [entry.parent / name for name in dict.fromkeys(_weight_map(entry).values())]
+        return _Layout(entry, None, [entry])
+    weight_map = _weight_map(entry)
+    files = [entry.parent / name for name in dict.fromkeys(weight_map.values())]
     for file in files:  # every shard, before any is read: a missing last one is not found minutes in
         if not file.is_file():
             raise damaged(file, f"not there, though {entry.name} lists it")
-    return files
+    return _Layout(entry, weight_map, files)
 
 
 def _open(file: Path, device: str = "cpu"):
@@ -96,12 +111,12 @@ def _headers(files: list[Path]) -> dict[Path, dict[str, tuple[int, ...]]]:
     return headers
 
 
-def _check_index(entry: Path, headers: dict[Path, dict[str, tuple[int, ...]]]) -> None:
+def _check_index(layout: _Layout, headers: dict[Path, dict[str, tuple[int, ...]]]) -> None:
     """Each shard holds the tensors the index assigns it and no other: a tensor in two shards, in another than
     the index says, or in none was read from whichever came last, or not at all, in silence."""
-    if not entry.name.endswith(".json"):
+    entry, weight_map = layout.entry, layout.weight_map
+    if weight_map is None:
         return
-    weight_map = _weight_map(entry)
     for file, shapes in headers.items():
         assigned = {name for name, shard in weight_map.items() if shard == file.name}
         unlisted = [name for name in shapes if name not in assigned]
@@ -145,6 +160,35 @@ def _check_shapes(entry: Path, config: Path, headers: dict[Path, dict[str, tuple
         raise damaged(entry, f"its tensors do not fit the model that {config} describes: {first_of(wrong)}")
 
 
+def _check_headers(layout: _Layout, config: Path, expected: dict[str, tuple[int, ...]] | None) -> None:
+    """Every check of the files that needs their headers alone: each opened whole, the index's shards holding what
+    it assigns them, and with `expected` the model's tensors (`_check_shapes`, `config` naming its JSON)."""
+    headers = _headers(layout.files)
+    _check_index(layout, headers)
+    if expected is not None:
+        _check_shapes(layout.entry, config, headers, expected)
+
+
+def _device_and_dtype(device: torch.device | str,
+                      dtype: torch.dtype | str | None) -> tuple[torch.device, torch.dtype | None]:
+    """`device` and `dtype` (None: as stored) checked and named as the verbs name them (megadalle.devices)."""
+    from megadalle.devices import pick_device, pick_dtype
+
+    device = pick_device(str(device))
+    return device, None if dtype is None else pick_dtype(dtype, device)
+
+
+def _read_tensors(files: list[Path], device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The tensors of `files`, one at a time straight onto `device`, cast there to `dtype` when given."""
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        with _open(file, _device_name(device)) as tensors:
+            for name in tensors.keys():
+                tensor = tensors.get_tensor(name)
+                state[name] = tensor if dtype is None else as_dtype(tensor, dtype)
+    return state
+
+
 def load_weights(path: str | Path, kind: str | None = None, device: torch.device | str = "cpu",
                  dtype: torch.dtype | str | None = None,
                  expected: dict[str, tuple[int, ...]] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -156,23 +200,11 @@ def load_weights(path: str | Path, kind: str | None = None, device: torch.device
     Tensors are read one at a time straight onto `device` and, with `dtype`, cast there (`as_dtype`:
     integer tensors keep theirs), so a bf16 12B read onto a GPU never holds the weights in host memory, nor an fp32
     copy anywhere. Every check that needs only the headers comes before the first tensor is read."""
-    from megadalle.devices import pick_device, pick_dtype
-
-    device = pick_device(str(device))
-    dtype = None if dtype is None else pick_dtype(dtype, device)
-    files = weight_files(path)
-    config = read_config(path, kind, files)
-    headers, entry = _headers(files), _entry(path)
-    _check_index(entry, headers)
-    if expected is not None:
-        _check_shapes(entry, _config_file(path, files), headers, expected)
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        with _open(file, _device_name(device)) as tensors:
-            for name in tensors.keys():
-                tensor = tensors.get_tensor(name)
-                state[name] = tensor if dtype is None else as_dtype(tensor, dtype)
-    return state, config
+    device, dtype = _device_and_dtype(device, dtype)
+    layout = _layout(path)
+    config, config_file = _config(path, kind, layout.files)
+    _check_headers(layout, config_file, expected)
+    return _read_tensors(layout.files, device, dtype), config
 
 
 def _config_file(path: str | Path, files: list[Path]) -> Path:
@@ -184,10 +216,14 @@ def _config_file(path: str | Path, files: list[Path]) -> Path:
     return meta_path
 
 
-def read_config(path: str | Path, kind: str | None = None, files: list[Path] | None = None) -> dict:
+def read_config(path: str | Path, kind: str | None = None) -> dict:
     """The config recorded beside weights (a .safetensors file, an index JSON, or a folder holding either),
     without reading a tensor; `kind` is checked when given."""
-    files = files or weight_files(path)
+    return _config(path, kind, _layout(path).files)[0]
+
+
+def _config(path: str | Path, kind: str | None, files: list[Path]) -> tuple[dict, Path]:
+    """`read_config` of the weights at `path`, made of `files`, and the config JSON it was read from."""
     meta_path = _config_file(path, files)
     if not meta_path.is_file():
         folder = shard_of(path)
@@ -199,7 +235,14 @@ def read_config(path: str | Path, kind: str | None = None, files: list[Path] | N
     meta = read_record(meta_path, "kind", "config")
     if kind is not None and meta.get("kind") != kind:
         raise WeightsError(f"{path} holds a {meta.get('kind')!r} model, not a {kind!r} model")
-    return meta["config"]
+    return meta["config"], meta_path
+
+
+def check_into(path: str | Path, kind: str, build: Callable[[dict], torch.nn.Module]) -> torch.nn.Module:
+    """The model `build` makes of the config beside `path`, on the meta device, checked against the files' headers
+    as `load_into` checks it, no tensor read: weights copied elsewhere (a model folder's dVAE and CLIP) are known
+    to load without reading them."""
+    return _built(path, kind, build)[0]
 
 
 def load_into(path: str | Path, kind: str, build: Callable[[dict], torch.nn.Module], device: torch.device | str = "cpu",
@@ -207,9 +250,18 @@ def load_into(path: str | Path, kind: str, build: Callable[[dict], torch.nn.Modu
     """The model `build` makes of the config beside `path`, holding the weights there. It is built on the meta
     device first, so weights that do not fit their config (an edited JSON, a tensor another tool added) are one
     damaged line naming the files before any tensor is read, not load_state_dict's traceback after all of them."""
-    with torch.device("meta"):
-        model = build(read_config(path, kind))
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    state, _ = load_weights(path, kind, device, dtype, expected=shapes)
-    model.load_state_dict(state, strict=True, assign=True)
+    device, dtype = _device_and_dtype(device, dtype)
+    model, layout = _built(path, kind, build)
+    model.load_state_dict(_read_tensors(layout.files, device, dtype), strict=True, assign=True)
     return model
+
+
+def _built(path: str | Path, kind: str, build: Callable[[dict], torch.nn.Module]) -> tuple[torch.nn.Module, _Layout]:
+    """`check_into`'s model, and the layout of the files it was checked against (their index and config JSON read
+    once)."""
+    layout = _layout(path)
+    config, config_file = _config(path, kind, layout.files)
+    with torch.device("meta"):
+        model = build(config)
+    _check_headers(layout, config_file, {name: tuple(t.shape) for name, t in model.state_dict().items()})
+    return model, layout

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from megadalle import bundle, export
+from megadalle import bundle_write, export
 from megadalle.config.compose import compose
 
 from megadalle.config.model import TransformerConfig
@@ -102,8 +102,19 @@ def test_a_killed_exports_temporary_goes_at_the_next_export(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["model", "one.safetensors", "one.json", live.name, elsewhere.name])
 
-    monkeypatch.setattr(bundle, "write_bundle", lambda *args: tmp_path)
+    monkeypatch.setattr(bundle_write, "write_bundle", lambda *args: tmp_path)
     monkeypatch.setattr(export, "run_ema", lambda run, ema: False)  # no run here: the listing is what is tested
     monkeypatch.setattr(export, "run_kind", lambda run: "transformer")
     assert export.run(compose("export", [f"run={tmp_path}", f"output={tmp_path / 'folder'}"])) == 0
     assert capsys.readouterr().err.endswith(": model, one.json, one.safetensors\n")
+
+
+def test_a_folder_is_loaded_reading_its_index_and_config_once(tmp_path, monkeypatch):
+    """load_into parsed config.json twice and the index (a line per tensor) three times before reading a tensor."""
+    from megadalle.weights import load
+
+    folder = write_folder(tmp_path / "model", Transformer(CFG).state_dict())
+    real, records = load.read_record, []
+    monkeypatch.setattr(load, "read_record", lambda path, *keys: records.append(path.name) or real(path, *keys))
+    load_model(folder, "transformer")
+    assert sorted(records) == sorted(["config.json", INDEX])

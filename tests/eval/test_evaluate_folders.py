@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from megadalle.bundle import write_bundle
+from megadalle.bundle_write import write_bundle
 from megadalle.cli import main
 from megadalle.weights import config_path
 from tests.imports.conftest import trained  # noqa: F401  (the tiny Transformer run, dVAE, CLIP and tokenizer)

@@ -9,9 +9,10 @@ import torch
 from omegaconf import OmegaConf
 
 import megadalle
-from megadalle.bundle import BundleError, write_bundle
+from megadalle.bundle_write import write_bundle
 from megadalle.cli import main
 from megadalle.config.compose import compose
+from megadalle.errors import BundleError
 from megadalle.sampling.compatible import IncompatibleModels
 from megadalle.sampling.load import ModelNotFound, WrongKind, model_config
 from megadalle.sampling.rerank import RerankerError, as_reranker
@@ -212,7 +213,7 @@ def test_the_tokenizer_is_checked_by_content_from_run_to_folder(trained, tmp_pat
 def test_a_run_directory_samples_with_what_its_run_recorded(trained, tmp_path, capsys):
     """A tokenizer.model and a dvae.safetensors lying beside a run directory belonged to another model, while export
     takes the run's recorded ones: generate from the run now takes the recorded ones too, as its export would."""
-    from megadalle.bundle import sampling_files
+    from megadalle.sampling.files import sampling_files
 
     run, tok, dvae, _ = trained
     copy = tmp_path / "runs" / "run"
@@ -241,8 +242,9 @@ def test_a_refused_or_failed_re_export_leaves_the_earlier_export_working(trained
     """A re-export refused for its checkpoint or its EMA used to delete bundle.json first, leaving a folder that
     generate called unfinished over intact weights; the earlier export now stands until the new Transformer
     replaces it, and only a failure after that leaves the folder unfinished."""
-    import megadalle.bundle as bundle
+    import megadalle.bundle_write as bundle_write
     import megadalle.train.consolidate as consolidate
+    from megadalle.sampling.files import sampling_files
 
     run, _, dvae, clip = trained
     folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
@@ -264,11 +266,11 @@ def test_a_refused_or_failed_re_export_leaves_the_earlier_export_working(trained
     assert megadalle.load_pipeline(folder).clip is not None
     assert main(["generate", f"weights={folder}", "prompt=red cat", "n=1", "keep=1", f"output={tmp_path / 'out'}"]) == 0
 
-    monkeypatch.setattr(bundle, "_copy", lambda *a: (_ for _ in ()).throw(OSError("No space left on device")))
+    monkeypatch.setattr(bundle_write, "_copy", lambda *a: (_ for _ in ()).throw(OSError("No space left on device")))
     with pytest.raises(OSError, match="No space left"):
         write_bundle(run, folder, dvae_weights=str(dvae), clip_weights=str(clip))
     with pytest.raises(BundleError, match="unfinished export"):  # the Transformer was replaced: honest about it
-        bundle.sampling_files(folder)
+        sampling_files(folder)
 
 
 def test_export_writes_no_model_folder_among_other_files(trained, tmp_path, capsys):
@@ -387,3 +389,38 @@ def test_export_refuses_a_dvae_or_clip_whose_json_does_not_fit_its_tensors(train
         assert err.startswith(f"megadalle export: {bad}: ") and err.count("\n") == 1, err
         assert f"its tensors do not fit the model that {bad.with_suffix('.json')} describes" in err
         assert not (tmp_path / "model").exists()
+
+
+class TensorsRead:
+    """A safetensors handle that notes, in `read`, the file of each tensor read from it."""
+
+    def __init__(self, file, tensors, read: list):
+        self.file, self.tensors, self.read = file, tensors, read
+
+    def __enter__(self):
+        self.tensors.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.tensors.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self.tensors, name)
+
+    def get_tensor(self, name):
+        self.read.append(self.file)
+        return self.tensors.get_tensor(name)
+
+
+def test_export_checks_the_clip_and_an_unrecorded_dvae_from_their_headers(trained, tmp_path, monkeypatch):
+    """export read the whole CLIP (and a dVAE that no record compares) only to check that generate would load it,
+    then copied the file: the check of their headers (names and shapes) is that check, no tensor read."""
+    from megadalle.weights import load
+
+    run, _, dvae, clip = trained
+    real, read = load._open, []
+    monkeypatch.setattr(load, "_open", lambda file, *args: TensorsRead(file, real(file, *args), read))
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    assert {dvae, clip}.isdisjoint(read)
+    monkeypatch.undo()
+    assert megadalle.load_pipeline(folder).clip is not None

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import megadalle
-from megadalle.bundle import write_bundle
+from megadalle.bundle_write import write_bundle
 from megadalle.cli import main
 from megadalle.config.compose import compose
 from megadalle.data.index import ShardIndex

@@ -8,7 +8,7 @@ import json
 import torch
 from safetensors.torch import save_file
 
-from megadalle.bundle import write_bundle
+from megadalle.bundle_write import write_bundle
 from megadalle.cli import main
 from megadalle.weights import INDEX
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import megadalle
-from megadalle.bundle import read_model, write_bundle
+from megadalle.bundle import read_model
+from megadalle.bundle_write import write_bundle
 from megadalle.devices import DeviceError
 from megadalle.sampling.load import load_model
 from megadalle.train.consolidate import load_run

@@ -137,3 +137,18 @@ def test_sample_files_of_a_run_killed_while_writing_them_go_with_the_next_run(mo
     assert main(["generate", *args(models, output, "keep=3", n=6, batch_size=3)]) == 0
     assert sorted(p.name for p in output.glob("sample_*.png")) == ["sample_00.png", "sample_01.png", "sample_02.png"]
     assert not (output / ".writing.json").exists()
+
+
+def test_generate_and_evaluate_find_their_files_once(models, tmp_path, monkeypatch):
+    """A run found the files behind its keys twice, for its resume key and again to open them: once now, so the
+    key states the files that are read."""
+    import megadalle.sampling.load as load
+    from megadalle import evaluate, sample
+    from megadalle.config.compose import compose
+
+    real, searches = load.checkpoint_in_run, []  # called once by each search of the files
+    monkeypatch.setattr(load, "checkpoint_in_run", lambda path: searches.append(path) or real(path))
+    assert sample.run(compose("generate", args(models, tmp_path / "generate", n=4, batch_size=4))) == 0
+    assert len(searches) == 1
+    assert evaluate.run(compose("evaluate", evaluate_args(models, "n=1", f"output={tmp_path / 'evaluate'}")[1:])) == 0
+    assert len(searches) == 2

@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-from megadalle.bundle import CLIP, DVAE, FORMAT, MANIFEST, TOKENIZER, TRANSFORMER, sampling_files
 from megadalle.cli import main
 from megadalle.data.digest import sha256
-from megadalle.weights import INDEX, ShardedWriter, export_layout, load_weights
+from megadalle.sampling.files import CLIP, DVAE, FORMAT, TOKENIZER, TRANSFORMER, sampling_files
+from megadalle.weights import INDEX, MANIFEST, ShardedWriter, export_layout, load_weights
 from tests.sample.test_generate import write_tiny_models
 
 

@@ -1,0 +1,160 @@
+"""`export output=FOLDER`: a Transformer run written as a model folder (its layout: megadalle.sampling.files), with
+the tokenizer, dVAE and CLIP it samples with beside it.
+
+Tokenizer, dVAE and CLIP default to what the run's own config records (`data.tokenizer`, and
+`dvae_weights` / `clip_weights` where the run has them); a key given to `export` wins.
+bundle.json records the tokenizer's sha256, as the run's run.json does: a tokenizer whose contents are not
+the recorded ones is refused by `export` and by every reader of the folder or the run (compatible.py). So is a dVAE
+whose weights are not those that encoded the run's token shards, where run.json records their digest (copied into
+bundle.json, `codes_dvae`: sampling/dvae_record.py).
+The Transformer is written by `export_transformer` (streamed, bf16 by default) and read by `megadalle.bundle.read_model`
+alone, so a change of its on-disk format touches those two functions only.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from megadalle import run_pieces
+from megadalle.data import atomic
+from megadalle.sampling.dvae_record import BUNDLE_KEY, CodesRecord
+from megadalle.sampling.files import (CLIP, DVAE, FORMAT, TOKENIZER, TRANSFORMER, is_bundle, recorded_codes,
+                                      recorded_tokenizer, unfinished)
+from megadalle.warn import say_all
+from megadalle.weights import MANIFEST, check_replaceable, read_record
+
+
+def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None = None, ema: bool = False,
+                       dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9,
+                       before_replace: Callable[[], None] | None = None) -> Path:
+    """The run's Transformer weights in the folder `path` (the one call of the Transformer export);
+    `before_replace` is called once they are complete, just before an earlier export's are replaced."""
+    from megadalle.export import export
+
+    return export(run_dir, path, checkpoint, ema, dtype, max_shard_bytes, before_replace)
+
+
+def check_output(output: str | Path) -> None:
+    """`export` writes a model folder where nothing is, in an empty folder, or over an earlier export (finished or
+    not), and never among other files (a run directory, image shards, a generate output)."""
+    check_replaceable(output, lambda folder: is_bundle(folder) or unfinished(folder),
+                      f"a model folder (no {MANIFEST})")
+
+
+def _is_itself(source: Path, target: Path) -> bool:
+    """Whether `target` already is `source`: a newer checkpoint re-exported with the folder's own tokenizer, dVAE
+    or CLIP (`tokenizer=model/tokenizer.model`) keeps that file as it stands (a copy onto itself fails)."""
+    return target.exists() and source.samefile(target)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """`source` as `target`, unless it is that very file (`_is_itself`)."""
+    if not _is_itself(source, target):
+        shutil.copyfile(source, target)
+
+
+def _copy_weights(source: Path, target: Path) -> None:
+    """A weights file (checked by `_check_pieces`) and its config JSON."""
+    from megadalle.weights import config_path
+
+    _copy(config_path(source), config_path(target))
+    _copy(source, target)
+
+
+def _remove_weights(path: Path) -> None:
+    """A weights file an earlier export wrote, and its config JSON."""
+    from megadalle.weights import config_path
+
+    config_path(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+def _copy_open_clip(source: Path, target: Path) -> None:
+    """An open_clip state dict (checked by `_check_pieces`) as safetensors; the folder's own already is."""
+    from safetensors.torch import save_file
+
+    from megadalle.sampling.rerank import read_state_dict
+
+    if not _is_itself(source, target):
+        save_file({k: v.contiguous() for k, v in read_state_dict(source).items()}, str(target))
+
+
+def _check_pieces(files: dict[str, Path | None], own_clip: bool, clip_model: str, codes: CodesRecord | None) -> None:
+    """The dVAE and CLIP checked as what they are said to be, as `generate` will read them (their JSON, and the
+    names and shapes of their tensors those of the model it describes: sampling.load.check_model, from the files'
+    headers): a swapped file, a JSON that does not fit its tensors; an open_clip state dict that does not fit its
+    architecture (read and loaded: it has no header that says its shapes). Where the run records the dVAE whose
+    codes the Transformer learnt (`codes`), the dVAE is read and compared with it (dvae_record.check); no other
+    piece is read only to be copied. All before the Transformer export begins: nothing is refused once it has
+    replaced an earlier export's."""
+    from megadalle.sampling import dvae_record
+    from megadalle.sampling.load import check_model, load_model
+    from megadalle.sampling.rerank import OPEN_CLIP, load_open_clip
+
+    if codes is None:
+        check_model(files["dvae"], "dvae")
+    else:
+        dvae_record.check(files["dvae"], codes, load_model(files["dvae"], "dvae"))
+    if own_clip:
+        check_model(files["clip"], "clip")
+    elif files["clip"] is not None:
+        load_open_clip(clip_model[len(OPEN_CLIP):], files["clip"])
+
+
+def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,
+                 clip_weights: str | None = None, checkpoint: str | None = None, ema: bool | None = None,
+                 clip_model: str = "megadalle", dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9) -> Path:
+    """Export a Transformer run with its tokenizer, dVAE and (optional) CLIP into the folder `output`;
+    `clip_model=open_clip:<arch>` takes an open_clip state dict as the CLIP. `ema`: the run's EMA, its live
+    weights, or None for its EMA where it trained one (train.consolidate.chosen_ema); bundle.json records which."""
+    from megadalle.data.digest import sha256
+    from megadalle.sampling.rerank import OPEN_CLIP
+
+    from megadalle.sampling.compatible import check_files
+    from megadalle.sampling.load import model_config
+    from megadalle.train.consolidate import chosen_ema
+
+    check_output(output)
+    run, output = Path(run), Path(output)
+    record = run_pieces.read(run)
+    config = record.get("config", {})
+    model_config(run, "transformer")  # a model folder is a Transformer's: refuse a dVAE or CLIP run by name
+    ema = chosen_ema(run, config, ema)
+    files = {"tokenizer": run_pieces.pick(tokenizer, run, record, "tokenizer", True),
+             "dvae": run_pieces.pick(dvae_weights, run, record, "dvae", True),
+             "clip": run_pieces.pick(clip_weights, run, record, "clip", False)}
+    own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
+    codes = recorded_codes(run, None, record)
+    warnings = check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
+                           recorded_tokenizer(run, None, record))
+    _check_pieces(files, own_clip, clip_model, codes)
+    created = not output.exists()
+    earlier_clip = is_bundle(output) and read_record(output / MANIFEST).get("clip") == CLIP
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        # An earlier export stands whole until the new Transformer is complete (a refused checkpoint or EMA, a
+        # failed read, a kill leave it working); from its replacement until the manifest is back (written
+        # last), the folder is unfinished.
+        export_transformer(run, output / TRANSFORMER, checkpoint, ema, dtype, max_shard_bytes,
+                           lambda: (output / MANIFEST).unlink(missing_ok=True))
+        _copy(files["tokenizer"], output / TOKENIZER)
+        _copy_weights(files["dvae"], output / DVAE)
+        if own_clip:
+            _copy_weights(files["clip"], output / CLIP)
+        elif files["clip"] is not None:
+            _copy_open_clip(files["clip"], output / CLIP)
+        elif earlier_clip:  # an export with a CLIP wrote this folder before: its CLIP is not this model's
+            _remove_weights(output / CLIP)
+    except BaseException:
+        if created:  # a folder this export made holds nothing usable: it goes, not to be taken for a model
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
+                "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
+                "sources": {"run": str(run), **{k: None if v is None else str(v) for k, v in files.items()}},
+                "sha256": {"tokenizer": sha256(output / TOKENIZER)},
+                BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config}
+    atomic.write_json(output / MANIFEST, manifest)
+    say_all(warnings)  # once nothing can refuse the export any more
+    return output
