@@ -17,7 +17,7 @@ from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
 from megadalle.config.export import ExportConfig
 from megadalle.run_pieces import MODEL_NAMES, VERB_KEYS
-from megadalle.train.consolidate import export, load_run, run_ema, run_task
+from megadalle.train.consolidate import chosen_ema, export, load_run, run_task
 from megadalle.weights import TMP, OutputInTheWay, model_folder_around, one_file
 
 __all__ = ["export", "load_run", "run"]
@@ -25,15 +25,18 @@ __all__ = ["export", "load_run", "run"]
 
 def run(cfg: DictConfig) -> int:
     """The export, and one line saying what it wrote: the EMA or the live weights, `ema=auto` choosing per run
-    (an EMA shipped in silence, or left out in silence, is not the model the user thinks they share)."""
+    (an EMA shipped in silence, or left out in silence, is not the model the user thinks they share). The run's
+    task is rebuilt from its run.json once, here, and handed on."""
     ec = build(ExportConfig, top_level(cfg, ExportConfig), "")
-    ema = run_ema(ec.run, ema_choice(ec.ema))  # ema=true of a run without an EMA is refused before anything is written
-    kind = run_kind(ec.run)
+    trained = run_task(ec.run)
+    task, config = trained
+    ema = chosen_ema(ec.run, config, ema_choice(ec.ema))  # ema=true of a run without one: refused before a write
+    kind = task.export_spec().kind
     check_outside_model_folder(ec, kind)
     dtype = ec.dtype_for(kind)
     weights = f"{dtype}, {'the EMA weights' if ema else 'the live weights'}"
     if ec.weights_only or one_file(ec.output):
-        path = export(ec.run, ec.output, ec.checkpoint, ema, dtype, ec.max_shard_mb * 10**6)
+        path = export(ec.run, ec.output, ec.checkpoint, ema, dtype, ec.max_shard_mb * 10**6, trained=trained)
         if kind == "clip":  # generate and evaluate then check the tokenizer in use against the CLIP's own
             from megadalle.sampling import clip_record
 
@@ -47,11 +50,6 @@ def run(cfg: DictConfig) -> int:
     print(f"[export] wrote model folder {folder} ({weights}): "
           + ", ".join(sorted(p.name for p in folder.iterdir() if TMP not in p.name)), file=sys.stderr)
     return 0
-
-
-def run_kind(run_dir: str) -> str:
-    """The kind of model the run trained ("transformer", "dvae", "clip"), as its export records it."""
-    return run_task(run_dir)[0].export_spec().kind
 
 
 def check_outside_model_folder(ec: ExportConfig, kind: str) -> None:
