@@ -37,10 +37,6 @@ def run(cfg: DictConfig) -> int:
     weights = f"{dtype}, {'the EMA weights' if ema else 'the live weights'}"
     if ec.weights_only or one_file(ec.output):
         path = export(ec.run, ec.output, ec.checkpoint, ema, dtype, ec.max_shard_mb * 10**6, trained=trained)
-        if kind == "clip":  # generate and evaluate then check the tokenizer in use against the CLIP's own
-            from megadalle.sampling import clip_record
-
-            clip_record.copy_to_export(Path(ec.run), path)
         print(f"[export] wrote {path} ({weights})", file=sys.stderr)
         return 0
     from megadalle.bundle import write_bundle

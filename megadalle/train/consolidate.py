@@ -295,11 +295,18 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
     written is held (weights/writers.py, planned_safetensors.py). `ema`: the EMA, the live weights, or None for the EMA
     where the run trained one (`chosen_ema`: the weights its validation scored). `before_replace` is called once
     every tensor is written, just before an earlier export at `output` is replaced (the writers' `close`).
-    `trained`: the run's task and config (`run_task`), where the caller has them already."""
+    `trained`: the run's task and config (`run_task`), where the caller has them already. A CLIP's config JSON holds
+    the record of its tokenizer (sampling/clip_record.py) as the export writes it, so that no CLIP is ever in place
+    without it."""
     task, config = trained or run_task(run_dir)
     ema = chosen_ema(run_dir, config, ema)
     spec, torch_dtype = task.export_spec(), DTYPES[dtype]
     check_replaceable(output, kind=spec.kind)  # before a checkpoint is chosen
+    record = {}
+    if spec.kind == "clip":
+        from megadalle.sampling import clip_record
+
+        record = clip_record.export_record(Path(run_dir))
 
     def write(path: Path) -> Path:
         model = meta_model(task)
@@ -312,7 +319,7 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
             for name, tensor in tensors:
                 whole, first_row = place(name)
                 writer.add(whole, tensor, first_row)
-            return writer.close(spec.config, before_replace)
+            return writer.close(spec.config, before_replace, record)
         except BaseException:
             writer.abort()
             raise
