@@ -7,73 +7,44 @@ parses its keys (megadalle.config.export), picks one, and reports which weights 
 """
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 from omegaconf import DictConfig
 
 from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
 from megadalle.config.export import ExportConfig
-from megadalle.run_pieces import MODEL_NAMES, VERB_KEYS
-from megadalle.train.consolidate import export, load_run, run_ema, run_task
-from megadalle.weights import TMP, OutputInTheWay, model_folder_around, one_file
+from megadalle.train.consolidate import chosen_ema, export, load_run, run_task
+from megadalle.weights import TMP, one_file
+from megadalle.weights.replace import check_outside_model_folder
 
 __all__ = ["export", "load_run", "run"]
 
 
 def run(cfg: DictConfig) -> int:
     """The export, and one line saying what it wrote: the EMA or the live weights, `ema=auto` choosing per run
-    (an EMA shipped in silence, or left out in silence, is not the model the user thinks they share)."""
+    (an EMA shipped in silence, or left out in silence, is not the model the user thinks they share). The run's
+    task is rebuilt from its run.json once, here, and handed on."""
     ec = build(ExportConfig, top_level(cfg, ExportConfig), "")
-    ema = run_ema(ec.run, ema_choice(ec.ema))  # ema=true of a run without an EMA is refused before anything is written
-    kind = run_kind(ec.run)
-    check_outside_model_folder(ec, kind)
+    trained = run_task(ec.run)
+    task, config = trained
+    ema = chosen_ema(ec.run, config, ema_choice(ec.ema))  # ema=true of a run without one: refused before a write
+    kind = task.export_spec().kind
     dtype = ec.dtype_for(kind)
     weights = f"{dtype}, {'the EMA weights' if ema else 'the live weights'}"
     if ec.weights_only or one_file(ec.output):
-        path = export(ec.run, ec.output, ec.checkpoint, ema, dtype, ec.max_shard_mb * 10**6)
-        if kind == "clip":  # generate and evaluate then check the tokenizer in use against the CLIP's own
-            from megadalle.sampling import clip_record
-
-            clip_record.copy_to_export(Path(ec.run), path)
+        path = export(ec.run, ec.output, ec.checkpoint, ema, dtype, ec.max_shard_mb * 10**6, trained=trained,
+                      alone=True)
         print(f"[export] wrote {path} ({weights})", file=sys.stderr)
         return 0
     from megadalle.bundle_write import write_bundle
 
+    check_outside_model_folder(ec.output, kind, whole=True, run=ec.run)  # write_bundle's own check cannot name the run
     folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ema,
                           ec.clip_model, dtype, ec.max_shard_mb * 10**6)
     print(f"[export] wrote model folder {folder} ({weights}): "
           + ", ".join(sorted(p.name for p in folder.iterdir() if TMP not in p.name)), file=sys.stderr)
     return 0
-
-
-def run_kind(run_dir: str) -> str:
-    """The kind of model the run trained ("transformer", "dvae", "clip"), as its export records it."""
-    return run_task(run_dir)[0].export_spec().kind
-
-
-def check_outside_model_folder(ec: ExportConfig, kind: str) -> None:
-    """A model folder is written whole, by the folder export of its Transformer's run (`output=FOLDER`); the
-    weights of a `kind` model written into it (`output=model/transformer.safetensors` with weights_only or not,
-    `output=model/transformer`, a dVAE over model/dvae.safetensors) skip that export's checks that the run's
-    tokenizer and dVAE are the folder's, and leave its bundle.json describing the earlier run while `generate
-    weights=model` samples this one."""
-    folder = model_folder_around(ec.output)
-    whole = not ec.weights_only and not one_file(ec.output)
-    inside = folder != Path(os.path.abspath(ec.output))
-    if folder is None or (whole and not inside):
-        return
-    where = f"inside the model folder {folder}" if inside else "a model folder"
-    if kind == "transformer":
-        raise OutputInTheWay(f"output={ec.output}: {where}, whose tokenizer, dVAE and bundle.json a Transformer "
-                             f"exported alone would not match; export the whole folder with `megadalle export "
-                             f"run={ec.run} output={folder}`, or give another path")
-    raise OutputInTheWay(f"output={ec.output}: {where}, whose Transformer and bundle.json a {MODEL_NAMES[kind]} "
-                         f"exported alone would not match; export it to another path, then the whole folder with "
-                         f"`megadalle export run=RUN output={folder} {VERB_KEYS[kind]}=<that path>` (RUN: its "
-                         "Transformer's training run)")
 
 
 if __name__ == "__main__":  # `python -m megadalle.export ARGS` is `megadalle export ARGS`

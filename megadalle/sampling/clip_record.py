@@ -4,8 +4,9 @@ in use with.
 A CLIP reads BPE ids; a tokenizer of the same size but other contents (another corpus's, or one retrained in place)
 gives the prompt ids that mean other words to it, and it ranked the samples by noise with exit code 0 (measured on
 the demo's data: 0 of 64 captions matched to their image, 13 of 64 with its own tokenizer). A train-clip run's
-run.json records its tokenizer's sha256 (`rundir.digests`); train-clip copies that record into the config JSON
-beside the weights it exports (`clip.json`, key TOKENIZER), which `export` copies into a model folder with them.
+run.json records its tokenizer's sha256 (`rundir.digests`); the export of the run (train-clip's at its end, or
+`megadalle export`) writes that record into the config JSON beside the weights (`clip.json`, key TOKENIZER,
+`export_record`), which `export` copies into a model folder with them.
 """
 from __future__ import annotations
 
@@ -21,21 +22,39 @@ RUN_KEY = "tokenizer"
 """train-clip's key for its tokenizer, in its run.json's config and sha256 record."""
 
 
-def copy_to_export(run: Path, weights: Path) -> None:
-    """The tokenizer record of the train-clip run `run` written into the config JSON of its export `weights`."""
+def export_record(run: Path) -> dict:
+    """What the export of the train-clip run `run` adds to its config JSON: the record of its tokenizer; nothing for
+    a run.json from before the digests (its export stays unrecorded, as the run is)."""
     record = run_pieces.read(run)
     digest = record.get("sha256", {}).get(RUN_KEY)
-    if digest is not None:  # a run.json from before the digests: its export stays unrecorded, as the run is
-        write(weights, digest, run_pieces.lookup(record.get("config", {}), RUN_KEY))
+    if digest is None:
+        return {}
+    return {TOKENIZER: _entry(digest, run_pieces.lookup(record.get("config", {}), RUN_KEY))}
+
+
+def copy_to_export(run: Path, weights: Path) -> None:
+    """The tokenizer record of the train-clip run `run` written into the config JSON of its export `weights`."""
+    _amend(weights, export_record(run))
 
 
 def write(weights: Path, digest: str, tokenizer: str | Path) -> None:
     """Record the tokenizer `tokenizer` (sha256 `digest`) in the config JSON beside the CLIP weights `weights`."""
+    _amend(weights, {TOKENIZER: _entry(digest, tokenizer)})
+
+
+def _entry(digest: str, tokenizer: str | Path) -> dict:
+    return {"sha256": digest, "path": str(tokenizer)}
+
+
+def _amend(weights: Path, keys: dict) -> None:
+    """`keys` added to the config JSON beside `weights`."""
     from megadalle.weights import config_path, read_record
 
+    if not keys:
+        return
     meta = config_path(weights)
     config = read_record(meta, "kind", "config")
-    config[TOKENIZER] = {"sha256": digest, "path": str(tokenizer)}
+    config.update(keys)
     atomic.write_json(meta, config)
 
 

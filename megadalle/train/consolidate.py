@@ -288,18 +288,26 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: boo
 
 
 def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | None = None, ema: bool | None = None,
-           dtype: str = "bf16", max_shard_bytes: int = 5 << 30,
-           before_replace: Callable[[], None] | None = None) -> Path:
+           dtype: str = "bf16", max_shard_bytes: int = 5 << 30, before_replace: Callable[[], None] | None = None,
+           trained: tuple[Task, dict] | None = None, alone: bool = False) -> Path:
     """Write the run's weights in `dtype`: a folder of shards + index + config.json, or, when `output`
     ends in .safetensors, that one file with its config JSON beside. Either way only the tensor being
     written is held (weights/writers.py, planned_safetensors.py). `ema`: the EMA, the live weights, or None for the EMA
     where the run trained one (`chosen_ema`: the weights its validation scored). `before_replace` is called once
-    every tensor is written, just before an earlier export at `output` is replaced (the writers' `close`)."""
-    check_replaceable(output)  # before the run is read: a folder of other files is no place for any export
-    task, config = run_task(run_dir)
+    every tensor is written, just before an earlier export at `output` is replaced (the writers' `close`).
+    `trained`: the run's task and config (`run_task`), where the caller has them already; `alone`: the Transformer's
+    weights written alone (`export weights_only`), which no model folder takes (check_replaceable). A CLIP's
+    config JSON holds the record of its tokenizer (sampling/clip_record.py) as the export writes it, so that no
+    CLIP is ever in place without it."""
+    task, config = trained or run_task(run_dir)
     ema = chosen_ema(run_dir, config, ema)
     spec, torch_dtype = task.export_spec(), DTYPES[dtype]
-    check_replaceable(output, kind=spec.kind)  # and one file replaces only this kind's, before a checkpoint is chosen
+    check_replaceable(output, kind=spec.kind, alone=alone, run=run_dir)  # before a checkpoint is chosen
+    record = {}
+    if spec.kind == "clip":
+        from megadalle.sampling import clip_record
+
+        record = clip_record.export_record(Path(run_dir))
 
     def write(path: Path) -> Path:
         model = meta_model(task)
@@ -312,7 +320,7 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
             for name, tensor in tensors:
                 whole, first_row = place(name)
                 writer.add(whole, tensor, first_row)
-            return writer.close(spec.config, before_replace)
+            return writer.close(spec.config, before_replace, record)
         except BaseException:
             writer.abort()
             raise

@@ -76,6 +76,7 @@ def config_path(weights: str | Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def config_record(kind: str, config: Any) -> str:
+def config_record(kind: str, config: Any, record: dict | None = None) -> str:
+    """The config JSON of a `kind` model: its `config`, and the keys of `record` beside (a CLIP's tokenizer)."""
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    return json.dumps({"kind": kind, "config": cfg}, indent=2)
+    return json.dumps({"kind": kind, "config": cfg, **(record or {})}, indent=2)

@@ -1,9 +1,10 @@
 """What an export may write over: what an earlier export wrote there, and nothing else.
 
 An export's `output` may already hold something: an earlier export, which it replaces, or a user's files (a run,
-image shards, their own `x.json`), which no rerun would bring back. Preflight asks before anything starts, an
-export before it reads the first tensor, and the writers again when they put a finished export in place: all
-with `check_replaceable`.
+image shards, their own `x.json`), which no rerun would bring back; and nothing is written into a model folder but
+by that folder's own export. Preflight asks before anything starts (train-dvae's and train-clip's `weights=`,
+import-dvae's `output=`), an export before it reads the first tensor, and the writers again when they put a
+finished export in place: all with `check_replaceable`, so that every writer of weights gets every rule.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from megadalle.weights.errors import AmbiguousOutput, OutputInTheWay
-from megadalle.weights.records import CONFIG, INDEX, config_path, json_object, model_folder_around, recorded_kind
+from megadalle.weights.records import (CONFIG, INDEX, MANIFEST, config_path, json_object, model_folder_around,
+                                       recorded_kind)
 
 
 ELSEWHERE = "give another path, or remove it"
@@ -28,6 +30,43 @@ def _remedy(target: Path, remedy: str) -> str:
         return remedy
     return (f"give another path; the model folder {folder} is rewritten whole, from its Transformer's run, by "
             f"`megadalle export run=RUN output={folder}`")
+
+
+def check_outside_model_folder(target: str | Path, kind: str | None = None, whole: bool = False, alone: bool = False,
+                               run: str | Path | None = None) -> None:
+    """Refuse to write `target` where it is or lies in a model folder, unless this is that folder's own export. A
+    model folder is written whole, by the folder export of its Transformer's run (bundle.py: `whole`, writing the
+    folder `target`, then the Transformer its bundle.json names); weights of a `kind` model (None: any) put there
+    otherwise skip that export's checks that the run's tokenizer and dVAE are the folder's, and leave its
+    bundle.json describing the earlier model while `generate weights=FOLDER` samples this one. `alone`: the
+    Transformer's weights written alone (`export weights_only`), refused even where the folder keeps its own;
+    `run`: the training run exported, named in the way out."""
+    folder = model_folder_around(target)
+    if folder is None:
+        return
+    path = Path(os.path.abspath(target))
+    inside = folder != path
+    if whole and not inside:  # the folder's own export, whose `earlier` says what it replaces
+        return
+    if not (whole or alone) and kind in (None, "transformer") and path == _own_transformer(folder):
+        return  # the Transformer that export writes, as it writes it (bundle.py)
+    where = f"inside the model folder {folder}" if inside else "a model folder"
+    if kind in (None, "transformer"):
+        raise OutputInTheWay(f"output={target}: {where}, whose tokenizer, dVAE and bundle.json a Transformer exported "
+                             f"alone would not match; export the whole folder with `megadalle export "
+                             f"run={run or 'RUN'} output={folder}`, or give another path")
+    from megadalle.run_pieces import MODEL_NAMES, VERB_KEYS
+
+    raise OutputInTheWay(f"output={target}: {where}, whose Transformer and bundle.json a {MODEL_NAMES[kind]} "
+                         f"exported alone would not match; export it to another path, then the whole folder with "
+                         f"`megadalle export run=RUN output={folder} {VERB_KEYS[kind]}=<that path>` (RUN: its "
+                         "Transformer's training run)")
+
+
+def _own_transformer(folder: Path) -> Path | None:
+    """Where the bundle.json of the model folder `folder` says its Transformer is; None where it says nothing."""
+    own = (json_object(folder / MANIFEST) or {}).get("transformer")
+    return folder / own if isinstance(own, str) and own else None
 
 
 def one_file(output: str | Path) -> bool:
@@ -93,7 +132,7 @@ def _file_in_the_way(target: Path, kind: str | None) -> tuple[str, str] | None:
 
 
 def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] | None = None, what: str = "",
-                      kind: str | None = None) -> None:
+                      kind: str | None = None, alone: bool = False, run: str | Path | None = None) -> None:
     """An export replaces what an earlier export wrote at `target` (its `output`) and nothing else: a folder of
     other files (a model folder, a run, image shards, a Hugging Face model) is never deleted nor written into, and
     a folder is no place for one file. A folder of shards replaces only an earlier export of a `kind` model (None:
@@ -101,7 +140,10 @@ def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] | None
     folders are earlier exports with `earlier` (`what` names one); an empty one is taken. One file replaces only
     the weights of a `kind` model, and its config JSON (`x.json` beside `x.safetensors`) only that model's: a
     user's `x.json`, the dVAE where the Transformer goes, are not overwritten. Checked before the first tensor is
-    read (a 12B streams for minutes), and again when the export is put in place."""
+    read (a 12B streams for minutes), and again when the export is put in place. Nothing is written in a model
+    folder but by its own export, the caller passing `earlier` (`check_outside_model_folder`, with `alone` and
+    `run`)."""
+    check_outside_model_folder(target, kind, earlier is not None, alone, run)
     single = one_file(target)
     target = Path(target)
     if single:

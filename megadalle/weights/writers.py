@@ -112,9 +112,10 @@ class SingleFileWriter(_StreamedWriter):
         file = PlannedFile(self.tmp, layout, file_metadata(kind))
         self.files = dict.fromkeys(layout, file)
 
-    def close(self, config: Any, before_replace: Callable[[], None] | None = None) -> Path:
-        """Write the config JSON, then put both in place (calling `before_replace` first); return the file. What
-        came to `path` while the tensors were written is checked again, as at the start."""
+    def close(self, config: Any, before_replace: Callable[[], None] | None = None, record: dict | None = None) -> Path:
+        """Write the config JSON (with the keys of `record` beside the config), then put both in place (calling
+        `before_replace` first); return the file. What came to `path` while the tensors were written is checked
+        again, as at the start."""
         self._close_files()
         try:
             check_replaceable(self.target, kind=self.kind)
@@ -124,7 +125,7 @@ class SingleFileWriter(_StreamedWriter):
         tmp_json = self.target.with_name(self.target.name + ".json.tmp")
         with refused(self.target):
             try:
-                tmp_json.write_text(config_record(self.kind, config))
+                tmp_json.write_text(config_record(self.kind, config, record))
             except OSError:
                 tmp_json.unlink(missing_ok=True)
                 raise
@@ -160,15 +161,16 @@ class ShardedWriter(_StreamedWriter):
             self.weight_map.update(dict.fromkeys(shard, filename))
         self.total_bytes = sum(nbytes(shape, d) for shape, d in layout.values())
 
-    def close(self, config: Any, before_replace: Callable[[], None] | None = None) -> Path:
-        """Write the index and config.json, then put the folder in place; return it. `before_replace` is called
+    def close(self, config: Any, before_replace: Callable[[], None] | None = None, record: dict | None = None) -> Path:
+        """Write the index and config.json (with the keys of `record` beside the config), then put the folder in
+        place; return it. `before_replace` is called
         once the new folder is complete, just before an earlier one is touched (a model folder marks itself
         unfinished then: bundle.py)."""
         self._close_files()
         index = {"metadata": {"total_size": self.total_bytes, "kind": self.kind}, "weight_map": self.weight_map}
         with refused(self.target):
             (self.tmp / INDEX).write_text(json.dumps(index, indent=1))
-            (self.tmp / CONFIG).write_text(config_record(self.kind, config))
+            (self.tmp / CONFIG).write_text(config_record(self.kind, config, record))
         if self.target.exists():
             try:
                 check_replaceable(self.target, kind=self.kind)

@@ -103,8 +103,8 @@ def test_a_killed_exports_temporary_goes_at_the_next_export(tmp_path, monkeypatc
         ["model", "one.safetensors", "one.json", live.name, elsewhere.name])
 
     monkeypatch.setattr(bundle_write, "write_bundle", lambda *args: tmp_path)
-    monkeypatch.setattr(export, "run_ema", lambda run, ema: False)  # no run here: the listing is what is tested
-    monkeypatch.setattr(export, "run_kind", lambda run: "transformer")
+    transformer = type("T", (), {"export_spec": lambda self: type("S", (), {"kind": "transformer"})()})()
+    monkeypatch.setattr(export, "run_task", lambda run: (transformer, {}))  # no run here: the listing is tested
     assert export.run(compose("export", [f"run={tmp_path}", f"output={tmp_path / 'folder'}"])) == 0
     assert capsys.readouterr().err.endswith(": model, one.json, one.safetensors\n")
 

@@ -197,17 +197,24 @@ def test_a_model_folder_or_a_file_in_it_is_never_offered_for_removal(tmp_path):
     write_folder(folder / "transformer", "transformer")
     save_weights(folder / "dvae.safetensors", STATE, "dvae", {"width": 3})
     (folder / "tokenizer.model").write_text("pieces")
-    (folder / "bundle.json").write_text("{}")
+    (folder / "bundle.json").write_text('{"transformer": "transformer"}')
+    (folder / "transformer" / "README.md").write_text("my card")
     before = contents(folder)
     way = (f"; give another path; the model folder {folder} is rewritten whole, from its Transformer's run, by "
            f"`megadalle export run=RUN output={folder}`")
-    for target, kind in ((folder, None), (folder / "transformer", "clip"), (folder / "dvae.safetensors", "clip")):
-        with pytest.raises(OutputInTheWay) as refused:
+    with pytest.raises(OutputInTheWay) as refused:  # the folder's own Transformer, which its export writes
+        check_replaceable(folder / "transformer", kind="transformer")
+    assert str(refused.value).startswith(f"output={folder / 'transformer'}: holds files") and str(
+        refused.value).endswith(way)
+    for target, kind, what in ((folder, None, "Transformer"), (folder / "transformer", "clip", "CLIP"),
+                               (folder / "dvae.safetensors", "clip", "CLIP")):
+        with pytest.raises(OutputInTheWay) as refused:  # any other writer is kept out of the folder altogether
             check_replaceable(target, kind=kind)
-        assert str(refused.value).startswith(f"output={target}: ") and str(refused.value).endswith(way)
+        assert str(refused.value).startswith(f"output={target}: ") and f" a {what} exported alone " in str(
+            refused.value) and f"`megadalle export run=RUN output={folder}" in str(refused.value)
         assert "remove" not in str(refused.value)
-    with pytest.raises(PreflightError, match=f"^weights={folder / 'transformer'}: holds the weights of a "
-                                             f"'transformer' model.*{way}$"):
+    with pytest.raises(PreflightError, match=f"^weights={folder / 'transformer'}: inside the model folder {folder}, "
+                                             "whose Transformer and bundle.json a CLIP exported alone"):
         export_target(str(folder / "transformer"), "clip")
     assert contents(folder) == before
     elsewhere = write_folder(tmp_path / "weights", "dvae")  # outside a model folder, the advice stays

@@ -1,0 +1,27 @@
+"""`export` rebuilds the run's task from its run.json once and checks its output once before reading the checkpoint:
+the verb built the task for the kind, and the export built it again (and checked the output twice, kind unknown and
+known)."""
+from __future__ import annotations
+
+from megadalle import export
+from megadalle.cli import main
+from megadalle.train import consolidate
+
+
+def counted(monkeypatch, module, name, calls):
+    real = getattr(module, name)
+
+    def count(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, count)
+
+
+def test_the_task_is_built_and_the_output_checked_once(trained, tmp_path, monkeypatch):
+    calls = []
+    for module in (export, consolidate):
+        counted(monkeypatch, module, "run_task", calls)
+    counted(monkeypatch, consolidate, "check_replaceable", calls)
+    assert main(["export", f"run={trained[0]}", f"output={tmp_path / 'weights'}", "weights_only=true"]) == 0
+    assert sorted(calls) == ["check_replaceable", "run_task"]
