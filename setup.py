@@ -39,7 +39,7 @@ setup(
         # the tests, the submitit one included (scripts/setup.sh dev also adds OpenAI's DALL-E package, without
         # its declared dependencies, which pull torchvision: import-dvae's tests build files with it)
         # open_clip: tests/imports/test_open_clip.py proves the open_clip reranker with a random tiny model
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "hydra-submitit-launcher>=1.2", "attrs", "requests",
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hydra-submitit-launcher>=1.2", "attrs", "requests",
                 "scikit-learn",  # the learning check's real data (digits) and its independent judge
                 "open_clip_torch>=2.24"],
         # hydra's submitit launcher: `megadalle <verb> -m hydra/launcher=submitit_slurm ...` submits each job to Slurm

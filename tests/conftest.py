@@ -56,26 +56,12 @@ def command(pid: int) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests skipped without a GPU; each test put in its xdist group (`xdist_group`)."""
-    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if skip and "gpu" in item.keywords:
+        if "gpu" in item.keywords:
             item.add_marker(skip)
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-
-
-def xdist_group(item) -> str:
-    """The worker unit of `-n N --dist loadgroup` (pytest.ini): a test file, so that its module fixtures (a trained
-    run, a partitioned build) are built by one worker only; and the Slurm tests all in one, since each file starts its
-    own one-node cluster on this host and two at once would compete for its one node."""
-    path = item.nodeid.split("::")[0]
-    return "slurm" if path.startswith("tests/slurm/") else path
-
-
-def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto` (pytest.ini) as at most 2 workers: a distributed test starts 2-4 ranks of its own, and more workers
-    than that on a large machine would only contend for memory (a rank holds the real vocabularies' tables)."""
-    return max(1, min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)
