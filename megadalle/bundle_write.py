@@ -27,12 +27,13 @@ from megadalle.weights import MANIFEST, check_replaceable, read_record
 
 def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None = None, ema: bool = False,
                        dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9,
-                       before_replace: Callable[[], None] | None = None) -> Path:
+                       before_replace: Callable[[], None] | None = None, trained: tuple | None = None) -> Path:
     """The run's Transformer weights in the folder `path` (the one call of the Transformer export);
-    `before_replace` is called once they are complete, just before an earlier export's are replaced."""
+    `before_replace` is called once they are complete, just before an earlier export's are replaced; `trained`: the
+    run's task and config (consolidate.run_task), where the caller has them already."""
     from megadalle.export import export
 
-    return export(run_dir, path, checkpoint, ema, dtype, max_shard_bytes, before_replace)
+    return export(run_dir, path, checkpoint, ema, dtype, max_shard_bytes, before_replace, trained=trained)
 
 
 def check_output(output: str | Path) -> None:
@@ -104,22 +105,28 @@ def _check_pieces(files: dict[str, Path | None], own_clip: bool, clip_model: str
 
 def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,
                  clip_weights: str | None = None, checkpoint: str | None = None, ema: bool | None = None,
-                 clip_model: str = "megadalle", dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9) -> Path:
+                 clip_model: str = "megadalle", dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9,
+                 trained: tuple | None = None) -> Path:
     """Export a Transformer run with its tokenizer, dVAE and (optional) CLIP into the folder `output`;
     `clip_model=open_clip:<arch>` takes an open_clip state dict as the CLIP. `ema`: the run's EMA, its live
-    weights, or None for its EMA where it trained one (train.consolidate.chosen_ema); bundle.json records which."""
+    weights, or None for its EMA where it trained one (train.consolidate.chosen_ema); bundle.json records which.
+    `trained`: the run's task and config (consolidate.run_task), where the caller (the export verb) has them."""
     from megadalle.data.digest import sha256
     from megadalle.sampling.rerank import OPEN_CLIP
 
     from megadalle.sampling.compatible import check_files
-    from megadalle.sampling.load import model_config
+    from megadalle.sampling.load import check_run_kind, model_config
     from megadalle.train.consolidate import chosen_ema
 
     check_output(output)
     run, output = Path(run), Path(output)
     record = run_pieces.read(run)
     config = record.get("config", {})
-    model_config(run, "transformer")  # a model folder is a Transformer's: refuse a dVAE or CLIP run by name
+    # a model folder is a Transformer's: refuse a dVAE or CLIP run by name
+    if trained is None:
+        model_config(run, "transformer")
+    else:
+        check_run_kind(run, trained[0].export_spec(), "transformer")
     ema = chosen_ema(run, config, ema)
     files = {"tokenizer": run_pieces.pick(tokenizer, run, record, "tokenizer", True),
              "dvae": run_pieces.pick(dvae_weights, run, record, "dvae", True),
@@ -137,7 +144,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
         # failed read, a kill leave it working); from its replacement until the manifest is back (written
         # last), the folder is unfinished.
         export_transformer(run, output / TRANSFORMER, checkpoint, ema, dtype, max_shard_bytes,
-                           lambda: (output / MANIFEST).unlink(missing_ok=True))
+                           lambda: (output / MANIFEST).unlink(missing_ok=True), trained)
         _copy(files["tokenizer"], output / TOKENIZER)
         _copy_weights(files["dvae"], output / DVAE)
         if own_clip:

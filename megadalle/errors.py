@@ -10,8 +10,8 @@ class UserError(Exception):
 
 
 class BundleError(UserError, ValueError):
-    """A model folder, or a run's record of its pieces, that cannot be written or read as asked (bundle.py,
-    run_pieces.py); the message names the key or file."""
+    """A model folder, or a run's record of its pieces, that cannot be written or read as asked (bundle_write.py,
+    sampling/files.py, run_pieces.py); the message names the key or file."""
 
 
 class StoppedBySignal(Exception):

@@ -1,7 +1,7 @@
 """`megadalle export run=DIR output=FOLDER`: a training run as a model folder, or as user weights alone.
 
 The work is megadalle.train.consolidate's (streaming, whatever layout trained the run) and
-megadalle.bundle's (the folder with tokenizer, dVAE and CLIP beside the Transformer); this verb only
+megadalle.bundle_write's (the folder with tokenizer, dVAE and CLIP beside the Transformer); this verb only
 parses its keys (megadalle.config.export), picks one, and reports which weights it wrote (`ema`).
 `export` and `load_run` are re-exported for callers above train/ (the demo).
 """
@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> int:
 
     check_outside_model_folder(ec.output, kind, whole=True, run=ec.run)  # write_bundle's own check cannot name the run
     folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ema,
-                          ec.clip_model, dtype, ec.max_shard_mb * 10**6)
+                          ec.clip_model, dtype, ec.max_shard_mb * 10**6, trained)
     print(f"[export] wrote model folder {folder} ({weights}): "
           + ", ".join(sorted(p.name for p in folder.iterdir() if TMP not in p.name)), file=sys.stderr)
     return 0

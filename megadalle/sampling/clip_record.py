@@ -32,11 +32,6 @@ def export_record(run: Path) -> dict:
     return {TOKENIZER: _entry(digest, run_pieces.lookup(record.get("config", {}), RUN_KEY))}
 
 
-def copy_to_export(run: Path, weights: Path) -> None:
-    """The tokenizer record of the train-clip run `run` written into the config JSON of its export `weights`."""
-    _amend(weights, export_record(run))
-
-
 def write(weights: Path, digest: str, tokenizer: str | Path) -> None:
     """Record the tokenizer `tokenizer` (sha256 `digest`) in the config JSON beside the CLIP weights `weights`."""
     _amend(weights, {TOKENIZER: _entry(digest, tokenizer)})

@@ -16,8 +16,7 @@ from torch import nn
 
 from megadalle.config import build
 from megadalle.errors import UserError
-from megadalle.weights import load_into, read_config
-from megadalle.weights.load import check_into
+from megadalle.weights import check_into, load_into, read_config
 
 
 class ModelNotFound(UserError, FileNotFoundError):
@@ -101,6 +100,12 @@ def checkpoint_in_run(path: str | Path) -> tuple[Path, Path | None] | None:
     return None
 
 
+def check_run_kind(path: str | Path, spec, kind: str) -> None:
+    """Refuse the training run at `path`, whose task exports `spec` (Task.export_spec), as a `kind` model."""
+    if spec.kind != kind:
+        raise WrongKind(f"{path} is a {spec.kind!r} training run, not a {kind!r} one")
+
+
 def model_config(path: str | Path, kind: str):
     """The config of the `kind` model at `path` (weights or a run directory), read without any tensor: what
     `load_model` would build, known before minutes of reading a large model's weights."""
@@ -112,8 +117,7 @@ def model_config(path: str | Path, kind: str):
         from megadalle.train.consolidate import run_task
 
         spec = run_task(path)[0].export_spec()
-        if spec.kind != kind:
-            raise WrongKind(f"{path} is a {spec.kind!r} training run, not a {kind!r} one")
+        check_run_kind(path, spec, kind)
         config = spec.config
         return config if isinstance(config, config_cls) else build(config_cls, config, kind)
     return build(config_cls, read_config(path, kind), kind)

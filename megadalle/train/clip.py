@@ -22,7 +22,6 @@ from megadalle.config import build, check, top_level
 from megadalle.config.clip import ClipConfig
 from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP, contrastive_loss
-from megadalle.sampling import clip_record
 from megadalle.train import grad_cache
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, UpdateRunner, loader_metrics,
@@ -132,7 +131,6 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     ema = cfg.trainer.get("ema") is not None
     # generate reranks with these weights: keep the precision CLIP trained in (and its EMA, as train-dvae does)
     path = export(result.run_dir, weights or result.run_dir / "clip.safetensors", ema=ema, dtype="fp32")
-    clip_record.copy_to_export(result.run_dir, path)  # generate, evaluate and export refuse it with another tokenizer
     print(f"[train-clip] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
     return result, path
 

@@ -20,18 +20,20 @@ above it:
     writers.py   `save_weights`, and the streamed writers (one file, or shards) an export goes through
     load.py      `load_weights` and `read_config`: either form, from a file, an index JSON or a folder;
                  `load_into`, a model built from its config and checked against the files before a tensor is
-                 read; and `mismatches`, how tensors differ from a model's (import-dvae says it of OpenAI's too)
+                 read (`check_into`, that check alone, from the files' headers); and `mismatches`, how tensors
+                 differ from a model's (import-dvae says it of OpenAI's too)
 
-The names below are those its callers (the verbs, preflight, bundle.py, train/consolidate.py, tests) use.
+The names below are those its callers (the verbs, preflight, the model folder's modules, train/consolidate.py,
+tests) use.
 """
 from megadalle.weights.dtypes import DTYPES, as_dtype, export_layout
 from megadalle.weights.errors import AmbiguousOutput, OutputInTheWay, WeightsError, WeightsNotFound
-from megadalle.weights.load import first_of, load_into, load_weights, mismatches, read_config, shard_of
+from megadalle.weights.load import check_into, first_of, load_into, load_weights, mismatches, read_config, shard_of
 from megadalle.weights.records import INDEX, MANIFEST, SINGLE, config_path, model_folder_around, read_record
 from megadalle.weights.replace import check_replaceable, one_file
 from megadalle.weights.writers import TMP, ShardedWriter, SingleFileWriter, save_weights
 
 __all__ = ["DTYPES", "as_dtype", "export_layout", "AmbiguousOutput", "OutputInTheWay", "WeightsError",
-           "WeightsNotFound", "first_of", "load_weights", "mismatches", "read_config", "shard_of", "INDEX", "MANIFEST",
-           "SINGLE", "config_path", "model_folder_around", "read_record", "check_replaceable", "one_file", "TMP",
-           "ShardedWriter", "SingleFileWriter", "save_weights"]
+           "WeightsNotFound", "check_into", "first_of", "load_into", "load_weights", "mismatches", "read_config",
+           "shard_of", "INDEX", "MANIFEST", "SINGLE", "config_path", "model_folder_around", "read_record",
+           "check_replaceable", "one_file", "TMP", "ShardedWriter", "SingleFileWriter", "save_weights"]

@@ -1,8 +1,9 @@
 """What makes weights self-describing: the files' names in both forms, and the records beside the tensors (the
 config JSON, an index, the kind in the safetensors header) written and read back.
 
-The writers, the loader, the checks of what an export may replace and bundle.py all find these files by the same
-names and read them the same way (`read_record`: a garbled record is one `damaged` line naming the file).
+The writers, the loader, the checks of what an export may replace and the model folder's writer and finder
+(bundle_write.py, sampling/files.py) all find these files by the same names and read them the same way
+(`read_record`: a garbled record is one `damaged` line naming the file).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 MANIFEST = "bundle.json"
-"""What makes a folder a model folder (bundle.py, which writes it last)."""
+"""What makes a folder a model folder (bundle_write.py, which writes it last)."""
 
 
 def model_folder_around(path: str | Path) -> Path | None:

@@ -35,7 +35,7 @@ def _remedy(target: Path, remedy: str) -> str:
 def check_outside_model_folder(target: str | Path, kind: str | None = None, whole: bool = False, alone: bool = False,
                                run: str | Path | None = None) -> None:
     """Refuse to write `target` where it is or lies in a model folder, unless this is that folder's own export. A
-    model folder is written whole, by the folder export of its Transformer's run (bundle.py: `whole`, writing the
+    model folder is written whole, by the folder export of its Transformer's run (bundle_write.py: `whole`, writing the
     folder `target`, then the Transformer its bundle.json names); weights of a `kind` model (None: any) put there
     otherwise skip that export's checks that the run's tokenizer and dVAE are the folder's, and leave its
     bundle.json describing the earlier model while `generate weights=FOLDER` samples this one. `alone`: the
@@ -49,7 +49,7 @@ def check_outside_model_folder(target: str | Path, kind: str | None = None, whol
     if whole and not inside:  # the folder's own export, whose `earlier` says what it replaces
         return
     if not (whole or alone) and kind in (None, "transformer") and path == _own_transformer(folder):
-        return  # the Transformer that export writes, as it writes it (bundle.py)
+        return  # the Transformer that export writes, as it writes it (bundle_write.py)
     where = f"inside the model folder {folder}" if inside else "a model folder"
     if kind in (None, "transformer"):
         raise OutputInTheWay(f"output={target}: {where}, whose tokenizer, dVAE and bundle.json a Transformer exported "

@@ -165,7 +165,7 @@ class ShardedWriter(_StreamedWriter):
         """Write the index and config.json (with the keys of `record` beside the config), then put the folder in
         place; return it. `before_replace` is called
         once the new folder is complete, just before an earlier one is touched (a model folder marks itself
-        unfinished then: bundle.py)."""
+        unfinished then: bundle_write.py)."""
         self._close_files()
         index = {"metadata": {"total_size": self.total_bytes, "kind": self.kind}, "weight_map": self.weight_map}
         with refused(self.target):

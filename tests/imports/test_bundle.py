@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 import megadalle
+from megadalle import export
 from megadalle.bundle_write import write_bundle
 from megadalle.cli import main
 from megadalle.config.compose import compose
@@ -167,6 +168,10 @@ def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tm
                                                    "config": config}))
     with pytest.raises(WrongKind, match="is a 'dvae' training run, not a 'transformer' one"):
         write_bundle(dvae_run, tmp_path / "m2", tokenizer=str(tok), dvae_weights=str(dvae))
+    with pytest.raises(WrongKind, match="is a 'dvae' training run, not a 'transformer' one"):  # the verb's task
+        export.run(compose("export", [f"run={dvae_run}", f"output={tmp_path / 'm3'}", f"tokenizer={tok}",
+                                      f"dvae_weights={dvae}"]))
+    assert not (tmp_path / "m3").exists()
     assert model_config(dvae_run, "dvae").vocab_size == config["dvae"]["vocab_size"]
 
 

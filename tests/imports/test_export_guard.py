@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from megadalle.bundle import write_bundle
+from megadalle.bundle_write import write_bundle
 from megadalle.cli import main
 from megadalle.export import export
 

@@ -25,3 +25,16 @@ def test_the_task_is_built_and_the_output_checked_once(trained, tmp_path, monkey
     counted(monkeypatch, consolidate, "check_replaceable", calls)
     assert main(["export", f"run={trained[0]}", f"output={tmp_path / 'weights'}", "weights_only=true"]) == 0
     assert sorted(calls) == ["check_replaceable", "run_task"]
+
+
+def test_a_model_folder_export_builds_the_task_once(trained, tmp_path, monkeypatch):
+    """The folder export built it four times: the verb, the folder's kind check (model_config), the compatibility
+    check of its pieces (sampling/compatible.check_files, which reads every piece's config as generate does) and the
+    Transformer's export; now the verb's and check_files'."""
+    run, _, dvae, clip = trained
+    calls = []
+    for module in (export, consolidate):
+        counted(monkeypatch, module, "run_task", calls)
+    assert main(["export", f"run={run}", f"output={tmp_path / 'model'}", f"dvae_weights={dvae}",
+                 f"clip_weights={clip}"]) == 0
+    assert calls == ["run_task", "run_task"]
