@@ -35,9 +35,13 @@ def descendants(pid: int) -> list[int]:
 def pytest_sessionfinish(session, exitstatus):
     """Kill what the tests left running: a leftover child holds the output pipe open, and CI, waiting for it,
     then ran into its time limit long after the tests had finished (a pool worker orphaned by a timed-out test).
-    wandb's service, started by in-process runs, is first closed the way wandb closes it at exit."""
+    wandb's service, started by in-process runs, and multiprocessing's fork server and resource tracker are first
+    closed the way they close at exit."""
     if "wandb" in sys.modules:
         sys.modules["wandb"].teardown()
+    if "multiprocessing.forkserver" in sys.modules:  # the rank server of tests/distributed/dist_launch.py
+        sys.modules["multiprocessing.forkserver"]._forkserver._stop()
+        sys.modules["multiprocessing.resource_tracker"]._resource_tracker._stop()
     left = {pid: command(pid) for pid in descendants(os.getpid())}
     for pid in left:
         try:
