@@ -300,7 +300,7 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     task.shard_index  # tars written elsewhere are indexed here, once; else a one-line error
     if ranks()[0] == 0 and (warning := unfinished_schedules(task.cfg.objective, int(cfg.trainer.steps))):
         print(f"[train-dvae] warning: {warning}", file=sys.stderr, flush=True)
-    result = train_from_config(task, cfg, FACTORY)
+    result = train_from_config(task, cfg, FACTORY, verb="train-dvae")
     result.report("train-dvae")
     if result.stopped_by_signal or result.rank != 0:
         return result, None

@@ -62,9 +62,10 @@ def test_trainer_tiny_trains_the_dvae_with_tinys_values_and_a_whole_run_warm_up_
                  "trainer=tiny", "trainer.steps=2", "logger=none", f"run_dir={tmp_path / 'run'}"]) == 0
     config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]["trainer"]
     assert (config["warmup_steps"], config["lr"], config["ema"]) == (5, 1e-3, None)  # tiny's, not the paper's
-    err = capsys.readouterr().err
-    assert err.count("[train] warning: trainer.warmup_steps=5 >= trainer.steps=2: the whole run is warm-up") == 1
-    schedules = [line for line in err.splitlines() if line.startswith("[train-dvae] warning: ")]
+    out, err = capsys.readouterr()
+    assert err.count("[train-dvae] warning: trainer.warmup_steps=5 >= trainer.steps=2: the whole run is warm-up") == 1
+    assert "[train-dvae] optimizer: " in out and "[train]" not in out + err  # the verb's name, not train's
+    schedules = [line for line in err.splitlines() if line.startswith("[train-dvae] warning: trainer.steps=2 ends")]
     assert schedules == ["[train-dvae] warning: trainer.steps=2 ends the Gumbel temperature at 1, not "
                          "dvae.objective.tau_end=0.0625 (dvae.objective.tau_anneal_steps=300) and the KL weight at "
                          "0.00616, not dvae.objective.kl_weight=1 (dvae.objective.kl_warmup_steps=20); set "
