@@ -130,7 +130,8 @@ class Trainer:
         self.wandb = Wandb(logger)
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)
-        self.callbacks: list[Callback] = [speed, Console(run.verb), self.wandb, media.MediaFiles(), *(extra_callbacks or [])]
+        self.callbacks: list[Callback] = [speed, Console(run.verb), self.wandb, media.MediaFiles(),
+                                          *(extra_callbacks or [])]
         self.validator = Validator(task, self.built, self.part, trainer.eval_every, trainer.eval_batches, VALIDATION_SEED)
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps,
                             self._logged_config(recorded), state.get("wandb_id"))
@@ -170,7 +171,8 @@ class Trainer:
         draws = self.cfg.media_every and type(self.task).media is not Task.media  # CLIP draws nothing
         scored = " and ".join(what for what, due in (("val/ metrics", self.cfg.eval_every), ("media", draws)) if due)
         if self.env.rank == 0 and scored:
-            print(f"{self.prefix} {scored} are of the EMA weights (trainer.ema={decay}), those export ships", flush=True)
+            print(f"{self.prefix} {scored} are of the EMA weights (trainer.ema={decay}), those export ships",
+                  flush=True)
         return EMA(self._trained_params(), decay, self.built.dp_rank, self.built.dp_world)
 
     def _trained_params(self) -> list[tuple[str, torch.nn.Parameter]]:
