@@ -31,7 +31,9 @@ SHOWN = ("loss", "val/loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s",
 
 
 class Console(Callback):
-    def __init__(self):
+    def __init__(self, verb: str = "train"):
+        self.verb = verb
+        """The running verb, the progress bar's label."""
         self.file = None
         self.bar = None
         self.warned: set[str] = set()
@@ -43,7 +45,7 @@ class Console(Callback):
         with one_line(path):
             self.file = open(path, "ab", buffering=0)
         # disable=None: a bar on a terminal, none in batch logs (Slurm output files), where the lines suffice.
-        self.bar = tqdm(total=info.total_steps, initial=info.start_step, desc="train", dynamic_ncols=True,
+        self.bar = tqdm(total=info.total_steps, initial=info.start_step, desc=self.verb, dynamic_ncols=True,
                         disable=None)
 
     def step(self, step: int, metrics: dict[str, float]) -> None:

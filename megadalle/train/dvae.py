@@ -3,10 +3,10 @@
 The task reads DATA's step-indexed image loader and optimises the negative ELB at the step's
 KL weight β and Gumbel temperature τ (pure functions of the update index, so a resumed run
 continues on the same curves; their lengths are the objective's, and a run that ends before them is
-warned at its start). It reports codebook use, which a dVAE can silently lose, from the
-histogram of each update's argmax codes over all its micro-batches and ranks (UpdateCodes): their
-perplexity and the codes no cell chose in the last `usage_window` updates (CodeUsage), and with
-`objective.revive_every` revives dead codes (CodeRevival).
+warned at its first update, not again when it resumes: DVAETask.schedule_warning). It reports codebook use,
+which a dVAE can silently lose, from the histogram of each update's argmax codes over all its micro-batches and
+ranks (UpdateCodes): their perplexity and the codes no cell chose in the last `usage_window` updates (CodeUsage),
+and with `objective.revive_every` revives dead codes (CodeRevival).
 Reconstructions (input row above argmax-code row) of the last `preview` images trained on go to wandb as an image.
 At the end, rank 0 writes the weights for users (the EMA when the trainer keeps one), which `encode` finds from the
 run directory (train/dvae_export.py).
@@ -178,6 +178,11 @@ class DVAETask(ShardsTask):
         self.revival = CodeRevival(cfg.vocab_size, objective.revive_every, objective.revive_until, seed) \
             if objective.revive_every else None
         self._last_images: torch.Tensor | None = None
+        self.schedule_warning: str | None = None
+        """The schedules `trainer.steps` cuts short (models.dvae_loss.unfinished_schedules), set by the verb."""
+        self._warned: str | None = None
+        """The schedule warning the run gave already, kept in its checkpoints: a resume says it again only when it
+        differs (a new trainer.steps), where it repeated on every resume of a long run."""
 
     def build_model(self) -> DVAE:
         return DVAE(self.cfg)
@@ -211,7 +216,12 @@ class DVAETask(ShardsTask):
         self._last_images = kept[-self.preview:].clone()
 
     def after_update(self, model: DVAE, editor: ParamEditor, step: int) -> dict[str, float]:
-        """The codebook metrics of the update's codes over all ranks (one all-reduce), then any revival."""
+        """The codebook metrics of the update's codes over all ranks (one all-reduce), then any revival. The first
+        update's says the schedule warning (rank 0): only then is it known whether the run resumed one that gave it."""
+        if self.schedule_warning != self._warned:
+            if self.schedule_warning is not None and ranks()[0] == 0:
+                print(f"[train-dvae] warning: {self.schedule_warning}", file=sys.stderr, flush=True)
+            self._warned = self.schedule_warning
         counts = self.codes.collect(next(model.parameters()).device)
         metrics = {"perplexity": histogram_perplexity(counts), "dead_codes": float(self.usage.update(counts, step))}
         if self.revival is not None:
@@ -219,9 +229,11 @@ class DVAETask(ShardsTask):
         return metrics
 
     def state(self) -> dict[str, Any]:
-        return {**self.usage.state(), **({} if self.revival is None else self.revival.state())}
+        return {**self.usage.state(), **({} if self.revival is None else self.revival.state()),
+                "schedule_warning": self._warned}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        self._warned = state.get("schedule_warning")  # a checkpoint from before it was kept: said again
         self.usage.load_state(state)
         if self.revival is not None:
             self.revival.load_state(state)
@@ -298,9 +310,8 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     task = task_from_config(cfg)
     check(task.data is not None, "data", None, "train-dvae needs image shards: set data.shards")
     task.shard_index  # tars written elsewhere are indexed here, once; else a one-line error
-    if ranks()[0] == 0 and (warning := unfinished_schedules(task.cfg.objective, int(cfg.trainer.steps))):
-        print(f"[train-dvae] warning: {warning}", file=sys.stderr, flush=True)
-    result = train_from_config(task, cfg, FACTORY)
+    task.schedule_warning = unfinished_schedules(task.cfg.objective, int(cfg.trainer.steps))
+    result = train_from_config(task, cfg, FACTORY, verb="train-dvae")
     result.report("train-dvae")
     if result.stopped_by_signal or result.rank != 0:
         return result, None

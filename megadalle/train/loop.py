@@ -69,6 +69,8 @@ class RunOptions:
     the sha256 of its tokenizer, `rundir.digests`)."""
     task_factory: str | None = None
     """`module:function` that rebuilds the task from `config` (used by export)."""
+    verb: str = "train"
+    """The verb running it (train, train-dvae, train-clip): its console lines say `[<verb>]`."""
 
 
 class Trainer:
@@ -83,8 +85,9 @@ class Trainer:
         self.failure: str | None = None
         """A run file rank 0 could not write, in one line (`_tell`): every rank stops on it (`_stopping`)."""
         self.env = distributed.detect()
+        self.prefix = f"[{run.verb}]"
         if self.env.rank == 0 and (warning := schedule.warmup_warning(trainer)):
-            print(f"[train] warning: {warning}", file=sys.stderr, flush=True)
+            print(f"{self.prefix} warning: {warning}", file=sys.stderr, flush=True)
         distributed.init(self.env, ds.timeout_minutes)
         self.run_dir, self.lock = rundir.choose(run.run_dir, run.out_dir, task.name, self.env.rank, run.name)
         try:
@@ -122,12 +125,13 @@ class Trainer:
         kernels = {"optimizer": engine_lib.optimizer_kind(self.built.engine.optimizer),
                    "layer_norm": layer_norm_kind(self.built.model)}
         if self.env.rank == 0:
-            print(f"[train] optimizer: {kernels['optimizer']}, layer_norm: {kernels['layer_norm']}", flush=True)
+            print(f"{self.prefix} optimizer: {kernels['optimizer']}, layer_norm: {kernels['layer_norm']}", flush=True)
         recorded = self._write_run_json(run, kernels)
         self.wandb = Wandb(logger)
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)
-        self.callbacks: list[Callback] = [speed, Console(), self.wandb, media.MediaFiles(), *(extra_callbacks or [])]
+        self.callbacks: list[Callback] = [speed, Console(run.verb), self.wandb, media.MediaFiles(),
+                                          *(extra_callbacks or [])]
         self.validator = Validator(task, self.built, self.part, trainer.eval_every, trainer.eval_batches, VALIDATION_SEED)
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps,
                             self._logged_config(recorded), state.get("wandb_id"))
@@ -167,7 +171,8 @@ class Trainer:
         draws = self.cfg.media_every and type(self.task).media is not Task.media  # CLIP draws nothing
         scored = " and ".join(what for what, due in (("val/ metrics", self.cfg.eval_every), ("media", draws)) if due)
         if self.env.rank == 0 and scored:
-            print(f"[train] {scored} are of the EMA weights (trainer.ema={decay}), those export ships", flush=True)
+            print(f"{self.prefix} {scored} are of the EMA weights (trainer.ema={decay}), those export ships",
+                  flush=True)
         return EMA(self._trained_params(), decay, self.built.dp_rank, self.built.dp_world)
 
     def _trained_params(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -230,7 +235,7 @@ class Trainer:
             universal.repair_zero3_optimizer(self.built.engine.optimizer, universal_dir)
         check_data_identity(state.get("data_identity"), self.data_identity, chosen, run.new_data, self.env.rank)
         self.task.load_state(state.get("task_state", {}))
-        print(f"[train] rank {self.env.rank} resumed from {chosen} at step {state['step']}", flush=True)
+        print(f"{self.prefix} rank {self.env.rank} resumed from {chosen} at step {state['step']}", flush=True)
         return state
 
     def client_state(self) -> dict:
@@ -270,7 +275,7 @@ class Trainer:
             finally:
                 self.lock.release()
         if stopped:  # once the stop flag is given back: a Ctrl-C now is not one "saving after this update"
-            print(f"[train] rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}"
+            print(f"{self.prefix} rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}"
                   + (f" (the {' and '.join(skipped)} due at this update skipped, to save sooner)" if skipped else ""),
                   flush=True)
         return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.built.engine, self.built.model)
@@ -279,7 +284,7 @@ class Trainer:
         """Rank 0 says once that the checkpoint resumed is past `trainer.steps`: a rerun asking fewer steps than the
         run has done trains nothing and keeps its weights, which run.json's smaller trainer.steps hid."""
         if self.env.rank == 0 and self.step > self.cfg.steps:
-            print(f"[train] warning: the checkpoint at step {self.step} is past trainer.steps={self.cfg.steps}: "
+            print(f"{self.prefix} warning: the checkpoint at step {self.step} is past trainer.steps={self.cfg.steps}: "
                   f"nothing to train, its weights of step {self.step} are used", file=sys.stderr, flush=True)
 
     def _tell(self, method: str, *args) -> None:
@@ -361,10 +366,10 @@ def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: Logge
         forget_late_copies()
 
 
-def train_from_config(task: Task, cfg, task_factory: str | None = None) -> Result:
+def train_from_config(task: Task, cfg, task_factory: str | None = None, verb: str = "train") -> Result:
     """`train` with the shared keys of a training verb's composed config: the `trainer`, `deepspeed`
     and `logger` groups plus top-level `seed`, `out_dir`, `run_dir`, `name` and `resume` (the last three optional).
-    This is what `train`, `train-dvae` and `train-clip` call from their `run(cfg)`."""
+    This is what `train`, `train-dvae` and `train-clip` call from their `run(cfg)`, each under its name (`verb`)."""
     from megadalle.config import build, container_with, top_level
     from megadalle.config.train import RunConfig
 
@@ -372,6 +377,6 @@ def train_from_config(task: Task, cfg, task_factory: str | None = None) -> Resul
     checkpoint_load.check_resumed_model(task, keys.resume)
     run = RunOptions(out_dir=str(cfg.get("out_dir", "outputs")), run_dir=keys.run_dir, name=keys.name,
                      resume=keys.resume, seed=keys.seed, new_data=keys.new_data,
-                     config=container_with(cfg, keys), task_factory=task_factory)
+                     config=container_with(cfg, keys), task_factory=task_factory, verb=verb)
     return train(task, build(TrainerConfig, cfg.trainer, "trainer"), build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"),
                  build(LoggerConfig, cfg.logger, "logger"), run)

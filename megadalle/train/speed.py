@@ -7,7 +7,8 @@ forward + backward, times tokens per sample) and the peak is `logger.peak_tflops
 the device, 989 TFLOP/s for an H100 SXM). Recomputation from activation checkpointing is not
 counted: MFU measures useful model work, not hardware FLOPs.
 
-Memory (`mem_gib`) is rank 0's peak since the run began, its engine's build included (the trainer resets it first,
+Memory (`mem_gib`) is the largest of the ranks' peaks since the run began (one all-reduce at each update, none in a
+single process: rank 0 alone hid a pipeline's heavier stage), its engine's build included (the trainer resets it first,
 `reset_peak_memory`: a sweep's jobs, or the demo's stages, run one after another in one process, and each reported
 the largest peak of those before it; a callback's start must not reset it, since one after it reads the build's):
 on CUDA the peak PyTorch allocated (`mem_reserved_gib`: its caching allocator's peak), elsewhere the peak resident
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from megadalle.train import distributed
 from megadalle.train.callbacks import Callback
 
 PROC = Path("/proc/self")
@@ -47,7 +49,18 @@ class Speed(Callback):
             metrics["tokens_per_s"] = samples_per_s * self.tokens_per_sample
         if self.flops_per_sample:
             metrics["mfu"] = self.flops_per_sample * samples_per_s / self.peak
-        metrics.update(memory())
+        metrics.update(largest_over_ranks(memory()))
+
+
+def largest_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each value's maximum over the ranks, on every rank: the memory to plan for is that of the rank that needs most.
+    Every rank reports the same names (`memory()`), so one all-reduce carries them all."""
+    if distributed.world_size() == 1:
+        return values
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    largest = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
+    return dict(zip(values, largest.tolist()))
 
 
 def reset_peak_memory() -> None:

@@ -24,6 +24,7 @@ from megadalle.train.loop import RunOptions, train  # noqa: E402
 def main(opts: dict) -> None:
     if opts.get("disk_full_rank") == int(os.environ["RANK"]):
         fill_disk_for_optimizer_files()
+    held = torch.ones(opts["hold_mib"] * 2**18) if opts.get("hold_rank") == int(os.environ["RANK"]) else None
     trainer = TrainerConfig(steps=opts.get("steps", 6), micro_batch=opts.get("micro_batch", 2),
                             grad_accum=opts.get("grad_accum", 1), lr=1e-2, warmup_steps=2, weight_decay=0.01,
                             checkpoint_every=opts.get("checkpoint_every", 0), log_every=100, ema=opts.get("ema"),
@@ -37,6 +38,7 @@ def main(opts: dict) -> None:
     task = ToyTask(dropout=opts.get("dropout", True), nan_step=opts.get("nan_step"), record=opts.get("record"))
     result = train(task, trainer, ds, LoggerConfig(mode=opts.get("wandb", "disabled")), run,
                    extra_callbacks=[Sleep(opts.get("step_sleep", 0.0))])
+    del held  # `hold_rank` held `hold_mib` MiB (resident: written) through the run, its peak above the others'
     if opts.get("record_optimizer"):
         with open(os.path.join(opts["run_dir"], f"optimizer_rank{result.engine.global_rank}.txt"), "w") as f:
             f.write(type(result.engine.optimizer).__name__)

@@ -58,18 +58,24 @@ def test_train_dvae_runs_through_the_trainer_resumes_and_exports(tmp_path, image
 
 def test_trainer_tiny_trains_the_dvae_with_tinys_values_and_a_whole_run_warm_up_is_named(tmp_path, image_shards,
                                                                                         capsys):
-    assert main(["train-dvae", f"data.shards={image_shards}", "data.num_workers=0", "dvae=tiny", "dvae.n_hid=16",
-                 "trainer=tiny", "trainer.steps=2", "logger=none", f"run_dir={tmp_path / 'run'}"]) == 0
+    """The schedule warning is the run's: a resume of it (killed after its step-1 checkpoint) does not repeat it."""
+    command = ["train-dvae", f"data.shards={image_shards}", "data.num_workers=0", "dvae=tiny", "dvae.n_hid=16",
+               "trainer=tiny", "trainer.steps=2", "trainer.checkpoint_every=1", "logger=none"]
+    assert main([*command, f"run_dir={tmp_path / 'run'}"]) == 0
     config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]["trainer"]
     assert (config["warmup_steps"], config["lr"], config["ema"]) == (5, 1e-3, None)  # tiny's, not the paper's
-    err = capsys.readouterr().err
-    assert err.count("[train] warning: trainer.warmup_steps=5 >= trainer.steps=2: the whole run is warm-up") == 1
-    schedules = [line for line in err.splitlines() if line.startswith("[train-dvae] warning: ")]
+    out, err = capsys.readouterr()
+    assert err.count("[train-dvae] warning: trainer.warmup_steps=5 >= trainer.steps=2: the whole run is warm-up") == 1
+    assert "[train-dvae] optimizer: " in out and "[train]" not in out + err  # the verb's name, not train's
+    schedules = [line for line in err.splitlines() if line.startswith("[train-dvae] warning: trainer.steps=2 ends")]
     assert schedules == ["[train-dvae] warning: trainer.steps=2 ends the Gumbel temperature at 1, not "
                          "dvae.objective.tau_end=0.0625 (dvae.objective.tau_anneal_steps=300) and the KL weight at "
                          "0.00616, not dvae.objective.kl_weight=1 (dvae.objective.kl_warmup_steps=20); set "
                          "dvae.objective.tau_anneal_steps and dvae.objective.kl_warmup_steps to at most 2, or raise "
                          "trainer.steps"]
+    assert main([*command, f"run_dir={rewound_copy(tmp_path / 'run', tmp_path / 'resumed', 1)}"]) == 0
+    out, err = capsys.readouterr()
+    assert "[train-dvae] rank 0 resumed from" in out and "Gumbel temperature" not in err
 
 
 def test_a_run_as_long_as_the_objectives_schedules_is_not_warned_and_a_shorter_one_names_what_it_cuts():
