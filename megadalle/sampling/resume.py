@@ -30,17 +30,23 @@ if TYPE_CHECKING:
 UNFINISHED = "unfinished.safetensors"
 """The saved batches of a run that has not written its results yet."""
 MODEL_FILES = (".safetensors", ".json", ".pt", ".bin", ".model")
-"""The kinds of file a run directory's or a sharded folder's weights and configs come in (not logs, grids or
-metrics)."""
+"""The kinds of file a sharded folder's weights and configs come in (not logs, grids or metrics)."""
 
 
 def read_files(path: Path, output: Path) -> list[Path]:
-    """The files the loader reads for the model at `path`: a single file and its config JSON (`config_path`); the
-    model files of a folder (a run directory's checkpoints, a sharded export) but those in `output`; an index's
-    folder likewise. Not the files that merely lie beside: a user's progress.json beside model.safetensors, another
-    generate's results inside a model folder changed no sample."""
+    """The files the loader reads for the model at `path`: a single file and its config JSON (`config_path`); a
+    training run's run.json and the files of the checkpoint the loader chooses (`consolidate.checkpoint_dir`), not
+    its other checkpoints, which a run still training saves and prunes; the model files of any other folder (a
+    sharded export) but those in `output`; an index's folder likewise. Not the files that merely lie beside: a
+    user's progress.json beside model.safetensors, another generate's results inside a model folder changed no
+    sample."""
+    from megadalle.sampling.load import is_run
+    from megadalle.train.consolidate import checkpoint_dir
     from megadalle.weights.records import config_path
 
+    if is_run(path):
+        chosen = checkpoint_dir(path)
+        return [path / "run.json", *sorted(f for f in chosen.rglob("*") if f.is_file())]
     if path.is_dir() or path.name.endswith(".index.json"):
         folder = path if path.is_dir() else path.parent
         return sorted(f for f in folder.rglob("*") if f.suffix in MODEL_FILES and f.is_file() and output not in f.parents)
