@@ -62,11 +62,22 @@ def files_state(paths: dict[str, str | Path | None], output: str | Path) -> dict
         if given is None or not Path(given).exists():
             continue
         path = Path(given).resolve()
-        folder = path if path.is_dir() else path.parent
-        listed = [(str(f.relative_to(folder)), (stat := f.stat()).st_size, stat.st_mtime_ns)
-                  for f in read_files(path, out)]
-        state[key] = hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
+        state[key] = stat_digest(path if path.is_dir() else path.parent, read_files(path, out))
     return state
+
+
+def stat_digest(folder: Path, files: list[Path]) -> str:
+    """A digest of the names (relative to `folder`), sizes and modification times of `files`: stat calls only, no
+    read."""
+    listed = [(str(f.relative_to(folder)), (stat := f.stat()).st_size, stat.st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
+
+
+def folder_state(folder: str | Path) -> str:
+    """`stat_digest` of every file under `folder` (image shards and their index): the same path can come to hold
+    other images."""
+    folder = Path(folder).resolve()
+    return stat_digest(folder, sorted(f for f in folder.rglob("*") if f.is_file()))
 
 
 def sampling_key(config, files: SamplingFiles, device: torch.device, dtype: torch.dtype,
