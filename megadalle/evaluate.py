@@ -38,7 +38,7 @@ from megadalle.sample import generate
 from megadalle.sampling.files import SamplingFiles, sampling_files
 from megadalle.sampling.loop import SamplingSettings
 from megadalle.sampling.prompt import code_points, ids
-from megadalle.sampling.resume import sampling_key
+from megadalle.sampling.resume import folder_state, sampling_key
 from megadalle.sampling.stop import SamplingStopped, stops_on_signals
 
 
@@ -327,7 +327,8 @@ def run(cfg: DictConfig) -> int:
             files = sampling_files(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model,
                                    ec.clip_score, without_clip(ec))
             settings = {**sampling_key(ec, files, device, pick_dtype(ec.dtype, device), ("output", "overwrite")),
-                        "captions": captions}
+                        "captions": captions,
+                        "real_files": folder_state(ec.real_images) if ec.real_images else None}
             if finished_already(ec.output, METRICS, "evaluate", ec.overwrite, settings):
                 return 0
             return sample_and_score(ec, files, captions, extract, device, settings)

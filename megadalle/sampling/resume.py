@@ -30,17 +30,23 @@ if TYPE_CHECKING:
 UNFINISHED = "unfinished.safetensors"
 """The saved batches of a run that has not written its results yet."""
 MODEL_FILES = (".safetensors", ".json", ".pt", ".bin", ".model")
-"""The kinds of file a run directory's or a sharded folder's weights and configs come in (not logs, grids or
-metrics)."""
+"""The kinds of file a sharded folder's weights and configs come in (not logs, grids or metrics)."""
 
 
 def read_files(path: Path, output: Path) -> list[Path]:
-    """The files the loader reads for the model at `path`: a single file and its config JSON (`config_path`); the
-    model files of a folder (a run directory's checkpoints, a sharded export) but those in `output`; an index's
-    folder likewise. Not the files that merely lie beside: a user's progress.json beside model.safetensors, another
-    generate's results inside a model folder changed no sample."""
+    """The files the loader reads for the model at `path`: a single file and its config JSON (`config_path`); a
+    training run's run.json and the files of the checkpoint the loader chooses (`consolidate.checkpoint_dir`), not
+    its other checkpoints, which a run still training saves and prunes; the model files of any other folder (a
+    sharded export) but those in `output`; an index's folder likewise. Not the files that merely lie beside: a
+    user's progress.json beside model.safetensors, another generate's results inside a model folder changed no
+    sample."""
+    from megadalle.sampling.load import is_run
+    from megadalle.train.consolidate import checkpoint_dir
     from megadalle.weights.records import config_path
 
+    if is_run(path):
+        chosen = checkpoint_dir(path)
+        return [path / "run.json", *sorted(f for f in chosen.rglob("*") if f.is_file())]
     if path.is_dir() or path.name.endswith(".index.json"):
         folder = path if path.is_dir() else path.parent
         return sorted(f for f in folder.rglob("*") if f.suffix in MODEL_FILES and f.is_file() and output not in f.parents)
@@ -56,11 +62,22 @@ def files_state(paths: dict[str, str | Path | None], output: str | Path) -> dict
         if given is None or not Path(given).exists():
             continue
         path = Path(given).resolve()
-        folder = path if path.is_dir() else path.parent
-        listed = [(str(f.relative_to(folder)), (stat := f.stat()).st_size, stat.st_mtime_ns)
-                  for f in read_files(path, out)]
-        state[key] = hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
+        state[key] = stat_digest(path if path.is_dir() else path.parent, read_files(path, out))
     return state
+
+
+def stat_digest(folder: Path, files: list[Path]) -> str:
+    """A digest of the names (relative to `folder`), sizes and modification times of `files`: stat calls only, no
+    read."""
+    listed = [(str(f.relative_to(folder)), (stat := f.stat()).st_size, stat.st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
+
+
+def folder_state(folder: str | Path) -> str:
+    """`stat_digest` of every file under `folder` (image shards and their index): the same path can come to hold
+    other images."""
+    folder = Path(folder).resolve()
+    return stat_digest(folder, sorted(f for f in folder.rglob("*") if f.is_file()))
 
 
 def sampling_key(config, files: SamplingFiles, device: torch.device, dtype: torch.dtype,

@@ -121,3 +121,21 @@ def test_started_here_needs_a_relative_run_directory_that_names_the_run_from_her
     assert not rundir.started_here(run, {"run_dir": str(run)})
     monkeypatch.chdir(run.parent)
     assert not rundir.started_here(run, {"out_dir": "runs"})
+
+
+@pytest.mark.distributed
+def test_a_finished_generate_from_a_run_is_done_until_the_run_saves_a_newer_checkpoint(relative_run, capsys):
+    """generate's settings key stated every model file of the run directory: a stray .json there, or a checkpoint
+    pruned, made a finished generate look like other settings. It states what the loader reads: run.json and the
+    checkpoint it chooses."""
+    proj, _, run, command = relative_run
+    generate = ["generate", f"weights={run}", "prompt=red cat", "n=1", "keep=1", "rerank=false", "output=out"]
+    assert main(generate) == 0
+    (run / "notes.json").write_text("{}")
+    capsys.readouterr()
+    assert main(generate) == 0
+    assert "done already (same settings)" in capsys.readouterr().out
+    assert main([*command, "trainer.steps=3"]) == 0
+    capsys.readouterr()
+    assert main(generate) == 2
+    assert "holds an earlier generate's results" in capsys.readouterr().err

@@ -3,6 +3,7 @@ a local feature extractor (a small random network registered by the test: nothin
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -142,6 +143,23 @@ def test_evaluate_writes_clip_score_fid_and_kid(models, tmp_path, capsys):
     fakes = torch.cat([RandomFeatures()(r.images) for r in runs]).numpy()
     reals = real_features(str(models / "shards"), 32, 100, RandomFeatures(), 5).numpy()
     assert report["fid"] == pytest.approx(frechet_distance(reals, fakes), rel=1e-6)
+
+
+def test_other_real_images_under_the_same_path_are_not_done_already(models, tmp_path, capsys):
+    """The settings key named real= by path alone: real images replaced by others under that path reused the old
+    FID and KID as "done already". Their files' names, sizes and modification times are in the key now."""
+    real, out = tmp_path / "real", tmp_path / "eval"
+    shutil.copytree(models / "shards", real)
+    args = ["evaluate", f"weights={models / 'model.safetensors'}", f"shards={models / 'shards'}", f"real={real}",
+            "n=1", "max_captions=2", "feature_extractor=random-test", "kid_subsets=1", "kid_subset_size=2",
+            f"output={out}", "device=cpu"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0 and "done already (same settings)" in capsys.readouterr().out
+    shutil.rmtree(real)
+    shutil.copytree(models / "shards", real, copy_function=shutil.copy)  # other files: new modification times
+    assert main(args) == 2
+    assert f"output={out}: holds an earlier evaluate's results" in capsys.readouterr().err
 
 
 def test_samples_are_featurised_batch_size_at_a_time(models, tmp_path):

@@ -1,0 +1,57 @@
+"""What the sampling verbs' settings key states of the files they read (megadalle.sampling.resume): a training
+run's chosen checkpoint and run.json, not whatever else lies in the run directory."""
+import json
+
+import torch
+
+from megadalle.sampling.resume import files_state
+
+
+def save_checkpoint(run, step: int) -> None:
+    folder = run / "checkpoints" / f"step_{step:08d}"
+    folder.mkdir(parents=True)
+    torch.save({"step": step}, folder / "model.pt")
+    (folder / "manifest.json").write_text(json.dumps({"files": {"model.pt": (folder / "model.pt").stat().st_size}}))
+    (run / "checkpoints" / "latest").write_text(folder.name)
+
+
+def state(run, tmp_path) -> dict:
+    return files_state({"weights": run}, tmp_path / "out")
+
+
+def test_a_run_dirs_files_the_loader_does_not_read_leave_its_state_alone(tmp_path):
+    """Every model file of the run directory was stated: a stray .json or an older checkpoint pruned changed the
+    key of a finished generate."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    save_checkpoint(run, 1)
+    save_checkpoint(run, 2)
+    before = state(run, tmp_path)
+    (run / "notes.json").write_text("{}")
+    (run / "media").mkdir()
+    (run / "media" / "grid.safetensors").write_bytes(b"x")
+    for file in (run / "checkpoints" / "step_00000001").iterdir():  # pruned by the run's keep_checkpoints
+        file.unlink()
+    assert state(run, tmp_path) == before
+
+
+def test_a_newer_checkpoint_the_loader_chooses_changes_the_state(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    save_checkpoint(run, 1)
+    before = state(run, tmp_path)
+    save_checkpoint(run, 2)
+    assert state(run, tmp_path) != before
+
+
+def test_a_run_json_rewritten_changes_the_state(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    save_checkpoint(run, 1)
+    before = state(run, tmp_path)
+    (run / "run.json").write_text('{"config": {}}')
+    assert state(run, tmp_path) != before
+
