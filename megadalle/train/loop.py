@@ -132,7 +132,8 @@ class Trainer:
                       logger.peak_tflops, self.env.world_size)
         self.callbacks: list[Callback] = [speed, Console(run.verb), self.wandb, media.MediaFiles(),
                                           *(extra_callbacks or [])]
-        self.validator = Validator(task, self.built, self.part, trainer.eval_every, trainer.eval_batches, VALIDATION_SEED)
+        self.validator = Validator(task, self.built, self.part, trainer.eval_every, trainer.eval_batches, VALIDATION_SEED,
+                                   self.prefix)
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps,
                             self._logged_config(recorded), state.get("wandb_id"))
 

@@ -44,10 +44,12 @@ def seeded(seed: int, device: torch.device):
 
 
 class Validator:
-    """Evaluates `task` on its fixed validation subset; `run(step)` returns {"val/<metric>": mean}."""
+    """Evaluates `task` on its fixed validation subset; `run(step)` returns {"val/<metric>": mean}. Its lines start
+    with `prefix`, the running verb's (`[train-dvae]`)."""
 
-    def __init__(self, task: Task, built: Built, part: DataPart, every: int, batches: int, seed: int):
-        self.task, self.built, self.part = task, built, part
+    def __init__(self, task: Task, built: Built, part: DataPart, every: int, batches: int, seed: int,
+                 prefix: str = "[train]"):
+        self.task, self.built, self.part, self.prefix = task, built, part, prefix
         self.every, self.global_batches, self.seed = every, batches, seed
         self._cache: list[Batch] | None = None
         if every:
@@ -62,7 +64,7 @@ class Validator:
         shards, total = split
         reading = one_pass(part.micro_batch, part.grad_accum, part.dp_world, batches, total, shards)
         if reading.shortfall and self.built.engine.global_rank == 0:
-            print(f"[train] validation: {reading.shortfall}", flush=True)
+            print(f"{self.prefix} validation: {reading.shortfall}", flush=True)
         return replace(part, grad_accum=reading.grad_accum), reading.batches
 
     def due(self, step: int) -> bool:
@@ -78,7 +80,7 @@ class Validator:
             raw = with_step_totals(self.task, raw, self.part.dp_world, self.built.device, self.built.dp_group)
             self._cache = [to_device(b, self.built.device, self.built.dtype) for b in raw]
             if not raw and self.built.engine.global_rank == 0:
-                print(f"[train] no validation data for the {self.task.name} task (set data.val_shards or run "
+                print(f"{self.prefix} no validation data for the {self.task.name} task (set data.val_shards or run "
                       "`prepare val_fraction=`); val/ metrics are not logged", flush=True)
         return self._cache
 

@@ -136,8 +136,8 @@ def test_a_task_without_validation_data_trains_and_says_so_once(image_data, tmp_
     write_image_shards(shards, 8, 32, 8)
     cfg = compose("train-dvae", [f"data.shards={shards}", "dvae=tiny", "dvae.n_hid=16", "dvae.vocab_size=64",
                                  *common(tmp_path / "run")])
-    train_from_config(task_from_config(cfg), cfg, FACTORY)
-    assert capsys.readouterr().out.count("no validation data for the dvae task") == 1
+    train_from_config(task_from_config(cfg), cfg, FACTORY, verb="train-dvae")
+    assert capsys.readouterr().out.count("[train-dvae] no validation data for the dvae task") == 1
     assert not any("val/loss" in r for r in records(tmp_path / "run").values())
 
 

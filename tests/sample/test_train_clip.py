@@ -66,4 +66,4 @@ def test_with_an_ema_the_console_names_only_what_the_run_scores(tmp_path, capsys
     """CLIP draws no media: the EMA line said "val/ metrics and media" for a run that logs none."""
     train_clip(clip_config(tmp_path, "trainer.steps=2", "trainer.ema=0.5", "trainer.media_every=1",
                            "trainer.eval_every=1", "trainer.micro_batch=8", val_fraction=0.25))
-    assert "[train] val/ metrics are of the EMA weights (trainer.ema=0.5), those export ships" in capsys.readouterr().out
+    assert "[train-clip] val/ metrics are of the EMA weights (trainer.ema=0.5), those export ships" in capsys.readouterr().out
