@@ -19,13 +19,19 @@ def state(run, tmp_path) -> dict:
     return files_state({"weights": run}, tmp_path / "out")
 
 
-def test_a_run_dirs_files_the_loader_does_not_read_leave_its_state_alone(tmp_path):
-    """Every model file of the run directory was stated: a stray .json or an older checkpoint pruned changed the
-    key of a finished generate."""
+def new_run(tmp_path):
+    """A run directory with its run.json and a checkpoint at step 1."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text("{}")
     save_checkpoint(run, 1)
+    return run
+
+
+def test_a_run_dirs_files_the_loader_does_not_read_leave_its_state_alone(tmp_path):
+    """Every model file of the run directory was stated: a stray .json or an older checkpoint pruned changed the
+    key of a finished generate."""
+    run = new_run(tmp_path)
     save_checkpoint(run, 2)
     before = state(run, tmp_path)
     (run / "notes.json").write_text("{}")
@@ -37,20 +43,14 @@ def test_a_run_dirs_files_the_loader_does_not_read_leave_its_state_alone(tmp_pat
 
 
 def test_a_newer_checkpoint_the_loader_chooses_changes_the_state(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "run.json").write_text("{}")
-    save_checkpoint(run, 1)
+    run = new_run(tmp_path)
     before = state(run, tmp_path)
     save_checkpoint(run, 2)
     assert state(run, tmp_path) != before
 
 
 def test_a_run_json_rewritten_changes_the_state(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "run.json").write_text("{}")
-    save_checkpoint(run, 1)
+    run = new_run(tmp_path)
     before = state(run, tmp_path)
     (run / "run.json").write_text('{"config": {}}')
     assert state(run, tmp_path) != before
