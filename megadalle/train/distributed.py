@@ -189,9 +189,16 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is true on at least one (e.g. a signal reached one rank)."""
     if world_size() == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=_device())
+    return largest([1.0 if flag else 0.0])[0] > 0
+
+
+def largest(values: list[float]) -> list[float]:
+    """Each value's maximum over the ranks, on every rank, in one all-reduce (float64: a byte count stays exact)."""
+    if world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return t.tolist()
 
 
 def first_error(message: str | None) -> str | None:
@@ -210,5 +217,6 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def _device() -> torch.device:
+def collective_device() -> torch.device:
+    """Where this rank's tensors for a collective live: its current GPU (NCCL), else the CPU (gloo)."""
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -15,7 +15,7 @@ from torch import nn
 
 from megadalle.config import ConfigError
 from megadalle.config.train import DeepSpeedConfig, TrainerConfig
-from megadalle.train import apex_adam, schedule
+from megadalle.train import apex_adam, distributed, schedule
 from megadalle.train.masters import stage0_masters, torch_optimizer
 from megadalle.train.task import Batch, PipelineSpec, Task, runs_pipelined
 
@@ -212,7 +212,7 @@ def build(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, world_size: i
     share_fp32_masters(engine.optimizer)
     skip_lone_allreduce(engine, ds.zero_stage, dp_world, spec is not None)
     keep_stage0_grad_norm(engine)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = distributed.collective_device()
     dp_rank = engine.grid.data_parallel_id if spec is not None else engine.global_rank
     return Built(engine, model, spec, dtype, device, dp_rank, dp_world)
 

@@ -55,12 +55,7 @@ class Speed(Callback):
 def largest_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Each value's maximum over the ranks, on every rank: the memory to plan for is that of the rank that needs most.
     Every rank reports the same names (`memory()`), so one all-reduce carries them all."""
-    if distributed.world_size() == 1:
-        return values
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    largest = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
-    return dict(zip(values, largest.tolist()))
+    return dict(zip(values, distributed.largest(list(values.values()))))
 
 
 def reset_peak_memory() -> None:
