@@ -165,39 +165,25 @@ def triton_runs_here() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-TASKS = {"train": "megadalle.train.transformer:TransformerTask", "train-dvae": "megadalle.train.dvae:DVAETask",
-         "train-clip": "megadalle.train.clip:ClipTask"}
-"""The task each training verb trains (`module:class`): whether it runs pipelined is the task's to say
-(task.runs_pipelined), as the engine asks it."""
-
-
-def task_class(verb: str) -> type:
-    import importlib
-
-    module, name = TASKS[verb].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def fits_pipeline(cfg: DictConfig, verb: str) -> None:
-    """Only the Transformer is built in pipeline stages (train/pipeline.py); the dVAE and CLIP are not. A stage
-    count set for a task that cannot run pipelined (`deepspeed.pipeline_stages=2` on another layout;
-    `deepspeed=pipe` is refused as an option) was refused only once DeepSpeed started, after the engine had first
-    asked for a multiple of the stages in ranks."""
+def fits_unpipelined(cfg: DictConfig, verb: str) -> None:
+    """The dVAE and CLIP are not built in pipeline stages (only the Transformer is: train/pipeline.py). A stage count
+    set on another layout (`deepspeed.pipeline_stages=2`; `deepspeed=pipe` is refused as an option) was refused only
+    once DeepSpeed started, after the engine had first asked for a multiple of the stages in ranks. (Which verbs are
+    unpipelined is config/verbs.py's UNPIPELINED, held to each task's `runs_pipelined` by
+    tests/cli/test_unpipelined_verbs.py.)"""
     from megadalle.config.verbs import GROUP_OPTIONS
-    from megadalle.train.task import runs_pipelined
 
     stages = int(cfg.deepspeed.get("pipeline_stages", 1))
     layouts = " or ".join(f"deepspeed={o}" for o in GROUP_OPTIONS[verb]["deepspeed"])
-    fits(stages == 1 or runs_pipelined(task_class(verb)),
-         f"deepspeed.pipeline_stages={stages}: {verb} cannot run pipelined (deepspeed=pipe is train's: only the "
-         f"Transformer is built in stages); use {layouts} with deepspeed.pipeline_stages=1")
+    fits(stages == 1, f"deepspeed.pipeline_stages={stages}: {verb} cannot run pipelined (deepspeed=pipe is train's: "
+                      f"only the Transformer is built in stages); use {layouts} with deepspeed.pipeline_stages=1")
 
 
 def check_train_dvae(cfg: DictConfig) -> None:
     from megadalle.config import build, top_level
     from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 
-    fits_pipeline(cfg, "train-dvae")
+    fits_unpipelined(cfg, "train-dvae")
     export_target(build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "").weights, "dvae")
     dvae = build(DVAEConfig, cfg.dvae, "dvae")
     revive = dvae.objective.revive_every
@@ -215,7 +201,7 @@ def check_train_clip(cfg: DictConfig) -> None:
     from megadalle.config.clip import ClipConfig
     from megadalle.config.train_verbs import TrainClipConfig
 
-    fits_pipeline(cfg, "train-clip")
+    fits_unpipelined(cfg, "train-clip")
     export_target(build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights, "clip")
     clip = build(ClipConfig, cfg.clip, "clip")
     index = image_shards("data.shards", cfg.data.shards)
