@@ -13,7 +13,6 @@ run directory (train/dvae_export.py).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -32,6 +31,7 @@ from megadalle.train.media import Picture
 from megadalle.train.param_edit import ParamEditor
 from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, held_out_batches, loader_metrics,
                                   rank_batches, validation_data)
+from megadalle.warn import warn
 
 if TYPE_CHECKING:
     from megadalle.train.result import Result
@@ -220,7 +220,7 @@ class DVAETask(ShardsTask):
         update's says the schedule warning (rank 0): only then is it known whether the run resumed one that gave it."""
         if self.schedule_warning != self._warned:
             if self.schedule_warning is not None and ranks()[0] == 0:
-                print(f"[train-dvae] warning: {self.schedule_warning}", file=sys.stderr, flush=True)
+                warn(self.schedule_warning, "[train-dvae] warning:")  # through tqdm: the progress bar is up
             self._warned = self.schedule_warning
         counts = self.codes.collect(next(model.parameters()).device)
         metrics = {"perplexity": histogram_perplexity(counts), "dead_codes": float(self.usage.update(counts, step))}
