@@ -36,11 +36,12 @@ def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None =
     return export(run_dir, path, checkpoint, ema, dtype, max_shard_bytes, before_replace, trained=trained)
 
 
-def check_output(output: str | Path) -> None:
+def check_output(output: str | Path, kind: str | None = None, run: str | Path | None = None) -> None:
     """`export` writes a model folder where nothing is, in an empty folder, or over an earlier export (finished or
-    not), and never among other files (a run directory, image shards, a generate output)."""
+    not), and never among other files (a run directory, image shards, a generate output); nor inside another model
+    folder (`kind`: the run's model, None when not known yet; `run`: named in the way out)."""
     check_replaceable(output, lambda folder: is_bundle(folder) or unfinished(folder),
-                      f"a model folder (no {MANIFEST})")
+                      f"a model folder (no {MANIFEST})", kind=kind, run=run)
 
 
 def _is_itself(source: Path, target: Path) -> bool:
@@ -118,7 +119,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     from megadalle.sampling.load import check_run_kind, model_config
     from megadalle.train.consolidate import chosen_ema
 
-    check_output(output)
+    check_output(output, None if trained is None else trained[0].export_spec().kind, run)
     run, output = Path(run), Path(output)
     record = run_pieces.read(run)
     config = record.get("config", {})

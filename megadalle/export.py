@@ -16,7 +16,6 @@ from megadalle.config.ema import ema_choice
 from megadalle.config.export import ExportConfig
 from megadalle.train.consolidate import chosen_ema, export, load_run, run_task
 from megadalle.weights import TMP, one_file
-from megadalle.weights.replace import check_outside_model_folder
 
 __all__ = ["export", "load_run", "run"]
 
@@ -39,7 +38,6 @@ def run(cfg: DictConfig) -> int:
         return 0
     from megadalle.bundle_write import write_bundle
 
-    check_outside_model_folder(ec.output, kind, whole=True, run=ec.run)  # write_bundle's own check cannot name the run
     folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ema,
                           ec.clip_model, dtype, ec.max_shard_mb * 10**6, trained)
     print(f"[export] wrote model folder {folder} ({weights}): "
