@@ -265,11 +265,12 @@ def read_checkpoint(run_dir: str | Path, checkpoint: str | Path | None, read: Ca
                           "read it once the run stops, or train with a larger trainer.keep_checkpoints")
 
 
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool | None = False,
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool | None = None,
              dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Task]:
-    """The run's model (CPU, eval mode, floating tensors in `dtype`) with the newest complete checkpoint's weights
-    (or its EMA; None: `chosen_ema`); each tensor is cast as it is read, so a bf16 load never holds an fp32 copy of
-    the model."""
+    """The run's model (CPU, eval mode, floating tensors in `dtype`) with the newest complete checkpoint's weights:
+    its EMA, its live weights, or with None (the default, as load_model's and the verbs' ema=auto) its EMA where it
+    trained one (`chosen_ema`); each tensor is cast as it is read, so a bf16 load never holds an fp32 copy of the
+    model."""
     task, config = run_task(run_dir)
     ema = chosen_ema(run_dir, config, ema)
 
