@@ -111,23 +111,22 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     """Export a Transformer run with its tokenizer, dVAE and (optional) CLIP into the folder `output`;
     `clip_model=open_clip:<arch>` takes an open_clip state dict as the CLIP. `ema`: the run's EMA, its live
     weights, or None for its EMA where it trained one (train.consolidate.chosen_ema); bundle.json records which.
-    `trained`: the run's task and config (consolidate.run_task), where the caller (the export verb) has them."""
+    `trained`: the run's task and config (consolidate.run_task), where the caller (the export verb) has them; else
+    built here once, for the kind check and the Transformer's export both."""
     from megadalle.data.digest import sha256
     from megadalle.sampling.rerank import OPEN_CLIP
 
     from megadalle.sampling.compatible import check_files
-    from megadalle.sampling.load import check_run_kind, model_config
-    from megadalle.train.consolidate import chosen_ema
+    from megadalle.sampling.load import check_run_kind
+    from megadalle.train.consolidate import chosen_ema, run_task
 
-    check_output(output, None if trained is None else trained[0].export_spec().kind, run)
     run, output = Path(run), Path(output)
-    record = run_pieces.read(run)
+    record = run_pieces.read(run)  # a folder that is no run is refused by name here, before the task is built
     config = record.get("config", {})
-    # a model folder is a Transformer's: refuse a dVAE or CLIP run by name
-    if trained is None:
-        model_config(run, "transformer")
-    else:
-        check_run_kind(run, trained[0].export_spec(), "transformer")
+    trained = trained or run_task(run)
+    spec = trained[0].export_spec()
+    check_run_kind(run, spec, "transformer")  # a model folder is a Transformer's: a dVAE or CLIP run is refused
+    check_output(output, spec.kind, run)
     ema = chosen_ema(run, config, ema)
     files = {"tokenizer": run_pieces.pick(tokenizer, run, record, "tokenizer", True),
              "dvae": run_pieces.pick(dvae_weights, run, record, "dvae", True),

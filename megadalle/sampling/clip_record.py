@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from megadalle import run_pieces
-from megadalle.data import atomic
 from megadalle.sampling.compatible import TokenizerRecord
 
 TOKENIZER = "tokenizer"
@@ -32,25 +31,8 @@ def export_record(run: Path) -> dict:
     return {TOKENIZER: _entry(digest, run_pieces.lookup(record.get("config", {}), RUN_KEY))}
 
 
-def write(weights: Path, digest: str, tokenizer: str | Path) -> None:
-    """Record the tokenizer `tokenizer` (sha256 `digest`) in the config JSON beside the CLIP weights `weights`."""
-    _amend(weights, {TOKENIZER: _entry(digest, tokenizer)})
-
-
 def _entry(digest: str, tokenizer: str | Path) -> dict:
     return {"sha256": digest, "path": str(tokenizer)}
-
-
-def _amend(weights: Path, keys: dict) -> None:
-    """`keys` added to the config JSON beside `weights`."""
-    from megadalle.weights import config_path, read_record
-
-    if not keys:
-        return
-    meta = config_path(weights)
-    config = read_record(meta, "kind", "config")
-    config.update(keys)
-    atomic.write_json(meta, config)
 
 
 def recorded(clip: Path) -> TokenizerRecord | None:

@@ -5,7 +5,8 @@ on the meta device, which costs no memory and gives the names and shapes to expe
 come lazily from whatever layout trained it:
 - ZeRO 0-2: the module weights rank 0 saved (`mp_rank_00_model_states.pt`, memory-mapped, each
   tensor's pages handed back once consumed: mapped.py), which are the training weights; only an fp32
-  export of a run that trained in lower precision reads the fp32 masters (zero_masters.py);
+  export of a run that trained in lower precision reads the fp32 masters (zero_masters.py; at stage 0 those the
+  model-states file holds by position, `stage0_masters`);
 - ZeRO-3: the fp32 masters, each parameter gathered from the ranks' partitions (zero_masters.py);
 - pipeline: each `layer_NN-model_states.pt` in turn, named through `layer_names` (see `pipeline_names`),
   or for an fp32 export of a bf16 run the stages' fp32 masters (zero_masters.py), named the same way;
@@ -146,13 +147,15 @@ def _all_fp32(state: dict) -> bool:
     return all(t.dtype == torch.float32 for t in state.values())
 
 
-def stage0_masters(path: Path, states: dict) -> list[list[torch.Tensor]] | None:
-    """The fp32 masters of a bf16 run at ZeRO stage 0, by optimizer group and position (None for any other
-    checkpoint); `states` is the checkpoint's (mapped) model-states file. DeepSpeed's FP16_UnfusedOptimizer
-    saves them there, without names."""
+def stage0_masters(path: Path, states: dict) -> list[list[torch.Tensor] | torch.Tensor] | None:
+    """The fp32 masters of a bf16 run at ZeRO stage 0, by optimizer group (None for any other checkpoint); `states`
+    is the checkpoint's (mapped) model-states file. DeepSpeed saves them there without names: its
+    FP16_UnfusedOptimizer (torch's AdamW) one tensor a parameter (`fp32_groups`), its FP16_Optimizer (apex's
+    FusedAdam, which megadalle took where apex was importable) one flat tensor a group (`fp32_groups_flat`)."""
     if has_masters(path):
         return None
-    return (states.get("optimizer") or {}).get("fp32_groups")
+    optimizer = states.get("optimizer") or {}
+    return optimizer.get("fp32_groups", optimizer.get("fp32_groups_flat"))
 
 
 def refuse_unread_masters(path: Path) -> None:
@@ -165,17 +168,26 @@ def refuse_unread_masters(path: Path) -> None:
                               "at deepspeed.zero_stage>=1")
 
 
-def _named_masters(model: nn.Module, groups: list[list[torch.Tensor]], path: Path) -> dict[str, torch.Tensor]:
+def _named_masters(model: nn.Module, groups: list[list[torch.Tensor] | torch.Tensor],
+                   path: Path) -> dict[str, torch.Tensor]:
     """Stage-0 masters by parameter name: the optimizer's groups are `engine.param_groups` of the model,
-    in its parameters' order, so the same call on the (meta) model names each position."""
+    in its parameters' order, so the same call on the (meta) model names each position; a flat group is cut at
+    the parameters' sizes, in that order (FP16_Optimizer flattened them so, unpadded)."""
     from megadalle.train.engine import param_groups
 
-    name_of = {id(p): name for name, p in model.named_parameters()}
-    names = [[name_of[id(p)] for p in group["params"]] for group in param_groups(model, 0.0)]
-    if [len(g) for g in names] != [len(g) for g in groups]:
+    params = [group["params"] for group in param_groups(model, 0.0)]
+    if all(isinstance(group, torch.Tensor) for group in groups):
+        sizes = [sum(p.numel() for p in group) for group in params]
+        if [group.numel() for group in groups] != sizes:
+            raise CheckpointError(f"{path}: the optimizer's flat fp32 groups hold {[g.numel() for g in groups]} "
+                                  f"values, the model's parameter groups {sizes}")
+        groups = [[piece.view(p.shape) for piece, p in zip(flat.split([p.numel() for p in group]), group)]
+                  for flat, group in zip(groups, params)]
+    if [len(g) for g in params] != [len(g) for g in groups]:
         raise CheckpointError(f"{path}: the optimizer's fp32 groups hold {[len(g) for g in groups]} tensors, the "
-                              f"model's parameter groups {[len(g) for g in names]}")
-    return {name: tensor for group_names, group in zip(names, groups) for name, tensor in zip(group_names, group)}
+                              f"model's parameter groups {[len(g) for g in params]}")
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    return {name_of[id(p)]: tensor for group, masters in zip(params, groups) for p, tensor in zip(group, masters)}
 
 
 def _zero_tensors(path: Path, dtype: torch.dtype, model: nn.Module) -> Tensors:
@@ -265,11 +277,12 @@ def read_checkpoint(run_dir: str | Path, checkpoint: str | Path | None, read: Ca
                           "read it once the run stops, or train with a larger trainer.keep_checkpoints")
 
 
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool | None = False,
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool | None = None,
              dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Task]:
-    """The run's model (CPU, eval mode, floating tensors in `dtype`) with the newest complete checkpoint's weights
-    (or its EMA; None: `chosen_ema`); each tensor is cast as it is read, so a bf16 load never holds an fp32 copy of
-    the model."""
+    """The run's model (CPU, eval mode, floating tensors in `dtype`) with the newest complete checkpoint's weights:
+    its EMA, its live weights, or with None (the default, as load_model's and the verbs' ema=auto) its EMA where it
+    trained one (`chosen_ema`); each tensor is cast as it is read, so a bf16 load never holds an fp32 copy of the
+    model."""
     task, config = run_task(run_dir)
     ema = chosen_ema(run_dir, config, ema)
 

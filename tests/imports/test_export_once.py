@@ -38,3 +38,15 @@ def test_a_model_folder_export_builds_the_task_once(trained, tmp_path, monkeypat
     assert main(["export", f"run={run}", f"output={tmp_path / 'model'}", f"dvae_weights={dvae}",
                  f"clip_weights={clip}"]) == 0
     assert calls == ["run_task", "run_task"]
+
+
+def test_write_bundle_from_python_builds_the_task_once(trained, tmp_path, monkeypatch):
+    """write_bundle called without `trained=` built the task for its kind check (model_config) and again for the
+    Transformer's export, beside check_files' own build: now its own and check_files'."""
+    from megadalle.bundle_write import write_bundle
+
+    run, _, dvae, clip = trained
+    calls = []
+    counted(monkeypatch, consolidate, "run_task", calls)
+    write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    assert calls == ["run_task", "run_task"]

@@ -27,6 +27,14 @@ def test_a_run_read_in_python_is_its_ema_as_the_verbs_read_it(trained_ema):
         assert same(read(run, "transformer"), ema) and same(read(run, "transformer", ema=False), live)
 
 
+def test_load_run_reads_the_ema_by_default_as_load_model_does(trained_ema, trained):
+    """consolidate.load_run defaulted to the live weights, where load_model, read_model and the verbs read a run's
+    EMA where it trained one; a run without one is read as its live weights either way."""
+    run = trained_ema[0]
+    assert same(load_run(run)[0], load_run(run, ema=True)[0])
+    assert same(load_run(trained[0])[0], load_run(trained[0], ema=False)[0])
+
+
 @pytest.mark.parametrize("device", ["cpu:0", torch.device("cpu", 0)])
 def test_every_name_of_the_cpu_loads(trained, device):
     """cpu:0 was reported as damaged weights ("re-export the weights"): safetensors names the CPU only `cpu`."""

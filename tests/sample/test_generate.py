@@ -44,11 +44,16 @@ def write_tiny_models(folder):
 
 
 def trained_with(clip, tokenizer):
-    """Record `tokenizer` as the one the CLIP weights `clip` trained with, as train-clip's export does."""
+    """Record `tokenizer` as the one the CLIP weights `clip` trained with, in their config JSON, as train-clip's
+    export writes it (sampling/clip_record.py)."""
     from megadalle.data.digest import sha256
-    from megadalle.sampling import clip_record
+    from megadalle.sampling.clip_record import TOKENIZER
+    from megadalle.weights import config_path
 
-    clip_record.write(clip, sha256(tokenizer), tokenizer)
+    meta = config_path(clip)
+    config = json.loads(meta.read_text())
+    config[TOKENIZER] = {"sha256": sha256(tokenizer), "path": str(tokenizer)}
+    meta.write_text(json.dumps(config))
 
 
 def test_generate_writes_a_grid_and_sorted_scores(tmp_path):
