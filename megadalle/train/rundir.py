@@ -11,7 +11,8 @@ RESUMABLE may differ: they extend the run (trainer.steps), change how it is reco
 checkpoint cadence, wandb, validation, sample grids), where things live (run_dir, out_dir, the exported
 weights), or memory and speed without
 changing the maths (micro_batch/grad_accum at the same global batch, which the checkpoint's data
-identity check guards; loader workers; activation checkpointing; the attention backend).
+identity check guards; loader workers; activation checkpointing; the attention backend). So may the keys of
+MATTERS_IN where they do nothing in either config's layout (the bf16-only dtypes in an fp32 run).
 The data may move (`data.shards`: a copy on node-local disk per job): the checkpoint's data identity,
 a fingerprint of the shards' names, counts and sizes, refuses a resume on other data whatever its path
 (train/data_identity.py check_data_identity). The tokenizer (DIGEST_KEYS) is compared by content: run.json records
@@ -68,7 +69,26 @@ changes the learning rate at the resume. `deepspeed.timeout_minutes` bounds wait
 count may need it raised while rank 0 converts a large checkpoint), `zero3_window_blocks` how many parameters
 ZeRO-3 holds gathered, `trainer.keep_freed_memory` the CPU allocator: none changes a number. Not
 `zero3_sub_group_blocks`: DeepSpeed saves ZeRO-3's optimizer state per sub-group and loads it only into as many
-sub-groups."""
+sub-groups (under ZeRO 0-2, which have none, it may change: MATTERS_IN)."""
+
+
+def may_train_bf16(flat: dict) -> bool:
+    """Whether the run of flattened config `flat` may train in bf16: `auto` does on a GPU, and a run directory may move
+    between machines, so only `fp32` is known to leave the bf16-only keys without effect."""
+    return flat.get("trainer.precision") != "fp32"
+
+
+MATTERS_IN: dict[str, Callable[[dict], bool]] = {
+    "deepspeed.grad_accum_dtype": may_train_bf16,
+    "deepspeed.communication_dtype": may_train_bf16,
+    "deepspeed.zero3_sub_group_blocks": lambda flat: flat.get("deepspeed.zero_stage", 3) == 3,
+}
+"""Keys that change the training only in some layouts, each with whether it does in the run of a flattened config. A
+rerun may change one where it does in neither run.json's config nor its own (`inert`): an fp32 run accumulates and
+reduces its gradients in fp32 whatever the bf16-only dtypes say, and DeepSpeed has optimizer sub-groups under ZeRO-3
+only. A config that does not say (no trainer.precision or deepspeed.zero_stage) is taken for one where the key matters.
+The predicates read keys that are not RESUMABLE, so a resume never moves a run into a layout where a key that changed
+without a refusal matters."""
 PATH_KEYS = ("data.shards", "data.val_shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights", "weights")
 """The keys naming a file or folder that run.json records absolute (`recorded`): export, generate, evaluate and
 `load_run` read the tokenizer, dVAE and CLIP from there, often from another folder than the run's, where a relative
@@ -129,6 +149,12 @@ def resumable(key: str) -> bool:
     return any(key == allowed or (allowed.endswith(".*") and key.startswith(allowed[:-1])) for allowed in RESUMABLE)
 
 
+def inert(key: str, saved: dict, current: dict) -> bool:
+    """Whether `key` changes nothing in the runs of both flattened configs (MATTERS_IN)."""
+    matters = MATTERS_IN.get(key)
+    return matters is not None and not matters(saved) and not matters(current)
+
+
 def same_path(saved: Any, current: Any) -> bool:
     """Two spellings of one path: equal once normalised (`out/shards/`, `./out/shards`), or naming the same
     place from here (relative against absolute, `..`, symlinks, another mount of the same file). A path
@@ -167,7 +193,7 @@ def config_diff(saved: dict, current: dict, same_content: frozenset[str] = froze
     a.update({key: typed(key, a[key]) for key in run_keys & set(a)})
     a.update({key: implied(b) for key, implied in ADDED_KEYS.items() if key not in a and key in b})
     return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b))
-            if not resumable(key) and key not in same_content
+            if not resumable(key) and key not in same_content and not inert(key, a, b)
             and not (same_path if key in PATH_KEYS else operator.eq)(a.get(key), b.get(key))]
 
 

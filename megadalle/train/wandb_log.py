@@ -14,6 +14,13 @@ id when the checkpoint is its own (`checkpoints/` holds one), a new one when it 
 A run that goes back (`resume=<run>/checkpoints/step_N` while a later complete checkpoint is there) takes a new
 id too, with a note: wandb ignores every step below the last one a run logged, so the new branch stayed invisible
 until it passed the old one's last step.
+
+An id belongs to a branch, and until the branch's first save no checkpoint carries it: the record keeps every id the
+directory took with the start that took it (`starts`: the step and the wandb id of the checkpoint resumed). A
+checkpoint carrying one of them continues that branch and logs to it; a checkpoint carrying another id (the
+original's in a copy, another run's) logs to the id an earlier start from it took, stopped before its first save,
+else to a new one. The record held the newest id alone: a run stopped between going back and its first save, then
+resumed (`resume=auto`) from the later checkpoint it had gone back from, logged the old branch into the new id.
 """
 from __future__ import annotations
 
@@ -137,31 +144,47 @@ def later_checkpoint(run_dir: Path, step: int | None) -> str | None:
 
 
 def run_id(run_dir: Path, checkpoint_id: str | None, resumed_step: int | None = None) -> tuple[str, str | None]:
-    """The wandb id of the run in `run_dir`, resumed at `resumed_step` (the module docstring says how it is chosen),
-    and a note when it is not the one its checkpoint carries; records it with the directory's identity."""
+    """The wandb id of the run in `run_dir`, resumed at `resumed_step` from a checkpoint carrying `checkpoint_id`
+    (the module docstring says how it is chosen), and a note when it is not the one its checkpoint carries; records
+    it with the directory's identity and the start that took it."""
     here = directory_identity(run_dir)
     record = run_dir / ID_RECORD
     saved = read_record(record)
+    start = [resumed_step, checkpoint_id]
+    copied = saved is not None and saved["path"] != here["path"] and (
+        (saved["device"], saved["inode"]) != (here["device"], here["inode"]))
+    taken = {} if saved is None or copied else starts(saved, start)
+    again = [taken_id for taken_id, taken_at in taken.items() if taken_at == start]
     note = None
-    if saved is not None:
-        same = saved["path"] == here["path"] or (saved["device"], saved["inode"]) == (here["device"], here["inode"])
-        wandb_id = saved["id"] if same else secrets.token_hex(4)
-        if not same:
+    if checkpoint_id in taken:
+        wandb_id = checkpoint_id
+    elif again:
+        wandb_id = again[-1]
+    elif saved is None and checkpoint_id is not None and any((run_dir / "checkpoints").glob("step_*")):
+        wandb_id = checkpoint_id
+    else:
+        wandb_id = secrets.token_hex(4)
+        if copied:
             note = (f"{run_dir} is a copy of the run in {saved['path']} (or was moved to another file system): it "
                     f"logs to a new wandb run {wandb_id}, not to {saved['id']}")
-    elif checkpoint_id is not None and not any((run_dir / "checkpoints").glob("step_*")):
-        wandb_id = secrets.token_hex(4)
-        note = (f"{run_dir} resumes another run's checkpoint: it logs to a new wandb run {wandb_id}, not to "
-                f"{checkpoint_id}")
-    else:
-        wandb_id = checkpoint_id or secrets.token_hex(4)
+        elif checkpoint_id is not None:
+            note = (f"{run_dir} resumes another run's checkpoint: it logs to a new wandb run {wandb_id}, not to "
+                    f"{checkpoint_id}")
     if note is None and (later := later_checkpoint(run_dir, resumed_step)) is not None:
         kept, wandb_id = wandb_id, secrets.token_hex(4)
         note = (f"{run_dir} goes back to {tag_of(resumed_step)} from its {later}: it logs to a new wandb run "
                 f"{wandb_id}, not to {kept} (wandb ignores the steps below the last one a run logged)")
-    if saved != {"id": wandb_id, **here}:
-        atomic.write_json(record, {"id": wandb_id, **here})
+    now = {"id": wandb_id, **here, "starts": {**taken, wandb_id: taken.get(wandb_id, start)}}
+    if saved != now:
+        atomic.write_json(record, now)
     return wandb_id, note
+
+
+def starts(saved: dict[str, Any], start: list) -> dict[str, list]:
+    """{id: [step, checkpoint's id] of the start that took it} of a record of this directory. A record written before
+    them holds its id alone, which then stands for any `start` (it was taken whatever the checkpoint)."""
+    taken = saved.get("starts")
+    return dict(taken) if isinstance(taken, dict) else {saved["id"]: start}
 
 
 def start_failure(err: Exception, mode: str, run_dir: Path) -> str:

@@ -50,6 +50,40 @@ def test_a_rerun_may_export_elsewhere_preview_otherwise_and_add_validation():
     assert rundir.config_diff(saved, {**saved, "data": {"shards": "t", "val_shards": None}}) == []  # moved data
 
 
+def test_a_rerun_may_change_a_key_that_does_nothing_in_either_layout():
+    """An fp32 run has no bf16 dtypes to accumulate or reduce in, ZeRO-1 no optimizer sub-groups: changing them was
+    refused as a change to the training. Where the run trains in bf16 (or may: `auto` on a GPU) or under ZeRO-3, it
+    still is."""
+    fp32 = {"trainer": {"precision": "fp32"},
+            "deepspeed": {"zero_stage": 1, "grad_accum_dtype": "fp32", "communication_dtype": "fp32",
+                          "zero3_sub_group_blocks": 1.0}}
+    inert = {**fp32, "deepspeed": {"zero_stage": 1, "grad_accum_dtype": "bf16", "communication_dtype": "bf16",
+                                   "zero3_sub_group_blocks": 4.0}}
+    assert rundir.config_diff(fp32, inert) == []
+    for precision in ("bf16", "auto"):
+        bf16 = {**fp32, "trainer": {"precision": precision}}
+        assert rundir.config_diff(bf16, {**inert, "trainer": {"precision": precision}}) == [
+            ("deepspeed.communication_dtype", "fp32", "bf16"), ("deepspeed.grad_accum_dtype", "fp32", "bf16")]
+    zero3 = {**fp32, "deepspeed": {**fp32["deepspeed"], "zero_stage": 3}}
+    regrouped = {**zero3, "deepspeed": {**zero3["deepspeed"], "zero3_sub_group_blocks": 4.0}}
+    assert rundir.config_diff(zero3, regrouped) == [("deepspeed.zero3_sub_group_blocks", 1.0, 4.0)]
+    assert rundir.config_diff(fp32, {**inert, "trainer": {"precision": "bf16"}}) == [
+        ("deepspeed.communication_dtype", "fp32", "bf16"), ("deepspeed.grad_accum_dtype", "fp32", "bf16"),
+        ("trainer.precision", "fp32", "bf16")]
+
+
+@pytest.mark.distributed
+def test_an_fp32_zero1_run_resumes_with_other_bf16_dtypes_and_sub_groups(train_overrides, tmp_path, capsys):
+    command = ["train", *train_overrides, f"run_dir={tmp_path / 'run'}", "trainer.precision=fp32"]
+    assert main([*command, "trainer.steps=2"]) == 0
+    assert main([*command, "trainer.steps=3", "deepspeed.grad_accum_dtype=bf16",
+                 "deepspeed.zero3_sub_group_blocks=4"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert main([*command, "trainer.steps=4", "trainer.precision=bf16"]) == 2
+    assert "holds a run with another config: deepspeed.grad_accum_dtype ('bf16' there, 'fp32' now), " \
+        "trainer.precision ('fp32' there, 'bf16' now)" in capsys.readouterr().err
+
+
 @pytest.mark.distributed
 def test_rerunning_the_same_command_resumes_and_another_config_is_refused(train_overrides, tmp_path, capsys):
     command = ["train", *train_overrides, f"out_dir={tmp_path}", "name=exp"]

@@ -1,10 +1,12 @@
 """What a training run gives wandb: its config, and its start's failure in one line."""
 import json
+import sys
 
 import pytest
 import wandb
 
 from megadalle.cli import main
+from megadalle.train import checkpoint_save
 
 RUN = ["train", "data=synthetic", "model=tiny", "trainer=tiny", "trainer.steps=2", "trainer.warmup_steps=0",
        "trainer.log_every=1", "data.num_workers=0"]
@@ -57,3 +59,20 @@ def test_an_unreachable_wandb_server_stops_the_run_in_one_line(capsys, tmp_path,
         "(Failed to get resume status for run 7b2aee63: context deadline exceeded); without a reachable server log "
         f"with logger.mode=offline and upload later with `wandb sync {run}/wandb/offline-run-*`"), err
     assert "Traceback" not in err
+
+
+def test_a_run_stopped_before_going_backs_first_save_resumes_the_old_branch_into_its_own_id(tmp_path, inits,
+                                                                                             monkeypatch):
+    """resume=<step_2> took a new wandb id and failed before its first save, leaving step_4 (the old branch) the newest
+    checkpoint: resume=auto from there logged the old branch into the new branch's id, which wandb_id.json held."""
+    run = tmp_path / "run"
+    command = [*RUN, "logger=wandb", f"run_dir={run}", "trainer.steps=4", "trainer.checkpoint_every=2",
+               "trainer.keep_checkpoints=0"]
+    assert main(command) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint_save, "save", lambda *args, **kwargs: sys.exit("stopped before the first save"))
+        with pytest.raises(SystemExit):
+            main([*command, f"resume={run / 'checkpoints' / 'step_00000002'}"])
+    assert main([*command, "trainer.steps=5"]) == 0
+    first, branch, resumed = (init["id"] for init in inits)
+    assert branch != first and resumed == first

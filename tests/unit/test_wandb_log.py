@@ -1,5 +1,6 @@
 """wandb's credentials as the installed wandb reads them, the end it records for a run, and a run that goes back."""
 import json
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -90,3 +91,18 @@ def test_going_back_to_an_older_checkpoint_takes_a_new_id_and_says_so(tmp_path):
     (tmp_path / "checkpoints" / "abandoned").mkdir()  # the branch's first save sets the later ones aside
     (tmp_path / "checkpoints" / "step_00000016").rename(tmp_path / "checkpoints" / "abandoned" / "step_00000016")
     assert wandb_log.run_id(tmp_path, wandb_id, 14) == (wandb_id, None)
+
+
+def test_the_branch_gone_back_from_keeps_its_id_before_the_new_branch_saves(tmp_path):
+    """The record held the newest id alone: resuming step 16 after going back to step 12 (stopped before its first
+    save) logged the old branch into the new one's id. A copy's start from its original's checkpoint keeps its id."""
+    complete(tmp_path, 12, 16)
+    assert wandb_log.run_id(tmp_path, "abcd1234", 16) == ("abcd1234", None)
+    branch, _ = wandb_log.run_id(tmp_path, "abcd1234", 12)
+    assert wandb_log.run_id(tmp_path, "abcd1234", 16) == ("abcd1234", None)
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "checkpoints", copy / "checkpoints")
+    shutil.copy(tmp_path / wandb_log.ID_RECORD, copy)
+    copy_id, _ = wandb_log.run_id(copy, "abcd1234", 16)
+    assert wandb_log.run_id(copy, "abcd1234", 12)[0] not in (copy_id, branch, "abcd1234")  # it goes back
+    assert wandb_log.run_id(copy, "abcd1234", 16) == (copy_id, None)  # not the original's, nor its own branch's
