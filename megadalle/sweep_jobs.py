@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from megadalle.config import ConfigError
+from megadalle.config.override import parser
 
 FILE, FOLDER = "file", "folder"
 
@@ -69,10 +70,7 @@ def per_job(path, num: int, kind: str = FOLDER) -> str:
 
 def swept_keys(overrides: list[str]) -> list[str]:
     """The keys `overrides` sweep over (`seed=0,1`, `trainer.lr=choice(...)`)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    return [o.key_or_group for o in parser.parse_overrides(overrides) if o.is_sweep_override()]
+    return [o.key_or_group for o in parser().parse_overrides(overrides) if o.is_sweep_override()]
 
 
 def check_shared_inputs(verb: str, overrides: list[str]) -> None:
@@ -170,7 +168,6 @@ def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), pr
     from contextlib import redirect_stderr
 
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from megadalle.cli import compose_errors, error_line
     from megadalle.config.compose import compose_with_choices
@@ -180,7 +177,7 @@ def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), pr
     swept = swept_keys(overrides)
     if not swept or gives(overrides, "hydra/sweeper") or gives(overrides, "hydra/launcher"):
         return
-    jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+    jobs = BasicSweeper.split_arguments(parser().parse_overrides(overrides), None)[0]
     taken: dict[str, tuple[int, list[str]]] = {}
     for num, job in enumerate(jobs if len(jobs) > 1 else ()):
         try:
