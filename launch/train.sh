@@ -31,7 +31,7 @@
 # launcher with this run's MASTER_PORT): they finish the update, checkpoint and exit, and the launchers with
 # them. A signal that comes before the runner starts stops the launch there (exit 75, nothing started); one
 # that comes before the ranks hold their stop signals waits for them (they stop before their first update,
-# with 75 too).
+# with 75 too). Ctrl-C reaches the ranks as TERM, which they take before their loop too; a second one as INT.
 set -euo pipefail
 
 # The ranks' stop, a POSIX sh script run as `sh -c "$stop_ranks" - SIG PGREP-ARGS...` here, or through pdsh on every
@@ -49,10 +49,17 @@ done
 true'
 runner=""
 pending=""  # a signal no rank could take yet: the wait below passes it on once one can
+stopping=""  # a stop reached the ranks: a Ctrl-C after it is the user insisting
 forward() {
     pending=$1
     [ -n "$runner" ] || return 0  # before the runner: it will not be started
-    local sent child argv=""
+    local sent child argv="" sig=$1
+    # A Ctrl-C is passed on as TERM, the stop the ranks take from their first line on: an INT before their loop
+    # (reading a large checkpoint) raised KeyboardInterrupt there (exit 130, and the launcher killed the others),
+    # and the loop takes TERM as it takes INT. Once a stop has reached them, a further Ctrl-C goes as INT, the user
+    # insisting: a start-up ends at once (130); the loop, saving already, takes it as its first Ctrl-C (its next
+    # one aborts).
+    [ "$sig" != INT ] || [ -n "$stopping" ] || sig=TERM
     # DeepSpeed's runner starts pdsh where more than one host is active (the hostfile after --include, --exclude and
     # --num_nodes), else its launcher here: its child says which, as the hostfile alone does not (one host, or one
     # left by a filter, runs here, without pdsh). pdsh is its first or second word (Debian's pdsh is a script that
@@ -70,17 +77,12 @@ forward() {
         hosts=$(awk 'last == "-w" {print; exit} {last = $0}' <<< "$argv")
         [ -z "${SSH_PORT:-}" ] || ssh_args="$ssh_args -p $SSH_PORT"
         sent=$(PDSH_RCMD_TYPE=ssh PDSH_SSH_ARGS_APPEND="$ssh_args" pdsh -S -w "$hosts" \
-            "sh -c '$stop_ranks' - $1 -f '^[^ ]+ -u -m deepspeed[.]launcher[.]launch .*--node_rank=%n .*--master_port=$port( |\$)'" \
+            "sh -c '$stop_ranks' - $sig -f '^[^ ]+ -u -m deepspeed[.]launcher[.]launch .*--node_rank=%n .*--master_port=$port( |\$)'" \
             || true)
     else
-        sent=$(sh -c "$stop_ranks" - "$1" -P "$runner")
+        sent=$(sh -c "$stop_ranks" - "$sig" -P "$runner")
     fi
-    case "$sent" in
-        *sent*) pending="" ;;
-        # Ctrl-C during the ranks' start-up would raise KeyboardInterrupt there (exit 130, and the launcher kills
-        # the others); TERM stops a start-up with 75, as the INT does once the ranks train
-        *) [ "$pending" != INT ] || pending=TERM ;;
-    esac
+    case "$sent" in *sent*) pending="" stopping=1 ;; esac
 }
 trap 'forward TERM' TERM
 trap 'forward INT' INT
@@ -92,6 +94,17 @@ for sig in TERM USR1; do  # (INT: bash ignores it in a background job, which can
              "process that had stopped a run), so it cannot pass it on to the ranks: start it with SIG$sig at its" \
              "default to stop a run that way" >&2
 done
+
+# Whether DeepSpeed's runner, given `--hostfile ARGS...`, starts its nodes over pdsh ("multi-node") or launches here
+# ("one node"), by its own code: the hostfile's active hosts (after --include, --exclude and --num_nodes), which is
+# what `forward` then finds as the runner's child.
+active_hosts='import sys
+from deepspeed.launcher import runner
+args = runner.parse_args(["--hostfile", *sys.argv[1:], "megadalle"])
+active = runner.apply_num_nodes_and_gpus(
+    runner.parse_inclusion_exclusion(runner.fetch_hostfile(args.hostfile), args.include, args.exclude),
+    args.num_nodes, args.num_gpus)
+print("multi-node" if (args.force_multi or len(active) > 1) and not args.no_ssh else "one node")'
 
 usage() {
     echo "launch/train.sh: $1" >&2
@@ -124,15 +137,20 @@ fi
 
 if [ -n "${HOSTFILE:-}" ]; then
     [ -f "$HOSTFILE" ] || usage "HOSTFILE=$HOSTFILE: no such file"
-    # Over pdsh (more than one host) DeepSpeed writes this folder and the Python's path into the remote command
-    # unquoted: a space in either splits it there, and every node fails with a shell error far from its cause.
-    if [ "$(awk '!/^[[:space:]]*(#|$)/' "$HOSTFILE" | wc -l)" -gt 1 ]; then
-        for path in "$PWD" "$python"; do
-            case "$path" in *[[:space:]]*)
-                usage "a multi-node run cannot start from or with a path holding a space ($path): DeepSpeed's pdsh command does not quote it; use a path without spaces (a symlink to it will do)" ;;
-            esac
-        done
-    fi
+    # Over pdsh (more than one active host) DeepSpeed writes this folder and the Python's path into the remote
+    # command unquoted: a space in either splits it there, and every node fails with a shell error far from its
+    # cause. Where a path has one, DeepSpeed's own code says whether it will start pdsh (`active_hosts`): counting
+    # the hostfile's lines refused a hostfile that DS_LAUNCHER_ARGS filter down to one host, which runs here. A
+    # hostfile DeepSpeed cannot read is its runner's to refuse.
+    for path in "$PWD" "$python"; do
+        case "$path" in *[[:space:]]*)
+            # shellcheck disable=SC2086  # DS_LAUNCHER_ARGS is a list of options
+            nodes=$("$python" -c "$active_hosts" "$HOSTFILE" ${DS_LAUNCHER_ARGS:-} 2>/dev/null | tail -n 1) || true
+            [ "$nodes" != multi-node ] ||
+                usage "a multi-node run cannot start from or with a path holding a space ($path): DeepSpeed's pdsh command does not quote it; use a path without spaces (a symlink to it will do)"
+            break ;;
+        esac
+    done
 fi
 
 port="${MASTER_PORT:-29500}"

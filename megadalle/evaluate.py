@@ -326,12 +326,13 @@ def run(cfg: DictConfig) -> int:
         with stops_on_signals(), output_folder(ec.output, verb="evaluate"):
             files = sampling_files(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model,
                                    ec.clip_score, without_clip(ec))
-            settings = {**sampling_key(ec, files, device, pick_dtype(ec.dtype, device), ("output", "overwrite")),
+            dtype = pick_dtype(ec.dtype, device)
+            settings = {**sampling_key(ec, files, device, dtype, ("output", "overwrite")),
                         "captions": captions,
                         "real_files": folder_state(ec.real_images) if ec.real_images else None}
             if finished_already(ec.output, METRICS, "evaluate", ec.overwrite, settings):
                 return 0
-            return sample_and_score(ec, files, captions, extract, device, settings)
+            return sample_and_score(ec, files, captions, extract, device, dtype, settings)
     except (KeyboardInterrupt, SamplingStopped) as stop:
         return stopped("evaluate", ec.output, METRICS, stop)
 
@@ -342,13 +343,13 @@ def without_clip(ec: EvaluateConfig) -> str:
 
 
 def sample_and_score(ec: EvaluateConfig, files: SamplingFiles, captions: list[str], extract: Extractor | None,
-                     device: torch.device, settings: dict) -> int:
+                     device: torch.device, dtype: torch.dtype, settings: dict) -> int:
     from megadalle.bundle import open_models
 
     def keep_readable(words) -> None:  # before any model is read, as the captions file's other checks
         captions[:] = readable_captions(words, captions, caption_source(ec), ec.max_captions)
 
-    models = open_models(files, ema_choice(ec.ema), device, pick_dtype(ec.dtype, device), keep_readable)
+    models = open_models(files, ema_choice(ec.ema), device, dtype, keep_readable)
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer
     with refused():  # a full disk, writing the samples or the report: one line (the same command starts again)
         scores = evaluate(model, dvae, clip, tokenizer, captions, ec, extract)

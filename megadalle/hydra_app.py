@@ -47,7 +47,10 @@ class VerbJob:
     (megadalle.sweep_jobs.write_record), hydra's own being turned off (`hydra_argv`)."""
 
     def __init__(self, verb: str, overrides: list[str], records: bool = True):
+        from megadalle.sweep_jobs import swept_keys
+
         self.verb, self.overrides, self.records = verb, overrides, records
+        self.swept = swept_keys(overrides)  # the sweep's, the same for every job
         self.crashes: list[BaseException] = []
         self.pid = os.getpid()
         self.__name__ = self.__qualname__ = f"megadalle {verb}"  # what hydra names the job after, unless told
@@ -60,14 +63,15 @@ class VerbJob:
         from megadalle.config.compose import conf_dir, keep_text, primary_given
         from megadalle.config.required import restore
         from megadalle.errors import UserError
-        from megadalle.sweep_jobs import check_record, job_named, place_outputs, swept_keys, write_record
+        from megadalle.sweep_jobs import check_record, job_named, place_outputs, write_record
         from megadalle.train.signals import STOPPED_EXIT
 
         hydra = HydraConfig.get()
         multirun = hydra.mode == RunMode.MULTIRUN
         task, folder = list(hydra.overrides.task), hydra.runtime.output_dir
         num = hydra.job.num if multirun else None
-        composed, hydra_root = OmegaConf.create(OmegaConf.to_container(cfg)), HydraConfig.instance().cfg
+        composed = OmegaConf.create(OmegaConf.to_container(cfg)) if self.records else None  # as hydra gave it
+        hydra_root = HydraConfig.instance().cfg
         choices = {g: o for g, o in hydra.runtime.choices.items() if not g.startswith("hydra")}
         extra = tuple(Path(s.path) for s in hydra.runtime.config_sources if s.schema == "file" and s.provider != "main")
         primary = hydra.job.config_name if hydra.job.config_name != self.verb else None  # conf/'s own comes first
@@ -75,7 +79,7 @@ class VerbJob:
         with open_dict(cfg):
             restore(cfg, conf_dir(), self.verb, choices, given)
             keep_text(cfg, self.verb, self.overrides)  # a sweep's values stay hydra's: keep_text skips sweeps
-            swept = swept_keys(self.overrides) if multirun else []
+            swept = self.swept if multirun else []
             home = place_outputs(cfg, self.verb, task, swept, num, folder) if multirun else None
         if home:
             try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from megadalle.config import ConfigError
+from megadalle.config.override import parser
 
 FILE, FOLDER = "file", "folder"
 
@@ -69,10 +70,7 @@ def per_job(path, num: int, kind: str = FOLDER) -> str:
 
 def swept_keys(overrides: list[str]) -> list[str]:
     """The keys `overrides` sweep over (`seed=0,1`, `trainer.lr=choice(...)`)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    return [o.key_or_group for o in parser.parse_overrides(overrides) if o.is_sweep_override()]
+    return [o.key_or_group for o in parser().parse_overrides(overrides) if o.is_sweep_override()]
 
 
 def check_shared_inputs(verb: str, overrides: list[str]) -> None:
@@ -162,34 +160,42 @@ def write_record(job_folder: str, cfg: DictConfig, hydra_root: DictConfig, job_o
 
 
 def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), primary: str | None = None) -> None:
-    """Each job of a sweep checked as it will be when it runs (composed, its outputs placed, megadalle.preflight),
-    before the first runs: a bad value in a sweep (`trainer.lr=1e-3,-1`) was found when its job began, after the
-    jobs before it had trained. Only for hydra's basic sweeper and launcher, whose jobs run here, in this process's
-    environment (a Slurm job's ranks are not this one's); a check's warnings are said when its job runs."""
+    """Each job of a sweep checked before the first is launched. Under any launcher, the places the jobs write
+    (`check_shared_places`): two jobs given one run_dir were caught only once the first had trained, and under a
+    launcher running them side by side (submitit's Slurm array) not at all. Under hydra's basic launcher, whose
+    jobs run here, in this process's environment (a Slurm job's ranks are not this one's), also as each will be
+    when it runs: its folder's record of another sweep (`check_record`), megadalle.preflight and the groups' schemas,
+    so that a bad value in a sweep (`trainer.lr=1e-3,-1`) is not found when its job begins, after the jobs before
+    it have trained; a check's warnings are said when its job runs. The jobs are the basic sweeper's: another
+    sweeper's (optuna's, ax's) are its own to choose as it runs, and each checks only its own record when it runs."""
     import io
     from contextlib import redirect_stderr
 
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from megadalle.cli import compose_errors, error_line
     from megadalle.config.compose import compose_with_choices
-    from megadalle.hydra_app import gives
     from megadalle.preflight import preflight
 
     swept = swept_keys(overrides)
-    if not swept or gives(overrides, "hydra/sweeper") or gives(overrides, "hydra/launcher"):
+    if not swept or not basic(overrides, "hydra/sweeper"):
         return
-    jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+    jobs = BasicSweeper.split_arguments(parser().parse_overrides(overrides), None)[0]
     taken: dict[str, tuple[int, list[str]]] = {}
     for num, job in enumerate(jobs if len(jobs) > 1 else ()):
         try:
             cfg, _ = compose_with_choices(verb, job, extra, primary, keep_hydra=True)
+            plugins = cfg.hydra.runtime.choices  # as given, or as a primary config of the user's chose them
+            if plugins.get("hydra/sweeper") != "basic":
+                return
+            here = plugins.get("hydra/launcher") == "basic"
             folder = job_folder(cfg, num)
             with open_dict(cfg):
                 del cfg["hydra"]
                 home = place_outputs(cfg, verb, job, swept, num, folder)
             check_shared_places(taken, job_places(cfg, verb, home), num, job, swept)
+            if not here:
+                continue
             if home:
                 check_record(home, num, job, swept)
             with redirect_stderr(io.StringIO()):
@@ -197,6 +203,13 @@ def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), pr
             build_groups(verb, cfg)
         except compose_errors() as err:
             raise ConfigError(f"{job_named(num, job, swept)}: {error_line(err)}; no job has run") from None
+
+
+def basic(overrides: list[str], group: str) -> bool:
+    """Whether `overrides` leave hydra's `group` (hydra/sweeper) its basic plugin: not given, or given as `basic`."""
+    from megadalle.hydra_app import override_key
+
+    return all(item.partition("=")[2] == "basic" for item in overrides if override_key(item) == group)
 
 
 def job_places(cfg: DictConfig, verb: str, home: tuple[str, str] | None) -> dict[str, str]:

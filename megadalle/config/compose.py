@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from megadalle.config.override import printable, quoted, quoted_form, shell_word
+from megadalle.config.override import parser, printable, quoted, quoted_form, shell_word
 
 
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def check_group_choices(verb: str, overrides: list[str], extra: tuple[Path, ...]
                                   f"config, not {verb}; {verb} takes {' or '.join(f'{key}={o}' for o in readable)}")
 
 
-def list_form(parser, key: str, value: str) -> str | None:
+def list_form(key: str, value: str) -> str | None:
     """`key=[a=1,b c]` with each item quoted (`'key=["a=1","b c"]'`), when the value is bracketed and that form
     reads as one list: quoting the whole value would make it one string, which a list setting
     (`demo.dvae_overrides`) refuses."""
@@ -119,7 +119,7 @@ def list_form(parser, key: str, value: str) -> str | None:
         return None
     candidate = f"{key}=[{','.join(quoted(item.strip()) for item in value[1:-1].split(','))}]"
     try:
-        parser.parse_override(candidate)
+        parser().parse_override(candidate)
     except HydraException:
         return None
     return shell_word(candidate)
@@ -165,22 +165,20 @@ def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps:
     (`LexerNoViableAltException`, `Ambiguous value`) does not say so. An item without `=` is no override at
     all: said as such (`bare_item`), with the `key=` that `verb` most likely wants. A sweep is refused unless
     `sweeps` (hydra's runner, `-m`, runs them)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     from megadalle.config import ConfigError
 
-    parser = OverridesParser.create()
     for at, item in enumerate(overrides):
         key, sep, value = item.partition("=")
         if is_bare(item):
             raise ConfigError(bare_item(verb, list(takewhile(is_bare, overrides[at:]))))
         named, quoted = one_line(item), quoted_form(key, meant_text(value)) if sep else item
         try:
-            sweep = parser.parse_override(item).is_sweep_override()
+            sweep = parser().parse_override(item).is_sweep_override()
         except HydraException as err:
             reason = printable(str(err).strip().split("\n")[0]) if str(err).strip() else type(err).__name__
-            listed = list_form(parser, key, value) if sep else None
+            listed = list_form(key, value) if sep else None
             fix = f"{quoted} (as text), or {listed} (as a list)" if listed else quoted
             raise ConfigError(f"{named}: hydra cannot read this value ({reason}); quote it: {fix}") from None
         if sweep and sep and not sweeps:
@@ -206,14 +204,12 @@ def keep_text(cfg: DictConfig, verb: str, overrides: list[str]) -> None:
     ints, which Path() refuses). A key is text where its group's schema types it so (hydra has then already
     made the number text) or where the verb's dataclass declares it `str` (megadalle.config.verbs); other keys
     keep hydra's value (`trainer.lr=1e-3` stays a float), and so does null."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     from megadalle.config.verbs import declares_text
 
-    parser = OverridesParser.create()
     for item in overrides:
-        override = parser.parse_override(item)
+        override = parser().parse_override(item)
         key = override.key_or_group
         if (override.is_delete() or override.package is not None or override.is_sweep_override()
                 or not isinstance(override.value(), (bool, int, float))):

@@ -64,6 +64,8 @@ def text_value(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def parser():
+    """Hydra's override parser, the one every reader of overrides in megadalle uses (made once: it holds no state
+    of a parse)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create()

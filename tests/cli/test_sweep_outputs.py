@@ -236,3 +236,42 @@ def test_a_path_swept_with_another_key_is_refused_before_any_job_runs(verb, swep
             f"write over the other; sweep over {key} alone, or give it one value (a place per job under it); no job "
             "has run") in capsys.readouterr().err
     assert stages == []
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """`hydra/launcher=standin`: a launcher whose jobs run elsewhere (as submitit's on Slurm), standing in for one
+    by recording the jobs it is handed and running none. Yields them."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    launched = []
+
+    class StandIn(Launcher):
+        def setup(self, *, hydra_context, task_function, config) -> None:
+            pass
+
+        def launch(self, job_overrides, initial_job_idx):
+            launched.extend(list(job) for job in job_overrides)
+            return []
+
+    ConfigStore.instance().store(group="hydra/launcher", name="standin", node={"_target_": "standin"})
+    monkeypatch.setattr(Plugins, "instantiate_launcher", lambda self, **kwargs: StandIn())
+    yield launched
+    # hydra lists the launchers it has (test_hydras_own_fix_is_kept_in_the_one_line)
+    del ConfigStore.instance().repo["hydra"]["launcher"]["standin.yaml"]
+
+
+def test_a_place_two_jobs_share_is_refused_before_another_launcher_gets_them(standin, tmp_path, capsys,
+                                                                             monkeypatch):
+    """The check ran under hydra's basic launcher only: submitit's jobs given one run_dir trained into it side by
+    side, or the second was refused there once the first had trained."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "-m", *SYNTHETIC, "run_dir=a,b", "trainer.lr=1e-3,3e-4", "hydra/launcher=standin",
+                 f"out_dir={tmp_path}"]) == 2
+    assert (f"megadalle train: job 1 (run_dir=a trainer.lr=0.0003): run_dir {tmp_path}/a is shared with job 0 "
+            "(run_dir=a trainer.lr=0.001): each would write over the other") in capsys.readouterr().err
+    assert standin == []
+    assert main(["train", "-m", *SYNTHETIC, "run_dir=a,b", f"out_dir={tmp_path}", "hydra/launcher=standin"]) == 0
+    assert [[item for item in job if item.startswith("run_dir=")] for job in standin] == [["run_dir=a"], ["run_dir=b"]]

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -104,10 +105,12 @@ def test_train_sh_refuses_a_master_port_among_the_launcher_args():
 
 def fake_deepspeed(folder, code: int = 0) -> dict:
     """A `deepspeed` script on the PATH whose shebang names a fake Python beside it, which records its arguments
-    (one a line, in folder/args) and exits with `code` at once. Returns train.sh's environment."""
+    (one a line, in folder/args) and exits with `code` at once; a `-c` script (train.sh asking DeepSpeed whether a
+    hostfile is multi-node) it runs with the real one. Returns train.sh's environment."""
     folder.mkdir(parents=True)
     python = folder / "python"
-    python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "$(dirname "$0")/args"\nexit {code}\n')
+    python.write_text(f'#!/bin/sh\n[ "$1" != -c ] || exec "{sys.executable}" "$@"\n'
+                      f'printf "%s\\n" "$@" > "$(dirname "$0")/args"\nexit {code}\n')
     (folder / "deepspeed").write_text(f"#!{python}\n\nfrom deepspeed.launcher.runner import main\nmain()\n")
     for script in (python, folder / "deepspeed"):
         script.chmod(0o755)
@@ -126,29 +129,37 @@ def test_train_sh_says_when_it_cannot_forward_a_signal_its_caller_ignores(ignore
     assert ignored is None or f"SIG{ignored.name[3:]} was ignored" in done.stderr
 
 
-STARTING_RUN = """#!/bin/bash
-# DeepSpeed's runner, its launcher and 2 ranks in one script, each stage held at a gate (a file in $GATES): the
-# launcher starts the ranks once `ranks` exists, the ranks take USR1/TERM/INT (as megadalle's do at their first line)
-# once `signals` exists, then train for 3 s and exit 0; a signal they take stops them with 75 and is recorded.
+def fake_run(ranks: str) -> str:
+    """DeepSpeed's runner, its launcher and 2 ranks in one script, the ranks' part of the case `ranks` (`rank N`):
+    the launcher starts the ranks once `ranks` exists in $GATES (INT at its default: a script's background job
+    ignores it, where DeepSpeed's ranks take it), and exits with their first failure."""
+    return """#!/bin/bash
 case "$1" in
 -m)  # the runner (`python -m deepspeed.launcher.runner`): its launcher's status
     "$0" launcher & wait $!; exit $? ;;
 launcher)  # its ranks' first failure, as DeepSpeed's launcher exits with it
     touch "$GATES/launcher.started"
     until [ -e "$GATES/ranks" ]; do sleep 0.05; done
-    "$0" rank 0 & first=$!
-    "$0" rank 1 & second=$!
+    env --default-signal=INT "$0" rank 0 & first=$!
+    env --default-signal=INT "$0" rank 1 & second=$!
     wait $first; code=$?
     wait $second; [ $code != 0 ] || code=$?
     exit $code ;;
 rank)
+""" + ranks + """
+esac
+"""
+
+
+STARTING_RUN = fake_run("""\
+    # each stage held at a gate (a file in $GATES): the ranks take USR1/TERM/INT (as megadalle's do at their first
+    # line) once `signals` exists, then train for 3 s and exit 0; a signal they take stops them with 75 and is
+    # recorded.
     touch "$GATES/rank$2.started"
     until [ -e "$GATES/signals" ]; do sleep 0.05; done
     for sig in USR1 TERM INT; do trap "echo rank$2 $sig >> $GATES/record; exit 75" $sig; done
     for _ in $(seq 30); do sleep 0.1; done
-    echo rank$2 finished >> "$GATES/record" ;;
-esac
-"""
+    echo rank$2 finished >> "$GATES/record" ;;""")
 
 
 def wait_for(path: Path, proc: subprocess.Popen) -> None:
@@ -190,6 +201,55 @@ def test_a_signal_to_train_sh_before_the_ranks_take_theirs_stops_them_as_they_do
     assert proc.returncode == 75, out
 
 
+LOADING_RUN = fake_run("""\
+    # ranks that hold USR1 and TERM from their first line and read a checkpoint for 10 s, their loop not yet begun:
+    # a stop is recorded and ends the rank 2 s later (saving nothing) with 75; an INT raises KeyboardInterrupt, as
+    # Python's own handler does before megadalle's loop takes Ctrl-C (recorded, 130)
+    code=""
+    for sig in USR1 TERM; do trap "echo rank$2 $sig >> $GATES/record; code=75" $sig; done
+    trap "echo rank$2 INT >> $GATES/record; exit 130" INT
+    touch "$GATES/rank$2.holds"
+    left=100
+    while [ $left -gt 0 ]; do
+        sleep 0.1
+        left=$((left - 1))
+        [ -z "$code" ] || [ $left -le 20 ] || left=20
+    done
+    [ -z "$code" ] || exit $code
+    echo rank$2 finished >> "$GATES/record" ;;""")
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_to_train_sh_while_the_ranks_read_a_checkpoint_stops_them_cleanly(tmp_path, presses):
+    """Ranks that held TERM but had not begun their loop got a Ctrl-C as INT: KeyboardInterrupt, exit 130, and the
+    launcher killed the others. It reaches them as TERM (75); a second Ctrl-C, the user insisting, as INT."""
+    env = fake_deepspeed(tmp_path / "bin")
+    (tmp_path / "bin" / "python").write_text(LOADING_RUN)
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    (gates / "ranks").touch()
+    proc = subprocess.Popen([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], env={**env, "GATES": str(gates)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    record = gates / "record"
+    try:
+        wait_for(gates / "rank0.holds", proc)
+        wait_for(gates / "rank1.holds", proc)
+        proc.send_signal(signal.SIGINT)
+        if presses == 2:
+            deadline = time.time() + 30
+            while not (record.exists() and record.read_text().count("TERM") == 2):
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    finally:  # what a failure left: the script, and the run's processes (in the runner's session) by their path
+        proc.kill()
+        subprocess.run(["pkill", "-KILL", "-f", str(tmp_path / "bin")])
+    got = sorted(record.read_text().splitlines() if record.exists() else [])
+    assert got == sorted(f"rank{n} {sig}" for n in (0, 1) for sig in ("TERM", "INT")[:presses]), out
+    assert proc.returncode == (75 if presses == 1 else 130), out
+
+
 @pytest.mark.parametrize("never_starts", [False, True], ids=["exits-3", "cannot-execute"])
 def test_train_sh_fails_with_the_launchers_status_when_it_exits_at_once(tmp_path, never_starts):
     """A runner that exited before train.sh's wait loop (`setsid: failed to execute deepspeed`, a runner that
@@ -222,15 +282,20 @@ def test_train_sh_runs_deepspeeds_runner_with_its_python_from_a_folder_with_a_sp
 @pytest.mark.parametrize("where", ["python", "cwd"])
 def test_train_sh_refuses_a_multi_node_run_from_a_path_with_a_space(tmp_path, where):
     """Over pdsh DeepSpeed writes the folder and the Python's path into the remote command unquoted: every node
-    failed with a shell error. A hostfile of one host runs no pdsh, so the same paths are fine there."""
+    failed with a shell error. A hostfile of one active host (one line, or one left by --num_nodes or --exclude,
+    which the check took for several) runs no pdsh, so the same paths are fine there."""
     folder = tmp_path / ("My Projects" if where == "python" else "bin") / "bin"
     env = fake_deepspeed(folder)
     cwd = tmp_path / ("My Runs" if where == "cwd" else "runs")
     cwd.mkdir()
-    for hosts, refused in (("node1 slots=8\n# a comment\nnode2 slots=8\n", True), ("node1 slots=8\n", False)):
+    for hosts, launcher_args, refused in (("node1 slots=8\n# a comment\nnode2 slots=8\n", "", True),
+                                          ("node1 slots=8\n", "", False),
+                                          ("node1 slots=8\nnode2 slots=8\n", "--num_nodes 1", False),
+                                          ("node1 slots=8\nnode2 slots=8\n", "--exclude node2", False)):
         (tmp_path / "hostfile").write_text(hosts)
         done = subprocess.run([str(launch.ROOT / "launch" / "train.sh"), "model=tiny"], capture_output=True,
-                              text=True, cwd=cwd, env={**env, "HOSTFILE": str(tmp_path / "hostfile")}, timeout=60)
+                              text=True, cwd=cwd, timeout=60,
+                              env={**env, "HOSTFILE": str(tmp_path / "hostfile"), "DS_LAUNCHER_ARGS": launcher_args})
         assert (done.returncode == 2) == refused, done.stderr
         space = folder / "python" if where == "python" else cwd
         assert (f"path holding a space ({space})" in done.stderr) == refused, done.stderr
