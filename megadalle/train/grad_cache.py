@@ -40,7 +40,8 @@ def update(engine: Any, batches: Sequence[Batch], step: int, encode: Encode, los
     """Run one update of this rank's `batches` through the DeepSpeed `engine` under `loss` of the whole update
     (the same call on every rank: `loss` may gather over them); returns this rank's loss as `loss` and its
     metrics. `inputs` gives `loss` keyword arguments read from the batches themselves, without gradients (CLIP's
-    token ids, for its accuracy)."""
+    token ids, for its accuracy, and sample ids, for the repeats its contrast leaves out), rows in the order of the
+    concatenated outputs."""
     with torch.no_grad():
         cached = [engine(batch, step, run=encode) for batch in batches]
     leaves = [joined(outputs).detach().float().requires_grad_() for outputs in zip(*cached)]
