@@ -55,6 +55,23 @@ def update(engine: Any, batches: Sequence[Batch], step: int, encode: Encode, los
     return {"loss": value.item(), **metrics}
 
 
+def evaluation(runner: Any) -> Callable[[nn.Module, Sequence[Batch], int], dict[str, float]] | None:
+    """For a runner `update` makes (a task's `update_runner`: `partial(update, encode=, loss=, inputs=)`), the same
+    loss without training: `(model, this rank's micro-batches, step) -> metrics`, `loss` among them, so that a
+    validation contrasts what the training contrasts (train/validate.py); None for any other runner."""
+    if isinstance(runner, partial) and runner.func is update:
+        return partial(evaluate, **runner.keywords)
+    return None
+
+
+def evaluate(model: nn.Module, batches: Sequence[Batch], step: int, encode: Encode, loss: Loss,
+             inputs: Callable[[Sequence[Batch]], dict[str, Any]] | None = None) -> dict[str, float]:
+    """`update`'s loss and metrics of these micro-batches, without gradients (the caller's no_grad) or a step."""
+    outputs = [encode(model, batch, step) for batch in batches]
+    value, metrics = loss(*(joined(output).float() for output in zip(*outputs)), **(inputs(batches) if inputs else {}))
+    return {"loss": value.item(), **metrics}
+
+
 def joined(outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """One output of every micro-batch: rows concatenated, a 0-dim output the first micro-batch's."""
     return outputs[0] if outputs[0].dim() == 0 else torch.cat(outputs)
