@@ -2,6 +2,7 @@
 
     loader = image_loader("shards/", global_batch=64, image_size=256, seed=0)      # dVAE, CLIP
     loader = token_loader("tokens/", global_batch=64, tokenizer=tok, text_len=256)  # Transformer
+    # every batch also holds `sample`: LongTensor[b], the global sample id of each row (see below)
     for batch in loader:                 # this rank's micro-batches, step by step; loader.step advances
         ...
     ckpt["data"] = loader.state_dict()   # step, epoch, samples_seen, global_batch, seed, shuffle, fingerprint
@@ -20,7 +21,9 @@ micro-batch i takes positions i, i+R, ...; rank r reads micro-batches r, w+r, 2w
 accumulating 2 micro-batches reads what 2 ranks read without accumulation, and the samples of a
 global batch depend on nothing but (seed, step, B): resuming at step s on another number of ranks
 with the same global batch gives every later global batch the same samples (elastic), and every
-epoch sees each sample exactly once. A full permutation replaces webdataset's shuffle buffer: it
+epoch sees each sample exactly once. A batch's `sample` names each row's sample by its global id: a global batch
+straddling an epoch boundary may hold one twice, and CLIP's contrastive loss must not take one copy for a negative
+of the other (models/clip.py `contrastive_loss`). A full permutation replaces webdataset's shuffle buffer: it
 mixes strictly better, and it is what makes a position addressable. `shuffle_window=W` trades
 mixing for locality (shards in seeded order, samples permuted within runs of W; see order.py).
 
@@ -135,7 +138,7 @@ class _Steps(IterableDataset):
                     ids = plan.order.ids(positions)
                     samples = reader.read_many(ids, plan.maker.fields, decode=False, required=plan.maker.required)
                     try:
-                        micro.append(plan.maker(samples, positions, plan.seed))
+                        micro.append({**plan.maker(samples, positions, plan.seed), "sample": torch.from_numpy(ids)})
                     except UnreadableImage as err:
                         shard = plan.index.shards[int(plan.index.locate(np.asarray(ids)[[err.position]])[0][0])].name
                         raise RuntimeError(f"{sample_name(plan.index.root / shard, err.key)}: step {step}, micro-batch "
@@ -273,7 +276,7 @@ def image_fields(index: ShardIndex) -> tuple[str, ...]:
 
 
 def image_loader(root: str | Path | ShardIndex, global_batch: int, image_size: int, **kwargs) -> StepLoader:
-    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption, txt, key: list[str]), b = micro_batch.
+    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption, txt, key: list[str], sample), b = micro_batch.
 
     For one pass in shard order (e.g. `encode`): shuffle=False, epochs=1 (the last batch may be short).
     """
@@ -283,7 +286,7 @@ def image_loader(root: str | Path | ShardIndex, global_batch: int, image_size: i
 
 def token_loader(root: str | Path | ShardIndex, global_batch: int, tokenizer, text_len: int, bpe_dropout: float = 0.0,
                  **kwargs) -> StepLoader:
-    """Token batches dict(text=LongTensor[b, text_len], image=LongTensor[b, H*W]), with a data.tokenizer.Tokenizer."""
+    """Token batches dict(text=LongTensor[b, text_len], image=LongTensor[b, H*W], sample), with a data.tokenizer.Tokenizer."""
     return StepLoader(root, global_batch, TokenBatches(tokenizer, text_len, bpe_dropout), **kwargs)
 
 

@@ -6,9 +6,10 @@ Step s's global batch is positions [s*B, (s+1)*B), cut into R strided parts: rea
 takes positions i, i+R, ... of it (R = ranks x gradient-accumulation micro-batches). The order of
 samples depends on neither the world size nor the number of DataLoader workers, so a run
 resumed at step s on any number of ranks (same B) sees the same global batches, and every
-epoch visits each sample exactly once. Batches may straddle an epoch boundary (no sample dropped). A global batch
-larger than N would hold some samples twice in one update (for CLIP's contrastive loss a duplicate is a negative of
-its own caption): training refuses it (`check_global_batch`).
+epoch visits each sample exactly once. Batches may straddle an epoch boundary (no sample dropped), so one may hold a
+sample twice: the loader names each row's sample id (`sample`), and CLIP's contrastive loss leaves the repeat out. A
+global batch larger than N would hold some samples twice in every update: training refuses it
+(`check_global_batch`).
 
 The permutation is a keyed Feistel network with cycle walking (as in levanter): O(1) memory,
 evaluated for just the positions a rank needs, for data sets of any size.

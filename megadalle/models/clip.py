@@ -153,8 +153,10 @@ class CLIP(nn.Module):
         empty partition (the validation loss, called outside DeepSpeed's engine, failed at its first batch)."""
         return self.encode_image(image), self.encode_text(text), self.scale()
 
-    def loss(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return contrastive_loss(*self(image, text), text)
+    def loss(self, image: torch.Tensor, text: torch.Tensor,
+             sample: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """`contrastive_loss` of the pairs; `sample` their sample ids (the loader's), to tell copies apart."""
+        return contrastive_loss(*self(image, text), text, sample)
 
     @torch.no_grad()
     def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -176,8 +178,8 @@ def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(gathered, dim=0), dist.get_rank() * x.shape[0]
 
 
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
-                     text: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, text: torch.Tensor | None = None,
+                     sample: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Symmetric InfoNCE of this rank's pairs against the global batch.
 
     Each rank scores its own images against all captions and its own captions against all
@@ -185,6 +187,10 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
     usual data-parallel gradient average gives the single-process gradient. Assumes equal
     per-rank batch sizes. A caption that appears twice in the batch is a negative of the other's
     image, as in CLIP's loss (with few distinct captions, as the demo's, the loss stays above 0).
+    One sample read twice is another matter: a global batch straddling an epoch boundary can hold it twice
+    (data/order.py), and its copy is no negative but the pair itself. Given `sample`, this rank's rows' sample ids
+    (the loader's `sample`), each pair is contrasted with the de-duplicated batch (`repeats`): each row's loss is
+    its own in the batch without repeats. A batch without repeats masks nothing and gives the same bits.
 
     clip_acc: the share of this rank's images whose best-scoring caption is their own. Given `text`,
     the captions' token ids, picking a copy of its own caption (the same ids) is a hit: a perfect
@@ -196,6 +202,9 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
     labels = torch.arange(img.shape[0], device=img.device) + offset
     logits_i = scale * img @ all_txt.t()
     logits_t = scale * txt @ all_img.t()
+    if sample is not None:
+        left_out = repeats(sample.to(img.device), labels)
+        logits_i, logits_t = logits_i.masked_fill(left_out, -math.inf), logits_t.masked_fill(left_out, -math.inf)
     loss = (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
     accuracy = picked_own_caption(logits_i.argmax(-1), labels, text).float().mean()
     return loss, {"clip_loss": loss.item(), "clip_acc": accuracy.item(), "temperature": 1 / scale.item()}
@@ -208,3 +217,17 @@ def picked_own_caption(chosen: torch.Tensor, labels: torch.Tensor, text: torch.T
         return chosen == labels
     all_text, _ = gather(text.to(chosen.device))
     return (all_text[chosen] == all_text[labels]).all(-1)
+
+
+def repeats(sample: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[this rank's rows, global batch]: True where a column repeats a sample, for the loss to leave out. Each row
+    keeps its own pair and one column of every other sample (its first copy), so it sees the de-duplicated batch:
+    another copy of its own sample is the pair itself, not a negative, and a sample read twice is one negative,
+    not two. `sample`: this rank's sample ids, gathered as `picked_own_caption` gathers the token ids. Columns
+    index captions in one loss and images in the other, both in the global batch's order: one mask serves both."""
+    all_sample, _ = gather(sample)
+    same = all_sample[:, None] == all_sample[None, :]
+    later_copy = same.tril(-1).any(1)
+    own_sample = same[labels]
+    own_pair = torch.arange(all_sample.shape[0], device=labels.device)[None, :] == labels[:, None]
+    return torch.where(own_sample, ~own_pair, later_copy[None, :])

@@ -40,7 +40,8 @@ def update(engine: Any, batches: Sequence[Batch], step: int, encode: Encode, los
     """Run one update of this rank's `batches` through the DeepSpeed `engine` under `loss` of the whole update
     (the same call on every rank: `loss` may gather over them); returns this rank's loss as `loss` and its
     metrics. `inputs` gives `loss` keyword arguments read from the batches themselves, without gradients (CLIP's
-    token ids, for its accuracy)."""
+    token ids, for its accuracy, and sample ids, for the repeats its contrast leaves out), rows in the order of the
+    concatenated outputs."""
     with torch.no_grad():
         cached = [engine(batch, step, run=encode) for batch in batches]
     leaves = [joined(outputs).detach().float().requires_grad_() for outputs in zip(*cached)]
@@ -51,6 +52,23 @@ def update(engine: Any, batches: Sequence[Batch], step: int, encode: Encode, los
     for batch, share in zip(batches, shares):
         engine.backward(engine(batch, step, run=partial(surrogate, encode, share, accum)))
         engine.step()
+    return {"loss": value.item(), **metrics}
+
+
+def evaluation(runner: Any) -> Callable[[nn.Module, Sequence[Batch], int], dict[str, float]] | None:
+    """For a runner `update` makes (a task's `update_runner`: `partial(update, encode=, loss=, inputs=)`), the same
+    loss without training: `(model, this rank's micro-batches, step) -> metrics`, `loss` among them, so that a
+    validation contrasts what the training contrasts (train/validate.py); None for any other runner."""
+    if isinstance(runner, partial) and runner.func is update:
+        return partial(evaluate, **runner.keywords)
+    return None
+
+
+def evaluate(model: nn.Module, batches: Sequence[Batch], step: int, encode: Encode, loss: Loss,
+             inputs: Callable[[Sequence[Batch]], dict[str, Any]] | None = None) -> dict[str, float]:
+    """`update`'s loss and metrics of these micro-batches, without gradients (the caller's no_grad) or a step."""
+    outputs = [encode(model, batch, step) for batch in batches]
+    value, metrics = loss(*(joined(output).float() for output in zip(*outputs)), **(inputs(batches) if inputs else {}))
     return {"loss": value.item(), **metrics}
 
 

@@ -19,6 +19,13 @@ the cached micro-batches at once, which averages over micro-batches and data-par
 broadcasts to every stage, and reports the loss only (the other metrics stay inside the last stage).
 A loss that divides by a count varying between micro-batches (the Transformer's kept text tokens) gets the
 totals of the whole subset (megadalle.train.step_totals), so its mean is the subset's token mean.
+
+A loss over the whole update (CLIP's contrast with `clip.negatives=update`, run by gradient caching) is validated
+over each validation global batch's micro-batches together, as the training computes it (grad_cache.evaluation):
+a contrastive loss grows with the log of the pairs it contrasts, so val/loss scored per micro-batch sat about
+ln(grad_accum) below the training loss at equal skill. Where the split holds less than one global batch (fewer
+micro-batches, `one_pass`) the contrast is smaller than the training's: the run says so when it starts and logs
+the pairs contrasted as val/contrast.
 """
 from __future__ import annotations
 
@@ -29,10 +36,11 @@ from dataclasses import replace
 import torch
 
 from megadalle.data.val_pass import one_pass
+from megadalle.train import grad_cache
 from megadalle.train.engine import Built
 from megadalle.train.step_totals import with_step_totals
 from megadalle.train.steps import mean_over_ranks, to_device
-from megadalle.train.task import Batch, DataPart, Task
+from megadalle.train.task import Batch, DataPart, Task, loader_metrics
 
 
 @contextmanager
@@ -52,8 +60,13 @@ class Validator:
         self.task, self.built, self.part, self.prefix = task, built, part, prefix
         self.every, self.global_batches, self.seed = every, batches, seed
         self._cache: list[Batch] | None = None
+        plain = every and built.pipeline is None  # a pipeline's engine runs its updates: it never asks for a runner
+        self.whole_update = grad_cache.evaluation(task.update_runner(part)) if plain else None
+        self.contrast: int | None = None
         if every:
             self.part, self.global_batches = self._one_pass(part, batches)
+            if self.whole_update is not None:
+                self.contrast = self._contrast(part)
 
     def _one_pass(self, part: DataPart, batches: int) -> tuple[DataPart, int]:
         """The part and the global batches that read the task's split at most once over (as asked, for a stream
@@ -66,6 +79,18 @@ class Validator:
         if reading.shortfall and self.built.engine.global_rank == 0:
             print(f"{self.prefix} validation: {reading.shortfall}", flush=True)
         return replace(part, grad_accum=reading.grad_accum), reading.batches
+
+    def _contrast(self, training: DataPart) -> int | None:
+        """The pairs each validation loss contrasts where fewer than the training's (a split smaller than one
+        global batch reads fewer micro-batches: `_one_pass`), said once here; None where they are as many."""
+        pairs = self.part.micro_batch * self.part.grad_accum * self.part.dp_world
+        if self.part.grad_accum == training.grad_accum:
+            return None
+        if self.built.engine.global_rank == 0:
+            print(f"{self.prefix} validation: each loss contrasts {pairs} pairs, the training's "
+                  f"{training.global_batch}: val/loss is lower by about ln({training.global_batch}/{pairs}) at "
+                  "equal skill (val/contrast logs it)", flush=True)
+        return pairs
 
     def due(self, step: int) -> bool:
         """After update index `step` (0-based), as `trainer.media_every` counts."""
@@ -97,13 +122,24 @@ class Validator:
         module.eval()
         try:
             totals: dict[str, float] = {}
-            for batch in batches:
-                for name, value in self.task.validation_loss(self.built.model, batch, step).items():
-                    totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
+            scored = [self._scored(batches[i:i + self.part.grad_accum], step)
+                      for i in range(0, len(batches), self.part.grad_accum)] if self.whole_update else \
+                [self.task.validation_loss(self.built.model, batch, step) for batch in batches]
+            for metrics in scored:
+                for name, value in metrics.items():
+                    totals[name] = totals.get(name, 0.0) + float(value) / len(scored)
         finally:
             module.train()
-        return {**mean_over_ranks(totals, self.part.dp_world, self.built.device),
+        contrast = {} if self.contrast is None else {"contrast": float(self.contrast)}
+        return {**mean_over_ranks(totals, self.part.dp_world, self.built.device), **contrast,
                 **self.task.validation_summary(self.built.device)}
+
+    def _scored(self, update: list[Batch], step: int) -> dict[str, float]:
+        """The metrics of one validation global batch's micro-batches on this rank, contrasted together as the
+        training's update is (`whole_update`), with the loaders' shares averaged over them."""
+        shares = [loader_metrics(batch) for batch in update]
+        return {**self.whole_update(self.built.model, update, step),
+                **{name: sum(share[name] for share in shares) / len(shares) for name in shares[0]}}
 
     def _pipeline(self, batches: list[Batch]) -> dict[str, float]:
         split = self.built.pipeline.split

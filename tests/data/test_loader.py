@@ -272,3 +272,13 @@ def test_a_corrupt_sample_names_its_own_shard_when_another_shard_holds_its_key(t
                                                      "jpg": b"broken" if i == 5 else jpeg_bytes((8, 8), i)})
     with pytest.raises(RuntimeError, match=r"shard-000001\.tar:002: step 0, micro-batch 0: its image does not decode"):
         take(image_loader(root, 6, 8, shuffle=False), 1)
+
+
+def test_batches_name_their_samples_and_so_the_copies_a_straddling_batch_holds(image_shards):
+    """`sample` is each row's global id: a global batch straddling an epoch boundary may read a sample twice (CLIP's
+    loss leaves the copy out of the contrast by it), where keys repeat only by chance across shards."""
+    loader = image_loader(image_shards, 10, 16, seed=0)
+    batches = take(loader, 12)
+    assert all(b["sample"].tolist() == loader.sample_ids(step).tolist() for step, b in enumerate(batches))
+    assert all(b["key"] == [f"{i:06d}" for i in b["sample"].tolist()] for b in batches)  # keys 0..22 in id order
+    assert any(len(set(b["sample"].tolist())) < 10 for b in batches)
