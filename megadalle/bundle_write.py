@@ -134,7 +134,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
     codes = recorded_codes(run, None, record)
     warnings = check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
-                           recorded_tokenizer(run, None, record))
+                           recorded_tokenizer(run, None, record), spec.config)
     _check_pieces(files, own_clip, clip_model, codes)
     created = not output.exists()
     earlier_clip = is_bundle(output) and read_record(output / MANIFEST).get("clip") == CLIP

@@ -82,9 +82,11 @@ class TokenizerRecord:
     """The record: `RUN/run.json` or `FOLDER/bundle.json`."""
 
 
-def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | None = None) -> list[str]:
+def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | None = None,
+                transformer_config=None) -> list[str]:
     """`check_compatible` for models on disk (weights or run directories; `clip` None for no megadalle CLIP),
-    their configs read without a tensor: a mismatch is named before a large model's weights are read. A
+    their configs read without a tensor: a mismatch is named before a large model's weights are read
+    (`transformer_config`: the Transformer's, where the caller has it: export, from the run's task it built). A
     tokenizer megadalle cannot use is refused under its key, `tokenizer`, and so is one whose contents are not
     the `recorded` one's (None: nothing records it, plain weights or a record older than the digests), or not
     the ones the CLIP was trained with (`clip_record`). What passes with a doubt (a CLIP exported before that
@@ -98,7 +100,7 @@ def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | 
     names = {"transformer": str(transformer), "dvae": str(dvae), "tokenizer": str(tokenizer)}
     if clip is not None:
         names["clip"] = str(clip)
-    configs = (model_config(transformer, "transformer"), model_config(dvae, "dvae"),
+    configs = (transformer_config or model_config(transformer, "transformer"), model_config(dvae, "dvae"),
                None if clip is None else model_config(clip, "clip"))
     try:
         vocab = Tokenizer(tokenizer).vocab_size

@@ -30,23 +30,23 @@ def test_the_task_is_built_and_the_output_checked_once(trained, tmp_path, monkey
 def test_a_model_folder_export_builds_the_task_once(trained, tmp_path, monkeypatch):
     """The folder export built it four times: the verb, the folder's kind check (model_config), the compatibility
     check of its pieces (sampling/compatible.check_files, which reads every piece's config as generate does) and the
-    Transformer's export; now the verb's and check_files'."""
+    Transformer's export; now the verb's alone."""
     run, _, dvae, clip = trained
     calls = []
     for module in (export, consolidate):
         counted(monkeypatch, module, "run_task", calls)
     assert main(["export", f"run={run}", f"output={tmp_path / 'model'}", f"dvae_weights={dvae}",
                  f"clip_weights={clip}"]) == 0
-    assert calls == ["run_task", "run_task"]
+    assert calls == ["run_task"]
 
 
 def test_write_bundle_from_python_builds_the_task_once(trained, tmp_path, monkeypatch):
     """write_bundle called without `trained=` built the task for its kind check (model_config) and again for the
-    Transformer's export, beside check_files' own build: now its own and check_files'."""
+    Transformer's export, beside check_files' own build: now its own alone."""
     from megadalle.bundle_write import write_bundle
 
     run, _, dvae, clip = trained
     calls = []
     counted(monkeypatch, consolidate, "run_task", calls)
     write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
-    assert calls == ["run_task", "run_task"]
+    assert calls == ["run_task"]
