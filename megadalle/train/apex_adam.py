@@ -15,7 +15,8 @@ are right, only apex's bias corrections had run ahead.
 At ZeRO stage 0 in bf16 DeepSpeed wrapped apex's FusedAdam in its FP16_Optimizer (flat fp32 masters,
 `fp32_groups_flat`, and no loss-scale keys at bf16), where it now wraps torch's AdamW in FP16_UnfusedOptimizer,
 whose load reads `dynamic_loss_scale` first (KeyError). That layout is not converted: it is refused by name
-(`FLAT_MASTERS`), while export still reads the checkpoint's module weights.
+(`FLAT_MASTERS`), while export still reads it: the module's bf16 weights, or at dtype=fp32 the flat masters cut
+at the parameters' sizes (consolidate.py).
 """
 from __future__ import annotations
 
