@@ -85,6 +85,7 @@ class Trainer:
         self.failure: str | None = None
         """A run file rank 0 could not write, in one line (`_tell`): every rank stops on it (`_stopping`)."""
         self.env = distributed.detect()
+        self.verb = run.verb
         self.prefix = f"[{run.verb}]"
         if self.env.rank == 0 and (warning := schedule.warmup_warning(trainer)):
             print(f"{self.prefix} warning: {warning}", file=sys.stderr, flush=True)
@@ -163,7 +164,7 @@ class Trainer:
         building the engine): when a stop signal has reached any rank, every rank stops here together, before the
         first update. Nothing is trained since the last checkpoint, so nothing is saved."""
         if distributed.any_rank(self.stop.set):
-            raise StoppedBeforeFirstUpdate(self.run_dir, self.step, self.env.rank)
+            raise StoppedBeforeFirstUpdate(self.run_dir, self.step, self.env.rank, self.verb)
 
     def _ema(self, decay: float | None) -> EMA | None:
         """This rank's share of the EMA: its stage's parameters (plain-model names), its data-parallel piece."""
@@ -279,7 +280,8 @@ class Trainer:
             print(f"{self.prefix} rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}"
                   + (f" (the {' and '.join(skipped)} due at this update skipped, to save sooner)" if skipped else ""),
                   flush=True)
-        return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.built.engine, self.built.model)
+        return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.verb, self.built.engine,
+                      self.built.model)
 
     def _say_if_past_steps(self) -> None:
         """Rank 0 says once that the checkpoint resumed is past `trainer.steps`: a rerun asking fewer steps than the

@@ -276,12 +276,12 @@ def test_train_dvae_and_train_clip_return_the_stop_status(module, monkeypatch):
 
 
 @pytest.mark.parametrize("rank, step, losses, line", [
-    (0, 3, [1.0], "[train] stopped by signal at step 3; run directory run"),
-    (0, None, [], "[train] stopped by signal before its first update, nothing to save: rerunning resumes from the "
-                  "last checkpoint; run directory run"),
+    (0, 3, [1.0], "[train-dvae] stopped by signal at step 3; run directory run"),
+    (0, None, [], "[train-dvae] stopped by signal before its first update, nothing to save: rerunning resumes from "
+                  "the last checkpoint; run directory run"),
     (1, 3, [1.0], "")], ids=["in-the-loop", "before-the-first-update", "not-rank-0"])
-def test_a_stopped_run_reports_how_it_stopped_on_rank_0(capsys, rank, step, losses, line):
-    Result(Path("run"), step, True, losses, rank).report("train")
+def test_a_stopped_run_reports_how_it_stopped_on_rank_0_under_its_verb(capsys, rank, step, losses, line):
+    Result(Path("run"), step, True, losses, rank, "train-dvae").report()
     assert capsys.readouterr().out.strip() == line
 
 
