@@ -123,11 +123,7 @@ class Trainer:
         self._stop_point()
         self.samples_seen = int(state.get("samples_seen", 0))
         self.nonfinite = int(state.get("nonfinite_losses", 0))
-        kernels = {"optimizer": engine_lib.optimizer_kind(self.built.engine.optimizer),
-                   "layer_norm": layer_norm_kind(self.built.model)}
-        if self.env.rank == 0:
-            print(f"{self.prefix} optimizer: {kernels['optimizer']}, layer_norm: {kernels['layer_norm']}", flush=True)
-        recorded = self._write_run_json(run, kernels)
+        recorded = self._write_run_json(run)
         self.wandb = Wandb(logger)
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)
@@ -138,13 +134,16 @@ class Trainer:
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps,
                             self._logged_config(recorded), state.get("wandb_id"))
 
-    def _write_run_json(self, run: RunOptions, kernels: dict[str, str]) -> dict:
+    def _write_run_json(self, run: RunOptions) -> dict:
         """Rank 0 records the config the run goes on under (a resume may have changed what RESUMABLE allows), its paths
         absolute (rundir.recorded), and the optimizer and LayerNorm it runs (apex's or torch's: the config does not
-        say); a disk that does not take it stops every rank with one line (disk_full). Returns what it recorded ({} on
-        the other ranks)."""
+        say), which it also prints; a disk that does not take it stops every rank with one line (disk_full). Returns
+        what it recorded ({} on the other ranks)."""
         failure, recorded = None, {}
         if self.env.rank == 0:
+            kernels = {"optimizer": engine_lib.optimizer_kind(self.built.engine.optimizer),
+                       "layer_norm": layer_norm_kind(self.built.model)}
+            print(f"{self.prefix} optimizer: {kernels['optimizer']}, layer_norm: {kernels['layer_norm']}", flush=True)
             path = self.run_dir / "run.json"
             recorded = {"task_factory": run.task_factory, "config": rundir.recorded(run.config),
                         "sha256": rundir.recorded_digests(run.config), "kernels": kernels}
