@@ -234,7 +234,8 @@ class Trainer:
         state = checkpoint_load.load(self.built.engine, chosen, self.env.rank, self.ema, universal_dir)
         if universal_dir is not None and self.layout.zero_stage == 3:
             universal.repair_zero3_optimizer(self.built.engine.optimizer, universal_dir)
-        check_data_identity(state.get("data_identity"), self.data_identity, chosen, run.new_data, self.env.rank)
+        check_data_identity(state.get("data_identity"), self.data_identity, chosen, run.new_data, self.env.rank,
+                            self.prefix)
         self.task.load_state(state.get("task_state", {}))
         print(f"{self.prefix} rank {self.env.rank} resumed from {chosen} at step {state['step']}", flush=True)
         return state
@@ -250,7 +251,7 @@ class Trainer:
         """The updates. Whatever ends them, every callback's end() runs and the run lock is released (an in-process
         caller, the demo, goes on after a failed run)."""
         losses: list[float] = []
-        stop = self.stop.install((signal.SIGINT,))  # Ctrl-C checkpoints from here; before, it interrupts at once
+        stop = self.stop.install((signal.SIGINT,), self.prefix)  # Ctrl-C checkpoints from here; before, it interrupts
         stopped, failing, skipped = False, True, []
         try:
             self._say_if_past_steps()
@@ -272,7 +273,7 @@ class Trainer:
         finally:
             stop.uninstall(stopped)
             try:
-                end_all(self.callbacks, failing, stopped)
+                end_all(self.callbacks, failing, stopped, self.prefix)
             finally:
                 self.lock.release()
         if stopped:  # once the stop flag is given back: a Ctrl-C now is not one "saving after this update"

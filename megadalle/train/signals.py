@@ -32,12 +32,16 @@ to reach every rank, short enough that a later, deliberate TERM does what it did
 class StopFlag:
     def __init__(self):
         self.received: int | None = None
+        self.prefix = "[train]"
+        """The running verb's prefix, which the Ctrl-C line starts with (`install`)."""
         self._previous = {}
         self._pid = os.getpid()
 
-    def install(self, signals: tuple[int, ...] = STOP_SIGNALS) -> "StopFlag":
-        """Take over `signals` (only possible from the main thread; elsewhere a no-op). Installing a signal the flag
-        holds already keeps the handler it gives back."""
+    def install(self, signals: tuple[int, ...] = STOP_SIGNALS, prefix: str = "[train]") -> "StopFlag":
+        """Take over `signals` (only possible from the main thread; elsewhere a no-op), saying Ctrl-C's line under
+        `prefix` (the loop's, `[<verb>]`). Installing a signal the flag holds already keeps the handler it gives
+        back."""
+        self.prefix = prefix
         if threading.current_thread() is not threading.main_thread():
             return self
         for sig in signals:
@@ -67,7 +71,7 @@ class StopFlag:
         if signum == signal.SIGINT:
             if self.received == signal.SIGINT:
                 raise KeyboardInterrupt
-            print("[train] Ctrl-C: saving a checkpoint after this update, then stopping (Ctrl-C again to abort "
+            print(f"{self.prefix} Ctrl-C: saving a checkpoint after this update, then stopping (Ctrl-C again to abort "
                   "without saving)", file=sys.stderr, flush=True)
         self.received = signum
 
