@@ -73,7 +73,8 @@ class StopFlag:
                 raise KeyboardInterrupt
             print(f"{self.prefix} Ctrl-C: saving a checkpoint after this update, then stopping (Ctrl-C again to abort "
                   "without saving)", file=sys.stderr, flush=True)
-        self.received = signum
+        global _last_stop
+        self.received = _last_stop = signum
 
     @property
     def set(self) -> bool:
@@ -89,6 +90,15 @@ def stop_requested() -> bool:
 
 _stopped_here = False
 """Whether a run in this process stopped for a signal: its exit ignores late copies (`ignore_late_copies`)."""
+_last_stop: int | None = None
+"""The stop signal the latest run's flag took (`last_stop`)."""
+
+
+def last_stop() -> int | None:
+    """The stop signal the flag of this process's latest run took (None before one did): a training stage's flag
+    keeps its signal to itself, and the demo's stop line names it from here. Each run's flag starts it afresh
+    (`run_flag`)."""
+    return _last_stop
 
 
 class LateCopies:
@@ -167,9 +177,11 @@ def taken_at_start() -> Iterator[None]:
 def run_flag() -> StopFlag:
     """A run's stop flag, holding USR1 and TERM: the one its verb took at its start, with what it received since
     (`taken_at_start`), else a new one. The loop adds SIGINT when its first update begins."""
-    global _at_start
+    global _at_start, _last_stop
     flag, _at_start = _at_start, None
-    return flag if flag is not None else StopFlag().install(LATE_COPIES)
+    flag = flag if flag is not None else StopFlag().install(LATE_COPIES)
+    _last_stop = flag.received
+    return flag
 
 
 @contextmanager

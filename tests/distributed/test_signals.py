@@ -32,6 +32,19 @@ def test_signal_sets_flag_and_handlers_are_restored(sig):
     assert signal.getsignal(sig) == before
 
 
+def test_the_latest_runs_stop_signal_is_kept_for_the_demos_stop_line():
+    """A training stage's flag keeps its signal to itself: the demo names it from signals.last_stop."""
+    flag = run_flag()
+    try:
+        assert signals.last_stop() is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert signals.last_stop() == signal.SIGUSR1
+    finally:
+        flag.uninstall()
+    run_flag().uninstall()  # the next run's flag starts afresh
+    assert signals.last_stop() is None
+
+
 @pytest.fixture
 def stopped(request, monkeypatch):
     """A StopFlag given back after a stop, its signal's handler put back as it was after the test."""
