@@ -41,7 +41,7 @@ from megadalle.demo_done import once
 from megadalle.demo_judge import chance, judge
 from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
 from megadalle.demo_settings import DATA, check_and_record, value
-from megadalle.demo_stop import DemoStopped, SignalsSeen, finished, interruptible, named, stop_line
+from megadalle.demo_stop import DemoStopped, finished, interruptible, named, stop_line
 from megadalle.errors import UserError
 from megadalle.preflight.demo import check_output
 
@@ -363,13 +363,13 @@ def run(cfg: DictConfig) -> int:
 
     d = build(DemoConfig, cfg.demo, "demo")
     r = build(DemoRunConfig, top_level(cfg, DemoRunConfig), "")
-    timer, seen = Timer(), SignalsSeen()
+    timer = Timer()
     try:
-        with seen, interruptible():
+        with interruptible():
             run_demo(d, r.output, r.seed, timer)
         return 0
     except DemoStopped as stopped:  # the trainer checkpointed (or, stopped in its start-up, kept its last one)
-        line = stop_line(stopped.stage, seen.first(), list(timer.times), timer.run_dir)
+        line = stop_line(stopped.stage, stopped.how, list(timer.times), timer.run_dir)
     except KeyboardInterrupt as interrupted:  # an Interrupted, or a second Ctrl-C in a training stage (no save)
         line = stop_line(timer.current, named(interrupted), list(timer.times), timer.run_dir)
     except (CheckpointError, RunDirError) as err:

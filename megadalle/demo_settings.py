@@ -48,6 +48,12 @@ whatever changes the dVAE's weights for the runs trained on it (ON_THE_DVAE): it
 which the dVAE's run alone may take up or down."""
 
 
+TOLD_BY_RUNS = {"demo.dvae_steps": ("dvae", "trainer", "steps")}
+"""Settings a record may lack (a demo's from before they were recorded) whose value a run in the folder tells, as
+(run, config group, key) of its run.json: the dVAE's step count is its run's trainer.steps (demo.trainer_overrides).
+Left out of the comparison, a new value went through once and was recorded as the folder's."""
+
+
 def settings_path(out: Path) -> Path:
     return record_path(out, "settings")
 
@@ -74,6 +80,18 @@ def recorded(out: Path) -> dict | None:
     return None
 
 
+def told_by_runs(out: Path, keys: list[str]) -> dict:
+    """The TOLD_BY_RUNS `keys` as the runs in `out` recorded them (runs/<run>/run.json), where they did."""
+    told = {}
+    for key in keys:
+        run, group, name = TOLD_BY_RUNS[key]
+        try:
+            told[key] = json.loads((out / "runs" / run / "run.json").read_text())["config"][group][name]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return told
+
+
 def with_checkpoints(out: Path) -> list[str]:
     """The runs in `out` that hold a checkpoint (or one being written): what a rerun would resume."""
     return [run for run in RUNS if (folder := out / "runs" / run / "checkpoints").is_dir() and any(folder.iterdir())]
@@ -81,14 +99,16 @@ def with_checkpoints(out: Path) -> list[str]:
 
 def check_and_record(d: DemoConfig, out: Path, seed: int) -> None:
     """Refuse, before the demo writes anything, settings that differ from those the runs with checkpoints in `out`
-    trained with; then record this run's where they are new. Without a record beside checkpoints (a folder of an
-    older demo), this run's settings are not recorded: what those runs trained with is unknown, and a later rerun
-    would be compared against values they never had."""
+    trained with; then record this run's where they are new. A setting the record lacks is the value the run it made
+    tells (TOLD_BY_RUNS). Without a record beside checkpoints (a folder of an older demo), this run's settings are not
+    recorded: what those runs trained with is unknown, and a later rerun would be compared against values they never
+    had."""
     now, saved, runs = current(d, seed), recorded(out), with_checkpoints(out)
     if saved is not None:
-        differ = [key for key in now if key in saved and saved[key] != now[key] and set(SETTINGS[key]) & set(runs)]
+        known = {**told_by_runs(out, [key for key in TOLD_BY_RUNS if key not in saved]), **saved}
+        differ = [key for key in now if key in known and known[key] != now[key] and set(SETTINGS[key]) & set(runs)]
         if differ:
-            shown = ", ".join(f"{key}: {saved[key]!r} there, {now[key]!r} now" for key in differ)
+            shown = ", ".join(f"{key}: {known[key]!r} there, {now[key]!r} now" for key in differ)
             held = ", ".join(f"runs/{run}" for run in runs)
             raise UserError(f"{out} holds an earlier demo's runs ({held}) trained with other settings ({shown}); "
                             "rerun with that demo's settings to continue it, or give this one another output=")

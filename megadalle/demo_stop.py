@@ -2,7 +2,8 @@
 says what it kept, and rerunning the same command continues from there (demo_done.py skips the data stages an
 earlier run finished, the training stages resume from their checkpoints).
 
-A training stage takes the signals over while it trains (signals.run_flag: it saves a checkpoint and stops).
+A training stage takes the signals over while it trains (signals.run_flag: it saves a checkpoint and stops); the
+signal its flag took is kept for the stop line (signals.last_stop).
 Around it the demo's own handler raises `Interrupted` at once, as Ctrl-C raises KeyboardInterrupt: its other
 stages publish what they write atomically (prepare's shards, encode's, the weights, the grids) or record it as
 done last (demo_done.py), so a stop leaves nothing half-written that a rerun would take for finished. Before the
@@ -12,12 +13,10 @@ stage.
 """
 from __future__ import annotations
 
-import os
 import signal
-import threading
 from pathlib import Path
 
-from megadalle.train.signals import STOP_SIGNALS, raising_at_once
+from megadalle.train.signals import STOP_SIGNALS, last_stop, raising_at_once
 
 
 class Interrupted(KeyboardInterrupt):
@@ -39,55 +38,25 @@ def name_of(signum: int) -> str:
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
-class SignalsSeen:
-    """While open, notes the stop signals that reach the process, whichever handler takes them: a training stage's
-    own (the trainer's flag, which replaces the demo's and keeps the signal to itself) included, so that its stop
-    line names the signal ("stopped by a signal" did). Python writes each handled signal's number to its wakeup fd,
-    here a pipe read when the block ends; outside the main thread (no handler there) it notes nothing."""
-
-    def __init__(self):
-        self.signums: list[int] = []
-        self._pipe: tuple[int, int] | None = None
-        self._previous = -1
-
-    def __enter__(self) -> "SignalsSeen":
-        if threading.current_thread() is threading.main_thread():
-            self._pipe = os.pipe()
-            for fd in self._pipe:
-                os.set_blocking(fd, False)
-            self._previous = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._pipe is None:
-            return
-        signal.set_wakeup_fd(self._previous)
-        try:
-            self.signums += [n for n in os.read(self._pipe[0], 256) if n in STOP_SIGNALS]
-        except BlockingIOError:  # none came
-            pass
-        for fd in self._pipe:
-            os.close(fd)
-        self._pipe = None
-
-    def first(self) -> str:
-        """The first stop signal seen, as a stop line names it; "a signal" when none was seen."""
-        return name_of(self.signums[0]) if self.signums else "a signal"
-
-
 class DemoStopped(Exception):
     """A training stage that a stop signal ended before its last update: it saved a checkpoint (or, stopped in its
-    start-up, kept the one it had), and the demo stops there rather than go on without its weights."""
+    start-up, kept the one it had), and the demo stops there rather than go on without its weights. `signum` is the
+    signal its trainer's flag took (signals.last_stop), which the stop line names."""
 
-    def __init__(self, stage: str):
+    def __init__(self, stage: str, signum: int | None):
         super().__init__(stage)
-        self.stage = stage
+        self.stage, self.signum = stage, signum
+
+    @property
+    def how(self) -> str:
+        """The signal as a stop line names it; "a signal" where the stage's flag took none."""
+        return name_of(self.signum) if self.signum is not None else "a signal"
 
 
 def finished(stage: str, done: bool) -> None:
-    """DemoStopped unless the training stage `stage` finished."""
+    """DemoStopped unless the training stage `stage` finished, naming the signal its trainer took."""
     if not done:
-        raise DemoStopped(stage)
+        raise DemoStopped(stage, last_stop())
 
 
 def interruptible():

@@ -49,11 +49,11 @@ class Callback:
         pass
 
 
-def end_all(callbacks: list[Callback], failing: bool, stopped: bool = False) -> None:
+def end_all(callbacks: list[Callback], failing: bool, stopped: bool = False, prefix: str = "[train]") -> None:
     """`ending()` and `end()` of every callback, though one fails: one failing (wandb's finish on a full disk)
     skipped the others' and whatever the caller does after (the run lock's release, in-process). The first failure
     is raised once all ran, unless the run is `failing` already: its own error says what went wrong, and an end()'s
-    is one line more."""
+    is one line more, under `prefix` (the running verb's)."""
     first = None
     for callback in callbacks:
         try:
@@ -62,7 +62,7 @@ def end_all(callbacks: list[Callback], failing: bool, stopped: bool = False) -> 
         except Exception as err:
             if failing:
                 said = str(err).strip().splitlines()
-                print(f"[train] {type(callback).__name__}.end() failed too: {type(err).__name__}"
+                print(f"{prefix} {type(callback).__name__}.end() failed too: {type(err).__name__}"
                       + (f": {said[0]}" if said else ""), file=sys.stderr, flush=True)
             first = first or err
     if first is not None and not failing:

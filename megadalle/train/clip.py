@@ -125,7 +125,7 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     build(RunConfig, {"run_dir": cfg.get("run_dir"), "resume": cfg.get("resume", "auto")}, "")
     weights = build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights  # text: `weights=2024` is a path
     result = train_from_config(task_from_config(cfg), cfg, FACTORY, verb="train-clip")
-    result.report("train-clip")
+    result.report()
     if result.stopped_by_signal or result.rank != 0:
         return result, None
     ema = cfg.trainer.get("ema") is not None

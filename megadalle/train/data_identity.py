@@ -29,10 +29,11 @@ def codes_identity(meta: dict) -> dict:
 
 
 def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str | None, new_data: bool = False,
-                        rank: int = 0) -> None:
+                        rank: int = 0, prefix: str = "[train]") -> None:
     """Refuse to resume on data whose order differs from the checkpoint's (see Task.data_identity), unless the
     data alone differs and the run asked to go on with it (`new_data`): a folder img2dataset was still filling
-    left no way to continue the run on it but starting again."""
+    left no way to continue the run on it but starting again. Rank 0 says so then, under `prefix` (the running
+    verb's)."""
     if not saved:
         return
     differs = [key for key in sorted(set(saved) | set(current), key=lambda key: (key not in CODES_KEYS, key))
@@ -46,7 +47,7 @@ def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str 
             "start a new run (another run_dir or name)")
     if new_data and differs and all(key in NEW_DATA_KEYS for key in differs):
         if rank == 0:
-            print(f"[train] resuming {checkpoint_path} on other data (new_data=true): from here the run reads the "
+            print(f"{prefix} resuming {checkpoint_path} on other data (new_data=true): from here the run reads the "
                   "data as it is now, in a new order (some samples repeat, others come later)", flush=True)
         return
     for key in (key for key in differs if not (new_data and key in NEW_DATA_KEYS)):

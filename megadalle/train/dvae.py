@@ -312,7 +312,7 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     task.shard_index  # tars written elsewhere are indexed here, once; else a one-line error
     task.schedule_warning = unfinished_schedules(task.cfg.objective, int(cfg.trainer.steps))
     result = train_from_config(task, cfg, FACTORY, verb="train-dvae")
-    result.report("train-dvae")
+    result.report()
     if result.stopped_by_signal or result.rank != 0:
         return result, None
     ema = cfg.trainer.get("ema") is not None

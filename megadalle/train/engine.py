@@ -275,7 +275,7 @@ def undo_warmup_step(optimizer) -> bool:
         return False
     with torch.no_grad():
         for weight, master in stage0_masters(optimizer):
-            master.value().copy_(weight)
+            master.copy_(weight)
     optimizer.optimizer.state.clear()
     return True
 

@@ -85,6 +85,7 @@ class Trainer:
         self.failure: str | None = None
         """A run file rank 0 could not write, in one line (`_tell`): every rank stops on it (`_stopping`)."""
         self.env = distributed.detect()
+        self.verb = run.verb
         self.prefix = f"[{run.verb}]"
         if self.env.rank == 0 and (warning := schedule.warmup_warning(trainer)):
             print(f"{self.prefix} warning: {warning}", file=sys.stderr, flush=True)
@@ -122,11 +123,7 @@ class Trainer:
         self._stop_point()
         self.samples_seen = int(state.get("samples_seen", 0))
         self.nonfinite = int(state.get("nonfinite_losses", 0))
-        kernels = {"optimizer": engine_lib.optimizer_kind(self.built.engine.optimizer),
-                   "layer_norm": layer_norm_kind(self.built.model)}
-        if self.env.rank == 0:
-            print(f"{self.prefix} optimizer: {kernels['optimizer']}, layer_norm: {kernels['layer_norm']}", flush=True)
-        recorded = self._write_run_json(run, kernels)
+        recorded = self._write_run_json(run)
         self.wandb = Wandb(logger)
         speed = Speed(self.part.global_batch, task.tokens_per_sample(), task.flops_per_sample(self.built.model),
                       logger.peak_tflops, self.env.world_size)
@@ -137,13 +134,16 @@ class Trainer:
         self.info = RunInfo(self.run_dir, self.env.rank, self.env.world_size, self.step, trainer.steps,
                             self._logged_config(recorded), state.get("wandb_id"))
 
-    def _write_run_json(self, run: RunOptions, kernels: dict[str, str]) -> dict:
+    def _write_run_json(self, run: RunOptions) -> dict:
         """Rank 0 records the config the run goes on under (a resume may have changed what RESUMABLE allows), its paths
         absolute (rundir.recorded), and the optimizer and LayerNorm it runs (apex's or torch's: the config does not
-        say); a disk that does not take it stops every rank with one line (disk_full). Returns what it recorded ({} on
-        the other ranks)."""
+        say), which it also prints; a disk that does not take it stops every rank with one line (disk_full). Returns
+        what it recorded ({} on the other ranks)."""
         failure, recorded = None, {}
         if self.env.rank == 0:
+            kernels = {"optimizer": engine_lib.optimizer_kind(self.built.engine.optimizer),
+                       "layer_norm": layer_norm_kind(self.built.model)}
+            print(f"{self.prefix} optimizer: {kernels['optimizer']}, layer_norm: {kernels['layer_norm']}", flush=True)
             path = self.run_dir / "run.json"
             recorded = {"task_factory": run.task_factory, "config": rundir.recorded(run.config),
                         "sha256": rundir.recorded_digests(run.config), "kernels": kernels}
@@ -163,7 +163,7 @@ class Trainer:
         building the engine): when a stop signal has reached any rank, every rank stops here together, before the
         first update. Nothing is trained since the last checkpoint, so nothing is saved."""
         if distributed.any_rank(self.stop.set):
-            raise StoppedBeforeFirstUpdate(self.run_dir, self.step, self.env.rank)
+            raise StoppedBeforeFirstUpdate(self.run_dir, self.step, self.env.rank, self.verb)
 
     def _ema(self, decay: float | None) -> EMA | None:
         """This rank's share of the EMA: its stage's parameters (plain-model names), its data-parallel piece."""
@@ -234,7 +234,8 @@ class Trainer:
         state = checkpoint_load.load(self.built.engine, chosen, self.env.rank, self.ema, universal_dir)
         if universal_dir is not None and self.layout.zero_stage == 3:
             universal.repair_zero3_optimizer(self.built.engine.optimizer, universal_dir)
-        check_data_identity(state.get("data_identity"), self.data_identity, chosen, run.new_data, self.env.rank)
+        check_data_identity(state.get("data_identity"), self.data_identity, chosen, run.new_data, self.env.rank,
+                            self.prefix)
         self.task.load_state(state.get("task_state", {}))
         print(f"{self.prefix} rank {self.env.rank} resumed from {chosen} at step {state['step']}", flush=True)
         return state
@@ -250,7 +251,7 @@ class Trainer:
         """The updates. Whatever ends them, every callback's end() runs and the run lock is released (an in-process
         caller, the demo, goes on after a failed run)."""
         losses: list[float] = []
-        stop = self.stop.install((signal.SIGINT,))  # Ctrl-C checkpoints from here; before, it interrupts at once
+        stop = self.stop.install((signal.SIGINT,), self.prefix)  # Ctrl-C checkpoints from here; before, it interrupts
         stopped, failing, skipped = False, True, []
         try:
             self._say_if_past_steps()
@@ -272,14 +273,15 @@ class Trainer:
         finally:
             stop.uninstall(stopped)
             try:
-                end_all(self.callbacks, failing, stopped)
+                end_all(self.callbacks, failing, stopped, self.prefix)
             finally:
                 self.lock.release()
         if stopped:  # once the stop flag is given back: a Ctrl-C now is not one "saving after this update"
             print(f"{self.prefix} rank {self.env.rank}: stop signal, checkpoint saved at step {self.step}"
                   + (f" (the {' and '.join(skipped)} due at this update skipped, to save sooner)" if skipped else ""),
                   flush=True)
-        return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.built.engine, self.built.model)
+        return Result(self.run_dir, self.step, stopped, losses, self.env.rank, self.verb, self.built.engine,
+                      self.built.model)
 
     def _say_if_past_steps(self) -> None:
         """Rank 0 says once that the checkpoint resumed is past `trainer.steps`: a rerun asking fewer steps than the

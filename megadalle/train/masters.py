@@ -15,32 +15,17 @@ through `safe_*_local_fp32_param`) the layouts DeepSpeed builds here are:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
 import torch
 
 
-@dataclass(frozen=True)
-class WholeMaster:
-    """A parameter's whole fp32 master at stage 0: `owner`, the tensor the torch optimizer steps (and keys Adam's
-    state by)."""
-    owner: torch.Tensor
-
-    def value(self) -> torch.Tensor:
-        return self.owner.data
-
-    def moment(self, optimizer: torch.optim.Optimizer, key: str) -> torch.Tensor | None:
-        """`optimizer`'s state `key` for the owner; None before its first step."""
-        return optimizer.state.get(self.owner, {}).get(key)
-
-
-def stage0_masters(optimizer) -> Iterator[tuple[torch.Tensor, WholeMaster]]:
-    """(weight, its master) for every parameter a stage-0 optimizer steps: DeepSpeed's bf16 wrapper or a torch
-    optimizer of fp32 parameters; nothing for ZeRO's optimizers."""
+def stage0_masters(optimizer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, its whole fp32 master) for every parameter a stage-0 optimizer steps: DeepSpeed's bf16 wrapper or a
+    torch optimizer of fp32 parameters; nothing for ZeRO's optimizers. The master is the tensor the torch optimizer
+    steps, and keys Adam's state by."""
     for weights, masters in _groups(optimizer):
-        for weight, master in zip(weights, masters):
-            yield weight, WholeMaster(master)
+        yield from zip(weights, masters)
 
 
 def _groups(optimizer) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
@@ -56,20 +41,21 @@ def _groups(optimizer) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
 
 
 _FOUND: WeakKeyDictionary = WeakKeyDictionary()
-"""Per optimizer: (its `_layout` when its masters were found, {id(weight): WholeMaster}). CLIP clamps its logit
+"""Per optimizer: (its `_layout` when its masters were found, {id(weight): its master}). CLIP clamps its logit
 scale after every update (ParamEditor.clamp): a scan of every stage-0 master each step to find that one grew
 with the model."""
 
 
-def whole_master(param: torch.Tensor, optimizer) -> WholeMaster | None:
-    """`param`'s master at stage 0; None under ZeRO or where the optimizer does not step it. Found once per
-    optimizer, and again once its groups are other lists (`_layout`)."""
+def whole_master(param: torch.Tensor, optimizer) -> torch.Tensor | None:
+    """`param`'s whole fp32 master at stage 0 (the tensor its torch optimizer steps and keys Adam's state by; edit it
+    under no_grad); None under ZeRO or where the optimizer does not step it. Found once per optimizer, and again once
+    its groups are other lists (`_layout`)."""
     layout = _layout(optimizer)
     if not layout:  # ZeRO's optimizers (or none): no whole master, nothing to keep
         return None
     found = _FOUND.get(optimizer)
     if found is None or not _same(found[0], layout):
-        masters: dict[int, WholeMaster] = {}
+        masters: dict[int, torch.Tensor] = {}
         for weight, master in stage0_masters(optimizer):
             masters.setdefault(id(weight), master)  # the first, as a scan finds it
         found = _FOUND[optimizer] = (layout, masters)
@@ -94,7 +80,7 @@ def local_master(param: torch.Tensor, optimizer) -> torch.Tensor | None:
     if hasattr(param, "_hp_mapping"):
         return None if param._hp_mapping is None else param._hp_mapping.get_hp_fragment()
     master = whole_master(param, optimizer)
-    return None if master is None else master.value()
+    return None if master is None else master.data
 
 
 def torch_optimizer(optimizer) -> torch.optim.Optimizer:

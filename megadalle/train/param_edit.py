@@ -57,10 +57,10 @@ class ParamEditor:
                 if state is not None:
                     safe_set_full_optimizer_state(param, edit(state.float(), key), key)
         elif (master := whole_master(param, self.engine.optimizer)) is not None:  # stage 0: the whole master
-            master.value().copy_(value)
+            master.copy_(value)
+            held = torch_optimizer(self.engine.optimizer).state.get(master, {})  # Adam's, keyed by the master
             for key in MOMENTS:
-                moment = master.moment(torch_optimizer(self.engine.optimizer), key)
-                if moment is not None:
+                if (moment := held.get(key)) is not None:  # none before its first step
                     moment.copy_(edit(moment.float(), key))
         param.data.copy_(value)
         if self.ema is not None:
@@ -103,4 +103,4 @@ class ParamEditor:
 
             return safe_get_full_fp32_param(param).float()
         master = whole_master(param, self.engine.optimizer)
-        return (param if master is None else master.value()).detach().float().clone()
+        return (param if master is None else master).detach().float().clone()

@@ -21,6 +21,8 @@ class Result:
     losses: list[float]
     """This process's losses of the updates it ran (global means)."""
     rank: int = 0
+    verb: str = "train"
+    """The verb that ran it (train, train-dvae, train-clip: RunOptions.verb), which its last line names."""
     engine: Any = None
     """The DeepSpeed engine, still live (e.g. to evaluate the trained model; ZeRO-3 needs it for gathering); None
     after a stop before the first update."""
@@ -32,15 +34,15 @@ class Result:
         """A signal stopped the start-up: nothing was trained or saved (a stop in the loop comes after an update)."""
         return self.stopped_by_signal and not self.losses
 
-    def report(self, verb: str) -> None:
-        """A training verb's last line, on rank 0: how the run ended and where it lives."""
+    def report(self) -> None:
+        """The training verb's last line, on rank 0: how the run ended and where it lives."""
         if self.rank != 0:
             return
         if self.stopped_before_first_update:
             how = "stopped by signal before its first update, nothing to save: rerunning resumes from the last checkpoint"
         else:
             how = f"{'stopped by signal' if self.stopped_by_signal else 'finished'} at step {self.step}"
-        print(f"[{verb}] {how}; run directory {self.run_dir}", flush=True)
+        print(f"[{self.verb}] {how}; run directory {self.run_dir}", flush=True)
 
     def exit_status(self, steps: int) -> int:
         """A training verb's exit status for a run of `steps` updates (signals.exit_status)."""
@@ -50,6 +52,6 @@ class Result:
 class StoppedBeforeFirstUpdate(Exception):
     """A stop signal reached a rank during the start-up: every rank leaves it together (`Trainer._stop_point`)."""
 
-    def __init__(self, run_dir: Path, step: int | None, rank: int):
+    def __init__(self, run_dir: Path, step: int | None, rank: int, verb: str):
         super().__init__(f"stopped by signal before the first update (rank {rank})")
-        self.result = Result(run_dir, step, True, [], rank)
+        self.result = Result(run_dir, step, True, [], rank, verb)

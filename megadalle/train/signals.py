@@ -32,12 +32,16 @@ to reach every rank, short enough that a later, deliberate TERM does what it did
 class StopFlag:
     def __init__(self):
         self.received: int | None = None
+        self.prefix = "[train]"
+        """The running verb's prefix, which the Ctrl-C line starts with (`install`)."""
         self._previous = {}
         self._pid = os.getpid()
 
-    def install(self, signals: tuple[int, ...] = STOP_SIGNALS) -> "StopFlag":
-        """Take over `signals` (only possible from the main thread; elsewhere a no-op). Installing a signal the flag
-        holds already keeps the handler it gives back."""
+    def install(self, signals: tuple[int, ...] = STOP_SIGNALS, prefix: str = "[train]") -> "StopFlag":
+        """Take over `signals` (only possible from the main thread; elsewhere a no-op), saying Ctrl-C's line under
+        `prefix` (the loop's, `[<verb>]`). Installing a signal the flag holds already keeps the handler it gives
+        back."""
+        self.prefix = prefix
         if threading.current_thread() is not threading.main_thread():
             return self
         for sig in signals:
@@ -67,9 +71,10 @@ class StopFlag:
         if signum == signal.SIGINT:
             if self.received == signal.SIGINT:
                 raise KeyboardInterrupt
-            print("[train] Ctrl-C: saving a checkpoint after this update, then stopping (Ctrl-C again to abort "
+            print(f"{self.prefix} Ctrl-C: saving a checkpoint after this update, then stopping (Ctrl-C again to abort "
                   "without saving)", file=sys.stderr, flush=True)
-        self.received = signum
+        global _last_stop
+        self.received = _last_stop = signum
 
     @property
     def set(self) -> bool:
@@ -85,6 +90,15 @@ def stop_requested() -> bool:
 
 _stopped_here = False
 """Whether a run in this process stopped for a signal: its exit ignores late copies (`ignore_late_copies`)."""
+_last_stop: int | None = None
+"""The stop signal the latest run's flag took (`last_stop`)."""
+
+
+def last_stop() -> int | None:
+    """The stop signal the flag of this process's latest run took (None before one did): a training stage's flag
+    keeps its signal to itself, and the demo's stop line names it from here. Each run's flag starts it afresh
+    (`run_flag`)."""
+    return _last_stop
 
 
 class LateCopies:
@@ -163,9 +177,11 @@ def taken_at_start() -> Iterator[None]:
 def run_flag() -> StopFlag:
     """A run's stop flag, holding USR1 and TERM: the one its verb took at its start, with what it received since
     (`taken_at_start`), else a new one. The loop adds SIGINT when its first update begins."""
-    global _at_start
+    global _at_start, _last_stop
     flag, _at_start = _at_start, None
-    return flag if flag is not None else StopFlag().install(LATE_COPIES)
+    flag = flag if flag is not None else StopFlag().install(LATE_COPIES)
+    _last_stop = flag.received
+    return flag
 
 
 @contextmanager

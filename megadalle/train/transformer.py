@@ -157,5 +157,5 @@ def run(cfg: DictConfig) -> int:
     check(not cfg.get("dvae_weights") or Path(cfg.dvae_weights).exists(), "dvae_weights", cfg.get("dvae_weights"),
           "does not exist (the dVAE that decodes the sample grids: a .safetensors file or a train-dvae run)")
     result = train_from_config(task_from_config(cfg), cfg, FACTORY)
-    result.report("train")
+    result.report()
     return result.exit_status(int(cfg.trainer.steps))

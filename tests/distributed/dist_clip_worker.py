@@ -48,7 +48,7 @@ def main(opts: dict) -> None:
         task.after_update(built.model, ParamEditor(built.engine, ds.zero_stage), 0)
         scale = built.model.logit_scale
         whole = whole_master(scale, built.engine.optimizer)  # stage 0; ZeRO keeps fragments or partitions
-        record["master_scale"] = deepspeed.utils.safe_get_full_fp32_param(scale) if whole is None else whole.value()
+        record["master_scale"] = deepspeed.utils.safe_get_full_fp32_param(scale) if whole is None else whole.detach()
     params = dict(built.model.named_parameters())
     partitioned = all(hasattr(p, "ds_tensor") for p in params.values())  # ZeRO-3: gathered to be read
     with deepspeed.zero.GatheredParameters(list(params.values())) if partitioned else contextlib.nullcontext():

@@ -32,6 +32,19 @@ def test_signal_sets_flag_and_handlers_are_restored(sig):
     assert signal.getsignal(sig) == before
 
 
+def test_the_latest_runs_stop_signal_is_kept_for_the_demos_stop_line():
+    """A training stage's flag keeps its signal to itself: the demo names it from signals.last_stop."""
+    flag = run_flag()
+    try:
+        assert signals.last_stop() is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert signals.last_stop() == signal.SIGUSR1
+    finally:
+        flag.uninstall()
+    run_flag().uninstall()  # the next run's flag starts afresh
+    assert signals.last_stop() is None
+
+
 @pytest.fixture
 def stopped(request, monkeypatch):
     """A StopFlag given back after a stop, its signal's handler put back as it was after the test."""
@@ -276,12 +289,12 @@ def test_train_dvae_and_train_clip_return_the_stop_status(module, monkeypatch):
 
 
 @pytest.mark.parametrize("rank, step, losses, line", [
-    (0, 3, [1.0], "[train] stopped by signal at step 3; run directory run"),
-    (0, None, [], "[train] stopped by signal before its first update, nothing to save: rerunning resumes from the "
-                  "last checkpoint; run directory run"),
+    (0, 3, [1.0], "[train-dvae] stopped by signal at step 3; run directory run"),
+    (0, None, [], "[train-dvae] stopped by signal before its first update, nothing to save: rerunning resumes from "
+                  "the last checkpoint; run directory run"),
     (1, 3, [1.0], "")], ids=["in-the-loop", "before-the-first-update", "not-rank-0"])
-def test_a_stopped_run_reports_how_it_stopped_on_rank_0(capsys, rank, step, losses, line):
-    Result(Path("run"), step, True, losses, rank).report("train")
+def test_a_stopped_run_reports_how_it_stopped_on_rank_0_under_its_verb(capsys, rank, step, losses, line):
+    Result(Path("run"), step, True, losses, rank, "train-dvae").report()
     assert capsys.readouterr().out.strip() == line
 
 

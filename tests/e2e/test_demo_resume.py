@@ -133,6 +133,32 @@ def test_the_dvaes_step_count_may_change_until_a_run_trained_on_the_dvae_has_che
         check_and_record(settings("demo.dvae_steps=4", "demo.dvae_lr=0.002"), out, 0)
 
 
+def test_a_settings_record_from_before_the_dvaes_step_count_holds_it_to_the_dvae_run_that_made_the_folder(tmp_path):
+    """A record written before demo.dvae_steps was recorded let one new step count through beside a Transformer
+    trained on the old dVAE, and recorded it: the step count the dVAE's run was trained to (its run.json) is the
+    folder's."""
+    from megadalle.config import build
+    from megadalle.config.demo import DemoConfig
+    from megadalle.data import atomic
+    from megadalle.demo_settings import check_and_record, current, settings_path
+
+    def settings(*overrides: str) -> DemoConfig:
+        return build(DemoConfig, compose("demo", [*TINY, *overrides]).demo, "demo")
+
+    out = tmp_path / "demo"
+    older = {key: value for key, value in current(settings(), 0).items() if key != "demo.dvae_steps"}
+    atomic.write_json(settings_path(out), older)
+    for run in ("dvae", "dalle"):
+        (out / "runs" / run / "checkpoints" / "step_00000002").mkdir(parents=True)
+    atomic.write_json(out / "runs" / "dvae" / "run.json", {"config": {"trainer": {"steps": 2}}})
+    with pytest.raises(UserError, match=r"\(runs/dvae, runs/dalle\) trained with other settings "
+                                        r"\(demo.dvae_steps: 2 there, 4 now\);"):
+        check_and_record(settings("demo.dvae_steps=4"), out, 0)
+    assert json.loads(settings_path(out).read_text()) == older
+    check_and_record(settings("demo.dvae_steps=2"), out, 0)
+    assert json.loads(settings_path(out).read_text())["demo.dvae_steps"] == 2
+
+
 def test_a_training_stage_stopped_by_term_names_it_in_the_stop_line(tmp_path, capsys, monkeypatch):
     """The trainer takes the stop signals over while it trains (its own flag), and the line said "stopped by a
     signal" where every other stop names SIGTERM or Ctrl-C."""

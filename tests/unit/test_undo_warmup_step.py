@@ -15,10 +15,10 @@ def test_the_warmup_step_is_undone(monkeypatch):
                torch.nn.Parameter(torch.full((2, 2), 2.0, dtype=torch.bfloat16))]
     optimizer = FP16_UnfusedOptimizer(torch.optim.AdamW(weights, lr=0.1, weight_decay=0.5),
                                       low_precision_dtype=torch.bfloat16)
-    assert any(not torch.equal(master.value(), weight.float()) for weight, master in stage0_masters(optimizer))
+    assert any(not torch.equal(master, weight.float()) for weight, master in stage0_masters(optimizer))
     assert undo_warmup_step(optimizer)
     for weight, master in stage0_masters(optimizer):
-        assert torch.equal(master.value(), weight.float())
+        assert torch.equal(master, weight.float())
     assert not optimizer.optimizer.state
     reference = [torch.nn.Parameter(weight.detach().float()) for weight in weights]
     plain = torch.optim.AdamW(reference, lr=0.1, weight_decay=0.5)
@@ -28,4 +28,4 @@ def test_the_warmup_step_is_undone(monkeypatch):
     optimizer.step()
     plain.step()  # the first update: bias corrections of step 1, one decay step
     for (_, master), twin in zip(stage0_masters(optimizer), reference):
-        assert torch.allclose(master.value(), twin.detach())
+        assert torch.allclose(master, twin.detach())
