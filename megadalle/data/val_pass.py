@@ -4,7 +4,7 @@ The validation stream is a seeded permutation of the split (train/task.validatio
 stream (order.py): position p reads the sample that epoch p // N puts at p mod N. Cutting `trainer.eval_batches`
 global batches from it scored a small split's samples several times in one validation, unequally weighted where the
 batches did not divide it, and a split smaller than the ranks' micro-batches together repeated samples inside one
-micro-batch (CLIP's duplicates are negatives of their own caption: a constant val/loss of ln 4 from one image). So a
+micro-batch (CLIP's loss leaves a repeat out of the contrast, so one image read four times scored no contrast at all). So a
 validation reads whole global batches of the first N positions only, the first epoch's (a random subset spread over
 the split, each sample once): fewer than eval_batches where they would not fit, with fewer accumulated micro-batches
 where not even one global batch fits. Every micro-batch is full, so the mean over micro-batches is the mean over
@@ -41,7 +41,7 @@ def one_pass(micro_batch: int, grad_accum: int, ranks: int, eval_batches: int, t
             f"the validation split {shards} holds {total} sample{'s' if total != 1 else ''}, fewer than one "
             f"micro-batch on every rank (trainer.micro_batch={micro_batch} x {ranks} data-parallel "
             f"rank{'s' if ranks != 1 else ''} = {together}): each validation batch would score some samples twice "
-            f"(for CLIP a duplicate is a negative of its own caption); give data.val_shards of at least {together} "
+            f"(and CLIP contrast fewer pairs than it holds); give data.val_shards of at least {together} "
             "samples, lower trainer.micro_batch, or set trainer.eval_every=0")
     accum = min(grad_accum, total // together)
     batches = min(eval_batches, total // (together * accum))

@@ -6,8 +6,9 @@ the same ids. The contrastive loss gathers features over data-parallel ranks (mo
 gradient accumulation (`clip.negatives=update`, the default) each pair is contrasted against the whole
 update's batch on every rank, as one batch of micro_batch x grad_accum per rank would be, through gradient
 caching (train/grad_cache.py: one more forward per micro-batch); `clip.negatives=micro_batch` contrasts each
-micro-batch against the same micro-batch index of every rank only. The validation loss contrasts each
-validation micro-batch against the same micro-batch index of every rank.
+micro-batch against the same micro-batch index of every rank only. The validation loss contrasts as many pairs as
+training does (train/validate.py). A batch that straddles an epoch can hold a sample twice: the loader names each
+row's sample id and the loss leaves the repeat out of the contrast.
 """
 from __future__ import annotations
 
@@ -68,10 +69,11 @@ class ClipTask(ShardsTask):
         tok = self.tokenizer()
         for batch in stream:
             text, cut = tok.encode_batch_cut(batch["caption"], self.cfg.text_len)
-            yield {"image": batch["image"], "upscaled": batch["upscaled"], "text": text, "text_cut": cut}
+            yield {"image": batch["image"], "upscaled": batch["upscaled"], "text": text, "text_cut": cut,
+                   "sample": batch["sample"]}
 
     def loss(self, model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, metrics = model.loss(batch["image"], batch["text"])
+        loss, metrics = model.loss(batch["image"], batch["text"], batch.get("sample"))
         return loss, {**metrics, **loader_metrics(batch)}
 
     def update_runner(self, part: DataPart) -> UpdateRunner | None:
@@ -90,9 +92,10 @@ class ClipTask(ShardsTask):
 
 
 def update_text(batches: list[Batch]) -> dict[str, torch.Tensor]:
-    """The update's token ids, rows in the order of its embeddings: clip_acc counts a pick of a copy of a pair's own
-    caption as a hit, as CLIP.loss does for one micro-batch."""
-    return {"text": torch.cat([batch["text"] for batch in batches])}
+    """The update's token ids and sample ids, rows in the order of its embeddings, as CLIP.loss reads them for one
+    micro-batch: clip_acc counts a pick of a copy of a pair's own caption as a hit, and the loss leaves a sample's
+    repeats out of the contrast."""
+    return {name: torch.cat([batch[name] for batch in batches]) for name in ("text", "sample") if name in batches[0]}
 
 
 def embed(model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

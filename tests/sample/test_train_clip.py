@@ -1,6 +1,7 @@
 """`train-clip` runs through the generic trainer on real shards and exports loadable weights."""
 import json
 
+import pytest
 import torch
 
 from megadalle.config.compose import compose
@@ -9,6 +10,7 @@ from megadalle.config import build, top_level
 from megadalle.data.prepare import prepare
 from megadalle.data.tokenizer import train_tokenizer
 from megadalle.demo_data import all_scenes, write_dataset
+from megadalle.models.clip import contrastive_loss
 from megadalle.sampling.load import load_model
 from megadalle.train.clip import train_clip
 
@@ -67,3 +69,25 @@ def test_with_an_ema_the_console_names_only_what_the_run_scores(tmp_path, capsys
     train_clip(clip_config(tmp_path, "trainer.steps=2", "trainer.ema=0.5", "trainer.media_every=1",
                            "trainer.eval_every=1", "trainer.micro_batch=8", val_fraction=0.25))
     assert "[train-clip] val/ metrics are of the EMA weights (trainer.ema=0.5), those export ships" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout", [["trainer.micro_batch=12"],
+                                    ["trainer.micro_batch=6", "trainer.grad_accum=2", "clip.negatives=update"]])
+def test_a_batch_across_an_epoch_reaches_the_loss_with_its_sample_ids(tmp_path, monkeypatch, layout):
+    """The loss leaves a sample's repeat out only where it is given the loader's sample ids: 32 samples in global
+    batches of 12 put the epoch's end inside the third update, whose ids then name a sample twice (one micro-batch,
+    and through gradient caching the update's)."""
+    from megadalle.models import clip as clip_model
+    from megadalle.train import clip as clip_task
+
+    seen = []
+
+    def spy(img, txt, scale, text=None, sample=None):
+        seen.append(sample)
+        return contrastive_loss(img, txt, scale, text, sample)
+
+    monkeypatch.setattr(clip_model, "contrastive_loss", spy)
+    monkeypatch.setattr(clip_task, "contrastive_loss", spy)
+    train_clip(clip_config(tmp_path, "trainer.steps=3", *layout))
+    assert seen and all(sample is not None and len(sample) == 12 for sample in seen)
+    assert any(len(set(sample.tolist())) < len(sample) for sample in seen)
