@@ -18,8 +18,7 @@ two nodes both take it.
 
 A shared hold (`shared=True`) is for the processes of one job that write one folder together (a split encode): they
 hold it side by side, and exclude any single process that wants it alone, and the processes of another job: the lock
-file records the job (`job_of`: Slurm job, torchrun run id, rendezvous address, or outside a launcher the process
-itself), written once by its first taker.
+file records the job (`job_of`: Slurm job, torchrun run id, or rendezvous address), written once by its first taker.
 
 The lock locks the file, not the path: a folder renamed or removed under its holder leaves it holding the lock of a
 file no path leads to, while a path-based writer would recreate the folder, unlocked (`lost`).
@@ -130,14 +129,12 @@ def held_on(folder: Path) -> FolderLock | None:
 
 def job_of(environ: Mapping[str, str] | None = None) -> str:
     """The job a process of a split encode belongs to, the same on all its ranks and another for another job: the
-    Slurm job, else the torchrun run id, else the rendezvous address. Outside a launcher the process is a job of its
-    own (host and pid): every such taker was the job "" and shared the folder with any other."""
+    Slurm job, else the torchrun run id, else the rendezvous address ("" outside a launcher)."""
     env = os.environ if environ is None else environ
     for key in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
         if env.get(key):
             return env[key]
-    rendezvous = f"{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}".strip(":")
-    return rendezvous or f"process {socket.gethostname()}:{os.getpid()}"
+    return f"{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}".strip(":")
 
 
 SHARED_WAIT_S = 2.0

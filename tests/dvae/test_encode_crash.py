@@ -41,8 +41,6 @@ def test_the_ranks_of_a_split_encode_share_the_output_and_a_single_encode_is_ref
                                                                                       capsys, monkeypatch):
     out = tmp_path / "tok"
     args = ["encode", f"dvae_weights={weights}", f"input={image_shards}", f"output={out}", "device=cpu"]
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # the job's rendezvous, which both ranks hold the folder for
-    monkeypatch.setenv("MASTER_PORT", "29511")
     with held_by_another_process(out, "encode", shared=True):  # rank 1 of 2, still encoding
         assert main(args) == 2
         assert "is in use by an encode" in capsys.readouterr().err

@@ -8,7 +8,6 @@ import pytest
 
 from megadalle import folder_lock
 from megadalle.folder_lock import LOCK, OutputInUse, output_lock
-from tests.lock_holder import held_by_another_process
 
 
 def test_a_second_hold_is_refused_naming_the_first_and_free_once_released(tmp_path):
@@ -113,14 +112,3 @@ def test_the_ranks_of_one_job_starting_at_once_all_hold_it(tmp_path):
              for _ in range(8)]
     assert [(rank.wait(), rank.stderr.read()) for rank in ranks] == [(0, "")] * 8
     assert (tmp_path / LOCK).read_text().endswith("\njob r1")
-
-
-def test_two_shared_takers_outside_a_launcher_are_two_jobs(tmp_path, monkeypatch):
-    """Without a launcher's variables every taker was the job "": a second process shared the folder with the first."""
-    monkeypatch.setattr(folder_lock, "SHARED_WAIT_S", 0.1)
-    for key in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
-    with held_by_another_process(tmp_path, "encode", shared=True) as pid:
-        with pytest.raises(OutputInUse, match=f"pid {pid}"):
-            output_lock(tmp_path, "encode", {}, shared=True)
-    assert folder_lock.job_of({}) == f"process {socket.gethostname()}:{os.getpid()}"
