@@ -172,6 +172,7 @@ def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), pr
     from contextlib import redirect_stderr
 
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
 
     from megadalle.cli import compose_errors, error_line
     from megadalle.config.compose import compose_with_choices
@@ -180,7 +181,10 @@ def check_jobs(verb: str, overrides: list[str], extra: tuple[Path, ...] = (), pr
     swept = swept_keys(overrides)
     if not swept or not basic(overrides, "hydra/sweeper"):
         return
-    jobs = BasicSweeper.split_arguments(parser().parse_overrides(overrides), None)[0]
+    try:
+        jobs = BasicSweeper.split_arguments(parser().parse_overrides(overrides), None)[0]
+    except HydraException:  # a sweep only another sweeper reads (interval()), chosen by a config: its to check
+        return
     taken: dict[str, tuple[int, list[str]]] = {}
     for num, job in enumerate(jobs if len(jobs) > 1 else ()):
         try:

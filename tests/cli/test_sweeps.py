@@ -166,3 +166,11 @@ def test_a_signal_that_stops_a_sweep_job_stops_the_sweep_with_its_status(train_o
     monkeypatch.setattr(megadalle.cli, "resolve", lambda verb: lambda cfg: jobs.append(cfg.seed) or STOPPED_EXIT)
     assert main(["train", "-m", *train_overrides, "seed=0,1", f"out_dir={tmp_path}"]) == STOPPED_EXIT
     assert jobs == [0]
+
+
+def test_a_sweep_only_another_sweeper_reads_is_left_to_it():
+    """A sweeper chosen by a config (not on the command line) may read sweeps hydra's basic one cannot split
+    (`interval()`): the up-front check split them first and ended the command with the basic sweeper's error."""
+    from megadalle.sweep_jobs import check_jobs
+
+    check_jobs("plan", ["trainer.lr=interval(1e-4,1e-3)"])
