@@ -50,6 +50,7 @@ true'
 runner=""
 pending=""  # a signal no rank could take yet: the wait below passes it on once one can
 stopping=""  # a stop reached the ranks: a Ctrl-C after it is the user insisting
+told=""  # the first Ctrl-C's line is said (it is passed on again until a rank takes it)
 forward() {
     pending=$1
     [ -n "$runner" ] || return 0  # before the runner: it will not be started
@@ -57,9 +58,13 @@ forward() {
     # A Ctrl-C is passed on as TERM, the stop the ranks take from their first line on: an INT before their loop
     # (reading a large checkpoint) raised KeyboardInterrupt there (exit 130, and the launcher killed the others),
     # and the loop takes TERM as it takes INT. Once a stop has reached them, a further Ctrl-C goes as INT, the user
-    # insisting: a start-up ends at once (130); the loop, saving already, takes it as its first Ctrl-C (its next
-    # one aborts).
-    [ "$sig" != INT ] || [ -n "$stopping" ] || sig=TERM
+    # insisting: a start-up ends at once (130), a saving run aborts (an INT after a TERM: train/signals.py).
+    if [ "$sig" = INT ] && [ -z "$stopping" ]; then
+        sig=TERM
+        [ -n "$told" ] || echo "launch/train.sh: Ctrl-C: the ranks save a checkpoint after this update, then stop" \
+            "(Ctrl-C again to abort without saving)" >&2
+        told=1
+    fi
     # DeepSpeed's runner starts pdsh where more than one host is active (the hostfile after --include, --exclude and
     # --num_nodes), else its launcher here: its child says which, as the hostfile alone does not (one host, or one
     # left by a filter, runs here, without pdsh). pdsh is its first or second word (Debian's pdsh is a script that

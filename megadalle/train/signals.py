@@ -4,7 +4,8 @@ Slurm sends USR1 ahead of the time limit (`--signal=B:USR1@120`, forwarded to th
 batch script) and TERM on preemption; Ctrl-C sends INT. The handler only sets a flag; the loop
 checks it between updates on all ranks together (one rank may get the signal before the others),
 saves a checkpoint and returns, so rerunning the same command resumes. A second Ctrl-C while the
-run finishes its update and saves is the user insisting: it raises KeyboardInterrupt as usual.
+run finishes its update and saves, or a Ctrl-C after a TERM, is the user insisting: it raises KeyboardInterrupt as
+usual (INSISTED_AFTER).
 
 A scheduler's signal can come before the loop: a preemption while the process imports, indexes its
 data, builds the engine or loads a 12B checkpoint (minutes). A training verb therefore takes USR1 and
@@ -24,6 +25,10 @@ from typing import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 LATE_COPIES = (signal.SIGUSR1, signal.SIGTERM)
+INSISTED_AFTER = (signal.SIGINT, signal.SIGTERM)
+"""A Ctrl-C after these is the user insisting: after a Ctrl-C, and after a TERM, which is what launch/train.sh makes
+of the first Ctrl-C it passes on (the ranks take TERM before their loop, INT not). A scheduler's USR1 is a warning
+the user may not have seen: a Ctrl-C after it still asks for the checkpoint under way."""
 LATE_WINDOW_S = 120.0
 """How long after a stop a copy of its signal is taken for a late one: longer than a forwarder or scheduler takes
 to reach every rank, short enough that a later, deliberate TERM does what it did before the run."""
@@ -69,7 +74,7 @@ class StopFlag:
         if left_to_parent(self._pid, signum):
             return
         if signum == signal.SIGINT:
-            if self.received == signal.SIGINT:
+            if self.received in INSISTED_AFTER:
                 raise KeyboardInterrupt
             print(f"{self.prefix} Ctrl-C: saving a checkpoint after this update, then stopping (Ctrl-C again to abort "
                   "without saving)", file=sys.stderr, flush=True)

@@ -32,6 +32,24 @@ def test_signal_sets_flag_and_handlers_are_restored(sig):
     assert signal.getsignal(sig) == before
 
 
+@pytest.mark.parametrize("first, aborts", [(signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGUSR1, False)],
+                         ids=["ctrl-c", "term", "usr1"])
+def test_a_ctrl_c_after_a_ctrl_c_or_a_term_aborts(first, aborts, capsys):
+    """launch/train.sh passes the first Ctrl-C on as TERM: the user's second, an INT after that TERM, aborts, as a
+    second Ctrl-C does without the script; after a scheduler's USR1 a Ctrl-C still lets the checkpoint be saved."""
+    flag = StopFlag().install()
+    try:
+        os.kill(os.getpid(), first)
+        if aborts:
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        else:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert flag.received == signal.SIGINT and "Ctrl-C again to abort" in capsys.readouterr().err
+    finally:
+        flag.uninstall()
+
+
 def test_the_latest_runs_stop_signal_is_kept_for_the_demos_stop_line():
     """A training stage's flag keeps its signal to itself: the demo names it from signals.last_stop."""
     flag = run_flag()
