@@ -17,8 +17,12 @@ dVAE's reader compares it with that once its weights are read (dvae_record.py), 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from megadalle.errors import UserError
+
+if TYPE_CHECKING:
+    from megadalle.config.model import TransformerConfig
 
 
 class IncompatibleModels(UserError, ValueError):
@@ -83,7 +87,7 @@ class TokenizerRecord:
 
 
 def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | None = None,
-                transformer_config=None) -> list[str]:
+                transformer_config: TransformerConfig | None = None) -> list[str]:
     """`check_compatible` for models on disk (weights or run directories; `clip` None for no megadalle CLIP),
     their configs read without a tensor: a mismatch is named before a large model's weights are read
     (`transformer_config`: the Transformer's, where the caller has it: export, from the run's task it built). A

@@ -12,7 +12,8 @@ checkpoint cadence, wandb, validation, sample grids), where things live (run_dir
 weights), or memory and speed without
 changing the maths (micro_batch/grad_accum at the same global batch, which the checkpoint's data
 identity check guards; loader workers; activation checkpointing; the attention backend). So may the keys of
-MATTERS_IN where they do nothing in either config's layout (the bf16-only dtypes in an fp32 run).
+MATTERS_IN where they do nothing in either config's layout (the bf16-only dtypes in an fp32 run, ZeRO-3's
+sub-group size under ZeRO 0-2).
 The data may move (`data.shards`: a copy on node-local disk per job): the checkpoint's data identity,
 a fingerprint of the shards' names, counts and sizes, refuses a resume on other data whatever its path
 (train/data_identity.py check_data_identity). The tokenizer (DIGEST_KEYS) is compared by content: run.json records

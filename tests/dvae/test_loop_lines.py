@@ -30,7 +30,9 @@ def test_ctrl_c_a_resume_on_other_data_and_a_failing_end_name_train_dvae(tmp_pat
     with monkeypatch.context() as patched:
         patched.setattr(loop.Trainer, "_update", interrupted)
         assert train_dvae(dvae_config(tmp_path / "run", image_shards, "trainer.steps=3")) is None  # stopped at step 1
-    assert "[train-dvae] Ctrl-C: saving a checkpoint after this update" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "[train-dvae] Ctrl-C: saving a checkpoint after this update" in err
+    assert "[train-dvae] stopped by signal at step 1" in out + err  # the Result's report names the verb too
 
     def broken(self):
         raise OSError(28, "No space left on device")
