@@ -25,8 +25,8 @@ from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP, contrastive_loss
 from megadalle.train import grad_cache
 from megadalle.train.param_edit import ParamEditor
-from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, UpdateRunner, loader_metrics,
-                                  held_out_batches, rank_batches, validation_data)
+from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, UpdateRunner, UpdateValidation,
+                                  held_out_batches, loader_metrics, rank_batches, validation_data)
 
 if TYPE_CHECKING:
     from megadalle.train.result import Result
@@ -78,8 +78,21 @@ class ClipTask(ShardsTask):
 
     def update_runner(self, part: DataPart) -> UpdateRunner | None:
         """Gradient caching over the update's micro-batches when they are several and `clip.negatives=update`."""
+        whole = self._whole_update(part)
+        return None if whole is None else partial(grad_cache.update, **whole)
+
+    def validation_update(self, part: DataPart) -> UpdateValidation | None:
+        """Each validation global batch's micro-batches contrasted together where `update_runner` trains so: a
+        contrastive loss grows with the log of the pairs it contrasts, so val/loss scored per micro-batch sat about
+        ln(grad_accum) below the training loss at equal skill."""
+        whole = self._whole_update(part)
+        return None if whole is None else partial(grad_cache.evaluate, **whole)
+
+    def _whole_update(self, part: DataPart) -> dict | None:
+        """The outputs and loss of gradient caching (grad_cache.update's keywords) where the contrast spans the
+        update's micro-batches: several of them and `clip.negatives=update`; None where each is its own."""
         if part.grad_accum > 1 and self.cfg.negatives == "update":
-            return partial(grad_cache.update, encode=embed, loss=contrastive_loss, inputs=update_text)
+            return {"encode": embed, "loss": contrastive_loss, "inputs": update_text}
         return None
 
     def after_update(self, model: CLIP, editor: ParamEditor, step: int) -> dict[str, float]:
