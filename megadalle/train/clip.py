@@ -73,7 +73,7 @@ class ClipTask(ShardsTask):
                    "sample": batch["sample"]}
 
     def loss(self, model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, metrics = model.loss(batch["image"], batch["text"], batch.get("sample"))
+        loss, metrics = model.loss(batch["image"], batch["text"], batch["sample"])
         return loss, {**metrics, **loader_metrics(batch)}
 
     def update_runner(self, part: DataPart) -> UpdateRunner | None:
@@ -108,7 +108,7 @@ def update_text(batches: list[Batch]) -> dict[str, torch.Tensor]:
     """The update's token ids and sample ids, rows in the order of its embeddings, as CLIP.loss reads them for one
     micro-batch: clip_acc counts a pick of a copy of a pair's own caption as a hit, and the loss leaves a sample's
     repeats out of the contrast."""
-    return {name: torch.cat([batch[name] for batch in batches]) for name in ("text", "sample") if name in batches[0]}
+    return {name: torch.cat([batch[name] for batch in batches]) for name in ("text", "sample")}
 
 
 def embed(model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -21,12 +21,14 @@ PAIRS = 16
 
 
 def pairs() -> dict[str, torch.Tensor]:
-    """The split: PAIRS random images with captions of 5 tokens and pads, a third of them marked cut."""
+    """The split: PAIRS random images with captions of 5 tokens and pads, a third of them marked cut, each its own
+    sample."""
     g = torch.Generator().manual_seed(7)
     text = torch.randint(4, 50, (PAIRS, 8), generator=g)
     text[:, 5:] = 0
     return {"image": torch.rand(PAIRS, 3, 16, 16, generator=g), "text": text,
-            "text_cut": torch.arange(PAIRS) % 3 == 0, "upscaled": torch.zeros(PAIRS, dtype=torch.bool)}
+            "text_cut": torch.arange(PAIRS) % 3 == 0, "upscaled": torch.zeros(PAIRS, dtype=torch.bool),
+            "sample": torch.arange(PAIRS)}
 
 
 class Pairs(ClipTask):

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from megadalle.models.clip import CLIP, contrastive_loss, repeats
 from megadalle.train import grad_cache
-from megadalle.train.clip import embed
+from megadalle.train.clip import ClipTask, embed, update_text
 from megadalle.train.distributed import exit_process
 
 from tests.sample.test_clip import TINY, batch
@@ -112,7 +112,7 @@ def test_the_mask_takes_memory_of_the_rows_times_the_batch_and_none_without_repe
 
 
 def test_gradient_caching_masks_a_copy_in_another_micro_batch():
-    """grad_cache.update with the sample ids among the loss's inputs (as the update's token ids go): the loss and
+    """grad_cache.update with ClipTask's inputs, the sample ids among them (as the update's token ids go): the loss and
     the gradients of the whole batch at once, the copies 0/7 and 1/5 in different micro-batches."""
     torch.manual_seed(0)
     model = CLIP(TINY)
@@ -136,11 +136,20 @@ def test_gradient_caching_masks_a_copy_in_another_micro_batch():
             pass
 
     micro = [{"image": image[rows], "text": text[rows], "sample": SAMPLE[rows]} for rows in (slice(0, 4), slice(4, 8))]
-    metrics = grad_cache.update(Engine(), micro, 0, encode=embed, loss=contrastive_loss,
-                                inputs=lambda bs: {name: torch.cat([b[name] for b in bs]) for name in ("text", "sample")})
+    metrics = grad_cache.update(Engine(), micro, 0, encode=embed, loss=contrastive_loss, inputs=update_text)
     assert metrics["loss"] == pytest.approx(loss.item(), rel=1e-6)
     for got, want in zip((p.grad for p in model.parameters()), expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_batch_without_sample_ids_is_refused_not_contrasted_unmasked():
+    """ClipTask read the ids with .get(): had the loaders stopped naming them, copies were negatives again unseen."""
+    torch.manual_seed(0)
+    image, text = batch(4)
+    with pytest.raises(KeyError, match="sample"):
+        ClipTask(TINY, None, None).loss(CLIP(TINY), {"image": image, "text": text}, 0)
+    with pytest.raises(KeyError, match="sample"):
+        update_text([{"image": image, "text": text}])
 
 
 def _rank(rank: int, world: int, rendezvous: str, out: str):
