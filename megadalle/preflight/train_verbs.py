@@ -129,8 +129,10 @@ def dp_ranks(cfg: DictConfig) -> int:
 def fits_contrastive_batch(cfg: DictConfig, negatives: str, validates: bool) -> None:
     """CLIP contrasts each pair with the other pairs of its micro-batch on every rank (with clip.negatives=update,
     of the whole update): with one pair there is no other caption to tell its image from, so the loss is 0 and
-    nothing is learnt (clip_acc 1.0, grad_norm 0, every update). A run that `validates` scores each validation
-    micro-batch alone: one pair there is a val/loss of 0 whatever the weights."""
+    nothing is learnt (clip_acc 1.0, grad_norm 0, every update). A run that `validates` contrasts as many pairs in
+    each validation loss (train/validate.py), or fewer where its split holds less than one global batch and is read
+    in fewer micro-batches (data/val_pass.py): a split of one sample read alone is a val/loss of 0 whatever the
+    weights."""
     from megadalle.config import build
     from megadalle.config.train import TrainerConfig
 
@@ -142,10 +144,27 @@ def fits_contrastive_batch(cfg: DictConfig, negatives: str, validates: bool) -> 
         " or set clip.negatives=update" if trainer.grad_accum > 1 else ""
     fits(pairs >= 2, f"{keys} = {pairs} pair per contrastive loss (clip.negatives={negatives}): with no other caption "
                      f"to tell its image from, CLIP learns nothing (loss 0); raise trainer.micro_batch{way_out}")
-    fits(not validates or trainer.micro_batch * ranks >= 2,
-         f"trainer.eval_every={trainer.eval_every}: validation contrasts the pairs of each micro-batch on every rank, "
-         f"{keys} = 1 pair: its val/loss would be 0 whatever the weights; raise trainer.micro_batch or set "
-         "trainer.eval_every=0")
+    if validates:
+        fits_contrastive_validation(cfg, trainer, ranks, update)
+
+
+def fits_contrastive_validation(cfg: DictConfig, trainer, ranks: int, update: bool) -> None:
+    """The pairs of each validation loss of a CLIP run (`trainer`, TrainerConfig, on `ranks` data-parallel ranks),
+    its split read as the Validator reads it (data/val_pass.py `one_pass`): the training's under `update` (the
+    whole-update contrast), fewer where the split holds less than a global batch."""
+    from megadalle.config import build
+    from megadalle.config.data import DataConfig
+    from megadalle.data.val_pass import one_pass
+
+    shards = build(DataConfig, cfg.data, "data").validation_shards()
+    total = image_shards("data.val_shards", shards).total
+    accum = trainer.grad_accum if update else 1
+    pairs = trainer.micro_batch * ranks * one_pass(trainer.micro_batch, accum, ranks, trainer.eval_batches, total,
+                                                   shards).grad_accum
+    fits(pairs >= 2, f"trainer.eval_every={trainer.eval_every}: the validation split {shards} holds {total} "
+                     f"sample{'s' if total != 1 else ''}, read as {pairs} pair per validation loss: its val/loss would "
+                     "be 0 whatever the weights; give data.val_shards of at least 2 samples or set "
+                     "trainer.eval_every=0")
 
 
 def fits_pad(group: str, pad_id: int) -> None:

@@ -25,8 +25,8 @@ from megadalle.config.data import DataConfig
 from megadalle.models.clip import CLIP, contrastive_loss
 from megadalle.train import grad_cache
 from megadalle.train.param_edit import ParamEditor
-from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, UpdateRunner, loader_metrics,
-                                  held_out_batches, rank_batches, validation_data)
+from megadalle.train.task import (Batch, DataPart, ExportSpec, ShardsTask, UpdateRunner, UpdateValidation,
+                                  held_out_batches, loader_metrics, rank_batches, validation_data)
 
 if TYPE_CHECKING:
     from megadalle.train.result import Result
@@ -73,13 +73,26 @@ class ClipTask(ShardsTask):
                    "sample": batch["sample"]}
 
     def loss(self, model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, metrics = model.loss(batch["image"], batch["text"], batch.get("sample"))
+        loss, metrics = model.loss(batch["image"], batch["text"], batch["sample"])
         return loss, {**metrics, **loader_metrics(batch)}
 
     def update_runner(self, part: DataPart) -> UpdateRunner | None:
         """Gradient caching over the update's micro-batches when they are several and `clip.negatives=update`."""
+        whole = self._whole_update(part)
+        return None if whole is None else partial(grad_cache.update, **whole)
+
+    def validation_update(self, part: DataPart) -> UpdateValidation | None:
+        """Each validation global batch's micro-batches contrasted together where `update_runner` trains so: a
+        contrastive loss grows with the log of the pairs it contrasts, so val/loss scored per micro-batch sat about
+        ln(grad_accum) below the training loss at equal skill."""
+        whole = self._whole_update(part)
+        return None if whole is None else partial(grad_cache.evaluate, **whole)
+
+    def _whole_update(self, part: DataPart) -> dict | None:
+        """The outputs and loss of gradient caching (grad_cache.update's keywords) where the contrast spans the
+        update's micro-batches: several of them and `clip.negatives=update`; None where each is its own."""
         if part.grad_accum > 1 and self.cfg.negatives == "update":
-            return partial(grad_cache.update, encode=embed, loss=contrastive_loss, inputs=update_text)
+            return {"encode": embed, "loss": contrastive_loss, "inputs": update_text}
         return None
 
     def after_update(self, model: CLIP, editor: ParamEditor, step: int) -> dict[str, float]:
@@ -95,7 +108,7 @@ def update_text(batches: list[Batch]) -> dict[str, torch.Tensor]:
     """The update's token ids and sample ids, rows in the order of its embeddings, as CLIP.loss reads them for one
     micro-batch: clip_acc counts a pick of a copy of a pair's own caption as a hit, and the loss leaves a sample's
     repeats out of the contrast."""
-    return {name: torch.cat([batch[name] for batch in batches]) for name in ("text", "sample") if name in batches[0]}
+    return {name: torch.cat([batch[name] for batch in batches]) for name in ("text", "sample")}
 
 
 def embed(model: CLIP, batch: Batch, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -33,10 +33,12 @@ Encode = Callable[[nn.Module, Batch, int], tuple[torch.Tensor, ...]]
 """(model, micro-batch, step) -> outputs: tensors of one row per sample, or 0-dim ones shared by all."""
 Loss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 """(*outputs of the whole update, concatenated) -> (scalar loss, metrics)."""
+Inputs = Callable[[Sequence[Batch]], dict[str, Any]]
+"""(the update's micro-batches) -> keyword arguments of `Loss` read from the batches themselves, without gradients."""
 
 
 def update(engine: Any, batches: Sequence[Batch], step: int, encode: Encode, loss: Loss,
-           inputs: Callable[[Sequence[Batch]], dict[str, Any]] | None = None) -> dict[str, float]:
+           inputs: Inputs | None = None) -> dict[str, float]:
     """Run one update of this rank's `batches` through the DeepSpeed `engine` under `loss` of the whole update
     (the same call on every rank: `loss` may gather over them); returns this rank's loss as `loss` and its
     metrics. `inputs` gives `loss` keyword arguments read from the batches themselves, without gradients (CLIP's
@@ -45,31 +47,30 @@ def update(engine: Any, batches: Sequence[Batch], step: int, encode: Encode, los
     with torch.no_grad():
         cached = [engine(batch, step, run=encode) for batch in batches]
     leaves = [joined(outputs).detach().float().requires_grad_() for outputs in zip(*cached)]
-    value, metrics = loss(*leaves, **(inputs(batches) if inputs else {}))
+    value, metrics = whole_loss(loss, leaves, batches, inputs)
     grads = torch.autograd.grad(value, leaves)
     shares = zip(*(split(grad, outputs) for grad, outputs in zip(grads, zip(*cached))))
     accum = engine.gradient_accumulation_steps()
     for batch, share in zip(batches, shares):
         engine.backward(engine(batch, step, run=partial(surrogate, encode, share, accum)))
         engine.step()
-    return {"loss": value.item(), **metrics}
-
-
-def evaluation(runner: Any) -> Callable[[nn.Module, Sequence[Batch], int], dict[str, float]] | None:
-    """For a runner `update` makes (a task's `update_runner`: `partial(update, encode=, loss=, inputs=)`), the same
-    loss without training: `(model, this rank's micro-batches, step) -> metrics`, `loss` among them, so that a
-    validation contrasts what the training contrasts (train/validate.py); None for any other runner."""
-    if isinstance(runner, partial) and runner.func is update:
-        return partial(evaluate, **runner.keywords)
-    return None
+    return metrics
 
 
 def evaluate(model: nn.Module, batches: Sequence[Batch], step: int, encode: Encode, loss: Loss,
-             inputs: Callable[[Sequence[Batch]], dict[str, Any]] | None = None) -> dict[str, float]:
-    """`update`'s loss and metrics of these micro-batches, without gradients (the caller's no_grad) or a step."""
+             inputs: Inputs | None = None) -> dict[str, float]:
+    """`update`'s metrics of these micro-batches, `loss` among them, without gradients (the caller's no_grad) or a
+    step: a validation contrasting what the training contrasts (a task's `validation_update`, train/validate.py)."""
     outputs = [encode(model, batch, step) for batch in batches]
-    value, metrics = loss(*(joined(output).float() for output in zip(*outputs)), **(inputs(batches) if inputs else {}))
-    return {"loss": value.item(), **metrics}
+    return whole_loss(loss, [joined(output).float() for output in zip(*outputs)], batches, inputs)[1]
+
+
+def whole_loss(loss: Loss, outputs: Sequence[torch.Tensor], batches: Sequence[Batch],
+               inputs: Inputs | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """`loss` of the update's joined `outputs` with the keyword arguments `inputs` reads from its `batches`: its
+    value, and the metrics `update` and `evaluate` return, `loss` among them."""
+    value, metrics = loss(*outputs, **(inputs(batches) if inputs else {}))
+    return value, {"loss": value.item(), **metrics}
 
 
 def joined(outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -35,12 +35,14 @@ Contract, in the order the trainer uses it:
    `validation_batches(part)` yields this rank's micro-batches of held-out data in a fixed order (or
    returns None: no validation); every `trainer.eval_every` updates the trainer evaluates the first
    `trainer.eval_batches` global batches of it with `validation_loss(model, batch, step)` (eval mode,
-   no_grad, the same seeded RNG every time) and logs the means over ranks as `val/...`; of a split that ends
+   no_grad, the same seeded RNG every time), or each global batch's micro-batches together with the evaluator
+   `validation_update(part)` returns, if any, and logs the means over ranks as `val/...`; of a split that ends
    (`validation_split()`), at most one pass.
    `data_identity(part)` names what the data order depends on; a resume on other data is refused. A task reading
    shards (`ShardsTask`) takes it from `shard_index`, the index its loaders read too (`rank_batches(index=)`), and
    refuses there a global batch larger than the data set (data/order.py).
-   `update_runner(part)` may take over the whole update from the trainer (a loss over all its micro-batches).
+   `update_runner(part)` may take over the whole update from the trainer (a loss over all its micro-batches), and
+   `validation_update(part)` validate that loss.
    `after_update(model, editor, step)` may rewrite parameters between updates (through the optimizer's
    copies too: train/param_edit.py), and `state()`/`load_state()` carry the task's own state in checkpoints.
 5. `export_spec()` names the weights' kind and config for megadalle.weights.save_weights.
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
 Batch = dict[str, Any]
 UpdateRunner = Callable[[Any, Sequence[Batch], int], dict[str, float]]
 """(engine, this rank's micro-batches of an update, step) -> the update's metrics: Task.update_runner."""
+UpdateValidation = Callable[[nn.Module, Sequence[Batch], int], dict[str, float]]
+"""(model, this rank's micro-batches of a validation global batch, step) -> their metrics: Task.validation_update."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,15 @@ class Task:
         """
         loss, metrics = self.loss(model, batch, step)
         return {"loss": float(loss), **metrics}
+
+    def validation_update(self, part: DataPart) -> UpdateValidation | None:
+        """For a task whose `update_runner` couples the micro-batches of an update (CLIP contrasting the whole
+        update's batch): `evaluate(model, batches, step)`, the metrics, `loss` among them, of this rank's
+        micro-batches of one validation global batch scored together as the runner trains them (model in eval mode,
+        under no_grad). The trainer then validates with it in place of `validation_loss`, which sees one
+        micro-batch; it adds `loader_metrics`. None (the default): `validation_loss` per micro-batch. Asked once,
+        on every rank, with the training's `part`, when the run starts; a pipeline never asks."""
+        return None
 
     def validation_summary(self, device: torch.device) -> dict[str, float]:
         """Metrics of the whole validation subset, from what `validation_loss` kept of its micro-batches: those a

@@ -13,17 +13,18 @@ Which weights: the model's at the call. The trainer calls it with the EMA swappe
 (trainer.ema; train/ema_swap.py), so val/... is the EMA's, the weights export and encode ship, under the same
 metric names; without an EMA, the live weights'.
 
-Layouts: ZeRO 0-3 call the task's `validation_loss` on the engine's plain model (ZeRO-3's hooks gather
-the parameters) and average over data-parallel ranks; a pipeline runs DeepSpeed's `eval_batch` over all
-the cached micro-batches at once, which averages over micro-batches and data-parallel groups and
-broadcasts to every stage, and reports the loss only (the other metrics stay inside the last stage).
+Layouts: ZeRO 0-3 call the task's `validation_loss` (or its `validation_update`, below) on the engine's plain
+model (ZeRO-3's hooks gather the parameters) and average over data-parallel ranks; a pipeline runs DeepSpeed's
+`eval_batch` over all the cached micro-batches at once, which averages over micro-batches and data-parallel groups
+and broadcasts to every stage, and reports the loss only (the other metrics stay inside the last stage).
 A loss that divides by a count varying between micro-batches (the Transformer's kept text tokens) gets the
 totals of the whole subset (megadalle.train.step_totals), so its mean is the subset's token mean.
 
 A loss over the whole update (CLIP's contrast with `clip.negatives=update`, run by gradient caching) is validated
-over each validation global batch's micro-batches together, as the training computes it (grad_cache.evaluation):
-a contrastive loss grows with the log of the pairs it contrasts, so val/loss scored per micro-batch sat about
-ln(grad_accum) below the training loss at equal skill. Where the split holds less than one global batch (fewer
+over each validation global batch's micro-batches together, as the training computes it (the task's
+`validation_update`, grad_cache.evaluate, in place of `validation_loss`): a contrastive loss grows with the log of
+the pairs it contrasts, so val/loss scored per micro-batch sat about ln(grad_accum) below the training loss at equal
+skill. Where the split holds less than one global batch (fewer
 micro-batches, `one_pass`) the contrast is smaller than the training's: the run says so when it starts and logs
 the pairs contrasted as val/contrast.
 """
@@ -36,7 +37,6 @@ from dataclasses import replace
 import torch
 
 from megadalle.data.val_pass import one_pass
-from megadalle.train import grad_cache
 from megadalle.train.engine import Built
 from megadalle.train.step_totals import with_step_totals
 from megadalle.train.steps import mean_over_ranks, to_device
@@ -61,7 +61,7 @@ class Validator:
         self.every, self.global_batches, self.seed = every, batches, seed
         self._cache: list[Batch] | None = None
         plain = every and built.pipeline is None  # a pipeline's engine runs its updates: it never asks for a runner
-        self.whole_update = grad_cache.evaluation(task.update_runner(part)) if plain else None
+        self.whole_update = task.validation_update(part) if plain else None
         self.contrast: int | None = None
         if every:
             self.part, self.global_batches = self._one_pass(part, batches)

@@ -577,15 +577,33 @@ def test_a_validation_split_smaller_than_a_micro_batch_on_every_rank_is_refused(
     (["trainer.micro_batch=1", "trainer.grad_accum=4", "clip.negatives=micro_batch"],
      "= 1 pair per contrastive loss (clip.negatives=micro_batch): with no other caption to tell its image from, CLIP "
      "learns nothing (loss 0); raise trainer.micro_batch or set clip.negatives=update"),
-    (["trainer.micro_batch=1", "trainer.grad_accum=4", "trainer.eval_every=1"],
-     "trainer.eval_every=1: validation contrasts the pairs of each micro-batch on every rank, trainer.micro_batch=1 x "
-     "1 data-parallel rank = 1 pair: its val/loss would be 0 whatever the weights"),
 ])
 def test_clip_refuses_a_contrastive_loss_of_one_pair(capsys, token_shards, image_shards, tmp_path, overrides,
                                                     expected):
     """One pair has no negative: train-clip ran with loss 0.0, clip_acc 1.0 and grad_norm 0 at every update."""
     val = small_images(tmp_path / "val", 8, 32)
     fails(capsys, training("train-clip", token_shards, image_shards, f"data.val_shards={val}", *overrides), expected)
+
+
+def test_clip_validates_the_updates_pairs_with_one_pair_a_micro_batch(token_shards, image_shards, tmp_path):
+    """Validation contrasts each validation global batch's micro-batches together under clip.negatives=update: one
+    pair a micro-batch was refused as a val/loss of 0 it no longer is."""
+    from megadalle.preflight import preflight
+
+    val = small_images(tmp_path / "val", 8, 32)
+    preflight("train-clip", compose("train-clip", training(
+        "train-clip", token_shards, image_shards, f"data.val_shards={val}", "trainer.micro_batch=1",
+        "trainer.grad_accum=4", "trainer.eval_every=10")[1:]))
+
+
+def test_clip_refuses_a_validation_split_read_as_one_pair(capsys, token_shards, image_shards, tmp_path):
+    """A split of one sample is read in one micro-batch of one pair, whatever the training contrasts."""
+    val = small_images(tmp_path / "val", 1, 32)
+    fails(capsys, training("train-clip", token_shards, image_shards, f"data.val_shards={val}", "trainer.micro_batch=1",
+                           "trainer.grad_accum=4", "trainer.eval_every=10"),
+          f"trainer.eval_every=10: the validation split {val} holds 1 sample, read as 1 pair per validation loss: its "
+          "val/loss would be 0 whatever the weights; give data.val_shards of at least 2 samples or set "
+          "trainer.eval_every=0")
 
 
 def test_clip_contrasts_the_updates_pairs_with_one_pair_a_micro_batch(token_shards, image_shards):

@@ -13,13 +13,14 @@ from megadalle.train.task import DataPart
 
 
 def global_batch(cfg: ClipConfig, size: int) -> dict[str, torch.Tensor]:
-    """`size` pairs: random images in [0, 1], captions of 1 to text_len random tokens (never the pad), pads after."""
+    """`size` pairs: random images in [0, 1], captions of 1 to text_len random tokens (never the pad), pads after;
+    each its own sample (the loader's ids)."""
     g = torch.Generator().manual_seed(2000 + size)
     image = torch.rand(size, 3, cfg.image_size, cfg.image_size, generator=g)
     text = torch.randint(1, cfg.text_vocab, (size, cfg.text_len), generator=g)
     lengths = torch.randint(1, cfg.text_len + 1, (size, 1), generator=g)
     text[torch.arange(cfg.text_len) >= lengths] = cfg.text_pad_id
-    return {"image": image, "text": text}
+    return {"image": image, "text": text, "sample": torch.arange(size)}
 
 
 def micro_batches(cfg: ClipConfig, part: DataPart) -> Iterator[dict[str, torch.Tensor]]:

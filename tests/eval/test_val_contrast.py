@@ -12,7 +12,7 @@ import torch
 
 from megadalle.models.clip import CLIP
 from megadalle.train.clip import ClipTask
-from megadalle.train.task import DataPart
+from megadalle.train.task import DataPart, Task
 from megadalle.train.validate import Validator
 
 from tests.sample.test_clip import TINY
@@ -21,12 +21,14 @@ PAIRS = 16
 
 
 def pairs() -> dict[str, torch.Tensor]:
-    """The split: PAIRS random images with captions of 5 tokens and pads, a third of them marked cut."""
+    """The split: PAIRS random images with captions of 5 tokens and pads, a third of them marked cut, each its own
+    sample."""
     g = torch.Generator().manual_seed(7)
     text = torch.randint(4, 50, (PAIRS, 8), generator=g)
     text[:, 5:] = 0
     return {"image": torch.rand(PAIRS, 3, 16, 16, generator=g), "text": text,
-            "text_cut": torch.arange(PAIRS) % 3 == 0, "upscaled": torch.zeros(PAIRS, dtype=torch.bool)}
+            "text_cut": torch.arange(PAIRS) % 3 == 0, "upscaled": torch.zeros(PAIRS, dtype=torch.bool),
+            "sample": torch.arange(PAIRS)}
 
 
 class Pairs(ClipTask):
@@ -89,3 +91,19 @@ def test_a_split_smaller_than_a_global_batch_says_and_logs_its_smaller_contrast(
     assert "each loss contrasts 12 pairs, the training's 16: val/loss is lower by about ln(16/12)" in \
         capsys.readouterr().out
     assert got["val/loss"] == pytest.approx(plain([torch.arange(12)]), rel=1e-6)
+
+
+class PerMicroBatch(Pairs):
+    """A task training the whole update (its runner is gradient caching) that validates each micro-batch alone."""
+
+    def validation_update(self, part: DataPart):
+        return None
+
+
+def test_the_task_chooses_its_validation_of_the_whole_update():
+    """The Validator told a gradient-caching runner by its function and skipped the task's validation_loss."""
+    task = PerMicroBatch("update")
+    assert task.update_runner(DataPart(4, 2, 0, 1)) is not None
+    got = validated(task, DataPart(4, 2, 0, 1), eval_batches=2)
+    assert got["val/loss"] == pytest.approx(plain([torch.arange(s, s + 8, 2) for s in (0, 1, 8, 9)]), rel=1e-6)
+    assert Task.validation_update(task, DataPart(4, 2, 0, 1)) is None

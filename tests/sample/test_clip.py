@@ -90,7 +90,8 @@ def test_with_gradient_caching_a_copy_of_the_own_caption_is_a_hit_too():
             pass
 
     runner = ClipTask(ClipConfig(), None, None).update_runner(DataPart(32, 2, 0, 1))
-    batches = [{"image": which[:32], "text": captions[which[:32]]}, {"image": which[32:], "text": captions[which[32:]]}]
+    batches = [{"image": which[rows], "text": captions[which[rows]], "sample": torch.arange(64)[rows]}
+               for rows in (slice(0, 32), slice(32, 64))]
     assert runner(Engine(), batches, 0)["clip_acc"] == 1.0
 
 
