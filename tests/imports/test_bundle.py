@@ -13,7 +13,7 @@ from megadalle import export
 from megadalle.bundle_write import write_bundle
 from megadalle.cli import main
 from megadalle.config.compose import compose
-from megadalle.errors import BundleError
+from megadalle.errors import BundleError, UserError
 from megadalle.sampling.compatible import IncompatibleModels
 from megadalle.sampling.load import ModelNotFound, WrongKind, model_config
 from megadalle.sampling.rerank import RerankerError, as_reranker
@@ -314,12 +314,28 @@ def test_a_re_export_may_take_the_folders_own_files(trained, tmp_path):
     assert megadalle.load_pipeline(folder).clip is not None
 
 
-def test_a_re_export_over_a_garbled_bundle_json_names_it(trained, tmp_path, capsys):
+def test_a_re_export_rewrites_a_folder_whose_bundle_json_is_garbled(trained, tmp_path, capsys):
+    """Every reader of a garbled bundle.json advises to re-export the weights, which the export refused for that very
+    file; a folder whose Transformer an export wrote is rewritten, a garbled bundle.json beside none is named."""
     run, _, dvae, clip = trained
     folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
     (folder / "bundle.json").write_text("{not json")
-    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 2
-    assert capsys.readouterr().err.strip().startswith(f"megadalle export: {folder / 'bundle.json'}: not valid JSON")
+    with pytest.raises(UserError, match="not valid JSON.*; re-export the weights"):
+        megadalle.load_pipeline(folder)
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0  # without a CLIP now
+    assert megadalle.load_pipeline(folder).clip is None and not list(folder.glob("clip.*"))  # the earlier one gone
+    capsys.readouterr()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bundle.json").write_text("{not json")
+    (other / "notes.txt").write_text("mine")
+    assert main(["export", f"run={run}", f"output={other}", f"dvae_weights={dvae}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"megadalle export: {other / 'bundle.json'}: garbled (no JSON object), and {other} holds no "
+                   "Transformer an export wrote (transformer/), so the export will not take it for a model folder; "
+                   f"remove {other / 'bundle.json'}, or give another path")
+    assert sorted(p.name for p in other.iterdir()) == ["bundle.json", "notes.txt"]
 
 
 def test_an_output_named_both_file_and_folder_is_refused(trained, tmp_path, capsys):
