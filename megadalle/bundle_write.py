@@ -124,6 +124,16 @@ def _damaged_manifest(output: Path) -> bool:
                       "give another path")
 
 
+def _weights_alone(run: Path, output: Path) -> str:
+    """How a dVAE or CLIP run, which has no model folder (its tokenizer, dVAE and CLIP are a Transformer's), is
+    exported: its weights alone, as a folder or as one file."""
+    from megadalle.config.override import override_word
+
+    given = f"megadalle export {override_word('run', run)}"
+    return (f"export its weights alone: `{given} {override_word('output', output)} weights_only=true`, or as one file: "
+            f"`{given} output=<name>.safetensors`")
+
+
 def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,
                  clip_weights: str | None = None, checkpoint: str | None = None, ema: bool | None = None,
                  clip_model: str = "megadalle", dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9,
@@ -145,7 +155,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     config = record.get("config", {})
     trained = trained or run_task(run)
     spec = trained[0].export_spec()
-    check_run_kind(run, spec, "transformer")  # a model folder is a Transformer's: a dVAE or CLIP run is refused
+    check_run_kind(run, spec, "transformer", _weights_alone(run, output))  # a model folder is a Transformer's
     check_output(output, spec.kind, run)
     damaged = _damaged_manifest(output)
     ema = chosen_ema(run, config, ema)

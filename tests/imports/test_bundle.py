@@ -154,7 +154,7 @@ def test_an_open_clip_reranker_without_its_weights_is_refused(trained, tmp_path,
     assert "clip_model='openclip': expected megadalle or open_clip:<arch>" in capsys.readouterr().err
 
 
-def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tmp_path):
+def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tmp_path, capsys):
     run, tok, dvae, clip = trained
     other = save_dvae(tmp_path / "other.safetensors", dvae_config(image_size=16, n_groups=3, vocab_size=128))
     with pytest.raises(IncompatibleModels, match="codes 16 px images as a 4x4 grid"):
@@ -172,6 +172,12 @@ def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tm
         export.run(compose("export", [f"run={dvae_run}", f"output={tmp_path / 'm3'}", f"tokenizer={tok}",
                                       f"dvae_weights={dvae}"]))
     assert not (tmp_path / "m3").exists()
+    assert main(["export", f"run={dvae_run}", f"output={tmp_path / 'm3'}", f"tokenizer={tok}",
+                 f"dvae_weights={dvae}"]) == 2  # with the ways a dVAE run is exported
+    assert capsys.readouterr().err.strip() == (
+        f"megadalle export: {dvae_run} is a 'dvae' training run, not a 'transformer' one; export its weights alone: "
+        f"`megadalle export run={dvae_run} output={tmp_path / 'm3'} weights_only=true`, or as one file: "
+        f"`megadalle export run={dvae_run} output=<name>.safetensors`")
     assert model_config(dvae_run, "dvae").vocab_size == config["dvae"]["vocab_size"]
 
 
