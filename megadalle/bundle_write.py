@@ -18,11 +18,13 @@ from typing import Callable
 
 from megadalle import run_pieces
 from megadalle.data import atomic
+from megadalle.errors import BundleError
 from megadalle.sampling.dvae_record import BUNDLE_KEY, CodesRecord
 from megadalle.sampling.files import (CLIP, DVAE, FORMAT, TOKENIZER, TRANSFORMER, is_bundle, recorded_codes,
                                       recorded_tokenizer, unfinished)
 from megadalle.warn import say_all
-from megadalle.weights import MANIFEST, check_replaceable, read_record
+from megadalle.weights import INDEX, MANIFEST, check_replaceable, read_record
+from megadalle.weights.records import json_object
 
 
 def export_transformer(run_dir: str | Path, path: Path, checkpoint: str | None = None, ema: bool = False,
@@ -104,6 +106,34 @@ def _check_pieces(files: dict[str, Path | None], own_clip: bool, clip_model: str
         load_open_clip(clip_model[len(OPEN_CLIP):], files["clip"])
 
 
+def _damaged_manifest(output: Path) -> bool:
+    """Whether the model folder `output` has a damaged bundle.json (garbled, or cut short by a copy that stopped
+    early) and is otherwise an export's: its Transformer, transformer/, is one an export wrote (its index records the
+    kind). Its own export rewrites such a folder whole, as it does an unfinished one: "re-export the weights", the
+    advice of every reader of the damaged file, was refused by that very file. A damaged bundle.json beside no such
+    Transformer is no export's to judge: refused, named for its user to remove."""
+    manifest = output / MANIFEST
+    if not manifest.is_file() or json_object(manifest) is not None:
+        return False
+    index = output / TRANSFORMER / INDEX
+    metadata = ((json_object(index) if index.is_file() else None) or {}).get("metadata")
+    if isinstance(metadata, dict) and metadata.get("kind") == "transformer":
+        return True
+    raise BundleError(f"{manifest}: garbled (no JSON object), and {output} holds no Transformer an export wrote "
+                      f"({TRANSFORMER}/), so the export will not take it for a model folder; remove {manifest}, or "
+                      "give another path")
+
+
+def _weights_alone(run: Path, output: Path) -> str:
+    """How a dVAE or CLIP run, which has no model folder (its tokenizer, dVAE and CLIP are a Transformer's), is
+    exported: its weights alone, as a folder or as one file."""
+    from megadalle.config.override import override_word
+
+    given = f"megadalle export {override_word('run', run)}"
+    return (f"export its weights alone: `{given} {override_word('output', output)} weights_only=true`, or as one file: "
+            f"`{given} output=<name>.safetensors`")
+
+
 def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,
                  clip_weights: str | None = None, checkpoint: str | None = None, ema: bool | None = None,
                  clip_model: str = "megadalle", dtype: str = "bf16", max_shard_bytes: int = 5 * 10**9,
@@ -125,8 +155,9 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     config = record.get("config", {})
     trained = trained or run_task(run)
     spec = trained[0].export_spec()
-    check_run_kind(run, spec, "transformer")  # a model folder is a Transformer's: a dVAE or CLIP run is refused
+    check_run_kind(run, spec, "transformer", _weights_alone(run, output))  # a model folder is a Transformer's
     check_output(output, spec.kind, run)
+    damaged = _damaged_manifest(output)
     ema = chosen_ema(run, config, ema)
     files = {"tokenizer": run_pieces.pick(tokenizer, run, record, "tokenizer", True),
              "dvae": run_pieces.pick(dvae_weights, run, record, "dvae", True),
@@ -137,8 +168,11 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
                            recorded_tokenizer(run, None, record), spec.config)
     _check_pieces(files, own_clip, clip_model, codes)
     created = not output.exists()
-    earlier_clip = is_bundle(output) and read_record(output / MANIFEST).get("clip") == CLIP
+    earlier_clip = (output / CLIP).is_file() if damaged else (
+        is_bundle(output) and read_record(output / MANIFEST).get("clip") == CLIP)
     output.mkdir(parents=True, exist_ok=True)
+    if damaged:  # unfinished from here, as during any re-export: its Transformer's export is no longer refused
+        (output / MANIFEST).unlink()
     try:
         # An earlier export stands whole until the new Transformer is complete (a refused checkpoint or EMA, a
         # failed read, a kill leave it working); from its replacement until the manifest is back (written

@@ -37,7 +37,7 @@ def exists(key: str, value, kind: str = "path") -> Path:
     path = Path(str(value))
     ok = path.is_dir() if kind == "directory" else path.is_file() if kind == "file" else path.exists()
     if not ok and kind == "directory" and path.is_file():
-        raise PreflightError(f"{key}={value}: a file, not a folder of shards; give its folder: {key}={path.parent}")
+        raise PreflightError(f"{key}={value}: a file, not a directory")
     if not ok:
         raise PreflightError(f"{key}={value}: no such {kind}")
     return path
@@ -77,6 +77,8 @@ def shard_index(key: str, value):
     or a PreflightError naming `key`."""
     from megadalle.data.ingest import open_index
 
+    path = Path(str(value))
+    fits(not path.is_file(), f"{key}={value}: a file, not a folder of shards; give its folder: {key}={path.parent}")
     exists(key, value, "directory")
     try:
         return open_index(value)

@@ -2,18 +2,85 @@
 or the weights are there, named by their key, before a model is built around them."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
-from megadalle.preflight.probes import exists, export_target, writable
+from megadalle.preflight.probes import PreflightError, exists, export_target, writable
 
 
 def check_export(cfg: DictConfig) -> None:
     """The run, and a model folder's place (exported weights alone are checked by the export, weights/replace.py)."""
     from megadalle.weights import one_file
 
-    exists("run", cfg.run, "directory")
+    check_run(cfg.run)
     if not cfg.weights_only and not one_file(cfg.output):
         writable("output", cfg.output, "folder")
+
+
+def check_run(value) -> None:
+    """`run` is a training run directory whose run.json reads (run_pieces.read), checked before export rebuilds the
+    run's task from it: anything else was a FileNotFoundError or JSONDecodeError traceback there. What is given
+    instead is most often what lies beside a run (a model folder, a checkpoint, the folder of runs): it is named,
+    with the `run=` to give (`_instead_of_run`)."""
+    from megadalle import run_pieces
+
+    path = Path(str(value))
+    instead = _instead_of_run(path) if path.exists() else None
+    if instead:
+        raise PreflightError(f"run={value}: {instead}")
+    exists("run", value, "directory")
+    run_pieces.read(path)
+
+
+def _instead_of_run(path: Path) -> str | None:
+    """What `path`, no training run, is, and what to give as `run` instead; None where nothing better than "not a
+    training run directory" can be said."""
+    from megadalle.config.override import override_word
+    from megadalle.sampling.files import unfinished
+    from megadalle.sampling.load import checkpoint_in_run, is_run
+    from megadalle.weights import first_of, model_folder_around
+
+    in_run = checkpoint_in_run(path)
+    if in_run is not None:
+        run, step = in_run
+        if step is None:
+            return f"the checkpoints folder of the training run {run}; give {override_word('run', run)}"
+        part = "a file of the checkpoint" if path.is_file() else "the checkpoint"
+        return (f"{part} {step.name} of the training run {run}, not the run; give {override_word('run', run)} "
+                f"{override_word('checkpoint', step)} (run= alone exports its newest checkpoint)")
+    folder = model_folder_around(path) or (path if unfinished(path) else None)
+    if folder is not None:
+        what = "a model folder" if folder == path.absolute() else f"inside the model folder {folder}"
+        return f"{what}, which an export wrote, not a training run; give the run it was exported from{_source(folder)}"
+    if path.is_file():
+        parent = path.parent
+        return "a file, not a training run directory; give " + (
+            f"its run: {override_word('run', parent)}" if is_run(parent) else "the directory holding run.json")
+    runs = sorted(child for child in path.iterdir() if is_run(child)) if not is_run(path) else []
+    if runs:
+        return (f"a folder of training runs ({first_of([run.name for run in runs])}), not a run; give one of them: "
+                f"{override_word('run', runs[0])}")
+    return None
+
+
+def _source(folder: Path) -> str:
+    """The training run the model folder `folder` was exported from, as its bundle.json records it, for the way
+    out: `: run=RUN`, or where the record names no run from here (a path relative to where the export ran, a run
+    moved since), what it records; the folder holding run.json where it records nothing (unfinished, garbled)."""
+    from megadalle.config.override import override_word
+    from megadalle.sampling.load import is_run
+    from megadalle.weights import MANIFEST
+    from megadalle.weights.records import json_object
+
+    manifest = json_object(folder / MANIFEST) if (folder / MANIFEST).is_file() else None
+    sources = (manifest or {}).get("sources")
+    run = sources.get("run") if isinstance(sources, dict) else None
+    if not isinstance(run, str) or not run:
+        return " (the directory holding run.json)"
+    if is_run(run):
+        return f": {override_word('run', run)}"
+    return f" (its {MANIFEST} records {run}, which is no run directory from here)"
 
 
 def check_generate(cfg: DictConfig) -> None:

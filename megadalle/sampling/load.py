@@ -100,10 +100,12 @@ def checkpoint_in_run(path: str | Path) -> tuple[Path, Path | None] | None:
     return None
 
 
-def check_run_kind(path: str | Path, spec, kind: str) -> None:
-    """Refuse the training run at `path`, whose task exports `spec` (Task.export_spec), as a `kind` model."""
+def check_run_kind(path: str | Path, spec, kind: str, instead: str = "") -> None:
+    """Refuse the training run at `path`, whose task exports `spec` (Task.export_spec), as a `kind` model; `instead`:
+    the caller's way to read such a run, said after the refusal."""
     if spec.kind != kind:
-        raise WrongKind(f"{path} is a {spec.kind!r} training run, not a {kind!r} one")
+        way_out = f"; {instead}" if instead else ""
+        raise WrongKind(f"{path} is a {spec.kind!r} training run, not a {kind!r} one{way_out}")
 
 
 def model_config(path: str | Path, kind: str):

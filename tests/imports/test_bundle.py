@@ -13,7 +13,7 @@ from megadalle import export
 from megadalle.bundle_write import write_bundle
 from megadalle.cli import main
 from megadalle.config.compose import compose
-from megadalle.errors import BundleError
+from megadalle.errors import BundleError, UserError
 from megadalle.sampling.compatible import IncompatibleModels
 from megadalle.sampling.load import ModelNotFound, WrongKind, model_config
 from megadalle.sampling.rerank import RerankerError, as_reranker
@@ -154,7 +154,7 @@ def test_an_open_clip_reranker_without_its_weights_is_refused(trained, tmp_path,
     assert "clip_model='openclip': expected megadalle or open_clip:<arch>" in capsys.readouterr().err
 
 
-def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tmp_path):
+def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tmp_path, capsys):
     run, tok, dvae, clip = trained
     other = save_dvae(tmp_path / "other.safetensors", dvae_config(image_size=16, n_groups=3, vocab_size=128))
     with pytest.raises(IncompatibleModels, match="codes 16 px images as a 4x4 grid"):
@@ -172,6 +172,12 @@ def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tm
         export.run(compose("export", [f"run={dvae_run}", f"output={tmp_path / 'm3'}", f"tokenizer={tok}",
                                       f"dvae_weights={dvae}"]))
     assert not (tmp_path / "m3").exists()
+    assert main(["export", f"run={dvae_run}", f"output={tmp_path / 'm3'}", f"tokenizer={tok}",
+                 f"dvae_weights={dvae}"]) == 2  # with the ways a dVAE run is exported
+    assert capsys.readouterr().err.strip() == (
+        f"megadalle export: {dvae_run} is a 'dvae' training run, not a 'transformer' one; export its weights alone: "
+        f"`megadalle export run={dvae_run} output={tmp_path / 'm3'} weights_only=true`, or as one file: "
+        f"`megadalle export run={dvae_run} output=<name>.safetensors`")
     assert model_config(dvae_run, "dvae").vocab_size == config["dvae"]["vocab_size"]
 
 
@@ -314,12 +320,28 @@ def test_a_re_export_may_take_the_folders_own_files(trained, tmp_path):
     assert megadalle.load_pipeline(folder).clip is not None
 
 
-def test_a_re_export_over_a_garbled_bundle_json_names_it(trained, tmp_path, capsys):
+def test_a_re_export_rewrites_a_folder_whose_bundle_json_is_garbled(trained, tmp_path, capsys):
+    """Every reader of a garbled bundle.json advises to re-export the weights, which the export refused for that very
+    file; a folder whose Transformer an export wrote is rewritten, a garbled bundle.json beside none is named."""
     run, _, dvae, clip = trained
     folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
     (folder / "bundle.json").write_text("{not json")
-    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 2
-    assert capsys.readouterr().err.strip().startswith(f"megadalle export: {folder / 'bundle.json'}: not valid JSON")
+    with pytest.raises(UserError, match="not valid JSON.*; re-export the weights"):
+        megadalle.load_pipeline(folder)
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0  # without a CLIP now
+    assert megadalle.load_pipeline(folder).clip is None and not list(folder.glob("clip.*"))  # the earlier one gone
+    capsys.readouterr()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bundle.json").write_text("{not json")
+    (other / "notes.txt").write_text("mine")
+    assert main(["export", f"run={run}", f"output={other}", f"dvae_weights={dvae}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"megadalle export: {other / 'bundle.json'}: garbled (no JSON object), and {other} holds no "
+                   "Transformer an export wrote (transformer/), so the export will not take it for a model folder; "
+                   f"remove {other / 'bundle.json'}, or give another path")
+    assert sorted(p.name for p in other.iterdir()) == ["bundle.json", "notes.txt"]
 
 
 def test_an_output_named_both_file_and_folder_is_refused(trained, tmp_path, capsys):

@@ -1,0 +1,48 @@
+"""What `export run=` is given instead of a training run: a model folder, a checkpoint, the folder of runs, a file, a
+garbled run.json. Each was a Python traceback (export rebuilt the run's task before any check); now one line that
+says what the path is and which `run=` to give."""
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+
+from megadalle.bundle_write import write_bundle
+from megadalle.cli import main
+
+
+def refusal(capsys, run, output) -> str:
+    assert main(["export", f"run={run}", f"output={output}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert not output.exists()
+    return err.removeprefix("megadalle export: ").strip()
+
+
+def test_a_run_key_naming_no_run_is_one_line_with_the_run_to_give(trained, tmp_path, capsys):
+    run, _, dvae, clip = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    step = sorted((run / "checkpoints").glob("step_*"))[-1]
+    output = tmp_path / "out"
+    exported_from = f"give the run it was exported from: run={run}"
+    assert refusal(capsys, folder, output) == (f"run={folder}: a model folder, which an export wrote, not a training "
+                                               f"run; {exported_from}")
+    assert refusal(capsys, folder / "transformer", output) == (
+        f"run={folder / 'transformer'}: inside the model folder {folder}, which an export wrote, not a training run; "
+        f"{exported_from}")
+    assert refusal(capsys, run / "checkpoints", output) == (
+        f"run={run / 'checkpoints'}: the checkpoints folder of the training run {run}; give run={run}")
+    assert refusal(capsys, step, output) == (
+        f"run={step}: the checkpoint {step.name} of the training run {run}, not the run; give run={run} "
+        f"checkpoint={step} (run= alone exports its newest checkpoint)")
+    assert refusal(capsys, run.parent, output).startswith(f"run={run.parent}: a folder of training runs (run")
+    assert refusal(capsys, run / "run.json", output) == (
+        f"run={run / 'run.json'}: a file, not a training run directory; give its run: run={run}")
+    weights = tmp_path / "one.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights))
+    assert refusal(capsys, weights, output) == (f"run={weights}: a file, not a training run directory; give the "
+                                                "directory holding run.json")
+    assert refusal(capsys, tmp_path, output) == f"run={tmp_path}: not a training run directory (no run.json)"
+    garbled = tmp_path / "garbled"
+    garbled.mkdir()
+    (garbled / "run.json").write_text("{not json")
+    assert refusal(capsys, garbled, output).startswith(f"{garbled / 'run.json'}: not readable (")
