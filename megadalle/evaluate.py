@@ -327,10 +327,11 @@ def run(cfg: DictConfig) -> int:
             files = sampling_files(ec.weights, ec.dvae_weights, ec.tokenizer, ec.clip_weights, ec.clip_model,
                                    ec.clip_score, without_clip(ec))
             dtype = pick_dtype(ec.dtype, device)
-            settings = {**sampling_key(ec, files, device, dtype, ("output", "overwrite")),
-                        "captions": captions,
-                        "real_files": folder_state(ec.real_images) if ec.real_images else None}
-            if finished_already(ec.output, METRICS, "evaluate", ec.overwrite, settings):
+            settings, older = ({**sampling_key(ec, files, device, dtype, ("output", "overwrite"), earlier),
+                                "captions": captions,
+                                "real_files": folder_state(ec.real_images, earlier) if ec.real_images else None}
+                               for earlier in (False, True))
+            if finished_already(ec.output, METRICS, "evaluate", ec.overwrite, settings, older=older):
                 return 0
             return sample_and_score(ec, files, captions, extract, device, dtype, settings)
     except (KeyboardInterrupt, SamplingStopped) as stop:

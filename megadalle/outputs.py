@@ -51,25 +51,31 @@ settings finds them done."""
 
 
 def finished_already(path: str | Path, record: str, verb: str, overwrite: bool, settings: dict,
-                     key: str = "output") -> bool:
-    """Whether `path` holds `record` (the file `verb` writes last: its results) of the same `settings`: then said in
+                     key: str = "output", older: dict | None = None) -> bool:
+    """Whether `path` holds `record` (the file `verb` writes last: its results) of the same `settings` (or of
+    `older`, the same settings as an older version stated them: resume.sampling_key's `earlier`): then said in
     one line, and the run has nothing to do. A stopped sweep is continued by its same command, whose jobs before
     the stopped one find their results here, drawn as this run would draw them again (the samples depend on the
-    settings alone), with or without `overwrite`. A record of other settings (or of none: an older record, one not
-    JSON) is refused unless `overwrite`."""
+    settings alone), with or without `overwrite`. A record of other settings is refused unless `overwrite`, naming
+    what differs (resume.differences); so is one of none (an older record, one not JSON)."""
+    from megadalle.sampling.resume import differences
+
     path = Path(path)
     try:
-        earlier = json.loads((path / record).read_text())
+        found = json.loads((path / record).read_text())
     except FileNotFoundError:
         return False
     except (OSError, ValueError):
-        earlier = None
-    if isinstance(earlier, dict) and earlier.get(SETTINGS) == json.loads(json.dumps(settings)):
+        found = None
+    there = found.get(SETTINGS) if isinstance(found, dict) else None
+    forms = [json.loads(json.dumps(form)) for form in (settings, older) if form is not None]
+    if there is not None and there in forms:
         print(f"[{verb}] {key}={path}: done already (same settings); skipped", flush=True)
         return True
     if not overwrite:
-        raise OutputError(f"{key}={path}: holds an earlier {verb}'s results ({record}); give another {key}, or "
-                          f"overwrite=true to replace them")
+        other = f" of other settings ({differences(there, *forms)[1]})" if isinstance(there, dict) else ""
+        raise OutputError(f"{key}={path}: holds an earlier {verb}'s results ({record}){other}; give another {key}, "
+                          f"or overwrite=true to replace them")
     return False
 
 

@@ -177,11 +177,11 @@ def run(cfg: DictConfig) -> int:
         with stops_on_signals(), output_folder(gc.output, verb="generate"):
             files = sampling_files(gc.weights, gc.dvae_weights, gc.tokenizer, gc.clip_weights, gc.clip_model,
                                    gc.rerank, "rerank=false")
-            key = sampling_key(gc, files, device, dtype, RESULT_KEYS)
+            key, older = (sampling_key(gc, files, device, dtype, RESULT_KEYS, earlier) for earlier in (False, True))
             done = {**key, "keep": gc.kept}
-            if finished_already(gc.output, SCORES, "generate", gc.overwrite, done):
+            if finished_already(gc.output, SCORES, "generate", gc.overwrite, done, older={**older, "keep": gc.kept}):
                 return 0
-            saved = open_saved(gc.output, key, gc.batch_size, gc.overwrite)
+            saved = open_saved(gc.output, key, gc.batch_size, gc.overwrite, older=older)
             return sample_and_write(gc, files, device, dtype, saved, done)
     except (KeyboardInterrupt, SamplingStopped) as stop:
         kept = (f"{saved.samples} of {gc.n} samples are saved in {saved.path}; the same command continues"

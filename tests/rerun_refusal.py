@@ -11,10 +11,10 @@ import megadalle.bundle
 from megadalle.cli import main
 
 
-def refused_then_overwritten(base: list[str], change: str, folder: Path, results: str, monkeypatch,
+def refused_then_overwritten(base: list[str], change: str, differs: str, folder: Path, results: str, monkeypatch,
                              capsys) -> dict:
-    """Run `base`, then `base` + `change` (refused, the results untouched, no model read), then with
-    overwrite=true; returns the results the last run wrote."""
+    """Run `base`, then `base` + `change` (refused naming what `differs`, the results untouched, no model read), then
+    with overwrite=true; returns the results the last run wrote."""
     verb = base[0]
     assert main(base) == 0
     capsys.readouterr()
@@ -23,7 +23,8 @@ def refused_then_overwritten(base: list[str], change: str, folder: Path, results
     monkeypatch.setattr(megadalle.bundle, "open_models", lambda *a, **k: pytest.fail("a model was read"))
     assert main([*base, change]) == 2
     assert capsys.readouterr().err == f"megadalle {verb}: output={folder}: holds an earlier {verb}'s results " \
-                                      f"({results}); give another output, or overwrite=true to replace them\n"
+                                      f"({results}) of other settings ({differs}); give another output, or " \
+                                      "overwrite=true to replace them\n"
     assert (folder / results).read_text() == first
     monkeypatch.setattr(megadalle.bundle, "open_models", real)
     assert main([*base, change, "overwrite=true"]) == 0

@@ -140,14 +140,16 @@ def is_bare(item: str) -> bool:
     return "=" not in item and not item.startswith("~")
 
 
-def bare_item(verb: str | None, words: list[str]) -> str:
+def bare_item(verb: str | None, words: list[str], given: str = "") -> str:
     """The message for consecutive items without `=` (`is_bare`): they set no key, and quoting one as itself (what
     the message once advised) still sets none. For `verb`'s likely key the words are one value, as typed before the
-    shell took its quotes away: `a red circle` was advised 'prompt="a"', which drew "a"."""
+    shell took its quotes away: `a red circle` was advised 'prompt="a"', which drew "a". `given`: that key's value
+    typed just before the words (`prompt=a red circle`), the value's first words: advised without them, the prompt
+    lost them."""
     key = BARE_WORD_KEY.get(verb or "")
     if key is not None:
-        text = " ".join(words)
-        return f"{one_line(text)}: expected key=value; for the {key}, write {quoted_form(key, text)}"
+        text = " ".join([given, *words] if given else words)
+        return f"{one_line(' '.join(words))}: expected key=value; for the {key}, write {quoted_form(key, text)}"
     return f"{one_line(words[0])}: expected key=value" + (f" (megadalle {verb} --help lists the keys)" if verb else "")
 
 
@@ -173,6 +175,9 @@ def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps:
         key, sep, value = item.partition("=")
         if is_bare(item):
             raise ConfigError(bare_item(verb, list(takewhile(is_bare, overrides[at:]))))
+        words = list(takewhile(is_bare, overrides[at + 1:]))
+        if sep and words and key == BARE_WORD_KEY.get(verb or ""):  # its value, cut by the shell: `prompt=a, red`
+            raise ConfigError(bare_item(verb, words, value))
         named, quoted = one_line(item), quoted_form(key, meant_text(value)) if sep else item
         try:
             sweep = parser().parse_override(item).is_sweep_override()

@@ -38,15 +38,18 @@ class EvaluateConfig:
     top_p: float = GenerateConfig.top_p
     """Keep the smallest set of image tokens with this much probability, as `generate`'s; 1.0 keeps all."""
     dvae_weights: str | None = None
-    """null = dvae.safetensors beside `weights`."""
+    """null = as `generate`'s: a model folder's own, a run directory's recorded one, else dvae.safetensors beside
+    `weights`."""
     clip_model: str = GenerateConfig.clip_model
     """The CLIP that scores the samples, as `generate`'s: megadalle (its CLIP, from `clip_weights`) or
     open_clip:<arch> (weights from the local file `clip_weights`; never downloaded). A model folder's own wins
     over the default."""
     clip_weights: str | None = None
-    """The CLIP's weights; null = the model folder's, or clip.safetensors beside `weights`."""
+    """The CLIP's weights; null = as `generate`'s: a model folder's own, a run directory's recorded one, else
+    clip.safetensors beside `weights`."""
     tokenizer: str | None = None
-    """null = tokenizer.model beside `weights`."""
+    """null = as `generate`'s: a model folder's own, a run directory's recorded one, else tokenizer.model beside
+    `weights`."""
     clip_score: bool = True
     """Score every sample with CLIP (mean cosine similarity with its caption). false with fid=false is refused
     unless save_samples=true: nothing would be measured or written."""

@@ -44,15 +44,18 @@ class GenerateConfig:
     CLIP's reranking from lowering accuracy, which the full distribution did (benchmarks/RESULTS.md, Sampling
     defaults); unlike top_k it means the same at any image vocabulary."""
     dvae_weights: str | None = None
-    """The dVAE (weights or run directory); null = `dvae.safetensors` beside `weights`."""
+    """The dVAE (weights or run directory); null = a model folder's own (its bundle.json), the one a run directory's
+    run.json records, else `dvae.safetensors` beside `weights`."""
     clip_model: str = "megadalle"
     """The reranker: megadalle (its CLIP, from `clip_weights`) or open_clip:<arch> (e.g. open_clip:ViT-B-32, weights
     from the local file `clip_weights`; never downloaded). Not `clip=`: hydra reads that as the `clip` config group."""
     clip_weights: str | None = None
-    """CLIP (weights or run directory); null = `clip.safetensors` beside `weights`. For open_clip: its state dict
-    (.safetensors, or .pt/.bin read with weights_only)."""
+    """CLIP (weights or run directory); null = a model folder's own (its bundle.json), the one a run directory's
+    run.json records, else `clip.safetensors` beside `weights`. For open_clip: its state dict (.safetensors, or
+    .pt/.bin read with weights_only)."""
     tokenizer: str | None = None
-    """The BPE model; null = `tokenizer.model` beside `weights`."""
+    """The BPE model; null = a model folder's own (its bundle.json), the one a run directory's run.json records
+    (data.tokenizer), else `tokenizer.model` beside `weights`."""
     rerank: bool = True
     """Sort by CLIP score; false keeps sample order and needs no CLIP."""
     ema: str = "auto"

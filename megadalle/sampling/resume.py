@@ -10,6 +10,10 @@ what decides the samples (`key`); a rerun with other settings is refused rather 
 The settings name the models by path, and a path can come to hold other weights between two runs (a run directory
 that trained on and saved a newer checkpoint, a model folder exported again): the key holds the state of the
 files behind each path too (`files_state`), so those are refused as well.
+
+Keys saved before JSON records were stated by content, and before a model folder's Transformer was named as the
+folder, are still accepted (`sampling_key(earlier=True)`) where the files did not change: a stopped generate
+continues, and a finished one is done, across the upgrade.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import torch
 
 from megadalle.config import ConfigError
 from megadalle.data.atomic import write_bytes
+from megadalle.data.digest import sha256
 
 if TYPE_CHECKING:
     from megadalle.sampling.files import SamplingFiles
@@ -53,48 +58,74 @@ def read_files(path: Path, output: Path) -> list[Path]:
     return [f for f in (path, config_path(path)) if f.is_file()]
 
 
-def files_state(paths: dict[str, str | Path | None], output: str | Path) -> dict[str, str]:
-    """For each key naming a path: a digest of the names, sizes and modification times of the files the loader reads
-    for it (`read_files`), never the output folder's, which this run writes into. Stat calls only, no read."""
+def files_state(paths: dict[str, str | Path | None], output: str | Path, earlier: bool = False) -> dict[str, str]:
+    """For each key naming a path: a digest of the names and states (`file_state`) of the files the loader reads for
+    it (`read_files`), never the output folder's, which this run writes into. `earlier`: every file by size and
+    modification time, as keys saved before the JSON records' contents stated them."""
     out = Path(output).resolve()
     state = {}
     for key, given in paths.items():
         if given is None or not Path(given).exists():
             continue
         path = Path(given).resolve()
-        state[key] = stat_digest(path if path.is_dir() else path.parent, read_files(path, out))
+        state[key] = files_digest(path if path.is_dir() else path.parent, read_files(path, out), earlier)
     return state
 
 
-def stat_digest(folder: Path, files: list[Path]) -> str:
-    """A digest of the names (relative to `folder`), sizes and modification times of `files`: stat calls only, no
-    read."""
-    listed = [(str(f.relative_to(folder)), (stat := f.stat()).st_size, stat.st_mtime_ns) for f in files]
+def file_state(file: Path, earlier: bool = False) -> tuple[int, int | str]:
+    """What a file is taken to hold, by its kind. A JSON record (run.json, a config JSON, an index, a checkpoint's
+    manifest: kilobytes) by its size and sha256: a rerun rewrites such a record with the same bytes (a `train` that
+    had finished, rerun by a Slurm requeue or a demo, writes run.json anew), and a key that held its modification time
+    refused generate's own results of that run as "the files changed". Anything else (weights, a checkpoint's
+    tensors, a tokenizer) by its size and modification time, stat calls only: reading gigabytes at every start
+    would take minutes, and those files are written once (a newer checkpoint is another file, an export again a
+    new modification time). `earlier`: size and modification time for every file."""
+    stat = file.stat()
+    if file.suffix == ".json" and not earlier:
+        return stat.st_size, sha256(file)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def files_digest(folder: Path, files: list[Path], earlier: bool = False) -> str:
+    """A digest of the names (relative to `folder`) and states (`file_state`) of `files`."""
+    listed = [(str(f.relative_to(folder)), *file_state(f, earlier)) for f in files]
     return hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
 
 
-def folder_state(folder: str | Path) -> str:
-    """`stat_digest` of every file under `folder` (image shards and their index): the same path can come to hold
+def folder_state(folder: str | Path, earlier: bool = False) -> str:
+    """`files_digest` of every file under `folder` (image shards and their index): the same path can come to hold
     other images."""
     folder = Path(folder).resolve()
-    return stat_digest(folder, sorted(f for f in folder.rglob("*") if f.is_file()))
+    return files_digest(folder, sorted(f for f in folder.rglob("*") if f.is_file()), earlier)
+
+
+def model_named(weights: str | Path) -> Path:
+    """The model that `weights` names, in one form for its every spelling that the loader reads as the same
+    files: a model folder for its `transformer/` or that one's index (`folder_of_transformer`), a folder of
+    shards for its index JSON (the loader reads a folder's index)."""
+    from megadalle.sampling.files import folder_of_transformer
+    from megadalle.weights import INDEX
+
+    path = folder_of_transformer(Path(weights))
+    return path.parent if path.name == INDEX else path
 
 
 def sampling_key(config, files: SamplingFiles, device: torch.device, dtype: torch.dtype,
-                 result_keys: tuple[str, ...]) -> dict:
+                 result_keys: tuple[str, ...], earlier: bool = False) -> dict:
     """What decides a sampling verb's samples and their scores: `config` (a GenerateConfig or EvaluateConfig) but its
     `result_keys`, with the device and dtype used and, for each model key, the file in use resolved (the same file
-    named ./demo/x or by its absolute path, or left to its default beside the weights, is the same setting) and the
-    state of the files the loader reads there (`files_state`). `files` are those the verb found for its keys and
-    reads (sampling.files.sampling_files, found once: the key states the very files that are read); no tensor is
-    read."""
+    named ./demo/x or by its absolute path, or left to its default beside the weights, the same model folder named
+    by its Transformer: `model_named`, is the same setting) and the state of the files the loader reads there
+    (`files_state`). `files` are those the verb found for its keys and reads (sampling.files.sampling_files, found
+    once: the key states the very files that are read); no tensor is read. `earlier`: the key as versions before
+    this one saved it (`weights` as given, every file by its modification time), which a rerun still accepts."""
     read = {"weights": files.transformer, "dvae_weights": files.dvae, "clip_weights": files.clip,
             "tokenizer": files.tokenizer}
-    in_use = {**read, "weights": Path(config.weights)}
+    in_use = {**read, "weights": Path(config.weights) if earlier else model_named(config.weights)}
     return {**{k: v for k, v in asdict(config).items() if k not in result_keys},
             **{k: None if path is None else str(Path(path).resolve()) for k, path in in_use.items()},
             "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-            "files": files_state(read, config.output)}
+            "files": files_state(read, config.output, earlier)}
 
 
 @dataclass
@@ -128,10 +159,11 @@ class SavedBatches:
 
 
 def open_saved(folder: str | Path, key: dict, batch_size: int, overwrite: bool, verb: str = "generate",
-               out_key: str = "output") -> SavedBatches:
-    """The batches an earlier run of the same settings saved in `folder` (none if there is no such file). A file
-    of other settings is refused, naming what differs, unless `overwrite` (then it is discarded); so is one that
-    cannot be read."""
+               out_key: str = "output", older: dict | None = None) -> SavedBatches:
+    """The batches an earlier run of the same settings saved in `folder` (none if there is no such file), saved
+    under `key` or under `older`, the same settings as an older version stated them (`sampling_key(earlier=True)`);
+    they continue under `key`. A file of other settings is refused, naming what differs, unless `overwrite` (then
+    it is discarded); so is one that cannot be read."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(folder) / UNFINISHED
@@ -147,11 +179,10 @@ def open_saved(folder: str | Path, key: dict, batch_size: int, overwrite: bool, 
             return _discarded(path, key)
         raise ConfigError(f"{out_key}={folder}: {UNFINISHED} cannot be read ({err}); remove it, or overwrite=true to "
                           f"start again") from None
-    if saved_key != key:
+    if saved_key not in (key, older):
         if overwrite:
             return _discarded(path, key)
-        names = sorted(name for name in set(key) | set(saved_key) if key.get(name) != saved_key.get(name))
-        differ = "; ".join(_differs(name, saved_key.get(name), key.get(name)) for name in names)
+        names, differ = differences(saved_key, key, older)
         # Files changed under the same command: that command cannot finish it, so it is no way out to name.
         rerun = "" if names == ["files"] else "rerun that command to finish it, "
         raise ConfigError(f"{out_key}={folder}: holds {len(codes)} samples of an unfinished {verb} with "
@@ -166,8 +197,26 @@ def _discarded(path: Path, key: dict) -> SavedBatches:
     return SavedBatches(path, key)
 
 
+def differences(there: dict, *here: dict | None) -> tuple[list[str], str]:
+    """The names of the settings in which `there` (saved by an earlier run) differs from `here` (this run's, in
+    each form it may have been saved in: the nearest counts), and those differences said, for the refusal."""
+    def differing(form: dict) -> list[str]:
+        return sorted(name for name in set(form) | set(there) if form.get(name) != there.get(name))
+
+    form = min((form for form in here if form is not None), key=lambda form: len(differing(form)))
+    names = differing(form)
+    return names, "; ".join(_differs(name, there.get(name), form.get(name)) for name in names)
+
+
+SHOWN = 120
+"""The longest difference said with its values; a longer one (evaluate's captions) is named alone."""
+
+
 def _differs(name: str, there, here) -> str:
-    if name != "files":
-        return f"{name}={there!r} there, {here!r} here"
-    changed = sorted(k for k in set(there or {}) | set(here or {}) if (there or {}).get(k) != (here or {}).get(k))
-    return f"the files behind {', '.join(changed)} changed since (a newer checkpoint, another export)"
+    if name == "files":
+        changed = sorted(k for k in set(there or {}) | set(here or {}) if (there or {}).get(k) != (here or {}).get(k))
+        return f"the files behind {', '.join(changed)} changed since (a newer checkpoint, another export)"
+    if name == "real_files":
+        return "the files in real_images changed since"
+    said = f"{name}={there!r} there, {here!r} here"
+    return said if len(said) <= SHOWN else f"{name}: others there"

@@ -29,7 +29,8 @@ def evaluate_args(models, *more):
 
 def test_a_rerun_into_an_earlier_runs_folder_is_refused_unless_overwrite(models, tmp_path, capsys, monkeypatch):
     base = evaluate_args(models, "n=1", f"out_dir={tmp_path}")
-    metrics = refused_then_overwritten(base, "n=2", tmp_path / "evaluate", "metrics.json", monkeypatch, capsys)
+    metrics = refused_then_overwritten(base, "n=2", "n=1 there, 2 here", tmp_path / "evaluate", "metrics.json",
+                                       monkeypatch, capsys)
     assert metrics["samples_per_caption"] == 2
 
 

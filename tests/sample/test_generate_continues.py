@@ -48,7 +48,8 @@ def test_a_stopped_sweep_rerun_skips_the_finished_jobs_and_continues_the_stopped
     assert main(["generate", *args(models, tmp_path / "whole", n=9, batch_size=3)]) == 0
     assert results(sweep / "1") == results(tmp_path / "whole")
     assert main(["generate", *args(models, sweep / "0", "keep=2", n=9, batch_size=3)]) == 2  # other results: refused
-    assert "holds an earlier generate's results (scores.json)" in capsys.readouterr().err
+    assert "holds an earlier generate's results (scores.json) of other settings (keep=4 there, 2 here); give " \
+           "another output" in capsys.readouterr().err
 
 
 def test_an_evaluate_rerun_of_the_same_settings_is_skipped(models, tmp_path, capsys, monkeypatch):
@@ -63,6 +64,51 @@ def test_an_evaluate_rerun_of_the_same_settings_is_skipped(models, tmp_path, cap
     assert (out / "metrics.json").stat().st_mtime_ns == before
     (models / "captions.txt").write_text("a red circle\n")  # other captions, same path: other results
     assert main(evaluate_args(models, "n=1", f"output={out}")) == 2
+    assert "of other settings (captions=['a red circle', 'a blue square'] there, ['a red circle'] here)" in \
+        capsys.readouterr().err
+
+
+def test_finished_results_of_other_files_name_them(models, tmp_path, capsys):
+    """A rerun after the model changed said only "holds an earlier generate's results (scores.json)", not which
+    setting differs, unlike the unfinished one."""
+    output = tmp_path / "out"
+    assert main(["generate", *args(models, output, n=4, batch_size=2)]) == 0
+    weights = models / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_mtime_ns + 10**9,) * 2)  # trained on and exported again
+    capsys.readouterr()
+    assert main(["generate", *args(models, output, "seed=3", n=4, batch_size=2)]) == 2
+    assert capsys.readouterr().err == (
+        f"megadalle generate: output={output}: holds an earlier generate's results (scores.json) of other settings "
+        "(the files behind weights changed since (a newer checkpoint, another export); seed=0 there, 3 here); give "
+        "another output, or overwrite=true to replace them\n")
+
+
+def test_results_an_older_version_saved_continue_and_are_done_where_the_files_did_not_change(models, tmp_path, capsys,
+                                                                                            monkeypatch):
+    """The keys before JSON records were stated by content (and before a model folder's Transformer was named as the
+    folder): the saved batches of a generate stopped before an upgrade, and the results it finished, keep."""
+    from megadalle import evaluate, sample
+
+    def saved_by_an_older_version(patch, module):
+        real = module.sampling_key
+        patch.setattr(module, "sampling_key", lambda *key: real(*key[:5], True))
+
+    output, finished = tmp_path / "stopped", tmp_path / "finished"
+    saved_by_an_older_version(monkeypatch, sample)
+    stopped_after_one_batch(models, output, capsys, monkeypatch)  # and undoes the patch
+    with monkeypatch.context() as patch:
+        saved_by_an_older_version(patch, sample)
+        saved_by_an_older_version(patch, evaluate)
+        assert main(["generate", *args(models, finished, n=4, batch_size=2)]) == 0
+        assert main(evaluate_args(models, "n=1", f"output={finished / 'eval'}")) == 0
+    capsys.readouterr()
+    assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 0
+    assert "[generate] continuing: 3 of 9 samples" in capsys.readouterr().err
+    with monkeypatch.context() as patch:
+        no_model_read(patch)
+        assert main(["generate", *args(models, finished, n=4, batch_size=2)]) == 0
+        assert main(evaluate_args(models, "n=1", f"output={finished / 'eval'}")) == 0
+    assert capsys.readouterr().out.count("done already (same settings); skipped") == 2
 
 
 @pytest.mark.parametrize("verb", ["generate", "evaluate"])

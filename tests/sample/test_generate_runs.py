@@ -73,8 +73,8 @@ def test_a_rerun_into_an_earlier_runs_folder_is_refused_unless_overwrite(models,
     """A plain rerun replaced the results in the default folder (<out_dir>/generate) without a word; now it is
     one line and exit code 2 before any model is read, and overwrite=true replaces them."""
     base = ["generate", *args(models, "n=2", "keep=1", f"out_dir={tmp_path}")]
-    assert refused_then_overwritten(base, "seed=1", tmp_path / "generate", "scores.json", monkeypatch,
-                                    capsys)["seed"] == 1
+    assert refused_then_overwritten(base, "seed=1", "seed=0 there, 1 here", tmp_path / "generate", "scores.json",
+                                    monkeypatch, capsys)["seed"] == 1
 
 
 def test_a_prompt_the_tokenizer_reads_nothing_of_is_refused_before_any_model_is_read(models, tmp_path, capsys,

@@ -145,8 +145,9 @@ def test_ctrl_c_keeps_the_finished_batches_too(models, tmp_path, capsys, monkeyp
     assert results(output) == results(tmp_path / "whole")
 
 
-def stopped_after_one_batch(models, output, capsys, monkeypatch) -> None:
-    """A generate of 9 samples in batches of 3 into `output`, Ctrl-C'd once its first batch is saved."""
+def stopped_after_one_batch(models, output, capsys, monkeypatch, command: list[str] | None = None) -> None:
+    """A generate of 9 samples in batches of 3 into `output` (or the generate `command`), Ctrl-C'd once its first
+    batch is saved."""
     from megadalle.sampling import resume
 
     def interrupt(self, codes, scores):
@@ -155,7 +156,7 @@ def stopped_after_one_batch(models, output, capsys, monkeypatch) -> None:
 
     real = resume.SavedBatches.add
     monkeypatch.setattr(resume.SavedBatches, "add", interrupt)
-    assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 130
+    assert main(command or ["generate", *args(models, output, n=9, batch_size=3)]) == 130
     monkeypatch.undo()
     capsys.readouterr()
 

@@ -12,6 +12,7 @@ from megadalle.data.digest import sha256
 from megadalle.sampling.files import CLIP, DVAE, FORMAT, TOKENIZER, TRANSFORMER, sampling_files
 from megadalle.weights import INDEX, MANIFEST, ShardedWriter, export_layout, load_weights
 from tests.sample.test_generate import write_tiny_models
+from tests.sample.test_generate_stops import stopped_after_one_batch
 
 
 @pytest.fixture
@@ -54,6 +55,27 @@ def test_a_model_folders_transformer_is_read_as_the_folder(folder, tmp_path, cap
     (folder / MANIFEST).write_text(json.dumps({**manifest, "sha256": {"tokenizer": "0" * 64}}))
     assert generate(folder / inside, tmp_path, "rerank=false") == 2
     assert "not the tokenizer the Transformer was trained with" in one_line(capsys)
+
+
+def test_a_model_folder_named_by_its_transformer_is_the_same_setting(folder, tmp_path, capsys, monkeypatch):
+    """`weights=model` then `weights=model/transformer` (read as the folder itself) into one output: "holds an
+    earlier generate's results", and a stopped one "an unfinished generate with other settings"; so were a folder
+    of shards and its index JSON, which the loader reads as the same files."""
+    output = tmp_path / "stopped"
+    stopped_after_one_batch(None, output, capsys, monkeypatch, ["generate", f"weights={folder}", "prompt=a red circle",
+                                                                 "n=9", "batch_size=3", f"output={output}"])
+    assert main(["generate", f"weights={folder / TRANSFORMER}", "prompt=a red circle", "n=9", "batch_size=3",
+                 f"output={output}"]) == 0
+    assert "[generate] continuing: 3 of 9 samples" in capsys.readouterr().err
+    plain = shutil.copytree(folder / TRANSFORMER, tmp_path / "plain")
+    for name in (TOKENIZER, DVAE, "dvae.json", CLIP, "clip.json"):
+        shutil.copy(folder / name, plain / name)
+    for weights, same in ((folder, [folder / TRANSFORMER, folder / TRANSFORMER / INDEX]), (plain, [plain / INDEX])):
+        assert generate(weights, tmp_path, "overwrite=true") == 0
+        for named in same:
+            capsys.readouterr()
+            assert generate(named, tmp_path) == 0, capsys.readouterr().err
+            assert "done already (same settings); skipped" in capsys.readouterr().out
 
 
 def test_an_unfinished_folders_transformer_is_said_to_be_unfinished(folder, tmp_path, capsys):

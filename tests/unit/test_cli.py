@@ -194,6 +194,19 @@ def test_a_prompt_whose_shell_quotes_were_lost_is_advised_whole(capsys):
     assert compose("generate", ["weights=model", suggested]).prompt == "a red circle"
 
 
+@pytest.mark.parametrize("typed", ["a red circle", "a, red circle"])
+def test_a_prompt_key_before_the_words_the_shell_split_off_is_part_of_the_prompt_advised(capsys, typed):
+    """`generate weights=model prompt=a red circle` (unquoted) was advised 'prompt="red circle"', losing "a", and
+    `prompt=a, red circle` 'prompt="a,"'; the prompt= value is the first words of the prompt advised."""
+    from megadalle.config.compose import compose
+
+    assert main(["generate", "weights=model", *f"prompt={typed}".split(" "), "top_p=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"megadalle generate: red circle: expected key=value; for the prompt, write 'prompt=\"{typed}\"'\n"
+    suggested = shlex.split(err.split("write ")[1])[0]
+    assert compose("generate", ["weights=model", suggested]).prompt == typed
+
+
 def test_a_text_key_keeps_a_value_that_reads_as_a_number_or_a_boolean():
     """Hydra types `prompt=1e3` as 1000.0, which the text key turned into '1000.0' (`3.10` into '3.1', `true` into
     'True', `name=1_000` into '1000'; `run_dir=2024` stayed an int). Text keys, the verb's own and the groups',

@@ -27,21 +27,31 @@ def test_every_declared_field_has_help_text():
     assert missing == set()
 
 
-def test_help_shows_the_model_the_evaluate_and_the_clip_keys_texts(capsys):
-    def doc_of(argv, key):
-        """The key's help text, its wrapped lines (those holding only a comment) joined."""
-        assert main([*argv, "--help"]) == 0
-        lines = capsys.readouterr().out.splitlines()
-        at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:"))
-        text = [lines[at].split("#", 1)[1] if "#" in lines[at] else ""]
-        for line in lines[at + 1:]:
-            if not line.strip().startswith("#"):
-                break
-            text.append(line.strip()[1:])
-        return " ".join(part.strip() for part in text)
+def doc_of(capsys, argv, key):
+    """The key's help text, its wrapped lines (those holding only a comment) joined."""
+    assert main([*argv, "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:"))
+    text = [lines[at].split("#", 1)[1] if "#" in lines[at] else ""]
+    for line in lines[at + 1:]:
+        if not line.strip().startswith("#"):
+            break
+        text.append(line.strip()[1:])
+    return " ".join(part.strip() for part in text)
 
-    assert "the paper's 64" in doc_of(["train"], "n_layers")
-    assert "the paper's 1/8" in doc_of(["train"], "text_loss_weight")
-    assert "0 keeps all" in doc_of(["evaluate"], "top_k")
-    assert "KID" in doc_of(["evaluate"], "kid_subset_size")
-    assert "text tower" in doc_of(["train-clip"], "text_width")
+
+def test_help_shows_the_model_the_evaluate_and_the_clip_keys_texts(capsys):
+    assert "the paper's 64" in doc_of(capsys, ["train"], "n_layers")
+    assert "the paper's 1/8" in doc_of(capsys, ["train"], "text_loss_weight")
+    assert "0 keeps all" in doc_of(capsys, ["evaluate"], "top_k")
+    assert "KID" in doc_of(capsys, ["evaluate"], "kid_subset_size")
+    assert "text tower" in doc_of(capsys, ["train-clip"], "text_width")
+
+
+def test_sampling_help_says_a_folder_or_run_takes_its_own_pieces_first(capsys):
+    """generate's and evaluate's tokenizer and dvae_weights said "null = tokenizer.model / dvae.safetensors beside
+    weights": a model folder takes what its bundle.json names, a run directory what its run.json records."""
+    for verb in ("generate", "evaluate"):
+        for key in ("tokenizer", "dvae_weights", "clip_weights"):
+            text = doc_of(capsys, [verb], key)
+            assert "model folder's own" in text and "run directory" in text and "else" in text, (verb, key, text)

@@ -1,6 +1,7 @@
 """What the sampling verbs' settings key states of the files they read (megadalle.sampling.resume): a training
 run's chosen checkpoint and run.json, not whatever else lies in the run directory."""
 import json
+import os
 
 import torch
 
@@ -55,3 +56,17 @@ def test_a_run_json_rewritten_changes_the_state(tmp_path):
     (run / "run.json").write_text('{"config": {}}')
     assert state(run, tmp_path) != before
 
+
+
+def test_a_run_json_rewritten_with_the_same_bytes_keeps_the_state_and_tensors_rewritten_do_not(tmp_path):
+    """A finished `train` rerun writes run.json anew with the same bytes: its modification time in the state made
+    generate refuse its own results. JSON records are stated by content; weights by size and modification time."""
+    run = new_run(tmp_path)
+    before = state(run, tmp_path)
+    for record in (run / "run.json", run / "checkpoints" / "step_00000001" / "manifest.json"):
+        record.write_bytes(record.read_bytes())
+        os.utime(record, ns=(record.stat().st_mtime_ns + 10**9,) * 2)
+    assert state(run, tmp_path) == before
+    tensors = run / "checkpoints" / "step_00000001" / "model.pt"
+    os.utime(tensors, ns=(tensors.stat().st_mtime_ns + 10**9,) * 2)
+    assert state(run, tmp_path) != before
