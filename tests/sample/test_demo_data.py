@@ -1,11 +1,12 @@
 """The demo's data set and its pixel judge: the judge must read ground-truth images right."""
+import math
 import random
-from itertools import combinations
+from itertools import combinations, product
 
 import pytest
 import torch
 
-from megadalle.demo_data import MAX_HOLDOUT, Scene, all_scenes, render, split_scenes, write_dataset
+from megadalle.demo_data import COLOURS, MAX_HOLDOUT, Scene, all_scenes, render, split_scenes, write_dataset
 from megadalle.demo_data import to_tensor as as_tensor
 from megadalle.demo_judge import chance, judge, matches
 from megadalle.demo_score import caption_score, mean_se, summarise
@@ -49,6 +50,35 @@ def test_judge_tolerates_noise_and_rejects_blank_or_wrong_images():
     elsewhere = as_tensor(render(moved, 32, rng))
     assert not matches(elsewhere, scene) and matches(elsewhere, scene, ("colour", "shape"))
     assert chance() == 1 / 48 and chance(("colour", "shape")) == 1 / 12
+
+
+def test_judge_fails_a_picture_of_two_objects():
+    """A caption's shape with a second shape of another colour beside it does not show the caption's scene: the
+    dominant colour alone passed such pictures as one of their two scenes."""
+    rng = random.Random(3)
+    scenes = all_scenes()
+    for a, b in product(scenes[::5], scenes[::7]):
+        if a.colour != b.colour and a.position != b.position:
+            two = torch.minimum(as_tensor(render(a, 32, rng)), as_tensor(render(b, 32, rng)))
+            assert judge(two) is None and judge(stepped(two, 2)) is None, (a, b)
+            assert judge(two, second_share=math.inf) in (a, b)
+
+
+def test_judge_still_reads_single_shapes_and_a_rim_of_drifted_hue():
+    """One shape is never taken for two: every scene, drawn or in 2- or 4-pixel steps, is judged as the
+    dominant colour alone judges it, and a shape whose rim a soft decoder paints in another colour's hue (a red
+    circle edged in yellow, a pixel past its box) is still judged right."""
+    rng = random.Random(4)
+    for scene in all_scenes():
+        drawn = as_tensor(render(scene, 32, rng))
+        assert judge(drawn) == scene
+        for cell in (2, 4):
+            assert judge(stepped(drawn, cell)) == judge(stepped(drawn, cell), second_share=math.inf), (scene, cell)
+        shape = (drawn < 1).any(0).float()
+        rim = torch.nn.functional.max_pool2d(shape[None, None], 3, 1, 1)[0, 0].bool() & ~shape.bool()
+        other = next(c for c in COLOURS if c != scene.colour)
+        edged = torch.where(rim, torch.tensor(COLOURS[other])[:, None, None] / 255, drawn)
+        assert judge(edged) == scene, scene
 
 
 @pytest.mark.parametrize("n", [3, 8, MAX_HOLDOUT])
