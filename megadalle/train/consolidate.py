@@ -32,6 +32,8 @@ from typing import Callable, Iterator, TypeVar
 import torch
 from torch import nn
 
+from megadalle import run_pieces
+from megadalle.config.override import override_word
 from megadalle.models.vocab_tables import whole_tables
 from megadalle.train.checkpoint import CheckpointError
 from megadalle.train.checkpoint_choice import find_resumable
@@ -63,8 +65,8 @@ def run_task(run_dir: str | Path) -> tuple[Task, dict]:
 def read_advice(run_dir: str | Path) -> str:
     """The way out a reader of a run (export, generate, evaluate) has when none of its checkpoints is usable: not the
     training verbs' run_dir= or resume=, which the readers do not take."""
-    return (f"to read another checkpoint of the run: megadalle export run={run_dir} checkpoint=<its step_* directory> "
-            "output=DIR, then weights=DIR")
+    return (f"to read another checkpoint of the run (STEP: one of its step_* folders): "
+            f"{run_pieces.export_advice(Path(run_dir))}")
 
 
 def chosen_ema(run_dir: str | Path, config: dict, ema: bool | None) -> bool:
@@ -84,8 +86,6 @@ def chosen_ema(run_dir: str | Path, config: dict, ema: bool | None) -> bool:
 
 def run_ema(run_dir: str | Path, ema: bool | None) -> bool:
     """`chosen_ema` for the run directory `run_dir`, from its run.json."""
-    from megadalle import run_pieces
-
     return chosen_ema(run_dir, run_pieces.read(Path(run_dir)).get("config", {}), ema)
 
 
@@ -294,8 +294,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: boo
         return model.eval()
 
     def instead(older: Path) -> str:
-        return (f"load checkpoint={older} instead (to generate from it: megadalle export run={run_dir} "
-                f"checkpoint={older} output=DIR, then weights=DIR)")
+        return (f"load {override_word('checkpoint', older)} instead (to generate from it: "
+                f"{run_pieces.export_advice(Path(run_dir), older)})")
 
     return read_checkpoint(run_dir, checkpoint, read, instead), task
 
