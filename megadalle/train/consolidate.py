@@ -90,9 +90,10 @@ def run_ema(run_dir: str | Path, ema: bool | None) -> bool:
 
 
 def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
-    """The given checkpoint (verified complete) or the run's newest complete one."""
+    """The given checkpoint (verified complete, and one of the run's own) or the run's newest complete one."""
     if checkpoint:
         path = Path(checkpoint)
+        check_own_checkpoint(run_dir, path)
         why = damage(path)
         if why:
             raise CheckpointError(f"checkpoint={checkpoint}: {why}")
@@ -102,6 +103,23 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) ->
     if tag is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint under {root}")
     return root / tag
+
+
+def check_own_checkpoint(run_dir: str | Path, path: Path) -> None:
+    """Refuse a checkpoint that is not a step_* folder of `run_dir`'s checkpoints: the run's record rebuilds the
+    model, and beside another run's weights of the same shapes its tokenizer and dVAE would be written into the
+    export (or sampled with) in silence. The run it belongs to is named, to be passed as run= instead."""
+    from megadalle.sampling.load import checkpoint_in_run
+
+    own = Path(run_dir, "checkpoints").resolve()
+    if path.resolve().parent == own:
+        return
+    owner = checkpoint_in_run(path.resolve())
+    if owner is None:
+        raise CheckpointError(f"checkpoint={path}: not in the checkpoints folder of run={run_dir} ({own}); pass one "
+                              f"of its step_* folders, or the training run this checkpoint came from as run=")
+    raise CheckpointError(f"checkpoint={path}: a checkpoint of the training run {owner[0]}, not of run={run_dir}, "
+                          f"whose record would describe other weights; pass {override_word('run', owner[0])} with it")
 
 
 def meta_model(task: Task) -> nn.Module:

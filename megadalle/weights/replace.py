@@ -89,6 +89,18 @@ def check_outside_model_folder(target: str | Path, kind: str | None = None, whol
                          f"{folder_export(folder, clip_weights='CLIP.safetensors')}")
 
 
+def check_outside_checkpoints(target: str | Path) -> None:
+    """Refuse to write `target` in a training run's checkpoints folder: the run deletes there what it does not keep
+    (trainer.keep_checkpoints), an export as well, once it trains on."""
+    from megadalle.sampling.load import checkpoint_in_run
+
+    found = checkpoint_in_run(os.path.abspath(target))
+    if found is not None:
+        raise OutputInTheWay(f"output={target}: inside the checkpoints of the training run {found[0]}, which deletes "
+                             "there what it does not keep (trainer.keep_checkpoints), an export too; give another "
+                             "path")
+
+
 def _own_transformer(folder: Path) -> Path | None:
     """Where the bundle.json of the model folder `folder` says its Transformer is; None where it says nothing."""
     own = (json_object(folder / MANIFEST) or {}).get("transformer")
@@ -168,8 +180,9 @@ def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] | None
     user's `x.json`, the dVAE where the Transformer goes, are not overwritten. Checked before the first tensor is
     read (a 12B streams for minutes), and again when the export is put in place. Nothing is written in a model
     folder but by its own export, the caller passing `earlier` (`check_outside_model_folder`, with `alone` and
-    `run`)."""
+    `run`), nor in a training run's checkpoints, which the run prunes (`check_outside_checkpoints`)."""
     check_outside_model_folder(target, kind, earlier is not None, alone, run)
+    check_outside_checkpoints(target)
     single = one_file(target)
     target = Path(target)
     if single:
