@@ -33,11 +33,11 @@ def _remedy(target: Path, remedy: str) -> str:
 
 
 def folder_export(folder: Path, run: str | Path | None = None, **pieces: str) -> str:
-    """The command that rewrites the model folder `folder` whole, in backquotes: from `run`, else the Transformer's run its
-    bundle.json names (RUN where it names none, or one relative to where that export ran), with the folder's own
-    tokenizer, dVAE and CLIP as its bundle.json names them, `pieces` (key: path) replacing them. The run's record
-    alone would not do: a run trained without media records no dVAE (refused), nor the CLIP the folder was
-    exported with (which the export then drops)."""
+    """The command that rewrites the model folder `folder` whole, in backquotes: from `run`, else the Transformer's
+    run its bundle.json names (RUN where it names none, or one relative to where that export ran), with the
+    folder's own tokenizer, dVAE and CLIP as its bundle.json names them, `pieces` (key: path) replacing them. The
+    run's record alone would not do: a run trained without media records no dVAE (refused), nor the CLIP the folder
+    was exported with (which the export then drops)."""
     from megadalle.config.override import command_line
     from megadalle.run_pieces import RECORDED_PIECES, VERB_KEYS
 

@@ -97,7 +97,8 @@ def _index_now(root: Path, writable: bool, stopped: Callable[[], bool]) -> None:
     def announce(reading: int, tars: int) -> None:
         unchanged = f" ({tars - reading} unchanged since)" if reading < tars else ""
         print(f"[index] {root}: {why}; indexing them now, reading {reading} of {tars} tars{unchanged} and checking "
-              f"every sample (`{command_line('index', dir=root)}` does the same ahead of time)", file=sys.stderr, flush=True)
+              f"every sample (`{command_line('index', dir=root)}` does the same ahead of time)", file=sys.stderr,
+              flush=True)
 
     options = (old.indexing if old else None) or {}
     summary = index_directory(root, options.get("require", DEFAULT_REQUIRE), options.get("require_media", True),
