@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from megadalle.config.override import command_line, override_word
 from megadalle.errors import BundleError
 
 
@@ -109,10 +110,40 @@ def instead_of_folder(folder: Path, piece: str) -> str:
                 f"{MODEL_NAMES[piece]} weights, {key}=FILE")
     path = run_export(folder, record.get("config", {}), piece)
     if path.is_file():
-        return f"not a weights file; pass the weights the run exported: {key}={path}"
+        return f"not a weights file; pass the weights the run exported: {override_word(key, path)}"
+    export = command_line("export", run=folder, output="FILE.safetensors", dtype="fp32")
     return (f"not a weights file; pass the weights the run exports when it finishes ({path}, not there: rerun its "
-            f"training command to finish it, or `megadalle export run={folder} output=FILE dtype=fp32` and "
-            f"{key}=FILE)")
+            f"training command to finish it, or `{export}` and {key}=FILE.safetensors)")
+
+
+def export_advice(run: Path, checkpoint: str | Path = "STEP", dvae: str | Path | None = None) -> str:
+    """How to read the `checkpoint` of `run` (STEP: the user's choice of its step_* folders) where the run itself
+    reads its newest: `megadalle export` of it, then the key that takes what it wrote, as a line that runs as
+    printed. A Transformer's run is exported as a model folder, which needs its tokenizer and dVAE: the run's
+    record names them, else `dvae` (the one the caller was given) or a placeholder the text explains (a run
+    trained without media records no dVAE: the usual case). A dVAE's or CLIP's run is exported as one file (a
+    model folder is a Transformer's)."""
+    record = read(run)
+    trained = record.get("task_factory") and next((p for p in MODEL_NAMES if other_model(record, p) is None), None)
+    if trained:
+        export = command_line("export", run=run, checkpoint=checkpoint, output="FILE.safetensors")
+        return f"`{export}`, then {VERB_KEYS[trained]}=FILE.safetensors"
+    pieces, missing = {}, []
+    for piece, given in (("tokenizer", None), ("dvae", dvae)):
+        try:
+            found = given or recorded(run, record, piece)
+        except BundleError:  # a relative path of an older record, read from elsewhere: not to be guessed
+            found = None
+        pieces[VERB_KEYS[piece]] = found or PLACEHOLDERS[piece][0]
+        missing += [] if found else [PLACEHOLDERS[piece]]
+    export = command_line("export", run=run, checkpoint=checkpoint, output="DIR", **pieces)
+    said = "; ".join(f"{name}: {what}" for name, what in missing)
+    return f"`{export}`, then weights=DIR" + (f" ({said})" if said else "")
+
+
+PLACEHOLDERS = {"tokenizer": ("TOKENIZER", "the sentencepiece model the run trained with"),
+                "dvae": ("DVAE", "the dVAE weights whose codes the run's token shards hold")}
+"""What `export_advice` writes for a piece of a model folder that the run does not record, and what it stands for."""
 
 
 def run_export(run: Path, config: dict, piece: str) -> Path:

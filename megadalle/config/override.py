@@ -28,6 +28,13 @@ def override_word(key: str, value: Any) -> str:
     return shell_word(f"{key}={override_value(value)}")
 
 
+def command_line(verb: str, **settings: Any) -> str:
+    """`megadalle VERB key=value ...`, each setting an `override_word`: the command a message advises runs as
+    printed, whatever its paths hold (a space, a comma, an apostrophe, a `${`). A placeholder for the user to fill
+    (`output=DIR`) is a setting like any other, written in capitals."""
+    return " ".join(["megadalle", verb, *(override_word(key, value) for key, value in settings.items())])
+
+
 def override_value(value: Any) -> str:
     """`value` in hydra's override grammar: null, true/false, a number, `[a,b]`, `{k:v}`, and a text as `text_value`
     writes it (anything else, a Path, is written as its text)."""

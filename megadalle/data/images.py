@@ -7,6 +7,8 @@ import math
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
+from megadalle.config.override import command_line
+
 
 TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 """EXIF orientations that turn the image a quarter (`exif_transpose` swaps its width and height)."""
@@ -99,9 +101,9 @@ def upscaled(size: tuple[int, int], image_size: int) -> bool:
 def upscaled_message(source: object, count: int, total: int, image_size: int, images: str, cost: str) -> str:
     """What to say when `count` of `total` `images` (e.g. "real images") read from `source` were `upscaled`: the
     `cost` of the blurry result (e.g. "a blurry target") and the `megadalle index` that skips such thumbnails."""
+    index = command_line("index", dir=source, min_side=image_size)
     return (f"{source}: {count} of the {total} {images} were smaller than the dVAE's input ({image_size} px) and "
-            f"upscaled to it, {cost}; `megadalle index {source} min_side={image_size}` skips them in tars from "
-            "elsewhere")
+            f"upscaled to it, {cost}; `{index}` skips them in tars from elsewhere")
 
 
 REDUCING_GAP = 3.0

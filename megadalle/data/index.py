@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from megadalle.config.override import command_line
 from megadalle.data import atomic
 from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.summary import by_reason
@@ -115,7 +116,7 @@ class ShardIndex:
         if not path.is_file():
             raise ShardsNotFound(f"{path} not found: " + (not_shards(root) or nothing_kept(root) or (
                 f"{root} is not a finished megadalle shard directory (the writer writes index.json last); for shards "
-                f"made elsewhere run `megadalle index {root}`")))
+                f"made elsewhere run `{command_line('index', dir=root)}`")))
         data = json.loads(path.read_text())
         if data.get("format") != INDEX_FORMAT:
             raise ValueError(f"{path}: format {data.get('format')!r}, expected {INDEX_FORMAT!r}")
@@ -155,7 +156,7 @@ def not_shards(root: Path) -> str:
     if image is None:
         return f"{root} holds no *.tar shards: `megadalle prepare` makes them of images with captions"
     return (f"{root} holds images ({image.relative_to(root).as_posix()}, ...), not shards: make shards of them with "
-            f"`megadalle prepare input={root} output=SHARDS` and use SHARDS instead")
+            f"`{command_line('prepare', input=root, output='SHARDS')}` and use SHARDS instead")
 
 
 def nothing_kept(root: Path) -> str:

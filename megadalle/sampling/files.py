@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megadalle import run_pieces
+from megadalle.config.override import override_word
 from megadalle.errors import BundleError
 from megadalle.sampling.compatible import TokenizerRecord
 from megadalle.sampling.dvae_record import BUNDLE_KEY, RUN_KEY, CodesRecord
@@ -105,13 +106,12 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     in_run = checkpoint_in_run(weights)
     if in_run is not None:  # a DeepSpeed checkpoint is no weights: its run's record rebuilds the model from it
         run, step = in_run
-        older = "" if step is None else (f", or to sample {step.name}: megadalle export run={run} checkpoint={step} "
-                                         "output=DIR, then weights=DIR")
-        raise BundleError(f"weights={weights}: inside the checkpoints of the training run {run}; pass weights={run} "
-                          f"(it samples the newest checkpoint){older}")
+        older = "" if step is None else f", or to sample {step.name}: {run_pieces.export_advice(run, step, dvae)}"
+        raise BundleError(f"weights={weights}: inside the checkpoints of the training run {run}; pass "
+                          f"{override_word('weights', run)} (it samples the newest checkpoint){older}")
     if unfinished(weights):
         raise BundleError(f"{weights}: unfinished export (no {MANIFEST}): rerun `megadalle export` with "
-                          f"output={weights}")
+                          f"{override_word('output', weights)}")
     manifest = read_record(weights / MANIFEST, "tokenizer", "dvae") if is_bundle(weights) else None
     if manifest is not None and clip_model == "megadalle":  # the key's default: the folder's own reranker wins
         clip_model = manifest.get("clip_model", "megadalle")

@@ -16,7 +16,7 @@ At ZeRO stage 0 in bf16 DeepSpeed wrapped apex's FusedAdam in its FP16_Optimizer
 `fp32_groups_flat`, and no loss-scale keys at bf16), where it now wraps torch's AdamW in FP16_UnfusedOptimizer,
 whose load reads `dynamic_loss_scale` first (KeyError). That layout is not converted: it is refused by name
 (`FLAT_MASTERS`), while export still reads it: the module's bf16 weights, or at dtype=fp32 the flat masters cut
-at the parameters' sizes (consolidate.py).
+at the parameters' sizes (consolidate.py), except a pipeline's, whose masters export does not read (bf16 only).
 """
 from __future__ import annotations
 

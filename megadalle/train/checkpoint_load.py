@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from megadalle.config.override import command_line
 from megadalle.train import apex_adam, distributed, rng, schedule
 from megadalle.train.checkpoint import CheckpointError, one_line
 from megadalle.train.checkpoint_damage import complete_tags
@@ -103,9 +104,11 @@ def unreadable(err: Exception, path: Path, universal: Path | None) -> str:
     FP16_Optimizer at bf16 stage 0: apex_adam.py), else damage, with the complete checkpoint before it to go back to."""
     source = universal or path
     if isinstance(err, KeyError) and err.args == apex_adam.FLAT_MASTERS_KEY_ERROR:
-        return (f"cannot load the checkpoint {source}: its optimizer state was {apex_adam.FLAT_MASTERS}; it still "
-                f"exports (megadalle export run={path.parent.parent}: dtype=fp32 reads its fp32 masters); to train "
-                "on, resume it with the megadalle version that saved it")
+        export = command_line("export", run=path.parent.parent, checkpoint=path, output="DIR", weights_only=True,
+                              dtype="fp32")
+        return (f"cannot load the checkpoint {source}: its optimizer state was {apex_adam.FLAT_MASTERS}; its weights "
+                f"still export: `{export}` reads its fp32 masters (a pipeline's: dtype=bf16); to train on, resume it "
+                "with the megadalle version that saved it")
     if isinstance(err, KeyError) and err.args == ("step",) and universal is not None:
         return (f"cannot load the checkpoint {source}: its optimizer state was {apex_adam.SAVED_WITH_APEX}, which a "
                 f"universal checkpoint cannot carry into torch's AdamW; resume {path} on as many ranks as saved it")

@@ -32,6 +32,8 @@ from typing import Callable, Iterator, TypeVar
 import torch
 from torch import nn
 
+from megadalle import run_pieces
+from megadalle.config.override import override_word
 from megadalle.models.vocab_tables import whole_tables
 from megadalle.train.checkpoint import CheckpointError
 from megadalle.train.checkpoint_choice import find_resumable
@@ -63,8 +65,8 @@ def run_task(run_dir: str | Path) -> tuple[Task, dict]:
 def read_advice(run_dir: str | Path) -> str:
     """The way out a reader of a run (export, generate, evaluate) has when none of its checkpoints is usable: not the
     training verbs' run_dir= or resume=, which the readers do not take."""
-    return (f"to read another checkpoint of the run: megadalle export run={run_dir} checkpoint=<its step_* directory> "
-            "output=DIR, then weights=DIR")
+    return (f"to read another checkpoint of the run (STEP: one of its step_* folders): "
+            f"{run_pieces.export_advice(Path(run_dir))}")
 
 
 def chosen_ema(run_dir: str | Path, config: dict, ema: bool | None) -> bool:
@@ -84,15 +86,14 @@ def chosen_ema(run_dir: str | Path, config: dict, ema: bool | None) -> bool:
 
 def run_ema(run_dir: str | Path, ema: bool | None) -> bool:
     """`chosen_ema` for the run directory `run_dir`, from its run.json."""
-    from megadalle import run_pieces
-
     return chosen_ema(run_dir, run_pieces.read(Path(run_dir)).get("config", {}), ema)
 
 
 def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
-    """The given checkpoint (verified complete) or the run's newest complete one."""
+    """The given checkpoint (verified complete, and one of the run's own) or the run's newest complete one."""
     if checkpoint:
         path = Path(checkpoint)
+        check_own_checkpoint(run_dir, path)
         why = damage(path)
         if why:
             raise CheckpointError(f"checkpoint={checkpoint}: {why}")
@@ -102,6 +103,23 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) ->
     if tag is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint under {root}")
     return root / tag
+
+
+def check_own_checkpoint(run_dir: str | Path, path: Path) -> None:
+    """Refuse a checkpoint that is not a step_* folder of `run_dir`'s checkpoints: the run's record rebuilds the
+    model, and beside another run's weights of the same shapes its tokenizer and dVAE would be written into the
+    export (or sampled with) in silence. The run it belongs to is named, to be passed as run= instead."""
+    from megadalle.sampling.load import checkpoint_in_run
+
+    own = Path(run_dir, "checkpoints").resolve()
+    if path.resolve().parent == own:
+        return
+    owner = checkpoint_in_run(path.resolve())
+    if owner is None:
+        raise CheckpointError(f"checkpoint={path}: not in the checkpoints folder of run={run_dir} ({own}); pass one "
+                              f"of its step_* folders, or the training run this checkpoint came from as run=")
+    raise CheckpointError(f"checkpoint={path}: a checkpoint of the training run {owner[0]}, not of run={run_dir}, "
+                          f"whose record would describe other weights; pass {override_word('run', owner[0])} with it")
 
 
 def meta_model(task: Task) -> nn.Module:
@@ -294,8 +312,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: boo
         return model.eval()
 
     def instead(older: Path) -> str:
-        return (f"load checkpoint={older} instead (to generate from it: megadalle export run={run_dir} "
-                f"checkpoint={older} output=DIR, then weights=DIR)")
+        return (f"load {override_word('checkpoint', older)} instead (to generate from it: "
+                f"{run_pieces.export_advice(Path(run_dir), older)})")
 
     return read_checkpoint(run_dir, checkpoint, read, instead), task
 

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from megadalle import run_pieces
+from megadalle.config.override import command_line, override_word
 from megadalle.data import atomic
 from megadalle.errors import UserError
 from megadalle.train.checkpoint_damage import complete_tags
@@ -65,8 +66,8 @@ def run_weights(run: Path, given: str) -> Path:
     rerun = "rerun train-dvae with the same command to finish and export"
     if newest is not None:  # export reads the EMA where the run trained one, as train-dvae's own export does
         other = path.with_name(f"{path.stem}-step{newest}.safetensors")
-        rerun += (f", or write its newest checkpoint's with `megadalle export run={given} output={other} "
-                  f"dtype=fp32` and pass dvae_weights={other}")
+        export = command_line("export", run=given, output=other, dtype="fp32")
+        rerun += f", or write its newest checkpoint's with `{export}` and pass {override_word('dvae_weights', other)}"
     if not path.is_file():
         raise DVAEWeightsError(f"dvae_weights={given}: a run directory without its weights {path} (train-dvae exports "
                                f"them when the run finishes); {rerun}")

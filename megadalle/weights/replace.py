@@ -29,7 +29,32 @@ def _remedy(target: Path, remedy: str) -> str:
     if folder is None:
         return remedy
     return (f"give another path; the model folder {folder} is rewritten whole, from its Transformer's run, by "
-            f"`megadalle export run=RUN output={folder}`")
+            f"{folder_export(folder)}")
+
+
+def folder_export(folder: Path, run: str | Path | None = None, **pieces: str) -> str:
+    """The command that rewrites the model folder `folder` whole, in backquotes: from `run`, else the Transformer's
+    run its bundle.json names (RUN where it names none, or one relative to where that export ran), with the
+    folder's own tokenizer, dVAE and CLIP as its bundle.json names them, `pieces` (key: path) replacing them. The
+    run's record alone would not do: a run trained without media records no dVAE (refused), nor the CLIP the folder
+    was exported with (which the export then drops)."""
+    from megadalle.config.override import command_line
+    from megadalle.run_pieces import RECORDED_PIECES, VERB_KEYS
+
+    manifest = json_object(folder / MANIFEST) or {}
+    sources = manifest.get("sources") if isinstance(manifest.get("sources"), dict) else {}
+    recorded = sources.get("run")
+    if run is None and isinstance(recorded, str) and Path(recorded).is_absolute():
+        run = recorded
+    settings = {"run": run or "RUN", "output": folder}
+    for piece in RECORDED_PIECES:
+        name = manifest.get(piece)
+        if isinstance(name, str) and name and (folder / name).is_file():
+            settings[VERB_KEYS[piece]] = folder / name
+    if manifest.get("clip_model", "megadalle") != "megadalle" and "clip_weights" in settings:
+        settings["clip_model"] = manifest["clip_model"]
+    command = f"`{command_line('export', **{**settings, **pieces})}`"
+    return command if run else f"{command} (RUN: its Transformer's training run)"
 
 
 def check_outside_model_folder(target: str | Path, kind: str | None = None, whole: bool = False, alone: bool = False,
@@ -53,14 +78,27 @@ def check_outside_model_folder(target: str | Path, kind: str | None = None, whol
     where = f"inside the model folder {folder}" if inside else "a model folder"
     if kind in (None, "transformer"):
         raise OutputInTheWay(f"output={target}: {where}, whose tokenizer, dVAE and bundle.json a Transformer exported "
-                             f"alone would not match; export the whole folder with `megadalle export "
-                             f"run={run or 'RUN'} output={folder}`, or give another path")
-    from megadalle.run_pieces import MODEL_NAMES, VERB_KEYS
+                             f"alone would not match; export the whole folder with {folder_export(folder, run)}, or "
+                             "give another path")
+    if kind == "dvae":
+        raise OutputInTheWay(f"output={target}: {where}, whose Transformer learnt the codes of its own dVAE, which "
+                             "no other dVAE replaces; export it to another path (a Transformer trained on its codes "
+                             "is exported to a model folder of its own)")
+    raise OutputInTheWay(f"output={target}: {where}, whose Transformer and bundle.json a CLIP exported alone would "
+                         f"not match; export it to another path (CLIP.safetensors), then the whole folder with "
+                         f"{folder_export(folder, clip_weights='CLIP.safetensors')}")
 
-    raise OutputInTheWay(f"output={target}: {where}, whose Transformer and bundle.json a {MODEL_NAMES[kind]} "
-                         f"exported alone would not match; export it to another path, then the whole folder with "
-                         f"`megadalle export run=RUN output={folder} {VERB_KEYS[kind]}=<that path>` (RUN: its "
-                         "Transformer's training run)")
+
+def check_outside_checkpoints(target: str | Path) -> None:
+    """Refuse to write `target` in a training run's checkpoints folder: the run deletes there what it does not keep
+    (trainer.keep_checkpoints), an export as well, once it trains on."""
+    from megadalle.sampling.load import checkpoint_in_run
+
+    found = checkpoint_in_run(os.path.abspath(target))
+    if found is not None:
+        raise OutputInTheWay(f"output={target}: inside the checkpoints of the training run {found[0]}, which deletes "
+                             "there what it does not keep (trainer.keep_checkpoints), an export too; give another "
+                             "path")
 
 
 def _own_transformer(folder: Path) -> Path | None:
@@ -142,8 +180,9 @@ def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] | None
     user's `x.json`, the dVAE where the Transformer goes, are not overwritten. Checked before the first tensor is
     read (a 12B streams for minutes), and again when the export is put in place. Nothing is written in a model
     folder but by its own export, the caller passing `earlier` (`check_outside_model_folder`, with `alone` and
-    `run`)."""
+    `run`), nor in a training run's checkpoints, which the run prunes (`check_outside_checkpoints`)."""
     check_outside_model_folder(target, kind, earlier is not None, alone, run)
+    check_outside_checkpoints(target)
     single = one_file(target)
     target = Path(target)
     if single:

@@ -174,10 +174,14 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     reader = tmp_path / "run"
     reader.mkdir()
     (reader / "checkpoints").symlink_to(tmp_path)
+    (reader / "run.json").write_text("{}")
     with pytest.raises(CheckpointError) as read:  # export and generate: their own way out, not train's keys
         checkpoint_dir(reader)
-    assert str(read.value).endswith(f"is left; to read another checkpoint of the run: megadalle export run={reader} "
-                                    "checkpoint=<its step_* directory> output=DIR, then weights=DIR")
+    assert str(read.value).endswith(f"is left; to read another checkpoint of the run (STEP: one of its step_* "
+                                    f"folders): `megadalle export run={reader} checkpoint=STEP output=DIR "
+                                    "tokenizer=TOKENIZER dvae_weights=DVAE`, then weights=DIR (TOKENIZER: the "
+                                    "sentencepiece model the run trained with; DVAE: the dVAE weights whose codes "
+                                    "the run's token shards hold)")
     for step in (4, 6):
         (tmp_path / f"step_{step:08d}" / "manifest.json").unlink()
     (tmp_path / "latest").write_text("step_00000006")

@@ -218,8 +218,9 @@ def test_encode_counts_the_images_it_upscales_from_tars_written_elsewhere(tmp_pa
             "device=cpu"]
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert f"[encode] {tmp_path / 'tars'}: 1 of the 4 images encoded now were smaller than the dVAE's input (32 px) " \
-           f"and upscaled to it, a blurry target; `megadalle index {tmp_path / 'tars'} min_side=32` skips them" in err
+    assert (f"[encode] {tmp_path / 'tars'}: 1 of the 4 images encoded now were smaller than the dVAE's input (32 px) "
+            f"and upscaled to it, a blurry target; `megadalle index dir={tmp_path / 'tars'} min_side=32` skips "
+            "them") in err
     assert main(["index", str(tmp_path / "tars"), "num_workers=0", "min_side=32"]) == 0
     assert main(argv) == 0
     assert "upscaled" not in capsys.readouterr().err and ShardIndex.load(tmp_path / "tok").total == 3

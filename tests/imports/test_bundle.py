@@ -295,8 +295,11 @@ def test_export_writes_no_model_folder_among_other_files(trained, tmp_path, caps
         before = listing(target)
         assert main(["export", f"run={run}", f"output={target}", f"dvae_weights={dvae}"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == (f"megadalle export: output={target}: exists and is neither empty nor a model folder (no "
-                       "bundle.json), so the export will not replace it; give another path, or remove it")
+        why = (f"inside the checkpoints of the training run {run}, which deletes there what it does not keep "
+               "(trainer.keep_checkpoints), an export too; give another path" if target.name == "checkpoints" else
+               "exists and is neither empty nor a model folder (no bundle.json), so the export will not replace it; "
+               "give another path, or remove it")
+        assert err == f"megadalle export: output={target}: {why}"
         assert listing(target) == before
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -149,7 +149,6 @@ def test_a_dvae_run_exported_into_a_model_folder_is_refused(on_codes_of_a_dvae_r
     assert main(["export", f"run={dvae_run}", f"output={folder / 'dvae.safetensors'}"]) == 2
     assert capsys.readouterr().err == (
         f"megadalle export: output={folder / 'dvae.safetensors'}: inside the model folder {folder}, whose Transformer "
-        "and bundle.json a dVAE exported alone would not match; export it to another path, then the whole folder "
-        f"with `megadalle export run=RUN output={folder} dvae_weights=<that path>` (RUN: its Transformer's training "
-        "run)\n")
+        "learnt the codes of its own dVAE, which no other dVAE replaces; export it to another path (a Transformer "
+        "trained on its codes is exported to a model folder of its own)\n")
     assert (folder / "dvae.safetensors").read_bytes() == before

@@ -38,7 +38,7 @@ def test_a_directory_given_as_a_piece_is_named_with_the_file_to_pass(trained, tm
     assert capsys.readouterr().err == (
         f"megadalle export: clip_weights={clip_run}: a directory, not a weights file; pass the weights the run exports "
         f"when it finishes ({clip_run / 'clip.safetensors'}, not there: rerun its training command to finish it, or "
-        f"`megadalle export run={clip_run} output=FILE dtype=fp32` and clip_weights=FILE)\n")
+        f"`megadalle export run={clip_run} output=FILE.safetensors dtype=fp32` and clip_weights=FILE.safetensors)\n")
     shutil.copy(clip, clip_run / "clip.safetensors")
     assert main(["export", f"run={run}", f"output={out}", f"dvae_weights={dvae}", f"clip_weights={clip_run}"]) == 2
     assert capsys.readouterr().err.endswith(f"pass the weights the run exported: "

@@ -3,6 +3,8 @@ or train-clip's `weights=` replaced its dVAE or CLIP (or put a file among its pi
 as only `export` was kept from doing (weights.check_replaceable, which they all pass, now refuses it)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from megadalle.bundle_write import write_bundle
@@ -15,10 +17,17 @@ def contents(folder):
 
 
 def refusal(folder, key, target, model):
-    piece = {"dVAE": "dvae_weights", "CLIP": "clip_weights"}[model]
-    return (f"{key}={target}: inside the model folder {folder}, whose Transformer and bundle.json a {model} exported "
-            f"alone would not match; export it to another path, then the whole folder with `megadalle export run=RUN "
-            f"output={folder} {piece}=<that path>` (RUN: its Transformer's training run)\n")
+    """A dVAE has no way into a model folder (its Transformer learnt the codes of its own); a CLIP is exported
+    elsewhere, then the folder with it, from the run its bundle.json names and its own tokenizer and dVAE."""
+    where = f"{key}={target}: inside the model folder {folder}, whose "
+    if model == "dVAE":
+        return (f"{where}Transformer learnt the codes of its own dVAE, which no other dVAE replaces; export it to "
+                "another path (a Transformer trained on its codes is exported to a model folder of its own)\n")
+    run = json.loads((folder / "bundle.json").read_text())["sources"]["run"]
+    return (f"{where}Transformer and bundle.json a CLIP exported alone would not match; export it to another path "
+            f"(CLIP.safetensors), then the whole folder with `megadalle export run={run} output={folder} "
+            f"tokenizer={folder / 'tokenizer.model'} dvae_weights={folder / 'dvae.safetensors'} "
+            "clip_weights=CLIP.safetensors`\n")
 
 
 @pytest.fixture(scope="module")

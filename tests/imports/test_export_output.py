@@ -4,6 +4,7 @@ Transformer behind its bundle.json's back."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import torch
 from safetensors.torch import save_file
@@ -57,7 +58,10 @@ def test_weights_into_a_model_folder_are_refused_with_or_without_weights_only(tr
     `output=model/transformer.safetensors` still wrote there (exit code 0), and `output=model/transformer` was told
     to remove it."""
     run, _, dvae, clip = trained
-    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    folder = write_bundle(run, tmp_path / "my model", dvae_weights=str(dvae), clip_weights=str(clip))
+    advised = shlex.join(["export", f"run={run}", f"output={folder}", f"tokenizer={folder / 'tokenizer.model'}",
+                          f"dvae_weights={folder / 'dvae.safetensors'}", f"clip_weights={folder / 'clip.safetensors'}"])
+    assert "'output=" in advised  # the folder's name holds a space
     before = contents(folder)
     for output, keys in ((folder / "transformer", ["weights_only=true"]),
                          (folder / "transformer.safetensors", ["weights_only=true"]),
@@ -66,10 +70,12 @@ def test_weights_into_a_model_folder_are_refused_with_or_without_weights_only(tr
         assert main(["export", f"run={run}", f"output={output}", *keys]) == 2
         assert one_line(capsys) == (
             f"output={output}: inside the model folder {folder}, whose tokenizer, dVAE and bundle.json a "
-            f"Transformer exported alone would not match; export the whole folder with `megadalle export run={run} "
-            f"output={folder}`, or give another path")
+            f"Transformer exported alone would not match; export the whole folder with `megadalle {advised}`, or "
+            "give another path")
         assert contents(folder) == before
     assert main(["export", f"run={run}", f"output={folder}", "weights_only=true"]) == 2
     assert one_line(capsys).startswith(f"output={folder}: a model folder, whose tokenizer, dVAE and bundle.json")
     assert contents(folder) == before
-    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0  # the folder's own export
+    assert main(shlex.split(advised)) == 0  # the folder's own export, as advised: its dVAE and CLIP kept
+    assert json.loads((folder / "bundle.json").read_text())["clip"] == "clip.safetensors"
+    assert (folder / "clip.safetensors").read_bytes() == clip.read_bytes()

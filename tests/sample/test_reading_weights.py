@@ -94,7 +94,9 @@ def test_a_folder_exported_without_clip_has_none_however_named(folder):
 
 
 def test_a_checkpoint_of_a_run_points_at_the_run(tmp_path, capsys):
-    run = tmp_path / "run"
+    """The export it advises runs as printed: quoted where the path holds a space, and naming the tokenizer and dVAE
+    a model folder needs, which this run does not record (placeholders, said what they are)."""
+    run = tmp_path / "my run"
     step = run / "checkpoints" / "step_00000002"
     step.mkdir(parents=True)
     (run / "run.json").write_text("{}")
@@ -102,10 +104,22 @@ def test_a_checkpoint_of_a_run_points_at_the_run(tmp_path, capsys):
         weights.touch()
         assert generate(weights, tmp_path) == 2
         assert one_line(capsys) == (f"weights={weights}: inside the checkpoints of the training run {run}; pass "
-                                    f"weights={run} (it samples the newest checkpoint), or to sample step_00000002: "
-                                    f"megadalle export run={run} checkpoint={step} output=DIR, then weights=DIR")
+                                    f"'weights={run}' (it samples the newest checkpoint), or to sample step_00000002: "
+                                    f"`megadalle export 'run={run}' 'checkpoint={step}' output=DIR tokenizer=TOKENIZER "
+                                    "dvae_weights=DVAE`, then weights=DIR (TOKENIZER: the sentencepiece model the run "
+                                    "trained with; DVAE: the dVAE weights whose codes the run's token shards hold)")
     assert generate(run / "checkpoints", tmp_path) == 2
-    assert one_line(capsys).endswith(f"pass weights={run} (it samples the newest checkpoint)")
+    assert one_line(capsys).endswith(f"pass 'weights={run}' (it samples the newest checkpoint)")
+
+
+def test_a_checkpoints_export_advice_names_the_dvae_generate_was_given(tmp_path, capsys):
+    run, dvae = tmp_path / "run", tmp_path / "my dvae.safetensors"
+    step = run / "checkpoints" / "step_00000002"
+    step.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"config": {"data": {"tokenizer": str(tmp_path / "tok.model")}}}))
+    assert generate(step, tmp_path, f"dvae_weights={dvae}") == 2
+    assert one_line(capsys).endswith(f"`megadalle export run={run} checkpoint={step} output=DIR "
+                                     f"tokenizer={tmp_path / 'tok.model'} 'dvae_weights={dvae}'`, then weights=DIR")
 
 
 def cut(path):

@@ -126,4 +126,6 @@ def test_stage0_bf16_flat_masters_are_refused_by_name(apex, monkeypatch, tmp_pat
         today.load_state_dict(saved)
     message = unreadable(err.value, tmp_path / "checkpoints" / "step_00000006", universal=None)
     assert "ZeRO stage 0 in bf16 with apex's FusedAdam" in message and "FP16_Optimizer" in message
-    assert f"megadalle export run={tmp_path}:" in message and "dtype=fp32 reads its fp32 masters" in message and "damaged" not in message
+    step = tmp_path / "checkpoints" / "step_00000006"
+    assert (f"`megadalle export run={tmp_path} checkpoint={step} output=DIR weights_only=true dtype=fp32` reads its "
+            "fp32 masters (a pipeline's: dtype=bf16)") in message and "damaged" not in message

@@ -201,7 +201,7 @@ def test_a_model_folder_or_a_file_in_it_is_never_offered_for_removal(tmp_path):
     (folder / "transformer" / "README.md").write_text("my card")
     before = contents(folder)
     way = (f"; give another path; the model folder {folder} is rewritten whole, from its Transformer's run, by "
-           f"`megadalle export run=RUN output={folder}`")
+           f"`megadalle export run=RUN output={folder}` (RUN: its Transformer's training run)")
     with pytest.raises(OutputInTheWay) as refused:  # the folder's own Transformer, which its export writes
         check_replaceable(folder / "transformer", kind="transformer")
     assert str(refused.value).startswith(f"output={folder / 'transformer'}: holds files") and str(

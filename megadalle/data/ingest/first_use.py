@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from megadalle.config.override import command_line
 from megadalle.data.coverage import changes
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardsNotFound
 from megadalle.data.ingest.folder import index_directory, read_only, refuse_unfinished
@@ -96,7 +97,8 @@ def _index_now(root: Path, writable: bool, stopped: Callable[[], bool]) -> None:
     def announce(reading: int, tars: int) -> None:
         unchanged = f" ({tars - reading} unchanged since)" if reading < tars else ""
         print(f"[index] {root}: {why}; indexing them now, reading {reading} of {tars} tars{unchanged} and checking "
-              f"every sample (`megadalle index {root}` does the same ahead of time)", file=sys.stderr, flush=True)
+              f"every sample (`{command_line('index', dir=root)}` does the same ahead of time)", file=sys.stderr,
+              flush=True)
 
     options = (old.indexing if old else None) or {}
     summary = index_directory(root, options.get("require", DEFAULT_REQUIRE), options.get("require_media", True),

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from megadalle.config.override import command_line
 from megadalle.data import atomic
 from megadalle.data.coverage import INDEXED_BY, refuse_own_output, tar_stats
 from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardInfo, ShardsNotFound, compact,
@@ -196,4 +197,4 @@ class ReadOnlyShards(ShardsNotFound):
 
 def read_only(root: Path, why: str) -> ReadOnlyShards:
     return ReadOnlyShards(f"{root}: {why}, and indexing writes index.json and offset files beside the tars: run "
-                          f"`megadalle index {root}` where the folder is writable")
+                          f"`{command_line('index', dir=root)}` where the folder is writable")

@@ -1,0 +1,66 @@
+"""A run's checkpoints folder and an export: no export is written into it (the run prunes it as it trains on, and
+took an export with it), and `checkpoint=` is one of the run's own (another run's weights of the same shapes were
+written beside this run's tokenizer and record, in silence)."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+from megadalle.cli import main
+
+STEP = "checkpoints/step_00000002"
+
+
+def one_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err.removeprefix("megadalle export: ").strip()
+
+
+def test_an_export_into_a_runs_checkpoints_is_refused(trained, capsys):
+    run = trained[0]
+    for output in (run / STEP / "mine.safetensors", run / "checkpoints" / "mine", run / "checkpoints"):
+        assert main(["export", f"run={run}", f"output={output}", "weights_only=true"]) == 2
+        assert one_line(capsys) == (f"output={output}: inside the checkpoints of the training run {run}, which "
+                                    "deletes there what it does not keep (trainer.keep_checkpoints), an export "
+                                    "too; give another path")
+        assert not (run / STEP / "mine.safetensors").exists() and not (run / "checkpoints" / "mine").exists()
+
+
+def test_a_checkpoint_of_another_run_is_refused_naming_its_run(trained, trained_ema, tmp_path, capsys):
+    run, other = trained[0], trained_ema[0]
+    output = tmp_path / "w.safetensors"
+    assert main(["export", f"run={run}", f"checkpoint={other / STEP}", f"output={output}"]) == 2
+    assert one_line(capsys) == (f"checkpoint={other / STEP}: a checkpoint of the training run {other}, not of "
+                                f"run={run}, whose record would describe other weights; pass run={other} with it")
+    assert not output.exists()
+    copied = tmp_path / "step_00000002"
+    copied.symlink_to(other / STEP)
+    assert main(["export", f"run={run}", f"checkpoint={copied}", f"output={output}"]) == 2
+    assert one_line(capsys).startswith(f"checkpoint={copied}: a checkpoint of the training run {other}, not of ")
+    assert main(["export", f"run={run}", f"checkpoint={run / STEP}", f"output={output}"]) == 0
+    assert output.is_file()
+
+
+def test_a_checkpoint_of_no_run_is_refused(trained, tmp_path, capsys):
+    run, elsewhere = trained[0], tmp_path / "step_00000002"
+    elsewhere.mkdir()
+    assert main(["export", f"run={run}", f"checkpoint={elsewhere}", f"output={tmp_path / 'w.safetensors'}"]) == 2
+    assert one_line(capsys) == (f"checkpoint={elsewhere}: not in the checkpoints folder of run={run} "
+                                f"({(run / 'checkpoints').resolve()}); pass one of its step_* folders, or the "
+                                "training run this checkpoint came from as run=")
+
+
+def test_the_export_generate_advises_for_a_checkpoint_runs_as_printed(trained, tmp_path, capsys):
+    """`megadalle export run=R checkpoint=S output=DIR` was refused as pasted ("dvae_weights: not given and not
+    recorded"): a run trained without media records no dVAE. The advice names the one generate was given."""
+    run, _, dvae, _ = trained
+    step = run / STEP
+    assert main(["generate", f"weights={step}", f"dvae_weights={dvae}", "prompt=red", "n=1",
+                 f"output={tmp_path / 'out'}"]) == 2
+    advice = re.search(r"`megadalle ([^`]*)`, then weights=DIR$", one_line(capsys).removeprefix("megadalle generate: "))
+    folder = tmp_path / "my model"
+    argv = [word.replace("DIR", str(folder)) for word in shlex.split(advice[1])]
+    assert main(argv) == 0
+    assert json.loads((folder / "bundle.json").read_text())["sources"]["dvae"] == str(dvae)

@@ -1,0 +1,122 @@
+"""The command lines megadalle's messages advise run as printed: each written with config.override (`command_line`,
+`override_word`), so that a path holding a space, a comma or an apostrophe comes back whole from the shell. They
+were f-strings: pasted, `megadalle export run=/tmp/sp demo/runs/dalle ...` ended in "demo/runs/dalle: expected
+key=value"."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from megadalle.config.override import command_line
+from megadalle.data.images import upscaled_message
+from megadalle.data.index import ShardIndex, ShardsNotFound
+from megadalle.data.ingest.folder import read_only
+from megadalle.run_pieces import export_advice, instead_of_folder
+from megadalle.train import apex_adam
+from megadalle.train.checkpoint_load import unreadable
+from megadalle.train.clip import FACTORY as CLIP_FACTORY
+from megadalle.train.consolidate import read_advice
+from megadalle.weights.replace import folder_export
+
+AWKWARD = "my data, 'v2'"
+"""A folder name a user may well have: a space, a comma (hydra's sweep), an apostrophe (the shell's quote)."""
+
+
+def pasted(message: str) -> list[str]:
+    """The words of the first command the message advises (between backquotes), as the shell hands them over."""
+    return shlex.split(re.search(r"`(megadalle [^`]*)`", message)[1])
+
+
+def test_a_command_line_is_one_word_a_setting():
+    assert shlex.split(command_line("export", run=f"/x/{AWKWARD}", output="DIR", weights_only=True)) == [
+        "megadalle", "export", f"run=\"/x/{AWKWARD}\"", "output=DIR", "weights_only=true"]
+
+
+def shards_without_index(root: Path) -> str:
+    (root / "00000.tar").write_bytes(b"")
+    with pytest.raises(ShardsNotFound) as refused:
+        ShardIndex.load(root)
+    return str(refused.value)
+
+
+def images_not_shards(root: Path) -> str:
+    (root / "cat.png").write_bytes(b"")
+    with pytest.raises(ShardsNotFound) as refused:
+        ShardIndex.load(root)
+    return str(refused.value)
+
+
+def clip_run(root: Path) -> Path:
+    (root / "run.json").write_text(json.dumps({"task_factory": CLIP_FACTORY, "config": {}}))
+    return root
+
+
+def transformer_run(root: Path) -> Path:
+    (root / "run.json").write_text(json.dumps({"config": {"data": {"tokenizer": str(root / "tok.model")}},
+                                               "task_factory": "megadalle.train.transformer:task_from_config"}))
+    return root
+
+
+def model_folder(root: Path) -> Path:
+    for name in ("tokenizer.model", "dvae.safetensors", "clip.safetensors"):
+        (root / name).write_bytes(b"")
+    (root / "bundle.json").write_text(json.dumps({
+        "transformer": "transformer", "tokenizer": "tokenizer.model", "dvae": "dvae.safetensors",
+        "clip": "clip.safetensors", "clip_model": "megadalle", "sources": {"run": str(root / "run")}}))
+    return root
+
+
+def flat_masters(root: Path) -> str:
+    return unreadable(KeyError(*apex_adam.FLAT_MASTERS_KEY_ERROR), root / "checkpoints" / "step_00000006", None)
+
+
+SITES = {
+    "index a folder of tars": (shards_without_index, lambda r: ["index", f"dir={r}"]),
+    "prepare a folder of images": (images_not_shards, lambda r: ["prepare", f"input={r}", "output=SHARDS"]),
+    "index a read-only folder": (lambda r: str(read_only(r, "no index.json")), lambda r: ["index", f"dir={r}"]),
+    "index skipping thumbnails": (lambda r: upscaled_message(r, 2, 9, 32, "images", "a blurry target"),
+                                  lambda r: ["index", f"dir={r}", "min_side=32"]),
+    "export a piece's run": (lambda r: instead_of_folder(clip_run(r), "clip"),
+                             lambda r: ["export", f"run={r}", "output=FILE.safetensors", "dtype=fp32"]),
+    "export a checkpoint of a CLIP run": (lambda r: export_advice(clip_run(r), r / "checkpoints" / "step_1"),
+                                          lambda r: ["export", f"run={r}", f"checkpoint={r / 'checkpoints/step_1'}",
+                                                     "output=FILE.safetensors"]),
+    "export another checkpoint of a Transformer run": (
+        lambda r: read_advice(transformer_run(r)),
+        lambda r: ["export", f"run={r}", "checkpoint=STEP", "output=DIR", f"tokenizer={r / 'tok.model'}",
+                   "dvae_weights=DVAE"]),
+    "export a model folder whole": (
+        lambda r: folder_export(model_folder(r)),
+        lambda r: ["export", f"run={r / 'run'}", f"output={r}", f"tokenizer={r / 'tokenizer.model'}",
+                   f"dvae_weights={r / 'dvae.safetensors'}", f"clip_weights={r / 'clip.safetensors'}"]),
+    "export a checkpoint of flat masters": (
+        flat_masters,
+        lambda r: ["export", f"run={r}", f"checkpoint={r / 'checkpoints/step_00000006'}", "output=DIR",
+                   "weights_only=true", "dtype=fp32"]),
+}
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_an_advised_command_comes_back_whole_from_the_shell(tmp_path, site):
+    message, words = SITES[site]
+    root = tmp_path / AWKWARD
+    root.mkdir()
+    assert pasted(message(root)) == ["megadalle", *quoted(words(root))]
+
+
+def quoted(words: list[str]) -> list[str]:
+    """Each `key=value` as hydra reads back a value with a comma or an apostrophe: in double quotes."""
+    return [re.sub(r"^(\w+)=(.*)$", lambda m: f'{m[1]}="{m[2]}"' if AWKWARD in m[2] else m[0], word)
+            for word in words]
+
+
+def test_a_key_to_pass_comes_back_whole(tmp_path):
+    (tmp_path / AWKWARD).mkdir()
+    run = clip_run(tmp_path / AWKWARD)
+    (run / "clip.safetensors").write_bytes(b"")
+    advice = instead_of_folder(run, "clip")
+    assert shlex.split(advice.rsplit(": ", 1)[1]) == [f'clip_weights="{run / "clip.safetensors"}"']
