@@ -61,8 +61,8 @@ forward() {
     # insisting: a start-up ends at once (130), a saving run aborts (an INT after a TERM: train/signals.py).
     if [ "$sig" = INT ] && [ -z "$stopping" ]; then
         sig=TERM
-        [ -n "$told" ] || echo "launch/train.sh: Ctrl-C: the ranks save a checkpoint after this update, then stop" \
-            "(Ctrl-C again to abort without saving)" >&2
+        [ -n "$told" ] || echo "launch/train.sh: Ctrl-C: the ranks stop, saving a checkpoint after this update" \
+            "once training has begun (Ctrl-C again to abort without saving)" >&2
         told=1
     fi
     # DeepSpeed's runner starts pdsh where more than one host is active (the hostfile after --include, --exclude and

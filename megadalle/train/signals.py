@@ -37,6 +37,8 @@ to reach every rank, short enough that a later, deliberate TERM does what it did
 class StopFlag:
     def __init__(self):
         self.received: int | None = None
+        self.insisted = False
+        """A Ctrl-C now aborts: one of INSISTED_AFTER came, whatever came after it (a scheduler's USR1)."""
         self.prefix = "[train]"
         """The running verb's prefix, which the Ctrl-C line starts with (`install`)."""
         self._previous = {}
@@ -74,12 +76,13 @@ class StopFlag:
         if left_to_parent(self._pid, signum):
             return
         if signum == signal.SIGINT:
-            if self.received in INSISTED_AFTER:
+            if self.insisted:
                 raise KeyboardInterrupt
             print(f"{self.prefix} Ctrl-C: saving a checkpoint after this update, then stopping (Ctrl-C again to abort "
                   "without saving)", file=sys.stderr, flush=True)
         global _last_stop
         self.received = _last_stop = signum
+        self.insisted = self.insisted or signum in INSISTED_AFTER
 
     @property
     def set(self) -> bool:

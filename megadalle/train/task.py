@@ -255,7 +255,7 @@ class Task:
         micro-batches of one validation global batch scored together as the runner trains them (model in eval mode,
         under no_grad). The trainer then validates with it in place of `validation_loss`, which sees one
         micro-batch; it adds `loader_metrics`. None (the default): `validation_loss` per micro-batch. Asked once,
-        on every rank, with the training's `part`, when the run starts; a pipeline never asks."""
+        on every rank, with the training's `part`, when a run that validates starts; a pipeline never asks."""
         return None
 
     def validation_summary(self, device: torch.device) -> dict[str, float]:

@@ -50,6 +50,19 @@ def test_a_ctrl_c_after_a_ctrl_c_or_a_term_aborts(first, aborts, capsys):
         flag.uninstall()
 
 
+def test_a_ctrl_c_after_a_term_aborts_whatever_came_between(capsys):
+    """train.sh's first Ctrl-C goes on as TERM; a scheduler's USR1 after it must not turn the user's second Ctrl-C
+    back into a request to save."""
+    flag = StopFlag().install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        flag.uninstall()
+
+
 def test_the_latest_runs_stop_signal_is_kept_for_the_demos_stop_line():
     """A training stage's flag keeps its signal to itself: the demo names it from signals.last_stop."""
     flag = run_flag()
