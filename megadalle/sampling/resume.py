@@ -102,11 +102,12 @@ def folder_state(folder: str | Path, earlier: bool = False) -> str:
 def model_named(weights: str | Path) -> Path:
     """The model that `weights` names, in one form for its every spelling that the loader reads as the same
     files: a model folder for its `transformer/` or that one's index (`folder_of_transformer`), a folder of
-    shards for its index JSON (the loader reads a folder's index)."""
+    shards for its index JSON (the loader reads a folder's index). Resolved first: a link of another name to
+    `model/transformer` names the model too."""
     from megadalle.sampling.files import folder_of_transformer
     from megadalle.weights import INDEX
 
-    path = folder_of_transformer(Path(weights))
+    path = folder_of_transformer(Path(weights).resolve())
     return path.parent if path.name == INDEX else path
 
 

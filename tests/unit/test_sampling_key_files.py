@@ -5,7 +5,8 @@ import os
 
 import torch
 
-from megadalle.sampling.resume import files_state
+from megadalle.sampling.files import MANIFEST, TRANSFORMER
+from megadalle.sampling.resume import files_state, model_named
 
 
 def save_checkpoint(run, step: int) -> None:
@@ -70,3 +71,13 @@ def test_a_run_json_rewritten_with_the_same_bytes_keeps_the_state_and_tensors_re
     tensors = run / "checkpoints" / "step_00000001" / "model.pt"
     os.utime(tensors, ns=(tensors.stat().st_mtime_ns + 10**9,) * 2)
     assert state(run, tmp_path) != before
+
+
+def test_a_link_to_a_model_folders_transformer_names_the_folder(tmp_path):
+    """`model_named` looked at the name given before resolving it: a link named otherwise to model/transformer was
+    keyed as the Transformer, not as the model."""
+    model = tmp_path / "model"
+    (model / TRANSFORMER).mkdir(parents=True)
+    (model / MANIFEST).write_text("{}")
+    (tmp_path / "link").symlink_to(model / TRANSFORMER)
+    assert model_named(tmp_path / "link") == model_named(model / TRANSFORMER) == model.resolve()
