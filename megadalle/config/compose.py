@@ -176,8 +176,9 @@ def check_override_syntax(overrides: list[str], verb: str | None = None, sweeps:
         if is_bare(item):
             raise ConfigError(bare_item(verb, list(takewhile(is_bare, overrides[at:]))))
         words = list(takewhile(is_bare, overrides[at + 1:]))
-        if sep and words and key == BARE_WORD_KEY.get(verb or ""):  # its value, cut by the shell: `prompt=a, red`
-            raise ConfigError(bare_item(verb, words, value))
+        # Its value, cut by the shell: `prompt=a, red`, `++prompt=a red`, `'prompt="a red"' circle`.
+        if sep and words and key.lstrip("+") == BARE_WORD_KEY.get(verb or ""):
+            raise ConfigError(bare_item(verb, words, meant_text(value)))
         named, quoted = one_line(item), quoted_form(key, meant_text(value)) if sep else item
         try:
             sweep = parser().parse_override(item).is_sweep_override()

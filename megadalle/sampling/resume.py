@@ -102,11 +102,12 @@ def folder_state(folder: str | Path, earlier: bool = False) -> str:
 def model_named(weights: str | Path) -> Path:
     """The model that `weights` names, in one form for its every spelling that the loader reads as the same
     files: a model folder for its `transformer/` or that one's index (`folder_of_transformer`), a folder of
-    shards for its index JSON (the loader reads a folder's index)."""
+    shards for its index JSON (the loader reads a folder's index). Resolved first: a link of another name to
+    `model/transformer` names the model too."""
     from megadalle.sampling.files import folder_of_transformer
     from megadalle.weights import INDEX
 
-    path = folder_of_transformer(Path(weights))
+    path = folder_of_transformer(Path(weights).resolve())
     return path.parent if path.name == INDEX else path
 
 
@@ -199,24 +200,45 @@ def _discarded(path: Path, key: dict) -> SavedBatches:
 
 def differences(there: dict, *here: dict | None) -> tuple[list[str], str]:
     """The names of the settings in which `there` (saved by an earlier run) differs from `here` (this run's, in
-    each form it may have been saved in: the nearest counts), and those differences said, for the refusal."""
+    each form it may have been saved in: the nearest counts), and those differences said, for the refusal. The
+    files behind a setting given another value differ as a matter of course: said as changed only behind a setting
+    that is the same (`real_images=None there, '/x' here` is the difference, not "the files in real_images
+    changed")."""
     def differing(form: dict) -> list[str]:
         return sorted(name for name in set(form) | set(there) if form.get(name) != there.get(name))
 
-    form = min((form for form in here if form is not None), key=lambda form: len(differing(form)))
+    def distance(form: dict) -> tuple[int, int]:
+        """How many settings differ, then how many of the files' states: a key of the older form, saved before the
+        files behind dvae_weights and clip_weights changed, differs from the newer form in every JSON's state."""
+        return len(differing(form)), len(changed_files(there.get("files"), form.get("files")))
+
+    form = min((form for form in here if form is not None), key=distance)
     names = differing(form)
-    return names, "; ".join(_differs(name, there.get(name), form.get(name)) for name in names)
+    said = (_differs(name, there.get(name), form.get(name), set(names)) for name in names)
+    return names, "; ".join(filter(None, said))
 
 
-SHOWN = 120
-"""The longest difference said with its values; a longer one (evaluate's captions) is named alone."""
+SHOWN = 60
+"""The most characters of a list's or a dict's value said (evaluate's captions: thousands of them); a text, a
+path or a number is said whole, since two paths often differ at their end."""
 
 
-def _differs(name: str, there, here) -> str:
+def _shown(value) -> str:
+    said = repr(value)
+    return said if not isinstance(value, (list, dict)) or len(said) <= SHOWN else f"{said[:SHOWN - 1]}…"
+
+
+def changed_files(there: dict | None, here: dict | None) -> list[str]:
+    """The keys whose files' states (`files_state`) differ between two keys' `files`."""
+    there, here = there or {}, here or {}
+    return sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k))
+
+
+def _differs(name: str, there, here, given_otherwise: set[str]) -> str:
+    """`name`'s difference said, or nothing where it is only that of files behind a setting in `given_otherwise`."""
     if name == "files":
-        changed = sorted(k for k in set(there or {}) | set(here or {}) if (there or {}).get(k) != (here or {}).get(k))
-        return f"the files behind {', '.join(changed)} changed since (a newer checkpoint, another export)"
+        changed = ", ".join(k for k in changed_files(there, here) if k not in given_otherwise)
+        return changed and f"the files behind {changed} changed since (a newer checkpoint, another export)"
     if name == "real_files":
-        return "the files in real_images changed since"
-    said = f"{name}={there!r} there, {here!r} here"
-    return said if len(said) <= SHOWN else f"{name}: others there"
+        return "" if "real_images" in given_otherwise else "the files in real_images changed since"
+    return f"{name}={_shown(there)} there, {_shown(here)} here"

@@ -83,15 +83,17 @@ def test_finished_results_of_other_files_name_them(models, tmp_path, capsys):
         "another output, or overwrite=true to replace them\n")
 
 
+def saved_by_an_older_version(patch, module):
+    """`module`'s runs save their key as the version before JSON records were stated by content did."""
+    real = module.sampling_key
+    patch.setattr(module, "sampling_key", lambda *key: real(*key[:5], True))
+
+
 def test_results_an_older_version_saved_continue_and_are_done_where_the_files_did_not_change(models, tmp_path, capsys,
                                                                                             monkeypatch):
     """The keys before JSON records were stated by content (and before a model folder's Transformer was named as the
     folder): the saved batches of a generate stopped before an upgrade, and the results it finished, keep."""
     from megadalle import evaluate, sample
-
-    def saved_by_an_older_version(patch, module):
-        real = module.sampling_key
-        patch.setattr(module, "sampling_key", lambda *key: real(*key[:5], True))
 
     output, finished = tmp_path / "stopped", tmp_path / "finished"
     saved_by_an_older_version(monkeypatch, sample)
@@ -109,6 +111,32 @@ def test_results_an_older_version_saved_continue_and_are_done_where_the_files_di
         assert main(["generate", *args(models, finished, n=4, batch_size=2)]) == 0
         assert main(evaluate_args(models, "n=1", f"output={finished / 'eval'}")) == 0
     assert capsys.readouterr().out.count("done already (same settings); skipped") == 2
+
+
+def test_results_an_older_version_saved_are_refused_where_the_weights_changed_since(models, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """The older key is accepted only where the files did not change: a model exported again after an upgrade
+    still refuses the batches and the results saved before it, naming the weights alone (the newer key's form, of
+    every JSON by content, was said: "the files behind clip_weights, dvae_weights, weights changed")."""
+    from megadalle import sample
+
+    output, finished = tmp_path / "stopped", tmp_path / "finished"
+    saved_by_an_older_version(monkeypatch, sample)
+    stopped_after_one_batch(models, output, capsys, monkeypatch)  # and undoes the patch
+    with monkeypatch.context() as patch:
+        saved_by_an_older_version(patch, sample)
+        assert main(["generate", *args(models, finished, n=4, batch_size=2)]) == 0
+    weights = models / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_mtime_ns + 10**9,) * 2)  # exported again
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        no_model_read(patch)
+        assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 2
+        assert "holds 3 samples of an unfinished generate with other settings (the files behind weights changed " \
+               "since (a newer checkpoint, another export)); give another output" in capsys.readouterr().err
+        assert main(["generate", *args(models, finished, n=4, batch_size=2)]) == 2
+        assert "holds an earlier generate's results (scores.json) of other settings (the files behind weights " \
+               "changed since (a newer checkpoint, another export)); give another output" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("verb", ["generate", "evaluate"])

@@ -207,6 +207,21 @@ def test_a_prompt_key_before_the_words_the_shell_split_off_is_part_of_the_prompt
     assert compose("generate", ["weights=model", suggested]).prompt == typed
 
 
+@pytest.mark.parametrize("typed", [['prompt="a red"', "circle"], ["+prompt=a", "red", "circle"],
+                                   ["++prompt=a", "red", "circle"]])
+def test_a_quoted_or_added_prompt_key_before_the_words_is_advised_as_the_prompt_meant(capsys, typed):
+    """`'prompt="a red"' circle` was advised 'prompt="\\"a red\\" circle"' (its quotes inside the prompt), and
+    `+prompt=a red circle` 'prompt="red circle"' (the words only: `+prompt` was not taken for the prompt key)."""
+    from megadalle.config.compose import compose
+
+    assert main(["generate", "weights=model", *typed]) == 2
+    err = capsys.readouterr().err
+    assert err == f"megadalle generate: {' '.join(typed[1:])}: expected key=value; for the prompt, write " \
+                  "'prompt=\"a red circle\"'\n"
+    suggested = shlex.split(err.split("write ")[1])[0]
+    assert compose("generate", ["weights=model", suggested]).prompt == "a red circle"
+
+
 def test_a_text_key_keeps_a_value_that_reads_as_a_number_or_a_boolean():
     """Hydra types `prompt=1e3` as 1000.0, which the text key turned into '1000.0' (`3.10` into '3.1', `true` into
     'True', `name=1_000` into '1000'; `run_dir=2024` stayed an int). Text keys, the verb's own and the groups',

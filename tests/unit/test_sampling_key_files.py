@@ -5,7 +5,8 @@ import os
 
 import torch
 
-from megadalle.sampling.resume import files_state
+from megadalle.sampling.files import MANIFEST, TRANSFORMER
+from megadalle.sampling.resume import files_state, model_named
 
 
 def save_checkpoint(run, step: int) -> None:
@@ -57,7 +58,6 @@ def test_a_run_json_rewritten_changes_the_state(tmp_path):
     assert state(run, tmp_path) != before
 
 
-
 def test_a_run_json_rewritten_with_the_same_bytes_keeps_the_state_and_tensors_rewritten_do_not(tmp_path):
     """A finished `train` rerun writes run.json anew with the same bytes: its modification time in the state made
     generate refuse its own results. JSON records are stated by content; weights by size and modification time."""
@@ -70,3 +70,24 @@ def test_a_run_json_rewritten_with_the_same_bytes_keeps_the_state_and_tensors_re
     tensors = run / "checkpoints" / "step_00000001" / "model.pt"
     os.utime(tensors, ns=(tensors.stat().st_mtime_ns + 10**9,) * 2)
     assert state(run, tmp_path) != before
+
+
+def test_the_older_form_of_the_state_is_the_one_earlier_versions_saved(tmp_path):
+    """Keys saved before JSON records were stated by content are accepted by `earlier`: its digest for a fixed set
+    of files is that version's (names, sizes and modification times), so it cannot drift."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for name, data in (("model.safetensors", b"tensors"), ("model.json", b"{}")):
+        (model / name).write_bytes(data)
+        os.utime(model / name, ns=(1_700_000_000_000_000_000,) * 2)
+    assert files_state({"weights": model}, tmp_path / "out", earlier=True) == {"weights": "126fc1b58710caee"}
+
+
+def test_a_link_to_a_model_folders_transformer_names_the_folder(tmp_path):
+    """`model_named` looked at the name given before resolving it: a link named otherwise to model/transformer was
+    keyed as the Transformer, not as the model."""
+    model = tmp_path / "model"
+    (model / TRANSFORMER).mkdir(parents=True)
+    (model / MANIFEST).write_text("{}")
+    (tmp_path / "link").symlink_to(model / TRANSFORMER)
+    assert model_named(tmp_path / "link") == model_named(model / TRANSFORMER) == model.resolve()
