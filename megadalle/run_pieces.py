@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from megadalle.config.override import command_line, override_word
 from megadalle.errors import BundleError
@@ -22,10 +22,38 @@ def read(run_dir: Path) -> dict:
     try:
         data = json.loads(record.read_text())
     except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for a binary file
-        raise BundleError(f"{record}: not readable ({err}); copy the run directory again from where it came") from None
+        raise BundleError(f"{record}: not readable ({err}); {RECOPY}") from None
     if not isinstance(data, dict):
         raise BundleError(f"{record}: a JSON {type(data).__name__}, not the record a training run writes")
     return data
+
+
+RECOPY = "copy the run directory again from where it came"
+"""The way out of a run.json that does not read as a training run writes it: the run writes it once, at its start."""
+
+
+def task_factory(run: Path, record: dict) -> Callable[[dict], Any]:
+    """The function that rebuilds the task of the run whose run.json is `record` from its config: `task_factory`,
+    `module:function`. A record without one, or naming none that imports, is refused by name (it was a KeyError,
+    ValueError or ImportError traceback where the task was rebuilt)."""
+    import importlib
+
+    named = record.get("task_factory")
+    module, colon, function = named.partition(":") if isinstance(named, str) else ("", "", "")
+    where = f"{run / 'run.json'}: task_factory={named!r}" if "task_factory" in record else f"{run / 'run.json'}"
+    if not (module and colon and function) or ":" in function:
+        what = "names no task_factory" if "task_factory" not in record else "is not module:function"
+        raise BundleError(f"{where} {what}, so the run cannot be rebuilt; {RECOPY}")
+    try:
+        found = getattr(importlib.import_module(module), function, None)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (module == err.name or module.startswith(err.name + ".")):
+            raise  # the module is there, and what it imports is not: its own error says what
+        found = None
+    if not callable(found):
+        raise BundleError(f"{where}: no such function in this megadalle, so the run cannot be rebuilt; {RECOPY}, or "
+                          "export it with the megadalle that trained it")
+    return found
 
 
 RECORDED_PIECES = {"tokenizer": "data.tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}

@@ -23,8 +23,6 @@ call it.
 """
 from __future__ import annotations
 
-import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -34,6 +32,7 @@ from torch import nn
 
 from megadalle import run_pieces
 from megadalle.config.override import override_word
+from megadalle.errors import BundleError
 from megadalle.models.vocab_tables import whole_tables
 from megadalle.train.checkpoint import CheckpointError
 from megadalle.train.checkpoint_choice import find_resumable
@@ -51,15 +50,16 @@ T = TypeVar("T")
 
 
 def run_task(run_dir: str | Path) -> tuple[Task, dict]:
-    """The task that trained `run_dir`, rebuilt from its run.json, and the run's config."""
-    record_path = Path(run_dir) / "run.json"
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a training run directory (no run.json)")
-    record = json.loads(record_path.read_text())
-    if not record.get("task_factory"):
-        raise ValueError(f"{record_path} names no task_factory: the run cannot be rebuilt")
-    module, function = record["task_factory"].split(":")
-    return getattr(importlib.import_module(module), function)(record["config"]), record["config"]
+    """The task that trained `run_dir`, rebuilt from its run.json (run_pieces.read, run_pieces.task_factory), and the
+    run's config."""
+    run = Path(run_dir)
+    record = run_pieces.read(run)
+    factory, config = run_pieces.task_factory(run, record), record.get("config")
+    if not isinstance(config, dict):
+        what = "missing" if config is None else f"a JSON {type(config).__name__}"
+        raise BundleError(f"{run / 'run.json'}: its config is {what}, not the mapping a training run records, so the "
+                          f"run cannot be rebuilt; {run_pieces.RECOPY}")
+    return factory(config), config
 
 
 def read_advice(run_dir: str | Path) -> str:

@@ -3,6 +3,8 @@ garbled run.json. Each was a Python traceback (export rebuilt the run's task bef
 says what the path is and which `run=` to give."""
 from __future__ import annotations
 
+import json
+
 import torch
 from safetensors.torch import save_file
 
@@ -46,3 +48,22 @@ def test_a_run_key_naming_no_run_is_one_line_with_the_run_to_give(trained, tmp_p
     garbled.mkdir()
     (garbled / "run.json").write_text("{not json")
     assert refusal(capsys, garbled, output).startswith(f"{garbled / 'run.json'}: not readable (")
+
+
+def test_a_run_json_that_cannot_rebuild_the_run_is_one_line(tmp_path, capsys):
+    """A run.json that reads but lacks what rebuilds the task was a ValueError, KeyError or unpacking traceback."""
+    run, output = tmp_path / "run", tmp_path / "out"
+    run.mkdir()
+    record = run / "run.json"
+    factory = "megadalle.train.transformer:task_from_config"
+    for written, said in [({}, f"{record} names no task_factory, so the run cannot be rebuilt"),
+                          ({"task_factory": factory}, f"{record}: its config is missing, not the mapping"),
+                          ({"task_factory": factory, "config": [1]}, f"{record}: its config is a JSON list, not"),
+                          ({"task_factory": "nocolon", "config": {}},
+                           f"{record}: task_factory='nocolon' is not module:function, so the run cannot be rebuilt"),
+                          ({"task_factory": "megadalle.nothere:f", "config": {}},
+                           f"{record}: task_factory='megadalle.nothere:f': no such function in this megadalle"),
+                          ({"task_factory": "megadalle.train.transformer:nothere", "config": {}},
+                           f"{record}: task_factory='megadalle.train.transformer:nothere': no such function")]:
+        record.write_text(json.dumps(written))
+        assert refusal(capsys, run, output).startswith(said), written
