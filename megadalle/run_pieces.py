@@ -150,7 +150,8 @@ def export_advice(run: Path, checkpoint: str | Path = "STEP", dvae: str | Path |
     printed. A Transformer's run is exported as a model folder, which needs its tokenizer and dVAE: the run's
     record names them, else `dvae` (the one the caller was given) or a placeholder the text explains (a run
     trained without media records no dVAE: the usual case). A dVAE's or CLIP's run is exported as one file (a
-    model folder is a Transformer's)."""
+    model folder is a Transformer's). A train-dvae run given as `dvae` (generate reads one) is named by the file
+    it exported, which export copies (`_as_file`)."""
     record = read(run)
     trained = record.get("task_factory") and next((p for p in MODEL_NAMES if other_model(record, p) is None), None)
     if trained:
@@ -162,11 +163,30 @@ def export_advice(run: Path, checkpoint: str | Path = "STEP", dvae: str | Path |
             found = given or recorded(run, record, piece)
         except BundleError:  # a relative path of an older record, read from elsewhere: not to be guessed
             found = None
-        pieces[VERB_KEYS[piece]] = found or PLACEHOLDERS[piece][0]
-        missing += [] if found else [PLACEHOLDERS[piece]]
+        named, why = _as_file(Path(found), piece) if found else PLACEHOLDERS[piece]
+        pieces[VERB_KEYS[piece]] = named
+        missing += [(named, why)] if why else []
     export = command_line("export", run=run, checkpoint=checkpoint, output="DIR", **pieces)
     said = "; ".join(f"{name}: {what}" for name, what in missing)
     return f"`{export}`, then weights=DIR" + (f" ({said})" if said else "")
+
+
+def _as_file(path: Path, piece: str) -> tuple[Path | str, str]:
+    """`path` as export takes it for `piece`, and "" (or a placeholder and what it stands for): a file as it is; for
+    a train-dvae or train-clip run (which the sampling verbs read, and export refuses as a directory), the weights it
+    exported (`run_export`), else, where it exported none yet, the file that its export would write."""
+    if not path.is_dir() or piece not in MODEL_NAMES or not (path / "run.json").is_file():
+        return path, ""
+    try:
+        record = read(path)
+        exported = None if other_model(record, piece) else run_export(path, record.get("config", {}), piece)
+    except BundleError:
+        exported = None
+    if exported is not None and exported.is_file():
+        return exported, ""
+    placeholder = f"{PLACEHOLDERS[piece][0]}.safetensors"
+    export = command_line("export", run=path, output=placeholder, dtype="fp32")
+    return placeholder, f"the weights of the {MODEL_NAMES[piece]} run {path}, which `{export}` writes"
 
 
 PLACEHOLDERS = {"tokenizer": ("TOKENIZER", "the sentencepiece model the run trained with"),

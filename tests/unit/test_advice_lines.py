@@ -120,3 +120,20 @@ def test_a_key_to_pass_comes_back_whole(tmp_path):
     (run / "clip.safetensors").write_bytes(b"")
     advice = instead_of_folder(run, "clip")
     assert shlex.split(advice.rsplit(": ", 1)[1]) == [f'clip_weights="{run / "clip.safetensors"}"']
+
+
+def test_a_dvae_run_given_to_generate_is_advised_to_export_as_the_file_it_exported(tmp_path):
+    """generate takes a train-dvae run as dvae_weights, export only a file: the advice passed the run on, and the
+    export it advised was refused ("a directory, not a weights file")."""
+    (tmp_path / AWKWARD / "dalle").mkdir(parents=True)
+    run, dvae_run = transformer_run(tmp_path / AWKWARD / "dalle"), tmp_path / AWKWARD / "dvae"
+    dvae_run.mkdir()
+    (dvae_run / "run.json").write_text(json.dumps({"task_factory": "megadalle.train.dvae:task_from_config",
+                                                   "config": {}}))
+    advice = export_advice(run, "STEP", dvae_run)
+    assert pasted(advice)[-1] == "dvae_weights=DVAE.safetensors"
+    assert pasted(advice.split("(DVAE.safetensors: ", 1)[1]) == [
+        "megadalle", "export", f'run="{dvae_run}"', "output=DVAE.safetensors", "dtype=fp32"]
+    (dvae_run / "dvae.safetensors").write_bytes(b"")
+    advice = export_advice(run, "STEP", dvae_run)
+    assert pasted(advice)[-1] == f'dvae_weights="{dvae_run / "dvae.safetensors"}"' and "(" not in advice
