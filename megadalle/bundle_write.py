@@ -191,9 +191,10 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
         if created:  # a folder this export made holds nothing usable: it goes, not to be taken for a model
             shutil.rmtree(output, ignore_errors=True)
         raise
+    # The run resolved, not as typed: its readers (sampling.files.recorded_run) are anywhere, not where this ran.
     manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
                 "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
-                "sources": {"run": str(run), **{k: None if v is None else str(v) for k, v in files.items()}},
+                "sources": {"run": str(run.resolve()), **{k: None if v is None else str(v) for k, v in files.items()}},
                 "sha256": {"tokenizer": sha256(output / TOKENIZER)},
                 BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config}
     atomic.write_json(output / MANIFEST, manifest)

@@ -62,6 +62,8 @@ def transformer_run(root: Path) -> Path:
 
 
 def model_folder(root: Path) -> Path:
+    (root / "run").mkdir()
+    transformer_run(root / "run")  # bundle.json's run is named where it is one
     for name in ("tokenizer.model", "dvae.safetensors", "clip.safetensors"):
         (root / name).write_bytes(b"")
     (root / "bundle.json").write_text(json.dumps({
