@@ -108,7 +108,8 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) ->
 def check_own_checkpoint(run_dir: str | Path, path: Path) -> None:
     """Refuse a checkpoint that is not a step_* folder of `run_dir`'s checkpoints: the run's record rebuilds the
     model, and beside another run's weights of the same shapes its tokenizer and dVAE would be written into the
-    export (or sampled with) in silence. The run it belongs to is named, to be passed as run= instead."""
+    export (or sampled with) in silence. The run it belongs to is named, to be passed as run= instead; where that
+    is `run_dir` itself, what was given (a file of a step_* folder, the checkpoints folder) and what to give."""
     from megadalle.sampling.load import checkpoint_in_run
 
     own = Path(run_dir, "checkpoints").resolve()
@@ -118,6 +119,12 @@ def check_own_checkpoint(run_dir: str | Path, path: Path) -> None:
     if owner is None:
         raise CheckpointError(f"checkpoint={path}: not in the checkpoints folder of run={run_dir} ({own}); pass one "
                               f"of its step_* folders, or the training run this checkpoint came from as run=")
+    if owner[0] == own.parent and owner[1] is None:
+        raise CheckpointError(f"checkpoint={path}: the checkpoints folder of run={run_dir}; checkpoint= takes one of "
+                              "its step_* folders (left out, the newest complete one is taken)")
+    if owner[0] == own.parent:
+        raise CheckpointError(f"checkpoint={path}: a file of the checkpoint {owner[1].name} of run={run_dir}, not a "
+                              f"step_* folder; pass {override_word('checkpoint', owner[1])}")
     raise CheckpointError(f"checkpoint={path}: a checkpoint of the training run {owner[0]}, not of run={run_dir}, "
                           f"whose record would describe other weights; pass {override_word('run', owner[0])} with it")
 
