@@ -148,7 +148,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
 
     from megadalle.sampling.compatible import check_files
     from megadalle.sampling.load import check_run_kind
-    from megadalle.train.consolidate import chosen_ema, run_task
+    from megadalle.train.consolidate import checkpoint_dir, chosen_ema, run_task
 
     run, output = Path(run), Path(output)
     record = run_pieces.read(run)  # a folder that is no run is refused by name here, before the task is built
@@ -172,6 +172,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
         is_bundle(output) and read_record(output / MANIFEST).get("clip") == CLIP)
     output.mkdir(parents=True, exist_ok=True)
     if damaged:  # unfinished from here, as during any re-export: its Transformer's export is no longer refused
+        checkpoint_dir(run, checkpoint)  # a checkpoint refused (not the run's, none complete) leaves it as it was
         (output / MANIFEST).unlink()
     try:
         # An earlier export stands whole until the new Transformer is complete (a refused checkpoint or EMA, a
