@@ -131,7 +131,7 @@ def _weights_alone(run: Path, output: Path) -> str:
 
     given = f"megadalle export {override_word('run', run)}"
     return (f"export its weights alone: `{given} {override_word('output', output)} weights_only=true`, or as one file: "
-            f"`{given} output=<name>.safetensors`")
+            f"`{given} output=FILE.safetensors`")
 
 
 def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,

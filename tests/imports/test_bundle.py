@@ -177,7 +177,7 @@ def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tm
     assert capsys.readouterr().err.strip() == (
         f"megadalle export: {dvae_run} is a 'dvae' training run, not a 'transformer' one; export its weights alone: "
         f"`megadalle export run={dvae_run} output={tmp_path / 'm3'} weights_only=true`, or as one file: "
-        f"`megadalle export run={dvae_run} output=<name>.safetensors`")
+        f"`megadalle export run={dvae_run} output=FILE.safetensors`")
     assert model_config(dvae_run, "dvae").vocab_size == config["dvae"]["vocab_size"]
 
 
