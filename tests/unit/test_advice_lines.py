@@ -139,3 +139,13 @@ def test_a_dvae_run_given_to_generate_is_advised_to_export_as_the_file_it_export
     (dvae_run / "dvae.safetensors").write_bytes(b"")
     advice = export_advice(run, "STEP", dvae_run)
     assert pasted(advice)[-1] == f'dvae_weights="{dvae_run / "dvae.safetensors"}"' and "(" not in advice
+
+
+def test_a_clip_given_to_a_folder_export_drops_the_folders_open_clip_model(tmp_path):
+    """The megadalle CLIP exported for the folder was advised with the folder's clip_model=open_clip:ARCH kept, which
+    reads it as an open_clip state dict."""
+    folder = model_folder(tmp_path)
+    manifest = json.loads((folder / "bundle.json").read_text())
+    (folder / "bundle.json").write_text(json.dumps({**manifest, "clip_model": "open_clip:ViT-B-32"}))
+    assert pasted(folder_export(folder))[-1] == "clip_model=open_clip:ViT-B-32"
+    assert pasted(folder_export(folder, clip_weights="CLIP.safetensors"))[-1] == "clip_weights=CLIP.safetensors"
