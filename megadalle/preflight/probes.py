@@ -34,10 +34,10 @@ def warn(text: str) -> None:
 
 
 def exists(key: str, value, kind: str = "path") -> Path:
+    """`value` is there as a `kind`. A caller asking for a directory names a file given first, with what to give
+    instead (shard_index, weights_verbs.check_run)."""
     path = Path(str(value))
     ok = path.is_dir() if kind == "directory" else path.is_file() if kind == "file" else path.exists()
-    if not ok and kind == "directory" and path.is_file():
-        raise PreflightError(f"{key}={value}: a file, not a directory")
     if not ok:
         raise PreflightError(f"{key}={value}: no such {kind}")
     return path
