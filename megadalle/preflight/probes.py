@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from megadalle.config.override import override_word
 from megadalle.data.fields import CODES_FIELD, IMAGE_FIELDS
 from megadalle.errors import UserError
 
@@ -78,7 +79,8 @@ def shard_index(key: str, value):
     from megadalle.data.ingest import open_index
 
     path = Path(str(value))
-    fits(not path.is_file(), f"{key}={value}: a file, not a folder of shards; give its folder: {key}={path.parent}")
+    fits(not path.is_file(), f"{key}={value}: a file, not a folder of shards; give its folder: "
+                             f"{override_word(key, path.parent)}")
     exists(key, value, "directory")
     try:
         return open_index(value)

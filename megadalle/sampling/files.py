@@ -117,7 +117,8 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     shards = shard_of(weights)
     if shards is not None:  # one shard is no model: its config and the other shards are its folder's
         folder = folder_of_transformer(shards)
-        raise BundleError(f"weights={weights}: one shard of the weights in {folder}; pass weights={folder}")
+        raise BundleError(f"weights={weights}: one shard of the weights in {folder}; pass "
+                          f"{override_word('weights', folder)}")
     in_run = checkpoint_in_run(weights)
     if in_run is not None:  # a DeepSpeed checkpoint is no weights: its run's record rebuilds the model from it
         run, step = in_run

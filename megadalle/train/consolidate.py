@@ -363,4 +363,5 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
             writer.abort()
             raise
 
-    return read_checkpoint(run_dir, checkpoint, write, lambda older: f"export checkpoint={older} instead")
+    return read_checkpoint(run_dir, checkpoint, write,
+                           lambda older: f"export {override_word('checkpoint', older)} instead")
