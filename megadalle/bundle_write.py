@@ -131,7 +131,7 @@ def _weights_alone(run: Path, output: Path) -> str:
 
     given = f"megadalle export {override_word('run', run)}"
     return (f"export its weights alone: `{given} {override_word('output', output)} weights_only=true`, or as one file: "
-            f"`{given} output=<name>.safetensors`")
+            f"`{given} output=FILE.safetensors`")
 
 
 def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = None, dvae_weights: str | None = None,
@@ -148,7 +148,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
 
     from megadalle.sampling.compatible import check_files
     from megadalle.sampling.load import check_run_kind
-    from megadalle.train.consolidate import chosen_ema, run_task
+    from megadalle.train.consolidate import checkpoint_dir, chosen_ema, run_task
 
     run, output = Path(run), Path(output)
     record = run_pieces.read(run)  # a folder that is no run is refused by name here, before the task is built
@@ -172,6 +172,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
         is_bundle(output) and read_record(output / MANIFEST).get("clip") == CLIP)
     output.mkdir(parents=True, exist_ok=True)
     if damaged:  # unfinished from here, as during any re-export: its Transformer's export is no longer refused
+        checkpoint_dir(run, checkpoint)  # a checkpoint refused (not the run's, none complete) leaves it as it was
         (output / MANIFEST).unlink()
     try:
         # An earlier export stands whole until the new Transformer is complete (a refused checkpoint or EMA, a
@@ -191,9 +192,10 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
         if created:  # a folder this export made holds nothing usable: it goes, not to be taken for a model
             shutil.rmtree(output, ignore_errors=True)
         raise
+    # The run resolved, not as typed: its readers (sampling.files.recorded_run) are anywhere, not where this ran.
     manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
                 "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
-                "sources": {"run": str(run), **{k: None if v is None else str(v) for k, v in files.items()}},
+                "sources": {"run": str(run.resolve()), **{k: None if v is None else str(v) for k, v in files.items()}},
                 "sha256": {"tokenizer": sha256(output / TOKENIZER)},
                 BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config}
     atomic.write_json(output / MANIFEST, manifest)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from megadalle.config.override import command_line, override_word
 from megadalle.errors import BundleError
@@ -22,10 +22,38 @@ def read(run_dir: Path) -> dict:
     try:
         data = json.loads(record.read_text())
     except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for a binary file
-        raise BundleError(f"{record}: not readable ({err}); copy the run directory again from where it came") from None
+        raise BundleError(f"{record}: not readable ({err}); {RECOPY}") from None
     if not isinstance(data, dict):
         raise BundleError(f"{record}: a JSON {type(data).__name__}, not the record a training run writes")
     return data
+
+
+RECOPY = "copy the run directory again from where it came"
+"""The way out of a run.json that does not read as a training run writes it: the run writes it once, at its start."""
+
+
+def task_factory(run: Path, record: dict) -> Callable[[dict], Any]:
+    """The function that rebuilds the task of the run whose run.json is `record` from its config: `task_factory`,
+    `module:function`. A record without one, or naming none that imports, is refused by name (it was a KeyError,
+    ValueError or ImportError traceback where the task was rebuilt)."""
+    import importlib
+
+    named = record.get("task_factory")
+    module, colon, function = named.partition(":") if isinstance(named, str) else ("", "", "")
+    where = f"{run / 'run.json'}: task_factory={named!r}" if "task_factory" in record else f"{run / 'run.json'}"
+    if not (module and colon and function) or ":" in function:
+        what = "names no task_factory" if "task_factory" not in record else "is not module:function"
+        raise BundleError(f"{where} {what}, so the run cannot be rebuilt; {RECOPY}")
+    try:
+        found = getattr(importlib.import_module(module), function, None)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (module == err.name or module.startswith(err.name + ".")):
+            raise  # the module is there, and what it imports is not: its own error says what
+        found = None
+    if not callable(found):
+        raise BundleError(f"{where}: no such function in this megadalle, so the run cannot be rebuilt; {RECOPY}, or "
+                          "export it with the megadalle that trained it")
+    return found
 
 
 RECORDED_PIECES = {"tokenizer": "data.tokenizer", "dvae": "dvae_weights", "clip": "clip_weights"}
@@ -122,7 +150,8 @@ def export_advice(run: Path, checkpoint: str | Path = "STEP", dvae: str | Path |
     printed. A Transformer's run is exported as a model folder, which needs its tokenizer and dVAE: the run's
     record names them, else `dvae` (the one the caller was given) or a placeholder the text explains (a run
     trained without media records no dVAE: the usual case). A dVAE's or CLIP's run is exported as one file (a
-    model folder is a Transformer's)."""
+    model folder is a Transformer's). A train-dvae run given as `dvae` (generate reads one) is named by the file
+    it exported, which export copies (`_as_file`)."""
     record = read(run)
     trained = record.get("task_factory") and next((p for p in MODEL_NAMES if other_model(record, p) is None), None)
     if trained:
@@ -134,11 +163,30 @@ def export_advice(run: Path, checkpoint: str | Path = "STEP", dvae: str | Path |
             found = given or recorded(run, record, piece)
         except BundleError:  # a relative path of an older record, read from elsewhere: not to be guessed
             found = None
-        pieces[VERB_KEYS[piece]] = found or PLACEHOLDERS[piece][0]
-        missing += [] if found else [PLACEHOLDERS[piece]]
+        named, why = _as_file(Path(found), piece) if found else PLACEHOLDERS[piece]
+        pieces[VERB_KEYS[piece]] = named
+        missing += [(named, why)] if why else []
     export = command_line("export", run=run, checkpoint=checkpoint, output="DIR", **pieces)
     said = "; ".join(f"{name}: {what}" for name, what in missing)
     return f"`{export}`, then weights=DIR" + (f" ({said})" if said else "")
+
+
+def _as_file(path: Path, piece: str) -> tuple[Path | str, str]:
+    """`path` as export takes it for `piece`, and "" (or a placeholder and what it stands for): a file as it is; for
+    a train-dvae or train-clip run (which the sampling verbs read, and export refuses as a directory), the weights it
+    exported (`run_export`), else, where it exported none yet, the file that its export would write."""
+    if not path.is_dir() or piece not in MODEL_NAMES or not (path / "run.json").is_file():
+        return path, ""
+    try:
+        record = read(path)
+        exported = None if other_model(record, piece) else run_export(path, record.get("config", {}), piece)
+    except BundleError:
+        exported = None
+    if exported is not None and exported.is_file():
+        return exported, ""
+    placeholder = f"{PLACEHOLDERS[piece][0]}.safetensors"
+    export = command_line("export", run=path, output=placeholder, dtype="fp32")
+    return placeholder, f"the weights of the {MODEL_NAMES[piece]} run {path}, which `{export}` writes"
 
 
 PLACEHOLDERS = {"tokenizer": ("TOKENIZER", "the sentencepiece model the run trained with"),

@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from megadalle.config.override import override_word
 from megadalle.data.fields import CODES_FIELD, IMAGE_FIELDS
 from megadalle.errors import UserError
 
@@ -34,10 +35,10 @@ def warn(text: str) -> None:
 
 
 def exists(key: str, value, kind: str = "path") -> Path:
+    """`value` is there as a `kind`. A caller asking for a directory names a file given first, with what to give
+    instead (shard_index, weights_verbs.check_run)."""
     path = Path(str(value))
     ok = path.is_dir() if kind == "directory" else path.is_file() if kind == "file" else path.exists()
-    if not ok and kind == "directory" and path.is_file():
-        raise PreflightError(f"{key}={value}: a file, not a directory")
     if not ok:
         raise PreflightError(f"{key}={value}: no such {kind}")
     return path
@@ -78,7 +79,8 @@ def shard_index(key: str, value):
     from megadalle.data.ingest import open_index
 
     path = Path(str(value))
-    fits(not path.is_file(), f"{key}={value}: a file, not a folder of shards; give its folder: {key}={path.parent}")
+    fits(not path.is_file(), f"{key}={value}: a file, not a folder of shards; give its folder: "
+                             f"{override_word(key, path.parent)}")
     exists(key, value, "directory")
     try:
         return open_index(value)

@@ -65,22 +65,14 @@ def _instead_of_run(path: Path) -> str | None:
 
 
 def _source(folder: Path) -> str:
-    """The training run the model folder `folder` was exported from, as its bundle.json records it, for the way
-    out: `: run=RUN`, or where the record names no run from here (a path relative to where the export ran, a run
-    moved since), what it records; the folder holding run.json where it records nothing (unfinished, garbled)."""
+    """The training run the model folder `folder` was exported from, as its bundle.json records it
+    (`sampling.files.recorded_run`), for the way out: `: run=RUN`; the folder holding run.json where it records none
+    that is a run (unfinished, garbled, a relative record of an older export, a run moved since)."""
     from megadalle.config.override import override_word
-    from megadalle.sampling.load import is_run
-    from megadalle.weights import MANIFEST
-    from megadalle.weights.records import json_object
+    from megadalle.sampling.files import recorded_run
 
-    manifest = json_object(folder / MANIFEST) if (folder / MANIFEST).is_file() else None
-    sources = (manifest or {}).get("sources")
-    run = sources.get("run") if isinstance(sources, dict) else None
-    if not isinstance(run, str) or not run:
-        return " (the directory holding run.json)"
-    if is_run(run):
-        return f": {override_word('run', run)}"
-    return f" (its {MANIFEST} records {run}, which is no run directory from here)"
+    run = recorded_run(folder)
+    return f": {override_word('run', run)}" if run else " (the directory holding run.json)"
 
 
 def check_generate(cfg: DictConfig) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from megadalle.config.override import override_word
 from megadalle.errors import UserError
 
 if TYPE_CHECKING:
@@ -141,5 +142,5 @@ def check_clip_tokenizer(clip, tokenizer, digest: str) -> list[str]:
                                  f"{tokenizer} (sha256 {digest[:12]}; {record.record} records {record.path}, sha256 "
                                  f"{record.sha256[:12]}): it would read the prompt as other words and rank the "
                                  "samples by noise; give the CLIP trained with this tokenizer (clip_weights=), or "
-                                 f"train one with tokenizer={tokenizer}")
+                                 f"train one with {override_word('tokenizer', tokenizer)}")
     return []

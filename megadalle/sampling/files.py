@@ -40,6 +40,21 @@ def is_bundle(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def recorded_run(folder: Path) -> Path | None:
+    """The training run the model folder `folder` was exported from, as its bundle.json records it (`sources.run`),
+    where that is a run; None where it records none, or a run no longer there. The export records it absolute
+    (bundle_write.py); a relative record (an export before that) is relative to the folder that export ran in,
+    which nothing records: unknown, rather than read from here or from beside the folder, where it could name
+    another run, whose record would be written beside this folder's tokenizer and dVAE."""
+    from megadalle.sampling.load import is_run
+    from megadalle.weights.records import json_object
+
+    manifest = json_object(folder / MANIFEST) if (folder / MANIFEST).is_file() else None
+    sources = (manifest or {}).get("sources")
+    run = sources.get("run") if isinstance(sources, dict) else None
+    return Path(run) if isinstance(run, str) and Path(run).is_absolute() and is_run(run) else None
+
+
 def unfinished(path: str | Path) -> bool:
     """A folder `write_bundle` began and did not finish (killed, or a disk filled): its Transformer or the
     temporary of one, without bundle.json (written last)."""
@@ -102,7 +117,8 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     shards = shard_of(weights)
     if shards is not None:  # one shard is no model: its config and the other shards are its folder's
         folder = folder_of_transformer(shards)
-        raise BundleError(f"weights={weights}: one shard of the weights in {folder}; pass weights={folder}")
+        raise BundleError(f"weights={weights}: one shard of the weights in {folder}; pass "
+                          f"{override_word('weights', folder)}")
     in_run = checkpoint_in_run(weights)
     if in_run is not None:  # a DeepSpeed checkpoint is no weights: its run's record rebuilds the model from it
         run, step = in_run

@@ -23,8 +23,6 @@ call it.
 """
 from __future__ import annotations
 
-import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -34,6 +32,7 @@ from torch import nn
 
 from megadalle import run_pieces
 from megadalle.config.override import override_word
+from megadalle.errors import BundleError
 from megadalle.models.vocab_tables import whole_tables
 from megadalle.train.checkpoint import CheckpointError
 from megadalle.train.checkpoint_choice import find_resumable
@@ -51,15 +50,16 @@ T = TypeVar("T")
 
 
 def run_task(run_dir: str | Path) -> tuple[Task, dict]:
-    """The task that trained `run_dir`, rebuilt from its run.json, and the run's config."""
-    record_path = Path(run_dir) / "run.json"
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a training run directory (no run.json)")
-    record = json.loads(record_path.read_text())
-    if not record.get("task_factory"):
-        raise ValueError(f"{record_path} names no task_factory: the run cannot be rebuilt")
-    module, function = record["task_factory"].split(":")
-    return getattr(importlib.import_module(module), function)(record["config"]), record["config"]
+    """The task that trained `run_dir`, rebuilt from its run.json (run_pieces.read, run_pieces.task_factory), and the
+    run's config."""
+    run = Path(run_dir)
+    record = run_pieces.read(run)
+    factory, config = run_pieces.task_factory(run, record), record.get("config")
+    if not isinstance(config, dict):
+        what = "missing" if config is None else f"a JSON {type(config).__name__}"
+        raise BundleError(f"{run / 'run.json'}: its config is {what}, not the mapping a training run records, so the "
+                          f"run cannot be rebuilt; {run_pieces.RECOPY}")
+    return factory(config), config
 
 
 def read_advice(run_dir: str | Path) -> str:
@@ -108,7 +108,8 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) ->
 def check_own_checkpoint(run_dir: str | Path, path: Path) -> None:
     """Refuse a checkpoint that is not a step_* folder of `run_dir`'s checkpoints: the run's record rebuilds the
     model, and beside another run's weights of the same shapes its tokenizer and dVAE would be written into the
-    export (or sampled with) in silence. The run it belongs to is named, to be passed as run= instead."""
+    export (or sampled with) in silence. The run it belongs to is named, to be passed as run= instead; where that
+    is `run_dir` itself, what was given (a file of a step_* folder, the checkpoints folder) and what to give."""
     from megadalle.sampling.load import checkpoint_in_run
 
     own = Path(run_dir, "checkpoints").resolve()
@@ -118,6 +119,12 @@ def check_own_checkpoint(run_dir: str | Path, path: Path) -> None:
     if owner is None:
         raise CheckpointError(f"checkpoint={path}: not in the checkpoints folder of run={run_dir} ({own}); pass one "
                               f"of its step_* folders, or the training run this checkpoint came from as run=")
+    if owner[0] == own.parent and owner[1] is None:
+        raise CheckpointError(f"checkpoint={path}: the checkpoints folder of run={run_dir}; checkpoint= takes one of "
+                              "its step_* folders (left out, the newest complete one is taken)")
+    if owner[0] == own.parent:
+        raise CheckpointError(f"checkpoint={path}: a file of the checkpoint {owner[1].name} of run={run_dir}, not a "
+                              f"step_* folder; pass {override_word('checkpoint', owner[1])}")
     raise CheckpointError(f"checkpoint={path}: a checkpoint of the training run {owner[0]}, not of run={run_dir}, "
                           f"whose record would describe other weights; pass {override_word('run', owner[0])} with it")
 
@@ -356,4 +363,5 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
             writer.abort()
             raise
 
-    return read_checkpoint(run_dir, checkpoint, write, lambda older: f"export checkpoint={older} instead")
+    return read_checkpoint(run_dir, checkpoint, write,
+                           lambda older: f"export {override_word('checkpoint', older)} instead")

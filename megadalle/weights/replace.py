@@ -34,24 +34,23 @@ def _remedy(target: Path, remedy: str) -> str:
 
 def folder_export(folder: Path, run: str | Path | None = None, **pieces: str) -> str:
     """The command that rewrites the model folder `folder` whole, in backquotes: from `run`, else the Transformer's
-    run its bundle.json names (RUN where it names none, or one relative to where that export ran), with the
-    folder's own tokenizer, dVAE and CLIP as its bundle.json names them, `pieces` (key: path) replacing them. The
-    run's record alone would not do: a run trained without media records no dVAE (refused), nor the CLIP the folder
-    was exported with (which the export then drops)."""
+    run its bundle.json names (`sampling.files.recorded_run`; RUN where it names none that is a run), with the
+    folder's own tokenizer, dVAE and CLIP as its bundle.json names them, `pieces` (key: path) replacing them (a
+    CLIP given, a megadalle export, replaces an open_clip reranker's clip_model too). The run's record alone would
+    not do: a run trained without media records no dVAE (refused), nor the CLIP the folder was exported with (which
+    the export then drops)."""
     from megadalle.config.override import command_line
     from megadalle.run_pieces import RECORDED_PIECES, VERB_KEYS
+    from megadalle.sampling.files import recorded_run
 
     manifest = json_object(folder / MANIFEST) or {}
-    sources = manifest.get("sources") if isinstance(manifest.get("sources"), dict) else {}
-    recorded = sources.get("run")
-    if run is None and isinstance(recorded, str) and Path(recorded).is_absolute():
-        run = recorded
+    run = run or recorded_run(folder)
     settings = {"run": run or "RUN", "output": folder}
     for piece in RECORDED_PIECES:
         name = manifest.get(piece)
         if isinstance(name, str) and name and (folder / name).is_file():
             settings[VERB_KEYS[piece]] = folder / name
-    if manifest.get("clip_model", "megadalle") != "megadalle" and "clip_weights" in settings:
+    if manifest.get("clip_model", "megadalle") != "megadalle" and "clip_weights" in settings.keys() - pieces.keys():
         settings["clip_model"] = manifest["clip_model"]
     command = f"`{command_line('export', **{**settings, **pieces})}`"
     return command if run else f"{command} (RUN: its Transformer's training run)"

@@ -177,7 +177,7 @@ def test_export_refuses_a_mismatched_dvae_and_a_run_of_another_model(trained, tm
     assert capsys.readouterr().err.strip() == (
         f"megadalle export: {dvae_run} is a 'dvae' training run, not a 'transformer' one; export its weights alone: "
         f"`megadalle export run={dvae_run} output={tmp_path / 'm3'} weights_only=true`, or as one file: "
-        f"`megadalle export run={dvae_run} output=<name>.safetensors`")
+        f"`megadalle export run={dvae_run} output=FILE.safetensors`")
     assert model_config(dvae_run, "dvae").vocab_size == config["dvae"]["vocab_size"]
 
 
@@ -329,6 +329,10 @@ def test_a_re_export_rewrites_a_folder_whose_bundle_json_is_garbled(trained, tmp
     run, _, dvae, clip = trained
     folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
     (folder / "bundle.json").write_text("{not json")
+    elsewhere = tmp_path / "step_00000002"  # a checkpoint refused left the folder without its bundle.json
+    elsewhere.mkdir()
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}", f"checkpoint={elsewhere}"]) == 2
+    assert (folder / "bundle.json").read_text() == "{not json"
     with pytest.raises(UserError, match="not valid JSON.*; re-export the weights"):
         megadalle.load_pipeline(folder)
     assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0  # without a CLIP now

@@ -64,3 +64,16 @@ def test_the_export_generate_advises_for_a_checkpoint_runs_as_printed(trained, t
     argv = [word.replace("DIR", str(folder)) for word in shlex.split(advice[1])]
     assert main(argv) == 0
     assert json.loads((folder / "bundle.json").read_text())["sources"]["dvae"] == str(dvae)
+
+
+def test_a_file_of_the_runs_own_checkpoint_or_its_checkpoints_folder_names_what_to_pass(trained, tmp_path, capsys):
+    """Both were "a checkpoint of the training run RUN, not of run=RUN": the run's own files called another's."""
+    run, output = trained[0], tmp_path / "w.safetensors"
+    given = run / STEP / "mp_rank_00_model_states.pt"
+    assert main(["export", f"run={run}", f"checkpoint={given}", f"output={output}"]) == 2
+    assert one_line(capsys) == (f"checkpoint={given}: a file of the checkpoint step_00000002 of run={run}, not a "
+                                f"step_* folder; pass checkpoint={(run / STEP).resolve()}")
+    assert main(["export", f"run={run}", f"checkpoint={run / 'checkpoints'}", f"output={output}"]) == 2
+    assert one_line(capsys) == (f"checkpoint={run / 'checkpoints'}: the checkpoints folder of run={run}; checkpoint= "
+                                "takes one of its step_* folders (left out, the newest complete one is taken)")
+    assert not output.exists()
