@@ -155,7 +155,8 @@ def run_id(run_dir: Path, checkpoint_id: str | None, resumed_step: int | None = 
         (saved["device"], saved["inode"]) != (here["device"], here["inode"]))
     taken = {} if saved is None or copied else starts(saved, start)
     again = [taken_id for taken_id, taken_at in taken.items() if taken_at == start]
-    note = None
+    later = later_checkpoint(run_dir, resumed_step)
+    note, fresh = None, False
     if checkpoint_id in taken:
         wandb_id = checkpoint_id
     elif again:
@@ -163,17 +164,18 @@ def run_id(run_dir: Path, checkpoint_id: str | None, resumed_step: int | None = 
     elif saved is None and checkpoint_id is not None and any((run_dir / "checkpoints").glob("step_*")):
         wandb_id = checkpoint_id
     else:
-        wandb_id = secrets.token_hex(4)
+        wandb_id, fresh = secrets.token_hex(4), True
         if copied:
             note = (f"{run_dir} is a copy of the run in {saved['path']} (or was moved to another file system): it "
                     f"logs to a new wandb run {wandb_id}, not to {saved['id']}")
-        elif checkpoint_id is not None:
+        elif checkpoint_id is not None and later is None:  # going back in its own run is said below
             note = (f"{run_dir} resumes another run's checkpoint: it logs to a new wandb run {wandb_id}, not to "
                     f"{checkpoint_id}")
-    if note is None and (later := later_checkpoint(run_dir, resumed_step)) is not None:
-        kept, wandb_id = wandb_id, secrets.token_hex(4)
+    if note is None and later is not None:
+        not_to = "" if fresh else f", not to {wandb_id}"  # the id its later branch logs to (a fresh one: none yet)
+        wandb_id = wandb_id if fresh else secrets.token_hex(4)
         note = (f"{run_dir} goes back to {tag_of(resumed_step)} from its {later}: it logs to a new wandb run "
-                f"{wandb_id}, not to {kept} (wandb ignores the steps below the last one a run logged)")
+                f"{wandb_id}{not_to} (wandb ignores the steps below the last one a run logged)")
     now = {"id": wandb_id, **here, "starts": {**taken, wandb_id: taken.get(wandb_id, start)}}
     if saved != now:
         atomic.write_json(record, now)

@@ -104,5 +104,8 @@ def test_the_branch_gone_back_from_keeps_its_id_before_the_new_branch_saves(tmp_
     shutil.copytree(tmp_path / "checkpoints", copy / "checkpoints")
     shutil.copy(tmp_path / wandb_log.ID_RECORD, copy)
     copy_id, _ = wandb_log.run_id(copy, "abcd1234", 16)
-    assert wandb_log.run_id(copy, "abcd1234", 12)[0] not in (copy_id, branch, "abcd1234")  # it goes back
+    back, note = wandb_log.run_id(copy, "abcd1234", 12)
+    assert back not in (copy_id, branch, "abcd1234")  # it goes back, and says so (not "another run's checkpoint")
+    assert note == (f"{copy} goes back to step_00000012 from its step_00000016: it logs to a new wandb run {back} "
+                    "(wandb ignores the steps below the last one a run logged)")
     assert wandb_log.run_id(copy, "abcd1234", 16) == (copy_id, None)  # not the original's, nor its own branch's
