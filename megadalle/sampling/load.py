@@ -68,8 +68,7 @@ def load_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torc
         if is_run(path):
             from megadalle.train.consolidate import load_run
 
-            model_config(path, kind)  # the kind, checked before the weights are read
-            model = load_run(path, ema=ema, dtype=dtype)[0].to(device)
+            model = load_run(path, ema=ema, dtype=dtype, kind=kind)[0].to(device)
         else:
             model = load_into(path, kind, _builder(kind), device, dtype)
     if kind == "transformer":  # trained with attention_backend=triton on GPUs, it still samples on a CPU

@@ -303,12 +303,16 @@ def read_checkpoint(run_dir: str | Path, checkpoint: str | Path | None, read: Ca
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: bool | None = None,
-             dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Task]:
+             dtype: torch.dtype = torch.float32, kind: str | None = None) -> tuple[nn.Module, Task]:
     """The run's model (CPU, eval mode, floating tensors in `dtype`) with the newest complete checkpoint's weights:
     its EMA, its live weights, or with None (the default, as load_model's and the verbs' ema=auto) its EMA where it
     trained one (`chosen_ema`); each tensor is cast as it is read, so a bf16 load never holds an fp32 copy of the
-    model."""
+    model. `kind`: the model the caller expects (load_model's), refused otherwise before a tensor is read."""
     task, config = run_task(run_dir)
+    if kind is not None:
+        from megadalle.sampling.load import check_run_kind
+
+        check_run_kind(run_dir, task.export_spec(), kind)
     ema = chosen_ema(run_dir, config, ema)
 
     def read(path: Path) -> nn.Module:

@@ -3,8 +3,11 @@ the verb built the task for the kind, and the export built it again (and checked
 known)."""
 from __future__ import annotations
 
+import pytest
+
 from megadalle import export
 from megadalle.cli import main
+from megadalle.sampling.load import WrongKind, load_model
 from megadalle.train import consolidate
 
 
@@ -50,3 +53,14 @@ def test_write_bundle_from_python_builds_the_task_once(trained, tmp_path, monkey
     counted(monkeypatch, consolidate, "run_task", calls)
     write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
     assert calls == ["run_task"]
+
+
+def test_load_model_builds_a_runs_task_once_and_refuses_another_kind_before_reading(trained, monkeypatch):
+    """load_model on a run directory built the task for its kind check (model_config) and again in load_run."""
+    calls = []
+    counted(monkeypatch, consolidate, "run_task", calls)
+    load_model(trained[0], "transformer")
+    assert calls == ["run_task"]
+    monkeypatch.setattr(consolidate, "checkpoint_tensors", lambda *a, **k: pytest.fail("a tensor was read"))
+    with pytest.raises(WrongKind, match="is a 'transformer' training run, not a 'dvae' one"):
+        load_model(trained[0], "dvae")
