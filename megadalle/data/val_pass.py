@@ -32,17 +32,22 @@ class OnePass:
     shortfall: str | None
 
 
-def one_pass(micro_batch: int, grad_accum: int, ranks: int, eval_batches: int, total: int, shards) -> OnePass:
+def one_pass(micro_batch: int, grad_accum: int, ranks: int, eval_batches: int, total: int, shards,
+             contrastive: bool = False) -> OnePass:
     """The reading of a validation split of `total` samples (`shards`, named in the messages) for the training's
-    micro-batch, accumulation and data-parallel `ranks`, asked for `eval_batches` global batches."""
+    micro-batch, accumulation and data-parallel `ranks`, asked for `eval_batches` global batches. A split too small
+    is refused with the ways out that can succeed: a lower trainer.micro_batch only where one sample per rank fits,
+    and for a `contrastive` task (CLIP) where that still reads 2 pairs (one pair scores a val/loss of 0, refused by
+    preflight/train_verbs.py)."""
     together = micro_batch * ranks
     if together > total:
+        lower = ", lower trainer.micro_batch," if total >= max(ranks, 2 if contrastive else 1) else ""
         raise SplitSmallerThanBatch(
             f"the validation split {shards} holds {total} sample{'s' if total != 1 else ''}, fewer than one "
             f"micro-batch on every rank (trainer.micro_batch={micro_batch} x {ranks} data-parallel "
             f"rank{'s' if ranks != 1 else ''} = {together}): each validation batch would score some samples twice "
             f"(and CLIP contrast fewer pairs than it holds); give data.val_shards of at least {together} "
-            "samples, lower trainer.micro_batch, or set trainer.eval_every=0")
+            f"samples{lower} or set trainer.eval_every=0")
     accum = min(grad_accum, total // together)
     batches = min(eval_batches, total // (together * accum))
     samples, asked = batches * together * accum, eval_batches * together * grad_accum

@@ -165,17 +165,21 @@ class CLIP(nn.Module):
         return (img * txt).sum(-1)
 
 
+# `gather`'s all_gather is deprecated, but its suggested successor (functional collectives) reduce-scatters in the
+# backward, which gloo lacks. Its warning is filtered once, here: a `warnings.catch_warnings()` around each call reset
+# Python's once-per-location registry on leaving it, so every other warning (DeepSpeed's ZeRO all-gather deprecation)
+# printed again on every rank at every update.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+                        category=FutureWarning)
+
+
 def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All ranks' rows concatenated in rank order (gradients flow back to each owner), and this rank's offset."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
-    # Its suggested successor (functional collectives) reduce-scatters in the backward, which gloo lacks.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        gathered = all_gather(x)
-    return torch.cat(gathered, dim=0), dist.get_rank() * x.shape[0]
+    return torch.cat(all_gather(x), dim=0), dist.get_rank() * x.shape[0]
 
 
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, text: torch.Tensor | None = None,

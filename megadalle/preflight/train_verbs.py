@@ -160,7 +160,7 @@ def fits_contrastive_validation(cfg: DictConfig, trainer, ranks: int, update: bo
     total = image_shards("data.val_shards", shards).total
     accum = trainer.grad_accum if update else 1
     pairs = trainer.micro_batch * ranks * one_pass(trainer.micro_batch, accum, ranks, trainer.eval_batches, total,
-                                                   shards).grad_accum
+                                                   shards, contrastive=True).grad_accum
     fits(pairs >= 2, f"trainer.eval_every={trainer.eval_every}: the validation split {shards} holds {total} "
                      f"sample{'s' if total != 1 else ''}, read as {pairs} pair per validation loss: its val/loss would "
                      "be 0 whatever the weights; give data.val_shards of at least 2 samples or set "
@@ -215,7 +215,20 @@ def check_train_dvae(cfg: DictConfig) -> None:
     check_image_validation(cfg, "dvae.image_size", dvae.image_size, dp_ranks(cfg))
 
 
+def validates(cfg: DictConfig) -> bool:
+    """Whether the run validates: trainer.eval_every > 0 and a split to read (preflight/validation.py's)."""
+    from megadalle.config import build
+    from megadalle.config.data import DataConfig
+    from megadalle.config.train import TrainerConfig
+
+    every = build(TrainerConfig, cfg.trainer, "trainer").eval_every
+    return bool(every) and build(DataConfig, cfg.data, "data").validation_shards() is not None
+
+
 def check_train_clip(cfg: DictConfig) -> None:
+    """CLIP's contrastive checks come before the split's general ones (check_image_validation): a split too small for
+    a micro-batch is refused with the ways out that give 2 pairs (data/val_pass.py), where the general refusal advised
+    a lower trainer.micro_batch that a 1-sample split then refused as a val/loss of 0."""
     from megadalle.config import build, top_level
     from megadalle.config.clip import ClipConfig
     from megadalle.config.train_verbs import TrainClipConfig
@@ -226,8 +239,8 @@ def check_train_clip(cfg: DictConfig) -> None:
     index = image_shards("data.shards", cfg.data.shards)
     fits_global_batch(cfg, index.total)
     fits_image_size(index, cfg, "clip.image_size", clip.image_size)
-    validates = check_image_validation(cfg, "clip.image_size", clip.image_size, dp_ranks(cfg))
-    fits_contrastive_batch(cfg, clip.negatives, validates)
+    fits_contrastive_batch(cfg, clip.negatives, validates(cfg))
+    check_image_validation(cfg, "clip.image_size", clip.image_size, dp_ranks(cfg))
     vocab = tokenizer_vocab("tokenizer", cfg.tokenizer)
     fits(vocab <= clip.text_vocab, f"clip.text_vocab={clip.text_vocab}: the tokenizer {cfg.tokenizer} has "
                                    f"{vocab} pieces (set clip.text_vocab={vocab} or more)")

@@ -606,6 +606,16 @@ def test_clip_refuses_a_validation_split_read_as_one_pair(capsys, token_shards, 
           "trainer.eval_every=0")
 
 
+@pytest.mark.parametrize("verb", ["train", "train-dvae", "train-clip"])
+def test_a_one_sample_split_advises_a_lower_micro_batch_only_where_it_can_succeed(capsys, token_shards, image_shards,
+                                                                                 tmp_path, verb):
+    """Under train-clip, trainer.micro_batch=1 then met the refusal of a split read as one pair (above)."""
+    val = few_tokens(tmp_path / "val", 1) if verb == "train" else small_images(tmp_path / "val", 1, 32)
+    err = fails(capsys, training(verb, token_shards, image_shards, "trainer.eval_every=1", f"data.val_shards={val}",
+                                 "trainer.micro_batch=2"), f"the validation split {val} holds 1 sample, fewer than one")
+    assert ("lower trainer.micro_batch" in err) == (verb != "train-clip"), err
+
+
 def test_clip_contrasts_the_updates_pairs_with_one_pair_a_micro_batch(token_shards, image_shards):
     from megadalle.preflight import preflight
 

@@ -84,3 +84,16 @@ def test_a_split_smaller_than_one_micro_batch_on_every_rank_is_refused_when_the_
                                                     r"data-parallel ranks = 4\)"):
         validator(3, DataPart(2, 1, 0, 2), eval_batches=1)
     validator(3, DataPart(2, 1, 0, 2), eval_batches=1, every=0)  # a run that never validates
+
+
+def test_a_lower_micro_batch_is_advised_only_where_it_reads_the_split():
+    """Fewer samples than ranks fit no micro-batch of 1; a contrastive split needs 2 pairs (preflight refuses 1)."""
+    def advice(*args, **kwargs):
+        with pytest.raises(SplitSmallerThanBatch) as refused:
+            one_pass(*args, **kwargs)
+        return "lower trainer.micro_batch" in str(refused.value)
+
+    assert advice(2, 1, 1, 1, 1, "val")
+    assert not advice(2, 1, 1, 1, 1, "val", contrastive=True)
+    assert advice(2, 1, 2, 1, 2, "val", contrastive=True)
+    assert not advice(1, 1, 3, 1, 2, "val")
