@@ -23,6 +23,7 @@ def test_micro_batch_negatives_refuse_another_micro_batch_and_update_negatives_t
         captured = capsys.readouterr()
         if negatives == "update":
             assert code == 0 and "at step 1" in captured.out, captured.err
+            assert "[train-clip] warning: the learning rate at step 1, where the run resumes" in captured.err  # steps=2
             continue
         assert code == 2 and "clip.negatives=micro_batch" in captured.err and "trainer.micro_batch=4 (there 8) would " \
             "contrast 4 x ranks pairs instead of 8 x ranks" in captured.err and "keep trainer.micro_batch=8" in \
