@@ -6,7 +6,8 @@ Layout under `<run>/checkpoints/`:
         ema_rank00000.safetensors   each rank's piece of the EMA weights, when EMA is on (ema.py)
         manifest.json         written by rank 0 after every rank's files are on disk (fsynced): file names
                               and sizes, the layout (data-parallel size, pipeline stages, ZeRO stage,
-                              global batch) and the lineage (lineage.py)
+                              global batch), the learning-rate curve's trainer keys (rundir.SCHEDULE)
+                              and the lineage (lineage.py)
         universal/            DeepSpeed's universal form, made on a resume with another data-parallel size
     latest                    the tag of the newest complete checkpoint, written last (atomically, fsynced)
     abandoned/step_00000300/  a checkpoint of a run that went further and was resumed from an older one

@@ -29,7 +29,8 @@ from megadalle.train.lineage import Lineage
 def save(engine, root: Path, step: int, client_state: dict, rank: int, lineage: Lineage, ema=None,
          keep: int = 0) -> Lineage:
     """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints.
-    `client_state["layout"]` (universal.Layout's fields) goes into the manifest too, and `lineage`
+    `client_state["layout"]` (universal.Layout's fields) and `client_state["schedule"]` (the learning-rate curve's
+    trainer keys, rundir.SCHEDULE) go into the manifest too, and `lineage`
     (checkpoint_choice.choose's, or the previous save's; only rank 0's counts). Returns the lineage of the next
     save, whose parent is this one.
 
@@ -117,7 +118,8 @@ def _publish(root: Path, path: Path, step: int, client_state: dict, lineage: Lin
     fsync_dir(root)  # the step directory's own entry
     files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
              if f.is_file() and f.name != MANIFEST}
-    record = {"step": step, "layout": client_state.get("layout"), "files": files, **lineage.fields(root)}
+    record = {"step": step, "layout": client_state.get("layout"), "schedule": client_state.get("schedule"),
+              "files": files, **lineage.fields(root)}
     atomic_write(path / MANIFEST, json.dumps(record, indent=1))
     atomic_write(root / LATEST, path.name)
 

@@ -194,7 +194,9 @@ class Trainer:
     def _choose_checkpoint(self, run: RunOptions) -> tuple[Path | None, Path | None]:
         """The checkpoint to resume from (rank 0 picks it) and, when it was saved by another data-parallel
         size, its universal form: rank 0 converts it once while the others wait on the file system, outside
-        any collective (its timeout would end them during a long conversion; see universal.py)."""
+        any collective (its timeout would end them during a long conversion; see universal.py). Rank 0 refuses one
+        whose contrast the layout would change (universal.keep_contrast) and says when the learning rate moves at it
+        (rundir.schedule_warning)."""
         chosen, conversion, error, failure = None, False, None, None
         self.next_save = Lineage()
         """The lineage of this run's next checkpoint (checkpoint_choice.choose, then each save's); rank 0's is
@@ -202,7 +204,10 @@ class Trainer:
         if self.env.rank == 0:
             try:
                 found, self.next_save = checkpoint_choice.choose(run.resume, self.ckpt_root)
-                conversion = found is not None and universal.needs_conversion(Layout.saved(found), self.layout, found)
+                saved = Layout.saved(found) if found is not None else None
+                if saved is not None and rundir.contrasts_micro_batch(rundir.flatten(run.config)):
+                    universal.keep_contrast(saved, self.layout, found, self.cfg.micro_batch)
+                conversion = found is not None and universal.needs_conversion(saved, self.layout, found)
                 if conversion:
                     universal.clear_stale(found, owned=found.resolve().is_relative_to(self.run_dir))
                 chosen = str(found) if found else None
@@ -217,6 +222,8 @@ class Trainer:
             raise CheckpointError(error)
         if chosen is None:
             return None, None
+        if self.env.rank == 0 and (warning := rundir.schedule_warning(self.run_dir, Path(chosen), self.cfg)):
+            print(f"{self.prefix} warning: {warning}", file=sys.stderr, flush=True)
         if not conversion:
             return Path(chosen), None
         if self.env.rank == 0:  # None: a stop signal ended the conversion, and the next _stop_point stops every rank
@@ -245,7 +252,8 @@ class Trainer:
         return {"step": self.step, "samples_seen": self.samples_seen, "data_step": self.step,
                 "data_identity": self.data_identity, "wandb_id": self.wandb.run_id,
                 "world_size": self.env.world_size, "nonfinite_losses": self.nonfinite,
-                "layout": dataclasses.asdict(self.layout), "task_state": self.task.state()}
+                "layout": dataclasses.asdict(self.layout), "schedule": rundir.schedule_of(self.cfg),
+                "task_state": self.task.state()}
 
     def fit(self) -> Result:
         """The updates. Whatever ends them, every callback's end() runs and the run lock is released (an in-process

@@ -40,7 +40,6 @@ import io
 import json
 import operator
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -53,7 +52,7 @@ RESUMABLE = (
     "run_dir", "out_dir", "name", "resume", "new_data", "weights",
     "trainer.steps", "trainer.decay_steps", "data.shards", "trainer.checkpoint_every", "trainer.keep_checkpoints",
     "trainer.log_every", "trainer.media_every", "dvae_weights", "media_captions", "media_samples", "preview",
-    "trainer.eval_every", "trainer.eval_batches", "data.val_shards", "trainer.micro_batch", "trainer.grad_accum",
+    "trainer.eval_every", "trainer.eval_batches", "data.val_shards", "trainer.grad_accum",
     "logger.*", "data.num_workers", "data.prefetch_factor", "usage_window",
     "model.activation_checkpointing", "model.attention_backend", "deepspeed.overlap_comm",
     "deepspeed.reduce_bucket_size", "deepspeed.timeout_minutes", "deepspeed.zero3_window_blocks",
@@ -70,7 +69,8 @@ changes the learning rate at the resume. `deepspeed.timeout_minutes` bounds wait
 count may need it raised while rank 0 converts a large checkpoint), `zero3_window_blocks` how many parameters
 ZeRO-3 holds gathered, `trainer.keep_freed_memory` the CPU allocator: none changes a number. Not
 `zero3_sub_group_blocks`: DeepSpeed saves ZeRO-3's optimizer state per sub-group and loads it only into as many
-sub-groups (under ZeRO 0-2, which have none, it may change: MATTERS_IN)."""
+sub-groups (under ZeRO 0-2, which have none, it may change: MATTERS_IN). `trainer.micro_batch` may change except
+where it sets CLIP's contrast (MATTERS_IN)."""
 
 
 def may_train_bf16(flat: dict) -> bool:
@@ -79,7 +79,14 @@ def may_train_bf16(flat: dict) -> bool:
     return flat.get("trainer.precision") != "fp32"
 
 
+def contrasts_micro_batch(flat: dict) -> bool:
+    """Whether the run of flattened config `flat` is a CLIP run whose losses contrast each micro-batch
+    (`clip.negatives=micro_batch`): micro_batch x data-parallel ranks pairs, its micro_batch part of the objective."""
+    return flat.get("clip.negatives") == "micro_batch"
+
+
 MATTERS_IN: dict[str, Callable[[dict], bool]] = {
+    "trainer.micro_batch": contrasts_micro_batch,
     "deepspeed.grad_accum_dtype": may_train_bf16,
     "deepspeed.communication_dtype": may_train_bf16,
     "deepspeed.zero3_sub_group_blocks": lambda flat: flat.get("deepspeed.zero_stage", 3) == 3,
@@ -87,7 +94,10 @@ MATTERS_IN: dict[str, Callable[[dict], bool]] = {
 """Keys that change the training only in some layouts, each with whether it does in the run of a flattened config. A
 rerun may change one where it does in neither run.json's config nor its own (`inert`): an fp32 run accumulates and
 reduces its gradients in fp32 whatever the bf16-only dtypes say, and DeepSpeed has optimizer sub-groups under ZeRO-3
-only. A config that does not say (no trainer.precision or deepspeed.zero_stage) is taken for one where the key matters.
+only. A config that does not say (no trainer.precision or deepspeed.zero_stage) is taken for one where the key matters;
+one without clip.negatives is no CLIP run (an older CLIP run.json reads as its ADDED_KEYS value). `trainer.micro_batch`
+changes nothing else at the same global batch (the checkpoint's layout guards it): under CLIP's micro_batch negatives
+the same 8 x 1 update resumed as 4 x 2 contrasted half the pairs, its loss and val/loss ln 2 lower, in silence.
 The predicates read keys that are not RESUMABLE, so a resume never moves a run into a layout where a key that changed
 without a refusal matters."""
 PATH_KEYS = ("data.shards", "data.val_shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights", "weights")
@@ -273,6 +283,8 @@ def check_config(path: Path, config: dict) -> None:
     recorded = saved.get("sha256", {})
     diff = config_diff(saved.get("config", {}), config,
                        frozenset(key for key in recorded if key in now and now[key] == recorded[key]))
+    if contrast := next(((old, new) for key, old, new in diff if key == "trainer.micro_batch"), None):
+        raise RunDirError(contrast_refusal(path, *contrast))
     if diff:
         shown = ", ".join(f"{key} ({old!r} there, {new!r} now)" for key, old, new in diff[:5])
         more = f" and {', '.join(key for key, _, _ in diff[5:])}" if len(diff) > 5 else ""
@@ -284,10 +296,15 @@ def check_config(path: Path, config: dict) -> None:
                               f"(sha256 {now[key][:12]} now, {digest[:12]} in its run.json: changed since, it gives "
                               f"the captions other ids); give the run its tokenizer back, or start a new run with "
                               f"name=<new name> (or run_dir=)")
-    from megadalle.train.distributed import ranks
 
-    if ranks()[0] == 0 and (warning := schedule_warning(path, saved.get("config", {}), config)) is not None:
-        print(f"[run] warning: {warning}", file=sys.stderr, flush=True)
+
+def contrast_refusal(path: Path, old: Any, new: Any) -> str:
+    """Why a rerun of the CLIP run in `path` may not change trainer.micro_batch from `old` to `new` (MATTERS_IN)."""
+    return (f"{path} holds a CLIP run trained with clip.negatives=micro_batch, where each loss contrasts "
+            f"trainer.micro_batch x data-parallel ranks pairs: trainer.micro_batch={new} (there {old}) would contrast "
+            f"{new} x ranks pairs instead of {old} x ranks, another objective whose loss and val/loss shift by "
+            f"ln({old}/{new}); keep trainer.micro_batch={old} (and the rank count) to resume it, or train with "
+            f"clip.negatives=update from the start (its contrast is the whole update's, whatever the layout)")
 
 
 def resume_step(path: Path, resume: str) -> int | None:
@@ -306,19 +323,34 @@ def resume_step(path: Path, resume: str) -> int | None:
     return int(match[1]) if match else None
 
 
-def schedule_warning(path: Path, saved: dict, config: dict) -> str | None:
-    """schedule.resume_warning for a rerun of the run in `path` whose run.json recorded config `saved`."""
+SCHEDULE = ("steps", "decay_steps", "warmup_steps", "decay", "lr", "min_lr")
+"""The trainer keys the learning-rate curve reads (schedule.lr_at). Each checkpoint's manifest records them
+(`schedule`, checkpoint_save.py): the curve that checkpoint trained on, which run.json does not tell, as it holds the
+config of the latest start, and a start that changed trainer.steps and crashed before a save trained on nothing."""
+
+
+def schedule_of(trainer) -> dict[str, Any]:
+    """The SCHEDULE keys of TrainerConfig `trainer`, as a checkpoint's manifest records them."""
+    return {key: getattr(trainer, key) for key in SCHEDULE}
+
+
+def schedule_warning(path: Path, checkpoint: Path, now) -> str | None:
+    """schedule.resume_warning for a run in `path` resuming from `checkpoint` under TrainerConfig `now`: against
+    the curve the checkpoint recorded (SCHEDULE), or, for one saved before that record, the trainer config of
+    `path`'s run.json (the latest start's), read before the run writes its own."""
     from megadalle.config.train import TrainerConfig
     from megadalle.train import schedule
+    from megadalle.train.checkpoint import MANIFEST
 
-    if not (isinstance(saved.get("trainer"), dict) and isinstance(config.get("trainer"), dict)):
-        return None
-    step = resume_step(path, str(config.get("resume") or "auto"))
-    if step is None:
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    trained = manifest.get("schedule")
+    if trained is None and (path / RUN_JSON).is_file():
+        trained = json.loads((path / RUN_JSON).read_text()).get("config", {}).get("trainer")
+    if not (isinstance(trained, dict) and isinstance(manifest.get("step"), int)):
         return None
     known = {f.name for f in dataclasses.fields(TrainerConfig)}
-    before, after = (TrainerConfig(**{k: v for k, v in c["trainer"].items() if k in known}) for c in (saved, config))
-    return schedule.resume_warning(before, after, step)
+    return schedule.resume_warning(TrainerConfig(**{k: v for k, v in trained.items() if k in known}), now,
+                                   manifest["step"])
 
 
 class RunLock(FolderLock):

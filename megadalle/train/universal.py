@@ -98,6 +98,20 @@ def needs_conversion(saved: Layout | None, current: Layout, path: Path) -> bool:
     return True
 
 
+def keep_contrast(saved: Layout, current: Layout, path: Path, micro_batch: int) -> None:
+    """Raise when a CLIP run of `clip.negatives=micro_batch` would resume on another data-parallel size: each of its
+    losses contrasts micro_batch x data-parallel ranks pairs (the micro_batch itself is kept: rundir.MATTERS_IN), so
+    other ranks train another objective, whose loss and val/loss move by the log of the ratio, in silence."""
+    if saved.dp_world == current.dp_world:
+        return
+    before, after = micro_batch * saved.dp_world, micro_batch * current.dp_world
+    raise CheckpointError(
+        f"cannot resume {path} on {current.dp_world} data-parallel ranks: it trained with clip.negatives=micro_batch "
+        f"on {saved.dp_world}, each loss contrasting trainer.micro_batch x ranks = {micro_batch} x {saved.dp_world} "
+        f"= {before} pairs, {after} here (another objective: its loss and val/loss shift by ln({before}/{after})); "
+        f"resume on {saved.dp_world} data-parallel ranks, or train with clip.negatives=update from the start")
+
+
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 

@@ -173,10 +173,28 @@ def test_a_resume_that_moves_the_learning_rate_says_so_and_decay_steps_keeps_the
     capsys.readouterr()
     assert main([*command, "trainer.steps=6"]) == 0
     err = capsys.readouterr().err
-    assert err.count("[run] warning:") == 1 and "[run] warning: the learning rate at step 3, where the run resumes, " \
+    assert err.count("warning:") == 1 and "[train] warning: the learning rate at step 3, where the run resumes, " \
         "is 0.00055 now and 0.0001 on the curve it trained on (trainer.steps=3 there, 6 now): the schedule changes " \
         "from here; add trainer.decay_steps=3 to keep the old curve" in err, err
     assert main([*command, "trainer.steps=8", "trainer.decay_steps=6"]) == 0
+    captured = capsys.readouterr()
+    assert "resumed from" in captured.out and "warning" not in captured.err, captured.err
+
+
+@pytest.mark.distributed
+def test_the_learning_rate_warning_compares_with_the_curve_the_checkpoint_trained_on(train_overrides, tmp_path,
+                                                                                    capsys):
+    """run.json holds the config of the latest start: one that changed trainer.steps and died before a save (here
+    written in by hand) made the next resume warn against a curve its checkpoint never trained on, and advise the
+    trainer.decay_steps of that curve. Each checkpoint records its own curve (rundir.SCHEDULE)."""
+    command = ["train", *train_overrides, "trainer.warmup_steps=0", f"run_dir={tmp_path / 'run'}"]
+    assert main([*command, "trainer.steps=3"]) == 0
+    record = tmp_path / "run" / rundir.RUN_JSON
+    saved = json.loads(record.read_text())
+    saved["config"]["trainer"]["steps"] = 3000
+    record.write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert main([*command, "trainer.steps=4", "trainer.decay_steps=3"]) == 0
     captured = capsys.readouterr()
     assert "resumed from" in captured.out and "warning" not in captured.err, captured.err
 
