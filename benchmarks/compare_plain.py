@@ -70,7 +70,8 @@ def task_and_batch(name: str, micro_batch: int) -> tuple[Task, Batch]:
         cfg = build(ClipConfig, compose("train-clip", ["clip=tiny"]).clip, "clip")
         return ClipTask(cfg, None, None), {
             "image": torch.rand(micro_batch, 3, cfg.image_size, cfg.image_size, generator=g),
-            "text": torch.randint(1, cfg.text_vocab, (micro_batch, cfg.text_len), generator=g)}
+            "text": torch.randint(1, cfg.text_vocab, (micro_batch, cfg.text_len), generator=g),
+            "sample": torch.arange(micro_batch)}  # the loader's sample ids: no repeats
     raise ValueError(f"unknown task {name!r}; expected one of {TASKS}")
 
 
