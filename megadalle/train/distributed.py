@@ -187,8 +187,6 @@ def broadcast_object(obj, src: int = 0):
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is true on at least one (e.g. a signal reached one rank)."""
-    if world_size() == 1:
-        return flag
     return largest([1.0 if flag else 0.0])[0] > 0
 
 

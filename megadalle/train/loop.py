@@ -86,7 +86,6 @@ class Trainer:
         """A run file rank 0 could not write, in one line (`_tell`): every rank stops on it (`_stopping`)."""
         self.env = distributed.detect()
         self.verb = run.verb
-        self.prefix = f"[{run.verb}]"
         if self.env.rank == 0 and (warning := schedule.warmup_warning(trainer)):
             print(f"{self.prefix} warning: {warning}", file=sys.stderr, flush=True)
         distributed.init(self.env, ds.timeout_minutes)
@@ -164,6 +163,11 @@ class Trainer:
         first update. Nothing is trained since the last checkpoint, so nothing is saved."""
         if distributed.any_rank(self.stop.set):
             raise StoppedBeforeFirstUpdate(self.run_dir, self.step, self.env.rank, self.verb)
+
+    @property
+    def prefix(self) -> str:
+        """What the run's console lines start with: `[<verb>]`."""
+        return f"[{self.verb}]"
 
     def _ema(self, decay: float | None) -> EMA | None:
         """This rank's share of the EMA: its stage's parameters (plain-model names), its data-parallel piece."""

@@ -24,9 +24,8 @@ A loss over the whole update (CLIP's contrast with `clip.negatives=update`, run 
 over each validation global batch's micro-batches together, as the training computes it (the task's
 `validation_update`, grad_cache.evaluate, in place of `validation_loss`): a contrastive loss grows with the log of
 the pairs it contrasts, so val/loss scored per micro-batch sat about ln(grad_accum) below the training loss at equal
-skill. Where the split holds less than one global batch (fewer
-micro-batches, `one_pass`) the contrast is smaller than the training's: the run says so when it starts and logs
-the pairs contrasted as val/contrast.
+skill. Where the split holds less than one global batch (fewer micro-batches, `one_pass`) the contrast is smaller
+than the training's: the run says so when it starts and logs the pairs contrasted as val/contrast.
 """
 from __future__ import annotations
 
