@@ -6,7 +6,7 @@ Layout under `<run>/checkpoints/`:
         ema_rank00000.safetensors   each rank's piece of the EMA weights, when EMA is on (ema.py)
         manifest.json         written by rank 0 after every rank's files are on disk (fsynced): file names
                               and sizes, the layout (data-parallel size, pipeline stages, ZeRO stage,
-                              global batch), the learning-rate curve's trainer keys (rundir.SCHEDULE)
+                              global batch), the learning-rate curve's trainer keys (schedule.SCHEDULE)
                               and the lineage (lineage.py)
         universal/            DeepSpeed's universal form, made on a resume with another data-parallel size
     latest                    the tag of the newest complete checkpoint, written last (atomically, fsynced)

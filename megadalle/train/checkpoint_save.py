@@ -30,7 +30,7 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, lineage: 
          keep: int = 0) -> Lineage:
     """Save on every rank; rank 0 then writes the manifest, `latest`, and prunes old checkpoints.
     `client_state["layout"]` (universal.Layout's fields) and `client_state["schedule"]` (the learning-rate curve's
-    trainer keys, rundir.SCHEDULE) go into the manifest too, and `lineage`
+    trainer keys, schedule.SCHEDULE) go into the manifest too, and `lineage`
     (checkpoint_choice.choose's, or the previous save's; only rank 0's counts). Returns the lineage of the next
     save, whose parent is this one.
 

@@ -200,7 +200,7 @@ class Trainer:
         size, its universal form: rank 0 converts it once while the others wait on the file system, outside
         any collective (its timeout would end them during a long conversion; see universal.py). Rank 0 refuses one
         whose contrast the layout would change (universal.keep_contrast) and says when the learning rate moves at it
-        (rundir.schedule_warning)."""
+        (schedule.schedule_warning)."""
         chosen, conversion, error, failure = None, False, None, None
         self.next_save = Lineage()
         """The lineage of this run's next checkpoint (checkpoint_choice.choose, then each save's); rank 0's is
@@ -226,7 +226,7 @@ class Trainer:
             raise CheckpointError(error)
         if chosen is None:
             return None, None
-        if self.env.rank == 0 and (warning := rundir.schedule_warning(self.run_dir, Path(chosen), self.cfg)):
+        if self.env.rank == 0 and (warning := schedule.schedule_warning(self.run_dir, Path(chosen), self.cfg)):
             print(f"{self.prefix} warning: {warning}", file=sys.stderr, flush=True)
         if not conversion:
             return Path(chosen), None
@@ -256,7 +256,7 @@ class Trainer:
         return {"step": self.step, "samples_seen": self.samples_seen, "data_step": self.step,
                 "data_identity": self.data_identity, "wandb_id": self.wandb.run_id,
                 "world_size": self.env.world_size, "nonfinite_losses": self.nonfinite,
-                "layout": dataclasses.asdict(self.layout), "schedule": rundir.schedule_of(self.cfg),
+                "layout": dataclasses.asdict(self.layout), "schedule": schedule.schedule_of(self.cfg),
                 "task_state": self.task.state()}
 
     def fit(self) -> Result:

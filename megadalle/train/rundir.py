@@ -323,36 +323,6 @@ def resume_step(path: Path, resume: str) -> int | None:
     return int(match[1]) if match else None
 
 
-SCHEDULE = ("steps", "decay_steps", "warmup_steps", "decay", "lr", "min_lr")
-"""The trainer keys the learning-rate curve reads (schedule.lr_at). Each checkpoint's manifest records them
-(`schedule`, checkpoint_save.py): the curve that checkpoint trained on, which run.json does not tell, as it holds the
-config of the latest start, and a start that changed trainer.steps and crashed before a save trained on nothing."""
-
-
-def schedule_of(trainer) -> dict[str, Any]:
-    """The SCHEDULE keys of TrainerConfig `trainer`, as a checkpoint's manifest records them."""
-    return {key: getattr(trainer, key) for key in SCHEDULE}
-
-
-def schedule_warning(path: Path, checkpoint: Path, now) -> str | None:
-    """schedule.resume_warning for a run in `path` resuming from `checkpoint` under TrainerConfig `now`: against
-    the curve the checkpoint recorded (SCHEDULE), or, for one saved before that record, the trainer config of
-    `path`'s run.json (the latest start's), read before the run writes its own."""
-    from megadalle.config.train import TrainerConfig
-    from megadalle.train import schedule
-    from megadalle.train.checkpoint import MANIFEST
-
-    manifest = json.loads((checkpoint / MANIFEST).read_text())
-    trained = manifest.get("schedule")
-    if trained is None and (path / RUN_JSON).is_file():
-        trained = json.loads((path / RUN_JSON).read_text()).get("config", {}).get("trainer")
-    if not (isinstance(trained, dict) and isinstance(manifest.get("step"), int)):
-        return None
-    known = {f.name for f in dataclasses.fields(TrainerConfig)}
-    return schedule.resume_warning(TrainerConfig(**{k: v for k, v in trained.items() if k in known}), now,
-                                   manifest["step"])
-
-
 class RunLock(FolderLock):
     """The exclusive hold of one run on its directory (the module docstring says why and where it holds)."""
 

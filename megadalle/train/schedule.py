@@ -1,11 +1,16 @@
 """Learning rate: linear warm-up to the peak, then cosine/linear decay to a floor (the paper's shape).
 
 A pure function of the update index, wrapped in a LambdaLR that DeepSpeed steps once per update
-and saves in its checkpoint, so a resumed run continues on the same curve.
+and saves in its checkpoint, so a resumed run continues on the same curve. Each checkpoint's manifest records the
+curve's keys (SCHEDULE): a resume under other keys that move the rate at its step is warned against that curve.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,3 +77,31 @@ def rejoin(scheduler: torch.optim.lr_scheduler.LambdaLR | None) -> None:
     for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
+SCHEDULE = ("steps", "decay_steps", "warmup_steps", "decay", "lr", "min_lr")
+"""The trainer keys the learning-rate curve reads (`lr_at`). Each checkpoint's manifest records them
+(`schedule`, checkpoint_save.py): the curve that checkpoint trained on, which run.json does not tell, as it holds the
+config of the latest start, and a start that changed trainer.steps and crashed before a save trained on nothing."""
+
+
+def schedule_of(trainer) -> dict[str, Any]:
+    """The SCHEDULE keys of TrainerConfig `trainer`, as a checkpoint's manifest records them."""
+    return {key: getattr(trainer, key) for key in SCHEDULE}
+
+
+def schedule_warning(path: Path, checkpoint: Path, now) -> str | None:
+    """`resume_warning` for a run in `path` resuming from `checkpoint` under TrainerConfig `now`: against
+    the curve the checkpoint recorded (SCHEDULE), or, for one saved before that record, the trainer config of
+    `path`'s run.json (the latest start's), read before the run writes its own."""
+    from megadalle.train.checkpoint import MANIFEST
+    from megadalle.train.rundir import RUN_JSON
+
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    trained = manifest.get("schedule")
+    if trained is None and (path / RUN_JSON).is_file():
+        trained = json.loads((path / RUN_JSON).read_text()).get("config", {}).get("trainer")
+    if not (isinstance(trained, dict) and isinstance(manifest.get("step"), int)):
+        return None
+    known = {f.name for f in dataclasses.fields(TrainerConfig)}
+    return resume_warning(TrainerConfig(**{k: v for k, v in trained.items() if k in known}), now, manifest["step"])

@@ -186,7 +186,7 @@ def test_the_learning_rate_warning_compares_with_the_curve_the_checkpoint_traine
                                                                                     capsys):
     """run.json holds the config of the latest start: one that changed trainer.steps and died before a save (here
     written in by hand) made the next resume warn against a curve its checkpoint never trained on, and advise the
-    trainer.decay_steps of that curve. Each checkpoint records its own curve (rundir.SCHEDULE)."""
+    trainer.decay_steps of that curve. Each checkpoint records its own curve (schedule.SCHEDULE)."""
     command = ["train", *train_overrides, "trainer.warmup_steps=0", f"run_dir={tmp_path / 'run'}"]
     assert main([*command, "trainer.steps=3"]) == 0
     record = tmp_path / "run" / rundir.RUN_JSON
