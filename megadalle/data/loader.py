@@ -193,11 +193,6 @@ class StepLoader:
         return self.global_batch // (self.world_size * self.grad_accum)
 
     @property
-    def steps_per_epoch(self) -> int:
-        """Steps to cover one epoch (the last may straddle into the next)."""
-        return math.ceil(self.index.total / self.global_batch)
-
-    @property
     def stop_step(self) -> int | None:
         """First step not produced, or None for an infinite stream."""
         return None if self.epochs is None else math.ceil(self.epochs * self.index.total / self.global_batch)
