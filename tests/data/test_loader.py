@@ -208,6 +208,24 @@ def test_accumulation_reads_what_more_ranks_would(token_shards, tokenizer):
     assert all(len(m) == 3 for m in one)
 
 
+def test_two_ranks_two_micro_batches_read_the_documented_positions(token_shards, tokenizer):
+    """2 ranks x 2 accumulation steps cut global batch 8 into 4 strided micro-batches; accumulation step a of rank r
+    reads micro-batch a * 2 + r (the loader's docstring, DataPart.reader, which the synthetic source reads by), not
+    r * 2 + a: both cover the global batch, but only the first is the layout the two sources and the docs share.
+    Unshuffled, the ids are the positions, so the table below is step 1's positions 8..15, written out."""
+    from megadalle.data.order import reader_positions
+    from megadalle.train.task import DataPart
+
+    expected = {(0, 0): [8, 12], (1, 0): [9, 13], (0, 1): [10, 14], (1, 1): [11, 15]}
+    for rank in range(2):
+        loader = tokens(token_shards, tokenizer, 8, rank=rank, world_size=2, grad_accum=2, shuffle=False)
+        read = [ids_of(b) for b in take(loader.iter_from_step(1), 2)]
+        part = DataPart(micro_batch=2, grad_accum=2, dp_rank=rank, dp_world=2)
+        for accum in range(2):
+            assert read[accum] == expected[rank, accum], (rank, accum)
+            assert reader_positions(1, 8, part.reader(accum), part.readers).tolist() == expected[rank, accum]
+
+
 def test_step_advances_after_the_last_micro_batch(token_shards, tokenizer):
     loader = tokens(token_shards, tokenizer, 6, rank=0, world_size=1, grad_accum=3, num_workers=2)
     stream = loader.iter_from_step(2)
