@@ -180,13 +180,22 @@ class DataConfig:
     `encode`) wrote one, else no validation. Each validation reads at most one pass of it."""
 
     def validation_shards(self) -> str | None:
-        """The validation shard directory in use: `val_shards`, else the held-out split beside `shards`."""
+        """The validation shard directory in use: `val_shards`, else the held-out split beside `shards`; none for
+        synthetic data, which reads no files (preflight refuses `val_shards` with it: a caller that skips preflight
+        gets the run's note, `no_split`, where the first validation crashed after training)."""
+        if self.source == "synthetic":
+            return None
         if self.val_shards is not None:
             return self.val_shards
-        if self.shards is None:  # data=synthetic: no files, no split
-            return None
         held_out = Path(self.shards, VAL_DIR)
         return str(held_out) if (held_out / "index.json").is_file() else None
+
+    def no_split(self) -> str:
+        """The way out for a run that validates (trainer.eval_every) where `validation_shards` is None."""
+        if self.source == "synthetic":
+            return ("data=synthetic has no held-out split: its random tokens are new at every update; set "
+                    "trainer.eval_every=0")
+        return "set data.val_shards or run `prepare val_fraction=`"
 
     def validate(self, where: str = "data") -> None:
         check(self.source in SOURCES, join(where, "source"), self.source, f"expected one of {SOURCES}")

@@ -31,6 +31,7 @@ def check_train(cfg: DictConfig) -> None:
          "interpreter (TRITON_INTERPRET=1, for tests); use model.attention_backend=auto")
     check_grids(cfg, model)
     if cfg.data.get("source", "shards") == "synthetic":
+        check_reads_no_files(cfg.data)
         return  # random tokens at the model's shapes: no shards, no tokenizer to check
     fits(bool(cfg.data.tokenizer), "data.tokenizer=null: `train` needs the sentencepiece model of its captions")
     index = token_shards("data.shards", cfg.data.shards)
@@ -41,6 +42,20 @@ def check_train(cfg: DictConfig) -> None:
     fits(vocab <= model.text_vocab, f"model.text_vocab={model.text_vocab}: the tokenizer {cfg.data.tokenizer} has "
                                     f"{vocab} pieces (set model.text_vocab={vocab} or more)")
     fits_pad("model", model.text_pad_id)
+
+
+SYNTHETIC_IGNORES = ("shards", "tokenizer", "val_shards")
+"""The `data` keys naming files, which synthetic data never reads."""
+
+
+def check_reads_no_files(data: DictConfig) -> None:
+    """Synthetic `data` given files to read: `data.shards` or `data.tokenizer` trained on random tokens without a
+    word, as if on the user's data, and `data.val_shards` crashed the first validation, after training (its loader
+    refused synthetic data with a message naming `megadalle train` itself). Here, not in DataConfig.validate: a run
+    recorded with them before this check is rebuilt from its run.json by `export`, which validates the config."""
+    given = [f"data.{key}={data.get(key)}" for key in SYNTHETIC_IGNORES if data.get(key)]
+    fits(not given, f"{' '.join(given)}: data=synthetic trains on random tokens and reads no files; drop "
+                    f"{'them' if len(given) > 1 else 'it'}, or train on token shards with data=tokens (the default)")
 
 
 def check_grids(cfg: DictConfig, model) -> None:

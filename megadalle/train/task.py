@@ -241,6 +241,10 @@ class Task:
         together when the run starts. Default: None."""
         return None
 
+    def no_validation(self) -> str:
+        """The way out that a run which validates says once when `validation_batches` gives none (validate.py)."""
+        return "its validation_batches gives none"
+
     def validation_loss(self, model: nn.Module, batch: Batch, step: int) -> dict[str, float]:
         """Metrics of one validation micro-batch, `loss` among them (model in eval mode, under no_grad).
 
@@ -310,6 +314,9 @@ class ShardsTask(Task):
 
         val = validation_data(self.data)
         return None if val is None else (val.shards, open_index(val.shards, "data.val_shards").total)
+
+    def no_validation(self) -> str:
+        return self.data.no_split() if self.data is not None else super().no_validation()
 
 
 VALIDATION_SEED = 0

@@ -104,8 +104,8 @@ class Validator:
             raw = with_step_totals(self.task, raw, self.part.dp_world, self.built.device, self.built.dp_group)
             self._cache = [to_device(b, self.built.device, self.built.dtype) for b in raw]
             if not raw and self.built.engine.global_rank == 0:
-                print(f"{self.prefix} no validation data for the {self.task.name} task (set data.val_shards or run "
-                      "`prepare val_fraction=`); val/ metrics are not logged", flush=True)
+                print(f"{self.prefix} no validation data for the {self.task.name} task ({self.task.no_validation()}); "
+                      "val/ metrics are not logged", flush=True)
         return self._cache
 
     def run(self, step: int) -> dict[str, float]:
