@@ -90,11 +90,13 @@ MATTERS_IN: dict[str, Callable[[dict], bool]] = {
     "deepspeed.grad_accum_dtype": may_train_bf16,
     "deepspeed.communication_dtype": may_train_bf16,
     "deepspeed.zero3_sub_group_blocks": lambda flat: flat.get("deepspeed.zero_stage", 3) == 3,
+    "data.tokenizer": lambda flat: flat.get("data.source") != "synthetic",
 }
 """Keys that change the training only in some layouts, each with whether it does in the run of a flattened config. A
 rerun may change one where it does in neither run.json's config nor its own (`inert`): an fp32 run accumulates and
-reduces its gradients in fp32 whatever the bf16-only dtypes say, and DeepSpeed has optimizer sub-groups under ZeRO-3
-only. A config that does not say (no trainer.precision or deepspeed.zero_stage) is taken for one where the key matters;
+reduces its gradients in fp32 whatever the bf16-only dtypes say, DeepSpeed has optimizer sub-groups under ZeRO-3
+only, and synthetic data reads no tokenizer (a run recorded with one, before preflight refused it, resumes without
+it). A config that does not say (no trainer.precision or deepspeed.zero_stage) is taken for one where the key matters;
 one without clip.negatives is no CLIP run (an older CLIP run.json reads as its ADDED_KEYS value). `trainer.micro_batch`
 changes nothing else at the same global batch (the checkpoint's layout guards it): under CLIP's micro_batch negatives
 the same 8 x 1 update resumed as 4 x 2 contrasted half the pairs, its loss and val/loss ln 2 lower, in silence.

@@ -151,3 +151,13 @@ def test_every_differing_key_is_named(tmp_path):
     with pytest.raises(rundir.RunDirError) as refused:
         rundir.check_config(run, {"trainer": {f"k{i}": i + 1 for i in range(7)}})
     assert "(4 there, 5 now) and trainer.k5, trainer.k6; rerun" in str(refused.value)
+
+
+def test_a_synthetic_run_recorded_with_a_tokenizer_resumes_without_it():
+    """data=synthetic reads no tokenizer, and preflight now refuses one with it: a run recorded with one before
+    resumes without it (MATTERS_IN), where a run on shards still may not drop its tokenizer."""
+    synthetic = {"data": {"source": "synthetic", "tokenizer": "out/tok.model"}}
+    assert rundir.config_diff(synthetic, {"data": {"source": "synthetic", "tokenizer": None}}) == []
+    shards = {"data": {"source": "shards", "tokenizer": "out/tok.model"}}
+    assert rundir.config_diff(shards, {"data": {"source": "shards", "tokenizer": None}}) == [
+        ("data.tokenizer", "out/tok.model", None)]
