@@ -20,21 +20,24 @@ differ from those the earlier demo's trained stages were trained with is refused
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import random
 import re
 import shutil
 import sys
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from omegaconf import DictConfig
 
-from megadalle.config import build, top_level
+from megadalle.config import ConfigError, build, top_level
 from megadalle.config.compose import compose
-from megadalle.config.demo import DemoConfig, DemoRunConfig
+from megadalle.config.demo import DemoConfig, DemoRunConfig, check_multiple
 from megadalle.data import atomic
 from megadalle.demo_data import Scene, all_scenes, split_scenes, write_dataset
 from megadalle.demo_done import once
@@ -96,7 +99,6 @@ def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
     made them with the same sizes and seed (demo_done.once); returns both paths."""
     shards, tokenizer = out / "shards", out / "tokenizer.model"
     once(out, "data", data_inputs(d, seed), [shards / "index.json", tokenizer], lambda: draw_data(d, out, seed))
-    check_captions_fit(tokenizer, d.text_len)
     return shards, tokenizer
 
 
@@ -108,19 +110,23 @@ def data_inputs(d: DemoConfig, seed: int) -> dict:
 def draw_data(d: DemoConfig, out: Path, seed: int) -> None:
     """`make_data`'s work: images and captions in a fresh `raw/` (an earlier run's larger data set must not stay
     in it, prepare reads every file), their shards and the tokenizer."""
-    from megadalle.config.data import TokenizerConfig
-    from megadalle.data.tokenizer import train_tokenizer
-
     train, _ = split_scenes(d.holdout, seed)
     shutil.rmtree(out / "raw", ignore_errors=True)
     write_dataset(out / "raw", train, d.per_scene, d.image_size, seed)
     prepare_folder(out / "raw", out / "shards", d.image_size)
-    cfg = compose("tokenizer", [path_override("input", out / "shards"),
-                                path_override("output", out / "tokenizer.model"), f"vocab_size={d.vocab_size}",
-                                f"seed={seed}"])
+    train_demo_tokenizer(d, out / "shards", out / "tokenizer.model", seed)
+
+
+def train_demo_tokenizer(d: DemoConfig, shards: Path, output: Path, seed: int):
+    """`megadalle tokenizer` of `shards` at the demo's vocabulary size, written to `output`; returns the Tokenizer."""
+    from megadalle.config.data import TokenizerConfig
+    from megadalle.data.tokenizer import train_tokenizer
+
+    cfg = compose("tokenizer", [path_override("input", shards), path_override("output", output),
+                                f"vocab_size={d.vocab_size}", f"seed={seed}"])
     tc = build(TokenizerConfig, top_level(cfg, TokenizerConfig), "")
-    train_tokenizer(tc.input, tc.output, tc.vocab_size, tc.normalization, tc.character_coverage, tc.max_sentences,
-                    tc.byte_fallback, tc.seed)
+    return train_tokenizer(tc.input, tc.output, tc.vocab_size, tc.normalization, tc.character_coverage,
+                           tc.max_sentences, tc.byte_fallback, tc.seed)
 
 
 def prepare_folder(raw: Path, shards: Path, image_size: int) -> Path:
@@ -134,16 +140,51 @@ def prepare_folder(raw: Path, shards: Path, image_size: int) -> Path:
     return shards
 
 
-def check_captions_fit(tokenizer: Path, text_len: int) -> None:
+def caption_shards(d: DemoConfig, folder: Path, seed: int) -> Path:
+    """Shards of one caption of each training scene (no image) in `folder`, what `up_front_tokenizer` trains on."""
+    from megadalle.data.shards import ShardWriter
+
+    train, _ = split_scenes(d.holdout, seed)
+    with ShardWriter(folder) as writer:
+        for i, scene in enumerate(train):
+            writer.write({"__key__": f"{i:06d}", "txt": scene.caption})
+    return folder
+
+
+def up_front_tokenizer(d: DemoConfig, seed: int):
+    """The data stage's tokenizer, before the data is drawn: trained on one caption of each training scene, it is the
+    same piece for piece (every scene has `per_scene` images, so every caption's count is scaled alike, and BPE
+    merges the most frequent pair, which scaling does not change)."""
+    with tempfile.TemporaryDirectory() as folder, redirect_stderr(io.StringIO()):  # its progress bar
+        return train_demo_tokenizer(d, caption_shards(d, Path(folder) / "shards", seed),
+                                    Path(folder) / "tokenizer.model", seed)
+
+
+def check_captions_fit(tokenizer: Path | bytes, text_len: int) -> None:
     """Refuse a text_len that would cut the end off a caption: the last words name the position, and a cut one
-    makes two scenes' captions the same for the Transformer and CLIP."""
+    makes two scenes' captions the same for the Transformer and CLIP. run_demo asks before any stage runs, of
+    `up_front_tokenizer`: asked of the data stage's, it was a traceback once that stage had run."""
     from megadalle.data.tokenizer import Tokenizer
 
     tok = Tokenizer(tokenizer)
     need, longest = max((len(tok.encode(scene.caption)), scene.caption) for scene in all_scenes())
     if need > text_len:
-        raise ValueError(f"demo.text_len={text_len} cuts captions: {longest!r} is {need} tokens under this "
-                         f"tokenizer; set demo.text_len={need} or more")
+        raise ConfigError(f"demo.text_len={text_len} cuts captions: {longest!r} is {need} tokens under the demo's "
+                          f"tokenizer; set demo.text_len={need} or more")
+
+
+DEMO_CLIP = "clip=tiny"
+"""The demo's CLIP, whose patch size the image size must fit (check_image_size)."""
+
+
+def check_image_size(d: DemoConfig) -> None:
+    """Refuse an image_size CLIP cannot cut into whole patches before any stage runs: DemoConfig checks it against
+    the dVAE only, and it was refused at the train-clip stage, after the data, the dVAE and encode, naming
+    clip.image_size, a key the demo sets itself."""
+    patch = compose("train-clip", [DEMO_CLIP]).clip.patch_size
+    down = 2 ** (d.dvae_groups - 1)
+    check_multiple("demo.image_size", d.image_size, math.lcm(down, patch),
+                   f"whole {DEMO_CLIP} patches of {patch} px and the dVAE's downsampling 2**(dvae_groups-1) = {down}")
 
 
 def demo_dvae_config(d: DemoConfig, out: Path, shards: Path, seed: int = 0) -> DictConfig:
@@ -213,7 +254,7 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
         encode_shards(dvae, shards, out / "tokens", batch_size=128, weights=out / "dvae.safetensors")
     with timer.stage("train-clip", out / "runs/clip"):
         clip_shards = clip_training_shards(d, dvae, out, shards, seed)
-        clip = train_clip(compose("train-clip", [f"seed={seed}", "clip=tiny", f"clip.image_size={d.image_size}",
+        clip = train_clip(compose("train-clip", [f"seed={seed}", DEMO_CLIP, f"clip.image_size={d.image_size}",
                                           f"clip.text_vocab={vocab}", f"clip.text_len={d.text_len}",
                                           path_override("data.shards", clip_shards),
                                           path_override("tokenizer", tokenizer),
@@ -325,6 +366,8 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0, timer: Timer | No
     out = Path(output)
     check_output(out)
     check_dvae_overrides(d, out, seed)
+    check_image_size(d)
+    check_captions_fit(up_front_tokenizer(d, seed).proto, d.text_len)
     out.mkdir(parents=True, exist_ok=True)
     check_and_record(d, out, seed)
     timer, start = timer or Timer(), time.perf_counter()

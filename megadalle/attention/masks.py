@@ -98,7 +98,8 @@ def layer_kinds(n_layers: int, pattern: tuple[str, ...] | list[str], last: str |
     if not pattern:
         raise ValueError("attention pattern must name at least one mask kind")
     if len(pattern) > n_layers:
-        raise ValueError(f"attention pattern {list(pattern)} is longer than n_layers={n_layers}")
+        raise ValueError(f"attention pattern {list(pattern)} is longer than n_layers={n_layers}: its kinds past layer "
+                         f"{n_layers} would never be used; give at most {n_layers} kinds, or more layers")
     for kind in [*pattern, *([last] if last else [])]:
         if kind not in MASK_KINDS:
             raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")

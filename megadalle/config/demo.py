@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from megadalle.config import check
-from megadalle.demo_data import MAX_HOLDOUT
+from megadalle.demo_data import MAX_HOLDOUT, all_scenes
 
 CLIP_IMAGES = ("original", "reconstructed", "both")
 DEMO_DVAE_PATHS = ("data.shards", "weights", "run_dir")
@@ -22,9 +22,9 @@ class DemoConfig:
     vocab_size: int = 64
     """BPE vocabulary asked of the tokenizer (the captions use a few dozen words)."""
     text_len: int = 16
-    """Caption tokens of the Transformer and CLIP. Every caption must fit (the demo checks once its tokenizer is
-    trained): at 12, "yellow" took 4 of the 64-token BPE's pieces, and the position's last word was cut from
-    every yellow caption, so left and right read the same."""
+    """Caption tokens of the Transformer and CLIP. Every caption must fit (the demo checks before any stage runs,
+    under its tokenizer): at 12, "yellow" took 4 of the 64-token BPE's pieces, and the position's last word was
+    cut from every yellow caption, so left and right read the same."""
     dvae_groups: int = 3
     """The dVAE's block groups; the code grid is image_size / 2**(dvae_groups - 1) on a side."""
     dvae_steps: int = 1200
@@ -88,6 +88,16 @@ class DemoConfig:
     machine shared with other work, `demo.threads=1` avoids OpenMP threads waiting on each other (4x slower
     with 2 threads under a load average of ~20)."""
 
+    @property
+    def images(self) -> int:
+        """Training images: `per_scene` of each scene not held out."""
+        return self.per_scene * (len(all_scenes()) - self.holdout)
+
+    @property
+    def clip_pairs(self) -> int:
+        """CLIP's training pairs: the images, or with clip_images=both, each twice (original and reconstruction)."""
+        return self.images * (2 if self.clip_images == "both" else 1)
+
     def validate(self, where: str = "demo") -> None:
         for name in ("image_size", "per_scene", "vocab_size", "text_len", "dvae_steps", "dvae_batch", "clip_steps",
                      "clip_batch", "steps", "batch", "samples", "keep", "check_per_scene"):
@@ -108,8 +118,45 @@ class DemoConfig:
                   f"the demo sets {key} itself (its output folder)")
         check(self.dvae_groups >= 1, f"{where}.dvae_groups", self.dvae_groups, "must be positive")
         down = 2 ** (self.dvae_groups - 1)
-        check(self.image_size % down == 0, f"{where}.image_size", self.image_size,
-              f"must be a multiple of the dVAE's downsampling 2**(dvae_groups-1) = {down}")
+        check_multiple(f"{where}.image_size", self.image_size, down,
+                       f"the dVAE's downsampling 2**(dvae_groups-1) = {down}")
+        pieces = tokenizer_minimum()
+        check(self.vocab_size >= pieces, f"{where}.vocab_size", self.vocab_size, f"the captions need at least {pieces} "
+              f"pieces (their distinct characters + 4 specials); set {where}.vocab_size={pieces} or more")
+        self.fits_data(where)
+
+    def fits_data(self, where: str) -> None:
+        """Each stage's batch against its data, known from the sizes alone: the trainer refuses a batch larger than
+        its data (order.check_global_batch), but only once the stages before it have trained, and naming
+        trainer.micro_batch, a key the demo sets itself. CLIP contrasts each pair with the batch's others: one pair
+        alone learns nothing (loss 0), which the demo, run without `train-clip`'s preflight, let through."""
+        data = f"{self.images} training images ({where}.per_scene={self.per_scene} x " \
+               f"{len(all_scenes()) - self.holdout} scenes not held out)"
+        for name in ("dvae_batch", "batch"):
+            check(getattr(self, name) <= self.images, f"{where}.{name}", getattr(self, name),
+                  f"larger than the demo's {data}; set {where}.{name}={self.images} or less, or raise "
+                  f"{where}.per_scene")
+        both = f", each twice with {where}.clip_images=both" if self.clip_images == "both" else ""
+        check(self.clip_batch <= self.clip_pairs, f"{where}.clip_batch", self.clip_batch,
+              f"larger than CLIP's {self.clip_pairs} pairs, the demo's {data}{both}; set {where}.clip_batch="
+              f"{self.clip_pairs} or less, or raise {where}.per_scene")
+        check(self.clip_batch >= 2, f"{where}.clip_batch", self.clip_batch,
+              "CLIP tells each image's caption from the batch's others: with one pair it learns nothing (loss 0); "
+              f"set {where}.clip_batch=2 or more")
+
+
+def check_multiple(key: str, value: int, step: int, why: str) -> None:
+    """Refuse `key=value` unless a multiple of `step`, naming the nearest values that are."""
+    below = value // step * step
+    near = " or ".join(str(size) for size in (below, below + step) if size > 0)
+    check(value % step == 0, key, value, f"must be a multiple of {step} ({why}): e.g. {key}={near}")
+
+
+def tokenizer_minimum() -> int:
+    """The smallest vocab_size the tokenizer trains on the demo's captions: sentencepiece needs a piece for each
+    distinct character (the space included) and the 4 specials (data/tokenizer.py). Every character of any caption
+    is in the training ones: no held-out set takes a word out of training (demo_data.split_scenes)."""
+    return len(set("".join(scene.caption for scene in all_scenes()))) + 4
 
 
 SCHEMAS = {"demo": DemoConfig}

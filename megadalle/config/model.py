@@ -80,7 +80,7 @@ class TransformerConfig:
         check(len(self.attention_pattern) > 0, f"{where}.attention_pattern", self.attention_pattern,
               "must name at least one mask kind")
         check(len(self.attention_pattern) <= self.n_layers, f"{where}.attention_pattern", self.attention_pattern,
-              f"is longer than n_layers={self.n_layers}")
+              too_long(self.attention_pattern, self.n_layers, where))
         for i, kind in enumerate(self.attention_pattern):
             check(kind in MASK_KINDS, f"{where}.attention_pattern[{i}]", kind, f"unknown mask kind; expected one of {MASK_KINDS}")
         check(self.last_layer_attention in (None, *MASK_KINDS), f"{where}.last_layer_attention",
@@ -98,6 +98,16 @@ class TransformerConfig:
 
             check(self.head_dim in HEAD_DIMS, f"{where}.head_dim", self.head_dim,
                   f"attention_backend=triton serves head_dim in {HEAD_DIMS} (auto takes the reference path for others)")
+
+
+def too_long(pattern: list[str], n_layers: int, where: str) -> str:
+    """Why a pattern longer than the layers is refused, and both ways out. It is not cut to fit, though it repeats
+    over the layers (DESIGN.md: the paper's pattern is a config value): cut, the kinds past the last layer would be
+    dropped unseen, and with them, under the paper's pattern, column attention (`model=small model.n_layers=2`
+    would train a row and a conv layer, no column one)."""
+    return (f"is longer than n_layers={n_layers}: its kinds past layer {n_layers} would never be used; set "
+            f"{join(where, 'attention_pattern')}=[{','.join(pattern[:n_layers])}] (or another pattern of at most "
+            f"{n_layers} kind{'s' if n_layers != 1 else ''}), or {join(where, 'n_layers')}={len(pattern)} or more")
 
 
 SCHEMAS = {"model": TransformerConfig}

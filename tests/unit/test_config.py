@@ -29,7 +29,9 @@ def test_every_model_size_validates(size):
     ("model.last_layer_attention=diagonal", "model.last_layer_attention='diagonal': unknown mask kind"),
     ("model.text_len=0", "model.text_len=0: must be positive"),
     ("model.grid_size=-2", "model.grid_size=-2: must be positive"),
-    ("model.attention_pattern=[row,row,row,row,column]", "is longer than n_layers=4"),
+    ("model.attention_pattern=[row,row,row,row,column]", "is longer than n_layers=4: its kinds past layer 4 would "
+     "never be used; set model.attention_pattern=[row,row,row,row] (or another pattern of at most 4 kinds), or "
+     "model.n_layers=5 or more"),
     ("model.attention_backend=cuda", "model.attention_backend='cuda': expected one of"),
     ("model.text_pad_id=512", "model.text_pad_id=512: must be a token id below text_vocab=512"),
     ("model.text_vocab=1", "model.text_vocab=1: needs a word besides the pad"),
@@ -40,6 +42,18 @@ def test_bad_values_name_key_and_value(override, message):
     with pytest.raises(ConfigError) as err:
         model_config(*override.split())
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("size, layers, pattern", [("12b", 2, "[row,column]"), ("small", 1, "[row]")])
+def test_fewer_layers_than_the_pattern_names_both_ways_out_and_each_works(size, layers, pattern):
+    """`model.n_layers=2` under the paper's 4-kind pattern was refused naming the pattern alone, with no way out: the
+    key the user changed was n_layers."""
+    with pytest.raises(ConfigError) as err:
+        build(TransformerConfig, compose("plan", [f"model={size}", f"model.n_layers={layers}"]).model, "model")
+    ways = f"set model.attention_pattern={pattern} (or another pattern of at most {layers} kind"
+    assert ways in str(err.value) and str(err.value).endswith(", or model.n_layers=4 or more")
+    for way_out in ([f"model.n_layers={layers}", f"model.attention_pattern={pattern}"], ["model.n_layers=4"]):
+        build(TransformerConfig, compose("plan", [f"model={size}", *way_out]).model, "model")
 
 
 def test_wrong_types_and_unknown_keys_fail_at_composition():
