@@ -99,6 +99,7 @@ def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
     made them with the same sizes and seed (demo_done.once); returns both paths."""
     shards, tokenizer = out / "shards", out / "tokenizer.model"
     once(out, "data", data_inputs(d, seed), [shards / "index.json", tokenizer], lambda: draw_data(d, out, seed))
+    check_captions_fit(tokenizer, d.text_len)  # the stage's own tokenizer, as run_demo's up-front check foresaw it
     return shards, tokenizer
 
 
@@ -163,7 +164,8 @@ def up_front_tokenizer(d: DemoConfig, seed: int):
 def check_captions_fit(tokenizer: Path | bytes, text_len: int) -> None:
     """Refuse a text_len that would cut the end off a caption: the last words name the position, and a cut one
     makes two scenes' captions the same for the Transformer and CLIP. run_demo asks before any stage runs, of
-    `up_front_tokenizer`: asked of the data stage's, it was a traceback once that stage had run."""
+    `up_front_tokenizer` (asked only of the data stage's, it was a traceback once that stage had run), and
+    make_data asks again of the stage's own, should the two ever differ."""
     from megadalle.data.tokenizer import Tokenizer
 
     tok = Tokenizer(tokenizer)
