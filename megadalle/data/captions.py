@@ -6,21 +6,21 @@ anywhere, so a grid never shows, and evaluate never scores, a caption the model 
 
 Lines end at "\\n", "\\r\\n" or a lone "\\r" only. `str.splitlines` also ends them at U+2028, U+2029, \\x85,
 form feeds and \\x1c-\\x1e, which scraped captions carry inside a sentence: it cut one caption into fragments.
-A line counts only if it holds a visible character (printable, not whitespace, not a Unicode format
-character, category Cf): a line of control characters or of zero-width spaces and joiners (U+200B, U+2060,
-U+FEFF) is as empty as a blank one, and would teach the model an image for no text.
+A line counts only if it holds a visible character (printable and not whitespace; `str.isprintable` is false
+for every Unicode "Other" character, format characters (category Cf) included): a line of control characters or of
+zero-width spaces and joiners (U+200B, U+2060, U+FEFF) is as empty as a blank one, and would teach the model an
+image for no text.
 """
 from __future__ import annotations
 
 import re
-import unicodedata
 
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def visible(line: str) -> bool:
     """Whether `line` holds at least one character a reader sees."""
-    return any(ch.isprintable() and not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in line)
+    return any(ch.isprintable() and not ch.isspace() for ch in line)
 
 
 def caption_lines(text: str) -> list[str]:
