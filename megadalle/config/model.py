@@ -80,7 +80,7 @@ class TransformerConfig:
         check(len(self.attention_pattern) > 0, f"{where}.attention_pattern", self.attention_pattern,
               "must name at least one mask kind")
         check(len(self.attention_pattern) <= self.n_layers, f"{where}.attention_pattern", self.attention_pattern,
-              too_long(self.attention_pattern, self.n_layers, where))
+              too_long(self.attention_pattern, self.n_layers, self.last_layer_attention, where))
         for i, kind in enumerate(self.attention_pattern):
             check(kind in MASK_KINDS, f"{where}.attention_pattern[{i}]", kind, f"unknown mask kind; expected one of {MASK_KINDS}")
         check(self.last_layer_attention in (None, *MASK_KINDS), f"{where}.last_layer_attention",
@@ -100,14 +100,22 @@ class TransformerConfig:
                   f"attention_backend=triton serves head_dim in {HEAD_DIMS} (auto takes the reference path for others)")
 
 
-def too_long(pattern: list[str], n_layers: int, where: str) -> str:
+def too_long(pattern: list[str], n_layers: int, last: str | None, where: str) -> str:
     """Why a pattern longer than the layers is refused, and both ways out. It is not cut to fit, though it repeats
     over the layers (DESIGN.md: the paper's pattern is a config value): cut, the kinds past the last layer would be
     dropped unseen, and with them, under the paper's pattern, column attention (`model=small model.n_layers=2`
-    would train a row and a conv layer, no column one)."""
+    would train a row and a conv layer, no column one). So the shorter pattern offered says which layers it trains
+    (`last` overriding the final one) and which kinds none of them has."""
+    kept = list(pattern[:max(n_layers - (1 if last else 0), 1)])
+    trained = [kept[i % len(kept)] for i in range(n_layers)]
+    if last:
+        trained[-1] = last
+    missing = [kind for kind in dict.fromkeys(pattern) if kind not in trained]
+    loses = f"; no {' or '.join(missing)} attention" if missing else ""
     return (f"is longer than n_layers={n_layers}: its kinds past layer {n_layers} would never be used; set "
-            f"{join(where, 'attention_pattern')}=[{','.join(pattern[:n_layers])}] (or another pattern of at most "
-            f"{n_layers} kind{'s' if n_layers != 1 else ''}), or {join(where, 'n_layers')}={len(pattern)} or more")
+            f"{join(where, 'attention_pattern')}=[{','.join(kept)}] (layers {','.join(trained)}{loses}) or another "
+            f"pattern of at most {n_layers} kind{'s' if n_layers != 1 else ''}, or {join(where, 'n_layers')}="
+            f"{len(pattern)} or more")
 
 
 SCHEMAS = {"model": TransformerConfig}

@@ -2,6 +2,7 @@
 import pytest
 from hydra.errors import ConfigCompositionException
 
+from megadalle.attention.masks import layer_kinds
 from megadalle.config import ConfigError, build
 from megadalle.config.compose import compose, conf_dir
 from megadalle.config.model import TransformerConfig
@@ -30,8 +31,8 @@ def test_every_model_size_validates(size):
     ("model.text_len=0", "model.text_len=0: must be positive"),
     ("model.grid_size=-2", "model.grid_size=-2: must be positive"),
     ("model.attention_pattern=[row,row,row,row,column]", "is longer than n_layers=4: its kinds past layer 4 would "
-     "never be used; set model.attention_pattern=[row,row,row,row] (or another pattern of at most 4 kinds), or "
-     "model.n_layers=5 or more"),
+     "never be used; set model.attention_pattern=[row,row,row] (layers row,row,row,conv; no column attention) or "
+     "another pattern of at most 4 kinds, or model.n_layers=5 or more"),
     ("model.attention_backend=cuda", "model.attention_backend='cuda': expected one of"),
     ("model.text_pad_id=512", "model.text_pad_id=512: must be a token id below text_vocab=512"),
     ("model.text_vocab=1", "model.text_vocab=1: needs a word besides the pad"),
@@ -44,16 +45,23 @@ def test_bad_values_name_key_and_value(override, message):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("size, layers, pattern", [("12b", 2, "[row,column]"), ("small", 1, "[row]")])
-def test_fewer_layers_than_the_pattern_names_both_ways_out_and_each_works(size, layers, pattern):
+@pytest.mark.parametrize("overrides, pattern, trains, layers", [
+    ("model=12b model.n_layers=2", "[row]", "(layers row,conv; no column attention)", ["row", "conv"]),
+    ("model=small model.n_layers=1", "[row]", "(layers conv; no row or column attention)", ["conv"]),
+    ("model=small model.last_layer_attention=null model.n_layers=2", "[row,column]", "(layers row,column)",
+     ["row", "column"])])
+def test_fewer_layers_than_the_pattern_names_both_ways_out_and_each_works(overrides, pattern, trains, layers):
     """`model.n_layers=2` under the paper's 4-kind pattern was refused naming the pattern alone, with no way out: the
-    key the user changed was n_layers."""
+    key the user changed was n_layers. The shorter pattern offered says what it trains: a first version offered
+    [row,column], whose column layer the conv last layer replaces."""
     with pytest.raises(ConfigError) as err:
-        build(TransformerConfig, compose("plan", [f"model={size}", f"model.n_layers={layers}"]).model, "model")
-    ways = f"set model.attention_pattern={pattern} (or another pattern of at most {layers} kind"
+        build(TransformerConfig, compose("plan", overrides.split()).model, "model")
+    ways = f"set model.attention_pattern={pattern} {trains} or another pattern of at most {len(layers)} kind"
     assert ways in str(err.value) and str(err.value).endswith(", or model.n_layers=4 or more")
-    for way_out in ([f"model.n_layers={layers}", f"model.attention_pattern={pattern}"], ["model.n_layers=4"]):
-        build(TransformerConfig, compose("plan", [f"model={size}", *way_out]).model, "model")
+    for way_out, kinds in ((f"model.attention_pattern={pattern}", layers), ("model.n_layers=4", None)):
+        model = build(TransformerConfig, compose("plan", [*overrides.split(), way_out]).model, "model")
+        got = layer_kinds(model.n_layers, model.attention_pattern, model.last_layer_attention)
+        assert got == (kinds or ["row", "column", "row", model.last_layer_attention or "row"])
 
 
 def test_wrong_types_and_unknown_keys_fail_at_composition():
