@@ -325,8 +325,6 @@ def evaluate(d: DemoConfig, out: Path, scenes: list[tuple[str, Scene]], seed: in
 def save_grid(images: torch.Tensor, path: Path) -> None:
     """The grid of `images` as a PNG at `path`, written atomically: a stop while it is written leaves the old
     grid or none."""
-    import io
-
     from megadalle.sampling.grid import make_grid
 
     png = io.BytesIO()

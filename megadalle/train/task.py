@@ -243,7 +243,7 @@ class Task:
 
     def no_validation(self) -> str:
         """The way out that a run which validates says once when `validation_batches` gives none (validate.py)."""
-        return "its validation_batches gives none"
+        return "this task has no validation data"
 
     def validation_loss(self, model: nn.Module, batch: Batch, step: int) -> dict[str, float]:
         """Metrics of one validation micro-batch, `loss` among them (model in eval mode, under no_grad).

@@ -22,7 +22,7 @@ STATE = {  # float32: 4 bytes an element
     "d": torch.ones(300),  # 1200: larger than the limit, alone
     "e": torch.ones(50),  # 200
     "f": torch.ones(200),  # 800: e + f = 1000, exactly the limit, fits
-    "g": torch.ones(1),  # 4: one byte too many with e + f
+    "g": torch.ones(1),  # 4: 4 bytes over the limit with e + f
 }
 EXPECTED = [["a", "b"], ["c"], ["d"], ["e", "f"], ["g"]]
 
