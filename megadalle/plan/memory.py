@@ -32,8 +32,8 @@ scale rehearsal (benchmarks/scale_rehearsal.py, which measures the same quantiti
 - activations per micro-batch after Korthikanti et al. (2022): 34 * seq * batch * d_model bytes per
   layer at 2-byte precision with flash attention (twice that in fp32, plus the seq^2 scores and
   probabilities of the eager attention on CPU); with activation checkpointing only each layer's input
-  plus one layer being recomputed. The first pipeline stage holds up to `stages` micro-batches (1F1B),
-  the last one the logits and their fp32 cross-entropy;
+  plus one layer being recomputed. Stage s of a pipeline holds min(stages - s, grad_accum) micro-batches
+  (1F1B, DeepSpeed's num_pipe_buffers), the last one also the logits and their fp32 cross-entropy;
 - on GPU, the CUDA/NCCL runtime; and at least 10% of the memory is kept free (headroom).
 """
 from __future__ import annotations
