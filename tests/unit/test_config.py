@@ -38,11 +38,24 @@ def test_every_model_size_validates(size):
     ("model.text_vocab=1", "model.text_vocab=1: needs a word besides the pad"),
     ("model.attention_backend=triton model.n_heads=16 model.head_dim=8",
      "model.head_dim=8: attention_backend=triton serves head_dim in (16, 32, 64, 128)"),
+    ("model.dropout=1.0", "model.dropout=1.0: must be in [0, 1)"),
+    ("model.text_loss_weight=0 model.image_loss_weight=0",
+     "model.image_loss_weight=0.0: text and image loss weights cannot both be zero"),
 ])
 def test_bad_values_name_key_and_value(override, message):
     with pytest.raises(ConfigError) as err:
         model_config(*override.split())
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("override", [
+    "model.dropout=0.999", "model.dropout=0.0",
+    "model.text_loss_weight=0 model.image_loss_weight=1", "model.text_loss_weight=1 model.image_loss_weight=0",
+])
+def test_values_at_the_edge_of_the_refused_ones_are_accepted(override):
+    """Dropout 1.0 zeroes every activation and two zero loss weights leave nothing to train: each is refused, but
+    a dropout just under 1 and a single zero weight (text-only or image-only training) are legitimate."""
+    model_config(*override.split())
 
 
 @pytest.mark.parametrize("overrides, pattern, trains, layers", [
