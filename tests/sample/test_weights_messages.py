@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from safetensors.torch import load_file, save_file
 
 from megadalle.weights import INDEX, ShardedWriter, export_layout, load_weights
