@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from megadalle.config import ConfigError
-from megadalle.sampling.resume import UNFINISHED, SavedBatches, files_state, open_saved, read_files
+from megadalle.sampling.resume import SHOWN, UNFINISHED, SavedBatches, differences, files_state, open_saved, read_files
 
 
 def model_folder(tmp_path):
@@ -57,3 +57,22 @@ def test_a_refusal_for_other_weights_advises_the_rerun_though_their_files_differ
     files = refusal(tmp_path, {**there, "files": {"weights": "b"}})
     assert "(the files behind weights changed since" in files and "rerun that command" not in files
     assert "); give another output, or overwrite=true to discard them" in files
+
+
+def test_a_missing_path_is_no_entry_of_the_files_state(tmp_path):
+    """A key naming no file (clip_weights left out, a tokenizer path not there) states nothing, as keys saved by
+    earlier versions did: a digest of no files in its place would refuse their rerun as "the files changed"."""
+    model = model_folder(tmp_path)
+    state = files_state({"weights": model, "clip_weights": tmp_path / "missing.pt", "tokenizer": None},
+                        tmp_path / "out")
+    assert list(state) == ["weights"]
+
+
+def test_a_long_value_is_said_in_at_most_shown_characters():
+    """SHOWN bounds the characters of a list's value said, its ellipsis included; a value of exactly SHOWN
+    characters is said whole."""
+    long = differences({"captions": ["x" * 40, "y" * 40]}, {"captions": []})[1]
+    there = long.removeprefix("captions=").split(" there, ")[0]
+    assert there == repr(["x" * 40, "y" * 40])[:SHOWN - 1] + "…" and len(there) == SHOWN
+    whole = ["z" * (SHOWN - 4)]  # repr: [' + SHOWN - 4 + '] = SHOWN characters
+    assert len(repr(whole)) == SHOWN and differences({"c": whole}, {"c": []})[1] == f"c={whole!r} there, [] here"
