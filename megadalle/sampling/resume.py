@@ -145,15 +145,20 @@ class SavedBatches:
         return sum(len(batch) for batch in self.codes)
 
     def add(self, codes: torch.Tensor, scores: torch.Tensor | None) -> None:
-        """One more finished batch, written out with the earlier ones before it counts as saved."""
+        """One more finished batch, written out with the earlier ones before it counts as saved; a stop signal
+        waits for both (stop.stops_after), so the count a stopped verb states is the file's."""
         from safetensors.torch import save
+
+        from megadalle.sampling.stop import stops_after
 
         all_codes, all_scores = [*self.codes, codes.cpu()], self.scores + ([] if scores is None else [scores.cpu()])
         tensors = {"codes": torch.cat(all_codes).contiguous()}
         if all_scores:
             tensors["scores"] = torch.cat(all_scores).float().contiguous()
-        write_bytes(self.path, save(tensors, metadata={"key": json.dumps(self.key, sort_keys=True)}))
-        self.codes, self.scores = all_codes, all_scores
+        data = save(tensors, metadata={"key": json.dumps(self.key, sort_keys=True)})
+        with stops_after():
+            write_bytes(self.path, data)
+            self.codes, self.scores = all_codes, all_scores
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

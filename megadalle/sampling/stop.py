@@ -11,6 +11,9 @@ keeps is what it saved already (generate saves each finished batch: megadalle.sa
 from __future__ import annotations
 
 import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 from megadalle.errors import StoppedBySignal
 from megadalle.train.signals import LATE_COPIES, raising_at_once
@@ -30,3 +33,25 @@ def stops_on_signals():
     """Within the block a stop signal raises SamplingStopped, one the command held since its start
     (signals.taken_at_start, around a sweep's job) at once."""
     return raising_at_once(STOP_SIGNALS, SamplingStopped)
+
+
+@contextmanager
+def stops_after() -> Iterator[None]:
+    """Within the block a stop signal (Ctrl-C's too) waits, and is raised again once it ends, to the handler it
+    would have met: a step whose parts must agree when the verb says what it kept. A TERM between a saved batch's
+    file and its count said 5 samples were saved where the file held 10. The handlers are swapped, not the signal
+    mask: a mask is one thread's, and the process's signal may land on another (torch's, tqdm's), whose Python
+    handler still runs in the main thread. Outside the main thread (where no handler can be set) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    waiting: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: waiting.append(signum))
+                for sig in {*STOP_SIGNALS, signal.SIGINT}}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    if waiting:
+        signal.raise_signal(waiting[0])
