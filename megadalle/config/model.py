@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from megadalle.attention.masks import MASK_KINDS, PAPER_PATTERN
+from megadalle.attention.masks import MASK_KINDS, PAPER_PATTERN, layer_kinds
 from megadalle.config import check, join
 
 ATTENTION_BACKENDS = ("auto", "reference", "triton")
@@ -79,12 +79,13 @@ class TransformerConfig:
         check(0.0 <= self.dropout < 1.0, f"{where}.dropout", self.dropout, "must be in [0, 1)")
         check(len(self.attention_pattern) > 0, f"{where}.attention_pattern", self.attention_pattern,
               "must name at least one mask kind")
-        check(len(self.attention_pattern) <= self.n_layers, f"{where}.attention_pattern", self.attention_pattern,
-              too_long(self.attention_pattern, self.n_layers, self.last_layer_attention, where))
         for i, kind in enumerate(self.attention_pattern):
             check(kind in MASK_KINDS, f"{where}.attention_pattern[{i}]", kind, f"unknown mask kind; expected one of {MASK_KINDS}")
         check(self.last_layer_attention in (None, *MASK_KINDS), f"{where}.last_layer_attention",
               self.last_layer_attention, f"unknown mask kind; expected one of {MASK_KINDS} or null")
+        if len(self.attention_pattern) > self.n_layers:
+            check(False, f"{where}.attention_pattern", self.attention_pattern,
+                  too_long(self.attention_pattern, self.n_layers, self.last_layer_attention, where))
         for name in ("text_loss_weight", "image_loss_weight"):
             check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
         check(self.text_loss_weight + self.image_loss_weight > 0, f"{where}.image_loss_weight",
@@ -105,11 +106,10 @@ def too_long(pattern: list[str], n_layers: int, last: str | None, where: str) ->
     over the layers (DESIGN.md: the paper's pattern is a config value): cut, the kinds past the last layer would be
     dropped unseen, and with them, under the paper's pattern, column attention (`model=small model.n_layers=2`
     would train a row and a conv layer, no column one). So the shorter pattern offered says which layers it trains
-    (`last` overriding the final one) and which kinds none of them has."""
+    (`last` overriding the final one) and which kinds none of them has. Asked after the kinds are checked, so
+    masks.layer_kinds takes them."""
     kept = list(pattern[:max(n_layers - (1 if last else 0), 1)])
-    trained = [kept[i % len(kept)] for i in range(n_layers)]
-    if last:
-        trained[-1] = last
+    trained = layer_kinds(n_layers, kept, last)
     missing = [kind for kind in dict.fromkeys(pattern) if kind not in trained]
     loses = f"; no {' or '.join(missing)} attention" if missing else ""
     return (f"is longer than n_layers={n_layers}: its kinds past layer {n_layers} would never be used; set "
