@@ -73,7 +73,7 @@ def finished_already(path: str | Path, record: str, verb: str, overwrite: bool, 
         print(f"[{verb}] {key}={path}: done already (same settings); skipped", flush=True)
         return True
     if not overwrite:
-        other = f" of other settings ({differences(there, *forms)[1]})" if isinstance(there, dict) else ""
+        other = f" of other settings ({differences(there, *forms).said})" if isinstance(there, dict) else ""
         raise OutputError(f"{key}={path}: holds an earlier {verb}'s results ({record}){other}; give another {key}, "
                           f"or overwrite=true to replace them")
     return False

@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -188,11 +188,10 @@ def open_saved(folder: str | Path, key: dict, batch_size: int, overwrite: bool, 
     if saved_key not in (key, older):
         if overwrite:
             return _discarded(path, key)
-        names, differ = differences(saved_key, key, older)
-        # Files changed under the same command: that command cannot finish it, so it is no way out to name.
-        rerun = "" if names == ["files"] else "rerun that command to finish it, "
+        found = differences(saved_key, key, older)
+        rerun = "" if found.files_changed else "rerun that command to finish it, "
         raise ConfigError(f"{out_key}={folder}: holds {len(codes)} samples of an unfinished {verb} with "
-                          f"other settings ({differ}); {rerun}give another {out_key}, or overwrite=true to discard "
+                          f"other settings ({found.said}); {rerun}give another {out_key}, or overwrite=true to discard "
                           "them")
     scores = list(tensors["scores"].split(batch_size)) if "scores" in tensors else []
     return SavedBatches(path, key, list(codes.split(batch_size)), scores)
@@ -203,12 +202,25 @@ def _discarded(path: Path, key: dict) -> SavedBatches:
     return SavedBatches(path, key)
 
 
-def differences(there: dict, *here: dict | None) -> tuple[list[str], str]:
-    """The names of the settings in which `there` (saved by an earlier run) differs from `here` (this run's, in
-    each form it may have been saved in: the nearest counts), and those differences said, for the refusal. The
-    files behind a setting given another value differ as a matter of course: said as changed only behind a setting
-    that is the same (`real_images=None there, '/x' here` is the difference, not "the files in real_images
-    changed")."""
+FILE_STATES = ("files", "real_files")
+"""The key's entries that state files rather than settings."""
+
+
+class Differences(NamedTuple):
+    names: list[str]
+    """The settings that differ ("files" and "real_files" among them when their states do)."""
+    said: str
+    """Those differences said, for the refusal."""
+    files_changed: bool
+    """Files changed behind a setting that is the same: rerunning the command that saved the key would be refused
+    too, so it is no way out to advise."""
+
+
+def differences(there: dict, *here: dict | None) -> Differences:
+    """How `there` (saved by an earlier run) differs from `here` (this run's, in each form it may have been saved
+    in: the nearest counts). The files behind a setting given another value differ as a matter of course: said as
+    changed only behind a setting that is the same (`real_images=None there, '/x' here` is the difference, not "the
+    files in real_images changed")."""
     def differing(form: dict) -> list[str]:
         return sorted(name for name in set(form) | set(there) if form.get(name) != there.get(name))
 
@@ -219,8 +231,9 @@ def differences(there: dict, *here: dict | None) -> tuple[list[str], str]:
 
     form = min((form for form in here if form is not None), key=distance)
     names = differing(form)
-    said = (_differs(name, there.get(name), form.get(name), set(names)) for name in names)
-    return names, "; ".join(filter(None, said))
+    said = {name: _differs(name, there.get(name), form.get(name), set(names)) for name in names}
+    files_changed = any(said.get(name) for name in FILE_STATES)
+    return Differences(names, "; ".join(filter(None, said.values())), files_changed)
 
 
 SHOWN = 60

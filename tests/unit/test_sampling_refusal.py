@@ -31,12 +31,12 @@ def test_real_images_newly_given_is_the_difference_not_its_files():
     never there."""
     there = {"real_images": None, "real_files": None, "weights": "/m", "files": {"weights": "a"}}
     here = {"real_images": "/reals", "real_files": "b", "weights": "/m", "files": {"weights": "a"}}
-    assert differences(there, here) == (["real_files", "real_images"], "real_images=None there, '/reals' here")
-    assert differences({**here, "real_files": "c"}, here)[1] == "the files in real_images changed since"
+    assert differences(there, here) == (["real_files", "real_images"], "real_images=None there, '/reals' here", False)
+    assert differences({**here, "real_files": "c"}, here)[1:] == ("the files in real_images changed since", True)
 
 
 def test_the_files_behind_weights_given_otherwise_are_not_said_changed():
     there = {"weights": "/a", "dvae_weights": "/d", "files": {"weights": "a", "dvae_weights": "d"}}
     here = {"weights": "/b", "dvae_weights": "/d", "files": {"weights": "b", "dvae_weights": "e"}}
-    assert differences(there, here)[1] == ("the files behind dvae_weights changed since (a newer checkpoint, another "
-                                           "export); weights='/a' there, '/b' here")
+    assert differences(there, here)[1:] == ("the files behind dvae_weights changed since (a newer checkpoint, another "
+                                            "export); weights='/a' there, '/b' here", True)

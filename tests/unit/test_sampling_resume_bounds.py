@@ -1,6 +1,7 @@
 """The bounds of what a sampling verb's settings key states and what its refusal advises
 (megadalle.sampling.resume): a generate writing inside a sharded model folder never counts its own files as the
-model's, and "rerun that command" is advised where the models are named otherwise, though their files differ too."""
+model's, and "rerun that command" is advised where the models are named otherwise, though their files differ too, and
+only there: never where files changed behind a setting that is the same."""
 import pytest
 import torch
 
@@ -57,6 +58,17 @@ def test_a_refusal_for_other_weights_advises_the_rerun_though_their_files_differ
     files = refusal(tmp_path, {**there, "files": {"weights": "b"}})
     assert "(the files behind weights changed since" in files and "rerun that command" not in files
     assert "); give another output, or overwrite=true to discard them" in files
+
+
+@pytest.mark.parametrize("changed", [{"files": {"weights": "b"}}, {"real_files": "r2"}])
+def test_files_changed_beside_another_setting_advise_no_rerun(tmp_path, changed):
+    """seed=0 there, 1 here, and the files behind the same weights (or real_images) changed too: rerunning the saved
+    command (seed=0) would be refused for the files, so the refusal must not advise it; it did whenever another
+    setting differed beside the files."""
+    there = {"weights": "/a", "real_images": "/r", "seed": 0, "files": {"weights": "a"}, "real_files": "r1"}
+    saved(tmp_path, there)
+    said = refusal(tmp_path, {**there, "seed": 1, **changed})
+    assert "seed=0 there, 1 here" in said and "changed since" in said and "rerun that command" not in said
 
 
 def test_a_missing_path_is_no_entry_of_the_files_state(tmp_path):
