@@ -2,7 +2,7 @@
 
     python benchmarks/demo_dvae.py --variant today "" --variant fast "dvae_steps=300 dvae.n_hid=32"
 
-Each variant is the demo's dVAE stage (megadalle.demo.train_demo_dvae: train-dvae through the
+Each variant is the demo's dVAE stage (megadalle.demo_verbs.train_demo_dvae: train-dvae through the
 trainer, data loading included) with overrides: a `demo.*` field name (dvae_steps, dvae_batch,
 dvae_lr, threads) changes the demo's config, anything else (dvae.KEY=VALUE, seed=S) goes to train-dvae
 through `demo.dvae_overrides`.
@@ -27,9 +27,10 @@ import torch
 from arguments import default_out
 from megadalle.config import build
 from megadalle.config.compose import compose
-from megadalle.demo import make_data, train_demo_dvae
 from megadalle.config.demo import DemoConfig
+from megadalle.demo import make_data
 from megadalle.demo_recon import check_dvae
+from megadalle.demo_verbs import train_demo_dvae
 from megadalle.models.dvae import load_dvae
 
 

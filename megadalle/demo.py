@@ -21,30 +21,28 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import random
-import re
 import shutil
 import sys
-import tempfile
 import time
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from omegaconf import DictConfig
 
-from megadalle.config import ConfigError, build, top_level
-from megadalle.config.compose import compose
-from megadalle.config.demo import DemoConfig, DemoRunConfig, check_multiple
+from megadalle.config import build, top_level
+from megadalle.config.demo import DemoConfig, DemoRunConfig
 from megadalle.data import atomic
-from megadalle.demo_data import Scene, all_scenes, split_scenes, write_dataset
+from megadalle.demo_checks import check_captions_fit, check_settings
+from megadalle.demo_data import Scene, split_scenes, write_dataset
 from megadalle.demo_done import once
 from megadalle.demo_judge import chance, judge
 from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
 from megadalle.demo_settings import DATA, check_and_record, value
 from megadalle.demo_stop import DemoStopped, finished, interruptible, named, stop_line
+from megadalle.demo_verbs import clip_config, prepare_folder, train_demo_dvae, train_demo_tokenizer, transformer_config
 from megadalle.errors import UserError
 from megadalle.preflight.demo import check_output
 
@@ -65,33 +63,6 @@ class Timer:
         self.times[name] = time.perf_counter() - began
         self.current = self.run_dir = None
         print(f"[demo] {name}: {self.times[name]:.0f} s", flush=True)
-
-
-def path_override(key: str, path: Path | str) -> str:
-    """`key="path"` as hydra reads it back to the very path: bare, a comma in the demo's output folder was read as a
-    sweep, and an `=`, a bracket, an apostrophe or a space as syntax, after the demo had drawn its data. Inside the
-    quotes, a quote and the backslashes before one (or at the end) are escaped, and `${` (no interpolation here)."""
-    text = re.sub(r'(\\+)(?="|$)', r"\1\1", str(path)).replace('"', '\\"').replace("${", "\\${")
-    return f'{key}="{text}"'
-
-
-def trainer_overrides(group: str, steps: int, batch: int, lr: float) -> list[str]:
-    """The shared trainer settings of the demo's three training stages (CPU, no wandb, one checkpoint, no validation
-    split), over the stage's `trainer` group: `dvae` and `clip` keep their verbs' optimisers, `tiny` the Transformer's.
-
-    resume=auto: a rerun of the demo continues each stage from its checkpoint (a stopped one where it stopped, a
-    finished one only exports again); resume=never refused every rerun, the stage's last step being saved. A log
-    line every 1/20 of the updates: at 1/5, the dVAE's stage printed nothing for minutes on a loaded machine.
-
-    ZeRO stage 0: the demo is one process, where ZeRO-1's partitions shard nothing and its gradient buckets
-    and master copies only cost time (benchmarks/RESULTS.md, "Trainer vs a plain PyTorch loop"). fp32 on any
-    machine: on a GPU `precision=auto` means bf16, which stage 0 refuses with fp32 accumulation, so the demo
-    stopped at its first training stage wherever CUDA was present (and fp32 keeps a seed's demo the same)."""
-    return [f"trainer={group}", "trainer.precision=fp32", f"trainer.steps={steps}", f"trainer.micro_batch={batch}",
-            f"trainer.lr={lr}", f"trainer.min_lr={lr / 10}", f"trainer.warmup_steps={max(1, steps // 20)}",
-            "trainer.ema=null", f"trainer.log_every={max(1, steps // 20)}", "trainer.checkpoint_every=0",
-            "trainer.keep_checkpoints=1", "trainer.eval_every=0",
-            "logger=none", "deepspeed=zero1", "deepspeed.zero_stage=0", "resume=auto", "data.num_workers=1"]
 
 
 def make_data(d: DemoConfig, out: Path, seed: int) -> tuple[Path, Path]:
@@ -116,103 +87,6 @@ def draw_data(d: DemoConfig, out: Path, seed: int) -> None:
     write_dataset(out / "raw", train, d.per_scene, d.image_size, seed)
     prepare_folder(out / "raw", out / "shards", d.image_size)
     train_demo_tokenizer(d, out / "shards", out / "tokenizer.model", seed)
-
-
-def train_demo_tokenizer(d: DemoConfig, shards: Path, output: Path, seed: int):
-    """`megadalle tokenizer` of `shards` at the demo's vocabulary size, written to `output`; returns the Tokenizer."""
-    from megadalle.config.data import TokenizerConfig
-    from megadalle.data.tokenizer import train_tokenizer
-
-    cfg = compose("tokenizer", [path_override("input", shards), path_override("output", output),
-                                f"vocab_size={d.vocab_size}", f"seed={seed}"])
-    tc = build(TokenizerConfig, top_level(cfg, TokenizerConfig), "")
-    return train_tokenizer(tc.input, tc.output, tc.vocab_size, tc.normalization, tc.character_coverage,
-                           tc.max_sentences, tc.byte_fallback, tc.seed)
-
-
-def prepare_folder(raw: Path, shards: Path, image_size: int) -> Path:
-    """`megadalle prepare` of a folder of PNGs and captions into shards at the demo's image size."""
-    from megadalle.config.data import PrepareConfig
-    from megadalle.data.prepare import prepare
-
-    cfg = compose("prepare", [path_override("input", raw), path_override("output", shards), f"image_size={image_size}",
-                              "format=png", f"min_side={image_size}"])
-    print(prepare(build(PrepareConfig, top_level(cfg, PrepareConfig), "")).text())
-    return shards
-
-
-def caption_shards(d: DemoConfig, folder: Path, seed: int) -> Path:
-    """Shards of one caption of each training scene (no image) in `folder`, what `up_front_tokenizer` trains on."""
-    from megadalle.data.shards import ShardWriter
-
-    train, _ = split_scenes(d.holdout, seed)
-    with ShardWriter(folder) as writer:
-        for i, scene in enumerate(train):
-            writer.write({"__key__": f"{i:06d}", "txt": scene.caption})
-    return folder
-
-
-def up_front_tokenizer(d: DemoConfig, seed: int):
-    """The data stage's tokenizer, before the data is drawn: trained on one caption of each training scene, it is the
-    same piece for piece (every scene has `per_scene` images, so every caption's count is scaled alike, and BPE
-    merges the most frequent pair, which scaling does not change)."""
-    with tempfile.TemporaryDirectory() as folder, redirect_stderr(io.StringIO()):  # its progress bar
-        return train_demo_tokenizer(d, caption_shards(d, Path(folder) / "shards", seed),
-                                    Path(folder) / "tokenizer.model", seed)
-
-
-def check_captions_fit(tokenizer: Path | bytes, text_len: int) -> None:
-    """Refuse a text_len that would cut the end off a caption: the last words name the position, and a cut one
-    makes two scenes' captions the same for the Transformer and CLIP. run_demo asks before any stage runs, of
-    `up_front_tokenizer` (asked only of the data stage's, it was a traceback once that stage had run), and
-    make_data asks again of the stage's own, should the two ever differ."""
-    from megadalle.data.tokenizer import Tokenizer
-
-    tok = Tokenizer(tokenizer)
-    need, longest = max((len(tok.encode(scene.caption)), scene.caption) for scene in all_scenes())
-    if need > text_len:
-        raise ConfigError(f"demo.text_len={text_len} cuts captions: {longest!r} is {need} tokens under the demo's "
-                          f"tokenizer; set demo.text_len={need} or more")
-
-
-DEMO_CLIP = "clip=tiny"
-"""The demo's CLIP, whose patch size the image size must fit (check_image_size)."""
-
-
-def check_image_size(d: DemoConfig) -> None:
-    """Refuse an image_size CLIP cannot cut into whole patches before any stage runs: DemoConfig checks it against
-    the dVAE only, and it was refused at the train-clip stage, after the data, the dVAE and encode, naming
-    clip.image_size, a key the demo sets itself."""
-    patch = compose("train-clip", [DEMO_CLIP]).clip.patch_size
-    down = 2 ** (d.dvae_groups - 1)
-    check_multiple("demo.image_size", d.image_size, math.lcm(down, patch),
-                   f"whole {DEMO_CLIP} patches of {patch} px and the dVAE's downsampling 2**(dvae_groups-1) = {down}")
-
-
-def demo_dvae_config(d: DemoConfig, out: Path, shards: Path, seed: int = 0) -> DictConfig:
-    """The demo's train-dvae config: dvae=tiny under the demo's seed, then `d.dvae_overrides`."""
-    return compose("train-dvae", [f"seed={seed}",
-        "dvae=tiny", f"dvae.image_size={d.image_size}", f"dvae.n_groups={d.dvae_groups}",
-        f"dvae.objective.tau_anneal_steps={d.dvae_steps}",
-        f"dvae.objective.kl_warmup_steps={max(1, d.dvae_steps // 15)}", path_override("data.shards", shards),
-        path_override("weights", out / "dvae.safetensors"), path_override("run_dir", out / "runs/dvae"),
-        *trainer_overrides("dvae", d.dvae_steps, d.dvae_batch, d.dvae_lr), *d.dvae_overrides])
-
-
-def check_dvae_overrides(d: DemoConfig, out: Path, seed: int = 0) -> None:
-    """Refuse a bad `d.dvae_overrides` (an unknown key, a value of the wrong type or range) before the demo
-    makes its data, not minutes later when its dVAE stage starts."""
-    from megadalle.train.dvae import task_from_config
-
-    if d.dvae_overrides:
-        task_from_config(demo_dvae_config(d, out, out / "shards", seed))
-
-
-def train_demo_dvae(d: DemoConfig, out: Path, shards: Path, seed: int = 0) -> Path:
-    """The demo's dVAE stage, trained from `demo_dvae_config`."""
-    from megadalle.train.dvae import train_dvae
-
-    return train_dvae(demo_dvae_config(d, out, shards, seed))
 
 
 def clip_training_shards(d: DemoConfig, dvae, out: Path, shards: Path, seed: int) -> Path:
@@ -256,22 +130,10 @@ def train_models(d: DemoConfig, out: Path, shards: Path, tokenizer: Path, vocab:
         encode_shards(dvae, shards, out / "tokens", batch_size=128, weights=out / "dvae.safetensors")
     with timer.stage("train-clip", out / "runs/clip"):
         clip_shards = clip_training_shards(d, dvae, out, shards, seed)
-        clip = train_clip(compose("train-clip", [f"seed={seed}", DEMO_CLIP, f"clip.image_size={d.image_size}",
-                                          f"clip.text_vocab={vocab}", f"clip.text_len={d.text_len}",
-                                          path_override("data.shards", clip_shards),
-                                          path_override("tokenizer", tokenizer),
-                                          path_override("weights", out / "clip.safetensors"),
-                                          path_override("run_dir", out / "runs/clip"),
-                                          *trainer_overrides("clip", d.clip_steps, d.clip_batch, d.clip_lr)]))
+        clip = train_clip(clip_config(d, out, clip_shards, tokenizer, vocab, seed))
         finished("train-clip", clip is not None)
     with timer.stage("train", out / "runs/dalle"):
-        cfg = compose("train", [f"seed={seed}", "model=tiny", f"model.text_len={d.text_len}",
-                                f"model.text_vocab={vocab}", f"model.grid_size={dvae.cfg.grid_size}",
-                                f"model.image_vocab={dvae.cfg.vocab_size}",
-                                path_override("data.shards", out / "tokens"),
-                                path_override("data.tokenizer", tokenizer), "data.bpe_dropout=0.0",
-                                path_override("run_dir", out / "runs/dalle"),
-                                *trainer_overrides("tiny", d.steps, d.batch, d.lr)])
+        cfg = transformer_config(d, out, tokenizer, vocab, dvae.cfg.grid_size, dvae.cfg.vocab_size, seed)
         result = train_from_config(task_from_config(cfg), cfg, FACTORY)
         finished("train", not result.stopped_by_signal)
         export(result.run_dir, out / "model.safetensors", dtype="fp32")
@@ -365,9 +227,7 @@ def run_demo(d: DemoConfig, output: str | Path, seed: int = 0, timer: Timer | No
         torch.set_num_threads(d.threads)
     out = Path(output)
     check_output(out)
-    check_dvae_overrides(d, out, seed)
-    check_image_size(d)
-    check_captions_fit(up_front_tokenizer(d, seed).proto, d.text_len)
+    check_settings(d, out, seed)
     out.mkdir(parents=True, exist_ok=True)
     check_and_record(d, out, seed)
     timer, start = timer or Timer(), time.perf_counter()

@@ -7,6 +7,7 @@ from operator import attrgetter
 import pytest
 
 import megadalle.demo as demo
+from megadalle.demo_verbs import path_override
 from megadalle.cli import main
 from megadalle.config import build
 from megadalle.config.compose import compose
@@ -115,5 +116,5 @@ def test_every_stage_gets_the_demos_paths_whatever_their_characters(tmp_path, mo
 
 @pytest.mark.parametrize("path", ['/d/a,b', "/d/x\\y", '/d/q"z', "/d/t\\", "/d/${x}", '/d/w\\"v', "/d/[a]{b}"])
 def test_a_path_override_reads_back_as_the_path(path):
-    cfg = compose("tokenizer", [demo.path_override("input", path), demo.path_override("output", path + "/t")])
+    cfg = compose("tokenizer", [path_override("input", path), path_override("output", path + "/t")])
     assert (cfg.input, cfg.output) == (path, path + "/t")

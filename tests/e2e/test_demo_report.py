@@ -7,6 +7,7 @@ import re
 import pytest
 
 import megadalle.demo as demo
+from megadalle.demo_verbs import trainer_overrides
 from megadalle.config import build
 from megadalle.config.clip import ClipConfig
 from megadalle.config.compose import compose
@@ -172,7 +173,7 @@ def test_every_training_stage_is_configured_to_train_on_a_gpu_machine_too(verb, 
     from megadalle.train import engine
 
     monkeypatch.setattr(engine.torch.cuda, "is_available", lambda: True)
-    cfg = compose(verb, demo.trainer_overrides(group, 10, 4, 1e-3))
+    cfg = compose(verb, trainer_overrides(group, 10, 4, 1e-3))
     trainer = build(TrainerConfig, cfg.trainer, "trainer")
     engine.precision_config(build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"), engine.training_dtype(trainer.precision))
 

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from megadalle import demo
+from megadalle import demo, demo_checks
 from megadalle.config import ConfigError, build
 from megadalle.config.compose import compose
 from megadalle.config.demo import DemoConfig, tokenizer_minimum
@@ -54,13 +54,13 @@ def test_the_up_front_tokenizer_is_the_data_stages(tmp_path):
     the data stage trains on `per_scene` images of each is the same model, byte for byte."""
     for i, d in enumerate([settings(), settings("demo.per_scene=30", "demo.holdout=8", "demo.vocab_size=40")]):
         demo.draw_data(d, tmp_path / str(i), seed=i)
-        assert demo.up_front_tokenizer(d, seed=i).proto == (tmp_path / str(i) / "tokenizer.model").read_bytes()
+        assert demo_checks.up_front_tokenizer(d, seed=i).proto == (tmp_path / str(i) / "tokenizer.model").read_bytes()
 
 
 def test_the_demos_vocabulary_minimum_is_the_tokenizers(tmp_path):
     """DemoConfig refuses a vocab_size below what sentencepiece needs of the captions: the smallest it names
     trains, one less is refused by the tokenizer itself."""
-    shards = demo.caption_shards(settings(), tmp_path / "shards", 0)
+    shards = demo_checks.caption_shards(settings(), tmp_path / "shards", 0)
     Tokenizer(train_tokenizer(shards, tmp_path / "tok.model", tokenizer_minimum()).proto)
     with pytest.raises(ConfigError, match=f"set vocab_size={tokenizer_minimum()} or more"):
         train_tokenizer(shards, tmp_path / "tok.model", tokenizer_minimum() - 1)
@@ -84,4 +84,4 @@ def test_each_batch_may_be_as_large_as_its_stages_data():
 
 def test_an_image_size_of_whole_patches_passes():
     for size in (40, 44):
-        demo.check_image_size(dataclasses.replace(settings(), image_size=size, dvae_groups=2))
+        demo_checks.check_image_size(dataclasses.replace(settings(), image_size=size, dvae_groups=2))
