@@ -124,10 +124,17 @@ def _publish(root: Path, path: Path, step: int, client_state: dict, lineage: Lin
     atomic_write(root / LATEST, path.name)
 
 
+WRITE_FAILED = ("[Errno", "unexpected pos", "file write failed")
+"""How a failed write reads in a save's error: an OSError's number, or torch's words for a write its archive writer
+could not finish (it names no cause when the disk is full)."""
+
+
 def on_every_rank(path: Path, rank: int, action=None, remove: bool = True) -> None:
     """Run this rank's part (`action`, if any) of saving `path`. When it failed on any rank, every rank raises
-    the first rank's error with its likely cause (torch says only `unexpected pos` when the disk is full),
-    after rank 0 removed the unfinished directory (`remove`) so that nothing there can pass for a checkpoint."""
+    the first rank's error, with the disk as its likely cause where the error is a failed write (WRITE_FAILED),
+    after rank 0 removed the unfinished directory (`remove`) so that nothing there can pass for a checkpoint. Any
+    other error is said as it is: a loader worker killed by the out-of-memory killer lands wherever the main thread
+    is, a save included, and was reported as a full disk."""
     error = None
     try:
         if action is not None:
@@ -140,8 +147,10 @@ def on_every_rank(path: Path, rank: int, action=None, remove: bool = True) -> No
     if rank == 0 and remove:
         shutil.rmtree(path, ignore_errors=True)
     good = complete_tags(path.parent, before=path.name)
-    raise CheckpointError(f"cannot save the checkpoint {path} ({error}): is the disk full, over quota or past a "
-                          "file-size limit (ulimit -f)? " + ("The unfinished directory is removed; " if remove else "")
+    disk = (": is the disk full, over quota or past a file-size limit (ulimit -f)? " if any(
+        sign in error for sign in WRITE_FAILED) else ". ")
+    raise CheckpointError(f"cannot save the checkpoint {path} ({error}){disk}"
+                          + ("The unfinished directory is removed; " if remove else "")
                           + (f"{path.parent / good[-1]} is the newest good checkpoint" if good
                              else "no checkpoint of this run was complete before it"))
 
