@@ -5,7 +5,7 @@ import pytest
 
 from megadalle.data.order import BatchLargerThanData, check_global_batch
 from megadalle.train.task import DataPart
-from tests.cli.test_preflight import fails
+from tests.cli.preflight_run import fails
 
 
 def test_a_global_batch_up_to_the_sample_count_passes_and_a_larger_one_is_refused():

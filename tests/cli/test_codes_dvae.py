@@ -12,7 +12,7 @@ from megadalle.config.compose import compose
 from megadalle.data.index import ShardIndex
 from megadalle.train.checkpoint import CheckpointError
 from megadalle.train.data_identity import check_data_identity
-from tests.cli.test_preflight import TINY, fails
+from tests.cli.preflight_run import TINY, fails
 
 
 @pytest.fixture(scope="module")

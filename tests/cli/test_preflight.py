@@ -11,17 +11,7 @@ import torch
 from megadalle.cli import main
 from megadalle.config.compose import compose
 from megadalle.config.required import missing
-
-TINY = ["model=tiny", "trainer=tiny", "logger=none", "data.num_workers=0"]
-
-
-def fails(capsys, argv, expected):
-    started = torch.distributed.is_initialized()  # an earlier in-process training test may have started one
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and expected in err, err
-    assert torch.distributed.is_initialized() == started
-    return err
+from tests.cli.preflight_run import TINY, fails
 
 
 def test_yaml_required_keys_stay_required_over_schema_defaults():
@@ -63,7 +53,7 @@ def test_token_shards_and_tokenizer_must_fit_the_model(capsys, token_shards, ove
 
 def test_a_tokenizer_megadalle_cannot_use_is_named_by_its_key(capsys, token_shards, image_shards, tmp_path):
     """sentencepiece's default special ids were a ValueError traceback (exit 1), a text file a RuntimeError."""
-    from tests.data.test_tokenizer import captions, sp_model
+    from tests.data.sentencepiece_models import captions, sp_model
 
     default_ids = tmp_path / "default.model"
     default_ids.write_bytes(sp_model(captions(), pad_id=-1, unk_id=0, bos_id=1, eos_id=2))

@@ -6,7 +6,7 @@ import pytest
 from megadalle.config.compose import compose
 from megadalle.preflight.probes import PreflightError
 from megadalle.preflight.train_verbs import check_ema_swap, check_train
-from tests.cli.test_preflight import TINY
+from tests.cli.preflight_run import TINY
 
 TOKENIZER_PIECES = 40
 """The size of the cli fixtures' tokenizer (tests/cli/conftest.token_shards)."""

@@ -9,7 +9,7 @@ import pytest
 
 from megadalle.cli import main
 from megadalle.train import rundir
-from tests.sample.test_compatible import dvae_config, save_dvae
+from tests.tiny_models import dvae_config, save_dvae
 
 DVAE = dvae_config(image_size=16, n_groups=2, vocab_size=128)
 """A dVAE that decodes the tiny Transformer's 8x8 grids of 128 codes."""

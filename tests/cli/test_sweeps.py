@@ -29,7 +29,7 @@ def test_generate_and_evaluate_sweep_jobs_each_write_to_their_own_folder(tmp_pat
     each job writes to its own job folder, as the README says."""
     import json
 
-    from tests.sample.test_generate import write_tiny_models
+    from tests.tiny_models import write_tiny_models
 
     write_tiny_models(tmp_path)
     (tmp_path / "captions.txt").write_text("a red circle\n")
@@ -56,7 +56,7 @@ def test_a_sweep_given_an_output_writes_each_job_to_its_number_under_it(tmp_path
     overwrite=true each job replaced the one before); DIR is now the sweep's folder, job i's DIR/<i>."""
     import json
 
-    from tests.sample.test_generate import write_tiny_models
+    from tests.tiny_models import write_tiny_models
 
     write_tiny_models(tmp_path)
     (tmp_path / "captions.txt").write_text("a red circle\n")
@@ -85,7 +85,7 @@ def test_a_sweep_given_an_output_writes_each_job_to_its_number_under_it(tmp_path
 
 def test_ctrl_c_in_a_sweep_job_stops_the_sweep_with_exit_code_130(tmp_path, capsys, monkeypatch):
     import megadalle.sample
-    from tests.sample.test_generate import write_tiny_models
+    from tests.tiny_models import write_tiny_models
 
     calls = []
 
@@ -108,7 +108,7 @@ def test_a_stop_signal_in_a_sweep_job_stops_the_sweep_with_exit_code_75(tmp_path
 
     import megadalle.sample
     from megadalle.train.signals import STOPPED_EXIT
-    from tests.sample.test_generate import write_tiny_models
+    from tests.tiny_models import write_tiny_models
 
     calls = []
 

@@ -7,7 +7,7 @@ import pytest
 
 from megadalle.config.compose import compose
 from megadalle.preflight import preflight
-from tests.cli.test_preflight import TINY, fails
+from tests.cli.preflight_run import TINY, fails
 
 SYNTHETIC = ["train", *TINY, "data=synthetic"]
 

@@ -11,7 +11,7 @@ from megadalle.data.prepare import prepare
 from megadalle.data.shards import ShardWriter, iter_samples
 from megadalle.data.sources import find_items
 from tests.data.conftest import jpeg_bytes
-from tests.data.test_prepare import config, put
+from tests.data.prepare_inputs import config, put
 
 INSIDE = ["a dog\u2028running on the beach", "a dog\u2029running", "a dog\x85running", "a dog\x0crunning",
           "a dog\x1crunning", "a dog\x1drunning", "a dog\x1erunning", "a dog\x0brunning"]

@@ -11,7 +11,7 @@ from megadalle.data.captions import caption_lines
 from megadalle.data.convert import ConvertOptions, convert
 from megadalle.data.sources import find_items
 from tests.data.conftest import jpeg_bytes
-from tests.data.test_prepare import put
+from tests.data.prepare_inputs import put
 
 OPTS = ConvertOptions(image_size=32, min_side=1)
 

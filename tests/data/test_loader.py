@@ -8,6 +8,7 @@ import torch
 
 from megadalle.config.data import DataConfig
 from megadalle.data.loader import LoaderStateError, image_loader, loader_from_config, rank_and_world, token_loader
+from tests.data.mixed_image_tar import mixed_image_tar
 
 TEXT_LEN = 12
 
@@ -253,24 +254,6 @@ def test_a_corrupt_sample_names_itself(tmp_path):
                                                   "jpg": b"broken" if i == 2 else jpeg_bytes((8, 8), i)})
     with pytest.raises(RuntimeError, match=r"shard-000000\.tar:002: step 0, micro-batch 0: its image does not decode"):
         take(image_loader(root, 4, 8, shuffle=False), 1)
-
-
-def mixed_image_tar(root, n=6, size=16):
-    """A tar from elsewhere whose samples carry jpg, png, webp, gif or tif (img2dataset keeps each format)."""
-    import io
-
-    import webdataset as wds
-    from PIL import Image
-
-    root.mkdir(parents=True, exist_ok=True)
-    with wds.TarWriter(str(root / "00000.tar")) as sink:
-        for i in range(n):
-            fmt = ("jpg", "png", "webp", "gif", "tif", "tiff")[i % 6]
-            buf = io.BytesIO()
-            Image.new("RGB", (size, size), (40 * i, 255 - 40 * i, 90)).save(
-                buf, format={"jpg": "JPEG", "tif": "TIFF"}.get(fmt, fmt))
-            sink.write({"__key__": f"sub/dir/k{i}", fmt: buf.getvalue(), "txt": f"sample {i}"})
-    return root
 
 
 def test_samples_with_different_image_fields_all_load(tmp_path):

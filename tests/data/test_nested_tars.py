@@ -11,7 +11,7 @@ import pytest
 from megadalle.cli import main
 from megadalle.data.nested import nested_tars
 from tests.data.conftest import jpeg_bytes
-from tests.data.test_prepare import put
+from tests.data.prepare_inputs import put
 
 
 def shard(path, keys):

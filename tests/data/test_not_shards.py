@@ -12,7 +12,7 @@ from megadalle.cli import main
 from megadalle.data.index import ShardsNotFound
 from megadalle.data.shards import open_index
 from tests.data.conftest import jpeg_bytes
-from tests.data.test_prepare import put
+from tests.data.prepare_inputs import put
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from megadalle.cli import main
 from megadalle.data.index import INDEX_NAME, ShardIndex
 from megadalle.data.shards import ShardWriter, open_index
 from tests.data.conftest import jpeg_bytes
-from tests.data.test_prepare import put
+from tests.data.prepare_inputs import put
 
 
 def snapshot(root):

@@ -13,17 +13,7 @@ from megadalle.config.data import PrepareConfig
 from megadalle.data.prepare import prepare
 from megadalle.data.shards import ShardIndex, iter_samples
 from tests.data.conftest import jpeg_bytes
-
-
-def put(folder, name, data: bytes | None = None, caption: str | bytes | None = "a picture"):
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if data is not None:
-        path.write_bytes(data)
-    if caption is not None:
-        txt = path.with_suffix(".txt")
-        txt.write_bytes(caption if isinstance(caption, bytes) else caption.encode())
-    return path
+from tests.data.prepare_inputs import config, put
 
 
 def solid_png(size) -> bytes:
@@ -58,11 +48,6 @@ def mixed_folder(tmp_path):
                 "nocap.jpg": "missing_caption", "blank.jpg": "empty_caption", "badenc.jpg": "unreadable",
                 "orphan.txt": "orphan_caption"}
     return root, expected
-
-
-def config(input, output, **kw) -> PrepareConfig:
-    base = dict(image_size=32, min_side=32, max_pixels=200_000, num_workers=0)
-    return PrepareConfig(input=str(input), output=str(output), **{**base, **kw})
 
 
 def test_keeps_exactly_the_good_and_reports_each_bad(mixed_folder, tmp_path):

@@ -15,7 +15,7 @@ from megadalle.data.shards import iter_samples
 from megadalle.data.sources import InputError, find_items
 from megadalle.errors import UserError
 from tests.data.conftest import jpeg_bytes
-from tests.data.test_prepare import config, put
+from tests.data.prepare_inputs import config, put
 
 
 def problems(items):

@@ -19,7 +19,7 @@ from megadalle.data.shards import iter_samples
 from megadalle.data.sources import find_items
 from megadalle.data.split import NAME_RULE, SPLIT_RULE, SecondSplitError, SplitDirError
 from tests.data.conftest import jpeg_bytes
-from tests.data.test_prepare import config, put
+from tests.data.prepare_inputs import config, put
 
 
 def samples(root) -> list[dict]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 import pickle
 import re
@@ -18,23 +17,10 @@ from megadalle.cli import main
 from megadalle.data.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError, caption_lengths,
                                       iter_captions, train_tokenizer)
 from megadalle.errors import UserError
-from tests.data.conftest import WORDS, caption
+from tests.data.conftest import WORDS
+from tests.data.sentencepiece_models import captions, sp_model
 
 TEXT = "a small red cat sits on the mat near the big house"
-
-
-def sp_model(captions: list[str], **options) -> bytes:
-    """A sentencepiece model trained outside megadalle (megadalle's special ids unless `options` change them)."""
-    buf = io.BytesIO()
-    options = {"model_type": "bpe", "vocab_size": 64, "pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3, **options}
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(captions), model_writer=buf, hard_vocab_limit=False,
-                                   minloglevel=2, **options)
-    return buf.getvalue()
-
-
-def captions(n: int = 500, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [caption(rng) for _ in range(n)]
 
 
 def test_special_ids_and_small_vocab(tokenizer):

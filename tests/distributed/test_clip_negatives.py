@@ -22,11 +22,8 @@ from megadalle.train.task import DataPart
 
 import dist_launch as launch
 from dist_clip_pairs import global_batch
+from dist_clip_settings import OVERRIDES, PARTITIONED
 
-OVERRIDES = ["clip=tiny", "clip.image_size=16", "clip.text_len=8", "trainer=tiny", "logger=none", "seed=3",
-             "trainer.warmup_steps=0", "trainer.decay=constant", "trainer.lr=1e6", "trainer.eps=1e6",
-             "trainer.weight_decay=0", "trainer.grad_clip=0", "trainer.micro_batch=2", "trainer.grad_accum=2"]
-PARTITIONED = "++deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0"
 FP32 = (1e-5, 1e-5, 2e-5)  # metrics' rel, parameters' rtol and atol
 BF16 = (5e-3, 2e-2, 1e-1)  # bf16 weights and activations (the cached loss in fp32); the old problem is 5 away
 LAYOUTS = {  # world, overrides, micro-batches each contrasted alone (None: the whole batch at once), tolerances

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dist_launch as launch
-from test_clip_negatives import OVERRIDES, PARTITIONED
+from dist_clip_settings import OVERRIDES, PARTITIONED
 
 LOW = [*OVERRIDES, "clip.init_temperature=0.01", "trainer.lr=2e6", "trainer.precision=bf16"]
 LAYOUTS = {

@@ -14,6 +14,8 @@ from megadalle.data.shards import iter_samples
 from megadalle.encode import encode_shards
 from megadalle.models.dvae import DVAE, load_dvae
 from megadalle.weights import save_weights
+from tests.data.mixed_image_tar import mixed_image_tar
+from tests.dvae.file_bytes import file_bytes
 
 
 class WordIds:
@@ -145,8 +147,6 @@ def test_a_rerun_on_another_input_reencodes(tmp_path, image_shards, weights):
 
 def test_encode_reads_each_samples_own_image_field(tmp_path, weights):
     """A folder from elsewhere mixing jpg, png and webp samples is encoded whole, each sample from its image."""
-    from tests.data.test_loader import mixed_image_tar
-
     root = mixed_image_tar(tmp_path / "wds", size=32)
     index = encode_shards(load_dvae(weights), root, tmp_path / "tokens")
     assert index.total == 6
@@ -339,14 +339,10 @@ def _prepared_pictures(tmp_path):
     return out
 
 
-def _files(root):
-    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def test_encode_refuses_an_output_holding_prepared_image_shards(tmp_path, image_shards, weights, capsys):
     """`encode output=` another data set's prepared folder replaced its images with codes, with only a note."""
     prepared = _prepared_pictures(tmp_path)
-    before = _files(prepared)
+    before = file_bytes(prepared)
     capsys.readouterr()
     argv = ["encode", f"dvae_weights={weights}", f"input={image_shards}", f"output={prepared}", "device=cpu"]
     assert main(argv) == 2
@@ -358,7 +354,7 @@ def test_encode_refuses_an_output_holding_prepared_image_shards(tmp_path, image_
 
     with pytest.raises(OutputTaken):
         encode_shards(load_dvae(weights), image_shards, prepared)
-    assert _files(prepared) == before
+    assert file_bytes(prepared) == before
 
 
 def test_encode_refuses_an_output_holding_tars_it_did_not_write_even_in_its_validation_split(tmp_path, weights,
@@ -374,13 +370,13 @@ def test_encode_refuses_an_output_holding_tars_it_did_not_write_even_in_its_vali
     argv = ["encode", f"dvae_weights={weights}", f"input={source}", f"output={out}", "device=cpu"]
     assert main(argv) == 0 and main(argv) == 0
     (out / "val" / "00000.tar").write_bytes(b"from elsewhere")
-    before = _files(out)
+    before = file_bytes(out)
     capsys.readouterr()
     assert main(argv) == 2
     assert capsys.readouterr().err == (
         f"megadalle encode: output={out / 'val'} holds 1 tar that encode did not write (00000.tar): encode writes "
         "only into a new folder or over its own earlier output; give another output=, or move it out of it\n")
-    assert _files(out) == before
+    assert file_bytes(out) == before
 
 
 def _split_input(root, val=True, seed=0):
@@ -419,7 +415,7 @@ def _stale_split_with_a_note(tmp_path, weights):
     argv = ["encode", f"dvae_weights={weights}", f"output={out}", "device=cpu"]
     assert main([*argv, f"input={split}"]) == 0
     (out / "val" / "notes.txt").write_text("mine")
-    return argv, split, whole, out, _files(out)
+    return argv, split, whole, out, file_bytes(out)
 
 
 def test_a_split_of_encodes_holding_other_files_is_refused_and_one_encode_did_not_write_as_a_split_stays(
@@ -434,7 +430,7 @@ def test_a_split_of_encodes_holding_other_files_is_refused_and_one_encode_did_no
         "input's val/, which this input does not have (train would validate on it: data.val_shards=null reads "
         "<shards>/val), and 1 entry encode did not write (notes.txt), so encode does not remove it; move it out of "
         "it, or give another output=\n")
-    assert _files(out) == before
+    assert file_bytes(out) == before
 
     chosen = tmp_path / "chosen"
     assert main(["encode", f"dvae_weights={weights}", f"input={whole}", f"output={chosen / 'val'}", "device=cpu"]) == 0
@@ -512,7 +508,7 @@ def test_every_rank_of_a_split_encode_refuses_a_stale_split_it_may_not_remove(tm
     capsys.readouterr()
     assert main([*argv, f"input={whole}"]) == 2
     assert "and 1 entry encode did not write (notes.txt), so encode does not remove it" in capsys.readouterr().err
-    assert {name: data for name, data in _files(out).items() if name != Path(".lock")} == before
+    assert {name: data for name, data in file_bytes(out).items() if name != Path(".lock")} == before
 
 
 def test_a_split_whose_files_vanish_under_another_ranks_look_is_encodes(tmp_path, weights, monkeypatch):

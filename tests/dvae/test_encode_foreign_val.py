@@ -15,7 +15,7 @@ from megadalle.data.index import ShardIndex
 from megadalle.models.dvae import DVAE
 from megadalle.weights import save_weights
 from tests.dvae.conftest import png, rectangles, write_image_shards
-from tests.dvae.test_encode import _files
+from tests.dvae.file_bytes import file_bytes
 
 
 def _prepared_split(tmp_path):
@@ -40,11 +40,11 @@ def test_a_prepared_split_in_the_output_is_left_byte_for_byte(tmp_path, small_dv
     write_image_shards(whole, 8, 32, 8, seed=3)
     out = tmp_path / "tokens"
     shutil.copytree(_prepared_split(tmp_path), out / "val")
-    before = _files(out / "val")
+    before = file_bytes(out / "val")
     argv = ["encode", f"dvae_weights={weights}", f"input={whole}", f"output={out}", "device=cpu"]
     for _ in range(2):  # into a new output, then over its own earlier one
         capsys.readouterr()
         assert main(argv) == 0, capsys.readouterr().err
         assert "removed the validation split" not in capsys.readouterr().err
-        assert _files(out / "val") == before
+        assert file_bytes(out / "val") == before
         assert ShardIndex.load(out).total == 8

@@ -6,8 +6,8 @@ import pytest
 
 from megadalle.cli import main
 from megadalle.config.evaluate import EvaluateConfig
-from tests.eval.test_evaluate_reruns import evaluate_args
-from tests.sample.test_generate import write_tiny_models
+from tests.eval.evaluate_command import evaluate_args
+from tests.tiny_models import write_tiny_models
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from megadalle.config.evaluate import EvaluateConfig
 from megadalle.sample import generate
 from megadalle.sampling.loop import SamplingSettings
 from tests.imports.conftest import trained  # noqa: F401  (the tiny Transformer run, dVAE, CLIP and tokenizer)
-from tests.imports.test_open_clip import ARCH, weights  # noqa: F401  (skips this module without open_clip)
+from tests.imports.tiny_open_clip import ARCH, weights  # noqa: F401  (skips this module without open_clip)
 
 SETTINGS = SamplingSettings(EvaluateConfig.temperature, EvaluateConfig.top_k, EvaluateConfig.top_p)
 
@@ -47,7 +47,7 @@ def test_clip_model_open_clip_with_clip_weights(weights, tmp_path):  # noqa: F81
     from megadalle.data.tokenizer import Tokenizer
     from megadalle.sampling.load import load_model
     from megadalle.sampling.rerank import load_open_clip
-    from tests.sample.test_generate import write_tiny_models
+    from tests.tiny_models import write_tiny_models
 
     root, _ = weights
     write_tiny_models(tmp_path)

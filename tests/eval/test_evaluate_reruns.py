@@ -11,8 +11,9 @@ import pytest
 
 from megadalle.cli import main
 from megadalle.train.signals import STOPPED_EXIT
+from tests.eval.evaluate_command import evaluate_args
 from tests.rerun_refusal import refused_then_overwritten
-from tests.sample.test_generate import write_tiny_models
+from tests.tiny_models import write_tiny_models
 
 
 @pytest.fixture
@@ -20,11 +21,6 @@ def models(tmp_path):
     write_tiny_models(tmp_path)
     (tmp_path / "captions.txt").write_text("a red circle\na blue square\n")
     return tmp_path
-
-
-def evaluate_args(models, *more):
-    return ["evaluate", f"weights={models / 'model.safetensors'}", f"captions={models / 'captions.txt'}", "fid=false",
-            "device=cpu", *more]
 
 
 def test_a_rerun_into_an_earlier_runs_folder_is_refused_unless_overwrite(models, tmp_path, capsys, monkeypatch):

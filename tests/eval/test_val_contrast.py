@@ -15,7 +15,7 @@ from megadalle.train.clip import ClipTask
 from megadalle.train.task import DataPart, Task
 from megadalle.train.validate import Validator
 
-from tests.sample.test_clip import TINY
+from tests.sample.tiny_clip import TINY
 
 PAIRS = 16
 

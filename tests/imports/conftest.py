@@ -12,7 +12,7 @@ from megadalle.models.clip import CLIP
 from megadalle.models.dvae import DVAE
 from megadalle.weights import save_weights
 from tests.distributed.dist_tokens import make_token_data
-from tests.sample.test_generate import trained_with
+from tests.tiny_models import trained_with
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from megadalle.sampling.compatible import IncompatibleModels
 from megadalle.sampling.load import ModelNotFound, WrongKind, model_config
 from megadalle.sampling.rerank import RerankerError, as_reranker
 from megadalle.weights import load_weights
-from tests.sample.test_compatible import dvae_config, save_dvae
+from tests.tiny_models import dvae_config, save_dvae
 
 
 def test_export_a_folder_load_it_and_generate_from_it(trained, tmp_path):

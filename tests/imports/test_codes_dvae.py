@@ -22,7 +22,7 @@ from megadalle.train import rundir
 from megadalle.weights import config_path
 from tests.distributed.dist_tokens import make_token_data
 from tests.imports.conftest import train_tiny
-from tests.sample.test_compatible import dvae_config, save_dvae
+from tests.tiny_models import dvae_config, save_dvae
 
 
 @pytest.fixture(scope="module")

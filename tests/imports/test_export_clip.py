@@ -7,7 +7,7 @@ import shutil
 
 from megadalle.cli import main
 from megadalle.data.digest import sha256
-from tests.sample.test_generate import tokenizer_model, trained_with
+from tests.tiny_models import tokenizer_model, trained_with
 
 
 def test_export_refuses_a_clip_trained_with_another_tokenizer(trained, tmp_path, capsys):

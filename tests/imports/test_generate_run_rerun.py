@@ -4,7 +4,7 @@ import os
 
 from megadalle.cli import main
 from megadalle.sampling.resume import UNFINISHED
-from tests.sample.test_generate_stops import stopped_after_one_batch
+from tests.sample.stopped_generate import stopped_after_one_batch
 
 
 def test_a_run_json_rewritten_with_the_same_bytes_keeps_generates_results(trained, tmp_path, capsys, monkeypatch):

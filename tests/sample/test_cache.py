@@ -5,20 +5,9 @@ import torch
 
 from megadalle.attention import MASK_KINDS, MaskSpec
 from megadalle.attention.masks import allowed
-from megadalle.config.model import TransformerConfig
-from megadalle.models.transformer import Transformer
 from megadalle.sampling.decoder import SparseDecoder, image_key_table
 from megadalle.sampling.loop import SamplingSettings, batch_generator, sample_codes, sample_many
-
-
-def tiny(kind: str, last: str | None = None) -> Transformer:
-    cfg = TransformerConfig(text_len=6, text_vocab=40, grid_size=4, image_vocab=24, n_layers=2, n_heads=2,
-                            head_dim=8, d_model=16, attention_pattern=[kind], last_layer_attention=last,
-                            conv_kernel=3)
-    model = Transformer(cfg).eval()
-    for p in model.parameters():  # the zero-initialised embeddings would hide position mix-ups
-        torch.nn.init.normal_(p, std=0.3)
-    return model
+from tests.sample.tiny_transformer import tiny
 
 
 @pytest.mark.parametrize("kind,last", [(kind, None) for kind in MASK_KINDS] + [("row", "conv")])

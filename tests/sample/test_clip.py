@@ -15,16 +15,7 @@ from megadalle.models.clip import CLIP
 from megadalle.train.clip import ClipTask
 from megadalle.train.distributed import exit_process
 from megadalle.train.param_edit import ParamEditor
-
-TINY = ClipConfig(text_len=8, text_vocab=50, text_width=32, text_layers=1, text_heads=2, image_size=16,
-                  patch_size=4, vision_width=32, vision_layers=1, vision_heads=2, embed_dim=16)
-
-
-def batch(n: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(4, 50, (n, 8), generator=g)
-    text[:, 5:] = 0  # pads after the caption
-    return torch.rand(n, 3, 16, 16, generator=g), text
+from tests.sample.tiny_clip import TINY, batch
 
 
 def test_features_are_unit_vectors_and_loss_trains_temperature():

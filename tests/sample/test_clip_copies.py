@@ -14,7 +14,7 @@ from megadalle.train import grad_cache
 from megadalle.train.clip import ClipTask, embed, update_text
 from megadalle.train.distributed import exit_process
 
-from tests.sample.test_clip import TINY, batch
+from tests.sample.tiny_clip import TINY, batch
 
 SAMPLE = torch.tensor([10, 11, 12, 13, 14, 11, 15, 10])
 """8 rows, samples 10 and 11 read twice: rows 0 and 7, 1 and 5 (across the halves a 2-rank run or a 2-micro-batch

@@ -16,7 +16,7 @@ from megadalle.sample import generate
 from megadalle.sampling.load import load_model
 from megadalle.sampling.loop import SamplingSettings
 from megadalle.sampling.rerank import MegadalleClip, RerankerError
-from tests.sample.test_generate import write_tiny_models
+from tests.tiny_models import write_tiny_models
 
 PROMPT = "a red circle"
 
@@ -103,7 +103,7 @@ def test_a_clip_reading_larger_images_than_the_samples_is_said_to_upscale_them(m
     from megadalle.models.clip import CLIP
     from megadalle.sampling.load import model_config
     from megadalle.weights import save_weights
-    from tests.sample.test_generate import trained_with
+    from tests.tiny_models import trained_with
 
     cfg = dataclasses.replace(model_config(models / "clip.safetensors", "clip"), image_size=32)
     save_weights(models / "clip32.safetensors", CLIP(cfg).state_dict(), "clip", cfg)

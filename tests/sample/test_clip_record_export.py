@@ -14,7 +14,7 @@ from megadalle.cli import main
 from megadalle.data.digest import sha256
 from megadalle.train.clip import train_clip
 from megadalle.weights import config_path
-from tests.sample.test_train_clip import clip_config
+from tests.sample.clip_run import clip_config
 
 
 class Crash(Exception):

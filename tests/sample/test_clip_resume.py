@@ -10,7 +10,7 @@ from megadalle.cli import main
 from megadalle.train.checkpoint import MANIFEST, CheckpointError
 from megadalle.train.universal import Layout, keep_contrast
 
-from test_train_clip import clip_overrides
+from tests.sample.clip_run import clip_overrides
 
 
 def test_micro_batch_negatives_refuse_another_micro_batch_and_update_negatives_take_it(tmp_path, capsys):

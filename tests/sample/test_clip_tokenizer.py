@@ -10,8 +10,8 @@ from megadalle.data.digest import sha256
 from megadalle.sampling import clip_record
 from megadalle.train.clip import train_clip
 from megadalle.weights import config_path
-from tests.sample.test_generate import tokenizer_model, trained_with, write_tiny_models
-from tests.sample.test_train_clip import clip_config
+from tests.sample.clip_run import clip_config
+from tests.tiny_models import tokenizer_model, trained_with, write_tiny_models
 
 
 def generate(models, *keys: str, out: str = "out") -> int:

@@ -6,28 +6,16 @@ from pathlib import Path
 import pytest
 
 from megadalle.cli import main
-from megadalle.config import build
-from megadalle.config.dvae import DVAEConfig
-from megadalle.models.dvae import DVAE
 from megadalle.sampling.compatible import IncompatibleModels, check_compatible
 from megadalle.sampling.load import load_model, model_config
 from megadalle.weights import WeightsError, load_weights, save_weights
-from tests.sample.test_generate import write_tiny_models
-
-
-def dvae_config(**changes) -> DVAEConfig:
-    base = {"image_size": 16, "n_hid": 8, "n_blk_per_group": 1, "n_groups": 3, "vocab_size": 16, "n_init": 8}
-    return build(DVAEConfig, {**base, **changes}, "dvae")
+from tests.tiny_models import dvae_config, save_dvae, write_tiny_models
 
 
 @pytest.fixture
 def models(tmp_path) -> Path:
     write_tiny_models(tmp_path)  # a 4x4 grid of 16 codes, text_vocab 64, tokenizer of 40 pieces
     return tmp_path
-
-
-def save_dvae(path: Path, cfg: DVAEConfig) -> Path:
-    return save_weights(path, DVAE(cfg).state_dict(), "dvae", cfg)
 
 
 def test_each_disagreement_is_named_with_both_values(models):
@@ -93,7 +81,7 @@ def test_weights_of_another_kind_are_a_one_line_error(models, capsys):
 
 def test_a_tokenizer_megadalle_cannot_use_is_a_one_line_error(models, capsys):
     """`generate tokenizer=corpus.txt` was a RuntimeError traceback, default special ids a ValueError one."""
-    from tests.data.test_tokenizer import captions, sp_model
+    from tests.data.sentencepiece_models import captions, sp_model
 
     (models / "corpus.txt").write_text("a red circle\n")
     (models / "default.model").write_bytes(sp_model(captions(), pad_id=-1, unk_id=0, bos_id=1, eos_id=2))

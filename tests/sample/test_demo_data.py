@@ -121,7 +121,7 @@ def test_writer_pairs_files(tmp_path):
 def test_demo_refuses_a_text_len_that_cuts_captions(tmp_path):
     """The position is the caption's last words: a text_len that cuts them makes left and right read the same."""
     from megadalle.demo_checks import check_captions_fit
-    from tests.sample.test_generate import tokenizer_model
+    from tests.tiny_models import tokenizer_model
 
     tokenizer_model(tmp_path / "tok.model")
     check_captions_fit(tmp_path / "tok.model", 64)

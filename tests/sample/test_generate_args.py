@@ -10,7 +10,7 @@ from megadalle.data.tokenizer import Tokenizer
 from megadalle.sample import generate
 from megadalle.sampling.load import load_model
 from megadalle.sampling.loop import SamplingSettings
-from tests.sample.test_generate import write_tiny_models
+from tests.tiny_models import write_tiny_models
 
 PROMPT = "a red circle"
 

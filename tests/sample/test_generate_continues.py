@@ -12,9 +12,9 @@ import megadalle.bundle
 from megadalle.cli import main
 from megadalle.folder_lock import output_lock
 from megadalle.sampling.resume import UNFINISHED
-from tests.eval.test_evaluate_reruns import evaluate_args
-from tests.sample.test_generate_stops import args, results, stopped_after_one_batch
-from tests.sample.test_generate import write_tiny_models
+from tests.eval.evaluate_command import evaluate_args
+from tests.sample.stopped_generate import args, results, stopped_after_one_batch
+from tests.tiny_models import write_tiny_models
 
 
 @pytest.fixture

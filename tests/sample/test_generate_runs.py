@@ -8,7 +8,7 @@ from megadalle.cli import main
 from megadalle.config.compose import compose
 from megadalle.sample import run
 from tests.rerun_refusal import refused_then_overwritten
-from tests.sample.test_generate import write_tiny_models
+from tests.tiny_models import write_tiny_models
 
 
 @pytest.fixture

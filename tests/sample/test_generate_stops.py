@@ -1,6 +1,5 @@
 """`megadalle generate` stopped by a scheduler's signal (TERM) or Ctrl-C: one line, nothing left empty, and the
 finished batches saved, so that the same command continues and ends with an uninterrupted run's samples."""
-import json
 import os
 import signal
 import subprocess
@@ -12,24 +11,14 @@ import pytest
 from megadalle.cli import main
 from megadalle.sampling.resume import UNFINISHED
 from megadalle.train.signals import STOPPED_EXIT
-from tests.sample.test_generate import write_tiny_models
+from tests.sample.stopped_generate import args, results, stopped_after_one_batch
+from tests.tiny_models import write_tiny_models
 
 
 @pytest.fixture
 def models(tmp_path):
     write_tiny_models(tmp_path)
     return tmp_path
-
-
-def args(models, output, *more, n=20, batch_size=5):
-    return [f"weights={models / 'model.safetensors'}", "prompt=a red circle", f"n={n}", f"batch_size={batch_size}",
-            "keep=4", f"output={output}", *more]
-
-
-def results(folder):
-    """What a finished generate wrote: scores.json's samples and scores, and the kept images' bytes."""
-    record = json.loads((folder / "scores.json").read_text())
-    return record["kept"], record["all_scores"], [(folder / k["file"]).read_bytes() for k in record["kept"]]
 
 
 def test_term_mid_sampling_saves_the_finished_batches_and_the_same_command_continues(models, tmp_path, capsys):
@@ -143,22 +132,6 @@ def test_ctrl_c_keeps_the_finished_batches_too(models, tmp_path, capsys, monkeyp
     assert main(["generate", *args(models, output, n=9, batch_size=3)]) == 0
     assert main(["generate", *args(models, tmp_path / "whole", n=9, batch_size=3)]) == 0
     assert results(output) == results(tmp_path / "whole")
-
-
-def stopped_after_one_batch(models, output, capsys, monkeypatch, command: list[str] | None = None) -> None:
-    """A generate of 9 samples in batches of 3 into `output` (or the generate `command`), Ctrl-C'd once its first
-    batch is saved."""
-    from megadalle.sampling import resume
-
-    def interrupt(self, codes, scores):
-        real(self, codes, scores)
-        raise KeyboardInterrupt
-
-    real = resume.SavedBatches.add
-    monkeypatch.setattr(resume.SavedBatches, "add", interrupt)
-    assert main(command or ["generate", *args(models, output, n=9, batch_size=3)]) == 130
-    monkeypatch.undo()
-    capsys.readouterr()
 
 
 def test_saved_batches_of_other_settings_are_refused_unless_overwrite(models, tmp_path, capsys, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 from megadalle.config import ConfigError
 from megadalle.data.tokenizer import Tokenizer
 from megadalle.sampling.prompt import check_prompt, warn_if_unknown
-from tests.sample.test_generate import write_tiny_models
+from tests.tiny_models import write_tiny_models
 
 
 class PlainIds:

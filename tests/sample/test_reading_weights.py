@@ -11,8 +11,8 @@ from megadalle.cli import main
 from megadalle.data.digest import sha256
 from megadalle.sampling.files import CLIP, DVAE, FORMAT, TOKENIZER, TRANSFORMER, sampling_files
 from megadalle.weights import INDEX, MANIFEST, ShardedWriter, export_layout, load_weights
-from tests.sample.test_generate import write_tiny_models
-from tests.sample.test_generate_stops import stopped_after_one_batch
+from tests.sample.stopped_generate import stopped_after_one_batch
+from tests.tiny_models import write_tiny_models
 
 
 @pytest.fixture

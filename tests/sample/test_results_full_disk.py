@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from megadalle.cli import main
-from tests.sample.test_generate import write_tiny_models
+from tests.tiny_models import write_tiny_models
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import torch
 
 from megadalle.sampling.decoder import SparseDecoder
 from megadalle.sampling.memory import BatchTooLarge, check_batch_fits, check_device_fits, decoder_bytes
-from tests.sample.test_cache import tiny
+from tests.sample.tiny_transformer import tiny
 
 
 def allocated(decoder: SparseDecoder) -> int:

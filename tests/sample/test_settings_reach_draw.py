@@ -14,8 +14,8 @@ from megadalle.models.dvae import DVAE
 from megadalle.sample import run
 from megadalle.sampling.loop import SamplingSettings, batch_generator, sample_codes
 from megadalle.weights import save_weights
-from tests.sample.test_cache import tiny
-from tests.sample.test_generate import write_tiny_models
+from tests.sample.tiny_transformer import tiny
+from tests.tiny_models import write_tiny_models
 
 PROMPT = "a red circle at the top left"
 

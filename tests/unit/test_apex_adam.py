@@ -6,19 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from megadalle.config.train import TrainerConfig
 from megadalle.train import apex_adam
 from megadalle.train.checkpoint import CheckpointError
 from megadalle.train.checkpoint_load import unreadable
 from megadalle.train.engine import optimizer, param_groups
+from tests.unit.adam_net import CONFIG, model
 from tests.unit.standin_apex import apex  # noqa: F401 - the fixture
-
-CONFIG = TrainerConfig(lr=1e-2, weight_decay=0.1, betas=[0.9, 0.96], eps=1e-8)
-
-
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
 
 
 def train(net: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:

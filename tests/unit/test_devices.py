@@ -38,7 +38,7 @@ def test_auto_device_follows_cuda(monkeypatch):
 def test_a_gpu_asked_for_where_there_is_none_is_one_line(tmp_path, capsys):
     from megadalle.cli import main
 
-    from tests.sample.test_generate import write_tiny_models
+    from tests.tiny_models import write_tiny_models
 
     write_tiny_models(tmp_path)
     assert main(["generate", f"weights={tmp_path / 'model.safetensors'}", "prompt=a red circle", "n=1", "keep=1",

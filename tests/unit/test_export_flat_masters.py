@@ -9,8 +9,8 @@ import torch
 
 from megadalle.train.checkpoint import CheckpointError
 from megadalle.train.consolidate import checkpoint_tensors
+from tests.unit.adam_net import CONFIG, model
 from tests.unit.standin_apex import apex  # noqa: F401 - the fixture
-from tests.unit.test_apex_adam import CONFIG, model
 
 
 @pytest.fixture

@@ -7,13 +7,9 @@ megadalle.attention.masks, so a slip in flops.py cannot hide behind the helper i
 """
 import pytest
 
-from megadalle.config.model import TransformerConfig
 from megadalle.flops import forward_flops_per_token, transformer_flops_per_token
 
-# 3 text positions, then a 3 x 3 image grid in raster order: 12 positions. Layers row, column, conv (the last).
-CFG = TransformerConfig(text_len=3, text_vocab=10, grid_size=3, image_vocab=6, n_layers=3, n_heads=2, head_dim=4,
-                        d_model=8, mlp_ratio=4, attention_pattern=["row", "column"], last_layer_attention="conv",
-                        conv_kernel=3, conv_wrap=False)
+from .three_by_three_model import CFG
 
 # Which image keys (columns, raster order) each image query (rows) may attend to; causal in every layer.
 ROW = ["100000000",  # the query itself and the previous grid_size (3) positions

@@ -10,8 +10,8 @@ from megadalle.config.plan import PlanConfig
 from megadalle.plan import BF16, FP32, GB, Layout, Settings, checkpoint_bytes, count_parameters, memory_per_rank, \
     stage_memory, step_time
 
-from .test_flops_by_hand import CFG as FLOPS_CFG
-from .test_plan import CFG, COUNTS
+from .hand_sized_model import CFG, COUNTS
+from .three_by_three_model import CFG as FLOPS_CFG
 
 ACTIVATIONS_PER_BLOCK = 34 * 8 * 8
 """One micro-batch of 1 sequence (8 tokens, d_model 8) through one block at bf16: Korthikanti's 34 B per element."""

@@ -23,7 +23,7 @@ def test_a_warning_under_a_progress_bar_begins_its_own_line(capsys):
 
 def test_the_checks_warn_by_returning_what_to_say(tmp_path):
     """check_clip_tokenizer printed its warning at once, before the checks after it could refuse the run."""
-    from tests.sample.test_generate import write_tiny_models
+    from tests.tiny_models import write_tiny_models
 
     write_tiny_models(tmp_path)
     (tmp_path / "clip.json").write_text((tmp_path / "clip.json").read_text().replace('"tokenizer"', '"other"'))
