@@ -12,6 +12,7 @@ import difflib
 import importlib
 import re
 import sys
+import traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import takewhile
@@ -343,8 +344,16 @@ def fail(verb: str, message: str) -> int:
 
 def entry() -> NoReturn:
     """The `megadalle` command and `python -m megadalle`: `main`, then an exit that a finished run's
-    process group cannot turn into SIGABRT (megadalle.train.distributed.exit_process)."""
-    code = main()
+    process group cannot turn into SIGABRT (megadalle.train.distributed.exit_process). An error no verb reported
+    ends a rank as Python ends it (its traceback, status 1), but through that exit too: left to Python's own, the
+    rank met the others at exit while they waited in a collective it would never join."""
+    try:
+        code = main()
+    except Exception:
+        if "megadalle.train.distributed" not in sys.modules:
+            raise
+        traceback.print_exc()
+        code = 1
     if "megadalle.train.distributed" in sys.modules:
         from megadalle.train.distributed import exit_process
         from megadalle.train.signals import ignore_late_copies

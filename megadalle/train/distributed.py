@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
@@ -133,17 +134,38 @@ def _skip_shm_inference_op() -> None:
             deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
-def shutdown() -> None:
+FAILED_MEETING_S = 10.0
+"""How long a rank that failed waits at exit for the others to meet it. Ranks that fail on the same error (a refused
+setting, a damaged checkpoint) meet within it and close their group cleanly; a rank that failed alone (its loader
+worker killed, an out-of-memory error) leaves after it, and its launcher (torchrun, srun --kill-on-bad-exit,
+DeepSpeed's) ends the others. Met without a bound, its barrier never matched the others' pending all-reduce, and the
+whole job hung for `deepspeed.timeout_minutes` (30 by default) with every GPU idle."""
+
+
+def shutdown(wait_s: float | None = None) -> None:
     """Meet the other ranks, then close the process group (registered to run at exit).
 
     Without it the first rank to exit closes its gloo connections while a peer's background
     thread still reads them, and the peer dies with std::terminate (SIGABRT) after finishing.
+    `wait_s` bounds the meeting (a failed rank's exit, FAILED_MEETING_S): unmet by then, the group is left open
+    (closing it under a pending barrier can itself hang) and the process exits regardless.
     """
-    if torch.distributed.is_initialized():
+    if not torch.distributed.is_initialized():
+        return
+    met = threading.Event()
+
+    def meet() -> None:
         try:
             barrier()
         except Exception:  # a peer is gone (it crashed, or was killed): its error was reported; close anyway
             pass
+        met.set()
+
+    if wait_s is None:
+        meet()
+    else:
+        threading.Thread(target=meet, name="megadalle-exit-barrier", daemon=True).start()
+    if met.wait(wait_s):
         torch.distributed.destroy_process_group()
 
 
@@ -162,11 +184,14 @@ def exit_process(code: int) -> NoReturn:
     The other atexit handlers run before `shutdown`'s barrier, so the ranks exit together: a run a signal stopped
     exits non-zero on every rank (signals.STOPPED_EXIT), and srun --kill-on-bad-exit or DeepSpeed's launcher kills
     the ranks still running when the first one exits non-zero, rank 0 in its wandb finish when the others had
-    nothing left to do (srun then reports the kill, 137, instead of the run's status).
+    nothing left to do (srun then reports the kill, 137, instead of the run's status). A run that failed meets the
+    others for FAILED_MEETING_S at most: they may be waiting in a collective it will never join.
     """
+    from megadalle.train.signals import STOPPED_EXIT
+
     atexit.unregister(shutdown)
     atexit._run_exitfuncs()
-    shutdown()
+    shutdown(None if code in (0, STOPPED_EXIT) else FAILED_MEETING_S)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
