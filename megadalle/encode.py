@@ -16,7 +16,8 @@ index.json goes last, once every shard is complete; shards an earlier encode wro
 no longer has are removed just before it. Several processes (RANK/WORLD_SIZE or srun)
 split the (non-empty) shards round-robin; whichever finishes last writes the index. One encode at a time writes an
 output (`<output>/.lock`, folder_lock.py): two at once, with other dVAEs, published one's codes under the other's
-record. A full disk stops it with one line, its staging folder removed.
+record. A full disk stops it with one line, its staging folder removed; the one a kill left goes when encode starts
+again (`remove_staging`).
 A validation split beside the input (`<input>/val/`, from `prepare val_fraction=`) is encoded the
 same way into `<output>/val/`, so the Transformer holds out the samples the dVAE and CLIP held out; the split an
 earlier encode carried over there goes when the input has none now (`encoded_split.py`): train would validate on it.
@@ -161,6 +162,20 @@ class DamagedShard(UserError, ValueError):
     published, and the shards encoded before it are kept for the rerun."""
 
 
+STAGING = ".encode-"
+"""`<output>/.encode-<shard>/`: where one output shard is written before it is published (`encode_shard`)."""
+
+
+def remove_staging(out: Path, others: set[str]) -> None:
+    """Remove the staging folders left in `out` but those of the shards in `others`, which the other ranks of a split
+    encode may be writing now. `encode_shard` removes its own when it ends, but a kill between its publish and that
+    removal left an empty one, which no rerun removed: it skips the finished shard. Only this encode, with the ranks
+    of its job, writes `out` (`run` holds its lock)."""
+    for staging in out.glob(f"{STAGING}*"):
+        if staging.name.removeprefix(STAGING) not in others:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, ...], batch_size: int, made_by: dict,
                  bar: tqdm | None = None) -> int:
     """Encode one input shard into `out_path` (published atomically: its record first, then its offsets and the tar;
@@ -169,7 +184,7 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, 
     smaller than the dVAE's input and enlarged to it (`ImageBatches`' upscaled)."""
     device = next(model.parameters()).device
     maker = ImageBatches(model.cfg.image_size, fields)
-    staging = out_path.parent / f".encode-{out_path.name}"
+    staging = out_path.parent / f"{STAGING}{out_path.name}"
     shutil.rmtree(staging, ignore_errors=True)
     samples = iter_shard(in_path, [*maker.fields, "json"], decode=False)
     upscaled = 0
@@ -244,6 +259,7 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     dvae = dvae_identity(model)
     made_by = {info.name: producer(dvae, info, path) for info, path in shards}
     mine = shards[rank::world_size]
+    remove_staging(out, {info.name for info, _ in shards} - {info.name for info, _ in mine})
     todo = [(info, path) for info, path in mine if not shard_done(out / info.name, info.count, made_by[info.name])]
     warn_stale(out, [info.name for info, _ in todo if (out / info.name).is_file()])
     total, done = sum(i.count for i, _ in mine), sum(i.count for i, _ in mine) - sum(i.count for i, _ in todo)

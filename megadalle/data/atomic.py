@@ -2,16 +2,25 @@
 
 Everything a stage publishes (shards, index.json, reports, tokenizer models) goes through here:
 the bytes are written to a hidden temporary name in the same directory, flushed to disk, and
-renamed over the final name; a rename within one file system is atomic on POSIX.
+renamed over the final name; a rename within one file system is atomic on POSIX. A writer killed before its rename
+leaves its temporary; a later process's first write into that folder removes it, if both ran on one host
+(`replacing`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from megadalle.processes import local_tags, owner_gone, owner_tag
+
+_RANDOM = "[0-9a-f]{8}"
+"""The random part of `replacing`'s temporary names: two threads of one process writing one file get two names."""
 
 
 def temp_path(path: str | Path) -> Path:
@@ -52,15 +61,46 @@ def publish(tmp: str | Path, path: str | Path) -> Path:
     return Path(path)
 
 
+def temporaries(names: str) -> str:
+    """A regex of the hidden temporaries of the files whose names `names` (a regex) matches: `replacing`'s
+    `.NAME.<host>-<pid>-<hex>.tmp` (`.NAME.<pid>-<hex>.tmp` before it named the host) and `temp_path`'s `.NAME.tmp`."""
+    return rf"\.(?:{names})(?:\.(?:.+-)?\d+-{_RANDOM})?\.tmp"
+
+
+_SWEPT: set[str] = set()
+"""The folders whose dead writers' temporaries this process has removed (`_remove_dead_writers`)."""
+
+
+def _remove_dead_writers(folder: Path) -> None:
+    """Remove the temporaries of `replacing` in `folder` whose writer, a process of this host, has ended: killed
+    between its write and its rename, it left a file as large as the one it wrote (a tokenizer model, a grid) that
+    nothing else would ever find. A live writer's stays, and so does one whose writer cannot be judged from here:
+    another host's on shared storage (processes.owner_gone), or one named before the names held the host. Once per
+    folder and process: listing a folder of 10,000 shards for each shard's offsets would cost more than the writes."""
+    key = os.path.abspath(folder)
+    if key in _SWEPT:
+        return
+    left = re.compile(rf"\..+\.({local_tags()})-{_RANDOM}\.tmp")
+    with os.scandir(folder) as entries:
+        stale = [entry.path for entry in entries if (match := left.fullmatch(entry.name)) and owner_gone(match[1])]
+    for path in stale:
+        with contextlib.suppress(OSError):  # removed by another process meanwhile, or not ours to remove
+            os.unlink(path)
+    _SWEPT.add(key)
+
+
 @contextmanager
 def replacing(path: str | Path) -> Iterator[Path]:
     """A temporary name for the block to write `path` under, published when the block ends, gone if it fails. The
     temporary name is this writer's own: processes that publish the same file at once (the ranks of a split `encode`
     each writing the finished index) each rename a whole file, and the last wins; with one shared temporary name one
-    renamed it from under another, which then failed."""
+    renamed it from under another, which then failed. It names the writer's host and pid (processes.owner_tag), so
+    that a later write removes it if a kill left it (`_remove_dead_writers`), and a node sharing the folder does not
+    take a live writer elsewhere for a dead one here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    _remove_dead_writers(path.parent)
+    tmp = path.with_name(f".{path.name}.{owner_tag()}-{uuid.uuid4().hex[:8]}.tmp")
     with named(path, tmp), _removed_on_failure(tmp):  # a full disk fails the write itself, before `publish`
         yield tmp
     publish(tmp, path)

@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 
 from megadalle.config.data import VAL_DIR
+from megadalle.data.atomic import temporaries
 from megadalle.data.verb_outputs import PREPARE_SHARD
 from megadalle.errors import UserError
 
@@ -43,7 +44,7 @@ NAME_RULE = "sample-name"
 
 OWN = rf"{PREPARE_SHARD.pattern}(?:\.idx)?|index\.json|(?:index-)?report\.json"
 """What megadalle writes into a shard folder: shards, offsets, index (shards.py, ingest/) and reports."""
-OWN_FILE = re.compile(rf"(?:{OWN})|\.(?:{OWN})(?:\.\d+-[0-9a-f]+)?\.tmp|\.index\.lock|\.indexing")
+OWN_FILE = re.compile(rf"(?:{OWN})|{temporaries(OWN)}|\.index\.lock|\.indexing")
 """Those, their hidden temporaries (`atomic.py`) and indexing's lock and mark."""
 
 

@@ -7,6 +7,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -247,7 +248,9 @@ def test_every_file_is_on_disk_before_the_manifest_says_complete(tmp_path, monke
     assert {str(path / f) for f in ("mp_rank_00_model_states.pt", "rng_rank00000.pt")} | {str(path)} <= before_manifest
     assert str(tmp_path) in before_manifest  # the step directory's own entry
     temporary, directory = (name for name, _ in synced[-2:])
-    assert re.fullmatch(rf"{tmp_path}/\.latest\.\d+-[0-9a-f]+\.tmp", temporary) and directory == str(tmp_path)
+    writer = f"{re.escape(socket.gethostname())}-{os.getpid()}"  # the writer's host and pid: a kill's leftover is known
+    assert re.fullmatch(rf"{tmp_path}/\.latest\.{writer}-[0-9a-f]{{8}}\.tmp", temporary)
+    assert directory == str(tmp_path)
 
 
 def test_a_zeroed_file_of_the_right_size_is_damage(tmp_path, capsys):
