@@ -254,6 +254,20 @@ def save_images(images: torch.Tensor, folder: Path, caption_index: int) -> None:
         save_image(image, folder / name)
 
 
+METRICS = "metrics.json"
+"""Written last: a folder holding one holds a finished evaluate's results."""
+
+
+def clear_earlier_record(output: Path) -> None:
+    """Remove an earlier run's metrics.json, then its metrics.md (write_report's order reversed: a stop between the
+    two leaves a metrics.md alone, which reads as unfinished, never a metrics.json without its metrics.md). Done
+    before the first earlier sample goes, as generate's record goes first: an overwrite stopped midway kept the
+    earlier record over samples it had deleted, and a rerun of the earlier command skipped as done already."""
+    record = output / METRICS
+    record.unlink(missing_ok=True)
+    record.with_suffix(".md").unlink(missing_ok=True)
+
+
 def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateConfig, extract: Extractor | None,
              progress: bool = True) -> Scores:
     """Sample every caption `cfg.n` times and score the samples (see the module docstring). `clip`: None,
@@ -261,6 +275,7 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     start = time.perf_counter()
     captions = readable_captions(tokenizer, captions, caption_source(cfg), cfg.max_captions)
     settings = SamplingSettings(cfg.temperature, cfg.top_k, cfg.top_p)
+    clear_earlier_record(Path(cfg.output))
     samples = Path(cfg.output) / "samples"
     clear_earlier_samples(samples)
     if cfg.save_samples:  # the index first: a run stopped midway still names its files for the next to clear
@@ -292,16 +307,12 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     return out
 
 
-METRICS = "metrics.json"
-"""Written last: a folder holding one holds a finished evaluate's results."""
-
-
 def write_report(scores: Scores, cfg: EvaluateConfig, settings: dict) -> Path:
     """metrics.md, then metrics.json (scores + the settings that produced them: the record, written last) in
-    `cfg.output`; returns the JSON. An earlier run's record goes first, and this run's metrics.md goes again when its
-    record cannot follow (a full disk): no metrics.md of one run beside the metrics.json of another, or alone."""
+    `cfg.output`; returns the JSON. An earlier run's record went before sampling (clear_earlier_record), and this
+    run's metrics.md goes again when its record cannot follow (a full disk): no metrics.md of one run beside the
+    metrics.json of another, or alone."""
     path = Path(cfg.output) / METRICS
-    path.unlink(missing_ok=True)
     markdown = atomic.write_bytes(path.with_suffix(".md"), scores.markdown().encode())
     try:
         return write_record(path, {**asdict(scores), "config": asdict(cfg), SETTINGS: settings})
