@@ -12,7 +12,6 @@ import difflib
 import importlib
 import re
 import sys
-import traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import takewhile
@@ -220,7 +219,20 @@ def execute(verb: str, cfg) -> int:
         return STOPPED_EXIT
     except InterpolationResolutionError as err:
         return fail(verb, bad_interpolation(err))
+    except Exception:
+        note_crash()
+        raise
     return result if isinstance(result, int) else 0
+
+
+def note_crash() -> None:
+    """Tell a started process group that this rank's run crashed (distributed.crashed), so that its exit does not
+    wait long for peers that may be waiting in a collective it will never join; a sweep job in a launcher's process
+    (hydra_app.VerbJob) leaves through Python's exit, not `entry`, and meets them there."""
+    if "megadalle.train.distributed" in sys.modules:
+        from megadalle.train.distributed import crashed
+
+        crashed()
 
 
 def run_stage(verb: str, cfg):
@@ -345,14 +357,15 @@ def fail(verb: str, message: str) -> int:
 def entry() -> NoReturn:
     """The `megadalle` command and `python -m megadalle`: `main`, then an exit that a finished run's
     process group cannot turn into SIGABRT (megadalle.train.distributed.exit_process). An error no verb reported
-    ends a rank as Python ends it (its traceback, status 1), but through that exit too: left to Python's own, the
-    rank met the others at exit while they waited in a collective it would never join."""
+    ends a rank as Python ends it (its traceback through sys.excepthook, status 1), but through that exit too, as a
+    crash (`note_crash`): the rank's peers may be waiting in a collective it will never join."""
     try:
         code = main()
     except Exception:
         if "megadalle.train.distributed" not in sys.modules:
             raise
-        traceback.print_exc()
+        note_crash()
+        sys.excepthook(*sys.exc_info())  # torch's, once a group started: every line labelled with the rank
         code = 1
     if "megadalle.train.distributed" in sys.modules:
         from megadalle.train.distributed import exit_process

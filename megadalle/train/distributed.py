@@ -135,20 +135,31 @@ def _skip_shm_inference_op() -> None:
 
 
 FAILED_MEETING_S = 10.0
-"""How long a rank that failed waits at exit for the others to meet it. Ranks that fail on the same error (a refused
-setting, a damaged checkpoint) meet within it and close their group cleanly; a rank that failed alone (its loader
-worker killed, an out-of-memory error) leaves after it, and its launcher (torchrun, srun --kill-on-bad-exit,
-DeepSpeed's) ends the others. Met without a bound, its barrier never matched the others' pending all-reduce, and the
-whole job hung for `deepspeed.timeout_minutes` (30 by default) with every GPU idle."""
+"""How long a rank whose run crashed (`crashed`) waits at exit for the others to meet it. Ranks that crash on the same
+error meet within it and close their group cleanly; a rank that crashed alone (its loader worker killed by the
+out-of-memory killer, a CUDA out-of-memory error) leaves after it, and its launcher (torchrun, srun
+--kill-on-bad-exit, DeepSpeed's) ends the others. Met without a bound, its barrier never matched the others' pending
+all-reduce, and the whole job hung for `deepspeed.timeout_minutes` (30 by default) with every GPU idle. A failure the
+ranks learn together (`first_error`: a checkpoint that cannot be saved, a refused setting) is no crash: they meet
+without a bound, so that rank 0 finishes its own end work (removing an unfinished checkpoint, wandb's finish)."""
+
+_crashed = False
 
 
-def shutdown(wait_s: float | None = None) -> None:
+def crashed() -> None:
+    """Note that this rank's run ended in an error no verb reported, which its peers may not share: its exit meets
+    them for FAILED_MEETING_S at most (`shutdown`)."""
+    global _crashed
+    _crashed = True
+
+
+def shutdown() -> None:
     """Meet the other ranks, then close the process group (registered to run at exit).
 
     Without it the first rank to exit closes its gloo connections while a peer's background
     thread still reads them, and the peer dies with std::terminate (SIGABRT) after finishing.
-    `wait_s` bounds the meeting (a failed rank's exit, FAILED_MEETING_S): unmet by then, the group is left open
-    (closing it under a pending barrier can itself hang) and the process exits regardless.
+    After a crash the meeting is bounded (FAILED_MEETING_S); unmet by then, or cut short by a Ctrl-C, the group is
+    left open (closing it under a pending barrier can itself hang) and the process exits regardless.
     """
     if not torch.distributed.is_initialized():
         return
@@ -161,11 +172,15 @@ def shutdown(wait_s: float | None = None) -> None:
             pass
         met.set()
 
-    if wait_s is None:
+    if not _crashed:
         meet()
     else:
         threading.Thread(target=meet, name="megadalle-exit-barrier", daemon=True).start()
-    if met.wait(wait_s):
+        try:
+            met.wait(FAILED_MEETING_S)
+        except KeyboardInterrupt:  # a Ctrl-C at a rank that is leaving anyway: it leaves with its own status
+            pass
+    if met.is_set():
         torch.distributed.destroy_process_group()
 
 
@@ -184,14 +199,12 @@ def exit_process(code: int) -> NoReturn:
     The other atexit handlers run before `shutdown`'s barrier, so the ranks exit together: a run a signal stopped
     exits non-zero on every rank (signals.STOPPED_EXIT), and srun --kill-on-bad-exit or DeepSpeed's launcher kills
     the ranks still running when the first one exits non-zero, rank 0 in its wandb finish when the others had
-    nothing left to do (srun then reports the kill, 137, instead of the run's status). A run that failed meets the
+    nothing left to do (srun then reports the kill, 137, instead of the run's status). A run that crashed meets the
     others for FAILED_MEETING_S at most: they may be waiting in a collective it will never join.
     """
-    from megadalle.train.signals import STOPPED_EXIT
-
     atexit.unregister(shutdown)
     atexit._run_exitfuncs()
-    shutdown(None if code in (0, STOPPED_EXIT) else FAILED_MEETING_S)
+    shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
