@@ -1,9 +1,8 @@
 """Who wrote a leftover temporary, and whether that writer still runs (temporaries of killed exports and
-checkpoint conversions, as large as the model, that nothing else would ever remove)."""
+checkpoint conversions, as large as the model, and of any atomic write, that nothing else would ever remove)."""
 from __future__ import annotations
 
 import os
-import re
 import socket
 
 
@@ -29,10 +28,3 @@ def owner_gone(tag: str) -> bool:
     writer cannot be seen from here, so its temporary is never taken for a dead one's."""
     host, _, pid = tag.rpartition("-")
     return host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
-
-
-def local_tags() -> str:
-    """A regex of the `owner_tag` of any process of this host. A host name may hold dots and dashes, so in a name
-    that holds a tag after other dotted text (`.index.json.<tag>-<hex>.tmp`, atomic.py) only a host known beforehand
-    says where the tag begins: this one's, the only host whose writers `owner_gone` can judge."""
-    return rf"{re.escape(socket.gethostname())}-\d+"

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from megadalle.processes import local_tags, owner_gone, owner_tag
+from megadalle.processes import owner_gone, owner_tag
 
 _RANDOM = "[0-9a-f]{8}"
 """The random part of `replacing`'s temporary names: two threads of one process writing one file get two names."""
@@ -63,8 +63,8 @@ def publish(tmp: str | Path, path: str | Path) -> Path:
 
 def temporaries(names: str) -> str:
     """A regex of the hidden temporaries of the files whose names `names` (a regex) matches: `replacing`'s
-    `.NAME.<host>-<pid>-<hex>.tmp` (`.NAME.<pid>-<hex>.tmp` before it named the host) and `temp_path`'s `.NAME.tmp`."""
-    return rf"\.(?:{names})(?:\.(?:.+-)?\d+-{_RANDOM})?\.tmp"
+    `.NAME@<host>-<pid>-<hex>.tmp` (`.NAME.<pid>-<hex>.tmp` before it named the host) and `temp_path`'s `.NAME.tmp`."""
+    return rf"\.(?:{names})(?:(?:\.\d+|@[^@]+-\d+)-{_RANDOM})?\.tmp"
 
 
 _SWEPT: set[str] = set()
@@ -80,13 +80,14 @@ def _remove_dead_writers(folder: Path) -> None:
     key = os.path.abspath(folder)
     if key in _SWEPT:
         return
-    left = re.compile(rf"\..+\.({local_tags()})-{_RANDOM}\.tmp")
-    with os.scandir(folder) as entries:
-        stale = [entry.path for entry in entries if (match := left.fullmatch(entry.name)) and owner_gone(match[1])]
-    for path in stale:
-        with contextlib.suppress(OSError):  # removed by another process meanwhile, or not ours to remove
-            os.unlink(path)
     _SWEPT.add(key)
+    left = re.compile(rf"\..+@([^@]+-\d+)-{_RANDOM}\.tmp")
+    with contextlib.suppress(OSError):  # a clean-up: a folder this process may write but not list is written all the same
+        with os.scandir(folder) as entries:
+            stale = [entry.path for entry in entries if (match := left.fullmatch(entry.name)) and owner_gone(match[1])]
+        for path in stale:
+            with contextlib.suppress(OSError):  # removed by another process meanwhile, or not ours to remove
+                os.unlink(path)
 
 
 @contextmanager
@@ -94,13 +95,14 @@ def replacing(path: str | Path) -> Iterator[Path]:
     """A temporary name for the block to write `path` under, published when the block ends, gone if it fails. The
     temporary name is this writer's own: processes that publish the same file at once (the ranks of a split `encode`
     each writing the finished index) each rename a whole file, and the last wins; with one shared temporary name one
-    renamed it from under another, which then failed. It names the writer's host and pid (processes.owner_tag), so
-    that a later write removes it if a kill left it (`_remove_dead_writers`), and a node sharing the folder does not
-    take a live writer elsewhere for a dead one here."""
+    renamed it from under another, which then failed. It names the writer's host and pid (processes.owner_tag) after
+    an `@`, which no host name holds (a host name may hold dots and dashes, and one may end in another's: after a
+    dot, `gpu1.vm`'s tag read as `vm`'s), so that a later write removes it if a kill left it (`_remove_dead_writers`),
+    and a node sharing the folder does not take a live writer elsewhere for a dead one here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_writers(path.parent)
-    tmp = path.with_name(f".{path.name}.{owner_tag()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}@{owner_tag()}-{uuid.uuid4().hex[:8]}.tmp")
     with named(path, tmp), _removed_on_failure(tmp):  # a full disk fails the write itself, before `publish`
         yield tmp
     publish(tmp, path)

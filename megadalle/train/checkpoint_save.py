@@ -72,7 +72,7 @@ def _make_room(root: Path, tag: str, keep: int, parent: Path | None) -> None:
     """Rank 0, before `tag` is written: the step directories at or after it go (set_aside), and with `keep`
     those beyond the newest `keep` complete ones, sparing `parent`. So do the temporaries of `latest` a kill left
     between their write and rename: only this run (it holds the run lock) writes them."""
-    for stale in root.glob(f".{LATEST}.*.tmp"):
+    for stale in root.glob(f".{LATEST}[.@]*.tmp"):
         stale.unlink(missing_ok=True)
     set_aside(root, tag)
     if keep:

@@ -15,7 +15,7 @@ from megadalle.data import atomic
 
 def atomic_write(path: Path, text: str) -> None:
     """`text` as `path`, the old text or the new after a power loss too: atomic.write_bytes fsyncs its temporary
-    and renames it (and removes it when the write fails: a full disk leaves no `.latest.*.tmp`), then the
+    and renames it (and removes it when the write fails: a full disk leaves no `.latest@*.tmp`), then the
     directory is fsynced (without the fsyncs a crash can leave the renamed file empty)."""
     atomic.write_bytes(path, text.encode())
     fsync_dir(path.parent)

@@ -1,4 +1,4 @@
-"""What a writer killed between its write and its rename leaves (`.NAME.<host>-<pid>-<hex>.tmp`, as large as the
+"""What a writer killed between its write and its rename leaves (`.NAME@<host>-<pid>-<hex>.tmp`, as large as the
 file it wrote) is removed by the next write into that folder, when its writer was a process of this host that has
 ended; a live writer's, and one whose writer cannot be judged from here, stay. Before, nothing ever removed it."""
 import os
@@ -25,13 +25,14 @@ def plant(folder, name: str) -> str:
 
 def test_a_write_removes_what_a_dead_local_writer_left_and_keeps_the_rest(tmp_path):
     host = socket.gethostname()
-    dead = plant(tmp_path, f".x.model.{host}-{dead_pid()}-abcd1234.tmp")
-    dead_other_file = plant(tmp_path, f".index.json.{host}-{dead_pid()}-0a1b2c3d.tmp")
-    other_host = f"{host}-elsewhere"  # its writers' pids say nothing of processes here
-    kept = {plant(tmp_path, f".x.model.{host}-{os.getpid()}-abcd1234.tmp"),  # a live writer, this process
-            plant(tmp_path, f".x.model.{other_host}-{dead_pid()}-abcd1234.tmp"),
+    dead = plant(tmp_path, f".x.model@{host}-{dead_pid()}-abcd1234.tmp")
+    dead_other_file = plant(tmp_path, f".index.json@{host}-{dead_pid()}-0a1b2c3d.tmp")
+    kept = {plant(tmp_path, f".x.model@{host}-{os.getpid()}-abcd1234.tmp"),  # a live writer, this process
+            # other hosts: their writers' pids say nothing of processes here, a host whose name ends in this one's too
+            plant(tmp_path, f".x.model@{host}-elsewhere-{dead_pid()}-abcd1234.tmp"),
+            plant(tmp_path, f".x.model@gpu1.{host}-{dead_pid()}-abcd1234.tmp"),
             plant(tmp_path, f".x.model.{dead_pid()}-abcd1234.tmp"),  # named before names held the host
-            plant(tmp_path, f"x.model.{host}-{dead_pid()}-abcd1234.tmp")}  # not hidden: not a temporary of replacing
+            plant(tmp_path, f"x.model@{host}-{dead_pid()}-abcd1234.tmp")}  # not hidden: not a temporary of replacing
     atomic.write_bytes(tmp_path / "x.model", b"model")
     names = {p.name for p in tmp_path.iterdir()}
     assert dead not in names and dead_other_file not in names
@@ -41,7 +42,7 @@ def test_a_write_removes_what_a_dead_local_writer_left_and_keeps_the_rest(tmp_pa
 
 def test_the_tokenizer_verb_removes_the_temporary_its_killed_run_left(caption_shards, tmp_path, capsys):
     """The hunt's repro: `megadalle tokenizer` killed while publishing the model, then rerun."""
-    plant(tmp_path, f".tok.model.{socket.gethostname()}-{dead_pid()}-4a61095c.tmp")
+    plant(tmp_path, f".tok.model@{socket.gethostname()}-{dead_pid()}-4a61095c.tmp")
     assert main(["tokenizer", f"input={caption_shards}", f"output={tmp_path / 'tok.model'}", "vocab_size=64"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.model"]
 
@@ -49,7 +50,18 @@ def test_the_tokenizer_verb_removes_the_temporary_its_killed_run_left(caption_sh
 def test_a_split_folder_with_a_killed_writers_temporary_is_still_prepares_own(tmp_path):
     """prepare replaces its earlier `val/` only when it holds megadalle's files alone: the temporaries with the
     writer's host in their names are among them, as those named before were."""
-    for name in (f".index.json.{socket.gethostname()}-123-0a1b2c3d.tmp", ".report.json.123-0a1b2c3d.tmp",
+    for name in (f".index.json@{socket.gethostname()}-123-0a1b2c3d.tmp", ".report.json.123-0a1b2c3d.tmp",
                  "index.json"):
         plant(tmp_path, name)
     check_split_dir(tmp_path)
+
+
+def test_a_folder_that_cannot_be_listed_is_written_all_the_same(tmp_path, monkeypatch):
+    """The clean-up is a courtesy: a folder this process may write but not list (a drop box, an NFS root squash, a
+    stale handle) failed the write that followed it."""
+    def refused(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", refused)
+    atomic.write_bytes(tmp_path / "x.model", b"model")
+    assert (tmp_path / "x.model").read_bytes() == b"model"

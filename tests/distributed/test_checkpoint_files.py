@@ -249,7 +249,7 @@ def test_every_file_is_on_disk_before_the_manifest_says_complete(tmp_path, monke
     assert str(tmp_path) in before_manifest  # the step directory's own entry
     temporary, directory = (name for name, _ in synced[-2:])
     writer = f"{re.escape(socket.gethostname())}-{os.getpid()}"  # the writer's host and pid: a kill's leftover is known
-    assert re.fullmatch(rf"{tmp_path}/\.latest\.{writer}-[0-9a-f]{{8}}\.tmp", temporary)
+    assert re.fullmatch(rf"{tmp_path}/\.latest@{writer}-[0-9a-f]{{8}}\.tmp", temporary)
     assert directory == str(tmp_path)
 
 
