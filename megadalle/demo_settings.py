@@ -50,7 +50,7 @@ which the dVAE's run alone may take up or down."""
 
 TOLD_BY_RUNS = {"demo.dvae_steps": ("dvae", "trainer", "steps")}
 """Settings a record may lack (a demo's from before they were recorded) whose value a run in the folder tells, as
-(run, config group, key) of its run.json: the dVAE's step count is its run's trainer.steps (demo.trainer_overrides).
+(run, config group, key) of its run.json: the dVAE's step count is its run's trainer.steps (demo_verbs.trainer_overrides).
 Left out of the comparison, a new value went through once and was recorded as the folder's."""
 
 

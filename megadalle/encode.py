@@ -52,7 +52,7 @@ from megadalle.data.shards import ShardWriter, iter_shard, open_index
 from megadalle.data.verb_outputs import RECORD_SUFFIX, first_sample_has, record_path
 from megadalle.devices import pick_rank_device
 from megadalle.disk_errors import refused
-from megadalle.encoded_split import remove_split, split_meta, stale_split
+from megadalle.encoded_split import STAGING, remove_split, split_meta, stale_split
 from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
 from megadalle.models.dvae import DVAE, load_dvae
@@ -162,15 +162,11 @@ class DamagedShard(UserError, ValueError):
     published, and the shards encoded before it are kept for the rerun."""
 
 
-STAGING = ".encode-"
-"""`<output>/.encode-<shard>/`: where one output shard is written before it is published (`encode_shard`)."""
-
-
 def remove_staging(out: Path, others: set[str]) -> None:
     """Remove the staging folders left in `out` but those of the shards in `others`, which the other ranks of a split
     encode may be writing now. `encode_shard` removes its own when it ends, but a kill between its publish and that
-    removal left an empty one, which no rerun removed: it skips the finished shard. Only this encode, with the ranks
-    of its job, writes `out` (`run` holds its lock)."""
+    removal left an empty one, which no rerun removed: it skips the finished shard. Its callers hold the output's
+    lock (`run`, for the ranks of its job) or are its only writer (the demo, one process in its own folder)."""
     for staging in out.glob(f"{STAGING}*"):
         if staging.name.removeprefix(STAGING) not in others:
             shutil.rmtree(staging, ignore_errors=True)

@@ -27,8 +27,11 @@ from megadalle.data.output_guard import OutputTaken
 from megadalle.data.verb_outputs import RECORD_SUFFIX, may_write_over, writer_of
 from megadalle.folder_lock import LOCK
 
+STAGING = ".encode-"
+"""`<output>/.encode-<shard>/`: where encode writes one output shard before it publishes it (encode.encode_shard)."""
+
 BESIDE_SHARDS = re.compile(rf"{re.escape(INDEX_NAME)}|.+\.tar(?:\.idx|{re.escape(RECORD_SUFFIX)})|"
-                           rf"{re.escape(LOCK)}|\.encode-.+|\..+\.tmp")
+                           rf"{re.escape(LOCK)}|{re.escape(STAGING)}.+|\..+\.tmp")
 """What encode writes into a folder beside its shards: index.json, offsets, records, its lock, its staging folders
 and hidden temporaries (atomic.py)."""
 

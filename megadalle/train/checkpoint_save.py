@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from megadalle.disk_errors import REMEDIES
 from megadalle.train import distributed, ema as ema_lib, rng, rundir
 from megadalle.train.checkpoint import ABANDONED, LATEST, MANIFEST, CheckpointError, one_line, step_dirs, tag_of
 from megadalle.train.checkpoint_damage import complete_tags, damage
@@ -124,9 +125,11 @@ def _publish(root: Path, path: Path, step: int, client_state: dict, lineage: Lin
     atomic_write(root / LATEST, path.name)
 
 
-WRITE_FAILED = ("[Errno", "unexpected pos", "file write failed")
-"""How a failed write reads in a save's error: an OSError's number, or torch's words for a write its archive writer
-could not finish (it names no cause when the disk is full)."""
+WRITE_FAILED = (*(f"[Errno {number}]" for number in REMEDIES), "unexpected pos", "file write failed")
+"""How a write the disk refused reads in a save's error: the number of an OSError the user fixes on the disk
+(disk_errors.REMEDIES: full, over quota, read-only, past `ulimit -f`), or torch's words for a write its archive writer
+could not finish (it names no cause when the disk is full). A permission denied or a folder moved away mid-save is
+said as it is."""
 
 
 def on_every_rank(path: Path, rank: int, action=None, remove: bool = True) -> None:

@@ -43,7 +43,7 @@ def test_the_demos_time_is_the_same_everywhere():
 
 
 def test_the_train_dvae_header_gives_the_demos_dvae_recipe():
-    """conf/train-dvae.yaml's CPU example is the demo's dVAE stage (megadalle/demo.py, demo_dvae_config)."""
+    """conf/train-dvae.yaml's CPU example is the demo's dVAE stage (megadalle/demo_verbs.py, demo_dvae_config)."""
     header = (ROOT / "conf" / "train-dvae.yaml").read_text().split("defaults:")[0]
     recipe = header[header.index("dvae=tiny"):].replace("#", " ").replace("\\", " ").split("(")[0].split()
     cfg = compose("train-dvae", ["data.shards=shards", *recipe])

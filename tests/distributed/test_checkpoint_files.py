@@ -210,24 +210,32 @@ def test_a_full_disk_fails_the_save_in_one_line_and_leaves_no_half_checkpoint(tm
     assert find_resumable(tmp_path) == "step_00000002"
 
 
-class KilledWorkerEngine(FakeEngine):
-    """A save during which the out-of-memory killer took a loader worker: torch's SIGCHLD handler raises it in
-    whatever the main thread runs."""
+class FailingEngine(FakeEngine):
+    """A save that fails with `error` after its files are written."""
+
+    def __init__(self, error: Exception):
+        self.error = error
 
     def save_checkpoint(self, save_dir, tag, client_state, save_latest):
         super().save_checkpoint(save_dir, tag, client_state, save_latest)
-        raise RuntimeError("DataLoader worker (pid 4321) is killed by signal: Killed. ")
+        raise self.error
 
 
-def test_an_error_that_is_no_failed_write_is_said_without_the_disk_question(tmp_path):
-    """It was said as "is the disk full, over quota or past a file-size limit?", pointing away from the memory."""
+@pytest.mark.parametrize("error, said", [
+    # the out-of-memory killer took a loader worker: torch's SIGCHLD handler raises it wherever the main thread is
+    (RuntimeError("DataLoader worker (pid 4321) is killed by signal: Killed. "),
+     "RuntimeError: DataLoader worker (pid 4321) is killed by signal: Killed."),
+    (PermissionError(13, "Permission denied"), "PermissionError: [Errno 13] Permission denied"),
+])
+def test_an_error_that_is_no_refused_write_is_said_without_the_disk_question(tmp_path, error, said):
+    """It was said as "is the disk full, over quota or past a file-size limit?", pointing away from the memory or
+    the folder's owner."""
     run = Run(tmp_path)
     run.save(2)
     with pytest.raises(CheckpointError) as refused:
-        run.save(4, engine=KilledWorkerEngine())
-    assert str(refused.value) == (f"cannot save the checkpoint {tmp_path / 'step_00000004'} (RuntimeError: "
-                                  "DataLoader worker (pid 4321) is killed by signal: Killed.). The unfinished directory "
-                                  f"is removed; {tmp_path / 'step_00000002'} is the newest good checkpoint")
+        run.save(4, engine=FailingEngine(error))
+    assert str(refused.value) == (f"cannot save the checkpoint {tmp_path / 'step_00000004'} ({said}). The unfinished "
+                                  f"directory is removed; {tmp_path / 'step_00000002'} is the newest good checkpoint")
     assert names(tmp_path) == ["latest", "step_00000002"]
 
 
