@@ -23,6 +23,12 @@ both the checkpoint and the shards have it: a run from before, or shards from el
 codebook is never `new_data`: the model learnt what these codes meant in the first."""
 
 
+RECORDED_SINCE = ("shuffle_window",)
+"""Identity keys checkpoints saved before them lack, compared only where both the checkpoint and the run have them,
+as CODES_KEYS are: the data order depends on the shuffle window too, and a run resuming another's checkpoint with
+another window went on in silence in another order."""
+
+
 def codes_identity(meta: dict) -> dict:
     """The CODES_KEYS among a shard index's `meta` (none for image shards)."""
     return {key: meta[key] for key in CODES_KEYS if key in meta}
@@ -37,7 +43,8 @@ def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str 
     if not saved:
         return
     differs = [key for key in sorted(set(saved) | set(current), key=lambda key: (key not in CODES_KEYS, key))
-               if saved.get(key) != current.get(key) and (key not in CODES_KEYS or (key in saved and key in current))]
+               if saved.get(key) != current.get(key)
+               and (key not in (*CODES_KEYS, *RECORDED_SINCE) or (key in saved and key in current))]
     if differs and differs[0] in CODES_KEYS:
         key = differs[0]
         raise CheckpointError(
@@ -55,7 +62,7 @@ def check_data_identity(saved: dict | None, current: dict, checkpoint_path: str 
                    if key in NEW_DATA_KEYS else "")
         raise CheckpointError(
             f"cannot resume {checkpoint_path}: it was trained with data {key}={saved.get(key)!r}, this run has "
-            f"{key}={current.get(key)!r}; an exact resume needs the same data, seed and global batch{way_out}")
+            f"{key}={current.get(key)!r}; an exact resume needs the same data, seed, shuffling and global batch{way_out}")
 
 
 class DataDisagreement(UserError, RuntimeError):

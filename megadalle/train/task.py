@@ -307,7 +307,8 @@ class ShardsTask(Task):
             return {}
         check_global_batch(part.micro_batch, part.grad_accum, part.dp_world, self.shard_index.total, self.data.shards)
         return {"fingerprint": self.shard_index.fingerprint, "seed": self.seed, "shuffle": self.data.shuffle,
-                "global_batch": part.global_batch, **codes_identity(self.shard_index.meta)}
+                "shuffle_window": self.data.shuffle_window, "global_batch": part.global_batch,
+                **codes_identity(self.shard_index.meta)}
 
     def validation_split(self) -> tuple[str, int] | None:
         from megadalle.data.ingest import open_index
