@@ -66,11 +66,11 @@ def test_a_kill_before_latest_loses_no_checkpoint(train_overrides, tmp_path, cap
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (checkpoints / "latest").read_text() == tag(2)
     assert (checkpoints / tag(4) / "manifest.json").is_file()
-    assert len(list(checkpoints.glob(".latest.*.tmp"))) == 1  # the kill's leftover, which the next save removes
+    assert len(list(checkpoints.glob(".latest@*.tmp"))) == 1  # the kill's leftover, which the next save removes
     assert main([*command, "trainer.steps=6"]) == 0
     out, err = capsys.readouterr()
     assert f"resumed from {checkpoints / tag(4)} at step 4" in out
     assert f"{checkpoints / tag(4)} is complete and continues {tag(2)}" in err
     assert not (checkpoints / "abandoned").exists()
     assert (checkpoints / "latest").read_text() == tag(6)
-    assert not list(checkpoints.glob(".latest.*.tmp"))
+    assert not list(checkpoints.glob(".latest@*.tmp"))
