@@ -21,6 +21,8 @@ from megadalle.processes import owner_gone, owner_tag
 
 _RANDOM = "[0-9a-f]{8}"
 """The random part of `replacing`'s temporary names: two threads of one process writing one file get two names."""
+_WRITER = rf"@([^@]+-\d+)-{_RANDOM}\.tmp"
+"""The end of `replacing`'s temporary names: its writer's `processes.owner_tag` (captured) after the `@`."""
 
 
 def temp_path(path: str | Path) -> Path:
@@ -64,7 +66,7 @@ def publish(tmp: str | Path, path: str | Path) -> Path:
 def temporaries(names: str) -> str:
     """A regex of the hidden temporaries of the files whose names `names` (a regex) matches: `replacing`'s
     `.NAME@<host>-<pid>-<hex>.tmp` (`.NAME.<pid>-<hex>.tmp` before it named the host) and `temp_path`'s `.NAME.tmp`."""
-    return rf"\.(?:{names})(?:(?:\.\d+|@[^@]+-\d+)-{_RANDOM})?\.tmp"
+    return rf"\.(?:{names})(?:\.\d+-{_RANDOM}\.tmp|{_WRITER}|\.tmp)"
 
 
 _SWEPT: set[str] = set()
@@ -81,7 +83,7 @@ def _remove_dead_writers(folder: Path) -> None:
     if key in _SWEPT:
         return
     _SWEPT.add(key)
-    left = re.compile(rf"\..+@([^@]+-\d+)-{_RANDOM}\.tmp")
+    left = re.compile(rf"\..+{_WRITER}")
     with contextlib.suppress(OSError):  # a clean-up: a folder this process may write but not list is written all the same
         with os.scandir(folder) as entries:
             stale = [entry.path for entry in entries if (match := left.fullmatch(entry.name)) and owner_gone(match[1])]

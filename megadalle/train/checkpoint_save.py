@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from functools import partial
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from megadalle.data.atomic import temporaries
 from megadalle.disk_errors import REMEDIES
 from megadalle.train import distributed, ema as ema_lib, rng, rundir
 from megadalle.train.checkpoint import ABANDONED, LATEST, MANIFEST, CheckpointError, one_line, step_dirs, tag_of
@@ -73,8 +75,10 @@ def _make_room(root: Path, tag: str, keep: int, parent: Path | None) -> None:
     """Rank 0, before `tag` is written: the step directories at or after it go (set_aside), and with `keep`
     those beyond the newest `keep` complete ones, sparing `parent`. So do the temporaries of `latest` a kill left
     between their write and rename: only this run (it holds the run lock) writes them."""
-    for stale in root.glob(f".{LATEST}[.@]*.tmp"):
-        stale.unlink(missing_ok=True)
+    temporary = re.compile(temporaries(re.escape(LATEST)))
+    for stale in root.glob(f".{LATEST}*.tmp"):
+        if temporary.fullmatch(stale.name):
+            stale.unlink(missing_ok=True)
     set_aside(root, tag)
     if keep:
         prune(root, keep, spare=parent)
