@@ -96,6 +96,10 @@ def _restore_environment():
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # A test run started in the background (`pytest &` in a script, nohup) inherits Ctrl-C ignored, and so would every
+    # process the tests start: the tests of what Ctrl-C does failed there. They get it as a terminal gives it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 PRISTINE_SIGNALS = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
 
