@@ -35,6 +35,10 @@ class Verb:
     holds_stop_signals: bool = False
     """It holds the scheduler's stop signals from the command's first line (`stop_signals`): the training verbs and
     the sampling verbs, which end with STOPPED_EXIT on them (what launch/slurm requeues on)."""
+    killed_by_signals: bool = False
+    """TERM and USR1 keep their default action (the process ends where it stands, 143) where the verb holds no stop
+    signals: the tokenizer, whose training runs in sentencepiece's C++ for minutes, where a stop raised in Python
+    (`stop_signals`) would wait for its end; it writes its model whole, last."""
     stops_on_ctrl_c: bool = False
     """Ctrl-C before its stage begins (while the command imports and composes, `main`) or escaping it once begun
     (`run_stage`) ends it with one line and STOPPED_EXIT instead of a traceback and 130: the demo, which people stop
@@ -45,7 +49,8 @@ VERBS: dict[str, Verb] = {
     "prepare": Verb("megadalle.data.prepare:run", "images + captions -> webdataset shards (bad files skipped and reported)"),
     "index": Verb("megadalle.data.ingest:run", "index webdataset tars written elsewhere (img2dataset...), checking every sample",
                    positional="dir"),
-    "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions"),
+    "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions",
+                      killed_by_signals=True),
     "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards", holds_stop_signals=True),
     "import-dvae": Verb("megadalle.models.import_dalle:run", "OpenAI's released dVAE (dall_e encoder.pkl/decoder.pkl) -> dVAE weights"),
     "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)"),
@@ -114,9 +119,14 @@ def stop_signals(verb: str):
     """For a training or sampling verb, its stop signals held until its run takes them over
     (signals.taken_at_start): a preemption during the minutes before the first update or sample (imports, indexing,
     building the engine, loading a 12B checkpoint) then stops it with STOPPED_EXIT, which the batch script requeues,
-    instead of killing it (143, nothing said)."""
-    if verb not in VERBS or not VERBS[verb].holds_stop_signals:
+    instead of killing it (143, nothing said). Another verb stops where the signal lands (interrupted.py), with one
+    line and STOPPED_EXIT (`main`), but the one `killed_by_signals`."""
+    if verb not in VERBS or VERBS[verb].killed_by_signals:
         return nullcontext()
+    if not VERBS[verb].holds_stop_signals:
+        from megadalle.interrupted import stops_at_once
+
+        return stops_at_once()
     from megadalle.train.signals import taken_at_start
 
     return taken_at_start()
@@ -128,18 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     first (`stop_signals`: this module imports hydra and the rest only when it needs them); the demo its Ctrl-C
     too (`Verb.stops_on_ctrl_c`: its run catches its own, this one came before it). Another verb's Ctrl-C that
     its stage did not report (`index`, `encode`, a start-up) ends it with one line and 130, the shell's status for
-    it, as prepare and generate end theirs: a KeyboardInterrupt traceback read as a crash."""
+    it, as prepare and generate end theirs: a KeyboardInterrupt traceback read as a crash. A data verb's TERM or
+    USR1 (interrupted.py) ends it with one line and STOPPED_EXIT."""
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if not LOCAL_RANK_FLAG.match(a)]  # before the verb too
     verb = argv[0] if argv else ""
     try:
         with stop_signals(verb):
             return run_command(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupted:
         if verb not in VERBS:
             raise
-        if not VERBS[verb].stops_on_ctrl_c:  # a verb that did not say what Ctrl-C left it (index, encode...)
-            print(f"megadalle {verb}: interrupted", file=sys.stderr, flush=True)
-            return 130
+        if not VERBS[verb].stops_on_ctrl_c:  # a verb that did not say what stopped it (index, encode...)
+            from megadalle.interrupted import by_ctrl_c, how, stop_status
+
+            rerun = "" if by_ctrl_c(interrupted) else "; rerun the same command to finish it"
+            print(f"megadalle {verb}: {how(interrupted)}{rerun}", file=sys.stderr, flush=True)
+            return stop_status(interrupted)
         from megadalle.train.signals import STOPPED_EXIT
 
         print(f"megadalle {verb}: stopped by Ctrl-C before it began; nothing was written; rerun the same command "
@@ -245,7 +259,7 @@ def run_stage(verb: str, cfg):
     except KeyboardInterrupt as interrupted:
         if not VERBS[verb].stops_on_ctrl_c:
             raise
-        from megadalle.demo_stop import named
+        from megadalle.interrupted import named
         from megadalle.train.signals import STOPPED_EXIT
 
         print(f"megadalle {verb}: stopped by {named(interrupted)} while it ran; it keeps the stages it finished; "

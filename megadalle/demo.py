@@ -41,9 +41,10 @@ from megadalle.demo_done import once
 from megadalle.demo_judge import chance, judge
 from megadalle.demo_score import CRITERIA, caption_score, percent, summarise
 from megadalle.demo_settings import DATA, check_and_record, value
-from megadalle.demo_stop import DemoStopped, finished, interruptible, named, stop_line
+from megadalle.demo_stop import DemoStopped, finished, interruptible, stop_line
 from megadalle.demo_verbs import clip_config, prepare_folder, train_demo_dvae, train_demo_tokenizer, transformer_config
 from megadalle.errors import UserError
+from megadalle.interrupted import named
 from megadalle.preflight.demo import check_output
 
 

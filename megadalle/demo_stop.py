@@ -4,7 +4,7 @@ earlier run finished, the training stages resume from their checkpoints).
 
 A training stage takes the signals over while it trains (signals.run_flag: it saves a checkpoint and stops); the
 signal its flag took is kept for the stop line (signals.last_stop).
-Around it the demo's own handler raises `Interrupted` at once, as Ctrl-C raises KeyboardInterrupt: its other
+Around it the demo's own handler raises `Interrupted` (interrupted.py) at once, as Ctrl-C raises KeyboardInterrupt: its other
 stages publish what they write atomically (prepare's shards, encode's, the weights, the grids) or record it as
 done last (demo_done.py), so a stop leaves nothing half-written that a rerun would take for finished. Before the
 demo's run the CLI holds TERM and USR1 from its first line (cli.stop_signals), as it does for a training verb;
@@ -13,29 +13,10 @@ stage.
 """
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
+from megadalle.interrupted import Interrupted, name_of
 from megadalle.train.signals import STOP_SIGNALS, last_stop, raising_at_once
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop signal outside a training loop: a KeyboardInterrupt, so what cleans up after Ctrl-C (prepare aborts
-    its writers) cleans up after TERM and USR1 too."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def named(interrupted: KeyboardInterrupt) -> str:
-    """The signal behind `interrupted` as a stop line names it: an `Interrupted`'s, else Ctrl-C's."""
-    return name_of(interrupted.signum if isinstance(interrupted, Interrupted) else signal.SIGINT)
-
-
-def name_of(signum: int) -> str:
-    """A stop signal as a stop line names it: Ctrl-C for SIGINT, else its name (SIGTERM, SIGUSR1)."""
-    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 class DemoStopped(Exception):

@@ -208,16 +208,17 @@ def _convert(cfg: PrepareConfig, items: list[Item], held: int, start: float, pro
 
 def run(cfg: DictConfig) -> int:
     """`megadalle prepare input=DIR output=DIR image_size=256 ...`; NoUsableInput if nothing was usable, exit code
-    130 if interrupted."""
+    130 if interrupted, STOPPED_EXIT if a signal stopped it (interrupted.py)."""
     from megadalle.config import build, top_level
+    from megadalle.interrupted import how, stop_status
 
     pc = build(PrepareConfig, top_level(cfg, PrepareConfig), "")
     try:
         summary = prepare(pc)
-    except KeyboardInterrupt:  # the writers have cleaned up already (prepare aborts them)
-        print(f"megadalle prepare: interrupted; rerun to rebuild {pc.output} (it has no index.json, so no "
+    except KeyboardInterrupt as interrupted:  # the writers have cleaned up already (prepare aborts them)
+        print(f"megadalle prepare: {how(interrupted)}; rerun to rebuild {pc.output} (it has no index.json, so no "
               f"reader takes it for finished)", file=sys.stderr, flush=True)
-        return 130
+        return stop_status(interrupted)
     print(summary.text(), flush=True)
     if not summary.kept:
         raise NoUsableInput(f"input={str(pc.input)!r}", summary)

@@ -369,6 +369,60 @@ def test_ctrl_c_that_no_stage_reported_is_one_line_and_130(verb, monkeypatch, ca
     assert capsys.readouterr().err == f"megadalle {verb}: interrupted\n"
 
 
+def signal_in_stage(monkeypatch, sig: int) -> None:
+    """The verb's stage, replaced by one that sends itself `sig`."""
+    import os
+    import signal
+    import time
+
+    from megadalle import cli
+
+    def stage(cfg):
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # a handler that raises ends it here
+        return 0
+
+    monkeypatch.setattr(cli, "resolve", lambda name: stage)
+    monkeypatch.setattr("megadalle.preflight.preflight", lambda name, cfg: None)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("verb, args", [("index", ["dir=x"]), ("encode", ["input=x", "output=y", "dvae_weights=z"]),
+                                        ("import-dvae", ["encoder=x", "decoder=y", "output=z"]),
+                                        ("export", ["run=x", "output=y"]), ("plan", ["model=tiny"])])
+def test_a_scheduler_signal_ends_a_data_verb_with_one_line_and_75(verb, args, sig, monkeypatch, capsys):
+    """TERM's default action ended them with 143 and nothing said, what they were writing left to sweep."""
+    import signal
+
+    from megadalle.train.signals import STOPPED_EXIT
+
+    def unheld(signum, frame):
+        raise AssertionError(f"{sig} reached the handler from before the command: {verb} held none")
+
+    signal_in_stage(monkeypatch, getattr(signal, sig))
+    before = {s: signal.signal(s, unheld) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        status = main([verb, *args])
+        assert all(signal.getsignal(s) is unheld for s in before)  # given back
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    assert status == STOPPED_EXIT
+    assert capsys.readouterr().err == f"megadalle {verb}: stopped by {sig}; rerun the same command to finish it\n"
+
+
+def test_the_tokenizer_is_left_to_term_s_default_action(monkeypatch):
+    """Its training runs in sentencepiece's C++, where a handler in Python would wait minutes for it to return."""
+    import signal
+
+    seen = []
+    monkeypatch.setattr("megadalle.cli.resolve", lambda name: lambda cfg: seen.append(
+        (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1))) or 0)
+    monkeypatch.setattr("megadalle.preflight.preflight", lambda name, cfg: None)
+    assert main(["tokenizer", "input=x", "output=y"]) == 0
+    assert seen == [(signal.SIG_DFL, signal.SIG_DFL)]
+
+
 def test_user_errors_print_one_line(monkeypatch, capsys):
     from megadalle import cli
     from megadalle.train.checkpoint import CheckpointError
