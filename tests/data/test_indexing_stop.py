@@ -70,3 +70,25 @@ def test_the_cli_exits_75_with_one_line_when_a_stop_ends_the_start_up(monkeypatc
     monkeypatch.setattr("megadalle.preflight.preflight", lambda verb, cfg: None)
     assert execute("train", None) == STOPPED_EXIT
     assert capsys.readouterr().err == "megadalle train: stopped by signal while indexing x\n"
+
+
+def test_a_term_to_the_whole_process_group_stops_megadalle_index_with_one_line_and_75(tmp_path):
+    """`megadalle index` itself: TERM had ended it with 143, nothing said; the mark says the next indexing redoes it."""
+    root = tmp_path / "shards"
+    write_tars(root, tars=4, samples=40_000)
+    child = subprocess.Popen([sys.executable, "-m", "megadalle", "index", str(root), "num_workers=2"],
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (root / ".indexing").exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the workers are reading
+    os.killpg(child.pid, signal.SIGTERM)
+    try:
+        _, err = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise AssertionError("index waited for the results of the workers TERM had killed")
+    assert child.returncode == STOPPED_EXIT, err
+    assert err.strip().splitlines()[-1] == "megadalle index: stopped by SIGTERM; rerun the same command to finish it"
+    assert not (root / "index.json").exists()
