@@ -21,7 +21,7 @@ from megadalle.processes import owner_gone, owner_tag
 
 _RANDOM = "[0-9a-f]{8}"
 """The random part of `replacing`'s temporary names: two threads of one process writing one file get two names."""
-_WRITER = rf"@([^@]+-\d+)-{_RANDOM}\.tmp"
+_WRITER = rf"@([^@]+-\d+(?:\.\d+)?)-{_RANDOM}\.tmp"
 """The end of `replacing`'s temporary names: its writer's `processes.owner_tag` (captured) after the `@`."""
 
 
@@ -65,7 +65,8 @@ def publish(tmp: str | Path, path: str | Path) -> Path:
 
 def temporaries(names: str) -> str:
     """A regex of the hidden temporaries of the files whose names `names` (a regex) matches: `replacing`'s
-    `.NAME@<host>-<pid>-<hex>.tmp` (`.NAME.<pid>-<hex>.tmp` before it named the host) and `temp_path`'s `.NAME.tmp`."""
+    `.NAME@<host>-<pid>.<start>-<hex>.tmp` (`.NAME@<host>-<pid>-<hex>.tmp` before it named the writer's start,
+    `.NAME.<pid>-<hex>.tmp` before it named the host) and `temp_path`'s `.NAME.tmp`."""
     return rf"\.(?:{names})(?:\.\d+-{_RANDOM}\.tmp|{_WRITER}|\.tmp)"
 
 
@@ -97,7 +98,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
     """A temporary name for the block to write `path` under, published when the block ends, gone if it fails. The
     temporary name is this writer's own: processes that publish the same file at once (the ranks of a split `encode`
     each writing the finished index) each rename a whole file, and the last wins; with one shared temporary name one
-    renamed it from under another, which then failed. It names the writer's host and pid (processes.owner_tag) after
+    renamed it from under another, which then failed. It names the writer's host, pid and start (processes.owner_tag) after
     an `@`, which no host name holds (a host name may hold dots and dashes, and one may end in another's: after a
     dot, `gpu1.vm`'s tag read as `vm`'s), so that a later write removes it if a kill left it (`_remove_dead_writers`),
     and a node sharing the folder does not take a live writer elsewhere for a dead one here."""

@@ -26,7 +26,8 @@ from megadalle.weights.records import CONFIG, INDEX, config_path, config_record
 from megadalle.weights.replace import check_replaceable
 
 TMP = ".tmp-"
-"""Temporaries are `<target>.tmp-<host>-<pid>` (processes.owner_tag): a later export can tell a dead writer's."""
+"""Temporaries are `<target>.tmp-<host>-<pid>.<start>` (processes.owner_tag): a later export can tell a dead
+writer's."""
 
 
 def file_metadata(kind: str) -> dict[str, str]:

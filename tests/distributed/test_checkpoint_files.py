@@ -7,12 +7,12 @@ import os
 import re
 import resource
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
+from megadalle.processes import owner_tag
 from megadalle.train.checkpoint import CheckpointError
 from megadalle.train.checkpoint_choice import choose, find_resumable, resolve
 from megadalle.train.checkpoint_damage import damage, unreadable
@@ -256,7 +256,7 @@ def test_every_file_is_on_disk_before_the_manifest_says_complete(tmp_path, monke
     assert {str(path / f) for f in ("mp_rank_00_model_states.pt", "rng_rank00000.pt")} | {str(path)} <= before_manifest
     assert str(tmp_path) in before_manifest  # the step directory's own entry
     temporary, directory = (name for name, _ in synced[-2:])
-    writer = f"{re.escape(socket.gethostname())}-{os.getpid()}"  # the writer's host and pid: a kill's leftover is known
+    writer = re.escape(owner_tag())  # the writer's host, pid and start: a kill's leftover is known
     assert re.fullmatch(rf"{tmp_path}/\.latest@{writer}-[0-9a-f]{{8}}\.tmp", temporary)
     assert directory == str(tmp_path)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from megadalle.processes import owner_tag
 from megadalle.train.consolidate import load_run
 from megadalle.train.checkpoint import CheckpointError
 from megadalle.train import universal
@@ -183,12 +184,14 @@ def test_stale_conversions_are_cleared_before_converting(tmp_path):
     storage shared by nodes, another host's temporary may be a live conversion whose pid is free here."""
     host = socket.gethostname()
     dead = subprocess_pid_that_exited()
-    names = [f"universal.tmp-{host}-{dead}", f"universal.tmp-{host}-{os.getpid()}", f"universal.tmp-other-{dead}"]
+    start = int(owner_tag().rpartition(".")[2])
+    names = [f"universal.tmp-{host}-{dead}", f"universal.tmp-{host}-{os.getpid()}.{start - 1}",  # a restarted container
+             f"universal.tmp-{host}-{os.getpid()}", f"universal.tmp-{owner_tag()}", f"universal.tmp-other-{dead}"]
     for name in names:
         (tmp_path / name).mkdir()
     (tmp_path / universal.FAILED).write_text("old")
-    universal.clear_stale(tmp_path, owned=False)  # another run might convert it: only this host's dead pid's goes
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+    universal.clear_stale(tmp_path, owned=False)  # another run might convert it: only this host's ended writers' go
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
     universal.clear_stale(tmp_path, owned=True)  # under this run's lock no one else converts it
     assert list(tmp_path.iterdir()) == []
 

@@ -14,6 +14,7 @@ from megadalle.config.compose import compose
 
 from megadalle.config.model import TransformerConfig
 from megadalle.models.transformer import Transformer
+from megadalle.processes import owner_tag
 from megadalle.sampling.load import beside, load_model
 from megadalle.weights import INDEX, ShardedWriter, SingleFileWriter, export_layout, load_weights, save_weights
 
@@ -90,8 +91,10 @@ def test_a_killed_exports_temporary_goes_at_the_next_export(tmp_path, monkeypatc
     stale_folder = tmp_path / f"model.tmp-{host}-{dead_pid()}"
     absurd = tmp_path / f"model.tmp-{host}-{10 ** 30}"  # no pid: os.kill raised OverflowError
     live, elsewhere = tmp_path / f"model.tmp-{host}-{os.getppid()}", tmp_path / "model.tmp-otherhost-1"
+    start = int(owner_tag().rpartition(".")[2])
+    restarted = tmp_path / f"model.tmp-{host}-{os.getpid()}.{start - 1}"  # this pid's, an earlier start: a restart
     stale_file.write_bytes(b"x" * 100)
-    for folder in (stale_folder, absurd, live, elsewhere):
+    for folder in (stale_folder, absurd, live, elsewhere, restarted):
         folder.mkdir()
         (folder / "model-00001-of-00001.safetensors").write_bytes(b"x" * 100)
     write_folder(tmp_path / "model", state)
