@@ -35,10 +35,6 @@ class Verb:
     holds_stop_signals: bool = False
     """It holds the scheduler's stop signals from the command's first line (`stop_signals`): the training verbs and
     the sampling verbs, which end with STOPPED_EXIT on them (what launch/slurm requeues on)."""
-    killed_by_signals: bool = False
-    """TERM and USR1 keep their default action (the process ends where it stands, 143) where the verb holds no stop
-    signals: the tokenizer, whose training runs in sentencepiece's C++ for minutes, where a stop raised in Python
-    (`stop_signals`) would wait for its end; it writes its model whole, last."""
     stops_on_ctrl_c: bool = False
     """Ctrl-C before its stage begins (while the command imports and composes, `main`) or escaping it once begun
     (`run_stage`) ends it with one line and STOPPED_EXIT instead of a traceback and 130: the demo, which people stop
@@ -49,8 +45,7 @@ VERBS: dict[str, Verb] = {
     "prepare": Verb("megadalle.data.prepare:run", "images + captions -> webdataset shards (bad files skipped and reported)"),
     "index": Verb("megadalle.data.ingest:run", "index webdataset tars written elsewhere (img2dataset...), checking every sample",
                    positional="dir"),
-    "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions",
-                      killed_by_signals=True),
+    "tokenizer": Verb("megadalle.data.tokenizer:run", "train the sentencepiece BPE tokenizer on the shards' captions"),
     "train-dvae": Verb("megadalle.train.dvae:run", "train the discrete VAE (stage 1) on image shards", holds_stop_signals=True),
     "import-dvae": Verb("megadalle.models.import_dalle:run", "OpenAI's released dVAE (dall_e encoder.pkl/decoder.pkl) -> dVAE weights"),
     "encode": Verb("megadalle.encode:run", "image shards -> token shards (dVAE codes + captions)"),
@@ -120,8 +115,8 @@ def stop_signals(verb: str):
     (signals.taken_at_start): a preemption during the minutes before the first update or sample (imports, indexing,
     building the engine, loading a 12B checkpoint) then stops it with STOPPED_EXIT, which the batch script requeues,
     instead of killing it (143, nothing said). Another verb stops where the signal lands (interrupted.py), with one
-    line and STOPPED_EXIT (`main`), but the one `killed_by_signals`."""
-    if verb not in VERBS or VERBS[verb].killed_by_signals:
+    line and STOPPED_EXIT (`main`)."""
+    if verb not in VERBS:
         return nullcontext()
     if not VERBS[verb].holds_stop_signals:
         from megadalle.interrupted import stops_at_once

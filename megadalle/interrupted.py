@@ -1,7 +1,7 @@
 """A stop signal raised where it lands, as Ctrl-C raises KeyboardInterrupt: the stop of a command with no update to
 finish first.
 
-The data verbs (prepare, index, encode, import-dvae, export, plan) took TERM with its default action: Slurm's
+The data verbs (prepare, index, tokenizer, encode, import-dvae, export, plan) took TERM with its default action: Slurm's
 scancel, preemption and time limit, `timeout` and `docker stop` ended them where they stood with 143 and nothing
 said, and prepare's writers left their temporaries for the next run to sweep. Now TERM and USR1 (Slurm's warning)
 raise `Interrupted` there (`stops_at_once`, which the CLI holds around such a verb): what cleans up after Ctrl-C

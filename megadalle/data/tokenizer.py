@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from megadalle import stoppable_call
 from megadalle.data import atomic
 from megadalle.data.bpe_dropout import BpeDropout
 from megadalle.data.captions import caption_lines
@@ -160,20 +161,18 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
                     normalization: str = "nmt_nfkc_cf", character_coverage: float = 0.9995,
                     max_sentences: int = 10_000_000, byte_fallback: bool = False, seed: int = 0) -> Tokenizer:
     """Train BPE on the captions of a shard directory and write the model to `output` atomically (a disk that does
-    not take it: one line, `refused`)."""
+    not take it: one line, `refused`). sentencepiece trains in a child process (stoppable_call.py): in this one a
+    Ctrl-C or a stop signal waited for the training's end."""
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
     total = open_index(shards).total
-    captions = tqdm(iter_captions(shards), desc="tokenizer: reading captions", unit=" lines", mininterval=1.0)
-    buf = io.BytesIO()
-    spm.set_random_generator_seed(seed)
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(captions), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, hard_vocab_limit=False,
-            normalization_rule_name=normalization, character_coverage=character_coverage,
-            input_sentence_size=max_sentences, shuffle_input_sentence=True, byte_fallback=byte_fallback,
-            max_sentence_length=MAX_SENTENCE_BYTES, num_threads=os.cpu_count() or 1, minloglevel=2)
+        model = stoppable_call.call(train_bpe, str(shards), vocab_size, normalization, character_coverage,
+                                    max_sentences, byte_fallback, seed)
+    except stoppable_call.ChildDied as died:
+        raise UserError(f"the tokenizer's training on {total} samples of {shards} ended with {died.how} before it "
+                        f"finished (SIGKILL: the kernel's out-of-memory killer, most often); max_sentences="
+                        f"{max_sentences} bounds the captions it holds") from None
     except RuntimeError as err:
         need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(err))
         if need:
@@ -182,8 +181,23 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
                               f"({parts}); set vocab_size={need.group(1)} or more") from None
         raise ConfigError(f"sentencepiece training on {total} samples of {shards} failed: {err}") from None
     with refused(output):
-        atomic.write_bytes(output, buf.getvalue())
-    return Tokenizer(buf.getvalue())
+        atomic.write_bytes(output, model)
+    return Tokenizer(model)
+
+
+def train_bpe(shards: str, vocab_size: int, normalization: str, character_coverage: float, max_sentences: int,
+              byte_fallback: bool, seed: int) -> bytes:
+    """The BPE model sentencepiece trains on the shards' captions, as bytes (`train_tokenizer`'s child's work)."""
+    captions = tqdm(iter_captions(shards), desc="tokenizer: reading captions", unit=" lines", mininterval=1.0)
+    buf = io.BytesIO()
+    spm.set_random_generator_seed(seed)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, hard_vocab_limit=False,
+        normalization_rule_name=normalization, character_coverage=character_coverage,
+        input_sentence_size=max_sentences, shuffle_input_sentence=True, byte_fallback=byte_fallback,
+        max_sentence_length=MAX_SENTENCE_BYTES, num_threads=os.cpu_count() or 1, minloglevel=2)
+    return buf.getvalue()
 
 
 def caption_lengths(tok: Tokenizer, shards: str | Path, limit: int = 100_000, dropout: float = 0.0) -> dict:

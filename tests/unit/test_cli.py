@@ -389,7 +389,8 @@ def signal_in_stage(monkeypatch, sig: int) -> None:
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
 @pytest.mark.parametrize("verb, args", [("index", ["dir=x"]), ("encode", ["input=x", "output=y", "dvae_weights=z"]),
                                         ("import-dvae", ["encoder=x", "decoder=y", "output=z"]),
-                                        ("export", ["run=x", "output=y"]), ("plan", ["model=tiny"])])
+                                        ("export", ["run=x", "output=y"]), ("plan", ["model=tiny"]),
+                                        ("tokenizer", ["input=x", "output=y"])])
 def test_a_scheduler_signal_ends_a_data_verb_with_one_line_and_75(verb, args, sig, monkeypatch, capsys):
     """TERM's default action ended them with 143 and nothing said, what they were writing left to sweep."""
     import signal
@@ -409,18 +410,6 @@ def test_a_scheduler_signal_ends_a_data_verb_with_one_line_and_75(verb, args, si
             signal.signal(s, handler)
     assert status == STOPPED_EXIT
     assert capsys.readouterr().err == f"megadalle {verb}: stopped by {sig}; rerun the same command to finish it\n"
-
-
-def test_the_tokenizer_is_left_to_term_s_default_action(monkeypatch):
-    """Its training runs in sentencepiece's C++, where a handler in Python would wait minutes for it to return."""
-    import signal
-
-    seen = []
-    monkeypatch.setattr("megadalle.cli.resolve", lambda name: lambda cfg: seen.append(
-        (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1))) or 0)
-    monkeypatch.setattr("megadalle.preflight.preflight", lambda name, cfg: None)
-    assert main(["tokenizer", "input=x", "output=y"]) == 0
-    assert seen == [(signal.SIG_DFL, signal.SIG_DFL)]
 
 
 def test_user_errors_print_one_line(monkeypatch, capsys):

@@ -1,0 +1,83 @@
+"""`stoppable_call.call` runs a long C call in a child: its result and errors come back, a child that dies is an
+error naming its signal, and a Ctrl-C in this process is raised at once, however long the child's call runs."""
+import os
+import pickle
+import signal
+import threading
+import time
+
+import pytest
+
+from megadalle import stoppable_call
+from megadalle.stoppable_call import ChildDied, call
+
+
+def add(a, b):
+    return a + b
+
+
+def refuse(value):
+    raise ValueError(f"bad value {value}")
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise pickle.PicklingError("not this one")
+
+
+def raise_unpicklable():
+    raise Unpicklable("kept by its message")
+
+
+def killed():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def in_c_for(seconds: float, started: str) -> None:
+    """What sentencepiece's training is to Python: no signal handler runs until it returns."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1})
+    open(started, "w").close()
+    time.sleep(seconds)
+
+
+def test_the_result_and_the_error_come_back_from_the_child():
+    assert call(add, 2, 3) == 5
+    assert call(os.getpid) != os.getpid()
+    with pytest.raises(ValueError, match="^bad value 7$"):
+        call(refuse, 7)
+    with pytest.raises(RuntimeError, match="^Unpicklable: kept by its message$"):
+        call(raise_unpicklable)
+
+
+def test_a_child_that_dies_is_an_error_naming_its_signal():
+    """An out-of-memory kill: the result never comes; waiting for it hung."""
+    with pytest.raises(ChildDied, match="^SIGKILL$"):
+        call(killed)
+    assert stoppable_call.exit_status(3) == "exit status 3"
+
+
+def signal_when_started(started, sig) -> threading.Thread:
+    def send():
+        deadline = time.monotonic() + 30
+        while not os.path.exists(started) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # this process is waiting for the result: a raise in fork's clean-up (logging's) was lost
+        os.kill(os.getpid(), sig)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_ctrl_c_during_the_childs_long_c_call_is_raised_at_once_and_the_child_is_killed(tmp_path):
+    started = str(tmp_path / "started")
+    children_before = set(os.listdir("/proc"))
+    signal_when_started(started, signal.SIGINT)
+    begun = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        call(in_c_for, 60.0, started)
+    assert time.monotonic() - begun < 30  # not the call's 60 s
+    assert os.path.exists(started)
+    mine = [pid for pid in set(os.listdir("/proc")) - children_before if pid.isdigit()
+            and open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[1] == str(os.getpid())]
+    assert mine == []  # the child is gone, reaped
