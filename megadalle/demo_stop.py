@@ -4,10 +4,10 @@ earlier run finished, the training stages resume from their checkpoints).
 
 A training stage takes the signals over while it trains (signals.run_flag: it saves a checkpoint and stops); the
 signal its flag took is kept for the stop line (signals.last_stop).
-Around it the demo's own handler raises `Interrupted` (interrupted.py) at once, as Ctrl-C raises KeyboardInterrupt: its other
-stages publish what they write atomically (prepare's shards, encode's, the weights, the grids) or record it as
-done last (demo_done.py), so a stop leaves nothing half-written that a rerun would take for finished. Before the
-demo's run the CLI holds TERM and USR1 from its first line (cli.stop_signals), as it does for a training verb;
+Around it the demo's own handler raises `Interrupted` (interrupted.py) at once, as Ctrl-C raises KeyboardInterrupt:
+its other stages publish what they write atomically (prepare's shards, encode's, the weights, the grids) or record
+it as done last (demo_done.py), so a stop leaves nothing half-written that a rerun would take for finished. Before
+the demo's run the CLI holds TERM and USR1 from its first line (cli.stop_signals), as it does for a training verb;
 `interruptible` takes that flag over, so a signal that came during the imports stops the demo before its first
 stage.
 """

@@ -1,13 +1,13 @@
 """A stop signal raised where it lands, as Ctrl-C raises KeyboardInterrupt: the stop of a command with no update to
 finish first.
 
-The data verbs (prepare, index, tokenizer, encode, import-dvae, export, plan) took TERM with its default action: Slurm's
-scancel, preemption and time limit, `timeout` and `docker stop` ended them where they stood with 143 and nothing
-said, and prepare's writers left their temporaries for the next run to sweep. Now TERM and USR1 (Slurm's warning)
-raise `Interrupted` there (`stops_at_once`, which the CLI holds around such a verb): what cleans up after Ctrl-C
-cleans up after them (prepare aborts its writers; every output is published whole, last), and the verb ends with one
-line and STOPPED_EXIT (`stop_status`), as the sampling verbs end on them (sampling/stop.py). The demo raises it for
-Ctrl-C too, around its training stages (demo_stop.py).
+The data verbs (prepare, index, tokenizer, encode, import-dvae, export, plan) took TERM with its default action:
+Slurm's scancel, preemption and time limit, `timeout` and `docker stop` ended them where they stood with 143 and
+nothing said, and prepare's writers left their temporaries for the next run to sweep. Now TERM and USR1 (Slurm's
+warning) raise `Interrupted` there (`stops_at_once`, which the CLI holds around such a verb): what cleans up after
+Ctrl-C cleans up after them (prepare aborts its writers; every output is published whole, last), and the verb ends
+with one line and STOPPED_EXIT (`stop_status`), as the sampling verbs end on them (sampling/stop.py). The demo
+raises it for Ctrl-C too, around its training stages (demo_stop.py).
 
 `Interrupted` is a KeyboardInterrupt, not an Exception, so that no `except Exception` takes it for a failure of
 its own: prepare counts an image that raised as a bad file and goes on.
