@@ -199,7 +199,13 @@ def raising_at_once(signals: tuple[int, ...], error: Callable[[int], BaseExcepti
     training stages), whose clean-up then runs. It takes over the flag held since the command's start
     (`run_flag`): a signal that came meanwhile raises at once. A forked child (a worker pool) still ends on TERM
     and leaves the rest to its parent. The handlers are as before after it; outside the main thread (where no
-    handler can be set) it changes nothing."""
+    handler can be set) it changes nothing.
+
+    Python runs a handler at the main thread's next bytecode, wherever it is: where that is code whose exceptions
+    Python ignores (fork's clean-up, a `__del__`, a weakref callback), the raise was lost, printed as "Exception
+    ignored", and the run went on as if never stopped. Such a raise reaches `sys.unraisablehook`, which has the
+    signal sent again a moment later, from another thread: sent from the hook, its handler would run in the hook,
+    whose own exceptions Python ignores too."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -208,17 +214,33 @@ def raising_at_once(signals: tuple[int, ...], error: Callable[[int], BaseExcepti
 
     def handle(signum, frame):
         if not left_to_parent(pid, signum):
-            raise error(signum)
+            stop = error(signum)
+            stop.stop_signal = signum  # what `ignored` sends again
+            raise stop
+
+    def ignored(unraisable):
+        signum = getattr(unraisable.exc_value, "stop_signal", None)
+        if signum is None:
+            hook(unraisable)
+        else:
+            threading.Timer(RESEND_AFTER_S, os.kill, (pid, signum)).start()
 
     previous = {sig: signal.signal(sig, handle) for sig in signals}
+    hook, sys.unraisablehook = sys.unraisablehook, ignored
     try:
         if held.set:
             raise error(held.received)
         yield
     finally:
+        sys.unraisablehook = hook
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         held.uninstall()
+
+
+RESEND_AFTER_S = 0.01
+"""How long after a stop's raise was lost (`raising_at_once`) its signal comes again: time for the code that ignores
+exceptions to return."""
 
 
 def forget_late_copies() -> None:

@@ -61,7 +61,7 @@ def signal_when_started(started, sig) -> threading.Thread:
         deadline = time.monotonic() + 30
         while not os.path.exists(started) and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.3)  # this process is waiting for the result: a raise in fork's clean-up (logging's) was lost
+        time.sleep(0.3)  # past fork's clean-up, into the wait (a signal in the clean-up: test_stop_raise_lost.py)
         os.kill(os.getpid(), sig)
 
     thread = threading.Thread(target=send, daemon=True)

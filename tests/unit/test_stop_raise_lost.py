@@ -1,0 +1,48 @@
+"""A stop raised where Python ignores exceptions (a `__del__`, fork's clean-up) is not lost: the signal comes again
+and stops the run in its own code. It was printed as "Exception ignored" and the run went on as if never stopped:
+the tokenizer's test once signalled while its parent ran logging's at-fork lock release, and waited out its child."""
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from megadalle.interrupted import Interrupted
+from megadalle.train.signals import raising_at_once
+
+
+class SignalledWhileCollected:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs here, in code whose exceptions Python ignores
+            pass
+
+
+def test_a_stop_raised_in_a_destructor_stops_the_block_all_the_same(capsys):
+    went_on = []
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        with raising_at_once((signal.SIGTERM,), Interrupted):
+            SignalledWhileCollected()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+            went_on.append(True)
+    assert went_on == []
+    assert "Exception ignored" not in capsys.readouterr().err
+
+
+def test_other_ignored_exceptions_go_where_they_went_and_the_hook_is_given_back():
+    before, seen = sys.unraisablehook, []
+    sys.unraisablehook = seen.append
+    try:
+        with raising_at_once((signal.SIGTERM,), Interrupted):
+            class Failing:
+                def __del__(self):
+                    raise ValueError("not a stop")
+
+            Failing()
+        assert sys.unraisablehook == seen.append
+    finally:
+        sys.unraisablehook = before
+    assert [type(u.exc_value) for u in seen] == [ValueError]
