@@ -7,7 +7,8 @@ nothing said, and prepare's writers left their temporaries for the next run to s
 warning) raise `Interrupted` there (`stops_at_once`, which the CLI holds around such a verb): what cleans up after
 Ctrl-C cleans up after them (prepare aborts its writers; every output is published whole, last), and the verb ends
 with one line and STOPPED_EXIT (`stop_status`), as the sampling verbs end on them (sampling/stop.py). The demo
-raises it for Ctrl-C too, around its training stages (demo_stop.py).
+raises it for Ctrl-C too, around its training stages (demo_stop.py), and so does the CLI around a data verb: a
+raise is then not lost where Python ignores exceptions (raising_at_once), as Python's own KeyboardInterrupt is.
 
 `Interrupted` is a KeyboardInterrupt, not an Exception, so that no `except Exception` takes it for a failure of
 its own: prepare counts an image that raised as a bad file and goes on.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import signal
 
-from megadalle.train.signals import LATE_COPIES, STOPPED_EXIT, raising_at_once
+from megadalle.train.signals import STOP_SIGNALS, STOPPED_EXIT, raising_at_once
 
 
 class Interrupted(KeyboardInterrupt):
@@ -59,6 +60,6 @@ def stop_status(interrupted: KeyboardInterrupt) -> int:
 
 
 def stops_at_once():
-    """Within the block TERM and USR1 raise `Interrupted` wherever the process is; Ctrl-C stays Python's own
-    KeyboardInterrupt."""
-    return raising_at_once(LATE_COPIES, Interrupted)
+    """Within the block TERM, USR1 and Ctrl-C raise `Interrupted` wherever the process is (Ctrl-C's is the
+    KeyboardInterrupt Python's own handler raises, but not lost where Python ignores exceptions: raising_at_once)."""
+    return raising_at_once(STOP_SIGNALS, Interrupted)

@@ -8,22 +8,26 @@ import time
 
 import pytest
 
-from megadalle.interrupted import Interrupted
+from megadalle.interrupted import Interrupted, stops_at_once
 from megadalle.train.signals import raising_at_once
 
 
 class SignalledWhileCollected:
+    def __init__(self, sig: int):
+        self.sig = sig
+
     def __del__(self):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), self.sig)
         for _ in range(1000):  # the handler runs here, in code whose exceptions Python ignores
             pass
 
 
-def test_a_stop_raised_in_a_destructor_stops_the_block_all_the_same(capsys):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1", "SIGINT"])
+def test_a_stop_raised_in_a_destructor_stops_a_data_verb_all_the_same(capsys, sig):
     went_on = []
-    with pytest.raises(Interrupted, match="SIGTERM"):
-        with raising_at_once((signal.SIGTERM,), Interrupted):
-            SignalledWhileCollected()
+    with pytest.raises(Interrupted, match=sig):
+        with stops_at_once():
+            SignalledWhileCollected(getattr(signal, sig))
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 time.sleep(0.01)
