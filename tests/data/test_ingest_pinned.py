@@ -1,0 +1,95 @@
+"""Indexing tars written elsewhere, against hand-made tars: which samples are kept at the edges of min_side, what an
+undecoded sample is judged by, and what the index and its report then say."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+
+from megadalle.data.ingest import index_directory
+from tests.data.conftest import jpeg_bytes
+
+
+def tar_of(root, members, name="00000.tar"):
+    """A tar at root/name holding `members` ((member name, bytes)) in order, as tar(1) writes them."""
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(root / name, "w") as tar:
+        for member, data in members:
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+def report(root) -> list[tuple[str, str, str]]:
+    return [(b["key"], b["reason"], b["detail"]) for b in json.loads((root / "index-report.json").read_text())["bad"]]
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_an_image_of_exactly_min_side_is_kept_and_a_strip_below_it_skipped(tmp_path, decode):
+    """The short side decides, whatever the long one."""
+    root = tar_of(tmp_path / "t", [("edge.jpg", jpeg_bytes((48, 60), 1)), ("edge.txt", b"exactly min_side"),
+                                   ("strip.jpg", jpeg_bytes((200, 47), 2)), ("strip.txt", b"a long strip")])
+    summary = index_directory(root, ["txt"], True, decode=decode, min_side=48)
+    assert (summary.kept, summary.skipped) == (1, {"too_small": 1})
+    assert report(root) == [("strip", "too_small", "200x47: short side < min_side=48")]
+
+
+def test_undecoded_an_image_field_no_decoder_knows_is_skipped_naming_it(tmp_path):
+    """decode=false reads only the header of the image min_side judges: one that has none is no image."""
+    root = tar_of(tmp_path / "t", [("k1.jpg", b"not a jpeg at all"), ("k1.txt", b"a caption"),
+                                   ("k2.jpg", jpeg_bytes((64, 64), 2)), ("k2.txt", b"a photo")])
+    summary = index_directory(root, ["txt"], True, decode=False, min_side=32)
+    assert (summary.kept, summary.skipped) == (1, {"bad_jpg": 1})
+    [(key, reason, detail)] = report(root)
+    assert (key, reason) == ("k1", "bad_jpg") and detail.startswith("jpg: UnidentifiedImageError: ")
+
+
+def test_undecoded_a_caption_that_is_not_utf8_is_kept_as_the_readers_take_it(tmp_path):
+    """decode=false trusts the fields: a caption in Latin-1 still has visible text (readers replace what is not
+    UTF-8), and it stopped indexing with a UnicodeDecodeError."""
+    root = tar_of(tmp_path / "t", [("k1.jpg", jpeg_bytes((32, 32), 1)), ("k1.txt", b"caf\xe9 au lait")])
+    summary = index_directory(root, ["txt"], True, decode=False)
+    assert (summary.kept, summary.skipped) == (1, {})
+
+
+def test_a_jpeg_cut_after_its_header_is_skipped_as_bad(tmp_path):
+    """Its header gives a size; only decoding every coefficient finds the pixels missing (a reader would fail)."""
+    whole = jpeg_bytes((64, 64), 5)
+    root = tar_of(tmp_path / "t", [("cut.jpg", whole[:len(whole) // 2]), ("cut.txt", b"half a photo"),
+                                   ("ok.jpg", whole), ("ok.txt", b"a photo")])
+    summary = index_directory(root, ["txt"], True)
+    assert (summary.kept, summary.skipped) == (1, {"bad_jpg": 1})
+    assert [key for key, _, _ in report(root)] == ["cut"]
+
+
+def test_a_token_sample_of_codes_and_a_caption_has_media_to_train_on(tmp_path):
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.arange(4, dtype=np.uint16).reshape(2, 2))
+    root = tar_of(tmp_path / "t", [("k1.codes.npy", buf.getvalue()), ("k1.txt", b"four codes"),
+                                   ("k2.txt", b"nothing to train on")])
+    summary = index_directory(root, ["txt"], True)
+    assert (summary.kept, summary.skipped) == (1, {"no_media": 1})
+    assert [key for key, _, _ in report(root)] == ["k2"]
+
+
+def test_a_key_that_comes_back_later_in_the_tar_is_counted_as_a_duplicate(tmp_path):
+    root = tar_of(tmp_path / "t", [("a.jpg", jpeg_bytes((32, 32), 1)), ("a.txt", b"first a"),
+                                   ("b.jpg", jpeg_bytes((32, 32), 2)), ("b.txt", b"b"),
+                                   ("a.jpg", jpeg_bytes((32, 32), 3)), ("a.txt", b"second a")])
+    summary = index_directory(root, ["txt"], True)
+    assert (summary.kept, summary.skipped) == (2, {"duplicate_key": 1})
+    assert report(root) == [("a", "duplicate_key", "the key appears twice in this shard (members not adjacent?)")]
+
+
+def test_the_index_lists_the_fields_of_the_kept_samples_only(tmp_path):
+    """A reader asking for a field the index lists must find it: a skipped sample's fields are not the data's."""
+    root = tar_of(tmp_path / "t", [("k1.jpg", jpeg_bytes((32, 32), 1)), ("k1.txt", b"kept"),
+                                   ("k2.json", b'{"url": "x"}'), ("k2.cls", b"3"), ("k2.txt", b"no image")])
+    summary = index_directory(root, ["txt"], True)
+    assert summary.index.fields == ["jpg", "txt"]
+    assert json.loads((root / "index.json").read_text())["fields"] == ["jpg", "txt"]
