@@ -93,3 +93,47 @@ def test_the_index_lists_the_fields_of_the_kept_samples_only(tmp_path):
     summary = index_directory(root, ["txt"], True)
     assert summary.index.fields == ["jpg", "txt"]
     assert json.loads((root / "index.json").read_text())["fields"] == ["jpg", "txt"]
+
+
+def test_a_cut_tar_is_reported_under_its_last_sample_key(tmp_path):
+    """The cut's entry names the sample it cost, which is what a user looks for in the tar."""
+    root = tar_of(tmp_path / "t", [(f"k{i}.{field}", jpeg_bytes((32, 32), i) if field == "jpg" else b"words")
+                                   for i in range(3) for field in ("jpg", "txt")])
+    with tarfile.open(root / "00000.tar") as tar:
+        last = tar.getmembers()[-1]
+    members_end = last.offset_data + -(-last.size // 512) * 512  # the end-of-archive blocks cut off
+    (root / "00000.tar").write_bytes((root / "00000.tar").read_bytes()[:members_end])
+    summary = index_directory(root, ["txt"], True)
+    assert (summary.kept, summary.skipped) == (2, {"truncated_shard": 1})
+    assert report(root) == [("k2", "truncated_shard", "no end-of-archive marker: the tar was cut; its last sample "
+                                                      "dropped")]
+
+
+def test_a_read_error_mid_tar_keeps_the_samples_before_it_and_counts_it(tmp_path, monkeypatch):
+    """An I/O error (a failing disk, a network file system) is that tar's loss, not the whole indexing's."""
+    from megadalle.data.ingest import shard
+
+    root = tar_of(tmp_path / "t", [(f"k{i}.{field}", jpeg_bytes((32, 32), i) if field == "jpg" else b"words")
+                                   for i in range(3) for field in ("jpg", "txt")])
+    real_walk = shard.walk
+
+    def failing_walk(f, *args, **kwargs):
+        for n, sample in enumerate(real_walk(f, *args, **kwargs)):
+            if n == 2:
+                raise OSError(5, "Input/output error")
+            yield sample
+
+    monkeypatch.setattr(shard, "walk", failing_walk)
+    summary = index_directory(root, ["txt"], True)
+    assert (summary.kept, summary.skipped) == (2, {"truncated_shard": 1})
+    assert report(root) == [("", "truncated_shard", "OSError: [Errno 5] Input/output error (samples after this point "
+                                                    "are lost)")]
+
+
+def test_a_tar_with_no_usable_sample_is_left_out_of_the_index(tmp_path):
+    root = tar_of(tmp_path / "t", [("a.jpg", jpeg_bytes((32, 32), 1)), ("a.txt", b"good")], name="00000.tar")
+    tar_of(root, [("b.txt", b"no image"), ("c.jpg", jpeg_bytes((32, 32), 2))], name="00001.tar")
+    summary = index_directory(root, ["txt"], True)
+    assert [s.name for s in summary.index.shards] == ["00000.tar"]
+    assert [s["name"] for s in json.loads((root / "index.json").read_text())["shards"]] == ["00000.tar"]
+    assert not (root / "00001.tar.idx").exists()
