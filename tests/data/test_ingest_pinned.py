@@ -137,3 +137,59 @@ def test_a_tar_with_no_usable_sample_is_left_out_of_the_index(tmp_path):
     assert [s.name for s in summary.index.shards] == ["00000.tar"]
     assert [s["name"] for s in json.loads((root / "index.json").read_text())["shards"]] == ["00000.tar"]
     assert not (root / "00001.tar.idx").exists()
+
+
+def test_a_stop_while_indexing_in_this_process_ends_it_before_the_next_tar(tmp_path):
+    """num_workers=0 reads the tars itself: a stop signal between two of them ends indexing, publishing nothing."""
+    from megadalle.data.ingest.folder import IndexingStopped
+
+    root = tar_of(tmp_path / "t", [("a.jpg", jpeg_bytes((32, 32), 1)), ("a.txt", b"first")], name="00000.tar")
+    tar_of(root, [("b.jpg", jpeg_bytes((32, 32), 2)), ("b.txt", b"second")], name="00001.tar")
+    asked = []
+
+    def stopped():
+        asked.append(True)
+        return len(asked) > 1  # the signal comes while the first tar is read
+
+    with pytest.raises(IndexingStopped, match=f"stopped by signal while indexing {root}"):
+        index_directory(root, ["txt"], True, num_workers=0, stopped=stopped)
+    assert not (root / "index.json").exists() and not (root / "00001.tar.idx").exists()
+
+
+def test_a_folder_grown_since_its_indexing_is_indexed_again_with_its_min_side(tmp_path, capsys):
+    """A reader that finds new tars indexes them as `megadalle index min_side=48` did the first ones."""
+    from megadalle.data.ingest import open_index
+
+    root = tar_of(tmp_path / "t", [("a.jpg", jpeg_bytes((64, 64), 1)), ("a.txt", b"a photo"),
+                                   ("thumb.jpg", jpeg_bytes((40, 40), 2)), ("thumb.txt", b"a thumbnail")])
+    assert index_directory(root, ["txt"], True, min_side=48).kept == 1
+    tar_of(root, [("b.jpg", jpeg_bytes((64, 64), 3)), ("b.txt", b"another photo"),
+                  ("thumb2.jpg", jpeg_bytes((40, 40), 4)), ("thumb2.txt", b"another thumbnail")], name="00001.tar")
+    index = open_index(root)
+    assert (index.total, index.indexing["min_side"]) == (2, 48)
+    assert [key for key, reason, _ in report(root) if reason == "too_small"] == ["thumb", "thumb2"]
+
+
+def test_verify_names_counts_that_disagree_and_samples_lacking_a_field(tmp_path):
+    from megadalle.data.ingest import verify
+    from megadalle.data.shards import ShardWriter
+
+    with ShardWriter(tmp_path, max_count=3) as w:
+        for i in range(5):
+            w.write({"__key__": f"{i:03d}", "txt": f"caption {i}", **({"json": {"i": i}} if i != 4 else {})})
+    assert verify(tmp_path, ["txt", "json"]) == ["shard-000001.tar: sample '004' lacks ['json']"]
+    data = json.loads((tmp_path / "index.json").read_text())
+    data["shards"][0]["count"] = 2
+    (tmp_path / "index.json").write_text(json.dumps(data))
+    assert verify(tmp_path)[0] == "shard-000000.tar: 3 samples in its offsets, index.json says 2"
+
+
+def test_the_index_verb_keeps_caption_only_samples_with_require_media_false(tmp_path, capsys):
+    """A caption corpus for tokenizer training has no media: `require_media=false` is how to index it."""
+    from megadalle.cli import main
+
+    root = tar_of(tmp_path / "t", [("a.txt", b"only words"), ("b.jpg", jpeg_bytes((32, 32), 1)), ("b.txt", b"a photo")])
+    assert main(["index", str(root), "num_workers=0"]) == 0
+    assert json.loads((root / "index.json").read_text())["total"] == 1
+    assert main(["index", str(root), "num_workers=0", "require_media=false"]) == 0
+    assert json.loads((root / "index.json").read_text())["total"] == 2
