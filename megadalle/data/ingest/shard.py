@@ -1,7 +1,8 @@
 """One tar written elsewhere, walked once with every sample checked: the kept samples' spans and the skipped.
 
-A key seen twice is skipped (neither sample can be told from the other), and a tar cut short keeps the
-samples before the cut: the last one too unless the cut may have taken some of its members. Runs in a
+Two samples of one key one after the other (their members run together, so neither can be told from the other) are
+both skipped; a key that comes back later in the tar keeps its first sample and skips the later one. A tar cut
+short keeps the samples before the cut: the last one too unless the cut may have taken some of its members. Runs in a
 worker process per shard; the tar is never rewritten. The report holds keys as text (`names.shown`): a key that is
 not UTF-8 stopped the report's writing.
 """
