@@ -274,3 +274,45 @@ def test_a_zero3_checkpoint_is_read_from_its_ranks_masters_under_the_plain_names
     read = dict(checked(net, checkpoint_tensors(None, net, tmp_path, dtype=torch.float32), tmp_path))
     assert read.keys() == net.state_dict().keys()
     assert all(torch.equal(read[name], t) for name, t in net.state_dict().items())
+
+
+def bf16_pipeline_with_masters(path, rename: dict[str, str] | None = None):
+    """A one-rank bf16 pipeline checkpoint of adam_net's model at ZeRO stage 1: bf16 layer files, and the fp32 masters
+    in one flat group with each parameter's fragment address (DeepSpeed's `param_slice_mappings`), named
+    `<layer>.<key>` as a pipeline names them, some renamed by `rename`. Returns the task, the bf16 net, the masters."""
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    net = model()
+    masters = {name: p.detach().clone() for name, p in net.named_parameters()}
+    net = net.to(torch.bfloat16)
+    task = pipeline(path, net)
+    names = [(rename or {}).get(name, name) for name in masters]
+    starts = [0]
+    for master in masters.values():
+        starts.append(starts[-1] + master.numel())
+    torch.save({"optimizer_state_dict": {
+        "single_partition_of_fp32_groups": [torch.cat([m.reshape(-1) for m in masters.values()])],
+        "param_slice_mappings": [{name: fragment_address(m.numel(), start)
+                                  for name, m, start in zip(names, masters.values(), starts)}]}},
+        path / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    torch.save({"module": None, "buffer_names": [],
+                "param_shapes": [{name: m.shape for name, m in zip(names, masters.values())}]},
+               path / "mp_rank_00_model_states.pt")
+    return task, net, masters
+
+
+def test_an_fp32_export_of_a_bf16_pipeline_reads_each_layers_masters(tmp_path):
+    task, net, masters = bf16_pipeline_with_masters(tmp_path)
+    fp32 = dict(checkpoint_tensors(task, net, tmp_path, dtype=torch.float32))
+    assert fp32.keys() == masters.keys()
+    assert all(torch.equal(fp32[name], master) for name, master in masters.items())
+    assert any(not torch.equal(master, master.to(torch.bfloat16).float()) for master in masters.values())
+
+
+@pytest.mark.parametrize("name, refusal", [
+    ("model.0.weight", "the optimizer holds model.0.weight, which is no pipeline layer's parameter"),
+    ("3.weight", "layer 3 holds weight, which the model's layer 3 does not have")])
+def test_pipeline_masters_of_no_layer_of_the_model_are_refused_by_name(name, refusal, tmp_path):
+    task, net, _ = bf16_pipeline_with_masters(tmp_path, {"0.weight": name})
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: {refusal}"):
+        list(checkpoint_tensors(task, net, tmp_path, dtype=torch.float32))
