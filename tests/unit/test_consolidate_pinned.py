@@ -198,9 +198,9 @@ def test_ema_true_of_a_checkpoint_without_ema_files_says_how_to_read_the_live_we
 
 def planted_run(root, net):
     """A run directory whose one complete checkpoint (step 1) holds `net`'s weights as ZeRO 0-2 save them."""
-    (root / "run.json").write_text("{}")
     folder = root / "checkpoints" / "step_00000001"
     folder.mkdir(parents=True)
+    (root / "run.json").write_text("{}")
     torch.save({"module": {f"model.{name}": t for name, t in net.state_dict().items()}},
                folder / "mp_rank_00_model_states.pt")
     size = (folder / "mp_rank_00_model_states.pt").stat().st_size
@@ -316,3 +316,51 @@ def test_pipeline_masters_of_no_layer_of_the_model_are_refused_by_name(name, ref
     task, net, _ = bf16_pipeline_with_masters(tmp_path, {"0.weight": name})
     with pytest.raises(CheckpointError, match=f"{tmp_path}: {refusal}"):
         list(checkpoint_tensors(task, net, tmp_path, dtype=torch.float32))
+
+
+@pytest.fixture
+def exporting(tmp_path):
+    """(run dir, net, `trained`): a run whose step-1 checkpoint holds `net`, and its task (adam_net's model, exported
+    as a dVAE is: a kind whose config JSON takes a plain dict here), for export's `trained=`."""
+    from safetensors.torch import load_file  # noqa: F401 - fails early where safetensors is missing
+
+    torch.manual_seed(6)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+    planted_run(tmp_path / "run", net)
+    spec = SimpleNamespace(kind="dvae", config={"width": 16})
+    task = SimpleNamespace(build_model=model, export_spec=lambda: spec)
+    return tmp_path / "run", net, (task, {"trainer": {"ema": None}})
+
+
+def test_export_writes_the_checkpoints_weights_in_shards_of_the_size_asked(exporting, tmp_path):
+    from safetensors.torch import load_file
+
+    run, net, trained = exporting
+    out = consolidate.export(run, tmp_path / "out", dtype="fp32", max_shard_bytes=200, trained=trained)
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) > 1 and all(shard.stat().st_size < 200 + 1024 for shard in shards)
+    written = {name: t for shard in shards for name, t in load_file(shard).items()}
+    assert written.keys() == net.state_dict().keys()
+    assert all(torch.equal(written[name], t) for name, t in net.state_dict().items())
+
+
+def test_export_of_ema_true_for_a_run_without_one_is_refused_before_anything_is_written(exporting, tmp_path):
+    run, _, trained = exporting
+    with pytest.raises(CheckpointError, match=f"ema=true: {run} trained without an EMA"):
+        consolidate.export(run, tmp_path / "out.safetensors", ema=True, trained=trained)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("output", ["out", "out.safetensors"])
+def test_an_export_that_fails_midway_leaves_no_temporary(exporting, output, tmp_path):
+    """A checkpoint lacking a tensor is refused once the others are written: what was written goes."""
+    run, net, trained = exporting
+    folder = run / "checkpoints" / "step_00000001"
+    states = torch.load(folder / "mp_rank_00_model_states.pt", weights_only=True)
+    del states["module"]["model.2.bias"]
+    torch.save(states, folder / "mp_rank_00_model_states.pt")
+    size = (folder / "mp_rank_00_model_states.pt").stat().st_size
+    (folder / MANIFEST).write_text(json.dumps({"files": {"mp_rank_00_model_states.pt": size}}))
+    with pytest.raises(CheckpointError, match=r"lacks 1 of the model's tensors, e.g. \['2.bias'\]"):
+        consolidate.export(run, tmp_path / output, dtype="fp32", trained=trained)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
