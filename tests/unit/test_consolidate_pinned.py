@@ -3,6 +3,7 @@ the single-process tests: which weights `ema` picks, the weights read from each 
 reference the tensors planted), the refusals of tensors that do not fit the model, and the choice of checkpoint
 when the one being read goes or is damaged."""
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -248,7 +249,7 @@ def test_a_given_checkpoint_that_is_incomplete_is_refused_with_what_it_lacks(stu
 def test_a_runs_own_checkpoint_given_by_a_relative_path_is_taken(stub_run, monkeypatch):
     run, _ = stub_run
     monkeypatch.chdir(run / "checkpoints")
-    assert consolidate.checkpoint_dir(run, "step_00000001") == consolidate.Path("step_00000001")
+    assert consolidate.checkpoint_dir(run, "step_00000001") == Path("step_00000001")
 
 
 def test_a_zero3_checkpoint_is_read_from_its_ranks_masters_under_the_plain_names(tmp_path):
@@ -322,8 +323,6 @@ def test_pipeline_masters_of_no_layer_of_the_model_are_refused_by_name(name, ref
 def exporting(tmp_path):
     """(run dir, net, `trained`): a run whose step-1 checkpoint holds `net`, and its task (adam_net's model, exported
     as a dVAE is: a kind whose config JSON takes a plain dict here), for export's `trained=`."""
-    from safetensors.torch import load_file  # noqa: F401 - fails early where safetensors is missing
-
     torch.manual_seed(6)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
     planted_run(tmp_path / "run", net)

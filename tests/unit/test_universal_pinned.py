@@ -5,6 +5,7 @@ the DeepSpeed keys a universal load builds with, and the ZeRO-3 optimizer repair
 import json
 import subprocess
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -84,8 +85,8 @@ def converter(monkeypatch):
     def run(command, *args, **kwargs):
         if "deepspeed.checkpoint.ds_to_universal" not in command:
             return real(command, *args, **kwargs)
-        source = universal.Path(command[command.index("--input_folder") + 1])
-        output = universal.Path(command[command.index("--output_folder") + 1])
+        source = Path(command[command.index("--input_folder") + 1])
+        output = Path(command[command.index("--output_folder") + 1])
         state.calls.append((source, output))
         output.mkdir(exist_ok=True)
         if state.fail:
