@@ -193,7 +193,8 @@ def loaded_as_deepspeed_does(tmp_path):
     saved = first.state_dict()
     folder = tmp_path / "universal"
     (folder / "zero").mkdir(parents=True)
-    torch.save({"optimizer_state_dict": {"param_groups": saved["param_groups"]}}, folder / "zero" / "optimizer_state.pt")
+    torch.save({"optimizer_state_dict": {"param_groups": saved["param_groups"]}},
+               folder / "zero" / "optimizer_state.pt")
 
     weight, bias = weight.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
     resumed = adamw(weight, bias)
