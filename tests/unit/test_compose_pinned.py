@@ -1,0 +1,27 @@
+"""What a command line's overrides do, as a user meets it: the advice a refused value gets (taken back through the
+shell and composed, it must give what was meant), and the text a text key keeps."""
+import shlex
+
+from megadalle.cli import main
+from megadalle.config.compose import compose
+
+
+def advice(capsys, argv) -> str:
+    """The one line a refused command line prints."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def test_a_bracketed_value_hydra_cannot_read_is_advised_as_text_and_as_the_list_it_reads(capsys):
+    """`demo.dvae_overrides=[trainer.lr=1e-3,trainer.steps=5 ]`: hydra cannot read `=` inside a list. The advice
+    offers the value quoted whole (one string, which a list setting refuses) and each item quoted (the list meant)."""
+    typed = "demo.dvae_overrides=[trainer.lr=1e-3,trainer.steps=5 ]"
+    err = advice(capsys, ["demo", typed])
+    assert err.startswith(f"megadalle demo: {typed}: hydra cannot read this value (")
+    as_text, _, as_list = err.rstrip("\n").partition("; quote it: ")[2].partition(" (as text), or ")
+    assert as_list.endswith(" (as a list)")
+    assert shlex.split(as_text) == ["demo.dvae_overrides=\"[trainer.lr=1e-3,trainer.steps=5 ]\""]
+    [given] = shlex.split(as_list.removesuffix(" (as a list)"))
+    assert list(compose("demo", [given]).demo.dvae_overrides) == ["trainer.lr=1e-3", "trainer.steps=5"]
