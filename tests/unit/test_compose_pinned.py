@@ -21,7 +21,21 @@ def test_a_bracketed_value_hydra_cannot_read_is_advised_as_text_and_as_the_list_
     err = advice(capsys, ["demo", typed])
     assert err.startswith(f"megadalle demo: {typed}: hydra cannot read this value (")
     as_text, _, as_list = err.rstrip("\n").partition("; quote it: ")[2].partition(" (as text), or ")
-    assert as_list.endswith(" (as a list)")
+    assert as_list.endswith(" (as a list)"), err
     assert shlex.split(as_text) == ["demo.dvae_overrides=\"[trainer.lr=1e-3,trainer.steps=5 ]\""]
     [given] = shlex.split(as_list.removesuffix(" (as a list)"))
     assert list(compose("demo", [given]).demo.dvae_overrides) == ["trainer.lr=1e-3", "trainer.steps=5"]
+
+
+def test_words_without_a_key_name_the_first_of_them_where_the_verb_has_no_likely_key(capsys):
+    """`megadalle plan gpus 8`: `gpus` is the word that wanted `=`; the words after it are not one value."""
+    assert advice(capsys, ["plan", "gpus", "8"]) == \
+        "megadalle plan: gpus: expected key=value (megadalle plan --help lists the keys)\n"
+
+
+def test_an_empty_quoted_prompt_before_the_words_adds_no_quotes_to_the_prompt_advised(capsys):
+    """`prompt="" red circle` (the shell kept the inner quotes of `'prompt=""'`): the prompt meant is `red circle`."""
+    err = advice(capsys, ["generate", "weights=m", 'prompt=""', "red", "circle"])
+    assert err.endswith("; for the prompt, write 'prompt=\"red circle\"'\n")
+    [given] = shlex.split(err.rstrip("\n").rpartition(", write ")[2])
+    assert compose("generate", ["weights=m", given]).prompt == "red circle"

@@ -2,8 +2,8 @@
 The paths are built here by hand (plain files and folders, weights written by megadalle's writers)."""
 import pytest
 
-from megadalle.weights import OutputInTheWay, check_replaceable
-from tests.unit.test_replace_weights import contents, write
+from megadalle.weights import OutputInTheWay, check_replaceable, save_weights
+from tests.unit.test_replace_weights import STATE, contents, write, write_folder
 
 
 def test_a_folder_named_like_one_file_is_refused_as_a_folder(tmp_path):
@@ -36,3 +36,31 @@ def test_a_plain_file_where_a_folder_export_goes_is_refused_by_name(tmp_path):
                                                  "replace it; give another path, or remove it$"):
             check_replaceable(mine, earlier, "a model folder", kind="transformer")
     assert mine.read_text() == "mine"
+
+
+def test_the_folder_export_advised_names_only_the_pieces_the_folder_still_holds(tmp_path):
+    """A model folder whose bundle.json names a CLIP the user has since removed: the export advised to rewrite it
+    takes the folder's tokenizer and dVAE, and no clip_weights= naming a file that is not there."""
+    folder = tmp_path / "model"
+    write_folder(folder / "transformer", "transformer")
+    save_weights(folder / "dvae.safetensors", STATE, "dvae", {"width": 3})
+    (folder / "tokenizer.model").write_text("pieces")
+    (folder / "bundle.json").write_text('{"transformer": "transformer", "tokenizer": "tokenizer.model", '
+                                        '"dvae": "dvae.safetensors", "clip": "clip.safetensors"}')
+    with pytest.raises(OutputInTheWay) as refused:
+        check_replaceable(folder / "dvae.safetensors", kind="transformer")
+    advised = str(refused.value)
+    assert f"`megadalle export run=RUN output={folder} " in advised
+    assert f" tokenizer={folder / 'tokenizer.model'}" in advised and f" dvae_weights={folder / 'dvae.safetensors'}" \
+        in advised
+    assert "clip" not in advised.partition("`megadalle export")[2]
+
+
+def test_an_empty_folder_is_taken_by_an_export_of_any_kind(tmp_path):
+    """An empty folder (made by the user for the export) is no one's files: every export may write there."""
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    for kind in (None, "transformer", "dvae", "clip"):
+        check_replaceable(folder, kind=kind)
+    write_folder(folder, "dvae")
+    assert "model.safetensors.index.json" in contents(folder)
