@@ -64,3 +64,30 @@ def test_an_empty_folder_is_taken_by_an_export_of_any_kind(tmp_path):
         check_replaceable(folder, kind=kind)
     write_folder(folder, "dvae")
     assert "model.safetensors.index.json" in contents(folder)
+
+
+def test_a_model_folder_is_not_exported_inside_another(tmp_path):
+    """`export output=model/sub`: a folder export, but inside a model folder, whose own export alone writes there."""
+    from megadalle.bundle_write import check_output
+
+    folder = tmp_path / "model"
+    write_folder(folder / "transformer", "transformer")
+    (folder / "bundle.json").write_text('{"transformer": "transformer"}')
+    for target in (folder / "sub", folder / "transformer"):
+        with pytest.raises(OutputInTheWay, match=f"^output={target}: inside the model folder {folder}, "):
+            check_output(target, "transformer")
+    assert not (folder / "sub").exists()
+    check_output(folder, "transformer")  # the folder's own export
+
+
+def test_the_transformer_written_alone_is_kept_out_of_the_folder_that_names_it(tmp_path):
+    """`export weights_only=true output=model/transformer`: the very Transformer the folder's bundle.json names, but
+    written without the folder's tokenizer and dVAE checks."""
+    folder = tmp_path / "model"
+    write_folder(folder / "transformer", "transformer")
+    (folder / "bundle.json").write_text('{"transformer": "transformer"}')
+    before = contents(folder / "transformer")
+    with pytest.raises(OutputInTheWay, match=f"^output={folder / 'transformer'}: inside the model folder {folder}, "
+                                             "whose tokenizer, dVAE and bundle.json a Transformer exported alone"):
+        check_replaceable(folder / "transformer", kind="transformer", alone=True)
+    assert contents(folder / "transformer") == before
