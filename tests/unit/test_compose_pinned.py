@@ -39,3 +39,16 @@ def test_an_empty_quoted_prompt_before_the_words_adds_no_quotes_to_the_prompt_ad
     assert err.endswith("; for the prompt, write 'prompt=\"red circle\"'\n")
     [given] = shlex.split(err.rstrip("\n").rpartition(", write ")[2])
     assert compose("generate", ["weights=m", given]).prompt == "red circle"
+
+
+def test_a_group_name_below_another_key_is_no_group_of_other_verbs(capsys):
+    """`trainer.model=1`: `model` is a config group of other verbs only at the top level; below `trainer` it is a
+    misspelt trainer key, said without naming those verbs."""
+    assert advice(capsys, ["plan", "trainer.model=1"]) == ("megadalle plan: trainer.model=1: megadalle plan has no key "
+                                                          "trainer.model (megadalle plan --help lists the keys)\n")
+
+
+def test_a_text_key_keeps_a_numbers_text_without_the_spaces_around_it_as_hydra_drops_them_from_text():
+    """`'prompt= 3.10 '`: the text kept is `3.10` (not hydra's 3.1), trimmed as hydra trims `'prompt= abc '`."""
+    assert compose("generate", ["weights=m", "prompt= abc "]).prompt == "abc"
+    assert compose("generate", ["weights=m", "prompt= 3.10 "]).prompt == "3.10"
