@@ -62,3 +62,20 @@ def test_a_failed_export_into_a_folder_it_made_leaves_no_folder(trained, tmp_pat
     with pytest.raises(OSError, match="No space left"):
         write_bundle(run, tmp_path / "new" / "model", dvae_weights=str(dvae))
     assert not (tmp_path / "new" / "model").exists()
+
+
+def test_a_folder_exported_without_clip_loads_without_one_and_another_format_is_refused(trained, tmp_path):
+    """load_pipeline reads no CLIP where bundle.json records none (rerank=True is the default), and refuses a
+    bundle.json of a format other than the one its export wrote, naming both."""
+    import megadalle
+    from megadalle.errors import BundleError
+
+    run, _, dvae, _ = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae))
+    pipe = megadalle.load_pipeline(folder)
+    assert pipe.clip is None and pipe.reranker is None
+    manifest = json.loads((folder / "bundle.json").read_text())
+    written = manifest["format"]
+    (folder / "bundle.json").write_text(json.dumps({**manifest, "format": "megadalle-bundle-v999"}))
+    with pytest.raises(BundleError, match=f"format 'megadalle-bundle-v999', expected {written!r}"):
+        megadalle.load_pipeline(folder)
