@@ -52,3 +52,12 @@ def test_a_text_key_keeps_a_numbers_text_without_the_spaces_around_it_as_hydra_d
     """`'prompt= 3.10 '`: the text kept is `3.10` (not hydra's 3.1), trimmed as hydra trims `'prompt= abc '`."""
     assert compose("generate", ["weights=m", "prompt= abc "]).prompt == "abc"
     assert compose("generate", ["weights=m", "prompt= 3.10 "]).prompt == "3.10"
+
+
+def test_a_key_too_short_to_be_near_any_is_answered_with_the_key_it_starts(capsys):
+    """`media=4`, `trainer.keep=1`: no declared key is near in spelling, but one starts with the name and `_`."""
+    assert advice(capsys, ["train", "media=4"]) == ("megadalle train: media=4: megadalle train has no key media; "
+                                                    "did you mean media_captions? (megadalle train --help lists the "
+                                                    "keys)\n")
+    assert "has no key trainer.keep; did you mean trainer.keep_checkpoints? " in advice(capsys, ["train",
+                                                                                             "trainer.keep=1"])
