@@ -48,10 +48,22 @@ def verb_group_options(verb: str, group: str, extra: tuple[Path, ...] = ()) -> l
     return [*(GROUP_OPTIONS.get(verb, {}).get(group, ()) or group_options(group)), *own]
 
 
-def searched(extra: tuple[Path, ...]) -> list[str]:
-    """The override that adds `extra` to the search path of hydra's compose API, as `--config-dir` does to
-    hydra's runner's (both come after conf/, before the schemas)."""
-    return [f"hydra.searchpath=[{','.join(f'file://{Path(d).resolve()}' for d in extra)}]"] if extra else []
+def searching(verb: str, extra: tuple[Path, ...]) -> None:
+    """Hydra's compose API, just initialised on conf/, given `extra` (`--config-dir`) in its search path after conf/,
+    before the schemas, as hydra's runner has them. A `hydra.searchpath` override, used before, reached the groups
+    but not the primary config: `--cfg job` and every `-m` job of `--config-name NAME` (found in `extra`) failed in
+    "Cannot find primary config" while the same command without them ran."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+
+    search = create_config_search_path(str(conf_dir()))
+    schemas = search.get_path().pop()  # hydra keeps the schemas last
+    for folder in extra:
+        search.append("command-line", f"file://{Path(folder).resolve()}")
+    search.append(schemas.provider, schemas.path)
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name=verb, config_search_path=search)
 
 
 def primary_given(extra: tuple[Path, ...], name: str | None) -> list[str]:
@@ -240,7 +252,9 @@ def compose_with_choices(verb: str, overrides: list[str] | None = None, extra: t
     overrides = list(overrides or [])
     check_overrides(verb, overrides, extra=extra)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
-        cfg = hydra_compose(config_name=primary or verb, overrides=[*overrides, *searched(extra)],
+        if extra:
+            searching(verb, extra)
+        cfg = hydra_compose(config_name=primary or verb, overrides=overrides,
                             return_hydra_config=True)
     choices = {group: option for group, option in cfg.hydra.runtime.choices.items() if not group.startswith("hydra")}
     with open_dict(cfg):

@@ -35,3 +35,23 @@ def test_cfg_job_resolves_on_request_and_prints_the_whole_config_for_the_global_
     assert "\noutput: ${out_dir}/generate\n" in whole
     assert main(["generate", "--cfg", "job", "--resolve", *given]) == 0
     assert f"\noutput: {tmp_path}/generate\n" in capsys.readouterr().out
+
+
+def test_cfg_job_and_a_sweep_take_the_primary_config_that_config_name_chooses(capsys, tmp_path):
+    """`--config-dir D --config-name mine`: the job runs D/mine.yaml; `--cfg job` and `-m` failed in "Cannot find
+    primary config 'mine'" (their compose looked for it in conf/ alone) while the plain run ran it."""
+    (tmp_path / "mine.yaml").write_text("defaults:\n  - train\n  - _self_\ntrainer:\n  lr: 0.123\n"
+                                        "data:\n  tokenizer: tok.model\n")
+    assert main(["train", "--cfg", "job", "-p", "trainer.lr", "--config-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "0.00045\n"  # conf/train.yaml's trainer=default
+    assert main(["train", "--cfg", "job", "-p", "trainer.lr", "--config-dir", str(tmp_path), "--config-name",
+                 "mine"]) == 0
+    assert capsys.readouterr().out == "0.123\n"
+    assert main(["train", "--cfg", "job", "-p", "data.tokenizer", "--config-dir", str(tmp_path), "--config-name",
+                 "mine"]) == 0
+    assert capsys.readouterr().out == "tok.model\n"  # given by mine.yaml: not taken back to `???`
+    (tmp_path / "big.yaml").write_text("defaults:\n  - plan\n  - _self_\ngpu_mem_gb: 80\n")
+    assert main(["plan", "-m", "--config-dir", str(tmp_path), "--config-name", "big", "model=tiny", "gpus=8,16",
+                 f"out_dir={tmp_path / 'out'}"]) == 0
+    overrides = (tmp_path / "out" / "multirun" / "plan" / "1" / ".hydra" / "overrides.yaml").read_text()
+    assert "gpus=16" in overrides
