@@ -55,13 +55,12 @@ def searching(verb: str, extra: tuple[Path, ...]) -> None:
     "Cannot find primary config" while the same command without them ran."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
 
     search = create_config_search_path(str(conf_dir()))
-    schemas = search.get_path().pop()  # hydra keeps the schemas last
-    for folder in extra:
-        search.append("command-line", f"file://{Path(folder).resolve()}")
-    search.append(schemas.provider, schemas.path)
+    for folder in extra:  # where hydra's runner puts --config-dir (hydra/_internal/utils.py, `add_conf_dir`)
+        search.prepend("command-line", f"file://{Path(folder).resolve()}", anchor=SearchPathQuery(provider="schema"))
     GlobalHydra.instance().clear()
     Hydra.create_main_hydra2(task_name=verb, config_search_path=search)
 
