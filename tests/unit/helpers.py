@@ -19,3 +19,16 @@ def random_batch(cfg: TransformerConfig, batch: int = 2, caption_len: int | None
     text[:, caption_len or cfg.text_len - 3:] = cfg.text_pad_id
     image = torch.randint(0, cfg.image_vocab, (batch, cfg.grid_len), generator=g)
     return text, image
+
+
+def help_lines(capsys, argv) -> list[str]:
+    """The lines `megadalle ARGV` (a `--help`) prints."""
+    from megadalle.cli import main
+
+    assert main(argv) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def line_of(lines, start):
+    """The first of `lines` that starts with `start` once indented."""
+    return next(line for line in lines if line.strip().startswith(start))

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from megadalle.cli import VERBS, main
+from tests.unit.helpers import help_lines, line_of
 
 EXPECTED_VERBS = ["prepare", "index", "tokenizer", "train-dvae", "import-dvae", "encode", "train-clip", "train", "export",
                   "generate", "evaluate", "plan", "demo"]
@@ -28,15 +29,6 @@ def test_every_verb_has_a_config_and_a_stage():
     for verb in EXPECTED_VERBS:
         compose(verb)
         assert callable(resolve(verb)), verb
-
-
-def help_lines(capsys, argv) -> list[str]:
-    assert main(argv) == 0
-    return capsys.readouterr().out.splitlines()
-
-
-def line_of(lines, start):
-    return next(line for line in lines if line.strip().startswith(start))
 
 
 def test_verb_help_applies_overrides_before_printing(capsys):

@@ -9,7 +9,7 @@ import yaml
 
 from megadalle.config.compose import conf_dir
 from megadalle.config.model import TransformerConfig
-from tests.unit.test_cli import help_lines, line_of
+from tests.unit.helpers import help_lines, line_of
 
 
 def comment(line: str) -> str:
