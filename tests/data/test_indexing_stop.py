@@ -41,6 +41,17 @@ def write_tars(root, tars: int, samples: int) -> None:
                 tar.addfile(info, io.BytesIO(b"a"))
 
 
+def terminated(child: subprocess.Popen) -> str:
+    """TERM to every process of `child`'s group, what Slurm does to a step; the output it then ends with."""
+    os.killpg(child.pid, signal.SIGTERM)
+    try:
+        return child.communicate(timeout=60)[0 if child.stdout else 1]
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise AssertionError("indexing waited for the results of the workers TERM had killed") from None
+
+
 def test_a_term_to_the_whole_process_group_while_indexing_stops_it(tmp_path):
     root = tmp_path / "shards"
     write_tars(root, tars=4, samples=40_000)
@@ -48,13 +59,7 @@ def test_a_term_to_the_whole_process_group_while_indexing_stops_it(tmp_path):
                              start_new_session=True)
     assert child.stdout.readline().strip() == "indexing"
     time.sleep(1.5)  # the workers are reading
-    os.killpg(child.pid, signal.SIGTERM)  # what Slurm does to every process of the step
-    try:
-        out, _ = child.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.communicate()
-        raise AssertionError("indexing waited for the results of the workers TERM had killed")
+    out = terminated(child)
     assert child.returncode == 75, out
     assert "stopped by signal while indexing" in out
     assert not (root / "index.json").exists()  # indexed again next time, never half-published
@@ -82,13 +87,7 @@ def test_a_term_to_the_whole_process_group_stops_megadalle_index_with_one_line_a
     while not (root / ".indexing").exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # the workers are reading
-    os.killpg(child.pid, signal.SIGTERM)
-    try:
-        _, err = child.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.communicate()
-        raise AssertionError("index waited for the results of the workers TERM had killed")
+    err = terminated(child)
     assert child.returncode == STOPPED_EXIT, err
     assert err.strip().splitlines()[-1] == "megadalle index: stopped by SIGTERM; rerun the same command to finish it"
     assert not (root / "index.json").exists()
