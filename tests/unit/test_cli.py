@@ -364,7 +364,6 @@ def test_ctrl_c_that_no_stage_reported_is_one_line_and_130(verb, monkeypatch, ca
 def signal_in_stage(monkeypatch, sig: int) -> None:
     """The verb's stage, replaced by one that sends itself `sig`."""
     import os
-    import signal
     import time
 
     from megadalle import cli
