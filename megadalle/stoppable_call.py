@@ -27,17 +27,19 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
     context = mp.get_context()
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(send, fn, args), daemon=True)
-    child.start()
-    send.close()  # the child's end: when the child ends, `recv` sees the end of the pipe
     try:
+        child.start()
+        send.close()  # the child's end: when the child ends, `recv` sees the end of the pipe
         ok, value = receive.recv()
     except EOFError:
         child.join()
         raise ChildDied(exit_status(child.exitcode)) from None
     finally:
-        if child.is_alive():  # a stop while it ran, or a result just sent
+        send.close()
+        if child.is_alive():  # a stop while it ran (or while it started), or a result just sent
             child.kill()
-        child.join()
+        if child.pid is not None:
+            child.join()
         receive.close()
     if not ok:
         raise value

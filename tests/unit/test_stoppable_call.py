@@ -69,15 +69,42 @@ def signal_when_started(started, sig) -> threading.Thread:
     return thread
 
 
+def children() -> set[str]:
+    """The pids of this process's children, zombies (ended, not reaped) included."""
+    mine = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:  # ended meanwhile
+            continue
+        if stat.rpartition(")")[2].split()[1] == str(os.getpid()):
+            mine.add(pid)
+    return mine
+
+
 def test_ctrl_c_during_the_childs_long_c_call_is_raised_at_once_and_the_child_is_killed(tmp_path):
     started = str(tmp_path / "started")
-    children_before = set(os.listdir("/proc"))
+    before = children()
     signal_when_started(started, signal.SIGINT)
     begun = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         call(in_c_for, 60.0, started)
     assert time.monotonic() - begun < 30  # not the call's 60 s
     assert os.path.exists(started)
-    mine = [pid for pid in set(os.listdir("/proc")) - children_before if pid.isdigit()
-            and open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[1] == str(os.getpid())]
-    assert mine == []  # the child is gone, reaped
+    assert children() - before == set()  # the child is gone, reaped
+
+
+def test_a_stop_while_the_child_starts_kills_it_too(tmp_path, monkeypatch):
+    import multiprocessing.process
+
+    start = multiprocessing.process.BaseProcess.start
+
+    def started_then_stopped(self):
+        start(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", started_then_stopped)
+    before = children()
+    with pytest.raises(KeyboardInterrupt):
+        call(in_c_for, 60.0, str(tmp_path / "started"))
+    assert children() - before == set()
