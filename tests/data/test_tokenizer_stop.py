@@ -3,7 +3,6 @@ verb's own process a Ctrl-C or a stop signal waited for its end (minutes at 10 m
 child now, which a stop kills; a child the kernel kills is one line naming the signal and what bounds its memory."""
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -11,29 +10,7 @@ import pytest
 from megadalle.cli import main
 from megadalle.data import tokenizer as tokenizer_module
 from megadalle.train.signals import STOPPED_EXIT
-
-
-def training_for(seconds: float, started):
-    """A stand-in for sentencepiece's training: no signal handler of its process runs until it returns."""
-
-    def train(*args):
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1})
-        started.touch()
-        time.sleep(seconds)
-        return b"never used"
-
-    return train
-
-
-def send_when(started, sig) -> None:
-    def send():
-        deadline = time.monotonic() + 30
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)  # past fork's clean-up, into the wait (a signal in the clean-up: test_stop_raise_lost.py)
-        os.kill(os.getpid(), sig)
-
-    threading.Thread(target=send, daemon=True).start()
+from tests.long_c_call import in_c_for, signal_once_started
 
 
 @pytest.mark.parametrize("sig, status, line", [
@@ -43,8 +20,8 @@ def send_when(started, sig) -> None:
 def test_a_stop_during_training_ends_the_tokenizer_at_once_with_one_line(caption_shards, tmp_path, monkeypatch,
                                                                          capsys, sig, status, line):
     started, output = tmp_path / "started", tmp_path / "tok.model"
-    monkeypatch.setattr(tokenizer_module, "train_bpe", training_for(60.0, started))
-    send_when(started, sig)
+    monkeypatch.setattr(tokenizer_module, "train_bpe", lambda *args: in_c_for(60.0, started))
+    signal_once_started(started, sig)
     begun = time.monotonic()
     assert main(["tokenizer", f"input={caption_shards}", f"output={output}"]) == status
     assert time.monotonic() - begun < 30  # not the training's 60 s

@@ -3,13 +3,13 @@ error naming its signal, and a Ctrl-C in this process is raised at once, however
 import os
 import pickle
 import signal
-import threading
 import time
 
 import pytest
 
 from megadalle import stoppable_call
 from megadalle.stoppable_call import ChildDied, call
+from tests.long_c_call import in_c_for, signal_once_started
 
 
 def add(a, b):
@@ -33,13 +33,6 @@ def killed():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def in_c_for(seconds: float, started: str) -> None:
-    """What sentencepiece's training is to Python: no signal handler runs until it returns."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1})
-    open(started, "w").close()
-    time.sleep(seconds)
-
-
 def test_the_result_and_the_error_come_back_from_the_child():
     assert call(add, 2, 3) == 5
     assert call(os.getpid) != os.getpid()
@@ -54,19 +47,6 @@ def test_a_child_that_dies_is_an_error_naming_its_signal():
     with pytest.raises(ChildDied, match="^SIGKILL$"):
         call(killed)
     assert stoppable_call.exit_status(3) == "exit status 3"
-
-
-def signal_when_started(started, sig) -> threading.Thread:
-    def send():
-        deadline = time.monotonic() + 30
-        while not os.path.exists(started) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)  # past fork's clean-up, into the wait (a signal in the clean-up: test_stop_raise_lost.py)
-        os.kill(os.getpid(), sig)
-
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    return thread
 
 
 def children() -> set[str]:
@@ -85,7 +65,7 @@ def children() -> set[str]:
 def test_ctrl_c_during_the_childs_long_c_call_is_raised_at_once_and_the_child_is_killed(tmp_path):
     started = str(tmp_path / "started")
     before = children()
-    signal_when_started(started, signal.SIGINT)
+    signal_once_started(started, signal.SIGINT)
     begun = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         call(in_c_for, 60.0, started)
