@@ -98,10 +98,11 @@ def replacing(path: str | Path) -> Iterator[Path]:
     """A temporary name for the block to write `path` under, published when the block ends, gone if it fails. The
     temporary name is this writer's own: processes that publish the same file at once (the ranks of a split `encode`
     each writing the finished index) each rename a whole file, and the last wins; with one shared temporary name one
-    renamed it from under another, which then failed. It names the writer's host, pid and start (processes.owner_tag) after
-    an `@`, which no host name holds (a host name may hold dots and dashes, and one may end in another's: after a
-    dot, `gpu1.vm`'s tag read as `vm`'s), so that a later write removes it if a kill left it (`_remove_dead_writers`),
-    and a node sharing the folder does not take a live writer elsewhere for a dead one here."""
+    renamed it from under another, which then failed. It names the writer's host, pid and start
+    (processes.owner_tag) after an `@`, which no host name holds (a host name may hold dots and dashes, and one may
+    end in another's: after a dot, `gpu1.vm`'s tag read as `vm`'s), so that a later write removes it if a kill left
+    it (`_remove_dead_writers`), and a node sharing the folder does not take a live writer elsewhere for a dead one
+    here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_writers(path.parent)
