@@ -28,12 +28,13 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def signum_of(interrupted: KeyboardInterrupt) -> int:
-    """The signal behind `interrupted`: an `Interrupted`'s, else Ctrl-C's."""
-    return interrupted.signum if isinstance(interrupted, Interrupted) else signal.SIGINT
+def signum_of(interrupted: BaseException) -> int:
+    """The signal behind `interrupted`: its own (an `Interrupted`'s, a sampling verb's SamplingStopped's), else
+    Ctrl-C's (Python's own KeyboardInterrupt)."""
+    return getattr(interrupted, "signum", signal.SIGINT)
 
 
-def named(interrupted: KeyboardInterrupt) -> str:
+def named(interrupted: BaseException) -> str:
     """The signal behind `interrupted` as a stop line names it."""
     return name_of(signum_of(interrupted))
 
@@ -43,17 +44,17 @@ def name_of(signum: int) -> str:
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
-def by_ctrl_c(interrupted: KeyboardInterrupt) -> bool:
+def by_ctrl_c(interrupted: BaseException) -> bool:
     return signum_of(interrupted) == signal.SIGINT
 
 
-def how(interrupted: KeyboardInterrupt) -> str:
+def how(interrupted: BaseException) -> str:
     """What a verb's stop line says ended it: "interrupted" for Ctrl-C, "stopped by SIGTERM" for a signal."""
     return "interrupted" if by_ctrl_c(interrupted) else f"stopped by {named(interrupted)}"
 
 
-def stop_status(interrupted: KeyboardInterrupt) -> int:
-    """A data verb's exit status when `interrupted` ended it: 130 for Ctrl-C (128 + SIGINT, what a shell reports for
+def stop_status(interrupted: BaseException) -> int:
+    """A verb's exit status when `interrupted` ended it: 130 for Ctrl-C (128 + SIGINT, what a shell reports for
     it); STOPPED_EXIT for a scheduler's signal, which its scripts and a `-m` sweep take for "rerun the same command"
     (sampling/stop.py says why not TERM's own 143)."""
     return 130 if by_ctrl_c(interrupted) else STOPPED_EXIT

@@ -109,10 +109,8 @@ def stopped(verb: str, path: str | Path, record: str, stop: BaseException, kept:
     that `record` was not written, or what is `kept` for the same command to continue. The exit code: 130 for
     Ctrl-C (128 + SIGINT, what a shell reports for it, as `prepare` says it); STOPPED_EXIT for a signal, which
     the scheduler's scripts rerun (megadalle.sampling.stop says why not TERM's 143)."""
-    from megadalle.train.signals import STOPPED_EXIT
+    from megadalle.interrupted import by_ctrl_c, how, stop_status
 
-    how = "interrupted" if isinstance(stop, KeyboardInterrupt) else str(stop)
-    left = kept or f"no {record} of this run in {path}" + ("" if isinstance(stop, KeyboardInterrupt) else
-                                                            "; rerun the same command")
-    print(f"megadalle {verb}: {how}; {left}", file=sys.stderr, flush=True)
-    return 130 if isinstance(stop, KeyboardInterrupt) else STOPPED_EXIT
+    left = kept or f"no {record} of this run in {path}" + ("" if by_ctrl_c(stop) else "; rerun the same command")
+    print(f"megadalle {verb}: {how(stop)}; {left}", file=sys.stderr, flush=True)
+    return stop_status(stop)

@@ -27,6 +27,7 @@ class SamplingStopped(StoppedBySignal):
 
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 def stops_on_signals():
