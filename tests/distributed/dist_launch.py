@@ -20,9 +20,12 @@ from megadalle.train.distributed import free_port
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
-PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "deepspeed", "omegaconf", "hydra", "safetensors"]
+PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "torch._inductor.compile_fx", "deepspeed", "omegaconf",
+           "hydra", "safetensors"]
 """What the fork server imports before it forks a rank: the third-party modules every worker imports (megadalle's
-own are left to each rank, as their imports may read the rank's environment)."""
+own are left to each rank, as their imports may read the rank's environment). Inductor's compile_fx because
+DeepSpeed's ZeRO imports its Muon optimizer at `initialize`, whose `torch.compile` decorators import it: 1.3 s of
+each ZeRO rank, a third of the time of the distributed tests that start ranks."""
 
 
 def base_env() -> dict[str, str]:

@@ -11,6 +11,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from .helpers import layout_of, spec_of
 from megadalle.attention import attend
+from megadalle.attention.dispatch import _layout_source
 from megadalle.config import build
 from megadalle.config.compose import compose
 from megadalle.config.model import TransformerConfig
@@ -54,6 +55,17 @@ def test_compiled_kernel_attention_serves_a_changing_sequence_length(dynamic):
                              torch.autograd.grad(expected, (q, k, v), grad)):
             torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
     assert counter.frame_count == (1 if dynamic else 2)  # the second length recompiles once, as dynamic
+
+
+def test_the_layout_source_is_marked_constant_as_torch_compilers_decorator_marks_a_function():
+    """dispatch marks `_layout_source` by hand (the decorator imports torch._dynamo): should torch change how the
+    decorator marks, the hand-made mark would silently stop working."""
+    def probe():
+        return "name"
+
+    marked = torch.compiler.assume_constant_result(probe)
+    assert marked is probe and vars(probe)
+    assert {name: getattr(_layout_source, name, None) for name in vars(probe)} == vars(probe)
 
 
 def _loss_and_grads(model, run, text, image):

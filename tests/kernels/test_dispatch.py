@@ -67,3 +67,12 @@ def test_the_masks_import_without_the_dispatch_nor_torch_dynamo():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["[]", "megadalle.attention.dispatch"]
+
+
+def test_the_transformer_and_its_decoder_import_without_torch_dynamo():
+    """torch._dynamo takes 1.6 s to import: every start of generate, evaluate or export paid it for a decorator."""
+    code = ("import sys; import megadalle.models.transformer, megadalle.sampling.decoder; "
+            "print(sorted({'torch._dynamo', 'triton'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["[]"]
