@@ -3,10 +3,10 @@
 A task's `media(model, step)` returns values to log; a `Picture` (a uint8 HWC array and a caption)
 is written by `MediaFiles` as `<run>/<name>/step_<updates done, 8 digits>.png` (as the checkpoints
 count) and logged to wandb as `wandb.Image`. `collect` calls the task in eval mode under no_grad:
-- on every rank, the model's parameters gathered whole under ZeRO-3 for the call (collective). Its
-  hooks gather a module's parameters only around that module's forward, and sampling also reads
-  parameters outside any forward (the image position tables, the head's image rows): partitioned,
-  those are empty tensors and the first grid of a ZeRO-3 run failed;
+- on every rank, the model's parameters gathered whole under ZeRO-3 for the call (collective), its
+  hooks off meanwhile. The hooks gather a module's parameters only around that module's forward, and
+  sampling also reads parameters outside any forward (the image position tables, the head's image
+  rows): partitioned, those are empty tensors and the first grid of a ZeRO-3 run failed;
 - with a pipeline, on rank 0 alone, after each stage has sent its layers to a whole plain model that
   rank 0 builds for the grid (sampling needs the whole model and no stage holds it).
 Either way one rank holds the whole model in the training dtype while the grid is drawn (24.6 GB at
@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -125,10 +125,23 @@ def collect(task: Task, built: Built, step: int, rank: int) -> dict[str, Any]:
         model.train()
 
 
-def whole_parameters(built: Built) -> contextlib.AbstractContextManager:
-    """Under ZeRO-3, every parameter gathered on every rank for the block (collective); else nothing to do."""
+@contextlib.contextmanager
+def whole_parameters(built: Built) -> Iterator[None]:
+    """Under ZeRO-3, every parameter gathered on every rank for the block (collective) and DeepSpeed's module hooks
+    off meanwhile, as DeepSpeed's `unwrap_model_for_generation` does; else nothing to do. With the hooks on, every
+    module's forward at every decoded token went through ZeRO-3's fetch and release: a grid of the tiny test model
+    took ~6 s instead of ~0.4 s (tests/eval/test_sample_grid.py), and at 12B a grid decodes 1,024 tokens through
+    64 layers' modules."""
     if built.engine.zero_optimization_stage() != 3:
-        return contextlib.nullcontext()
-    import deepspeed
+        yield
+        return
+    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
-    return deepspeed.zero.GatheredParameters(list(built.model.parameters()))
+    unwrapped = unwrap_model_for_generation(built.engine)
+    unwrapped.__enter__()
+    try:
+        yield
+    finally:
+        # ended as if the block had ended well, whatever ended it: DeepSpeed's context puts the hooks back only
+        # then, and without them ZeRO-3 would go on training on empty partitions
+        unwrapped.__exit__(None, None, None)
