@@ -130,7 +130,7 @@ def whole_parameters(built: Built) -> Iterator[None]:
     """Under ZeRO-3, every parameter gathered on every rank for the block (collective) and DeepSpeed's module hooks
     off meanwhile, as DeepSpeed's `unwrap_model_for_generation` does; else nothing to do. With the hooks on, every
     module's forward at every decoded token went through ZeRO-3's fetch and release: a grid of the tiny test model
-    took ~6 s instead of ~0.4 s (tests/eval/test_sample_grid.py), and at 12B a grid decodes 1,024 tokens through
+    took ~5 s instead of ~0.4 s (tests/eval/test_sample_grid.py), and at 12B a grid decodes 1,024 tokens through
     64 layers' modules."""
     if built.engine.zero_optimization_stage() != 3:
         yield

@@ -129,8 +129,8 @@ class FailingDrawing:
 
 
 def test_zero3_draws_without_deepspeeds_hooks_and_a_failed_drawing_gives_them_back(setup, tmp_path, monkeypatch):
-    """With ZeRO-3's hooks on, every module's forward at every decoded token went through its fetch and release (a
-    grid took ~6 s here instead of ~0.4 s): they are off while a grid is drawn, and back after it, even after a
+    """With ZeRO-3's hooks on, every module's forward at every decoded token went through its fetch and release (the
+    2-rank ZeRO-3 grid above took ~5 s, ~0.4 s now): they are off while a grid is drawn, and back after it, even after a
     drawing that failed, or ZeRO-3 would go on training on empty partitions."""
     from megadalle.cli import main
 
