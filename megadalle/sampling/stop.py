@@ -6,7 +6,9 @@ and the samples it had drawn were lost. Here TERM (and USR1, Slurm's `--signal` 
 wherever the run is, like the KeyboardInterrupt of Ctrl-C: the verb's clean-up runs (megadalle.outputs), and it
 ends with one line and STOPPED_EXIT (75: "rerun the same command", the status launch/slurm/train.sbatch requeues
 on and a `-m` sweep stops on; TERM's own 143 is neither). Unlike a training run (megadalle.train.signals), a sampling run has no update to finish first: what it
-keeps is what it saved already (generate saves each finished batch: megadalle.sampling.resume).
+keeps is what it saved already (generate saves each finished batch: megadalle.sampling.resume). Ctrl-C raises
+through the same handler (as an `Interrupted`, a KeyboardInterrupt), so that one landing where Python ignores
+exceptions (a `__del__`, fork's clean-up) is not lost, as Python's own KeyboardInterrupt is there.
 """
 from __future__ import annotations
 
@@ -16,24 +18,28 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from megadalle.errors import StoppedBySignal
-from megadalle.train.signals import LATE_COPIES, raising_at_once
-
-STOP_SIGNALS = LATE_COPIES
-"""USR1 and TERM: the scheduler's. INT stays Python's KeyboardInterrupt."""
+from megadalle.interrupted import Interrupted, how
+from megadalle.train.signals import STOP_SIGNALS, raising_at_once
 
 
 class SamplingStopped(StoppedBySignal):
     """A stop signal ended a sampling run; the verb says what it kept (the CLI prints this line if it does not)."""
 
     def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+        super().__init__(how(self))
+
+
+def stop_raised(signum: int) -> BaseException:
+    """What a stop signal raises in a sampling run: Ctrl-C a KeyboardInterrupt, as Python's own handler would (the
+    verb's line then says "interrupted", 130), a scheduler's signal SamplingStopped."""
+    return Interrupted(signum) if signum == signal.SIGINT else SamplingStopped(signum)
 
 
 def stops_on_signals():
-    """Within the block a stop signal raises SamplingStopped, one the command held since its start
+    """Within the block a stop signal raises `stop_raised`'s error, one the command held since its start
     (signals.taken_at_start, around a sweep's job) at once."""
-    return raising_at_once(STOP_SIGNALS, SamplingStopped)
+    return raising_at_once(STOP_SIGNALS, stop_raised)
 
 
 @contextmanager
@@ -48,7 +54,7 @@ def stops_after() -> Iterator[None]:
         return
     waiting: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: waiting.append(signum))
-                for sig in {*STOP_SIGNALS, signal.SIGINT}}
+                for sig in STOP_SIGNALS}
     try:
         yield
     finally:
