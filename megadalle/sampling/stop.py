@@ -1,14 +1,15 @@
 """A scheduler's stop signal ends a sampling verb (`generate`, `evaluate`) as Ctrl-C does: at once, in Python.
 
-Slurm's scancel, preemption and time limit, `timeout` and `docker stop` all send TERM. Its default action killed
-the process where it stood (exit 143, nothing printed), so the output folder a run had made stayed behind empty
-and the samples it had drawn were lost. Here TERM (and USR1, Slurm's `--signal` warning) raises `SamplingStopped`
-wherever the run is, like the KeyboardInterrupt of Ctrl-C: the verb's clean-up runs (megadalle.outputs), and it
-ends with one line and STOPPED_EXIT (75: "rerun the same command", the status launch/slurm/train.sbatch requeues
-on and a `-m` sweep stops on; TERM's own 143 is neither). Unlike a training run (megadalle.train.signals), a sampling run has no update to finish first: what it
-keeps is what it saved already (generate saves each finished batch: megadalle.sampling.resume). Ctrl-C raises
-through the same handler (as an `Interrupted`, a KeyboardInterrupt), so that one landing where Python ignores
-exceptions (a `__del__`, fork's clean-up) is not lost, as Python's own KeyboardInterrupt is there.
+Slurm's scancel, preemption and time limit, `timeout` and `docker stop` all send TERM. Its default action killed the
+process where it stood (exit 143, nothing printed), so the output folder a run had made stayed behind empty and the
+samples it had drawn were lost. Here TERM (and USR1, Slurm's `--signal` warning) raises `SamplingStopped` wherever
+the run is, like the KeyboardInterrupt of Ctrl-C: the verb's clean-up runs (megadalle.outputs), and it ends with one
+line and STOPPED_EXIT (75: "rerun the same command", the status launch/slurm/train.sbatch requeues on and a `-m`
+sweep stops on; TERM's own 143 is neither). Unlike a training run (megadalle.train.signals), a sampling run has no
+update to finish first: what it keeps is what it saved already (generate saves each finished batch:
+megadalle.sampling.resume). Ctrl-C raises through the same handler (as an `Interrupted`, a KeyboardInterrupt), so
+that one landing where Python ignores exceptions (a `__del__`, fork's clean-up) is not lost, as Python's own
+KeyboardInterrupt is there.
 """
 from __future__ import annotations
 

@@ -163,9 +163,11 @@ _in_command = False
 def taken_at_start() -> Iterator[None]:
     """Hold USR1 and TERM from here to the run's start (a training verb's whole command, from the CLI's first
     line): a signal that comes meanwhile is kept in the flag the run takes over (`run_flag`), which stops it at
-    its next stage, before its first update. The signals are as they were when it ends. Inside another
-    `taken_at_start` (a plain command's, around a sweep job's) it changes nothing. After a run a signal stopped,
-    its late copies are ignored until it ends (`forget_late_copies`)."""
+    its next stage, before its first update. Ctrl-C interrupts the start-up at once, as Python's own handler would,
+    but is not lost where Python ignores exceptions (`raising`): in a start-up of imports, importlib's module-lock
+    weakref callbacks are such a place, and a demo stopped there ran to its end. The signals are as they were when it
+    ends. Inside another `taken_at_start` (a plain command's, around a sweep job's) it changes nothing. After a run a
+    signal stopped, its late copies are ignored until it ends (`forget_late_copies`)."""
     global _at_start, _in_command
     if _at_start is not None or threading.current_thread() is not threading.main_thread():
         yield
@@ -173,7 +175,8 @@ def taken_at_start() -> Iterator[None]:
     flag = _at_start = StopFlag().install(LATE_COPIES)
     _in_command = True
     try:
-        yield
+        with raising((signal.SIGINT,), lambda signum: KeyboardInterrupt()):
+            yield
     finally:
         if _at_start is flag:
             _at_start = None
@@ -195,21 +198,34 @@ def run_flag() -> StopFlag:
 @contextmanager
 def raising_at_once(signals: tuple[int, ...], error: Callable[[int], BaseException]) -> Iterator[None]:
     """Within the block each of `signals` raises `error(signum)` wherever the process is, as Ctrl-C raises
-    KeyboardInterrupt: the stop of a command with no update to finish first (sampling, the demo around its
+    KeyboardInterrupt (`raising`): the stop of a command with no update to finish first (sampling, the demo around its
     training stages), whose clean-up then runs. It takes over the flag held since the command's start
-    (`run_flag`): a signal that came meanwhile raises at once. A forked child (a worker pool) still ends on TERM
-    and leaves the rest to its parent. The handlers are as before after it; outside the main thread (where no
-    handler can be set) it changes nothing.
+    (`run_flag`): a signal that came meanwhile raises at once. Outside the main thread (where no handler can be set)
+    it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = run_flag()
+    try:
+        with raising(signals, error):
+            if held.set:
+                raise error(held.received)
+            yield
+    finally:
+        held.uninstall()
+
+
+@contextmanager
+def raising(signals: tuple[int, ...], error: Callable[[int], BaseException]) -> Iterator[None]:
+    """Within the block (entered from the main thread) each of `signals` raises `error(signum)` wherever the process
+    is. A forked child (a worker pool) still ends on TERM and leaves the rest to its parent. The handlers are as
+    before after it.
 
     Python runs a handler at the main thread's next bytecode, wherever it is: where that is code whose exceptions
     Python ignores (fork's clean-up, a `__del__`, a weakref callback), the raise was lost, printed as "Exception
     ignored", and the run went on as if never stopped. Such a raise reaches `sys.unraisablehook`, which has the
     signal sent again a moment later, from another thread: sent from the hook, its handler would run in the hook,
     whose own exceptions Python ignores too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = run_flag()
     pid = os.getpid()
 
     def handle(signum, frame):
@@ -228,14 +244,11 @@ def raising_at_once(signals: tuple[int, ...], error: Callable[[int], BaseExcepti
     previous = {sig: signal.signal(sig, handle) for sig in signals}
     hook, sys.unraisablehook = sys.unraisablehook, ignored
     try:
-        if held.set:
-            raise error(held.received)
         yield
     finally:
         sys.unraisablehook = hook
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        held.uninstall()
 
 
 RESEND_AFTER_S = 0.01
