@@ -80,7 +80,7 @@ def test_the_steps_temperature_reaches_the_model_and_its_kl_weight_the_loss(step
     assert metrics["tau"] == pytest.approx(hand_tau(step)) and metrics["beta"] == pytest.approx(hand_beta(step))
     torch.testing.assert_close(seen[-1], relaxed(logits, hand_tau(step), seed=5), rtol=1e-4, atol=1e-6)
     cells, pixel_channels = logits.shape[2] * logits.shape[3], 3 * 32 * 32
-    assert float(loss) == pytest.approx(metrics["nll"] + hand_beta(step) * metrics["kl"] * cells / pixel_channels,
+    assert loss.item() == pytest.approx(metrics["nll"] + hand_beta(step) * metrics["kl"] * cells / pixel_channels,
                                         rel=1e-5)
 
 
