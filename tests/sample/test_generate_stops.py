@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -13,6 +14,24 @@ from megadalle.sampling.resume import UNFINISHED
 from megadalle.train.signals import STOPPED_EXIT
 from tests.sample.stopped_generate import args, results, stopped_after_one_batch
 from tests.tiny_models import write_tiny_models
+
+
+SLOW_GENERATE = textwrap.dedent("""
+    import sys, time
+    from megadalle.cli import main
+    from megadalle.sampling import resume
+
+    real = resume.SavedBatches.add
+
+    def slow(self, codes, scores):
+        real(self, codes, scores)
+        time.sleep(2)  # the test's TERM lands before the next batch, however loaded the machine
+
+    resume.SavedBatches.add = slow
+    sys.exit(main(["generate", *sys.argv[1:]]))
+""")
+"""`megadalle generate` with each saved batch followed by 2 s: the whole tiny run took ~50 ms from its first saved
+batch to its end, within which the test had to notice the file and signal."""
 
 
 @pytest.fixture
@@ -26,7 +45,7 @@ def test_term_mid_sampling_saves_the_finished_batches_and_the_same_command_conti
     printed, the output folder left empty and every sample drawn lost."""
     output = tmp_path / "term" / "deep"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "megadalle", "generate", *args(models, output)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_GENERATE, *args(models, output)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 240
