@@ -18,13 +18,15 @@ def in_c_for(seconds: float, started: str | Path) -> None:
 
 
 def signal_once_started(started: str | Path, sig: int) -> None:
-    """Send this process `sig`, from another thread, once `started` exists (at most 30 s on)."""
+    """Send this process `sig`, from another thread, once `started` exists; not at all if it does not within 30 s
+    (the test has failed by then, and the signal would land in another test: a TERM ended the whole session)."""
 
     def send():
         deadline = time.monotonic() + 30
         while not Path(started).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.3)  # past fork's clean-up, into the wait (a signal in the clean-up: test_stop_raise_lost.py)
-        os.kill(os.getpid(), sig)
+        if Path(started).exists():
+            time.sleep(0.3)  # past fork's clean-up, into the wait (a signal in the clean-up: test_stop_raise_lost.py)
+            os.kill(os.getpid(), sig)
 
     threading.Thread(target=send, daemon=True).start()
