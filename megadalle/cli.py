@@ -110,12 +110,13 @@ def print_verb_help(verb: str, args: list[str]) -> None:
     print("\n".join(render(cfg, docs)))
 
 
-def stop_signals(verb: str):
+def stop_signals(verb: str, to_exit: bool = False):
     """For a training or sampling verb, its stop signals held until its run takes them over
     (signals.taken_at_start): a preemption during the minutes before the first update or sample (imports, indexing,
     building the engine, loading a 12B checkpoint) then stops it with STOPPED_EXIT, which the batch script requeues,
     instead of killing it (143, nothing said). Another verb stops where the signal lands (interrupted.py), with one
-    line and STOPPED_EXIT (`main`)."""
+    line and STOPPED_EXIT (`main`). With `to_exit` (the process's command: `entry`) a run's late stop signals stay
+    ignored to the exit (signals.ignore_late_copies)."""
     if verb not in VERBS:
         return nullcontext()
     if not VERBS[verb].holds_stop_signals:
@@ -124,21 +125,22 @@ def stop_signals(verb: str):
         return stops_at_once()
     from megadalle.train.signals import taken_at_start
 
-    return taken_at_start()
+    return taken_at_start(to_exit)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, to_exit: bool = False) -> int:
     """`megadalle ARGV`; returns the exit code. A reader that closes the pipe early (`--help | head`)
     ends the command quietly, as it ends other command-line tools. A training verb takes its stop signals here,
     first (`stop_signals`: this module imports hydra and the rest only when it needs them); the demo its Ctrl-C
     too (`Verb.stops_on_ctrl_c`: its run catches its own, this one came before it). Another verb's Ctrl-C that
     its stage did not report (`index`, `encode`, a start-up) ends it with one line and 130, the shell's status for
     it, as prepare and generate end theirs: a KeyboardInterrupt traceback read as a crash. A data verb's TERM or
-    USR1 (interrupted.py) ends it with one line and STOPPED_EXIT."""
+    USR1 (interrupted.py) ends it with one line and STOPPED_EXIT. `to_exit`: the command is the process's (`entry`),
+    which exits when it returns."""
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if not LOCAL_RANK_FLAG.match(a)]  # before the verb too
     verb = argv[0] if argv else ""
     try:
-        with stop_signals(verb):
+        with stop_signals(verb, to_exit):
             return run_command(argv)
     except KeyboardInterrupt as interrupted:
         if verb not in VERBS:
@@ -369,7 +371,7 @@ def entry() -> NoReturn:
     ends a rank as Python ends it (its traceback through sys.excepthook, status 1), but through that exit too, as a
     crash (`note_crash`): the rank's peers may be waiting in a collective it will never join."""
     try:
-        code = main()
+        code = main(to_exit=True)
     except Exception:
         if "megadalle.train.distributed" not in sys.modules:
             raise
@@ -378,9 +380,7 @@ def entry() -> NoReturn:
         code = 1
     if "megadalle.train.distributed" in sys.modules:
         from megadalle.train.distributed import exit_process
-        from megadalle.train.signals import ignore_late_copies
 
-        ignore_late_copies()
         exit_process(code)
     sys.exit(code)
 

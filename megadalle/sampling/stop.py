@@ -54,9 +54,11 @@ def stops_after() -> Iterator[None]:
         yield
         return
     waiting: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: waiting.append(signum))
-                for sig in STOP_SIGNALS}
+    previous = {}
     try:
+        for sig in STOP_SIGNALS:  # each handler noted before its swap: one raising meanwhile finds it noted
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, lambda signum, frame: waiting.append(signum))
         yield
     finally:
         for sig, handler in previous.items():

@@ -160,29 +160,36 @@ _in_command = False
 
 
 @contextmanager
-def taken_at_start() -> Iterator[None]:
+def taken_at_start(to_exit: bool = False) -> Iterator[None]:
     """Hold USR1 and TERM from here to the run's start (a training verb's whole command, from the CLI's first
     line): a signal that comes meanwhile is kept in the flag the run takes over (`run_flag`), which stops it at
     its next stage, before its first update. Ctrl-C interrupts the start-up at once, as Python's own handler would,
     but is not lost where Python ignores exceptions (`raising`): in a start-up of imports, importlib's module-lock
     weakref callbacks are such a place, and a demo stopped there ran to its end. The signals are as they were when it
     ends. Inside another `taken_at_start` (a plain command's, around a sweep job's) it changes nothing. After a run a
-    signal stopped, its late copies are ignored until it ends (`forget_late_copies`)."""
+    signal stopped, its late copies are ignored until it ends (`forget_late_copies`), and with `to_exit` (the
+    process's own command, whose end is its exit) from then on (`ignore_late_copies`), with no moment between for a
+    handler from before the run to take one: a Ctrl-C there turned a checkpointed stop's 75 into "interrupted" (130),
+    a TERM killed the process (-15)."""
     global _at_start, _in_command
     if _at_start is not None or threading.current_thread() is not threading.main_thread():
         yield
         return
-    flag = _at_start = StopFlag().install(LATE_COPIES)
-    _in_command = True
-    try:
-        with raising((signal.SIGINT,), lambda signum: KeyboardInterrupt()):
-            yield
-    finally:
-        if _at_start is flag:
-            _at_start = None
-        _in_command = False
-        flag.uninstall()  # gives nothing back once a run has taken the flag over: the run has
-        forget_late_copies()
+    with raising((signal.SIGINT,), lambda signum: KeyboardInterrupt()):  # first: TERM held means Ctrl-C is too
+        flag = _at_start = StopFlag().install(LATE_COPIES)
+        _in_command = True
+        try:
+            try:
+                yield
+            finally:
+                if to_exit:
+                    ignore_late_copies()
+        finally:
+            if _at_start is flag:
+                _at_start = None
+            _in_command = False
+            flag.uninstall()  # gives nothing back once a run has taken the flag over: the run has
+            forget_late_copies()
 
 
 def run_flag() -> StopFlag:
@@ -219,7 +226,7 @@ def raising_at_once(signals: tuple[int, ...], error: Callable[[int], BaseExcepti
 def raising(signals: tuple[int, ...], error: Callable[[int], BaseException]) -> Iterator[None]:
     """Within the block (entered from the main thread) each of `signals` raises `error(signum)` wherever the process
     is. A forked child (a worker pool) still ends on TERM and leaves the rest to its parent. The handlers are as
-    before after it.
+    before after it, but for a signal the block left ignored (a stopped command's exit: `ignore_late_copies`).
 
     Python runs a handler at the main thread's next bytecode, wherever it is: where that is code whose exceptions
     Python ignores (fork's clean-up, a `__del__`, a weakref callback), the raise was lost, printed as "Exception
@@ -241,14 +248,18 @@ def raising(signals: tuple[int, ...], error: Callable[[int], BaseException]) -> 
         else:
             threading.Timer(RESEND_AFTER_S, os.kill, (pid, signum)).start()
 
-    previous = {sig: signal.signal(sig, handle) for sig in signals}
-    hook, sys.unraisablehook = sys.unraisablehook, ignored
-    try:
+    previous, hook = {}, sys.unraisablehook
+    try:  # a signal landing between two swaps raises here: each handler is noted before its swap, to come back
+        sys.unraisablehook = ignored
+        for sig in signals:
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, handle)
         yield
     finally:
         sys.unraisablehook = hook
         for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 RESEND_AFTER_S = 0.01

@@ -19,7 +19,7 @@ from megadalle.train import distributed
 
 
 def stand_in(opts: dict):
-    def main(argv=None) -> int:
+    def main(argv=None, to_exit=False) -> int:
         env = distributed.detect()
         distributed.init(env, 5)
         if opts["fails"] == "together":

@@ -206,6 +206,32 @@ def test_the_exit_of_a_process_whose_run_stopped_ignores_late_copies(monkeypatch
             signal.signal(sig, handler)
 
 
+def test_a_stopped_commands_late_copies_stay_ignored_to_its_exit_with_no_handler_set_between(monkeypatch):
+    """The command's end gave Ctrl-C back to Python and TERM to its default before its exit ignored them: a Ctrl-C
+    landing between made a checkpointed stop "interrupted" (130), a TERM killed the process (-15). With `to_exit`
+    nothing is set after the run but SIG_IGN; without it (a command run in-process), the handlers come back."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    real, set_at_the_end = signal.signal, []
+    try:
+        for to_exit, then in ((True, [signal.SIG_IGN] * 3), (False, [before[sig] for sig in STOP_SIGNALS])):
+            for sig, handler in before.items():
+                real(sig, handler)
+            monkeypatch.setattr(signals, "_stopped_here", False)
+            with taken_at_start(to_exit=to_exit):
+                run_flag().install((signal.SIGINT,)).uninstall(stopped=True)
+                forget_late_copies()  # as train() returns
+                set_at_the_end.clear()
+                monkeypatch.setattr(signal, "signal", lambda sig, handler: set_at_the_end.append(handler) or
+                                    real(sig, handler))
+            monkeypatch.setattr(signal, "signal", real)
+            assert [signal.getsignal(sig) for sig in STOP_SIGNALS] == then
+            if to_exit:
+                assert set(set_at_the_end) == {signal.SIG_IGN}, set_at_the_end
+    finally:
+        for sig, handler in before.items():
+            real(sig, handler)
+
+
 @pytest.mark.parametrize("stopped, step, code", [(True, 5, STOPPED_EXIT), (True, 10, 0), (False, 10, 0),
                                                  (True, None, STOPPED_EXIT)],
                          ids=["stopped", "stopped-at-the-last-update", "finished", "stopped-before-loading"])

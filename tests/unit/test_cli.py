@@ -341,7 +341,7 @@ def test_a_training_verb_after_local_rank_holds_its_stop_signals_from_the_start(
     from megadalle import cli
 
     held = []
-    monkeypatch.setattr(cli, "stop_signals", lambda verb: held.append(verb) or nullcontext())
+    monkeypatch.setattr(cli, "stop_signals", lambda verb, to_exit: held.append(verb) or nullcontext())
     monkeypatch.setattr(cli, "run_command", lambda argv: 0)
     assert main(["--local_rank=0", "train", "model=tiny"]) == 0
     assert held == ["train"]

@@ -50,7 +50,7 @@ def test_the_command_leaves_through_exit_process_once_a_process_group_may_have_r
         raise Exited(code)
 
     monkeypatch.setattr(distributed, "exit_process", record)
-    monkeypatch.setattr(cli, "main", lambda: 4)
+    monkeypatch.setattr(cli, "main", lambda to_exit: 4)
     with pytest.raises(Exited) as exited:
         cli.entry()
     assert exited.value.args == (4,)
@@ -58,7 +58,7 @@ def test_the_command_leaves_through_exit_process_once_a_process_group_may_have_r
 
 def test_a_command_without_torch_distributed_exits_plainly(monkeypatch):
     monkeypatch.delitem(sys.modules, "megadalle.train.distributed")
-    monkeypatch.setattr(cli, "main", lambda: 2)
+    monkeypatch.setattr(cli, "main", lambda to_exit: 2)
     with pytest.raises(SystemExit) as exited:
         cli.entry()
     assert exited.value.code == 2

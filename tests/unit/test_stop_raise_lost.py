@@ -10,7 +10,7 @@ import pytest
 
 from megadalle.interrupted import Interrupted, stops_at_once
 from megadalle.sampling.stop import SamplingStopped, stops_on_signals
-from megadalle.train.signals import raising_at_once, taken_at_start
+from megadalle.train.signals import raising, raising_at_once, taken_at_start
 
 
 class SignalledWhileCollected:
@@ -57,6 +57,26 @@ def test_a_ctrl_c_in_a_destructor_interrupts_a_training_verbs_start_up_all_the_s
     with pytest.raises(KeyboardInterrupt):
         stopped_while_collecting(taken_at_start, "SIGINT")
     assert "Exception ignored" not in capsys.readouterr().err
+
+
+def test_a_stop_landing_while_the_handlers_are_swapped_gives_back_those_swapped(monkeypatch):
+    """A signal between two swaps raised before the block's clean-up began: the handler swapped first stayed, raising
+    for good (a scheduler's USR1 and a user's Ctrl-C together)."""
+    watched = (signal.SIGUSR1, signal.SIGINT)
+    before, hook, real = {sig: signal.getsignal(sig) for sig in watched}, sys.unraisablehook, signal.signal
+
+    def swap_then_signal(sig, handler):
+        previous = real(sig, handler)
+        if sig == signal.SIGUSR1 and handler is not before[sig]:
+            os.kill(os.getpid(), signal.SIGUSR1)  # lands before SIGINT's swap
+        return previous
+
+    monkeypatch.setattr(signal, "signal", swap_then_signal)
+    with pytest.raises(Interrupted, match="SIGUSR1"):
+        with raising(watched, Interrupted):
+            pass
+    monkeypatch.undo()
+    assert {sig: signal.getsignal(sig) for sig in watched} == before and sys.unraisablehook is hook
 
 
 def test_other_ignored_exceptions_go_where_they_went_and_the_hook_is_given_back():
