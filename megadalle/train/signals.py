@@ -232,8 +232,9 @@ def raising(signals: tuple[int, ...], error: Callable[[int], BaseException]) -> 
     Python ignores (fork's clean-up, a `__del__`, a weakref callback), the raise was lost, printed as "Exception
     ignored", and the run went on as if never stopped. Such a raise reaches `sys.unraisablehook`, which has the
     signal sent again a moment later, from another thread: sent from the hook, its handler would run in the hook,
-    whose own exceptions Python ignores too."""
-    pid = os.getpid()
+    whose own exceptions Python ignores too. One the block ends before is raised at its end: sent after it, it met
+    the handler from before the block (TERM's default killed the process)."""
+    pid, lock, lost = os.getpid(), threading.Lock(), []
 
     def handle(signum, frame):
         if not left_to_parent(pid, signum):
@@ -246,7 +247,18 @@ def raising(signals: tuple[int, ...], error: Callable[[int], BaseException]) -> 
         if signum is None:
             hook(unraisable)
         else:
-            threading.Timer(RESEND_AFTER_S, os.kill, (pid, signum)).start()
+            with lock:
+                lost[:] = [signum]
+            threading.Timer(RESEND_AFTER_S, send_again).start()
+
+    def send_again():
+        with lock:  # held while sent: the block's end waits for it, and the handler raises there at the latest
+            if lost:
+                os.kill(pid, lost.pop())
+
+    def still_lost() -> int | None:
+        with lock:
+            return lost.pop() if lost else None
 
     previous, hook = {}, sys.unraisablehook
     try:  # a signal landing between two swaps raises here: each handler is noted before its swap, to come back
@@ -255,6 +267,13 @@ def raising(signals: tuple[int, ...], error: Callable[[int], BaseException]) -> 
             previous[sig] = signal.getsignal(sig)
             signal.signal(sig, handle)
         yield
+    except BaseException:
+        still_lost()  # the block's own exception goes on, a stop's included
+        raise
+    else:
+        signum = still_lost()
+        if signum is not None:
+            raise error(signum)
     finally:
         sys.unraisablehook = hook
         for sig, handler in previous.items():

@@ -79,6 +79,21 @@ def test_a_stop_landing_while_the_handlers_are_swapped_gives_back_those_swapped(
     assert {sig: signal.getsignal(sig) for sig in watched} == before and sys.unraisablehook is hook
 
 
+def test_a_stop_lost_as_the_block_ends_is_raised_at_its_end_not_at_the_handler_after_it():
+    """The raise lost in a destructor and the block over before the signal came again (10 ms later): it met the
+    handler from before the block, TERM's default killing the process."""
+    after = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: after.append(signum))
+    try:
+        with pytest.raises(Interrupted, match="SIGUSR1"):
+            with raising((signal.SIGUSR1,), Interrupted):
+                SignalledWhileCollected(signal.SIGUSR1)
+    finally:
+        time.sleep(0.2)  # past the resend's 10 ms, before the recorder goes
+        signal.signal(signal.SIGUSR1, previous)
+    assert after == []
+
+
 def test_other_ignored_exceptions_go_where_they_went_and_the_hook_is_given_back():
     before, seen = sys.unraisablehook, []
     sys.unraisablehook = seen.append
