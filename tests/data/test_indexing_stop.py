@@ -19,10 +19,10 @@ SLOW_WORKERS = textwrap.dedent("""
     from pathlib import Path
     from megadalle.data.ingest import folder
 
-    real = folder.index_shard
+    real, reading = folder.index_shard, Path(sys.argv[1])
 
     def slow(path, **options):
-        Path(sys.argv[1]).touch()  # a worker reads a tar
+        reading.touch()  # a worker reads a tar
         time.sleep(2)  # the test's TERM lands while the workers read, however loaded the machine
         return real(path, **options)
 
@@ -46,9 +46,10 @@ INDEX_IN_A_VERB = SLOW_WORKERS + textwrap.dedent("""
 """)
 
 INDEX_VERB = SLOW_WORKERS + textwrap.dedent("""
-    from megadalle.cli import main
+    from megadalle.cli import entry
 
-    sys.exit(main(["index", *sys.argv[2:]]))
+    sys.argv = ["megadalle", "index", *sys.argv[2:]]
+    entry()  # the installed command's own start and exit
 """)
 
 
