@@ -369,14 +369,22 @@ def entry() -> NoReturn:
     """The `megadalle` command and `python -m megadalle`: `main`, then an exit that a finished run's
     process group cannot turn into SIGABRT (megadalle.train.distributed.exit_process). An error no verb reported
     ends a rank as Python ends it (its traceback through sys.excepthook, status 1), but through that exit too, as a
-    crash (`note_crash`): the rank's peers may be waiting in a collective it will never join."""
+    crash (`note_crash`): the rank's peers may be waiting in a collective it will never join. A Ctrl-C while it reports
+    the error is ignored, as at its failed-rank meeting (distributed.shutdown): it cut the report short and left
+    through a KeyboardInterrupt traceback instead, without its status."""
     try:
         code = main(to_exit=True)
     except Exception:
         if "megadalle.train.distributed" not in sys.modules:
             raise
-        note_crash()
-        sys.excepthook(*sys.exc_info())  # torch's, once a group started: every line labelled with the rank
+        import signal
+
+        ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            note_crash()
+            sys.excepthook(*sys.exc_info())  # torch's, once a group started: every line labelled with the rank
+        finally:
+            signal.signal(signal.SIGINT, ctrl_c)
         code = 1
     if "megadalle.train.distributed" in sys.modules:
         from megadalle.train.distributed import exit_process

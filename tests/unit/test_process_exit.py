@@ -56,6 +56,37 @@ def test_the_command_leaves_through_exit_process_once_a_process_group_may_have_r
     assert exited.value.args == (4,)
 
 
+def test_a_ctrl_c_while_a_crashed_rank_reports_its_error_leaves_the_report_whole_and_its_status(monkeypatch):
+    """The Ctrl-C cut the report short and left through a KeyboardInterrupt traceback, without the rank's status."""
+    import os
+    import signal
+
+    def crashed(to_exit):
+        raise RuntimeError("the run's own error")
+
+    reported = []
+
+    def report(kind, error, trace):
+        os.kill(os.getpid(), signal.SIGINT)  # a user's Ctrl-C as the traceback prints
+        reported.append(str(error))
+
+    def record(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(cli, "main", crashed)
+    monkeypatch.setattr(sys, "excepthook", report)
+    monkeypatch.setattr(distributed, "exit_process", record)
+    monkeypatch.setattr(distributed, "crashed", lambda: None)
+    try:
+        cli.entry()
+    except KeyboardInterrupt:
+        pytest.fail(f"the Ctrl-C cut the report short: {reported}")
+    except Exited as exited:
+        assert exited.args == (1,) and reported == ["the run's own error"]
+    else:
+        pytest.fail("entry() returned")
+
+
 def test_a_command_without_torch_distributed_exits_plainly(monkeypatch):
     monkeypatch.delitem(sys.modules, "megadalle.train.distributed")
     monkeypatch.setattr(cli, "main", lambda to_exit: 2)
