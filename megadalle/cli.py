@@ -379,12 +379,11 @@ def entry() -> NoReturn:
             raise
         import signal
 
-        ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        from megadalle.train.signals import handled_by
+
+        with handled_by((signal.SIGINT,), signal.SIG_IGN):
             note_crash()
             sys.excepthook(*sys.exc_info())  # torch's, once a group started: every line labelled with the rank
-        finally:
-            signal.signal(signal.SIGINT, ctrl_c)
         code = 1
     if "megadalle.train.distributed" in sys.modules:
         from megadalle.train.distributed import exit_process

@@ -20,7 +20,7 @@ from typing import Iterator
 
 from megadalle.errors import StoppedBySignal
 from megadalle.interrupted import Interrupted, how
-from megadalle.train.signals import STOP_SIGNALS, raising_at_once
+from megadalle.train.signals import STOP_SIGNALS, handled_by, raising_at_once
 
 
 class SamplingStopped(StoppedBySignal):
@@ -54,14 +54,7 @@ def stops_after() -> Iterator[None]:
         yield
         return
     waiting: list[int] = []
-    previous = {}
-    try:
-        for sig in STOP_SIGNALS:  # each handler noted before its swap: one raising meanwhile finds it noted
-            previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, lambda signum, frame: waiting.append(signum))
+    with handled_by(STOP_SIGNALS, lambda signum, frame: waiting.append(signum)):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     if waiting:
         signal.raise_signal(waiting[0])

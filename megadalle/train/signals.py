@@ -179,12 +179,10 @@ def taken_at_start(to_exit: bool = False) -> Iterator[None]:
         flag = _at_start = StopFlag().install(LATE_COPIES)
         _in_command = True
         try:
-            try:
-                yield
-            finally:
-                if to_exit:
-                    ignore_late_copies()
+            yield
         finally:
+            if to_exit:
+                ignore_late_copies()  # first: what follows gives back nothing once they are ignored
             if _at_start is flag:
                 _at_start = None
             _in_command = False
@@ -225,8 +223,8 @@ def raising_at_once(signals: tuple[int, ...], error: Callable[[int], BaseExcepti
 @contextmanager
 def raising(signals: tuple[int, ...], error: Callable[[int], BaseException]) -> Iterator[None]:
     """Within the block (entered from the main thread) each of `signals` raises `error(signum)` wherever the process
-    is. A forked child (a worker pool) still ends on TERM and leaves the rest to its parent. The handlers are as
-    before after it, but for a signal the block left ignored (a stopped command's exit: `ignore_late_copies`).
+    is. A forked child (a worker pool) still ends on TERM and leaves the rest to its parent. The handlers after it
+    are `handled_by`'s.
 
     Python runs a handler at the main thread's next bytecode, wherever it is: where that is code whose exceptions
     Python ignores (fork's clean-up, a `__del__`, a weakref callback), the raise was lost, printed as "Exception
@@ -260,25 +258,38 @@ def raising(signals: tuple[int, ...], error: Callable[[int], BaseException]) -> 
         with lock:
             return lost.pop() if lost else None
 
-    previous, hook = {}, sys.unraisablehook
-    try:  # a signal landing between two swaps raises here: each handler is noted before its swap, to come back
+    hook = sys.unraisablehook
+    try:
         sys.unraisablehook = ignored
-        for sig in signals:
-            previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, handle)
-        yield
-    except BaseException:
-        still_lost()  # the block's own exception goes on, a stop's included
-        raise
-    else:
-        signum = still_lost()
-        if signum is not None:
-            raise error(signum)
+        with handled_by(signals, handle):
+            try:
+                yield
+            except BaseException:
+                still_lost()  # the block's own exception goes on, a stop's included
+                raise
+            signum = still_lost()  # while the handler holds: a resend under way raises here at the latest
+            if signum is not None:
+                raise error(signum)
     finally:
         sys.unraisablehook = hook
-        for sig, handler in previous.items():
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+@contextmanager
+def handled_by(signals: tuple[int, ...], handler) -> Iterator[None]:
+    """Within the block `handler` takes each of `signals` (from the main thread); after it, the handlers from
+    before, but for a signal the block left ignored (a stopped command's exit: `ignore_late_copies`). Each is noted
+    before its swap, inside the `try`: a signal landing between two swaps raised out of them and left the first
+    swapped handler in place for good."""
+    previous = {}
+    try:
+        for sig in signals:
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, handler)
+        yield
+    finally:
+        for sig, before in previous.items():
+            if signal.getsignal(sig) is not signal.SIG_IGN or handler is signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL if before is None else before)
 
 
 RESEND_AFTER_S = 0.01
