@@ -6,14 +6,15 @@ Three launchers, one reading of the environment:
   itself, outside any step, has the first three too but is no rank: it is refused); launch/slurm/train.sbatch
   exports MASTER_ADDR (the first node), else the first node of `scontrol show hostnames` is used,
   and the port derives from the job id (the same on every task);
-- nothing at all means one process (a laptop, a test): rank 0 of 1 on localhost.
+- nothing at all means one process (a laptop, a test): rank 0 of 1 on localhost, on a port the OS picks as the
+  rendezvous store binds it (port 0, unless MASTER_PORT names one). A port picked free first and bound later, as
+  one was, could be taken in between by another run starting on the machine.
 Ranks never come from the command line, so hydra never sees `--local_rank`.
 """
 from __future__ import annotations
 
 import atexit
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -55,12 +56,6 @@ def slurm_hostnames(nodelist: str) -> list[str]:
     return out.stdout.split()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def detect(environ: dict[str, str] | None = None) -> DistEnv:
     """Read the launcher's variables (see the module docstring); never mutates the environment. The launcher, the
     rank, the world size and the local rank are local_gpu's (`launcher`, `launched`), which every other reader of
@@ -80,7 +75,7 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
         port = int(env.get("MASTER_PORT", 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
         return DistEnv(place.rank, place.local_rank, place.world_size,
                        env.get("MASTER_ADDR") or slurm_hostnames(nodelist)[0], port, "slurm")
-    return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
+    return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT") or 0), "single")
 
 
 def ranks(environ: dict[str, str] | None = None) -> tuple[int, int]:

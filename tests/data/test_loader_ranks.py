@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +15,9 @@ import torch.distributed as dist
 
 from megadalle.data.loader import image_loader
 from megadalle.train.distributed import exit_process
+from tests.ports import free_port
 
 STEPS, RESUME_AT, BATCH = 8, 4, 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_rank(root: str, out: str) -> None:
