@@ -14,7 +14,7 @@ small model is mostly overhead. Here everything a step needs is built once per s
 - the position is a device tensor advanced in place, so one step has static shapes and no
   Python-side indexing: on CUDA the step is captured once in a CUDA graph and replayed.
 The blocks' own modules (norms, projections, MLP) run the step, so weights are never copied and
-the arithmetic is the model's; `tests/sample/test_decoder.py` checks logits and samples against
+the arithmetic is the model's; `tests/sample/test_cache.py` checks logits and samples against
 the model's cached path.
 """
 from __future__ import annotations

@@ -36,16 +36,20 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Temperature first (it changes which tokens make up the top-p mass), then top-k, then top-p."""
+def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits in fp32, each row shifted to a maximum of 0, then divided by the temperature. Shifted first (softmax
+    does not see a shift): divided by a tiny temperature, raw logits overflowed to inf, softmax gave NaN and every
+    draw was token 0; shifted, they go to -inf and the draw is the most likely token, as a temperature near 0
+    should give."""
     if not 0 < temperature < math.inf:
         raise ValueError(f"temperature={temperature} must be positive and finite")
     logits = logits.float()
-    # Each row shifted to a maximum of 0 first (softmax does not see a shift): divided by a tiny temperature,
-    # raw logits overflowed to inf, softmax gave NaN and every draw was token 0; shifted, they go to -inf and
-    # the draw is the most likely token, as a temperature near 0 should give.
-    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
-    return top_p_filter(top_k_filter(logits, top_k), top_p)
+    return (logits - logits.amax(-1, keepdim=True)) / temperature
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature first (it changes which tokens make up the top-p mass), then top-k, then top-p."""
+    return top_p_filter(top_k_filter(scaled(logits, temperature), top_k), top_p)
 
 
 def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -61,9 +65,15 @@ def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torc
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """`draw(filter_logits(...))`, computed on the top-k candidates only when top_k is set (k << vocab)."""
-    if not 0 < top_k < logits.shape[-1]:
-        return draw(filter_logits(logits, temperature, 0, top_p), generator)
-    values, index = torch.topk(logits, top_k, dim=-1)
-    choice = draw(filter_logits(values, temperature, 0, top_p), generator)
-    return index.gather(-1, choice[:, None]).squeeze(-1)
+    """`draw(filter_logits(...))`, computed on the top-k candidates alone when top_k is set (k << vocab) and no
+    logit beyond them ties with the k-th. top_k_filter keeps every token tied with the k-th, as GPT-2's and DALL-E's
+    samplers do; the candidates alone left out the tied ones beyond them, never drawn, and bf16 logits tie often (over
+    8192 tokens the k-th ties with the next in about 70% of rows at k=100). A batch with such a row is drawn over
+    the whole vocabulary. (Two logits apart that the temperature's scaling rounds to one value tie in the filter but
+    not here: a difference of a rounding error in one token's probability.)"""
+    if 0 < top_k < logits.shape[-1]:
+        values, index = torch.topk(logits, top_k + 1, dim=-1)
+        if not torch.eq(values[..., top_k - 1], values[..., top_k]).any():
+            choice = draw(filter_logits(values[..., :top_k], temperature, 0, top_p), generator)
+            return index.gather(-1, choice[:, None]).squeeze(-1)
+    return draw(filter_logits(logits, temperature, top_k, top_p), generator)

@@ -52,3 +52,25 @@ def test_a_temperature_near_zero_draws_the_most_likely_token():
         assert torch.equal(sample_next(logits, temperature), logits.argmax(-1))
         assert torch.equal(sample_next(logits, temperature, top_p=0.9), logits.argmax(-1))
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_token_tied_with_the_kth_is_drawn_as_often_as_the_filter_keeps_it(dtype):
+    """The top-k candidates alone (torch.topk) left out a token tied with the k-th, never drawn, where top_k_filter
+    keeps ties: bf16 logits tie at the k-th in most rows."""
+    logits = torch.tensor([2.0, 1.0, 1.0, 0.0], dtype=dtype).expand(20000, 4)
+    tokens = sample_next(logits, top_k=2, generator=torch.Generator().manual_seed(0))
+    want = torch.tensor([2.0, 1.0, 1.0]).softmax(-1)
+    torch.testing.assert_close(torch.bincount(tokens, minlength=4) / 20000., torch.cat([want, torch.zeros(1)]),
+                               atol=0.015, rtol=0)
+
+
+def test_rows_without_a_tie_draw_from_the_candidates_as_from_the_whole_filter():
+    """The candidates are the whole filter's kept tokens, with its values: the same distribution (a row tied only at
+    -inf, under a temperature near 0, keeps its most likely token)."""
+    logits = torch.tensor([[0.5, 3.0, 1.0, 2.0, -1.0]]).expand(20000, 5)
+    tokens = sample_next(logits, 0.8, top_k=3, top_p=0.95, generator=torch.Generator().manual_seed(2))
+    want = filter_logits(logits[:1], 0.8, top_k=3, top_p=0.95).softmax(-1)[0]
+    torch.testing.assert_close(torch.bincount(tokens, minlength=5) / 20000., want, atol=0.015, rtol=0)
+    cold = torch.tensor([[0.0, 5.0, 1.0, 1.0]])
+    assert sample_next(cold, 1e-40, top_k=2).tolist() == [1]
