@@ -4,8 +4,12 @@ One program per (batch x head, pair of query blocks): 2 x block_m query rows, he
 with their own softmax state. Each item of the pair's stream loads one K/V tile and feeds it to
 the halves that visit it, masking only a partial half (one bit word per row). Softmax runs online
 in fp32 in base 2: the scale, pre-multiplied by log2(e), and the running max meet in one explicit FMA
-(`tl.fma`, whatever the compiler's fusion default) before exp2. The saved log-sum-exp is in
-base-2 units and visiting order; only the backward reads it.
+(`tl.fma`, whatever the compiler's fusion default) before exp2. The FMA's product is exact and the max is
+rounded, so the max's own exponent is the rounding error of its scaled logit: under 1 while a scaled logit stays
+below 2^24, and past 2^31 (a logit of ~1.5e9) it can exceed exp2's range: rows of inf/NaN where dense attention
+stays finite. Only a run that has long diverged gets there (a direct caller with a huge `scale` too); a clamp in
+the inner loop of every program is not spent on it. The saved log-sum-exp is in base-2 units and visiting order;
+only the backward reads it.
 """
 import torch
 import triton
