@@ -1,4 +1,6 @@
-"""The kernel at the GPU's block sizes (64 and 128) against dense masked attention, under the interpreter.
+"""The kernel at the GPU's block size (64, attention/dispatch.py's KERNEL_BLOCK) and at 128 against dense masked
+attention, under the interpreter. (128 x 128 tiles are the kernel's to run, not a GPU's at every head_dim: compiled
+for sm_90 by kernels/lowering.py, dQ at head_dim 128 needs more shared memory than an H100 has.)
 
 The small-block tests never reach a tile of more than 32 keys; these cover the wide tiles the GPU
 runs: several mask words per query row, whole text key blocks read as full tiles (text 128), a
