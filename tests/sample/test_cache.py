@@ -5,6 +5,8 @@ import torch
 
 from megadalle.attention import MASK_KINDS, MaskSpec
 from megadalle.attention.masks import allowed
+from megadalle.config.model import TransformerConfig
+from megadalle.models.transformer import Transformer
 from megadalle.sampling.decoder import SparseDecoder, image_key_table
 from megadalle.sampling.loop import SamplingSettings, batch_generator, sample_codes, sample_many
 from tests.sample.tiny_transformer import tiny
@@ -119,3 +121,33 @@ def test_cuda_graph_steps_equal_eager_steps():
     got = [decoder.prefill(text)] + [decoder.step(image[:, i]) for i in range(15)]
     assert decoder.graph is not None
     torch.testing.assert_close(torch.stack(got, 1), torch.stack(expected, 1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [
+    dict(text_len=1, grid_size=1, image_vocab=1, attention_pattern=["row"]),
+    dict(text_len=3, grid_size=5, attention_pattern=["conv", "row_strict", "dense", "column"], conv_kernel=7,
+         conv_wrap=False, vocab_chunk=3),
+    dict(text_len=4, grid_size=3, attention_pattern=["column", "conv"], last_layer_attention="row", conv_kernel=9,
+         conv_wrap=True),
+], ids=["one-text-one-image-token", "mixed-conv-wider-than-the-grid", "wrapped-conv-wider-than-the-grid"])
+def test_decoder_at_the_edges_of_the_config_gives_the_full_forwards_logits(shape):
+    """Shapes no other case reaches (a fuzz of the decoder against the full forward found them right): a grid of
+    one token (no decoding step), a conv kernel wider than the grid, mixed patterns, vocabulary tables in pieces;
+    each caption of a batch decoded as if alone. fp64, so any difference is the decoder's, not rounding."""
+    cfg = TransformerConfig(**{"text_vocab": 40, "image_vocab": 24, "n_layers": 4, "n_heads": 2, "head_dim": 4,
+                               "d_model": 8, "last_layer_attention": None, **shape})
+    model = Transformer(cfg).double().eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    text = torch.randint(1, 40, (3, cfg.text_len))
+    text[0] = 0  # an empty caption: all pad
+    image = torch.randint(0, cfg.image_vocab, (3, cfg.grid_len))
+    _, full = model(text, image)
+
+    def decoded(rows):
+        decoder = SparseDecoder(model, len(rows), "cpu", torch.float64)
+        steps = [decoder.prefill(text[rows])] + [decoder.step(image[rows, i]) for i in range(cfg.grid_len - 1)]
+        return torch.stack(steps, 1)
+
+    torch.testing.assert_close(decoded([0, 1, 2]), full, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(torch.cat([decoded([row]) for row in range(3)]), full, rtol=1e-10, atol=1e-10)
