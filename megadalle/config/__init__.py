@@ -20,6 +20,7 @@ from typing import Any, Iterator, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from megadalle.errors import UserError
+from megadalle.seeds import ROOT_SEEDS
 
 T = TypeVar("T")
 
@@ -32,6 +33,12 @@ def check(ok: bool, key: str, value: Any, reason: str) -> None:
     """Raise ConfigError for `key=value` unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}={value!r}: {reason}")
+
+
+def check_seed(where: str, seed: int) -> None:
+    """A root seed in the range every generator it seeds takes (megadalle.seeds): seed=-1 and seed=2**64 were
+    tracebacks once the run had started."""
+    check(0 <= seed < ROOT_SEEDS, join(where, "seed"), seed, "must be in [0, 2**63), the seeds numpy and torch take")
 
 
 def join(where: str, name: str) -> str:

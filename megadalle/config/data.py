@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from megadalle.config import check, join
+from megadalle.config import check, check_seed, join
 
 IMAGE_FORMATS = ("jpg", "png")
 SOURCES = ("shards", "synthetic")
@@ -118,6 +118,7 @@ class TokenizerConfig:
               "must be in [0.98, 1], the range sentencepiece accepts (1 keeps every character)")
         check(self.max_sentences > 100, join(where, "max_sentences"), self.max_sentences,
               "must exceed 100, the least sentencepiece samples (it failed with its own internal check)")
+        check_seed(where, self.seed)
 
 
 @dataclass

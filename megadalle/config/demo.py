@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from megadalle.config import check
+from megadalle.config import check, check_seed
 from megadalle.demo_data import MAX_HOLDOUT, all_scenes
 
 CLIP_IMAGES = ("original", "reconstructed", "both")
@@ -171,3 +171,6 @@ class DemoRunConfig:
     """Everything the stages write, and the grids of the held-out captions (conf/demo.yaml: `${out_dir}/demo`)."""
     seed: int = 0
     """The root seed: the data set, every stage's initialisation and data order derive from it."""
+
+    def validate(self, where: str = "") -> None:
+        check_seed(where, self.seed)

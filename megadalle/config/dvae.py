@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from megadalle.config import check, join
+from megadalle.config import check, check_seed, join
 from megadalle.config.data import check_apart
 
 
@@ -147,6 +147,7 @@ class TrainDVAEConfig:
 
     def validate(self, where: str = "") -> None:
         check(self.usage_window > 0, join(where, "usage_window"), self.usage_window, "must be positive")
+        check_seed(where, self.seed)
         check(self.preview > 0, join(where, "preview"), self.preview, "must be positive")
         check(self.weights is None or str(self.weights).endswith(".safetensors"), join(where, "weights"), self.weights,
               "must end in .safetensors (the config JSON goes beside it)")

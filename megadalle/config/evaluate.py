@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from megadalle.config import check
+from megadalle.config import check, check_seed
 from megadalle.config.sample import GenerateConfig, check_sampling
 
 
@@ -88,6 +88,7 @@ class EvaluateConfig:
     """Seeds the sampling (caption i draws with seed + i, as `generate` with that seed) and the KID subsets."""
 
     def validate(self, where: str = "") -> None:
+        check_seed(where, self.seed)
         check((self.captions is None) != (self.shards is None), "captions", self.captions,
               "give exactly one of captions=FILE and shards=DIR")
         check(self.clip_score or self.fid or self.save_samples, "clip_score", self.clip_score,

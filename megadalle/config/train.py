@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from megadalle.config import check
+from megadalle.config import check, check_seed
 
 DECAYS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -267,6 +267,7 @@ class RunConfig:
     def validate(self, where: str = "") -> None:
         from pathlib import Path
 
+        check_seed(where, self.seed)
         key = f"{where}.resume" if where else "resume"
         check(self.resume in ("auto", "never") or Path(self.resume).parent.is_dir(), key, self.resume,
               "expected auto, never or a checkpoint directory (<run>/checkpoints/step_N)")

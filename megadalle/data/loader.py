@@ -66,6 +66,7 @@ from megadalle.data.order import Order, reader_positions
 from megadalle.data.shards import SampleReader, ShardIndex, open_index
 from megadalle.errors import UserError
 from megadalle.local_gpu import launched
+from megadalle.seeds import derived_seed
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -294,7 +295,7 @@ def worker_seeds(seed: int, step: int) -> torch.Generator:
     different from the uninterrupted run's, and the run's outcome depended on num_workers. The samples
     themselves never used the workers' seeds (each one is seeded by its position, batches.sample_rng).
     """
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.Generator().manual_seed(derived_seed(seed, step))
 
 
 def loader_from_config(cfg: DataConfig, global_batch: int, seed: int, *, text_len: int | None = None,

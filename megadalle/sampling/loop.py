@@ -17,6 +17,7 @@ import torch
 
 from megadalle.sampling.decoder import SparseDecoder
 from megadalle.sampling.filters import sample_next
+from megadalle.seeds import derived_seed
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,9 @@ def sample_codes(model, text: torch.Tensor, settings: SamplingSettings, generato
 
 
 def batch_generator(seed: int, batch_index: int, device: torch.device | str) -> torch.Generator:
-    """The generator of one batch of samples: independent of the batches before it. Taken modulo 2**64, the
-    seeds torch takes (a seed above ~9.2e12 overflowed; every value torch took before maps to itself)."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch_index) % (1 << 64))
+    """The generator of one batch of samples: independent of the batches before it. Any integer seed (generate's
+    is not a root seed: a negative one draws too)."""
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, batch_index))
 
 
 def sample_batches(model, text: torch.Tensor, n: int, batch_size: int, settings: SamplingSettings, seed: int,

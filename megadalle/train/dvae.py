@@ -25,6 +25,7 @@ from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 from megadalle.models.dvae import DVAE
 from megadalle.models.dvae_loss import (elbo_loss, histogram_perplexity, kl_weight, temperature,
                                         unfinished_schedules)
+from megadalle.seeds import derived_seed
 from megadalle.train.distributed import ranks, world_size
 from megadalle.train.dvae_export import RUN_WEIGHTS, record_export
 from megadalle.train.media import Picture
@@ -138,7 +139,7 @@ class CodeRevival:
         return revived
 
     def _revive(self, model: DVAE, editor: ParamEditor, dead: torch.Tensor, step: int) -> None:
-        draw = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        draw = torch.Generator().manual_seed(derived_seed(self.seed, step))
         donors = torch.multinomial(self.counts.double(), dead.numel(), replacement=True, generator=draw)
         shift = torch.log1p(torch.bincount(donors, minlength=self.counts.numel()).double()).float()
         shift[dead] = shift[donors]

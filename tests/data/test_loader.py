@@ -44,6 +44,15 @@ def test_same_seed_same_batches_any_worker_count(token_shards, tokenizer):
     assert [ids_of(x) for x in a] != [ids_of(x) for x in c]
 
 
+def test_a_seed_as_large_as_the_clocks_reads_with_workers_too(token_shards, tokenizer):
+    """`seed=$(date +%s%N)`: the workers' generator was seeded with seed * 1_000_003 + step, past what torch takes,
+    and every training verb stopped at its first batch with a traceback (without workers it trained)."""
+    seed = 1_765_000_000_000_000_000
+    a = take(tokens(token_shards, tokenizer, seed=seed, num_workers=0), 2)
+    b = take(tokens(token_shards, tokenizer, seed=seed, num_workers=2), 2)
+    assert [ids_of(x) for x in a] == [ids_of(x) for x in b]
+
+
 def test_every_epoch_sees_each_sample_once(token_shards, tokenizer):
     loader = tokens(token_shards, tokenizer, batch=5)  # 30 samples: 6 steps per epoch
     seen = [i for b in take(loader, 12) for i in ids_of(b)]
