@@ -196,6 +196,10 @@ class DataConfig:
         if self.source == "synthetic":
             return ("data=synthetic has no held-out split: its random tokens are new at every update; set "
                     "trainer.eval_every=0")
+        held_out = Path(self.shards, VAL_DIR)
+        if any(held_out.glob("*.tar")):  # tars written elsewhere: the run went on without them and did not say why
+            return (f"{held_out} holds tars but no index.json, which prepare and encode write beside a split they "
+                    f"hold out: set data.val_shards={held_out} to index and use them")
         return "set data.val_shards or run `prepare val_fraction=`"
 
     def validate(self, where: str = "data") -> None:

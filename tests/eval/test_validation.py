@@ -129,15 +129,24 @@ def test_a_split_smaller_than_a_micro_batch_is_refused_before_the_first_update(i
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_a_task_without_validation_data_trains_and_says_so_once(image_data, tmp_path, capsys):
+@pytest.mark.parametrize("val", ["none", "tars from elsewhere"])
+def test_a_task_without_validation_data_trains_and_says_so_once(image_data, tmp_path, capsys, val):
+    """A `<shards>/val/` of tars without index.json (written by another tool) is no split prepare or encode held out:
+    the run went on without it, and its line did not name it."""
     from megadalle.train.dvae import FACTORY, task_from_config
 
     shards = tmp_path / "only"
     write_image_shards(shards, 8, 32, 8)
+    if val != "none":
+        write_image_shards(shards / "val", 4, 32, 4)
+        (shards / "val" / "index.json").unlink()
     cfg = compose("train-dvae", [f"data.shards={shards}", "dvae=tiny", "dvae.n_hid=16", "dvae.vocab_size=64",
                                  *common(tmp_path / "run")])
     train_from_config(task_from_config(cfg), cfg, FACTORY, verb="train-dvae")
-    assert capsys.readouterr().out.count("[train-dvae] no validation data for the dvae task") == 1
+    out = capsys.readouterr().out
+    assert out.count("[train-dvae] no validation data for the dvae task") == 1
+    assert (f"{shards / 'val'} holds tars but no index.json" in out) == (val != "none")
+    assert (f"set data.val_shards={shards / 'val'} to index and use them" in out) == (val != "none")
     assert not any("val/loss" in r for r in records(tmp_path / "run").values())
 
 
