@@ -36,6 +36,8 @@ def main(opts: dict) -> None:
             layers = [type(layer).__name__ for layer in module.forward_funcs]
             with open(f"{opts['probe']}.rank{engine.global_rank}.json", "w") as f:
                 json.dump({"layers": layers, "recomputed": spans}, f)
+        assert cfg.trainer.micro_batch == len(text), (  # else rank 1 aborted in gloo, or both ranks hung
+            f"the pipeline's probe is {len(text)} samples and DeepSpeed sizes its buffers by trainer.micro_batch")
         engine.eval()
         batch = ((text, image), (text, image))
         _, logits = engine.eval_batch(iter([batch] * engine.micro_batches), return_logits=True)
