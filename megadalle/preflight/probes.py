@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from megadalle.config.override import override_word
+from megadalle.config.override import command_line, override_word
 from megadalle.data.fields import CODES_FIELD, IMAGE_FIELDS
 from megadalle.errors import UserError
 
@@ -79,13 +79,25 @@ def shard_index(key: str, value):
     from megadalle.data.ingest import open_index
 
     path = Path(str(value))
-    fits(not path.is_file(), f"{key}={value}: a file, not a folder of shards; give its folder: "
-                             f"{override_word(key, path.parent)}")
+    fits(not path.is_file(), f"{key}={value}: {not_a_shard_folder(key, path)}")
     exists(key, value, "directory")
     try:
         return open_index(value)
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise PreflightError(f"{key}={value}: {str(err).splitlines()[0]}") from None
+
+
+def not_a_shard_folder(key: str, path: Path) -> str:
+    """What to do with the file `path` given for shards: a manifest or an image is `prepare`'s input (its folder,
+    the advice for any file, led to a folder of images and a manifest, no shards either); another file (a tar, an
+    index.json) lies in its shards' folder."""
+    from megadalle.data.sources import MANIFESTS
+
+    suffix = path.suffix.lower()
+    if suffix in MANIFESTS or suffix[1:] in IMAGE_FIELDS:
+        return (f"{'a manifest' if suffix in MANIFESTS else 'an image'}, not a folder of shards: make shards with "
+                f"`{command_line('prepare', input=path, output='SHARDS')}` and use SHARDS instead")
+    return f"a file, not a folder of shards; give its folder: {override_word(key, path.parent)}"
 
 
 def image_shards(key: str, value):

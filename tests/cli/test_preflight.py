@@ -141,6 +141,17 @@ def test_a_tar_file_given_for_a_folder_says_so(capsys, image_shards):
           f"data.shards={tar}: a file, not a folder of shards; give its folder: data.shards={image_shards}")
 
 
+@pytest.mark.parametrize("name, what", [("captions.csv", "a manifest"), ("photo.JPG", "an image")])
+def test_a_manifest_or_an_image_given_for_shards_is_sent_to_prepare(capsys, tmp_path, name, what):
+    """Its folder, the advice for any file, held images and a manifest: no shards either, and the next run said
+    to index a folder with no tar."""
+    given = tmp_path / name
+    given.write_text("image,caption\n")
+    fails(capsys, ["tokenizer", f"input={given}", f"output={tmp_path / 'tok.model'}"],
+          f"input={given}: {what}, not a folder of shards: make shards with `megadalle prepare input={given} "
+          "output=SHARDS` and use SHARDS instead")
+
+
 def dvae_weights(path, image_size, vocab_size=64):
     from megadalle.config.dvae import DVAEConfig
     from megadalle.models.dvae import DVAE
