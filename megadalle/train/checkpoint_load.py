@@ -57,7 +57,7 @@ def model_keys(source: Task, task: Task, config: dict) -> list[str]:
     if type(source) is not type(task):
         return []
     there, here = (spec if isinstance(spec, dict) else dataclasses.asdict(spec)
-                   for spec in (source.export_spec().config, task.export_spec().config))
+                   for spec in (source.model_config(), task.model_config()))
     group = next((key for key, node in config.items() if isinstance(node, dict) and set(there) <= set(node)), None)
     if group is None:
         return []

@@ -158,6 +158,11 @@ class Task:
     def export_spec(self) -> ExportSpec:
         raise NotImplementedError
 
+    def model_config(self):
+        """The model's config as this run builds it: `export_spec`'s, but for what shapes only the training model
+        (the Transformer's vocabulary tables in pieces). A resume from another run's checkpoint names its keys."""
+        return self.export_spec().config
+
     def loss_counts(self, batch: Batch) -> dict[str, int]:
         """{name: count} of each count `loss` divides by that differs between micro-batches (default: none).
 

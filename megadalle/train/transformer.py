@@ -100,6 +100,9 @@ class TransformerTask(ShardsTask):
         """Exports hold whole vocabulary tables (consolidate.export joins pieces), so their config has none."""
         return ExportSpec("transformer", replace(self.cfg, vocab_chunk=0))
 
+    def model_config(self) -> TransformerConfig:
+        return self.cfg
+
     def pipeline(self) -> PipelineSpec:
         from deepspeed.pipe import LayerSpec
 

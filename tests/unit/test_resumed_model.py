@@ -37,6 +37,16 @@ def test_another_runs_checkpoint_of_other_shapes_names_the_parameter_and_the_mod
         check_resumed_model(task("model.mlp_ratio=2"), checkpoint)
 
 
+def test_vocabulary_tables_in_other_pieces_name_the_key(tmp_path):
+    """The keys were read from the export's config, whose tables are whole: the message named no key."""
+    run = tmp_path / "other"
+    run.mkdir()
+    config = typed_container(compose("train", [*TINY, "model.vocab_chunk=50"]), RunConfig)
+    (run / "run.json").write_text(json.dumps({"task_factory": FACTORY, "config": config}))
+    with pytest.raises(CheckpointError, match=r"give the model keys it trained with: model\.vocab_chunk=50$"):
+        check_resumed_model(task("model.vocab_chunk=0"), str(run / "checkpoints" / "step_00000002"))
+
+
 def test_the_same_shapes_resume(checkpoint):
     check_resumed_model(task("model.mlp_ratio=4", "model.dropout=0.1"), checkpoint)
     check_resumed_model(task("model.mlp_ratio=2"), "auto")
