@@ -6,7 +6,8 @@ accumulation scaling, ZeRO-3 parameter gathering) sees every micro-batch.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +169,20 @@ def optimizer_kind(optimizer) -> str:
     """The torch optimizer inside DeepSpeed's `optimizer`, for the run's record."""
     inner = torch_optimizer(optimizer)
     return f"torch {type(inner).__name__}" + (" (fused)" if inner.defaults.get("fused") else "")
+
+
+@contextlib.contextmanager
+def functional_linear_kept() -> Iterator[None]:
+    """Give back `torch.nn.functional.linear` as it was once the block ends. ZeRO-3's `zero.Init` (`build_model`)
+    replaces it with DeepSpeed's memory-efficient linear for the rest of the process ("this will persist unless
+    manually reset"): the run needs it (autograd's addmm would keep each gathered weight alive through its transpose
+    until the backward), but the process's later work, a sweep's next job or an in-process caller's own models, then
+    ran every linear as a product and a separate bias add: one more rounding in bf16, one more kernel on a GPU."""
+    linear = torch.nn.functional.linear
+    try:
+        yield
+    finally:
+        torch.nn.functional.linear = linear
 
 
 def build_model(task: Task, ds: DeepSpeedConfig, config: dict) -> nn.Module:

@@ -372,7 +372,8 @@ def train(task: Task, trainer: TrainerConfig, ds: DeepSpeedConfig, logger: Logge
     (signals.forget_late_copies); a verb keeps ignoring their late copies until its command ends."""
     stop = run_flag()
     try:
-        return Trainer(task, trainer, ds, logger, run, stop, extra_callbacks).fit()
+        with engine_lib.functional_linear_kept():
+            return Trainer(task, trainer, ds, logger, run, stop, extra_callbacks).fit()
     except StoppedBeforeFirstUpdate as early:
         stop.uninstall(stopped=True)
         return early.result
