@@ -44,6 +44,7 @@ from megadalle.data.split import (SPLIT_RULE, VAL_DIR, SecondSplitError, check_s
 from megadalle.data.sources import Item, dropped_by_index, find_items
 from megadalle.data.summary import NoUsableInput, PassSummary
 from megadalle.disk_errors import refused
+from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
 
 
@@ -222,4 +223,8 @@ def run(cfg: DictConfig) -> int:
     print(summary.text(), flush=True)
     if not summary.kept:
         raise NoUsableInput(f"input={str(pc.input)!r}", summary)
+    if summary.kept == summary.val_kept:  # the readers then took the output for an unfinished one, `index` for no shards
+        raise UserError(f"output={str(pc.output)!r}: every one of the {summary.kept} samples kept is a validation "
+                        f"sample (val_fraction={pc.val_fraction}, and a sample's side is set by its image's bytes), "
+                        "so no training shard was written: lower val_fraction or give more data")
     return 0

@@ -31,8 +31,9 @@ def code_points(chars: str) -> str:
 def check_prompt(tokenizer, prompt: str, key: str = "prompt") -> None:
     """Refuse a prompt the tokenizer reads nothing of (see the module docstring)."""
     if not ids(tokenizer, prompt):
-        raise ConfigError(f"{key}={prompt!r}: the tokenizer reads nothing of it (it drops "
-                          f"{code_points(''.join(prompt.split()))}); give words")
+        dropped = "".join(prompt.split())
+        raise ConfigError(f"{key}={prompt!r}: " + (f"the tokenizer reads nothing of it (it drops {code_points(dropped)})"
+                                                   if dropped else f"{'blank' if prompt else 'empty'}") + "; give words")
 
 
 def warn_if_unknown(tokenizer, prompt: str) -> None:

@@ -147,6 +147,19 @@ def test_nothing_usable_is_one_line_exit_code_2_naming_the_report_and_writes_no_
     assert main(argv) == 0 and ShardIndex.load(tmp_path / "out").total == 1  # the report left in the way of nothing
 
 
+def test_an_output_whose_every_sample_went_to_validation_is_refused_naming_val_fraction(tmp_path, capsys):
+    """prepare exited 0 with val/ alone; the next verb called the output unfinished and `index` found no shards."""
+    for i in range(3):
+        put(tmp_path / "in", f"x{i}.jpg", jpeg_bytes((64, 64), i))
+    argv = ["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "num_workers=0", "val_fraction=0.999"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"megadalle prepare: output='{tmp_path / 'out'}': every one of the 3 samples kept is a validation sample "
+        "(val_fraction=0.999, and a sample's side is set by its image's bytes), so no training shard was written: "
+        "lower val_fraction or give more data")
+    assert main([*argv[:-1], "val_fraction=0.001"]) == 0 and ShardIndex.load(tmp_path / "out").total >= 1
+
+
 @pytest.mark.parametrize("empty, why", [("folder", "an empty folder"), ("m.jsonl", "a manifest without rows"),
                                         ("m.csv", "a manifest without rows")])
 def test_an_input_holding_nothing_is_refused_before_any_output_is_made(tmp_path, capsys, empty, why):

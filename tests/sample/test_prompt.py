@@ -30,5 +30,8 @@ def test_the_prompt_checks_need_nothing_but_ids(tmp_path, capsys):
     check_prompt(tokenizer, "a red circle")
     with pytest.raises(ConfigError, match="reads nothing of it"):
         check_prompt(tokenizer, "\u200b")
+    for prompt, said in (("", "prompt='': empty; give words"), ("  ", "prompt='  ': blank; give words")):
+        with pytest.raises(ConfigError, match=f"^{said}$"):  # it said "(it drops ); give words", naming nothing
+            check_prompt(tokenizer, prompt)
     warn_if_unknown(tokenizer, "ÄÖÜ Äa")
     assert "4 of 5 characters are unknown" in capsys.readouterr().err
