@@ -119,6 +119,9 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
         folder = folder_of_transformer(shards)
         raise BundleError(f"weights={weights}: one shard of the weights in {folder}; pass "
                           f"{override_word('weights', folder)}")
+    if weights.name == MANIFEST and is_bundle(weights.parent):  # read as weights, it was called damaged
+        raise BundleError(f"weights={weights}: the record of the model folder {weights.parent}; pass "
+                          f"{override_word('weights', weights.parent)}")
     in_run = checkpoint_in_run(weights)
     if in_run is not None:  # a DeepSpeed checkpoint is no weights: its run's record rebuilds the model from it
         run, step = in_run

@@ -377,6 +377,17 @@ def test_one_shard_as_weights_names_its_folder(trained, tmp_path, capsys):
         load_weights(shard, "transformer")
 
 
+def test_a_model_folders_record_as_weights_names_its_folder(trained, tmp_path, capsys):
+    """bundle.json, the folder's one top-level JSON, was read as a weights index and called damaged ("lacks
+    weight_map; re-export the weights")."""
+    run, _, dvae, _ = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae))
+    assert main(["generate", f"weights={folder / 'bundle.json'}", "prompt=red cat", "n=1", "rerank=false",
+                 f"output={tmp_path / 'out'}"]) == 2
+    assert capsys.readouterr().err.strip() == (f"megadalle generate: weights={folder / 'bundle.json'}: the record of "
+                                               f"the model folder {folder}; pass weights={folder}")
+
+
 def test_export_to_one_file_replaces_only_a_transformers_weights(trained, tmp_path, capsys):
     """`export output=dvae.safetensors` of a Transformer run wrote over the dVAE and its dvae.json, exit code 0."""
     run, _, dvae, _ = trained
