@@ -52,6 +52,16 @@ def _is_itself(source: Path, target: Path) -> bool:
     return target.exists() and source.samefile(target)
 
 
+def written(folder: Path) -> list[str]:
+    """The names of what an export wrote into the model folder `folder`, sorted: what else it holds (a model card
+    added by hand, another verb's files) stays, and is not the export's to list as its own."""
+    from megadalle.weights import config_path
+
+    own = {MANIFEST, TRANSFORMER, TOKENIZER, *(p.name for piece in (DVAE, CLIP) for p in (Path(piece),
+                                                                                         config_path(Path(piece))))}
+    return sorted(p.name for p in folder.iterdir() if p.name in own)
+
+
 def _copy(source: Path, target: Path) -> None:
     """`source` as `target`, unless it is that very file (`_is_itself`)."""
     if not _is_itself(source, target):

@@ -15,7 +15,7 @@ from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
 from megadalle.config.export import ExportConfig
 from megadalle.train.consolidate import chosen_ema, export, load_run, run_task
-from megadalle.weights import TMP, one_file
+from megadalle.weights import one_file
 
 __all__ = ["export", "load_run", "run"]
 
@@ -36,12 +36,11 @@ def run(cfg: DictConfig) -> int:
                       alone=True)
         print(f"[export] wrote {path} ({weights})", file=sys.stderr)
         return 0
-    from megadalle.bundle_write import write_bundle
+    from megadalle.bundle_write import write_bundle, written
 
     folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ema,
                           ec.clip_model, dtype, ec.max_shard_mb * 10**6, trained)
-    print(f"[export] wrote model folder {folder} ({weights}): "
-          + ", ".join(sorted(p.name for p in folder.iterdir() if TMP not in p.name)), file=sys.stderr)
+    print(f"[export] wrote model folder {folder} ({weights}): {', '.join(written(folder))}", file=sys.stderr)
     return 0
 
 

@@ -26,7 +26,13 @@ class OutputError(ConfigError):
 
 def ready_output(path: str | Path, key: str = "output") -> Path:
     """`path` as a folder that exists and takes a new file."""
+    from megadalle.weights.records import model_folder_around
+
     path = Path(path)
+    folder = model_folder_around(path)
+    if folder is not None:  # its files were listed by the next export as its own, and bundle.json describes no other
+        raise OutputError(f"{key}={path}: inside the model folder {folder}, which only its export writes; give "
+                          "another folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()

@@ -388,6 +388,27 @@ def test_a_model_folders_record_as_weights_names_its_folder(trained, tmp_path, c
                                                f"the model folder {folder}; pass weights={folder}")
 
 
+def test_generate_writes_nothing_into_a_model_folder_and_export_lists_only_its_own_files(trained, tmp_path, capsys):
+    """generate (and evaluate) wrote grid, samples and scores into a model folder given as output, and the next
+    export listed them, the lock and a hand-added file as what it wrote."""
+    run, _, dvae, _ = trained
+    folder = tmp_path / "model"
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0
+    capsys.readouterr()
+    (folder / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in folder.iterdir())
+    for output in (folder, folder / "samples"):
+        assert main(["generate", f"weights={folder}", "prompt=red cat", "n=1", "rerank=false",
+                     f"output={output}"]) == 2
+        assert capsys.readouterr().err.strip() == (f"megadalle generate: output={output}: inside the model folder "
+                                                   f"{folder}, which only its export writes; give another folder")
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0
+    assert capsys.readouterr().err.strip().endswith(
+        "(bf16, the live weights): bundle.json, dvae.json, dvae.safetensors, tokenizer.model, transformer")
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
 def test_export_to_one_file_replaces_only_a_transformers_weights(trained, tmp_path, capsys):
     """`export output=dvae.safetensors` of a Transformer run wrote over the dVAE and its dvae.json, exit code 0."""
     run, _, dvae, _ = trained
