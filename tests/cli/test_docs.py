@@ -2,6 +2,7 @@
 and with itself: a copied command that fails, or two different times for one demo, costs the reader's trust."""
 import ast
 import re
+import shlex
 from pathlib import Path
 
 from megadalle.config.compose import compose
@@ -15,6 +16,17 @@ README = (ROOT / "README.md").read_text()
 def test_run_directories_in_the_examples_are_where_training_writes_them():
     used = re.findall(r"\brun=outputs/([^/\s]+)/", README)
     assert used and set(used) <= set(RUN_TASKS.values()), used
+
+
+def test_the_commands_in_the_examples_compose():
+    """Every `megadalle VERB key=value ...` line of the README's shell examples names keys its verb has, of their types
+    (the paths are the reader's): the own-images recipe among them. A sweep (`-m`) is its jobs' business."""
+    lines = [shlex.split(line.split(" #")[0]) for block in re.findall(r"```bash\n(.*?)```", README, re.S)
+             for line in block.splitlines() if line.startswith("megadalle ")]
+    commands = [words[1:] for words in lines if "-m" not in words and len(words) > 1]
+    assert any(words[0] == "train-clip" for words in commands), "the own-images recipe is gone"
+    for verb, *args in commands:
+        compose(verb, args)
 
 
 def test_python_examples_import_every_name_they_use():
