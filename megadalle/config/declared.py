@@ -101,6 +101,8 @@ def no_key(verb: str, item: str, where: str, name: str, beside: list[str]) -> st
     others = groups_of_others(verb, name) if not where else []
     starting = [n for n in beside if n.startswith(f"{name}_")][:1]
     near = starting if others else difflib.get_close_matches(name, beside, n=1) or starting
+    if not near and not where:  # a group's key given at the top (`train tokenizer=` for data.tokenizer)
+        near = [f"{group}.{name}" for group in verb_groups(verb) if lookup(verb, f"{group}.{name}")[0] is None][:1]
     group = f" (a config group of {', '.join(others)}, not of {verb})" if others else ""
     plus = " and `+` cannot add one" if item.startswith("+") else ""
     hint = f"; did you mean {prefix}{near[0]}?" if near else ""

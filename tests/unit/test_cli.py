@@ -129,6 +129,13 @@ def test_errors_of_composing_are_one_line(monkeypatch, capsys):
         assert capsys.readouterr().err == f"megadalle train: {error}\n"
 
 
+def test_a_groups_key_given_at_the_top_is_named_with_its_group(capsys):
+    """`train tokenizer=` (train-clip's key) was told only that train has no key tokenizer."""
+    for argv, key in ((["train", "tokenizer=tok.model"], "data.tokenizer"), (["train", "lr=3"], "trainer.lr")):
+        assert main(argv) == 2
+        assert f"has no key {argv[1].partition('=')[0]}; did you mean {key}?" in capsys.readouterr().err
+
+
 def test_plus_adds_no_key_that_no_schema_declares(capsys):
     from megadalle.config.compose import compose
 
