@@ -46,6 +46,7 @@ from megadalle.data.summary import NoUsableInput, PassSummary
 from megadalle.disk_errors import refused
 from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
+from megadalle.warn import warn
 
 
 NOT_SETTINGS = ("input", "output", "num_workers", "report")
@@ -223,6 +224,9 @@ def run(cfg: DictConfig) -> int:
     print(summary.text(), flush=True)
     if not summary.kept:
         raise NoUsableInput(f"input={str(pc.input)!r}", summary)
+    if pc.val_fraction and not summary.val_kept:  # said only by a training run's "no validation data", much later
+        warn(f"val_fraction={pc.val_fraction} held out none of the {summary.kept} samples (a sample's side is set by "
+             "its image's bytes), so there is no val/ split: raise val_fraction, or give training data.val_shards")
     if summary.kept == summary.val_kept:  # the readers then took the output for an unfinished one, `index` for no shards
         raise UserError(f"output={str(pc.output)!r}: every one of the {summary.kept} samples kept is a validation "
                         f"sample (val_fraction={pc.val_fraction}, and a sample's side is set by its image's bytes), "

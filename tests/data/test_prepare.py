@@ -157,7 +157,8 @@ def test_an_output_whose_every_sample_went_to_validation_is_refused_naming_val_f
         f"megadalle prepare: output='{tmp_path / 'out'}': every one of the 3 samples kept is a validation sample "
         "(val_fraction=0.999, and a sample's side is set by its image's bytes), so no training shard was written: "
         "lower val_fraction or give more data")
-    assert main([*argv[:-1], "val_fraction=0.001"]) == 0 and ShardIndex.load(tmp_path / "out").total >= 1
+    assert main([*argv[:-1], "val_fraction=0.001"]) == 0 and ShardIndex.load(tmp_path / "out").total == 3
+    assert "val_fraction=0.001 held out none of the 3 samples" in capsys.readouterr().err  # no split, said at once
 
 
 @pytest.mark.parametrize("empty, why", [("folder", "an empty folder"), ("m.jsonl", "a manifest without rows"),
