@@ -228,7 +228,8 @@ def run(cfg: DictConfig) -> int:
         warn(f"val_fraction={pc.val_fraction} held out none of the {summary.kept} samples (a sample's side is set by "
              "its image's bytes), so there is no val/ split: raise val_fraction, or give training data.val_shards")
     if summary.kept == summary.val_kept:  # the readers then took the output for an unfinished one, `index` for no shards
+        why = (f"val_fraction={pc.val_fraction}, and a sample's side is set by its image's bytes" if pc.val_fraction
+               else "the input's own validation split holds them all")
         raise UserError(f"output={str(pc.output)!r}: every one of the {summary.kept} samples kept is a validation "
-                        f"sample (val_fraction={pc.val_fraction}, and a sample's side is set by its image's bytes), "
-                        "so no training shard was written: lower val_fraction or give more data")
+                        f"sample ({why}), so no training shard was written: lower val_fraction or give more data")
     return 0
