@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +55,15 @@ def slurm_hostnames(nodelist: str) -> list[str]:
         reason = err.stderr.strip().splitlines()[-1] if err.stderr.strip() else f"exit {err.returncode}"
         raise UserError(f"SLURM_JOB_NODELIST={nodelist}: `scontrol show hostnames` failed: {reason}") from None
     return out.stdout.split()
+
+
+def free_port() -> int:
+    """A free TCP port for several ranks started on this machine (benchmarks/scale_rehearsal.py, the tests), which
+    must all be told one port before any of them starts: rank 0's store binds it seconds later, and another process
+    could take it between. A one-process run needs none (`detect`: port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def detect(environ: dict[str, str] | None = None) -> DistEnv:

@@ -14,8 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megadalle.data.loader import image_loader
-from megadalle.train.distributed import exit_process
-from tests.ports import free_port
+from megadalle.train.distributed import exit_process, free_port
 
 STEPS, RESUME_AT, BATCH = 8, 4, 6
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.ports import free_port
+from megadalle.train.distributed import free_port
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from megadalle.train.checkpoint_damage import damage
-from tests.ports import free_port
+from megadalle.train.distributed import free_port
 from tests.dvae.conftest import write_image_shards
 from tests.launch_signals import stop_after_two_steps
 

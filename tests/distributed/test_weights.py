@@ -105,11 +105,14 @@ def test_a_killed_exports_temporary_goes_at_the_next_export(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["model", "one.safetensors", "one.json", live.name, elsewhere.name])
 
+    (tmp_path / "transformer").mkdir()  # the folder's own pieces beside a live export's temporary of one of them
+    (tmp_path / "tokenizer.model").write_bytes(b"x")
+    (tmp_path / f"transformer.tmp-{host}-{os.getppid()}").mkdir()
     monkeypatch.setattr(bundle_write, "write_bundle", lambda *args: tmp_path)
     transformer = type("T", (), {"export_spec": lambda self: type("S", (), {"kind": "transformer"})()})()
     monkeypatch.setattr(export, "run_task", lambda run: (transformer, {}))  # no run here: the listing is tested
     assert export.run(compose("export", [f"run={tmp_path}", f"output={tmp_path / 'folder'}"])) == 0
-    assert capsys.readouterr().err.endswith(": model, one.json, one.safetensors\n")
+    assert capsys.readouterr().err.endswith(": tokenizer.model, transformer\n")
 
 
 def test_a_folder_is_loaded_reading_its_index_and_config_once(tmp_path, monkeypatch):

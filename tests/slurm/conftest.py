@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "distributed"))
 
 from dist_fixtures import token_data, train_overrides  # noqa: E402,F401
 
-from tests.ports import free_port  # noqa: E402
+from megadalle.train.distributed import free_port  # noqa: E402
 
 HERE = Path(__file__).parent
 CLUSTER = HERE / "cluster.sh"

@@ -14,7 +14,7 @@ import pytest
 from conftest import CLUSTER, start_cluster
 from slurm_jobs import FINISHED, job_field, logged_steps, wait_until
 
-from tests.ports import free_port
+from megadalle.train.distributed import free_port
 from tests.launch_signals import stop_after_two_steps
 
 ROOT = Path(__file__).parent.parent.parent
