@@ -91,10 +91,10 @@ def not_a_shard_folder(key: str, path: Path) -> str:
     """What to do with the file `path` given for shards: a manifest or an image is `prepare`'s input (its folder,
     the advice for any file, led to a folder of images and a manifest, no shards either); another file (a tar, an
     index.json) lies in its shards' folder."""
-    from megadalle.data.sources import MANIFESTS
+    from megadalle.data.sources import IMAGE_EXTENSIONS, MANIFESTS
 
     suffix = path.suffix.lower()
-    if suffix in MANIFESTS or suffix[1:] in IMAGE_FIELDS:
+    if suffix in MANIFESTS or suffix in IMAGE_EXTENSIONS:
         return (f"{'a manifest' if suffix in MANIFESTS else 'an image'}, not a folder of shards: make shards with "
                 f"`{command_line('prepare', input=path, output='SHARDS')}` and use SHARDS instead")
     return f"a file, not a folder of shards; give its folder: {override_word(key, path.parent)}"

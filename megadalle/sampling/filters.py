@@ -36,20 +36,16 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Logits in fp32, each row shifted to a maximum of 0, then divided by the temperature. Shifted first (softmax
-    does not see a shift): divided by a tiny temperature, raw logits overflowed to inf, softmax gave NaN and every
-    draw was token 0; shifted, they go to -inf and the draw is the most likely token, as a temperature near 0
-    should give."""
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature first (it changes which tokens make up the top-p mass), then top-k, then top-p."""
     if not 0 < temperature < math.inf:
         raise ValueError(f"temperature={temperature} must be positive and finite")
     logits = logits.float()
-    return (logits - logits.amax(-1, keepdim=True)) / temperature
-
-
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Temperature first (it changes which tokens make up the top-p mass), then top-k, then top-p."""
-    return top_p_filter(top_k_filter(scaled(logits, temperature), top_k), top_p)
+    # Each row shifted to a maximum of 0 first (softmax does not see a shift): divided by a tiny temperature,
+    # raw logits overflowed to inf, softmax gave NaN and every draw was token 0; shifted, they go to -inf and
+    # the draw is the most likely token, as a temperature near 0 should give.
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
+    return top_p_filter(top_k_filter(logits, top_k), top_p)
 
 
 def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -33,7 +33,7 @@ def check_prompt(tokenizer, prompt: str, key: str = "prompt") -> None:
     if not ids(tokenizer, prompt):
         dropped = "".join(prompt.split())
         raise ConfigError(f"{key}={prompt!r}: " + (f"the tokenizer reads nothing of it (it drops {code_points(dropped)})"
-                                                   if dropped else f"{'blank' if prompt else 'empty'}") + "; give words")
+                                                   if dropped else "blank" if prompt else "empty") + "; give words")
 
 
 def warn_if_unknown(tokenizer, prompt: str) -> None:
