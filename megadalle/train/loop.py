@@ -135,16 +135,17 @@ class Trainer:
 
     def _write_run_json(self, run: RunOptions) -> dict:
         """Rank 0 records the config the run goes on under (a resume may have changed what RESUMABLE allows), its paths
-        absolute (rundir.recorded), and the optimizer and LayerNorm it runs (apex's or torch's: the config does not
-        say), which it also prints; a disk that does not take it stops every rank with one line (disk_full). Returns
-        what it recorded ({} on the other ranks)."""
+        absolute (rundir.recorded), a dVAE that a rerun leaves unset as recorded (rundir.kept_when_unset), and the
+        optimizer and LayerNorm it runs (apex's or torch's: the config does not say), which it also prints; a disk that
+        does not take it stops every rank with one line (disk_full). Returns what it recorded ({} on the other ranks)."""
         failure, recorded = None, {}
         if self.env.rank == 0:
             kernels = {"optimizer": engine_lib.optimizer_kind(self.built.engine.optimizer),
                        "layer_norm": layer_norm_kind(self.built.model)}
             print(f"{self.prefix} optimizer: {kernels['optimizer']}, layer_norm: {kernels['layer_norm']}", flush=True)
             path = self.run_dir / "run.json"
-            recorded = {"task_factory": run.task_factory, "config": rundir.recorded(run.config),
+            config = rundir.kept_when_unset(path, rundir.recorded(run.config))
+            recorded = {"task_factory": run.task_factory, "config": config,
                         "sha256": rundir.recorded_digests(run.config), "kernels": kernels}
             failure = disk_full.attempt(partial(atomic.write_bytes, path, json.dumps(
                 recorded, indent=1, default=str).encode()), path)

@@ -118,6 +118,23 @@ sampling verbs compare the dVAE they decode with it (sampling/dvae_record.py). A
 checkpoint's data identity refuses codes of another dVAE (train/data_identity.py CODES_KEYS)."""
 
 
+KEPT_WHEN_UNSET = ("dvae_weights",)
+"""RESUMABLE keys that later verbs read from run.json (run_pieces.RECORDED_PIECES) and that a rerun leaving them unset
+keeps as recorded (`kept_when_unset`). `train`'s dvae_weights only draws the sample grids, so a finished run extended
+without it trained as before, but recorded null: `generate weights=<run>` and `export` no longer found the run's dVAE
+and asked for one. A rerun that names another dVAE records that one (preflight checks it against the codes)."""
+
+
+def kept_when_unset(record: Path, config: dict) -> dict:
+    """`config` with each KEPT_WHEN_UNSET key that it leaves None taken from the run.json at `record`, where that
+    names one."""
+    if not record.is_file():
+        return config
+    saved = json.loads(record.read_text()).get("config", {})
+    return {**config, **{key: saved[key] for key in KEPT_WHEN_UNSET
+                       if key in config and config[key] is None and saved.get(key)}}
+
+
 class RunDirError(UserError):
     """A rerun whose config does not match the run directory's."""
 

@@ -108,3 +108,24 @@ def test_the_grids_dvae_of_a_train_dvae_run_is_the_file_it_exported(two_encodes,
     save_weights(run / "dvae.safetensors", model.state_dict(), kind="dvae", config=model.cfg)
     (run / "run.json").write_text(json.dumps({"config": {}}))
     assert dvae_digest(str(run)) == ShardIndex.load(two_encodes[0][0]).meta["dvae"]
+
+
+@pytest.mark.distributed
+def test_a_rerun_without_dvae_weights_keeps_the_runs_dvae_on_record(two_encodes, token_data, tmp_path):
+    """dvae_weights only draws the grids, so a rerun may leave it out; run.json recorded null then, and `generate
+    weights=<run>` and `export` no longer found the run's dVAE. A rerun naming one records it."""
+    (shards, weights), other = two_encodes[0], tmp_path / "copy.safetensors"
+    run = tmp_path / "run"
+    command = ["train", *TINY, f"data.shards={shards}", f"data.tokenizer={token_data[1]}", f"run_dir={run}",
+               "trainer.micro_batch=2"]
+
+    def recorded():
+        return json.loads((run / "run.json").read_text())["config"]["dvae_weights"]
+
+    assert main([*command, "trainer.steps=1", f"dvae_weights={weights}"]) == 0
+    assert main([*command, "trainer.steps=2"]) == 0
+    assert recorded() == str(weights)
+    shutil.copy(weights, other)
+    shutil.copy(weights.with_suffix(".json"), other.with_suffix(".json"))
+    assert main([*command, "trainer.steps=3", f"dvae_weights={other}"]) == 0
+    assert recorded() == str(other)
