@@ -133,19 +133,24 @@ def reader_positions(step: int, global_batch: int, reader: int, readers: int) ->
     return np.arange(start + reader, start + global_batch, readers, dtype=np.int64)
 
 
+def fewer_pairs(contrastive: bool, holds: str) -> str:
+    """What a batch that reads a sample twice does to a `contrastive` task's loss, for a refusal; '' for the others."""
+    return f" (and CLIP contrast fewer pairs than {holds})" if contrastive else ""
+
+
 class BatchLargerThanData(UserError, ValueError):
     """A global batch with more samples than the data set: each update would read some of them twice."""
 
 
-def check_global_batch(micro_batch: int, grad_accum: int, ranks: int, total: int, shards) -> None:
+def check_global_batch(micro_batch: int, grad_accum: int, ranks: int, total: int, shards,
+                       contrastive: bool = False) -> None:
     """Refuse a global batch (`micro_batch` x `grad_accum` x `ranks` data-parallel ranks) larger than the `total`
     samples of the training shards `shards`: positions [s*B, (s+1)*B) would wrap into the next epoch within one
-    update, silently (the module docstring)."""
+    update, silently (the module docstring). A `contrastive` task's refusal also says what it does to the contrast."""
     batch = micro_batch * grad_accum * ranks
     if batch > total:
         raise BatchLargerThanData(
             f"global batch {batch} (trainer.micro_batch={micro_batch} x trainer.grad_accum={grad_accum} x {ranks} "
             f"data-parallel rank{'s' if ranks != 1 else ''}) is larger than the {total} samples of data.shards="
-            f"{shards}: each update would read some samples twice (and CLIP contrast fewer pairs than "
-            f"the batch holds); lower trainer.micro_batch or trainer.grad_accum to at most {total} samples an update, or "
+            f"{shards}: each update would read some samples twice{fewer_pairs(contrastive, 'the batch holds')}; lower trainer.micro_batch or trainer.grad_accum to at most {total} samples an update, or "
             "train on more data")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megadalle.data.order import fewer_pairs
 from megadalle.errors import UserError
 
 
@@ -45,8 +46,8 @@ def one_pass(micro_batch: int, grad_accum: int, ranks: int, eval_batches: int, t
         raise SplitSmallerThanBatch(
             f"the validation split {shards} holds {total} sample{'s' if total != 1 else ''}, fewer than one "
             f"micro-batch on every rank (trainer.micro_batch={micro_batch} x {ranks} data-parallel "
-            f"rank{'s' if ranks != 1 else ''} = {together}): each validation batch would score some samples twice "
-            f"(and CLIP contrast fewer pairs than it holds); give data.val_shards of at least {together} "
+            f"rank{'s' if ranks != 1 else ''} = {together}): each validation batch would score some samples twice"
+            f"{fewer_pairs(contrastive, 'it holds')}; give data.val_shards of at least {together} "
             f"samples{lower} or set trainer.eval_every=0")
     accum = min(grad_accum, total // together)
     batches = min(eval_batches, total // (together * accum))

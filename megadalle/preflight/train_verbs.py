@@ -122,14 +122,14 @@ def check_grid_captions(cfg: DictConfig, weights: str) -> None:
              f"{'='.join(sources[0])} has one")
 
 
-def fits_global_batch(cfg: DictConfig, samples: int) -> None:
+def fits_global_batch(cfg: DictConfig, samples: int, contrastive: bool = False) -> None:
     """The global batch against the `samples` of data.shards (order.check_global_batch), before DeepSpeed starts."""
     from megadalle.config import build
     from megadalle.config.train import TrainerConfig
     from megadalle.data.order import check_global_batch
 
     trainer = build(TrainerConfig, cfg.trainer, "trainer")
-    check_global_batch(trainer.micro_batch, trainer.grad_accum, dp_ranks(cfg), samples, cfg.data.shards)
+    check_global_batch(trainer.micro_batch, trainer.grad_accum, dp_ranks(cfg), samples, cfg.data.shards, contrastive)
 
 
 def dp_ranks(cfg: DictConfig) -> int:
@@ -252,7 +252,7 @@ def check_train_clip(cfg: DictConfig) -> None:
     export_target(build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights, "clip")
     clip = build(ClipConfig, cfg.clip, "clip")
     index = image_shards("data.shards", cfg.data.shards)
-    fits_global_batch(cfg, index.total)
+    fits_global_batch(cfg, index.total, contrastive=True)
     fits_image_size(index, cfg, "clip.image_size", clip.image_size)
     fits_contrastive_batch(cfg, clip.negatives, validates(cfg))
     check_image_validation(cfg, "clip.image_size", clip.image_size, dp_ranks(cfg))

@@ -37,6 +37,7 @@ FACTORY = "megadalle.train.clip:task_from_config"
 class ClipTask(ShardsTask):
     name = "clip"
     zero3_init = True  # models/clip.py initialises every parameter in the constructor of the module that owns it
+    contrastive = True
 
     def __init__(self, clip: ClipConfig, data: DataConfig | None, tokenizer: str | None, seed: int = 0):
         self.cfg, self.data, self.tokenizer_path, self.seed = clip, data, tokenizer, seed

@@ -145,6 +145,9 @@ class Task:
     it: then ZeRO-3 builds the model inside `deepspeed.zero.Init`, which partitions each module as soon
     as it is constructed, so no rank ever holds the whole model. An init applied after construction
     would meet empty shards there, so such tasks keep the plain construction (whole model per rank)."""
+    contrastive: bool = False
+    """True when each loss contrasts the samples of its batch with each other (CLIP): a batch that holds a sample
+    twice contrasts fewer pairs than it holds, which the refusals of such a batch say."""
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
@@ -310,7 +313,8 @@ class ShardsTask(Task):
 
         if self.data is None or self.data.source != "shards":
             return {}
-        check_global_batch(part.micro_batch, part.grad_accum, part.dp_world, self.shard_index.total, self.data.shards)
+        check_global_batch(part.micro_batch, part.grad_accum, part.dp_world, self.shard_index.total, self.data.shards,
+                           self.contrastive)
         return {"fingerprint": self.shard_index.fingerprint, "seed": self.seed, "shuffle": self.data.shuffle,
                 "shuffle_window": self.data.shuffle_window, "global_batch": part.global_batch,
                 **codes_identity(self.shard_index.meta)}

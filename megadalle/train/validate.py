@@ -74,7 +74,8 @@ class Validator:
         if split is None:
             return part, batches
         shards, total = split
-        reading = one_pass(part.micro_batch, part.grad_accum, part.dp_world, batches, total, shards)
+        reading = one_pass(part.micro_batch, part.grad_accum, part.dp_world, batches, total, shards,
+                           self.task.contrastive)
         if reading.shortfall and self.built.engine.global_rank == 0:
             print(f"{self.prefix} validation: {reading.shortfall}", flush=True)
         return replace(part, grad_accum=reading.grad_accum), reading.batches

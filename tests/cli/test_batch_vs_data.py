@@ -14,18 +14,23 @@ def test_a_global_batch_up_to_the_sample_count_passes_and_a_larger_one_is_refuse
                                                   r"x 2 data-parallel ranks\) is larger than the 8 samples of "
                                                   r"data.shards=s: each update would read some samples twice"):
         check_global_batch(4, 2, 2, 8, "s")
+    with pytest.raises(BatchLargerThanData, match=r"read some samples twice \(and CLIP contrast fewer pairs than the "
+                                                  r"batch holds\); lower"):
+        check_global_batch(4, 2, 2, 8, "s", contrastive=True)
 
 
 def test_each_training_verb_refuses_it_before_it_starts(capsys, image_shards, token_shards):
-    fails(capsys, ["train-clip", "clip=tiny", "trainer=tiny", "trainer.micro_batch=9", "logger=none",
-                   f"data.shards={image_shards}", f"tokenizer={token_shards[1]}"],
-          "megadalle train-clip: global batch 9 (trainer.micro_batch=9 x trainer.grad_accum=1 x 1 data-parallel rank) "
-          f"is larger than the 8 samples of data.shards={image_shards}")
-    fails(capsys, ["train-dvae", "dvae=tiny", "trainer=tiny", "trainer.grad_accum=3", "logger=none",
-                   f"data.shards={image_shards}"], "global batch 12 (trainer.micro_batch=4 x trainer.grad_accum=3")
+    """Only CLIP's refusal says what a repeat does to its contrast."""
+    clip = fails(capsys, ["train-clip", "clip=tiny", "trainer=tiny", "trainer.micro_batch=9", "logger=none",
+                          f"data.shards={image_shards}", f"tokenizer={token_shards[1]}"],
+                 "megadalle train-clip: global batch 9 (trainer.micro_batch=9 x trainer.grad_accum=1 x 1 data-parallel rank) "
+                 f"is larger than the 8 samples of data.shards={image_shards}")
+    dvae = fails(capsys, ["train-dvae", "dvae=tiny", "trainer=tiny", "trainer.grad_accum=3", "logger=none",
+                          f"data.shards={image_shards}"], "global batch 12 (trainer.micro_batch=4 x trainer.grad_accum=3")
     shards, tok = token_shards
-    fails(capsys, ["train", "model=tiny", "trainer=tiny", "trainer.micro_batch=65", "logger=none",
-                   f"data.shards={shards}", f"data.tokenizer={tok}"], "is larger than the 64 samples of")
+    train = fails(capsys, ["train", "model=tiny", "trainer=tiny", "trainer.micro_batch=65", "logger=none",
+                           f"data.shards={shards}", f"data.tokenizer={tok}"], "is larger than the 64 samples of")
+    assert ["CLIP" in err for err in (clip, dvae, train)] == [True, False, False]
 
 
 def test_the_ranks_launched_count(capsys, monkeypatch, image_shards):
@@ -41,5 +46,6 @@ def test_a_run_started_without_the_cli_is_refused_at_its_task_start(image_shards
 
     task = task_from_config(compose("train-dvae", ["dvae=tiny", f"data.shards={image_shards}"]))
     assert task.data_identity(DataPart(micro_batch=4, grad_accum=1, dp_rank=0, dp_world=2))["global_batch"] == 8
-    with pytest.raises(BatchLargerThanData, match="global batch 16 "):
+    with pytest.raises(BatchLargerThanData, match="global batch 16 ") as refused:
         task.data_identity(DataPart(micro_batch=4, grad_accum=2, dp_rank=1, dp_world=2))
+    assert "CLIP" not in str(refused.value)
