@@ -21,7 +21,7 @@ from megadalle.data.split import image_digest
 
 REASONS = ("missing_file", "empty_file", "unreadable", "missing_caption", "empty_caption", "not_an_image",
            "decompression_bomb", "too_small", "extreme_aspect", "truncated", "bad_manifest_row", "unrecognised_file",
-           "orphan_caption")
+           "orphan_caption", "caption_not_utf8")
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,15 @@ HEAVY_CROP_ASPECT = 2.0
 """Long side / short side above which the centre crop to a square keeps less than half the image."""
 
 
+CAPTION_ENCODING_NOTE = ("caption files are read as UTF-8 text; convert them and prepare again (from Windows-1252, "
+                         "say: iconv -f cp1252 -t utf-8 in.txt > out.txt; report.json names each file)")
+"""A folder's captions in another encoding (Latin-1, Windows-1252, Shift JIS) are not guessed: a wrong guess trains on
+mojibake in silence. The summary says how to convert them instead."""
+
+
 def skip_notes(opts: ConvertOptions) -> dict[str, str]:
-    """{reason: the key and value that decide it, and what to set to keep such inputs}, for the summary: a run
-    that skipped every 32 px image as too_small at image_size=32 said nothing of min_side=64."""
+    """{reason: the key and value that decide it (or the file format), and how to keep such inputs}, for the
+    summary: a run that skipped every 32 px image as too_small at image_size=32 said nothing of min_side=64."""
     if opts.min_side > opts.image_size:
         keep = (f"min_side={opts.min_side} is above image_size={opts.image_size}: set min_side={opts.image_size} to "
                 f"keep images of {opts.image_size} px and up")
@@ -48,7 +54,9 @@ def skip_notes(opts: ConvertOptions) -> dict[str, str]:
         keep = f"set a lower min_side to keep them (upscaled to image_size={opts.image_size}, which adds no detail)"
     return {"too_small": f"short side below min_side={opts.min_side}; {keep}",
             "extreme_aspect": f"long side over max_aspect={opts.max_aspect} times the short side; set a higher "
-                              "max_aspect (or null) to keep them, centre-cropped to a square"}
+                              "max_aspect (or null) to keep them, centre-cropped to a square",
+            "caption_not_utf8": CAPTION_ENCODING_NOTE}
+
 
 
 def crop_note(opts: ConvertOptions) -> str:
@@ -101,7 +109,9 @@ def read_captions(item: Item) -> tuple[str, ...]:
             raise Skip("missing_caption", f"no {name} beside the image")
         try:
             text = item.caption_file.read_text(encoding="utf-8-sig")  # a BOM is not text
-        except (OSError, UnicodeDecodeError) as err:
+        except UnicodeDecodeError as err:
+            raise Skip("caption_not_utf8", f"caption file: {err}") from None
+        except OSError as err:
             raise Skip("unreadable", f"caption file: {err}") from None
     captions = tuple(caption_lines(text))
     if not captions:

@@ -66,9 +66,9 @@ def test_the_too_small_note_at_min_side_equal_to_image_size_says_only_how_to_kee
     assert "min_side=33 is above image_size=32: set min_side=32" in above
 
 
-def test_a_caption_file_that_is_not_utf8_is_unreadable_naming_the_caption_file(tmp_path):
+def test_a_caption_file_that_is_not_utf8_is_skipped_as_such_naming_the_caption_file(tmp_path):
     result = converted(tmp_path, png(40, 40), caption=b"caf\xe9 au lait")
-    assert result.reason == "unreadable" and result.detail.startswith("caption file: ")
+    assert result.reason == "caption_not_utf8" and result.detail.startswith("caption file: ")
     assert "utf-8" in result.detail
 
 

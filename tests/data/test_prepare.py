@@ -45,7 +45,7 @@ def mixed_folder(tmp_path):
     expected = {"a/cat.jpg": None, "b/dog.png": None, "bird.webp": None, "gray.JPG": None, "sub/deeper/pal.png": None,
                 "empty.jpg": "empty_file", "trunc.jpg": "truncated", "fake.png": "not_an_image",
                 "tiny.jpg": "too_small", "bomb.png": "decompression_bomb", "bomb_big.png": "decompression_bomb",
-                "nocap.jpg": "missing_caption", "blank.jpg": "empty_caption", "badenc.jpg": "unreadable",
+                "nocap.jpg": "missing_caption", "blank.jpg": "empty_caption", "badenc.jpg": "caption_not_utf8",
                 "orphan.txt": "orphan_caption"}
     return root, expected
 
@@ -62,10 +62,11 @@ def test_keeps_exactly_the_good_and_reports_each_bad(mixed_folder, tmp_path):
     report = json.loads((tmp_path / "out/report.json").read_text())
     assert {b["source"]: b["reason"] for b in report["bad"]} == {s: r for s, r in expected.items() if r}
     assert report["kept"] == summary.kept == 5
-    assert report["skipped"] == {"decompression_bomb": 2, "empty_caption": 1, "empty_file": 1, "missing_caption": 1,
-                                 "not_an_image": 1, "orphan_caption": 1, "too_small": 1, "truncated": 1,
-                                 "unreadable": 1}
+    assert report["skipped"] == {"caption_not_utf8": 1, "decompression_bomb": 2, "empty_caption": 1, "empty_file": 1,
+                                 "missing_caption": 1, "not_an_image": 1, "orphan_caption": 1, "too_small": 1,
+                                 "truncated": 1}
     assert "kept 5 samples" in summary.text()
+    assert "skipped      1  caption_not_utf8: caption files are read as UTF-8 text; convert them" in summary.text()
 
 
 def test_white_background_for_transparency(tmp_path):
