@@ -109,6 +109,9 @@ class TokenizerConfig:
     """Spell unknown characters as UTF-8 bytes instead of unk (needs vocab_size > 260)."""
     seed: int = 0
     """Seed of the random sample of max_sentences caption lines: the same seed and captions give the same model."""
+    overwrite: bool = False
+    """Replace a tokenizer already at `output`. Refused by default: the runs trained with it record its sha256 and
+    refuse another in its place, so export and generate of those runs would stop working."""
 
     def validate(self, where: str = "") -> None:
         check(self.vocab_size > 4, join(where, "vocab_size"), self.vocab_size, "must exceed the 4 special ids")

@@ -3,6 +3,8 @@ readable, and their output can be written, before a whole data set is read: prep
 new folder or over their own earlier output (`data/output_guard.py`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from megadalle.preflight.image_size import not_upscaled
@@ -22,8 +24,15 @@ def check_prepare(cfg: DictConfig) -> None:
 
 
 def check_tokenizer(cfg: DictConfig) -> None:
+    """An existing output is replaced only with `overwrite=true` (TokenizerConfig.overwrite says why)."""
+    from megadalle.data.digest import sha256
+
     shard_index("input", cfg.input)
     writable("output", cfg.output, "file", "tokenizer.model")
+    if Path(str(cfg.output)).is_file() and not cfg.get("overwrite", False):
+        raise PreflightError(f"output={cfg.output}: holds a tokenizer already (sha256 {sha256(cfg.output)[:12]}), "
+                             "which the runs trained with it need as it is; give another output=, or overwrite=true "
+                             "to replace it")
 
 
 def check_encode(cfg: DictConfig) -> None:

@@ -14,6 +14,7 @@ import pytest
 import sentencepiece as spm
 
 from megadalle.cli import main
+from megadalle.data.digest import sha256
 from megadalle.data.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError, caption_lengths,
                                       iter_captions, train_tokenizer)
 from megadalle.errors import UserError
@@ -171,7 +172,22 @@ def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
     assert (f"under train's BPE dropout (data.bpe_dropout=0.1, one seeded draw per caption) they are "
             f"{n['dropout_p99']} tokens (99th percentile), {n['dropout_max']} at most: "
             f"model.text_len={n['dropout_max']} keeps them whole") in out_text
-    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "normalization=lower"]) == 2
+    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "normalization=lower", "overwrite=true"]) == 2
+    assert "normalization='lower'" in capsys.readouterr().err
+
+
+def test_a_tokenizer_at_output_is_replaced_only_with_overwrite(caption_shards, tmp_path, capsys, monkeypatch):
+    """It was replaced in silence, and the runs trained with it then refused the new one by digest (export too)."""
+    out = tmp_path / "tok.model"
+    out.write_bytes(b"the tokenizer a run trained with")
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", lambda **kw: pytest.fail("trained over it"))
+    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=100"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"megadalle tokenizer: output={out}: holds a tokenizer already (sha256 {sha256(out)[:12]}), which the runs "
+        "trained with it need as it is; give another output=, or overwrite=true to replace it")
+    monkeypatch.undo()
+    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=100", "overwrite=true"]) == 0
+    assert Tokenizer(out).vocab_size == 100
 
 
 def test_without_bpe_dropout_in_train_the_verb_prints_no_dropout_lengths(caption_shards, tmp_path, capsys,
