@@ -333,7 +333,8 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
     item per row stored one image as several samples (an epoch showed it once per caption). Rows naming the same
     file (its resolved path: `img/a.jpg`, `./img/a.jpg` and an absolute spelling are one image) become one item
     holding their captions in row order, at the place of the image's first row; a bad row stays an item of its own.
-    Relative image paths are taken from the manifest's folder."""
+    A caption that one image's rows repeat is held once: a row pasted twice doubled that caption's share of the
+    image's draws. Relative image paths are taken from the manifest's folder."""
     items: list[Item] = []
     groups: dict[Path, tuple[int, list[str]]] = {}  # resolved image path -> (its item's position, its captions)
     for number, image, caption, problem in rows:
@@ -360,7 +361,7 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
             items.append(Item(f"{len(items):09d}", path, f"{source}:{shown(image)}", captions=()))
         groups[resolved][1].extend(found)
     for at, found in groups.values():
-        items[at] = replace(items[at], captions=tuple(found))
+        items[at] = replace(items[at], captions=tuple(dict.fromkeys(found)))
     return items
 
 

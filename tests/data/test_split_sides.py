@@ -55,6 +55,17 @@ def test_a_manifest_row_per_caption_gives_one_sample_per_image_on_one_side(tmp_p
     assert [image_of(s) for s in train] == sorted(image_of(s) for s in train)  # first-appearance order
 
 
+def test_a_caption_that_an_images_rows_repeat_is_held_once(tmp_path):
+    """A row pasted twice doubled its caption's share of the image's draws."""
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes((40, 40), 0))
+    rows = [("a.jpg", "a cat"), ("a.jpg", "a small cat"), ("./a.jpg", "a cat"), ("a.jpg", ["a small cat", "a dog"])]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"image": image, "caption": caption}) + "\n" for image, caption in rows))
+    prepare(config(manifest, tmp_path / "out"), progress=False)
+    [sample] = samples(tmp_path / "out")
+    assert sample["txt"].split("\n") == ["a cat", "a small cat", "a dog"] and sample["json"]["captions"] == 3
+
+
 def image(name: str) -> bytes:
     """An image of its own for each name (the same name, the same bytes, wherever it is written)."""
     return jpeg_bytes((40, 40), zlib.crc32(name.encode()))
