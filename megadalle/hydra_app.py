@@ -20,6 +20,7 @@ jobs given a run_dir resumed each other.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +128,31 @@ INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchp
 """`--info`'s optional value: a word after it that is none of these is no value of its."""
 
 
+HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--resolve", "--package", "-p", "--run", "-r",
+               "--multirun", "-m", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
+               "--config-dir", "-cd", "--experimental-rerun", "--info", "-i")
+"""Every flag hydra's parser takes (hydra/_internal/utils.py get_args_parser)."""
+
+
+def check_flags(args: list[str]) -> None:
+    """A ConfigError for the first of `args` that starts with `-` and is no flag of hydra's (nor, argparse's
+    abbreviation, the start of one), naming the override it was most likely meant as: `--input x` left `x`
+    refused as a bare word, `--input=x` met argparse's usage and "unrecognized arguments"."""
+    from megadalle.config import ConfigError
+
+    for at, arg in enumerate(args):
+        name, sep, value = arg.partition("=")
+        known = name in HYDRA_FLAGS or (name.startswith("--") and len(name) > 3
+                                        and any(flag.startswith(name) for flag in HYDRA_FLAGS))
+        if not re.fullmatch(r"--?[A-Za-z][\w.-]*", name) or known or args[at - 1:at] and args[at - 1] in VALUE_FLAGS:
+            continue
+        if not sep and at + 1 < len(args) and "=" not in args[at + 1] and not args[at + 1].startswith("-"):
+            value, arg = args[at + 1], f"{arg} {args[at + 1]}"
+        key = name.lstrip("-").replace("-", "_")
+        raise ConfigError(f"{arg}: megadalle's keys are set as key=value, without dashes: write "
+                          f"{key}={value or 'VALUE'}")
+
+
 def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
     """(hydra's flags with their values, the overrides) of `args`. A flag starts with `-`; its value is the word
     after it where it takes one (`--cfg job`); every other word is an override, a bare word (`a red circle`
@@ -195,6 +221,7 @@ def run_with_hydra(verb: str, args: list[str]) -> int:
 
     flags, overrides = split_flags(args)
     try:
+        check_flags(args)
         extra, primary = config_flags(flags)
         check_overrides(verb, overrides, sweeps=True, extra=extra)
         if is_multirun(flags):

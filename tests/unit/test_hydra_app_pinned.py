@@ -1,5 +1,7 @@
 """How `megadalle <verb> ARGS` is read when hydra's runner takes it (`-m`, `--cfg`, `--info`...): which words are
 hydra's flags and their values, which are overrides, and what `--cfg job` prints. Expectations written by hand."""
+import pytest
+
 from megadalle.cli import main
 from megadalle.hydra_app import flag_value, hydra_argv, is_multirun, split_flags
 
@@ -55,3 +57,21 @@ def test_cfg_job_and_a_sweep_take_the_primary_config_that_config_name_chooses(ca
                  f"out_dir={tmp_path / 'out'}"]) == 0
     overrides = (tmp_path / "out" / "multirun" / "plan" / "1" / ".hydra" / "overrides.yaml").read_text()
     assert "gpus=16" in overrides
+
+
+@pytest.mark.parametrize("args, meant", [
+    (["--input", "x", "output=y"], "--input x: megadalle's keys are set as key=value, without dashes: write input=x"),
+    (["output=y", "--input=x"], "--input=x: megadalle's keys are set as key=value, without dashes: write input=x"),
+    (["--image-size", "32"], "--image-size 32: megadalle's keys are set as key=value, without dashes: write "
+                             "image_size=32"),
+    (["-x"], "-x: megadalle's keys are set as key=value, without dashes: write x=VALUE"),
+])
+def test_a_key_typed_as_a_flag_is_named_with_the_override_it_meant(capsys, args, meant):
+    """`--input x` was refused as the bare word `x`, `--input=x` with argparse's usage and "unrecognized arguments"."""
+    assert main(["prepare", *args]) == 2
+    assert capsys.readouterr().err == f"megadalle prepare: {meant}\n"
+
+
+def test_hydras_flags_and_their_abbreviations_stay_flags(capsys):
+    assert main(["plan", "model=tiny", "gpus=1", "--cfg", "job", "--res"]) == 0
+    assert "gpus: 1" in capsys.readouterr().out
