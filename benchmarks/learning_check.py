@@ -193,7 +193,7 @@ def main() -> None:
     result.update(dvae_overrides=args.dvae, cpu=cpu_model(), threads=int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
                   loadavg=Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    print(f"\n| caption | judged correct |\n|---|---|")
+    print("\n| caption | judged correct |\n|---|---|")
     for name, value in result["per_caption"].items():
         print(f"| {name} | {value:.0%} |")
     print(f"\ncaption accuracy: {result['accuracy']:.0%} ± {result['stderr']:.0%} (chance 10%); the judge reads "

@@ -71,7 +71,7 @@ def main() -> None:
         groups = measure(models, scenes, settings, samples, keep, demo["seed"])
         rows.append({**dataclasses.asdict(settings), "seconds": time.perf_counter() - began, **groups})
         print(f"[sampling_defaults] {rows[-1]}", flush=True)
-    print(f"\n| temperature | top_k | top_p | held-out, rerank | held-out, no rerank | seen, rerank | seen, no rerank |")
+    print("\n| temperature | top_k | top_p | held-out, rerank | held-out, no rerank | seen, rerank | seen, no rerank |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         cells = [percent(r[g][p], r[g][f"{p}_se"]) for g in ("heldout", "seen") if g in r for p in ("reranked", "raw")]

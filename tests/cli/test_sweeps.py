@@ -1,7 +1,5 @@
 """hydra-native verbs: `-m` sweeps run every job through the same checks and stage, a training sweep
 resumes job by job when rerun (the submitit launcher's test is tests/slurm/test_submitit.py)."""
-import sys
-
 import pytest
 
 from megadalle.cli import main

@@ -16,7 +16,6 @@ from webdataset import TarWriter
 from megadalle.cli import main
 from megadalle.data.prepare import prepare
 from megadalle.data.shards import iter_samples
-from megadalle.data.sources import find_items
 from megadalle.data.split import NAME_RULE, SPLIT_RULE, SecondSplitError, SplitDirError
 from tests.data.conftest import jpeg_bytes
 from tests.data.prepare_inputs import config, put

@@ -116,7 +116,6 @@ class ToyTask(Task):
                   LayerSpec(nn.Linear, WIDTH, VOCAB)]
         names = ["embed", *(f"blocks.{i}" for i in range(4)), "head"]
         return PipelineSpec(layers, names, loss_fn=next_token_loss, split=lambda b: (b["tokens"], b["tokens"]))
-        self.record = record  # a folder where each data-parallel rank appends the samples it reads (dp<rank>.jsonl)
 
 
 def build_toy_task(config: dict) -> ToyTask:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
-
 from megadalle.bundle_write import write_bundle
 from megadalle.cli import main
 from megadalle.weights import config_path
