@@ -2,7 +2,9 @@
 directory, which rank 0 makes only once DeepSpeed has started."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -25,7 +27,32 @@ def check_run_dir(verb: str, cfg: DictConfig) -> None:
     check_name(name, out_dir, task)
     path = rundir.path_for(given, out_dir, task, name)
     can_make(f"run_dir={given}" if given else f"out_dir={out_dir} (the run directory {path})", path, "folder")
-    rundir.check_config(path, typed_container(cfg, RunConfig))  # as train records it (train/loop.py)
+    rundir.check_config(path, typed_container(cfg, RunConfig), partial(run_options, verb))  # as train records it
+
+
+def run_options(verb: str, saved: dict, diff: list[tuple[str, Any, Any]]) -> list[str]:
+    """For each config group among the keys of a rerun's `diff` (key, the run's value, the rerun's), the first of
+    `verb`'s options of it that sets those keys to the run's values and the rest of the group as the `saved` run's
+    config has it (rundir.config_diff finds nothing there, the other groups as the run's): `deepspeed=zero1`. An
+    option that gave the diff's keys alone could change others of the group."""
+    from omegaconf import OmegaConf
+
+    from megadalle.config.compose import compose, verb_group_options
+    from megadalle.train import rundir
+
+    found = []
+    for group in dict.fromkeys(key.split(".")[0] for key, _, _ in diff if "." in key):
+        if not isinstance(saved.get(group), dict):
+            continue
+        runs = {key: old for key, old, _ in diff if key.startswith(f"{group}.")}
+        for option in verb_group_options(verb, group):
+            given = OmegaConf.to_container(compose(verb, [f"{group}={option}"])[group])
+            sets = rundir.flatten({group: given})
+            if all(sets.get(key) == old for key, old in runs.items()) and not any(
+                    key.startswith(f"{group}.") for key, _, _ in rundir.config_diff(saved, {**saved, group: given})):
+                found.append(f"{group}={option}")
+                break
+    return found
 
 
 def check_run_keys(cfg: DictConfig) -> None:

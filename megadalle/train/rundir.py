@@ -291,9 +291,11 @@ def codes_dvae(flat: dict) -> str | None:
     return digest if isinstance(digest, str) else None
 
 
-def check_config(path: Path, config: dict) -> None:
+def check_config(path: Path, config: dict,
+                 options: Callable[[dict, list[tuple[str, Any, Any]]], list[str]] = lambda saved, diff: []) -> None:
     """Refuse to reuse `path` when its run.json records a config that differs where it matters, or a tokenizer
-    whose contents have changed since."""
+    whose contents have changed since. `options(saved config, diff)`: the group options (`deepspeed=zero1`) that
+    give the run's values, for the refusal: a user who typed `deepspeed=zero2` was told of `deepspeed.zero_stage`."""
     record = path / RUN_JSON
     if not record.is_file():
         return
@@ -307,8 +309,10 @@ def check_config(path: Path, config: dict) -> None:
     if diff:
         shown = ", ".join(f"{key} ({old!r} there, {new!r} now)" for key, old, new in diff[:5])
         more = f" and {', '.join(key for key, _, _ in diff[5:])}" if len(diff) > 5 else ""
-        raise RunDirError(f"{path} holds a run with another config: {shown}{more}; rerun with the same values to "
-                          f"resume it, or start a new run with name=<new name> (or run_dir=)")
+        given = options(saved.get("config", {}), diff)
+        sets = f" ({' '.join(given)} {'sets' if len(given) == 1 else 'set'} them)" if given else ""
+        raise RunDirError(f"{path} holds a run with another config: {shown}{more}; rerun with the same values{sets} "
+                          f"to resume it, or start a new run with name=<new name> (or run_dir=)")
     for key, digest in recorded.items():
         if key in now and now[key] != digest:
             raise RunDirError(f"{key}={flatten(config)[key]}: not the tokenizer the run in {path} trained with "

@@ -81,7 +81,10 @@ def test_an_fp32_zero1_run_resumes_with_other_bf16_dtypes_and_sub_groups(train_o
     assert "resumed from" in capsys.readouterr().out
     assert main([*command, "trainer.steps=4", "trainer.precision=bf16"]) == 2
     assert "holds a run with another config: deepspeed.grad_accum_dtype ('bf16' there, 'fp32' now), " \
-        "trainer.precision ('fp32' there, 'bf16' now)" in capsys.readouterr().err
+        "trainer.precision ('fp32' there, 'bf16' now); rerun with the same values to resume" in capsys.readouterr().err
+    assert main([*command, "trainer.steps=4", "deepspeed=zero2"]) == 2  # the group option typed, named back
+    assert "deepspeed.zero_stage (1 there, 2 now); rerun with the same values (deepspeed=zero1 sets them) to " \
+        "resume it" in capsys.readouterr().err
 
 
 @pytest.mark.distributed
@@ -99,7 +102,8 @@ def test_rerunning_the_same_command_resumes_and_another_config_is_refused(train_
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert f"{run} holds a run with another config: model.n_layers (4 there, 8 now), trainer.lr (0.001 there, " \
-           "0.002 now); rerun with the same values to resume it, or start a new run with name=" in err
+           "0.002 now); rerun with the same values (model=tiny trainer=tiny set them) to resume it, or start a new " \
+           "run with name=" in err
     assert main([*command, "trainer.steps=3", "trainer.lr=0.002", "name=exp2"]) == 0
     assert (tmp_path / "transformer" / "exp2" / "checkpoints" / "latest").is_file()
 
