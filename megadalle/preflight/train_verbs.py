@@ -98,9 +98,10 @@ def grids_dvae_file(weights: str):
 
 
 def warn_no_grids(weights: str) -> None:
-    """dvae_weights is read for nothing with media_every=0, its default: the user asked for grids and gets none."""
-    warn(f"[train] warning: dvae_weights={weights} draws no sample grid with trainer.media_every=0; set "
-         "trainer.media_every=N to draw one every N updates")
+    """dvae_weights draws no grid with media_every=0, its default: a user who asked for grids got none and no word.
+    Not a warning: the run records the dVAE for export and generate (README's own recipe gives it for that)."""
+    warn(f"[train] dvae_weights={weights} draws no sample grid with trainer.media_every=0 (trainer.media_every=N "
+         "draws one every N updates); the run records it for export and generate")
 
 
 def check_grid_captions(cfg: DictConfig, weights: str) -> None:
