@@ -54,10 +54,14 @@ class DVAEObjective:
     re-initialised as copies of live codes drawn by use, which then split those codes' cells
     (megadalle.train.dvae.CodeRevival; the codebook restarts of VQ-VAE training). 0 = never, the paper."""
     revive_until: int = 0
-    """The last update at which codes may be revived: a copy revived at the end of training would still be
-    its donor's duplicate; leave it time to become a code of its own."""
+    """The last update at which codes may be revived, needed with revive_every (below revive_every it revives
+    nothing, refused): a copy revived at the end of training would still be its donor's duplicate; leave it time to
+    become a code of its own."""
 
     def validate(self, where: str) -> None:
+        check(not self.revive_every or self.revive_until >= self.revive_every, f"{where}.revive_until",
+              self.revive_until, f"is below {where}.revive_every={self.revive_every}: no update would revive a code; "
+              f"set {where}.revive_until to the last update that may (before the end of training)")
         check(self.kl_weight >= 0, f"{where}.kl_weight", self.kl_weight, "must be non-negative")
         check(self.usage_weight >= 0, f"{where}.usage_weight", self.usage_weight, "must be non-negative")
         check(self.reconstruction in RECONSTRUCTIONS, f"{where}.reconstruction", self.reconstruction,

@@ -124,8 +124,22 @@ def test_zero3_is_refused_before_training(tmp_path, image_shards, capsys):
     from megadalle.cli import main
 
     code = main(["train-dvae", f"data.shards={image_shards}", "dvae=tiny", "dvae.objective.revive_every=10",
-                 "deepspeed=zero3", f"run_dir={tmp_path / 'run'}"])
-    assert code == 2 and "dvae.objective.revive_every=10" in capsys.readouterr().err
+                 "dvae.objective.revive_until=20", "deepspeed=zero3", f"run_dir={tmp_path / 'run'}"])
+    assert code == 2 and "dvae.objective.revive_every=10: reviving codes rewrites parameters between updates, which " \
+        "needs deepspeed.zero_stage <= 2" in capsys.readouterr().err
+
+
+def test_revive_every_without_a_revive_until_that_reaches_it_is_refused(tmp_path, image_shards, capsys):
+    """revive_until is 0 by default: `revive_every=N` alone trained without a single revival, in silence."""
+    from megadalle.cli import main
+
+    code = main(["train-dvae", f"data.shards={image_shards}", "dvae=tiny", "dvae.objective.revive_every=10",
+                 f"run_dir={tmp_path / 'run'}"])
+    assert code == 2 and capsys.readouterr().err == (
+        "megadalle train-dvae: dvae.objective.revive_until=0: is below dvae.objective.revive_every=10: no update "
+        "would revive a code; set dvae.objective.revive_until to the last update that may (before the end of "
+        "training)\n")
+    assert not (tmp_path / "run").exists()
 
 
 def run(tmp_path, image_shards, name: str, resume: str = "never") -> list[dict]:
