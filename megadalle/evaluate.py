@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
@@ -96,7 +97,7 @@ def read_captions(cfg: EvaluateConfig) -> list[str]:
     is loaded: `readable_captions` keeps the first `max_captions` of those."""
     if cfg.captions is not None:
         return file_captions(cfg.captions)
-    return shard_captions(cfg.shards, cfg.max_captions)
+    return shard_captions(cfg.shards, cfg.max_captions, say=False)  # said by the read that counts (sample_and_score)
 
 
 def file_captions(path: str) -> list[str]:
@@ -118,23 +119,27 @@ def file_captions(path: str) -> list[str]:
     return captions
 
 
-def shard_captions(shards: str, limit: int) -> list[str]:
-    """Each sample's first caption, for the first `limit` samples that have one. A sample without one is skipped,
-    and counted on stderr: sampling "" would score an unconditional image as if it had a caption."""
+def shard_captions(shards: str, limit: int, counts: Callable[[str], bool] = bool, say: bool = True) -> list[str]:
+    """Each sample's first caption, for the samples up to the `limit`-th whose caption `counts` (every one by
+    default; `sample_and_score` reads again counting those its tokenizer reads something of, so that max_captions
+    counts the captions scored: a caption of U+FFFD alone made max_captions=3 score 2 of shards that held more). A
+    sample without one is skipped, and counted on stderr where `say`: sampling "" would score an unconditional image
+    as if it had a caption."""
     from megadalle.data.reader import iter_samples
     from megadalle.preflight.probes import shard_index
 
     shard_index("shards", shards)  # a missing, empty or unindexable folder, named by its key
-    captions, read = [], 0
+    captions, read, counted = [], 0, 0
     for sample in iter_samples(shards, ["txt"]):
-        if len(captions) == limit:
+        if counted == limit:
             break
         read += 1
         caption = first_caption(sample.get("txt", ""))
         if caption:
             captions.append(caption)
+            counted += counts(caption)
     check(bool(captions), "shards", shards, "no sample has a caption (a non-blank line in its txt field)")
-    if read > len(captions):
+    if say and read > len(captions):
         print(f"[evaluate] shards={shards}: {read - len(captions)} of the first {read} samples have no caption "
               "(a blank txt field); skipped", file=sys.stderr)
     return captions
@@ -189,6 +194,14 @@ def check_fidelity_inputs(cfg: EvaluateConfig, captions: int) -> None:
     key = "real" if cfg.real else "shards"
     images = image_shards(key, cfg.real_images).total
     check(images >= 2, key, cfg.real_images, f"holds {images} image(s); FID and KID need at least 2 (or fid=false)")
+    fits_fidelity_samples(cfg, captions)
+
+
+def fits_fidelity_samples(cfg: EvaluateConfig, captions: int) -> None:
+    """FID and KID of `captions` x n samples: 2 at least. Checked again once the tokenizer has dropped the captions
+    it reads nothing of (`sample_and_score`): one caption left was sampled and scored, then a numpy traceback."""
+    if cfg.real_images is None:
+        return
     check(cfg.n * captions >= 2, "n", cfg.n,
           f"{captions} caption(s) of {cfg.captions or cfg.shards} x n={cfg.n} is {cfg.n * captions} sample(s); FID "
           "and KID need at least 2 (raise n, or fid=false)")
@@ -359,7 +372,10 @@ def sample_and_score(ec: EvaluateConfig, files: SamplingFiles, captions: list[st
     from megadalle.bundle import open_models
 
     def keep_readable(words) -> None:  # before any model is read, as the captions file's other checks
+        if ec.captions is None:  # on through the shards to max_captions captions the tokenizer reads
+            captions[:] = shard_captions(ec.shards, ec.max_captions, lambda caption: bool(ids(words, caption)))
         captions[:] = readable_captions(words, captions, caption_source(ec), ec.max_captions)
+        fits_fidelity_samples(ec, len(captions))
 
     models = open_models(files, ema_choice(ec.ema), device, dtype, keep_readable)
     model, dvae, clip, tokenizer = models.transformer, models.dvae, models.reranker, models.tokenizer

@@ -321,16 +321,17 @@ def test_a_captions_files_byte_order_mark_is_no_part_of_its_first_caption(tmp_pa
 
 def test_shard_captions_are_each_samples_first_non_blank_line(tmp_path, capsys):
     from megadalle.data.shards import ShardWriter
-    from megadalle.evaluate import read_captions
+    from megadalle.evaluate import read_captions, shard_captions
 
     with ShardWriter(tmp_path / "shards") as writer:
         for i, txt in enumerate(["\n  a red circle  \nsecond", " \n\n", "a blue square", "", "a green tree"]):
             writer.write({"__key__": f"{i:04d}", "txt": txt})
     cfg = EvaluateConfig(weights="w", shards=str(tmp_path / "shards"), max_captions=2)
     assert read_captions(cfg) == ["a red circle", "a blue square"]
+    assert capsys.readouterr().err == ""  # said by the read that counts, once the tokenizer is known
+    assert shard_captions(str(tmp_path / "shards"), 2) == ["a red circle", "a blue square"]
     assert "1 of the first 3 samples" in capsys.readouterr().err  # the blank one, said and counted
-    cfg = EvaluateConfig(weights="w", shards=str(tmp_path / "shards"))
-    assert read_captions(cfg) == ["a red circle", "a blue square", "a green tree"]
+    assert shard_captions(str(tmp_path / "shards"), 64) == ["a red circle", "a blue square", "a green tree"]
     assert "2 of the first 5 samples" in capsys.readouterr().err
 
 
@@ -385,3 +386,36 @@ def test_a_prepared_folder_with_a_held_out_split_is_named_on_stderr(models, tmp_
     assert capsys.readouterr().err.count(note) == 1
     assert main([*args, f"shards={shards / 'val'}", "overwrite=true"]) == 0
     assert "held-out split" not in capsys.readouterr().err
+
+
+def test_max_captions_counts_the_shards_captions_the_tokenizer_reads(models, tmp_path, capsys):
+    """Shards were read to their max_captions-th caption before the tokenizer dropped the unreadable ones: a caption
+    of U+FFFD alone made max_captions=3 score 2 of shards that held more."""
+    from megadalle.data.shards import ShardWriter
+
+    with ShardWriter(tmp_path / "captions") as writer:
+        for i, txt in enumerate(["a red circle", "\ufffd\ufffd", "a blue square", "", "a red square", "a red circle"]):
+            writer.write({"__key__": f"{i:04d}", "txt": txt})
+    out = tmp_path / "eval"
+    assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"shards={tmp_path / 'captions'}", "n=1",
+                 "max_captions=3", "fid=false", "save_samples=true", f"output={out}", "device=cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of the first 4 captions hold nothing the tokenizer reads" in err
+    assert err.count("1 of the first 5 samples have no caption") == 1
+    assert json.loads((out / "metrics.json").read_text())["captions"] == 3
+    index = json.loads((out / "samples" / "index.json").read_text())
+    assert [e["caption"] for e in index] == ["a red circle", "a blue square", "a red square"]
+
+
+def test_fid_of_too_few_samples_is_refused_after_the_unreadable_captions_are_dropped(models, tmp_path, capsys):
+    """The count was checked before the tokenizer dropped a caption: one sample left was drawn and scored, then
+    numpy's traceback."""
+    (tmp_path / "captions.txt").write_text("a red circle\n\ufffd\n")
+    out = tmp_path / "eval"
+    assert main(["evaluate", f"weights={models / 'model.safetensors'}", f"captions={tmp_path / 'captions.txt'}",
+                 f"real={models / 'shards'}", "n=1", "feature_extractor=random-test", f"output={out}",
+                 "device=cpu"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"megadalle evaluate: n=1: 1 caption(s) of {tmp_path / 'captions.txt'} x n=1 is 1 sample(s); FID and KID "
+        "need at least 2 (raise n, or fid=false)")
+    assert not out.exists()
