@@ -80,9 +80,11 @@ class Scores:
         published figures draw 30,000 (50,000 for FID-50k), and a few hundred samples give a larger FID of the
         same model, comparable only with FIDs of the same counts."""
         notes = []
-        if self.clip_score_se is not None:
-            notes.append(f"CLIP score ± its standard error over the {self.captions} captions (a caption's samples "
-                         "are no independent draws); KID ± its standard deviation over subsets.")
+        spreads = [f"CLIP score ± its standard error over the {self.captions} captions (a caption's samples are no "
+                   "independent draws)"] if self.clip_score_se is not None else []
+        spreads += ["KID ± its standard deviation over subsets"] if self.kid is not None else []
+        if spreads:
+            notes.append("; ".join(spreads) + ".")
         if self.fid is not None:
             notes.append(f"FID of {self.samples} samples against {self.real_images} real images: biased upward at "
                          "few samples, comparable only with FIDs of the same counts, not with published figures of "

@@ -419,3 +419,16 @@ def test_fid_of_too_few_samples_is_refused_after_the_unreadable_captions_are_dro
         f"megadalle evaluate: n=1: 1 caption(s) of {tmp_path / 'captions.txt'} x n=1 is 1 sample(s); FID and KID "
         "need at least 2 (raise n, or fid=false)")
     assert not out.exists()
+
+
+def test_the_notes_speak_only_of_the_spreads_the_table_holds():
+    """With fid=false the note spoke of KID's standard deviation beside a KID of n/a."""
+    from megadalle.evaluate import Scores
+
+    clip_only = Scores(2, 1, 2, clip_score=0.2, clip_score_se=0.01).notes()
+    assert clip_only == ["CLIP score ± its standard error over the 2 captions (a caption's samples are no independent "
+                         "draws)."]
+    both = Scores(2, 1, 2, clip_score=0.2, clip_score_se=0.01, fid=3.0, kid=0.1, kid_std=0.01, real_images=4).notes()
+    assert both[0].endswith("draws); KID ± its standard deviation over subsets.") and both[1].startswith("FID of 2 ")
+    kid_only = Scores(1, 2, 2, fid=3.0, kid=0.1, kid_std=0.01, real_images=4).notes()
+    assert kid_only[0] == "KID ± its standard deviation over subsets."
