@@ -27,6 +27,7 @@ import numpy as np
 from megadalle.config.override import command_line
 from megadalle.data import atomic
 from megadalle.data.fields import IMAGE_FIELDS
+from megadalle.data.nested import nested_note, nested_tars
 from megadalle.data.summary import by_reason
 from megadalle.data.tar import walk
 from megadalle.errors import UserError
@@ -114,9 +115,7 @@ class ShardIndex:
         root = Path(root)
         path = root / INDEX_NAME
         if not path.is_file():
-            raise ShardsNotFound(f"{path} not found: " + (not_shards(root) or nothing_kept(root) or (
-                f"{root} is not a finished megadalle shard directory (the writer writes index.json last); for shards "
-                f"made elsewhere run `{command_line('index', dir=root)}`")))
+            raise ShardsNotFound(f"{path} not found: {why_no_index(root)}")
         data = json.loads(path.read_text())
         if data.get("format") != INDEX_FORMAT:
             raise ValueError(f"{path}: format {data.get('format')!r}, expected {INDEX_FORMAT!r}")
@@ -124,6 +123,17 @@ class ShardIndex:
         if not shards or sum(s.count for s in shards) == 0:
             raise ValueError(f"{path}: the index lists no samples")
         return cls(root, shards, list(data.get("fields", [])), dict(data.get("meta", {})), data.get("indexing"))
+
+
+def why_no_index(root: Path) -> str:
+    """What the folder `root`, which holds no index.json, holds instead and what to do. Tars in its subfolders come
+    first: the advice to run `megadalle index` on it met that command's refusal of them (nested.py)."""
+    nested = nested_tars(root) if root.is_dir() else []
+    if nested:
+        return nested_note(root, nested)
+    return not_shards(root) or nothing_kept(root) or (
+        f"{root} is not a finished megadalle shard directory (the writer writes index.json last); for shards made "
+        f"elsewhere run `{command_line('index', dir=root)}`")
 
 
 def is_compressed_tar(name: str) -> bool:

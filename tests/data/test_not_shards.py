@@ -11,6 +11,7 @@ import pytest
 from megadalle.cli import main
 from megadalle.data.index import ShardsNotFound
 from megadalle.data.shards import open_index
+from megadalle.encoded_split import STAGING
 from tests.data.conftest import jpeg_bytes
 from tests.data.prepare_inputs import put
 
@@ -88,12 +89,25 @@ def test_an_empty_folder_says_it_holds_no_shards(tmp_path):
 
 
 def test_an_unfinished_split_output_keeps_the_unfinished_message(tmp_path):
-    """Shards in subfolders and no index.json (a parallel encode that has not combined its parts) are no image
+    """Shards in a hidden staging folder and no index.json (a parallel encode that has not finished) are no image
     folder and not empty."""
-    (tmp_path / "part0").mkdir()
-    (tmp_path / "part0/shard-000000.tar").write_bytes(b"")
+    (tmp_path / f"{STAGING}0").mkdir()
+    (tmp_path / f"{STAGING}0/shard-000000.tar").write_bytes(b"")
     with pytest.raises(ShardsNotFound, match="not a finished megadalle shard directory"):
         open_index(tmp_path)
+
+
+@pytest.mark.parametrize("verb", ["tokenizer", "train-dvae"])
+def test_tars_in_a_subfolder_are_named_with_the_folder_to_pass(tmp_path, capsys, verb):
+    """The readers advised `megadalle index DIR`, which then refused the same tars (nested.py)."""
+    (tmp_path / "nest/sub").mkdir(parents=True)
+    (tmp_path / "nest/sub/shard-000000.tar").write_bytes(b"")
+    args = [f"input={tmp_path / 'nest'}", f"output={tmp_path / 'tok.model'}"] if verb == "tokenizer" else \
+        [f"data.shards={tmp_path / 'nest'}", "dvae=tiny", "trainer=tiny", "logger=none"]
+    assert main([verb, *args]) == 2
+    err = capsys.readouterr().err
+    assert "holds 1 .tar file in subfolders (sub/shard-000000.tar)" in err and "megadalle index" not in err
+    assert f"pass {tmp_path / 'nest' / 'sub'} on its own" in err
 
 
 def test_tars_with_no_usable_sample_say_so_not_to_index_them(tmp_path, capsys):
