@@ -13,7 +13,7 @@ class ClipConfig:
     text_len: int = 64
     """Text positions; longer captions are truncated, shorter ones padded with `text_pad_id`."""
     text_vocab: int = 16384
-    """BPE vocabulary size; must match the tokenizer the captions are encoded with."""
+    """BPE vocabulary size: at least the pieces of the tokenizer the captions are encoded with (checked)."""
     text_pad_id: int = 0
     """Padding id (the tokenizer's pad); the caption's feature is read at its last non-pad token."""
     text_width: int = 512
