@@ -12,9 +12,10 @@ in hydra's ConfigStore as `<group>/schema`, which the YAML files of that group e
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 import re
-from dataclasses import is_dataclass
+from dataclasses import fields, is_dataclass
 from typing import Any, Iterator, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -120,10 +121,23 @@ def build(cls: type[T], node: DictConfig | dict | None, where: str) -> T:
     except OmegaConfBaseException as err:
         key = join(where, err.full_key) if getattr(err, "full_key", None) else where or "config"
         raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
+    check_finite(obj, where)
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(where)
     return obj
+
+
+def check_finite(obj: Any, where: str) -> None:
+    """Refuse inf and nan in every float key of the dataclass `obj` (its nested dataclasses too): no key takes one,
+    and `x >= 0` lets inf through, to a traceback at a timedelta or an int() once the run had started
+    (deepspeed.timeout_minutes=inf, zero3_window_blocks=inf)."""
+    for item in fields(obj):
+        value, key = getattr(obj, item.name), join(where, item.name)
+        if is_dataclass(value):
+            check_finite(value, key)
+        elif isinstance(value, float):
+            check(math.isfinite(value), key, value, "must be a finite number")
 
 
 def group_schemas() -> Iterator[tuple[str, type]]:

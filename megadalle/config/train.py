@@ -204,7 +204,9 @@ class DeepSpeedConfig:
               "must be >= 0 (0 keeps DeepSpeed's defaults)")
         check(self.zero3_sub_group_blocks >= 0, f"{where}.zero3_sub_group_blocks", self.zero3_sub_group_blocks,
               "must be >= 0 (0 keeps DeepSpeed's default)")
-        check(self.timeout_minutes > 0, f"{where}.timeout_minutes", self.timeout_minutes, "must be positive")
+        check(self.timeout_minutes >= 0.5, f"{where}.timeout_minutes", self.timeout_minutes,
+              "must be at least 0.5: the ranks' first meeting waits this long for every rank to start (1e-9 failed "
+              "it at once)")
         stage = extra_value(self.extra, "zero_optimization.stage", self.zero_stage)
         check(stage == self.zero_stage, f"{where}.extra.zero_optimization.stage", stage,
               f"differs from {where}.zero_stage={self.zero_stage}, which checkpoints, resume and plan read: set "

@@ -153,3 +153,16 @@ def test_a_checkout_reads_the_conf_beside_its_package(tmp_path):
         conf_dir(tmp_path / "megadalle")  # no setup.py: not a checkout
     (tmp_path / "setup.py").write_text("")
     assert conf_dir(tmp_path / "megadalle") == tmp_path / "conf"
+
+
+@pytest.mark.parametrize("verb,override", [
+    ("plan", "gpu_mem_gb=inf"), ("plan", "peak_tflops=nan"), ("plan", "deepspeed.zero3_sub_group_blocks=inf"),
+    ("train-dvae", "dvae.objective.kl_weight=-inf"), ("train", "trainer.lr=inf"),
+])
+def test_no_float_key_takes_inf_or_nan(verb, override, capsys):
+    """`x >= 0` let inf through to a traceback at an int() or a timedelta once the run had started."""
+    from megadalle.cli import main
+
+    given = {"plan": [], "train-dvae": ["data.shards=nowhere"], "train": ["data=synthetic"]}[verb]
+    assert main([verb, override, *given]) == 2
+    assert capsys.readouterr().err == f"megadalle {verb}: {override}: must be a finite number\n"

@@ -76,6 +76,9 @@ def test_overlap_comm_wherever_deepspeed_supports_it(name, overlap):
     ("deepspeed.grad_accum_dtype=fp16", "deepspeed.grad_accum_dtype='fp16'"),
     ("deepspeed.communication_dtype=int8", "deepspeed.communication_dtype='int8'"),
     ("deepspeed.timeout_minutes=0", "deepspeed.timeout_minutes=0"),
+    ("deepspeed.timeout_minutes=1e-09", "deepspeed.timeout_minutes=1e-09: must be at least 0.5"),
+    ("deepspeed.timeout_minutes=inf", "deepspeed.timeout_minutes=inf: must be a finite number"),
+    ("deepspeed.zero3_window_blocks=inf", "deepspeed.zero3_window_blocks=inf: must be a finite number"),
 ])
 def test_bad_values_name_key_and_value(override, message):
     with pytest.raises(ConfigError, match=message):
