@@ -282,19 +282,23 @@ def not_utf8_problem(raw: bytes, err: UnicodeDecodeError, part: str) -> str:
     return f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the {part}); save the manifest as UTF-8"
 
 
+CSV_FIELD_LIMIT = 2**31 - 1
+"""The longest field a CSV manifest may hold: Python's default, 128 KiB, refused a whole manifest for one long
+caption, which a folder's .txt or a JSONL row keeps."""
+
+
 def csv_rows(path: Path, image_column: str, caption_column: str):
     """Like `jsonl_rows`, numbered by the line each row starts on (a quoted caption may span lines). Bytes that are not
     UTF-8 are read as lone surrogates (`surrogateescape`), so only their row is skipped, not the whole file."""
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, [])
+        rows = numbered(csv.reader(f, strict=True))
+        header = next(rows, (0, []))[1]
         for name, key in ((image_column, "image_column"), (caption_column, "caption_column")):
             if name not in header:
                 raise InputError(f"{path}: no column {name!r} (columns: {header}); set {key}= to the right one")
         image, caption = header.index(image_column), header.index(caption_column)
-        end = reader.line_num
-        for row in reader:
-            number, end = end + 1, reader.line_num
+        for number, row in rows:
             if not row:
                 continue  # a blank line
             if bad := next(filter(None, (not_utf8(cell.encode("utf-8", "surrogateescape"), "field")
@@ -306,6 +310,23 @@ def csv_rows(path: Path, image_column: str, caption_column: str):
                                            f"quote captions containing commas")
                 continue
             yield number, row[image], row[caption], None
+
+
+def numbered(reader):
+    """(the line it starts on, row) of each row of a strict csv `reader`. Strict: a caption that opened a quote and
+    never closed it took every row after it into itself, in silence, up to the next stray quote or the file's end;
+    csv.Error now names the line its row starts on (no row after it can be told apart, so the manifest is refused)."""
+    start = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise csv.Error(f"the row from line {start} on: {err}; a caption that starts with a quote must end with "
+                            "one, and a quote inside a quoted caption is written twice (\"\")") from None
+        yield start, row
+        start = reader.line_num + 1
 
 
 def one_caption(text: str) -> str:

@@ -144,6 +144,25 @@ def test_a_csv_row_with_more_or_fewer_fields_than_the_header_is_a_bad_row(tmp_pa
     assert items[2].captions == ("fine",)
 
 
+@pytest.mark.parametrize("text, line, why", [
+    ('image,caption\na.jpg,"an open quote\nb.jpg,b\nc.jpg,c\n', 2, "unexpected end of data"),
+    ('image,caption\na.jpg,"two\nlines"\nb.jpg,"quoted" then more\nc.jpg,c\n', 4, "',' expected after '\"'"),
+])
+def test_a_csv_quote_that_does_not_close_names_its_rows_line(tmp_path, text, line, why):
+    """A caption that opened a quote took every row after it into itself, up to the next stray quote or the end:
+    "kept 1, skipped 0" and a caption of four rows. No row after it can be told apart: the manifest is refused."""
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(InputError, match=re.escape(f"not a readable .csv file (the row from line {line} on: {why}; "
+                                                   "a caption that starts with a quote must end with one")):
+        find_items(tmp_path / "m.csv")
+
+
+def test_a_csv_caption_longer_than_pythons_field_limit_is_read(tmp_path):
+    """Python's csv refused a field over 128 KiB, and the whole manifest with it."""
+    (tmp_path / "m.csv").write_text(f"image,caption\na.jpg,{'x' * 200_000}\nb.jpg,fine\n")
+    assert [len(item.captions[0]) for item in find_items(tmp_path / "m.csv")] == [200_000, 4]
+
+
 def test_byte_order_marks_are_not_part_of_the_data(tmp_path):
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes((40, 40), 1))
     (tmp_path / "m.csv").write_bytes("\ufeffimage,caption\na.jpg,excel\n".encode())
