@@ -67,6 +67,11 @@ def test_keeps_exactly_the_good_and_reports_each_bad(mixed_folder, tmp_path):
                                  "truncated": 1}
     assert "kept 5 samples" in summary.text()
     assert "skipped      1  caption_not_utf8: caption files are read as UTF-8 text; convert them" in summary.text()
+    assert "skipped      2  decompression_bomb: more than max_pixels=200000 pixels; set a higher max_pixels to keep " \
+        "them" in summary.text()
+    assert {b["source"]: b["detail"] for b in report["bad"] if b["reason"] == "decompression_bomb"} == {
+        "bomb.png": "600x500 = 300000 pixels > max_pixels=200000",  # PIL's words were of a DOS attack
+        "bomb_big.png": "1000x1000 = 1000000 pixels > max_pixels=200000"}
 
 
 def test_white_background_for_transparency(tmp_path):
