@@ -20,7 +20,7 @@ from megadalle.data.split import image_digest
 
 REASONS = ("missing_file", "empty_file", "unreadable", "missing_caption", "empty_caption", "not_an_image",
            "decompression_bomb", "too_small", "extreme_aspect", "truncated", "bad_manifest_row", "unrecognised_file",
-           "orphan_caption", "caption_not_utf8")
+           "orphan_caption", "caption_not_utf8", "hidden")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,9 @@ def skip_notes(opts: ConvertOptions) -> dict[str, str]:
                               "max_aspect (or null) to keep them, centre-cropped to a square",
             "caption_not_utf8": CAPTION_ENCODING_NOTE,
             "decompression_bomb": f"more than max_pixels={opts.max_pixels} pixels; set a higher max_pixels to keep "
-                                  "them (each is decoded whole in memory, ~3 bytes a pixel)"}
+                                  "them (each is decoded whole in memory, ~3 bytes a pixel)",
+            "hidden": "files and folders whose names start with '.' (a Mac's ._ twins, .DS_Store, .Trash-*) are not "
+                      "read; rename one to prepare what it holds"}
 
 
 

@@ -151,7 +151,7 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
             if meant and all(item.problem for item in items):  # no image: the tars were meant
                 raise InputError(f"input={str(input)!r}: {meant}")
             return items
-        images = sum(1 for p in list_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
+        images = sum(1 for p in list_files(path)[0] if p.suffix.lower() in IMAGE_EXTENSIONS)
         if images:
             raise InputError(f"input={str(input)!r}: holds {images} images and {len(tars)} *.tar files "
                              f"({tars[0].name}{', ...' if len(tars) > 1 else ''}); a folder is read as images with "
@@ -177,27 +177,31 @@ def find_items(input: str | Path, image_column: str = "image", caption_column: s
                      f"(JSON: one object per line in a .jsonl file)")
 
 
-def list_files(root: Path) -> list[Path]:
-    """Every file under `root` (a link to a file included), sorted. A linked folder is entered, as users link
-    image folders in from other disks (`Path.rglob` skips it, and its pairs were lost without a word); each real
-    folder once, so a link back up to an ancestor cannot loop and two links to one folder give no duplicates."""
-    files, seen = [], set()
+def list_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """(every file under `root`, a link to a file included; the hidden files and folders left out), each sorted. A
+    linked folder is entered, as users link image folders in from other disks (`Path.rglob` skips it, and its pairs
+    were lost without a word); each real folder once, so a link back up to an ancestor cannot loop and two links to
+    one folder give no duplicates. A name that starts with `.` is not read (nor a hidden folder entered): a Mac's
+    `._IMG_1.jpg` twins beside every file copied to a shared disk were paired as images with captions, and the
+    images deleted into `.Trash-1000/` or saved into `.ipynb_checkpoints/` were trained on."""
+    files, hidden, seen = [], [], set()
     for folder, dirs, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             dirs.clear()
             continue
         seen.add(real)
-        dirs.sort()
-        files.extend(Path(folder, name) for name in names)
-    return sorted(files)
+        hidden.extend(Path(folder, name) for name in (*dirs, *names) if name.startswith("."))
+        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        files.extend(Path(folder, name) for name in names if not name.startswith("."))
+    return sorted(files), sorted(hidden)
 
 
 def folder_items(root: Path) -> list[Item]:
     """Every image under `root` with its same-stem caption beside it, sorted by relative path; then one
-    item to skip per file that is neither (unrecognised_file) and per caption no image has (orphan_caption).
-    Those come last, so they shift no image's key."""
-    files = list_files(root)
+    item to skip per file that is neither (unrecognised_file), per caption no image has (orphan_caption) and per
+    hidden file or folder (`list_files`). Those come last, so they shift no image's key."""
+    files, hidden = list_files(root)
     captions: dict[tuple[Path, str], list[Path]] = {}
     for p in files:
         if p.suffix.lower() == CAPTION_EXTENSION:
@@ -228,6 +232,10 @@ def folder_items(root: Path) -> list[Item]:
             continue
         name = p.relative_to(root).as_posix()
         items.append(Item(f"{len(items):09d}", p, shown(name), problem=problem))
+    for p in hidden:
+        what = "folder" if p.is_dir() else "file"
+        items.append(Item(f"{len(items):09d}", p, shown(p.relative_to(root).as_posix()), problem=(
+            "hidden", f"a hidden {what} (its name starts with '.'), not read: rename it to prepare what it holds")))
     return items
 
 

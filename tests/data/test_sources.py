@@ -163,6 +163,21 @@ def test_a_csv_caption_longer_than_pythons_field_limit_is_read(tmp_path):
     assert [len(item.captions[0]) for item in find_items(tmp_path / "m.csv")] == [200_000, 4]
 
 
+def test_hidden_files_and_folders_are_left_out_and_counted(tmp_path):
+    """A Mac's `._IMG_1.jpg` + `._IMG_1.txt` twins were paired as an image with a caption (caption_not_utf8, with
+    advice to re-encode captions that were fine), and images deleted into `.Trash-1000/` were trained on."""
+    root = tmp_path / "in"
+    put(root, "IMG_1.jpg", jpeg_bytes((40, 40), 1), "a cat")
+    put(root, "._IMG_1.jpg", b"\x00\x05\x16\x07Mac OS X        ", b"\x00\x05\x16\x07\xff binary")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    put(root, ".Trash-1000/files/deleted.jpg", jpeg_bytes((40, 40), 2), "deleted")
+    summary = prepare(config(root, tmp_path / "out", min_side=8), progress=False)
+    assert summary.kept == 1 and summary.skipped == {"hidden": 4}
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sorted(b["source"] for b in report["bad"]) == [".DS_Store", ".Trash-1000", "._IMG_1.jpg", "._IMG_1.txt"]
+    assert "skipped      4  hidden: files and folders whose names start with '.'" in summary.text()
+
+
 def test_byte_order_marks_are_not_part_of_the_data(tmp_path):
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes((40, 40), 1))
     (tmp_path / "m.csv").write_bytes("\ufeffimage,caption\na.jpg,excel\n".encode())
