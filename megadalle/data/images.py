@@ -15,8 +15,11 @@ TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 
 
 def upright_size(img: Image.Image) -> tuple[int, int]:
-    """(width, height) as the image is shown, after its EXIF rotation: what `to_rgb` makes of it."""
+    """(width, height) as the image is shown, after its EXIF rotation: what `to_rgb` makes of it. PIL's TIFF reader
+    turns a TIFF upright itself, its size from the header on: swapped again, its json's width and height were."""
     w, h = img.size
+    if img.format == "TIFF":
+        return w, h
     return (h, w) if img.getexif().get(ExifTags.Base.Orientation) in TRANSPOSED_ORIENTATIONS else (w, h)
 
 

@@ -18,13 +18,15 @@ def opened(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_the_upright_size_is_the_shown_size_for_every_exif_orientation(orientation):
+def test_the_upright_size_is_the_shown_size_for_every_exif_orientation(orientation, fmt):
     """Orientations 5 (transpose) and 7 (transverse) turn the image a quarter too, not only 6 and 8: `prepare`
-    records this size and decides min_side and upscaling on it."""
+    records this size and decides min_side and upscaling on it. PIL's TIFF reader turns the image itself (its
+    size swapped twice, a TIFF's json said 32x64 of a 64x32 picture)."""
     exif = Image.Exif()
     exif[0x0112] = orientation  # Orientation
-    data = encoded(Image.linear_gradient("L").resize((40, 20)).convert("RGB"), "JPEG", exif=exif)
+    data = encoded(Image.linear_gradient("L").resize((40, 20)).convert("RGB"), fmt, exif=exif)
     assert opened(data).getexif()[0x0112] == orientation
     shown = ImageOps.exif_transpose(opened(data)).size
     assert shown == ((20, 40) if orientation >= 5 else (40, 20))  # what PIL shows, as EXIF defines it
