@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -197,6 +198,12 @@ def list_files(root: Path) -> tuple[list[Path], list[Path]]:
     return sorted(files), sorted(hidden)
 
 
+def nfc(name: str) -> str:
+    """`name` in Unicode's composed form: a Mac writes `café.jpg` decomposed (e + U+0301), a script its `café.txt`
+    composed; the two printed alike and did not pair (missing_caption beside orphan_caption)."""
+    return unicodedata.normalize("NFC", name)
+
+
 def folder_items(root: Path) -> list[Item]:
     """Every image under `root` with its same-stem caption beside it, sorted by relative path; then one
     item to skip per file that is neither (unrecognised_file), per caption no image has (orphan_caption) and per
@@ -205,11 +212,12 @@ def folder_items(root: Path) -> list[Item]:
     captions: dict[tuple[Path, str], list[Path]] = {}
     for p in files:
         if p.suffix.lower() == CAPTION_EXTENSION:
-            captions.setdefault((p.parent, p.stem), []).append(p)
+            captions.setdefault((p.parent, nfc(p.stem)), []).append(p)
     items, used = [], set()
     for p in (p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS):
-        # the exact `.txt` first, should `X.txt` and `X.TXT` both be there (the other is then an orphan)
-        found = sorted(captions.get((p.parent, p.stem), []), key=lambda c: c.suffix != CAPTION_EXTENSION)
+        # the exact name first, should `X.txt` and `X.TXT` (or two forms of one name) be there: the other is an orphan
+        found = sorted(captions.get((p.parent, nfc(p.stem)), []),
+                       key=lambda c: (c.stem != p.stem, c.suffix != CAPTION_EXTENSION))
         caption = found[0] if found else p.with_suffix(CAPTION_EXTENSION)
         used.add(caption)
         name = p.relative_to(root).as_posix()
@@ -379,7 +387,7 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
                 raise NotLocal(f"{json.dumps(image)[:80]} is a URL: prepare reads local files only; download the "
                                "images first (img2dataset downloads a manifest of URLs into shards, which prepare "
                                "and the loaders read)")
-            path = manifest.parent / image
+            path = spelt_on_disk(manifest.parent / image)
             resolved = resolve(path)
         except BadRow as err:
             reason = "missing_file" if isinstance(err, NotLocal) else "bad_manifest_row"
@@ -392,6 +400,18 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
     for at, found in groups.values():
         items[at] = replace(items[at], captions=tuple(dict.fromkeys(found)))
     return items
+
+
+def spelt_on_disk(path: Path) -> Path:
+    """`path`, or its other Unicode form where only that one is there: a manifest written composed (`café.jpg`)
+    named a file a Mac had written decomposed as missing, both printed alike."""
+    if os.path.lexists(path):
+        return path
+    for form in ("NFC", "NFD"):
+        other = Path(unicodedata.normalize(form, str(path)))
+        if os.path.lexists(other):
+            return other
+    return path
 
 
 def resolve(path: Path) -> Path:

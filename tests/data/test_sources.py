@@ -178,6 +178,22 @@ def test_hidden_files_and_folders_are_left_out_and_counted(tmp_path):
     assert "skipped      4  hidden: files and folders whose names start with '.'" in summary.text()
 
 
+def test_a_name_in_another_unicode_form_still_pairs_and_is_found(tmp_path):
+    """A Mac writes `café.jpg` decomposed, a script its caption and manifest composed: missing_caption beside an
+    orphan_caption, and a manifest's missing_file, all printed alike."""
+    import unicodedata
+
+    decomposed, composed = (unicodedata.normalize(form, "café") for form in ("NFD", "NFC"))
+    root = tmp_path / "in"
+    put(root, f"{decomposed}.jpg", jpeg_bytes((40, 40), 1), caption=None)
+    (root / f"{composed}.txt").write_text("a coffee")
+    (item,) = find_items(root)
+    assert read_captions(item) == ("a coffee",)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": f"in/{composed}.jpg", "caption": "a cup"}) + "\n")
+    (item,) = find_items(tmp_path / "m.jsonl")
+    assert item.problem is None and item.image.name == f"{decomposed}.jpg"
+
+
 def test_byte_order_marks_are_not_part_of_the_data(tmp_path):
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes((40, 40), 1))
     (tmp_path / "m.csv").write_bytes("\ufeffimage,caption\na.jpg,excel\n".encode())
