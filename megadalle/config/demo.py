@@ -1,6 +1,7 @@
 """`megadalle demo`'s sizes (conf/demo/{full,fast}.yaml): data set, step counts and sampling of every stage."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from megadalle.config import check, check_seed
@@ -102,10 +103,15 @@ class DemoConfig:
         for name in ("image_size", "per_scene", "vocab_size", "text_len", "dvae_steps", "dvae_batch", "clip_steps",
                      "clip_batch", "steps", "batch", "samples", "keep", "check_per_scene"):
             check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")
-        check(self.threads >= 0, f"{where}.threads", self.threads, "must be >= 0 (0 keeps torch's default)")
+        cores = os.cpu_count() or 1
+        check(0 <= self.threads <= cores, f"{where}.threads", self.threads,
+              f"must be in [0, {cores}], this machine's cores (0 keeps torch's default, one a core)")
         check(0 <= self.holdout <= MAX_HOLDOUT, f"{where}.holdout", self.holdout, f"must be in [0, {MAX_HOLDOUT}]")
         check(self.keep <= self.samples, f"{where}.keep", self.keep, f"must be at most samples={self.samples}")
+        check(self.seen >= 0, f"{where}.seen", self.seen, "must be >= 0")
         check(self.holdout + self.seen > 0, f"{where}.seen", self.seen, "no captions to evaluate (holdout is 0 too)")
+        for name in ("lr", "dvae_lr", "clip_lr"):
+            check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")
         check(self.top_k >= 0, f"{where}.top_k", self.top_k, "must be non-negative (0 = all tokens)")
         check(0 < self.top_p <= 1, f"{where}.top_p", self.top_p, "must be in (0, 1]")
         check(self.temperature > 0, f"{where}.temperature", self.temperature, "must be positive")
@@ -116,7 +122,9 @@ class DemoConfig:
             check("=" in item, f"{where}.dvae_overrides[{i}]", item, "must be a KEY=VALUE override")
             check(key not in DEMO_DVAE_PATHS, f"{where}.dvae_overrides[{i}]", item,
                   f"the demo sets {key} itself (its output folder)")
-        check(self.dvae_groups >= 1, f"{where}.dvae_groups", self.dvae_groups, "must be positive")
+        check(1 <= self.dvae_groups <= self.image_size.bit_length(), f"{where}.dvae_groups", self.dvae_groups,
+              f"must be in [1, {self.image_size.bit_length()}] for {where}.image_size={self.image_size}: the dVAE's "
+              "grid is image_size / 2**(dvae_groups-1)")
         down = 2 ** (self.dvae_groups - 1)
         check_multiple(f"{where}.image_size", self.image_size, down,
                        f"the dVAE's downsampling 2**(dvae_groups-1) = {down}")

@@ -114,6 +114,9 @@ class DVAEConfig:
     def validate(self, where: str = "dvae") -> None:
         for name in ("image_size", "n_hid", "n_blk_per_group", "n_groups", "n_init"):
             check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "must be positive")
+        check(self.n_groups <= self.image_size.bit_length(), f"{where}.n_groups", self.n_groups,
+              f"must be at most {self.image_size.bit_length()} for {where}.image_size={self.image_size}: the code grid "
+              "is image_size / 2**(n_groups-1)")
         check(self.vocab_size >= 2, f"{where}.vocab_size", self.vocab_size, "needs at least 2 codes")
         check(self.vocab_size <= 65536, f"{where}.vocab_size", self.vocab_size,
               "codes are stored as uint16, so at most 65536")

@@ -15,6 +15,7 @@ from megadalle.preflight.validation import check_image_validation, check_token_v
 def check_train(cfg: DictConfig) -> None:
     """Token shards against the Transformer: grid side, image vocabulary; the tokenizer against text_vocab."""
     from megadalle.config import build, top_level
+    from megadalle.config.data import DataConfig
     from megadalle.config.model import TransformerConfig
     from megadalle.config.train import DeepSpeedConfig
     from megadalle.config.train_verbs import TrainConfig
@@ -23,6 +24,7 @@ def check_train(cfg: DictConfig) -> None:
     from megadalle.train.distributed import ranks
 
     build(TrainConfig, top_level(cfg, TrainConfig), "")
+    build(DataConfig, cfg.data, "data")  # before the run directory's config (an invalid value was named "another")
     model = build(TransformerConfig, cfg.model, "model")
     world = ranks()[1]
     check_stages_filled(model, build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"), world, f"the {world} ranks launched")

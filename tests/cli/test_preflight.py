@@ -2,6 +2,7 @@
 
 Each failure is one line on stderr (on every rank, after its rank when there are several) and exit code 2, and no process group was started.
 """
+import json
 import subprocess
 import sys
 
@@ -624,3 +625,26 @@ def test_clip_contrasts_the_updates_pairs_with_one_pair_a_micro_batch(token_shar
 
     preflight("train-clip", compose("train-clip", training("train-clip", token_shards, image_shards,
                                                            "trainer.micro_batch=1", "trainer.grad_accum=4")[1:]))
+
+
+def test_a_bad_data_value_over_an_existing_run_is_refused_as_itself(capsys, token_shards, tmp_path):
+    """`data.*` was checked only as the run started, after the run directory's comparison: `data.bpe_dropout=1`
+    was "a run with another config" there, and refused as itself only in a new run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"config": {"data": {"bpe_dropout": 0.1}}}))
+    shards, tok = token_shards
+    fails(capsys, ["train", "model=tiny", "trainer=tiny", "logger=none", f"data.shards={shards}",
+                   f"data.tokenizer={tok}", f"run_dir={run}", "data.bpe_dropout=1"],
+          "megadalle train: data.bpe_dropout=1.0: must be in [0, 1)")
+
+
+def test_a_dvae_deeper_than_its_image_is_refused_before_any_power_is_taken():
+    """2**(n_groups-1) of n_groups=100000 was a traceback (an int too long to print), of 2**40 a hang."""
+    from megadalle.config import ConfigError, build
+    from megadalle.config.dvae import DVAEConfig
+
+    with pytest.raises(ConfigError, match=r"^dvae.n_groups=100000: must be at most 6 for dvae.image_size=32: the "
+                                          r"code grid is image_size / 2\*\*\(n_groups-1\)$"):
+        build(DVAEConfig, {"image_size": 32, "n_groups": 100_000}, "dvae")
+    assert build(DVAEConfig, {"image_size": 32, "n_groups": 6, "n_hid": 4}, "dvae").grid_size == 1
