@@ -53,9 +53,9 @@ def to_srgb(img: Image.Image) -> Image.Image:
     icc = img.info.get("icc_profile")
     if not icc:
         return img
-    if img.mode == "P":
-        img = img.convert("RGBA")  # the palette's colours are in the profile's RGB; its transparency becomes alpha
-    if img.mode in ICC_MODES and "transparency" not in img.info:  # a colour key is in the old space
+    if img.mode == "P" or (img.mode == "RGB" and "transparency" in img.info):
+        img = img.convert("RGBA")  # palette colours, or a colour key, in the profile's RGB: the key becomes alpha
+    if img.mode in ICC_MODES and "transparency" not in img.info:  # a grey key is in the old space
         try:
             img = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), SRGB,
                                             outputMode=ICC_MODES[img.mode])

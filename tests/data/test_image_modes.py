@@ -66,9 +66,10 @@ def test_a_jpeg_is_drafted_no_smaller_than_the_target_short_side(size, drafted):
     assert img.size == drafted  # the smallest of libjpeg's scales whose short side is still >= 64
 
 
-def test_a_colour_key_beside_a_colour_profile_is_still_white():
+def test_a_colour_key_beside_a_colour_profile_is_still_white_and_the_rest_converted():
     """The key names a colour in the file's own space: converted to sRGB first, no pixel would match it any more
-    and the transparent ones would show (`to_srgb` skips the profile then; `to_rgb` promises white)."""
+    and the transparent ones would show (`to_rgb` promises white). The key becomes alpha first, then the profile
+    applies: the kept pixels stayed in the file's space (blue under primaries that swap red and blue)."""
     arr = np.zeros((8, 8, 3), np.uint8)
     arr[:, :4] = (255, 0, 0)  # keyed
     arr[:, 4:] = (0, 0, 255)  # kept
@@ -76,4 +77,4 @@ def test_a_colour_key_beside_a_colour_profile_is_still_white():
     assert opened(data).info["transparency"] == (255, 0, 0) and opened(data).info["icc_profile"]
     for rgb in (np.asarray(to_rgb(opened(data))), np.asarray(decode_field("png", data))):
         assert rgb[:, :4].min() == 255
-        assert rgb[:, 4:].min() < 255
+        assert rgb[:, 4:, 0].min() > 200 and rgb[:, 4:, 2].max() < 50  # the file's blue is sRGB's red
