@@ -23,7 +23,7 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from megadalle.config.required import check_required
-from megadalle.preflight.data_verbs import check_encode, check_prepare, check_tokenizer
+from megadalle.preflight.data_verbs import check_encode, check_index, check_prepare, check_tokenizer
 from megadalle.preflight.demo import check_demo
 from megadalle.preflight.probes import WARNINGS, fits
 from megadalle.preflight.runs import RUN_TASKS, check_run_dir, check_run_keys
@@ -33,6 +33,7 @@ from megadalle.preflight.weights_verbs import check_evaluate, check_export, chec
 
 CHECKS: dict[str, Callable[[DictConfig], None]] = {
     "prepare": check_prepare,
+    "index": check_index,
     "tokenizer": check_tokenizer,
     "train-dvae": check_train_dvae,
     "import-dvae": check_import_dvae,

@@ -3,12 +3,14 @@ readable, and their output can be written, before a whole data set is read: prep
 new folder or over their own earlier output (`data/output_guard.py`)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from megadalle.data.index import INDEX_NAME
 from megadalle.preflight.image_size import not_upscaled
-from megadalle.preflight.probes import PreflightError, exists, image_shards, shard_index, writable
+from megadalle.preflight.probes import PreflightError, exists, fits, image_shards, shard_index, writable
 
 
 def check_prepare(cfg: DictConfig) -> None:
@@ -21,6 +23,41 @@ def check_prepare(cfg: DictConfig) -> None:
     exists("input", cfg.input)
     build(PrepareConfig, top_level(cfg, PrepareConfig), "")
     check_output(cfg.output, "prepare")
+    check_report(cfg.get("report"), Path(str(cfg.input)), "report=<output>/report.json")
+
+
+def check_index(cfg: DictConfig) -> None:
+    check_report(cfg.get("report"), None, "report=<dir>/index-report.json")
+
+
+def check_report(report, input: Path | None, default: str) -> None:
+    """`report=`, where given: a file that can be written and holds no data of the run's. It replaced whatever it
+    named, in silence: an input image or tar, the output's index.json, a tokenizer named by a typo. So it may not
+    be a shard, an offset file or an index.json, nor be prepare's `input` manifest or lie in its input folder, and a
+    file already there must be an earlier report (a JSON object with `kept`)."""
+    if report is None:
+        return
+    writable("report", report, "file", "report.json")
+    path = Path(str(report))
+    fits(path.name != INDEX_NAME and not path.name.endswith((".tar", ".idx")),
+         f"report={report}: a name the shards' own files have (index.json, *.tar, *.tar.idx); give another path, "
+         f"e.g. {default} (the default)")
+    inside = input is not None and (path.resolve() == input.resolve() or input.is_dir()
+                                    and path.resolve().is_relative_to(input.resolve()))
+    fits(not inside, f"report={report}: inside input={input}, whose files it would replace or join; give a path "
+                     f"outside it, e.g. {default} (the default)")
+    fits(not path.exists() or earlier_report(path), f"report={report}: an existing file that is no report (a JSON "
+                                                   f"object with `kept`), which it would replace; give another path, "
+                                                   f"e.g. {default} (the default)")
+
+
+def earlier_report(path: Path) -> bool:
+    """Whether the file at `path` is a report of prepare's or index's (that a rerun replaces)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and "kept" in record
 
 
 def check_tokenizer(cfg: DictConfig) -> None:

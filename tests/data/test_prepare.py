@@ -301,3 +301,21 @@ def test_images_below_image_size_are_counted_as_upscaled_or_skipped_by_min_side(
     assert "kept 2 samples" in out and "kept         1  upscaled" not in out and "  skipped      1  too_small" in out
     report = json.loads((tmp_path / "out/report.json").read_text())
     assert report["upscaled"] == 0 and report["bad"][0]["source"] == "thumb.jpg"
+
+
+def test_a_report_path_that_would_replace_data_is_refused_before_any_work(tmp_path, capsys):
+    """report= replaced whatever it named, in silence: an input photo, the output's index.json, a tokenizer."""
+    root = tmp_path / "in"
+    put(root, "a.jpg", jpeg_bytes((40, 40), 1), "a cat")
+    (tmp_path / "tok.model").write_bytes(b"a tokenizer")
+    base = ["prepare", f"input={root}", f"output={tmp_path / 'out'}", "image_size=32", "min_side=8", "num_workers=0"]
+    for report, why in ((root / "a.jpg", "inside input="), (tmp_path / "out" / "index.json", "a name the shards'"),
+                        (tmp_path / "tok.model", "an existing file that is no report"), (tmp_path, "a folder")):
+        assert main([*base, f"report={report}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"megadalle prepare: report={report}: {why}") and err.count("\n") == 1, err
+    assert (root / "a.jpg").read_bytes() == jpeg_bytes((40, 40), 1) and not (tmp_path / "out").exists()
+    assert main([*base, f"report={tmp_path / 'r.json'}"]) == 0
+    assert main([*base, f"report={tmp_path / 'r.json'}"]) == 0  # an earlier report is replaced
+    assert main(["index", f"dir={tmp_path / 'out'}", f"report={tmp_path / 'out' / 'shard-000000.tar'}"]) == 2
+    assert "a name the shards' own files have" in capsys.readouterr().err
