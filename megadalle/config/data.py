@@ -1,6 +1,8 @@
 """Data configs: `prepare` and `tokenizer` verb keys, and the `data` group the training verbs compose."""
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,8 +69,10 @@ class PrepareConfig:
             check(getattr(self, name) > 0, join(where, name), getattr(self, name), "must be positive")
         check(self.format in IMAGE_FORMATS, join(where, "format"), self.format, f"expected one of {IMAGE_FORMATS}")
         check(1 <= self.quality <= 100, join(where, "quality"), self.quality, "must be in [1, 100]")
-        check(self.num_workers is None or self.num_workers >= 0, join(where, "num_workers"), self.num_workers,
-              "must be >= 0 or null")
+        check_workers(where, self.num_workers)
+        check(self.image_size ** 2 <= self.max_pixels, join(where, "image_size"), self.image_size,
+              f"must be at most {math.isqrt(self.max_pixels)}: its square images would exceed max_pixels="
+              f"{self.max_pixels}, which prepare refuses to read again (and PIL past twice its own limit)")
         check_apart(self.input, self.output, join(where, "output"), "prepare")
         check(self.max_aspect is None or self.max_aspect >= 1, join(where, "max_aspect"), self.max_aspect,
               "must be >= 1 (long side / short side) or null")
@@ -147,9 +151,21 @@ class IndexConfig:
     """Where the JSON list of skipped samples goes; null = <dir>/index-report.json."""
 
     def validate(self, where: str = "") -> None:
-        check(self.num_workers is None or self.num_workers >= 0, join(where, "num_workers"), self.num_workers,
-              "must be >= 0 or null")
+        check_workers(where, self.num_workers)
         check(self.min_side >= 0, join(where, "min_side"), self.min_side, "must be >= 0 (0 keeps every size)")
+
+
+WORKERS_PER_CORE = 4
+"""The most data processes a core may have (`check_workers`)."""
+
+
+def check_workers(where: str, workers: int | None) -> None:
+    """prepare's and index's num_workers: null (one a core), 0 (in this process), or up to WORKERS_PER_CORE a core:
+    num_workers=100000 started that many processes and hung at the first image."""
+    cores = os.cpu_count() or 1
+    check(workers is None or 0 <= workers <= WORKERS_PER_CORE * cores, join(where, "num_workers"), workers,
+          f"must be null (one a core), 0 (this process) or at most {WORKERS_PER_CORE * cores} ({WORKERS_PER_CORE} a "
+          f"core of this machine's {cores})")
 
 
 @dataclass

@@ -166,3 +166,15 @@ def test_no_float_key_takes_inf_or_nan(verb, override, capsys):
     given = {"plan": [], "train-dvae": ["data.shards=nowhere"], "train": ["data=synthetic"]}[verb]
     assert main([verb, override, *given]) == 2
     assert capsys.readouterr().err == f"megadalle {verb}: {override}: must be a finite number\n"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("image_size=100000", "image_size=100000: must be at most 9459: its square images would exceed max_pixels="),
+    ("num_workers=100000", "num_workers=100000: must be null (one a core), 0 (this process) or at most "),
+])
+def test_prepare_refuses_sizes_and_processes_past_what_it_can_run(override, message, tmp_path, capsys):
+    """image_size=100000 was the kernel's OOM killer after the first image, num_workers=100000 a hang."""
+    from megadalle.cli import main
+
+    assert main(["prepare", f"input={tmp_path}", f"output={tmp_path / 'out'}", override]) == 2
+    assert capsys.readouterr().err.startswith(f"megadalle prepare: {message}")
