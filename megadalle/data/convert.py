@@ -109,7 +109,9 @@ def read_captions(item: Item) -> tuple[str, ...]:
     else:
         if item.caption_file is None or not item.caption_file.is_file():
             name = item.caption_file.name if item.caption_file else "caption"
-            raise Skip("missing_caption", f"no {name} beside the image")
+            there = item.caption_file is not None and item.caption_file.is_dir()
+            raise Skip("missing_caption", f"{name} beside the image is a folder" if there else
+                       f"no {name} beside the image")
         try:
             text = item.caption_file.read_text(encoding="utf-8-sig")  # a BOM is not text
         except UnicodeDecodeError as err:

@@ -213,18 +213,22 @@ def folder_items(root: Path) -> list[Item]:
     for p in files:
         if p.suffix.lower() == CAPTION_EXTENSION:
             captions.setdefault((p.parent, nfc(p.stem)), []).append(p)
-    items, used = [], set()
+    items, used, imaged = [], set(), {}
     for p in (p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS):
         # the exact name first, should `X.txt` and `X.TXT` (or two forms of one name) be there: the other is an orphan
         found = sorted(captions.get((p.parent, nfc(p.stem)), []),
                        key=lambda c: (c.stem != p.stem, c.suffix != CAPTION_EXTENSION))
         caption = found[0] if found else p.with_suffix(CAPTION_EXTENSION)
         used.add(caption)
+        imaged[(p.parent, nfc(p.stem))] = (p.name, caption.name)
         name = p.relative_to(root).as_posix()
         items.append(Item(f"{len(items):09d}", p, shown(name), caption_file=caption))
     for p in files:
         suffix = p.suffix.lower()
-        if suffix == CAPTION_EXTENSION and p not in used:
+        if suffix == CAPTION_EXTENSION and p not in used and (p.parent, nfc(p.stem)) in imaged:
+            image, caption = imaged[(p.parent, nfc(p.stem))]
+            problem = ("orphan_caption", f"{image}'s caption is {caption}; this one is not read")
+        elif suffix == CAPTION_EXTENSION and p not in used:
             problem = ("orphan_caption", f"no image named {p.stem}{{{','.join(IMAGE_EXTENSIONS)}}} beside it")
         elif is_compressed_tar(p.name):
             problem = ("unrecognised_file", "a compressed tar, which megadalle does not read: decompress it into a "

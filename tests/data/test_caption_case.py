@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from megadalle.data.convert import read_captions
+from megadalle.data.convert import Skip, read_captions
 from megadalle.data.prepare import prepare
 from megadalle.data.shards import iter_samples
 from megadalle.data.sources import find_items
@@ -29,7 +29,17 @@ def test_the_exact_txt_is_the_caption_and_the_upper_case_one_an_orphan(tmp_path)
     image, orphan = find_items(tmp_path)
     assert image.source == "X.jpg" and image.caption_file == tmp_path / "X.txt"
     assert read_captions(image) == ("lower case suffix",)
-    assert (orphan.source, orphan.problem[0]) == ("X.TXT", "orphan_caption")
+    assert (orphan.source, orphan.problem) == ("X.TXT", ("orphan_caption", "X.jpg's caption is X.txt; this one is "
+                                                                           "not read"))  # not "no image named X"
+
+
+def test_a_caption_that_is_a_folder_is_named_as_one(tmp_path):
+    put(tmp_path, "cd.jpg", jpeg_bytes((40, 40), 1), caption=None)
+    (tmp_path / "cd.txt").mkdir()
+    (image,) = find_items(tmp_path)
+    with pytest.raises(Skip) as skipped:
+        read_captions(image)
+    assert (skipped.value.reason, skipped.value.detail) == ("missing_caption", "cd.txt beside the image is a folder")
 
 
 def test_prepare_keeps_the_exact_txt_and_reports_the_other_as_an_orphan_caption(tmp_path):
