@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from megadalle.config.required import check_required
 from megadalle.preflight.data_verbs import check_encode, check_index, check_prepare, check_tokenizer
@@ -55,11 +55,28 @@ def check_out_dir(cfg: DictConfig) -> None:
                                          "(out_dir=outputs, the default)")
 
 
+PATH_NAMES = frozenset({"input", "output", "dir", "out_dir", "run_dir", "weights", "dvae_weights", "clip_weights",
+                        "tokenizer", "shards", "val_shards", "real", "captions", "report", "encoder", "decoder",
+                        "feature_weights", "run"})
+"""The names of the keys, in any group, that name a file or folder (`check_no_empty_path`)."""
+
+
+def check_no_empty_path(cfg: DictConfig) -> None:
+    """A path key given empty (`output=`) is refused: it named the current folder, and generate, evaluate and train
+    wrote their files into the folder the command ran in (`out_dir=` put generate's under /generate)."""
+    from megadalle.train.rundir import flatten
+
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=False)).items():
+        fits(not (key.rpartition(".")[2] in PATH_NAMES and isinstance(value, str) and not value.strip()),
+             f"{key}={value!r}: an empty path, which would be the folder the command runs in; give a path")
+
+
 def preflight(verb: str, cfg: DictConfig) -> None:
     """Required keys first (a check below may read them), then where outputs go, then the verb's own checks; their
     warnings once all have passed (probes.warn), on rank 0."""
     WARNINGS.clear()
     check_required(cfg)
+    check_no_empty_path(cfg)
     check_out_dir(cfg)
     if verb in RUN_TASKS:
         check_run_keys(cfg)

@@ -61,15 +61,35 @@ def earlier_report(path: Path) -> bool:
 
 
 def check_tokenizer(cfg: DictConfig) -> None:
-    """An existing output is replaced only with `overwrite=true` (TokenizerConfig.overwrite says why)."""
+    """The output lies outside the input shards, and an existing one is a tokenizer, replaced only with
+    `overwrite=true` (TokenizerConfig.overwrite says why): any file there was called a tokenizer, and the advised
+    overwrite=true wrote the model over the shards' index.json or a photo."""
     from megadalle.data.digest import sha256
 
     shard_index("input", cfg.input)
     writable("output", cfg.output, "file", "tokenizer.model")
-    if Path(str(cfg.output)).is_file() and not cfg.get("overwrite", False):
+    output, shards = Path(str(cfg.output)).resolve(), Path(str(cfg.input)).resolve()
+    fits(shards not in output.parents, f"output={cfg.output}: inside input={cfg.input}, the shards it reads; write "
+                                       "the tokenizer outside them")
+    if not output.is_file():
+        return
+    fits(is_sentencepiece(output), f"output={cfg.output}: an existing file that is no sentencepiece model, which "
+                                   "it would replace; give another output=")
+    if not cfg.get("overwrite", False):
         raise PreflightError(f"output={cfg.output}: holds a tokenizer already (sha256 {sha256(cfg.output)[:12]}), "
                              "which the runs trained with it need as it is; give another output=, or overwrite=true "
                              "to replace it")
+
+
+def is_sentencepiece(path: Path) -> bool:
+    """Whether the file at `path` loads as a sentencepiece model."""
+    import sentencepiece as spm
+
+    try:
+        spm.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError):
+        return False
+    return True
 
 
 def check_encode(cfg: DictConfig) -> None:

@@ -648,3 +648,15 @@ def test_a_dvae_deeper_than_its_image_is_refused_before_any_power_is_taken():
                                           r"code grid is image_size / 2\*\*\(n_groups-1\)$"):
         build(DVAEConfig, {"image_size": 32, "n_groups": 100_000}, "dvae")
     assert build(DVAEConfig, {"image_size": 32, "n_groups": 6, "n_hid": 4}, "dvae").grid_size == 1
+
+
+@pytest.mark.parametrize("argv", [["generate", "weights=model", "prompt=x", "output="],
+                                  ["generate", "weights=model", "prompt=x", "out_dir="],
+                                  ["train", "data=synthetic", "model=tiny", "trainer=tiny", "out_dir="],
+                                  ["prepare", "input=images", "output="]])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(argv, capsys, tmp_path, monkeypatch):
+    """generate, evaluate and train wrote into the folder the command ran in (`out_dir=`: generate's under /)."""
+    monkeypatch.chdir(tmp_path)
+    key, _, value = argv[-1].partition("=")
+    fails(capsys, argv, f"{key}={value!r}: an empty path, which would be the folder the command runs in; give a path")
+    assert list(tmp_path.iterdir()) == []

@@ -177,17 +177,25 @@ def test_cli_verb_with_oversized_vocab(caption_shards, tmp_path, capsys):
 
 
 def test_a_tokenizer_at_output_is_replaced_only_with_overwrite(caption_shards, tmp_path, capsys, monkeypatch):
-    """It was replaced in silence, and the runs trained with it then refused the new one by digest (export too)."""
+    """It was replaced in silence, and the runs trained with it then refused the new one by digest (export too). Any
+    other file there, or one inside the input shards, is no tokenizer to replace: overwrite=true wrote the model over
+    a photo or the shards' index.json."""
     out = tmp_path / "tok.model"
-    out.write_bytes(b"the tokenizer a run trained with")
+    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=100"]) == 0
+    capsys.readouterr()
     monkeypatch.setattr(spm.SentencePieceTrainer, "train", lambda **kw: pytest.fail("trained over it"))
-    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=100"]) == 2
+    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=90"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"megadalle tokenizer: output={out}: holds a tokenizer already (sha256 {sha256(out)[:12]}), which the runs "
         "trained with it need as it is; give another output=, or overwrite=true to replace it")
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8 a photo")
+    for output, why in ((tmp_path / "photo.jpg", "an existing file that is no sentencepiece model"),
+                        (caption_shards / "index.json", f"inside input={caption_shards}, the shards it reads")):
+        assert main(["tokenizer", f"input={caption_shards}", f"output={output}", "overwrite=true"]) == 2
+        assert capsys.readouterr().err.startswith(f"megadalle tokenizer: output={output}: {why}")
     monkeypatch.undo()
-    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=100", "overwrite=true"]) == 0
-    assert Tokenizer(out).vocab_size == 100
+    assert main(["tokenizer", f"input={caption_shards}", f"output={out}", "vocab_size=90", "overwrite=true"]) == 0
+    assert Tokenizer(out).vocab_size == 90 and (tmp_path / "photo.jpg").read_bytes() == b"\xff\xd8 a photo"
 
 
 def test_without_bpe_dropout_in_train_the_verb_prints_no_dropout_lengths(caption_shards, tmp_path, capsys,
