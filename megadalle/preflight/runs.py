@@ -26,8 +26,46 @@ def check_run_dir(verb: str, cfg: DictConfig) -> None:
     task = RUN_TASKS[verb]
     check_name(name, out_dir, task)
     path = rundir.path_for(given, out_dir, task, name)
-    can_make(f"run_dir={given}" if given else f"out_dir={out_dir} (the run directory {path})", path, "folder")
+    subject = f"run_dir={given}" if given else f"out_dir={out_dir} (the run directory {path})"
+    can_make(subject, path, "folder")
+    not_data(subject, path)
+    same_verb(subject, path, verb)
     rundir.check_config(path, typed_container(cfg, RunConfig), partial(run_options, verb))  # as train records it
+
+
+def not_data(subject: str, path: Path) -> None:
+    """A run directory that is a data folder (shards, images) without a run of its own is refused: `run_dir=<the
+    shards it trains on>` wrote its checkpoints, run.json and export among them."""
+    from megadalle.data.index import INDEX_NAME
+    from megadalle.data.sources import IMAGE_EXTENSIONS
+
+    if not path.is_dir() or (path / "run.json").exists():
+        return
+    data = next((p.name for p in sorted(path.iterdir()) if p.name == INDEX_NAME
+                 or p.suffix.lower() in (".tar", *IMAGE_EXTENSIONS)), None)
+    fits(data is None, f"{subject}: a folder of data ({data}, ...), not a run directory; give a new or empty folder")
+
+
+def same_verb(subject: str, path: Path, verb: str) -> None:
+    """A run directory of another training verb is named as such: its ~40 keys of another model were listed as
+    differing, with advice to "rerun with the same values" that this verb has no keys for."""
+    import json
+
+    from megadalle.train.clip import FACTORY as CLIP
+    from megadalle.train.dvae import FACTORY as DVAE
+    from megadalle.train.transformer import FACTORY as TRANSFORMER
+
+    record = path / "run.json"
+    if not record.is_file():
+        return
+    try:
+        named = json.loads(record.read_text()).get("task_factory")
+    except (OSError, ValueError, AttributeError):
+        return  # the config comparison reads it again and says what is wrong
+    verbs = {TRANSFORMER: "train", DVAE: "train-dvae", CLIP: "train-clip"}
+    other = verbs.get(named)
+    fits(other is None or other == verb, f"{subject}: holds a `megadalle {other}` run, not a `megadalle {verb}` one; "
+                                         "give another run_dir, or name=")
 
 
 def run_options(verb: str, saved: dict, diff: list[tuple[str, Any, Any]]) -> list[str]:

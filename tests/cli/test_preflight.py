@@ -660,3 +660,19 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(argv, capsys, t
     key, _, value = argv[-1].partition("=")
     fails(capsys, argv, f"{key}={value!r}: an empty path, which would be the folder the command runs in; give a path")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_directory_of_another_verb_or_of_data_is_named_as_such(capsys, image_shards, tmp_path):
+    """Another verb's run listed its ~40 keys as "another config" to rerun with; the shards trained on, or a folder of
+    photos, took the run's checkpoints and export among them."""
+    from megadalle.train.transformer import FACTORY
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"task_factory": FACTORY, "config": {}}))
+    base = ["train-dvae", "dvae=tiny", "trainer=tiny", "logger=none", f"data.shards={image_shards}"]
+    fails(capsys, [*base, f"run_dir={run}"], f"run_dir={run}: holds a `megadalle train` run, not a `megadalle "
+                                             "train-dvae` one; give another run_dir, or name=")
+    fails(capsys, [*base, f"run_dir={image_shards}"], f"run_dir={image_shards}: a folder of data (index.json, ...), "
+                                                      "not a run directory; give a new or empty folder")
+    assert not (image_shards / "checkpoints").exists()
