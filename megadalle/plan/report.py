@@ -3,6 +3,7 @@ the other layouts beside it and the suggested one."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from omegaconf import DictConfig
 
@@ -166,6 +167,6 @@ def run(cfg: DictConfig) -> int:
     try:
         print(report(model, plan, trainer, ds))
     except PlanError as err:
-        print(f"megadalle plan: impossible: {err}")
+        print(f"megadalle plan: impossible: {err}", file=sys.stderr)  # exit 1: a script reading stderr hears it
         return 1
     return 0

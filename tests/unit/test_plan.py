@@ -334,10 +334,10 @@ def test_tables_larger_than_a_blocks_matrices_are_told_what_pieces_would_hold(ca
 
 def test_impossible_request_is_refused_with_a_reason(capsys):
     assert main(["plan", "model=12b", "gpus=2", "gpu_mem_gb=16"]) == 1
-    out = capsys.readouterr().out
-    assert "impossible" in out and "do not fit on 2 x 16 GB" in out
+    err = capsys.readouterr().err  # on stderr, as every refusal: it went to stdout, and stderr was empty
+    assert err.startswith("megadalle plan: impossible: ") and "do not fit on 2 x 16 GB" in err
     assert main(["plan", "model=12b", "gpus=1000"]) == 1  # fits by memory; the batch of 1024 does not split
-    assert "no layout of 1000 GPUs splits global_batch=1024" in capsys.readouterr().out
+    assert "no layout of 1000 GPUs splits global_batch=1024" in capsys.readouterr().err
     assert main(["plan", "model=12b", "gpus=1000", "global_batch=1000"]) == 0
     capsys.readouterr()
 
