@@ -128,8 +128,8 @@ INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchp
 """`--info`'s optional value: a word after it that is none of these is no value of its."""
 
 
-HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--resolve", "--package", "-p", "--run", "-r",
-               "--multirun", "-m", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
+HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--resolve", "--package", "-p", "--run",
+               "-r", "--multirun", "-m", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--experimental-rerun", "--info", "-i")
 """Every flag hydra's parser takes (hydra/_internal/utils.py get_args_parser)."""
 

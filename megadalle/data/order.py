@@ -152,5 +152,5 @@ def check_global_batch(micro_batch: int, grad_accum: int, ranks: int, total: int
         raise BatchLargerThanData(
             f"global batch {batch} (trainer.micro_batch={micro_batch} x trainer.grad_accum={grad_accum} x {ranks} "
             f"data-parallel rank{'s' if ranks != 1 else ''}) is larger than the {total} samples of data.shards="
-            f"{shards}: each update would read some samples twice{fewer_pairs(contrastive, 'the batch holds')}; lower trainer.micro_batch or trainer.grad_accum to at most {total} samples an update, or "
-            "train on more data")
+            f"{shards}: each update would read some samples twice{fewer_pairs(contrastive, 'the batch holds')}; lower "
+            f"trainer.micro_batch or trainer.grad_accum to at most {total} samples an update, or train on more data")

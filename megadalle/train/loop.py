@@ -136,8 +136,9 @@ class Trainer:
     def _write_run_json(self, run: RunOptions) -> dict:
         """Rank 0 records the config the run goes on under (a resume may have changed what RESUMABLE allows), its paths
         absolute (rundir.recorded), a dVAE that a rerun leaves unset as recorded (rundir.kept_when_unset), and the
-        optimizer and LayerNorm it runs (apex's or torch's: the config does not say), which it also prints; a disk that
-        does not take it stops every rank with one line (disk_full). Returns what it recorded ({} on the other ranks)."""
+        optimizer and LayerNorm it runs (apex's or torch's: the config does not say), which it also prints; a disk
+        that does not take it stops every rank with one line (disk_full). Returns what it recorded ({} on the other
+        ranks)."""
         failure, recorded = None, {}
         if self.env.rank == 0:
             kernels = {"optimizer": engine_lib.optimizer_kind(self.built.engine.optimizer),

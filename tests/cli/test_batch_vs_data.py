@@ -23,10 +23,11 @@ def test_each_training_verb_refuses_it_before_it_starts(capsys, image_shards, to
     """Only CLIP's refusal says what a repeat does to its contrast."""
     clip = fails(capsys, ["train-clip", "clip=tiny", "trainer=tiny", "trainer.micro_batch=9", "logger=none",
                           f"data.shards={image_shards}", f"tokenizer={token_shards[1]}"],
-                 "megadalle train-clip: global batch 9 (trainer.micro_batch=9 x trainer.grad_accum=1 x 1 data-parallel rank) "
-                 f"is larger than the 8 samples of data.shards={image_shards}")
+                 "megadalle train-clip: global batch 9 (trainer.micro_batch=9 x trainer.grad_accum=1 x 1 data-parallel "
+                 f"rank) is larger than the 8 samples of data.shards={image_shards}")
     dvae = fails(capsys, ["train-dvae", "dvae=tiny", "trainer=tiny", "trainer.grad_accum=3", "logger=none",
-                          f"data.shards={image_shards}"], "global batch 12 (trainer.micro_batch=4 x trainer.grad_accum=3")
+                          f"data.shards={image_shards}"],
+                 "global batch 12 (trainer.micro_batch=4 x trainer.grad_accum=3")
     shards, tok = token_shards
     train = fails(capsys, ["train", "model=tiny", "trainer=tiny", "trainer.micro_batch=65", "logger=none",
                            f"data.shards={shards}", f"data.tokenizer={tok}"], "is larger than the 64 samples of")

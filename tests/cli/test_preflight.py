@@ -333,9 +333,9 @@ def test_a_dvae_without_media_every_says_that_it_draws_no_grid(capsys, token_sha
     weights = dvae_weights(tmp_path / "dvae.safetensors", 32, vocab_size=128)
     quiet = [o for o in grid_run(token_shards, tmp_path)[1:] if o != "trainer.media_every=1"]
     preflight("train", compose("train", [*quiet, f"dvae_weights={weights}"]))
-    assert capsys.readouterr().err == (f"[train] dvae_weights={weights} draws no sample grid with trainer.media_every=0 "
-                                       "(trainer.media_every=N draws one every N updates); the run records it for "
-                                       "export and generate\n")
+    assert capsys.readouterr().err == (f"[train] dvae_weights={weights} draws no sample grid with "
+                                       "trainer.media_every=0 (trainer.media_every=N draws one every N updates); the "
+                                       "run records it for export and generate\n")
 
 
 def training(verb, token_shards, image_shards, *overrides):

@@ -67,7 +67,8 @@ def test_demo_config_rejects_bad_holdout_and_sampling_values():
 
     for field, value in (("holdout", 13), ("top_p", 0.0), ("temperature", 0.0), ("check_per_scene", 0),
                          ("clip_images", "recon"), ("threads", -1), ("threads", 100_000), ("seen", -1), ("lr", -1.0),
-                         ("dvae_lr", 0.0), ("clip_lr", -1.0), ("dvae_groups", 3_000_000_000), ("temperature", math.inf)):
+                         ("dvae_lr", 0.0), ("clip_lr", -1.0), ("dvae_groups", 3_000_000_000),
+                         ("temperature", math.inf)):
         with pytest.raises(UserError, match=f"demo.{field}"):
             build(DemoConfig, {field: value}, "demo")
 
