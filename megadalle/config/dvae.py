@@ -6,6 +6,7 @@ model); the optimizer itself (AdamW, lr, EMA) belongs to the trainer's config.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,8 +181,8 @@ class EncodeConfig:
 
     def validate(self, where: str = "") -> None:
         check(self.batch_size > 0, join(where, "batch_size"), self.batch_size, "must be positive")
-        check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), join(where, "device"),
-              self.device, "expected auto, cpu, cuda or cuda:N")
+        check(self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
+              join(where, "device"), self.device, "expected auto, cpu, cuda or cuda:N")
         check(str(self.dvae_weights).endswith(".safetensors") or Path(self.dvae_weights).is_dir(),
               join(where, "dvae_weights"), self.dvae_weights,
               "must be a .safetensors file, an exported weights folder or a train-dvae run directory "

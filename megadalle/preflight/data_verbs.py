@@ -27,6 +27,7 @@ def check_prepare(cfg: DictConfig) -> None:
 
 
 def check_index(cfg: DictConfig) -> None:
+    exists("dir", cfg.dir, "directory")
     check_report(cfg.get("report"), None, "report=<dir>/index-report.json")
 
 

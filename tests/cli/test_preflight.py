@@ -676,3 +676,16 @@ def test_a_run_directory_of_another_verb_or_of_data_is_named_as_such(capsys, ima
     fails(capsys, [*base, f"run_dir={image_shards}"], f"run_dir={image_shards}: a folder of data (index.json, ...), "
                                                       "not a run directory; give a new or empty folder")
     assert not (image_shards / "checkpoints").exists()
+
+
+def test_index_names_a_missing_dir_and_encode_a_device_it_cannot_use(capsys, tmp_path, image_shards):
+    """`index dir=nowhere` said "nowhere: no *.tar shards to index", naming no key; `encode device=cudax` passed its
+    check (startswith cuda) to torch's list of 30 device names."""
+    from megadalle.config import ConfigError, build
+    from megadalle.config.dvae import EncodeConfig
+
+    fails(capsys, ["index", f"dir={tmp_path / 'nowhere'}"], f"dir={tmp_path / 'nowhere'}: no such directory")
+    encode = {"dvae_weights": "d.safetensors", "input": str(image_shards), "output": str(tmp_path / "tok")}
+    with pytest.raises(ConfigError, match=r"^device='cudax': expected auto, cpu, cuda or cuda:N$"):
+        build(EncodeConfig, {**encode, "device": "cudax"}, "")
+    assert build(EncodeConfig, {**encode, "device": "cuda:1"}, "").device == "cuda:1"
