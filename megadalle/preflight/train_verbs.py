@@ -32,7 +32,9 @@ def check_train(cfg: DictConfig) -> None:
          "model.attention_backend=triton: this machine has no CUDA GPU, and Triton runs on the CPU only in its "
          "interpreter (TRITON_INTERPRET=1, for tests); use model.attention_backend=auto")
     check_grids(cfg, model)
-    if cfg.data.get("source", "shards") == "synthetic":
+    synthetic = cfg.data.get("source", "shards") == "synthetic"
+    warn_unread_data_keys(cfg.data, tokenized=not synthetic)
+    if synthetic:
         check_reads_no_files(cfg.data)
         return  # random tokens at the model's shapes: no shards, no tokenizer to check
     fits(bool(cfg.data.tokenizer), "data.tokenizer=null: `train` needs the sentencepiece model of its captions")
@@ -48,6 +50,18 @@ def check_train(cfg: DictConfig) -> None:
 
 SYNTHETIC_IGNORES = ("shards", "tokenizer", "val_shards")
 """The `data` keys naming files, which synthetic data never reads."""
+
+
+def warn_unread_data_keys(data: DictConfig, tokenized: bool) -> None:
+    """`data` keys set where nothing reads them, said once (they changed nothing, without a word): BPE dropout where
+    no caption is tokenized with it (`tokenized`: `train` on token shards), a shuffle window without shuffling."""
+    dropout = float(data.get("bpe_dropout") or 0)
+    if dropout and not tokenized:
+        warn(f"[megadalle] warning: data.bpe_dropout={dropout} does nothing here: only `train` on token shards "
+             "tokenizes captions with BPE dropout")
+    if data.get("shuffle_window") is not None and data.get("shuffle") is False:
+        warn(f"[megadalle] warning: data.shuffle_window={data.get('shuffle_window')} does nothing with "
+             "data.shuffle=false")
 
 
 def check_reads_no_files(data: DictConfig) -> None:
@@ -221,6 +235,7 @@ def check_train_dvae(cfg: DictConfig) -> None:
     from megadalle.config.dvae import DVAEConfig, TrainDVAEConfig
 
     fits_unpipelined(cfg, "train-dvae")
+    warn_unread_data_keys(cfg.data, tokenized=False)
     export_target(build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "").weights, "dvae")
     dvae = build(DVAEConfig, cfg.dvae, "dvae")
     revive = dvae.objective.revive_every
@@ -252,6 +267,7 @@ def check_train_clip(cfg: DictConfig) -> None:
     from megadalle.config.train_verbs import TrainClipConfig
 
     fits_unpipelined(cfg, "train-clip")
+    warn_unread_data_keys(cfg.data, tokenized=False)
     export_target(build(TrainClipConfig, top_level(cfg, TrainClipConfig), "").weights, "clip")
     clip = build(ClipConfig, cfg.clip, "clip")
     index = image_shards("data.shards", cfg.data.shards)

@@ -689,3 +689,17 @@ def test_index_names_a_missing_dir_and_encode_a_device_it_cannot_use(capsys, tmp
     with pytest.raises(ConfigError, match=r"^device='cudax': expected auto, cpu, cuda or cuda:N$"):
         build(EncodeConfig, {**encode, "device": "cudax"}, "")
     assert build(EncodeConfig, {**encode, "device": "cuda:1"}, "").device == "cuda:1"
+
+
+def test_data_keys_that_nothing_reads_are_said_once(capsys, image_shards):
+    """train-dvae and train-clip took data.bpe_dropout, and any run a shuffle_window without shuffling, in silence."""
+    from megadalle.preflight import preflight
+
+    preflight("train-dvae", compose("train-dvae", ["dvae=tiny", "trainer=tiny", "logger=none", "trainer.steps=40",
+                                                   f"data.shards={image_shards}", "data.bpe_dropout=0.5",
+                                                   "data.shuffle=false", "data.shuffle_window=5",
+                                                   "dvae.objective.tau_anneal_steps=40",
+                                                   "dvae.objective.kl_warmup_steps=20"]))
+    assert capsys.readouterr().err == (
+        "[megadalle] warning: data.bpe_dropout=0.5 does nothing here: only `train` on token shards tokenizes captions "
+        "with BPE dropout\n[megadalle] warning: data.shuffle_window=5 does nothing with data.shuffle=false\n")
