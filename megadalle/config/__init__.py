@@ -121,10 +121,10 @@ def build(cls: type[T], node: DictConfig | dict | None, where: str) -> T:
     except OmegaConfBaseException as err:
         key = join(where, err.full_key) if getattr(err, "full_key", None) else where or "config"
         raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
-    check_finite(obj, where)
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(where)
+    check_finite(obj, where)  # after the schema's own checks, whose words say more where they cover a key
     return obj
 
 
