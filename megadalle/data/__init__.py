@@ -1,6 +1,7 @@
 """Data: shards in, batches out. Imports nothing above the config layer.
 
     prepare.py    `megadalle prepare`: sources.py lists inputs, convert.py turns one into a sample or a skip reason
+                  (items.py: one input; manifests.py: a .jsonl / .csv manifest's rows)
     shards.py     ShardWriter (atomic shards + offset files, index.json last); index.py the index; reader.py readers
     ingest/       `megadalle index`: tars written elsewhere indexed (every sample checked); `open_index` for readers
     coverage.py   the tars an index of such a folder covers, and how the folder differs now (indexed again;

@@ -105,7 +105,7 @@ class Skip(Exception):
 def read_captions(item: Item) -> tuple[str, ...]:
     """The captions of a folder or manifest item (`caption_lines`: the lines with visible text)."""
     if item.captions is not None:
-        text = "\n".join(item.captions)  # one line each already (`sources.one_caption`)
+        text = "\n".join(item.captions)  # one line each already (`manifests.one_caption`)
     else:
         if item.caption_file is None or not item.caption_file.is_file():
             name = item.caption_file.name if item.caption_file else "caption"
