@@ -10,6 +10,7 @@ from megadalle.preflight.probes import (PreflightError, exists, export_target, f
                                         tokenizer_vocab, warn)
 from megadalle.preflight.token_grid import fits_token_grid
 from megadalle.preflight.validation import check_image_validation, check_token_validation
+from megadalle.warn import WARNING
 
 
 def check_train(cfg: DictConfig) -> None:
@@ -57,10 +58,10 @@ def warn_unread_data_keys(data: DictConfig, tokenized: bool) -> None:
     no caption is tokenized with it (`tokenized`: `train` on token shards), a shuffle window without shuffling."""
     dropout = float(data.get("bpe_dropout") or 0)
     if dropout and not tokenized:
-        warn(f"[megadalle] warning: data.bpe_dropout={dropout} does nothing here: only `train` on token shards "
+        warn(f"{WARNING} data.bpe_dropout={dropout} does nothing here: only `train` on token shards "
              "tokenizes captions with BPE dropout")
     if data.get("shuffle_window") is not None and data.get("shuffle") is False:
-        warn(f"[megadalle] warning: data.shuffle_window={data.get('shuffle_window')} does nothing with "
+        warn(f"{WARNING} data.shuffle_window={data.get('shuffle_window')} does nothing with "
              "data.shuffle=false")
 
 
