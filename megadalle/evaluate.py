@@ -301,7 +301,7 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
     with tqdm(captions, desc="evaluate", unit=" caption", disable=not progress) as bar:  # closed on a stop too
         for i, caption in enumerate(bar):
             result = generate(model, dvae, clip, tokenizer, caption, cfg.n, cfg.n, cfg.batch_size, settings,
-                              cfg.seed + i, progress=False)
+                              cfg.seed + i, progress=False, verb="evaluate")
             if result.scores is not None:
                 per_caption.append(sum(result.scores) / len(result.scores))
                 best.append(max(result.scores))

@@ -51,23 +51,24 @@ class Generated:
 @torch.no_grad()
 def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch_size: int,
              settings: SamplingSettings, seed: int, progress: bool = True,
-             saved: SavedBatches | None = None) -> Generated:
+             saved: SavedBatches | None = None, verb: str = "generate") -> Generated:
     """Sample `prompt` n times; with `clip` (may be None: megadalle's CLIP or any `rerank.Reranker`, e.g. an
     open_clip model) keep the `keep` best by CLIP score, else the first. Arguments the CLI would refuse are refused
     here too (ConfigError, a ValueError naming the argument). With `saved`, the batches it holds are not drawn
-    again, and each batch drawn is added to it as soon as it is scored (megadalle.sampling.resume)."""
+    again, and each batch drawn is added to it as soon as it is scored (megadalle.sampling.resume). Its warnings
+    begin with `[verb]`, the command that called it."""
     check_models(model=model, dvae=dvae, tokenizer=tokenizer)
     n, keep, batch_size, seed = check_request(prompt, n, keep, batch_size, seed)
     check_settings(settings)
     check_prompt(tokenizer, prompt)
     check_device_fits(model, min(batch_size, n))
     device = next(model.parameters()).device
-    warn_if_unknown(tokenizer, prompt)
-    warn_if_cut(tokenizer, prompt, model.cfg.text_len, "the model")
+    warn_if_unknown(tokenizer, prompt, verb)
+    warn_if_cut(tokenizer, prompt, model.cfg.text_len, "the model", verb)
     text = torch.tensor(tokenizer.encode(prompt, model.cfg.text_len), device=device)
     reranker = as_reranker(clip, tokenizer) if clip is not None else None
     if isinstance(reranker, MegadalleClip):  # scores each batch against the prompt cut to its own text_len
-        warn_if_cut(reranker.tokenizer, prompt, reranker.clip.cfg.text_len, "CLIP")
+        warn_if_cut(reranker.tokenizer, prompt, reranker.clip.cfg.text_len, "CLIP", verb)
     codes, scores = (list(saved.codes), list(saved.scores)) if saved is not None else ([], [])
     with tqdm(total=n * model.cfg.grid_len, initial=sum(map(len, codes)) * model.cfg.grid_len, desc="generate",
               unit=" tok", unit_scale=True, disable=not progress) as bar:  # closed on a stop too: its line ends
@@ -87,14 +88,14 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     return Generated(images, best.tolist(), None if score_all is None else score_all.tolist())
 
 
-def warn_if_cut(tokenizer, prompt: str, text_len: int, reader: str) -> None:
+def warn_if_cut(tokenizer, prompt: str, text_len: int, reader: str, verb: str = "generate") -> None:
     """Say so when `reader` (the model, or CLIP) cannot read the whole prompt: its end is dropped silently
     otherwise, and the image then ignores the words there, or CLIP ranks the samples without them. The prompt is
     named: evaluate samples many, and "'le' is cut" alone did not say of which."""
     ids = tokenizer.encode(prompt)
     if len(ids) > text_len:
         warn(f"the prompt {prompt!r} is {len(ids)} tokens and {reader} reads {text_len}: "
-             f"{tokenizer.decode(ids[text_len:])!r} is cut")
+             f"{tokenizer.decode(ids[text_len:])!r} is cut", verb)
 
 
 def decode(dvae, codes: torch.Tensor, grid_size: int) -> torch.Tensor:

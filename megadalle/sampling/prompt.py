@@ -36,7 +36,7 @@ def check_prompt(tokenizer, prompt: str, key: str = "prompt") -> None:
                                                    if dropped else "blank" if prompt else "empty") + "; give words")
 
 
-def warn_if_unknown(tokenizer, prompt: str) -> None:
+def warn_if_unknown(tokenizer, prompt: str, verb: str = "generate") -> None:
     """Say on stderr when most of the prompt's characters (spaces aside) are unknown to the tokenizer, naming
     them: the model reads each run of them as one unknown piece."""
     chars = "".join(prompt.split())
@@ -44,9 +44,10 @@ def warn_if_unknown(tokenizer, prompt: str) -> None:
     unread = "".join(c for c in chars if c in strange)
     if len(unread) > len(chars) - len(unread):
         warn(f"prompt {prompt!r}: {len(unread)} of {len(chars)} characters are unknown to the tokenizer, read as "
-             f"its unknown piece: {code_points(unread)}")
+             f"its unknown piece: {code_points(unread)}", verb)
 
 
-def warn(message: str) -> None:
-    """`message` on stderr as the sampling verbs warn (megadalle.warn, safe under evaluate's progress bar)."""
-    warning.warn(message, "[generate]")
+def warn(message: str, verb: str = "generate") -> None:
+    """`message` on stderr as the sampling verb `verb` warns (megadalle.warn, safe under evaluate's progress bar):
+    evaluate's prompts are sampled by generate's code, and their warnings said `[generate]` under `evaluate`."""
+    warning.warn(message, f"[{verb}]")

@@ -53,11 +53,12 @@ def test_captions_past_max_captions_are_said_to_be_left_out(models, capsys):
 
 
 def test_a_cut_caption_is_named_on_a_line_of_its_own(models, tmp_path, capsys):
-    """Of many captions, "'right' is cut" did not say which; and it was printed on the progress bar's line."""
+    """Of many captions, "'right' is cut" did not say which; and it was printed on the progress bar's line, as
+    `[generate]` under evaluate."""
     long = "a red circle at the top left and a blue square at the bottom right"
     (models / "captions.txt").write_text(f"a red circle\n{long}\n")
     assert main(evaluate_args(models, "n=1", f"output={tmp_path / 'eval'}")) == 0
     lines = [line.split("\r")[-1] for line in capsys.readouterr().err.split("\n")]  # as a terminal shows them
     for reader in ("the model", "CLIP"):
-        assert any(line.startswith(f"[generate] the prompt {long!r} is ") and f" tokens and {reader} reads 8: " in line
+        assert any(line.startswith(f"[evaluate] the prompt {long!r} is ") and f" tokens and {reader} reads 8: " in line
                    for line in lines), lines
