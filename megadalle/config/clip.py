@@ -36,7 +36,7 @@ class ClipConfig:
     embed_dim: int = 512
     """Width of the joint embedding space both towers project into."""
     init_temperature: float = 0.07
-    """Softmax temperature at initialisation (CLIP's); learned as a log-scale afterwards."""
+    """Softmax temperature at initialisation (CLIP's), in (0, 1]; learned as a log-scale afterwards."""
     max_logit_scale: float = 100.0
     """Cap on 1/temperature, as in CLIP, so the learned scale cannot blow up training."""
     negatives: str = "update"
@@ -59,7 +59,9 @@ class ClipConfig:
         check(self.image_size % self.patch_size == 0, f"{where}.image_size", self.image_size,
               f"must be a multiple of patch_size={self.patch_size}")
         check(self.negatives in NEGATIVES, f"{where}.negatives", self.negatives, f"expected one of {NEGATIVES}")
-        check(0 < self.init_temperature, f"{where}.init_temperature", self.init_temperature, "must be positive")
+        check(0 < self.init_temperature <= 1, f"{where}.init_temperature", self.init_temperature,
+              "must be in (0, 1]: the trainer keeps the logit scale 1/temperature at 1 or more after every update "
+              "(as CLIP does), so a higher temperature would become 1 at the first update")
         check(self.max_logit_scale >= 1 / self.init_temperature, f"{where}.max_logit_scale", self.max_logit_scale,
               f"must be at least 1/init_temperature = {1 / self.init_temperature:g}")
 

@@ -77,6 +77,21 @@ def test_fewer_layers_than_the_pattern_names_both_ways_out_and_each_works(overri
         assert got == (kinds or ["row", "column", "row", model.last_layer_attention or "row"])
 
 
+@pytest.mark.parametrize("temperature, refused", [("2.0", True), ("1.0001", True), ("0", True), ("1.0", False),
+                                                  ("0.01", False)])
+def test_clip_temperature_above_one_is_refused_before_the_clamp_changes_it(temperature, refused):
+    """The trainer clamps CLIP's logit scale to [0, ln max_logit_scale] after every update: init_temperature=2.0
+    was accepted and logged 2.0, then 1.0 from the first update on, without a word."""
+    from megadalle.config.clip import ClipConfig
+
+    cfg = compose("train-clip", ["clip=tiny", f"clip.init_temperature={temperature}"])
+    if not refused:
+        build(ClipConfig, cfg.clip, "clip")
+        return
+    with pytest.raises(ConfigError, match=rf"clip.init_temperature={float(temperature)}: must be in \(0, 1\]"):
+        build(ClipConfig, cfg.clip, "clip")
+
+
 def test_wrong_types_and_unknown_keys_fail_at_composition():
     with pytest.raises(ConfigCompositionException):
         compose("plan", ["model.n_heads=four"])
