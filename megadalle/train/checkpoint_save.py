@@ -85,8 +85,12 @@ def _make_room(root: Path, tag: str, keep: int, parent: Path | None) -> None:
 
 
 def _write(engine, path: Path, client_state: dict, rank: int, ema) -> None:
-    """This rank's files: DeepSpeed's, its generator states, its piece of the EMA."""
+    """This rank's files: DeepSpeed's, its generator states, its piece of the EMA. The step directory is made here
+    first: DeepSpeed 0.19 catches the error of making it (a full disk, a quota of files, a read-only folder), logs it
+    without its errno and writes on, and its save then failed as "Parent directory ... does not exist", naming no
+    cause."""
     try:
+        path.mkdir(parents=True, exist_ok=True)
         engine.save_checkpoint(str(path.parent), tag=path.name, client_state=client_state, save_latest=False)
     except (OSError, RuntimeError):
         # DeepSpeed's save ends with a barrier, after its writes: the ranks whose writes went through wait

@@ -2,6 +2,7 @@
 than a damaged `latest` as fall-back, an error where a save once finished and nothing is usable now;
 what a save clears away (older ones beyond `keep`, newer ones of an abandoned run); and what a save or a
 load that fails leaves and says. Single process: DeepSpeed's part is a stand-in writing one torch file."""
+import errno
 import json
 import os
 import re
@@ -207,6 +208,40 @@ def test_a_full_disk_fails_the_save_in_one_line_and_leaves_no_half_checkpoint(tm
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert names(tmp_path) == ["latest", "step_00000002"]
+    assert find_resumable(tmp_path) == "step_00000002"
+
+
+class MkdirSwallowingEngine(FakeEngine):
+    """DeepSpeed 0.19's save: the error of making the step directory is logged and swallowed (engine.py's
+    _create_checkpoint_file), and torch.save then fails on the missing folder."""
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        path = Path(save_dir) / tag
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
+            pass
+        torch.save(client_state, path / "mp_rank_00_model_states.pt")
+
+
+def test_a_step_directory_the_disk_refuses_is_said_with_its_cause(tmp_path, monkeypatch):
+    """A full disk (or an exhausted quota of files) fails the first thing a save does, making its step directory:
+    DeepSpeed swallowed that error and the save was reported as "Parent directory ... does not exist", without the
+    cause or the disk question."""
+    run = Run(tmp_path)
+    run.save(2, engine=MkdirSwallowingEngine())
+    mkdir = os.mkdir
+
+    def full(path, *args, **kwargs):
+        if Path(path).name == "step_00000004":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", full)
+    with pytest.raises(CheckpointError, match=r"cannot save the checkpoint \S*step_00000004 \(OSError: \[Errno 28\] "
+                                              r"No space left on device.*\): is the disk full, over quota or past a "
+                                              r"file-size limit .*step_00000002 is the newest good checkpoint"):
+        run.save(4, engine=MkdirSwallowingEngine())
     assert find_resumable(tmp_path) == "step_00000002"
 
 
