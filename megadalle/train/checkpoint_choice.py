@@ -107,10 +107,23 @@ def choose(resume: str, root: Path) -> tuple[Path | None, Lineage]:
         return newest, lineage_of(newest).after(newest)
     if not path.is_dir():
         raise CheckpointError(f"resume={resume}: no such checkpoint directory")
+    refuse_a_run(resume, path)
     why = damage(path)
     if why is not None:
         raise CheckpointError(f"resume={resume}: {why}")
     return path, lineage_of(path).after(path, by_name=True)
+
+
+def refuse_a_run(resume: str, path: Path) -> None:
+    """Refuse `resume=` naming a run directory or its `checkpoints` folder, with the checkpoint to pass: it was
+    refused as "has no manifest.json (the save did not finish)", an unfinished save where there was none."""
+    if TAG.match(path.name):
+        return
+    for folder, what in ((path / "checkpoints", "a run directory"), (path, "a folder of checkpoints")):
+        if step_dirs(folder) or (folder / LATEST).exists():
+            tag = find_resumable(folder)
+            way = f"pass resume={folder / tag}, its newest complete one" if tag else "it holds no complete one"
+            raise CheckpointError(f"resume={resume}: {what}, not a checkpoint (a step_* directory): {way}")
 
 
 def _newest_descendant(path: Path, root: Path) -> Path | None:

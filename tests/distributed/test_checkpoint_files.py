@@ -110,6 +110,27 @@ def test_fresh_and_explicit_resumes(tmp_path):
         resolve(str(tmp_path / "nope"), tmp_path)
 
 
+def test_resume_naming_a_run_or_its_checkpoints_folder_names_the_checkpoint_to_pass(tmp_path):
+    """resume=<another run> was refused as "has no manifest.json (the save did not finish)": no save was unfinished,
+    and the user was not told which folder to give."""
+    other = tmp_path / "other"
+    checkpoints = other / "checkpoints"
+    fake_checkpoint(checkpoints, 2)
+    fake_checkpoint(checkpoints, 4)
+    fake_checkpoint(checkpoints, 6, complete=False)
+    new = tmp_path / "new" / "checkpoints"
+    for given, what in ((other, "a run directory"), (checkpoints, "a folder of checkpoints")):
+        with pytest.raises(CheckpointError) as err:
+            resolve(str(given), new)
+        assert str(err.value) == (f"resume={given}: {what}, not a checkpoint (a step_* directory): pass "
+                                  f"resume={checkpoints / 'step_00000004'}, its newest complete one")
+    for step in (2, 4):
+        (checkpoints / f"step_{step:08d}" / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match=r"a run directory, not a checkpoint \(a step_\* directory\): it holds "
+                                              "no complete one$"):
+        resolve(str(other), new)
+
+
 def test_prune_keeps_newest_complete_and_drops_older_leftovers(tmp_path):
     fake_checkpoint(tmp_path, 1, complete=False)
     for step in (2, 4, 6):
@@ -376,10 +397,11 @@ def test_a_checkpoint_saved_but_not_yet_in_latest_is_resumed(tmp_path, capsys):
 
 
 class SeeingEngine(FakeEngine):
-    """Records the step directories there are when DeepSpeed's files are written: the disk space a save has."""
+    """Records the step directories there are when DeepSpeed's files are written, the one being written aside: the
+    disk space a save has."""
 
     def save_checkpoint(self, save_dir, tag, client_state, save_latest):
-        self.present = names(Path(save_dir))
+        self.present = [name for name in names(Path(save_dir)) if name != tag]
         super().save_checkpoint(save_dir, tag, client_state, save_latest)
 
 
