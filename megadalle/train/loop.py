@@ -105,7 +105,8 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         dp_world = max(1, self.env.world_size // ds.pipeline_stages)
         self.layout = Layout(dp_world, ds.pipeline_stages, ds.zero_stage,
-                             global_batch=trainer.micro_batch * trainer.grad_accum * dp_world)
+                             global_batch=trainer.micro_batch * trainer.grad_accum * dp_world,
+                             micro_batch=trainer.micro_batch)
         chosen, universal_dir = self._choose_checkpoint(run)
         self._stop_point()
         if trainer.keep_freed_memory and not torch.cuda.is_available():
@@ -201,7 +202,7 @@ class Trainer:
         """The checkpoint to resume from (rank 0 picks it) and, when it was saved by another data-parallel
         size, its universal form: rank 0 converts it once while the others wait on the file system, outside
         any collective (its timeout would end them during a long conversion; see universal.py). Rank 0 refuses one
-        whose contrast the layout would change (universal.keep_contrast) and says when the learning rate moves at it
+        whose objective the layout would change (universal.keep_objective) and says when the learning rate moves at it
         (schedule.schedule_warning)."""
         chosen, conversion, error, failure = None, False, None, None
         self.next_save = Lineage()
@@ -211,8 +212,9 @@ class Trainer:
             try:
                 found, self.next_save = checkpoint_choice.choose(run.resume, self.ckpt_root)
                 saved = Layout.saved(found) if found is not None else None
-                if saved is not None and rundir.contrasts_micro_batch(rundir.flatten(run.config)):
-                    universal.keep_contrast(saved, self.layout, found, self.cfg.micro_batch)
+                if saved is not None:
+                    universal.keep_objective(saved, self.layout, found,
+                                             rundir.micro_batch_objective(rundir.flatten(run.config)))
                 conversion = found is not None and universal.needs_conversion(saved, self.layout, found)
                 if conversion:
                     universal.clear_stale(found, owned=found.resolve().is_relative_to(self.run_dir))

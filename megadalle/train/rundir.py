@@ -70,7 +70,7 @@ count may need it raised while rank 0 converts a large checkpoint), `zero3_windo
 ZeRO-3 holds gathered, `trainer.keep_freed_memory` the CPU allocator: none changes a number. Not
 `zero3_sub_group_blocks`: DeepSpeed saves ZeRO-3's optimizer state per sub-group and loads it only into as many
 sub-groups (under ZeRO 0-2, which have none, it may change: MATTERS_IN). `trainer.micro_batch` may change except
-where it sets CLIP's contrast (MATTERS_IN)."""
+where it is part of the objective: CLIP's contrast, a dVAE's usage term (MATTERS_IN)."""
 
 
 def may_train_bf16(flat: dict) -> bool:
@@ -79,14 +79,24 @@ def may_train_bf16(flat: dict) -> bool:
     return flat.get("trainer.precision") != "fp32"
 
 
-def contrasts_micro_batch(flat: dict) -> bool:
-    """Whether the run of flattened config `flat` is a CLIP run whose losses contrast each micro-batch
-    (`clip.negatives=micro_batch`): micro_batch x data-parallel ranks pairs, its micro_batch part of the objective."""
-    return flat.get("clip.negatives") == "micro_batch"
+CONTRAST, USAGE = "contrast", "usage"
+"""What makes `trainer.micro_batch` part of a run's objective (`micro_batch_objective`)."""
+
+
+def micro_batch_objective(flat: dict) -> str | None:
+    """What in the run of flattened config `flat` makes its micro_batch part of the objective: CONTRAST, a CLIP run
+    whose losses contrast each micro-batch (`clip.negatives=micro_batch`: micro_batch x data-parallel ranks pairs);
+    USAGE, a dVAE run with a codebook-use term (`dvae.objective.usage_weight` > 0: the entropy of each micro-batch's
+    codes, lower for fewer images); None where micro_batch changes nothing at the same global batch."""
+    if flat.get("clip.negatives") == "micro_batch":
+        return CONTRAST
+    if float(flat.get("dvae.objective.usage_weight") or 0) > 0:
+        return USAGE
+    return None
 
 
 MATTERS_IN: dict[str, Callable[[dict], bool]] = {
-    "trainer.micro_batch": contrasts_micro_batch,
+    "trainer.micro_batch": lambda flat: micro_batch_objective(flat) is not None,
     "deepspeed.grad_accum_dtype": may_train_bf16,
     "deepspeed.communication_dtype": may_train_bf16,
     "deepspeed.zero3_sub_group_blocks": lambda flat: flat.get("deepspeed.zero_stage", 3) == 3,
@@ -99,7 +109,8 @@ only, and synthetic data reads no tokenizer (a run recorded with one, before pre
 it). A config that does not say (no trainer.precision or deepspeed.zero_stage) is taken for one where the key matters;
 one without clip.negatives is no CLIP run (an older CLIP run.json reads as its ADDED_KEYS value). `trainer.micro_batch`
 changes nothing else at the same global batch (the checkpoint's layout guards it): under CLIP's micro_batch negatives
-the same 8 x 1 update resumed as 4 x 2 contrasted half the pairs, its loss and val/loss ln 2 lower, in silence.
+the same 8 x 1 update resumed as 4 x 2 contrasted half the pairs, its loss and val/loss ln 2 lower, in silence; a
+dVAE's usage term resumed at micro_batch 8 after 4 drifted from the uninterrupted run's loss from its first update.
 The predicates read keys that are not RESUMABLE, so a resume never moves a run into a layout where a key that changed
 without a refusal matters."""
 PATH_KEYS = ("data.shards", "data.val_shards", "data.tokenizer", "tokenizer", "dvae_weights", "clip_weights", "weights")
@@ -304,8 +315,8 @@ def check_config(path: Path, config: dict,
     recorded = saved.get("sha256", {})
     diff = config_diff(saved.get("config", {}), config,
                        frozenset(key for key in recorded if key in now and now[key] == recorded[key]))
-    if contrast := next(((old, new) for key, old, new in diff if key == "trainer.micro_batch"), None):
-        raise RunDirError(contrast_refusal(path, *contrast))
+    if changed := next(((old, new) for key, old, new in diff if key == "trainer.micro_batch"), None):
+        raise RunDirError(micro_batch_refusal(path, flatten(saved.get("config", {})), *changed))
     if diff:
         shown = ", ".join(f"{key} ({old!r} there, {new!r} now)" for key, old, new in diff[:5])
         more = f" and {', '.join(key for key, _, _ in diff[5:])}" if len(diff) > 5 else ""
@@ -321,8 +332,15 @@ def check_config(path: Path, config: dict,
                               f"name=<new name> (or run_dir=)")
 
 
-def contrast_refusal(path: Path, old: Any, new: Any) -> str:
-    """Why a rerun of the CLIP run in `path` may not change trainer.micro_batch from `old` to `new` (MATTERS_IN)."""
+def micro_batch_refusal(path: Path, flat: dict, old: Any, new: Any) -> str:
+    """Why a rerun of the run in `path`, of flattened config `flat` (run.json's), may not change trainer.micro_batch
+    from `old` to `new` (MATTERS_IN)."""
+    if micro_batch_objective(flat) == USAGE:
+        return (f"{path} holds a dVAE run trained with dvae.objective.usage_weight="
+                f"{flat['dvae.objective.usage_weight']}, whose codebook-use term is each micro-batch's: "
+                f"trainer.micro_batch={new} (there {old}) would train another objective (the term of {new} images' "
+                f"codes, not {old}'s); keep trainer.micro_batch={old} to resume it (trainer.grad_accum and the rank "
+                f"count may change at the same global batch)")
     return (f"{path} holds a CLIP run trained with clip.negatives=micro_batch, where each loss contrasts "
             f"trainer.micro_batch x data-parallel ranks pairs: trainer.micro_batch={new} (there {old}) would contrast "
             f"{new} x ranks pairs instead of {old} x ranks, another objective whose loss and val/loss shift by "

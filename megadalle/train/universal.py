@@ -64,6 +64,9 @@ class Layout:
     pipeline_stages: int
     zero_stage: int
     global_batch: int
+    micro_batch: int | None = dataclasses.field(default=None, compare=False)
+    """Recorded for `keep_objective` (None in checkpoints from before it was); not compared: at the same global
+    batch another split needs no conversion."""
 
     @classmethod
     def saved(cls, path: Path) -> Layout | None:
@@ -98,18 +101,31 @@ def needs_conversion(saved: Layout | None, current: Layout, path: Path) -> bool:
     return True
 
 
-def keep_contrast(saved: Layout, current: Layout, path: Path, micro_batch: int) -> None:
-    """Raise when a CLIP run of `clip.negatives=micro_batch` would resume on another data-parallel size: each of its
-    losses contrasts micro_batch x data-parallel ranks pairs (the micro_batch itself is kept: rundir.MATTERS_IN), so
-    other ranks train another objective, whose loss and val/loss move by the log of the ratio, in silence."""
-    if saved.dp_world == current.dp_world:
+def keep_objective(saved: Layout, current: Layout, path: Path, objective: str | None) -> None:
+    """Raise when resuming the checkpoint at `path` on `current` would change the run's objective where its
+    micro_batch is part of it (`objective`, rundir.micro_batch_objective), in any run directory: run.json's comparison
+    covers only the run's own (rundir.check_config), and a new run directory resuming another run's checkpoint took
+    another micro_batch in silence. A CLIP run of `clip.negatives=micro_batch` contrasts micro_batch x data-parallel
+    ranks pairs in each loss (other pairs: its loss and val/loss move by the log of the ratio); a dVAE's usage term is
+    each micro-batch's (the rank count may change). A checkpoint that records no micro_batch is taken to have had
+    this run's."""
+    from megadalle.train.rundir import CONTRAST, USAGE
+
+    before_batch = saved.micro_batch or current.micro_batch
+    if objective == USAGE and before_batch != current.micro_batch:
+        raise CheckpointError(
+            f"cannot resume {path} with trainer.micro_batch={current.micro_batch}: it trained with "
+            f"{before_batch}, and its codebook-use term (dvae.objective.usage_weight) is each micro-batch's, another "
+            f"objective at another micro_batch; resume with trainer.micro_batch={before_batch}")
+    before, after = before_batch * saved.dp_world, current.micro_batch * current.dp_world
+    if objective != CONTRAST or before == after:
         return
-    before, after = micro_batch * saved.dp_world, micro_batch * current.dp_world
     raise CheckpointError(
-        f"cannot resume {path} on {current.dp_world} data-parallel ranks: it trained with clip.negatives=micro_batch "
-        f"on {saved.dp_world}, each loss contrasting trainer.micro_batch x ranks = {micro_batch} x {saved.dp_world} "
-        f"= {before} pairs, {after} here (another objective: its loss and val/loss shift by ln({before}/{after})); "
-        f"resume on {saved.dp_world} data-parallel ranks, or train with clip.negatives=update from the start")
+        f"cannot resume {path} with trainer.micro_batch={current.micro_batch} on {current.dp_world} data-parallel "
+        f"ranks: it trained with clip.negatives=micro_batch, each loss contrasting trainer.micro_batch x ranks = "
+        f"{before_batch} x {saved.dp_world} = {before} pairs, {after} here (another objective: its loss and val/loss "
+        f"shift by ln({before}/{after})); resume with trainer.micro_batch={before_batch} on {saved.dp_world} "
+        f"data-parallel ranks, or train with clip.negatives=update from the start")
 
 
 def divisors(n: int) -> list[int]:

@@ -39,7 +39,7 @@ def test_wandb_records_run_jsons_config_and_the_layout(tmp_path, inits):
     [init] = inits
     assert init["config"] == {**recorded["config"], "sha256": recorded["sha256"],
                               "layout": {"world_size": 1, "dp_world": 1, "pipeline_stages": 1, "zero_stage": 1,
-                                         "global_batch": 4}}
+                                         "global_batch": 4, "micro_batch": 4}}
 
 
 def test_an_unreachable_wandb_server_stops_the_run_in_one_line(capsys, tmp_path, monkeypatch):

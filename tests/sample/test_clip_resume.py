@@ -8,7 +8,8 @@ import pytest
 
 from megadalle.cli import main
 from megadalle.train.checkpoint import MANIFEST, CheckpointError
-from megadalle.train.universal import Layout, keep_contrast
+from megadalle.train.rundir import CONTRAST
+from megadalle.train.universal import Layout, keep_objective
 
 from tests.sample.clip_run import clip_overrides
 
@@ -42,13 +43,35 @@ def test_micro_batch_negatives_refuse_a_checkpoint_of_another_rank_count(tmp_pat
     manifest.write_text(json.dumps(record))
     capsys.readouterr()
     assert main([*run, "trainer.steps=2"]) == 2
-    assert "on 1 data-parallel ranks: it trained with clip.negatives=micro_batch on 2, each loss contrasting " \
-           "trainer.micro_batch x ranks = 8 x 2 = 16 pairs, 8 here" in capsys.readouterr().err
+    assert "with trainer.micro_batch=8 on 1 data-parallel ranks: it trained with clip.negatives=micro_batch, each " \
+           "loss contrasting trainer.micro_batch x ranks = 8 x 2 = 16 pairs, 8 here" in capsys.readouterr().err
 
 
-def test_micro_batch_negatives_refuse_another_rank_count():
-    saved = Layout(dp_world=2, pipeline_stages=1, zero_stage=1, global_batch=16)
-    keep_contrast(saved, saved, Path("step_00000003"), 8)
-    with pytest.raises(CheckpointError, match=r"on 1 data-parallel ranks: it trained with clip.negatives=micro_batch "
-                                              r"on 2, .* = 16 pairs, 8 here .* resume on 2 data-parallel ranks"):
-        keep_contrast(saved, Layout(1, 1, 1, 16), Path("step_00000003"), 8)
+def test_micro_batch_negatives_refuse_another_number_of_pairs_in_any_run_directory(tmp_path, capsys):
+    """A new run directory resuming the run's checkpoint (no run.json to compare) took another micro_batch in
+    silence; the checkpoint records it."""
+    run = ["train-clip", *clip_overrides(tmp_path, "trainer.steps=1", "trainer.warmup_steps=0",
+                                         "clip.negatives=micro_batch", "trainer.micro_batch=8")]
+    assert main(run) == 0
+    step = tmp_path / "run" / "checkpoints" / "step_00000001"
+    capsys.readouterr()
+    assert main([*run, "trainer.steps=2", "trainer.micro_batch=4", "trainer.grad_accum=2", f"resume={step}",
+                 f"run_dir={tmp_path / 'new'}"]) == 2
+    assert f"cannot resume {step} with trainer.micro_batch=4 on 1 data-parallel ranks: it trained with " \
+           "clip.negatives=micro_batch, each loss contrasting trainer.micro_batch x ranks = 8 x 1 = 8 pairs, 4 here" \
+           in capsys.readouterr().err
+
+
+def test_micro_batch_negatives_keep_the_pairs_of_each_loss():
+    saved = Layout(dp_world=2, pipeline_stages=1, zero_stage=1, global_batch=16, micro_batch=8)
+    keep_objective(saved, saved, Path("step_00000003"), CONTRAST)
+    keep_objective(saved, Layout(4, 1, 1, 16, micro_batch=4), Path("step_00000003"), CONTRAST)  # 4 x 4 = 8 x 2 pairs
+    keep_objective(saved, Layout(1, 1, 1, 16, micro_batch=8), Path("step_00000003"), None)
+    with pytest.raises(CheckpointError, match=r"on 1 data-parallel ranks: it trained with clip.negatives=micro_batch, "
+                                              r".* = 16 pairs, 8 here .* resume with trainer.micro_batch=8 on 2 "
+                                              r"data-parallel ranks"):
+        keep_objective(saved, Layout(1, 1, 1, 16, micro_batch=8), Path("step_00000003"), CONTRAST)
+    old = Layout(dp_world=2, pipeline_stages=1, zero_stage=1, global_batch=16)  # recorded before micro_batch was
+    with pytest.raises(CheckpointError, match=r"= 8 x 2 = 16 pairs, 8 here"):
+        keep_objective(old, Layout(1, 1, 1, 16, micro_batch=8), Path("step_00000003"), CONTRAST)
+    assert old == Layout(2, 1, 1, 16, micro_batch=8)  # no conversion for another split of the same global batch
