@@ -30,7 +30,7 @@ from megadalle.config.override import override_word
 from megadalle.errors import BundleError
 from megadalle.sampling.compatible import TokenizerRecord
 from megadalle.sampling.dvae_record import BUNDLE_KEY, RUN_KEY, CodesRecord
-from megadalle.weights import INDEX, MANIFEST, TMP, read_record, shard_of
+from megadalle.weights import INDEX, MANIFEST, OLD, TMP, read_record, shard_of
 
 FORMAT = "megadalle-bundle/1"
 TRANSFORMER, DVAE, CLIP, TOKENIZER = "transformer", "dvae.safetensors", "clip.safetensors", "tokenizer.model"
@@ -57,10 +57,11 @@ def recorded_run(folder: Path) -> Path | None:
 
 def unfinished(path: str | Path) -> bool:
     """A folder `write_bundle` began and did not finish (killed, or a disk filled): its Transformer or the
-    temporary of one, without bundle.json (written last)."""
+    temporary of one (or the earlier one moved aside as it is replaced), without bundle.json (written last)."""
     path = Path(path)
     return (path.is_dir() and not is_bundle(path)
-            and ((path / TRANSFORMER).is_dir() or any(path.glob(f"{TRANSFORMER}{TMP}*"))))
+            and ((path / TRANSFORMER).is_dir() or any(path.glob(f"{TRANSFORMER}{TMP}*"))
+                 or any(path.glob(f"{TRANSFORMER}{OLD}{TMP}*"))))
 
 
 def folder_of_transformer(path: Path) -> Path:

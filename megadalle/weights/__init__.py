@@ -31,9 +31,9 @@ from megadalle.weights.errors import AmbiguousOutput, OutputInTheWay, WeightsErr
 from megadalle.weights.load import check_into, first_of, load_into, load_weights, mismatches, read_config, shard_of
 from megadalle.weights.records import INDEX, MANIFEST, SINGLE, config_path, model_folder_around, read_record
 from megadalle.weights.replace import check_replaceable, one_file
-from megadalle.weights.writers import TMP, ShardedWriter, SingleFileWriter, save_weights
+from megadalle.weights.writers import OLD, TMP, ShardedWriter, SingleFileWriter, save_weights
 
 __all__ = ["DTYPES", "as_dtype", "export_layout", "AmbiguousOutput", "OutputInTheWay", "WeightsError",
            "WeightsNotFound", "check_into", "first_of", "load_into", "load_weights", "mismatches", "read_config",
            "shard_of", "INDEX", "MANIFEST", "SINGLE", "config_path", "model_folder_around", "read_record",
-           "check_replaceable", "one_file", "TMP", "ShardedWriter", "SingleFileWriter", "save_weights"]
+           "check_replaceable", "one_file", "OLD", "TMP", "ShardedWriter", "SingleFileWriter", "save_weights"]

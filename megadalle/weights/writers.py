@@ -28,6 +28,8 @@ from megadalle.weights.replace import check_replaceable
 TMP = ".tmp-"
 """Temporaries are `<target>.tmp-<host>-<pid>.<start>` (processes.owner_tag): a later export can tell a dead
 writer's."""
+OLD = ".old"
+"""An earlier export moved aside while its replacement is renamed in (`<target>.old.tmp-<owner>`), removed after."""
 
 
 def file_metadata(kind: str) -> dict[str, str]:
@@ -40,12 +42,13 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], kind: st
     """Write one `path` (.safetensors) and its config JSON atomically; `config` is a dataclass or dict."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for target in (path, config_path(path)):
+        remove_stale_temporaries(target)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
     tmp_weights, tmp_json = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".json.tmp")
     save_file(tensors, str(tmp_weights), metadata=file_metadata(kind))
     tmp_json.write_text(config_record(kind, config))
-    os.replace(tmp_json, config_path(path))
-    os.replace(tmp_weights, path)
+    swap_in([(tmp_json, config_path(path)), (tmp_weights, path)])
     return path
 
 
@@ -54,14 +57,35 @@ def remove_stale_temporaries(target: Path) -> None:
     nothing else would ever remove a file the size of the model (24 GB at 12B). A live export's, or one from
     another machine (whose processes cannot be seen from here), is left alone. (Containers that share a host
     name but not a process namespace, exporting to one target on shared storage, would defeat this.)"""
-    prefix = f"{target.name}{TMP}"
-    for tmp in target.parent.glob(f"{glob.escape(prefix)}*"):
-        if not owner_gone(tmp.name[len(prefix):]):
-            continue
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+    for prefix in (f"{target.name}{TMP}", f"{target.name}{OLD}{TMP}"):
+        for tmp in target.parent.glob(f"{glob.escape(prefix)}*"):
+            if owner_gone(tmp.name[len(prefix):]):
+                remove(tmp)
+
+
+def remove(path: Path) -> None:
+    """`path`, a file or a folder, gone (if it was there)."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def swap_in(moves: list[tuple[Path, Path]]) -> None:
+    """Each (temporary, target) of `moves` renamed into place, the earlier export there first moved aside whole and
+    removed once all are in: a stop or a kill at any point leaves each target whole, old or new, or absent (a rerun
+    writes it again; `remove_stale_temporaries` clears what was moved aside). Removing an earlier folder in place,
+    then renaming, was stopped midway by a SIGTERM, and the half-removed export was refused by the rerun the stop
+    told the user to make; a kill between a single file's two renames left the new config JSON beside the old
+    tensors, which loaded without a word where the shapes agreed."""
+    aside = [(target, target.with_name(f"{target.name}{OLD}{TMP}{owner_tag()}")) for _, target in moves]
+    for target, old in aside:
+        if target.exists():
+            os.replace(target, old)
+    for tmp, target in moves:
+        os.replace(tmp, target)
+    for _, old in aside:
+        remove(old)
 
 
 class _StreamedWriter:
@@ -97,10 +121,8 @@ class _StreamedWriter:
             for file in dict.fromkeys(self.files.values()):
                 file.release()
         finally:
-            if self.tmp.is_dir():
-                shutil.rmtree(self.tmp, ignore_errors=True)
-            else:
-                self.tmp.unlink(missing_ok=True)
+            remove(self.tmp)
+
 
 
 class SingleFileWriter(_StreamedWriter):
@@ -109,6 +131,7 @@ class SingleFileWriter(_StreamedWriter):
     def __init__(self, path: str | Path, layout: Layout, kind: str):
         check_replaceable(path, kind=kind)  # the kind is known here: a dVAE's file is no place for a Transformer
         super().__init__(Path(path), layout, kind)
+        remove_stale_temporaries(config_path(self.target))
         self.target.parent.mkdir(parents=True, exist_ok=True)
         file = PlannedFile(self.tmp, layout, file_metadata(kind))
         self.files = dict.fromkeys(layout, file)
@@ -132,8 +155,7 @@ class SingleFileWriter(_StreamedWriter):
                 raise
         if before_replace is not None:
             before_replace()
-        os.replace(tmp_json, config_path(self.target))
-        os.replace(self.tmp, self.target)
+        swap_in([(tmp_json, config_path(self.target)), (self.tmp, self.target)])
         return self.target
 
 
@@ -180,7 +202,5 @@ class ShardedWriter(_StreamedWriter):
                 raise
         if before_replace is not None:
             before_replace()
-        if self.target.exists():
-            shutil.rmtree(self.target)
-        os.replace(self.tmp, self.target)
+        swap_in([(self.tmp, self.target)])
         return self.target
