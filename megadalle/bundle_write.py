@@ -19,6 +19,7 @@ from typing import Callable
 from megadalle import run_pieces
 from megadalle.data import atomic
 from megadalle.errors import BundleError
+from megadalle.folder_lock import LOCK, output_lock
 from megadalle.sampling.dvae_record import BUNDLE_KEY, CodesRecord
 from megadalle.sampling.files import (CLIP, DVAE, FORMAT, TOKENIZER, TRANSFORMER, is_bundle, recorded_codes,
                                       recorded_tokenizer, unfinished)
@@ -158,7 +159,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
 
     from megadalle.sampling.compatible import check_files
     from megadalle.sampling.load import check_run_kind
-    from megadalle.train.consolidate import checkpoint_dir, chosen_ema, run_task
+    from megadalle.train.consolidate import chosen_ema, run_task
 
     run, output = Path(run), Path(output)
     record = run_pieces.read(run)  # a folder that is no run is refused by name here, before the task is built
@@ -167,7 +168,6 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     spec = trained[0].export_spec()
     check_run_kind(run, spec, "transformer", _weights_alone(run, output))  # a model folder is a Transformer's
     check_output(output, spec.kind, run)
-    damaged = _damaged_manifest(output)
     ema = chosen_ema(run, config, ema)
     files = {"tokenizer": run_pieces.pick(tokenizer, run, record, "tokenizer", True),
              "dvae": run_pieces.pick(dvae_weights, run, record, "dvae", True),
@@ -178,16 +178,43 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
                            recorded_tokenizer(run, None, record), spec.config)
     _check_pieces(files, own_clip, clip_model, codes)
     created = not output.exists()
+    # Held to the manifest: two exports into one folder mixed their pieces (one's bundle.json over the other's
+    # Transformer), each saying it wrote the folder. The lock file goes while still held, whatever the end (as
+    # outputs.output_folder's does): a model folder is copied and uploaded as it stands, and it would go with it.
+    with output_lock(output, "export"):
+        try:
+            check_output(output, spec.kind, run)  # again, as it is now that no other export writes it
+            _write_pieces(run, output, files, created, own_clip, clip_model, checkpoint, ema, dtype,
+                          max_shard_bytes, trained)
+            # The run resolved, not as typed: its readers (sampling.files.recorded_run) are anywhere, not here.
+            manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
+                        "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
+                        "sources": {"run": str(run.resolve()),
+                                    **{k: None if v is None else str(v) for k, v in files.items()}},
+                        "sha256": {"tokenizer": sha256(output / TOKENIZER)},
+                        BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config}
+            atomic.write_json(output / MANIFEST, manifest)
+        finally:
+            (output / LOCK).unlink(missing_ok=True)
+    say_all(warnings)  # once nothing can refuse the export any more
+    return output
+
+
+def _write_pieces(run: Path, output: Path, files: dict, created: bool, own_clip: bool, clip_model: str,
+                  checkpoint: str | None, ema: bool, dtype: str, max_shard_bytes: int, trained: tuple) -> None:
+    """`write_bundle`'s Transformer and copies into the model folder `output`, which it holds; all but bundle.json.
+    An earlier export stands whole until the new Transformer is complete (a refused checkpoint or EMA, a failed read,
+    a kill leave it working); from its replacement until the manifest is back (written last), the folder is
+    unfinished. A folder this export made (`created`) that holds nothing usable goes, not to be taken for a model."""
+    from megadalle.train.consolidate import checkpoint_dir
+
+    damaged = _damaged_manifest(output)
     earlier_clip = (output / CLIP).is_file() if damaged else (
         is_bundle(output) and read_record(output / MANIFEST).get("clip") == CLIP)
-    output.mkdir(parents=True, exist_ok=True)
     if damaged:  # unfinished from here, as during any re-export: its Transformer's export is no longer refused
         checkpoint_dir(run, checkpoint)  # a checkpoint refused (not the run's, none complete) leaves it as it was
         (output / MANIFEST).unlink()
     try:
-        # An earlier export stands whole until the new Transformer is complete (a refused checkpoint or EMA, a
-        # failed read, a kill leave it working); from its replacement until the manifest is back (written
-        # last), the folder is unfinished.
         export_transformer(run, output / TRANSFORMER, checkpoint, ema, dtype, max_shard_bytes,
                            lambda: (output / MANIFEST).unlink(missing_ok=True), trained)
         _copy(files["tokenizer"], output / TOKENIZER)
@@ -199,15 +226,6 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
         elif earlier_clip:  # an export with a CLIP wrote this folder before: its CLIP is not this model's
             _remove_weights(output / CLIP)
     except BaseException:
-        if created:  # a folder this export made holds nothing usable: it goes, not to be taken for a model
+        if created:
             shutil.rmtree(output, ignore_errors=True)
         raise
-    # The run resolved, not as typed: its readers (sampling.files.recorded_run) are anywhere, not where this ran.
-    manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
-                "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
-                "sources": {"run": str(run.resolve()), **{k: None if v is None else str(v) for k, v in files.items()}},
-                "sha256": {"tokenizer": sha256(output / TOKENIZER)},
-                BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config}
-    atomic.write_json(output / MANIFEST, manifest)
-    say_all(warnings)  # once nothing can refuse the export any more
-    return output

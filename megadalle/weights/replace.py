@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from megadalle.folder_lock import LOCK
 from megadalle.weights.errors import AmbiguousOutput, OutputInTheWay
 from megadalle.weights.records import (CONFIG, INDEX, MANIFEST, config_path, json_object, model_folder_around,
                                        recorded_kind)
@@ -174,9 +175,10 @@ def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] | None
     other files (a model folder, a run, image shards, a Hugging Face model) is never deleted nor written into, and
     a folder is no place for one file. A folder of shards replaces only an earlier export of a `kind` model (None:
     of any kind) holding nothing else (`_folder_in_the_way`); a caller writing another kind of folder says which
-    folders are earlier exports with `earlier` (`what` names one); an empty one is taken. One file replaces only
-    the weights of a `kind` model, and its config JSON (`x.json` beside `x.safetensors`) only that model's: a
-    user's `x.json`, the dVAE where the Transformer goes, are not overwritten. Checked before the first tensor is
+    folders are earlier exports with `earlier` (`what` names one); an empty one is taken (its lock file aside: an
+    export killed before it wrote anything into the folder it made). One file replaces only the weights of a `kind`
+    model, and its config JSON (`x.json` beside `x.safetensors`) only that model's: a user's `x.json`, the dVAE
+    where the Transformer goes, are not overwritten. Checked before the first tensor is
     read (a 12B streams for minutes), and again when the export is put in place. Nothing is written in a model
     folder but by its own export, the caller passing `earlier` (`check_outside_model_folder`, with `alone` and
     `run`), nor in a training run's checkpoints, which the run prunes (`check_outside_checkpoints`)."""
@@ -193,7 +195,7 @@ def check_replaceable(target: str | Path, earlier: Callable[[Path], bool] | None
     elif earlier is None:
         problem = _folder_in_the_way(target, kind)
     else:
-        taken = earlier(target) or not any(target.iterdir())
+        taken = earlier(target) or not any(p.name != LOCK for p in target.iterdir())
         problem = None if taken else (f"exists and is neither empty nor {what}, so the export will not replace it",
                                       ELSEWHERE)
     if problem:

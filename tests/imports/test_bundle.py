@@ -490,3 +490,19 @@ def test_export_checks_the_clip_and_an_unrecorded_dvae_from_their_headers(traine
     assert {dvae, clip}.isdisjoint(read)
     monkeypatch.undo()
     assert megadalle.load_pipeline(folder).clip is not None
+
+
+def test_an_export_into_a_folder_another_export_is_writing_is_refused(trained, tmp_path, capsys):
+    """Two exports into one folder at once both said they wrote it, leaving one's bundle.json (its run, its EMA) over
+    the other's Transformer, which loaded without a word."""
+    from megadalle.folder_lock import LOCK, output_lock
+
+    run, _, dvae, _ = trained
+    folder = tmp_path / "model"
+    with output_lock(folder, "export"):  # another export, from its lock to its manifest
+        assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 2
+    assert f"output={folder} is in use by an export (host " in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == [LOCK]  # the holder's lock, left to it
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0  # once it has ended
+    assert sorted(p.name for p in folder.iterdir()) == ["bundle.json", "dvae.json", "dvae.safetensors",
+                                                       "tokenizer.model", "transformer"]
