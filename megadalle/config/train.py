@@ -236,6 +236,16 @@ class LoggerConfig:
         check(self.peak_tflops > 0, f"{where}.peak_tflops", self.peak_tflops, "must be positive")
 
 
+def check_bf16_layout(ds: DeepSpeedConfig, where: str = "deepspeed") -> None:
+    """Refuse a bf16 run that DeepSpeed 0.19.8 cannot lay out: fp32 gradient accumulation picks its BF16_Optimizer
+    under ZeRO-1 and pipelines and the ZeRO-2/3 optimizer's own fp32 buffers (engine._do_optimizer_sanity_check),
+    and stage 0 has no optimizer for that mix. One rule for `train` (its preflight, where the precision is known
+    before a process group starts, and the engine) and `plan`, which said "fits" of a config `train` refused."""
+    check(ds.zero_stage != 0 or ds.grad_accum_dtype != "fp32", f"{where}.grad_accum_dtype", ds.grad_accum_dtype,
+          f"DeepSpeed cannot accumulate bf16 gradients in fp32 at {where}.zero_stage=0; use zero_stage>=1 or "
+          f"{where}.grad_accum_dtype=bf16")
+
+
 SCHEMAS = {"trainer": TrainerConfig, "deepspeed": DeepSpeedConfig, "logger": LoggerConfig}
 
 

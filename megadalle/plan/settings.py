@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from megadalle.config.plan import PlanConfig
-from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+from megadalle.config.train import DeepSpeedConfig, TrainerConfig, check_bf16_layout
 from megadalle.plan.counts import Counts
 from megadalle.plan.layout import Layout
 from megadalle.plan.precision import BF16, FP32, GB, Precision
@@ -47,6 +47,8 @@ def settings_for(trainer: TrainerConfig, ds: DeepSpeedConfig, plan: PlanConfig, 
     zero = ds.extra.get("zero_optimization", {})
     window, sub_group = ds.zero3_window(counts.block), ds.zero3_sub_group(counts.block)
     precision = {"fp32": FP32, "bf16": BF16}.get(trainer.precision, BF16 if plan.device == "gpu" else FP32)
+    if precision is BF16:  # a layout `train` refuses, refused (plan said it fits)
+        check_bf16_layout(ds)
     if precision is BF16 and ds.grad_accum_dtype != "fp32":
         precision = dataclasses.replace(BF16, grad=2)
     return Settings(

@@ -27,8 +27,8 @@ from megadalle.preflight.data_verbs import check_encode, check_index, check_prep
 from megadalle.preflight.demo import check_demo
 from megadalle.preflight.probes import WARNINGS, fits
 from megadalle.preflight.runs import RUN_TASKS, check_run_dir, check_run_keys
-from megadalle.preflight.train_verbs import (check_ema_swap, check_logger, check_train, check_train_clip,
-                                             check_train_dvae)
+from megadalle.preflight.train_verbs import (check_ema_swap, check_logger, check_precision, check_train,
+                                             check_train_clip, check_train_dvae)
 from megadalle.preflight.weights_verbs import check_evaluate, check_export, check_generate, check_import_dvae
 
 CHECKS: dict[str, Callable[[DictConfig], None]] = {
@@ -84,6 +84,7 @@ def preflight(verb: str, cfg: DictConfig) -> None:
     if check is not None:
         check(cfg)
     if verb in RUN_TASKS:
+        check_precision(cfg)
         check_ema_swap(cfg)
         check_logger(cfg)
         check_run_dir(verb, cfg)

@@ -282,6 +282,19 @@ def check_train_clip(cfg: DictConfig) -> None:
     fits_pad("clip", clip.text_pad_id)
 
 
+def check_precision(cfg: DictConfig) -> None:
+    """A bf16 run's DeepSpeed layout (config.train.check_bf16_layout), here where the precision is known: the engine
+    refused it only once every rank had started its process group."""
+    import torch
+
+    from megadalle.config import build
+    from megadalle.config.train import DeepSpeedConfig, check_bf16_layout
+
+    precision = cfg.trainer.get("precision", "auto")
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_available()):
+        check_bf16_layout(build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"))
+
+
 def check_logger(cfg: DictConfig) -> None:
     """wandb online needs credentials where it logs, on rank 0; without them wandb.init raised a UsageError after
     DeepSpeed had started. Checked on rank 0 only: a rank that does not log needs none, and a launcher ends the

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from megadalle.config import ConfigError
-from megadalle.config.train import DeepSpeedConfig, TrainerConfig
+from megadalle.config.train import DeepSpeedConfig, TrainerConfig, check_bf16_layout
 from megadalle.train import apex_adam, distributed, schedule
 from megadalle.train.masters import stage0_masters, torch_optimizer
 from megadalle.train.task import Batch, PipelineSpec, Task, runs_pipelined
@@ -80,15 +80,11 @@ def deep_merge(base: dict, extra: dict) -> dict:
 def precision_config(ds: DeepSpeedConfig, dtype: torch.dtype) -> dict:
     """bf16 with fp32 master weights, gradients accumulated and reduced in `ds`'s dtypes.
 
-    With fp32 accumulation DeepSpeed 0.19.8 picks (engine._do_optimizer_sanity_check): its
-    BF16_Optimizer under ZeRO-1 and pipelines, the ZeRO-2/3 optimizer's own fp32 accumulation
-    buffers otherwise; zero_stage=0 has no optimizer for that mix and is refused here.
+    A layout DeepSpeed has no optimizer for is refused (config.train.check_bf16_layout).
     """
     if dtype != torch.bfloat16:
         return {"bf16": {"enabled": False}}
-    if ds.zero_stage == 0 and ds.grad_accum_dtype == "fp32":
-        raise ConfigError("deepspeed.grad_accum_dtype='fp32': DeepSpeed cannot accumulate bf16 gradients in fp32 "
-                          "at deepspeed.zero_stage=0; use zero_stage>=1 or deepspeed.grad_accum_dtype=bf16")
+    check_bf16_layout(ds)
     return {"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": ds.grad_accum_dtype},
             "communication_data_type": ds.communication_dtype}
 

@@ -315,6 +315,23 @@ def test_one_data_parallel_rank_is_told_what_stage_0_would_hold(overrides, hinte
         assert alone == 0 and f"needs {total} GB per rank" in out
 
 
+REFUSED_BF16 = ("deepspeed.grad_accum_dtype='fp32': DeepSpeed cannot accumulate bf16 gradients in fp32 at "
+                "deepspeed.zero_stage=0; use zero_stage>=1 or deepspeed.grad_accum_dtype=bf16")
+
+
+@pytest.mark.parametrize("verb", ["plan", "train"])
+def test_a_bf16_layout_deepspeed_cannot_run_is_refused_by_plan_as_by_train(verb, tmp_path, capsys):
+    """plan said "fits" of ZeRO-0 in bf16 accumulating in fp32 (the default), which train refused, and train refused
+    it only once its process group had started."""
+    given = ["model=tiny", "deepspeed.zero_stage=0", "trainer.precision=bf16"]
+    if verb == "train":
+        given += ["data=synthetic", "trainer=tiny", "logger=none", f"run_dir={tmp_path / 'run'}"]
+    assert main([verb, *given]) == 2
+    assert capsys.readouterr().err.strip() == f"megadalle {verb}: {REFUSED_BF16}"
+    assert not (tmp_path / "run").exists()
+    assert main(["plan", *given[:2], "trainer.precision=bf16", "deepspeed.grad_accum_dtype=bf16"]) == 0
+
+
 REHEARSAL_151M = ["model=12b", "model.d_model=1024", "model.n_heads=16", "model.n_layers=8", "model.text_len=64",
                  "model.grid_size=8", "gpus=4", "device=cpu", "deepspeed=zero3", "trainer.precision=fp32",
                  "trainer.micro_batch=1", "trainer.ema=null"]
