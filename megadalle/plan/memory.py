@@ -30,8 +30,9 @@ scale rehearsal (benchmarks/scale_rehearsal.py, which measures the same quantiti
   comes after the backward has released its gathered parameters, activations and computed gradients, so
   only what it holds beyond those counts (`step`): the peak is the larger of the two phases;
 - activations per micro-batch after Korthikanti et al. (2022): 34 * seq * batch * d_model bytes per
-  layer at 2-byte precision with flash attention (twice that in fp32, plus the seq^2 scores and
-  probabilities of the eager attention on CPU); with activation checkpointing only each layer's input
+  layer at 2-byte precision with flash attention (twice that in fp32; torch's CPU attention with a boolean
+  mask is a flash kernel too, which keeps no per-head seq^2 scores, only the mask made additive in the
+  activations' dtype, seq^2 per layer); with activation checkpointing only each layer's input
   plus one layer being recomputed. Stage s of a pipeline holds min(stages - s, grad_accum) micro-batches
   (1F1B, DeepSpeed's num_pipe_buffers), the last one also the logits and their fp32 cross-entropy;
 - on GPU, the CUDA/NCCL runtime; and at least 10% of the memory is kept free (headroom).
@@ -87,8 +88,8 @@ def activation_bytes(cfg: TransformerConfig, layout: Layout, precision: Precisio
     """Activations of one micro-batch through `layers` blocks, kept for the backward."""
     tokens = cfg.seq_len * layout.micro_batch
     per_layer = ACT_BYTES_PER_ELEMENT_LAYER_16BIT * precision.act / 2 * tokens * cfg.d_model
-    if device == "cpu":  # eager attention materialises scores and probabilities for every head
-        per_layer += 2 * cfg.n_heads * cfg.seq_len * tokens * precision.act
+    if device == "cpu":  # the mask, made additive for the kernel and kept for its backward (one for the batch)
+        per_layer += cfg.seq_len * cfg.seq_len * precision.act
     if layout.checkpointing:
         return layers * tokens * cfg.d_model * precision.act + (per_layer if layers else 0)
     return layers * per_layer
