@@ -34,7 +34,7 @@ from megadalle import run_pieces
 from megadalle.config.override import override_word
 from megadalle.errors import BundleError
 from megadalle.models.vocab_tables import whole_tables
-from megadalle.train.checkpoint import CheckpointError
+from megadalle.train.checkpoint import CheckpointError, tag_of
 from megadalle.train.checkpoint_choice import find_resumable
 from megadalle.train.checkpoint_damage import complete_tags, damage
 from megadalle.train.ema import EmaPieces
@@ -92,7 +92,7 @@ def run_ema(run_dir: str | Path, ema: bool | None) -> bool:
 def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
     """The given checkpoint (verified complete, and one of the run's own) or the run's newest complete one."""
     if checkpoint:
-        path = Path(checkpoint)
+        path = named_checkpoint(run_dir, checkpoint)
         check_own_checkpoint(run_dir, path)
         why = damage(path)
         if why:
@@ -103,6 +103,17 @@ def checkpoint_dir(run_dir: str | Path, checkpoint: str | Path | None = None) ->
     if tag is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint under {root}")
     return root / tag
+
+
+def named_checkpoint(run_dir: str | Path, checkpoint: str | Path) -> Path:
+    """`checkpoint=` as a path; a bare name that is no path from here (`step_00000300`, as `ls RUN/checkpoints`
+    lists it, or the step, `300`) names that folder of `run_dir`'s checkpoints: it was refused as "not in the
+    checkpoints folder" of the run that held it."""
+    path = Path(checkpoint)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    name = tag_of(int(path.name)) if path.name.isdigit() else path.name
+    return Path(run_dir, "checkpoints", name)
 
 
 def check_own_checkpoint(run_dir: str | Path, path: Path) -> None:

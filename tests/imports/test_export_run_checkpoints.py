@@ -77,3 +77,26 @@ def test_a_file_of_the_runs_own_checkpoint_or_its_checkpoints_folder_names_what_
     assert one_line(capsys) == (f"checkpoint={run / 'checkpoints'}: the checkpoints folder of run={run}; checkpoint= "
                                 "takes one of its step_* folders (left out, the newest complete one is taken)")
     assert not output.exists()
+
+
+def test_a_checkpoint_named_as_its_folder_lists_it_or_by_its_step_is_the_runs(trained, tmp_path, capsys, monkeypatch):
+    """`checkpoint=step_00000002`, as `ls RUN/checkpoints` shows it, was refused as "not in the checkpoints folder" of
+    the run that held it (resolved against the folder the command ran in). A path that exists here stays a path."""
+    from safetensors.torch import load_file
+
+    run = trained[0]
+    monkeypatch.chdir(tmp_path)
+    exported = {}
+    for given in ("step_00000002", "2", str(run / STEP)):
+        output = tmp_path / f"w{len(exported)}.safetensors"
+        assert main(["export", f"run={run}", f"checkpoint={given}", f"output={output}", "dtype=fp32"]) == 0, \
+            capsys.readouterr().err
+        exported[given] = load_file(output)
+    capsys.readouterr()
+    assert all(set(weights) == set(exported["2"]) and all(weights[k].equal(exported["2"][k]) for k in weights)
+               for weights in exported.values())
+    assert main(["export", f"run={run}", "checkpoint=step_00000099", f"output={tmp_path / 'x.safetensors'}"]) == 2
+    assert one_line(capsys).startswith(f"checkpoint=step_00000099: {run / 'checkpoints' / 'step_00000099'}")
+    (tmp_path / "step_00000002").mkdir()  # a folder of that name here is what was meant
+    assert main(["export", f"run={run}", "checkpoint=step_00000002", f"output={tmp_path / 'y.safetensors'}"]) == 2
+    assert one_line(capsys).startswith("checkpoint=step_00000002: not in the checkpoints folder of run=")
