@@ -15,7 +15,7 @@ from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
 from megadalle.config.export import ExportConfig
 from megadalle.train.consolidate import chosen_ema, export, load_run, run_task
-from megadalle.weights import one_file
+from megadalle.weights import one_file, read_source
 
 __all__ = ["export", "load_run", "run"]
 
@@ -34,13 +34,16 @@ def run(cfg: DictConfig) -> int:
     if ec.weights_only or one_file(ec.output):
         path = export(ec.run, ec.output, ec.checkpoint, ema, dtype, ec.max_shard_mb * 10**6, trained=trained,
                       alone=True)
-        print(f"[export] wrote {path} ({weights})", file=sys.stderr)
+        print(f"[export] wrote {path} ({weights} of {read_source(path)['checkpoint']})", file=sys.stderr)
         return 0
     from megadalle.bundle_write import write_bundle, written
+    from megadalle.sampling.files import TRANSFORMER
 
     folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ema,
                           ec.clip_model, dtype, ec.max_shard_mb * 10**6, trained)
-    print(f"[export] wrote model folder {folder} ({weights}): {', '.join(written(folder))}", file=sys.stderr)
+    step = read_source(folder / TRANSFORMER)["checkpoint"]
+    print(f"[export] wrote model folder {folder} ({weights} of {step}): {', '.join(written(folder))}",
+          file=sys.stderr)
     return 0
 
 

@@ -42,8 +42,8 @@ from megadalle.train.mapped import streamed, verified
 from megadalle.train.task import Task
 from megadalle.train.zero_masters import has_masters, zero_masters
 from megadalle.train.zip_crc import DamagedRecord
-from megadalle.weights import (DTYPES, ShardedWriter, SingleFileWriter, as_dtype, check_replaceable, export_layout,
-                               one_file)
+from megadalle.weights import (DTYPES, SOURCE, ShardedWriter, SingleFileWriter, as_dtype, check_replaceable,
+                               export_layout, one_file)
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
 T = TypeVar("T")
@@ -363,6 +363,7 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
         record = clip_record.export_record(Path(run_dir))
 
     def write(path: Path) -> Path:
+        source = {SOURCE: {"run": str(Path(run_dir).resolve()), "checkpoint": path.name, "ema": ema}}
         model = meta_model(task)
         state, place = whole_tables(model)  # vocabulary tables trained in pieces are written whole
         tensors = checked(model, checkpoint_tensors(task, model, path, ema, torch_dtype), path)
@@ -373,7 +374,7 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
             for name, tensor in tensors:
                 whole, first_row = place(name)
                 writer.add(whole, tensor, first_row)
-            return writer.close(spec.config, before_replace, record)
+            return writer.close(spec.config, before_replace, {**record, **source})
         except BaseException:
             writer.abort()
             raise

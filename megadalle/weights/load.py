@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from megadalle.weights.dtypes import as_dtype
 from megadalle.weights.errors import WeightsError, WeightsNotFound, damaged
-from megadalle.weights.records import INDEX, SINGLE, config_path, read_record
+from megadalle.weights.records import INDEX, SINGLE, SOURCE, config_path, json_object, read_record
 
 
 def shard_of(path: str | Path) -> Path | None:
@@ -214,6 +214,14 @@ def _config_file(path: str | Path, files: list[Path]) -> Path:
     if Path(path).is_dir() and files[0].name == SINGLE and not meta_path.is_file():
         return config_path(files[0])
     return meta_path
+
+
+def read_source(path: str | Path) -> dict | None:
+    """What the weights at `path` were exported from (records.SOURCE), without reading a tensor; None where nothing
+    records it (weights exported before the record, saved by a training verb, or written by other tools)."""
+    record = json_object(_config_file(path, _layout(path).files))
+    source = (record or {}).get(SOURCE)
+    return source if isinstance(source, dict) else None
 
 
 def read_config(path: str | Path, kind: str | None = None) -> dict:

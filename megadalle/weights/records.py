@@ -22,6 +22,9 @@ CONFIG = "config.json"
 SINGLE = "model.safetensors"
 MANIFEST = "bundle.json"
 """What makes a folder a model folder (bundle_write.py, which writes it last)."""
+SOURCE = "exported_from"
+"""The config JSON's record of what an export read (`{"run", "checkpoint", "ema"}`): exports of a run still training
+were each of an unknown step, their files alike but for the tensors."""
 
 
 def model_folder_around(path: str | Path) -> Path | None:

@@ -101,6 +101,6 @@ def test_export_of_a_dvae_run_keeps_fp32_unless_told(tmp_path, image_shards, cap
     for extra, dtype, name in (([], "F32", "fp32"), (["dtype=bf16"], "BF16", "bf16")):
         out = tmp_path / f"{name}.safetensors"
         assert main(["export", f"run={run}", f"output={out}", *extra]) == 0
-        assert f"[export] wrote {out} ({name}, the EMA weights)" in capsys.readouterr().err
+        assert f"[export] wrote {out} ({name}, the EMA weights of step_00000001)" in capsys.readouterr().err
         with safe_open(str(out), "pt") as f:
             assert {f.get_slice(key).get_dtype() for key in f.keys()} == {dtype}

@@ -31,6 +31,7 @@ def test_export_a_folder_load_it_and_generate_from_it(trained, tmp_path):
     assert (folder / "transformer" / "model.safetensors.index.json").is_file()  # bf16 shards + index
     manifest = json.loads((folder / "bundle.json").read_text())
     assert manifest["sources"]["tokenizer"] == str(tok)  # taken from the run's own data.tokenizer
+    assert manifest["sources"]["checkpoint"] == "step_00000002"  # the run's newest: it may train on
 
     pipe = megadalle.load_pipeline(folder)
     state, _ = load_weights(folder / "transformer", "transformer")
@@ -405,7 +406,7 @@ def test_generate_writes_nothing_into_a_model_folder_and_export_lists_only_its_o
     assert sorted(p.name for p in folder.iterdir()) == before
     assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0
     assert capsys.readouterr().err.strip().endswith(
-        "(bf16, the live weights): bundle.json, dvae.json, dvae.safetensors, tokenizer.model, transformer")
+        "(bf16, the live weights of step_00000002): bundle.json, dvae.json, dvae.safetensors, tokenizer.model, transformer")
     assert (folder / "notes.txt").read_text() == "mine"
 
 

@@ -35,10 +35,11 @@ def test_export_ships_the_ema_of_a_run_that_trained_one(trained_ema, tmp_path, c
     ema, _ = exported(run, tmp_path / "ema.safetensors", capsys, "ema=true")
     live, said_live = exported(run, tmp_path / "live.safetensors", capsys, "ema=false")
     assert same(auto, ema) and not same(auto, live)
-    assert "(fp32, the EMA weights)" in said and "(fp32, the live weights)" in said_live
+    assert "(fp32, the EMA weights of step_00000002)" in said
+    assert "(fp32, the live weights of step_00000002)" in said_live
     folder = tmp_path / "model"
     assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}", f"clip_weights={clip}"]) == 0
-    assert f"wrote model folder {folder} (bf16, the EMA weights)" in capsys.readouterr().err
+    assert f"wrote model folder {folder} (bf16, the EMA weights of step_00000002)" in capsys.readouterr().err
     assert json.loads((folder / "bundle.json").read_text())["ema"] is True
 
 
@@ -46,7 +47,7 @@ def test_a_run_without_an_ema_ships_its_live_weights_and_refuses_ema_true(traine
     run, _, dvae, _ = trained
     auto, said = exported(run, tmp_path / "auto.safetensors", capsys)
     live, _ = exported(run, tmp_path / "live.safetensors", capsys, "ema=false")
-    assert same(auto, live) and "(fp32, the live weights)" in said
+    assert same(auto, live) and "(fp32, the live weights of step_00000002)" in said
     assert main(["export", f"run={run}", f"output={tmp_path / 'model'}", f"dvae_weights={dvae}"]) == 0
     assert json.loads((tmp_path / "model" / "bundle.json").read_text())["ema"] is False
     for verb in (["export", f"output={tmp_path / 'ema.safetensors'}"],

@@ -81,8 +81,11 @@ def test_a_file_of_the_runs_own_checkpoint_or_its_checkpoints_folder_names_what_
 
 def test_a_checkpoint_named_as_its_folder_lists_it_or_by_its_step_is_the_runs(trained, tmp_path, capsys, monkeypatch):
     """`checkpoint=step_00000002`, as `ls RUN/checkpoints` shows it, was refused as "not in the checkpoints folder" of
-    the run that held it (resolved against the folder the command ran in). A path that exists here stays a path."""
+    the run that held it (resolved against the folder the command ran in). A path that exists here stays a path.
+    The export says and records which checkpoint it read."""
     from safetensors.torch import load_file
+
+    from megadalle.weights import read_source
 
     run = trained[0]
     monkeypatch.chdir(tmp_path)
@@ -92,7 +95,9 @@ def test_a_checkpoint_named_as_its_folder_lists_it_or_by_its_step_is_the_runs(tr
         assert main(["export", f"run={run}", f"checkpoint={given}", f"output={output}", "dtype=fp32"]) == 0, \
             capsys.readouterr().err
         exported[given] = load_file(output)
-    capsys.readouterr()
+        assert read_source(output) == {"run": str(run.resolve()), "checkpoint": "step_00000002", "ema": False}
+    assert capsys.readouterr().err.count("(fp32, the live weights of step_00000002)\n") == 3  # exports of a run
+    # still training were each of an unknown step, their files alike but for the tensors
     assert all(set(weights) == set(exported["2"]) and all(weights[k].equal(exported["2"][k]) for k in weights)
                for weights in exported.values())
     assert main(["export", f"run={run}", "checkpoint=step_00000099", f"output={tmp_path / 'x.safetensors'}"]) == 2
