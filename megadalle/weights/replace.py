@@ -109,9 +109,15 @@ def _own_transformer(folder: Path) -> Path | None:
 
 def one_file(output: str | Path) -> bool:
     """Whether an export writes `output` as one .safetensors file (else a folder). `x.safetensors/` says both, a
-    file by its suffix and a folder by its slash (which Path drops): refused rather than guessed."""
+    file by its suffix and a folder by its slash (which Path drops): refused rather than guessed; so is the suffix
+    in capitals (`x.SafeTensors`), which wrote a folder that other tools and case-blind file systems take for a
+    file."""
     text = str(output)
-    named_file = text.rstrip("/" + os.sep).endswith(".safetensors")
+    name = text.rstrip("/" + os.sep)
+    named_file = name.endswith(".safetensors")
+    if not named_file and name.lower().endswith(".safetensors"):
+        raise AmbiguousOutput(f"output={text}: ends in {name[-len('.safetensors'):]}; write .safetensors for one "
+                              "file, or name the folder otherwise")
     if named_file and text.endswith(("/", os.sep)):
         raise AmbiguousOutput(f"output={text}: ends in .safetensors (one file) and in / (a folder); drop the / "
                               "to write one file, or name the folder otherwise")

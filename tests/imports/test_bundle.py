@@ -361,6 +361,12 @@ def test_an_output_named_both_file_and_folder_is_refused(trained, tmp_path, caps
         assert err == (f"megadalle export: output={tmp_path / 'x.safetensors'}/: ends in .safetensors (one file) "
                        "and in / (a folder); drop the / to write one file, or name the folder otherwise")
         assert not list(tmp_path.iterdir())
+    for options in ([f"dvae_weights={dvae}"], ["weights_only=true"]):  # it wrote a folder named like a file
+        assert main(["export", f"run={run}", f"output={tmp_path / 'x.SafeTensors'}", *options]) == 2
+        assert capsys.readouterr().err.strip() == (f"megadalle export: output={tmp_path / 'x.SafeTensors'}: ends in "
+                                                   ".SafeTensors; write .safetensors for one file, or name the folder "
+                                                   "otherwise")
+        assert not list(tmp_path.iterdir())
 
 
 def test_one_shard_as_weights_names_its_folder(trained, tmp_path, capsys):
