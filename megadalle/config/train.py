@@ -14,6 +14,8 @@ DECAYS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("offline", "online", "disabled")
 REDUCE_DTYPES = ("fp32", "bf16")
+MAX_STEPS = 10**8 - 1
+"""The last update a checkpoint's name holds (train/checkpoint.py TAG: step_ and 8 digits)."""
 
 
 @dataclass
@@ -85,6 +87,9 @@ class TrainerConfig:
         for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "media_every", "eval_every", "min_lr", "grad_clip",
                      "weight_decay"):
             check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "must be non-negative")
+        check(self.steps <= MAX_STEPS, f"{where}.steps", self.steps,
+              f"at most {MAX_STEPS:,}: checkpoints are named with 8 digits (step_00001000), and a later one's name "
+              "would be found by no resume")
         check(self.lr > 0, f"{where}.lr", self.lr, "must be positive")
         check(self.min_lr <= self.lr, f"{where}.min_lr", self.min_lr, f"must not exceed lr={self.lr}")
         check(self.decay in DECAYS, f"{where}.decay", self.decay, f"expected one of {DECAYS}")

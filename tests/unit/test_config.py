@@ -92,6 +92,18 @@ def test_clip_temperature_above_one_is_refused_before_the_clamp_changes_it(tempe
         build(ClipConfig, cfg.clip, "clip")
 
 
+def test_steps_past_what_a_checkpoint_name_holds_are_refused():
+    """step_100000000 matched no checkpoint pattern: such checkpoints would have been invisible to resume and
+    pruning."""
+    from megadalle.config.train import TrainerConfig
+    from megadalle.train.checkpoint import TAG, tag_of
+
+    build(TrainerConfig, compose("train", ["trainer.steps=99999999"]).trainer, "trainer")
+    assert TAG.match(tag_of(99999999))
+    with pytest.raises(ConfigError, match="trainer.steps=100000000: at most 99,999,999: checkpoints are named with 8"):
+        build(TrainerConfig, compose("train", ["trainer.steps=100000000"]).trainer, "trainer")
+
+
 def test_wrong_types_and_unknown_keys_fail_at_composition():
     with pytest.raises(ConfigCompositionException):
         compose("plan", ["model.n_heads=four"])
