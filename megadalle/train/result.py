@@ -5,6 +5,7 @@ returned (`train`, `train-dvae` and `train-clip` report it and exit with its sta
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,18 @@ class Result:
         if self.stopped_before_first_update:
             how = "stopped by signal before its first update, nothing to save: rerunning resumes from the last checkpoint"
         else:
-            how = f"{'stopped by signal' if self.stopped_by_signal else 'finished'} at step {self.step}"
+            how = f"{'stopped by signal' if self.stopped_by_signal else 'finished'} at step {self.step}{self.skips()}"
         print(f"[{self.verb}] {how}; run directory {self.run_dir}", flush=True)
+
+    def skips(self) -> str:
+        """How many of this run's updates had a non-finite loss, which ZeRO 1-3 skip: a run stuck in them (weights
+        that overflow every forward never change again) trained on to its end and said only "finished"."""
+        bad = sum(not math.isfinite(loss) for loss in self.losses)
+        if not bad:
+            return ""
+        return (f", {'all' if bad == len(self.losses) else bad} of its {len(self.losses)} updates skipped for a "
+                "non-finite loss (metrics.jsonl: skipped_steps): lower trainer.lr, or resume from an earlier "
+                "checkpoint (resume=<its step_* directory>)")
 
     def exit_status(self, steps: int) -> int:
         """A training verb's exit status for a run of `steps` updates (signals.exit_status)."""

@@ -16,3 +16,16 @@ def test_nan_update_is_skipped_and_counted(tmp_path):
     assert all(r["loss"] == r["loss"] for i, r in enumerate(records) if i != 2)  # finite after the skip
     assert records[3]["lr"] == records[2]["lr"], "the schedule must not advance on a skipped update"
     assert records[4]["loss"] < records[0]["loss"]
+
+
+def test_a_run_stuck_in_skipped_updates_says_so_in_its_last_line(tmp_path, capsys):
+    """Weights that overflow every forward are never changed again (each update is skipped): such a run trained on
+    to its end, saved the same weights and said only "finished at step 4"."""
+    from megadalle.cli import main
+
+    assert main(["train", "data=synthetic", "model=tiny", "trainer=tiny", "trainer.steps=4", "trainer.lr=1e6",
+                 "trainer.min_lr=0", "trainer.warmup_steps=0", "trainer.grad_clip=0", "data.num_workers=0",
+                 "logger=none", f"run_dir={tmp_path / 'run'}"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("[train] finished at step 4, ") and " of its 4 updates skipped for a non-finite loss " \
+        "(metrics.jsonl: skipped_steps): lower trainer.lr, or resume from an earlier checkpoint" in last, last
