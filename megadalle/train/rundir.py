@@ -322,6 +322,10 @@ def check_config(path: Path, config: dict,
         more = f" and {', '.join(key for key, _, _ in diff[5:])}" if len(diff) > 5 else ""
         given = options(saved.get("config", {}), diff)
         sets = f" ({' '.join(given)} {'sets' if len(given) == 1 else 'set'} them)" if given else ""
+        if not saved_any(path):  # killed before its first save (the OOM, the divergence): "resume" it, with what failed?
+            raise RunDirError(f"{path} holds the start of a run with another config that saved no checkpoint: "
+                              f"{shown}{more}; remove {path} to start it over with these values, rerun with the same "
+                              f"values{sets} to start it again, or start a new run with name=<new name> (or run_dir=)")
         raise RunDirError(f"{path} holds a run with another config: {shown}{more}; rerun with the same values{sets} "
                           f"to resume it, or start a new run with name=<new name> (or run_dir=)")
     for key, digest in recorded.items():
@@ -330,6 +334,14 @@ def check_config(path: Path, config: dict,
                               f"(sha256 {now[key][:12]} now, {digest[:12]} in its run.json: changed since, it gives "
                               f"the captions other ids); give the run its tokenizer back, or start a new run with "
                               f"name=<new name> (or run_dir=)")
+
+
+def saved_any(path: Path) -> bool:
+    """Whether the run in `path` began to save a checkpoint (a step_* folder, complete or not, or one set aside)."""
+    from megadalle.train.checkpoint import ABANDONED, step_dirs
+
+    checkpoints = path / "checkpoints"
+    return bool(step_dirs(checkpoints) or step_dirs(checkpoints / ABANDONED))
 
 
 def micro_batch_refusal(path: Path, flat: dict, old: Any, new: Any) -> str:

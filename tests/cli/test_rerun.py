@@ -109,6 +109,24 @@ def test_rerunning_the_same_command_resumes_and_another_config_is_refused(train_
 
 
 @pytest.mark.distributed
+def test_a_run_that_saved_no_checkpoint_is_not_offered_to_resume(tmp_path, capsys):
+    """Killed before its first save (an out-of-memory at the first update, a divergence at ZeRO stage 0), a run was
+    refused with another config "to resume it": with the values that had just failed, and nothing to resume."""
+    run = tmp_path / "run"
+    command = ["train", "data=synthetic", "model=tiny", "trainer=tiny", "trainer.steps=1", "data.num_workers=0",
+               "logger=none", f"run_dir={run}"]
+    assert main(command) == 0
+    shutil.rmtree(run / "checkpoints")  # as a run killed before it saved
+    capsys.readouterr()
+    assert main([*command, "trainer.lr=0.002"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"megadalle train: {run} holds the start of a run with another config that saved no checkpoint: trainer.lr "
+        f"(0.001 there, 0.002 now); remove {run} to start it over with these values, rerun with the same values "
+        "(trainer=tiny sets them) to start it again, or start a new run with name=<new name> (or run_dir=)")
+    shutil.rmtree(run)
+    assert main([*command, "trainer.lr=0.002"]) == 0
+
+
 def test_a_tokenizer_retrained_in_place_does_not_resume(train_overrides, token_data, tmp_path, capsys):
     """data.tokenizer names the same path after `megadalle tokenizer` wrote another model there: resuming would
     train on other ids in silence. run.json records the tokenizer's sha256 and the rerun is refused."""
