@@ -45,7 +45,18 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
     fits = "" if plan.device == "cpu" else ("fits" if mem.total <= budget(plan) else "DOES NOT FIT")
     t = step_time(model, counts, plan, layout, settings)
     busiest, total = checkpoint_bytes(model, counts, layout, settings)
-    lead = usr1_lead_seconds(t.total, total, plan)
+    checkpoint = f"  checkpoint: {total / GB:.1f} GB in all, {busiest / GB:.2f} GB from the busiest rank; at " \
+                 f"{plan.checkpoint_write_gbps:g} GB/s "
+    if plan.device == "cpu":  # the step time is a GPU's (MFU, NVLink): 0.00 s on the CPU, and the lead sized on it
+        timing = ["  step: not predicted on the CPU (the model of it is a GPU's); metrics.jsonl's step_seconds "
+                  "measures it",
+                  f"{checkpoint}submit with sbatch --signal=B:USR1@N, N = 1.5 x (step_seconds + "
+                  f"{total / (plan.checkpoint_write_gbps * GB):.1f} s) + 30"]
+    else:
+        timing = [f"  step: {t.total:.2f} s = compute {t.compute:.2f} s + exposed communication {t.exposed:.2f} s "
+                  f"(of {t.comm:.2f} s; NVLink {plan.nvlink_gbps:g} GB/s within {plan.gpus_per_node} ranks, "
+                  f"InfiniBand {plan.ib_gbps:g} GB/s across)",
+                  f"{checkpoint}submit with sbatch --signal=B:USR1@{usr1_lead_seconds(t.total, total, plan)}"]
     return [
         f"this config ({plan.gpus} ranks, {settings.precision.name}, EMA {'on' if settings.ema else 'off'}): "
         f"{describe(layout)}",
@@ -54,11 +65,7 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
         *pieces_hint(model, counts, plan, layout, settings, mem),
         f"  construction peak (before the first step): "
         f"{construction_bytes(model, counts, layout, settings, plan.device) / GB:.2f} GB",
-        f"  step: {t.total:.2f} s = compute {t.compute:.2f} s + exposed communication {t.exposed:.2f} s "
-        f"(of {t.comm:.2f} s; NVLink {plan.nvlink_gbps:g} GB/s within {plan.gpus_per_node} ranks, InfiniBand "
-        f"{plan.ib_gbps:g} GB/s across)",
-        f"  checkpoint: {total / GB:.1f} GB in all, {busiest / GB:.2f} GB from the busiest rank; at "
-        f"{plan.checkpoint_write_gbps:g} GB/s submit with sbatch --signal=B:USR1@{lead}",
+        *timing,
         f"  export (streaming, bf16): peak {export_bytes(counts) / GB:.2f} GB",
         *([] if plan.device == "cpu" else [sampling_line(model, counts, plan)]),
     ]

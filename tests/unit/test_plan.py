@@ -320,6 +320,9 @@ def test_cli_cpu_mode_predicts_host_memory_without_a_suggestion(capsys):
     out = capsys.readouterr().out
     assert "this config (4 ranks, fp32, EMA off): pipeline 2 x dp 2 (ZeRO-1)" in out
     assert "host memory per rank above the baseline" in out and "suggested layout" not in out
+    # a GPU's step time (0.00 s, NVLink) and a USR1 lead sized on it were printed for CPU runs of 30 s a step
+    assert "step: not predicted on the CPU" in out and "NVLink" not in out
+    assert "--signal=B:USR1@N, N = 1.5 x (step_seconds + " in out
 
 
 @pytest.mark.parametrize("overrides, hinted", [
