@@ -158,7 +158,7 @@ def _layer_keys(model: nn.Module, prefix: str) -> list[str]:
 
 def _pipeline_tensors(task: Task, model: nn.Module, path: Path, dtype: torch.dtype) -> Tensors:
     names = pipeline_names(task, model)
-    widen = dtype == torch.float32 and not _all_fp32(verified(path / "layer_00-model_states.pt"))
+    widen = finer(dtype, verified(path / "layer_00-model_states.pt"))
     if widen:
         refuse_unread_masters(path)
     if widen and has_masters(path):
@@ -179,8 +179,12 @@ def _plain_name(names: list[dict[str, str]], layer: int, key: str, path: Path) -
     return names[layer][key]
 
 
-def _all_fp32(state: dict) -> bool:
-    return all(t.dtype == torch.float32 for t in state.values())
+def finer(dtype: torch.dtype, state: dict) -> bool:
+    """Whether an export in `dtype` keeps more of the weights than the module's `state` holds: fp32, or fp16 (3 more
+    mantissa bits), of a bf16 run, which only its fp32 masters give. fp16 was cast from the bf16 weights under
+    ZeRO 0-2 and pipelines (1.2e-3 from the masters) and from the masters under ZeRO-3 (4.9e-4): one run exported
+    two models by its layout."""
+    return dtype != torch.bfloat16 and not all(t.dtype == torch.float32 for t in state.values())
 
 
 def stage0_masters(path: Path, states: dict) -> list[list[torch.Tensor] | torch.Tensor] | None:
@@ -230,8 +234,7 @@ def _zero_tensors(path: Path, dtype: torch.dtype, model: nn.Module) -> Tensors:
     module_file = path / "mp_rank_00_model_states.pt"
     states = verified(module_file) if module_file.is_file() else {}
     module = states.get("module")
-    # ZeRO-3 saves no module weights; an fp32 export of a bf16 run needs the fp32 masters.
-    need_masters = not module or (dtype == torch.float32 and not _all_fp32(module))
+    need_masters = not module or finer(dtype, module)  # ZeRO-3 saves no module weights
     stage0 = stage0_masters(path, states) if need_masters and module else None
     if stage0 is not None:
         masters = _named_masters(model, stage0, path)
