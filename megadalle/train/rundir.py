@@ -56,7 +56,7 @@ RESUMABLE = (
     "logger.*", "data.num_workers", "data.prefetch_factor", "usage_window",
     "model.activation_checkpointing", "model.attention_backend", "deepspeed.overlap_comm",
     "deepspeed.reduce_bucket_size", "deepspeed.timeout_minutes", "deepspeed.zero3_window_blocks",
-    "trainer.keep_freed_memory",
+    "trainer.keep_freed_memory", "trainer.fused_optimizer",
 )
 """Keys (or `group.*`) a rerun may change and still resume the run directory. Validation (its data too) and
 sample grids among them: both run on a forked RNG and their own data, so switching them on or off at a resume
@@ -67,7 +67,9 @@ train-clip) is where the finished run is exported. `data.shards` may move: the c
 (the module docstring). `trainer.decay_steps` like `trainer.steps` reshapes the decay, with a warning where it
 changes the learning rate at the resume. `deepspeed.timeout_minutes` bounds waits (a resume on another rank
 count may need it raised while rank 0 converts a large checkpoint), `zero3_window_blocks` how many parameters
-ZeRO-3 holds gathered, `trainer.keep_freed_memory` the CPU allocator: none changes a number. Not
+ZeRO-3 holds gathered, `trainer.keep_freed_memory` the CPU allocator: none changes a number. `trainer.fused_optimizer`
+picks torch's kernel for the same AdamW and its same state (a user whose fused kernel fails on a new machine switches
+it for the running run), changing the weights at rounding level, as `model.attention_backend` does. Not
 `zero3_sub_group_blocks`: DeepSpeed saves ZeRO-3's optimizer state per sub-group and loads it only into as many
 sub-groups (under ZeRO 0-2, which have none, it may change: MATTERS_IN). `trainer.micro_batch` may change except
 where it is part of the objective: CLIP's contrast, a dVAE's usage term (MATTERS_IN)."""

@@ -127,6 +127,22 @@ def test_a_run_that_saved_no_checkpoint_is_not_offered_to_resume(tmp_path, capsy
     assert main([*command, "trainer.lr=0.002"]) == 0
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_optimizer_kernel_may_change_at_a_resume(tmp_path, precision, capsys):
+    """`trainer.fused_optimizer` picks torch's kernel for the same AdamW and state: a rerun was refused it, so a user
+    whose fused kernel failed on a new machine could not switch it for the running run."""
+    command = ["train", "data=synthetic", "model=tiny", "trainer=tiny", "data.num_workers=0", "logger=none",
+               "trainer.warmup_steps=0", "trainer.log_every=1", f"trainer.precision={precision}"]
+    assert main([*command, "trainer.steps=3", f"run_dir={tmp_path / 'whole'}"]) == 0
+    assert main([*command, "trainer.steps=1", f"run_dir={tmp_path / 'run'}"]) == 0
+    capsys.readouterr()
+    assert main([*command, "trainer.steps=3", "trainer.fused_optimizer=false", f"run_dir={tmp_path / 'run'}"]) == 0
+    assert "at step 1" in capsys.readouterr().out
+    whole, switched = ({r["step"]: r["loss"] for r in map(json.loads, (tmp_path / name / "metrics.jsonl").open())}
+                       for name in ("whole", "run"))
+    assert switched[2] == pytest.approx(whole[2], rel=1e-3 if precision == "bf16" else 1e-5)  # Adam's state went on
+
+
 def test_a_tokenizer_retrained_in_place_does_not_resume(train_overrides, token_data, tmp_path, capsys):
     """data.tokenizer names the same path after `megadalle tokenizer` wrote another model there: resuming would
     train on other ids in silence. run.json records the tokenizer's sha256 and the rerun is refused."""
