@@ -156,7 +156,9 @@ def nfc(name: str) -> str:
 def folder_items(root: Path) -> list[Item]:
     """Every image under `root` with its same-stem caption beside it, sorted by relative path; then one
     item to skip per file that is neither (unrecognised_file), per caption no image has (orphan_caption) and per
-    hidden file or folder (`list_files`). Those come last, so they shift no image's key."""
+    hidden file or folder (`list_files`). Those come last, so they shift no image's key. The images of `<root>/val/`
+    are held out, as a shard input's `val/` is: a folder laid out `train/` and `val/` had its validation images
+    trained on, without a word."""
     files, hidden = list_files(root)
     captions: dict[tuple[Path, str], list[Path]] = {}
     for p in files:
@@ -170,8 +172,9 @@ def folder_items(root: Path) -> list[Item]:
         caption = found[0] if found else p.with_suffix(CAPTION_EXTENSION)
         used.add(caption)
         imaged[(p.parent, nfc(p.stem))] = (p.name, caption.name)
-        name = p.relative_to(root).as_posix()
-        items.append(Item(f"{len(items):09d}", p, shown(name), caption_file=caption))
+        relative = p.relative_to(root)
+        items.append(Item(f"{len(items):09d}", p, shown(relative.as_posix()), caption_file=caption,
+                          held_out=len(relative.parts) > 1 and relative.parts[0] == VAL_DIR))
     for p in files:
         suffix = p.suffix.lower()
         if suffix == CAPTION_EXTENSION and p not in used and (p.parent, nfc(p.stem)) in imaged:

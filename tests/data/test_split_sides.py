@@ -279,6 +279,23 @@ def test_a_val_folder_of_megadalles_own_files_is_replaced_or_removed(tmp_path):
     assert not (out / "val").exists()
 
 
+def test_an_image_folders_own_val_folder_is_held_out_as_a_shard_inputs_is(tmp_path):
+    """A folder laid out train/ and val/ (ImageFolder's layout) had its validation images trained on, without a
+    word; a `val` deeper down, or a file named so, is no split."""
+    root = tmp_path / "in"
+    for name in ("a", "b", "c"):
+        put(root, f"train/{name}.jpg", image(name), f"caption {name}")
+    for name in ("d", "e"):
+        put(root, f"val/{name}.jpg", image(name), f"caption {name}")
+    put(root, "train/val/f.jpg", image("f"), "caption f")
+    summary = prepare(config(root, tmp_path / "out"), progress=False)
+    assert sides(tmp_path / "out") == ({"caption a", "caption b", "caption c", "caption f"}, {"caption d", "caption e"})
+    assert summary.val_kept == 2
+    with pytest.raises(SecondSplitError, match=f"val_fraction=0.3: {root} has its own validation split \\(2 "
+                                               f"samples in {root / 'val'}\\)"):
+        prepare(config(root, tmp_path / "out", val_fraction=0.3), progress=False)
+
+
 def test_re_preparing_a_prepared_folder_keeps_its_validation_split(tmp_path):
     first, again = tmp_path / "first", tmp_path / "again"
     prepare(config(small_folder(tmp_path, 24), first, val_fraction=0.3), progress=False)
