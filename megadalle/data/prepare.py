@@ -41,7 +41,7 @@ from megadalle.data.pool import worker_pool
 from megadalle.data.shards import ShardWriter
 from megadalle.data.split import (SPLIT_RULE, VAL_DIR, SecondSplitError, check_split_dir, is_validation, redrawn_note,
                                   remove_split_dir, split_rule)
-from megadalle.data.sources import Item, dropped_by_index, find_items
+from megadalle.data.sources import UNREAD_PHOTOS, Item, dropped_by_index, find_items
 from megadalle.data.summary import NoUsableInput, PassSummary
 from megadalle.disk_errors import refused
 from megadalle.errors import UserError
@@ -199,13 +199,20 @@ def _convert(cfg: PrepareConfig, items: list[Item], held: int, start: float, pro
         listed = f"its {REPORT_NAME} does not list them" if reason == UNLISTED else f"its {REPORT_NAME} lists them"
         note = f"{count} of them left out when {cfg.input} was indexed ({listed})"
         summary.notes[reason] = f"{summary.notes[reason]}; {note}" if reason in summary.notes else note
-    compressed = sum(bad["reason"] == "unrecognised_file" and is_compressed_tar(bad["source"]) for bad in summary.bad)
-    if compressed:
-        summary.notes["unrecognised_file"] = (f"{compressed} of them compressed tars, which megadalle does not read: "
-                                              "decompress them (the report names them)")
+    unread = [f"{count} of them {what}" for what, count in unread_kinds(summary.bad).items() if count]
+    if unread:
+        summary.notes["unrecognised_file"] = f"{'; '.join(unread)} (the report names them)"
     atomic.write_json(summary.report, shown_in({"input": str(cfg.input), "output": str(cfg.output),
                                                 "config": asdict(cfg), **asdict(summary)}))  # a detail may name a file
     return summary
+
+
+def unread_kinds(bad: list[dict]) -> dict[str, int]:
+    """How many of the files skipped as unrecognised are of a kind users bring by mistake, by what to do of them."""
+    files = [item["source"] for item in bad if item["reason"] == "unrecognised_file"]
+    return {"compressed tars, which megadalle does not read: decompress them": sum(map(is_compressed_tar, files)),
+            "HEIC photos, which PIL does not read: convert them to JPEG": sum(
+                Path(name).suffix.lower() in UNREAD_PHOTOS for name in files)}
 
 
 def run(cfg: DictConfig) -> int:

@@ -36,6 +36,8 @@ from megadalle.data.tar import walk
 
 IMAGE_EXTENSIONS = tuple(f".{field}" for field in IMAGE_FIELDS)
 """Images of a folder input (any case): what PIL decodes among photo formats; a GIF gives its first frame."""
+UNREAD_PHOTOS = (".heic", ".heif")
+"""Photos PIL does not decode that users bring (an iPhone's default): named with a way to convert them."""
 CAPTION_EXTENSION = ".txt"
 """A folder image's captions: the same stem with this suffix, in any case (`X.jpg` + `X.TXT`)."""
 MANIFESTS = (".jsonl", ".csv")
@@ -185,6 +187,10 @@ def folder_items(root: Path) -> list[Item]:
         elif is_compressed_tar(p.name):
             problem = ("unrecognised_file", "a compressed tar, which megadalle does not read: decompress it into a "
                                             "plain .tar, in a folder of tars (read as shards) without images")
+        elif suffix in UNREAD_PHOTOS:
+            problem = ("unrecognised_file", f"a {suffix[1:].upper()} photo (a phone's), which PIL does not read: "
+                                            "convert it to JPEG (heif-convert, `magick mogrify -format jpg`, or a "
+                                            "Mac's Preview) and prepare again")
         elif suffix == ".tar":  # tars at the top would make the folder one of shards
             problem = ("unrecognised_file", "a tar in a subfolder of an image folder, not read: prepare reads a "
                                             "folder of images, or one folder of .tar shards (pass that folder as "

@@ -87,6 +87,21 @@ def test_unrecognised_files_and_orphan_captions_are_counted_by_reason(tmp_path):
     assert [s["__key__"] for s in iter_samples(tmp_path / "out", ["txt"])] == ["000000000"]  # keys as before
 
 
+def test_a_heic_photo_is_named_with_how_to_convert_it(tmp_path, capsys):
+    """An iPhone's HEIC photos were "neither an image nor a .txt caption", their captions orphans, with no word of
+    what to do."""
+    root = tmp_path / "in"
+    put(root, "a.jpg", jpeg_bytes((40, 40), 1))
+    put(root, "IMG_0001.HEIC", b"\0\0\0\x18ftypheic")
+    assert main(["prepare", f"input={root}", f"output={tmp_path / 'out'}", "image_size=32", "min_side=32",
+                 "num_workers=0"]) == 0
+    assert "unrecognised_file: 1 of them HEIC photos, which PIL does not read: convert them to JPEG (the report " \
+           "names them)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    (heic,) = [bad for bad in report["bad"] if bad["reason"] == "unrecognised_file"]
+    assert heic["source"] == "IMG_0001.HEIC" and "convert it to JPEG" in heic["detail"]
+
+
 def test_a_csv_caption_spanning_lines_is_one_caption(tmp_path):
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes((40, 40), 1))
     (tmp_path / "m.csv").write_text('image,caption\na.jpg,"a red car\non a hill"\n')
