@@ -96,6 +96,16 @@ CSV_FIELD_LIMIT = 2**31 - 1
 caption, which a folder's .txt or a JSONL row keeps."""
 
 
+def other_separator(header: list[str]) -> str | None:
+    """What to do of a CSV whose header reads as one column holding `;` or tabs (a spreadsheet saved in a locale that
+    separates by `;`, or a TSV named .csv), which was told only to set image_column=; None for any other header."""
+    if len(header) != 1:
+        return None
+    found = next((name for sign, name in ((";", "semicolons"), ("\t", "tabs")) if sign in header[0]), None)
+    return None if found is None else (f"its columns are separated by {found}, and prepare reads commas: save it as "
+                                       "comma-separated CSV (or as .jsonl)")
+
+
 def csv_rows(path: Path, image_column: str, caption_column: str):
     """Like `jsonl_rows`, numbered by the line each row starts on (a quoted caption may span lines). Bytes that are not
     UTF-8 are read as lone surrogates (`surrogateescape`), so only their row is skipped, not the whole file."""
@@ -105,7 +115,8 @@ def csv_rows(path: Path, image_column: str, caption_column: str):
         header = next(rows, (0, []))[1]
         for name, key in ((image_column, "image_column"), (caption_column, "caption_column")):
             if name not in header:
-                raise InputError(f"{path}: no column {name!r} (columns: {header}); set {key}= to the right one")
+                raise InputError(f"{path}: no column {name!r} (columns: {header}); "
+                                 + (other_separator(header) or f"set {key}= to the right one"))
         image, caption = header.index(image_column), header.index(caption_column)
         for number, row in rows:
             if not row:

@@ -223,6 +223,16 @@ def test_byte_order_marks_are_not_part_of_the_data(tmp_path):
     assert read_captions(item) == ("notepad",)
 
 
+@pytest.mark.parametrize("sign, named", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_csv_separated_otherwise_is_told_how_to_save_it(tmp_path, sign, named):
+    """A spreadsheet saved where `;` separates (or a TSV named .csv) read as one column, and was told to set
+    image_column= to a column it does not have."""
+    (tmp_path / "m.csv").write_text(f"image{sign}caption\na.jpg{sign}x\n")
+    with pytest.raises(InputError, match=f"its columns are separated by {named}, and prepare reads commas: save it "
+                                         r"as comma-separated CSV \(or as .jsonl\)$"):
+        find_items(tmp_path / "m.csv")
+
+
 def test_an_input_that_cannot_be_read_is_one_line_not_a_traceback(tmp_path, capsys):
     (tmp_path / "list.json").write_text("[]")
     (tmp_path / "m.csv").write_text("image,caption\na.jpg,x\n")
