@@ -19,6 +19,8 @@ import json
 import os
 import re
 import unicodedata
+import urllib.parse
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -187,6 +189,7 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
                 raise BadRow("empty image path" if image is None or isinstance(image, str) else
                              f"image path {json.dumps(image)[:60]} is not a string")
             found = manifest_captions(caption)
+            image = local_path(image)
             if URL.match(image):
                 raise NotLocal(f"{json.dumps(image)[:80]} is a URL: prepare reads local files only; download the "
                                "images first (img2dataset downloads a manifest of URLs into shards, which prepare "
@@ -204,6 +207,15 @@ def manifest_items(manifest: Path, rows) -> list[Item]:
     for at, found in groups.values():
         items[at] = replace(items[at], captions=tuple(dict.fromkeys(found)))
     return items
+
+
+def local_path(image: str) -> str:
+    """A `file://` URL's path (percent-escapes decoded, `file://localhost/` too), else `image` as written: a
+    manifest written by a tool that names local files so had every row skipped as a URL to download."""
+    parts = urllib.parse.urlsplit(image)
+    if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
+        return image
+    return urllib.request.url2pathname(parts.path)
 
 
 def spelt_on_disk(path: Path) -> Path:

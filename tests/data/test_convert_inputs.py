@@ -47,3 +47,15 @@ def test_a_manifest_url_is_named_as_one(tmp_path):
     result = convert(item, OPTS)
     assert (result.reason, result.source) == ("missing_file", "m.jsonl:1")
     assert result.detail.startswith('"http://example.com/x.jpg" is a URL: prepare reads local files only; download')
+
+
+def test_a_manifest_file_url_is_the_local_file_it_names(tmp_path):
+    """`file:///data/a.jpg`, as some tools write local paths, was skipped as a URL to download."""
+    put(tmp_path, "a b.jpg", jpeg_bytes((40, 40), 1))
+    put(tmp_path, "c.jpg", jpeg_bytes((40, 40), 2))
+    rows = [f"file://{tmp_path}/a%20b.jpg", f"file://localhost{tmp_path}/c.jpg", "file://otherhost/x.jpg"]
+    (tmp_path / "m.jsonl").write_text("".join(f'{{"image": "{row}", "caption": "a cat"}}\n' for row in rows))
+    first, second, remote = find_items(tmp_path / "m.jsonl")
+    assert (first.image, second.image) == (tmp_path / "a b.jpg", tmp_path / "c.jpg")
+    assert all(convert(item, OPTS).sample is not None for item in (first, second))
+    assert remote.problem[0] == "missing_file" and "is a URL" in remote.problem[1]
