@@ -23,6 +23,17 @@ gives a rank and a world size taken: torchrun and DeepSpeed's launcher, then sru
 step numbers its own ranks)."""
 
 
+STEP_TASKS = "SLURM_STEP_NUM_TASKS"
+"""The tasks srun started in this step, which the slurm launcher's world size is where srun sets it: SLURM_NTASKS is the
+allocation's, and a step of fewer tasks (`srun -n1 --preserve-env` in an allocation of 8) waited at the rendezvous
+for ranks that never start."""
+INTERACTIVE_STEP = "4294967290"
+"""SLURM_STEP_ID of the shell `salloc` opens on a compute node (Slurm's interactive step, with
+`LaunchParameters=use_interactive_step`): it carries the allocation's SLURM_NTASKS and no SLURM_STEP_NUM_TASKS, and a
+verb run there is one process, as on a laptop: `train` waited 30 minutes for ranks that never start, and `encode`
+wrote rank 0's share alone, every time it was rerun."""
+
+
 class Launched(NamedTuple):
     rank: int
     world_size: int
@@ -33,6 +44,8 @@ def launcher(environ: Mapping[str, str] | None = None) -> str | None:
     """The name of the first of LAUNCHERS whose rank and world size are both set (as numbers), None without one."""
     env = os.environ if environ is None else environ
     for name, (rank, world, _) in LAUNCHERS.items():
+        if name == "slurm" and env.get("SLURM_STEP_ID") == INTERACTIVE_STEP:
+            continue
         if env.get(rank, "").isdigit() and env.get(world, "").isdigit():
             return name
     return None
@@ -46,6 +59,8 @@ def launched(environ: Mapping[str, str] | None = None) -> Launched:
     if name is None:
         return Launched(0, 1, 0)
     rank, world, local = LAUNCHERS[name]
+    if name == "slurm" and env.get(STEP_TASKS, "").isdigit():
+        world = STEP_TASKS
     return Launched(int(env[rank]), int(env[world]), int(env.get(local) or 0))
 
 

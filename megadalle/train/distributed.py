@@ -21,7 +21,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import NoReturn
+from typing import Mapping, NoReturn
 
 import torch
 
@@ -73,8 +73,8 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
     env = os.environ if environ is None else environ
     name, place = launcher(env), launched(env)
     if name == "env":
-        return DistEnv(place.rank, place.local_rank, place.world_size, env.get("MASTER_ADDR", "127.0.0.1"),
-                       int(env.get("MASTER_PORT", 29500)), "env")
+        return DistEnv(place.rank, place.local_rank, place.world_size, env.get("MASTER_ADDR") or "127.0.0.1",
+                       master_port(env, 29500), "env")
     if name == "slurm" and place.world_size > 1:
         if "SLURM_STEP_ID" not in env:
             # sbatch's own shell (`sbatch -n2 --wrap "megadalle train"`) is rank 0 of the allocation's task count, and
@@ -82,10 +82,27 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
             raise UserError(f"SLURM_NTASKS={env['SLURM_NTASKS']} but this process is not in a job step (no "
                             "SLURM_STEP_ID): start the ranks with srun, as launch/slurm/train.sbatch does")
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost")
-        port = int(env.get("MASTER_PORT", 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        port = master_port(env, JOB_PORTS[0] + int(env.get("SLURM_JOB_ID") or 0) % (JOB_PORTS[1] - JOB_PORTS[0]))
         return DistEnv(place.rank, place.local_rank, place.world_size,
                        env.get("MASTER_ADDR") or slurm_hostnames(nodelist)[0], port, "slurm")
-    return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT") or 0), "single")
+    return DistEnv(0, 0, 1, "127.0.0.1", master_port(env, 0), "single")
+
+
+JOB_PORTS = (20000, 32000)
+"""The rendezvous ports a Slurm job's id picks among (launch/slurm/train.sbatch picks the same): below Linux's default
+range of ports handed to outgoing connections (32768-60999), where any process on rank 0's node may hold one, and
+every requeue of the job would pick that port again."""
+
+
+def master_port(env: Mapping[str, str], default: int) -> int:
+    """MASTER_PORT, `default` where it is unset or empty (an `export MASTER_PORT=$UNSET` in a job script); one line
+    naming it where it is no port (it was a traceback from int())."""
+    given = env.get("MASTER_PORT") or ""
+    if not given:
+        return default
+    if not given.isdigit() or int(given) > 65535:
+        raise UserError(f"MASTER_PORT={given!r}: not a port (a number up to 65535); set it to one, or unset it")
+    return int(given)
 
 
 def ranks(environ: dict[str, str] | None = None) -> tuple[int, int]:

@@ -49,6 +49,32 @@ def test_the_batch_script_of_several_tasks_is_refused_as_a_rank(fake_scontrol):
         detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "gpu[03-04]"})
 
 
+def test_the_shell_salloc_opens_on_a_node_is_one_process():
+    """Slurm's interactive step (`salloc` with use_interactive_step) carries the allocation's SLURM_NTASKS and a step
+    id: `train` there waited 30 minutes for ranks that never start, and `encode` wrote rank 0's share alone."""
+    shell = {"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "4294967290", "SLURM_JOB_ID": "7"}
+    env = detect(shell)
+    assert (env.rank, env.world_size, env.launcher) == (0, 1, "single") and launched(shell) == (0, 1, 0)
+
+
+def test_a_step_of_fewer_tasks_than_the_allocation_has_its_own_world():
+    """`srun -n1 --preserve-env` in an allocation of 8 tasks: SLURM_NTASKS is the allocation's, the step's is 1."""
+    step = {"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_ID": "3"}
+    assert (detect(step).world_size, detect(step).launcher) == (1, "single")
+    assert launched({**step, "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}).world_size == 2
+
+
+@pytest.mark.parametrize("port, said", [("", None), ("x29500", "'x29500'"), ("70000", "'70000'")])
+def test_a_master_port_that_is_no_port_is_one_line(port, said, fake_scontrol):
+    """An empty or garbled MASTER_PORT (`export MASTER_PORT=$UNSET` in a job script) was a traceback from int()."""
+    for env in ({"RANK": "0", "WORLD_SIZE": "2"}, {**SRUN_STEP, "SLURM_JOB_ID": "31999"}):
+        if said is None:
+            assert detect({**env, "MASTER_PORT": port}).master_port == (29500 if "RANK" in env else 20000 + 7999)
+            continue
+        with pytest.raises(UserError, match=f"^MASTER_PORT={said}: not a port"):
+            detect({**env, "MASTER_PORT": port})
+
+
 SRUN_STEP = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "2", "SLURM_STEP_ID": "0",
              "MASTER_ADDR": "gpu03"}
 

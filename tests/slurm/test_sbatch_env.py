@@ -2,6 +2,7 @@
 script runs under bash with the variables Slurm would set and a stand-in `srun` that records what it was given
 and exits with SRUN_EXIT; `scontrol` is Slurm's own (host names are Slurm's to expand), except `scontrol requeue`,
 which a stand-in records and answers with REQUEUE_EXIT (after SCONTROL_GATE, if set, has appeared)."""
+import os
 import shutil
 import signal
 import subprocess
@@ -240,3 +241,18 @@ def test_python_side_expands_nested_ranges_through_scontrol(slurm_commands, monk
     monkeypatch.setenv("SLURM_CONF", slurm_commands["SLURM_CONF"])
     assert slurm_hostnames("rack[1-2]-node[01-02],login1") == [
         "rack1-node01", "rack1-node02", "rack2-node01", "rack2-node02", "login1"]
+
+
+def test_the_script_run_outside_a_job_says_to_submit_it(tmp_path):
+    """`bash launch/slurm/train.sbatch ...` said only "SLURM_JOB_ID: unbound variable", twice."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(["bash", str(SCRIPT), "model=tiny"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, "[sbatch] not inside a Slurm job: submit this script with sbatch "
+                                                 "(sbatch launch/slurm/train.sbatch ...)\n")
+
+
+def test_the_script_picks_the_rendezvous_port_megadalle_picks():
+    from megadalle.train.distributed import JOB_PORTS
+
+    low, high = JOB_PORTS
+    assert f"$(({low} + SLURM_JOB_ID % {high - low}))" in SCRIPT.read_text()
