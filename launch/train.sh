@@ -142,20 +142,27 @@ fi
 
 if [ -n "${HOSTFILE:-}" ]; then
     [ -f "$HOSTFILE" ] || usage "HOSTFILE=$HOSTFILE: no such file"
-    # Over pdsh (more than one active host) DeepSpeed writes this folder and the Python's path into the remote
-    # command unquoted: a space in either splits it there, and every node fails with a shell error far from its
-    # cause. Where a path has one, DeepSpeed's own code says whether it will start pdsh (`active_hosts`): counting
-    # the hostfile's lines refused a hostfile that DS_LAUNCHER_ARGS filter down to one host, which runs here. A
-    # hostfile DeepSpeed cannot read is its runner's to refuse.
-    for path in "$PWD" "$python"; do
-        case "$path" in *[[:space:]]*)
-            # shellcheck disable=SC2086  # DS_LAUNCHER_ARGS is a list of options
-            nodes=$("$python" -c "$active_hosts" "$HOSTFILE" ${DS_LAUNCHER_ARGS:-} 2>/dev/null | tail -n 1) || true
-            [ "$nodes" != multi-node ] ||
-                usage "a multi-node run cannot start from or with a path holding a space ($path): DeepSpeed's pdsh command does not quote it; use a path without spaces (a symlink to it will do)"
-            break ;;
-        esac
-    done
+    # Over pdsh (more than one active host; DeepSpeed's own code says, `active_hosts`: counting the hostfile's
+    # lines took a hostfile that DS_LAUNCHER_ARGS filter down to one host, which runs here, for several) DeepSpeed
+    # writes this folder, the Python's path and the overrides into one command line each node's shell reads again.
+    # A space in either path splits it there, and every node fails with a shell error far from its cause; the
+    # overrides are written for that shell (megadalle/remote_args.py: `${oc.env:SCRATCH}` was "bad substitution").
+    # A hostfile DeepSpeed cannot read is its runner's to refuse.
+    # shellcheck disable=SC2086  # DS_LAUNCHER_ARGS is a list of options
+    nodes=$("$python" -c "$active_hosts" "$HOSTFILE" ${DS_LAUNCHER_ARGS:-} 2>/dev/null | tail -n 1) || true
+    if [ "$nodes" = multi-node ]; then
+        for path in "$PWD" "$python"; do
+            case "$path" in *[[:space:]]*)
+                usage "a multi-node run cannot start from or with a path holding a space ($path): DeepSpeed's pdsh command does not quote it; use a path without spaces (a symlink to it will do)" ;;
+            esac
+        done
+        if [ $# -gt 0 ]; then
+            written=()
+            mapfile -d '' written < <("$python" -m megadalle.remote_args "$@")
+            [ "${#written[@]}" -eq $# ] || usage "cannot write the overrides for the nodes' shell ($python -m megadalle.remote_args failed)"
+            set -- "${written[@]}"
+        fi
+    fi
 fi
 
 port="${MASTER_PORT:-29500}"

@@ -36,15 +36,20 @@ def pdsh_env(sshd, tmp_path) -> dict:
 
 @pytest.mark.distributed
 def test_train_sh_runs_two_nodes_of_two_ranks_through_pdsh(sshd, train_overrides, tmp_path):
+    """The overrides reach every node as typed: pdsh's remote shell expanded the README's `${oc.env:...}` form
+    ("bad substitution" on every node) and took quotes and backslashes away."""
     env = pdsh_env(sshd, tmp_path)
     run_dir = tmp_path / "run"
+    with (tmp_path / "ds_env").open("a") as ds_env:  # each node's environment
+        ds_env.write(f"RUN_AT={run_dir}\n")
     proc = subprocess.run([str(ROOT / "launch" / "train.sh"), *train_overrides, f"trainer.steps={STEPS}",
-                           f"run_dir={run_dir}"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                           "run_dir=${oc.env:RUN_AT}", """name='two nodes $HOME "a" `b`'"""], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "node-a: " in out and "node-b: " in out  # pdsh prefixes each node's output with its name
     assert {json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()} == set(range(STEPS))
-    assert json.loads((run_dir / "run.json").read_text())  # one run directory, chosen by rank 0
+    assert json.loads((run_dir / "run.json").read_text())["config"]["name"] == 'two nodes $HOME "a" `b`'  # rank 0's
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{STEPS:08d}"
     assert len(list((run_dir / "checkpoints" / f"step_{STEPS:08d}").glob("rng_rank*.pt"))) == 4
 
