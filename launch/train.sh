@@ -14,8 +14,10 @@
 # on shared storage), and the first host must be reachable by the others (the rendezvous). pdsh's
 # ssh starts a fresh environment: DeepSpeed forwards PYTHON*, NCCL* and a few more; list anything
 # else (DS_ACCELERATOR, OMP_NUM_THREADS, WANDB_MODE...) as KEY=VALUE lines in ./.deepspeed_env,
-# ~/.deepspeed_env or the file named by DS_ENV_FILE. pdsh's ssh takes extra options from
-# PDSH_SSH_ARGS_APPEND (e.g. `-F ssh_config`).
+# ~/.deepspeed_env or the file named by DS_ENV_FILE. ssh options and host aliases belong in ~/.ssh/config:
+# PDSH_SSH_ARGS_APPEND (e.g. `-F ssh_config`) reaches pdsh's ssh alone, not DeepSpeed's own check that each host
+# answers nor its lookup of the first host's address; with it alone, set MASTER_ADDR and
+# DS_LAUNCHER_ARGS=--no_ssh_check too.
 #
 # Knobs: VERB (the training verb the ranks run: train, the default, train-dvae or train-clip; the arguments
 # are its overrides), HOSTFILE (default: none, single node), NUM_GPUS (single node; default: all visible),
