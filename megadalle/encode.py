@@ -279,11 +279,13 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
 
 
 def folder_pairs(input: str | Path, output: str | Path) -> list[tuple[Path, Path]]:
-    """The (input, output) folders `encode input= output=` encodes: the two given, and the validation split of the
-    input, if it has one, into the output's."""
+    """The (input, output) folders `encode input= output=` encodes: the validation split of the input, if it has one,
+    into the output's, then the two given. The output's index.json, which says the encode finished, comes last (as
+    `prepare` writes its split first): an encode killed while it encoded the split left an output that looked
+    finished, and `train` ran without validation, advising a data.val_shards it then refused."""
     pairs = [(Path(input), Path(output))]
     if (Path(input) / VAL_DIR / INDEX_NAME).is_file():
-        pairs.append((Path(input) / VAL_DIR, Path(output) / VAL_DIR))
+        pairs.insert(0, (Path(input) / VAL_DIR, Path(output) / VAL_DIR))
     return pairs
 
 
@@ -301,6 +303,7 @@ def run(cfg: DictConfig) -> int:
         model = load_dvae(weights, pick_rank_device(opts.device, world))
         if stale is not None and rank == 0:
             remove_split(stale)
+        (Path(opts.output) / INDEX_NAME).unlink(missing_ok=True)  # unfinished until its split is done too
         for (source, target), split in zip(pairs, split_meta(len(pairs))):
             index = encode_shards(model, source, target, opts.batch_size, rank, world, weights, split)
             if index is not None:

@@ -43,9 +43,9 @@ CARRIES = {"carried_split": VAL_DIR}
 
 
 def split_meta(pairs: int) -> list[dict]:
-    """What each of the `pairs` folders encode writes (encode.folder_pairs: the output, then its input's split if it
-    has one) records of the split in its index.json's meta."""
-    return [CARRIES, SPLIT] if pairs > 1 else [{}]
+    """What each of the `pairs` folders encode writes (encode.folder_pairs: its input's split if it has one, then the
+    output) records of the split in its index.json's meta."""
+    return [SPLIT, CARRIES] if pairs > 1 else [{}]
 
 
 def stale_split(output: str | Path) -> Path | None:

@@ -389,6 +389,37 @@ def _split_input(root, val=True, seed=0):
     return root
 
 
+def test_an_encode_stopped_in_its_split_leaves_an_output_that_is_not_finished(tmp_path, weights, monkeypatch):
+    """The output's index.json came first, then the split: an encode killed in the split left an output that looked
+    finished, and train ran without validation (advising a data.val_shards it then refused). The output's comes last,
+    as prepare's does."""
+    import megadalle.encode as encode
+
+    split, out = _split_input(tmp_path / "split"), tmp_path / "tokens"
+    argv = ["encode", f"dvae_weights={weights}", f"input={split}", f"output={out}", "device=cpu"]
+    assert main(argv) == 0 and (out / "index.json").is_file() and (out / "val" / "index.json").is_file()
+    encode_shard = encode.encode_shard
+
+    def killed_in_the_split(model, path, target, *args):
+        if target.parent.name == "val":
+            raise KeyboardInterrupt
+        return encode_shard(model, path, target, *args)
+
+    (out / "val" / "shard-000000.tar.encoded.json").unlink()  # so that its shard is encoded again
+    monkeypatch.setattr(encode, "encode_shard", killed_in_the_split)
+    with pytest.raises(KeyboardInterrupt):
+        encode.run(compose_encode(argv))
+    assert not (out / "index.json").exists() and not (out / "val" / "index.json").exists()
+    monkeypatch.undo()
+    assert main(argv) == 0 and ShardIndex.load(out).total == 8 and ShardIndex.load(out / "val").total == 4
+
+
+def compose_encode(argv):
+    from megadalle.config.compose import compose
+
+    return compose("encode", argv[1:])
+
+
 def test_a_split_the_input_no_longer_has_is_removed_and_train_sees_none(tmp_path, weights, capsys):
     """The input prepared again with val_fraction=0: the earlier encode's `val/` stayed, and train validated on
     samples that were now training samples, without a word."""
