@@ -29,7 +29,7 @@ from omegaconf import MISSING
 from megadalle.config.override import override_word
 from megadalle.config.data import VAL_DIR, PrepareConfig
 from megadalle.config.dvae import EncodeConfig
-from megadalle.data.index import INDEX_NAME, REPORT_NAME, ShardIndex, ShardsNotFound
+from megadalle.data.index import INDEX_NAME, REPORT_NAME, ShardIndex, ShardsNotFound, offsets_path
 from megadalle.data.verb_outputs import writer_of, writes
 from megadalle.errors import UserError
 
@@ -61,12 +61,16 @@ class Changes:
     new: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
+    unindexed: list[str] = field(default_factory=list)
+    """Tars the index lists whose offset file (`.tar.idx`) is gone: `cp *.tar index.json` to a node's disk. Readers
+    then scanned the whole tar, the samples indexing left out (too small, undecodable, duplicated) among them."""
 
     def __bool__(self) -> bool:
-        return bool(self.new or self.changed or self.gone)
+        return bool(self.new or self.changed or self.gone or self.unindexed)
 
     def __str__(self) -> str:
-        kinds = (("new", self.new), ("changed", self.changed), ("gone", self.gone))
+        kinds = (("new", self.new), ("changed", self.changed), ("gone", self.gone),
+                 ("without their .tar.idx", self.unindexed))
         return "; ".join(f"{kind}: {shown_names(names)}" for kind, names in kinds if names)
 
 
@@ -186,9 +190,15 @@ def _settings(verb: str, meta: dict) -> list[str]:
 def _recorded_changes(index: ShardIndex) -> Changes:
     now = {s["name"]: s for s in tar_stats(index.root)}
     before = {s["name"]: s for s in index.indexing["tars"]}
-    return Changes(new=sorted(now.keys() - before.keys()), gone=sorted(before.keys() - now.keys()),
-                   changed=sorted(name for name in now.keys() & before.keys()
-                                  if now[name]["bytes"] != before[name]["bytes"]))
+    changed = sorted(name for name in now.keys() & before.keys() if now[name]["bytes"] != before[name]["bytes"])
+    return Changes(new=sorted(now.keys() - before.keys()), gone=sorted(before.keys() - now.keys()), changed=changed,
+                   unindexed=_unindexed(index, {*changed, *(before.keys() - now.keys())}))
+
+
+def _unindexed(index: ShardIndex, other: set[str]) -> list[str]:
+    """The tars `index` lists with samples, as they were when indexed, whose offset file is gone (`Changes`)."""
+    return sorted(s.name for s in index.shards if s.count > 0 and s.name not in other
+                  and (index.root / s.name).is_file() and not offsets_path(index.root / s.name).is_file())
 
 
 def _unrecorded_changes(index: ShardIndex) -> Changes:
@@ -198,8 +208,9 @@ def _unrecorded_changes(index: ShardIndex) -> Changes:
     found, unusable = {s["name"] for s in tar_stats(index.root)}, _reported_tars(index.root)
     listed = {s.name: s.bytes for s in index.shards}
     sizes = {name: (index.root / name).stat().st_size for name in listed if (index.root / name).is_file()}
-    return Changes(new=sorted(found - listed.keys() - unusable), gone=sorted(listed.keys() - sizes.keys()),
-                   changed=sorted(name for name, size in sizes.items() if size != listed[name]))
+    changed, gone = sorted(name for name, size in sizes.items() if size != listed[name]), listed.keys() - sizes.keys()
+    return Changes(new=sorted(found - listed.keys() - unusable), gone=sorted(gone), changed=changed,
+                   unindexed=_unindexed(index, {*changed, *gone}))
 
 
 def _reported_tars(root: Path) -> set[str]:

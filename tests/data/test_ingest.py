@@ -68,6 +68,22 @@ def test_index_skips_and_counts_bad_samples_and_readers_never_see_them(tarwriter
     assert not (tmp_path / "pwned").exists()  # the pickle member was never decoded
 
 
+def test_tars_copied_with_their_index_but_not_their_offsets_are_indexed_again(tarwriter_shards, tmp_path, capsys):
+    """`cp *.tar index.json` to a node's disk left the `.tar.idx` behind: readers scanned the whole tars and met the
+    samples indexing had skipped (encode then never finished; the loader called the shard changed)."""
+    index_directory(tarwriter_shards, ["txt"], require_media=True)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in [*tarwriter_shards.glob("*.tar"), tarwriter_shards / "index.json"]:
+        (copy / path.name).write_bytes(path.read_bytes())
+    capsys.readouterr()
+    keys = [s["__key__"] for s in iter_samples(copy, ["txt"])]
+    assert keys == [f"s0_{i}" for i in range(5)] + ["evil"] + [f"s1_{i}" for i in range(5)]
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[index]")]
+    assert len(said) == 1 and "(without their .tar.idx: part-0.tar, part-1.tar)" in said[0]
+    assert sorted(p.name for p in copy.glob("*.tar.idx")) == ["part-0.tar.idx", "part-1.tar.idx"]
+
+
 def test_two_samples_of_one_key_back_to_back_are_counted_not_merged(tmp_path):
     root = tmp_path / "dup"
     root.mkdir()
