@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from megadalle.data.index import INDEX_NAME
 from megadalle.preflight.image_size import not_upscaled
-from megadalle.preflight.probes import PreflightError, exists, fits, image_shards, shard_index, writable
+from megadalle.preflight.probes import PreflightError, captioned, exists, fits, image_shards, shard_index, writable
 
 
 def check_prepare(cfg: DictConfig) -> None:
@@ -67,7 +67,7 @@ def check_tokenizer(cfg: DictConfig) -> None:
     overwrite=true wrote the model over the shards' index.json or a photo."""
     from megadalle.data.digest import sha256
 
-    shard_index("input", cfg.input)
+    captioned("input", cfg.input, shard_index("input", cfg.input))
     writable("output", cfg.output, "file", "tokenizer.model")
     output, shards = Path(str(cfg.output)).resolve(), Path(str(cfg.input)).resolve()
     fits(shards not in output.parents, f"output={cfg.output}: inside input={cfg.input}, the shards it reads; write "

@@ -106,6 +106,17 @@ def image_shards(key: str, value):
         hint = " (token shards from `encode`; this verb reads image shards from `prepare`)" \
             if CODES_FIELD in index.fields else ""
         raise PreflightError(f"{key}={value}: no image field among {index.fields}{hint}")
+    return captioned(key, value, index)
+
+
+def captioned(key: str, value, index):
+    """`index` (of the shards `key=value`) when its samples carry captions, which every reader of image shards takes
+    with each image: tars indexed with `require=[]` were a KeyError traceback in `tokenizer`, `encode`, and
+    `train-dvae` after its start-up."""
+    if "txt" not in index.fields:
+        raise PreflightError(f"{key}={value}: its samples have no txt caption (fields {index.fields}: indexed with "
+                             "require=[]?), and megadalle reads each image with its caption; give shards of "
+                             "captioned images (`megadalle prepare` makes them from images with .txt captions)")
     return index
 
 

@@ -703,3 +703,33 @@ def test_data_keys_that_nothing_reads_are_said_once(capsys, image_shards):
     assert capsys.readouterr().err == (
         "[megadalle] warning: data.bpe_dropout=0.5 does nothing here: only `train` on token shards tokenizes captions "
         "with BPE dropout\n[megadalle] warning: data.shuffle_window=5 does nothing with data.shuffle=false\n")
+
+
+@pytest.mark.parametrize("verb", ["train-dvae", "train-clip", "encode", "tokenizer"])
+def test_image_shards_without_captions_are_refused_before_any_work(capsys, token_shards, image_shards, tmp_path, verb):
+    """Tars indexed with `require=[]` (image-only) were a KeyError traceback in tokenizer and encode, and in
+    train-dvae after its start-up: every reader of image shards takes each image with its caption."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with tarfile.open(bare / "00000.tar", "w") as tar:
+        for i in range(4):
+            buf = io.BytesIO()
+            Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(buf, "JPEG")
+            info = tarfile.TarInfo(f"im{i}.jpg")
+            info.size = len(buf.getvalue())
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+    assert main(["index", f"dir={bare}", "require=[]", "num_workers=0"]) == 0
+    capsys.readouterr()
+    from tests.tiny_models import dvae_config, save_dvae
+
+    dvae = save_dvae(tmp_path / "dvae.safetensors", dvae_config())
+    argv = {"encode": ["encode", f"input={bare}", f"output={tmp_path / 'tokens'}", f"dvae_weights={dvae}"],
+            "tokenizer": ["tokenizer", f"input={bare}", f"output={tmp_path / 'tok.model'}"]}.get(verb)
+    key = "input" if argv else "data.shards"
+    argv = argv or [*training(verb, token_shards, image_shards), f"data.shards={bare}"]
+    fails(capsys, argv, f"{key}={bare}: its samples have no txt caption (fields ['jpg']: indexed with require=[]?)")
