@@ -42,7 +42,7 @@ from megadalle.config import build, top_level
 from megadalle.config.data import VAL_DIR
 from megadalle.config.dvae import EncodeConfig
 from megadalle.data import atomic
-from megadalle.data.batches import ImageBatches, UnreadableImage, sample_name
+from megadalle.data.batches import ImageBatches, UnreadableSample, sample_name
 from megadalle.data.fields import CODES_FIELD, decode_field
 from megadalle.data.images import upscaled_message
 from megadalle.data.index import INDEX_NAME, ShardIndex, ShardInfo, load_offsets, offsets_path
@@ -158,8 +158,8 @@ def input_meta(sample: dict) -> dict:
 
 
 class DamagedShard(UserError, ValueError):
-    """An input sample whose image does not decode (`UnreadableImage`), named `<shard>:<key>`: nothing of its shard is
-    published, and the shards encoded before it are kept for the rerun."""
+    """An input sample whose image does not decode or whose caption is not UTF-8 (`UnreadableSample`), named
+    `<shard>:<key>`: nothing of its shard is published, and the shards encoded before it are kept for the rerun."""
 
 
 def remove_staging(out: Path, others: set[str]) -> None:
@@ -201,7 +201,7 @@ def encode_shard(model: DVAE, in_path: Path, out_path: Path, fields: tuple[str, 
                 atomic.write_json(record_path(out_path), {**made_by, "output": tar_identity(written)})
                 os.replace(offsets_path(written), offsets_path(out_path))
                 os.replace(written, out_path)
-        except UnreadableImage as err:
+        except UnreadableSample as err:
             raise DamagedShard(f"{sample_name(in_path, err.key)}: {err}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)

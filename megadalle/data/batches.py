@@ -51,16 +51,19 @@ def sample_image(sample: dict[str, Any], image_fields: tuple[str, ...] = IMAGE_F
     raise KeyError(f"sample {sample.get('__key__')!r} has no image field (none of {list(image_fields)})")
 
 
-class UnreadableImage(ValueError):
-    """A sample whose image does not decode: a shard damaged after it was written or indexed (a bad copy, bit rot),
-    as those checked every image. It names the sample's key and its `position` in the batch; a caller that knows the
-    shard names both (`sample_name`), for PIL's own message names neither ("cannot identify image file <_io.BytesIO
-    ...>"). The position finds the shard: a key is unique only within its shard, so two shards may both hold `002`."""
+class UnreadableSample(ValueError):
+    """A sample whose image does not decode or whose caption is not UTF-8: a shard damaged after it was written or
+    indexed (a bad copy, bit rot), or indexed without decoding (`megadalle index decode=false` checks only which
+    fields are there; its caption was a UnicodeDecodeError traceback in `encode`). It names the sample's key and its
+    `position` in the batch; a caller that knows the shard names both (`sample_name`), for PIL's own message names
+    neither ("cannot identify image file <_io.BytesIO ...>"). The position finds the shard: a key is unique only
+    within its shard, so two shards may both hold `002`."""
 
-    def __init__(self, key: str, position: int, err: Exception):
-        super().__init__(f"its image does not decode ({type(err).__name__}: {err}); the shard changed since it was "
-                         "written or indexed (a bad copy or bit rot): copy it again from where it came, or rerun the "
-                         "`megadalle prepare` that wrote it")
+    def __init__(self, key: str, position: int, err: Exception, what: str = "image does not decode"):
+        super().__init__(f"its {what} ({type(err).__name__}: {err}); the shard changed since it was written or "
+                         "indexed (a bad copy or bit rot), or was indexed without decoding (decode=false): index its "
+                         "folder again with `megadalle index` (decoding, the default, skips such samples), copy it "
+                         "again from where it came, or rerun the `megadalle prepare` that wrote it")
         self.key, self.position = key, position
 
 
@@ -99,13 +102,17 @@ class ImageBatches:
     def __call__(self, samples, positions, seed):
         images = np.empty((len(samples), 3, self.image_size, self.image_size), np.float32)
         enlarged = np.zeros(len(samples), bool)
-        texts = [decode_field("txt", s["txt"]) for s in samples]
+        texts = []
         for i, sample in enumerate(samples):
+            try:
+                texts.append(decode_field("txt", sample["txt"]))
+            except UnicodeDecodeError as err:
+                raise UnreadableSample(sample["__key__"], i, err, "caption is not UTF-8") from err
             data = sample_image(sample, self.image_fields)
             try:
                 img, enlarged[i] = self.decode(data)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-                raise UnreadableImage(sample["__key__"], i, err) from err
+                raise UnreadableSample(sample["__key__"], i, err) from err
             to_float_chw(img, out=images[i])
         captions = [pick_caption(text, sample_rng(seed, pos)) for text, pos in zip(texts, positions)]
         keys = [s["__key__"] for s in samples]

@@ -60,7 +60,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from megadalle.config.data import DataConfig
-from megadalle.data.batches import BatchMaker, ImageBatches, TokenBatches, UnreadableImage, sample_name
+from megadalle.data.batches import BatchMaker, ImageBatches, TokenBatches, UnreadableSample, sample_name
 from megadalle.data.fields import IMAGE_FIELDS
 from megadalle.data.order import Order, reader_positions
 from megadalle.data.shards import SampleReader, ShardIndex, open_index
@@ -140,7 +140,7 @@ class _Steps(IterableDataset):
                     samples = reader.read_many(ids, plan.maker.fields, decode=False, required=plan.maker.required)
                     try:
                         micro.append({**plan.maker(samples, positions, plan.seed), "sample": torch.from_numpy(ids)})
-                    except UnreadableImage as err:
+                    except UnreadableSample as err:
                         shard = plan.index.shards[int(plan.index.locate(np.asarray(ids)[[err.position]])[0][0])].name
                         raise RuntimeError(f"{sample_name(plan.index.root / shard, err.key)}: step {step}, micro-batch "
                                            f"{accum}: {err}") from err

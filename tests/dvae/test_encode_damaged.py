@@ -48,3 +48,30 @@ def test_the_image_loader_names_the_shard_and_sample(damaged):
     with pytest.raises(RuntimeError, match=r"shard-000000\.tar:img0003: step 0, micro-batch 0: its image does not "
                                            r"decode"):
         next(iter(loader))
+
+
+def test_a_caption_that_is_not_utf8_in_tars_indexed_without_decoding_is_named(tmp_path, weights, capsys):
+    """`megadalle index decode=false` checks only which fields are there: a Latin-1 caption it kept was a
+    UnicodeDecodeError traceback in encode."""
+    import io
+
+    from PIL import Image
+
+    root = tmp_path / "foreign"
+    root.mkdir()
+    with tarfile.open(root / "00000.tar", "w") as tar:
+        for key, text in (("a", "a red circle".encode()), ("b", "caf\xe9 au lait".encode("latin-1"))):
+            buf = io.BytesIO()
+            Image.new("RGB", (32, 32), "red").save(buf, "JPEG")
+            for name, data in ((f"{key}.jpg", buf.getvalue()), (f"{key}.txt", text)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert main(["index", f"dir={root}", "decode=false", "num_workers=0"]) == 0
+    capsys.readouterr()
+    assert main(["encode", f"dvae_weights={weights}", f"input={root}", f"output={tmp_path / 'tokens'}",
+                 "device=cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(
+        f"megadalle encode: {root / '00000.tar'}:b: its caption is not UTF-8 (UnicodeDecodeError: ")
+    assert "or was indexed without decoding (decode=false): index its folder again with `megadalle index`" in err
