@@ -161,7 +161,8 @@ if [ -n "${HOSTFILE:-}" ]; then
         if [ $# -gt 0 ]; then
             written=()
             mapfile -d '' written < <("$python" -m megadalle.remote_args "$@")
-            [ "${#written[@]}" -eq $# ] || usage "cannot write the overrides for the nodes' shell ($python -m megadalle.remote_args failed)"
+            [ "${#written[@]}" -eq $# ] ||
+                usage "cannot write the overrides for the nodes' shell ($python -m megadalle.remote_args failed)"
             set -- "${written[@]}"
         fi
     fi

@@ -324,7 +324,7 @@ def check_config(path: Path, config: dict,
         more = f" and {', '.join(key for key, _, _ in diff[5:])}" if len(diff) > 5 else ""
         given = options(saved.get("config", {}), diff)
         sets = f" ({' '.join(given)} {'sets' if len(given) == 1 else 'set'} them)" if given else ""
-        if not saved_any(path):  # killed before its first save (the OOM, the divergence): "resume" it, with what failed?
+        if not saved_any(path):  # killed before its first save (an OOM, a divergence): nothing to resume
             raise RunDirError(f"{path} holds the start of a run with another config that saved no checkpoint: "
                               f"{shown}{more}; remove {path} to start it over with these values, rerun with the same "
                               f"values{sets} to start it again, or start a new run with name=<new name> (or run_dir=)")

@@ -36,5 +36,6 @@ from megadalle.weights.writers import OLD, TMP, ShardedWriter, SingleFileWriter,
 
 __all__ = ["DTYPES", "as_dtype", "export_layout", "AmbiguousOutput", "OutputInTheWay", "WeightsError",
            "WeightsNotFound", "check_into", "first_of", "load_into", "load_weights", "mismatches", "read_config",
-           "read_source", "shard_of", "INDEX", "MANIFEST", "SINGLE", "SOURCE", "config_path", "model_folder_around", "read_record",
+           "read_source", "shard_of", "INDEX", "MANIFEST", "SINGLE", "SOURCE", "config_path", "model_folder_around",
+           "read_record",
            "check_replaceable", "one_file", "OLD", "TMP", "ShardedWriter", "SingleFileWriter", "save_weights"]

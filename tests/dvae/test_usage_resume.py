@@ -19,8 +19,8 @@ def test_a_resume_at_another_micro_batch_is_refused_where_the_usage_term_makes_i
     capsys.readouterr()
     assert run(tmp_path, image_shards, "a", "trainer.steps=2", "trainer.micro_batch=8", "trainer.grad_accum=1") == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'a'} holds a dVAE run trained with dvae.objective.usage_weight=8.0, whose codebook-use term is " \
-           "each micro-batch's: trainer.micro_batch=8 (there 4) would train another objective" in err, err
+    assert f"{tmp_path / 'a'} holds a dVAE run trained with dvae.objective.usage_weight=8.0, whose codebook-use " \
+           "term is each micro-batch's: trainer.micro_batch=8 (there 4) would train another objective" in err, err
     assert "keep trainer.micro_batch=4 to resume it" in err
     step = tmp_path / "a" / "checkpoints" / "step_00000001"
     assert run(tmp_path, image_shards, "b", "trainer.steps=2", "trainer.micro_batch=8", "trainer.grad_accum=1",

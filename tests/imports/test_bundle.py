@@ -412,7 +412,8 @@ def test_generate_writes_nothing_into_a_model_folder_and_export_lists_only_its_o
     assert sorted(p.name for p in folder.iterdir()) == before
     assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0
     assert capsys.readouterr().err.strip().endswith(
-        "(bf16, the live weights of step_00000002): bundle.json, dvae.json, dvae.safetensors, tokenizer.model, transformer")
+        "(bf16, the live weights of step_00000002): bundle.json, dvae.json, dvae.safetensors, tokenizer.model, "
+        "transformer")
     assert (folder / "notes.txt").read_text() == "mine"
 
 

@@ -40,7 +40,8 @@ STOPS = [(True, at) for at in range(5)] + [(False, at) for at in range(3)]
 in; a folder moved aside, the new one renamed in) or before it removes what it moved aside."""
 
 
-@pytest.mark.parametrize("one_file, stop_at", STOPS, ids=[f"{'one-file' if one else 'folder'}-{at}" for one, at in STOPS])
+@pytest.mark.parametrize("one_file, stop_at", STOPS,
+                         ids=[f"{'one-file' if one else 'folder'}-{at}" for one, at in STOPS])
 def test_a_stop_while_an_export_replaces_another_leaves_no_mix_and_the_rerun_finishes(tmp_path, monkeypatch,
                                                                                        one_file, stop_at):
     target = tmp_path / ("model.safetensors" if one_file else "model")
