@@ -20,16 +20,19 @@ hand on one is refused too (`refuse_own_output`), changed or not.
 from __future__ import annotations
 
 import json
+import tarfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import MISSING
 
 from megadalle.config.override import override_word
 from megadalle.config.data import VAL_DIR, PrepareConfig
 from megadalle.config.dvae import EncodeConfig
-from megadalle.data.index import INDEX_NAME, REPORT_NAME, ShardIndex, ShardsNotFound, offsets_path
+from megadalle.data.index import (INDEX_NAME, REPORT_NAME, ShardIndex, ShardsNotFound, load_offsets, offsets_path,
+                                  to_spans)
 from megadalle.data.verb_outputs import writer_of, writes
 from megadalle.errors import UserError
 
@@ -190,9 +193,36 @@ def _settings(verb: str, meta: dict) -> list[str]:
 def _recorded_changes(index: ShardIndex) -> Changes:
     now = {s["name"]: s for s in tar_stats(index.root)}
     before = {s["name"]: s for s in index.indexing["tars"]}
-    changed = sorted(name for name in now.keys() & before.keys() if now[name]["bytes"] != before[name]["bytes"])
+    changed = sorted(name for name in now.keys() & before.keys()
+                     if now[name]["bytes"] != before[name]["bytes"] or rewritten(index.root, now[name], before[name]))
     return Changes(new=sorted(now.keys() - before.keys()), gone=sorted(before.keys() - now.keys()), changed=changed,
                    unindexed=_unindexed(index, {*changed, *(before.keys() - now.keys())}))
+
+
+HEADERS_CHECKED = 16
+"""Sample starts of a touched tar `rewritten` reads a tar header at, spread over it (its last among them)."""
+
+
+def rewritten(root: Path, now: dict[str, Any], before: dict[str, Any]) -> bool:
+    """Whether a tar of `root` at its indexed size (`tar_stats` entries `now` and `before`) holds other samples than
+    its offsets say: touched since (another mtime) and without a tar header where its first or last sample begins.
+    Python's tarfile and GNU tar pad every archive to 10 KiB, so a tar downloaded again with a few other samples
+    keeps its size: its stale offsets were trusted, and readers died with tarfile's "unexpected end of data"
+    traceback. A plain copy (another mtime, the same bytes) passes, HEADERS_CHECKED reads of 512 bytes. (Other
+    samples laid out as the old ones were are read as they are now.)"""
+    if now.get("mtime_ns") == before.get("mtime_ns"):
+        return False
+    path = root / now["name"]
+    try:
+        starts = to_spans(load_offsets(path))[:, 0] if offsets_path(path).is_file() else np.zeros(0, np.int64)
+        with open(path, "rb") as f:
+            picks = np.unique(np.linspace(0, len(starts) - 1, HEADERS_CHECKED).astype(int)) if len(starts) else []
+            for start in starts[picks]:
+                f.seek(int(start))
+                tarfile.TarInfo.frombuf(f.read(tarfile.BLOCKSIZE), "utf-8", "surrogateescape")
+    except (OSError, ValueError, tarfile.HeaderError):
+        return True
+    return False
 
 
 def _unindexed(index: ShardIndex, other: set[str]) -> list[str]:

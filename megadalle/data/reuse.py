@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from megadalle.data.coverage import rewritten
 from megadalle.data.index import ShardIndex, offsets_path
 
 ADDED_OPTIONS = {"min_side": 0}
@@ -68,7 +69,7 @@ def reusable(root: Path, tars: list[dict[str, Any]], options: dict[str, Any], re
     recorded = old.indexing or {}
     if any(recorded.get(key, ADDED_OPTIONS.get(key)) != value for key, value in options.items()):
         return {}
-    sizes = {tar["name"]: tar["bytes"] for tar in tars}
+    now = {tar["name"]: tar for tar in tars}
     listed = {shard.name: shard for shard in old.shards}
     bad, warned = report_entries(report)
     found = {}
@@ -82,7 +83,8 @@ def reusable(root: Path, tars: list[dict[str, Any]], options: dict[str, Any], re
         shard = listed.get(name)
         offsets = (shard is not None and (shard.count, shard.bytes) == (count, tar["bytes"])
                    and offsets_path(root / name).is_file())
-        if sizes.get(name) == tar["bytes"] and counted and (offsets if count else shard is None):
+        same = name in now and now[name]["bytes"] == tar["bytes"] and not rewritten(root, now[name], tar)
+        if same and counted and (offsets if count else shard is None):
             found[name] = kept
     return found
 

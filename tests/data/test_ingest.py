@@ -84,6 +84,46 @@ def test_tars_copied_with_their_index_but_not_their_offsets_are_indexed_again(ta
     assert sorted(p.name for p in copy.glob("*.tar.idx")) == ["part-0.tar.idx", "part-1.tar.idx"]
 
 
+def _padded_tar(path, first_caption_bytes: int):
+    """Five samples padded to 10 KiB as tarfile writes them: the first caption's length moves the others' offsets,
+    not the file's size."""
+    import io
+    import tarfile
+
+    image = jpeg_bytes((16, 16), 1)
+    with tarfile.open(path, "w") as tar:
+        for i in range(5):
+            text = (b"x" * first_caption_bytes) if i == 0 else f"caption {i}".encode()
+            for name, data in ((f"k{i}.jpg", image), (f"k{i}.txt", text)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_tar_rewritten_at_the_same_size_is_indexed_again(tmp_path, capsys):
+    """tarfile pads every archive to 10 KiB, so a tar downloaded again with other samples keeps its size: its stale
+    offsets were trusted and readers died with tarfile's "unexpected end of data"; `megadalle index` said
+    "unchanged". A plain copy (another mtime, the same bytes) is not read again."""
+    root = tmp_path / "dl"
+    root.mkdir()
+    _padded_tar(root / "00000.tar", 10)
+    index_directory(root, ["txt"], True)
+    size = (root / "00000.tar").stat().st_size
+    _padded_tar(root / "00000.tar", 700)
+    stat = (root / "00000.tar").stat()
+    os.utime(root / "00000.tar", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a second later, as a download
+    assert (root / "00000.tar").stat().st_size == size
+    capsys.readouterr()
+    assert [s["txt"][:3] for s in iter_samples(root, ["txt"])] == ["xxx"] + ["cap"] * 4
+    assert "(changed: 00000.tar)" in capsys.readouterr().err
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in root.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    assert main(["index", f"dir={copy}", "num_workers=0"]) == 0
+    assert "read 0 of 1 tars: 1 unchanged since the last indexing" in capsys.readouterr().out
+
+
 def test_two_samples_of_one_key_back_to_back_are_counted_not_merged(tmp_path):
     root = tmp_path / "dup"
     root.mkdir()
