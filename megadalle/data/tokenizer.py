@@ -29,7 +29,9 @@ from megadalle import stoppable_call
 from megadalle.data import atomic
 from megadalle.data.bpe_dropout import BpeDropout
 from megadalle.data.captions import caption_lines
-from megadalle.data.shards import iter_samples, open_index
+from megadalle.data.batches import UnreadableSample, sample_name
+from megadalle.data.fields import decode_field
+from megadalle.data.shards import iter_shard, open_index
 from megadalle.disk_errors import refused
 from megadalle.errors import UserError
 
@@ -150,11 +152,23 @@ class Tokenizer:
         self.__init__(state["proto"], state["add_bos"], state["add_eos"])
 
 
+class UnreadableCaption(ValueError):
+    """A caption `iter_captions` cannot read, named; it reaches `train_tokenizer` inside sentencepiece's error text."""
+
+
 def iter_captions(shards: str | Path) -> Iterator[str]:
     """Every caption of every sample (a sample's `txt` may hold several, one per line), by the rule every reader
-    picks captions by (`captions.caption_lines`): the tokenizer learns the captions training will feed it."""
-    for sample in iter_samples(shards, ["txt"]):
-        yield from caption_lines(sample["txt"])
+    picks captions by (`captions.caption_lines`): the tokenizer learns the captions training will feed it. A caption
+    that is not UTF-8 (in tars indexed with decode=false) is named by shard and key: sentencepiece's error named
+    neither."""
+    for path in open_index(shards).paths():
+        for sample in iter_shard(path, ["txt"], decode=False):
+            try:
+                text = decode_field("txt", sample["txt"])
+            except UnicodeDecodeError as err:
+                unread = UnreadableSample(sample["__key__"], 0, err, "caption is not UTF-8")
+                raise UnreadableCaption(f"{sample_name(path, sample['__key__'])}: {unread}") from None
+            yield from caption_lines(text)
 
 
 def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16384,
@@ -174,6 +188,8 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
                         f"finished (SIGKILL: the kernel's out-of-memory killer, most often); max_sentences="
                         f"{max_sentences} bounds the captions it holds") from None
     except RuntimeError as err:
+        if unread := re.search(rf"{UnreadableCaption.__name__}: (.*)", str(err), re.DOTALL):
+            raise UserError(unread.group(1).strip()) from None
         need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(err))
         if need:
             parts = "distinct characters + 4 specials" + (" + 256 byte pieces for byte_fallback" * byte_fallback)

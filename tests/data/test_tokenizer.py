@@ -18,7 +18,7 @@ from megadalle.data.digest import sha256
 from megadalle.data.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError, caption_lengths,
                                       iter_captions, train_tokenizer)
 from megadalle.errors import UserError
-from tests.data.conftest import WORDS
+from tests.data.conftest import WORDS, jpeg_bytes
 from tests.data.sentencepiece_models import captions, sp_model
 
 TEXT = "a small red cat sits on the mat near the big house"
@@ -308,3 +308,25 @@ def test_a_model_the_disk_does_not_take_is_one_line(caption_shards, tmp_path, ca
         f"megadalle tokenizer: cannot write {out} (No space left on device): free space on its disk, then rerun the "
         "same command")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_caption_that_is_not_utf8_in_tars_indexed_without_decoding_is_named(tmp_path, capsys):
+    """sentencepiece's error ("INTERNAL: UnicodeDecodeError ...") named neither the shard nor the sample."""
+    import io
+    import tarfile
+
+    root = tmp_path / "foreign"
+    root.mkdir()
+    with tarfile.open(root / "00000.tar", "w") as tar:
+        for i in range(6):
+            text = f"a red circle number {i}".encode() if i != 3 else "caf\xe9 au lait".encode("latin-1")
+            for name, data in ((f"k{i}.jpg", jpeg_bytes((32, 32), i)), (f"k{i}.txt", text)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert main(["index", f"dir={root}", "decode=false", "num_workers=0"]) == 0
+    capsys.readouterr()
+    assert main(["tokenizer", f"input={root}", f"output={tmp_path / 'tok.model'}", "vocab_size=40"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"megadalle tokenizer: {root / '00000.tar'}:k3: its caption is not UTF-8 (UnicodeDecodeError")
+    assert "\n" not in err and not (tmp_path / "tok.model").exists()
