@@ -199,16 +199,17 @@ def _recorded_changes(index: ShardIndex) -> Changes:
                    unindexed=_unindexed(index, {*changed, *(before.keys() - now.keys())}))
 
 
-HEADERS_CHECKED = 16
-"""Sample starts of a touched tar `rewritten` reads a tar header at, spread over it (its last among them)."""
+HEADERS_CHECKED = 3
+"""Sample starts of a touched tar `rewritten` reads a tar header at: its first, middle and last (samples written
+otherwise shift every later offset), few, as a copied folder's tars are all touched and checked at each opening."""
 
 
 def rewritten(root: Path, now: dict[str, Any], before: dict[str, Any]) -> bool:
     """Whether a tar of `root` at its indexed size (`tar_stats` entries `now` and `before`) holds other samples than
-    its offsets say: touched since (another mtime) and without a tar header where its first or last sample begins.
-    Python's tarfile and GNU tar pad every archive to 10 KiB, so a tar downloaded again with a few other samples
+    its offsets say: touched since (another mtime) and without a tar header where one of HEADERS_CHECKED samples
+    begins. Python's tarfile and GNU tar pad every archive to 10 KiB, so a tar downloaded again with a few other samples
     keeps its size: its stale offsets were trusted, and readers died with tarfile's "unexpected end of data"
-    traceback. A plain copy (another mtime, the same bytes) passes, HEADERS_CHECKED reads of 512 bytes. (Other
+    traceback. A plain copy (another mtime, the same bytes) passes, in HEADERS_CHECKED reads of 512 bytes. (Other
     samples laid out as the old ones were are read as they are now.)"""
     if now.get("mtime_ns") == before.get("mtime_ns"):
         return False
