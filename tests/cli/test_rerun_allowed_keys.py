@@ -38,6 +38,7 @@ DOCUMENTED = [  # README "Rerunning resumes": (key, value in run.json, value of 
     ("deepspeed.timeout_minutes", 30.0, 240.0),
     ("deepspeed.zero3_window_blocks", 2.0, 4.0),
     ("trainer.keep_freed_memory", True, False),
+    ("trainer.fused_optimizer", True, False),
     ("run_dir", None, "/runs/a"),
     ("out_dir", "outputs", "/scratch/outputs"),
     ("name", "default", "exp1"),
@@ -69,7 +70,9 @@ def run_config(**changed) -> dict:
 
 
 def saved_run(tmp_path, config: dict):
-    """A run directory whose run.json records `config`."""
+    """A run directory whose run.json records `config`, that began to save a checkpoint (one that saved none is
+    refused otherwise: test_rerun.py)."""
+    (tmp_path / "checkpoints" / "step_00000001").mkdir(parents=True)
     (tmp_path / rundir.RUN_JSON).write_text(json.dumps({"config": config}))
     return tmp_path
 

@@ -10,8 +10,10 @@ from megadalle.train import rundir
 
 
 def saved_run(tmp_path, config):
+    """A run directory whose run.json records `config`, that began to save a checkpoint (one that saved none is
+    refused otherwise: test_rerun.py)."""
     run = tmp_path / "runs" / "dvae" / "default"
-    run.mkdir(parents=True)
+    (run / "checkpoints" / "step_00000001").mkdir(parents=True)
     (run / rundir.RUN_JSON).write_text(json.dumps({"config": config}))
     return run
 
