@@ -34,17 +34,23 @@ def run(cfg: DictConfig) -> int:
     if ec.weights_only or one_file(ec.output):
         path = export(ec.run, ec.output, ec.checkpoint, ema, dtype, ec.max_shard_mb * 10**6, trained=trained,
                       alone=True)
-        print(f"[export] wrote {path} ({weights} of {read_source(path)['checkpoint']})", file=sys.stderr)
+        print(f"[export] wrote {path} ({weights}{of_checkpoint(path)})", file=sys.stderr)
         return 0
     from megadalle.bundle_write import write_bundle, written
     from megadalle.sampling.files import TRANSFORMER
 
     folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ema,
                           ec.clip_model, dtype, ec.max_shard_mb * 10**6, trained)
-    step = read_source(folder / TRANSFORMER)["checkpoint"]
-    print(f"[export] wrote model folder {folder} ({weights} of {step}): {', '.join(written(folder))}",
-          file=sys.stderr)
+    print(f"[export] wrote model folder {folder} ({weights}{of_checkpoint(folder / TRANSFORMER)}): "
+          f"{', '.join(written(folder))}", file=sys.stderr)
     return 0
+
+
+def of_checkpoint(weights) -> str:
+    """` of step_00000600`: the checkpoint the exported `weights` were read from, as their record says: exports of a
+    run still training were each of an unknown step."""
+    source = read_source(weights) or {}
+    return f" of {source['checkpoint']}" if "checkpoint" in source else ""
 
 
 if __name__ == "__main__":  # `python -m megadalle.export ARGS` is `megadalle export ARGS`

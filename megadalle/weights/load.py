@@ -218,8 +218,12 @@ def _config_file(path: str | Path, files: list[Path]) -> Path:
 
 def read_source(path: str | Path) -> dict | None:
     """What the weights at `path` were exported from (records.SOURCE), without reading a tensor; None where nothing
-    records it (weights exported before the record, saved by a training verb, or written by other tools)."""
-    record = json_object(_config_file(path, _layout(path).files))
+    records it (weights exported before the record, saved by a training verb, or written by other tools) or no
+    weights are there."""
+    try:
+        record = json_object(_config_file(path, _layout(path).files))
+    except WeightsNotFound:
+        return None
     source = (record or {}).get(SOURCE)
     return source if isinstance(source, dict) else None
 
