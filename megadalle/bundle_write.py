@@ -24,7 +24,7 @@ from megadalle.sampling.dvae_record import BUNDLE_KEY, CodesRecord
 from megadalle.sampling.files import (CLIP, DVAE, FORMAT, TOKENIZER, TRANSFORMER, is_bundle, recorded_codes,
                                       recorded_tokenizer, unfinished)
 from megadalle.warn import say_all
-from megadalle.weights import INDEX, MANIFEST, check_replaceable, read_record, read_source
+from megadalle.weights import INDEX, MANIFEST, check_replaceable, exported_checkpoint, read_record
 from megadalle.weights.records import json_object
 
 
@@ -190,7 +190,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
             manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
                         "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
                         "sources": {"run": str(run.resolve()),
-                                    "checkpoint": (read_source(output / TRANSFORMER) or {}).get("checkpoint"),
+                                    "checkpoint": exported_checkpoint(output / TRANSFORMER),
                                     **{k: None if v is None else str(v) for k, v in files.items()}},
                         "sha256": {"tokenizer": sha256(output / TOKENIZER)},
                         BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config}

@@ -15,7 +15,7 @@ from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
 from megadalle.config.export import ExportConfig
 from megadalle.train.consolidate import chosen_ema, export, load_run, run_task
-from megadalle.weights import one_file, read_source
+from megadalle.weights import exported_checkpoint, one_file
 
 __all__ = ["export", "load_run", "run"]
 
@@ -49,8 +49,8 @@ def run(cfg: DictConfig) -> int:
 def of_checkpoint(weights) -> str:
     """` of step_00000600`: the checkpoint the exported `weights` were read from, as their record says: exports of a
     run still training were each of an unknown step."""
-    source = read_source(weights) or {}
-    return f" of {source['checkpoint']}" if "checkpoint" in source else ""
+    checkpoint = exported_checkpoint(weights)
+    return f" of {checkpoint}" if checkpoint else ""
 
 
 if __name__ == "__main__":  # `python -m megadalle.export ARGS` is `megadalle export ARGS`

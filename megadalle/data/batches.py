@@ -60,11 +60,17 @@ class UnreadableSample(ValueError):
     within its shard, so two shards may both hold `002`."""
 
     def __init__(self, key: str, position: int, err: Exception, what: str = "image does not decode"):
-        super().__init__(f"its {what} ({type(err).__name__}: {err}); the shard changed since it was written or "
-                         "indexed (a bad copy or bit rot), or was indexed without decoding (decode=false): index its "
-                         "folder again with `megadalle index` (decoding, the default, skips such samples), copy it "
-                         "again from where it came, or rerun the `megadalle prepare` that wrote it")
+        super().__init__(unreadable(what, err))
         self.key, self.position = key, position
+
+
+def unreadable(what: str, err: Exception) -> str:
+    """Why a sample's part cannot be read (`what`: "caption is not UTF-8", with the decoder's `err`), and the ways
+    out."""
+    return (f"its {what} ({type(err).__name__}: {err}); the shard changed since it was written or indexed (a bad copy "
+            "or bit rot), or was indexed without decoding (decode=false): index its folder again with `megadalle "
+            "index` (decoding, the default, skips such samples), copy it again from where it came, or rerun the "
+            "`megadalle prepare` that wrote it")
 
 
 def sample_name(shard: object, key: str) -> str:

@@ -29,7 +29,7 @@ from megadalle import stoppable_call
 from megadalle.data import atomic
 from megadalle.data.bpe_dropout import BpeDropout
 from megadalle.data.captions import caption_lines
-from megadalle.data.batches import UnreadableSample, sample_name
+from megadalle.data.batches import sample_name, unreadable
 from megadalle.data.fields import decode_field
 from megadalle.data.shards import iter_shard, open_index
 from megadalle.disk_errors import refused
@@ -166,8 +166,8 @@ def iter_captions(shards: str | Path) -> Iterator[str]:
             try:
                 text = decode_field("txt", sample["txt"])
             except UnicodeDecodeError as err:
-                unread = UnreadableSample(sample["__key__"], 0, err, "caption is not UTF-8")
-                raise UnreadableCaption(f"{sample_name(path, sample['__key__'])}: {unread}") from None
+                raise UnreadableCaption(f"{sample_name(path, sample['__key__'])}: "
+                                        f"{unreadable('caption is not UTF-8', err)}") from None
             yield from caption_lines(text)
 
 

@@ -289,9 +289,9 @@ def check_precision(cfg: DictConfig) -> None:
 
     from megadalle.config import build
     from megadalle.config.train import DeepSpeedConfig, check_bf16_layout
+    from megadalle.train.engine import training_dtype
 
-    precision = cfg.trainer.get("precision", "auto")
-    if precision == "bf16" or (precision == "auto" and torch.cuda.is_available()):
+    if training_dtype(cfg.trainer.get("precision", "auto")) == torch.bfloat16:
         check_bf16_layout(build(DeepSpeedConfig, cfg.deepspeed, "deepspeed"))
 
 

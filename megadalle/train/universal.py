@@ -45,6 +45,7 @@ from megadalle.processes import owner_gone, owner_tag
 from megadalle.train.checkpoint import MANIFEST, CheckpointError, one_line
 from megadalle.train.durable import atomic_write
 from megadalle.train.mapped import deepspeed_optimizer_globals, mapped
+from megadalle.train.rundir import CONTRAST, USAGE
 
 FOLDER = "universal"
 FAILED = "universal.failed"
@@ -109,8 +110,6 @@ def keep_objective(saved: Layout, current: Layout, path: Path, objective: str | 
     ranks pairs in each loss (other pairs: its loss and val/loss move by the log of the ratio); a dVAE's usage term is
     each micro-batch's (the rank count may change). A checkpoint that records no micro_batch is taken to have had
     this run's."""
-    from megadalle.train.rundir import CONTRAST, USAGE
-
     before_batch = saved.micro_batch or current.micro_batch
     if objective == USAGE and before_batch != current.micro_batch:
         raise CheckpointError(

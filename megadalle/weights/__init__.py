@@ -28,14 +28,14 @@ tests) use.
 """
 from megadalle.weights.dtypes import DTYPES, as_dtype, export_layout
 from megadalle.weights.errors import AmbiguousOutput, OutputInTheWay, WeightsError, WeightsNotFound
-from megadalle.weights.load import (check_into, first_of, load_into, load_weights, mismatches, read_config, read_source,
-                                    shard_of)
+from megadalle.weights.load import (check_into, exported_checkpoint, first_of, load_into, load_weights, mismatches,
+                                    read_config, read_source, shard_of)
 from megadalle.weights.records import INDEX, MANIFEST, SINGLE, SOURCE, config_path, model_folder_around, read_record
 from megadalle.weights.replace import check_replaceable, one_file
 from megadalle.weights.writers import OLD, TMP, ShardedWriter, SingleFileWriter, save_weights
 
 __all__ = ["DTYPES", "as_dtype", "export_layout", "AmbiguousOutput", "OutputInTheWay", "WeightsError",
-           "WeightsNotFound", "check_into", "first_of", "load_into", "load_weights", "mismatches", "read_config",
-           "read_source", "shard_of", "INDEX", "MANIFEST", "SINGLE", "SOURCE", "config_path", "model_folder_around",
-           "read_record",
-           "check_replaceable", "one_file", "OLD", "TMP", "ShardedWriter", "SingleFileWriter", "save_weights"]
+           "WeightsNotFound", "check_into", "exported_checkpoint", "first_of", "load_into", "load_weights",
+           "mismatches", "read_config", "read_source", "shard_of", "INDEX", "MANIFEST", "SINGLE", "SOURCE",
+           "config_path", "model_folder_around", "read_record", "check_replaceable", "one_file", "OLD", "TMP",
+           "ShardedWriter", "SingleFileWriter", "save_weights"]

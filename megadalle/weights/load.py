@@ -228,6 +228,12 @@ def read_source(path: str | Path) -> dict | None:
     return source if isinstance(source, dict) else None
 
 
+def exported_checkpoint(path: str | Path) -> str | None:
+    """The checkpoint (`step_00000600`) the weights at `path` were exported from (`read_source`), None where unknown."""
+    checkpoint = (read_source(path) or {}).get("checkpoint")
+    return checkpoint if isinstance(checkpoint, str) else None
+
+
 def read_config(path: str | Path, kind: str | None = None) -> dict:
     """The config recorded beside weights (a .safetensors file, an index JSON, or a folder holding either),
     without reading a tensor; `kind` is checked when given."""
