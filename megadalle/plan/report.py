@@ -43,7 +43,6 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
     """The prediction for the config as given: memory, step time, checkpoint and USR1 lead time."""
     mem = memory_per_rank(model, counts, layout, settings, plan.device)
     fits = "" if plan.device == "cpu" else ("fits" if mem.total <= budget(plan) else "DOES NOT FIT")
-    t = step_time(model, counts, plan, layout, settings)
     busiest, total = checkpoint_bytes(model, counts, layout, settings)
     checkpoint = f"  checkpoint: {total / GB:.1f} GB in all, {busiest / GB:.2f} GB from the busiest rank; at " \
                  f"{plan.checkpoint_write_gbps:g} GB/s "
@@ -53,6 +52,7 @@ def config_lines(model: TransformerConfig, counts: Counts, plan: PlanConfig, lay
                   f"{checkpoint}submit with sbatch --signal=B:USR1@N, N = 1.5 x (step_seconds + "
                   f"{total / (plan.checkpoint_write_gbps * GB):.1f} s) + 30"]
     else:
+        t = step_time(model, counts, plan, layout, settings)
         timing = [f"  step: {t.total:.2f} s = compute {t.compute:.2f} s + exposed communication {t.exposed:.2f} s "
                   f"(of {t.comm:.2f} s; NVLink {plan.nvlink_gbps:g} GB/s within {plan.gpus_per_node} ranks, "
                   f"InfiniBand {plan.ib_gbps:g} GB/s across)",

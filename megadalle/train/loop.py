@@ -213,8 +213,7 @@ class Trainer:
                 found, self.next_save = checkpoint_choice.choose(run.resume, self.ckpt_root)
                 saved = Layout.saved(found) if found is not None else None
                 if saved is not None:
-                    universal.keep_objective(saved, self.layout, found,
-                                             rundir.micro_batch_objective(rundir.flatten(run.config)))
+                    universal.keep_objective(saved, self.layout, found, rundir.flatten(run.config))
                 conversion = found is not None and universal.needs_conversion(saved, self.layout, found)
                 if conversion:
                     universal.clear_stale(found, owned=found.resolve().is_relative_to(self.run_dir))

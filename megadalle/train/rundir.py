@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping
 from megadalle.data.digest import sha256
 from megadalle.errors import UserError
 from megadalle.folder_lock import LOCK, FolderLock, held_on
+from megadalle.train.micro_batch_objective import micro_batch_objective, micro_batch_refusal
 
 RUN_JSON = "run.json"
 RESUMABLE = (
@@ -79,22 +80,6 @@ def may_train_bf16(flat: dict) -> bool:
     """Whether the run of flattened config `flat` may train in bf16: `auto` does on a GPU, and a run directory may move
     between machines, so only `fp32` is known to leave the bf16-only keys without effect."""
     return flat.get("trainer.precision") != "fp32"
-
-
-CONTRAST, USAGE = "contrast", "usage"
-"""What makes `trainer.micro_batch` part of a run's objective (`micro_batch_objective`)."""
-
-
-def micro_batch_objective(flat: dict) -> str | None:
-    """What in the run of flattened config `flat` makes its micro_batch part of the objective: CONTRAST, a CLIP run
-    whose losses contrast each micro-batch (`clip.negatives=micro_batch`: micro_batch x data-parallel ranks pairs);
-    USAGE, a dVAE run with a codebook-use term (`dvae.objective.usage_weight` > 0: the entropy of each micro-batch's
-    codes, lower for fewer images); None where micro_batch changes nothing at the same global batch."""
-    if flat.get("clip.negatives") == "micro_batch":
-        return CONTRAST
-    if float(flat.get("dvae.objective.usage_weight") or 0) > 0:
-        return USAGE
-    return None
 
 
 MATTERS_IN: dict[str, Callable[[dict], bool]] = {
@@ -344,22 +329,6 @@ def saved_any(path: Path) -> bool:
 
     checkpoints = path / "checkpoints"
     return bool(step_dirs(checkpoints) or step_dirs(checkpoints / ABANDONED))
-
-
-def micro_batch_refusal(path: Path, flat: dict, old: Any, new: Any) -> str:
-    """Why a rerun of the run in `path`, of flattened config `flat` (run.json's), may not change trainer.micro_batch
-    from `old` to `new` (MATTERS_IN)."""
-    if micro_batch_objective(flat) == USAGE:
-        return (f"{path} holds a dVAE run trained with dvae.objective.usage_weight="
-                f"{flat['dvae.objective.usage_weight']}, whose codebook-use term is each micro-batch's: "
-                f"trainer.micro_batch={new} (there {old}) would train another objective (the term of {new} images' "
-                f"codes, not {old}'s); keep trainer.micro_batch={old} to resume it (trainer.grad_accum and the rank "
-                f"count may change at the same global batch)")
-    return (f"{path} holds a CLIP run trained with clip.negatives=micro_batch, where each loss contrasts "
-            f"trainer.micro_batch x data-parallel ranks pairs: trainer.micro_batch={new} (there {old}) would contrast "
-            f"{new} x ranks pairs instead of {old} x ranks, another objective whose loss and val/loss shift by "
-            f"ln({old}/{new}); keep trainer.micro_batch={old} (and the rank count) to resume it, or train with "
-            f"clip.negatives=update from the start (its contrast is the whole update's, whatever the layout)")
 
 
 def resume_step(path: Path, resume: str) -> int | None:

@@ -45,7 +45,7 @@ from megadalle.processes import owner_gone, owner_tag
 from megadalle.train.checkpoint import MANIFEST, CheckpointError, one_line
 from megadalle.train.durable import atomic_write
 from megadalle.train.mapped import deepspeed_optimizer_globals, mapped
-from megadalle.train.rundir import CONTRAST, USAGE
+from megadalle.train.micro_batch_objective import CONTRAST, USAGE, micro_batch_objective
 
 FOLDER = "universal"
 FAILED = "universal.failed"
@@ -102,14 +102,15 @@ def needs_conversion(saved: Layout | None, current: Layout, path: Path) -> bool:
     return True
 
 
-def keep_objective(saved: Layout, current: Layout, path: Path, objective: str | None) -> None:
-    """Raise when resuming the checkpoint at `path` on `current` would change the run's objective where its
-    micro_batch is part of it (`objective`, rundir.micro_batch_objective), in any run directory: run.json's comparison
-    covers only the run's own (rundir.check_config), and a new run directory resuming another run's checkpoint took
-    another micro_batch in silence. A CLIP run of `clip.negatives=micro_batch` contrasts micro_batch x data-parallel
-    ranks pairs in each loss (other pairs: its loss and val/loss move by the log of the ratio); a dVAE's usage term is
-    each micro-batch's (the rank count may change). A checkpoint that records no micro_batch is taken to have had
-    this run's."""
+def keep_objective(saved: Layout, current: Layout, path: Path, flat: dict) -> None:
+    """Raise when resuming the checkpoint at `path` on `current` would change the objective of the run of flattened
+    config `flat` where its micro_batch is part of it (`micro_batch_objective`), in any run directory: run.json's
+    comparison covers only the run's own (rundir.check_config), and a new run directory resuming another run's
+    checkpoint took another micro_batch in silence. A CLIP run of `clip.negatives=micro_batch` contrasts micro_batch
+    x data-parallel ranks pairs in each loss (other pairs: its loss and val/loss move by the log of the ratio); a
+    dVAE's usage term is each micro-batch's (the rank count may change). A checkpoint that records no micro_batch is
+    taken to have had this run's."""
+    objective = micro_batch_objective(flat)
     before_batch = saved.micro_batch or current.micro_batch
     if objective == USAGE and before_batch != current.micro_batch:
         raise CheckpointError(

@@ -8,7 +8,6 @@ import pytest
 
 from megadalle.cli import main
 from megadalle.train.checkpoint import MANIFEST, CheckpointError
-from megadalle.train.rundir import CONTRAST
 from megadalle.train.universal import Layout, keep_objective
 
 from tests.sample.clip_run import clip_overrides
@@ -62,16 +61,20 @@ def test_micro_batch_negatives_refuse_another_number_of_pairs_in_any_run_directo
            in capsys.readouterr().err
 
 
+CONTRASTED = {"clip.negatives": "micro_batch"}
+"""The flattened config of a CLIP run whose losses contrast each micro-batch."""
+
+
 def test_micro_batch_negatives_keep_the_pairs_of_each_loss():
     saved = Layout(dp_world=2, pipeline_stages=1, zero_stage=1, global_batch=16, micro_batch=8)
-    keep_objective(saved, saved, Path("step_00000003"), CONTRAST)
-    keep_objective(saved, Layout(4, 1, 1, 16, micro_batch=4), Path("step_00000003"), CONTRAST)  # 4 x 4 = 8 x 2 pairs
-    keep_objective(saved, Layout(1, 1, 1, 16, micro_batch=8), Path("step_00000003"), None)
+    keep_objective(saved, saved, Path("step_00000003"), CONTRASTED)
+    keep_objective(saved, Layout(4, 1, 1, 16, micro_batch=4), Path("step_00000003"), CONTRASTED)  # 4 x 4 = 8 x 2
+    keep_objective(saved, Layout(1, 1, 1, 16, micro_batch=8), Path("step_00000003"), {})
     with pytest.raises(CheckpointError, match=r"on 1 data-parallel ranks: it trained with clip.negatives=micro_batch, "
                                               r".* = 16 pairs, 8 here .* resume with trainer.micro_batch=8 on 2 "
                                               r"data-parallel ranks"):
-        keep_objective(saved, Layout(1, 1, 1, 16, micro_batch=8), Path("step_00000003"), CONTRAST)
+        keep_objective(saved, Layout(1, 1, 1, 16, micro_batch=8), Path("step_00000003"), CONTRASTED)
     old = Layout(dp_world=2, pipeline_stages=1, zero_stage=1, global_batch=16)  # recorded before micro_batch was
     with pytest.raises(CheckpointError, match=r"= 8 x 2 = 16 pairs, 8 here"):
-        keep_objective(old, Layout(1, 1, 1, 16, micro_batch=8), Path("step_00000003"), CONTRAST)
+        keep_objective(old, Layout(1, 1, 1, 16, micro_batch=8), Path("step_00000003"), CONTRASTED)
     assert old == Layout(2, 1, 1, 16, micro_batch=8)  # no conversion for another split of the same global batch
