@@ -84,8 +84,10 @@ def dot(a, b, PRECISION: tl.constexpr):
 def precision(dtype) -> str:
     """How tiles are multiplied: half types natively, fp32 exactly unless torch allows TF32.
 
-    fp32 follows torch's own setting, as torch's matmuls do: exact ("ieee") by default, TF32 after
-    `torch.set_float32_matmul_precision("high")`.
+    fp32 follows torch's own setting for CUDA matmuls, as torch's matmuls do: exact ("ieee") by default,
+    TF32 after `torch.set_float32_matmul_precision("high")` or torch >= 2.9's
+    `torch.backends.cuda.matmul.fp32_precision = "tf32"`. That attribute is read where it exists: it
+    answers for both ways of setting it, and the legacy getter raises once the new API has been used.
 
     Triton's CPU interpreter multiplies bf16 tiles as their raw uint16 bits (triton 3.x
     `create_dot` only converts fp8), so under TRITON_INTERPRET=1 half tiles are widened to fp32
@@ -94,6 +96,9 @@ def precision(dtype) -> str:
     import torch
 
     if dtype == torch.float32:
+        cuda_setting = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+        if cuda_setting is not None:
+            return "tf32" if cuda_setting == "tf32" else "ieee"
         return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     return "upcast" if os.environ.get("TRITON_INTERPRET") == "1" else "tf32"
 

@@ -40,7 +40,8 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec:
     if query_offset + lq > spec.seq_len or lk > spec.seq_len:
         raise ValueError(f"positions up to {max(query_offset + lq, lk)} exceed the mask's sequence length "
                          f"{spec.seq_len}")
-    mask = shared_dense_mask(spec).to(q.device)[query_offset:query_offset + lq, :lk]
+    # Sliced before it moves: a decode step's one row, not the seq x seq mask, goes to the GPU at each call.
+    mask = shared_dense_mask(spec)[query_offset:query_offset + lq, :lk].to(q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

@@ -21,6 +21,23 @@ def test_fp32_tiles_use_tf32_only_where_torch_allows_it(matmul_precision, settin
     assert precision(torch.float32) == expected
 
 
+@pytest.fixture
+def cuda_matmul_setting():
+    """Set torch >= 2.9's CUDA fp32 matmul setting for one test, restoring both of its levels after."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision, torch.backends.fp32_precision
+    yield lambda setting: setattr(matmul, "fp32_precision", setting)
+    matmul.fp32_precision, torch.backends.fp32_precision = before
+
+
+@pytest.mark.parametrize("setting, expected", [("tf32", "tf32"), ("ieee", "ieee")])
+def test_fp32_tiles_follow_torchs_new_matmul_setting(cuda_matmul_setting, setting, expected):
+    """Set the way torch's docs now recommend, after which torch's legacy getter raises (mixing the two APIs):
+    every fp32 kernel call failed with that error."""
+    cuda_matmul_setting(setting)
+    assert precision(torch.float32) == expected
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("interpret, expected", [("1", "upcast"), (None, "tf32")])
 def test_half_tiles_are_widened_under_the_interpreter_only(monkeypatch, matmul_precision, dtype, interpret,
