@@ -136,7 +136,7 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     """`train_clip`, with the training's Result beside the weights' path (the verb's exit status needs it)."""
     from megadalle.config.train import RunConfig
     from megadalle.config.train_verbs import TrainClipConfig
-    from megadalle.train.consolidate import export
+    from megadalle.train.final_export import export_finished
     from megadalle.train.loop import train_from_config
 
     build(RunConfig, {"run_dir": cfg.get("run_dir"), "resume": cfg.get("resume", "auto")}, "")
@@ -147,8 +147,7 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
         return result, None
     ema = cfg.trainer.get("ema") is not None
     # generate reranks with these weights: keep the precision CLIP trained in (and its EMA, as train-dvae does)
-    path = export(result.run_dir, weights or result.run_dir / "clip.safetensors", ema=ema, dtype="fp32")
-    print(f"[train-clip] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
+    path = export_finished(result, Path(weights or result.run_dir / "clip.safetensors"), ema)[0]
     return result, path
 
 

@@ -303,7 +303,7 @@ def train_dvae(cfg: DictConfig) -> Path | None:
 def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
     """`train_dvae`, with the training's Result beside the weights' path (the verb's exit status needs it)."""
     from megadalle.config.train import RunConfig
-    from megadalle.train.consolidate import export
+    from megadalle.train.final_export import export_finished
     from megadalle.train.loop import train_from_config
 
     verb = build(TrainDVAEConfig, top_level(cfg, TrainDVAEConfig), "")
@@ -318,9 +318,9 @@ def fit_and_export(cfg: DictConfig) -> tuple[Result, Path | None]:
         return result, None
     ema = cfg.trainer.get("ema") is not None
     # encode reads these weights: keep the precision the dVAE trained in
-    path = export(result.run_dir, verb.weights or result.run_dir / RUN_WEIGHTS, ema=ema, dtype="fp32")
-    record_export(result.run_dir, result.step)
-    print(f"[train-dvae] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}")
+    path, written = export_finished(result, Path(verb.weights or result.run_dir / RUN_WEIGHTS), ema)
+    if written:
+        record_export(result.run_dir, result.step)
     return result, path
 
 
