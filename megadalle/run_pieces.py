@@ -153,7 +153,7 @@ def export_advice(run: Path, checkpoint: str | Path = "STEP", dvae: str | Path |
     model folder is a Transformer's). A train-dvae run given as `dvae` (generate reads one) is named by the file
     it exported, which export copies (`_as_file`)."""
     record = read(run)
-    trained = record.get("task_factory") and next((p for p in MODEL_NAMES if other_model(record, p) is None), None)
+    trained = trained_piece(record)
     if trained:
         export = command_line("export", run=run, checkpoint=checkpoint, output="FILE.safetensors")
         return f"`{export}`, then {VERB_KEYS[trained]}=FILE.safetensors"
@@ -198,6 +198,14 @@ def run_export(run: Path, config: dict, piece: str) -> Path:
     """Where a train-dvae or train-clip run (`piece` "dvae" or "clip"; `config` its run.json's) exports its
     weights when it finishes: its recorded `weights` (`recorded_path`), else <run>/<piece>.safetensors."""
     return recorded_path(run, config, "weights", VERB_KEYS[piece]) or run / f"{piece}.safetensors"
+
+
+def trained_piece(record: dict) -> str | None:
+    """The piece ("dvae", "clip") that the run whose run.json is `record` trained; None for a Transformer's run and
+    for one recording no task."""
+    if not record.get("task_factory"):
+        return None
+    return next((piece for piece in MODEL_NAMES if other_model(record, piece) is None), None)
 
 
 def other_model(record: dict, piece: str) -> str | None:

@@ -111,7 +111,7 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     export sample with the same files; where it records none, or a file no longer there (the refusal names it), and
     for plain weights, the default names beside (`sampling.load.beside`). The CLIP is looked for only when
     `want_clip`; missing, it is refused with `without_clip`, the key that does without it."""
-    from megadalle.sampling.load import ModelNotFound, beside, checkpoint_in_run, is_run
+    from megadalle.sampling.load import ModelNotFound, beside, is_run
     from megadalle.sampling.rerank import OPEN_CLIP
 
     weights = folder_of_transformer(Path(weights))
@@ -123,12 +123,7 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     if weights.name == MANIFEST and is_bundle(weights.parent):  # read as weights, it was called damaged
         raise BundleError(f"weights={weights}: the record of the model folder {weights.parent}; pass "
                           f"{override_word('weights', weights.parent)}")
-    in_run = checkpoint_in_run(weights)
-    if in_run is not None:  # a DeepSpeed checkpoint is no weights: its run's record rebuilds the model from it
-        run, step = in_run
-        older = "" if step is None else f", or to sample {step.name}: {run_pieces.export_advice(run, step, dvae)}"
-        raise BundleError(f"weights={weights}: inside the checkpoints of the training run {run}; pass "
-                          f"{override_word('weights', run)} (it samples the newest checkpoint){older}")
+    refuse_checkpoint(weights, "weights", dvae)
     if unfinished(weights):
         raise BundleError(f"{weights}: unfinished export (no {MANIFEST}): rerun `megadalle export` with "
                           f"{override_word('output', weights)}")
@@ -136,9 +131,15 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     if manifest is not None and clip_model == "megadalle":  # the key's default: the folder's own reranker wins
         clip_model = manifest.get("clip_model", "megadalle")
     record = run_pieces.read(weights) if manifest is None and is_run(weights) else None
+    trained = run_pieces.trained_piece(record) if record is not None else None
+    if trained is not None:  # before the pieces beside it are looked for, which such a run has none of
+        key = run_pieces.VERB_KEYS[trained]
+        raise BundleError(f"weights={weights}: a {run_pieces.MODEL_NAMES[trained]} training run, not a Transformer's; "
+                          f"it is read as {override_word(key, weights)} beside the Transformer's weights")
 
     def piece(given: str | None, key: str, name: str) -> Path | None:
         if given:
+            refuse_checkpoint(Path(given), run_pieces.VERB_KEYS[key])
             return Path(given)
         if manifest is not None:
             return weights / manifest[key] if manifest.get(key) else None
@@ -163,6 +164,22 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     return SamplingFiles(transformer_path(weights), piece(dvae, "dvae", DVAE), piece(tokenizer, "tokenizer", TOKENIZER),
                          clip_path, clip_model, want_clip, manifest or {},
                          recorded_tokenizer(weights, manifest, record), recorded_codes(weights, manifest, record))
+
+
+def refuse_checkpoint(path: Path, key: str, dvae: str | None = None) -> None:
+    """Refuse a path inside a training run's checkpoints given as `key`: a DeepSpeed checkpoint is no weights, and its
+    run's record rebuilds the model from it. The refusal names the run, which reads its newest checkpoint, and how to
+    read the one given (`run_pieces.export_advice`, with `dvae` for a Transformer's model folder)."""
+    from megadalle.sampling.load import checkpoint_in_run
+
+    in_run = checkpoint_in_run(path)
+    if in_run is None:
+        return
+    run, step = in_run
+    read = "sample" if key == "weights" else "read"
+    older = "" if step is None else f", or to {read} {step.name}: {run_pieces.export_advice(run, step, dvae)}"
+    raise BundleError(f"{key}={path}: inside the checkpoints of the training run {run}; pass "
+                      f"{override_word(key, run)} (it {read}s the newest checkpoint){older}")
 
 
 def recorded_tokenizer(where: Path, manifest: dict | None, record: dict | None) -> TokenizerRecord | None:

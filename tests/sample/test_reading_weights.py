@@ -122,6 +122,37 @@ def test_a_checkpoints_export_advice_names_the_dvae_generate_was_given(tmp_path,
                                      f"tokenizer={tmp_path / 'tok.model'} 'dvae_weights={dvae}'`, then weights=DIR")
 
 
+@pytest.mark.parametrize("key, factory", [("clip_weights", "megadalle.train.clip:task_from_config"),
+                                          ("dvae_weights", "megadalle.train.dvae:task_from_config")])
+def test_a_checkpoint_of_a_clip_or_dvae_run_points_at_the_run_by_its_key(folder, tmp_path, capsys, key, factory):
+    """`clip_weights=RUN/checkpoints/step_N` was "holds neither model.safetensors.index.json nor model.safetensors",
+    naming neither the key nor the run; such a run is exported as one file."""
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000006"
+    step.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"task_factory": factory}))
+    assert generate(folder, tmp_path, f"{key}={step}") == 2
+    assert one_line(capsys) == (f"{key}={step}: inside the checkpoints of the training run {run}; pass {key}={run} "
+                                f"(it reads the newest checkpoint), or to read step_00000006: `megadalle export "
+                                f"run={run} checkpoint={step} output=FILE.safetensors`, then {key}=FILE.safetensors")
+
+
+@pytest.mark.parametrize("key, factory", [("clip_weights", "megadalle.train.clip:task_from_config"),
+                                          ("dvae_weights", "megadalle.train.dvae:task_from_config")])
+def test_a_clip_or_dvae_run_given_as_weights_is_said_to_be_one_first(tmp_path, capsys, key, factory):
+    """It was "no dvae.safetensors beside RUN", and once a dVAE was given, "a 'clip' training run"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"task_factory": factory}))
+    model = "CLIP" if key == "clip_weights" else "dVAE"
+    for verb in ("generate", "evaluate"):
+        extra = ["prompt=a red circle"] if verb == "generate" else [f"captions={tmp_path / 'c.txt'}", "fid=false"]
+        (tmp_path / "c.txt").write_text("a red circle\n")
+        assert main([verb, f"weights={run}", *extra, f"output={tmp_path / verb}"]) == 2
+        assert one_line(capsys, verb) == (f"weights={run}: a {model} training run, not a Transformer's; it is read as "
+                                          f"{key}={run} beside the Transformer's weights")
+
+
 def cut(path):
     path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
 
