@@ -223,6 +223,10 @@ class DeepSpeedConfig:
                   "and run.json see it")
 
 
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
+"""Characters wandb refuses in a project name."""
+
+
 @dataclass
 class LoggerConfig:
     mode: str = "offline"
@@ -239,6 +243,13 @@ class LoggerConfig:
     def validate(self, where: str = "logger") -> None:
         check(self.mode in WANDB_MODES, f"{where}.mode", self.mode, f"expected one of {WANDB_MODES}")
         check(self.peak_tflops > 0, f"{where}.peak_tflops", self.peak_tflops, "must be positive")
+        # wandb's own rule for project names, which it applied only once the run had started
+        project = str(self.project)
+        bad = "".join(sorted(set(project) & set(WANDB_PROJECT_FORBIDDEN)))
+        check(not bad, f"{where}.project", project, f"wandb refuses {bad!r} in a project name (any of "
+                                                     f"{WANDB_PROJECT_FORBIDDEN})")
+        check(0 < len(project.strip()) and len(project) <= 128, f"{where}.project", project,
+              "wandb takes a project name of 1 to 128 characters")
 
 
 def check_bf16_layout(ds: DeepSpeedConfig, where: str = "deepspeed") -> None:

@@ -296,13 +296,19 @@ def check_precision(cfg: DictConfig) -> None:
 
 
 def check_logger(cfg: DictConfig) -> None:
-    """wandb online needs credentials where it logs, on rank 0; without them wandb.init raised a UsageError after
-    DeepSpeed had started. Checked on rank 0 only: a rank that does not log needs none, and a launcher ends the
+    """wandb must import, and online it needs credentials where it logs, on rank 0; without either, wandb.init failed
+    after DeepSpeed had started. Checked on rank 0 only: a rank that does not log needs none, and a launcher ends the
     other ranks when rank 0 exits."""
     from megadalle.train.distributed import detect
-    from megadalle.train.wandb_log import credentials_found
+    from megadalle.train.wandb_log import credentials_found, import_failure
 
-    if cfg.logger.get("mode") == "online" and detect().rank == 0:
+    mode = cfg.logger.get("mode")
+    if mode != "disabled" and detect().rank == 0:  # else after DeepSpeed started, and rank 1 waited on rank 0's word
+        try:
+            import wandb  # noqa: F401
+        except Exception as err:
+            fits(False, import_failure(mode, err))
+    if mode == "online" and detect().rank == 0:
         fits(credentials_found(), "logger.mode=online: wandb finds no credentials here (WANDB_API_KEY, or the ~/.netrc "
                                   "entry `wandb login` writes); run `wandb login`, or log with logger.mode=offline and "
                                   "upload later with `wandb sync`")

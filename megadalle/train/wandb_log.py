@@ -25,6 +25,7 @@ resumed (`resume=auto`) from the later checkpoint it had gone back from, logged 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sys
@@ -200,6 +201,13 @@ def start_failure(err: Exception, mode: str, run_dir: Path) -> str:
             f"`wandb sync {run_dir}/wandb/offline-run-*`")
 
 
+def import_failure(mode: str, err: Exception) -> str:
+    """The line for a wandb that does not import: not installed (a container built without it, pip --no-deps), or
+    broken (a protobuf of another major version makes `import wandb` raise TypeError)."""
+    return (f"logger.mode={mode}: wandb does not import ({one_line(err)}); install it (pip install 'wandb>=0.17'), "
+            "or logger=none trains without wandb")
+
+
 class Wandb(Callback):
     def __init__(self, cfg: LoggerConfig):
         self.cfg = cfg
@@ -238,14 +246,23 @@ class Wandb(Callback):
             return None, None
         if note is not None:
             print(f"[wandb] {note}", file=sys.stderr, flush=True)
-        import wandb
-
+        try:
+            import wandb
+        except Exception as err:  # preflight's check_logger says so first; here for a caller of the loop itself
+            return WandbError(import_failure(self.cfg.mode, err)), None
+        # wandb's debug log is a logging handler, and wandb copies stderr into its run: on a full disk each failed
+        # write printed logging's "--- Logging error ---" traceback, which wandb copied and failed to write again
+        # (13,800 lines before the run's one line saying the disk is full). Errors of logging are dropped instead.
+        logging.raiseExceptions = False
         try:
             self.run = wandb.init(project=self.cfg.project, entity=self.cfg.entity, name=self.cfg.name,
                                   mode=self.cfg.mode, dir=str(info.run_dir), id=self.run_id, resume="allow",
                                   config=info.config)
         except wandb.errors.Error as err:
             return WandbError(start_failure(err, self.cfg.mode, Path(info.run_dir))), None
+        except OSError as err:  # the folder's, not a bug: another user's wandb/ in a shared run directory, a file
+            return WandbError(f"logger.mode={self.cfg.mode}: wandb cannot write {Path(info.run_dir) / 'wandb'} "
+                              f"({one_line(err)}); make it writable, or logger=none trains without wandb"), None
         except Exception as err:
             return WandbError(f"rank 0 failed to start wandb: {one_line(err)}"), err
         return None, None

@@ -61,6 +61,49 @@ def test_an_unreachable_wandb_server_stops_the_run_in_one_line(capsys, tmp_path,
     assert "Traceback" not in err
 
 
+def test_a_wandb_that_does_not_import_is_one_line_before_the_engine_starts(capsys, tmp_path, monkeypatch):
+    """It was a 40-line traceback once the engine was built, and rank 1 of two died in the broadcast it waited in
+    (a container built without wandb, or a protobuf clash that makes `import wandb` raise TypeError)."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    run = tmp_path / "run"
+    assert main([*RUN, "logger=wandb", f"run_dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("megadalle train: logger.mode=offline: wandb does not import (") and \
+        err.splitlines()[-1].endswith("); install it (pip install 'wandb>=0.17'), or logger=none trains without wandb")
+    assert "Traceback" not in err and not (run / "run.json").exists()  # refused before the run started
+    assert main([*RUN, "logger=none", f"run_dir={run}"]) == 0
+
+
+def test_a_wandb_folder_that_cannot_be_written_is_one_line_not_a_bug(capsys, tmp_path):
+    """A file (or another user's folder) where <run>/wandb goes was a 57-line traceback, reported as megadalle's bug."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "wandb").write_text("not a folder")
+    assert main([*RUN, "logger=wandb", f"run_dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"megadalle train: logger.mode=offline: wandb cannot write {run / 'wandb'} (")
+    assert err.splitlines()[-1].endswith("); make it writable, or logger=none trains without wandb")
+    assert "Traceback" not in err
+
+
+def test_starting_wandb_drops_the_errors_of_logging(tmp_path, inits, monkeypatch):
+    """On a full disk wandb's debug-log handler failed at each write and logging printed its "--- Logging error ---"
+    traceback, which wandb's copy of stderr failed to write again: 13,800 lines before the run's one line."""
+    import logging
+
+    monkeypatch.setattr(logging, "raiseExceptions", True)
+    assert main([*RUN, "logger=wandb", f"run_dir={tmp_path / 'run'}"]) == 0
+    assert logging.raiseExceptions is False
+
+
+@pytest.mark.parametrize("project, why", [("team/proj", "wandb refuses '/' in a project name (any of /\\#?%:)"),
+                                          ("", "wandb takes a project name of 1 to 128 characters")])
+def test_a_project_name_wandb_refuses_is_refused_before_the_run(capsys, tmp_path, project, why):
+    """wandb refused it once the engine had started, and the line advised logger=none, not the key."""
+    assert main([*RUN, "logger=wandb", f"logger.project={project}", f"run_dir={tmp_path / 'run'}"]) == 2
+    assert capsys.readouterr().err.strip() == f"megadalle train: logger.project={project!r}: {why}"
+
+
 def test_a_run_stopped_before_going_backs_first_save_resumes_the_old_branch_into_its_own_id(tmp_path, inits,
                                                                                              monkeypatch):
     """resume=<step_2> took a new wandb id and failed before its first save, leaving step_4 (the old branch) the newest
