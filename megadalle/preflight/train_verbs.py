@@ -3,6 +3,8 @@ the backend, the logger and the EMA against the model and DeepSpeed's config, ea
 DeepSpeed had started, on every rank, when it was wrong. Their run directory is checked in runs.py."""
 from __future__ import annotations
 
+import importlib
+
 from omegaconf import DictConfig
 
 from megadalle.preflight.image_size import fits_image_size
@@ -305,7 +307,7 @@ def check_logger(cfg: DictConfig) -> None:
     mode = cfg.logger.get("mode")
     if mode != "disabled" and detect().rank == 0:  # else after DeepSpeed started, and rank 1 waited on rank 0's word
         try:
-            import wandb  # noqa: F401
+            importlib.import_module("wandb")
         except Exception as err:
             fits(False, import_failure(mode, err))
     if mode == "online" and detect().rank == 0:
