@@ -56,6 +56,7 @@ from megadalle.encoded_split import STAGING, remove_split, split_meta, stale_spl
 from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
 from megadalle.models.dvae import DVAE, load_dvae
+from megadalle.progress import progress_bar
 from megadalle.train.dvae_export import RUN_WEIGHTS, DVAEWeightsError, run_weights
 from megadalle.train.rundir import RUN_JSON
 
@@ -259,7 +260,7 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     todo = [(info, path) for info, path in mine if not shard_done(out / info.name, info.count, made_by[info.name])]
     warn_stale(out, [info.name for info, _ in todo if (out / info.name).is_file()])
     total, done = sum(i.count for i, _ in mine), sum(i.count for i, _ in mine) - sum(i.count for i, _ in todo)
-    with tqdm(total=total, initial=done, unit="img", desc=f"encode {source.root.name}", disable=rank != 0) as bar:
+    with progress_bar(total=total, initial=done, unit="img", desc=f"encode {source.root.name}", disable=rank != 0) as bar:
         upscaled = sum(encode_shard(model, path, out / info.name, fields, batch_size, made_by[info.name], bar)
                        for info, path in todo)
     say_upscaled(source.root, upscaled, total - done, model.cfg.image_size)

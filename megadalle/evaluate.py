@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
+from megadalle.progress import progress_bar
 
 from megadalle.caption_unit import mean_se
 from megadalle.config import ConfigError, build, check, top_level
@@ -216,7 +216,7 @@ def real_features(shards: str, image_size: int, limit: int, extract: Extractor, 
 
     loader = image_loader(shards, batch_size, image_size, shuffle=False, epochs=1, rank=0, world_size=1)
     feats, count, upscaled = [], 0, 0
-    for batch in tqdm(loader, desc="real images", unit=" batch", leave=False):
+    for batch in progress_bar(loader, desc="real images", unit=" batch", leave=False):
         images = batch["image"][: limit - count]
         feats.append(extract(images).float().cpu())
         upscaled += int(batch["upscaled"][: len(images)].sum())
@@ -298,7 +298,7 @@ def evaluate(model, dvae, clip, tokenizer, captions: list[str], cfg: EvaluateCon
         atomic.write_bytes(samples / "index.json",
                            json.dumps(sample_index(captions, cfg.n, clip is not None), indent=1).encode())
     per_caption, best, fake = [], [], []
-    with tqdm(captions, desc="evaluate", unit=" caption", disable=not progress) as bar:  # closed on a stop too
+    with progress_bar(captions, desc="evaluate", unit=" caption", disable=not progress) as bar:  # closed on a stop too
         for i, caption in enumerate(bar):
             result = generate(model, dvae, clip, tokenizer, caption, cfg.n, cfg.n, cfg.batch_size, settings,
                               cfg.seed + i, progress=False, verb="evaluate")

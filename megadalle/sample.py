@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
+from megadalle.progress import progress_bar
 
 from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
@@ -70,7 +70,7 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     if isinstance(reranker, MegadalleClip):  # scores each batch against the prompt cut to its own text_len
         warn_if_cut(reranker.tokenizer, prompt, reranker.clip.cfg.text_len, "CLIP", verb)
     codes, scores = (list(saved.codes), list(saved.scores)) if saved is not None else ([], [])
-    with tqdm(total=n * model.cfg.grid_len, initial=sum(map(len, codes)) * model.cfg.grid_len, desc="generate",
+    with progress_bar(total=n * model.cfg.grid_len, initial=sum(map(len, codes)) * model.cfg.grid_len, desc="generate",
               unit=" tok", unit_scale=True, disable=not progress) as bar:  # closed on a stop too: its line ends
         for batch in sample_batches(model, text, n, batch_size, settings, seed, on_token=bar.update,
                                     first_batch=len(codes)):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from omegaconf import DictConfig
-from tqdm import tqdm
+from megadalle.progress import progress_bar
 
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
@@ -168,7 +168,7 @@ def _convert(cfg: PrepareConfig, items: list[Item], held: int, start: float, pro
     duplicates = Duplicates()
     try:
         results = convert_all(items, opts, workers)
-        for result in tqdm(results, total=len(items), desc="prepare", unit=" images", disable=not progress):
+        for result in progress_bar(results, total=len(items), desc="prepare", unit=" images", disable=not progress):
             if result.sample is not None:
                 held = result.held_out or is_validation(result.digest, cfg.val_fraction)
                 duplicates.add(result.digest, result.sample["txt"])

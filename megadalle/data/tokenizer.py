@@ -23,7 +23,7 @@ import numpy as np
 import sentencepiece as spm
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
+from megadalle.progress import progress_bar
 
 from megadalle import stoppable_call
 from megadalle.data import atomic
@@ -204,7 +204,7 @@ def train_tokenizer(shards: str | Path, output: str | Path, vocab_size: int = 16
 def train_bpe(shards: str, vocab_size: int, normalization: str, character_coverage: float, max_sentences: int,
               byte_fallback: bool, seed: int) -> bytes:
     """The BPE model sentencepiece trains on the shards' captions, as bytes (`train_tokenizer`'s child's work)."""
-    captions = tqdm(iter_captions(shards), desc="tokenizer: reading captions", unit=" lines", mininterval=1.0)
+    captions = progress_bar(iter_captions(shards), desc="tokenizer: reading captions", unit=" lines", mininterval=1.0)
     buf = io.BytesIO()
     spm.set_random_generator_seed(seed)
     spm.SentencePieceTrainer.train(

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from tqdm import tqdm
+from megadalle.progress import progress_bar
 
 from megadalle.config.override import command_line
 from megadalle.data import atomic
@@ -77,7 +77,7 @@ def _shard_results(paths: list[Path], options: dict[str, Any], num_workers: int,
     if not paths:  # every tar unchanged (some removed): a pool of no worker is an error
         return
     work, root = partial(index_shard, **options), paths[0].parent
-    with tqdm(total=len(paths), desc="index", unit=" shards", disable=not progress) as bar:
+    with progress_bar(total=len(paths), desc="index", unit=" shards", disable=not progress) as bar:
         if num_workers == 0:
             for path in paths:
                 _stop_if(stopped, root)
