@@ -72,44 +72,6 @@ def resolve(verb: str):
     return load(VERBS[verb].target)
 
 
-def print_help() -> None:
-    print("megadalle: train DALL-E-style text-to-image models, from image-caption pairs to reranked samples.\n")
-    print(USAGE + "\n\nverbs (in pipeline order):")
-    for name, verb in VERBS.items():
-        print(f"  {name:<11} {verb.summary}")
-    print("\nEvery verb takes hydra overrides, e.g. `megadalle plan model=12b gpus=64 gpu_mem_gb=80`.")
-
-
-def print_verb_help(verb: str, args: list[str]) -> None:
-    """The verb's config with the overrides of `args` applied, a docstring beside each key, and each group's options.
-    Hydra's flags among `args` are no overrides (`-m` was refused as one); with `-m`, a sweep's values are left out
-    (they are several configs), and `--config-dir`'s options count."""
-    from megadalle.config.compose import compose_with_choices, conf_dir, verb_group_options
-    from megadalle.config.help import all_docs, render
-    from megadalle.config.verbs import VERB_SCHEMAS
-    from megadalle.hydra_app import config_flags, is_multirun, override_key, split_flags
-    from megadalle.sweep_jobs import swept_keys
-
-    flags, overrides = split_flags(args)
-    extra, primary = config_flags(flags)
-    if is_multirun(flags):
-        swept = swept_keys(overrides)
-        overrides = [item for item in overrides if override_key(item) not in swept]
-    cfg, choices = compose_with_choices(verb, overrides, extra, primary)
-    print(f"megadalle {verb}: {VERBS[verb].summary}\n")
-    if choices:
-        print("groups (group=option; [chosen]):")
-        keys = list(cfg)
-        for group, chosen in sorted(choices.items(), key=lambda item: keys.index(item[0]) if item[0] in keys else 0):
-            options = " ".join(f"[{o}]" if o == chosen else o for o in verb_group_options(verb, group, extra))
-            print(f"  {group:<10} {options}")
-        print()
-    print(f"config (conf/{verb}.yaml{' + ' + ' '.join(overrides) if overrides else ''}); key=value changes a value, "
-          "??? must be given:\n")
-    docs = all_docs(conf_dir(), verb, list(VERB_SCHEMAS.get(verb, ())), list(choices))
-    print("\n".join(render(cfg, docs)))
-
-
 def stop_signals(verb: str, to_exit: bool = False):
     """For a training or sampling verb, its stop signals held until its run takes them over
     (signals.taken_at_start): a preemption during the minutes before the first update or sample (imports, indexing,
@@ -164,21 +126,28 @@ def main(argv: list[str] | None = None, to_exit: bool = False) -> int:
 
 
 def run_command(argv: list[str]) -> int:
+    from megadalle.cli_help import print_help, print_verb_help, version
+
+    if argv[:1] == ["--version"]:
+        print(f"megadalle {version()}")
+        return 0
+    if argv[:1] in (["-h"], ["--help"], ["help"]) and len(argv) > 1 and argv[1] in VERBS:
+        argv = [argv[1], "--help", *argv[2:]]  # `megadalle help train`, as `git help commit`
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print_help()
+        print_help(VERBS, USAGE)
         return 0 if argv else 2
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
         near = difflib.get_close_matches(verb, VERBS, n=1)
         print(f"megadalle: unknown verb {verb!r}{f'; did you mean {near[0]}?' if near else '.'}\n", file=sys.stderr)
-        print_help()
+        print_help(VERBS, USAGE)
         return 2
     key = VERBS[verb].positional
     if key and rest and "=" not in rest[0] and not rest[0].startswith("-"):
         rest = [f"{key}={rest[0]}", *rest[1:]]
     if "-h" in rest or "--help" in rest:
         try:
-            print_verb_help(verb, [a for a in rest if a not in ("-h", "--help")])
+            print_verb_help(verb, VERBS[verb].summary, [a for a in rest if a not in ("-h", "--help")])
         except compose_errors() as err:
             return fail(verb, bad_config(err))
         return 0

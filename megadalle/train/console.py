@@ -9,9 +9,11 @@ unbuffered, so closing it has nothing left to write and fails no second time."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -27,7 +29,11 @@ WARNINGS = {
 }
 """Metrics that should stay 0: a warning at the first update where one is not."""
 
-SHOWN = ("loss", "val/loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "mfu", "mem_gib", "skipped_steps")
+SHOWN = ("loss", "val/loss", "text_loss", "image_loss", "clip_acc", "temperature", "perplexity", "dead_codes",
+         "val/perplexity", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "mfu", "mem_gib", "skipped_steps")
+"""What a progress line shows of the metrics an update logs, those of its task among them: the Transformer's loss
+parts, CLIP's accuracy and temperature, the dVAE's codebook use (README's sign of a dVAE losing its codes), which
+reached only metrics.jsonl and wandb, while a log is what a user with logger=none, or an unsynced wandb, watches."""
 
 
 class Console(Callback):
@@ -37,6 +43,8 @@ class Console(Callback):
         self.file = None
         self.bar = None
         self.warned: set[str] = set()
+        self.first: tuple[int, float] | None = None
+        """(step, time) of this process's first update: the rate its ETA is reckoned at."""
 
     def start(self, info: RunInfo) -> None:
         if info.rank != 0:
@@ -53,15 +61,29 @@ class Console(Callback):
             return
         self._append((json.dumps({"step": step, **metrics}) + "\n").encode())
         self.bar.update(1)
+        self.first = self.first or (step, time.monotonic())
         for name, message in WARNINGS.items():
             if metrics.get(name, 0) > 0 and name not in self.warned:
                 self.warned.add(name)
-                tqdm.write(f"warning: step {step}: " + message.format(value=metrics[name]), file=sys.stderr)
+                tqdm.write(f"[{self.verb}] warning: step {step}: " + message.format(value=metrics[name]),
+                           file=sys.stderr)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is None:
             return
-        tqdm.write(f"step {step}: " + " ".join(f"{k}={metrics[k]:.4g}" for k in SHOWN if k in metrics))
+        line = f"step {step}: " + " ".join(f"{k}={metrics[k]:.4g}" for k in SHOWN if k in metrics)
+        tqdm.write(line + (self._progress(step) if self.bar.disable else ""))
+
+    def _progress(self, step: int) -> str:
+        """Where the bar is off (a log), what it would say: updates done of the run's, and the time left at this
+        process's mean rate since its first update (one update's rate, which the line shows, varies several-fold)."""
+        done, total = step + 1, self.bar.total
+        said = f" | {done}/{total} updates"
+        first_step, first_time = self.first or (step, 0.0)
+        if step > first_step and total > done:
+            left = (time.monotonic() - first_time) / (step - first_step) * (total - done)
+            said += f", eta {datetime.timedelta(seconds=round(left))}"
+        return said
 
     def _append(self, line: bytes) -> None:
         """`line` at the end of metrics.jsonl, whole or not at all (a write may take part of it, then fail)."""

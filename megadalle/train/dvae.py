@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from megadalle.train.result import Result
 
 FACTORY = "megadalle.train.dvae:task_from_config"
+SCHEDULED = ("tau", "beta")
+"""The step's schedule values among the ELBO's metrics: the training's curves, not validation's results (no val/tau)."""
 
 
 class UpdateCodes:
@@ -244,7 +246,7 @@ class DVAETask(ShardsTask):
         are counted for the subset's perplexity (`validation_summary`)."""
         loss, metrics, codes = self._elbo(model, batch["image"], step)
         self.val_codes.observe(codes)
-        return {"loss": float(loss), **metrics}
+        return {"loss": float(loss), **{k: v for k, v in metrics.items() if k not in SCHEDULED}}
 
     def validation_summary(self, device: torch.device) -> dict[str, float]:
         """The perplexity of the whole validation subset's codes, on all ranks (one all-reduce): the same figure

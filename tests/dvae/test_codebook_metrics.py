@@ -56,6 +56,7 @@ def test_perplexity_does_not_depend_on_how_the_update_is_cut_into_micro_batches(
     cut = train(tmp_path, image_shards, "cut", "trainer.steps=1", "trainer.micro_batch=4", "trainer.grad_accum=2", *val)
     assert cut[0]["perplexity"] == pytest.approx(whole[0]["perplexity"], rel=1e-9)
     assert cut[0]["val/perplexity"] == pytest.approx(whole[0]["val/perplexity"], rel=1e-9)
+    assert {"val/loss", "val/nll", "val/kl"} <= set(cut[0]) and not {"val/tau", "val/beta"} & set(cut[0])  # schedules
 
 
 def test_dead_codes_after_a_resume_are_those_of_the_uninterrupted_run(tmp_path, image_shards):

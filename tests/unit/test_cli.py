@@ -31,6 +31,23 @@ def test_every_verb_has_a_config_and_a_stage():
         assert callable(resolve(verb)), verb
 
 
+@pytest.mark.parametrize("asked", [["help", "train"], ["--help", "train"], ["-h", "train", "model=12b"]])
+def test_help_of_a_verb_asked_first_is_the_verbs(capsys, asked):
+    """`megadalle help train`, as `git help commit`: it printed the list of verbs."""
+    assert main(asked) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"megadalle train: {VERBS['train'].summary}") and "model" in out
+    if "model=12b" in asked:
+        assert "n_layers: 64" in out
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib import metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"megadalle {metadata.version('megadalle')}\n"
+
+
 def test_verb_help_applies_overrides_before_printing(capsys):
     tiny = help_lines(capsys, ["train", "--help"])
     big = help_lines(capsys, ["train", "model=12b", "trainer.lr=0.001", "--help"])
