@@ -30,7 +30,8 @@ class EvaluateConfig:
     """Samples per caption."""
     batch_size: int = 32
     """Samples drawn, decoded and scored together, as `generate`'s (each batch seeded from `seed` and its index:
-    another batch_size draws other samples)."""
+    another batch_size draws other samples). Each caption is sampled on its own, so a batch holds at most `n`: with
+    n=8, batch_size above 8 changes nothing."""
     temperature: float = GenerateConfig.temperature
     """Divides the logits before sampling, as `generate`'s: 1.0 samples the model's distribution, lower sharpens it."""
     top_k: int = GenerateConfig.top_k

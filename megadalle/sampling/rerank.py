@@ -12,6 +12,8 @@ and normalisation, applied here to the decoded samples.
 """
 from __future__ import annotations
 
+import math
+
 import inspect
 from pathlib import Path
 from typing import Protocol
@@ -179,8 +181,9 @@ def as_reranker(clip, tokenizer) -> Reranker:
 
 
 def rank(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Indices of the `keep` highest scores, best first (ties keep sample order)."""
+    """Indices of the `keep` highest scores, best first (ties keep sample order). A NaN score (a CLIP gone to NaN
+    weights) ranks last: torch sorts it above every number, and such a sample was kept as the best."""
     if keep <= 0:
         raise ValueError(f"keep={keep} must be positive")
-    order = torch.sort(scores, descending=True, stable=True).indices
+    order = torch.sort(scores.nan_to_num(nan=-math.inf), descending=True, stable=True).indices
     return order[:keep]

@@ -13,6 +13,11 @@ def test_rank_orders_by_score_and_keeps_k():
     assert rank(scores, 10).tolist() == [1, 4, 3, 0, 2]
 
 
+def test_a_nan_score_ranks_last():
+    """torch sorts NaN above every number: a CLIP gone to NaN made its sample "the best"."""
+    assert rank(torch.tensor([0.5, float("nan"), 0.7]), 3).tolist() == [2, 0, 1]
+
+
 def test_clip_scores_match_per_image_cosines_and_ranking_follows():
     cfg = ClipConfig(text_len=8, text_vocab=50, text_width=32, text_layers=1, text_heads=2, image_size=16,
                      patch_size=4, vision_width=32, vision_layers=1, vision_heads=2, embed_dim=16)
