@@ -40,6 +40,7 @@ setup(
         # its declared dependencies, which pull torchvision: import-dvae's tests build files with it)
         # open_clip: tests/imports/test_open_clip.py proves the open_clip reranker with a random tiny model
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hydra-submitit-launcher>=1.2", "attrs", "requests",
+                "pytest-xdist>=3.5",  # pytest.ini's 2 workers (tests/conftest.py: which tests share one)
                 "scikit-learn",  # the learning check's real data (digits) and its independent judge
                 "open_clip_torch>=2.24"],
         # hydra's submitit launcher: `megadalle <verb> -m hydra/launcher=submitit_slurm ...` submits each job to Slurm

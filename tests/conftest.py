@@ -1,7 +1,9 @@
 """Shared test set-up: CPU-only, deterministic, GPU tests skipped where no GPU is present."""
 import os
+import re
 import signal
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -59,13 +61,55 @@ def command(pid: int) -> str:
         return "?"
 
 
+TESTS = Path(__file__).parent
+PROCESSES = "processes"
+"""The xdist scope (pytest.ini's `-n 2`) of the tests that start processes of their own on several cores (gloo
+ranks, launchers, a Slurm cluster on localhost, sshd): one worker runs them one after another, as a run without
+workers would, while the other takes the in-process tests file by file (each file on one worker, its module
+fixtures built once). Two of them at once would fight for the 2 cores, the ports and the one Slurm cluster."""
+PROCESS_FOLDERS = ("distributed", "slurm")
+PROCESS_MARKS = re.compile(r"mark\.(distributed|slurm)\b")
+
+
+@lru_cache(maxsize=None)
+def starts_processes(path: str) -> bool:
+    """Whether the test file at `path` (relative to the repository, as in a test's id) is one of PROCESSES: in
+    tests/distributed or tests/slurm, or marking a test of its own `distributed` or `slurm`. The scheduler sees
+    only the tests' ids, not their marks, hence the file's text."""
+    parts = Path(path).parts
+    if len(parts) > 1 and parts[1] in PROCESS_FOLDERS:
+        return True
+    file = TESTS.parent / path
+    return file.is_file() and PROCESS_MARKS.search(file.read_text()) is not None
+
+
+def test_file(item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Tests scheduled by scope, one scope at a time to a worker: PROCESSES, or a test's file."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileAndProcesses(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return PROCESSES if starts_processes(path) else path
+
+    return ByFileAndProcesses(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+    if hasattr(config, "workerinput"):  # an xdist worker: the scheduler takes the scopes in this order
+        # PROCESSES first, so that a worker starts on them at once: a third of the suite's time, started last they
+        # would run on alone after the rest. Stable: the collection's order otherwise.
+        items.sort(key=lambda item: not starts_processes(test_file(item)))
 
 
 @pytest.fixture(autouse=True)
