@@ -65,7 +65,8 @@ class TrainerConfig:
     """Complete checkpoints kept on disk (older ones are deleted once a newer one is complete); 0 keeps all.
     Counted back from the one just saved: after a resume from an older checkpoint, later ones are set aside."""
     log_every: int = 10
-    """Print and log metrics every this many updates."""
+    """Print a progress line and send wandb the update's metrics every this many updates (and after the last);
+    metrics.jsonl gets every update's."""
     media_every: int = 0
     """Ask the task for media (e.g. sample images) every this many updates; 0 = never."""
     eval_every: int = 0
