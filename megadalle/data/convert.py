@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,9 @@ class Result:
     """The kept image's short side was below image_size (`images.upscaled`)."""
     reason: str | None = None
     detail: str = ""
+    warnings: tuple[str, ...] = ()
+    """What the decoders warned of while reading this input (PIL's "Corrupt EXIF data", "Tag data larger than file"),
+    each once: printed as they came, from a worker, they named no file."""
 
 
 class Skip(Exception):
@@ -192,6 +196,14 @@ def encode_image(img: Image.Image, opts: ConvertOptions) -> bytes:
 def convert(item: Item, opts: ConvertOptions) -> Result:
     """The sample for `item` (image, txt, json), or a Result whose `reason` says why it was skipped."""
     result = Result(item.key, item.source, held_out=item.held_out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _convert_into(result, item, opts)
+    result.warnings = tuple(dict.fromkeys(str(w.message) for w in caught))
+    return result
+
+
+def _convert_into(result: Result, item: Item, opts: ConvertOptions) -> None:
     try:
         if item.problem is not None:
             raise Skip(*item.problem)
@@ -213,4 +225,3 @@ def convert(item: Item, opts: ConvertOptions) -> Result:
         result.reason, result.detail = skip.reason, skip.detail
     except Exception as err:  # anything unforeseen still only skips this one input
         result.reason, result.detail = "unreadable", f"{type(err).__name__}: {err}"
-    return result

@@ -169,6 +169,8 @@ def _convert(cfg: PrepareConfig, items: list[Item], held: int, start: float, pro
     try:
         results = convert_all(items, opts, workers)
         for result in progress_bar(results, total=len(items), desc="prepare", unit=" images", disable=not progress):
+            for message in result.warnings:
+                warn(f"{result.source}: {message}", "[prepare] warning:")
             if result.sample is not None:
                 held = result.held_out or is_validation(result.digest, cfg.val_fraction)
                 duplicates.add(result.digest, result.sample["txt"])

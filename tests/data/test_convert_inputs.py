@@ -3,10 +3,12 @@ byte-order mark is no text, a manifest's URL is named as one."""
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
 
 from PIL import Image
 
+from megadalle.cli import main
 from megadalle.data.captions import caption_lines
 from megadalle.data.convert import ConvertOptions, convert
 from megadalle.data.sources import find_items
@@ -59,3 +61,24 @@ def test_a_manifest_file_url_is_the_local_file_it_names(tmp_path):
     assert (first.image, second.image) == (tmp_path / "a b.jpg", tmp_path / "c.jpg")
     assert all(convert(item, OPTS).sample is not None for item in (first, second))
     assert remote.problem[0] == "missing_file" and "is a URL" in remote.problem[1]
+
+
+def corrupt_exif_jpeg() -> bytes:
+    """A JPEG whose EXIF names a tag's data 1000 bytes into an EXIF block of 26: PIL warns and skips the tag."""
+    ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x010F, 2, 100, 1000) + struct.pack("<I", 0)  # Make, ASCII
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), "red").save(buf, "JPEG", exif=b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd)
+    return buf.getvalue()
+
+
+def test_a_decoders_warning_is_kept_with_its_input_and_said_with_its_file(tmp_path, capsys):
+    """PIL's warnings came from prepare's workers naming no file ("Tag data larger than file. Skipping tag 271")."""
+    put(tmp_path / "in", "odd.jpg", corrupt_exif_jpeg())
+    [item] = find_items(tmp_path / "in")
+    result = convert(item, OPTS)
+    assert result.sample is not None and result.warnings == ("Tag data larger than file. Skipping tag 271",)
+    assert main(["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "image_size=32", "min_side=8",
+                 "num_workers=2"]) == 0
+    err = capsys.readouterr().err
+    assert f"[prepare] warning: {item.source}: Tag data larger than file. Skipping tag 271\n" in err
+    assert err.count("Skipping tag 271") == 1
