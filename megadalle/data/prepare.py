@@ -87,6 +87,11 @@ class PrepareSummary(PassSummary):
     """Of the kept samples, those with the same image bytes and caption as an earlier one (`duplicates.py`)."""
     split_note: str = ""
     """Set when this run redrew a split an older rule had drawn in `<output>/val/` (`split.redrawn_note`)."""
+    shared_captions: int = 0
+    """Of the inputs, images whose caption file another image of their name reads too (`d.jpg` and `d.png` beside
+    one `d.txt`: often a converted copy left beside its original, the same picture trained on twice)."""
+    shared_note: str = ""
+    """The first of them, for the summary's line."""
 
     VERB = "prepare"
     UNIT = "inputs"
@@ -99,8 +104,9 @@ class PrepareSummary(PassSummary):
                       "more often; always on one side of the split)")
         return [f"  kept    {count:>6}  {note}" for count, note in ((self.heavy_crops, self.crop_note),
                                                                    (self.upscaled, self.upscale_note),
-                                                                   (self.duplicates, duplicates)) if count] + \
-            [f"  note: {self.split_note}"] * bool(self.split_note)
+                                                                   (self.duplicates, duplicates),
+                                                                   (self.shared_captions, self.shared_note)) if count] \
+            + [f"  note: {self.split_note}"] * bool(self.split_note)
 
 
 def convert_all(items: list[Item], opts: ConvertOptions, num_workers: int) -> Iterator[Result]:
@@ -111,6 +117,23 @@ def convert_all(items: list[Item], opts: ConvertOptions, num_workers: int) -> It
         return
     with worker_pool(num_workers) as pool:
         yield from pool.imap(work, items, chunksize=max(1, min(64, len(items) // (num_workers * 8) or 1)))
+
+
+def shared_captions(items: list[Item]) -> tuple[int, str]:
+    """(how many images read a caption file that another image reads too, the summary's note on them): kept, as the
+    user may mean them, and said, as they rarely do."""
+    readers: dict[Path, list[str]] = {}
+    for item in items:
+        if item.caption_file is not None and item.problem is None:
+            readers.setdefault(item.caption_file, []).append(item.source)
+    shared = {caption: sources for caption, sources in readers.items() if len(sources) > 1}
+    if not shared:
+        return 0, ""
+    caption, sources = next(iter(shared.items()))
+    return sum(map(len, shared.values())), (
+        f"images sharing a caption file with another image of their name (e.g. {' and '.join(sources)} both read "
+        f"{caption.name}): each is trained on with it, the same picture twice where one is a converted copy; "
+        "remove or rename the copies not meant")
 
 
 def finish(writer: ShardWriter, count: int) -> int:
@@ -195,6 +218,7 @@ def _convert(cfg: PrepareConfig, items: list[Item], held: int, start: float, pro
     reasons.update(left_out)
     summary.skipped, summary.seconds = dict(sorted(reasons.items())), time.perf_counter() - start
     summary.index_skipped, summary.duplicates = dict(sorted(left_out.items())), duplicates.count
+    summary.shared_captions, summary.shared_note = shared_captions(items)
     summary.crop_note, summary.upscale_note = crop_note(opts), upscale_note(opts)
     summary.notes = {reason: note for reason, note in skip_notes(opts).items() if reason in reasons}
     for reason, count in left_out.items():

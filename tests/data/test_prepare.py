@@ -319,3 +319,24 @@ def test_a_report_path_that_would_replace_data_is_refused_before_any_work(tmp_pa
     assert main([*base, f"report={tmp_path / 'r.json'}"]) == 0  # an earlier report is replaced
     assert main(["index", f"dir={tmp_path / 'out'}", f"report={tmp_path / 'out' / 'shard-000000.tar'}"]) == 2
     assert "a name the shards' own files have" in capsys.readouterr().err
+
+
+def test_images_sharing_one_caption_file_are_kept_and_counted(tmp_path, capsys):
+    """d.jpg and d.png beside one d.txt (a converted copy left beside its original) were both kept with d.txt's
+    caption, the same picture trained on twice, and nothing said so."""
+    put(tmp_path / "in", "d.jpg", jpeg_bytes((64, 64), 1), "a red square")
+    put(tmp_path / "in", "d.png", png_bytes((64, 64)), None)
+    put(tmp_path / "in", "e.jpg", jpeg_bytes((64, 64), 2), "a blue circle")
+    assert main(["prepare", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "image_size=64",
+                 "num_workers=0"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 3 samples" in out
+    assert "  kept         2  images sharing a caption file with another image of their name (e.g. d.jpg and d.png " \
+           "both read d.txt): each is trained on with it" in out
+    assert json.loads((tmp_path / "out/report.json").read_text())["shared_captions"] == 2
+
+
+def png_bytes(size) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "green").save(buf, "PNG")
+    return buf.getvalue()
