@@ -87,6 +87,24 @@ class TokenizerRecord:
     """The record: `RUN/run.json` or `FOLDER/bundle.json`."""
 
 
+MODEL_KEYS = {"transformer": "weights", "dvae": "dvae_weights", "clip": "clip_weights"}
+"""The sampling verbs' key for each kind of model."""
+
+
+def keyed_config(path, kind: str):
+    """`load.model_config`, its refusal (nothing there, weights or a run of another model) naming the verbs' key:
+    `clip_weights=model/dvae.safetensors: holds a 'dvae' model, not a 'clip' model`."""
+    from megadalle.sampling.load import ModelNotFound, WrongKind, model_config
+    from megadalle.weights.errors import WeightsError, WeightsNotFound
+
+    try:
+        return model_config(path, kind)
+    except (ModelNotFound, WrongKind, WeightsError, WeightsNotFound) as err:
+        said = "no weights file or run directory there" if isinstance(err, ModelNotFound) else \
+            str(err).removeprefix(f"{path} ")
+        raise type(err)(f"{MODEL_KEYS[kind]}={path}: {said}") from None
+
+
 def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | None = None,
                 transformer_config: TransformerConfig | None = None) -> list[str]:
     """`check_compatible` for models on disk (weights or run directories; `clip` None for no megadalle CLIP),
@@ -100,13 +118,11 @@ def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | 
     reader does that with the weights it reads (dvae_record.check)."""
     from megadalle.data.digest import sha256
     from megadalle.data.tokenizer import Tokenizer, TokenizerError
-    from megadalle.sampling.load import model_config
-
     names = {"transformer": str(transformer), "dvae": str(dvae), "tokenizer": str(tokenizer)}
     if clip is not None:
         names["clip"] = str(clip)
-    configs = (transformer_config or model_config(transformer, "transformer"), model_config(dvae, "dvae"),
-               None if clip is None else model_config(clip, "clip"))
+    configs = (transformer_config or keyed_config(transformer, "transformer"), keyed_config(dvae, "dvae"),
+               None if clip is None else keyed_config(clip, "clip"))
     try:
         vocab = Tokenizer(tokenizer).vocab_size
     except TokenizerError as err:

@@ -79,6 +79,20 @@ def test_weights_of_another_kind_are_a_one_line_error(models, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("key, given, said", [
+    ("clip_weights", "dvae.safetensors", "holds a 'dvae' model, not a 'clip' model"),
+    ("dvae_weights", "clip.safetensors", "holds a 'clip' model, not a 'dvae' model"),
+    ("dvae_weights", "nowhere.safetensors", "no weights file or run directory there")])
+def test_a_model_of_another_kind_or_none_is_refused_by_its_key(models, capsys, key, given, said):
+    """The line named the path alone: which of the three keys held the wrong file was left to guess."""
+    for verb, extra in (("generate", ["prompt=a red circle"]), ("evaluate", [f"captions={models / 'c.txt'}",
+                                                                            "fid=false"])):
+        (models / "c.txt").write_text("a red circle\n")
+        assert main([verb, f"weights={models / 'model.safetensors'}", f"{key}={models / given}", *extra,
+                     f"output={models / 'out'}"]) == 2
+        assert capsys.readouterr().err == f"megadalle {verb}: {key}={models / given}: {said}\n"
+
+
 def test_a_tokenizer_megadalle_cannot_use_is_a_one_line_error(models, capsys):
     """`generate tokenizer=corpus.txt` was a RuntimeError traceback, default special ids a ValueError one."""
     from tests.data.sentencepiece_models import captions, sp_model
