@@ -88,13 +88,14 @@ class ImageBatches:
     thumbnails (`prepare` and `megadalle index` skip them with min_side), so training counts them (metric
     images_upscaled) and so does `encode`.
     `image_fields`: the image fields to look for; each sample's image is the one it has (`sample_image`).
+    `captions=False` reads the images alone (the dVAE's, which learns from pixels): its batches have no `caption`
+    and `txt`, and its shards need none (image-only tars, indexed with `require=[]`).
     """
 
-    required = ("txt",)
-
-    def __init__(self, image_size: int, image_fields: tuple[str, ...] = IMAGE_FIELDS):
-        self.image_size, self.image_fields = image_size, tuple(image_fields)
-        self.fields = (*self.image_fields, "txt")
+    def __init__(self, image_size: int, image_fields: tuple[str, ...] = IMAGE_FIELDS, captions: bool = True):
+        self.image_size, self.image_fields, self.captions = image_size, tuple(image_fields), captions
+        self.required = ("txt",) if captions else ()
+        self.fields = (*self.image_fields, *self.required)
 
     def decode(self, data: bytes) -> tuple[Image.Image, bool]:
         """Decode (a JPEG at 1/2..1/8 scale when that still covers image_size), RGB, resize, crop; and whether the
@@ -111,7 +112,7 @@ class ImageBatches:
         texts = []
         for i, sample in enumerate(samples):
             try:
-                texts.append(decode_field("txt", sample["txt"]))
+                texts.append(decode_field("txt", sample["txt"]) if self.captions else "")
             except UnicodeDecodeError as err:
                 raise UnreadableSample(sample["__key__"], i, err, "caption is not UTF-8") from err
             data = sample_image(sample, self.image_fields)
@@ -120,10 +121,12 @@ class ImageBatches:
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
                 raise UnreadableSample(sample["__key__"], i, err) from err
             to_float_chw(img, out=images[i])
-        captions = [pick_caption(text, sample_rng(seed, pos)) for text, pos in zip(texts, positions)]
-        keys = [s["__key__"] for s in samples]
-        return {"image": torch.from_numpy(images), "upscaled": torch.from_numpy(enlarged), "caption": captions,
-                "txt": texts, "key": keys}
+        batch = {"image": torch.from_numpy(images), "upscaled": torch.from_numpy(enlarged),
+                 "key": [s["__key__"] for s in samples]}
+        if self.captions:
+            batch.update(caption=[pick_caption(text, sample_rng(seed, pos)) for text, pos in zip(texts, positions)],
+                         txt=texts)
+        return batch
 
 
 class TokenBatches:

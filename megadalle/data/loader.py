@@ -271,13 +271,15 @@ def image_fields(index: ShardIndex) -> tuple[str, ...]:
     return found
 
 
-def image_loader(root: str | Path | ShardIndex, global_batch: int, image_size: int, **kwargs) -> StepLoader:
-    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption, txt, key: list[str], sample), b = micro_batch.
+def image_loader(root: str | Path | ShardIndex, global_batch: int, image_size: int, captions: bool = True,
+                 **kwargs) -> StepLoader:
+    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption, txt, key: list[str], sample), b = micro_batch
+    (without caption and txt where `captions` is False: ImageBatches).
 
     For one pass in shard order (e.g. `encode`): shuffle=False, epochs=1 (the last batch may be short).
     """
     index = opened(root)
-    return StepLoader(index, global_batch, ImageBatches(image_size, image_fields(index)), **kwargs)
+    return StepLoader(index, global_batch, ImageBatches(image_size, image_fields(index), captions), **kwargs)
 
 
 def token_loader(root: str | Path | ShardIndex, global_batch: int, tokenizer, text_len: int, bpe_dropout: float = 0.0,
@@ -299,8 +301,10 @@ def worker_seeds(seed: int, step: int) -> torch.Generator:
 
 
 def loader_from_config(cfg: DataConfig, global_batch: int, seed: int, *, text_len: int | None = None,
-                       image_size: int | None = None, index: ShardIndex | None = None, **kwargs) -> StepLoader:
-    """A loader for the `data` group: token batches when `cfg.tokenizer` is set (needs text_len), else images.
+                       image_size: int | None = None, captions: bool = True, index: ShardIndex | None = None,
+                       **kwargs) -> StepLoader:
+    """A loader for the `data` group: token batches when `cfg.tokenizer` is set (needs text_len), else images
+    (with their captions unless `captions` is False: the dVAE's).
 
     `image_size` (e.g. the dVAE's) applies when cfg.image_size is null; with both null the stored size is kept.
     `index` is cfg.shards' index as the caller opened it (a training run's `ShardsTask.shard_index`); None: opened
@@ -320,4 +324,4 @@ def loader_from_config(cfg: DataConfig, global_batch: int, seed: int, *, text_le
     size = cfg.image_size or image_size or index.meta.get("image_size")
     if not size:
         raise ValueError(f"{cfg.shards}: index.json has no meta.image_size; set data.image_size")
-    return image_loader(index, global_batch, int(size), **common)
+    return image_loader(index, global_batch, int(size), captions, **common)

@@ -100,13 +100,15 @@ def not_a_shard_folder(key: str, path: Path) -> str:
     return f"a file, not a folder of shards; give its folder: {override_word(key, path.parent)}"
 
 
-def image_shards(key: str, value):
+def image_shards(key: str, value, captions: bool = True):
+    """The index of the image shards `key=value`, whose samples carry captions unless the reader takes the images
+    alone (`captions` False: train-dvae's)."""
     index = shard_index(key, value)
     if not any(f in index.fields for f in IMAGE_FIELDS):
         hint = " (token shards from `encode`; this verb reads image shards from `prepare`)" \
             if CODES_FIELD in index.fields else ""
         raise PreflightError(f"{key}={value}: no image field among {index.fields}{hint}")
-    return captioned(key, value, index)
+    return captioned(key, value, index) if captions else index
 
 
 def captioned(key: str, value, index):

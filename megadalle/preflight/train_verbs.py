@@ -245,10 +245,10 @@ def check_train_dvae(cfg: DictConfig) -> None:
     fits(not (revive and int(cfg.deepspeed.zero_stage) >= 3),
          f"dvae.objective.revive_every={revive}: reviving codes rewrites parameters between updates, which needs "
          f"deepspeed.zero_stage <= 2 (it is {cfg.deepspeed.zero_stage}); or set dvae.objective.revive_every=0")
-    index = image_shards("data.shards", cfg.data.shards)
+    index = image_shards("data.shards", cfg.data.shards, captions=False)  # the dVAE learns from the pixels alone
     fits_global_batch(cfg, index.total)
     fits_image_size(index, cfg, "dvae.image_size", dvae.image_size)
-    check_image_validation(cfg, "dvae.image_size", dvae.image_size, dp_ranks(cfg))
+    check_image_validation(cfg, "dvae.image_size", dvae.image_size, dp_ranks(cfg), captions=False)
 
 
 def validates(cfg: DictConfig) -> bool:

@@ -8,6 +8,8 @@ A split that is data.shards' own folder validated on the training samples withou
 """
 from __future__ import annotations
 
+from functools import partial
+
 from typing import Callable
 
 from omegaconf import DictConfig
@@ -46,10 +48,10 @@ def not_training_folder(val_shards: str, shards: str) -> None:
          "the run trains on; give held-out shards (prepare's <shards>/val, read by default with data.val_shards=null)")
 
 
-def check_image_validation(cfg: DictConfig, key: str, wanted: int, ranks: int) -> bool:
-    """Image shards for train-dvae and train-clip, stored at least at the model's input side `key`=`wanted`; whether
-    the run validates."""
-    split = validation_split(cfg, image_shards, ranks)
+def check_image_validation(cfg: DictConfig, key: str, wanted: int, ranks: int, captions: bool = True) -> bool:
+    """Image shards for train-dvae and train-clip, stored at least at the model's input side `key`=`wanted`, with
+    captions where the verb reads them (`probes.image_shards`); whether the run validates."""
+    split = validation_split(cfg, partial(image_shards, captions=captions), ranks)
     if split is not None:
         shards, index = split
         not_upscaled(index, f"data.val_shards={shards}", wanted, f"{key}={wanted}",

@@ -194,14 +194,15 @@ class DVAETask(ShardsTask):
         if self.data is None:
             raise ValueError("DVAETask built without a data config cannot produce batches")
         for batch in rank_batches(self.data, part, self.seed, start_step, self.shard_index,
-                                  image_size=self.cfg.image_size):
+                                  image_size=self.cfg.image_size, captions=False):
             yield {"image": batch["image"], "upscaled": batch["upscaled"]}
 
     def validation_batches(self, part: DataPart) -> Iterator[Batch] | None:
         val = validation_data(self.data)
         if val is None:
             return None
-        return ({"image": b["image"]} for b in held_out_batches(val, part, image_size=self.cfg.image_size))
+        return ({"image": b["image"]} for b in held_out_batches(val, part, image_size=self.cfg.image_size,
+                                                                captions=False))
 
     def loss(self, model: DVAE, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, metrics, codes = self._elbo(model, batch["image"], step)
