@@ -237,7 +237,8 @@ class LoggerConfig:
     entity: str | None = None
     """wandb team or user owning the project; null = the logged-in user's default."""
     name: str | None = None
-    """Run name shown in wandb; null lets wandb choose."""
+    """Run name shown in wandb; null = the run directory's last two parts (`transformer/default`,
+    `dvae/slurm-1234`): wandb's own choice (random words) said nothing of which run it was."""
     peak_tflops: float = 989.0
     """Dense peak TFLOP/s of one device in the training precision, the MFU denominator (H100 SXM bf16 = 989)."""
 

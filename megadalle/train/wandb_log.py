@@ -255,7 +255,8 @@ class Wandb(Callback):
         # (13,800 lines before the run's one line saying the disk is full). Errors of logging are dropped instead.
         logging.raiseExceptions = False
         try:
-            self.run = wandb.init(project=self.cfg.project, entity=self.cfg.entity, name=self.cfg.name,
+            name = self.cfg.name or "/".join(Path(info.run_dir).resolve().parts[-2:])
+            self.run = wandb.init(project=self.cfg.project, entity=self.cfg.entity, name=name,
                                   mode=self.cfg.mode, dir=str(info.run_dir), id=self.run_id, resume="allow",
                                   config=info.config)
         except wandb.errors.Error as err:

@@ -37,6 +37,7 @@ def test_wandb_records_run_jsons_config_and_the_layout(tmp_path, inits):
     assert main([*RUN, "logger=wandb", f"run_dir={run}"]) == 0
     recorded = json.loads((run / "run.json").read_text())
     [init] = inits
+    assert init["name"] == f"{tmp_path.name}/run"  # the run directory's last two parts: wandb's were random words
     assert init["config"] == {**recorded["config"], "sha256": recorded["sha256"],
                               "layout": {"world_size": 1, "dp_world": 1, "pipeline_stages": 1, "zero_stage": 1,
                                          "global_batch": 4, "micro_batch": 4}}
