@@ -158,6 +158,10 @@ def input_meta(sample: dict) -> dict:
         return {}
 
 
+class UnfinishedShard(UserError, RuntimeError):
+    """A shard this process encoded that is still not the one its input's index lists."""
+
+
 class DamagedShard(UserError, ValueError):
     """An input sample whose image does not decode or whose caption is not UTF-8 (`UnreadableSample`), named
     `<shard>:<key>`: nothing of its shard is published, and the shards encoded before it are kept for the rerun."""
@@ -264,6 +268,12 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
         upscaled = sum(encode_shard(model, path, out / info.name, fields, batch_size, made_by[info.name], bar)
                        for info, path in todo)
     say_upscaled(source.root, upscaled, total - done, model.cfg.image_size)
+    unfinished = [info for info, _ in mine if not shard_done(out / info.name, info.count, made_by[info.name])]
+    if unfinished:  # encoded just now, yet not what the index lists: no rerun would finish it, nor any other rank
+        info = unfinished[0]
+        raise UnfinishedShard(f"{out / info.name}: encoded, but not as the {info.count} samples {source.root}/"
+                          f"{INDEX_NAME} lists for {info.name}: the input changed after it was indexed; index it "
+                          f"again (`megadalle index {source.root}`) and rerun the same command")
     if not all(shard_done(out / info.name, info.count, made_by[info.name]) for info, _ in shards):
         return None
     infos = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info, _ in shards]

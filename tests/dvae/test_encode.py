@@ -558,3 +558,24 @@ def test_a_split_whose_files_vanish_under_another_ranks_look_is_encodes(tmp_path
 
     monkeypatch.setattr(encoded_split, "may_write_over", removed_meanwhile)
     assert encoded_split.stale_split(out) == out / "val"
+
+
+def test_a_shard_that_encodes_short_of_its_index_is_an_error_not_the_split_encode_line(tmp_path, image_shards,
+                                                                                       weights, capsys):
+    """One process that could not complete its own shards (the input changed after it was indexed) said "its shards
+    are done; index.json comes when every rank's are" and exited 0: a rerun did the same, for ever."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for path in image_shards.iterdir():
+        (source / path.name).write_bytes(path.read_bytes())
+    record = json.loads((source / "index.json").read_text())
+    record["shards"][0]["count"] += 1  # the index lists a sample the tar no longer holds
+    (source / "index.json").write_text(json.dumps(record))
+    name = record["shards"][0]["name"]
+    assert main(["encode", f"dvae_weights={weights}", f"input={source}", f"output={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"megadalle encode: {tmp_path / 'out' / name}: encoded, but not as the {record['shards'][0]['count']} samples "
+        f"{source}/index.json lists for {name}: the input changed after it was indexed; index it again "
+        f"(`megadalle index {source}`) and rerun the same command")
+    assert "comes when every rank's are" not in err and not (tmp_path / "out" / "index.json").exists()
