@@ -20,7 +20,6 @@ from typing import Callable
 
 import torch
 from omegaconf import DictConfig
-from megadalle.progress import progress_bar
 
 from megadalle.caption_unit import mean_se
 from megadalle.config import ConfigError, build, check, top_level
@@ -35,6 +34,7 @@ from megadalle.disk_errors import refused
 from megadalle.fidelity import Extractor, feature_extractor, frechet_distance, kernel_distance
 from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import SETTINGS, finished_already, output_folder, stopped, write_record
+from megadalle.progress import progress_bar
 from megadalle.sample import generate
 from megadalle.sampling.files import SamplingFiles, sampling_files
 from megadalle.sampling.loop import SamplingSettings

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from megadalle.progress import progress_bar
 
 from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
@@ -28,6 +27,7 @@ from megadalle.devices import pick_device, pick_dtype
 from megadalle.disk_errors import refused
 from megadalle.listed_files import remove_listed_files
 from megadalle.outputs import SETTINGS, finished_already, output_folder, stopped, write_record
+from megadalle.progress import progress_bar
 from megadalle.sampling.files import SamplingFiles, sampling_files
 from megadalle.sampling.grid import save_grid, save_image
 from megadalle.sampling.loop import SamplingSettings, sample_batches

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Iterator
 
 from omegaconf import DictConfig
-from megadalle.progress import progress_bar
 
 from megadalle.config.data import PrepareConfig
 from megadalle.data import atomic
@@ -46,6 +45,7 @@ from megadalle.data.summary import NoUsableInput, PassSummary
 from megadalle.disk_errors import refused
 from megadalle.errors import UserError
 from megadalle.folder_lock import output_lock
+from megadalle.progress import progress_bar
 from megadalle.warn import warn
 
 

@@ -23,7 +23,6 @@ import numpy as np
 import sentencepiece as spm
 import torch
 from omegaconf import DictConfig
-from megadalle.progress import progress_bar
 
 from megadalle import stoppable_call
 from megadalle.data import atomic
@@ -34,6 +33,7 @@ from megadalle.data.fields import decode_field
 from megadalle.data.shards import iter_shard, open_index
 from megadalle.disk_errors import refused
 from megadalle.errors import UserError
+from megadalle.progress import progress_bar
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 from megadalle.config import ConfigError  # noqa: E402

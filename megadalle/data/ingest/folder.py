@@ -18,8 +18,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from megadalle.progress import progress_bar
-
 from megadalle.config.override import command_line
 from megadalle.data import atomic
 from megadalle.data.coverage import INDEXED_BY, refuse_own_output, tar_stats
@@ -31,6 +29,7 @@ from megadalle.data.pool import worker_pool
 from megadalle.data.reuse import reusable
 from megadalle.data.summary import PassSummary
 from megadalle.errors import StoppedBySignal
+from megadalle.progress import progress_bar
 
 INDEXING_MARK = ".indexing"
 """Created before indexing writes its first offset file, removed once index.json is written."""
