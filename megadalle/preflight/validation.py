@@ -9,7 +9,6 @@ A split that is data.shards' own folder validated on the training samples withou
 from __future__ import annotations
 
 from functools import partial
-
 from typing import Callable
 
 from omegaconf import DictConfig

@@ -87,13 +87,10 @@ class TokenizerRecord:
     """The record: `RUN/run.json` or `FOLDER/bundle.json`."""
 
 
-MODEL_KEYS = {"transformer": "weights", "dvae": "dvae_weights", "clip": "clip_weights"}
-"""The sampling verbs' key for each kind of model."""
-
-
 def keyed_config(path, kind: str):
-    """`load.model_config`, its refusal (nothing there, weights or a run of another model) naming the verbs' key:
-    `clip_weights=model/dvae.safetensors: holds a 'dvae' model, not a 'clip' model`."""
+    """`load.model_config`, its refusal (nothing there, weights or a run of another model) naming the verbs' key for
+    `kind`: `clip_weights=model/dvae.safetensors: holds a 'dvae' model, not a 'clip' model`."""
+    from megadalle.run_pieces import VERB_KEYS
     from megadalle.sampling.load import ModelNotFound, WrongKind, model_config
     from megadalle.weights.errors import WeightsError, WeightsNotFound
 
@@ -102,7 +99,7 @@ def keyed_config(path, kind: str):
     except (ModelNotFound, WrongKind, WeightsError, WeightsNotFound) as err:
         said = "no weights file or run directory there" if isinstance(err, ModelNotFound) else \
             str(err).removeprefix(f"{path} ")
-        raise type(err)(f"{MODEL_KEYS[kind]}={path}: {said}") from None
+        raise type(err)(f"{VERB_KEYS.get(kind, 'weights')}={path}: {said}") from None
 
 
 def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | None = None,
@@ -118,6 +115,7 @@ def check_files(transformer, dvae, clip, tokenizer, recorded: TokenizerRecord | 
     reader does that with the weights it reads (dvae_record.check)."""
     from megadalle.data.digest import sha256
     from megadalle.data.tokenizer import Tokenizer, TokenizerError
+
     names = {"transformer": str(transformer), "dvae": str(dvae), "tokenizer": str(tokenizer)}
     if clip is not None:
         names["clip"] = str(clip)

@@ -12,9 +12,8 @@ and normalisation, applied here to the decoded samples.
 """
 from __future__ import annotations
 
-import math
-
 import inspect
+import math
 from pathlib import Path
 from typing import Protocol
 
