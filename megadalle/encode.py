@@ -264,7 +264,8 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     todo = [(info, path) for info, path in mine if not shard_done(out / info.name, info.count, made_by[info.name])]
     warn_stale(out, [info.name for info, _ in todo if (out / info.name).is_file()])
     total, done = sum(i.count for i, _ in mine), sum(i.count for i, _ in mine) - sum(i.count for i, _ in todo)
-    with progress_bar(total=total, initial=done, unit="img", desc=f"encode {source.root.name}", disable=rank != 0) as bar:
+    with progress_bar(total=total, initial=done, unit="img", desc=f"encode {source.root.name}",
+                      disable=rank != 0) as bar:
         upscaled = sum(encode_shard(model, path, out / info.name, fields, batch_size, made_by[info.name], bar)
                        for info, path in todo)
     say_upscaled(source.root, upscaled, total - done, model.cfg.image_size)
@@ -272,8 +273,8 @@ def encode_shards(model: DVAE, input: str | Path, output: str | Path, batch_size
     if unfinished:  # encoded just now, yet not what the index lists: no rerun would finish it, nor any other rank
         info = unfinished[0]
         raise UnfinishedShard(f"{out / info.name}: encoded, but not as the {info.count} samples {source.root}/"
-                          f"{INDEX_NAME} lists for {info.name}: the input changed after it was indexed; index it "
-                          f"again (`megadalle index {source.root}`) and rerun the same command")
+                              f"{INDEX_NAME} lists for {info.name}: the input changed after it was indexed; index "
+                              f"it again (`megadalle index {source.root}`) and rerun the same command")
     if not all(shard_done(out / info.name, info.count, made_by[info.name]) for info, _ in shards):
         return None
     infos = [ShardInfo(info.name, info.count, (out / info.name).stat().st_size) for info, _ in shards]

@@ -82,8 +82,9 @@ def test_a_wandb_folder_that_cannot_be_written_is_one_line_not_a_bug(capsys, tmp
     (run / "wandb").write_text("not a folder")
     assert main([*RUN, "logger=wandb", f"run_dir={run}"]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith(f"megadalle train: logger.mode=offline: wandb cannot write {run / 'wandb'} (")
-    assert err.splitlines()[-1].endswith("); make it writable, or logger=none trains without wandb")
+    line = err.splitlines()[-1]
+    assert line.startswith(f"megadalle train: logger.mode=offline: wandb cannot write {run / 'wandb'} (")
+    assert line.endswith("); make it writable, or logger=none trains without wandb")
     assert "Traceback" not in err
 
 
