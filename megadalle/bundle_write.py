@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from megadalle import run_pieces
+from megadalle.bundle_current import EXPORT_KEY, export_record
 from megadalle.data import atomic
 from megadalle.errors import BundleError
 from megadalle.folder_lock import LOCK, output_lock
@@ -169,9 +170,7 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
     check_run_kind(run, spec, "transformer", _weights_alone(run, output))  # a model folder is a Transformer's
     check_output(output, spec.kind, run)
     ema = chosen_ema(run, config, ema)
-    files = {"tokenizer": run_pieces.pick(tokenizer, run, record, "tokenizer", True),
-             "dvae": run_pieces.pick(dvae_weights, run, record, "dvae", True),
-             "clip": run_pieces.pick(clip_weights, run, record, "clip", False)}
+    files = bundle_files(run, record, tokenizer, dvae_weights, clip_weights)
     own_clip = files["clip"] is not None and not clip_model.startswith(OPEN_CLIP)
     codes = recorded_codes(run, None, record)
     warnings = check_files(run, files["dvae"], files["clip"] if own_clip else None, files["tokenizer"],
@@ -193,12 +192,23 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
                                     "checkpoint": exported_checkpoint(output / TRANSFORMER),
                                     **{k: None if v is None else str(v) for k, v in files.items()}},
                         "sha256": {"tokenizer": sha256(output / TOKENIZER)},
-                        BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config}
+                        BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config,
+                        EXPORT_KEY: export_record(run, files, exported_checkpoint(output / TRANSFORMER), ema, dtype,
+                                                  max_shard_bytes, clip_model)}
             atomic.write_json(output / MANIFEST, manifest)
         finally:
             (output / LOCK).unlink(missing_ok=True)
     say_all(warnings)  # once nothing can refuse the export any more
     return output
+
+
+def bundle_files(run: Path, record: dict, tokenizer: str | None, dvae_weights: str | None,
+                 clip_weights: str | None) -> dict[str, Path | None]:
+    """The tokenizer, dVAE and CLIP (None: none) an export of `run`, whose run.json is `record`, puts beside its
+    Transformer: those given, else those the run records (`run_pieces.pick`)."""
+    return {"tokenizer": run_pieces.pick(tokenizer, run, record, "tokenizer", True),
+            "dvae": run_pieces.pick(dvae_weights, run, record, "dvae", True),
+            "clip": run_pieces.pick(clip_weights, run, record, "clip", False)}
 
 
 def _write_pieces(run: Path, output: Path, files: dict, created: bool, own_clip: bool, clip_model: str,

@@ -39,11 +39,35 @@ def run(cfg: DictConfig) -> int:
     from megadalle.bundle_write import write_bundle, written
     from megadalle.sampling.files import TRANSFORMER
 
+    done = done_already(ec, ema, dtype) if kind == "transformer" else None  # else refused by write_bundle
+    if done is not None:
+        print(f"[export] {ec.output}: done already (the same export{done}): nothing written", file=sys.stderr)
+        return 0
     folder = write_bundle(ec.run, ec.output, ec.tokenizer, ec.dvae_weights, ec.clip_weights, ec.checkpoint, ema,
                           ec.clip_model, dtype, ec.max_shard_mb * 10**6, trained)
     print(f"[export] wrote model folder {folder} ({weights}{of_checkpoint(folder / TRANSFORMER)}): "
           f"{', '.join(written(folder))}", file=sys.stderr)
     return 0
+
+
+def done_already(ec: ExportConfig, ema: bool, dtype: str) -> str | None:
+    """` of step_N` where the model folder `ec.output` already holds the export `ec` asks for (bundle_current.py),
+    so the command writes nothing; None where it writes the folder."""
+    from pathlib import Path
+
+    from megadalle import run_pieces
+    from megadalle.bundle_current import current, export_record
+    from megadalle.bundle_write import bundle_files
+    from megadalle.sampling.files import TRANSFORMER, is_bundle
+    from megadalle.train.consolidate import checkpoint_dir
+
+    if not is_bundle(ec.output):
+        return None
+    run = Path(ec.run)
+    files = bundle_files(run, run_pieces.read(run), ec.tokenizer, ec.dvae_weights, ec.clip_weights)
+    record = export_record(run, files, checkpoint_dir(run, ec.checkpoint).name, ema, dtype, ec.max_shard_mb * 10**6,
+                           ec.clip_model)
+    return of_checkpoint(Path(ec.output) / TRANSFORMER) if current(ec.output, record) else None
 
 
 def of_checkpoint(weights) -> str:

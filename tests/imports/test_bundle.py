@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -410,9 +411,9 @@ def test_generate_writes_nothing_into_a_model_folder_and_export_lists_only_its_o
         assert capsys.readouterr().err.strip() == (f"megadalle generate: output={output}: inside the model folder "
                                                    f"{folder}, which only its export writes; give another folder")
     assert sorted(p.name for p in folder.iterdir()) == before
-    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0
+    assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}", "dtype=fp32"]) == 0  # written
     assert capsys.readouterr().err.strip().endswith(
-        "(bf16, the live weights of step_00000002): bundle.json, dvae.json, dvae.safetensors, tokenizer.model, "
+        "(fp32, the live weights of step_00000002): bundle.json, dvae.json, dvae.safetensors, tokenizer.model, "
         "transformer")
     assert (folder / "notes.txt").read_text() == "mine"
 
@@ -514,3 +515,37 @@ def test_an_export_into_a_folder_another_export_is_writing_is_refused(trained, t
     assert main(["export", f"run={run}", f"output={folder}", f"dvae_weights={dvae}"]) == 0  # once it has ended
     assert sorted(p.name for p in folder.iterdir()) == ["bundle.json", "dvae.json", "dvae.safetensors",
                                                        "tokenizer.model", "transformer"]
+
+
+def test_the_same_export_again_leaves_the_folder_as_it_is(trained, tmp_path, capsys):
+    """A pipeline's rerun of `export` rewrote the folder with the same contents and new file times, and a stopped
+    generate of it could no longer continue (it records the files behind its weights by size and time)."""
+    run, _, dvae, clip = trained
+    command = ["export", f"run={run}", f"output={tmp_path / 'model'}", f"dvae_weights={dvae}", f"clip_weights={clip}"]
+    assert main(command) == 0
+    times = {p: p.stat().st_mtime_ns for p in (tmp_path / "model").rglob("*")}
+    capsys.readouterr()
+    assert main(command) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "model").rglob("*")} == times
+    err = capsys.readouterr().err
+    assert err.startswith(f"[export] {tmp_path / 'model'}: done already (the same export of step_") and \
+        err.endswith("): nothing written\n")
+    for other in ("dtype=fp32", "clip_weights=null"):  # another export: the folder is written again
+        assert main([*command, other]) == 0
+        assert "wrote model folder" in capsys.readouterr().err
+    assert main(command) == 0 and "wrote model folder" in capsys.readouterr().err
+    assert main(command) == 0 and "done already" in capsys.readouterr().err
+    os.utime(dvae, ns=(dvae.stat().st_atime_ns, dvae.stat().st_mtime_ns + 10**9))  # a piece rewritten since
+    assert main(command) == 0 and "wrote model folder" in capsys.readouterr().err
+
+
+def test_the_same_export_again_rewrites_a_folder_damaged_since(trained, tmp_path, capsys):
+    """Every reader of a damaged weights file advises to re-export: the same command must then write the folder."""
+    run, _, dvae, _ = trained
+    command = ["export", f"run={run}", f"output={tmp_path / 'model'}", f"dvae_weights={dvae}"]
+    assert main(command) == 0
+    shard = next((tmp_path / "model" / "transformer").glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:100])  # a copy cut short
+    capsys.readouterr()
+    assert main(command) == 0 and "wrote model folder" in capsys.readouterr().err
+    assert megadalle.load_pipeline(tmp_path / "model") is not None
