@@ -108,8 +108,12 @@ def load_pipeline(weights: str | Path, device: str | torch.device = "cpu", dtype
     The Transformer in `dtype`, named as `generate` names it (auto, fp32, bf16: megadalle.devices.pick_dtype) or a
     floating torch.dtype, the dVAE and CLIP in float32; `ema` as generate's (None = auto); `rerank=False` reads no
     CLIP (a model folder exported without one has none, unless `clip_weights` is given)."""
+    from megadalle.config.ema import ema_argument
     from megadalle.devices import pick_device, pick_dtype
 
+    ema = ema_argument(ema)
+    if not isinstance(rerank, bool):  # "false" is truthy: a CLIP was read where none was asked for
+        raise ValueError(f"rerank={rerank!r}: expected True or False")
     device = pick_device(str(device))
     dtype = pick_dtype(dtype, device)
     folder = folder_of_transformer(Path(weights))

@@ -22,3 +22,13 @@ def check_ema(value: str, key: str = "ema") -> None:
 def ema_choice(value: str) -> bool | None:
     """The key's value as the readers of a run take it: True, False, or None for `auto`."""
     return EMA_CHOICES[str(value).lower()]
+
+
+def ema_argument(value: bool | str | None, key: str = "ema") -> bool | None:
+    """A Python caller's `ema` (load_pipeline, load_model, load_run): True, False, None, or the verbs' words. The
+    string "false" is truthy: it read the EMA, the opposite of what was asked."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in EMA_CHOICES:
+        return ema_choice(value)
+    raise ValueError(f"{key}={value!r}: expected True, False or None (auto), or one of {', '.join(EMA_CHOICES)}")

@@ -54,8 +54,10 @@ def load_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torc
     onto `device` in `dtype`: a 12B exported in bf16 and sampled in bf16 on a GPU takes its 24.6 GB there and
     none in host memory. The build leaves torch's global generator as it was (the Transformer draws its layers'
     base seed from it, megadalle.models.seeding): loading weights is no random draw of the caller's."""
+    from megadalle.config.ema import ema_argument
     from megadalle.devices import pick_device, pick_dtype
 
+    ema = ema_argument(ema)
     path = Path(path)
     if not path.exists():
         raise ModelNotFound(f"no {kind} weights file or run directory at {path}")

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from megadalle import run_pieces
+from megadalle.config.ema import ema_argument
 from megadalle.config.override import override_word
 from megadalle.errors import BundleError
 from megadalle.models.vocab_tables import whole_tables
@@ -141,8 +142,10 @@ def check_own_checkpoint(run_dir: str | Path, path: Path) -> None:
 
 
 def meta_model(task: Task) -> nn.Module:
-    """The task's model with no storage: names and shapes only, filled later by assignment."""
-    with torch.device("meta"):
+    """The task's model with no storage: names and shapes only, filled later by assignment. Built without a draw
+    from torch's global generator (the Transformer takes its layers' base seed from it, models.seeding): reading a
+    run is no random draw of the caller's, as `load_model` promises."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         return task.build_model()
 
 
@@ -322,6 +325,7 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: boo
     its EMA, its live weights, or with None (the default, as load_model's and the verbs' ema=auto) its EMA where it
     trained one (`chosen_ema`); each tensor is cast as it is read, so a bf16 load never holds an fp32 copy of the
     model. `kind`: the model the caller expects (load_model's), refused otherwise before a tensor is read."""
+    ema = ema_argument(ema)
     task, config = run_task(run_dir)
     if kind is not None:
         from megadalle.sampling.load import check_run_kind

@@ -82,6 +82,38 @@ def test_loading_leaves_the_global_generator_as_it_was(trained):
         assert torch.get_rng_state().equal(before)
 
 
+def test_load_run_and_export_leave_the_global_generator_as_it_was(trained, tmp_path):
+    """Both built the run's model on the meta device with a draw from the caller's generator."""
+    from megadalle.train.consolidate import export
+
+    run = trained[0]
+    for read in (lambda: load_run(run), lambda: export(run, tmp_path / "w.safetensors", dtype="fp32")):
+        torch.manual_seed(0)
+        before = torch.get_rng_state()
+        read()
+        assert torch.get_rng_state().equal(before)
+
+
+@pytest.mark.parametrize("word, flag", [("false", False), ("False", False), ("true", True), ("auto", None)])
+def test_ema_as_the_verbs_spell_it_means_what_it_says(trained_ema, word, flag):
+    """ema="false" is truthy: it read the EMA, the opposite of what was asked."""
+    run, dvae = trained_ema[0], str(trained_ema[2])
+    expected = load_run(run, ema=flag)[0]
+    for read in (lambda: load_run(run, ema=word)[0], lambda: load_model(run, "transformer", ema=word),
+                 lambda: megadalle.load_pipeline(run, ema=word, rerank=False, dvae_weights=dvae).transformer):
+        assert same(read(), expected)
+
+
+@pytest.mark.parametrize("call", ["load_run", "load_model", "load_pipeline"])
+def test_an_ema_or_rerank_of_no_such_meaning_is_refused_naming_it(trained_ema, call):
+    run = trained_ema[0]
+    with pytest.raises(ValueError, match="ema='yes': expected True, False or None"):
+        {"load_run": lambda: load_run(run, ema="yes"), "load_model": lambda: load_model(run, "transformer", ema="yes"),
+         "load_pipeline": lambda: megadalle.load_pipeline(run, ema="yes")}[call]()
+    with pytest.raises(ValueError, match="rerank='false': expected True or False"):
+        megadalle.load_pipeline(run, rerank="false")
+
+
 def test_exported_transformer_weights_keep_the_generator_too(trained, tmp_path):
     run, _, dvae, clip = trained
     folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
