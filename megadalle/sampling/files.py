@@ -114,6 +114,8 @@ def sampling_files(weights: str | Path, dvae: str | None = None, tokenizer: str 
     from megadalle.sampling.load import ModelNotFound, beside, is_run
     from megadalle.sampling.rerank import OPEN_CLIP
 
+    if not Path(weights).exists():  # before any piece is looked for beside it (the verbs' preflight says it first)
+        raise ModelNotFound(f"weights={weights}: no weights file, model folder or run directory there")
     weights = folder_of_transformer(Path(weights))
     shards = shard_of(weights)
     if shards is not None:  # one shard is no model: its config and the other shards are its folder's

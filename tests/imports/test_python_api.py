@@ -142,3 +142,13 @@ def test_load_pipeline_takes_the_paths_generate_takes(trained, tmp_path):
     with pytest.raises(FileNotFoundError) as refused:  # advice it can follow, not an export over the folder
         megadalle.load_pipeline(tmp_path / "empty")
     assert "output=" not in str(refused.value) and "rerank=False" in str(refused.value)
+
+
+def test_a_pipeline_of_weights_that_are_not_there_names_the_path(tmp_path):
+    """It blamed a missing CLIP, then (rerank=False) a missing dVAE, and never the path."""
+    from megadalle.sampling.load import ModelNotFound
+
+    for rerank in (True, False):
+        with pytest.raises(ModelNotFound, match=f"weights={tmp_path / 'nope'}: no weights file, model folder or run "
+                                                "directory there"):
+            megadalle.load_pipeline(tmp_path / "nope", rerank=rerank)
