@@ -53,6 +53,9 @@ fi
 if [ -n "${total+x}" ] && ! [[ "$total" =~ ^[1-9][0-9]*$ ]]; then
     echo "gpu.sh: --total takes whole seconds above 0 (got '$total')" >&2; exit 2
 fi
+# A PYTHON given as a relative path (.venv/bin/python) is where gpu.sh was started: the preflight runs it from
+# benchmarks/ and the stages from the checkout's root, where it named another file or none.
+if [[ "${PYTHON:-}" == */* && "${PYTHON}" != /* ]]; then PYTHON=$PWD/$PYTHON; fi
 cd "$root"
 mkdir -p "$out"
 : > "$out/status.tsv"

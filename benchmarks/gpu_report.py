@@ -3,10 +3,12 @@
     python benchmarks/gpu_report.py DIR
 
 The commit is `git rev-parse` of the checkout, or $MEGADALLE_COMMIT where the copy has no .git.
-Reads DIR/status.tsv (stage, exit status, seconds) and the DIR/<stage>.json of each stage that exited 0; a
-failed, timed-out or missing stage's JSON is left out (null in gpu.json, named in gpu.md) even where a file
-is there, since it may be an earlier run's into the same folder. Exits non-zero when a stage failed, after
-writing both files.
+Reads DIR/status.tsv (stage, exit status, seconds) and the DIR/<stage>.json of each stage that exited 0. A
+failed or timed-out stage's JSON is its figures so far (attention.py writes its rows as it goes, and exits 1
+when one row failed: one Flex compile error blanked every figure of the one GPU run) where it was written after
+this run's preflight (DIR/environment.txt; gpu.sh removes each stage's JSON before the stage starts): kept and
+marked partial. Otherwise it is left out (null in gpu.json, named in gpu.md), as it may be an earlier run's into
+the same folder. Exits non-zero when a stage failed, after writing both files.
 """
 from __future__ import annotations
 
@@ -38,9 +40,12 @@ def markdown(report: dict) -> str:
              "", f"environment: {report.get('environment') or 'not recorded'}", "",
              "| stage | exit status | seconds |", "|---|---|---|"]
     lines += [f"| {s} | {st['rc']} | {st['seconds']} |" for s, st in report["status"].items()]
-    if report["failed"]:
-        lines += ["", f"No figures from {', '.join(report['failed'])}: failed, timed out or not run "
-                      "(see the .log files)."]
+    none = [name for name in report["failed"] if name not in report.get("partial", [])]
+    if none:
+        lines += ["", f"No figures from {', '.join(none)}: failed, timed out or not run (see the .log files)."]
+    if report.get("partial"):
+        lines += ["", f"Partial figures from {', '.join(report['partial'])}: the stage failed or ran out of time "
+                      "after writing them (its rows so far; see its .log file and the rows' error column)."]
     att = report.get("attention") or {}
     if att.get("timings"):
         lines += ["", f"## Attention ({att.get('shape')})", ""]
@@ -63,6 +68,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def this_runs(folder: Path, name: str) -> bool:
+    """Whether the failed stage `name` left JSON written during this run: after its preflight's environment.txt."""
+    path, began = folder / f"{name}.json", folder / "environment.txt"
+    return path.exists() and began.exists() and path.stat().st_mtime_ns >= began.stat().st_mtime_ns
+
+
 def main(folder: Path) -> int:
     status = {}
     for line in (folder / "status.tsv").read_text().splitlines():
@@ -73,9 +84,11 @@ def main(folder: Path) -> int:
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": commit or "unknown", "status": status}
     report["failed"] = [name for name in STAGES if status.get(name, {"rc": None})["rc"] != 0]
+    report["partial"] = [name for name in report["failed"] if name in status and this_runs(folder, name)]
     for name in STAGES:
         path = folder / f"{name}.json"
-        report[name] = json.loads(path.read_text()) if name not in report["failed"] and path.exists() else None
+        kept = path.exists() and (name not in report["failed"] or name in report["partial"])
+        report[name] = json.loads(path.read_text()) if kept else None
     report["device"] = (report["attention"] or {}).get("device") or (report["train_step"] or {}).get("device")
     environment = folder / "environment.txt"  # gpu.sh's preflight: python, torch, triton, device
     report["environment"] = environment.read_text().strip().splitlines()[-1] if environment.exists() else None

@@ -127,6 +127,38 @@ def test_gpu_report_leaves_out_the_json_of_a_stage_that_failed(tmp_path):
     assert "Training step" not in markdown and "| tiny |" not in markdown and "12,345" not in markdown
 
 
+def test_gpu_report_keeps_the_rows_a_failed_stage_wrote_during_this_run(tmp_path):
+    """attention.py writes its rows as it goes and exits 1 when one failed: one Flex compile error blanked every
+    attention figure of the run. Written after this run's preflight, they are kept, marked partial."""
+    (tmp_path / "status.tsv").write_text("attention\t1\t40\ntrain_step\t0\t3\nsampling\t124\t50\n")
+    (tmp_path / "sampling.json").write_text(json.dumps({"rows": [{"dtype": "fp32", "sparse_tok_s": 12345.0}]}))
+    (tmp_path / "environment.txt").write_text("python 3.11, torch 2.13, triton 3.6, NVIDIA H100\n")
+    rows = [{"mask": "row", "method": "ours", "fwd_ms": 0.08}, {"mask": "row", "method": "flex", "error": "boom"}]
+    (tmp_path / "attention.json").write_text(json.dumps({"device": "NVIDIA H100", "timings": rows}))
+    (tmp_path / "train_step.json").write_text(json.dumps({"model": "1b", "step_seconds": 1.5}))
+    os.utime(tmp_path / "sampling.json", ns=(0, 0))  # an earlier run's, beside this one's status
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_report.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["partial"] == ["attention"] and report["attention"]["timings"] == rows
+    assert report["sampling"] is None and report["device"] == "NVIDIA H100"
+    markdown = (tmp_path / "gpu.md").read_text()
+    assert "| row | ours | 0.08 |" in markdown and "Partial figures from attention" in markdown
+    assert "No figures from sampling" in markdown and "12,345" not in markdown
+
+
+def test_gpu_sh_takes_a_relative_python_from_where_it_was_started(tmp_path):
+    """`PYTHON=.venv/bin/python benchmarks/gpu.sh` was run from benchmarks/ by the preflight: "cannot run the
+    benchmarks", a GPU start wasted."""
+    cwd = tmp_path / "cwd"
+    (cwd / "bin").mkdir(parents=True)
+    fake = _python_whose_stages_fail(tmp_path)
+    (cwd / "bin" / "python").symlink_to(fake)
+    done = _gpu_sh("--cpu-check", "--out", "run", python=Path("bin/python"), cwd=cwd)
+    assert "cannot run the benchmarks" not in done.stderr and "environment: python fake" in done.stdout, done.stderr
+
+
 def test_gpu_sh_writes_a_relative_out_where_it_was_started_and_says_where(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
