@@ -82,6 +82,14 @@ def naive_tokens_per_s(model: Transformer, text: torch.Tensor, tokens: int, sett
     return text.shape[0] * tokens / (time.perf_counter() - began)
 
 
+def write(report: dict, out: Path) -> None:
+    """The report so far, whole (written beside and renamed): gpu_report.py keeps the rows of a stage that ran out
+    of time."""
+    part = out.with_name(out.name + ".part")
+    part.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(part, out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=at_least(1), default=4)
@@ -104,6 +112,14 @@ def main() -> None:
     fp32_model = model_for(args).to(args.device)
     settings = SamplingSettings(top_k=args.top_k, top_p=args.top_p)
     rows = []
+    report = {"benchmark": "sampling", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.processor()
+              or platform.machine(), "device": args.device, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+              "torch": torch.__version__,
+              "model": {"layers": args.layers, "width": args.width, "text_len": args.text_len, "grid": args.grid,
+                        "positions": args.text_len + args.grid ** 2, "pattern": fp32_model.cfg.attention_pattern,
+                        "last_layer": fp32_model.cfg.last_layer_attention},
+              "sampling": {"top_k": args.top_k, "top_p": args.top_p},
+              "targets": {"sparse_over_model_cache_batch1": 3}, "rows": rows}
     for dtype in args.dtype:
         model = copy.deepcopy(fp32_model).to(DTYPES[dtype])  # Module.to casts in place: keep the fp32 one intact
         for threads in args.threads:
@@ -121,21 +137,15 @@ def main() -> None:
                 print(f"{dtype} threads {threads} batch {batch:3d}: sparse {sparse:8.1f} tok/s  model cache "
                       f"{cached:8.1f} tok/s  naive {naive:7.2f} tok/s  sparse/model-cache {sparse / cached:5.2f}x "
                       f"(CPU time {sparse_cpu / cached_cpu:5.2f}x)", flush=True)
-    report = {"benchmark": "sampling", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.processor()
-              or platform.machine(), "device": args.device, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-              "torch": torch.__version__,
-              "model": {"layers": args.layers, "width": args.width, "text_len": args.text_len, "grid": args.grid,
-                        "positions": args.text_len + args.grid ** 2, "pattern": model.cfg.attention_pattern,
-                        "last_layer": model.cfg.last_layer_attention},
-              "sampling": {"top_k": args.top_k, "top_p": args.top_p},
-              "targets": {"sparse_over_model_cache_batch1": 3}, "rows": rows}
+                write(report, Path(args.out))  # row by row: a stage that runs out of time keeps its rows
+    report["load_average"] = os.getloadavg()
     print("\n| dtype | threads | batch | sparse tok/s (wall / CPU) | model cache tok/s (wall / CPU) | naive tok/s | "
           "sparse / model cache (wall / CPU) |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['dtype']} | {r['threads']} | {r['batch']} | {r['sparse_tok_s']:.1f} / {r['sparse_tok_cpu_s']:.1f} | "
               f"{r['model_cache_tok_s']:.1f} / {r['model_cache_tok_cpu_s']:.1f} | {r['naive_tok_s']:.2f} | "
               f"{r['sparse_over_model_cache']:.2f}x / {r['sparse_tok_cpu_s'] / r['model_cache_tok_cpu_s']:.2f}x |")
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write(report, Path(args.out))
     print(f"wrote {args.out} (load average {report['load_average'][0]:.1f} on {report['cpus']} CPUs)")
 
 
