@@ -28,3 +28,19 @@ def at_least(low: int):
             raise argparse.ArgumentTypeError(f"{value} is below {low}")
         return value
     return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a float above 0 (`--peak-tflops 0` divided by zero after the whole run)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
+
+
+def model_name(text: str) -> str:
+    """An argparse type: a conf/model/<name>.yaml that exists (another name was a traceback from hydra)."""
+    names = sorted(p.stem for p in (BENCHMARKS.parent / "conf" / "model").glob("*.yaml") if p.stem != "schema")
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"{text!r} is none of conf/model's: {', '.join(names)}")
+    return text

@@ -45,8 +45,10 @@ while [ $# -gt 0 ]; do
     shift 2
 done
 if [ -n "${custom_limits+x}" ]; then
-    if [ "${#custom_limits[@]}" -ne 3 ] || ! [[ "${custom_limits[*]}" =~ ^[0-9]+\ [0-9]+\ [0-9]+$ ]]; then
-        echo "gpu.sh: --limits takes three whole seconds, attention,train_step,sampling (got '${custom_limits[*]}')" >&2
+    second='[1-9][0-9]*'  # a limit of 0 was taken, and the stage then said the run's --total was spent
+    if [ "${#custom_limits[@]}" -ne 3 ] || ! [[ "${custom_limits[*]}" =~ ^$second\ $second\ $second$ ]]; then
+        echo "gpu.sh: --limits takes three whole seconds above 0, attention,train_step,sampling" \
+             "(got '${custom_limits[*]}')" >&2
         exit 2
     fi
 fi

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from arguments import at_least, default_out
+from arguments import at_least, default_out, model_name, positive_float
 from megadalle.config import build
 from megadalle.config.compose import compose
 from megadalle.config.data import DataConfig
@@ -92,12 +92,13 @@ def measure(model_name: str, micro_batch: int, steps: int, warmup: int, checkpoi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="conf/model/<name>.yaml (tiny, small, 1b, 12b)")
+    parser.add_argument("--model", type=model_name, default="tiny",
+                        help="conf/model/<name>.yaml (tiny, small, 1b, 12b)")
     parser.add_argument("--micro-batch", type=at_least(1), default=8)
     parser.add_argument("--steps", type=at_least(1), default=10, help="timed updates")
     parser.add_argument("--warmup", type=at_least(0), default=3, help="untimed updates first")
     parser.add_argument("--activation-checkpointing", action="store_true")
-    parser.add_argument("--peak-tflops", type=float, default=None,
+    parser.add_argument("--peak-tflops", type=positive_float, default=None,
                         help="MFU denominator; default 989 on CUDA, the measured matmul rate on CPU")
     parser.add_argument("--out", default=default_out("train_step"))
     parser.add_argument("--compare-plain", action="store_true",

@@ -68,6 +68,11 @@ def test_help_and_bad_arguments_are_answered_not_tracebacks(tmp_path):
     assert done.returncode == 1 and "train_step.py --compare-plain" in done.stderr
     done = run(sys.executable, str(BENCHMARKS / "train_step.py"), "--steps", "0")
     assert done.returncode == 2 and "argument --steps: 0 is below 1" in done.stderr
+    done = run(sys.executable, str(BENCHMARKS / "train_step.py"), "--peak-tflops", "0")  # divided by 0 at the end
+    assert done.returncode == 2 and "argument --peak-tflops: 0 is not above 0" in done.stderr
+    done = run(sys.executable, str(BENCHMARKS / "train_step.py"), "--model", "nosuch")  # a hydra traceback
+    assert done.returncode == 2 and "argument --model: 'nosuch' is none of conf/model's: 12b, 1b, small, tiny" \
+        in done.stderr
     for flag in ("--naive-tokens", "--repeats"):
         done = run(sys.executable, str(BENCHMARKS / "sampling.py"), flag, "0")
         assert done.returncode == 2 and f"argument {flag}: 0 is below 1" in done.stderr, done.stderr[-2000:]

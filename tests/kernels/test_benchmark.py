@@ -174,6 +174,9 @@ def test_gpu_sh_refuses_a_flag_without_its_value_in_one_line(tmp_path):
         assert done.stderr == f"gpu.sh: {flag} needs a value (--out DIR, --limits A,B,C or --total S)\n"
     done = _gpu_sh("--total", "0", python=tmp_path / "never-run")
     assert done.returncode == 2 and "--total takes whole seconds above 0 (got '0')" in done.stderr
+    done = _gpu_sh("--limits", "0,10,10", python=tmp_path / "never-run")  # was taken, then blamed on --total
+    assert done.returncode == 2 and "--limits takes three whole seconds above 0, attention,train_step,sampling " \
+        "(got '0 10 10')" in done.stderr
 
 
 def test_gpu_sh_holds_the_whole_run_to_its_total(tmp_path):
