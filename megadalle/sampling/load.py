@@ -64,6 +64,7 @@ def load_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torc
     builders = _builders()
     if kind not in builders:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(builders)}")
+    not_a_folder_or_checkpoint(path, kind)
     device = pick_device(str(device))
     dtype = pick_dtype(dtype, device)
     with torch.random.fork_rng(devices=[]):
@@ -76,6 +77,20 @@ def load_model(path: str | Path, kind: str, ema: bool | None = None, dtype: torc
     if kind == "transformer":  # trained with attention_backend=triton on GPUs, it still samples on a CPU
         model.use_attention_backend("auto")
     return model.eval()
+
+
+def not_a_folder_or_checkpoint(path: Path, kind: str) -> None:
+    """Refuse the two paths a Python caller most often gives for weights, which were "holds neither
+    model.safetensors.index.json nor model.safetensors": a model folder (its `kind` model is a file or folder in it,
+    and `megadalle.load_pipeline` reads them all) and a checkpoint inside a training run (the run reads its newest;
+    the refusal says how to read the one given, as the verbs' does)."""
+    from megadalle.sampling.files import CLIP, DVAE, TRANSFORMER, is_bundle, refuse_checkpoint
+
+    if is_bundle(path):
+        inside = path / {"transformer": TRANSFORMER, "dvae": DVAE, "clip": CLIP}[kind]
+        raise WrongKind(f"{path} is a model folder: its {kind} is {inside}, and megadalle.load_pipeline({str(path)!r}) "
+                        "reads all its models")
+    refuse_checkpoint(path, "path")
 
 
 def check_model(path: str | Path, kind: str) -> None:

@@ -152,3 +152,19 @@ def test_a_pipeline_of_weights_that_are_not_there_names_the_path(tmp_path):
         with pytest.raises(ModelNotFound, match=f"weights={tmp_path / 'nope'}: no weights file, model folder or run "
                                                 "directory there"):
             megadalle.load_pipeline(tmp_path / "nope", rerank=rerank)
+
+
+def test_load_model_of_a_model_folder_or_a_checkpoint_says_what_to_load(trained, tmp_path):
+    """Both were "holds neither model.safetensors.index.json nor model.safetensors", no way out named."""
+    from megadalle.errors import BundleError
+    from megadalle.sampling.load import WrongKind
+
+    run, _, dvae, clip = trained
+    folder = write_bundle(run, tmp_path / "model", dvae_weights=str(dvae), clip_weights=str(clip))
+    with pytest.raises(WrongKind, match=f"{folder} is a model folder: its dvae is {folder / 'dvae.safetensors'}, and "
+                                        "megadalle.load_pipeline"):
+        load_model(folder, "dvae")
+    step = next((run / "checkpoints").glob("step_*"))
+    with pytest.raises(BundleError, match=f"path={step}: inside the checkpoints of the training run {run}; pass "
+                                          f"path={run}"):
+        load_model(step, "transformer")
