@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 
 from megadalle.config import build, top_level
 from megadalle.config.ema import ema_choice
-from megadalle.config.sample import GenerateConfig, check_models, check_prompt_node, check_request, check_settings
+from megadalle.config.sample import (GenerateConfig, check_models, check_prompt_node, check_request, check_settings,
+                                     trained_together)
 from megadalle.devices import pick_device, pick_dtype
 from megadalle.disk_errors import refused
 from megadalle.listed_files import remove_listed_files
@@ -58,6 +59,7 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
     again, and each batch drawn is added to it as soon as it is scored (megadalle.sampling.resume). Its warnings
     begin with `[verb]`, the command that called it."""
     check_models(model=model, dvae=dvae, tokenizer=tokenizer)
+    trained_together(model, dvae, clip, tokenizer)
     n, keep, batch_size, seed = check_request(prompt, n, keep, batch_size, seed)
     check_settings(settings)
     check_prompt(tokenizer, prompt)

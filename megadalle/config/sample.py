@@ -156,6 +156,24 @@ def check_models(**pieces) -> None:
         raise ConfigError(f"{name}: expected {what}, got {got}; {source} {attribute}")
 
 
+def trained_together(model, dvae, clip, tokenizer) -> None:
+    """The loaded models, as the verbs check their files (sampling.compatible.check_compatible): a dVAE of a larger
+    codebook decoded another model's codes in silence, one of a smaller codebook failed once every sample was drawn,
+    and a dVAE given as `model` got through to an AttributeError. A reranker other than megadalle's CLIP (open_clip)
+    brings its own tokenizer and is not compared."""
+    from megadalle.config.clip import ClipConfig
+    from megadalle.config.dvae import DVAEConfig
+    from megadalle.config.model import TransformerConfig
+    from megadalle.sampling.compatible import check_compatible
+
+    for name, value, config in (("model", model, TransformerConfig), ("dvae", dvae, DVAEConfig)):
+        check(isinstance(getattr(value, "cfg", None), config), name, type(value).__name__,
+              f"expected {PIECES[name][0]}; pass the Pipeline's {PIECES[name][2]}")
+    clip_config = getattr(getattr(clip, "clip", clip), "cfg", None)  # megadalle's CLIP, or wrapped as a reranker
+    check_compatible(model.cfg, dvae.cfg, clip_config if isinstance(clip_config, ClipConfig) else None,
+                     getattr(tokenizer, "vocab_size", None))
+
+
 def check_settings(settings) -> None:
     """The sampling settings of `settings` (a SamplingSettings, or a verb's config): its temperature, top_k and
     top_p. Checked for the CLI (check_sampling) and for Python callers of megadalle.sample.generate alike, before

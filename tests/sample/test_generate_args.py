@@ -84,3 +84,18 @@ def test_a_prompt_hydra_reads_as_no_text_is_refused_with_its_quoted_form(typed, 
     write_tiny_models(tmp_path)
     assert main(["generate", f"weights={tmp_path / 'model.safetensors'}", typed, f"output={tmp_path / 'o'}"]) == 2
     assert capsys.readouterr().err == f"megadalle generate: {said}\n"
+
+
+def test_models_not_trained_together_are_refused_before_a_sample_is_drawn(models, tmp_path):
+    """A dVAE of a larger codebook decoded another model's codes in silence; a dVAE given as the model got through
+    to an AttributeError."""
+    from megadalle.models.dvae import DVAE
+    from megadalle.sampling.compatible import IncompatibleModels
+    from tests.tiny_models import dvae_config
+
+    model, dvae, _, tokenizer = models
+    larger = DVAE(dvae_config(vocab_size=256))
+    with pytest.raises(IncompatibleModels, match="has a codebook of 256 codes, the Transformer"):
+        draw((model, larger, None, tokenizer))
+    with pytest.raises(ConfigError, match="^model='DVAE': expected the Transformer; pass the Pipeline's .transformer"):
+        draw((dvae, dvae, None, tokenizer))

@@ -216,12 +216,14 @@ def test_sample_files_of_a_run_killed_while_writing_them_go_with_the_next_run(mo
 def test_generate_and_evaluate_find_their_files_once(models, tmp_path, monkeypatch):
     """A run found the files behind its keys twice, for its resume key and again to open them: once now, so the
     key states the files that are read."""
-    import megadalle.sampling.load as load
+    import megadalle.bundle as bundle
+    import megadalle.sampling.files as files
     from megadalle import evaluate, sample
     from megadalle.config.compose import compose
 
-    real, searches = load.checkpoint_in_run, []  # called once by each search of the files
-    monkeypatch.setattr(load, "checkpoint_in_run", lambda path: searches.append(path) or real(path))
+    real, searches = files.sampling_files, []  # the search of the files, wherever it is called from
+    for module in (files, sample, evaluate, bundle):
+        monkeypatch.setattr(module, "sampling_files", lambda *a, **k: searches.append(a[0]) or real(*a, **k))
     assert sample.run(compose("generate", args(models, tmp_path / "generate", n=4, batch_size=4))) == 0
     assert len(searches) == 1
     assert evaluate.run(compose("evaluate", evaluate_args(models, "n=1", f"output={tmp_path / 'evaluate'}")[1:])) == 0
