@@ -273,8 +273,8 @@ def image_fields(index: ShardIndex) -> tuple[str, ...]:
 
 def image_loader(root: str | Path | ShardIndex, global_batch: int, image_size: int, captions: bool = True,
                  **kwargs) -> StepLoader:
-    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption, txt, key: list[str], sample), b = micro_batch
-    (without caption and txt where `captions` is False: ImageBatches).
+    """Image batches dict(image=FloatTensor[b, 3, S, S] in [0, 1], caption, txt, key: list[str], sample),
+    b = micro_batch (without caption and txt where `captions` is False: ImageBatches).
 
     For one pass in shard order (e.g. `encode`): shuffle=False, epochs=1 (the last batch may be short).
     """
