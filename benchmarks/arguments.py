@@ -44,3 +44,14 @@ def model_name(text: str) -> str:
     if text not in names:
         raise argparse.ArgumentTypeError(f"{text!r} is none of conf/model's: {', '.join(names)}")
     return text
+
+
+def comma_list(choices):
+    """An argparse type: comma-separated names, each one of `choices` (an unknown one failed in every row of the
+    run, after the GPU had started)."""
+    def parse(text: str) -> str:
+        unknown = [name for name in text.split(",") if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))}: expected among {', '.join(choices)}")
+        return text
+    return parse

@@ -38,13 +38,14 @@ if "--cpu-check" in sys.argv or not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported and the kernels decorated
 
 import triton  # noqa: E402
-from arguments import default_out  # noqa: E402
+from arguments import at_least, comma_list, default_out  # noqa: E402
 from megadalle.attention.dispatch import KERNEL_BLOCK, kernel_attention  # noqa: E402
 from megadalle.attention.masks import MaskSpec, allowed, dense_mask  # noqa: E402
 from megadalle.kernels import build_layout, grid_column_major_order  # noqa: E402
 
 TWELVE_B = dict(text_len=256, grid=32, batch=4, heads=62, head_dim=64, dtype="bfloat16")
 CPU_CHECK = dict(text_len=8, grid=4, batch=1, heads=2, head_dim=16, dtype="float32")
+MASK_KINDS = ("row", "column", "conv", "row_strict", "dense")
 PATTERN_12B = {"row": 47, "column": 16, "conv": 1}
 """Layers of each mask kind in the 12b model (64 layers: column where (i - 2) mod 4 == 0, conv last)."""
 TARGETS = {"flex": 1.5, "sdpa_causal": 1.6, "sdpa_masked": 3.0}
@@ -55,12 +56,14 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--blocks-only", action="store_true", help="only print the tile fractions (no kernels run)")
     p.add_argument("--cpu-check", action="store_true", help="run the harness at a tiny shape on the CPU")
-    p.add_argument("--masks", default="row,column,conv,row_strict,dense", help="comma-separated mask kinds")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, among {', '.join(METHODS)}")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--heads", type=int)
-    p.add_argument("--calls", type=int, default=20, help="back-to-back calls per CUDA event pair (GPU)")
-    p.add_argument("--reps", type=int, default=5, help="event pairs per measurement, median taken (GPU)")
+    p.add_argument("--masks", type=comma_list(MASK_KINDS), default="row,column,conv,row_strict,dense",
+                   help=f"comma-separated, among {', '.join(MASK_KINDS)}")
+    p.add_argument("--methods", type=comma_list(METHODS), default=",".join(METHODS),
+                   help=f"comma-separated, among {', '.join(METHODS)}")
+    p.add_argument("--batch", type=at_least(1))
+    p.add_argument("--heads", type=at_least(1))
+    p.add_argument("--calls", type=at_least(1), default=20, help="back-to-back calls per CUDA event pair (GPU)")
+    p.add_argument("--reps", type=at_least(1), default=5, help="event pairs per measurement, median taken (GPU)")
     p.add_argument("--out", default=default_out("attention"), help="JSON file for the results")
     return p.parse_args()
 

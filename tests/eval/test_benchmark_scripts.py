@@ -73,6 +73,14 @@ def test_help_and_bad_arguments_are_answered_not_tracebacks(tmp_path):
     done = run(sys.executable, str(BENCHMARKS / "train_step.py"), "--model", "nosuch")  # a hydra traceback
     assert done.returncode == 2 and "argument --model: 'nosuch' is none of conf/model's: 12b, 1b, small, tiny" \
         in done.stderr
+    for args, said in ((["--methods", "ours,nosuch"], "argument --methods: 'nosuch': expected among ours, flex, "
+                                                       "sdpa_causal, sdpa_masked"),
+                       (["--masks", "rows"], "argument --masks: 'rows': expected among row, column, conv, row_strict, "
+                                             "dense"),
+                       (["--calls", "0"], "argument --calls: 0 is below 1"), (["--batch", "0"], "argument --batch: "
+                                                                                                "0 is below 1")):
+        done = run(sys.executable, str(BENCHMARKS / "attention.py"), *args)  # each failed in every row of the run
+        assert done.returncode == 2 and said in done.stderr, done.stderr[-2000:]
     for flag in ("--naive-tokens", "--repeats"):
         done = run(sys.executable, str(BENCHMARKS / "sampling.py"), flag, "0")
         assert done.returncode == 2 and f"argument {flag}: 0 is below 1" in done.stderr, done.stderr[-2000:]
