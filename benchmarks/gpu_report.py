@@ -35,6 +35,19 @@ def _table(rows: list[dict], columns: list[str]) -> list[str]:
     return lines + ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
 
 
+MFU_TARGET = 0.45
+"""Issue 10: `1b` on one H100/H200 at >= 45% MFU (bf16, fp32 accumulation)."""
+
+
+def mfu_verdict(train: dict) -> str:
+    """The line that says whether the training step meets issue 10's MFU target, and over which peak."""
+    mfu, peak = train.get("mfu"), train.get("peak_tflops")
+    if mfu is None or str(train.get("device", "")).startswith("cpu") or train.get("model") != "1b":
+        return f"MFU target (>= {MFU_TARGET:.0%}, `1b` on one H100/H200): not measured by this row."
+    met = "met" if mfu >= MFU_TARGET else "**not met**"
+    return f"MFU target (>= {MFU_TARGET:.0%}, `1b` on one H100/H200): {met}, {mfu:.1%} of {peak:g} TFLOP/s."
+
+
 def markdown(report: dict) -> str:
     lines = [f"# GPU benchmarks, {report['date']}", "", f"device: {report['device']}; commit {report['commit']}",
              "", f"environment: {report.get('environment') or 'not recorded'}", "",
@@ -59,7 +72,9 @@ def markdown(report: dict) -> str:
     if train:
         lines += ["", "## Training step", ""]
         lines += _table([train], ["model", "device", "dtype", "micro_batch", "seq_len", "activation_checkpointing",
-                                  "step_seconds", "tokens_per_s", "achieved_tflops", "mfu"])
+                                  "step_seconds", "tokens_per_s", "achieved_tflops", "peak_tflops", "mfu",
+                                  "peak_memory_gib"])
+        lines += ["", mfu_verdict(train)]
     sampling = report.get("sampling")
     if sampling:
         lines += ["", "## Sampling (cached image tokens/s)", ""]

@@ -135,7 +135,8 @@ def test_gpu_report_keeps_the_rows_a_failed_stage_wrote_during_this_run(tmp_path
     (tmp_path / "environment.txt").write_text("python 3.11, torch 2.13, triton 3.6, NVIDIA H100\n")
     rows = [{"mask": "row", "method": "ours", "fwd_ms": 0.08}, {"mask": "row", "method": "flex", "error": "boom"}]
     (tmp_path / "attention.json").write_text(json.dumps({"device": "NVIDIA H100", "timings": rows}))
-    (tmp_path / "train_step.json").write_text(json.dumps({"model": "1b", "step_seconds": 1.5}))
+    (tmp_path / "train_step.json").write_text(json.dumps({"model": "1b", "device": "cuda", "step_seconds": 1.5,
+                                                          "mfu": 0.412, "peak_tflops": 989.0}))
     os.utime(tmp_path / "sampling.json", ns=(0, 0))  # an earlier run's, beside this one's status
     done = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_report.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
@@ -146,6 +147,7 @@ def test_gpu_report_keeps_the_rows_a_failed_stage_wrote_during_this_run(tmp_path
     markdown = (tmp_path / "gpu.md").read_text()
     assert "| row | ours | 0.08 |" in markdown and "Partial figures from attention" in markdown
     assert "No figures from sampling" in markdown and "12,345" not in markdown
+    assert "MFU target (>= 45%, `1b` on one H100/H200): **not met**, 41.2% of 989 TFLOP/s." in markdown
 
 
 def test_gpu_sh_takes_a_relative_python_from_where_it_was_started(tmp_path):
