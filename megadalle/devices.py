@@ -63,8 +63,12 @@ def pick_rank_device(name: str, world_size: int) -> torch.device:
 
 def pick_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype named (fp32, bf16), or for auto bf16 on a CUDA device that supports it and fp32 otherwise. A
-    floating torch.dtype (from Python, `load_pipeline(..., dtype=torch.bfloat16)`) is taken as it is."""
+    torch.dtype the models compute in (from Python, `load_pipeline(..., dtype=torch.bfloat16)`) is taken as it is;
+    another floating one (float8) was taken, and failed inside the sampler."""
     if isinstance(name, torch.dtype) and name.is_floating_point:
+        computed = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+        if name not in computed:
+            raise ConfigError(f"dtype={name}: the models compute in {', '.join(map(str, computed))}")
         return name
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32

@@ -179,6 +179,9 @@ def check_settings(settings) -> None:
     top_p. Checked for the CLI (check_sampling) and for Python callers of megadalle.sample.generate alike, before
     any sampling: there top_k=-5 and top_p=1.5 were taken silently, and temperature=0 or top_p=0 failed inside the
     first batch, after the prefill."""
+    if not all(hasattr(settings, key) for key in ("temperature", "top_k", "top_p")):  # None, a dict: AttributeError
+        raise ConfigError(f"settings: expected a megadalle.sampling.loop.SamplingSettings (temperature, top_k, top_p), "
+                          f"got {type(settings).__name__}")
     temperature, top_k, top_p = settings.temperature, settings.top_k, settings.top_p
     number = lambda value: isinstance(value, numbers.Real) and not isinstance(value, bool)  # noqa: E731
     check(number(temperature) and 0 < temperature < math.inf, "temperature", temperature,

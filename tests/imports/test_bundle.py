@@ -63,6 +63,8 @@ def test_load_pipeline_takes_the_dtype_names_generate_takes(trained, tmp_path):
     for bad in ("bfloat16", torch.int64, None):
         with pytest.raises(ValueError, match=r"^dtype=.*: expected one of auto, fp32, bf16$"):
             megadalle.load_pipeline(folder, dtype=bad)
+    with pytest.raises(ValueError, match=r"^dtype=torch.float8_e4m3fn: the models compute in torch.float32, "):
+        megadalle.load_pipeline(folder, dtype=torch.float8_e4m3fn)  # was taken, then failed in the sampler
 
 
 def test_generate_from_a_run_directory_finds_the_tokenizer_its_run_recorded(trained, tmp_path):

@@ -99,3 +99,10 @@ def test_models_not_trained_together_are_refused_before_a_sample_is_drawn(models
         draw((model, larger, None, tokenizer))
     with pytest.raises(ConfigError, match="^model='DVAE': expected the Transformer; pass the Pipeline's .transformer"):
         draw((dvae, dvae, None, tokenizer))
+
+
+@pytest.mark.parametrize("settings", [None, {"top_k": 5}])
+def test_settings_that_are_no_sampling_settings_are_refused_naming_them(models, settings):
+    """None or a dict was an AttributeError from the checks."""
+    with pytest.raises(ConfigError, match="^settings: expected a megadalle.sampling.loop.SamplingSettings"):
+        generate(*models, PROMPT, 2, 2, 2, settings, 0, progress=False)
