@@ -1,7 +1,11 @@
 """megadalle: DALL-E-style text-to-image training. `megadalle.load_pipeline(FOLDER)` loads a model folder.
 
-Attributes are imported on first use, so `import megadalle` stays cheap (no torch until needed).
+Attributes are imported on first use, so `import megadalle` stays cheap (no torch until needed): `load_pipeline`,
+and each submodule by its name (`megadalle.sample.generate` after `import megadalle`, as README writes it: it was an
+AttributeError unless the submodule had been imported first).
 """
+import importlib
+import importlib.util
 import sys
 from importlib.abc import MetaPathFinder
 from pathlib import Path
@@ -14,6 +18,8 @@ def __getattr__(name: str):
         from megadalle.bundle import load_pipeline
 
         return load_pipeline
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'megadalle' has no attribute {name!r}")
 
 

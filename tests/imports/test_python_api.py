@@ -168,3 +168,15 @@ def test_load_model_of_a_model_folder_or_a_checkpoint_says_what_to_load(trained,
     with pytest.raises(BundleError, match=f"path={step}: inside the checkpoints of the training run {run}; pass "
                                           f"path={run}"):
         load_model(step, "transformer")
+
+
+def test_import_megadalle_reaches_its_submodules_by_name():
+    """`megadalle.sample.generate` after `import megadalle`, as README writes it, was an AttributeError unless the
+    submodule had been imported first; `import megadalle` itself still imports no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, megadalle; assert 'torch' not in sys.modules; "
+            "print(megadalle.sample.generate.__name__, hasattr(megadalle, 'nosuch'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "generate False", done.stderr[-2000:]
