@@ -185,16 +185,17 @@ def write_bundle(run: str | Path, output: str | Path, tokenizer: str | None = No
             check_output(output, spec.kind, run)  # again, as it is now that no other export writes it
             _write_pieces(run, output, files, created, own_clip, clip_model, checkpoint, ema, dtype,
                           max_shard_bytes, trained)
+            checkpoint_read = exported_checkpoint(output / TRANSFORMER)
             # The run resolved, not as typed: its readers (sampling.files.recorded_run) are anywhere, not here.
             manifest = {"format": FORMAT, "transformer": TRANSFORMER, "tokenizer": TOKENIZER, "dvae": DVAE,
                         "clip": CLIP if files["clip"] is not None else None, "clip_model": clip_model, "ema": ema,
                         "sources": {"run": str(run.resolve()),
-                                    "checkpoint": exported_checkpoint(output / TRANSFORMER),
+                                    "checkpoint": checkpoint_read,
                                     **{k: None if v is None else str(v) for k, v in files.items()}},
                         "sha256": {"tokenizer": sha256(output / TOKENIZER)},
                         BUNDLE_KEY: None if codes is None else codes.digest, "run_config": config,
-                        EXPORT_KEY: export_record(run, files, exported_checkpoint(output / TRANSFORMER), ema, dtype,
-                                                  max_shard_bytes, clip_model)}
+                        EXPORT_KEY: export_record(run, files, checkpoint_read, ema, dtype, max_shard_bytes,
+                                                  clip_model)}
             atomic.write_json(output / MANIFEST, manifest)
         finally:
             (output / LOCK).unlink(missing_ok=True)

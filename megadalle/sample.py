@@ -73,7 +73,7 @@ def generate(model, dvae, clip, tokenizer, prompt: str, n: int, keep: int, batch
         warn_if_cut(reranker.tokenizer, prompt, reranker.clip.cfg.text_len, "CLIP", verb)
     codes, scores = (list(saved.codes), list(saved.scores)) if saved is not None else ([], [])
     with progress_bar(total=n * model.cfg.grid_len, initial=sum(map(len, codes)) * model.cfg.grid_len, desc="generate",
-              unit=" tok", unit_scale=True, disable=not progress) as bar:  # closed on a stop too: its line ends
+                      unit=" tok", unit_scale=True, disable=not progress) as bar:  # closed on a stop too: its line ends
         for batch in sample_batches(model, text, n, batch_size, settings, seed, on_token=bar.update,
                                     first_batch=len(codes)):
             codes.append(batch.cpu())

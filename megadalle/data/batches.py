@@ -111,10 +111,11 @@ class ImageBatches:
         enlarged = np.zeros(len(samples), bool)
         texts = []
         for i, sample in enumerate(samples):
-            try:
-                texts.append(decode_field("txt", sample["txt"]) if self.captions else "")
-            except UnicodeDecodeError as err:
-                raise UnreadableSample(sample["__key__"], i, err, "caption is not UTF-8") from err
+            if self.captions:
+                try:
+                    texts.append(decode_field("txt", sample["txt"]))
+                except UnicodeDecodeError as err:
+                    raise UnreadableSample(sample["__key__"], i, err, "caption is not UTF-8") from err
             data = sample_image(sample, self.image_fields)
             try:
                 img, enlarged[i] = self.decode(data)

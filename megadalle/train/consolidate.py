@@ -347,6 +347,12 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, ema: boo
     return read_checkpoint(run_dir, checkpoint, read, instead), task
 
 
+def source_record(run_dir: str | Path, checkpoint: str, ema: bool) -> dict:
+    """What an export records of what it read (weights.records.SOURCE): the run, resolved, its checkpoint's name, and
+    whether it read the EMA; `final_export.current` compares it with the export a finished run would write."""
+    return {"run": str(Path(run_dir).resolve()), "checkpoint": checkpoint, "ema": ema}
+
+
 def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | None = None, ema: bool | None = None,
            dtype: str = "bf16", max_shard_bytes: int = 5 << 30, before_replace: Callable[[], None] | None = None,
            trained: tuple[Task, dict] | None = None, alone: bool = False) -> Path:
@@ -370,7 +376,7 @@ def export(run_dir: str | Path, output: str | Path, checkpoint: str | Path | Non
         record = clip_record.export_record(Path(run_dir))
 
     def write(path: Path) -> Path:
-        source = {SOURCE: {"run": str(Path(run_dir).resolve()), "checkpoint": path.name, "ema": ema}}
+        source = {SOURCE: source_record(run_dir, path.name, ema)}
         model = meta_model(task)
         state, place = whole_tables(model)  # vocabulary tables trained in pieces are written whole
         tensors = checked(model, checkpoint_tensors(task, model, path, ema, torch_dtype), path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from megadalle.train.consolidate import checkpoint_dir, export
+from megadalle.train.consolidate import checkpoint_dir, export, source_record
 from megadalle.train.result import Result
 from megadalle.weights.load import read_source
 
@@ -20,15 +20,13 @@ from megadalle.weights.load import read_source
 def export_finished(result: Result, output: Path, ema: bool) -> tuple[Path, bool]:
     """(the weights' path, whether they were written now): the run's newest checkpoint exported to `output` in fp32
     (the precision the verbs' readers, encode and generate's rerank, take), unless `current`; said on one line."""
-    written = result.losses or not current(result.run_dir, output, ema)
+    written = bool(result.losses) or not current(result.run_dir, output, ema)
     path = export(result.run_dir, output, ema=ema, dtype="fp32") if written else Path(output)
     print(f"[{result.verb}] weights{' (EMA)' if ema else ''}: {path} + {path.with_suffix('.json').name}"
           f"{'' if written else ' (as exported before: the run trained nothing new)'}")
-    return path, bool(written)
+    return path, written
 
 
 def current(run_dir: Path, output: Path, ema: bool) -> bool:
     """Whether the weights at `output` were exported from `run_dir`'s newest complete checkpoint with `ema`."""
-    source = read_source(output)
-    newest = checkpoint_dir(run_dir).name
-    return source == {"run": str(Path(run_dir).resolve()), "checkpoint": newest, "ema": ema}
+    return read_source(output) == source_record(run_dir, checkpoint_dir(run_dir).name, ema)
